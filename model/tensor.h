@@ -1,0 +1,59 @@
+// Tensor: a shape, a dtype, a device and a (shared) owning buffer.
+// Tensors are row-major and contiguous; a view shares its parent's buffer.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace sy {
+
+enum class DType : uint8_t { f32, f64, bf16, i32 };
+enum class Device : uint8_t { cpu, cuda };
+
+size_t dtype_size(DType dtype);
+const char* dtype_name(DType dtype);
+
+using Shape = std::vector<int64_t>;
+int64_t shape_numel(const Shape& shape);
+std::string shape_str(const Shape& shape);
+
+class Tensor {
+ public:
+  Tensor() = default;
+  Tensor(std::shared_ptr<void> buffer, void* data, Shape shape, DType dtype, Device device)
+      : buffer_(std::move(buffer)), data_(data), shape_(std::move(shape)), dtype_(dtype),
+        device_(device) {}
+
+  bool defined() const { return data_ != nullptr || !shape_.empty(); }
+  const Shape& shape() const { return shape_; }
+  int64_t dim(int i) const { return shape_.at(i < 0 ? shape_.size() + i : i); }
+  int ndim() const { return static_cast<int>(shape_.size()); }
+  int64_t numel() const { return shape_numel(shape_); }
+  size_t nbytes() const { return numel() * dtype_size(dtype_); }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+  void* data() const { return data_; }
+  template <class T> T* ptr() const { return static_cast<T*>(data_); }
+
+  // Rows [begin, end) of the leading axis, sharing the buffer.
+  Tensor rows(int64_t begin, int64_t end) const;
+  // Same buffer, new shape with the same number of elements.
+  Tensor reshape(Shape shape) const;
+  // The first numel(shape) elements, as a tensor of `shape` (for buffers sized for the worst case).
+  Tensor prefix(Shape shape) const;
+
+ private:
+  std::shared_ptr<void> buffer_;
+  void* data_ = nullptr;
+  Shape shape_;
+  DType dtype_ = DType::f32;
+  Device device_ = Device::cpu;
+};
+
+// Throws std::runtime_error("<what>: expected ..., got ...") unless t has this shape.
+void expect_shape(const Tensor& t, const Shape& shape, const char* what);
+
+}  // namespace sy
