@@ -1,0 +1,44 @@
+// Training and validation batches (SPEC 5). A training batch is a pure function of
+// (seed, step): the sampler holds no position, so resuming at step s needs only s.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace sy {
+
+class StepSampler {
+ public:
+  // Keeps a pointer to train_tokens, which must outlive the sampler. Throws if the split is
+  // shorter than seq_len + 1 tokens (one sequence plus its shifted target).
+  StepSampler(const std::vector<int32_t>& train_tokens, int64_t seq_len, uint64_t seed);
+
+  // Start of sequence `sequence` of step `step`: uniform in [0, N - S - 1], drawn by
+  // CounterRng(key_combine(key_combine(key_combine(hash_string("sampler"), seed), step),
+  // sequence)).below(N - S).
+  int64_t offset(int64_t step, int64_t sequence) const;
+
+  // Routing group `group_index` of step `step`: sequences [g*B, (g+1)*B) of the step's batch.
+  // inputs and targets each receive B*S tokens, token t of sequence b at [b*S + t]; the targets
+  // are the inputs shifted by one token.
+  void group(int64_t step, int64_t group_index, int64_t batch_size, int32_t* inputs,
+             int32_t* targets) const;
+
+  int64_t seq_len() const { return seq_len_; }
+  int64_t num_tokens() const { return static_cast<int64_t>(train_tokens_->size()); }
+
+ private:
+  const std::vector<int32_t>* train_tokens_;
+  int64_t seq_len_;
+  uint64_t stream_key_;  // key_combine(sampler domain, seed): the per-run root of all draws
+};
+
+// Validation batch j: the B sequences starting at token offsets (j*B + i) * S, i = 0..B-1,
+// with targets shifted by one; same [b*S + t] layout as StepSampler::group. Throws
+// "validation split has N tokens; J batches of B x S need M" if the split is too short.
+void validation_batch(const std::vector<int32_t>& val_tokens, int64_t batch_index,
+                      int64_t batch_size, int64_t seq_len, int32_t* inputs, int32_t* targets);
+
+// How many validation batches of batch_size x seq_len the split holds (0 if none).
+int64_t max_validation_batches(int64_t val_tokens, int64_t batch_size, int64_t seq_len);
+
+}  // namespace sy
