@@ -1,0 +1,461 @@
+// Config loading, overrides, round trip and one test per class of bad input. Every error test
+// checks the whole line "<file>: <yaml.path>: <what is wrong>", so a message stays useful.
+// Run with the repository root as the working directory (ctest does this).
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "trainer/config.h"
+
+namespace sy {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A directory of this process's own, removed when the tests end.
+fs::path temp_dir() {
+  return fs::temp_directory_path() / ("sy_test_config_" + std::to_string(::getpid()));
+}
+
+struct RemoveTempDir : testing::Environment {
+  void TearDown() override { fs::remove_all(temp_dir()); }
+};
+testing::Environment* const remove_temp_dir = testing::AddGlobalTestEnvironment(new RemoveTempDir);
+
+// Writes `text` to a fresh file under temp_dir() and returns its path.
+std::string write_temp(const std::string& text) {
+  static int counter = 0;
+  fs::create_directories(temp_dir());
+  const fs::path path = temp_dir() / ("config_" + std::to_string(counter++) + ".yaml");
+  std::ofstream(path) << text;
+  return path.string();
+}
+
+// Loads and returns every error line (empty when the config is valid).
+std::vector<std::string> load_errors(const std::string& path,
+                                     const std::vector<std::string>& overrides = {}) {
+  std::vector<std::string> errors;
+  try {
+    load_config(path, overrides, &errors);
+  } catch (const ConfigError& e) {
+    EXPECT_FALSE(errors.empty());
+    if (!errors.empty()) {
+      EXPECT_EQ(std::string(e.what()), errors.front());  // the first line is the one thrown
+    }
+    return errors;
+  }
+  EXPECT_TRUE(errors.empty());
+  return errors;
+}
+
+testing::AssertionResult has_line(const std::vector<std::string>& errors, const std::string& line) {
+  for (const std::string& error : errors)
+    if (error == line) return testing::AssertionSuccess();
+  auto failure = testing::AssertionFailure() << "missing line: " << line << "\ngot:";
+  for (const std::string& error : errors) failure << "\n  " << error;
+  return failure;
+}
+
+// Writes `yaml`, loads it, and checks that "<file>: <path_and_reason>" is among the errors.
+testing::AssertionResult rejects(const std::string& yaml, const std::string& path_and_reason,
+                                 const std::vector<std::string>& overrides = {}) {
+  const std::string file = write_temp(yaml);
+  return has_line(load_errors(file, overrides), file + ": " + path_and_reason);
+}
+
+// ---- valid configs -------------------------------------------------------------------------------
+
+TEST(Config, LoadsExample) {
+  const Config c = load_config("configs/example.yaml");
+  EXPECT_EQ(c.name, "brown-moe");
+  EXPECT_EQ(c.seed, 1234u);
+  EXPECT_EQ(c.model.vocab_size, 256);
+  EXPECT_EQ(c.model.seq_len, 128);
+  EXPECT_EQ(c.model.d_model, 128);
+  EXPECT_EQ(c.model.n_layers, 4);
+  EXPECT_EQ(c.model.n_heads, 4);
+  EXPECT_EQ(c.model.ffn_hidden, 512);
+  EXPECT_TRUE(c.model.tie_embeddings);
+  EXPECT_EQ(c.moe.num_experts, 8);
+  EXPECT_EQ(c.moe.top_k, 2);
+  EXPECT_EQ(c.moe.expert_hidden, 256);
+  EXPECT_EQ(c.moe.layers, "all");
+  EXPECT_EQ(c.moe.capacity_factor, 0.0);
+  EXPECT_EQ(c.moe.normalize_topk, -1);
+  EXPECT_TRUE(c.moe.normalize());
+  EXPECT_EQ(c.moe.aux_loss_coef, 0.01);
+  EXPECT_EQ(c.moe.z_loss_coef, 0.001);
+  EXPECT_EQ(c.parallel.expert_parallel, 1);
+  EXPECT_EQ(c.train.micro_batch_size, 16);
+  EXPECT_EQ(c.train.grad_accum_steps, 1);
+  EXPECT_EQ(c.train.steps, 800);
+  EXPECT_EQ(c.train.optimizer, "adamw");
+  EXPECT_EQ(c.train.lr, 3e-3);
+  EXPECT_EQ(c.train.min_lr, 3e-4);
+  EXPECT_EQ(c.train.warmup_steps, 50);
+  EXPECT_EQ(c.train.weight_decay, 0.1);
+  EXPECT_EQ(c.train.beta1, 0.9);
+  EXPECT_EQ(c.train.beta2, 0.95);
+  EXPECT_EQ(c.train.eps, 1e-8);
+  EXPECT_EQ(c.train.grad_clip, 1.0);
+  EXPECT_EQ(c.data.path, "corpora/brown.h5");
+  EXPECT_EQ(c.eval.every, 100);
+  EXPECT_EQ(c.eval.batches, 20);
+  EXPECT_EQ(c.checkpoint.dir, "");
+  EXPECT_EQ(c.checkpoint.every, 0);
+  EXPECT_EQ(c.checkpoint.keep_last, 3);
+  EXPECT_EQ(c.run.dir, "runs/brown-moe");
+  EXPECT_EQ(c.run.log_every, 10);
+  EXPECT_EQ(c.run.backend, "cpu");
+  EXPECT_EQ(c.run.precision, "fp32");
+  EXPECT_EQ(c.source_file, "configs/example.yaml");
+}
+
+TEST(Config, LoadsTiny) {
+  const Config c = load_config("configs/tiny.yaml");
+  EXPECT_EQ(c.model.seq_len, 16);
+  EXPECT_EQ(c.model.d_model, 16);
+  EXPECT_EQ(c.model.n_layers, 2);
+  EXPECT_EQ(c.model.n_heads, 2);
+  EXPECT_EQ(c.model.ffn_hidden, 32);
+  EXPECT_EQ(c.moe.num_experts, 4);
+  EXPECT_EQ(c.moe.top_k, 2);
+  EXPECT_EQ(c.moe.expert_hidden, 16);
+  EXPECT_EQ(c.train.micro_batch_size, 4);
+  EXPECT_EQ(c.train.steps, 30);
+  EXPECT_EQ(c.train.lr, 1e-2);
+  EXPECT_EQ(c.train.warmup_steps, 5);
+  EXPECT_EQ(c.run.dir, "runs/tiny");
+  EXPECT_EQ(c.run.log_every, 5);
+  EXPECT_EQ(c.eval.every, 10);
+  EXPECT_EQ(c.eval.batches, 2);
+}
+
+TEST(Config, EmptyFileAndEmptySectionsGiveDefaults) {
+  const Config defaults;
+  const Config c = load_config(write_temp("model:\nmoe:\n"));
+  EXPECT_EQ(config_to_yaml(c), config_to_yaml(defaults));
+  EXPECT_EQ(load_config(write_temp("")).train.lr, defaults.train.lr);
+}
+
+TEST(Config, DefaultConfigIsValid) { EXPECT_TRUE(validate_config(Config{}).empty()); }
+
+// ---- round trip ----------------------------------------------------------------------------------
+
+void expect_round_trip(const Config& original) {
+  const std::string yaml = config_to_yaml(original);
+  const Config back = load_config(write_temp(yaml));
+  EXPECT_EQ(config_to_yaml(back), yaml);
+  EXPECT_EQ(back.name, original.name);
+  EXPECT_EQ(back.seed, original.seed);
+  EXPECT_EQ(back.moe.layers, original.moe.layers);
+  EXPECT_EQ(back.moe.layer_list, original.moe.layer_list);
+  EXPECT_EQ(back.moe.normalize_topk, original.moe.normalize_topk);
+  EXPECT_EQ(back.moe.capacity_factor, original.moe.capacity_factor);  // bit-exact doubles
+  EXPECT_EQ(back.train.lr, original.train.lr);
+  EXPECT_EQ(back.train.min_lr, original.train.min_lr);
+  EXPECT_EQ(back.train.eps, original.train.eps);
+  EXPECT_EQ(back.checkpoint.dir, original.checkpoint.dir);
+}
+
+TEST(Config, RoundTripExample) { expect_round_trip(load_config("configs/example.yaml")); }
+
+TEST(Config, RoundTripAwkwardValues) {
+  Config c = load_config("configs/tiny.yaml");
+  c.name = "a: \"quoted\" # not a comment \\ ";
+  c.seed = 18446744073709551615ull;
+  c.moe.layers = "list";
+  c.moe.layer_list = {1, 0};
+  c.moe.normalize_topk = 0;
+  c.moe.capacity_factor = 1.0 / 3.0;
+  c.train.lr = 0.1 + 0.2;  // 0.30000000000000004
+  c.train.min_lr = 1e-300;
+  c.checkpoint.dir = "";
+  ASSERT_TRUE(validate_config(c).empty());
+  expect_round_trip(c);
+
+  c.moe.layers = "every_2";
+  c.moe.layer_list.clear();
+  c.moe.normalize_topk = 1;
+  expect_round_trip(c);
+
+  c.moe.layers = "list";  // an empty list: dense
+  expect_round_trip(c);
+}
+
+TEST(Config, YamlHasEveryKey) {
+  const std::string yaml = config_to_yaml(Config{});
+  for (const char* key : {"name:", "seed:", "vocab_size:", "tie_embeddings:", "layers: all",
+                          "normalize_topk: null", "expert_parallel:", "grad_clip:", "path:",
+                          "batches:", "keep_last:", "dir: \"\"", "precision:"})
+    EXPECT_NE(yaml.find(key), std::string::npos) << key << "\n" << yaml;
+}
+
+// ---- overrides -----------------------------------------------------------------------------------
+
+TEST(Config, Overrides) {
+  const Config c = load_config("configs/example.yaml",
+                               {"name=other", "seed=3", "moe.layers=[1,3]", "train.lr=1e-3",
+                                "moe.normalize_topk=false", "checkpoint.dir=", "run.dir=runs/x",
+                                "moe.top_k=1", "moe.top_k=3"});
+  EXPECT_EQ(c.name, "other");
+  EXPECT_EQ(c.seed, 3u);
+  EXPECT_EQ(c.moe.layers, "list");
+  EXPECT_EQ(c.moe.layer_list, (std::vector<int64_t>{1, 3}));
+  EXPECT_EQ(c.train.lr, 1e-3);
+  EXPECT_EQ(c.moe.normalize_topk, 0);
+  EXPECT_EQ(c.checkpoint.dir, "");
+  EXPECT_EQ(c.run.dir, "runs/x");
+  EXPECT_EQ(c.moe.top_k, 3);  // applied in order
+}
+
+TEST(Config, OverrideCreatesMissingSection) {
+  const Config c = load_config(write_temp("name: x\n"), {"moe.num_experts=4", "moe.layers=every_2"});
+  EXPECT_EQ(c.moe.num_experts, 4);
+  EXPECT_EQ(c.moe.layers, "every_2");
+}
+
+TEST(Config, OverridesAreValidated) {
+  const std::string file = "configs/example.yaml";
+  EXPECT_TRUE(has_line(load_errors(file, {"moe.top_k=9"}),
+                       file + ": moe.top_k: 9 exceeds moe.num_experts (8)"));
+  EXPECT_TRUE(has_line(load_errors(file, {"model.d_model=abc"}),
+                       file + ": model.d_model: expected an integer, got abc"));
+}
+
+TEST(Config, BadOverride) {
+  const std::string file = "configs/example.yaml";
+  EXPECT_TRUE(has_line(load_errors(file, {"moe.foo=1"}),
+                       file + ": --set moe.foo=1: unknown key moe.foo"));
+  EXPECT_TRUE(has_line(load_errors(file, {"nosection.lr=1"}),
+                       file + ": --set nosection.lr=1: unknown key nosection.lr"));
+  EXPECT_TRUE(has_line(load_errors(file, {"train.lr"}),
+                       file + ": --set train.lr: expected section.key=value"));
+  EXPECT_TRUE(has_line(load_errors(file, {"train=1"}),
+                       file + ": --set train=1: train is a section; set its keys one by one, as "
+                              "train.<key>=value"));
+  EXPECT_TRUE(has_line(load_errors(file, {"lr=1"}), file + ": --set lr=1: unknown key lr"));
+  const std::vector<std::string> errors = load_errors(file, {"moe.layers=[1,"});
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].rfind(file + ": --set moe.layers=[1,: value is not valid YAML", 0), 0u)
+      << errors[0];
+}
+
+// ---- unknown keys and wrong types -----------------------------------------------------------------
+
+TEST(ConfigErrors, UnknownTopLevelKey) { EXPECT_TRUE(rejects("modle:\n  d_model: 8\n", "modle: unknown key")); }
+
+TEST(ConfigErrors, UnknownNestedKey) {
+  EXPECT_TRUE(rejects("moe:\n  num_expert: 8\n", "moe.num_expert: unknown key"));
+  EXPECT_TRUE(rejects("train:\n  learning_rate: 0.1\n", "train.learning_rate: unknown key"));
+}
+
+TEST(ConfigErrors, DuplicateKey) {
+  EXPECT_TRUE(rejects("train:\n  lr: 0.1\n  lr: 0.2\n", "train.lr: duplicate key"));
+}
+
+TEST(ConfigErrors, WrongTypes) {
+  EXPECT_TRUE(rejects("model:\n  d_model: wide\n", "model.d_model: expected an integer, got wide"));
+  EXPECT_TRUE(rejects("model:\n  d_model: 12.5\n", "model.d_model: expected an integer, got 12.5"));
+  EXPECT_TRUE(rejects("train:\n  steps: 1e3\n", "train.steps: expected an integer, got 1e3"));
+  EXPECT_TRUE(rejects("model:\n  n_layers: \"4\"\n",
+                      "model.n_layers: expected an integer, got the string \"4\""));
+  EXPECT_TRUE(rejects("train:\n  lr: fast\n", "train.lr: expected a number, got fast"));
+  EXPECT_TRUE(rejects("model:\n  tie_embeddings: 1\n",
+                      "model.tie_embeddings: expected true or false, got 1"));
+  EXPECT_TRUE(rejects("moe:\n  normalize_topk: yes\n",
+                      "moe.normalize_topk: expected true or false, got yes"));
+  EXPECT_TRUE(rejects("model:\n  d_model: {a: 1}\n", "model.d_model: expected an integer, got a mapping"));
+  EXPECT_TRUE(rejects("data:\n  path: [a, b]\n", "data.path: expected a string, got a sequence"));
+  EXPECT_TRUE(rejects("model:\n  seq_len:\n", "model.seq_len: expected an integer, got null"));
+  EXPECT_TRUE(rejects("model: 3\n", "model: expected a mapping, got 3"));
+  EXPECT_TRUE(rejects("- a\n- b\n", "(top level): expected a mapping of sections, got a sequence"));
+}
+
+TEST(ConfigErrors, Seed) {
+  EXPECT_TRUE(rejects("seed: -1\n", "seed: must be a non-negative integer, got -1"));
+  EXPECT_TRUE(rejects("seed: 1.5\n", "seed: expected a non-negative integer, got 1.5"));
+}
+
+TEST(ConfigErrors, AllErrorsAreReported) {
+  const std::string file = write_temp("model:\n  d_model: x\n  n_heads: 0\ntrain:\n  lr: -1\n");
+  const std::vector<std::string> errors = load_errors(file);
+  EXPECT_EQ(errors.size(), 3u);
+  EXPECT_TRUE(has_line(errors, file + ": model.d_model: expected an integer, got x"));
+  EXPECT_TRUE(has_line(errors, file + ": model.n_heads: must be >= 1, got 0"));
+  EXPECT_TRUE(has_line(errors, file + ": train.lr: must be > 0, got -1.0"));
+}
+
+// ---- ranges and cross-field rules ------------------------------------------------------------------
+
+TEST(ConfigRules, ModelShapes) {
+  EXPECT_TRUE(rejects("model:\n  vocab_size: 1\n", "model.vocab_size: must be >= 2, got 1"));
+  EXPECT_TRUE(rejects("model:\n  seq_len: 0\n", "model.seq_len: must be >= 1, got 0"));
+  EXPECT_TRUE(rejects("model:\n  n_layers: 0\n", "model.n_layers: must be >= 1, got 0"));
+  EXPECT_TRUE(rejects("model:\n  ffn_hidden: 0\n", "model.ffn_hidden: must be >= 1, got 0"));
+}
+
+TEST(ConfigRules, DModelDivisibleByHeads) {
+  EXPECT_TRUE(rejects("model:\n  d_model: 130\n  n_heads: 4\n",
+                      "model.d_model: 130 is not divisible by model.n_heads (4)"));
+}
+
+TEST(ConfigRules, OddHeadWidth) {
+  EXPECT_TRUE(rejects("model:\n  d_model: 12\n  n_heads: 4\n",
+                      "model.n_heads: head width d_model / n_heads = 3 is odd; rotary embedding "
+                      "needs an even head width"));
+}
+
+TEST(ConfigRules, TopK) {
+  EXPECT_TRUE(rejects("moe:\n  num_experts: 8\n  top_k: 9\n", "moe.top_k: 9 exceeds moe.num_experts (8)"));
+  EXPECT_TRUE(rejects("moe:\n  num_experts: 8\n  top_k: 0\n", "moe.top_k: must be >= 1, got 0"));
+  EXPECT_TRUE(rejects("moe:\n  num_experts: -1\n", "moe.num_experts: must be >= 0, got -1"));
+  EXPECT_TRUE(rejects("moe:\n  num_experts: 4\n  expert_hidden: 0\n",
+                      "moe.expert_hidden: must be >= 1, got 0"));
+  // A dense model ignores top_k.
+  EXPECT_TRUE(load_errors(write_temp("moe:\n  num_experts: 0\n  top_k: 9\n")).empty());
+}
+
+TEST(ConfigRules, ExpertsDivisibleByExpertParallel) {
+  EXPECT_TRUE(rejects("moe:\n  num_experts: 6\nparallel:\n  expert_parallel: 4\n",
+                      "moe.num_experts: 6 is not divisible by parallel.expert_parallel (4)"));
+  EXPECT_TRUE(rejects("parallel:\n  expert_parallel: 0\n", "parallel.expert_parallel: must be >= 1, got 0"));
+}
+
+TEST(ConfigRules, LayersSpec) {
+  EXPECT_TRUE(rejects("moe:\n  num_experts: 4\n  layers: some\n",
+                      "moe.layers: expected all, every_<n> or a sequence of layer indices, got \"some\""));
+  EXPECT_TRUE(rejects("moe:\n  num_experts: 4\n  layers: every_0\n",
+                      "moe.layers: every_<n> needs n >= 1, got every_0"));
+  EXPECT_TRUE(rejects("moe:\n  num_experts: 4\n  layers: list\n",
+                      "moe.layers: expected all, every_<n> or a sequence of layer indices, got list"));
+  EXPECT_TRUE(rejects("moe:\n  num_experts: 4\n  layers: {a: 1}\n",
+                      "moe.layers: expected all, every_<n> or a sequence of layer indices, got a mapping"));
+  EXPECT_TRUE(rejects("moe:\n  num_experts: 4\n  layers: [0, x]\n",
+                      "moe.layers[1]: expected a layer index (integer), got x"));
+}
+
+TEST(ConfigRules, LayerIndexOutOfRange) {
+  EXPECT_TRUE(rejects("model:\n  n_layers: 4\nmoe:\n  num_experts: 4\n  layers: [1, 4]\n",
+                      "moe.layers[1]: layer 4 is out of range [0, 4) (model.n_layers = 4)"));
+  EXPECT_TRUE(rejects("moe:\n  num_experts: 4\n  layers: [-1]\n",
+                      "moe.layers[0]: layer -1 is out of range [0, 4) (model.n_layers = 4)"));
+  EXPECT_TRUE(rejects("moe:\n  num_experts: 4\n  layers: [1, 2, 1]\n",
+                      "moe.layers[2]: layer 1 is listed twice"));
+}
+
+TEST(ConfigRules, MoeCoefficients) {
+  EXPECT_TRUE(rejects("moe:\n  capacity_factor: .inf\n",
+                      "moe.capacity_factor: must be a finite number, got .inf"));
+  EXPECT_TRUE(rejects("moe:\n  aux_loss_coef: -0.5\n", "moe.aux_loss_coef: must be >= 0, got -0.5"));
+  EXPECT_TRUE(rejects("moe:\n  z_loss_coef: -1e-3\n", "moe.z_loss_coef: must be >= 0, got -0.001"));
+}
+
+TEST(ConfigRules, LearningRates) {
+  EXPECT_TRUE(rejects("train:\n  lr: -0.001\n", "train.lr: must be > 0, got -0.001"));
+  EXPECT_TRUE(rejects("train:\n  lr: 0\n", "train.lr: must be > 0, got 0.0"));
+  EXPECT_TRUE(rejects("train:\n  lr: .nan\n", "train.lr: must be > 0, got .nan"));
+  EXPECT_TRUE(rejects("train:\n  lr: 0.001\n  min_lr: 0.01\n", "train.min_lr: 0.01 exceeds train.lr (0.001)"));
+  EXPECT_TRUE(rejects("train:\n  min_lr: -1e-4\n", "train.min_lr: must be >= 0, got -0.0001"));
+}
+
+TEST(ConfigRules, Optimizer) {
+  EXPECT_TRUE(rejects("train:\n  optimizer: adam\n",
+                      "train.optimizer: unknown value \"adam\" (expected adamw or sgd)"));
+}
+
+TEST(ConfigRules, Steps) {
+  EXPECT_TRUE(rejects("train:\n  steps: 0\n", "train.steps: must be >= 1, got 0"));
+  EXPECT_TRUE(rejects("train:\n  micro_batch_size: 0\n", "train.micro_batch_size: must be >= 1, got 0"));
+  EXPECT_TRUE(rejects("train:\n  grad_accum_steps: 0\n", "train.grad_accum_steps: must be >= 1, got 0"));
+  EXPECT_TRUE(rejects("train:\n  warmup_steps: -1\n", "train.warmup_steps: must be >= 0, got -1"));
+  EXPECT_TRUE(load_errors(write_temp("train:\n  steps: 10\n  warmup_steps: 20\n")).empty());
+  EXPECT_TRUE(load_errors(write_temp("train:\n  steps: 1\n  warmup_steps: 0\n")).empty());
+}
+
+TEST(ConfigRules, OptimizerHyperparameters) {
+  EXPECT_TRUE(rejects("train:\n  weight_decay: -0.1\n", "train.weight_decay: must be >= 0, got -0.1"));
+  EXPECT_TRUE(rejects("train:\n  beta1: 1.0\n", "train.beta1: must be in [0, 1), got 1.0"));
+  EXPECT_TRUE(rejects("train:\n  beta2: -0.5\n", "train.beta2: must be in [0, 1), got -0.5"));
+  EXPECT_TRUE(rejects("train:\n  eps: 0\n", "train.eps: must be > 0, got 0.0"));
+  EXPECT_TRUE(rejects("train:\n  grad_clip: -1\n",
+                      "train.grad_clip: must be >= 0 (0 turns clipping off), got -1.0"));
+}
+
+TEST(ConfigRules, DataEvalCheckpointRun) {
+  EXPECT_TRUE(rejects("data:\n  path: \"\"\n", "data.path: must not be empty"));
+  EXPECT_TRUE(rejects("eval:\n  every: -1\n", "eval.every: must be >= 0, got -1"));
+  EXPECT_TRUE(rejects("eval:\n  batches: -2\n", "eval.batches: must be >= 0, got -2"));
+  EXPECT_TRUE(rejects("checkpoint:\n  every: -1\n", "checkpoint.every: must be >= 0, got -1"));
+  EXPECT_TRUE(rejects("checkpoint:\n  keep_last: 0\n", "checkpoint.keep_last: must be >= 1, got 0"));
+  EXPECT_TRUE(rejects("run:\n  log_every: 0\n", "run.log_every: must be >= 1, got 0"));
+  EXPECT_TRUE(rejects("run:\n  backend: tpu\n", "run.backend: unknown value \"tpu\" (expected cpu or cuda)"));
+  EXPECT_TRUE(rejects("run:\n  precision: fp16\n",
+                      "run.precision: unknown value \"fp16\" (expected fp32 or bf16)"));
+}
+
+TEST(ConfigRules, ValidateConfigBuiltInCode) {
+  Config c;
+  c.moe.num_experts = 8;
+  c.moe.top_k = 9;
+  const std::vector<std::string> errors = validate_config(c, "code");
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0], "code: moe.top_k: 9 exceeds moe.num_experts (8)");
+}
+
+// ---- files -----------------------------------------------------------------------------------------
+
+TEST(ConfigErrors, MissingFile) {
+  const std::string file = "configs/does_not_exist.yaml";
+  try {
+    load_config(file);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), file + ": cannot read config file (No such file or directory)");
+  }
+}
+
+TEST(ConfigErrors, YamlSyntaxError) {
+  const std::string file = write_temp("model:\n  d_model: 8\n  n_heads: [1, 2\nmoe:\n  top_k: 1\n");
+  const std::vector<std::string> errors = load_errors(file);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].rfind(file + ": line ", 0), 0u) << errors[0];
+  EXPECT_NE(errors[0].find("YAML syntax error"), std::string::npos) << errors[0];
+}
+
+// ---- moe_layer_mask ----------------------------------------------------------------------------------
+
+std::vector<bool> mask_of(int64_t n_layers, int64_t num_experts, const std::string& layers,
+                          std::vector<int64_t> list = {}) {
+  Config c;
+  c.model.n_layers = n_layers;
+  c.moe.num_experts = num_experts;
+  c.moe.layers = layers;
+  c.moe.layer_list = std::move(list);
+  return moe_layer_mask(c);
+}
+
+TEST(MoeLayerMask, Cases) {
+  EXPECT_EQ(mask_of(4, 8, "all"), (std::vector<bool>{true, true, true, true}));
+  EXPECT_EQ(mask_of(6, 8, "every_2"), (std::vector<bool>{false, true, false, true, false, true}));
+  EXPECT_EQ(mask_of(6, 8, "every_3"), (std::vector<bool>{false, false, true, false, false, true}));
+  EXPECT_EQ(mask_of(4, 8, "every_1"), (std::vector<bool>{true, true, true, true}));
+  EXPECT_EQ(mask_of(4, 8, "list", {0, 3}), (std::vector<bool>{true, false, false, true}));
+  EXPECT_EQ(mask_of(4, 8, "list", {}), (std::vector<bool>(4, false)));  // empty list: dense
+  EXPECT_EQ(mask_of(4, 0, "all"), (std::vector<bool>(4, false)));       // no experts: dense
+}
+
+TEST(MoeLayerMask, FromYamlList) {
+  const Config c = load_config("configs/example.yaml", {"moe.layers=[1, 3]"});
+  EXPECT_EQ(moe_layer_mask(c), (std::vector<bool>{false, true, false, true}));
+  const Config dense = load_config("configs/example.yaml", {"moe.layers=[]"});
+  EXPECT_EQ(moe_layer_mask(dense), (std::vector<bool>(4, false)));
+}
+
+}  // namespace
+}  // namespace sy

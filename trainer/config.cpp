@@ -1,0 +1,656 @@
+// Config loading: YAML text -> tree (+ --set overrides) -> typed struct -> validation.
+//
+// One table (config_fields) lists every key and where it lives in the struct; reading, the
+// override paths and config_to_yaml all walk it, so a key added there is known everywhere.
+// Every problem becomes one line "<file>: <yaml.path>: <what is wrong>"; we collect them all
+// instead of stopping at the first, so that a user fixes a config in one pass.
+#include "trainer/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <cstdlib>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <variant>
+
+namespace sy {
+
+namespace {
+
+// ---- the key table ------------------------------------------------------------------------------
+
+// A tri-state bool: YAML true/false, or null/absent for "the default" (-1).
+struct OptionalBool {
+  int* value;
+};
+// moe.layers: a scalar ("all", "every_<n>") or a sequence of layer indices.
+struct LayerSpec {
+  MoeConfig* moe;
+};
+
+using FieldRef =
+    std::variant<std::string*, int64_t*, uint64_t*, double*, bool*, OptionalBool, LayerSpec>;
+
+struct Field {
+  const char* key;
+  FieldRef ref;
+};
+
+struct Section {
+  const char* name;  // "" for the top-level scalars (name, seed)
+  std::vector<Field> fields;
+};
+
+// Every key of the config, in the order config_to_yaml writes them.
+std::vector<Section> config_fields(Config& c) {
+  return {
+      {"", {{"name", &c.name}, {"seed", &c.seed}}},
+      {"model",
+       {{"vocab_size", &c.model.vocab_size},
+        {"seq_len", &c.model.seq_len},
+        {"d_model", &c.model.d_model},
+        {"n_layers", &c.model.n_layers},
+        {"n_heads", &c.model.n_heads},
+        {"ffn_hidden", &c.model.ffn_hidden},
+        {"tie_embeddings", &c.model.tie_embeddings}}},
+      {"moe",
+       {{"num_experts", &c.moe.num_experts},
+        {"top_k", &c.moe.top_k},
+        {"expert_hidden", &c.moe.expert_hidden},
+        {"layers", LayerSpec{&c.moe}},
+        {"capacity_factor", &c.moe.capacity_factor},
+        {"normalize_topk", OptionalBool{&c.moe.normalize_topk}},
+        {"aux_loss_coef", &c.moe.aux_loss_coef},
+        {"z_loss_coef", &c.moe.z_loss_coef}}},
+      {"parallel", {{"expert_parallel", &c.parallel.expert_parallel}}},
+      {"train",
+       {{"micro_batch_size", &c.train.micro_batch_size},
+        {"grad_accum_steps", &c.train.grad_accum_steps},
+        {"steps", &c.train.steps},
+        {"optimizer", &c.train.optimizer},
+        {"lr", &c.train.lr},
+        {"min_lr", &c.train.min_lr},
+        {"warmup_steps", &c.train.warmup_steps},
+        {"weight_decay", &c.train.weight_decay},
+        {"beta1", &c.train.beta1},
+        {"beta2", &c.train.beta2},
+        {"eps", &c.train.eps},
+        {"grad_clip", &c.train.grad_clip}}},
+      {"data", {{"path", &c.data.path}}},
+      {"eval", {{"every", &c.eval.every}, {"batches", &c.eval.batches}}},
+      {"checkpoint",
+       {{"dir", &c.checkpoint.dir},
+        {"every", &c.checkpoint.every},
+        {"keep_last", &c.checkpoint.keep_last}}},
+      {"run",
+       {{"dir", &c.run.dir},
+        {"log_every", &c.run.log_every},
+        {"backend", &c.run.backend},
+        {"precision", &c.run.precision}}},
+  };
+}
+
+const Section* find_section(const std::vector<Section>& sections, const std::string& name) {
+  for (const Section& section : sections)
+    if (name == section.name) return &section;
+  return nullptr;
+}
+
+const Field* find_field(const Section& section, const std::string& key) {
+  for (const Field& field : section.fields)
+    if (key == field.key) return &field;
+  return nullptr;
+}
+
+std::string join_path(const std::string& section, const std::string& key) {
+  return section.empty() ? key : section + "." + key;
+}
+
+// ---- number formatting --------------------------------------------------------------------------
+
+// The shortest %g text that parses back to exactly `value` (so a config survives a round trip;
+// never more than 17 significant digits), in YAML spelling for the non-finite values.
+std::string format_double(double value) {
+  if (std::isnan(value)) return ".nan";
+  if (std::isinf(value)) return value > 0 ? ".inf" : "-.inf";
+  char buffer[64];
+  for (int digits = 1; digits <= 17; ++digits) {
+    std::snprintf(buffer, sizeof buffer, "%.*g", digits, value);
+    if (std::strtod(buffer, nullptr) == value) break;
+  }
+  // Keep a "." in the mantissa (1.0e-08, not 1e-08): YAML 1.1 readers such as PyYAML need it to
+  // see a float.
+  std::string text(buffer);
+  if (text.find('.') == std::string::npos) {
+    const size_t exponent = text.find('e');
+    text.insert(exponent == std::string::npos ? text.size() : exponent, ".0");
+  }
+  return text;
+}
+
+// A YAML double-quoted string: safe for any text, including ":" and "#".
+std::string quote_string(const std::string& text) {
+  std::string out = "\"";
+  for (unsigned char ch : text) {
+    if (ch == '"' || ch == '\\') {
+      out += '\\';
+      out += static_cast<char>(ch);
+    } else if (ch < 0x20 || ch == 0x7f) {
+      char escaped[8];
+      std::snprintf(escaped, sizeof escaped, "\\x%02x", ch);
+      out += escaped;
+    } else {
+      out += static_cast<char>(ch);
+    }
+  }
+  return out + "\"";
+}
+
+// ---- scalar parsing -----------------------------------------------------------------------------
+
+// Quoted scalars get the non-specific tag "!" from yaml-cpp, plain ones "?": `seed: "3"` is a
+// string, not a number.
+bool is_plain_scalar(const YAML::Node& node) { return node.IsScalar() && node.Tag() != "!"; }
+
+// How a node looks in an error message: its text for scalars, its kind otherwise.
+std::string describe(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Null: return "null";
+    case YAML::NodeType::Sequence: return "a sequence";
+    case YAML::NodeType::Map: return "a mapping";
+    case YAML::NodeType::Scalar:
+      return is_plain_scalar(node) ? node.Scalar() : "the string " + quote_string(node.Scalar());
+    default: return "nothing";
+  }
+}
+
+bool parse_int64(const std::string& text, int64_t* out) {
+  const char* begin = text.data();
+  const char* end = begin + text.size();
+  if (begin != end && *begin == '+') ++begin;
+  auto result = std::from_chars(begin, end, *out);
+  return result.ec == std::errc() && result.ptr == end && begin != end;
+}
+
+bool parse_uint64(const std::string& text, uint64_t* out) {
+  const char* begin = text.data();
+  const char* end = begin + text.size();
+  if (begin != end && *begin == '+') ++begin;
+  auto result = std::from_chars(begin, end, *out);
+  return result.ec == std::errc() && result.ptr == end && begin != end;
+}
+
+bool parse_double(const std::string& text, double* out) {
+  // YAML spells the special values .inf, -.inf, .nan (any case of the first letter).
+  static const std::pair<const char*, double> specials[] = {
+      {".inf", INFINITY},  {".Inf", INFINITY},  {".INF", INFINITY},  {"+.inf", INFINITY},
+      {"-.inf", -INFINITY}, {"-.Inf", -INFINITY}, {"-.INF", -INFINITY}, {".nan", NAN},
+      {".NaN", NAN},       {".NAN", NAN}};
+  for (const auto& [name, value] : specials) {
+    if (text == name) {
+      *out = value;
+      return true;
+    }
+  }
+  const char* begin = text.data();
+  const char* end = begin + text.size();
+  if (begin != end && *begin == '+') ++begin;
+  auto result = std::from_chars(begin, end, *out);
+  return result.ec == std::errc() && result.ptr == end && begin != end;
+}
+
+bool parse_bool(const std::string& text, bool* out) {
+  if (text == "true" || text == "True" || text == "TRUE") {
+    *out = true;
+    return true;
+  }
+  if (text == "false" || text == "False" || text == "FALSE") {
+    *out = false;
+    return true;
+  }
+  return false;
+}
+
+// "every_<n>" with n a decimal integer; false when `spec` has another form.
+bool parse_every_n(const std::string& spec, int64_t* n) {
+  const std::string prefix = "every_";
+  if (spec.rfind(prefix, 0) != 0 || spec.size() == prefix.size()) return false;
+  for (size_t i = prefix.size(); i < spec.size(); ++i)
+    if (spec[i] < '0' || spec[i] > '9') return false;
+  return parse_int64(spec.substr(prefix.size()), n);
+}
+
+// ---- tree -> struct -----------------------------------------------------------------------------
+
+// Collects problems as (yaml path, what is wrong); lines() formats them for the user.
+struct Problems {
+  std::string file;
+  std::vector<std::pair<std::string, std::string>> items;
+
+  void add(const std::string& path, const std::string& what) { items.emplace_back(path, what); }
+  bool has(const std::string& path) const {
+    for (const auto& item : items)
+      if (item.first == path) return true;
+    return false;
+  }
+  // "<file>: <path>: <what>", or "<file>: <what>" for problems of the file as a whole.
+  std::vector<std::string> lines() const {
+    std::vector<std::string> out;
+    for (const auto& [path, what] : items)
+      out.push_back(file + ": " + (path.empty() ? "" : path + ": ") + what);
+    return out;
+  }
+};
+
+void read_layers(const YAML::Node& node, const std::string& path, MoeConfig* moe,
+                 Problems& problems) {
+  if (node.IsSequence()) {
+    moe->layers = "list";
+    moe->layer_list.clear();
+    for (size_t i = 0; i < node.size(); ++i) {
+      int64_t index = 0;
+      if (is_plain_scalar(node[i]) && parse_int64(node[i].Scalar(), &index)) {
+        moe->layer_list.push_back(index);
+      } else {
+        problems.add(path + "[" + std::to_string(i) + "]",
+                     "expected a layer index (integer), got " + describe(node[i]));
+      }
+    }
+    return;
+  }
+  // "list" is only the struct's marker for a sequence; as YAML text it would mean nothing.
+  if (is_plain_scalar(node) && node.Scalar() != "list") {
+    moe->layers = node.Scalar();
+    moe->layer_list.clear();
+    return;
+  }
+  problems.add(path, "expected all, every_<n> or a sequence of layer indices, got " +
+                         describe(node));
+}
+
+void read_field(const YAML::Node& node, const std::string& path, const FieldRef& ref,
+                Problems& problems) {
+  const bool plain = is_plain_scalar(node);
+  const std::string text = node.IsScalar() ? node.Scalar() : "";
+  if (auto* out = std::get_if<std::string*>(&ref)) {
+    if (node.IsScalar()) **out = text;
+    else problems.add(path, "expected a string, got " + describe(node));
+  } else if (auto* out = std::get_if<int64_t*>(&ref)) {
+    if (!plain || !parse_int64(text, *out))
+      problems.add(path, "expected an integer, got " + describe(node));
+  } else if (auto* out = std::get_if<uint64_t*>(&ref)) {
+    int64_t negative = 0;
+    if (plain && parse_int64(text, &negative) && negative < 0)
+      problems.add(path, "must be a non-negative integer, got " + text);
+    else if (!plain || !parse_uint64(text, *out))
+      problems.add(path, "expected a non-negative integer, got " + describe(node));
+  } else if (auto* out = std::get_if<double*>(&ref)) {
+    if (!plain || !parse_double(text, *out))
+      problems.add(path, "expected a number, got " + describe(node));
+  } else if (auto* out = std::get_if<bool*>(&ref)) {
+    if (!plain || !parse_bool(text, *out))
+      problems.add(path, "expected true or false, got " + describe(node));
+  } else if (auto* out = std::get_if<OptionalBool>(&ref)) {
+    bool value = false;
+    if (node.IsNull()) *out->value = -1;  // explicit null: keep the default rule
+    else if (plain && parse_bool(text, &value)) *out->value = value ? 1 : 0;
+    else problems.add(path, "expected true or false, got " + describe(node));
+  } else if (auto* out = std::get_if<LayerSpec>(&ref)) {
+    read_layers(node, path, out->moe, problems);
+  }
+}
+
+// Reads the keys of one mapping into `section`'s fields; unknown and repeated keys are problems.
+void read_mapping(const YAML::Node& map, const Section& section, Problems& problems) {
+  std::set<std::string> seen;
+  for (auto it = map.begin(); it != map.end(); ++it) {
+    const std::string key = it->first.IsScalar() ? it->first.Scalar() : "<" + describe(it->first) + ">";
+    const std::string path = join_path(section.name, key);
+    if (!seen.insert(key).second) {
+      problems.add(path, "duplicate key");
+      continue;
+    }
+    const Field* field = find_field(section, key);
+    if (!field) {
+      problems.add(path, "unknown key");
+      continue;
+    }
+    read_field(it->second, path, field->ref, problems);
+  }
+}
+
+void read_root(const YAML::Node& root, Config& config, Problems& problems) {
+  if (root.IsNull()) return;  // an empty file: all defaults
+  if (!root.IsMap()) {
+    problems.add("(top level)", "expected a mapping of sections, got " + describe(root));
+    return;
+  }
+  std::vector<Section> sections = config_fields(config);
+  const Section& top_level = sections[0];
+  std::set<std::string> seen;
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    const std::string key = it->first.IsScalar() ? it->first.Scalar() : "<" + describe(it->first) + ">";
+    if (!seen.insert(key).second) {
+      problems.add(key, "duplicate key");
+      continue;
+    }
+    if (const Field* field = find_field(top_level, key)) {
+      read_field(it->second, key, field->ref, problems);
+      continue;
+    }
+    const Section* section = key.empty() ? nullptr : find_section(sections, key);
+    if (!section) {
+      problems.add(key, "unknown key");
+      continue;
+    }
+    if (it->second.IsNull()) continue;  // "moe:" with nothing under it: defaults
+    if (!it->second.IsMap()) {
+      problems.add(key, "expected a mapping, got " + describe(it->second));
+      continue;
+    }
+    read_mapping(it->second, *section, problems);
+  }
+}
+
+// ---- overrides ----------------------------------------------------------------------------------
+
+// Applies one "section.key=value" to the tree; returns "" or what is wrong with it.
+std::string apply_override(YAML::Node& root, const std::string& text) {
+  const size_t equals = text.find('=');
+  if (equals == std::string::npos) return "expected section.key=value";
+  const std::string path = text.substr(0, equals);
+  const std::string value_text = text.substr(equals + 1);
+
+  Config scratch;
+  const std::vector<Section> sections = config_fields(scratch);
+  std::string section_name, key;
+  const size_t dot = path.find('.');
+  if (dot == std::string::npos) {
+    key = path;
+  } else {
+    section_name = path.substr(0, dot);
+    key = path.substr(dot + 1);
+  }
+  const Section* section = section_name.empty() ? nullptr : find_section(sections, section_name);
+  const bool known = section_name.empty() ? find_field(sections[0], key) != nullptr
+                                          : section && find_field(*section, key) != nullptr;
+  if (!known && section_name.empty() && find_section(sections, key))
+    return key + " is a section; set its keys one by one, as " + key + ".<key>=value";
+  if (!known) return "unknown key " + path;
+
+  YAML::Node value;
+  if (value_text.empty()) {
+    value = YAML::Node(std::string());  // "checkpoint.dir=" means the empty string
+  } else {
+    try {
+      value = YAML::Load(value_text);
+    } catch (const YAML::Exception& e) {
+      return "value is not valid YAML (" + e.msg + ")";
+    }
+  }
+
+  if (!root.IsMap()) root = YAML::Node(YAML::NodeType::Map);
+  if (section_name.empty()) {
+    root[key] = value;
+    return "";
+  }
+  const YAML::Node existing = root[section_name];
+  if (!existing.IsDefined() || existing.IsNull())
+    root[section_name] = YAML::Node(YAML::NodeType::Map);
+  else if (!existing.IsMap())
+    return "cannot set " + path + ": " + section_name + " is not a mapping in the file";
+  root[section_name][key] = value;
+  return "";
+}
+
+// ---- validation helpers -------------------------------------------------------------------------
+
+std::string str(int64_t value) { return std::to_string(value); }
+std::string str(double value) { return format_double(value); }
+
+void check_at_least(Problems& p, const std::string& path, int64_t value, int64_t minimum) {
+  if (value < minimum) p.add(path, "must be >= " + str(minimum) + ", got " + str(value));
+}
+
+void check_finite(Problems& p, const std::string& path, double value) {
+  if (!std::isfinite(value)) p.add(path, "must be a finite number, got " + str(value));
+}
+
+// The comparisons are written so that NaN fails them.
+void check_non_negative(Problems& p, const std::string& path, double value) {
+  if (!(value >= 0)) p.add(path, "must be >= 0, got " + str(value));
+  else check_finite(p, path, value);
+}
+
+void check_one_of(Problems& p, const std::string& path, const std::string& value,
+                  const std::vector<std::string>& allowed) {
+  for (const std::string& option : allowed)
+    if (value == option) return;
+  std::string list;
+  for (size_t i = 0; i < allowed.size(); ++i)
+    list += (i == 0 ? "" : i + 1 == allowed.size() ? " or " : ", ") + allowed[i];
+  p.add(path, "unknown value " + quote_string(value) + " (expected " + list + ")");
+}
+
+void validate_model(const ModelConfig& m, Problems& p) {
+  check_at_least(p, "model.vocab_size", m.vocab_size, 2);
+  check_at_least(p, "model.seq_len", m.seq_len, 1);
+  check_at_least(p, "model.d_model", m.d_model, 1);
+  check_at_least(p, "model.n_layers", m.n_layers, 1);
+  check_at_least(p, "model.n_heads", m.n_heads, 1);
+  check_at_least(p, "model.ffn_hidden", m.ffn_hidden, 1);
+  if (m.d_model >= 1 && m.n_heads >= 1) {
+    if (m.d_model % m.n_heads != 0) {
+      p.add("model.d_model", str(m.d_model) + " is not divisible by model.n_heads (" +
+                                 str(m.n_heads) + ")");
+    } else if ((m.d_model / m.n_heads) % 2 != 0) {
+      p.add("model.n_heads", "head width d_model / n_heads = " + str(m.d_model / m.n_heads) +
+                                 " is odd; rotary embedding needs an even head width");
+    }
+  }
+}
+
+void validate_layers(const Config& c, Problems& p) {
+  const MoeConfig& moe = c.moe;
+  if (moe.layers == "all") return;
+  if (moe.layers == "list") {
+    std::set<int64_t> seen;
+    for (size_t i = 0; i < moe.layer_list.size(); ++i) {
+      const int64_t layer = moe.layer_list[i];
+      const std::string path = "moe.layers[" + std::to_string(i) + "]";
+      if (layer < 0 || layer >= c.model.n_layers)
+        p.add(path, "layer " + str(layer) + " is out of range [0, " + str(c.model.n_layers) +
+                        ") (model.n_layers = " + str(c.model.n_layers) + ")");
+      else if (!seen.insert(layer).second)
+        p.add(path, "layer " + str(layer) + " is listed twice");
+    }
+    return;
+  }
+  int64_t n = 0;
+  if (!parse_every_n(moe.layers, &n))
+    p.add("moe.layers", "expected all, every_<n> or a sequence of layer indices, got " +
+                            quote_string(moe.layers));
+  else if (n < 1)
+    p.add("moe.layers", "every_<n> needs n >= 1, got " + moe.layers);
+}
+
+void validate_moe(const Config& c, Problems& p) {
+  const MoeConfig& moe = c.moe;
+  check_at_least(p, "moe.num_experts", moe.num_experts, 0);
+  if (moe.num_experts > 0) {
+    if (moe.top_k < 1)
+      p.add("moe.top_k", "must be >= 1, got " + str(moe.top_k));
+    else if (moe.top_k > moe.num_experts)
+      p.add("moe.top_k", str(moe.top_k) + " exceeds moe.num_experts (" + str(moe.num_experts) + ")");
+    check_at_least(p, "moe.expert_hidden", moe.expert_hidden, 1);
+    const int64_t ranks = c.parallel.expert_parallel;
+    if (ranks >= 1 && moe.num_experts % ranks != 0)
+      p.add("moe.num_experts", str(moe.num_experts) + " is not divisible by parallel.expert_parallel (" +
+                                   str(ranks) + ")");
+  }
+  validate_layers(c, p);
+  check_finite(p, "moe.capacity_factor", moe.capacity_factor);
+  check_non_negative(p, "moe.aux_loss_coef", moe.aux_loss_coef);
+  check_non_negative(p, "moe.z_loss_coef", moe.z_loss_coef);
+  if (moe.normalize_topk < -1 || moe.normalize_topk > 1)
+    p.add("moe.normalize_topk", "must be -1 (default), 0 or 1, got " + str(int64_t{moe.normalize_topk}));
+}
+
+void validate_train(const TrainConfig& t, Problems& p) {
+  check_at_least(p, "train.micro_batch_size", t.micro_batch_size, 1);
+  check_at_least(p, "train.grad_accum_steps", t.grad_accum_steps, 1);
+  check_at_least(p, "train.steps", t.steps, 1);
+  check_one_of(p, "train.optimizer", t.optimizer, {"adamw", "sgd"});
+  if (!(t.lr > 0)) p.add("train.lr", "must be > 0, got " + str(t.lr));
+  else check_finite(p, "train.lr", t.lr);
+  if (!(t.min_lr >= 0)) p.add("train.min_lr", "must be >= 0, got " + str(t.min_lr));
+  else if (t.lr > 0 && t.min_lr > t.lr)
+    p.add("train.min_lr", str(t.min_lr) + " exceeds train.lr (" + str(t.lr) + ")");
+  // A warmup as long as the run or longer is allowed (a shortened run keeps its warmup): the LR
+  // then rises linearly for the whole run.
+  check_at_least(p, "train.warmup_steps", t.warmup_steps, 0);
+  check_non_negative(p, "train.weight_decay", t.weight_decay);
+  if (!(t.beta1 >= 0 && t.beta1 < 1)) p.add("train.beta1", "must be in [0, 1), got " + str(t.beta1));
+  if (!(t.beta2 >= 0 && t.beta2 < 1)) p.add("train.beta2", "must be in [0, 1), got " + str(t.beta2));
+  if (!(t.eps > 0)) p.add("train.eps", "must be > 0, got " + str(t.eps));
+  else check_finite(p, "train.eps", t.eps);
+  if (!(t.grad_clip >= 0)) p.add("train.grad_clip", "must be >= 0 (0 turns clipping off), got " + str(t.grad_clip));
+  else check_finite(p, "train.grad_clip", t.grad_clip);
+}
+
+void validate_rest(const Config& c, Problems& p) {
+  if (c.name.empty()) p.add("name", "must not be empty");
+  check_at_least(p, "parallel.expert_parallel", c.parallel.expert_parallel, 1);
+  if (c.data.path.empty()) p.add("data.path", "must not be empty");
+  check_at_least(p, "eval.every", c.eval.every, 0);
+  check_at_least(p, "eval.batches", c.eval.batches, 0);
+  check_at_least(p, "checkpoint.every", c.checkpoint.every, 0);
+  check_at_least(p, "checkpoint.keep_last", c.checkpoint.keep_last, 1);
+  if (c.run.dir.empty()) p.add("run.dir", "must not be empty");
+  check_at_least(p, "run.log_every", c.run.log_every, 1);
+  check_one_of(p, "run.backend", c.run.backend, {"cpu", "cuda"});
+  check_one_of(p, "run.precision", c.run.precision, {"fp32", "bf16"});
+}
+
+void validate_into(const Config& config, Problems& problems) {
+  validate_model(config.model, problems);
+  validate_moe(config, problems);
+  validate_train(config.train, problems);
+  validate_rest(config, problems);
+}
+
+// ---- emitting -----------------------------------------------------------------------------------
+
+std::string format_field(const FieldRef& ref) {
+  if (auto* v = std::get_if<std::string*>(&ref)) return quote_string(**v);
+  if (auto* v = std::get_if<int64_t*>(&ref)) return std::to_string(**v);
+  if (auto* v = std::get_if<uint64_t*>(&ref)) return std::to_string(**v);
+  if (auto* v = std::get_if<double*>(&ref)) return format_double(**v);
+  if (auto* v = std::get_if<bool*>(&ref)) return **v ? "true" : "false";
+  if (auto* v = std::get_if<OptionalBool>(&ref)) {
+    if (*v->value < 0) return "null  # default: true when top_k > 1";
+    return *v->value ? "true" : "false";
+  }
+  if (auto* v = std::get_if<LayerSpec>(&ref)) {
+    if (v->moe->layers != "list") return v->moe->layers;
+    std::string list = "[";
+    for (size_t i = 0; i < v->moe->layer_list.size(); ++i)
+      list += (i ? ", " : "") + std::to_string(v->moe->layer_list[i]);
+    return list + "]";
+  }
+  return "";
+}
+
+}  // namespace
+
+// ---- public API ---------------------------------------------------------------------------------
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides,
+                   std::vector<std::string>* all_errors) {
+  Problems problems{path, {}};
+  auto finish = [&](Config config) {
+    const std::vector<std::string> lines = problems.lines();
+    if (all_errors) *all_errors = lines;
+    if (!lines.empty()) throw ConfigError(lines.front());
+    return config;
+  };
+
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    problems.add("", std::string("cannot read config file (") + std::strerror(errno) + ")");
+    return finish(Config{});
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+
+  YAML::Node root;
+  try {
+    root = YAML::Load(text.str());
+  } catch (const YAML::ParserException& e) {
+    problems.add("line " + std::to_string(e.mark.line + 1) + ", column " +
+                     std::to_string(e.mark.column + 1),
+                 "YAML syntax error: " + e.msg);
+    return finish(Config{});
+  }
+
+  for (const std::string& override_text : overrides) {
+    const std::string problem = apply_override(root, override_text);
+    if (!problem.empty()) problems.add("--set " + override_text, problem);
+  }
+
+  Config config;
+  config.source_file = path;
+  read_root(root, config, problems);
+
+  // A value that failed to read keeps its default; rules about that key would only confuse.
+  Problems rules{path, {}};
+  validate_into(config, rules);
+  for (const auto& [key_path, what] : rules.items) {
+    const std::string bare_path = key_path.substr(0, key_path.find('['));
+    if (!problems.has(key_path) && !problems.has(bare_path)) problems.add(key_path, what);
+  }
+  return finish(config);
+}
+
+std::vector<std::string> validate_config(const Config& config, const std::string& file) {
+  Problems problems{file, {}};
+  validate_into(config, problems);
+  return problems.lines();
+}
+
+std::string config_to_yaml(const Config& config) {
+  Config copy = config;  // config_fields hands out pointers into a mutable Config
+  std::string out;
+  for (const Section& section : config_fields(copy)) {
+    const bool top_level = section.name[0] == '\0';
+    if (!top_level) out += std::string(section.name) + ":\n";
+    for (const Field& field : section.fields)
+      out += std::string(top_level ? "" : "  ") + field.key + ": " + format_field(field.ref) + "\n";
+  }
+  return out;
+}
+
+std::vector<bool> moe_layer_mask(const Config& config) {
+  const int64_t n_layers = std::max<int64_t>(config.model.n_layers, 0);
+  std::vector<bool> mask(n_layers, false);
+  const MoeConfig& moe = config.moe;
+  if (moe.num_experts <= 0) return mask;
+  int64_t every = 0;
+  for (int64_t l = 0; l < n_layers; ++l) {
+    if (moe.layers == "all") mask[l] = true;
+    else if (parse_every_n(moe.layers, &every) && every >= 1) mask[l] = (l + 1) % every == 0;
+  }
+  if (moe.layers == "list")
+    for (int64_t layer : moe.layer_list)
+      if (layer >= 0 && layer < n_layers) mask[layer] = true;
+  return mask;
+}
+
+}  // namespace sy

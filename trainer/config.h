@@ -1,0 +1,88 @@
+// The experiment config: one small typed struct per YAML section (SPEC.md, issue 2 schema).
+// Loaded and validated in one place (config.cpp); each module receives only its own struct.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "model/model_config.h"
+
+namespace sy {
+
+struct ParallelConfig {
+  int64_t expert_parallel = 1;
+};
+
+struct TrainConfig {
+  int64_t micro_batch_size = 16;
+  int64_t grad_accum_steps = 1;
+  int64_t steps = 800;
+  std::string optimizer = "adamw";    // adamw | sgd
+  double lr = 3e-3;
+  double min_lr = 3e-4;
+  int64_t warmup_steps = 50;
+  double weight_decay = 0.1;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double grad_clip = 1.0;             // <= 0: no clipping
+};
+
+struct DataConfig {
+  std::string path = "corpora/brown.h5";
+};
+
+struct EvalConfig {
+  int64_t every = 100;                // 0: only at the end
+  int64_t batches = 20;
+};
+
+struct CheckpointConfig {
+  std::string dir = "";               // "": <run.dir>/checkpoints
+  int64_t every = 0;                  // 0: only at the end
+  int64_t keep_last = 3;
+};
+
+struct RunConfig {
+  std::string dir = "runs/default";
+  int64_t log_every = 10;
+  std::string backend = "cpu";        // cpu | cuda
+  std::string precision = "fp32";     // fp32 | bf16
+};
+
+struct Config {
+  std::string name = "switchyard";
+  uint64_t seed = 1234;
+  ModelConfig model;
+  MoeConfig moe;
+  ParallelConfig parallel;
+  TrainConfig train;
+  DataConfig data;
+  EvalConfig eval;
+  CheckpointConfig checkpoint;
+  RunConfig run;
+
+  std::string source_file;  // where it was loaded from ("" when built in code)
+};
+
+// Raised for a bad config; what() is one line: "<file>: <yaml.path>: <what is wrong>".
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Loads `path`, applies `overrides` ("section.key=value", YAML-parsed value) in order, then validates.
+// Throws ConfigError naming the first problem; `all_errors`, when given, receives every problem found.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {},
+                   std::vector<std::string>* all_errors = nullptr);
+
+// Validates a config built in code; returns one line per problem (empty when valid).
+std::vector<std::string> validate_config(const Config& config, const std::string& file = "<config>");
+
+// The resolved config (file, overrides and defaults) as YAML text; load_config of it gives it back.
+std::string config_to_yaml(const Config& config);
+
+// Which layers hold an MoE FFN (SPEC.md section 1).
+std::vector<bool> moe_layer_mask(const Config& config);
+
+}  // namespace sy
