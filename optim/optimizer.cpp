@@ -1,0 +1,89 @@
+#include "optim/optimizer.h"
+
+#include <map>
+#include <stdexcept>
+
+namespace sy {
+
+namespace {
+
+void check_param(const Param& param) {
+  if (!param.grad.defined()) throw std::runtime_error("optimizer: " + param.path + " has no grad");
+  expect_shape(param.grad, param.value.shape(), ("optimizer: grad of " + param.path).c_str());
+}
+
+class AdamW : public Optimizer {
+ public:
+  explicit AdamW(const TrainConfig& train)
+      : beta1_(train.beta1), beta2_(train.beta2), eps_(train.eps),
+        weight_decay_(train.weight_decay) {}
+
+  void step(Backend& backend, std::vector<Param*>& params, double lr) override {
+    init_state(backend, params);
+    ++step_count_;
+    for (Param* param : params) {
+      check_param(*param);
+      Moments& moments = moments_.at(param->path);
+      const double decay = param->decay ? weight_decay_ : 0.0;
+      backend.adamw_update(param->value, param->grad, moments.exp_avg, moments.exp_avg_sq, lr,
+                           beta1_, beta2_, eps_, decay, step_count_);
+    }
+  }
+
+  // Moments are keyed by path, so a param seen for the first time later still gets its own.
+  void init_state(Backend& backend, const std::vector<Param*>& params) override {
+    for (const Param* param : params) {
+      auto found = moments_.find(param->path);
+      if (found != moments_.end()) {
+        expect_shape(found->second.exp_avg, param->value.shape(),
+                     ("optimizer state of " + param->path).c_str());
+        continue;
+      }
+      const Shape& shape = param->value.shape();
+      const DType dtype = param->value.dtype();
+      moments_[param->path] = {backend.zeros(shape, dtype), backend.zeros(shape, dtype)};
+      order_.push_back(param->path);
+    }
+  }
+
+  std::vector<std::pair<std::string, Tensor>> state_tensors() override {
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (const std::string& path : order_) {
+      const Moments& moments = moments_.at(path);
+      tensors.emplace_back("exp_avg/" + path, moments.exp_avg);
+      tensors.emplace_back("exp_avg_sq/" + path, moments.exp_avg_sq);
+    }
+    return tensors;
+  }
+
+ private:
+  struct Moments {
+    Tensor exp_avg;
+    Tensor exp_avg_sq;
+  };
+
+  double beta1_, beta2_, eps_, weight_decay_;
+  std::map<std::string, Moments> moments_;
+  std::vector<std::string> order_;  // paths in the order first seen, for a stable checkpoint
+};
+
+class Sgd : public Optimizer {
+ public:
+  void step(Backend& backend, std::vector<Param*>& params, double lr) override {
+    ++step_count_;
+    for (Param* param : params) {
+      check_param(*param);
+      backend.sgd_update(param->value, param->grad, lr);
+    }
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Optimizer> make_optimizer(const TrainConfig& train) {
+  if (train.optimizer == "adamw") return std::make_unique<AdamW>(train);
+  if (train.optimizer == "sgd") return std::make_unique<Sgd>();
+  throw std::invalid_argument("unknown optimizer \"" + train.optimizer + "\" (expected adamw or sgd)");
+}
+
+}  // namespace sy

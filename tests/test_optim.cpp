@@ -1,0 +1,242 @@
+// Optimizers, LR schedule and clipping against hand-computed values (SPEC.md section 4).
+// The AdamW numbers come from torch.optim.AdamW's single-tensor algorithm replayed in double
+// precision (Python, step by step):
+//   p *= 1 - lr*wd;  m += (g - m)*(1 - b1);  v = v*b2 + (1 - b2)*g*g
+//   p -= lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps)
+// Params are fp32, so values are compared to 1e-6.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include "model/backend.h"
+#include "model/param.h"
+#include "optim/clip.h"
+#include "optim/lr_schedule.h"
+#include "optim/optimizer.h"
+
+namespace sy {
+namespace {
+
+constexpr double kTol = 1e-6;
+
+Tensor make_tensor(Backend& backend, const Shape& shape, const std::vector<double>& values) {
+  Tensor t = backend.alloc(shape, DType::f32);
+  backend.write(t, std::span<const double>(values));
+  return t;
+}
+
+Param make_param(Backend& backend, const std::string& path, const Shape& shape,
+                 const std::vector<double>& values) {
+  Param param;
+  param.path = path;
+  param.value = make_tensor(backend, shape, values);
+  param.grad = backend.zeros(shape, DType::f32);
+  param.decay = shape.size() >= 2;
+  return param;
+}
+
+void expect_near(const std::vector<double>& actual, const std::vector<double>& expected,
+                 const char* what) {
+  ASSERT_EQ(actual.size(), expected.size()) << what;
+  for (size_t i = 0; i < expected.size(); ++i)
+    EXPECT_NEAR(actual[i], expected[i], kTol) << what << "[" << i << "]";
+}
+
+TrainConfig adamw_config() {
+  TrainConfig train;
+  train.optimizer = "adamw";
+  train.beta1 = 0.9;
+  train.beta2 = 0.95;
+  train.eps = 1e-8;
+  train.weight_decay = 0.1;
+  return train;
+}
+
+// Three steps with changing grads and lr; one grad entry is 0 on the first step.
+const std::vector<double> kLrs = {0.01, 0.02, 0.005};
+const std::vector<std::vector<double>> kGradW = {
+    {0.1, -0.2, 0.3, 0.0}, {-0.05, 0.4, 0.1, 0.2}, {0.2, 0.1, -0.3, 0.05}};
+const std::vector<std::vector<double>> kGradB = {
+    {0.5, -0.1, 0.0}, {0.2, 0.2, -1.0}, {-0.4, 0.3, 0.01}};
+
+void run_adamw_steps(Backend& backend, Optimizer& optimizer, Param& w, Param& b, int first,
+                     int last) {
+  std::vector<Param*> params = {&w, &b};
+  for (int s = first; s < last; ++s) {
+    backend.write(w.grad, std::span<const double>(kGradW[s]));
+    backend.write(b.grad, std::span<const double>(kGradB[s]));
+    optimizer.step(backend, params, kLrs[s]);
+  }
+}
+
+TEST(AdamW, MatchesTorchThreeSteps) {
+  auto backend = make_cpu_backend();
+  Param w = make_param(*backend, "layers/0/attn/wq", {2, 2}, {0.5, -1.0, 0.25, 2.0});
+  Param b = make_param(*backend, "final_norm", {3}, {0.1, -0.3, 1.5});  // 1-D: no decay
+  auto optimizer = make_optimizer(adamw_config());
+  EXPECT_TRUE(optimizer->state_tensors().empty());  // moments come with the first step
+
+  run_adamw_steps(*backend, *optimizer, w, b, 0, 3);
+  EXPECT_EQ(optimizer->step_count(), 3);
+
+  expect_near(backend->read(w.value),
+              {0.4796683114884602, -0.9958786863839105, 0.22131854234990478, 1.9747538053786922},
+              "w");
+  expect_near(backend->read(b.value), {0.07097686249804401, -0.30062629785185896, 1.517544439673444},
+              "b");
+
+  const auto state = optimizer->state_tensors();
+  ASSERT_EQ(state.size(), 4u);
+  EXPECT_EQ(state[0].first, "exp_avg/layers/0/attn/wq");
+  EXPECT_EQ(state[1].first, "exp_avg_sq/layers/0/attn/wq");
+  EXPECT_EQ(state[2].first, "exp_avg/final_norm");
+  EXPECT_EQ(state[3].first, "exp_avg_sq/final_norm");
+  EXPECT_EQ(state[0].second.shape(), (Shape{2, 2}));
+  EXPECT_EQ(state[0].second.dtype(), DType::f32);
+  expect_near(backend->read(state[0].second), {0.0236, 0.0298, 0.0033, 0.023}, "exp_avg w");
+  expect_near(backend->read(state[1].second), {0.00257, 0.009905, 0.00903625, 0.002025},
+              "exp_avg_sq w");
+  expect_near(backend->read(state[2].second), {0.0185, 0.0399, -0.089}, "exp_avg b");
+  expect_near(backend->read(state[3].second), {0.02118125, 0.00685125, 0.047505}, "exp_avg_sq b");
+}
+
+// Restoring the state and step count into a fresh optimizer continues the same trajectory.
+TEST(AdamW, ResumeFromStateTensors) {
+  auto backend = make_cpu_backend();
+  Param w = make_param(*backend, "w", {2, 2}, {0.5, -1.0, 0.25, 2.0});
+  Param b = make_param(*backend, "b", {3}, {0.1, -0.3, 1.5});
+  auto first = make_optimizer(adamw_config());
+  run_adamw_steps(*backend, *first, w, b, 0, 2);
+
+  auto second = make_optimizer(adamw_config());
+  std::vector<Param*> params = {&w, &b};
+  second->init_state(*backend, params);
+  const auto saved = first->state_tensors();
+  const auto restored = second->state_tensors();
+  ASSERT_EQ(saved.size(), restored.size());
+  for (size_t i = 0; i < saved.size(); ++i) {
+    ASSERT_EQ(saved[i].first, restored[i].first);
+    backend->copy(restored[i].second, saved[i].second);
+  }
+  second->set_step_count(first->step_count());
+  run_adamw_steps(*backend, *second, w, b, 2, 3);
+
+  expect_near(backend->read(w.value),
+              {0.4796683114884602, -0.9958786863839105, 0.22131854234990478, 1.9747538053786922},
+              "w");
+  expect_near(backend->read(b.value), {0.07097686249804401, -0.30062629785185896, 1.517544439673444},
+              "b");
+}
+
+TEST(Sgd, PlainSteps) {
+  auto backend = make_cpu_backend();
+  TrainConfig train;
+  train.optimizer = "sgd";
+  train.weight_decay = 0.1;  // SGD ignores it
+  Param p = make_param(*backend, "w", {1, 2}, {1.0, -2.0});
+  std::vector<Param*> params = {&p};
+  auto optimizer = make_optimizer(train);
+
+  backend->write(p.grad, std::span<const double>(std::vector<double>{0.5, 0.25}));
+  optimizer->step(*backend, params, 0.1);
+  expect_near(backend->read(p.value), {0.95, -2.025}, "after step 1");
+  backend->write(p.grad, std::span<const double>(std::vector<double>{-1.0, 2.0}));
+  optimizer->step(*backend, params, 0.01);
+  expect_near(backend->read(p.value), {0.96, -2.045}, "after step 2");
+  EXPECT_EQ(optimizer->step_count(), 2);
+  EXPECT_TRUE(optimizer->state_tensors().empty());
+}
+
+TEST(Optimizer, UnknownName) {
+  TrainConfig train;
+  train.optimizer = "adam";
+  EXPECT_THROW(make_optimizer(train), std::invalid_argument);
+}
+
+// ---- LR schedule -----------------------------------------------------------------------------------
+
+TEST(LrSchedule, WarmupThenCosine) {
+  TrainConfig train;
+  train.lr = 1e-2;
+  train.min_lr = 1e-3;
+  train.warmup_steps = 5;
+  train.steps = 25;
+  EXPECT_NEAR(lr_at(train, 0), 2e-3, 1e-15);    // warmup start: lr * 1/5
+  EXPECT_NEAR(lr_at(train, 2), 6e-3, 1e-15);
+  EXPECT_NEAR(lr_at(train, 4), 1e-2, 1e-15);    // warmup end: peak
+  EXPECT_NEAR(lr_at(train, 5), 1e-2, 1e-15);    // cosine start: cos(0)
+  EXPECT_NEAR(lr_at(train, 15), 5.5e-3, 1e-15); // halfway: (lr + min_lr) / 2
+  EXPECT_NEAR(lr_at(train, 24), 0.0010554024673218806, 1e-15);  // last: min + 0.45*(1+cos(0.95 pi))
+  EXPECT_NEAR(lr_at(train, 25), 1e-3, 1e-15);   // past the end: min_lr
+  EXPECT_NEAR(lr_at(train, 100), 1e-3, 1e-15);
+}
+
+TEST(LrSchedule, NoWarmup) {
+  TrainConfig train;
+  train.lr = 1e-2;
+  train.min_lr = 1e-3;
+  train.warmup_steps = 0;
+  train.steps = 10;
+  EXPECT_NEAR(lr_at(train, 0), 1e-2, 1e-15);
+  EXPECT_NEAR(lr_at(train, 5), 5.5e-3, 1e-15);
+}
+
+TEST(LrSchedule, AllWarmupKeepsPeak) {
+  TrainConfig train;
+  train.lr = 1e-2;
+  train.min_lr = 1e-3;
+  train.warmup_steps = 4;
+  train.steps = 4;
+  EXPECT_NEAR(lr_at(train, 0), 2.5e-3, 1e-15);
+  EXPECT_NEAR(lr_at(train, 3), 1e-2, 1e-15);
+  EXPECT_NEAR(lr_at(train, 4), 1e-2, 1e-15);
+}
+
+// ---- clipping --------------------------------------------------------------------------------------
+
+struct ClipFixture : testing::Test {
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  Param shared, expert;
+  std::vector<Param*> params;
+
+  void SetUp() override {
+    shared = make_param(*backend, "w", {1, 2}, {0.0, 0.0});
+    expert = make_param(*backend, "experts/w1", {1}, {0.0});
+    expert.is_expert = true;
+    backend->write(shared.grad, std::span<const double>(std::vector<double>{3.0, 4.0}));
+    backend->write(expert.grad, std::span<const double>(std::vector<double>{12.0}));
+    params = {&shared, &expert};
+  }
+};
+
+TEST_F(ClipFixture, NormSquares) {
+  const GradSquares squares = grad_squares(*backend, params);
+  EXPECT_DOUBLE_EQ(squares.shared, 25.0);
+  EXPECT_DOUBLE_EQ(squares.expert, 144.0);
+  EXPECT_DOUBLE_EQ(global_grad_norm_squared(*backend, params), 169.0);
+  EXPECT_DOUBLE_EQ(global_grad_norm(*backend, params), 13.0);
+  // A finish that stands in for a reduction: two expert-parallel ranks with the same expert grads.
+  auto two_ranks = [](const GradSquares& s) { return s.shared + 2.0 * s.expert; };
+  EXPECT_DOUBLE_EQ(global_grad_norm(*backend, params, two_ranks), std::sqrt(313.0));
+}
+
+TEST_F(ClipFixture, ClipsToMaxNorm) {
+  const double norm = global_grad_norm(*backend, params);
+  const double factor = clip_gradients(*backend, params, norm, 1.0);
+  EXPECT_DOUBLE_EQ(factor, 1.0 / (13.0 + 1e-6));
+  expect_near(backend->read(shared.grad), {3.0 * factor, 4.0 * factor}, "shared grad");
+  expect_near(backend->read(expert.grad), {12.0 * factor}, "expert grad");
+  EXPECT_NEAR(global_grad_norm(*backend, params), 1.0, 1e-6);
+}
+
+TEST_F(ClipFixture, NoClipBelowMaxOrWhenOff) {
+  EXPECT_EQ(clip_gradients(*backend, params, 13.0, 100.0), 1.0);
+  EXPECT_EQ(clip_gradients(*backend, params, 13.0, 0.0), 1.0);  // 0: clipping off
+  expect_near(backend->read(shared.grad), {3.0, 4.0}, "shared grad");
+  expect_near(backend->read(expert.grad), {12.0}, "expert grad");
+}
+
+}  // namespace
+}  // namespace sy
