@@ -1,0 +1,13 @@
+#include "model/embedding.h"
+
+namespace sy {
+
+void Embedding::forward(Backend& backend, const Tensor& out, const Tensor& tokens) const {
+  backend.embedding_forward(out, tokens, table.value);
+}
+
+void Embedding::backward(Backend& backend, const Tensor& dout, const Tensor& tokens) {
+  backend.embedding_backward(table.grad, dout, tokens);
+}
+
+}  // namespace sy

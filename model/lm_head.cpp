@@ -1,0 +1,46 @@
+#include "model/lm_head.h"
+
+#include "model/buffers.h"
+
+namespace sy {
+
+int64_t LMHead::vocab() const {
+  return tied_table ? tied_table->value.dim(0) : weight.value.dim(1);
+}
+
+double LMHead::forward_backward(Backend& backend, const Tensor& x, const Tensor& targets,
+                                bool compute_grad, double grad_scale) {
+  const int64_t T = x.dim(0), V = vocab();
+  const DType dtype = x.dtype();
+  ensure(backend, losses, {T}, dtype);
+  if (compute_grad) ensure(backend, dx, x.shape(), dtype);
+  const int64_t chunk = std::min<int64_t>(chunk_rows, T);
+  Tensor& logits_storage = logits;
+  for (int64_t begin = 0; begin < T; begin += chunk) {
+    const int64_t end = std::min(T, begin + chunk);
+    const Tensor x_chunk = x.rows(begin, end);
+    const Tensor logits_chunk = ensure_rows(backend, logits_storage, end - begin, V, dtype);
+    if (tied_table)
+      backend.gemm(logits_chunk, x_chunk, false, tied_table->value, true, 1.0, 0.0);
+    else
+      backend.gemm(logits_chunk, x_chunk, false, weight.value, false, 1.0, 0.0);
+
+    backend.cross_entropy(losses.rows(begin, end), logits_chunk, targets.rows(begin, end),
+                          compute_grad, grad_scale);
+    if (!compute_grad) continue;
+    // logits_chunk now holds dlogits.
+    const Tensor dx_chunk = dx.rows(begin, end);
+    if (tied_table) {
+      backend.gemm(dx_chunk, logits_chunk, false, tied_table->value, false, 1.0, 0.0);
+      backend.gemm(tied_table->grad, logits_chunk, true, x_chunk, false, 1.0, 1.0);
+    } else {
+      backend.gemm(dx_chunk, logits_chunk, false, weight.value, true, 1.0, 0.0);
+      backend.gemm(weight.grad, x_chunk, true, logits_chunk, false, 1.0, 1.0);
+    }
+  }
+  double loss_sum = 0.0;
+  for (double loss : backend.read(losses)) loss_sum += loss;
+  return loss_sum;
+}
+
+}  // namespace sy

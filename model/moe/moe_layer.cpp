@@ -1,0 +1,60 @@
+#include "model/moe/moe_layer.h"
+
+#include "model/buffers.h"
+
+namespace sy {
+
+const Tensor& MoELayer::forward(Backend& backend, const Tensor& u) {
+  const int64_t D = u.dim(1);
+  const DType dtype = u.dtype();
+  const int64_t K = router.settings.top_k;
+
+  // route
+  router.forward(backend, u);
+  // permute: this rank's kept assignments, grouped by expert.
+  const Tensor x_perm = ensure_rows(backend, x_perm_storage, router.kept, D, dtype);
+  backend.permute_rows(x_perm, u, router.row_slot, K);
+  // dispatch
+  plan = exchange->plan(router.tokens_per_expert);
+  const Tensor x_recv = ensure_rows(backend, x_recv_storage, plan.rows_received, D, dtype);
+  exchange->dispatch(plan, x_recv, x_perm);
+  // experts
+  const Tensor y_recv = experts.forward(backend, x_recv, plan.rows_per_local_expert);
+  // combine
+  const Tensor y_perm = ensure_rows(backend, y_perm_storage, router.kept, D, dtype);
+  exchange->combine(plan, y_perm, y_recv);
+  // unpermute: gate-weighted sum of each token's kept expert outputs.
+  ensure(backend, out, u.shape(), dtype);
+  backend.unpermute_combine(out, y_perm, router.gates, router.slot_row);
+  return out;
+}
+
+const Tensor& MoELayer::backward(Backend& backend, const Tensor& dout, const Tensor& u,
+                                 double d_aux, double d_z) {
+  const int64_t D = u.dim(1);
+  const DType dtype = u.dtype();
+  const int64_t K = router.settings.top_k;
+  const Tensor y_perm = y_perm_storage.rows(0, router.kept);
+  const Tensor x_recv = x_recv_storage.rows(0, plan.rows_received);
+
+  // unpermute: gate gradients stay on this rank; the rows' gradients follow the tokens.
+  const Tensor dy_perm = ensure_rows(backend, dy_perm_storage, router.kept, D, dtype);
+  ensure(backend, dgates, router.gates.shape(), dtype);
+  backend.unpermute_combine_backward(dy_perm, dgates, dout, y_perm, router.gates,
+                                     router.slot_row);
+  // combine, reversed: output gradients travel to the experts' owners.
+  const Tensor dy_recv = ensure_rows(backend, dy_recv_storage, plan.rows_received, D, dtype);
+  exchange->dispatch(plan, dy_recv, dy_perm);
+  // experts
+  const Tensor dx_recv = experts.backward(backend, dy_recv, x_recv, plan.rows_per_local_expert);
+  // dispatch, reversed: input gradients travel back the way the tokens came.
+  const Tensor dx_perm = ensure_rows(backend, dx_perm_storage, router.kept, D, dtype);
+  exchange->combine(plan, dx_perm, dx_recv);
+  // permute, reversed, then the router's own path into u.
+  ensure(backend, du, u.shape(), dtype);
+  backend.permute_rows_backward(du, dx_perm, router.slot_row, K);
+  router.backward(backend, du, dgates, u, d_aux, d_z);
+  return du;
+}
+
+}  // namespace sy

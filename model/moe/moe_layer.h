@@ -1,0 +1,31 @@
+// One MoE FFN layer, in the stages the literature names:
+//   route -> permute -> dispatch -> experts -> combine -> unpermute
+// and backward in reverse (dispatch and combine swap roles). The exchange decides where the
+// experts run; the layer never talks to a communicator itself.
+#pragma once
+#include "model/backend.h"
+#include "model/moe/experts.h"
+#include "model/moe/router.h"
+#include "model/moe/token_exchange.h"
+
+namespace sy {
+
+struct MoELayer {
+  Router router;
+  Experts experts;
+  TokenExchange* exchange = nullptr;
+
+  ExchangePlan plan;
+  // Rows grouped by global expert (this rank's kept assignments) and as received by the experts.
+  Tensor x_perm_storage, x_recv_storage, y_perm_storage, y_recv_storage;
+  Tensor dy_perm_storage, dy_recv_storage, dx_perm_storage;
+  Tensor out, du, dgates;
+
+  // u: the normalised input [T, D]. Returns out [T, D].
+  const Tensor& forward(Backend& backend, const Tensor& u);
+  // Returns du [T, D] (overwritten); parameter gradients accumulate.
+  const Tensor& backward(Backend& backend, const Tensor& dout, const Tensor& u, double d_aux,
+                         double d_z);
+};
+
+}  // namespace sy

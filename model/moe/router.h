@@ -1,0 +1,47 @@
+// The router of one MoE layer (SPEC.md section 2): fp32 logits, softmax, top-k, gates, capacity
+// and drops, the Switch load-balancing loss and the z-loss. Its outputs are what the dispatcher
+// needs: the gates and the permutation of kept assignments, grouped by expert.
+#pragma once
+#include <vector>
+
+#include "model/backend.h"
+#include "model/param.h"
+
+namespace sy {
+
+struct RouterSettings {
+  int64_t num_experts = 0;       // E
+  int64_t top_k = 1;             // K
+  bool normalize = false;        // renormalise the gates over the top-k
+  double capacity_factor = 0.0;  // <= 0: dropless
+};
+
+// C = ceil(capacity_factor * K * T / E) in float64, left to right; -1 when dropless.
+int64_t expert_capacity(const RouterSettings& settings, int64_t tokens);
+
+struct Router {
+  Param weight;  // [D, E]
+  RouterSettings settings;
+
+  // Forward results, kept for backward and metrics. T tokens, E experts, K choices.
+  Tensor logits, probs;           // [T, E]
+  Tensor lse;                     // [T]
+  Tensor topk_idx, gates;         // [T, K]
+  Tensor slot_row;                // i32 [T*K]: permuted row of assignment t*K+k, -1 if dropped
+  Tensor row_slot;                // i32 [T*K]: assignment of each permuted row (first `kept` valid)
+  Tensor assignments_per_expert;  // i32 [E], before drops
+  std::vector<int64_t> tokens_per_expert;  // [E] kept, on the host
+  double aux_loss = 0.0, z_loss = 0.0;
+  int64_t kept = 0, dropped = 0;
+  // Backward scratch.
+  Tensor dlogits;
+
+  // u: the normalised input [T, D].
+  void forward(Backend& backend, const Tensor& u);
+  // dgates [T, K]; d_aux, d_z: the loss's derivative with respect to this layer's aux and z.
+  // du accumulates u's gradient through the router; weight.grad accumulates.
+  void backward(Backend& backend, const Tensor& du, const Tensor& dgates, const Tensor& u,
+                double d_aux, double d_z);
+};
+
+}  // namespace sy

@@ -1,0 +1,20 @@
+#include "model/rmsnorm.h"
+
+#include "model/buffers.h"
+
+namespace sy {
+
+const Tensor& RMSNorm::forward(Backend& backend, const Tensor& x) {
+  ensure(backend, out, x.shape(), x.dtype());
+  ensure(backend, rstd, {x.dim(0)}, x.dtype());
+  backend.rmsnorm_forward(out, rstd, x, gain.value);
+  return out;
+}
+
+const Tensor& RMSNorm::backward(Backend& backend, const Tensor& dout, const Tensor& x) {
+  ensure(backend, dx, x.shape(), x.dtype());
+  backend.rmsnorm_backward(dx, gain.grad, dout, x, gain.value, rstd);
+  return dx;
+}
+
+}  // namespace sy

@@ -1,0 +1,19 @@
+// RMSNorm: out = x / sqrt(mean(x^2) + 1e-5) * gain, over the last axis.
+#pragma once
+#include "model/backend.h"
+#include "model/param.h"
+
+namespace sy {
+
+struct RMSNorm {
+  Param gain;   // [D]
+  Tensor out;   // [T, D]
+  Tensor rstd;  // [T], saved for backward
+  Tensor dx;    // [T, D]
+
+  const Tensor& forward(Backend& backend, const Tensor& x);
+  // x: the forward input. Returns dx (overwritten); gain.grad accumulates.
+  const Tensor& backward(Backend& backend, const Tensor& dout, const Tensor& x);
+};
+
+}  // namespace sy

@@ -1,0 +1,218 @@
+#include "model/transformer.h"
+
+#include <stdexcept>
+
+#include "model/buffers.h"
+#include "model/rng.h"
+
+namespace sy {
+
+namespace {
+constexpr uint64_t kInitDomain = 0x1A17'5EED'0000'0001ull;  // keeps init streams apart from data
+constexpr double kInitStd = 0.02;
+}  // namespace
+
+Param Transformer::make_param(const std::string& path, const Shape& shape, bool is_expert) {
+  Param param;
+  param.path = path;
+  param.value = backend_.zeros(shape, options_.dtype);
+  param.grad = backend_.zeros(shape, options_.dtype);
+  param.decay = shape.size() >= 2;
+  param.is_expert = is_expert;
+  return param;
+}
+
+Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExchange* exchange)
+    : backend_(backend), options_(std::move(options)) {
+  const ModelConfig& m = options_.model;
+  const MoeConfig& moe = options_.moe;
+  const int64_t D = m.d_model;
+  if (static_cast<int64_t>(options_.moe_layers.size()) != m.n_layers)
+    throw std::runtime_error("Transformer: moe_layers has " +
+                             std::to_string(options_.moe_layers.size()) + " entries for " +
+                             std::to_string(m.n_layers) + " layers");
+
+  embedding_.table = make_param("embedding", {m.vocab_size, D});
+  blocks_.resize(m.n_layers);
+  for (int64_t l = 0; l < m.n_layers; ++l) {
+    const std::string prefix = "layers/" + std::to_string(l) + "/";
+    Block& block = blocks_[l];
+    block.attn_norm.gain = make_param(prefix + "attn_norm", {D});
+    block.attn.wq = make_param(prefix + "attn/wq", {D, D});
+    block.attn.wk = make_param(prefix + "attn/wk", {D, D});
+    block.attn.wv = make_param(prefix + "attn/wv", {D, D});
+    block.attn.wo = make_param(prefix + "attn/wo", {D, D});
+    block.ffn_norm.gain = make_param(prefix + "ffn_norm", {D});
+    if (!options_.moe_layers[l]) {
+      block.dense = std::make_unique<DenseFFN>();
+      block.dense->w1 = make_param(prefix + "ffn/w1", {D, m.ffn_hidden});
+      block.dense->w3 = make_param(prefix + "ffn/w3", {D, m.ffn_hidden});
+      block.dense->w2 = make_param(prefix + "ffn/w2", {m.ffn_hidden, D});
+      continue;
+    }
+    if (!exchange) throw std::runtime_error("Transformer: MoE layers need a token exchange");
+    if (exchange->num_experts() != moe.num_experts)
+      throw std::runtime_error("Transformer: the token exchange serves " +
+                               std::to_string(exchange->num_experts()) + " experts, the config " +
+                               std::to_string(moe.num_experts));
+    first_local_expert_ = exchange->first_local_expert();
+    const int64_t local = exchange->num_local_experts(), F = moe.expert_hidden;
+    block.moe = std::make_unique<MoELayer>();
+    MoELayer& layer = *block.moe;
+    layer.exchange = exchange;
+    layer.router.weight = make_param(prefix + "moe/router", {D, moe.num_experts});
+    layer.router.settings = {moe.num_experts, moe.top_k, moe.normalize(), moe.capacity_factor};
+    layer.experts.w1 = make_param(prefix + "moe/experts/w1", {local, D, F}, true);
+    layer.experts.w3 = make_param(prefix + "moe/experts/w3", {local, D, F}, true);
+    layer.experts.w2 = make_param(prefix + "moe/experts/w2", {local, F, D}, true);
+  }
+  final_norm_.gain = make_param("final_norm", {D});
+  if (m.tie_embeddings)
+    lm_head_.tied_table = &embedding_.table;
+  else
+    lm_head_.weight = make_param("lm_head", {D, m.vocab_size});
+}
+
+std::vector<Param*> Transformer::params() {
+  std::vector<Param*> list{&embedding_.table};
+  for (Block& block : blocks_) {
+    list.insert(list.end(), {&block.attn_norm.gain, &block.attn.wq, &block.attn.wk,
+                             &block.attn.wv, &block.attn.wo, &block.ffn_norm.gain});
+    if (block.dense)
+      list.insert(list.end(), {&block.dense->w1, &block.dense->w3, &block.dense->w2});
+    else
+      list.insert(list.end(), {&block.moe->router.weight, &block.moe->experts.w1,
+                               &block.moe->experts.w3, &block.moe->experts.w2});
+  }
+  list.push_back(&final_norm_.gain);
+  if (!lm_head_.tied_table) list.push_back(&lm_head_.weight);
+  return list;
+}
+
+int64_t Transformer::num_moe_layers() const {
+  int64_t count = 0;
+  for (const Block& block : blocks_) count += block.moe != nullptr;
+  return count;
+}
+
+void Transformer::init_parameters(uint64_t seed) {
+  const uint64_t seed_key = key_combine(kInitDomain, seed);
+  for (Param* param : params()) {
+    if (param->value.ndim() == 1) {  // norm gains
+      backend_.fill(param->value, 1.0);
+      continue;
+    }
+    const uint64_t path_key = key_combine(seed_key, hash_string(param->path));
+    // A stacked expert tensor is E_local slices, each drawn from its global expert's stream.
+    const int64_t slices = param->is_expert ? param->value.dim(0) : 1;
+    const int64_t slice_elems = param->value.numel() / slices;
+    std::vector<double> values(param->value.numel());
+    for (int64_t j = 0; j < slices; ++j) {
+      const uint64_t expert = param->is_expert ? first_local_expert_ + j : 0;
+      CounterRng rng(key_combine(path_key, expert));
+      for (int64_t i = 0; i < slice_elems; ++i) values[j * slice_elems + i] = kInitStd * rng.normal();
+    }
+    backend_.write(param->value, std::span<const double>(values));
+  }
+}
+
+void Transformer::zero_grads() {
+  for (Param* param : params()) backend_.fill(param->grad, 0.0);
+}
+
+GroupStats Transformer::forward_backward(std::span<const int32_t> inputs,
+                                         std::span<const int32_t> targets, int64_t batch,
+                                         bool compute_grad, double loss_scale) {
+  const ModelConfig& m = options_.model;
+  const int64_t T = batch * m.seq_len;
+  if (static_cast<int64_t>(inputs.size()) != T || static_cast<int64_t>(targets.size()) != T)
+    throw std::runtime_error("Transformer: expected " + std::to_string(T) + " tokens (batch " +
+                             std::to_string(batch) + " x seq_len " + std::to_string(m.seq_len) +
+                             "), got " + std::to_string(inputs.size()));
+  ensure(backend_, inputs_, {T}, DType::i32);
+  ensure(backend_, targets_, {T}, DType::i32);
+  backend_.write(inputs_, inputs);
+  backend_.write(targets_, targets);
+
+  forward(batch);
+  const Tensor& x_final = final_norm_.forward(backend_, residual_.back());
+  const double ce_sum =
+      lm_head_.forward_backward(backend_, x_final, targets_, compute_grad, loss_scale / T);
+
+  GroupStats stats;
+  stats.tokens = T;
+  stats.lm_loss = ce_sum / T;
+  for (const Block& block : blocks_) {
+    if (!block.moe) continue;
+    const Router& router = block.moe->router;
+    stats.aux_loss += router.aux_loss;
+    stats.z_loss += router.z_loss;
+    stats.assignments += router.kept + router.dropped;
+    stats.dropped += router.dropped;
+    std::vector<double> counts = backend_.read(router.assignments_per_expert);
+    stats.assignments_per_expert.emplace_back(counts.begin(), counts.end());
+  }
+  const int64_t n_moe = num_moe_layers();
+  if (n_moe > 0) {
+    stats.aux_loss /= n_moe;
+    stats.z_loss /= n_moe;
+  }
+  stats.loss = stats.lm_loss + options_.moe.aux_loss_coef * stats.aux_loss +
+               options_.moe.z_loss_coef * stats.z_loss;
+
+  if (compute_grad) backward(batch, loss_scale);
+  return stats;
+}
+
+void Transformer::forward(int64_t batch) {
+  const ModelConfig& m = options_.model;
+  const int64_t T = batch * m.seq_len, D = m.d_model;
+  const AttentionShape shape{batch, m.seq_len, m.n_heads};
+  residual_.resize(m.n_layers + 1);
+  residual_mid_.resize(m.n_layers);
+  for (Tensor& x : residual_) ensure(backend_, x, {T, D}, options_.dtype);
+  for (Tensor& x : residual_mid_) ensure(backend_, x, {T, D}, options_.dtype);
+
+  embedding_.forward(backend_, residual_[0], inputs_);
+  for (int64_t l = 0; l < m.n_layers; ++l) {
+    Block& block = blocks_[l];
+    // x_mid = x + attention(rmsnorm(x))
+    const Tensor& attn_in = block.attn_norm.forward(backend_, residual_[l]);
+    const Tensor& attn_out = block.attn.forward(backend_, attn_in, shape);
+    backend_.copy(residual_mid_[l], residual_[l]);
+    backend_.add(residual_mid_[l], attn_out, 1.0);
+    // x_next = x_mid + ffn(rmsnorm(x_mid))
+    const Tensor& ffn_in = block.ffn_norm.forward(backend_, residual_mid_[l]);
+    const Tensor& ffn_out =
+        block.dense ? block.dense->forward(backend_, ffn_in) : block.moe->forward(backend_, ffn_in);
+    backend_.copy(residual_[l + 1], residual_mid_[l]);
+    backend_.add(residual_[l + 1], ffn_out, 1.0);
+  }
+}
+
+void Transformer::backward(int64_t batch, double loss_scale) {
+  const ModelConfig& m = options_.model;
+  const AttentionShape shape{batch, m.seq_len, m.n_heads};
+  const int64_t n_moe = num_moe_layers();
+  const double d_aux = n_moe ? loss_scale * options_.moe.aux_loss_coef / n_moe : 0.0;
+  const double d_z = n_moe ? loss_scale * options_.moe.z_loss_coef / n_moe : 0.0;
+
+  // dresidual carries the gradient of the residual stream down the blocks.
+  ensure(backend_, dresidual_, residual_.back().shape(), options_.dtype);
+  backend_.copy(dresidual_, final_norm_.backward(backend_, lm_head_.dx, residual_.back()));
+  for (int64_t l = m.n_layers - 1; l >= 0; --l) {
+    Block& block = blocks_[l];
+    const Tensor& ffn_in = block.ffn_norm.out;
+    const Tensor& dffn_in = block.dense
+                                ? block.dense->backward(backend_, dresidual_, ffn_in)
+                                : block.moe->backward(backend_, dresidual_, ffn_in, d_aux, d_z);
+    backend_.add(dresidual_, block.ffn_norm.backward(backend_, dffn_in, residual_mid_[l]), 1.0);
+
+    const Tensor& attn_in = block.attn_norm.out;
+    const Tensor& dattn_in = block.attn.backward(backend_, dresidual_, attn_in, shape);
+    backend_.add(dresidual_, block.attn_norm.backward(backend_, dattn_in, residual_[l]), 1.0);
+  }
+  embedding_.backward(backend_, dresidual_, inputs_);
+}
+
+}  // namespace sy

@@ -1,0 +1,86 @@
+// The decoder-only transformer of SPEC.md section 1: parameters, the block stack, and the
+// explicit forward and backward walks over one routing group (micro-batch).
+#pragma once
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "model/attention.h"
+#include "model/backend.h"
+#include "model/embedding.h"
+#include "model/lm_head.h"
+#include "model/model_config.h"
+#include "model/moe/moe_layer.h"
+#include "model/rmsnorm.h"
+#include "model/swiglu.h"
+
+namespace sy {
+
+struct Block {
+  RMSNorm attn_norm;
+  Attention attn;
+  RMSNorm ffn_norm;
+  std::unique_ptr<DenseFFN> dense;  // exactly one of dense, moe
+  std::unique_ptr<MoELayer> moe;
+};
+
+// What one routing group's forward produced, for the loss and the metrics.
+struct GroupStats {
+  int64_t tokens = 0;
+  double lm_loss = 0.0;      // mean cross-entropy over the group's tokens
+  double aux_loss = 0.0;     // mean over MoE layers, unscaled
+  double z_loss = 0.0;       // mean over MoE layers, unscaled
+  double loss = 0.0;         // lm + aux_coef * aux + z_coef * z
+  int64_t assignments = 0;   // over all MoE layers
+  int64_t dropped = 0;
+  std::vector<std::vector<int64_t>> assignments_per_expert;  // [MoE layer][E], before drops
+};
+
+struct TransformerOptions {
+  ModelConfig model;
+  MoeConfig moe;
+  std::vector<bool> moe_layers;  // [n_layers]
+  DType dtype = DType::f32;
+};
+
+class Transformer {
+ public:
+  // `exchange` serves every MoE layer (may be null for dense models); it fixes which experts
+  // this rank holds.
+  Transformer(Backend& backend, TransformerOptions options, TokenExchange* exchange);
+
+  // Every matrix from N(0, 0.02), norm gains 1; each tensor, and each expert's slice, from its
+  // own counter-based stream keyed by (seed, path, global expert index).
+  void init_parameters(uint64_t seed);
+  void zero_grads();
+
+  // One routing group: inputs and targets [B*S]. With compute_grad, parameter gradients
+  // accumulate the gradient of loss * loss_scale.
+  GroupStats forward_backward(std::span<const int32_t> inputs, std::span<const int32_t> targets,
+                              int64_t batch, bool compute_grad, double loss_scale);
+
+  std::vector<Param*> params();  // canonical order, stable
+  const TransformerOptions& options() const { return options_; }
+  int64_t num_moe_layers() const;
+
+ private:
+  Param make_param(const std::string& path, const Shape& shape, bool is_expert = false);
+  void forward(int64_t batch);
+  void backward(int64_t batch, double loss_scale);
+
+  Backend& backend_;
+  TransformerOptions options_;
+  int64_t first_local_expert_ = 0;
+
+  Embedding embedding_;
+  std::vector<Block> blocks_;
+  RMSNorm final_norm_;
+  LMHead lm_head_;
+
+  Tensor inputs_, targets_;               // i32 [T]
+  std::vector<Tensor> residual_;          // [L+1] block inputs (and the final output), [T, D]
+  std::vector<Tensor> residual_mid_;      // [L] after attention, [T, D]
+  Tensor dresidual_;                      // [T, D]
+};
+
+}  // namespace sy

@@ -1,0 +1,200 @@
+// Finite-difference gradient checks in float64 for every layer and for the whole model,
+// including the aux and z losses and the top-k / capacity path.
+#include <gtest/gtest.h>
+
+#include "model/attention.h"
+#include "model/embedding.h"
+#include "model/lm_head.h"
+#include "model/moe/moe_layer.h"
+#include "model/rmsnorm.h"
+#include "model/swiglu.h"
+#include "model/transformer.h"
+#include "parallel/local_exchange.h"
+#include "tests/grad_check.h"
+
+namespace sy {
+namespace {
+
+using test::expect_gradient;
+using test::random_param;
+using test::random_tensor;
+using test::weighted_sum;
+
+class LayerGrad : public ::testing::Test {
+ protected:
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  Backend& be = *backend;
+  std::vector<double> grad_of(const Param& p) { return be.read(p.grad); }
+  void zero(std::initializer_list<Param*> params) {
+    for (Param* p : params) be.fill(p->grad, 0.0);
+  }
+};
+
+TEST_F(LayerGrad, RMSNorm) {
+  const int64_t T = 5, D = 7;
+  RMSNorm norm;
+  norm.gain = random_param(be, "g", {D}, 1);
+  Tensor x = random_tensor(be, {T, D}, 2), r = random_tensor(be, {T, D}, 3);
+  auto loss = [&] { return weighted_sum(be, norm.forward(be, x), r); };
+  loss();
+  const std::vector<double> dx = be.read(norm.backward(be, r, x));
+  expect_gradient(be, x, dx, loss, "rmsnorm x");
+  expect_gradient(be, norm.gain.value, grad_of(norm.gain), loss, "rmsnorm gain");
+}
+
+TEST_F(LayerGrad, Attention) {
+  const AttentionShape shape{2, 5, 2};
+  const int64_t D = 8, T = shape.batch * shape.seq;
+  Attention attn;
+  attn.wq = random_param(be, "wq", {D, D}, 11, 0.4);
+  attn.wk = random_param(be, "wk", {D, D}, 12, 0.4);
+  attn.wv = random_param(be, "wv", {D, D}, 13, 0.4);
+  attn.wo = random_param(be, "wo", {D, D}, 14, 0.4);
+  Tensor x = random_tensor(be, {T, D}, 15), r = random_tensor(be, {T, D}, 16);
+  auto loss = [&] { return weighted_sum(be, attn.forward(be, x, shape), r); };
+  loss();
+  const std::vector<double> dx = be.read(attn.backward(be, r, x, shape));
+  expect_gradient(be, x, dx, loss, "attention x", 40);
+  for (Param* p : {&attn.wq, &attn.wk, &attn.wv, &attn.wo})
+    expect_gradient(be, p->value, grad_of(*p), loss, "attention " + p->path);
+}
+
+TEST_F(LayerGrad, DenseSwiGLU) {
+  const int64_t T = 6, D = 5, F = 7;
+  DenseFFN ffn;
+  ffn.w1 = random_param(be, "w1", {D, F}, 21, 0.5);
+  ffn.w3 = random_param(be, "w3", {D, F}, 22, 0.5);
+  ffn.w2 = random_param(be, "w2", {F, D}, 23, 0.5);
+  Tensor u = random_tensor(be, {T, D}, 24), r = random_tensor(be, {T, D}, 25);
+  auto loss = [&] { return weighted_sum(be, ffn.forward(be, u), r); };
+  loss();
+  const std::vector<double> du = be.read(ffn.backward(be, r, u));
+  expect_gradient(be, u, du, loss, "swiglu u");
+  for (Param* p : {&ffn.w1, &ffn.w3, &ffn.w2})
+    expect_gradient(be, p->value, grad_of(*p), loss, "swiglu " + p->path);
+}
+
+TEST_F(LayerGrad, Embedding) {
+  const int64_t V = 6, D = 3;
+  Embedding emb;
+  emb.table = random_param(be, "embedding", {V, D}, 31);
+  Tensor tokens = be.alloc({5}, DType::i32);
+  be.write(tokens, std::span<const int32_t>(std::vector<int32_t>{4, 1, 4, 0, 5}));
+  Tensor out = be.alloc({5, D}, DType::f64), r = random_tensor(be, {5, D}, 32);
+  auto loss = [&] {
+    emb.forward(be, out, tokens);
+    return weighted_sum(be, out, r);
+  };
+  loss();
+  emb.backward(be, r, tokens);
+  expect_gradient(be, emb.table.value, grad_of(emb.table), loss, "embedding");
+}
+
+void check_lm_head(Backend& be, bool tied) {
+  const int64_t T = 7, D = 4, V = 9;
+  Param table = random_param(be, "embedding", {V, D}, 41);
+  LMHead head;
+  head.chunk_rows = 3;  // several chunks, the last one short
+  if (tied)
+    head.tied_table = &table;
+  else
+    head.weight = random_param(be, "lm_head", {D, V}, 42);
+  Param& w = tied ? table : head.weight;
+  Tensor x = random_tensor(be, {T, D}, 43);
+  Tensor targets = be.alloc({T}, DType::i32);
+  be.write(targets, std::span<const int32_t>(std::vector<int32_t>{0, 8, 3, 3, 5, 1, 7}));
+  const double scale = 0.37;
+  auto loss = [&] { return scale * head.forward_backward(be, x, targets, false, scale); };
+  be.fill(w.grad, 0.0);
+  head.forward_backward(be, x, targets, true, scale);
+  expect_gradient(be, x, be.read(head.dx), loss, tied ? "lm_head tied x" : "lm_head x");
+  expect_gradient(be, w.value, be.read(w.grad), loss, tied ? "tied table" : "lm_head");
+}
+
+TEST_F(LayerGrad, LMHeadTied) { check_lm_head(be, true); }
+TEST_F(LayerGrad, LMHeadUntied) { check_lm_head(be, false); }
+
+// MoE layer: loss = sum(out .* r) + d_aux * aux + d_z * z, through route, permute, dispatch,
+// experts, combine and unpermute.
+void check_moe(Backend& be, int64_t K, double capacity_factor, bool normalize) {
+  const int64_t T = 12, D = 6, E = 4, F = 5;
+  LocalExchange exchange(be, E);
+  MoELayer moe;
+  moe.exchange = &exchange;
+  // Large router weights: well-separated logits, so the finite differences never flip a top-k.
+  moe.router.weight = random_param(be, "router", {D, E}, 51, 1.5);
+  moe.router.settings = {E, K, normalize, capacity_factor};
+  moe.experts.w1 = random_param(be, "w1", {E, D, F}, 52, 0.5);
+  moe.experts.w3 = random_param(be, "w3", {E, D, F}, 53, 0.5);
+  moe.experts.w2 = random_param(be, "w2", {E, F, D}, 54, 0.5);
+  Tensor u = random_tensor(be, {T, D}, 55), r = random_tensor(be, {T, D}, 56);
+  const double d_aux = 0.7, d_z = 0.3;
+  auto loss = [&] {
+    const double sum = weighted_sum(be, moe.forward(be, u), r);
+    return sum + d_aux * moe.router.aux_loss + d_z * moe.router.z_loss;
+  };
+  loss();
+  if (capacity_factor > 0) {
+    EXPECT_GT(moe.router.dropped, 0) << "the test wants drops";
+  }
+  const std::vector<double> du = be.read(moe.backward(be, r, u, d_aux, d_z));
+  expect_gradient(be, u, du, loss, "moe u", 40);
+  for (Param* p : {&moe.router.weight, &moe.experts.w1, &moe.experts.w3, &moe.experts.w2})
+    expect_gradient(be, p->value, be.read(p->grad), loss, "moe " + p->path, 40);
+}
+
+TEST_F(LayerGrad, MoETop2Dropless) { check_moe(be, 2, 0.0, true); }
+TEST_F(LayerGrad, MoETop2CapacityDrops) { check_moe(be, 2, 0.75, true); }
+TEST_F(LayerGrad, MoETop1Unnormalised) { check_moe(be, 1, 0.0, false); }
+TEST_F(LayerGrad, MoETop3CapacityDropsUnnormalised) { check_moe(be, 3, 0.8, false); }
+
+// The whole model: loss = lm + aux_coef * aux + z_coef * z, gradients of every parameter.
+void check_model(Backend& be, const std::string& layers, bool tie, double capacity_factor) {
+  TransformerOptions options;
+  options.model = {32, 6, 8, 3, 2, 12, tie};  // V, S, D, L, H, F, tie
+  options.moe.num_experts = 4;
+  options.moe.top_k = 2;
+  options.moe.expert_hidden = 6;
+  options.moe.capacity_factor = capacity_factor;
+  options.moe.aux_loss_coef = 0.5;
+  options.moe.z_loss_coef = 0.2;
+  options.moe_layers = layers == "all"    ? std::vector<bool>{true, true, true}
+                       : layers == "dense" ? std::vector<bool>{false, false, false}
+                                           : std::vector<bool>{false, true, false};
+  options.dtype = DType::f64;
+  LocalExchange exchange(be, options.moe.num_experts);
+  Transformer model(be, options, &exchange);
+  model.init_parameters(7);
+  // Scale up the weights so that gradients are not tiny and routing is well separated.
+  for (Param* p : model.params()) {
+    if (p->value.ndim() == 1) continue;
+    const bool router = p->path.find("router") != std::string::npos;
+    be.scale(p->value, router ? 60.0 : 15.0);
+  }
+  const int64_t B = 2, T = B * options.model.seq_len;
+  std::vector<int32_t> inputs(T), targets(T);
+  for (int64_t t = 0; t < T; ++t) {
+    inputs[t] = static_cast<int32_t>((t * 7 + 3) % 32);
+    targets[t] = static_cast<int32_t>((t * 5 + 1) % 32);
+  }
+  const double scale = 0.5;  // as if one of two routing groups
+  model.zero_grads();
+  const GroupStats stats = model.forward_backward(inputs, targets, B, true, scale);
+  if (layers != "dense") {
+    EXPECT_GT(stats.aux_loss, 0.0);
+  }
+  if (capacity_factor > 0) {
+    EXPECT_GT(stats.dropped, 0) << "the test wants drops";
+  }
+  auto loss = [&] { return scale * model.forward_backward(inputs, targets, B, false, 0).loss; };
+  for (Param* p : model.params())
+    expect_gradient(be, p->value, be.read(p->grad), loss, "model " + p->path, 12);
+}
+
+TEST_F(LayerGrad, ModelAllMoEDropless) { check_model(be, "all", true, 0.0); }
+TEST_F(LayerGrad, ModelAllMoECapacityDrops) { check_model(be, "all", true, 0.75); }
+TEST_F(LayerGrad, ModelMixedUntied) { check_model(be, "middle", false, 1.0); }
+TEST_F(LayerGrad, ModelDense) { check_model(be, "dense", true, 0.0); }
+
+}  // namespace
+}  // namespace sy
