@@ -1,5 +1,9 @@
 // switchyard: the command line. Each verb parses its flags, then calls into trainer/ and data/;
-// every error is caught here and printed as one line with a non-zero exit.
+// every error is caught here and printed as one line with a non-zero exit. Under mpirun, errors
+// that every rank agreed on are printed once by rank 0 and all ranks exit; an error on one rank
+// alone aborts the job, so that no rank hangs waiting for it.
+#include <mpi.h>
+
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
@@ -7,6 +11,7 @@
 #include <vector>
 
 #include "data/prepare.h"
+#include "data/sampler.h"
 #include "data/token_file.h"
 #include "trainer/config.h"
 #include "trainer/evaluate.h"
@@ -110,32 +115,81 @@ int cmd_eval(const Args& args) {
   if (args.has("checkpoint"))
     throw std::runtime_error(args.get("checkpoint", "") +
                              ": checkpoints are not supported yet by this build");
-  const sy::TokenData data = sy::read_token_file(config.data.path);
-  sy::ModelSession session = sy::make_model_session(config);
-  const double val_loss =
-      sy::evaluate(*session.model, data.val, config.train.micro_batch_size, batches);
-  std::printf("%s\n", sy::JsonLine()
-                          .add("val_loss", val_loss)
-                          .add("batches", batches)
-                          .add("checkpoint", std::string("none (fresh initialisation)"))
-                          .str()
-                          .c_str());
+  sy::ModelSession session = sy::make_model_session(config, MPI_COMM_WORLD);
+  sy::TokenData data;
+  std::string problem;
+  try {
+    data = sy::read_token_file(config.data.path);
+    if (sy::max_validation_batches(data.val.size(), config.train.micro_batch_size,
+                                   config.model.seq_len) < batches)
+      throw std::runtime_error(config.data.path + ": " + std::to_string(batches) +
+                               " validation batches need more than its " +
+                               std::to_string(data.val.size()) + " validation tokens");
+  } catch (const std::exception& error) {
+    problem = error.what();
+  }
+  sy::agree_or_throw(*session.groups.world, problem);
+  const double val_loss = sy::evaluate(*session.model, data.val, config.train.micro_batch_size,
+                                       batches, *session.groups.world);
+  if (session.groups.rank() == 0)
+    std::printf("%s\n", sy::JsonLine()
+                            .add("val_loss", val_loss)
+                            .add("batches", batches)
+                            .add("checkpoint", std::string("none (fresh initialisation)"))
+                            .str()
+                            .c_str());
   return 0;
+}
+
+int world_rank() {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  return rank;
+}
+
+int world_size() {
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  return size;
 }
 
 int cmd_check_config(const Args& args) {
   std::vector<std::string> errors;
+  const bool lead = world_rank() == 0;
   try {
     const sy::Config config = sy::load_config(args.config_path(), args.overrides, &errors);
-    std::printf("%s", sy::config_to_yaml(config).c_str());
-    std::fprintf(stderr, "%s: ok\n", args.config_path().c_str());
+    if (lead) {
+      std::printf("%s", sy::config_to_yaml(config).c_str());
+      std::fprintf(stderr, "%s: ok\n", args.config_path().c_str());
+    }
     return 0;
   } catch (const sy::ConfigError& error) {
     if (errors.empty()) errors.push_back(error.what());
-    for (const std::string& line : errors) std::fprintf(stderr, "%s\n", line.c_str());
+    if (lead)
+      for (const std::string& line : errors) std::fprintf(stderr, "%s\n", line.c_str());
     return 1;
   }
 }
+
+int run_command(const std::string& command, int argc, char** argv) {
+  if (command == "prepare-data") {
+    // One writer: the other ranks of an mpirun wait for it.
+    int status = 0;
+    if (world_rank() == 0) status = cmd_prepare_data(Args(argc, argv, 2, {"input", "format", "output", "tokenizer"}));
+    MPI_Barrier(MPI_COMM_WORLD);
+    return status;
+  }
+  if (command == "train") return cmd_train(Args(argc, argv, 2, {}));
+  if (command == "eval") return cmd_eval(Args(argc, argv, 2, {"checkpoint", "batches"}));
+  if (command == "check-config") return cmd_check_config(Args(argc, argv, 2, {}));
+  throw UsageError("unknown command '" + command + "'");
+}
+
+// MPI for the whole process; finalised on every path out of main.
+struct MpiSession {
+  MpiSession(int* argc, char*** argv) { MPI_Init(argc, argv); }
+  ~MpiSession() { MPI_Finalize(); }
+};
 
 }  // namespace
 
@@ -145,18 +199,29 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string command = argv[1];
+  MpiSession mpi(&argc, &argv);
+  const bool lead = world_rank() == 0;
   try {
-    if (command == "prepare-data")
-      return cmd_prepare_data(Args(argc, argv, 2, {"input", "format", "output", "tokenizer"}));
-    if (command == "train") return cmd_train(Args(argc, argv, 2, {}));
-    if (command == "eval") return cmd_eval(Args(argc, argv, 2, {"checkpoint", "batches"}));
-    if (command == "check-config") return cmd_check_config(Args(argc, argv, 2, {}));
-    throw UsageError("unknown command '" + command + "'");
+    return run_command(command, argc, argv);
   } catch (const UsageError& error) {
-    std::fprintf(stderr, "switchyard %s: %s\n%s", command.c_str(), error.what(), kUsage);
+    if (lead) std::fprintf(stderr, "switchyard %s: %s\n%s", command.c_str(), error.what(), kUsage);
     return 2;
+  } catch (const sy::ConfigError& error) {  // the same on every rank: each loaded the same file
+    if (lead) std::fprintf(stderr, "switchyard %s: error: %s\n", command.c_str(), error.what());
+    return 1;
+  } catch (const sy::CollectiveError& error) {  // every rank agreed; rank 0 reports it
+    if (lead) std::fprintf(stderr, "switchyard %s: error: %s\n", command.c_str(), error.what());
+    return 1;
   } catch (const std::exception& error) {
-    std::fprintf(stderr, "switchyard %s: error: %s\n", command.c_str(), error.what());
+    if (world_size() == 1) {
+      std::fprintf(stderr, "switchyard %s: error: %s\n", command.c_str(), error.what());
+      return 1;
+    }
+    // Only this rank knows: the others may be waiting in a collective, so end the whole job.
+    std::fprintf(stderr, "switchyard %s: error: rank %d: %s\n", command.c_str(), world_rank(),
+                 error.what());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
     return 1;
   }
 }

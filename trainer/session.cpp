@@ -2,7 +2,7 @@
 
 #include <stdexcept>
 
-#include "parallel/local_exchange.h"
+#include "parallel/token_dispatcher.h"
 
 namespace sy {
 
@@ -18,11 +18,39 @@ std::unique_ptr<Backend> make_backend(const RunConfig& run) {
   throw std::runtime_error("run.backend: unknown backend '" + run.backend + "'");
 }
 
-ModelSession make_model_session(const Config& config) {
+namespace {
+
+// The first line where two configs differ, for the error message.
+std::string first_difference(const std::string& a, const std::string& b) {
+  size_t begin = 0;
+  while (true) {
+    const size_t end_a = a.find('\n', begin), end_b = b.find('\n', begin);
+    const std::string line_a = a.substr(begin, end_a - begin), line_b = b.substr(begin, end_b - begin);
+    if (line_a != line_b) return "'" + line_b + "' where rank 0 has '" + line_a + "'";
+    if (end_a == std::string::npos || end_b == std::string::npos) return "(length)";
+    begin = end_a + 1;
+  }
+}
+
+void check_same_config(Communicator& world, const Config& config) {
+  const std::string mine = config_to_yaml(config);
+  const std::vector<std::string> all = world.all_gather_host(mine);
+  for (size_t r = 1; r < all.size(); ++r)
+    if (all[r] != all[0])
+      throw CollectiveError("rank " + std::to_string(r) + ": its config differs from rank 0's: " +
+                            first_difference(all[0], all[r]));
+}
+
+}  // namespace
+
+ModelSession make_model_session(const Config& config, MPI_Comm world) {
   ModelSession session;
   session.backend = make_backend(config.run);
+  session.groups = make_process_groups(world, config.parallel.expert_parallel, *session.backend);
+  check_same_config(*session.groups.world, config);
   if (config.moe.num_experts > 0)
-    session.exchange = std::make_unique<LocalExchange>(*session.backend, config.moe.num_experts);
+    session.exchange = std::make_unique<AllToAllDispatcher>(
+        *session.backend, *session.groups.expert_parallel, config.moe.num_experts);
   TransformerOptions options{config.model, config.moe, moe_layer_mask(config), DType::f32};
   session.model =
       std::make_unique<Transformer>(*session.backend, std::move(options), session.exchange.get());

@@ -1,0 +1,43 @@
+// A Communicator: the collectives that distributed training needs, over one process group.
+// MpiCommunicator implements it on MPI (tensors on the host, or device tensors staged through
+// host memory); NcclCommunicator implements it on NCCL, stream-ordered, for one rank per GPU.
+// The call sites are the same for both.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/tensor.h"
+
+namespace sy {
+
+enum class ReduceOp { sum, max };
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string name() const = 0;  // "mpi" | "nccl"
+
+  // ---- tensors (host or device, per implementation) -------------------------------------------
+  // Segment p of `send` (send_counts[p] elements, in peer order) goes to peer p; segment p of
+  // `recv` (recv_counts[p] elements) comes from peer p. Counts are in elements.
+  virtual void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts,
+                            const Tensor& recv, const std::vector<int64_t>& recv_counts) = 0;
+  virtual void all_reduce(const Tensor& x, ReduceOp op) = 0;  // in place
+  virtual void broadcast(const Tensor& x, int root) = 0;
+  virtual void send(const Tensor& x, int peer) = 0;
+  virtual void recv(const Tensor& x, int peer) = 0;
+
+  // ---- small host values (counts, scalars, strings) -------------------------------------------
+  // send[p*per_peer .. (p+1)*per_peer) goes to peer p; returns the same layout from each peer.
+  virtual std::vector<int64_t> all_to_all_host(const std::vector<int64_t>& send,
+                                               int64_t per_peer) = 0;
+  virtual void all_reduce_host(std::vector<double>& values, ReduceOp op) = 0;
+  virtual void all_reduce_host(std::vector<int64_t>& values, ReduceOp op) = 0;
+  virtual std::vector<std::string> all_gather_host(const std::string& value) = 0;
+  virtual void barrier() = 0;
+};
+
+}  // namespace sy

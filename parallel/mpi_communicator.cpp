@@ -1,0 +1,166 @@
+#include "parallel/mpi_communicator.h"
+
+#include <climits>
+#include <stdexcept>
+
+namespace sy {
+
+namespace {
+
+void check_mpi(int code, const char* op) {
+  if (code == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  MPI_Error_string(code, text, &length);
+  throw std::runtime_error(std::string("mpi ") + op + ": " + std::string(text, length));
+}
+
+MPI_Datatype mpi_type(DType dtype, const char* op) {
+  switch (dtype) {
+    case DType::f32: return MPI_FLOAT;
+    case DType::f64: return MPI_DOUBLE;
+    case DType::i32: return MPI_INT32_T;
+    case DType::bf16: return MPI_UINT16_T;  // moved, never reduced
+  }
+  throw std::runtime_error(std::string("mpi ") + op + ": unsupported dtype");
+}
+
+MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::sum ? MPI_SUM : MPI_MAX; }
+
+int as_int(int64_t value, const char* op) {
+  if (value < 0 || value > INT_MAX)
+    throw std::runtime_error(std::string("mpi ") + op + ": count " + std::to_string(value) +
+                             " does not fit an MPI int count");
+  return static_cast<int>(value);
+}
+
+}  // namespace
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, Backend& backend) : comm_(comm), backend_(backend) {
+  check_mpi(MPI_Comm_rank(comm_, &rank_), "comm_rank");
+  check_mpi(MPI_Comm_size(comm_, &size_), "comm_size");
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized && comm_ != MPI_COMM_WORLD && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+}
+
+void* MpiCommunicator::host_view(const Tensor& x, std::vector<char>& staging, bool fill) {
+  if (x.device() == Device::cpu) return x.data();
+  staging.resize(x.nbytes());
+  if (fill) backend_.copy_to_host(staging.data(), x);
+  return staging.data();
+}
+
+void MpiCommunicator::finish_host(const Tensor& x, std::vector<char>& staging) {
+  if (x.device() != Device::cpu) backend_.copy_from_host(x, staging.data());
+}
+
+void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts,
+                                   const Tensor& recv, const std::vector<int64_t>& recv_counts) {
+  if (static_cast<int>(send_counts.size()) != size_ || static_cast<int>(recv_counts.size()) != size_)
+    throw std::runtime_error("mpi all_to_all_v: counts must have one entry per rank");
+  if (send.dtype() != recv.dtype()) throw std::runtime_error("mpi all_to_all_v: dtype mismatch");
+  std::vector<int> scounts(size_), sdispls(size_), rcounts(size_), rdispls(size_);
+  int64_t soffset = 0, roffset = 0;
+  for (int p = 0; p < size_; ++p) {
+    scounts[p] = as_int(send_counts[p], "all_to_all_v");
+    rcounts[p] = as_int(recv_counts[p], "all_to_all_v");
+    sdispls[p] = as_int(soffset, "all_to_all_v");
+    rdispls[p] = as_int(roffset, "all_to_all_v");
+    soffset += send_counts[p];
+    roffset += recv_counts[p];
+  }
+  if (soffset > send.numel() || roffset > recv.numel())
+    throw std::runtime_error("mpi all_to_all_v: counts exceed the buffers (" +
+                             std::to_string(soffset) + " > " + std::to_string(send.numel()) +
+                             " or " + std::to_string(roffset) + " > " +
+                             std::to_string(recv.numel()) + ")");
+  const MPI_Datatype type = mpi_type(send.dtype(), "all_to_all_v");
+  void* send_host = host_view(send, send_staging_, true);
+  void* recv_host = host_view(recv, recv_staging_, false);
+  check_mpi(MPI_Alltoallv(send_host, scounts.data(), sdispls.data(), type, recv_host,
+                          rcounts.data(), rdispls.data(), type, comm_),
+            "all_to_all_v");
+  finish_host(recv, recv_staging_);
+}
+
+void MpiCommunicator::all_reduce(const Tensor& x, ReduceOp op) {
+  if (x.dtype() == DType::bf16) throw std::runtime_error("mpi all_reduce: bf16 is not reduced");
+  void* host = host_view(x, recv_staging_, true);
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, host, as_int(x.numel(), "all_reduce"),
+                          mpi_type(x.dtype(), "all_reduce"), mpi_op(op), comm_),
+            "all_reduce");
+  finish_host(x, recv_staging_);
+}
+
+void MpiCommunicator::broadcast(const Tensor& x, int root) {
+  void* host = host_view(x, recv_staging_, rank_ == root);
+  check_mpi(MPI_Bcast(host, as_int(x.numel(), "broadcast"), mpi_type(x.dtype(), "broadcast"),
+                      root, comm_),
+            "broadcast");
+  finish_host(x, recv_staging_);
+}
+
+void MpiCommunicator::send(const Tensor& x, int peer) {
+  void* host = host_view(x, send_staging_, true);
+  check_mpi(MPI_Send(host, as_int(x.numel(), "send"), mpi_type(x.dtype(), "send"), peer, 0, comm_),
+            "send");
+}
+
+void MpiCommunicator::recv(const Tensor& x, int peer) {
+  void* host = host_view(x, recv_staging_, false);
+  check_mpi(MPI_Recv(host, as_int(x.numel(), "recv"), mpi_type(x.dtype(), "recv"), peer, 0, comm_,
+                     MPI_STATUS_IGNORE),
+            "recv");
+  finish_host(x, recv_staging_);
+}
+
+std::vector<int64_t> MpiCommunicator::all_to_all_host(const std::vector<int64_t>& send,
+                                                      int64_t per_peer) {
+  if (static_cast<int64_t>(send.size()) != per_peer * size_)
+    throw std::runtime_error("mpi all_to_all_host: expected " + std::to_string(per_peer * size_) +
+                             " values, got " + std::to_string(send.size()));
+  std::vector<int64_t> recv(send.size());
+  check_mpi(MPI_Alltoall(send.data(), as_int(per_peer, "all_to_all_host"), MPI_INT64_T,
+                         recv.data(), as_int(per_peer, "all_to_all_host"), MPI_INT64_T, comm_),
+            "all_to_all_host");
+  return recv;
+}
+
+void MpiCommunicator::all_reduce_host(std::vector<double>& values, ReduceOp op) {
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, values.data(), as_int(values.size(), "all_reduce_host"),
+                          MPI_DOUBLE, mpi_op(op), comm_),
+            "all_reduce_host");
+}
+
+void MpiCommunicator::all_reduce_host(std::vector<int64_t>& values, ReduceOp op) {
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, values.data(), as_int(values.size(), "all_reduce_host"),
+                          MPI_INT64_T, mpi_op(op), comm_),
+            "all_reduce_host");
+}
+
+std::vector<std::string> MpiCommunicator::all_gather_host(const std::string& value) {
+  const int length = as_int(value.size(), "all_gather_host");
+  std::vector<int> lengths(size_), displs(size_);
+  check_mpi(MPI_Allgather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, comm_),
+            "all_gather_host");
+  int total = 0;
+  for (int p = 0; p < size_; ++p) {
+    displs[p] = total;
+    total += lengths[p];
+  }
+  std::string all(total, '\0');
+  check_mpi(MPI_Allgatherv(value.data(), length, MPI_CHAR, all.data(), lengths.data(),
+                           displs.data(), MPI_CHAR, comm_),
+            "all_gather_host");
+  std::vector<std::string> values(size_);
+  for (int p = 0; p < size_; ++p) values[p] = all.substr(displs[p], lengths[p]);
+  return values;
+}
+
+void MpiCommunicator::barrier() { check_mpi(MPI_Barrier(comm_), "barrier"); }
+
+}  // namespace sy

@@ -1,0 +1,54 @@
+// Communicator on MPI. Host tensors go straight to MPI; device tensors are staged through host
+// memory, so that several ranks sharing one GPU (which NCCL refuses) can still run multi-rank
+// expert parallelism.
+#pragma once
+#include <mpi.h>
+
+#include <vector>
+
+#include "model/backend.h"
+#include "parallel/communicator.h"
+
+namespace sy {
+
+class MpiCommunicator final : public Communicator {
+ public:
+  // Takes ownership of `comm` (freed in the destructor unless it is MPI_COMM_WORLD).
+  // `backend` copies device tensors to and from host staging buffers.
+  MpiCommunicator(MPI_Comm comm, Backend& backend);
+  ~MpiCommunicator() override;
+  MpiCommunicator(const MpiCommunicator&) = delete;
+  MpiCommunicator& operator=(const MpiCommunicator&) = delete;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string name() const override { return "mpi"; }
+  MPI_Comm comm() const { return comm_; }
+
+  void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts,
+                    const Tensor& recv, const std::vector<int64_t>& recv_counts) override;
+  void all_reduce(const Tensor& x, ReduceOp op) override;
+  void broadcast(const Tensor& x, int root) override;
+  void send(const Tensor& x, int peer) override;
+  void recv(const Tensor& x, int peer) override;
+
+  std::vector<int64_t> all_to_all_host(const std::vector<int64_t>& send,
+                                       int64_t per_peer) override;
+  void all_reduce_host(std::vector<double>& values, ReduceOp op) override;
+  void all_reduce_host(std::vector<int64_t>& values, ReduceOp op) override;
+  std::vector<std::string> all_gather_host(const std::string& value) override;
+  void barrier() override;
+
+ private:
+  // A host pointer to x's bytes: x itself on the CPU, else a staging buffer (filled from the
+  // device when `fill`); finish_host() copies a staged buffer back into x.
+  void* host_view(const Tensor& x, std::vector<char>& staging, bool fill);
+  void finish_host(const Tensor& x, std::vector<char>& staging);
+
+  MPI_Comm comm_;
+  Backend& backend_;
+  int rank_ = 0, size_ = 1;
+  std::vector<char> send_staging_, recv_staging_;
+};
+
+}  // namespace sy
