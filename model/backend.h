@@ -3,8 +3,16 @@
 //
 // Conventions: tensors are row-major; token t of a micro-batch is t = b*S + s.
 // Parameter gradients accumulate (+=), so that micro-batches add up; activation gradients are
-// overwritten (=). Index tensors are i32. Statistics kept for backward (rstd, lse) are in the
-// tensor's own float dtype on the CPU.
+// overwritten (=). Index tensors are i32.
+//
+// Dtypes. The CPU backend computes in f32 or f64 and wants every float operand of an op in one
+// dtype. The CUDA backend (model/cuda/, docs/cuda.md) also takes bf16 data, and then the
+// statistics and master-side operands of an op are in stat_dtype(data) = f32: rstd, lse, the
+// cross-entropy losses, router logits/probs/gates/dgates, norm gains and their gradients,
+// embedding-table gradients. Where an op below says "stat", that operand is in stat_dtype of the
+// data dtype (for f32 and f64 data: the data's own dtype, as on the CPU). GEMMs take A and B in
+// one dtype and C in that dtype, or C in f32 with bf16 A and B (fp32 accumulation always);
+// copy and add convert between any float dtypes on CUDA.
 #pragma once
 #include <memory>
 #include <span>
@@ -20,6 +28,13 @@ class Backend {
   virtual ~Backend() = default;
   virtual Device device() const = 0;
   virtual std::string name() const = 0;
+  // The device's highest memory use so far, in bytes (0 where not tracked, e.g. the CPU).
+  virtual size_t peak_memory_bytes() const { return 0; }
+  // The stream that every op of this backend is ordered on (a cudaStream_t on CUDA), for
+  // stream-ordered communication (NCCL); nullptr on the CPU.
+  virtual void* native_stream() { return nullptr; }
+  // Waits until every op issued so far has finished (timing; a no-op on the CPU).
+  virtual void synchronize() {}
 
   // ---- memory -------------------------------------------------------------------------------
   virtual Tensor alloc(const Shape& shape, DType dtype) = 0;  // uninitialised
@@ -32,6 +47,9 @@ class Backend {
   virtual void write(const Tensor& dst, std::span<const int32_t> host) = 0;
   virtual std::vector<double> read(const Tensor& src) = 0;
   virtual std::vector<int32_t> read_i32(const Tensor& src) = 0;
+  // Raw byte copies between a tensor and host memory of nbytes() (communication staging).
+  virtual void copy_to_host(void* host, const Tensor& src) = 0;
+  virtual void copy_from_host(const Tensor& dst, const void* host) = 0;
 
   // ---- linear algebra -----------------------------------------------------------------------
   // C[M,N] = alpha * op(A) @ op(B) + beta * C, op = transpose where asked. 2-D tensors.
@@ -40,13 +58,18 @@ class Backend {
   virtual void add(const Tensor& y, const Tensor& x, double alpha) = 0;  // y += alpha * x
   virtual void scale(const Tensor& y, double alpha) = 0;                 // y *= alpha
   virtual double sum_squares(const Tensor& x) = 0;                       // accumulated in f64
+  // out[i] = sum_squares(xs[i]) for every tensor, with one host synchronisation on a device.
+  virtual void sum_squares_many(std::span<const Tensor> xs, std::span<double> out) {
+    for (size_t i = 0; i < xs.size(); ++i) out[i] = sum_squares(xs[i]);
+  }
 
   // ---- embedding ----------------------------------------------------------------------------
-  // out[T,D] = table[tokens[t]]; backward: dtable[tokens[t]] += dout[t].
+  // out[T,D] = table[tokens[t]]; backward: dtable[tokens[t]] += dout[t] (dtable stat of dout).
   virtual void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& table) = 0;
   virtual void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& tokens) = 0;
 
   // ---- RMSNorm: out = x * rstd * gain, rstd[T] = 1/sqrt(mean(x^2) + 1e-5) ---------------------
+  // rstd, gain and dgain are stat.
   virtual void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x,
                                const Tensor& gain) = 0;
   // dx = (overwritten); dgain += .
@@ -74,12 +97,14 @@ class Backend {
                                const Tensor& a, const Tensor& b) = 0;
 
   // ---- cross-entropy ------------------------------------------------------------------------
-  // losses[T] = logsumexp(logits[t]) - logits[t, targets[t]]. If compute_grad, logits is
+  // losses[T] (stat) = logsumexp(logits[t]) - logits[t, targets[t]]. If compute_grad, logits is
   // overwritten in place with dlogits = (softmax - onehot) * grad_scale.
   virtual void cross_entropy(const Tensor& losses, const Tensor& logits, const Tensor& targets,
                              bool compute_grad, double grad_scale) = 0;
 
   // ---- router (SPEC.md section 2) -----------------------------------------------------------
+  // The router's float tensors are all of one dtype (f32 in training: the router is fp32
+  // everywhere; f64 in gradient checks).
   // probs[T,E] = softmax(logits); lse[T] = logsumexp(logits); topk_idx[T,K] = the K largest
   // logits (ties: lower index first), largest first; gates[T,K] as SPEC (normalised or not).
   virtual void router_softmax_topk(const Tensor& probs, const Tensor& lse, const Tensor& topk_idx,
@@ -113,7 +138,7 @@ class Backend {
   // dx[t] (=) sum over kept k of dx_perm[slot_row[t*K+k]]
   virtual void permute_rows_backward(const Tensor& dx, const Tensor& dx_perm,
                                      const Tensor& slot_row, int64_t K) = 0;
-  // out[t] (=) sum over kept k of gates[t,k] * y_perm[slot_row[t*K+k]]
+  // out[t] (=) sum over kept k of gates[t,k] * y_perm[slot_row[t*K+k]]   (gates, dgates: stat)
   virtual void unpermute_combine(const Tensor& out, const Tensor& y_perm, const Tensor& gates,
                                  const Tensor& slot_row) = 0;
   // dy_perm[row(t,k)] (=) gates[t,k] * dout[t];  dgates[t,k] (=) <dout[t], y_perm[row(t,k)]>

@@ -2,6 +2,7 @@
 // to the kernel templates of cpu_kernels.h (f32 and f64; bf16 is not supported on the CPU).
 #include <climits>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -166,6 +167,15 @@ class CpuBackend final : public Backend {
       cpu::convert(out.data(), src.ptr<T>(), src.numel());
     });
     return out;
+  }
+
+  void copy_to_host(void* host, const Tensor& src) override {
+    Check("copy_to_host").on_cpu(src, "src");
+    if (src.nbytes()) std::memcpy(host, src.data(), src.nbytes());
+  }
+  void copy_from_host(const Tensor& dst, const void* host) override {
+    Check("copy_from_host").on_cpu(dst, "dst");
+    if (dst.nbytes()) std::memcpy(dst.data(), host, dst.nbytes());
   }
 
   std::vector<int32_t> read_i32(const Tensor& src) override {
