@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The CLI's error contract, end to end: bad input gets one line naming the file, key or rank and
+# a non-zero exit, also under mpirun (reported once, no hang). Usage: cli_errors.sh SWITCHYARD
+set -uo pipefail
+switchyard=$(realpath "$1")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+failures=0
+
+# expect STATUS PATTERN COMMAND...: the exit status, and stderr with exactly one line matching
+# PATTERN (and no other error lines).
+expect() {
+  local status=$1 pattern=$2
+  shift 2
+  timeout 120 "$@" >stdout.txt 2>stderr.txt
+  local got=$?
+  local matches
+  matches=$(grep -c -- "$pattern" stderr.txt)
+  local errors
+  errors=$(grep -c "error" stderr.txt)
+  if [ "$got" -ne "$status" ] || [ "$matches" -ne 1 ] || [ "$errors" -gt 1 ]; then
+    echo "FAIL: $* -> status $got (want $status), $matches lines matching '$pattern', $errors error lines"
+    sed 's/^/  | /' stderr.txt | head -20
+    failures=$((failures + 1))
+  else
+    echo "ok: $*"
+  fi
+}
+# expect_ok COMMAND...: exit status 0 and no error line.
+expect_ok() {
+  timeout 300 "$@" >stdout.txt 2>stderr.txt
+  local got=$?
+  if [ "$got" -ne 0 ] || grep -q "error" stderr.txt; then
+    echo "FAIL: $* -> status $got"
+    sed 's/^/  | /' stderr.txt | head -20
+    failures=$((failures + 1))
+  else
+    echo "ok: $*"
+  fi
+}
+mpi2=(mpirun -np 2 --oversubscribe --bind-to none)
+
+mkdir -p text && for i in $(seq 1 300); do echo "line $i: the experts route tokens, and tokens find experts." ; done > text/a.txt
+"$switchyard" prepare-data --input text --format text --output tokens.h5 >/dev/null || { echo "FAIL: prepare-data"; exit 1; }
+cat > tiny.yaml <<'YAML'
+model: {vocab_size: 256, seq_len: 16, d_model: 16, n_layers: 2, n_heads: 2, ffn_hidden: 32}
+moe: {num_experts: 4, top_k: 2, expert_hidden: 16}
+train: {micro_batch_size: 2, steps: 3, warmup_steps: 1}
+data: {path: tokens.h5}
+eval: {every: 0, batches: 1}
+run: {dir: run, log_every: 1}
+YAML
+printf 'model:\n  d_model: 30\n  n_heads: 4\n  bogus: 1\n' > bad.yaml
+
+expect 0 "tiny.yaml: ok" "$switchyard" check-config tiny.yaml
+expect 1 "bad.yaml: model.bogus: unknown key" "$switchyard" check-config bad.yaml
+expect 1 "tiny.yaml: moe.top_k: 9 exceeds moe.num_experts (4)" "$switchyard" check-config tiny.yaml --set moe.top_k=9
+expect 1 "tiny.yaml: train.lr: must be > 0" "$switchyard" train tiny.yaml --set train.lr=-1
+expect 1 "missing.h5" "$switchyard" train tiny.yaml --set data.path=missing.h5
+expect 1 "no-such.yaml" "$switchyard" train no-such.yaml
+expect 2 "unknown command" "$switchyard" fly tiny.yaml
+expect 1 "validation" "$switchyard" eval tiny.yaml --batches 100000
+expect_ok "$switchyard" train tiny.yaml
+# Under mpirun: reported once, by rank 0, and the job ends.
+expect 1 "parallel.expert_parallel: 4 does not divide the number of ranks (2)" "${mpi2[@]}" "$switchyard" train tiny.yaml --set parallel.expert_parallel=4
+expect 1 "moe.num_experts" "${mpi2[@]}" "$switchyard" train tiny.yaml --set moe.num_experts=3 --set parallel.expert_parallel=2
+expect 1 "missing.h5" "${mpi2[@]}" "$switchyard" train tiny.yaml --set data.path=missing.h5
+expect_ok "${mpi2[@]}" "$switchyard" train tiny.yaml --set parallel.expert_parallel=2
+
+echo "$((13 - failures)) passed, $failures failed"
+[ "$failures" -eq 0 ]
