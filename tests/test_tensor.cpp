@@ -1,5 +1,6 @@
 // Tensor views and the CPU backend's ops against naive re-implementations, in f32 and f64, plus
 // finite-difference checks (f64) of every backward op.
+#include <cblas.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -407,6 +408,29 @@ TEST_F(CpuBackendTest, AttentionForwardMatchesNaive) {
       for (int64_t i = 0; i < S; ++i)
         for (int64_t j = i + 1; j < S; ++j) ASSERT_EQ(p[(bh * S + i) * S + j], 0.0);
   }
+}
+
+// Attention spreads its (batch, head) pairs over OpenBLAS's thread count: the results must not
+// depend on it, bit for bit.
+TEST_F(CpuBackendTest, AttentionIsBitwiseIndependentOfThreadCount) {
+  const int64_t B = 3, S = 16, H = 2, Dh = 8, D = H * Dh, n = B * S * D;
+  const DType dt = DType::f32;
+  Tensor q = tensor({B * S, D}, dt, randn(n, 50)), k = tensor({B * S, D}, dt, randn(n, 51));
+  Tensor v = tensor({B * S, D}, dt, randn(n, 52)), w = tensor({B * S, D}, dt, randn(n, 53));
+  auto run = [&](int threads) {
+    const int saved = openblas_get_num_threads();
+    openblas_set_num_threads(threads);
+    Tensor out = be->alloc({B * S, D}, dt), probs = be->alloc({B, H, S, S}, dt);
+    Tensor dq = be->alloc({B * S, D}, dt), dk = be->alloc({B * S, D}, dt), dv = be->alloc({B * S, D}, dt);
+    be->attention_forward(out, probs, q, k, v, B, S, H);
+    be->attention_backward(dq, dk, dv, w, q, k, v, probs, B, S, H);
+    EXPECT_EQ(openblas_get_num_threads(), threads);  // restored after the op
+    openblas_set_num_threads(saved);
+    std::vector<Vec> result;
+    for (const Tensor& t : {out, probs, dq, dk, dv}) result.push_back(be->read(t));
+    return result;
+  };
+  EXPECT_EQ(run(1), run(2));
 }
 
 TEST_F(CpuBackendTest, AttentionBackwardFiniteDifference) {

@@ -1,8 +1,9 @@
 // The CPU reference kernels: one function template per op, on raw row-major pointers, for
 // T = float or double. Shapes and indices are validated by the caller (cpu_backend.cpp); these
 // functions trust their arguments. Reductions accumulate in double. Inner loops are kept plain
-// and branch-free so that the compiler vectorises them (cpu_backend.cpp is built with
-// -fno-math-errno, which lets sqrt vectorise; nothing reads errno).
+// and branch-free so that the compiler vectorises them. cpu_backend.cpp is built with
+// -fno-math-errno (lets sqrt vectorise) and -fno-trapping-math (lets selects if-convert); neither
+// changes a result, as nothing reads errno or the floating-point exception flags.
 #pragma once
 #include <cblas.h>
 
@@ -11,6 +12,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <thread>
 #include <vector>
 
 namespace sy::cpu {
@@ -51,16 +54,14 @@ void gemm(T* C, const T* A, bool trans_a, const T* B, bool trans_b, int64_t M, i
 
 // ---- scalar helpers -------------------------------------------------------------------------
 // exp for float, branch-free so that loops calling it vectorise (std::exp does not, short of
-// -ffast-math): Cephes expf's range reduction and polynomial, relative error about 1e-7. The
-// input is clamped to [-87, 88], so exp of a very negative number is ~1.6e-38 rather than 0
-// (harmless in softmax, sigmoid). NaN stays NaN. double uses std::exp.
+// -ffast-math): Cephes expf's range reduction and polynomial, relative error about 1e-7.
+// Results that would be subnormal are flushed: exp(x) = 0 for x < -87, inf for x > 88; NaN stays
+// NaN. (Clamping the input instead makes GCC speculate the clamped branch's constant results,
+// which can be subnormal, and subnormal arithmetic is 50x slower.) double uses std::exp.
 inline float exp_fast(float x) {
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
   const float t = x * 1.44269504088896341f + kRound;
   const float n = t - kRound;
-  const int32_t ni = std::bit_cast<int32_t>(t) - std::bit_cast<int32_t>(kRound);
   const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -69,7 +70,12 @@ inline float exp_fast(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  return p * std::bit_cast<float>((ni + 127) << 23);
+  // 2^n from the low bits of t (unsigned: wraps harmlessly for out-of-range x, replaced below).
+  const uint32_t bits = (std::bit_cast<uint32_t>(t) - std::bit_cast<uint32_t>(kRound) + 127u) << 23;
+  float y = p * std::bit_cast<float>(bits);
+  y = x < -87.0f ? 0.0f : y;
+  y = x > 88.0f ? std::numeric_limits<float>::infinity() : y;
+  return y;
 }
 inline double exp_fast(double x) { return std::exp(x); }
 
@@ -233,6 +239,37 @@ void causal_softmax_row(T* row, int64_t n, int64_t S) {
   std::fill(row + n, row + S, T(0));
 }
 
+// Runs f(begin, end) on contiguous chunks of [0, n), one per thread (up to `threads`, the first
+// chunk on the calling thread). Each index is handled by exactly one call, so results do not depend
+// on the thread count.
+template <class F>
+void parallel_for(int64_t n, int threads, const F& f) {
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(threads, n));
+  std::vector<std::thread> workers;
+  for (int64_t i = 1; i < chunks; ++i) workers.emplace_back(f, n * i / chunks, n * (i + 1) / chunks);
+  f(int64_t{0}, n / chunks);
+  for (std::thread& w : workers) w.join();
+}
+
+// OpenBLAS's thread count, set to 1 for the scope's lifetime and then restored: the per-head GEMMs
+// of attention are too small to gain from BLAS threads (they lose 2x), so attention spreads its
+// (batch, head) pairs over that many threads itself.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas() : threads_(openblas_get_num_threads()) {
+    if (threads_ > 1) openblas_set_num_threads(1);
+  }
+  ~SingleThreadedBlas() {
+    if (threads_ > 1) openblas_set_num_threads(threads_);
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+  int threads() const { return threads_; }
+
+ private:
+  int threads_;
+};
+
 // q, k, v, out: [B*S, H*Dh]; head (b, h) is the strided [S, Dh] block at b*S*D + h*Dh with
 // leading dimension D. probs: [B, H, S, S].
 template <class T>
@@ -240,15 +277,16 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, int
                        int64_t S, int64_t H, int64_t Dh) {
   const int64_t D = H * Dh;
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(Dh)));
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t h = 0; h < H; ++h) {
-      const int64_t off = b * S * D + h * Dh;
-      T* P = probs + (b * H + h) * S * S;
+  SingleThreadedBlas blas;
+  parallel_for(B * H, blas.threads(), [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t off = (bh / H) * S * D + (bh % H) * Dh;
+      T* P = probs + bh * S * S;
       blas_gemm(false, true, S, S, Dh, scale, q + off, D, k + off, D, T(0), P, S);
       for (int64_t i = 0; i < S; ++i) causal_softmax_row(P + i * S, i + 1, S);
       blas_gemm(false, false, S, Dh, S, T(1), P, S, v + off, D, T(0), out + off, D);
     }
-  }
+  });
 }
 
 // dP = dO V^T, dV = P^T dO, dS = P * (dP - rowsum(dP * P)) (0 above the diagonal),
@@ -258,11 +296,12 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
                         const T* probs, int64_t B, int64_t S, int64_t H, int64_t Dh) {
   const int64_t D = H * Dh;
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(Dh)));
-  std::vector<T> dS(S * S);
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t h = 0; h < H; ++h) {
-      const int64_t off = b * S * D + h * Dh;
-      const T* P = probs + (b * H + h) * S * S;
+  SingleThreadedBlas blas;
+  parallel_for(B * H, blas.threads(), [&](int64_t begin, int64_t end) {
+    std::vector<T> dS(S * S);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t off = (bh / H) * S * D + (bh % H) * Dh;
+      const T* P = probs + bh * S * S;
       blas_gemm(false, true, S, S, Dh, T(1), dout + off, D, v + off, D, T(0), dS.data(), S);
       blas_gemm(true, false, S, Dh, S, T(1), P, S, dout + off, D, T(0), dv + off, D);
       for (int64_t i = 0; i < S; ++i) {
@@ -275,7 +314,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
       blas_gemm(false, false, S, Dh, S, scale, dS.data(), S, k + off, D, T(0), dq + off, D);
       blas_gemm(true, false, S, Dh, S, scale, dS.data(), S, q + off, D, T(0), dk + off, D);
     }
-  }
+  });
 }
 
 // ---- SwiGLU: out = silu(a) * b --------------------------------------------------------------
