@@ -10,13 +10,13 @@ const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionSha
   for (Tensor* buffer : {&q, &k, &v, &context, &out}) ensure(backend, *buffer, td, dtype);
   ensure(backend, probs, {shape.batch, shape.heads, shape.seq, shape.seq}, dtype);
 
-  backend.gemm(q, x, false, wq.value, false, 1.0, 0.0);
-  backend.gemm(k, x, false, wk.value, false, 1.0, 0.0);
-  backend.gemm(v, x, false, wv.value, false, 1.0, 0.0);
+  backend.gemm(q, x, false, wq.compute_value(), false, 1.0, 0.0);
+  backend.gemm(k, x, false, wk.compute_value(), false, 1.0, 0.0);
+  backend.gemm(v, x, false, wv.compute_value(), false, 1.0, 0.0);
   backend.rope_forward(q, shape.batch, shape.seq, shape.heads);
   backend.rope_forward(k, shape.batch, shape.seq, shape.heads);
   backend.attention_forward(context, probs, q, k, v, shape.batch, shape.seq, shape.heads);
-  backend.gemm(out, context, false, wo.value, false, 1.0, 0.0);
+  backend.gemm(out, context, false, wo.compute_value(), false, 1.0, 0.0);
   return out;
 }
 
@@ -27,7 +27,7 @@ const Tensor& Attention::backward(Backend& backend, const Tensor& dout, const Te
   for (Tensor* buffer : {&dcontext, &dq, &dk, &dv, &dx}) ensure(backend, *buffer, td, dtype);
 
   // out = context @ wo
-  backend.gemm(dcontext, dout, false, wo.value, true, 1.0, 0.0);
+  backend.gemm(dcontext, dout, false, wo.compute_value(), true, 1.0, 0.0);
   backend.gemm(wo.grad, context, true, dout, false, 1.0, 1.0);
 
   backend.attention_backward(dq, dk, dv, dcontext, q, k, v, probs, shape.batch, shape.seq,
@@ -39,9 +39,9 @@ const Tensor& Attention::backward(Backend& backend, const Tensor& dout, const Te
   backend.gemm(wq.grad, x, true, dq, false, 1.0, 1.0);
   backend.gemm(wk.grad, x, true, dk, false, 1.0, 1.0);
   backend.gemm(wv.grad, x, true, dv, false, 1.0, 1.0);
-  backend.gemm(dx, dq, false, wq.value, true, 1.0, 0.0);
-  backend.gemm(dx, dk, false, wk.value, true, 1.0, 1.0);
-  backend.gemm(dx, dv, false, wv.value, true, 1.0, 1.0);
+  backend.gemm(dx, dq, false, wq.compute_value(), true, 1.0, 0.0);
+  backend.gemm(dx, dk, false, wk.compute_value(), true, 1.0, 1.0);
+  backend.gemm(dx, dv, false, wv.compute_value(), true, 1.0, 1.0);
   return dx;
 }
 

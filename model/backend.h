@@ -30,6 +30,8 @@ class Backend {
   virtual std::string name() const = 0;
   // The device's highest memory use so far, in bytes (0 where not tracked, e.g. the CPU).
   virtual size_t peak_memory_bytes() const { return 0; }
+  // The accelerator this backend runs on (its CUDA device ordinal); -1 on the CPU.
+  virtual int device_index() const { return -1; }
   // The stream that every op of this backend is ordered on (a cudaStream_t on CUDA), for
   // stream-ordered communication (NCCL); nullptr on the CPU.
   virtual void* native_stream() { return nullptr; }

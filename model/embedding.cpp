@@ -3,7 +3,7 @@
 namespace sy {
 
 void Embedding::forward(Backend& backend, const Tensor& out, const Tensor& tokens) const {
-  backend.embedding_forward(out, tokens, table.value);
+  backend.embedding_forward(out, tokens, table.compute_value());
 }
 
 void Embedding::backward(Backend& backend, const Tensor& dout, const Tensor& tokens) {

@@ -11,31 +11,37 @@ int64_t LMHead::vocab() const {
 double LMHead::forward_backward(Backend& backend, const Tensor& x, const Tensor& targets,
                                 bool compute_grad, double grad_scale) {
   const int64_t T = x.dim(0), V = vocab();
-  const DType dtype = x.dtype();
-  ensure(backend, losses, {T}, dtype);
+  const DType dtype = x.dtype(), stat = stat_dtype(dtype);
+  const Tensor& w = tied_table ? tied_table->compute_value() : weight.compute_value();
+  ensure(backend, losses, {T}, stat);
   if (compute_grad) ensure(backend, dx, x.shape(), dtype);
   const int64_t chunk = std::min<int64_t>(chunk_rows, T);
   Tensor& logits_storage = logits;
   for (int64_t begin = 0; begin < T; begin += chunk) {
     const int64_t end = std::min(T, begin + chunk);
     const Tensor x_chunk = x.rows(begin, end);
-    const Tensor logits_chunk = ensure_rows(backend, logits_storage, end - begin, V, dtype);
+    const Tensor logits_chunk = ensure_rows(backend, logits_storage, end - begin, V, stat);
     if (tied_table)
-      backend.gemm(logits_chunk, x_chunk, false, tied_table->value, true, 1.0, 0.0);
+      backend.gemm(logits_chunk, x_chunk, false, w, true, 1.0, 0.0);
     else
-      backend.gemm(logits_chunk, x_chunk, false, weight.value, false, 1.0, 0.0);
+      backend.gemm(logits_chunk, x_chunk, false, w, false, 1.0, 0.0);
 
     backend.cross_entropy(losses.rows(begin, end), logits_chunk, targets.rows(begin, end),
                           compute_grad, grad_scale);
     if (!compute_grad) continue;
-    // logits_chunk now holds dlogits.
+    // logits_chunk now holds dlogits; the GEMMs take them in x's dtype.
+    Tensor dlogits_chunk = logits_chunk;
+    if (stat != dtype) {
+      dlogits_chunk = ensure_rows(backend, dlogits, end - begin, V, dtype);
+      backend.copy(dlogits_chunk, logits_chunk);
+    }
     const Tensor dx_chunk = dx.rows(begin, end);
     if (tied_table) {
-      backend.gemm(dx_chunk, logits_chunk, false, tied_table->value, false, 1.0, 0.0);
-      backend.gemm(tied_table->grad, logits_chunk, true, x_chunk, false, 1.0, 1.0);
+      backend.gemm(dx_chunk, dlogits_chunk, false, w, false, 1.0, 0.0);
+      backend.gemm(tied_table->grad, dlogits_chunk, true, x_chunk, false, 1.0, 1.0);
     } else {
-      backend.gemm(dx_chunk, logits_chunk, false, weight.value, true, 1.0, 0.0);
-      backend.gemm(weight.grad, x_chunk, true, logits_chunk, false, 1.0, 1.0);
+      backend.gemm(dx_chunk, dlogits_chunk, false, w, true, 1.0, 0.0);
+      backend.gemm(weight.grad, x_chunk, true, dlogits_chunk, false, 1.0, 1.0);
     }
   }
   double loss_sum = 0.0;

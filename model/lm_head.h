@@ -1,6 +1,8 @@
 // LM head and cross-entropy, fused: logits = x @ W for one chunk of rows at a time, the loss and
 // (in training) dlogits computed in place, then dx and dW, so that no more than one chunk of
 // logits [chunk, V] exists at once. W is embedding^T when tied, else lm_head [D, V].
+// Mixed precision: the logits chunk and the losses are in stat_dtype(x) (fp32 for bf16 x);
+// dlogits are converted to x's dtype for the dx and dW GEMMs (dW accumulates in fp32).
 #pragma once
 #include "model/backend.h"
 #include "model/param.h"
@@ -12,8 +14,9 @@ struct LMHead {
   Param weight;                 // lm_head [D, V] when untied
   int64_t chunk_rows = 1024;
 
-  Tensor logits;  // [chunk_rows, V], reused per chunk
-  Tensor losses;  // [T]
+  Tensor logits;   // [chunk_rows, V] in stat_dtype(x), reused per chunk
+  Tensor dlogits;  // [chunk_rows, V] in x's dtype, only when that differs from logits' dtype
+  Tensor losses;   // [T] in stat_dtype(x)
   Tensor dx;      // [T, D]
 
   int64_t vocab() const;

@@ -6,7 +6,7 @@ namespace sy {
 
 const Tensor& RMSNorm::forward(Backend& backend, const Tensor& x) {
   ensure(backend, out, x.shape(), x.dtype());
-  ensure(backend, rstd, {x.dim(0)}, x.dtype());
+  ensure(backend, rstd, {x.dim(0)}, stat_dtype(x.dtype()));
   backend.rmsnorm_forward(out, rstd, x, gain.value);
   return out;
 }

@@ -6,9 +6,9 @@
 namespace sy {
 
 struct RMSNorm {
-  Param gain;   // [D]
+  Param gain;   // [D], used as the master value (fp32 also in bf16 training)
   Tensor out;   // [T, D]
-  Tensor rstd;  // [T], saved for backward
+  Tensor rstd;  // [T] in stat_dtype(x), saved for backward
   Tensor dx;    // [T, D]
 
   const Tensor& forward(Backend& backend, const Tensor& x);

@@ -43,14 +43,16 @@ SwigluActivations ensure_swiglu(Backend& backend, SwigluActivations& storage, in
 const Tensor& DenseFFN::forward(Backend& backend, const Tensor& u) {
   ensure(backend, out, u.shape(), u.dtype());
   SwigluActivations view = ensure_swiglu(backend, acts, u.dim(0), w1.value.dim(1), u.dtype());
-  swiglu_forward(backend, out, u, {w1.value, w3.value, w2.value}, view);
+  swiglu_forward(backend, out, u, {w1.compute_value(), w3.compute_value(), w2.compute_value()},
+                 view);
   return out;
 }
 
 const Tensor& DenseFFN::backward(Backend& backend, const Tensor& dout, const Tensor& u) {
   ensure(backend, du, u.shape(), u.dtype());
   SwigluActivations view = ensure_swiglu(backend, acts, u.dim(0), w1.value.dim(1), u.dtype());
-  swiglu_backward(backend, du, dout, u, {w1.value, w3.value, w2.value},
+  swiglu_backward(backend, du, dout, u,
+                  {w1.compute_value(), w3.compute_value(), w2.compute_value()},
                   {w1.grad, w3.grad, w2.grad}, view);
   return du;
 }

@@ -16,6 +16,11 @@ enum class Device : uint8_t { cpu, cuda };
 size_t dtype_size(DType dtype);
 const char* dtype_name(DType dtype);
 
+// Mixed precision: the dtype of statistics (rstd, lse, losses, router tensors, gates) and of
+// master-side tensors (norm gains, parameter gradients) that go with data of `dtype`: f32 for
+// bf16 data, the data's own dtype otherwise.
+inline DType stat_dtype(DType dtype) { return dtype == DType::bf16 ? DType::f32 : dtype; }
+
 using Shape = std::vector<int64_t>;
 int64_t shape_numel(const Shape& shape);
 std::string shape_str(const Shape& shape);

@@ -12,11 +12,15 @@ constexpr uint64_t kInitDomain = 0x1A17'5EED'0000'0001ull;  // keeps init stream
 constexpr double kInitStd = 0.02;
 }  // namespace
 
-Param Transformer::make_param(const std::string& path, const Shape& shape, bool is_expert) {
+Param Transformer::make_param(const std::string& path, const Shape& shape, bool is_expert,
+                              bool compute_copy) {
   Param param;
   param.path = path;
-  param.value = backend_.zeros(shape, options_.dtype);
-  param.grad = backend_.zeros(shape, options_.dtype);
+  param.value = backend_.zeros(shape, master_dtype_);
+  param.grad = backend_.zeros(shape, master_dtype_);
+  param.compute = compute_copy && options_.dtype != master_dtype_
+                      ? backend_.zeros(shape, options_.dtype)
+                      : param.value;
   param.decay = shape.size() >= 2;
   param.is_expert = is_expert;
   return param;
@@ -24,6 +28,12 @@ Param Transformer::make_param(const std::string& path, const Shape& shape, bool 
 
 Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExchange* exchange)
     : backend_(backend), options_(std::move(options)) {
+  if (options_.dtype == DType::i32)
+    throw std::runtime_error("Transformer: the compute dtype must be a float dtype");
+  if (options_.master_dtype != DType::f32 && options_.master_dtype != DType::f64)
+    throw std::runtime_error(std::string("Transformer: the master dtype must be f32 or f64, got ") +
+                             dtype_name(options_.master_dtype));
+  master_dtype_ = options_.dtype == DType::f64 ? DType::f64 : options_.master_dtype;
   const ModelConfig& m = options_.model;
   const MoeConfig& moe = options_.moe;
   const int64_t D = m.d_model;
@@ -37,12 +47,12 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
   for (int64_t l = 0; l < m.n_layers; ++l) {
     const std::string prefix = "layers/" + std::to_string(l) + "/";
     Block& block = blocks_[l];
-    block.attn_norm.gain = make_param(prefix + "attn_norm", {D});
+    block.attn_norm.gain = make_param(prefix + "attn_norm", {D}, false, false);
     block.attn.wq = make_param(prefix + "attn/wq", {D, D});
     block.attn.wk = make_param(prefix + "attn/wk", {D, D});
     block.attn.wv = make_param(prefix + "attn/wv", {D, D});
     block.attn.wo = make_param(prefix + "attn/wo", {D, D});
-    block.ffn_norm.gain = make_param(prefix + "ffn_norm", {D});
+    block.ffn_norm.gain = make_param(prefix + "ffn_norm", {D}, false, false);
     if (!options_.moe_layers[l]) {
       block.dense = std::make_unique<DenseFFN>();
       block.dense->w1 = make_param(prefix + "ffn/w1", {D, m.ffn_hidden});
@@ -60,13 +70,13 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
     block.moe = std::make_unique<MoELayer>();
     MoELayer& layer = *block.moe;
     layer.exchange = exchange;
-    layer.router.weight = make_param(prefix + "moe/router", {D, moe.num_experts});
+    layer.router.weight = make_param(prefix + "moe/router", {D, moe.num_experts}, false, false);
     layer.router.settings = {moe.num_experts, moe.top_k, moe.normalize(), moe.capacity_factor};
     layer.experts.w1 = make_param(prefix + "moe/experts/w1", {local, D, F}, true);
     layer.experts.w3 = make_param(prefix + "moe/experts/w3", {local, D, F}, true);
     layer.experts.w2 = make_param(prefix + "moe/experts/w2", {local, F, D}, true);
   }
-  final_norm_.gain = make_param("final_norm", {D});
+  final_norm_.gain = make_param("final_norm", {D}, false, false);
   if (m.tie_embeddings)
     lm_head_.tied_table = &embedding_.table;
   else
@@ -86,6 +96,13 @@ std::vector<Param*> Transformer::params() {
   }
   list.push_back(&final_norm_.gain);
   if (!lm_head_.tied_table) list.push_back(&lm_head_.weight);
+  return list;
+}
+
+std::vector<const Router*> Transformer::routers() const {
+  std::vector<const Router*> list;
+  for (const Block& block : blocks_)
+    if (block.moe) list.push_back(&block.moe->router);
   return list;
 }
 
@@ -114,10 +131,17 @@ void Transformer::init_parameters(uint64_t seed) {
     }
     backend_.write(param->value, std::span<const double>(values));
   }
+  refresh_compute_weights();
 }
 
 void Transformer::zero_grads() {
   for (Param* param : params()) backend_.fill(param->grad, 0.0);
+}
+
+void Transformer::refresh_compute_weights() {
+  for (Param* param : params())
+    if (param->compute.defined() && param->compute.data() != param->value.data())
+      backend_.copy(param->compute, param->value);
 }
 
 GroupStats Transformer::forward_backward(std::span<const int32_t> inputs,

@@ -40,7 +40,13 @@ struct TransformerOptions {
   ModelConfig model;
   MoeConfig moe;
   std::vector<bool> moe_layers;  // [n_layers]
+  // The compute dtype: activations and the GEMMs' weight operands (Param::compute). f32 or f64
+  // on the CPU; f32, bf16 (or f64) on CUDA.
   DType dtype = DType::f32;
+  // The master dtype: Param::value, Param::grad and the optimizer state; the router and the
+  // norm gains compute in it. f32 or f64, never narrower than the compute dtype (f64 compute
+  // implies f64 masters). Mixed precision is dtype bf16 with master f32.
+  DType master_dtype = DType::f32;
 };
 
 class Transformer {
@@ -51,8 +57,14 @@ class Transformer {
 
   // Every matrix from N(0, 0.02), norm gains 1; each tensor, and each expert's slice, from its
   // own counter-based stream keyed by (seed, path, global expert index).
+  // Ends with refresh_compute_weights().
   void init_parameters(uint64_t seed);
   void zero_grads();
+  // Copies every master weight into its compute copy (bf16 training; nothing to do when the
+  // compute dtype is the master dtype). Call after every optimizer step and after loading
+  // weights into Param::value.
+  void refresh_compute_weights();
+  DType master_dtype() const { return master_dtype_; }
 
   // One routing group: inputs and targets [B*S]. With compute_grad, parameter gradients
   // accumulate the gradient of loss * loss_scale.
@@ -60,16 +72,22 @@ class Transformer {
                               int64_t batch, bool compute_grad, double loss_scale);
 
   std::vector<Param*> params();  // canonical order, stable
+  // The routers of the MoE layers, in layer order (their forward results, for tests and metrics).
+  std::vector<const Router*> routers() const;
   const TransformerOptions& options() const { return options_; }
   int64_t num_moe_layers() const;
 
  private:
-  Param make_param(const std::string& path, const Shape& shape, bool is_expert = false);
+  // A compute copy is made only where compute_copy and the dtypes differ (GEMM weights; not
+  // the norm gains, not the router).
+  Param make_param(const std::string& path, const Shape& shape, bool is_expert = false,
+                   bool compute_copy = true);
   void forward(int64_t batch);
   void backward(int64_t batch, double loss_scale);
 
   Backend& backend_;
   TransformerOptions options_;
+  DType master_dtype_ = DType::f32;
   int64_t first_local_expert_ = 0;
 
   Embedding embedding_;

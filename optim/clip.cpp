@@ -6,11 +6,16 @@
 namespace sy {
 
 GradSquares grad_squares(Backend& backend, const std::vector<Param*>& params) {
+  // All tensors at once: one host synchronisation on a device backend, not one per parameter.
+  std::vector<Tensor> grads;
+  grads.reserve(params.size());
+  for (const Param* param : params) grads.push_back(param->grad);
+  std::vector<double> sums(params.size());
+  backend.sum_squares_many(grads, sums);
   GradSquares squares;
-  for (const Param* param : params) {
-    const double sum = backend.sum_squares(param->grad);
-    if (param->is_expert) squares.expert += sum;
-    else squares.shared += sum;
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (params[i]->is_expert) squares.expert += sums[i];
+    else squares.shared += sums[i];
   }
   return squares;
 }

@@ -11,7 +11,7 @@ Tensor slice(const Tensor& stacked, int64_t j) {
 }  // namespace
 
 SwigluWeights Experts::expert_weights(int64_t j) const {
-  return {slice(w1.value, j), slice(w3.value, j), slice(w2.value, j)};
+  return {slice(w1.compute_value(), j), slice(w3.compute_value(), j), slice(w2.compute_value(), j)};
 }
 
 SwigluWeights Experts::expert_grads(int64_t j) const {

@@ -8,24 +8,36 @@ const Tensor& MoELayer::forward(Backend& backend, const Tensor& u) {
   const int64_t D = u.dim(1);
   const DType dtype = u.dtype();
   const int64_t K = router.settings.top_k;
+  if (timer) timer->start();
 
-  // route
-  router.forward(backend, u);
+  // route (fp32: the router gets its own copy of u when the layer computes in another dtype)
+  const DType router_dtype = router.weight.value.dtype();
+  if (dtype != router_dtype) {
+    ensure(backend, u_router, u.shape(), router_dtype);
+    backend.copy(u_router, u);
+  }
+  router.forward(backend, dtype != router_dtype ? u_router : u);
+  if (timer) timer->lap(kRoute, false);
   // permute: this rank's kept assignments, grouped by expert.
   const Tensor x_perm = ensure_rows(backend, x_perm_storage, router.kept, D, dtype);
   backend.permute_rows(x_perm, u, router.row_slot, K);
+  if (timer) timer->lap(kPermute, false);
   // dispatch
   plan = exchange->plan(router.tokens_per_expert);
   const Tensor x_recv = ensure_rows(backend, x_recv_storage, plan.rows_received, D, dtype);
   exchange->dispatch(plan, x_recv, x_perm);
+  if (timer) timer->lap(kDispatch, false);
   // experts
   const Tensor y_recv = experts.forward(backend, x_recv, plan.rows_per_local_expert);
+  if (timer) timer->lap(kExperts, false);
   // combine
   const Tensor y_perm = ensure_rows(backend, y_perm_storage, router.kept, D, dtype);
   exchange->combine(plan, y_perm, y_recv);
+  if (timer) timer->lap(kCombine, false);
   // unpermute: gate-weighted sum of each token's kept expert outputs.
   ensure(backend, out, u.shape(), dtype);
   backend.unpermute_combine(out, y_perm, router.gates, router.slot_row);
+  if (timer) timer->lap(kUnpermute, false);
   return out;
 }
 
@@ -36,24 +48,38 @@ const Tensor& MoELayer::backward(Backend& backend, const Tensor& dout, const Ten
   const int64_t K = router.settings.top_k;
   const Tensor y_perm = y_perm_storage.rows(0, router.kept);
   const Tensor x_recv = x_recv_storage.rows(0, plan.rows_received);
+  if (timer) timer->start();
 
   // unpermute: gate gradients stay on this rank; the rows' gradients follow the tokens.
   const Tensor dy_perm = ensure_rows(backend, dy_perm_storage, router.kept, D, dtype);
-  ensure(backend, dgates, router.gates.shape(), dtype);
+  ensure(backend, dgates, router.gates.shape(), router.gates.dtype());
   backend.unpermute_combine_backward(dy_perm, dgates, dout, y_perm, router.gates,
                                      router.slot_row);
+  if (timer) timer->lap(kUnpermute, true);
   // combine, reversed: output gradients travel to the experts' owners.
   const Tensor dy_recv = ensure_rows(backend, dy_recv_storage, plan.rows_received, D, dtype);
   exchange->dispatch(plan, dy_recv, dy_perm);
+  if (timer) timer->lap(kCombine, true);
   // experts
   const Tensor dx_recv = experts.backward(backend, dy_recv, x_recv, plan.rows_per_local_expert);
+  if (timer) timer->lap(kExperts, true);
   // dispatch, reversed: input gradients travel back the way the tokens came.
   const Tensor dx_perm = ensure_rows(backend, dx_perm_storage, router.kept, D, dtype);
   exchange->combine(plan, dx_perm, dx_recv);
+  if (timer) timer->lap(kDispatch, true);
   // permute, reversed, then the router's own path into u.
   ensure(backend, du, u.shape(), dtype);
   backend.permute_rows_backward(du, dx_perm, router.slot_row, K);
-  router.backward(backend, du, dgates, u, d_aux, d_z);
+  if (timer) timer->lap(kPermute, true);
+  const DType router_dtype = router.weight.value.dtype();
+  if (dtype == router_dtype) {
+    router.backward(backend, du, dgates, u, d_aux, d_z);
+  } else {
+    ensure(backend, du_router, u.shape(), router_dtype);
+    router.backward(backend, du_router, dgates, u_router, d_aux, d_z, /*accumulate=*/false);
+    backend.add(du, du_router, 1.0);
+  }
+  if (timer) timer->lap(kRoute, true);
   return du;
 }
 

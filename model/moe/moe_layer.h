@@ -1,11 +1,13 @@
 // One MoE FFN layer, in the stages the literature names:
 //   route -> permute -> dispatch -> experts -> combine -> unpermute
 // and backward in reverse (dispatch and combine swap roles). The exchange decides where the
-// experts run; the layer never talks to a communicator itself.
+// experts run; the layer never talks to a communicator itself. Rows travel in the compute dtype;
+// the router's tensors and the gates are in the router's dtype (fp32).
 #pragma once
 #include "model/backend.h"
 #include "model/moe/experts.h"
 #include "model/moe/router.h"
+#include "model/moe/stage_timer.h"
 #include "model/moe/token_exchange.h"
 
 namespace sy {
@@ -14,12 +16,16 @@ struct MoELayer {
   Router router;
   Experts experts;
   TokenExchange* exchange = nullptr;
+  MoEStageTimer* timer = nullptr;  // benchmarks only
 
   ExchangePlan plan;
   // Rows grouped by global expert (this rank's kept assignments) and as received by the experts.
   Tensor x_perm_storage, x_recv_storage, y_perm_storage, y_recv_storage;
   Tensor dy_perm_storage, dy_recv_storage, dx_perm_storage;
   Tensor out, du, dgates;
+  // The router is fp32 everywhere: when the layer computes in bf16, it routes an fp32 copy of u
+  // and its input gradient comes back in fp32, to be added into du.
+  Tensor u_router, du_router;
 
   // u: the normalised input [T, D]. Returns out [T, D].
   const Tensor& forward(Backend& backend, const Tensor& u);

@@ -25,7 +25,7 @@ void Router::forward(Backend& backend, const Tensor& u) {
   ensure(backend, row_slot, {T * K}, DType::i32);
   ensure(backend, assignments_per_expert, {E}, DType::i32);
 
-  backend.gemm(logits, u, false, weight.value, false, 1.0, 0.0);
+  backend.gemm(logits, u, false, weight.compute_value(), false, 1.0, 0.0);
   backend.router_softmax_topk(probs, lse, topk_idx, gates, logits, K, settings.normalize);
   tokens_per_expert = backend.router_plan(slot_row, row_slot, assignments_per_expert, topk_idx, E,
                                           expert_capacity(settings, T));
@@ -36,12 +36,12 @@ void Router::forward(Backend& backend, const Tensor& u) {
 }
 
 void Router::backward(Backend& backend, const Tensor& du, const Tensor& dgates, const Tensor& u,
-                      double d_aux, double d_z) {
+                      double d_aux, double d_z, bool accumulate) {
   ensure(backend, dlogits, logits.shape(), logits.dtype());
   backend.router_backward(dlogits, dgates, probs, lse, topk_idx, assignments_per_expert,
                           settings.top_k, settings.normalize, d_aux, d_z);
   backend.gemm(weight.grad, u, true, dlogits, false, 1.0, 1.0);
-  backend.gemm(du, dlogits, false, weight.value, true, 1.0, 1.0);
+  backend.gemm(du, dlogits, false, weight.compute_value(), true, 1.0, accumulate ? 1.0 : 0.0);
 }
 
 }  // namespace sy

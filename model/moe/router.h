@@ -36,12 +36,14 @@ struct Router {
   // Backward scratch.
   Tensor dlogits;
 
-  // u: the normalised input [T, D].
+  // u: the normalised input [T, D], in the router's dtype (that of weight.value: fp32 in
+  // training, also when the model computes in bf16; the MoE layer converts).
   void forward(Backend& backend, const Tensor& u);
   // dgates [T, K]; d_aux, d_z: the loss's derivative with respect to this layer's aux and z.
-  // du accumulates u's gradient through the router; weight.grad accumulates.
+  // du receives u's gradient through the router: added to it when `accumulate`, else
+  // overwritten; weight.grad accumulates.
   void backward(Backend& backend, const Tensor& du, const Tensor& dgates, const Tensor& u,
-                double d_aux, double d_z);
+                double d_aux, double d_z, bool accumulate = true);
 };
 
 }  // namespace sy

@@ -1,0 +1,211 @@
+// Rotary embedding and causal attention. Attention (first version): q, k, v are gathered into
+// per-head [B*H, S, Dh] buffers, the scores and products run as cuBLAS strided-batched GEMMs over
+// the B*H heads, and a fused kernel applies the causal mask and the softmax. Scores and their
+// gradients are kept in fp32 (fp64 for f64 data); probs and dS are stored in the data dtype.
+#include <cmath>
+
+#include "model/cuda/kernels.h"
+
+namespace sy::cuda {
+namespace {
+
+// ---- rotary ---------------------------------------------------------------------------------
+template <class T, class S>
+__global__ void rope_kernel(T* x, const S* cos_table, const S* sin_table, int64_t N, int64_t seq,
+                            int64_t H, int64_t Dh, S sign) {
+  const int64_t half = Dh / 2, total = N * H * half;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / (H * half), rem = i - t * H * half;
+    const int64_t h = rem / half, d = rem - h * half;
+    T* lo = x + (t * H + h) * Dh;
+    const int64_t at = (t % seq) * half + d;
+    const S c = cos_table[at], sn = sign * sin_table[at];
+    const S x0 = convert<S>(lo[d]), x1 = convert<S>(lo[d + half]);
+    lo[d] = convert<T>(x0 * c - x1 * sn);
+    lo[d + half] = convert<T>(x1 * c + x0 * sn);
+  }
+}
+
+// ---- layout ---------------------------------------------------------------------------------
+template <class T>
+struct HeadCopies {
+  const T* src[4];
+  T* dst[4];
+};
+
+// [B*S, H*Dh] -> [B, H, S, Dh] for blockIdx.y-th pair.
+template <class T>
+__global__ void to_heads_kernel(HeadCopies<T> copies, int64_t B, int64_t S, int64_t H,
+                                int64_t Dh) {
+  const T* src = copies.src[blockIdx.y];
+  T* dst = copies.dst[blockIdx.y];
+  const int64_t D = H * Dh, total = B * S * D;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / D, c = i - t * D;
+    const int64_t b = t / S, s = t - b * S, h = c / Dh, d = c - h * Dh;
+    dst[((b * H + h) * S + s) * Dh + d] = src[i];
+  }
+}
+
+// [B, H, S, Dh] -> [B*S, H*Dh]
+template <class T>
+__global__ void from_heads_kernel(HeadCopies<T> copies, int64_t B, int64_t S, int64_t H,
+                                  int64_t Dh) {
+  const T* src = copies.src[blockIdx.y];
+  T* dst = copies.dst[blockIdx.y];
+  const int64_t D = H * Dh, total = B * S * D;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / D, c = i - t * D;
+    const int64_t b = t / S, s = t - b * S, h = c / Dh, d = c - h * Dh;
+    dst[i] = src[((b * H + h) * S + s) * Dh + d];
+  }
+}
+
+// ---- softmax --------------------------------------------------------------------------------
+__device__ inline float exp_acc(float x) { return expf(x); }
+__device__ inline double exp_acc(double x) { return exp(x); }
+
+constexpr int kRowsPerBlock = 8;
+
+// One warp per score row (bh, i): probs[j] = softmax over j <= i, 0 above the diagonal.
+template <class T, class A>
+__global__ void causal_softmax_kernel(T* probs, const A* scores, int64_t rows, int64_t S) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = blockIdx.x * int64_t(kRowsPerBlock) + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const int64_t i = row % S;
+  const A* sc = scores + row * S;
+  T* p = probs + row * S;
+  A m = -INFINITY;
+  for (int64_t j = lane; j <= i; j += 32) m = max(m, sc[j]);
+  m = warp_max(m);
+  A sum = 0;
+  for (int64_t j = lane; j <= i; j += 32) sum += exp_acc(sc[j] - m);
+  sum = warp_sum(sum);
+  const A inv = A(1) / sum;
+  for (int64_t j = lane; j < S; j += 32)
+    p[j] = convert<T>(j <= i ? exp_acc(sc[j] - m) * inv : A(0));
+}
+
+// dS[j] = P[j] (dP[j] - sum_k dP[k] P[k]) for j <= i, 0 above the diagonal.
+template <class T, class A>
+__global__ void softmax_backward_kernel(T* ds, const A* dp, const T* probs, int64_t rows,
+                                        int64_t S) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = blockIdx.x * int64_t(kRowsPerBlock) + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const int64_t i = row % S;
+  const A* g = dp + row * S;
+  const T* p = probs + row * S;
+  A d = 0;
+  for (int64_t j = lane; j <= i; j += 32) d += g[j] * load(p + j);
+  d = warp_sum(d);
+  T* out = ds + row * S;
+  for (int64_t j = lane; j < S; j += 32) out[j] = convert<T>(j <= i ? load(p + j) * (g[j] - d) : A(0));
+}
+
+template <class T>
+void copy_heads(Context& ctx, bool to, std::initializer_list<std::pair<const void*, void*>> pairs,
+                int64_t B, int64_t S, int64_t H, int64_t Dh) {
+  HeadCopies<T> copies{};
+  unsigned n = 0;
+  for (auto [src, dst] : pairs) {
+    copies.src[n] = static_cast<const T*>(src);
+    copies.dst[n] = static_cast<T*>(dst);
+    ++n;
+  }
+  const dim3 grid(grid_for(B * S * H * Dh), n);
+  if (to) to_heads_kernel<T><<<grid, kThreads, 0, ctx.stream>>>(copies, B, S, H, Dh);
+  else from_heads_kernel<T><<<grid, kThreads, 0, ctx.stream>>>(copies, B, S, H, Dh);
+}
+
+}  // namespace
+
+void rope(Context& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B,
+          int64_t S, int64_t H, int sign) {
+  const int64_t N = B * S, Dh = x.dim(1) / H;
+  if (N == 0) return;
+  dispatch_float(x.dtype(), [&]<class T>(Tag<T>) {
+    using St = stat_t<T>;
+    rope_kernel<T, St><<<grid_for(N * H * (Dh / 2)), kThreads, 0, ctx.stream>>>(
+        x.ptr<T>(), cos.ptr<St>(), sin.ptr<St>(), N, S, H, Dh, static_cast<St>(sign));
+  });
+  check_launch(ctx, sign > 0 ? "rope_forward" : "rope_backward");
+}
+
+void attention_forward(Context& ctx, const Tensor& out, const Tensor& probs, const Tensor& q,
+                       const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H) {
+  const char* op = "attention_forward";
+  const int64_t D = q.dim(1), Dh = D / H, BH = B * H, T = B * S;
+  if (T == 0) return;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(Dh));
+  dispatch_float(q.dtype(), [&]<class Tp>(Tag<Tp>) {
+    using A = acc_t<Tp>;
+    const DType dt = dtype_of<Tp>(), at = dtype_of<A>();
+    const size_t act = static_cast<size_t>(T * D) * sizeof(Tp);
+    void* qh = ctx.scratch(kScratchB, act);
+    void* kh = ctx.scratch(kScratchC, act);
+    void* vh = ctx.scratch(kScratchD, act);
+    void* oh = ctx.scratch(kScratchE, act);
+    void* scores = ctx.scratch(kScratchF, static_cast<size_t>(BH * S * S) * sizeof(A));
+    copy_heads<Tp>(ctx, true, {{q.data(), qh}, {k.data(), kh}, {v.data(), vh}}, B, S, H, Dh);
+    check_launch(ctx, op);
+    // scores = q k^T / sqrt(Dh)
+    gemm_strided_batched(ctx, op, false, true, S, S, Dh, scale, qh, Dh, S * Dh, kh, Dh, S * Dh,
+                         0.0, scores, S, S * S, BH, dt, at);
+    causal_softmax_kernel<Tp, A><<<static_cast<unsigned>((BH * S + kRowsPerBlock - 1) / kRowsPerBlock),
+                                   32 * kRowsPerBlock, 0, ctx.stream>>>(
+        probs.ptr<Tp>(), static_cast<const A*>(scores), BH * S, S);
+    check_launch(ctx, op);
+    // out = P v
+    gemm_strided_batched(ctx, op, false, false, S, Dh, S, 1.0, probs.data(), S, S * S, vh, Dh,
+                         S * Dh, 0.0, oh, Dh, S * Dh, BH, dt, dt);
+    copy_heads<Tp>(ctx, false, {{oh, out.data()}}, B, S, H, Dh);
+    check_launch(ctx, op);
+  });
+}
+
+void attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                        const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& probs, int64_t B, int64_t S, int64_t H) {
+  const char* op = "attention_backward";
+  const int64_t D = q.dim(1), Dh = D / H, BH = B * H, T = B * S;
+  if (T == 0) return;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(Dh));
+  dispatch_float(q.dtype(), [&]<class Tp>(Tag<Tp>) {
+    using A = acc_t<Tp>;
+    const DType dt = dtype_of<Tp>(), at = dtype_of<A>();
+    const size_t act = static_cast<size_t>(T * D) * sizeof(Tp);
+    void* dvh = ctx.scratch(kScratchA, act);
+    void* qh = ctx.scratch(kScratchB, act);
+    void* kh = ctx.scratch(kScratchC, act);
+    void* vh = ctx.scratch(kScratchD, act);
+    void* doh = ctx.scratch(kScratchE, act);
+    void* dp = ctx.scratch(kScratchF, static_cast<size_t>(BH * S * S) * sizeof(A));
+    void* ds = ctx.scratch(kScratchG, static_cast<size_t>(BH * S * S) * sizeof(Tp));
+    copy_heads<Tp>(ctx, true, {{q.data(), qh}, {k.data(), kh}, {v.data(), vh}, {dout.data(), doh}},
+                   B, S, H, Dh);
+    check_launch(ctx, op);
+    // dP = dO v^T;  dv = P^T dO
+    gemm_strided_batched(ctx, op, false, true, S, S, Dh, 1.0, doh, Dh, S * Dh, vh, Dh, S * Dh,
+                         0.0, dp, S, S * S, BH, dt, at);
+    gemm_strided_batched(ctx, op, true, false, S, Dh, S, 1.0, probs.data(), S, S * S, doh, Dh,
+                         S * Dh, 0.0, dvh, Dh, S * Dh, BH, dt, dt);
+    softmax_backward_kernel<Tp, A><<<static_cast<unsigned>((BH * S + kRowsPerBlock - 1) / kRowsPerBlock),
+                                     32 * kRowsPerBlock, 0, ctx.stream>>>(
+        static_cast<Tp*>(ds), static_cast<const A*>(dp), probs.ptr<Tp>(), BH * S, S);
+    check_launch(ctx, op);
+    // dq = dS k / sqrt(Dh) (into doh's buffer);  dk = dS^T q / sqrt(Dh) (into kh's buffer)
+    gemm_strided_batched(ctx, op, false, false, S, Dh, S, scale, ds, S, S * S, kh, Dh, S * Dh,
+                         0.0, doh, Dh, S * Dh, BH, dt, dt);
+    gemm_strided_batched(ctx, op, true, false, S, Dh, S, scale, ds, S, S * S, qh, Dh, S * Dh,
+                         0.0, kh, Dh, S * Dh, BH, dt, dt);
+    copy_heads<Tp>(ctx, false, {{doh, dq.data()}, {kh, dk.data()}, {dvh, dv.data()}}, B, S, H, Dh);
+    check_launch(ctx, op);
+  });
+}
+
+}  // namespace sy::cuda

@@ -1,0 +1,179 @@
+// Shared by the CUDA backend's kernel files: the per-backend context (device, rank, stream,
+// cuBLAS handle, scratch), error checks that name the op, the rank and the device, dtype
+// dispatch, conversions and reductions.
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "model/tensor.h"
+
+namespace sy::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// ---- context --------------------------------------------------------------------------------
+struct Context {
+  int device = 0;
+  int rank = 0;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+  // Allocates device memory through the backend's caching allocator.
+  std::function<Tensor(const Shape&, DType)> alloc;
+  // Grow-only scratch buffers, one per slot, reused by every op (stream order keeps reuse safe).
+  std::vector<Tensor> scratch_slots;
+  // Pinned host memory for small device-to-host results (counts, losses, norms).
+  void* pinned = nullptr;
+  size_t pinned_bytes = 0;
+
+  void* scratch(int slot, size_t bytes);
+  void* pinned_buffer(size_t bytes);
+};
+
+// Scratch slots (one op may use several at once; different ops reuse them).
+enum Slot : int {
+  kScratchA = 0, kScratchB, kScratchC, kScratchD, kScratchE, kScratchF, kScratchG, kNumSlots
+};
+
+// "cuda <op> (rank R, device D): <message>"
+std::string where(const Context& ctx, const char* op);
+[[noreturn]] void fail(const Context& ctx, const char* op, const std::string& message);
+void check_cuda(cudaError_t status, const Context& ctx, const char* op, const char* what);
+void check_cublas(cublasStatus_t status, const Context& ctx, const char* op, const char* what);
+// After a kernel launch: a launch error (bad configuration) names the op.
+void check_launch(const Context& ctx, const char* op);
+// Copies `bytes` from the device to the host and waits for the stream: a host synchronisation.
+void to_host_sync(Context& ctx, const char* op, void* host, const void* device, size_t bytes);
+
+#define SY_CUDA(ctx, op, call) ::sy::cuda::check_cuda((call), (ctx), (op), #call)
+#define SY_CUBLAS(ctx, op, call) ::sy::cuda::check_cublas((call), (ctx), (op), #call)
+
+// ---- launch geometry ------------------------------------------------------------------------
+constexpr int kThreads = 256;
+inline unsigned grid_for(int64_t n, int threads = kThreads) {
+  const int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 16384 ? 16384 : blocks));
+}
+
+// Exactly enough blocks for n threads (kernels without a grid-stride loop).
+inline unsigned blocks_for(int64_t n, int threads) {
+  const int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
+}
+
+// ---- dtype dispatch -------------------------------------------------------------------------
+template <class T>
+struct Tag {
+  using type = T;
+};
+
+template <class F>
+decltype(auto) dispatch_float(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::f32: return f(Tag<float>{});
+    case DType::f64: return f(Tag<double>{});
+    case DType::bf16: return f(Tag<bf16>{});
+    default: throw std::runtime_error("cuda backend: expected a float dtype");
+  }
+}
+
+template <class F>
+decltype(auto) dispatch_all(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::f32: return f(Tag<float>{});
+    case DType::f64: return f(Tag<double>{});
+    case DType::bf16: return f(Tag<bf16>{});
+    case DType::i32: return f(Tag<int32_t>{});
+  }
+  throw std::runtime_error("cuda backend: unknown dtype");
+}
+
+// f32 or f64 only (router, optimizer).
+template <class F>
+decltype(auto) dispatch_wide(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::f32: return f(Tag<float>{});
+    case DType::f64: return f(Tag<double>{});
+    default: throw std::runtime_error("cuda backend: expected f32 or f64");
+  }
+}
+
+// Accumulation type: double for double, float otherwise. Statistics type: float for bf16.
+template <class T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+template <class T> using acc_t = typename AccOf<T>::type;
+template <class T> struct StatOf { using type = T; };
+template <> struct StatOf<bf16> { using type = float; };
+template <class T> using stat_t = typename StatOf<T>::type;
+
+template <class T> constexpr DType dtype_of();
+template <> constexpr DType dtype_of<float>() { return DType::f32; }
+template <> constexpr DType dtype_of<double>() { return DType::f64; }
+template <> constexpr DType dtype_of<bf16>() { return DType::bf16; }
+template <> constexpr DType dtype_of<int32_t>() { return DType::i32; }
+
+// ---- conversions ----------------------------------------------------------------------------
+template <class D, class S>
+__host__ __device__ inline D convert(S s) {
+  if constexpr (std::is_same_v<D, S>) {
+    return s;
+  } else if constexpr (std::is_same_v<S, bf16>) {
+    return static_cast<D>(__bfloat162float(s));
+  } else if constexpr (std::is_same_v<D, bf16>) {
+    if constexpr (std::is_same_v<S, double>) return __double2bfloat16(s);
+    else return __float2bfloat16(static_cast<float>(s));
+  } else {
+    return static_cast<D>(s);
+  }
+}
+
+template <class T>
+__host__ __device__ inline acc_t<T> load(const T* p) {
+  return convert<acc_t<T>>(*p);
+}
+
+// ---- reductions -----------------------------------------------------------------------------
+template <class A>
+__device__ inline A warp_sum(A v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+template <class A>
+__device__ inline A warp_max(A v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// `shared` holds 32 values of A. Deterministic for a fixed block size.
+template <class A>
+__device__ inline A block_sum(A v, A* shared) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // shared may still be read from a previous call
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  A total = lane < warps ? shared[lane] : A(0);
+  return warp_sum(total);
+}
+
+template <class A>
+__device__ inline A block_max(A v, A* shared, A lowest) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  A total = lane < warps ? shared[lane] : lowest;
+  return warp_max(total);
+}
+
+}  // namespace sy::cuda

@@ -1,0 +1,961 @@
+// The CUDA backend: validates each op's shapes and dtypes (the mixed-precision rules of
+// backend.h), then enqueues the kernels of model/cuda/*.cu on the backend's stream.
+//
+// Host synchronisations (everything else is asynchronous on the stream):
+//   read, read_i32, copy_to_host       the data must reach the host
+//   sum_squares, sum_squares_many      the norms are returned on the host (one sync per call)
+//   router_plan                        the kept counts per expert (the exchange needs them)
+//   router_losses                      aux and z are returned on the host (right after the plan,
+//                                      so the stream is nearly idle)
+//   synchronize                        on request
+// Memory: alloc() serves blocks from a caching allocator (a free list keyed by block size, fed
+// by cudaMalloc only when no cached block fits), so that a training step that repeats its shapes
+// allocates nothing from the driver after its first run.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <tuple>
+
+#include "model/cuda/cuda_backend.h"
+#include "model/cuda/kernels.h"
+
+namespace sy {
+namespace cuda {
+
+// ---- errors ---------------------------------------------------------------------------------
+namespace {
+
+int env_int(const char* name, int fallback) {
+  const char* value = std::getenv(name);
+  if (!value || !*value) return fallback;
+  char* end = nullptr;
+  const long parsed = std::strtol(value, &end, 10);
+  return end && *end == '\0' ? static_cast<int>(parsed) : fallback;
+}
+
+int process_rank() { return env_int("OMPI_COMM_WORLD_RANK", env_int("PMI_RANK", 0)); }
+
+}  // namespace
+
+std::string where(const Context& ctx, const char* op) {
+  return std::string("cuda ") + op + " (rank " + std::to_string(ctx.rank) + ", device " +
+         std::to_string(ctx.device) + ")";
+}
+
+void fail(const Context& ctx, const char* op, const std::string& message) {
+  throw std::runtime_error(where(ctx, op) + ": " + message);
+}
+
+void check_cuda(cudaError_t status, const Context& ctx, const char* op, const char* what) {
+  if (status == cudaSuccess) return;
+  fail(ctx, op, std::string(what) + " failed: " + cudaGetErrorName(status) + " (" +
+                    cudaGetErrorString(status) + ")");
+}
+
+void check_cublas(cublasStatus_t status, const Context& ctx, const char* op, const char* what) {
+  if (status == CUBLAS_STATUS_SUCCESS) return;
+  fail(ctx, op, std::string(what) + " failed: " + cublasGetStatusName(status) + " (" +
+                    cublasGetStatusString(status) + ")");
+}
+
+void check_launch(const Context& ctx, const char* op) {
+  check_cuda(cudaGetLastError(), ctx, op, "kernel launch");
+}
+
+void to_host_sync(Context& ctx, const char* op, void* host, const void* device, size_t bytes) {
+  if (bytes == 0) return;
+  void* pinned = ctx.pinned_buffer(bytes);
+  SY_CUDA(ctx, op, cudaMemcpyAsync(pinned, device, bytes, cudaMemcpyDeviceToHost, ctx.stream));
+  SY_CUDA(ctx, op, cudaStreamSynchronize(ctx.stream));
+  std::memcpy(host, pinned, bytes);
+}
+
+void* Context::scratch(int slot, size_t bytes) {
+  if (scratch_slots.size() < kNumSlots) scratch_slots.resize(kNumSlots);
+  Tensor& t = scratch_slots.at(slot);
+  if (!t.defined() || t.nbytes() < bytes) {
+    t = Tensor();  // back to the free list first, so that the larger block may reuse it
+    t = alloc({static_cast<int64_t>((bytes + 3) / 4)}, DType::i32);
+  }
+  return t.data();
+}
+
+void* Context::pinned_buffer(size_t bytes) {
+  if (bytes > pinned_bytes) {
+    if (pinned) cudaFreeHost(pinned);
+    pinned = nullptr;
+    pinned_bytes = 0;
+    const size_t size = std::max<size_t>(bytes, 64 << 10);
+    check_cuda(cudaMallocHost(&pinned, size), *this, "pinned staging", "cudaMallocHost");
+    pinned_bytes = size;
+  }
+  return pinned;
+}
+
+// ---- the caching allocator ------------------------------------------------------------------
+namespace {
+
+class CachingAllocator {
+ public:
+  explicit CachingAllocator(const Context* ctx) : device_(ctx->device), rank_(ctx->rank) {}
+  ~CachingAllocator() {
+    for (auto& [size, p] : free_) cudaFree(p);  // errors ignored: the process may be exiting
+  }
+
+  // Block sizes: 512-byte multiples below 1 MiB, 1 MiB multiples above.
+  static size_t block_size(size_t bytes) {
+    if (bytes <= 512) return 512;
+    if (bytes < (size_t{1} << 20)) return (bytes + 511) / 512 * 512;
+    return (bytes + (size_t{1} << 20) - 1) >> 20 << 20;
+  }
+
+  void* allocate(size_t bytes, size_t* block) {
+    const size_t want = block_size(bytes);
+    std::lock_guard<std::mutex> lock(mutex_);
+    // Best fit among cached blocks, wasting at most a quarter.
+    auto it = free_.lower_bound(want);
+    if (it != free_.end() && it->first <= want + want / 4) {
+      *block = it->first;
+      void* p = it->second;
+      free_.erase(it);
+      in_use_ += *block;
+      peak_in_use_ = std::max(peak_in_use_, in_use_);
+      return p;
+    }
+    void* p = nullptr;
+    cudaError_t status = cudaMalloc(&p, want);
+    if (status == cudaErrorMemoryAllocation) {  // give the cache back to the driver and retry
+      cudaGetLastError();
+      for (auto& [size, q] : free_) {
+        cudaFree(q);
+        reserved_ -= size;
+      }
+      free_.clear();
+      status = cudaMalloc(&p, want);
+    }
+    if (status != cudaSuccess) {
+      cudaGetLastError();
+      size_t free_bytes = 0, total_bytes = 0;
+      cudaMemGetInfo(&free_bytes, &total_bytes);
+      throw std::runtime_error(
+          "cuda alloc (rank " + std::to_string(rank_) + ", device " + std::to_string(device_) +
+          "): cudaMalloc of " + std::to_string(want) + " bytes failed: " +
+          cudaGetErrorString(status) + " (" + std::to_string(reserved_ >> 20) +
+          " MiB held by this backend, " + std::to_string(free_bytes >> 20) + " of " +
+          std::to_string(total_bytes >> 20) + " MiB free on the device)");
+    }
+    *block = want;
+    reserved_ += want;
+    in_use_ += want;
+    peak_reserved_ = std::max(peak_reserved_, reserved_);
+    peak_in_use_ = std::max(peak_in_use_, in_use_);
+    ++device_allocations_;
+    return p;
+  }
+
+  void release(void* p, size_t block) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_.emplace(block, p);
+    in_use_ -= block;
+  }
+
+  size_t peak_reserved() const { return peak_reserved_; }
+  int64_t device_allocations() const { return device_allocations_; }
+
+ private:
+  int device_, rank_;
+  std::mutex mutex_;
+  std::multimap<size_t, void*> free_;
+  size_t reserved_ = 0, peak_reserved_ = 0, in_use_ = 0, peak_in_use_ = 0;
+  int64_t device_allocations_ = 0;
+};
+
+}  // namespace
+}  // namespace cuda
+
+namespace {
+
+using cuda::Context;
+
+// ---- validation -----------------------------------------------------------------------------
+class Check {
+ public:
+  Check(const Context& ctx, const char* op) : ctx_(ctx), op_(op) {}
+
+  [[noreturn]] void fail(const std::string& message) const { cuda::fail(ctx_, op_, message); }
+
+  void on_device(const Tensor& t, const char* name) const {
+    if (!t.defined()) fail(std::string(name) + " is undefined");
+    if (t.device() != Device::cuda) fail(std::string(name) + " is not on the cuda device");
+    if (t.numel() > 0 && t.data() == nullptr) fail(std::string(name) + " has no data");
+  }
+
+  DType float_dtype(const Tensor& t, const char* name) const {
+    on_device(t, name);
+    if (t.dtype() == DType::i32) fail(std::string(name) + " must be a float tensor, got i32");
+    return t.dtype();
+  }
+
+  DType wide_dtype(const Tensor& t, const char* name) const {
+    on_device(t, name);
+    if (t.dtype() != DType::f32 && t.dtype() != DType::f64)
+      fail(std::string(name) + " must be f32 or f64, got " + dtype_name(t.dtype()));
+    return t.dtype();
+  }
+
+  void dtype(const Tensor& t, DType dtype, const char* name) const {
+    on_device(t, name);
+    if (t.dtype() != dtype)
+      fail(std::string(name) + " must be " + dtype_name(dtype) + ", got " + dtype_name(t.dtype()));
+  }
+
+  void shape(const Tensor& t, const Shape& shape, const char* name) const {
+    if (t.shape() != shape)
+      fail(std::string(name) + ": expected shape " + shape_str(shape) + ", got " +
+           shape_str(t.shape()));
+  }
+
+  void ndim(const Tensor& t, int n, const char* name) const {
+    if (t.ndim() != n)
+      fail(std::string(name) + " must be " + std::to_string(n) + "-D, got " + shape_str(t.shape()));
+  }
+
+  void numel(const Tensor& t, int64_t n, const char* name) const {
+    if (t.numel() != n)
+      fail(std::string(name) + " must have " + std::to_string(n) + " elements, got " +
+           shape_str(t.shape()));
+  }
+
+  void positive(int64_t value, const char* name) const {
+    if (value <= 0) fail(std::string(name) + " must be positive, got " + std::to_string(value));
+  }
+
+  void fits_int(int64_t value, const char* name) const {
+    if (value > INT32_MAX) fail(std::string(name) + " too large for i32: " + std::to_string(value));
+  }
+
+ private:
+  const Context& ctx_;
+  const char* op_;
+};
+
+bool overlaps(const Tensor& a, const Tensor& b) {
+  const char* a0 = static_cast<const char*>(a.data());
+  const char* b0 = static_cast<const char*>(b.data());
+  return a.nbytes() > 0 && b.nbytes() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+}
+
+// ---- optional per-op profile ----------------------------------------------------------------
+// SY_CUDA_PROFILE=1: each op waits for the stream before and after it runs, and its time is
+// summed per op name (GEMMs per dtype, transposition and shape), leaving out each name's first
+// call (module loading, cuBLAS heuristics), which is summed apart; the table goes to stderr when
+// the backend is destroyed. For finding where a step's time goes: it serialises the stream, so
+// its totals are not throughput numbers.
+class OpProfile {
+ public:
+  OpProfile() {
+    const char* env = std::getenv("SY_CUDA_PROFILE");
+    enabled_ = env && *env && std::string(env) != "0";
+  }
+  bool enabled() const { return enabled_; }
+  void add(const std::string& op, double seconds) {
+    if (!seen_.insert(op).second) {
+      auto& [total, calls] = totals_[op];
+      total += seconds;
+      ++calls;
+    } else {
+      first_calls_ += seconds;
+    }
+  }
+  void print(const std::string& backend) const {
+    if (!enabled_ || seen_.empty()) return;
+    std::vector<std::pair<double, std::string>> rows;
+    double sum = 0;
+    for (const auto& [op, entry] : totals_) {
+      rows.emplace_back(entry.first, op);
+      sum += entry.first;
+    }
+    std::sort(rows.rbegin(), rows.rend());
+    std::fprintf(stderr,
+                 "SY_CUDA_PROFILE %s: %.3f s in ops (synchronised), plus %.3f s in the first "
+                 "calls of %zu op keys\n",
+                 backend.c_str(), sum, first_calls_, seen_.size());
+    for (const auto& [seconds, op] : rows) {
+      if (rows.size() > 60 && seconds < 1e-3 * sum) break;  // the long tail
+      std::fprintf(stderr, "  %9.3f ms %6.1f%% %8lld calls  %s\n", 1e3 * seconds,
+                   100.0 * seconds / sum, static_cast<long long>(totals_.at(op).second), op.c_str());
+    }
+  }
+
+ private:
+  bool enabled_ = false;
+  std::map<std::string, std::pair<double, int64_t>> totals_;
+  std::set<std::string> seen_;
+  double first_calls_ = 0;
+};
+
+class ProfileScope {
+ public:
+  ProfileScope(OpProfile& profile, const Context& ctx, std::string op)
+      : profile_(profile.enabled() ? &profile : nullptr), ctx_(ctx), op_(std::move(op)) {
+    if (!profile_) return;
+    cudaStreamSynchronize(ctx_.stream);
+    start_ = std::chrono::steady_clock::now();
+  }
+  ~ProfileScope() {
+    if (!profile_) return;
+    cudaStreamSynchronize(ctx_.stream);
+    profile_->add(op_, std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
+  }
+
+ private:
+  OpProfile* profile_;
+  const Context& ctx_;
+  std::string op_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+#define SY_PROFILE(name) \
+  const ProfileScope profile_scope_(profile_, ctx_, profile_.enabled() ? (name) : std::string())
+
+// ---- the backend ----------------------------------------------------------------------------
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) {
+    ctx_.device = device;
+    ctx_.rank = cuda::process_rank();
+    SY_CUDA(ctx_, "init", cudaSetDevice(device));
+    SY_CUDA(ctx_, "init", cudaStreamCreateWithFlags(&ctx_.stream, cudaStreamNonBlocking));
+    SY_CUBLAS(ctx_, "init", cublasCreate(&ctx_.cublas));
+    SY_CUBLAS(ctx_, "init", cublasSetStream(ctx_.cublas, ctx_.stream));
+    SY_CUBLAS(ctx_, "init", cublasSetMathMode(ctx_.cublas, CUBLAS_DEFAULT_MATH));  // no TF32
+    allocator_ = std::make_shared<cuda::CachingAllocator>(&ctx_);
+    ctx_.alloc = [this](const Shape& shape, DType dtype) { return alloc(shape, dtype); };
+    // cuBLAS's workspace from our allocator (after cublasSetStream, which resets it).
+    constexpr size_t kWorkspace = size_t{32} << 20;
+    workspace_ = alloc({static_cast<int64_t>(kWorkspace / 4)}, DType::i32);
+    SY_CUBLAS(ctx_, "init", cublasSetWorkspace(ctx_.cublas, workspace_.data(), kWorkspace));
+    cudaDeviceProp prop{};
+    SY_CUDA(ctx_, "init", cudaGetDeviceProperties(&prop, device));
+    device_name_ = prop.name;
+  }
+
+  ~CudaBackend() override {
+    cudaStreamSynchronize(ctx_.stream);
+    profile_.print(name());
+    ctx_.scratch_slots.clear();
+    rope_tables_.clear();
+    workspace_ = Tensor();
+    if (ctx_.cublas) cublasDestroy(ctx_.cublas);
+    if (ctx_.pinned) cudaFreeHost(ctx_.pinned);
+    if (ctx_.stream) cudaStreamDestroy(ctx_.stream);
+  }
+
+  Device device() const override { return Device::cuda; }
+  int device_index() const override { return ctx_.device; }
+  std::string name() const override {
+    return "cuda:" + std::to_string(ctx_.device) + " (" + device_name_ + ")";
+  }
+  size_t peak_memory_bytes() const override { return allocator_->peak_reserved(); }
+  int64_t device_allocations() const { return allocator_->device_allocations(); }
+  void* native_stream() override { return ctx_.stream; }
+  void synchronize() override { SY_CUDA(ctx_, "synchronize", cudaStreamSynchronize(ctx_.stream)); }
+
+  // ---- memory ---------------------------------------------------------------------------------
+  Tensor alloc(const Shape& shape, DType dtype) override {
+    for (int64_t d : shape)
+      if (d < 0) Check(ctx_, "alloc").fail("negative dimension in " + shape_str(shape));
+    const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+    size_t block = 0;
+    void* data = allocator_->allocate(bytes, &block);
+    std::shared_ptr<cuda::CachingAllocator> allocator = allocator_;
+    std::shared_ptr<void> buffer(data, [allocator, block](void* p) { allocator->release(p, block); });
+    return Tensor(std::move(buffer), data, shape, dtype, Device::cuda);
+  }
+
+  void fill(const Tensor& x, double value) override {
+    SY_PROFILE("fill");
+    Check(ctx_, "fill").on_device(x, "x");
+    cuda::fill(ctx_, x, value);
+  }
+
+  void copy(const Tensor& dst, const Tensor& src) override {
+    SY_PROFILE(std::string("copy ") + dtype_name(src.dtype()) + "->" + dtype_name(dst.dtype()));
+    const Check c(ctx_, "copy");
+    c.on_device(dst, "dst");
+    c.on_device(src, "src");
+    c.numel(dst, src.numel(), "dst");
+    if (dst.data() == src.data() && dst.dtype() == src.dtype()) return;
+    if (dst.dtype() != src.dtype() && overlaps(dst, src))
+      c.fail("converting copy between overlapping tensors");
+    cuda::convert(ctx_, dst, src);
+  }
+
+  void write(const Tensor& dst, std::span<const float> host) override { write_host(dst, host); }
+  void write(const Tensor& dst, std::span<const double> host) override { write_host(dst, host); }
+  void write(const Tensor& dst, std::span<const int32_t> host) override { write_host(dst, host); }
+
+  std::vector<double> read(const Tensor& src) override {
+    SY_PROFILE("read");
+    Check(ctx_, "read").on_device(src, "src");
+    std::vector<double> out(src.numel());
+    cuda::dispatch_all(src.dtype(), [&]<class T>(cuda::Tag<T>) {
+      std::vector<T> staging(src.numel());
+      read_bytes("read", staging.data(), src);
+      for (size_t i = 0; i < staging.size(); ++i) out[i] = cuda::convert<double>(staging[i]);
+    });
+    return out;
+  }
+
+  std::vector<int32_t> read_i32(const Tensor& src) override {
+    Check(ctx_, "read_i32").dtype(src, DType::i32, "src");
+    std::vector<int32_t> out(src.numel());
+    read_bytes("read_i32", out.data(), src);
+    return out;
+  }
+
+  void copy_to_host(void* host, const Tensor& src) override {
+    Check(ctx_, "copy_to_host").on_device(src, "src");
+    read_bytes("copy_to_host", host, src);
+  }
+
+  void copy_from_host(const Tensor& dst, const void* host) override {
+    Check(ctx_, "copy_from_host").on_device(dst, "dst");
+    if (dst.nbytes())
+      SY_CUDA(ctx_, "copy_from_host",
+              cudaMemcpyAsync(dst.data(), host, dst.nbytes(), cudaMemcpyHostToDevice, ctx_.stream));
+  }
+
+  // ---- linear algebra -------------------------------------------------------------------------
+  void gemm(const Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b,
+            double alpha, double beta) override {
+    SY_PROFILE(std::string("gemm ") + dtype_name(A.dtype()) + "->" + dtype_name(C.dtype()) + (trans_a ? " T" : " N") + (trans_b ? "T " : "N ") + shape_str({C.dim(0), C.dim(1), trans_a ? A.dim(0) : A.dim(1)}));
+    const Check c(ctx_, "gemm");
+    const DType ab = c.float_dtype(A, "A");
+    c.dtype(B, ab, "B");
+    const DType dc = c.float_dtype(C, "C");
+    if (dc != ab && !(ab == DType::bf16 && dc == DType::f32))
+      c.fail(std::string("C must be ") + dtype_name(ab) +
+             (ab == DType::bf16 ? " or f32" : "") + " for " + dtype_name(ab) + " A and B, got " +
+             dtype_name(dc));
+    c.ndim(C, 2, "C");
+    c.ndim(A, 2, "A");
+    c.ndim(B, 2, "B");
+    const int64_t M = C.dim(0), N = C.dim(1);
+    const int64_t K = trans_a ? A.dim(0) : A.dim(1);
+    if ((trans_a ? A.dim(1) : A.dim(0)) != M || (trans_b ? B.dim(1) : B.dim(0)) != K ||
+        (trans_b ? B.dim(0) : B.dim(1)) != N)
+      c.fail("C" + shape_str(C.shape()) + " = A" + shape_str(A.shape()) + (trans_a ? "^T" : "") +
+             " @ B" + shape_str(B.shape()) + (trans_b ? "^T" : "") + ": shapes do not match");
+    if (overlaps(C, A) || overlaps(C, B)) c.fail("C overlaps an input");
+    cuda::gemm(ctx_, C, A, trans_a, B, trans_b, alpha, beta);
+  }
+
+  void add(const Tensor& y, const Tensor& x, double alpha) override {
+    SY_PROFILE(std::string("add ") + dtype_name(y.dtype()) + "+=" + dtype_name(x.dtype()));
+    const Check c(ctx_, "add");
+    c.float_dtype(y, "y");
+    c.float_dtype(x, "x");
+    c.numel(x, y.numel(), "x");
+    cuda::add(ctx_, y, x, alpha);
+  }
+
+  void scale(const Tensor& y, double alpha) override {
+    SY_PROFILE("scale");
+    Check(ctx_, "scale").float_dtype(y, "y");
+    cuda::scale(ctx_, y, alpha);
+  }
+
+  double sum_squares(const Tensor& x) override {
+    double out = 0;
+    sum_squares_many(std::span<const Tensor>(&x, 1), std::span<double>(&out, 1));
+    return out;
+  }
+
+  void sum_squares_many(std::span<const Tensor> xs, std::span<double> out) override {
+    SY_PROFILE("sum_squares_many");
+    const Check c(ctx_, "sum_squares");
+    if (out.size() != xs.size()) c.fail("one result per tensor needed");
+    for (const Tensor& x : xs) c.float_dtype(x, "x");
+    if (xs.empty()) return;
+    double* results =
+        static_cast<double*>(ctx_.scratch(cuda::kScratchB, xs.size() * sizeof(double)));
+    cuda::sum_squares(ctx_, xs, results);
+    cuda::to_host_sync(ctx_, "sum_squares", out.data(), results, xs.size() * sizeof(double));
+  }
+
+  // ---- embedding ------------------------------------------------------------------------------
+  void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& table) override {
+    SY_PROFILE("embedding_forward");
+    const Check c(ctx_, "embedding_forward");
+    c.float_dtype(table, "table");
+    c.float_dtype(out, "out");
+    c.dtype(tokens, DType::i32, "tokens");
+    c.ndim(table, 2, "table");
+    const int64_t N = tokens.numel(), D = table.dim(1);
+    c.shape(out, {N, D}, "out");
+    cuda::embedding_forward(ctx_, out, tokens, table);
+  }
+
+  void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& tokens) override {
+    SY_PROFILE("embedding_backward");
+    const Check c(ctx_, "embedding_backward");
+    c.wide_dtype(dtable, "dtable");
+    c.float_dtype(dout, "dout");
+    c.dtype(tokens, DType::i32, "tokens");
+    c.ndim(dtable, 2, "dtable");
+    const int64_t N = tokens.numel(), D = dtable.dim(1);
+    c.shape(dout, {N, D}, "dout");
+    cuda::embedding_backward(ctx_, dtable, dout, tokens);
+  }
+
+  // ---- RMSNorm --------------------------------------------------------------------------------
+  void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x,
+                       const Tensor& gain) override {
+    SY_PROFILE("rmsnorm_forward");
+    const Check c(ctx_, "rmsnorm_forward");
+    const DType dt = c.float_dtype(x, "x"), st = stat_dtype(dt);
+    c.dtype(out, dt, "out");
+    c.dtype(rstd, st, "rstd");
+    c.dtype(gain, st, "gain");
+    if (x.ndim() < 1) c.fail("x must have at least one axis");
+    const int64_t D = x.dim(-1);
+    c.positive(D, "last axis");
+    c.shape(out, x.shape(), "out");
+    c.numel(rstd, x.numel() / D, "rstd");
+    c.shape(gain, {D}, "gain");
+    cuda::rmsnorm_forward(ctx_, out, rstd, x, gain);
+  }
+
+  void rmsnorm_backward(const Tensor& dx, const Tensor& dgain, const Tensor& dout, const Tensor& x,
+                        const Tensor& gain, const Tensor& rstd) override {
+    SY_PROFILE("rmsnorm_backward");
+    const Check c(ctx_, "rmsnorm_backward");
+    const DType dt = c.float_dtype(x, "x"), st = stat_dtype(dt);
+    c.dtype(dx, dt, "dx");
+    c.dtype(dout, dt, "dout");
+    c.dtype(dgain, st, "dgain");
+    c.dtype(gain, st, "gain");
+    c.dtype(rstd, st, "rstd");
+    if (x.ndim() < 1) c.fail("x must have at least one axis");
+    const int64_t D = x.dim(-1);
+    c.positive(D, "last axis");
+    c.shape(dx, x.shape(), "dx");
+    c.shape(dout, x.shape(), "dout");
+    c.shape(gain, {D}, "gain");
+    c.shape(dgain, {D}, "dgain");
+    c.numel(rstd, x.numel() / D, "rstd");
+    cuda::rmsnorm_backward(ctx_, dx, dgain, dout, x, gain, rstd);
+  }
+
+  // ---- attention ------------------------------------------------------------------------------
+  void rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H) override {
+    rope("rope_forward", x, B, S, H, +1);
+  }
+
+  void rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H) override {
+    rope("rope_backward", dx, B, S, H, -1);
+  }
+
+  void attention_forward(const Tensor& out, const Tensor& probs, const Tensor& q, const Tensor& k,
+                         const Tensor& v, int64_t B, int64_t S, int64_t H) override {
+    SY_PROFILE("attention_forward");
+    const Check c(ctx_, "attention_forward");
+    const DType dt = c.float_dtype(q, "q");
+    for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}, {&probs, "probs"}})
+      c.dtype(*t, dt, name);
+    const int64_t Dh = head_width(c, q, B, S, H, "q");
+    for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}}) c.shape(*t, q.shape(), name);
+    c.shape(probs, {B, H, S, S}, "probs");
+    c.fits_int(Dh * H, "width");
+    cuda::attention_forward(ctx_, out, probs, q, k, v, B, S, H);
+  }
+
+  void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                          const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs,
+                          int64_t B, int64_t S, int64_t H) override {
+    SY_PROFILE("attention_backward");
+    const Check c(ctx_, "attention_backward");
+    const DType dt = c.float_dtype(q, "q");
+    for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"},
+                           {&k, "k"}, {&v, "v"}, {&probs, "probs"}})
+      c.dtype(*t, dt, name);
+    head_width(c, q, B, S, H, "q");
+    for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"},
+                           {&k, "k"}, {&v, "v"}})
+      c.shape(*t, q.shape(), name);
+    c.shape(probs, {B, H, S, S}, "probs");
+    cuda::attention_backward(ctx_, dq, dk, dv, dout, q, k, v, probs, B, S, H);
+  }
+
+  // ---- SwiGLU ---------------------------------------------------------------------------------
+  void swiglu_forward(const Tensor& out, const Tensor& a, const Tensor& b) override {
+    SY_PROFILE("swiglu_forward");
+    const Check c(ctx_, "swiglu_forward");
+    const DType dt = c.float_dtype(a, "a");
+    c.dtype(b, dt, "b");
+    c.dtype(out, dt, "out");
+    c.shape(b, a.shape(), "b");
+    c.shape(out, a.shape(), "out");
+    cuda::swiglu_forward(ctx_, out, a, b);
+  }
+
+  void swiglu_backward(const Tensor& da, const Tensor& db, const Tensor& dout, const Tensor& a,
+                       const Tensor& b) override {
+    SY_PROFILE("swiglu_backward");
+    const Check c(ctx_, "swiglu_backward");
+    const DType dt = c.float_dtype(a, "a");
+    for (auto [t, name] : {std::pair{&da, "da"}, {&db, "db"}, {&dout, "dout"}, {&b, "b"}}) {
+      c.dtype(*t, dt, name);
+      c.shape(*t, a.shape(), name);
+    }
+    cuda::swiglu_backward(ctx_, da, db, dout, a, b);
+  }
+
+  // ---- cross-entropy --------------------------------------------------------------------------
+  void cross_entropy(const Tensor& losses, const Tensor& logits, const Tensor& targets,
+                     bool compute_grad, double grad_scale) override {
+    SY_PROFILE("cross_entropy");
+    const Check c(ctx_, "cross_entropy");
+    const DType dt = c.float_dtype(logits, "logits");
+    c.dtype(losses, stat_dtype(dt), "losses");
+    c.dtype(targets, DType::i32, "targets");
+    c.ndim(logits, 2, "logits");
+    const int64_t N = logits.dim(0);
+    c.numel(losses, N, "losses");
+    c.numel(targets, N, "targets");
+    c.positive(logits.dim(1), "V");
+    cuda::cross_entropy(ctx_, losses, logits, targets, compute_grad, grad_scale);
+  }
+
+  // ---- router ---------------------------------------------------------------------------------
+  void router_softmax_topk(const Tensor& probs, const Tensor& lse, const Tensor& topk_idx,
+                           const Tensor& gates, const Tensor& logits, int64_t K,
+                           bool normalize) override {
+    SY_PROFILE("router_softmax_topk");
+    const Check c(ctx_, "router_softmax_topk");
+    const DType dt = c.wide_dtype(logits, "logits");
+    c.dtype(probs, dt, "probs");
+    c.dtype(lse, dt, "lse");
+    c.dtype(gates, dt, "gates");
+    c.dtype(topk_idx, DType::i32, "topk_idx");
+    c.ndim(logits, 2, "logits");
+    const int64_t N = logits.dim(0), E = logits.dim(1);
+    if (K < 1 || K > E)
+      c.fail("K = " + std::to_string(K) + " outside [1, E = " + std::to_string(E) + "]");
+    c.shape(probs, logits.shape(), "probs");
+    c.numel(lse, N, "lse");
+    c.shape(topk_idx, {N, K}, "topk_idx");
+    c.shape(gates, {N, K}, "gates");
+    cuda::router_softmax_topk(ctx_, probs, lse, topk_idx, gates, logits, K, normalize);
+  }
+
+  std::vector<int64_t> router_plan(const Tensor& slot_row, const Tensor& row_slot,
+                                   const Tensor& assignments_per_expert, const Tensor& topk_idx,
+                                   int64_t E, int64_t capacity) override {
+    SY_PROFILE("router_plan");
+    const Check c(ctx_, "router_plan");
+    for (auto [t, name] : {std::pair{&slot_row, "slot_row"}, {&row_slot, "row_slot"},
+                           {&assignments_per_expert, "assignments_per_expert"},
+                           {&topk_idx, "topk_idx"}})
+      c.dtype(*t, DType::i32, name);
+    c.ndim(topk_idx, 2, "topk_idx");
+    c.positive(E, "E");
+    c.fits_int(E, "E");
+    const int64_t N = topk_idx.dim(0), K = topk_idx.dim(1);
+    c.fits_int(N * K, "T*K");
+    c.numel(slot_row, N * K, "slot_row");
+    c.numel(assignments_per_expert, E, "assignments_per_expert");
+    // Every assignment may be kept: row_slot must hold T*K rows, so that the device never
+    // writes past it (the CPU checks the actual count instead).
+    if (row_slot.numel() < N * K)
+      c.fail("row_slot holds " + std::to_string(row_slot.numel()) + " rows, T*K = " +
+             std::to_string(N * K) + " may be kept");
+    int32_t* kept = static_cast<int32_t*>(ctx_.scratch(cuda::kScratchB, E * sizeof(int32_t)));
+    cuda::router_plan(ctx_, slot_row, row_slot, assignments_per_expert, topk_idx, E, capacity,
+                      kept);
+    std::vector<int32_t> host(E);
+    cuda::to_host_sync(ctx_, "router_plan", host.data(), kept, E * sizeof(int32_t));
+    return std::vector<int64_t>(host.begin(), host.end());
+  }
+
+  void router_losses(double* aux, double* z, const Tensor& probs, const Tensor& lse,
+                     const Tensor& assignments_per_expert, int64_t K) override {
+    SY_PROFILE("router_losses");
+    const Check c(ctx_, "router_losses");
+    const DType dt = c.wide_dtype(probs, "probs");
+    c.dtype(lse, dt, "lse");
+    c.dtype(assignments_per_expert, DType::i32, "assignments_per_expert");
+    c.ndim(probs, 2, "probs");
+    c.positive(K, "K");
+    const int64_t N = probs.dim(0), E = probs.dim(1);
+    c.numel(lse, N, "lse");
+    c.numel(assignments_per_expert, E, "assignments_per_expert");
+    double* out = static_cast<double*>(ctx_.scratch(cuda::kScratchB, 2 * sizeof(double)));
+    cuda::router_losses(ctx_, probs, lse, assignments_per_expert, K, out);
+    double host[2] = {0, 0};
+    cuda::to_host_sync(ctx_, "router_losses", host, out, sizeof(host));
+    if (aux) *aux = host[0];
+    if (z) *z = host[1];
+  }
+
+  void router_backward(const Tensor& dlogits, const Tensor& dgates, const Tensor& probs,
+                       const Tensor& lse, const Tensor& topk_idx,
+                       const Tensor& assignments_per_expert, int64_t K, bool normalize,
+                       double d_aux, double d_z) override {
+    SY_PROFILE("router_backward");
+    const Check c(ctx_, "router_backward");
+    const DType dt = c.wide_dtype(probs, "probs");
+    c.dtype(dlogits, dt, "dlogits");
+    c.dtype(dgates, dt, "dgates");
+    c.dtype(lse, dt, "lse");
+    c.dtype(topk_idx, DType::i32, "topk_idx");
+    c.dtype(assignments_per_expert, DType::i32, "assignments_per_expert");
+    c.ndim(probs, 2, "probs");
+    const int64_t N = probs.dim(0), E = probs.dim(1);
+    if (K < 1 || K > E)
+      c.fail("K = " + std::to_string(K) + " outside [1, E = " + std::to_string(E) + "]");
+    c.shape(dlogits, probs.shape(), "dlogits");
+    c.shape(dgates, {N, K}, "dgates");
+    c.numel(lse, N, "lse");
+    c.shape(topk_idx, {N, K}, "topk_idx");
+    c.numel(assignments_per_expert, E, "assignments_per_expert");
+    cuda::router_backward(ctx_, dlogits, dgates, probs, lse, topk_idx, assignments_per_expert, K,
+                          normalize, d_aux, d_z);
+  }
+
+  // ---- permute / unpermute --------------------------------------------------------------------
+  void permute_rows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot,
+                    int64_t K) override {
+    SY_PROFILE("permute_rows");
+    const Check c(ctx_, "permute_rows");
+    const DType dt = c.float_dtype(x, "x");
+    c.dtype(x_perm, dt, "x_perm");
+    c.dtype(row_slot, DType::i32, "row_slot");
+    c.ndim(x, 2, "x");
+    c.ndim(x_perm, 2, "x_perm");
+    c.positive(K, "K");
+    const int64_t D = x.dim(1), R = x_perm.dim(0);
+    c.shape(x_perm, {R, D}, "x_perm");
+    if (row_slot.numel() < R) c.numel(row_slot, R, "row_slot");
+    cuda::permute_rows(ctx_, x_perm, x, row_slot, K);
+  }
+
+  void permute_rows_backward(const Tensor& dx, const Tensor& dx_perm, const Tensor& slot_row,
+                             int64_t K) override {
+    SY_PROFILE("permute_rows_backward");
+    const Check c(ctx_, "permute_rows_backward");
+    const DType dt = c.float_dtype(dx, "dx");
+    c.dtype(dx_perm, dt, "dx_perm");
+    c.dtype(slot_row, DType::i32, "slot_row");
+    c.ndim(dx, 2, "dx");
+    c.ndim(dx_perm, 2, "dx_perm");
+    c.positive(K, "K");
+    const int64_t N = dx.dim(0), D = dx.dim(1), R = dx_perm.dim(0);
+    c.shape(dx_perm, {R, D}, "dx_perm");
+    c.numel(slot_row, N * K, "slot_row");
+    cuda::permute_rows_backward(ctx_, dx, dx_perm, slot_row, K);
+  }
+
+  void unpermute_combine(const Tensor& out, const Tensor& y_perm, const Tensor& gates,
+                         const Tensor& slot_row) override {
+    SY_PROFILE("unpermute_combine");
+    const Check c(ctx_, "unpermute_combine");
+    const DType dt = c.float_dtype(out, "out");
+    c.dtype(y_perm, dt, "y_perm");
+    c.dtype(gates, stat_dtype(dt), "gates");
+    c.dtype(slot_row, DType::i32, "slot_row");
+    c.ndim(out, 2, "out");
+    c.ndim(y_perm, 2, "y_perm");
+    c.ndim(gates, 2, "gates");
+    const int64_t N = out.dim(0), D = out.dim(1), R = y_perm.dim(0), K = gates.dim(1);
+    c.shape(y_perm, {R, D}, "y_perm");
+    c.shape(gates, {N, K}, "gates");
+    c.numel(slot_row, N * K, "slot_row");
+    cuda::unpermute_combine(ctx_, out, y_perm, gates, slot_row);
+  }
+
+  void unpermute_combine_backward(const Tensor& dy_perm, const Tensor& dgates, const Tensor& dout,
+                                  const Tensor& y_perm, const Tensor& gates,
+                                  const Tensor& slot_row) override {
+    SY_PROFILE("unpermute_combine_backward");
+    const Check c(ctx_, "unpermute_combine_backward");
+    const DType dt = c.float_dtype(dout, "dout"), st = stat_dtype(dt);
+    c.dtype(dy_perm, dt, "dy_perm");
+    c.dtype(y_perm, dt, "y_perm");
+    c.dtype(dgates, st, "dgates");
+    c.dtype(gates, st, "gates");
+    c.dtype(slot_row, DType::i32, "slot_row");
+    c.ndim(dout, 2, "dout");
+    c.ndim(y_perm, 2, "y_perm");
+    c.ndim(gates, 2, "gates");
+    const int64_t N = dout.dim(0), D = dout.dim(1), R = y_perm.dim(0), K = gates.dim(1);
+    c.shape(y_perm, {R, D}, "y_perm");
+    c.shape(dy_perm, {R, D}, "dy_perm");
+    c.shape(gates, {N, K}, "gates");
+    c.shape(dgates, {N, K}, "dgates");
+    c.numel(slot_row, N * K, "slot_row");
+    cuda::unpermute_combine_backward(ctx_, dy_perm, dgates, dout, y_perm, gates, slot_row);
+  }
+
+  // ---- optimizer ------------------------------------------------------------------------------
+  void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
+                    const Tensor& exp_avg_sq, double lr, double beta1, double beta2, double eps,
+                    double weight_decay, int64_t step) override {
+    SY_PROFILE("adamw_update");
+    const Check c(ctx_, "adamw_update");
+    const DType dt = c.wide_dtype(param, "param");
+    for (auto [t, name] : {std::pair{&grad, "grad"}, {&exp_avg, "exp_avg"},
+                           {&exp_avg_sq, "exp_avg_sq"}}) {
+      c.dtype(*t, dt, name);
+      c.numel(*t, param.numel(), name);
+    }
+    c.positive(step, "step");
+    cuda::adamw_update(ctx_, param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps,
+                       weight_decay, step);
+  }
+
+  void sgd_update(const Tensor& param, const Tensor& grad, double lr) override {
+    SY_PROFILE("sgd_update");
+    const Check c(ctx_, "sgd_update");
+    const DType dt = c.wide_dtype(param, "param");
+    c.dtype(grad, dt, "grad");
+    c.numel(grad, param.numel(), "grad");
+    cuda::sgd_update(ctx_, param, grad, lr);
+  }
+
+ private:
+  template <class H>
+  void write_host(const Tensor& dst, std::span<const H> host) {
+    SY_PROFILE("write");
+    const Check c(ctx_, "write");
+    c.on_device(dst, "dst");
+    c.numel(dst, static_cast<int64_t>(host.size()), "dst");
+    if (host.empty()) return;
+    cuda::dispatch_all(dst.dtype(), [&]<class T>(cuda::Tag<T>) {
+      if constexpr (std::is_same_v<T, H>) {
+        SY_CUDA(ctx_, "write",
+                cudaMemcpyAsync(dst.data(), host.data(), dst.nbytes(), cudaMemcpyHostToDevice,
+                                ctx_.stream));
+      } else {
+        std::vector<T> staging(host.size());
+        for (size_t i = 0; i < host.size(); ++i) staging[i] = cuda::convert<T>(host[i]);
+        // From pageable memory: the copy has taken the bytes when it returns.
+        SY_CUDA(ctx_, "write",
+                cudaMemcpyAsync(dst.data(), staging.data(), dst.nbytes(), cudaMemcpyHostToDevice,
+                                ctx_.stream));
+      }
+    });
+  }
+
+  void read_bytes(const char* op, void* host, const Tensor& src) {
+    if (src.nbytes() == 0) return;
+    SY_CUDA(ctx_, op,
+            cudaMemcpyAsync(host, src.data(), src.nbytes(), cudaMemcpyDeviceToHost, ctx_.stream));
+    SY_CUDA(ctx_, op, cudaStreamSynchronize(ctx_.stream));
+  }
+
+  static int64_t head_width(const Check& c, const Tensor& x, int64_t B, int64_t S, int64_t H,
+                            const char* name) {
+    c.positive(B, "B");
+    c.positive(S, "S");
+    c.positive(H, "H");
+    c.ndim(x, 2, name);
+    if (x.dim(0) != B * S)
+      c.fail(std::string(name) + " has " + std::to_string(x.dim(0)) + " rows, expected B*S = " +
+             std::to_string(B * S));
+    if (x.dim(1) % H != 0 || (x.dim(1) / H) % 2 != 0)
+      c.fail(std::string(name) + " width " + std::to_string(x.dim(1)) +
+             " is not H * (even Dh), H = " + std::to_string(H));
+    return x.dim(1) / H;
+  }
+
+  void rope(const char* op, const Tensor& x, int64_t B, int64_t S, int64_t H, int sign) {
+    SY_PROFILE(op);
+    const Check c(ctx_, op);
+    const DType dt = c.float_dtype(x, "x");
+    const int64_t Dh = head_width(c, x, B, S, H, "x");
+    const auto& [cos, sin] = rope_table(S, Dh, stat_dtype(dt));
+    cuda::rope(ctx_, x, cos, sin, B, S, H, sign);
+  }
+
+  // cos/sin [S, Dh/2] of s * theta^(-2i/Dh), computed in double on the host as the CPU does,
+  // uploaded once per (S, Dh, dtype).
+  const std::pair<Tensor, Tensor>& rope_table(int64_t S, int64_t Dh, DType dtype) {
+    const auto key = std::make_tuple(S, Dh, dtype);
+    auto it = rope_tables_.find(key);
+    if (it != rope_tables_.end()) return it->second;
+    constexpr double kTheta = 10000.0;
+    const int64_t half = Dh / 2;
+    std::vector<double> cos(S * half), sin(S * half);
+    for (int64_t i = 0; i < half; ++i) {
+      const double f = std::pow(kTheta, -2.0 * static_cast<double>(i) / static_cast<double>(Dh));
+      for (int64_t s = 0; s < S; ++s) {
+        const double a = static_cast<double>(s) * f;
+        cos[s * half + i] = std::cos(a);
+        sin[s * half + i] = std::sin(a);
+      }
+    }
+    std::pair<Tensor, Tensor> table{alloc({S, half}, dtype), alloc({S, half}, dtype)};
+    write(table.first, std::span<const double>(cos));
+    write(table.second, std::span<const double>(sin));
+    return rope_tables_.emplace(key, std::move(table)).first->second;
+  }
+
+  Context ctx_;
+  OpProfile profile_;
+  std::shared_ptr<cuda::CachingAllocator> allocator_;
+  Tensor workspace_;
+  std::string device_name_;
+  std::map<std::tuple<int64_t, int64_t, DType>, std::pair<Tensor, Tensor>> rope_tables_;
+};
+
+}  // namespace
+
+int64_t cuda_device_allocations(const Backend& backend) {
+  const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
+  return cuda ? cuda->device_allocations() : -1;
+}
+
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+int cuda_device_for_local_rank() {
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  const int rank = cuda::process_rank();
+  if (status != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    throw std::runtime_error(
+        "run.backend: cuda: no CUDA device is visible to rank " + std::to_string(rank) +
+        (status != cudaSuccess ? std::string(" (") + cudaGetErrorString(status) + ")" : ""));
+  }
+  const int local = cuda::env_int("OMPI_COMM_WORLD_LOCAL_RANK",
+                                  cuda::env_int("MPI_LOCALRANKID", cuda::env_int("SLURM_LOCALID", 0)));
+  return local % count;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  const int count = cuda_device_count();
+  if (count == 0)
+    throw std::runtime_error("run.backend: cuda: no CUDA device is visible to rank " +
+                             std::to_string(cuda::process_rank()));
+  if (device < 0 || device >= count)
+    throw std::runtime_error("run.backend: cuda: device " + std::to_string(device) +
+                             " does not exist (" + std::to_string(count) + " visible)");
+  return std::make_unique<CudaBackend>(device);
+}
+
+}  // namespace sy

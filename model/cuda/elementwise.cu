@@ -1,0 +1,128 @@
+// fill, dtype conversion, add (mixed dtypes), scale and sums of squares (in double).
+#include "model/cuda/kernels.h"
+
+namespace sy::cuda {
+namespace {
+
+template <class T>
+__global__ void fill_kernel(T* x, int64_t n, T value) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    x[i] = value;
+}
+
+template <class D, class S>
+__global__ void convert_kernel(D* dst, const S* src, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = convert<D>(src[i]);
+}
+
+// y += alpha * x, in double when either side is double, else in float.
+template <class Y, class X, class A>
+__global__ void add_kernel(Y* y, const X* x, int64_t n, A alpha) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = convert<Y>(convert<A>(y[i]) + alpha * convert<A>(x[i]));
+}
+
+template <class T, class A>
+__global__ void scale_kernel(T* y, int64_t n, A alpha) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = convert<T>(convert<A>(y[i]) * alpha);
+}
+
+constexpr int kSumBlocks = 256;
+
+// partials[b] = this block's share of sum x^2, in double. A fixed grid keeps the order fixed.
+template <class T>
+__global__ void sum_squares_partial(const T* x, int64_t n, double* partials) {
+  __shared__ double shared[32];
+  double acc = 0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const double v = convert<double>(x[i]);
+    acc += v * v;
+  }
+  acc = block_sum(acc, shared);
+  if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+}
+
+// Block i: out[i] = sum of partials[i*kSumBlocks, (i+1)*kSumBlocks).
+__global__ void sum_partials(const double* partials, double* out) {
+  __shared__ double shared[32];
+  double v = partials[blockIdx.x * kSumBlocks + threadIdx.x];
+  v = block_sum(v, shared);
+  if (threadIdx.x == 0) out[blockIdx.x] = v;
+}
+
+}  // namespace
+
+void fill(Context& ctx, const Tensor& x, double value) {
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  dispatch_all(x.dtype(), [&]<class T>(Tag<T>) {
+    fill_kernel<T><<<grid_for(n), kThreads, 0, ctx.stream>>>(x.ptr<T>(), n, convert<T>(value));
+  });
+  check_launch(ctx, "fill");
+}
+
+void convert(Context& ctx, const Tensor& dst, const Tensor& src) {
+  const int64_t n = src.numel();
+  if (n == 0) return;
+  if (dst.dtype() == src.dtype()) {
+    SY_CUDA(ctx, "copy",
+            cudaMemcpyAsync(dst.data(), src.data(), src.nbytes(), cudaMemcpyDeviceToDevice,
+                            ctx.stream));
+    return;
+  }
+  dispatch_all(dst.dtype(), [&]<class D>(Tag<D>) {
+    dispatch_all(src.dtype(), [&]<class S>(Tag<S>) {
+      convert_kernel<D, S><<<grid_for(n), kThreads, 0, ctx.stream>>>(dst.ptr<D>(), src.ptr<S>(), n);
+    });
+  });
+  check_launch(ctx, "copy");
+}
+
+void add(Context& ctx, const Tensor& y, const Tensor& x, double alpha) {
+  const int64_t n = y.numel();
+  if (n == 0) return;
+  dispatch_float(y.dtype(), [&]<class Y>(Tag<Y>) {
+    dispatch_float(x.dtype(), [&]<class X>(Tag<X>) {
+      if constexpr (std::is_same_v<Y, double> || std::is_same_v<X, double>)
+        add_kernel<Y, X, double><<<grid_for(n), kThreads, 0, ctx.stream>>>(y.ptr<Y>(), x.ptr<X>(), n, alpha);
+      else
+        add_kernel<Y, X, float><<<grid_for(n), kThreads, 0, ctx.stream>>>(
+            y.ptr<Y>(), x.ptr<X>(), n, static_cast<float>(alpha));
+    });
+  });
+  check_launch(ctx, "add");
+}
+
+void scale(Context& ctx, const Tensor& y, double alpha) {
+  const int64_t n = y.numel();
+  if (n == 0) return;
+  dispatch_float(y.dtype(), [&]<class T>(Tag<T>) {
+    scale_kernel<T, acc_t<T>><<<grid_for(n), kThreads, 0, ctx.stream>>>(
+        y.ptr<T>(), n, static_cast<acc_t<T>>(alpha));
+  });
+  check_launch(ctx, "scale");
+}
+
+void sum_squares(Context& ctx, std::span<const Tensor> xs, double* out) {
+  if (xs.empty()) return;
+  double* partials =
+      static_cast<double*>(ctx.scratch(kScratchA, xs.size() * kSumBlocks * sizeof(double)));
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const Tensor& x = xs[i];
+    dispatch_float(x.dtype(), [&]<class T>(Tag<T>) {
+      sum_squares_partial<T><<<kSumBlocks, kThreads, 0, ctx.stream>>>(x.ptr<T>(), x.numel(),
+                                                                      partials + i * kSumBlocks);
+    });
+  }
+  sum_partials<<<static_cast<unsigned>(xs.size()), kSumBlocks, 0, ctx.stream>>>(partials, out);
+  check_launch(ctx, "sum_squares");
+}
+
+}  // namespace sy::cuda

@@ -1,0 +1,91 @@
+// The CUDA backend's kernel entry points, one group per file of model/cuda/. cuda_backend.cu
+// validates shapes and dtypes and then calls these; they trust their arguments and only
+// enqueue work on ctx.stream (no host synchronisation unless stated).
+#pragma once
+#include <span>
+
+#include "model/cuda/common.cuh"
+
+namespace sy::cuda {
+
+// elementwise.cu
+void fill(Context& ctx, const Tensor& x, double value);
+void convert(Context& ctx, const Tensor& dst, const Tensor& src);  // any dtypes, same numel
+void add(Context& ctx, const Tensor& y, const Tensor& x, double alpha);  // any float dtypes
+void scale(Context& ctx, const Tensor& y, double alpha);
+// out[i] (device doubles) = sum of squares of xs[i].
+void sum_squares(Context& ctx, std::span<const Tensor> xs, double* out);
+
+// gemm.cu. Row-major C[M,N] = alpha op(A) op(B) + beta C; validated by the caller.
+void gemm(Context& ctx, const Tensor& C, const Tensor& A, bool trans_a, const Tensor& B,
+          bool trans_b, double alpha, double beta);
+// Row-major, strided over `batch` matrices: C_i = alpha op(A_i) op(B_i) + beta C_i.
+// A, B of dtype ab; C of dtype c (c == ab, or f32 with bf16 ab).
+void gemm_strided_batched(Context& ctx, const char* op, bool trans_a, bool trans_b, int64_t M,
+                          int64_t N, int64_t K, double alpha, const void* A, int64_t lda,
+                          int64_t stride_a, const void* B, int64_t ldb, int64_t stride_b,
+                          double beta, void* C, int64_t ldc, int64_t stride_c, int64_t batch,
+                          DType ab, DType c);
+
+// embedding.cu
+void embedding_forward(Context& ctx, const Tensor& out, const Tensor& tokens, const Tensor& table);
+void embedding_backward(Context& ctx, const Tensor& dtable, const Tensor& dout, const Tensor& tokens);
+
+// rmsnorm.cu
+void rmsnorm_forward(Context& ctx, const Tensor& out, const Tensor& rstd, const Tensor& x,
+                     const Tensor& gain);
+void rmsnorm_backward(Context& ctx, const Tensor& dx, const Tensor& dgain, const Tensor& dout,
+                      const Tensor& x, const Tensor& gain, const Tensor& rstd);
+
+// attention.cu. cos/sin: [S, Dh/2] tables in stat_dtype(x).
+void rope(Context& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B,
+          int64_t S, int64_t H, int sign);
+void attention_forward(Context& ctx, const Tensor& out, const Tensor& probs, const Tensor& q,
+                       const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H);
+void attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                        const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& probs, int64_t B, int64_t S, int64_t H);
+
+// swiglu.cu
+void swiglu_forward(Context& ctx, const Tensor& out, const Tensor& a, const Tensor& b);
+void swiglu_backward(Context& ctx, const Tensor& da, const Tensor& db, const Tensor& dout,
+                     const Tensor& a, const Tensor& b);
+
+// cross_entropy.cu
+void cross_entropy(Context& ctx, const Tensor& losses, const Tensor& logits,
+                   const Tensor& targets, bool compute_grad, double grad_scale);
+
+// router.cu
+void router_softmax_topk(Context& ctx, const Tensor& probs, const Tensor& lse,
+                         const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
+                         int64_t K, bool normalize);
+// Writes slot_row, row_slot, assignments_per_expert and kept[E] (device i32).
+void router_plan(Context& ctx, const Tensor& slot_row, const Tensor& row_slot,
+                 const Tensor& assignments_per_expert, const Tensor& topk_idx, int64_t E,
+                 int64_t capacity, int32_t* kept);
+// out[0] = aux, out[1] = z (device doubles).
+void router_losses(Context& ctx, const Tensor& probs, const Tensor& lse,
+                   const Tensor& assignments_per_expert, int64_t K, double* out);
+void router_backward(Context& ctx, const Tensor& dlogits, const Tensor& dgates,
+                     const Tensor& probs, const Tensor& lse, const Tensor& topk_idx,
+                     const Tensor& assignments_per_expert, int64_t K, bool normalize,
+                     double d_aux, double d_z);
+
+// permute.cu
+void permute_rows(Context& ctx, const Tensor& x_perm, const Tensor& x, const Tensor& row_slot,
+                  int64_t K);
+void permute_rows_backward(Context& ctx, const Tensor& dx, const Tensor& dx_perm,
+                           const Tensor& slot_row, int64_t K);
+void unpermute_combine(Context& ctx, const Tensor& out, const Tensor& y_perm, const Tensor& gates,
+                       const Tensor& slot_row);
+void unpermute_combine_backward(Context& ctx, const Tensor& dy_perm, const Tensor& dgates,
+                                const Tensor& dout, const Tensor& y_perm, const Tensor& gates,
+                                const Tensor& slot_row);
+
+// adamw.cu
+void adamw_update(Context& ctx, const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
+                  const Tensor& exp_avg_sq, double lr, double beta1, double beta2, double eps,
+                  double weight_decay, int64_t step);
+void sgd_update(Context& ctx, const Tensor& param, const Tensor& grad, double lr);
+
+}  // namespace sy::cuda

@@ -1,0 +1,197 @@
+#include "parallel/nccl_communicator.h"
+
+#include <stdexcept>
+
+namespace sy {
+
+namespace {
+
+ncclDataType_t nccl_type(DType dtype) {
+  switch (dtype) {
+    case DType::f32: return ncclFloat32;
+    case DType::f64: return ncclFloat64;
+    case DType::bf16: return ncclBfloat16;
+    case DType::i32: return ncclInt32;
+  }
+  return ncclFloat32;
+}
+
+ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::sum ? ncclSum : ncclMax; }
+MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::sum ? MPI_SUM : MPI_MAX; }
+
+int as_int(int64_t value, const char* what) {
+  if (value < 0 || value > INT32_MAX)
+    throw std::runtime_error(std::string("nccl ") + what + ": count " + std::to_string(value) +
+                             " out of range for MPI");
+  return static_cast<int>(value);
+}
+
+}  // namespace
+
+void NcclCommunicator::fail(const char* op, const std::string& message) const {
+  throw std::runtime_error(std::string("nccl ") + op + " (rank " + std::to_string(world_rank_) +
+                           ", device " + std::to_string(device_) + "): " + message);
+}
+
+void NcclCommunicator::check(ncclResult_t result, const char* op, const char* what) const {
+  if (result == ncclSuccess) return;
+  std::string detail = ncclGetErrorString(result);
+  if (nccl_) {
+    const char* last = ncclGetLastError(nccl_);
+    if (last && *last) detail += std::string(": ") + last;
+  }
+  fail(op, std::string(what) + " failed: " + detail);
+}
+
+void NcclCommunicator::check_mpi(int code, const char* op) const {
+  if (code == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  MPI_Error_string(code, text, &length);
+  fail(op, std::string("MPI: ") + std::string(text, length));
+}
+
+void NcclCommunicator::check_tensor(const Tensor& x, const char* op, const char* name) const {
+  if (x.device() != Device::cuda)
+    fail(op, std::string(name) + " is not on the cuda device (NCCL moves device memory only)");
+}
+
+NcclCommunicator::NcclCommunicator(MPI_Comm comm, cudaStream_t stream)
+    : comm_(comm), stream_(stream) {
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
+  if (cudaGetDevice(&device_) != cudaSuccess) fail("init", "no current CUDA device");
+  check_mpi(MPI_Comm_rank(comm_, &rank_), "init");
+  check_mpi(MPI_Comm_size(comm_, &size_), "init");
+  ncclUniqueId id;
+  if (rank_ == 0) check(ncclGetUniqueId(&id), "init", "ncclGetUniqueId");
+  check_mpi(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, comm_), "init");
+  check(ncclCommInitRank(&nccl_, size_, id, rank_), "init", "ncclCommInitRank");
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  if (nccl_) {
+    cudaStreamSynchronize(stream_);
+    ncclCommDestroy(nccl_);
+  }
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized && comm_ != MPI_COMM_WORLD && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+}
+
+void NcclCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts,
+                                    const Tensor& recv, const std::vector<int64_t>& recv_counts) {
+  const char* op = "all_to_all_v";
+  check_tensor(send, op, "send");
+  check_tensor(recv, op, "recv");
+  if (send.dtype() != recv.dtype()) fail(op, "send and recv dtypes differ");
+  if (static_cast<int>(send_counts.size()) != size_ || static_cast<int>(recv_counts.size()) != size_)
+    fail(op, "one count per peer needed");
+  int64_t send_total = 0, recv_total = 0;
+  for (int p = 0; p < size_; ++p) {
+    send_total += send_counts[p];
+    recv_total += recv_counts[p];
+  }
+  if (send_total > send.numel() || recv_total > recv.numel())
+    fail(op, "counts exceed the tensors (send " + std::to_string(send_total) + " of " +
+                 std::to_string(send.numel()) + ", recv " + std::to_string(recv_total) + " of " +
+                 std::to_string(recv.numel()) + ")");
+  const size_t elem = dtype_size(send.dtype());
+  const ncclDataType_t type = nccl_type(send.dtype());
+  const char* send_base = static_cast<const char*>(send.data());
+  char* recv_base = static_cast<char*>(recv.data());
+  check(ncclGroupStart(), op, "ncclGroupStart");
+  int64_t send_offset = 0, recv_offset = 0;
+  for (int p = 0; p < size_; ++p) {
+    if (send_counts[p] > 0)
+      check(ncclSend(send_base + send_offset * elem, static_cast<size_t>(send_counts[p]), type, p,
+                     nccl_, stream_),
+            op, "ncclSend");
+    if (recv_counts[p] > 0)
+      check(ncclRecv(recv_base + recv_offset * elem, static_cast<size_t>(recv_counts[p]), type, p,
+                     nccl_, stream_),
+            op, "ncclRecv");
+    send_offset += send_counts[p];
+    recv_offset += recv_counts[p];
+  }
+  check(ncclGroupEnd(), op, "ncclGroupEnd");
+}
+
+void NcclCommunicator::all_reduce(const Tensor& x, ReduceOp op) {
+  check_tensor(x, "all_reduce", "x");
+  if (x.numel() == 0) return;
+  check(ncclAllReduce(x.data(), x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()),
+                      nccl_op(op), nccl_, stream_),
+        "all_reduce", "ncclAllReduce");
+}
+
+void NcclCommunicator::broadcast(const Tensor& x, int root) {
+  check_tensor(x, "broadcast", "x");
+  if (x.numel() == 0) return;
+  check(ncclBroadcast(x.data(), x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()),
+                      root, nccl_, stream_),
+        "broadcast", "ncclBroadcast");
+}
+
+void NcclCommunicator::send(const Tensor& x, int peer) {
+  check_tensor(x, "send", "x");
+  if (x.numel() == 0) return;
+  check(ncclSend(x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()), peer, nccl_,
+                 stream_),
+        "send", "ncclSend");
+}
+
+void NcclCommunicator::recv(const Tensor& x, int peer) {
+  check_tensor(x, "recv", "x");
+  if (x.numel() == 0) return;
+  check(ncclRecv(x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()), peer, nccl_,
+                 stream_),
+        "recv", "ncclRecv");
+}
+
+std::vector<int64_t> NcclCommunicator::all_to_all_host(const std::vector<int64_t>& send,
+                                                       int64_t per_peer) {
+  if (static_cast<int64_t>(send.size()) != per_peer * size_)
+    fail("all_to_all_host", "expected " + std::to_string(per_peer * size_) + " values");
+  std::vector<int64_t> recv(send.size());
+  check_mpi(MPI_Alltoall(send.data(), as_int(per_peer, "all_to_all_host"), MPI_INT64_T,
+                         recv.data(), as_int(per_peer, "all_to_all_host"), MPI_INT64_T, comm_),
+            "all_to_all_host");
+  return recv;
+}
+
+void NcclCommunicator::all_reduce_host(std::vector<double>& values, ReduceOp op) {
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, values.data(),
+                          as_int(static_cast<int64_t>(values.size()), "all_reduce_host"),
+                          MPI_DOUBLE, mpi_op(op), comm_),
+            "all_reduce_host");
+}
+
+void NcclCommunicator::all_reduce_host(std::vector<int64_t>& values, ReduceOp op) {
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, values.data(),
+                          as_int(static_cast<int64_t>(values.size()), "all_reduce_host"),
+                          MPI_INT64_T, mpi_op(op), comm_),
+            "all_reduce_host");
+}
+
+std::vector<std::string> NcclCommunicator::all_gather_host(const std::string& value) {
+  const int length = as_int(static_cast<int64_t>(value.size()), "all_gather_host");
+  std::vector<int> lengths(size_), offsets(size_);
+  check_mpi(MPI_Allgather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, comm_),
+            "all_gather_host");
+  int total = 0;
+  for (int p = 0; p < size_; ++p) {
+    offsets[p] = total;
+    total += lengths[p];
+  }
+  std::string all(static_cast<size_t>(total), '\0');
+  check_mpi(MPI_Allgatherv(value.data(), length, MPI_CHAR, all.data(), lengths.data(),
+                           offsets.data(), MPI_CHAR, comm_),
+            "all_gather_host");
+  std::vector<std::string> out(size_);
+  for (int p = 0; p < size_; ++p) out[p] = all.substr(offsets[p], lengths[p]);
+  return out;
+}
+
+void NcclCommunicator::barrier() { check_mpi(MPI_Barrier(comm_), "barrier"); }
+
+}  // namespace sy

@@ -1,0 +1,60 @@
+// Communicator on NCCL, for one rank per GPU: the tensor collectives run on the device,
+// stream-ordered on the backend's stream (no host synchronisation); the small host values go
+// through MPI on the same process group. Bootstrapped through MPI: rank 0 of the group makes
+// the NCCL unique id and broadcasts it. NCCL refuses two ranks on one GPU: ranks that share a
+// GPU use MpiCommunicator instead. Built only with CUDA and NCCL (SY_HAVE_NCCL).
+#pragma once
+#include <cuda_runtime_api.h>
+#include <mpi.h>
+#include <nccl.h>
+
+#include <string>
+#include <vector>
+
+#include "parallel/communicator.h"
+
+namespace sy {
+
+class NcclCommunicator final : public Communicator {
+ public:
+  // Collective over `comm`. Takes ownership of `comm` (freed in the destructor unless it is
+  // MPI_COMM_WORLD), as MpiCommunicator does. `stream`: the CUDA backend's stream
+  // (Backend::native_stream()); the current CUDA device must be the backend's.
+  NcclCommunicator(MPI_Comm comm, cudaStream_t stream);
+  ~NcclCommunicator() override;
+  NcclCommunicator(const NcclCommunicator&) = delete;
+  NcclCommunicator& operator=(const NcclCommunicator&) = delete;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string name() const override { return "nccl"; }
+  MPI_Comm comm() const { return comm_; }
+
+  // Device tensors only (f32, f64, bf16, i32), enqueued on the stream; counts in elements.
+  void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts,
+                    const Tensor& recv, const std::vector<int64_t>& recv_counts) override;
+  void all_reduce(const Tensor& x, ReduceOp op) override;
+  void broadcast(const Tensor& x, int root) override;
+  void send(const Tensor& x, int peer) override;
+  void recv(const Tensor& x, int peer) override;
+
+  std::vector<int64_t> all_to_all_host(const std::vector<int64_t>& send,
+                                       int64_t per_peer) override;
+  void all_reduce_host(std::vector<double>& values, ReduceOp op) override;
+  void all_reduce_host(std::vector<int64_t>& values, ReduceOp op) override;
+  std::vector<std::string> all_gather_host(const std::string& value) override;
+  void barrier() override;
+
+ private:
+  [[noreturn]] void fail(const char* op, const std::string& message) const;
+  void check(ncclResult_t result, const char* op, const char* what) const;
+  void check_mpi(int code, const char* op) const;
+  void check_tensor(const Tensor& x, const char* op, const char* name) const;
+
+  MPI_Comm comm_;
+  cudaStream_t stream_;
+  ncclComm_t nccl_ = nullptr;
+  int rank_ = 0, size_ = 1, device_ = 0, world_rank_ = 0;
+};
+
+}  // namespace sy

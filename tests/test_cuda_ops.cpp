@@ -1,0 +1,514 @@
+// Every op of the CUDA backend, forward and backward, against the CPU reference on fresh random
+// inputs, in f32 and bf16 (the router and the optimizer in f32, as they run in training).
+// Outputs are poisoned (NaN, or -7777 for indices) before each run, so that an element the
+// device did not write fails. Errors are relative L2 norms ||gpu - cpu|| / ||cpu||; for bf16 the
+// CPU gets the same bf16-rounded inputs in f32, so the error measures the op's own arithmetic
+// and the rounding of its bf16 outputs. The tolerances are documented in docs/cuda.md.
+// Skipped when no CUDA device is visible (label gpu).
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <numeric>
+
+#include "model/backend.h"
+#include "model/cuda/cuda_backend.h"
+#include "model/rng.h"
+
+namespace sy {
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr int32_t kPoisonIndex = -7777;
+
+double bf16_round(double value) {
+  const float f = static_cast<float>(value);
+  if (std::isnan(f)) return f;
+  uint32_t u = std::bit_cast<uint32_t>(f);
+  u += 0x7FFFu + ((u >> 16) & 1u);  // round to nearest even
+  return std::bit_cast<float>(u & 0xFFFF0000u);
+}
+
+// Tolerances on the relative L2 error, per op, for f32 and for bf16 data (docs/cuda.md).
+struct Tol {
+  double f32, bf16;
+};
+
+class CudaTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (cuda_device_count() > 0 && !gpu_) {
+      cpu_ = make_cpu_backend().release();
+      gpu_ = make_cuda_backend(0).release();
+    }
+  }
+  void SetUp() override {
+    if (!gpu_) GTEST_SKIP() << "no CUDA device visible";
+  }
+
+  Backend& cpu() { return *cpu_; }
+  Backend& gpu() { return *gpu_; }
+
+  // Fresh normal values, as `dtype` holds them (bf16-rounded for bf16).
+  static std::vector<double> values(int64_t n, DType dtype, double scale = 1.0) {
+    CounterRng rng(next_seed_++);
+    std::vector<double> v(n);
+    for (double& x : v) {
+      x = scale * rng.normal();
+      if (dtype == DType::bf16) x = bf16_round(x);
+      else if (dtype == DType::f32) x = static_cast<float>(x);
+    }
+    return v;
+  }
+
+  Tensor on_cpu(const Shape& shape, const std::vector<double>& v, DType dtype = DType::f32) {
+    Tensor t = cpu().alloc(shape, dtype);
+    cpu().write(t, std::span<const double>(v));
+    return t;
+  }
+  Tensor on_gpu(const Shape& shape, const std::vector<double>& v, DType dtype) {
+    Tensor t = gpu().alloc(shape, dtype);
+    gpu().write(t, std::span<const double>(v));
+    return t;
+  }
+  Tensor ints_cpu(const std::vector<int32_t>& v) {
+    Tensor t = cpu().alloc({static_cast<int64_t>(v.size())}, DType::i32);
+    cpu().write(t, std::span<const int32_t>(v));
+    return t;
+  }
+  Tensor ints_gpu(const std::vector<int32_t>& v) {
+    Tensor t = gpu().alloc({static_cast<int64_t>(v.size())}, DType::i32);
+    gpu().write(t, std::span<const int32_t>(v));
+    return t;
+  }
+  Tensor poisoned(const Shape& shape, DType dtype) {
+    Tensor t = gpu().alloc(shape, dtype);
+    gpu().fill(t, dtype == DType::i32 ? kPoisonIndex : kNaN);
+    return t;
+  }
+
+  // ||g - c|| / ||c|| (||g - c|| when c is zero); infinity if g has a non-finite element.
+  static double rel_error(const std::vector<double>& g, const std::vector<double>& c) {
+    if (g.size() != c.size()) return std::numeric_limits<double>::infinity();
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < g.size(); ++i) {
+      if (!std::isfinite(g[i])) return std::numeric_limits<double>::infinity();
+      diff += (g[i] - c[i]) * (g[i] - c[i]);
+      norm += c[i] * c[i];
+    }
+    return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+  }
+
+  void expect_close(const Tensor& g, const Tensor& c, double tol, const std::string& what,
+                    DType dtype) {
+    const double e = rel_error(gpu().read(g), cpu().read(c));
+    std::printf("[ rel err  ] %-44s %-5s %.3e (tol %.1e)\n", what.c_str(), dtype_name(dtype), e,
+                tol);
+    EXPECT_LE(e, tol) << what << " in " << dtype_name(dtype);
+  }
+  void expect_close(const Tensor& g, const Tensor& c, Tol tol, const std::string& what,
+                    DType dtype) {
+    expect_close(g, c, dtype == DType::bf16 ? tol.bf16 : tol.f32, what, dtype);
+  }
+  void expect_equal_ints(const Tensor& g, const Tensor& c, int64_t n, const std::string& what) {
+    const std::vector<int32_t> a = gpu().read_i32(g), b = cpu().read_i32(c);
+    ASSERT_GE(static_cast<int64_t>(a.size()), n);
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(a[i], b[i]) << what << "[" << i << "]";
+  }
+
+  static inline Backend* cpu_ = nullptr;
+  static inline Backend* gpu_ = nullptr;
+  static inline uint64_t next_seed_ = 0xC0DA'0000;
+};
+
+class CudaOps : public CudaTest, public ::testing::WithParamInterface<DType> {
+ protected:
+  DType dt() const { return GetParam(); }
+  DType st() const { return stat_dtype(GetParam()); }
+};
+
+// ---- memory ---------------------------------------------------------------------------------
+TEST_P(CudaOps, FillWriteReadCopy) {
+  const int64_t n = 1001;
+  Tensor x = poisoned({n}, dt());
+  for (double v : gpu().read(x)) ASSERT_TRUE(std::isnan(v));
+  gpu().fill(x, 1.5);
+  for (double v : gpu().read(x)) ASSERT_EQ(v, 1.5);
+  const std::vector<double> v = values(n, DType::f32);
+  gpu().write(x, std::span<const double>(v));
+  const std::vector<double> back = gpu().read(x);
+  for (int64_t i = 0; i < n; ++i)
+    ASSERT_EQ(back[i], dt() == DType::bf16 ? bf16_round(v[i]) : static_cast<float>(v[i])) << i;
+  // Converting copies in both directions, and a same-dtype copy.
+  Tensor wide = poisoned({n}, DType::f64), again = poisoned({n}, dt());
+  gpu().copy(wide, x);
+  gpu().copy(again, wide);
+  EXPECT_EQ(gpu().read(again), back);
+  Tensor f32 = gpu().alloc({n}, DType::f32);
+  gpu().write(f32, std::span<const double>(v));
+  Tensor narrow = poisoned({n}, dt());
+  gpu().copy(narrow, f32);
+  EXPECT_EQ(gpu().read(narrow), back);
+  // Integers, raw bytes.
+  std::vector<int32_t> ints(n);
+  std::iota(ints.begin(), ints.end(), -500);
+  Tensor idx = poisoned({n}, DType::i32);
+  gpu().write(idx, std::span<const int32_t>(ints));
+  EXPECT_EQ(gpu().read_i32(idx), ints);
+  std::vector<char> bytes(x.nbytes());
+  gpu().copy_to_host(bytes.data(), x);
+  Tensor y = poisoned({n}, dt());
+  gpu().copy_from_host(y, bytes.data());
+  EXPECT_EQ(gpu().read(y), back);
+}
+
+TEST_P(CudaOps, AddScaleSumSquares) {
+  const int64_t n = 3000;
+  const std::vector<double> a = values(n, dt()), b = values(n, dt());
+  Tensor yc = on_cpu({n}, a), xc = on_cpu({n}, b);
+  Tensor yg = on_gpu({n}, a, dt()), xg = on_gpu({n}, b, dt());
+  cpu().add(yc, xc, -0.75);
+  gpu().add(yg, xg, -0.75);
+  expect_close(yg, yc, Tol{1e-6, 4e-3}, "add", dt());
+  cpu().scale(yc, 1.3);
+  gpu().scale(yg, 1.3);
+  expect_close(yg, yc, Tol{1e-6, 4e-3}, "scale", dt());
+  // Mixed: data += f32 (the router's input gradient into a bf16 du).
+  const std::vector<double> c = values(n, DType::f32);
+  Tensor xw = on_gpu({n}, c, DType::f32), zc = on_cpu({n}, a), zg = on_gpu({n}, a, dt());
+  cpu().add(zc, on_cpu({n}, c), 0.5);
+  gpu().add(zg, xw, 0.5);
+  expect_close(zg, zc, Tol{1e-6, 4e-3}, "add (data += f32)", dt());
+  // Sums of squares accumulate in double: the same values give the same sum to rounding.
+  const double sc = cpu().sum_squares(on_cpu({n}, a)), sg = gpu().sum_squares(on_gpu({n}, a, dt()));
+  EXPECT_NEAR(sg, sc, 1e-12 * sc);
+  std::vector<Tensor> many{on_gpu({n}, a, dt()), on_gpu({7}, values(7, dt()), dt()),
+                           gpu().zeros({0}, dt())};
+  std::vector<double> sums(3);
+  gpu().sum_squares_many(many, sums);
+  EXPECT_NEAR(sums[0], sc, 1e-12 * sc);
+  EXPECT_NEAR(sums[1], gpu().sum_squares(many[1]), 1e-12 * sums[1]);
+  EXPECT_EQ(sums[2], 0.0);
+}
+
+// ---- GEMM -----------------------------------------------------------------------------------
+TEST_P(CudaOps, Gemm) {
+  const int64_t M = 37, N = 53, K = 29;
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      const Shape sa = ta ? Shape{K, M} : Shape{M, K}, sb = tb ? Shape{N, K} : Shape{K, N};
+      const std::vector<double> a = values(M * K, dt()), b = values(K * N, dt());
+      const std::vector<double> c0 = values(M * N, dt());
+      const std::string name = std::string("gemm ") + (ta ? "T" : "N") + (tb ? "T" : "N");
+      Tensor ac = on_cpu(sa, a), bc = on_cpu(sb, b), ag = on_gpu(sa, a, dt()), bg = on_gpu(sb, b, dt());
+      // beta != 0: C is read.
+      Tensor cc = on_cpu({M, N}, c0), cg = on_gpu({M, N}, c0, dt());
+      cpu().gemm(cc, ac, ta, bc, tb, 0.7, 0.3);
+      gpu().gemm(cg, ag, ta, bg, tb, 0.7, 0.3);
+      expect_close(cg, cc, Tol{1e-6, 4e-3}, name + " beta 0.3", dt());
+      // beta = 0: C is not read (poisoned).
+      Tensor cc0 = cpu().alloc({M, N}, DType::f32), cg0 = poisoned({M, N}, dt());
+      cpu().gemm(cc0, ac, ta, bc, tb, 1.0, 0.0);
+      gpu().gemm(cg0, ag, ta, bg, tb, 1.0, 0.0);
+      expect_close(cg0, cc0, Tol{1e-6, 4e-3}, name + " beta 0", dt());
+      if (dt() == DType::bf16) {  // bf16 inputs, fp32 C accumulating (parameter gradients)
+        Tensor cw = on_gpu({M, N}, c0, DType::f32);
+        gpu().gemm(cw, ag, ta, bg, tb, 0.7, 0.3);
+        expect_close(cw, cc, 1e-6, name + " bf16 -> f32 C", dt());
+      }
+    }
+  }
+  // K = 0 with beta 0 clears C, NaN included.
+  Tensor c = poisoned({3, 4}, dt());
+  gpu().gemm(c, gpu().alloc({3, 0}, dt()), false, gpu().alloc({0, 4}, dt()), false, 1.0, 0.0);
+  for (double v : gpu().read(c)) EXPECT_EQ(v, 0.0);
+}
+
+TEST_F(CudaTest, ErrorsNameTheOpRankAndDevice) {
+  Tensor a = gpu().alloc({3, 4}, DType::f32), b = gpu().alloc({5, 6}, DType::f32);
+  Tensor c = gpu().alloc({3, 6}, DType::f32);
+  try {
+    gpu().gemm(c, a, false, b, false, 1.0, 0.0);
+    FAIL() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda gemm (rank "), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("device 0)"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(gpu().add(c, cpu().alloc({3, 6}, DType::f32), 1.0), std::runtime_error);
+}
+
+// ---- embedding, RMSNorm, rotary, attention, SwiGLU ------------------------------------------
+TEST_P(CudaOps, Embedding) {
+  const int64_t V = 20, D = 24, N = 50;
+  std::vector<int32_t> tokens(N);
+  for (int64_t t = 0; t < N; ++t) tokens[t] = static_cast<int32_t>((t * 7 + t * t) % V);
+  const std::vector<double> table = values(V * D, dt());
+  Tensor oc = cpu().alloc({N, D}, DType::f32), og = poisoned({N, D}, dt());
+  cpu().embedding_forward(oc, ints_cpu(tokens), on_cpu({V, D}, table));
+  gpu().embedding_forward(og, ints_gpu(tokens), on_gpu({V, D}, table, dt()));
+  expect_close(og, oc, Tol{0, 0}, "embedding_forward", dt());
+  // The table gradient is a master-side (stat) tensor; repeated tokens accumulate.
+  const std::vector<double> g0 = values(V * D, st()), dout = values(N * D, dt());
+  Tensor gc = on_cpu({V, D}, g0), gg = on_gpu({V, D}, g0, st());
+  cpu().embedding_backward(gc, on_cpu({N, D}, dout), ints_cpu(tokens));
+  gpu().embedding_backward(gg, on_gpu({N, D}, dout, dt()), ints_gpu(tokens));
+  expect_close(gg, gc, Tol{1e-6, 1e-6}, "embedding_backward", dt());
+}
+
+TEST_P(CudaOps, RMSNorm) {
+  const int64_t N = 137, D = 96;
+  const std::vector<double> x = values(N * D, dt(), 2.0), dout = values(N * D, dt());
+  std::vector<double> gain = values(D, st(), 0.1), dg0 = values(D, st());
+  for (double& g : gain) g += 1.0;
+  Tensor xc = on_cpu({N, D}, x), xg = on_gpu({N, D}, x, dt());
+  Tensor gc = on_cpu({D}, gain), gg = on_gpu({D}, gain, st());
+  Tensor oc = cpu().alloc({N, D}, DType::f32), rc = cpu().alloc({N}, DType::f32);
+  Tensor og = poisoned({N, D}, dt()), rg = poisoned({N}, st());
+  cpu().rmsnorm_forward(oc, rc, xc, gc);
+  gpu().rmsnorm_forward(og, rg, xg, gg);
+  expect_close(og, oc, Tol{1e-6, 4e-3}, "rmsnorm_forward out", dt());
+  expect_close(rg, rc, Tol{1e-6, 1e-6}, "rmsnorm_forward rstd", dt());
+  Tensor dxc = cpu().alloc({N, D}, DType::f32), dxg = poisoned({N, D}, dt());
+  Tensor dgc = on_cpu({D}, dg0), dgg = on_gpu({D}, dg0, st());
+  cpu().rmsnorm_backward(dxc, dgc, on_cpu({N, D}, dout), xc, gc, rc);
+  gpu().rmsnorm_backward(dxg, dgg, on_gpu({N, D}, dout, dt()), xg, gg, rg);
+  expect_close(dxg, dxc, Tol{1e-5, 4e-3}, "rmsnorm_backward dx", dt());
+  expect_close(dgg, dgc, Tol{1e-5, 1e-5}, "rmsnorm_backward dgain", dt());
+}
+
+TEST_P(CudaOps, Rope) {
+  const int64_t B = 2, S = 19, H = 3, Dh = 8, T = B * S, D = H * Dh;
+  const std::vector<double> x = values(T * D, dt());
+  Tensor xc = on_cpu({T, D}, x), xg = on_gpu({T, D}, x, dt());
+  cpu().rope_forward(xc, B, S, H);
+  gpu().rope_forward(xg, B, S, H);
+  expect_close(xg, xc, Tol{1e-6, 4e-3}, "rope_forward", dt());
+  const std::vector<double> d = values(T * D, dt());
+  Tensor dc = on_cpu({T, D}, d), dg = on_gpu({T, D}, d, dt());
+  cpu().rope_backward(dc, B, S, H);
+  gpu().rope_backward(dg, B, S, H);
+  expect_close(dg, dc, Tol{1e-6, 4e-3}, "rope_backward", dt());
+}
+
+TEST_P(CudaOps, Attention) {
+  const int64_t B = 2, S = 45, H = 2, Dh = 16, T = B * S, D = H * Dh;
+  const std::vector<double> q = values(T * D, dt()), k = values(T * D, dt()), v = values(T * D, dt());
+  Tensor qc = on_cpu({T, D}, q), kc = on_cpu({T, D}, k), vc = on_cpu({T, D}, v);
+  Tensor qg = on_gpu({T, D}, q, dt()), kg = on_gpu({T, D}, k, dt()), vg = on_gpu({T, D}, v, dt());
+  Tensor oc = cpu().alloc({T, D}, DType::f32), pc = cpu().alloc({B, H, S, S}, DType::f32);
+  Tensor og = poisoned({T, D}, dt()), pg = poisoned({B, H, S, S}, dt());
+  cpu().attention_forward(oc, pc, qc, kc, vc, B, S, H);
+  gpu().attention_forward(og, pg, qg, kg, vg, B, S, H);
+  expect_close(pg, pc, Tol{1e-6, 4e-3}, "attention_forward probs", dt());
+  expect_close(og, oc, Tol{1e-6, 1e-2}, "attention_forward out", dt());
+  const std::vector<double> dout = values(T * D, dt());
+  Tensor dq = cpu().alloc({T, D}, DType::f32), dk = cpu().alloc({T, D}, DType::f32),
+         dv = cpu().alloc({T, D}, DType::f32);
+  Tensor dqg = poisoned({T, D}, dt()), dkg = poisoned({T, D}, dt()), dvg = poisoned({T, D}, dt());
+  cpu().attention_backward(dq, dk, dv, on_cpu({T, D}, dout), qc, kc, vc, pc, B, S, H);
+  gpu().attention_backward(dqg, dkg, dvg, on_gpu({T, D}, dout, dt()), qg, kg, vg, pg, B, S, H);
+  expect_close(dqg, dq, Tol{1e-5, 2e-2}, "attention_backward dq", dt());
+  expect_close(dkg, dk, Tol{1e-5, 2e-2}, "attention_backward dk", dt());
+  expect_close(dvg, dv, Tol{1e-5, 1e-2}, "attention_backward dv", dt());
+}
+
+TEST_P(CudaOps, SwiGLU) {
+  const int64_t n = 2049;
+  const std::vector<double> a = values(n, dt(), 2.0), b = values(n, dt()), d = values(n, dt());
+  Tensor ac = on_cpu({n}, a), bc = on_cpu({n}, b), ag = on_gpu({n}, a, dt()), bg = on_gpu({n}, b, dt());
+  Tensor oc = cpu().alloc({n}, DType::f32), og = poisoned({n}, dt());
+  cpu().swiglu_forward(oc, ac, bc);
+  gpu().swiglu_forward(og, ag, bg);
+  expect_close(og, oc, Tol{1e-6, 4e-3}, "swiglu_forward", dt());
+  Tensor dac = cpu().alloc({n}, DType::f32), dbc = cpu().alloc({n}, DType::f32);
+  Tensor dag = poisoned({n}, dt()), dbg = poisoned({n}, dt());
+  cpu().swiglu_backward(dac, dbc, on_cpu({n}, d), ac, bc);
+  gpu().swiglu_backward(dag, dbg, on_gpu({n}, d, dt()), ag, bg);
+  expect_close(dag, dac, Tol{1e-6, 4e-3}, "swiglu_backward da", dt());
+  expect_close(dbg, dbc, Tol{1e-6, 4e-3}, "swiglu_backward db", dt());
+}
+
+// ---- cross-entropy --------------------------------------------------------------------------
+TEST_P(CudaOps, CrossEntropy) {
+  const int64_t N = 17, V = 300;
+  const std::vector<double> logits = values(N * V, dt(), 3.0);
+  std::vector<int32_t> targets(N);
+  for (int64_t t = 0; t < N; ++t) targets[t] = static_cast<int32_t>((t * 37 + 5) % V);
+  for (bool grad : {false, true}) {
+    Tensor lc = on_cpu({N, V}, logits), lg = on_gpu({N, V}, logits, dt());
+    Tensor sc = cpu().alloc({N}, DType::f32), sg = poisoned({N}, st());
+    cpu().cross_entropy(sc, lc, ints_cpu(targets), grad, 0.37);
+    gpu().cross_entropy(sg, lg, ints_gpu(targets), grad, 0.37);
+    expect_close(sg, sc, Tol{1e-6, 1e-6}, grad ? "cross_entropy losses (grad)" : "cross_entropy losses", dt());
+    expect_close(lg, lc, Tol{1e-6, 4e-3}, grad ? "cross_entropy dlogits" : "cross_entropy logits kept", dt());
+  }
+}
+
+// ---- router (f32, as in training) -----------------------------------------------------------
+// The router and the optimizer run in f32 (the router is fp32 everywhere; master weights fp32).
+class CudaF32 : public CudaTest {};
+
+TEST_F(CudaF32, SoftmaxTopkGates) {
+  const int64_t N = 50, E = 8;
+  for (int64_t K : {1, 2, 3}) {
+    for (bool normalize : {false, true}) {
+      const std::vector<double> logits = values(N * E, DType::f32, 2.0);
+      Tensor pc = cpu().alloc({N, E}, DType::f32), lc = cpu().alloc({N}, DType::f32),
+             ic = cpu().alloc({N, K}, DType::i32), gc = cpu().alloc({N, K}, DType::f32);
+      Tensor pg = poisoned({N, E}, DType::f32), lg = poisoned({N}, DType::f32),
+             ig = poisoned({N, K}, DType::i32), gg = poisoned({N, K}, DType::f32);
+      cpu().router_softmax_topk(pc, lc, ic, gc, on_cpu({N, E}, logits), K, normalize);
+      gpu().router_softmax_topk(pg, lg, ig, gg, on_gpu({N, E}, logits, DType::f32), K, normalize);
+      const std::string name = "router_softmax_topk K=" + std::to_string(K) + (normalize ? " norm" : "");
+      expect_close(pg, pc, 1e-6, name + " probs", DType::f32);
+      expect_close(lg, lc, 1e-6, name + " lse", DType::f32);
+      expect_close(gg, gc, 1e-6, name + " gates", DType::f32);
+      expect_equal_ints(ig, ic, N * K, name + " topk_idx");
+    }
+  }
+}
+
+// Random top-k choices (distinct experts per token, skewed towards low experts so that
+// capacity drops some).
+std::vector<int32_t> random_topk(int64_t N, int64_t K, int64_t E, uint64_t seed) {
+  CounterRng rng(seed);
+  std::vector<int32_t> idx(N * K);
+  for (int64_t t = 0; t < N; ++t) {
+    for (int64_t k = 0; k < K; ++k) {
+      int32_t e;
+      bool taken;
+      do {
+        const double u = std::abs(rng.normal()) / 2.5;
+        e = static_cast<int32_t>(std::min<double>(E - 1, std::floor(u * E)));
+        taken = false;
+        for (int64_t c = 0; c < k; ++c) taken |= idx[t * K + c] == e;
+      } while (taken);
+      idx[t * K + k] = e;
+    }
+  }
+  return idx;
+}
+
+TEST_F(CudaF32, PlanAndLosses) {
+  const int64_t N = 300, K = 2, E = 6;
+  const std::vector<int32_t> topk = random_topk(N, K, E, 77);
+  for (int64_t capacity : {int64_t{-1}, int64_t{70}, int64_t{3}}) {
+    Tensor tc = ints_cpu(topk).reshape({N, K}), tg = ints_gpu(topk).reshape({N, K});
+    Tensor src = cpu().alloc({N * K}, DType::i32), rsc = cpu().alloc({N * K}, DType::i32),
+           ac = cpu().alloc({E}, DType::i32);
+    Tensor srg = poisoned({N * K}, DType::i32), rsg = poisoned({N * K}, DType::i32),
+           ag = poisoned({E}, DType::i32);
+    const std::vector<int64_t> kc = cpu().router_plan(src, rsc, ac, tc, E, capacity);
+    const std::vector<int64_t> kg = gpu().router_plan(srg, rsg, ag, tg, E, capacity);
+    EXPECT_EQ(kg, kc) << "capacity " << capacity;
+    const int64_t kept = std::accumulate(kc.begin(), kc.end(), int64_t{0});
+    if (capacity == 3) {
+      EXPECT_LT(kept, N * K) << "the test wants drops";
+    }
+    expect_equal_ints(srg, src, N * K, "slot_row");
+    expect_equal_ints(rsg, rsc, kept, "row_slot");
+    expect_equal_ints(ag, ac, E, "assignments_per_expert");
+  }
+  // The losses, from the CPU's router outputs copied to the device.
+  const std::vector<double> logits = values(N * E, DType::f32, 2.0);
+  Tensor pc = cpu().alloc({N, E}, DType::f32), lc = cpu().alloc({N}, DType::f32),
+         ic = cpu().alloc({N, K}, DType::i32), gc = cpu().alloc({N, K}, DType::f32);
+  cpu().router_softmax_topk(pc, lc, ic, gc, on_cpu({N, E}, logits), K, true);
+  Tensor src = cpu().alloc({N * K}, DType::i32), rsc = cpu().alloc({N * K}, DType::i32),
+         ac = cpu().alloc({E}, DType::i32);
+  cpu().router_plan(src, rsc, ac, ic, E, -1);
+  double aux_c = 0, z_c = 0, aux_g = 0, z_g = 0;
+  cpu().router_losses(&aux_c, &z_c, pc, lc, ac, K);
+  Tensor pg = on_gpu({N, E}, cpu().read(pc), DType::f32), lg = on_gpu({N}, cpu().read(lc), DType::f32);
+  Tensor ag = ints_gpu(cpu().read_i32(ac));
+  gpu().router_losses(&aux_g, &z_g, pg, lg, ag, K);
+  std::printf("[ rel err  ] router_losses aux %.3e z %.3e\n", std::abs(aux_g - aux_c) / aux_c,
+              std::abs(z_g - z_c) / z_c);
+  EXPECT_NEAR(aux_g, aux_c, 1e-9 * aux_c);
+  EXPECT_NEAR(z_g, z_c, 1e-9 * z_c);
+  // The backward, through the gates (normalised and not), aux and z.
+  for (bool normalize : {false, true}) {
+    const std::vector<double> dgates = values(N * K, DType::f32);
+    Tensor dc = cpu().alloc({N, E}, DType::f32), dg = poisoned({N, E}, DType::f32);
+    cpu().router_backward(dc, on_cpu({N, K}, dgates), pc, lc, ic, ac, K, normalize, 0.7, 0.3);
+    gpu().router_backward(dg, on_gpu({N, K}, dgates, DType::f32), pg, lg,
+                          ints_gpu(cpu().read_i32(ic)).reshape({N, K}), ag, K, normalize, 0.7, 0.3);
+    expect_close(dg, dc, 1e-6, normalize ? "router_backward norm" : "router_backward", DType::f32);
+  }
+}
+
+// ---- permute / unpermute --------------------------------------------------------------------
+TEST_P(CudaOps, PermuteAndCombine) {
+  const int64_t N = 90, K = 2, E = 5, D = 24;
+  const std::vector<int32_t> topk = random_topk(N, K, E, 91);
+  Tensor sr = cpu().alloc({N * K}, DType::i32), rs = cpu().alloc({N * K}, DType::i32),
+         as = cpu().alloc({E}, DType::i32);
+  const std::vector<int64_t> kept_per = cpu().router_plan(sr, rs, as, ints_cpu(topk).reshape({N, K}), E, 30);
+  const int64_t R = std::accumulate(kept_per.begin(), kept_per.end(), int64_t{0});
+  ASSERT_LT(R, N * K) << "the test wants drops";
+  Tensor srg = ints_gpu(cpu().read_i32(sr)), rsg = ints_gpu(cpu().read_i32(rs));
+
+  const std::vector<double> x = values(N * D, dt());
+  Tensor pc = cpu().alloc({R, D}, DType::f32), pg = poisoned({R, D}, dt());
+  cpu().permute_rows(pc, on_cpu({N, D}, x), rs, K);
+  gpu().permute_rows(pg, on_gpu({N, D}, x, dt()), rsg, K);
+  expect_close(pg, pc, Tol{0, 0}, "permute_rows", dt());
+
+  const std::vector<double> dxp = values(R * D, dt());
+  Tensor dxc = cpu().alloc({N, D}, DType::f32), dxg = poisoned({N, D}, dt());
+  cpu().permute_rows_backward(dxc, on_cpu({R, D}, dxp), sr, K);
+  gpu().permute_rows_backward(dxg, on_gpu({R, D}, dxp, dt()), srg, K);
+  expect_close(dxg, dxc, Tol{1e-7, 4e-3}, "permute_rows_backward", dt());
+
+  const std::vector<double> y = values(R * D, dt()), gates = values(N * K, st(), 0.5);
+  Tensor yc = on_cpu({R, D}, y), yg = on_gpu({R, D}, y, dt());
+  Tensor gc = on_cpu({N, K}, gates), gg = on_gpu({N, K}, gates, st());
+  Tensor oc = cpu().alloc({N, D}, DType::f32), og = poisoned({N, D}, dt());
+  cpu().unpermute_combine(oc, yc, gc, sr);
+  gpu().unpermute_combine(og, yg, gg, srg);
+  expect_close(og, oc, Tol{1e-6, 4e-3}, "unpermute_combine", dt());
+
+  const std::vector<double> dout = values(N * D, dt());
+  Tensor dyc = cpu().alloc({R, D}, DType::f32), dgc = cpu().alloc({N, K}, DType::f32);
+  Tensor dyg = poisoned({R, D}, dt()), dgg = poisoned({N, K}, st());
+  cpu().unpermute_combine_backward(dyc, dgc, on_cpu({N, D}, dout), yc, gc, sr);
+  gpu().unpermute_combine_backward(dyg, dgg, on_gpu({N, D}, dout, dt()), yg, gg, srg);
+  expect_close(dyg, dyc, Tol{1e-7, 4e-3}, "unpermute_combine_backward dy", dt());
+  expect_close(dgg, dgc, Tol{1e-6, 1e-5}, "unpermute_combine_backward dgates", dt());
+}
+
+// ---- optimizer (fp32 master weights) --------------------------------------------------------
+TEST_F(CudaF32, AdamWAndSgdMatchTheCpu) {
+  const int64_t n = 4099;
+  const std::vector<double> p0 = values(n, DType::f32), m0 = values(n, DType::f32, 0.01);
+  std::vector<double> v0 = values(n, DType::f32, 0.01);
+  for (double& v : v0) v = static_cast<float>(v * v);
+  for (double wd : {0.0, 0.1}) {
+    Tensor pc = on_cpu({n}, p0), mc = on_cpu({n}, m0), vc = on_cpu({n}, v0);
+    Tensor pg = on_gpu({n}, p0, DType::f32), mg = on_gpu({n}, m0, DType::f32), vg = on_gpu({n}, v0, DType::f32);
+    for (int64_t step = 1; step <= 3; ++step) {
+      const std::vector<double> g = values(n, DType::f32, 0.1);
+      cpu().adamw_update(pc, on_cpu({n}, g), mc, vc, 3e-3, 0.9, 0.95, 1e-8, wd, step);
+      gpu().adamw_update(pg, on_gpu({n}, g, DType::f32), mg, vg, 3e-3, 0.9, 0.95, 1e-8, wd, step);
+    }
+    // Same operations, no contraction, IEEE sqrt and division: bit for bit.
+    EXPECT_EQ(gpu().read(pg), cpu().read(pc)) << "adamw param, wd " << wd;
+    EXPECT_EQ(gpu().read(mg), cpu().read(mc)) << "adamw exp_avg";
+    EXPECT_EQ(gpu().read(vg), cpu().read(vc)) << "adamw exp_avg_sq";
+  }
+  const std::vector<double> g = values(n, DType::f32);
+  Tensor pc = on_cpu({n}, p0), pg = on_gpu({n}, p0, DType::f32);
+  cpu().sgd_update(pc, on_cpu({n}, g), 0.05);
+  gpu().sgd_update(pg, on_gpu({n}, g, DType::f32), 0.05);
+  EXPECT_EQ(gpu().read(pg), cpu().read(pc)) << "sgd";
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, CudaOps, ::testing::Values(DType::f32, DType::bf16),
+                         [](const ::testing::TestParamInfo<DType>& info) {
+                           return std::string(dtype_name(info.param));
+                         });
+
+}  // namespace
+}  // namespace sy
