@@ -1,0 +1,363 @@
+// HDF5 checkpoints on one rank (docs/checkpoint.md, SPEC.md section 6): exact resume (per-step
+// losses and final parameters bitwise identical to an uninterrupted run), the file read back
+// through the plain HDF5 C API, atomic saves that an interrupted write cannot break, --resume
+// auto, and every bad-checkpoint case with its one-line message.
+#include <gtest/gtest.h>
+#include <mpi.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "checkpoint_tamper.h"
+#include "data/token_file.h"
+#include "parallel/process_groups.h"
+#include "trainer/checkpoint.h"
+#include "trainer/config.h"
+#include "trainer/train_loop.h"
+
+namespace sy {
+namespace {
+
+namespace fs = std::filesystem;
+
+class CheckpointTest : public ::testing::Test {
+ public:
+  static inline fs::path dir;
+  // The uninterrupted reference: 20 steps, checkpoints at 10 and 20.
+  static inline TrainSummary straight;
+
+  static void SetUpTestSuite() {
+    dir = fs::temp_directory_path() / ("sy_ckpt_" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const std::string text =
+        "experts in a mixture each see a share of the tokens; the router picks them. "
+        "the quick brown fox jumps over the lazy dog, again and again. ";
+    std::vector<int32_t> tokens;
+    for (int repeat = 0; repeat < 40; ++repeat)
+      for (unsigned char c : text) tokens.push_back(c);
+    const size_t split = tokens.size() * 9 / 10;
+    write_token_file((dir / "tokens.h5").string(), {tokens.begin(), tokens.begin() + split},
+                     {tokens.begin() + split, tokens.end()}, 256, "bytes");
+    Config c = base_config("straight");
+    straight = train(c, {.print = false, .collect_parameters = true});
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir); }
+
+  static Config base_config(const std::string& run) {
+    Config c;
+    c.seed = 11;
+    c.model = {256, 16, 16, 2, 2, 32, true};
+    c.moe.num_experts = 4;
+    c.moe.top_k = 2;
+    c.moe.expert_hidden = 16;
+    c.moe.layers = "every_2";  // layer 0 dense, layer 1 MoE: both kinds of FFN in the file
+    c.train.micro_batch_size = 2;
+    c.train.grad_accum_steps = 2;
+    c.train.steps = 20;
+    c.train.lr = 1e-2;
+    c.train.min_lr = 1e-3;
+    c.train.warmup_steps = 3;
+    c.data.path = (dir / "tokens.h5").string();
+    c.eval.every = 0;
+    c.eval.batches = 2;
+    c.checkpoint.every = 10;
+    c.run.dir = (dir / run).string();
+    c.run.log_every = 1;
+    return c;
+  }
+  static std::string straight_checkpoint(int64_t step) {
+    return (dir / "straight" / "checkpoints" / checkpoint_file_name(step)).string();
+  }
+};
+
+// The resumed run's losses are the straight run's from step `from` on, bit for bit, and so are
+// its final parameters.
+void expect_continues_exactly(const TrainSummary& resumed, const TrainSummary& straight, int64_t from) {
+  ASSERT_EQ(resumed.first_step, from);
+  ASSERT_EQ(resumed.losses.size(), straight.losses.size() - from);
+  for (size_t i = 0; i < resumed.losses.size(); ++i)
+    EXPECT_EQ(resumed.losses[i], straight.losses[from + i]) << "step " << from + i + 1;
+  ASSERT_EQ(resumed.parameters.size(), straight.parameters.size());
+  for (size_t p = 0; p < straight.parameters.size(); ++p) {
+    ASSERT_EQ(resumed.parameters[p].first, straight.parameters[p].first);
+    EXPECT_TRUE(resumed.parameters[p].second == straight.parameters[p].second)
+        << straight.parameters[p].first << " differs after resume";
+  }
+  EXPECT_EQ(resumed.final_val_loss, straight.final_val_loss);
+}
+
+std::vector<std::string> read_lines(const fs::path& path) {
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+// A metrics line without the fields that depend on wall-clock time.
+std::string without_timing(std::string line) {
+  const size_t begin = line.find("\"tokens_per_s\"");
+  if (begin != std::string::npos) line.erase(begin, line.find(',', begin) + 2 - begin);
+  return line;
+}
+
+TEST_F(CheckpointTest, ExactResumeOnOneRank) {
+  ASSERT_EQ(straight.losses.size(), 20u);
+  // A new train() call builds a new session, model and optimizer: a new process in all but name.
+  // It writes into the straight run's folder: metrics.jsonl is cut back to step 10 and appended.
+  const std::vector<std::string> before = read_lines(dir / "straight" / "metrics.jsonl");
+  Config c = base_config("straight");
+  c.checkpoint.dir = (dir / "resumed_checkpoints").string();
+  const TrainSummary resumed =
+      train(c, {.print = false, .collect_parameters = true, .resume = straight_checkpoint(10)});
+  expect_continues_exactly(resumed, straight, 10);
+  EXPECT_EQ(resumed.resumed_from, straight_checkpoint(10));
+
+  const std::vector<std::string> after = read_lines(dir / "straight" / "metrics.jsonl");
+  ASSERT_EQ(after.size(), before.size()) << "each step logged once";
+  for (size_t i = 0; i < after.size(); ++i) EXPECT_EQ(without_timing(after[i]), without_timing(before[i]));
+  // The resumed run's own checkpoint of step 20 holds the same tensors as the straight run's.
+  const std::string mine = (dir / "resumed_checkpoints" / checkpoint_file_name(20)).string();
+  for (const char* path : {"/model/embedding", "/model/layers/1/moe/experts/w2",
+                           "/optimizer/exp_avg_sq/layers/1/moe/router"})
+    EXPECT_EQ(tamper::read_floats(mine, path), tamper::read_floats(straight_checkpoint(20), path));
+}
+
+TEST_F(CheckpointTest, PlainReaderSeesTheLayout) {
+  const std::string file = straight_checkpoint(20);
+  EXPECT_EQ(tamper::read_int_attribute(file, "format_version"), 1);
+  EXPECT_EQ(tamper::read_int_attribute(file, "step"), 20);
+  EXPECT_EQ(tamper::read_int_attribute(file, "optimizer_step"), 20);
+  EXPECT_EQ(tamper::read_string_attribute(file, "config"), config_to_yaml(base_config("straight")));
+  const std::string provenance = tamper::read_string_attribute(file, "provenance");
+  for (const char* key : {"switchyard:", "git_commit:", "hdf5:", "mpi:", "compiler:"})
+    EXPECT_NE(provenance.find(key), std::string::npos) << provenance;
+
+  // Every parameter, bit for bit, under /model/<path>; its moments under /optimizer.
+  ASSERT_FALSE(straight.parameters.empty());
+  for (const auto& [path, values] : straight.parameters) {
+    std::vector<hsize_t> shape;
+    const std::vector<float> stored = tamper::read_floats(file, "/model/" + path, &shape);
+    ASSERT_EQ(stored.size(), values.size()) << path;
+    for (size_t i = 0; i < values.size(); ++i)
+      ASSERT_EQ(stored[i], static_cast<float>(values[i])) << path << "[" << i << "]";
+    for (const char* kind : {"exp_avg", "exp_avg_sq"}) {
+      std::vector<hsize_t> moment_shape;
+      tamper::read_floats(file, std::string("/optimizer/") + kind + "/" + path, &moment_shape);
+      EXPECT_EQ(moment_shape, shape) << kind << " " << path;
+    }
+  }
+  std::vector<hsize_t> shape;
+  tamper::read_floats(file, "/model/layers/1/moe/experts/w1", &shape);
+  EXPECT_EQ(shape, (std::vector<hsize_t>{4, 16, 16}));  // [E, D, F_e]
+  tamper::read_floats(file, "/model/layers/0/ffn/w2", &shape);
+  EXPECT_EQ(shape, (std::vector<hsize_t>{32, 16}));  // [F, D]
+  EXPECT_FALSE(tamper::has_link(file, "/model/lm_head"));  // tied
+}
+
+TEST_F(CheckpointTest, EveryKeepLastAndLatest) {
+  Config c = base_config("keep");
+  c.train.steps = 8;
+  c.checkpoint.every = 2;
+  c.checkpoint.keep_last = 2;
+  const TrainSummary summary = train(c, {.print = false});
+  const fs::path checkpoints = dir / "keep" / "checkpoints";
+  std::vector<std::string> names;
+  for (const fs::directory_entry& entry : fs::directory_iterator(checkpoints))
+    names.push_back(entry.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"latest", "step_00000006.h5", "step_00000008.h5"}));
+  EXPECT_EQ(read_lines(checkpoints / "latest"), std::vector<std::string>{"step_00000008.h5"});
+  EXPECT_EQ(summary.last_checkpoint, (checkpoints / "step_00000008.h5").string());
+  EXPECT_EQ(find_latest_checkpoint(checkpoints.string()), (checkpoints / "step_00000008.h5").string());
+}
+
+TEST_F(CheckpointTest, SgdCheckpointsHaveNoMomentsAndResumeExactly) {
+  Config c = base_config("sgd");
+  c.train.optimizer = "sgd";
+  c.train.steps = 6;
+  c.checkpoint.every = 3;
+  const TrainSummary whole = train(c, {.print = false, .collect_parameters = true});
+  const std::string file = (dir / "sgd" / "checkpoints" / checkpoint_file_name(3)).string();
+  EXPECT_FALSE(tamper::has_link(file, "/optimizer"));
+  c.run.dir = (dir / "sgd_resumed").string();
+  const TrainSummary resumed =
+      train(c, {.print = false, .collect_parameters = true, .resume = file});
+  expect_continues_exactly(resumed, whole, 3);
+}
+
+// A save interrupted after the temporary file was written and before the rename (the test hook
+// throws there, as a crash would stop there) leaves the previous checkpoint in place; `auto`
+// picks it, also past a newer garbage step file and a `latest` that names a broken file.
+TEST_F(CheckpointTest, InterruptedSaveLeavesThePreviousCheckpoint) {
+  Config c = base_config("crash");
+  c.checkpoint.every = 5;
+  const fs::path checkpoints = dir / "crash" / "checkpoints";
+  set_checkpoint_test_hook([](const std::string& temporary) {
+    if (temporary.find("step_00000015") == std::string::npos) return;
+    fs::resize_file(temporary, fs::file_size(temporary) / 2);  // and half-written, for good measure
+    throw std::runtime_error("simulated crash before the rename");
+  });
+  EXPECT_THROW(train(c, {.print = false}), CollectiveError);
+  set_checkpoint_test_hook(nullptr);
+  EXPECT_TRUE(fs::exists(checkpoints / "step_00000015.h5.tmp"));
+  EXPECT_FALSE(fs::exists(checkpoints / "step_00000015.h5"));
+  EXPECT_EQ(read_lines(checkpoints / "latest"), std::vector<std::string>{"step_00000010.h5"});
+  { std::ofstream(checkpoints / "step_00000030.h5") << "not a checkpoint"; }
+  const std::string expected = (checkpoints / "step_00000010.h5").string();
+  EXPECT_EQ(find_latest_checkpoint(checkpoints.string()), expected);
+
+  // `latest` names the broken file, or is missing: the newest loadable step file wins.
+  { std::ofstream(checkpoints / "latest") << "step_00000030.h5\n"; }
+  std::vector<std::string> skipped;
+  EXPECT_EQ(find_latest_checkpoint(checkpoints.string(), &skipped), expected);
+  ASSERT_FALSE(skipped.empty());
+  EXPECT_NE(skipped[0].find("step_00000030.h5: not an HDF5 file"), std::string::npos) << skipped[0];
+  fs::remove(checkpoints / "latest");
+  EXPECT_EQ(find_latest_checkpoint(checkpoints.string()), expected);
+
+  // Resume auto from there continues the uninterrupted run exactly.
+  const TrainSummary resumed = train(c, {.print = false, .collect_parameters = true, .resume = "auto"});
+  EXPECT_EQ(resumed.resumed_from, expected);
+  expect_continues_exactly(resumed, straight, 10);
+  // The completed save cleaned up: the leftover temporary file is gone, `latest` is back.
+  EXPECT_FALSE(fs::exists(checkpoints / "step_00000015.h5.tmp"));
+  EXPECT_EQ(read_lines(checkpoints / "latest"), std::vector<std::string>{"step_00000020.h5"});
+}
+
+TEST_F(CheckpointTest, AutoWithoutCheckpointsStartsFresh) {
+  Config c = base_config("fresh");
+  c.train.steps = 2;
+  c.checkpoint.every = 0;
+  const TrainSummary summary = train(c, {.print = false, .resume = "auto"});
+  EXPECT_EQ(summary.first_step, 0);
+  EXPECT_TRUE(summary.resumed_from.empty());
+  ASSERT_FALSE(summary.resume_messages.empty());
+  EXPECT_NE(summary.resume_messages.back().find("no checkpoint in"), std::string::npos);
+  EXPECT_NE(summary.resume_messages.back().find("starting fresh"), std::string::npos);
+  EXPECT_EQ(summary.losses.size(), 2u);
+  EXPECT_EQ(summary.losses[0], straight.losses[0]);  // a fresh run is the straight run's start
+}
+
+TEST_F(CheckpointTest, ResumeAtTheLastStepHasNothingToTrain) {
+  Config c = base_config("done");
+  const TrainSummary summary = train(c, {.print = false, .resume = straight_checkpoint(20)});
+  EXPECT_EQ(summary.first_step, 20);
+  EXPECT_TRUE(summary.losses.empty());
+}
+
+// ---- bad checkpoints: one line naming the file and what is wrong, and no training ----------
+
+// Copies the straight run's step-10 checkpoint, damages it, resumes from it, returns the error.
+template <class Damage>
+std::string resume_error(const std::string& name, Damage&& damage, Config config) {
+  const fs::path file = CheckpointTest::dir / (name + ".h5");
+  fs::copy_file(CheckpointTest::straight_checkpoint(10), file, fs::copy_options::overwrite_existing);
+  damage(file.string());
+  config.run.dir = (CheckpointTest::dir / ("bad_" + name)).string();
+  try {
+    train(config, {.print = false, .resume = file.string()});
+  } catch (const CollectiveError& error) {
+    const std::string message = error.what();
+    EXPECT_EQ(message.find('\n'), std::string::npos) << "one line: " << message;
+    EXPECT_EQ(message.rfind(file.string() + ": ", 0), 0u) << "names the file: " << message;
+    return message;
+  }
+  ADD_FAILURE() << name << ": resumed without an error";
+  return "";
+}
+
+void expect_contains(const std::string& message, const std::string& part) {
+  EXPECT_NE(message.find(part), std::string::npos) << "expected '" << part << "' in: " << message;
+}
+
+TEST_F(CheckpointTest, BadCheckpoints) {
+  const Config c = base_config("bad");
+  expect_contains(resume_error("truncated", [](const std::string& f) { fs::resize_file(f, fs::file_size(f) / 2); }, c),
+                  "cannot open as HDF5 (truncated or corrupted): truncated file");
+  expect_contains(resume_error("garbage", [](const std::string& f) {
+                    std::ofstream(f, std::ios::trunc) << std::string(4096, 'x');
+                  }, c),
+                  "not an HDF5 file");
+  expect_contains(resume_error("flipped", [](const std::string& f) {
+                    tamper::corrupt_tensor(f, "/model/layers/0/attn/wq");
+                  }, c),
+                  "cannot read /model/layers/0/attn/wq: data error detected by Fletcher32 checksum");
+  expect_contains(resume_error("missing_tensor", [](const std::string& f) {
+                    tamper::delete_tensor(f, "/model/layers/1/moe/experts/w2");
+                  }, c),
+                  "missing tensor /model/layers/1/moe/experts/w2");
+  expect_contains(resume_error("missing_moment", [](const std::string& f) {
+                    tamper::delete_tensor(f, "/optimizer/exp_avg/layers/0/ffn/w1");
+                  }, c),
+                  "missing tensor /optimizer/exp_avg/layers/0/ffn/w1");
+  expect_contains(resume_error("shape", [](const std::string& f) {
+                    tamper::reshape_tensor(f, "/model/layers/0/attn/wq", {16, 8});
+                  }, c),
+                  "/model/layers/0/attn/wq has shape [16, 8], the config needs [16, 16]");
+  expect_contains(resume_error("future", [](const std::string& f) {
+                    tamper::set_int_attribute(f, "format_version", 2);
+                  }, c),
+                  "format_version 2 is newer than this build reads (1)");
+  Config wider = c;
+  wider.model.d_model = 32;
+  wider.moe.top_k = 1;
+  wider.moe.aux_loss_coef = 0.1;  // may change: not in the error
+  const std::string message = resume_error("model_keys", [](const std::string&) {}, wider);
+  expect_contains(message, "keys that shape the model: model.d_model (checkpoint 16, config 32), "
+                           "moe.top_k (checkpoint 2, config 1)");
+  EXPECT_EQ(message.find("aux_loss_coef"), std::string::npos) << message;
+  // A missing file, and a folder.
+  Config fresh = c;
+  fresh.run.dir = (dir / "bad_missing").string();
+  try {
+    train(fresh, {.print = false, .resume = (dir / "nothing.h5").string()});
+    ADD_FAILURE() << "no error for a missing file";
+  } catch (const CollectiveError& error) {
+    EXPECT_EQ(std::string(error.what()), (dir / "nothing.h5").string() + ": no such file");
+  }
+}
+
+TEST_F(CheckpointTest, TrainingKeysAreReportedNotRefused) {
+  Config c = base_config("notes");
+  c.train.lr = 5e-3;
+  c.train.micro_batch_size = 4;
+  c.parallel.expert_parallel = 1;
+  c.train.steps = 12;
+  const TrainSummary summary = train(c, {.print = false, .resume = straight_checkpoint(10)});
+  EXPECT_EQ(summary.first_step, 10);
+  EXPECT_EQ(summary.losses.size(), 2u);
+  std::string all;
+  for (const std::string& line : summary.resume_messages) all += line + "\n";
+  expect_contains(all, "note: changed since the checkpoint: train.lr (checkpoint 0.01, config 0.005)");
+  expect_contains(all, "note: changed since the checkpoint: train.steps (checkpoint 20, config 12)");
+  expect_contains(all, "warning: changed since the checkpoint: train.micro_batch_size (checkpoint 2, config 4)");
+}
+
+TEST(CompareConfigs, WhichKeysMayChange) {
+  Config c;
+  c.moe.num_experts = 8;
+  std::string saved = config_to_yaml(c);
+  // A checkpoint written with other coefficients, a balancing rate and another expert count.
+  Config other = c;
+  other.moe.num_experts = 4;
+  other.moe.z_loss_coef = 0.5;
+  other.eval.batches = 3;
+  saved = config_to_yaml(other) + "extra:\n  unknown: 1\n";
+  saved.insert(saved.find("parallel:"), "  bias_update_rate: 0.001\n");
+  const ConfigDiff diff = compare_configs(saved, c);
+  EXPECT_EQ(diff.errors, std::vector<std::string>{"moe.num_experts (checkpoint 4, config 8)"});
+  EXPECT_TRUE(diff.warnings.empty());
+  EXPECT_EQ(diff.notes, (std::vector<std::string>{"moe.z_loss_coef (checkpoint 0.5, config 0.001)",
+                                                  "eval.batches (checkpoint 3, config 20)",
+                                                  "moe.bias_update_rate (checkpoint 0.001, config absent)",
+                                                  "extra.unknown (checkpoint 1, config absent)"}));
+  EXPECT_THROW(compare_configs("- not a mapping", c), std::runtime_error);
+}
+
+}  // namespace
+}  // namespace sy

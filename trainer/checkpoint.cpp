@@ -1,0 +1,841 @@
+#include "trainer/checkpoint.h"
+
+#include <fcntl.h>
+#include <mpi.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <set>
+#include <system_error>
+
+#include "parallel/mpi_communicator.h"
+#include "trainer/hdf5_io.h"
+
+#ifndef SY_VERSION
+#define SY_VERSION "unknown"
+#endif
+#ifndef SY_GIT_COMMIT
+#define SY_GIT_COMMIT "unknown"
+#endif
+
+namespace sy {
+
+namespace fs = std::filesystem;
+using h5::Handle;
+using h5::Hdf5Error;
+
+namespace {
+
+// Non-expert tensors are stored in chunks of whole rows of about this size; an expert tensor in
+// one chunk per expert. Every chunk carries a Fletcher-32 checksum, so that a damaged file is
+// reported instead of loaded.
+constexpr int64_t kChunkBytes = int64_t{4} << 20;
+
+std::function<void(const std::string&)>& test_hook() {
+  static std::function<void(const std::string&)> hook;
+  return hook;
+}
+
+// ---- what a checkpoint holds -------------------------------------------------------------------
+
+struct Entry {
+  std::string dataset;  // "/model/layers/0/attn/wq"
+  Tensor tensor;        // this rank's tensor (for experts: its [E/P, ...] slice)
+  bool is_expert = false;
+};
+
+// /model/<path> for every param, then /optimizer/exp_avg/<path>, /optimizer/exp_avg_sq/<path>
+// for every param that has state, in the params' order.
+std::vector<Entry> checkpoint_entries(Transformer& model, Optimizer* optimizer, Backend& backend) {
+  std::vector<Param*> params = model.params();
+  std::vector<Entry> entries;
+  for (Param* param : params)
+    entries.push_back({"/model/" + param->path, param->value, param->is_expert});
+  if (!optimizer) return entries;
+  optimizer->init_state(backend, params);
+  std::map<std::string, Tensor> state;
+  std::vector<std::string> kinds;  // "exp_avg", "exp_avg_sq", in the optimizer's order
+  for (auto& [name, tensor] : optimizer->state_tensors()) {
+    const size_t slash = name.find('/');
+    if (slash == std::string::npos) throw std::runtime_error("optimizer state " + name + " has no kind");
+    const std::string kind = name.substr(0, slash);
+    if (std::find(kinds.begin(), kinds.end(), kind) == kinds.end()) kinds.push_back(kind);
+    state[name] = tensor;
+  }
+  for (const std::string& kind : kinds)
+    for (Param* param : params) {
+      auto found = state.find(kind + "/" + param->path);
+      if (found == state.end()) continue;
+      entries.push_back({"/optimizer/" + kind + "/" + param->path, found->second, param->is_expert});
+    }
+  return entries;
+}
+
+hid_t memory_type(DType dtype) {
+  switch (dtype) {
+    case DType::f32: return H5T_NATIVE_FLOAT;
+    case DType::f64: return H5T_NATIVE_DOUBLE;
+    default: throw std::runtime_error(std::string("checkpoint: cannot store a ") + dtype_name(dtype) +
+                                      " tensor (master weights are f32 or f64)");
+  }
+}
+
+int64_t row_elements(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (size_t i = 1; i < shape.size(); ++i) n *= shape[i];
+  return n;
+}
+
+// Rows per chunk (and per read or write) of a non-expert tensor.
+int64_t block_rows(const std::vector<int64_t>& shape, size_t element_bytes) {
+  if (shape.empty()) return 1;
+  const int64_t row_bytes = std::max<int64_t>(1, row_elements(shape) * element_bytes);
+  return std::clamp<int64_t>(kChunkBytes / row_bytes, 1, std::max<int64_t>(shape[0], 1));
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) { return shape_str(Shape(shape)); }
+
+// Rows [row, row + count) of `dataset`, as a file dataspace selection and a memory dataspace.
+struct Slab {
+  Handle file_space, memory_space;
+};
+Slab select_rows(hid_t dataset, const std::vector<int64_t>& shape, int64_t row, int64_t count) {
+  Slab slab;
+  slab.file_space = h5::own(H5Dget_space(dataset), H5Sclose, "cannot get dataspace");
+  std::vector<hsize_t> start(shape.size(), 0), counts(shape.begin(), shape.end());
+  if (!shape.empty()) {
+    start[0] = row;
+    counts[0] = count;
+  }
+  if (!shape.empty())
+    h5::check(H5Sselect_hyperslab(slab.file_space.get(), H5S_SELECT_SET, start.data(), nullptr,
+                                  counts.data(), nullptr),
+              "cannot select rows");
+  slab.memory_space = h5::own(H5Screate_simple(static_cast<int>(counts.size()), counts.data(), nullptr),
+                              H5Sclose, "cannot create dataspace");
+  return slab;
+}
+
+// ---- writing -----------------------------------------------------------------------------------
+
+std::string quote(const std::string& text) {
+  std::string out = "\"";
+  for (char c : text) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (c == '\n' || c == '\r') continue;
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string mpi_library_version() {
+  char text[MPI_MAX_LIBRARY_VERSION_STRING] = {};
+  int length = 0;
+  MPI_Get_library_version(text, &length);
+  std::string version(text, std::clamp(length, 0, MPI_MAX_LIBRARY_VERSION_STRING - 1));
+  const size_t end = version.find_first_of(std::string("\n\0", 2));
+  if (end != std::string::npos) version.resize(end);
+  while (!version.empty() && (version.back() == ' ' || version.back() == ',')) version.pop_back();
+  return version;
+}
+
+std::string compiler_version() {
+#if defined(__clang__)
+  return std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  return std::string("GCC ") + __VERSION__;
+#else
+  return "unknown";
+#endif
+}
+
+std::string utc_now() {
+  const std::time_t now = std::time(nullptr);
+  std::tm parts{};
+  gmtime_r(&now, &parts);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &parts);
+  return text;
+}
+
+std::string provenance(const Config& config, const ProcessGroups& groups) {
+  std::string out;
+  out += "switchyard: " + quote(SY_VERSION) + "\n";
+  out += "git_commit: " + quote(SY_GIT_COMMIT) + "\n";
+  out += "hdf5: " + quote(h5::library_version()) + "\n";
+  out += "mpi: " + quote(mpi_library_version()) + "\n";
+  out += "compiler: " + quote(compiler_version()) + "\n";
+  out += "ranks: " + std::to_string(groups.size()) + "\n";
+  out += "expert_parallel: " + std::to_string(groups.ep_size()) + "\n";
+  out += "backend: " + quote(config.run.backend) + "\n";
+  out += "created: " + quote(utc_now()) + "\n";
+  return out;
+}
+
+// fsync of a file or folder by path, so that a rename is never reached before the data is on disk.
+void sync_path(const fs::path& path, bool directory) {
+  const int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  if (fd < 0) throw std::runtime_error("cannot open " + path.string() + " to sync it");
+  const int status = ::fsync(fd);
+  ::close(fd);
+  if (status != 0 && !directory)  // some file systems refuse fsync on folders; data files must sync
+    throw std::runtime_error("cannot sync " + path.string() + " to disk");
+}
+
+void rename_into_place(const fs::path& from, const fs::path& to) {
+  std::error_code error;
+  fs::rename(from, to, error);
+  if (error)
+    throw std::runtime_error("cannot rename " + from.string() + " to " + to.string() + ": " +
+                             error.message());
+}
+
+// Writes a small text file atomically: <path>.tmp, fsync, rename, fsync of the folder.
+void write_text_atomically(const fs::path& path, const std::string& text) {
+  const fs::path temporary = path.string() + ".tmp";
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw std::runtime_error("cannot create " + temporary.string());
+  const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  const bool synced = written && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!synced) throw std::runtime_error("cannot write " + temporary.string());
+  rename_into_place(temporary, path);
+  sync_path(path.parent_path().empty() ? fs::path(".") : path.parent_path(), true);
+}
+
+// The step of a file named step_<digits>.h5, or -1.
+int64_t step_of_file_name(const std::string& name) {
+  static const std::regex pattern(R"(step_(\d{1,18})\.h5)");
+  std::smatch match;
+  if (!std::regex_match(name, match, pattern)) return -1;
+  return std::stoll(match[1].str());
+}
+
+// (step, path) of every step_*.h5 in `dir`, highest step first.
+std::vector<std::pair<int64_t, fs::path>> step_files(const fs::path& dir) {
+  std::vector<std::pair<int64_t, fs::path>> files;
+  std::error_code error;
+  for (const fs::directory_entry& entry : fs::directory_iterator(dir, error)) {
+    const int64_t step = step_of_file_name(entry.path().filename().string());
+    if (step >= 0 && entry.is_regular_file(error)) files.emplace_back(step, entry.path());
+  }
+  std::sort(files.begin(), files.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  return files;
+}
+
+// The writer on world rank 0: one HDF5 file, groups created on demand with creation-order
+// tracking (so that readers list tensors in model order), chunked fp32 datasets with checksums.
+class Writer {
+ public:
+  explicit Writer(const fs::path& path) : path_(path) {
+    Handle fcpl = h5::own(H5Pcreate(H5P_FILE_CREATE), H5Pclose, "cannot create the file");
+    h5::check(H5Pset_link_creation_order(fcpl.get(), H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED),
+              "cannot create the file");
+    // The 1.8 file format: checksummed metadata, and readable by any HDF5 >= 1.8 (h5py included).
+    Handle fapl = h5::own(H5Pcreate(H5P_FILE_ACCESS), H5Pclose, "cannot create the file");
+    h5::check(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_V18), "cannot create the file");
+    file_ = h5::own(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.get(), fapl.get()), H5Fclose,
+                    "cannot create the file");
+    gcpl_ = h5::own(H5Pcreate(H5P_GROUP_CREATE), H5Pclose, "cannot create the file");
+    h5::check(H5Pset_link_creation_order(gcpl_.get(), H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED),
+              "cannot create the file");
+  }
+
+  hid_t file() const { return file_.get(); }
+
+  // Creates the dataset at `path` (and its parent groups) and makes it current.
+  void create(const std::string& path, const std::vector<int64_t>& shape, bool is_expert) {
+    ensure_parent_groups(path);
+    const std::string what = "cannot create dataset " + path;
+    std::vector<hsize_t> dims(shape.begin(), shape.end()), chunk = dims;
+    if (!chunk.empty()) chunk[0] = is_expert ? 1 : block_rows(shape, sizeof(float));
+    Handle space = h5::own(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
+                           H5Sclose, what);
+    Handle dcpl = h5::own(H5Pcreate(H5P_DATASET_CREATE), H5Pclose, what);
+    h5::check(H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()), what);
+    h5::check(H5Pset_fletcher32(dcpl.get()), what);
+    h5::check(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), what);
+    dataset_ = h5::own(H5Dcreate2(file_.get(), path.c_str(), H5T_IEEE_F32LE, space.get(),
+                                  H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+                       H5Dclose, what);
+    dataset_path_ = path;
+    shape_ = shape;
+  }
+
+  // Writes rows [row, row + rows.dim(0)) of the current dataset from a tensor (host or device).
+  void write_rows(int64_t row, const Tensor& rows, Backend& backend) {
+    staging_.resize(rows.nbytes());
+    backend.copy_to_host(staging_.data(), rows);
+    Slab slab = select_rows(dataset_.get(), shape_, row, rows.ndim() ? rows.dim(0) : 1);
+    h5::check(H5Dwrite(dataset_.get(), memory_type(rows.dtype()), slab.memory_space.get(),
+                       slab.file_space.get(), H5P_DEFAULT, staging_.data()),
+              "cannot write " + dataset_path_);
+  }
+
+  // Writes a whole (non-expert) tensor in chunk-sized blocks of rows.
+  void write_whole(const Tensor& tensor, Backend& backend) {
+    if (tensor.ndim() == 0) throw std::runtime_error("cannot store a 0-d tensor " + dataset_path_);
+    const int64_t rows = tensor.dim(0), block = block_rows(shape_, sizeof(float));
+    for (int64_t row = 0; row < rows; row += block)
+      write_rows(row, tensor.rows(row, std::min(rows, row + block)), backend);
+  }
+
+  void finish_dataset() {
+    if (!dataset_.close()) throw Hdf5Error("cannot write " + dataset_path_);
+  }
+
+  // Flushes and closes the file (where HDF5 writes its last metadata).
+  void close() {
+    dataset_.reset();
+    gcpl_.reset();
+    h5::check(H5Fflush(file_.get(), H5F_SCOPE_GLOBAL), "cannot flush the file");
+    if (!file_.close()) throw Hdf5Error("cannot close the file");
+  }
+
+ private:
+  void ensure_parent_groups(const std::string& path) {
+    size_t next = path.find('/', 1);
+    while (next != std::string::npos) {
+      const std::string group = path.substr(0, next);
+      if (!groups_.count(group)) {
+        const htri_t exists = H5Lexists(file_.get(), group.c_str(), H5P_DEFAULT);
+        h5::check(exists, "cannot look up group " + group);
+        if (exists == 0)
+          h5::own(H5Gcreate2(file_.get(), group.c_str(), H5P_DEFAULT, gcpl_.get(), H5P_DEFAULT),
+                  H5Gclose, "cannot create group " + group);
+        groups_.insert(group);
+      }
+      next = path.find('/', next + 1);
+    }
+  }
+
+  fs::path path_;
+  Handle file_, gcpl_, dataset_;
+  std::string dataset_path_;
+  std::vector<int64_t> shape_;
+  std::set<std::string> groups_;
+  std::vector<char> staging_;
+};
+
+// Waits for every rank of `group` without spinning: the ranks that finished their part of a save
+// sleep between polls, so that on a machine with few cores the writer keeps the CPU (and the
+// kernel's writeback) to itself. Falls back to a plain barrier on other communicators.
+void wait_quietly(Communicator& group) {
+  auto* mpi = dynamic_cast<MpiCommunicator*>(&group);
+  if (!mpi) {
+    group.barrier();
+    return;
+  }
+  MPI_Request request = MPI_REQUEST_NULL;
+  MPI_Ibarrier(mpi->comm(), &request);
+  int done = 0;
+  MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+  while (!done) {
+    ::usleep(1000);
+    MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+  }
+}
+
+// group.send(x, peer), but sleeping between polls while the writer is busy with the ranks before
+// this one (a blocking send would spin). Matches MpiCommunicator::recv: same datatype, tag 0.
+void send_quietly(Communicator& group, const Tensor& x, int peer, Backend& backend,
+                  std::vector<char>& staging) {
+  auto* mpi = dynamic_cast<MpiCommunicator*>(&group);
+  if (!mpi || (x.dtype() != DType::f32 && x.dtype() != DType::f64)) {
+    group.send(x, peer);
+    return;
+  }
+  void* data = x.data();
+  if (x.device() != Device::cpu) {
+    staging.resize(x.nbytes());
+    backend.copy_to_host(staging.data(), x);
+    data = staging.data();
+  }
+  MPI_Request request = MPI_REQUEST_NULL;
+  MPI_Isend(data, static_cast<int>(x.numel()), x.dtype() == DType::f32 ? MPI_FLOAT : MPI_DOUBLE,
+            peer, 0, mpi->comm(), &request);
+  int done = 0;
+  MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+  while (!done) {
+    ::usleep(200);
+    MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+  }
+}
+
+// ---- reading -----------------------------------------------------------------------------------
+
+// Opens a checkpoint read-only; errors say what is wrong with the file (no path: callers add it).
+Handle open_file(const std::string& path) {
+  std::error_code error;
+  if (!fs::exists(path, error)) throw Hdf5Error("no such file");
+  if (fs::is_directory(path, error)) throw Hdf5Error("is a folder, not a checkpoint file");
+  const htri_t is_hdf5 = H5Fis_hdf5(path.c_str());
+  if (is_hdf5 == 0) throw Hdf5Error("not an HDF5 file (corrupted, or not a checkpoint)");
+  if (is_hdf5 < 0) h5::check(-1, "cannot open");
+  return h5::own(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose,
+                 "cannot open as HDF5 (truncated or corrupted)");
+}
+
+CheckpointHeader read_header(hid_t file, const std::string& path) {
+  CheckpointHeader header;
+  header.path = path;
+  if (!h5::has_attribute(file, "format_version"))
+    throw Hdf5Error("no attribute format_version (not a Switchyard checkpoint?)");
+  header.format_version = h5::read_int_attribute(file, "format_version");
+  if (header.format_version > kCheckpointFormatVersion)
+    throw Hdf5Error("format_version " + std::to_string(header.format_version) +
+                    " is newer than this build reads (" + std::to_string(kCheckpointFormatVersion) +
+                    "); load it with a newer switchyard");
+  if (header.format_version < 1)
+    throw Hdf5Error("format_version " + std::to_string(header.format_version) + " is not valid");
+  header.step = h5::read_int_attribute(file, "step");
+  header.optimizer_step = h5::read_int_attribute(file, "optimizer_step");
+  if (header.step < 0 || header.optimizer_step < 0)
+    throw Hdf5Error("negative step " + std::to_string(header.step) + " or optimizer_step " +
+                    std::to_string(header.optimizer_step));
+  header.config = h5::read_string_attribute(file, "config");
+  header.provenance =
+      h5::has_attribute(file, "provenance") ? h5::read_string_attribute(file, "provenance") : "";
+  return header;
+}
+
+// Opens `path`, checks and returns a dataset of `expected` shape; messages name the tensor.
+Handle open_dataset(hid_t file, const std::string& path, const std::vector<int64_t>& expected) {
+  if (!h5::link_exists(file, path)) throw Hdf5Error("missing tensor " + path);
+  Handle dataset = h5::own(H5Dopen2(file, path.c_str(), H5P_DEFAULT), H5Dclose,
+                           "cannot open tensor " + path);
+  Handle type = h5::own(H5Dget_type(dataset.get()), H5Tclose, "cannot inspect tensor " + path);
+  if (H5Tget_class(type.get()) != H5T_FLOAT) throw Hdf5Error(path + " does not hold floats");
+  const std::vector<int64_t> shape = h5::dataset_shape(dataset.get());
+  if (shape != expected)
+    throw Hdf5Error(path + " has shape " + shape_text(shape) + ", the config needs " +
+                    shape_text(expected));
+  return dataset;
+}
+
+// Reads rows [row, row + into.dim(0)) of `dataset` into a tensor (host or device).
+void read_rows(hid_t dataset, const std::string& path, const std::vector<int64_t>& shape,
+               int64_t row, const Tensor& into, Backend& backend, std::vector<char>& staging) {
+  staging.resize(into.nbytes());
+  Slab slab = select_rows(dataset, shape, row, into.ndim() ? into.dim(0) : 1);
+  h5::check(H5Dread(dataset, memory_type(into.dtype()), slab.memory_space.get(), slab.file_space.get(),
+                    H5P_DEFAULT, staging.data()),
+            "cannot read " + path);
+  backend.copy_from_host(into, staging.data());
+}
+
+// ---- configs -----------------------------------------------------------------------------------
+
+std::string render(const YAML::Node& node) {
+  if (!node.IsDefined() || node.IsNull()) return "null";
+  if (node.IsScalar()) return node.Scalar();
+  std::string out = node.IsSequence() ? "[" : "{";
+  bool first = true;
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    out += first ? "" : ", ";
+    first = false;
+    if (node.IsSequence())
+      out += render(*it);
+    else
+      out += render(it->first) + ": " + render(it->second);
+  }
+  return out + (node.IsSequence() ? "]" : "}");
+}
+
+// Every key of a resolved config as "section.key" -> value text, in file order.
+std::vector<std::pair<std::string, std::string>> flatten_config(const std::string& yaml) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml);
+  } catch (const YAML::Exception& error) {
+    throw std::runtime_error(std::string("its config attribute is not valid YAML: ") + error.what());
+  }
+  if (!root.IsMap()) throw std::runtime_error("its config attribute is not a YAML mapping");
+  std::vector<std::pair<std::string, std::string>> keys;
+  for (auto section = root.begin(); section != root.end(); ++section) {
+    const std::string name = section->first.Scalar();
+    if (section->second.IsMap())
+      for (auto key = section->second.begin(); key != section->second.end(); ++key)
+        keys.emplace_back(name + "." + key->first.Scalar(), render(key->second));
+    else
+      keys.emplace_back(name, render(section->second));
+  }
+  return keys;
+}
+
+bool shapes_model(const std::string& key) {
+  if (key.rfind("model.", 0) == 0) return true;
+  if (key.rfind("moe.", 0) != 0) return false;
+  if (key == "moe.aux_loss_coef" || key == "moe.z_loss_coef") return false;
+  const std::string rate = "_rate";
+  return !(key.size() >= rate.size() && key.compare(key.size() - rate.size(), rate.size(), rate) == 0);
+}
+
+std::string join(const std::vector<std::string>& items, const std::string& separator) {
+  std::string out;
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? separator : "") + items[i];
+  return out;
+}
+
+std::string config_value(const std::vector<std::pair<std::string, std::string>>& keys,
+                         const std::string& key) {
+  for (const auto& [name, value] : keys)
+    if (name == key) return value;
+  return "";
+}
+
+}  // namespace
+
+// ---- public API --------------------------------------------------------------------------------
+
+std::string checkpoint_dir(const Config& config) {
+  return config.checkpoint.dir.empty() ? (fs::path(config.run.dir) / "checkpoints").string()
+                                       : config.checkpoint.dir;
+}
+
+std::string checkpoint_file_name(int64_t step) {
+  char name[40];
+  std::snprintf(name, sizeof name, "step_%08lld.h5", static_cast<long long>(step));
+  return name;
+}
+
+void set_checkpoint_test_hook(std::function<void(const std::string&)> hook) {
+  test_hook() = std::move(hook);
+}
+
+ConfigDiff compare_configs(const std::string& checkpoint_yaml, const Config& config) {
+  const auto theirs = flatten_config(checkpoint_yaml);
+  const auto ours = flatten_config(config_to_yaml(config));
+  std::vector<std::string> keys;
+  for (const auto& [key, value] : ours) keys.push_back(key);
+  for (const auto& [key, value] : theirs)
+    if (std::find(keys.begin(), keys.end(), key) == keys.end()) keys.push_back(key);
+  ConfigDiff diff;
+  for (const std::string& key : keys) {
+    auto find = [&](const std::vector<std::pair<std::string, std::string>>& list) -> const std::string* {
+      for (const auto& [name, value] : list)
+        if (name == key) return &value;
+      return nullptr;
+    };
+    const std::string* before = find(theirs);
+    const std::string* now = find(ours);
+    if (before && now && *before == *now) continue;
+    const std::string line = key + " (checkpoint " + (before ? *before : "absent") + ", config " +
+                             (now ? *now : "absent") + ")";
+    if (shapes_model(key))
+      diff.errors.push_back(line);
+    else if (key == "train.micro_batch_size")
+      diff.warnings.push_back(line);
+    else
+      diff.notes.push_back(line);
+  }
+  return diff;
+}
+
+CheckpointHeader read_checkpoint_header(const std::string& path) {
+  h5::QuietErrors quiet;
+  try {
+    Handle file = open_file(path);
+    return read_header(file.get(), path);
+  } catch (const std::exception& error) {
+    throw CheckpointError(path + ": " + error.what());
+  }
+}
+
+std::string save_checkpoint(const std::string& dir, int64_t step, const Config& config,
+                            Transformer& model, Optimizer* optimizer, ProcessGroups& groups,
+                            Backend& backend) {
+  Communicator& world = *groups.world;
+  Communicator& ep = *groups.expert_parallel;
+  const bool writer = world.rank() == 0;
+  // The first EP group (world ranks 0..P-1) holds every expert once; its other ranks send theirs.
+  const bool sender = !writer && groups.rank() < groups.ep_size();
+  const int P = groups.ep_size();
+  const fs::path final_path = fs::path(dir) / checkpoint_file_name(step);
+  const fs::path temporary_path = final_path.string() + ".tmp";
+
+  std::vector<Entry> entries = checkpoint_entries(model, optimizer, backend);
+  std::string problem;
+  std::unique_ptr<Writer> out;
+  h5::QuietErrors quiet;
+  auto fail = [&](const std::exception& error) {
+    if (problem.empty()) problem = temporary_path.string() + ": " + error.what();
+    out.reset();
+  };
+  if (writer) {
+    try {
+      std::error_code error;
+      fs::create_directories(dir, error);
+      if (error) throw std::runtime_error("cannot create folder " + dir + ": " + error.message());
+      out = std::make_unique<Writer>(temporary_path);
+      h5::write_int_attribute(out->file(), "format_version", kCheckpointFormatVersion);
+      h5::write_int_attribute(out->file(), "step", step);
+      h5::write_int_attribute(out->file(), "optimizer_step", optimizer ? optimizer->step_count() : step);
+      h5::write_string_attribute(out->file(), "config", config_to_yaml(config));
+      h5::write_string_attribute(out->file(), "provenance", provenance(config, groups));
+    } catch (const std::exception& error) {
+      fail(error);
+    }
+  }
+
+  Tensor incoming;           // one expert slice from another rank (writer only)
+  std::vector<char> staging;  // one expert slice on its way to the writer (device tensors)
+  for (const Entry& entry : entries) {
+    const Tensor& local = entry.tensor;
+    if (!entry.is_expert) {
+      if (!writer || !out) continue;
+      try {
+        out->create(entry.dataset, local.shape(), false);
+        out->write_whole(local, backend);
+        out->finish_dataset();
+      } catch (const std::exception& error) {
+        fail(error);
+      }
+      continue;
+    }
+    // Experts: [E/P, ...] here, [E, ...] in the file, expert by expert.
+    const int64_t per_rank = local.dim(0);
+    if (sender) {
+      for (int64_t j = 0; j < per_rank; ++j) send_quietly(ep, local.rows(j, j + 1), 0, backend, staging);
+      continue;
+    }
+    if (!writer) continue;
+    Shape full = local.shape();
+    full[0] = per_rank * P;
+    try {
+      if (out) out->create(entry.dataset, full, true);
+      for (int64_t j = 0; j < per_rank && out; ++j) out->write_rows(j, local.rows(j, j + 1), backend);
+    } catch (const std::exception& error) {
+      fail(error);
+    }
+    if (P > 1) {
+      Shape slice = local.shape();
+      slice[0] = 1;
+      if (!incoming.defined() || incoming.shape() != slice || incoming.dtype() != local.dtype())
+        incoming = backend.alloc(slice, local.dtype());
+      // Keep receiving after a failure, so that the senders are never left waiting.
+      for (int q = 1; q < P; ++q)
+        for (int64_t j = 0; j < per_rank; ++j) {
+          ep.recv(incoming, q);
+          try {
+            if (out) out->write_rows(q * per_rank + j, incoming, backend);
+          } catch (const std::exception& error) {
+            fail(error);
+          }
+        }
+    }
+    try {
+      if (out) out->finish_dataset();
+    } catch (const std::exception& error) {
+      fail(error);
+    }
+  }
+
+  if (writer && out) {
+    bool crashed = false;  // the test hook simulates a crash: the temporary file stays
+    try {
+      out->close();
+      out.reset();
+      sync_path(temporary_path, false);
+      if (test_hook()) {
+        crashed = true;
+        test_hook()(temporary_path.string());
+        crashed = false;
+      }
+      rename_into_place(temporary_path, final_path);
+      sync_path(fs::path(dir), true);
+      write_text_atomically(fs::path(dir) / "latest", final_path.filename().string() + "\n");
+      // Only now that the new checkpoint is complete: drop the oldest beyond keep_last, and the
+      // temporary files that interrupted saves left behind.
+      int64_t kept = 1;
+      for (const auto& [file_step, path] : step_files(dir)) {
+        if (path.filename() == final_path.filename()) continue;
+        if (++kept > config.checkpoint.keep_last) fs::remove(path);
+      }
+      std::error_code error;
+      for (const fs::directory_entry& entry : fs::directory_iterator(dir, error)) {
+        const std::string name = entry.path().filename().string();
+        if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0 &&
+            step_of_file_name(name.substr(0, name.size() - 4)) >= 0)
+          fs::remove(entry.path(), error);
+      }
+    } catch (const std::exception& error) {
+      if (problem.empty()) problem = final_path.string() + ": " + error.what();
+      if (!crashed) {
+        std::error_code ignored;
+        fs::remove(temporary_path, ignored);
+      }
+    }
+  } else if (writer) {
+    std::error_code ignored;
+    fs::remove(temporary_path, ignored);  // a failed save leaves nothing half-written behind
+  }
+  wait_quietly(world);
+  agree_or_throw(world, problem);
+  return final_path.string();
+}
+
+LoadResult load_checkpoint(const std::string& path, const Config& config, Transformer& model,
+                           Optimizer* optimizer, ProcessGroups& groups, Backend& backend) {
+  Communicator& world = *groups.world;
+  h5::QuietErrors quiet;
+  LoadResult result;
+  Handle file;
+  struct Item {
+    Entry entry;
+    Handle dataset;
+    std::vector<int64_t> file_shape;
+    int64_t first_row = 0;  // experts: this rank's first global expert
+  };
+  std::vector<Item> items;
+  bool restore_optimizer = false;
+  std::string problem;
+  // Phase 1: every check, on every rank, before anything is written into the model.
+  try {
+    file = open_file(path);
+    result.header = read_header(file.get(), path);
+    std::vector<std::pair<std::string, std::string>> saved = flatten_config(result.header.config);
+    result.diff = compare_configs(result.header.config, config);
+    if (!result.diff.errors.empty())
+      throw Hdf5Error("the config differs from the checkpoint's in keys that shape the model: " +
+                      join(result.diff.errors, ", "));
+    const std::string saved_optimizer = config_value(saved, "train.optimizer");
+    restore_optimizer = optimizer && saved_optimizer == config.train.optimizer;
+    if (optimizer && !restore_optimizer)
+      result.diff.notes.push_back("optimizer state starts fresh: the checkpoint was written with " +
+                                  (saved_optimizer.empty() ? std::string("an unknown optimizer")
+                                                           : saved_optimizer));
+    const int P = groups.ep_size();
+    for (Entry& entry : checkpoint_entries(model, restore_optimizer ? optimizer : nullptr, backend)) {
+      Item item;
+      item.file_shape = entry.tensor.shape();
+      if (entry.is_expert) {
+        item.file_shape[0] = entry.tensor.dim(0) * P;
+        item.first_row = groups.ep_rank() * entry.tensor.dim(0);
+      }
+      item.dataset = open_dataset(file.get(), entry.dataset, item.file_shape);
+      item.entry = std::move(entry);
+      items.push_back(std::move(item));
+    }
+  } catch (const std::exception& error) {
+    problem = path + ": " + error.what();
+  }
+  agree_or_throw(world, problem);
+
+  // Phase 2: the data; a read error (a checksum that does not match) fails the load everywhere.
+  try {
+    std::vector<char> staging;
+    for (const Item& item : items) {
+      const Tensor& tensor = item.entry.tensor;
+      const std::string& name = item.entry.dataset;
+      if (item.entry.is_expert) {
+        for (int64_t j = 0; j < tensor.dim(0); ++j)
+          read_rows(item.dataset.get(), name, item.file_shape, item.first_row + j,
+                    tensor.rows(j, j + 1), backend, staging);
+        continue;
+      }
+      const int64_t rows = tensor.dim(0), block = block_rows(item.file_shape, sizeof(float));
+      for (int64_t row = 0; row < rows; row += block)
+        read_rows(item.dataset.get(), name, item.file_shape, row,
+                  tensor.rows(row, std::min(rows, row + block)), backend, staging);
+    }
+  } catch (const std::exception& error) {
+    problem = path + ": " + error.what();
+  }
+  agree_or_throw(world, problem);
+  if (restore_optimizer) optimizer->set_step_count(result.header.optimizer_step);
+  model.refresh_compute_weights();
+  return result;
+}
+
+std::string find_latest_checkpoint(const std::string& dir, std::vector<std::string>* skipped) {
+  std::error_code error;
+  if (!fs::is_directory(dir, error)) return "";
+  auto loadable = [&](const fs::path& path) {
+    h5::QuietErrors quiet;
+    try {
+      Handle file = open_file(path.string());
+      read_header(file.get(), path.string());
+      if (!h5::link_exists(file.get(), "/model")) throw Hdf5Error("no /model group");
+      size_t datasets = 0;
+      h5::visit_datasets(file.get(), "/", [&](const std::string&, hid_t) { ++datasets; });
+      if (datasets == 0) throw Hdf5Error("no tensors");
+      return true;
+    } catch (const std::exception& problem) {
+      if (skipped) skipped->push_back(path.string() + ": " + problem.what());
+      return false;
+    }
+  };
+  const fs::path latest = fs::path(dir) / "latest";
+  std::string named;
+  if (fs::exists(latest, error)) {
+    std::ifstream in(latest);
+    std::getline(in, named);
+    while (!named.empty() && std::isspace(static_cast<unsigned char>(named.back()))) named.pop_back();
+    if (named.empty()) {
+      if (skipped) skipped->push_back(latest.string() + ": empty");
+    } else {
+      const fs::path candidate = fs::path(dir) / named;
+      if (loadable(candidate)) return candidate.string();
+    }
+  } else if (skipped) {
+    skipped->push_back(latest.string() + ": missing");
+  }
+  for (const auto& [step, path] : step_files(dir)) {
+    if (!named.empty() && path.filename() == named) continue;  // already tried
+    if (loadable(path)) return path.string();
+  }
+  return "";
+}
+
+void scan_checkpoint_tensors(const std::string& path,
+                             const std::function<void(const std::vector<TensorInfo>&)>& listing,
+                             const std::function<void(const TensorInfo&)>& visit) {
+  h5::QuietErrors quiet;
+  try {
+    Handle file = open_file(path);
+    std::vector<TensorInfo> tensors;
+    h5::visit_datasets(file.get(), "/", [&](const std::string& name, hid_t dataset) {
+      tensors.push_back({name, h5::dataset_shape(dataset), 0.0});
+    });
+    if (listing) listing(tensors);
+    std::vector<double> values;
+    for (TensorInfo& info : tensors) {
+      Handle dataset = h5::own(H5Dopen2(file.get(), info.path.c_str(), H5P_DEFAULT), H5Dclose,
+                               "cannot open " + info.path);
+      Handle type = h5::own(H5Dget_type(dataset.get()), H5Tclose, "cannot inspect " + info.path);
+      if (H5Tget_class(type.get()) != H5T_FLOAT && H5Tget_class(type.get()) != H5T_INTEGER) {
+        info.norm = std::nan("");
+      } else {
+        double sum = 0;
+        const int64_t rows = info.shape.empty() ? 1 : info.shape[0];
+        const int64_t block = block_rows(info.shape, sizeof(double));
+        for (int64_t row = 0; row < rows; row += block) {
+          const int64_t count = std::min(rows, row + block) - row;
+          values.resize(count * row_elements(info.shape));
+          Slab slab = select_rows(dataset.get(), info.shape, row, count);
+          h5::check(H5Dread(dataset.get(), H5T_NATIVE_DOUBLE, slab.memory_space.get(),
+                            slab.file_space.get(), H5P_DEFAULT, values.data()),
+                    "cannot read " + info.path);
+          for (double v : values) sum += v * v;
+        }
+        info.norm = std::sqrt(sum);
+      }
+      if (visit) visit(info);
+    }
+  } catch (const std::exception& error) {
+    throw CheckpointError(path + ": " + error.what());
+  }
+}
+
+}  // namespace sy

@@ -1,0 +1,101 @@
+// Small RAII helpers over the HDF5 C API for the checkpoint code (trainer/checkpoint.cpp,
+// trainer/inspect.cpp): owned identifiers, silenced automatic error printing, the innermost
+// HDF5 error message, attributes, and a walk over every dataset of a file.
+// Every failure throws Hdf5Error with a short description (no file name: the caller adds it).
+#pragma once
+#include <hdf5.h>
+
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace sy::h5 {
+
+struct Hdf5Error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Silences HDF5's automatic error-stack printing while alive (the previous handler is restored),
+// so that a user sees only our one-line message.
+class QuietErrors {
+ public:
+  QuietErrors() {
+    H5Eget_auto2(H5E_DEFAULT, &saved_func_, &saved_data_);
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  }
+  ~QuietErrors() { H5Eset_auto2(H5E_DEFAULT, saved_func_, saved_data_); }
+  QuietErrors(const QuietErrors&) = delete;
+  QuietErrors& operator=(const QuietErrors&) = delete;
+
+ private:
+  H5E_auto2_t saved_func_ = nullptr;
+  void* saved_data_ = nullptr;
+};
+
+// Owns one HDF5 identifier and closes it on scope exit, so that a throw leaks nothing.
+class Handle {
+ public:
+  using CloseFn = herr_t (*)(hid_t);
+  Handle() = default;
+  Handle(hid_t id, CloseFn close_fn) : id_(id), close_fn_(close_fn) {}
+  ~Handle() { reset(); }
+  Handle(Handle&& other) noexcept : id_(other.id_), close_fn_(other.close_fn_) { other.id_ = -1; }
+  Handle& operator=(Handle&& other) noexcept {
+    if (this != &other) {
+      reset();
+      id_ = other.id_;
+      close_fn_ = other.close_fn_;
+      other.id_ = -1;
+    }
+    return *this;
+  }
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  hid_t get() const { return id_; }
+  bool valid() const { return id_ >= 0; }
+  void reset() {
+    if (id_ >= 0 && close_fn_) close_fn_(id_);
+    id_ = -1;
+  }
+  // Closes now and reports failure (closing a file is where buffered data reaches the disk).
+  bool close() {
+    const herr_t status = id_ >= 0 && close_fn_ ? close_fn_(id_) : 0;
+    id_ = -1;
+    return status >= 0;
+  }
+
+ private:
+  hid_t id_ = -1;
+  CloseFn close_fn_ = nullptr;
+};
+
+// The innermost message on HDF5's current error stack ("" when empty), e.g. "data error detected
+// by Fletcher32 checksum"; read it right after the failing call.
+std::string last_error();
+
+// Throws Hdf5Error(what [+ ": " + last_error()]) when status < 0.
+void check(herr_t status, const std::string& what);
+// Throws Hdf5Error(what ...) unless id >= 0; returns an owning handle.
+Handle own(hid_t id, Handle::CloseFn close_fn, const std::string& what);
+
+std::string library_version();  // "1.10.8"
+
+// ---- attributes (scalar int64 and variable-length UTF-8 strings, as h5py writes them) ----------
+void write_int_attribute(hid_t object, const char* name, int64_t value);
+void write_string_attribute(hid_t object, const char* name, const std::string& value);
+bool has_attribute(hid_t object, const char* name);
+int64_t read_int_attribute(hid_t object, const char* name);
+std::string read_string_attribute(hid_t object, const char* name);
+
+// ---- datasets ----------------------------------------------------------------------------------
+std::vector<int64_t> dataset_shape(hid_t dataset);
+bool link_exists(hid_t file, const std::string& path);  // every component of an absolute path
+
+// Every dataset below `group` ("/" for the file), depth first, in creation order where the
+// groups track it (checkpoints do), else in name order. Paths are absolute ("/model/embedding").
+void visit_datasets(hid_t file, const std::string& group,
+                    const std::function<void(const std::string& path, hid_t dataset)>& visit);
+
+}  // namespace sy::h5

@@ -1,0 +1,14 @@
+// switchyard inspect: a checkpoint's header (step, optimizer_step, format_version), the config it
+// was written with, its provenance, and every tensor's path, shape and L2 norm, read one tensor
+// at a time so that a large checkpoint needs little memory.
+#pragma once
+#include <cstdio>
+#include <string>
+
+namespace sy {
+
+// Prints the report to `out`. Throws CheckpointError ("<file>: <what is wrong>") for a file that
+// cannot be read.
+void inspect_checkpoint(const std::string& path, std::FILE* out);
+
+}  // namespace sy
