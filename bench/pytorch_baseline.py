@@ -70,7 +70,7 @@ class Model(torch.nn.Module):
         mask = torch.full((S, S), float("-inf")).triu(1)
         for layer in self.layers:
             h = rmsnorm(x, layer.attn_norm)
-            q, k, v = (h @ w).view(B, S, H, D // H).transpose(1, 2) for w in (layer.wq, layer.wk, layer.wv)
+            q, k, v = ((h @ w).view(B, S, H, D // H).transpose(1, 2) for w in (layer.wq, layer.wk, layer.wv))
             q, k = rotary(q), rotary(k)
             att = ((q @ k.transpose(-1, -2)) / math.sqrt(D // H) + mask).softmax(-1)
             x = x + (att @ v).transpose(1, 2).reshape(B, S, D) @ layer.wo
@@ -78,7 +78,7 @@ class Model(torch.nn.Module):
             x = x + out.view(B, S, D)
             aux_total, z_total = aux_total + aux, z_total + z
         logits = rmsnorm(x, self.final_norm) @ self.emb.T
-        lm = F.cross_entropy(logits.view(-1, V), targets.view(-1))
+        lm = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))
         return lm + AUX * aux_total / L + Z * z_total / L, lm
 
 

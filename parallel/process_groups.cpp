@@ -1,12 +1,79 @@
 #include "parallel/process_groups.h"
 
+#include <cstdio>
 #include <stdexcept>
+#include <vector>
 
 #include "parallel/mpi_communicator.h"
+#ifdef SY_HAVE_NCCL
+#include "parallel/nccl_communicator.h"
+#endif
 
 namespace sy {
 
-ProcessGroups make_process_groups(MPI_Comm parent, int64_t expert_parallel, Backend& backend) {
+namespace {
+
+#ifdef SY_HAVE_NCCL
+constexpr bool kHaveNccl = true;
+#else
+constexpr bool kHaveNccl = false;
+#endif
+
+// "host:device" of every rank of `parent`, to tell whether two ranks share a GPU.
+std::vector<std::string> gpu_of_every_rank(MPI_Comm parent, const Backend& backend) {
+  char host[MPI_MAX_PROCESSOR_NAME] = {};
+  int length = 0;
+  MPI_Get_processor_name(host, &length);
+  char mine[MPI_MAX_PROCESSOR_NAME + 16] = {};
+  std::snprintf(mine, sizeof mine, "%s:%d", host, backend.device_index());
+  int size = 1;
+  MPI_Comm_size(parent, &size);
+  std::vector<char> all(size * sizeof mine);
+  MPI_Allgather(mine, sizeof mine, MPI_CHAR, all.data(), sizeof mine, MPI_CHAR, parent);
+  std::vector<std::string> gpus(size);
+  for (int r = 0; r < size; ++r) gpus[r] = all.data() + r * sizeof mine;
+  return gpus;
+}
+
+// Resolves "auto" and checks that NCCL can run: the same answer on every rank.
+bool use_nccl(MPI_Comm parent, const Backend& backend, const std::string& communicator) {
+  if (communicator == "mpi") return false;
+  if (backend.device() != Device::cuda) {
+    if (communicator == "nccl")
+      throw CollectiveError("parallel.communicator: nccl needs run.backend: cuda");
+    return false;
+  }
+  if (!kHaveNccl) {
+    if (communicator == "nccl")
+      throw CollectiveError("parallel.communicator: nccl is not available in this build");
+    return false;
+  }
+  const std::vector<std::string> gpus = gpu_of_every_rank(parent, backend);
+  for (size_t a = 0; a < gpus.size(); ++a)
+    for (size_t b = a + 1; b < gpus.size(); ++b)
+      if (gpus[a] == gpus[b]) {
+        if (communicator == "nccl")
+          throw CollectiveError("parallel.communicator: nccl refuses two ranks on one GPU, and ranks " +
+                                std::to_string(a) + " and " + std::to_string(b) + " share " +
+                                gpus[a] + "; use parallel.communicator: mpi (or auto)");
+        return false;
+      }
+  return true;
+}
+
+std::unique_ptr<Communicator> make_communicator(MPI_Comm comm, Backend& backend, bool nccl) {
+#ifdef SY_HAVE_NCCL
+  if (nccl)
+    return std::make_unique<NcclCommunicator>(comm,
+                                              static_cast<cudaStream_t>(backend.native_stream()));
+#endif
+  return std::make_unique<MpiCommunicator>(comm, backend);
+}
+
+}  // namespace
+
+ProcessGroups make_process_groups(MPI_Comm parent, int64_t expert_parallel, Backend& backend,
+                                  const std::string& communicator) {
   int rank = 0, size = 1;
   MPI_Comm_rank(parent, &rank);
   MPI_Comm_size(parent, &size);
@@ -15,15 +82,16 @@ ProcessGroups make_process_groups(MPI_Comm parent, int64_t expert_parallel, Back
                           " does not divide the number of ranks (" + std::to_string(size) + ")");
   const int P = static_cast<int>(expert_parallel);
 
+  const bool nccl = use_nccl(parent, backend, communicator);
   MPI_Comm world = MPI_COMM_NULL, ep = MPI_COMM_NULL, edp = MPI_COMM_NULL;
   MPI_Comm_dup(parent, &world);
   MPI_Comm_split(parent, rank / P, rank, &ep);
   MPI_Comm_split(parent, rank % P, rank, &edp);
 
   ProcessGroups groups;
-  groups.world = std::make_unique<MpiCommunicator>(world, backend);
-  groups.expert_parallel = std::make_unique<MpiCommunicator>(ep, backend);
-  groups.expert_data_parallel = std::make_unique<MpiCommunicator>(edp, backend);
+  groups.world = make_communicator(world, backend, nccl);
+  groups.expert_parallel = make_communicator(ep, backend, nccl);
+  groups.expert_data_parallel = make_communicator(edp, backend, nccl);
   return groups;
 }
 

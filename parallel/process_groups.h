@@ -26,8 +26,10 @@ struct ProcessGroups {
 };
 
 // Every rank of `parent` calls this with the same expert_parallel. Throws (on every rank, with
-// the same message) when the world size does not divide by it.
-ProcessGroups make_process_groups(MPI_Comm parent, int64_t expert_parallel, Backend& backend);
+// the same message) when the world size does not divide by it. `communicator`: "mpi", "nccl"
+// (CUDA backend, one GPU per rank, NCCL built in) or "auto" (nccl where it can run, else mpi).
+ProcessGroups make_process_groups(MPI_Comm parent, int64_t expert_parallel, Backend& backend,
+                                  const std::string& communicator = "mpi");
 
 // Raised identically on every rank of a group after they agreed that something is wrong, so
 // that rank 0 alone reports it and every rank exits cleanly (no hang, no abort).

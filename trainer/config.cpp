@@ -69,7 +69,9 @@ std::vector<Section> config_fields(Config& c) {
         {"normalize_topk", OptionalBool{&c.moe.normalize_topk}},
         {"aux_loss_coef", &c.moe.aux_loss_coef},
         {"z_loss_coef", &c.moe.z_loss_coef}}},
-      {"parallel", {{"expert_parallel", &c.parallel.expert_parallel}}},
+      {"parallel",
+       {{"expert_parallel", &c.parallel.expert_parallel},
+        {"communicator", &c.parallel.communicator}}},
       {"train",
        {{"micro_batch_size", &c.train.micro_batch_size},
         {"grad_accum_steps", &c.train.grad_accum_steps},
@@ -528,6 +530,7 @@ void validate_train(const TrainConfig& t, Problems& p) {
 void validate_rest(const Config& c, Problems& p) {
   if (c.name.empty()) p.add("name", "must not be empty");
   check_at_least(p, "parallel.expert_parallel", c.parallel.expert_parallel, 1);
+  check_one_of(p, "parallel.communicator", c.parallel.communicator, {"auto", "nccl", "mpi"});
   if (c.data.path.empty()) p.add("data.path", "must not be empty");
   check_at_least(p, "eval.every", c.eval.every, 0);
   check_at_least(p, "eval.batches", c.eval.batches, 0);

@@ -12,6 +12,7 @@ namespace sy {
 
 struct ParallelConfig {
   int64_t expert_parallel = 1;
+  std::string communicator = "auto";  // auto | nccl | mpi (see docs/parallel.md)
 };
 
 struct TrainConfig {

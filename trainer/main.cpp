@@ -13,8 +13,10 @@
 #include "data/prepare.h"
 #include "data/sampler.h"
 #include "data/token_file.h"
+#include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/evaluate.h"
+#include "trainer/inspect.h"
 #include "trainer/metrics.h"
 #include "trainer/session.h"
 #include "trainer/train_loop.h"
@@ -27,10 +29,13 @@ const char* kUsage =
     "commands:\n"
     "  prepare-data [--input PATH] [--format brown|text] [--output FILE] [--tokenizer bytes]\n"
     "               turn a corpus (default: the Brown corpus) into a token file\n"
-    "  train CONFIG [--set section.key=value ...]\n"
-    "               train; writes metrics.jsonl and the resolved config to run.dir\n"
+    "  train CONFIG [--resume PATH|auto] [--set section.key=value ...]\n"
+    "               train; writes metrics.jsonl, the resolved config and checkpoints; --resume\n"
+    "               continues from a checkpoint (auto: the newest in checkpoint.dir, if any)\n"
     "  eval CONFIG [--checkpoint FILE] [--batches N] [--set ...]\n"
     "               print {\"val_loss\": ...} over the first N validation batches\n"
+    "  inspect CHECKPOINT\n"
+    "               print a checkpoint's step, config, provenance and tensors (shape, norm)\n"
     "  check-config CONFIG [--set ...]\n"
     "               validate a config and print it resolved\n";
 
@@ -104,7 +109,11 @@ int cmd_prepare_data(const Args& args) {
 
 int cmd_train(const Args& args) {
   const sy::Config config = sy::load_config(args.config_path(), args.overrides);
-  sy::train(config);
+  sy::TrainOptions options;
+  options.resume = args.get("resume", "");
+  if (args.has("resume") && options.resume.empty())
+    throw UsageError("--resume: expected a checkpoint path or auto");
+  sy::train(config, options);
   return 0;
 }
 
@@ -112,10 +121,18 @@ int cmd_eval(const Args& args) {
   const sy::Config config = sy::load_config(args.config_path(), args.overrides);
   const int64_t batches = args.has("batches") ? parse_count("batches", args.get("batches", ""))
                                               : config.eval.batches;
-  if (args.has("checkpoint"))
-    throw std::runtime_error(args.get("checkpoint", "") +
-                             ": checkpoints are not supported yet by this build");
   sy::ModelSession session = sy::make_model_session(config, MPI_COMM_WORLD);
+  const std::string checkpoint = args.get("checkpoint", "");
+  std::string loaded = "none (fresh initialisation)";
+  if (args.has("checkpoint")) {
+    if (checkpoint.empty()) throw UsageError("--checkpoint: expected a checkpoint file");
+    const sy::LoadResult result = sy::load_checkpoint(checkpoint, config, *session.model, nullptr,
+                                                      session.groups, *session.backend);
+    loaded = checkpoint;
+    if (session.groups.rank() == 0)
+      for (const std::string& line : result.diff.warnings)
+        std::fprintf(stderr, "warning: changed since the checkpoint: %s\n", line.c_str());
+  }
   sy::TokenData data;
   std::string problem;
   try {
@@ -135,7 +152,7 @@ int cmd_eval(const Args& args) {
     std::printf("%s\n", sy::JsonLine()
                             .add("val_loss", val_loss)
                             .add("batches", batches)
-                            .add("checkpoint", std::string("none (fresh initialisation)"))
+                            .add("checkpoint", loaded)
                             .str()
                             .c_str());
   return 0;
@@ -151,6 +168,24 @@ int world_size() {
   int size = 1;
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   return size;
+}
+
+int cmd_inspect(const Args& args) {
+  if (args.positional.size() != 1) throw UsageError("expected one CHECKPOINT argument");
+  if (!args.overrides.empty()) throw UsageError("inspect takes no --set");
+  // One reader: the other ranks of an mpirun wait for it, then report the same outcome.
+  int failed = 0;
+  if (world_rank() == 0) {
+    try {
+      sy::inspect_checkpoint(args.positional[0], stdout);
+    } catch (const std::exception& error) {
+      std::fflush(stdout);
+      std::fprintf(stderr, "switchyard inspect: error: %s\n", error.what());
+      failed = 1;
+    }
+  }
+  MPI_Bcast(&failed, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  return failed;
 }
 
 int cmd_check_config(const Args& args) {
@@ -179,7 +214,8 @@ int run_command(const std::string& command, int argc, char** argv) {
     MPI_Barrier(MPI_COMM_WORLD);
     return status;
   }
-  if (command == "train") return cmd_train(Args(argc, argv, 2, {}));
+  if (command == "train") return cmd_train(Args(argc, argv, 2, {"resume"}));
+  if (command == "inspect") return cmd_inspect(Args(argc, argv, 2, {}));
   if (command == "eval") return cmd_eval(Args(argc, argv, 2, {"checkpoint", "batches"}));
   if (command == "check-config") return cmd_check_config(Args(argc, argv, 2, {}));
   throw UsageError("unknown command '" + command + "'");

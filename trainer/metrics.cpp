@@ -64,8 +64,8 @@ JsonLine& JsonLine::add(const std::string& name, const std::vector<std::vector<d
   return *this;
 }
 
-MetricsLog::MetricsLog(const std::string& path) : path_(path) {
-  file_ = std::fopen(path.c_str(), "w");
+MetricsLog::MetricsLog(const std::string& path, bool append) : path_(path) {
+  file_ = std::fopen(path.c_str(), append ? "a" : "w");
   if (!file_) throw std::runtime_error(path + ": cannot open for writing");
 }
 
@@ -91,6 +91,7 @@ void MetricsLog::write_step(const StepMetrics& m) {
                  .add("tokens_per_s", m.tokens_per_s)
                  .add("dropped_frac", m.dropped_frac)
                  .add("expert_load", m.expert_load)
+                 .add("peak_memory_bytes", m.peak_memory_bytes)
                  .str());
 }
 
@@ -113,13 +114,17 @@ std::string format_duration(double seconds) {
 }  // namespace
 
 std::string progress_line(const StepMetrics& m, int64_t total_steps) {
-  char text[320];
-  std::snprintf(text, sizeof text,
-                "step %6lld/%lld | loss %.4f (lm %.4f aux %.4f z %.4f) | lr %.2e | gnorm %.3f | "
-                "%.0f tok/s | dropped %.2f%% | eta %s",
-                static_cast<long long>(m.step), static_cast<long long>(total_steps), m.loss,
-                m.lm_loss, m.aux_loss, m.z_loss, m.lr, m.grad_norm, m.tokens_per_s,
-                100.0 * m.dropped_frac, format_duration(m.eta_s).c_str());
+  char text[360];
+  int length = std::snprintf(
+      text, sizeof text,
+      "step %6lld/%lld | loss %.4f (lm %.4f aux %.4f z %.4f) | lr %.2e | gnorm %.3f | "
+      "%.0f tok/s | dropped %.2f%% | eta %s",
+      static_cast<long long>(m.step), static_cast<long long>(total_steps), m.loss, m.lm_loss,
+      m.aux_loss, m.z_loss, m.lr, m.grad_norm, m.tokens_per_s, 100.0 * m.dropped_frac,
+      format_duration(m.eta_s).c_str());
+  if (m.peak_memory_bytes > 0 && length > 0 && length < static_cast<int>(sizeof text))
+    std::snprintf(text + length, sizeof text - length, " | mem %.2f GiB",
+                  m.peak_memory_bytes / 1073741824.0);
   return text;
 }
 

@@ -19,6 +19,7 @@ struct StepMetrics {
   double dropped_frac = 0.0;
   std::vector<std::vector<double>> expert_load;  // [MoE layer][E], fractions before drops
   double eta_s = 0.0;
+  int64_t peak_memory_bytes = 0;  // device memory, max over ranks (0 on the CPU)
 };
 
 // A JSON object written field by field, in insertion order.
@@ -40,7 +41,8 @@ std::string json_string(const std::string& value);
 
 class MetricsLog {
  public:
-  explicit MetricsLog(const std::string& path);  // truncates
+  // Truncates, or with `append` (a resumed run) adds to what is there.
+  explicit MetricsLog(const std::string& path, bool append = false);
   ~MetricsLog();
   void write_step(const StepMetrics& metrics);
   void write_eval(int64_t step, double val_loss);

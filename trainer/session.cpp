@@ -3,6 +3,9 @@
 #include <stdexcept>
 
 #include "parallel/token_dispatcher.h"
+#ifdef SY_HAVE_CUDA
+#include "model/cuda/cuda_backend.h"
+#endif
 
 namespace sy {
 
@@ -13,8 +16,17 @@ std::unique_ptr<Backend> make_backend(const RunConfig& run) {
                                run.precision + "'");
     return make_cpu_backend();
   }
-  if (run.backend == "cuda")
-    throw std::runtime_error("run.backend: cuda is not available in this build (CPU only)");
+  if (run.backend == "cuda") {
+#ifdef SY_HAVE_CUDA
+    // One GPU per rank: the node-local rank modulo the visible devices (ranks share a GPU when
+    // there are more ranks than GPUs). Throws a plain error when no GPU is visible.
+    return make_cuda_backend(cuda_device_for_local_rank());
+#else
+    throw std::runtime_error(
+        "run.backend: cuda is not available in this build (built without CUDA: nvcc was not "
+        "found when it was configured; see docs/cuda.md)");
+#endif
+  }
   throw std::runtime_error("run.backend: unknown backend '" + run.backend + "'");
 }
 
@@ -46,12 +58,16 @@ void check_same_config(Communicator& world, const Config& config) {
 ModelSession make_model_session(const Config& config, MPI_Comm world) {
   ModelSession session;
   session.backend = make_backend(config.run);
-  session.groups = make_process_groups(world, config.parallel.expert_parallel, *session.backend);
+  session.groups = make_process_groups(world, config.parallel.expert_parallel, *session.backend,
+                                       config.parallel.communicator);
   check_same_config(*session.groups.world, config);
   if (config.moe.num_experts > 0)
     session.exchange = std::make_unique<AllToAllDispatcher>(
         *session.backend, *session.groups.expert_parallel, config.moe.num_experts);
   TransformerOptions options{config.model, config.moe, moe_layer_mask(config), DType::f32};
+  // bf16 computes with bf16 copies of the fp32 master weights (Param::compute).
+  options.dtype = config.run.precision == "bf16" ? DType::bf16 : DType::f32;
+  options.master_dtype = DType::f32;
   session.model =
       std::make_unique<Transformer>(*session.backend, std::move(options), session.exchange.get());
   session.model->init_parameters(config.seed);

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "data/sampler.h"
 #include "data/token_file.h"
@@ -13,6 +14,7 @@
 #include "optim/optimizer.h"
 #include "parallel/grad_sync.h"
 #include "parallel/param_gather.h"
+#include "trainer/checkpoint.h"
 #include "trainer/evaluate.h"
 #include "trainer/metrics.h"
 #include "trainer/model_card.h"
@@ -62,6 +64,59 @@ TokenData load_tokens_on_every_rank(const Config& config, Communicator& world) {
   }
   agree_or_throw(world, problem);
   return data;
+}
+
+// A resumed run's metrics.jsonl keeps the lines up to the checkpoint's step (a run that went on
+// past its last checkpoint before it stopped wrote lines that the resumed run writes again).
+void truncate_metrics_after(const std::filesystem::path& path, int64_t last_step) {
+  std::error_code error;
+  if (!std::filesystem::exists(path, error)) return;
+  std::ifstream in(path);
+  std::ostringstream kept;
+  std::string line;
+  const std::string key = "{\"step\": ";
+  while (std::getline(in, line)) {
+    if (line.rfind(key, 0) == 0) {
+      try {
+        if (std::stoll(line.substr(key.size())) > last_step) continue;
+      } catch (const std::exception&) {
+      }
+    }
+    kept << line << "\n";
+  }
+  in.close();
+  const std::filesystem::path temporary = path.string() + ".tmp";
+  std::ofstream out(temporary, std::ios::trunc);
+  out << kept.str();
+  out.close();
+  if (!out) throw std::runtime_error(temporary.string() + ": cannot write");
+  std::filesystem::rename(temporary, path, error);
+  if (error) throw std::runtime_error(path.string() + ": cannot replace: " + error.message());
+}
+
+// The checkpoint to resume from: `resume` itself, or for "auto" the newest complete one in the
+// checkpoint folder as rank 0 finds it ("" when there is none). Collective over `world`.
+std::string resolve_resume(const std::string& resume, const Config& config, Communicator& world,
+                           std::vector<std::string>& messages) {
+  if (resume != "auto") return resume;
+  const std::string dir = checkpoint_dir(config);
+  std::string found, problem;
+  std::vector<std::string> skipped;
+  if (world.rank() == 0) {
+    try {
+      found = find_latest_checkpoint(dir, &skipped);
+    } catch (const std::exception& error) {
+      problem = dir + ": " + error.what();
+    }
+  }
+  agree_or_throw(world, problem);
+  found = world.all_gather_host(found)[0];
+  for (const std::string& line : skipped)  // rank 0's findings (only rank 0 reports them)
+    if (line.find("latest: missing") == std::string::npos || found.empty())
+      messages.push_back("resume auto: skipped " + line);
+  if (found.empty())
+    messages.push_back("resume auto: no checkpoint in " + dir + "; starting fresh");
+  return found;
 }
 
 // Sums the per-group statistics of one step into its metrics (means over groups).
@@ -127,14 +182,49 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   Communicator& world = *groups.world;
   const bool lead = world.rank() == 0;  // rank 0 alone prints and writes files
 
+  std::vector<Param*> params = model.params();
+  std::unique_ptr<Optimizer> optimizer = make_optimizer(config.train);
+
+  // Resume: parameters, optimizer moments and step count, and the step (the sampler is
+  // stateless, so the step is the data position).
+  TrainSummary summary;
+  int64_t start_step = 0;
+  if (!options.resume.empty()) {
+    const std::string path = resolve_resume(options.resume, config, world, summary.resume_messages);
+    if (!path.empty()) {
+      const LoadResult loaded = load_checkpoint(path, config, model, optimizer.get(), groups, backend);
+      start_step = loaded.header.step;
+      summary.resumed_from = path;
+      summary.resume_messages.push_back("resumed from " + path + " at step " +
+                                        std::to_string(start_step));
+      for (const std::string& line : loaded.diff.notes)
+        summary.resume_messages.push_back("note: changed since the checkpoint: " + line);
+      for (const std::string& line : loaded.diff.warnings)
+        summary.resume_messages.push_back(
+            "warning: changed since the checkpoint: " + line +
+            "; the routing groups differ, so the run does not continue the checkpoint's trajectory "
+            "exactly");
+    }
+    if (options.print && lead) {
+      for (const std::string& line : summary.resume_messages)
+        std::fprintf(line.rfind("warning", 0) == 0 ? stderr : stdout, "%s\n", line.c_str());
+      std::fflush(stdout);
+    }
+  }
+  summary.first_step = start_step;
+
   const std::filesystem::path run_dir = config.run.dir;
+  const std::string checkpoints = checkpoint_dir(config);
   std::unique_ptr<MetricsLog> metrics_log;
   std::string problem;
   if (lead) {
     try {
       std::filesystem::create_directories(run_dir);
       write_resolved_config(config, run_dir);
-      metrics_log = std::make_unique<MetricsLog>((run_dir / "metrics.jsonl").string());
+      const std::filesystem::path metrics_path = run_dir / "metrics.jsonl";
+      const bool resumed = !summary.resumed_from.empty();
+      if (resumed) truncate_metrics_after(metrics_path, start_step);
+      metrics_log = std::make_unique<MetricsLog>(metrics_path.string(), resumed);
     } catch (const std::exception& error) {
       problem = error.what();
     }
@@ -142,9 +232,6 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   agree_or_throw(world, problem);
   const TokenData data = load_tokens_on_every_rank(config, world);
   const StepSampler sampler(data.train, config.model.seq_len, config.seed);
-
-  std::vector<Param*> params = model.params();
-  std::unique_ptr<Optimizer> optimizer = make_optimizer(config.train);
 
   const TrainConfig& tc = config.train;
   const int64_t W = world.size(), rank = world.rank();
@@ -165,11 +252,13 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   const double loss_scale = 1.0 / static_cast<double>(W * tc.grad_accum_steps);
   std::vector<int32_t> inputs(B * S), targets(B * S);
 
-  TrainSummary summary;
+  if (options.print && lead && start_step >= tc.steps)
+    std::printf("nothing to train: the checkpoint is at step %lld and train.steps is %lld\n",
+                static_cast<long long>(start_step), static_cast<long long>(tc.steps));
   const Clock::time_point run_start = Clock::now();
   Clock::time_point interval_start = run_start;
   int64_t interval_tokens = 0;
-  for (int64_t step = 0; step < tc.steps; ++step) {
+  for (int64_t step = start_step; step < tc.steps; ++step) {
     model.zero_grads();
     StepAccumulator acc;
     for (int64_t micro = 0; micro < tc.grad_accum_steps; ++micro) {
@@ -182,6 +271,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     clip_gradients(backend, params, grad_norm, tc.grad_clip);
     const double lr = lr_at(tc, step);
     optimizer->step(backend, params, lr);
+    model.refresh_compute_weights();  // bf16 copies of the new master weights (no-op in fp32)
 
     acc.reduce(world);
     StepMetrics metrics;
@@ -199,10 +289,21 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
                             " (not finite); lower train.lr or set train.grad_clip");
 
     const bool last = step + 1 == tc.steps;
+    const bool first = step == start_step;
+    if ((step + 1) % config.run.log_every == 0 || last || first) {
+      std::vector<int64_t> peak{static_cast<int64_t>(backend.peak_memory_bytes())};
+      world.all_reduce_host(peak, ReduceOp::max);
+      metrics.peak_memory_bytes = peak[0];
+      if (first && options.print && lead && peak[0] > 0)
+        std::printf("  peak device memory after the first step: %.1f MiB per rank (max over "
+                    "ranks; buffers are reused from here on)\n",
+                    peak[0] / 1048576.0);
+    }
     if ((step + 1) % config.run.log_every == 0 || last) {
+      backend.synchronize();  // a device's queued work belongs to this interval
       const double interval_s = seconds_since(interval_start);
       metrics.tokens_per_s = interval_s > 0 ? interval_tokens / interval_s : 0.0;
-      metrics.eta_s = seconds_since(run_start) / (step + 1) * (tc.steps - step - 1);
+      metrics.eta_s = seconds_since(run_start) / (step + 1 - start_step) * (tc.steps - step - 1);
       if (lead) metrics_log->write_step(metrics);
       if (options.print && lead) std::printf("%s\n", progress_line(metrics, tc.steps).c_str());
       interval_start = Clock::now();
@@ -220,15 +321,31 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
                     static_cast<int>(config.eval.batches), seconds_since(eval_start));
       interval_start += Clock::now() - eval_start;  // evaluation does not count as training time
     }
+    const bool save_now =
+        (config.checkpoint.every > 0 && (step + 1) % config.checkpoint.every == 0) || last;
+    if (save_now) {
+      const Clock::time_point save_start = Clock::now();
+      summary.last_checkpoint = save_checkpoint(checkpoints, step + 1, config, model,
+                                                optimizer.get(), groups, backend);
+      if (options.print && lead) {
+        std::error_code error;
+        const auto bytes = std::filesystem::file_size(summary.last_checkpoint, error);
+        std::printf("saved  step %6lld | %s (%.1f MB in %.2fs)\n", static_cast<long long>(step + 1),
+                    summary.last_checkpoint.c_str(), error ? 0.0 : bytes / 1e6,
+                    seconds_since(save_start));
+      }
+      interval_start += Clock::now() - save_start;  // nor does saving
+    }
     if (options.print && lead) std::fflush(stdout);
   }
   summary.steps = tc.steps;
   summary.seconds = seconds_since(run_start);
+  const int64_t steps_run = std::max<int64_t>(0, tc.steps - start_step);
   summary.tokens_per_s =
-      summary.seconds > 0 ? tc.steps * W * tc.grad_accum_steps * B * S / summary.seconds : 0.0;
-  if (options.print && lead)
+      summary.seconds > 0 ? steps_run * W * tc.grad_accum_steps * B * S / summary.seconds : 0.0;
+  if (options.print && lead && steps_run > 0)
     std::printf("done: %lld steps in %.1fs (%.0f tokens/s), final val_loss %.4f\n",
-                static_cast<long long>(tc.steps), summary.seconds, summary.tokens_per_s,
+                static_cast<long long>(steps_run), summary.seconds, summary.tokens_per_s,
                 summary.final_val_loss);
   if (options.collect_parameters)
     for (Param* param : params) {
