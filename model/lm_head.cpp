@@ -8,6 +8,13 @@ int64_t LMHead::vocab() const {
   return tied_table ? tied_table->value.dim(0) : weight.value.dim(1);
 }
 
+void LMHead::project(Backend& backend, const Tensor& logits, const Tensor& x) const {
+  if (tied_table)
+    backend.gemm(logits, x, false, tied_table->compute_value(), true, 1.0, 0.0);
+  else
+    backend.gemm(logits, x, false, weight.compute_value(), false, 1.0, 0.0);
+}
+
 double LMHead::forward_backward(Backend& backend, const Tensor& x, const Tensor& targets,
                                 bool compute_grad, double grad_scale) {
   const int64_t T = x.dim(0), V = vocab();
@@ -21,10 +28,7 @@ double LMHead::forward_backward(Backend& backend, const Tensor& x, const Tensor&
     const int64_t end = std::min(T, begin + chunk);
     const Tensor x_chunk = x.rows(begin, end);
     const Tensor logits_chunk = ensure_rows(backend, logits_storage, end - begin, V, stat);
-    if (tied_table)
-      backend.gemm(logits_chunk, x_chunk, false, w, true, 1.0, 0.0);
-    else
-      backend.gemm(logits_chunk, x_chunk, false, w, false, 1.0, 0.0);
+    project(backend, logits_chunk, x_chunk);
 
     backend.cross_entropy(losses.rows(begin, end), logits_chunk, targets.rows(begin, end),
                           compute_grad, grad_scale);

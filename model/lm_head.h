@@ -20,6 +20,8 @@ struct LMHead {
   Tensor dx;      // [T, D]
 
   int64_t vocab() const;
+  // logits[rows, V] = x[rows, D] @ W, with W the tied table transposed or lm_head.
+  void project(Backend& backend, const Tensor& logits, const Tensor& x) const;
   // x: the final normalised hidden states [T, D]; targets i32 [T]. Returns the summed
   // cross-entropy over the T positions (caller divides). With compute_grad, dx (overwritten) and
   // the weight gradient (accumulated) are for the loss sum_t ce_t * grad_scale.

@@ -144,6 +144,24 @@ void Transformer::refresh_compute_weights() {
       backend_.copy(param->compute, param->value);
 }
 
+std::vector<double> Transformer::logits_at(std::span<const int32_t> inputs, int64_t batch,
+                                           int64_t sequence, int64_t position) {
+  const int64_t S = options_.model.seq_len, T = batch * S;
+  if (static_cast<int64_t>(inputs.size()) != T || sequence < 0 || sequence >= batch ||
+      position < 0 || position >= S)
+    throw std::runtime_error("Transformer::logits_at: position " + std::to_string(position) +
+                             " of sequence " + std::to_string(sequence) + " outside " +
+                             std::to_string(batch) + " x " + std::to_string(S) + " tokens");
+  ensure(backend_, inputs_, {T}, DType::i32);
+  backend_.write(inputs_, inputs);
+  forward(batch);
+  const Tensor& x_final = final_norm_.forward(backend_, residual_.back());
+  const int64_t row = sequence * S + position;
+  ensure(backend_, sample_logits_, {1, lm_head_.vocab()}, stat_dtype(options_.dtype));
+  lm_head_.project(backend_, sample_logits_, x_final.rows(row, row + 1));
+  return backend_.read(sample_logits_);
+}
+
 GroupStats Transformer::forward_backward(std::span<const int32_t> inputs,
                                          std::span<const int32_t> targets, int64_t batch,
                                          bool compute_grad, double loss_scale) {

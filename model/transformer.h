@@ -72,6 +72,11 @@ class Transformer {
                               int64_t batch, bool compute_grad, double loss_scale);
 
   std::vector<Param*> params();  // canonical order, stable
+  // Forward only: the logits [V] at `position` of sequence `sequence`, for sampling.
+  // inputs: [batch * seq_len] tokens (causal: positions after `position` do not matter).
+  std::vector<double> logits_at(std::span<const int32_t> inputs, int64_t batch, int64_t sequence,
+                                int64_t position);
+
   // The routers of the MoE layers, in layer order (their forward results, for tests and metrics).
   std::vector<const Router*> routers() const;
   const TransformerOptions& options() const { return options_; }
@@ -95,7 +100,8 @@ class Transformer {
   RMSNorm final_norm_;
   LMHead lm_head_;
 
-  Tensor inputs_, targets_;               // i32 [T]
+  Tensor inputs_, targets_;
+  Tensor sample_logits_;                  // [1, V], for logits_at               // i32 [T]
   std::vector<Tensor> residual_;          // [L+1] block inputs (and the final output), [T, D]
   std::vector<Tensor> residual_mid_;      // [L] after attention, [T, D]
   Tensor dresidual_;                      // [T, D]

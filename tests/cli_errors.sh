@@ -8,12 +8,14 @@ trap 'rm -rf "$work"' EXIT
 cd "$work"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
 failures=0
+checks=0
 
 # expect STATUS PATTERN COMMAND...: the exit status, and stderr with exactly one line matching
 # PATTERN (and no other error lines).
 expect() {
   local status=$1 pattern=$2
   shift 2
+  checks=$((checks + 1))
   timeout 120 "$@" >stdout.txt 2>stderr.txt
   local got=$?
   local matches
@@ -30,6 +32,7 @@ expect() {
 }
 # expect_ok COMMAND...: exit status 0 and no error line.
 expect_ok() {
+  checks=$((checks + 1))
   timeout 300 "$@" >stdout.txt 2>stderr.txt
   local got=$?
   if [ "$got" -ne 0 ] || grep -q "error" stderr.txt; then
@@ -63,11 +66,16 @@ expect 1 "no-such.yaml" "$switchyard" train no-such.yaml
 expect 2 "unknown command" "$switchyard" fly tiny.yaml
 expect 1 "validation" "$switchyard" eval tiny.yaml --batches 100000
 expect_ok "$switchyard" train tiny.yaml
+checkpoint=run/checkpoints/step_00000003.h5
+expect_ok "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt "line 1" --tokens 5
+expect 2 "generate needs --prompt" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint"
+expect 1 "temperature: must be a finite number" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --temperature -1
+expect 1 "missing.h5" "$switchyard" generate tiny.yaml --checkpoint missing.h5 --prompt x
 # Under mpirun: reported once, by rank 0, and the job ends.
 expect 1 "parallel.expert_parallel: 4 does not divide the number of ranks (2)" "${mpi2[@]}" "$switchyard" train tiny.yaml --set parallel.expert_parallel=4
 expect 1 "moe.num_experts" "${mpi2[@]}" "$switchyard" train tiny.yaml --set moe.num_experts=3 --set parallel.expert_parallel=2
 expect 1 "missing.h5" "${mpi2[@]}" "$switchyard" train tiny.yaml --set data.path=missing.h5
 expect_ok "${mpi2[@]}" "$switchyard" train tiny.yaml --set parallel.expert_parallel=2
 
-echo "$((13 - failures)) passed, $failures failed"
+echo "$((checks - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

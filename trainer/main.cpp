@@ -16,6 +16,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/evaluate.h"
+#include "trainer/generate.h"
 #include "trainer/inspect.h"
 #include "trainer/metrics.h"
 #include "trainer/session.h"
@@ -34,6 +35,8 @@ const char* kUsage =
     "               continues from a checkpoint (auto: the newest in checkpoint.dir, if any)\n"
     "  eval CONFIG [--checkpoint FILE] [--batches N] [--set ...]\n"
     "               print {\"val_loss\": ...} over the first N validation batches\n"
+    "  generate CONFIG --checkpoint FILE --prompt TEXT [--tokens N] [--temperature T] [--seed S]\n"
+    "               sample a continuation of TEXT from a checkpoint (temperature 0: greedy)\n"
     "  inspect CHECKPOINT\n"
     "               print a checkpoint's step, config, provenance and tensors (shape, norm)\n"
     "  check-config CONFIG [--set ...]\n"
@@ -114,6 +117,44 @@ int cmd_train(const Args& args) {
   if (args.has("resume") && options.resume.empty())
     throw UsageError("--resume: expected a checkpoint path or auto");
   sy::train(config, options);
+  return 0;
+}
+
+// The tokenizer named by the token file, when there is one; byte-level otherwise.
+std::unique_ptr<sy::Tokenizer> tokenizer_for(const sy::Config& config) {
+  std::string name = "bytes";
+  try {
+    name = sy::read_token_file(config.data.path).tokenizer;
+  } catch (const std::exception&) {
+  }
+  return sy::make_tokenizer(name);
+}
+
+double parse_number(const std::string& flag, const std::string& text) {
+  try {
+    size_t used = 0;
+    const double value = std::stod(text, &used);
+    if (used == text.size()) return value;
+  } catch (const std::exception&) {
+  }
+  throw UsageError("--" + flag + ": expected a number, got '" + text + "'");
+}
+
+int cmd_generate(const Args& args) {
+  const sy::Config config = sy::load_config(args.config_path(), args.overrides);
+  if (!args.has("checkpoint")) throw UsageError("generate needs --checkpoint FILE");
+  if (!args.has("prompt")) throw UsageError("generate needs --prompt TEXT");
+  sy::GenerateOptions options;
+  options.prompt = args.get("prompt", "");
+  options.tokens = parse_count("tokens", args.get("tokens", "200"));
+  options.temperature = parse_number("temperature", args.get("temperature", "0.8"));
+  options.seed = static_cast<uint64_t>(parse_count("seed", args.get("seed", "0")));
+  sy::ModelSession session = sy::make_model_session(config, MPI_COMM_WORLD);
+  sy::load_checkpoint(args.get("checkpoint", ""), config, *session.model, nullptr, session.groups,
+                      *session.backend);
+  const std::unique_ptr<sy::Tokenizer> tokenizer = tokenizer_for(config);
+  const std::string text = sy::generate(*session.model, *tokenizer, options);
+  if (session.groups.rank() == 0) std::printf("%s\n", text.c_str());
   return 0;
 }
 
@@ -217,6 +258,8 @@ int run_command(const std::string& command, int argc, char** argv) {
   if (command == "train") return cmd_train(Args(argc, argv, 2, {"resume"}));
   if (command == "inspect") return cmd_inspect(Args(argc, argv, 2, {}));
   if (command == "eval") return cmd_eval(Args(argc, argv, 2, {"checkpoint", "batches"}));
+  if (command == "generate")
+    return cmd_generate(Args(argc, argv, 2, {"checkpoint", "prompt", "tokens", "temperature", "seed"}));
   if (command == "check-config") return cmd_check_config(Args(argc, argv, 2, {}));
   throw UsageError("unknown command '" + command + "'");
 }

@@ -1,0 +1,68 @@
+// Sampling: logits at a position ignore what follows it (causal), greedy decoding is
+// deterministic, sampling is reproducible from its seed, and the text starts with the prompt.
+#include <gtest/gtest.h>
+
+#include "data/prepare.h"
+#include "parallel/local_exchange.h"
+#include "trainer/generate.h"
+
+namespace sy {
+namespace {
+
+struct Fixture {
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  std::unique_ptr<LocalExchange> exchange;
+  std::unique_ptr<Transformer> model;
+  std::unique_ptr<Tokenizer> bytes = make_tokenizer("bytes");
+  Fixture() {
+    TransformerOptions options;
+    options.model = {256, 12, 16, 2, 2, 24, true};
+    options.moe.num_experts = 4;
+    options.moe.top_k = 2;
+    options.moe.expert_hidden = 8;
+    options.moe_layers = {true, false};
+    exchange = std::make_unique<LocalExchange>(*backend, 4);
+    model = std::make_unique<Transformer>(*backend, options, exchange.get());
+    model->init_parameters(5);
+    // Larger weights than the init, so that the distribution is far from uniform.
+    for (Param* p : model->params())
+      if (p->value.ndim() > 1) backend->scale(p->value, 20.0);
+    model->refresh_compute_weights();
+  }
+};
+
+TEST(Generate, LogitsAtAPositionIgnoreLaterTokens) {
+  Fixture f;
+  std::vector<int32_t> a(12), b(12);
+  for (int i = 0; i < 12; ++i) a[i] = b[i] = 'a' + i;
+  b[7] = 'z';
+  b[11] = 'q';
+  EXPECT_EQ(f.model->logits_at(a, 1, 0, 6), f.model->logits_at(b, 1, 0, 6));
+  EXPECT_NE(f.model->logits_at(a, 1, 0, 7), f.model->logits_at(b, 1, 0, 7));
+  EXPECT_THROW(f.model->logits_at(a, 1, 0, 12), std::runtime_error);
+}
+
+TEST(Generate, GreedyIsDeterministicAndSamplingFollowsTheSeed) {
+  Fixture f;
+  GenerateOptions greedy{"the experts", 30, 0.0, 1};
+  const std::string text = generate(*f.model, *f.bytes, greedy);
+  EXPECT_EQ(text.size(), std::string("the experts").size() + 30);  // runs past seq_len 12
+  EXPECT_EQ(text.rfind("the experts", 0), 0u);
+  greedy.seed = 2;
+  EXPECT_EQ(generate(*f.model, *f.bytes, greedy), text) << "greedy ignores the seed";
+
+  GenerateOptions sampled{"the experts", 30, 1.5, 7};
+  const std::string first = generate(*f.model, *f.bytes, sampled);
+  EXPECT_EQ(generate(*f.model, *f.bytes, sampled), first);
+  sampled.seed = 8;
+  EXPECT_NE(generate(*f.model, *f.bytes, sampled), first);
+}
+
+TEST(Generate, BadOptions) {
+  Fixture f;
+  EXPECT_THROW(generate(*f.model, *f.bytes, {"", 5, 1.0, 0}), std::runtime_error);
+  EXPECT_THROW(generate(*f.model, *f.bytes, {"x", 5, -1.0, 0}), std::runtime_error);
+}
+
+}  // namespace
+}  // namespace sy

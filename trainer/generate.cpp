@@ -1,0 +1,54 @@
+#include "trainer/generate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+#include "model/rng.h"
+
+namespace sy {
+
+namespace {
+
+constexpr uint64_t kSampleDomain = 0x5A3B'1E00'0000'0003ull;  // apart from init and data streams
+
+// A token from softmax(logits / temperature) over the tokenizer's vocabulary (the model's may be
+// larger: ids the tokenizer cannot decode are never drawn).
+int32_t sample(const std::vector<double>& logits, int64_t vocab, double temperature, double u) {
+  const int64_t n = std::min<int64_t>(vocab, static_cast<int64_t>(logits.size()));
+  const int64_t best = std::max_element(logits.begin(), logits.begin() + n) - logits.begin();
+  if (temperature <= 0.0) return static_cast<int32_t>(best);
+  std::vector<double> weights(n);
+  double total = 0.0;
+  for (int64_t i = 0; i < n; ++i) total += weights[i] = std::exp((logits[i] - logits[best]) / temperature);
+  double threshold = u * total;
+  for (int64_t i = 0; i < n; ++i) {
+    threshold -= weights[i];
+    if (threshold < 0.0) return static_cast<int32_t>(i);
+  }
+  return static_cast<int32_t>(best);  // u * total rounded up to the total
+}
+
+}  // namespace
+
+std::string generate(Transformer& model, const Tokenizer& tokenizer,
+                     const GenerateOptions& options) {
+  if (options.prompt.empty()) throw std::runtime_error("--prompt: must not be empty");
+  if (options.tokens < 0) throw std::runtime_error("--tokens: must be >= 0");
+  if (!(options.temperature >= 0.0) || !std::isfinite(options.temperature))
+    throw std::runtime_error("--temperature: must be a finite number >= 0");
+  std::vector<int32_t> text = tokenizer.encode(options.prompt);
+  const int64_t S = model.options().model.seq_len;
+  std::vector<int32_t> window(S, 0);
+  CounterRng rng(key_combine(kSampleDomain, options.seed));
+  for (int64_t i = 0; i < options.tokens; ++i) {
+    // The last S tokens, left-aligned: causal attention ignores the padding after them.
+    const int64_t length = std::min<int64_t>(S, static_cast<int64_t>(text.size()));
+    std::copy(text.end() - length, text.end(), window.begin());
+    const std::vector<double> logits = model.logits_at(window, 1, 0, length - 1);
+    text.push_back(sample(logits, tokenizer.vocab_size(), options.temperature, rng.uniform()));
+  }
+  return tokenizer.decode(text);
+}
+
+}  // namespace sy
