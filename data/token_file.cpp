@@ -7,6 +7,8 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "data/hdf5_io.h"
+
 namespace sy {
 namespace {
 
@@ -14,46 +16,8 @@ std::runtime_error file_error(const std::string& path, const std::string& what) 
   return std::runtime_error(path + ": " + what);
 }
 
-// Silences HDF5's automatic error-stack printing while alive, so that a user sees only our
-// one-line message; the previous handler is restored on the way out.
-class QuietHdf5Errors {
- public:
-  QuietHdf5Errors() {
-    H5Eget_auto2(H5E_DEFAULT, &saved_func_, &saved_data_);
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  }
-  ~QuietHdf5Errors() { H5Eset_auto2(H5E_DEFAULT, saved_func_, saved_data_); }
-  QuietHdf5Errors(const QuietHdf5Errors&) = delete;
-  QuietHdf5Errors& operator=(const QuietHdf5Errors&) = delete;
-
- private:
-  H5E_auto2_t saved_func_ = nullptr;
-  void* saved_data_ = nullptr;
-};
-
-// Owns one HDF5 identifier and closes it on scope exit, so that a throw leaks nothing.
-class Handle {
- public:
-  using CloseFn = herr_t (*)(hid_t);
-  Handle(hid_t id, CloseFn close_fn) : id_(id), close_fn_(close_fn) {}
-  ~Handle() {
-    if (id_ >= 0) close_fn_(id_);
-  }
-  Handle(const Handle&) = delete;
-  Handle& operator=(const Handle&) = delete;
-  hid_t get() const { return id_; }
-  bool valid() const { return id_ >= 0; }
-  // Closes now and reports failure (closing a file is where buffered data reaches the disk).
-  bool close() {
-    const herr_t status = id_ >= 0 ? close_fn_(id_) : 0;
-    id_ = -1;
-    return status >= 0;
-  }
-
- private:
-  hid_t id_;
-  CloseFn close_fn_;
-};
+using h5::Handle;
+using QuietHdf5Errors = h5::QuietErrors;
 
 void check(herr_t status, const std::string& path, const std::string& what) {
   if (status < 0) throw file_error(path, what);

@@ -82,13 +82,15 @@ class DistTrain : public ::testing::Test {
     return c;
   }
 
-  // Trains `config` on the first W ranks; returns rank 0's summary (others: empty).
-  static TrainSummary train_on(int W, Config config) {
+  // Trains `config` on the first W ranks (resuming from `resume` when given); returns rank 0's
+  // summary (others: empty).
+  static TrainSummary train_on(int W, const Config& config, const std::string& resume = "") {
     MPI_Comm sub = MPI_COMM_NULL;
     MPI_Comm_split(MPI_COMM_WORLD, world_rank() < W ? 0 : MPI_UNDEFINED, world_rank(), &sub);
     TrainSummary summary;
     if (sub != MPI_COMM_NULL) {
-      summary = train(config, {.print = false, .world = sub, .collect_parameters = true});
+      summary = train(config, {.print = false, .world = sub, .collect_parameters = true,
+                               .resume = resume});
       MPI_Comm_free(&sub);
     }
     MPI_Barrier(MPI_COMM_WORLD);
@@ -107,6 +109,9 @@ inline double relative_l2(const std::vector<double>& a, const std::vector<double
 
 struct Layout {
   int W, P, A;
+  std::string name() const {
+    return std::to_string(W) + "_" + std::to_string(P) + "_" + std::to_string(A);
+  }
 };
 
 struct Tolerance {
@@ -126,9 +131,7 @@ inline void check_equivalence(const Config& base, const char* label,
     Config c = base;
     c.parallel.expert_parallel = layout.P;
     c.train.grad_accum_steps = layout.A;
-    c.run.dir = (DistTrain::dir / (std::string(label) + "_" + std::to_string(layout.W) + "_" +
-                                   std::to_string(layout.P) + "_" + std::to_string(layout.A)))
-                    .string();
+    c.run.dir = (DistTrain::dir / (std::string(label) + "_" + layout.name())).string();
     runs.push_back(DistTrain::train_on(layout.W, c));
   }
   if (world_rank() != 0) return;

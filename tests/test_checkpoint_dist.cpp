@@ -11,110 +11,35 @@
 #include <filesystem>
 
 #include "checkpoint_tamper.h"
-#include "data/token_file.h"
-#include "parallel/process_groups.h"
+#include "tests/dist_harness.h"
 #include "trainer/checkpoint.h"
-#include "trainer/train_loop.h"
 
 namespace sy {
 namespace {
 
 namespace fs = std::filesystem;
 
-int world_rank() {
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  return rank;
-}
-int world_size() {
-  int size = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  return size;
-}
+using test::Layout;
 
-struct Layout {
-  int W, P, A;
-  std::string name() const {
-    return std::to_string(W) + "_" + std::to_string(P) + "_" + std::to_string(A);
-  }
-};
-
-class DistCheckpoint : public ::testing::Test {
+// The shared token file and the training of one layout on the first W ranks come from the
+// distributed harness.
+class DistCheckpoint : public test::DistTrain {
  public:
-  static inline fs::path dir;
-  static void SetUpTestSuite() {
-    std::string name;
-    if (world_rank() == 0) {
-      name = (fs::temp_directory_path() / ("sy_dist_ckpt_" + std::to_string(getpid()))).string();
-      fs::remove_all(name);
-      fs::create_directories(name);
-      std::vector<int32_t> tokens;
-      const std::string text =
-          "experts in a mixture each see a share of the tokens; the router picks them. "
-          "the quick brown fox jumps over the lazy dog, again and again. ";
-      for (int repeat = 0; repeat < 40; ++repeat)
-        for (unsigned char c : text) tokens.push_back(c);
-      const size_t split = tokens.size() * 9 / 10;
-      write_token_file(name + "/tokens.h5", {tokens.begin(), tokens.begin() + split},
-                       {tokens.begin() + split, tokens.end()}, 256, "bytes");
-    }
-    int length = static_cast<int>(name.size());
-    MPI_Bcast(&length, 1, MPI_INT, 0, MPI_COMM_WORLD);
-    name.resize(length);
-    MPI_Bcast(name.data(), length, MPI_CHAR, 0, MPI_COMM_WORLD);
-    dir = name;
-  }
-  static void TearDownTestSuite() {
-    MPI_Barrier(MPI_COMM_WORLD);
-    if (world_rank() == 0) fs::remove_all(dir);
-  }
-
   static Config config(const Layout& layout, const std::string& run) {
-    Config c;
-    c.seed = 7;
-    c.model = {256, 16, 16, 2, 2, 32, true};
-    c.moe.num_experts = 4;
-    c.moe.top_k = 2;
-    c.moe.expert_hidden = 16;
+    Config c = base_config();
     c.moe.capacity_factor = 1.0;  // with drops: capacity decisions must continue exactly too
     c.parallel.expert_parallel = layout.P;
-    c.train.micro_batch_size = 2;
     c.train.grad_accum_steps = layout.A;
-    c.train.steps = 20;
-    c.train.lr = 1e-2;
-    c.train.min_lr = 1e-3;
-    c.train.warmup_steps = 3;
-    c.data.path = (dir / "tokens.h5").string();
     c.eval.every = 0;
-    c.eval.batches = 3;
     c.checkpoint.every = 10;
     c.run.dir = (dir / run).string();
-    c.run.log_every = 5;
     return c;
-  }
-
-  // Trains on the first W ranks; returns rank 0's summary (others: empty).
-  static TrainSummary train_on(int W, const Config& c, const std::string& resume = "") {
-    MPI_Comm sub = MPI_COMM_NULL;
-    MPI_Comm_split(MPI_COMM_WORLD, world_rank() < W ? 0 : MPI_UNDEFINED, world_rank(), &sub);
-    TrainSummary summary;
-    if (sub != MPI_COMM_NULL) {
-      summary = train(c, {.print = false, .world = sub, .collect_parameters = true, .resume = resume});
-      MPI_Comm_free(&sub);
-    }
-    MPI_Barrier(MPI_COMM_WORLD);
-    return summary;
   }
 };
 
-double relative_l2(const std::vector<double>& a, const std::vector<double>& b) {
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    diff += (a[i] - b[i]) * (a[i] - b[i]);
-    norm += b[i] * b[i];
-  }
-  return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
-}
+using test::relative_l2;
+using test::world_rank;
+using test::world_size;
 
 void check_exact_resume(const Layout& layout) {
   ASSERT_GE(world_size(), layout.W) << "run under mpirun -np 4";

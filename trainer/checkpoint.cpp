@@ -19,7 +19,7 @@
 #include <system_error>
 
 #include "parallel/mpi_communicator.h"
-#include "trainer/hdf5_io.h"
+#include "data/hdf5_io.h"
 
 #ifndef SY_VERSION
 #define SY_VERSION "unknown"

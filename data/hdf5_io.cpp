@@ -1,4 +1,4 @@
-#include "trainer/hdf5_io.h"
+#include "data/hdf5_io.h"
 
 namespace sy::h5 {
 
