@@ -19,6 +19,7 @@
 #include "trainer/generate.h"
 #include "trainer/inspect.h"
 #include "trainer/metrics.h"
+#include "trainer/plot.h"
 #include "trainer/session.h"
 #include "trainer/train_loop.h"
 
@@ -39,6 +40,8 @@ const char* kUsage =
     "               sample a continuation of TEXT from a checkpoint (temperature 0: greedy)\n"
     "  inspect CHECKPOINT\n"
     "               print a checkpoint's step, config, provenance and tensors (shape, norm)\n"
+    "  plot RUN_DIR [--output DIR]\n"
+    "               render loss, expert-load and drop charts (PNG) from RUN_DIR/metrics.jsonl\n"
     "  check-config CONFIG [--set ...]\n"
     "               validate a config and print it resolved\n";
 
@@ -229,6 +232,28 @@ int cmd_inspect(const Args& args) {
   return failed;
 }
 
+int cmd_plot(const Args& args) {
+  if (args.positional.size() != 1) throw UsageError("expected one RUN_DIR argument");
+  if (!args.overrides.empty()) throw UsageError("plot takes no --set");
+  if (args.has("output") && args.get("output", "").empty())
+    throw UsageError("--output: expected a folder");
+  // One writer, like inspect: the other ranks of an mpirun wait, then report the same outcome.
+  int failed = 0;
+  if (world_rank() == 0) {
+    try {
+      const sy::PlotResult result = sy::plot_run(args.positional[0], args.get("output", ""));
+      for (const std::string& png : result.written) std::printf("wrote %s\n", png.c_str());
+      for (const std::string& why : result.skipped) std::printf("skipped %s\n", why.c_str());
+    } catch (const std::exception& error) {
+      std::fflush(stdout);
+      std::fprintf(stderr, "switchyard plot: error: %s\n", error.what());
+      failed = 1;
+    }
+  }
+  MPI_Bcast(&failed, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  return failed;
+}
+
 int cmd_check_config(const Args& args) {
   std::vector<std::string> errors;
   const bool lead = world_rank() == 0;
@@ -257,6 +282,7 @@ int run_command(const std::string& command, int argc, char** argv) {
   }
   if (command == "train") return cmd_train(Args(argc, argv, 2, {"resume"}));
   if (command == "inspect") return cmd_inspect(Args(argc, argv, 2, {}));
+  if (command == "plot") return cmd_plot(Args(argc, argv, 2, {"output"}));
   if (command == "eval") return cmd_eval(Args(argc, argv, 2, {"checkpoint", "batches"}));
   if (command == "generate")
     return cmd_generate(Args(argc, argv, 2, {"checkpoint", "prompt", "tokens", "temperature", "seed"}));

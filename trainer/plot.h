@@ -1,0 +1,54 @@
+// switchyard plot: PNG charts of a run's metrics.jsonl (loss, expert load per MoE layer, drops,
+// load balance), drawn by gnuplot's pngcairo terminal from a script and data files written to a
+// temporary folder. Parsing is separate from drawing so that it can be tested without gnuplot.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace sy {
+
+// Every line of a metrics.jsonl, as columns. Row i of each step series belongs to steps[i]; a
+// value the file wrote as null, or a key a line lacked, is NaN. Keys newer than the file (the
+// balance statistics) leave their series empty when no line has them.
+struct MetricsHistory {
+  // Step lines in step order. A step logged twice (a run resumed from a checkpoint older than
+  // its last logged step) keeps its later line.
+  std::vector<int64_t> steps;
+  std::vector<double> loss, lm_loss, aux_loss, z_loss, lr, grad_norm, tokens_per_s;
+  std::vector<double> dropped_frac, peak_memory_bytes;
+  std::vector<double> rerouted_frac;  // empty when no line has it
+
+  int64_t moe_layers = 0;  // 0: a dense model
+  int64_t experts = 0;     // per MoE layer
+  // [MoE layer][step row][expert]: the fraction of the layer's assignments each expert got.
+  std::vector<std::vector<std::vector<double>>> expert_load;
+  std::vector<std::vector<std::vector<double>>> expert_bias;  // empty without bias balancing
+  // [MoE layer][step row]; each empty when no line has the key.
+  std::vector<std::vector<double>> load_cv, load_max_mean, layer_dropped_frac, router_entropy;
+
+  // Eval lines in step order (a repeated step keeps its later line).
+  std::vector<int64_t> eval_steps;
+  std::vector<double> val_loss;
+};
+
+// Parses a metrics.jsonl. Throws std::runtime_error "<path>:<line>: <what>" for a line that is
+// not a JSON object of metrics, and "<path>: <what>" for a file that cannot be read or holds no
+// step line. Blank lines are ignored.
+MetricsHistory read_metrics_history(const std::string& path);
+
+struct PlotResult {
+  std::vector<std::string> written;  // PNG paths, in the order drawn
+  std::vector<std::string> skipped;  // "<chart>.png: <why>" for each chart left out
+};
+
+// Draws the charts of run_dir/metrics.jsonl into output_dir (run_dir when empty; created when
+// missing): loss.png, expert_load_layer<l>.png per MoE layer, dropped.png, balance.png, each
+// skipped when its data is absent. The title is config.yaml's `name` (else the folder's name).
+// Throws std::runtime_error for a bad metrics file, a missing gnuplot or a failed chart.
+PlotResult plot_run(const std::string& run_dir, const std::string& output_dir = "");
+
+// The gnuplot executable on PATH, or "" when there is none.
+std::string find_gnuplot();
+
+}  // namespace sy
