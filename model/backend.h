@@ -23,6 +23,31 @@
 
 namespace sy {
 
+// How a router scores, selects and caps its assignments (SPEC.md section 2; the balancing
+// options are in docs/load-balancing.md).
+enum class RouterScore { softmax, sigmoid };
+enum class DropPolicy { position, probability };  // which assignments an over-full expert keeps
+enum class Overflow { drop, reroute };             // what happens to the ones it does not
+
+struct RoutingRule {
+  int64_t top_k = 1;                      // K
+  RouterScore score = RouterScore::softmax;
+  bool normalize = false;                 // gates renormalised over the K selected scores
+  int64_t capacity = -1;                  // assignments per expert per routing group; < 0: dropless
+  DropPolicy drop_policy = DropPolicy::position;
+  Overflow overflow = Overflow::drop;
+};
+
+struct RouterPlanCounts {
+  std::vector<int64_t> tokens_per_expert;  // [E] kept rows (after reroutes)
+  int64_t rerouted = 0;                    // assignments moved to another expert
+};
+
+struct RouterLossValues {
+  double aux = 0.0, z = 0.0;
+  double entropy = 0.0;  // mean over tokens of the router distribution's entropy (nats)
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -104,33 +129,54 @@ class Backend {
   virtual void cross_entropy(const Tensor& losses, const Tensor& logits, const Tensor& targets,
                              bool compute_grad, double grad_scale) = 0;
 
-  // ---- router (SPEC.md section 2) -----------------------------------------------------------
+  // ---- router (SPEC.md section 2, docs/load-balancing.md) ------------------------------------
   // The router's float tensors are all of one dtype (f32 in training: the router is fp32
-  // everywhere; f64 in gradient checks).
-  // probs[T,E] = softmax(logits); lse[T] = logsumexp(logits); topk_idx[T,K] = the K largest
-  // logits (ties: lower index first), largest first; gates[T,K] as SPEC (normalised or not).
-  virtual void router_softmax_topk(const Tensor& probs, const Tensor& lse, const Tensor& topk_idx,
-                                   const Tensor& gates, const Tensor& logits, int64_t K,
-                                   bool normalize) = 0;
-  // Capacity and the permutation. For each expert, assignments ranked by (choice k, token t);
-  // the first `capacity` kept (capacity < 0: all). Outputs:
-  //   slot_row[T*K]: the permuted row of assignment (t, k), or -1 if dropped;
-  //   row_slot[N]: the assignment t*K+k of each permuted row; rows grouped by expert, ascending,
-  //                and within an expert by token t;
-  //   assignments_per_expert[E]: counted before drops (for f_e and expert_load).
-  // Returns tokens_per_expert[E] (kept) on the host: the one count that must cross to the host.
-  virtual std::vector<int64_t> router_plan(const Tensor& slot_row, const Tensor& row_slot,
-                                           const Tensor& assignments_per_expert,
-                                           const Tensor& topk_idx, int64_t E,
-                                           int64_t capacity) = 0;
-  // aux = E * sum_e f_e * P_e, z = mean_t lse_t^2 (section 2), returned on the host.
-  virtual void router_losses(double* aux, double* z, const Tensor& probs, const Tensor& lse,
-                             const Tensor& assignments_per_expert, int64_t K) = 0;
-  // dlogits[T,E] (=) from the gate gradients dgates[T,K] (through p and the top-k
-  // normalisation), plus d_aux * d(aux)/dlogits and d_z * d(z)/dlogits.
-  virtual void router_backward(const Tensor& dlogits, const Tensor& dgates, const Tensor& probs,
-                               const Tensor& lse, const Tensor& topk_idx,
-                               const Tensor& assignments_per_expert, int64_t K, bool normalize,
+  // everywhere; f64 in gradient checks). `expert_bias` [E] (same dtype) may be undefined: no bias.
+  //
+  // scores[T,E]: softmax(logits) or sigmoid(logits) (rule.score); lse[T] = logsumexp(logits)
+  // (the z-loss, whatever the score); topk_idx[T,K]: the K largest selection scores
+  // logits[t,e] + expert_bias[e], largest first, ties to the lower index; gates[T,K] =
+  // scores[t, idx] / sum over the K selected scores (rule.normalize) or scores[t, idx]. The bias
+  // steers the selection only: the gates come from the unbiased scores.
+  virtual void router_scores_topk(const Tensor& scores, const Tensor& lse, const Tensor& topk_idx,
+                                  const Tensor& gates, const Tensor& logits,
+                                  const Tensor& expert_bias, const RoutingRule& rule) = 0;
+  // Capacity, drops, reroutes and the permutation (rule.capacity < 0: dropless).
+  //   Ranking: position: assignments (t, k) ordered by (k, t); probability: by gate, highest
+  //   first, then (k, t). Each expert keeps the first rule.capacity of its assignments in that
+  //   order.
+  //   Reroute (rule.overflow == reroute): the assignments over capacity, taken one at a time in
+  //   the same ranking (across experts), each moves to the expert with the largest selection
+  //   score logits[t,e] + expert_bias[e] (ties: lower index) that is none of the token's K
+  //   choices, holds none of its other assignments, and is below capacity; if there is none it is
+  //   dropped. A rerouted assignment keeps its gate.
+  // Outputs:
+  //   slot_expert[T*K]: the expert that runs assignment t*K+k (topk_idx unless rerouted);
+  //   slot_row[T*K]: the permuted row of assignment t*K+k, or -1 if dropped;
+  //   row_slot[N]: the assignment of each permuted row; rows grouped by slot_expert, ascending,
+  //                and within an expert by assignment t*K+k;
+  //   assignments_per_expert[E]: the routing's choices (topk_idx) counted before drops and
+  //                reroutes (for f_e, expert_load and the bias update).
+  // Returns the kept rows per expert (after reroutes) and the count rerouted, on the host: the
+  // one count that must cross to the host.
+  virtual RouterPlanCounts router_plan(const Tensor& slot_row, const Tensor& row_slot,
+                                       const Tensor& slot_expert,
+                                       const Tensor& assignments_per_expert,
+                                       const Tensor& topk_idx, const Tensor& gates,
+                                       const Tensor& logits, const Tensor& expert_bias,
+                                       const RoutingRule& rule) = 0;
+  // balance_counts[E] (i32) gives f_e = balance_counts[e] / sum_e balance_counts: this group's
+  // assignments_per_expert, or their sum over the groups of one micro-step (aux_loss_scope
+  // global). With q[t] = scores[t] (softmax) or scores[t] / sum_e scores[t,e] (sigmoid):
+  // aux = E * sum_e f_e * mean_t q[t,e], z = mean_t lse_t^2, entropy = mean_t -sum_e q log q.
+  virtual RouterLossValues router_losses(const Tensor& scores, const Tensor& lse,
+                                         const Tensor& balance_counts, const RoutingRule& rule) = 0;
+  // dlogits[T,E] (=) from the gate gradients dgates[T,K] (through the scores and the top-k
+  // normalisation), plus d_aux * d(aux)/dlogits and d_z * d(z)/dlogits (aux as router_losses
+  // defines it, with the same balance_counts).
+  virtual void router_backward(const Tensor& dlogits, const Tensor& dgates, const Tensor& scores,
+                               const Tensor& lse, const Tensor& logits, const Tensor& topk_idx,
+                               const Tensor& balance_counts, const RoutingRule& rule,
                                double d_aux, double d_z) = 0;
 
   // ---- permute / unpermute ------------------------------------------------------------------

@@ -27,8 +27,17 @@ struct MoeConfig {
   int normalize_topk = -1;            // -1: default (true iff top_k > 1); 0/1 explicit
   double aux_loss_coef = 0.01;
   double z_loss_coef = 0.001;
+  // Load balancing beyond the Switch aux loss (docs/load-balancing.md).
+  double bias_update_rate = 0.0;           // aux-loss-free balancing; 0: off
+  std::string aux_loss_scope = "micro_batch";  // micro_batch | global
+  std::string router_score = "softmax";    // softmax | sigmoid
+  std::string drop_policy = "position";    // position | probability
+  std::string overflow = "drop";           // drop | reroute
 
-  bool normalize() const { return normalize_topk < 0 ? top_k > 1 : normalize_topk != 0; }
+  // Default: normalised when top_k > 1, and always for sigmoid scores (they do not sum to 1).
+  bool normalize() const {
+    return normalize_topk < 0 ? top_k > 1 || router_score == "sigmoid" : normalize_topk != 0;
+  }
 };
 
 }  // namespace sy

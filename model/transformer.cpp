@@ -10,6 +10,20 @@ namespace sy {
 namespace {
 constexpr uint64_t kInitDomain = 0x1A17'5EED'0000'0001ull;  // keeps init streams apart from data
 constexpr double kInitStd = 0.02;
+
+RouterSettings router_settings(const MoeConfig& moe) {
+  RouterSettings settings;
+  settings.num_experts = moe.num_experts;
+  settings.top_k = moe.top_k;
+  settings.score = moe.router_score == "sigmoid" ? RouterScore::sigmoid : RouterScore::softmax;
+  settings.normalize = moe.normalize();
+  settings.capacity_factor = moe.capacity_factor;
+  settings.drop_policy =
+      moe.drop_policy == "probability" ? DropPolicy::probability : DropPolicy::position;
+  settings.overflow = moe.overflow == "reroute" ? Overflow::reroute : Overflow::drop;
+  return settings;
+}
+
 }  // namespace
 
 Param Transformer::make_param(const std::string& path, const Shape& shape, bool is_expert,
@@ -71,7 +85,9 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
     MoELayer& layer = *block.moe;
     layer.exchange = exchange;
     layer.router.weight = make_param(prefix + "moe/router", {D, moe.num_experts}, false, false);
-    layer.router.settings = {moe.num_experts, moe.top_k, moe.normalize(), moe.capacity_factor};
+    layer.router.settings = router_settings(moe);
+    if (moe.bias_update_rate > 0)
+      layer.router.expert_bias = backend_.zeros({moe.num_experts}, master_dtype_);
     layer.experts.w1 = make_param(prefix + "moe/experts/w1", {local, D, F}, true);
     layer.experts.w3 = make_param(prefix + "moe/experts/w3", {local, D, F}, true);
     layer.experts.w2 = make_param(prefix + "moe/experts/w2", {local, F, D}, true);
@@ -103,6 +119,44 @@ std::vector<const Router*> Transformer::routers() const {
   std::vector<const Router*> list;
   for (const Block& block : blocks_)
     if (block.moe) list.push_back(&block.moe->router);
+  return list;
+}
+
+void Transformer::update_expert_bias(const std::vector<std::vector<double>>& load_counts) {
+  const double rate = options_.moe.bias_update_rate;
+  if (rate <= 0) return;
+  size_t layer = 0;
+  for (Block& block : blocks_) {
+    if (!block.moe) continue;
+    if (layer >= load_counts.size())
+      throw std::runtime_error("update_expert_bias: no loads for MoE layer " + std::to_string(layer));
+    const std::vector<double>& load = load_counts[layer++];
+    Tensor& bias = block.moe->router.expert_bias;
+    if (static_cast<int64_t>(load.size()) != bias.numel())
+      throw std::runtime_error("update_expert_bias: " + std::to_string(load.size()) +
+                               " loads for " + std::to_string(bias.numel()) + " experts");
+    double total = 0;
+    for (double count : load) total += count;
+    const double mean = total / static_cast<double>(load.size());
+    std::vector<double> values = backend_.read(bias);
+    for (size_t e = 0; e < load.size(); ++e) {
+      const double sign = (mean > load[e]) - (mean < load[e]);
+      // In the bias's own precision, so that the update is the same whatever reads it back.
+      values[e] = master_dtype_ == DType::f32
+                      ? static_cast<double>(static_cast<float>(values[e]) +
+                                            static_cast<float>(rate * sign))
+                      : values[e] + rate * sign;
+    }
+    backend_.write(bias, std::span<const double>(values));
+  }
+}
+
+std::vector<std::pair<std::string, Tensor>> Transformer::expert_biases() {
+  std::vector<std::pair<std::string, Tensor>> list;
+  for (size_t l = 0; l < blocks_.size(); ++l)
+    if (blocks_[l].moe && blocks_[l].moe->router.expert_bias.defined())
+      list.emplace_back("layers/" + std::to_string(l) + "/moe/expert_bias",
+                        blocks_[l].moe->router.expert_bias);
   return list;
 }
 
@@ -154,7 +208,7 @@ std::vector<double> Transformer::logits_at(std::span<const int32_t> inputs, int6
                              std::to_string(batch) + " x " + std::to_string(S) + " tokens");
   ensure(backend_, inputs_, {T}, DType::i32);
   backend_.write(inputs_, inputs);
-  forward(batch);
+  forward(batch, false);
   const Tensor& x_final = final_norm_.forward(backend_, residual_.back());
   const int64_t row = sequence * S + position;
   ensure(backend_, sample_logits_, {1, lm_head_.vocab()}, stat_dtype(options_.dtype));
@@ -175,8 +229,7 @@ GroupStats Transformer::forward_backward(std::span<const int32_t> inputs,
   ensure(backend_, targets_, {T}, DType::i32);
   backend_.write(inputs_, inputs);
   backend_.write(targets_, targets);
-
-  forward(batch);
+  forward(batch, compute_grad);
   const Tensor& x_final = final_norm_.forward(backend_, residual_.back());
   const double ce_sum =
       lm_head_.forward_backward(backend_, x_final, targets_, compute_grad, loss_scale / T);
@@ -191,8 +244,12 @@ GroupStats Transformer::forward_backward(std::span<const int32_t> inputs,
     stats.z_loss += router.z_loss;
     stats.assignments += router.kept + router.dropped;
     stats.dropped += router.dropped;
+    stats.rerouted += router.rerouted;
     std::vector<double> counts = backend_.read(router.assignments_per_expert);
     stats.assignments_per_expert.emplace_back(counts.begin(), counts.end());
+    stats.dropped_per_layer.push_back(router.dropped);
+    stats.rerouted_per_layer.push_back(router.rerouted);
+    stats.entropy_per_layer.push_back(router.entropy);
   }
   const int64_t n_moe = num_moe_layers();
   if (n_moe > 0) {
@@ -206,8 +263,13 @@ GroupStats Transformer::forward_backward(std::span<const int32_t> inputs,
   return stats;
 }
 
-void Transformer::forward(int64_t batch) {
+void Transformer::forward(int64_t batch, bool training) {
   const ModelConfig& m = options_.model;
+  // Global-batch balancing is a training objective: evaluation routes the same either way and
+  // need not wait for the other ranks.
+  const bool balance_over_world = training && options_.moe.aux_loss_scope == "global";
+  for (Block& block : blocks_)
+    if (block.moe) block.moe->balance_over_world = balance_over_world;
   const int64_t T = batch * m.seq_len, D = m.d_model;
   const AttentionShape shape{batch, m.seq_len, m.n_heads};
   residual_.resize(m.n_layers + 1);

@@ -3,6 +3,8 @@
 #pragma once
 #include <memory>
 #include <span>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "model/attention.h"
@@ -33,7 +35,10 @@ struct GroupStats {
   double loss = 0.0;         // lm + aux_coef * aux + z_coef * z
   int64_t assignments = 0;   // over all MoE layers
   int64_t dropped = 0;
+  int64_t rerouted = 0;
   std::vector<std::vector<int64_t>> assignments_per_expert;  // [MoE layer][E], before drops
+  std::vector<int64_t> dropped_per_layer, rerouted_per_layer;  // [MoE layer]
+  std::vector<double> entropy_per_layer;  // [MoE layer] mean router entropy over the group's tokens
 };
 
 struct TransformerOptions {
@@ -79,6 +84,13 @@ class Transformer {
 
   // The routers of the MoE layers, in layer order (their forward results, for tests and metrics).
   std::vector<const Router*> routers() const;
+  // Aux-loss-free balancing (moe.bias_update_rate > 0): after a step, with load_counts[l][e] the
+  // choices of MoE layer l over the whole step (all groups, all ranks; before drops),
+  // b_e += rate * sign(mean_e load - load_e). Every rank applies the same update.
+  void update_expert_bias(const std::vector<std::vector<double>>& load_counts);
+  // The expert biases as checkpoint state: ("layers/<l>/moe/expert_bias", tensor [E]) per MoE
+  // layer; empty when bias balancing is off.
+  std::vector<std::pair<std::string, Tensor>> expert_biases();
   const TransformerOptions& options() const { return options_; }
   int64_t num_moe_layers() const;
 
@@ -87,7 +99,7 @@ class Transformer {
   // the norm gains, not the router).
   Param make_param(const std::string& path, const Shape& shape, bool is_expert = false,
                    bool compute_copy = true);
-  void forward(int64_t batch);
+  void forward(int64_t batch, bool training);
   void backward(int64_t batch, double loss_scale);
 
   Backend& backend_;

@@ -7,8 +7,8 @@
 namespace sy {
 
 AllToAllDispatcher::AllToAllDispatcher(Backend& backend, Communicator& expert_parallel_group,
-                                       int64_t num_experts)
-    : backend_(backend), group_(expert_parallel_group), num_experts_(num_experts) {
+                                       int64_t num_experts, Communicator* world)
+    : backend_(backend), group_(expert_parallel_group), world_(world), num_experts_(num_experts) {
   const int64_t P = group_.size();
   if (num_experts % P != 0)
     throw std::runtime_error("moe.num_experts: " + std::to_string(num_experts) +
@@ -32,6 +32,11 @@ ExchangePlan AllToAllDispatcher::plan(const std::vector<int64_t>& send_rows_per_
   for (int64_t rows : send_rows_per_expert) plan.rows_sent += rows;
   for (int64_t rows : plan.rows_per_local_expert) plan.rows_received += rows;
   return plan;
+}
+
+void AllToAllDispatcher::sum_over_world(std::vector<int64_t>& counts) {
+  if (!world_) throw std::logic_error("dispatcher: sum_over_world needs the world communicator");
+  world_->all_reduce_host(counts, ReduceOp::sum);
 }
 
 std::vector<int64_t> AllToAllDispatcher::send_counts(const ExchangePlan& plan,

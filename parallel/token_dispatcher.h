@@ -15,7 +15,9 @@ namespace sy {
 
 class AllToAllDispatcher final : public TokenExchange {
  public:
-  AllToAllDispatcher(Backend& backend, Communicator& expert_parallel_group, int64_t num_experts);
+  // `world` (all ranks) serves sum_over_world; without it the dispatcher refuses that call.
+  AllToAllDispatcher(Backend& backend, Communicator& expert_parallel_group, int64_t num_experts,
+                     Communicator* world = nullptr);
 
   int64_t num_experts() const override { return num_experts_; }
   int64_t first_local_expert() const override { return group_.rank() * num_local_; }
@@ -25,6 +27,7 @@ class AllToAllDispatcher final : public TokenExchange {
   void dispatch(const ExchangePlan& plan, const Tensor& received, const Tensor& sent) override;
   void combine(const ExchangePlan& plan, const Tensor& returned,
                const Tensor& expert_rows) override;
+  void sum_over_world(std::vector<int64_t>& counts) override;
 
   // Bytes this rank sent in all-to-alls since construction (for benchmarks).
   int64_t bytes_sent() const { return bytes_sent_; }
@@ -40,6 +43,7 @@ class AllToAllDispatcher final : public TokenExchange {
 
   Backend& backend_;
   Communicator& group_;
+  Communicator* world_;
   int64_t num_experts_;
   int64_t num_local_;
   Tensor staging_;  // [rows_received, D] in source-major order, grow-only

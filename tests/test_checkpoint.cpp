@@ -347,14 +347,16 @@ TEST(CompareConfigs, WhichKeysMayChange) {
   other.moe.num_experts = 4;
   other.moe.z_loss_coef = 0.5;
   other.eval.batches = 3;
+  other.moe.bias_update_rate = 0.001;
+  other.moe.overflow = "reroute";  // the balancing choices other than the rates shape the model
   saved = config_to_yaml(other) + "extra:\n  unknown: 1\n";
-  saved.insert(saved.find("parallel:"), "  bias_update_rate: 0.001\n");
   const ConfigDiff diff = compare_configs(saved, c);
-  EXPECT_EQ(diff.errors, std::vector<std::string>{"moe.num_experts (checkpoint 4, config 8)"});
+  EXPECT_EQ(diff.errors, (std::vector<std::string>{"moe.num_experts (checkpoint 4, config 8)",
+                                                   "moe.overflow (checkpoint reroute, config drop)"}));
   EXPECT_TRUE(diff.warnings.empty());
   EXPECT_EQ(diff.notes, (std::vector<std::string>{"moe.z_loss_coef (checkpoint 0.5, config 0.001)",
+                                                  "moe.bias_update_rate (checkpoint 0.001, config 0.0)",
                                                   "eval.batches (checkpoint 3, config 20)",
-                                                  "moe.bias_update_rate (checkpoint 0.001, config absent)",
                                                   "extra.unknown (checkpoint 1, config absent)"}));
   EXPECT_THROW(compare_configs("- not a mapping", c), std::runtime_error);
 }

@@ -356,6 +356,35 @@ TEST(ConfigRules, MoeCoefficients) {
   EXPECT_TRUE(rejects("moe:\n  z_loss_coef: -1e-3\n", "moe.z_loss_coef: must be >= 0, got -0.001"));
 }
 
+TEST(ConfigRules, BalancingOptions) {
+  EXPECT_TRUE(rejects("moe:\n  bias_update_rate: -0.001\n",
+                      "moe.bias_update_rate: must be >= 0, got -0.001"));
+  EXPECT_TRUE(rejects("moe:\n  aux_loss_scope: batch\n",
+                      "moe.aux_loss_scope: unknown value \"batch\" (expected micro_batch or global)"));
+  EXPECT_TRUE(rejects("moe:\n  router_score: relu\n",
+                      "moe.router_score: unknown value \"relu\" (expected softmax or sigmoid)"));
+  EXPECT_TRUE(rejects("moe:\n  drop_policy: random\n",
+                      "moe.drop_policy: unknown value \"random\" (expected position or probability)"));
+  EXPECT_TRUE(rejects("moe:\n  overflow: spill\n",
+                      "moe.overflow: unknown value \"spill\" (expected drop or reroute)"));
+  const Config c = load_config("configs/example.yaml",
+                               {"moe.router_score=sigmoid", "moe.overflow=reroute",
+                                "moe.drop_policy=probability", "moe.aux_loss_scope=global",
+                                "moe.bias_update_rate=0.001"});
+  EXPECT_EQ(c.moe.router_score, "sigmoid");
+  EXPECT_EQ(c.moe.overflow, "reroute");
+  EXPECT_EQ(c.moe.drop_policy, "probability");
+  EXPECT_EQ(c.moe.aux_loss_scope, "global");
+  EXPECT_EQ(c.moe.bias_update_rate, 0.001);
+  EXPECT_TRUE(c.moe.normalize());  // sigmoid scores are normalised by default, also at top-1
+  Config top1 = c;
+  top1.moe.top_k = 1;
+  EXPECT_TRUE(top1.moe.normalize());
+  top1.moe.router_score = "softmax";
+  EXPECT_FALSE(top1.moe.normalize());
+  expect_round_trip(c);
+}
+
 TEST(ConfigRules, LearningRates) {
   EXPECT_TRUE(rejects("train:\n  lr: -0.001\n", "train.lr: must be > 0, got -0.001"));
   EXPECT_TRUE(rejects("train:\n  lr: 0\n", "train.lr: must be > 0, got 0.0"));

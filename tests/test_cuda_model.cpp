@@ -1,7 +1,8 @@
 // The whole model on the CUDA backend against the CPU reference on the same batch: the loss and
 // every parameter gradient (relative L2 error per tensor), in fp32 and in bf16 mixed precision
 // (bf16 compute, fp32 master weights and router); then 50 training steps of a small config
-// whose losses must track the CPU run. Router weights are scaled so that the top-k choices are
+// whose losses must track the CPU run, with the default router and with the balancing options
+// (sigmoid scores, the expert bias and its updates, drops by gate, reroutes). Router weights are scaled so that the top-k choices are
 // well separated (the test checks the margin), so that rounding cannot flip a routing decision
 // in the one-batch comparison. Skipped when no CUDA device is visible (label gpu).
 #include <gtest/gtest.h>
@@ -9,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <string>
 
 #include "data/sampler.h"
@@ -171,6 +173,23 @@ TEST_F(CudaModel, AllMoEDroplessBf16) {
   compare("all-moe dropless", small_model(true, {true, true}, 0.0), DType::bf16,
           kBf16LossTol, kBf16GradTol);
 }
+// The balancing router: sigmoid scores, an expert bias (zero before any update, so the one-batch
+// comparison exercises the bias path, not its values), drops by gate and reroutes at capacity
+// factor 1.0 (which drops: the skewed routing of a fresh model overfills some experts).
+MoeConfig& balancing(MoeConfig& moe) {
+  moe.router_score = "sigmoid";
+  moe.bias_update_rate = 0.01;
+  moe.drop_policy = "probability";
+  moe.overflow = "reroute";
+  moe.capacity_factor = 1.0;
+  return moe;
+}
+
+TEST_F(CudaModel, BalancingRouterFp32) {
+  TransformerOptions options = small_model(false, {true, false, true}, 1.0);
+  balancing(options.moe);
+  compare("balancing router", options, DType::f32, kF32LossTol, kF32GradTol);
+}
 TEST_F(CudaModel, MixedUntiedCapacityBf16) {
   compare("mixed untied capacity", small_model(false, {false, true, false}, 1.0), DType::bf16,
           kBf16LossTol, kBf16GradTol);
@@ -179,17 +198,23 @@ TEST_F(CudaModel, MixedUntiedCapacityBf16) {
 // ---- training -------------------------------------------------------------------------------
 struct TrainRun {
   std::vector<double> losses;
+  std::vector<int64_t> dropped, rerouted;  // per step, over the MoE layers
+  std::vector<std::vector<double>> biases;  // the expert biases after the last step
   int64_t allocations_after_warmup = -1, allocations_at_end = -1;
   size_t peak_bytes = 0;
 };
 
-TrainRun train(Backend& backend, DType compute, int64_t steps) {
+// `adjust` changes the MoE options (router variants); the expert biases are updated after every
+// step from its loads, as the train loop does (a no-op unless moe.bias_update_rate > 0).
+TrainRun train(Backend& backend, DType compute, int64_t steps,
+               const std::function<void(MoeConfig&)>& adjust = {}) {
   TransformerOptions options;
   options.model = {256, 32, 64, 2, 4, 128, true};  // V S D L H F tie
   options.moe.num_experts = 4;
   options.moe.top_k = 2;
   options.moe.expert_hidden = 64;
   options.moe_layers = {true, true};
+  if (adjust) adjust(options.moe);
   TrainConfig tc;
   tc.micro_batch_size = 8;
   tc.steps = steps;
@@ -220,10 +245,17 @@ TrainRun train(Backend& backend, DType compute, int64_t steps) {
     clip_gradients(backend, params, norm, tc.grad_clip);
     optimizer->step(backend, params, lr_at(tc, step));
     model.refresh_compute_weights();  // bf16 copies of the updated master weights
+    std::vector<std::vector<double>> loads;
+    for (const std::vector<int64_t>& layer : stats.assignments_per_expert)
+      loads.emplace_back(layer.begin(), layer.end());
+    model.update_expert_bias(loads);
     run.losses.push_back(stats.loss);
+    run.dropped.push_back(stats.dropped);
+    run.rerouted.push_back(stats.rerouted);
     if (step == 1) run.allocations_after_warmup = cuda_device_allocations(backend);
   }
   run.allocations_at_end = cuda_device_allocations(backend);
+  for (auto& [path, bias] : model.expert_biases()) run.biases.push_back(backend.read(bias));
   run.peak_bytes = backend.peak_memory_bytes();
   return run;
 }
@@ -259,6 +291,33 @@ TEST_F(CudaModel, FiftyTrainingStepsTrackTheCpu) {
     EXPECT_EQ(run.allocations_at_end, run.allocations_after_warmup)
         << "the device allocated memory after the first steps";
   }
+}
+
+// The balancing router in training: the bias moves every step from the loads, and drops by gate
+// and reroutes act at every step. fp32 must track the CPU step by step; the loads (and so the
+// biases, steps of +-0.01) must agree exactly as long as the routing does.
+TEST_F(CudaModel, BalancingRouterTrainingTracksTheCpu) {
+  const int64_t steps = 20;
+  const auto adjust = [](MoeConfig& moe) { balancing(moe); };
+  const TrainRun ref = train(*cpu, DType::f32, steps, adjust);
+  const TrainRun run = train(*gpu, DType::f32, steps, adjust);
+  double worst = 0;
+  int64_t rerouted = 0;
+  for (int64_t s = 0; s < steps; ++s) {
+    const double e = std::abs(run.losses[s] - ref.losses[s]) / ref.losses[s];
+    worst = std::max(worst, e);
+    rerouted += ref.rerouted[s];
+    EXPECT_LE(e, 1e-3) << "step " << s + 1 << ": " << run.losses[s] << " vs cpu " << ref.losses[s];
+    EXPECT_EQ(run.dropped[s], ref.dropped[s]) << "step " << s + 1;
+    EXPECT_EQ(run.rerouted[s], ref.rerouted[s]) << "step " << s + 1;
+  }
+  EXPECT_GT(rerouted, 0) << "the test wants reroutes";
+  ASSERT_EQ(run.biases.size(), 2u);
+  EXPECT_EQ(run.biases, ref.biases) << "the expert biases differ";
+  std::printf("[ train    ] balancing router, cuda fp32 vs cpu: loss %.4f -> %.4f (cpu %.4f -> "
+              "%.4f); worst step rel diff %.3e; %lld reroutes over %lld steps\n",
+              run.losses.front(), run.losses.back(), ref.losses.front(), ref.losses.back(), worst,
+              static_cast<long long>(rerouted), static_cast<long long>(steps));
 }
 
 }  // namespace

@@ -348,26 +348,65 @@ TEST_P(CudaOps, CrossEntropy) {
 
 // ---- router (f32, as in training) -----------------------------------------------------------
 // The router and the optimizer run in f32 (the router is fp32 everywhere; master weights fp32).
-class CudaF32 : public CudaTest {};
-
-TEST_F(CudaF32, SoftmaxTopkGates) {
-  const int64_t N = 50, E = 8;
-  for (int64_t K : {1, 2, 3}) {
-    for (bool normalize : {false, true}) {
-      const std::vector<double> logits = values(N * E, DType::f32, 2.0);
-      Tensor pc = cpu().alloc({N, E}, DType::f32), lc = cpu().alloc({N}, DType::f32),
-             ic = cpu().alloc({N, K}, DType::i32), gc = cpu().alloc({N, K}, DType::f32);
-      Tensor pg = poisoned({N, E}, DType::f32), lg = poisoned({N}, DType::f32),
-             ig = poisoned({N, K}, DType::i32), gg = poisoned({N, K}, DType::f32);
-      cpu().router_softmax_topk(pc, lc, ic, gc, on_cpu({N, E}, logits), K, normalize);
-      gpu().router_softmax_topk(pg, lg, ig, gg, on_gpu({N, E}, logits, DType::f32), K, normalize);
-      const std::string name = "router_softmax_topk K=" + std::to_string(K) + (normalize ? " norm" : "");
-      expect_close(pg, pc, 1e-6, name + " probs", DType::f32);
-      expect_close(lg, lc, 1e-6, name + " lse", DType::f32);
-      expect_close(gg, gc, 1e-6, name + " gates", DType::f32);
-      expect_equal_ints(ig, ic, N * K, name + " topk_idx");
-    }
+class CudaF32 : public CudaTest {
+ protected:
+  // One rule's name for failure messages.
+  static std::string rule_name(const RoutingRule& r) {
+    return std::string(r.score == RouterScore::sigmoid ? "sigmoid" : "softmax") +
+           " K=" + std::to_string(r.top_k) + (r.normalize ? " norm" : "") +
+           " cap=" + std::to_string(r.capacity) +
+           (r.drop_policy == DropPolicy::probability ? " probability" : " position") +
+           (r.overflow == Overflow::reroute ? " reroute" : " drop");
   }
+};
+
+// Logits skewed towards the low experts (so that capacity drops some), optionally on a coarse
+// grid (multiples of 0.25) so that selection scores tie and the tie rule is exercised.
+std::vector<double> router_logits(int64_t N, int64_t E, double skew, bool coarse, uint64_t seed) {
+  CounterRng rng(seed);
+  std::vector<double> v(N * E);
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t e = 0; e < E; ++e) {
+      double x = 1.5 * rng.normal() - skew * static_cast<double>(e) / static_cast<double>(E);
+      if (coarse) x = std::round(4.0 * x) / 4.0;
+      v[t * E + e] = static_cast<float>(x);
+    }
+  return v;
+}
+
+TEST_F(CudaF32, ScoresTopkGates) {
+  const int64_t N = 200, E = 8;
+  for (RouterScore score : {RouterScore::softmax, RouterScore::sigmoid})
+    for (bool with_bias : {false, true})
+      for (bool normalize : {false, true})
+        for (bool coarse : {false, true})
+          for (int64_t K : {1, 2, 3}) {
+            RoutingRule rule;
+            rule.top_k = K;
+            rule.score = score;
+            rule.normalize = normalize;
+            const std::vector<double> logits = router_logits(N, E, 0.0, coarse, next_seed_++);
+            std::vector<double> bias = values(E, DType::f32, 1.0);
+            if (coarse)  // exact sums on the grid: ties in the selection scores
+              for (double& b : bias) b = std::round(4.0 * b) / 4.0;
+            Tensor bc = with_bias ? on_cpu({E}, bias) : Tensor();
+            Tensor bg = with_bias ? on_gpu({E}, bias, DType::f32) : Tensor();
+            Tensor sc = cpu().alloc({N, E}, DType::f32), lc = cpu().alloc({N}, DType::f32),
+                   ic = cpu().alloc({N, K}, DType::i32), gc = cpu().alloc({N, K}, DType::f32);
+            Tensor sg = poisoned({N, E}, DType::f32), lg = poisoned({N}, DType::f32),
+                   ig = poisoned({N, K}, DType::i32), gg = poisoned({N, K}, DType::f32);
+            cpu().router_scores_topk(sc, lc, ic, gc, on_cpu({N, E}, logits), bc, rule);
+            gpu().router_scores_topk(sg, lg, ig, gg, on_gpu({N, E}, logits, DType::f32), bg, rule);
+            const std::string name =
+                std::string("router_scores_topk ") +
+                (score == RouterScore::sigmoid ? "sigmoid" : "softmax") + " K=" +
+                std::to_string(K) + (normalize ? " norm" : "") + (with_bias ? " bias" : "") +
+                (coarse ? " ties" : "");
+            expect_close(sg, sc, 1e-6, name + " scores", DType::f32);
+            expect_close(lg, lc, 1e-6, name + " lse", DType::f32);
+            expect_close(gg, gc, 1e-6, name + " gates", DType::f32);
+            expect_equal_ints(ig, ic, N * K, name + " topk_idx");
+          }
 }
 
 // Random top-k choices (distinct experts per token, skewed towards low experts so that
@@ -391,51 +430,128 @@ std::vector<int32_t> random_topk(int64_t N, int64_t K, int64_t E, uint64_t seed)
   return idx;
 }
 
-TEST_F(CudaF32, PlanAndLosses) {
-  const int64_t N = 300, K = 2, E = 6;
-  const std::vector<int32_t> topk = random_topk(N, K, E, 77);
-  for (int64_t capacity : {int64_t{-1}, int64_t{70}, int64_t{3}}) {
-    Tensor tc = ints_cpu(topk).reshape({N, K}), tg = ints_gpu(topk).reshape({N, K});
-    Tensor src = cpu().alloc({N * K}, DType::i32), rsc = cpu().alloc({N * K}, DType::i32),
-           ac = cpu().alloc({E}, DType::i32);
-    Tensor srg = poisoned({N * K}, DType::i32), rsg = poisoned({N * K}, DType::i32),
-           ag = poisoned({E}, DType::i32);
-    const std::vector<int64_t> kc = cpu().router_plan(src, rsc, ac, tc, E, capacity);
-    const std::vector<int64_t> kg = gpu().router_plan(srg, rsg, ag, tg, E, capacity);
-    EXPECT_EQ(kg, kc) << "capacity " << capacity;
-    const int64_t kept = std::accumulate(kc.begin(), kc.end(), int64_t{0});
-    if (capacity == 3) {
-      EXPECT_LT(kept, N * K) << "the test wants drops";
-    }
-    expect_equal_ints(srg, src, N * K, "slot_row");
-    expect_equal_ints(rsg, rsc, kept, "row_slot");
-    expect_equal_ints(ag, ac, E, "assignments_per_expert");
+// The plan on identical inputs (the CPU's top-k and gates, the same logits and bias) must be
+// identical: slot_row, row_slot (kept rows), slot_expert, the counts and the reroute count.
+// Sizes: small, and one past a block of 1024 assignments with E > 32 (several experts per lane
+// in the reroute walk, several tiles in the probability ordering). Gates as computed, and
+// quantised to sixteenths (many equal gates: the (k, t) tie order).
+TEST_F(CudaF32, PlanMatchesTheCpu) {
+  struct Size {
+    int64_t N, K, E;
+  };
+  int64_t cases_with_drops = 0, cases_with_reroutes = 0;
+  for (const Size size : {Size{300, 2, 6}, Size{1500, 3, 40}}) {
+    const int64_t N = size.N, K = size.K, E = size.E;
+    for (bool with_bias : {false, true})
+      for (bool quantised_gates : {false, true}) {
+        RoutingRule scoring;
+        scoring.top_k = K;
+        scoring.score = quantised_gates ? RouterScore::softmax : RouterScore::sigmoid;
+        scoring.normalize = true;
+        const std::vector<double> logits = router_logits(N, E, 3.0, false, next_seed_++);
+        const std::vector<double> bias = values(E, DType::f32, 0.5);
+        Tensor lc = on_cpu({N, E}, logits), lg = on_gpu({N, E}, logits, DType::f32);
+        Tensor bc = with_bias ? on_cpu({E}, bias) : Tensor();
+        Tensor bg = with_bias ? on_gpu({E}, bias, DType::f32) : Tensor();
+        Tensor sc = cpu().alloc({N, E}, DType::f32), lsc = cpu().alloc({N}, DType::f32),
+               ic = cpu().alloc({N, K}, DType::i32), gc = cpu().alloc({N, K}, DType::f32);
+        cpu().router_scores_topk(sc, lsc, ic, gc, lc, bc, scoring);
+        std::vector<double> gates = cpu().read(gc);
+        if (quantised_gates)
+          for (double& g : gates) g = std::round(16.0 * g) / 16.0;
+        gc = on_cpu({N, K}, gates);
+        Tensor gg = on_gpu({N, K}, gates, DType::f32);
+        Tensor ig = ints_gpu(cpu().read_i32(ic)).reshape({N, K});
+        for (DropPolicy policy : {DropPolicy::position, DropPolicy::probability})
+          for (Overflow overflow : {Overflow::drop, Overflow::reroute})
+            for (double factor : {0.0, 1.0, 0.5, -1.0}) {  // dropless, tight, tighter, none kept
+              RoutingRule rule = scoring;
+              rule.drop_policy = policy;
+              rule.overflow = overflow;
+              rule.capacity = factor == 0.0   ? -1
+                              : factor < 0.0 ? 0
+                                             : static_cast<int64_t>(std::ceil(
+                                                   factor * static_cast<double>(K * N) / E));
+              const std::string name = rule_name(rule) + " N=" + std::to_string(N) +
+                                       (with_bias ? " bias" : "") +
+                                       (quantised_gates ? " quantised gates" : "");
+              Tensor src = cpu().alloc({N * K}, DType::i32), rsc = cpu().alloc({N * K}, DType::i32),
+                     sec = cpu().alloc({N * K}, DType::i32), ac = cpu().alloc({E}, DType::i32);
+              Tensor srg = poisoned({N * K}, DType::i32), rsg = poisoned({N * K}, DType::i32),
+                     seg = poisoned({N * K}, DType::i32), ag = poisoned({E}, DType::i32);
+              const RouterPlanCounts cc = cpu().router_plan(src, rsc, sec, ac, ic, gc, lc, bc, rule);
+              const RouterPlanCounts cg = gpu().router_plan(srg, rsg, seg, ag, ig, gg, lg, bg, rule);
+              EXPECT_EQ(cg.tokens_per_expert, cc.tokens_per_expert) << name;
+              EXPECT_EQ(cg.rerouted, cc.rerouted) << name;
+              const int64_t kept = std::accumulate(cc.tokens_per_expert.begin(),
+                                                   cc.tokens_per_expert.end(), int64_t{0});
+              if (factor > 0) {
+                EXPECT_LT(kept - cc.rerouted, N * K) << name << ": the test wants drops";
+              }
+              cases_with_drops += kept < N * K;
+              cases_with_reroutes += cc.rerouted > 0;
+              expect_equal_ints(srg, src, N * K, name + " slot_row");
+              expect_equal_ints(rsg, rsc, kept, name + " row_slot");
+              expect_equal_ints(seg, sec, N * K, name + " slot_expert");
+              expect_equal_ints(ag, ac, E, name + " assignments_per_expert");
+            }
+      }
   }
-  // The losses, from the CPU's router outputs copied to the device.
-  const std::vector<double> logits = values(N * E, DType::f32, 2.0);
-  Tensor pc = cpu().alloc({N, E}, DType::f32), lc = cpu().alloc({N}, DType::f32),
-         ic = cpu().alloc({N, K}, DType::i32), gc = cpu().alloc({N, K}, DType::f32);
-  cpu().router_softmax_topk(pc, lc, ic, gc, on_cpu({N, E}, logits), K, true);
-  Tensor src = cpu().alloc({N * K}, DType::i32), rsc = cpu().alloc({N * K}, DType::i32),
-         ac = cpu().alloc({E}, DType::i32);
-  cpu().router_plan(src, rsc, ac, ic, E, -1);
-  double aux_c = 0, z_c = 0, aux_g = 0, z_g = 0;
-  cpu().router_losses(&aux_c, &z_c, pc, lc, ac, K);
-  Tensor pg = on_gpu({N, E}, cpu().read(pc), DType::f32), lg = on_gpu({N}, cpu().read(lc), DType::f32);
-  Tensor ag = ints_gpu(cpu().read_i32(ac));
-  gpu().router_losses(&aux_g, &z_g, pg, lg, ag, K);
-  std::printf("[ rel err  ] router_losses aux %.3e z %.3e\n", std::abs(aux_g - aux_c) / aux_c,
-              std::abs(z_g - z_c) / z_c);
-  EXPECT_NEAR(aux_g, aux_c, 1e-9 * aux_c);
-  EXPECT_NEAR(z_g, z_c, 1e-9 * z_c);
-  // The backward, through the gates (normalised and not), aux and z.
-  for (bool normalize : {false, true}) {
-    const std::vector<double> dgates = values(N * K, DType::f32);
-    Tensor dc = cpu().alloc({N, E}, DType::f32), dg = poisoned({N, E}, DType::f32);
-    cpu().router_backward(dc, on_cpu({N, K}, dgates), pc, lc, ic, ac, K, normalize, 0.7, 0.3);
-    gpu().router_backward(dg, on_gpu({N, K}, dgates, DType::f32), pg, lg,
-                          ints_gpu(cpu().read_i32(ic)).reshape({N, K}), ag, K, normalize, 0.7, 0.3);
-    expect_close(dg, dc, 1e-6, normalize ? "router_backward norm" : "router_backward", DType::f32);
+  std::printf("[ plan     ] %lld cases with drops, %lld with reroutes: identical to the cpu\n",
+              static_cast<long long>(cases_with_drops), static_cast<long long>(cases_with_reroutes));
+  EXPECT_GT(cases_with_reroutes, 0);
+}
+
+// The losses and the backward from the CPU's router outputs copied to the device, with f_e from
+// this group's choices and from counts given from outside (aux_loss_scope global).
+TEST_F(CudaF32, LossesAndBackward) {
+  const int64_t N = 300, K = 2, E = 6;
+  for (RouterScore score : {RouterScore::softmax, RouterScore::sigmoid}) {
+    RoutingRule rule;
+    rule.top_k = K;
+    rule.score = score;
+    rule.normalize = true;
+    const std::vector<double> logits = router_logits(N, E, 1.0, false, next_seed_++);
+    Tensor lc = on_cpu({N, E}, logits), lg = on_gpu({N, E}, logits, DType::f32);
+    Tensor sc = cpu().alloc({N, E}, DType::f32), lsc = cpu().alloc({N}, DType::f32),
+           ic = cpu().alloc({N, K}, DType::i32), gc = cpu().alloc({N, K}, DType::f32);
+    cpu().router_scores_topk(sc, lsc, ic, gc, lc, Tensor(), rule);
+    Tensor src = cpu().alloc({N * K}, DType::i32), rsc = cpu().alloc({N * K}, DType::i32),
+           sec = cpu().alloc({N * K}, DType::i32), ac = cpu().alloc({E}, DType::i32);
+    cpu().router_plan(src, rsc, sec, ac, ic, gc, lc, Tensor(), rule);
+    Tensor sg = on_gpu({N, E}, cpu().read(sc), DType::f32);
+    Tensor lsg = on_gpu({N}, cpu().read(lsc), DType::f32);
+    Tensor ig = ints_gpu(cpu().read_i32(ic)).reshape({N, K});
+    CounterRng rng(next_seed_++);
+    std::vector<int32_t> foreign(E);
+    for (int32_t& n : foreign) n = static_cast<int32_t>(std::floor(std::abs(rng.normal()) * 200));
+    for (bool global : {false, true}) {
+      const std::vector<int32_t> counts = global ? foreign : cpu().read_i32(ac);
+      Tensor cc = ints_cpu(counts), cg = ints_gpu(counts);
+      const std::string name = std::string(score == RouterScore::sigmoid ? "sigmoid" : "softmax") +
+                               (global ? " foreign counts" : "");
+      const RouterLossValues vc = cpu().router_losses(sc, lsc, cc, rule);
+      const RouterLossValues vg = gpu().router_losses(sg, lsg, cg, rule);
+      std::printf("[ rel err  ] router_losses %-22s aux %.3e z %.3e entropy %.3e\n", name.c_str(),
+                  std::abs(vg.aux - vc.aux) / vc.aux, std::abs(vg.z - vc.z) / vc.z,
+                  std::abs(vg.entropy - vc.entropy) / vc.entropy);
+      EXPECT_NEAR(vg.aux, vc.aux, 1e-6 * vc.aux) << name;
+      EXPECT_NEAR(vg.z, vc.z, 1e-6 * vc.z) << name;
+      EXPECT_NEAR(vg.entropy, vc.entropy, 1e-6 * vc.entropy) << name;
+      // The backward, through the gates (normalised and not), aux and z.
+      for (bool normalize : {false, true}) {
+        RoutingRule backward_rule = rule;
+        backward_rule.normalize = normalize;
+        const std::vector<double> dgates = values(N * K, DType::f32);
+        Tensor dc = cpu().alloc({N, E}, DType::f32), dg = poisoned({N, E}, DType::f32);
+        cpu().router_backward(dc, on_cpu({N, K}, dgates), sc, lsc, lc, ic, cc, backward_rule,
+                              0.7, 0.3);
+        gpu().router_backward(dg, on_gpu({N, K}, dgates, DType::f32), sg, lsg, lg, ig, cg,
+                              backward_rule, 0.7, 0.3);
+        expect_close(dg, dc, 1e-6, "router_backward " + name + (normalize ? " norm" : ""),
+                     DType::f32);
+      }
+    }
   }
 }
 
@@ -444,8 +560,15 @@ TEST_P(CudaOps, PermuteAndCombine) {
   const int64_t N = 90, K = 2, E = 5, D = 24;
   const std::vector<int32_t> topk = random_topk(N, K, E, 91);
   Tensor sr = cpu().alloc({N * K}, DType::i32), rs = cpu().alloc({N * K}, DType::i32),
-         as = cpu().alloc({E}, DType::i32);
-  const std::vector<int64_t> kept_per = cpu().router_plan(sr, rs, as, ints_cpu(topk).reshape({N, K}), E, 30);
+         se = cpu().alloc({N * K}, DType::i32), as = cpu().alloc({E}, DType::i32);
+  RoutingRule rule;
+  rule.top_k = K;
+  rule.capacity = 30;
+  const std::vector<int64_t> kept_per =
+      cpu().router_plan(sr, rs, se, as, ints_cpu(topk).reshape({N, K}),
+                        cpu().zeros({N, K}, DType::f32), cpu().zeros({N, E}, DType::f32), Tensor(),
+                        rule)
+          .tokens_per_expert;
   const int64_t R = std::accumulate(kept_per.begin(), kept_per.end(), int64_t{0});
   ASSERT_LT(R, N * K) << "the test wants drops";
   Tensor srg = ints_gpu(cpu().read_i32(sr)), rsg = ints_gpu(cpu().read_i32(rs));

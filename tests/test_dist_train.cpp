@@ -4,6 +4,7 @@
 // W*A. Each layout runs on the first W ranks of the world. Also: the errors every rank must agree
 // on, reported the same way on all ranks (no hang).
 #include "tests/dist_harness.h"
+#include "trainer/session.h"
 
 namespace sy {
 namespace {
@@ -23,6 +24,65 @@ TEST_F(DistTrain, EquivalenceDropless) {
   Config c = base_config();
   c.moe.capacity_factor = 0.0;
   check_equivalence(c, "dropless");
+}
+
+// Every balancing option at once: the routing and its reroutes are decided per group, the bias
+// is updated from the step's loads summed over all groups, so the layout still does not matter.
+TEST_F(DistTrain, EquivalenceWithEveryBalancingOption) {
+  Config c = base_config();
+  c.moe.router_score = "sigmoid";
+  c.moe.bias_update_rate = 0.01;
+  c.moe.drop_policy = "probability";
+  c.moe.overflow = "reroute";
+  c.moe.capacity_factor = 0.75;  // E * C = 48 slots for 64 assignments: some are always dropped
+  check_equivalence(c, "balancing");
+}
+
+// Global-batch balancing sums the choices over the W groups of a micro-step, so it depends on W
+// (by design), but not on P.
+TEST_F(DistTrain, GlobalAuxScopeDoesNotDependOnExpertParallel) {
+  Config c = base_config();
+  c.moe.aux_loss_scope = "global";
+  c.moe.aux_loss_coef = 0.1;
+  check_equivalence(c, "global_w2", {{2, 1, 2}, {2, 2, 2}});
+  check_equivalence(c, "global_w4", {{4, 1, 1}, {4, 2, 1}, {4, 4, 1}});
+}
+
+TEST_F(DistTrain, GlobalAuxScopeCountsEveryRanksGroup) {
+  Config c = base_config();
+  c.moe.aux_loss_scope = "global";
+  c.parallel.expert_parallel = 2;
+  ModelSession session = make_model_session(c, MPI_COMM_WORLD);
+  const int64_t B = c.train.micro_batch_size, S = c.model.seq_len, T = B * S;
+  std::vector<int32_t> inputs(T), targets(T);
+  for (int64_t t = 0; t < T; ++t) {  // a different group on every rank
+    inputs[t] = static_cast<int32_t>((t * 31 + world_rank() * 97 + 5) % 256);
+    targets[t] = static_cast<int32_t>((t * 17 + world_rank() * 13) % 256);
+  }
+  Backend& backend = *session.backend;
+  for (bool training : {true, false}) {
+    session.model->forward_backward(inputs, targets, B, training, 0.25);
+    for (const Router* router : session.model->routers()) {
+      const std::vector<int32_t> own = backend.read_i32(router->assignments_per_expert);
+      std::vector<int64_t> summed(own.begin(), own.end());
+      session.groups.world->all_reduce_host(summed, ReduceOp::sum);
+      const std::vector<int32_t> used = backend.read_i32(router->balance_counts);
+      // Training balances over the world; evaluation needs no collective and uses its own.
+      const std::vector<int64_t> expected = training ? summed : std::vector<int64_t>(own.begin(), own.end());
+      EXPECT_EQ(std::vector<int64_t>(used.begin(), used.end()), expected);
+      // aux = E * sum_e f_e * P_e with f from the world's counts and P from this group.
+      const std::vector<double> scores = backend.read(router->scores);
+      const int64_t E = c.moe.num_experts;
+      double total = 0, aux = 0;
+      for (int64_t count : expected) total += static_cast<double>(count);
+      for (int64_t e = 0; e < E; ++e) {
+        double P = 0;
+        for (int64_t t = 0; t < T; ++t) P += scores[t * E + e] / T;
+        aux += expected[e] / total * P;
+      }
+      EXPECT_NEAR(router->aux_loss, E * aux, 1e-6);
+    }
+  }
 }
 
 // Every rank must throw the same CollectiveError with `expected` in it.

@@ -116,14 +116,25 @@ TEST_F(LayerGrad, LMHeadUntied) { check_lm_head(be, false); }
 
 // MoE layer: loss = sum(out .* r) + d_aux * aux + d_z * z, through route, permute, dispatch,
 // experts, combine and unpermute.
-void check_moe(Backend& be, int64_t K, double capacity_factor, bool normalize) {
+// `balancing` sets the score, drop policy and overflow; with `bias`, an expert bias steers the
+// selection (the loss does not depend on it smoothly, so it is held fixed).
+void check_moe(Backend& be, int64_t K, double capacity_factor, bool normalize,
+               RouterSettings balancing = {}, bool bias = false) {
   const int64_t T = 12, D = 6, E = 4, F = 5;
   LocalExchange exchange(be, E);
   MoELayer moe;
   moe.exchange = &exchange;
   // Large router weights: well-separated logits, so the finite differences never flip a top-k.
   moe.router.weight = random_param(be, "router", {D, E}, 51, 1.5);
-  moe.router.settings = {E, K, normalize, capacity_factor};
+  moe.router.settings = balancing;
+  moe.router.settings.num_experts = E;
+  moe.router.settings.top_k = K;
+  moe.router.settings.normalize = normalize;
+  moe.router.settings.capacity_factor = capacity_factor;
+  if (bias) {
+    moe.router.expert_bias = be.alloc({E}, DType::f64);
+    be.write(moe.router.expert_bias, std::span<const double>(std::vector<double>{0.4, -0.3, 0.9, 0.0}));
+  }
   moe.experts.w1 = random_param(be, "w1", {E, D, F}, 52, 0.5);
   moe.experts.w3 = random_param(be, "w3", {E, D, F}, 53, 0.5);
   moe.experts.w2 = random_param(be, "w2", {E, F, D}, 54, 0.5);
@@ -134,8 +145,11 @@ void check_moe(Backend& be, int64_t K, double capacity_factor, bool normalize) {
     return sum + d_aux * moe.router.aux_loss + d_z * moe.router.z_loss;
   };
   loss();
-  if (capacity_factor > 0) {
+  if (capacity_factor > 0 && balancing.overflow == Overflow::drop) {
     EXPECT_GT(moe.router.dropped, 0) << "the test wants drops";
+  }
+  if (balancing.overflow == Overflow::reroute) {
+    EXPECT_GT(moe.router.rerouted, 0) << "the test wants reroutes";
   }
   const std::vector<double> du = be.read(moe.backward(be, r, u, d_aux, d_z));
   expect_gradient(be, u, du, loss, "moe u", 40);
@@ -147,6 +161,32 @@ TEST_F(LayerGrad, MoETop2Dropless) { check_moe(be, 2, 0.0, true); }
 TEST_F(LayerGrad, MoETop2CapacityDrops) { check_moe(be, 2, 0.75, true); }
 TEST_F(LayerGrad, MoETop1Unnormalised) { check_moe(be, 1, 0.0, false); }
 TEST_F(LayerGrad, MoETop3CapacityDropsUnnormalised) { check_moe(be, 3, 0.8, false); }
+
+RouterSettings balancing(RouterScore score, DropPolicy policy, Overflow overflow) {
+  RouterSettings settings;
+  settings.score = score;
+  settings.drop_policy = policy;
+  settings.overflow = overflow;
+  return settings;
+}
+TEST_F(LayerGrad, MoESigmoidTop2Drops) {
+  check_moe(be, 2, 0.75, true, balancing(RouterScore::sigmoid, DropPolicy::position, Overflow::drop));
+}
+TEST_F(LayerGrad, MoESigmoidTop1Unnormalised) {
+  check_moe(be, 1, 0.0, false, balancing(RouterScore::sigmoid, DropPolicy::position, Overflow::drop));
+}
+TEST_F(LayerGrad, MoEProbabilityDrops) {
+  check_moe(be, 2, 0.75, true,
+            balancing(RouterScore::softmax, DropPolicy::probability, Overflow::drop));
+}
+TEST_F(LayerGrad, MoERerouteWithBias) {
+  check_moe(be, 2, 1.0, true,
+            balancing(RouterScore::softmax, DropPolicy::probability, Overflow::reroute), true);
+}
+TEST_F(LayerGrad, MoESigmoidRerouteWithBias) {
+  check_moe(be, 1, 1.0, true, balancing(RouterScore::sigmoid, DropPolicy::position, Overflow::reroute),
+            true);
+}
 
 // The whole model: loss = lm + aux_coef * aux + z_coef * z, gradients of every parameter.
 void check_model(Backend& be, const std::string& layers, bool tie, double capacity_factor) {

@@ -24,6 +24,7 @@ class ShardOnlyExchange final : public TokenExchange {
   ExchangePlan plan(const std::vector<int64_t>&) override { throw std::logic_error("unused"); }
   void dispatch(const ExchangePlan&, const Tensor&, const Tensor&) override {}
   void combine(const ExchangePlan&, const Tensor&, const Tensor&) override {}
+  void sum_over_world(std::vector<int64_t>&) override {}
 
  private:
   int64_t experts_, first_, local_;

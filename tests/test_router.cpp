@@ -29,11 +29,14 @@ int64_t capacity(double capacity_factor, int64_t K, int64_t T, int64_t E) {
 struct Routing {
   Vec probs, lse, gates;
   Idx topk;
+  Vec logits;
+  DType dtype = DType::f64;
 };
 
 struct Plan {
-  Idx slot_row, row_slot, assignments;
+  Idx slot_row, row_slot, slot_expert, assignments;
   std::vector<int64_t> kept;
+  int64_t rerouted = 0;
 };
 
 class RouterTest : public ::testing::Test {
@@ -50,21 +53,33 @@ class RouterTest : public ::testing::Test {
                 DType dt = DType::f64) {
     Tensor probs = be->alloc({T, E}, dt), lse = be->alloc({T}, dt);
     Tensor idx = be->alloc({T, K}, DType::i32), gates = be->alloc({T, K}, dt);
-    be->router_softmax_topk(probs, lse, idx, gates, tensor({T, E}, dt, logits), K, normalize);
-    return {be->read(probs), be->read(lse), be->read(gates), be->read_i32(idx)};
+    RoutingRule rule;
+    rule.top_k = K;
+    rule.normalize = normalize;
+    be->router_scores_topk(probs, lse, idx, gates, tensor({T, E}, dt, logits), Tensor(), rule);
+    return {be->read(probs), be->read(lse), be->read(gates), be->read_i32(idx), logits, dt};
   }
 
   // row_slot is a worst-case buffer of T*K entries, pre-filled with a sentinel.
-  Plan plan(const Idx& topk, int64_t T, int64_t K, int64_t E, int64_t cap) {
+  Plan plan(const Routing& r, int64_t T, int64_t K, int64_t E, int64_t cap) {
     Tensor idx = be->alloc({T, K}, DType::i32);
-    be->write(idx, std::span<const int32_t>(topk));
+    be->write(idx, std::span<const int32_t>(r.topk));
     Tensor slot_row = be->alloc({T * K}, DType::i32), row_slot = be->alloc({T * K}, DType::i32);
-    Tensor assignments = be->alloc({E}, DType::i32);
+    Tensor slot_expert = be->alloc({T * K}, DType::i32), assignments = be->alloc({E}, DType::i32);
     be->fill(row_slot, kSentinel);
+    RoutingRule rule;
+    rule.top_k = K;
+    rule.capacity = cap;
     Plan p;
-    p.kept = be->router_plan(slot_row, row_slot, assignments, idx, E, cap);
+    const RouterPlanCounts counts =
+        be->router_plan(slot_row, row_slot, slot_expert, assignments, idx,
+                        tensor({T, K}, r.dtype, r.gates), tensor({T, E}, r.dtype, r.logits),
+                        Tensor(), rule);
+    p.kept = counts.tokens_per_expert;
+    p.rerouted = counts.rerouted;
     p.slot_row = be->read_i32(slot_row);
     p.row_slot = be->read_i32(row_slot);
+    p.slot_expert = be->read_i32(slot_expert);
     p.assignments = be->read_i32(assignments);
     return p;
   }
@@ -154,7 +169,7 @@ TEST_F(RouterTest, CapacityDropsFirstChoicesLast) {
   const Vec logits = two_choice_logits(
       {{0, 1}, {0, 2}, {0, 3}, {0, 1}, {0, 2}, {0, 3}, {1, 0}, {2, 0}}, E);
   const Routing r = route(logits, T, E, K, true);
-  const Plan p = plan(r.topk, T, K, E, C);
+  const Plan p = plan(r, T, K, E, C);
   EXPECT_EQ(p.assignments, (Idx{8, 3, 3, 2}));
   EXPECT_EQ(p.kept, (std::vector<int64_t>{5, 3, 3, 2}));
   EXPECT_EQ(dropped(p, T, K), (std::set<std::pair<int, int>>{{5, 0}, {6, 1}, {7, 1}}));
@@ -168,7 +183,7 @@ TEST_F(RouterTest, CapacityRanksByChoiceThenToken) {
   const Vec logits = two_choice_logits(
       {{1, 0}, {2, 0}, {0, 3}, {0, 1}, {0, 2}, {0, 3}, {0, 1}, {0, 2}}, E);
   const Routing r = route(logits, T, E, K, true);
-  const Plan p = plan(r.topk, T, K, E, C);
+  const Plan p = plan(r, T, K, E, C);
   EXPECT_EQ(p.assignments, (Idx{8, 3, 3, 2}));
   EXPECT_EQ(p.kept, (std::vector<int64_t>{5, 3, 3, 2}));
   EXPECT_EQ(dropped(p, T, K), (std::set<std::pair<int, int>>{{7, 0}, {0, 1}, {1, 1}}));
@@ -184,7 +199,7 @@ TEST_F(RouterTest, DroplessKeepsEverything) {
   for (double& x : logits) x = normal(gen);
   logits[0] += 10;  // make an imbalanced expert
   const Routing r = route(logits, T, E, K, true);
-  const Plan p = plan(r.topk, T, K, E, -1);
+  const Plan p = plan(r, T, K, E, -1);
   EXPECT_EQ(std::accumulate(p.kept.begin(), p.kept.end(), int64_t{0}), T * K);
   for (int64_t e = 0; e < E; ++e) EXPECT_EQ(p.kept[e], p.assignments[e]);
   EXPECT_TRUE(dropped(p, T, K).empty());
@@ -201,7 +216,7 @@ TEST_F(RouterTest, PlanIsConsistentAndGroupedByExpertThenToken) {
   const Routing r = route(logits, T, E, K, true);
   for (int64_t C : {capacity(1.0, K, T, E), int64_t{-1}, int64_t{0}, int64_t{3}}) {
     SCOPED_TRACE("capacity " + std::to_string(C));
-    const Plan p = plan(r.topk, T, K, E, C);
+    const Plan p = plan(r, T, K, E, C);
 
     // Reference: per expert, assignments ranked by (k, t); the first C kept.
     std::vector<int64_t> assigned(E, 0), kept(E, 0);
@@ -250,12 +265,21 @@ TEST_F(RouterTest, PlanRejectsBadInput) {
   Tensor idx = be->alloc({2, 2}, DType::i32);
   be->write(idx, std::span<const int32_t>(Idx{0, 1, 1, 4}));
   Tensor slot_row = be->alloc({4}, DType::i32), row_slot = be->alloc({4}, DType::i32);
-  Tensor assignments = be->alloc({4}, DType::i32);
-  EXPECT_THROW(be->router_plan(slot_row, row_slot, assignments, idx, 4, -1), std::runtime_error);
+  Tensor slot_expert = be->alloc({4}, DType::i32), assignments = be->alloc({4}, DType::i32);
+  Tensor gates = be->zeros({2, 2}, DType::f64), logits = be->zeros({2, 4}, DType::f64);
+  RoutingRule rule;
+  rule.top_k = 2;
+  auto plan_with = [&](const Tensor& rows, const Tensor& bias, int64_t capacity) {
+    rule.capacity = capacity;
+    be->router_plan(slot_row, rows, slot_expert, assignments, idx, gates, logits, bias, rule);
+  };
+  EXPECT_THROW(plan_with(row_slot, Tensor(), -1), std::runtime_error);  // expert 4 of 4
   be->write(idx, std::span<const int32_t>(Idx{0, 1, 1, 3}));
-  EXPECT_THROW(be->router_plan(slot_row, be->alloc({3}, DType::i32), assignments, idx, 4, -1),
-               std::runtime_error);
-  EXPECT_NO_THROW(be->router_plan(slot_row, be->alloc({3}, DType::i32), assignments, idx, 4, 0));
+  EXPECT_THROW(plan_with(be->alloc({3}, DType::i32), Tensor(), -1), std::runtime_error);
+  EXPECT_NO_THROW(plan_with(be->alloc({3}, DType::i32), Tensor(), 0));
+  EXPECT_THROW(plan_with(row_slot, be->zeros({3}, DType::f64), -1), std::runtime_error);
+  EXPECT_THROW(plan_with(row_slot, be->zeros({4}, DType::f32), -1), std::runtime_error);
+  EXPECT_NO_THROW(plan_with(row_slot, be->zeros({4}, DType::f64), -1));
 }
 
 // ---- losses ---------------------------------------------------------------------------------
@@ -269,9 +293,10 @@ Losses losses(Backend& be, const Routing& r, const Plan& p, int64_t T, int64_t E
   be.write(probs, std::span<const double>(r.probs));
   be.write(lse, std::span<const double>(r.lse));
   be.write(a, std::span<const int32_t>(p.assignments));
-  Losses l{};
-  be.router_losses(&l.aux, &l.z, probs, lse, a, K);
-  return l;
+  RoutingRule rule;
+  rule.top_k = K;
+  const RouterLossValues values = be.router_losses(probs, lse, a, rule);
+  return {values.aux, values.z};
 }
 
 TEST_F(RouterTest, AuxLossIsOneForAUniformRouter) {
@@ -282,7 +307,7 @@ TEST_F(RouterTest, AuxLossIsOneForAUniformRouter) {
       // but aux = E * sum_e f_e / E = 1.
       const int64_t T = 8, E = 4, K = 2;
       const Routing r = route(Vec(T * E, 0.5), T, E, K, true, dt);
-      const Plan p = plan(r.topk, T, K, E, -1);
+      const Plan p = plan(r, T, K, E, -1);
       EXPECT_EQ(p.assignments, (Idx{8, 8, 0, 0}));
       EXPECT_NEAR(losses(*be, r, p, T, E, K, dt).aux, 1.0, tol);
     }
@@ -292,7 +317,7 @@ TEST_F(RouterTest, AuxLossIsOneForAUniformRouter) {
       Vec logits(T * E, 0.0);
       for (int64_t t = 0; t < T; ++t) logits[t * E + t % E] = 1e-9;
       const Routing r = route(logits, T, E, K, false, DType::f64);
-      const Plan p = plan(r.topk, T, K, E, -1);
+      const Plan p = plan(r, T, K, E, -1);
       EXPECT_EQ(p.assignments, (Idx{2, 2, 2, 2}));
       EXPECT_NEAR(losses(*be, r, p, T, E, K, dt).aux, 1.0, 1e-6);
     }
@@ -306,7 +331,7 @@ TEST_F(RouterTest, AuxLossMatchesFormula) {
   Vec logits(T * E);
   for (double& x : logits) x = normal(gen);
   const Routing r = route(logits, T, E, K, true);
-  const Plan p = plan(r.topk, T, K, E, 2);  // drops do not change f (counted before drops)
+  const Plan p = plan(r, T, K, E, 2);  // drops do not change f (counted before drops)
   double aux = 0;
   for (int64_t e = 0; e < E; ++e) {
     double P = 0;
@@ -323,7 +348,7 @@ TEST_F(RouterTest, ZLossHandExample) {
     const Routing r = route({0.0, 0.0, std::log(3.0), 0.0}, 2, 2, 1, false, dt);
     EXPECT_NEAR(r.lse[0], ln2, 1e-7);
     EXPECT_NEAR(r.lse[1], 2 * ln2, 1e-7);
-    const Plan p = plan(r.topk, 2, 1, 2, -1);
+    const Plan p = plan(r, 2, 1, 2, -1);
     EXPECT_NEAR(losses(*be, r, p, 2, 2, 1, dt).z, 2.5 * ln2 * ln2, dt == DType::f32 ? 1e-6 : 1e-15);
   }
 }

@@ -541,7 +541,9 @@ TEST_F(CpuBackendTest, CrossEntropyFiniteDifference) {
 }
 
 // ---- router backward (finite differences through the whole router path) --------------------
-// loss(logits) = sum(w .* gates) + d_aux * aux + d_z * z.
+// loss(logits) = sum(w .* gates) + d_aux * aux + d_z * z, for softmax and sigmoid scores, and
+// with the aux loss's f_e from this group's choices or from counts given from outside (global
+// scope).
 TEST_F(CpuBackendTest, RouterBackwardFiniteDifference) {
   const DType dt = DType::f64;
   const int64_t N = 6, E = 5;
@@ -555,31 +557,44 @@ TEST_F(CpuBackendTest, RouterBackwardFiniteDifference) {
     for (int64_t e = 0; e < E; ++e) logits0[t * E + e] = 0.5 * perm[e] + 0.01 * randn(1, 100 + t * E + e)[0];
   }
   const double d_aux = 0.7, d_z = 0.3;
-  for (int64_t K : {1, 2, 3})
-    for (bool normalize : {false, true}) {
-      const std::string what = "K=" + std::to_string(K) + (normalize ? " normalized" : "");
-      const Vec w = randn(N * K, 27 + K);
-      Tensor probs = be->alloc({N, E}, dt), lse = be->alloc({N}, dt);
-      Tensor idx = be->alloc({N, K}, DType::i32), gates = be->alloc({N, K}, dt);
-      Tensor slot_row = be->alloc({N * K}, DType::i32), row_slot = be->alloc({N * K}, DType::i32);
-      Tensor assignments = be->alloc({E}, DType::i32);
-      std::vector<int32_t> selected;
-      auto forward = [&](const Vec& l) {
-        be->router_softmax_topk(probs, lse, idx, gates, tensor({N, E}, dt, l), K, normalize);
-        if (selected.empty()) selected = be->read_i32(idx);
-        EXPECT_EQ(be->read_i32(idx), selected) << what << ": a perturbation changed the top-K";
-        be->router_plan(slot_row, row_slot, assignments, idx, E, -1);
-        double aux = 0, z = 0;
-        be->router_losses(&aux, &z, probs, lse, assignments, K);
-        return dot(w, be->read(gates)) + d_aux * aux + d_z * z;
-      };
-      forward(logits0);
-      Tensor dlogits = nans({N, E}, dt);
-      be->router_backward(dlogits, tensor({N, K}, dt, w), probs, lse, idx, assignments, K,
-                          normalize, d_aux, d_z);
-      const Vec numeric = numeric_grad(logits0, forward);
-      expect_grad(be->read(dlogits), numeric, "router dlogits " + what);
-    }
+  Tensor foreign_counts = index({E}, {7, 0, 3, 12, 2});
+  for (RouterScore score : {RouterScore::softmax, RouterScore::sigmoid})
+    for (bool foreign : {false, true})
+      for (int64_t K : {1, 2, 3})
+        for (bool normalize : {false, true}) {
+          const std::string what = std::string(score == RouterScore::sigmoid ? "sigmoid" : "softmax") +
+                                   " K=" + std::to_string(K) + (normalize ? " normalized" : "") +
+                                   (foreign ? " foreign counts" : "");
+          RoutingRule rule;
+          rule.top_k = K;
+          rule.score = score;
+          rule.normalize = normalize;
+          const Vec w = randn(N * K, 27 + K);
+          Tensor scores = be->alloc({N, E}, dt), lse = be->alloc({N}, dt);
+          Tensor idx = be->alloc({N, K}, DType::i32), gates = be->alloc({N, K}, dt);
+          Tensor slot_row = be->alloc({N * K}, DType::i32), row_slot = be->alloc({N * K}, DType::i32);
+          Tensor slot_expert = be->alloc({N * K}, DType::i32);
+          Tensor assignments = be->alloc({E}, DType::i32);
+          Tensor logits = be->alloc({N, E}, dt);
+          std::vector<int32_t> selected;
+          auto forward = [&](const Vec& l) {
+            be->write(logits, std::span<const double>(l));
+            be->router_scores_topk(scores, lse, idx, gates, logits, Tensor(), rule);
+            if (selected.empty()) selected = be->read_i32(idx);
+            EXPECT_EQ(be->read_i32(idx), selected) << what << ": a perturbation changed the top-K";
+            be->router_plan(slot_row, row_slot, slot_expert, assignments, idx, gates, logits,
+                            Tensor(), rule);
+            const RouterLossValues losses =
+                be->router_losses(scores, lse, foreign ? foreign_counts : assignments, rule);
+            return dot(w, be->read(gates)) + d_aux * losses.aux + d_z * losses.z;
+          };
+          forward(logits0);
+          Tensor dlogits = nans({N, E}, dt);
+          be->router_backward(dlogits, tensor({N, K}, dt, w), scores, lse, logits, idx,
+                              foreign ? foreign_counts : assignments, rule, d_aux, d_z);
+          const Vec numeric = numeric_grad(logits0, forward);
+          expect_grad(be->read(dlogits), numeric, "router dlogits " + what);
+        }
 }
 
 // ---- permute / unpermute --------------------------------------------------------------------
@@ -589,8 +604,14 @@ TEST_F(CpuBackendTest, PermuteUnpermuteMatchNaive) {
   const std::vector<int32_t> choice{0, 1, 0, 2, 1, 0, 0, 2, 0, 1, 2, 0};
   Tensor idx = index({N, K}, choice);
   Tensor slot_row = be->alloc({N * K}, DType::i32), row_slot = be->alloc({N * K}, DType::i32);
-  Tensor assignments = be->alloc({E}, DType::i32);
-  const std::vector<int64_t> kept = be->router_plan(slot_row, row_slot, assignments, idx, E, 3);
+  Tensor assignments = be->alloc({E}, DType::i32), slot_expert = be->alloc({N * K}, DType::i32);
+  RoutingRule rule;
+  rule.top_k = K;
+  rule.capacity = 3;
+  const std::vector<int64_t> kept =
+      be->router_plan(slot_row, row_slot, slot_expert, assignments, idx, be->zeros({N, K}, DType::f32),
+                      be->zeros({N, E}, DType::f32), Tensor(), rule)
+          .tokens_per_expert;
   const int64_t R = std::accumulate(kept.begin(), kept.end(), int64_t{0});
   ASSERT_LT(R, N * K);  // something dropped
   const std::vector<int32_t> sr = be->read_i32(slot_row);

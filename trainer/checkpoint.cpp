@@ -52,15 +52,20 @@ struct Entry {
   std::string dataset;  // "/model/layers/0/attn/wq"
   Tensor tensor;        // this rank's tensor (for experts: its [E/P, ...] slice)
   bool is_expert = false;
+  // Model state a checkpoint may lack (an expert bias, when bias balancing is turned on at
+  // resume): it then keeps its initial value.
+  bool optional = false;
 };
 
-// /model/<path> for every param, then /optimizer/exp_avg/<path>, /optimizer/exp_avg_sq/<path>
-// for every param that has state, in the params' order.
+// /model/<path> for every param and every expert bias, then /optimizer/exp_avg/<path>,
+// /optimizer/exp_avg_sq/<path> for every param that has state, in the params' order.
 std::vector<Entry> checkpoint_entries(Transformer& model, Optimizer* optimizer, Backend& backend) {
   std::vector<Param*> params = model.params();
   std::vector<Entry> entries;
   for (Param* param : params)
     entries.push_back({"/model/" + param->path, param->value, param->is_expert});
+  for (auto& [path, bias] : model.expert_biases())
+    entries.push_back({"/model/" + path, bias, false, true});
   if (!optimizer) return entries;
   optimizer->init_state(backend, params);
   std::map<std::string, Tensor> state;
@@ -717,6 +722,10 @@ LoadResult load_checkpoint(const std::string& path, const Config& config, Transf
                                                            : saved_optimizer));
     const int P = groups.ep_size();
     for (Entry& entry : checkpoint_entries(model, restore_optimizer ? optimizer : nullptr, backend)) {
+      if (entry.optional && !h5::link_exists(file.get(), entry.dataset)) {
+        result.diff.notes.push_back(entry.dataset + " is not in the checkpoint: starts at zero");
+        continue;
+      }
       Item item;
       item.file_shape = entry.tensor.shape();
       if (entry.is_expert) {
@@ -727,6 +736,12 @@ LoadResult load_checkpoint(const std::string& path, const Config& config, Transf
       item.entry = std::move(entry);
       items.push_back(std::move(item));
     }
+    if (model.expert_biases().empty())
+      for (int64_t l = 0; l < config.model.n_layers; ++l) {
+        const std::string bias = "/model/layers/" + std::to_string(l) + "/moe/expert_bias";
+        if (h5::link_exists(file.get(), bias))
+          result.diff.notes.push_back(bias + " is not used: moe.bias_update_rate is 0");
+      }
   } catch (const std::exception& error) {
     problem = path + ": " + error.what();
   }

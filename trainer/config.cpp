@@ -68,7 +68,12 @@ std::vector<Section> config_fields(Config& c) {
         {"capacity_factor", &c.moe.capacity_factor},
         {"normalize_topk", OptionalBool{&c.moe.normalize_topk}},
         {"aux_loss_coef", &c.moe.aux_loss_coef},
-        {"z_loss_coef", &c.moe.z_loss_coef}}},
+        {"z_loss_coef", &c.moe.z_loss_coef},
+        {"bias_update_rate", &c.moe.bias_update_rate},
+        {"aux_loss_scope", &c.moe.aux_loss_scope},
+        {"router_score", &c.moe.router_score},
+        {"drop_policy", &c.moe.drop_policy},
+        {"overflow", &c.moe.overflow}}},
       {"parallel",
        {{"expert_parallel", &c.parallel.expert_parallel},
         {"communicator", &c.parallel.communicator}}},
@@ -501,6 +506,11 @@ void validate_moe(const Config& c, Problems& p) {
   check_finite(p, "moe.capacity_factor", moe.capacity_factor);
   check_non_negative(p, "moe.aux_loss_coef", moe.aux_loss_coef);
   check_non_negative(p, "moe.z_loss_coef", moe.z_loss_coef);
+  check_non_negative(p, "moe.bias_update_rate", moe.bias_update_rate);
+  check_one_of(p, "moe.aux_loss_scope", moe.aux_loss_scope, {"micro_batch", "global"});
+  check_one_of(p, "moe.router_score", moe.router_score, {"softmax", "sigmoid"});
+  check_one_of(p, "moe.drop_policy", moe.drop_policy, {"position", "probability"});
+  check_one_of(p, "moe.overflow", moe.overflow, {"drop", "reroute"});
   if (moe.normalize_topk < -1 || moe.normalize_topk > 1)
     p.add("moe.normalize_topk", "must be -1 (default), 0 or 1, got " + str(int64_t{moe.normalize_topk}));
 }
@@ -558,7 +568,7 @@ std::string format_field(const FieldRef& ref) {
   if (auto* v = std::get_if<double*>(&ref)) return format_double(**v);
   if (auto* v = std::get_if<bool*>(&ref)) return **v ? "true" : "false";
   if (auto* v = std::get_if<OptionalBool>(&ref)) {
-    if (*v->value < 0) return "null  # default: true when top_k > 1";
+    if (*v->value < 0) return "null  # default: true when top_k > 1 or router_score is sigmoid";
     return *v->value ? "true" : "false";
   }
   if (auto* v = std::get_if<LayerSpec>(&ref)) {

@@ -1,5 +1,6 @@
 #include "trainer/metrics.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -52,16 +53,40 @@ JsonLine& JsonLine::add(const std::string& name, const std::string& value) {
   return *this;
 }
 
+namespace {
+std::string json_array(const std::vector<double>& values) {
+  std::string out = "[";
+  for (size_t i = 0; i < values.size(); ++i) out += (i ? ", " : "") + json_number(values[i]);
+  return out + "]";
+}
+}  // namespace
+
+JsonLine& JsonLine::add(const std::string& name, const std::vector<double>& value) {
+  key(name);
+  body_ += json_array(value);
+  return *this;
+}
+
 JsonLine& JsonLine::add(const std::string& name, const std::vector<std::vector<double>>& value) {
   key(name);
   body_ += "[";
-  for (size_t i = 0; i < value.size(); ++i) {
-    body_ += i ? ", [" : "[";
-    for (size_t j = 0; j < value[i].size(); ++j) body_ += (j ? ", " : "") + json_number(value[i][j]);
-    body_ += "]";
-  }
+  for (size_t i = 0; i < value.size(); ++i) body_ += (i ? ", " : "") + json_array(value[i]);
   body_ += "]";
   return *this;
+}
+
+LoadBalance load_balance(const std::vector<double>& load) {
+  if (load.empty()) return {};
+  double sum = 0, largest = 0;
+  for (double x : load) {
+    sum += x;
+    largest = std::max(largest, x);
+  }
+  const double mean = sum / static_cast<double>(load.size());
+  if (mean <= 0) return {};
+  double squares = 0;
+  for (double x : load) squares += (x - mean) * (x - mean);
+  return {std::sqrt(squares / static_cast<double>(load.size())) / mean, largest / mean};
 }
 
 MetricsLog::MetricsLog(const std::string& path, bool append) : path_(path) {
@@ -80,19 +105,24 @@ void MetricsLog::write_line(const std::string& line) {
 }
 
 void MetricsLog::write_step(const StepMetrics& m) {
-  write_line(JsonLine()
-                 .add("step", m.step)
-                 .add("loss", m.loss)
-                 .add("lm_loss", m.lm_loss)
-                 .add("aux_loss", m.aux_loss)
-                 .add("z_loss", m.z_loss)
-                 .add("lr", m.lr)
-                 .add("grad_norm", m.grad_norm)
-                 .add("tokens_per_s", m.tokens_per_s)
-                 .add("dropped_frac", m.dropped_frac)
-                 .add("expert_load", m.expert_load)
-                 .add("peak_memory_bytes", m.peak_memory_bytes)
-                 .str());
+  JsonLine line;
+  line.add("step", m.step)
+      .add("loss", m.loss)
+      .add("lm_loss", m.lm_loss)
+      .add("aux_loss", m.aux_loss)
+      .add("z_loss", m.z_loss)
+      .add("lr", m.lr)
+      .add("grad_norm", m.grad_norm)
+      .add("tokens_per_s", m.tokens_per_s)
+      .add("dropped_frac", m.dropped_frac)
+      .add("rerouted_frac", m.rerouted_frac)
+      .add("expert_load", m.expert_load)
+      .add("load_cv", m.load_cv)
+      .add("load_max_mean", m.load_max_mean)
+      .add("layer_dropped_frac", m.layer_dropped_frac)
+      .add("router_entropy", m.router_entropy);
+  if (!m.expert_bias.empty()) line.add("expert_bias", m.expert_bias);
+  write_line(line.add("peak_memory_bytes", m.peak_memory_bytes).str());
 }
 
 void MetricsLog::write_eval(int64_t step, double val_loss) {
@@ -113,19 +143,47 @@ std::string format_duration(double seconds) {
 }
 }  // namespace
 
+// The balance of each MoE layer at a glance: "cv/max 0.12/1.3 0.40/2.1"; beyond four layers,
+// the worst layer only.
+std::string balance_summary(const StepMetrics& m) {
+  const size_t layers = m.load_cv.size();
+  if (layers == 0) return "";
+  char text[64];
+  std::string out = " | cv/max";
+  if (layers > 4) {
+    size_t worst = 0;
+    for (size_t l = 1; l < layers; ++l)
+      if (m.load_cv[l] > m.load_cv[worst]) worst = l;
+    std::snprintf(text, sizeof text, " worst L%zu %.2f/%.1f", worst, m.load_cv[worst],
+                  m.load_max_mean[worst]);
+    return out + text;
+  }
+  for (size_t l = 0; l < layers; ++l) {
+    std::snprintf(text, sizeof text, " %.2f/%.1f", m.load_cv[l], m.load_max_mean[l]);
+    out += text;
+  }
+  return out;
+}
+
 std::string progress_line(const StepMetrics& m, int64_t total_steps) {
   char text[360];
-  int length = std::snprintf(
-      text, sizeof text,
-      "step %6lld/%lld | loss %.4f (lm %.4f aux %.4f z %.4f) | lr %.2e | gnorm %.3f | "
-      "%.0f tok/s | dropped %.2f%% | eta %s",
-      static_cast<long long>(m.step), static_cast<long long>(total_steps), m.loss, m.lm_loss,
-      m.aux_loss, m.z_loss, m.lr, m.grad_norm, m.tokens_per_s, 100.0 * m.dropped_frac,
-      format_duration(m.eta_s).c_str());
-  if (m.peak_memory_bytes > 0 && length > 0 && length < static_cast<int>(sizeof text))
-    std::snprintf(text + length, sizeof text - length, " | mem %.2f GiB",
-                  m.peak_memory_bytes / 1073741824.0);
-  return text;
+  std::snprintf(text, sizeof text,
+                "step %6lld/%lld | loss %.4f (lm %.4f aux %.4f z %.4f) | lr %.2e | gnorm %.3f | "
+                "%.0f tok/s | dropped %.2f%%",
+                static_cast<long long>(m.step), static_cast<long long>(total_steps), m.loss,
+                m.lm_loss, m.aux_loss, m.z_loss, m.lr, m.grad_norm, m.tokens_per_s,
+                100.0 * m.dropped_frac);
+  std::string line = text;
+  if (m.rerouted_frac > 0) {
+    std::snprintf(text, sizeof text, " (rerouted %.2f%%)", 100.0 * m.rerouted_frac);
+    line += text;
+  }
+  line += balance_summary(m) + " | eta " + format_duration(m.eta_s);
+  if (m.peak_memory_bytes > 0) {
+    std::snprintf(text, sizeof text, " | mem %.2f GiB", m.peak_memory_bytes / 1073741824.0);
+    line += text;
+  }
+  return line;
 }
 
 }  // namespace sy

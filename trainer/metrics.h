@@ -17,10 +17,23 @@ struct StepMetrics {
   double grad_norm = 0.0;   // before clipping
   double tokens_per_s = 0.0;
   double dropped_frac = 0.0;
+  double rerouted_frac = 0.0;  // assignments moved to another expert (moe.overflow reroute)
   std::vector<std::vector<double>> expert_load;  // [MoE layer][E], fractions before drops
+  // Per MoE layer (docs/load-balancing.md): the coefficient of variation of expert_load, its
+  // max over its mean, the dropped fraction, and the mean router entropy per token (nats).
+  std::vector<double> load_cv, load_max_mean, layer_dropped_frac, router_entropy;
+  std::vector<std::vector<double>> expert_bias;  // [MoE layer][E] after the step; empty when off
   double eta_s = 0.0;
   int64_t peak_memory_bytes = 0;  // device memory, max over ranks (0 on the CPU)
 };
+
+// How evenly one layer's load fractions spread over its experts: the coefficient of variation
+// (population standard deviation over mean: 0 when uniform, sqrt(E - 1) when one expert takes
+// all) and the largest load over the mean (1 when uniform, E at collapse).
+struct LoadBalance {
+  double cv = 0.0, max_over_mean = 0.0;
+};
+LoadBalance load_balance(const std::vector<double>& load);
 
 // A JSON object written field by field, in insertion order.
 class JsonLine {
@@ -28,6 +41,7 @@ class JsonLine {
   JsonLine& add(const std::string& key, double value);
   JsonLine& add(const std::string& key, int64_t value);
   JsonLine& add(const std::string& key, const std::string& value);
+  JsonLine& add(const std::string& key, const std::vector<double>& value);
   JsonLine& add(const std::string& key, const std::vector<std::vector<double>>& value);
   std::string str() const { return "{" + body_ + "}"; }
 

@@ -63,7 +63,8 @@ ModelSession make_model_session(const Config& config, MPI_Comm world) {
   check_same_config(*session.groups.world, config);
   if (config.moe.num_experts > 0)
     session.exchange = std::make_unique<AllToAllDispatcher>(
-        *session.backend, *session.groups.expert_parallel, config.moe.num_experts);
+        *session.backend, *session.groups.expert_parallel, config.moe.num_experts,
+        session.groups.world.get());
   TransformerOptions options{config.model, config.moe, moe_layer_mask(config), DType::f32};
   // bf16 computes with bf16 copies of the fp32 master weights (Param::compute).
   options.dtype = config.run.precision == "bf16" ? DType::bf16 : DType::f32;

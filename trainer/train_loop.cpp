@@ -1,5 +1,6 @@
 #include "trainer/train_loop.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -121,9 +122,11 @@ std::string resolve_resume(const std::string& resume, const Config& config, Comm
 
 // Sums the per-group statistics of one step into its metrics (means over groups).
 struct StepAccumulator {
-  int64_t groups = 0, assignments = 0, dropped = 0, tokens = 0;
+  int64_t groups = 0, assignments = 0, dropped = 0, rerouted = 0, tokens = 0;
   double loss = 0, lm_loss = 0, aux_loss = 0, z_loss = 0;
-  std::vector<std::vector<double>> load_counts;
+  std::vector<std::vector<double>> load_counts;  // [MoE layer][E], choices before drops
+  std::vector<int64_t> dropped_per_layer, rerouted_per_layer;
+  std::vector<double> entropy_sum;  // [MoE layer], summed over groups
 
   void add(const GroupStats& stats) {
     ++groups;
@@ -134,25 +137,40 @@ struct StepAccumulator {
     z_loss += stats.z_loss;
     assignments += stats.assignments;
     dropped += stats.dropped;
-    load_counts.resize(stats.assignments_per_expert.size());
-    for (size_t l = 0; l < load_counts.size(); ++l) {
+    rerouted += stats.rerouted;
+    const size_t layers = stats.assignments_per_expert.size();
+    load_counts.resize(layers);
+    dropped_per_layer.resize(layers);
+    rerouted_per_layer.resize(layers);
+    entropy_sum.resize(layers);
+    for (size_t l = 0; l < layers; ++l) {
       load_counts[l].resize(stats.assignments_per_expert[l].size());
       for (size_t e = 0; e < load_counts[l].size(); ++e)
         load_counts[l][e] += stats.assignments_per_expert[l][e];
+      dropped_per_layer[l] += stats.dropped_per_layer[l];
+      rerouted_per_layer[l] += stats.rerouted_per_layer[l];
+      entropy_sum[l] += stats.entropy_per_layer[l];
     }
   }
 
   // Sums every field over the ranks, so that the metrics cover the whole step.
   void reduce(Communicator& world) {
     std::vector<double> sums{loss, lm_loss, aux_loss, z_loss};
+    sums.insert(sums.end(), entropy_sum.begin(), entropy_sum.end());
     world.all_reduce_host(sums, ReduceOp::sum);
     loss = sums[0], lm_loss = sums[1], aux_loss = sums[2], z_loss = sums[3];
-    std::vector<int64_t> counts{groups, assignments, dropped, tokens};
+    std::copy(sums.begin() + 4, sums.end(), entropy_sum.begin());
+    std::vector<int64_t> counts{groups, assignments, dropped, rerouted, tokens};
+    counts.insert(counts.end(), dropped_per_layer.begin(), dropped_per_layer.end());
+    counts.insert(counts.end(), rerouted_per_layer.begin(), rerouted_per_layer.end());
     for (const std::vector<double>& layer : load_counts)
       for (double count : layer) counts.push_back(static_cast<int64_t>(count));
     world.all_reduce_host(counts, ReduceOp::sum);
-    groups = counts[0], assignments = counts[1], dropped = counts[2], tokens = counts[3];
-    size_t next = 4;
+    groups = counts[0], assignments = counts[1], dropped = counts[2], rerouted = counts[3];
+    tokens = counts[4];
+    size_t next = 5;
+    for (int64_t& count : dropped_per_layer) count = counts[next++];
+    for (int64_t& count : rerouted_per_layer) count = counts[next++];
     for (std::vector<double>& layer : load_counts)
       for (double& count : layer) count = static_cast<double>(counts[next++]);
   }
@@ -163,11 +181,18 @@ struct StepAccumulator {
     m.aux_loss = aux_loss / groups;
     m.z_loss = z_loss / groups;
     m.dropped_frac = assignments ? static_cast<double>(dropped) / assignments : 0.0;
+    m.rerouted_frac = assignments ? static_cast<double>(rerouted) / assignments : 0.0;
     m.expert_load = load_counts;
-    for (std::vector<double>& layer : m.expert_load) {
+    for (size_t l = 0; l < load_counts.size(); ++l) {
+      std::vector<double>& load = m.expert_load[l];
       double total = 0;
-      for (double count : layer) total += count;
-      for (double& count : layer) count = total > 0 ? count / total : 0.0;
+      for (double count : load) total += count;
+      for (double& count : load) count = total > 0 ? count / total : 0.0;
+      const LoadBalance balance = load_balance(load);
+      m.load_cv.push_back(balance.cv);
+      m.load_max_mean.push_back(balance.max_over_mean);
+      m.layer_dropped_frac.push_back(total > 0 ? dropped_per_layer[l] / total : 0.0);
+      m.router_entropy.push_back(entropy_sum[l] / groups);
     }
   }
 };
@@ -274,6 +299,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     model.refresh_compute_weights();  // bf16 copies of the new master weights (no-op in fp32)
 
     acc.reduce(world);
+    model.update_expert_bias(acc.load_counts);  // aux-loss-free balancing (a no-op when off)
     StepMetrics metrics;
     metrics.step = step + 1;
     metrics.lr = lr;
@@ -304,6 +330,8 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       const double interval_s = seconds_since(interval_start);
       metrics.tokens_per_s = interval_s > 0 ? interval_tokens / interval_s : 0.0;
       metrics.eta_s = seconds_since(run_start) / (step + 1 - start_step) * (tc.steps - step - 1);
+      for (auto& [path, bias] : model.expert_biases())
+        metrics.expert_bias.push_back(backend.read(bias));
       if (lead) metrics_log->write_step(metrics);
       if (options.print && lead) std::printf("%s\n", progress_line(metrics, tc.steps).c_str());
       interval_start = Clock::now();

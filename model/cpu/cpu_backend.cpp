@@ -112,6 +112,32 @@ bool overlaps(const Tensor& a, const Tensor& b) {
 }
 
 // ---- the backend ----------------------------------------------------------------------------
+// The router's options as the kernels take them.
+cpu::Routing routing(const RoutingRule& rule) {
+  return {rule.top_k,
+          rule.score == RouterScore::sigmoid,
+          rule.normalize,
+          rule.capacity,
+          rule.drop_policy == DropPolicy::probability,
+          rule.overflow == Overflow::reroute};
+}
+
+void check_top_k(const Check& c, int64_t K, int64_t E) {
+  if (K < 1 || K > E) c.fail("K = " + std::to_string(K) + " outside [1, E = " + std::to_string(E) + "]");
+}
+
+// expert_bias is optional (undefined: no bias); when given, [E] in the router's dtype.
+void check_bias(const Check& c, const Tensor& bias, DType dtype, int64_t E) {
+  if (!bias.defined()) return;
+  c.dtype(bias, dtype, "expert_bias");
+  c.numel(bias, E, "expert_bias");
+}
+
+template <class T>
+const T* bias_ptr(const Tensor& bias) {
+  return bias.defined() ? bias.ptr<T>() : nullptr;
+}
+
 class CpuBackend final : public Backend {
  public:
   Device device() const override { return Device::cpu; }
@@ -398,99 +424,116 @@ class CpuBackend final : public Backend {
   }
 
   // ---- router ---------------------------------------------------------------------------------
-  void router_softmax_topk(const Tensor& probs, const Tensor& lse, const Tensor& topk_idx,
-                           const Tensor& gates, const Tensor& logits, int64_t K,
-                           bool normalize) override {
-    const Check c("router_softmax_topk");
+  void router_scores_topk(const Tensor& scores, const Tensor& lse, const Tensor& topk_idx,
+                          const Tensor& gates, const Tensor& logits, const Tensor& expert_bias,
+                          const RoutingRule& rule) override {
+    const Check c("router_scores_topk");
     const DType dt = c.float_dtype(logits, "logits");
-    c.dtype(probs, dt, "probs");
+    c.dtype(scores, dt, "scores");
     c.dtype(lse, dt, "lse");
     c.dtype(gates, dt, "gates");
     c.dtype(topk_idx, DType::i32, "topk_idx");
     c.ndim(logits, 2, "logits");
-    const int64_t N = logits.dim(0), E = logits.dim(1);
-    if (K < 1 || K > E) c.fail("K = " + std::to_string(K) + " outside [1, E = " + std::to_string(E) + "]");
-    c.shape(probs, logits.shape(), "probs");
+    const int64_t N = logits.dim(0), E = logits.dim(1), K = rule.top_k;
+    check_top_k(c, K, E);
+    c.shape(scores, logits.shape(), "scores");
     c.numel(lse, N, "lse");
     c.shape(topk_idx, {N, K}, "topk_idx");
     c.shape(gates, {N, K}, "gates");
+    check_bias(c, expert_bias, dt, E);
     dispatch_float(dt, [&]<class T>(T) {
-      cpu::router_softmax_topk(probs.ptr<T>(), lse.ptr<T>(), topk_idx.ptr<int32_t>(),
-                               gates.ptr<T>(), logits.ptr<T>(), N, E, K, normalize);
+      cpu::router_scores_topk(scores.ptr<T>(), lse.ptr<T>(), topk_idx.ptr<int32_t>(),
+                              gates.ptr<T>(), logits.ptr<T>(), bias_ptr<T>(expert_bias), N, E,
+                              routing(rule));
     });
   }
 
-  std::vector<int64_t> router_plan(const Tensor& slot_row, const Tensor& row_slot,
-                                   const Tensor& assignments_per_expert, const Tensor& topk_idx,
-                                   int64_t E, int64_t capacity) override {
+  RouterPlanCounts router_plan(const Tensor& slot_row, const Tensor& row_slot,
+                               const Tensor& slot_expert, const Tensor& assignments_per_expert,
+                               const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
+                               const Tensor& expert_bias, const RoutingRule& rule) override {
     const Check c("router_plan");
     for (auto [t, name] : {std::pair{&slot_row, "slot_row"}, {&row_slot, "row_slot"},
+                           {&slot_expert, "slot_expert"},
                            {&assignments_per_expert, "assignments_per_expert"},
                            {&topk_idx, "topk_idx"}})
       c.dtype(*t, DType::i32, name);
     c.ndim(topk_idx, 2, "topk_idx");
+    c.ndim(logits, 2, "logits");
+    const DType dt = c.float_dtype(logits, "logits");
+    c.dtype(gates, dt, "gates");
+    const int64_t N = topk_idx.dim(0), K = topk_idx.dim(1), E = logits.dim(1);
     c.positive(E, "E");
-    const int64_t N = topk_idx.dim(0), K = topk_idx.dim(1);
+    if (K != rule.top_k) c.fail("topk_idx has " + std::to_string(K) + " columns, top_k is " +
+                                std::to_string(rule.top_k));
     c.fits_int(N * K, "T*K");
+    c.shape(logits, {N, E}, "logits");
+    c.shape(gates, {N, K}, "gates");
     c.numel(slot_row, N * K, "slot_row");
+    c.numel(slot_expert, N * K, "slot_expert");
     c.numel(assignments_per_expert, E, "assignments_per_expert");
     c.index_range(topk_idx, N * K, 0, E, "topk_idx");
-    std::vector<int64_t> kept =
-        cpu::router_plan_counts(slot_row.ptr<int32_t>(), assignments_per_expert.ptr<int32_t>(),
-                                topk_idx.ptr<int32_t>(), N, K, E, capacity);
+    check_bias(c, expert_bias, dt, E);
+    RouterPlanCounts counts;
+    counts.tokens_per_expert = dispatch_float(dt, [&]<class T>(T) {
+      return cpu::router_plan_counts(slot_row.ptr<int32_t>(), slot_expert.ptr<int32_t>(),
+                                     assignments_per_expert.ptr<int32_t>(),
+                                     topk_idx.ptr<int32_t>(), gates.ptr<T>(), logits.ptr<T>(),
+                                     bias_ptr<T>(expert_bias), N, E, routing(rule),
+                                     &counts.rerouted);
+    });
     int64_t rows = 0;
-    for (int64_t n : kept) rows += n;
+    for (int64_t n : counts.tokens_per_expert) rows += n;
     if (rows > row_slot.numel())
       c.fail("row_slot holds " + std::to_string(row_slot.numel()) + " rows, " +
              std::to_string(rows) + " kept");
-    cpu::router_plan_rows(slot_row.ptr<int32_t>(), row_slot.ptr<int32_t>(), topk_idx.ptr<int32_t>(),
-                          kept, N, K);
-    return kept;
+    cpu::router_plan_rows(slot_row.ptr<int32_t>(), row_slot.ptr<int32_t>(),
+                          slot_expert.ptr<int32_t>(), counts.tokens_per_expert, N, K);
+    return counts;
   }
 
-  void router_losses(double* aux, double* z, const Tensor& probs, const Tensor& lse,
-                     const Tensor& assignments_per_expert, int64_t K) override {
+  RouterLossValues router_losses(const Tensor& scores, const Tensor& lse,
+                                 const Tensor& balance_counts, const RoutingRule& rule) override {
     const Check c("router_losses");
-    const DType dt = c.float_dtype(probs, "probs");
+    const DType dt = c.float_dtype(scores, "scores");
     c.dtype(lse, dt, "lse");
-    c.dtype(assignments_per_expert, DType::i32, "assignments_per_expert");
-    c.ndim(probs, 2, "probs");
-    c.positive(K, "K");
-    const int64_t N = probs.dim(0), E = probs.dim(1);
+    c.dtype(balance_counts, DType::i32, "balance_counts");
+    c.ndim(scores, 2, "scores");
+    const int64_t N = scores.dim(0), E = scores.dim(1);
     c.numel(lse, N, "lse");
-    c.numel(assignments_per_expert, E, "assignments_per_expert");
+    c.numel(balance_counts, E, "balance_counts");
     const cpu::RouterLosses l = dispatch_float(dt, [&]<class T>(T) {
-      return cpu::router_losses(probs.ptr<T>(), lse.ptr<T>(),
-                                assignments_per_expert.ptr<int32_t>(), N, E, K);
+      return cpu::router_losses(scores.ptr<T>(), lse.ptr<T>(), balance_counts.ptr<int32_t>(), N,
+                                E, routing(rule));
     });
-    if (aux) *aux = l.aux;
-    if (z) *z = l.z;
+    return {l.aux, l.z, l.entropy};
   }
 
-  void router_backward(const Tensor& dlogits, const Tensor& dgates, const Tensor& probs,
-                       const Tensor& lse, const Tensor& topk_idx,
-                       const Tensor& assignments_per_expert, int64_t K, bool normalize,
-                       double d_aux, double d_z) override {
+  void router_backward(const Tensor& dlogits, const Tensor& dgates, const Tensor& scores,
+                       const Tensor& lse, const Tensor& logits, const Tensor& topk_idx,
+                       const Tensor& balance_counts, const RoutingRule& rule, double d_aux,
+                       double d_z) override {
     const Check c("router_backward");
-    const DType dt = c.float_dtype(probs, "probs");
-    c.dtype(dlogits, dt, "dlogits");
-    c.dtype(dgates, dt, "dgates");
-    c.dtype(lse, dt, "lse");
+    const DType dt = c.float_dtype(scores, "scores");
+    for (auto [t, name] : {std::pair{&dlogits, "dlogits"}, {&dgates, "dgates"}, {&lse, "lse"},
+                           {&logits, "logits"}})
+      c.dtype(*t, dt, name);
     c.dtype(topk_idx, DType::i32, "topk_idx");
-    c.dtype(assignments_per_expert, DType::i32, "assignments_per_expert");
-    c.ndim(probs, 2, "probs");
-    const int64_t N = probs.dim(0), E = probs.dim(1);
-    if (K < 1 || K > E) c.fail("K = " + std::to_string(K) + " outside [1, E = " + std::to_string(E) + "]");
-    c.shape(dlogits, probs.shape(), "dlogits");
+    c.dtype(balance_counts, DType::i32, "balance_counts");
+    c.ndim(scores, 2, "scores");
+    const int64_t N = scores.dim(0), E = scores.dim(1), K = rule.top_k;
+    check_top_k(c, K, E);
+    c.shape(dlogits, scores.shape(), "dlogits");
+    c.shape(logits, scores.shape(), "logits");
     c.shape(dgates, {N, K}, "dgates");
     c.numel(lse, N, "lse");
     c.shape(topk_idx, {N, K}, "topk_idx");
-    c.numel(assignments_per_expert, E, "assignments_per_expert");
+    c.numel(balance_counts, E, "balance_counts");
     c.index_range(topk_idx, N * K, 0, E, "topk_idx");
     dispatch_float(dt, [&]<class T>(T) {
-      cpu::router_backward(dlogits.ptr<T>(), dgates.ptr<T>(), probs.ptr<T>(), lse.ptr<T>(),
-                           topk_idx.ptr<int32_t>(), assignments_per_expert.ptr<int32_t>(), N, E,
-                           K, normalize, d_aux, d_z);
+      cpu::router_backward(dlogits.ptr<T>(), dgates.ptr<T>(), scores.ptr<T>(), lse.ptr<T>(),
+                           logits.ptr<T>(), topk_idx.ptr<int32_t>(),
+                           balance_counts.ptr<int32_t>(), N, E, routing(rule), d_aux, d_z);
     });
   }
 

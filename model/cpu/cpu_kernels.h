@@ -360,122 +360,236 @@ void cross_entropy(T* losses, T* logits, const int32_t* targets, int64_t N, int6
   }
 }
 
-// ---- router (SPEC.md section 2) -------------------------------------------------------------
-template <class T>
-void router_softmax_topk(T* probs, T* lse, int32_t* topk_idx, T* gates, const T* logits,
-                         int64_t N, int64_t E, int64_t K, bool normalize) {
-  std::vector<char> chosen(E);
-  for (int64_t t = 0; t < N; ++t) {
-    const T* row = logits + t * E;
-    T* p = probs + t * E;
-    const T m = *std::max_element(row, row + E);
-    double sum = 0;
-    for (int64_t e = 0; e < E; ++e) sum += std::exp(static_cast<double>(row[e] - m));
-    for (int64_t e = 0; e < E; ++e) p[e] = static_cast<T>(std::exp(static_cast<double>(row[e] - m)) / sum);
-    lse[t] = static_cast<T>(static_cast<double>(m) + std::log(sum));
+// ---- router (SPEC.md section 2, docs/load-balancing.md) --------------------------------------
+// The router's options, as the kernels take them (the backend maps RoutingRule onto this, so
+// that these headers stay free of the Backend interface).
+struct Routing {
+  int64_t K = 1;
+  bool sigmoid = false;      // scores: sigmoid(logits), else softmax(logits)
+  bool normalize = false;
+  int64_t capacity = -1;     // < 0: dropless
+  bool by_gate = false;      // drop policy probability: the lowest gates are dropped first
+  bool reroute = false;      // overflow reroute
+};
 
-    // Top-K by repeated selection: strictly larger wins, so ties go to the lower index.
-    std::fill(chosen.begin(), chosen.end(), 0);
-    int32_t* idx = topk_idx + t * K;
-    for (int64_t k = 0; k < K; ++k) {
-      int64_t best = -1;
-      for (int64_t e = 0; e < E; ++e)
-        if (!chosen[e] && (best < 0 || row[e] > row[best])) best = e;
-      chosen[best] = 1;
-      idx[k] = static_cast<int32_t>(best);
+// The router's sigmoid, in double (the router's precision matters more than its speed).
+template <class T>
+T router_sigmoid(T x) {
+  return static_cast<T>(1.0 / (1.0 + std::exp(-static_cast<double>(x))));
+}
+
+// The K experts with the largest selection scores logits + bias (bias may be null), largest
+// first; ties go to the lower index (strictly larger wins).
+template <class T>
+void select_topk(int32_t* idx, const T* logits, const T* bias, int64_t E, int64_t K) {
+  for (int64_t k = 0; k < K; ++k) {
+    int64_t best = -1;
+    T best_score = T(0);
+    for (int64_t e = 0; e < E; ++e) {
+      bool chosen = false;
+      for (int64_t c = 0; c < k; ++c) chosen |= idx[c] == e;
+      const T score = bias ? logits[e] + bias[e] : logits[e];
+      if (!chosen && (best < 0 || score > best_score)) best = e, best_score = score;
     }
-    double denom = 1;
-    if (normalize) {
-      denom = 0;
-      for (int64_t k = 0; k < K; ++k) denom += p[idx[k]];
-    }
-    for (int64_t k = 0; k < K; ++k) gates[t * K + k] = static_cast<T>(p[idx[k]] / denom);
+    idx[k] = static_cast<int32_t>(best);
   }
 }
 
-// Indices only. Assignments ranked by (k, t) per expert; the first `capacity` kept (< 0: all).
-// Rows grouped by expert, ascending, then by token. Returns the kept count per expert.
-// The caller checks that the kept rows fit row_slot (see router_plan_kept).
-inline std::vector<int64_t> router_plan_counts(int32_t* slot_row, int32_t* assignments,
-                                               const int32_t* topk_idx, int64_t N, int64_t K,
-                                               int64_t E, int64_t capacity) {
-  std::vector<int64_t> kept(E, 0), assigned(E, 0);
-  for (int64_t k = 0; k < K; ++k) {
-    for (int64_t t = 0; t < N; ++t) {
-      const int32_t e = topk_idx[t * K + k];
-      ++assigned[e];
-      const bool keep = capacity < 0 || kept[e] < capacity;
-      kept[e] += keep;
-      slot_row[t * K + k] = keep ? 0 : -1;  // row numbers assigned in router_plan_rows
+template <class T>
+void router_scores_topk(T* scores, T* lse, int32_t* topk_idx, T* gates, const T* logits,
+                        const T* bias, int64_t N, int64_t E, const Routing& r) {
+  for (int64_t t = 0; t < N; ++t) {
+    const T* row = logits + t * E;
+    T* s = scores + t * E;
+    const T m = *std::max_element(row, row + E);
+    double sum = 0;
+    for (int64_t e = 0; e < E; ++e) sum += std::exp(static_cast<double>(row[e] - m));
+    lse[t] = static_cast<T>(static_cast<double>(m) + std::log(sum));
+    for (int64_t e = 0; e < E; ++e)
+      s[e] = r.sigmoid ? router_sigmoid(row[e])
+                       : static_cast<T>(std::exp(static_cast<double>(row[e] - m)) / sum);
+    int32_t* idx = topk_idx + t * r.K;
+    select_topk(idx, row, bias, E, r.K);
+    double denom = 1;
+    if (r.normalize) {
+      denom = 0;
+      for (int64_t k = 0; k < r.K; ++k) denom += s[idx[k]];
     }
+    for (int64_t k = 0; k < r.K; ++k) gates[t * r.K + k] = static_cast<T>(s[idx[k]] / denom);
   }
+}
+
+// The assignments t*K+k in the ranking of the drop policy: (k, t), or by gate (highest first)
+// and then (k, t).
+template <class T>
+std::vector<int64_t> ranked_assignments(const T* gates, int64_t N, const Routing& r) {
+  std::vector<int64_t> order;
+  order.reserve(N * r.K);
+  for (int64_t k = 0; k < r.K; ++k)
+    for (int64_t t = 0; t < N; ++t) order.push_back(t * r.K + k);
+  if (r.by_gate)
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return gates[a] > gates[b]; });
+  return order;
+}
+
+// The reroute target of assignment `slot`: the best selection score among experts below
+// capacity that the token does not use yet; -1 when every such expert is full.
+template <class T>
+int32_t reroute_target(int64_t slot, const int32_t* topk_idx, const int32_t* slot_expert,
+                       const std::vector<int64_t>& kept, const T* logits, const T* bias,
+                       int64_t E, const Routing& r) {
+  const int64_t t = slot / r.K;
+  int32_t best = -1;
+  T best_score = T(0);
+  for (int64_t e = 0; e < E; ++e) {
+    if (kept[e] >= r.capacity) continue;
+    bool used = false;
+    for (int64_t k = 0; k < r.K; ++k)
+      used |= topk_idx[t * r.K + k] == e || slot_expert[t * r.K + k] == e;
+    if (used) continue;
+    const T score = bias ? logits[t * E + e] + bias[e] : logits[t * E + e];
+    if (best < 0 || score > best_score) best = static_cast<int32_t>(e), best_score = score;
+  }
+  return best;
+}
+
+// Keep, drop or reroute each assignment (slot_row 0 kept / -1 dropped; row numbers follow in
+// router_plan_rows). Returns the kept count per expert; *rerouted counts the moves.
+template <class T>
+std::vector<int64_t> router_plan_counts(int32_t* slot_row, int32_t* slot_expert,
+                                        int32_t* assignments, const int32_t* topk_idx,
+                                        const T* gates, const T* logits, const T* bias, int64_t N,
+                                        int64_t E, const Routing& r, int64_t* rerouted) {
+  std::vector<int64_t> kept(E, 0), assigned(E, 0);
+  std::vector<int64_t> overflow;  // in ranking order
+  for (int64_t slot : ranked_assignments(gates, N, r)) {
+    const int32_t e = topk_idx[slot];
+    ++assigned[e];
+    slot_expert[slot] = e;
+    const bool keep = r.capacity < 0 || kept[e] < r.capacity;
+    kept[e] += keep;
+    slot_row[slot] = keep ? 0 : -1;
+    if (!keep) overflow.push_back(slot);
+  }
+  *rerouted = 0;
+  if (r.reroute)
+    for (int64_t slot : overflow) {
+      const int32_t e = reroute_target(slot, topk_idx, slot_expert, kept, logits, bias, E, r);
+      if (e < 0) continue;
+      slot_expert[slot] = e;
+      slot_row[slot] = 0;
+      ++kept[e];
+      ++*rerouted;
+    }
   for (int64_t e = 0; e < E; ++e) assignments[e] = static_cast<int32_t>(assigned[e]);
   return kept;
 }
 
-inline void router_plan_rows(int32_t* slot_row, int32_t* row_slot, const int32_t* topk_idx,
+inline void router_plan_rows(int32_t* slot_row, int32_t* row_slot, const int32_t* slot_expert,
                              const std::vector<int64_t>& kept, int64_t N, int64_t K) {
   std::vector<int64_t> next(kept.size(), 0);  // next free row of each expert
   for (size_t e = 1; e < kept.size(); ++e) next[e] = next[e - 1] + kept[e - 1];
-  for (int64_t t = 0; t < N; ++t) {
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t slot = t * K + k;
-      if (slot_row[slot] < 0) continue;
-      const int64_t row = next[topk_idx[slot]]++;
-      slot_row[slot] = static_cast<int32_t>(row);
-      row_slot[row] = static_cast<int32_t>(slot);
-    }
+  for (int64_t slot = 0; slot < N * K; ++slot) {
+    if (slot_row[slot] < 0) continue;
+    const int64_t row = next[slot_expert[slot]]++;
+    slot_row[slot] = static_cast<int32_t>(row);
+    row_slot[row] = static_cast<int32_t>(slot);
   }
+}
+
+// f_e = counts[e] / sum counts (0 when there are none).
+inline std::vector<double> balance_fractions(const int32_t* counts, int64_t E) {
+  double total = 0;
+  for (int64_t e = 0; e < E; ++e) total += counts[e];
+  std::vector<double> f(E, 0.0);
+  if (total > 0)
+    for (int64_t e = 0; e < E; ++e) f[e] = counts[e] / total;
+  return f;
+}
+
+// The distribution the aux loss and the entropy see: the softmax itself, or the sigmoid scores
+// normalised over the experts. Returns sum_e scores[e] (1 for softmax).
+template <class T>
+double balance_distribution(double* q, const T* scores, int64_t E, bool sigmoid) {
+  double sum = 1;
+  if (sigmoid) {
+    sum = 0;
+    for (int64_t e = 0; e < E; ++e) sum += scores[e];
+  }
+  for (int64_t e = 0; e < E; ++e) q[e] = scores[e] / sum;
+  return sum;
 }
 
 struct RouterLosses {
-  double aux, z;
+  double aux, z, entropy;
 };
 
 template <class T>
-RouterLosses router_losses(const T* probs, const T* lse, const int32_t* assignments, int64_t N,
-                           int64_t E, int64_t K) {
-  if (N == 0) return {0, 0};
-  std::vector<double> P(E, 0);
-  double z = 0;
+RouterLosses router_losses(const T* scores, const T* lse, const int32_t* counts, int64_t N,
+                           int64_t E, const Routing& r) {
+  if (N == 0) return {0, 0, 0};
+  std::vector<double> P(E, 0), q(E);
+  double z = 0, entropy = 0;
   for (int64_t t = 0; t < N; ++t) {
-    for (int64_t e = 0; e < E; ++e) P[e] += probs[t * E + e];
+    balance_distribution(q.data(), scores + t * E, E, r.sigmoid);
+    for (int64_t e = 0; e < E; ++e) {
+      P[e] += q[e];
+      if (q[e] > 0) entropy -= q[e] * std::log(q[e]);
+    }
     z += static_cast<double>(lse[t]) * lse[t];
   }
+  const std::vector<double> f = balance_fractions(counts, E);
   double aux = 0;
-  for (int64_t e = 0; e < E; ++e)
-    aux += (assignments[e] / static_cast<double>(K * N)) * (P[e] / static_cast<double>(N));
-  return {static_cast<double>(E) * aux, z / static_cast<double>(N)};
+  for (int64_t e = 0; e < E; ++e) aux += f[e] * (P[e] / static_cast<double>(N));
+  return {static_cast<double>(E) * aux, z / static_cast<double>(N), entropy / N};
 }
 
-// dlogits (=): through the gates (and their top-K normalisation), aux (through P_e) and z
-// (through logsumexp); then through the softmax: dlogits = p * (dp - <dp, p>).
+// dlogits (=): the gates (and their top-K normalisation) and aux (through P_e) give ds, the
+// gradient with respect to the scores; then through the score function (softmax: s * (ds -
+// <ds, s>); sigmoid: ds * s * (1 - s)), plus z through logsumexp (softmax(logits) * dz).
 template <class T>
-void router_backward(T* dlogits, const T* dgates, const T* probs, const T* lse,
-                     const int32_t* topk_idx, const int32_t* assignments, int64_t N, int64_t E,
-                     int64_t K, bool normalize, double d_aux, double d_z) {
-  std::vector<double> dp_aux(E), dp(E);
-  for (int64_t e = 0; e < E; ++e)  // d(d_aux * aux)/dp[t,e] = d_aux * E * f_e / N
-    dp_aux[e] = d_aux * static_cast<double>(E) * (assignments[e] / static_cast<double>(K * N)) / N;
+void router_backward(T* dlogits, const T* dgates, const T* scores, const T* lse, const T* logits,
+                     const int32_t* topk_idx, const int32_t* counts, int64_t N, int64_t E,
+                     const Routing& r, double d_aux, double d_z) {
+  const std::vector<double> f = balance_fractions(counts, E);
+  std::vector<double> c(E), ds(E), q(E);
+  for (int64_t e = 0; e < E; ++e) c[e] = d_aux * static_cast<double>(E) * f[e] / N;  // d/dq[t,e]
+  const int64_t K = r.K;
   for (int64_t t = 0; t < N; ++t) {
-    const T* p = probs + t * E;
+    const T* s = scores + t * E;
     const int32_t* idx = topk_idx + t * K;
     const T* g = dgates + t * K;
-    dp = dp_aux;
-    if (normalize) {  // gate_k = p_k / S, S = sum_selected p
+    // aux: through q = s (softmax) or q = s / Q (sigmoid): dq/ds_j = (delta - q_j) / Q.
+    if (r.sigmoid) {
+      const double Q = balance_distribution(q.data(), s, E, true);
+      double cq = 0;
+      for (int64_t e = 0; e < E; ++e) cq += c[e] * q[e];
+      for (int64_t e = 0; e < E; ++e) ds[e] = (c[e] - cq) / Q;
+    } else {
+      ds = c;
+    }
+    if (r.normalize) {  // gate_k = s_k / S, S = sum_selected s
       double S = 0, dot = 0;
       for (int64_t k = 0; k < K; ++k) {
-        S += p[idx[k]];
-        dot += static_cast<double>(g[k]) * p[idx[k]];
+        S += s[idx[k]];
+        dot += static_cast<double>(g[k]) * s[idx[k]];
       }
-      for (int64_t k = 0; k < K; ++k) dp[idx[k]] += g[k] / S - dot / (S * S);
+      for (int64_t k = 0; k < K; ++k) ds[idx[k]] += g[k] / S - dot / (S * S);
     } else {
-      for (int64_t k = 0; k < K; ++k) dp[idx[k]] += g[k];
+      for (int64_t k = 0; k < K; ++k) ds[idx[k]] += g[k];
     }
-    double dot = 0;
-    for (int64_t e = 0; e < E; ++e) dot += dp[e] * p[e];
     const double dz = d_z * 2.0 * lse[t] / N;
-    for (int64_t e = 0; e < E; ++e) dlogits[t * E + e] = static_cast<T>(p[e] * (dp[e] - dot + dz));
+    if (r.sigmoid) {
+      for (int64_t e = 0; e < E; ++e) {
+        const double softmax = std::exp(static_cast<double>(logits[t * E + e]) - lse[t]);
+        dlogits[t * E + e] = static_cast<T>(ds[e] * s[e] * (1.0 - s[e]) + softmax * dz);
+      }
+    } else {
+      double dot = 0;
+      for (int64_t e = 0; e < E; ++e) dot += ds[e] * s[e];
+      for (int64_t e = 0; e < E; ++e) dlogits[t * E + e] = static_cast<T>(s[e] * (ds[e] - dot + dz));
+    }
   }
 }
 

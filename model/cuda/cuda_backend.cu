@@ -4,9 +4,10 @@
 // Host synchronisations (everything else is asynchronous on the stream):
 //   read, read_i32, copy_to_host       the data must reach the host
 //   sum_squares, sum_squares_many      the norms are returned on the host (one sync per call)
-//   router_plan                        the kept counts per expert (the exchange needs them)
-//   router_losses                      aux and z are returned on the host (right after the plan,
-//                                      so the stream is nearly idle)
+//   router_plan                        the kept counts per expert (the exchange needs them) and
+//                                      the reroute count, in one copy
+//   router_losses                      aux, z and the entropy are returned on the host (right
+//                                      after the plan, so the stream is nearly idle)
 //   synchronize                        on request
 // Memory: alloc() serves blocks from a caching allocator (a free list keyed by block size, fed
 // by cudaMalloc only when no cached block fits), so that a training step that repeats its shapes
@@ -635,99 +636,135 @@ class CudaBackend final : public Backend {
   }
 
   // ---- router ---------------------------------------------------------------------------------
-  void router_softmax_topk(const Tensor& probs, const Tensor& lse, const Tensor& topk_idx,
-                           const Tensor& gates, const Tensor& logits, int64_t K,
-                           bool normalize) override {
-    SY_PROFILE("router_softmax_topk");
-    const Check c(ctx_, "router_softmax_topk");
+  // The checks mirror the CPU backend's (cpu_backend.cpp), except that indices are not
+  // range-checked (that would read them back to the host).
+  static void check_top_k(const Check& c, int64_t K, int64_t E) {
+    if (K < 1 || K > E)
+      c.fail("K = " + std::to_string(K) + " outside [1, E = " + std::to_string(E) + "]");
+  }
+
+  // expert_bias is optional (undefined: no bias); when given, [E] in the router's dtype.
+  static void check_bias(const Check& c, const Tensor& bias, DType dtype, int64_t E) {
+    if (!bias.defined()) return;
+    c.dtype(bias, dtype, "expert_bias");
+    c.numel(bias, E, "expert_bias");
+  }
+
+  void router_scores_topk(const Tensor& scores, const Tensor& lse, const Tensor& topk_idx,
+                          const Tensor& gates, const Tensor& logits, const Tensor& expert_bias,
+                          const RoutingRule& rule) override {
+    SY_PROFILE("router_scores_topk");
+    const Check c(ctx_, "router_scores_topk");
     const DType dt = c.wide_dtype(logits, "logits");
-    c.dtype(probs, dt, "probs");
+    c.dtype(scores, dt, "scores");
     c.dtype(lse, dt, "lse");
     c.dtype(gates, dt, "gates");
     c.dtype(topk_idx, DType::i32, "topk_idx");
     c.ndim(logits, 2, "logits");
-    const int64_t N = logits.dim(0), E = logits.dim(1);
-    if (K < 1 || K > E)
-      c.fail("K = " + std::to_string(K) + " outside [1, E = " + std::to_string(E) + "]");
-    c.shape(probs, logits.shape(), "probs");
+    const int64_t N = logits.dim(0), E = logits.dim(1), K = rule.top_k;
+    check_top_k(c, K, E);
+    c.shape(scores, logits.shape(), "scores");
     c.numel(lse, N, "lse");
     c.shape(topk_idx, {N, K}, "topk_idx");
     c.shape(gates, {N, K}, "gates");
-    cuda::router_softmax_topk(ctx_, probs, lse, topk_idx, gates, logits, K, normalize);
+    check_bias(c, expert_bias, dt, E);
+    cuda::router_scores_topk(ctx_, scores, lse, topk_idx, gates, logits, expert_bias, rule);
   }
 
-  std::vector<int64_t> router_plan(const Tensor& slot_row, const Tensor& row_slot,
-                                   const Tensor& assignments_per_expert, const Tensor& topk_idx,
-                                   int64_t E, int64_t capacity) override {
+  // One host synchronisation: the kept counts and the reroute count, in one copy.
+  RouterPlanCounts router_plan(const Tensor& slot_row, const Tensor& row_slot,
+                               const Tensor& slot_expert, const Tensor& assignments_per_expert,
+                               const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
+                               const Tensor& expert_bias, const RoutingRule& rule) override {
     SY_PROFILE("router_plan");
     const Check c(ctx_, "router_plan");
     for (auto [t, name] : {std::pair{&slot_row, "slot_row"}, {&row_slot, "row_slot"},
+                           {&slot_expert, "slot_expert"},
                            {&assignments_per_expert, "assignments_per_expert"},
                            {&topk_idx, "topk_idx"}})
       c.dtype(*t, DType::i32, name);
     c.ndim(topk_idx, 2, "topk_idx");
+    c.ndim(logits, 2, "logits");
+    const DType dt = c.wide_dtype(logits, "logits");
+    c.dtype(gates, dt, "gates");
+    const int64_t N = topk_idx.dim(0), K = topk_idx.dim(1), E = logits.dim(1);
     c.positive(E, "E");
     c.fits_int(E, "E");
-    const int64_t N = topk_idx.dim(0), K = topk_idx.dim(1);
+    if (K != rule.top_k)
+      c.fail("topk_idx has " + std::to_string(K) + " columns, top_k is " +
+             std::to_string(rule.top_k));
     c.fits_int(N * K, "T*K");
+    c.shape(logits, {N, E}, "logits");
+    c.shape(gates, {N, K}, "gates");
     c.numel(slot_row, N * K, "slot_row");
+    c.numel(slot_expert, N * K, "slot_expert");
     c.numel(assignments_per_expert, E, "assignments_per_expert");
     // Every assignment may be kept: row_slot must hold T*K rows, so that the device never
     // writes past it (the CPU checks the actual count instead).
     if (row_slot.numel() < N * K)
       c.fail("row_slot holds " + std::to_string(row_slot.numel()) + " rows, T*K = " +
              std::to_string(N * K) + " may be kept");
-    int32_t* kept = static_cast<int32_t*>(ctx_.scratch(cuda::kScratchB, E * sizeof(int32_t)));
-    cuda::router_plan(ctx_, slot_row, row_slot, assignments_per_expert, topk_idx, E, capacity,
-                      kept);
-    std::vector<int32_t> host(E);
-    cuda::to_host_sync(ctx_, "router_plan", host.data(), kept, E * sizeof(int32_t));
-    return std::vector<int64_t>(host.begin(), host.end());
+    check_bias(c, expert_bias, dt, E);
+    // The reroute walk keeps the kept counts in shared memory (48 KiB without opt-in).
+    constexpr int64_t kMaxRerouteExperts = (48 << 10) / sizeof(int32_t);
+    if (rule.overflow == Overflow::reroute && E > kMaxRerouteExperts)
+      c.fail("overflow reroute supports at most " + std::to_string(kMaxRerouteExperts) +
+             " experts on cuda, got E = " + std::to_string(E));
+    // [kept per expert (E), rerouted, the reroute walk's dropped count]
+    int32_t* counts =
+        static_cast<int32_t*>(ctx_.scratch(cuda::kScratchB, (E + 2) * sizeof(int32_t)));
+    cuda::router_plan(ctx_, slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx,
+                      gates, logits, expert_bias, rule, counts);
+    std::vector<int32_t> host(E + 1);
+    cuda::to_host_sync(ctx_, "router_plan", host.data(), counts, (E + 1) * sizeof(int32_t));
+    RouterPlanCounts result;
+    result.tokens_per_expert.assign(host.begin(), host.begin() + E);
+    result.rerouted = host[E];
+    return result;
   }
 
-  void router_losses(double* aux, double* z, const Tensor& probs, const Tensor& lse,
-                     const Tensor& assignments_per_expert, int64_t K) override {
+  // One host synchronisation: aux, z and the entropy, in one copy.
+  RouterLossValues router_losses(const Tensor& scores, const Tensor& lse,
+                                 const Tensor& balance_counts, const RoutingRule& rule) override {
     SY_PROFILE("router_losses");
     const Check c(ctx_, "router_losses");
-    const DType dt = c.wide_dtype(probs, "probs");
+    const DType dt = c.wide_dtype(scores, "scores");
     c.dtype(lse, dt, "lse");
-    c.dtype(assignments_per_expert, DType::i32, "assignments_per_expert");
-    c.ndim(probs, 2, "probs");
-    c.positive(K, "K");
-    const int64_t N = probs.dim(0), E = probs.dim(1);
+    c.dtype(balance_counts, DType::i32, "balance_counts");
+    c.ndim(scores, 2, "scores");
+    const int64_t N = scores.dim(0), E = scores.dim(1);
     c.numel(lse, N, "lse");
-    c.numel(assignments_per_expert, E, "assignments_per_expert");
-    double* out = static_cast<double*>(ctx_.scratch(cuda::kScratchB, 2 * sizeof(double)));
-    cuda::router_losses(ctx_, probs, lse, assignments_per_expert, K, out);
-    double host[2] = {0, 0};
+    c.numel(balance_counts, E, "balance_counts");
+    double* out = static_cast<double*>(ctx_.scratch(cuda::kScratchB, 3 * sizeof(double)));
+    cuda::router_losses(ctx_, scores, lse, balance_counts, rule, out);
+    double host[3] = {0, 0, 0};
     cuda::to_host_sync(ctx_, "router_losses", host, out, sizeof(host));
-    if (aux) *aux = host[0];
-    if (z) *z = host[1];
+    return {host[0], host[1], host[2]};
   }
 
-  void router_backward(const Tensor& dlogits, const Tensor& dgates, const Tensor& probs,
-                       const Tensor& lse, const Tensor& topk_idx,
-                       const Tensor& assignments_per_expert, int64_t K, bool normalize,
-                       double d_aux, double d_z) override {
+  void router_backward(const Tensor& dlogits, const Tensor& dgates, const Tensor& scores,
+                       const Tensor& lse, const Tensor& logits, const Tensor& topk_idx,
+                       const Tensor& balance_counts, const RoutingRule& rule, double d_aux,
+                       double d_z) override {
     SY_PROFILE("router_backward");
     const Check c(ctx_, "router_backward");
-    const DType dt = c.wide_dtype(probs, "probs");
-    c.dtype(dlogits, dt, "dlogits");
-    c.dtype(dgates, dt, "dgates");
-    c.dtype(lse, dt, "lse");
+    const DType dt = c.wide_dtype(scores, "scores");
+    for (auto [t, name] : {std::pair{&dlogits, "dlogits"}, {&dgates, "dgates"}, {&lse, "lse"},
+                           {&logits, "logits"}})
+      c.dtype(*t, dt, name);
     c.dtype(topk_idx, DType::i32, "topk_idx");
-    c.dtype(assignments_per_expert, DType::i32, "assignments_per_expert");
-    c.ndim(probs, 2, "probs");
-    const int64_t N = probs.dim(0), E = probs.dim(1);
-    if (K < 1 || K > E)
-      c.fail("K = " + std::to_string(K) + " outside [1, E = " + std::to_string(E) + "]");
-    c.shape(dlogits, probs.shape(), "dlogits");
+    c.dtype(balance_counts, DType::i32, "balance_counts");
+    c.ndim(scores, 2, "scores");
+    const int64_t N = scores.dim(0), E = scores.dim(1), K = rule.top_k;
+    check_top_k(c, K, E);
+    c.shape(dlogits, scores.shape(), "dlogits");
+    c.shape(logits, scores.shape(), "logits");
     c.shape(dgates, {N, K}, "dgates");
     c.numel(lse, N, "lse");
     c.shape(topk_idx, {N, K}, "topk_idx");
-    c.numel(assignments_per_expert, E, "assignments_per_expert");
-    cuda::router_backward(ctx_, dlogits, dgates, probs, lse, topk_idx, assignments_per_expert, K,
-                          normalize, d_aux, d_z);
+    c.numel(balance_counts, E, "balance_counts");
+    cuda::router_backward(ctx_, dlogits, dgates, scores, lse, logits, topk_idx, balance_counts,
+                          rule, d_aux, d_z);
   }
 
   // ---- permute / unpermute --------------------------------------------------------------------

@@ -4,6 +4,7 @@
 #pragma once
 #include <span>
 
+#include "model/backend.h"
 #include "model/cuda/common.cuh"
 
 namespace sy::cuda {
@@ -55,20 +56,24 @@ void swiglu_backward(Context& ctx, const Tensor& da, const Tensor& db, const Ten
 void cross_entropy(Context& ctx, const Tensor& losses, const Tensor& logits,
                    const Tensor& targets, bool compute_grad, double grad_scale);
 
-// router.cu
-void router_softmax_topk(Context& ctx, const Tensor& probs, const Tensor& lse,
-                         const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
-                         int64_t K, bool normalize);
-// Writes slot_row, row_slot, assignments_per_expert and kept[E] (device i32).
+// router.cu. The router's float tensors are f32 or f64, all of one dtype; expert_bias may be
+// undefined (no bias). Semantics as backend.h states them.
+void router_scores_topk(Context& ctx, const Tensor& scores, const Tensor& lse,
+                        const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
+                        const Tensor& expert_bias, const RoutingRule& rule);
+// Writes slot_row, row_slot, slot_expert, assignments_per_expert and counts[0..E] (device i32):
+// the kept rows per expert after reroutes, then the number rerouted. counts must hold E + 2
+// entries (counts[E+1] is the reroute walk's own scratch).
 void router_plan(Context& ctx, const Tensor& slot_row, const Tensor& row_slot,
-                 const Tensor& assignments_per_expert, const Tensor& topk_idx, int64_t E,
-                 int64_t capacity, int32_t* kept);
-// out[0] = aux, out[1] = z (device doubles).
-void router_losses(Context& ctx, const Tensor& probs, const Tensor& lse,
-                   const Tensor& assignments_per_expert, int64_t K, double* out);
+                 const Tensor& slot_expert, const Tensor& assignments_per_expert,
+                 const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
+                 const Tensor& expert_bias, const RoutingRule& rule, int32_t* counts);
+// out[0] = aux, out[1] = z, out[2] = entropy (device doubles).
+void router_losses(Context& ctx, const Tensor& scores, const Tensor& lse,
+                   const Tensor& balance_counts, const RoutingRule& rule, double* out);
 void router_backward(Context& ctx, const Tensor& dlogits, const Tensor& dgates,
-                     const Tensor& probs, const Tensor& lse, const Tensor& topk_idx,
-                     const Tensor& assignments_per_expert, int64_t K, bool normalize,
+                     const Tensor& scores, const Tensor& lse, const Tensor& logits,
+                     const Tensor& topk_idx, const Tensor& balance_counts, const RoutingRule& rule,
                      double d_aux, double d_z);
 
 // permute.cu

@@ -16,7 +16,8 @@ const Tensor& MoELayer::forward(Backend& backend, const Tensor& u) {
     ensure(backend, u_router, u.shape(), router_dtype);
     backend.copy(u_router, u);
   }
-  router.forward(backend, dtype != router_dtype ? u_router : u);
+  router.forward(backend, dtype != router_dtype ? u_router : u,
+                 balance_over_world ? exchange : nullptr);
   if (timer) timer->lap(kRoute, false);
   // permute: this rank's kept assignments, grouped by expert.
   const Tensor x_perm = ensure_rows(backend, x_perm_storage, router.kept, D, dtype);

@@ -17,6 +17,8 @@ struct MoELayer {
   Experts experts;
   TokenExchange* exchange = nullptr;
   MoEStageTimer* timer = nullptr;  // benchmarks only
+  // aux_loss_scope global, set by the model for training forwards: f_e over the world's groups.
+  bool balance_over_world = false;
 
   ExchangePlan plan;
   // Rows grouped by global expert (this rank's kept assignments) and as received by the experts.

@@ -13,23 +13,48 @@ int64_t expert_capacity(const RouterSettings& settings, int64_t tokens) {
   return static_cast<int64_t>(std::ceil(capacity));
 }
 
-void Router::forward(Backend& backend, const Tensor& u) {
+RoutingRule Router::rule(int64_t tokens) const {
+  return {settings.top_k,   settings.score,       settings.normalize,
+          expert_capacity(settings, tokens), settings.drop_policy, settings.overflow};
+}
+
+void Router::forward(Backend& backend, const Tensor& u, TokenExchange* world_balance) {
   const int64_t T = u.dim(0), E = settings.num_experts, K = settings.top_k;
   const DType dtype = u.dtype();
   ensure(backend, logits, {T, E}, dtype);
-  ensure(backend, probs, {T, E}, dtype);
+  ensure(backend, scores, {T, E}, dtype);
   ensure(backend, lse, {T}, dtype);
   ensure(backend, topk_idx, {T, K}, DType::i32);
   ensure(backend, gates, {T, K}, dtype);
+  ensure(backend, slot_expert, {T * K}, DType::i32);
   ensure(backend, slot_row, {T * K}, DType::i32);
   ensure(backend, row_slot, {T * K}, DType::i32);
   ensure(backend, assignments_per_expert, {E}, DType::i32);
 
+  const RoutingRule routing = rule(T);
   backend.gemm(logits, u, false, weight.compute_value(), false, 1.0, 0.0);
-  backend.router_softmax_topk(probs, lse, topk_idx, gates, logits, K, settings.normalize);
-  tokens_per_expert = backend.router_plan(slot_row, row_slot, assignments_per_expert, topk_idx, E,
-                                          expert_capacity(settings, T));
-  backend.router_losses(&aux_loss, &z_loss, probs, lse, assignments_per_expert, K);
+  backend.router_scores_topk(scores, lse, topk_idx, gates, logits, expert_bias, routing);
+  RouterPlanCounts counts = backend.router_plan(slot_row, row_slot, slot_expert,
+                                                assignments_per_expert, topk_idx, gates, logits,
+                                                expert_bias, routing);
+  tokens_per_expert = std::move(counts.tokens_per_expert);
+  rerouted = counts.rerouted;
+  if (world_balance) {
+    // Global-batch balancing: f_e from the choices of all the groups of this micro-step.
+    ensure(backend, world_counts, {E}, DType::i32);
+    const std::vector<int32_t> local = backend.read_i32(assignments_per_expert);
+    std::vector<int64_t> summed(local.begin(), local.end());
+    world_balance->sum_over_world(summed);
+    const std::vector<int32_t> global(summed.begin(), summed.end());
+    backend.write(world_counts, std::span<const int32_t>(global));
+    balance_counts = world_counts;
+  } else {
+    balance_counts = assignments_per_expert;
+  }
+  const RouterLossValues losses = backend.router_losses(scores, lse, balance_counts, routing);
+  aux_loss = losses.aux;
+  z_loss = losses.z;
+  entropy = losses.entropy;
   kept = 0;
   for (int64_t rows : tokens_per_expert) kept += rows;
   dropped = T * K - kept;
@@ -38,8 +63,8 @@ void Router::forward(Backend& backend, const Tensor& u) {
 void Router::backward(Backend& backend, const Tensor& du, const Tensor& dgates, const Tensor& u,
                       double d_aux, double d_z, bool accumulate) {
   ensure(backend, dlogits, logits.shape(), logits.dtype());
-  backend.router_backward(dlogits, dgates, probs, lse, topk_idx, assignments_per_expert,
-                          settings.top_k, settings.normalize, d_aux, d_z);
+  backend.router_backward(dlogits, dgates, scores, lse, logits, topk_idx, balance_counts,
+                          rule(u.dim(0)), d_aux, d_z);
   backend.gemm(weight.grad, u, true, dlogits, false, 1.0, 1.0);
   backend.gemm(du, dlogits, false, weight.compute_value(), true, 1.0, accumulate ? 1.0 : 0.0);
 }

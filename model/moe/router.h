@@ -1,10 +1,13 @@
-// The router of one MoE layer (SPEC.md section 2): fp32 logits, softmax, top-k, gates, capacity
-// and drops, the Switch load-balancing loss and the z-loss. Its outputs are what the dispatcher
-// needs: the gates and the permutation of kept assignments, grouped by expert.
+// The router of one MoE layer (SPEC.md section 2; the balancing options in
+// docs/load-balancing.md): fp32 logits, softmax or sigmoid scores, top-k (optionally steered by
+// a per-expert bias), gates, capacity with drops or reroutes, the Switch load-balancing loss and
+// the z-loss. Its outputs are what the dispatcher needs: the gates and the permutation of kept
+// assignments, grouped by expert.
 #pragma once
 #include <vector>
 
 #include "model/backend.h"
+#include "model/moe/token_exchange.h"
 #include "model/param.h"
 
 namespace sy {
@@ -14,6 +17,9 @@ struct RouterSettings {
   int64_t top_k = 1;             // K
   bool normalize = false;        // renormalise the gates over the top-k
   double capacity_factor = 0.0;  // <= 0: dropless
+  RouterScore score = RouterScore::softmax;
+  DropPolicy drop_policy = DropPolicy::position;
+  Overflow overflow = Overflow::drop;
 };
 
 // C = ceil(capacity_factor * K * T / E) in float64, left to right; -1 when dropless.
@@ -22,23 +28,33 @@ int64_t expert_capacity(const RouterSettings& settings, int64_t tokens);
 struct Router {
   Param weight;  // [D, E]
   RouterSettings settings;
+  // [E] in the router's dtype, added to the logits for the top-k selection only (aux-loss-free
+  // balancing, moe.bias_update_rate > 0); undefined when that is off. Not a parameter: the
+  // trainer updates it from the step's loads (Transformer::update_expert_bias).
+  Tensor expert_bias;
 
   // Forward results, kept for backward and metrics. T tokens, E experts, K choices.
-  Tensor logits, probs;           // [T, E]
+  Tensor logits, scores;          // [T, E]
   Tensor lse;                     // [T]
   Tensor topk_idx, gates;         // [T, K]
+  Tensor slot_expert;             // i32 [T*K]: the expert that runs assignment t*K+k
   Tensor slot_row;                // i32 [T*K]: permuted row of assignment t*K+k, -1 if dropped
   Tensor row_slot;                // i32 [T*K]: assignment of each permuted row (first `kept` valid)
-  Tensor assignments_per_expert;  // i32 [E], before drops
+  Tensor assignments_per_expert;  // i32 [E], the choices before drops and reroutes
+  Tensor world_counts;            // i32 [E]: assignments_per_expert summed over the world
+  Tensor balance_counts;          // the counts behind f_e: assignments_per_expert or world_counts
   std::vector<int64_t> tokens_per_expert;  // [E] kept, on the host
-  double aux_loss = 0.0, z_loss = 0.0;
-  int64_t kept = 0, dropped = 0;
+  double aux_loss = 0.0, z_loss = 0.0, entropy = 0.0;
+  int64_t kept = 0, dropped = 0, rerouted = 0;
   // Backward scratch.
   Tensor dlogits;
 
+  RoutingRule rule(int64_t tokens) const;
   // u: the normalised input [T, D], in the router's dtype (that of weight.value: fp32 in
-  // training, also when the model computes in bf16; the MoE layer converts).
-  void forward(Backend& backend, const Tensor& u);
+  // training, also when the model computes in bf16; the MoE layer converts). With
+  // `world_balance` (aux_loss_scope global, in training), f_e counts the choices of every rank's
+  // routing group at this micro-step.
+  void forward(Backend& backend, const Tensor& u, TokenExchange* world_balance = nullptr);
   // dgates [T, K]; d_aux, d_z: the loss's derivative with respect to this layer's aux and z.
   // du receives u's gradient through the router: added to it when `accumulate`, else
   // overwritten; weight.grad accumulates.

@@ -35,6 +35,9 @@ class TokenExchange {
   // The reverse movement: expert_rows [rows_received, D] -> returned [rows_sent, D].
   virtual void combine(const ExchangePlan& plan, const Tensor& returned,
                        const Tensor& expert_rows) = 0;
+  // Sums per-expert counts over every rank of the world (the routing groups of one micro-step),
+  // in place: global-batch load balancing. Collective.
+  virtual void sum_over_world(std::vector<int64_t>& counts) = 0;
 };
 
 }  // namespace sy
