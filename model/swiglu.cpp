@@ -29,14 +29,14 @@ SwigluActivations swiglu_rows(const SwigluActivations& acts, int64_t begin, int6
 }
 
 SwigluActivations ensure_swiglu(Backend& backend, SwigluActivations& storage, int64_t rows,
-                                int64_t hidden, DType dtype) {
+                                int64_t hidden, DType dtype, int64_t reserve) {
   SwigluActivations view;
-  view.h1 = ensure_rows(backend, storage.h1, rows, hidden, dtype);
-  view.h3 = ensure_rows(backend, storage.h3, rows, hidden, dtype);
-  view.hidden = ensure_rows(backend, storage.hidden, rows, hidden, dtype);
-  view.dhidden = ensure_rows(backend, storage.dhidden, rows, hidden, dtype);
-  view.dh1 = ensure_rows(backend, storage.dh1, rows, hidden, dtype);
-  view.dh3 = ensure_rows(backend, storage.dh3, rows, hidden, dtype);
+  view.h1 = ensure_rows(backend, storage.h1, rows, hidden, dtype, reserve);
+  view.h3 = ensure_rows(backend, storage.h3, rows, hidden, dtype, reserve);
+  view.hidden = ensure_rows(backend, storage.hidden, rows, hidden, dtype, reserve);
+  view.dhidden = ensure_rows(backend, storage.dhidden, rows, hidden, dtype, reserve);
+  view.dh1 = ensure_rows(backend, storage.dh1, rows, hidden, dtype, reserve);
+  view.dh3 = ensure_rows(backend, storage.dh3, rows, hidden, dtype, reserve);
   return view;
 }
 

@@ -26,9 +26,10 @@ void swiglu_backward(Backend& backend, const Tensor& du, const Tensor& dout, con
 
 // Rows [begin, end) of every buffer of `acts`.
 SwigluActivations swiglu_rows(const SwigluActivations& acts, int64_t begin, int64_t end);
-// Makes every buffer of `acts` hold at least `rows` rows of width F; returns views of `rows` rows.
+// Makes every buffer of `acts` hold at least `rows` rows of width F (allocating `reserve` rows
+// when it must grow, see ensure_rows); returns views of `rows` rows.
 SwigluActivations ensure_swiglu(Backend& backend, SwigluActivations& storage, int64_t rows,
-                                int64_t hidden, DType dtype);
+                                int64_t hidden, DType dtype, int64_t reserve = 0);
 
 // The dense FFN layer.
 struct DenseFFN {

@@ -89,7 +89,8 @@ void AllToAllDispatcher::dispatch(const ExchangePlan& plan, const Tensor& receiv
   const int64_t D = received.dim(1);
   expect_shape(sent, {plan.rows_sent, D}, "dispatch: sent rows");
   expect_shape(received, {plan.rows_received, D}, "dispatch: received rows");
-  const Tensor arrived = ensure_rows(backend_, staging_, plan.rows_received, D, sent.dtype());
+  const Tensor arrived = ensure_rows(backend_, staging_, plan.rows_received, D, sent.dtype(),
+                                      plan.max_rows_received);
   const std::vector<int64_t> counts = send_counts(plan, D);
   group_.all_to_all_v(sent, counts, arrived, recv_counts(plan, D));
   for (int64_t q = 0; q < group_.size(); ++q)
@@ -102,7 +103,8 @@ void AllToAllDispatcher::combine(const ExchangePlan& plan, const Tensor& returne
   const int64_t D = returned.dim(1);
   expect_shape(returned, {plan.rows_sent, D}, "combine: returned rows");
   expect_shape(expert_rows, {plan.rows_received, D}, "combine: expert rows");
-  const Tensor leaving = ensure_rows(backend_, staging_, plan.rows_received, D, returned.dtype());
+  const Tensor leaving = ensure_rows(backend_, staging_, plan.rows_received, D, returned.dtype(),
+                                      plan.max_rows_received);
   regroup(plan, leaving, expert_rows, false);
   const std::vector<int64_t> counts = recv_counts(plan, D);
   group_.all_to_all_v(leaving, counts, returned, send_counts(plan, D));

@@ -17,6 +17,7 @@
 
 #include "data/token_file.h"
 #include "model/backend.h"
+#include "model/moe/moe_layer.h"
 #include "model/transformer.h"
 #include "parallel/local_exchange.h"
 #include "trainer/checkpoint.h"
@@ -88,8 +89,6 @@ RoutingRule rule_of(int64_t K, RouterScore score, bool normalize, int64_t capaci
                     DropPolicy policy = DropPolicy::position, Overflow overflow = Overflow::drop) {
   return {K, score, normalize, capacity, policy, overflow};
 }
-
-double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 // The dropped assignments t*K+k.
 Idx dropped_slots(const Routed& r) {
@@ -379,6 +378,58 @@ TEST_F(Balancing, BiasUpdateEvensOutASkewedRouter) {
   EXPECT_LT(late, 1.35) << "from " << before;
   const Vec bias = be->read(model.expert_biases()[0].second);
   EXPECT_LT(bias[0], 0.0) << "the overloaded expert's bias must fall";
+}
+
+// ---- buffers -------------------------------------------------------------------------------------
+// Under a capacity the kept and received row counts change from step to step. Every MoE buffer is sized for the worst case on the first forward, so none is ever
+// reallocated (on a device, each regrowth would leave the old block cached: memory crept up
+// from 5.1 to 9.7 GiB over 300 steps of a 109M model at capacity 1.0 before this).
+TEST_F(Balancing, MoEBuffersAreAllocatedOnceWhateverTheRouting) {
+  for (double capacity_factor : {0.0, 1.0}) {
+    const int64_t T = 16, D = 6, E = 4, F = 5;
+    LocalExchange exchange(*be, E);
+    MoELayer moe;
+    moe.exchange = &exchange;
+    auto param = [&](const std::string& path, const Shape& shape) {
+      Param p;
+      p.path = path;
+      p.value = be->zeros(shape, DType::f64);
+      p.grad = be->zeros(shape, DType::f64);
+      p.compute = p.value;
+      return p;
+    };
+    moe.router.weight = param("router", {D, E});
+    moe.router.settings = {E, 2, true, capacity_factor};
+    moe.experts.w1 = param("w1", {E, D, F});
+    moe.experts.w3 = param("w3", {E, D, F});
+    moe.experts.w2 = param("w2", {E, F, D});
+    Tensor u = be->alloc({T, D}, DType::f64), dout = be->zeros({T, D}, DType::f64);
+    std::vector<const void*> first;
+    std::vector<int64_t> kept;
+    for (int trial = 0; trial < 6; ++trial) {
+      // Router weights that send ever more of the group to expert `trial % E`.
+      std::vector<double> w(D * E, 0.0), x(T * D);
+      for (int64_t d = 0; d < D; ++d) w[d * E + trial % E] = 0.5 * trial;
+      for (int64_t i = 0; i < T * D; ++i) x[i] = std::sin(0.7 * i + trial);
+      be->write(moe.router.weight.value, std::span<const double>(w));
+      be->write(u, std::span<const double>(x));
+      moe.forward(*be, u);
+      moe.backward(*be, dout, u, 0.1, 0.1);
+      kept.push_back(moe.router.kept);
+      const std::vector<const void*> now{
+          moe.x_perm_storage.data(), moe.x_recv_storage.data(), moe.y_perm_storage.data(),
+          moe.dy_perm_storage.data(), moe.dy_recv_storage.data(), moe.dx_perm_storage.data(),
+          moe.experts.out_storage.data(), moe.experts.du_storage.data(), moe.experts.acts.h1.data(),
+          moe.experts.acts.dh3.data()};
+      if (trial == 0) first = now;
+      EXPECT_EQ(now, first) << "a buffer was reallocated at trial " << trial
+                            << " (capacity factor " << capacity_factor << ")";
+    }
+    if (capacity_factor > 0) {
+      EXPECT_NE(*std::min_element(kept.begin(), kept.end()), *std::max_element(kept.begin(), kept.end()))
+          << "the test wants kept counts that vary";
+    }
+  }
 }
 
 // ---- end to end ---------------------------------------------------------------------------------

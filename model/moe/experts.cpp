@@ -19,10 +19,10 @@ SwigluWeights Experts::expert_grads(int64_t j) const {
 }
 
 Tensor Experts::forward(Backend& backend, const Tensor& x,
-                        const std::vector<int64_t>& rows_per_expert) {
+                        const std::vector<int64_t>& rows_per_expert, int64_t max_rows) {
   const int64_t N = x.dim(0), D = x.dim(1), F = w1.value.dim(2);
-  Tensor out = ensure_rows(backend, out_storage, N, D, x.dtype());
-  SwigluActivations all = ensure_swiglu(backend, acts, N, F, x.dtype());
+  Tensor out = ensure_rows(backend, out_storage, N, D, x.dtype(), max_rows);
+  SwigluActivations all = ensure_swiglu(backend, acts, N, F, x.dtype(), max_rows);
   int64_t begin = 0;
   for (int64_t j = 0; j < num_local(); ++j) {
     const int64_t end = begin + rows_per_expert[j];
@@ -37,10 +37,10 @@ Tensor Experts::forward(Backend& backend, const Tensor& x,
 }
 
 Tensor Experts::backward(Backend& backend, const Tensor& dout, const Tensor& x,
-                         const std::vector<int64_t>& rows_per_expert) {
+                         const std::vector<int64_t>& rows_per_expert, int64_t max_rows) {
   const int64_t N = x.dim(0), D = x.dim(1), F = w1.value.dim(2);
-  Tensor dx = ensure_rows(backend, du_storage, N, D, x.dtype());
-  SwigluActivations all = ensure_swiglu(backend, acts, N, F, x.dtype());
+  Tensor dx = ensure_rows(backend, du_storage, N, D, x.dtype(), max_rows);
+  SwigluActivations all = ensure_swiglu(backend, acts, N, F, x.dtype(), max_rows);
   int64_t begin = 0;
   for (int64_t j = 0; j < num_local(); ++j) {
     const int64_t end = begin + rows_per_expert[j];

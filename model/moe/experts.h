@@ -18,11 +18,13 @@ struct Experts {
 
   int64_t num_local() const { return w1.value.dim(0); }
   // x [N, D]: rows grouped by local expert, rows_per_expert[j] rows for expert j. Returns [N, D].
-  Tensor forward(Backend& backend, const Tensor& x, const std::vector<int64_t>& rows_per_expert);
+  // `max_rows`: the most rows a call can bring (buffers are allocated for it once).
+  Tensor forward(Backend& backend, const Tensor& x, const std::vector<int64_t>& rows_per_expert,
+                 int64_t max_rows = 0);
   // Returns dx [N, D] (overwritten); weight gradients accumulate. An expert with no rows gets
   // no gradient contribution (its grad stays as it was).
   Tensor backward(Backend& backend, const Tensor& dout, const Tensor& x,
-                  const std::vector<int64_t>& rows_per_expert);
+                  const std::vector<int64_t>& rows_per_expert, int64_t max_rows = 0);
 
  private:
   SwigluWeights expert_weights(int64_t j) const;

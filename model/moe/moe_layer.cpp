@@ -1,8 +1,20 @@
 #include "model/moe/moe_layer.h"
 
+#include <algorithm>
+
 #include "model/buffers.h"
 
 namespace sy {
+
+// The worst case of a group of T tokens: each of the P ranks of the EP group sends all its T*K
+// assignments here, or, under a capacity, at most C per expert of the E_local held here.
+int64_t MoELayer::max_rows_received(int64_t tokens) const {
+  const int64_t local = exchange->num_local_experts();
+  const int64_t peers = exchange->num_experts() / local;
+  const int64_t all = peers * tokens * router.settings.top_k;
+  const int64_t capacity = expert_capacity(router.settings, tokens);
+  return capacity < 0 ? all : std::min(all, peers * local * capacity);
+}
 
 const Tensor& MoELayer::forward(Backend& backend, const Tensor& u) {
   const int64_t D = u.dim(1);
@@ -20,19 +32,23 @@ const Tensor& MoELayer::forward(Backend& backend, const Tensor& u) {
                  balance_over_world ? exchange : nullptr);
   if (timer) timer->lap(kRoute, false);
   // permute: this rank's kept assignments, grouped by expert.
-  const Tensor x_perm = ensure_rows(backend, x_perm_storage, router.kept, D, dtype);
+  const int64_t max_kept = u.dim(0) * K;
+  const Tensor x_perm = ensure_rows(backend, x_perm_storage, router.kept, D, dtype, max_kept);
   backend.permute_rows(x_perm, u, router.row_slot, K);
   if (timer) timer->lap(kPermute, false);
   // dispatch
   plan = exchange->plan(router.tokens_per_expert);
-  const Tensor x_recv = ensure_rows(backend, x_recv_storage, plan.rows_received, D, dtype);
+  plan.max_rows_received = max_rows_received(u.dim(0));
+  const Tensor x_recv =
+      ensure_rows(backend, x_recv_storage, plan.rows_received, D, dtype, plan.max_rows_received);
   exchange->dispatch(plan, x_recv, x_perm);
   if (timer) timer->lap(kDispatch, false);
   // experts
-  const Tensor y_recv = experts.forward(backend, x_recv, plan.rows_per_local_expert);
+  const Tensor y_recv =
+      experts.forward(backend, x_recv, plan.rows_per_local_expert, plan.max_rows_received);
   if (timer) timer->lap(kExperts, false);
   // combine
-  const Tensor y_perm = ensure_rows(backend, y_perm_storage, router.kept, D, dtype);
+  const Tensor y_perm = ensure_rows(backend, y_perm_storage, router.kept, D, dtype, max_kept);
   exchange->combine(plan, y_perm, y_recv);
   if (timer) timer->lap(kCombine, false);
   // unpermute: gate-weighted sum of each token's kept expert outputs.
@@ -52,20 +68,23 @@ const Tensor& MoELayer::backward(Backend& backend, const Tensor& dout, const Ten
   if (timer) timer->start();
 
   // unpermute: gate gradients stay on this rank; the rows' gradients follow the tokens.
-  const Tensor dy_perm = ensure_rows(backend, dy_perm_storage, router.kept, D, dtype);
+  const int64_t max_kept = u.dim(0) * K;
+  const Tensor dy_perm = ensure_rows(backend, dy_perm_storage, router.kept, D, dtype, max_kept);
   ensure(backend, dgates, router.gates.shape(), router.gates.dtype());
   backend.unpermute_combine_backward(dy_perm, dgates, dout, y_perm, router.gates,
                                      router.slot_row);
   if (timer) timer->lap(kUnpermute, true);
   // combine, reversed: output gradients travel to the experts' owners.
-  const Tensor dy_recv = ensure_rows(backend, dy_recv_storage, plan.rows_received, D, dtype);
+  const Tensor dy_recv =
+      ensure_rows(backend, dy_recv_storage, plan.rows_received, D, dtype, plan.max_rows_received);
   exchange->dispatch(plan, dy_recv, dy_perm);
   if (timer) timer->lap(kCombine, true);
   // experts
-  const Tensor dx_recv = experts.backward(backend, dy_recv, x_recv, plan.rows_per_local_expert);
+  const Tensor dx_recv = experts.backward(backend, dy_recv, x_recv, plan.rows_per_local_expert,
+                                          plan.max_rows_received);
   if (timer) timer->lap(kExperts, true);
   // dispatch, reversed: input gradients travel back the way the tokens came.
-  const Tensor dx_perm = ensure_rows(backend, dx_perm_storage, router.kept, D, dtype);
+  const Tensor dx_perm = ensure_rows(backend, dx_perm_storage, router.kept, D, dtype, max_kept);
   exchange->combine(plan, dx_perm, dx_recv);
   if (timer) timer->lap(kDispatch, true);
   // permute, reversed, then the router's own path into u.

@@ -34,6 +34,10 @@ struct MoELayer {
   // Returns du [T, D] (overwritten); parameter gradients accumulate.
   const Tensor& backward(Backend& backend, const Tensor& dout, const Tensor& u, double d_aux,
                          double d_z);
+
+  // The most rows the experts here can receive from a group of `tokens` tokens per rank: every
+  // buffer is allocated for it on the first forward, so that no routing ever allocates again.
+  int64_t max_rows_received(int64_t tokens) const;
 };
 
 }  // namespace sy

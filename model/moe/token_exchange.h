@@ -18,6 +18,9 @@ struct ExchangePlan {
   std::vector<int64_t> rows_per_local_expert;  // [E_local] rows each local expert runs on
   int64_t rows_sent = 0;
   int64_t rows_received = 0;
+  // The most rows this layer can ever receive (set by the MoE layer from T, K, P and the
+  // capacity), so that the exchange sizes its buffers once.
+  int64_t max_rows_received = 0;
 };
 
 class TokenExchange {
