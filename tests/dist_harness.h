@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "data/token_file.h"
+#include "tests/synthetic_corpus.h"
 #include "parallel/process_groups.h"
 #include "trainer/train_loop.h"
 
@@ -42,15 +42,10 @@ class DistTrain : public ::testing::Test {
       name = (fs::temp_directory_path() / ("sy_dist_" + std::to_string(getpid()))).string();
       fs::remove_all(name);
       fs::create_directories(name);
-      std::vector<int32_t> tokens;
-      const std::string text =
-          "experts in a mixture each see a share of the tokens; the router picks them. "
-          "the quick brown fox jumps over the lazy dog, again and again. ";
-      for (int repeat = 0; repeat < 40; ++repeat)
-        for (unsigned char c : text) tokens.push_back(c);
-      const size_t split = tokens.size() * 9 / 10;
-      write_token_file(name + "/tokens.h5", {tokens.begin(), tokens.begin() + split},
-                       {tokens.begin() + split, tokens.end()}, 256, "bytes");
+      write_repeated_text(name + "/tokens.h5",
+                          "experts in a mixture each see a share of the tokens; the router picks "
+                          "them. the quick brown fox jumps over the lazy dog, again and again. ",
+                          40, 90);
     }
     int length = static_cast<int>(name.size());
     MPI_Bcast(&length, 1, MPI_INT, 0, MPI_COMM_WORLD);

@@ -15,11 +15,11 @@
 #include <string>
 #include <vector>
 
-#include "data/token_file.h"
 #include "model/backend.h"
 #include "model/moe/moe_layer.h"
 #include "model/transformer.h"
 #include "parallel/local_exchange.h"
+#include "tests/synthetic_corpus.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/metrics.h"
@@ -441,16 +441,10 @@ class BalancingTrain : public ::testing::Test {
           ("sy_balancing_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
     fs::remove_all(dir);
     fs::create_directories(dir);
-    const std::string text =
-        "the quick brown fox jumps over the lazy dog. "
-        "a mixture of experts routes each token to a few of its experts. ";
-    std::vector<int32_t> tokens;
-    for (int repeat = 0; repeat < 60; ++repeat)
-      for (unsigned char c : text) tokens.push_back(c);
-    const size_t split = tokens.size() * 95 / 100;
-    write_token_file((dir / "tokens.h5").string(),
-                     std::vector<int32_t>(tokens.begin(), tokens.begin() + split),
-                     std::vector<int32_t>(tokens.begin() + split, tokens.end()), 256, "bytes");
+    test::write_repeated_text((dir / "tokens.h5").string(),
+                              "the quick brown fox jumps over the lazy dog. "
+                              "a mixture of experts routes each token to a few of its experts. ",
+                              60, 95);
   }
   void TearDown() override { fs::remove_all(dir); }
 

@@ -13,7 +13,7 @@
 #include <sstream>
 
 #include "checkpoint_tamper.h"
-#include "data/token_file.h"
+#include "tests/synthetic_corpus.h"
 #include "parallel/process_groups.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
@@ -34,15 +34,11 @@ class CheckpointTest : public ::testing::Test {
     dir = fs::temp_directory_path() / ("sy_ckpt_" + std::to_string(::getpid()));
     fs::remove_all(dir);
     fs::create_directories(dir);
-    const std::string text =
-        "experts in a mixture each see a share of the tokens; the router picks them. "
-        "the quick brown fox jumps over the lazy dog, again and again. ";
-    std::vector<int32_t> tokens;
-    for (int repeat = 0; repeat < 40; ++repeat)
-      for (unsigned char c : text) tokens.push_back(c);
-    const size_t split = tokens.size() * 9 / 10;
-    write_token_file((dir / "tokens.h5").string(), {tokens.begin(), tokens.begin() + split},
-                     {tokens.begin() + split, tokens.end()}, 256, "bytes");
+    test::write_repeated_text((dir / "tokens.h5").string(),
+                              "experts in a mixture each see a share of the tokens; the router "
+                              "picks them. the quick brown fox jumps over the lazy dog, again and "
+                              "again. ",
+                              40, 90);
     Config c = base_config("straight");
     straight = train(c, {.print = false, .collect_parameters = true});
   }

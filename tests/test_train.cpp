@@ -6,7 +6,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "data/token_file.h"
+#include "tests/synthetic_corpus.h"
 #include "trainer/config.h"
 #include "trainer/train_loop.h"
 
@@ -25,16 +25,10 @@ class TrainTest : public ::testing::Test {
     fs::remove_all(dir);
     fs::create_directories(dir);
     // A learnable byte stream: a few repeated sentences.
-    const std::string text =
-        "the quick brown fox jumps over the lazy dog. "
-        "a mixture of experts routes each token to a few of its experts. ";
-    std::vector<int32_t> tokens;
-    for (int repeat = 0; repeat < 60; ++repeat)
-      for (unsigned char c : text) tokens.push_back(c);
-    const size_t split = tokens.size() * 95 / 100;
-    write_token_file((dir / "tokens.h5").string(),
-                     std::vector<int32_t>(tokens.begin(), tokens.begin() + split),
-                     std::vector<int32_t>(tokens.begin() + split, tokens.end()), 256, "bytes");
+    test::write_repeated_text((dir / "tokens.h5").string(),
+                              "the quick brown fox jumps over the lazy dog. "
+                              "a mixture of experts routes each token to a few of its experts. ",
+                              60, 95);
   }
   void TearDown() override { fs::remove_all(dir); }
 
