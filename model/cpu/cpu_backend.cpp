@@ -112,16 +112,6 @@ bool overlaps(const Tensor& a, const Tensor& b) {
 }
 
 // ---- the backend ----------------------------------------------------------------------------
-// The router's options as the kernels take them.
-cpu::Routing routing(const RoutingRule& rule) {
-  return {rule.top_k,
-          rule.score == RouterScore::sigmoid,
-          rule.normalize,
-          rule.capacity,
-          rule.drop_policy == DropPolicy::probability,
-          rule.overflow == Overflow::reroute};
-}
-
 void check_top_k(const Check& c, int64_t K, int64_t E) {
   if (K < 1 || K > E) c.fail("K = " + std::to_string(K) + " outside [1, E = " + std::to_string(E) + "]");
 }
@@ -444,7 +434,7 @@ class CpuBackend final : public Backend {
     dispatch_float(dt, [&]<class T>(T) {
       cpu::router_scores_topk(scores.ptr<T>(), lse.ptr<T>(), topk_idx.ptr<int32_t>(),
                               gates.ptr<T>(), logits.ptr<T>(), bias_ptr<T>(expert_bias), N, E,
-                              routing(rule));
+                              rule);
     });
   }
 
@@ -479,7 +469,7 @@ class CpuBackend final : public Backend {
       return cpu::router_plan_counts(slot_row.ptr<int32_t>(), slot_expert.ptr<int32_t>(),
                                      assignments_per_expert.ptr<int32_t>(),
                                      topk_idx.ptr<int32_t>(), gates.ptr<T>(), logits.ptr<T>(),
-                                     bias_ptr<T>(expert_bias), N, E, routing(rule),
+                                     bias_ptr<T>(expert_bias), N, E, rule,
                                      &counts.rerouted);
     });
     int64_t rows = 0;
@@ -504,7 +494,7 @@ class CpuBackend final : public Backend {
     c.numel(balance_counts, E, "balance_counts");
     const cpu::RouterLosses l = dispatch_float(dt, [&]<class T>(T) {
       return cpu::router_losses(scores.ptr<T>(), lse.ptr<T>(), balance_counts.ptr<int32_t>(), N,
-                                E, routing(rule));
+                                E, rule);
     });
     return {l.aux, l.z, l.entropy};
   }
@@ -533,7 +523,7 @@ class CpuBackend final : public Backend {
     dispatch_float(dt, [&]<class T>(T) {
       cpu::router_backward(dlogits.ptr<T>(), dgates.ptr<T>(), scores.ptr<T>(), lse.ptr<T>(),
                            logits.ptr<T>(), topk_idx.ptr<int32_t>(),
-                           balance_counts.ptr<int32_t>(), N, E, routing(rule), d_aux, d_z);
+                           balance_counts.ptr<int32_t>(), N, E, rule, d_aux, d_z);
     });
   }
 

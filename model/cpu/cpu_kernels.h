@@ -16,6 +16,8 @@
 #include <thread>
 #include <vector>
 
+#include "model/backend.h"
+
 namespace sy::cpu {
 
 // ---- BLAS -----------------------------------------------------------------------------------
@@ -361,17 +363,6 @@ void cross_entropy(T* losses, T* logits, const int32_t* targets, int64_t N, int6
 }
 
 // ---- router (SPEC.md section 2, docs/load-balancing.md) --------------------------------------
-// The router's options, as the kernels take them (the backend maps RoutingRule onto this, so
-// that these headers stay free of the Backend interface).
-struct Routing {
-  int64_t K = 1;
-  bool sigmoid = false;      // scores: sigmoid(logits), else softmax(logits)
-  bool normalize = false;
-  int64_t capacity = -1;     // < 0: dropless
-  bool by_gate = false;      // drop policy probability: the lowest gates are dropped first
-  bool reroute = false;      // overflow reroute
-};
-
 // The router's sigmoid, in double (the router's precision matters more than its speed).
 template <class T>
 T router_sigmoid(T x) {
@@ -397,7 +388,7 @@ void select_topk(int32_t* idx, const T* logits, const T* bias, int64_t E, int64_
 
 template <class T>
 void router_scores_topk(T* scores, T* lse, int32_t* topk_idx, T* gates, const T* logits,
-                        const T* bias, int64_t N, int64_t E, const Routing& r) {
+                        const T* bias, int64_t N, int64_t E, const RoutingRule& r) {
   for (int64_t t = 0; t < N; ++t) {
     const T* row = logits + t * E;
     T* s = scores + t * E;
@@ -406,28 +397,28 @@ void router_scores_topk(T* scores, T* lse, int32_t* topk_idx, T* gates, const T*
     for (int64_t e = 0; e < E; ++e) sum += std::exp(static_cast<double>(row[e] - m));
     lse[t] = static_cast<T>(static_cast<double>(m) + std::log(sum));
     for (int64_t e = 0; e < E; ++e)
-      s[e] = r.sigmoid ? router_sigmoid(row[e])
+      s[e] = r.score == RouterScore::sigmoid ? router_sigmoid(row[e])
                        : static_cast<T>(std::exp(static_cast<double>(row[e] - m)) / sum);
-    int32_t* idx = topk_idx + t * r.K;
-    select_topk(idx, row, bias, E, r.K);
+    int32_t* idx = topk_idx + t * r.top_k;
+    select_topk(idx, row, bias, E, r.top_k);
     double denom = 1;
     if (r.normalize) {
       denom = 0;
-      for (int64_t k = 0; k < r.K; ++k) denom += s[idx[k]];
+      for (int64_t k = 0; k < r.top_k; ++k) denom += s[idx[k]];
     }
-    for (int64_t k = 0; k < r.K; ++k) gates[t * r.K + k] = static_cast<T>(s[idx[k]] / denom);
+    for (int64_t k = 0; k < r.top_k; ++k) gates[t * r.top_k + k] = static_cast<T>(s[idx[k]] / denom);
   }
 }
 
 // The assignments t*K+k in the ranking of the drop policy: (k, t), or by gate (highest first)
 // and then (k, t).
 template <class T>
-std::vector<int64_t> ranked_assignments(const T* gates, int64_t N, const Routing& r) {
+std::vector<int64_t> ranked_assignments(const T* gates, int64_t N, const RoutingRule& r) {
   std::vector<int64_t> order;
-  order.reserve(N * r.K);
-  for (int64_t k = 0; k < r.K; ++k)
-    for (int64_t t = 0; t < N; ++t) order.push_back(t * r.K + k);
-  if (r.by_gate)
+  order.reserve(N * r.top_k);
+  for (int64_t k = 0; k < r.top_k; ++k)
+    for (int64_t t = 0; t < N; ++t) order.push_back(t * r.top_k + k);
+  if (r.drop_policy == DropPolicy::probability)
     std::stable_sort(order.begin(), order.end(),
                      [&](int64_t a, int64_t b) { return gates[a] > gates[b]; });
   return order;
@@ -438,15 +429,15 @@ std::vector<int64_t> ranked_assignments(const T* gates, int64_t N, const Routing
 template <class T>
 int32_t reroute_target(int64_t slot, const int32_t* topk_idx, const int32_t* slot_expert,
                        const std::vector<int64_t>& kept, const T* logits, const T* bias,
-                       int64_t E, const Routing& r) {
-  const int64_t t = slot / r.K;
+                       int64_t E, const RoutingRule& r) {
+  const int64_t t = slot / r.top_k;
   int32_t best = -1;
   T best_score = T(0);
   for (int64_t e = 0; e < E; ++e) {
     if (kept[e] >= r.capacity) continue;
     bool used = false;
-    for (int64_t k = 0; k < r.K; ++k)
-      used |= topk_idx[t * r.K + k] == e || slot_expert[t * r.K + k] == e;
+    for (int64_t k = 0; k < r.top_k; ++k)
+      used |= topk_idx[t * r.top_k + k] == e || slot_expert[t * r.top_k + k] == e;
     if (used) continue;
     const T score = bias ? logits[t * E + e] + bias[e] : logits[t * E + e];
     if (best < 0 || score > best_score) best = static_cast<int32_t>(e), best_score = score;
@@ -460,7 +451,7 @@ template <class T>
 std::vector<int64_t> router_plan_counts(int32_t* slot_row, int32_t* slot_expert,
                                         int32_t* assignments, const int32_t* topk_idx,
                                         const T* gates, const T* logits, const T* bias, int64_t N,
-                                        int64_t E, const Routing& r, int64_t* rerouted) {
+                                        int64_t E, const RoutingRule& r, int64_t* rerouted) {
   std::vector<int64_t> kept(E, 0), assigned(E, 0);
   std::vector<int64_t> overflow;  // in ranking order
   for (int64_t slot : ranked_assignments(gates, N, r)) {
@@ -473,7 +464,7 @@ std::vector<int64_t> router_plan_counts(int32_t* slot_row, int32_t* slot_expert,
     if (!keep) overflow.push_back(slot);
   }
   *rerouted = 0;
-  if (r.reroute)
+  if (r.overflow == Overflow::reroute)
     for (int64_t slot : overflow) {
       const int32_t e = reroute_target(slot, topk_idx, slot_expert, kept, logits, bias, E, r);
       if (e < 0) continue;
@@ -527,12 +518,12 @@ struct RouterLosses {
 
 template <class T>
 RouterLosses router_losses(const T* scores, const T* lse, const int32_t* counts, int64_t N,
-                           int64_t E, const Routing& r) {
+                           int64_t E, const RoutingRule& r) {
   if (N == 0) return {0, 0, 0};
   std::vector<double> P(E, 0), q(E);
   double z = 0, entropy = 0;
   for (int64_t t = 0; t < N; ++t) {
-    balance_distribution(q.data(), scores + t * E, E, r.sigmoid);
+    balance_distribution(q.data(), scores + t * E, E, r.score == RouterScore::sigmoid);
     for (int64_t e = 0; e < E; ++e) {
       P[e] += q[e];
       if (q[e] > 0) entropy -= q[e] * std::log(q[e]);
@@ -551,17 +542,18 @@ RouterLosses router_losses(const T* scores, const T* lse, const int32_t* counts,
 template <class T>
 void router_backward(T* dlogits, const T* dgates, const T* scores, const T* lse, const T* logits,
                      const int32_t* topk_idx, const int32_t* counts, int64_t N, int64_t E,
-                     const Routing& r, double d_aux, double d_z) {
+                     const RoutingRule& r, double d_aux, double d_z) {
   const std::vector<double> f = balance_fractions(counts, E);
   std::vector<double> c(E), ds(E), q(E);
   for (int64_t e = 0; e < E; ++e) c[e] = d_aux * static_cast<double>(E) * f[e] / N;  // d/dq[t,e]
-  const int64_t K = r.K;
+  const int64_t K = r.top_k;
+  const bool sigmoid = r.score == RouterScore::sigmoid;
   for (int64_t t = 0; t < N; ++t) {
     const T* s = scores + t * E;
     const int32_t* idx = topk_idx + t * K;
     const T* g = dgates + t * K;
     // aux: through q = s (softmax) or q = s / Q (sigmoid): dq/ds_j = (delta - q_j) / Q.
-    if (r.sigmoid) {
+    if (sigmoid) {
       const double Q = balance_distribution(q.data(), s, E, true);
       double cq = 0;
       for (int64_t e = 0; e < E; ++e) cq += c[e] * q[e];
@@ -580,7 +572,7 @@ void router_backward(T* dlogits, const T* dgates, const T* scores, const T* lse,
       for (int64_t k = 0; k < K; ++k) ds[idx[k]] += g[k];
     }
     const double dz = d_z * 2.0 * lse[t] / N;
-    if (r.sigmoid) {
+    if (sigmoid) {
       for (int64_t e = 0; e < E; ++e) {
         const double softmax = std::exp(static_cast<double>(logits[t * E + e]) - lse[t]);
         dlogits[t * E + e] = static_cast<T>(ds[e] * s[e] * (1.0 - s[e]) + softmax * dz);
