@@ -19,6 +19,7 @@
 #include "model/moe/moe_layer.h"
 #include "model/transformer.h"
 #include "parallel/local_exchange.h"
+#include "tests/grad_check.h"
 #include "tests/synthetic_corpus.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
@@ -390,19 +391,11 @@ TEST_F(Balancing, MoEBuffersAreAllocatedOnceWhateverTheRouting) {
     LocalExchange exchange(*be, E);
     MoELayer moe;
     moe.exchange = &exchange;
-    auto param = [&](const std::string& path, const Shape& shape) {
-      Param p;
-      p.path = path;
-      p.value = be->zeros(shape, DType::f64);
-      p.grad = be->zeros(shape, DType::f64);
-      p.compute = p.value;
-      return p;
-    };
-    moe.router.weight = param("router", {D, E});
+    moe.router.weight = test::random_param(*be, "router", {D, E}, 61);  // overwritten per trial
     moe.router.settings = {E, 2, true, capacity_factor};
-    moe.experts.w1 = param("w1", {E, D, F});
-    moe.experts.w3 = param("w3", {E, D, F});
-    moe.experts.w2 = param("w2", {E, F, D});
+    moe.experts.w1 = test::random_param(*be, "w1", {E, D, F}, 62);
+    moe.experts.w3 = test::random_param(*be, "w3", {E, D, F}, 63);
+    moe.experts.w2 = test::random_param(*be, "w2", {E, F, D}, 64);
     Tensor u = be->alloc({T, D}, DType::f64), dout = be->zeros({T, D}, DType::f64);
     std::vector<const void*> first;
     std::vector<int64_t> kept;
