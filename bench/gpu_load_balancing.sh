@@ -4,7 +4,8 @@
 # one GPU in bf16, trained the same steps from the same seed with each balancing method, against
 # a dense model of the same active parameters, and capacity 1.0 with drop against reroute.
 # Usage: bash bench/gpu_load_balancing.sh OUTDIR [BUILD_DIR]   (after launch/gpu_check.sh built it)
-# Writes OUTDIR/<run>/{train.log,metrics.jsonl} and OUTDIR/summary.txt (one line per run).
+# Writes OUTDIR/<run>/{console.log,train.log,metrics.jsonl} and OUTDIR/summary.txt (one line per
+# run); console.log is stdout and stderr (train.log is switchyard's own, timestamped copy).
 set -uo pipefail
 out=${1:?usage: bash bench/gpu_load_balancing.sh OUTDIR [BUILD_DIR]}
 build=${2:-build-gpu}
@@ -35,8 +36,8 @@ for entry in "${runs[@]}"; do
   mkdir -p "$out/$name"
   "./$build/switchyard" train configs/experiments/base.yaml --set "name=gpu-$name" \
     --set "run.dir=$out/$name" --set checkpoint.keep_last=1 "${model[@]}" "${args[@]}" \
-    >"$out/$name/train.log" 2>&1
-  echo "$name rc=$? ${entry#*|} :: $(grep -E 'total parameters|active parameters|peak device' "$out/$name/train.log" | tr -s ' ' | tr '\n' ';') $(tail -1 "$out/$name/train.log")" |
+    >"$out/$name/console.log" 2>&1
+  echo "$name rc=$? ${entry#*|} :: $(grep -E 'total parameters|active parameters|peak device' "$out/$name/console.log" | tr -s ' ' | tr '\n' ';') $(tail -1 "$out/$name/console.log")" |
     tee -a "$out/summary.txt"
   rm -rf "$out/$name/checkpoints"
 done

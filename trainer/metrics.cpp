@@ -2,7 +2,17 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdarg>
+#include <ctime>
+#include <filesystem>
 #include <stdexcept>
+
+#ifndef SY_VERSION
+#define SY_VERSION "unknown"
+#endif
+#ifndef SY_GIT_COMMIT
+#define SY_GIT_COMMIT "unknown"
+#endif
 
 namespace sy {
 
@@ -75,6 +85,24 @@ JsonLine& JsonLine::add(const std::string& name, const std::vector<std::vector<d
   return *this;
 }
 
+JsonLine& JsonLine::add_json(const std::string& name, const std::string& json) {
+  key(name);
+  body_ += json;
+  return *this;
+}
+
+std::string utc_timestamp(std::chrono::system_clock::time_point when) {
+  const int64_t ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(when.time_since_epoch()).count();
+  const std::time_t seconds = static_cast<std::time_t>(ms / 1000);
+  std::tm utc{};
+  gmtime_r(&seconds, &utc);
+  char date[32], text[48];
+  std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &utc);
+  std::snprintf(text, sizeof text, "%s.%03dZ", date, static_cast<int>(ms % 1000));
+  return text;
+}
+
 LoadBalance load_balance(const std::vector<double>& load) {
   if (load.empty()) return {};
   double sum = 0, largest = 0;
@@ -89,7 +117,8 @@ LoadBalance load_balance(const std::vector<double>& load) {
   return {std::sqrt(squares / static_cast<double>(load.size())) / mean, largest / mean};
 }
 
-MetricsLog::MetricsLog(const std::string& path, bool append) : path_(path) {
+MetricsLog::MetricsLog(const std::string& path, bool append)
+    : path_(path), opened_(std::chrono::steady_clock::now()) {
   file_ = std::fopen(path.c_str(), append ? "a" : "w");
   if (!file_) throw std::runtime_error(path + ": cannot open for writing");
 }
@@ -98,9 +127,15 @@ MetricsLog::~MetricsLog() {
   if (file_) std::fclose(file_);
 }
 
-void MetricsLog::write_line(const std::string& line) {
+void MetricsLog::write_record(JsonLine& record) {
+  const double elapsed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - opened_).count();
+  char seconds[32];  // milliseconds are what the clocks resolve; 17 digits would be noise
+  std::snprintf(seconds, sizeof seconds, "%.3f", elapsed);
+  record.add("time", utc_timestamp(std::chrono::system_clock::now()))
+      .add_json("elapsed_s", seconds);
   // Flushed per line so that a crash leaves every completed record readable.
-  if (std::fprintf(file_, "%s\n", line.c_str()) < 0 || std::fflush(file_) != 0)
+  if (std::fprintf(file_, "%s\n", record.str().c_str()) < 0 || std::fflush(file_) != 0)
     throw std::runtime_error(path_ + ": write failed");
 }
 
@@ -122,11 +157,89 @@ void MetricsLog::write_step(const StepMetrics& m) {
       .add("layer_dropped_frac", m.layer_dropped_frac)
       .add("router_entropy", m.router_entropy);
   if (!m.expert_bias.empty()) line.add("expert_bias", m.expert_bias);
-  write_line(line.add("peak_memory_bytes", m.peak_memory_bytes).str());
+  write_record(line.add("peak_memory_bytes", m.peak_memory_bytes));
 }
 
 void MetricsLog::write_eval(int64_t step, double val_loss) {
-  write_line(JsonLine().add("step", step).add("val_loss", val_loss).str());
+  JsonLine line;
+  write_record(line.add("step", step).add("val_loss", val_loss));
+}
+
+RunConsole::~RunConsole() {
+  if (log_) std::fclose(log_);
+}
+
+void RunConsole::open_log(const std::string& path) {
+  if (!enabled_ || log_) return;
+  log_ = std::fopen(path.c_str(), "a");
+  if (!log_) throw std::runtime_error(path + ": cannot open for appending");
+  log_path_ = path;
+  const std::string earlier = std::move(before_open_);
+  before_open_.clear();
+  // Runs append to one log (a resume continues it): a header line tells them apart.
+  log("---- switchyard " SY_VERSION " (git " SY_GIT_COMMIT ") train\n" + earlier);
+}
+
+void RunConsole::log(const std::string& text) {
+  if (!log_) {
+    before_open_ += text;
+    return;
+  }
+  // Every line gets the time it was printed; a line printed in pieces gets it once.
+  std::string stamped;
+  const std::string stamp = utc_timestamp(std::chrono::system_clock::now()) + " ";
+  for (char c : text) {
+    if (at_line_start_) stamped += stamp;
+    stamped += c;
+    at_line_start_ = c == '\n';
+  }
+  // Flushed per print, like metrics.jsonl: a crash leaves everything printed before it.
+  if (std::fputs(stamped.c_str(), log_) < 0 || std::fflush(log_) != 0)
+    throw std::runtime_error(log_path_ + ": write failed");
+}
+
+namespace {
+std::string vformat(const char* format, std::va_list args) {
+  std::va_list measure;
+  va_copy(measure, args);
+  const int length = std::vsnprintf(nullptr, 0, format, measure);
+  va_end(measure);
+  if (length <= 0) return "";
+  std::string text(static_cast<size_t>(length) + 1, '\0');
+  std::vsnprintf(text.data(), text.size(), format, args);
+  text.resize(static_cast<size_t>(length));
+  return text;
+}
+}  // namespace
+
+void RunConsole::print(const char* format, ...) {
+  if (!enabled_) return;
+  std::va_list args;
+  va_start(args, format);
+  const std::string text = vformat(format, args);
+  va_end(args);
+  std::fputs(text.c_str(), stdout);
+  log(text);
+}
+
+void RunConsole::write(std::FILE* stream, const char* format, ...) {
+  if (!enabled_) return;
+  std::va_list args;
+  va_start(args, format);
+  const std::string text = vformat(format, args);
+  va_end(args);
+  std::fputs(text.c_str(), stream);
+  log(text);
+}
+
+void RunConsole::append_if_exists(const std::string& path, const std::string& line) {
+  std::error_code error;
+  if (!std::filesystem::is_regular_file(path, error)) return;
+  if (std::FILE* file = std::fopen(path.c_str(), "a")) {
+    std::fprintf(file, "%s %s\n", utc_timestamp(std::chrono::system_clock::now()).c_str(),
+                 line.c_str());
+    std::fclose(file);
+  }
 }
 
 namespace {

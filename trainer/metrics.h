@@ -1,6 +1,7 @@
 // metrics.jsonl and the console progress line. Floats are written at round-trip precision
 // (17 significant digits) so that runs can be compared bit for bit from the file.
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -43,6 +44,7 @@ class JsonLine {
   JsonLine& add(const std::string& key, const std::string& value);
   JsonLine& add(const std::string& key, const std::vector<double>& value);
   JsonLine& add(const std::string& key, const std::vector<std::vector<double>>& value);
+  JsonLine& add_json(const std::string& key, const std::string& json);  // already JSON text
   std::string str() const { return "{" + body_ + "}"; }
 
  private:
@@ -53,6 +55,12 @@ class JsonLine {
 std::string json_number(double value);  // 17 significant digits; non-finite as null
 std::string json_string(const std::string& value);
 
+// ISO-8601 UTC with milliseconds: "2026-12-02T09:41:07.250Z".
+std::string utc_timestamp(std::chrono::system_clock::time_point when);
+
+// Every record ends with "time" (utc_timestamp of the write) and "elapsed_s" (seconds since the
+// log opened, which is when this process started the run: 0 again after a resume), so that
+// "step" stays the first key (a resume finds its lines by that prefix).
 class MetricsLog {
  public:
   // Truncates, or with `append` (a resumed run) adds to what is there.
@@ -62,9 +70,39 @@ class MetricsLog {
   void write_eval(int64_t step, double val_loss);
 
  private:
-  void write_line(const std::string& line);
+  void write_record(JsonLine& record);
   std::FILE* file_ = nullptr;
   std::string path_;
+  std::chrono::steady_clock::time_point opened_;
+};
+
+// The one place a training run's console output goes through: printed on the console and, once
+// open_log() is called, appended to the run's train.log with a UTC timestamp on every line.
+// Lines printed before the log opens (the resume messages: the run folder may not exist yet)
+// are written to it when it opens. A disabled console (print off, or not rank 0) does nothing.
+class RunConsole {
+ public:
+  explicit RunConsole(bool enabled) : enabled_(enabled) {}
+  ~RunConsole();
+  RunConsole(const RunConsole&) = delete;
+  RunConsole& operator=(const RunConsole&) = delete;
+
+  // Opens `path` for appending. Throws std::runtime_error naming it when it cannot.
+  void open_log(const std::string& path);
+  void print(const char* format, ...) __attribute__((format(printf, 2, 3)));  // to stdout
+  void write(std::FILE* stream, const char* format, ...) __attribute__((format(printf, 3, 4)));
+
+  // One timestamped line added to the log at `path`, if that file exists: the reason a run
+  // stopped, which its caller learns only after the console is gone. Never throws.
+  static void append_if_exists(const std::string& path, const std::string& line);
+
+ private:
+  void log(const std::string& text);
+  bool enabled_;
+  std::FILE* log_ = nullptr;
+  std::string log_path_;
+  std::string before_open_;  // printed before open_log()
+  bool at_line_start_ = true;
 };
 
 std::string progress_line(const StepMetrics& metrics, int64_t total_steps);

@@ -1,0 +1,126 @@
+#include "trainer/cli.h"
+
+#include <H5public.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+#include <fstream>
+#include <system_error>
+
+#include "trainer/checkpoint.h"
+
+// Set by trainer/CMakeLists.txt from what the configuration found; the fallbacks keep a build
+// outside CMake compiling.
+#ifndef SY_VERSION
+#define SY_VERSION "unknown"
+#endif
+#ifndef SY_GIT_COMMIT
+#define SY_GIT_COMMIT "unknown"
+#endif
+#ifndef SY_BUILD_TYPE
+#define SY_BUILD_TYPE "unknown"
+#endif
+#ifndef SY_BUILD_CUDA
+#define SY_BUILD_CUDA "unknown"
+#endif
+#ifndef SY_BUILD_NCCL
+#define SY_BUILD_NCCL "unknown"
+#endif
+#ifndef SY_BUILD_CUDNN
+#define SY_BUILD_CUDNN "unknown"
+#endif
+
+namespace sy {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string compiler() {
+#if defined(__clang__)
+  return "clang " __clang_version__;
+#elif defined(__GNUC__)
+  return "GCC " __VERSION__;
+#else
+  return "unknown compiler";
+#endif
+}
+
+// The MPI library's own name for itself, up to its first comma ("Open MPI v4.1.4"). MPI-3 allows
+// this call before MPI_Init, so --version works where MPI cannot start.
+std::string mpi_library() {
+  char text[MPI_MAX_LIBRARY_VERSION_STRING] = {};
+  int length = 0;
+  if (MPI_Get_library_version(text, &length) != MPI_SUCCESS) return "unknown";
+  std::string name(text, static_cast<size_t>(std::max(0, length)));
+  const size_t cut = name.find_first_of(",\n");
+  if (cut != std::string::npos) name.resize(cut);
+  return name;
+}
+
+// The first line of a text file, without trailing whitespace.
+std::string first_line(const fs::path& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back()))) line.pop_back();
+  return line;
+}
+
+}  // namespace
+
+std::string version_report() {
+  std::string out = "switchyard " SY_VERSION " (git " SY_GIT_COMMIT ")\n";
+  out += "  build:  " SY_BUILD_TYPE ", " + compiler() + ", C++20\n";
+  out += "  MPI:    " + mpi_library() + "\n";
+  out += "  HDF5:   " + std::to_string(H5_VERS_MAJOR) + "." + std::to_string(H5_VERS_MINOR) + "." +
+         std::to_string(H5_VERS_RELEASE) + "\n";
+  out += "  CUDA:   " SY_BUILD_CUDA "\n";
+  out += "  NCCL:   " SY_BUILD_NCCL "\n";
+  out += "  cuDNN:  " SY_BUILD_CUDNN "\n";
+  return out;
+}
+
+CheckpointArgument resolve_checkpoint_argument(const std::string& argument) {
+  std::error_code error;
+  const fs::path given = argument;
+  if (fs::is_directory(given, error)) {
+    // A run folder stands for its checkpoints/ (the default checkpoint.dir), if it has no
+    // checkpoints of its own.
+    fs::path dir = given;
+    std::vector<std::string> skipped;
+    std::string found = find_latest_checkpoint(dir.string(), &skipped);
+    if (found.empty() && fs::is_directory(given / "checkpoints", error)) {
+      dir = given / "checkpoints";
+      skipped.clear();
+      found = find_latest_checkpoint(dir.string(), &skipped);
+    }
+    if (found.empty()) {
+      std::string why = argument + ": no loadable checkpoint in this folder";
+      for (const std::string& line : skipped)
+        if (line.find("latest: missing") == std::string::npos) why += "; skipped " + line;
+      throw CheckpointError(why);
+    }
+    CheckpointArgument resolved{found, {}};
+    for (const std::string& line : skipped)
+      if (line.find("latest: missing") == std::string::npos)
+        resolved.notes.push_back("skipped " + line);
+    resolved.notes.push_back("checkpoint " + found + ", the newest in " + dir.string());
+    return resolved;
+  }
+  // The pointer file holds the name of a file beside it (docs/checkpoint.md).
+  if (given.filename() == "latest" && fs::is_regular_file(given, error)) {
+    const std::string named = first_line(given);
+    if (named.empty())
+      throw CheckpointError(argument + ": empty (it should name a checkpoint file beside it)");
+    const fs::path target = given.parent_path() / named;
+    if (!fs::exists(target, error))
+      throw CheckpointError(argument + ": names " + named + ", which does not exist");
+    return {target.string(), {"checkpoint " + target.string() + ", named by " + argument}};
+  }
+  return {argument, {}};
+}
+
+}  // namespace sy
