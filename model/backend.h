@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "model/param.h"
 #include "model/tensor.h"
 
 namespace sy {
@@ -46,6 +47,14 @@ struct RouterPlanCounts {
 struct RouterLossValues {
   double aux = 0.0, z = 0.0;
   double entropy = 0.0;  // mean over tokens of the router distribution's entropy (nats)
+};
+
+// One AdamW step of many tensors (Backend::fused_adamw_step); torch semantics, SPEC.md section 4.
+struct AdamWStep {
+  double lr = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
+  int64_t step = 1;          // 1-based, for the bias correction
+  double grad_scale = 1.0;   // the clip factor, folded into the update
+  bool zero_grads = false;   // leave every grad zero afterwards
 };
 
 class Backend {
@@ -90,6 +99,22 @@ class Backend {
     for (size_t i = 0; i < xs.size(); ++i) out[i] = sum_squares(xs[i]);
   }
 
+  // ---- grouped GEMMs over expert segments (the MoE expert FFN, model/moe/experts.cpp) ---------
+  // The rows of A form G = rows_per_group.size() consecutive segments: segment g is rows
+  // [o_g, o_g + rows_per_group[g]), o_g the sum of the sizes before it; sizes may be 0 and sum
+  // to the rows of A. Dtypes as gemm(): A and B in one dtype, C in it or f32 with bf16 A and B.
+  //   grouped_gemm:       C[seg g] (= or, with accumulate, +=) A[seg g] @ op(B[g])
+  //                       A [M, K], B [G, K, N] (or [G, N, K] with trans_b), C [M, N]
+  //   grouped_gemm_wgrad: C[g] (= or +=) A[seg g]^T @ B[seg g]
+  //                       A [M, K], B [M, N], C [G, K, N]; an empty segment's C[g] is zeroed
+  //                       (left as it is with accumulate)
+  // The defaults (model/grouped_gemm.cpp) run one gemm() per non-empty segment, the reference;
+  // CUDA runs bf16 data as one grouped kernel (docs/cuda.md).
+  virtual void grouped_gemm(const Tensor& C, const Tensor& A, const Tensor& B, bool trans_b,
+                            std::span<const int64_t> rows_per_group, bool accumulate);
+  virtual void grouped_gemm_wgrad(const Tensor& C, const Tensor& A, const Tensor& B,
+                                  std::span<const int64_t> rows_per_group, bool accumulate);
+
   // ---- embedding ----------------------------------------------------------------------------
   // out[T,D] = table[tokens[t]]; backward: dtable[tokens[t]] += dout[t] (dtable stat of dout).
   virtual void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& table) = 0;
@@ -117,6 +142,20 @@ class Backend {
                                   const Tensor& dout, const Tensor& q, const Tensor& k,
                                   const Tensor& v, const Tensor& probs, int64_t B, int64_t S,
                                   int64_t H) = 0;
+  // Flash attention: the same causal softmax attention (scale 1/sqrt(Dh), query s sees keys
+  // <= s) without an [S, S] matrix. q,k,v,out: [B*S, H*Dh] (row t = b*S+s, head h at columns
+  // h*Dh..), rotary already applied; lse: [B, H, S] stat, the logsumexp of each query's scaled
+  // causal scores (saved for backward; P = exp(q k^T / sqrt(Dh) - lse)). dq, dk, dv (=) from
+  // dout and the forward's out and lse. Deterministic: the same inputs give the same bits.
+  // CPU: f32, f64, any even Dh. CUDA: bf16 on tensor cores for Dh 64 and 128, a plain kernel
+  // for other even Dh <= 256 (and for f32, f64); larger Dh is an error.
+  virtual void flash_attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q,
+                                       const Tensor& k, const Tensor& v, int64_t B, int64_t S,
+                                       int64_t H) = 0;
+  virtual void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                                        const Tensor& dout, const Tensor& q, const Tensor& k,
+                                        const Tensor& v, const Tensor& out, const Tensor& lse,
+                                        int64_t B, int64_t S, int64_t H) = 0;
 
   // ---- SwiGLU: out = silu(a) * b ------------------------------------------------------------
   virtual void swiglu_forward(const Tensor& out, const Tensor& a, const Tensor& b) = 0;
@@ -201,6 +240,25 @@ class Backend {
                             const Tensor& exp_avg_sq, double lr, double beta1, double beta2,
                             double eps, double weight_decay, int64_t step) = 0;
   virtual void sgd_update(const Tensor& param, const Tensor& grad, double lr) = 0;
+
+  // ---- the fused optimizer pass (optim/optimizer.h, optim/clip.h) -----------------------------
+  // The defaults (model/cpu/adamw.cpp) run the per-tensor ops above in order and are the
+  // reference; a device backend may do each in one multi-tensor pass (CUDA: f32 masters).
+  //
+  // Sums of the squared grads of `params`, accumulated in f64: `shared` over the params that are
+  // not Param::is_expert, `expert` over those that are. One host synchronisation on a device. A
+  // fixed order: the same grads give the same bits run to run (the order may differ from
+  // sum_squares', so the two agree to about 1e-12 relative, not bitwise).
+  virtual void grad_norm_squares(std::span<Param* const> params, double& shared, double& expert);
+  // For every params[i], with m = exp_avgs[i] and v = exp_avg_sqs[i] (same shape, master dtype):
+  //   grad *= hp.grad_scale                     (the clip factor; skipped when it is 1)
+  //   adamw_update(value, grad, m, v, hp.lr, hp.beta1, hp.beta2, hp.eps,
+  //                Param::decay ? hp.weight_decay : 0, hp.step)
+  //   copy(compute, value)                      (when compute is defined and not value itself)
+  //   fill(grad, 0)                             (when hp.zero_grads)
+  // Equal bitwise to those per-tensor ops in f32; a fused pass reads and writes each element once.
+  virtual void fused_adamw_step(std::span<Param* const> params, std::span<const Tensor> exp_avgs,
+                                std::span<const Tensor> exp_avg_sqs, const AdamWStep& hp);
 };
 
 // The reference backend. `threads` limits BLAS threads (0: leave as is).

@@ -15,6 +15,8 @@ struct ModelConfig {
   int64_t n_heads = 4;
   int64_t ffn_hidden = 512;   // dense SwiGLU width F
   bool tie_embeddings = true;
+  // How attention computes softmax(q k^T) v: auto | flash | reference (model/attention.h).
+  std::string attention_kernel = "auto";
 };
 
 struct MoeConfig {
@@ -33,6 +35,8 @@ struct MoeConfig {
   std::string router_score = "softmax";    // softmax | sigmoid
   std::string drop_policy = "position";    // position | probability
   std::string overflow = "drop";           // drop | reroute
+  // How the expert FFN runs its GEMMs (model/moe/experts.h): auto | grouped | cublas.
+  std::string expert_kernel = "auto";
 
   // Default: normalised when top_k > 1, and always for sigmoid scores (they do not sum to 1).
   bool normalize() const {

@@ -23,7 +23,7 @@ uint64_t hash_string(std::string_view text);
 // A stream: the n-th draw is mix64(key ^ mix64(n)) with the counter n counting up from 0.
 class CounterRng {
  public:
-  explicit CounterRng(uint64_t key) : key_(key) {}
+  explicit CounterRng(uint64_t key, uint64_t counter = 0) : key_(key), counter_(counter) {}
   uint64_t next_u64() { return key_combine(key_, counter_++); }
   // Uniform in [0, 1) with 53 random bits.
   double uniform() { return static_cast<double>(next_u64() >> 11) * 0x1.0p-53; }
@@ -38,7 +38,11 @@ class CounterRng {
 
  private:
   uint64_t key_;
-  uint64_t counter_ = 0;
+  uint64_t counter_;
 };
+
+// out[i] = scale * normal value i of the stream `key` (draws 2i and 2i+1), for i in [0, n). Large
+// fills run on several host threads; the values are the same as one stream drawn in order.
+void fill_normal(uint64_t key, double scale, double* out, int64_t n);
 
 }  // namespace sy

@@ -66,6 +66,7 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
     block.attn.wk = make_param(prefix + "attn/wk", {D, D});
     block.attn.wv = make_param(prefix + "attn/wv", {D, D});
     block.attn.wo = make_param(prefix + "attn/wo", {D, D});
+    block.attn.kernel = m.attention_kernel;
     block.ffn_norm.gain = make_param(prefix + "ffn_norm", {D}, false, false);
     if (!options_.moe_layers[l]) {
       block.dense = std::make_unique<DenseFFN>();
@@ -91,6 +92,7 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
     layer.experts.w1 = make_param(prefix + "moe/experts/w1", {local, D, F}, true);
     layer.experts.w3 = make_param(prefix + "moe/experts/w3", {local, D, F}, true);
     layer.experts.w2 = make_param(prefix + "moe/experts/w2", {local, F, D}, true);
+    layer.experts.kernel = moe.expert_kernel;
   }
   final_norm_.gain = make_param("final_norm", {D}, false, false);
   if (m.tie_embeddings)
@@ -180,8 +182,8 @@ void Transformer::init_parameters(uint64_t seed) {
     std::vector<double> values(param->value.numel());
     for (int64_t j = 0; j < slices; ++j) {
       const uint64_t expert = param->is_expert ? first_local_expert_ + j : 0;
-      CounterRng rng(key_combine(path_key, expert));
-      for (int64_t i = 0; i < slice_elems; ++i) values[j * slice_elems + i] = kInitStd * rng.normal();
+      fill_normal(key_combine(path_key, expert), kInitStd, values.data() + j * slice_elems,
+                  slice_elems);
     }
     backend_.write(param->value, std::span<const double>(values));
   }

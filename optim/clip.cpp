@@ -6,17 +6,8 @@
 namespace sy {
 
 GradSquares grad_squares(Backend& backend, const std::vector<Param*>& params) {
-  // All tensors at once: one host synchronisation on a device backend, not one per parameter.
-  std::vector<Tensor> grads;
-  grads.reserve(params.size());
-  for (const Param* param : params) grads.push_back(param->grad);
-  std::vector<double> sums(params.size());
-  backend.sum_squares_many(grads, sums);
   GradSquares squares;
-  for (size_t i = 0; i < params.size(); ++i) {
-    if (params[i]->is_expert) squares.expert += sums[i];
-    else squares.shared += sums[i];
-  }
+  backend.grad_norm_squares(params, squares.shared, squares.expert);
   return squares;
 }
 
@@ -32,11 +23,15 @@ double global_grad_norm(Backend& backend, const std::vector<Param*>& params,
   return std::sqrt(total);
 }
 
-double clip_gradients(Backend& backend, std::vector<Param*>& params, double total_norm,
-                      double grad_clip) {
+double clip_factor(double total_norm, double grad_clip) {
   if (!(grad_clip > 0)) return 1.0;
   // A NaN norm gives factor 1 (grads left alone): the caller must notice a non-finite norm.
-  const double factor = std::min(1.0, grad_clip / (total_norm + 1e-6));
+  return std::min(1.0, grad_clip / (total_norm + 1e-6));
+}
+
+double clip_gradients(Backend& backend, std::vector<Param*>& params, double total_norm,
+                      double grad_clip) {
+  const double factor = clip_factor(total_norm, grad_clip);
   if (factor < 1.0)
     for (Param* param : params) backend.scale(param->grad, factor);
   return factor;

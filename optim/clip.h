@@ -13,7 +13,8 @@
 
 namespace sy {
 
-// Local sums of squared gradients, split by Param::is_expert.
+// Local sums of squared gradients, split by Param::is_expert: Backend::grad_norm_squares, one
+// pass and one host synchronisation on a device.
 struct GradSquares {
   double shared = 0.0;  // non-expert parameters
   double expert = 0.0;  // expert parameters held by this rank
@@ -29,9 +30,13 @@ double global_grad_norm_squared(Backend& backend, const std::vector<Param*>& par
 double global_grad_norm(Backend& backend, const std::vector<Param*>& params,
                         const std::function<double(const GradSquares&)>& finish = nullptr);
 
-// Multiplies every gradient by min(1, grad_clip / (total_norm + 1e-6)) when grad_clip > 0 and
-// returns that factor (1 when clipping is off or not needed). `total_norm` is the global norm,
-// before clipping; it is what the caller logs as grad_norm.
+// min(1, grad_clip / (total_norm + 1e-6)) when grad_clip > 0, else 1 (also for a NaN norm: the
+// caller must notice a non-finite norm). `total_norm` is the global norm before clipping; it is
+// what the caller logs as grad_norm. Optimizer::step(..., grad_scale) applies it in its pass.
+double clip_factor(double total_norm, double grad_clip);
+
+// Multiplies every gradient by clip_factor(total_norm, grad_clip) when it is below 1 and
+// returns it.
 double clip_gradients(Backend& backend, std::vector<Param*>& params, double total_norm,
                       double grad_clip);
 

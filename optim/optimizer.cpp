@@ -18,16 +18,30 @@ class AdamW : public Optimizer {
       : beta1_(train.beta1), beta2_(train.beta2), eps_(train.eps),
         weight_decay_(train.weight_decay) {}
 
-  void step(Backend& backend, std::vector<Param*>& params, double lr) override {
+  using Optimizer::step;
+  void step(Backend& backend, std::vector<Param*>& params, double lr,
+            double grad_scale) override {
     init_state(backend, params);
     ++step_count_;
-    for (Param* param : params) {
+    std::vector<Tensor> exp_avgs, exp_avg_sqs;
+    exp_avgs.reserve(params.size());
+    exp_avg_sqs.reserve(params.size());
+    for (const Param* param : params) {
       check_param(*param);
-      Moments& moments = moments_.at(param->path);
-      const double decay = param->decay ? weight_decay_ : 0.0;
-      backend.adamw_update(param->value, param->grad, moments.exp_avg, moments.exp_avg_sq, lr,
-                           beta1_, beta2_, eps_, decay, step_count_);
+      const Moments& moments = moments_.at(param->path);
+      exp_avgs.push_back(moments.exp_avg);
+      exp_avg_sqs.push_back(moments.exp_avg_sq);
     }
+    AdamWStep hp;
+    hp.lr = lr;
+    hp.beta1 = beta1_;
+    hp.beta2 = beta2_;
+    hp.eps = eps_;
+    hp.weight_decay = weight_decay_;  // the backend applies it where Param::decay
+    hp.step = step_count_;
+    hp.grad_scale = grad_scale;
+    hp.zero_grads = true;
+    backend.fused_adamw_step(params, exp_avgs, exp_avg_sqs, hp);
   }
 
   // Moments are keyed by path, so a param seen for the first time later still gets its own.
@@ -67,13 +81,20 @@ class AdamW : public Optimizer {
   std::vector<std::string> order_;  // paths in the order first seen, for a stable checkpoint
 };
 
+// Per tensor: SGD is not on a path that needs the fused pass.
 class Sgd : public Optimizer {
  public:
-  void step(Backend& backend, std::vector<Param*>& params, double lr) override {
+  using Optimizer::step;
+  void step(Backend& backend, std::vector<Param*>& params, double lr,
+            double grad_scale) override {
     ++step_count_;
     for (Param* param : params) {
       check_param(*param);
+      if (grad_scale != 1.0) backend.scale(param->grad, grad_scale);
       backend.sgd_update(param->value, param->grad, lr);
+      if (param->compute.defined() && param->compute.data() != param->value.data())
+        backend.copy(param->compute, param->value);
+      backend.fill(param->grad, 0.0);
     }
   }
 };

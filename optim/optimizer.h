@@ -1,6 +1,12 @@
 // Optimizers: AdamW (torch.optim.AdamW semantics, SPEC.md section 4) and plain SGD.
-// The per-element math lives in the Backend (adamw_update, sgd_update); an optimizer only keeps
-// the state and the step count.
+// The per-element math lives in the Backend (fused_adamw_step, sgd_update); an optimizer only
+// keeps the state and the step count.
+//
+// The invariant that the training loops rely on: after Optimizer::step, every param's grad is
+// zero and every Param::compute copy holds the param's new value. The loops therefore zero the
+// grads only before their first step and do not call Transformer::refresh_compute_weights()
+// after a step. On CUDA, AdamW does the clip scale, the update, the bf16 refresh and the zeroing
+// in one pass over the memory (Backend::fused_adamw_step, docs/cuda.md).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -18,8 +24,15 @@ class Optimizer {
  public:
   virtual ~Optimizer() = default;
 
-  // One update of every param from its grad, at learning rate `lr`; counts the step.
-  virtual void step(Backend& backend, std::vector<Param*>& params, double lr) = 0;
+  // One update of every param from grad * grad_scale at learning rate `lr` (grad_scale: the clip
+  // factor of optim/clip.h, applied as clip_gradients would); counts the step. Leaves every grad
+  // zero and every compute copy refreshed (the invariant above).
+  virtual void step(Backend& backend, std::vector<Param*>& params, double lr,
+                    double grad_scale) = 0;
+  // The same with grads that are already clipped, or not to be clipped.
+  void step(Backend& backend, std::vector<Param*>& params, double lr) {
+    step(backend, params, lr, 1.0);
+  }
 
   // Allocates the state of every param now (zeros) if not yet done, so that a checkpoint can be
   // loaded into state_tensors() before the first step.

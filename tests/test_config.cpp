@@ -486,5 +486,15 @@ TEST(MoeLayerMask, FromYamlList) {
   EXPECT_EQ(moe_layer_mask(dense), (std::vector<bool>(4, false)));
 }
 
+// run.deterministic: on by default, a bool like the others, and written to the resolved config.
+TEST(Config, RunDeterministic) {
+  EXPECT_TRUE(load_config("configs/example.yaml").run.deterministic);
+  const Config off = load_config("configs/example.yaml", {"run.deterministic=false"});
+  EXPECT_FALSE(off.run.deterministic);
+  EXPECT_NE(config_to_yaml(off).find("deterministic: false"), std::string::npos);
+  EXPECT_TRUE(rejects("run:\n  deterministic: maybe\n",
+                      "run.deterministic: expected true or false, got maybe"));
+}
+
 }  // namespace
 }  // namespace sy

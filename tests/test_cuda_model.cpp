@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <string>
 
@@ -200,6 +201,7 @@ struct TrainRun {
   std::vector<double> losses;
   std::vector<int64_t> dropped, rerouted;  // per step, over the MoE layers
   std::vector<std::vector<double>> biases;  // the expert biases after the last step
+  std::vector<std::vector<double>> params;  // every parameter's master value after the last step
   int64_t allocations_after_warmup = -1, allocations_at_end = -1;
   size_t peak_bytes = 0;
 };
@@ -256,6 +258,7 @@ TrainRun train(Backend& backend, DType compute, int64_t steps,
   }
   run.allocations_at_end = cuda_device_allocations(backend);
   for (auto& [path, bias] : model.expert_biases()) run.biases.push_back(backend.read(bias));
+  for (const Param* p : params) run.params.push_back(backend.read(p->value));
   run.peak_bytes = backend.peak_memory_bytes();
   return run;
 }
@@ -323,6 +326,52 @@ TEST_F(CudaModel, BalancingRouterTrainingTracksTheCpu) {
               "%.4f); worst step rel diff %.3e; %lld reroutes over %lld steps\n",
               run.losses.front(), run.losses.back(), ref.losses.front(), ref.losses.back(), worst,
               static_cast<long long>(rerouted), static_cast<long long>(steps));
+}
+
+// run.deterministic (docs/cuda.md, Determinism): the same config trained twice on one GPU gives
+// bitwise-equal losses, drop and reroute counts, expert biases and parameters. bf16 with tied
+// embeddings (the LM head's GEMM and the embedding scatter add into one gradient) and a top-2
+// router; once dropless, once with the balancing router (sigmoid, expert bias, drops by gate
+// and reroutes at capacity factor 1.0). Two backends, so that no cached state is shared.
+TEST_F(CudaModel, TrainingTwiceIsBitwiseEqual) {
+  const int64_t steps = 30;
+  for (bool balanced : {false, true}) {
+    const auto adjust = [balanced](MoeConfig& moe) {
+      if (balanced) balancing(moe);
+    };
+    auto first_backend = make_cuda_backend(0);
+    const TrainRun first = train(*first_backend, DType::bf16, steps, adjust);
+    first_backend.reset();
+    auto second_backend = make_cuda_backend(0);
+    const TrainRun second = train(*second_backend, DType::bf16, steps, adjust);
+    const char* name = balanced ? "balancing router" : "dropless";
+    int64_t rerouted = 0, differing_steps = 0;
+    for (int64_t s = 0; s < steps; ++s) {
+      rerouted += first.rerouted[s];
+      differing_steps += std::memcmp(&first.losses[s], &second.losses[s], sizeof(double)) != 0;
+      EXPECT_EQ(first.dropped[s], second.dropped[s]) << name << " step " << s + 1;
+      EXPECT_EQ(first.rerouted[s], second.rerouted[s]) << name << " step " << s + 1;
+    }
+    EXPECT_EQ(differing_steps, 0) << name << ": losses differ between two runs";
+    EXPECT_EQ(first.biases, second.biases) << name;
+    ASSERT_EQ(first.params.size(), second.params.size());
+    int64_t differing_tensors = 0;
+    for (size_t i = 0; i < first.params.size(); ++i) {
+      const bool same = first.params[i].size() == second.params[i].size() &&
+                        std::memcmp(first.params[i].data(), second.params[i].data(),
+                                    first.params[i].size() * sizeof(double)) == 0;
+      differing_tensors += !same;
+      EXPECT_TRUE(same) << name << ": parameter tensor " << i << " differs";
+    }
+    if (balanced) {
+      EXPECT_GT(rerouted, 0) << "the test wants reroutes";
+    }
+    std::printf("[ determin ] bf16 %s, %lld steps twice: loss %.6f -> %.6f; %lld steps with "
+                "different losses, %lld of %zu parameter tensors differ; %lld reroutes\n",
+                name, static_cast<long long>(steps), first.losses.front(), first.losses.back(),
+                static_cast<long long>(differing_steps), static_cast<long long>(differing_tensors),
+                first.params.size(), static_cast<long long>(rerouted));
+  }
 }
 
 }  // namespace

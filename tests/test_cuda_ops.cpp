@@ -7,8 +7,12 @@
 // Skipped when no CUDA device is visible (label gpu).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
 #include <bit>
+#include <chrono>
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <limits>
 #include <numeric>
@@ -257,6 +261,57 @@ TEST_P(CudaOps, Embedding) {
   expect_close(gg, gc, Tol{1e-6, 1e-6}, "embedding_backward", dt());
 }
 
+// The table gradient without atomics (embedding.cu): each element is the sum of its positions'
+// rows in position order, as on the CPU, so it must equal the CPU's bit for bit and repeat
+// exactly. Heavy repetition: 60% of the positions hit one row, and token ids reach the top of a
+// vocabulary that needs a multi-pass sort; D crosses a tile of columns. The initial gradient is
+// random (it accumulates) and rows no position hits must keep it.
+TEST_P(CudaOps, EmbeddingBackwardIsExactAndRepeatable) {
+  struct Size {
+    int64_t V, D, N;
+  };
+  for (const Size size : {Size{300, 200, 5000}, Size{70001, 72, 20000}, Size{256, 768, 32768}}) {
+    const int64_t V = size.V, D = size.D, N = size.N;
+    CounterRng rng(next_seed_++);
+    std::vector<int32_t> tokens(N);
+    for (int64_t t = 0; t < N; ++t) {
+      const double u = std::abs(rng.normal());
+      tokens[t] = u < 0.84 ? 3 : static_cast<int32_t>(std::min<double>(V - 1, (u - 0.84) * V));
+    }
+    tokens[N / 2] = static_cast<int32_t>(V - 1);
+    const std::vector<double> g0 = values(V * D, st()), dout = values(N * D, dt());
+    Tensor gc = on_cpu({V, D}, g0);
+    cpu().embedding_backward(gc, on_cpu({N, D}, dout), ints_cpu(tokens));
+    const std::vector<double> want = cpu().read(gc);
+    Tensor dout_gpu = on_gpu({N, D}, dout, dt()), tokens_gpu = ints_gpu(tokens);
+    std::vector<double> first;
+    for (int repeat = 0; repeat < 2; ++repeat) {
+      Tensor gg = on_gpu({V, D}, g0, st());
+      gpu().synchronize();
+      const auto start = std::chrono::steady_clock::now();
+      gpu().embedding_backward(gg, dout_gpu, tokens_gpu);
+      gpu().synchronize();
+      const double ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+              .count();
+      const std::vector<double> got = gpu().read(gg);
+      int64_t differ = 0;
+      for (size_t i = 0; i < got.size(); ++i) differ += !(got[i] == want[i]);
+      std::printf("[ embed    ] backward %-5s V=%lld D=%lld N=%lld (%.0f%% on one row): %lld of "
+                  "%zu elements differ from the cpu; %.3f ms (run %d)\n",
+                  dtype_name(dt()), static_cast<long long>(V), static_cast<long long>(D),
+                  static_cast<long long>(N),
+                  100.0 * std::count(tokens.begin(), tokens.end(), 3) / N,
+                  static_cast<long long>(differ), got.size(), ms, repeat + 1);
+      EXPECT_LE(rel_error(got, want), 1e-6) << "embedding_backward V=" << V;  // docs/cuda.md
+      EXPECT_EQ(differ, 0) << "embedding_backward V=" << V << ": not the cpu's sums bit for bit";
+      if (repeat == 0) first = got;
+      else EXPECT_TRUE(std::memcmp(first.data(), got.data(), got.size() * sizeof(double)) == 0)
+          << "embedding_backward V=" << V << ": two runs differ";
+    }
+  }
+}
+
 TEST_P(CudaOps, RMSNorm) {
   const int64_t N = 137, D = 96;
   const std::vector<double> x = values(N * D, dt(), 2.0), dout = values(N * D, dt());
@@ -312,6 +367,92 @@ TEST_P(CudaOps, Attention) {
   expect_close(dqg, dq, Tol{1e-5, 2e-2}, "attention_backward dq", dt());
   expect_close(dkg, dk, Tol{1e-5, 2e-2}, "attention_backward dk", dt());
   expect_close(dvg, dv, Tol{1e-5, 1e-2}, "attention_backward dv", dt());
+}
+
+// Flash attention (flash_attention.cu) against the CPU flash reference, which matches the probs
+// path to 1e-12 in f64 (test_flash_attention.cpp). bf16 with Dh 64 and 128 runs the tensor-core
+// kernels (tiles of 128 queries or keys, streamed tiles of 64 or 32), so S covers one row, a
+// tail inside one tile, exact tiles and tails after several; Dh 16 runs the plain kernel.
+// Also: the causal mask (changing the k and v of tokens >= c leaves out and dq of tokens < c
+// bitwise as they were) and determinism (a second backward gives the same bits).
+TEST_P(CudaOps, FlashAttention) {
+  const int64_t B = 2, H = 3;
+  std::vector<std::pair<int64_t, int64_t>> cases;  // (Dh, S)
+  for (int64_t Dh : {64, 128})
+    for (int64_t S : {1, 7, 64, 100, 257, 1024}) cases.emplace_back(Dh, S);
+  cases.emplace_back(16, 45);
+  for (auto [Dh, S] : cases) {
+    const std::string at = " Dh=" + std::to_string(Dh) + " S=" + std::to_string(S);
+    SCOPED_TRACE(at);
+    const int64_t T = B * S, D = H * Dh;
+    const std::vector<double> q = values(T * D, dt()), k = values(T * D, dt()),
+                              v = values(T * D, dt()), dout = values(T * D, dt());
+    Tensor qc = on_cpu({T, D}, q), kc = on_cpu({T, D}, k), vc = on_cpu({T, D}, v);
+    Tensor qg = on_gpu({T, D}, q, dt()), kg = on_gpu({T, D}, k, dt()), vg = on_gpu({T, D}, v, dt());
+    Tensor oc = cpu().alloc({T, D}, DType::f32), lc = cpu().alloc({B, H, S}, DType::f32);
+    Tensor og = poisoned({T, D}, dt()), lg = poisoned({B, H, S}, st());
+    cpu().flash_attention_forward(oc, lc, qc, kc, vc, B, S, H);
+    gpu().flash_attention_forward(og, lg, qg, kg, vg, B, S, H);
+    expect_close(og, oc, Tol{1e-6, 1e-2}, "flash_attention_forward out" + at, dt());
+    expect_close(lg, lc, Tol{1e-6, 1e-5}, "flash_attention_forward lse" + at, dt());
+
+    Tensor dq = cpu().alloc({T, D}, DType::f32), dk = cpu().alloc({T, D}, DType::f32),
+           dv = cpu().alloc({T, D}, DType::f32);
+    cpu().flash_attention_backward(dq, dk, dv, on_cpu({T, D}, dout), qc, kc, vc, oc, lc, B, S, H);
+    Tensor doutg = on_gpu({T, D}, dout, dt());
+    auto backward = [&](const Tensor& o, const Tensor& l, const Tensor& kk, const Tensor& vv) {
+      std::array<Tensor, 3> grads{poisoned({T, D}, dt()), poisoned({T, D}, dt()),
+                                  poisoned({T, D}, dt())};
+      gpu().flash_attention_backward(grads[0], grads[1], grads[2], doutg, qg, kk, vv, o, l, B, S,
+                                     H);
+      return grads;
+    };
+    const auto grads = backward(og, lg, kg, vg);
+    expect_close(grads[0], dq, Tol{1e-5, 2e-2}, "flash_attention_backward dq" + at, dt());
+    expect_close(grads[1], dk, Tol{1e-5, 2e-2}, "flash_attention_backward dk" + at, dt());
+    expect_close(grads[2], dv, Tol{1e-5, 1e-2}, "flash_attention_backward dv" + at, dt());
+
+    const auto again = backward(og, lg, kg, vg);
+    for (int i = 0; i < 3; ++i)
+      EXPECT_EQ(gpu().read(again[i]), gpu().read(grads[i])) << "backward not repeatable, grad " << i;
+
+    if (S < 2) continue;
+    // Causal: new k and v for tokens s >= c of every sequence.
+    const int64_t c = S / 2 + 1;
+    std::vector<double> k2 = k, v2 = v;
+    const std::vector<double> fresh_k = values(T * D, dt()), fresh_v = values(T * D, dt());
+    for (int64_t t = 0; t < T; ++t)
+      if (t % S >= c)
+        for (int64_t d = 0; d < D; ++d) k2[t * D + d] = fresh_k[t * D + d], v2[t * D + d] = fresh_v[t * D + d];
+    Tensor k2g = on_gpu({T, D}, k2, dt()), v2g = on_gpu({T, D}, v2, dt());
+    Tensor o2 = poisoned({T, D}, dt()), l2 = poisoned({B, H, S}, st());
+    gpu().flash_attention_forward(o2, l2, qg, k2g, v2g, B, S, H);
+    const auto grads2 = backward(o2, l2, k2g, v2g);
+    const std::vector<double> o1h = gpu().read(og), o2h = gpu().read(o2);
+    const std::vector<double> dq1h = gpu().read(grads[0]), dq2h = gpu().read(grads2[0]);
+    int64_t changed = 0, checked = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      if (t % S >= c) continue;
+      for (int64_t d = 0; d < D; ++d) {
+        // bitwise: NaN != NaN would count as changed, as it should
+        changed += o1h[t * D + d] != o2h[t * D + d] || dq1h[t * D + d] != dq2h[t * D + d];
+        ++checked;
+      }
+    }
+    EXPECT_EQ(changed, 0) << "of " << checked << " out/dq entries before the change";
+  }
+}
+
+TEST_F(CudaTest, FlashAttentionRejectsWideHeads) {
+  const int64_t B = 1, S = 4, H = 1, D = 512;
+  Tensor q = gpu().zeros({B * S, D}, DType::bf16), out = gpu().alloc({B * S, D}, DType::bf16);
+  Tensor lse = gpu().alloc({B, H, S}, DType::f32);
+  try {
+    gpu().flash_attention_forward(out, lse, q, q, q, B, S, H);
+    FAIL() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("head width 512"), std::string::npos) << e.what();
+  }
 }
 
 TEST_P(CudaOps, SwiGLU) {
@@ -500,6 +641,83 @@ TEST_F(CudaF32, PlanMatchesTheCpu) {
   std::printf("[ plan     ] %lld cases with drops, %lld with reroutes: identical to the cpu\n",
               static_cast<long long>(cases_with_drops), static_cast<long long>(cases_with_reroutes));
   EXPECT_GT(cases_with_reroutes, 0);
+}
+
+// Many overflowing assignments for the chunked reroute walk (router.cu): E = 64, top-8,
+// capacity factor 1.0, logits skewed towards the low experts, so that tens of thousands of
+// assignments overflow and every expert fills up along the walk (each fill ends a chunk early).
+// Both drop policies, with and without a bias, and with logits on a coarse grid (ties between
+// selection scores: the lower index must win). Everything must equal the CPU exactly. The
+// times printed are for information (no threshold): the plan with reroutes against the plan
+// with plain drops on the same inputs.
+TEST_F(CudaF32, RerouteManyOverflowsMatchesTheCpu) {
+  const int64_t E = 64, K = 8;
+  int64_t total_rerouted = 0;
+  for (const int64_t N : {int64_t{700}, int64_t{8192}})
+    for (bool coarse : {false, true})
+      for (bool with_bias : {false, true}) {
+        RoutingRule scoring;
+        scoring.top_k = K;
+        scoring.score = RouterScore::softmax;
+        scoring.normalize = true;
+        const std::vector<double> logits = router_logits(N, E, 6.0, coarse, next_seed_++);
+        std::vector<double> bias = values(E, DType::f32, 0.5);
+        for (double& b : bias) b = std::round(4.0 * b) / 4.0;  // keeps coarse sums on the grid
+        Tensor lc = on_cpu({N, E}, logits), lg = on_gpu({N, E}, logits, DType::f32);
+        Tensor bc = with_bias ? on_cpu({E}, bias) : Tensor();
+        Tensor bg = with_bias ? on_gpu({E}, bias, DType::f32) : Tensor();
+        Tensor sc = cpu().alloc({N, E}, DType::f32), lsc = cpu().alloc({N}, DType::f32),
+               ic = cpu().alloc({N, K}, DType::i32), gc = cpu().alloc({N, K}, DType::f32);
+        cpu().router_scores_topk(sc, lsc, ic, gc, lc, bc, scoring);
+        Tensor gg = on_gpu({N, K}, cpu().read(gc), DType::f32);
+        Tensor ig = ints_gpu(cpu().read_i32(ic)).reshape({N, K});
+        for (DropPolicy policy : {DropPolicy::position, DropPolicy::probability}) {
+          double ms[2] = {0, 0};
+          for (Overflow overflow : {Overflow::drop, Overflow::reroute}) {
+            RoutingRule rule = scoring;
+            rule.drop_policy = policy;
+            rule.overflow = overflow;
+            rule.capacity = (K * N + E - 1) / E;  // factor 1.0
+            const std::string name = rule_name(rule) + " E=64 N=" + std::to_string(N) +
+                                     (with_bias ? " bias" : "") + (coarse ? " ties" : "");
+            Tensor src = cpu().alloc({N * K}, DType::i32), rsc = cpu().alloc({N * K}, DType::i32),
+                   sec = cpu().alloc({N * K}, DType::i32), ac = cpu().alloc({E}, DType::i32);
+            const RouterPlanCounts cc = cpu().router_plan(src, rsc, sec, ac, ic, gc, lc, bc, rule);
+            RouterPlanCounts cg;
+            Tensor srg, rsg, seg, ag;
+            for (int repeat = 0; repeat < 2; ++repeat) {  // the first run warms up
+              srg = poisoned({N * K}, DType::i32), rsg = poisoned({N * K}, DType::i32),
+              seg = poisoned({N * K}, DType::i32), ag = poisoned({E}, DType::i32);
+              gpu().synchronize();
+              const auto start = std::chrono::steady_clock::now();
+              cg = gpu().router_plan(srg, rsg, seg, ag, ig, gg, lg, bg, rule);  // synchronises
+              ms[overflow == Overflow::reroute] =
+                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
+                                                            start)
+                      .count();
+            }
+            const int64_t kept = std::accumulate(cc.tokens_per_expert.begin(),
+                                                 cc.tokens_per_expert.end(), int64_t{0});
+            EXPECT_EQ(cg.tokens_per_expert, cc.tokens_per_expert) << name;
+            EXPECT_EQ(cg.rerouted, cc.rerouted) << name;
+            expect_equal_ints(srg, src, N * K, name + " slot_row");
+            expect_equal_ints(rsg, rsc, kept, name + " row_slot");
+            expect_equal_ints(seg, sec, N * K, name + " slot_expert");
+            expect_equal_ints(ag, ac, E, name + " assignments_per_expert");
+            if (overflow == Overflow::reroute) {
+              total_rerouted += cc.rerouted;
+              if (N >= 8192) {
+                EXPECT_GT(cc.rerouted, N * K / 4) << name << ": the test wants many reroutes";
+              }
+              std::printf("[ reroute  ] %-52s %6lld rerouted, %5lld left dropped: plan %.3f ms "
+                          "(drops only: %.3f ms)\n",
+                          name.c_str(), static_cast<long long>(cc.rerouted),
+                          static_cast<long long>(N * K - kept), ms[1], ms[0]);
+            }
+          }
+        }
+      }
+  EXPECT_GT(total_rerouted, 0);
 }
 
 // The losses and the backward from the CPU's router outputs copied to the device, with f_e from

@@ -12,6 +12,7 @@
 
 #include "model/backend.h"
 #include "model/param.h"
+#include "model/rng.h"
 #include "optim/clip.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer.h"
@@ -236,6 +237,134 @@ TEST_F(ClipFixture, NoClipBelowMaxOrWhenOff) {
   EXPECT_EQ(clip_gradients(*backend, params, 13.0, 0.0), 1.0);  // 0: clipping off
   expect_near(backend->read(shared.grad), {3.0, 4.0}, "shared grad");
   expect_near(backend->read(expert.grad), {12.0}, "expert grad");
+}
+
+TEST(ClipFactor, Values) {
+  EXPECT_DOUBLE_EQ(clip_factor(13.0, 1.0), 1.0 / (13.0 + 1e-6));
+  EXPECT_EQ(clip_factor(13.0, 100.0), 1.0);
+  EXPECT_EQ(clip_factor(13.0, 0.0), 1.0);  // clipping off
+  EXPECT_EQ(clip_factor(std::nan(""), 1.0), 1.0);  // grads left alone; the caller checks the norm
+}
+
+// ---- the fused pass (Backend::fused_adamw_step, grad_norm_squares) --------------------------------
+// On the CPU the pass is Backend's default, the per-tensor ops in order; these tests pin the
+// optimizer's use of it (decay and expert flags, moments per param, the clip factor, the compute
+// copies, the zeroed grads) against those ops called one by one. tests/test_cuda_optim.cpp holds
+// the CUDA multi-tensor pass to the same ops.
+
+std::vector<double> normals(uint64_t key, int64_t n, double scale) {
+  CounterRng rng(key);
+  std::vector<double> v(n);
+  for (double& x : v) x = scale * rng.normal();
+  return v;
+}
+
+// Params of odd sizes with mixed decay and expert flags; every other one has a compute copy of
+// its own (a distinct buffer, as in bf16 training).
+std::vector<Param> odd_params(Backend& backend) {
+  const std::vector<Shape> shapes = {{1}, {3}, {7, 3}, {1023}, {4, 257}, {5, 2, 3}};
+  std::vector<Param> params;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const int64_t n = shape_numel(shapes[i]);
+    Param p = make_param(backend, "p" + std::to_string(i), shapes[i], normals(100 + i, n, 0.5));
+    p.is_expert = i % 3 == 2;
+    if (i % 2 == 1) p.compute = backend.zeros(shapes[i], DType::f32);
+    params.push_back(std::move(p));
+  }
+  return params;
+}
+
+std::vector<Param*> pointers(std::vector<Param>& params) {
+  std::vector<Param*> list;
+  for (Param& p : params) list.push_back(&p);
+  return list;
+}
+
+TEST(FusedPass, AdamWStepEqualsThePerTensorOps) {
+  auto backend = make_cpu_backend();
+  std::vector<Param> fused = odd_params(*backend), each = odd_params(*backend);
+  std::vector<Param*> fused_list = pointers(fused);
+  std::vector<Tensor> m, v;  // the per-tensor path's moments
+  for (const Param& p : each) {
+    m.push_back(backend->zeros(p.value.shape(), DType::f32));
+    v.push_back(backend->zeros(p.value.shape(), DType::f32));
+  }
+  TrainConfig train = adamw_config();
+  auto optimizer = make_optimizer(train);
+  const std::vector<double> factors = {1.0, 0.25, 0.6};  // clip off, then on
+  for (int step = 1; step <= 3; ++step) {
+    const double lr = 0.01 * step, factor = factors[step - 1];
+    for (size_t i = 0; i < fused.size(); ++i) {
+      const auto g = normals(1000 * step + i, fused[i].value.numel(), 0.1);
+      backend->write(fused[i].grad, std::span<const double>(g));
+      backend->write(each[i].grad, std::span<const double>(g));
+    }
+    optimizer->step(*backend, fused_list, lr, factor);
+    for (size_t i = 0; i < each.size(); ++i) {
+      Param& p = each[i];
+      if (factor != 1.0) backend->scale(p.grad, factor);
+      backend->adamw_update(p.value, p.grad, m[i], v[i], lr, train.beta1, train.beta2, train.eps,
+                            p.decay ? train.weight_decay : 0.0, step);
+      if (p.compute.defined()) backend->copy(p.compute, p.value);
+    }
+    const auto state = optimizer->state_tensors();
+    for (size_t i = 0; i < fused.size(); ++i) {
+      const std::string what = fused[i].path + " step " + std::to_string(step);
+      EXPECT_EQ(backend->read(fused[i].value), backend->read(each[i].value)) << what;
+      EXPECT_EQ(backend->read(state[2 * i].second), backend->read(m[i])) << what;
+      EXPECT_EQ(backend->read(state[2 * i + 1].second), backend->read(v[i])) << what;
+      if (fused[i].compute.defined()) {
+        EXPECT_EQ(backend->read(fused[i].compute), backend->read(fused[i].value)) << what;
+      }
+      const auto grad = backend->read(fused[i].grad);
+      EXPECT_EQ(grad, std::vector<double>(grad.size(), 0.0)) << what << ": grads zero after a step";
+    }
+  }
+}
+
+TEST(FusedPass, GradNormSquaresSplitsByExpert) {
+  auto backend = make_cpu_backend();
+  std::vector<Param> params = odd_params(*backend);
+  double shared = 0, expert = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    backend->write(params[i].grad,
+                   std::span<const double>(normals(7 + i, params[i].grad.numel(), 1.0)));
+    (params[i].is_expert ? expert : shared) += backend->sum_squares(params[i].grad);
+  }
+  const GradSquares squares = grad_squares(*backend, pointers(params));
+  EXPECT_EQ(squares.shared, shared);
+  EXPECT_EQ(squares.expert, expert);
+  EXPECT_GT(squares.expert, 0.0);
+}
+
+TEST(FusedPass, SgdLeavesGradsZeroAndComputeFresh) {
+  auto backend = make_cpu_backend();
+  std::vector<Param> params = odd_params(*backend);
+  std::vector<Param*> list = pointers(params);
+  TrainConfig train;
+  train.optimizer = "sgd";
+  auto optimizer = make_optimizer(train);
+  std::vector<std::vector<double>> expected;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto g = normals(50 + i, params[i].value.numel(), 1.0);
+    backend->write(params[i].grad, std::span<const double>(g));
+    auto p = backend->read(params[i].value);
+    // In f32, as the backend computes: p -= lr * (g * factor).
+    for (size_t j = 0; j < p.size(); ++j) {
+      const float scaled = static_cast<float>(g[j]) * 0.5f;
+      p[j] = static_cast<float>(p[j]) - 0.1f * scaled;
+    }
+    expected.push_back(p);
+  }
+  optimizer->step(*backend, list, 0.1, 0.5);
+  for (size_t i = 0; i < params.size(); ++i) {
+    EXPECT_EQ(backend->read(params[i].value), expected[i]) << params[i].path;
+    if (params[i].compute.defined()) {
+      EXPECT_EQ(backend->read(params[i].compute), expected[i]) << params[i].path;
+    }
+    const auto grad = backend->read(params[i].grad);
+    EXPECT_EQ(grad, std::vector<double>(grad.size(), 0.0)) << params[i].path;
+  }
 }
 
 }  // namespace

@@ -479,6 +479,8 @@ std::vector<std::pair<std::string, std::string>> flatten_config(const std::strin
 }
 
 bool shapes_model(const std::string& key) {
+  if (key == "model.attention_kernel") return false;  // how, not what: any kernel resumes
+  if (key == "moe.expert_kernel") return false;      // likewise for the expert FFN kernel
   if (key.rfind("model.", 0) == 0) return true;
   if (key.rfind("moe.", 0) != 0) return false;
   if (key == "moe.aux_loss_coef" || key == "moe.z_loss_coef") return false;

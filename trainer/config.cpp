@@ -59,7 +59,8 @@ std::vector<Section> config_fields(Config& c) {
         {"n_layers", &c.model.n_layers},
         {"n_heads", &c.model.n_heads},
         {"ffn_hidden", &c.model.ffn_hidden},
-        {"tie_embeddings", &c.model.tie_embeddings}}},
+        {"tie_embeddings", &c.model.tie_embeddings},
+        {"attention_kernel", &c.model.attention_kernel}}},
       {"moe",
        {{"num_experts", &c.moe.num_experts},
         {"top_k", &c.moe.top_k},
@@ -73,7 +74,8 @@ std::vector<Section> config_fields(Config& c) {
         {"aux_loss_scope", &c.moe.aux_loss_scope},
         {"router_score", &c.moe.router_score},
         {"drop_policy", &c.moe.drop_policy},
-        {"overflow", &c.moe.overflow}}},
+        {"overflow", &c.moe.overflow},
+        {"expert_kernel", &c.moe.expert_kernel}}},
       {"parallel",
        {{"expert_parallel", &c.parallel.expert_parallel},
         {"communicator", &c.parallel.communicator}}},
@@ -100,7 +102,8 @@ std::vector<Section> config_fields(Config& c) {
        {{"dir", &c.run.dir},
         {"log_every", &c.run.log_every},
         {"backend", &c.run.backend},
-        {"precision", &c.run.precision}}},
+        {"precision", &c.run.precision},
+        {"deterministic", &c.run.deterministic}}},
   };
 }
 
@@ -453,6 +456,7 @@ void validate_model(const ModelConfig& m, Problems& p) {
   check_at_least(p, "model.n_layers", m.n_layers, 1);
   check_at_least(p, "model.n_heads", m.n_heads, 1);
   check_at_least(p, "model.ffn_hidden", m.ffn_hidden, 1);
+  check_one_of(p, "model.attention_kernel", m.attention_kernel, {"auto", "flash", "reference"});
   if (m.d_model >= 1 && m.n_heads >= 1) {
     if (m.d_model % m.n_heads != 0) {
       p.add("model.d_model", str(m.d_model) + " is not divisible by model.n_heads (" +
@@ -511,6 +515,7 @@ void validate_moe(const Config& c, Problems& p) {
   check_one_of(p, "moe.router_score", moe.router_score, {"softmax", "sigmoid"});
   check_one_of(p, "moe.drop_policy", moe.drop_policy, {"position", "probability"});
   check_one_of(p, "moe.overflow", moe.overflow, {"drop", "reroute"});
+  check_one_of(p, "moe.expert_kernel", moe.expert_kernel, {"auto", "grouped", "cublas"});
   if (moe.normalize_topk < -1 || moe.normalize_topk > 1)
     p.add("moe.normalize_topk", "must be -1 (default), 0 or 1, got " + str(int64_t{moe.normalize_topk}));
 }

@@ -50,6 +50,10 @@ struct RunConfig {
   int64_t log_every = 10;
   std::string backend = "cpu";        // cpu | cuda
   std::string precision = "fp32";     // fp32 | bf16
+  // Two runs of one config on the same device and build are bitwise equal. Every kernel is
+  // order-fixed today, so false changes nothing yet; it leaves room for faster kernels whose
+  // reductions are not (docs/cuda.md, Determinism).
+  bool deterministic = true;
 };
 
 struct Config {

@@ -206,6 +206,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   ProcessGroups& groups = session.groups;
   Communicator& world = *groups.world;
   const bool lead = world.rank() == 0;  // rank 0 alone prints and writes files
+  RunConsole console(options.print && lead);  // the console, and <run.dir>/train.log
 
   std::vector<Param*> params = model.params();
   std::unique_ptr<Optimizer> optimizer = make_optimizer(config.train);
@@ -232,7 +233,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     }
     if (options.print && lead) {
       for (const std::string& line : summary.resume_messages)
-        std::fprintf(line.rfind("warning", 0) == 0 ? stderr : stdout, "%s\n", line.c_str());
+        console.write(line.rfind("warning", 0) == 0 ? stderr : stdout, "%s\n", line.c_str());
       std::fflush(stdout);
     }
   }
@@ -246,6 +247,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     try {
       std::filesystem::create_directories(run_dir);
       write_resolved_config(config, run_dir);
+      console.open_log((run_dir / "train.log").string());
       const std::filesystem::path metrics_path = run_dir / "metrics.jsonl";
       const bool resumed = !summary.resumed_from.empty();
       if (resumed) truncate_metrics_after(metrics_path, start_step);
@@ -262,14 +264,15 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   const int64_t W = world.size(), rank = world.rank();
   const int64_t B = tc.micro_batch_size, S = config.model.seq_len;
   if (options.print && lead) {
-    std::printf("%s", format_model_card(config, make_model_card(config)).c_str());
-    std::printf("  %lld ranks (expert_parallel %lld, grad_accum_steps %lld): global batch %lld "
-                "sequences\n",
-                static_cast<long long>(W), static_cast<long long>(config.parallel.expert_parallel),
-                static_cast<long long>(tc.grad_accum_steps),
-                static_cast<long long>(W * tc.grad_accum_steps * B));
-    std::printf("  run dir %s, data %s (%zu train / %zu val tokens)\n", run_dir.c_str(),
-                config.data.path.c_str(), data.train.size(), data.val.size());
+    console.print("%s", format_model_card(config, make_model_card(config)).c_str());
+    console.print("  %lld ranks (expert_parallel %lld, grad_accum_steps %lld): global batch %lld "
+                  "sequences\n",
+                  static_cast<long long>(W),
+                  static_cast<long long>(config.parallel.expert_parallel),
+                  static_cast<long long>(tc.grad_accum_steps),
+                  static_cast<long long>(W * tc.grad_accum_steps * B));
+    console.print("  run dir %s, data %s (%zu train / %zu val tokens)\n", run_dir.c_str(),
+                  config.data.path.c_str(), data.train.size(), data.val.size());
     std::fflush(stdout);
   }
 
@@ -278,13 +281,14 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   std::vector<int32_t> inputs(B * S), targets(B * S);
 
   if (options.print && lead && start_step >= tc.steps)
-    std::printf("nothing to train: the checkpoint is at step %lld and train.steps is %lld\n",
-                static_cast<long long>(start_step), static_cast<long long>(tc.steps));
+    console.print("nothing to train: the checkpoint is at step %lld and train.steps is %lld\n",
+                  static_cast<long long>(start_step), static_cast<long long>(tc.steps));
   const Clock::time_point run_start = Clock::now();
   Clock::time_point interval_start = run_start;
   int64_t interval_tokens = 0;
+  bool grads_zero = false;  // Optimizer::step leaves the grads zero (optim/optimizer.h)
   for (int64_t step = start_step; step < tc.steps; ++step) {
-    model.zero_grads();
+    if (!grads_zero) model.zero_grads();
     StepAccumulator acc;
     for (int64_t micro = 0; micro < tc.grad_accum_steps; ++micro) {
       const int64_t group = micro * W + rank;  // SPEC.md section 3
@@ -293,10 +297,11 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     }
     synchronize_gradients(params, groups);
     const double grad_norm = distributed_grad_norm(backend, params, groups);
-    clip_gradients(backend, params, grad_norm, tc.grad_clip);
     const double lr = lr_at(tc, step);
-    optimizer->step(backend, params, lr);
-    model.refresh_compute_weights();  // bf16 copies of the new master weights (no-op in fp32)
+    // The clip scale, the update, the bf16 copies of the new master weights and the zeroing of
+    // the grads, in one pass on CUDA (optim/optimizer.h).
+    optimizer->step(backend, params, lr, clip_factor(grad_norm, tc.grad_clip));
+    grads_zero = true;
 
     acc.reduce(world);
     model.update_expert_bias(acc.load_counts);  // aux-loss-free balancing (a no-op when off)
@@ -321,9 +326,9 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       world.all_reduce_host(peak, ReduceOp::max);
       metrics.peak_memory_bytes = peak[0];
       if (first && options.print && lead && peak[0] > 0)
-        std::printf("  peak device memory after the first step: %.1f MiB per rank (max over "
-                    "ranks; buffers are reused from here on)\n",
-                    peak[0] / 1048576.0);
+        console.print("  peak device memory after the first step: %.1f MiB per rank (max over "
+                      "ranks; buffers are reused from here on)\n",
+                      peak[0] / 1048576.0);
     }
     if ((step + 1) % config.run.log_every == 0 || last) {
       backend.synchronize();  // a device's queued work belongs to this interval
@@ -333,7 +338,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       for (auto& [path, bias] : model.expert_biases())
         metrics.expert_bias.push_back(backend.read(bias));
       if (lead) metrics_log->write_step(metrics);
-      if (options.print && lead) std::printf("%s\n", progress_line(metrics, tc.steps).c_str());
+      if (options.print && lead) console.print("%s\n", progress_line(metrics, tc.steps).c_str());
       interval_start = Clock::now();
       interval_tokens = 0;
     }
@@ -344,9 +349,9 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       summary.final_val_loss = evaluate(model, data.val, B, config.eval.batches, world);
       if (lead) metrics_log->write_eval(step + 1, summary.final_val_loss);
       if (options.print && lead)
-        std::printf("eval   step %6lld | val_loss %.4f | %d batches in %.1fs\n",
-                    static_cast<long long>(step + 1), summary.final_val_loss,
-                    static_cast<int>(config.eval.batches), seconds_since(eval_start));
+        console.print("eval   step %6lld | val_loss %.4f | %d batches in %.1fs\n",
+                      static_cast<long long>(step + 1), summary.final_val_loss,
+                      static_cast<int>(config.eval.batches), seconds_since(eval_start));
       interval_start += Clock::now() - eval_start;  // evaluation does not count as training time
     }
     const bool save_now =
@@ -358,9 +363,9 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       if (options.print && lead) {
         std::error_code error;
         const auto bytes = std::filesystem::file_size(summary.last_checkpoint, error);
-        std::printf("saved  step %6lld | %s (%.1f MB in %.2fs)\n", static_cast<long long>(step + 1),
-                    summary.last_checkpoint.c_str(), error ? 0.0 : bytes / 1e6,
-                    seconds_since(save_start));
+        console.print("saved  step %6lld | %s (%.1f MB in %.2fs)\n",
+                      static_cast<long long>(step + 1), summary.last_checkpoint.c_str(),
+                      error ? 0.0 : bytes / 1e6, seconds_since(save_start));
       }
       interval_start += Clock::now() - save_start;  // nor does saving
     }
@@ -372,9 +377,9 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   summary.tokens_per_s =
       summary.seconds > 0 ? steps_run * W * tc.grad_accum_steps * B * S / summary.seconds : 0.0;
   if (options.print && lead && steps_run > 0)
-    std::printf("done: %lld steps in %.1fs (%.0f tokens/s), final val_loss %.4f\n",
-                static_cast<long long>(steps_run), summary.seconds, summary.tokens_per_s,
-                summary.final_val_loss);
+    console.print("done: %lld steps in %.1fs (%.0f tokens/s), final val_loss %.4f\n",
+                  static_cast<long long>(steps_run), summary.seconds, summary.tokens_per_s,
+                  summary.final_val_loss);
   if (options.collect_parameters)
     for (Param* param : params) {
       std::vector<double> full = gather_to_rank0(param->value, param->is_expert, groups, backend);

@@ -368,6 +368,43 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void flash_attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q,
+                               const Tensor& k, const Tensor& v, int64_t B, int64_t S,
+                               int64_t H) override {
+    const Check c("flash_attention_forward");
+    const DType dt = c.float_dtype(q, "q");
+    for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}, {&lse, "lse"}})
+      c.dtype(*t, dt, name);
+    const int64_t Dh = head_width(c, q, B, S, H, "q");
+    for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}}) c.shape(*t, q.shape(), name);
+    c.shape(lse, {B, H, S}, "lse");
+    dispatch_float(dt, [&]<class T>(T) {
+      cpu::flash_attention_forward(out.ptr<T>(), lse.ptr<T>(), q.ptr<T>(), k.ptr<T>(), v.ptr<T>(),
+                                   B, S, H, Dh);
+    });
+  }
+
+  void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                                const Tensor& dout, const Tensor& q, const Tensor& k,
+                                const Tensor& v, const Tensor& out, const Tensor& lse, int64_t B,
+                                int64_t S, int64_t H) override {
+    const Check c("flash_attention_backward");
+    const DType dt = c.float_dtype(q, "q");
+    for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"},
+                           {&k, "k"}, {&v, "v"}, {&out, "out"}, {&lse, "lse"}})
+      c.dtype(*t, dt, name);
+    const int64_t Dh = head_width(c, q, B, S, H, "q");
+    for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"},
+                           {&k, "k"}, {&v, "v"}, {&out, "out"}})
+      c.shape(*t, q.shape(), name);
+    c.shape(lse, {B, H, S}, "lse");
+    dispatch_float(dt, [&]<class T>(T) {
+      cpu::flash_attention_backward(dq.ptr<T>(), dk.ptr<T>(), dv.ptr<T>(), dout.ptr<T>(),
+                                    q.ptr<T>(), k.ptr<T>(), v.ptr<T>(), out.ptr<T>(), lse.ptr<T>(),
+                                    B, S, H, Dh);
+    });
+  }
+
   // ---- SwiGLU ---------------------------------------------------------------------------------
   void swiglu_forward(const Tensor& out, const Tensor& a, const Tensor& b) override {
     const Check c("swiglu_forward");

@@ -319,6 +319,16 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
   });
 }
 
+// Flash attention (model/cpu/flash_attention.cpp; f32 and f64): the same attention without an
+// [S, S] buffer; lse [B, H, S]. Contract in backend.h.
+template <class T>
+void flash_attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, int64_t B,
+                             int64_t S, int64_t H, int64_t Dh);
+template <class T>
+void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k,
+                              const T* v, const T* out, const T* lse, int64_t B, int64_t S,
+                              int64_t H, int64_t Dh);
+
 // ---- SwiGLU: out = silu(a) * b --------------------------------------------------------------
 template <class T>
 inline T sigmoid(T a) {

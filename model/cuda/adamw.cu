@@ -1,7 +1,15 @@
 // AdamW and SGD on the master weights, operation by operation as the CPU reference (and torch)
-// does them. This file is built with --fmad=false: without contracted multiply-adds, and with
-// IEEE sqrt and division (nvcc's defaults), an f32 update is bitwise the CPU's.
+// does them, per tensor and as one multi-tensor pass. This file is built with --fmad=false:
+// without contracted multiply-adds, and with IEEE sqrt and division (nvcc's defaults), an f32
+// update is bitwise the CPU's.
+//
+// The multi-tensor pass (Backend::grad_norm_squares, Backend::fused_adamw_step): every tensor is
+// cut into chunks of kChunk elements and each chunk is one block of one launch, so that ~200
+// tensors cost one launch instead of ~1000. A chunk reads its arrays in 16-byte vectors when all
+// of the tensor's pointers allow it.
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "model/cuda/kernels.h"
 
@@ -14,18 +22,42 @@ struct AdamScalars {
   bool lerp_low;
 };
 
+// The per-step constants, rounded to T once on the host as the CPU reference rounds them.
+template <class T>
+AdamScalars<T> adam_scalars(double lr, double beta1, double beta2, double eps, double weight_decay,
+                            int64_t step) {
+  const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
+  const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+  AdamScalars<T> s;
+  s.decay = static_cast<T>(1.0 - lr * weight_decay);
+  s.w1 = static_cast<T>(1.0 - beta1);
+  s.b2 = static_cast<T>(beta2);
+  s.w2 = static_cast<T>(1.0 - beta2);
+  s.bc2_sqrt = static_cast<T>(std::sqrt(bc2));
+  s.eps = static_cast<T>(eps);
+  s.neg_step_size = static_cast<T>(-(lr / bc1));
+  s.lerp_low = std::abs(s.w1) < T(0.5);
+  return s;
+}
+
+// One element of AdamW; the single definition that the per-tensor and the fused kernels share.
+template <class T>
+__device__ inline void adamw_element(T& p, T g, T& m, T& v, const AdamScalars<T>& s) {
+  const T decayed = p * s.decay;
+  // torch's lerp: self + w (end - self) for |w| < 0.5, else end - (end - self)(1 - w).
+  m = s.lerp_low ? m + s.w1 * (g - m) : g - (g - m) * (T(1) - s.w1);
+  v = v * s.b2 + s.w2 * g * g;
+  const T denom = sqrt(v) / s.bc2_sqrt + s.eps;
+  p = decayed + s.neg_step_size * m / denom;
+}
+
 template <class T>
 __global__ void adamw_kernel(T* p, const T* g, T* m, T* v, int64_t n, AdamScalars<T> s) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
-    T pi = p[i] * s.decay;
-    const T gi = g[i];
-    T mi = m[i];
-    // torch's lerp: self + w (end - self) for |w| < 0.5, else end - (end - self)(1 - w).
-    mi = s.lerp_low ? mi + s.w1 * (gi - mi) : gi - (gi - mi) * (T(1) - s.w1);
-    const T vi = v[i] * s.b2 + s.w2 * gi * gi;
-    const T denom = sqrt(vi) / s.bc2_sqrt + s.eps;
-    p[i] = pi + s.neg_step_size * mi / denom;
+    T pi = p[i], mi = m[i], vi = v[i];
+    adamw_element(pi, g[i], mi, vi, s);
+    p[i] = pi;
     m[i] = mi;
     v[i] = vi;
   }
@@ -38,6 +70,146 @@ __global__ void sgd_kernel(T* p, const T* g, int64_t n, T lr) {
     p[i] -= lr * g[i];
 }
 
+// ---- the multi-tensor pass -----------------------------------------------------------------
+constexpr int64_t kChunk = int64_t{1} << 16;  // elements per block; a multiple of 4 (vectors)
+constexpr int kPassThreads = 256;
+constexpr int kReduceThreads = 1024;
+
+enum TensorFlags : uint32_t { kDecay = 1, kExpert = 2, kVector = 4 };
+
+// One tensor as the kernels see it (device memory).
+struct TensorSlot {
+  float* value;
+  float* grad;
+  float* exp_avg;
+  float* exp_avg_sq;
+  bf16* compute;  // null: no separate compute copy
+  int64_t numel;
+  uint32_t flags;
+};
+
+// Block b of a pass works on chunk `chunk` of tensor `tensor`: elements [chunk * kChunk, +kChunk).
+struct ChunkSlot {
+  int32_t tensor;
+  int32_t chunk;
+};
+
+// partials[b] = sum of g^2 over block b's chunk, in double. The order within a chunk is fixed by
+// the block size and the chunk layout, so the result repeats bit for bit.
+__global__ void chunk_squares_kernel(const TensorSlot* __restrict__ tensors,
+                                     const ChunkSlot* __restrict__ chunks, double* partials) {
+  __shared__ double shared[32];
+  const ChunkSlot c = chunks[blockIdx.x];
+  const TensorSlot& t = tensors[c.tensor];
+  const float* grad = t.grad;
+  const int64_t begin = int64_t(c.chunk) * kChunk, end = min(t.numel, begin + kChunk);
+  int64_t scalar_begin = begin;
+  double acc = 0;
+  if (t.flags & kVector) {
+    scalar_begin = begin + (end - begin) / 4 * 4;
+    for (int64_t i = begin + 4 * int64_t(threadIdx.x); i < scalar_begin; i += 4 * kPassThreads) {
+      const float4 g = __ldg(reinterpret_cast<const float4*>(grad + i));
+      acc += double(g.x) * double(g.x);
+      acc += double(g.y) * double(g.y);
+      acc += double(g.z) * double(g.z);
+      acc += double(g.w) * double(g.w);
+    }
+  }
+  for (int64_t i = scalar_begin + threadIdx.x; i < end; i += kPassThreads) {
+    const double g = grad[i];
+    acc += g * g;
+  }
+  acc = block_sum(acc, shared);
+  if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+}
+
+// out[0] = sum of the partials of non-expert chunks, out[1] = of expert chunks; one block, each
+// thread summing a fixed stride of chunks in order, then a fixed block sum.
+__global__ void sum_chunk_squares_kernel(const TensorSlot* __restrict__ tensors,
+                                         const ChunkSlot* __restrict__ chunks,
+                                         const double* partials, int64_t num_chunks, double* out) {
+  __shared__ double shared[32];
+  double shared_sum = 0, expert_sum = 0;
+  for (int64_t i = threadIdx.x; i < num_chunks; i += kReduceThreads) {
+    if (tensors[chunks[i].tensor].flags & kExpert) expert_sum += partials[i];
+    else shared_sum += partials[i];
+  }
+  shared_sum = block_sum(shared_sum, shared);
+  expert_sum = block_sum(expert_sum, shared);
+  if (threadIdx.x == 0) {
+    out[0] = shared_sum;
+    out[1] = expert_sum;
+  }
+}
+
+struct AdamPass {
+  AdamScalars<float> decayed, undecayed;  // for Param::decay true / false
+  float grad_scale;
+  bool scale_grads;  // grad_scale != 1
+  bool zero_grads;
+};
+
+// grad *= scale (as Backend::scale does it in f32), then AdamW, then the bf16 copy; the grad is
+// written back only when asked (zeroed) or scaled (a pass that keeps grads keeps them clipped).
+__global__ void fused_adamw_kernel(const TensorSlot* __restrict__ tensors,
+                                   const ChunkSlot* __restrict__ chunks, AdamPass a) {
+  const ChunkSlot c = chunks[blockIdx.x];
+  const TensorSlot t = tensors[c.tensor];
+  const AdamScalars<float> s = (t.flags & kDecay) ? a.decayed : a.undecayed;
+  const int64_t begin = int64_t(c.chunk) * kChunk, end = min(t.numel, begin + kChunk);
+  const bool write_grad = a.zero_grads || a.scale_grads;
+
+  int64_t scalar_begin = begin;
+  if (t.flags & kVector) {
+    scalar_begin = begin + (end - begin) / 4 * 4;
+    for (int64_t i = begin + 4 * int64_t(threadIdx.x); i < scalar_begin; i += 4 * kPassThreads) {
+      // Streaming loads and stores (.cs): every byte is touched once, keep it out of the way.
+      float4 p = __ldcs(reinterpret_cast<const float4*>(t.value + i));
+      float4 g = __ldcs(reinterpret_cast<const float4*>(t.grad + i));
+      float4 m = __ldcs(reinterpret_cast<const float4*>(t.exp_avg + i));
+      float4 v = __ldcs(reinterpret_cast<const float4*>(t.exp_avg_sq + i));
+      if (a.scale_grads) {
+        g.x = g.x * a.grad_scale;
+        g.y = g.y * a.grad_scale;
+        g.z = g.z * a.grad_scale;
+        g.w = g.w * a.grad_scale;
+      }
+      adamw_element(p.x, g.x, m.x, v.x, s);
+      adamw_element(p.y, g.y, m.y, v.y, s);
+      adamw_element(p.z, g.z, m.z, v.z, s);
+      adamw_element(p.w, g.w, m.w, v.w, s);
+      __stcs(reinterpret_cast<float4*>(t.value + i), p);
+      __stcs(reinterpret_cast<float4*>(t.exp_avg + i), m);
+      __stcs(reinterpret_cast<float4*>(t.exp_avg_sq + i), v);
+      if (t.compute) {  // round to nearest even, as convert<bf16> does
+        const __nv_bfloat162 lo = __floats2bfloat162_rn(p.x, p.y);
+        const __nv_bfloat162 hi = __floats2bfloat162_rn(p.z, p.w);
+        uint2 packed;
+        std::memcpy(&packed.x, &lo, sizeof lo);
+        std::memcpy(&packed.y, &hi, sizeof hi);
+        __stcs(reinterpret_cast<uint2*>(t.compute + i), packed);
+      }
+      if (write_grad)
+        __stcs(reinterpret_cast<float4*>(t.grad + i),
+               a.zero_grads ? make_float4(0.f, 0.f, 0.f, 0.f) : g);
+    }
+  }
+  for (int64_t i = scalar_begin + threadIdx.x; i < end; i += kPassThreads) {
+    float p = t.value[i], g = t.grad[i], m = t.exp_avg[i], v = t.exp_avg_sq[i];
+    if (a.scale_grads) g = g * a.grad_scale;
+    adamw_element(p, g, m, v, s);
+    t.value[i] = p;
+    t.exp_avg[i] = m;
+    t.exp_avg_sq[i] = v;
+    if (t.compute) t.compute[i] = __float2bfloat16(p);
+    if (write_grad) t.grad[i] = a.zero_grads ? 0.0f : g;
+  }
+}
+
+bool aligned(const void* p, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
 }  // namespace
 
 void adamw_update(Context& ctx, const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
@@ -45,18 +217,8 @@ void adamw_update(Context& ctx, const Tensor& param, const Tensor& grad, const T
                   double weight_decay, int64_t step) {
   const int64_t n = param.numel();
   if (n == 0) return;
-  const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
-  const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(step));
   dispatch_wide(param.dtype(), [&]<class T>(Tag<T>) {
-    AdamScalars<T> s;
-    s.decay = static_cast<T>(1.0 - lr * weight_decay);
-    s.w1 = static_cast<T>(1.0 - beta1);
-    s.b2 = static_cast<T>(beta2);
-    s.w2 = static_cast<T>(1.0 - beta2);
-    s.bc2_sqrt = static_cast<T>(std::sqrt(bc2));
-    s.eps = static_cast<T>(eps);
-    s.neg_step_size = static_cast<T>(-(lr / bc1));
-    s.lerp_low = std::abs(s.w1) < T(0.5);
+    const AdamScalars<T> s = adam_scalars<T>(lr, beta1, beta2, eps, weight_decay, step);
     adamw_kernel<T><<<grid_for(n), kThreads, 0, ctx.stream>>>(
         param.ptr<T>(), grad.ptr<T>(), exp_avg.ptr<T>(), exp_avg_sq.ptr<T>(), n, s);
   });
@@ -71,6 +233,98 @@ void sgd_update(Context& ctx, const Tensor& param, const Tensor& grad, double lr
                                                             static_cast<T>(lr));
   });
   check_launch(ctx, "sgd_update");
+}
+
+// ---- MultiTensorTable -------------------------------------------------------------------------
+void MultiTensorTable::assign(Context& ctx, const char* op, std::vector<MultiTensor> tensors) {
+  if (uploaded_ && tensors == tensors_) return;  // the usual case: the same list every step
+  std::vector<TensorSlot> slots;
+  std::vector<ChunkSlot> chunks;
+  slots.reserve(tensors.size());
+  for (const MultiTensor& t : tensors) {
+    if (t.numel <= 0) continue;
+    const int64_t n_chunks = (t.numel + kChunk - 1) / kChunk;
+    if (slots.size() >= static_cast<size_t>(INT32_MAX) || n_chunks > INT32_MAX)
+      fail(ctx, op, "too many tensors or a tensor too large for the chunk table");
+    // Vectors need every array 16-byte aligned (compute: 8 bytes, four bf16); chunk starts are
+    // multiples of 4 elements, so they keep the base's alignment.
+    bool vector = aligned(t.grad, 16);
+    for (const float* p : {t.value, t.exp_avg, t.exp_avg_sq})
+      vector = vector && aligned(p, 16);
+    vector = vector && aligned(t.compute, 8);
+    const uint32_t flags = (t.decay ? kDecay : 0u) | (t.expert ? kExpert : 0u) |
+                           (vector ? kVector : 0u);
+    const auto index = static_cast<int32_t>(slots.size());
+    slots.push_back({t.value, t.grad, t.exp_avg, t.exp_avg_sq, t.compute, t.numel, flags});
+    for (int64_t c = 0; c < n_chunks; ++c) chunks.push_back({index, static_cast<int32_t>(c)});
+  }
+  // Blocks of one launch run in any order: two tensors sharing memory would race.
+  std::vector<std::pair<uintptr_t, uintptr_t>> ranges;  // [begin, end) of every array
+  for (const MultiTensor& t : tensors) {
+    if (t.numel <= 0) continue;
+    for (const float* p : {t.value, t.grad, t.exp_avg, t.exp_avg_sq})
+      if (p) ranges.emplace_back(reinterpret_cast<uintptr_t>(p),
+                                 reinterpret_cast<uintptr_t>(p + t.numel));
+    if (t.compute)
+      ranges.emplace_back(reinterpret_cast<uintptr_t>(t.compute),
+                          reinterpret_cast<uintptr_t>(t.compute + t.numel));
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i)
+    if (ranges[i].first < ranges[i - 1].second)
+      fail(ctx, op, "two of the tensors share memory (a parameter listed twice?)");
+  num_chunks_ = static_cast<int64_t>(chunks.size());
+  chunks_offset_ = (slots.size() * sizeof(TensorSlot) + 15) / 16 * 16;
+  const size_t bytes = chunks_offset_ + chunks.size() * sizeof(ChunkSlot);
+  host_.assign(bytes, 0);
+  if (!slots.empty()) std::memcpy(host_.data(), slots.data(), slots.size() * sizeof(TensorSlot));
+  if (!chunks.empty())
+    std::memcpy(host_.data() + chunks_offset_, chunks.data(), chunks.size() * sizeof(ChunkSlot));
+  if (bytes > 0) {
+    if (!device_.defined() || device_.nbytes() < bytes) {
+      device_ = Tensor();  // back to the free list first
+      device_ = ctx.alloc({static_cast<int64_t>((bytes + 3) / 4)}, DType::i32);
+    }
+    // Ordered after the passes that still read the previous table. From pageable memory: the
+    // bytes are staged before the call returns.
+    SY_CUDA(ctx, op, cudaMemcpyAsync(device_.data(), host_.data(), bytes, cudaMemcpyHostToDevice,
+                                     ctx.stream));
+  }
+  tensors_ = std::move(tensors);
+  uploaded_ = true;
+}
+
+void grad_norm_squares(Context& ctx, const MultiTensorTable& table, double* out) {
+  const auto* tensors = static_cast<const TensorSlot*>(table.device_data());
+  const auto* chunks = reinterpret_cast<const ChunkSlot*>(
+      static_cast<const char*>(table.device_data()) + table.chunks_offset());
+  const int64_t n = table.num_chunks();
+  if (n == 0) {
+    SY_CUDA(ctx, "grad_norm_squares", cudaMemsetAsync(out, 0, 2 * sizeof(double), ctx.stream));
+    return;
+  }
+  auto* partials = static_cast<double*>(ctx.scratch(kScratchA, n * sizeof(double)));
+  chunk_squares_kernel<<<static_cast<unsigned>(n), kPassThreads, 0, ctx.stream>>>(tensors, chunks,
+                                                                                 partials);
+  check_launch(ctx, "grad_norm_squares");
+  sum_chunk_squares_kernel<<<1, kReduceThreads, 0, ctx.stream>>>(tensors, chunks, partials, n, out);
+  check_launch(ctx, "grad_norm_squares");
+}
+
+void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWStep& hp) {
+  const int64_t n = table.num_chunks();
+  if (n == 0) return;
+  AdamPass a;
+  a.decayed = adam_scalars<float>(hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, hp.step);
+  a.undecayed = adam_scalars<float>(hp.lr, hp.beta1, hp.beta2, hp.eps, 0.0, hp.step);
+  a.grad_scale = static_cast<float>(hp.grad_scale);  // as Backend::scale rounds it for f32
+  a.scale_grads = hp.grad_scale != 1.0;
+  a.zero_grads = hp.zero_grads;
+  const auto* tensors = static_cast<const TensorSlot*>(table.device_data());
+  const auto* chunks = reinterpret_cast<const ChunkSlot*>(
+      static_cast<const char*>(table.device_data()) + table.chunks_offset());
+  fused_adamw_kernel<<<static_cast<unsigned>(n), kPassThreads, 0, ctx.stream>>>(tensors, chunks, a);
+  check_launch(ctx, "fused_adamw_step");
 }
 
 }  // namespace sy::cuda

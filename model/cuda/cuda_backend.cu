@@ -258,13 +258,32 @@ bool overlaps(const Tensor& a, const Tensor& b) {
 // call (module loading, cuBLAS heuristics), which is summed apart; the table goes to stderr when
 // the backend is destroyed. For finding where a step's time goes: it serialises the stream, so
 // its totals are not throughput numbers.
+// SY_CUDA_PROFILE=events (or cuda_profile_begin()): each op records a CUDA event on the stream
+// before and after its work and nothing waits, so the step runs as it would unprofiled (plus
+// two cudaEventRecord calls per op on the host). An op's time is the stream time between its
+// two events: its kernels, plus any gap in which the GPU waited for the host to enqueue them.
+// Times are summed per op family (the name without its shape) and resolved at the report, at
+// destruction, or half at a time once kMaxPending pairs wait (a step's own host
+// synchronisations keep the GPU close behind the host, so the older half is done by then).
 class OpProfile {
  public:
   OpProfile() {
     const char* env = std::getenv("SY_CUDA_PROFILE");
-    enabled_ = env && *env && std::string(env) != "0";
+    const std::string value = env ? env : "";
+    env_mode_ = value.empty() || value == "0" ? Mode::off
+                : value == "events"           ? Mode::events
+                                              : Mode::synchronised;
+    mode_ = env_mode_;
   }
-  bool enabled() const { return enabled_; }
+  ~OpProfile() {
+    for (const Pending& p : pending_) release(p);
+    if (window_start_) cudaEventDestroy(window_start_);
+    for (cudaEvent_t event : pool_) cudaEventDestroy(event);
+  }
+  bool enabled() const { return mode_ != Mode::off; }
+  bool events() const { return mode_ == Mode::events; }
+
+  // Synchronised mode: one op's wall time.
   void add(const std::string& op, double seconds) {
     if (!seen_.insert(op).second) {
       auto& [total, calls] = totals_[op];
@@ -274,8 +293,90 @@ class OpProfile {
       first_calls_ += seconds;
     }
   }
-  void print(const std::string& backend) const {
-    if (!enabled_ || seen_.empty()) return;
+
+  // Events mode: an event recorded on the stream now (nullptr, counted, if that failed; never
+  // throws, since scopes record from destructors). The window opens with the first one.
+  cudaEvent_t record(const Context& ctx) noexcept {
+    if (!window_start_) window_start_ = record_new(ctx);
+    return record_new(ctx);
+  }
+  void add_events(std::string op, cudaEvent_t start, cudaEvent_t stop, const Context& ctx) {
+    if (!start || !stop) {
+      if (start) pool_.push_back(start);
+      if (stop) pool_.push_back(stop);
+      return;
+    }
+    pending_.push_back({std::move(op), start, stop});
+    if (pending_.size() >= kMaxPending) resolve(ctx, pending_.size() / 2);
+  }
+
+  // Starts a fresh events window: what was recorded so far is dropped.
+  void begin(const Context& ctx) {
+    resolve(ctx, pending_.size());
+    mode_ = Mode::events;
+    totals_.clear();
+    seen_.clear();
+    first_calls_ = 0;
+    failures_ = 0;
+    if (window_start_) pool_.push_back(window_start_);
+    window_start_ = nullptr;
+  }
+
+  // Events mode: resolves every pair, returns the table of the window (per op family: calls,
+  // total ms, ms per step, % of the window's stream time) and closes the window; profiling
+  // goes back to what SY_CUDA_PROFILE asks for.
+  std::string report(const Context& ctx, const std::string& backend, int64_t steps) {
+    if (!events() || !window_start_) return "";
+    cudaEvent_t window_end = record(ctx);
+    resolve(ctx, pending_.size());
+    float window_ms = 0;
+    if (window_end) {
+      check_cuda(cudaEventSynchronize(window_end), ctx, "profile", "cudaEventSynchronize");
+      check_cuda(cudaEventElapsedTime(&window_ms, window_start_, window_end), ctx, "profile",
+                 "cudaEventElapsedTime");
+      pool_.push_back(window_end);
+    }
+    pool_.push_back(window_start_);
+    window_start_ = nullptr;
+    std::vector<std::pair<double, std::string>> rows;
+    double sum = 0;
+    for (const auto& [op, entry] : totals_) {
+      rows.emplace_back(entry.first, op);
+      sum += entry.first;
+    }
+    std::sort(rows.rbegin(), rows.rend());
+    const double per = steps > 0 ? static_cast<double>(steps) : 1.0;
+    std::string out;
+    char line[256];
+    std::snprintf(line, sizeof line,
+                  "SY_CUDA_PROFILE events %s: window %.3f ms on the stream (%lld steps), %.3f ms "
+                  "in ops, %.3f ms between ops%s\n",
+                  backend.c_str(), window_ms, static_cast<long long>(steps), 1e3 * sum,
+                  window_ms - 1e3 * sum,
+                  failures_ ? (", " + std::to_string(failures_) + " events lost").c_str() : "");
+    out += line;
+    std::snprintf(line, sizeof line, "| %-34s | %8s | %10s | %9s | %6s |\n", "op", "calls",
+                  "total ms", "ms/step", "% step");
+    out += line;
+    out += "|------------------------------------|----------|------------|-----------|--------|\n";
+    for (const auto& [seconds, op] : rows) {
+      std::snprintf(line, sizeof line, "| %-34s | %8lld | %10.3f | %9.3f | %6.2f |\n", op.c_str(),
+                    static_cast<long long>(totals_.at(op).second), 1e3 * seconds,
+                    1e3 * seconds / per, window_ms > 0 ? 100.0 * 1e3 * seconds / window_ms : 0.0);
+      out += line;
+    }
+    totals_.clear();
+    mode_ = env_mode_;
+    return out;
+  }
+
+  // At destruction: the synchronised table, or the events window still open.
+  void print(const Context& ctx, const std::string& backend) {
+    if (events()) {
+      if (window_start_) std::fputs(report(ctx, backend, 0).c_str(), stderr);
+      return;
+    }
+    if (!enabled() || seen_.empty()) return;
     std::vector<std::pair<double, std::string>> rows;
     double sum = 0;
     for (const auto& [op, entry] : totals_) {
@@ -295,10 +396,62 @@ class OpProfile {
   }
 
  private:
-  bool enabled_ = false;
+  enum class Mode { off, synchronised, events };
+  struct Pending {
+    std::string op;
+    cudaEvent_t start, stop;
+  };
+  static constexpr size_t kMaxPending = 16384;
+
+  cudaEvent_t record_new(const Context& ctx) noexcept {
+    cudaEvent_t event = nullptr;
+    if (!pool_.empty()) {
+      event = pool_.back();
+      pool_.pop_back();
+    } else if (cudaEventCreate(&event) != cudaSuccess) {
+      cudaGetLastError();
+      ++failures_;
+      return nullptr;
+    }
+    if (cudaEventRecord(event, ctx.stream) != cudaSuccess) {
+      cudaGetLastError();
+      pool_.push_back(event);
+      ++failures_;
+      return nullptr;
+    }
+    return event;
+  }
+  void release(const Pending& p) {
+    cudaEventDestroy(p.start);
+    cudaEventDestroy(p.stop);
+  }
+  // Sums the first `count` pending pairs into totals_ (waiting for the last of them).
+  void resolve(const Context& ctx, size_t count) {
+    if (count == 0) return;
+    check_cuda(cudaEventSynchronize(pending_[count - 1].stop), ctx, "profile",
+               "cudaEventSynchronize");
+    for (size_t i = 0; i < count; ++i) {
+      Pending& p = pending_[i];
+      float ms = 0;
+      check_cuda(cudaEventElapsedTime(&ms, p.start, p.stop), ctx, "profile",
+                 "cudaEventElapsedTime");
+      auto& [total, calls] = totals_[p.op.substr(0, p.op.find(" ["))];
+      total += 1e-3 * ms;
+      ++calls;
+      pool_.push_back(p.start);
+      pool_.push_back(p.stop);
+    }
+    pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(count));
+  }
+
+  Mode env_mode_ = Mode::off, mode_ = Mode::off;
   std::map<std::string, std::pair<double, int64_t>> totals_;
   std::set<std::string> seen_;
   double first_calls_ = 0;
+  std::vector<cudaEvent_t> pool_;
+  std::vector<Pending> pending_;
+  cudaEvent_t window_start_ = nullptr;
+  int64_t failures_ = 0;
 };
 
 class ProfileScope {
@@ -306,11 +459,24 @@ class ProfileScope {
   ProfileScope(OpProfile& profile, const Context& ctx, std::string op)
       : profile_(profile.enabled() ? &profile : nullptr), ctx_(ctx), op_(std::move(op)) {
     if (!profile_) return;
+    if (profile_->events()) {
+      start_event_ = profile_->record(ctx_);
+      return;
+    }
     cudaStreamSynchronize(ctx_.stream);
     start_ = std::chrono::steady_clock::now();
   }
   ~ProfileScope() {
     if (!profile_) return;
+    if (profile_->events()) {
+      // An op that threw enqueued nothing after its start event; its pair still resolves.
+      try {
+        profile_->add_events(std::move(op_), start_event_, profile_->record(ctx_), ctx_);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "SY_CUDA_PROFILE events: %s\n", e.what());
+      }
+      return;
+    }
     cudaStreamSynchronize(ctx_.stream);
     profile_->add(op_, std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
   }
@@ -320,6 +486,7 @@ class ProfileScope {
   const Context& ctx_;
   std::string op_;
   std::chrono::steady_clock::time_point start_;
+  cudaEvent_t start_event_ = nullptr;
 };
 
 #define SY_PROFILE(name) \
@@ -336,6 +503,9 @@ class CudaBackend final : public Backend {
     SY_CUBLAS(ctx_, "init", cublasCreate(&ctx_.cublas));
     SY_CUBLAS(ctx_, "init", cublasSetStream(ctx_.cublas, ctx_.stream));
     SY_CUBLAS(ctx_, "init", cublasSetMathMode(ctx_.cublas, CUBLAS_DEFAULT_MATH));  // no TF32
+    // Bitwise repeatable GEMMs (docs/cuda.md, Determinism): no atomics in cuBLAS's reductions
+    // (the default, stated here), one stream, and the fixed workspace below.
+    SY_CUBLAS(ctx_, "init", cublasSetAtomicsMode(ctx_.cublas, CUBLAS_ATOMICS_NOT_ALLOWED));
     allocator_ = std::make_shared<cuda::CachingAllocator>(&ctx_);
     ctx_.alloc = [this](const Shape& shape, DType dtype) { return alloc(shape, dtype); };
     // cuBLAS's workspace from our allocator (after cublasSetStream, which resets it).
@@ -349,7 +519,11 @@ class CudaBackend final : public Backend {
 
   ~CudaBackend() override {
     cudaStreamSynchronize(ctx_.stream);
-    profile_.print(name());
+    try {
+      profile_.print(ctx_, name());
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "SY_CUDA_PROFILE: %s\n", e.what());
+    }
     ctx_.scratch_slots.clear();
     rope_tables_.clear();
     workspace_ = Tensor();
@@ -365,6 +539,8 @@ class CudaBackend final : public Backend {
   }
   size_t peak_memory_bytes() const override { return allocator_->peak_reserved(); }
   int64_t device_allocations() const { return allocator_->device_allocations(); }
+  void profile_begin() { profile_.begin(ctx_); }
+  std::string profile_report(int64_t steps) { return profile_.report(ctx_, name(), steps); }
   void* native_stream() override { return ctx_.stream; }
   void synchronize() override { SY_CUDA(ctx_, "synchronize", cudaStreamSynchronize(ctx_.stream)); }
 
@@ -457,6 +633,53 @@ class CudaBackend final : public Backend {
     if (overlaps(C, A) || overlaps(C, B)) c.fail("C overlaps an input");
     cuda::gemm(ctx_, C, A, trans_a, B, trans_b, alpha, beta);
   }
+
+  // ---- grouped GEMMs (grouped_gemm.cu): bf16 data on a grouped kernel, else the gemm loop ------
+  void grouped_gemm(const Tensor& C, const Tensor& A, const Tensor& B, bool trans_b,
+                    std::span<const int64_t> rows_per_group, bool accumulate) override {
+    const Check c(ctx_, "grouped_gemm");
+    check_grouped_dtypes(c, C, A, B);
+    c.ndim(A, 2, "A");
+    c.ndim(B, 3, "B");
+    c.ndim(C, 2, "C");
+    const int64_t G = static_cast<int64_t>(rows_per_group.size()), M = A.dim(0), K = A.dim(1);
+    const int64_t N = trans_b ? B.dim(1) : B.dim(2);
+    if (B.dim(0) != G || (trans_b ? B.dim(2) : B.dim(1)) != K)
+      c.fail("A" + shape_str(A.shape()) + " @ B" + shape_str(B.shape()) + (trans_b ? "^T" : "") +
+             " over " + std::to_string(G) + " segments: shapes do not match");
+    c.shape(C, {M, N}, "C");
+    check_segments(c, rows_per_group, M);
+    if (overlaps(C, A) || overlaps(C, B)) c.fail("C overlaps an input");
+    cuda::GroupedGemmArgs args;
+    args.kind = cuda::GroupedGemmKind::forward;
+    args.trans_b = trans_b;
+    fill_grouped_args(args, C, A, B, G, M, K, N, accumulate);
+    if (!run_grouped("grouped_gemm", trans_b ? " NT " : " NN ", A.dtype(), args, rows_per_group))
+      Backend::grouped_gemm(C, A, B, trans_b, rows_per_group, accumulate);
+  }
+
+  void grouped_gemm_wgrad(const Tensor& C, const Tensor& A, const Tensor& B,
+                          std::span<const int64_t> rows_per_group, bool accumulate) override {
+    const Check c(ctx_, "grouped_gemm_wgrad");
+    check_grouped_dtypes(c, C, A, B);
+    c.ndim(A, 2, "A");
+    c.ndim(B, 2, "B");
+    c.ndim(C, 3, "C");
+    const int64_t G = static_cast<int64_t>(rows_per_group.size()), M = A.dim(0), K = A.dim(1);
+    const int64_t N = B.dim(1);
+    c.shape(B, {M, N}, "B");
+    c.shape(C, {G, K, N}, "C");
+    check_segments(c, rows_per_group, M);
+    if (overlaps(C, A) || overlaps(C, B)) c.fail("C overlaps an input");
+    cuda::GroupedGemmArgs args;
+    args.kind = cuda::GroupedGemmKind::wgrad;
+    fill_grouped_args(args, C, A, B, G, M, K, N, accumulate);
+    if (!run_grouped("grouped_gemm_wgrad", " TN ", A.dtype(), args, rows_per_group))
+      Backend::grouped_gemm_wgrad(C, A, B, rows_per_group, accumulate);
+  }
+
+  // The kernel that ran this backend's latest grouped op: "sm90", "mma" or "cublas" (the loop).
+  const std::string& grouped_kernel() const { return grouped_kernel_; }
 
   void add(const Tensor& y, const Tensor& x, double alpha) override {
     SY_PROFILE(std::string("add ") + dtype_name(y.dtype()) + "+=" + dtype_name(x.dtype()));
@@ -593,6 +816,44 @@ class CudaBackend final : public Backend {
       c.shape(*t, q.shape(), name);
     c.shape(probs, {B, H, S, S}, "probs");
     cuda::attention_backward(ctx_, dq, dk, dv, dout, q, k, v, probs, B, S, H);
+  }
+
+  void flash_attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q,
+                               const Tensor& k, const Tensor& v, int64_t B, int64_t S,
+                               int64_t H) override {
+    SY_PROFILE("flash_attention_forward");
+    const Check c(ctx_, "flash_attention_forward");
+    const DType dt = c.float_dtype(q, "q");
+    for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}}) c.dtype(*t, dt, name);
+    c.dtype(lse, stat_dtype(dt), "lse");
+    head_width(c, q, B, S, H, "q");
+    for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}}) c.shape(*t, q.shape(), name);
+    c.shape(lse, {B, H, S}, "lse");
+    c.fits_int(B * S * H, "B*S*H");
+    cuda::flash_attention_forward(ctx_, out, lse, q, k, v, B, S, H);
+  }
+
+  void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                                const Tensor& dout, const Tensor& q, const Tensor& k,
+                                const Tensor& v, const Tensor& out, const Tensor& lse, int64_t B,
+                                int64_t S, int64_t H) override {
+    SY_PROFILE("flash_attention_backward");
+    const Check c(ctx_, "flash_attention_backward");
+    const DType dt = c.float_dtype(q, "q");
+    for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"},
+                           {&k, "k"}, {&v, "v"}, {&out, "out"}})
+      c.dtype(*t, dt, name);
+    c.dtype(lse, stat_dtype(dt), "lse");
+    head_width(c, q, B, S, H, "q");
+    for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"},
+                           {&k, "k"}, {&v, "v"}, {&out, "out"}})
+      c.shape(*t, q.shape(), name);
+    c.shape(lse, {B, H, S}, "lse");
+    c.fits_int(B * S * H, "B*S*H");
+    for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}})
+      for (const Tensor* in : {&dout, &q, &k, &v, &out})
+        if (overlaps(*t, *in)) c.fail(std::string(name) + " overlaps an input");
+    cuda::flash_attention_backward(ctx_, dq, dk, dv, dout, q, k, v, out, lse, B, S, H);
   }
 
   // ---- SwiGLU ---------------------------------------------------------------------------------
@@ -867,6 +1128,78 @@ class CudaBackend final : public Backend {
     cuda::sgd_update(ctx_, param, grad, lr);
   }
 
+  // ---- the fused optimizer pass (adamw.cu): f32 masters in one launch, else per tensor -------
+  void grad_norm_squares(std::span<Param* const> params, double& shared, double& expert) override {
+    SY_PROFILE("grad_norm_squares");
+    const Check c(ctx_, "grad_norm_squares");
+    bool all_f32 = true;
+    for (const Param* param : params) {
+      c.float_dtype(param->grad, (param->path + " grad").c_str());
+      all_f32 = all_f32 && param->grad.dtype() == DType::f32;
+    }
+    if (!all_f32) return Backend::grad_norm_squares(params, shared, expert);
+    std::vector<cuda::MultiTensor> tensors(params.size());
+    for (size_t i = 0; i < params.size(); ++i) {
+      tensors[i].grad = params[i]->grad.ptr<float>();
+      tensors[i].numel = params[i]->grad.numel();
+      tensors[i].expert = params[i]->is_expert;
+    }
+    norm_table_.assign(ctx_, "grad_norm_squares", std::move(tensors));
+    auto* sums = static_cast<double*>(ctx_.scratch(cuda::kScratchB, 2 * sizeof(double)));
+    cuda::grad_norm_squares(ctx_, norm_table_, sums);
+    double host[2];
+    cuda::to_host_sync(ctx_, "grad_norm_squares", host, sums, sizeof host);
+    shared = host[0];
+    expert = host[1];
+  }
+
+  void fused_adamw_step(std::span<Param* const> params, std::span<const Tensor> exp_avgs,
+                        std::span<const Tensor> exp_avg_sqs, const AdamWStep& hp) override {
+    SY_PROFILE("fused_adamw_step");
+    const Check c(ctx_, "fused_adamw_step");
+    if (exp_avgs.size() != params.size() || exp_avg_sqs.size() != params.size())
+      c.fail(std::to_string(params.size()) + " params but " + std::to_string(exp_avgs.size()) +
+             " exp_avg and " + std::to_string(exp_avg_sqs.size()) + " exp_avg_sq tensors");
+    c.positive(hp.step, "step");
+    auto separate_compute = [](const Param& p) {
+      return p.compute.defined() && p.compute.data() != p.value.data();
+    };
+    bool fusable = true;  // f32 masters with no compute copy or a bf16 one
+    for (const Param* param : params) {
+      const DType dtype = c.wide_dtype(param->value, (param->path + " value").c_str());
+      fusable = fusable && dtype == DType::f32;
+      if (separate_compute(*param)) {
+        c.float_dtype(param->compute, (param->path + " compute").c_str());
+        fusable = fusable && param->compute.dtype() == DType::bf16;
+      }
+    }
+    if (!fusable) return Backend::fused_adamw_step(params, exp_avgs, exp_avg_sqs, hp);
+    std::vector<cuda::MultiTensor> tensors(params.size());
+    for (size_t i = 0; i < params.size(); ++i) {
+      const Param& p = *params[i];
+      const int64_t n = p.value.numel();
+      for (auto [t, what] : {std::pair{&p.grad, " grad"}, {&exp_avgs[i], " exp_avg"},
+                             {&exp_avg_sqs[i], " exp_avg_sq"}}) {
+        c.dtype(*t, DType::f32, (p.path + what).c_str());
+        c.numel(*t, n, (p.path + what).c_str());
+      }
+      cuda::MultiTensor& t = tensors[i];
+      t.value = p.value.ptr<float>();
+      t.grad = p.grad.ptr<float>();
+      t.exp_avg = exp_avgs[i].ptr<float>();
+      t.exp_avg_sq = exp_avg_sqs[i].ptr<float>();
+      if (separate_compute(p)) {
+        c.numel(p.compute, n, (p.path + " compute").c_str());
+        t.compute = p.compute.ptr<cuda::bf16>();
+      }
+      t.numel = n;
+      t.decay = p.decay;
+      t.expert = p.is_expert;
+    }
+    adamw_table_.assign(ctx_, "fused_adamw_step", std::move(tensors));
+    cuda::fused_adamw_step(ctx_, adamw_table_, hp);
+  }
+
  private:
   template <class H>
   void write_host(const Tensor& dst, std::span<const H> host) {
@@ -951,6 +1284,65 @@ class CudaBackend final : public Backend {
   Tensor workspace_;
   std::string device_name_;
   std::map<std::tuple<int64_t, int64_t, DType>, std::pair<Tensor, Tensor>> rope_tables_;
+  // The chunk tables of the fused optimizer pass, rebuilt only when the parameter list changes.
+  cuda::MultiTensorTable norm_table_, adamw_table_;
+
+  // ---- grouped GEMMs ----------------------------------------------------------------------------
+  // As gemm(): A and B of one float dtype, C of it or f32 with bf16 A and B.
+  static void check_grouped_dtypes(const Check& c, const Tensor& C, const Tensor& A,
+                                   const Tensor& B) {
+    const DType ab = c.float_dtype(A, "A");
+    c.dtype(B, ab, "B");
+    const DType dc = c.float_dtype(C, "C");
+    if (dc != ab && !(ab == DType::bf16 && dc == DType::f32))
+      c.fail(std::string("C must be ") + dtype_name(ab) + (ab == DType::bf16 ? " or f32" : "") +
+             " for " + dtype_name(ab) + " A and B, got " + dtype_name(dc));
+  }
+
+  // Sizes >= 0 that cover the M rows of A, with offsets that fit the kernels' i32.
+  static void check_segments(const Check& c, std::span<const int64_t> rows, int64_t M) {
+    c.fits_int(M, "M");
+    int64_t total = 0;
+    for (int64_t r : rows) {
+      if (r < 0) c.fail("negative segment size " + std::to_string(r));
+      total += r;
+    }
+    if (total != M)
+      c.fail("segment sizes sum to " + std::to_string(total) + ", A has " + std::to_string(M) +
+             " rows");
+  }
+
+  static void fill_grouped_args(cuda::GroupedGemmArgs& args, const Tensor& C, const Tensor& A,
+                                const Tensor& B, int64_t G, int64_t M, int64_t K, int64_t N,
+                                bool accumulate) {
+    args.accumulate = accumulate;
+    args.groups = G;
+    args.M_total = M;
+    args.K = K;
+    args.N = N;
+    args.A = A.ptr<cuda::bf16>();
+    args.B = B.ptr<cuda::bf16>();
+    args.C = C.data();
+    args.c_dtype = C.dtype();
+  }
+
+  // Tries the grouped kernels (bf16 data only); false when the caller must run the gemm loop.
+  bool run_grouped(const char* op, const char* form, DType data, cuda::GroupedGemmArgs& args,
+                   std::span<const int64_t> rows) {
+    grouped_kernel_ = "cublas";
+    if (data != DType::bf16 || args.groups == 0) return false;
+    SY_PROFILE(std::string(op) + " bf16->" + dtype_name(args.c_dtype) + form +
+               shape_str({args.groups, args.M_total, args.N, args.K}));
+    const char* kernel = cuda::run_grouped_gemm(ctx_, grouped_choice_, segment_offsets_, args, rows);
+    if (!kernel) return false;
+    grouped_kernel_ = kernel;
+    return true;
+  }
+
+  // SY_GROUPED_GEMM (docs/cuda.md), read once.
+  cuda::GroupedGemmChoice grouped_choice_ = cuda::grouped_gemm_choice_from_env();
+  cuda::SegmentOffsets segment_offsets_;
+  std::string grouped_kernel_;
 };
 
 }  // namespace
@@ -958,6 +1350,20 @@ class CudaBackend final : public Backend {
 int64_t cuda_device_allocations(const Backend& backend) {
   const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
   return cuda ? cuda->device_allocations() : -1;
+}
+
+std::string cuda_grouped_gemm_kernel(const Backend& backend) {
+  const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
+  return cuda ? cuda->grouped_kernel() : std::string();
+}
+
+void cuda_profile_begin(Backend& backend) {
+  if (auto* cuda = dynamic_cast<CudaBackend*>(&backend)) cuda->profile_begin();
+}
+
+std::string cuda_profile_report(Backend& backend, int64_t steps) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  return cuda ? cuda->profile_report(steps) : std::string();
 }
 
 int cuda_device_count() {

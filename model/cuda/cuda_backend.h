@@ -2,7 +2,9 @@
 // Built only when CMake finds nvcc (SY_HAVE_CUDA is then defined for the code that picks a
 // backend); this header needs no CUDA headers.
 #pragma once
+#include <cstdint>
 #include <memory>
+#include <string>
 
 #include "model/backend.h"
 
@@ -20,6 +22,20 @@ std::unique_ptr<Backend> make_cuda_backend(int device);
 // How many times `backend` (a CUDA backend) has taken memory from the driver (cudaMalloc); a
 // training step that repeats its shapes must not change it. -1 for other backends.
 int64_t cuda_device_allocations(const Backend& backend);
+
+// Which implementation ran `backend`'s latest grouped_gemm / grouped_gemm_wgrad: "sm90", "mma"
+// or "cublas" (the per-segment gemm loop); "" before any, and for other backends. Tests use it
+// to see whether the kernel that SY_GROUPED_GEMM forces took the case.
+std::string cuda_grouped_gemm_kernel(const Backend& backend);
+
+// The event-timed op profile (docs/cuda.md; SY_CUDA_PROFILE=events does the same for a whole
+// run): from cuda_profile_begin on, every op of `backend` records a CUDA event on its stream
+// before and after its work, with no synchronisation; anything recorded before is dropped.
+// cuda_profile_report resolves the events and returns the table of the window (per op family:
+// calls, total ms, ms per step over `steps`, % of the window's stream time), then closes the
+// window. Nothing happens for other backends (the report is "").
+void cuda_profile_begin(Backend& backend);
+std::string cuda_profile_report(Backend& backend, int64_t steps);
 
 // The device a rank should use: the node-local rank (OMPI_COMM_WORLD_LOCAL_RANK, 0 when unset)
 // modulo the number of visible devices. Throws when no device is visible.

@@ -6,6 +6,7 @@
 
 #include "model/backend.h"
 #include "model/cuda/common.cuh"
+#include "model/cuda/grouped_gemm.h"
 
 namespace sy::cuda {
 
@@ -47,6 +48,15 @@ void attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, const 
                         const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& probs, int64_t B, int64_t S, int64_t H);
 
+// flash_attention.cu. Causal attention without [S, S] (backend.h); lse [B, H, S] in
+// stat_dtype. Backward uses scratch slot A for D = rowsum(dout * out).
+void flash_attention_forward(Context& ctx, const Tensor& out, const Tensor& lse, const Tensor& q,
+                             const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H);
+void flash_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                              const Tensor& dout, const Tensor& q, const Tensor& k,
+                              const Tensor& v, const Tensor& out, const Tensor& lse, int64_t B,
+                              int64_t S, int64_t H);
+
 // swiglu.cu
 void swiglu_forward(Context& ctx, const Tensor& out, const Tensor& a, const Tensor& b);
 void swiglu_backward(Context& ctx, const Tensor& da, const Tensor& db, const Tensor& dout,
@@ -87,10 +97,81 @@ void unpermute_combine_backward(Context& ctx, const Tensor& dy_perm, const Tenso
                                 const Tensor& dout, const Tensor& y_perm, const Tensor& gates,
                                 const Tensor& slot_row);
 
+// grouped_gemm.cu: running Backend::grouped_gemm / grouped_gemm_wgrad on the grouped kernels.
+// Which kernels a backend may try, from SY_GROUPED_GEMM (read once per backend): unset or auto
+// (sm90, then mma), sm90 or mma (that one alone), cublas (none: the per-segment gemm loop).
+enum class GroupedGemmChoice { automatic, sm90, mma, cublas };
+GroupedGemmChoice grouped_gemm_choice_from_env();  // throws on any other value
+
+// The segment offsets [G + 1] of a grouped GEMM on the device, from the sizes on the host: one
+// asynchronous copy from a ring of pinned slots (a slot is refilled only once its last copy has
+// run, which waits only when the host is a whole ring of uploads ahead of the stream), into a
+// device buffer that stream order protects. Sizes equal to the last upload's reuse it.
+class SegmentOffsets {
+ public:
+  SegmentOffsets() = default;
+  SegmentOffsets(const SegmentOffsets&) = delete;
+  SegmentOffsets& operator=(const SegmentOffsets&) = delete;
+  ~SegmentOffsets();
+  const int32_t* upload(Context& ctx, const char* op, std::span<const int64_t> rows);
+
+ private:
+  static constexpr int kSlots = 32;
+  int32_t* pinned_ = nullptr;   // [kSlots][capacity_]
+  int64_t capacity_ = 0;        // ints per slot
+  cudaEvent_t copied_[kSlots] = {};
+  bool pending_[kSlots] = {};
+  int next_slot_ = 0;
+  Tensor device_;
+  std::vector<int32_t> host_, last_;
+};
+
+// Runs `args` (dev_offsets filled here) on the first grouped kernel that `choice` allows and
+// that takes the case; returns its name ("sm90", "mma"), or nullptr when none did: the caller
+// then runs the gemm loop.
+const char* run_grouped_gemm(Context& ctx, GroupedGemmChoice choice, SegmentOffsets& offsets,
+                             GroupedGemmArgs args, std::span<const int64_t> rows);
+
 // adamw.cu
 void adamw_update(Context& ctx, const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
                   const Tensor& exp_avg_sq, double lr, double beta1, double beta2, double eps,
                   double weight_decay, int64_t step);
 void sgd_update(Context& ctx, const Tensor& param, const Tensor& grad, double lr);
+
+// adamw.cu, the multi-tensor pass. One tensor of it: f32 master-side arrays (a norm pass needs
+// only grad), the bf16 compute copy or null, and the Param flags.
+struct MultiTensor {
+  float* value = nullptr;
+  float* grad = nullptr;
+  float* exp_avg = nullptr;
+  float* exp_avg_sq = nullptr;
+  bf16* compute = nullptr;
+  int64_t numel = 0;
+  bool decay = false, expert = false;
+  bool operator==(const MultiTensor&) const = default;
+};
+
+// The device table of a list of tensors cut into fixed-size chunks (one block each). Kept
+// between calls: assign() uploads it again only when the list differs from the last one.
+class MultiTensorTable {
+ public:
+  void assign(Context& ctx, const char* op, std::vector<MultiTensor> tensors);
+  int64_t num_chunks() const { return num_chunks_; }
+  const void* device_data() const { return device_.data(); }
+  size_t chunks_offset() const { return chunks_offset_; }
+
+ private:
+  std::vector<MultiTensor> tensors_;
+  bool uploaded_ = false;
+  std::vector<unsigned char> host_;  // what device_ holds
+  Tensor device_;
+  int64_t num_chunks_ = 0;
+  size_t chunks_offset_ = 0;
+};
+
+// out[0], out[1] (device doubles) = sum of grad^2 over the non-expert, the expert tensors.
+void grad_norm_squares(Context& ctx, const MultiTensorTable& table, double* out);
+// Backend::fused_adamw_step over the table's tensors (weight decay where MultiTensor::decay).
+void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWStep& hp);
 
 }  // namespace sy::cuda

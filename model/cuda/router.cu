@@ -1,6 +1,6 @@
 // The router (SPEC.md section 2, docs/load-balancing.md) on the device, in the router's dtype
 // (f32; f64 for checks): scores, top-k and gates per token; the capacity plan as per-expert block
-// scans, plus a sequential walk for reroutes; the aux, z and entropy losses as deterministic
+// scans, plus a chunked walk for reroutes (equal to the sequential one); the aux, z and entropy losses as deterministic
 // reductions in double; the backward per token. The integer results (top-k, the plan) equal the
 // CPU reference's (model/cpu/cpu_kernels.h) exactly: the kernels compare the same values in the
 // same dtype and break ties the same way.
@@ -69,8 +69,8 @@ __global__ void scores_topk_kernel(T* scores, T* lse, int32_t* topk_idx, T* gate
 // ---- the capacity plan ----------------------------------------------------------------------
 // 1. plan_keep_kernel, one block per expert: which of its assignments it keeps.
 // 2. With overflow reroute: the dropped assignments in ranking order (plan_dropped_kernel, and
-//    plan_order_kernel for the probability policy), then plan_reroute_kernel walks them one at a
-//    time (sequential by definition: each move changes what the next one may take).
+//    plan_order_kernel for the probability policy), then plan_preferences_kernel and
+//    plan_reroute_kernel walk them in chunks, with the result of walking them one at a time.
 // 3. plan_rows_kernel, one block per expert: the row numbers, grouped by slot_expert.
 constexpr int kPlanThreads = 1024;
 constexpr int kOrderThreads = 256;
@@ -231,8 +231,8 @@ __global__ void plan_dropped_kernel(int32_t* dropped, gate_key_t<T>* dropped_key
 // the number of entries with a larger key, plus those with an equal key earlier in the list
 // (the list is in j order). One thread per entry, O(n^2) comparisons over shared-memory tiles;
 // the grid covers the worst case (every assignment dropped) and blocks past the list return.
-// Deterministic and exact; a sort would scale better, but the walk that follows is sequential
-// anyway.
+// Deterministic and exact; O(n^2) (7e9 comparisons for 86k dropped assignments: now the larger
+// part of a reroute plan at that size); a sort would scale better.
 template <class Key>
 __global__ void plan_order_kernel(int32_t* order, const int32_t* dropped, const Key* keys,
                                   const int32_t* n_dropped) {
@@ -256,62 +256,228 @@ __global__ void plan_order_kernel(int32_t* order, const int32_t* dropped, const 
   if (i < n) order[rank] = dropped[i];
 }
 
-// One warp walks the dropped assignments in ranking order, one at a time: each moves to the
-// expert with the largest selection score (ties: lower index) that is below capacity, none of
-// the token's K choices and none of the experts its other assignments run on now; if there is
-// none it stays dropped. The 32 lanes scan the experts in parallel and agree on the best by a
-// butterfly argmax; lane 0 applies the move. The kept counts live in shared memory (E ints).
-// Cost: sequential, about (dropped assignments) x (E/32 + K) dependent steps on one SM: 0.5 to
-// 1.2 us per dropped assignment on an H200 (docs/cuda.md). Latency-bound; prefetching the next
-// entry's logits and loading the scores before the eligibility checks did not help.
+// ---- the reroute walk ------------------------------------------------------------------------
+// Semantics (backend.h): the dropped assignments, one at a time in ranking order, each move to
+// the best expert by selection score (ties: lower index) that is below capacity and not used by
+// the token (none of its K choices, none of the experts its other assignments run on now);
+// with none, it stays dropped. Each move changes what later ones may take, so the walk is
+// sequential by definition; it was one warp doing one assignment at a time (an argmax over E per
+// step, ~1 us of dependent memory latency per dropped assignment: 53-82 ms for 58k-86k drops).
+// Here the same walk is taken in chunks of up to 1024 assignments by one block, with a result
+// equal to the sequential one:
+//
+// (a) Preferences, precomputed in parallel (plan_preferences_kernel): for every token with a
+//     dropped assignment, its experts other than its K choices, best selection score first (ties:
+//     lower index), the order in which the sequential argmax would consider them. cursor[t]
+//     marks how far into that list everything is known to be unusable for good.
+// (b) Monotonicity: an expert that is full stays full (kept counts only grow), and an expert the
+//     token uses stays used (a rerouted assignment never moves again). So the experts the
+//     sequential walk would skip only accumulate, and for every token the position in its list
+//     of the first usable expert only moves forward: the cursor.
+// (c) A chunk is the next 1024 assignments. Against the state at its start (kept counts,
+//     cursors), each assignment takes the (m+1)-th expert below capacity from its cursor on,
+//     where m is the number of the token's own assignments earlier in the chunk (they take the
+//     1st .. m-th: the same list, walked by the same rule). Claim: this is what the sequential
+//     walk picks for every assignment before the first one whose pick was already full when its
+//     turn came, i.e. whose expert e had kept[e] + (earlier picks of e in the chunk) >= capacity.
+//     Proof, by induction over the chunk: for an assignment before that point, every expert
+//     ahead of its pick in its list was full at the start of the chunk (so still full), used by
+//     the token before the chunk (behind the cursor), or the pick of one of the token's m
+//     earlier assignments (used now); its pick is not full at its turn, by the definition of the
+//     point; and the sequential walk takes the first usable expert in list order. If there is
+//     no (m+1)-th expert below capacity at the start, there is none at its turn either.
+// (d) So the chunk commits its prefix up to that point (the first assignment always qualifies:
+//     m = 0 and its pick was below capacity), and the next chunk starts at the first assignment
+//     not committed. A chunk stops early only where an expert became full within it, which
+//     happens at most once per expert: at most ceil(dropped / 1024) + E chunks.
+// m and the per-expert counts within a chunk come from two bitonic sorts of 1024 keys in shared
+// memory ((token, index) and (expert, index)) and a block-wide scan for the start of each run of
+// equal keys: integer work in a fixed order, so the result does not depend on timing either.
+// Cost per chunk: ~125 block barriers and a short walk along each list (full experts are skipped
+// once per token for good by advancing the cursor), a few microseconds; the lists cost
+// E^2 comparisons per token with drops (parallel over tokens) and N*E int16 of scratch.
+constexpr int kWalkChunk = 1024;  // assignments per chunk = threads of the walk's block
+constexpr int kWalkChunkBits = 10;
+constexpr unsigned long long kNoKey = ~0ull;  // sorts after every real key
+constexpr int kPrefThreads = 128;
+
+// Block t: if token t has a dropped assignment, its preference list pref[t*E, t*E + E): the
+// experts that are none of its K choices, by selection score descending and then index
+// ascending (the order of the sequential argmax: strictly larger wins, ties to the lower index),
+// padded with -1; cursor[t] = 0. The rank of expert e is the number of experts before it in
+// that order. Scores are compared through gate_key, a total order on the bit patterns that
+// agrees with the float comparison (and -0 == +0), so the ranks form a permutation even for
+// non-finite logits.
 template <class T>
-__global__ void plan_reroute_kernel(int32_t* slot_row, int32_t* slot_expert, int32_t* counts,
-                                    const int32_t* order, const int32_t* topk_idx,
-                                    const T* logits, const T* bias, int64_t E, int64_t K,
-                                    int64_t capacity) {
-  extern __shared__ int32_t kept[];  // [E]
-  const unsigned all = 0xffffffffu;
-  const int lane = threadIdx.x;
-  for (int64_t e = lane; e < E; e += 32) kept[e] = counts[e];
-  __syncwarp();
-  const int64_t n = counts[E + 1];
-  int32_t rerouted = 0;
-  for (int64_t base = 0; base < n; base += 32) {
-    const int32_t my_slot = base + lane < n ? order[base + lane] : 0;  // 32 entries at a time
-    const int64_t len = min(int64_t(32), n - base);
-    for (int64_t q = 0; q < len; ++q) {
-      const int64_t slot = __shfl_sync(all, my_slot, static_cast<int>(q)), t = slot / K;
-      const int32_t* choices = topk_idx + t * K;
-      const int32_t* running = slot_expert + t * K;  // lane 0 may have moved one of them
-      const T* row = logits + t * E;
-      int32_t best = -1;
-      T best_score = T(0);
-      for (int64_t e = lane; e < E; e += 32) {
-        if (kept[e] >= capacity) continue;
-        bool used = false;
-        for (int64_t k = 0; k < K; ++k) used |= choices[k] == e || running[k] == e;
-        if (used) continue;
-        const T score = selection_score(row, bias, e);
-        if (best < 0 || score > best_score) best = static_cast<int32_t>(e), best_score = score;
-      }
-      for (int offset = 16; offset > 0; offset >>= 1) {
-        const int32_t other = __shfl_xor_sync(all, best, offset);
-        const T other_score = __shfl_xor_sync(all, best_score, offset);
-        if (other >= 0 && (best < 0 || other_score > best_score ||
-                           (other_score == best_score && other < best)))
-          best = other, best_score = other_score;
-      }
-      if (lane == 0 && best >= 0) {
-        slot_expert[slot] = best;
-        slot_row[slot] = 0;
-        ++kept[best];
-        ++rerouted;
-      }
-      __syncwarp();  // the move is visible to every lane before the next entry
-    }
+__global__ void plan_preferences_kernel(int16_t* pref, int32_t* cursor, const int32_t* slot_row,
+                                        const int32_t* topk_idx, const T* logits, const T* bias,
+                                        int64_t E, int64_t K) {
+  using Key = gate_key_t<T>;
+  __shared__ uint32_t chosen[(12288 + 31) / 32];  // a bit per expert (E <= 12288, the caller checks)
+  __shared__ int any_dropped;
+  const int64_t t = blockIdx.x;
+  if (threadIdx.x == 0) any_dropped = 0;
+  for (int64_t w = threadIdx.x; w < (E + 31) / 32; w += blockDim.x) chosen[w] = 0;
+  __syncthreads();
+  for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
+    const int32_t e = topk_idx[t * K + k];
+    atomicOr(&chosen[e >> 5], 1u << (e & 31));  // integer: the result does not depend on order
+    if (slot_row[t * K + k] < 0) any_dropped = 1;
   }
-  for (int64_t e = lane; e < E; e += 32) counts[e] = kept[e];
-  if (lane == 0) counts[E] = rerouted;
+  __syncthreads();
+  if (!any_dropped) return;  // the whole block: no barrier follows
+  const T* row = logits + t * E;
+  int16_t* list = pref + t * E;
+  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) list[e] = -1;
+  if (threadIdx.x == 0) cursor[t] = 0;
+  __syncthreads();  // the padding is written before the ranks overwrite part of it
+  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) {
+    if (chosen[e >> 5] >> (e & 31) & 1u) continue;
+    const Key mine = gate_key(selection_score(row, bias, e));
+    int64_t rank = 0;
+    for (int64_t other = 0; other < E; ++other) {  // the same `other` in every lane: broadcast
+      if (chosen[other >> 5] >> (other & 31) & 1u) continue;
+      const Key key = gate_key(selection_score(row, bias, other));
+      rank += key > mine || (key == mine && other < e);
+    }
+    list[rank] = static_cast<int16_t>(e);
+  }
+}
+
+// Sorts kWalkChunk keys in shared memory ascending, one thread per key (bitonic network: a fixed
+// sequence of compare-exchanges). The keys must be visible to the block on entry; on return the
+// sorted keys are.
+__device__ void block_sort(unsigned long long* keys) {
+  const unsigned i = threadIdx.x;
+  for (unsigned size = 2; size <= kWalkChunk; size <<= 1)
+    for (unsigned stride = size >> 1; stride > 0; stride >>= 1) {
+      const unsigned j = i ^ stride;
+      if (j > i) {
+        const unsigned long long a = keys[i], b = keys[j];
+        if ((a > b) == ((i & size) == 0)) keys[i] = b, keys[j] = a;
+      }
+      __syncthreads();
+    }
+}
+
+// Inclusive max-scan over the block's threads in thread order (values >= 0); every thread must
+// call it. `warp_max` holds 32 ints.
+__device__ int block_inclusive_max(int v, int* warp_max) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const int up = __shfl_up_sync(0xffffffffu, v, offset);
+    if (lane >= offset) v = max(v, up);
+  }
+  if (lane == 31) warp_max[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    int w = lane < warps ? warp_max[lane] : 0;
+    for (int offset = 1; offset < 32; offset <<= 1) {
+      const int up = __shfl_up_sync(0xffffffffu, w, offset);
+      if (lane >= offset) w = max(w, up);
+    }
+    if (lane < warps) warp_max[lane] = w;
+  }
+  __syncthreads();
+  const int result = warp > 0 ? max(v, warp_max[warp - 1]) : v;
+  __syncthreads();  // warp_max may be overwritten by the next call
+  return result;
+}
+
+// The sorted keys sit in keys[0, kWalkChunk); thread i looks at sorted key i and returns how
+// many keys before it share its upper bits (key >> kWalkChunkBits): its rank within its run.
+__device__ int rank_in_run(const unsigned long long* keys, int* warp_max) {
+  const int i = threadIdx.x;
+  const unsigned long long key = keys[i];
+  const bool head = i == 0 || (keys[i - 1] >> kWalkChunkBits) != (key >> kWalkChunkBits);
+  return i - block_inclusive_max(head ? i : 0, warp_max);
+}
+
+// One block of kWalkChunk threads walks the dropped assignments order[0, counts[E+1]) in chunks
+// (see above). kept[E] in dynamic shared memory; counts[0..E) in and out, counts[E] = the number
+// rerouted.
+__global__ void __launch_bounds__(kWalkChunk)
+plan_reroute_kernel(int32_t* slot_row, int32_t* slot_expert, int32_t* counts, int32_t* cursor,
+                    const int32_t* order, const int16_t* pref, int64_t E, int64_t K,
+                    int64_t capacity) {
+  extern __shared__ int32_t kept[];  // [E]
+  __shared__ unsigned long long keys[kWalkChunk];
+  __shared__ int32_t siblings_before[kWalkChunk];  // m of each assignment of the chunk
+  __shared__ int32_t warp_scratch[32];
+  __shared__ int32_t rerouted;
+  const int i = threadIdx.x;
+  for (int64_t e = i; e < E; e += blockDim.x) kept[e] = counts[e];
+  if (i == 0) rerouted = 0;
+  const int64_t n = counts[E + 1];
+  __syncthreads();
+  for (int64_t start = 0; start < n;) {
+    const int64_t len = min(int64_t(kWalkChunk), n - start);
+    const bool mine = i < len;
+    const int64_t slot = mine ? order[start + i] : 0, t = slot / K;
+
+    // m: the token's assignments earlier in the chunk (sort by (token, index)).
+    keys[i] = mine ? (static_cast<unsigned long long>(t) << kWalkChunkBits) | i : kNoKey;
+    __syncthreads();
+    block_sort(keys);
+    {
+      const int m = rank_in_run(keys, warp_scratch);
+      if (keys[i] != kNoKey) siblings_before[keys[i] & (kWalkChunk - 1)] = m;
+    }
+    __syncthreads();
+
+    // The pick: the (m+1)-th expert below capacity from the cursor on (-1: none). `skip_to`: the
+    // first position not full now, or the end of the walk; everything before it is full for good.
+    int32_t pick = -1, pick_pos = -1, from = 0, skip_to = 0;
+    if (mine) {
+      const int16_t* list = pref + t * E;
+      const int m = siblings_before[i];
+      from = cursor[t];
+      int found = 0, first = -1, pos = from;
+      for (; pos < E; ++pos) {
+        const int e = list[pos];
+        if (e < 0) break;  // the end of the list
+        if (kept[e] >= capacity) continue;
+        if (first < 0) first = pos;
+        if (found++ == m) {
+          pick = e;
+          pick_pos = pos;
+          break;
+        }
+      }
+      skip_to = first >= 0 ? first : pos;
+    }
+
+    // The first assignment whose pick is full at its turn (sort by (expert, index)).
+    keys[i] = pick >= 0 ? (static_cast<unsigned long long>(pick) << kWalkChunkBits) | i : kNoKey;
+    __syncthreads();
+    block_sort(keys);
+    int stop = kWalkChunk;
+    {
+      const int before = rank_in_run(keys, warp_scratch);  // earlier picks of the same expert
+      const unsigned long long key = keys[i];
+      if (key != kNoKey && kept[key >> kWalkChunkBits] + before >= capacity)
+        stop = static_cast<int>(key & (kWalkChunk - 1));
+    }
+    stop = -block_max(-stop, warp_scratch, -kWalkChunk);  // the block's minimum
+    const int64_t commit = min(int64_t(stop), len);
+    if (commit < 1) __trap();  // impossible (the first assignment always commits): never spin
+
+    // Commit the prefix. Integer atomics: their results do not depend on the order.
+    if (mine) {
+      if (skip_to > from) atomicMax(cursor + t, skip_to);
+      if (i < commit && pick >= 0) {
+        slot_expert[slot] = pick;
+        slot_row[slot] = 0;
+        atomicAdd(&kept[pick], 1);
+        atomicAdd(&rerouted, 1);
+        atomicMax(cursor + t, pick_pos + 1);
+      }
+    }
+    __syncthreads();
+    start += commit;
+  }
+  for (int64_t e = i; e < E; e += blockDim.x) counts[e] = kept[e];
+  if (i == 0) counts[E] = rerouted;
 }
 
 // Block e: the kept assignments run by expert e (slot_expert, after reroutes) get rows
@@ -514,9 +680,22 @@ void router_plan(Context& ctx, const Tensor& slot_row, const Tensor& row_slot,
       plan_order_kernel<Key><<<blocks_for(n, kOrderThreads), kOrderThreads, 0, ctx.stream>>>(
           order, dropped, keys, n_dropped);
     }
-    plan_reroute_kernel<T><<<1, 32, E * sizeof(int32_t), ctx.stream>>>(
-        slot_row.ptr<int32_t>(), slot_expert.ptr<int32_t>(), counts, order,
-        topk_idx.ptr<int32_t>(), logits.ptr<T>(), bias_ptr<T>(expert_bias), E, K, rule.capacity);
+    int16_t* pref = static_cast<int16_t*>(ctx.scratch(kScratchF, N * E * sizeof(int16_t)));
+    int32_t* cursor = static_cast<int32_t*>(ctx.scratch(kScratchG, N * sizeof(int32_t)));
+    plan_preferences_kernel<T><<<static_cast<unsigned>(N), kPrefThreads, 0, ctx.stream>>>(
+        pref, cursor, slot_row.ptr<int32_t>(), topk_idx.ptr<int32_t>(), logits.ptr<T>(),
+        bias_ptr<T>(expert_bias), E, K);
+    check_launch(ctx, "router_plan (reroute preferences)");
+    // kept[E] is dynamic shared memory; past 48 KiB in all (E > ~9000) the kernel must opt in.
+    const size_t kept_bytes = E * sizeof(int32_t);
+    if (kept_bytes > (32u << 10))
+      SY_CUDA(ctx, "router_plan", cudaFuncSetAttribute(plan_reroute_kernel,
+                                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                       static_cast<int>(kept_bytes)));
+    plan_reroute_kernel<<<1, kWalkChunk, kept_bytes, ctx.stream>>>(
+        slot_row.ptr<int32_t>(), slot_expert.ptr<int32_t>(), counts, cursor, order, pref, E, K,
+        rule.capacity);
+    check_launch(ctx, "router_plan (reroute walk)");
   });
   plan_rows_kernel<<<experts, kPlanThreads, 0, ctx.stream>>>(
       slot_row.ptr<int32_t>(), row_slot.ptr<int32_t>(), counts, slot_expert.ptr<int32_t>(), N, K);

@@ -1,6 +1,20 @@
 // The experts of one MoE layer held by this rank: E_local SwiGLU FFNs stored stacked, each run on
 // its contiguous segment of the dispatched rows.
+//
+// Two ways to run them (`kernel`, from moe.expert_kernel):
+//   cublas   one SwiGLU block per expert (model/swiglu.cpp): 7 GEMM calls per expert and pass.
+//   grouped  each projection over all segments at once with the Backend's grouped GEMMs, the
+//            SwiGLU over all rows:
+//              h1 = grouped(x, w1), h3 = grouped(x, w3), hidden = silu(h1) * h3,
+//              out = grouped(hidden, w2)
+//            backward: dhidden = grouped(dout, w2^T), dW2 += wgrad(hidden, dout), SwiGLU
+//            backward, dW1 += wgrad(x, dh1), dW3 += wgrad(x, dh3),
+//            dx = grouped(dh1, w1^T) + grouped(dh3, w3^T).
+//   auto     grouped on a CUDA backend with bf16 data, cublas elsewhere.
+// On a backend whose grouped ops are the defaults (the CPU) both compute the same bits: the
+// default grouped ops are the per-expert GEMMs.
 #pragma once
+#include <string>
 #include <vector>
 
 #include "model/backend.h"
@@ -12,6 +26,7 @@ namespace sy {
 struct Experts {
   Param w1, w3;  // [E_local, D, F_e]
   Param w2;      // [E_local, F_e, D]
+  std::string kernel = "auto";  // auto | grouped | cublas (see above)
 
   SwigluActivations acts;  // [rows, F_e], grow-only
   Tensor out_storage, du_storage;
@@ -27,6 +42,7 @@ struct Experts {
                   const std::vector<int64_t>& rows_per_expert, int64_t max_rows = 0);
 
  private:
+  bool grouped(const Backend& backend, const Tensor& x) const;
   SwigluWeights expert_weights(int64_t j) const;
   SwigluWeights expert_grads(int64_t j) const;
 };

@@ -1,0 +1,655 @@
+// Correctness and speed of the Hopper grouped GEMM (model/cuda/grouped_gemm_sm90.cu) on one GPU.
+//
+// Part 1, correctness: many cases (8 and 64 groups, ragged sizes with 0, 1, 127, 129, one group
+// holding every row, K and N not multiples of 64; forward, forward trans_b, wgrad; C bf16 and
+// f32; accumulate on and off; both tile widths) against a plain f32 per-element dot product
+// computed here. C is poisoned with NaN first (accumulate cases start from random C), guard bytes
+// around C must stay untouched, and a second run must give the same bits. Cases the kernel must
+// decline (K not a multiple of 8, misaligned pointers, wgrad with trans_b) must return false.
+// Part 2, speed: the benchmark shapes, median of 20 launches (CUDA events, inputs rotated so
+// that the L2 does not hold them), TFLOP/s for tile widths 128 and 256 next to cuBLAS on the
+// dense same-total shape and a loop of one cuBLAS call per group (what model/moe/experts.cpp
+// does today); each benchmark case is also checked on sampled elements.
+// Prints PASS/FAIL per case and the speed table last; exits 1 on any failure, 3 on a hang.
+// Usage: grouped_gemm_check [--quick] [--no-bench] [--no-check]
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "model/cuda/grouped_gemm.h"
+
+namespace {
+
+using sy::DType;
+using sy::cuda::bf16;
+using sy::cuda::GroupedGemmArgs;
+using sy::cuda::GroupedGemmKind;
+
+// ---- plumbing ---------------------------------------------------------------------------------
+void check(cudaError_t status, const char* what) {
+  if (status == cudaSuccess) return;
+  std::printf("CUDA ERROR: %s: %s (%s)\n", what, cudaGetErrorName(status), cudaGetErrorString(status));
+  std::fflush(stdout);
+  std::_Exit(2);
+}
+#define CK(call) check((call), #call)
+
+void check_cublas(cublasStatus_t status, const char* what) {
+  if (status == CUBLAS_STATUS_SUCCESS) return;
+  std::printf("CUBLAS ERROR: %s: %d\n", what, static_cast<int>(status));
+  std::fflush(stdout);
+  std::_Exit(2);
+}
+
+// Waits for the stream, but gives up after `seconds`: a deadlocked kernel reports itself and ends
+// the process (which frees the GPU) instead of hanging the job.
+void sync_or_die(cudaStream_t stream, const std::string& what, double seconds = 60.0) {
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    const cudaError_t status = cudaStreamQuery(stream);
+    if (status == cudaSuccess) return;
+    if (status != cudaErrorNotReady) check(status, what.c_str());
+    const double waited =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (waited > seconds) {
+      std::printf("HANG: %s did not finish within %.0f s\n", what.c_str(), seconds);
+      std::fflush(stdout);
+      std::_Exit(3);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+}
+
+template <class T>
+T* device_alloc(size_t count) {
+  void* p = nullptr;
+  CK(cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T)));
+  return static_cast<T*>(p);
+}
+
+// ---- device helpers ---------------------------------------------------------------------------
+__device__ __forceinline__ float hash_uniform(uint64_t seed, uint64_t i) {  // [-1, 1)
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + i * 0xD1B54A32D192ED03ull + 0x632BE59BD9B4E019ull;
+  x ^= x >> 31;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 29;
+  x *= 0x94D049BB133111EBull;
+  x ^= x >> 32;
+  return static_cast<float>(x & 0xFFFFFF) / 8388608.0f - 1.0f;
+}
+
+__global__ void fill_random_bf16(bf16* out, size_t n, uint64_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    out[i] = __float2bfloat16(hash_uniform(seed, i));
+}
+
+__global__ void fill_random_f32(float* out, size_t n, uint64_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    out[i] = hash_uniform(seed, i);
+}
+
+enum class Form { forward, trans_b, wgrad };
+const char* form_name(Form f) {
+  return f == Form::forward ? "fwd" : (f == Form::trans_b ? "fwd_tB" : "wgrad");
+}
+
+__device__ __forceinline__ float load_c(const void* C, bool f32, int64_t e) {
+  return f32 ? static_cast<const float*>(C)[e] : __bfloat162float(static_cast<const bf16*>(C)[e]);
+}
+
+// ref[i] = (C0[e] if C0) + sum in f32, in index order, of the products that make C[e], where
+// e = idx[i] (or i when idx is null). out[i] = C[e] as f32, for the host to compare.
+__global__ void reference_kernel(Form form, int groups, int64_t K, int64_t N,
+                                 const int32_t* offsets, const bf16* A, const bf16* B,
+                                 const void* C0, const void* C, bool c_f32, const int64_t* idx,
+                                 int64_t count, float* ref, float* out) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t e = idx ? idx[i] : i;
+    float sum = 0.f;
+    if (form == Form::wgrad) {
+      const int64_t g = e / (K * N), k = (e / N) % K, n = e % N;
+      for (int64_t r = offsets[g]; r < offsets[g + 1]; ++r)
+        sum = fmaf(__bfloat162float(A[r * K + k]), __bfloat162float(B[r * N + n]), sum);
+    } else {
+      const int64_t row = e / N, n = e % N;
+      int lo = 0, hi = groups - 1;  // the group whose segment holds `row`
+      while (lo < hi) {
+        const int mid = (lo + hi) >> 1;
+        if (offsets[mid + 1] <= row) lo = mid + 1;
+        else hi = mid;
+      }
+      const bf16* Bg = B + int64_t(lo) * K * N;
+      for (int64_t k = 0; k < K; ++k) {
+        const float b = form == Form::forward ? __bfloat162float(Bg[k * N + n])
+                                              : __bfloat162float(Bg[n * K + k]);
+        sum = fmaf(__bfloat162float(A[row * K + k]), b, sum);
+      }
+    }
+    if (C0) sum += load_c(C0, c_f32, e);
+    ref[i] = sum;
+    out[i] = load_c(C, c_f32, e);
+  }
+}
+
+// ---- one problem on the device -------------------------------------------------------------
+constexpr size_t kGuardBytes = 4096;
+constexpr unsigned char kGuardByte = 0xA5;
+
+struct Problem {
+  Form form = Form::forward;
+  int groups = 0;
+  int64_t K = 0, N = 0, M = 0;
+  std::vector<int64_t> rows;
+  DType c_dtype = DType::bf16;
+  bool accumulate = false;
+
+  int64_t b_elems() const { return form == Form::wgrad ? M * N : int64_t(groups) * K * N; }
+  int64_t c_elems() const { return form == Form::wgrad ? int64_t(groups) * K * N : M * N; }
+  size_t c_bytes() const { return size_t(c_elems()) * (c_dtype == DType::f32 ? 4 : 2); }
+  double flops() const { return 2.0 * double(M) * double(K) * double(N); }
+  std::string name() const {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "%-6s G=%-3d M=%-6lld K=%-5lld N=%-5lld C=%s%s", form_name(form),
+                  groups, (long long)M, (long long)K, (long long)N,
+                  c_dtype == DType::f32 ? "f32" : "bf16", accumulate ? " +=" : "");
+    return buf;
+  }
+};
+
+struct Buffers {
+  bf16* A = nullptr;
+  bf16* B = nullptr;
+  unsigned char* C_alloc = nullptr;  // guard | C | guard
+  void* C = nullptr;
+  void* C0 = nullptr;  // accumulate: the starting C
+  int32_t* offsets = nullptr;
+};
+
+Buffers make_buffers(const Problem& p, uint64_t seed, cudaStream_t stream) {
+  Buffers b;
+  b.A = device_alloc<bf16>(size_t(p.M * p.K));
+  b.B = device_alloc<bf16>(size_t(p.b_elems()));
+  b.C_alloc = device_alloc<unsigned char>(p.c_bytes() + 2 * kGuardBytes);
+  b.C = b.C_alloc + kGuardBytes;
+  b.offsets = device_alloc<int32_t>(p.groups + 1);
+  std::vector<int32_t> offsets(p.groups + 1, 0);
+  for (int g = 0; g < p.groups; ++g) offsets[g + 1] = offsets[g] + int32_t(p.rows[g]);
+  CK(cudaMemcpyAsync(b.offsets, offsets.data(), offsets.size() * 4, cudaMemcpyHostToDevice, stream));
+  fill_random_bf16<<<1024, 256, 0, stream>>>(b.A, size_t(p.M * p.K), seed * 3 + 1);
+  fill_random_bf16<<<1024, 256, 0, stream>>>(b.B, size_t(p.b_elems()), seed * 3 + 2);
+  CK(cudaGetLastError());
+  if (p.accumulate) {
+    b.C0 = device_alloc<unsigned char>(p.c_bytes());
+    if (p.c_dtype == DType::f32)
+      fill_random_f32<<<1024, 256, 0, stream>>>(static_cast<float*>(b.C0), size_t(p.c_elems()), seed * 3 + 3);
+    else
+      fill_random_bf16<<<1024, 256, 0, stream>>>(static_cast<bf16*>(b.C0), size_t(p.c_elems()), seed * 3 + 3);
+    CK(cudaGetLastError());
+  }
+  CK(cudaMemsetAsync(b.C_alloc, kGuardByte, p.c_bytes() + 2 * kGuardBytes, stream));
+  return b;
+}
+
+void free_buffers(Buffers& b) {
+  for (void* p : {(void*)b.A, (void*)b.B, (void*)b.C_alloc, b.C0, (void*)b.offsets})
+    if (p) CK(cudaFree(p));
+  b = Buffers{};
+}
+
+// C = NaN (all bits set: a NaN in bf16 and f32), or C0 when accumulating.
+void reset_c(const Problem& p, const Buffers& b, cudaStream_t stream) {
+  if (p.accumulate) CK(cudaMemcpyAsync(b.C, b.C0, p.c_bytes(), cudaMemcpyDeviceToDevice, stream));
+  else CK(cudaMemsetAsync(b.C, 0xFF, p.c_bytes(), stream));
+}
+
+GroupedGemmArgs make_args(const Problem& p, const Buffers& b) {
+  GroupedGemmArgs a;
+  a.kind = p.form == Form::wgrad ? GroupedGemmKind::wgrad : GroupedGemmKind::forward;
+  a.trans_b = p.form == Form::trans_b;
+  a.accumulate = p.accumulate;
+  a.groups = p.groups;
+  a.M_total = p.M;
+  a.K = p.K;
+  a.N = p.N;
+  a.host_rows = p.rows.data();
+  a.dev_offsets = b.offsets;
+  a.A = b.A;
+  a.B = b.B;
+  a.C = b.C;
+  a.c_dtype = p.c_dtype;
+  return a;
+}
+
+bool guards_intact(const Problem& p, const Buffers& b) {
+  std::vector<unsigned char> head(kGuardBytes), tail(kGuardBytes);
+  CK(cudaMemcpy(head.data(), b.C_alloc, kGuardBytes, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(tail.data(), b.C_alloc + kGuardBytes + p.c_bytes(), kGuardBytes, cudaMemcpyDeviceToHost));
+  for (size_t i = 0; i < kGuardBytes; ++i)
+    if (head[i] != kGuardByte || tail[i] != kGuardByte) return false;
+  return true;
+}
+
+struct Errors {
+  double rel_l2 = 0, max_elem = 0;
+  int64_t nonfinite = 0, checked = 0;
+};
+
+// Compares C with the reference on `idx` (all elements when empty).
+Errors compare(const Problem& p, const Buffers& b, const std::vector<int64_t>& idx, cudaStream_t stream) {
+  const int64_t count = idx.empty() ? p.c_elems() : int64_t(idx.size());
+  Errors err;
+  err.checked = count;
+  if (count == 0) return err;
+  int64_t* d_idx = nullptr;
+  if (!idx.empty()) {
+    d_idx = device_alloc<int64_t>(idx.size());
+    CK(cudaMemcpyAsync(d_idx, idx.data(), idx.size() * 8, cudaMemcpyHostToDevice, stream));
+  }
+  float* d_ref = device_alloc<float>(size_t(count));
+  float* d_out = device_alloc<float>(size_t(count));
+  reference_kernel<<<2048, 256, 0, stream>>>(p.form, p.groups, p.K, p.N, b.offsets, b.A, b.B,
+                                             p.accumulate ? b.C0 : nullptr, b.C,
+                                             p.c_dtype == DType::f32, d_idx, count, d_ref, d_out);
+  CK(cudaGetLastError());
+  sync_or_die(stream, "reference " + p.name(), 600.0);
+  std::vector<float> ref(count), out(count);
+  CK(cudaMemcpy(ref.data(), d_ref, count * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(out.data(), d_out, count * 4, cudaMemcpyDeviceToHost));
+  CK(cudaFree(d_ref));
+  CK(cudaFree(d_out));
+  if (d_idx) CK(cudaFree(d_idx));
+  double ss_ref = 0, ss_diff = 0;
+  for (int64_t i = 0; i < count; ++i) ss_ref += double(ref[i]) * ref[i];
+  const double rms = std::sqrt(ss_ref / double(count));
+  for (int64_t i = 0; i < count; ++i) {
+    if (!std::isfinite(out[i])) {
+      ++err.nonfinite;
+      continue;
+    }
+    const double diff = std::fabs(double(out[i]) - double(ref[i]));
+    ss_diff += diff * diff;
+    if (diff > 0) err.max_elem = std::max(err.max_elem, diff / (std::fabs(double(ref[i])) + rms + 1e-30));
+  }
+  err.rel_l2 = ss_ref > 0 ? std::sqrt(ss_diff / ss_ref) : std::sqrt(ss_diff);
+  return err;
+}
+
+double tolerance(const Problem& p) { return p.c_dtype == DType::f32 ? 1e-3 : 1e-2; }
+
+void set_bn(int bn) {
+  if (bn) setenv("SY_GG_SM90_BN", std::to_string(bn).c_str(), 1);
+  else unsetenv("SY_GG_SM90_BN");
+}
+
+int failures = 0;
+
+void report(bool ok, const std::string& what) {
+  std::printf("%s  %s\n", ok ? "PASS" : "FAIL", what.c_str());
+  std::fflush(stdout);
+  if (!ok) ++failures;
+}
+
+// ---- part 1: correctness ----------------------------------------------------------------------
+void run_case(sy::cuda::Context& ctx, const Problem& p, int bn, uint64_t seed) {
+  set_bn(bn);
+  Buffers b = make_buffers(p, seed, ctx.stream);
+  const std::string name = p.name() + " BN=" + std::to_string(bn);
+  reset_c(p, b, ctx.stream);
+  const bool launched = sy::cuda::grouped_gemm_sm90(ctx, make_args(p, b));
+  sync_or_die(ctx.stream, name);
+  if (!launched) {
+    report(false, name + "  (declined)");
+    free_buffers(b);
+    return;
+  }
+  const Errors e = compare(p, b, {}, ctx.stream);
+  std::vector<unsigned char> first(p.c_bytes()), second(p.c_bytes());
+  CK(cudaMemcpy(first.data(), b.C, p.c_bytes(), cudaMemcpyDeviceToHost));
+  reset_c(p, b, ctx.stream);
+  sy::cuda::grouped_gemm_sm90(ctx, make_args(p, b));
+  sync_or_die(ctx.stream, name + " (second run)");
+  CK(cudaMemcpy(second.data(), b.C, p.c_bytes(), cudaMemcpyDeviceToHost));
+  const bool repeatable = first == second;
+  const bool guards = guards_intact(p, b);
+  const double tol = tolerance(p);
+  const bool ok = e.nonfinite == 0 && e.rel_l2 <= tol && e.max_elem <= tol && repeatable && guards;
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "  rel_l2 %.2e  max %.2e (tol %.0e)  nonfinite %lld%s%s", e.rel_l2,
+                e.max_elem, tol, (long long)e.nonfinite, repeatable ? "" : "  NOT REPEATABLE",
+                guards ? "" : "  GUARD OVERWRITTEN");
+  report(ok, name + buf);
+  free_buffers(b);
+}
+
+void run_decline(sy::cuda::Context& ctx, const std::string& what, GroupedGemmArgs args) {
+  const bool launched = sy::cuda::grouped_gemm_sm90(ctx, args);
+  sync_or_die(ctx.stream, what);
+  report(!launched, "declines " + what);
+}
+
+std::vector<int64_t> random_rows(std::mt19937_64& rng, int groups, int64_t max_rows, int zeros) {
+  std::vector<int64_t> rows(groups);
+  std::uniform_int_distribution<int64_t> dist(0, max_rows);
+  for (auto& r : rows) r = dist(rng);
+  for (int z = 0; z < zeros && z < groups; ++z) rows[(z * 7) % groups] = 0;
+  return rows;
+}
+
+void correctness(sy::cuda::Context& ctx, bool quick) {
+  std::mt19937_64 rng(1234);
+  struct Shape {
+    int64_t K, N;
+    std::vector<int64_t> rows;
+  };
+  std::vector<Shape> shapes = {
+      {256, 384, {0, 1, 127, 129, 128, 64, 300, 1000}},         // 8 ragged groups
+      {512, 1024, random_rows(rng, 64, 200, 6)},                 // 64 groups, some empty
+      {1024, 256, {0, 0, 0, 2000, 0, 0, 0, 0}},                  // one group holds every row
+      {72, 136, {5, 130, 67}},                                   // K, N not multiples of 64
+      {8, 8, {1, 3}},                                            // the smallest K and N
+      {2048, 1024, {4096}},                                      // one large group
+      {1032, 520, random_rows(rng, 8, 700, 1)},                  // odd sizes, 8 groups
+  };
+  if (quick) shapes.resize(4);
+  uint64_t seed = 1;
+  for (const Shape& s : shapes) {
+    for (Form form : {Form::forward, Form::trans_b, Form::wgrad}) {
+      for (DType c : {DType::bf16, DType::f32}) {
+        for (bool acc : {false, true}) {
+          for (int bn : {128, 256}) {
+            Problem p;
+            p.form = form;
+            p.groups = int(s.rows.size());
+            p.K = s.K;
+            p.N = s.N;
+            p.rows = s.rows;
+            p.M = 0;
+            for (int64_t r : s.rows) p.M += r;
+            p.c_dtype = c;
+            p.accumulate = acc;
+            run_case(ctx, p, bn, seed++);
+          }
+        }
+      }
+    }
+  }
+  // Wgrad with every segment empty: C[g] = 0 (or unchanged when accumulating).
+  for (bool acc : {false, true}) {
+    Problem p;
+    p.form = Form::wgrad;
+    p.groups = 4;
+    p.K = 64;
+    p.N = 128;
+    p.rows = {0, 0, 0, 0};
+    p.c_dtype = DType::f32;
+    p.accumulate = acc;
+    run_case(ctx, p, 0, seed++);
+  }
+  set_bn(0);
+
+  // Cases the kernel must decline (the caller falls back).
+  Problem p;
+  p.form = Form::forward;
+  p.groups = 2;
+  p.K = 64;
+  p.N = 64;
+  p.rows = {10, 20};
+  p.M = 30;
+  Buffers b = make_buffers(p, 99, ctx.stream);
+  GroupedGemmArgs a = make_args(p, b);
+  {
+    GroupedGemmArgs x = a;
+    x.K = 60;  // rows of A no longer 16-byte multiples
+    run_decline(ctx, "K = 60 (not a multiple of 8)", x);
+  }
+  {
+    GroupedGemmArgs x = a;
+    x.N = 36;
+    run_decline(ctx, "N = 36 (not a multiple of 8)", x);
+  }
+  {
+    GroupedGemmArgs x = a;
+    x.A = b.A + 1;  // 2-byte aligned
+    run_decline(ctx, "misaligned A", x);
+  }
+  {
+    GroupedGemmArgs x = a;
+    x.kind = GroupedGemmKind::wgrad;
+    x.trans_b = true;
+    run_decline(ctx, "wgrad with trans_b", x);
+  }
+  {
+    GroupedGemmArgs x = a;
+    x.c_dtype = DType::f64;
+    run_decline(ctx, "C f64", x);
+  }
+  free_buffers(b);
+}
+
+// ---- part 2: speed ---------------------------------------------------------------------------
+struct Timing {
+  std::string label;
+  double ms_128 = 0, ms_256 = 0, ms_auto = 0, ms_dense = 0, ms_loop = 0, flops = 0;
+  bool ok = true;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Median over `reps` launches of `launch(i)` (i picks the input set), after one warm-up.
+template <class F>
+double time_ms(cudaStream_t stream, int reps, const std::string& what, F&& launch) {
+  cudaEvent_t start, stop;
+  CK(cudaEventCreate(&start));
+  CK(cudaEventCreate(&stop));
+  launch(0);
+  sync_or_die(stream, what);
+  std::vector<double> ms;
+  for (int i = 0; i < reps; ++i) {
+    CK(cudaEventRecord(start, stream));
+    launch(i + 1);
+    CK(cudaEventRecord(stop, stream));
+    sync_or_die(stream, what);
+    float t = 0;
+    CK(cudaEventElapsedTime(&t, start, stop));
+    ms.push_back(t);
+  }
+  CK(cudaEventDestroy(start));
+  CK(cudaEventDestroy(stop));
+  return median(ms);
+}
+
+// Row-major C = op(A) op(B) through cuBLAS' column-major C^T = op(B)^T op(A)^T.
+void cublas_gemm(cublasHandle_t h, Form form, int64_t M, int64_t K, int64_t N, const bf16* A,
+                 const bf16* B, void* C, bool c_f32) {
+  const float alpha = 1.f, beta = 0.f;
+  const cudaDataType_t ct = c_f32 ? CUDA_R_32F : CUDA_R_16BF;
+  cublasStatus_t s;
+  if (form == Form::wgrad)  // C[K, N] = A[M, K]^T B[M, N]
+    s = cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_T, int(N), int(K), int(M), &alpha, B, CUDA_R_16BF,
+                     int(N), A, CUDA_R_16BF, int(K), &beta, C, ct, int(N), CUBLAS_COMPUTE_32F,
+                     CUBLAS_GEMM_DEFAULT);
+  else  // C[M, N] = A[M, K] B[K, N] (or B[N, K]^T)
+    s = cublasGemmEx(h, form == Form::trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, int(N),
+                     int(M), int(K), &alpha, B, CUDA_R_16BF, form == Form::trans_b ? int(K) : int(N),
+                     A, CUDA_R_16BF, int(K), &beta, C, ct, int(N), CUBLAS_COMPUTE_32F,
+                     CUBLAS_GEMM_DEFAULT);
+  check_cublas(s, "cublasGemmEx");
+}
+
+std::vector<int64_t> skewed_rows(std::mt19937_64& rng, int groups, int64_t total) {
+  // Loads of a trained router: each expert gets 0.5x to 1.5x the mean, summing to `total`.
+  std::uniform_real_distribution<double> u(0.5, 1.5);
+  std::vector<double> w(groups);
+  double sum = 0;
+  for (auto& x : w) sum += (x = u(rng));
+  std::vector<int64_t> rows(groups);
+  int64_t given = 0;
+  for (int g = 0; g < groups; ++g) given += (rows[g] = int64_t(double(total) * w[g] / sum));
+  rows[0] += total - given;
+  return rows;
+}
+
+void speed(sy::cuda::Context& ctx, bool quick, std::vector<Timing>& table) {
+  cublasHandle_t handle;
+  check_cublas(cublasCreate(&handle), "cublasCreate");
+  check_cublas(cublasSetStream(handle, ctx.stream), "cublasSetStream");
+  std::mt19937_64 rng(42);
+  const std::vector<std::pair<int64_t, int64_t>> kn = {{2048, 8192}, {8192, 2048}, {2048, 1024}, {1024, 2048}};
+  const std::vector<int64_t> ms = quick ? std::vector<int64_t>{32768} : std::vector<int64_t>{4096, 32768, 131072};
+  uint64_t seed = 1000;
+  for (auto [K, N] : kn) {
+    for (int groups : {8, 64}) {
+      for (int64_t M : ms) {
+        for (Form form : {Form::forward, Form::trans_b, Form::wgrad}) {
+          Problem p;
+          p.form = form;
+          p.groups = groups;
+          p.K = K;
+          p.N = N;
+          p.M = M;
+          p.rows = skewed_rows(rng, groups, M);
+          p.c_dtype = form == Form::wgrad ? DType::f32 : DType::bf16;  // weight gradients in f32
+          // Rotate input sets so that one launch does not find the previous one's data in L2.
+          const double set_bytes = double(p.M * p.K + p.b_elems()) * 2 + double(p.c_bytes());
+          const int sets = int(std::clamp(std::ceil(256e6 / set_bytes), 1.0, 4.0));
+          std::vector<Buffers> bufs;
+          for (int s = 0; s < sets; ++s) bufs.push_back(make_buffers(p, seed++, ctx.stream));
+          sync_or_die(ctx.stream, "set-up " + p.name(), 600.0);
+          Timing t;
+          t.label = p.name();
+          t.flops = p.flops();
+          // Check the automatic choice on sampled elements (segment ends included).
+          set_bn(0);
+          reset_c(p, bufs[0], ctx.stream);
+          if (!sy::cuda::grouped_gemm_sm90(ctx, make_args(p, bufs[0]))) {
+            report(false, "bench " + p.name() + " declined");
+            t.ok = false;
+          } else {
+            sync_or_die(ctx.stream, p.name());
+            std::vector<int64_t> idx;
+            std::uniform_int_distribution<int64_t> any(0, p.c_elems() - 1);
+            for (int i = 0; i < 4096; ++i) idx.push_back(any(rng));
+            if (form != Form::wgrad) {  // the last and first rows of each segment
+              int64_t end = 0;
+              for (int64_t r : p.rows) {
+                end += r;
+                for (int64_t row : {end - 1, end})
+                  if (row >= 0 && row < p.M) idx.push_back(row * N + any(rng) % N);
+              }
+            }
+            const Errors e = compare(p, bufs[0], idx, ctx.stream);
+            t.ok = e.nonfinite == 0 && e.rel_l2 <= tolerance(p) && e.max_elem <= tolerance(p) &&
+                   guards_intact(p, bufs[0]);
+            char buf[120];
+            std::snprintf(buf, sizeof buf, "  sampled %lld: rel_l2 %.2e  max %.2e",
+                          (long long)e.checked, e.rel_l2, e.max_elem);
+            report(t.ok, "bench " + p.name() + buf);
+          }
+          // A slow kernel gets fewer repetitions so that the whole run stays within minutes.
+          const int reps = p.flops() > 1e12 ? 10 : 20;
+          auto grouped = [&](int i) { sy::cuda::grouped_gemm_sm90(ctx, make_args(p, bufs[i % sets])); };
+          if (t.ok) {
+            t.ms_auto = time_ms(ctx.stream, reps, p.name(), grouped);
+            set_bn(128);
+            t.ms_128 = time_ms(ctx.stream, reps, p.name(), grouped);
+            set_bn(256);
+            t.ms_256 = time_ms(ctx.stream, reps, p.name(), grouped);
+            set_bn(0);
+          }
+          t.ms_dense = time_ms(ctx.stream, reps, "cublas dense", [&](int i) {
+            const Buffers& b = bufs[i % sets];
+            cublas_gemm(handle, form, p.M, p.K, p.N, b.A, b.B, b.C, p.c_dtype == DType::f32);
+          });
+          t.ms_loop = time_ms(ctx.stream, reps, "cublas loop", [&](int i) {
+            const Buffers& b = bufs[i % sets];
+            const size_t c_size = p.c_dtype == DType::f32 ? 4 : 2;
+            int64_t row = 0;
+            for (int g = 0; g < p.groups; ++g) {
+              const int64_t r = p.rows[g];
+              if (r > 0) {
+                const bf16* A = b.A + row * p.K;
+                if (form == Form::wgrad)
+                  cublas_gemm(handle, form, r, p.K, p.N, A, b.B + row * p.N,
+                              static_cast<char*>(b.C) + size_t(g) * p.K * p.N * c_size, true);
+                else
+                  cublas_gemm(handle, form, r, p.K, p.N, A, b.B + int64_t(g) * p.K * p.N,
+                              static_cast<char*>(b.C) + size_t(row) * p.N * c_size, false);
+              }
+              row += r;
+            }
+          });
+          table.push_back(t);
+          for (Buffers& b : bufs) free_buffers(b);
+        }
+      }
+    }
+  }
+  cublasDestroy(handle);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false, bench = true, checks = true;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--no-bench")) bench = false;
+    else if (!std::strcmp(argv[i], "--no-check")) checks = false;
+    else {
+      std::printf("usage: %s [--quick] [--no-bench] [--no-check]\n", argv[0]);
+      return 2;
+    }
+  }
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("SKIP: no CUDA device\n");
+    return 0;
+  }
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device 0: %s, CC %d.%d, %d SMs\n", prop.name, prop.major, prop.minor,
+              prop.multiProcessorCount);
+  if (prop.major != 9 || prop.minor != 0) {
+    std::printf("SKIP: the sm_90a kernel needs a CC 9.0 device\n");
+    return 0;
+  }
+  CK(cudaSetDevice(0));
+  sy::cuda::Context ctx;
+  ctx.device = 0;
+  CK(cudaStreamCreateWithFlags(&ctx.stream, cudaStreamNonBlocking));
+
+  if (checks) correctness(ctx, quick);
+  std::vector<Timing> table;
+  if (bench) speed(ctx, quick, table);
+
+  if (!table.empty()) {
+    std::printf("\nTFLOP/s (median of 10-20, 2*M*K*N / time); auto = the kernel's own tile choice\n");
+    std::printf("%-52s %8s %8s %8s %8s %8s %9s\n", "case", "auto", "BN=128", "BN=256", "dense",
+                "loop", "auto ms");
+    for (const Timing& t : table) {
+      auto tf = [&](double ms) { return ms > 0 ? t.flops / (ms * 1e-3) / 1e12 : 0.0; };
+      std::printf("%-52s %8.1f %8.1f %8.1f %8.1f %8.1f %9.3f%s\n", t.label.c_str(), tf(t.ms_auto),
+                  tf(t.ms_128), tf(t.ms_256), tf(t.ms_dense), tf(t.ms_loop), t.ms_auto,
+                  t.ok ? "" : "  FAIL");
+    }
+  }
+  std::printf("\n%s: %d failure(s)\n", failures ? "FAILED" : "ALL PASSED", failures);
+  CK(cudaStreamDestroy(ctx.stream));
+  return failures ? 1 : 0;
+}

@@ -1,0 +1,751 @@
+// The Hopper grouped GEMM (model/cuda/grouped_gemm.h has the contract; NOTES-grouped-gemm.md the
+// design, the arithmetic of the benchmark cases and what to try next).
+//
+// One persistent launch per call: a grid of min(#SMs, tiles) CTAs walks one tile list that covers
+// every group (tile t, t + gridDim.x, ...). A CTA is three warpgroups:
+//   warpgroup 0  the producer: one thread issues TMA loads (128B-swizzled boxes) into a ring of
+//                kStages shared-memory stages, each guarded by a "full" mbarrier (expect-tx) and
+//                an "empty" mbarrier (one arrival per consumer warp);
+//   warpgroups 1, 2  the consumers: each owns 64 rows of the 128 x BN tile and runs
+//                wgmma.mma_async m64nBNk16 from shared memory into f32 registers, then writes
+//                its rows straight from registers to C (masked at the segment end and at N).
+// setmaxnreg moves registers from the producer (40) to the consumers (232).
+//
+// Operand forms (wgmma's transpose bits; both allowed for 16-bit types):
+//   forward          A [M_total, K] K-major;  B[g] [K, N] N-major (3D map {N, K, G})
+//   forward trans_b  A K-major;               B[g] [N, K] K-major (3D map {K, N, G})
+//   wgrad            A^T: A [M_total, K] is M-major; B [M_total, N] N-major; the reduction runs
+//                    over the segment's rows.
+// Out-of-bounds boxes are zero-filled by the TMA, which covers K tails (the 3D maps keep one
+// group's B from reading the next group's) and rows past M_total. Rows past a segment's end that
+// are still inside the tensor are real data of the next group:
+//   forward: they only feed C rows past the segment end, which the epilogue does not store;
+//   wgrad:   they would feed the reduction, so the consumers zero them in shared memory after the
+//            TMA lands (generic-proxy stores, then fence.proxy.async so wgmma's async-proxy reads
+//            see them, then a named barrier over both consumer warpgroups since they share B).
+//            Zeroing costs a few hundred shared stores once per tile, against a predicated
+//            load path that would slow every chunk; both A and B rows are zeroed so that an
+//            Inf or NaN in the next expert's data cannot leak (0 * Inf = NaN).
+// Each C element is written by one thread with one fixed-order f32 sum: results are bitwise
+// repeatable, and no C element outside the covered region is touched.
+//
+// Debug hook: build with -DSY_GG_SM90_DEBUG=1 (e.g. CMAKE_CUDA_FLAGS) and every mbarrier wait is
+// bounded: a wait that spins ~2^28 times writes (block, thread, barrier, parity, iteration) to
+// mapped host memory and traps; the host synchronises after each launch and reports the record
+// in the exception (no device printf).
+#include <cuda.h>          // CUtensorMap and its enums (types only: libcuda is not linked)
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled_v12000
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <type_traits>
+
+#include "model/cuda/grouped_gemm.h"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define SY_GG_SM90_DEVICE 1
+#endif
+
+namespace sy::cuda {
+namespace {
+
+constexpr const char* kOp = "grouped_gemm_sm90";
+
+// ---- tile geometry ---------------------------------------------------------------------------
+constexpr int kBM = 128;                  // tile rows: two consumer warpgroups of 64
+constexpr int kBK = 64;                   // reduction chunk: one 128-byte swizzle row of bf16
+constexpr int kConsumers = 2;
+constexpr int kCtaThreads = 128 * (1 + kConsumers);
+constexpr int kMaxGroups = 1024;          // segment offsets and tile starts live in shared memory
+[[maybe_unused]] constexpr int kSwizzleBytes = 128;
+[[maybe_unused]] constexpr int kBoxBytes = 64 * kBK * 2;   // one 64 x 64 bf16 box: 8 KiB, 8 swizzle atoms of 1 KiB
+
+enum class Form { forward, forward_trans_b, wgrad };
+
+template <int BN>
+struct Geometry {
+  static_assert(BN == 128 || BN == 256, "BN is 128 or 256");
+  static constexpr int kStages = BN == 256 ? 4 : 6;
+  static constexpr int kABytes = kBM * kBK * 2;  // 16 KiB: two 64-row halves, one per consumer
+  static constexpr int kBBytes = BN * kBK * 2;
+  static constexpr int kStageBytes = kABytes + kBBytes;
+  static constexpr int kBarrierBytes = 2 * kStages * 8;
+  static constexpr int kTableBytes = 2 * (kMaxGroups + 1) * 4;
+  // 1 KiB of slack: the swizzled stages need 1024-byte alignment, which the dynamic shared
+  // memory base does not promise.
+  static constexpr int kSmemBytes = 1024 + kStages * kStageBytes + kBarrierBytes + kTableBytes;
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory");
+};
+
+struct KernelParams {
+  int groups = 0, M_total = 0, K = 0, N = 0;
+  const int32_t* offsets = nullptr;    // [groups + 1]
+  void* C = nullptr;
+  int accumulate = 0;
+  unsigned long long* debug = nullptr;  // SY_GG_SM90_DEBUG: mapped host words, else unused
+};
+
+// What one tile covers. Forward: C rows [m0, m0 + 128) of the segment ending at row_end, columns
+// [n0, n0 + BN), reduction over k in [0, K). Wgrad: C[group] rows (K indices) [m0, m0 + 128) below
+// row_end = K, reduction over the segment's rows [red_begin, red_begin + red_len).
+struct Tile {
+  int group, m0, n0, row_end, red_begin, red_len;
+};
+
+#ifdef SY_GG_SM90_DEVICE
+// ---- PTX wrappers ----------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n"
+      "}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+
+// Waits for the phase of `bar` with the given parity to complete.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity, const KernelParams& p,
+                                          int iteration) {
+#ifdef SY_GG_SM90_DEBUG
+  long long spins = 0;
+  while (!mbar_try_wait(bar, parity)) {
+    if (++spins == (1ll << 28)) {
+      volatile unsigned long long* d = p.debug;
+      d[1] = (static_cast<unsigned long long>(blockIdx.x) << 32) | threadIdx.x;
+      d[2] = (static_cast<unsigned long long>(bar) << 32) | parity;
+      d[3] = static_cast<unsigned long long>(iteration);
+      __threadfence_system();
+      d[0] = 1;
+      __threadfence_system();
+      __trap();
+    }
+  }
+#else
+  while (!mbar_try_wait(bar, parity)) {
+  }
+#endif
+}
+
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, uint32_t bar,
+                                            int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4}], [%2];" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+}
+
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, uint32_t bar,
+                                            int c0, int c1, int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4, %5}], [%2];" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+
+__device__ __forceinline__ void prefetch_tensor_map(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_wait_all() {
+  asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+}
+
+// Pins the accumulators in place: the compiler may not move their reads or writes across this
+// point. wgmma writes them asynchronously, behind the compiler's back, so every use must stay
+// between wgmma.fence and issue, or after wgmma.wait_group.
+template <int kCount>
+__device__ __forceinline__ void fence_accumulators(float (&acc)[kCount]) {
+#pragma unroll
+  for (int i = 0; i < kCount; ++i) asm volatile("" : "+f"(acc[i])::"memory");
+}
+
+// Makes this thread's generic-proxy shared-memory stores visible to the async proxy (wgmma, TMA).
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+
+// Named barrier 1 over the two consumer warpgroups (barrier 0 is __syncthreads).
+__device__ __forceinline__ void consumers_sync() {
+  asm volatile("bar.sync 1, %0;" ::"n"(128 * kConsumers) : "memory");
+}
+
+__device__ __forceinline__ void st_shared_zero16(uint32_t addr) {
+  asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};" ::"r"(addr), "r"(0) : "memory");
+}
+
+// wgmma shared-memory matrix descriptor: start address >> 4 (bits 0-13), leading byte offset >> 4
+// (16-29), stride byte offset >> 4 (32-45), base offset 0 (the stages are 1024-byte aligned),
+// layout type 1 = 128-byte swizzle (62-63).
+//   K-major, 128B swizzle: rows of 64 bf16 (128 B) at 128 B, 8-row atoms at SBO = 1024 B; LBO is
+//     unused (1). The k16 steps inside the 64-wide row advance the start address by 32 B: the
+//     swizzle is applied to the computed address, so this stays consistent with the TMA layout.
+//   MN-major, 128B swizzle: 64 MN-contiguous bf16 per 128 B row, one row per k; 8-k atoms at
+//     SBO = 1024 B; the next 64 MN elements at LBO (our boxes: 8 KiB). k16 steps advance 2 KiB.
+__device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  uint64_t desc = 0;
+  desc |= static_cast<uint64_t>((addr & 0x3FFFF) >> 4);
+  desc |= static_cast<uint64_t>((lbo >> 4) & 0x3FFF) << 16;
+  desc |= static_cast<uint64_t>((sbo >> 4) & 0x3FFF) << 32;
+  desc |= 1ull << 62;
+  return desc;
+}
+
+// D[64 x 128] += A[64 x 16] B[16 x 128]; A, B in shared memory (descriptors), D in f32 registers.
+template <int kTransA, int kTransB>
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
+                                                 int scale_d) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, %64, %65, p, 1, 1, %67, %68;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransA), "n"(kTransB));
+}
+
+// D[64 x 256] += A[64 x 16] B[16 x 256]; A, B in shared memory (descriptors), D in f32 registers.
+template <int kTransA, int kTransB>
+__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b,
+                                                 int scale_d) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+      "}, %128, %129, p, 1, 1, %131, %132;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransA), "n"(kTransB));
+}
+
+template <int BN, int kTransA, int kTransB>
+__device__ __forceinline__ void wgmma_tile(float (&acc)[BN / 2], uint64_t desc_a, uint64_t desc_b) {
+  if constexpr (BN == 128) wgmma_m64n128k16<kTransA, kTransB>(acc, desc_a, desc_b, 1);
+  else wgmma_m64n256k16<kTransA, kTransB>(acc, desc_a, desc_b, 1);
+}
+
+template <class CT>
+__device__ __forceinline__ void store_pair(CT* p, float x, float y, bool accumulate) {
+  if constexpr (std::is_same_v<CT, float>) {
+    float2 v = make_float2(x, y);
+    if (accumulate) {
+      const float2 old = *reinterpret_cast<const float2*>(p);
+      v.x += old.x;
+      v.y += old.y;
+    }
+    *reinterpret_cast<float2*>(p) = v;
+  } else {
+    if (accumulate) {
+      const __nv_bfloat162 old = *reinterpret_cast<const __nv_bfloat162*>(p);
+      x += __low2float(old);
+      y += __high2float(old);
+    }
+    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(x, y);
+  }
+}
+
+template <Form F, int BN>
+__device__ __forceinline__ Tile decode_tile(int t, const KernelParams& p, const int* seg_off,
+                                            const int* tile_start) {
+  const int n_tiles = (p.N + BN - 1) / BN;
+  Tile tile;
+  if constexpr (F == Form::wgrad) {
+    const int per_group = ((p.K + kBM - 1) / kBM) * n_tiles;
+    tile.group = t / per_group;
+    const int local = t - tile.group * per_group;
+    tile.m0 = (local / n_tiles) * kBM;
+    tile.n0 = (local % n_tiles) * BN;
+    tile.row_end = p.K;
+    tile.red_begin = seg_off[tile.group];
+    tile.red_len = seg_off[tile.group + 1] - tile.red_begin;
+  } else {
+    // The group g with tile_start[g] <= t < tile_start[g + 1] (empty groups own no tiles).
+    int lo = 0, hi = p.groups - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi) >> 1;
+      if (tile_start[mid + 1] <= t) lo = mid + 1;
+      else hi = mid;
+    }
+    tile.group = lo;
+    const int local = t - tile_start[lo];
+    // n fastest: the CTAs working at one time share a few 128-row blocks of A and all of B[g].
+    tile.m0 = seg_off[lo] + (local / n_tiles) * kBM;
+    tile.n0 = (local % n_tiles) * BN;
+    tile.row_end = seg_off[lo + 1];
+    tile.red_begin = 0;
+    tile.red_len = p.K;
+  }
+  return tile;
+}
+#endif  // SY_GG_SM90_DEVICE
+
+// grid: min(#SMs, tiles); block: 384 threads; dynamic shared memory Geometry<BN>::kSmemBytes.
+template <int BN, Form F, class CT>
+__global__ void __launch_bounds__(kCtaThreads, 1)
+    grouped_gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a,
+                             const __grid_constant__ CUtensorMap map_b, const KernelParams p) {
+#ifdef SY_GG_SM90_DEVICE
+  using G = Geometry<BN>;
+  constexpr int kStages = G::kStages;
+  constexpr bool kWgrad = F == Form::wgrad;
+  constexpr int kTransA = kWgrad ? 1 : 0;                    // A M-major in wgrad
+  constexpr int kTransB = F == Form::forward_trans_b ? 0 : 1;  // B N-major unless trans_b
+
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t raw = smem_addr(smem_raw);
+  const uint32_t stages = (raw + 1023u) & ~1023u;  // 1024-aligned: the 128B swizzle's period
+  uint8_t* const base = smem_raw + (stages - raw);
+  const uint32_t full_bar = stages + kStages * G::kStageBytes;  // [kStages] x 8 B
+  const uint32_t empty_bar = full_bar + kStages * 8;            // [kStages] x 8 B
+  int* const seg_off = reinterpret_cast<int*>(base + kStages * G::kStageBytes + G::kBarrierBytes);
+  int* const tile_start = seg_off + (kMaxGroups + 1);
+
+  // ---- set-up: barriers, the segment offsets and every group's first tile -------------------
+  for (int i = threadIdx.x; i <= p.groups; i += blockDim.x) seg_off[i] = p.offsets[i];
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(full_bar + 8 * s, 1);                 // the producer's expect-tx arrival
+      mbar_init(empty_bar + 8 * s, 4 * kConsumers);   // one arrival per consumer warp
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    fence_proxy_async_shared();
+    prefetch_tensor_map(&map_a);
+    prefetch_tensor_map(&map_b);
+  }
+  __syncthreads();
+  const int n_tiles = (p.N + BN - 1) / BN;
+  if (threadIdx.x < 32) {  // tile_start[g + 1] = tiles of groups 0..g, a warp-wide running scan
+    const int lane = threadIdx.x;
+    if (lane == 0) tile_start[0] = 0;
+    int running = 0;
+    for (int first = 0; first < p.groups; first += 32) {
+      const int g = first + lane;
+      int count = 0;
+      if (g < p.groups) {
+        count = kWgrad ? ((p.K + kBM - 1) / kBM) * n_tiles
+                       : ((seg_off[g + 1] - seg_off[g] + kBM - 1) / kBM) * n_tiles;
+      }
+      int inclusive = count;
+      for (int d = 1; d < 32; d <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, inclusive, d);
+        if (lane >= d) inclusive += v;
+      }
+      if (g < p.groups) tile_start[g + 1] = running + inclusive;
+      running += __shfl_sync(0xffffffffu, inclusive, 31);
+    }
+  }
+  __syncthreads();
+  const int total_tiles = tile_start[p.groups];
+  const int warpgroup = threadIdx.x / 128;
+
+  if (warpgroup == 0) {
+    // ---- producer ----------------------------------------------------------------------------
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;" ::: "memory");
+    if (threadIdx.x != 0) return;
+    int it = 0;  // chunks issued so far by this CTA: stage it % kStages, pass it / kStages
+    for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
+      const Tile tile = decode_tile<F, BN>(t, p, seg_off, tile_start);
+      const int chunks = (tile.red_len + kBK - 1) / kBK;
+      for (int c = 0; c < chunks; ++c, ++it) {
+        const int s = it % kStages;
+        // A fresh barrier counts as having completed the phase before phase 0: the first pass
+        // over the ring does not wait.
+        mbar_wait(empty_bar + 8 * s, ((it / kStages) & 1) ^ 1, p, it);
+        const uint32_t a_dst = stages + s * G::kStageBytes;
+        const uint32_t b_dst = a_dst + G::kABytes;
+        const uint32_t bar = full_bar + 8 * s;
+        mbar_arrive_expect_tx(bar, G::kStageBytes);  // out-of-bounds fill counts too
+        const int red = tile.red_begin + c * kBK;
+        if constexpr (kWgrad) {
+          // A box {64 K-columns, 64 rows} per consumer half; B boxes {64 N-columns, 64 rows}.
+          for (int h = 0; h < kConsumers; ++h)
+            tma_load_2d(a_dst + h * kBoxBytes, &map_a, bar, tile.m0 + 64 * h, red);
+          for (int j = 0; j < BN / 64; ++j)
+            tma_load_2d(b_dst + j * kBoxBytes, &map_b, bar, tile.n0 + 64 * j, red);
+        } else {
+          tma_load_2d(a_dst, &map_a, bar, red, tile.m0);  // box {64 k, 128 rows}
+          if constexpr (F == Form::forward) {
+            for (int j = 0; j < BN / 64; ++j)  // box {64 n, 64 k, 1 group}
+              tma_load_3d(b_dst + j * kBoxBytes, &map_b, bar, tile.n0 + 64 * j, red, tile.group);
+          } else {
+            tma_load_3d(b_dst, &map_b, bar, red, tile.n0, tile.group);  // box {64 k, BN n, 1}
+          }
+        }
+      }
+    }
+    return;
+  }
+
+  // ---- consumers ------------------------------------------------------------------------------
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;" ::: "memory");
+  const int half = warpgroup - 1;              // rows [64 half, 64 half + 64) of each tile
+  const int consumer_thread = threadIdx.x - 128;  // 0..255 over both consumer warpgroups
+  const int lane = threadIdx.x & 31;
+  const int warp_in_group = (threadIdx.x / 32) & 3;
+  // K-major operands step 32 B per k16 inside the swizzled row; M/N-major ones 16 rows of 128 B.
+  constexpr uint32_t kStepA = kTransA ? 16 * kSwizzleBytes : 32;
+  constexpr uint32_t kStepB = kTransB ? 16 * kSwizzleBytes : 32;
+  constexpr uint32_t kLboA = kTransA ? kBoxBytes : 16;
+  constexpr uint32_t kLboB = kTransB ? kBoxBytes : 16;
+  CT* const C = static_cast<CT*>(p.C);
+  float acc[BN / 2];
+  int it = 0;
+  for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
+    const Tile tile = decode_tile<F, BN>(t, p, seg_off, tile_start);
+    const int chunks = (tile.red_len + kBK - 1) / kBK;
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;  // an empty wgrad segment stores zeros
+    for (int c = 0; c < chunks; ++c, ++it) {
+      const int s = it % kStages;
+      mbar_wait(full_bar + 8 * s, (it / kStages) & 1, p, it);
+      const uint32_t stage = stages + s * G::kStageBytes;
+      if constexpr (kWgrad) {
+        const int valid = tile.red_len - c * kBK;  // rows of this chunk inside the segment
+        if (valid < kBK) {
+          // Zero rows [valid, 64) of every box (A halves and B boxes alike: one box is 64 rows
+          // of 128 B, the swizzle permutes 16-byte pieces within a row only).
+          constexpr int kBoxes = (G::kStageBytes) / kBoxBytes;
+          const int per_box = (kBK - valid) * (kSwizzleBytes / 16);
+          for (int i = consumer_thread; i < kBoxes * per_box; i += 128 * kConsumers) {
+            const int box = i / per_box, piece = i - box * per_box;
+            st_shared_zero16(stage + box * kBoxBytes + valid * kSwizzleBytes + piece * 16);
+          }
+          fence_proxy_async_shared();
+          consumers_sync();
+        }
+      }
+      const uint64_t desc_a = make_desc(stage + half * kBoxBytes, kLboA, 1024);
+      const uint64_t desc_b = make_desc(stage + G::kABytes, kLboB, 1024);
+      fence_accumulators(acc);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBK / 16; ++kk)
+        wgmma_tile<BN, kTransA, kTransB>(acc, desc_a + ((kk * kStepA) >> 4),
+                                         desc_b + ((kk * kStepB) >> 4));
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_accumulators(acc);
+      if (lane == 0) mbar_arrive(empty_bar + 8 * s);
+    }
+
+    // ---- epilogue: accumulator fragment (m64nN f32) -> C, masked ----------------------------
+    // Thread (warp w, lane l) holds rows 16 w + l / 4 and + 8, columns 8 j + 2 (l % 4) + {0, 1}.
+    const int row0 = tile.m0 + 64 * half + 16 * warp_in_group + lane / 4;
+    const int row1 = row0 + 8;
+    CT* const c_block = C + (kWgrad ? static_cast<int64_t>(tile.group) * p.K * p.N : 0);
+    const bool ok0 = row0 < tile.row_end, ok1 = row1 < tile.row_end;
+    CT* const c_row0 = c_block + static_cast<int64_t>(row0) * p.N;
+    CT* const c_row1 = c_block + static_cast<int64_t>(row1) * p.N;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+      const int col = tile.n0 + 8 * j + 2 * (lane & 3);
+      if (col < p.N) {  // N is a multiple of 8, so col + 1 < N too
+        if (ok0) store_pair(c_row0 + col, acc[4 * j], acc[4 * j + 1], p.accumulate != 0);
+        if (ok1) store_pair(c_row1 + col, acc[4 * j + 2], acc[4 * j + 3], p.accumulate != 0);
+      }
+    }
+  }
+#endif  // SY_GG_SM90_DEVICE
+}
+
+}  // namespace
+
+// ---- host side -------------------------------------------------------------------------------
+namespace {
+
+struct DeviceInfo {
+  bool sm90 = false;  // compute capability 9.0 exactly: the sm_90a cubin runs there only
+  int sms = 0;
+};
+
+DeviceInfo device_info(int device) {
+  static std::mutex mutex;
+  static std::map<int, DeviceInfo> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto found = cache.find(device);
+  if (found != cache.end()) return found->second;
+  DeviceInfo info;
+  int major = 0, minor = 0, sms = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess &&
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess) {
+    info.sm90 = major == 9 && minor == 0 && sms > 0;
+    info.sms = sms;
+  } else {
+    cudaGetLastError();  // clear the sticky-free error so the caller's next check is clean
+  }
+  cache[device] = info;
+  return info;
+}
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point (no libcuda link).
+PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* entry = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &entry, 12000,
+                                         cudaEnableDefault, &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      entry = nullptr;
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(entry);
+  }();
+  return fn;
+}
+
+// A bf16 tensor map with a 128B-swizzled box; dims and box innermost first, strides in bytes of
+// dims 1.. . False when the driver refuses it (the caller then declines the case).
+bool make_map(CUtensorMap* map, const void* data, int rank, const uint64_t* dims,
+              const uint64_t* strides, const uint32_t* box) {
+  cuuint64_t d[3], s[2];
+  cuuint32_t b[3], one[3] = {1, 1, 1};
+  for (int i = 0; i < rank; ++i) {
+    d[i] = dims[i];
+    b[i] = box[i];
+    if (i + 1 < rank) s[i] = strides[i];
+  }
+  const CUresult status = encode_tiled()(
+      map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, static_cast<cuuint32_t>(rank),
+      const_cast<void*>(data), d, s, b, one, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);  // out-of-bounds elements read as zero
+  return status == CUDA_SUCCESS;
+}
+
+#ifdef SY_GG_SM90_DEBUG
+// Four words of mapped pinned host memory: they stay readable after a trap has broken the context.
+volatile unsigned long long* debug_host = nullptr;
+
+unsigned long long* debug_words(Context& ctx) {
+  static unsigned long long* device = nullptr;
+  if (!debug_host) {
+    unsigned long long* host = nullptr;
+    SY_CUDA(ctx, kOp, cudaHostAlloc(reinterpret_cast<void**>(&host), 4 * sizeof(*host),
+                                    cudaHostAllocMapped));
+    std::memset(host, 0, 4 * sizeof(*host));
+    SY_CUDA(ctx, kOp, cudaHostGetDevicePointer(reinterpret_cast<void**>(&device), host, 0));
+    debug_host = host;
+  }
+  return device;
+}
+
+// Synchronises; a timed-out wait is reported with what it was waiting for.
+void debug_check(Context& ctx) {
+  const cudaError_t status = cudaStreamSynchronize(ctx.stream);
+  const volatile unsigned long long* w = debug_host;
+  if (w[0] != 0) {
+    fail(ctx, kOp, "mbarrier wait timed out: block " + std::to_string(w[1] >> 32) + " thread " +
+                       std::to_string(w[1] & 0xffffffffu) + " barrier at shared " +
+                       std::to_string(w[2] >> 32) + " parity " + std::to_string(w[2] & 1) +
+                       " iteration " + std::to_string(w[3]) + " (" + cudaGetErrorName(status) +
+                       ")");
+  }
+  SY_CUDA(ctx, kOp, status);
+}
+#endif
+
+template <int BN, Form F, class CT>
+void launch(Context& ctx, const CUtensorMap& map_a, const CUtensorMap& map_b,
+            const KernelParams& params, int grid) {
+  constexpr int smem = Geometry<BN>::kSmemBytes;
+  auto kernel = grouped_gemm_sm90_kernel<BN, F, CT>;
+  SY_CUDA(ctx, kOp, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  kernel<<<grid, kCtaThreads, smem, ctx.stream>>>(map_a, map_b, params);
+  check_launch(ctx, kOp);
+#ifdef SY_GG_SM90_DEBUG
+  debug_check(ctx);
+#endif
+}
+
+template <int BN>
+void dispatch(Context& ctx, Form form, DType c_dtype, const CUtensorMap& map_a,
+              const CUtensorMap& map_b, const KernelParams& params, int grid) {
+  const bool f32 = c_dtype == DType::f32;
+  switch (form) {
+    case Form::forward:
+      return f32 ? launch<BN, Form::forward, float>(ctx, map_a, map_b, params, grid)
+                 : launch<BN, Form::forward, bf16>(ctx, map_a, map_b, params, grid);
+    case Form::forward_trans_b:
+      return f32 ? launch<BN, Form::forward_trans_b, float>(ctx, map_a, map_b, params, grid)
+                 : launch<BN, Form::forward_trans_b, bf16>(ctx, map_a, map_b, params, grid);
+    case Form::wgrad:
+      return f32 ? launch<BN, Form::wgrad, float>(ctx, map_a, map_b, params, grid)
+                 : launch<BN, Form::wgrad, bf16>(ctx, map_a, map_b, params, grid);
+  }
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int64_t count_tiles(const GroupedGemmArgs& a, int bn) {
+  const int64_t n_tiles = ceil_div(a.N, bn);
+  if (a.kind == GroupedGemmKind::wgrad) return a.groups * ceil_div(a.K, kBM) * n_tiles;
+  int64_t tiles = 0;
+  for (int64_t g = 0; g < a.groups; ++g) tiles += ceil_div(a.host_rows[g], kBM) * n_tiles;
+  return tiles;
+}
+
+}  // namespace
+
+bool grouped_gemm_sm90(Context& ctx, const GroupedGemmArgs& a) {
+  const bool wgrad = a.kind == GroupedGemmKind::wgrad;
+  // ---- what this kernel handles; anything else falls back -----------------------------------
+  constexpr int64_t kMaxExtent = INT32_MAX - 1024;  // TMA coordinates and tile indices are int32
+  if (wgrad && a.trans_b) return false;
+  if (a.groups < 1 || a.groups > kMaxGroups) return false;
+  if (a.K <= 0 || a.N <= 0 || a.K % 8 != 0 || a.N % 8 != 0) return false;  // 16-byte rows
+  if (a.M_total < 0 || a.M_total > kMaxExtent || a.K > kMaxExtent || a.N > kMaxExtent) return false;
+  if (a.c_dtype != DType::bf16 && a.c_dtype != DType::f32) return false;
+  if (!a.host_rows || !a.dev_offsets || !a.C || !aligned16(a.C)) return false;
+  if (a.M_total > 0 && (!a.A || !a.B || !aligned16(a.A) || !aligned16(a.B))) return false;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  const DeviceInfo info = device_info(device);
+  if (!info.sm90 || !encode_tiled()) return false;
+
+  int64_t rows = 0;
+  for (int64_t g = 0; g < a.groups; ++g) {
+    if (a.host_rows[g] < 0) fail(ctx, kOp, "negative segment size for group " + std::to_string(g));
+    rows += a.host_rows[g];
+  }
+  if (rows != a.M_total)
+    fail(ctx, kOp, "segment sizes sum to " + std::to_string(rows) + ", M_total is " +
+                       std::to_string(a.M_total));
+
+  const size_t c_bytes = a.c_dtype == DType::f32 ? 4 : 2;
+  if (a.M_total == 0) {  // nothing to reduce or to compute
+    if (wgrad && !a.accumulate)
+      SY_CUDA(ctx, kOp, cudaMemsetAsync(a.C, 0, static_cast<size_t>(a.groups * a.K * a.N) * c_bytes,
+                                        ctx.stream));
+    return true;
+  }
+
+  // ---- tile width: 128 x 256 tiles unless that leaves SMs idle (SY_GG_SM90_BN=128|256 forces)
+  int bn = count_tiles(a, 256) >= 2 * info.sms ? 256 : 128;
+  if (const char* forced = std::getenv("SY_GG_SM90_BN")) {
+    if (std::strcmp(forced, "128") == 0) bn = 128;
+    else if (std::strcmp(forced, "256") == 0) bn = 256;
+  }
+  const int64_t tiles = count_tiles(a, bn);
+  if (tiles == 0) return true;  // forward: every segment empty
+  if (tiles > INT32_MAX) return false;
+
+  // ---- tensor maps ---------------------------------------------------------------------------
+  const uint64_t M = static_cast<uint64_t>(a.M_total), K = static_cast<uint64_t>(a.K),
+                 N = static_cast<uint64_t>(a.N), G = static_cast<uint64_t>(a.groups);
+  const Form form = wgrad ? Form::wgrad : (a.trans_b ? Form::forward_trans_b : Form::forward);
+  CUtensorMap map_a, map_b;
+  bool ok = false;
+  {
+    const uint64_t dims[2] = {K, M}, strides[1] = {K * 2};
+    const uint32_t box[2] = {64, wgrad ? 64u : static_cast<uint32_t>(kBM)};
+    ok = make_map(&map_a, a.A, 2, dims, strides, box);
+  }
+  if (form == Form::wgrad) {
+    const uint64_t dims[2] = {N, M}, strides[1] = {N * 2};
+    const uint32_t box[2] = {64, 64};
+    ok = ok && make_map(&map_b, a.B, 2, dims, strides, box);
+  } else if (form == Form::forward) {
+    const uint64_t dims[3] = {N, K, G}, strides[2] = {N * 2, K * N * 2};
+    const uint32_t box[3] = {64, 64, 1};
+    ok = ok && make_map(&map_b, a.B, 3, dims, strides, box);
+  } else {
+    const uint64_t dims[3] = {K, N, G}, strides[2] = {K * 2, N * K * 2};
+    const uint32_t box[3] = {64, static_cast<uint32_t>(bn), 1};
+    ok = ok && make_map(&map_b, a.B, 3, dims, strides, box);
+  }
+  if (!ok) return false;
+
+  KernelParams params;
+  params.groups = static_cast<int>(a.groups);
+  params.M_total = static_cast<int>(a.M_total);
+  params.K = static_cast<int>(a.K);
+  params.N = static_cast<int>(a.N);
+  params.offsets = a.dev_offsets;
+  params.C = a.C;
+  params.accumulate = a.accumulate ? 1 : 0;
+#ifdef SY_GG_SM90_DEBUG
+  params.debug = debug_words(ctx);
+#endif
+  const int grid = static_cast<int>(tiles < info.sms ? tiles : info.sms);
+  if (bn == 256) dispatch<256>(ctx, form, a.c_dtype, map_a, map_b, params, grid);
+  else dispatch<128>(ctx, form, a.c_dtype, map_a, map_b, params, grid);
+  return true;
+}
+
+}  // namespace sy::cuda

@@ -1,0 +1,464 @@
+// The grouped expert GEMMs (Backend::grouped_gemm, grouped_gemm_wgrad; model/cuda/grouped_gemm*)
+// and the grouped expert FFN (moe.expert_kernel).
+//
+// On the GPU, once per kernel that SY_GROUPED_GEMM can force (cublas: the per-segment gemm loop;
+// mma: the portable mma.sync kernel; sm90: the Hopper wgmma kernel), each against the CPU
+// reference on ragged segments: empty experts, sizes 1, 7, 127, 129, 300 (no multiple of a
+// tile), one expert holding every row, G = 1, 8 and 64; trans_b both ways, accumulate both
+// ways, bf16 data with f32 and bf16 C. Outputs are poisoned (NaN) first, guard rows after C must
+// stay untouched, and a second run must give the same bits. A kernel that declines every case
+// (not built for this device, or a placeholder) is reported and its test skipped. Then whole
+// bf16 MoE models (dropless, and a capacity factor that drops) with expert_kernel grouped
+// against cublas and the CPU, within the bounds of tests/test_cuda_model.cpp.
+//
+// On the CPU (no GPU needed): the default grouped ops are the per-segment GEMMs bit for bit, a
+// model with expert_kernel grouped computes the same bits as cublas, and the config key
+// validates. Tolerances are in docs/cuda.md.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <limits>
+#include <map>
+#include <string>
+
+#include "model/backend.h"
+#include "model/cuda/cuda_backend.h"
+#include "model/rng.h"
+#include "model/transformer.h"
+#include "parallel/local_exchange.h"
+#include "trainer/config.h"
+
+namespace sy {
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kGuard = 776.0;  // the rows after C, which no kernel may write (exact in bf16)
+// Relative L2 error against the CPU (docs/cuda.md): f32 C is fp32 accumulation in another
+// order; bf16 C adds the rounding of the output (about 1.7e-3 in this measure).
+constexpr double kF32CTol = 1e-5, kBf16CTol = 4e-3;
+
+double bf16_round(double value) {
+  const float f = static_cast<float>(value);
+  if (std::isnan(f)) return f;
+  uint32_t u = std::bit_cast<uint32_t>(f);
+  u += 0x7FFFu + ((u >> 16) & 1u);  // round to nearest even
+  return std::bit_cast<float>(u & 0xFFFF0000u);
+}
+
+std::vector<double> values(int64_t n, uint64_t seed, bool bf16) {
+  CounterRng rng(seed);
+  std::vector<double> v(n);
+  for (double& x : v) {
+    x = rng.normal();
+    x = bf16 ? bf16_round(x) : static_cast<float>(x);
+  }
+  return v;
+}
+
+double rel_error(const std::vector<double>& g, const std::vector<double>& c) {
+  if (g.size() != c.size()) return std::numeric_limits<double>::infinity();
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < g.size(); ++i) {
+    if (!std::isfinite(g[i])) return std::numeric_limits<double>::infinity();
+    diff += (g[i] - c[i]) * (g[i] - c[i]);
+    norm += c[i] * c[i];
+  }
+  return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+}
+
+Tensor filled(Backend& backend, const Shape& shape, DType dtype, const std::vector<double>& v) {
+  Tensor t = backend.alloc(shape, dtype);
+  backend.write(t, std::span<const double>(v));
+  return t;
+}
+
+int64_t total(const std::vector<int64_t>& rows) {
+  int64_t sum = 0;
+  for (int64_t r : rows) sum += r;
+  return sum;
+}
+
+// ---- the segment layouts --------------------------------------------------------------------
+struct Segments {
+  std::string name;
+  std::vector<int64_t> rows;
+};
+
+std::vector<Segments> segment_cases() {
+  std::vector<int64_t> many(64);
+  for (int64_t g = 0; g < 64; ++g) many[g] = g % 9 == 0 ? 0 : (g * 37) % 41;  // 0..40, some empty
+  return {
+      {"ragged G=8", {1, 0, 7, 127, 129, 300, 0, 64}},
+      {"one expert holds all", {0, 0, 0, 517, 0, 0, 0, 0}},
+      {"G=1", {300}},
+      {"G=64", many},
+  };
+}
+
+// (K, N): neither a multiple of the mma kernel's 64 x 256 steps; the second spans several.
+const std::vector<std::pair<int64_t, int64_t>> kDims = {{200, 136}, {264, 520}};
+
+// ---- CPU: the defaults are the per-segment GEMMs ----------------------------------------------
+TEST(GroupedCpu, DefaultsAreThePerSegmentGemmsBitwise) {
+  auto cpu = make_cpu_backend();
+  const std::vector<int64_t> rows = {5, 0, 17, 3};
+  const int64_t G = 4, M = total(rows), K = 12, N = 9;
+  uint64_t seed = 1;
+  const Tensor A = filled(*cpu, {M, K}, DType::f32, values(M * K, seed++, false));
+  const Tensor B = filled(*cpu, {G, K, N}, DType::f32, values(G * K * N, seed++, false));
+  const Tensor Bt = filled(*cpu, {G, N, K}, DType::f32, values(G * K * N, seed++, false));
+  const Tensor Bm = filled(*cpu, {M, N}, DType::f32, values(M * N, seed++, false));
+  const std::vector<double> c0 = values(M * N, seed++, false);
+  const std::vector<double> w0 = values(G * K * N, seed++, false);
+  for (bool accumulate : {false, true}) {
+    for (bool trans_b : {false, true}) {
+      const Tensor& b = trans_b ? Bt : B;
+      Tensor grouped = filled(*cpu, {M, N}, DType::f32, c0);
+      Tensor loop = filled(*cpu, {M, N}, DType::f32, c0);
+      cpu->grouped_gemm(grouped, A, b, trans_b, rows, accumulate);
+      for (int64_t g = 0, begin = 0; g < G; begin += rows[g], ++g)
+        if (rows[g] > 0)
+          cpu->gemm(loop.rows(begin, begin + rows[g]), A.rows(begin, begin + rows[g]), false,
+                    b.rows(g, g + 1).reshape({b.dim(1), b.dim(2)}), trans_b, 1.0,
+                    accumulate ? 1.0 : 0.0);
+      EXPECT_EQ(cpu->read(grouped), cpu->read(loop)) << "trans_b " << trans_b;
+    }
+    Tensor grouped = filled(*cpu, {G, K, N}, DType::f32, w0);
+    Tensor loop = filled(*cpu, {G, K, N}, DType::f32, w0);
+    cpu->grouped_gemm_wgrad(grouped, A, Bm, rows, accumulate);
+    for (int64_t g = 0, begin = 0; g < G; begin += rows[g], ++g) {
+      const Tensor c = loop.rows(g, g + 1).reshape({K, N});
+      if (rows[g] > 0)
+        cpu->gemm(c, A.rows(begin, begin + rows[g]), true, Bm.rows(begin, begin + rows[g]), false,
+                  1.0, accumulate ? 1.0 : 0.0);
+      else if (!accumulate)
+        cpu->fill(c, 0.0);
+    }
+    EXPECT_EQ(cpu->read(grouped), cpu->read(loop)) << "wgrad, accumulate " << accumulate;
+  }
+  // The empty expert's wgrad block: zero, or untouched with accumulate.
+  Tensor w = filled(*cpu, {G, K, N}, DType::f32, w0);
+  cpu->grouped_gemm_wgrad(w, A, Bm, rows, false);
+  for (double v : cpu->read(w.rows(1, 2))) ASSERT_EQ(v, 0.0);
+  EXPECT_THROW(cpu->grouped_gemm(filled(*cpu, {M, N}, DType::f32, c0), A, B, false,
+                                 std::vector<int64_t>{5, 0, 17, 2}, false),
+               std::runtime_error);
+}
+
+// ---- models ---------------------------------------------------------------------------------
+TransformerOptions small_model(std::vector<bool> moe_layers, bool tie, double capacity_factor) {
+  TransformerOptions options;
+  options.model = {64, 16, 32, static_cast<int64_t>(moe_layers.size()), 2, 48, tie};  // V S D L H F
+  options.moe.num_experts = 4;
+  options.moe.top_k = 2;
+  options.moe.expert_hidden = 24;
+  options.moe.capacity_factor = capacity_factor;
+  options.moe.aux_loss_coef = 0.05;
+  options.moe.z_loss_coef = 0.01;
+  options.moe_layers = std::move(moe_layers);
+  return options;
+}
+
+struct Built {
+  std::unique_ptr<LocalExchange> exchange;
+  std::unique_ptr<Transformer> model;
+};
+
+Built build(Backend& backend, TransformerOptions options, DType compute, const std::string& kernel,
+            uint64_t seed, double router_scale) {
+  Built b;
+  b.exchange = std::make_unique<LocalExchange>(backend, options.moe.num_experts);
+  options.dtype = compute;
+  options.master_dtype = DType::f32;
+  options.moe.expert_kernel = kernel;
+  b.model = std::make_unique<Transformer>(backend, options, b.exchange.get());
+  b.model->init_parameters(seed);
+  for (Param* p : b.model->params())
+    if (p->path.find("router") != std::string::npos) backend.scale(p->value, router_scale);
+  b.model->refresh_compute_weights();
+  return b;
+}
+
+std::vector<int32_t> tokens(int64_t n, int64_t vocab, uint64_t salt) {
+  std::vector<int32_t> out(n);
+  for (int64_t t = 0; t < n; ++t)
+    out[t] = static_cast<int32_t>((t * 7 + t * t * 3 + salt * 11) % vocab);
+  return out;
+}
+
+// On the CPU the grouped FFN runs the default grouped ops: the same GEMMs on the same rows.
+TEST(GroupedCpu, ModelWithGroupedExpertsIsBitwiseCublas) {
+  auto cpu = make_cpu_backend();
+  for (double capacity_factor : {0.0, 0.5}) {
+    const TransformerOptions options = small_model({true, false, true}, false, capacity_factor);
+    const int64_t B = 2, T = B * options.model.seq_len;
+    const std::vector<int32_t> inputs = tokens(T, options.model.vocab_size, 1);
+    const std::vector<int32_t> targets = tokens(T, options.model.vocab_size, 2);
+    Built loop = build(*cpu, options, DType::f32, "cublas", 7, 1.0);
+    Built grouped = build(*cpu, options, DType::f32, "grouped", 7, 1.0);
+    loop.model->zero_grads();
+    grouped.model->zero_grads();
+    const GroupStats a = loop.model->forward_backward(inputs, targets, B, true, 0.5);
+    const GroupStats b = grouped.model->forward_backward(inputs, targets, B, true, 0.5);
+    EXPECT_EQ(a.loss, b.loss) << "capacity factor " << capacity_factor;
+    EXPECT_EQ(a.dropped, b.dropped);
+    if (capacity_factor > 0) {
+      EXPECT_GT(a.dropped, 0) << "the capacity config must drop";
+    }
+    std::vector<Param*> pa = loop.model->params(), pb = grouped.model->params();
+    ASSERT_EQ(pa.size(), pb.size());
+    for (size_t i = 0; i < pa.size(); ++i)
+      EXPECT_EQ(cpu->read(pa[i]->grad), cpu->read(pb[i]->grad)) << pa[i]->path;
+  }
+}
+
+TEST(GroupedCpu, ConfigKeyValidates) {
+  Config config;
+  EXPECT_EQ(config.moe.expert_kernel, "auto");
+  for (const char* kernel : {"auto", "grouped", "cublas"}) {
+    config.moe.expert_kernel = kernel;
+    EXPECT_TRUE(validate_config(config).empty()) << kernel;
+  }
+  config.moe.expert_kernel = "fast";
+  const std::vector<std::string> problems = validate_config(config);
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_NE(problems[0].find("moe.expert_kernel"), std::string::npos) << problems[0];
+  EXPECT_NE(config_to_yaml(Config{}).find("expert_kernel: "), std::string::npos);
+}
+
+// ---- GPU, per forced kernel -----------------------------------------------------------------
+class GroupedGemm : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
+    cpu = make_cpu_backend();
+    // The backend reads SY_GROUPED_GEMM once, when it is made.
+    const char* before = std::getenv("SY_GROUPED_GEMM");
+    const std::string saved = before ? before : "";
+    setenv("SY_GROUPED_GEMM", GetParam().c_str(), 1);
+    gpu = make_cuda_backend(0);
+    if (before) setenv("SY_GROUPED_GEMM", saved.c_str(), 1);
+    else unsetenv("SY_GROUPED_GEMM");
+  }
+
+  // After a grouped op: did the forced kernel take it? The loop and mma take every case here
+  // (K and N are multiples of 8, the tensors aligned); sm90 may decline some (or all, where it
+  // is not built or not written yet), and then the loop ran them.
+  void note_kernel(const std::string& what) {
+    const std::string ran = cuda_grouped_gemm_kernel(*gpu);
+    ++cases;
+    if (ran == GetParam()) {
+      ++taken;
+    } else {
+      EXPECT_EQ(GetParam(), "sm90") << what << ": forced " << GetParam() << " but " << ran << " ran";
+      EXPECT_EQ(ran, "cublas") << what;
+    }
+  }
+  void report() {
+    std::printf("[ kernel   ] %s took %d of %d cases\n", GetParam().c_str(), taken, cases);
+    if (taken == 0) GTEST_SKIP() << GetParam() << " declined every case (not available here)";
+  }
+
+  // C on the GPU: `rows` rows of a buffer with 16 guard rows after them, C poisoned (or c0).
+  Tensor output(Tensor& buffer, int64_t rows, int64_t cols, DType dtype,
+                const std::vector<double>* c0) {
+    buffer = gpu->alloc({rows + 16, cols}, dtype);
+    gpu->fill(buffer, kGuard);
+    Tensor c = buffer.rows(0, rows);
+    if (c0) gpu->write(c, std::span<const double>(*c0));
+    else gpu->fill(c, kNaN);
+    return c;
+  }
+  void expect_guard(const Tensor& buffer, int64_t rows, const std::string& what) {
+    const std::vector<double> guard = gpu->read(buffer.rows(rows, rows + 16));
+    for (double v : guard) ASSERT_EQ(v, kGuard) << what << ": a kernel wrote past C";
+  }
+  void check(const std::string& what, const std::vector<double>& got,
+             const std::vector<double>& again, const std::vector<double>& want, DType c_dtype) {
+    const double tol = c_dtype == DType::f32 ? kF32CTol : kBf16CTol;
+    const double e = rel_error(got, want);
+    worst[c_dtype] = std::max(worst[c_dtype], e);
+    EXPECT_LE(e, tol) << what;
+    EXPECT_TRUE(got == again) << what << ": a second run gave other bits";
+  }
+
+  std::unique_ptr<Backend> cpu, gpu;
+  int cases = 0, taken = 0;
+  std::map<DType, double> worst;
+};
+
+TEST_P(GroupedGemm, ForwardMatchesTheCpu) {
+  uint64_t seed = 100;
+  for (const Segments& s : segment_cases()) {
+    const int64_t G = static_cast<int64_t>(s.rows.size()), M = total(s.rows);
+    for (auto [K, N] : kDims) {
+      const std::vector<double> a = values(M * K, seed++, true);
+      const std::vector<double> b = values(G * K * N, seed++, true);
+      const Tensor a_cpu = filled(*cpu, {M, K}, DType::f32, a);
+      const Tensor a_gpu = filled(*gpu, {M, K}, DType::bf16, a);
+      for (bool trans_b : {false, true}) {
+        const Shape b_shape = trans_b ? Shape{G, N, K} : Shape{G, K, N};
+        const Tensor b_cpu = filled(*cpu, b_shape, DType::f32, b);
+        const Tensor b_gpu = filled(*gpu, b_shape, DType::bf16, b);
+        for (DType c_dtype : {DType::f32, DType::bf16}) {
+          for (bool accumulate : {false, true}) {
+            const std::string what = s.name + " K=" + std::to_string(K) + " N=" +
+                                     std::to_string(N) + (trans_b ? " trans_b" : "") + " C " +
+                                     dtype_name(c_dtype) + (accumulate ? " +=" : " =");
+            const std::vector<double> c0 = values(M * N, seed++, c_dtype == DType::bf16);
+            Tensor c_cpu = filled(*cpu, {M, N}, DType::f32, accumulate ? c0 : std::vector<double>(M * N, 0.0));
+            cpu->grouped_gemm(c_cpu, a_cpu, b_cpu, trans_b, s.rows, accumulate);
+            std::vector<double> runs[2];
+            for (std::vector<double>& run : runs) {
+              Tensor buffer;
+              Tensor c = output(buffer, M, N, c_dtype, accumulate ? &c0 : nullptr);
+              gpu->grouped_gemm(c, a_gpu, b_gpu, trans_b, s.rows, accumulate);
+              note_kernel(what);
+              run = gpu->read(c);
+              expect_guard(buffer, M, what);
+            }
+            check(what, runs[0], runs[1], cpu->read(c_cpu), c_dtype);
+          }
+        }
+      }
+    }
+  }
+  std::printf("[ rel err  ] grouped_gemm %s: worst C f32 %.3e (tol %.0e), C bf16 %.3e (tol %.0e)\n",
+              GetParam().c_str(), worst[DType::f32], kF32CTol, worst[DType::bf16], kBf16CTol);
+  report();
+}
+
+TEST_P(GroupedGemm, WgradMatchesTheCpu) {
+  uint64_t seed = 200;
+  for (const Segments& s : segment_cases()) {
+    const int64_t G = static_cast<int64_t>(s.rows.size()), M = total(s.rows);
+    for (auto [K, N] : kDims) {
+      const std::vector<double> a = values(M * K, seed++, true);
+      const std::vector<double> b = values(M * N, seed++, true);
+      const Tensor a_cpu = filled(*cpu, {M, K}, DType::f32, a);
+      const Tensor a_gpu = filled(*gpu, {M, K}, DType::bf16, a);
+      const Tensor b_cpu = filled(*cpu, {M, N}, DType::f32, b);
+      const Tensor b_gpu = filled(*gpu, {M, N}, DType::bf16, b);
+      for (DType c_dtype : {DType::f32, DType::bf16}) {
+        for (bool accumulate : {false, true}) {
+          const std::string what = "wgrad " + s.name + " K=" + std::to_string(K) + " N=" +
+                                   std::to_string(N) + " C " + dtype_name(c_dtype) +
+                                   (accumulate ? " +=" : " =");
+          const std::vector<double> c0 = values(G * K * N, seed++, c_dtype == DType::bf16);
+          Tensor c_cpu = filled(*cpu, {G, K, N}, DType::f32,
+                                accumulate ? c0 : std::vector<double>(G * K * N, 0.0));
+          cpu->grouped_gemm_wgrad(c_cpu, a_cpu, b_cpu, s.rows, accumulate);
+          std::vector<double> runs[2];
+          for (std::vector<double>& run : runs) {
+            Tensor buffer;  // [G * K + 16, N]: C[g] blocks, then the guard rows
+            Tensor c = output(buffer, G * K, N, c_dtype, accumulate ? &c0 : nullptr)
+                           .reshape({G, K, N});
+            gpu->grouped_gemm_wgrad(c, a_gpu, b_gpu, s.rows, accumulate);
+            note_kernel(what);
+            run = gpu->read(c);
+            expect_guard(buffer, G * K, what);
+          }
+          check(what, runs[0], runs[1], cpu->read(c_cpu), c_dtype);
+        }
+      }
+    }
+  }
+  std::printf("[ rel err  ] grouped_gemm_wgrad %s: worst C f32 %.3e (tol %.0e), C bf16 %.3e (tol "
+              "%.0e)\n",
+              GetParam().c_str(), worst[DType::f32], kF32CTol, worst[DType::bf16], kBf16CTol);
+  report();
+}
+
+// Whole bf16 models: expert_kernel grouped (on the forced kernel) against cublas and against the
+// CPU in fp32, within the bf16 bounds of tests/test_cuda_model.cpp; routing must be identical
+// (the seed is the first whose top-k choices win by 4% of the logit RMS, router weights x10).
+void compare_models(Backend& cpu, Backend& gpu, const std::string& kernel,
+                    const std::string& name, const TransformerOptions& options, int* taken) {
+  constexpr double kLossTol = 1e-2, kGradTol = 6e-2, kMargin = 0.04, kRouterScale = 10.0;
+  const int64_t B = 2, T = B * options.model.seq_len;
+  const std::vector<int32_t> inputs = tokens(T, options.model.vocab_size, 1);
+  const std::vector<int32_t> targets = tokens(T, options.model.vocab_size, 2);
+  Built c;
+  GroupStats sc;
+  uint64_t seed = 0;
+  double margin = 0;
+  while (margin < kMargin && seed < 1000) {
+    c = build(cpu, options, DType::f32, "cublas", ++seed, kRouterScale);
+    c.model->zero_grads();
+    sc = c.model->forward_backward(inputs, targets, B, true, 0.5);
+    margin = std::numeric_limits<double>::infinity();
+    for (const Router* router : c.model->routers()) {
+      const std::vector<double> logits = cpu.read(router->logits);
+      const int64_t E = router->settings.num_experts, K = router->settings.top_k;
+      double sum_squares = 0;
+      for (double l : logits) sum_squares += l * l;
+      const double rms = std::sqrt(sum_squares / logits.size());
+      for (size_t t = 0; t * E < logits.size(); ++t) {
+        std::vector<double> row(logits.begin() + t * E, logits.begin() + (t + 1) * E);
+        std::sort(row.begin(), row.end(), std::greater<double>());
+        margin = std::min(margin, (row[K - 1] - row[K]) / rms);
+      }
+    }
+  }
+  ASSERT_GE(margin, kMargin) << "no seed with well-separated routing";
+  Built loop = build(gpu, options, DType::bf16, "cublas", seed, kRouterScale);
+  Built grouped = build(gpu, options, DType::bf16, "grouped", seed, kRouterScale);
+  loop.model->zero_grads();
+  grouped.model->zero_grads();
+  const GroupStats sl = loop.model->forward_backward(inputs, targets, B, true, 0.5);
+  const GroupStats sg = grouped.model->forward_backward(inputs, targets, B, true, 0.5);
+  const std::string ran = cuda_grouped_gemm_kernel(gpu);
+  if (ran == kernel) ++*taken;
+  else EXPECT_EQ(kernel, "sm90") << name << ": forced " << kernel << " but " << ran << " ran";
+  EXPECT_EQ(sg.assignments_per_expert, sc.assignments_per_expert) << name << ": routing differs";
+  EXPECT_EQ(sg.assignments_per_expert, sl.assignments_per_expert) << name << ": routing differs";
+  EXPECT_EQ(sg.dropped, sc.dropped) << name;
+  EXPECT_EQ(sg.dropped, sl.dropped) << name;
+  if (options.moe.capacity_factor > 0) {
+    EXPECT_GT(sg.dropped, 0) << name << ": the capacity config must drop";
+  }
+  const double vs_cpu = std::abs(sg.loss - sc.loss) / std::abs(sc.loss);
+  const double vs_loop = std::abs(sg.loss - sl.loss) / std::abs(sl.loss);
+  EXPECT_LE(vs_cpu, kLossTol) << name;
+  EXPECT_LE(vs_loop, kLossTol) << name;
+  std::vector<Param*> pc = c.model->params(), pl = loop.model->params(),
+                      pg = grouped.model->params();
+  double worst_cpu = 0, worst_loop = 0;
+  std::string worst_path;
+  for (size_t i = 0; i < pc.size(); ++i) {
+    const std::vector<double> g = gpu.read(pg[i]->grad);
+    const double e_cpu = rel_error(g, cpu.read(pc[i]->grad));
+    const double e_loop = rel_error(g, gpu.read(pl[i]->grad));
+    EXPECT_LE(e_cpu, kGradTol) << name << " grad " << pc[i]->path << " vs cpu";
+    EXPECT_LE(e_loop, kGradTol) << name << " grad " << pc[i]->path << " vs cublas";
+    worst_cpu = std::max(worst_cpu, e_cpu);
+    if (e_loop > worst_loop) {
+      worst_loop = e_loop;
+      worst_path = pc[i]->path;
+    }
+  }
+  std::printf("[ model    ] %s, grouped on %s: loss vs cpu %.3e, vs cublas %.3e (tol %.0e); "
+              "gradients worst vs cpu %.3e, vs cublas %.3e (%s) (tol %.0e); dropped %lld\n",
+              name.c_str(), ran.c_str(), vs_cpu, vs_loop, kLossTol, worst_cpu, worst_loop,
+              worst_path.c_str(), kGradTol, static_cast<long long>(sg.dropped));
+}
+
+TEST_P(GroupedGemm, Bf16ModelsMatchCublasAndTheCpu) {
+  compare_models(*cpu, *gpu, GetParam(), "all-moe dropless",
+                 small_model({true, true}, true, 0.0), &taken);
+  compare_models(*cpu, *gpu, GetParam(), "mixed untied capacity 0.5 (drops)",
+                 small_model({false, true, false}, false, 0.5), &taken);
+  cases = 2;
+  report();
+}
+
+INSTANTIATE_TEST_SUITE_P(Kernels, GroupedGemm, ::testing::Values("cublas", "mma", "sm90"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace sy

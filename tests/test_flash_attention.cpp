@@ -1,0 +1,180 @@
+// The CPU flash attention ops (model/cpu/flash_attention.cpp) against the BLAS attention
+// (attention_forward/backward with probs) in f64 and f32, an fp64 gradient check of the ops and
+// of the Attention layer with `flash`, the `auto` rule on the CPU, and the config key. The CUDA
+// kernels are checked against these ops in test_cuda_ops.cpp.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "model/attention.h"
+#include "tests/grad_check.h"
+#include "trainer/config.h"
+
+namespace sy {
+namespace {
+
+using test::expect_gradient;
+using test::random_param;
+using test::random_tensor;
+using test::weighted_sum;
+
+double max_rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, std::abs(a[i] - b[i]));
+    norm = std::max(norm, std::abs(b[i]));
+  }
+  return norm > 0 ? diff / norm : diff;
+}
+
+class FlashCpu : public ::testing::Test {
+ protected:
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  Backend& be = *backend;
+
+  Tensor random(const Shape& shape, uint64_t seed, DType dtype) {
+    Tensor t = be.alloc(shape, dtype);
+    be.write(t, std::span<const double>(test::random_values(shape_numel(shape), seed)));
+    return t;
+  }
+
+  // Flash against the probs path on the same inputs: out, dq, dk, dv within `tol` (relative to
+  // each tensor's largest entry), and lse against a direct logsumexp of the scores.
+  void compare(int64_t B, int64_t S, int64_t H, int64_t Dh, DType dtype, double tol) {
+    SCOPED_TRACE("B=" + std::to_string(B) + " S=" + std::to_string(S) + " H=" +
+                 std::to_string(H) + " Dh=" + std::to_string(Dh) + " " + dtype_name(dtype));
+    const int64_t T = B * S, D = H * Dh;
+    const uint64_t seed = 100 * S + Dh;
+    Tensor q = random({T, D}, seed, dtype), k = random({T, D}, seed + 1, dtype),
+           v = random({T, D}, seed + 2, dtype), dout = random({T, D}, seed + 3, dtype);
+    Tensor out_ref = be.alloc({T, D}, dtype), probs = be.alloc({B, H, S, S}, dtype);
+    Tensor out = be.alloc({T, D}, dtype), lse = be.alloc({B, H, S}, dtype);
+    be.attention_forward(out_ref, probs, q, k, v, B, S, H);
+    be.flash_attention_forward(out, lse, q, k, v, B, S, H);
+    EXPECT_LE(max_rel_diff(be.read(out), be.read(out_ref)), tol) << "out";
+
+    const std::vector<double> qh = be.read(q), kh = be.read(k), lse_h = be.read(lse);
+    double lse_err = 0;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < S; ++i) {
+          std::vector<double> scores;
+          for (int64_t j = 0; j <= i; ++j) {
+            double dot = 0;
+            for (int64_t d = 0; d < Dh; ++d)
+              dot += qh[(b * S + i) * D + h * Dh + d] * kh[(b * S + j) * D + h * Dh + d];
+            scores.push_back(dot / std::sqrt(static_cast<double>(Dh)));
+          }
+          const double m = *std::max_element(scores.begin(), scores.end());
+          double sum = 0;
+          for (double s : scores) sum += std::exp(s - m);
+          lse_err = std::max(lse_err, std::abs(lse_h[(b * H + h) * S + i] - (m + std::log(sum))));
+        }
+    EXPECT_LE(lse_err, tol) << "lse";
+
+    Tensor dq_ref = be.alloc({T, D}, dtype), dk_ref = be.alloc({T, D}, dtype),
+           dv_ref = be.alloc({T, D}, dtype);
+    Tensor dq = be.alloc({T, D}, dtype), dk = be.alloc({T, D}, dtype), dv = be.alloc({T, D}, dtype);
+    be.attention_backward(dq_ref, dk_ref, dv_ref, dout, q, k, v, probs, B, S, H);
+    be.flash_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, B, S, H);
+    EXPECT_LE(max_rel_diff(be.read(dq), be.read(dq_ref)), tol) << "dq";
+    EXPECT_LE(max_rel_diff(be.read(dk), be.read(dk_ref)), tol) << "dk";
+    EXPECT_LE(max_rel_diff(be.read(dv), be.read(dv_ref)), tol) << "dv";
+  }
+};
+
+TEST_F(FlashCpu, MatchesTheProbsPathF64) {
+  for (int64_t S : {1, 7, 33})
+    for (int64_t Dh : {2, 16}) compare(2, S, 3, Dh, DType::f64, 1e-12);
+}
+
+TEST_F(FlashCpu, MatchesTheProbsPathF32) {
+  for (int64_t S : {1, 7, 64})
+    for (int64_t Dh : {16, 64}) compare(2, S, 3, Dh, DType::f32, 2e-5);
+}
+
+// sum(out .* r) through the flash forward; its gradient with respect to q, k, v comes from the
+// flash backward (fed the forward's own out and lse).
+TEST_F(FlashCpu, GradientCheckF64) {
+  const int64_t B = 2, S = 6, H = 2, Dh = 4, T = B * S, D = H * Dh;
+  Tensor q = random_tensor(be, {T, D}, 21), k = random_tensor(be, {T, D}, 22),
+         v = random_tensor(be, {T, D}, 23), r = random_tensor(be, {T, D}, 24);
+  Tensor out = be.alloc({T, D}, DType::f64), lse = be.alloc({B, H, S}, DType::f64);
+  auto loss = [&] {
+    be.flash_attention_forward(out, lse, q, k, v, B, S, H);
+    return weighted_sum(be, out, r);
+  };
+  loss();
+  Tensor dq = be.alloc({T, D}, DType::f64), dk = be.alloc({T, D}, DType::f64),
+         dv = be.alloc({T, D}, DType::f64);
+  be.flash_attention_backward(dq, dk, dv, r, q, k, v, out, lse, B, S, H);
+  const std::vector<double> gq = be.read(dq), gk = be.read(dk), gv = be.read(dv);
+  expect_gradient(be, q, gq, loss, "flash dq", 48);
+  expect_gradient(be, k, gk, loss, "flash dk", 48);
+  expect_gradient(be, v, gv, loss, "flash dv", 48);
+}
+
+// The layer with kernel = flash saves lse, not probs, and passes the same gradient check as the
+// reference layer (test_layers_grad.cpp), with the same results to rounding.
+TEST_F(FlashCpu, LayerWithFlashKernel) {
+  const AttentionShape shape{2, 5, 2};
+  const int64_t D = 8, T = shape.batch * shape.seq;
+  Attention flash, reference;
+  for (Attention* a : {&flash, &reference}) {
+    a->wq = random_param(be, "wq", {D, D}, 11, 0.4);
+    a->wk = random_param(be, "wk", {D, D}, 12, 0.4);
+    a->wv = random_param(be, "wv", {D, D}, 13, 0.4);
+    a->wo = random_param(be, "wo", {D, D}, 14, 0.4);
+  }
+  flash.kernel = "flash";
+  reference.kernel = "reference";
+  Tensor x = random_tensor(be, {T, D}, 15), r = random_tensor(be, {T, D}, 16);
+  auto loss = [&] { return weighted_sum(be, flash.forward(be, x, shape), r); };
+  loss();
+  EXPECT_FALSE(flash.probs.defined());
+  EXPECT_EQ(flash.lse.shape(), (Shape{shape.batch, shape.heads, shape.seq}));
+  const std::vector<double> dx = be.read(flash.backward(be, r, x, shape));
+  reference.forward(be, x, shape);
+  EXPECT_LE(max_rel_diff(be.read(flash.out), be.read(reference.out)), 1e-12);
+  EXPECT_LE(max_rel_diff(dx, be.read(reference.backward(be, r, x, shape))), 1e-12);
+  expect_gradient(be, x, dx, loss, "flash layer x", 40);
+  for (Param* p : {&flash.wq, &flash.wk, &flash.wv, &flash.wo})
+    expect_gradient(be, p->value, be.read(p->grad), loss, "flash layer " + p->path);
+}
+
+// `auto` keeps the BLAS path on the CPU, bit for bit; an unknown kernel name is an error.
+TEST_F(FlashCpu, AutoIsTheReferenceOnTheCpu) {
+  Attention a;
+  EXPECT_FALSE(a.uses_flash(be));
+  a.kernel = "flash";
+  EXPECT_TRUE(a.uses_flash(be));
+  a.kernel = "reference";
+  EXPECT_FALSE(a.uses_flash(be));
+  a.kernel = "fast";
+  EXPECT_THROW(a.uses_flash(be), std::runtime_error);
+}
+
+TEST(FlashConfig, KernelKeyIsValidated) {
+  Config c;
+  EXPECT_EQ(c.model.attention_kernel, "auto");
+  const size_t baseline = validate_config(c).size();  // whatever the defaults leave unset
+  for (const char* ok : {"auto", "flash", "reference"}) {
+    c.model.attention_kernel = ok;
+    EXPECT_EQ(validate_config(c).size(), baseline) << ok;
+  }
+  c.model.attention_kernel = "fast";
+  const std::vector<std::string> errors = validate_config(c);
+  ASSERT_EQ(errors.size(), baseline + 1);
+  int naming = 0;
+  for (const std::string& e : errors)
+    if (e.find("model.attention_kernel") != std::string::npos) {
+      ++naming;
+      EXPECT_NE(e.find("fast"), std::string::npos) << e;
+    }
+  EXPECT_EQ(naming, 1);
+  EXPECT_NE(config_to_yaml(Config{}).find("attention_kernel: \"auto\""), std::string::npos);
+}
+
+}  // namespace
+}  // namespace sy
