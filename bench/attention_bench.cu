@@ -1,4 +1,5 @@
-// Causal attention on one GPU: the flash kernels (model/cuda/flash_attention.cu) against the
+// Causal attention on one GPU: the flash kernels (model/cuda/flash_attention.cu) and cuDNN's
+// fused attention (model/cuda/cudnn_attention.cu; rows only for the passes cuDNN took) against the
 // reference path (probs [B, H, S, S] and cuBLAS batched GEMMs, model/cuda/attention.cu).
 //   attention_bench [--batch 4] [--seq 2048] [--heads 16] [--head-dim 128] [--iters 20]
 //                   [--warmup 5] [--dtype bf16|f32] [--no-reference]
@@ -129,6 +130,39 @@ int main(int argc, char** argv) {
                       gpu.flash_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, B, S, H);
                     }), bwd_flop});
     const size_t flash_peak = gpu.peak_memory_bytes();
+    // cuDNN's fused attention (model/cuda/cudnn_attention.cu), as the attention layer's `cudnn`
+    // kernel runs it: the same ops after prefer_cudnn_attention; checked against flash.
+    std::string cudnn_line;
+    {
+      Tensor out_c = gpu.alloc({T, D}, dtype), lse_c = gpu.alloc({B, H, S}, stat);
+      Tensor dq_c = gpu.alloc({T, D}, dtype), dk_c = gpu.alloc({T, D}, dtype),
+             dv_c = gpu.alloc({T, D}, dtype);
+      gpu.prefer_cudnn_attention(true);
+      gpu.flash_attention_forward(out_c, lse_c, q, k, v, B, S, H);
+      const std::string fwd_kernel = cuda_attention_kernel(gpu);
+      gpu.flash_attention_backward(dq_c, dk_c, dv_c, dout, q, k, v, out_c, lse_c, B, S, H);
+      const std::string bwd_kernel = cuda_attention_kernel(gpu);
+      if (fwd_kernel == "cudnn")
+        rows.push_back({"cudnn", "forward", time_ms(gpu, warmup, iters, [&] {
+                          gpu.flash_attention_forward(out_c, lse_c, q, k, v, B, S, H);
+                        }), fwd_flop});
+      if (bwd_kernel == "cudnn")
+        rows.push_back({"cudnn", "backward", time_ms(gpu, warmup, iters, [&] {
+                          gpu.flash_attention_backward(dq_c, dk_c, dv_c, dout, q, k, v, out_c,
+                                                       lse_c, B, S, H);
+                        }), bwd_flop});
+      gpu.prefer_cudnn_attention(false);
+      char line[512];
+      std::snprintf(line, sizeof line,
+                    "cudnn (forward ran %s; backward ran %s) vs flash, relative L2: out %.2e, "
+                    "lse %.2e, dq %.2e, dk %.2e, dv %.2e",
+                    fwd_kernel.c_str(), bwd_kernel.c_str(),
+                    rel_l2(gpu.read(out_c), gpu.read(out)), rel_l2(gpu.read(lse_c), gpu.read(lse)),
+                    rel_l2(gpu.read(dq_c), gpu.read(dq)), rel_l2(gpu.read(dk_c), gpu.read(dk)),
+                    rel_l2(gpu.read(dv_c), gpu.read(dv)));
+      cudnn_line = line;
+    }
+    const size_t cudnn_peak = gpu.peak_memory_bytes();
     std::string sanity = "reference skipped";
     if (reference) {
       Tensor out_r = gpu.alloc({T, D}, dtype), probs = gpu.alloc({B, H, S, S}, dtype);
@@ -147,9 +181,10 @@ int main(int argc, char** argv) {
                     rel_l2(gpu.read(dk), gpu.read(dk_r)), rel_l2(gpu.read(dv), gpu.read(dv_r)));
       sanity = line;
     }
-    std::printf("%s\n", sanity.c_str());
-    std::printf("peak device memory: %.2f GiB after flash, %.2f GiB in all\n",
-                flash_peak / double(1 << 30), gpu.peak_memory_bytes() / double(1 << 30));
+    std::printf("%s\n%s\n", cudnn_line.c_str(), sanity.c_str());
+    std::printf("peak device memory: %.2f GiB after flash, %.2f GiB after cudnn, %.2f GiB in all\n",
+                flash_peak / double(1 << 30), cudnn_peak / double(1 << 30),
+                gpu.peak_memory_bytes() / double(1 << 30));
     std::printf("\ncausal attention, B=%lld S=%lld H=%lld Dh=%lld %s, %s (median of %d)\n",
                 static_cast<long long>(B), static_cast<long long>(S), static_cast<long long>(H),
                 static_cast<long long>(Dh), dtype_name(dtype), gpu.name().c_str(), iters);

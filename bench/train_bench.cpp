@@ -220,6 +220,7 @@ int main(int argc, char** argv) {
     TransformerOptions options{config.model, config.moe, moe_layer_mask(config), DType::f32};
     options.dtype = config.run.precision == "bf16" ? DType::bf16 : DType::f32;
     options.master_dtype = DType::f32;
+    options.recompute = recompute_from_name(config.train.recompute);  // docs/cuda.md, Memory
     std::unique_ptr<LocalExchange> exchange;
     if (config.moe.num_experts > 0)
       exchange = std::make_unique<LocalExchange>(*backend, config.moe.num_experts);

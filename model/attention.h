@@ -3,11 +3,14 @@
 // Two kernels compute the softmax part (model.attention_kernel, docs/config.md): `reference`
 // saves probs [B, H, S, S] (attention_forward/backward); `flash` saves only lse [B, H, S] and
 // recomputes the probabilities in backward (flash_attention_forward/backward). `auto` is flash
-// on a device and reference on the CPU, whose BLAS path it keeps bit for bit.
+// on a device and reference on the CPU, whose BLAS path it keeps bit for bit. `cudnn` is flash
+// with Backend::prefer_cudnn_attention: CUDA runs it on cuDNN's fused attention where cuDNN takes
+// the case (the flash kernels otherwise); the CPU runs flash.
 #pragma once
 #include <string>
 
 #include "model/backend.h"
+#include "model/buffers.h"
 #include "model/param.h"
 
 namespace sy {
@@ -20,14 +23,21 @@ struct AttentionShape {
 
 struct Attention {
   Param wq, wk, wv, wo;  // [D, D]
-  std::string kernel = "auto";  // auto | flash | reference (ModelConfig::attention_kernel)
+  std::string kernel = "auto";  // auto | cudnn | flash | reference (ModelConfig::attention_kernel)
 
-  // Saved activations, [T, D] unless noted.
+  // Shared scratch (the Transformer's); null: a private one. out and the backward buffers
+  // come from it, so they are valid only until the next layer's forward or backward.
+  Workspace* workspace = nullptr;
+  // train.recompute attention|layer: the saved activations below live in `workspace` too, and
+  // the caller reruns forward on the same x right before backward (bitwise the same values).
+  bool recompute = false;
+
+  // Saved activations (views), [T, D] unless noted.
   Tensor q, k, v;        // after rotary (q, k)
   Tensor probs;          // [B, H, S, S], reference kernel only
   Tensor lse;            // [B, H, S] stat dtype, flash kernel only
   Tensor context;        // heads concatenated, before wo
-  Tensor out;
+  Tensor out;            // scratch
   // Backward scratch.
   Tensor dcontext, dq, dk, dv, dx;
 
@@ -39,6 +49,11 @@ struct Attention {
   // Whether this layer runs the flash kernel on `backend` (resolves `auto`); throws on an
   // unknown kernel name.
   bool uses_flash(const Backend& backend) const;
+
+ private:
+  Workspace own_;
+  Workspace& scratch() { return workspace ? *workspace : own_; }
+  Workspace& saved() { return recompute && workspace ? *workspace : own_; }
 };
 
 }  // namespace sy

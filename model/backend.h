@@ -133,6 +133,17 @@ class Backend {
   // inverse rotation to the gradient in place.
   virtual void rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H) = 0;
   virtual void rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H) = 0;
+  // The same on q and k (same shape) together, as one launch on a device; results as the two
+  // separate calls give them.
+  virtual void rope_forward_qk(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H) {
+    rope_forward(q, B, S, H);
+    rope_forward(k, B, S, H);
+  }
+  virtual void rope_backward_qk(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S,
+                                int64_t H) {
+    rope_backward(dq, B, S, H);
+    rope_backward(dk, B, S, H);
+  }
   // Causal softmax attention per (batch, head). q,k,v,out: [B*S, H*Dh]; probs: [B, H, S, S]
   // (saved for backward; entries above the diagonal are 0).
   virtual void attention_forward(const Tensor& out, const Tensor& probs, const Tensor& q,
@@ -156,6 +167,10 @@ class Backend {
                                         const Tensor& dout, const Tensor& q, const Tensor& k,
                                         const Tensor& v, const Tensor& out, const Tensor& lse,
                                         int64_t B, int64_t S, int64_t H) = 0;
+  // Whether the flash_attention ops that follow may run on a vendor library (CUDA: cuDNN's fused
+  // attention, bf16, deterministic engines only; the own kernels where cuDNN declines). A
+  // backend setting that the attention layer sets before its calls; other backends ignore it.
+  virtual void prefer_cudnn_attention(bool prefer) {}
 
   // ---- SwiGLU: out = silu(a) * b ------------------------------------------------------------
   virtual void swiglu_forward(const Tensor& out, const Tensor& a, const Tensor& b) = 0;

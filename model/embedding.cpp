@@ -7,7 +7,8 @@ void Embedding::forward(Backend& backend, const Tensor& out, const Tensor& token
 }
 
 void Embedding::backward(Backend& backend, const Tensor& dout, const Tensor& tokens) {
-  backend.embedding_backward(table.grad, dout, tokens);
+  backend.embedding_backward(table.grad, dout, tokens);  // a scatter-add: always accumulates
+  table.grad_is_zero = false;
 }
 
 }  // namespace sy

@@ -42,10 +42,11 @@ double LMHead::forward_backward(Backend& backend, const Tensor& x, const Tensor&
     const Tensor dx_chunk = dx.rows(begin, end);
     if (tied_table) {
       backend.gemm(dx_chunk, dlogits_chunk, false, w, false, 1.0, 0.0);
-      backend.gemm(tied_table->grad, dlogits_chunk, true, x_chunk, false, 1.0, 1.0);
+      backend.gemm(tied_table->grad, dlogits_chunk, true, x_chunk, false, 1.0,
+                   tied_table->take_grad_beta());
     } else {
       backend.gemm(dx_chunk, dlogits_chunk, false, w, true, 1.0, 0.0);
-      backend.gemm(weight.grad, x_chunk, true, dlogits_chunk, false, 1.0, 1.0);
+      backend.gemm(weight.grad, x_chunk, true, dlogits_chunk, false, 1.0, weight.take_grad_beta());
     }
   }
   double loss_sum = 0.0;

@@ -15,7 +15,7 @@ struct ModelConfig {
   int64_t n_heads = 4;
   int64_t ffn_hidden = 512;   // dense SwiGLU width F
   bool tie_embeddings = true;
-  // How attention computes softmax(q k^T) v: auto | flash | reference (model/attention.h).
+  // How attention computes softmax(q k^T) v: auto | cudnn | flash | reference (model/attention.h).
   std::string attention_kernel = "auto";
 };
 

@@ -17,6 +17,19 @@ struct Param {
   Tensor compute;
   bool decay = true;       // AdamW weight decay applies: true iff ndim >= 2 (SPEC.md section 4)
   bool is_expert = false;  // an expert slice: reduced over the expert-data-parallel group only
+  // True while `grad` is known to hold zeros (set where grads are cleared: Transformer::zero_grads
+  // and the optimizer step). The first backward that adds into it may then write instead (a GEMM
+  // with beta 0 does not read C: one read of every weight gradient saved per step); x + 0 == x, so
+  // the values are the same either way.
+  bool grad_is_zero = false;
+
+  // The beta for the next GEMM that adds into `grad` (0 while it is known zero, else 1); the
+  // gradient is no longer known zero afterwards.
+  double take_grad_beta() {
+    const double beta = grad_is_zero ? 0.0 : 1.0;
+    grad_is_zero = false;
+    return beta;
+  }
 
   const Tensor& compute_value() const { return compute.defined() ? compute : value; }
 };

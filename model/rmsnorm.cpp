@@ -5,15 +5,16 @@
 namespace sy {
 
 const Tensor& RMSNorm::forward(Backend& backend, const Tensor& x) {
-  ensure(backend, out, x.shape(), x.dtype());
+  out = (recompute ? scratch() : own_).get(backend, name + ".out", x.shape(), x.dtype());
   ensure(backend, rstd, {x.dim(0)}, stat_dtype(x.dtype()));
   backend.rmsnorm_forward(out, rstd, x, gain.value);
   return out;
 }
 
 const Tensor& RMSNorm::backward(Backend& backend, const Tensor& dout, const Tensor& x) {
-  ensure(backend, dx, x.shape(), x.dtype());
-  backend.rmsnorm_backward(dx, gain.grad, dout, x, gain.value, rstd);
+  dx = scratch().get(backend, "norm.dx", x.shape(), x.dtype());
+  backend.rmsnorm_backward(dx, gain.grad, dout, x, gain.value, rstd);  // dgain +=
+  gain.grad_is_zero = false;
   return dx;
 }
 

@@ -1,19 +1,33 @@
 // RMSNorm: out = x / sqrt(mean(x^2) + 1e-5) * gain, over the last axis.
 #pragma once
+#include <string>
+
 #include "model/backend.h"
+#include "model/buffers.h"
 #include "model/param.h"
 
 namespace sy {
 
 struct RMSNorm {
   Param gain;   // [D], used as the master value (fp32 also in bf16 training)
-  Tensor out;   // [T, D]
+  // Shared scratch (the Transformer's); null: a private one. dx comes from it.
+  Workspace* workspace = nullptr;
+  // train.recompute layer: `out` lives in `workspace` under "<name>.out" and the caller reruns
+  // forward before backward. rstd is always kept (T values).
+  bool recompute = false;
+  std::string name = "norm";
+
+  Tensor out;   // [T, D] (a view)
   Tensor rstd;  // [T] in stat_dtype(x), saved for backward
-  Tensor dx;    // [T, D]
+  Tensor dx;    // [T, D], scratch
 
   const Tensor& forward(Backend& backend, const Tensor& x);
   // x: the forward input. Returns dx (overwritten); gain.grad accumulates.
   const Tensor& backward(Backend& backend, const Tensor& dout, const Tensor& x);
+
+ private:
+  Workspace own_;
+  Workspace& scratch() { return workspace ? *workspace : own_; }
 };
 
 }  // namespace sy

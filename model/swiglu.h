@@ -1,7 +1,10 @@
 // SwiGLU feed-forward: ffn(u) = (silu(u @ w1) * (u @ w3)) @ w2. The dense FFN is one such block
 // over all tokens; each expert is one over its segment of dispatched rows (model/moe/experts).
 #pragma once
+#include <string>
+
 #include "model/backend.h"
+#include "model/buffers.h"
 #include "model/param.h"
 
 namespace sy {
@@ -11,10 +14,10 @@ struct SwigluWeights {
   Tensor w1, w3, w2;
 };
 
-// Saved activations and scratch of one SwiGLU block over N rows, all [N, F].
+// Saved activations and backward scratch of one SwiGLU block over N rows, all [N, F] views.
 struct SwigluActivations {
-  Tensor h1, h3, hidden;  // u@w1, u@w3, silu(h1)*h3
-  Tensor dhidden, dh1, dh3;
+  Tensor h1, h3, hidden;     // u@w1, u@w3, silu(h1)*h3: saved for backward
+  Tensor dhidden, dh1, dh3;  // backward only (undefined in a forward's view)
 };
 
 // out[N, D] = ffn(u[N, D]); `acts` must hold [N, F] buffers (see swiglu_activations_view).
@@ -22,23 +25,43 @@ void swiglu_forward(Backend& backend, const Tensor& out, const Tensor& u, const 
                     SwigluActivations& acts);
 // du[N, D] (overwritten); grads.w1/w3/w2 accumulate.
 void swiglu_backward(Backend& backend, const Tensor& du, const Tensor& dout, const Tensor& u,
-                     const SwigluWeights& w, const SwigluWeights& grads, SwigluActivations& acts);
+                     const SwigluWeights& w, const SwigluWeights& grads, SwigluActivations& acts,
+                     double grad_beta = 1.0);
 
-// Rows [begin, end) of every buffer of `acts`.
+// The beta for a block's three weight gradients: 0 only while all three are known zero.
+inline double take_grad_beta(Param& w1, Param& w3, Param& w2) {
+  const double b1 = w1.take_grad_beta(), b3 = w3.take_grad_beta(), b2 = w2.take_grad_beta();
+  return b1 == 0.0 && b3 == 0.0 && b2 == 0.0 ? 0.0 : 1.0;
+}
+
+// Rows [begin, end) of every defined buffer of `acts`.
 SwigluActivations swiglu_rows(const SwigluActivations& acts, int64_t begin, int64_t end);
-// Makes every buffer of `acts` hold at least `rows` rows of width F (allocating `reserve` rows
-// when it must grow, see ensure_rows); returns views of `rows` rows.
-SwigluActivations ensure_swiglu(Backend& backend, SwigluActivations& storage, int64_t rows,
-                                int64_t hidden, DType dtype, int64_t reserve = 0);
+// [rows, F] views: h1, h3, hidden from slots "<name>.h1", ... of `saved`; with `grads`, also
+// dhidden, dh1, dh3 from `scratch` (slots shared by every SwiGLU: live in one backward only).
+// `reserve`: the most rows a call can bring (see ensure_rows).
+SwigluActivations swiglu_buffers(Backend& backend, Workspace& saved, Workspace& scratch,
+                                 const std::string& name, int64_t rows, int64_t hidden,
+                                 DType dtype, int64_t reserve, bool grads);
 
 // The dense FFN layer.
 struct DenseFFN {
   Param w1, w3, w2;
-  SwigluActivations acts;
-  Tensor out, du;
+  // Shared scratch (the Transformer's); null: a private one. out, du and the backward buffers
+  // come from it.
+  Workspace* workspace = nullptr;
+  // train.recompute layer: h1, h3, hidden live in `workspace` too, and the caller reruns
+  // forward on the same u before backward.
+  bool recompute = false;
+  SwigluActivations acts;  // views, [T, F]
+  Tensor out, du;          // views, [T, D]
 
   const Tensor& forward(Backend& backend, const Tensor& u);
   const Tensor& backward(Backend& backend, const Tensor& dout, const Tensor& u);
+
+ private:
+  Workspace own_;
+  Workspace& scratch() { return workspace ? *workspace : own_; }
+  Workspace& saved() { return recompute && workspace ? *workspace : own_; }
 };
 
 }  // namespace sy

@@ -26,6 +26,14 @@ RouterSettings router_settings(const MoeConfig& moe) {
 
 }  // namespace
 
+Recompute recompute_from_name(const std::string& name) {
+  if (name == "none") return Recompute::none;
+  if (name == "attention") return Recompute::attention;
+  if (name == "layer") return Recompute::layer;
+  throw std::runtime_error("recompute: unknown mode \"" + name +
+                           "\" (expected none, attention or layer)");
+}
+
 Param Transformer::make_param(const std::string& path, const Shape& shape, bool is_expert,
                               bool compute_copy) {
   Param param;
@@ -58,9 +66,19 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
 
   embedding_.table = make_param("embedding", {m.vocab_size, D});
   blocks_.resize(m.n_layers);
+  Workspace* const shared = workspace_.get();
+  const bool recompute_layer = options_.recompute == Recompute::layer;
   for (int64_t l = 0; l < m.n_layers; ++l) {
     const std::string prefix = "layers/" + std::to_string(l) + "/";
     Block& block = blocks_[l];
+    for (RMSNorm* norm : {&block.attn_norm, &block.ffn_norm}) {
+      norm->workspace = shared;
+      norm->recompute = recompute_layer;
+    }
+    block.attn_norm.name = "attn_norm";
+    block.ffn_norm.name = "ffn_norm";
+    block.attn.workspace = shared;
+    block.attn.recompute = options_.recompute != Recompute::none;
     block.attn_norm.gain = make_param(prefix + "attn_norm", {D}, false, false);
     block.attn.wq = make_param(prefix + "attn/wq", {D, D});
     block.attn.wk = make_param(prefix + "attn/wk", {D, D});
@@ -73,6 +91,8 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
       block.dense->w1 = make_param(prefix + "ffn/w1", {D, m.ffn_hidden});
       block.dense->w3 = make_param(prefix + "ffn/w3", {D, m.ffn_hidden});
       block.dense->w2 = make_param(prefix + "ffn/w2", {m.ffn_hidden, D});
+      block.dense->workspace = shared;
+      block.dense->recompute = recompute_layer;
       continue;
     }
     if (!exchange) throw std::runtime_error("Transformer: MoE layers need a token exchange");
@@ -85,6 +105,9 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
     block.moe = std::make_unique<MoELayer>();
     MoELayer& layer = *block.moe;
     layer.exchange = exchange;
+    layer.workspace = shared;
+    layer.experts.workspace = shared;
+    layer.experts.recompute = recompute_layer;
     layer.router.weight = make_param(prefix + "moe/router", {D, moe.num_experts}, false, false);
     layer.router.settings = router_settings(moe);
     if (moe.bias_update_rate > 0)
@@ -191,7 +214,10 @@ void Transformer::init_parameters(uint64_t seed) {
 }
 
 void Transformer::zero_grads() {
-  for (Param* param : params()) backend_.fill(param->grad, 0.0);
+  for (Param* param : params()) {
+    backend_.fill(param->grad, 0.0);
+    param->grad_is_zero = true;
+  }
 }
 
 void Transformer::refresh_compute_weights() {
@@ -275,9 +301,7 @@ void Transformer::forward(int64_t batch, bool training) {
   const int64_t T = batch * m.seq_len, D = m.d_model;
   const AttentionShape shape{batch, m.seq_len, m.n_heads};
   residual_.resize(m.n_layers + 1);
-  residual_mid_.resize(m.n_layers);
   for (Tensor& x : residual_) ensure(backend_, x, {T, D}, options_.dtype);
-  for (Tensor& x : residual_mid_) ensure(backend_, x, {T, D}, options_.dtype);
 
   embedding_.forward(backend_, residual_[0], inputs_);
   for (int64_t l = 0; l < m.n_layers; ++l) {
@@ -285,13 +309,14 @@ void Transformer::forward(int64_t batch, bool training) {
     // x_mid = x + attention(rmsnorm(x))
     const Tensor& attn_in = block.attn_norm.forward(backend_, residual_[l]);
     const Tensor& attn_out = block.attn.forward(backend_, attn_in, shape);
-    backend_.copy(residual_mid_[l], residual_[l]);
-    backend_.add(residual_mid_[l], attn_out, 1.0);
+    const Tensor x_mid = residual_mid(l, T);
+    backend_.copy(x_mid, residual_[l]);
+    backend_.add(x_mid, attn_out, 1.0);
     // x_next = x_mid + ffn(rmsnorm(x_mid))
-    const Tensor& ffn_in = block.ffn_norm.forward(backend_, residual_mid_[l]);
+    const Tensor& ffn_in = block.ffn_norm.forward(backend_, x_mid);
     const Tensor& ffn_out =
         block.dense ? block.dense->forward(backend_, ffn_in) : block.moe->forward(backend_, ffn_in);
-    backend_.copy(residual_[l + 1], residual_mid_[l]);
+    backend_.copy(residual_[l + 1], x_mid);
     backend_.add(residual_[l + 1], ffn_out, 1.0);
   }
 }
@@ -308,17 +333,44 @@ void Transformer::backward(int64_t batch, double loss_scale) {
   backend_.copy(dresidual_, final_norm_.backward(backend_, lm_head_.dx, residual_.back()));
   for (int64_t l = m.n_layers - 1; l >= 0; --l) {
     Block& block = blocks_[l];
+    if (options_.recompute == Recompute::layer) recompute_block(l, shape);
     const Tensor& ffn_in = block.ffn_norm.out;
     const Tensor& dffn_in = block.dense
                                 ? block.dense->backward(backend_, dresidual_, ffn_in)
                                 : block.moe->backward(backend_, dresidual_, ffn_in, d_aux, d_z);
-    backend_.add(dresidual_, block.ffn_norm.backward(backend_, dffn_in, residual_mid_[l]), 1.0);
+    const Tensor x_mid = residual_mid(l, dresidual_.dim(0));
+    backend_.add(dresidual_, block.ffn_norm.backward(backend_, dffn_in, x_mid), 1.0);
 
     const Tensor& attn_in = block.attn_norm.out;
+    if (options_.recompute == Recompute::attention) block.attn.forward(backend_, attn_in, shape);
     const Tensor& dattn_in = block.attn.backward(backend_, dresidual_, attn_in, shape);
     backend_.add(dresidual_, block.attn_norm.backward(backend_, dattn_in, residual_[l]), 1.0);
   }
   embedding_.backward(backend_, dresidual_, inputs_);
+}
+
+Tensor Transformer::residual_mid(int64_t layer, int64_t tokens) {
+  const Shape shape{tokens, options_.model.d_model};
+  if (options_.recompute == Recompute::layer)
+    return workspace_->get(backend_, "residual_mid", shape, options_.dtype);
+  residual_mid_.resize(options_.model.n_layers);
+  return ensure(backend_, residual_mid_[layer], shape, options_.dtype);
+}
+
+// The forward's block `layer` again, on the same input and weights: bitwise the same
+// activations. The router's results and the exchanged rows are still those of the forward.
+void Transformer::recompute_block(int64_t layer, const AttentionShape& shape) {
+  Block& block = blocks_[layer];
+  const Tensor& attn_in = block.attn_norm.forward(backend_, residual_[layer]);
+  const Tensor& attn_out = block.attn.forward(backend_, attn_in, shape);
+  const Tensor x_mid = residual_mid(layer, attn_in.dim(0));
+  backend_.copy(x_mid, residual_[layer]);
+  backend_.add(x_mid, attn_out, 1.0);
+  const Tensor& ffn_in = block.ffn_norm.forward(backend_, x_mid);
+  if (block.dense)
+    block.dense->forward(backend_, ffn_in);
+  else
+    block.moe->recompute_experts(backend_);
 }
 
 }  // namespace sy

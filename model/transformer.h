@@ -9,6 +9,7 @@
 
 #include "model/attention.h"
 #include "model/backend.h"
+#include "model/buffers.h"
 #include "model/embedding.h"
 #include "model/lm_head.h"
 #include "model/model_config.h"
@@ -41,6 +42,16 @@ struct GroupStats {
   std::vector<double> entropy_per_layer;  // [MoE layer] mean router entropy over the group's tokens
 };
 
+// train.recompute (docs/config.md, docs/cuda.md "Memory"): what backward rebuilds instead of
+// keeping per layer. attention: q, k, v, context and lse (or probs) of every layer, rerun from the
+// saved normalised input. layer: everything of a block but its input, and, in an MoE block, the
+// router's results and the rows exchanged (x_recv, y_perm): the attention half, the norms, the
+// dense FFN or the experts' SwiGLU are rerun; routing and the token exchange are not. Both give
+// bitwise the stored run's loss and gradients (the same ops on the same inputs).
+enum class Recompute { none, attention, layer };
+// "none" | "attention" | "layer"; throws naming the value otherwise.
+Recompute recompute_from_name(const std::string& name);
+
 struct TransformerOptions {
   ModelConfig model;
   MoeConfig moe;
@@ -52,6 +63,7 @@ struct TransformerOptions {
   // norm gains compute in it. f32 or f64, never narrower than the compute dtype (f64 compute
   // implies f64 masters). Mixed precision is dtype bf16 with master f32.
   DType master_dtype = DType::f32;
+  Recompute recompute = Recompute::none;
 };
 
 class Transformer {
@@ -101,6 +113,12 @@ class Transformer {
                    bool compute_copy = true);
   void forward(int64_t batch, bool training);
   void backward(int64_t batch, double loss_scale);
+  // The block's [T, D] residual after attention: per layer, or one shared buffer under
+  // recompute layer (rebuilt in backward by recompute_block).
+  Tensor residual_mid(int64_t layer, int64_t tokens);
+  // Recompute layer: reruns block `layer`'s forward from its saved input, all but the routing
+  // and the exchange.
+  void recompute_block(int64_t layer, const AttentionShape& shape);
 
   Backend& backend_;
   TransformerOptions options_;
@@ -117,6 +135,9 @@ class Transformer {
   std::vector<Tensor> residual_;          // [L+1] block inputs (and the final output), [T, D]
   std::vector<Tensor> residual_mid_;      // [L] after attention, [T, D]
   Tensor dresidual_;                      // [T, D]
+  // Scratch shared by every layer (backward buffers, forward temporaries, recomputed
+  // activations): one layer's worth. Behind a pointer: the layers hold its address.
+  std::unique_ptr<Workspace> workspace_ = std::make_unique<Workspace>();
 };
 
 }  // namespace sy

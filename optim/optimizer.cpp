@@ -42,6 +42,7 @@ class AdamW : public Optimizer {
     hp.grad_scale = grad_scale;
     hp.zero_grads = true;
     backend.fused_adamw_step(params, exp_avgs, exp_avg_sqs, hp);
+    for (Param* param : params) param->grad_is_zero = true;
   }
 
   // Moments are keyed by path, so a param seen for the first time later still gets its own.
@@ -95,6 +96,7 @@ class Sgd : public Optimizer {
       if (param->compute.defined() && param->compute.data() != param->value.data())
         backend.copy(param->compute, param->value);
       backend.fill(param->grad, 0.0);
+      param->grad_is_zero = true;
     }
   }
 };

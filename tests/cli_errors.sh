@@ -94,8 +94,8 @@ expect 1 "missing.h5" "$switchyard" generate tiny.yaml --checkpoint missing.h5 -
 # Under mpirun: reported once, by rank 0, and the job ends.
 expect 1 "parallel.expert_parallel: 4 does not divide the number of ranks (2)" "${mpi2[@]}" "$switchyard" train tiny.yaml --set parallel.expert_parallel=4
 expect 1 "moe.num_experts" "${mpi2[@]}" "$switchyard" train tiny.yaml --set moe.num_experts=3 --set parallel.expert_parallel=2
-expect 1 "missing.h5" "${mpi2[@]}" "$switchyard" train tiny.yaml --set data.path=missing.h5
-expect_ok "${mpi2[@]}" "$switchyard" train tiny.yaml --set parallel.expert_parallel=2
+expect 1 "missing.h5" "${mpi2[@]}" "$switchyard" train tiny.yaml --set data.path=missing.h5 --set run.dir=run_mpi
+expect_ok "${mpi2[@]}" "$switchyard" train tiny.yaml --set parallel.expert_parallel=2 --set run.dir=run_mpi
 
 # ---- help and version: every command lists its options with their defaults --------------------
 commands=(prepare-data train eval generate inspect plot check-config)

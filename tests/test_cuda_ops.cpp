@@ -487,6 +487,197 @@ TEST_P(CudaOps, CrossEntropy) {
   }
 }
 
+// ---- vector kernels (bf16, 16-byte accesses) --------------------------------------------------
+// bf16 data at 16-byte aligned addresses takes the vector kernels; a view one element into a
+// buffer is misaligned and takes the element-wise kernels. Where docs/cuda.md says a vector
+// kernel keeps the element-wise float expressions, the two must agree bitwise; the others are
+// held to the CPU tolerances above on shapes that take the vector paths (docs/cuda.md).
+class CudaVec : public CudaTest {
+ protected:
+  // bf16 `shape` holding v, one element into a larger buffer: not 16-byte aligned.
+  Tensor misaligned(const Shape& shape, const std::vector<double>& v) {
+    const int64_t n = shape_numel(shape);
+    Tensor t = gpu().alloc({n + 1}, DType::bf16).rows(1, n + 1).reshape(shape);
+    gpu().write(t, std::span<const double>(v));
+    return t;
+  }
+  Tensor misaligned_poisoned(const Shape& shape) {
+    Tensor t = misaligned(shape, std::vector<double>(shape_numel(shape), 0.0));
+    gpu().fill(t, kNaN);
+    return t;
+  }
+  void expect_bitwise(const Tensor& a, const Tensor& b, const std::string& what) {
+    const std::vector<double> x = gpu().read(a), y = gpu().read(b);
+    ASSERT_EQ(x.size(), y.size()) << what;
+    int64_t differ = 0, first = -1;
+    for (size_t i = 0; i < x.size(); ++i)
+      if (std::memcmp(&x[i], &y[i], sizeof(double)) != 0 && differ++ == 0) first = int64_t(i);
+    EXPECT_EQ(differ, 0) << what << ": " << differ << " elements differ, first at " << first
+                         << " (" << x[first < 0 ? 0 : first] << " vs " << y[first < 0 ? 0 : first]
+                         << ")";
+  }
+  static constexpr DType bf = DType::bf16;
+};
+
+TEST_F(CudaVec, ElementwiseVectorKernelsAreBitwiseTheScalarOnes) {
+  const int64_t n = 4099;  // 512 vectors and a tail of 3
+  const std::vector<double> a = values(n, bf, 2.0), b = values(n, bf), d = values(n, bf);
+  Tensor av = on_gpu({n}, a, bf), bv = on_gpu({n}, b, bf), dv = on_gpu({n}, d, bf);
+  Tensor as = misaligned({n}, a), bs = misaligned({n}, b), ds = misaligned({n}, d);
+  Tensor ov = poisoned({n}, bf), os = misaligned_poisoned({n});
+  gpu().swiglu_forward(ov, av, bv);
+  gpu().swiglu_forward(os, as, bs);
+  expect_bitwise(ov, os, "swiglu_forward");
+  Tensor dav = poisoned({n}, bf), dbv = poisoned({n}, bf);
+  Tensor das = misaligned_poisoned({n}), dbs = misaligned_poisoned({n});
+  gpu().swiglu_backward(dav, dbv, dv, av, bv);
+  gpu().swiglu_backward(das, dbs, ds, as, bs);
+  expect_bitwise(dav, das, "swiglu_backward da");
+  expect_bitwise(dbv, dbs, "swiglu_backward db");
+  gpu().add(av, bv, -0.75);
+  gpu().add(as, bs, -0.75);
+  expect_bitwise(av, as, "add");
+  // The same through the CPU reference, at the CudaOps tolerances.
+  Tensor oc = cpu().alloc({n}, DType::f32);
+  cpu().swiglu_forward(oc, on_cpu({n}, a), on_cpu({n}, b));
+  expect_close(ov, oc, 4e-3, "swiglu_forward (vector)", bf);
+}
+
+TEST_F(CudaVec, RopeOnQAndKInOneLaunch) {
+  const int64_t B = 2, S = 19, H = 3, Dh = 32, T = B * S, D = H * Dh;  // Dh / 2 = 16: 2 vectors
+  const std::vector<double> q = values(T * D, bf), k = values(T * D, bf);
+  Tensor qv = on_gpu({T, D}, q, bf), kv = on_gpu({T, D}, k, bf);
+  Tensor qs = misaligned({T, D}, q), ks = misaligned({T, D}, k);
+  Tensor qc = on_cpu({T, D}, q), kc = on_cpu({T, D}, k);
+  gpu().rope_forward_qk(qv, kv, B, S, H);
+  gpu().rope_forward(qs, B, S, H);
+  gpu().rope_forward(ks, B, S, H);
+  cpu().rope_forward_qk(qc, kc, B, S, H);
+  expect_bitwise(qv, qs, "rope_forward_qk q");
+  expect_bitwise(kv, ks, "rope_forward_qk k");
+  expect_close(qv, qc, 4e-3, "rope_forward_qk q", bf);
+  expect_close(kv, kc, 4e-3, "rope_forward_qk k", bf);
+  gpu().rope_backward_qk(qv, kv, B, S, H);
+  gpu().rope_backward(qs, B, S, H);
+  gpu().rope_backward(ks, B, S, H);
+  cpu().rope_backward_qk(qc, kc, B, S, H);
+  expect_bitwise(qv, qs, "rope_backward_qk q");
+  expect_bitwise(kv, ks, "rope_backward_qk k");
+  expect_close(qv, qc, 4e-3, "rope_backward_qk q", bf);
+  expect_close(kv, kc, 4e-3, "rope_backward_qk k", bf);
+  // f32 takes the element-wise kernel for both tensors.
+  Tensor qf = on_gpu({T, D}, q, DType::f32), kf = on_gpu({T, D}, k, DType::f32);
+  Tensor qfc = on_cpu({T, D}, q), kfc = on_cpu({T, D}, k);
+  gpu().rope_forward_qk(qf, kf, B, S, H);
+  cpu().rope_forward_qk(qfc, kfc, B, S, H);
+  expect_close(qf, qfc, 1e-6, "rope_forward_qk q", DType::f32);
+  expect_close(kf, kfc, 1e-6, "rope_forward_qk k", DType::f32);
+}
+
+TEST_F(CudaVec, RMSNormWideRows) {
+  for (const int64_t D : {2048, 4096}) {  // backward: vector at 2048, element-wise at 4096
+    const int64_t N = 70;                 // chunks of 32 rows and a partial one
+    const std::string at = " D=" + std::to_string(D);
+    const std::vector<double> x = values(N * D, bf, 2.0), dout = values(N * D, bf);
+    std::vector<double> gain = values(D, DType::f32, 0.1), dg0 = values(D, DType::f32);
+    for (double& g : gain) g += 1.0;
+    Tensor xc = on_cpu({N, D}, x), xg = on_gpu({N, D}, x, bf);
+    Tensor gc = on_cpu({D}, gain), gg = on_gpu({D}, gain, DType::f32);
+    Tensor oc = cpu().alloc({N, D}, DType::f32), rc = cpu().alloc({N}, DType::f32);
+    Tensor og = poisoned({N, D}, bf), rg = poisoned({N}, DType::f32);
+    cpu().rmsnorm_forward(oc, rc, xc, gc);
+    gpu().rmsnorm_forward(og, rg, xg, gg);
+    expect_close(og, oc, 4e-3, "rmsnorm_forward out" + at, bf);
+    expect_close(rg, rc, 1e-6, "rmsnorm_forward rstd" + at, bf);
+    Tensor dxc = cpu().alloc({N, D}, DType::f32), dgc = on_cpu({D}, dg0);
+    Tensor doutg = on_gpu({N, D}, dout, bf);
+    cpu().rmsnorm_backward(dxc, dgc, on_cpu({N, D}, dout), xc, gc, rc);
+    Tensor dxg[2] = {poisoned({N, D}, bf), poisoned({N, D}, bf)};
+    Tensor dgg[2] = {on_gpu({D}, dg0, DType::f32), on_gpu({D}, dg0, DType::f32)};
+    for (int run = 0; run < 2; ++run)
+      gpu().rmsnorm_backward(dxg[run], dgg[run], doutg, xg, gg, rg);
+    expect_close(dxg[0], dxc, 4e-3, "rmsnorm_backward dx" + at, bf);
+    expect_close(dgg[0], dgc, 1e-5, "rmsnorm_backward dgain" + at, bf);
+    expect_bitwise(dxg[0], dxg[1], "rmsnorm_backward dx, twice" + at);
+    expect_bitwise(dgg[0], dgg[1], "rmsnorm_backward dgain, twice" + at);
+  }
+}
+
+TEST_F(CudaVec, CrossEntropyVectorPaths) {
+  // bf16 4096: the row in registers; bf16 33024 (> 32768): two passes; f32: two passes.
+  struct Case {
+    DType dtype;
+    int64_t V;
+  };
+  for (const Case c : {Case{bf, 4096}, Case{bf, 33024}, Case{DType::f32, 4096},
+                       Case{DType::f32, 32768}}) {
+    const int64_t N = 9;
+    const std::string at = std::string(" ") + dtype_name(c.dtype) + " V=" + std::to_string(c.V);
+    const std::vector<double> logits = values(N * c.V, c.dtype, 3.0);
+    std::vector<int32_t> targets(N);
+    for (int64_t t = 0; t < N; ++t) targets[t] = static_cast<int32_t>((t * 977 + 5) % c.V);
+    targets[0] = 0;
+    targets[1] = static_cast<int32_t>(c.V - 1);
+    for (bool grad : {false, true}) {
+      Tensor lc = on_cpu({N, c.V}, logits), lg = on_gpu({N, c.V}, logits, c.dtype);
+      Tensor sc = cpu().alloc({N}, DType::f32), sg = poisoned({N}, DType::f32);
+      cpu().cross_entropy(sc, lc, ints_cpu(targets), grad, 0.37);
+      gpu().cross_entropy(sg, lg, ints_gpu(targets), grad, 0.37);
+      expect_close(sg, sc, 1e-6, std::string("cross_entropy losses") + (grad ? " (grad)" : "") + at,
+                   c.dtype);
+      expect_close(lg, lc, c.dtype == bf ? 4e-3 : 1e-6,
+                   std::string(grad ? "cross_entropy dlogits" : "cross_entropy logits kept") + at,
+                   c.dtype);
+    }
+  }
+}
+
+TEST_F(CudaVec, PermuteAndCombineVectorKernels) {
+  const int64_t N = 40, K = 2, D = 64;  // 8 vectors a row
+  // Assignment s goes to row R-1-(its rank among the kept); every 7th is dropped.
+  std::vector<int32_t> slot_row(N * K, -1), row_slot;
+  for (int64_t s = 0; s < N * K; ++s)
+    if (s % 7 != 3) row_slot.push_back(static_cast<int32_t>(s));
+  std::reverse(row_slot.begin(), row_slot.end());
+  const int64_t R = static_cast<int64_t>(row_slot.size());
+  for (int64_t r = 0; r < R; ++r) slot_row[row_slot[r]] = static_cast<int32_t>(r);
+  Tensor src = ints_cpu(slot_row), rsc = ints_cpu(row_slot);
+  Tensor srg = ints_gpu(slot_row), rsg = ints_gpu(row_slot);
+
+  const std::vector<double> x = values(N * D, bf), dxp = values(R * D, bf), y = values(R * D, bf),
+                            dout = values(N * D, bf), gates = values(N * K, DType::f32, 0.5);
+  Tensor pv = poisoned({R, D}, bf), ps = misaligned_poisoned({R, D});
+  gpu().permute_rows(pv, on_gpu({N, D}, x, bf), rsg, K);
+  gpu().permute_rows(ps, misaligned({N, D}, x), rsg, K);
+  expect_bitwise(pv, ps, "permute_rows");
+  Tensor pc = cpu().alloc({R, D}, DType::f32);
+  cpu().permute_rows(pc, on_cpu({N, D}, x), rsc, K);
+  expect_close(pv, pc, 0.0, "permute_rows (vector)", bf);
+
+  Tensor dxv = poisoned({N, D}, bf), dxs = misaligned_poisoned({N, D});
+  gpu().permute_rows_backward(dxv, on_gpu({R, D}, dxp, bf), srg, K);
+  gpu().permute_rows_backward(dxs, misaligned({R, D}, dxp), srg, K);
+  expect_bitwise(dxv, dxs, "permute_rows_backward");
+
+  Tensor gg = on_gpu({N, K}, gates, DType::f32);
+  Tensor ov = poisoned({N, D}, bf), os = misaligned_poisoned({N, D});
+  gpu().unpermute_combine(ov, on_gpu({R, D}, y, bf), gg, srg);
+  gpu().unpermute_combine(os, misaligned({R, D}, y), gg, srg);
+  expect_bitwise(ov, os, "unpermute_combine");
+
+  Tensor dyv = poisoned({R, D}, bf), dys = misaligned_poisoned({R, D});
+  Tensor dgv = poisoned({N, K}, DType::f32), dgs = poisoned({N, K}, DType::f32);
+  gpu().unpermute_combine_backward(dyv, dgv, on_gpu({N, D}, dout, bf), on_gpu({R, D}, y, bf), gg,
+                                   srg);
+  gpu().unpermute_combine_backward(dys, dgs, misaligned({N, D}, dout), misaligned({R, D}, y), gg,
+                                   srg);
+  expect_bitwise(dyv, dys, "unpermute_combine_backward dy");
+  Tensor dyc = cpu().alloc({R, D}, DType::f32), dgc = cpu().alloc({N, K}, DType::f32);
+  cpu().unpermute_combine_backward(dyc, dgc, on_cpu({N, D}, dout), on_cpu({R, D}, y),
+                                   on_cpu({N, K}, gates), src);
+  expect_close(dgv, dgc, 1e-5, "unpermute_combine_backward dgates (vector)", bf);
+}
+
 // ---- router (f32, as in training) -----------------------------------------------------------
 // The router and the optimizer run in f32 (the router is fp32 everywhere; master weights fp32).
 class CudaF32 : public CudaTest {

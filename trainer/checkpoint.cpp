@@ -173,8 +173,10 @@ std::string utc_now() {
   return text;
 }
 
-std::string provenance(const Config& config, const ProcessGroups& groups) {
+std::string provenance(const Config& config, const ProcessGroups& groups,
+                       const std::string& run_id) {
   std::string out;
+  if (!run_id.empty()) out += "run_id: " + quote(run_id) + "\n";
   out += "switchyard: " + quote(SY_VERSION) + "\n";
   out += "git_commit: " + quote(SY_GIT_COMMIT) + "\n";
   out += "hdf5: " + quote(h5::library_version()) + "\n";
@@ -549,6 +551,18 @@ ConfigDiff compare_configs(const std::string& checkpoint_yaml, const Config& con
   return diff;
 }
 
+std::string provenance_run_id(const std::string& provenance) {
+  const std::string key = "run_id: ";
+  size_t start = provenance.rfind("\n" + key);
+  start = provenance.rfind(key, 0) == 0 ? 0 : (start == std::string::npos ? start : start + 1);
+  if (start == std::string::npos) return "";
+  std::string value = provenance.substr(start + key.size());
+  value = value.substr(0, value.find('\n'));
+  if (value.size() >= 2 && value.front() == '"' && value.back() == '"')
+    value = value.substr(1, value.size() - 2);
+  return value;
+}
+
 CheckpointHeader read_checkpoint_header(const std::string& path) {
   h5::QuietErrors quiet;
   try {
@@ -561,7 +575,7 @@ CheckpointHeader read_checkpoint_header(const std::string& path) {
 
 std::string save_checkpoint(const std::string& dir, int64_t step, const Config& config,
                             Transformer& model, Optimizer* optimizer, ProcessGroups& groups,
-                            Backend& backend) {
+                            Backend& backend, const std::string& run_id) {
   Communicator& world = *groups.world;
   Communicator& ep = *groups.expert_parallel;
   const bool writer = world.rank() == 0;
@@ -589,7 +603,7 @@ std::string save_checkpoint(const std::string& dir, int64_t step, const Config& 
       h5::write_int_attribute(out->file(), "step", step);
       h5::write_int_attribute(out->file(), "optimizer_step", optimizer ? optimizer->step_count() : step);
       h5::write_string_attribute(out->file(), "config", config_to_yaml(config));
-      h5::write_string_attribute(out->file(), "provenance", provenance(config, groups));
+      h5::write_string_attribute(out->file(), "provenance", provenance(config, groups, run_id));
     } catch (const std::exception& error) {
       fail(error);
     }
@@ -664,9 +678,18 @@ std::string save_checkpoint(const std::string& dir, int64_t step, const Config& 
       write_text_atomically(fs::path(dir) / "latest", final_path.filename().string() + "\n");
       // Only now that the new checkpoint is complete: drop the oldest beyond keep_last, and the
       // temporary files that interrupted saves left behind.
+      // With a run id, only this run's files count and go: another run's checkpoints in a
+      // shared folder (or files from before run ids, or unreadable ones) are left alone.
       int64_t kept = 1;
       for (const auto& [file_step, path] : step_files(dir)) {
         if (path.filename() == final_path.filename()) continue;
+        if (!run_id.empty()) {
+          try {
+            if (provenance_run_id(read_checkpoint_header(path.string()).provenance) != run_id) continue;
+          } catch (const std::exception&) {
+            continue;
+          }
+        }
         if (++kept > config.checkpoint.keep_last) fs::remove(path);
       }
       std::error_code error;
@@ -775,10 +798,17 @@ LoadResult load_checkpoint(const std::string& path, const Config& config, Transf
   return result;
 }
 
-std::string find_latest_checkpoint(const std::string& dir, std::vector<std::string>* skipped) {
+std::string find_latest_checkpoint(const std::string& dir, std::vector<std::string>* skipped,
+                                   const std::vector<std::string>& exclude) {
   std::error_code error;
   if (!fs::is_directory(dir, error)) return "";
+  auto excluded = [&](const fs::path& path) {
+    return std::any_of(exclude.begin(), exclude.end(), [&](const std::string& other) {
+      return fs::path(other).filename() == path.filename();
+    });
+  };
   auto loadable = [&](const fs::path& path) {
+    if (excluded(path)) return false;
     h5::QuietErrors quiet;
     try {
       Handle file = open_file(path.string());

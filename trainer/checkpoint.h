@@ -62,12 +62,17 @@ ConfigDiff compare_configs(const std::string& checkpoint_yaml, const Config& con
 // Collective over groups.world: writes <dir>/step_<step>.h5 from world rank 0 (the other ranks of
 // the first EP group send it their experts, one expert at a time), updates <dir>/latest, and
 // keeps only the newest config.checkpoint.keep_last step files (older ones are removed only after
-// the new one is complete). `optimizer` may be null (then no /optimizer group). Returns the path
-// on every rank. On failure every rank throws CollectiveError naming the file; what was there
-// before (the previous checkpoints and `latest`) is untouched.
+// the new one is complete). `optimizer` may be null (then no /optimizer group). `run_id`, when
+// given, goes into the provenance ("run_id: ...") and keep_last then counts and removes only
+// files with that run id. Returns the path on every rank. On failure every rank throws
+// CollectiveError naming the file; what was there before (the previous checkpoints and `latest`)
+// is untouched.
 std::string save_checkpoint(const std::string& dir, int64_t step, const Config& config,
                             Transformer& model, Optimizer* optimizer, ProcessGroups& groups,
-                            Backend& backend);
+                            Backend& backend, const std::string& run_id = "");
+
+// The run id in a checkpoint's provenance ("" when it has none).
+std::string provenance_run_id(const std::string& provenance);
 
 struct LoadResult {
   CheckpointHeader header;
@@ -86,9 +91,12 @@ LoadResult load_checkpoint(const std::string& path, const Config& config, Transf
 // --resume auto: the newest complete checkpoint in `dir`: the file `latest` names if it opens
 // and has a valid header and tensor listing, else the loadable step_*.h5 with the highest step.
 // Returns "" when there is none. `skipped`, when given, receives one line per candidate passed
-// over and why. Not collective (rank 0 decides and tells the others).
+// over and why. Files in `exclude` (paths; compared by file name) are passed over silently:
+// --resume auto's candidates that failed to load. Not collective (rank 0 decides and tells the
+// others).
 std::string find_latest_checkpoint(const std::string& dir,
-                                   std::vector<std::string>* skipped = nullptr);
+                                   std::vector<std::string>* skipped = nullptr,
+                                   const std::vector<std::string>& exclude = {});
 
 // Every dataset of a checkpoint, in file order: path, shape and L2 norm (accumulated in double),
 // each read in slices so that memory stays bounded. `listing` is called once with every

@@ -91,7 +91,9 @@ std::vector<Section> config_fields(Config& c) {
         {"beta1", &c.train.beta1},
         {"beta2", &c.train.beta2},
         {"eps", &c.train.eps},
-        {"grad_clip", &c.train.grad_clip}}},
+        {"grad_clip", &c.train.grad_clip},
+        {"max_bad_steps", &c.train.max_bad_steps},
+        {"recompute", &c.train.recompute}}},
       {"data", {{"path", &c.data.path}}},
       {"eval", {{"every", &c.eval.every}, {"batches", &c.eval.batches}}},
       {"checkpoint",
@@ -456,7 +458,7 @@ void validate_model(const ModelConfig& m, Problems& p) {
   check_at_least(p, "model.n_layers", m.n_layers, 1);
   check_at_least(p, "model.n_heads", m.n_heads, 1);
   check_at_least(p, "model.ffn_hidden", m.ffn_hidden, 1);
-  check_one_of(p, "model.attention_kernel", m.attention_kernel, {"auto", "flash", "reference"});
+  check_one_of(p, "model.attention_kernel", m.attention_kernel, {"auto", "cudnn", "flash", "reference"});
   if (m.d_model >= 1 && m.n_heads >= 1) {
     if (m.d_model % m.n_heads != 0) {
       p.add("model.d_model", str(m.d_model) + " is not divisible by model.n_heads (" +
@@ -540,6 +542,8 @@ void validate_train(const TrainConfig& t, Problems& p) {
   else check_finite(p, "train.eps", t.eps);
   if (!(t.grad_clip >= 0)) p.add("train.grad_clip", "must be >= 0 (0 turns clipping off), got " + str(t.grad_clip));
   else check_finite(p, "train.grad_clip", t.grad_clip);
+  check_at_least(p, "train.max_bad_steps", t.max_bad_steps, 1);
+  check_one_of(p, "train.recompute", t.recompute, {"none", "attention", "layer"});
 }
 
 void validate_rest(const Config& c, Problems& p) {

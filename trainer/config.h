@@ -28,6 +28,9 @@ struct TrainConfig {
   double beta2 = 0.95;
   double eps = 1e-8;
   double grad_clip = 1.0;             // <= 0: no clipping
+  int64_t max_bad_steps = 3;          // non-finite steps in a row (each skipped) before the run stops
+  // none | attention | layer: activations backward rebuilds instead of keeping (docs/config.md)
+  std::string recompute = "none";
 };
 
 struct DataConfig {

@@ -9,8 +9,10 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -45,6 +47,7 @@ struct CommandLine {
   std::string output = "corpora/brown.h5";
   std::string tokenizer = "bytes";
   std::string resume;      // train
+  bool overwrite = false;  // train
   std::string checkpoint;  // eval, generate (--checkpoint), inspect (CHECKPOINT)
   int64_t batches = 0;     // eval; when not given, the config's eval.batches
   sy::GenerateOptions generate;
@@ -161,6 +164,9 @@ void build_cli(CLI::App& app, CommandLine& line) {
                    "continue from a checkpoint file; auto: the newest complete one in "
                    "checkpoint.dir, or start fresh if there is none (docs/checkpoint.md)")
       ->type_name("PATH|auto");
+  train->add_flag("--overwrite", line.overwrite,
+                  "start fresh in a run.dir that holds a run, moving the old one aside to "
+                  "<run.dir>.old-<UTC time> (without it, such a run.dir is refused)");
   add_overrides(*train, line);
 
   CLI::App* eval = app.add_subcommand(
@@ -294,14 +300,37 @@ int cmd_prepare_data(const CommandLine& line) {
   return 0;
 }
 
+// CONFIG of the commands that run a model: a readable file holding a YAML mapping. The loader
+// reads an empty file as all defaults (tests rely on that), but on the command line a folder or
+// an empty file is a mistake that would otherwise train the default model.
+const std::string& checked_config_file(const std::string& path) {
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error))
+    throw sy::ConfigError(path + ": is a folder, not a config file (docs/config.md)");
+  std::ifstream in(path);
+  if (!in) return path;  // the loader names why it cannot be read
+  std::string text_line;
+  while (std::getline(in, text_line)) {
+    const size_t first = text_line.find_first_not_of(" \t\r");
+    if (first != std::string::npos && text_line[first] != '#') return path;
+  }
+  throw sy::ConfigError(path + ": is empty (a config is a YAML mapping of sections, docs/config.md)");
+}
+
 int cmd_train(const CommandLine& line, const CLI::App& given) {
-  const sy::Config config = sy::load_config(line.config, line.overrides);
+  const sy::Config config = sy::load_config(checked_config_file(line.config), line.overrides);
   sy::TrainOptions options;
   options.resume = line.resume;
   if (given.count("--resume") && options.resume.empty())
     throw UsageError("--resume: expected a checkpoint path or auto");
+  if (line.overwrite && !options.resume.empty())
+    throw UsageError("--overwrite starts a fresh run; it cannot be combined with --resume");
+  options.guard_run_dir = true;
+  options.overwrite = line.overwrite;
   try {
-    sy::train(config, options);
+    // README "Running on a cluster": a stop signal ends the run after a checkpoint, with its
+    // own status so that a job script can tell "resume me" from "failed".
+    if (sy::train(config, options).stop_signal != 0) return sy::kExitPreempted;
   } catch (const std::exception& error) {
     // Why the run stopped belongs in its log too; train() printed everything else there.
     if (world_rank() == 0)
@@ -324,7 +353,7 @@ std::unique_ptr<sy::Tokenizer> tokenizer_for(const sy::Config& config) {
 }
 
 int cmd_generate(const CommandLine& line) {
-  const sy::Config config = sy::load_config(line.config, line.overrides);
+  const sy::Config config = sy::load_config(checked_config_file(line.config), line.overrides);
   sy::ModelSession session = sy::make_model_session(config, MPI_COMM_WORLD);
   const std::string checkpoint = resolve_checkpoint_on_rank0(line.checkpoint);
   sy::load_checkpoint(checkpoint, config, *session.model, nullptr, session.groups,
@@ -336,7 +365,7 @@ int cmd_generate(const CommandLine& line) {
 }
 
 int cmd_eval(const CommandLine& line, const CLI::App& given) {
-  const sy::Config config = sy::load_config(line.config, line.overrides);
+  const sy::Config config = sy::load_config(checked_config_file(line.config), line.overrides);
   const int64_t batches = given.count("--batches") ? line.batches : config.eval.batches;
   sy::ModelSession session = sy::make_model_session(config, MPI_COMM_WORLD);
   std::string loaded = "none (fresh initialisation)";
@@ -365,6 +394,11 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
   sy::agree_or_throw(*session.groups.world, problem);
   const double val_loss = sy::evaluate(*session.model, data.val, config.train.micro_batch_size,
                                        batches, *session.groups.world);
+  // The same reduced value on every rank, so every rank throws (a JSON null with status 0 would
+  // read as success to a script).
+  if (!std::isfinite(val_loss))
+    throw sy::CollectiveError("val_loss is not finite (" + std::to_string(val_loss) + ") for " +
+                              loaded + ": the model diverged");
   if (session.groups.rank() == 0)
     std::printf("%s\n", sy::JsonLine()
                             .add("val_loss", val_loss)
@@ -523,6 +557,9 @@ int main(int argc, char** argv) {
   } catch (const sy::ConfigError& error) {  // the same on every rank: each loaded the same file
     if (lead) std::fprintf(stderr, "%s: error: %s\n", prefix.c_str(), error.what());
     return 1;
+  } catch (const sy::DivergedError& error) {  // every rank agreed; rank 0 reports it
+    if (lead) std::fprintf(stderr, "%s: error: %s\n", prefix.c_str(), error.what());
+    return sy::kExitDiverged;
   } catch (const sy::CollectiveError& error) {  // every rank agreed; rank 0 reports it
     if (lead) std::fprintf(stderr, "%s: error: %s\n", prefix.c_str(), error.what());
     return 1;

@@ -69,6 +69,7 @@ ModelSession make_model_session(const Config& config, MPI_Comm world) {
   // bf16 computes with bf16 copies of the fp32 master weights (Param::compute).
   options.dtype = config.run.precision == "bf16" ? DType::bf16 : DType::f32;
   options.master_dtype = DType::f32;
+  options.recompute = recompute_from_name(config.train.recompute);
   session.model =
       std::make_unique<Transformer>(*session.backend, std::move(options), session.exchange.get());
   session.model->init_parameters(config.seed);

@@ -1,11 +1,21 @@
 #include "trainer/train_loop.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <array>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 
 #include "data/sampler.h"
@@ -26,6 +36,181 @@ namespace sy {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+namespace fs = std::filesystem;
+
+// The signal that asked this process to stop (0: none). The handler only records it; the loop
+// acts on it between steps, after every rank has agreed.
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+void record_stop_signal(int signal) { g_stop_signal = signal; }
+
+// SIGTERM (Slurm's time limit, scancel, mpirun's forwarding), SIGINT (Ctrl-C) and SIGUSR1
+// (Slurm's --signal warning, forwarded by mpirun) for the life of one train() call; the previous
+// handlers come back after it.
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal = 0;
+    struct sigaction action {};
+    action.sa_handler = record_stop_signal;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;  // MPI's and HDF5's system calls carry on
+    for (size_t i = 0; i < kSignals.size(); ++i) sigaction(kSignals[i], &action, &previous_[i]);
+  }
+  ~StopSignals() {
+    for (size_t i = 0; i < kSignals.size(); ++i) sigaction(kSignals[i], &previous_[i], nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+ private:
+  static constexpr std::array<int, 3> kSignals{SIGTERM, SIGINT, SIGUSR1};
+  std::array<struct sigaction, 3> previous_{};
+};
+
+std::string signal_name(int signal) {
+  switch (signal) {
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGUSR1: return "SIGUSR1";
+    default: return "signal " + std::to_string(signal);
+  }
+}
+
+std::string errno_text() { return std::strerror(errno); }
+
+std::string utc_stamp() {
+  const std::time_t now = std::time(nullptr);
+  std::tm parts{};
+  gmtime_r(&now, &parts);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y%m%dT%H%M%SZ", &parts);
+  return text;
+}
+
+// flock() on <run.dir>/.lock, held while the object lives. The kernel drops it when the process
+// ends however it ends, so a dead job's lock never blocks the next one.
+class RunDirLock {
+ public:
+  RunDirLock() = default;
+  RunDirLock(const RunDirLock&) = delete;
+  RunDirLock& operator=(const RunDirLock&) = delete;
+  ~RunDirLock() { release(); }
+
+  void acquire(const fs::path& run_dir) {
+    release();
+    const fs::path path = run_dir / ".lock";
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw std::runtime_error(path.string() + ": cannot create the lock: " + errno_text());
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int why = errno;
+      release();
+      if (why == EWOULDBLOCK)
+        throw std::runtime_error("run.dir " + run_dir.string() +
+                                 " is in use by another job (it holds " + path.string() +
+                                 "); wait for it to end or choose another run.dir");
+      throw std::runtime_error(path.string() + ": cannot lock: " + std::strerror(why));
+    }
+    // Who holds it, for a person looking (the lock itself is the flock, not this text).
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    const std::string owner = "pid " + std::to_string(::getpid()) + " on " + host + "\n";
+    if (::ftruncate(fd_, 0) == 0) (void)!::write(fd_, owner.data(), owner.size());
+  }
+  void release() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// Creates `dir` and proves it writable by creating and removing a file in it, so that an
+// unusable folder is found before the first step rather than at the first save.
+void check_writable(const fs::path& dir, const char* what) {
+  std::error_code error;
+  fs::create_directories(dir, error);
+  if (error) throw std::runtime_error(std::string(what) + " " + dir.string() + ": cannot create: " + error.message());
+  const fs::path probe = dir / (".write_test." + std::to_string(::getpid()));
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error(std::string(what) + " " + dir.string() + ": not writable: " + errno_text());
+  ::close(fd);
+  fs::remove(probe, error);
+}
+
+bool holds_checkpoints(const fs::path& checkpoints) {
+  std::error_code error;
+  if (!fs::is_directory(checkpoints, error)) return false;
+  for (const fs::directory_entry& entry : fs::directory_iterator(checkpoints, error)) {
+    const std::string name = entry.path().filename().string();
+    if (name == "latest" || (name.starts_with("step_") && name.ends_with(".h5"))) return true;
+  }
+  return false;
+}
+
+// What says that a folder already holds a run: a step in its metrics, or checkpoints. (A run that
+// failed before its first step leaves an empty metrics.jsonl: that is no run.)
+bool holds_run(const fs::path& run_dir, const fs::path& checkpoints) {
+  std::error_code error;
+  const auto metrics_bytes = fs::file_size(run_dir / "metrics.jsonl", error);
+  return (!error && metrics_bytes > 0) || holds_checkpoints(checkpoints);
+}
+
+void move_aside(const fs::path& from, const fs::path& to) {
+  std::error_code error;
+  fs::rename(from, to, error);
+  if (error)
+    throw std::runtime_error("--overwrite: cannot move " + from.string() + " to " + to.string() +
+                             ": " + error.message());
+}
+
+// Rank 0's part of TrainOptions::guard_run_dir; returns what to tell the user.
+std::vector<std::string> guard_run_dir(const Config& config, const TrainOptions& options,
+                                       RunDirLock& lock) {
+  std::vector<std::string> messages;
+  const fs::path run_dir = config.run.dir;
+  const fs::path checkpoints = checkpoint_dir(config);
+  check_writable(run_dir, "run.dir");
+  lock.acquire(run_dir);
+  if (options.resume.empty() && holds_run(run_dir, checkpoints)) {
+    const std::string aside_suffix = ".old-" + utc_stamp();
+    if (!options.overwrite)
+      throw std::runtime_error(
+          "run.dir " + run_dir.string() + " already holds a run (metrics.jsonl or checkpoints in " +
+          checkpoints.string() + "): continue it with --resume auto, choose a new run.dir, or "
+          "pass --overwrite to move it aside to " + run_dir.string() + aside_suffix);
+    // Checkpoints kept outside run.dir go aside too, so that keep_last and --resume auto of the
+    // new run never see the old run's files.
+    const fs::path relative = checkpoints.lexically_relative(run_dir);
+    const bool inside = !relative.empty() && *relative.begin() != "..";
+    if (!inside && holds_checkpoints(checkpoints)) {
+      const fs::path aside = checkpoints.string() + aside_suffix;
+      move_aside(checkpoints, aside);
+      messages.push_back("--overwrite: moved the old checkpoints to " + aside.string());
+    }
+    const fs::path aside = run_dir.string() + aside_suffix;
+    move_aside(run_dir, aside);  // our lock moves with it, so no one else starts in between
+    check_writable(run_dir, "run.dir");
+    lock.acquire(run_dir);
+    messages.push_back("--overwrite: moved the old run to " + aside.string());
+  }
+  check_writable(checkpoints, "checkpoint.dir");
+  return messages;
+}
+
+// Every rank's parameters finite? Checked where a checkpoint is due, so that none is ever
+// written from non-finite weights (one sum of squares per tensor, a fraction of the save's I/O).
+bool weights_finite(Backend& backend, const std::vector<Param*>& params, Communicator& world) {
+  std::vector<Tensor> values;
+  for (const Param* param : params) values.push_back(param->value);
+  std::vector<double> squares(values.size());
+  backend.sum_squares_many(values, squares);
+  std::vector<int64_t> bad{0};
+  for (double sum : squares) bad[0] |= !std::isfinite(sum);
+  world.all_reduce_host(bad, ReduceOp::max);
+  return bad[0] == 0;
+}
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -96,22 +281,25 @@ void truncate_metrics_after(const std::filesystem::path& path, int64_t last_step
 }
 
 // The checkpoint to resume from: `resume` itself, or for "auto" the newest complete one in the
-// checkpoint folder as rank 0 finds it ("" when there is none). Collective over `world`.
+// checkpoint folder as rank 0 finds it, passing over `failed` ("" when there is none).
+// Collective over `world`.
 std::string resolve_resume(const std::string& resume, const Config& config, Communicator& world,
-                           std::vector<std::string>& messages) {
+                           std::vector<std::string>& messages,
+                           const std::vector<std::string>& failed) {
   if (resume != "auto") return resume;
   const std::string dir = checkpoint_dir(config);
   std::string found, problem;
   std::vector<std::string> skipped;
   if (world.rank() == 0) {
     try {
-      found = find_latest_checkpoint(dir, &skipped);
+      found = find_latest_checkpoint(dir, &skipped, failed);
     } catch (const std::exception& error) {
       problem = dir + ": " + error.what();
     }
   }
   agree_or_throw(world, problem);
   found = world.all_gather_host(found)[0];
+  if (!failed.empty()) return found;  // what was skipped is said already
   for (const std::string& line : skipped)  // rank 0's findings (only rank 0 reports them)
     if (line.find("latest: missing") == std::string::npos || found.empty())
       messages.push_back("resume auto: skipped " + line);
@@ -207,6 +395,22 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   Communicator& world = *groups.world;
   const bool lead = world.rank() == 0;  // rank 0 alone prints and writes files
   RunConsole console(options.print && lead);  // the console, and <run.dir>/train.log
+  StopSignals stop_signals;
+  RunDirLock run_dir_lock;  // rank 0's, with guard_run_dir
+  if (options.guard_run_dir) {
+    std::vector<std::string> messages;
+    std::string problem;
+    if (lead) {
+      try {
+        messages = guard_run_dir(config, options, run_dir_lock);
+      } catch (const std::exception& error) {
+        problem = error.what();
+      }
+    }
+    agree_or_throw(world, problem);
+    if (options.print && lead)
+      for (const std::string& line : messages) console.print("%s\n", line.c_str());
+  }
 
   std::vector<Param*> params = model.params();
   std::unique_ptr<Optimizer> optimizer = make_optimizer(config.train);
@@ -216,9 +420,31 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   TrainSummary summary;
   int64_t start_step = 0;
   if (!options.resume.empty()) {
-    const std::string path = resolve_resume(options.resume, config, world, summary.resume_messages);
+    // --resume auto falls back past a checkpoint that looked complete but does not load (a
+    // damaged tensor); if none loads, the newest one's error stands. A failed load may have
+    // read some tensors, but the next one overwrites every tensor and moment.
+    std::vector<std::string> failed;
+    std::string first_error;
+    std::string path;
+    LoadResult loaded;
+    for (;;) {
+      path = resolve_resume(options.resume, config, world, summary.resume_messages, failed);
+      if (path.empty()) {
+        if (!failed.empty()) throw CollectiveError(first_error);
+        break;
+      }
+      try {
+        loaded = load_checkpoint(path, config, model, optimizer.get(), groups, backend);
+        break;
+      } catch (const CollectiveError& error) {
+        if (options.resume != "auto") throw;
+        if (first_error.empty()) first_error = error.what();
+        failed.push_back(path);
+        summary.resume_messages.push_back(std::string("warning: resume auto: skipped ") +
+                                          error.what() + "; trying an older checkpoint");
+      }
+    }
     if (!path.empty()) {
-      const LoadResult loaded = load_checkpoint(path, config, model, optimizer.get(), groups, backend);
       start_step = loaded.header.step;
       summary.resumed_from = path;
       summary.resume_messages.push_back("resumed from " + path + " at step " +
@@ -238,6 +464,19 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     }
   }
   summary.first_step = start_step;
+  // This run's id, in every checkpoint's provenance, so that keep_last removes only this run's
+  // files: the resumed checkpoint's, else a new one from rank 0.
+  std::string run_id = summary.resumed_from.empty()
+                           ? ""
+                           : provenance_run_id(read_checkpoint_header(summary.resumed_from).provenance);
+  if (run_id.empty()) {
+    if (lead) {
+      char random_part[16];
+      std::snprintf(random_part, sizeof random_part, "%08x", std::random_device{}());
+      run_id = utc_stamp() + "-" + random_part;
+    }
+    run_id = world.all_gather_host(run_id)[0];
+  }
 
   const std::filesystem::path run_dir = config.run.dir;
   const std::string checkpoints = checkpoint_dir(config);
@@ -287,6 +526,27 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   Clock::time_point interval_start = run_start;
   int64_t interval_tokens = 0;
   bool grads_zero = false;  // Optimizer::step leaves the grads zero (optim/optimizer.h)
+  int64_t bad_in_a_row = 0;
+  summary.steps = start_step;
+  // A checkpoint of the current weights, refused (DivergedError) when they are not finite.
+  auto save_now_or_refuse = [&](int64_t step_done) {
+    if (!weights_finite(backend, params, world))
+      throw DivergedError("step " + std::to_string(step_done) +
+                          ": the weights are not finite after the update, so no checkpoint is "
+                          "written (" + checkpoints + "/latest still names the last finite one); "
+                          "lower train.lr or set train.grad_clip");
+    const Clock::time_point save_start = Clock::now();
+    summary.last_checkpoint = save_checkpoint(checkpoints, step_done, config, model,
+                                              optimizer.get(), groups, backend, run_id);
+    if (options.print && lead) {
+      std::error_code error;
+      const auto bytes = std::filesystem::file_size(summary.last_checkpoint, error);
+      console.print("saved  step %6lld | %s (%.1f MB in %.2fs)\n",
+                    static_cast<long long>(step_done), summary.last_checkpoint.c_str(),
+                    error ? 0.0 : bytes / 1e6, seconds_since(save_start));
+    }
+    interval_start += Clock::now() - save_start;  // saving does not count as training time
+  };
   for (int64_t step = start_step; step < tc.steps; ++step) {
     if (!grads_zero) model.zero_grads();
     StepAccumulator acc;
@@ -295,16 +555,28 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       sampler.group(step, group, B, inputs.data(), targets.data());
       acc.add(model.forward_backward(inputs, targets, B, true, loss_scale));
     }
+    if (options.after_backward) options.after_backward(step + 1, params, backend);
     synchronize_gradients(params, groups);
     const double grad_norm = distributed_grad_norm(backend, params, groups);
     const double lr = lr_at(tc, step);
-    // The clip scale, the update, the bf16 copies of the new master weights and the zeroing of
-    // the grads, in one pass on CUDA (optim/optimizer.h).
-    optimizer->step(backend, params, lr, clip_factor(grad_norm, tc.grad_clip));
-    grads_zero = true;
+    // One 2-integer all-reduce per step, so that every rank takes the same decisions: a stop
+    // signal on any rank, a non-finite loss on any rank (grad_norm is already global).
+    std::vector<int64_t> flags{static_cast<int64_t>(g_stop_signal), std::isfinite(acc.loss) ? 0 : 1};
+    world.all_reduce_host(flags, ReduceOp::max);
+    const int stop_signal = static_cast<int>(flags[0]);
+    const bool bad_step = flags[1] != 0 || !std::isfinite(grad_norm);
+    if (!bad_step) {
+      // The clip scale, the update, the bf16 copies of the new master weights and the zeroing
+      // of the grads, in one pass on CUDA (optim/optimizer.h).
+      optimizer->step(backend, params, lr, clip_factor(grad_norm, tc.grad_clip));
+      grads_zero = true;
+    } else {
+      grads_zero = false;  // the non-finite grads are dropped by the next step's zero_grads
+    }
 
     acc.reduce(world);
-    model.update_expert_bias(acc.load_counts);  // aux-loss-free balancing (a no-op when off)
+    // aux-loss-free balancing (a no-op when off); a skipped step changes nothing
+    if (!bad_step) model.update_expert_bias(acc.load_counts);
     StepMetrics metrics;
     metrics.step = step + 1;
     metrics.lr = lr;
@@ -313,11 +585,28 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     summary.losses.push_back(metrics.loss);
     summary.dropped_any |= metrics.dropped_frac > 0;
     interval_tokens += acc.tokens;
-    if (!std::isfinite(metrics.loss) || !std::isfinite(grad_norm))
-      throw CollectiveError("step " + std::to_string(step + 1) + ": loss " +
-                            std::to_string(metrics.loss) + ", grad_norm " +
-                            std::to_string(grad_norm) +
-                            " (not finite); lower train.lr or set train.grad_clip");
+    summary.steps = step + 1;
+    if (bad_step) {
+      ++summary.skipped_steps;
+      ++bad_in_a_row;
+      const std::string what = "step " + std::to_string(step + 1) + ": loss " +
+                               std::to_string(metrics.loss) + ", grad_norm " +
+                               std::to_string(grad_norm) + " (not finite)";
+      if (bad_in_a_row >= tc.max_bad_steps)
+        throw DivergedError(what + ", " + std::to_string(bad_in_a_row) +
+                            " such steps in a row (train.max_bad_steps " +
+                            std::to_string(tc.max_bad_steps) + "): training diverged; lower "
+                            "train.lr or set train.grad_clip, and resume from the last finite "
+                            "checkpoint");
+      if (options.print && lead)
+        console.write(stderr, "warning: %s: skipped, no update (%lld in a row, %lld skipped in all; "
+                      "train.max_bad_steps %lld)\n", what.c_str(),
+                      static_cast<long long>(bad_in_a_row),
+                      static_cast<long long>(summary.skipped_steps),
+                      static_cast<long long>(tc.max_bad_steps));
+    } else {
+      bad_in_a_row = 0;
+    }
 
     const bool last = step + 1 == tc.steps;
     const bool first = step == start_step;
@@ -356,27 +645,25 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     }
     const bool save_now =
         (config.checkpoint.every > 0 && (step + 1) % config.checkpoint.every == 0) || last;
-    if (save_now) {
-      const Clock::time_point save_start = Clock::now();
-      summary.last_checkpoint = save_checkpoint(checkpoints, step + 1, config, model,
-                                                optimizer.get(), groups, backend);
-      if (options.print && lead) {
-        std::error_code error;
-        const auto bytes = std::filesystem::file_size(summary.last_checkpoint, error);
-        console.print("saved  step %6lld | %s (%.1f MB in %.2fs)\n",
-                      static_cast<long long>(step + 1), summary.last_checkpoint.c_str(),
-                      error ? 0.0 : bytes / 1e6, seconds_since(save_start));
-      }
-      interval_start += Clock::now() - save_start;  // nor does saving
+    if (save_now || stop_signal != 0) save_now_or_refuse(step + 1);
+    if (stop_signal != 0) {
+      summary.stop_signal = stop_signal;
+      if (options.print && lead)
+        console.print("stopped by %s after step %lld: checkpoint %s; continue with --resume "
+                      "auto (exit status %d)\n",
+                      signal_name(stop_signal).c_str(), static_cast<long long>(step + 1),
+                      summary.last_checkpoint.c_str(), kExitPreempted);
+      if (options.print && lead) std::fflush(stdout);
+      break;
     }
     if (options.print && lead) std::fflush(stdout);
   }
-  summary.steps = tc.steps;
+  if (summary.stop_signal == 0) summary.steps = std::max(start_step, tc.steps);
   summary.seconds = seconds_since(run_start);
-  const int64_t steps_run = std::max<int64_t>(0, tc.steps - start_step);
+  const int64_t steps_run = std::max<int64_t>(0, summary.steps - start_step);
   summary.tokens_per_s =
       summary.seconds > 0 ? steps_run * W * tc.grad_accum_steps * B * S / summary.seconds : 0.0;
-  if (options.print && lead && steps_run > 0)
+  if (options.print && lead && steps_run > 0 && summary.stop_signal == 0)
     console.print("done: %lld steps in %.1fs (%.0f tokens/s), final val_loss %.4f\n",
                   static_cast<long long>(steps_run), summary.seconds, summary.tokens_per_s,
                   summary.final_val_loss);

@@ -13,6 +13,7 @@
 #   CONFIGS="moe dense fine"    which configs, in this order
 #   SY_BUILD_DIR=build-gpustep  build folder: configured when new, then built incrementally
 #   DATA=FILE.h5                token file for both sides (default: synthetic uniform tokens)
+#   OURS_SET="k=v ..."          extra --set overrides for our side
 #   OURS_WARMUP=5 OURS_STEPS=20 PROFILE_STEPS=3    our untimed, timed and profiled steps
 #   TORCH_WARMUP, TORCH_STEPS   per PyTorch mode; default OURS_*: the same batches, LR and
 #                               window, so that the load cv of both sides compare
@@ -88,6 +89,8 @@ stage "$out/build.log" "profile smoke" env SY_CUDA_PROFILE=events "./$build/sy_b
 
 data=()
 [ -n "${DATA:-}" ] && data=(--set "data.path=$DATA")
+# OURS_SET="section.key=value ...": extra overrides for our side (e.g. model.attention_kernel=cudnn).
+for kv in ${OURS_SET:-}; do data+=(--set "$kv"); done
 for name in $configs; do
   log="$out/$name.log"
   : > "$log"

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "model/cuda/kernels.h"
+#include "model/cuda/vec.cuh"
 
 namespace sy::cuda {
 namespace {
@@ -24,6 +25,36 @@ __global__ void rope_kernel(T* x, const S* cos_table, const S* sin_table, int64_
     const S x0 = convert<S>(lo[d]), x1 = convert<S>(lo[d + half]);
     lo[d] = convert<T>(x0 * c - x1 * sn);
     lo[d + half] = convert<T>(x1 * c + x0 * sn);
+  }
+}
+
+// bf16 with Dh/2 % 8 == 0: thread i rotates 8 pairs (d .. d+7, d+half .. d+half+7) of one
+// (row, head) with 16-byte loads and f32 cos/sin; blockIdx.y picks x (0) or x2 (1), so q and k
+// rotate in one launch. Same per-pair expressions as rope_kernel: bitwise the same.
+__global__ void rope_vec(bf16* x, bf16* x2, const float* __restrict__ cos_table,
+                         const float* __restrict__ sin_table, int64_t N, int64_t seq, int64_t H,
+                         int64_t Dh, float sign) {
+  bf16* base = blockIdx.y == 0 ? x : x2;
+  const int64_t half = Dh / 2, groups = half / kVec, total = N * H * groups;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / (H * groups), rem = i - t * H * groups;
+    const int64_t h = rem / groups, d = (rem - h * groups) * kVec;
+    bf16* lo = base + (t * H + h) * Dh + d;
+    const int64_t at = (t % seq) * half + d;
+    float c[kVec], sn[kVec], x0[kVec], x1[kVec], y0[kVec], y1[kVec];
+    load8(lo, x0);
+    load8(lo + half, x1);
+    load8(cos_table + at, c);
+    load8(sin_table + at, sn);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      const float s = sign * sn[e];
+      y0[e] = x0[e] * c[e] - x1[e] * s;
+      y1[e] = x1[e] * c[e] + x0[e] * s;
+    }
+    store8(lo, y0);
+    store8(lo + half, y1);
   }
 }
 
@@ -126,14 +157,34 @@ void copy_heads(Context& ctx, bool to, std::initializer_list<std::pair<const voi
 
 void rope(Context& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B,
           int64_t S, int64_t H, int sign) {
+  rope(ctx, x, Tensor(), cos, sin, B, S, H, sign);
+}
+
+void rope(Context& ctx, const Tensor& x, const Tensor& x2, const Tensor& cos, const Tensor& sin,
+          int64_t B, int64_t S, int64_t H, int sign) {
   const int64_t N = B * S, Dh = x.dim(1) / H;
   if (N == 0) return;
-  dispatch_float(x.dtype(), [&]<class T>(Tag<T>) {
-    using St = stat_t<T>;
-    rope_kernel<T, St><<<grid_for(N * H * (Dh / 2)), kThreads, 0, ctx.stream>>>(
-        x.ptr<T>(), cos.ptr<St>(), sin.ptr<St>(), N, S, H, Dh, static_cast<St>(sign));
-  });
-  check_launch(ctx, sign > 0 ? "rope_forward" : "rope_backward");
+  const char* op = sign > 0 ? "rope_forward" : "rope_backward";
+  const int tensors = x2.defined() ? 2 : 1;
+  if (x.dtype() == DType::bf16 && (Dh / 2) % kVec == 0 &&
+      all_aligned16(x.data(), cos.data(), sin.data()) && (tensors == 1 || aligned16(x2.data()))) {
+    const dim3 grid(grid_for(N * H * (Dh / 2 / kVec)), tensors);
+    rope_vec<<<grid, kThreads, 0, ctx.stream>>>(x.ptr<bf16>(),
+                                                tensors == 2 ? x2.ptr<bf16>() : nullptr,
+                                                cos.ptr<float>(), sin.ptr<float>(), N, S, H, Dh,
+                                                static_cast<float>(sign));
+    check_launch(ctx, op);
+    return;
+  }
+  for (const Tensor* t : {&x, &x2}) {
+    if (!t->defined()) continue;
+    dispatch_float(t->dtype(), [&]<class T>(Tag<T>) {
+      using St = stat_t<T>;
+      rope_kernel<T, St><<<grid_for(N * H * (Dh / 2)), kThreads, 0, ctx.stream>>>(
+          t->ptr<T>(), cos.ptr<St>(), sin.ptr<St>(), N, S, H, Dh, static_cast<St>(sign));
+    });
+    check_launch(ctx, op);
+  }
 }
 
 void attention_forward(Context& ctx, const Tensor& out, const Tensor& probs, const Tensor& q,

@@ -1,8 +1,20 @@
 // Cross-entropy over one chunk of logits: one block per row (max, sum of exponentials, loss),
 // and in training dlogits = (softmax - onehot) * grad_scale written over the logits.
+//
+// Vector paths (V % 8 == 0, 16-byte aligned rows), thread i taking the 8-element groups i,
+// i + blockDim.x, ... with 16-byte accesses:
+//  - bf16 rows of V <= 512 * 8 * 8 (32768): the block holds its row in registers, reduces max and
+//    sum from there and writes the gradient over it: one read and one write of [T, V] instead of
+//    the scalar kernel's three reads and one write;
+//  - f32 rows (the training path: the LM head's logits are in the statistics dtype) and longer
+//    bf16 rows: one pass for max and sum together (online softmax: the running sum is rescaled
+//    when the running max grows), a second that writes the gradient: two reads, one write.
+// Their sums of exponentials add in another order than the scalar kernel's, so loss and gradient
+// may differ from it in the last bits; docs/cuda.md.
 #include <cmath>
 
 #include "model/cuda/kernels.h"
+#include "model/cuda/vec.cuh"
 
 namespace sy::cuda {
 namespace {
@@ -37,12 +49,169 @@ __global__ void cross_entropy_kernel(L* losses, T* logits, const int32_t* target
   }
 }
 
+constexpr int kMaxVecsPerThread = 8;
+constexpr int kMaxRowThreads = 512;  // with <= 128 registers a thread (ptxas: 95 at 8 vectors)
+
+template <int VPT>
+__global__ void __launch_bounds__(kMaxRowThreads)
+cross_entropy_vec(float* __restrict__ losses, bf16* __restrict__ logits,
+                  const int32_t* __restrict__ targets, int64_t V, bool compute_grad,
+                  float grad_scale) {
+  __shared__ float shared[32];
+  const int64_t row = blockIdx.x, vecs = V / kVec;
+  bf16* r = logits + row * V;
+  const int64_t target = targets[row];
+  const float target_logit = threadIdx.x == 0 ? load(r + target) : 0.0f;  // before any writes
+  uint4 raw[VPT];
+#pragma unroll
+  for (int v = 0; v < VPT; ++v) {
+    const int64_t c = v * int64_t(blockDim.x) + threadIdx.x;
+    if (c < vecs) raw[v] = load_raw8(r + c * kVec);
+  }
+  float m = -INFINITY;
+#pragma unroll
+  for (int v = 0; v < VPT; ++v) {
+    if (v * int64_t(blockDim.x) + threadIdx.x < vecs) {
+      float f[kVec];
+      unpack8(raw[v], f);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) m = max(m, f[e]);
+    }
+  }
+  m = block_max(m, shared, -INFINITY);
+  float s = 0;
+#pragma unroll
+  for (int v = 0; v < VPT; ++v) {
+    if (v * int64_t(blockDim.x) + threadIdx.x < vecs) {
+      float f[kVec];
+      unpack8(raw[v], f);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) s += expf(f[e] - m);
+    }
+  }
+  s = block_sum(s, shared);
+  if (threadIdx.x == 0)
+    losses[row] = static_cast<float>(static_cast<double>(m) + log(static_cast<double>(s)) -
+                                     static_cast<double>(target_logit));
+  if (!compute_grad) return;
+  const float f = grad_scale / s;
+#pragma unroll
+  for (int v = 0; v < VPT; ++v) {
+    const int64_t c = v * int64_t(blockDim.x) + threadIdx.x;
+    if (c < vecs) {
+      float x[kVec];
+      unpack8(raw[v], x);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        x[e] = expf(x[e] - m) * f;
+        if (c * kVec + e == target) x[e] -= grad_scale;
+      }
+      store8(r + c * kVec, x);
+    }
+  }
+}
+
+// Online max and sum: s holds sum exp(x - m) over what this thread has seen.
+__device__ inline void online_add(float& m, float& s, const float (&f)[kVec]) {
+  float mv = f[0];
+#pragma unroll
+  for (int e = 1; e < kVec; ++e) mv = max(mv, f[e]);
+  const float m_new = max(m, mv);
+  if (m_new == -INFINITY) return;  // all -inf so far: nothing to add
+  if (m_new > m) s *= expf(m - m_new);
+  m = m_new;
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) s += expf(f[e] - m);
+}
+
+constexpr int kStreamThreads = 512;
+constexpr int kStreamUnroll = 4;  // groups loaded before first use
+
+template <class T>
+__global__ void __launch_bounds__(kStreamThreads)
+cross_entropy_streaming(float* __restrict__ losses, T* __restrict__ logits,
+                        const int32_t* __restrict__ targets, int64_t V, bool compute_grad,
+                        float grad_scale) {
+  __shared__ float shared[32];
+  const int64_t row = blockIdx.x, groups = V / kVec, stride = blockDim.x;
+  T* r = logits + row * V;
+  const int64_t target = targets[row];
+  const float target_logit = threadIdx.x == 0 ? load(r + target) : 0.0f;  // before any writes
+  float m = -INFINITY, s = 0;
+  int64_t c = threadIdx.x;
+  for (; c + (kStreamUnroll - 1) * stride < groups; c += kStreamUnroll * stride) {
+    float f[kStreamUnroll][kVec];
+#pragma unroll
+    for (int u = 0; u < kStreamUnroll; ++u) load8(r + (c + u * stride) * kVec, f[u]);
+#pragma unroll
+    for (int u = 0; u < kStreamUnroll; ++u) online_add(m, s, f[u]);
+  }
+  for (; c < groups; c += stride) {
+    float f[kVec];
+    load8(r + c * kVec, f);
+    online_add(m, s, f);
+  }
+  const float row_max = block_max(m, shared, -INFINITY);
+  s = m == -INFINITY ? 0.0f : s * expf(m - row_max);
+  s = block_sum(s, shared);
+  if (threadIdx.x == 0)
+    losses[row] = static_cast<float>(static_cast<double>(row_max) + log(static_cast<double>(s)) -
+                                     static_cast<double>(target_logit));
+  if (!compute_grad) return;
+  const float scale = grad_scale / s;
+  for (c = threadIdx.x; c < groups; c += stride) {
+    float x[kVec];
+    load8(r + c * kVec, x);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      x[e] = expf(x[e] - row_max) * scale;
+      if (c * kVec + e == target) x[e] -= grad_scale;
+    }
+    store8(r + c * kVec, x);
+  }
+}
+
+template <int V = 1, class F>
+void with_vpt(int vpt, F&& f) {
+  if (vpt == V) return f(std::integral_constant<int, V>{});
+  if constexpr (V < kMaxVecsPerThread) with_vpt<2 * V>(vpt, f);
+}
+
 }  // namespace
 
 void cross_entropy(Context& ctx, const Tensor& losses, const Tensor& logits,
                    const Tensor& targets, bool compute_grad, double grad_scale) {
   const int64_t N = logits.dim(0), V = logits.dim(1);
   if (N == 0) return;
+  // Vector path: the fewest threads (256..512) and vectors per thread (1..8) that hold a row.
+  if (logits.dtype() == DType::bf16 && V % kVec == 0 && aligned16(logits.data())) {
+    const int64_t vecs = V / kVec;
+    int threads = kThreads;
+    while (threads < kMaxRowThreads && vecs > int64_t(threads) * kMaxVecsPerThread) threads *= 2;
+    int vpt = 1;
+    while (vpt < kMaxVecsPerThread && vecs > int64_t(threads) * vpt) vpt *= 2;
+    if (vecs <= int64_t(threads) * vpt) {
+      with_vpt(vpt, [&](auto VPT) {
+        cross_entropy_vec<VPT.value><<<static_cast<unsigned>(N), threads, 0, ctx.stream>>>(
+            losses.ptr<float>(), logits.ptr<bf16>(), targets.ptr<int32_t>(), V, compute_grad,
+            static_cast<float>(grad_scale));
+      });
+      check_launch(ctx, "cross_entropy");
+      return;
+    }
+  }
+  if ((logits.dtype() == DType::bf16 || logits.dtype() == DType::f32) && V % kVec == 0 &&
+      aligned16(logits.data())) {
+    auto launch = [&]<class T>(Tag<T>) {
+      cross_entropy_streaming<T><<<static_cast<unsigned>(N), kStreamThreads, 0, ctx.stream>>>(
+          losses.ptr<float>(), logits.ptr<T>(), targets.ptr<int32_t>(), V, compute_grad,
+          static_cast<float>(grad_scale));
+    };
+    if (logits.dtype() == DType::bf16) launch(Tag<bf16>{});
+    else launch(Tag<float>{});
+    check_launch(ctx, "cross_entropy");
+    return;
+  }
   dispatch_float(logits.dtype(), [&]<class T>(Tag<T>) {
     using L = stat_t<T>;
     cross_entropy_kernel<T, L><<<static_cast<unsigned>(N), kThreads, 0, ctx.stream>>>(

@@ -524,6 +524,7 @@ class CudaBackend final : public Backend {
     } catch (const std::exception& e) {
       std::fprintf(stderr, "SY_CUDA_PROFILE: %s\n", e.what());
     }
+    cuda::cudnn_attention_release(ctx_);  // its handle is on ctx_.stream
     ctx_.scratch_slots.clear();
     rope_tables_.clear();
     workspace_ = Tensor();
@@ -787,6 +788,15 @@ class CudaBackend final : public Backend {
     rope("rope_backward", dx, B, S, H, -1);
   }
 
+  void rope_forward_qk(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H) override {
+    rope_qk("rope_forward", q, k, B, S, H, +1);
+  }
+
+  void rope_backward_qk(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S,
+                        int64_t H) override {
+    rope_qk("rope_backward", dq, dk, B, S, H, -1);
+  }
+
   void attention_forward(const Tensor& out, const Tensor& probs, const Tensor& q, const Tensor& k,
                          const Tensor& v, int64_t B, int64_t S, int64_t H) override {
     SY_PROFILE("attention_forward");
@@ -830,7 +840,13 @@ class CudaBackend final : public Backend {
     for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}}) c.shape(*t, q.shape(), name);
     c.shape(lse, {B, H, S}, "lse");
     c.fits_int(B * S * H, "B*S*H");
+    if (prefer_cudnn_attention_ &&
+        cuda::cudnn_attention_forward(ctx_, out, lse, q, k, v, B, S, H, &attention_kernel_)) {
+      attention_kernel_ = "cudnn";
+      return;
+    }
     cuda::flash_attention_forward(ctx_, out, lse, q, k, v, B, S, H);
+    attention_kernel_ = prefer_cudnn_attention_ ? "flash: " + attention_kernel_ : "flash";
   }
 
   void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
@@ -853,8 +869,18 @@ class CudaBackend final : public Backend {
     for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}})
       for (const Tensor* in : {&dout, &q, &k, &v, &out})
         if (overlaps(*t, *in)) c.fail(std::string(name) + " overlaps an input");
+    if (prefer_cudnn_attention_ &&
+        cuda::cudnn_attention_backward(ctx_, dq, dk, dv, dout, q, k, v, out, lse, B, S, H,
+                                       &attention_kernel_)) {
+      attention_kernel_ = "cudnn";
+      return;
+    }
     cuda::flash_attention_backward(ctx_, dq, dk, dv, dout, q, k, v, out, lse, B, S, H);
+    attention_kernel_ = prefer_cudnn_attention_ ? "flash: " + attention_kernel_ : "flash";
   }
+
+  void prefer_cudnn_attention(bool prefer) override { prefer_cudnn_attention_ = prefer; }
+  const std::string& attention_kernel() const { return attention_kernel_; }
 
   // ---- SwiGLU ---------------------------------------------------------------------------------
   void swiglu_forward(const Tensor& out, const Tensor& a, const Tensor& b) override {
@@ -1255,6 +1281,19 @@ class CudaBackend final : public Backend {
     cuda::rope(ctx_, x, cos, sin, B, S, H, sign);
   }
 
+  void rope_qk(const char* op, const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H,
+               int sign) {
+    SY_PROFILE(op);
+    const Check c(ctx_, op);
+    const DType dt = c.float_dtype(q, "q");
+    c.dtype(k, dt, "k");
+    c.shape(k, q.shape(), "k");
+    if (q.numel() > 0 && q.data() == k.data()) c.fail("q and k are the same tensor");
+    const int64_t Dh = head_width(c, q, B, S, H, "q");
+    const auto& [cos, sin] = rope_table(S, Dh, stat_dtype(dt));
+    cuda::rope(ctx_, q, k, cos, sin, B, S, H, sign);
+  }
+
   // cos/sin [S, Dh/2] of s * theta^(-2i/Dh), computed in double on the host as the CPU does,
   // uploaded once per (S, Dh, dtype).
   const std::pair<Tensor, Tensor>& rope_table(int64_t S, int64_t Dh, DType dtype) {
@@ -1343,6 +1382,10 @@ class CudaBackend final : public Backend {
   cuda::GroupedGemmChoice grouped_choice_ = cuda::grouped_gemm_choice_from_env();
   cuda::SegmentOffsets segment_offsets_;
   std::string grouped_kernel_;
+  // Backend::prefer_cudnn_attention, and what ran the latest flash_attention op: "cudnn",
+  // "flash", or "flash: <why cuDNN declined>".
+  bool prefer_cudnn_attention_ = false;
+  std::string attention_kernel_;
 };
 
 }  // namespace
@@ -1355,6 +1398,11 @@ int64_t cuda_device_allocations(const Backend& backend) {
 std::string cuda_grouped_gemm_kernel(const Backend& backend) {
   const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
   return cuda ? cuda->grouped_kernel() : std::string();
+}
+
+std::string cuda_attention_kernel(const Backend& backend) {
+  const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
+  return cuda ? cuda->attention_kernel() : std::string();
 }
 
 void cuda_profile_begin(Backend& backend) {

@@ -28,6 +28,11 @@ int64_t cuda_device_allocations(const Backend& backend);
 // to see whether the kernel that SY_GROUPED_GEMM forces took the case.
 std::string cuda_grouped_gemm_kernel(const Backend& backend);
 
+// What ran `backend`'s latest flash_attention_forward / backward: "cudnn", "flash", or
+// "flash: <reason>" when Backend::prefer_cudnn_attention asked for cuDNN and it declined; "" before
+// any, and for other backends.
+std::string cuda_attention_kernel(const Backend& backend);
+
 // The event-timed op profile (docs/cuda.md; SY_CUDA_PROFILE=events does the same for a whole
 // run): from cuda_profile_begin on, every op of `backend` records a CUDA event on its stream
 // before and after its work, with no synchronisation; anything recorded before is dropped.

@@ -10,6 +10,11 @@
 //                wgmma.mma_async m64nBNk16 from shared memory into f32 registers, then writes
 //                its rows straight from registers to C (masked at the segment end and at N).
 // setmaxnreg moves registers from the producer (40) to the consumers (232).
+// Two versions of the consumer loop, SY_GG_SM90_VERSION=1|2 (default 2), bitwise equal results:
+//   1  each chunk's wgmmas complete (wait_group 0) before the next chunk is issued;
+//   2  one chunk stays in flight (wait_group 1), its predecessor's stage is released only once
+//      that predecessor's wgmmas are done; with accumulate, the old C tile is prefetched into L2
+//      a few chunks before the epilogue, so the read-modify-write no longer waits on DRAM.
 //
 // Operand forms (wgmma's transpose bits; both allowed for 16-bit types):
 //   forward          A [M_total, K] K-major;  B[g] [K, N] N-major (3D map {N, K, G})
@@ -61,6 +66,7 @@ constexpr int kBK = 64;                   // reduction chunk: one 128-byte swizz
 constexpr int kConsumers = 2;
 constexpr int kCtaThreads = 128 * (1 + kConsumers);
 constexpr int kMaxGroups = 1024;          // segment offsets and tile starts live in shared memory
+constexpr int kPrefetchChunksAhead = 8;   // version 2: old C is prefetched this many chunks early
 [[maybe_unused]] constexpr int kSwizzleBytes = 128;
 [[maybe_unused]] constexpr int kBoxBytes = 64 * kBK * 2;   // one 64 x 64 bf16 box: 8 KiB, 8 swizzle atoms of 1 KiB
 
@@ -182,6 +188,15 @@ __device__ __forceinline__ void wgmma_commit() {
 }
 __device__ __forceinline__ void wgmma_wait_all() {
   asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+}
+// Waits until at most one committed group of this warpgroup's wgmmas is still running.
+__device__ __forceinline__ void wgmma_wait_all_but_one() {
+  asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+}
+
+// Pulls a line of global memory into L2 (no register, no wait).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(__cvta_generic_to_global(p)));
 }
 
 // Pins the accumulators in place: the compiler may not move their reads or writes across this
@@ -314,6 +329,23 @@ __device__ __forceinline__ void store_pair(CT* p, float x, float y, bool accumul
   }
 }
 
+// Version 2, accumulate: prefetches this consumer warpgroup's 64 rows of the tile's old C into L2
+// (128-byte lines spread over the warpgroup's 128 threads), so that the epilogue's
+// read-modify-write reads L2 instead of waiting on DRAM. A prefetch has no result and no fault.
+// c_block: C, or C[group] in wgrad.
+template <int BN, class CT>
+__device__ __forceinline__ void prefetch_c_tile(const CT* c_block, const Tile& tile, int half,
+                                                int N) {
+  constexpr int kLinesPerRow = BN * static_cast<int>(sizeof(CT)) / 128;
+  constexpr int kPerLine = 128 / static_cast<int>(sizeof(CT));
+  const int wg_thread = threadIdx.x & 127;
+  for (int i = wg_thread; i < 64 * kLinesPerRow; i += 128) {
+    const int row = tile.m0 + 64 * half + i / kLinesPerRow;
+    const int col = tile.n0 + (i % kLinesPerRow) * kPerLine;
+    if (row < tile.row_end && col < N) prefetch_l2(c_block + static_cast<int64_t>(row) * N + col);
+  }
+}
+
 template <Form F, int BN>
 __device__ __forceinline__ Tile decode_tile(int t, const KernelParams& p, const int* seg_off,
                                             const int* tile_start) {
@@ -350,7 +382,11 @@ __device__ __forceinline__ Tile decode_tile(int t, const KernelParams& p, const 
 #endif  // SY_GG_SM90_DEVICE
 
 // grid: min(#SMs, tiles); block: 384 threads; dynamic shared memory Geometry<BN>::kSmemBytes.
-template <int BN, Form F, class CT>
+// kVersion 1: the first GPU-verified kernel (each chunk's wgmmas complete before the next chunk
+// is issued). kVersion 2: one chunk of wgmmas stays in flight (wait_group 1; a stage is released
+// once the wgmmas reading it have completed), and with accumulate the old C tile is prefetched
+// into L2 while the main loop runs, so the epilogue's read-modify-write hits L2.
+template <int BN, Form F, class CT, int kVersion>
 __global__ void __launch_bounds__(kCtaThreads, 1)
     grouped_gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a,
                              const __grid_constant__ CUtensorMap map_b, const KernelParams p) {
@@ -465,6 +501,11 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
     const int chunks = (tile.red_len + kBK - 1) / kBK;
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;  // an empty wgrad segment stores zeros
+    // Version 2 with accumulate: the chunk at which the old C tile is pulled into L2, a few
+    // chunks (~0.5 us each at 128 x 256) before the epilogue reads it, late enough that the
+    // streaming A and B loads do not evict it first.
+    const int prefetch_chunk = chunks > kPrefetchChunksAhead ? chunks - kPrefetchChunksAhead : 0;
+    CT* const c_block = C + (kWgrad ? static_cast<int64_t>(tile.group) * p.K * p.N : 0);
     for (int c = 0; c < chunks; ++c, ++it) {
       const int s = it % kStages;
       mbar_wait(full_bar + 8 * s, (it / kStages) & 1, p, it);
@@ -493,16 +534,30 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
         wgmma_tile<BN, kTransA, kTransB>(acc, desc_a + ((kk * kStepA) >> 4),
                                          desc_b + ((kk * kStepB) >> 4));
       wgmma_commit();
+      if constexpr (kVersion >= 2) {
+        if (p.accumulate && c == prefetch_chunk) prefetch_c_tile<BN>(c_block, tile, half, p.N);
+        // Chunk c keeps the tensor cores busy while we wait for chunk c - 1, whose stage is then
+        // free for the producer. Same accumulators, so the wgmmas still run in chunk order and
+        // each C element keeps one fixed f32 summation order (bitwise equal to version 1).
+        wgmma_wait_all_but_one();
+        fence_accumulators(acc);
+        if (c > 0 && lane == 0) mbar_arrive(empty_bar + 8 * ((it + kStages - 1) % kStages));
+      } else {
+        wgmma_wait_all();
+        fence_accumulators(acc);
+        if (lane == 0) mbar_arrive(empty_bar + 8 * s);
+      }
+    }
+    if constexpr (kVersion >= 2) {
       wgmma_wait_all();
       fence_accumulators(acc);
-      if (lane == 0) mbar_arrive(empty_bar + 8 * s);
+      if (chunks > 0 && lane == 0) mbar_arrive(empty_bar + 8 * ((it + kStages - 1) % kStages));
     }
 
     // ---- epilogue: accumulator fragment (m64nN f32) -> C, masked ----------------------------
     // Thread (warp w, lane l) holds rows 16 w + l / 4 and + 8, columns 8 j + 2 (l % 4) + {0, 1}.
     const int row0 = tile.m0 + 64 * half + 16 * warp_in_group + lane / 4;
     const int row1 = row0 + 8;
-    CT* const c_block = C + (kWgrad ? static_cast<int64_t>(tile.group) * p.K * p.N : 0);
     const bool ok0 = row0 < tile.row_end, ok1 = row1 < tile.row_end;
     CT* const c_row0 = c_block + static_cast<int64_t>(row0) * p.N;
     CT* const c_row1 = c_block + static_cast<int64_t>(row1) * p.N;
@@ -615,11 +670,11 @@ void debug_check(Context& ctx) {
 }
 #endif
 
-template <int BN, Form F, class CT>
+template <int BN, Form F, class CT, int kVersion>
 void launch(Context& ctx, const CUtensorMap& map_a, const CUtensorMap& map_b,
             const KernelParams& params, int grid) {
   constexpr int smem = Geometry<BN>::kSmemBytes;
-  auto kernel = grouped_gemm_sm90_kernel<BN, F, CT>;
+  auto kernel = grouped_gemm_sm90_kernel<BN, F, CT, kVersion>;
   SY_CUDA(ctx, kOp, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   kernel<<<grid, kCtaThreads, smem, ctx.stream>>>(map_a, map_b, params);
   check_launch(ctx, kOp);
@@ -628,21 +683,54 @@ void launch(Context& ctx, const CUtensorMap& map_a, const CUtensorMap& map_b,
 #endif
 }
 
-template <int BN>
+template <int BN, int kVersion>
 void dispatch(Context& ctx, Form form, DType c_dtype, const CUtensorMap& map_a,
               const CUtensorMap& map_b, const KernelParams& params, int grid) {
   const bool f32 = c_dtype == DType::f32;
   switch (form) {
     case Form::forward:
-      return f32 ? launch<BN, Form::forward, float>(ctx, map_a, map_b, params, grid)
-                 : launch<BN, Form::forward, bf16>(ctx, map_a, map_b, params, grid);
+      return f32 ? launch<BN, Form::forward, float, kVersion>(ctx, map_a, map_b, params, grid)
+                 : launch<BN, Form::forward, bf16, kVersion>(ctx, map_a, map_b, params, grid);
     case Form::forward_trans_b:
-      return f32 ? launch<BN, Form::forward_trans_b, float>(ctx, map_a, map_b, params, grid)
-                 : launch<BN, Form::forward_trans_b, bf16>(ctx, map_a, map_b, params, grid);
+      return f32 ? launch<BN, Form::forward_trans_b, float, kVersion>(ctx, map_a, map_b, params, grid)
+                 : launch<BN, Form::forward_trans_b, bf16, kVersion>(ctx, map_a, map_b, params, grid);
     case Form::wgrad:
-      return f32 ? launch<BN, Form::wgrad, float>(ctx, map_a, map_b, params, grid)
-                 : launch<BN, Form::wgrad, bf16>(ctx, map_a, map_b, params, grid);
+      return f32 ? launch<BN, Form::wgrad, float, kVersion>(ctx, map_a, map_b, params, grid)
+                 : launch<BN, Form::wgrad, bf16, kVersion>(ctx, map_a, map_b, params, grid);
   }
+}
+
+// SY_GG_SM90_VERSION=1 selects the first GPU-verified kernel; anything else (or unset) version 2.
+int kernel_version() {
+  const char* v = std::getenv("SY_GG_SM90_VERSION");
+  return v && std::strcmp(v, "1") == 0 ? 1 : 2;
+}
+
+// Shapes where the per-group cuBLAS loop beats this kernel: declining them sends the caller
+// (cuda_backend.cu: sm90, then mma, then the loop) to the loop. Off unless SY_GG_SM90_ROUTE=1:
+// the rows are to be filled from the measured table in NOTES-grouped-gemm.md ("Routing rule"),
+// and only where the loop won by a margin on the device. A row matches when every field matches
+// (0 = any); rows_per_group_max bounds the mean rows per group.
+struct LoopRoute {
+  GroupedGemmKind kind;
+  int64_t groups, K, N, rows_per_group_min, rows_per_group_max;
+};
+constexpr LoopRoute kLoopRoutes[] = {
+    // wgrad, 8 experts, >= 2048 rows each: loop 727 vs 621 TFLOP/s (v1, K 2048 N 8192, 2026-12-02).
+    {GroupedGemmKind::wgrad, 8, 2048, 8192, 2048, 0},
+};
+
+bool route_to_loop(const GroupedGemmArgs& a) {
+  const char* on = std::getenv("SY_GG_SM90_ROUTE");
+  if (!on || std::strcmp(on, "1") != 0 || a.groups <= 0) return false;
+  const int64_t mean_rows = a.M_total / a.groups;
+  for (const LoopRoute& r : kLoopRoutes) {
+    if (r.kind == a.kind && (r.groups == 0 || r.groups == a.groups) && (r.K == 0 || r.K == a.K) &&
+        (r.N == 0 || r.N == a.N) && mean_rows >= r.rows_per_group_min &&
+        (r.rows_per_group_max == 0 || mean_rows <= r.rows_per_group_max))
+      return true;
+  }
+  return false;
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -677,6 +765,7 @@ bool grouped_gemm_sm90(Context& ctx, const GroupedGemmArgs& a) {
   }
   const DeviceInfo info = device_info(device);
   if (!info.sm90 || !encode_tiled()) return false;
+  if (route_to_loop(a)) return false;
 
   int64_t rows = 0;
   for (int64_t g = 0; g < a.groups; ++g) {
@@ -743,8 +832,13 @@ bool grouped_gemm_sm90(Context& ctx, const GroupedGemmArgs& a) {
   params.debug = debug_words(ctx);
 #endif
   const int grid = static_cast<int>(tiles < info.sms ? tiles : info.sms);
-  if (bn == 256) dispatch<256>(ctx, form, a.c_dtype, map_a, map_b, params, grid);
-  else dispatch<128>(ctx, form, a.c_dtype, map_a, map_b, params, grid);
+  if (kernel_version() == 1) {
+    if (bn == 256) dispatch<256, 1>(ctx, form, a.c_dtype, map_a, map_b, params, grid);
+    else dispatch<128, 1>(ctx, form, a.c_dtype, map_a, map_b, params, grid);
+  } else {
+    if (bn == 256) dispatch<256, 2>(ctx, form, a.c_dtype, map_a, map_b, params, grid);
+    else dispatch<128, 2>(ctx, form, a.c_dtype, map_a, map_b, params, grid);
+  }
   return true;
 }
 

@@ -3,6 +3,7 @@
 // enqueue work on ctx.stream (no host synchronisation unless stated).
 #pragma once
 #include <span>
+#include <string>
 
 #include "model/backend.h"
 #include "model/cuda/common.cuh"
@@ -42,6 +43,9 @@ void rmsnorm_backward(Context& ctx, const Tensor& dx, const Tensor& dgain, const
 // attention.cu. cos/sin: [S, Dh/2] tables in stat_dtype(x).
 void rope(Context& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B,
           int64_t S, int64_t H, int sign);
+// Both x and x2 (same shape and dtype; x2 may be undefined) rotated in one launch.
+void rope(Context& ctx, const Tensor& x, const Tensor& x2, const Tensor& cos, const Tensor& sin,
+          int64_t B, int64_t S, int64_t H, int sign);
 void attention_forward(Context& ctx, const Tensor& out, const Tensor& probs, const Tensor& q,
                        const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H);
 void attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, const Tensor& dv,
@@ -56,6 +60,21 @@ void flash_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, 
                               const Tensor& dout, const Tensor& q, const Tensor& k,
                               const Tensor& v, const Tensor& out, const Tensor& lse, int64_t B,
                               int64_t S, int64_t H);
+
+// cudnn_attention.cu. The flash_attention_* contract on cuDNN's fused attention (backend API):
+// bf16, Dh a multiple of 8 up to 128, deterministic engines only. Returns false with nothing
+// launched (and the reason in *declined) when cuDNN declines the case: no cuDNN in the build or
+// at run time, another dtype or Dh, no deterministic engine; the caller then runs the flash
+// kernels. Graphs and plans are cached per context and shape; the workspace is scratch slot A.
+bool cudnn_attention_forward(Context& ctx, const Tensor& out, const Tensor& lse, const Tensor& q,
+                             const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H,
+                             std::string* declined = nullptr);
+bool cudnn_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                              const Tensor& dout, const Tensor& q, const Tensor& k,
+                              const Tensor& v, const Tensor& out, const Tensor& lse, int64_t B,
+                              int64_t S, int64_t H, std::string* declined = nullptr);
+// Drops ctx's cuDNN handle and plans (before its stream is destroyed).
+void cudnn_attention_release(const Context& ctx);
 
 // swiglu.cu
 void swiglu_forward(Context& ctx, const Tensor& out, const Tensor& a, const Tensor& b);

@@ -1,7 +1,16 @@
 // RMSNorm: one warp per row. rstd and the gain are in the statistics dtype (fp32 for bf16 data).
 // The gain gradient is a column sum over rows, done in two deterministic passes (per-chunk
 // partial sums, then one sum per column) rather than with atomics.
+//
+// bf16 rows of D <= 4096 (forward) / 2048 (backward) elements, D % 8 == 0, take the vector
+// kernels: the warp reads its row once with 16-byte loads into registers (lane owns vectors
+// lane, lane + 32, ...), and the backward computes dx and the gain-gradient partials in one
+// pass over dout and x (block = a chunk of kVecChunkRows rows; the 8 warps' column sums are
+// added in warp order through shared memory, so the result stays deterministic). Their sums
+// run in another order than the scalar kernels' (per lane over its vectors, then the warp), so
+// rstd, dx and dgain may differ from them in the last bits; docs/cuda.md.
 #include "model/cuda/kernels.h"
+#include "model/cuda/vec.cuh"
 
 namespace sy::cuda {
 namespace {
@@ -81,6 +90,167 @@ __global__ void rmsnorm_dgain_finish(S* dgain, const A* partial, int64_t chunks,
   dgain[j] = static_cast<S>(static_cast<A>(dgain[j]) + sum);
 }
 
+constexpr int kVecChunkRows = 32;        // rows per block of the vector backward
+constexpr int kMaxBackwardVecs = 8;      // vectors per lane: D <= 8 * 32 * 8 = 2048
+constexpr int kMaxForwardVecs = 16;      // D <= 4096
+
+template <int VPL>
+__global__ void rmsnorm_forward_vec(bf16* __restrict__ out, float* __restrict__ rstd,
+                                    const bf16* __restrict__ x, const float* __restrict__ gain,
+                                    int64_t N, int64_t D) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = blockIdx.x * int64_t(kRowsPerBlock) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  const int64_t vecs = D / kVec;
+  const bf16* xr = x + row * D;
+  uint4 raw[VPL];
+#pragma unroll
+  for (int v = 0; v < VPL; ++v) {
+    const int64_t c = v * 32 + lane;
+    if (c < vecs) raw[v] = load_raw8(xr + c * kVec);
+  }
+  float ss = 0;
+#pragma unroll
+  for (int v = 0; v < VPL; ++v) {
+    if (v * 32 + lane < vecs) {
+      float f[kVec];
+      unpack8(raw[v], f);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) ss += f[e] * f[e];
+    }
+  }
+  ss = warp_sum(ss);
+  const float r =
+      static_cast<float>(1.0 / sqrt(static_cast<double>(ss) / static_cast<double>(D) + 1e-5));
+  if (lane == 0) rstd[row] = r;
+  bf16* yr = out + row * D;
+#pragma unroll
+  for (int v = 0; v < VPL; ++v) {
+    const int64_t c = v * 32 + lane;
+    if (c < vecs) {
+      float f[kVec], g[kVec];
+      unpack8(raw[v], f);
+      load8(gain + c * kVec, g);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) f[e] = f[e] * r * g[e];
+      store8(yr + c * kVec, f);
+    }
+  }
+}
+
+// dx as rmsnorm_backward_dx; partial[chunk, j] = sum over the chunk's rows of dy_j x_j r.
+// Warp w takes rows begin + w, begin + w + 8, ...; its per-lane column sums are then added in
+// warp order into col_sum.
+template <int VPL>
+__global__ void __launch_bounds__(32 * kRowsPerBlock)
+rmsnorm_backward_vec(bf16* __restrict__ dx, float* __restrict__ partial,
+                     const bf16* __restrict__ dout, const bf16* __restrict__ x,
+                     const float* __restrict__ gain, const float* __restrict__ rstd, int64_t N,
+                     int64_t D) {
+  __shared__ float4 col_sum[kMaxBackwardVecs * 32 * kVec / 4];  // [D / 4]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t vecs = D / kVec;
+  const int64_t begin = blockIdx.x * int64_t(kVecChunkRows);
+  const int64_t end = min(N, begin + kVecChunkRows);
+  float acc[VPL][kVec];
+#pragma unroll
+  for (int v = 0; v < VPL; ++v)
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) acc[v][e] = 0;
+
+  for (int64_t row = begin + warp; row < end; row += kRowsPerBlock) {
+    const bf16* xr = x + row * D;
+    const bf16* dyr = dout + row * D;
+    uint4 xraw[VPL], dyraw[VPL];
+#pragma unroll
+    for (int v = 0; v < VPL; ++v) {
+      const int64_t c = v * 32 + lane;
+      if (c < vecs) {
+        xraw[v] = load_raw8(xr + c * kVec);
+        dyraw[v] = load_raw8(dyr + c * kVec);
+      }
+    }
+    float s = 0;
+#pragma unroll
+    for (int v = 0; v < VPL; ++v) {
+      const int64_t c = v * 32 + lane;
+      if (c < vecs) {
+        float xv[kVec], dy[kVec], g[kVec];
+        unpack8(xraw[v], xv);
+        unpack8(dyraw[v], dy);
+        load8(gain + c * kVec, g);
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) s += dy[e] * g[e] * xv[e];
+      }
+    }
+    s = warp_sum(s);
+    const float r = rstd[row];
+    const float cr =
+        static_cast<float>(static_cast<double>(s) * r * r * r / static_cast<double>(D));
+    bf16* dxr = dx + row * D;
+#pragma unroll
+    for (int v = 0; v < VPL; ++v) {
+      const int64_t c = v * 32 + lane;
+      if (c < vecs) {
+        float xv[kVec], dy[kVec], g[kVec], out[kVec];
+        unpack8(xraw[v], xv);
+        unpack8(dyraw[v], dy);
+        load8(gain + c * kVec, g);
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          out[e] = r * g[e] * dy[e] - xv[e] * cr;
+          acc[v][e] += dy[e] * xv[e] * r;
+        }
+        store8(dxr + c * kVec, out);
+      }
+    }
+  }
+
+  // Fixed order: warp 0 stores, then warps 1..7 add in turn.
+  for (int w = 0; w < kRowsPerBlock; ++w) {
+    if (warp == w) {
+#pragma unroll
+      for (int v = 0; v < VPL; ++v) {
+        const int64_t c = v * 32 + lane;
+        if (c < vecs) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float4 sum = w == 0 ? make_float4(0, 0, 0, 0) : col_sum[c * 2 + h];
+            sum.x += acc[v][4 * h], sum.y += acc[v][4 * h + 1];
+            sum.z += acc[v][4 * h + 2], sum.w += acc[v][4 * h + 3];
+            col_sum[c * 2 + h] = sum;
+          }
+        }
+      }
+    }
+    __syncthreads();
+  }
+  float4* out = reinterpret_cast<float4*>(partial + blockIdx.x * D);
+  for (int64_t q = threadIdx.x; q < D / 4; q += blockDim.x) out[q] = col_sum[q];
+}
+
+// Smallest instantiated vectors-per-lane that covers D / 8 vectors, or 0 when none does.
+inline int vectors_per_lane(int64_t D, int max_vpl) {
+  const int64_t need = (D / kVec + 31) / 32;
+  for (int vpl = 1; vpl <= max_vpl; vpl *= 2)
+    if (need <= vpl) return vpl;
+  return 0;
+}
+
+// f(integral_constant<vpl>) for vpl in 1, 2, 4, ..., Max.
+template <int Max, int V = 1, class F>
+void with_vpl(int vpl, F&& f) {
+  if (vpl == V) return f(std::integral_constant<int, V>{});
+  if constexpr (V < Max) with_vpl<Max, 2 * V>(vpl, f);
+}
+
+bool takes_vector_path(const Tensor& x, int64_t D, std::initializer_list<const void*> pointers) {
+  if (x.dtype() != DType::bf16 || D % kVec != 0) return false;
+  for (const void* p : pointers)
+    if (!aligned16(p)) return false;
+  return true;
+}
+
 }  // namespace
 
 void rmsnorm_forward(Context& ctx, const Tensor& out, const Tensor& rstd, const Tensor& x,
@@ -88,6 +258,15 @@ void rmsnorm_forward(Context& ctx, const Tensor& out, const Tensor& rstd, const 
   const int64_t D = x.dim(-1), N = x.numel() / D;
   if (N == 0) return;
   const unsigned blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
+  const int vpl = vectors_per_lane(D, kMaxForwardVecs);
+  if (vpl > 0 && takes_vector_path(x, D, {out.data(), x.data(), gain.data()})) {
+    with_vpl<kMaxForwardVecs>(vpl, [&](auto V) {
+      rmsnorm_forward_vec<V.value><<<blocks, 32 * kRowsPerBlock, 0, ctx.stream>>>(
+          out.ptr<bf16>(), rstd.ptr<float>(), x.ptr<bf16>(), gain.ptr<float>(), N, D);
+    });
+    check_launch(ctx, "rmsnorm_forward");
+    return;
+  }
   dispatch_float(x.dtype(), [&]<class T>(Tag<T>) {
     using S = stat_t<T>;
     rmsnorm_forward_kernel<T, S><<<blocks, 32 * kRowsPerBlock, 0, ctx.stream>>>(
@@ -101,6 +280,21 @@ void rmsnorm_backward(Context& ctx, const Tensor& dx, const Tensor& dgain, const
   const int64_t D = x.dim(-1), N = x.numel() / D;
   if (N == 0) return;
   const unsigned blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
+  const int vpl = vectors_per_lane(D, kMaxBackwardVecs);
+  if (vpl > 0 && takes_vector_path(x, D, {dx.data(), dout.data(), x.data(), gain.data()})) {
+    const int64_t chunks = (N + kVecChunkRows - 1) / kVecChunkRows;
+    float* partial = static_cast<float*>(ctx.scratch(kScratchA, chunks * D * sizeof(float)));
+    with_vpl<kMaxBackwardVecs>(vpl, [&](auto V) {
+      rmsnorm_backward_vec<V.value><<<static_cast<unsigned>(chunks), 32 * kRowsPerBlock, 0,
+                                      ctx.stream>>>(dx.ptr<bf16>(), partial, dout.ptr<bf16>(),
+                                                    x.ptr<bf16>(), gain.ptr<float>(),
+                                                    rstd.ptr<float>(), N, D);
+    });
+    rmsnorm_dgain_finish<float, float><<<grid_for(D), kThreads, 0, ctx.stream>>>(
+        dgain.ptr<float>(), partial, chunks, D);
+    check_launch(ctx, "rmsnorm_backward");
+    return;
+  }
   const int64_t chunks = (N + kChunkRows - 1) / kChunkRows;
   dispatch_float(x.dtype(), [&]<class T>(Tag<T>) {
     using S = stat_t<T>;

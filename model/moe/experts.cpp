@@ -32,8 +32,11 @@ bool Experts::grouped(const Backend& backend, const Tensor& x) const {
 Tensor Experts::forward(Backend& backend, const Tensor& x,
                         const std::vector<int64_t>& rows_per_expert, int64_t max_rows) {
   const int64_t N = x.dim(0), D = x.dim(1), F = w1.value.dim(2);
-  Tensor out = ensure_rows(backend, out_storage, N, D, x.dtype(), max_rows);
-  SwigluActivations all = ensure_swiglu(backend, acts, N, F, x.dtype(), max_rows);
+  // The output rows are consumed by the combine right after: scratch.
+  out_storage = scratch().rows(backend, "experts.out", N, D, x.dtype(), max_rows);
+  const Tensor out = out_storage;
+  acts = swiglu_buffers(backend, saved(), scratch(), "experts", N, F, x.dtype(), max_rows, false);
+  const SwigluActivations& all = acts;
   if (grouped(backend, x)) {
     if (N == 0) return out;
     const std::span<const int64_t> rows(rows_per_expert);
@@ -59,16 +62,22 @@ Tensor Experts::forward(Backend& backend, const Tensor& x,
 Tensor Experts::backward(Backend& backend, const Tensor& dout, const Tensor& x,
                          const std::vector<int64_t>& rows_per_expert, int64_t max_rows) {
   const int64_t N = x.dim(0), D = x.dim(1), F = w1.value.dim(2);
-  Tensor dx = ensure_rows(backend, du_storage, N, D, x.dtype(), max_rows);
-  SwigluActivations all = ensure_swiglu(backend, acts, N, F, x.dtype(), max_rows);
+  du_storage = scratch().rows(backend, "experts.dx", N, D, x.dtype(), max_rows);
+  const Tensor dx = du_storage;
+  acts = swiglu_buffers(backend, saved(), scratch(), "experts", N, F, x.dtype(), max_rows, true);
+  const SwigluActivations& all = acts;
+  // Every expert's gradient slice is written (an empty segment's block is zeroed by the grouped
+  // wgrad, and is left as it is by the loop), so the gradients may be written while known zero.
+  const double grad_beta = take_grad_beta(w1, w3, w2);
   if (grouped(backend, x)) {
     if (N == 0) return dx;
     const std::span<const int64_t> rows(rows_per_expert);
+    const bool accumulate = grad_beta != 0.0;
     backend.grouped_gemm(all.dhidden, dout, w2.compute_value(), true, rows, false);
-    backend.grouped_gemm_wgrad(w2.grad, all.hidden, dout, rows, true);
+    backend.grouped_gemm_wgrad(w2.grad, all.hidden, dout, rows, accumulate);
     backend.swiglu_backward(all.dh1, all.dh3, all.dhidden, all.h1, all.h3);
-    backend.grouped_gemm_wgrad(w1.grad, x, all.dh1, rows, true);
-    backend.grouped_gemm_wgrad(w3.grad, x, all.dh3, rows, true);
+    backend.grouped_gemm_wgrad(w1.grad, x, all.dh1, rows, accumulate);
+    backend.grouped_gemm_wgrad(w3.grad, x, all.dh3, rows, accumulate);
     backend.grouped_gemm(dx, all.dh1, w1.compute_value(), true, rows, false);
     backend.grouped_gemm(dx, all.dh3, w3.compute_value(), true, rows, true);
     return dx;
@@ -79,7 +88,7 @@ Tensor Experts::backward(Backend& backend, const Tensor& dout, const Tensor& x,
     if (end > begin) {
       SwigluActivations segment = swiglu_rows(all, begin, end);
       swiglu_backward(backend, dx.rows(begin, end), dout.rows(begin, end), x.rows(begin, end),
-                      expert_weights(j), expert_grads(j), segment);
+                      expert_weights(j), expert_grads(j), segment, grad_beta);
     }
     begin = end;
   }

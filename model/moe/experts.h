@@ -28,8 +28,14 @@ struct Experts {
   Param w2;      // [E_local, F_e, D]
   std::string kernel = "auto";  // auto | grouped | cublas (see above)
 
-  SwigluActivations acts;  // [rows, F_e], grow-only
-  Tensor out_storage, du_storage;
+  // Shared scratch (the Transformer's); null: a private one. The output rows and all backward
+  // buffers come from it.
+  Workspace* workspace = nullptr;
+  // train.recompute layer: h1, h3, hidden live in `workspace` too, and the MoE layer reruns
+  // forward on the same received rows before backward.
+  bool recompute = false;
+  SwigluActivations acts;          // views of the grow-only [rows, F_e] buffers
+  Tensor out_storage, du_storage;  // views of the grow-only [rows, D] buffers (scratch)
 
   int64_t num_local() const { return w1.value.dim(0); }
   // x [N, D]: rows grouped by local expert, rows_per_expert[j] rows for expert j. Returns [N, D].
@@ -45,6 +51,10 @@ struct Experts {
   bool grouped(const Backend& backend, const Tensor& x) const;
   SwigluWeights expert_weights(int64_t j) const;
   SwigluWeights expert_grads(int64_t j) const;
+
+  Workspace own_;
+  Workspace& scratch() { return workspace ? *workspace : own_; }
+  Workspace& saved() { return recompute && workspace ? *workspace : own_; }
 };
 
 }  // namespace sy

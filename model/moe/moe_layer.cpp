@@ -25,7 +25,7 @@ const Tensor& MoELayer::forward(Backend& backend, const Tensor& u) {
   // route (fp32: the router gets its own copy of u when the layer computes in another dtype)
   const DType router_dtype = router.weight.value.dtype();
   if (dtype != router_dtype) {
-    ensure(backend, u_router, u.shape(), router_dtype);
+    u_router = scratch().get(backend, "moe.u_router", u.shape(), router_dtype);
     backend.copy(u_router, u);
   }
   router.forward(backend, dtype != router_dtype ? u_router : u,
@@ -33,29 +33,36 @@ const Tensor& MoELayer::forward(Backend& backend, const Tensor& u) {
   if (timer) timer->lap(kRoute, false);
   // permute: this rank's kept assignments, grouped by expert.
   const int64_t max_kept = u.dim(0) * K;
-  const Tensor x_perm = ensure_rows(backend, x_perm_storage, router.kept, D, dtype, max_kept);
+  x_perm_storage = scratch().rows(backend, "moe.x_perm", router.kept, D, dtype, max_kept);
+  const Tensor x_perm = x_perm_storage;
   backend.permute_rows(x_perm, u, router.row_slot, K);
   if (timer) timer->lap(kPermute, false);
   // dispatch
   plan = exchange->plan(router.tokens_per_expert);
   plan.max_rows_received = max_rows_received(u.dim(0));
-  const Tensor x_recv =
-      ensure_rows(backend, x_recv_storage, plan.rows_received, D, dtype, plan.max_rows_received);
+  const Tensor x_recv = x_recv_storage =
+      own_.rows(backend, "moe.x_recv", plan.rows_received, D, dtype, plan.max_rows_received);
   exchange->dispatch(plan, x_recv, x_perm);
   if (timer) timer->lap(kDispatch, false);
   // experts
-  const Tensor y_recv =
+  const Tensor y_recv = y_recv_storage =
       experts.forward(backend, x_recv, plan.rows_per_local_expert, plan.max_rows_received);
   if (timer) timer->lap(kExperts, false);
   // combine
-  const Tensor y_perm = ensure_rows(backend, y_perm_storage, router.kept, D, dtype, max_kept);
+  const Tensor y_perm = y_perm_storage =
+      own_.rows(backend, "moe.y_perm", router.kept, D, dtype, max_kept);
   exchange->combine(plan, y_perm, y_recv);
   if (timer) timer->lap(kCombine, false);
   // unpermute: gate-weighted sum of each token's kept expert outputs.
-  ensure(backend, out, u.shape(), dtype);
+  out = scratch().get(backend, "ffn.out", u.shape(), dtype);  // the caller adds it
   backend.unpermute_combine(out, y_perm, router.gates, router.slot_row);
   if (timer) timer->lap(kUnpermute, false);
   return out;
+}
+
+void MoELayer::recompute_experts(Backend& backend) {
+  y_recv_storage = experts.forward(backend, x_recv_storage, plan.rows_per_local_expert,
+                                   plan.max_rows_received);
 }
 
 const Tensor& MoELayer::backward(Backend& backend, const Tensor& dout, const Tensor& u,
@@ -63,20 +70,22 @@ const Tensor& MoELayer::backward(Backend& backend, const Tensor& dout, const Ten
   const int64_t D = u.dim(1);
   const DType dtype = u.dtype();
   const int64_t K = router.settings.top_k;
-  const Tensor y_perm = y_perm_storage.rows(0, router.kept);
-  const Tensor x_recv = x_recv_storage.rows(0, plan.rows_received);
+  const Tensor y_perm = y_perm_storage;  // the forward's views: router.kept, rows_received rows
+  const Tensor x_recv = x_recv_storage;
   if (timer) timer->start();
 
   // unpermute: gate gradients stay on this rank; the rows' gradients follow the tokens.
   const int64_t max_kept = u.dim(0) * K;
-  const Tensor dy_perm = ensure_rows(backend, dy_perm_storage, router.kept, D, dtype, max_kept);
-  ensure(backend, dgates, router.gates.shape(), router.gates.dtype());
+  Workspace& ws = scratch();
+  const Tensor dy_perm = dy_perm_storage =
+      ws.rows(backend, "moe.dy_perm", router.kept, D, dtype, max_kept);
+  dgates = ws.get(backend, "moe.dgates", router.gates.shape(), router.gates.dtype());
   backend.unpermute_combine_backward(dy_perm, dgates, dout, y_perm, router.gates,
                                      router.slot_row);
   if (timer) timer->lap(kUnpermute, true);
   // combine, reversed: output gradients travel to the experts' owners.
-  const Tensor dy_recv =
-      ensure_rows(backend, dy_recv_storage, plan.rows_received, D, dtype, plan.max_rows_received);
+  const Tensor dy_recv = dy_recv_storage =
+      ws.rows(backend, "moe.dy_recv", plan.rows_received, D, dtype, plan.max_rows_received);
   exchange->dispatch(plan, dy_recv, dy_perm);
   if (timer) timer->lap(kCombine, true);
   // experts
@@ -84,18 +93,21 @@ const Tensor& MoELayer::backward(Backend& backend, const Tensor& dout, const Ten
                                           plan.max_rows_received);
   if (timer) timer->lap(kExperts, true);
   // dispatch, reversed: input gradients travel back the way the tokens came.
-  const Tensor dx_perm = ensure_rows(backend, dx_perm_storage, router.kept, D, dtype, max_kept);
+  const Tensor dx_perm = dx_perm_storage =
+      ws.rows(backend, "moe.dx_perm", router.kept, D, dtype, max_kept);
   exchange->combine(plan, dx_perm, dx_recv);
   if (timer) timer->lap(kDispatch, true);
   // permute, reversed, then the router's own path into u.
-  ensure(backend, du, u.shape(), dtype);
+  du = ws.get(backend, "ffn.du", u.shape(), dtype);
   backend.permute_rows_backward(du, dx_perm, router.slot_row, K);
   if (timer) timer->lap(kPermute, true);
   const DType router_dtype = router.weight.value.dtype();
   if (dtype == router_dtype) {
     router.backward(backend, du, dgates, u, d_aux, d_z);
   } else {
-    ensure(backend, du_router, u.shape(), router_dtype);
+    u_router = ws.get(backend, "moe.u_router", u.shape(), router_dtype);
+    backend.copy(u_router, u);  // bitwise the forward's copy
+    du_router = ws.get(backend, "moe.du_router", u.shape(), router_dtype);
     router.backward(backend, du_router, dgates, u_router, d_aux, d_z, /*accumulate=*/false);
     backend.add(du, du_router, 1.0);
   }

@@ -20,13 +20,20 @@ struct MoELayer {
   // aux_loss_scope global, set by the model for training forwards: f_e over the world's groups.
   bool balance_over_world = false;
 
+  // Shared scratch (the Transformer's); null: a private one. Everything below but the router's
+  // results, x_recv and y_perm (what backward reads) comes from it: x_perm, out and the fp32
+  // u_router are dead once the forward has used them, the rest lives in one backward.
+  Workspace* workspace = nullptr;
+
   ExchangePlan plan;
-  // Rows grouped by global expert (this rank's kept assignments) and as received by the experts.
+  // Rows grouped by global expert (this rank's kept assignments) and as received by the experts:
+  // views of grow-only buffers sized for the worst case. Saved: x_recv, y_perm.
   Tensor x_perm_storage, x_recv_storage, y_perm_storage, y_recv_storage;
   Tensor dy_perm_storage, dy_recv_storage, dx_perm_storage;
   Tensor out, du, dgates;
   // The router is fp32 everywhere: when the layer computes in bf16, it routes an fp32 copy of u
-  // and its input gradient comes back in fp32, to be added into du.
+  // and its input gradient comes back in fp32, to be added into du. The copy is exact, so
+  // backward makes it again from u rather than keeping [T, D] fp32 per layer.
   Tensor u_router, du_router;
 
   // u: the normalised input [T, D]. Returns out [T, D].
@@ -35,9 +42,18 @@ struct MoELayer {
   const Tensor& backward(Backend& backend, const Tensor& dout, const Tensor& u, double d_aux,
                          double d_z);
 
+  // train.recompute layer: the experts' h1, h3, hidden are not kept (experts.recompute); this
+  // reruns the experts on the saved x_recv, before backward. Routing and the token exchange are
+  // not rerun: the router's results, x_recv and y_perm stay saved.
+  void recompute_experts(Backend& backend);
+
   // The most rows the experts here can receive from a group of `tokens` tokens per rank: every
   // buffer is allocated for it on the first forward, so that no routing ever allocates again.
   int64_t max_rows_received(int64_t tokens) const;
+
+ private:
+  Workspace own_;
+  Workspace& scratch() { return workspace ? *workspace : own_; }
 };
 
 }  // namespace sy

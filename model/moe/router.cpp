@@ -65,7 +65,7 @@ void Router::backward(Backend& backend, const Tensor& du, const Tensor& dgates, 
   ensure(backend, dlogits, logits.shape(), logits.dtype());
   backend.router_backward(dlogits, dgates, scores, lse, logits, topk_idx, balance_counts,
                           rule(u.dim(0)), d_aux, d_z);
-  backend.gemm(weight.grad, u, true, dlogits, false, 1.0, 1.0);
+  backend.gemm(weight.grad, u, true, dlogits, false, 1.0, weight.take_grad_beta());
   backend.gemm(du, dlogits, false, weight.compute_value(), true, 1.0, accumulate ? 1.0 : 0.0);
 }
 

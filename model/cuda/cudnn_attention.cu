@@ -1,0 +1,619 @@
+// Causal attention on cuDNN's fused flash attention, through the cuDNN 9 backend API (no
+// cudnn-frontend): the same contract as flash_attention_forward/backward (backend.h), for bf16
+// with Dh a multiple of 8 up to 128. Each op is an operation graph of matmul, pointwise,
+// reduction and reshape nodes in the shape cuDNN's runtime-fusion SDPA engines recognise; graphs
+// are built once per (device context, pass, B, S, H, Dh) and cached with their execution plan and
+// workspace size. Anything cuDNN rejects while building is a decline (the caller runs our flash
+// kernels), reported once per shape on stderr with the descriptor and attribute that failed.
+//
+// Forward, per (b, h):  S = Q K^T * scale; causal select(S, -inf, row >= col);
+//   stats = max + log(sum exp(S - max))   (natural log: our lse)
+//   O = (exp(S - max) / sum) V            (P in bf16, fp32 accumulation)
+// Backward:  Dsum = rowsum(dO * O); P = exp(causal(Q K^T * scale - stats));
+//   dV = P^T dO; dS = P (dO V^T - Dsum) * scale; dK = dS^T Q; dQ = dS K.
+// dQ is written by its own matmul (cuDNN's "dP workspace" form, which the frontend picks for a
+// deterministic Hopper backward) rather than accumulated in f32 across key tiles; engines whose
+// numerical notes say NONDETERMINISTIC are refused.
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "model/cuda/kernels.h"
+
+#ifdef SY_HAVE_CUDNN
+#include <cudnn.h>
+#endif
+
+namespace sy::cuda {
+
+#ifndef SY_HAVE_CUDNN
+
+bool cudnn_attention_forward(Context&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                             const Tensor&, int64_t, int64_t, int64_t, std::string* declined) {
+  if (declined) *declined = "built without cuDNN";
+  return false;
+}
+bool cudnn_attention_backward(Context&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                              const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                              const Tensor&, int64_t, int64_t, int64_t, std::string* declined) {
+  if (declined) *declined = "built without cuDNN";
+  return false;
+}
+void cudnn_attention_release(const Context&) {}
+
+#else
+
+namespace {
+
+// A cuDNN call that failed while a graph was being built: what was being done, and cuDNN's status
+// and last error message. Caught where the graph is built and turned into a decline.
+struct CudnnRejected : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+std::string status_text(cudnnStatus_t status) {
+  std::string text = std::string(cudnnGetErrorString(status)) + " (" +
+                     std::to_string(static_cast<int>(status)) + ")";
+  char last[1024] = {};
+  cudnnGetLastErrorString(last, sizeof last);
+  if (last[0]) text += "; " + std::string(last);
+  return text;
+}
+
+void check(cudnnStatus_t status, const std::string& what) {
+  if (status != CUDNN_STATUS_SUCCESS) throw CudnnRejected(what + ": " + status_text(status));
+}
+
+// One backend descriptor: created on construction, destroyed with the object. Every failure
+// names the descriptor (`name_`) and the attribute.
+class Descriptor {
+ public:
+  Descriptor(cudnnBackendDescriptorType_t type, std::string name) : name_(std::move(name)) {
+    check(cudnnBackendCreateDescriptor(type, &desc_), name_ + ": cudnnBackendCreateDescriptor");
+  }
+  Descriptor(const Descriptor&) = delete;
+  Descriptor& operator=(const Descriptor&) = delete;
+  ~Descriptor() {
+    if (desc_) cudnnBackendDestroyDescriptor(desc_);
+  }
+
+  template <class T>
+  Descriptor& set(cudnnBackendAttributeName_t attr, const char* attr_name,
+                  cudnnBackendAttributeType_t type, int64_t count, const T* values) {
+    check(cudnnBackendSetAttribute(desc_, attr, type, count, values), name_ + ": set " + attr_name);
+    return *this;
+  }
+  Descriptor& finalize() {
+    check(cudnnBackendFinalize(desc_), name_ + ": cudnnBackendFinalize");
+    return *this;
+  }
+  cudnnBackendDescriptor_t get() const { return desc_; }
+
+ private:
+  cudnnBackendDescriptor_t desc_ = nullptr;
+  std::string name_;
+};
+
+// An attribute and its name, for Descriptor::set's messages.
+#define SY_ATTR(attr) attr, #attr
+
+using Dims = std::array<int64_t, 4>;
+
+// The variant pack's tensors. Virtual tensors get ids from kFirstVirtual on.
+enum Uid : int64_t {
+  kQ = 1, kK, kV, kO, kStats, kdO, kdQ, kdK, kdV, kScale, kNegInf, kOne, kSoftmaxSum,
+  kFirstVirtual = 100
+};
+
+// Builds one operation graph; owns every descriptor it made, which live as long as the plan.
+class GraphBuilder {
+ public:
+  explicit GraphBuilder(const char* op) : op_(op) {}
+
+  cudnnBackendDescriptor_t tensor(const std::string& name, int64_t uid, Dims dims, Dims strides,
+                                  cudnnDataType_t dtype, bool is_virtual, bool by_value = false) {
+    Descriptor& t = make(CUDNN_BACKEND_TENSOR_DESCRIPTOR, "tensor " + name);
+    const int64_t alignment = 16;
+    t.set(SY_ATTR(CUDNN_ATTR_TENSOR_DATA_TYPE), CUDNN_TYPE_DATA_TYPE, 1, &dtype)
+        .set(SY_ATTR(CUDNN_ATTR_TENSOR_DIMENSIONS), CUDNN_TYPE_INT64, 4, dims.data())
+        .set(SY_ATTR(CUDNN_ATTR_TENSOR_STRIDES), CUDNN_TYPE_INT64, 4, strides.data())
+        .set(SY_ATTR(CUDNN_ATTR_TENSOR_UNIQUE_ID), CUDNN_TYPE_INT64, 1, &uid)
+        .set(SY_ATTR(CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT), CUDNN_TYPE_INT64, 1, &alignment)
+        .set(SY_ATTR(CUDNN_ATTR_TENSOR_IS_VIRTUAL), CUDNN_TYPE_BOOLEAN, 1, &is_virtual);
+    if (by_value) t.set(SY_ATTR(CUDNN_ATTR_TENSOR_IS_BY_VALUE), CUDNN_TYPE_BOOLEAN, 1, &by_value);
+    return t.finalize().get();
+  }
+  cudnnBackendDescriptor_t virt(const std::string& name, Dims dims, Dims strides,
+                                cudnnDataType_t dtype = CUDNN_DATA_FLOAT) {
+    return tensor(name, next_uid_++, dims, strides, dtype, true);
+  }
+  // A host scalar passed by value in the variant pack.
+  cudnnBackendDescriptor_t scalar(const std::string& name, int64_t uid) {
+    return tensor(name, uid, {1, 1, 1, 1}, {1, 1, 1, 1}, CUDNN_DATA_FLOAT, false, true);
+  }
+
+  // y = mode(x[, b[, t]]); GEN_INDEX takes axis >= 0.
+  void pointwise(const std::string& name, cudnnPointwiseMode_t mode, cudnnBackendDescriptor_t x,
+                 cudnnBackendDescriptor_t y, cudnnBackendDescriptor_t b = nullptr,
+                 cudnnBackendDescriptor_t t = nullptr, int64_t axis = -1,
+                 cudnnDataType_t math = CUDNN_DATA_FLOAT) {
+    Descriptor& pw = make(CUDNN_BACKEND_POINTWISE_DESCRIPTOR, "pointwise " + name);
+    pw.set(SY_ATTR(CUDNN_ATTR_POINTWISE_MODE), CUDNN_TYPE_POINTWISE_MODE, 1, &mode)
+        .set(SY_ATTR(CUDNN_ATTR_POINTWISE_MATH_PREC), CUDNN_TYPE_DATA_TYPE, 1, &math);
+    if (axis >= 0) pw.set(SY_ATTR(CUDNN_ATTR_POINTWISE_AXIS), CUDNN_TYPE_INT64, 1, &axis);
+    pw.finalize();
+    cudnnBackendDescriptor_t pw_desc = pw.get();
+    Descriptor& op = make(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR, "pointwise op " + name);
+    op.set(SY_ATTR(CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+           &pw_desc)
+        .set(SY_ATTR(CUDNN_ATTR_OPERATION_POINTWISE_XDESC), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x);
+    if (b) op.set(SY_ATTR(CUDNN_ATTR_OPERATION_POINTWISE_BDESC), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b);
+    if (t) op.set(SY_ATTR(CUDNN_ATTR_OPERATION_POINTWISE_TDESC), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &t);
+    op.set(SY_ATTR(CUDNN_ATTR_OPERATION_POINTWISE_YDESC), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y);
+    ops_.push_back(op.finalize().get());
+  }
+
+  // y[..., 1] = reduce(x) over the last dimension.
+  void reduction(const std::string& name, cudnnReduceTensorOp_t mode, cudnnBackendDescriptor_t x,
+                 cudnnBackendDescriptor_t y) {
+    Descriptor& red = make(CUDNN_BACKEND_REDUCTION_DESCRIPTOR, "reduction " + name);
+    const cudnnDataType_t math = CUDNN_DATA_FLOAT;
+    red.set(SY_ATTR(CUDNN_ATTR_REDUCTION_OPERATOR), CUDNN_TYPE_REDUCTION_OPERATOR_TYPE, 1, &mode)
+        .set(SY_ATTR(CUDNN_ATTR_REDUCTION_COMP_TYPE), CUDNN_TYPE_DATA_TYPE, 1, &math)
+        .finalize();
+    cudnnBackendDescriptor_t red_desc = red.get();
+    Descriptor& op = make(CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR, "reduction op " + name);
+    op.set(SY_ATTR(CUDNN_ATTR_OPERATION_REDUCTION_XDESC), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x)
+        .set(SY_ATTR(CUDNN_ATTR_OPERATION_REDUCTION_YDESC), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y)
+        .set(SY_ATTR(CUDNN_ATTR_OPERATION_REDUCTION_DESC), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+             &red_desc);
+    ops_.push_back(op.finalize().get());
+  }
+
+  // c = a @ b, batched over the first two dimensions, fp32 accumulation.
+  void matmul(const std::string& name, cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t b,
+              cudnnBackendDescriptor_t c) {
+    Descriptor& mm = make(CUDNN_BACKEND_MATMUL_DESCRIPTOR, "matmul " + name);
+    const cudnnDataType_t math = CUDNN_DATA_FLOAT;
+    mm.set(SY_ATTR(CUDNN_ATTR_MATMUL_COMP_TYPE), CUDNN_TYPE_DATA_TYPE, 1, &math).finalize();
+    cudnnBackendDescriptor_t mm_desc = mm.get();
+    Descriptor& op = make(CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR, "matmul op " + name);
+    op.set(SY_ATTR(CUDNN_ATTR_OPERATION_MATMUL_ADESC), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &a)
+        .set(SY_ATTR(CUDNN_ATTR_OPERATION_MATMUL_BDESC), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b)
+        .set(SY_ATTR(CUDNN_ATTR_OPERATION_MATMUL_CDESC), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c)
+        .set(SY_ATTR(CUDNN_ATTR_OPERATION_MATMUL_DESC), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &mm_desc);
+    ops_.push_back(op.finalize().get());
+  }
+
+  // y: the same elements as x seen through other dims/strides (a transpose, no data movement).
+  void reshape(const std::string& name, cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t y) {
+    Descriptor& op = make(CUDNN_BACKEND_OPERATION_RESHAPE_DESCRIPTOR, "reshape op " + name);
+    op.set(SY_ATTR(CUDNN_ATTR_OPERATION_RESHAPE_XDESC), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x)
+        .set(SY_ATTR(CUDNN_ATTR_OPERATION_RESHAPE_YDESC), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y);
+    ops_.push_back(op.finalize().get());
+  }
+
+  // score with every entry above the diagonal (key > query) replaced by neg_inf.
+  cudnnBackendDescriptor_t causal_mask(cudnnBackendDescriptor_t score, cudnnBackendDescriptor_t neg_inf,
+                                       Dims dims, Dims strides) {
+    auto row = virt("row_index", dims, strides, CUDNN_DATA_INT32);
+    auto col = virt("col_index", dims, strides, CUDNN_DATA_INT32);
+    auto keep = virt("causal_keep", dims, strides, CUDNN_DATA_BOOLEAN);
+    auto masked = virt("causal_masked", dims, strides);
+    pointwise("gen_row_index", CUDNN_POINTWISE_GEN_INDEX, score, row, nullptr, nullptr, 2);
+    pointwise("gen_col_index", CUDNN_POINTWISE_GEN_INDEX, score, col, nullptr, nullptr, 3);
+    pointwise("row_ge_col", CUDNN_POINTWISE_CMP_GE, row, keep, col, nullptr, -1,
+              CUDNN_DATA_BOOLEAN);
+    pointwise("causal_select", CUDNN_POINTWISE_BINARY_SELECT, score, masked, neg_inf, keep);
+    return masked;
+  }
+
+  const std::vector<cudnnBackendDescriptor_t>& ops() const { return ops_; }
+  Descriptor& make(cudnnBackendDescriptorType_t type, std::string name) {
+    keep_.push_back(std::make_unique<Descriptor>(type, std::string(op_) + " " + name));
+    return *keep_.back();
+  }
+
+ private:
+  const char* op_;
+  std::vector<std::unique_ptr<Descriptor>> keep_;
+  std::vector<cudnnBackendDescriptor_t> ops_;
+  int64_t next_uid_ = kFirstVirtual;
+};
+
+// A built graph: its descriptors, the chosen plan, its workspace and the by-value scalars (whose
+// addresses the variant pack carries).
+struct Plan {
+  std::unique_ptr<GraphBuilder> graph;
+  std::unique_ptr<Descriptor> op_graph, plan;
+  int64_t workspace_bytes = 0;
+  float scale = 0.f, neg_inf = 0.f, one = 1.f;
+};
+
+struct Key {
+  bool backward;
+  int64_t B, S, H, Dh;
+  auto operator<=>(const Key&) const = default;
+};
+
+// Per device context: the handle (on the backend's stream), the plans, and the declines with their
+// reasons (a shape cuDNN declined once is not retried).
+struct State {
+  cudnnHandle_t handle = nullptr;
+  std::string handle_error;  // why there is no handle
+  std::map<Key, std::unique_ptr<Plan>> plans;
+  std::map<Key, std::string> declined;
+  ~State() {
+    plans.clear();
+    if (handle) cudnnDestroy(handle);
+  }
+};
+
+std::mutex registry_mutex;
+std::map<const Context*, std::unique_ptr<State>>& registry() {
+  static std::map<const Context*, std::unique_ptr<State>> states;
+  return states;
+}
+
+State& state_for(Context& ctx) {
+  std::lock_guard<std::mutex> lock(registry_mutex);
+  auto& slot = registry()[&ctx];
+  if (!slot) {
+    slot = std::make_unique<State>();
+    const size_t version = cudnnGetVersion();
+    if (version < 90000) {
+      slot->handle_error = "cuDNN " + std::to_string(version) + " < 9.0 at run time";
+    } else if (cudnnStatus_t s = cudnnCreate(&slot->handle); s != CUDNN_STATUS_SUCCESS) {
+      slot->handle = nullptr;
+      slot->handle_error = "cudnnCreate: " + status_text(s);
+    } else if (s = cudnnSetStream(slot->handle, ctx.stream); s != CUDNN_STATUS_SUCCESS) {
+      slot->handle_error = "cudnnSetStream: " + status_text(s);
+      cudnnDestroy(slot->handle);
+      slot->handle = nullptr;
+    }
+  }
+  return *slot;
+}
+
+// Our layout as cuDNN dims [B, H, S, Dh]: token rows of H*Dh, head h at column h*Dh.
+Dims bhsd(int64_t B, int64_t S, int64_t H, int64_t Dh) { return {B, H, S, Dh}; }
+Dims bhsd_strides(int64_t S, int64_t H, int64_t Dh) { return {S * H * Dh, Dh, H * Dh, 1}; }
+// The same memory seen transposed, [B, H, Dh, S] (K^T, V^T).
+Dims bhds(int64_t B, int64_t S, int64_t H, int64_t Dh) { return {B, H, Dh, S}; }
+Dims bhds_strides(int64_t S, int64_t H, int64_t Dh) { return {S * H * Dh, Dh, 1, H * Dh}; }
+
+void build_forward(GraphBuilder& g, int64_t B, int64_t S, int64_t H, int64_t Dh) {
+  const Dims ss{B, H, S, S}, ss_st{H * S * S, S * S, S, 1};
+  const Dims row{B, H, S, 1}, row_st{H * S, S, 1, 1};
+  auto q = g.tensor("Q", kQ, bhsd(B, S, H, Dh), bhsd_strides(S, H, Dh), CUDNN_DATA_BFLOAT16, false);
+  auto kt = g.tensor("K^T", kK, bhds(B, S, H, Dh), bhds_strides(S, H, Dh), CUDNN_DATA_BFLOAT16, false);
+  auto v = g.tensor("V", kV, bhsd(B, S, H, Dh), bhsd_strides(S, H, Dh), CUDNN_DATA_BFLOAT16, false);
+  auto o = g.tensor("O", kO, bhsd(B, S, H, Dh), bhsd_strides(S, H, Dh), CUDNN_DATA_BFLOAT16, false);
+  auto stats = g.tensor("stats", kStats, row, row_st, CUDNN_DATA_FLOAT, false);
+  auto scale = g.scalar("scale", kScale);
+  auto neg_inf = g.scalar("neg_inf", kNegInf);
+
+  auto s = g.virt("S", ss, ss_st);
+  g.matmul("Q K^T", q, kt, s);
+  auto scaled = g.virt("S_scaled", ss, ss_st);
+  g.pointwise("scale", CUDNN_POINTWISE_MUL, s, scaled, scale);
+  auto masked = g.causal_mask(scaled, neg_inf, ss, ss_st);
+  auto row_max = g.virt("row_max", row, row_st);
+  g.reduction("max", CUDNN_REDUCE_TENSOR_MAX, masked, row_max);
+  auto shifted = g.virt("S_minus_max", ss, ss_st);
+  g.pointwise("sub_max", CUDNN_POINTWISE_SUB, masked, shifted, row_max);
+  auto e = g.virt("exp", ss, ss_st);
+  g.pointwise("exp", CUDNN_POINTWISE_EXP, shifted, e);
+  auto row_sum = g.virt("row_sum", row, row_st);
+  g.reduction("sum", CUDNN_REDUCE_TENSOR_ADD, e, row_sum);
+  auto log_sum = g.virt("log_sum", row, row_st);
+  g.pointwise("log", CUDNN_POINTWISE_LOG, row_sum, log_sum);
+  g.pointwise("stats", CUDNN_POINTWISE_ADD, row_max, stats, log_sum);
+  auto p = g.virt("P", ss, ss_st, CUDNN_DATA_BFLOAT16);  // bmm2 takes P in the I/O type
+  g.pointwise("div_sum", CUDNN_POINTWISE_DIV, e, p, row_sum);
+  g.matmul("P V", p, v, o);
+}
+
+void build_backward(GraphBuilder& g, int64_t B, int64_t S, int64_t H, int64_t Dh) {
+  const Dims ss{B, H, S, S}, ss_st{H * S * S, S * S, S, 1}, ss_t_st{H * S * S, S * S, 1, S};
+  const Dims row{B, H, S, 1}, row_st{H * S, S, 1, 1};
+  const Dims sd = bhsd(B, S, H, Dh), sd_st = bhsd_strides(S, H, Dh);
+  const Dims ds = bhds(B, S, H, Dh), ds_st = bhds_strides(S, H, Dh);
+  const auto bf = CUDNN_DATA_BFLOAT16;
+  auto q = g.tensor("Q", kQ, sd, sd_st, bf, false);
+  auto kt = g.tensor("K^T", kK, ds, ds_st, bf, false);
+  auto vt = g.tensor("V^T", kV, ds, ds_st, bf, false);
+  auto o = g.tensor("O", kO, sd, sd_st, bf, false);
+  auto d_o = g.tensor("dO", kdO, sd, sd_st, bf, false);
+  auto stats = g.tensor("stats", kStats, row, row_st, CUDNN_DATA_FLOAT, false);
+  auto dq = g.tensor("dQ", kdQ, sd, sd_st, bf, false);
+  auto dk = g.tensor("dK", kdK, sd, sd_st, bf, false);
+  auto dv = g.tensor("dV", kdV, sd, sd_st, bf, false);
+  auto scale = g.scalar("scale", kScale);
+  auto neg_inf = g.scalar("neg_inf", kNegInf);
+  auto one = g.scalar("one", kOne);
+  // rowsum(dO * O), in the workspace (a second kernel of the engine reads it).
+  auto softmax_sum = g.tensor("softmax_sum", kSoftmaxSum, row, row_st, CUDNN_DATA_FLOAT, false);
+
+  auto d_o_o = g.virt("dO*O", sd, {H * S * Dh, S * Dh, H * Dh, 1});
+  g.pointwise("mul_dO_O", CUDNN_POINTWISE_MUL, d_o, d_o_o, o);
+  auto dot = g.virt("rowsum_dO_O", row, row_st);
+  g.reduction("sum_dO_O", CUDNN_REDUCE_TENSOR_ADD, d_o_o, dot);
+  g.pointwise("softmax_sum", CUDNN_POINTWISE_MUL, dot, softmax_sum, one);
+
+  // P recomputed from the stats.
+  auto s = g.virt("S", ss, ss_st);
+  g.matmul("Q K^T", q, kt, s);
+  auto scaled = g.virt("S_scaled", ss, ss_st);
+  g.pointwise("scale", CUDNN_POINTWISE_MUL, s, scaled, scale);
+  auto shifted = g.virt("S_minus_stats", ss, ss_st);
+  g.pointwise("sub_stats", CUDNN_POINTWISE_SUB, scaled, shifted, stats);
+  auto masked = g.causal_mask(shifted, neg_inf, ss, ss_st);
+  auto p = g.virt("P", ss, ss_st);
+  g.pointwise("exp", CUDNN_POINTWISE_EXP, masked, p);
+
+  // dV = P^T dO
+  auto p_t = g.virt("P^T", ss, ss_t_st, bf);
+  g.reshape("P^T", p, p_t);
+  g.matmul("P^T dO", p_t, d_o, dv);
+
+  // dS = P (dO V^T - softmax_sum) * scale
+  auto dp = g.virt("dP", ss, ss_st);
+  g.matmul("dO V^T", d_o, vt, dp);
+  auto dp_centered = g.virt("dP_minus_sum", ss, ss_st);
+  g.pointwise("sub_softmax_sum", CUDNN_POINTWISE_SUB, dp, dp_centered, softmax_sum);
+  auto dp_p = g.virt("dP*P", ss, ss_st);
+  g.pointwise("mul_P", CUDNN_POINTWISE_MUL, dp_centered, dp_p, p);
+  auto d_s = g.virt("dS", ss, ss_st);
+  g.pointwise("scale_dS", CUDNN_POINTWISE_MUL, dp_p, d_s, scale);
+
+  // dK = dS^T Q
+  auto d_s_t = g.virt("dS^T", ss, ss_t_st, bf);
+  g.reshape("dS^T", d_s, d_s_t);
+  g.matmul("dS^T Q", d_s_t, q, dk);
+
+  // dQ = dS K, straight into dQ (no f32 accumulation buffer, no atomics)
+  auto k = g.virt("K", sd, sd_st);  // f32 like the other virtual operands of the dS matmuls
+  g.reshape("K", kt, k);
+  g.matmul("dS K", d_s, k, dq);
+}
+
+// Heuristics, then the first engine config whose plan finalizes and whose engine is
+// deterministic. Throws CudnnRejected with every config's reason when none does.
+void choose_plan(cudnnHandle_t handle, Plan& plan, const char* op, std::string& summary) {
+  std::string reasons;
+  for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
+    const char* mode_name = mode == CUDNN_HEUR_MODE_A ? "HEUR_MODE_A" : "HEUR_MODE_FALLBACK";
+    const std::string where = std::string(op) + " " + mode_name;
+    std::unique_ptr<Descriptor> heur;
+    int64_t count = 0;
+    try {
+      heur = std::make_unique<Descriptor>(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, where + " heuristics");
+      cudnnBackendDescriptor_t graph = plan.op_graph->get();
+      heur->set(SY_ATTR(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                &graph)
+          .set(SY_ATTR(CUDNN_ATTR_ENGINEHEUR_MODE), CUDNN_TYPE_HEUR_MODE, 1, &mode)
+          .finalize();
+      check(cudnnBackendGetAttribute(heur->get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                     CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, nullptr),
+            where + ": count CUDNN_ATTR_ENGINEHEUR_RESULTS");
+    } catch (const CudnnRejected& e) {
+      reasons += std::string("\n  ") + e.what();
+      continue;
+    }
+    if (count == 0) {
+      reasons += "\n  " + where + ": no engine configs";
+      continue;
+    }
+    std::vector<std::unique_ptr<Descriptor>> configs;
+    std::vector<cudnnBackendDescriptor_t> raw;
+    for (int64_t i = 0; i < count; ++i) {
+      configs.push_back(std::make_unique<Descriptor>(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR,
+                                                     where + " config " + std::to_string(i)));
+      raw.push_back(configs.back()->get());
+    }
+    int64_t got = 0;
+    try {
+      check(cudnnBackendGetAttribute(heur->get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                     CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got, raw.data()),
+            where + ": get CUDNN_ATTR_ENGINEHEUR_RESULTS");
+    } catch (const CudnnRejected& e) {
+      reasons += std::string("\n  ") + e.what();
+      continue;
+    }
+    if (got == 0) reasons += "\n  " + where + ": " + std::to_string(count) +
+                             " engine configs counted, none returned (none supports the graph)";
+    for (int64_t i = 0; i < got; ++i) {
+      const std::string cfg_name = where + " config " + std::to_string(i);
+      try {
+        Descriptor engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR, cfg_name + " engine");
+        cudnnBackendDescriptor_t engine_raw = engine.get();
+        int64_t n = 0;
+        check(cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_ENGINECFG_ENGINE,
+                                       CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n, &engine_raw),
+              cfg_name + ": get CUDNN_ATTR_ENGINECFG_ENGINE");
+        int64_t engine_index = -1;
+        check(cudnnBackendGetAttribute(engine_raw, CUDNN_ATTR_ENGINE_GLOBAL_INDEX,
+                                       CUDNN_TYPE_INT64, 1, &n, &engine_index),
+              cfg_name + ": get CUDNN_ATTR_ENGINE_GLOBAL_INDEX");
+        cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
+        int64_t num_notes = 0;
+        check(cudnnBackendGetAttribute(engine_raw, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
+                                       CUDNN_TYPE_NUMERICAL_NOTE, CUDNN_NUMERICAL_NOTE_TYPE_COUNT,
+                                       &num_notes, notes),
+              cfg_name + ": get CUDNN_ATTR_ENGINE_NUMERICAL_NOTE");
+        bool deterministic = true;
+        for (int64_t j = 0; j < num_notes; ++j)
+          deterministic &= notes[j] != CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC;
+        if (!deterministic) {
+          reasons += "\n  " + cfg_name + ": engine " + std::to_string(engine_index) +
+                     " is NONDETERMINISTIC (refused)";
+          continue;
+        }
+        auto candidate = std::make_unique<Descriptor>(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR,
+                                                      cfg_name + " execution plan");
+        candidate
+            ->set(SY_ATTR(CUDNN_ATTR_EXECUTION_PLAN_HANDLE), CUDNN_TYPE_HANDLE, 1, &handle)
+            .set(SY_ATTR(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG), CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                 1, &raw[i])
+            .finalize();
+        int64_t workspace = 0;
+        check(cudnnBackendGetAttribute(candidate->get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                                       CUDNN_TYPE_INT64, 1, &n, &workspace),
+              cfg_name + ": get CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE");
+        plan.plan = std::move(candidate);
+        plan.workspace_bytes = workspace;
+        summary = std::string(mode_name) + " config " + std::to_string(i) + " of " +
+                  std::to_string(got) + ", engine " + std::to_string(engine_index) +
+                  ", workspace " + std::to_string(workspace) + " B";
+        return;
+      } catch (const CudnnRejected& e) {
+        reasons += std::string("\n  ") + e.what();
+      }
+    }
+  }
+  throw CudnnRejected(std::string(op) + ": no deterministic engine took the graph:" + reasons);
+}
+
+// The plan for `key`, built on first use; nullptr (with *why set) when cuDNN declines.
+Plan* plan_for(Context& ctx, const Key& key, std::string* why) {
+  const char* op = key.backward ? "cudnn_attention_backward" : "cudnn_attention_forward";
+  State& state = state_for(ctx);
+  auto decline = [&](std::string reason) -> Plan* {
+    if (why) *why = reason;
+    return nullptr;
+  };
+  if (!state.handle) return decline(state.handle_error);
+  if (auto it = state.plans.find(key); it != state.plans.end()) return it->second.get();
+  if (auto it = state.declined.find(key); it != state.declined.end()) return decline(it->second);
+
+  const std::string shape = "B=" + std::to_string(key.B) + " S=" + std::to_string(key.S) +
+                            " H=" + std::to_string(key.H) + " Dh=" + std::to_string(key.Dh);
+  auto plan = std::make_unique<Plan>();
+  std::string summary;
+  char stale[4096];
+  cudnnGetLastErrorString(stale, sizeof stale);  // so that a failure below reports its own
+  try {
+    plan->graph = std::make_unique<GraphBuilder>(op);
+    if (key.backward) build_backward(*plan->graph, key.B, key.S, key.H, key.Dh);
+    else build_forward(*plan->graph, key.B, key.S, key.H, key.Dh);
+    plan->op_graph = std::make_unique<Descriptor>(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR,
+                                                  std::string(op) + " operation graph");
+    const auto& ops = plan->graph->ops();
+    plan->op_graph
+        ->set(SY_ATTR(CUDNN_ATTR_OPERATIONGRAPH_HANDLE), CUDNN_TYPE_HANDLE, 1, &state.handle)
+        .set(SY_ATTR(CUDNN_ATTR_OPERATIONGRAPH_OPS), CUDNN_TYPE_BACKEND_DESCRIPTOR,
+             static_cast<int64_t>(ops.size()), ops.data())
+        .finalize();
+    choose_plan(state.handle, *plan, op, summary);
+  } catch (const CudnnRejected& e) {
+    const std::string reason = e.what();
+    std::fprintf(stderr, "%s: cuDNN %zu declined %s, running our flash kernels: %s\n",
+                 where(ctx, op).c_str(), cudnnGetVersion(), shape.c_str(), reason.c_str());
+    state.declined[key] = reason;
+    return decline(reason);
+  }
+  std::fprintf(stderr, "%s: cuDNN %zu, %s: %s\n", where(ctx, op).c_str(), cudnnGetVersion(),
+               shape.c_str(), summary.c_str());
+  plan->scale = 1.f / std::sqrt(static_cast<float>(key.Dh));
+  // cuDNN before 9.10 wants the lowest finite float for masked scores, later versions -inf.
+  plan->neg_inf = cudnnGetVersion() < 91000 ? -std::numeric_limits<float>::max()
+                                            : -std::numeric_limits<float>::infinity();
+  Plan* raw = plan.get();
+  state.plans.emplace(key, std::move(plan));
+  return raw;
+}
+
+// Which cases cuDNN is asked at all; the reason otherwise.
+const char* unsupported(const Tensor& q, int64_t Dh, std::initializer_list<const Tensor*> tensors) {
+  if (q.dtype() != DType::bf16) return "cuDNN attention runs bf16 only";
+  if (Dh % 8 != 0 || Dh > 128) return "cuDNN attention wants Dh a multiple of 8, at most 128";
+  for (const Tensor* t : tensors)
+    if (reinterpret_cast<uintptr_t>(t->data()) % 16 != 0) return "a tensor is not 16-byte aligned";
+  return nullptr;
+}
+
+void execute(Context& ctx, const char* op, cudnnHandle_t handle, Plan& plan,
+             std::vector<int64_t> uids, std::vector<void*> pointers, void* workspace) {
+  try {
+    Descriptor pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, std::string(op) + " variant pack");
+    pack.set(SY_ATTR(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS), CUDNN_TYPE_INT64,
+             static_cast<int64_t>(uids.size()), uids.data())
+        .set(SY_ATTR(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS), CUDNN_TYPE_VOID_PTR,
+             static_cast<int64_t>(pointers.size()), pointers.data())
+        .set(SY_ATTR(CUDNN_ATTR_VARIANT_PACK_WORKSPACE), CUDNN_TYPE_VOID_PTR, 1, &workspace)
+        .finalize();
+    check(cudnnBackendExecute(handle, plan.plan->get(), pack.get()), "cudnnBackendExecute");
+  } catch (const CudnnRejected& e) {
+    fail(ctx, op, e.what());
+  }
+  check_launch(ctx, op);
+}
+
+}  // namespace
+
+bool cudnn_attention_forward(Context& ctx, const Tensor& out, const Tensor& lse, const Tensor& q,
+                             const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H,
+                             std::string* declined) {
+  const char* op = "cudnn_attention_forward";
+  const int64_t Dh = q.shape()[1] / H;
+  if (const char* reason = unsupported(q, Dh, {&out, &lse, &q, &k, &v})) {
+    if (declined) *declined = reason;
+    return false;
+  }
+  Plan* plan = plan_for(ctx, Key{false, B, S, H, Dh}, declined);
+  if (!plan) return false;
+  void* workspace = plan->workspace_bytes > 0 ? ctx.scratch(kScratchA, plan->workspace_bytes) : nullptr;
+  execute(ctx, op, state_for(ctx).handle, *plan, {kQ, kK, kV, kO, kStats, kScale, kNegInf},
+          {q.data(), k.data(), v.data(), out.data(), lse.data(), &plan->scale, &plan->neg_inf},
+          workspace);
+  return true;
+}
+
+bool cudnn_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                              const Tensor& dout, const Tensor& q, const Tensor& k,
+                              const Tensor& v, const Tensor& out, const Tensor& lse, int64_t B,
+                              int64_t S, int64_t H, std::string* declined) {
+  const char* op = "cudnn_attention_backward";
+  const int64_t Dh = q.shape()[1] / H;
+  if (const char* reason =
+          unsupported(q, Dh, {&dq, &dk, &dv, &dout, &q, &k, &v, &out, &lse})) {
+    if (declined) *declined = reason;
+    return false;
+  }
+  Plan* plan = plan_for(ctx, Key{true, B, S, H, Dh}, declined);
+  if (!plan) return false;
+  // The workspace, then softmax_sum [B, H, S] f32 at a 256-byte boundary after it.
+  const int64_t sum_offset = (plan->workspace_bytes + 255) / 256 * 256;
+  auto* base = static_cast<char*>(
+      ctx.scratch(kScratchA, sum_offset + B * H * S * static_cast<int64_t>(sizeof(float))));
+  execute(ctx, op, state_for(ctx).handle, *plan,
+          {kQ, kK, kV, kO, kdO, kStats, kdQ, kdK, kdV, kScale, kNegInf, kOne, kSoftmaxSum},
+          {q.data(), k.data(), v.data(), out.data(), dout.data(), lse.data(), dq.data(),
+           dk.data(), dv.data(), &plan->scale, &plan->neg_inf, &plan->one, base + sum_offset},
+          base);
+  return true;
+}
+
+void cudnn_attention_release(const Context& ctx) {
+  std::unique_ptr<State> state;
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    auto it = registry().find(&ctx);
+    if (it == registry().end()) return;
+    state = std::move(it->second);
+    registry().erase(it);
+  }
+}
+
+#endif  // SY_HAVE_CUDNN
+
+}  // namespace sy::cuda

@@ -1,0 +1,201 @@
+// cuDNN's fused attention (model/cuda/cudnn_attention.cu), reached as the attention layer reaches
+// it: the CUDA backend's flash_attention ops after Backend::prefer_cudnn_attention(true). Against
+// the CPU flash reference in f32 on the same bf16-rounded inputs, bf16 data, S in {64, 100, 257,
+// 1024, 2048} and Dh in {64, 128}; outputs poisoned with NaN first. Also: the causal mask (new k
+// and v for tokens >= c leave out and dq of tokens < c bitwise as they were), determinism (a
+// second backward gives the same bits), and the decline path (a case cuDNN is not asked to run
+// goes to the flash kernels, with the reason). When cuDNN declines a case it should take, the test
+// skips visibly with cuDNN's reason (cuda_attention_kernel). Tolerances: docs/cuda.md.
+// Skipped when no CUDA device is visible (label gpu).
+#include <gtest/gtest.h>
+
+#include <array>
+#include <bit>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "model/attention.h"
+#include "model/backend.h"
+#include "model/cuda/cuda_backend.h"
+#include "model/rng.h"
+
+namespace sy {
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+double bf16_round(double value) {
+  uint32_t u = std::bit_cast<uint32_t>(static_cast<float>(value));
+  u += 0x7FFFu + ((u >> 16) & 1u);  // round to nearest even (finite inputs)
+  return std::bit_cast<float>(u & 0xFFFF0000u);
+}
+
+// ||g - c|| / ||c||; infinity if g has a non-finite element.
+double rel_error(const std::vector<double>& g, const std::vector<double>& c) {
+  if (g.size() != c.size()) return std::numeric_limits<double>::infinity();
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < g.size(); ++i) {
+    if (!std::isfinite(g[i])) return std::numeric_limits<double>::infinity();
+    diff += (g[i] - c[i]) * (g[i] - c[i]);
+    norm += c[i] * c[i];
+  }
+  return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+}
+
+class CudnnAttention : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (cuda_device_count() > 0 && !gpu_) {
+      cpu_ = make_cpu_backend().release();
+      gpu_ = make_cuda_backend(0).release();
+    }
+  }
+  void SetUp() override {
+    if (!gpu_) GTEST_SKIP() << "no CUDA device visible";
+    gpu().prefer_cudnn_attention(true);
+  }
+  void TearDown() override {
+    if (gpu_) gpu().prefer_cudnn_attention(false);
+  }
+
+  Backend& cpu() { return *cpu_; }
+  Backend& gpu() { return *gpu_; }
+
+  static std::vector<double> values(int64_t n) {
+    CounterRng rng(next_seed_++);
+    std::vector<double> v(n);
+    for (double& x : v) x = bf16_round(rng.normal());
+    return v;
+  }
+  Tensor on_cpu(const Shape& shape, const std::vector<double>& v) {
+    Tensor t = cpu().alloc(shape, DType::f32);
+    cpu().write(t, std::span<const double>(v));
+    return t;
+  }
+  Tensor on_gpu(const Shape& shape, const std::vector<double>& v, DType dtype = DType::bf16) {
+    Tensor t = gpu().alloc(shape, dtype);
+    gpu().write(t, std::span<const double>(v));
+    return t;
+  }
+  Tensor poisoned(const Shape& shape, DType dtype) {
+    Tensor t = gpu().alloc(shape, dtype);
+    gpu().fill(t, kNaN);
+    return t;
+  }
+  void expect_close(const Tensor& g, const Tensor& c, double tol, const std::string& what) {
+    const double e = rel_error(gpu().read(g), cpu().read(c));
+    std::printf("[ rel err  ] %-48s %.3e (tol %.1e)\n", what.c_str(), e, tol);
+    EXPECT_LE(e, tol) << what;
+  }
+
+  static inline Backend* cpu_ = nullptr;
+  static inline Backend* gpu_ = nullptr;
+  static inline uint64_t next_seed_ = 0xC0D0'0000;
+};
+
+TEST_F(CudnnAttention, MatchesCpuFlashCausalAndDeterministic) {
+  const int64_t B = 2, H = 2;
+  for (int64_t Dh : {64, 128}) {
+    for (int64_t S : {64, 100, 257, 1024, 2048}) {
+      const std::string at = " Dh=" + std::to_string(Dh) + " S=" + std::to_string(S);
+      SCOPED_TRACE(at);
+      const int64_t T = B * S, D = H * Dh;
+      const std::vector<double> q = values(T * D), k = values(T * D), v = values(T * D),
+                                dout = values(T * D);
+      Tensor qc = on_cpu({T, D}, q), kc = on_cpu({T, D}, k), vc = on_cpu({T, D}, v);
+      Tensor qg = on_gpu({T, D}, q), kg = on_gpu({T, D}, k), vg = on_gpu({T, D}, v);
+      Tensor oc = cpu().alloc({T, D}, DType::f32), lc = cpu().alloc({B, H, S}, DType::f32);
+      Tensor og = poisoned({T, D}, DType::bf16), lg = poisoned({B, H, S}, DType::f32);
+      gpu().flash_attention_forward(og, lg, qg, kg, vg, B, S, H);
+      const std::string fwd_kernel = cuda_attention_kernel(gpu());
+      std::printf("[ kernel   ] forward%s: %s\n", at.c_str(), fwd_kernel.c_str());
+      if (fwd_kernel != "cudnn") GTEST_SKIP() << "cuDNN declined the forward" << at << ": " << fwd_kernel;
+      cpu().flash_attention_forward(oc, lc, qc, kc, vc, B, S, H);
+      expect_close(og, oc, 1e-2, "cudnn forward out" + at);
+      expect_close(lg, lc, 1e-5, "cudnn forward lse" + at);
+
+      Tensor dq = cpu().alloc({T, D}, DType::f32), dk = cpu().alloc({T, D}, DType::f32),
+             dv = cpu().alloc({T, D}, DType::f32);
+      cpu().flash_attention_backward(dq, dk, dv, on_cpu({T, D}, dout), qc, kc, vc, oc, lc, B, S,
+                                     H);
+      Tensor doutg = on_gpu({T, D}, dout);
+      auto backward = [&](const Tensor& o, const Tensor& l, const Tensor& kk, const Tensor& vv) {
+        std::array<Tensor, 3> grads{poisoned({T, D}, DType::bf16), poisoned({T, D}, DType::bf16),
+                                    poisoned({T, D}, DType::bf16)};
+        gpu().flash_attention_backward(grads[0], grads[1], grads[2], doutg, qg, kk, vv, o, l, B,
+                                       S, H);
+        return grads;
+      };
+      const auto grads = backward(og, lg, kg, vg);
+      const std::string bwd_kernel = cuda_attention_kernel(gpu());
+      std::printf("[ kernel   ] backward%s: %s\n", at.c_str(), bwd_kernel.c_str());
+      if (bwd_kernel != "cudnn")
+        GTEST_SKIP() << "cuDNN declined the backward" << at << ": " << bwd_kernel;
+      expect_close(grads[0], dq, 2e-2, "cudnn backward dq" + at);
+      expect_close(grads[1], dk, 2e-2, "cudnn backward dk" + at);
+      expect_close(grads[2], dv, 1e-2, "cudnn backward dv" + at);
+
+      const auto again = backward(og, lg, kg, vg);
+      for (int i = 0; i < 3; ++i)
+        EXPECT_EQ(gpu().read(again[i]), gpu().read(grads[i])) << "backward not repeatable, grad " << i;
+
+      // Causal: new k and v for tokens s >= c of every sequence.
+      const int64_t c = S / 2 + 1;
+      std::vector<double> k2 = k, v2 = v;
+      const std::vector<double> fresh_k = values(T * D), fresh_v = values(T * D);
+      for (int64_t t = 0; t < T; ++t)
+        if (t % S >= c)
+          for (int64_t d = 0; d < D; ++d)
+            k2[t * D + d] = fresh_k[t * D + d], v2[t * D + d] = fresh_v[t * D + d];
+      Tensor k2g = on_gpu({T, D}, k2), v2g = on_gpu({T, D}, v2);
+      Tensor o2 = poisoned({T, D}, DType::bf16), l2 = poisoned({B, H, S}, DType::f32);
+      gpu().flash_attention_forward(o2, l2, qg, k2g, v2g, B, S, H);
+      const auto grads2 = backward(o2, l2, k2g, v2g);
+      const std::vector<double> o1h = gpu().read(og), o2h = gpu().read(o2);
+      const std::vector<double> dq1h = gpu().read(grads[0]), dq2h = gpu().read(grads2[0]);
+      int64_t changed = 0, checked = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        if (t % S >= c) continue;
+        for (int64_t d = 0; d < D; ++d) {
+          changed += o1h[t * D + d] != o2h[t * D + d] || dq1h[t * D + d] != dq2h[t * D + d];
+          ++checked;
+        }
+      }
+      EXPECT_EQ(changed, 0) << "of " << checked << " out/dq entries before the change";
+    }
+  }
+}
+
+// Cases cuDNN is not asked to run (f32 data; bf16 with Dh 20) go to the flash kernels, and say so.
+TEST_F(CudnnAttention, DeclinedCasesRunTheFlashKernels) {
+  const int64_t B = 1, S = 37, H = 2;
+  for (auto [dtype, Dh] : {std::pair{DType::f32, int64_t{64}}, {DType::bf16, int64_t{20}}}) {
+    const std::string at = std::string(" ") + dtype_name(dtype) + " Dh=" + std::to_string(Dh);
+    SCOPED_TRACE(at);
+    const int64_t T = B * S, D = H * Dh;
+    const std::vector<double> q = values(T * D), k = values(T * D), v = values(T * D);
+    Tensor og = poisoned({T, D}, dtype), lg = poisoned({B, H, S}, stat_dtype(dtype));
+    gpu().flash_attention_forward(og, lg, on_gpu({T, D}, q, dtype), on_gpu({T, D}, k, dtype),
+                                  on_gpu({T, D}, v, dtype), B, S, H);
+    const std::string kernel = cuda_attention_kernel(gpu());
+    std::printf("[ kernel   ] forward%s: %s\n", at.c_str(), kernel.c_str());
+    EXPECT_EQ(kernel.rfind("flash: ", 0), 0u) << kernel;
+    Tensor oc = cpu().alloc({T, D}, DType::f32), lc = cpu().alloc({B, H, S}, DType::f32);
+    cpu().flash_attention_forward(oc, lc, on_cpu({T, D}, q), on_cpu({T, D}, k),
+                                  on_cpu({T, D}, v), B, S, H);
+    expect_close(og, oc, 1e-2, "declined forward out" + at);
+  }
+}
+
+TEST(CudnnAttentionKernel, IsTheFlashPathInTheLayer) {
+  Attention attention;
+  attention.kernel = "cudnn";
+  auto cpu = make_cpu_backend();
+  EXPECT_TRUE(attention.uses_flash(*cpu));
+}
+
+}  // namespace
+}  // namespace sy
