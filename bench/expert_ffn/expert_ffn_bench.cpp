@@ -220,6 +220,10 @@ class ExpertPath {
 
   void step() {
     const int64_t A = c_.T * c_.K;
+    // As in a training step whose optimizer has just cleared the gradients (grad_accum_steps 1):
+    // the weight gradients are written, not accumulated. Timing repeats step() without clearing;
+    // the values are not read, only the bytes and FLOPs matter here.
+    for (sy::Param* p : {&experts_.w1, &experts_.w3, &experts_.w2}) p->grad_is_zero = true;
     b_.permute_rows(x_perm_, x_, row_slot_, c_.K);
     const Tensor y = experts_.forward(b_, x_perm_, rows_, A);
     b_.unpermute_combine(out_, y, gates_, slot_row_);
