@@ -21,41 +21,12 @@
 
 #include "model/backend.h"
 #include "model/cuda/cuda_backend.h"
+#include "bench/cuda_timing.h"
 #include "model/rng.h"
 
 namespace {
 
 using namespace sy;
-
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) {
-    std::fprintf(stderr, "attention_bench: %s: %s\n", what, cudaGetErrorString(status));
-    std::exit(1);
-  }
-}
-
-// Median milliseconds of `iters` runs of f after `warmup` runs.
-double time_ms(Backend& gpu, int warmup, int iters, const std::function<void()>& f) {
-  auto stream = static_cast<cudaStream_t>(gpu.native_stream());
-  for (int i = 0; i < warmup; ++i) f();
-  cudaEvent_t start, stop;
-  check(cudaEventCreate(&start), "cudaEventCreate");
-  check(cudaEventCreate(&stop), "cudaEventCreate");
-  std::vector<double> ms;
-  for (int i = 0; i < iters; ++i) {
-    check(cudaEventRecord(start, stream), "cudaEventRecord");
-    f();
-    check(cudaEventRecord(stop, stream), "cudaEventRecord");
-    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
-    float elapsed = 0;
-    check(cudaEventElapsedTime(&elapsed, start, stop), "cudaEventElapsedTime");
-    ms.push_back(elapsed);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
 
 double rel_l2(const std::vector<double>& a, const std::vector<double>& b) {
   double diff = 0, norm = 0;
@@ -103,6 +74,10 @@ int main(int argc, char** argv) {
   try {
     std::unique_ptr<Backend> gpu_owner = make_cuda_backend(0);
     Backend& gpu = *gpu_owner;
+    const auto stream = static_cast<cudaStream_t>(gpu.native_stream());
+    auto time_ms = [&](const std::function<void()>& f) {
+      return bench::median_ms(stream, warmup, iters, f);
+    };
     const int64_t T = B * S, D = H * Dh;
     const DType stat = stat_dtype(dtype);
     auto random = [&](uint64_t seed) {
@@ -123,12 +98,12 @@ int main(int argc, char** argv) {
       double ms, flop;
     };
     std::vector<Row> rows;
-    rows.push_back({"flash", "forward", time_ms(gpu, warmup, iters, [&] {
-                      gpu.flash_attention_forward(out, lse, q, k, v, B, S, H);
-                    }), fwd_flop});
-    rows.push_back({"flash", "backward", time_ms(gpu, warmup, iters, [&] {
-                      gpu.flash_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, B, S, H);
-                    }), bwd_flop});
+    rows.push_back({"flash", "forward", time_ms([&] {
+                       gpu.flash_attention_forward(out, lse, q, k, v, B, S, H);
+                     }), fwd_flop});
+    rows.push_back({"flash", "backward", time_ms([&] {
+                       gpu.flash_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, B, S, H);
+                     }), bwd_flop});
     const size_t flash_peak = gpu.peak_memory_bytes();
     // cuDNN's fused attention (model/cuda/cudnn_attention.cu), as the attention layer's `cudnn`
     // kernel runs it: the same ops after prefer_cudnn_attention; checked against flash.
@@ -143,14 +118,14 @@ int main(int argc, char** argv) {
       gpu.flash_attention_backward(dq_c, dk_c, dv_c, dout, q, k, v, out_c, lse_c, B, S, H);
       const std::string bwd_kernel = cuda_attention_kernel(gpu);
       if (fwd_kernel == "cudnn")
-        rows.push_back({"cudnn", "forward", time_ms(gpu, warmup, iters, [&] {
-                          gpu.flash_attention_forward(out_c, lse_c, q, k, v, B, S, H);
-                        }), fwd_flop});
+        rows.push_back({"cudnn", "forward", time_ms([&] {
+                           gpu.flash_attention_forward(out_c, lse_c, q, k, v, B, S, H);
+                         }), fwd_flop});
       if (bwd_kernel == "cudnn")
-        rows.push_back({"cudnn", "backward", time_ms(gpu, warmup, iters, [&] {
-                          gpu.flash_attention_backward(dq_c, dk_c, dv_c, dout, q, k, v, out_c,
-                                                       lse_c, B, S, H);
-                        }), bwd_flop});
+        rows.push_back({"cudnn", "backward", time_ms([&] {
+                           gpu.flash_attention_backward(dq_c, dk_c, dv_c, dout, q, k, v, out_c,
+                                                        lse_c, B, S, H);
+                         }), bwd_flop});
       gpu.prefer_cudnn_attention(false);
       char line[512];
       std::snprintf(line, sizeof line,
@@ -168,12 +143,12 @@ int main(int argc, char** argv) {
       Tensor out_r = gpu.alloc({T, D}, dtype), probs = gpu.alloc({B, H, S, S}, dtype);
       Tensor dq_r = gpu.alloc({T, D}, dtype), dk_r = gpu.alloc({T, D}, dtype),
              dv_r = gpu.alloc({T, D}, dtype);
-      rows.push_back({"reference", "forward", time_ms(gpu, warmup, iters, [&] {
-                        gpu.attention_forward(out_r, probs, q, k, v, B, S, H);
-                      }), fwd_flop});
-      rows.push_back({"reference", "backward", time_ms(gpu, warmup, iters, [&] {
-                        gpu.attention_backward(dq_r, dk_r, dv_r, dout, q, k, v, probs, B, S, H);
-                      }), bwd_flop});
+      rows.push_back({"reference", "forward", time_ms([&] {
+                         gpu.attention_forward(out_r, probs, q, k, v, B, S, H);
+                       }), fwd_flop});
+      rows.push_back({"reference", "backward", time_ms([&] {
+                         gpu.attention_backward(dq_r, dk_r, dv_r, dout, q, k, v, probs, B, S, H);
+                       }), bwd_flop});
       char line[256];
       std::snprintf(line, sizeof line,
                     "flash vs reference, relative L2: out %.2e, dq %.2e, dk %.2e, dv %.2e",

@@ -15,8 +15,7 @@
 #include "model/backend.h"
 #include "model/param.h"
 #ifdef SY_HAVE_CUDA
-#include <cuda_runtime.h>
-
+#include "bench/cuda_timing.h"
 #include "model/cuda/cuda_backend.h"
 #endif
 
@@ -27,27 +26,7 @@ using namespace sy;
 constexpr double kPeakBytesPerS = 4.3e12;  // H200 HBM3e
 
 #ifdef SY_HAVE_CUDA
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess)
-    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
-}
-
-// Milliseconds between two events recorded around `f` on `stream` (f may synchronise the host).
-template <class F>
-float time_ms(cudaStream_t stream, cudaEvent_t start, cudaEvent_t stop, F&& f) {
-  check(cudaEventRecord(start, stream), "cudaEventRecord");
-  f();
-  check(cudaEventRecord(stop, stream), "cudaEventRecord");
-  check(cudaEventSynchronize(stop), "cudaEventSynchronize");
-  float ms = 0;
-  check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
-  return ms;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using bench::median;
 
 int run(int64_t tensors, int64_t numel, int repeats, double grad_scale) {
   if (cuda_device_count() == 0) {
@@ -82,9 +61,7 @@ int run(int64_t tensors, int64_t numel, int repeats, double grad_scale) {
   hp.zero_grads = true;
 
   auto stream = static_cast<cudaStream_t>(gpu->native_stream());
-  cudaEvent_t start, stop;
-  check(cudaEventCreate(&start), "cudaEventCreate");
-  check(cudaEventCreate(&stop), "cudaEventCreate");
+  bench::EventTimer timer;
   struct Row {
     const char* name;
     double norm_ms, update_ms, bytes;
@@ -97,11 +74,11 @@ int run(int64_t tensors, int64_t numel, int repeats, double grad_scale) {
     // step; the arithmetic does not depend on the values.
     for (int r = 0; r < repeats + 2; ++r) {
       hp.step = r + 1;
-      const float n_ms = time_ms(stream, start, stop, [&] {
+      const float n_ms = timer.time_ms(stream, [&] {
         if (fused) gpu->grad_norm_squares(list, shared, expert);
         else gpu->Backend::grad_norm_squares(list, shared, expert);
       });
-      const float u_ms = time_ms(stream, start, stop, [&] {
+      const float u_ms = timer.time_ms(stream, [&] {
         if (fused) gpu->fused_adamw_step(list, exp_avgs, exp_avg_sqs, hp);
         else gpu->Backend::fused_adamw_step(list, exp_avgs, exp_avg_sqs, hp);
       });
@@ -118,8 +95,6 @@ int run(int64_t tensors, int64_t numel, int repeats, double grad_scale) {
     rows.push_back({fused ? "fused" : "per-tensor", median(norm_ms), median(update_ms),
                     per_element * static_cast<double>(tensors * numel)});
   }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
 
   std::printf("optimizer pass: %lld tensors x %lld = %.3g fp32 parameters (bf16 compute copies), "
               "grad_scale %g, %d repeats (median), %s\n",

@@ -18,7 +18,7 @@ model=(--set run.backend=cuda --set run.precision=bf16 --set model.d_model=512
   --set model.n_layers=8 --set model.n_heads=8 --set model.seq_len=256 --set moe.num_experts=16
   --set moe.expert_hidden=512 --set train.micro_batch_size=32 --set train.steps=300
   --set train.lr=1e-3 --set train.min_lr=1e-4 --set train.warmup_steps=30
-  --set eval.every=100 --set eval.batches=20 --set run.log_every=10 --set "data.path=$data")
+  --set eval.every=100 --set eval.tokens=163840 --set run.log_every=10 --set "data.path=$data")
 runs=(
   "aux-loss|"
   "no-balancing|moe.aux_loss_coef=0"

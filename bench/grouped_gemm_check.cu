@@ -33,6 +33,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/cuda_timing.h"
 #include "model/cuda/grouped_gemm.h"
 
 namespace {
@@ -470,10 +471,7 @@ struct Timing {
   bool ok = true;
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using sy::bench::median;
 
 // Median over `reps` launches of `launch(i)` (i picks the input set), after one warm-up.
 template <class F>

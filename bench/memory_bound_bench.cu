@@ -21,6 +21,7 @@
 
 #include "model/backend.h"
 #include "model/cuda/cuda_backend.h"
+#include "bench/cuda_timing.h"
 #include "model/rng.h"
 
 namespace {
@@ -28,37 +29,6 @@ namespace {
 using namespace sy;
 
 constexpr double kCopyBandwidth = 4.3e12;  // bytes/s, measured on the H200
-
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) {
-    std::fprintf(stderr, "memory_bound_bench: %s: %s\n", what, cudaGetErrorString(status));
-    std::exit(1);
-  }
-}
-
-// Median milliseconds of `iters` runs of f after `warmup` runs.
-double time_ms(Backend& gpu, int warmup, int iters, const std::function<void()>& f) {
-  auto stream = static_cast<cudaStream_t>(gpu.native_stream());
-  for (int i = 0; i < warmup; ++i) f();
-  check(cudaStreamSynchronize(stream), "warm-up");
-  cudaEvent_t start, stop;
-  check(cudaEventCreate(&start), "cudaEventCreate");
-  check(cudaEventCreate(&stop), "cudaEventCreate");
-  std::vector<double> ms;
-  for (int i = 0; i < iters; ++i) {
-    check(cudaEventRecord(start, stream), "cudaEventRecord");
-    f();
-    check(cudaEventRecord(stop, stream), "cudaEventRecord");
-    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
-    float elapsed = 0;
-    check(cudaEventElapsedTime(&elapsed, start, stop), "cudaEventElapsedTime");
-    ms.push_back(elapsed);
-  }
-  check(cudaEventDestroy(start), "cudaEventDestroy");
-  check(cudaEventDestroy(stop), "cudaEventDestroy");
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
 
 struct Row {
   std::string op, shape;
@@ -100,6 +70,7 @@ int main(int argc, char** argv) {
   try {
     std::unique_ptr<Backend> gpu_owner = make_cuda_backend(0);
     Backend& gpu = *gpu_owner;
+    const auto stream = static_cast<cudaStream_t>(gpu.native_stream());
     const DType bf = DType::bf16, f32 = DType::f32;
     uint64_t seed = 1;
     // Values in [-2, 2) (logits in [-8, 8)): finite through every op and its repeats.
@@ -115,8 +86,8 @@ int main(int argc, char** argv) {
     std::vector<Row> rows;
     auto add_row = [&](std::string op, std::string shape, double bytes, double before,
                        const std::function<void()>& f) {
-      rows.push_back({std::move(op), std::move(shape), time_ms(gpu, warmup, iters, f), bytes,
-                      before});
+      rows.push_back({std::move(op), std::move(shape), bench::median_ms(stream, warmup, iters, f),
+                      bytes, before});
       std::fprintf(stderr, "  %-28s %.4f ms\n", rows.back().op.c_str(), rows.back().ms);
     };
     const std::string td = "[" + std::to_string(T) + "," + std::to_string(D) + "]";

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 steps=${1:-60}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-common=(--set train.steps="$steps" --set eval.batches=0 --set run.log_every=10)
+common=(--set train.steps="$steps" --set eval.tokens=0 --set run.log_every=10)
 
 rate() { grep -o "([0-9]* tokens/s)" "$1" | tr -d '(' | cut -d' ' -f1; }
 

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "data/importers.h"
 #include "data/token_file.h"
 
 namespace sy {
@@ -124,32 +125,92 @@ std::string brown_file_to_text(const std::string& raw) {
 PrepareStats prepare_data(const std::string& input, const std::string& format,
                           const std::string& output, const std::string& tokenizer_name,
                           double val_fraction) {
-  if (format != "brown" && format != "text")
-    throw std::runtime_error("unknown data format '" + format + "' (known: brown, text)");
-  if (!(val_fraction >= 0.0 && val_fraction < 1.0))
-    throw std::runtime_error("val_fraction " + std::to_string(val_fraction) +
-                             " is outside [0, 1)");
-  const std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(tokenizer_name);
+  PrepareOptions options;
+  options.inputs = {input};
+  options.format = format;
+  options.output = output;
+  options.tokenizer = tokenizer_name;
+  options.val_fraction = val_fraction;
+  return prepare_data(options);
+}
 
-  const std::vector<fs::path> files = list_input_files(input, format);
-  std::string text;
-  for (const fs::path& file : files) {
-    const std::string raw = read_whole_file(file);
-    text += format == "brown" ? brown_file_to_text(raw) : raw;
-  }
-  if (text.empty()) throw std::runtime_error(input + ": no text");
-
-  // The split is on bytes, before tokenisation, so that it does not depend on the tokenizer.
-  const int64_t num_bytes = static_cast<int64_t>(text.size());
-  const int64_t train_bytes =
-      static_cast<int64_t>(std::floor((1.0 - val_fraction) * static_cast<double>(num_bytes)));
-  const std::vector<int32_t> train = tokenizer->encode(text.substr(0, train_bytes));
-  const std::vector<int32_t> val = tokenizer->encode(text.substr(train_bytes));
-  write_token_file(output, train, val, tokenizer->vocab_size(), tokenizer->name());
+PrepareStats prepare_data(const PrepareOptions& options) {
+  const std::string& format = options.format;
+  const bool is_token_format = format == "nanogpt" || format == "megatron";
+  if (format != "brown" && format != "text" && format != "jsonl" && !is_token_format)
+    throw std::runtime_error("unknown data format '" + format +
+                             "' (known: brown, text, jsonl, nanogpt, megatron)");
+  if (options.inputs.empty()) throw std::runtime_error("--format " + format + ": no --input");
+  if (format != "jsonl" && options.inputs.size() != 1)
+    throw std::runtime_error("--format " + format + " reads one --input, got " +
+                             std::to_string(options.inputs.size()));
+  if (options.output.empty()) throw std::runtime_error("no --output file");
+  if (format == "nanogpt" && options.val_fraction)
+    throw std::runtime_error("--val-fraction does not apply to --format nanogpt: its val.bin is "
+                             "the validation split");
+  const double val_fraction = options.val_fraction.value_or(0.05);
+  if (!(val_fraction > 0.0 && val_fraction < 1.0))
+    throw std::runtime_error("--val-fraction " + std::to_string(val_fraction) +
+                             " is outside (0, 1)");
+  if (!is_token_format && options.vocab_size != 0)
+    throw std::runtime_error("--vocab-size applies to --format nanogpt and megatron only; for " +
+                             format + " the tokenizer sets the vocabulary");
+  const std::string& input = options.inputs.front();
 
   PrepareStats stats;
-  stats.files = static_cast<int64_t>(files.size());
-  stats.bytes = num_bytes;
+  std::vector<int32_t> train, val;
+  if (is_token_format) {
+    // The ids are taken as they are; the tokenizer name only labels them.
+    stats.tokenizer = options.tokenizer.empty() ? "unknown" : options.tokenizer;
+    if (stats.tokenizer == "bytes" && options.vocab_size != 256)
+      throw std::runtime_error("--tokenizer bytes has vocabulary 256, but --vocab-size is " +
+                               std::to_string(options.vocab_size));
+    ImportedTokens tokens = format == "nanogpt"
+                                ? read_nanogpt(input, options.vocab_size)
+                                : read_megatron(input, options.vocab_size, val_fraction);
+    stats.files = 2;  // train.bin and val.bin, or PREFIX.bin and PREFIX.idx
+    stats.documents = tokens.documents;
+    stats.val_documents = tokens.val_documents;
+    stats.vocab_size = options.vocab_size;
+    train = std::move(tokens.train);
+    val = std::move(tokens.val);
+  } else {
+    const std::unique_ptr<Tokenizer> tokenizer =
+        make_tokenizer(options.tokenizer.empty() ? "bytes" : options.tokenizer);
+    stats.tokenizer = tokenizer->name();
+    stats.vocab_size = tokenizer->vocab_size();
+    std::string train_text, val_text;
+    if (format == "jsonl") {
+      // Documents split whole; each ends with "\n" so that neighbours stay apart.
+      const std::vector<std::string> documents = read_jsonl_documents(options.inputs,
+                                                                      options.field);
+      const int64_t num_documents = static_cast<int64_t>(documents.size());
+      const int64_t train_documents = train_document_count(num_documents, val_fraction, input);
+      for (int64_t d = 0; d < num_documents; d++)
+        (d < train_documents ? train_text : val_text) += documents[d] + "\n";
+      stats.files = static_cast<int64_t>(options.inputs.size());
+      stats.documents = num_documents;
+      stats.val_documents = num_documents - train_documents;
+    } else {
+      const std::vector<fs::path> files = list_input_files(input, format);
+      std::string text;
+      for (const fs::path& file : files) {
+        const std::string raw = read_whole_file(file);
+        text += format == "brown" ? brown_file_to_text(raw) : raw;
+      }
+      if (text.empty()) throw std::runtime_error(input + ": no text");
+      // The split is on bytes, before tokenisation, so that it does not depend on the tokenizer.
+      const int64_t train_bytes = static_cast<int64_t>(
+          std::floor((1.0 - val_fraction) * static_cast<double>(text.size())));
+      train_text = text.substr(0, train_bytes);
+      val_text = text.substr(train_bytes);
+      stats.files = static_cast<int64_t>(files.size());
+    }
+    stats.bytes = static_cast<int64_t>(train_text.size() + val_text.size());
+    train = tokenizer->encode(train_text);
+    val = tokenizer->encode(val_text);
+  }
+  write_token_file(options.output, train, val, stats.vocab_size, stats.tokenizer);
   stats.train_tokens = static_cast<int64_t>(train.size());
   stats.val_tokens = static_cast<int64_t>(val.size());
   return stats;

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,9 +28,29 @@ std::string brown_file_to_text(const std::string& raw);
 
 struct PrepareStats {
   int64_t files = 0;         // input files read
-  int64_t bytes = 0;         // bytes of the concatenated text
+  int64_t bytes = 0;         // bytes of the concatenated text (0 for token formats)
+  int64_t documents = 0;     // jsonl, megatron: documents read (0 for the other formats)
+  int64_t val_documents = 0; // of which validation
   int64_t train_tokens = 0;
   int64_t val_tokens = 0;
+  int64_t vocab_size = 0;
+  std::string tokenizer;     // the name stored in the token file
+};
+
+// What `switchyard prepare-data` asks for; each format's reading rules are in docs/data.md.
+struct PrepareOptions {
+  std::vector<std::string> inputs;  // brown, text, nanogpt, megatron: exactly one; jsonl: 1 or more
+  std::string format = "brown";     // brown | text | jsonl | nanogpt | megatron
+  std::string output;
+  // Text formats: the tokenizer to encode with. Token formats (nanogpt, megatron): a label stored
+  // as the token file's `tokenizer` ("unknown" when empty); "bytes" requires vocab_size 256.
+  std::string tokenizer;
+  // In (0, 1): the validation share where the format has no validation file (all but nanogpt):
+  // the last fraction of the bytes (brown, text) or of the documents (jsonl, megatron). Unset:
+  // 0.05, or for nanogpt val.bin (setting it for nanogpt is an error).
+  std::optional<double> val_fraction;
+  std::string field = "text";       // jsonl: the member holding a document's text
+  int64_t vocab_size = 0;           // nanogpt, megatron: required; tokens must lie below it
 };
 
 // Builds a token file at `output` from `input`, a file or a folder.
@@ -40,5 +61,10 @@ struct PrepareStats {
 PrepareStats prepare_data(const std::string& input, const std::string& format,
                           const std::string& output, const std::string& tokenizer = "bytes",
                           double val_fraction = 0.05);
+
+// Every format (jsonl, nanogpt, megatron through data/importers.h). Nothing is written under
+// options.output unless the whole input was read and checked (the writer renames a finished
+// <output>.tmp into place). Throws std::runtime_error, one line naming the file and position.
+PrepareStats prepare_data(const PrepareOptions& options);
 
 }  // namespace sy

@@ -59,6 +59,21 @@ void StepSampler::group(int64_t step, int64_t group_index, int64_t batch_size, i
   }
 }
 
+std::string validation_fit_problem(int64_t sequences, int64_t seq_len, int64_t val_tokens) {
+  const int64_t fit = max_validation_batches(val_tokens, 1, seq_len);
+  if (sequences <= fit) return "";
+  const auto plural = [](int64_t n, const char* word) {
+    return std::to_string(n) + " " + word + (n == 1 ? "" : "s");
+  };
+  std::string text = "eval.tokens " + std::to_string(sequences * seq_len) + " needs " +
+                     plural(sequences, "sequence") + " of " + std::to_string(seq_len) +
+                     " tokens; the validation split has " + std::to_string(val_tokens) +
+                     " tokens: at most " + plural(fit, "sequence");
+  // A sequence needs one token more than its length: the target of its last position.
+  return text + (fit > 0 ? "; set eval.tokens <= " + std::to_string(fit * seq_len)
+                         : "; set eval.tokens: 0, or a shorter model.seq_len");
+}
+
 int64_t max_validation_batches(int64_t val_tokens, int64_t batch_size, int64_t seq_len) {
   if (batch_size < 1 || seq_len < 1 || val_tokens < 1) return 0;
   // Batch j needs tokens up to (j+1)*B*S inclusive (the last target).

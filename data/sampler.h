@@ -1,7 +1,8 @@
-// Training and validation batches (SPEC 5). A training batch is a pure function of
+// Training and validation batches (docs/data.md, Sampling). A training batch is a pure function of
 // (seed, step): the sampler holds no position, so resuming at step s needs only s.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace sy {
@@ -31,6 +32,13 @@ class StepSampler {
   int64_t seq_len_;
   uint64_t stream_key_;  // key_combine(sampler domain, seed): the per-run root of all draws
 };
+
+// The validation set is a property of the data: sequence i is tokens [i*S, (i+1)*S) of the
+// validation split (targets shifted by one), for i < eval.tokens / S, whatever the batch shape.
+// Returns "" when `sequences` of seq_len fit in a split of val_tokens tokens, else the error for
+// the user, naming what would fit ("eval.tokens 40960 needs 10 sequences of 4096 tokens; the
+// validation split has 4118 tokens: at most 1 sequence; set eval.tokens <= 4096").
+std::string validation_fit_problem(int64_t sequences, int64_t seq_len, int64_t val_tokens);
 
 // Validation batch j: the B sequences starting at token offsets (j*B + i) * S, i = 0..B-1,
 // with targets shifted by one; same [b*S + t] layout as StepSampler::group. Throws

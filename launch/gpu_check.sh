@@ -74,7 +74,7 @@ if [ ! -f "$data" ]; then
   step train_bf16 "./$build/switchyard" prepare-data --format text --input "$build/repo_text" \
     --output "$build/repo_text.h5"
   data="$build/repo_text.h5"
-  evals=(--set eval.batches=8)
+  evals=(--set eval.tokens=16384)
 fi
 
 run_dir="$build/runs/gpu-check"

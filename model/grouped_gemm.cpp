@@ -19,16 +19,30 @@ Tensor group_slice(const Tensor& stacked, int64_t g) {
   throw std::runtime_error(std::string(op) + ": " + message);
 }
 
-// The segment sizes must be >= 0 and cover the rows of A exactly.
-void check_segments(const char* op, std::span<const int64_t> rows_per_group, int64_t rows) {
+// Checks that `stacked` (operand `name`, [G, ., .]) holds one matrix per segment and that the
+// segment sizes are >= 0 and cover the rows of A exactly; then calls per_segment(g, begin, end)
+// for every segment g, rows [begin, end) of A, in order, empty segments included.
+template <class PerSegment>
+void for_each_segment(const char* op, const char* name, const Tensor& stacked, const Tensor& A,
+                      std::span<const int64_t> rows_per_group, PerSegment&& per_segment) {
+  const int64_t G = static_cast<int64_t>(rows_per_group.size());
+  if (stacked.dim(0) != G)
+    fail(op, std::string(name) + " holds " + std::to_string(stacked.dim(0)) + " matrices for " +
+                 std::to_string(G) + " segments");
   int64_t total = 0;
   for (int64_t r : rows_per_group) {
     if (r < 0) fail(op, "negative segment size " + std::to_string(r));
     total += r;
   }
-  if (total != rows)
-    fail(op, "segment sizes sum to " + std::to_string(total) + ", A has " + std::to_string(rows) +
-                 " rows");
+  if (total != A.dim(0))
+    fail(op, "segment sizes sum to " + std::to_string(total) + ", A has " +
+                 std::to_string(A.dim(0)) + " rows");
+  int64_t begin = 0;
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t end = begin + rows_per_group[g];
+    per_segment(g, begin, end);
+    begin = end;
+  }
 }
 
 }  // namespace
@@ -39,19 +53,11 @@ void Backend::grouped_gemm(const Tensor& C, const Tensor& A, const Tensor& B, bo
   if (A.ndim() != 2 || B.ndim() != 3 || C.ndim() != 2)
     fail(op, "expected A [M, K], B [G, K, N] and C [M, N], got A " + shape_str(A.shape()) +
                  ", B " + shape_str(B.shape()) + ", C " + shape_str(C.shape()));
-  const int64_t G = static_cast<int64_t>(rows_per_group.size());
-  if (B.dim(0) != G)
-    fail(op, "B holds " + std::to_string(B.dim(0)) + " matrices for " + std::to_string(G) +
-                 " segments");
-  check_segments(op, rows_per_group, A.dim(0));
-  int64_t begin = 0;
-  for (int64_t g = 0; g < G; ++g) {
-    const int64_t end = begin + rows_per_group[g];
+  for_each_segment(op, "B", B, A, rows_per_group, [&](int64_t g, int64_t begin, int64_t end) {
     if (end > begin)
       gemm(C.rows(begin, end), A.rows(begin, end), false, group_slice(B, g), trans_b, 1.0,
            accumulate ? 1.0 : 0.0);
-    begin = end;
-  }
+  });
 }
 
 void Backend::grouped_gemm_wgrad(const Tensor& C, const Tensor& A, const Tensor& B,
@@ -60,21 +66,13 @@ void Backend::grouped_gemm_wgrad(const Tensor& C, const Tensor& A, const Tensor&
   if (A.ndim() != 2 || B.ndim() != 2 || C.ndim() != 3)
     fail(op, "expected A [M, K], B [M, N] and C [G, K, N], got A " + shape_str(A.shape()) +
                  ", B " + shape_str(B.shape()) + ", C " + shape_str(C.shape()));
-  const int64_t G = static_cast<int64_t>(rows_per_group.size());
-  if (C.dim(0) != G)
-    fail(op, "C holds " + std::to_string(C.dim(0)) + " matrices for " + std::to_string(G) +
-                 " segments");
-  check_segments(op, rows_per_group, A.dim(0));
-  int64_t begin = 0;
-  for (int64_t g = 0; g < G; ++g) {
-    const int64_t end = begin + rows_per_group[g];
+  for_each_segment(op, "C", C, A, rows_per_group, [&](int64_t g, int64_t begin, int64_t end) {
     if (end > begin)
       gemm(group_slice(C, g), A.rows(begin, end), true, B.rows(begin, end), false, 1.0,
            accumulate ? 1.0 : 0.0);
     else if (!accumulate)
       fill(group_slice(C, g), 0.0);  // no rows: the product is zero
-    begin = end;
-  }
+  });
 }
 
 }  // namespace sy

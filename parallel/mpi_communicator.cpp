@@ -36,7 +36,9 @@ int as_int(int64_t value, const char* op) {
 
 }  // namespace
 
-MpiCommunicator::MpiCommunicator(MPI_Comm comm, Backend& backend) : comm_(comm), backend_(backend) {
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, Backend& backend, Watchdog* watchdog,
+                                 const char* group)
+    : comm_(comm), backend_(backend), watchdog_(watchdog), group_(group) {
   check_mpi(MPI_Comm_rank(comm_, &rank_), "comm_rank");
   check_mpi(MPI_Comm_size(comm_, &size_), "comm_size");
 }
@@ -81,40 +83,56 @@ void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t
   const MPI_Datatype type = mpi_type(send.dtype(), "all_to_all_v");
   void* send_host = host_view(send, send_staging_, true);
   void* recv_host = host_view(recv, recv_staging_, false);
-  check_mpi(MPI_Alltoallv(send_host, scounts.data(), sdispls.data(), type, recv_host,
-                          rcounts.data(), rdispls.data(), type, comm_),
-            "all_to_all_v");
+  {
+    WatchdogScope watch(watchdog_, "all_to_all_v", group_);
+    check_mpi(MPI_Alltoallv(send_host, scounts.data(), sdispls.data(), type, recv_host,
+                            rcounts.data(), rdispls.data(), type, comm_),
+              "all_to_all_v");
+  }
   finish_host(recv, recv_staging_);
 }
 
 void MpiCommunicator::all_reduce(const Tensor& x, ReduceOp op) {
   if (x.dtype() == DType::bf16) throw std::runtime_error("mpi all_reduce: bf16 is not reduced");
   void* host = host_view(x, recv_staging_, true);
-  check_mpi(MPI_Allreduce(MPI_IN_PLACE, host, as_int(x.numel(), "all_reduce"),
-                          mpi_type(x.dtype(), "all_reduce"), mpi_op(op), comm_),
-            "all_reduce");
+  {
+    WatchdogScope watch(watchdog_, "all_reduce", group_);
+    check_mpi(MPI_Allreduce(MPI_IN_PLACE, host, as_int(x.numel(), "all_reduce"),
+                            mpi_type(x.dtype(), "all_reduce"), mpi_op(op), comm_),
+              "all_reduce");
+  }
   finish_host(x, recv_staging_);
 }
 
 void MpiCommunicator::broadcast(const Tensor& x, int root) {
   void* host = host_view(x, recv_staging_, rank_ == root);
-  check_mpi(MPI_Bcast(host, as_int(x.numel(), "broadcast"), mpi_type(x.dtype(), "broadcast"),
-                      root, comm_),
-            "broadcast");
+  {
+    WatchdogScope watch(watchdog_, "broadcast", group_);
+    check_mpi(MPI_Bcast(host, as_int(x.numel(), "broadcast"), mpi_type(x.dtype(), "broadcast"),
+                        root, comm_),
+              "broadcast");
+  }
   finish_host(x, recv_staging_);
 }
 
 void MpiCommunicator::send(const Tensor& x, int peer) {
   void* host = host_view(x, send_staging_, true);
-  check_mpi(MPI_Send(host, as_int(x.numel(), "send"), mpi_type(x.dtype(), "send"), peer, 0, comm_),
-            "send");
+  {
+    WatchdogScope watch(watchdog_, "send", group_);
+    check_mpi(
+        MPI_Send(host, as_int(x.numel(), "send"), mpi_type(x.dtype(), "send"), peer, 0, comm_),
+        "send");
+  }
 }
 
 void MpiCommunicator::recv(const Tensor& x, int peer) {
   void* host = host_view(x, recv_staging_, false);
-  check_mpi(MPI_Recv(host, as_int(x.numel(), "recv"), mpi_type(x.dtype(), "recv"), peer, 0, comm_,
-                     MPI_STATUS_IGNORE),
-            "recv");
+  {
+    WatchdogScope watch(watchdog_, "recv", group_);
+    check_mpi(MPI_Recv(host, as_int(x.numel(), "recv"), mpi_type(x.dtype(), "recv"), peer, 0, comm_,
+                       MPI_STATUS_IGNORE),
+              "recv");
+  }
   finish_host(x, recv_staging_);
 }
 
@@ -124,43 +142,61 @@ std::vector<int64_t> MpiCommunicator::all_to_all_host(const std::vector<int64_t>
     throw std::runtime_error("mpi all_to_all_host: expected " + std::to_string(per_peer * size_) +
                              " values, got " + std::to_string(send.size()));
   std::vector<int64_t> recv(send.size());
-  check_mpi(MPI_Alltoall(send.data(), as_int(per_peer, "all_to_all_host"), MPI_INT64_T,
-                         recv.data(), as_int(per_peer, "all_to_all_host"), MPI_INT64_T, comm_),
-            "all_to_all_host");
+  {
+    WatchdogScope watch(watchdog_, "all_to_all_host", group_);
+    check_mpi(MPI_Alltoall(send.data(), as_int(per_peer, "all_to_all_host"), MPI_INT64_T,
+                           recv.data(), as_int(per_peer, "all_to_all_host"), MPI_INT64_T, comm_),
+              "all_to_all_host");
+  }
   return recv;
 }
 
 void MpiCommunicator::all_reduce_host(std::vector<double>& values, ReduceOp op) {
-  check_mpi(MPI_Allreduce(MPI_IN_PLACE, values.data(), as_int(values.size(), "all_reduce_host"),
-                          MPI_DOUBLE, mpi_op(op), comm_),
-            "all_reduce_host");
+  {
+    WatchdogScope watch(watchdog_, "all_reduce_host", group_);
+    check_mpi(MPI_Allreduce(MPI_IN_PLACE, values.data(), as_int(values.size(), "all_reduce_host"),
+                            MPI_DOUBLE, mpi_op(op), comm_),
+              "all_reduce_host");
+  }
 }
 
 void MpiCommunicator::all_reduce_host(std::vector<int64_t>& values, ReduceOp op) {
-  check_mpi(MPI_Allreduce(MPI_IN_PLACE, values.data(), as_int(values.size(), "all_reduce_host"),
-                          MPI_INT64_T, mpi_op(op), comm_),
-            "all_reduce_host");
+  {
+    WatchdogScope watch(watchdog_, "all_reduce_host", group_);
+    check_mpi(MPI_Allreduce(MPI_IN_PLACE, values.data(), as_int(values.size(), "all_reduce_host"),
+                            MPI_INT64_T, mpi_op(op), comm_),
+              "all_reduce_host");
+  }
 }
 
 std::vector<std::string> MpiCommunicator::all_gather_host(const std::string& value) {
   const int length = as_int(value.size(), "all_gather_host");
   std::vector<int> lengths(size_), displs(size_);
-  check_mpi(MPI_Allgather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, comm_),
-            "all_gather_host");
+  {
+    WatchdogScope watch(watchdog_, "all_gather_host", group_);
+    check_mpi(MPI_Allgather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, comm_),
+              "all_gather_host");
+  }
   int total = 0;
   for (int p = 0; p < size_; ++p) {
     displs[p] = total;
     total += lengths[p];
   }
   std::string all(total, '\0');
-  check_mpi(MPI_Allgatherv(value.data(), length, MPI_CHAR, all.data(), lengths.data(),
-                           displs.data(), MPI_CHAR, comm_),
-            "all_gather_host");
+  {
+    WatchdogScope watch(watchdog_, "all_gather_host", group_);
+    check_mpi(MPI_Allgatherv(value.data(), length, MPI_CHAR, all.data(), lengths.data(),
+                             displs.data(), MPI_CHAR, comm_),
+              "all_gather_host");
+  }
   std::vector<std::string> values(size_);
   for (int p = 0; p < size_; ++p) values[p] = all.substr(displs[p], lengths[p]);
   return values;
 }
 
-void MpiCommunicator::barrier() { check_mpi(MPI_Barrier(comm_), "barrier"); }
+void MpiCommunicator::barrier() {
+  WatchdogScope watch(watchdog_, "barrier", group_);
+  check_mpi(MPI_Barrier(comm_), "barrier");
+}
 
 }  // namespace sy

@@ -8,14 +8,17 @@
 
 #include "model/backend.h"
 #include "parallel/communicator.h"
+#include "parallel/watchdog.h"
 
 namespace sy {
 
 class MpiCommunicator final : public Communicator {
  public:
   // Takes ownership of `comm` (freed in the destructor unless it is MPI_COMM_WORLD).
-  // `backend` copies device tensors to and from host staging buffers.
-  MpiCommunicator(MPI_Comm comm, Backend& backend);
+  // `backend` copies device tensors to and from host staging buffers. `watchdog` (may be null)
+  // is armed around every blocking MPI call, naming `group` (a string literal) when it fires.
+  MpiCommunicator(MPI_Comm comm, Backend& backend, Watchdog* watchdog = nullptr,
+                  const char* group = "world");
   ~MpiCommunicator() override;
   MpiCommunicator(const MpiCommunicator&) = delete;
   MpiCommunicator& operator=(const MpiCommunicator&) = delete;
@@ -47,6 +50,8 @@ class MpiCommunicator final : public Communicator {
 
   MPI_Comm comm_;
   Backend& backend_;
+  Watchdog* watchdog_;
+  const char* group_;
   int rank_ = 0, size_ = 1;
   std::vector<char> send_staging_, recv_staging_;
 };

@@ -1,5 +1,7 @@
 #include "parallel/nccl_communicator.h"
 
+#include <chrono>
+#include <cstdio>
 #include <stdexcept>
 
 namespace sy {
@@ -18,6 +20,12 @@ ncclDataType_t nccl_type(DType dtype) {
 
 ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::sum ? ncclSum : ncclMax; }
 MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::sum ? MPI_SUM : MPI_MAX; }
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 int as_int(int64_t value, const char* what) {
   if (value < 0 || value > INT32_MAX)
@@ -56,19 +64,74 @@ void NcclCommunicator::check_tensor(const Tensor& x, const char* op, const char*
     fail(op, std::string(name) + " is not on the cuda device (NCCL moves device memory only)");
 }
 
-NcclCommunicator::NcclCommunicator(MPI_Comm comm, cudaStream_t stream)
-    : comm_(comm), stream_(stream) {
+NcclCommunicator::NcclCommunicator(MPI_Comm comm, cudaStream_t stream, Watchdog* watchdog,
+                                   const char* group)
+    : comm_(comm), stream_(stream), watchdog_(watchdog), group_(group) {
   MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
   if (cudaGetDevice(&device_) != cudaSuccess) fail("init", "no current CUDA device");
   check_mpi(MPI_Comm_rank(comm_, &rank_), "init");
   check_mpi(MPI_Comm_size(comm_, &size_), "init");
   ncclUniqueId id;
   if (rank_ == 0) check(ncclGetUniqueId(&id), "init", "ncclGetUniqueId");
-  check_mpi(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, comm_), "init");
-  check(ncclCommInitRank(&nccl_, size_, id, rank_), "init", "ncclCommInitRank");
+  {
+    WatchdogScope watch(watchdog_, "NCCL init", group_);
+    check_mpi(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, comm_), "init");
+    check(ncclCommInitRank(&nccl_, size_, id, rank_), "init", "ncclCommInitRank");
+  }
+  if (watchdog_) {
+    const cudaError_t made = cudaEventCreateWithFlags(&enqueued_, cudaEventDisableTiming);
+    if (made != cudaSuccess)
+      fail("init", std::string("cudaEventCreate: ") + cudaGetErrorString(made));
+    poller_id_ = watchdog_->add_poller([this] { return poll_for_watchdog(); },
+                                       [this] { ncclCommAbort(nccl_); });
+  }
+}
+
+void NcclCommunicator::note_enqueued(const char* op) {
+  if (!watchdog_) return;
+  std::lock_guard<std::mutex> lock(pending_mutex_);
+  const cudaError_t recorded = cudaEventRecord(enqueued_, stream_);
+  if (recorded != cudaSuccess)
+    fail(op, std::string("cudaEventRecord: ") + cudaGetErrorString(recorded));
+  if (pending_since_ns_ == 0) {
+    pending_since_ns_ = now_ns();
+    pending_op_ = op;
+  }
+}
+
+std::string NcclCommunicator::poll_for_watchdog() {
+  ncclResult_t async = ncclSuccess;
+  if (ncclCommGetAsyncError(nccl_, &async) == ncclSuccess && async != ncclSuccess &&
+      async != ncclInProgress) {
+    std::string detail = ncclGetErrorString(async);
+    const char* last = ncclGetLastError(nccl_);
+    if (last && *last) detail += std::string(": ") + last;
+    return std::string("NCCL asynchronous error on ") + group_ + " (device " +
+           std::to_string(device_) + "): " + detail;
+  }
+  std::lock_guard<std::mutex> lock(pending_mutex_);
+  if (pending_since_ns_ == 0) return "";
+  cudaSetDevice(device_);  // this is the watchdog's thread
+  const cudaError_t state = cudaEventQuery(enqueued_);
+  if (state == cudaSuccess) {
+    pending_since_ns_ = 0;  // the latest collective is done, hence every one before it
+    return "";
+  }
+  if (state != cudaErrorNotReady)
+    return std::string("CUDA error while waiting for ") + pending_op_ + " (" + group_ +
+           ", NCCL): " + cudaGetErrorString(state);
+  const double waited_s = static_cast<double>(now_ns() - pending_since_ns_) * 1e-9;
+  if (waited_s < watchdog_->timeout_s()) return "";
+  char seconds[32];
+  std::snprintf(seconds, sizeof seconds, "%g", watchdog_->timeout_s());
+  return std::string(pending_op_) + " (" + group_ + ", NCCL on device " + std::to_string(device_) +
+         ") did not complete within " + seconds +
+         " s; a rank is stalled or dead (parallel.timeout_s)";
 }
 
 NcclCommunicator::~NcclCommunicator() {
+  if (watchdog_ && poller_id_ >= 0) watchdog_->remove_poller(poller_id_);
+  if (enqueued_) cudaEventDestroy(enqueued_);
   if (nccl_) {
     cudaStreamSynchronize(stream_);
     ncclCommDestroy(nccl_);
@@ -114,6 +177,7 @@ void NcclCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_
     recv_offset += recv_counts[p];
   }
   check(ncclGroupEnd(), op, "ncclGroupEnd");
+  note_enqueued(op);
 }
 
 void NcclCommunicator::all_reduce(const Tensor& x, ReduceOp op) {
@@ -122,6 +186,7 @@ void NcclCommunicator::all_reduce(const Tensor& x, ReduceOp op) {
   check(ncclAllReduce(x.data(), x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()),
                       nccl_op(op), nccl_, stream_),
         "all_reduce", "ncclAllReduce");
+  note_enqueued("all_reduce");
 }
 
 void NcclCommunicator::broadcast(const Tensor& x, int root) {
@@ -130,6 +195,7 @@ void NcclCommunicator::broadcast(const Tensor& x, int root) {
   check(ncclBroadcast(x.data(), x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()),
                       root, nccl_, stream_),
         "broadcast", "ncclBroadcast");
+  note_enqueued("broadcast");
 }
 
 void NcclCommunicator::send(const Tensor& x, int peer) {
@@ -138,6 +204,7 @@ void NcclCommunicator::send(const Tensor& x, int peer) {
   check(ncclSend(x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()), peer, nccl_,
                  stream_),
         "send", "ncclSend");
+  note_enqueued("send");
 }
 
 void NcclCommunicator::recv(const Tensor& x, int peer) {
@@ -146,6 +213,7 @@ void NcclCommunicator::recv(const Tensor& x, int peer) {
   check(ncclRecv(x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()), peer, nccl_,
                  stream_),
         "recv", "ncclRecv");
+  note_enqueued("recv");
 }
 
 std::vector<int64_t> NcclCommunicator::all_to_all_host(const std::vector<int64_t>& send,
@@ -153,45 +221,63 @@ std::vector<int64_t> NcclCommunicator::all_to_all_host(const std::vector<int64_t
   if (static_cast<int64_t>(send.size()) != per_peer * size_)
     fail("all_to_all_host", "expected " + std::to_string(per_peer * size_) + " values");
   std::vector<int64_t> recv(send.size());
-  check_mpi(MPI_Alltoall(send.data(), as_int(per_peer, "all_to_all_host"), MPI_INT64_T,
-                         recv.data(), as_int(per_peer, "all_to_all_host"), MPI_INT64_T, comm_),
-            "all_to_all_host");
+  {
+    WatchdogScope watch(watchdog_, "all_to_all_host", group_);
+    check_mpi(MPI_Alltoall(send.data(), as_int(per_peer, "all_to_all_host"), MPI_INT64_T,
+                           recv.data(), as_int(per_peer, "all_to_all_host"), MPI_INT64_T, comm_),
+              "all_to_all_host");
+  }
   return recv;
 }
 
 void NcclCommunicator::all_reduce_host(std::vector<double>& values, ReduceOp op) {
-  check_mpi(MPI_Allreduce(MPI_IN_PLACE, values.data(),
-                          as_int(static_cast<int64_t>(values.size()), "all_reduce_host"),
-                          MPI_DOUBLE, mpi_op(op), comm_),
-            "all_reduce_host");
+  {
+    WatchdogScope watch(watchdog_, "all_reduce_host", group_);
+    check_mpi(MPI_Allreduce(MPI_IN_PLACE, values.data(),
+                            as_int(static_cast<int64_t>(values.size()), "all_reduce_host"),
+                            MPI_DOUBLE, mpi_op(op), comm_),
+              "all_reduce_host");
+  }
 }
 
 void NcclCommunicator::all_reduce_host(std::vector<int64_t>& values, ReduceOp op) {
-  check_mpi(MPI_Allreduce(MPI_IN_PLACE, values.data(),
-                          as_int(static_cast<int64_t>(values.size()), "all_reduce_host"),
-                          MPI_INT64_T, mpi_op(op), comm_),
-            "all_reduce_host");
+  {
+    WatchdogScope watch(watchdog_, "all_reduce_host", group_);
+    check_mpi(MPI_Allreduce(MPI_IN_PLACE, values.data(),
+                            as_int(static_cast<int64_t>(values.size()), "all_reduce_host"),
+                            MPI_INT64_T, mpi_op(op), comm_),
+              "all_reduce_host");
+  }
 }
 
 std::vector<std::string> NcclCommunicator::all_gather_host(const std::string& value) {
   const int length = as_int(static_cast<int64_t>(value.size()), "all_gather_host");
   std::vector<int> lengths(size_), offsets(size_);
-  check_mpi(MPI_Allgather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, comm_),
-            "all_gather_host");
+  {
+    WatchdogScope watch(watchdog_, "all_gather_host", group_);
+    check_mpi(MPI_Allgather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, comm_),
+              "all_gather_host");
+  }
   int total = 0;
   for (int p = 0; p < size_; ++p) {
     offsets[p] = total;
     total += lengths[p];
   }
   std::string all(static_cast<size_t>(total), '\0');
-  check_mpi(MPI_Allgatherv(value.data(), length, MPI_CHAR, all.data(), lengths.data(),
-                           offsets.data(), MPI_CHAR, comm_),
-            "all_gather_host");
+  {
+    WatchdogScope watch(watchdog_, "all_gather_host", group_);
+    check_mpi(MPI_Allgatherv(value.data(), length, MPI_CHAR, all.data(), lengths.data(),
+                             offsets.data(), MPI_CHAR, comm_),
+              "all_gather_host");
+  }
   std::vector<std::string> out(size_);
   for (int p = 0; p < size_; ++p) out[p] = all.substr(offsets[p], lengths[p]);
   return out;
 }
 
-void NcclCommunicator::barrier() { check_mpi(MPI_Barrier(comm_), "barrier"); }
+void NcclCommunicator::barrier() {
+  WatchdogScope watch(watchdog_, "barrier", group_);
+  check_mpi(MPI_Barrier(comm_), "barrier");
+}
 
 }  // namespace sy

@@ -8,10 +8,13 @@
 #include <mpi.h>
 #include <nccl.h>
 
+#include <cstdint>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "parallel/communicator.h"
+#include "parallel/watchdog.h"
 
 namespace sy {
 
@@ -19,8 +22,12 @@ class NcclCommunicator final : public Communicator {
  public:
   // Collective over `comm`. Takes ownership of `comm` (freed in the destructor unless it is
   // MPI_COMM_WORLD), as MpiCommunicator does. `stream`: the CUDA backend's stream
-  // (Backend::native_stream()); the current CUDA device must be the backend's.
-  NcclCommunicator(MPI_Comm comm, cudaStream_t stream);
+  // (Backend::native_stream()); the current CUDA device must be the backend's. `watchdog` (may
+  // be null) is armed around the blocking MPI calls and polls this communicator: an
+  // asynchronous NCCL error, or a device collective still running parallel.timeout_s after it
+  // was enqueued, ends the job after ncclCommAbort. `group` (a string literal) names it there.
+  NcclCommunicator(MPI_Comm comm, cudaStream_t stream, Watchdog* watchdog = nullptr,
+                   const char* group = "world");
   ~NcclCommunicator() override;
   NcclCommunicator(const NcclCommunicator&) = delete;
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
@@ -50,11 +57,23 @@ class NcclCommunicator final : public Communicator {
   void check(ncclResult_t result, const char* op, const char* what) const;
   void check_mpi(int code, const char* op) const;
   void check_tensor(const Tensor& x, const char* op, const char* name) const;
+  // After each enqueued device collective: records event_ on the stream and, when nothing was
+  // pending, starts the clock. Run on the watchdog thread: the problem, or "".
+  void note_enqueued(const char* op);
+  std::string poll_for_watchdog();
 
   MPI_Comm comm_;
   cudaStream_t stream_;
   ncclComm_t nccl_ = nullptr;
   int rank_ = 0, size_ = 1, device_ = 0, world_rank_ = 0;
+
+  Watchdog* watchdog_;
+  const char* group_;
+  int poller_id_ = -1;
+  cudaEvent_t enqueued_ = nullptr;  // recorded after the latest device collective
+  std::mutex pending_mutex_;        // guards the two below and enqueued_'s record/query pairs
+  int64_t pending_since_ns_ = 0;    // the oldest device collective not seen complete (0: none)
+  const char* pending_op_ = nullptr;
 };
 
 }  // namespace sy

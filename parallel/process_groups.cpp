@@ -61,19 +61,20 @@ bool use_nccl(MPI_Comm parent, const Backend& backend, const std::string& commun
   return true;
 }
 
-std::unique_ptr<Communicator> make_communicator(MPI_Comm comm, Backend& backend, bool nccl) {
+std::unique_ptr<Communicator> make_communicator(MPI_Comm comm, Backend& backend, bool nccl,
+                                                Watchdog* watchdog, const char* group) {
 #ifdef SY_HAVE_NCCL
   if (nccl)
-    return std::make_unique<NcclCommunicator>(comm,
-                                              static_cast<cudaStream_t>(backend.native_stream()));
+    return std::make_unique<NcclCommunicator>(
+        comm, static_cast<cudaStream_t>(backend.native_stream()), watchdog, group);
 #endif
-  return std::make_unique<MpiCommunicator>(comm, backend);
+  return std::make_unique<MpiCommunicator>(comm, backend, watchdog, group);
 }
 
 }  // namespace
 
 ProcessGroups make_process_groups(MPI_Comm parent, int64_t expert_parallel, Backend& backend,
-                                  const std::string& communicator) {
+                                  const std::string& communicator, double timeout_s) {
   int rank = 0, size = 1;
   MPI_Comm_rank(parent, &rank);
   MPI_Comm_size(parent, &size);
@@ -89,9 +90,14 @@ ProcessGroups make_process_groups(MPI_Comm parent, int64_t expert_parallel, Back
   MPI_Comm_split(parent, rank % P, rank, &edp);
 
   ProcessGroups groups;
-  groups.world = make_communicator(world, backend, nccl);
-  groups.expert_parallel = make_communicator(ep, backend, nccl);
-  groups.expert_data_parallel = make_communicator(edp, backend, nccl);
+  int world_rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  if (timeout_s > 0) groups.watchdog = std::make_unique<Watchdog>(timeout_s, world_rank);
+  Watchdog* watchdog = groups.watchdog.get();
+  groups.world = make_communicator(world, backend, nccl, watchdog, "world");
+  groups.expert_parallel = make_communicator(ep, backend, nccl, watchdog, "expert_parallel");
+  groups.expert_data_parallel =
+      make_communicator(edp, backend, nccl, watchdog, "expert_data_parallel");
   return groups;
 }
 

@@ -11,10 +11,13 @@
 
 #include "model/backend.h"
 #include "parallel/communicator.h"
+#include "parallel/watchdog.h"
 
 namespace sy {
 
 struct ProcessGroups {
+  // First, so that it outlives the communicators that arm it (null: parallel.timeout_s 0).
+  std::unique_ptr<Watchdog> watchdog;
   std::unique_ptr<Communicator> world;
   std::unique_ptr<Communicator> expert_parallel;
   std::unique_ptr<Communicator> expert_data_parallel;
@@ -28,8 +31,10 @@ struct ProcessGroups {
 // Every rank of `parent` calls this with the same expert_parallel. Throws (on every rank, with
 // the same message) when the world size does not divide by it. `communicator`: "mpi", "nccl"
 // (CUDA backend, one GPU per rank, NCCL built in) or "auto" (nccl where it can run, else mpi).
+// `timeout_s` > 0 starts a Watchdog that every communicator of the groups arms: a collective
+// that does not complete within it ends the whole job (watchdog.h); 0 leaves it off.
 ProcessGroups make_process_groups(MPI_Comm parent, int64_t expert_parallel, Backend& backend,
-                                  const std::string& communicator = "mpi");
+                                  const std::string& communicator = "mpi", double timeout_s = 0);
 
 // Raised identically on every rank of a group after they agreed that something is wrong, so
 // that rank 0 alone reports it and every rank exits cleanly (no hang, no abort).

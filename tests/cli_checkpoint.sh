@@ -3,12 +3,8 @@
 # and eval --checkpoint read them, and every bad checkpoint gets one line naming the file and a
 # non-zero exit (also under mpirun: once, no hang). Usage: cli_checkpoint.sh SWITCHYARD TAMPER
 set -uo pipefail
-switchyard=$(realpath "$1")
 tamper=$(realpath "$2")
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh"
 failures=0
 passed=0
 fail() {

@@ -2,11 +2,7 @@
 # The CLI's error contract, end to end: bad input gets one line naming the file, key or rank and
 # a non-zero exit, also under mpirun (reported once, no hang). Usage: cli_errors.sh SWITCHYARD
 set -uo pipefail
-switchyard=$(realpath "$1")
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh"
 failures=0
 checks=0
 
@@ -128,7 +124,7 @@ expect 2 "train needs CONFIG" "$switchyard" train
 expect 2 "--tokens: expected a non-negative integer, got '-1'" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --tokens -1
 expect 2 "--temperature: expected a number, got 'warm'" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --temperature warm
 expect 2 "--batches needs a value" "$switchyard" eval tiny.yaml --batches
-expect 2 "--format: html not in {brown,text}" "$switchyard" prepare-data --format html
+expect 2 "--format: html not in {brown,text,jsonl,nanogpt,megatron}" "$switchyard" prepare-data --format html
 expect 2 "unknown option --bogus" "${mpi2[@]}" "$switchyard" train tiny.yaml --bogus
 
 echo "$((checks - failures)) passed, $failures failed"

@@ -7,11 +7,7 @@
 # or --overwrite; lr=1e300 exits 3 without a checkpoint; a folder or an empty file as CONFIG is
 # refused. Usage: cli_preemption.sh SWITCHYARD
 set -uo pipefail
-switchyard=$(realpath "$1")
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh"
 failures=0
 passed=0
 ok() { echo "ok: $*"; passed=$((passed + 1)); }

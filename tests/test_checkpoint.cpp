@@ -354,7 +354,7 @@ TEST(CompareConfigs, WhichKeysMayChange) {
   EXPECT_TRUE(diff.warnings.empty());
   EXPECT_EQ(diff.notes, (std::vector<std::string>{"moe.z_loss_coef (checkpoint 0.5, config 0.001)",
                                                   "moe.bias_update_rate (checkpoint 0.001, config 0.0)",
-                                                  "eval.batches (checkpoint 3, config 20)",
+                                                  "eval.batches (checkpoint 3, config absent)",
                                                   "extra.unknown (checkpoint 1, config absent)"}));
   EXPECT_THROW(compare_configs("- not a mapping", c), std::runtime_error);
 }

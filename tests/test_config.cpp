@@ -105,7 +105,7 @@ TEST(Config, LoadsExample) {
   EXPECT_EQ(c.train.grad_clip, 1.0);
   EXPECT_EQ(c.data.path, "corpora/brown.h5");
   EXPECT_EQ(c.eval.every, 100);
-  EXPECT_EQ(c.eval.batches, 20);
+  EXPECT_EQ(c.eval.tokens, 40960);
   EXPECT_EQ(c.checkpoint.dir, "");
   EXPECT_EQ(c.checkpoint.every, 0);
   EXPECT_EQ(c.checkpoint.keep_last, 3);
@@ -133,7 +133,7 @@ TEST(Config, LoadsTiny) {
   EXPECT_EQ(c.run.dir, "runs/tiny");
   EXPECT_EQ(c.run.log_every, 5);
   EXPECT_EQ(c.eval.every, 10);
-  EXPECT_EQ(c.eval.batches, 2);
+  EXPECT_EQ(c.eval.tokens, 128);  // 8 sequences of 16
 }
 
 TEST(Config, EmptyFileAndEmptySectionsGiveDefaults) {
@@ -192,7 +192,7 @@ TEST(Config, YamlHasEveryKey) {
   const std::string yaml = config_to_yaml(Config{});
   for (const char* key : {"name:", "seed:", "vocab_size:", "tie_embeddings:", "layers: all",
                           "normalize_topk: null", "expert_parallel:", "grad_clip:", "path:",
-                          "batches:", "keep_last:", "dir: \"\"", "precision:"})
+                          "tokens: 40960", "keep_last:", "dir: \"\"", "precision:"})
     EXPECT_NE(yaml.find(key), std::string::npos) << key << "\n" << yaml;
 }
 
@@ -420,6 +420,7 @@ TEST(ConfigRules, DataEvalCheckpointRun) {
   EXPECT_TRUE(rejects("data:\n  path: \"\"\n", "data.path: must not be empty"));
   EXPECT_TRUE(rejects("eval:\n  every: -1\n", "eval.every: must be >= 0, got -1"));
   EXPECT_TRUE(rejects("eval:\n  batches: -2\n", "eval.batches: must be >= 0, got -2"));
+  EXPECT_TRUE(rejects("eval:\n  tokens: -1\n", "eval.tokens: must be >= 0, got -1"));
   EXPECT_TRUE(rejects("checkpoint:\n  every: -1\n", "checkpoint.every: must be >= 0, got -1"));
   EXPECT_TRUE(rejects("checkpoint:\n  keep_last: 0\n", "checkpoint.keep_last: must be >= 1, got 0"));
   EXPECT_TRUE(rejects("run:\n  log_every: 0\n", "run.log_every: must be >= 1, got 0"));

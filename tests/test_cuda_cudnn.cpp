@@ -10,10 +10,8 @@
 #include <gtest/gtest.h>
 
 #include <array>
-#include <bit>
 #include <cmath>
 #include <cstdio>
-#include <limits>
 #include <string>
 #include <vector>
 
@@ -21,48 +19,24 @@
 #include "model/backend.h"
 #include "model/cuda/cuda_backend.h"
 #include "model/rng.h"
+#include "tests/cuda_test_util.h"
 
 namespace sy {
 namespace {
 
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+using test::bf16_round;
+using test::rel_error;
 
-double bf16_round(double value) {
-  uint32_t u = std::bit_cast<uint32_t>(static_cast<float>(value));
-  u += 0x7FFFu + ((u >> 16) & 1u);  // round to nearest even (finite inputs)
-  return std::bit_cast<float>(u & 0xFFFF0000u);
-}
-
-// ||g - c|| / ||c||; infinity if g has a non-finite element.
-double rel_error(const std::vector<double>& g, const std::vector<double>& c) {
-  if (g.size() != c.size()) return std::numeric_limits<double>::infinity();
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < g.size(); ++i) {
-    if (!std::isfinite(g[i])) return std::numeric_limits<double>::infinity();
-    diff += (g[i] - c[i]) * (g[i] - c[i]);
-    norm += c[i] * c[i];
-  }
-  return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
-}
-
-class CudnnAttention : public ::testing::Test {
+class CudnnAttention : public test::CpuGpuTest {
  protected:
-  static void SetUpTestSuite() {
-    if (cuda_device_count() > 0 && !gpu_) {
-      cpu_ = make_cpu_backend().release();
-      gpu_ = make_cuda_backend(0).release();
-    }
-  }
   void SetUp() override {
-    if (!gpu_) GTEST_SKIP() << "no CUDA device visible";
+    CpuGpuTest::SetUp();
+    if (IsSkipped()) return;
     gpu().prefer_cudnn_attention(true);
   }
   void TearDown() override {
     if (gpu_) gpu().prefer_cudnn_attention(false);
   }
-
-  Backend& cpu() { return *cpu_; }
-  Backend& gpu() { return *gpu_; }
 
   static std::vector<double> values(int64_t n) {
     CounterRng rng(next_seed_++);
@@ -70,29 +44,12 @@ class CudnnAttention : public ::testing::Test {
     for (double& x : v) x = bf16_round(rng.normal());
     return v;
   }
-  Tensor on_cpu(const Shape& shape, const std::vector<double>& v) {
-    Tensor t = cpu().alloc(shape, DType::f32);
-    cpu().write(t, std::span<const double>(v));
-    return t;
-  }
-  Tensor on_gpu(const Shape& shape, const std::vector<double>& v, DType dtype = DType::bf16) {
-    Tensor t = gpu().alloc(shape, dtype);
-    gpu().write(t, std::span<const double>(v));
-    return t;
-  }
-  Tensor poisoned(const Shape& shape, DType dtype) {
-    Tensor t = gpu().alloc(shape, dtype);
-    gpu().fill(t, kNaN);
-    return t;
-  }
   void expect_close(const Tensor& g, const Tensor& c, double tol, const std::string& what) {
     const double e = rel_error(gpu().read(g), cpu().read(c));
     std::printf("[ rel err  ] %-48s %.3e (tol %.1e)\n", what.c_str(), e, tol);
     EXPECT_LE(e, tol) << what;
   }
 
-  static inline Backend* cpu_ = nullptr;
-  static inline Backend* gpu_ = nullptr;
   static inline uint64_t next_seed_ = 0xC0D0'0000;
 };
 
@@ -142,29 +99,8 @@ TEST_F(CudnnAttention, MatchesCpuFlashCausalAndDeterministic) {
       for (int i = 0; i < 3; ++i)
         EXPECT_EQ(gpu().read(again[i]), gpu().read(grads[i])) << "backward not repeatable, grad " << i;
 
-      // Causal: new k and v for tokens s >= c of every sequence.
-      const int64_t c = S / 2 + 1;
-      std::vector<double> k2 = k, v2 = v;
       const std::vector<double> fresh_k = values(T * D), fresh_v = values(T * D);
-      for (int64_t t = 0; t < T; ++t)
-        if (t % S >= c)
-          for (int64_t d = 0; d < D; ++d)
-            k2[t * D + d] = fresh_k[t * D + d], v2[t * D + d] = fresh_v[t * D + d];
-      Tensor k2g = on_gpu({T, D}, k2), v2g = on_gpu({T, D}, v2);
-      Tensor o2 = poisoned({T, D}, DType::bf16), l2 = poisoned({B, H, S}, DType::f32);
-      gpu().flash_attention_forward(o2, l2, qg, k2g, v2g, B, S, H);
-      const auto grads2 = backward(o2, l2, k2g, v2g);
-      const std::vector<double> o1h = gpu().read(og), o2h = gpu().read(o2);
-      const std::vector<double> dq1h = gpu().read(grads[0]), dq2h = gpu().read(grads2[0]);
-      int64_t changed = 0, checked = 0;
-      for (int64_t t = 0; t < T; ++t) {
-        if (t % S >= c) continue;
-        for (int64_t d = 0; d < D; ++d) {
-          changed += o1h[t * D + d] != o2h[t * D + d] || dq1h[t * D + d] != dq2h[t * D + d];
-          ++checked;
-        }
-      }
-      EXPECT_EQ(changed, 0) << "of " << checked << " out/dq entries before the change";
+      expect_causal(qg, k, v, fresh_k, fresh_v, og, grads[0], B, S, H, backward);
     }
   }
 }

@@ -31,24 +31,26 @@
 #include "model/rng.h"
 #include "model/transformer.h"
 #include "parallel/local_exchange.h"
+#include "tests/cuda_test_util.h"
 #include "trainer/config.h"
 
 namespace sy {
 namespace {
 
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+using test::bf16_round;
+using test::build;
+using test::Built;
+using test::filled;
+using test::kNaN;
+using test::min_topk_margin;
+using test::rel_error;
+using test::small_model;
+using test::tokens;
+
 constexpr double kGuard = 776.0;  // the rows after C, which no kernel may write (exact in bf16)
 // Relative L2 error against the CPU (docs/cuda.md): f32 C is fp32 accumulation in another
 // order; bf16 C adds the rounding of the output (about 1.7e-3 in this measure).
 constexpr double kF32CTol = 1e-5, kBf16CTol = 4e-3;
-
-double bf16_round(double value) {
-  const float f = static_cast<float>(value);
-  if (std::isnan(f)) return f;
-  uint32_t u = std::bit_cast<uint32_t>(f);
-  u += 0x7FFFu + ((u >> 16) & 1u);  // round to nearest even
-  return std::bit_cast<float>(u & 0xFFFF0000u);
-}
 
 std::vector<double> values(int64_t n, uint64_t seed, bool bf16) {
   CounterRng rng(seed);
@@ -58,23 +60,6 @@ std::vector<double> values(int64_t n, uint64_t seed, bool bf16) {
     x = bf16 ? bf16_round(x) : static_cast<float>(x);
   }
   return v;
-}
-
-double rel_error(const std::vector<double>& g, const std::vector<double>& c) {
-  if (g.size() != c.size()) return std::numeric_limits<double>::infinity();
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < g.size(); ++i) {
-    if (!std::isfinite(g[i])) return std::numeric_limits<double>::infinity();
-    diff += (g[i] - c[i]) * (g[i] - c[i]);
-    norm += c[i] * c[i];
-  }
-  return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
-}
-
-Tensor filled(Backend& backend, const Shape& shape, DType dtype, const std::vector<double>& v) {
-  Tensor t = backend.alloc(shape, dtype);
-  backend.write(t, std::span<const double>(v));
-  return t;
 }
 
 int64_t total(const std::vector<int64_t>& rows) {
@@ -151,56 +136,16 @@ TEST(GroupedCpu, DefaultsAreThePerSegmentGemmsBitwise) {
 }
 
 // ---- models ---------------------------------------------------------------------------------
-TransformerOptions small_model(std::vector<bool> moe_layers, bool tie, double capacity_factor) {
-  TransformerOptions options;
-  options.model = {64, 16, 32, static_cast<int64_t>(moe_layers.size()), 2, 48, tie};  // V S D L H F
-  options.moe.num_experts = 4;
-  options.moe.top_k = 2;
-  options.moe.expert_hidden = 24;
-  options.moe.capacity_factor = capacity_factor;
-  options.moe.aux_loss_coef = 0.05;
-  options.moe.z_loss_coef = 0.01;
-  options.moe_layers = std::move(moe_layers);
-  return options;
-}
-
-struct Built {
-  std::unique_ptr<LocalExchange> exchange;
-  std::unique_ptr<Transformer> model;
-};
-
-Built build(Backend& backend, TransformerOptions options, DType compute, const std::string& kernel,
-            uint64_t seed, double router_scale) {
-  Built b;
-  b.exchange = std::make_unique<LocalExchange>(backend, options.moe.num_experts);
-  options.dtype = compute;
-  options.master_dtype = DType::f32;
-  options.moe.expert_kernel = kernel;
-  b.model = std::make_unique<Transformer>(backend, options, b.exchange.get());
-  b.model->init_parameters(seed);
-  for (Param* p : b.model->params())
-    if (p->path.find("router") != std::string::npos) backend.scale(p->value, router_scale);
-  b.model->refresh_compute_weights();
-  return b;
-}
-
-std::vector<int32_t> tokens(int64_t n, int64_t vocab, uint64_t salt) {
-  std::vector<int32_t> out(n);
-  for (int64_t t = 0; t < n; ++t)
-    out[t] = static_cast<int32_t>((t * 7 + t * t * 3 + salt * 11) % vocab);
-  return out;
-}
-
 // On the CPU the grouped FFN runs the default grouped ops: the same GEMMs on the same rows.
 TEST(GroupedCpu, ModelWithGroupedExpertsIsBitwiseCublas) {
   auto cpu = make_cpu_backend();
   for (double capacity_factor : {0.0, 0.5}) {
-    const TransformerOptions options = small_model({true, false, true}, false, capacity_factor);
+    const TransformerOptions options = small_model(false, {true, false, true}, capacity_factor);
     const int64_t B = 2, T = B * options.model.seq_len;
     const std::vector<int32_t> inputs = tokens(T, options.model.vocab_size, 1);
     const std::vector<int32_t> targets = tokens(T, options.model.vocab_size, 2);
-    Built loop = build(*cpu, options, DType::f32, "cublas", 7, 1.0);
-    Built grouped = build(*cpu, options, DType::f32, "grouped", 7, 1.0);
+    Built loop = build(*cpu, options, DType::f32, 7, 1.0, "cublas");
+    Built grouped = build(*cpu, options, DType::f32, 7, 1.0, "grouped");
     loop.model->zero_grads();
     grouped.model->zero_grads();
     const GroupStats a = loop.model->forward_backward(inputs, targets, B, true, 0.5);
@@ -235,7 +180,7 @@ TEST(GroupedCpu, ConfigKeyValidates) {
 class GroupedGemm : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
+    SY_SKIP_WITHOUT_GPU();
     cpu = make_cpu_backend();
     // The backend reads SY_GROUPED_GEMM once, when it is made.
     const char* before = std::getenv("SY_GROUPED_GEMM");
@@ -388,26 +333,14 @@ void compare_models(Backend& cpu, Backend& gpu, const std::string& kernel,
   uint64_t seed = 0;
   double margin = 0;
   while (margin < kMargin && seed < 1000) {
-    c = build(cpu, options, DType::f32, "cublas", ++seed, kRouterScale);
+    c = build(cpu, options, DType::f32, ++seed, kRouterScale, "cublas");
     c.model->zero_grads();
     sc = c.model->forward_backward(inputs, targets, B, true, 0.5);
-    margin = std::numeric_limits<double>::infinity();
-    for (const Router* router : c.model->routers()) {
-      const std::vector<double> logits = cpu.read(router->logits);
-      const int64_t E = router->settings.num_experts, K = router->settings.top_k;
-      double sum_squares = 0;
-      for (double l : logits) sum_squares += l * l;
-      const double rms = std::sqrt(sum_squares / logits.size());
-      for (size_t t = 0; t * E < logits.size(); ++t) {
-        std::vector<double> row(logits.begin() + t * E, logits.begin() + (t + 1) * E);
-        std::sort(row.begin(), row.end(), std::greater<double>());
-        margin = std::min(margin, (row[K - 1] - row[K]) / rms);
-      }
-    }
+    margin = min_topk_margin(cpu, *c.model);
   }
   ASSERT_GE(margin, kMargin) << "no seed with well-separated routing";
-  Built loop = build(gpu, options, DType::bf16, "cublas", seed, kRouterScale);
-  Built grouped = build(gpu, options, DType::bf16, "grouped", seed, kRouterScale);
+  Built loop = build(gpu, options, DType::bf16, seed, kRouterScale, "cublas");
+  Built grouped = build(gpu, options, DType::bf16, seed, kRouterScale, "grouped");
   loop.model->zero_grads();
   grouped.model->zero_grads();
   const GroupStats sl = loop.model->forward_backward(inputs, targets, B, true, 0.5);
@@ -450,9 +383,9 @@ void compare_models(Backend& cpu, Backend& gpu, const std::string& kernel,
 
 TEST_P(GroupedGemm, Bf16ModelsMatchCublasAndTheCpu) {
   compare_models(*cpu, *gpu, GetParam(), "all-moe dropless",
-                 small_model({true, true}, true, 0.0), &taken);
+                 small_model(true, {true, true}, 0.0), &taken);
   compare_models(*cpu, *gpu, GetParam(), "mixed untied capacity 0.5 (drops)",
-                 small_model({false, true, false}, false, 0.5), &taken);
+                 small_model(false, {false, true, false}, 0.5), &taken);
   cases = 2;
   report();
 }

@@ -21,83 +21,22 @@
 #include "optim/lr_schedule.h"
 #include "optim/optimizer.h"
 #include "parallel/local_exchange.h"
+#include "tests/cuda_test_util.h"
 
 namespace sy {
 namespace {
 
-double rel_error(const std::vector<double>& g, const std::vector<double>& c) {
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < g.size(); ++i) {
-    if (!std::isfinite(g[i])) return std::numeric_limits<double>::infinity();
-    diff += (g[i] - c[i]) * (g[i] - c[i]);
-    norm += c[i] * c[i];
-  }
-  return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
-}
-
-TransformerOptions small_model(bool tie, std::vector<bool> moe_layers, double capacity_factor) {
-  TransformerOptions options;
-  options.model = {64, 16, 32, static_cast<int64_t>(moe_layers.size()), 2, 48, tie};  // V S D L H F
-  options.moe.num_experts = 4;
-  options.moe.top_k = 2;
-  options.moe.expert_hidden = 24;
-  options.moe.capacity_factor = capacity_factor;
-  options.moe.aux_loss_coef = 0.05;
-  options.moe.z_loss_coef = 0.01;
-  options.moe_layers = std::move(moe_layers);
-  return options;
-}
-
-struct Built {
-  std::unique_ptr<LocalExchange> exchange;
-  std::unique_ptr<Transformer> model;
-};
-
-Built build(Backend& backend, TransformerOptions options, DType compute, uint64_t seed,
-            double router_scale) {
-  Built b;
-  b.exchange = std::make_unique<LocalExchange>(backend, options.moe.num_experts);
-  options.dtype = compute;
-  options.master_dtype = DType::f32;
-  b.model = std::make_unique<Transformer>(backend, options, b.exchange.get());
-  b.model->init_parameters(seed);
-  for (Param* p : b.model->params())
-    if (p->path.find("router") != std::string::npos) backend.scale(p->value, router_scale);
-  b.model->refresh_compute_weights();
-  return b;
-}
-
-// The smallest gap, over the routed tokens of every MoE layer, between the K-th and the
-// (K+1)-th largest router logit, relative to the logits' RMS.
-double min_topk_margin(Backend& backend, const Transformer& model) {
-  double margin = std::numeric_limits<double>::infinity();
-  for (const Router* router : model.routers()) {
-    const std::vector<double> logits = backend.read(router->logits);
-    const int64_t E = router->settings.num_experts, K = router->settings.top_k;
-    double sum_squares = 0;
-    for (double l : logits) sum_squares += l * l;
-    const double rms = std::sqrt(sum_squares / logits.size());
-    if (K >= E) continue;
-    for (size_t t = 0; t * E < logits.size(); ++t) {
-      std::vector<double> row(logits.begin() + t * E, logits.begin() + (t + 1) * E);
-      std::sort(row.begin(), row.end(), std::greater<double>());
-      margin = std::min(margin, (row[K - 1] - row[K]) / rms);
-    }
-  }
-  return margin;
-}
-
-std::vector<int32_t> tokens(int64_t n, int64_t vocab, uint64_t salt) {
-  std::vector<int32_t> out(n);
-  for (int64_t t = 0; t < n; ++t)
-    out[t] = static_cast<int32_t>((t * 7 + t * t * 3 + salt * 11) % vocab);
-  return out;
-}
+using test::build;
+using test::Built;
+using test::min_topk_margin;
+using test::rel_error;
+using test::small_model;
+using test::tokens;
 
 class CudaModel : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
+    SY_SKIP_WITHOUT_GPU();
     cpu = make_cpu_backend();
     gpu = make_cuda_backend(0);
   }

@@ -20,41 +20,22 @@
 #include "model/backend.h"
 #include "model/cuda/cuda_backend.h"
 #include "model/rng.h"
+#include "tests/cuda_test_util.h"
 
 namespace sy {
 namespace {
 
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-constexpr int32_t kPoisonIndex = -7777;
-
-double bf16_round(double value) {
-  const float f = static_cast<float>(value);
-  if (std::isnan(f)) return f;
-  uint32_t u = std::bit_cast<uint32_t>(f);
-  u += 0x7FFFu + ((u >> 16) & 1u);  // round to nearest even
-  return std::bit_cast<float>(u & 0xFFFF0000u);
-}
+using test::bf16_round;
+using test::kNaN;
+using test::rel_error;
 
 // Tolerances on the relative L2 error, per op, for f32 and for bf16 data (docs/cuda.md).
 struct Tol {
   double f32, bf16;
 };
 
-class CudaTest : public ::testing::Test {
+class CudaTest : public test::CpuGpuTest {
  protected:
-  static void SetUpTestSuite() {
-    if (cuda_device_count() > 0 && !gpu_) {
-      cpu_ = make_cpu_backend().release();
-      gpu_ = make_cuda_backend(0).release();
-    }
-  }
-  void SetUp() override {
-    if (!gpu_) GTEST_SKIP() << "no CUDA device visible";
-  }
-
-  Backend& cpu() { return *cpu_; }
-  Backend& gpu() { return *gpu_; }
-
   // Fresh normal values, as `dtype` holds them (bf16-rounded for bf16).
   static std::vector<double> values(int64_t n, DType dtype, double scale = 1.0) {
     CounterRng rng(next_seed_++);
@@ -67,16 +48,6 @@ class CudaTest : public ::testing::Test {
     return v;
   }
 
-  Tensor on_cpu(const Shape& shape, const std::vector<double>& v, DType dtype = DType::f32) {
-    Tensor t = cpu().alloc(shape, dtype);
-    cpu().write(t, std::span<const double>(v));
-    return t;
-  }
-  Tensor on_gpu(const Shape& shape, const std::vector<double>& v, DType dtype) {
-    Tensor t = gpu().alloc(shape, dtype);
-    gpu().write(t, std::span<const double>(v));
-    return t;
-  }
   Tensor ints_cpu(const std::vector<int32_t>& v) {
     Tensor t = cpu().alloc({static_cast<int64_t>(v.size())}, DType::i32);
     cpu().write(t, std::span<const int32_t>(v));
@@ -87,24 +58,6 @@ class CudaTest : public ::testing::Test {
     gpu().write(t, std::span<const int32_t>(v));
     return t;
   }
-  Tensor poisoned(const Shape& shape, DType dtype) {
-    Tensor t = gpu().alloc(shape, dtype);
-    gpu().fill(t, dtype == DType::i32 ? kPoisonIndex : kNaN);
-    return t;
-  }
-
-  // ||g - c|| / ||c|| (||g - c|| when c is zero); infinity if g has a non-finite element.
-  static double rel_error(const std::vector<double>& g, const std::vector<double>& c) {
-    if (g.size() != c.size()) return std::numeric_limits<double>::infinity();
-    double diff = 0, norm = 0;
-    for (size_t i = 0; i < g.size(); ++i) {
-      if (!std::isfinite(g[i])) return std::numeric_limits<double>::infinity();
-      diff += (g[i] - c[i]) * (g[i] - c[i]);
-      norm += c[i] * c[i];
-    }
-    return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
-  }
-
   void expect_close(const Tensor& g, const Tensor& c, double tol, const std::string& what,
                     DType dtype) {
     const double e = rel_error(gpu().read(g), cpu().read(c));
@@ -122,8 +75,6 @@ class CudaTest : public ::testing::Test {
     for (int64_t i = 0; i < n; ++i) ASSERT_EQ(a[i], b[i]) << what << "[" << i << "]";
   }
 
-  static inline Backend* cpu_ = nullptr;
-  static inline Backend* gpu_ = nullptr;
   static inline uint64_t next_seed_ = 0xC0DA'0000;
 };
 
@@ -417,29 +368,8 @@ TEST_P(CudaOps, FlashAttention) {
       EXPECT_EQ(gpu().read(again[i]), gpu().read(grads[i])) << "backward not repeatable, grad " << i;
 
     if (S < 2) continue;
-    // Causal: new k and v for tokens s >= c of every sequence.
-    const int64_t c = S / 2 + 1;
-    std::vector<double> k2 = k, v2 = v;
     const std::vector<double> fresh_k = values(T * D, dt()), fresh_v = values(T * D, dt());
-    for (int64_t t = 0; t < T; ++t)
-      if (t % S >= c)
-        for (int64_t d = 0; d < D; ++d) k2[t * D + d] = fresh_k[t * D + d], v2[t * D + d] = fresh_v[t * D + d];
-    Tensor k2g = on_gpu({T, D}, k2, dt()), v2g = on_gpu({T, D}, v2, dt());
-    Tensor o2 = poisoned({T, D}, dt()), l2 = poisoned({B, H, S}, st());
-    gpu().flash_attention_forward(o2, l2, qg, k2g, v2g, B, S, H);
-    const auto grads2 = backward(o2, l2, k2g, v2g);
-    const std::vector<double> o1h = gpu().read(og), o2h = gpu().read(o2);
-    const std::vector<double> dq1h = gpu().read(grads[0]), dq2h = gpu().read(grads2[0]);
-    int64_t changed = 0, checked = 0;
-    for (int64_t t = 0; t < T; ++t) {
-      if (t % S >= c) continue;
-      for (int64_t d = 0; d < D; ++d) {
-        // bitwise: NaN != NaN would count as changed, as it should
-        changed += o1h[t * D + d] != o2h[t * D + d] || dq1h[t * D + d] != dq2h[t * D + d];
-        ++checked;
-      }
-    }
-    EXPECT_EQ(changed, 0) << "of " << checked << " out/dq entries before the change";
+    expect_causal(qg, k, v, fresh_k, fresh_v, og, grads[0], B, S, H, backward);
   }
 }
 

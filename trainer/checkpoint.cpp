@@ -20,13 +20,7 @@
 
 #include "parallel/mpi_communicator.h"
 #include "data/hdf5_io.h"
-
-#ifndef SY_VERSION
-#define SY_VERSION "unknown"
-#endif
-#ifndef SY_GIT_COMMIT
-#define SY_GIT_COMMIT "unknown"
-#endif
+#include "trainer/version.h"
 
 namespace sy {
 

@@ -10,15 +10,10 @@
 #include <system_error>
 
 #include "trainer/checkpoint.h"
+#include "trainer/version.h"
 
 // Set by trainer/CMakeLists.txt from what the configuration found; the fallbacks keep a build
 // outside CMake compiling.
-#ifndef SY_VERSION
-#define SY_VERSION "unknown"
-#endif
-#ifndef SY_GIT_COMMIT
-#define SY_GIT_COMMIT "unknown"
-#endif
 #ifndef SY_BUILD_TYPE
 #define SY_BUILD_TYPE "unknown"
 #endif

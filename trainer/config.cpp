@@ -78,7 +78,8 @@ std::vector<Section> config_fields(Config& c) {
         {"expert_kernel", &c.moe.expert_kernel}}},
       {"parallel",
        {{"expert_parallel", &c.parallel.expert_parallel},
-        {"communicator", &c.parallel.communicator}}},
+        {"communicator", &c.parallel.communicator},
+        {"timeout_s", &c.parallel.timeout_s}}},
       {"train",
        {{"micro_batch_size", &c.train.micro_batch_size},
         {"grad_accum_steps", &c.train.grad_accum_steps},
@@ -95,7 +96,8 @@ std::vector<Section> config_fields(Config& c) {
         {"max_bad_steps", &c.train.max_bad_steps},
         {"recompute", &c.train.recompute}}},
       {"data", {{"path", &c.data.path}}},
-      {"eval", {{"every", &c.eval.every}, {"batches", &c.eval.batches}}},
+      {"eval",
+       {{"every", &c.eval.every}, {"tokens", &c.eval.tokens}, {"batches", &c.eval.batches}}},
       {"checkpoint",
        {{"dir", &c.checkpoint.dir},
         {"every", &c.checkpoint.every},
@@ -550,9 +552,20 @@ void validate_rest(const Config& c, Problems& p) {
   if (c.name.empty()) p.add("name", "must not be empty");
   check_at_least(p, "parallel.expert_parallel", c.parallel.expert_parallel, 1);
   check_one_of(p, "parallel.communicator", c.parallel.communicator, {"auto", "nccl", "mpi"});
+  if (!(c.parallel.timeout_s >= 0))
+    p.add("parallel.timeout_s",
+          "must be >= 0 (0 turns the watchdog off), got " + str(c.parallel.timeout_s));
+  else check_finite(p, "parallel.timeout_s", c.parallel.timeout_s);
   if (c.data.path.empty()) p.add("data.path", "must not be empty");
   check_at_least(p, "eval.every", c.eval.every, 0);
-  check_at_least(p, "eval.batches", c.eval.batches, 0);
+  check_at_least(p, "eval.tokens", c.eval.tokens, 0);
+  if (c.eval.batches < -1) p.add("eval.batches", "must be >= 0, got " + str(c.eval.batches));
+  if (c.eval.batches >= 0 && c.eval.tokens != EvalConfig{}.tokens)
+    p.add("eval.batches", "is the deprecated form of eval.tokens; give only eval.tokens (" +
+                              std::to_string(c.eval.batches) + " batches of " +
+                              std::to_string(c.train.micro_batch_size) + " x " +
+                              std::to_string(c.model.seq_len) + " are eval.tokens " +
+                              std::to_string(eval_sequences(c) * c.model.seq_len) + ")");
   check_at_least(p, "checkpoint.every", c.checkpoint.every, 0);
   check_at_least(p, "checkpoint.keep_last", c.checkpoint.keep_last, 1);
   if (c.run.dir.empty()) p.add("run.dir", "must not be empty");
@@ -653,10 +666,44 @@ std::string config_to_yaml(const Config& config) {
   for (const Section& section : config_fields(copy)) {
     const bool top_level = section.name[0] == '\0';
     if (!top_level) out += std::string(section.name) + ":\n";
-    for (const Field& field : section.fields)
+    for (const Field& field : section.fields) {
+      if (std::string(field.key) == "batches" && std::string(section.name) == "eval" &&
+          copy.eval.batches < 0)
+        continue;  // the deprecated alias, not given
       out += std::string(top_level ? "" : "  ") + field.key + ": " + format_field(field.ref) + "\n";
+    }
   }
   return out;
+}
+
+int64_t eval_sequences(const Config& config) {
+  const int64_t seq_len = std::max<int64_t>(config.model.seq_len, 1);
+  if (config.eval.batches >= 0)
+    return config.eval.batches * std::max<int64_t>(config.train.micro_batch_size, 0);
+  return std::max<int64_t>(config.eval.tokens, 0) / seq_len;
+}
+
+std::vector<std::string> layout_notes(const Config& config) {
+  std::vector<std::string> notes;
+  if (config.moe.num_experts <= 0) return notes;
+  const int64_t B = config.train.micro_batch_size, A = config.train.grad_accum_steps;
+  std::string note =
+      "the routing groups are the micro-batches (train.micro_batch_size " + std::to_string(B) +
+      "), so another rank layout gives the same losses only with the same micro_batch_size and "
+      "the same global batch (ranks x grad_accum_steps, now ranks x " + std::to_string(A) + "); ";
+  if (A > 1)
+    note += "e.g. twice the ranks with grad_accum_steps " +
+            (A % 2 == 0 ? std::to_string(A / 2) : std::string("halved (odd now: not possible)")) +
+            ", or parallel.expert_parallel changed at the same ranks";
+  else
+    note += "at grad_accum_steps 1, more ranks means a larger global batch or a smaller "
+            "micro-batch, and either changes the numbers; parallel.expert_parallel may change";
+  notes.push_back(note);
+  if (config.moe.aux_loss_scope == "global")
+    notes.push_back("moe.aux_loss_scope global counts the routing choices of every rank's group "
+                    "of a micro-step: the losses also change with the number of ranks (not with "
+                    "parallel.expert_parallel)");
+  return notes;
 }
 
 std::vector<bool> moe_layer_mask(const Config& config) {

@@ -1,4 +1,4 @@
-// The experiment config: one small typed struct per YAML section (SPEC.md, issue 2 schema).
+// The experiment config: one small typed struct per YAML section (docs/config.md).
 // Loaded and validated in one place (config.cpp); each module receives only its own struct.
 #pragma once
 #include <cstdint>
@@ -13,6 +13,9 @@ namespace sy {
 struct ParallelConfig {
   int64_t expert_parallel = 1;
   std::string communicator = "auto";  // auto | nccl | mpi (see docs/parallel.md)
+  // A collective that does not complete within it ends the whole job (parallel/watchdog.h,
+  // exit 4); 0 turns the watchdog off.
+  double timeout_s = 600;
 };
 
 struct TrainConfig {
@@ -39,7 +42,14 @@ struct DataConfig {
 
 struct EvalConfig {
   int64_t every = 100;                // 0: only at the end
-  int64_t batches = 20;
+  // Validation tokens, rounded down to whole sequences of model.seq_len: the first
+  // tokens / seq_len sequences of the validation split, whatever the batch shape (docs/config.md).
+  // 0: no evaluation. 40960 is what the old default (20 batches of 16 x 128) held.
+  int64_t tokens = 40960;
+  // Deprecated alias, -1 when not given: when >= 0, replaces tokens by batches *
+  // micro_batch_size * seq_len (the sequences it used to choose), so that old configs and run
+  // directories keep their validation set. The resolved config writes it only when given.
+  int64_t batches = -1;
 };
 
 struct CheckpointConfig {
@@ -89,6 +99,15 @@ std::vector<std::string> validate_config(const Config& config, const std::string
 
 // The resolved config (file, overrides and defaults) as YAML text; load_config of it gives it back.
 std::string config_to_yaml(const Config& config);
+
+// How many validation sequences evaluation runs over: eval.tokens / seq_len, or, where the
+// deprecated eval.batches is given, batches * micro_batch_size.
+int64_t eval_sequences(const Config& config);
+
+// Notes for check-config on what a change of rank layout keeps: the routing groups are the
+// micro-batches, so an MoE run's numbers stay the same only at the same micro_batch_size and the
+// same global batch (docs/parallel.md). Empty for a dense model with the micro-batch aux scope.
+std::vector<std::string> layout_notes(const Config& config);
 
 // Which layers hold an MoE FFN (SPEC.md section 1).
 std::vector<bool> moe_layer_mask(const Config& config);

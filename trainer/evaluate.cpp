@@ -1,26 +1,46 @@
 #include "trainer/evaluate.h"
 
+#include <cmath>
+#include <numbers>
+#include <stdexcept>
+
 #include "data/sampler.h"
 
 namespace sy {
 
-double evaluate(Transformer& model, const std::vector<int32_t>& val_tokens, int64_t batch_size,
-                int64_t batches, Communicator& world) {
-  if (batches <= 0) return 0.0;
-  const int64_t S = model.options().model.seq_len, T = batch_size * S;
+Validation evaluate(Transformer& model, const std::vector<int32_t>& val_tokens,
+                    int64_t sequences, Communicator& world) {
+  Validation result;
+  if (sequences <= 0) return result;
+  const int64_t S = model.options().model.seq_len;
+  const std::string problem =
+      validation_fit_problem(sequences, S, static_cast<int64_t>(val_tokens.size()));
+  if (!problem.empty()) throw std::runtime_error(problem);
   const int64_t W = world.size(), rank = world.rank();
-  std::vector<int32_t> inputs(T), targets(T);
-  std::vector<double> loss_sum{0.0};
-  const int64_t rounds = (batches + W - 1) / W;
+  std::vector<int32_t> inputs(S), targets(S);
+  // [sequences]: slot i holds sequence i's loss on the rank that evaluated it and 0 elsewhere, so
+  // the all-reduce adds only zeros to each loss (exact in any order).
+  std::vector<double> sequence_loss(sequences, 0.0);
+  const int64_t rounds = (sequences + W - 1) / W;
   for (int64_t round = 0; round < rounds; ++round) {
-    const int64_t j = round * W + rank;
-    const bool padding = j >= batches;
-    validation_batch(val_tokens, padding ? 0 : j, batch_size, S, inputs.data(), targets.data());
-    const double lm_loss = model.forward_backward(inputs, targets, batch_size, false, 0.0).lm_loss;
-    if (!padding) loss_sum[0] += lm_loss;
+    const int64_t i = round * W + rank;
+    const bool padding = i >= sequences;
+    validation_batch(val_tokens, padding ? 0 : i, 1, S, inputs.data(), targets.data());
+    const double loss = model.forward_backward(inputs, targets, 1, false, 0.0).lm_loss;
+    if (!padding) sequence_loss[i] = loss;
   }
-  world.all_reduce_host(loss_sum, ReduceOp::sum);
-  return loss_sum[0] / batches;
+  world.all_reduce_host(sequence_loss, ReduceOp::sum);
+  double sum = 0.0;  // in sequence order: the same additions whatever W
+  for (const double loss : sequence_loss) sum += loss;
+  result.loss = sum / static_cast<double>(sequences);
+  result.sequences = sequences;
+  result.tokens = sequences * S;
+  return result;
+}
+
+LossInUnits loss_in_units(double loss, const std::string& tokenizer) {
+  if (tokenizer == "bytes") return {"bits_per_byte", loss / std::numbers::ln2};
+  return {"perplexity", std::exp(loss)};
 }
 
 }  // namespace sy

@@ -1,9 +1,11 @@
-// Validation loss as SPEC.md section 5 defines it: batch j holds the micro_batch_size sequences
-// starting at offsets (j*B + i) * S of the validation split; each batch is one routing group;
-// val_loss is the mean of the batches' lm_loss. Under W ranks, batch j is evaluated by rank
-// j mod W.
+// Validation loss over a validation set that is a property of the data (docs/config.md, eval):
+// sequence i is tokens [i*S, (i+1)*S) of the validation split, i < sequences, and each sequence
+// is its own routing group, so that its loss depends only on the weights and its tokens, not on
+// micro_batch_size, the rank count or the expert layout. val_loss is the mean of the per-sequence
+// losses, added in sequence order on every rank: bitwise the same number under every layout.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "model/transformer.h"
@@ -11,9 +13,25 @@
 
 namespace sy {
 
-// Collective over `world`: every rank runs the same number of forwards (a rank short of a batch
-// in the last round repeats batch 0 and discards it), so that the expert all-to-alls pair up.
-double evaluate(Transformer& model, const std::vector<int32_t>& val_tokens, int64_t batch_size,
-                int64_t batches, Communicator& world);
+struct Validation {
+  double loss = 0.0;      // mean cross-entropy per token, nats
+  int64_t sequences = 0;  // of model.seq_len tokens each
+  int64_t tokens = 0;     // sequences * seq_len
+};
+
+// Collective over `world`: sequence i is evaluated by rank i mod W; every rank runs the same
+// number of forwards (a rank with no sequence left in the last round repeats sequence 0 and
+// discards it), so that the expert all-to-alls pair up. Throws validation_fit_problem's error
+// when the split is too short.
+Validation evaluate(Transformer& model, const std::vector<int32_t>& val_tokens,
+                    int64_t sequences, Communicator& world);
+
+// The loss in the units a reader compares: "bits_per_byte" (loss / ln 2) for the bytes
+// tokenizer, where a token is a byte; "perplexity" (exp(loss)) for any other.
+struct LossInUnits {
+  std::string name;
+  double value = 0.0;
+};
+LossInUnits loss_in_units(double loss, const std::string& tokenizer);
 
 }  // namespace sy

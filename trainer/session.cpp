@@ -59,7 +59,7 @@ ModelSession make_model_session(const Config& config, MPI_Comm world) {
   ModelSession session;
   session.backend = make_backend(config.run);
   session.groups = make_process_groups(world, config.parallel.expert_parallel, *session.backend,
-                                       config.parallel.communicator);
+                                       config.parallel.communicator, config.parallel.timeout_s);
   check_same_config(*session.groups.world, config);
   if (config.moe.num_experts > 0)
     session.exchange = std::make_unique<AllToAllDispatcher>(

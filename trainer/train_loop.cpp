@@ -229,13 +229,9 @@ TokenData load_tokens(const Config& config) {
     throw std::runtime_error(config.data.path + ": vocab_size " + std::to_string(data.vocab_size) +
                              " exceeds model.vocab_size " +
                              std::to_string(config.model.vocab_size));
-  if (config.eval.batches > 0 &&
-      max_validation_batches(data.val.size(), config.train.micro_batch_size,
-                             config.model.seq_len) < config.eval.batches)
-    throw std::runtime_error(config.data.path + ": eval.batches " +
-                             std::to_string(config.eval.batches) +
-                             " needs more validation tokens than the " +
-                             std::to_string(data.val.size()) + " it has");
+  const std::string eval_problem = validation_fit_problem(
+      eval_sequences(config), config.model.seq_len, static_cast<int64_t>(data.val.size()));
+  if (!eval_problem.empty()) throw std::runtime_error(config.data.path + ": " + eval_problem);
   return data;
 }
 
@@ -631,16 +627,21 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       interval_start = Clock::now();
       interval_tokens = 0;
     }
-    const bool eval_now = config.eval.batches > 0 &&
+    const bool eval_now = eval_sequences(config) > 0 &&
                           ((config.eval.every > 0 && (step + 1) % config.eval.every == 0) || last);
     if (eval_now) {
       const Clock::time_point eval_start = Clock::now();
-      summary.final_val_loss = evaluate(model, data.val, B, config.eval.batches, world);
-      if (lead) metrics_log->write_eval(step + 1, summary.final_val_loss);
+      const Validation validation = evaluate(model, data.val, eval_sequences(config), world);
+      const LossInUnits units = loss_in_units(validation.loss, data.tokenizer);
+      summary.final_val_loss = validation.loss;
+      if (lead)
+        metrics_log->write_eval(step + 1, validation.loss, units.name, units.value,
+                                validation.tokens);
       if (options.print && lead)
-        console.print("eval   step %6lld | val_loss %.4f | %d batches in %.1fs\n",
-                      static_cast<long long>(step + 1), summary.final_val_loss,
-                      static_cast<int>(config.eval.batches), seconds_since(eval_start));
+        console.print("eval   step %6lld | val_loss %.4f | %s %.4f | %lld tokens in %.1fs\n",
+                      static_cast<long long>(step + 1), validation.loss, units.name.c_str(),
+                      units.value, static_cast<long long>(validation.tokens),
+                      seconds_since(eval_start));
       interval_start += Clock::now() - eval_start;  // evaluation does not count as training time
     }
     const bool save_now =

@@ -1,0 +1,353 @@
+#include "data/importers.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <system_error>
+
+namespace sy {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::runtime_error file_error(const std::string& path, const std::string& what) {
+  return std::runtime_error(path + ": " + what);
+}
+
+std::string join(const std::vector<std::string>& parts) {
+  std::string joined;
+  for (const std::string& part : parts) joined += (joined.empty() ? "" : ", ") + part;
+  return joined;
+}
+
+uint64_t regular_file_size(const std::string& path) {
+  std::error_code error;
+  const fs::file_status status = fs::status(path, error);
+  if (error || !fs::exists(status)) throw file_error(path, "no such file");
+  if (!fs::is_regular_file(status)) throw file_error(path, "not a regular file");
+  const uintmax_t size = fs::file_size(path, error);
+  if (error) throw file_error(path, "cannot read size: " + error.message());
+  return size;
+}
+
+void check_vocab_size(int64_t vocab_size, int64_t largest, const std::string& format) {
+  if (vocab_size < 1 || vocab_size > largest)
+    throw std::runtime_error("--format " + format + " needs --vocab-size in [1, " +
+                             std::to_string(largest) + "], got " + std::to_string(vocab_size));
+}
+
+// Little-endian unsigned integer of `size` bytes at `bytes`, independent of the host's order.
+uint64_t load_le(const unsigned char* bytes, int size) {
+  uint64_t value = 0;
+  for (int k = size - 1; k >= 0; k--) value = (value << 8) | bytes[k];
+  return value;
+}
+
+// ---- nanoGPT ----
+
+// Appends the uint16 tokens of `path` to `tokens`.
+void read_uint16_tokens(const std::string& path, int64_t vocab_size, std::vector<int32_t>& tokens) {
+  const uint64_t size = regular_file_size(path);
+  if (size % 2 != 0)
+    throw file_error(path, "size " + std::to_string(size) +
+                               " bytes is odd: not a file of uint16 tokens");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw file_error(path, "cannot open for reading");
+  const size_t count = size / 2;
+  std::vector<unsigned char> bytes(size);
+  if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size)))
+    throw file_error(path, "read failed");
+  tokens.reserve(tokens.size() + count);
+  for (size_t k = 0; k < count; k++) {
+    const int64_t token = static_cast<int64_t>(load_le(&bytes[2 * k], 2));
+    if (token >= vocab_size)
+      throw file_error(path, "token " + std::to_string(token) + " at position " +
+                                 std::to_string(k) + " (byte " + std::to_string(2 * k) +
+                                 ") is outside [0, " + std::to_string(vocab_size) + ")");
+    tokens.push_back(static_cast<int32_t>(token));
+  }
+}
+
+// ---- Megatron ----
+
+// Reads the .idx with every read bounds-checked, so that a short or corrupt file gives the offset
+// where it went wrong instead of garbage.
+class IndexCursor {
+ public:
+  IndexCursor(const std::string& path, std::vector<unsigned char> bytes)
+      : path_(path), bytes_(std::move(bytes)) {}
+  uint64_t offset() const { return offset_; }
+  uint64_t remaining() const { return bytes_.size() - offset_; }
+  // `count` items of `item_size` bytes named `what` must follow.
+  void need(uint64_t count, uint64_t item_size, const std::string& what) const {
+    if (count > remaining() / item_size)
+      throw file_error(path_, "truncated at byte " + std::to_string(offset_) + ": " + what +
+                                  " needs " + std::to_string(count) + " x " +
+                                  std::to_string(item_size) + " bytes, " +
+                                  std::to_string(remaining()) + " remain");
+  }
+  uint64_t unsigned_value(int size, const std::string& what) {
+    need(1, size, what);
+    const uint64_t value = load_le(&bytes_[offset_], size);
+    offset_ += size;
+    return value;
+  }
+  int64_t signed_value(int size, const std::string& what) {
+    const uint64_t value = unsigned_value(size, what);
+    if (size == 8) return static_cast<int64_t>(value);
+    const uint64_t sign = uint64_t{1} << (8 * size - 1);
+    return static_cast<int64_t>(value ^ sign) - static_cast<int64_t>(sign);
+  }
+  std::runtime_error error_at(uint64_t offset, const std::string& what) const {
+    return file_error(path_, "at byte " + std::to_string(offset) + ": " + what);
+  }
+
+ private:
+  std::string path_;
+  std::vector<unsigned char> bytes_;
+  uint64_t offset_ = 0;
+};
+
+struct MegatronDtype {
+  int code;
+  const char* name;
+  int size;
+  bool is_signed;
+  bool is_integer;
+};
+
+// Megatron-Core's DType codes (megatron/core/datasets/indexed_dataset.py).
+constexpr MegatronDtype kMegatronDtypes[] = {
+    {1, "uint8", 1, false, true},   {2, "int8", 1, true, true},      {3, "int16", 2, true, true},
+    {4, "int32", 4, true, true},    {5, "int64", 8, true, true},     {6, "float64", 8, true, false},
+    {7, "float32", 4, true, false}, {8, "uint16", 2, false, true},
+};
+
+struct MegatronIndex {
+  MegatronDtype dtype{};
+  std::vector<int64_t> sequence_lengths;   // [sequence_count], tokens
+  std::vector<int64_t> sequence_pointers;  // [sequence_count], byte offsets into the .bin
+  std::vector<int64_t> document_indices;   // [document_count]: 0, ..., sequence_count
+};
+
+constexpr char kMegatronMagic[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', '\0', '\0'};
+
+MegatronIndex read_megatron_index(const std::string& idx_path, uint64_t bin_size,
+                                  const std::string& bin_path) {
+  const uint64_t size = regular_file_size(idx_path);
+  std::vector<unsigned char> bytes(size);
+  {
+    std::ifstream in(idx_path, std::ios::binary);
+    if (!in) throw file_error(idx_path, "cannot open for reading");
+    if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size)))
+      throw file_error(idx_path, "read failed");
+  }
+  IndexCursor cursor(idx_path, std::move(bytes));
+  MegatronIndex index;
+
+  for (int k = 0; k < 9; k++) {
+    const uint64_t offset = cursor.offset();
+    if (cursor.unsigned_value(1, "the header MMIDIDX\\x00\\x00") !=
+        static_cast<unsigned char>(kMegatronMagic[k]))
+      throw cursor.error_at(offset, "not a Megatron index: the file does not start with "
+                                    "MMIDIDX\\x00\\x00");
+  }
+  uint64_t offset = cursor.offset();
+  const uint64_t version = cursor.unsigned_value(8, "the version");
+  if (version != 1)
+    throw cursor.error_at(offset, "version " + std::to_string(version) + ", only 1 is known");
+
+  offset = cursor.offset();
+  const uint64_t code = cursor.unsigned_value(1, "the dtype code");
+  const auto dtype = std::find_if(std::begin(kMegatronDtypes), std::end(kMegatronDtypes),
+                                  [&](const MegatronDtype& d) { return d.code == int(code); });
+  if (dtype == std::end(kMegatronDtypes))
+    throw cursor.error_at(offset, "unknown dtype code " + std::to_string(code) + " (known: 1-8)");
+  if (!dtype->is_integer)
+    throw cursor.error_at(offset, "dtype code " + std::to_string(code) + " (" + dtype->name +
+                                      ") does not hold token ids");
+  index.dtype = *dtype;
+
+  const uint64_t sequence_count = cursor.unsigned_value(8, "sequence_count");
+  const uint64_t document_count = cursor.unsigned_value(8, "document_count");
+  cursor.need(sequence_count, 4, "sequence_lengths");
+  index.sequence_lengths.resize(sequence_count);
+  for (uint64_t i = 0; i < sequence_count; i++) {
+    offset = cursor.offset();
+    index.sequence_lengths[i] = cursor.signed_value(4, "sequence_lengths");
+    if (index.sequence_lengths[i] < 0)
+      throw cursor.error_at(offset, "sequence_lengths[" + std::to_string(i) + "] is " +
+                                        std::to_string(index.sequence_lengths[i]));
+  }
+  cursor.need(sequence_count, 8, "sequence_pointers");
+  index.sequence_pointers.resize(sequence_count);
+  for (uint64_t i = 0; i < sequence_count; i++) {
+    offset = cursor.offset();
+    const int64_t pointer = cursor.signed_value(8, "sequence_pointers");
+    const uint64_t length_bytes = uint64_t(index.sequence_lengths[i]) * uint64_t(dtype->size);
+    if (pointer < 0 || uint64_t(pointer) > bin_size || length_bytes > bin_size - uint64_t(pointer))
+      throw cursor.error_at(offset, "sequence " + std::to_string(i) + " spans bytes [" +
+                                        std::to_string(pointer) + ", " +
+                                        std::to_string(pointer + int64_t(length_bytes)) +
+                                        ") of " + bin_path + ", which has " +
+                                        std::to_string(bin_size) + " bytes");
+    if (pointer % dtype->size != 0)
+      throw cursor.error_at(offset, "sequence_pointers[" + std::to_string(i) + "] = " +
+                                        std::to_string(pointer) + " is not a multiple of " +
+                                        std::to_string(dtype->size) + " (" + dtype->name + ")");
+    index.sequence_pointers[i] = pointer;
+  }
+  cursor.need(document_count, 8, "document_indices");
+  if (document_count == 0)
+    throw cursor.error_at(cursor.offset(), "document_count is 0; it counts the leading 0 of "
+                                           "document_indices, so it is at least 1");
+  index.document_indices.resize(document_count);
+  for (uint64_t d = 0; d < document_count; d++) {
+    offset = cursor.offset();
+    const int64_t value = cursor.signed_value(8, "document_indices");
+    if (d == 0 && value != 0)
+      throw cursor.error_at(offset, "document_indices[0] is " + std::to_string(value) +
+                                        ", not 0");
+    if (d > 0 && value < index.document_indices[d - 1])
+      throw cursor.error_at(offset, "document_indices[" + std::to_string(d) + "] = " +
+                                        std::to_string(value) + " is below document_indices[" +
+                                        std::to_string(d - 1) + "] = " +
+                                        std::to_string(index.document_indices[d - 1]));
+    index.document_indices[d] = value;
+  }
+  if (index.document_indices.back() != int64_t(sequence_count))
+    throw cursor.error_at(cursor.offset() - 8,
+                          "the last document index is " +
+                              std::to_string(index.document_indices.back()) +
+                              ", not sequence_count " + std::to_string(sequence_count));
+  // A multimodal dataset follows with one int8 mode per sequence; anything else is damage.
+  if (cursor.remaining() != 0 && cursor.remaining() != sequence_count)
+    throw cursor.error_at(cursor.offset(), std::to_string(cursor.remaining()) +
+                                               " bytes follow document_indices; expected 0 or " +
+                                               std::to_string(sequence_count) +
+                                               " (sequence_modes)");
+  return index;
+}
+
+}  // namespace
+
+int64_t train_document_count(int64_t documents, double val_fraction, const std::string& input) {
+  const int64_t train =
+      static_cast<int64_t>(std::floor((1.0 - val_fraction) * static_cast<double>(documents)));
+  if (train < 1) {
+    char fraction[32];
+    std::snprintf(fraction, sizeof fraction, "%g", val_fraction);
+    throw std::runtime_error(input + ": " + std::to_string(documents) +
+                             " documents are too few for --val-fraction " + fraction +
+                             ": no training document is left");
+  }
+  return train;
+}
+
+std::vector<std::string> read_jsonl_documents(const std::vector<std::string>& files,
+                                              const std::string& field) {
+  if (files.empty()) throw std::runtime_error("--format jsonl: no --input file");
+  std::vector<std::string> documents;
+  for (const std::string& path : files) {
+    regular_file_size(path);  // names a missing file or a folder
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw file_error(path, "cannot open for reading");
+    std::string line;
+    for (int64_t line_number = 1; std::getline(in, line); line_number++) {
+      const std::string where = "line " + std::to_string(line_number) + ": ";
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      nlohmann::json object;
+      try {
+        object = nlohmann::json::parse(line);
+      } catch (const nlohmann::json::parse_error& error) {
+        throw file_error(path, where + "invalid JSON at byte " + std::to_string(error.byte) +
+                                   " of the line");
+      }
+      if (!object.is_object())
+        throw file_error(path, where + "a JSON " + object.type_name() + ", not an object");
+      const auto member = object.find(field);
+      if (member == object.end()) throw file_error(path, where + "no field \"" + field + "\"");
+      if (!member->is_string())
+        throw file_error(path, where + "field \"" + field + "\" is a " + member->type_name() +
+                                   ", not a string");
+      documents.push_back(member->get<std::string>());
+    }
+    if (in.bad()) throw file_error(path, "read failed");
+  }
+  if (documents.empty()) throw std::runtime_error(join(files) + ": no documents");
+  return documents;
+}
+
+ImportedTokens read_nanogpt(const std::string& input, int64_t vocab_size) {
+  check_vocab_size(vocab_size, 65536, "nanogpt");
+  std::error_code error;
+  const fs::path train_path =
+      fs::is_directory(input, error) ? fs::path(input) / "train.bin" : fs::path(input);
+  const fs::path val_path = train_path.parent_path() / "val.bin";
+  ImportedTokens tokens;
+  read_uint16_tokens(train_path.string(), vocab_size, tokens.train);
+  if (tokens.train.empty()) throw file_error(train_path.string(), "no tokens");
+  read_uint16_tokens(val_path.string(), vocab_size, tokens.val);
+  return tokens;
+}
+
+ImportedTokens read_megatron(const std::string& prefix_or_file, int64_t vocab_size,
+                             double val_fraction) {
+  check_vocab_size(vocab_size, int64_t{1} << 31, "megatron");
+  std::string prefix = prefix_or_file;
+  for (const char* suffix : {".bin", ".idx"})
+    if (prefix.size() > 4 && prefix.compare(prefix.size() - 4, 4, suffix) == 0)
+      prefix.resize(prefix.size() - 4);
+  const std::string bin_path = prefix + ".bin", idx_path = prefix + ".idx";
+  const uint64_t bin_size = regular_file_size(bin_path);
+  const MegatronIndex index = read_megatron_index(idx_path, bin_size, bin_path);
+  const MegatronDtype& dtype = index.dtype;
+
+  const int64_t documents = static_cast<int64_t>(index.document_indices.size()) - 1;
+  if (documents == 0) throw file_error(idx_path, "no documents");
+  const int64_t train_documents = train_document_count(documents, val_fraction, prefix);
+
+  std::ifstream bin(bin_path, std::ios::binary);
+  if (!bin) throw file_error(bin_path, "cannot open for reading");
+  ImportedTokens tokens;
+  tokens.documents = documents;
+  tokens.val_documents = documents - train_documents;
+  std::vector<unsigned char> bytes;
+  for (int64_t d = 0; d < documents; d++) {
+    std::vector<int32_t>& split = d < train_documents ? tokens.train : tokens.val;
+    for (int64_t s = index.document_indices[d]; s < index.document_indices[d + 1]; s++) {
+      const int64_t pointer = index.sequence_pointers[s];
+      const int64_t length = index.sequence_lengths[s];
+      bytes.resize(static_cast<size_t>(length) * dtype.size);
+      bin.seekg(pointer);
+      if (length > 0 && !bin.read(reinterpret_cast<char*>(bytes.data()),
+                                  static_cast<std::streamsize>(bytes.size())))
+        throw file_error(bin_path, "read failed at byte " + std::to_string(pointer));
+      for (int64_t k = 0; k < length; k++) {
+        const uint64_t raw = load_le(&bytes[k * dtype.size], dtype.size);
+        int64_t token = static_cast<int64_t>(raw);
+        if (dtype.is_signed && dtype.size < 8) {
+          const uint64_t sign = uint64_t{1} << (8 * dtype.size - 1);
+          token = static_cast<int64_t>(raw ^ sign) - static_cast<int64_t>(sign);
+        }
+        if (token < 0 || token >= vocab_size)
+          throw file_error(bin_path, "token " + std::to_string(token) + " at element " +
+                                         std::to_string(pointer / dtype.size + k) + " (byte " +
+                                         std::to_string(pointer + k * dtype.size) +
+                                         ", document " + std::to_string(d) + ") is outside [0, " +
+                                         std::to_string(vocab_size) + ")");
+        split.push_back(static_cast<int32_t>(token));
+      }
+    }
+  }
+  if (tokens.train.empty())
+    throw file_error(prefix, "the " + std::to_string(train_documents) +
+                                 " training documents hold no tokens");
+  return tokens;
+}
+
+}  // namespace sy

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The validation set end to end through the CLI (docs/config.md, eval): train a small MoE with
+# capacity drops at micro-batch 4 on one rank, then `eval` its checkpoint at micro-batch 3 and 1
+# and under mpirun -np 2: every printed val_loss must equal the last one in metrics.jsonl
+# character for character. With the experts split over the 2 ranks (an expert's GEMM then sees
+# the rows of 2 sequences at once) it must agree to 1e-6 relative. Prints a table last.
+# Usage: cli_validation.sh SWITCHYARD [cpu|cuda] [LOG_DIR]
+set -uo pipefail
+switchyard=$(realpath "$1")
+backend=${2:-cpu}
+logs=${3:-}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+[ -n "$logs" ] && mkdir -p "$logs" && logs=$(realpath "$logs")
+cd "$work" || exit 1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+mpi2=(mpirun -np 2 --oversubscribe --bind-to none)
+precision=fp32
+[ "$backend" = cuda ] && precision=bf16
+
+for i in $(seq 1 400); do echo "line $i: the router sends each token to two of four experts."; done >corpus.txt
+"$switchyard" prepare-data --input corpus.txt --format text --output tokens.h5 >prepare.log 2>&1 ||
+  { echo "FAIL: prepare-data"; cat prepare.log; exit 1; }
+cat >small.yaml <<YAML
+model: {vocab_size: 256, seq_len: 32, d_model: 64, n_layers: 2, n_heads: 2, ffn_hidden: 128}
+moe: {num_experts: 4, top_k: 2, expert_hidden: 32, capacity_factor: 1.0}
+train: {micro_batch_size: 4, steps: 12, warmup_steps: 2}
+data: {path: tokens.h5}
+eval: {every: 6, tokens: 1000}
+run: {dir: run, log_every: 6, backend: $backend, precision: $precision}
+YAML
+
+failures=0
+rows=()
+save_log() { [ -n "$logs" ] && cp "$1" "$logs/$2"; }
+
+"$switchyard" train small.yaml >train.log 2>&1
+status=$?
+save_log train.log train.log
+save_log run/metrics.jsonl metrics.jsonl
+if [ $status -ne 0 ]; then
+  echo "FAIL: train exited $status"; tail -5 train.log; exit 1
+fi
+logged=$(grep '"val_loss"' run/metrics.jsonl | tail -1 | grep -o '"val_loss": [^,}]*' | cut -d' ' -f2)
+bpb=$(grep '"val_loss"' run/metrics.jsonl | tail -1 | grep -o '"val_bits_per_byte": [^,}]*' | cut -d' ' -f2)
+tokens=$(grep '"val_loss"' run/metrics.jsonl | tail -1 | grep -o '"val_tokens": [^,}]*' | cut -d' ' -f2)
+rows+=("train (1 rank, micro-batch 4)|$logged|logged|-")
+if [ -z "$logged" ] || [ -z "$bpb" ] || [ "$tokens" != 992 ]; then
+  echo "FAIL: metrics.jsonl eval line lacks val_loss, val_bits_per_byte or val_tokens 992"
+  grep '"val_loss"' run/metrics.jsonl | tail -1
+  failures=$((failures + 1))
+fi
+
+# check NAME TOLERANCE COMMAND...: eval prints the logged val_loss (TOLERANCE 0: the same text;
+# else within that relative difference).
+check() {
+  local name=$1 tolerance=$2
+  shift 2
+  local start end seconds got verdict
+  start=$(date +%s.%N)
+  "$@" >eval.out 2>eval.err
+  local status=$?
+  end=$(date +%s.%N)
+  seconds=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b - a }')
+  save_log eval.out "eval_${name// /_}.out"
+  save_log eval.err "eval_${name// /_}.err"
+  got=$(grep -o '"val_loss": [^,}]*' eval.out | cut -d' ' -f2)
+  if [ $status -eq 0 ] && [ "$got" = "$logged" ]; then
+    verdict=equal
+  elif [ $status -eq 0 ] && [ "$tolerance" != 0 ] && [ -n "$got" ] &&
+       awk -v a="$got" -v b="$logged" -v t="$tolerance" 'BEGIN { d = (a - b) / b; exit !(d <= t && -d <= t) }'; then
+    verdict="within $tolerance"
+  else
+    verdict="DIFFERS (status $status)"
+    failures=$((failures + 1))
+    sed 's/^/  | /' eval.err | tail -5
+  fi
+  rows+=("$name|$got|$verdict|$seconds")
+}
+checkpoint=run/checkpoints/step_00000012.h5
+check "eval, micro-batch 3" 0 "$switchyard" eval small.yaml --checkpoint $checkpoint --set train.micro_batch_size=3
+check "eval, micro-batch 1" 0 "$switchyard" eval small.yaml --checkpoint run/checkpoints --set train.micro_batch_size=1
+check "eval, 2 ranks, mb 2" 0 "${mpi2[@]}" "$switchyard" eval small.yaml --checkpoint $checkpoint \
+  --set train.micro_batch_size=2
+check "eval, 2 ranks, P=2, mb 2" 1e-6 "${mpi2[@]}" "$switchyard" eval small.yaml --checkpoint $checkpoint \
+  --set parallel.expert_parallel=2 --set train.micro_batch_size=2
+check "eval --tokens 992" 0 "$switchyard" eval small.yaml --checkpoint $checkpoint --tokens 992
+
+# Too little data names what would fit.
+"$switchyard" eval small.yaml --tokens 100000 >/dev/null 2>fit.err
+if ! grep -q "eval.tokens 100000 needs 3125 sequences of 32 tokens; the validation split has [0-9]* tokens: at most [0-9]* sequences; set eval.tokens <= [0-9]*" fit.err; then
+  echo "FAIL: too-little-data message"; cat fit.err; failures=$((failures + 1))
+fi
+# check-config notes what a layout change keeps.
+"$switchyard" check-config small.yaml >/dev/null 2>notes.err
+grep -q "^note: the routing groups are the micro-batches" notes.err ||
+  { echo "FAIL: check-config note"; cat notes.err; failures=$((failures + 1)); }
+
+echo
+printf '%-30s %-22s %-12s %s\n' "backend $backend" val_loss verdict seconds
+for row in "${rows[@]}"; do
+  IFS='|' read -r name value verdict seconds <<<"$row"
+  printf '%-30s %-22s %-12s %s\n' "$name" "$value" "$verdict" "$seconds"
+done
+echo "val_bits_per_byte $bpb over $tokens tokens; $failures failed"
+[ "$failures" -eq 0 ]

@@ -1,0 +1,390 @@
+// Tests of the corpus importers (data/importers.*, prepare_data with PrepareOptions): JSONL,
+// nanoGPT train.bin/val.bin, Megatron .bin/.idx, --val-fraction. Every input is written here;
+// every bad input must fail with one line naming the file and position and leave no output file.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "data/importers.h"
+#include "data/prepare.h"
+#include "data/token_file.h"
+
+namespace sy {
+namespace {
+
+namespace fs = std::filesystem;
+
+class ImportTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+    folder_ = fs::temp_directory_path() /
+              ("sy_test_importers_" + std::to_string(getpid()) + "_" + std::to_string(now));
+    fs::create_directories(folder_);
+  }
+  void TearDown() override {
+    std::error_code error;
+    fs::remove_all(folder_, error);
+  }
+  std::string path(const std::string& name) const { return (folder_ / name).string(); }
+  void write_bytes(const std::string& name, const std::string& contents) const {
+    fs::create_directories((folder_ / name).parent_path());
+    std::ofstream out(folder_ / name, std::ios::binary);
+    out << contents;
+  }
+  PrepareOptions options(const std::string& format, std::vector<std::string> inputs) const {
+    PrepareOptions options;
+    options.format = format;
+    options.inputs = std::move(inputs);
+    options.output = path("out.h5");
+    return options;
+  }
+  // prepare_data must throw one line holding every fragment and leave neither out.h5 nor
+  // out.h5.tmp behind.
+  void expect_failure(const PrepareOptions& options, const std::vector<std::string>& fragments) {
+    try {
+      prepare_data(options);
+      ADD_FAILURE() << "no exception; expected one mentioning " << fragments.front();
+    } catch (const std::runtime_error& error) {
+      const std::string message = error.what();
+      EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+      for (const std::string& fragment : fragments)
+        EXPECT_NE(message.find(fragment), std::string::npos)
+            << "'" << fragment << "' not in: " << message;
+    }
+    EXPECT_FALSE(fs::exists(options.output));
+    EXPECT_FALSE(fs::exists(options.output + ".tmp"));
+  }
+  fs::path folder_;
+};
+
+std::vector<int32_t> bytes_of(const std::string& text) {
+  std::vector<int32_t> tokens;
+  for (char c : text) tokens.push_back(static_cast<unsigned char>(c));
+  return tokens;
+}
+
+// `value` as `size` little-endian bytes.
+void append_le(std::string& out, uint64_t value, int size) {
+  for (int k = 0; k < size; k++) out += static_cast<char>((value >> (8 * k)) & 0xff);
+}
+
+std::string uint16_file(const std::vector<uint16_t>& tokens) {
+  std::string bytes;
+  for (uint16_t token : tokens) append_le(bytes, token, 2);
+  return bytes;
+}
+
+// A Megatron indexed dataset as its writer lays it out: every sequence's tokens back to back in
+// the .bin; the .idx header "MMIDIDX\0\0", version 1 (u64), dtype code (u8), sequence count and
+// document count (u64), then sequence lengths (i32), byte pointers (i64) and document indices
+// (i64: 0, then the sequence count after each document).
+struct MegatronFiles {
+  std::string bin, idx;
+};
+MegatronFiles megatron_dataset(const std::vector<std::vector<std::vector<int64_t>>>& documents,
+                               int dtype_code, int item_size) {
+  MegatronFiles files;
+  std::vector<int64_t> lengths, pointers, document_indices = {0};
+  for (const auto& document : documents) {
+    for (const auto& sequence : document) {
+      pointers.push_back(static_cast<int64_t>(files.bin.size()));
+      lengths.push_back(static_cast<int64_t>(sequence.size()));
+      for (int64_t token : sequence) append_le(files.bin, static_cast<uint64_t>(token), item_size);
+    }
+    document_indices.push_back(static_cast<int64_t>(lengths.size()));
+  }
+  files.idx = std::string("MMIDIDX\0\0", 9);
+  append_le(files.idx, 1, 8);
+  append_le(files.idx, dtype_code, 1);
+  append_le(files.idx, lengths.size(), 8);
+  append_le(files.idx, document_indices.size(), 8);
+  for (int64_t length : lengths) append_le(files.idx, length, 4);
+  for (int64_t pointer : pointers) append_le(files.idx, pointer, 8);
+  for (int64_t index : document_indices) append_le(files.idx, index, 8);
+  return files;
+}
+
+// ---- JSONL ----
+
+TEST_F(ImportTest, JsonlDocumentsSplitWhole) {
+  // Blank lines are skipped, CRLF endings accepted, escapes decoded, other members ignored.
+  write_bytes("a.jsonl",
+              "{\"text\": \"one\"}\n\n{\"id\": 7, \"text\": \"two\\nlines\"}\r\n"
+              "  \n{\"text\": \"caf\\u00e9\"}\n");
+  write_bytes("b.jsonl", "{\"text\": \"four\"}\n{\"text\": \"\"}");  // no final newline
+  PrepareOptions jsonl = options("jsonl", {path("a.jsonl"), path("b.jsonl")});
+  jsonl.val_fraction = 0.25;  // 5 documents: floor(0.75 * 5) = 3 train, 2 val
+  const PrepareStats stats = prepare_data(jsonl);
+  EXPECT_EQ(stats.files, 2);
+  EXPECT_EQ(stats.documents, 5);
+  EXPECT_EQ(stats.val_documents, 2);
+  const std::string train = "one\ntwo\nlines\ncaf\xc3\xa9\n", val = "four\n\n";
+  EXPECT_EQ(stats.bytes, static_cast<int64_t>(train.size() + val.size()));
+  const TokenData data = read_token_file(jsonl.output);
+  EXPECT_EQ(data.train, bytes_of(train));
+  EXPECT_EQ(data.val, bytes_of(val));
+  EXPECT_EQ(data.vocab_size, 256);
+  EXPECT_EQ(data.tokenizer, "bytes");
+
+  // Another member, and the default fraction 0.05: floor(0.95 * 2) = 1 train document.
+  write_bytes("c.jsonl", "{\"body\": \"x\", \"text\": 1}\n{\"body\": \"y\"}\n");
+  PrepareOptions field = options("jsonl", {path("c.jsonl")});
+  field.field = "body";
+  prepare_data(field);
+  const TokenData body = read_token_file(field.output);
+  EXPECT_EQ(body.train, bytes_of("x\n"));
+  EXPECT_EQ(body.val, bytes_of("y\n"));
+}
+
+TEST_F(ImportTest, JsonlBadInputs) {
+  const std::string good = "{\"text\": \"fine\"}\n";
+  write_bytes("invalid.jsonl", good + good + "{\"text\": \"unterminated}\n" + good);
+  expect_failure(options("jsonl", {path("invalid.jsonl")}),
+                 {path("invalid.jsonl"), "line 3", "invalid JSON"});
+  write_bytes("missing.jsonl", good + "{\"content\": \"x\"}\n");
+  expect_failure(options("jsonl", {path("missing.jsonl")}),
+                 {path("missing.jsonl"), "line 2", "no field \"text\""});
+  write_bytes("number.jsonl", "{\"text\": 12}\n");
+  expect_failure(options("jsonl", {path("number.jsonl")}),
+                 {path("number.jsonl"), "line 1", "field \"text\" is a number, not a string"});
+  write_bytes("array.jsonl", "[\"text\"]\n");
+  expect_failure(options("jsonl", {path("array.jsonl")}),
+                 {path("array.jsonl"), "line 1", "not an object"});
+  write_bytes("bad_utf8.jsonl", "{\"text\": \"\xff\"}\n");
+  expect_failure(options("jsonl", {path("bad_utf8.jsonl")}),
+                 {path("bad_utf8.jsonl"), "line 1", "invalid JSON"});
+  // The error names the second file when the first was fine.
+  write_bytes("good.jsonl", good + good);
+  expect_failure(options("jsonl", {path("good.jsonl"), path("number.jsonl")}),
+                 {path("number.jsonl"), "line 1"});
+
+  write_bytes("empty.jsonl", "");
+  write_bytes("blank.jsonl", "\n  \n\r\n");
+  expect_failure(options("jsonl", {path("empty.jsonl"), path("blank.jsonl")}),
+                 {path("empty.jsonl"), path("blank.jsonl"), "no documents"});
+  expect_failure(options("jsonl", {path("absent.jsonl")}), {path("absent.jsonl"), "no such file"});
+  // One document leaves nothing to train on after any validation share.
+  write_bytes("one.jsonl", good);
+  expect_failure(options("jsonl", {path("one.jsonl")}),
+                 {path("one.jsonl"), "1 documents are too few for --val-fraction"});
+}
+
+// ---- nanoGPT ----
+
+TEST_F(ImportTest, NanogptTrainAndVal) {
+  write_bytes("shakespeare/train.bin", uint16_file({0, 1, 64, 2, 65535}));
+  write_bytes("shakespeare/val.bin", uint16_file({3, 300}));
+  PrepareOptions nanogpt = options("nanogpt", {path("shakespeare")});
+  nanogpt.vocab_size = 65536;
+  const PrepareStats stats = prepare_data(nanogpt);
+  EXPECT_EQ(stats.train_tokens, 5);
+  EXPECT_EQ(stats.val_tokens, 2);
+  const TokenData data = read_token_file(nanogpt.output);
+  EXPECT_EQ(data.train, (std::vector<int32_t>{0, 1, 64, 2, 65535}));
+  EXPECT_EQ(data.val, (std::vector<int32_t>{3, 300}));
+  EXPECT_EQ(data.vocab_size, 65536);
+  EXPECT_EQ(data.tokenizer, "unknown");
+
+  // The path of train.bin works too, an empty val.bin is an empty split, and a label is stored.
+  write_bytes("small/train.bin", uint16_file({5, 6}));
+  write_bytes("small/val.bin", "");
+  PrepareOptions by_file = options("nanogpt", {path("small/train.bin")});
+  by_file.vocab_size = 7;
+  by_file.tokenizer = "char-7";
+  prepare_data(by_file);
+  const TokenData small = read_token_file(by_file.output);
+  EXPECT_EQ(small.train, (std::vector<int32_t>{5, 6}));
+  EXPECT_TRUE(small.val.empty());
+  EXPECT_EQ(small.tokenizer, "char-7");
+}
+
+TEST_F(ImportTest, NanogptBadInputs) {
+  write_bytes("d/train.bin", uint16_file({1, 2, 3}));
+  write_bytes("d/val.bin", uint16_file({1, 2, 50257, 4}));
+  PrepareOptions nanogpt = options("nanogpt", {path("d")});
+  nanogpt.vocab_size = 50257;
+  expect_failure(nanogpt, {path("d/val.bin"), "token 50257 at position 2 (byte 4)",
+                           "outside [0, 50257)"});
+
+  write_bytes("odd/train.bin", uint16_file({1}) + "x");
+  write_bytes("odd/val.bin", "");
+  nanogpt.inputs = {path("odd")};
+  expect_failure(nanogpt, {path("odd/train.bin"), "size 3 bytes is odd"});
+
+  write_bytes("empty/train.bin", "");
+  write_bytes("empty/val.bin", uint16_file({1}));
+  nanogpt.inputs = {path("empty")};
+  expect_failure(nanogpt, {path("empty/train.bin"), "no tokens"});
+
+  write_bytes("noval/train.bin", uint16_file({1}));
+  nanogpt.inputs = {path("noval")};
+  expect_failure(nanogpt, {path("noval/val.bin"), "no such file"});
+
+  nanogpt.inputs = {path("d")};
+  nanogpt.val_fraction = 0.1;
+  expect_failure(nanogpt, {"--val-fraction does not apply to --format nanogpt"});
+  nanogpt.val_fraction.reset();
+  nanogpt.vocab_size = 0;
+  expect_failure(nanogpt, {"--format nanogpt needs --vocab-size in [1, 65536], got 0"});
+  nanogpt.vocab_size = 50304;
+  nanogpt.tokenizer = "bytes";
+  expect_failure(nanogpt, {"--tokenizer bytes has vocabulary 256", "50304"});
+}
+
+// ---- Megatron ----
+
+TEST_F(ImportTest, MegatronDocumentsKeptWhole) {
+  // Four documents, the second of two sequences, the third empty.
+  const std::vector<std::vector<std::vector<int64_t>>> documents = {
+      {{1, 2, 3}}, {{4}, {5, 6}}, {}, {{7, 8, 60000}}};
+  for (const auto& [code, size] : std::vector<std::pair<int, int>>{{4, 4}, {5, 8}, {8, 2}}) {
+    SCOPED_TRACE("dtype code " + std::to_string(code));
+    const MegatronFiles files = megatron_dataset(documents, code, size);
+    write_bytes("corpus_text_document.bin", files.bin);
+    write_bytes("corpus_text_document.idx", files.idx);
+    PrepareOptions megatron = options("megatron", {path("corpus_text_document")});
+    megatron.vocab_size = 100000;
+    megatron.val_fraction = 0.3;  // floor(0.7 * 4) = 2 train documents
+    const PrepareStats stats = prepare_data(megatron);
+    EXPECT_EQ(stats.documents, 4);
+    EXPECT_EQ(stats.val_documents, 2);
+    const TokenData data = read_token_file(megatron.output);
+    EXPECT_EQ(data.train, (std::vector<int32_t>{1, 2, 3, 4, 5, 6}));
+    EXPECT_EQ(data.val, (std::vector<int32_t>{7, 8, 60000}));
+    EXPECT_EQ(data.vocab_size, 100000);
+    fs::remove(megatron.output);
+  }
+  // PREFIX.idx names the same dataset, and a multimodal index (one int8 mode per sequence after
+  // the document indices) reads the same.
+  const MegatronFiles files = megatron_dataset(documents, 4, 4);
+  write_bytes("mm.bin", files.bin);
+  write_bytes("mm.idx", files.idx + std::string(4, '\0'));  // 4 sequences
+  PrepareOptions by_idx = options("megatron", {path("mm.idx")});
+  by_idx.vocab_size = 100000;
+  by_idx.val_fraction = 0.3;
+  prepare_data(by_idx);
+  EXPECT_EQ(read_token_file(by_idx.output).val, (std::vector<int32_t>{7, 8, 60000}));
+}
+
+TEST_F(ImportTest, MegatronTruncatedIndexAtEveryLength) {
+  const MegatronFiles files = megatron_dataset({{{1, 2}}, {{3}, {4, 5}}}, 8, 2);
+  write_bytes("t.bin", files.bin);
+  PrepareOptions megatron = options("megatron", {path("t")});
+  megatron.vocab_size = 10;
+  megatron.val_fraction = 0.5;
+  // The header, lengths, pointers and document indices each cut anywhere.
+  for (size_t length = 0; length < files.idx.size(); length++) {
+    SCOPED_TRACE("idx of " + std::to_string(length) + " bytes");
+    write_bytes("t.idx", files.idx.substr(0, length));
+    expect_failure(megatron, {path("t.idx"), "at byte"});
+  }
+  write_bytes("t.idx", files.idx.substr(0, 40));  // 3 lengths of 4 bytes from byte 34
+  expect_failure(megatron, {path("t.idx"), "truncated at byte 34: sequence_lengths needs 3 x 4"});
+  write_bytes("t.idx", files.idx);
+  prepare_data(megatron);
+  EXPECT_EQ(read_token_file(megatron.output).train, (std::vector<int32_t>{1, 2}));
+}
+
+TEST_F(ImportTest, MegatronInconsistentInputs) {
+  const std::vector<std::vector<std::vector<int64_t>>> documents = {{{1, 2}}, {{3}}};
+  const MegatronFiles files = megatron_dataset(documents, 4, 4);  // int32 tokens
+  write_bytes("m.bin", files.bin);
+  PrepareOptions megatron = options("megatron", {path("m")});
+  megatron.vocab_size = 10;
+  megatron.val_fraction = 0.5;
+  const auto with_idx = [&](std::string idx, const std::vector<std::string>& fragments) {
+    write_bytes("m.idx", idx);
+    expect_failure(megatron, fragments);
+  };
+  // Layout of this index: header 0-33, lengths 34-41, pointers 42-57, document indices 58-81.
+  std::string idx = files.idx;
+  idx[0] = 'X';
+  with_idx(idx, {path("m.idx"), "at byte 0", "MMIDIDX"});
+  idx = files.idx;
+  idx[9] = 2;
+  with_idx(idx, {path("m.idx"), "at byte 9", "version 2"});
+  idx = files.idx;
+  idx[17] = 7;
+  with_idx(idx, {path("m.idx"), "at byte 17", "float32"});
+  idx = files.idx;
+  idx[17] = 9;
+  with_idx(idx, {path("m.idx"), "at byte 17", "unknown dtype code 9"});
+  idx = files.idx;
+  idx[42 + 8] = 12;  // the second sequence at byte 12 runs past the 12-byte .bin
+  with_idx(idx, {path("m.idx"), "at byte 50", "sequence 1 spans bytes [12, 16)", path("m.bin"),
+                 "which has 12 bytes"});
+  idx = files.idx;
+  idx[42 + 8] = 6;
+  with_idx(idx, {path("m.idx"), "at byte 50", "not a multiple of 4"});
+  idx = files.idx;
+  idx[58] = 1;
+  with_idx(idx, {path("m.idx"), "at byte 58", "document_indices[0] is 1"});
+  idx = files.idx;
+  idx[74] = 1;  // document indices 0, 1, 1: ends before the 2 sequences
+  with_idx(idx, {path("m.idx"), "at byte 74", "not sequence_count 2"});
+  idx = files.idx;
+  idx[66] = 2;
+  idx[74] = 1;  // 0, 2, 1
+  with_idx(idx, {path("m.idx"), "at byte 74", "below document_indices[1] = 2"});
+  with_idx(files.idx + "xyz", {path("m.idx"), "at byte 82", "3 bytes follow document_indices"});
+
+  // Tokens outside the vocabulary, negative ones included, name the element and the document.
+  write_bytes("m.idx", files.idx);
+  megatron.vocab_size = 3;
+  expect_failure(megatron, {path("m.bin"), "token 3 at element 2 (byte 8, document 1)",
+                            "outside [0, 3)"});
+  write_bytes("n.bin", megatron_dataset({{{1, -1}}, {{0}}}, 4, 4).bin);
+  write_bytes("n.idx", megatron_dataset({{{1, -1}}, {{0}}}, 4, 4).idx);
+  PrepareOptions negative = options("megatron", {path("n")});
+  negative.vocab_size = 10;
+  expect_failure(negative, {path("n.bin"), "token -1 at element 1"});
+
+  // No documents, and too few for the fraction.
+  write_bytes("e.bin", "");
+  write_bytes("e.idx", megatron_dataset({}, 4, 4).idx);
+  PrepareOptions empty = options("megatron", {path("e")});
+  empty.vocab_size = 10;
+  expect_failure(empty, {path("e.idx"), "no documents"});
+  write_bytes("m.idx", files.idx);
+  megatron.vocab_size = 10;
+  megatron.val_fraction = 0.6;  // floor(0.4 * 2) = 0 train documents
+  expect_failure(megatron, {"2 documents are too few for --val-fraction"});
+  PrepareOptions absent = options("megatron", {path("absent")});
+  absent.vocab_size = 10;
+  expect_failure(absent, {path("absent.bin"), "no such file"});
+}
+
+// ---- options shared by every format ----
+
+TEST_F(ImportTest, ValFractionAndOptionChecks) {
+  write_bytes("plain.txt", std::string(100, 'a'));
+  PrepareOptions text = options("text", {path("plain.txt")});
+  text.val_fraction = 0.25;  // plain text splits by bytes: floor(0.75 * 100) = 75
+  const PrepareStats stats = prepare_data(text);
+  EXPECT_EQ(stats.train_tokens, 75);
+  EXPECT_EQ(stats.val_tokens, 25);
+
+  for (double bad : {0.0, 1.0, -0.5, 2.0}) {
+    text.val_fraction = bad;
+    fs::remove(text.output);
+    expect_failure(text, {"--val-fraction", "is outside (0, 1)"});
+  }
+  text.val_fraction.reset();
+  text.vocab_size = 300;
+  expect_failure(text, {"--vocab-size applies to --format nanogpt and megatron only"});
+  text.vocab_size = 0;
+  text.inputs = {path("plain.txt"), path("plain.txt")};
+  expect_failure(text, {"--format text reads one --input, got 2"});
+  expect_failure(options("csv", {path("plain.txt")}), {"unknown data format 'csv'"});
+}
+
+}  // namespace
+}  // namespace sy
