@@ -10,6 +10,7 @@
 
 #include "data/importers.h"
 #include "data/token_file.h"
+#include "data/tokenizer.h"
 
 namespace sy {
 namespace {
@@ -89,7 +90,8 @@ std::vector<fs::path> list_input_files(const std::string& input, const std::stri
 
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name) {
   if (name == "bytes") return std::make_unique<ByteTokenizer>();
-  throw std::runtime_error("unknown tokenizer '" + name + "' (known: bytes)");
+  throw std::runtime_error("unknown tokenizer '" + name +
+                           "' (known: bytes, sentencepiece with its model)");
 }
 
 std::string brown_file_to_text(const std::string& raw) {
@@ -159,6 +161,7 @@ PrepareStats prepare_data(const PrepareOptions& options) {
 
   PrepareStats stats;
   std::vector<int32_t> train, val;
+  std::string tokenizer_model, tokenizer_model_name;  // empty unless SentencePiece
   if (is_token_format) {
     // The ids are taken as they are; the tokenizer name only labels them.
     stats.tokenizer = options.tokenizer.empty() ? "unknown" : options.tokenizer;
@@ -176,7 +179,7 @@ PrepareStats prepare_data(const PrepareOptions& options) {
     val = std::move(tokens.val);
   } else {
     const std::unique_ptr<Tokenizer> tokenizer =
-        make_tokenizer(options.tokenizer.empty() ? "bytes" : options.tokenizer);
+        tokenizer_from_option(options.tokenizer.empty() ? "bytes" : options.tokenizer);
     stats.tokenizer = tokenizer->name();
     stats.vocab_size = tokenizer->vocab_size();
     std::string train_text, val_text;
@@ -209,8 +212,11 @@ PrepareStats prepare_data(const PrepareOptions& options) {
     stats.bytes = static_cast<int64_t>(train_text.size() + val_text.size());
     train = tokenizer->encode(train_text);
     val = tokenizer->encode(val_text);
+    tokenizer_model = tokenizer->model();
+    tokenizer_model_name = tokenizer->model_name();
   }
-  write_token_file(options.output, train, val, stats.vocab_size, stats.tokenizer);
+  write_token_file(options.output, train, val, stats.vocab_size, stats.tokenizer, tokenizer_model,
+                   tokenizer_model_name);
   stats.train_tokens = static_cast<int64_t>(train.size());
   stats.val_tokens = static_cast<int64_t>(val.size());
   return stats;

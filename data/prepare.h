@@ -16,6 +16,10 @@ class Tokenizer {
   virtual int64_t vocab_size() const = 0;
   virtual std::vector<int32_t> encode(const std::string& text) const = 0;
   virtual std::string decode(const std::vector<int32_t>& tokens) const = 0;  // throws on bad ids
+  // The serialized model a token file stores with its tokens (data/tokenizer.h), and the file
+  // name it came from; both empty for a tokenizer that needs no model (bytes).
+  virtual std::string model() const { return {}; }
+  virtual std::string model_name() const { return {}; }
 };
 
 // "bytes": one token per byte, vocabulary 256. Throws for an unknown name.
@@ -42,7 +46,8 @@ struct PrepareOptions {
   std::vector<std::string> inputs;  // brown, text, nanogpt, megatron: exactly one; jsonl: 1 or more
   std::string format = "brown";     // brown | text | jsonl | nanogpt | megatron
   std::string output;
-  // Text formats: the tokenizer to encode with. Token formats (nanogpt, megatron): a label stored
+  // Text formats: the tokenizer to encode with, "bytes" or the path of a SentencePiece model file
+  // (data/tokenizer.h; its bytes are stored in the token file). Token formats (nanogpt, megatron): a label stored
   // as the token file's `tokenizer` ("unknown" when empty); "bytes" requires vocab_size 256.
   std::string tokenizer;
   // In (0, 1): the validation share where the format has no validation file (all but nanogpt):

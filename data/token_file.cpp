@@ -136,6 +136,40 @@ std::vector<int32_t> read_tokens(hid_t file, const std::string& name, int64_t vo
   return tokens;
 }
 
+// /tokenizer_model (uint8) and its attributes name and vocab_size, when the file has one.
+void read_tokenizer_model(hid_t file, TokenData& data, const std::string& path) {
+  const std::string name = "/tokenizer_model";
+  const htri_t exists = H5Lexists(file, name.c_str(), H5P_DEFAULT);
+  if (exists < 0) throw file_error(path, "cannot query dataset " + name);
+  if (exists == 0) return;
+  Handle dataset(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
+  if (!dataset.valid()) throw file_error(path, name + " is not a dataset");
+  Handle type(H5Dget_type(dataset.get()), H5Tclose);
+  Handle space(H5Dget_space(dataset.get()), H5Sclose);
+  if (!type.valid() || !space.valid()) throw file_error(path, "cannot inspect dataset " + name);
+  if (H5Tget_class(type.get()) != H5T_INTEGER || H5Tget_size(type.get()) != 1 ||
+      H5Sget_simple_extent_ndims(space.get()) != 1)
+    throw file_error(path, "dataset " + name + " is not 1-D bytes");
+  hsize_t length = 0;
+  if (H5Sget_simple_extent_dims(space.get(), &length, nullptr) < 0)
+    throw file_error(path, "cannot inspect dataset " + name);
+  data.tokenizer_model.assign(length, '\0');
+  if (length > 0)
+    check(H5Dread(dataset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                  data.tokenizer_model.data()),
+          path, "cannot read dataset " + name);
+  try {
+    data.tokenizer_model_name = h5::read_string_attribute(dataset.get(), "name");
+    const int64_t model_vocab = h5::read_int_attribute(dataset.get(), "vocab_size");
+    if (model_vocab != data.vocab_size)
+      throw file_error(path, name + " has vocab_size " + std::to_string(model_vocab) +
+                                 " but the file's vocab_size is " +
+                                 std::to_string(data.vocab_size));
+  } catch (const h5::Hdf5Error& error) {
+    throw file_error(path, name + ": " + error.what());
+  }
+}
+
 // ---- writing ----
 
 void check_tokens(const std::vector<int32_t>& tokens, const char* split, int64_t vocab_size,
@@ -162,6 +196,26 @@ void write_tokens(hid_t file, const char* name, const std::vector<int32_t>& toke
     check(H5Dwrite(dataset.get(), H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, tokens.data()),
           path, std::string("cannot write dataset ") + name);
   if (!dataset.close()) throw file_error(path, std::string("cannot write dataset ") + name);
+}
+
+void write_tokenizer_model(hid_t file, const std::string& model, const std::string& model_name,
+                           int64_t vocab_size, const std::string& path) {
+  const hsize_t length = model.size();
+  Handle space(H5Screate_simple(1, &length, nullptr), H5Sclose);
+  if (!space.valid()) throw file_error(path, "cannot create dataspace for /tokenizer_model");
+  Handle dataset(H5Dcreate2(file, "/tokenizer_model", H5T_STD_U8LE, space.get(), H5P_DEFAULT,
+                            H5P_DEFAULT, H5P_DEFAULT),
+                 H5Dclose);
+  if (!dataset.valid()) throw file_error(path, "cannot create dataset /tokenizer_model");
+  check(H5Dwrite(dataset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, model.data()),
+        path, "cannot write dataset /tokenizer_model");
+  try {
+    h5::write_string_attribute(dataset.get(), "name", model_name);
+    h5::write_int_attribute(dataset.get(), "vocab_size", vocab_size);
+  } catch (const h5::Hdf5Error& error) {
+    throw file_error(path, std::string("/tokenizer_model: ") + error.what());
+  }
+  if (!dataset.close()) throw file_error(path, "cannot write dataset /tokenizer_model");
 }
 
 void write_attributes(hid_t file, int64_t vocab_size, const std::string& tokenizer,
@@ -209,12 +263,14 @@ TokenData read_token_file(const std::string& path) {
   data.tokenizer = read_tokenizer_name(file.get(), path);
   data.train = read_tokens(file.get(), "/train", data.vocab_size, path);
   data.val = read_tokens(file.get(), "/val", data.vocab_size, path);
+  read_tokenizer_model(file.get(), data, path);
   return data;
 }
 
 void write_token_file(const std::string& path, const std::vector<int32_t>& train,
                       const std::vector<int32_t>& val, int64_t vocab_size,
-                      const std::string& tokenizer) {
+                      const std::string& tokenizer, const std::string& tokenizer_model,
+                      const std::string& tokenizer_model_name) {
   QuietHdf5Errors quiet;
   if (vocab_size < 1 || vocab_size > kMaxVocabSize)
     throw file_error(path, "cannot write vocab_size " + std::to_string(vocab_size) +
@@ -238,6 +294,9 @@ void write_token_file(const std::string& path, const std::vector<int32_t>& train
     write_tokens(file.get(), "/train", train, file_type, temporary_path);
     write_tokens(file.get(), "/val", val, file_type, temporary_path);
     write_attributes(file.get(), vocab_size, tokenizer, temporary_path);
+    if (!tokenizer_model.empty())
+      write_tokenizer_model(file.get(), tokenizer_model, tokenizer_model_name, vocab_size,
+                            temporary_path);
     if (!file.close()) throw file_error(temporary_path, "cannot finish writing file");
     std::filesystem::rename(temporary_path, path, error);
     if (error) throw file_error(path, "cannot rename " + temporary_path + " into place: " +

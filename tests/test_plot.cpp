@@ -219,15 +219,31 @@ TEST(Plot, SkipsTheChartsWhoseDataIsAbsent) {
                                  "{\"step\": 2, \"val_loss\": 4.75}\n");
   const PlotResult old = plot_run(moe.path.string());
   EXPECT_EQ(old.written, (std::vector<std::string>{(moe.path / "loss.png").string(),
-                                                   (moe.path / "expert_load_layer0.png").string(),
-                                                   (moe.path / "dropped.png").string()}));
-  ASSERT_EQ(old.skipped.size(), 1u);
-  EXPECT_EQ(old.skipped[0].rfind("balance.png: ", 0), 0u) << old.skipped[0];
+                                                   (moe.path / "expert_load_layer0.png").string()}));
+  ASSERT_EQ(old.skipped.size(), 2u);
+  // Its lines all wrote dropped_frac 0: a flat chart at 0% says nothing.
+  EXPECT_EQ(old.skipped[0].rfind("dropped.png: every dropped and rerouted fraction is 0", 0), 0u)
+      << old.skipped[0];
+  EXPECT_EQ(old.skipped[1].rfind("balance.png: ", 0), 0u) << old.skipped[1];
 
   dense.write("metrics.jsonl", old_step_line(1, "[]") + old_step_line(2, "[]"));
   const PlotResult result = plot_run(dense.path.string());
   EXPECT_EQ(result.written, std::vector<std::string>{(dense.path / "loss.png").string()});
   EXPECT_EQ(result.skipped.size(), 3u);  // expert load, dropped, balance
+}
+
+TEST(Plot, KeepsTheDroppedChartWhenAnyStepDropped) {
+  if (find_gnuplot().empty())
+    GTEST_SKIP() << "gnuplot is not installed (apt-get install gnuplot-nox)";
+  TempDir run;
+  std::string second = old_step_line(2, "[[0.75, 0.25]]");
+  const std::string no_drops = "\"dropped_frac\": 0,";
+  second.replace(second.find(no_drops), no_drops.size(), "\"dropped_frac\": 0.01,");
+  run.write("metrics.jsonl", old_step_line(1, "[[0.5, 0.5]]") + second);
+  const PlotResult result = plot_run(run.path.string());
+  EXPECT_EQ(result.written, (std::vector<std::string>{(run.path / "loss.png").string(),
+                                                      (run.path / "expert_load_layer0.png").string(),
+                                                      (run.path / "dropped.png").string()}));
 }
 
 TEST(Plot, AMissingGnuplotSaysWhatToInstall) {

@@ -107,7 +107,8 @@ std::vector<Section> config_fields(Config& c) {
         {"log_every", &c.run.log_every},
         {"backend", &c.run.backend},
         {"precision", &c.run.precision},
-        {"deterministic", &c.run.deterministic}}},
+        {"deterministic", &c.run.deterministic},
+        {"tensorboard", &c.run.tensorboard}}},
   };
 }
 

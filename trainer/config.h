@@ -67,6 +67,9 @@ struct RunConfig {
   // order-fixed today, so false changes nothing yet; it leaves room for faster kernels whose
   // reductions are not (docs/cuda.md, Determinism).
   bool deterministic = true;
+  // Rank 0 also writes every metrics.jsonl scalar to TensorBoard event files in
+  // <dir>/tensorboard (trainer/tensorboard.h).
+  bool tensorboard = false;
 };
 
 struct Config {

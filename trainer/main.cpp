@@ -20,6 +20,7 @@
 #include "data/prepare.h"
 #include "data/sampler.h"
 #include "data/token_file.h"
+#include "data/tokenizer.h"
 #include "trainer/checkpoint.h"
 #include "trainer/cli.h"
 #include "trainer/config.h"
@@ -57,6 +58,7 @@ struct CommandLine {
   sy::GenerateOptions generate;
   std::string run_dir;      // plot
   std::string plot_output;  // plot; "" is RUN_DIR
+  sy::SentencePieceTrainOptions tokenizer_train;  // tokenizer train
 };
 
 // Checked on the text, before CLI11 converts it, so that the error names the option and quotes
@@ -173,7 +175,8 @@ void build_cli(CLI::App& app, CommandLine& line) {
       ->type_name("FILE")
       ->capture_default_str();
   prepare->add_option("--tokenizer", line.tokenizer,
-                      wrap("brown, text, jsonl: bytes (one token per byte, vocab 256); nanogpt, "
+                      wrap("brown, text, jsonl: bytes (one token per byte, vocab 256) or a "
+                           "SentencePiece model file (stored in the token file); nanogpt, "
                            "megatron: a name stored with the ids as they are (when not given: "
                            "unknown)"))
       ->type_name("NAME")
@@ -193,6 +196,31 @@ void build_cli(CLI::App& app, CommandLine& line) {
                         "last whole documents (jsonl, megatron); nanogpt uses val.bin instead"))
       ->type_name("F")
       ->check(kOpenUnitInterval)
+      ->capture_default_str();
+
+  CLI::App* tokenizer = app.add_subcommand(
+      "tokenizer", "SentencePiece tokenizers for prepare-data --tokenizer (docs/data.md)");
+  tokenizer->require_subcommand(1);
+  CLI::App* tokenizer_train = tokenizer->add_subcommand(
+      "train", wrap("train a SentencePiece model on text files (lossless: no normalisation, "
+                    "byte fallback) and write its model file"));
+  tokenizer_train->allow_extras();  // reported in run_command in the project's words
+  tokenizer_train->add_option("--input", line.tokenizer_train.inputs, "text files to learn from")
+      ->type_name("TEXT...")
+      ->required();
+  tokenizer_train
+      ->add_option("--vocab-size", line.tokenizer_train.vocab_size,
+                   "the vocabulary, at least 259 + the number of distinct characters")
+      ->type_name("N")
+      ->check(kCount)
+      ->capture_default_str();
+  tokenizer_train->add_option("--model-type", line.tokenizer_train.model_type,
+                              "SentencePiece's algorithm")
+      ->type_name("bpe|unigram")
+      ->check(CLI::IsMember({"bpe", "unigram"}).description(""))
+      ->capture_default_str();
+  tokenizer_train->add_option("--output", line.tokenizer_train.output, "the model file to write")
+      ->type_name("FILE")
       ->capture_default_str();
 
   CLI::App* train = app.add_subcommand(
@@ -402,14 +430,23 @@ int cmd_train(const CommandLine& line, const CLI::App& given) {
   return 0;
 }
 
-// The tokenizer named by the token file, when there is one; byte-level otherwise.
+int cmd_tokenizer_train(const CommandLine& line) {
+  const int64_t vocab_size = sy::train_sentencepiece(line.tokenizer_train);
+  std::printf("%s: SentencePiece %s, vocab %lld\n", line.tokenizer_train.output.c_str(),
+              line.tokenizer_train.model_type.c_str(), static_cast<long long>(vocab_size));
+  return 0;
+}
+
+// The tokenizer of data.path's token file (bytes or the SentencePiece model it carries); bytes
+// when there is no readable token file. Checkpoints do not carry the tokenizer yet (issue 13).
 std::unique_ptr<sy::Tokenizer> tokenizer_for(const sy::Config& config) {
-  std::string name = "bytes";
+  sy::TokenData data;
   try {
-    name = sy::read_token_file(config.data.path).tokenizer;
+    data = sy::read_token_file(config.data.path);
   } catch (const std::exception&) {
+    return sy::make_tokenizer("bytes");
   }
-  return sy::make_tokenizer(name);
+  return sy::tokenizer_of(data, config.data.path);
 }
 
 int cmd_generate(const CommandLine& line) {
@@ -540,6 +577,17 @@ int run_command(const std::string& command, const CommandLine& line, const CLI::
     // One writer: the other ranks of an mpirun wait for it.
     int status = 0;
     if (world_rank() == 0) status = cmd_prepare_data(line, given);
+    MPI_Barrier(MPI_COMM_WORLD);
+    return status;
+  }
+  if (command == "tokenizer") {
+    const std::vector<std::string> extras = given.get_subcommands().at(0)->remaining();
+    if (!extras.empty())
+      throw UsageError(extras.front().starts_with("-")
+                           ? "unknown option " + extras.front()
+                           : "unexpected argument '" + extras.front() + "'");
+    int status = 0;
+    if (world_rank() == 0) status = cmd_tokenizer_train(line);
     MPI_Barrier(MPI_COMM_WORLD);
     return status;
   }

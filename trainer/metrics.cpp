@@ -134,7 +134,52 @@ void MetricsLog::write_record(JsonLine& record) {
     throw std::runtime_error(path_ + ": write failed");
 }
 
+void MetricsLog::add_tensorboard(const std::string& dir) {
+  tensorboard_ = std::make_unique<TensorBoardWriter>(dir);
+}
+
+void MetricsLog::write_tensorboard(int64_t step,
+                                   const std::vector<std::pair<std::string, double>>& scalars) {
+  if (tensorboard_) tensorboard_->write_scalars(step, scalars);
+}
+
+namespace {
+// The TensorBoard scalars of one step record: the same keys and values as its JSON line.
+std::vector<std::pair<std::string, double>> step_scalars(const StepMetrics& m) {
+  std::vector<std::pair<std::string, double>> out = {
+      {"loss", m.loss},
+      {"lm_loss", m.lm_loss},
+      {"aux_loss", m.aux_loss},
+      {"z_loss", m.z_loss},
+      {"lr", m.lr},
+      {"grad_norm", m.grad_norm},
+      {"tokens_per_s", m.tokens_per_s},
+      {"dropped_frac", m.dropped_frac},
+      {"rerouted_frac", m.rerouted_frac}};
+  const auto per_layer = [&](const std::string& key, const std::vector<double>& values) {
+    for (size_t l = 0; l < values.size(); ++l)
+      out.emplace_back(key + "/layer" + std::to_string(l), values[l]);
+  };
+  const auto per_expert = [&](const std::string& key,
+                              const std::vector<std::vector<double>>& values) {
+    for (size_t l = 0; l < values.size(); ++l)
+      for (size_t e = 0; e < values[l].size(); ++e)
+        out.emplace_back(key + "/layer" + std::to_string(l) + "/expert" + std::to_string(e),
+                         values[l][e]);
+  };
+  per_expert("expert_load", m.expert_load);
+  per_layer("load_cv", m.load_cv);
+  per_layer("load_max_mean", m.load_max_mean);
+  per_layer("layer_dropped_frac", m.layer_dropped_frac);
+  per_layer("router_entropy", m.router_entropy);
+  per_expert("expert_bias", m.expert_bias);
+  out.emplace_back("peak_memory_bytes", static_cast<double>(m.peak_memory_bytes));
+  return out;
+}
+}  // namespace
+
 void MetricsLog::write_step(const StepMetrics& m) {
+  write_tensorboard(m.step, step_scalars(m));
   JsonLine line;
   line.add("step", m.step)
       .add("loss", m.loss)
@@ -156,12 +201,16 @@ void MetricsLog::write_step(const StepMetrics& m) {
 }
 
 void MetricsLog::write_eval(int64_t step, double val_loss) {
+  write_tensorboard(step, {{"val_loss", val_loss}});
   JsonLine line;
   write_record(line.add("step", step).add("val_loss", val_loss));
 }
 
 void MetricsLog::write_eval(int64_t step, double val_loss, const std::string& unit,
                             double unit_value, int64_t val_tokens) {
+  write_tensorboard(step, {{"val_loss", val_loss},
+                           {"val_" + unit, unit_value},
+                           {"val_tokens", static_cast<double>(val_tokens)}});
   JsonLine line;
   write_record(line.add("step", step)
                    .add("val_loss", val_loss)

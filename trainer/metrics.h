@@ -4,8 +4,12 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "trainer/tensorboard.h"
 
 namespace sy {
 
@@ -72,9 +76,15 @@ class MetricsLog {
   // the number of validation tokens it averages over.
   void write_eval(int64_t step, double val_loss, const std::string& unit, double unit_value,
                   int64_t val_tokens);
+  // From now on every record's numbers also go to TensorBoard event files in `dir`, tagged by
+  // their metrics.jsonl key; per-layer arrays as "<key>/layer<l>", per-expert ones as
+  // "<key>/layer<l>/expert<e>". Throws std::runtime_error when the file cannot be created.
+  void add_tensorboard(const std::string& dir);
 
  private:
   void write_record(JsonLine& record);
+  void write_tensorboard(int64_t step, const std::vector<std::pair<std::string, double>>& scalars);
+  std::unique_ptr<TensorBoardWriter> tensorboard_;
   std::FILE* file_ = nullptr;
   std::string path_;
   std::chrono::steady_clock::time_point opened_;

@@ -556,6 +556,10 @@ Chart dropped_chart(const MetricsHistory& h, const fs::path& dir, const std::str
     drawn.push_back(h.rerouted_frac);
   }
   if (plots.empty()) return skipped("dropped.png", "no finite dropped_frac");
+  // A dropless run (or one that never reached capacity) would draw a flat line at 0%: no chart.
+  if (max_finite(drawn) == 0.0)
+    return skipped("dropped.png",
+                   "every dropped and rerouted fraction is 0 (no assignment went over capacity)");
   Chart chart;
   chart.file = "dropped.png";
   chart.script = "set title " +

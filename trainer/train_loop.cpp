@@ -487,6 +487,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       const bool resumed = !summary.resumed_from.empty();
       if (resumed) truncate_metrics_after(metrics_path, start_step);
       metrics_log = std::make_unique<MetricsLog>(metrics_path.string(), resumed);
+      if (config.run.tensorboard) metrics_log->add_tensorboard((run_dir / "tensorboard").string());
     } catch (const std::exception& error) {
       problem = error.what();
     }

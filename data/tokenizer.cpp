@@ -1,0 +1,169 @@
+#include "data/tokenizer.h"
+
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <system_error>
+#include <unordered_map>
+
+#include "data/token_file.h"
+
+namespace sy {
+namespace {
+
+namespace fs = std::filesystem;
+
+class SentencePieceTokenizer : public Tokenizer {
+ public:
+  SentencePieceTokenizer(const std::string& model_bytes, const std::string& source)
+      : model_bytes_(model_bytes), source_(source) {
+    const auto status = processor_.LoadFromSerializedProto(model_bytes);
+    if (!status.ok())
+      throw std::runtime_error(source + ": not a SentencePiece model (" + status.ToString() + ")");
+    vocab_size_ = processor_.GetPieceSize();
+    if (vocab_size_ < 1) throw std::runtime_error(source + ": SentencePiece model has no pieces");
+  }
+  std::string name() const override { return kSentencePieceTokenizer; }
+  int64_t vocab_size() const override { return vocab_size_; }
+  std::string model() const override { return model_bytes_; }
+  std::string model_name() const override { return fs::path(source_).filename().string(); }
+  std::vector<int32_t> encode(const std::string& text) const override {
+    std::vector<int> ids;
+    const auto status = processor_.Encode(text, &ids);
+    if (!status.ok())
+      throw std::runtime_error(source_ + ": cannot encode: " + status.ToString());
+    return std::vector<int32_t>(ids.begin(), ids.end());
+  }
+  std::string decode(const std::vector<int32_t>& tokens) const override {
+    for (size_t k = 0; k < tokens.size(); k++)
+      if (tokens[k] < 0 || tokens[k] >= vocab_size_)
+        throw std::runtime_error(source_ + ": token " + std::to_string(tokens[k]) + " at " +
+                                 std::to_string(k) + " is outside [0, " +
+                                 std::to_string(vocab_size_) + ")");
+    std::string text;
+    const auto status = processor_.Decode(std::vector<int>(tokens.begin(), tokens.end()), &text);
+    if (!status.ok())
+      throw std::runtime_error(source_ + ": cannot decode: " + status.ToString());
+    return text;
+  }
+
+ private:
+  sentencepiece::SentencePieceProcessor processor_;
+  std::string model_bytes_, source_;
+  int64_t vocab_size_ = 0;
+};
+
+void write_file_atomically(const std::string& path, const std::string& bytes) {
+  const std::string temporary_path = path + ".tmp";
+  std::error_code error;
+  const fs::path parent = fs::path(path).parent_path();
+  if (!parent.empty() && !fs::create_directories(parent, error) && error)
+    throw std::runtime_error(path + ": cannot create folder " + parent.string() + ": " +
+                             error.message());
+  {
+    std::ofstream out(temporary_path, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.close();
+    if (!out) {
+      fs::remove(temporary_path, error);
+      throw std::runtime_error(temporary_path + ": cannot write");
+    }
+  }
+  fs::rename(temporary_path, path, error);
+  if (error) {
+    std::error_code ignored;
+    fs::remove(temporary_path, ignored);
+    throw std::runtime_error(path + ": cannot rename " + temporary_path + " into place: " +
+                             error.message());
+  }
+}
+
+}  // namespace
+
+int64_t train_sentencepiece(const SentencePieceTrainOptions& options) {
+  if (options.inputs.empty()) throw std::runtime_error("tokenizer train: no --input");
+  if (options.model_type != "bpe" && options.model_type != "unigram")
+    throw std::runtime_error("tokenizer train: --model-type '" + options.model_type +
+                             "' (known: bpe, unigram)");
+  if (options.vocab_size < 2)
+    throw std::runtime_error("tokenizer train: --vocab-size " +
+                             std::to_string(options.vocab_size) + " is below 2");
+  if (options.output.empty()) throw std::runtime_error("tokenizer train: no --output");
+  std::string inputs;
+  for (const std::string& input : options.inputs) {
+    std::error_code error;
+    if (!fs::is_regular_file(input, error))
+      throw std::runtime_error(input + ": no such file (tokenizer train reads text files)");
+    // SentencePiece splits its input list on commas.
+    if (input.find(',') != std::string::npos)
+      throw std::runtime_error(input + ": SentencePiece cannot read a path with a comma");
+    inputs += (inputs.empty() ? "" : ",") + input;
+  }
+  // Identity normalisation, whitespace kept and byte fallback make encoding lossless, which a
+  // language model's text needs (the defaults are for translation and drop whitespace).
+  const std::unordered_map<std::string, std::string> arguments = {
+      {"input", inputs},
+      {"vocab_size", std::to_string(options.vocab_size)},
+      {"model_type", options.model_type},
+      {"character_coverage", "1.0"},
+      {"byte_fallback", "true"},
+      {"normalization_rule_name", "identity"},
+      {"remove_extra_whitespaces", "false"},
+      {"split_digits", "true"},
+      {"max_sentence_length", "1000000"},
+      {"num_threads", "1"},  // the trained model then does not depend on the thread count
+      {"minloglevel", "2"},  // only errors; ours carry the reason
+  };
+  std::string model;  // returned in memory (then no model_prefix), written below atomically
+  const auto status = sentencepiece::SentencePieceTrainer::Train(arguments, nullptr, &model);
+  if (!status.ok())
+    throw std::runtime_error("tokenizer train: SentencePiece failed: " + status.ToString());
+  const std::unique_ptr<Tokenizer> check = load_sentencepiece(model, options.output);
+  write_file_atomically(options.output, model);
+  return check->vocab_size();
+}
+
+std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_bytes,
+                                              const std::string& source) {
+  return std::make_unique<SentencePieceTokenizer>(model_bytes, source);
+}
+
+std::string read_tokenizer_model_file(const std::string& path) {
+  std::error_code error;
+  if (!fs::is_regular_file(path, error))
+    throw std::runtime_error(path + ": no such file (a tokenizer is bytes or a SentencePiece "
+                                    "model file)");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": cannot open for reading");
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  if (in.bad()) throw std::runtime_error(path + ": read failed");
+  return contents.str();
+}
+
+std::unique_ptr<Tokenizer> tokenizer_from_option(const std::string& name_or_path) {
+  if (name_or_path == "bytes") return make_tokenizer("bytes");
+  return load_sentencepiece(read_tokenizer_model_file(name_or_path), name_or_path);
+}
+
+std::unique_ptr<Tokenizer> tokenizer_of(const TokenData& data, const std::string& path) {
+  if (data.tokenizer == kSentencePieceTokenizer) {
+    if (data.tokenizer_model.empty())
+      throw std::runtime_error(path + ": tokenizer sentencepiece but no /tokenizer_model");
+    std::unique_ptr<Tokenizer> tokenizer =
+        load_sentencepiece(data.tokenizer_model, path + ":/tokenizer_model");
+    if (tokenizer->vocab_size() > data.vocab_size)
+      throw std::runtime_error(path + ": the stored SentencePiece model has vocabulary " +
+                               std::to_string(tokenizer->vocab_size()) +
+                               ", above the file's vocab_size " +
+                               std::to_string(data.vocab_size));
+    return tokenizer;
+  }
+  return make_tokenizer(data.tokenizer);
+}
+
+}  // namespace sy

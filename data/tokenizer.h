@@ -1,0 +1,50 @@
+// SentencePiece tokenizers (issue 13): training one, loading one from a model file or from the
+// bytes a token file carries, and the tokenizer a token file was written with. The byte-level
+// tokenizer and the Tokenizer interface are in data/prepare.h. See docs/data.md.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/prepare.h"
+
+namespace sy {
+
+struct TokenData;
+
+// The `tokenizer` attribute of a token file whose ids came from a SentencePiece model; the model
+// itself is stored beside the tokens (data/token_file.h).
+inline constexpr const char* kSentencePieceTokenizer = "sentencepiece";
+
+// `switchyard tokenizer train`. The model is trained for language modelling rather than
+// translation: text is not normalised (identity rule, whitespace kept as is) and characters
+// outside the vocabulary fall back to their UTF-8 bytes, so decode(encode(text)) == text.
+struct SentencePieceTrainOptions {
+  std::vector<std::string> inputs;  // text files; SentencePiece reads them line by line
+  int64_t vocab_size = 8000;        // with byte fallback at least 256 + 3 + the distinct characters
+  std::string model_type = "bpe";   // bpe | unigram
+  std::string output = "tok.model";
+};
+
+// Trains and writes the model file to options.output (via output + ".tmp", renamed into place).
+// Returns the vocabulary size of the written model. Throws std::runtime_error with
+// SentencePiece's own reason.
+int64_t train_sentencepiece(const SentencePieceTrainOptions& options);
+
+// A SentencePiece tokenizer from a serialized model (the bytes of a .model file). `source` names
+// where the bytes came from, for error messages.
+std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_bytes,
+                                              const std::string& source);
+
+// The bytes of a model file; throws "<path>: ..." when it cannot be read.
+std::string read_tokenizer_model_file(const std::string& path);
+
+// What prepare-data's --tokenizer names: "bytes", or the path of a SentencePiece model file.
+std::unique_ptr<Tokenizer> tokenizer_from_option(const std::string& name_or_path);
+
+// The tokenizer a token file was written with: bytes, or the SentencePiece model it carries.
+// Throws for any other name (token formats may store a label such as "gpt2" with no model).
+std::unique_ptr<Tokenizer> tokenizer_of(const TokenData& data, const std::string& path);
+
+}  // namespace sy
