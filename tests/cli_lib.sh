@@ -7,3 +7,44 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work" || exit 1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+
+# Pass/fail bookkeeping shared by the scripts: ok/fail print one line each; fail shows the tail
+# of the last command's stderr.txt and stdout.txt.
+failures=0
+passed=0
+ok() { echo "ok: $*"; passed=$((passed + 1)); }
+fail() {
+  echo "FAIL: $*"
+  sed 's/^/  | /' stderr.txt 2>/dev/null | tail -8
+  sed 's/^/  > /' stdout.txt 2>/dev/null | tail -4
+  failures=$((failures + 1))
+}
+
+# Steps of RUN_DIR/metrics.jsonl written so far.
+steps_logged() {
+  local count
+  count=$(grep -c '^{"step"' "$1/metrics.jsonl" 2>/dev/null)
+  echo "${count:-0}"
+}
+
+# tiny_run_files [YAML_LINE...]: tokens.h5 from a small repeated text, and tiny.yaml: a 2-layer
+# MoE that trains for ever at a constant learning rate (min_lr = lr, no warm-up, so that a run
+# stopped early and resumed follows the same schedule), with YAML_LINEs appended.
+tiny_run_files() {
+  mkdir -p text && for i in $(seq 1 300); do
+    echo "line $i: the experts route tokens, and tokens find experts."
+  done > text/a.txt
+  "$switchyard" prepare-data --input text --format text --output tokens.h5 >/dev/null ||
+    { echo "FAIL: prepare-data"; exit 1; }
+  cat > tiny.yaml <<'YAML'
+model: {vocab_size: 256, seq_len: 16, d_model: 16, n_layers: 2, n_heads: 2, ffn_hidden: 32}
+moe: {num_experts: 4, top_k: 2, expert_hidden: 16}
+train: {micro_batch_size: 2, steps: 100000, lr: 0.003, min_lr: 0.003, warmup_steps: 0}
+data: {path: tokens.h5}
+eval: {every: 0, tokens: 0}
+checkpoint: {every: 0}
+run: {log_every: 1}
+YAML
+  local line
+  for line in "$@"; do echo "$line" >> tiny.yaml; done
+}

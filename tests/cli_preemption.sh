@@ -8,15 +8,6 @@
 # refused. Usage: cli_preemption.sh SWITCHYARD
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh"
-failures=0
-passed=0
-ok() { echo "ok: $*"; passed=$((passed + 1)); }
-fail() {
-  echo "FAIL: $*"
-  sed 's/^/  | /' stderr.txt 2>/dev/null | tail -8
-  sed 's/^/  > /' stdout.txt 2>/dev/null | tail -4
-  failures=$((failures + 1))
-}
 # expect STATUS PATTERN COMMAND...: the exit status and PATTERN in stdout or stderr.
 expect() {
   local status=$1 pattern=$2
@@ -31,12 +22,6 @@ expect() {
 }
 mpi2=(mpirun -np 2 --oversubscribe --bind-to none)
 
-# Steps of metrics.jsonl written so far.
-steps_logged() {
-  local count
-  count=$(grep -c '^{"step"' "$1/metrics.jsonl" 2>/dev/null)
-  echo "${count:-0}"
-}
 # The "loss" field of step N in a metrics.jsonl.
 loss_at() { grep "^{\"step\": $2," "$1/metrics.jsonl" | sed -E 's/.*"loss": ([^,]+),.*/\1/'; }
 # start_long RUN_DIR COMMAND...: runs COMMAND in the background (pid in $job), waits for 3 steps.
@@ -68,19 +53,7 @@ stopped_with() {
   fi
 }
 
-mkdir -p text && for i in $(seq 1 300); do echo "line $i: the experts route tokens, and tokens find experts." ; done > text/a.txt
-"$switchyard" prepare-data --input text --format text --output tokens.h5 >/dev/null || { echo "FAIL: prepare-data"; exit 1; }
-# A constant learning rate (min_lr = lr, no warmup), so that a run stopped early and resumed with
-# a smaller train.steps follows the same schedule as the uninterrupted run.
-cat > tiny.yaml <<'YAML'
-model: {vocab_size: 256, seq_len: 16, d_model: 16, n_layers: 2, n_heads: 2, ffn_hidden: 32}
-moe: {num_experts: 4, top_k: 2, expert_hidden: 16}
-train: {micro_batch_size: 2, steps: 100000, lr: 0.003, min_lr: 0.003, warmup_steps: 0}
-data: {path: tokens.h5}
-eval: {every: 0, batches: 0}
-checkpoint: {every: 0}
-run: {log_every: 1}
-YAML
+tiny_run_files
 
 # ---- preemption: SIGUSR1 to mpirun (forwarded to the ranks), SIGTERM to one rank ---------------
 # (SIGTERM to Open MPI 4.1's mpirun itself makes it SIGKILL the ranks 1 s later and exit 1: README.)

@@ -9,7 +9,7 @@
 #   cuda: the same on run.backend: cuda, parallel.communicator: auto (NCCL where each rank has a
 #   GPU of its own, so on 2+ GPUs; device tensors staged through MPI where the ranks share one).
 set -uo pipefail
-switchyard=$(realpath "$1")
+source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh"
 extra=()
 if [ "${2:-}" = cuda ]; then
   # The plain cuBLAS kernels: this tests the watchdog, not the fast kernels' shape limits.
@@ -18,42 +18,14 @@ if [ "${2:-}" = cuda ]; then
   gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
   echo "cuda mode: $gpus GPU(s) visible: the 2 ranks use $([ "$gpus" -ge 2 ] && echo nccl || echo mpi)"
 fi
-work=$(mktemp -d)
 started=()  # pids of every rank and mpirun started here, for the cleanup
 cleanup() {
   for pid in "${started[@]}"; do kill -CONT "$pid" 2>/dev/null; kill -KILL "$pid" 2>/dev/null; done
   rm -rf "$work"
 }
-trap cleanup EXIT
-cd "$work"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-failures=0
-passed=0
-ok() { echo "ok: $*"; passed=$((passed + 1)); }
-fail() {
-  echo "FAIL: $*"
-  sed 's/^/  | /' stderr.txt 2>/dev/null | tail -8
-  sed 's/^/  > /' stdout.txt 2>/dev/null | tail -4
-  failures=$((failures + 1))
-}
-steps_logged() {
-  local count
-  count=$(grep -c '^{"step"' "$1/metrics.jsonl" 2>/dev/null)
-  echo "${count:-0}"
-}
+trap cleanup EXIT  # replaces cli_lib.sh's, and still removes $work
 
-mkdir -p text && for i in $(seq 1 300); do echo "line $i: the experts route tokens, and tokens find experts." ; done > text/a.txt
-"$switchyard" prepare-data --input text --format text --output tokens.h5 >/dev/null || { echo "FAIL: prepare-data"; exit 1; }
-cat > tiny.yaml <<'YAML'
-model: {vocab_size: 256, seq_len: 16, d_model: 16, n_layers: 2, n_heads: 2, ffn_hidden: 32}
-moe: {num_experts: 4, top_k: 2, expert_hidden: 16}
-train: {micro_batch_size: 2, steps: 100000, lr: 0.003, min_lr: 0.003, warmup_steps: 0}
-data: {path: tokens.h5}
-eval: {every: 0, batches: 0}
-checkpoint: {every: 0}
-run: {log_every: 1}
-parallel: {timeout_s: 5}
-YAML
+tiny_run_files 'parallel: {timeout_s: 5}'
 
 # stall RUN_DIR WHICH: starts 2 ranks, waits for 3 steps, SIGSTOPs rank WHICH (0 or 1, in the
 # order mpirun started them), and checks exit 4, the time and the healthy rank's line.
