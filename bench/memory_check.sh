@@ -9,7 +9,7 @@
 # per config and mode, ms/step, peak memory (GiB, held by the caching allocator) and every step's
 # loss, which must be the same across modes (bitwise: the summary's 6-digit losses).
 # OUTDIR gets build.log, the tests' logs, <config>-<mode>.log. Exit 0 when all of it passed.
-# Environment: STEPS=6 WARMUP=2 (bench steps), CONFIGS="moe dense", MODES="none attention layer".
+# Environment: STEPS=6 WARMUP=2 (bench steps), CONFIGS="moe dense", MODES="none norms attention layer".
 set -uo pipefail
 out=${1:-${OUT:-memory_check_out}}
 mkdir -p "$out"
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 build=${SY_BUILD_DIR:-build-gpustep}
 steps=${STEPS:-6}
 warmup=${WARMUP:-2}
-modes=${MODES:-none attention layer}
+modes=${MODES:-none norms attention layer}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 NCCL_NVLS_ENABLE=0
 status=0
 

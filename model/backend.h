@@ -64,6 +64,10 @@ class Backend {
   virtual std::string name() const = 0;
   // The device's highest memory use so far, in bytes (0 where not tracked, e.g. the CPU).
   virtual size_t peak_memory_bytes() const { return 0; }
+  // Bytes this run can use on the device: free on it plus what this backend already holds (its
+  // cache and live tensors); 0 where the backend does not know (the CPU: the trainer reads the
+  // host's, trainer/memory_estimate.h). For the memory check before the first step.
+  virtual size_t available_memory_bytes() const { return 0; }
   // The accelerator this backend runs on (its CUDA device ordinal); -1 on the CPU.
   virtual int device_index() const { return -1; }
   // The stream that every op of this backend is ordered on (a cudaStream_t on CUDA), for
@@ -92,6 +96,11 @@ class Backend {
   virtual void gemm(const Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b,
                     double alpha, double beta) = 0;
   virtual void add(const Tensor& y, const Tensor& x, double alpha) = 0;  // y += alpha * x
+  // out = a + b (the residual sums), bitwise copy(out, a) then add(out, b, 1.0) in one pass.
+  virtual void add_into(const Tensor& out, const Tensor& a, const Tensor& b) {
+    copy(out, a);
+    add(out, b, 1.0);
+  }
   virtual void scale(const Tensor& y, double alpha) = 0;                 // y *= alpha
   virtual double sum_squares(const Tensor& x) = 0;                       // accumulated in f64
   // out[i] = sum_squares(xs[i]) for every tensor, with one host synchronisation on a device.
@@ -174,16 +183,44 @@ class Backend {
 
   // ---- SwiGLU: out = silu(a) * b ------------------------------------------------------------
   virtual void swiglu_forward(const Tensor& out, const Tensor& a, const Tensor& b) = 0;
+  // da, db may be a, b themselves, and hidden may be dout (in place: every input of an element
+  // is read before its outputs are written). `hidden`, when defined, receives silu(a) * b again,
+  // bitwise as swiglu_forward writes it: backward rebuilds the forward's product instead of
+  // keeping it per layer.
   virtual void swiglu_backward(const Tensor& da, const Tensor& db, const Tensor& dout,
-                               const Tensor& a, const Tensor& b) = 0;
+                               const Tensor& a, const Tensor& b, const Tensor& hidden) = 0;
+  void swiglu_backward(const Tensor& da, const Tensor& db, const Tensor& dout, const Tensor& a,
+                       const Tensor& b) {
+    swiglu_backward(da, db, dout, a, b, Tensor());
+  }
 
   // ---- cross-entropy ------------------------------------------------------------------------
   // losses[T] (stat) = logsumexp(logits[t]) - logits[t, targets[t]]. If compute_grad, logits is
   // overwritten in place with dlogits = (softmax - onehot) * grad_scale.
   virtual void cross_entropy(const Tensor& losses, const Tensor& logits, const Tensor& targets,
                              bool compute_grad, double grad_scale) = 0;
+  // Training's form when the GEMMs want the gradient in another dtype than the logits (bf16
+  // from the f32 logits of the LM head): losses as above, dlogits [N, V] (its own dtype) =
+  // (softmax - onehot) * grad_scale, bitwise cross_entropy then copy; logits may be clobbered.
+  virtual void cross_entropy_into(const Tensor& losses, const Tensor& logits,
+                                  const Tensor& targets, double grad_scale, const Tensor& dlogits) {
+    cross_entropy(losses, logits, targets, true, grad_scale);
+    copy(dlogits, logits);
+  }
 
   // ---- router (SPEC.md section 2, docs/load-balancing.md) ------------------------------------
+  // The router's projection. w [D, E] is in the router's dtype; u [T, D] (the normalised input)
+  // in the compute dtype or w's; widen(u) is u in w's dtype (exact: bf16 widens exactly).
+  //   router_logits:          logits[T,E] (w's dtype) (=) widen(u) @ w, summed in w's dtype.
+  //   router_logits_backward: dw[D,E] = dw_beta * dw + widen(u)^T @ dlogits (dw_beta 0
+  //                           overwrites: whatever dw held, NaN included, is not read);
+  //                           du[T,D] (u's dtype) += dlogits[T,E] @ w^T, summed in w's dtype and
+  //                           rounded once into du's dtype. du must not alias u.
+  // The defaults (model/moe/router.cpp: a copy of u into w's dtype when the dtypes differ, gemm()
+  // and add()) are the reference; CUDA reads bf16 or f32 rows in one pass each way (docs/cuda.md).
+  virtual void router_logits(const Tensor& logits, const Tensor& u, const Tensor& w);
+  virtual void router_logits_backward(const Tensor& dw, const Tensor& du, const Tensor& dlogits,
+                                      const Tensor& u, const Tensor& w, double dw_beta);
   // The router's float tensors are all of one dtype (f32 in training: the router is fp32
   // everywhere; f64 in gradient checks). `expert_bias` [E] (same dtype) may be undefined: no bias.
   //

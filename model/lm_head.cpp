@@ -30,15 +30,18 @@ double LMHead::forward_backward(Backend& backend, const Tensor& x, const Tensor&
     const Tensor logits_chunk = ensure_rows(backend, logits_storage, end - begin, V, stat);
     project(backend, logits_chunk, x_chunk);
 
-    backend.cross_entropy(losses.rows(begin, end), logits_chunk, targets.rows(begin, end),
-                          compute_grad, grad_scale);
-    if (!compute_grad) continue;
-    // logits_chunk now holds dlogits; the GEMMs take them in x's dtype.
+    // The GEMMs take the gradient in x's dtype: in place over the logits when that is theirs,
+    // else written straight into a buffer of x's dtype.
     Tensor dlogits_chunk = logits_chunk;
-    if (stat != dtype) {
+    if (compute_grad && stat != dtype) {
       dlogits_chunk = ensure_rows(backend, dlogits, end - begin, V, dtype);
-      backend.copy(dlogits_chunk, logits_chunk);
+      backend.cross_entropy_into(losses.rows(begin, end), logits_chunk, targets.rows(begin, end),
+                                 grad_scale, dlogits_chunk);
+    } else {
+      backend.cross_entropy(losses.rows(begin, end), logits_chunk, targets.rows(begin, end),
+                            compute_grad, grad_scale);
     }
+    if (!compute_grad) continue;
     const Tensor dx_chunk = dx.rows(begin, end);
     if (tied_table) {
       backend.gemm(dx_chunk, dlogits_chunk, false, w, false, 1.0, 0.0);

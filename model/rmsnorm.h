@@ -12,8 +12,8 @@ struct RMSNorm {
   Param gain;   // [D], used as the master value (fp32 also in bf16 training)
   // Shared scratch (the Transformer's); null: a private one. dx comes from it.
   Workspace* workspace = nullptr;
-  // train.recompute layer: `out` lives in `workspace` under "<name>.out" and the caller reruns
-  // forward before backward. rstd is always kept (T values).
+  // train.recompute other than none: `out` lives in `workspace` under "<name>.out" and the
+  // caller reruns forward before backward. rstd is always kept (T values).
   bool recompute = false;
   std::string name = "norm";
 

@@ -16,8 +16,9 @@ void swiglu_backward(Backend& backend, const Tensor& du, const Tensor& dout, con
                      const SwigluWeights& w, const SwigluWeights& grads, SwigluActivations& acts,
                      double grad_beta) {
   backend.gemm(acts.dhidden, dout, false, w.w2, true, 1.0, 0.0);
+  // dh1, dh3 overwrite h1, h3; hidden is rebuilt here for w2's gradient (see swiglu_buffers).
+  backend.swiglu_backward(acts.dh1, acts.dh3, acts.dhidden, acts.h1, acts.h3, acts.hidden);
   backend.gemm(grads.w2, acts.hidden, true, dout, false, 1.0, grad_beta);
-  backend.swiglu_backward(acts.dh1, acts.dh3, acts.dhidden, acts.h1, acts.h3);
   backend.gemm(grads.w1, u, true, acts.dh1, false, 1.0, grad_beta);
   backend.gemm(grads.w3, u, true, acts.dh3, false, 1.0, grad_beta);
   backend.gemm(du, acts.dh1, false, w.w1, true, 1.0, 0.0);
@@ -33,14 +34,18 @@ SwigluActivations swiglu_rows(const SwigluActivations& acts, int64_t begin, int6
 SwigluActivations swiglu_buffers(Backend& backend, Workspace& saved, Workspace& scratch,
                                  const std::string& name, int64_t rows, int64_t hidden,
                                  DType dtype, int64_t reserve, bool grads) {
+  // Only h1 and h3 are kept per layer. hidden = silu(h1) * h3 is dead once the forward's w2 GEMM
+  // has read it, and backward rebuilds it bitwise (Backend::swiglu_backward) for w2's gradient,
+  // over dhidden, which that op reads for the last time: one scratch slot for both. dh1 and dh3
+  // are written over h1 and h3, read for the last time there too.
   SwigluActivations view;
   view.h1 = saved.rows(backend, name + ".h1", rows, hidden, dtype, reserve);
   view.h3 = saved.rows(backend, name + ".h3", rows, hidden, dtype, reserve);
-  view.hidden = saved.rows(backend, name + ".hidden", rows, hidden, dtype, reserve);
+  view.hidden = scratch.rows(backend, "swiglu.hidden", rows, hidden, dtype, reserve);
   if (grads) {
-    view.dhidden = scratch.rows(backend, "swiglu.dhidden", rows, hidden, dtype, reserve);
-    view.dh1 = scratch.rows(backend, "swiglu.dh1", rows, hidden, dtype, reserve);
-    view.dh3 = scratch.rows(backend, "swiglu.dh3", rows, hidden, dtype, reserve);
+    view.dhidden = view.hidden;
+    view.dh1 = view.h1;
+    view.dh3 = view.h3;
   }
   return view;
 }

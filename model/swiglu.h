@@ -16,8 +16,9 @@ struct SwigluWeights {
 
 // Saved activations and backward scratch of one SwiGLU block over N rows, all [N, F] views.
 struct SwigluActivations {
-  Tensor h1, h3, hidden;     // u@w1, u@w3, silu(h1)*h3: saved for backward
-  Tensor dhidden, dh1, dh3;  // backward only (undefined in a forward's view)
+  Tensor h1, h3;             // u@w1, u@w3: saved for backward
+  Tensor hidden;             // silu(h1)*h3: scratch, rebuilt by backward over dhidden
+  Tensor dhidden, dh1, dh3;  // backward only (undefined in a forward's view): hidden, h1, h3
 };
 
 // out[N, D] = ffn(u[N, D]); `acts` must hold [N, F] buffers (see swiglu_activations_view).
@@ -36,8 +37,9 @@ inline double take_grad_beta(Param& w1, Param& w3, Param& w2) {
 
 // Rows [begin, end) of every defined buffer of `acts`.
 SwigluActivations swiglu_rows(const SwigluActivations& acts, int64_t begin, int64_t end);
-// [rows, F] views: h1, h3, hidden from slots "<name>.h1", ... of `saved`; with `grads`, also
-// dhidden, dh1, dh3 from `scratch` (slots shared by every SwiGLU: live in one backward only).
+// [rows, F] views: h1, h3 from slots "<name>.h1", "<name>.h3" of `saved`; hidden from `scratch`
+// (a slot shared by every SwiGLU); with `grads`, also dhidden, dh1, dh3 as hidden, h1, h3
+// themselves (backward overwrites them in place).
 // `reserve`: the most rows a call can bring (see ensure_rows).
 SwigluActivations swiglu_buffers(Backend& backend, Workspace& saved, Workspace& scratch,
                                  const std::string& name, int64_t rows, int64_t hidden,
@@ -49,7 +51,7 @@ struct DenseFFN {
   // Shared scratch (the Transformer's); null: a private one. out, du and the backward buffers
   // come from it.
   Workspace* workspace = nullptr;
-  // train.recompute layer: h1, h3, hidden live in `workspace` too, and the caller reruns
+  // train.recompute layer: h1, h3 live in `workspace` too, and the caller reruns
   // forward on the same u before backward.
   bool recompute = false;
   SwigluActivations acts;  // views, [T, F]

@@ -28,10 +28,11 @@ RouterSettings router_settings(const MoeConfig& moe) {
 
 Recompute recompute_from_name(const std::string& name) {
   if (name == "none") return Recompute::none;
+  if (name == "norms") return Recompute::norms;
   if (name == "attention") return Recompute::attention;
   if (name == "layer") return Recompute::layer;
   throw std::runtime_error("recompute: unknown mode \"" + name +
-                           "\" (expected none, attention or layer)");
+                           "\" (expected none, norms, attention or layer)");
 }
 
 Param Transformer::make_param(const std::string& path, const Shape& shape, bool is_expert,
@@ -68,17 +69,19 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
   blocks_.resize(m.n_layers);
   Workspace* const shared = workspace_.get();
   const bool recompute_layer = options_.recompute == Recompute::layer;
+  const bool recompute_norms = options_.recompute != Recompute::none;
   for (int64_t l = 0; l < m.n_layers; ++l) {
     const std::string prefix = "layers/" + std::to_string(l) + "/";
     Block& block = blocks_[l];
     for (RMSNorm* norm : {&block.attn_norm, &block.ffn_norm}) {
       norm->workspace = shared;
-      norm->recompute = recompute_layer;
+      norm->recompute = recompute_norms;
     }
     block.attn_norm.name = "attn_norm";
     block.ffn_norm.name = "ffn_norm";
     block.attn.workspace = shared;
-    block.attn.recompute = options_.recompute != Recompute::none;
+    block.attn.recompute =
+        options_.recompute == Recompute::attention || options_.recompute == Recompute::layer;
     block.attn_norm.gain = make_param(prefix + "attn_norm", {D}, false, false);
     block.attn.wq = make_param(prefix + "attn/wq", {D, D});
     block.attn.wk = make_param(prefix + "attn/wk", {D, D});
@@ -310,14 +313,12 @@ void Transformer::forward(int64_t batch, bool training) {
     const Tensor& attn_in = block.attn_norm.forward(backend_, residual_[l]);
     const Tensor& attn_out = block.attn.forward(backend_, attn_in, shape);
     const Tensor x_mid = residual_mid(l, T);
-    backend_.copy(x_mid, residual_[l]);
-    backend_.add(x_mid, attn_out, 1.0);
+    backend_.add_into(x_mid, residual_[l], attn_out);
     // x_next = x_mid + ffn(rmsnorm(x_mid))
     const Tensor& ffn_in = block.ffn_norm.forward(backend_, x_mid);
     const Tensor& ffn_out =
         block.dense ? block.dense->forward(backend_, ffn_in) : block.moe->forward(backend_, ffn_in);
-    backend_.copy(residual_[l + 1], x_mid);
-    backend_.add(residual_[l + 1], ffn_out, 1.0);
+    backend_.add_into(residual_[l + 1], x_mid, ffn_out);
   }
 }
 
@@ -334,6 +335,9 @@ void Transformer::backward(int64_t batch, double loss_scale) {
   for (int64_t l = m.n_layers - 1; l >= 0; --l) {
     Block& block = blocks_[l];
     if (options_.recompute == Recompute::layer) recompute_block(l, shape);
+    const bool rerun_norms =
+        options_.recompute == Recompute::norms || options_.recompute == Recompute::attention;
+    if (rerun_norms) block.ffn_norm.forward(backend_, residual_mid(l, dresidual_.dim(0)));
     const Tensor& ffn_in = block.ffn_norm.out;
     const Tensor& dffn_in = block.dense
                                 ? block.dense->backward(backend_, dresidual_, ffn_in)
@@ -341,6 +345,7 @@ void Transformer::backward(int64_t batch, double loss_scale) {
     const Tensor x_mid = residual_mid(l, dresidual_.dim(0));
     backend_.add(dresidual_, block.ffn_norm.backward(backend_, dffn_in, x_mid), 1.0);
 
+    if (rerun_norms) block.attn_norm.forward(backend_, residual_[l]);
     const Tensor& attn_in = block.attn_norm.out;
     if (options_.recompute == Recompute::attention) block.attn.forward(backend_, attn_in, shape);
     const Tensor& dattn_in = block.attn.backward(backend_, dresidual_, attn_in, shape);
@@ -364,8 +369,7 @@ void Transformer::recompute_block(int64_t layer, const AttentionShape& shape) {
   const Tensor& attn_in = block.attn_norm.forward(backend_, residual_[layer]);
   const Tensor& attn_out = block.attn.forward(backend_, attn_in, shape);
   const Tensor x_mid = residual_mid(layer, attn_in.dim(0));
-  backend_.copy(x_mid, residual_[layer]);
-  backend_.add(x_mid, attn_out, 1.0);
+  backend_.add_into(x_mid, residual_[layer], attn_out);
   const Tensor& ffn_in = block.ffn_norm.forward(backend_, x_mid);
   if (block.dense)
     block.dense->forward(backend_, ffn_in);

@@ -43,13 +43,15 @@ struct GroupStats {
 };
 
 // train.recompute (docs/config.md, docs/cuda.md "Memory"): what backward rebuilds instead of
-// keeping per layer. attention: q, k, v, context and lse (or probs) of every layer, rerun from the
-// saved normalised input. layer: everything of a block but its input, and, in an MoE block, the
+// keeping per layer. norms: the two RMSNorm outputs of every block, rerun from the saved block
+// input and mid-block residual right before the backward that reads them (~0.5% of a step).
+// attention: the norms, and q, k, v, context and lse (or probs) of every layer, rerun from the
+// normalised input. layer: everything of a block but its input, and, in an MoE block, the
 // router's results and the rows exchanged (x_recv, y_perm): the attention half, the norms, the
 // dense FFN or the experts' SwiGLU are rerun; routing and the token exchange are not. Both give
 // bitwise the stored run's loss and gradients (the same ops on the same inputs).
-enum class Recompute { none, attention, layer };
-// "none" | "attention" | "layer"; throws naming the value otherwise.
+enum class Recompute { none, norms, attention, layer };
+// "none" | "norms" | "attention" | "layer"; throws naming the value otherwise.
 Recompute recompute_from_name(const std::string& name);
 
 struct TransformerOptions {

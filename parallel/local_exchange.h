@@ -14,6 +14,7 @@ class LocalExchange final : public TokenExchange {
   int64_t num_experts() const override { return num_experts_; }
   int64_t first_local_expert() const override { return 0; }
   int64_t num_local_experts() const override { return num_experts_; }
+  bool moves_rows() const override { return false; }
 
   ExchangePlan plan(const std::vector<int64_t>& send_rows_per_expert) override;
   void dispatch(const ExchangePlan& plan, const Tensor& received, const Tensor& sent) override;

@@ -22,6 +22,7 @@ class AllToAllDispatcher final : public TokenExchange {
   int64_t num_experts() const override { return num_experts_; }
   int64_t first_local_expert() const override { return group_.rank() * num_local_; }
   int64_t num_local_experts() const override { return num_local_; }
+  bool moves_rows() const override { return group_.size() > 1; }
 
   ExchangePlan plan(const std::vector<int64_t>& send_rows_per_expert) override;
   void dispatch(const ExchangePlan& plan, const Tensor& received, const Tensor& sent) override;

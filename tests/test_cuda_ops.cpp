@@ -464,6 +464,24 @@ TEST_F(CudaVec, ElementwiseVectorKernelsAreBitwiseTheScalarOnes) {
   gpu().swiglu_backward(das, dbs, ds, as, bs);
   expect_bitwise(dav, das, "swiglu_backward da");
   expect_bitwise(dbv, dbs, "swiglu_backward db");
+  // Training's form: the forward's product rebuilt, and everything in place (da over a, db over
+  // b, hidden over dout), on both paths: bitwise the out-of-place results and the forward's.
+  for (const bool vector : {true, false}) {
+    const std::string path = vector ? " (vector, in place)" : " (scalar, in place)";
+    Tensor a_io = vector ? on_gpu({n}, a, bf) : misaligned({n}, a);
+    Tensor b_io = vector ? on_gpu({n}, b, bf) : misaligned({n}, b);
+    Tensor d_io = vector ? on_gpu({n}, d, bf) : misaligned({n}, d);
+    gpu().swiglu_backward(a_io, b_io, d_io, a_io, b_io, d_io);
+    expect_bitwise(d_io, ov, "swiglu_backward hidden" + path);
+    expect_bitwise(a_io, dav, "swiglu_backward da" + path);
+    expect_bitwise(b_io, dbv, "swiglu_backward db" + path);
+  }
+  // And the residual sum: add_into is bitwise copy + add.
+  Tensor sum_fused = poisoned({n}, bf), sum_ref = poisoned({n}, bf);
+  gpu().add_into(sum_fused, av, bv);
+  gpu().copy(sum_ref, av);
+  gpu().add(sum_ref, bv, 1.0);
+  expect_bitwise(sum_fused, sum_ref, "add_into");
   gpu().add(av, bv, -0.75);
   gpu().add(as, bs, -0.75);
   expect_bitwise(av, as, "add");
@@ -559,6 +577,17 @@ TEST_F(CudaVec, CrossEntropyVectorPaths) {
                    std::string(grad ? "cross_entropy dlogits" : "cross_entropy logits kept") + at,
                    c.dtype);
     }
+    if (c.dtype != DType::f32) continue;
+    // The LM head's form: f32 logits, the gradient straight into bf16: bitwise the in-place
+    // gradient converted, and the same losses.
+    Tensor lg = on_gpu({N, c.V}, logits, c.dtype), copy_src = on_gpu({N, c.V}, logits, c.dtype);
+    Tensor sg = poisoned({N}, DType::f32), s_ref = poisoned({N}, DType::f32);
+    Tensor dg = poisoned({N, c.V}, bf), d_ref = poisoned({N, c.V}, bf);
+    gpu().cross_entropy_into(sg, lg, ints_gpu(targets), 0.37, dg);
+    gpu().cross_entropy(s_ref, copy_src, ints_gpu(targets), true, 0.37);
+    gpu().copy(d_ref, copy_src);
+    expect_bitwise(sg, s_ref, "cross_entropy_into losses" + at);
+    expect_bitwise(dg, d_ref, "cross_entropy_into bf16 dlogits" + at);
   }
 }
 
@@ -892,6 +921,121 @@ TEST_F(CudaF32, LossesAndBackward) {
       }
     }
   }
+}
+
+// ---- router projection (router_projection.cu) -----------------------------------------------
+// logits = u @ w and its backward with f32 w and u in bf16 (the CPU gets the same bf16 values in
+// f32) or f32: E from 1 to 64 (3: a partial expert chunk), T not a multiple of a block's 8 rows,
+// D a multiple of 8 (16-byte path) and not (element path); dw written over NaN (dw_beta 0) and
+// accumulated (1). A second run is bitwise the first, and a misaligned u and du (element path)
+// give bitwise the aligned results.
+TEST_F(CudaVec, RouterProjection) {
+  struct Case {
+    int64_t T, D, E;
+  };
+  const DType f32 = DType::f32;
+  // `shape` holding v in `dtype`, one element into a larger buffer: not 16-byte aligned.
+  auto misaligned_as = [&](const Shape& shape, const std::vector<double>& v, DType dtype) {
+    const int64_t n = shape_numel(shape);
+    Tensor t = gpu().alloc({n + 1}, dtype).rows(1, n + 1).reshape(shape);
+    gpu().write(t, std::span<const double>(v));
+    return t;
+  };
+  for (DType udt : {DType::bf16, f32})
+    for (Case k : {Case{203, 96, 1}, Case{203, 96, 2}, Case{203, 96, 3}, Case{203, 96, 8},
+                   Case{203, 96, 64}, Case{77, 45, 8}, Case{1000, 2048, 8}})
+      for (double beta : {0.0, 1.0}) {
+        const int64_t T = k.T, D = k.D, E = k.E;
+        const std::string name = "router_logits T=" + std::to_string(T) + " D=" +
+                                 std::to_string(D) + " E=" + std::to_string(E);
+        const std::vector<double> u = values(T * D, udt), w = values(D * E, f32, 0.1),
+                                  dlogits = values(T * E, f32), du0 = values(T * D, udt),
+                                  dw0 = values(D * E, f32);
+        const Tensor uc = on_cpu({T, D}, u), wc = on_cpu({D, E}, w), dlc = on_cpu({T, E}, dlogits);
+        const Tensor ug = on_gpu({T, D}, u, udt), wg = on_gpu({D, E}, w, f32),
+                     dlg = on_gpu({T, E}, dlogits, f32);
+        // forward
+        Tensor lc = cpu().alloc({T, E}, f32), lg = poisoned({T, E}, f32);
+        cpu().router_logits(lc, uc, wc);
+        gpu().router_logits(lg, ug, wg);
+        if (beta == 0.0) expect_close(lg, lc, 1e-5, name, udt);
+        // backward: dw over NaN (beta 0) or accumulated into dw0; du accumulated into du0.
+        const auto run_backward = [&](const Tensor& u_dev, const Tensor& du_dev) {
+          Tensor dw = beta == 0.0 ? poisoned({D, E}, f32) : on_gpu({D, E}, dw0, f32);
+          gpu().router_logits_backward(dw, du_dev, dlg, u_dev, wg, beta);
+          return dw;
+        };
+        Tensor dwc = on_cpu({D, E}, dw0), duc = on_cpu({T, D}, du0);
+        cpu().router_logits_backward(dwc, duc, dlc, uc, wc, beta);
+        Tensor dug = on_gpu({T, D}, du0, udt);
+        const Tensor dwg = run_backward(ug, dug);
+        const std::string back = name + (beta == 0.0 ? " bwd b0" : " bwd b1");
+        expect_close(dwg, dwc, 1e-5, back + " dw", udt);
+        expect_close(dug, duc, Tol{1e-5, 4e-3}, back + " du", udt);
+        // Run to run: the same bits.
+        Tensor lg2 = poisoned({T, E}, f32), dug2 = on_gpu({T, D}, du0, udt);
+        gpu().router_logits(lg2, ug, wg);
+        const Tensor dwg2 = run_backward(ug, dug2);
+        expect_bitwise(lg2, lg, name + " run to run");
+        expect_bitwise(dwg2, dwg, back + " dw run to run");
+        expect_bitwise(dug2, dug, back + " du run to run");
+        // Misaligned rows take the element path, with the same lanes and order: the same bits.
+        const Tensor um = misaligned_as({T, D}, u, udt);
+        Tensor lm = poisoned({T, E}, f32), dum = misaligned_as({T, D}, du0, udt);
+        gpu().router_logits(lm, um, wg);
+        const Tensor dwm = run_backward(um, dum);
+        expect_bitwise(lm, lg, name + " misaligned");
+        expect_bitwise(dwm, dwg, back + " dw misaligned");
+        expect_bitwise(dum, dug, back + " du misaligned");
+      }
+}
+
+// The 1.81B MoE's router shape (T 8192, D 2048, E 8, bf16 u): the kernels against the reference
+// path they replace (Backend's defaults: an f32 copy of u, cuBLAS, add), which also checks them
+// at full size. Times are printed, not checked.
+TEST_F(CudaVec, RouterProjectionAtModelSize) {
+  const int64_t T = 8192, D = 2048, E = 8;
+  const DType f32 = DType::f32;
+  const Tensor u = on_gpu({T, D}, values(T * D, bf)), w = on_gpu({D, E}, values(D * E, f32, 0.02), f32);
+  const Tensor dlogits = on_gpu({T, E}, values(T * E, f32), f32);
+  const std::vector<double> du0 = values(T * D, bf);
+  Tensor logits = poisoned({T, E}, f32), logits_ref = poisoned({T, E}, f32);
+  Tensor dw = poisoned({D, E}, f32), dw_ref = poisoned({D, E}, f32);
+  Tensor du = on_gpu({T, D}, du0), du_ref = on_gpu({T, D}, du0);
+  gpu().router_logits(logits, u, w);
+  gpu().Backend::router_logits(logits_ref, u, w);
+  gpu().router_logits_backward(dw, du, dlogits, u, w, 0.0);
+  gpu().Backend::router_logits_backward(dw_ref, du_ref, dlogits, u, w, 0.0);
+  // Both sides are on the device here.
+  const auto close = [&](const Tensor& got, const Tensor& want, double tol, const char* what) {
+    const double e = rel_error(gpu().read(got), gpu().read(want));
+    std::printf("[ rel err  ] %-44s %-5s %.3e (tol %.1e)\n", what, dtype_name(bf), e, tol);
+    EXPECT_LE(e, tol) << what;
+  };
+  close(logits, logits_ref, 1e-5, "router_logits vs reference (model size)");
+  close(dw, dw_ref, 1e-5, "router_logits_backward dw vs reference");
+  // du: both round du + sum to bf16 once; sums in another order flip a rare last bit.
+  close(du, du_ref, 1e-3, "router_logits_backward du vs reference");
+  const auto ms = [&](auto&& op) {
+    op();  // warm (scratch, module load)
+    gpu().synchronize();
+    const int reps = 50;
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < reps; ++i) op();
+    gpu().synchronize();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+               .count() / reps;
+  };
+  const double fwd = ms([&] { gpu().router_logits(logits, u, w); });
+  const double fwd_ref = ms([&] { gpu().Backend::router_logits(logits_ref, u, w); });
+  const double bwd = ms([&] { gpu().router_logits_backward(dw, du, dlogits, u, w, 1.0); });
+  const double bwd_ref =
+      ms([&] { gpu().Backend::router_logits_backward(dw_ref, du_ref, dlogits, u, w, 1.0); });
+  std::printf("[ time     ] router projection T=%lld D=%lld E=%lld bf16 u\n"
+              "[ time     ]   forward   %.4f ms (reference %.4f ms, predicted ~0.02)\n"
+              "[ time     ]   backward  %.4f ms (reference %.4f ms, predicted ~0.05)\n",
+              static_cast<long long>(T), static_cast<long long>(D), static_cast<long long>(E), fwd,
+              fwd_ref, bwd, bwd_ref);
 }
 
 // ---- permute / unpermute --------------------------------------------------------------------

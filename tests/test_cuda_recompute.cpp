@@ -1,6 +1,6 @@
 // train.recompute and the shared workspace on the CUDA backend (docs/cuda.md "Memory"): in bf16
-// mixed precision (which also rebuilds the router's fp32 copy of u in backward) and in fp32, for
-// dense, MoE and mixed models, recomputing gives bitwise the loss and gradients of storing.
+// mixed precision and in fp32, for dense, MoE and mixed models, recomputing gives bitwise the
+// loss and gradients of storing.
 // First two stored runs are compared with each other: should they differ, a kernel is not
 // run-to-run deterministic and the failure is not recomputation's. No step after the first
 // takes memory from the driver, in any mode. The peak memory of each mode is printed, not
@@ -96,8 +96,10 @@ TEST_P(CudaRecompute, GivesBitwiseTheStoredLossAndGradients) {
   EXPECT_TRUE(stored.allocations_steady) << "recompute none allocated after the first step";
   std::printf("[ memory   ] %s: peak %zu bytes with recompute none\n", c.name.c_str(),
               stored.peak_bytes);
-  for (Recompute mode : {Recompute::attention, Recompute::layer}) {
-    const char* name = mode == Recompute::attention ? "attention" : "layer";
+  for (Recompute mode : {Recompute::norms, Recompute::attention, Recompute::layer}) {
+    const char* name = mode == Recompute::norms       ? "norms"
+                       : mode == Recompute::attention ? "attention"
+                                                      : "layer";
     const Result rebuilt = run(c, mode);
     expect_bitwise(rebuilt, stored, std::string("recompute ") + name);
     EXPECT_TRUE(rebuilt.allocations_steady) << "recompute " << name

@@ -69,8 +69,10 @@ class Recomputation : public ::testing::TestWithParam<Case> {};
 
 TEST_P(Recomputation, GivesBitwiseTheStoredLossAndGradients) {
   const Result stored = run(GetParam(), Recompute::none);
-  for (Recompute mode : {Recompute::attention, Recompute::layer}) {
-    const char* name = mode == Recompute::attention ? "attention" : "layer";
+  for (Recompute mode : {Recompute::norms, Recompute::attention, Recompute::layer}) {
+    const char* name = mode == Recompute::norms       ? "norms"
+                       : mode == Recompute::attention ? "attention"
+                                                      : "layer";
     const Result rebuilt = run(GetParam(), mode);
     EXPECT_EQ(rebuilt.losses, stored.losses) << "recompute " << name;
     ASSERT_EQ(rebuilt.grads.size(), stored.grads.size());
@@ -96,6 +98,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(Recomputation, ModeNames) {
   EXPECT_EQ(recompute_from_name("none"), Recompute::none);
+  EXPECT_EQ(recompute_from_name("norms"), Recompute::norms);
   EXPECT_EQ(recompute_from_name("attention"), Recompute::attention);
   EXPECT_EQ(recompute_from_name("layer"), Recompute::layer);
   EXPECT_THROW(recompute_from_name("all"), std::runtime_error);

@@ -471,6 +471,13 @@ TEST_F(CpuBackendTest, SwigluForwardBackward) {
     be->swiglu_backward(da, db, tensor({3, 4}, dt, w), at, bt);
     expect_close(be->read(da), expected_da, tolerance(dt), "swiglu da");
     expect_close(be->read(db), expected_db, tolerance(dt), "swiglu db");
+    // In place with the product rebuilt (training's form): da over a, db over b, hidden over
+    // dout, bitwise the out-of-place results and the forward's output.
+    Tensor a_io = tensor({3, 4}, dt, a), b_io = tensor({3, 4}, dt, b), d_io = tensor({3, 4}, dt, w);
+    be->swiglu_backward(a_io, b_io, d_io, a_io, b_io, d_io);
+    EXPECT_EQ(be->read(d_io), be->read(out)) << "swiglu hidden rebuilt " << dtype_name(dt);
+    EXPECT_EQ(be->read(a_io), be->read(da)) << "swiglu da in place " << dtype_name(dt);
+    EXPECT_EQ(be->read(b_io), be->read(db)) << "swiglu db in place " << dtype_name(dt);
   }
   // Finite differences in f64.
   const DType dt = DType::f64;

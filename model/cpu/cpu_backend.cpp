@@ -419,16 +419,20 @@ class CpuBackend final : public Backend {
   }
 
   void swiglu_backward(const Tensor& da, const Tensor& db, const Tensor& dout, const Tensor& a,
-                       const Tensor& b) override {
+                       const Tensor& b, const Tensor& hidden) override {
     const Check c("swiglu_backward");
     const DType dt = c.float_dtype(a, "a");
     for (auto [t, name] : {std::pair{&da, "da"}, {&db, "db"}, {&dout, "dout"}, {&b, "b"}}) {
       c.dtype(*t, dt, name);
       c.shape(*t, a.shape(), name);
     }
+    if (hidden.defined()) {
+      c.dtype(hidden, dt, "hidden");
+      c.shape(hidden, a.shape(), "hidden");
+    }
     dispatch_float(dt, [&]<class T>(T) {
       cpu::swiglu_backward(da.ptr<T>(), db.ptr<T>(), dout.ptr<T>(), a.ptr<T>(), b.ptr<T>(),
-                           a.numel());
+                           hidden.defined() ? hidden.ptr<T>() : nullptr, a.numel());
     });
   }
 

@@ -341,13 +341,16 @@ void swiglu_forward(T* out, const T* a, const T* b, int64_t n) {
 }
 
 // d silu(a)/da = sig(a) (1 + a (1 - sig(a))).
+// da, db may alias a, b (every input of element i is read before it is written); hidden, when
+// not null, gets the forward's a * sigmoid(a) * b again, in the same order of operations.
 template <class T>
-void swiglu_backward(T* da, T* db, const T* dout, const T* a, const T* b, int64_t n) {
+void swiglu_backward(T* da, T* db, const T* dout, const T* a, const T* b, T* hidden, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    const T s = sigmoid(a[i]);
-    const T g = dout[i];
-    db[i] = g * a[i] * s;
-    da[i] = g * b[i] * s * (T(1) + a[i] * (T(1) - s));
+    const T x = a[i], y = b[i], g = dout[i];
+    const T s = sigmoid(x);
+    if (hidden) hidden[i] = x * s * y;
+    db[i] = g * x * s;
+    da[i] = g * y * s * (T(1) + x * (T(1) - s));
   }
 }
 

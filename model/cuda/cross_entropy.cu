@@ -127,14 +127,17 @@ __device__ inline void online_add(float& m, float& s, const float (&f)[kVec]) {
 constexpr int kStreamThreads = 512;
 constexpr int kStreamUnroll = 4;  // groups loaded before first use
 
-template <class T>
+// grad: where dlogits go, [N, V] of G: the logits themselves (G = T, in place) or another
+// buffer (the LM head's bf16 gradient straight from its f32 logits, with no conversion pass).
+template <class T, class G>
 __global__ void __launch_bounds__(kStreamThreads)
-cross_entropy_streaming(float* __restrict__ losses, T* __restrict__ logits,
+cross_entropy_streaming(float* __restrict__ losses, const T* logits, G* grad,
                         const int32_t* __restrict__ targets, int64_t V, bool compute_grad,
                         float grad_scale) {
   __shared__ float shared[32];
   const int64_t row = blockIdx.x, groups = V / kVec, stride = blockDim.x;
-  T* r = logits + row * V;
+  const T* r = logits + row * V;
+  G* g = grad + row * V;
   const int64_t target = targets[row];
   const float target_logit = threadIdx.x == 0 ? load(r + target) : 0.0f;  // before any writes
   float m = -INFINITY, s = 0;
@@ -167,7 +170,7 @@ cross_entropy_streaming(float* __restrict__ losses, T* __restrict__ logits,
       x[e] = expf(x[e] - row_max) * scale;
       if (c * kVec + e == target) x[e] -= grad_scale;
     }
-    store8(r + c * kVec, x);
+    store8(g + c * kVec, x);
   }
 }
 
@@ -203,9 +206,9 @@ void cross_entropy(Context& ctx, const Tensor& losses, const Tensor& logits,
   if ((logits.dtype() == DType::bf16 || logits.dtype() == DType::f32) && V % kVec == 0 &&
       aligned16(logits.data())) {
     auto launch = [&]<class T>(Tag<T>) {
-      cross_entropy_streaming<T><<<static_cast<unsigned>(N), kStreamThreads, 0, ctx.stream>>>(
-          losses.ptr<float>(), logits.ptr<T>(), targets.ptr<int32_t>(), V, compute_grad,
-          static_cast<float>(grad_scale));
+      cross_entropy_streaming<T, T><<<static_cast<unsigned>(N), kStreamThreads, 0, ctx.stream>>>(
+          losses.ptr<float>(), logits.ptr<T>(), logits.ptr<T>(), targets.ptr<int32_t>(), V,
+          compute_grad, static_cast<float>(grad_scale));
     };
     if (logits.dtype() == DType::bf16) launch(Tag<bf16>{});
     else launch(Tag<float>{});
@@ -219,6 +222,20 @@ void cross_entropy(Context& ctx, const Tensor& losses, const Tensor& logits,
         static_cast<acc_t<T>>(grad_scale));
   });
   check_launch(ctx, "cross_entropy");
+}
+
+bool cross_entropy_into(Context& ctx, const Tensor& losses, const Tensor& logits,
+                        const Tensor& targets, double grad_scale, const Tensor& dlogits) {
+  const int64_t N = logits.dim(0), V = logits.dim(1);
+  if (logits.dtype() != DType::f32 || dlogits.dtype() != DType::bf16 || V % kVec != 0 ||
+      !aligned16(logits.data()) || !aligned16(dlogits.data()))
+    return false;
+  if (N == 0) return true;
+  cross_entropy_streaming<float, bf16><<<static_cast<unsigned>(N), kStreamThreads, 0, ctx.stream>>>(
+      losses.ptr<float>(), logits.ptr<float>(), dlogits.ptr<bf16>(), targets.ptr<int32_t>(), V,
+      true, static_cast<float>(grad_scale));
+  check_launch(ctx, "cross_entropy_into");
+  return true;
 }
 
 }  // namespace sy::cuda

@@ -167,6 +167,10 @@ class CachingAllocator {
   }
 
   size_t peak_reserved() const { return peak_reserved_; }
+  size_t reserved() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return reserved_;
+  }
   int64_t device_allocations() const { return device_allocations_; }
 
  private:
@@ -539,6 +543,12 @@ class CudaBackend final : public Backend {
     return "cuda:" + std::to_string(ctx_.device) + " (" + device_name_ + ")";
   }
   size_t peak_memory_bytes() const override { return allocator_->peak_reserved(); }
+  size_t available_memory_bytes() const override {
+    size_t free_bytes = 0, total_bytes = 0;
+    SY_CUDA(ctx_, "available_memory_bytes", cudaSetDevice(ctx_.device));
+    SY_CUDA(ctx_, "available_memory_bytes", cudaMemGetInfo(&free_bytes, &total_bytes));
+    return free_bytes + allocator_->reserved();
+  }
   int64_t device_allocations() const { return allocator_->device_allocations(); }
   void profile_begin() { profile_.begin(ctx_); }
   std::string profile_report(int64_t steps) { return profile_.report(ctx_, name(), steps); }
@@ -689,6 +699,20 @@ class CudaBackend final : public Backend {
     c.float_dtype(x, "x");
     c.numel(x, y.numel(), "x");
     cuda::add(ctx_, y, x, alpha);
+  }
+
+  void add_into(const Tensor& out, const Tensor& a, const Tensor& b) override {
+    {
+      SY_PROFILE("add_into");
+      const Check c(ctx_, "add_into");
+      c.on_device(out, "out");
+      c.on_device(a, "a");
+      c.on_device(b, "b");
+      c.numel(a, out.numel(), "a");
+      c.numel(b, out.numel(), "b");
+      if (cuda::add_into(ctx_, out, a, b)) return;
+    }
+    Backend::add_into(out, a, b);
   }
 
   void scale(const Tensor& y, double alpha) override {
@@ -895,7 +919,7 @@ class CudaBackend final : public Backend {
   }
 
   void swiglu_backward(const Tensor& da, const Tensor& db, const Tensor& dout, const Tensor& a,
-                       const Tensor& b) override {
+                       const Tensor& b, const Tensor& hidden) override {
     SY_PROFILE("swiglu_backward");
     const Check c(ctx_, "swiglu_backward");
     const DType dt = c.float_dtype(a, "a");
@@ -903,7 +927,12 @@ class CudaBackend final : public Backend {
       c.dtype(*t, dt, name);
       c.shape(*t, a.shape(), name);
     }
-    cuda::swiglu_backward(ctx_, da, db, dout, a, b);
+    if (hidden.defined()) {
+      c.on_device(hidden, "hidden");
+      c.dtype(hidden, dt, "hidden");
+      c.shape(hidden, a.shape(), "hidden");
+    }
+    cuda::swiglu_backward(ctx_, da, db, dout, a, b, hidden);
   }
 
   // ---- cross-entropy --------------------------------------------------------------------------
@@ -922,6 +951,26 @@ class CudaBackend final : public Backend {
     cuda::cross_entropy(ctx_, losses, logits, targets, compute_grad, grad_scale);
   }
 
+  void cross_entropy_into(const Tensor& losses, const Tensor& logits, const Tensor& targets,
+                          double grad_scale, const Tensor& dlogits) override {
+    {
+      SY_PROFILE("cross_entropy");
+      const Check c(ctx_, "cross_entropy_into");
+      const DType dt = c.float_dtype(logits, "logits");
+      c.dtype(losses, stat_dtype(dt), "losses");
+      c.dtype(targets, DType::i32, "targets");
+      c.ndim(logits, 2, "logits");
+      c.float_dtype(dlogits, "dlogits");
+      c.shape(dlogits, logits.shape(), "dlogits");
+      const int64_t N = logits.dim(0);
+      c.numel(losses, N, "losses");
+      c.numel(targets, N, "targets");
+      c.positive(logits.dim(1), "V");
+      if (cuda::cross_entropy_into(ctx_, losses, logits, targets, grad_scale, dlogits)) return;
+    }
+    Backend::cross_entropy_into(losses, logits, targets, grad_scale, dlogits);
+  }
+
   // ---- router ---------------------------------------------------------------------------------
   // The checks mirror the CPU backend's (cpu_backend.cpp), except that indices are not
   // range-checked (that would read them back to the host).
@@ -935,6 +984,47 @@ class CudaBackend final : public Backend {
     if (!bias.defined()) return;
     c.dtype(bias, dtype, "expert_bias");
     c.numel(bias, E, "expert_bias");
+  }
+
+  // The router's projection (router_projection.cu): f32 w with bf16 or f32 rows in one pass
+  // each way; anything else (f64 checks, w too large to stage) runs the reference path.
+  void check_router_projection(const Check& c, const Tensor& logits, const Tensor& u,
+                               const Tensor& w, const char* logits_name) const {
+    const DType dt = c.wide_dtype(w, "w");
+    c.float_dtype(u, "u");
+    c.dtype(logits, dt, logits_name);
+    c.ndim(w, 2, "w");
+    c.ndim(u, 2, "u");
+    const int64_t T = u.dim(0), D = w.dim(0), E = w.dim(1);
+    c.positive(E, "E");
+    c.fits_int(D * E, "D*E");
+    if (u.dim(1) != D)
+      c.fail("u" + shape_str(u.shape()) + " and w" + shape_str(w.shape()) + " do not match");
+    c.shape(logits, {T, E}, logits_name);
+  }
+
+  void router_logits(const Tensor& logits, const Tensor& u, const Tensor& w) override {
+    SY_PROFILE("router_logits");
+    const Check c(ctx_, "router_logits");
+    check_router_projection(c, logits, u, w, "logits");
+    if (overlaps(logits, u) || overlaps(logits, w)) c.fail("logits overlaps an input");
+    if (!cuda::router_logits(ctx_, logits, u, w)) Backend::router_logits(logits, u, w);
+  }
+
+  void router_logits_backward(const Tensor& dw, const Tensor& du, const Tensor& dlogits,
+                              const Tensor& u, const Tensor& w, double dw_beta) override {
+    SY_PROFILE("router_logits_backward");
+    const Check c(ctx_, "router_logits_backward");
+    check_router_projection(c, dlogits, u, w, "dlogits");
+    c.dtype(dw, w.dtype(), "dw");
+    c.shape(dw, w.shape(), "dw");
+    c.dtype(du, u.dtype(), "du");
+    c.shape(du, u.shape(), "du");
+    for (const Tensor* input : {&dlogits, &u, &w})
+      if (overlaps(du, *input) || overlaps(dw, *input)) c.fail("du or dw overlaps an input");
+    if (overlaps(du, dw)) c.fail("du overlaps dw");
+    if (!cuda::router_logits_backward(ctx_, dw, du, dlogits, u, w, dw_beta))
+      Backend::router_logits_backward(dw, du, dlogits, u, w, dw_beta);
   }
 
   void router_scores_topk(const Tensor& scores, const Tensor& lse, const Tensor& topk_idx,

@@ -45,6 +45,25 @@ __global__ void add_bf16_vec(bf16* y, const bf16* x, int64_t n,
   if (tail < n) y[tail] = convert<bf16>(convert<float>(y[tail]) + alpha * convert<float>(x[tail]));
 }
 
+// out = a + 1 * b for bf16, the residual sums: add_bf16_vec's expression with y = a, so bitwise
+// copy + add, in one pass (reads 2, writes 1 element per element, where copy + add moved 5).
+__global__ void add_into_bf16_vec(bf16* out, const bf16* a, const bf16* b, int64_t n) {
+  constexpr float alpha = 1.0f;
+  const int64_t n8 = n / kVec, stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  for (int64_t i = first; i < n8; i += stride) {
+    float av[kVec], bv[kVec];
+    load8(a + i * kVec, av);
+    load8(b + i * kVec, bv);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) av[e] = av[e] + alpha * bv[e];
+    store8(out + i * kVec, av);
+  }
+  const int64_t tail = n8 * kVec + first;
+  if (tail < n)
+    out[tail] = convert<bf16>(convert<float>(a[tail]) + alpha * convert<float>(b[tail]));
+}
+
 template <class T, class A>
 __global__ void scale_kernel(T* y, int64_t n, A alpha) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
@@ -123,6 +142,18 @@ void add(Context& ctx, const Tensor& y, const Tensor& x, double alpha) {
     });
   });
   check_launch(ctx, "add");
+}
+
+bool add_into(Context& ctx, const Tensor& out, const Tensor& a, const Tensor& b) {
+  const int64_t n = out.numel();
+  if (out.dtype() != DType::bf16 || a.dtype() != DType::bf16 || b.dtype() != DType::bf16 ||
+      !all_aligned16(out.data(), a.data(), b.data()))
+    return false;
+  if (n == 0) return true;
+  add_into_bf16_vec<<<grid_for(n / kVec), kThreads, 0, ctx.stream>>>(
+      out.ptr<bf16>(), a.ptr<bf16>(), b.ptr<bf16>(), n);
+  check_launch(ctx, "add_into");
+  return true;
 }
 
 void scale(Context& ctx, const Tensor& y, double alpha) {

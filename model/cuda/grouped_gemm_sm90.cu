@@ -707,26 +707,29 @@ int kernel_version() {
 }
 
 // Shapes where the per-group cuBLAS loop beats this kernel: declining them sends the caller
-// (cuda_backend.cu: sm90, then mma, then the loop) to the loop. Off unless SY_GG_SM90_ROUTE=1:
-// the rows are to be filled from the measured table in NOTES-grouped-gemm.md ("Routing rule"),
-// and only where the loop won by a margin on the device. A row matches when every field matches
-// (0 = any); rows_per_group_max bounds the mean rows per group.
+// (cuda_backend.cu: sm90, then mma, then the loop) to the loop. Off unless SY_GG_SM90_ROUTE=1.
+// A row matches when every field matches (0 = any); rows_per_group_min and _max bound the mean
+// rows per group. In isolation the loop wins every form at 2048 or more rows per group (forward
+// 705 vs 627 TFLOP/s, input gradient 681 vs 631, weight gradient 656 vs 628 on the 8-expert
+// shapes), but in the training step it lost: the 1.81B MoE ran at 67.6k tokens/s with this
+// table on against 96.6k with it off (H200, 2026-12-02; NOTES-grouped-gemm.md, "Routing rule").
 struct LoopRoute {
   GroupedGemmKind kind;
+  bool any_kind;
   int64_t groups, K, N, rows_per_group_min, rows_per_group_max;
 };
 constexpr LoopRoute kLoopRoutes[] = {
-    // wgrad, 8 experts, >= 2048 rows each: loop 727 vs 621 TFLOP/s (v1, K 2048 N 8192, 2026-12-02).
-    {GroupedGemmKind::wgrad, 8, 2048, 8192, 2048, 0},
+    {GroupedGemmKind::wgrad, true, 0, 0, 0, 2048, 0},
 };
 
 bool route_to_loop(const GroupedGemmArgs& a) {
-  const char* on = std::getenv("SY_GG_SM90_ROUTE");
-  if (!on || std::strcmp(on, "1") != 0 || a.groups <= 0) return false;
+  const char* env = std::getenv("SY_GG_SM90_ROUTE");
+  if (!env || std::strcmp(env, "1") != 0 || a.groups <= 0) return false;
   const int64_t mean_rows = a.M_total / a.groups;
   for (const LoopRoute& r : kLoopRoutes) {
-    if (r.kind == a.kind && (r.groups == 0 || r.groups == a.groups) && (r.K == 0 || r.K == a.K) &&
-        (r.N == 0 || r.N == a.N) && mean_rows >= r.rows_per_group_min &&
+    if ((r.any_kind || r.kind == a.kind) && (r.groups == 0 || r.groups == a.groups) &&
+        (r.K == 0 || r.K == a.K) && (r.N == 0 || r.N == a.N) &&
+        mean_rows >= r.rows_per_group_min &&
         (r.rows_per_group_max == 0 || mean_rows <= r.rows_per_group_max))
       return true;
   }

@@ -15,6 +15,8 @@ namespace sy::cuda {
 void fill(Context& ctx, const Tensor& x, double value);
 void convert(Context& ctx, const Tensor& dst, const Tensor& src);  // any dtypes, same numel
 void add(Context& ctx, const Tensor& y, const Tensor& x, double alpha);  // any float dtypes
+// out = a + b in one pass for 16-byte aligned bf16; false (nothing done) for anything else.
+bool add_into(Context& ctx, const Tensor& out, const Tensor& a, const Tensor& b);
 void scale(Context& ctx, const Tensor& y, double alpha);
 // out[i] (device doubles) = sum of squares of xs[i].
 void sum_squares(Context& ctx, std::span<const Tensor> xs, double* out);
@@ -79,11 +81,15 @@ void cudnn_attention_release(const Context& ctx);
 // swiglu.cu
 void swiglu_forward(Context& ctx, const Tensor& out, const Tensor& a, const Tensor& b);
 void swiglu_backward(Context& ctx, const Tensor& da, const Tensor& db, const Tensor& dout,
-                     const Tensor& a, const Tensor& b);
+                     const Tensor& a, const Tensor& b, const Tensor& hidden);
 
 // cross_entropy.cu
 void cross_entropy(Context& ctx, const Tensor& losses, const Tensor& logits,
                    const Tensor& targets, bool compute_grad, double grad_scale);
+// The gradient into dlogits (bf16) from f32 logits, which stay as they were; false (nothing done)
+// for other dtypes or unaligned rows.
+bool cross_entropy_into(Context& ctx, const Tensor& losses, const Tensor& logits,
+                        const Tensor& targets, double grad_scale, const Tensor& dlogits);
 
 // router.cu. The router's float tensors are f32 or f64, all of one dtype; expert_bias may be
 // undefined (no bias). Semantics as backend.h states them.
@@ -104,6 +110,15 @@ void router_backward(Context& ctx, const Tensor& dlogits, const Tensor& dgates,
                      const Tensor& scores, const Tensor& lse, const Tensor& logits,
                      const Tensor& topk_idx, const Tensor& balance_counts, const RoutingRule& rule,
                      double d_aux, double d_z);
+
+// router_projection.cu: Backend::router_logits / router_logits_backward for f32 w and bf16 or
+// f32 u (du in u's dtype), validated by the caller. Return false with nothing launched for any
+// other dtype or a w too large to stage (the caller then runs the reference path). Backward
+// uses scratch slot A for the weight gradient's per-chunk partials.
+bool router_logits(Context& ctx, const Tensor& logits, const Tensor& u, const Tensor& w);
+bool router_logits_backward(Context& ctx, const Tensor& dw, const Tensor& du,
+                            const Tensor& dlogits, const Tensor& u, const Tensor& w,
+                            double dw_beta);
 
 // permute.cu
 void permute_rows(Context& ctx, const Tensor& x_perm, const Tensor& x, const Tensor& row_slot,

@@ -30,10 +30,15 @@ bool Experts::grouped(const Backend& backend, const Tensor& x) const {
 }
 
 Tensor Experts::forward(Backend& backend, const Tensor& x,
-                        const std::vector<int64_t>& rows_per_expert, int64_t max_rows) {
+                        const std::vector<int64_t>& rows_per_expert, int64_t max_rows,
+                        const Tensor& into) {
   const int64_t N = x.dim(0), D = x.dim(1), F = w1.value.dim(2);
-  // The output rows are consumed by the combine right after: scratch.
-  out_storage = scratch().rows(backend, "experts.out", N, D, x.dtype(), max_rows);
+  // The output rows are consumed by the combine right after: scratch, unless the caller keeps them.
+  if (into.defined() && (into.shape() != Shape{N, D} || into.dtype() != x.dtype()))
+    throw std::runtime_error("Experts::forward: `into` must be [" + std::to_string(N) + ", " +
+                             std::to_string(D) + "] of the rows' dtype");
+  out_storage = into.defined() ? into
+                               : scratch().rows(backend, "experts.out", N, D, x.dtype(), max_rows);
   const Tensor out = out_storage;
   acts = swiglu_buffers(backend, saved(), scratch(), "experts", N, F, x.dtype(), max_rows, false);
   const SwigluActivations& all = acts;
@@ -74,8 +79,8 @@ Tensor Experts::backward(Backend& backend, const Tensor& dout, const Tensor& x,
     const std::span<const int64_t> rows(rows_per_expert);
     const bool accumulate = grad_beta != 0.0;
     backend.grouped_gemm(all.dhidden, dout, w2.compute_value(), true, rows, false);
+    backend.swiglu_backward(all.dh1, all.dh3, all.dhidden, all.h1, all.h3, all.hidden);
     backend.grouped_gemm_wgrad(w2.grad, all.hidden, dout, rows, accumulate);
-    backend.swiglu_backward(all.dh1, all.dh3, all.dhidden, all.h1, all.h3);
     backend.grouped_gemm_wgrad(w1.grad, x, all.dh1, rows, accumulate);
     backend.grouped_gemm_wgrad(w3.grad, x, all.dh3, rows, accumulate);
     backend.grouped_gemm(dx, all.dh1, w1.compute_value(), true, rows, false);

@@ -7,8 +7,9 @@
 //            SwiGLU over all rows:
 //              h1 = grouped(x, w1), h3 = grouped(x, w3), hidden = silu(h1) * h3,
 //              out = grouped(hidden, w2)
-//            backward: dhidden = grouped(dout, w2^T), dW2 += wgrad(hidden, dout), SwiGLU
-//            backward, dW1 += wgrad(x, dh1), dW3 += wgrad(x, dh3),
+//            backward: dhidden = grouped(dout, w2^T), SwiGLU backward (dh1, dh3 over h1,
+//            h3, and hidden rebuilt), dW2 += wgrad(hidden, dout), dW1 += wgrad(x, dh1),
+//            dW3 += wgrad(x, dh3),
 //            dx = grouped(dh1, w1^T) + grouped(dh3, w3^T).
 //   auto     grouped on a CUDA backend with bf16 data, cublas elsewhere.
 // On a backend whose grouped ops are the defaults (the CPU) both compute the same bits: the
@@ -31,17 +32,18 @@ struct Experts {
   // Shared scratch (the Transformer's); null: a private one. The output rows and all backward
   // buffers come from it.
   Workspace* workspace = nullptr;
-  // train.recompute layer: h1, h3, hidden live in `workspace` too, and the MoE layer reruns
+  // train.recompute layer: h1, h3 live in `workspace` too, and the MoE layer reruns
   // forward on the same received rows before backward.
   bool recompute = false;
   SwigluActivations acts;          // views of the grow-only [rows, F_e] buffers
   Tensor out_storage, du_storage;  // views of the grow-only [rows, D] buffers (scratch)
 
   int64_t num_local() const { return w1.value.dim(0); }
-  // x [N, D]: rows grouped by local expert, rows_per_expert[j] rows for expert j. Returns [N, D].
+  // x [N, D]: rows grouped by local expert, rows_per_expert[j] rows for expert j. Returns [N, D]:
+  // `into` when given (the caller's buffer), else a scratch buffer.
   // `max_rows`: the most rows a call can bring (buffers are allocated for it once).
   Tensor forward(Backend& backend, const Tensor& x, const std::vector<int64_t>& rows_per_expert,
-                 int64_t max_rows = 0);
+                 int64_t max_rows = 0, const Tensor& into = Tensor());
   // Returns dx [N, D] (overwritten); weight gradients accumulate. An expert with no rows gets
   // no gradient contribution (its grad stays as it was).
   Tensor backward(Backend& backend, const Tensor& dout, const Tensor& x,

@@ -22,18 +22,17 @@ const Tensor& MoELayer::forward(Backend& backend, const Tensor& u) {
   const int64_t K = router.settings.top_k;
   if (timer) timer->start();
 
-  // route (fp32: the router gets its own copy of u when the layer computes in another dtype)
-  const DType router_dtype = router.weight.value.dtype();
-  if (dtype != router_dtype) {
-    u_router = scratch().get(backend, "moe.u_router", u.shape(), router_dtype);
-    backend.copy(u_router, u);
-  }
-  router.forward(backend, dtype != router_dtype ? u_router : u,
-                 balance_over_world ? exchange : nullptr);
+  // route (the router reads u in the compute dtype and works in its own, fp32)
+  router.forward(backend, u, balance_over_world ? exchange : nullptr);
   if (timer) timer->lap(kRoute, false);
-  // permute: this rank's kept assignments, grouped by expert.
+  // permute: this rank's kept assignments, grouped by expert. When the exchange would only copy
+  // them (every expert here), they are the experts' input rows themselves (saved: x_recv), and
+  // the experts write the saved y_perm directly.
+  const bool rows_stay = !exchange->moves_rows();
   const int64_t max_kept = u.dim(0) * K;
-  x_perm_storage = scratch().rows(backend, "moe.x_perm", router.kept, D, dtype, max_kept);
+  x_perm_storage = rows_stay ? own_.rows(backend, "moe.x_recv", router.kept, D, dtype,
+                                         max_rows_received(u.dim(0)))
+                             : scratch().rows(backend, "moe.x_perm", router.kept, D, dtype, max_kept);
   const Tensor x_perm = x_perm_storage;
   backend.permute_rows(x_perm, u, router.row_slot, K);
   if (timer) timer->lap(kPermute, false);
@@ -41,17 +40,20 @@ const Tensor& MoELayer::forward(Backend& backend, const Tensor& u) {
   plan = exchange->plan(router.tokens_per_expert);
   plan.max_rows_received = max_rows_received(u.dim(0));
   const Tensor x_recv = x_recv_storage =
-      own_.rows(backend, "moe.x_recv", plan.rows_received, D, dtype, plan.max_rows_received);
-  exchange->dispatch(plan, x_recv, x_perm);
+      rows_stay ? x_perm
+                : own_.rows(backend, "moe.x_recv", plan.rows_received, D, dtype,
+                            plan.max_rows_received);
+  if (!rows_stay) exchange->dispatch(plan, x_recv, x_perm);
   if (timer) timer->lap(kDispatch, false);
   // experts
-  const Tensor y_recv = y_recv_storage =
-      experts.forward(backend, x_recv, plan.rows_per_local_expert, plan.max_rows_received);
-  if (timer) timer->lap(kExperts, false);
-  // combine
   const Tensor y_perm = y_perm_storage =
       own_.rows(backend, "moe.y_perm", router.kept, D, dtype, max_kept);
-  exchange->combine(plan, y_perm, y_recv);
+  const Tensor y_recv = y_recv_storage =
+      experts.forward(backend, x_recv, plan.rows_per_local_expert, plan.max_rows_received,
+                      rows_stay ? y_perm : Tensor());
+  if (timer) timer->lap(kExperts, false);
+  // combine
+  if (!rows_stay) exchange->combine(plan, y_perm, y_recv);
   if (timer) timer->lap(kCombine, false);
   // unpermute: gate-weighted sum of each token's kept expert outputs.
   out = scratch().get(backend, "ffn.out", u.shape(), dtype);  // the caller adds it
@@ -60,6 +62,8 @@ const Tensor& MoELayer::forward(Backend& backend, const Tensor& u) {
   return out;
 }
 
+// Backward needs the experts' h1 and h3 again; their output rows go to scratch (y_perm, what
+// backward reads of them, stayed saved).
 void MoELayer::recompute_experts(Backend& backend) {
   y_recv_storage = experts.forward(backend, x_recv_storage, plan.rows_per_local_expert,
                                    plan.max_rows_received);
@@ -84,9 +88,12 @@ const Tensor& MoELayer::backward(Backend& backend, const Tensor& dout, const Ten
                                      router.slot_row);
   if (timer) timer->lap(kUnpermute, true);
   // combine, reversed: output gradients travel to the experts' owners.
+  const bool rows_stay = !exchange->moves_rows();
   const Tensor dy_recv = dy_recv_storage =
-      ws.rows(backend, "moe.dy_recv", plan.rows_received, D, dtype, plan.max_rows_received);
-  exchange->dispatch(plan, dy_recv, dy_perm);
+      rows_stay ? dy_perm
+                : ws.rows(backend, "moe.dy_recv", plan.rows_received, D, dtype,
+                          plan.max_rows_received);
+  if (!rows_stay) exchange->dispatch(plan, dy_recv, dy_perm);
   if (timer) timer->lap(kCombine, true);
   // experts
   const Tensor dx_recv = experts.backward(backend, dy_recv, x_recv, plan.rows_per_local_expert,
@@ -94,23 +101,14 @@ const Tensor& MoELayer::backward(Backend& backend, const Tensor& dout, const Ten
   if (timer) timer->lap(kExperts, true);
   // dispatch, reversed: input gradients travel back the way the tokens came.
   const Tensor dx_perm = dx_perm_storage =
-      ws.rows(backend, "moe.dx_perm", router.kept, D, dtype, max_kept);
-  exchange->combine(plan, dx_perm, dx_recv);
+      rows_stay ? dx_recv : ws.rows(backend, "moe.dx_perm", router.kept, D, dtype, max_kept);
+  if (!rows_stay) exchange->combine(plan, dx_perm, dx_recv);
   if (timer) timer->lap(kDispatch, true);
   // permute, reversed, then the router's own path into u.
   du = ws.get(backend, "ffn.du", u.shape(), dtype);
   backend.permute_rows_backward(du, dx_perm, router.slot_row, K);
   if (timer) timer->lap(kPermute, true);
-  const DType router_dtype = router.weight.value.dtype();
-  if (dtype == router_dtype) {
-    router.backward(backend, du, dgates, u, d_aux, d_z);
-  } else {
-    u_router = ws.get(backend, "moe.u_router", u.shape(), router_dtype);
-    backend.copy(u_router, u);  // bitwise the forward's copy
-    du_router = ws.get(backend, "moe.du_router", u.shape(), router_dtype);
-    router.backward(backend, du_router, dgates, u_router, d_aux, d_z, /*accumulate=*/false);
-    backend.add(du, du_router, 1.0);
-  }
+  router.backward(backend, du, dgates, u, d_aux, d_z);  // adds the router's path into du
   if (timer) timer->lap(kRoute, true);
   return du;
 }

@@ -21,8 +21,8 @@ struct MoELayer {
   bool balance_over_world = false;
 
   // Shared scratch (the Transformer's); null: a private one. Everything below but the router's
-  // results, x_recv and y_perm (what backward reads) comes from it: x_perm, out and the fp32
-  // u_router are dead once the forward has used them, the rest lives in one backward.
+  // results, x_recv and y_perm (what backward reads) comes from it: x_perm and out are dead
+  // once the forward has used them, the rest lives in one backward.
   Workspace* workspace = nullptr;
 
   ExchangePlan plan;
@@ -31,10 +31,6 @@ struct MoELayer {
   Tensor x_perm_storage, x_recv_storage, y_perm_storage, y_recv_storage;
   Tensor dy_perm_storage, dy_recv_storage, dx_perm_storage;
   Tensor out, du, dgates;
-  // The router is fp32 everywhere: when the layer computes in bf16, it routes an fp32 copy of u
-  // and its input gradient comes back in fp32, to be added into du. The copy is exact, so
-  // backward makes it again from u rather than keeping [T, D] fp32 per layer.
-  Tensor u_router, du_router;
 
   // u: the normalised input [T, D]. Returns out [T, D].
   const Tensor& forward(Backend& backend, const Tensor& u);
@@ -42,7 +38,7 @@ struct MoELayer {
   const Tensor& backward(Backend& backend, const Tensor& dout, const Tensor& u, double d_aux,
                          double d_z);
 
-  // train.recompute layer: the experts' h1, h3, hidden are not kept (experts.recompute); this
+  // train.recompute layer: the experts' h1, h3 are not kept (experts.recompute); this
   // reruns the experts on the saved x_recv, before backward. Routing and the token exchange are
   // not rerun: the router's results, x_recv and y_perm stay saved.
   void recompute_experts(Backend& backend);

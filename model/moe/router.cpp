@@ -20,7 +20,7 @@ RoutingRule Router::rule(int64_t tokens) const {
 
 void Router::forward(Backend& backend, const Tensor& u, TokenExchange* world_balance) {
   const int64_t T = u.dim(0), E = settings.num_experts, K = settings.top_k;
-  const DType dtype = u.dtype();
+  const DType dtype = weight.value.dtype();
   ensure(backend, logits, {T, E}, dtype);
   ensure(backend, scores, {T, E}, dtype);
   ensure(backend, lse, {T}, dtype);
@@ -32,7 +32,7 @@ void Router::forward(Backend& backend, const Tensor& u, TokenExchange* world_bal
   ensure(backend, assignments_per_expert, {E}, DType::i32);
 
   const RoutingRule routing = rule(T);
-  backend.gemm(logits, u, false, weight.compute_value(), false, 1.0, 0.0);
+  backend.router_logits(logits, u, weight.compute_value());
   backend.router_scores_topk(scores, lse, topk_idx, gates, logits, expert_bias, routing);
   RouterPlanCounts counts = backend.router_plan(slot_row, row_slot, slot_expert,
                                                 assignments_per_expert, topk_idx, gates, logits,
@@ -61,12 +61,40 @@ void Router::forward(Backend& backend, const Tensor& u, TokenExchange* world_bal
 }
 
 void Router::backward(Backend& backend, const Tensor& du, const Tensor& dgates, const Tensor& u,
-                      double d_aux, double d_z, bool accumulate) {
+                      double d_aux, double d_z) {
   ensure(backend, dlogits, logits.shape(), logits.dtype());
   backend.router_backward(dlogits, dgates, scores, lse, logits, topk_idx, balance_counts,
                           rule(u.dim(0)), d_aux, d_z);
-  backend.gemm(weight.grad, u, true, dlogits, false, 1.0, weight.take_grad_beta());
-  backend.gemm(du, dlogits, false, weight.compute_value(), true, 1.0, accumulate ? 1.0 : 0.0);
+  backend.router_logits_backward(weight.grad, du, dlogits, u, weight.compute_value(),
+                                 weight.take_grad_beta());
+}
+
+// The reference projection (contract in model/backend.h): what the MoE layer did before the op
+// existed, so a backend keeping these computes the same bits as then. With u in another dtype
+// than w, a temporary copy in w's dtype (exact) feeds the GEMMs, and the input gradient is
+// written over it once the weight gradient has read it.
+void Backend::router_logits(const Tensor& logits, const Tensor& u, const Tensor& w) {
+  if (u.dtype() == w.dtype()) {
+    gemm(logits, u, false, w, false, 1.0, 0.0);
+    return;
+  }
+  const Tensor wide = alloc(u.shape(), w.dtype());
+  copy(wide, u);
+  gemm(logits, wide, false, w, false, 1.0, 0.0);
+}
+
+void Backend::router_logits_backward(const Tensor& dw, const Tensor& du, const Tensor& dlogits,
+                                     const Tensor& u, const Tensor& w, double dw_beta) {
+  if (u.dtype() == w.dtype()) {
+    gemm(dw, u, true, dlogits, false, 1.0, dw_beta);
+    gemm(du, dlogits, false, w, true, 1.0, 1.0);
+    return;
+  }
+  const Tensor wide = alloc(u.shape(), w.dtype());
+  copy(wide, u);
+  gemm(dw, wide, true, dlogits, false, 1.0, dw_beta);
+  gemm(wide, dlogits, false, w, true, 1.0, 0.0);
+  add(du, wide, 1.0);
 }
 
 }  // namespace sy

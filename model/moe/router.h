@@ -50,16 +50,17 @@ struct Router {
   Tensor dlogits;
 
   RoutingRule rule(int64_t tokens) const;
-  // u: the normalised input [T, D], in the router's dtype (that of weight.value: fp32 in
-  // training, also when the model computes in bf16; the MoE layer converts). With
+  // u: the normalised input [T, D], in the compute dtype (bf16 or the router's) as the MoE layer
+  // holds it: the projection widens it as it reads (Backend::router_logits). The router's own
+  // tensors are in its dtype, that of weight.value (fp32 in training, also in bf16 models). With
   // `world_balance` (aux_loss_scope global, in training), f_e counts the choices of every rank's
   // routing group at this micro-step.
   void forward(Backend& backend, const Tensor& u, TokenExchange* world_balance = nullptr);
   // dgates [T, K]; d_aux, d_z: the loss's derivative with respect to this layer's aux and z.
-  // du receives u's gradient through the router: added to it when `accumulate`, else
-  // overwritten; weight.grad accumulates.
+  // u's gradient through the router is added into du [T, D] (u's dtype, not u itself);
+  // weight.grad accumulates (written on its first use after zeroing).
   void backward(Backend& backend, const Tensor& du, const Tensor& dgates, const Tensor& u,
-                double d_aux, double d_z, bool accumulate = true);
+                double d_aux, double d_z);
 };
 
 }  // namespace sy

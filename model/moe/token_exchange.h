@@ -30,6 +30,10 @@ class TokenExchange {
   virtual int64_t first_local_expert() const = 0;
   virtual int64_t num_local_experts() const = 0;
 
+  // False when every expert is here (one rank holds them all): dispatch and combine would then
+  // only copy the rows in the same order, so the MoE layer hands the experts its own rows and
+  // calls neither (plan still runs).
+  virtual bool moves_rows() const { return true; }
   // Exchanges the counts: the only host synchronisation of an MoE layer.
   virtual ExchangePlan plan(const std::vector<int64_t>& send_rows_per_expert) = 0;
   // sent [rows_sent, D], grouped by global expert -> received [rows_received, D], grouped by
