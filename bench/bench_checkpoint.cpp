@@ -1,6 +1,11 @@
 // Checkpoint size and save/load time of a config's model (no training: the model is built and
 // initialised, AdamW's moments allocated, then saved and loaded a few times).
 //   bench_checkpoint CONFIG [--set section.key=value ...] [--dir DIR] [--repeats N] [--cold 1]
+//                    [--modes sync,async] [--load 0]
+// Each mode saves N times: the step's stall (save_checkpoint's return) and the time until the
+// file is complete (finish_checkpoint_write), medians (of two, the faster), and the first save's
+// stall apart (an async run's first save also allocates the snapshot's memory), next to `dd if=/dev/zero bs=16M conv=fsync` of the
+// same size into the same folder, in the same run. One checkpoint is on disk at a time.
 // Under mpirun -np W with parallel.expert_parallel P it measures the distributed save (world
 // rank 0 writes, receiving the other EP ranks' experts one at a time) and the layout-aware load.
 // Loads right after a save read from the page cache; with --cold 1 the page cache is dropped
@@ -12,7 +17,9 @@
 #include <fstream>
 #include <unistd.h>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -35,11 +42,13 @@ int main(int argc, char** argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   int status = 0;
   try {
-    if (argc < 2) throw std::runtime_error("usage: bench_checkpoint CONFIG [--set k=v ...] [--dir DIR] [--repeats N]");
+    if (argc < 2) throw std::runtime_error("usage: bench_checkpoint CONFIG [--set k=v ...] [--dir DIR] [--repeats N] [--modes sync,async] [--load 0] [--cold 1]");
     std::vector<std::string> overrides;
     std::string dir = (std::filesystem::temp_directory_path() / "sy_bench_checkpoint").string();
     int repeats = 3;
     bool cold = false;
+    bool load = true;
+    std::string modes_text = "sync,async";
     for (int i = 2; i < argc; ++i) {
       const std::string arg = argv[i];
       if (i + 1 >= argc) throw std::runtime_error(arg + " needs a value");
@@ -47,13 +56,15 @@ int main(int argc, char** argv) {
       else if (arg == "--dir") dir = argv[++i];
       else if (arg == "--repeats") repeats = std::max(1, std::stoi(argv[++i]));
       else if (arg == "--cold") cold = std::string(argv[++i]) != "0";
+      else if (arg == "--modes") modes_text = argv[++i];
+      else if (arg == "--load") load = std::string(argv[++i]) != "0";
       else throw std::runtime_error("unknown option " + arg);
     }
     sy::Config config = sy::load_config(argv[1], overrides);
     config.checkpoint.keep_last = 1;
     sy::ModelSession session = sy::make_model_session(config, MPI_COMM_WORLD);
     std::vector<sy::Param*> params = session.model->params();
-    std::unique_ptr<sy::Optimizer> optimizer = sy::make_optimizer(config.train);
+    std::unique_ptr<sy::Optimizer> optimizer = sy::make_optimizer(sy::optimizer_settings(config.train));
     optimizer->init_state(*session.backend, params);
 
     // Parameters of the whole model: expert tensors hold E/P of E experts on each rank.
@@ -61,41 +72,98 @@ int main(int argc, char** argv) {
     for (const sy::Param* param : params)
       total += param->value.numel() * (param->is_expert ? session.groups.ep_size() : 1);
 
-    std::vector<double> saves, loads;
+    // Each mode saves `repeats` times. sync: the step is stalled for the whole save. async: the
+    // step is stalled for the snapshot (save_checkpoint's return); the write ends at
+    // finish_checkpoint_write, which the next save would otherwise wait for.
+    struct Mode {
+      std::string name;
+      bool async;
+      std::vector<double> stalls, totals;
+    };
+    std::vector<Mode> modes;  // in the order given
+    std::stringstream names(modes_text);
+    for (std::string name; std::getline(names, name, ',');) {
+      if (name != "sync" && name != "async") throw std::runtime_error("--modes: sync and/or async, not " + name);
+      modes.push_back({name, name == "async", {}, {}});
+    }
+    if (modes.empty()) throw std::runtime_error("--modes: sync and/or async");
+    std::vector<double> loads;
     std::string path;
-    for (int r = 0; r < repeats; ++r) {
+    double bytes = 0;
+    int64_t step = 0;
+    // One checkpoint on disk at a time (the 1.81B model's is 21.7 GB): each is removed after use.
+    auto remove_checkpoints = [&] {
       MPI_Barrier(MPI_COMM_WORLD);
-      double start = now_s();
-      path = sy::save_checkpoint(dir, r + 1, config, *session.model, optimizer.get(),
-                                 session.groups, *session.backend);
-      saves.push_back(now_s() - start);
-      if (cold && rank == 0) {
-        ::sync();
-        std::ofstream drop("/proc/sys/vm/drop_caches");
-        drop << "3\n";
-        drop.close();
-        if (!drop) throw std::runtime_error("--cold: cannot write /proc/sys/vm/drop_caches (root?)");
+      if (rank == 0) {
+        if (bytes == 0) bytes = static_cast<double>(std::filesystem::file_size(path));
+        std::filesystem::remove_all(dir);
       }
       MPI_Barrier(MPI_COMM_WORLD);
-      start = now_s();
-      sy::load_checkpoint(path, config, *session.model, optimizer.get(), session.groups,
-                          *session.backend);
-      loads.push_back(now_s() - start);
+    };
+    for (Mode& mode : modes) {
+      config.checkpoint.async = mode.async;
+      for (int r = 0; r < repeats; ++r) {
+        MPI_Barrier(MPI_COMM_WORLD);
+        const double start = now_s();
+        path = sy::save_checkpoint(dir, ++step, config, *session.model, optimizer.get(),
+                                   session.groups, *session.backend);
+        mode.stalls.push_back(now_s() - start);
+        sy::finish_checkpoint_write(session.groups);
+        mode.totals.push_back(now_s() - start);
+        if (mode.async || !load) {
+          remove_checkpoints();
+          continue;
+        }
+        if (cold && rank == 0) {
+          ::sync();
+          std::ofstream drop("/proc/sys/vm/drop_caches");
+          drop << "3\n";
+          drop.close();
+          if (!drop) throw std::runtime_error("--cold: cannot write /proc/sys/vm/drop_caches (root?)");
+        }
+        MPI_Barrier(MPI_COMM_WORLD);
+        const double load_start = now_s();
+        sy::load_checkpoint(path, config, *session.model, optimizer.get(), session.groups,
+                            *session.backend);
+        loads.push_back(now_s() - load_start);
+        remove_checkpoints();
+      }
     }
+    auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v[(v.size() - 1) / 2];  // of two, the faster
+    };
     if (rank == 0) {
-      const double bytes = static_cast<double>(std::filesystem::file_size(path));
-      std::sort(saves.begin(), saves.end());
-      std::sort(loads.begin(), loads.end());
-      const double save = saves[saves.size() / 2], load = loads[loads.size() / 2];
-      std::printf("%s: %lld parameters (%.1fM), %d ranks, expert_parallel %d\n",
+      std::filesystem::create_directories(dir);
+      // The disk's sequential write speed in the same run, same folder, same size: dd with fsync.
+      const long long blocks = static_cast<long long>(bytes / (16 << 20)) + 1;
+      const std::string dd_file = (std::filesystem::path(dir) / "dd.bin").string();
+      const std::string dd = "dd if=/dev/zero of='" + dd_file + "' bs=16M count=" +
+                             std::to_string(blocks) + " conv=fsync status=none";
+      std::vector<double> dd_times;
+      for (int r = 0; r < std::min(repeats, 3); ++r) {
+        const double start = now_s();
+        if (std::system(dd.c_str()) != 0) throw std::runtime_error("failed: " + dd);
+        dd_times.push_back(now_s() - start);
+        std::filesystem::remove(dd_file);
+      }
+      const double dd_mb_s = blocks * 16.0 * 1048576 / 1e6 / median(dd_times);
+      std::printf("%s: %lld parameters (%.1fM), %d ranks, expert_parallel %d, dir %s\n",
                   config.name.c_str(), static_cast<long long>(total), total / 1e6,
-                  session.groups.size(), session.groups.ep_size());
+                  session.groups.size(), session.groups.ep_size(), dir.c_str());
       std::printf("  checkpoint %.1f MB (%.2f bytes per parameter: weights + 2 AdamW moments, fp32)\n",
                   bytes / 1e6, bytes / total);
-      std::printf("  save %.3f s (%.0f MB/s, incl. fsync), load %.3f s (%.0f MB/s, page cache %s); "
-                  "median of %d\n",
-                  save, bytes / 1e6 / save, load, bytes / 1e6 / load, cold ? "dropped" : "warm",
-                  repeats);
+      if (!loads.empty()) std::printf("  load %.3f s (%.0f MB/s, page cache %s)\n", median(loads),
+                  bytes / 1e6 / median(loads), cold ? "dropped" : "warm");
+      std::printf("  %-6s %10s %10s %10s %9s %14s   (medians of %d; dd: %lld x 16 MiB, conv=fsync)\n",
+                  "mode", "stall s", "write s", "MB/s", "% of dd", "first stall s", repeats, blocks);
+      for (const Mode& mode : modes) {
+        const double write_s = median(mode.totals);
+        std::printf("  %-6s %10.3f %10.3f %10.0f %8.0f%% %14.3f\n", mode.name.c_str(),
+                    median(mode.stalls), write_s, bytes / 1e6 / write_s,
+                    100.0 * bytes / 1e6 / write_s / dd_mb_s, mode.stalls.front());
+      }
+      std::printf("  %-6s %10s %10.3f %10.0f %8.0f%%\n", "dd", "", median(dd_times), dd_mb_s, 100.0);
     }
     MPI_Barrier(MPI_COMM_WORLD);
     if (rank == 0) std::filesystem::remove_all(dir);

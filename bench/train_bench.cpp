@@ -233,7 +233,7 @@ int main(int argc, char** argv) {
     std::vector<Param*> params = model.params();
     int64_t n_params = 0;
     for (const Param* p : params) n_params += p->value.numel();
-    std::unique_ptr<Optimizer> optimizer = make_optimizer(config.train);
+    std::unique_ptr<Optimizer> optimizer = make_optimizer(optimizer_settings(config.train));
 
     const TrainConfig& tc = config.train;
     const int64_t B = tc.micro_batch_size, S = config.model.seq_len;
@@ -293,7 +293,7 @@ int main(int argc, char** argv) {
         }
       const double norm = std::sqrt(global_grad_norm_squared(*backend, params));
       // Clip, update, bf16 refresh and grad zeroing: one pass on CUDA (optim/optimizer.h).
-      optimizer->step(*backend, params, lr_at(tc, step), clip_factor(norm, tc.grad_clip));
+      optimizer->step(*backend, params, lr_at(lr_schedule(tc), step), clip_factor(norm, tc.grad_clip));
       if (step == 0) {
         first_loss = loss;
         first_grad_norm = norm;

@@ -49,27 +49,35 @@ uint64_t load_le(const unsigned char* bytes, int size) {
 
 // ---- nanoGPT ----
 
-// Appends the uint16 tokens of `path` to `tokens`.
-void read_uint16_tokens(const std::string& path, int64_t vocab_size, std::vector<int32_t>& tokens) {
+// Streams the uint16 tokens of `path` to sink(is_val, ...); returns how many there were.
+int64_t stream_uint16_tokens(const std::string& path, int64_t vocab_size, bool is_val,
+                             const TokenSink& sink) {
   const uint64_t size = regular_file_size(path);
   if (size % 2 != 0)
     throw file_error(path, "size " + std::to_string(size) +
                                " bytes is odd: not a file of uint16 tokens");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw file_error(path, "cannot open for reading");
-  const size_t count = size / 2;
-  std::vector<unsigned char> bytes(size);
-  if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size)))
-    throw file_error(path, "read failed");
-  tokens.reserve(tokens.size() + count);
-  for (size_t k = 0; k < count; k++) {
-    const int64_t token = static_cast<int64_t>(load_le(&bytes[2 * k], 2));
-    if (token >= vocab_size)
-      throw file_error(path, "token " + std::to_string(token) + " at position " +
-                                 std::to_string(k) + " (byte " + std::to_string(2 * k) +
-                                 ") is outside [0, " + std::to_string(vocab_size) + ")");
-    tokens.push_back(static_cast<int32_t>(token));
+  const uint64_t count = size / 2;
+  const uint64_t block_tokens = uint64_t{1} << 20;
+  std::vector<unsigned char> bytes(2 * std::min(count, block_tokens));
+  std::vector<int32_t> tokens(std::min(count, block_tokens));
+  for (uint64_t first = 0; first < count; first += block_tokens) {
+    const uint64_t block = std::min(block_tokens, count - first);
+    if (!in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(2 * block)))
+      throw file_error(path, "read failed at byte " + std::to_string(2 * first));
+    for (uint64_t k = 0; k < block; k++) {
+      const int64_t token = static_cast<int64_t>(load_le(&bytes[2 * k], 2));
+      if (token >= vocab_size)
+        throw file_error(path, "token " + std::to_string(token) + " at position " +
+                                   std::to_string(first + k) + " (byte " +
+                                   std::to_string(2 * (first + k)) + ") is outside [0, " +
+                                   std::to_string(vocab_size) + ")");
+      tokens[k] = static_cast<int32_t>(token);
+    }
+    sink(is_val, tokens.data(), static_cast<int64_t>(block));
   }
+  return static_cast<int64_t>(count);
 }
 
 // ---- Megatron ----
@@ -235,6 +243,10 @@ MegatronIndex read_megatron_index(const std::string& idx_path, uint64_t bin_size
 
 }  // namespace
 
+void check_import_vocab_size(const std::string& format, int64_t vocab_size) {
+  check_vocab_size(vocab_size, format == "nanogpt" ? 65536 : int64_t{1} << 31, format);
+}
+
 int64_t train_document_count(int64_t documents, double val_fraction, const std::string& input) {
   const int64_t train =
       static_cast<int64_t>(std::floor((1.0 - val_fraction) * static_cast<double>(documents)));
@@ -248,10 +260,10 @@ int64_t train_document_count(int64_t documents, double val_fraction, const std::
   return train;
 }
 
-std::vector<std::string> read_jsonl_documents(const std::vector<std::string>& files,
-                                              const std::string& field) {
+int64_t for_each_jsonl_document(const std::vector<std::string>& files, const std::string& field,
+                                const std::function<void(const std::string&)>& visit) {
   if (files.empty()) throw std::runtime_error("--format jsonl: no --input file");
-  std::vector<std::string> documents;
+  int64_t documents = 0;
   for (const std::string& path : files) {
     regular_file_size(path);  // names a missing file or a folder
     std::ifstream in(path, std::ios::binary);
@@ -274,29 +286,29 @@ std::vector<std::string> read_jsonl_documents(const std::vector<std::string>& fi
       if (!member->is_string())
         throw file_error(path, where + "field \"" + field + "\" is a " + member->type_name() +
                                    ", not a string");
-      documents.push_back(member->get<std::string>());
+      visit(member->get_ref<const std::string&>());
+      documents++;
     }
     if (in.bad()) throw file_error(path, "read failed");
   }
-  if (documents.empty()) throw std::runtime_error(join(files) + ": no documents");
+  if (documents == 0) throw std::runtime_error(join(files) + ": no documents");
   return documents;
 }
 
-ImportedTokens read_nanogpt(const std::string& input, int64_t vocab_size) {
+ImportCounts import_nanogpt(const std::string& input, int64_t vocab_size, const TokenSink& sink) {
   check_vocab_size(vocab_size, 65536, "nanogpt");
   std::error_code error;
   const fs::path train_path =
       fs::is_directory(input, error) ? fs::path(input) / "train.bin" : fs::path(input);
   const fs::path val_path = train_path.parent_path() / "val.bin";
-  ImportedTokens tokens;
-  read_uint16_tokens(train_path.string(), vocab_size, tokens.train);
-  if (tokens.train.empty()) throw file_error(train_path.string(), "no tokens");
-  read_uint16_tokens(val_path.string(), vocab_size, tokens.val);
-  return tokens;
+  if (stream_uint16_tokens(train_path.string(), vocab_size, false, sink) == 0)
+    throw file_error(train_path.string(), "no tokens");
+  stream_uint16_tokens(val_path.string(), vocab_size, true, sink);
+  return {};
 }
 
-ImportedTokens read_megatron(const std::string& prefix_or_file, int64_t vocab_size,
-                             double val_fraction) {
+ImportCounts import_megatron(const std::string& prefix_or_file, int64_t vocab_size,
+                             double val_fraction, const TokenSink& sink) {
   check_vocab_size(vocab_size, int64_t{1} << 31, "megatron");
   std::string prefix = prefix_or_file;
   for (const char* suffix : {".bin", ".idx"})
@@ -313,41 +325,52 @@ ImportedTokens read_megatron(const std::string& prefix_or_file, int64_t vocab_si
 
   std::ifstream bin(bin_path, std::ios::binary);
   if (!bin) throw file_error(bin_path, "cannot open for reading");
-  ImportedTokens tokens;
-  tokens.documents = documents;
-  tokens.val_documents = documents - train_documents;
+  ImportCounts counts;
+  counts.documents = documents;
+  counts.val_documents = documents - train_documents;
+  int64_t train_tokens = 0;
+  const int64_t block_tokens = int64_t{1} << 20;  // a long sequence is streamed in blocks
   std::vector<unsigned char> bytes;
+  std::vector<int32_t> tokens;
   for (int64_t d = 0; d < documents; d++) {
-    std::vector<int32_t>& split = d < train_documents ? tokens.train : tokens.val;
+    const bool is_val = d >= train_documents;
     for (int64_t s = index.document_indices[d]; s < index.document_indices[d + 1]; s++) {
       const int64_t pointer = index.sequence_pointers[s];
       const int64_t length = index.sequence_lengths[s];
-      bytes.resize(static_cast<size_t>(length) * dtype.size);
       bin.seekg(pointer);
-      if (length > 0 && !bin.read(reinterpret_cast<char*>(bytes.data()),
-                                  static_cast<std::streamsize>(bytes.size())))
-        throw file_error(bin_path, "read failed at byte " + std::to_string(pointer));
-      for (int64_t k = 0; k < length; k++) {
-        const uint64_t raw = load_le(&bytes[k * dtype.size], dtype.size);
-        int64_t token = static_cast<int64_t>(raw);
-        if (dtype.is_signed && dtype.size < 8) {
-          const uint64_t sign = uint64_t{1} << (8 * dtype.size - 1);
-          token = static_cast<int64_t>(raw ^ sign) - static_cast<int64_t>(sign);
+      for (int64_t first = 0; first < length; first += block_tokens) {
+        const int64_t block = std::min(block_tokens, length - first);
+        const int64_t block_pointer = pointer + first * dtype.size;
+        bytes.resize(static_cast<size_t>(block) * dtype.size);
+        tokens.resize(static_cast<size_t>(block));
+        if (!bin.read(reinterpret_cast<char*>(bytes.data()),
+                      static_cast<std::streamsize>(bytes.size())))
+          throw file_error(bin_path, "read failed at byte " + std::to_string(block_pointer));
+        for (int64_t k = 0; k < block; k++) {
+          const uint64_t raw = load_le(&bytes[k * dtype.size], dtype.size);
+          int64_t token = static_cast<int64_t>(raw);
+          if (dtype.is_signed && dtype.size < 8) {
+            const uint64_t sign = uint64_t{1} << (8 * dtype.size - 1);
+            token = static_cast<int64_t>(raw ^ sign) - static_cast<int64_t>(sign);
+          }
+          if (token < 0 || token >= vocab_size)
+            throw file_error(bin_path, "token " + std::to_string(token) + " at element " +
+                                           std::to_string(pointer / dtype.size + first + k) +
+                                           " (byte " +
+                                           std::to_string(block_pointer + k * dtype.size) +
+                                           ", document " + std::to_string(d) +
+                                           ") is outside [0, " + std::to_string(vocab_size) + ")");
+          tokens[k] = static_cast<int32_t>(token);
         }
-        if (token < 0 || token >= vocab_size)
-          throw file_error(bin_path, "token " + std::to_string(token) + " at element " +
-                                         std::to_string(pointer / dtype.size + k) + " (byte " +
-                                         std::to_string(pointer + k * dtype.size) +
-                                         ", document " + std::to_string(d) + ") is outside [0, " +
-                                         std::to_string(vocab_size) + ")");
-        split.push_back(static_cast<int32_t>(token));
+        sink(is_val, tokens.data(), block);
+        if (!is_val) train_tokens += block;
       }
     }
   }
-  if (tokens.train.empty())
+  if (train_tokens == 0)
     throw file_error(prefix, "the " + std::to_string(train_documents) +
                                  " training documents hold no tokens");
-  return tokens;
+  return counts;
 }
 
 }  // namespace sy

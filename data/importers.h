@@ -4,6 +4,7 @@
 // Every problem throws std::runtime_error, one line naming the file and the position.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -15,27 +16,36 @@ namespace sy {
 int64_t train_document_count(int64_t documents, double val_fraction, const std::string& input);
 
 // JSONL: one JSON object per line, the document its string member `field`. Blank lines (only
-// spaces, tabs, '\r') are skipped. Returns the documents of every file, in the order given.
-// Throws "<file>: line N: ..." for invalid JSON, a line that is not an object, a missing member or
-// one that is not a string; "<files>: no documents" when there is none.
-std::vector<std::string> read_jsonl_documents(const std::vector<std::string>& files,
-                                              const std::string& field);
+// spaces, tabs, '\r') are skipped. Calls visit(document) for each document of every file, in the
+// order given, one line in memory at a time, and returns how many there were. Throws
+// "<file>: line N: ..." for invalid JSON, a line that is not an object, a missing member or one
+// that is not a string; "<files>: no documents" when there is none.
+int64_t for_each_jsonl_document(const std::vector<std::string>& files, const std::string& field,
+                                const std::function<void(const std::string&)>& visit);
 
-// Token ids read from token-level formats, already split.
-struct ImportedTokens {
-  std::vector<int32_t> train, val;
+// Throws "--format F needs --vocab-size in [1, L], got N": L is 65536 for nanogpt (uint16
+// files), 2^31 for megatron.
+void check_import_vocab_size(const std::string& format, int64_t vocab_size);
+
+// Where a token-format importer puts what it reads, in order, a block at a time (at most a few
+// million tokens; the block is only valid during the call).
+using TokenSink = std::function<void(bool is_val, const int32_t* tokens, int64_t count)>;
+
+struct ImportCounts {
   int64_t documents = 0;      // 0 where the format has no documents (nanoGPT)
   int64_t val_documents = 0;
 };
 
 // nanoGPT: `input` is a folder holding train.bin and val.bin, or the path of train.bin (val.bin
 // beside it). Both are little-endian uint16 tokens, each < vocab_size. train.bin must hold at
-// least one token; val.bin may be empty.
-ImportedTokens read_nanogpt(const std::string& input, int64_t vocab_size);
+// least one token; val.bin may be empty. Streams train.bin, then val.bin.
+ImportCounts import_nanogpt(const std::string& input, int64_t vocab_size, const TokenSink& sink);
 
 // Megatron-LM indexed dataset PREFIX.bin + PREFIX.idx (`prefix` may also end in .bin or .idx).
 // Tokens of integer dtype, each in [0, vocab_size); documents kept whole, the last ones (by
-// train_document_count) becoming validation.
-ImportedTokens read_megatron(const std::string& prefix, int64_t vocab_size, double val_fraction);
+// train_document_count) becoming validation. The .idx is read whole (its size grows with the
+// sequence count, 12 bytes each); the .bin is streamed in document order.
+ImportCounts import_megatron(const std::string& prefix, int64_t vocab_size, double val_fraction,
+                             const TokenSink& sink);
 
 }  // namespace sy

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <string_view>
 #include <sstream>
 #include <stdexcept>
 #include <system_error>
@@ -48,14 +50,78 @@ bool is_brown_file_name(const std::string& name) {
          is_digit(name[2]) && is_digit(name[3]);
 }
 
-std::string read_whole_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path.string() + ": cannot open for reading");
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  if (in.bad()) throw std::runtime_error(path.string() + ": read failed");
-  return contents.str();
+// Calls visit(text) with the text of `file` as prepare-data sees it, a block at a time: raw
+// blocks of 1 MiB ("text"), or one converted line at a time ("brown": brown_file_to_text treats
+// every line on its own, so line by line gives the same text as the whole file).
+void for_each_text_block(const fs::path& file, const std::string& format,
+                         const std::function<void(std::string_view)>& visit) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw std::runtime_error(file.string() + ": cannot open for reading");
+  if (format == "brown") {
+    std::string line;
+    while (std::getline(in, line)) {
+      const std::string text = brown_file_to_text(line);
+      if (!text.empty()) visit(text);
+    }
+  } else {
+    std::vector<char> block(size_t{1} << 20);
+    while (in) {
+      in.read(block.data(), static_cast<std::streamsize>(block.size()));
+      if (in.gcount() > 0) visit(std::string_view(block.data(), static_cast<size_t>(in.gcount())));
+    }
+  }
+  if (in.bad()) throw std::runtime_error(file.string() + ": read failed");
 }
+
+// Text to tokens to a TokenFileWriter in bounded memory. Each split's text is handed to the
+// tokenizer in pieces of about piece_bytes, cut after a newline where the piece has one: the
+// bytes tokenizer gives the same tokens whatever the cut; SentencePiece gives the tokens of
+// encoding the whole split whenever the split is at most piece_bytes (docs/data.md).
+class TextEncoder {
+ public:
+  TextEncoder(const Tokenizer& tokenizer, TokenFileWriter& writer, int64_t piece_bytes)
+      : tokenizer_(tokenizer), writer_(writer), piece_bytes_(std::max<int64_t>(piece_bytes, 1)) {}
+
+  void add(bool is_val, std::string_view text) {
+    if (is_val && !in_val_) {
+      flush(false, pending_.size());
+      in_val_ = true;
+    }
+    pending_.append(text);
+    bytes_ += static_cast<int64_t>(text.size());
+    while (static_cast<int64_t>(pending_.size()) >= piece_bytes_) flush(in_val_, cut());
+  }
+  void finish() { flush(in_val_, pending_.size()); }
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  // Where the next piece ends: after its last newline; without one, at the last UTF-8 character
+  // boundary (never inside a character, which a tokenizer would see as invalid bytes).
+  size_t cut() const {
+    const size_t limit = static_cast<size_t>(piece_bytes_);
+    const size_t newline = pending_.rfind('\n', limit - 1);
+    if (newline != std::string::npos) return newline + 1;
+    size_t end = limit;
+    while (end > 0 && (static_cast<unsigned char>(pending_[end]) & 0xC0) == 0x80) end--;
+    return end > 0 ? end : limit;
+  }
+
+  // Encodes the first `length` bytes of pending_ into split is_val.
+  void flush(bool is_val, size_t length) {
+    if (length == 0) return;
+    const std::vector<int32_t> tokens = tokenizer_.encode(pending_.substr(0, length));
+    pending_.erase(0, length);
+    if (is_val) writer_.append_val(tokens.data(), static_cast<int64_t>(tokens.size()));
+    else writer_.append_train(tokens.data(), static_cast<int64_t>(tokens.size()));
+  }
+
+  const Tokenizer& tokenizer_;
+  TokenFileWriter& writer_;
+  int64_t piece_bytes_;
+  std::string pending_;
+  bool in_val_ = false;
+  int64_t bytes_ = 0;
+};
 
 // The files to read, in name order (byte-wise comparison of the file names, so the order does
 // not depend on the locale).
@@ -160,65 +226,96 @@ PrepareStats prepare_data(const PrepareOptions& options) {
   const std::string& input = options.inputs.front();
 
   PrepareStats stats;
-  std::vector<int32_t> train, val;
-  std::string tokenizer_model, tokenizer_model_name;  // empty unless SentencePiece
   if (is_token_format) {
     // The ids are taken as they are; the tokenizer name only labels them.
     stats.tokenizer = options.tokenizer.empty() ? "unknown" : options.tokenizer;
     if (stats.tokenizer == "bytes" && options.vocab_size != 256)
       throw std::runtime_error("--tokenizer bytes has vocabulary 256, but --vocab-size is " +
                                std::to_string(options.vocab_size));
-    ImportedTokens tokens = format == "nanogpt"
-                                ? read_nanogpt(input, options.vocab_size)
-                                : read_megatron(input, options.vocab_size, val_fraction);
+    check_import_vocab_size(format, options.vocab_size);  // before the writer needs it
+    TokenFileWriter writer(options.output, options.vocab_size, stats.tokenizer);
+    const TokenSink sink = [&](bool is_val, const int32_t* tokens, int64_t count) {
+      if (is_val) writer.append_val(tokens, count);
+      else writer.append_train(tokens, count);
+    };
+    const ImportCounts counts = format == "nanogpt"
+                                    ? import_nanogpt(input, options.vocab_size, sink)
+                                    : import_megatron(input, options.vocab_size, val_fraction, sink);
     stats.files = 2;  // train.bin and val.bin, or PREFIX.bin and PREFIX.idx
-    stats.documents = tokens.documents;
-    stats.val_documents = tokens.val_documents;
+    stats.documents = counts.documents;
+    stats.val_documents = counts.val_documents;
     stats.vocab_size = options.vocab_size;
-    train = std::move(tokens.train);
-    val = std::move(tokens.val);
-  } else {
-    const std::unique_ptr<Tokenizer> tokenizer =
-        tokenizer_from_option(options.tokenizer.empty() ? "bytes" : options.tokenizer);
-    stats.tokenizer = tokenizer->name();
-    stats.vocab_size = tokenizer->vocab_size();
-    std::string train_text, val_text;
-    if (format == "jsonl") {
-      // Documents split whole; each ends with "\n" so that neighbours stay apart.
-      const std::vector<std::string> documents = read_jsonl_documents(options.inputs,
-                                                                      options.field);
-      const int64_t num_documents = static_cast<int64_t>(documents.size());
-      const int64_t train_documents = train_document_count(num_documents, val_fraction, input);
-      for (int64_t d = 0; d < num_documents; d++)
-        (d < train_documents ? train_text : val_text) += documents[d] + "\n";
-      stats.files = static_cast<int64_t>(options.inputs.size());
-      stats.documents = num_documents;
-      stats.val_documents = num_documents - train_documents;
-    } else {
-      const std::vector<fs::path> files = list_input_files(input, format);
-      std::string text;
-      for (const fs::path& file : files) {
-        const std::string raw = read_whole_file(file);
-        text += format == "brown" ? brown_file_to_text(raw) : raw;
-      }
-      if (text.empty()) throw std::runtime_error(input + ": no text");
-      // The split is on bytes, before tokenisation, so that it does not depend on the tokenizer.
-      const int64_t train_bytes = static_cast<int64_t>(
-          std::floor((1.0 - val_fraction) * static_cast<double>(text.size())));
-      train_text = text.substr(0, train_bytes);
-      val_text = text.substr(train_bytes);
-      stats.files = static_cast<int64_t>(files.size());
-    }
-    stats.bytes = static_cast<int64_t>(train_text.size() + val_text.size());
-    train = tokenizer->encode(train_text);
-    val = tokenizer->encode(val_text);
-    tokenizer_model = tokenizer->model();
-    tokenizer_model_name = tokenizer->model_name();
+    stats.train_tokens = writer.train_size();
+    stats.val_tokens = writer.val_size();
+    writer.finish();
+    return stats;
   }
-  write_token_file(options.output, train, val, stats.vocab_size, stats.tokenizer, tokenizer_model,
-                   tokenizer_model_name);
-  stats.train_tokens = static_cast<int64_t>(train.size());
-  stats.val_tokens = static_cast<int64_t>(val.size());
+
+  const std::unique_ptr<Tokenizer> tokenizer =
+      tokenizer_from_option(options.tokenizer.empty() ? "bytes" : options.tokenizer);
+  stats.tokenizer = tokenizer->name();
+  stats.vocab_size = tokenizer->vocab_size();
+  // Two passes over the input: the first counts (bytes, or documents) to place the split and
+  // checks every line; the second tokenises and writes. Nothing is held but a piece of text.
+  int64_t train_documents = 0, num_documents = 0;
+  int64_t train_bytes = 0, total_bytes = 0;
+  std::vector<fs::path> files;
+  if (format == "jsonl") {
+    num_documents = for_each_jsonl_document(options.inputs, options.field,
+                                            [](const std::string&) {});
+    train_documents = train_document_count(num_documents, val_fraction, input);
+    stats.files = static_cast<int64_t>(options.inputs.size());
+    stats.documents = num_documents;
+    stats.val_documents = num_documents - train_documents;
+  } else {
+    files = list_input_files(input, format);
+    for (const fs::path& file : files)
+      for_each_text_block(file, format, [&](std::string_view text) {
+        total_bytes += static_cast<int64_t>(text.size());
+      });
+    if (total_bytes == 0) throw std::runtime_error(input + ": no text");
+    // The split is on bytes, before tokenisation, so that it does not depend on the tokenizer.
+    train_bytes = static_cast<int64_t>(
+        std::floor((1.0 - val_fraction) * static_cast<double>(total_bytes)));
+    stats.files = static_cast<int64_t>(files.size());
+  }
+
+  TokenFileWriter writer(options.output, stats.vocab_size, stats.tokenizer, tokenizer->model(),
+                         tokenizer->model_name());
+  TextEncoder encoder(*tokenizer, writer, options.encode_piece_bytes);
+  if (format == "jsonl") {
+    // Documents split whole; each ends with "\n" so that neighbours stay apart.
+    int64_t d = 0;
+    const int64_t seen = for_each_jsonl_document(
+        options.inputs, options.field, [&](const std::string& document) {
+          const bool is_val = d++ >= train_documents;
+          encoder.add(is_val, document);
+          encoder.add(is_val, "\n");
+        });
+    if (seen != num_documents)
+      throw std::runtime_error(input + ": changed while being read (" +
+                               std::to_string(num_documents) + " then " + std::to_string(seen) +
+                               " documents)");
+  } else {
+    int64_t position = 0;
+    for (const fs::path& file : files)
+      for_each_text_block(file, format, [&](std::string_view text) {
+        const int64_t size = static_cast<int64_t>(text.size());
+        const int64_t to_train = std::clamp<int64_t>(train_bytes - position, 0, size);
+        if (to_train > 0) encoder.add(false, text.substr(0, to_train));
+        if (to_train < size) encoder.add(true, text.substr(to_train));
+        position += size;
+      });
+    if (position != total_bytes)
+      throw std::runtime_error(input + ": changed while being read (" +
+                               std::to_string(total_bytes) + " then " + std::to_string(position) +
+                               " bytes)");
+  }
+  encoder.finish();
+  stats.bytes = encoder.bytes();
+  stats.train_tokens = writer.train_size();
+  stats.val_tokens = writer.val_size();
+  writer.finish();
   return stats;
 }
 

@@ -56,6 +56,10 @@ struct PrepareOptions {
   std::optional<double> val_fraction;
   std::string field = "text";       // jsonl: the member holding a document's text
   int64_t vocab_size = 0;           // nanogpt, megatron: required; tokens must lie below it
+  // Text formats: each split's text goes to the tokenizer in pieces of about this many bytes, cut
+  // after a newline (memory stays bounded whatever the input). Tokens do not depend on it for the
+  // bytes tokenizer; for SentencePiece a split longer than this is encoded piece by piece.
+  int64_t encode_piece_bytes = int64_t{16} << 20;
 };
 
 // Builds a token file at `output` from `input`, a file or a folder.
@@ -67,9 +71,10 @@ PrepareStats prepare_data(const std::string& input, const std::string& format,
                           const std::string& output, const std::string& tokenizer = "bytes",
                           double val_fraction = 0.05);
 
-// Every format (jsonl, nanogpt, megatron through data/importers.h). Nothing is written under
-// options.output unless the whole input was read and checked (the writer renames a finished
-// <output>.tmp into place). Throws std::runtime_error, one line naming the file and position.
+// Every format (jsonl, nanogpt, megatron through data/importers.h), streamed through a
+// TokenFileWriter (data/token_file.h) in bounded memory: the text formats read their input twice
+// (count to place the split, then encode). Nothing is written under options.output unless the
+// whole input was read and checked (the writer renames a finished <output>.tmp into place). Throws std::runtime_error, one line naming the file and position.
 PrepareStats prepare_data(const PrepareOptions& options);
 
 }  // namespace sy

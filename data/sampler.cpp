@@ -1,5 +1,6 @@
 #include "data/sampler.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -12,25 +13,29 @@ namespace {
 // with the parameter-initialisation streams drawn from the same seed.
 uint64_t sampler_domain() { return hash_string("sampler"); }
 
-void copy_sequence(const std::vector<int32_t>& tokens, int64_t start, int64_t seq_len,
-                   int32_t* inputs, int32_t* targets) {
-  const int32_t* source = tokens.data() + start;
+// window holds seq_len + 1 tokens: the inputs, and the same shifted by one as targets.
+void split_window(const int32_t* window, int64_t seq_len, int32_t* inputs, int32_t* targets) {
   for (int64_t t = 0; t < seq_len; t++) {
-    inputs[t] = source[t];
-    targets[t] = source[t + 1];
+    inputs[t] = window[t];
+    targets[t] = window[t + 1];
   }
 }
 
 }  // namespace
 
 StepSampler::StepSampler(const std::vector<int32_t>& train_tokens, int64_t seq_len, uint64_t seed)
-    : train_tokens_(&train_tokens),
+    : StepSampler(std::make_shared<TokensInMemory>(train_tokens), seq_len, seed) {}
+
+StepSampler::StepSampler(std::shared_ptr<const TokenSource> train_tokens, int64_t seq_len,
+                         uint64_t seed)
+    : train_tokens_(std::move(train_tokens)),
+      num_tokens_(train_tokens_ ? train_tokens_->size() : 0),
       seq_len_(seq_len),
       stream_key_(key_combine(sampler_domain(), seed)) {
   if (seq_len < 1)
     throw std::runtime_error("sampler: sequence length " + std::to_string(seq_len) +
                              " must be at least 1");
-  const int64_t num_tokens = static_cast<int64_t>(train_tokens.size());
+  const int64_t num_tokens = num_tokens_;
   if (num_tokens < seq_len + 1)
     throw std::runtime_error("training split has " + std::to_string(num_tokens) +
                              " tokens; sequences of " + std::to_string(seq_len) + " need " +
@@ -53,10 +58,14 @@ void StepSampler::group(int64_t step, int64_t group_index, int64_t batch_size, i
   if (group_index < 0 || batch_size < 1)
     throw std::runtime_error("sampler: group " + std::to_string(group_index) + " of size " +
                              std::to_string(batch_size) + " is not a valid routing group");
+  std::vector<int32_t> window(seq_len_ + 1);
   for (int64_t b = 0; b < batch_size; b++) {
     const int64_t start = offset(step, group_index * batch_size + b);
-    copy_sequence(*train_tokens_, start, seq_len_, inputs + b * seq_len_, targets + b * seq_len_);
+    train_tokens_->read(start, seq_len_ + 1, window.data());
+    split_window(window.data(), seq_len_, inputs + b * seq_len_, targets + b * seq_len_);
   }
+  for (int64_t b = 0; b < batch_size; b++)
+    train_tokens_->prefetch(offset(step + 1, group_index * batch_size + b), seq_len_ + 1);
 }
 
 std::string validation_fit_problem(int64_t sequences, int64_t seq_len, int64_t val_tokens) {
@@ -82,11 +91,16 @@ int64_t max_validation_batches(int64_t val_tokens, int64_t batch_size, int64_t s
 
 void validation_batch(const std::vector<int32_t>& val_tokens, int64_t batch_index,
                       int64_t batch_size, int64_t seq_len, int32_t* inputs, int32_t* targets) {
+  validation_batch(TokensInMemory(val_tokens), batch_index, batch_size, seq_len, inputs, targets);
+}
+
+void validation_batch(const TokenSource& val_tokens, int64_t batch_index, int64_t batch_size,
+                      int64_t seq_len, int32_t* inputs, int32_t* targets) {
   if (batch_index < 0 || batch_size < 1 || seq_len < 1)
     throw std::runtime_error("validation batch " + std::to_string(batch_index) + " of " +
                              std::to_string(batch_size) + " x " + std::to_string(seq_len) +
                              " is not valid");
-  const int64_t num_tokens = static_cast<int64_t>(val_tokens.size());
+  const int64_t num_tokens = val_tokens.size();
   const int64_t num_batches = batch_index + 1;
   const int64_t needed = num_batches * batch_size * seq_len + 1;
   if (num_tokens < needed)
@@ -94,10 +108,20 @@ void validation_batch(const std::vector<int32_t>& val_tokens, int64_t batch_inde
                              std::to_string(num_batches) + " batches of " +
                              std::to_string(batch_size) + " x " + std::to_string(seq_len) +
                              " need " + std::to_string(needed));
-  for (int64_t i = 0; i < batch_size; i++) {
-    const int64_t start = (batch_index * batch_size + i) * seq_len;
-    copy_sequence(val_tokens, start, seq_len, inputs + i * seq_len, targets + i * seq_len);
-  }
+  // The batch's sequences are neighbours in the split: one read covers them all.
+  std::vector<int32_t> window(batch_size * seq_len + 1);
+  val_tokens.read(batch_index * batch_size * seq_len, batch_size * seq_len + 1, window.data());
+  for (int64_t i = 0; i < batch_size; i++)
+    split_window(window.data() + i * seq_len, seq_len, inputs + i * seq_len, targets + i * seq_len);
+}
+
+std::vector<int32_t> read_validation_tokens(const TokenSource& val_tokens, int64_t sequences,
+                                            int64_t seq_len) {
+  if (sequences <= 0 || seq_len < 1) return {};
+  const int64_t count = std::min(val_tokens.size(), sequences * seq_len + 1);
+  std::vector<int32_t> tokens(count);
+  val_tokens.read(0, count, tokens.data());
+  return tokens;
 }
 
 }  // namespace sy

@@ -2,8 +2,11 @@
 // (seed, step): the sampler holds no position, so resuming at step s needs only s.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "data/token_window.h"
 
 namespace sy {
 
@@ -12,6 +15,9 @@ class StepSampler {
   // Keeps a pointer to train_tokens, which must outlive the sampler. Throws if the split is
   // shorter than seq_len + 1 tokens (one sequence plus its shifted target).
   StepSampler(const std::vector<int32_t>& train_tokens, int64_t seq_len, uint64_t seed);
+  // The same batches from a split read window by window (one read of seq_len + 1 tokens per
+  // sequence), e.g. a token file on disk (open_token_file).
+  StepSampler(std::shared_ptr<const TokenSource> train_tokens, int64_t seq_len, uint64_t seed);
 
   // Start of sequence `sequence` of step `step`: uniform in [0, N - S - 1], drawn by
   // CounterRng(key_combine(key_combine(key_combine(hash_string("sampler"), seed), step),
@@ -21,14 +27,17 @@ class StepSampler {
   // Routing group `group_index` of step `step`: sequences [g*B, (g+1)*B) of the step's batch.
   // inputs and targets each receive B*S tokens, token t of sequence b at [b*S + t]; the targets
   // are the inputs shifted by one token.
+  // It then hints the same group of step + 1 to the token source (TokenSource::prefetch): the
+  // draws are known in advance, so a file on disk is read while this step computes.
   void group(int64_t step, int64_t group_index, int64_t batch_size, int32_t* inputs,
              int32_t* targets) const;
 
   int64_t seq_len() const { return seq_len_; }
-  int64_t num_tokens() const { return static_cast<int64_t>(train_tokens_->size()); }
+  int64_t num_tokens() const { return num_tokens_; }
 
  private:
-  const std::vector<int32_t>* train_tokens_;
+  std::shared_ptr<const TokenSource> train_tokens_;
+  int64_t num_tokens_;
   int64_t seq_len_;
   uint64_t stream_key_;  // key_combine(sampler domain, seed): the per-run root of all draws
 };
@@ -45,6 +54,15 @@ std::string validation_fit_problem(int64_t sequences, int64_t seq_len, int64_t v
 // "validation split has N tokens; J batches of B x S need M" if the split is too short.
 void validation_batch(const std::vector<int32_t>& val_tokens, int64_t batch_index,
                       int64_t batch_size, int64_t seq_len, int32_t* inputs, int32_t* targets);
+// The same from a split read by window: one read of the batch's B*S + 1 tokens.
+void validation_batch(const TokenSource& val_tokens, int64_t batch_index, int64_t batch_size,
+                      int64_t seq_len, int32_t* inputs, int32_t* targets);
+
+// The tokens the first `sequences` validation sequences need, [0, sequences * S + 1) of the split
+// (fewer if the split is shorter; none if sequences <= 0), read in one window: the validation set
+// kept in memory while the split stays on disk.
+std::vector<int32_t> read_validation_tokens(const TokenSource& val_tokens, int64_t sequences,
+                                            int64_t seq_len);
 
 // How many validation batches of batch_size x seq_len the split holds (0 if none).
 int64_t max_validation_batches(int64_t val_tokens, int64_t batch_size, int64_t seq_len);

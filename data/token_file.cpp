@@ -2,8 +2,20 @@
 
 #include <hdf5.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <utility>
 #include <stdexcept>
 #include <system_error>
 
@@ -91,10 +103,9 @@ std::string read_tokenizer_name(hid_t file, const std::string& path) {
   return name;
 }
 
-// Reads dataset `name` (e.g. "/train") in slices through an int64 buffer, so that any integer
-// element type converts without silent wrap-around and memory stays near the int32 result.
-std::vector<int32_t> read_tokens(hid_t file, const std::string& name, int64_t vocab_size,
-                                 const std::string& path) {
+// Opens dataset `name` and checks that it is a 1-D integer dataset; its length to *length.
+Handle open_token_dataset(hid_t file, const std::string& name, const std::string& path,
+                          hsize_t* length) {
   const htri_t exists = H5Lexists(file, name.c_str(), H5P_DEFAULT);
   if (exists < 0) throw file_error(path, "cannot query dataset " + name);
   if (exists == 0) throw file_error(path, "no dataset " + name);
@@ -108,9 +119,26 @@ std::vector<int32_t> read_tokens(hid_t file, const std::string& name, int64_t vo
     throw file_error(path, "dataset " + name + " does not hold integers");
   if (H5Sget_simple_extent_ndims(file_space.get()) != 1)
     throw file_error(path, "dataset " + name + " is not 1-D");
-  hsize_t length = 0;
-  if (H5Sget_simple_extent_dims(file_space.get(), &length, nullptr) < 0)
+  if (H5Sget_simple_extent_dims(file_space.get(), length, nullptr) < 0)
     throw file_error(path, "cannot inspect dataset " + name);
+  return dataset;
+}
+
+std::runtime_error token_range_error(const std::string& path, const std::string& name,
+                                     int64_t token, int64_t position, int64_t vocab_size) {
+  return file_error(path, "token " + std::to_string(token) + " at " + name + "[" +
+                              std::to_string(position) + "] is outside [0, " +
+                              std::to_string(vocab_size) + ")");
+}
+
+// Reads dataset `name` (e.g. "/train") in slices through an int64 buffer, so that any integer
+// element type converts without silent wrap-around and memory stays near the int32 result.
+std::vector<int32_t> read_tokens(hid_t file, const std::string& name, int64_t vocab_size,
+                                 const std::string& path) {
+  hsize_t length = 0;
+  Handle dataset = open_token_dataset(file, name, path, &length);
+  Handle file_space(H5Dget_space(dataset.get()), H5Sclose);
+  if (!file_space.valid()) throw file_error(path, "cannot inspect dataset " + name);
 
   std::vector<int32_t> tokens(length);
   const hsize_t slice_length = hsize_t{1} << 20;
@@ -127,9 +155,7 @@ std::vector<int32_t> read_tokens(hid_t file, const std::string& name, int64_t vo
     for (hsize_t k = 0; k < count; k++) {
       const int64_t token = slice[k];
       if (token < 0 || token >= vocab_size)
-        throw file_error(path, "token " + std::to_string(token) + " at " + name + "[" +
-                                   std::to_string(start + k) + "] is outside [0, " +
-                                   std::to_string(vocab_size) + ")");
+        throw token_range_error(path, name, token, static_cast<int64_t>(start + k), vocab_size);
       tokens[start + k] = static_cast<int32_t>(token);
     }
   }
@@ -169,6 +195,175 @@ void read_tokenizer_model(hid_t file, TokenData& data, const std::string& path) 
     throw file_error(path, name + ": " + error.what());
   }
 }
+
+// ---- reading by window ----
+
+// HDF5 as built by distributions is not thread-safe: every HDF5 call of a reader holds this.
+// Recursive: open_token_file holds it while a half-built TokenFile (whose readers take it to
+// close their datasets) may unwind.
+std::recursive_mutex& hdf5_mutex() {
+  static std::recursive_mutex mutex;
+  return mutex;
+}
+
+// Little-endian integer of `size` bytes, sign-extended when `is_signed`.
+int64_t load_integer(const unsigned char* bytes, size_t size, bool is_signed) {
+  uint64_t value = 0;
+  for (size_t k = size; k-- > 0;) value = (value << 8) | bytes[k];
+  if (is_signed && size < 8) {
+    const uint64_t sign = uint64_t{1} << (8 * size - 1);
+    return static_cast<int64_t>(value ^ sign) - static_cast<int64_t>(sign);
+  }
+  return static_cast<int64_t>(value);
+}
+
+// One split of a token file on disk. Contiguous little-endian storage is read with pread at the
+// dataset's byte offset: no HDF5 state is touched while training, no page of the file stays
+// mapped (resident memory does not grow with the file), and threads need no lock.
+class TokensOnDisk final : public TokenSource {
+ public:
+  TokensOnDisk(hid_t file, const std::string& path, const std::string& name, int64_t vocab_size)
+      : path_(path), name_(name), vocab_size_(vocab_size) {
+    hsize_t length = 0;
+    dataset_ = open_token_dataset(file, name, path, &length);
+    length_ = static_cast<int64_t>(length);
+    Handle type(H5Dget_type(dataset_.get()), H5Tclose);
+    Handle create_list(H5Dget_create_plist(dataset_.get()), H5Pclose);
+    if (!type.valid() || !create_list.valid())
+      throw file_error(path, "cannot inspect dataset " + name);
+    element_size_ = H5Tget_size(type.get());
+    is_signed_ = H5Tget_sign(type.get()) == H5T_SGN_2;
+    const bool plain_bytes =
+        H5Pget_layout(create_list.get()) == H5D_CONTIGUOUS &&
+        H5Pget_external_count(create_list.get()) == 0 &&
+        (element_size_ == 1 || H5Tget_order(type.get()) == H5T_ORDER_LE) &&
+        (element_size_ == 1 || element_size_ == 2 || element_size_ == 4 || element_size_ == 8);
+    if (length_ == 0 || !plain_bytes) return;
+    const haddr_t offset = H5Dget_offset(dataset_.get());
+    if (offset == HADDR_UNDEF) return;  // storage not allocated: HDF5 reads the fill value
+    descriptor_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (descriptor_ < 0) throw file_error(path, std::string("cannot open: ") + std::strerror(errno));
+    struct stat status {};
+    const uint64_t end = offset + static_cast<uint64_t>(length_) * element_size_;
+    if (::fstat(descriptor_, &status) != 0 || static_cast<uint64_t>(status.st_size) < end) {
+      ::close(descriptor_);
+      throw file_error(path, "dataset " + name + " ends at byte " + std::to_string(end) +
+                                 ", past the end of the file (truncated?)");
+    }
+    offset_ = offset;
+    dataset_.reset();
+  }
+  ~TokensOnDisk() override {
+    {
+      std::lock_guard<std::mutex> lock(prefetch_mutex_);
+      stopping_ = true;
+    }
+    prefetch_wake_.notify_one();
+    if (prefetcher_.joinable()) prefetcher_.join();
+    if (descriptor_ >= 0) ::close(descriptor_);
+    std::lock_guard<std::recursive_mutex> lock(hdf5_mutex());
+    dataset_.reset();
+  }
+  TokensOnDisk(const TokensOnDisk&) = delete;
+  TokensOnDisk& operator=(const TokensOnDisk&) = delete;
+
+  int64_t size() const override { return length_; }
+
+  void read(int64_t start, int64_t count, int32_t* out) const override {
+    if (start < 0 || count < 0 || start > length_ || count > length_ - start)
+      check_window(start, count, length_, (path_ + ": " + name_).c_str());  // throws
+    if (count == 0) return;
+    if (descriptor_ >= 0) {
+      std::vector<unsigned char> bytes(static_cast<size_t>(count) * element_size_);
+      read_bytes(offset_ + static_cast<uint64_t>(start) * element_size_, bytes);
+      for (int64_t k = 0; k < count; k++)
+        out[k] = checked(load_integer(&bytes[k * element_size_], element_size_, is_signed_),
+                         start + k);
+      return;
+    }
+    // Any other layout: an HDF5 hyperslab, converted by HDF5 to int64 (no wrap-around).
+    std::vector<int64_t> values(count);
+    {
+      std::lock_guard<std::recursive_mutex> lock(hdf5_mutex());
+      h5::QuietErrors quiet;
+      Handle file_space(H5Dget_space(dataset_.get()), H5Sclose);
+      const hsize_t first = start, length = count;
+      Handle memory_space(H5Screate_simple(1, &length, nullptr), H5Sclose);
+      if (!file_space.valid() || !memory_space.valid() ||
+          H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, &first, nullptr, &length,
+                              nullptr) < 0 ||
+          H5Dread(dataset_.get(), H5T_NATIVE_INT64, memory_space.get(), file_space.get(),
+                  H5P_DEFAULT, values.data()) < 0)
+        throw file_error(path_, "cannot read " + name_ + "[" + std::to_string(start) + ", " +
+                                    std::to_string(start + count) + ")");
+    }
+    for (int64_t k = 0; k < count; k++) out[k] = checked(values[k], start + k);
+  }
+
+  // Handed to a helper thread: posix_fadvise on a page not yet cached submits the read, about
+  // 15 us of the caller's time, which is 2% of a step of configs/tiny.yaml per sequence.
+  void prefetch(int64_t start, int64_t count) const override {
+    if (descriptor_ < 0 || start < 0 || count <= 0 || start > length_ - count) return;
+    std::lock_guard<std::mutex> lock(prefetch_mutex_);
+    if (!prefetcher_.joinable()) prefetcher_ = std::thread([this] { run_prefetcher(); });
+    // Beyond a few steps ahead a hint is stale; dropping it costs only latency.
+    if (prefetch_queue_.size() < 4096)
+      prefetch_queue_.emplace_back(offset_ + static_cast<uint64_t>(start) * element_size_,
+                                   static_cast<uint64_t>(count) * element_size_);
+    prefetch_wake_.notify_one();
+  }
+
+ private:
+  void run_prefetcher() const {
+    std::unique_lock<std::mutex> lock(prefetch_mutex_);
+    while (true) {
+      prefetch_wake_.wait(lock, [this] { return stopping_ || !prefetch_queue_.empty(); });
+      if (stopping_) return;
+      const auto [offset, length] = prefetch_queue_.front();
+      prefetch_queue_.pop_front();
+      lock.unlock();
+      // A failed hint costs only the latency it would have hidden.
+      (void)::posix_fadvise(descriptor_, static_cast<off_t>(offset), static_cast<off_t>(length),
+                            POSIX_FADV_WILLNEED);
+      lock.lock();
+    }
+  }
+
+  int32_t checked(int64_t token, int64_t position) const {
+    if (token < 0 || token >= vocab_size_)
+      throw token_range_error(path_, name_, token, position, vocab_size_);
+    return static_cast<int32_t>(token);
+  }
+
+  void read_bytes(uint64_t offset, std::vector<unsigned char>& bytes) const {
+    size_t done = 0;
+    while (done < bytes.size()) {
+      const ssize_t got = ::pread(descriptor_, bytes.data() + done, bytes.size() - done,
+                                  static_cast<off_t>(offset + done));
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0)
+        throw file_error(path_, "cannot read " + name_ + " at byte " +
+                                    std::to_string(offset + done) + ": " +
+                                    (got < 0 ? std::strerror(errno) : "unexpected end of file"));
+      done += static_cast<size_t>(got);
+    }
+  }
+
+  std::string path_, name_;
+  int64_t vocab_size_;
+  int64_t length_ = 0;
+  size_t element_size_ = 0;
+  bool is_signed_ = false;
+  int descriptor_ = -1;  // >= 0: read with pread at offset_
+  uint64_t offset_ = 0;
+  Handle dataset_;       // valid: read through HDF5
+  // prefetch(): (byte offset, byte count) hints, served by prefetcher_ (started on first use).
+  mutable std::mutex prefetch_mutex_;
+  mutable std::condition_variable prefetch_wake_;
+  mutable std::deque<std::pair<uint64_t, uint64_t>> prefetch_queue_;
+  mutable std::thread prefetcher_;
+  bool stopping_ = false;
+};
 
 // ---- writing ----
 
@@ -304,6 +499,249 @@ void write_token_file(const std::string& path, const std::vector<int32_t>& train
   } catch (...) {
     std::filesystem::remove(temporary_path, error);  // best effort; the original error matters
     throw;
+  }
+}
+
+// ---- the tokenizer alone ----
+
+TokenData read_token_file_tokenizer(const std::string& path) {
+  QuietHdf5Errors quiet;
+  std::error_code error;
+  if (!std::filesystem::exists(path, error)) throw file_error(path, "no such file");
+  if (std::filesystem::is_directory(path, error)) throw file_error(path, "is a folder, not a file");
+  if (H5Fis_hdf5(path.c_str()) <= 0) throw file_error(path, "not an HDF5 file");
+  Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  if (!file.valid()) throw file_error(path, "cannot open as HDF5");
+  TokenData data;
+  data.vocab_size = read_vocab_size(file.get(), path);
+  data.tokenizer = read_tokenizer_name(file.get(), path);
+  read_tokenizer_model(file.get(), data, path);
+  return data;
+}
+
+void write_tokenizer(hid_t file, const TokenData& tokenizer, const std::string& path) {
+  try {
+    h5::write_string_attribute(file, "tokenizer", tokenizer.tokenizer);
+  } catch (const h5::Hdf5Error& error) {
+    throw file_error(path, error.what());
+  }
+  if (!tokenizer.tokenizer_model.empty())
+    write_tokenizer_model(file, tokenizer.tokenizer_model, tokenizer.tokenizer_model_name,
+                          tokenizer.vocab_size, path);
+}
+
+bool read_tokenizer(hid_t file, TokenData& tokenizer, const std::string& path) {
+  QuietHdf5Errors quiet;
+  const htri_t exists = H5Aexists(file, "tokenizer");
+  if (exists < 0) throw file_error(path, "cannot query attribute tokenizer");
+  if (exists == 0) return false;
+  tokenizer.tokenizer = read_tokenizer_name(file, path);
+  tokenizer.vocab_size = 0;
+  tokenizer.tokenizer_model.clear();
+  tokenizer.tokenizer_model_name.clear();
+  if (H5Lexists(file, "/tokenizer_model", H5P_DEFAULT) > 0) {
+    // The model's own vocab_size is the file's here (a checkpoint has no root vocab_size), so
+    // read_tokenizer_model's comparison of the two holds by construction.
+    Handle dataset(H5Dopen2(file, "/tokenizer_model", H5P_DEFAULT), H5Dclose);
+    if (!dataset.valid()) throw file_error(path, "/tokenizer_model is not a dataset");
+    try {
+      tokenizer.vocab_size = h5::read_int_attribute(dataset.get(), "vocab_size");
+    } catch (const h5::Hdf5Error& error) {
+      throw file_error(path, std::string("/tokenizer_model: ") + error.what());
+    }
+  }
+  read_tokenizer_model(file, tokenizer, path);
+  return true;
+}
+
+TokenFile open_token_file(const std::string& path) {
+  std::lock_guard<std::recursive_mutex> lock(hdf5_mutex());
+  QuietHdf5Errors quiet;
+  std::error_code error;
+  if (!std::filesystem::exists(path, error)) throw file_error(path, "no such file");
+  if (std::filesystem::is_directory(path, error)) throw file_error(path, "is a folder, not a file");
+  const htri_t is_hdf5 = H5Fis_hdf5(path.c_str());
+  if (is_hdf5 < 0) throw file_error(path, "cannot open");
+  if (is_hdf5 == 0) throw file_error(path, "not an HDF5 file");
+  Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  if (!file.valid()) throw file_error(path, "cannot open as HDF5");
+
+  TokenFile opened;
+  opened.vocab_size = read_vocab_size(file.get(), path);
+  opened.tokenizer = read_tokenizer_name(file.get(), path);
+  opened.train = std::make_shared<TokensOnDisk>(file.get(), path, "/train", opened.vocab_size);
+  opened.val = std::make_shared<TokensOnDisk>(file.get(), path, "/val", opened.vocab_size);
+  TokenData model;  // read_tokenizer_model fills the tokenizer fields of a TokenData
+  model.vocab_size = opened.vocab_size;
+  read_tokenizer_model(file.get(), model, path);
+  opened.tokenizer_model = std::move(model.tokenizer_model);
+  opened.tokenizer_model_name = std::move(model.tokenizer_model_name);
+  return opened;
+}
+
+// ---- streaming writer ----
+
+// One split's tokens on their way to the file: little-endian values of the stored element type in
+// a raw file beside the output, `count` of them.
+struct TokenSpill {
+  std::string path;
+  const char* split;
+  std::FILE* file = nullptr;
+  int64_t count = 0;
+  std::vector<unsigned char> bytes;  // conversion buffer of append()
+
+  ~TokenSpill() {
+    if (file) std::fclose(file);
+  }
+};
+
+namespace {
+
+size_t element_size_for(int64_t vocab_size) {
+  return vocab_size <= 256 ? 1 : vocab_size <= 65536 ? 2 : 4;
+}
+
+hid_t file_type_for(int64_t vocab_size) {
+  return vocab_size <= 256 ? H5T_STD_U8LE : vocab_size <= 65536 ? H5T_STD_U16LE : H5T_STD_I32LE;
+}
+
+void remove_quietly(const std::string& path) {
+  std::error_code error;
+  std::filesystem::remove(path, error);  // best effort: the error that got us here matters
+}
+
+void append_to_spill(TokenSpill& spill, const int32_t* tokens, int64_t count,
+                     int64_t vocab_size, const std::string& output) {
+  const size_t size = element_size_for(vocab_size);
+  spill.bytes.resize(static_cast<size_t>(count) * size);
+  for (int64_t k = 0; k < count; k++) {
+    const int32_t token = tokens[k];
+    if (token < 0 || token >= vocab_size)
+      throw file_error(output, "cannot write token " + std::to_string(token) + " at " +
+                                   spill.split + "[" + std::to_string(spill.count + k) +
+                                   "]: outside [0, " + std::to_string(vocab_size) + ")");
+    const uint32_t value = static_cast<uint32_t>(token);
+    for (size_t b = 0; b < size; b++) spill.bytes[k * size + b] = (value >> (8 * b)) & 0xff;
+  }
+  if (count > 0 && std::fwrite(spill.bytes.data(), 1, spill.bytes.size(), spill.file) !=
+                       spill.bytes.size())
+    throw file_error(spill.path, std::string("cannot write: ") + std::strerror(errno));
+  spill.count += count;
+}
+
+// Copies a finished spill into a new contiguous dataset `name` of `file`, a slice at a time.
+void copy_spill(hid_t file, const char* name, TokenSpill& spill, int64_t vocab_size,
+                const std::string& path) {
+  if (std::fflush(spill.file) != 0 || std::fseek(spill.file, 0, SEEK_SET) != 0)
+    throw file_error(spill.path, std::string("cannot reread: ") + std::strerror(errno));
+  const hid_t file_type = file_type_for(vocab_size);
+  const size_t size = element_size_for(vocab_size);
+  const hsize_t length = spill.count;
+  Handle space(H5Screate_simple(1, &length, nullptr), H5Sclose);
+  if (!space.valid()) throw file_error(path, std::string("cannot create dataspace for ") + name);
+  Handle dataset(H5Dcreate2(file, name, file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT,
+                            H5P_DEFAULT),
+                 H5Dclose);
+  if (!dataset.valid()) throw file_error(path, std::string("cannot create dataset ") + name);
+  const hsize_t slice_length = hsize_t{1} << 22;
+  std::vector<unsigned char> slice(std::min(length, slice_length) * size);
+  for (hsize_t start = 0; start < length; start += slice_length) {
+    hsize_t count = std::min(slice_length, length - start);
+    if (std::fread(slice.data(), size, count, spill.file) != count)
+      throw file_error(spill.path, "cannot reread " + std::to_string(count) + " tokens at " +
+                                       std::to_string(start));
+    Handle memory_space(H5Screate_simple(1, &count, nullptr), H5Sclose);
+    if (!memory_space.valid()) throw file_error(path, std::string("cannot write dataset ") + name);
+    check(H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, &start, nullptr, &count, nullptr),
+          path, std::string("cannot select in dataset ") + name);
+    // The spill holds the file's own element type: HDF5 copies it without conversion.
+    check(H5Dwrite(dataset.get(), file_type, memory_space.get(), space.get(), H5P_DEFAULT,
+                   slice.data()),
+          path, std::string("cannot write dataset ") + name);
+  }
+  if (!dataset.close()) throw file_error(path, std::string("cannot write dataset ") + name);
+}
+
+}  // namespace
+
+TokenFileWriter::TokenFileWriter(const std::string& path, int64_t vocab_size,
+                                 const std::string& tokenizer, const std::string& tokenizer_model,
+                                 const std::string& tokenizer_model_name)
+    : path_(path),
+      vocab_size_(vocab_size),
+      tokenizer_(tokenizer),
+      tokenizer_model_(tokenizer_model),
+      tokenizer_model_name_(tokenizer_model_name) {
+  if (vocab_size < 1 || vocab_size > kMaxVocabSize)
+    throw file_error(path, "cannot write vocab_size " + std::to_string(vocab_size) +
+                               ": outside [1, " + std::to_string(kMaxVocabSize) + "]");
+  std::error_code error;
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty() && !std::filesystem::create_directories(parent, error) && error)
+    throw file_error(path, "cannot create folder " + parent.string() + ": " + error.message());
+  train_ = std::make_unique<TokenSpill>();
+  val_ = std::make_unique<TokenSpill>();
+  train_->split = "train";
+  val_->split = "val";
+  for (TokenSpill* spill : {train_.get(), val_.get()}) {
+    spill->path = path + ".tmp." + spill->split;
+    spill->file = std::fopen(spill->path.c_str(), "w+b");
+    if (!spill->file) {
+      const std::string reason = std::strerror(errno);
+      remove_quietly(train_->path);
+      throw file_error(spill->path, "cannot create: " + reason);
+    }
+  }
+}
+
+TokenFileWriter::~TokenFileWriter() {
+  if (finished_) return;
+  for (TokenSpill* spill : {train_.get(), val_.get()}) {
+    if (spill->file) std::fclose(spill->file);
+    spill->file = nullptr;
+    remove_quietly(spill->path);
+  }
+  remove_quietly(path_ + ".tmp");
+}
+
+void TokenFileWriter::append_train(const int32_t* tokens, int64_t count) {
+  if (finished_) throw file_error(path_, "append after finish");
+  append_to_spill(*train_, tokens, count, vocab_size_, path_);
+}
+
+void TokenFileWriter::append_val(const int32_t* tokens, int64_t count) {
+  if (finished_) throw file_error(path_, "append after finish");
+  append_to_spill(*val_, tokens, count, vocab_size_, path_);
+}
+
+int64_t TokenFileWriter::train_size() const { return train_->count; }
+int64_t TokenFileWriter::val_size() const { return val_->count; }
+
+void TokenFileWriter::finish() {
+  if (finished_) throw file_error(path_, "finish called twice");
+  QuietHdf5Errors quiet;
+  const std::string temporary_path = path_ + ".tmp";
+  {
+    Handle file(H5Fcreate(temporary_path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT),
+                H5Fclose);
+    if (!file.valid()) throw file_error(temporary_path, "cannot create file");
+    copy_spill(file.get(), "/train", *train_, vocab_size_, temporary_path);
+    copy_spill(file.get(), "/val", *val_, vocab_size_, temporary_path);
+    write_attributes(file.get(), vocab_size_, tokenizer_, temporary_path);
+    if (!tokenizer_model_.empty())
+      write_tokenizer_model(file.get(), tokenizer_model_, tokenizer_model_name_, vocab_size_,
+                            temporary_path);
+    if (!file.close()) throw file_error(temporary_path, "cannot finish writing file");
+  }
+  std::error_code error;
+  std::filesystem::rename(temporary_path, path_, error);
+  if (error)
+    throw file_error(path_, "cannot rename " + temporary_path + " into place: " + error.message());
+  finished_ = true;
+  for (TokenSpill* spill : {train_.get(), val_.get()}) {
+    std::fclose(spill->file);
+    spill->file = nullptr;
+    remove_quietly(spill->path);
   }
 }
 

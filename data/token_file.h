@@ -1,9 +1,14 @@
 // Token file (SPEC 5): one HDF5 file with 1-D integer datasets /train and /val and the attributes
 // vocab_size and tokenizer. See docs/data.md for the exact layout.
 #pragma once
+#include <H5Ipublic.h>
+
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "data/token_window.h"
 
 namespace sy {
 
@@ -34,5 +39,73 @@ void write_token_file(const std::string& path, const std::vector<int32_t>& train
                       const std::vector<int32_t>& val, int64_t vocab_size,
                       const std::string& tokenizer, const std::string& tokenizer_model = {},
                       const std::string& tokenizer_model_name = {});
+
+// ---- The tokenizer alone: token files and checkpoints carry it the same way -------------------
+// The root attribute `tokenizer` and, for a SentencePiece model, the uint8 dataset
+// /tokenizer_model with the attributes name and vocab_size (docs/data.md, docs/checkpoint.md).
+// The fields used are TokenData's vocab_size, tokenizer, tokenizer_model and tokenizer_model_name.
+
+// A token file's tokenizer and vocab_size, without reading its tokens (train and val empty).
+// Throws like read_token_file.
+TokenData read_token_file_tokenizer(const std::string& path);
+
+// Writes `tokenizer` into the open HDF5 file `file` (a checkpoint): the root attribute
+// `tokenizer`, and /tokenizer_model when tokenizer_model is not empty (its vocab_size attribute
+// is tokenizer.vocab_size). `path` names the file in errors.
+void write_tokenizer(hid_t file, const TokenData& tokenizer, const std::string& path);
+
+// Reads back what write_tokenizer wrote; vocab_size is /tokenizer_model's, 0 without a model.
+// Returns false, reading nothing, when `file` has no attribute `tokenizer` (a checkpoint written
+// before checkpoints carried it).
+bool read_tokenizer(hid_t file, TokenData& tokenizer, const std::string& path);
+
+// A token file opened for reading by window: the attributes and the tokenizer model are read, the
+// tokens stay on disk. A contiguous dataset of little-endian integers (what write_token_file and
+// TokenFileWriter write) is read with pread at its file offset (H5Dget_offset) and converted per
+// window, with no HDF5 call after opening; any other layout (chunked, compressed, h5py's) through
+// HDF5 hyperslabs, serialised by one lock. Each token is checked against vocab_size when read
+// (docs/data.md says why there is no pass over the file at open time).
+struct TokenFile {
+  int64_t vocab_size = 0;
+  std::string tokenizer;
+  std::string tokenizer_model;
+  std::string tokenizer_model_name;
+  std::shared_ptr<const TokenSource> train, val;
+};
+
+// Same checks at open time as read_token_file but the per-token range check, with the same
+// messages. Throws std::runtime_error "<path>: <what is wrong>".
+TokenFile open_token_file(const std::string& path);
+
+struct TokenSpill;  // one split's tokens on their way to the file (data/token_file.cpp)
+
+// Writes a token file in bounded memory, whatever its length: tokens are appended split by split
+// in any order, spilled to <path>.tmp.train and <path>.tmp.val in the stored element type, and
+// finish() copies them into the contiguous datasets of <path>.tmp (so the file has the layout
+// write_token_file gives, and a reader can pread it), then renames it to <path>. Destroying an
+// unfinished writer removes every temporary file; nothing is ever left under <path>.
+class TokenFileWriter {
+ public:
+  TokenFileWriter(const std::string& path, int64_t vocab_size, const std::string& tokenizer,
+                  const std::string& tokenizer_model = {},
+                  const std::string& tokenizer_model_name = {});
+  ~TokenFileWriter();
+  TokenFileWriter(const TokenFileWriter&) = delete;
+  TokenFileWriter& operator=(const TokenFileWriter&) = delete;
+
+  // Throws if a token is outside [0, vocab_size), naming the split and its position.
+  void append_train(const int32_t* tokens, int64_t count);
+  void append_val(const int32_t* tokens, int64_t count);
+  int64_t train_size() const;
+  int64_t val_size() const;
+  void finish();
+
+ private:
+  std::string path_;
+  int64_t vocab_size_;
+  std::string tokenizer_, tokenizer_model_, tokenizer_model_name_;
+  std::unique_ptr<TokenSpill> train_, val_;
+  bool finished_ = false;
+};
 
 }  // namespace sy

@@ -6,18 +6,18 @@
 
 namespace sy {
 
-double lr_at(const TrainConfig& train, int64_t step) {
-  const int64_t warmup = train.warmup_steps;
+double lr_at(const LrSchedule& schedule, int64_t step) {
+  const int64_t warmup = schedule.warmup_steps;
   if (warmup > 0 && step < warmup)
-    return train.lr * static_cast<double>(step + 1) / static_cast<double>(warmup);
+    return schedule.lr * static_cast<double>(step + 1) / static_cast<double>(warmup);
 
-  const int64_t decay_steps = train.steps - std::max<int64_t>(warmup, 0);
-  if (decay_steps <= 0) return train.lr;
+  const int64_t decay_steps = schedule.steps - std::max<int64_t>(warmup, 0);
+  if (decay_steps <= 0) return schedule.lr;
   // Clamped so that a step past the end does not climb back up the cosine.
   const double progress =
       std::min(1.0, static_cast<double>(step - std::max<int64_t>(warmup, 0)) / decay_steps);
-  return train.min_lr +
-         0.5 * (train.lr - train.min_lr) * (1.0 + std::cos(std::numbers::pi * progress));
+  return schedule.min_lr +
+         0.5 * (schedule.lr - schedule.min_lr) * (1.0 + std::cos(std::numbers::pi * progress));
 }
 
 }  // namespace sy

@@ -14,9 +14,9 @@ void check_param(const Param& param) {
 
 class AdamW : public Optimizer {
  public:
-  explicit AdamW(const TrainConfig& train)
-      : beta1_(train.beta1), beta2_(train.beta2), eps_(train.eps),
-        weight_decay_(train.weight_decay) {}
+  explicit AdamW(const OptimizerSettings& settings)
+      : beta1_(settings.beta1), beta2_(settings.beta2), eps_(settings.eps),
+        weight_decay_(settings.weight_decay) {}
 
   using Optimizer::step;
   void step(Backend& backend, std::vector<Param*>& params, double lr,
@@ -103,10 +103,10 @@ class Sgd : public Optimizer {
 
 }  // namespace
 
-std::unique_ptr<Optimizer> make_optimizer(const TrainConfig& train) {
-  if (train.optimizer == "adamw") return std::make_unique<AdamW>(train);
-  if (train.optimizer == "sgd") return std::make_unique<Sgd>();
-  throw std::invalid_argument("unknown optimizer \"" + train.optimizer + "\" (expected adamw or sgd)");
+std::unique_ptr<Optimizer> make_optimizer(const OptimizerSettings& settings) {
+  if (settings.name == "adamw") return std::make_unique<AdamW>(settings);
+  if (settings.name == "sgd") return std::make_unique<Sgd>();
+  throw std::invalid_argument("unknown optimizer \"" + settings.name + "\" (expected adamw or sgd)");
 }
 
 }  // namespace sy

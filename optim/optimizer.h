@@ -16,9 +16,15 @@
 
 #include "model/backend.h"
 #include "model/param.h"
-#include "trainer/config.h"
 
 namespace sy {
+
+// What an optimizer is built from (the trainer fills it from train.*, trainer/config.h).
+struct OptimizerSettings {
+  std::string name = "adamw";  // adamw | sgd
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double weight_decay = 0.1;  // AdamW's decoupled decay, on the params with Param::decay
+};
 
 class Optimizer {
  public:
@@ -50,7 +56,7 @@ class Optimizer {
   int64_t step_count_ = 0;
 };
 
-// The optimizer named by train.optimizer ("adamw" or "sgd"); throws std::invalid_argument otherwise.
-std::unique_ptr<Optimizer> make_optimizer(const TrainConfig& train);
+// The optimizer named by settings.name ("adamw" or "sgd"); throws std::invalid_argument otherwise.
+std::unique_ptr<Optimizer> make_optimizer(const OptimizerSettings& settings);
 
 }  // namespace sy

@@ -1,6 +1,8 @@
 #include "parallel/grad_sync.h"
 
-#include "optim/clip.h"
+#include <cmath>
+
+#include "model/backend.h"
 
 namespace sy {
 
@@ -13,11 +15,13 @@ void synchronize_gradients(const std::vector<Param*>& params, ProcessGroups& gro
 
 double distributed_grad_norm(Backend& backend, const std::vector<Param*>& params,
                              ProcessGroups& groups) {
-  return global_grad_norm(backend, params, [&](const GradSquares& squares) {
-    std::vector<double> expert{squares.expert};
-    groups.expert_parallel->all_reduce_host(expert, ReduceOp::sum);
-    return squares.shared + expert[0];
-  });
+  // optim/clip.h's global norm with the expert share summed over the expert-parallel group:
+  // non-expert gradients are equal on every rank after their all-reduce and count once.
+  double shared = 0.0, expert = 0.0;
+  backend.grad_norm_squares(params, shared, expert);
+  std::vector<double> expert_sum{expert};
+  groups.expert_parallel->all_reduce_host(expert_sum, ReduceOp::sum);
+  return std::sqrt(shared + expert_sum[0]);
 }
 
 }  // namespace sy

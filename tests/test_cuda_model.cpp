@@ -20,6 +20,7 @@
 #include "optim/clip.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer.h"
+#include "trainer/config.h"
 #include "parallel/local_exchange.h"
 #include "tests/cuda_test_util.h"
 
@@ -174,7 +175,7 @@ TrainRun train(Backend& backend, DType compute, int64_t steps,
   Built b = build(backend, options, compute, 1234, 1.0);
   Transformer& model = *b.model;
   std::vector<Param*> params = model.params();
-  std::unique_ptr<Optimizer> optimizer = make_optimizer(tc);
+  std::unique_ptr<Optimizer> optimizer = make_optimizer(optimizer_settings(tc));
   const int64_t B = tc.micro_batch_size, S = options.model.seq_len;
   std::vector<int32_t> inputs(B * S), targets(B * S);
   TrainRun run;
@@ -184,7 +185,7 @@ TrainRun train(Backend& backend, DType compute, int64_t steps,
     const GroupStats stats = model.forward_backward(inputs, targets, B, true, 1.0);
     const double norm = std::sqrt(global_grad_norm_squared(backend, params));
     clip_gradients(backend, params, norm, tc.grad_clip);
-    optimizer->step(backend, params, lr_at(tc, step));
+    optimizer->step(backend, params, lr_at(lr_schedule(tc), step));
     model.refresh_compute_weights();  // bf16 copies of the updated master weights
     std::vector<std::vector<double>> loads;
     for (const std::vector<int64_t>& layer : stats.assignments_per_expert)

@@ -45,14 +45,14 @@ void expect_near(const std::vector<double>& actual, const std::vector<double>& e
     EXPECT_NEAR(actual[i], expected[i], kTol) << what << "[" << i << "]";
 }
 
-TrainConfig adamw_config() {
-  TrainConfig train;
-  train.optimizer = "adamw";
-  train.beta1 = 0.9;
-  train.beta2 = 0.95;
-  train.eps = 1e-8;
-  train.weight_decay = 0.1;
-  return train;
+OptimizerSettings adamw_config() {
+  OptimizerSettings settings;
+  settings.name = "adamw";
+  settings.beta1 = 0.9;
+  settings.beta2 = 0.95;
+  settings.eps = 1e-8;
+  settings.weight_decay = 0.1;
+  return settings;
 }
 
 // Three steps with changing grads and lr; one grad entry is 0 on the first step.
@@ -133,8 +133,8 @@ TEST(AdamW, ResumeFromStateTensors) {
 
 TEST(Sgd, PlainSteps) {
   auto backend = make_cpu_backend();
-  TrainConfig train;
-  train.optimizer = "sgd";
+  OptimizerSettings train;
+  train.name = "sgd";
   train.weight_decay = 0.1;  // SGD ignores it
   Param p = make_param(*backend, "w", {1, 2}, {1.0, -2.0});
   std::vector<Param*> params = {&p};
@@ -151,15 +151,15 @@ TEST(Sgd, PlainSteps) {
 }
 
 TEST(Optimizer, UnknownName) {
-  TrainConfig train;
-  train.optimizer = "adam";
+  OptimizerSettings train;
+  train.name = "adam";
   EXPECT_THROW(make_optimizer(train), std::invalid_argument);
 }
 
 // ---- LR schedule -----------------------------------------------------------------------------------
 
 TEST(LrSchedule, WarmupThenCosine) {
-  TrainConfig train;
+  LrSchedule train;
   train.lr = 1e-2;
   train.min_lr = 1e-3;
   train.warmup_steps = 5;
@@ -175,7 +175,7 @@ TEST(LrSchedule, WarmupThenCosine) {
 }
 
 TEST(LrSchedule, NoWarmup) {
-  TrainConfig train;
+  LrSchedule train;
   train.lr = 1e-2;
   train.min_lr = 1e-3;
   train.warmup_steps = 0;
@@ -185,7 +185,7 @@ TEST(LrSchedule, NoWarmup) {
 }
 
 TEST(LrSchedule, AllWarmupKeepsPeak) {
-  TrainConfig train;
+  LrSchedule train;
   train.lr = 1e-2;
   train.min_lr = 1e-3;
   train.warmup_steps = 4;
@@ -289,7 +289,7 @@ TEST(FusedPass, AdamWStepEqualsThePerTensorOps) {
     m.push_back(backend->zeros(p.value.shape(), DType::f32));
     v.push_back(backend->zeros(p.value.shape(), DType::f32));
   }
-  TrainConfig train = adamw_config();
+  OptimizerSettings train = adamw_config();
   auto optimizer = make_optimizer(train);
   const std::vector<double> factors = {1.0, 0.25, 0.6};  // clip off, then on
   for (int step = 1; step <= 3; ++step) {
@@ -341,8 +341,8 @@ TEST(FusedPass, SgdLeavesGradsZeroAndComputeFresh) {
   auto backend = make_cpu_backend();
   std::vector<Param> params = odd_params(*backend);
   std::vector<Param*> list = pointers(params);
-  TrainConfig train;
-  train.optimizer = "sgd";
+  OptimizerSettings train;
+  train.name = "sgd";
   auto optimizer = make_optimizer(train);
   std::vector<std::vector<double>> expected;
   for (size_t i = 0; i < params.size(); ++i) {

@@ -15,6 +15,7 @@
 #include "model/backend.h"
 #include "model/transformer.h"
 #include "optim/optimizer.h"
+#include "data/token_file.h"
 #include "parallel/process_groups.h"
 #include "trainer/config.h"
 
@@ -49,6 +50,12 @@ struct CheckpointHeader {
 // attribute, or a format_version newer than kCheckpointFormatVersion.
 CheckpointHeader read_checkpoint_header(const std::string& path);
 
+// The tokenizer of the run that wrote the checkpoint: the root attribute `tokenizer` and, for
+// SentencePiece, /tokenizer_model (data/token_file.h's read_tokenizer; save_checkpoint copies
+// them from data.path's token file). False for a checkpoint written before checkpoints carried
+// it. Not collective. Throws CheckpointError "<file>: ..." for a file that cannot be read.
+bool read_checkpoint_tokenizer(const std::string& path, TokenData& tokenizer);
+
 // What changed between the checkpoint's config and this run's (SPEC.md section 6). Each entry
 // names the key with both values: "model.d_model (checkpoint 16, config 32)".
 struct ConfigDiff {
@@ -70,6 +77,21 @@ ConfigDiff compare_configs(const std::string& checkpoint_yaml, const Config& con
 std::string save_checkpoint(const std::string& dir, int64_t step, const Config& config,
                             Transformer& model, Optimizer* optimizer, ProcessGroups& groups,
                             Backend& backend, const std::string& run_id = "");
+
+// checkpoint.async: true makes save_checkpoint's critical path only a copy of every tensor to
+// host memory on world rank 0 (the other ranks' experts received as in a synchronous save); a
+// background thread then writes the file from that copy, with the same bytes a synchronous save
+// writes (provenance's `created` aside), and publishes it (rename, `latest`, keep_last) as above.
+// The returned path exists once the write is done. Each save first waits for the previous
+// background write.
+//
+// Collective over groups.world: waits for the background write of the last asynchronous save,
+// if any; when it failed, every rank throws CollectiveError naming the file (the previous
+// checkpoints and `latest` untouched). save_checkpoint calls it first; train() before it returns.
+void finish_checkpoint_write(ProcessGroups& groups);
+// Not collective, never throws: waits for the background write and returns its error ("" when
+// none). For paths that leave by an exception, so that no write is cut off.
+std::string join_checkpoint_write();
 
 // The run id in a checkpoint's provenance ("" when it has none).
 std::string provenance_run_id(const std::string& provenance);

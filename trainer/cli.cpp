@@ -7,6 +7,7 @@
 #include <cctype>
 #include <filesystem>
 #include <fstream>
+#include <stdexcept>
 #include <system_error>
 
 #include "trainer/checkpoint.h"
@@ -53,6 +54,18 @@ std::string mpi_library() {
   const size_t cut = name.find_first_of(",\n");
   if (cut != std::string::npos) name.resize(cut);
   return name;
+}
+
+// The key of a --set KEY=VALUE, without surrounding spaces.
+std::string override_key(const std::string& text) {
+  std::string key = text.substr(0, text.find('='));
+  const size_t first = key.find_first_not_of(" \t"), last = key.find_last_not_of(" \t");
+  return first == std::string::npos ? "" : key.substr(first, last - first + 1);
+}
+
+bool overridden(const std::vector<std::string>& overrides, const std::string& key) {
+  return std::any_of(overrides.begin(), overrides.end(),
+                     [&](const std::string& text) { return override_key(text) == key; });
 }
 
 // The first line of a text file, without trailing whitespace.
@@ -116,6 +129,37 @@ CheckpointArgument resolve_checkpoint_argument(const std::string& argument) {
     return {target.string(), {"checkpoint " + target.string() + ", named by " + argument}};
   }
   return {argument, {}};
+}
+
+Config load_stored_config(const std::string& yaml, const std::string& checkpoint,
+                          const std::vector<std::string>& overrides) {
+  Config config = load_config_text(yaml, checkpoint + " (its config)", overrides);
+  config.source_file = checkpoint;
+  return config;
+}
+
+std::string fit_stored_layout(Config& config, int world_size,
+                              const std::vector<std::string>& overrides) {
+  const ParallelConfig single;
+  if (world_size % config.parallel.expert_parallel == 0) return "";
+  std::vector<std::string> changed;
+  if (!overridden(overrides, "parallel.expert_parallel") &&
+      config.parallel.expert_parallel != single.expert_parallel) {
+    changed.push_back("parallel.expert_parallel " + std::to_string(config.parallel.expert_parallel) +
+                      " -> " + std::to_string(single.expert_parallel));
+    config.parallel.expert_parallel = single.expert_parallel;
+  }
+  if (!overridden(overrides, "parallel.communicator") &&
+      config.parallel.communicator != single.communicator) {
+    changed.push_back("parallel.communicator " + config.parallel.communicator + " -> " +
+                      single.communicator);
+    config.parallel.communicator = single.communicator;
+  }
+  if (changed.empty()) return "";
+  std::string note = "the checkpoint's layout does not fit " + std::to_string(world_size) +
+                     (world_size == 1 ? " process" : " processes") + ": ";
+  for (size_t i = 0; i < changed.size(); ++i) note += (i ? ", " : "") + changed[i];
+  return note + " (a checkpoint loads under any layout; --set parallel.* to choose another)";
 }
 
 }  // namespace sy

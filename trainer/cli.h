@@ -1,9 +1,11 @@
 // What the command line shares between its subcommands: the build report of
-// `switchyard --version`, and the one rule by which a checkpoint argument (of inspect, eval and
-// generate) names a checkpoint file.
+// `switchyard --version`, the one rule by which a checkpoint argument (of inspect, eval and
+// generate) names a checkpoint file, and the config that eval and generate take from it.
 #pragma once
 #include <string>
 #include <vector>
+
+#include "trainer/config.h"
 
 namespace sy {
 
@@ -26,5 +28,19 @@ struct CheckpointArgument {
 // Throws CheckpointError "<argument>: <why>" when a folder holds no loadable checkpoint or a
 // pointer names nothing. Not collective: under mpirun, one rank resolves and tells the others.
 CheckpointArgument resolve_checkpoint_argument(const std::string& argument);
+
+// eval and generate without CONFIG: the config stored in a checkpoint (its root attribute
+// `config`, the resolved YAML of the run that wrote it) with `overrides` applied and validated
+// exactly as load_config does a file. ConfigError messages name "<checkpoint> (its config)".
+Config load_stored_config(const std::string& yaml, const std::string& checkpoint,
+                          const std::vector<std::string>& overrides);
+
+// A stored layout that cannot run on `world_size` ranks (parallel.expert_parallel does not
+// divide it, e.g. 2 in one process) becomes the single-process layout: expert_parallel 1 and
+// communicator auto, except for a key that `overrides` sets. A checkpoint loads under any layout
+// and, at a fixed micro-batch size, the numbers do not depend on it (docs/parallel.md). Returns
+// the note that says what changed, "" when nothing did.
+std::string fit_stored_layout(Config& config, int world_size,
+                              const std::vector<std::string>& overrides);
 
 }  // namespace sy

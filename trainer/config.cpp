@@ -94,21 +94,26 @@ std::vector<Section> config_fields(Config& c) {
         {"eps", &c.train.eps},
         {"grad_clip", &c.train.grad_clip},
         {"max_bad_steps", &c.train.max_bad_steps},
-        {"recompute", &c.train.recompute}}},
+        {"recompute", &c.train.recompute},
+        {"spike_window", &c.train.spike_window},
+        {"spike_z", &c.train.spike_z},
+        {"spike_min_steps", &c.train.spike_min_steps}}},
       {"data", {{"path", &c.data.path}}},
       {"eval",
        {{"every", &c.eval.every}, {"tokens", &c.eval.tokens}, {"batches", &c.eval.batches}}},
       {"checkpoint",
        {{"dir", &c.checkpoint.dir},
         {"every", &c.checkpoint.every},
-        {"keep_last", &c.checkpoint.keep_last}}},
+        {"keep_last", &c.checkpoint.keep_last},
+        {"async", &c.checkpoint.async}}},
       {"run",
        {{"dir", &c.run.dir},
         {"log_every", &c.run.log_every},
         {"backend", &c.run.backend},
         {"precision", &c.run.precision},
         {"deterministic", &c.run.deterministic},
-        {"tensorboard", &c.run.tensorboard}}},
+        {"tensorboard", &c.run.tensorboard},
+        {"memory_check", &c.run.memory_check}}},
   };
 }
 
@@ -546,7 +551,14 @@ void validate_train(const TrainConfig& t, Problems& p) {
   if (!(t.grad_clip >= 0)) p.add("train.grad_clip", "must be >= 0 (0 turns clipping off), got " + str(t.grad_clip));
   else check_finite(p, "train.grad_clip", t.grad_clip);
   check_at_least(p, "train.max_bad_steps", t.max_bad_steps, 1);
-  check_one_of(p, "train.recompute", t.recompute, {"none", "attention", "layer"});
+  check_one_of(p, "train.recompute", t.recompute, {"none", "norms", "attention", "layer"});
+  check_at_least(p, "train.spike_window", t.spike_window, 0);
+  if (!(t.spike_z > 0)) p.add("train.spike_z", "must be > 0, got " + str(t.spike_z));
+  else check_finite(p, "train.spike_z", t.spike_z);
+  check_at_least(p, "train.spike_min_steps", t.spike_min_steps, 2);
+  if (t.spike_window > 0 && t.spike_min_steps > t.spike_window)
+    p.add("train.spike_min_steps", str(t.spike_min_steps) + " exceeds train.spike_window (" +
+                                       str(t.spike_window) + "): the guard would never act");
 }
 
 void validate_rest(const Config& c, Problems& p) {
@@ -610,6 +622,23 @@ std::string format_field(const FieldRef& ref) {
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides,
                    std::vector<std::string>* all_errors) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    Problems problems{path, {}};
+    problems.add("", std::string("cannot read config file (") + std::strerror(errno) + ")");
+    const std::vector<std::string> lines = problems.lines();
+    if (all_errors) *all_errors = lines;
+    throw ConfigError(lines.front());
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  return load_config_text(text.str(), path, overrides, all_errors);
+}
+
+Config load_config_text(const std::string& yaml, const std::string& name,
+                        const std::vector<std::string>& overrides,
+                        std::vector<std::string>* all_errors) {
+  const std::string& path = name;
   Problems problems{path, {}};
   auto finish = [&](Config config) {
     const std::vector<std::string> lines = problems.lines();
@@ -618,17 +647,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     return config;
   };
 
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    problems.add("", std::string("cannot read config file (") + std::strerror(errno) + ")");
-    return finish(Config{});
-  }
-  std::stringstream text;
-  text << in.rdbuf();
-
   YAML::Node root;
   try {
-    root = YAML::Load(text.str());
+    root = YAML::Load(yaml);
   } catch (const YAML::ParserException& e) {
     problems.add("line " + std::to_string(e.mark.line + 1) + ", column " +
                      std::to_string(e.mark.column + 1),

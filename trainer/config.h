@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "model/model_config.h"
+#include "optim/lr_schedule.h"
+#include "optim/optimizer.h"
 
 namespace sy {
 
@@ -33,8 +35,22 @@ struct TrainConfig {
   double grad_clip = 1.0;             // <= 0: no clipping
   int64_t max_bad_steps = 3;          // non-finite steps in a row (each skipped) before the run stops
   // none | attention | layer: activations backward rebuilds instead of keeping (docs/config.md)
-  std::string recompute = "none";
+  std::string recompute = "norms";
+  // Loss-spike guard (trainer/spike_guard.h): a step whose loss is more than spike_z standard
+  // deviations above the mean of the last spike_window accepted steps is skipped like a
+  // non-finite one, once the window holds spike_min_steps losses. spike_window 0: off.
+  int64_t spike_window = 0;
+  double spike_z = 6.0;
+  int64_t spike_min_steps = 20;
 };
+
+// train.* as the optimizer's and the schedule's own settings: optim/ does not read the config.
+inline OptimizerSettings optimizer_settings(const TrainConfig& train) {
+  return {train.optimizer, train.beta1, train.beta2, train.eps, train.weight_decay};
+}
+inline LrSchedule lr_schedule(const TrainConfig& train) {
+  return {train.lr, train.min_lr, train.warmup_steps, train.steps};
+}
 
 struct DataConfig {
   std::string path = "corpora/brown.h5";
@@ -56,6 +72,7 @@ struct CheckpointConfig {
   std::string dir = "";               // "": <run.dir>/checkpoints
   int64_t every = 0;                  // 0: only at the end
   int64_t keep_last = 3;
+  bool async = false;                 // write the file in the background (docs/checkpoint.md)
 };
 
 struct RunConfig {
@@ -70,6 +87,9 @@ struct RunConfig {
   // Rank 0 also writes every metrics.jsonl scalar to TensorBoard event files in
   // <dir>/tensorboard (trainer/tensorboard.h).
   bool tensorboard = false;
+  // Refuse to start when the memory estimate (trainer/memory_estimate.h) exceeds what the device
+  // or host has; false starts anyway.
+  bool memory_check = true;
 };
 
 struct Config {
@@ -96,6 +116,11 @@ struct ConfigError : std::runtime_error {
 // Throws ConfigError naming the first problem; `all_errors`, when given, receives every problem found.
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {},
                    std::vector<std::string>* all_errors = nullptr);
+// The same from YAML text; `name` stands for the file in messages and in Config::source_file
+// (a checkpoint's stored config: "<checkpoint> (its config)").
+Config load_config_text(const std::string& yaml, const std::string& name,
+                        const std::vector<std::string>& overrides = {},
+                        std::vector<std::string>* all_errors = nullptr);
 
 // Validates a config built in code; returns one line per problem (empty when valid).
 std::vector<std::string> validate_config(const Config& config, const std::string& file = "<config>");

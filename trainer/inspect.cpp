@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <system_error>
 
+#include "data/prepare.h"
 #include "model/tensor.h"
 #include "trainer/checkpoint.h"
 
@@ -26,6 +27,27 @@ std::string indent(const std::string& text) {
   return out;
 }
 
+// "tokenizer: sentencepiece (tok.model, vocab 8000, model 370212 bytes)", "tokenizer: bytes
+// (vocab 256)", or what eval and generate fall back to when the checkpoint carries none.
+std::string tokenizer_line(const std::string& path) {
+  TokenData tokenizer;
+  if (!read_checkpoint_tokenizer(path, tokenizer))
+    return "tokenizer: none stored (an older checkpoint: eval and generate use data.path's)";
+  if (!tokenizer.tokenizer_model.empty())
+    return "tokenizer: " + tokenizer.tokenizer + " (" + tokenizer.tokenizer_model_name +
+           ", vocab " + std::to_string(tokenizer.vocab_size) + ", model " +
+           std::to_string(tokenizer.tokenizer_model.size()) + " bytes)";
+  try {
+    return "tokenizer: " + tokenizer.tokenizer + " (vocab " +
+           std::to_string(make_tokenizer(tokenizer.tokenizer)->vocab_size()) + ")";
+  } catch (const std::exception&) {  // a label a token format stored, with no model to decode
+    return "tokenizer: " + tokenizer.tokenizer + " (a label only: no model to decode with)";
+  }
+}
+
+// Datasets that are not tensors of the model or the optimizer.
+bool is_tensor(const std::string& dataset) { return dataset != "/tokenizer_model"; }
+
 }  // namespace
 
 void inspect_checkpoint(const std::string& path, std::FILE* out) {
@@ -37,6 +59,7 @@ void inspect_checkpoint(const std::string& path, std::FILE* out) {
   std::fprintf(out, "format_version: %lld\nstep: %lld\noptimizer_step: %lld\n",
                static_cast<long long>(header.format_version), static_cast<long long>(header.step),
                static_cast<long long>(header.optimizer_step));
+  std::fprintf(out, "%s\n", tokenizer_line(path).c_str());
   std::fprintf(out, "provenance:\n%s", indent(header.provenance).c_str());
   std::fprintf(out, "config:\n%s", indent(header.config).c_str());
   std::fprintf(out, "tensors:\n");
@@ -48,11 +71,13 @@ void inspect_checkpoint(const std::string& path, std::FILE* out) {
       path,
       [&](const std::vector<TensorInfo>& tensors) {
         for (const TensorInfo& info : tensors) {
+          if (!is_tensor(info.path)) continue;
           path_width = std::max(path_width, info.path.size());
           shape_width = std::max(shape_width, shape_str(info.shape).size());
         }
       },
       [&](const TensorInfo& info) {
+        if (!is_tensor(info.path)) return;
         const int64_t numel = shape_numel(info.shape);
         all_values += numel;
         if (info.path.rfind("/model/", 0) == 0) model_values += numel;

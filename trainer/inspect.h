@@ -1,6 +1,6 @@
-// switchyard inspect: a checkpoint's header (step, optimizer_step, format_version), the config it
-// was written with, its provenance, and every tensor's path, shape and L2 norm, read one tensor
-// at a time so that a large checkpoint needs little memory.
+// switchyard inspect: a checkpoint's header (step, optimizer_step, format_version), the tokenizer
+// it carries, the config it was written with, its provenance, and every tensor's path, shape and
+// L2 norm, read one tensor at a time so that a large checkpoint needs little memory.
 #pragma once
 #include <cstdio>
 #include <string>

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -25,8 +26,10 @@
 #include "trainer/cli.h"
 #include "trainer/config.h"
 #include "trainer/evaluate.h"
+#include "trainer/export.h"
 #include "trainer/generate.h"
 #include "trainer/inspect.h"
+#include "trainer/memory_estimate.h"
 #include "trainer/metrics.h"
 #include "trainer/plot.h"
 #include "trainer/session.h"
@@ -59,6 +62,7 @@ struct CommandLine {
   std::string run_dir;      // plot
   std::string plot_output;  // plot; "" is RUN_DIR
   sy::SentencePieceTrainOptions tokenizer_train;  // tokenizer train
+  sy::ExportOptions export_options;  // export (CHECKPOINT goes to checkpoint)
 };
 
 // Checked on the text, before CLI11 converts it, so that the error names the option and quotes
@@ -100,6 +104,15 @@ void add_config(CLI::App& command, CommandLine& line) {
       ->type_name("FILE");
 }
 
+// eval and generate: CONFIG may be left out, and the checkpoint's stored config is used.
+void add_optional_config(CLI::App& command, CommandLine& line) {
+  command
+      .add_option("CONFIG", line.config,
+                  "the experiment's YAML config (docs/config.md); without it, the config stored "
+                  "in the checkpoint, with --set applied and parallel.* fitted to this job")
+      ->type_name("FILE");
+}
+
 void add_overrides(CLI::App& command, CommandLine& line) {
   command
       .add_option("--set", line.overrides,
@@ -110,8 +123,8 @@ void add_overrides(CLI::App& command, CommandLine& line) {
 }
 
 const char* kCheckpointForms =
-    "a checkpoint file, a checkpoints folder (its newest complete checkpoint) or its `latest` "
-    "pointer file";
+    "a checkpoint file, a checkpoints folder (its newest complete checkpoint), a run folder (its "
+    "checkpoints/) or a `latest` pointer file";
 
 // `text` with its spaces turned into line breaks where a line would pass `width` columns: CLI11
 // prints descriptions unwrapped, but indents what follows a line break.
@@ -240,8 +253,9 @@ void build_cli(CLI::App& app, CommandLine& line) {
   CLI::App* eval = app.add_subcommand(
       "eval", "print {\"val_loss\": ...} over the validation set (the first eval.tokens tokens "
               "of the validation split, in whole sequences), of a checkpoint's "
-              "weights (without --checkpoint: of the initial model)");
-  add_config(*eval, line);
+              "weights (without --checkpoint: of the initial model). `eval --checkpoint "
+              "RUN_DIR` alone uses the checkpoint's config and tokenizer");
+  add_optional_config(*eval, line);
   eval->add_option("--checkpoint", line.checkpoint, kCheckpointForms)->type_name("PATH");
   eval->add_option("--tokens", line.eval_tokens,
                    "validation tokens to average over, rounded down to whole sequences of "
@@ -256,8 +270,9 @@ void build_cli(CLI::App& app, CommandLine& line) {
 
   CLI::App* generate = app.add_subcommand(
       "generate", "sample a continuation of a prompt from a checkpoint, to see what the model "
-                  "learned; prints the prompt and the continuation");
-  add_config(*generate, line);
+                  "learned; prints the prompt and the continuation. The checkpoint alone is "
+                  "enough: its stored config and tokenizer are used");
+  add_optional_config(*generate, line);
   generate->add_option("--checkpoint", line.checkpoint, kCheckpointForms)
       ->type_name("PATH")
       ->required();
@@ -286,6 +301,29 @@ void build_cli(CLI::App& app, CommandLine& line) {
   inspect->add_option("CHECKPOINT", line.checkpoint, kCheckpointForms)
       ->required()
       ->type_name("PATH");
+
+  CLI::App* exporter = app.add_subcommand(
+      "export", "write a checkpoint as a Hugging Face transformers model folder: config.json, "
+                "model.safetensors, the tokenizer when it is SentencePiece (docs/export.md)");
+  exporter->add_option("CHECKPOINT", line.checkpoint, kCheckpointForms)
+      ->required()
+      ->type_name("PATH");
+  exporter
+      ->add_option("--format", line.export_options.format,
+                   "hf: MixtralForCausalLM for an MoE model, LlamaForCausalLM for a dense one")
+      ->type_name("hf")
+      ->check(CLI::IsMember({"hf"}).description(""))
+      ->capture_default_str();
+  exporter->add_option("--output", line.export_options.output, "the folder to write")
+      ->type_name("DIR")
+      ->required();
+  exporter->add_option("--dtype", line.export_options.dtype, "the tensors' dtype")
+      ->type_name("bf16|fp32")
+      ->check(CLI::IsMember({"bf16", "fp32"}).description(""))
+      ->capture_default_str();
+  exporter->add_flag("--overwrite", line.export_options.overwrite,
+                     "write into a folder that is not empty (files of the same names are "
+                     "replaced)");
 
   CLI::App* plot = app.add_subcommand(
       "plot", "render RUN_DIR/metrics.jsonl as PNG charts with gnuplot: loss, expert load per "
@@ -338,18 +376,14 @@ int world_size() {
   return size;
 }
 
-// The checkpoint that `argument` names (cli.h), as rank 0 resolves it: a folder's newest file
-// may change while a run writes to it, and every rank must load the same one. Rank 0 prints how
-// it resolved a folder or pointer on stderr. Collective over MPI_COMM_WORLD.
-std::string resolve_checkpoint_on_rank0(const std::string& argument) {
+// `read`'s answer on rank 0, given to every rank; what it throws there is thrown on every rank
+// as CollectiveError. Collective over MPI_COMM_WORLD.
+std::string from_rank0(const std::function<std::string()>& read) {
   std::string answer;
   int failed = 0;
   if (world_rank() == 0) {
     try {
-      const sy::CheckpointArgument resolved = sy::resolve_checkpoint_argument(argument);
-      for (const std::string& note : resolved.notes)
-        std::fprintf(stderr, "note: %s\n", note.c_str());
-      answer = resolved.path;
+      answer = read();
     } catch (const std::exception& error) {
       answer = error.what();
       failed = 1;
@@ -362,6 +396,17 @@ std::string resolve_checkpoint_on_rank0(const std::string& argument) {
   MPI_Bcast(answer.data(), header[1], MPI_CHAR, 0, MPI_COMM_WORLD);
   if (header[0]) throw sy::CollectiveError(answer);
   return answer;
+}
+
+// The checkpoint that `argument` names (cli.h), as rank 0 resolves it: a folder's newest file
+// may change while a run writes to it, and every rank must load the same one. Rank 0 prints how
+// it resolved a folder or pointer on stderr. Collective over MPI_COMM_WORLD.
+std::string resolve_checkpoint_on_rank0(const std::string& argument) {
+  return from_rank0([&] {
+    const sy::CheckpointArgument resolved = sy::resolve_checkpoint_argument(argument);
+    for (const std::string& note : resolved.notes) std::fprintf(stderr, "note: %s\n", note.c_str());
+    return resolved.path;
+  });
 }
 
 int cmd_prepare_data(const CommandLine& line, const CLI::App& given) {
@@ -437,32 +482,76 @@ int cmd_tokenizer_train(const CommandLine& line) {
   return 0;
 }
 
-// The tokenizer of data.path's token file (bytes or the SentencePiece model it carries); bytes
-// when there is no readable token file. Checkpoints do not carry the tokenizer yet (issue 13).
-std::unique_ptr<sy::Tokenizer> tokenizer_for(const sy::Config& config) {
-  sy::TokenData data;
+// The config of eval and generate: CONFIG when given (load_checkpoint then compares it with the
+// checkpoint's, as for a resume), else the one stored in `checkpoint`, with --set applied and a
+// layout that cannot run in this job fitted to it (a note on rank 0 says so). Collective.
+sy::Config config_for(const CommandLine& line, const std::string& checkpoint) {
+  if (!line.config.empty()) return sy::load_config(checked_config_file(line.config), line.overrides);
+  const std::string yaml =
+      from_rank0([&] { return sy::read_checkpoint_header(checkpoint).config; });
+  sy::Config config = sy::load_stored_config(yaml, checkpoint, line.overrides);
+  const std::string note = sy::fit_stored_layout(config, world_size(), line.overrides);
+  if (!note.empty() && world_rank() == 0) std::fprintf(stderr, "note: %s\n", note.c_str());
+  return config;
+}
+
+// "bytes", or "sentencepiece (tok.model, vocab 8000, 370212 bytes)": for messages.
+std::string describe_tokenizer(const sy::TokenData& tokenizer) {
+  if (tokenizer.tokenizer_model.empty()) return tokenizer.tokenizer;
+  return tokenizer.tokenizer + " (" + tokenizer.tokenizer_model_name + ", vocab " +
+         std::to_string(tokenizer.vocab_size) + ", " +
+         std::to_string(tokenizer.tokenizer_model.size()) + " bytes)";
+}
+
+// The run's tokenizer: the one its checkpoint carries; for a checkpoint written before
+// checkpoints carried it, data.path's token file's, else bytes (what generate assumed then).
+// Not collective; throws naming the file it came from.
+std::unique_ptr<sy::Tokenizer> tokenizer_for(const std::string& checkpoint,
+                                             const sy::Config& config) {
+  sy::TokenData tokenizer;
+  if (sy::read_checkpoint_tokenizer(checkpoint, tokenizer))
+    return sy::tokenizer_of(tokenizer, checkpoint);
   try {
-    data = sy::read_token_file(config.data.path);
+    tokenizer = sy::read_token_file_tokenizer(config.data.path);
   } catch (const std::exception&) {
     return sy::make_tokenizer("bytes");
   }
-  return sy::tokenizer_of(data, config.data.path);
+  return sy::tokenizer_of(tokenizer, config.data.path);
 }
 
 int cmd_generate(const CommandLine& line) {
-  const sy::Config config = sy::load_config(checked_config_file(line.config), line.overrides);
-  sy::ModelSession session = sy::make_model_session(config, MPI_COMM_WORLD);
   const std::string checkpoint = resolve_checkpoint_on_rank0(line.checkpoint);
+  const sy::Config config = config_for(line, checkpoint);
+  sy::ModelSession session = sy::make_model_session(config, MPI_COMM_WORLD);
   sy::load_checkpoint(checkpoint, config, *session.model, nullptr, session.groups,
                       *session.backend);
-  const std::unique_ptr<sy::Tokenizer> tokenizer = tokenizer_for(config);
+  std::unique_ptr<sy::Tokenizer> tokenizer;
+  std::string problem;
+  try {
+    tokenizer = tokenizer_for(checkpoint, config);
+    // A prompt token at or above model.vocab_size would index past the embedding.
+    if (tokenizer->vocab_size() > config.model.vocab_size)
+      throw std::runtime_error(checkpoint + ": the tokenizer's vocabulary " +
+                               std::to_string(tokenizer->vocab_size()) +
+                               " is larger than model.vocab_size " +
+                               std::to_string(config.model.vocab_size));
+  } catch (const std::exception& error) {
+    problem = error.what();
+  }
+  sy::agree_or_throw(*session.groups.world, problem);
   const std::string text = sy::generate(*session.model, *tokenizer, line.generate);
   if (session.groups.rank() == 0) std::printf("%s\n", text.c_str());
   return 0;
 }
 
 int cmd_eval(const CommandLine& line, const CLI::App& given) {
-  sy::Config config = sy::load_config(checked_config_file(line.config), line.overrides);
+  if (given.count("--checkpoint") && line.checkpoint.empty())
+    throw UsageError("--checkpoint: expected a checkpoint file");
+  if (line.config.empty() && !given.count("--checkpoint"))
+    throw UsageError("needs CONFIG or --checkpoint (whose stored config it then uses)");
+  const std::string checkpoint =
+      given.count("--checkpoint") ? resolve_checkpoint_on_rank0(line.checkpoint) : "";
+  sy::Config config = config_for(line, checkpoint);
   if (given.count("--tokens")) {
     config.eval.tokens = line.eval_tokens;
     config.eval.batches = -1;
@@ -472,9 +561,7 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
   const int64_t sequences = sy::eval_sequences(config);
   sy::ModelSession session = sy::make_model_session(config, MPI_COMM_WORLD);
   std::string loaded = "none (fresh initialisation)";
-  if (given.count("--checkpoint")) {
-    if (line.checkpoint.empty()) throw UsageError("--checkpoint: expected a checkpoint file");
-    const std::string checkpoint = resolve_checkpoint_on_rank0(line.checkpoint);
+  if (!checkpoint.empty()) {
     const sy::LoadResult result = sy::load_checkpoint(checkpoint, config, *session.model, nullptr,
                                                       session.groups, *session.backend);
     loaded = checkpoint;
@@ -482,13 +569,39 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
       for (const std::string& warning : result.diff.warnings)
         std::fprintf(stderr, "warning: changed since the checkpoint: %s\n", warning.c_str());
   }
-  sy::TokenData data;
+  sy::TokenData data, stored;
+  bool has_stored = false;
   std::string problem;
   try {
-    data = sy::read_token_file(config.data.path);
-    const std::string fit = sy::validation_fit_problem(sequences, config.model.seq_len,
-                                                       static_cast<int64_t>(data.val.size()));
+    sy::TokenFile file;
+    try {
+      file = sy::open_token_file(config.data.path);  // only the validation set is read
+    } catch (const std::exception& error) {
+      if (!line.config.empty()) throw;
+      throw std::runtime_error(std::string(error.what()) +
+                               " (eval reads its validation tokens from the checkpoint's "
+                               "data.path; --set data.path=FILE names another token file)");
+    }
+    data.vocab_size = file.vocab_size;
+    data.tokenizer = file.tokenizer;
+    data.tokenizer_model = file.tokenizer_model;
+    data.tokenizer_model_name = file.tokenizer_model_name;
+    if (data.vocab_size > config.model.vocab_size)
+      throw std::runtime_error(config.data.path + ": vocab_size " +
+                               std::to_string(data.vocab_size) + " exceeds model.vocab_size " +
+                               std::to_string(config.model.vocab_size));
+    // The validation tokens must be ids of the vocabulary the model learned, or the loss means
+    // nothing.
+    has_stored = !checkpoint.empty() && sy::read_checkpoint_tokenizer(checkpoint, stored);
+    if (has_stored && (stored.tokenizer != data.tokenizer ||
+                       stored.tokenizer_model != data.tokenizer_model))
+      throw std::runtime_error(config.data.path + ": its tokenizer " + describe_tokenizer(data) +
+                               " is not the one the checkpoint's run used, " +
+                               describe_tokenizer(stored));
+    const std::string fit =
+        sy::validation_fit_problem(sequences, config.model.seq_len, file.val->size());
     if (!fit.empty()) throw std::runtime_error(config.data.path + ": " + fit);
+    data.val = sy::read_validation_tokens(*file.val, sequences, config.model.seq_len);
   } catch (const std::exception& error) {
     problem = error.what();
   }
@@ -500,7 +613,8 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
   if (!std::isfinite(validation.loss))
     throw sy::CollectiveError("val_loss is not finite (" + std::to_string(validation.loss) +
                               ") for " + loaded + ": the model diverged");
-  const sy::LossInUnits units = sy::loss_in_units(validation.loss, data.tokenizer);
+  const sy::LossInUnits units =
+      sy::loss_in_units(validation.loss, has_stored ? stored.tokenizer : data.tokenizer);
   if (session.groups.rank() == 0)
     std::printf("%s\n", sy::JsonLine()
                             .add("val_loss", validation.loss)
@@ -525,6 +639,35 @@ int cmd_inspect(const CommandLine& line) {
     } catch (const std::exception& error) {
       std::fflush(stdout);
       std::fprintf(stderr, "switchyard inspect: error: %s\n", error.what());
+      failed = 1;
+    }
+  }
+  MPI_Bcast(&failed, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  return failed;
+}
+
+int cmd_export(const CommandLine& line) {
+  if (line.export_options.output.empty()) throw UsageError("--output: expected a folder");
+  // One writer, like inspect: the other ranks of an mpirun wait, then report the same outcome.
+  int failed = 0;
+  if (world_rank() == 0) {
+    try {
+      const sy::CheckpointArgument resolved = sy::resolve_checkpoint_argument(line.checkpoint);
+      for (const std::string& note : resolved.notes)
+        std::fprintf(stderr, "note: %s\n", note.c_str());
+      sy::ExportOptions options = line.export_options;
+      options.checkpoint = resolved.path;
+      const sy::ExportResult result = sy::export_checkpoint(options);
+      std::printf("%s: %s, %lld tensors, %lld parameters, %s (%lld bytes)\n",
+                  options.output.c_str(), result.architecture.c_str(),
+                  static_cast<long long>(result.tensors),
+                  static_cast<long long>(result.parameters), options.dtype.c_str(),
+                  static_cast<long long>(result.safetensors_bytes));
+      for (const std::string& file : result.files) std::printf("wrote %s\n", file.c_str());
+      for (const std::string& note : result.notes) std::printf("note: %s\n", note.c_str());
+    } catch (const std::exception& error) {
+      std::fflush(stdout);
+      std::fprintf(stderr, "switchyard export: error: %s\n", error.what());
       failed = 1;
     }
   }
@@ -562,6 +705,9 @@ int cmd_check_config(const CommandLine& line) {
       std::fprintf(stderr, "%s: ok\n", line.config.c_str());
       for (const std::string& note : sy::layout_notes(config))
         std::fprintf(stderr, "note: %s\n", note.c_str());
+      // train compares it with the device or host before the first step (run.memory_check).
+      std::fprintf(stderr, "note: memory estimate %s per rank\n",
+                   sy::estimate_memory_per_rank(config).describe(4).c_str());
     }
     return 0;
   } catch (const sy::ConfigError& error) {
@@ -593,6 +739,7 @@ int run_command(const std::string& command, const CommandLine& line, const CLI::
   }
   if (command == "train") return cmd_train(line, given);
   if (command == "inspect") return cmd_inspect(line);
+  if (command == "export") return cmd_export(line);
   if (command == "plot") return cmd_plot(line, given);
   if (command == "eval") return cmd_eval(line, given);
   if (command == "generate") return cmd_generate(line);
@@ -602,7 +749,12 @@ int run_command(const std::string& command, const CommandLine& line, const CLI::
 
 // MPI for the whole process; finalised on every path out of main.
 struct MpiSession {
-  MpiSession(int* argc, char*** argv) { MPI_Init(argc, argv); }
+  // FUNNELED: only this thread calls MPI; an asynchronous checkpoint save writes its file on a
+  // thread of its own (HDF5 only).
+  MpiSession(int* argc, char*** argv) {
+    int provided = 0;
+    MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+  }
   ~MpiSession() { MPI_Finalize(); }
 };
 

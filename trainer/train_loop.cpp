@@ -27,9 +27,11 @@
 #include "parallel/param_gather.h"
 #include "trainer/checkpoint.h"
 #include "trainer/evaluate.h"
+#include "trainer/memory_estimate.h"
 #include "trainer/metrics.h"
 #include "trainer/model_card.h"
 #include "trainer/session.h"
+#include "trainer/spike_guard.h"
 
 namespace sy {
 
@@ -223,21 +225,23 @@ void write_resolved_config(const Config& config, const std::filesystem::path& ru
   if (!out) throw std::runtime_error(path.string() + ": cannot write the resolved config");
 }
 
-TokenData load_tokens(const Config& config) {
-  TokenData data = read_token_file(config.data.path);
+// The tokens stay on disk (docs/data.md, Token files larger than memory): the sampler reads each
+// sequence's window, the validation set its few sequences.
+TokenFile load_tokens(const Config& config) {
+  TokenFile data = open_token_file(config.data.path);
   if (data.vocab_size > config.model.vocab_size)
     throw std::runtime_error(config.data.path + ": vocab_size " + std::to_string(data.vocab_size) +
                              " exceeds model.vocab_size " +
                              std::to_string(config.model.vocab_size));
   const std::string eval_problem = validation_fit_problem(
-      eval_sequences(config), config.model.seq_len, static_cast<int64_t>(data.val.size()));
+      eval_sequences(config), config.model.seq_len, data.val->size());
   if (!eval_problem.empty()) throw std::runtime_error(config.data.path + ": " + eval_problem);
   return data;
 }
 
 // Every rank reads the token file itself; a rank that cannot is reported by rank 0.
-TokenData load_tokens_on_every_rank(const Config& config, Communicator& world) {
-  TokenData data;
+TokenFile load_tokens_on_every_rank(const Config& config, Communicator& world) {
+  TokenFile data;
   std::string problem;
   try {
     data = load_tokens(config);
@@ -407,13 +411,24 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     if (options.print && lead)
       for (const std::string& line : messages) console.print("%s\n", line.c_str());
   }
+  // Before the optimizer's state and the first activations exist (run.memory_check).
+  const MemoryCheck memory_check = check_memory(config, backend, options.world);
+  agree_or_throw(world, memory_check.problem);
 
   std::vector<Param*> params = model.params();
-  std::unique_ptr<Optimizer> optimizer = make_optimizer(config.train);
+  std::unique_ptr<Optimizer> optimizer = make_optimizer(optimizer_settings(config.train));
 
   // Resume: parameters, optimizer moments and step count, and the step (the sampler is
   // stateless, so the step is the data position).
   TrainSummary summary;
+  // A run that leaves by an exception still lets a background checkpoint write finish (its file
+  // complete, or removed) and says if it failed; on the normal path it has already been waited for.
+  struct JoinCheckpointWrite {
+    ~JoinCheckpointWrite() {
+      const std::string error = join_checkpoint_write();
+      if (!error.empty()) std::fprintf(stderr, "switchyard: error: background checkpoint write: %s\n", error.c_str());
+    }
+  } join_checkpoint_write_on_exit;
   int64_t start_step = 0;
   if (!options.resume.empty()) {
     // --resume auto falls back past a checkpoint that looked complete but does not load (a
@@ -493,8 +508,48 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     }
   }
   agree_or_throw(world, problem);
-  const TokenData data = load_tokens_on_every_rank(config, world);
+  // The spike guard's window, refilled on resume from rank 0's log (trainer/spike_guard.h).
+  SpikeGuard spike_guard(config.train.spike_window, config.train.spike_z,
+                         config.train.spike_min_steps);
+  std::ofstream spike_log;
+  if (spike_guard.enabled()) {
+    std::string window_text;
+    if (lead) {
+      try {
+        const std::string path = spike_guard_log_path(config.run.dir);
+        const bool resumed = !summary.resumed_from.empty();
+        if (resumed) {
+          bool found = false;
+          const std::vector<double> losses = read_spike_guard_log(path, start_step, found);
+          const size_t keep = std::min(losses.size(), static_cast<size_t>(config.train.spike_window));
+          char text[40];
+          for (size_t i = losses.size() - keep; i < losses.size(); ++i) {
+            std::snprintf(text, sizeof text, "%.17g\n", losses[i]);
+            window_text += text;
+          }
+          if (found) truncate_metrics_after(path, start_step);
+          else if (options.print)
+            console.write(stderr, "warning: %s is missing: the loss-spike guard starts with an "
+                          "empty window (it acts after train.spike_min_steps steps)\n", path.c_str());
+        }
+        spike_log.open(path, resumed ? std::ios::app : std::ios::trunc);
+        if (!spike_log) throw std::runtime_error(path + ": cannot open: " + errno_text());
+      } catch (const std::exception& error) {
+        problem = error.what();
+      }
+    }
+    agree_or_throw(world, problem);
+    window_text = world.all_gather_host(window_text)[0];
+    std::vector<double> window;
+    for (size_t begin = 0, end; (end = window_text.find('\n', begin)) != std::string::npos;
+         begin = end + 1)
+      window.push_back(std::strtod(window_text.c_str() + begin, nullptr));
+    spike_guard.restore(window);
+  }
+  const TokenFile data = load_tokens_on_every_rank(config, world);
   const StepSampler sampler(data.train, config.model.seq_len, config.seed);
+  const std::vector<int32_t> val_tokens =
+      read_validation_tokens(*data.val, eval_sequences(config), config.model.seq_len);
 
   const TrainConfig& tc = config.train;
   const int64_t W = world.size(), rank = world.rank();
@@ -507,8 +562,10 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
                   static_cast<long long>(config.parallel.expert_parallel),
                   static_cast<long long>(tc.grad_accum_steps),
                   static_cast<long long>(W * tc.grad_accum_steps * B));
-    console.print("  run dir %s, data %s (%zu train / %zu val tokens)\n", run_dir.c_str(),
-                  config.data.path.c_str(), data.train.size(), data.val.size());
+    console.print("  run dir %s, data %s (%lld train / %lld val tokens)\n", run_dir.c_str(),
+                  config.data.path.c_str(), static_cast<long long>(data.train->size()),
+                  static_cast<long long>(data.val->size()));
+    console.print("  %s\n", memory_check.summary.c_str());
     std::fflush(stdout);
   }
 
@@ -535,7 +592,11 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     const Clock::time_point save_start = Clock::now();
     summary.last_checkpoint = save_checkpoint(checkpoints, step_done, config, model,
                                               optimizer.get(), groups, backend, run_id);
-    if (options.print && lead) {
+    if (options.print && lead && config.checkpoint.async) {
+      console.print("saving step %6lld | %s (in the background; the step waited %.2fs)\n",
+                    static_cast<long long>(step_done), summary.last_checkpoint.c_str(),
+                    seconds_since(save_start));
+    } else if (options.print && lead) {
       std::error_code error;
       const auto bytes = std::filesystem::file_size(summary.last_checkpoint, error);
       console.print("saved  step %6lld | %s (%.1f MB in %.2fs)\n",
@@ -553,15 +614,24 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       acc.add(model.forward_backward(inputs, targets, B, true, loss_scale));
     }
     if (options.after_backward) options.after_backward(step + 1, params, backend);
+    if (options.loss_offset) acc.loss += options.loss_offset(step + 1);
     synchronize_gradients(params, groups);
     const double grad_norm = distributed_grad_norm(backend, params, groups);
-    const double lr = lr_at(tc, step);
-    // One 2-integer all-reduce per step, so that every rank takes the same decisions: a stop
-    // signal on any rank, a non-finite loss on any rank (grad_norm is already global).
-    std::vector<int64_t> flags{static_cast<int64_t>(g_stop_signal), std::isfinite(acc.loss) ? 0 : 1};
+    const double lr = lr_at(lr_schedule(tc), step);
+    const bool loss_finite_here = std::isfinite(acc.loss);
+    // The step's statistics over all ranks, before the update: the spike guard judges the loss
+    // (metrics.loss, as StepAccumulator::finish computes it).
+    acc.reduce(world);
+    const double step_loss = acc.loss / static_cast<double>(acc.groups);
+    // One 3-integer all-reduce per step, so that every rank takes the same decisions: a stop
+    // signal on any rank, a non-finite loss on any rank (grad_norm is already global), a spike.
+    std::vector<int64_t> flags{static_cast<int64_t>(g_stop_signal), loss_finite_here ? 0 : 1,
+                               spike_guard.is_spike(step_loss) ? 1 : 0};
     world.all_reduce_host(flags, ReduceOp::max);
     const int stop_signal = static_cast<int>(flags[0]);
-    const bool bad_step = flags[1] != 0 || !std::isfinite(grad_norm);
+    const bool non_finite = flags[1] != 0 || !std::isfinite(grad_norm);
+    const bool spike = flags[2] != 0 && !non_finite;
+    const bool bad_step = non_finite || spike;
     if (!bad_step) {
       // The clip scale, the update, the bf16 copies of the new master weights and the zeroing
       // of the grads, in one pass on CUDA (optim/optimizer.h).
@@ -571,7 +641,6 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       grads_zero = false;  // the non-finite grads are dropped by the next step's zero_grads
     }
 
-    acc.reduce(world);
     // aux-loss-free balancing (a no-op when off); a skipped step changes nothing
     if (!bad_step) model.update_expert_bias(acc.load_counts);
     StepMetrics metrics;
@@ -585,10 +654,12 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     summary.steps = step + 1;
     if (bad_step) {
       ++summary.skipped_steps;
+      summary.spike_steps += spike;
       ++bad_in_a_row;
-      const std::string what = "step " + std::to_string(step + 1) + ": loss " +
-                               std::to_string(metrics.loss) + ", grad_norm " +
-                               std::to_string(grad_norm) + " (not finite)";
+      const std::string what =
+          spike ? "step " + std::to_string(step + 1) + ": " + spike_guard.describe(metrics.loss)
+                : "step " + std::to_string(step + 1) + ": loss " + std::to_string(metrics.loss) +
+                      ", grad_norm " + std::to_string(grad_norm) + " (not finite)";
       if (bad_in_a_row >= tc.max_bad_steps)
         throw DivergedError(what + ", " + std::to_string(bad_in_a_row) +
                             " such steps in a row (train.max_bad_steps " +
@@ -603,6 +674,11 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
                       static_cast<long long>(tc.max_bad_steps));
     } else {
       bad_in_a_row = 0;
+      spike_guard.accept(metrics.loss);
+      if (spike_log.is_open()) {
+        spike_log << spike_guard_log_line(step + 1, metrics.loss);
+        spike_log.flush();
+      }
     }
 
     const bool last = step + 1 == tc.steps;
@@ -632,7 +708,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
                           ((config.eval.every > 0 && (step + 1) % config.eval.every == 0) || last);
     if (eval_now) {
       const Clock::time_point eval_start = Clock::now();
-      const Validation validation = evaluate(model, data.val, eval_sequences(config), world);
+      const Validation validation = evaluate(model, val_tokens, eval_sequences(config), world);
       const LossInUnits units = loss_in_units(validation.loss, data.tokenizer);
       summary.final_val_loss = validation.loss;
       if (lead)
@@ -660,6 +736,9 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     }
     if (options.print && lead) std::fflush(stdout);
   }
+  // checkpoint.async: the last save's file is complete (or its error raised on every rank)
+  // before train() returns.
+  finish_checkpoint_write(groups);
   if (summary.stop_signal == 0) summary.steps = std::max(start_step, tc.steps);
   summary.seconds = seconds_since(run_start);
   const int64_t steps_run = std::max<int64_t>(0, summary.steps - start_step);

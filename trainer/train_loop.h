@@ -36,6 +36,9 @@ struct TrainOptions {
   // synchronised, with the step number (1-based). Injects faults (a NaN gradient, a signal).
   std::function<void(int64_t step, const std::vector<Param*>& params, Backend& backend)>
       after_backward = nullptr;
+  // Tests only: added to this rank's loss sum of the step (before the loss is reduced over the
+  // ranks and judged), with the step number (1-based). Injects a loss spike.
+  std::function<double(int64_t step)> loss_offset = nullptr;
 };
 
 // Exit statuses of `switchyard train` beyond 0 (done), 1 (error) and 2 (usage).
@@ -61,6 +64,7 @@ struct TrainSummary {
   std::string last_checkpoint; // the newest checkpoint this call wrote
   int stop_signal = 0;         // SIGTERM, SIGINT or SIGUSR1 when a signal stopped the run, else 0
   int64_t skipped_steps = 0;   // steps skipped as non-finite (loss or gradient norm), no update
+  int64_t spike_steps = 0;     // of those, skipped by the loss-spike guard (train.spike_window)
   // With collect_parameters, on rank 0: every parameter by path, experts stacked by global index.
   std::vector<std::pair<std::string, std::vector<double>>> parameters;
 };

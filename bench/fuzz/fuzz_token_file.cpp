@@ -1,0 +1,32 @@
+// libFuzzer: bytes -> file -> read_token_file. Every input must end in token data or a
+// std::exception naming the file; a crash, a sanitizer report or a hang is a finding.
+#include <cstdint>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "bench/fuzz/fuzz_input.h"
+#include "data/token_file.h"
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  if (const char* dir = sy::fuzz::seed_dir()) {
+    std::vector<int32_t> train, val;
+    for (int32_t i = 0; i < 64; ++i) train.push_back((i * 7) % 200);
+    for (int32_t i = 0; i < 16; ++i) val.push_back((i * 5) % 200);
+    sy::write_token_file(std::string(dir) + "/bytes.h5", train, val, 256, "bytes");
+    sy::write_token_file(std::string(dir) + "/wide.h5", train, val, 70000, "bytes");
+    sy::write_token_file(std::string(dir) + "/with_model.h5", train, val, 256, "sentencepiece",
+                         std::string("\x0a\x03model", 7), "m.model");
+  }
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string path = sy::fuzz::write_input("tokens", ".h5", data, size);
+  try {
+    const sy::TokenData tokens = sy::read_token_file(path);
+    (void)tokens;
+  } catch (const std::exception&) {
+  }
+  return 0;
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# bash bench/fuzz/run.sh SECONDS [BUILD_DIR] [TARGET...]: runs each libFuzzer target for SECONDS,
+# one after another, from a seed corpus the targets write themselves (SY_FUZZ_WRITE_SEED: the
+# default config and a tiny MoE config; three token files; a checkpoint of the fuzzer's tiny
+# model). Prints libFuzzer's coverage (cov: edges, ft: features) and the crashes found, last as a
+# table. Work files under ${OUT:-bench/fuzz/out}; crashing inputs as <out>/crashes/<target>-*.
+# BUILD_DIR (default build-fuzz) is configured with
+#   CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DSY_FUZZ=ON -DSY_CUDA=OFF
+# and built with: cmake --build build-fuzz --target fuzz_config fuzz_token_file fuzz_checkpoint
+set -euo pipefail
+seconds=${1:?usage: run.sh SECONDS [BUILD_DIR] [TARGET...]}
+build=${2:-build-fuzz}
+shift $(( $# >= 2 ? 2 : 1 ))
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz_config fuzz_token_file fuzz_checkpoint)
+out=${OUT:-bench/fuzz/out}
+mkdir -p "$out/crashes"
+# HDF5's error paths keep a few handles for the process's life: leaks are not what we look for.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+table=()
+for target in "${targets[@]}"; do
+  binary="$build/fuzz/$target"
+  [ -x "$binary" ] || { echo "missing $binary (see the header of this script)"; exit 1; }
+  seeds="$out/seeds/$target" corpus="$out/corpus/$target"
+  rm -rf "$seeds" && mkdir -p "$seeds" "$corpus"
+  SY_FUZZ_WRITE_SEED="$seeds" "$binary" -runs=0 "$corpus" > "$out/$target.seed.log" 2>&1
+  rm -f "$seeds/latest"
+  echo "== $target: $(ls "$seeds" | wc -l) seeds, ${seconds}s"
+  set +e
+  "$binary" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
+    -artifact_prefix="$out/crashes/$target-" "$corpus" "$seeds" > "$out/$target.log" 2>&1
+  status=$?
+  set -e
+  last=$(grep -E '^#[0-9]+' "$out/$target.log" | tail -1)
+  runs=$(echo "$last" | sed -E 's/^#([0-9]+).*/\1/')
+  cov=$(echo "$last" | grep -oE 'cov: [0-9]+' | cut -d' ' -f2)
+  ft=$(echo "$last" | grep -oE 'ft: [0-9]+' | cut -d' ' -f2)
+  crashes=$(ls "$out/crashes" | grep -c "^$target-" || true)
+  echo "$last"
+  [ $status -eq 0 ] || grep -E 'ERROR|SUMMARY|==[0-9]+==|deadly|Test unit written' "$out/$target.log" | head -8
+  table+=("$(printf '%-16s %6ss %10s %6s %7s %7s %4s' "$target" "$seconds" "$runs" "${cov:-?}" "${ft:-?}" "$crashes" "$status")")
+done
+echo
+printf '%-16s %7s %10s %6s %7s %7s %4s\n' target time runs cov ft crashes exit
+for row in "${table[@]}"; do echo "$row"; done

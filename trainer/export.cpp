@@ -1,0 +1,397 @@
+#include "trainer/export.h"
+
+#include <hdf5.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "data/hdf5_io.h"
+#include "data/token_file.h"
+#include "model/tensor.h"
+#include "trainer/checkpoint.h"
+#include "trainer/cli.h"
+#include "trainer/safetensors.h"
+
+namespace sy {
+
+namespace fs = std::filesystem;
+using h5::Handle;
+
+namespace {
+
+// What our model computes and transformers must be told (docs/model.md; model/cpu/cpu_kernels.h
+// holds the same numbers as kRmsEps and the rotary table's theta).
+constexpr double kRmsNormEps = 1e-5;
+constexpr double kRopeTheta = 10000.0;
+constexpr double kInitStd = 0.02;
+
+// The files an export writes; with --overwrite, the tokenizer's are removed when not rewritten.
+constexpr const char* kConfigFile = "config.json";
+constexpr const char* kWeightsFile = "model.safetensors";
+constexpr const char* kTokenizerModelFile = "tokenizer.model";
+constexpr const char* kTokenizerConfigFile = "tokenizer_config.json";
+
+std::string join_layers(const std::vector<bool>& mask, bool moe) {
+  std::string out;
+  for (size_t l = 0; l < mask.size(); ++l)
+    if (mask[l] == moe) out += (out.empty() ? "" : ", ") + std::to_string(l);
+  return out;
+}
+
+std::string number(double value) {
+  std::ostringstream out;
+  out << value;
+  return out.str();
+}
+
+// The config the checkpoint was written with, through the one loader (defaults, validation).
+Config checkpoint_config(const CheckpointHeader& header) {
+  try {
+    return load_stored_config(header.config, header.path, {});
+  } catch (const ConfigError& error) {
+    throw ExportError(error.what());
+  }
+}
+
+// One tensor of model.safetensors and where it comes from.
+struct TensorPlan {
+  std::string name;              // transformers' name
+  std::string dataset;           // ours: "/model/layers/0/attn/wq"
+  int64_t expert = -1;           // >= 0: slice [expert] of a stacked [E, ...] dataset
+  std::vector<int64_t> shape;    // ours, of the slice: [in, out] for a matrix, [D] for a gain
+  bool transpose = false;        // ours y = x @ W [in, out] -> torch.nn.Linear's [out, in]
+
+  std::vector<int64_t> hf_shape() const {
+    return transpose ? std::vector<int64_t>{shape[1], shape[0]} : shape;
+  }
+};
+
+// Every tensor in transformers' order (embedding, per layer: norms, attention, FFN; final norm;
+// LM head), with our datasets (docs/checkpoint.md) mapped to transformers' names.
+std::vector<TensorPlan> plan_tensors(const Config& config, bool moe) {
+  const ModelConfig& m = config.model;
+  const int64_t D = m.d_model, V = m.vocab_size;
+  std::vector<TensorPlan> plan;
+  auto add = [&](std::string name, std::string dataset, std::vector<int64_t> shape,
+                 bool transpose, int64_t expert = -1) {
+    plan.push_back({std::move(name), "/model/" + dataset, expert, std::move(shape), transpose});
+  };
+  // Both tables are [V, D]: the embedding as we store it, and logits = h @ embedding^T.
+  add("model.embed_tokens.weight", "embedding", {V, D}, false);
+  for (int64_t l = 0; l < m.n_layers; ++l) {
+    const std::string ours = "layers/" + std::to_string(l) + "/";
+    const std::string hf = "model.layers." + std::to_string(l) + ".";
+    add(hf + "input_layernorm.weight", ours + "attn_norm", {D}, false);
+    // Our rotary is the rotate-half form (pairs i, i + Dh/2 within each head, head h in columns
+    // [h*Dh, (h+1)*Dh)), which is transformers' apply_rotary_pos_emb: q and k need no row
+    // permutation, only the transpose.
+    add(hf + "self_attn.q_proj.weight", ours + "attn/wq", {D, D}, true);
+    add(hf + "self_attn.k_proj.weight", ours + "attn/wk", {D, D}, true);
+    add(hf + "self_attn.v_proj.weight", ours + "attn/wv", {D, D}, true);
+    add(hf + "self_attn.o_proj.weight", ours + "attn/wo", {D, D}, true);
+    add(hf + "post_attention_layernorm.weight", ours + "ffn_norm", {D}, false);
+    if (moe) {
+      const int64_t E = config.moe.num_experts, F = config.moe.expert_hidden;
+      add(hf + "block_sparse_moe.gate.weight", ours + "moe/router", {D, E}, true);
+      for (int64_t e = 0; e < E; ++e) {
+        const std::string expert = hf + "block_sparse_moe.experts." + std::to_string(e) + ".";
+        add(expert + "w1.weight", ours + "moe/experts/w1", {D, F}, true, e);
+        add(expert + "w2.weight", ours + "moe/experts/w2", {F, D}, true, e);
+        add(expert + "w3.weight", ours + "moe/experts/w3", {D, F}, true, e);
+      }
+    } else {
+      const int64_t F = m.ffn_hidden;
+      add(hf + "mlp.gate_proj.weight", ours + "ffn/w1", {D, F}, true);
+      add(hf + "mlp.up_proj.weight", ours + "ffn/w3", {D, F}, true);
+      add(hf + "mlp.down_proj.weight", ours + "ffn/w2", {F, D}, true);
+    }
+  }
+  add("model.norm.weight", "final_norm", {D}, false);
+  if (!m.tie_embeddings) add("lm_head.weight", "lm_head", {D, V}, true);
+  return plan;
+}
+
+// The dataset's full shape: the slice's, with [E] in front for an expert slice.
+std::vector<int64_t> stored_shape(const TensorPlan& tensor, const Config& config) {
+  std::vector<int64_t> shape = tensor.shape;
+  if (tensor.expert >= 0) shape.insert(shape.begin(), config.moe.num_experts);
+  return shape;
+}
+
+// The tensor's values as fp32, row-major in transformers' layout.
+std::vector<float> read_tensor(hid_t file, const TensorPlan& tensor, const std::string& path) {
+  const std::string what = path + ": cannot read " + tensor.dataset;
+  Handle dataset = h5::own(H5Dopen2(file, tensor.dataset.c_str(), H5P_DEFAULT), H5Dclose, what);
+  Handle file_space = h5::own(H5Dget_space(dataset.get()), H5Sclose, what);
+  std::vector<hsize_t> count(tensor.shape.begin(), tensor.shape.end());
+  if (tensor.expert >= 0) {
+    std::vector<hsize_t> start(count.size() + 1, 0);
+    start[0] = static_cast<hsize_t>(tensor.expert);
+    count.insert(count.begin(), 1);
+    h5::check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start.data(), nullptr,
+                                  count.data(), nullptr),
+              what);
+  }
+  Handle memory_space = h5::own(H5Screate_simple(static_cast<int>(count.size()), count.data(),
+                                                 nullptr),
+                                H5Sclose, what);
+  std::vector<float> values(static_cast<size_t>(shape_numel(tensor.shape)));
+  h5::check(H5Dread(dataset.get(), H5T_NATIVE_FLOAT, memory_space.get(), file_space.get(),
+                    H5P_DEFAULT, values.data()),
+            what);
+  if (!tensor.transpose) return values;
+  const int64_t rows = tensor.shape[0], cols = tensor.shape[1];
+  std::vector<float> transposed(values.size());
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) transposed[j * rows + i] = values[i * cols + j];
+  return transposed;
+}
+
+// transformers' config.json for the model (MixtralConfig or LlamaConfig keys).
+nlohmann::ordered_json hf_config(const Config& config, bool moe, const std::string& dtype) {
+  const ModelConfig& m = config.model;
+  nlohmann::ordered_json json;
+  json["architectures"] = {moe ? "MixtralForCausalLM" : "LlamaForCausalLM"};
+  json["model_type"] = moe ? "mixtral" : "llama";
+  json["vocab_size"] = m.vocab_size;
+  json["hidden_size"] = m.d_model;
+  json["intermediate_size"] = moe ? config.moe.expert_hidden : m.ffn_hidden;
+  json["num_hidden_layers"] = m.n_layers;
+  json["num_attention_heads"] = m.n_heads;
+  json["num_key_value_heads"] = m.n_heads;  // no grouped-query attention
+  json["head_dim"] = m.d_model / m.n_heads;
+  json["hidden_act"] = "silu";
+  // Rotary has no length limit; this is the length the model was trained at.
+  json["max_position_embeddings"] = m.seq_len;
+  json["initializer_range"] = kInitStd;
+  json["rms_norm_eps"] = kRmsNormEps;
+  json["use_cache"] = true;
+  json["tie_word_embeddings"] = m.tie_embeddings;
+  // transformers 5 reads rope_parameters; 4.x reads rope_theta. Both say the same.
+  json["rope_theta"] = kRopeTheta;
+  json["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", kRopeTheta}};
+  json["attention_dropout"] = 0.0;
+  // Our tokenizers add no BOS/EOS; without these nulls transformers would assume ids 1 and 2 and
+  // stop generating at token 2.
+  json["bos_token_id"] = nullptr;
+  json["eos_token_id"] = nullptr;
+  json["pad_token_id"] = nullptr;
+  if (moe) {
+    json["sliding_window"] = nullptr;
+    json["num_local_experts"] = config.moe.num_experts;
+    json["num_experts_per_tok"] = config.moe.top_k;
+    json["output_router_logits"] = false;
+    json["router_aux_loss_coef"] = config.moe.aux_loss_coef;
+    json["router_jitter_noise"] = 0.0;
+  } else {
+    json["attention_bias"] = false;
+    json["mlp_bias"] = false;
+    json["pretraining_tp"] = 1;
+  }
+  json["dtype"] = dtype == "bf16" ? "bfloat16" : "float32";
+  return json;
+}
+
+// Writes `bytes` to <path>.tmp, then renames it into place.
+void write_file(const fs::path& path, const std::string& bytes) {
+  const fs::path temporary = path.string() + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.close();
+    if (!out) {
+      std::error_code ignored;
+      fs::remove(temporary, ignored);
+      throw ExportError(temporary.string() + ": cannot write");
+    }
+  }
+  std::error_code error;
+  fs::rename(temporary, path, error);
+  if (error) throw ExportError(path.string() + ": cannot rename its .tmp into place: " + error.message());
+}
+
+// The tokenizer of the checkpoint or, for checkpoints from before they carried it, of the token
+// file at its data.path.
+struct TokenizerSource {
+  TokenData tokenizer;  // tokenizer "" when none was found
+  std::string from;     // the file it came from, or why nothing was found
+};
+TokenizerSource find_tokenizer(const std::string& checkpoint_path, const Config& config) {
+  TokenizerSource source;
+  if (read_checkpoint_tokenizer(checkpoint_path, source.tokenizer)) {
+    source.from = checkpoint_path;
+    return source;
+  }
+  const std::string& token_file = config.data.path;
+  try {
+    source.tokenizer = read_token_file_tokenizer(token_file);
+    source.from = token_file + " (data.path)";
+  } catch (const std::exception& problem) {
+    source.tokenizer = TokenData();
+    source.from = "the checkpoint carries none and its data.path cannot be read: " +
+                  std::string(problem.what());
+  }
+  return source;
+}
+
+// LlamaTokenizer over the SentencePiece model: ours adds no BOS or EOS, so neither does it.
+std::string tokenizer_config_json(const Config& config) {
+  nlohmann::ordered_json json;
+  json["tokenizer_class"] = "LlamaTokenizer";
+  json["add_bos_token"] = false;
+  json["add_eos_token"] = false;
+  json["bos_token"] = "<s>";
+  json["eos_token"] = "</s>";
+  json["unk_token"] = "<unk>";
+  json["pad_token"] = nullptr;
+  json["legacy"] = false;
+  json["clean_up_tokenization_spaces"] = false;
+  json["model_max_length"] = config.model.seq_len;
+  return json.dump(2) + "\n";
+}
+
+// The output folder: created when missing; refused when it holds anything, unless overwrite.
+void prepare_output(const ExportOptions& options) {
+  const fs::path dir = options.output;
+  std::error_code error;
+  if (fs::exists(dir, error)) {
+    if (!fs::is_directory(dir, error)) throw ExportError(options.output + ": exists and is not a folder");
+    if (!fs::is_empty(dir, error) && !options.overwrite)
+      throw ExportError(options.output + ": is not empty (pass --overwrite to write over an export there)");
+    return;
+  }
+  fs::create_directories(dir, error);
+  if (error) throw ExportError(options.output + ": cannot create: " + error.message());
+}
+
+}  // namespace
+
+std::string hf_export_problem(const Config& config) {
+  const std::vector<bool> mask = moe_layer_mask(config);
+  const bool any_moe = std::find(mask.begin(), mask.end(), true) != mask.end();
+  if (!any_moe) return "";  // dense: LlamaForCausalLM expresses it whole
+  const MoeConfig& moe = config.moe;
+  if (std::find(mask.begin(), mask.end(), false) != mask.end())
+    return "moe.layers: layers " + join_layers(mask, true) + " are MoE and " +
+           join_layers(mask, false) +
+           " dense; Mixtral needs every layer MoE (moe.layers: all) and Llama none";
+  if (moe.router_score != "softmax")
+    return "moe.router_score: " + moe.router_score + "; Mixtral's router is a softmax over the experts";
+  if (moe.bias_update_rate > 0)
+    return "moe.bias_update_rate: " + number(moe.bias_update_rate) +
+           " trains an expert bias that steers the top-k; Mixtral's router has none";
+  if (moe.capacity_factor > 0)
+    return "moe.capacity_factor: " + number(moe.capacity_factor) +
+           " drops assignments over an expert's capacity; Mixtral is dropless";
+  if (!moe.normalize())
+    return std::string("moe.normalize_topk: ") + (moe.normalize_topk < 0 ? "default (" : "") +
+           "false" + (moe.normalize_topk < 0 ? " at top_k 1)" : "") +
+           " keeps the gates unnormalised; Mixtral renormalises the top-k probabilities to sum "
+           "to 1 (set moe.normalize_topk: true when training)";
+  return "";
+}
+
+ExportResult export_checkpoint(const ExportOptions& options) {
+  if (options.format != "hf")
+    throw ExportError("--format " + options.format + ": unknown (known: hf)");
+  if (options.dtype != "bf16" && options.dtype != "fp32")
+    throw ExportError("--dtype " + options.dtype + ": unknown (known: bf16, fp32)");
+  CheckpointHeader header;
+  try {
+    header = read_checkpoint_header(options.checkpoint);
+  } catch (const CheckpointError& error) {
+    throw ExportError(error.what());
+  }
+  const Config config = checkpoint_config(header);
+  const std::string problem = hf_export_problem(config);
+  if (!problem.empty())
+    throw ExportError(options.checkpoint + ": cannot be written as a transformers model: " + problem);
+  const std::vector<bool> mask = moe_layer_mask(config);
+  const bool moe = !mask.empty() && mask[0];
+
+  // Every tensor present with its shape before anything is written.
+  h5::QuietErrors quiet;
+  Handle file;
+  try {
+    file = h5::own(H5Fopen(options.checkpoint.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose,
+                   "cannot open as HDF5");
+  } catch (const h5::Hdf5Error& error) {
+    throw ExportError(options.checkpoint + ": " + error.what());
+  }
+  const std::vector<TensorPlan> plan = plan_tensors(config, moe);
+  for (const TensorPlan& tensor : plan) {
+    if (tensor.expert > 0) continue;  // the stacked dataset was checked with expert 0
+    if (!h5::link_exists(file.get(), tensor.dataset))
+      throw ExportError(options.checkpoint + ": missing tensor " + tensor.dataset);
+    Handle dataset = h5::own(H5Dopen2(file.get(), tensor.dataset.c_str(), H5P_DEFAULT), H5Dclose,
+                             options.checkpoint + ": cannot open " + tensor.dataset);
+    const std::vector<int64_t> shape = h5::dataset_shape(dataset.get());
+    const std::vector<int64_t> expected = stored_shape(tensor, config);
+    if (shape != expected)
+      throw ExportError(options.checkpoint + ": " + tensor.dataset + " has shape " +
+                        shape_str(shape) + ", its config needs " + shape_str(expected));
+  }
+
+  prepare_output(options);
+  const fs::path dir = options.output;
+  ExportResult result;
+  result.architecture = moe ? "MixtralForCausalLM" : "LlamaForCausalLM";
+
+  std::vector<SafetensorsEntry> entries;
+  for (const TensorPlan& tensor : plan) {
+    entries.push_back({tensor.name, tensor.hf_shape()});
+    result.parameters += shape_numel(tensor.shape);
+  }
+  const SafetensorsDType dtype =
+      options.dtype == "bf16" ? SafetensorsDType::bf16 : SafetensorsDType::f32;
+  try {
+    SafetensorsWriter writer((dir / kWeightsFile).string(), entries, dtype);
+    for (const TensorPlan& tensor : plan)
+      writer.write_next(read_tensor(file.get(), tensor, options.checkpoint));
+    result.safetensors_bytes = writer.finish();
+  } catch (const h5::Hdf5Error& error) {
+    throw ExportError(error.what());
+  } catch (const std::runtime_error& error) {
+    if (dynamic_cast<const ExportError*>(&error)) throw;
+    throw ExportError(error.what());
+  }
+  result.tensors = static_cast<int64_t>(plan.size());
+  result.files.push_back((dir / kWeightsFile).string());
+
+  write_file(dir / kConfigFile, hf_config(config, moe, options.dtype).dump(2) + "\n");
+  result.files.push_back((dir / kConfigFile).string());
+
+  file.reset();  // the tokenizer readers open the checkpoint themselves
+  const TokenizerSource source = find_tokenizer(options.checkpoint, config);
+  const TokenData& tokenizer = source.tokenizer;
+  std::error_code ignored;
+  if (!tokenizer.tokenizer_model.empty()) {
+    write_file(dir / kTokenizerModelFile, tokenizer.tokenizer_model);
+    write_file(dir / kTokenizerConfigFile, tokenizer_config_json(config));
+    result.files.push_back((dir / kTokenizerModelFile).string());
+    result.files.push_back((dir / kTokenizerConfigFile).string());
+    result.notes.push_back("tokenizer: SentencePiece model " +
+                           (tokenizer.tokenizer_model_name.empty()
+                                ? std::string("")
+                                : tokenizer.tokenizer_model_name + " ") +
+                           "from " + source.from + ", as LlamaTokenizer");
+  } else {
+    // An older export's tokenizer must not pass for this model's.
+    fs::remove(dir / kTokenizerModelFile, ignored);
+    fs::remove(dir / kTokenizerConfigFile, ignored);
+    if (tokenizer.tokenizer == "bytes")
+      result.notes.push_back("tokenizer: bytes (from " + source.from +
+                             "): no tokenizer files; token ids are the text's bytes");
+    else if (tokenizer.tokenizer.empty())
+      result.notes.push_back("tokenizer: unknown (" + source.from + "); no tokenizer files written");
+    else
+      result.notes.push_back("tokenizer: '" + tokenizer.tokenizer + "' (from " + source.from +
+                             ") has no model to export; no tokenizer files written");
+  }
+  return result;
+}
+
+}  // namespace sy

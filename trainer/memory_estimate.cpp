@@ -1,0 +1,230 @@
+#include "trainer/memory_estimate.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "trainer/model_card.h"
+
+namespace sy {
+
+namespace {
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+// The process without the model on the CPU: MPI, OpenBLAS's buffers, HDF5, the allocator's
+// slack (measured: ~80 MiB RSS for a model of a few KB, docs/config.md).
+constexpr double kCpuProcessBytes = 96 * kMiB;
+
+// Reads "Key:   123 kB" from a /proc file; -1 when absent.
+double proc_kb(const char* path, const std::string& key) {
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(key + ":", 0) == 0) {
+      std::istringstream fields(line.substr(key.size() + 1));
+      double kb = -1;
+      fields >> kb;
+      return kb;
+    }
+  return -1;
+}
+
+// A cgroup file holding one number ("max" or absent: -1).
+double cgroup_number(const char* path) {
+  std::ifstream in(path);
+  std::string text;
+  if (!(in >> text) || text == "max") return -1;
+  try {
+    return std::stod(text);
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+
+}  // namespace
+
+double MemoryEstimate::total_bytes() const {
+  double total = 0;
+  for (const MemoryItem& item : items) total += item.bytes;
+  return total;
+}
+
+std::string format_memory(double bytes) {
+  char text[32];
+  if (bytes >= 1024.0 * kMiB) std::snprintf(text, sizeof text, "%.1f GiB", bytes / (1024.0 * kMiB));
+  else std::snprintf(text, sizeof text, "%.0f MiB", bytes / kMiB);
+  return text;
+}
+
+std::string MemoryEstimate::describe(size_t biggest) const {
+  std::vector<MemoryItem> sorted = items;
+  std::stable_sort(sorted.begin(), sorted.end(),
+                   [](const MemoryItem& a, const MemoryItem& b) { return a.bytes > b.bytes; });
+  std::string text = format_memory(total_bytes()) + " (";
+  for (size_t i = 0; i < std::min(biggest, sorted.size()); ++i)
+    text += (i ? ", " : "") + sorted[i].name + " " + format_memory(sorted[i].bytes);
+  return text + (sorted.size() > biggest ? ", ...)" : ")");
+}
+
+MemoryEstimate estimate_memory_per_rank(const Config& config) {
+  const ModelConfig& m = config.model;
+  const MoeConfig& moe = config.moe;
+  const bool cuda = config.run.backend == "cuda";
+  const bool bf16 = config.run.precision == "bf16";
+  const double e = bf16 ? 2.0 : 4.0;  // bytes per activation element (the compute dtype)
+  const double T = static_cast<double>(config.train.micro_batch_size) * m.seq_len;
+  const double D = static_cast<double>(m.d_model), H = static_cast<double>(m.n_heads);
+  const double S = static_cast<double>(m.seq_len), L = static_cast<double>(m.n_layers);
+  const double TD = T * D * e;  // one [T, D] activation
+  const std::vector<bool> moe_mask = moe_layer_mask(config);
+  const double moe_layers = static_cast<double>(std::count(moe_mask.begin(), moe_mask.end(), true));
+  const double dense_layers = L - moe_layers;
+
+  const ModelCard card = make_model_card(config);
+  const double P = static_cast<double>(card.params_per_rank);
+  MemoryEstimate estimate;
+  auto add = [&](const std::string& name, double bytes) {
+    if (bytes > 0) estimate.items.push_back({name, bytes});
+  };
+  add("parameters (fp32)", 4 * P);
+  add("gradients (fp32)", 4 * P);
+  add("optimizer state", config.train.optimizer == "adamw" ? 8 * P : 0);
+  // The GEMMs' and the embedding's bf16 copies; norm gains and the router stay fp32 (a few D).
+  add("bf16 weight copies", bf16 ? 2 * P : 0);
+
+  // Attention saves the probabilities [B, H, S, S] with the reference kernel (the CPU's auto),
+  // else only the logsumexp per query and head (flash, cuDNN).
+  const bool reference = m.attention_kernel == "reference" || (m.attention_kernel == "auto" && !cuda);
+  const double probabilities = reference ? config.train.micro_batch_size * H * S * S * e : 0;
+  // What a layer keeps for backward (model/transformer.h, docs/cuda.md "Memory"): the block
+  // input; the two norm outputs unless train.recompute reruns them (every mode but none); q, k,
+  // v, the context and the attention statistics unless it reruns attention (attention, layer);
+  // the residual sum and the FFN's h1 and h3 unless it reruns the layer (layer). An MoE block
+  // always keeps its routing, received rows (x_recv) and expert outputs (y_perm). SwiGLU's
+  // hidden is never kept (backward rebuilds it).
+  const double TK = T * moe.top_k;
+  const double Fe = static_cast<double>(moe.expert_hidden), F = static_cast<double>(m.ffn_hidden);
+  const std::string& recompute = config.train.recompute;
+  const bool keep_norms = recompute == "none";
+  const bool keep_attention = recompute == "none" || recompute == "norms";
+  const bool keep_layer = recompute != "layer";
+  const double attention_part = 4 * TD + T * H * 4 + probabilities;
+  const double dense_h = 2 * T * F * e, expert_h = 2 * TK * Fe * e;
+  const double kept_dense = TD;
+  const double kept_moe = TD + 2 * TK * D * e + 2 * T * moe.num_experts * 4 + TK * 8;
+  double saved = dense_layers * kept_dense + moe_layers * kept_moe;
+  if (keep_norms) saved += L * 2 * TD;
+  if (keep_attention) saved += L * attention_part;
+  if (keep_layer) saved += L * TD + dense_layers * dense_h + moe_layers * expert_h;
+  add("saved activations", saved);
+
+  // One layer's forward temporaries and backward buffers (model/buffers.h Workspace), the
+  // largest layer kind's, plus what recompute rebuilds into it for one layer.
+  // Attention: its output, dcontext, dq, dk, dv, dx and the norms' dx; on CUDA with cuDNN the
+  // deterministic backward's dS workspace, run over chunks of sequences of at most 128 MiB.
+  double attention_backward = 7 * TD + probabilities;
+  if (cuda && bf16 && m.attention_kernel == "cudnn")
+    attention_backward += std::min(static_cast<double>(config.train.micro_batch_size) * H * S * S * 2,
+                                   std::max(H * S * S * 2, 128.0 * (1 << 20)));
+  // The FFN's out and du, and one [rows, F] slot for hidden/dhidden.
+  const double dense_backward = 2 * TD + T * F * e;
+  // MoE: dy_perm, the experts' dx, out, du and hidden/dhidden (the router reads the bf16 rows
+  // directly); with expert_parallel > 1 also x_perm, the experts' output, dy_recv, dx_perm and
+  // the dispatcher's staging rows.
+  const double exchanged = config.parallel.expert_parallel > 1 ? 5 * TK * D * e : 0.0;
+  const double moe_backward = 2 * TK * D * e + 2 * TD + TK * Fe * e + exchanged;
+  double workspace = attention_backward + std::max(dense_layers > 0 ? dense_backward : 0.0,
+                                                   moe_layers > 0 ? moe_backward : 0.0);
+  if (!keep_norms) workspace += 2 * TD;
+  if (!keep_attention) workspace += attention_part;
+  if (!keep_layer)
+    workspace += TD + std::max(dense_layers > 0 ? dense_h : 0.0, moe_layers > 0 ? expert_h : 0.0);
+  // The residual stream, its fp32 gradient, the embedding output and the final norm's.
+  workspace += 3 * TD + T * D * 4;
+  add("activation workspace", workspace);
+  // The LM head works through 1024 rows at a time: logits in fp32, their gradient in bf16.
+  add("logits chunk", std::min(1024.0, T) * m.vocab_size * (4 + (bf16 ? e : 0)));
+
+  if (!cuda) {
+    // Every rank holds the whole token file as int32: up to 4x the file for uint8 tokens,
+    // 2x for uint16 (the file's own size is the best cheap bound before opening it).
+    std::error_code error;
+    const auto file_bytes = std::filesystem::file_size(config.data.path, error);
+    add("token data", error ? 0.0 : 2.0 * static_cast<double>(file_bytes));
+    add("process (MPI, BLAS, HDF5)", kCpuProcessBytes);
+  }
+  return estimate;
+}
+
+HostMemory host_available_memory() {
+  HostMemory result;
+  const double available_kb = proc_kb("/proc/meminfo", "MemAvailable");
+  if (available_kb > 0) {
+    result.bytes = available_kb * 1024.0;
+    result.source = "MemAvailable";
+  }
+  // cgroup v2, then v1: the job's limit (Slurm's --mem) binds before the host's free memory.
+  const char* limits[][2] = {{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"},
+                             {"/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                              "/sys/fs/cgroup/memory/memory.usage_in_bytes"}};
+  for (const auto& [limit_path, usage_path] : limits) {
+    const double limit = cgroup_number(limit_path), usage = cgroup_number(usage_path);
+    if (limit <= 0 || usage < 0 || limit > 1e18) continue;  // v1's "no limit" is ~2^63
+    const double room = std::max(0.0, limit - usage);
+    if (result.bytes == 0 || room < result.bytes) {
+      result.bytes = room;
+      result.source = "cgroup limit " + format_memory(limit);
+    }
+    break;
+  }
+  return result;
+}
+
+double resident_bytes() { return std::max(0.0, proc_kb("/proc/self/status", "VmRSS") * 1024.0); }
+double peak_resident_bytes() {
+  return std::max(0.0, proc_kb("/proc/self/status", "VmHWM") * 1024.0);
+}
+
+std::string memory_check_problem(const MemoryEstimate& estimate, double needed, double available,
+                                 const std::string& where) {
+  if (available <= 0 || needed <= available) return "";
+  return "the run needs about " + format_memory(needed) + " but " + where + " has " +
+         format_memory(available) + " available; estimate per rank " + estimate.describe() +
+         "; lower train.micro_batch_size, set train.recompute, add expert_parallel ranks, or "
+         "pass --set run.memory_check=false to start anyway";
+}
+
+MemoryCheck check_memory(const Config& config, Backend& backend, MPI_Comm world) {
+  const MemoryEstimate estimate = estimate_memory_per_rank(config);
+  double needed = estimate.total_bytes(), available = 0;
+  std::string where;
+  if (backend.device() != Device::cpu) {
+    available = static_cast<double>(backend.available_memory_bytes());
+    where = backend.name();
+  } else {
+    MPI_Comm node = MPI_COMM_NULL;
+    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    int ranks = 1;
+    MPI_Comm_size(node, &ranks);
+    double held = resident_bytes(), held_by_node = 0;
+    MPI_Allreduce(&held, &held_by_node, 1, MPI_DOUBLE, MPI_SUM, node);
+    MPI_Comm_free(&node);
+    const HostMemory host = host_available_memory();
+    if (host.bytes > 0) available = host.bytes + held_by_node;
+    needed *= ranks;
+    where = "this host (" + (host.source.empty() ? std::string("unknown") : host.source) + ", " +
+            std::to_string(ranks) + (ranks == 1 ? " rank)" : " ranks)");
+  }
+  MemoryCheck check;
+  check.summary = "memory estimate " + estimate.describe() + " per rank; " +
+                  (available > 0 ? format_memory(available) : std::string("unknown")) +
+                  " available on " + where;
+  if (config.run.memory_check) check.problem = memory_check_problem(estimate, needed, available, where);
+  else check.summary += " (run.memory_check off)";
+  return check;
+}
+
+}  // namespace sy
