@@ -89,6 +89,13 @@ bool has_attribute(hid_t object, const char* name);
 int64_t read_int_attribute(hid_t object, const char* name);
 std::string read_string_attribute(hid_t object, const char* name);
 
+// HDF5 1.10's parser of a global heap collection (H5HG__cache_heap_deserialize, H5HGcache.c, on
+// the first read of any variable-length string) loops for ever when a collection holds a
+// free-space object of size 0: it never advances. Before such a read, this finds the collections
+// that `object`'s header points at and walks their object lists itself; it throws Hdf5Error for
+// one that would stall HDF5 or runs past its own end. Reads a few KB; see docs/data.md.
+void check_global_heaps(hid_t object);
+
 // ---- datasets ----------------------------------------------------------------------------------
 std::vector<int64_t> dataset_shape(hid_t dataset);
 bool link_exists(hid_t file, const std::string& path);  // every component of an absolute path

@@ -154,6 +154,28 @@ std::vector<fs::path> list_input_files(const std::string& input, const std::stri
 
 }  // namespace
 
+int64_t write_corpus_text(const std::string& input, const std::string& format,
+                          const std::string& output) {
+  if (format != "brown" && format != "text")
+    throw std::runtime_error("--format " + format + ": a text format (brown or text) is needed");
+  std::ofstream out(output, std::ios::binary | std::ios::trunc);
+  if (!out) throw std::runtime_error(output + ": cannot open for writing");
+  int64_t bytes = 0;
+  for (const fs::path& file : list_input_files(input, format)) {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) throw std::runtime_error(file.string() + ": cannot open for reading");
+    std::ostringstream raw;
+    raw << in.rdbuf();
+    if (in.bad()) throw std::runtime_error(file.string() + ": read failed");
+    const std::string text = format == "brown" ? brown_file_to_text(raw.str()) : raw.str();
+    out << text;
+    bytes += static_cast<int64_t>(text.size());
+  }
+  out.flush();
+  if (!out) throw std::runtime_error(output + ": write failed");
+  return bytes;
+}
+
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name) {
   if (name == "bytes") return std::make_unique<ByteTokenizer>();
   throw std::runtime_error("unknown tokenizer '" + name +

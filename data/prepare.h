@@ -30,6 +30,13 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name);
 // `` and '' become ", words joined by single spaces, each sentence ended by "\n".
 std::string brown_file_to_text(const std::string& raw);
 
+// The text prepare-data tokenises for `input` in a text format (brown: each file through
+// brown_file_to_text; text: the files as they are), concatenated in the same file order and
+// written to `output` (plain text). Returns the bytes written. For training a tokenizer on the
+// same text a model will see. Throws std::runtime_error naming the file.
+int64_t write_corpus_text(const std::string& input, const std::string& format,
+                          const std::string& output);
+
 struct PrepareStats {
   int64_t files = 0;         // input files read
   int64_t bytes = 0;         // bytes of the concatenated text (0 for token formats)

@@ -82,6 +82,11 @@ std::string read_tokenizer_name(hid_t file, const std::string& path) {
         "cannot read attribute tokenizer");
   if (is_variable > 0) {
     // Variable-length (what h5py writes for a Python str): HDF5 allocates, we free.
+    try {
+      h5::check_global_heaps(file);  // HDF5 1.10 can loop for ever on a corrupt one
+    } catch (const h5::Hdf5Error& error) {
+      throw file_error(path, std::string("attribute tokenizer: ") + error.what());
+    }
     check(H5Tset_size(memory_type.get(), H5T_VARIABLE), path, "cannot read attribute tokenizer");
     char* text = nullptr;
     check(H5Aread(attr.get(), memory_type.get(), &text), path, "cannot read attribute tokenizer");
@@ -117,6 +122,10 @@ Handle open_token_dataset(hid_t file, const std::string& name, const std::string
     throw file_error(path, "cannot inspect dataset " + name);
   if (H5Tget_class(type.get()) != H5T_INTEGER)
     throw file_error(path, "dataset " + name + " does not hold integers");
+  // A damaged type can claim GB per element: HDF5 would allocate that times the slice to convert.
+  if (const size_t element_size = H5Tget_size(type.get()); element_size == 0 || element_size > 8)
+    throw file_error(path, "dataset " + name + " holds " + std::to_string(element_size) +
+                               "-byte integers (at most 8)");
   if (H5Sget_simple_extent_ndims(file_space.get()) != 1)
     throw file_error(path, "dataset " + name + " is not 1-D");
   if (H5Sget_simple_extent_dims(file_space.get(), length, nullptr) < 0)

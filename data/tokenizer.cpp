@@ -10,6 +10,7 @@
 #include <system_error>
 #include <unordered_map>
 
+#include "data/prepare.h"
 #include "data/token_file.h"
 
 namespace sy {
@@ -93,6 +94,28 @@ int64_t train_sentencepiece(const SentencePieceTrainOptions& options) {
     throw std::runtime_error("tokenizer train: --vocab-size " +
                              std::to_string(options.vocab_size) + " is below 2");
   if (options.output.empty()) throw std::runtime_error("tokenizer train: no --output");
+  if (options.format == "brown") {
+    // SentencePiece learns from the words, not the tags: the detagged text, in a temporary file
+    // beside the output, removed whatever happens.
+    if (options.inputs.size() != 1)
+      throw std::runtime_error("tokenizer train: --format brown reads one folder or file");
+    const std::string text_path = options.output + ".text.tmp";
+    struct Remove {
+      std::string path;
+      ~Remove() {
+        std::error_code ignored;
+        fs::remove(path, ignored);
+      }
+    } remove{text_path};
+    write_corpus_text(options.inputs.front(), "brown", text_path);
+    SentencePieceTrainOptions from_text = options;
+    from_text.format = "text";
+    from_text.inputs = {text_path};
+    return train_sentencepiece(from_text);
+  }
+  if (options.format != "text")
+    throw std::runtime_error("tokenizer train: --format '" + options.format +
+                             "' (known: text, brown)");
   std::string inputs;
   for (const std::string& input : options.inputs) {
     std::error_code error;

@@ -21,7 +21,10 @@ inline constexpr const char* kSentencePieceTokenizer = "sentencepiece";
 // translation: text is not normalised (identity rule, whitespace kept as is) and characters
 // outside the vocabulary fall back to their UTF-8 bytes, so decode(encode(text)) == text.
 struct SentencePieceTrainOptions {
-  std::vector<std::string> inputs;  // text files; SentencePiece reads them line by line
+  // format "text": text files, which SentencePiece reads line by line; "brown": a Brown corpus
+  // folder or file, learned from the text prepare-data --format brown tokenises (no tags).
+  std::vector<std::string> inputs;
+  std::string format = "text";
   int64_t vocab_size = 8000;        // with byte fallback at least 256 + 3 + the distinct characters
   std::string model_type = "bpe";   // bpe | unigram
   std::string output = "tok.model";

@@ -38,6 +38,16 @@ class Communicator {
   virtual void all_reduce_host(std::vector<int64_t>& values, ReduceOp op) = 0;
   virtual std::vector<std::string> all_gather_host(const std::string& value) = 0;
   virtual void barrier() = 0;
+
+  // ---- waiting on one busy rank (a checkpoint's writer) -----------------------------------------
+  // barrier() and send(), for ranks that wait while one rank does long work of its own (world
+  // rank 0 writing a checkpoint file): they sleep between polls instead of spinning, so that on a
+  // machine with few cores the busy rank keeps the CPU (and the kernel's writeback) to itself.
+  // The watchdog is not armed: the wait is as long as the file write, which parallel.timeout_s
+  // does not bound. An implementation that cannot poll blocks as barrier() and send() do.
+  // send_sleeping matches recv() on the peer, as send() does.
+  virtual void barrier_sleeping() { barrier(); }
+  virtual void send_sleeping(const Tensor& x, int peer) { send(x, peer); }
 };
 
 }  // namespace sy

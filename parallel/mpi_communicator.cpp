@@ -1,5 +1,8 @@
 #include "parallel/mpi_communicator.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <climits>
 #include <stdexcept>
 
@@ -197,6 +200,48 @@ std::vector<std::string> MpiCommunicator::all_gather_host(const std::string& val
 void MpiCommunicator::barrier() {
   WatchdogScope watch(watchdog_, "barrier", group_);
   check_mpi(MPI_Barrier(comm_), "barrier");
+}
+
+namespace {
+
+// Tests `request` every `interval_us` microseconds until it completes.
+void wait_sleeping(MPI_Request& request, useconds_t interval_us, const char* op) {
+  int done = 0;
+  check_mpi(MPI_Test(&request, &done, MPI_STATUS_IGNORE), op);
+  while (!done) {
+    ::usleep(interval_us);
+    check_mpi(MPI_Test(&request, &done, MPI_STATUS_IGNORE), op);
+  }
+}
+
+}  // namespace
+
+void MpiCommunicator::barrier_sleeping() {
+  MPI_Request request = MPI_REQUEST_NULL;
+  check_mpi(MPI_Ibarrier(comm_, &request), "barrier_sleeping");
+  wait_sleeping(request, 1000, "barrier_sleeping");
+}
+
+void MpiCommunicator::send_sleeping(const Tensor& x, int peer) {
+  // The same datatype and tag as send() and recv(), so that either end may sleep.
+  void* host = host_view(x, send_staging_, true);
+  MPI_Request request = MPI_REQUEST_NULL;
+  check_mpi(MPI_Isend(host, as_int(x.numel(), "send_sleeping"), mpi_type(x.dtype(), "send_sleeping"),
+                      peer, 0, comm_, &request),
+            "send_sleeping");
+  // A shorter interval than the barrier's: the writer takes one expert slice after another.
+  wait_sleeping(request, 200, "send_sleeping");
+}
+
+std::string mpi_library_version() {
+  char text[MPI_MAX_LIBRARY_VERSION_STRING] = {};
+  int length = 0;
+  MPI_Get_library_version(text, &length);
+  std::string version(text, std::clamp(length, 0, MPI_MAX_LIBRARY_VERSION_STRING - 1));
+  const size_t end = version.find_first_of(std::string("\n\0", 2));
+  if (end != std::string::npos) version.resize(end);
+  while (!version.empty() && (version.back() == ' ' || version.back() == ',')) version.pop_back();
+  return version;
 }
 
 }  // namespace sy

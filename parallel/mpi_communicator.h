@@ -4,6 +4,7 @@
 #pragma once
 #include <mpi.h>
 
+#include <string>
 #include <vector>
 
 #include "model/backend.h"
@@ -41,6 +42,8 @@ class MpiCommunicator final : public Communicator {
   void all_reduce_host(std::vector<int64_t>& values, ReduceOp op) override;
   std::vector<std::string> all_gather_host(const std::string& value) override;
   void barrier() override;
+  void barrier_sleeping() override;
+  void send_sleeping(const Tensor& x, int peer) override;
 
  private:
   // A host pointer to x's bytes: x itself on the CPU, else a staging buffer (filled from the
@@ -55,5 +58,10 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1;
   std::vector<char> send_staging_, recv_staging_;
 };
+
+// The MPI library's version, its first line without trailing separators ("Open MPI v4.1.4"), as
+// checkpoint provenance records it. Needs no communicator (MPI_Get_library_version may be called
+// before MPI_Init).
+std::string mpi_library_version();
 
 }  // namespace sy

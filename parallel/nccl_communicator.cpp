@@ -8,14 +8,17 @@ namespace sy {
 
 namespace {
 
-ncclDataType_t nccl_type(DType dtype) {
+// Throws for a dtype added to DType but not here, as the MPI communicator's mpi_type does:
+// moving its bytes as float32 would send the wrong count.
+ncclDataType_t nccl_type(DType dtype, const char* op) {
   switch (dtype) {
     case DType::f32: return ncclFloat32;
     case DType::f64: return ncclFloat64;
     case DType::bf16: return ncclBfloat16;
     case DType::i32: return ncclInt32;
   }
-  return ncclFloat32;
+  throw std::runtime_error(std::string("nccl ") + op + ": unsupported dtype " +
+                           std::to_string(static_cast<int>(dtype)));
 }
 
 ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::sum ? ncclSum : ncclMax; }
@@ -159,7 +162,7 @@ void NcclCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_
                  std::to_string(send.numel()) + ", recv " + std::to_string(recv_total) + " of " +
                  std::to_string(recv.numel()) + ")");
   const size_t elem = dtype_size(send.dtype());
-  const ncclDataType_t type = nccl_type(send.dtype());
+  const ncclDataType_t type = nccl_type(send.dtype(), op);
   const char* send_base = static_cast<const char*>(send.data());
   char* recv_base = static_cast<char*>(recv.data());
   check(ncclGroupStart(), op, "ncclGroupStart");
@@ -183,7 +186,8 @@ void NcclCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_
 void NcclCommunicator::all_reduce(const Tensor& x, ReduceOp op) {
   check_tensor(x, "all_reduce", "x");
   if (x.numel() == 0) return;
-  check(ncclAllReduce(x.data(), x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()),
+  check(ncclAllReduce(x.data(), x.data(), static_cast<size_t>(x.numel()),
+                      nccl_type(x.dtype(), "all_reduce"),
                       nccl_op(op), nccl_, stream_),
         "all_reduce", "ncclAllReduce");
   note_enqueued("all_reduce");
@@ -192,7 +196,8 @@ void NcclCommunicator::all_reduce(const Tensor& x, ReduceOp op) {
 void NcclCommunicator::broadcast(const Tensor& x, int root) {
   check_tensor(x, "broadcast", "x");
   if (x.numel() == 0) return;
-  check(ncclBroadcast(x.data(), x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()),
+  check(ncclBroadcast(x.data(), x.data(), static_cast<size_t>(x.numel()),
+                      nccl_type(x.dtype(), "broadcast"),
                       root, nccl_, stream_),
         "broadcast", "ncclBroadcast");
   note_enqueued("broadcast");
@@ -201,8 +206,8 @@ void NcclCommunicator::broadcast(const Tensor& x, int root) {
 void NcclCommunicator::send(const Tensor& x, int peer) {
   check_tensor(x, "send", "x");
   if (x.numel() == 0) return;
-  check(ncclSend(x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()), peer, nccl_,
-                 stream_),
+  check(ncclSend(x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype(), "send"), peer,
+                 nccl_, stream_),
         "send", "ncclSend");
   note_enqueued("send");
 }
@@ -210,8 +215,8 @@ void NcclCommunicator::send(const Tensor& x, int peer) {
 void NcclCommunicator::recv(const Tensor& x, int peer) {
   check_tensor(x, "recv", "x");
   if (x.numel() == 0) return;
-  check(ncclRecv(x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()), peer, nccl_,
-                 stream_),
+  check(ncclRecv(x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype(), "recv"), peer,
+                 nccl_, stream_),
         "recv", "ncclRecv");
   note_enqueued("recv");
 }

@@ -32,26 +32,34 @@ inline int world_size() {
   return size;
 }
 
+// <temp>/<prefix>_<rank 0's pid> on every rank (rank 0 names it, so that all ranks agree).
+// Collective; creates nothing.
+inline fs::path shared_temp_dir(const std::string& prefix) {
+  std::string name;
+  if (world_rank() == 0)
+    name = (fs::temp_directory_path() / (prefix + "_" + std::to_string(getpid()))).string();
+  int length = static_cast<int>(name.size());
+  MPI_Bcast(&length, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  name.resize(length);
+  MPI_Bcast(name.data(), length, MPI_CHAR, 0, MPI_COMM_WORLD);
+  return name;
+}
+
 // A temporary folder shared by all ranks (rank 0 names it), holding a synthetic token file.
 class DistTrain : public ::testing::Test {
  public:
   static inline fs::path dir;
   static void SetUpTestSuite() {
-    std::string name;
+    dir = shared_temp_dir("sy_dist");
     if (world_rank() == 0) {
-      name = (fs::temp_directory_path() / ("sy_dist_" + std::to_string(getpid()))).string();
-      fs::remove_all(name);
-      fs::create_directories(name);
-      write_repeated_text(name + "/tokens.h5",
+      fs::remove_all(dir);
+      fs::create_directories(dir);
+      write_repeated_text((dir / "tokens.h5").string(),
                           "experts in a mixture each see a share of the tokens; the router picks "
                           "them. the quick brown fox jumps over the lazy dog, again and again. ",
                           40, 90);
     }
-    int length = static_cast<int>(name.size());
-    MPI_Bcast(&length, 1, MPI_INT, 0, MPI_COMM_WORLD);
-    name.resize(length);
-    MPI_Bcast(name.data(), length, MPI_CHAR, 0, MPI_COMM_WORLD);
-    dir = name;
+    MPI_Barrier(MPI_COMM_WORLD);
   }
   static void TearDownTestSuite() {
     MPI_Barrier(MPI_COMM_WORLD);

@@ -492,7 +492,7 @@ TEST_F(BalancingTrain, EveryOptionTrainsAndLogsItsMetrics) {
                           "\"layer_dropped_frac\": [", "\"router_entropy\": [",
                           "\"expert_bias\": [["})
     EXPECT_NE(first.find(key), std::string::npos) << key << " missing from " << first;
-  EXPECT_EQ(first.find("\"rerouted_frac\": 0,"), std::string::npos) << "nothing rerouted: " << first;
+  EXPECT_EQ(first.find("\"rerouted_frac\": 0.0,"), std::string::npos) << "nothing rerouted: " << first;
 }
 
 TEST_F(BalancingTrain, ExpertBiasIsCheckpointedAndResumesBitForBit) {

@@ -19,6 +19,7 @@
 
 #include "checkpoint_tamper.h"
 #include "parallel/process_groups.h"
+#include "tests/dist_harness.h"
 #include "tests/synthetic_corpus.h"
 #include "trainer/checkpoint.h"
 #include "trainer/checkpoint_writer.h"
@@ -30,34 +31,15 @@ namespace {
 
 namespace fs = std::filesystem;
 
-int world_rank() {
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  return rank;
-}
-int world_size() {
-  int size = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  return size;
-}
-
-// Every rank uses rank 0's folder.
-fs::path shared_dir(const std::string& name) {
-  std::string path;
-  if (world_rank() == 0)
-    path = (fs::temp_directory_path() / (name + "_" + std::to_string(::getpid()))).string();
-  int length = static_cast<int>(path.size());
-  MPI_Bcast(&length, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  path.resize(length);
-  MPI_Bcast(path.data(), length, MPI_CHAR, 0, MPI_COMM_WORLD);
-  return path;
-}
+using test::shared_temp_dir;
+using test::world_rank;
+using test::world_size;
 
 class CheckpointWriteTest : public ::testing::Test {
  public:
   static inline fs::path dir;
   static void SetUpTestSuite() {
-    dir = shared_dir("sy_ckpt_async");
+    dir = shared_temp_dir("sy_ckpt_async");
     if (world_rank() == 0) {
       fs::remove_all(dir);
       fs::create_directories(dir);

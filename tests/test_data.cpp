@@ -17,6 +17,7 @@
 #include "data/prepare.h"
 #include "data/sampler.h"
 #include "data/token_file.h"
+#include "tests/temp_folder.h"
 
 namespace sy {
 namespace {
@@ -24,24 +25,9 @@ namespace {
 namespace fs = std::filesystem;
 
 // A fresh folder under the system temp directory per test, removed afterwards.
-class DataTest : public ::testing::Test {
+class DataTest : public test::TempFolderTest {
  protected:
-  void SetUp() override {
-    const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
-    folder_ = fs::temp_directory_path() /
-              ("sy_test_data_" + std::to_string(getpid()) + "_" + std::to_string(now));
-    fs::create_directories(folder_);
-  }
-  void TearDown() override {
-    std::error_code error;
-    fs::remove_all(folder_, error);
-  }
-  std::string path(const std::string& name) const { return (folder_ / name).string(); }
-  void write_text(const std::string& name, const std::string& contents) const {
-    std::ofstream out(folder_ / name, std::ios::binary);
-    out << contents;
-  }
-  fs::path folder_;
+  DataTest() : TempFolderTest("sy_test_data") {}
 };
 
 // Expects `body` to throw std::runtime_error whose one-line message contains every fragment.
@@ -160,7 +146,7 @@ TEST_F(DataTest, ReadErrorsNameTheFile) {
   expect_error([&] { read_token_file(missing); }, {missing, "no such file"});
 
   const std::string not_hdf5 = path("text.h5");
-  write_text("text.h5", "hello");
+  write_file("text.h5", "hello");
   expect_error([&] { read_token_file(not_hdf5); }, {not_hdf5, "not an HDF5 file"});
 
   const std::vector<int64_t> tokens = {1, 2, 3};
@@ -231,10 +217,10 @@ TEST(Tokenizer, BytesRoundTrip) {
 TEST_F(DataTest, PrepareBrownFolder) {
   fs::create_directories(folder_ / "brown");
   // Written in reverse name order: the result must still follow name order.
-  write_text("brown/cb01", "\n\n\tSecond/ap file/nn ./.\n\n");
-  write_text("brown/ca01", "\n\n\tThe/at ``/`` first/od ''/'' file/nn ./.\n\n\tMore/ap ./.\n");
-  write_text("brown/README", "not/xx corpus/yy\n");
-  write_text("brown/CONTENTS", "nor/xx this/yy\n");
+  write_file("brown/cb01", "\n\n\tSecond/ap file/nn ./.\n\n");
+  write_file("brown/ca01", "\n\n\tThe/at ``/`` first/od ''/'' file/nn ./.\n\n\tMore/ap ./.\n");
+  write_file("brown/README", "not/xx corpus/yy\n");
+  write_file("brown/CONTENTS", "nor/xx this/yy\n");
   const std::string output = path("brown.h5");
   const PrepareStats stats = prepare_data(path("brown"), "brown", output);
 
@@ -257,7 +243,7 @@ TEST_F(DataTest, PrepareBrownFolder) {
 TEST_F(DataTest, PrepareTextFileSplitsBytes) {
   std::string text;
   for (int k = 0; k < 1234; k++) text += static_cast<char>('a' + k % 26);
-  write_text("corpus.txt", text);
+  write_file("corpus.txt", text);
   const std::string output = path("text.h5");
   const PrepareStats stats = prepare_data(path("corpus.txt"), "text", output);
   EXPECT_EQ(stats.files, 1);
@@ -270,8 +256,8 @@ TEST_F(DataTest, PrepareTextFileSplitsBytes) {
 
   // A folder of text files is concatenated as-is, in name order.
   fs::create_directories(folder_ / "texts");
-  write_text("texts/b.txt", "world\n");
-  write_text("texts/a.txt", "hello ");
+  write_file("texts/b.txt", "world\n");
+  write_file("texts/a.txt", "hello ");
   const PrepareStats folder_stats = prepare_data(path("texts"), "text", output, "bytes", 0.5);
   EXPECT_EQ(folder_stats.files, 2);
   const TokenData folder_data = read_token_file(output);
@@ -283,7 +269,7 @@ TEST_F(DataTest, PrepareErrors) {
   expect_error([&] { prepare_data(path("nothing"), "text", path("o.h5")); },
                {path("nothing"), "no such file or folder"});
   fs::create_directories(folder_ / "empty");
-  write_text("empty/README", "x");
+  write_file("empty/README", "x");
   expect_error([&] { prepare_data(path("empty"), "brown", path("o.h5")); },
                {path("empty"), "no Brown corpus files"});
   expect_error([&] { prepare_data(path("empty"), "csv", path("o.h5")); },

@@ -15,30 +15,16 @@
 #include "data/importers.h"
 #include "data/prepare.h"
 #include "data/token_file.h"
+#include "tests/temp_folder.h"
 
 namespace sy {
 namespace {
 
 namespace fs = std::filesystem;
 
-class ImportTest : public ::testing::Test {
+class ImportTest : public test::TempFolderTest {
  protected:
-  void SetUp() override {
-    const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
-    folder_ = fs::temp_directory_path() /
-              ("sy_test_importers_" + std::to_string(getpid()) + "_" + std::to_string(now));
-    fs::create_directories(folder_);
-  }
-  void TearDown() override {
-    std::error_code error;
-    fs::remove_all(folder_, error);
-  }
-  std::string path(const std::string& name) const { return (folder_ / name).string(); }
-  void write_bytes(const std::string& name, const std::string& contents) const {
-    fs::create_directories((folder_ / name).parent_path());
-    std::ofstream out(folder_ / name, std::ios::binary);
-    out << contents;
-  }
+  ImportTest() : TempFolderTest("sy_test_importers") {}
   PrepareOptions options(const std::string& format, std::vector<std::string> inputs) const {
     PrepareOptions options;
     options.format = format;
@@ -62,7 +48,6 @@ class ImportTest : public ::testing::Test {
     EXPECT_FALSE(fs::exists(options.output));
     EXPECT_FALSE(fs::exists(options.output + ".tmp"));
   }
-  fs::path folder_;
 };
 
 std::vector<int32_t> bytes_of(const std::string& text) {
@@ -116,10 +101,10 @@ MegatronFiles megatron_dataset(const std::vector<std::vector<std::vector<int64_t
 
 TEST_F(ImportTest, JsonlDocumentsSplitWhole) {
   // Blank lines are skipped, CRLF endings accepted, escapes decoded, other members ignored.
-  write_bytes("a.jsonl",
+  write_file("a.jsonl",
               "{\"text\": \"one\"}\n\n{\"id\": 7, \"text\": \"two\\nlines\"}\r\n"
               "  \n{\"text\": \"caf\\u00e9\"}\n");
-  write_bytes("b.jsonl", "{\"text\": \"four\"}\n{\"text\": \"\"}");  // no final newline
+  write_file("b.jsonl", "{\"text\": \"four\"}\n{\"text\": \"\"}");  // no final newline
   PrepareOptions jsonl = options("jsonl", {path("a.jsonl"), path("b.jsonl")});
   jsonl.val_fraction = 0.25;  // 5 documents: floor(0.75 * 5) = 3 train, 2 val
   const PrepareStats stats = prepare_data(jsonl);
@@ -135,7 +120,7 @@ TEST_F(ImportTest, JsonlDocumentsSplitWhole) {
   EXPECT_EQ(data.tokenizer, "bytes");
 
   // Another member, and the default fraction 0.05: floor(0.95 * 2) = 1 train document.
-  write_bytes("c.jsonl", "{\"body\": \"x\", \"text\": 1}\n{\"body\": \"y\"}\n");
+  write_file("c.jsonl", "{\"body\": \"x\", \"text\": 1}\n{\"body\": \"y\"}\n");
   PrepareOptions field = options("jsonl", {path("c.jsonl")});
   field.field = "body";
   prepare_data(field);
@@ -146,33 +131,33 @@ TEST_F(ImportTest, JsonlDocumentsSplitWhole) {
 
 TEST_F(ImportTest, JsonlBadInputs) {
   const std::string good = "{\"text\": \"fine\"}\n";
-  write_bytes("invalid.jsonl", good + good + "{\"text\": \"unterminated}\n" + good);
+  write_file("invalid.jsonl", good + good + "{\"text\": \"unterminated}\n" + good);
   expect_failure(options("jsonl", {path("invalid.jsonl")}),
                  {path("invalid.jsonl"), "line 3", "invalid JSON"});
-  write_bytes("missing.jsonl", good + "{\"content\": \"x\"}\n");
+  write_file("missing.jsonl", good + "{\"content\": \"x\"}\n");
   expect_failure(options("jsonl", {path("missing.jsonl")}),
                  {path("missing.jsonl"), "line 2", "no field \"text\""});
-  write_bytes("number.jsonl", "{\"text\": 12}\n");
+  write_file("number.jsonl", "{\"text\": 12}\n");
   expect_failure(options("jsonl", {path("number.jsonl")}),
                  {path("number.jsonl"), "line 1", "field \"text\" is a number, not a string"});
-  write_bytes("array.jsonl", "[\"text\"]\n");
+  write_file("array.jsonl", "[\"text\"]\n");
   expect_failure(options("jsonl", {path("array.jsonl")}),
                  {path("array.jsonl"), "line 1", "not an object"});
-  write_bytes("bad_utf8.jsonl", "{\"text\": \"\xff\"}\n");
+  write_file("bad_utf8.jsonl", "{\"text\": \"\xff\"}\n");
   expect_failure(options("jsonl", {path("bad_utf8.jsonl")}),
                  {path("bad_utf8.jsonl"), "line 1", "invalid JSON"});
   // The error names the second file when the first was fine.
-  write_bytes("good.jsonl", good + good);
+  write_file("good.jsonl", good + good);
   expect_failure(options("jsonl", {path("good.jsonl"), path("number.jsonl")}),
                  {path("number.jsonl"), "line 1"});
 
-  write_bytes("empty.jsonl", "");
-  write_bytes("blank.jsonl", "\n  \n\r\n");
+  write_file("empty.jsonl", "");
+  write_file("blank.jsonl", "\n  \n\r\n");
   expect_failure(options("jsonl", {path("empty.jsonl"), path("blank.jsonl")}),
                  {path("empty.jsonl"), path("blank.jsonl"), "no documents"});
   expect_failure(options("jsonl", {path("absent.jsonl")}), {path("absent.jsonl"), "no such file"});
   // One document leaves nothing to train on after any validation share.
-  write_bytes("one.jsonl", good);
+  write_file("one.jsonl", good);
   expect_failure(options("jsonl", {path("one.jsonl")}),
                  {path("one.jsonl"), "1 documents are too few for --val-fraction"});
 }
@@ -180,8 +165,8 @@ TEST_F(ImportTest, JsonlBadInputs) {
 // ---- nanoGPT ----
 
 TEST_F(ImportTest, NanogptTrainAndVal) {
-  write_bytes("shakespeare/train.bin", uint16_file({0, 1, 64, 2, 65535}));
-  write_bytes("shakespeare/val.bin", uint16_file({3, 300}));
+  write_file("shakespeare/train.bin", uint16_file({0, 1, 64, 2, 65535}));
+  write_file("shakespeare/val.bin", uint16_file({3, 300}));
   PrepareOptions nanogpt = options("nanogpt", {path("shakespeare")});
   nanogpt.vocab_size = 65536;
   const PrepareStats stats = prepare_data(nanogpt);
@@ -194,8 +179,8 @@ TEST_F(ImportTest, NanogptTrainAndVal) {
   EXPECT_EQ(data.tokenizer, "unknown");
 
   // The path of train.bin works too, an empty val.bin is an empty split, and a label is stored.
-  write_bytes("small/train.bin", uint16_file({5, 6}));
-  write_bytes("small/val.bin", "");
+  write_file("small/train.bin", uint16_file({5, 6}));
+  write_file("small/val.bin", "");
   PrepareOptions by_file = options("nanogpt", {path("small/train.bin")});
   by_file.vocab_size = 7;
   by_file.tokenizer = "char-7";
@@ -207,24 +192,24 @@ TEST_F(ImportTest, NanogptTrainAndVal) {
 }
 
 TEST_F(ImportTest, NanogptBadInputs) {
-  write_bytes("d/train.bin", uint16_file({1, 2, 3}));
-  write_bytes("d/val.bin", uint16_file({1, 2, 50257, 4}));
+  write_file("d/train.bin", uint16_file({1, 2, 3}));
+  write_file("d/val.bin", uint16_file({1, 2, 50257, 4}));
   PrepareOptions nanogpt = options("nanogpt", {path("d")});
   nanogpt.vocab_size = 50257;
   expect_failure(nanogpt, {path("d/val.bin"), "token 50257 at position 2 (byte 4)",
                            "outside [0, 50257)"});
 
-  write_bytes("odd/train.bin", uint16_file({1}) + "x");
-  write_bytes("odd/val.bin", "");
+  write_file("odd/train.bin", uint16_file({1}) + "x");
+  write_file("odd/val.bin", "");
   nanogpt.inputs = {path("odd")};
   expect_failure(nanogpt, {path("odd/train.bin"), "size 3 bytes is odd"});
 
-  write_bytes("empty/train.bin", "");
-  write_bytes("empty/val.bin", uint16_file({1}));
+  write_file("empty/train.bin", "");
+  write_file("empty/val.bin", uint16_file({1}));
   nanogpt.inputs = {path("empty")};
   expect_failure(nanogpt, {path("empty/train.bin"), "no tokens"});
 
-  write_bytes("noval/train.bin", uint16_file({1}));
+  write_file("noval/train.bin", uint16_file({1}));
   nanogpt.inputs = {path("noval")};
   expect_failure(nanogpt, {path("noval/val.bin"), "no such file"});
 
@@ -248,8 +233,8 @@ TEST_F(ImportTest, MegatronDocumentsKeptWhole) {
   for (const auto& [code, size] : std::vector<std::pair<int, int>>{{4, 4}, {5, 8}, {8, 2}}) {
     SCOPED_TRACE("dtype code " + std::to_string(code));
     const MegatronFiles files = megatron_dataset(documents, code, size);
-    write_bytes("corpus_text_document.bin", files.bin);
-    write_bytes("corpus_text_document.idx", files.idx);
+    write_file("corpus_text_document.bin", files.bin);
+    write_file("corpus_text_document.idx", files.idx);
     PrepareOptions megatron = options("megatron", {path("corpus_text_document")});
     megatron.vocab_size = 100000;
     megatron.val_fraction = 0.3;  // floor(0.7 * 4) = 2 train documents
@@ -265,8 +250,8 @@ TEST_F(ImportTest, MegatronDocumentsKeptWhole) {
   // PREFIX.idx names the same dataset, and a multimodal index (one int8 mode per sequence after
   // the document indices) reads the same.
   const MegatronFiles files = megatron_dataset(documents, 4, 4);
-  write_bytes("mm.bin", files.bin);
-  write_bytes("mm.idx", files.idx + std::string(4, '\0'));  // 4 sequences
+  write_file("mm.bin", files.bin);
+  write_file("mm.idx", files.idx + std::string(4, '\0'));  // 4 sequences
   PrepareOptions by_idx = options("megatron", {path("mm.idx")});
   by_idx.vocab_size = 100000;
   by_idx.val_fraction = 0.3;
@@ -276,19 +261,19 @@ TEST_F(ImportTest, MegatronDocumentsKeptWhole) {
 
 TEST_F(ImportTest, MegatronTruncatedIndexAtEveryLength) {
   const MegatronFiles files = megatron_dataset({{{1, 2}}, {{3}, {4, 5}}}, 8, 2);
-  write_bytes("t.bin", files.bin);
+  write_file("t.bin", files.bin);
   PrepareOptions megatron = options("megatron", {path("t")});
   megatron.vocab_size = 10;
   megatron.val_fraction = 0.5;
   // The header, lengths, pointers and document indices each cut anywhere.
   for (size_t length = 0; length < files.idx.size(); length++) {
     SCOPED_TRACE("idx of " + std::to_string(length) + " bytes");
-    write_bytes("t.idx", files.idx.substr(0, length));
+    write_file("t.idx", files.idx.substr(0, length));
     expect_failure(megatron, {path("t.idx"), "at byte"});
   }
-  write_bytes("t.idx", files.idx.substr(0, 40));  // 3 lengths of 4 bytes from byte 34
+  write_file("t.idx", files.idx.substr(0, 40));  // 3 lengths of 4 bytes from byte 34
   expect_failure(megatron, {path("t.idx"), "truncated at byte 34: sequence_lengths needs 3 x 4"});
-  write_bytes("t.idx", files.idx);
+  write_file("t.idx", files.idx);
   prepare_data(megatron);
   EXPECT_EQ(read_token_file(megatron.output).train, (std::vector<int32_t>{1, 2}));
 }
@@ -296,12 +281,12 @@ TEST_F(ImportTest, MegatronTruncatedIndexAtEveryLength) {
 TEST_F(ImportTest, MegatronInconsistentInputs) {
   const std::vector<std::vector<std::vector<int64_t>>> documents = {{{1, 2}}, {{3}}};
   const MegatronFiles files = megatron_dataset(documents, 4, 4);  // int32 tokens
-  write_bytes("m.bin", files.bin);
+  write_file("m.bin", files.bin);
   PrepareOptions megatron = options("megatron", {path("m")});
   megatron.vocab_size = 10;
   megatron.val_fraction = 0.5;
   const auto with_idx = [&](std::string idx, const std::vector<std::string>& fragments) {
-    write_bytes("m.idx", idx);
+    write_file("m.idx", idx);
     expect_failure(megatron, fragments);
   };
   // Layout of this index: header 0-33, lengths 34-41, pointers 42-57, document indices 58-81.
@@ -337,23 +322,23 @@ TEST_F(ImportTest, MegatronInconsistentInputs) {
   with_idx(files.idx + "xyz", {path("m.idx"), "at byte 82", "3 bytes follow document_indices"});
 
   // Tokens outside the vocabulary, negative ones included, name the element and the document.
-  write_bytes("m.idx", files.idx);
+  write_file("m.idx", files.idx);
   megatron.vocab_size = 3;
   expect_failure(megatron, {path("m.bin"), "token 3 at element 2 (byte 8, document 1)",
                             "outside [0, 3)"});
-  write_bytes("n.bin", megatron_dataset({{{1, -1}}, {{0}}}, 4, 4).bin);
-  write_bytes("n.idx", megatron_dataset({{{1, -1}}, {{0}}}, 4, 4).idx);
+  write_file("n.bin", megatron_dataset({{{1, -1}}, {{0}}}, 4, 4).bin);
+  write_file("n.idx", megatron_dataset({{{1, -1}}, {{0}}}, 4, 4).idx);
   PrepareOptions negative = options("megatron", {path("n")});
   negative.vocab_size = 10;
   expect_failure(negative, {path("n.bin"), "token -1 at element 1"});
 
   // No documents, and too few for the fraction.
-  write_bytes("e.bin", "");
-  write_bytes("e.idx", megatron_dataset({}, 4, 4).idx);
+  write_file("e.bin", "");
+  write_file("e.idx", megatron_dataset({}, 4, 4).idx);
   PrepareOptions empty = options("megatron", {path("e")});
   empty.vocab_size = 10;
   expect_failure(empty, {path("e.idx"), "no documents"});
-  write_bytes("m.idx", files.idx);
+  write_file("m.idx", files.idx);
   megatron.vocab_size = 10;
   megatron.val_fraction = 0.6;  // floor(0.4 * 2) = 0 train documents
   expect_failure(megatron, {"2 documents are too few for --val-fraction"});
@@ -365,7 +350,7 @@ TEST_F(ImportTest, MegatronInconsistentInputs) {
 // ---- options shared by every format ----
 
 TEST_F(ImportTest, ValFractionAndOptionChecks) {
-  write_bytes("plain.txt", std::string(100, 'a'));
+  write_file("plain.txt", std::string(100, 'a'));
   PrepareOptions text = options("text", {path("plain.txt")});
   text.val_fraction = 0.25;  // plain text splits by bytes: floor(0.75 * 100) = 75
   const PrepareStats stats = prepare_data(text);

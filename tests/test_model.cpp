@@ -1,4 +1,4 @@
-// Model assembly: parameter layout, initialisation streams, the model card, metrics formatting.
+// Model assembly: parameter layout, initialisation streams, the model card.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -7,7 +7,6 @@
 #include "model/transformer.h"
 #include "parallel/local_exchange.h"
 #include "trainer/config.h"
-#include "trainer/metrics.h"
 #include "trainer/model_card.h"
 
 namespace sy {
@@ -143,16 +142,6 @@ TEST(ModelCard, CountsMatchTheParameters) {
   const ModelCard card = make_model_card(dense);
   EXPECT_EQ(card.active_params, card.total_params);
   EXPECT_EQ(card.moe_layers, 0);
-}
-
-TEST(Metrics, NumbersRoundTrip) {
-  for (double x : {0.1, 1.0 / 3.0, 2.718281828459045, 1e-300, -123456.789}) {
-    EXPECT_EQ(std::strtod(json_number(x).c_str(), nullptr), x);
-  }
-  EXPECT_EQ(json_number(std::nan("")), "null");
-  EXPECT_EQ(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
-  EXPECT_EQ(JsonLine().add("step", int64_t{3}).add("x", std::vector<std::vector<double>>{{0.5, 0.25}, {}}).str(),
-            "{\"step\": 3, \"x\": [[0.5, 0.25], []]}");
 }
 
 }  // namespace

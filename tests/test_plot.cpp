@@ -1,18 +1,23 @@
-// switchyard plot: metrics.jsonl parses into the right series (nulls, optional keys, resumed runs,
-// dense models), bad files fail with "<path>:<line>: ...", and the charts come out as real PNGs.
-// The rendering tests skip when gnuplot is not installed (launch/setup.sh installs gnuplot-nox).
+// metrics.jsonl and switchyard plot: what MetricsLog writes reads back bit for bit (read_metrics),
+// a resume cuts the file back to its checkpoint's step, the file parses into the right series
+// (nulls, optional keys, resumed runs, dense models), bad files fail with "<path>:<line>: ...",
+// and the charts come out as real PNGs. The rendering tests skip when gnuplot is not installed
+// (launch/setup.sh installs gnuplot-nox).
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <system_error>
 #include <vector>
 
+#include "trainer/metrics.h"
 #include "trainer/plot.h"
 
 namespace sy {
@@ -57,6 +62,143 @@ std::string old_step_line(int step, const std::string& expert_load) {
          ", \"lm_loss\": 4.5, \"aux_loss\": 0.01, \"z_loss\": 0.001, \"lr\": 0.0003, "
          "\"grad_norm\": 1.2, \"tokens_per_s\": 40000, \"dropped_frac\": 0, \"expert_load\": " +
          expert_load + ", \"peak_memory_bytes\": 0}\n";
+}
+
+std::vector<std::string> read_lines(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+// Equal as bits: NaN equals NaN, 0.0 differs from -0.0.
+bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+TEST(Metrics, JsonLineLaysOutNlohmannText) {
+  EXPECT_EQ(JsonLine()
+                .add("step", int64_t{3})
+                .add("x", std::vector<std::vector<double>>{{0.5, 0.25}, {}})
+                .add("y", std::vector<double>{})
+                .str(),
+            "{\"step\": 3, \"x\": [[0.5, 0.25], []], \"y\": []}")
+      << "a space after every ',' and ':', as scripts grep";
+  EXPECT_EQ(JsonLine().add("a\"b\\c\n\x01", std::string("\t")).str(),
+            "{\"a\\\"b\\\\c\\n\\u0001\": \"\\t\"}");
+  EXPECT_EQ(JsonLine().add("name", std::string("caf\xe9")).str(), "{\"name\": \"caf\xef\xbf\xbd\"}")
+      << "invalid UTF-8 is replaced, not refused";
+  const double inf = std::numeric_limits<double>::infinity();
+  EXPECT_EQ(JsonLine().add("n", std::nan("")).add("i", -inf).add("v", std::vector<double>{inf}).str(),
+            "{\"n\": null, \"i\": null, \"v\": [null]}");
+  EXPECT_EQ(JsonLine().add_fixed("s", 2.5, 3).add_fixed("t", 0.0004, 3).str(),
+            "{\"s\": 2.500, \"t\": 0.000}");
+  for (double x : {0.1, 1.0 / 3.0, 2.718281828459045, 1e-300, 5e-324, -123456.789, 1e300,
+                   0.00011999999999999999, -0.0, 40000.0}) {
+    const std::string line = JsonLine().add("x", x).str();
+    const double back = std::strtod(line.c_str() + 6, nullptr);  // after {"x": 
+    EXPECT_TRUE(same_bits(back, x)) << line;
+  }
+}
+
+// Every field MetricsLog writes comes back from read_metrics with the same bits.
+TEST(Metrics, WrittenRecordsReadBackExactly) {
+  TempDir dir;
+  const std::string path = (dir.path / "metrics.jsonl").string();
+  StepMetrics first;
+  first.step = 1;
+  first.loss = 1.0 / 3.0;
+  first.lm_loss = 0.1 + 0.2;
+  first.aux_loss = 5e-324;  // the smallest denormal
+  first.z_loss = -0.0;
+  first.lr = 0.00011999999999999999;
+  first.grad_norm = std::nan("");  // written as null, read as NaN
+  first.tokens_per_s = 123456.789;
+  first.dropped_frac = 0.0;
+  first.rerouted_frac = 2.0 / 7.0;
+  first.expert_load = {{0.125, 0.375, 0.5}, {1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0}};
+  first.load_cv = {0.4714045207910317, 1e-17};
+  first.load_max_mean = {1.5, 1.0000000000000002};
+  first.layer_dropped_frac = {0.0, 0.015625};
+  first.router_entropy = {1.0397207708399179, 1.0986122886681098};
+  first.expert_bias = {{-1e-3, 0.0, 1e-3}, {0.1, -0.2, 0.30000000000000004}};
+  first.eta_s = 99.0;  // the console's, not the file's
+  first.peak_memory_bytes = (int64_t{1} << 53) - 1;
+  StepMetrics dense;  // no MoE layer, no bias balancing
+  dense.step = 2;
+  dense.loss = 1e300;
+  {
+    MetricsLog log(path);
+    log.write_step(first);
+    log.write_eval(1, 2.718281828459045, "bits_per_byte", 2.718281828459045 / std::log(2.0), 336);
+    log.write_step(dense);
+    log.write_eval(2, std::numeric_limits<double>::infinity());
+  }
+  const std::vector<std::string> lines = read_lines(path);
+  ASSERT_EQ(lines.size(), 4u);
+  for (const std::string& line : lines) {
+    EXPECT_EQ(line.rfind("{\"step\": ", 0), 0u) << line;
+    EXPECT_NE(line.find(", \"time\": \""), std::string::npos) << line;
+    EXPECT_NE(line.find("Z\", \"elapsed_s\": "), std::string::npos) << line;
+    const size_t point = line.rfind('.');
+    EXPECT_EQ(line.size() - point, 5u) << "elapsed_s has 3 decimals: " << line;
+  }
+
+  const MetricsRecords records = read_metrics(path);
+  EXPECT_EQ(records.lines, 4);
+  EXPECT_EQ(records.moe_layers, 2);
+  EXPECT_EQ(records.experts, 3);
+  ASSERT_EQ(records.steps.size(), 2u);
+  const StepRecord& r = records.steps[0];
+  EXPECT_EQ(r.step, 1);
+  for (const auto& [read, written] : std::vector<std::pair<double, double>>{
+           {r.loss, first.loss},
+           {r.lm_loss, first.lm_loss},
+           {r.aux_loss, first.aux_loss},
+           {r.z_loss, first.z_loss},
+           {r.lr, first.lr},
+           {r.grad_norm, first.grad_norm},
+           {r.tokens_per_s, first.tokens_per_s},
+           {r.dropped_frac, first.dropped_frac},
+           {r.rerouted_frac, first.rerouted_frac},
+           {r.peak_memory_bytes, static_cast<double>(first.peak_memory_bytes)}})
+    EXPECT_TRUE(same_bits(read, written)) << read << " read back for " << written;
+  EXPECT_TRUE(r.has_rerouted_frac);
+  EXPECT_EQ(r.expert_load, first.expert_load);
+  EXPECT_EQ(r.expert_bias, first.expert_bias);
+  EXPECT_EQ(r.load_cv, first.load_cv);
+  EXPECT_EQ(r.load_max_mean, first.load_max_mean);
+  EXPECT_EQ(r.layer_dropped_frac, first.layer_dropped_frac);
+  EXPECT_EQ(r.router_entropy, first.router_entropy);
+
+  const StepRecord& d = records.steps[1];
+  EXPECT_EQ(d.step, 2);
+  EXPECT_EQ(d.loss, 1e300);
+  EXPECT_TRUE(d.expert_load.empty() && d.expert_bias.empty() && d.load_cv.empty());
+
+  ASSERT_EQ(records.evals.size(), 2u);
+  EXPECT_EQ(records.evals[0].step, 1);
+  EXPECT_EQ(records.evals[0].val_loss, 2.718281828459045);
+  EXPECT_EQ(records.evals[0].val_tokens, 336);
+  EXPECT_EQ(records.evals[1].step, 2);
+  EXPECT_TRUE(std::isnan(records.evals[1].val_loss)) << "a diverged eval is written as null";
+  EXPECT_EQ(records.evals[1].val_tokens, -1);
+}
+
+TEST(Metrics, AResumeCutsTheFileBackToItsStep) {
+  TempDir dir;
+  const std::string path = dir.write(
+      "metrics.jsonl", old_step_line(1, "[]") + old_step_line(2, "[]") +
+                           "{\"step\": 2, \"val_loss\": 4.75}\n" + old_step_line(3, "[]") +
+                           old_step_line(4, "[]") + "{\"step\": 4, \"lo");  // torn by a crash
+  const std::vector<std::string> before = read_lines(path);
+  const std::vector<std::string> notes = truncate_metrics_after(path, 2);
+  EXPECT_EQ(read_lines(path), std::vector<std::string>(before.begin(), before.begin() + 3))
+      << "the lines up to step 2, as written";
+  ASSERT_EQ(notes.size(), 1u);
+  EXPECT_EQ(notes[0].rfind(path + ":6: malformed JSON", 0), 0u) << notes[0];
+  EXPECT_NE(notes[0].find("dropped"), std::string::npos) << notes[0];
+  EXPECT_TRUE(truncate_metrics_after(path, 2).empty());
+  EXPECT_TRUE(truncate_metrics_after((dir.path / "none.jsonl").string(), 2).empty());
+  EXPECT_FALSE(fs::exists(dir.path / "none.jsonl"));
 }
 
 TEST(Plot, ParsesTheFixture) {

@@ -19,31 +19,16 @@
 #include "data/prepare.h"
 #include "data/sampler.h"
 #include "data/token_file.h"
+#include "tests/temp_folder.h"
 
 namespace sy {
 namespace {
 
 namespace fs = std::filesystem;
 
-class TokenStreamTest : public ::testing::Test {
+class TokenStreamTest : public test::TempFolderTest {
  protected:
-  void SetUp() override {
-    const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
-    folder_ = fs::temp_directory_path() /
-              ("sy_test_token_stream_" + std::to_string(getpid()) + "_" + std::to_string(now));
-    fs::create_directories(folder_);
-  }
-  void TearDown() override {
-    std::error_code error;
-    fs::remove_all(folder_, error);
-  }
-  std::string path(const std::string& name) const { return (folder_ / name).string(); }
-  void write_text(const std::string& name, const std::string& contents) const {
-    fs::create_directories((folder_ / name).parent_path());
-    std::ofstream out(folder_ / name, std::ios::binary);
-    out << contents;
-  }
-  fs::path folder_;
+  TokenStreamTest() : TempFolderTest("sy_test_token_stream") {}
 };
 
 template <typename Body>
@@ -255,12 +240,12 @@ TEST_F(TokenStreamTest, StreamingWriterMatchesWholeWriter) {
 // prepare-data streams in pieces; the tokens are those of the whole-text preparation (the split
 // at floor((1 - f) * bytes) of the concatenated text, then each part encoded), for any piece size.
 TEST_F(TokenStreamTest, StreamedPrepareMatchesWholeText) {
-  write_text("brown/ca01", "\tThe/at Fulton/np-tl ``/`` jury/nn ''/'' said/vbd ./.\n\n"
+  write_file("brown/ca01", "\tThe/at Fulton/np-tl ``/`` jury/nn ''/'' said/vbd ./.\n\n"
                            "  It/pps a/b/c said/vbd\n");
-  write_text("brown/ca02", "Only/rb one/cd line/nn without/in newline/nn");
-  write_text("brown/README", "not corpus");
-  write_text("text/a.txt", "first file\nwith two lines\n");
-  write_text("text/b.txt", std::string(3000, 'x') + "\nend");
+  write_file("brown/ca02", "Only/rb one/cd line/nn without/in newline/nn");
+  write_file("brown/README", "not corpus");
+  write_file("text/a.txt", "first file\nwith two lines\n");
+  write_file("text/b.txt", std::string(3000, 'x') + "\nend");
   const std::string brown_text =
       brown_file_to_text("\tThe/at Fulton/np-tl ``/`` jury/nn ''/'' said/vbd ./.\n\n"
                          "  It/pps a/b/c said/vbd\n") +
@@ -295,7 +280,7 @@ TEST_F(TokenStreamTest, StreamedPrepareMatchesWholeText) {
     }
   }
   // jsonl: whole documents, "\n" after each, the last floor(f * documents) are validation.
-  write_text("docs.jsonl", "{\"text\": \"alpha\"}\n\n{\"text\": \"be\\nta\"}\n{\"text\": \"gamma\"}\n"
+  write_file("docs.jsonl", "{\"text\": \"alpha\"}\n\n{\"text\": \"be\\nta\"}\n{\"text\": \"gamma\"}\n"
                            "{\"text\": \"delta\"}\n");
   PrepareOptions jsonl;
   jsonl.inputs = {path("docs.jsonl")};
@@ -313,8 +298,8 @@ TEST_F(TokenStreamTest, StreamedPrepareMatchesWholeText) {
   // A failure after writing began (a bad token in val.bin, after train.bin was streamed) leaves
   // no file at all.
   const std::string train_bin = {1, 0, 2, 0}, val_bin = {1, 0, 60, 0};  // uint16 little-endian
-  write_text("nanogpt/train.bin", train_bin);
-  write_text("nanogpt/val.bin", val_bin);
+  write_file("nanogpt/train.bin", train_bin);
+  write_file("nanogpt/val.bin", val_bin);
   PrepareOptions nanogpt;
   nanogpt.inputs = {path("nanogpt")};
   nanogpt.format = "nanogpt";

@@ -93,6 +93,46 @@ TEST_F(TokenizerTest, TrainedModelRoundTripsText) {
   }
 }
 
+// --format brown learns from the words without their tags: the same model as training on the
+// text prepare-data --format brown tokenises, and no tag ("/at") becomes a piece.
+TEST_F(TokenizerTest, BrownFormatLearnsFromTheDetaggedText) {
+  fs::create_directories(dir / "brown");
+  std::string tagged, plain;
+  std::istringstream lines(corpus_text());
+  for (std::string line; std::getline(lines, line);) {
+    std::istringstream words(line);
+    std::string row;
+    for (std::string word; words >> word;) row += (row.empty() ? "" : " ") + word + "/nn";
+    tagged += "\n\t" + row + "\n";
+  }
+  std::ofstream((dir / "brown" / "ca01").string(), std::ios::binary) << tagged;
+  std::ofstream((dir / "brown" / "README").string(), std::ios::binary) << "not a corpus file";
+  SentencePieceTrainOptions options;
+  options.format = "brown";
+  options.inputs = {(dir / "brown").string()};
+  options.vocab_size = kVocab;
+  options.output = (dir / "brown.model").string();
+  EXPECT_EQ(train_sentencepiece(options), kVocab);
+  EXPECT_FALSE(fs::exists(options.output + ".text.tmp")) << "the detagged text is removed";
+  write_corpus_text((dir / "brown").string(), "brown", (dir / "detagged.txt").string());
+  SentencePieceTrainOptions from_text = options;
+  from_text.format = "text";
+  from_text.inputs = {(dir / "detagged.txt").string()};
+  from_text.output = (dir / "text.model").string();
+  EXPECT_EQ(train_sentencepiece(from_text), kVocab);
+  // The same pieces (the model files differ only in the input path they record).
+  const std::unique_ptr<Tokenizer> tokenizer = tokenizer_from_option(options.output);
+  const std::unique_ptr<Tokenizer> from_text_tokenizer = tokenizer_from_option(from_text.output);
+  const std::string detagged = read_bytes(dir / "detagged.txt");
+  EXPECT_EQ(tokenizer->encode(detagged), from_text_tokenizer->encode(detagged));
+  for (int32_t id = 0; id < kVocab; ++id)
+    ASSERT_EQ(tokenizer->decode({id}), from_text_tokenizer->decode({id})) << id;
+  for (int32_t id : tokenizer->encode("kaex telda sunlo"))
+    EXPECT_EQ(tokenizer->decode({id}).find('/'), std::string::npos) << id;
+  options.format = "csv";
+  EXPECT_THROW(train_sentencepiece(options), std::runtime_error);
+}
+
 TEST_F(TokenizerTest, TrainingErrorsNameTheProblem) {
   SentencePieceTrainOptions options;
   options.inputs = {(dir / "missing.txt").string()};

@@ -15,6 +15,7 @@
 #include "tests/dist_harness.h"
 #include "trainer/checkpoint.h"
 #include "trainer/evaluate.h"
+#include "trainer/metrics.h"
 #include "trainer/session.h"
 
 namespace sy {
@@ -97,9 +98,9 @@ TEST_F(DistTrain, LoggedValLossEqualsEvalAtAnyBatchShapeAndLayout) {
     if (world_rank() == 0) {
       EXPECT_EQ(evaluated, summary.final_val_loss)
           << "W=" << shape.W << " P=" << shape.P << " micro_batch=" << shape.micro_batch;
-      char text[40];
-      std::snprintf(text, sizeof text, "%.17g", evaluated);
-      EXPECT_EQ(std::string(text), logged_text);
+      // The same text as eval prints and metrics.jsonl holds (one JSON writer for both).
+      EXPECT_EQ(JsonLine().add("val_loss", evaluated).str(),
+                "{\"val_loss\": " + logged_text + "}");
     }
   }
   // Another expert-parallel size: an expert's GEMM then runs on the rows of 2 sequences at once,

@@ -5,66 +5,29 @@
 // place; then the `latest` pointer the same way), streaming the other ranks' experts to itself
 // one expert at a time; on load every rank reads the non-expert tensors and only its own experts,
 // so a checkpoint loads under any rank layout the config allows.
+//
+// This header is the collective save and load; it includes the parts they tie together, so that
+// callers need only it: the layout and reading (trainer/checkpoint_format.h), the config rules of
+// a resume (trainer/checkpoint_compat.h) and the provenance (trainer/provenance.h). The file
+// writer is trainer/checkpoint_writer.h, the atomic renames trainer/atomic_file.h.
 #pragma once
 #include <cstdint>
 #include <functional>
-#include <stdexcept>
 #include <string>
-#include <vector>
 
 #include "model/backend.h"
 #include "model/transformer.h"
 #include "optim/optimizer.h"
-#include "data/token_file.h"
 #include "parallel/process_groups.h"
+#include "trainer/checkpoint_compat.h"
+#include "trainer/checkpoint_format.h"
 #include "trainer/config.h"
+#include "trainer/provenance.h"
 
 namespace sy {
 
-// The layout this build writes; files from a newer format are refused.
-inline constexpr int64_t kCheckpointFormatVersion = 1;
-
-// A checkpoint that cannot be written, read or used. what() is one line naming the file:
-// "<file>: <what is wrong>".
-struct CheckpointError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
 // checkpoint.dir, or <run.dir>/checkpoints when it is "".
 std::string checkpoint_dir(const Config& config);
-// "step_00000010.h5"
-std::string checkpoint_file_name(int64_t step);
-
-// The root attributes of a checkpoint.
-struct CheckpointHeader {
-  std::string path;
-  int64_t format_version = 0;
-  int64_t step = 0;            // optimizer steps completed; training continues at step + 1
-  int64_t optimizer_step = 0;  // the optimizer's own count (AdamW's bias correction)
-  std::string config;          // the resolved YAML of the run that wrote it
-  std::string provenance;      // "key: value" lines: versions, commit, compiler, rank layout
-};
-
-// Opens the file and reads its root attributes (not the tensors). Not collective.
-// Throws CheckpointError for a missing, unreadable, truncated or corrupted file, a missing
-// attribute, or a format_version newer than kCheckpointFormatVersion.
-CheckpointHeader read_checkpoint_header(const std::string& path);
-
-// The tokenizer of the run that wrote the checkpoint: the root attribute `tokenizer` and, for
-// SentencePiece, /tokenizer_model (data/token_file.h's read_tokenizer; save_checkpoint copies
-// them from data.path's token file). False for a checkpoint written before checkpoints carried
-// it. Not collective. Throws CheckpointError "<file>: ..." for a file that cannot be read.
-bool read_checkpoint_tokenizer(const std::string& path, TokenData& tokenizer);
-
-// What changed between the checkpoint's config and this run's (SPEC.md section 6). Each entry
-// names the key with both values: "model.d_model (checkpoint 16, config 32)".
-struct ConfigDiff {
-  std::vector<std::string> errors;    // keys that shape the model: model.*, moe.* (except coefs, *_rate)
-  std::vector<std::string> warnings;  // train.micro_batch_size (the routing groups change)
-  std::vector<std::string> notes;     // everything else that may change on resume
-};
-// Throws std::runtime_error when checkpoint_yaml is not a config mapping.
-ConfigDiff compare_configs(const std::string& checkpoint_yaml, const Config& config);
 
 // Collective over groups.world: writes <dir>/step_<step>.h5 from world rank 0 (the other ranks of
 // the first EP group send it their experts, one expert at a time), updates <dir>/latest, and
@@ -93,9 +56,6 @@ void finish_checkpoint_write(ProcessGroups& groups);
 // none). For paths that leave by an exception, so that no write is cut off.
 std::string join_checkpoint_write();
 
-// The run id in a checkpoint's provenance ("" when it has none).
-std::string provenance_run_id(const std::string& provenance);
-
 struct LoadResult {
   CheckpointHeader header;
   ConfigDiff diff;  // errors empty; warnings and notes for rank 0 to report
@@ -109,28 +69,6 @@ struct LoadResult {
 // is loaded unless every check passed on every rank. Ends with model.refresh_compute_weights().
 LoadResult load_checkpoint(const std::string& path, const Config& config, Transformer& model,
                            Optimizer* optimizer, ProcessGroups& groups, Backend& backend);
-
-// --resume auto: the newest complete checkpoint in `dir`: the file `latest` names if it opens
-// and has a valid header and tensor listing, else the loadable step_*.h5 with the highest step.
-// Returns "" when there is none. `skipped`, when given, receives one line per candidate passed
-// over and why. Files in `exclude` (paths; compared by file name) are passed over silently:
-// --resume auto's candidates that failed to load. Not collective (rank 0 decides and tells the
-// others).
-std::string find_latest_checkpoint(const std::string& dir,
-                                   std::vector<std::string>* skipped = nullptr,
-                                   const std::vector<std::string>& exclude = {});
-
-// Every dataset of a checkpoint, in file order: path, shape and L2 norm (accumulated in double),
-// each read in slices so that memory stays bounded. `listing` is called once with every
-// dataset's path and shape before the first norm is computed (for aligned output).
-struct TensorInfo {
-  std::string path;
-  std::vector<int64_t> shape;
-  double norm = 0.0;
-};
-void scan_checkpoint_tensors(const std::string& path,
-                             const std::function<void(const std::vector<TensorInfo>&)>& listing,
-                             const std::function<void(const TensorInfo&)>& visit);
 
 // Tests only: called on the writing rank after the temporary file is complete (flushed and
 // fsynced) and before it is renamed into place, with the temporary file's path. Throwing from it

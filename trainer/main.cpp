@@ -218,9 +218,17 @@ void build_cli(CLI::App& app, CommandLine& line) {
       "train", wrap("train a SentencePiece model on text files (lossless: no normalisation, "
                     "byte fallback) and write its model file"));
   tokenizer_train->allow_extras();  // reported in run_command in the project's words
-  tokenizer_train->add_option("--input", line.tokenizer_train.inputs, "text files to learn from")
+  tokenizer_train->add_option("--input", line.tokenizer_train.inputs,
+                              "text files to learn from (--format brown: the corpus folder)")
       ->type_name("TEXT...")
       ->required();
+  tokenizer_train
+      ->add_option("--format", line.tokenizer_train.format,
+                   "text, or brown: learn from the Brown corpus' words without their tags, the "
+                   "text prepare-data --format brown encodes")
+      ->type_name("text|brown")
+      ->check(CLI::IsMember({"text", "brown"}).description(""))
+      ->capture_default_str();
   tokenizer_train
       ->add_option("--vocab-size", line.tokenizer_train.vocab_size,
                    "the vocabulary, at least 259 + the number of distinct characters")
@@ -398,15 +406,18 @@ std::string from_rank0(const std::function<std::string()>& read) {
   return answer;
 }
 
+// The checkpoint `argument` names, with how a folder or pointer was resolved noted on stderr.
+std::string resolve_noting(const std::string& argument) {
+  const sy::CheckpointArgument resolved = sy::resolve_checkpoint_argument(argument);
+  for (const std::string& note : resolved.notes) std::fprintf(stderr, "note: %s\n", note.c_str());
+  return resolved.path;
+}
+
 // The checkpoint that `argument` names (cli.h), as rank 0 resolves it: a folder's newest file
 // may change while a run writes to it, and every rank must load the same one. Rank 0 prints how
 // it resolved a folder or pointer on stderr. Collective over MPI_COMM_WORLD.
 std::string resolve_checkpoint_on_rank0(const std::string& argument) {
-  return from_rank0([&] {
-    const sy::CheckpointArgument resolved = sy::resolve_checkpoint_argument(argument);
-    for (const std::string& note : resolved.notes) std::fprintf(stderr, "note: %s\n", note.c_str());
-    return resolved.path;
-  });
+  return from_rank0([&] { return resolve_noting(argument); });
 }
 
 int cmd_prepare_data(const CommandLine& line, const CLI::App& given) {
@@ -504,7 +515,8 @@ std::string describe_tokenizer(const sy::TokenData& tokenizer) {
 }
 
 // The run's tokenizer: the one its checkpoint carries; for a checkpoint written before
-// checkpoints carried it, data.path's token file's, else bytes (what generate assumed then).
+// checkpoints carried it, data.path's token file's, else bytes (what generate assumed then),
+// said on stderr by rank 0 with why the token file could not give it.
 // Not collective; throws naming the file it came from.
 std::unique_ptr<sy::Tokenizer> tokenizer_for(const std::string& checkpoint,
                                              const sy::Config& config) {
@@ -513,7 +525,12 @@ std::unique_ptr<sy::Tokenizer> tokenizer_for(const std::string& checkpoint,
     return sy::tokenizer_of(tokenizer, checkpoint);
   try {
     tokenizer = sy::read_token_file_tokenizer(config.data.path);
-  } catch (const std::exception&) {
+  } catch (const std::exception& error) {
+    if (world_rank() == 0)
+      std::fprintf(stderr,
+                   "note: %s carries no tokenizer and data.path's cannot be read (%s): using "
+                   "the bytes tokenizer\n",
+                   checkpoint.c_str(), error.what());
     return sy::make_tokenizer("bytes");
   }
   return sy::tokenizer_of(tokenizer, config.data.path);
@@ -627,18 +644,17 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
   return 0;
 }
 
-int cmd_inspect(const CommandLine& line) {
-  // One reader: the other ranks of an mpirun wait for it, then report the same outcome.
+// Commands that one process does alone (they read or write files, no model): rank 0 runs
+// `body`; the other ranks of an mpirun wait for it, then every rank returns the same status. A
+// failure is printed once, as "switchyard <command>: error: <what>".
+int on_rank0(const char* command, const std::function<void()>& body) {
   int failed = 0;
   if (world_rank() == 0) {
     try {
-      const sy::CheckpointArgument resolved = sy::resolve_checkpoint_argument(line.checkpoint);
-      for (const std::string& note : resolved.notes)
-        std::fprintf(stderr, "note: %s\n", note.c_str());
-      sy::inspect_checkpoint(resolved.path, stdout);
+      body();
     } catch (const std::exception& error) {
       std::fflush(stdout);
-      std::fprintf(stderr, "switchyard inspect: error: %s\n", error.what());
+      std::fprintf(stderr, "switchyard %s: error: %s\n", command, error.what());
       failed = 1;
     }
   }
@@ -646,53 +662,33 @@ int cmd_inspect(const CommandLine& line) {
   return failed;
 }
 
+int cmd_inspect(const CommandLine& line) {
+  return on_rank0("inspect", [&] { sy::inspect_checkpoint(resolve_noting(line.checkpoint), stdout); });
+}
+
 int cmd_export(const CommandLine& line) {
   if (line.export_options.output.empty()) throw UsageError("--output: expected a folder");
-  // One writer, like inspect: the other ranks of an mpirun wait, then report the same outcome.
-  int failed = 0;
-  if (world_rank() == 0) {
-    try {
-      const sy::CheckpointArgument resolved = sy::resolve_checkpoint_argument(line.checkpoint);
-      for (const std::string& note : resolved.notes)
-        std::fprintf(stderr, "note: %s\n", note.c_str());
-      sy::ExportOptions options = line.export_options;
-      options.checkpoint = resolved.path;
-      const sy::ExportResult result = sy::export_checkpoint(options);
-      std::printf("%s: %s, %lld tensors, %lld parameters, %s (%lld bytes)\n",
-                  options.output.c_str(), result.architecture.c_str(),
-                  static_cast<long long>(result.tensors),
-                  static_cast<long long>(result.parameters), options.dtype.c_str(),
-                  static_cast<long long>(result.safetensors_bytes));
-      for (const std::string& file : result.files) std::printf("wrote %s\n", file.c_str());
-      for (const std::string& note : result.notes) std::printf("note: %s\n", note.c_str());
-    } catch (const std::exception& error) {
-      std::fflush(stdout);
-      std::fprintf(stderr, "switchyard export: error: %s\n", error.what());
-      failed = 1;
-    }
-  }
-  MPI_Bcast(&failed, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  return failed;
+  return on_rank0("export", [&] {
+    sy::ExportOptions options = line.export_options;
+    options.checkpoint = resolve_noting(line.checkpoint);
+    const sy::ExportResult result = sy::export_checkpoint(options);
+    std::printf("%s: %s, %lld tensors, %lld parameters, %s (%lld bytes)\n",
+                options.output.c_str(), result.architecture.c_str(),
+                static_cast<long long>(result.tensors), static_cast<long long>(result.parameters),
+                options.dtype.c_str(), static_cast<long long>(result.safetensors_bytes));
+    for (const std::string& file : result.files) std::printf("wrote %s\n", file.c_str());
+    for (const std::string& note : result.notes) std::printf("note: %s\n", note.c_str());
+  });
 }
 
 int cmd_plot(const CommandLine& line, const CLI::App& given) {
   if (given.count("--output") && line.plot_output.empty())
     throw UsageError("--output: expected a folder");
-  // One writer, like inspect: the other ranks of an mpirun wait, then report the same outcome.
-  int failed = 0;
-  if (world_rank() == 0) {
-    try {
-      const sy::PlotResult result = sy::plot_run(line.run_dir, line.plot_output);
-      for (const std::string& png : result.written) std::printf("wrote %s\n", png.c_str());
-      for (const std::string& why : result.skipped) std::printf("skipped %s\n", why.c_str());
-    } catch (const std::exception& error) {
-      std::fflush(stdout);
-      std::fprintf(stderr, "switchyard plot: error: %s\n", error.what());
-      failed = 1;
-    }
-  }
-  MPI_Bcast(&failed, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  return failed;
+  return on_rank0("plot", [&] {
+    const sy::PlotResult result = sy::plot_run(line.run_dir, line.plot_output);
+    for (const std::string& png : result.written) std::printf("wrote %s\n", png.c_str());
+    for (const std::string& why : result.skipped) std::printf("skipped %s\n", why.c_str());
+  });
 }
 
 int cmd_check_config(const CommandLine& line) {

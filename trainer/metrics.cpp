@@ -1,88 +1,100 @@
 #include "trainer/metrics.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdarg>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
+
+#include <nlohmann/json.hpp>
 
 #include "trainer/version.h"
 
 namespace sy {
 
-std::string json_number(double value) {
-  if (!std::isfinite(value)) return "null";
-  char text[40];
-  std::snprintf(text, sizeof text, "%.17g", value);
-  return text;
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+// Appends `value` as JsonLine lays it out: nlohmann's text for every scalar, and a space after
+// each ',' and ':' between the items of an array or object.
+void append_spaced(std::string& out, const Json& value) {
+  if (value.is_array()) {
+    out += '[';
+    for (size_t i = 0; i < value.size(); ++i) {
+      if (i) out += ", ";
+      append_spaced(out, value[i]);
+    }
+    out += ']';
+  } else if (value.is_object()) {
+    out += '{';
+    bool first = true;
+    for (const auto& [name, item] : value.items()) {
+      if (!first) out += ", ";
+      first = false;
+      append_spaced(out, Json(name));
+      out += ": ";
+      append_spaced(out, item);
+    }
+    out += '}';
+  } else {
+    // A path or config name need not be UTF-8: replaced rather than refused (dump's default).
+    out += value.dump(-1, ' ', false, Json::error_handler_t::replace);
+  }
 }
 
-std::string json_string(const std::string& value) {
-  std::string out = "\"";
-  for (char c : value) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char escaped[8];
-      std::snprintf(escaped, sizeof escaped, "\\u%04x", c);
-      out += escaped;
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
-}
+}  // namespace
 
 void JsonLine::key(const std::string& name) {
   if (!body_.empty()) body_ += ", ";
-  body_ += json_string(name) + ": ";
+  append_spaced(body_, Json(name));
+  body_ += ": ";
 }
 
 JsonLine& JsonLine::add(const std::string& name, double value) {
   key(name);
-  body_ += json_number(value);
+  append_spaced(body_, Json(value));
   return *this;
 }
 
 JsonLine& JsonLine::add(const std::string& name, int64_t value) {
   key(name);
-  body_ += std::to_string(value);
+  append_spaced(body_, Json(value));
   return *this;
 }
 
 JsonLine& JsonLine::add(const std::string& name, const std::string& value) {
   key(name);
-  body_ += json_string(value);
+  append_spaced(body_, Json(value));
   return *this;
 }
 
-namespace {
-std::string json_array(const std::vector<double>& values) {
-  std::string out = "[";
-  for (size_t i = 0; i < values.size(); ++i) out += (i ? ", " : "") + json_number(values[i]);
-  return out + "]";
-}
-}  // namespace
-
 JsonLine& JsonLine::add(const std::string& name, const std::vector<double>& value) {
   key(name);
-  body_ += json_array(value);
+  append_spaced(body_, Json(value));
   return *this;
 }
 
 JsonLine& JsonLine::add(const std::string& name, const std::vector<std::vector<double>>& value) {
   key(name);
-  body_ += "[";
-  for (size_t i = 0; i < value.size(); ++i) body_ += (i ? ", " : "") + json_array(value[i]);
-  body_ += "]";
+  append_spaced(body_, Json(value));
   return *this;
 }
 
-JsonLine& JsonLine::add_json(const std::string& name, const std::string& json) {
+JsonLine& JsonLine::add_fixed(const std::string& name, double value, int decimals) {
   key(name);
-  body_ += json;
+  if (!std::isfinite(value)) {
+    body_ += "null";
+    return *this;
+  }
+  char text[64];
+  std::snprintf(text, sizeof text, "%.*f", decimals, value);
+  body_ += text;
   return *this;
 }
 
@@ -125,10 +137,8 @@ MetricsLog::~MetricsLog() {
 void MetricsLog::write_record(JsonLine& record) {
   const double elapsed =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - opened_).count();
-  char seconds[32];  // milliseconds are what the clocks resolve; 17 digits would be noise
-  std::snprintf(seconds, sizeof seconds, "%.3f", elapsed);
   record.add("time", utc_timestamp(std::chrono::system_clock::now()))
-      .add_json("elapsed_s", seconds);
+      .add_fixed("elapsed_s", elapsed, 3);  // milliseconds: what the clocks resolve
   // Flushed per line so that a crash leaves every completed record readable.
   if (std::fprintf(file_, "%s\n", record.str().c_str()) < 0 || std::fflush(file_) != 0)
     throw std::runtime_error(path_ + ": write failed");
@@ -216,6 +226,243 @@ void MetricsLog::write_eval(int64_t step, double val_loss, const std::string& un
                    .add("val_loss", val_loss)
                    .add("val_" + unit, unit_value)
                    .add("val_tokens", val_tokens));
+}
+
+// ---- reading metrics.jsonl ---------------------------------------------------------------------
+
+namespace {
+
+// A problem with one line; read_metrics prefixes "<path>:<line>: ".
+struct LineError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// How an error message shows a value: a list, an object, or its text in quotes (a string
+// without its JSON quotes: "got 'low'").
+std::string describe(const Json& value) {
+  if (value.is_array()) return "a list";
+  if (value.is_object()) return "an object";
+  if (value.is_string()) return "'" + value.get<std::string>() + "'";
+  return "'" + value.dump(-1, ' ', false, Json::error_handler_t::replace) + "'";
+}
+
+// A number, or NaN for null (the writer's spelling of a non-finite value). A quoted number is a
+// JSON string, not a number. `index` >= 0 names an item of the list under `key`: the name is
+// built only for an error, since the lists are long.
+double number(const Json& value, const std::string& key, int64_t index = -1) {
+  if (value.is_number()) return value.get<double>();
+  if (value.is_null()) return StepRecord::kAbsent;
+  throw LineError(key + (index >= 0 ? "[" + std::to_string(index) + "]" : "") +
+                  ": expected a number or null, got " + describe(value));
+}
+
+// The number under `key`, NaN when the line lacks it.
+double optional_number(const Json& line, const char* key) {
+  const auto found = line.find(key);
+  return found == line.end() ? StepRecord::kAbsent : number(*found, key);
+}
+
+std::vector<double> list_of_numbers(const Json& list, const std::string& key) {
+  if (!list.is_array()) throw LineError(key + ": expected a list, got " + describe(list));
+  std::vector<double> values;
+  values.reserve(list.size());
+  for (const Json& item : list)
+    values.push_back(number(item, key, static_cast<int64_t>(values.size())));
+  return values;
+}
+
+// The list of numbers under `key` ([MoE layer]); absent or null gives an empty list.
+std::vector<double> numbers(const Json& line, const char* key) {
+  const auto found = line.find(key);
+  if (found == line.end() || found->is_null()) return {};
+  return list_of_numbers(*found, key);
+}
+
+// The list of lists of numbers under `key` ([MoE layer][expert]); absent or null gives an empty
+// list.
+std::vector<std::vector<double>> matrix(const Json& line, const char* key) {
+  const auto found = line.find(key);
+  if (found == line.end() || found->is_null()) return {};
+  if (!found->is_array())
+    throw LineError(std::string(key) + ": expected a list of lists, got " + describe(*found));
+  std::vector<std::vector<double>> rows;
+  for (const Json& row : *found) {
+    std::string row_key = key;
+    row_key += '[' + std::to_string(rows.size()) + ']';
+    rows.push_back(list_of_numbers(row, row_key));
+  }
+  return rows;
+}
+
+// The line as a JSON object. nlohmann's message, "[json.exception.parse_error.101] parse error
+// at line 1, column 41: syntax error ...", is kept from the column on.
+Json parse_line(const std::string& text) {
+  Json line;
+  try {
+    line = Json::parse(text);
+  } catch (const Json::exception& error) {  // parse_error, or out_of_range for 1e999
+    std::string what = error.what();
+    const size_t column = what.find("column "), tag = what.find("] ");
+    if (column != std::string::npos)
+      what = " at " + what.substr(column);
+    else
+      what = ": " + (tag == std::string::npos ? what : what.substr(tag + 2));
+    throw LineError("malformed JSON" + what);
+  }
+  if (!line.is_object()) throw LineError("expected a JSON object, got " + describe(line));
+  return line;
+}
+
+int64_t step_of(const Json& line) {
+  const auto found = line.find("step");
+  if (found == line.end()) throw LineError("no \"step\" key");
+  if (found->is_number_integer() &&
+      (found->is_number_unsigned() ? found->get<uint64_t>() <= INT64_MAX
+                                   : found->get<int64_t>() >= 0))
+    return found->get<int64_t>();
+  throw LineError("step: expected a non-negative integer, got " + describe(*found));
+}
+
+StepRecord parse_step(const Json& line, int64_t step) {
+  StepRecord r;
+  r.step = step;
+  r.loss = number(line.at("loss"), "loss");
+  r.lm_loss = optional_number(line, "lm_loss");
+  r.aux_loss = optional_number(line, "aux_loss");
+  r.z_loss = optional_number(line, "z_loss");
+  r.lr = optional_number(line, "lr");
+  r.grad_norm = optional_number(line, "grad_norm");
+  r.tokens_per_s = optional_number(line, "tokens_per_s");
+  r.dropped_frac = optional_number(line, "dropped_frac");
+  r.peak_memory_bytes = optional_number(line, "peak_memory_bytes");
+  r.has_rerouted_frac = line.contains("rerouted_frac");
+  r.rerouted_frac = optional_number(line, "rerouted_frac");
+  r.expert_load = matrix(line, "expert_load");
+  r.expert_bias = matrix(line, "expert_bias");
+  r.load_cv = numbers(line, "load_cv");
+  r.load_max_mean = numbers(line, "load_max_mean");
+  r.layer_dropped_frac = numbers(line, "layer_dropped_frac");
+  r.router_entropy = numbers(line, "router_entropy");
+  return r;
+}
+
+EvalRecord parse_eval(const Json& line, int64_t step) {
+  EvalRecord e;
+  e.step = step;
+  e.val_loss = number(line.at("val_loss"), "val_loss");
+  const auto tokens = line.find("val_tokens");
+  if (tokens != line.end()) {
+    if (!tokens->is_number_integer())
+      throw LineError("val_tokens: expected an integer, got " + describe(*tokens));
+    e.val_tokens = tokens->get<int64_t>();
+  }
+  return e;
+}
+
+// The MoE layer and expert counts are fixed for a run (resume refuses to change them): the first
+// line that shows each sets it, and every later line must agree.
+struct Shape {
+  int64_t layers = -1, experts = -1;
+  int64_t layers_line = 0, experts_line = 0;
+
+  void check_layers(size_t count, const std::string& key, int64_t line) {
+    if (count == 0) return;
+    if (layers < 0) {
+      layers = static_cast<int64_t>(count);
+      layers_line = line;
+    } else if (static_cast<int64_t>(count) != layers) {
+      throw LineError(key + " has " + std::to_string(count) + " MoE layers, line " +
+                      std::to_string(layers_line) + " had " + std::to_string(layers));
+    }
+  }
+  void check_experts(const std::vector<std::vector<double>>& rows, const std::string& key,
+                     int64_t line) {
+    check_layers(rows.size(), key, line);
+    for (size_t l = 0; l < rows.size(); ++l) {
+      const int64_t count = static_cast<int64_t>(rows[l].size());
+      if (experts < 0) {
+        experts = count;
+        experts_line = line;
+      } else if (count != experts) {
+        throw LineError(key + "[" + std::to_string(l) + "] has " + std::to_string(count) +
+                        " experts, line " + std::to_string(experts_line) + " had " +
+                        std::to_string(experts));
+      }
+    }
+  }
+  void check(const StepRecord& r, int64_t line) {
+    check_experts(r.expert_load, "expert_load", line);
+    check_experts(r.expert_bias, "expert_bias", line);
+    check_layers(r.load_cv.size(), "load_cv", line);
+    check_layers(r.load_max_mean.size(), "load_max_mean", line);
+    check_layers(r.layer_dropped_frac.size(), "layer_dropped_frac", line);
+    check_layers(r.router_entropy.size(), "router_entropy", line);
+  }
+};
+
+bool blank(const std::string& line) { return line.find_first_not_of(" \t\r") == std::string::npos; }
+
+}  // namespace
+
+MetricsRecords read_metrics(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
+  MetricsRecords records;
+  Shape shape;
+  std::string text;
+  while (std::getline(in, text)) {
+    const int64_t line_number = ++records.lines;
+    if (blank(text)) continue;
+    try {
+      const Json line = parse_line(text);
+      const int64_t step = step_of(line);
+      const bool is_step = line.contains("loss"), is_eval = line.contains("val_loss");
+      if (!is_step && !is_eval)
+        throw LineError("neither \"loss\" (a step line) nor \"val_loss\" (an eval line)");
+      if (is_step) {
+        records.steps.push_back(parse_step(line, step));
+        shape.check(records.steps.back(), line_number);
+      }
+      if (is_eval) records.evals.push_back(parse_eval(line, step));
+    } catch (const LineError& error) {
+      throw std::runtime_error(path + ":" + std::to_string(line_number) + ": " + error.what());
+    }
+  }
+  if (in.bad()) throw std::runtime_error(path + ": read failed");
+  records.moe_layers = std::max<int64_t>(shape.layers, 0);
+  records.experts = std::max<int64_t>(shape.experts, 0);
+  return records;
+}
+
+std::vector<std::string> truncate_metrics_after(const std::string& path, int64_t last_step) {
+  std::error_code error;
+  if (!std::filesystem::exists(path, error)) return {};
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
+  std::vector<std::string> notes;
+  std::ostringstream kept;
+  std::string text;
+  for (int64_t line_number = 1; std::getline(in, text); ++line_number) {
+    if (blank(text)) continue;
+    try {
+      if (step_of(parse_line(text)) > last_step) continue;
+    } catch (const LineError& problem) {
+      notes.push_back(path + ":" + std::to_string(line_number) + ": " + problem.what() +
+                      ": dropped (a line torn by a crash?)");
+      continue;
+    }
+    kept << text << '\n';
+  }
+  if (in.bad()) throw std::runtime_error(path + ": read failed");
+  in.close();
+  const std::string temporary = path + ".tmp";
+  std::ofstream out(temporary, std::ios::trunc);
+  out << kept.str();
+  out.close();
+  if (!out) throw std::runtime_error(temporary + ": cannot write");
+  std::filesystem::rename(temporary, path, error);
+  if (error) throw std::runtime_error(path + ": cannot replace: " + error.message());
+  return notes;
 }
 
 RunConsole::~RunConsole() {

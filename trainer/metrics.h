@@ -1,9 +1,11 @@
-// metrics.jsonl and the console progress line. Floats are written at round-trip precision
-// (17 significant digits) so that runs can be compared bit for bit from the file.
+// metrics.jsonl, its one writer (MetricsLog) and its one reader (read_metrics), and the console
+// progress line. Numbers are nlohmann-json's: the shortest text that reads back as the same
+// double (at most 17 significant digits), so that runs can be compared bit for bit from the file.
 #pragma once
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -40,7 +42,11 @@ struct LoadBalance {
 };
 LoadBalance load_balance(const std::vector<double>& load);
 
-// A JSON object written field by field, in insertion order.
+// A JSON object on one line, written field by field in insertion order: the project's one JSON
+// writer (metrics.jsonl, `eval`'s result, the benchmark's summary). Keys, strings and numbers
+// are nlohmann-json's (escapes; invalid UTF-8 replaced by U+FFFD; a double as the shortest text
+// that reads back to it, a non-finite one as null); a space follows every ',' and ':' between
+// items, `{"step": 3, "x": [[0.5, 0.25], []]}`, the shape that scripts grep for.
 class JsonLine {
  public:
   JsonLine& add(const std::string& key, double value);
@@ -48,7 +54,9 @@ class JsonLine {
   JsonLine& add(const std::string& key, const std::string& value);
   JsonLine& add(const std::string& key, const std::vector<double>& value);
   JsonLine& add(const std::string& key, const std::vector<std::vector<double>>& value);
-  JsonLine& add_json(const std::string& key, const std::string& json);  // already JSON text
+  // `value` with exactly `decimals` digits after the point (the clock fields: digits beyond
+  // what the clock resolves would be noise).
+  JsonLine& add_fixed(const std::string& key, double value, int decimals);
   std::string str() const { return "{" + body_ + "}"; }
 
  private:
@@ -56,15 +64,12 @@ class JsonLine {
   std::string body_;
 };
 
-std::string json_number(double value);  // 17 significant digits; non-finite as null
-std::string json_string(const std::string& value);
-
 // ISO-8601 UTC with milliseconds: "2026-12-02T09:41:07.250Z".
 std::string utc_timestamp(std::chrono::system_clock::time_point when);
 
 // Every record ends with "time" (utc_timestamp of the write) and "elapsed_s" (seconds since the
-// log opened, which is when this process started the run: 0 again after a resume), so that
-// "step" stays the first key (a resume finds its lines by that prefix).
+// log opened, which is when this process started the run: 0 again after a resume, written with
+// 3 decimals); "step" is the first key.
 class MetricsLog {
  public:
   // Truncates, or with `append` (a resumed run) adds to what is there.
@@ -89,6 +94,52 @@ class MetricsLog {
   std::string path_;
   std::chrono::steady_clock::time_point opened_;
 };
+
+// ---- reading metrics.jsonl ---------------------------------------------------------------------
+
+// One step line as read back. A number the line wrote as null (a non-finite value) or a key it
+// lacks (files older than the key) is NaN; a list it lacks is empty (a dense model writes []).
+struct StepRecord {
+  static constexpr double kAbsent = std::numeric_limits<double>::quiet_NaN();
+  int64_t step = 0;
+  double loss = kAbsent;
+  double lm_loss = kAbsent, aux_loss = kAbsent, z_loss = kAbsent, lr = kAbsent;
+  double grad_norm = kAbsent, tokens_per_s = kAbsent, dropped_frac = kAbsent;
+  double rerouted_frac = kAbsent, peak_memory_bytes = kAbsent;
+  bool has_rerouted_frac = false;  // lines before moe.overflow lack it
+  std::vector<std::vector<double>> expert_load, expert_bias;  // [MoE layer][E]
+  std::vector<double> load_cv, load_max_mean, layer_dropped_frac, router_entropy;  // [MoE layer]
+};
+
+// One eval line: val_tokens is -1 where the line lacks it (files before it was logged).
+struct EvalRecord {
+  int64_t step = 0;
+  double val_loss = StepRecord::kAbsent;
+  int64_t val_tokens = -1;
+};
+
+// A metrics.jsonl's records in file order (a resumed run's file may hold a step twice: the
+// later line is the resumed run's). moe_layers and experts are 0 where no line shows them.
+struct MetricsRecords {
+  std::vector<StepRecord> steps;
+  std::vector<EvalRecord> evals;
+  int64_t moe_layers = 0, experts = 0;
+  int64_t lines = 0;  // lines read, blank ones included
+};
+
+// Reads a metrics.jsonl. A line with "loss" is a step line, one with "val_loss" an eval line
+// (a line may be both). Throws std::runtime_error "<path>: cannot open: <why>" and
+// "<path>:<line>: <what>" for a line that is not a JSON object of metrics, or whose number of
+// MoE layers or experts differs from an earlier line's (they are fixed for a run). Blank lines
+// are skipped.
+MetricsRecords read_metrics(const std::string& path);
+
+// Cuts a JSON-lines log of steps (metrics.jsonl, spike_guard.jsonl) back to its lines whose
+// "step" is at most `last_step`, in place (through <path>.tmp, renamed over it): a resumed run
+// writes the later steps again. A line without an integer "step" (a write torn by a crash) is
+// dropped too, with a note in the returned list saying so. Nothing happens when the file does
+// not exist. Throws std::runtime_error naming the file when it cannot be read or replaced.
+std::vector<std::string> truncate_metrics_after(const std::string& path, int64_t last_step);
 
 // The one place a training run's console output goes through: printed on the console and, once
 // open_log() is called, appended to the run's train.log with a UTC timestamp on every line.

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -18,6 +17,8 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "trainer/metrics.h"
+
 namespace sy {
 
 namespace fs = std::filesystem;
@@ -26,171 +27,7 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-// ---- parsing ----------------------------------------------------------------------------------
-
-// A problem with one line; read_metrics_history prefixes "<path>:<line>: ".
-struct LineError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-std::string describe(const YAML::Node& node) {
-  if (node.IsSequence()) return "a list";
-  if (node.IsMap()) return "an object";
-  return "'" + node.Scalar() + "'";
-}
-
-// A JSON number into `value`, or NaN for null (the writer's spelling of a non-finite value);
-// false for anything else. Quoted scalars are strings in JSON, although yaml-cpp would convert
-// "1.5". from_chars rather than node.as<double>(), which builds a stringstream per number.
-bool read_number(const YAML::Node& node, double& value) {
-  if (node.IsNull()) {
-    value = kNaN;
-    return true;
-  }
-  if (!node.IsScalar() || node.Tag() == "!") return false;
-  const std::string& text = node.Scalar();
-  const char* end = text.data() + text.size();
-  const auto [stop, error] = std::from_chars(text.data(), end, value);
-  return error == std::errc() && stop == end;
-}
-
-LineError not_a_number(const YAML::Node& node, const std::string& key) {
-  return LineError(key + ": expected a number or null, got " + describe(node));
-}
-
-double number(const YAML::Node& node, const std::string& key) {
-  double value = 0;
-  if (!read_number(node, value)) throw not_a_number(node, key);
-  return value;
-}
-
-// A scalar key that older files may lack: NaN then.
-double optional_number(const YAML::Node& line, const char* key) {
-  const YAML::Node node = line[key];
-  return node.IsDefined() ? number(node, key) : kNaN;
-}
-
-// A list of numbers; absent or null gives an empty list.
-std::vector<double> numbers(const YAML::Node& node, const std::string& key) {
-  std::vector<double> values;
-  if (!node.IsDefined() || node.IsNull()) return values;
-  if (!node.IsSequence()) throw LineError(key + ": expected a list, got " + describe(node));
-  for (const YAML::Node& item : node) {  // the key is built only for an error: lists are long
-    double value = 0;
-    if (!read_number(item, value))
-      throw not_a_number(item, key + "[" + std::to_string(values.size()) + "]");
-    values.push_back(value);
-  }
-  return values;
-}
-
-// A list of lists of numbers ([MoE layer][expert]); absent or null gives an empty list.
-std::vector<std::vector<double>> matrix(const YAML::Node& node, const std::string& key) {
-  std::vector<std::vector<double>> rows;
-  if (!node.IsDefined() || node.IsNull()) return rows;
-  if (!node.IsSequence())
-    throw LineError(key + ": expected a list of lists, got " + describe(node));
-  for (size_t i = 0; i < node.size(); ++i) {
-    const std::string row_key = key + "[" + std::to_string(i) + "]";
-    if (!node[i].IsSequence())
-      throw LineError(row_key + ": expected a list, got " + describe(node[i]));
-    rows.push_back(numbers(node[i], row_key));
-  }
-  return rows;
-}
-
-int64_t step_of(const YAML::Node& line) {
-  const YAML::Node node = line["step"];
-  if (!node.IsDefined()) throw LineError("no \"step\" key");
-  if (node.IsScalar() && node.Tag() != "!") {
-    try {
-      const int64_t step = node.as<int64_t>();
-      if (step >= 0) return step;
-    } catch (const YAML::Exception&) {
-    }
-  }
-  throw LineError("step: expected a non-negative integer, got " + describe(node));
-}
-
-// One step line. Empty per-layer lists stand for keys the line lacked (a dense model writes []).
-struct StepRecord {
-  int64_t step = 0;
-  double loss = kNaN, lm_loss = kNaN, aux_loss = kNaN, z_loss = kNaN, lr = kNaN;
-  double grad_norm = kNaN, tokens_per_s = kNaN, dropped_frac = kNaN, peak_memory_bytes = kNaN;
-  bool has_rerouted = false;
-  double rerouted_frac = kNaN;
-  std::vector<std::vector<double>> expert_load, expert_bias;
-  std::vector<double> load_cv, load_max_mean, layer_dropped_frac, router_entropy;
-};
-
-struct EvalRecord {
-  int64_t step = 0;
-  double val_loss = kNaN;
-};
-
-StepRecord parse_step(const YAML::Node& line, int64_t step) {
-  StepRecord r;
-  r.step = step;
-  r.loss = number(line["loss"], "loss");
-  r.lm_loss = optional_number(line, "lm_loss");
-  r.aux_loss = optional_number(line, "aux_loss");
-  r.z_loss = optional_number(line, "z_loss");
-  r.lr = optional_number(line, "lr");
-  r.grad_norm = optional_number(line, "grad_norm");
-  r.tokens_per_s = optional_number(line, "tokens_per_s");
-  r.dropped_frac = optional_number(line, "dropped_frac");
-  r.peak_memory_bytes = optional_number(line, "peak_memory_bytes");
-  r.has_rerouted = line["rerouted_frac"].IsDefined();
-  r.rerouted_frac = optional_number(line, "rerouted_frac");
-  r.expert_load = matrix(line["expert_load"], "expert_load");
-  r.expert_bias = matrix(line["expert_bias"], "expert_bias");
-  r.load_cv = numbers(line["load_cv"], "load_cv");
-  r.load_max_mean = numbers(line["load_max_mean"], "load_max_mean");
-  r.layer_dropped_frac = numbers(line["layer_dropped_frac"], "layer_dropped_frac");
-  r.router_entropy = numbers(line["router_entropy"], "router_entropy");
-  return r;
-}
-
-// The MoE layer and expert counts are fixed for a run (resume refuses to change them): the first
-// line that shows each sets it, and every later line must agree.
-struct Shape {
-  int64_t layers = -1, experts = -1;
-  int layers_line = 0, experts_line = 0;
-
-  void check_layers(size_t count, const std::string& key, int line) {
-    if (count == 0) return;
-    if (layers < 0) {
-      layers = static_cast<int64_t>(count);
-      layers_line = line;
-    } else if (static_cast<int64_t>(count) != layers) {
-      throw LineError(key + " has " + std::to_string(count) + " MoE layers, line " +
-                      std::to_string(layers_line) + " had " + std::to_string(layers));
-    }
-  }
-  void check_experts(const std::vector<std::vector<double>>& rows, const std::string& key,
-                     int line) {
-    check_layers(rows.size(), key, line);
-    for (size_t l = 0; l < rows.size(); ++l) {
-      const int64_t count = static_cast<int64_t>(rows[l].size());
-      if (experts < 0) {
-        experts = count;
-        experts_line = line;
-      } else if (count != experts) {
-        throw LineError(key + "[" + std::to_string(l) + "] has " + std::to_string(count) +
-                        " experts, line " + std::to_string(experts_line) + " had " +
-                        std::to_string(experts));
-      }
-    }
-  }
-  void check(const StepRecord& r, int line) {
-    check_experts(r.expert_load, "expert_load", line);
-    check_experts(r.expert_bias, "expert_bias", line);
-    check_layers(r.load_cv.size(), "load_cv", line);
-    check_layers(r.load_max_mean.size(), "load_max_mean", line);
-    check_layers(r.layer_dropped_frac.size(), "layer_dropped_frac", line);
-    check_layers(r.router_entropy.size(), "router_entropy", line);
-  }
-};
+// ---- the history of a run ---------------------------------------------------------------------
 
 // Step order, one record per step: a resumed run appends the steps after its checkpoint again,
 // and the later (resumed) line is the one the run's weights continue from.
@@ -238,8 +75,9 @@ std::vector<std::vector<std::vector<double>>> per_expert(
   return series;
 }
 
-MetricsHistory assemble(std::vector<StepRecord> rows, std::vector<EvalRecord> evals,
-                        const Shape& shape) {
+MetricsHistory assemble(MetricsRecords records) {
+  std::vector<StepRecord>& rows = records.steps;
+  std::vector<EvalRecord>& evals = records.evals;
   keep_last_per_step(rows);
   keep_last_per_step(evals);
   MetricsHistory h;
@@ -254,11 +92,11 @@ MetricsHistory assemble(std::vector<StepRecord> rows, std::vector<EvalRecord> ev
   h.dropped_frac = column(rows, &StepRecord::dropped_frac);
   h.peak_memory_bytes = column(rows, &StepRecord::peak_memory_bytes);
   bool any_rerouted = false;
-  for (const StepRecord& r : rows) any_rerouted |= r.has_rerouted;
+  for (const StepRecord& r : rows) any_rerouted |= r.has_rerouted_frac;
   if (any_rerouted) h.rerouted_frac = column(rows, &StepRecord::rerouted_frac);
 
-  h.moe_layers = std::max<int64_t>(shape.layers, 0);
-  h.experts = std::max<int64_t>(shape.experts, 0);
+  h.moe_layers = records.moe_layers;
+  h.experts = records.experts;
   h.expert_load = per_expert(rows, &StepRecord::expert_load, h.moe_layers, h.experts);
   h.expert_bias = per_expert(rows, &StepRecord::expert_bias, h.moe_layers, h.experts);
   h.load_cv = per_layer(rows, &StepRecord::load_cv, h.moe_layers);
@@ -613,13 +451,20 @@ Chart balance_chart(const MetricsHistory& h, const fs::path& dir, const std::str
   return chart;
 }
 
-// config.yaml's `name` when the run dir has one, else the run folder's name.
+// config.yaml's `name` when the run dir has one, else the run folder's name. A config.yaml that
+// cannot be read only costs the title: said on stderr, and the folder's name is used.
 std::string run_name(const std::string& run_dir) {
-  try {
-    const YAML::Node config = YAML::LoadFile((fs::path(run_dir) / "config.yaml").string());
-    const YAML::Node name = config["name"];
-    if (name.IsDefined() && name.IsScalar() && !name.Scalar().empty()) return name.Scalar();
-  } catch (const YAML::Exception&) {  // no or unreadable config: the folder's name will do
+  const fs::path config_path = fs::path(run_dir) / "config.yaml";
+  std::error_code error;
+  if (fs::exists(config_path, error)) {
+    try {
+      const YAML::Node config = YAML::LoadFile(config_path.string());
+      const YAML::Node name = config["name"];
+      if (name.IsDefined() && name.IsScalar() && !name.Scalar().empty()) return name.Scalar();
+    } catch (const YAML::Exception& problem) {
+      std::fprintf(stderr, "note: %s: cannot read the run's name (%s): the charts are titled by "
+                   "the folder's name\n", config_path.c_str(), problem.what());
+    }
   }
   fs::path path = fs::path(run_dir).lexically_normal();
   if (path.filename().empty()) path = path.parent_path();  // "runs/x/"
@@ -674,42 +519,11 @@ std::string render(const std::string& gnuplot, const Chart& chart, const fs::pat
 }  // namespace
 
 MetricsHistory read_metrics_history(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
-  std::vector<StepRecord> rows;
-  std::vector<EvalRecord> evals;
-  Shape shape;
-  std::string text;
-  int line = 0;
-  while (std::getline(in, text)) {
-    ++line;
-    if (blank(text)) continue;
-    try {
-      YAML::Node node;
-      try {
-        node = YAML::Load(text);
-      } catch (const YAML::ParserException& error) {
-        throw LineError("malformed JSON at column " + std::to_string(error.mark.column + 1) + ": " +
-                        error.msg);
-      }
-      if (!node.IsMap()) throw LineError("expected a JSON object, got " + describe(node));
-      const int64_t step = step_of(node);
-      const bool is_step = node["loss"].IsDefined(), is_eval = node["val_loss"].IsDefined();
-      if (!is_step && !is_eval)
-        throw LineError("neither \"loss\" (a step line) nor \"val_loss\" (an eval line)");
-      if (is_step) {
-        rows.push_back(parse_step(node, step));
-        shape.check(rows.back(), line);
-      }
-      if (is_eval) evals.push_back({step, number(node["val_loss"], "val_loss")});
-    } catch (const LineError& error) {
-      throw std::runtime_error(path + ":" + std::to_string(line) + ": " + error.what());
-    }
-  }
-  if (in.bad()) throw std::runtime_error(path + ": read failed");
-  if (rows.empty())
-    throw std::runtime_error(path + ": no step lines" + (line == 0 ? " (the file is empty)" : ""));
-  return assemble(std::move(rows), std::move(evals), shape);
+  MetricsRecords records = read_metrics(path);
+  if (records.steps.empty())
+    throw std::runtime_error(path + ": no step lines" +
+                             (records.lines == 0 ? " (the file is empty)" : ""));
+  return assemble(std::move(records));
 }
 
 std::string find_gnuplot() {

@@ -32,9 +32,10 @@ struct MetricsHistory {
   std::vector<double> val_loss;
 };
 
-// Parses a metrics.jsonl. Throws std::runtime_error "<path>:<line>: <what>" for a line that is
-// not a JSON object of metrics, and "<path>: <what>" for a file that cannot be read or holds no
-// step line. Blank lines are ignored.
+// A metrics.jsonl (read by read_metrics, trainer/metrics.h) as columns. Throws
+// std::runtime_error "<path>:<line>: <what>" for a line that is not a JSON object of metrics,
+// and "<path>: <what>" for a file that cannot be read or holds no step line. Blank lines are
+// ignored.
 MetricsHistory read_metrics_history(const std::string& path);
 
 struct PlotResult {

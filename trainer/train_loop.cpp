@@ -252,34 +252,6 @@ TokenFile load_tokens_on_every_rank(const Config& config, Communicator& world) {
   return data;
 }
 
-// A resumed run's metrics.jsonl keeps the lines up to the checkpoint's step (a run that went on
-// past its last checkpoint before it stopped wrote lines that the resumed run writes again).
-void truncate_metrics_after(const std::filesystem::path& path, int64_t last_step) {
-  std::error_code error;
-  if (!std::filesystem::exists(path, error)) return;
-  std::ifstream in(path);
-  std::ostringstream kept;
-  std::string line;
-  const std::string key = "{\"step\": ";
-  while (std::getline(in, line)) {
-    if (line.rfind(key, 0) == 0) {
-      try {
-        if (std::stoll(line.substr(key.size())) > last_step) continue;
-      } catch (const std::exception&) {
-      }
-    }
-    kept << line << "\n";
-  }
-  in.close();
-  const std::filesystem::path temporary = path.string() + ".tmp";
-  std::ofstream out(temporary, std::ios::trunc);
-  out << kept.str();
-  out.close();
-  if (!out) throw std::runtime_error(temporary.string() + ": cannot write");
-  std::filesystem::rename(temporary, path, error);
-  if (error) throw std::runtime_error(path.string() + ": cannot replace: " + error.message());
-}
-
 // The checkpoint to resume from: `resume` itself, or for "auto" the newest complete one in the
 // checkpoint folder as rank 0 finds it, passing over `failed` ("" when there is none).
 // Collective over `world`.
@@ -500,7 +472,11 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       console.open_log((run_dir / "train.log").string());
       const std::filesystem::path metrics_path = run_dir / "metrics.jsonl";
       const bool resumed = !summary.resumed_from.empty();
-      if (resumed) truncate_metrics_after(metrics_path, start_step);
+      // A resumed run's metrics.jsonl keeps the lines up to the checkpoint's step (a run that
+      // went on past its last checkpoint wrote lines that the resumed run writes again).
+      if (resumed)
+        for (const std::string& note : truncate_metrics_after(metrics_path.string(), start_step))
+          console.write(stderr, "warning: %s\n", note.c_str());
       metrics_log = std::make_unique<MetricsLog>(metrics_path.string(), resumed);
       if (config.run.tensorboard) metrics_log->add_tensorboard((run_dir / "tensorboard").string());
     } catch (const std::exception& error) {
@@ -527,10 +503,13 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
             std::snprintf(text, sizeof text, "%.17g\n", losses[i]);
             window_text += text;
           }
-          if (found) truncate_metrics_after(path, start_step);
-          else if (options.print)
+          if (found) {
+            for (const std::string& note : truncate_metrics_after(path, start_step))
+              console.write(stderr, "warning: %s\n", note.c_str());
+          } else if (options.print) {
             console.write(stderr, "warning: %s is missing: the loss-spike guard starts with an "
                           "empty window (it acts after train.spike_min_steps steps)\n", path.c_str());
+          }
         }
         spike_log.open(path, resumed ? std::ios::app : std::ios::trunc);
         if (!spike_log) throw std::runtime_error(path + ": cannot open: " + errno_text());

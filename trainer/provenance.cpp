@@ -1,0 +1,73 @@
+#include "trainer/provenance.h"
+
+#include <ctime>
+
+#include "data/hdf5_io.h"
+#include "parallel/mpi_communicator.h"
+#include "trainer/version.h"
+
+namespace sy {
+
+namespace {
+
+// A double-quoted YAML string on one line.
+std::string quote(const std::string& text) {
+  std::string out = "\"";
+  for (char c : text) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (c == '\n' || c == '\r') continue;
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string compiler_version() {
+#if defined(__clang__)
+  return std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  return std::string("GCC ") + __VERSION__;
+#else
+  return "unknown";
+#endif
+}
+
+std::string utc_now() {
+  const std::time_t now = std::time(nullptr);
+  std::tm parts{};
+  gmtime_r(&now, &parts);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &parts);
+  return text;
+}
+
+}  // namespace
+
+std::string checkpoint_provenance(const Config& config, int ranks, int expert_parallel,
+                                  const std::string& run_id) {
+  std::string out;
+  if (!run_id.empty()) out += "run_id: " + quote(run_id) + "\n";
+  out += "switchyard: " + quote(SY_VERSION) + "\n";
+  out += "git_commit: " + quote(SY_GIT_COMMIT) + "\n";
+  out += "hdf5: " + quote(h5::library_version()) + "\n";
+  out += "mpi: " + quote(mpi_library_version()) + "\n";
+  out += "compiler: " + quote(compiler_version()) + "\n";
+  out += "ranks: " + std::to_string(ranks) + "\n";
+  out += "expert_parallel: " + std::to_string(expert_parallel) + "\n";
+  out += "backend: " + quote(config.run.backend) + "\n";
+  out += "created: " + quote(utc_now()) + "\n";
+  return out;
+}
+
+std::string provenance_run_id(const std::string& provenance) {
+  const std::string key = "run_id: ";
+  size_t start = provenance.rfind("\n" + key);
+  start = provenance.rfind(key, 0) == 0 ? 0 : (start == std::string::npos ? start : start + 1);
+  if (start == std::string::npos) return "";
+  std::string value = provenance.substr(start + key.size());
+  value = value.substr(0, value.find('\n'));
+  if (value.size() >= 2 && value.front() == '"' && value.back() == '"')
+    value = value.substr(1, value.size() - 2);
+  return value;
+}
+
+}  // namespace sy
