@@ -449,10 +449,8 @@ void write_attributes(hid_t file, int64_t vocab_size, const std::string& tokeniz
   }
 }
 
-}  // namespace
-
-TokenData read_token_file(const std::string& path) {
-  QuietHdf5Errors quiet;
+// The token file at `path` opened read-only, with one line naming it for each way that fails.
+Handle open_token_file_handle(const std::string& path) {
   std::error_code error;
   if (!std::filesystem::exists(path, error)) throw file_error(path, "no such file");
   if (std::filesystem::is_directory(path, error)) throw file_error(path, "is a folder, not a file");
@@ -461,6 +459,14 @@ TokenData read_token_file(const std::string& path) {
   if (is_hdf5 == 0) throw file_error(path, "not an HDF5 file");
   Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   if (!file.valid()) throw file_error(path, "cannot open as HDF5");
+  return file;
+}
+
+}  // namespace
+
+TokenData read_token_file(const std::string& path) {
+  QuietHdf5Errors quiet;
+  Handle file = open_token_file_handle(path);
 
   TokenData data;
   data.vocab_size = read_vocab_size(file.get(), path);
@@ -515,12 +521,7 @@ void write_token_file(const std::string& path, const std::vector<int32_t>& train
 
 TokenData read_token_file_tokenizer(const std::string& path) {
   QuietHdf5Errors quiet;
-  std::error_code error;
-  if (!std::filesystem::exists(path, error)) throw file_error(path, "no such file");
-  if (std::filesystem::is_directory(path, error)) throw file_error(path, "is a folder, not a file");
-  if (H5Fis_hdf5(path.c_str()) <= 0) throw file_error(path, "not an HDF5 file");
-  Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
-  if (!file.valid()) throw file_error(path, "cannot open as HDF5");
+  Handle file = open_token_file_handle(path);
   TokenData data;
   data.vocab_size = read_vocab_size(file.get(), path);
   data.tokenizer = read_tokenizer_name(file.get(), path);
@@ -566,14 +567,7 @@ bool read_tokenizer(hid_t file, TokenData& tokenizer, const std::string& path) {
 TokenFile open_token_file(const std::string& path) {
   std::lock_guard<std::recursive_mutex> lock(hdf5_mutex());
   QuietHdf5Errors quiet;
-  std::error_code error;
-  if (!std::filesystem::exists(path, error)) throw file_error(path, "no such file");
-  if (std::filesystem::is_directory(path, error)) throw file_error(path, "is a folder, not a file");
-  const htri_t is_hdf5 = H5Fis_hdf5(path.c_str());
-  if (is_hdf5 < 0) throw file_error(path, "cannot open");
-  if (is_hdf5 == 0) throw file_error(path, "not an HDF5 file");
-  Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
-  if (!file.valid()) throw file_error(path, "cannot open as HDF5");
+  Handle file = open_token_file_handle(path);
 
   TokenFile opened;
   opened.vocab_size = read_vocab_size(file.get(), path);

@@ -1,5 +1,5 @@
 // A fresh folder under the system temp directory for each test, removed afterwards, with the
-// helpers that tests writing input files need. Not for tests under mpirun (each rank would make
+// helpers that tests writing input files need, and a check of one-line errors. Not for tests under mpirun (each rank would make
 // its own: see dist_harness.h's shared_temp_dir).
 #pragma once
 #include <gtest/gtest.h>
@@ -8,7 +8,9 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace sy::test {
 
@@ -39,5 +41,19 @@ class TempFolderTest : public ::testing::Test {
  private:
   std::string prefix_;
 };
+
+// Expects `body` to throw std::runtime_error whose one-line message contains every fragment.
+template <typename Body>
+void expect_error(Body body, const std::vector<std::string>& fragments) {
+  try {
+    body();
+    FAIL() << "no exception; expected one mentioning " << fragments.front();
+  } catch (const std::runtime_error& error) {
+    const std::string message = error.what();
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+    for (const std::string& fragment : fragments)
+      EXPECT_NE(message.find(fragment), std::string::npos) << message;
+  }
+}
 
 }  // namespace sy::test

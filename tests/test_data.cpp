@@ -30,19 +30,7 @@ class DataTest : public test::TempFolderTest {
   DataTest() : TempFolderTest("sy_test_data") {}
 };
 
-// Expects `body` to throw std::runtime_error whose one-line message contains every fragment.
-template <typename Body>
-void expect_error(Body body, const std::vector<std::string>& fragments) {
-  try {
-    body();
-    FAIL() << "no exception; expected one mentioning " << fragments.front();
-  } catch (const std::runtime_error& error) {
-    const std::string message = error.what();
-    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
-    for (const std::string& fragment : fragments)
-      EXPECT_NE(message.find(fragment), std::string::npos) << message;
-  }
-}
+using test::expect_error;
 
 // The HDF5 element type of a dataset, for checking what the writer chose.
 bool dataset_type_equals(const std::string& file_path, const char* name, hid_t expected) {

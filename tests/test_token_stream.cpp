@@ -31,18 +31,7 @@ class TokenStreamTest : public test::TempFolderTest {
   TokenStreamTest() : TempFolderTest("sy_test_token_stream") {}
 };
 
-template <typename Body>
-void expect_error(Body body, const std::vector<std::string>& fragments) {
-  try {
-    body();
-    FAIL() << "no exception; expected one mentioning " << fragments.front();
-  } catch (const std::runtime_error& error) {
-    const std::string message = error.what();
-    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
-    for (const std::string& fragment : fragments)
-      EXPECT_NE(message.find(fragment), std::string::npos) << message;
-  }
-}
+using test::expect_error;
 
 // Tokens spread over the whole vocabulary, the largest id included.
 std::vector<int32_t> spread_tokens(int64_t n, int64_t vocab_size, uint32_t salt) {
