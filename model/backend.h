@@ -57,11 +57,17 @@ struct AdamWStep {
   bool zero_grads = false;   // leave every grad zero afterwards
 };
 
+// Every op is a non-virtual method that checks the op's contract, once, whatever the backend
+// (model/op_checks.cpp), then calls the backend's virtual X_impl (protected, at the end); the
+// router projection and the fused optimizer pass stay virtual (said where they are declared).
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual Device device() const = 0;
   virtual std::string name() const = 0;
+  // The start of an error message about op `op` on this backend: "cpu gemm", "cuda gemm (rank 0,
+  // device 0)".
+  virtual std::string error_context(const char* op) const { return name() + " " + op; }
   // The device's highest memory use so far, in bytes (0 where not tracked, e.g. the CPU).
   virtual size_t peak_memory_bytes() const { return 0; }
   // Bytes this run can use on the device: free on it plus what this backend already holds (its
@@ -77,36 +83,31 @@ class Backend {
   virtual void synchronize() {}
 
   // ---- memory -------------------------------------------------------------------------------
-  virtual Tensor alloc(const Shape& shape, DType dtype) = 0;  // uninitialised
+  Tensor alloc(const Shape& shape, DType dtype);  // uninitialised
   Tensor zeros(const Shape& shape, DType dtype);
-  virtual void fill(const Tensor& x, double value) = 0;
-  virtual void copy(const Tensor& dst, const Tensor& src) = 0;  // same numel; converts dtype
+  void fill(const Tensor& x, double value);
+  void copy(const Tensor& dst, const Tensor& src);  // same numel; converts dtype
   // Host transfers, converting to/from the tensor's dtype. Sizes must equal numel().
-  virtual void write(const Tensor& dst, std::span<const float> host) = 0;
-  virtual void write(const Tensor& dst, std::span<const double> host) = 0;
-  virtual void write(const Tensor& dst, std::span<const int32_t> host) = 0;
-  virtual std::vector<double> read(const Tensor& src) = 0;
-  virtual std::vector<int32_t> read_i32(const Tensor& src) = 0;
+  void write(const Tensor& dst, std::span<const float> host);
+  void write(const Tensor& dst, std::span<const double> host);
+  void write(const Tensor& dst, std::span<const int32_t> host);
+  std::vector<double> read(const Tensor& src);
+  std::vector<int32_t> read_i32(const Tensor& src);
   // Raw byte copies between a tensor and host memory of nbytes() (communication staging).
-  virtual void copy_to_host(void* host, const Tensor& src) = 0;
-  virtual void copy_from_host(const Tensor& dst, const void* host) = 0;
+  void copy_to_host(void* host, const Tensor& src);
+  void copy_from_host(const Tensor& dst, const void* host);
 
   // ---- linear algebra -----------------------------------------------------------------------
   // C[M,N] = alpha * op(A) @ op(B) + beta * C, op = transpose where asked. 2-D tensors.
-  virtual void gemm(const Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b,
-                    double alpha, double beta) = 0;
-  virtual void add(const Tensor& y, const Tensor& x, double alpha) = 0;  // y += alpha * x
+  void gemm(const Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b,
+            double alpha, double beta);
+  void add(const Tensor& y, const Tensor& x, double alpha);  // y += alpha * x
   // out = a + b (the residual sums), bitwise copy(out, a) then add(out, b, 1.0) in one pass.
-  virtual void add_into(const Tensor& out, const Tensor& a, const Tensor& b) {
-    copy(out, a);
-    add(out, b, 1.0);
-  }
-  virtual void scale(const Tensor& y, double alpha) = 0;                 // y *= alpha
-  virtual double sum_squares(const Tensor& x) = 0;                       // accumulated in f64
+  void add_into(const Tensor& out, const Tensor& a, const Tensor& b);
+  void scale(const Tensor& y, double alpha);  // y *= alpha
+  double sum_squares(const Tensor& x);        // accumulated in f64
   // out[i] = sum_squares(xs[i]) for every tensor, with one host synchronisation on a device.
-  virtual void sum_squares_many(std::span<const Tensor> xs, std::span<double> out) {
-    for (size_t i = 0; i < xs.size(); ++i) out[i] = sum_squares(xs[i]);
-  }
+  void sum_squares_many(std::span<const Tensor> xs, std::span<double> out);
 
   // ---- grouped GEMMs over expert segments (the MoE expert FFN, model/moe/experts.cpp) ---------
   // The rows of A form G = rows_per_group.size() consecutive segments: segment g is rows
@@ -119,49 +120,43 @@ class Backend {
   //                       (left as it is with accumulate)
   // The defaults (model/grouped_gemm.cpp) run one gemm() per non-empty segment, the reference;
   // CUDA runs bf16 data as one grouped kernel (docs/cuda.md).
-  virtual void grouped_gemm(const Tensor& C, const Tensor& A, const Tensor& B, bool trans_b,
-                            std::span<const int64_t> rows_per_group, bool accumulate);
-  virtual void grouped_gemm_wgrad(const Tensor& C, const Tensor& A, const Tensor& B,
-                                  std::span<const int64_t> rows_per_group, bool accumulate);
+  void grouped_gemm(const Tensor& C, const Tensor& A, const Tensor& B, bool trans_b,
+                    std::span<const int64_t> rows_per_group, bool accumulate);
+  void grouped_gemm_wgrad(const Tensor& C, const Tensor& A, const Tensor& B,
+                          std::span<const int64_t> rows_per_group, bool accumulate);
 
   // ---- embedding ----------------------------------------------------------------------------
   // out[T,D] = table[tokens[t]]; backward: dtable[tokens[t]] += dout[t] (dtable stat of dout).
-  virtual void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& table) = 0;
-  virtual void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& tokens) = 0;
+  void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& table);
+  void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& tokens);
 
   // ---- RMSNorm: out = x * rstd * gain, rstd[T] = 1/sqrt(mean(x^2) + 1e-5) ---------------------
   // rstd, gain and dgain are stat.
-  virtual void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x,
-                               const Tensor& gain) = 0;
+  void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x,
+                       const Tensor& gain);
   // dx = (overwritten); dgain += .
-  virtual void rmsnorm_backward(const Tensor& dx, const Tensor& dgain, const Tensor& dout,
-                                const Tensor& x, const Tensor& gain, const Tensor& rstd) = 0;
+  void rmsnorm_backward(const Tensor& dx, const Tensor& dgain, const Tensor& dout,
+                        const Tensor& x, const Tensor& gain, const Tensor& rstd);
 
   // ---- attention ----------------------------------------------------------------------------
   // Rotary embedding in place on x[B*S, H*Dh] (rotate-half, theta 10000); backward applies the
   // inverse rotation to the gradient in place.
-  virtual void rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H) = 0;
-  virtual void rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H) = 0;
+  void rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H);
+  void rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H);
   // The same on q and k (same shape) together, as one launch on a device; results as the two
   // separate calls give them.
-  virtual void rope_forward_qk(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H) {
-    rope_forward(q, B, S, H);
-    rope_forward(k, B, S, H);
-  }
-  virtual void rope_backward_qk(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S,
-                                int64_t H) {
-    rope_backward(dq, B, S, H);
-    rope_backward(dk, B, S, H);
-  }
+  void rope_forward_qk(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H);
+  void rope_backward_qk(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S,
+                        int64_t H);
   // Causal softmax attention per (batch, head). q,k,v,out: [B*S, H*Dh]; probs: [B, H, S, S]
   // (saved for backward; entries above the diagonal are 0).
-  virtual void attention_forward(const Tensor& out, const Tensor& probs, const Tensor& q,
-                                 const Tensor& k, const Tensor& v, int64_t B, int64_t S,
-                                 int64_t H) = 0;
-  virtual void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
-                                  const Tensor& dout, const Tensor& q, const Tensor& k,
-                                  const Tensor& v, const Tensor& probs, int64_t B, int64_t S,
-                                  int64_t H) = 0;
+  void attention_forward(const Tensor& out, const Tensor& probs, const Tensor& q,
+                         const Tensor& k, const Tensor& v, int64_t B, int64_t S,
+                         int64_t H);
+  void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                          const Tensor& dout, const Tensor& q, const Tensor& k,
+                          const Tensor& v, const Tensor& probs, int64_t B, int64_t S,
+                          int64_t H);
   // Flash attention: the same causal softmax attention (scale 1/sqrt(Dh), query s sees keys
   // <= s) without an [S, S] matrix. q,k,v,out: [B*S, H*Dh] (row t = b*S+s, head h at columns
   // h*Dh..), rotary already applied; lse: [B, H, S] stat, the logsumexp of each query's scaled
@@ -169,26 +164,26 @@ class Backend {
   // dout and the forward's out and lse. Deterministic: the same inputs give the same bits.
   // CPU: f32, f64, any even Dh. CUDA: bf16 on tensor cores for Dh 64 and 128, a plain kernel
   // for other even Dh <= 256 (and for f32, f64); larger Dh is an error.
-  virtual void flash_attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q,
-                                       const Tensor& k, const Tensor& v, int64_t B, int64_t S,
-                                       int64_t H) = 0;
-  virtual void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
-                                        const Tensor& dout, const Tensor& q, const Tensor& k,
-                                        const Tensor& v, const Tensor& out, const Tensor& lse,
-                                        int64_t B, int64_t S, int64_t H) = 0;
+  void flash_attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q,
+                               const Tensor& k, const Tensor& v, int64_t B, int64_t S,
+                               int64_t H);
+  void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                                const Tensor& dout, const Tensor& q, const Tensor& k,
+                                const Tensor& v, const Tensor& out, const Tensor& lse,
+                                int64_t B, int64_t S, int64_t H);
   // Whether the flash_attention ops that follow may run on a vendor library (CUDA: cuDNN's fused
   // attention, bf16, deterministic engines only; the own kernels where cuDNN declines). A
   // backend setting that the attention layer sets before its calls; other backends ignore it.
   virtual void prefer_cudnn_attention(bool prefer) {}
 
   // ---- SwiGLU: out = silu(a) * b ------------------------------------------------------------
-  virtual void swiglu_forward(const Tensor& out, const Tensor& a, const Tensor& b) = 0;
+  void swiglu_forward(const Tensor& out, const Tensor& a, const Tensor& b);
   // da, db may be a, b themselves, and hidden may be dout (in place: every input of an element
   // is read before its outputs are written). `hidden`, when defined, receives silu(a) * b again,
   // bitwise as swiglu_forward writes it: backward rebuilds the forward's product instead of
   // keeping it per layer.
-  virtual void swiglu_backward(const Tensor& da, const Tensor& db, const Tensor& dout,
-                               const Tensor& a, const Tensor& b, const Tensor& hidden) = 0;
+  void swiglu_backward(const Tensor& da, const Tensor& db, const Tensor& dout,
+                       const Tensor& a, const Tensor& b, const Tensor& hidden);
   void swiglu_backward(const Tensor& da, const Tensor& db, const Tensor& dout, const Tensor& a,
                        const Tensor& b) {
     swiglu_backward(da, db, dout, a, b, Tensor());
@@ -197,16 +192,13 @@ class Backend {
   // ---- cross-entropy ------------------------------------------------------------------------
   // losses[T] (stat) = logsumexp(logits[t]) - logits[t, targets[t]]. If compute_grad, logits is
   // overwritten in place with dlogits = (softmax - onehot) * grad_scale.
-  virtual void cross_entropy(const Tensor& losses, const Tensor& logits, const Tensor& targets,
-                             bool compute_grad, double grad_scale) = 0;
+  void cross_entropy(const Tensor& losses, const Tensor& logits, const Tensor& targets,
+                     bool compute_grad, double grad_scale);
   // Training's form when the GEMMs want the gradient in another dtype than the logits (bf16
   // from the f32 logits of the LM head): losses as above, dlogits [N, V] (its own dtype) =
   // (softmax - onehot) * grad_scale, bitwise cross_entropy then copy; logits may be clobbered.
-  virtual void cross_entropy_into(const Tensor& losses, const Tensor& logits,
-                                  const Tensor& targets, double grad_scale, const Tensor& dlogits) {
-    cross_entropy(losses, logits, targets, true, grad_scale);
-    copy(dlogits, logits);
-  }
+  void cross_entropy_into(const Tensor& losses, const Tensor& logits,
+                          const Tensor& targets, double grad_scale, const Tensor& dlogits);
 
   // ---- router (SPEC.md section 2, docs/load-balancing.md) ------------------------------------
   // The router's projection. w [D, E] is in the router's dtype; u [T, D] (the normalised input)
@@ -218,6 +210,9 @@ class Backend {
   //                           rounded once into du's dtype. du must not alias u.
   // The defaults (model/moe/router.cpp: a copy of u into w's dtype when the dtypes differ, gemm()
   // and add()) are the reference; CUDA reads bf16 or f32 rows in one pass each way (docs/cuda.md).
+  // These two, like the fused optimizer pass below, stay virtual: their defaults are the
+  // reference that tests call by name (backend.Backend::router_logits); every implementation
+  // starts with check_router_logits(_backward) (model/op_checks.h).
   virtual void router_logits(const Tensor& logits, const Tensor& u, const Tensor& w);
   virtual void router_logits_backward(const Tensor& dw, const Tensor& du, const Tensor& dlogits,
                                       const Tensor& u, const Tensor& w, double dw_beta);
@@ -229,9 +224,9 @@ class Backend {
   // logits[t,e] + expert_bias[e], largest first, ties to the lower index; gates[T,K] =
   // scores[t, idx] / sum over the K selected scores (rule.normalize) or scores[t, idx]. The bias
   // steers the selection only: the gates come from the unbiased scores.
-  virtual void router_scores_topk(const Tensor& scores, const Tensor& lse, const Tensor& topk_idx,
-                                  const Tensor& gates, const Tensor& logits,
-                                  const Tensor& expert_bias, const RoutingRule& rule) = 0;
+  void router_scores_topk(const Tensor& scores, const Tensor& lse, const Tensor& topk_idx,
+                          const Tensor& gates, const Tensor& logits,
+                          const Tensor& expert_bias, const RoutingRule& rule);
   // Capacity, drops, reroutes and the permutation (rule.capacity < 0: dropless).
   //   Ranking: position: assignments (t, k) ordered by (k, t); probability: by gate, highest
   //   first, then (k, t). Each expert keeps the first rule.capacity of its assignments in that
@@ -250,48 +245,48 @@ class Backend {
   //                reroutes (for f_e, expert_load and the bias update).
   // Returns the kept rows per expert (after reroutes) and the count rerouted, on the host: the
   // one count that must cross to the host.
-  virtual RouterPlanCounts router_plan(const Tensor& slot_row, const Tensor& row_slot,
-                                       const Tensor& slot_expert,
-                                       const Tensor& assignments_per_expert,
-                                       const Tensor& topk_idx, const Tensor& gates,
-                                       const Tensor& logits, const Tensor& expert_bias,
-                                       const RoutingRule& rule) = 0;
+  RouterPlanCounts router_plan(const Tensor& slot_row, const Tensor& row_slot,
+                               const Tensor& slot_expert,
+                               const Tensor& assignments_per_expert,
+                               const Tensor& topk_idx, const Tensor& gates,
+                               const Tensor& logits, const Tensor& expert_bias,
+                               const RoutingRule& rule);
   // balance_counts[E] (i32) gives f_e = balance_counts[e] / sum_e balance_counts: this group's
   // assignments_per_expert, or their sum over the groups of one micro-step (aux_loss_scope
   // global). With q[t] = scores[t] (softmax) or scores[t] / sum_e scores[t,e] (sigmoid):
   // aux = E * sum_e f_e * mean_t q[t,e], z = mean_t lse_t^2, entropy = mean_t -sum_e q log q.
-  virtual RouterLossValues router_losses(const Tensor& scores, const Tensor& lse,
-                                         const Tensor& balance_counts, const RoutingRule& rule) = 0;
+  RouterLossValues router_losses(const Tensor& scores, const Tensor& lse,
+                                 const Tensor& balance_counts, const RoutingRule& rule);
   // dlogits[T,E] (=) from the gate gradients dgates[T,K] (through the scores and the top-k
   // normalisation), plus d_aux * d(aux)/dlogits and d_z * d(z)/dlogits (aux as router_losses
   // defines it, with the same balance_counts).
-  virtual void router_backward(const Tensor& dlogits, const Tensor& dgates, const Tensor& scores,
-                               const Tensor& lse, const Tensor& logits, const Tensor& topk_idx,
-                               const Tensor& balance_counts, const RoutingRule& rule,
-                               double d_aux, double d_z) = 0;
+  void router_backward(const Tensor& dlogits, const Tensor& dgates, const Tensor& scores,
+                       const Tensor& lse, const Tensor& logits, const Tensor& topk_idx,
+                       const Tensor& balance_counts, const RoutingRule& rule,
+                       double d_aux, double d_z);
 
   // ---- permute / unpermute ------------------------------------------------------------------
   // x_perm[r] = x[row_slot[r] / K]
-  virtual void permute_rows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot,
-                            int64_t K) = 0;
+  void permute_rows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot,
+                    int64_t K);
   // dx[t] (=) sum over kept k of dx_perm[slot_row[t*K+k]]
-  virtual void permute_rows_backward(const Tensor& dx, const Tensor& dx_perm,
-                                     const Tensor& slot_row, int64_t K) = 0;
+  void permute_rows_backward(const Tensor& dx, const Tensor& dx_perm,
+                             const Tensor& slot_row, int64_t K);
   // out[t] (=) sum over kept k of gates[t,k] * y_perm[slot_row[t*K+k]]   (gates, dgates: stat)
-  virtual void unpermute_combine(const Tensor& out, const Tensor& y_perm, const Tensor& gates,
-                                 const Tensor& slot_row) = 0;
+  void unpermute_combine(const Tensor& out, const Tensor& y_perm, const Tensor& gates,
+                         const Tensor& slot_row);
   // dy_perm[row(t,k)] (=) gates[t,k] * dout[t];  dgates[t,k] (=) <dout[t], y_perm[row(t,k)]>
   // (0 for dropped assignments).
-  virtual void unpermute_combine_backward(const Tensor& dy_perm, const Tensor& dgates,
-                                          const Tensor& dout, const Tensor& y_perm,
-                                          const Tensor& gates, const Tensor& slot_row) = 0;
+  void unpermute_combine_backward(const Tensor& dy_perm, const Tensor& dgates,
+                                  const Tensor& dout, const Tensor& y_perm,
+                                  const Tensor& gates, const Tensor& slot_row);
 
   // ---- optimizer ----------------------------------------------------------------------------
   // AdamW (torch semantics; SPEC.md section 4); `step` is 1-based for bias correction.
-  virtual void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
-                            const Tensor& exp_avg_sq, double lr, double beta1, double beta2,
-                            double eps, double weight_decay, int64_t step) = 0;
-  virtual void sgd_update(const Tensor& param, const Tensor& grad, double lr) = 0;
+  void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
+                    const Tensor& exp_avg_sq, double lr, double beta1, double beta2,
+                    double eps, double weight_decay, int64_t step);
+  void sgd_update(const Tensor& param, const Tensor& grad, double lr);
 
   // ---- the fused optimizer pass (optim/optimizer.h, optim/clip.h) -----------------------------
   // The defaults (model/cpu/adamw.cpp) run the per-tensor ops above in order and are the
@@ -311,6 +306,120 @@ class Backend {
   // Equal bitwise to those per-tensor ops in f32; a fused pass reads and writes each element once.
   virtual void fused_adamw_step(std::span<Param* const> params, std::span<const Tensor> exp_avgs,
                                 std::span<const Tensor> exp_avg_sqs, const AdamWStep& hp);
+ protected:
+  // What a backend implements. Each public op above checks its contract (the rules written
+  // beside its declaration, checked in model/op_checks.cpp) and then calls its X_impl, so that an
+  // implementation checks only what its device adds: dtypes it cannot compute in, index ranges,
+  // i32 limits and aliasing rules of its kernels. A default here is the reference way to do the
+  // op with other ops.
+  // memory
+  virtual Tensor alloc_impl(const Shape& shape, DType dtype) = 0;
+  virtual void fill_impl(const Tensor& x, double value) = 0;
+  virtual void copy_impl(const Tensor& dst, const Tensor& src) = 0;
+  virtual void write_impl(const Tensor& dst, std::span<const float> host) = 0;
+  virtual void write_impl(const Tensor& dst, std::span<const double> host) = 0;
+  virtual void write_impl(const Tensor& dst, std::span<const int32_t> host) = 0;
+  virtual std::vector<double> read_impl(const Tensor& src) = 0;
+  virtual std::vector<int32_t> read_i32_impl(const Tensor& src) = 0;
+  virtual void copy_to_host_impl(void* host, const Tensor& src) = 0;
+  virtual void copy_from_host_impl(const Tensor& dst, const void* host) = 0;
+  // linear algebra
+  virtual void gemm_impl(const Tensor& C, const Tensor& A, bool trans_a, const Tensor& B,
+                         bool trans_b, double alpha, double beta) = 0;
+  virtual void add_impl(const Tensor& y, const Tensor& x, double alpha) = 0;
+  virtual void add_into_impl(const Tensor& out, const Tensor& a, const Tensor& b) {
+    copy(out, a);
+    add(out, b, 1.0);
+  }
+  virtual void scale_impl(const Tensor& y, double alpha) = 0;
+  virtual double sum_squares_impl(const Tensor& x) = 0;
+  virtual void sum_squares_many_impl(std::span<const Tensor> xs, std::span<double> out) {
+    for (size_t i = 0; i < xs.size(); ++i) out[i] = sum_squares(xs[i]);
+  }
+  virtual void grouped_gemm_impl(const Tensor& C, const Tensor& A, const Tensor& B, bool trans_b,
+                                 std::span<const int64_t> rows_per_group, bool accumulate);
+  virtual void grouped_gemm_wgrad_impl(const Tensor& C, const Tensor& A, const Tensor& B,
+                                       std::span<const int64_t> rows_per_group, bool accumulate);
+  // embedding, RMSNorm
+  virtual void embedding_forward_impl(const Tensor& out, const Tensor& tokens,
+                                      const Tensor& table) = 0;
+  virtual void embedding_backward_impl(const Tensor& dtable, const Tensor& dout,
+                                       const Tensor& tokens) = 0;
+  virtual void rmsnorm_forward_impl(const Tensor& out, const Tensor& rstd, const Tensor& x,
+                                    const Tensor& gain) = 0;
+  virtual void rmsnorm_backward_impl(const Tensor& dx, const Tensor& dgain, const Tensor& dout,
+                                     const Tensor& x, const Tensor& gain, const Tensor& rstd) = 0;
+  // attention
+  virtual void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H) = 0;
+  virtual void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H) = 0;
+  virtual void rope_forward_qk_impl(const Tensor& q, const Tensor& k, int64_t B, int64_t S,
+                                    int64_t H) {
+    rope_forward(q, B, S, H);
+    rope_forward(k, B, S, H);
+  }
+  virtual void rope_backward_qk_impl(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S,
+                                     int64_t H) {
+    rope_backward(dq, B, S, H);
+    rope_backward(dk, B, S, H);
+  }
+  virtual void attention_forward_impl(const Tensor& out, const Tensor& probs, const Tensor& q,
+                                      const Tensor& k, const Tensor& v, int64_t B, int64_t S,
+                                      int64_t H) = 0;
+  virtual void attention_backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                                       const Tensor& dout, const Tensor& q, const Tensor& k,
+                                       const Tensor& v, const Tensor& probs, int64_t B, int64_t S,
+                                       int64_t H) = 0;
+  virtual void flash_attention_forward_impl(const Tensor& out, const Tensor& lse, const Tensor& q,
+                                            const Tensor& k, const Tensor& v, int64_t B, int64_t S,
+                                            int64_t H) = 0;
+  virtual void flash_attention_backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                                             const Tensor& dout, const Tensor& q, const Tensor& k,
+                                             const Tensor& v, const Tensor& out, const Tensor& lse,
+                                             int64_t B, int64_t S, int64_t H) = 0;
+  // SwiGLU, cross-entropy
+  virtual void swiglu_forward_impl(const Tensor& out, const Tensor& a, const Tensor& b) = 0;
+  virtual void swiglu_backward_impl(const Tensor& da, const Tensor& db, const Tensor& dout,
+                                    const Tensor& a, const Tensor& b, const Tensor& hidden) = 0;
+  virtual void cross_entropy_impl(const Tensor& losses, const Tensor& logits, const Tensor& targets,
+                                  bool compute_grad, double grad_scale) = 0;
+  virtual void cross_entropy_into_impl(const Tensor& losses, const Tensor& logits,
+                                       const Tensor& targets, double grad_scale,
+                                       const Tensor& dlogits) {
+    cross_entropy(losses, logits, targets, true, grad_scale);
+    copy(dlogits, logits);
+  }
+  // router
+  virtual void router_scores_topk_impl(const Tensor& scores, const Tensor& lse,
+                                       const Tensor& topk_idx, const Tensor& gates,
+                                       const Tensor& logits, const Tensor& expert_bias,
+                                       const RoutingRule& rule) = 0;
+  virtual RouterPlanCounts router_plan_impl(const Tensor& slot_row, const Tensor& row_slot,
+                                            const Tensor& slot_expert,
+                                            const Tensor& assignments_per_expert,
+                                            const Tensor& topk_idx, const Tensor& gates,
+                                            const Tensor& logits, const Tensor& expert_bias,
+                                            const RoutingRule& rule) = 0;
+  virtual RouterLossValues router_losses_impl(const Tensor& scores, const Tensor& lse,
+                                              const Tensor& balance_counts,
+                                              const RoutingRule& rule) = 0;
+  virtual void router_backward_impl(const Tensor& dlogits, const Tensor& dgates,
+                                    const Tensor& scores, const Tensor& lse, const Tensor& logits,
+                                    const Tensor& topk_idx, const Tensor& balance_counts,
+                                    const RoutingRule& rule, double d_aux, double d_z) = 0;
+  // permute / unpermute, optimizer
+  virtual void permute_rows_impl(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot,
+                                 int64_t K) = 0;
+  virtual void permute_rows_backward_impl(const Tensor& dx, const Tensor& dx_perm,
+                                          const Tensor& slot_row, int64_t K) = 0;
+  virtual void unpermute_combine_impl(const Tensor& out, const Tensor& y_perm, const Tensor& gates,
+                                      const Tensor& slot_row) = 0;
+  virtual void unpermute_combine_backward_impl(const Tensor& dy_perm, const Tensor& dgates,
+                                               const Tensor& dout, const Tensor& y_perm,
+                                               const Tensor& gates, const Tensor& slot_row) = 0;
+  virtual void adamw_update_impl(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
+                                 const Tensor& exp_avg_sq, double lr, double beta1, double beta2,
+                                 double eps, double weight_decay, int64_t step) = 0;
+  virtual void sgd_update_impl(const Tensor& param, const Tensor& grad, double lr) = 0;
 };
 
 // The reference backend. `threads` limits BLAS threads (0: leave as is).

@@ -47,8 +47,8 @@ void for_each_segment(const char* op, const char* name, const Tensor& stacked, c
 
 }  // namespace
 
-void Backend::grouped_gemm(const Tensor& C, const Tensor& A, const Tensor& B, bool trans_b,
-                           std::span<const int64_t> rows_per_group, bool accumulate) {
+void Backend::grouped_gemm_impl(const Tensor& C, const Tensor& A, const Tensor& B, bool trans_b,
+                                std::span<const int64_t> rows_per_group, bool accumulate) {
   const char* op = "grouped_gemm";
   if (A.ndim() != 2 || B.ndim() != 3 || C.ndim() != 2)
     fail(op, "expected A [M, K], B [G, K, N] and C [M, N], got A " + shape_str(A.shape()) +
@@ -60,8 +60,8 @@ void Backend::grouped_gemm(const Tensor& C, const Tensor& A, const Tensor& B, bo
   });
 }
 
-void Backend::grouped_gemm_wgrad(const Tensor& C, const Tensor& A, const Tensor& B,
-                                 std::span<const int64_t> rows_per_group, bool accumulate) {
+void Backend::grouped_gemm_wgrad_impl(const Tensor& C, const Tensor& A, const Tensor& B,
+                                      std::span<const int64_t> rows_per_group, bool accumulate) {
   const char* op = "grouped_gemm_wgrad";
   if (A.ndim() != 2 || B.ndim() != 2 || C.ndim() != 3)
     fail(op, "expected A [M, K], B [M, N] and C [G, K, N], got A " + shape_str(A.shape()) +

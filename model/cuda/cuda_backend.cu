@@ -1,5 +1,7 @@
-// The CUDA backend: validates each op's shapes and dtypes (the mixed-precision rules of
-// backend.h), then enqueues the kernels of model/cuda/*.cu on the backend's stream.
+// The CUDA backend: enqueues the kernels of model/cuda/*.cu on the backend's stream. The ops'
+// contracts (the mixed-precision rules of backend.h) are checked before these run
+// (model/op_checks.cpp); here only what the device adds: i32 limits and aliasing rules of its
+// kernels, and that q and k differ for the joint rotary launch.
 //
 // Host synchronisations (everything else is asynchronous on the stream):
 //   read, read_i32, copy_to_host       the data must reach the host
@@ -25,6 +27,7 @@
 
 #include "model/cuda/cuda_backend.h"
 #include "model/cuda/kernels.h"
+#include "model/op_checks.h"
 
 namespace sy {
 namespace cuda {
@@ -187,74 +190,6 @@ class CachingAllocator {
 namespace {
 
 using cuda::Context;
-
-// ---- validation -----------------------------------------------------------------------------
-class Check {
- public:
-  Check(const Context& ctx, const char* op) : ctx_(ctx), op_(op) {}
-
-  [[noreturn]] void fail(const std::string& message) const { cuda::fail(ctx_, op_, message); }
-
-  void on_device(const Tensor& t, const char* name) const {
-    if (!t.defined()) fail(std::string(name) + " is undefined");
-    if (t.device() != Device::cuda) fail(std::string(name) + " is not on the cuda device");
-    if (t.numel() > 0 && t.data() == nullptr) fail(std::string(name) + " has no data");
-  }
-
-  DType float_dtype(const Tensor& t, const char* name) const {
-    on_device(t, name);
-    if (t.dtype() == DType::i32) fail(std::string(name) + " must be a float tensor, got i32");
-    return t.dtype();
-  }
-
-  DType wide_dtype(const Tensor& t, const char* name) const {
-    on_device(t, name);
-    if (t.dtype() != DType::f32 && t.dtype() != DType::f64)
-      fail(std::string(name) + " must be f32 or f64, got " + dtype_name(t.dtype()));
-    return t.dtype();
-  }
-
-  void dtype(const Tensor& t, DType dtype, const char* name) const {
-    on_device(t, name);
-    if (t.dtype() != dtype)
-      fail(std::string(name) + " must be " + dtype_name(dtype) + ", got " + dtype_name(t.dtype()));
-  }
-
-  void shape(const Tensor& t, const Shape& shape, const char* name) const {
-    if (t.shape() != shape)
-      fail(std::string(name) + ": expected shape " + shape_str(shape) + ", got " +
-           shape_str(t.shape()));
-  }
-
-  void ndim(const Tensor& t, int n, const char* name) const {
-    if (t.ndim() != n)
-      fail(std::string(name) + " must be " + std::to_string(n) + "-D, got " + shape_str(t.shape()));
-  }
-
-  void numel(const Tensor& t, int64_t n, const char* name) const {
-    if (t.numel() != n)
-      fail(std::string(name) + " must have " + std::to_string(n) + " elements, got " +
-           shape_str(t.shape()));
-  }
-
-  void positive(int64_t value, const char* name) const {
-    if (value <= 0) fail(std::string(name) + " must be positive, got " + std::to_string(value));
-  }
-
-  void fits_int(int64_t value, const char* name) const {
-    if (value > INT32_MAX) fail(std::string(name) + " too large for i32: " + std::to_string(value));
-  }
-
- private:
-  const Context& ctx_;
-  const char* op_;
-};
-
-bool overlaps(const Tensor& a, const Tensor& b) {
-  const char* a0 = static_cast<const char*>(a.data());
-  const char* b0 = static_cast<const char*>(b.data());
-  return a.nbytes() > 0 && b.nbytes() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
-}
 
 // ---- optional per-op profile ----------------------------------------------------------------
 // SY_CUDA_PROFILE=1: each op waits for the stream before and after it runs, and its time is
@@ -542,6 +477,7 @@ class CudaBackend final : public Backend {
   std::string name() const override {
     return "cuda:" + std::to_string(ctx_.device) + " (" + device_name_ + ")";
   }
+  std::string error_context(const char* op) const override { return cuda::where(ctx_, op); }
   size_t peak_memory_bytes() const override { return allocator_->peak_reserved(); }
   size_t available_memory_bytes() const override {
     size_t free_bytes = 0, total_bytes = 0;
@@ -554,11 +490,14 @@ class CudaBackend final : public Backend {
   std::string profile_report(int64_t steps) { return profile_.report(ctx_, name(), steps); }
   void* native_stream() override { return ctx_.stream; }
   void synchronize() override { SY_CUDA(ctx_, "synchronize", cudaStreamSynchronize(ctx_.stream)); }
+  void prefer_cudnn_attention(bool prefer) override { prefer_cudnn_attention_ = prefer; }
+  // The kernel that ran this backend's latest grouped op: "sm90", "mma" or "cublas" (the loop).
+  const std::string& grouped_kernel() const { return grouped_kernel_; }
+  const std::string& attention_kernel() const { return attention_kernel_; }
 
+ protected:
   // ---- memory ---------------------------------------------------------------------------------
-  Tensor alloc(const Shape& shape, DType dtype) override {
-    for (int64_t d : shape)
-      if (d < 0) Check(ctx_, "alloc").fail("negative dimension in " + shape_str(shape));
+  Tensor alloc_impl(const Shape& shape, DType dtype) override {
     const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
     size_t block = 0;
     void* data = allocator_->allocate(bytes, &block);
@@ -567,31 +506,23 @@ class CudaBackend final : public Backend {
     return Tensor(std::move(buffer), data, shape, dtype, Device::cuda);
   }
 
-  void fill(const Tensor& x, double value) override {
+  void fill_impl(const Tensor& x, double value) override {
     SY_PROFILE("fill");
-    Check(ctx_, "fill").on_device(x, "x");
     cuda::fill(ctx_, x, value);
   }
 
-  void copy(const Tensor& dst, const Tensor& src) override {
+  void copy_impl(const Tensor& dst, const Tensor& src) override {
     SY_PROFILE(std::string("copy ") + dtype_name(src.dtype()) + "->" + dtype_name(dst.dtype()));
-    const Check c(ctx_, "copy");
-    c.on_device(dst, "dst");
-    c.on_device(src, "src");
-    c.numel(dst, src.numel(), "dst");
     if (dst.data() == src.data() && dst.dtype() == src.dtype()) return;
-    if (dst.dtype() != src.dtype() && overlaps(dst, src))
-      c.fail("converting copy between overlapping tensors");
     cuda::convert(ctx_, dst, src);
   }
 
-  void write(const Tensor& dst, std::span<const float> host) override { write_host(dst, host); }
-  void write(const Tensor& dst, std::span<const double> host) override { write_host(dst, host); }
-  void write(const Tensor& dst, std::span<const int32_t> host) override { write_host(dst, host); }
+  void write_impl(const Tensor& t, std::span<const float> h) override { write_host(t, h); }
+  void write_impl(const Tensor& t, std::span<const double> h) override { write_host(t, h); }
+  void write_impl(const Tensor& t, std::span<const int32_t> h) override { write_host(t, h); }
 
-  std::vector<double> read(const Tensor& src) override {
+  std::vector<double> read_impl(const Tensor& src) override {
     SY_PROFILE("read");
-    Check(ctx_, "read").on_device(src, "src");
     std::vector<double> out(src.numel());
     cuda::dispatch_all(src.dtype(), [&]<class T>(cuda::Tag<T>) {
       std::vector<T> staging(src.numel());
@@ -601,137 +532,81 @@ class CudaBackend final : public Backend {
     return out;
   }
 
-  std::vector<int32_t> read_i32(const Tensor& src) override {
-    Check(ctx_, "read_i32").dtype(src, DType::i32, "src");
+  std::vector<int32_t> read_i32_impl(const Tensor& src) override {
     std::vector<int32_t> out(src.numel());
     read_bytes("read_i32", out.data(), src);
     return out;
   }
 
-  void copy_to_host(void* host, const Tensor& src) override {
-    Check(ctx_, "copy_to_host").on_device(src, "src");
+  void copy_to_host_impl(void* host, const Tensor& src) override {
     read_bytes("copy_to_host", host, src);
   }
 
-  void copy_from_host(const Tensor& dst, const void* host) override {
-    Check(ctx_, "copy_from_host").on_device(dst, "dst");
+  void copy_from_host_impl(const Tensor& dst, const void* host) override {
     if (dst.nbytes())
       SY_CUDA(ctx_, "copy_from_host",
               cudaMemcpyAsync(dst.data(), host, dst.nbytes(), cudaMemcpyHostToDevice, ctx_.stream));
   }
 
   // ---- linear algebra -------------------------------------------------------------------------
-  void gemm(const Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b,
-            double alpha, double beta) override {
+  void gemm_impl(const Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b,
+                 double alpha, double beta) override {
     SY_PROFILE(std::string("gemm ") + dtype_name(A.dtype()) + "->" + dtype_name(C.dtype()) + (trans_a ? " T" : " N") + (trans_b ? "T " : "N ") + shape_str({C.dim(0), C.dim(1), trans_a ? A.dim(0) : A.dim(1)}));
-    const Check c(ctx_, "gemm");
-    const DType ab = c.float_dtype(A, "A");
-    c.dtype(B, ab, "B");
-    const DType dc = c.float_dtype(C, "C");
-    if (dc != ab && !(ab == DType::bf16 && dc == DType::f32))
-      c.fail(std::string("C must be ") + dtype_name(ab) +
-             (ab == DType::bf16 ? " or f32" : "") + " for " + dtype_name(ab) + " A and B, got " +
-             dtype_name(dc));
-    c.ndim(C, 2, "C");
-    c.ndim(A, 2, "A");
-    c.ndim(B, 2, "B");
-    const int64_t M = C.dim(0), N = C.dim(1);
-    const int64_t K = trans_a ? A.dim(0) : A.dim(1);
-    if ((trans_a ? A.dim(1) : A.dim(0)) != M || (trans_b ? B.dim(1) : B.dim(0)) != K ||
-        (trans_b ? B.dim(0) : B.dim(1)) != N)
-      c.fail("C" + shape_str(C.shape()) + " = A" + shape_str(A.shape()) + (trans_a ? "^T" : "") +
-             " @ B" + shape_str(B.shape()) + (trans_b ? "^T" : "") + ": shapes do not match");
-    if (overlaps(C, A) || overlaps(C, B)) c.fail("C overlaps an input");
     cuda::gemm(ctx_, C, A, trans_a, B, trans_b, alpha, beta);
   }
 
   // ---- grouped GEMMs (grouped_gemm.cu): bf16 data on a grouped kernel, else the gemm loop ------
-  void grouped_gemm(const Tensor& C, const Tensor& A, const Tensor& B, bool trans_b,
-                    std::span<const int64_t> rows_per_group, bool accumulate) override {
-    const Check c(ctx_, "grouped_gemm");
-    check_grouped_dtypes(c, C, A, B);
-    c.ndim(A, 2, "A");
-    c.ndim(B, 3, "B");
-    c.ndim(C, 2, "C");
+  void grouped_gemm_impl(const Tensor& C, const Tensor& A, const Tensor& B, bool trans_b,
+                         std::span<const int64_t> rows_per_group, bool accumulate) override {
     const int64_t G = static_cast<int64_t>(rows_per_group.size()), M = A.dim(0), K = A.dim(1);
     const int64_t N = trans_b ? B.dim(1) : B.dim(2);
-    if (B.dim(0) != G || (trans_b ? B.dim(2) : B.dim(1)) != K)
-      c.fail("A" + shape_str(A.shape()) + " @ B" + shape_str(B.shape()) + (trans_b ? "^T" : "") +
-             " over " + std::to_string(G) + " segments: shapes do not match");
-    c.shape(C, {M, N}, "C");
-    check_segments(c, rows_per_group, M);
-    if (overlaps(C, A) || overlaps(C, B)) c.fail("C overlaps an input");
+    OpCheck(*this, "grouped_gemm").fits_int(M, "M");  // the kernels' row offsets are i32
     cuda::GroupedGemmArgs args;
     args.kind = cuda::GroupedGemmKind::forward;
     args.trans_b = trans_b;
     fill_grouped_args(args, C, A, B, G, M, K, N, accumulate);
     if (!run_grouped("grouped_gemm", trans_b ? " NT " : " NN ", A.dtype(), args, rows_per_group))
-      Backend::grouped_gemm(C, A, B, trans_b, rows_per_group, accumulate);
+      Backend::grouped_gemm_impl(C, A, B, trans_b, rows_per_group, accumulate);
   }
 
-  void grouped_gemm_wgrad(const Tensor& C, const Tensor& A, const Tensor& B,
-                          std::span<const int64_t> rows_per_group, bool accumulate) override {
-    const Check c(ctx_, "grouped_gemm_wgrad");
-    check_grouped_dtypes(c, C, A, B);
-    c.ndim(A, 2, "A");
-    c.ndim(B, 2, "B");
-    c.ndim(C, 3, "C");
+  void grouped_gemm_wgrad_impl(const Tensor& C, const Tensor& A, const Tensor& B,
+                               std::span<const int64_t> rows_per_group, bool accumulate) override {
     const int64_t G = static_cast<int64_t>(rows_per_group.size()), M = A.dim(0), K = A.dim(1);
     const int64_t N = B.dim(1);
-    c.shape(B, {M, N}, "B");
-    c.shape(C, {G, K, N}, "C");
-    check_segments(c, rows_per_group, M);
-    if (overlaps(C, A) || overlaps(C, B)) c.fail("C overlaps an input");
+    OpCheck(*this, "grouped_gemm_wgrad").fits_int(M, "M");  // the kernels' row offsets are i32
     cuda::GroupedGemmArgs args;
     args.kind = cuda::GroupedGemmKind::wgrad;
     fill_grouped_args(args, C, A, B, G, M, K, N, accumulate);
     if (!run_grouped("grouped_gemm_wgrad", " TN ", A.dtype(), args, rows_per_group))
-      Backend::grouped_gemm_wgrad(C, A, B, rows_per_group, accumulate);
+      Backend::grouped_gemm_wgrad_impl(C, A, B, rows_per_group, accumulate);
   }
 
-  // The kernel that ran this backend's latest grouped op: "sm90", "mma" or "cublas" (the loop).
-  const std::string& grouped_kernel() const { return grouped_kernel_; }
-
-  void add(const Tensor& y, const Tensor& x, double alpha) override {
+  void add_impl(const Tensor& y, const Tensor& x, double alpha) override {
     SY_PROFILE(std::string("add ") + dtype_name(y.dtype()) + "+=" + dtype_name(x.dtype()));
-    const Check c(ctx_, "add");
-    c.float_dtype(y, "y");
-    c.float_dtype(x, "x");
-    c.numel(x, y.numel(), "x");
     cuda::add(ctx_, y, x, alpha);
   }
 
-  void add_into(const Tensor& out, const Tensor& a, const Tensor& b) override {
+  void add_into_impl(const Tensor& out, const Tensor& a, const Tensor& b) override {
     {
       SY_PROFILE("add_into");
-      const Check c(ctx_, "add_into");
-      c.on_device(out, "out");
-      c.on_device(a, "a");
-      c.on_device(b, "b");
-      c.numel(a, out.numel(), "a");
-      c.numel(b, out.numel(), "b");
       if (cuda::add_into(ctx_, out, a, b)) return;
     }
-    Backend::add_into(out, a, b);
+    Backend::add_into_impl(out, a, b);
   }
 
-  void scale(const Tensor& y, double alpha) override {
+  void scale_impl(const Tensor& y, double alpha) override {
     SY_PROFILE("scale");
-    Check(ctx_, "scale").float_dtype(y, "y");
     cuda::scale(ctx_, y, alpha);
   }
 
-  double sum_squares(const Tensor& x) override {
+  double sum_squares_impl(const Tensor& x) override {
     double out = 0;
-    sum_squares_many(std::span<const Tensor>(&x, 1), std::span<double>(&out, 1));
+    sum_squares_many_impl(std::span<const Tensor>(&x, 1), std::span<double>(&out, 1));
     return out;
   }
 
-  void sum_squares_many(std::span<const Tensor> xs, std::span<double> out) override {
+  void sum_squares_many_impl(std::span<const Tensor> xs, std::span<double> out) override {
     SY_PROFILE("sum_squares_many");
-    const Check c(ctx_, "sum_squares");
-    if (out.size() != xs.size()) c.fail("one result per tensor needed");
-    for (const Tensor& x : xs) c.float_dtype(x, "x");
     if (xs.empty()) return;
     double* results =
         static_cast<double*>(ctx_.scratch(cuda::kScratchB, xs.size() * sizeof(double)));
@@ -740,130 +615,70 @@ class CudaBackend final : public Backend {
   }
 
   // ---- embedding ------------------------------------------------------------------------------
-  void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& table) override {
+  void embedding_forward_impl(const Tensor& out, const Tensor& tokens,
+                              const Tensor& table) override {
     SY_PROFILE("embedding_forward");
-    const Check c(ctx_, "embedding_forward");
-    c.float_dtype(table, "table");
-    c.float_dtype(out, "out");
-    c.dtype(tokens, DType::i32, "tokens");
-    c.ndim(table, 2, "table");
-    const int64_t N = tokens.numel(), D = table.dim(1);
-    c.shape(out, {N, D}, "out");
     cuda::embedding_forward(ctx_, out, tokens, table);
   }
 
-  void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& tokens) override {
+  void embedding_backward_impl(const Tensor& dtable, const Tensor& dout,
+                               const Tensor& tokens) override {
     SY_PROFILE("embedding_backward");
-    const Check c(ctx_, "embedding_backward");
-    c.wide_dtype(dtable, "dtable");
-    c.float_dtype(dout, "dout");
-    c.dtype(tokens, DType::i32, "tokens");
-    c.ndim(dtable, 2, "dtable");
-    const int64_t N = tokens.numel(), D = dtable.dim(1);
-    c.shape(dout, {N, D}, "dout");
     cuda::embedding_backward(ctx_, dtable, dout, tokens);
   }
 
   // ---- RMSNorm --------------------------------------------------------------------------------
-  void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x,
-                       const Tensor& gain) override {
+  void rmsnorm_forward_impl(const Tensor& out, const Tensor& rstd, const Tensor& x,
+                            const Tensor& gain) override {
     SY_PROFILE("rmsnorm_forward");
-    const Check c(ctx_, "rmsnorm_forward");
-    const DType dt = c.float_dtype(x, "x"), st = stat_dtype(dt);
-    c.dtype(out, dt, "out");
-    c.dtype(rstd, st, "rstd");
-    c.dtype(gain, st, "gain");
-    if (x.ndim() < 1) c.fail("x must have at least one axis");
-    const int64_t D = x.dim(-1);
-    c.positive(D, "last axis");
-    c.shape(out, x.shape(), "out");
-    c.numel(rstd, x.numel() / D, "rstd");
-    c.shape(gain, {D}, "gain");
     cuda::rmsnorm_forward(ctx_, out, rstd, x, gain);
   }
 
-  void rmsnorm_backward(const Tensor& dx, const Tensor& dgain, const Tensor& dout, const Tensor& x,
-                        const Tensor& gain, const Tensor& rstd) override {
+  void rmsnorm_backward_impl(const Tensor& dx, const Tensor& dgain, const Tensor& dout,
+                             const Tensor& x, const Tensor& gain, const Tensor& rstd) override {
     SY_PROFILE("rmsnorm_backward");
-    const Check c(ctx_, "rmsnorm_backward");
-    const DType dt = c.float_dtype(x, "x"), st = stat_dtype(dt);
-    c.dtype(dx, dt, "dx");
-    c.dtype(dout, dt, "dout");
-    c.dtype(dgain, st, "dgain");
-    c.dtype(gain, st, "gain");
-    c.dtype(rstd, st, "rstd");
-    if (x.ndim() < 1) c.fail("x must have at least one axis");
-    const int64_t D = x.dim(-1);
-    c.positive(D, "last axis");
-    c.shape(dx, x.shape(), "dx");
-    c.shape(dout, x.shape(), "dout");
-    c.shape(gain, {D}, "gain");
-    c.shape(dgain, {D}, "dgain");
-    c.numel(rstd, x.numel() / D, "rstd");
     cuda::rmsnorm_backward(ctx_, dx, dgain, dout, x, gain, rstd);
   }
 
   // ---- attention ------------------------------------------------------------------------------
-  void rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H) override {
+  void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H) override {
     rope("rope_forward", x, B, S, H, +1);
   }
 
-  void rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H) override {
+  void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H) override {
     rope("rope_backward", dx, B, S, H, -1);
   }
 
-  void rope_forward_qk(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H) override {
+  void rope_forward_qk_impl(const Tensor& q, const Tensor& k, int64_t B, int64_t S,
+                            int64_t H) override {
     rope_qk("rope_forward", q, k, B, S, H, +1);
   }
 
-  void rope_backward_qk(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S,
-                        int64_t H) override {
+  void rope_backward_qk_impl(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S,
+                             int64_t H) override {
     rope_qk("rope_backward", dq, dk, B, S, H, -1);
   }
 
-  void attention_forward(const Tensor& out, const Tensor& probs, const Tensor& q, const Tensor& k,
-                         const Tensor& v, int64_t B, int64_t S, int64_t H) override {
+  void attention_forward_impl(const Tensor& out, const Tensor& probs, const Tensor& q,
+                              const Tensor& k, const Tensor& v, int64_t B, int64_t S,
+                              int64_t H) override {
     SY_PROFILE("attention_forward");
-    const Check c(ctx_, "attention_forward");
-    const DType dt = c.float_dtype(q, "q");
-    for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}, {&probs, "probs"}})
-      c.dtype(*t, dt, name);
-    const int64_t Dh = head_width(c, q, B, S, H, "q");
-    for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}}) c.shape(*t, q.shape(), name);
-    c.shape(probs, {B, H, S, S}, "probs");
-    c.fits_int(Dh * H, "width");
     cuda::attention_forward(ctx_, out, probs, q, k, v, B, S, H);
   }
 
-  void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
-                          const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs,
-                          int64_t B, int64_t S, int64_t H) override {
+  void attention_backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                               const Tensor& dout, const Tensor& q, const Tensor& k,
+                               const Tensor& v, const Tensor& probs, int64_t B, int64_t S,
+                               int64_t H) override {
     SY_PROFILE("attention_backward");
-    const Check c(ctx_, "attention_backward");
-    const DType dt = c.float_dtype(q, "q");
-    for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"},
-                           {&k, "k"}, {&v, "v"}, {&probs, "probs"}})
-      c.dtype(*t, dt, name);
-    head_width(c, q, B, S, H, "q");
-    for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"},
-                           {&k, "k"}, {&v, "v"}})
-      c.shape(*t, q.shape(), name);
-    c.shape(probs, {B, H, S, S}, "probs");
     cuda::attention_backward(ctx_, dq, dk, dv, dout, q, k, v, probs, B, S, H);
   }
 
-  void flash_attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q,
-                               const Tensor& k, const Tensor& v, int64_t B, int64_t S,
-                               int64_t H) override {
+  void flash_attention_forward_impl(const Tensor& out, const Tensor& lse, const Tensor& q,
+                                    const Tensor& k, const Tensor& v, int64_t B, int64_t S,
+                                    int64_t H) override {
     SY_PROFILE("flash_attention_forward");
-    const Check c(ctx_, "flash_attention_forward");
-    const DType dt = c.float_dtype(q, "q");
-    for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}}) c.dtype(*t, dt, name);
-    c.dtype(lse, stat_dtype(dt), "lse");
-    head_width(c, q, B, S, H, "q");
-    for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}}) c.shape(*t, q.shape(), name);
-    c.shape(lse, {B, H, S}, "lse");
-    c.fits_int(B * S * H, "B*S*H");
+    OpCheck(*this, "flash_attention_forward").fits_int(B * S * H, "B*S*H");
     if (prefer_cudnn_attention_ &&
         cuda::cudnn_attention_forward(ctx_, out, lse, q, k, v, B, S, H, &attention_kernel_)) {
       attention_kernel_ = "cudnn";
@@ -873,23 +688,14 @@ class CudaBackend final : public Backend {
     attention_kernel_ = prefer_cudnn_attention_ ? "flash: " + attention_kernel_ : "flash";
   }
 
-  void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
-                                const Tensor& dout, const Tensor& q, const Tensor& k,
-                                const Tensor& v, const Tensor& out, const Tensor& lse, int64_t B,
-                                int64_t S, int64_t H) override {
+  void flash_attention_backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                                     const Tensor& dout, const Tensor& q, const Tensor& k,
+                                     const Tensor& v, const Tensor& out, const Tensor& lse,
+                                     int64_t B, int64_t S, int64_t H) override {
     SY_PROFILE("flash_attention_backward");
-    const Check c(ctx_, "flash_attention_backward");
-    const DType dt = c.float_dtype(q, "q");
-    for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"},
-                           {&k, "k"}, {&v, "v"}, {&out, "out"}})
-      c.dtype(*t, dt, name);
-    c.dtype(lse, stat_dtype(dt), "lse");
-    head_width(c, q, B, S, H, "q");
-    for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"},
-                           {&k, "k"}, {&v, "v"}, {&out, "out"}})
-      c.shape(*t, q.shape(), name);
-    c.shape(lse, {B, H, S}, "lse");
+    const OpCheck c(*this, "flash_attention_backward");
     c.fits_int(B * S * H, "B*S*H");
+    // The kernels write the gradients while they still read the inputs.
     for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}})
       for (const Tensor* in : {&dout, &q, &k, &v, &out})
         if (overlaps(*t, *in)) c.fail(std::string(name) + " overlaps an input");
@@ -903,185 +709,79 @@ class CudaBackend final : public Backend {
     attention_kernel_ = prefer_cudnn_attention_ ? "flash: " + attention_kernel_ : "flash";
   }
 
-  void prefer_cudnn_attention(bool prefer) override { prefer_cudnn_attention_ = prefer; }
-  const std::string& attention_kernel() const { return attention_kernel_; }
-
   // ---- SwiGLU ---------------------------------------------------------------------------------
-  void swiglu_forward(const Tensor& out, const Tensor& a, const Tensor& b) override {
+  void swiglu_forward_impl(const Tensor& out, const Tensor& a, const Tensor& b) override {
     SY_PROFILE("swiglu_forward");
-    const Check c(ctx_, "swiglu_forward");
-    const DType dt = c.float_dtype(a, "a");
-    c.dtype(b, dt, "b");
-    c.dtype(out, dt, "out");
-    c.shape(b, a.shape(), "b");
-    c.shape(out, a.shape(), "out");
     cuda::swiglu_forward(ctx_, out, a, b);
   }
 
-  void swiglu_backward(const Tensor& da, const Tensor& db, const Tensor& dout, const Tensor& a,
-                       const Tensor& b, const Tensor& hidden) override {
+  void swiglu_backward_impl(const Tensor& da, const Tensor& db, const Tensor& dout,
+                            const Tensor& a, const Tensor& b, const Tensor& hidden) override {
     SY_PROFILE("swiglu_backward");
-    const Check c(ctx_, "swiglu_backward");
-    const DType dt = c.float_dtype(a, "a");
-    for (auto [t, name] : {std::pair{&da, "da"}, {&db, "db"}, {&dout, "dout"}, {&b, "b"}}) {
-      c.dtype(*t, dt, name);
-      c.shape(*t, a.shape(), name);
-    }
-    if (hidden.defined()) {
-      c.on_device(hidden, "hidden");
-      c.dtype(hidden, dt, "hidden");
-      c.shape(hidden, a.shape(), "hidden");
-    }
     cuda::swiglu_backward(ctx_, da, db, dout, a, b, hidden);
   }
 
   // ---- cross-entropy --------------------------------------------------------------------------
-  void cross_entropy(const Tensor& losses, const Tensor& logits, const Tensor& targets,
-                     bool compute_grad, double grad_scale) override {
+  void cross_entropy_impl(const Tensor& losses, const Tensor& logits, const Tensor& targets,
+                          bool compute_grad, double grad_scale) override {
     SY_PROFILE("cross_entropy");
-    const Check c(ctx_, "cross_entropy");
-    const DType dt = c.float_dtype(logits, "logits");
-    c.dtype(losses, stat_dtype(dt), "losses");
-    c.dtype(targets, DType::i32, "targets");
-    c.ndim(logits, 2, "logits");
-    const int64_t N = logits.dim(0);
-    c.numel(losses, N, "losses");
-    c.numel(targets, N, "targets");
-    c.positive(logits.dim(1), "V");
     cuda::cross_entropy(ctx_, losses, logits, targets, compute_grad, grad_scale);
   }
 
-  void cross_entropy_into(const Tensor& losses, const Tensor& logits, const Tensor& targets,
-                          double grad_scale, const Tensor& dlogits) override {
+  void cross_entropy_into_impl(const Tensor& losses, const Tensor& logits, const Tensor& targets,
+                               double grad_scale, const Tensor& dlogits) override {
     {
       SY_PROFILE("cross_entropy");
-      const Check c(ctx_, "cross_entropy_into");
-      const DType dt = c.float_dtype(logits, "logits");
-      c.dtype(losses, stat_dtype(dt), "losses");
-      c.dtype(targets, DType::i32, "targets");
-      c.ndim(logits, 2, "logits");
-      c.float_dtype(dlogits, "dlogits");
-      c.shape(dlogits, logits.shape(), "dlogits");
-      const int64_t N = logits.dim(0);
-      c.numel(losses, N, "losses");
-      c.numel(targets, N, "targets");
-      c.positive(logits.dim(1), "V");
       if (cuda::cross_entropy_into(ctx_, losses, logits, targets, grad_scale, dlogits)) return;
     }
-    Backend::cross_entropy_into(losses, logits, targets, grad_scale, dlogits);
+    Backend::cross_entropy_into_impl(losses, logits, targets, grad_scale, dlogits);
   }
 
   // ---- router ---------------------------------------------------------------------------------
-  // The checks mirror the CPU backend's (cpu_backend.cpp), except that indices are not
-  // range-checked (that would read them back to the host).
-  static void check_top_k(const Check& c, int64_t K, int64_t E) {
-    if (K < 1 || K > E)
-      c.fail("K = " + std::to_string(K) + " outside [1, E = " + std::to_string(E) + "]");
-  }
-
-  // expert_bias is optional (undefined: no bias); when given, [E] in the router's dtype.
-  static void check_bias(const Check& c, const Tensor& bias, DType dtype, int64_t E) {
-    if (!bias.defined()) return;
-    c.dtype(bias, dtype, "expert_bias");
-    c.numel(bias, E, "expert_bias");
-  }
-
+ public:
   // The router's projection (router_projection.cu): f32 w with bf16 or f32 rows in one pass
-  // each way; anything else (f64 checks, w too large to stage) runs the reference path.
-  void check_router_projection(const Check& c, const Tensor& logits, const Tensor& u,
-                               const Tensor& w, const char* logits_name) const {
-    const DType dt = c.wide_dtype(w, "w");
-    c.float_dtype(u, "u");
-    c.dtype(logits, dt, logits_name);
-    c.ndim(w, 2, "w");
-    c.ndim(u, 2, "u");
-    const int64_t T = u.dim(0), D = w.dim(0), E = w.dim(1);
-    c.positive(E, "E");
-    c.fits_int(D * E, "D*E");
-    if (u.dim(1) != D)
-      c.fail("u" + shape_str(u.shape()) + " and w" + shape_str(w.shape()) + " do not match");
-    c.shape(logits, {T, E}, logits_name);
-  }
-
+  // each way; anything else (f64 checks, w too large to stage) runs the reference path, the
+  // default, which checks the contract again.
   void router_logits(const Tensor& logits, const Tensor& u, const Tensor& w) override {
     SY_PROFILE("router_logits");
-    const Check c(ctx_, "router_logits");
-    check_router_projection(c, logits, u, w, "logits");
-    if (overlaps(logits, u) || overlaps(logits, w)) c.fail("logits overlaps an input");
+    check_router_logits(*this, logits, u, w);
+    OpCheck(*this, "router_logits").fits_int(w.dim(0) * w.dim(1), "D*E");
     if (!cuda::router_logits(ctx_, logits, u, w)) Backend::router_logits(logits, u, w);
   }
 
   void router_logits_backward(const Tensor& dw, const Tensor& du, const Tensor& dlogits,
                               const Tensor& u, const Tensor& w, double dw_beta) override {
     SY_PROFILE("router_logits_backward");
-    const Check c(ctx_, "router_logits_backward");
-    check_router_projection(c, dlogits, u, w, "dlogits");
-    c.dtype(dw, w.dtype(), "dw");
-    c.shape(dw, w.shape(), "dw");
-    c.dtype(du, u.dtype(), "du");
-    c.shape(du, u.shape(), "du");
-    for (const Tensor* input : {&dlogits, &u, &w})
-      if (overlaps(du, *input) || overlaps(dw, *input)) c.fail("du or dw overlaps an input");
-    if (overlaps(du, dw)) c.fail("du overlaps dw");
+    check_router_logits_backward(*this, dw, du, dlogits, u, w);
+    OpCheck(*this, "router_logits_backward").fits_int(w.dim(0) * w.dim(1), "D*E");
     if (!cuda::router_logits_backward(ctx_, dw, du, dlogits, u, w, dw_beta))
       Backend::router_logits_backward(dw, du, dlogits, u, w, dw_beta);
   }
 
-  void router_scores_topk(const Tensor& scores, const Tensor& lse, const Tensor& topk_idx,
-                          const Tensor& gates, const Tensor& logits, const Tensor& expert_bias,
-                          const RoutingRule& rule) override {
+ protected:
+
+  void router_scores_topk_impl(const Tensor& scores, const Tensor& lse, const Tensor& topk_idx,
+                               const Tensor& gates, const Tensor& logits,
+                               const Tensor& expert_bias, const RoutingRule& rule) override {
     SY_PROFILE("router_scores_topk");
-    const Check c(ctx_, "router_scores_topk");
-    const DType dt = c.wide_dtype(logits, "logits");
-    c.dtype(scores, dt, "scores");
-    c.dtype(lse, dt, "lse");
-    c.dtype(gates, dt, "gates");
-    c.dtype(topk_idx, DType::i32, "topk_idx");
-    c.ndim(logits, 2, "logits");
-    const int64_t N = logits.dim(0), E = logits.dim(1), K = rule.top_k;
-    check_top_k(c, K, E);
-    c.shape(scores, logits.shape(), "scores");
-    c.numel(lse, N, "lse");
-    c.shape(topk_idx, {N, K}, "topk_idx");
-    c.shape(gates, {N, K}, "gates");
-    check_bias(c, expert_bias, dt, E);
     cuda::router_scores_topk(ctx_, scores, lse, topk_idx, gates, logits, expert_bias, rule);
   }
 
   // One host synchronisation: the kept counts and the reroute count, in one copy.
-  RouterPlanCounts router_plan(const Tensor& slot_row, const Tensor& row_slot,
-                               const Tensor& slot_expert, const Tensor& assignments_per_expert,
-                               const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
-                               const Tensor& expert_bias, const RoutingRule& rule) override {
+  RouterPlanCounts router_plan_impl(const Tensor& slot_row, const Tensor& row_slot,
+                                    const Tensor& slot_expert,
+                                    const Tensor& assignments_per_expert, const Tensor& topk_idx,
+                                    const Tensor& gates, const Tensor& logits,
+                                    const Tensor& expert_bias, const RoutingRule& rule) override {
     SY_PROFILE("router_plan");
-    const Check c(ctx_, "router_plan");
-    for (auto [t, name] : {std::pair{&slot_row, "slot_row"}, {&row_slot, "row_slot"},
-                           {&slot_expert, "slot_expert"},
-                           {&assignments_per_expert, "assignments_per_expert"},
-                           {&topk_idx, "topk_idx"}})
-      c.dtype(*t, DType::i32, name);
-    c.ndim(topk_idx, 2, "topk_idx");
-    c.ndim(logits, 2, "logits");
-    const DType dt = c.wide_dtype(logits, "logits");
-    c.dtype(gates, dt, "gates");
+    const OpCheck c(*this, "router_plan");
     const int64_t N = topk_idx.dim(0), K = topk_idx.dim(1), E = logits.dim(1);
-    c.positive(E, "E");
     c.fits_int(E, "E");
-    if (K != rule.top_k)
-      c.fail("topk_idx has " + std::to_string(K) + " columns, top_k is " +
-             std::to_string(rule.top_k));
-    c.fits_int(N * K, "T*K");
-    c.shape(logits, {N, E}, "logits");
-    c.shape(gates, {N, K}, "gates");
-    c.numel(slot_row, N * K, "slot_row");
-    c.numel(slot_expert, N * K, "slot_expert");
-    c.numel(assignments_per_expert, E, "assignments_per_expert");
     // Every assignment may be kept: row_slot must hold T*K rows, so that the device never
     // writes past it (the CPU checks the actual count instead).
     if (row_slot.numel() < N * K)
       c.fail("row_slot holds " + std::to_string(row_slot.numel()) + " rows, T*K = " +
              std::to_string(N * K) + " may be kept");
-    check_bias(c, expert_bias, dt, E);
     // The reroute walk keeps the kept counts in shared memory (48 KiB without opt-in).
     constexpr int64_t kMaxRerouteExperts = (48 << 10) / sizeof(int32_t);
     if (rule.overflow == Overflow::reroute && E > kMaxRerouteExperts)
@@ -1101,17 +801,10 @@ class CudaBackend final : public Backend {
   }
 
   // One host synchronisation: aux, z and the entropy, in one copy.
-  RouterLossValues router_losses(const Tensor& scores, const Tensor& lse,
-                                 const Tensor& balance_counts, const RoutingRule& rule) override {
+  RouterLossValues router_losses_impl(const Tensor& scores, const Tensor& lse,
+                                      const Tensor& balance_counts,
+                                      const RoutingRule& rule) override {
     SY_PROFILE("router_losses");
-    const Check c(ctx_, "router_losses");
-    const DType dt = c.wide_dtype(scores, "scores");
-    c.dtype(lse, dt, "lse");
-    c.dtype(balance_counts, DType::i32, "balance_counts");
-    c.ndim(scores, 2, "scores");
-    const int64_t N = scores.dim(0), E = scores.dim(1);
-    c.numel(lse, N, "lse");
-    c.numel(balance_counts, E, "balance_counts");
     double* out = static_cast<double*>(ctx_.scratch(cuda::kScratchB, 3 * sizeof(double)));
     cuda::router_losses(ctx_, scores, lse, balance_counts, rule, out);
     double host[3] = {0, 0, 0};
@@ -1119,135 +812,60 @@ class CudaBackend final : public Backend {
     return {host[0], host[1], host[2]};
   }
 
-  void router_backward(const Tensor& dlogits, const Tensor& dgates, const Tensor& scores,
-                       const Tensor& lse, const Tensor& logits, const Tensor& topk_idx,
-                       const Tensor& balance_counts, const RoutingRule& rule, double d_aux,
-                       double d_z) override {
+  void router_backward_impl(const Tensor& dlogits, const Tensor& dgates, const Tensor& scores,
+                            const Tensor& lse, const Tensor& logits, const Tensor& topk_idx,
+                            const Tensor& balance_counts, const RoutingRule& rule, double d_aux,
+                            double d_z) override {
     SY_PROFILE("router_backward");
-    const Check c(ctx_, "router_backward");
-    const DType dt = c.wide_dtype(scores, "scores");
-    for (auto [t, name] : {std::pair{&dlogits, "dlogits"}, {&dgates, "dgates"}, {&lse, "lse"},
-                           {&logits, "logits"}})
-      c.dtype(*t, dt, name);
-    c.dtype(topk_idx, DType::i32, "topk_idx");
-    c.dtype(balance_counts, DType::i32, "balance_counts");
-    c.ndim(scores, 2, "scores");
-    const int64_t N = scores.dim(0), E = scores.dim(1), K = rule.top_k;
-    check_top_k(c, K, E);
-    c.shape(dlogits, scores.shape(), "dlogits");
-    c.shape(logits, scores.shape(), "logits");
-    c.shape(dgates, {N, K}, "dgates");
-    c.numel(lse, N, "lse");
-    c.shape(topk_idx, {N, K}, "topk_idx");
-    c.numel(balance_counts, E, "balance_counts");
     cuda::router_backward(ctx_, dlogits, dgates, scores, lse, logits, topk_idx, balance_counts,
                           rule, d_aux, d_z);
   }
 
   // ---- permute / unpermute --------------------------------------------------------------------
-  void permute_rows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot,
-                    int64_t K) override {
+  void permute_rows_impl(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot,
+                         int64_t K) override {
     SY_PROFILE("permute_rows");
-    const Check c(ctx_, "permute_rows");
-    const DType dt = c.float_dtype(x, "x");
-    c.dtype(x_perm, dt, "x_perm");
-    c.dtype(row_slot, DType::i32, "row_slot");
-    c.ndim(x, 2, "x");
-    c.ndim(x_perm, 2, "x_perm");
-    c.positive(K, "K");
-    const int64_t D = x.dim(1), R = x_perm.dim(0);
-    c.shape(x_perm, {R, D}, "x_perm");
-    if (row_slot.numel() < R) c.numel(row_slot, R, "row_slot");
     cuda::permute_rows(ctx_, x_perm, x, row_slot, K);
   }
 
-  void permute_rows_backward(const Tensor& dx, const Tensor& dx_perm, const Tensor& slot_row,
-                             int64_t K) override {
+  void permute_rows_backward_impl(const Tensor& dx, const Tensor& dx_perm, const Tensor& slot_row,
+                                  int64_t K) override {
     SY_PROFILE("permute_rows_backward");
-    const Check c(ctx_, "permute_rows_backward");
-    const DType dt = c.float_dtype(dx, "dx");
-    c.dtype(dx_perm, dt, "dx_perm");
-    c.dtype(slot_row, DType::i32, "slot_row");
-    c.ndim(dx, 2, "dx");
-    c.ndim(dx_perm, 2, "dx_perm");
-    c.positive(K, "K");
-    const int64_t N = dx.dim(0), D = dx.dim(1), R = dx_perm.dim(0);
-    c.shape(dx_perm, {R, D}, "dx_perm");
-    c.numel(slot_row, N * K, "slot_row");
     cuda::permute_rows_backward(ctx_, dx, dx_perm, slot_row, K);
   }
 
-  void unpermute_combine(const Tensor& out, const Tensor& y_perm, const Tensor& gates,
-                         const Tensor& slot_row) override {
+  void unpermute_combine_impl(const Tensor& out, const Tensor& y_perm, const Tensor& gates,
+                              const Tensor& slot_row) override {
     SY_PROFILE("unpermute_combine");
-    const Check c(ctx_, "unpermute_combine");
-    const DType dt = c.float_dtype(out, "out");
-    c.dtype(y_perm, dt, "y_perm");
-    c.dtype(gates, stat_dtype(dt), "gates");
-    c.dtype(slot_row, DType::i32, "slot_row");
-    c.ndim(out, 2, "out");
-    c.ndim(y_perm, 2, "y_perm");
-    c.ndim(gates, 2, "gates");
-    const int64_t N = out.dim(0), D = out.dim(1), R = y_perm.dim(0), K = gates.dim(1);
-    c.shape(y_perm, {R, D}, "y_perm");
-    c.shape(gates, {N, K}, "gates");
-    c.numel(slot_row, N * K, "slot_row");
     cuda::unpermute_combine(ctx_, out, y_perm, gates, slot_row);
   }
 
-  void unpermute_combine_backward(const Tensor& dy_perm, const Tensor& dgates, const Tensor& dout,
-                                  const Tensor& y_perm, const Tensor& gates,
-                                  const Tensor& slot_row) override {
+  void unpermute_combine_backward_impl(const Tensor& dy_perm, const Tensor& dgates,
+                                       const Tensor& dout, const Tensor& y_perm,
+                                       const Tensor& gates, const Tensor& slot_row) override {
     SY_PROFILE("unpermute_combine_backward");
-    const Check c(ctx_, "unpermute_combine_backward");
-    const DType dt = c.float_dtype(dout, "dout"), st = stat_dtype(dt);
-    c.dtype(dy_perm, dt, "dy_perm");
-    c.dtype(y_perm, dt, "y_perm");
-    c.dtype(dgates, st, "dgates");
-    c.dtype(gates, st, "gates");
-    c.dtype(slot_row, DType::i32, "slot_row");
-    c.ndim(dout, 2, "dout");
-    c.ndim(y_perm, 2, "y_perm");
-    c.ndim(gates, 2, "gates");
-    const int64_t N = dout.dim(0), D = dout.dim(1), R = y_perm.dim(0), K = gates.dim(1);
-    c.shape(y_perm, {R, D}, "y_perm");
-    c.shape(dy_perm, {R, D}, "dy_perm");
-    c.shape(gates, {N, K}, "gates");
-    c.shape(dgates, {N, K}, "dgates");
-    c.numel(slot_row, N * K, "slot_row");
     cuda::unpermute_combine_backward(ctx_, dy_perm, dgates, dout, y_perm, gates, slot_row);
   }
 
   // ---- optimizer ------------------------------------------------------------------------------
-  void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
-                    const Tensor& exp_avg_sq, double lr, double beta1, double beta2, double eps,
-                    double weight_decay, int64_t step) override {
+  void adamw_update_impl(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
+                         const Tensor& exp_avg_sq, double lr, double beta1, double beta2,
+                         double eps, double weight_decay, int64_t step) override {
     SY_PROFILE("adamw_update");
-    const Check c(ctx_, "adamw_update");
-    const DType dt = c.wide_dtype(param, "param");
-    for (auto [t, name] : {std::pair{&grad, "grad"}, {&exp_avg, "exp_avg"},
-                           {&exp_avg_sq, "exp_avg_sq"}}) {
-      c.dtype(*t, dt, name);
-      c.numel(*t, param.numel(), name);
-    }
-    c.positive(step, "step");
     cuda::adamw_update(ctx_, param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps,
                        weight_decay, step);
   }
 
-  void sgd_update(const Tensor& param, const Tensor& grad, double lr) override {
+  void sgd_update_impl(const Tensor& param, const Tensor& grad, double lr) override {
     SY_PROFILE("sgd_update");
-    const Check c(ctx_, "sgd_update");
-    const DType dt = c.wide_dtype(param, "param");
-    c.dtype(grad, dt, "grad");
-    c.numel(grad, param.numel(), "grad");
     cuda::sgd_update(ctx_, param, grad, lr);
   }
 
+ public:
   // ---- the fused optimizer pass (adamw.cu): f32 masters in one launch, else per tensor -------
   void grad_norm_squares(std::span<Param* const> params, double& shared, double& expert) override {
     SY_PROFILE("grad_norm_squares");
-    const Check c(ctx_, "grad_norm_squares");
+    const OpCheck c(*this, "grad_norm_squares");
     bool all_f32 = true;
     for (const Param* param : params) {
       c.float_dtype(param->grad, (param->path + " grad").c_str());
@@ -1272,7 +890,7 @@ class CudaBackend final : public Backend {
   void fused_adamw_step(std::span<Param* const> params, std::span<const Tensor> exp_avgs,
                         std::span<const Tensor> exp_avg_sqs, const AdamWStep& hp) override {
     SY_PROFILE("fused_adamw_step");
-    const Check c(ctx_, "fused_adamw_step");
+    const OpCheck c(*this, "fused_adamw_step");
     if (exp_avgs.size() != params.size() || exp_avg_sqs.size() != params.size())
       c.fail(std::to_string(params.size()) + " params but " + std::to_string(exp_avgs.size()) +
              " exp_avg and " + std::to_string(exp_avg_sqs.size()) + " exp_avg_sq tensors");
@@ -1320,9 +938,6 @@ class CudaBackend final : public Backend {
   template <class H>
   void write_host(const Tensor& dst, std::span<const H> host) {
     SY_PROFILE("write");
-    const Check c(ctx_, "write");
-    c.on_device(dst, "dst");
-    c.numel(dst, static_cast<int64_t>(host.size()), "dst");
     if (host.empty()) return;
     cuda::dispatch_all(dst.dtype(), [&]<class T>(cuda::Tag<T>) {
       if constexpr (std::is_same_v<T, H>) {
@@ -1347,40 +962,19 @@ class CudaBackend final : public Backend {
     SY_CUDA(ctx_, op, cudaStreamSynchronize(ctx_.stream));
   }
 
-  static int64_t head_width(const Check& c, const Tensor& x, int64_t B, int64_t S, int64_t H,
-                            const char* name) {
-    c.positive(B, "B");
-    c.positive(S, "S");
-    c.positive(H, "H");
-    c.ndim(x, 2, name);
-    if (x.dim(0) != B * S)
-      c.fail(std::string(name) + " has " + std::to_string(x.dim(0)) + " rows, expected B*S = " +
-             std::to_string(B * S));
-    if (x.dim(1) % H != 0 || (x.dim(1) / H) % 2 != 0)
-      c.fail(std::string(name) + " width " + std::to_string(x.dim(1)) +
-             " is not H * (even Dh), H = " + std::to_string(H));
-    return x.dim(1) / H;
-  }
-
   void rope(const char* op, const Tensor& x, int64_t B, int64_t S, int64_t H, int sign) {
     SY_PROFILE(op);
-    const Check c(ctx_, op);
-    const DType dt = c.float_dtype(x, "x");
-    const int64_t Dh = head_width(c, x, B, S, H, "x");
-    const auto& [cos, sin] = rope_table(S, Dh, stat_dtype(dt));
+    const auto& [cos, sin] = rope_table(S, x.dim(1) / H, stat_dtype(x.dtype()));
     cuda::rope(ctx_, x, cos, sin, B, S, H, sign);
   }
 
+  // One launch for both: the kernel reads q's and k's rows together, so they must differ.
   void rope_qk(const char* op, const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H,
                int sign) {
     SY_PROFILE(op);
-    const Check c(ctx_, op);
-    const DType dt = c.float_dtype(q, "q");
-    c.dtype(k, dt, "k");
-    c.shape(k, q.shape(), "k");
-    if (q.numel() > 0 && q.data() == k.data()) c.fail("q and k are the same tensor");
-    const int64_t Dh = head_width(c, q, B, S, H, "q");
-    const auto& [cos, sin] = rope_table(S, Dh, stat_dtype(dt));
+    if (q.numel() > 0 && q.data() == k.data())
+      OpCheck(*this, op).fail("q and k are the same tensor");
+    const auto& [cos, sin] = rope_table(S, q.dim(1) / H, stat_dtype(q.dtype()));
     cuda::rope(ctx_, q, k, cos, sin, B, S, H, sign);
   }
 
@@ -1417,30 +1011,6 @@ class CudaBackend final : public Backend {
   cuda::MultiTensorTable norm_table_, adamw_table_;
 
   // ---- grouped GEMMs ----------------------------------------------------------------------------
-  // As gemm(): A and B of one float dtype, C of it or f32 with bf16 A and B.
-  static void check_grouped_dtypes(const Check& c, const Tensor& C, const Tensor& A,
-                                   const Tensor& B) {
-    const DType ab = c.float_dtype(A, "A");
-    c.dtype(B, ab, "B");
-    const DType dc = c.float_dtype(C, "C");
-    if (dc != ab && !(ab == DType::bf16 && dc == DType::f32))
-      c.fail(std::string("C must be ") + dtype_name(ab) + (ab == DType::bf16 ? " or f32" : "") +
-             " for " + dtype_name(ab) + " A and B, got " + dtype_name(dc));
-  }
-
-  // Sizes >= 0 that cover the M rows of A, with offsets that fit the kernels' i32.
-  static void check_segments(const Check& c, std::span<const int64_t> rows, int64_t M) {
-    c.fits_int(M, "M");
-    int64_t total = 0;
-    for (int64_t r : rows) {
-      if (r < 0) c.fail("negative segment size " + std::to_string(r));
-      total += r;
-    }
-    if (total != M)
-      c.fail("segment sizes sum to " + std::to_string(total) + ", A has " + std::to_string(M) +
-             " rows");
-  }
-
   static void fill_grouped_args(cuda::GroupedGemmArgs& args, const Tensor& C, const Tensor& A,
                                 const Tensor& B, int64_t G, int64_t M, int64_t K, int64_t N,
                                 bool accumulate) {

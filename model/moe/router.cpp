@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "model/buffers.h"
+#include "model/op_checks.h"
 
 namespace sy {
 
@@ -74,6 +75,7 @@ void Router::backward(Backend& backend, const Tensor& du, const Tensor& dgates, 
 // than w, a temporary copy in w's dtype (exact) feeds the GEMMs, and the input gradient is
 // written over it once the weight gradient has read it.
 void Backend::router_logits(const Tensor& logits, const Tensor& u, const Tensor& w) {
+  check_router_logits(*this, logits, u, w);
   if (u.dtype() == w.dtype()) {
     gemm(logits, u, false, w, false, 1.0, 0.0);
     return;
@@ -85,6 +87,7 @@ void Backend::router_logits(const Tensor& logits, const Tensor& u, const Tensor&
 
 void Backend::router_logits_backward(const Tensor& dw, const Tensor& du, const Tensor& dlogits,
                                      const Tensor& u, const Tensor& w, double dw_beta) {
+  check_router_logits_backward(*this, dw, du, dlogits, u, w);
   if (u.dtype() == w.dtype()) {
     gemm(dw, u, true, dlogits, false, 1.0, dw_beta);
     gemm(du, dlogits, false, w, true, 1.0, 1.0);
