@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
 
   sy::MoELayer layer;
   layer.exchange = &dispatcher;
-  layer.router.settings = {E, K, K > 1, 0.0};
+  layer.router.settings = {{.top_k = K}, E, 0.0};  // normalised iff K > 1
   layer.router.weight = random_param(*backend, {D, E}, 1, 0.02);
   layer.experts.w1 = random_param(*backend, {local, D, F}, 2 + groups.rank(), 0.02);
   layer.experts.w3 = random_param(*backend, {local, D, F}, 100 + groups.rank(), 0.02);

@@ -131,15 +131,15 @@ void write_batches(const std::string& path, const Config& config, const StepSamp
       .add("tie_embeddings", static_cast<int64_t>(m.tie_embeddings))
       .add("moe_layers", moe_layers)
       .add("num_experts", moe.num_experts)
-      .add("top_k", moe.top_k)
+      .add("top_k", moe.routing.top_k)
       .add("expert_hidden", moe.expert_hidden)
       .add("capacity_factor", moe.capacity_factor)
-      .add("normalize_topk", static_cast<int64_t>(moe.normalize()))
+      .add("normalize_topk", static_cast<int64_t>(moe.routing.normalizes()))
       .add("aux_loss_coef", moe.aux_loss_coef)
       .add("z_loss_coef", moe.z_loss_coef)
       .add("bias_update_rate", moe.bias_update_rate)
-      .add("aux_loss_scope", moe.aux_loss_scope)
-      .add("router_score", moe.router_score)
+      .add("aux_loss_scope", std::string(to_string(moe.aux_loss_scope)))
+      .add("router_score", std::string(to_string(moe.routing.score)))
       .add("optimizer", tc.optimizer)
       .add("lr", tc.lr)
       .add("min_lr", tc.min_lr)
@@ -265,7 +265,7 @@ int main(int argc, char** argv) {
         cuda_profile_begin(*backend);
 #endif
       }
-      if (step == 0) model.zero_grads();  // later steps: Optimizer::step leaves them zero
+      if (step == 0) model.zero_grads();  // later steps: Optimizer::step leaves them stale, to be overwritten
       double loss = 0;
       std::vector<std::vector<double>> load(n_moe);
       for (int64_t micro = 0; micro < tc.grad_accum_steps; ++micro) {

@@ -1,17 +1,17 @@
 #include "model/attention.h"
 
-#include <stdexcept>
-
 #include "model/buffers.h"
 
 namespace sy {
 
 bool Attention::uses_flash(const Backend& backend) const {
-  if (kernel == "flash" || kernel == "cudnn") return true;
-  if (kernel == "reference") return false;
-  if (kernel == "auto") return backend.device() != Device::cpu;
-  throw std::runtime_error("attention: unknown kernel \"" + kernel +
-                           "\" (expected auto, cudnn, flash or reference)");
+  switch (kernel) {
+    case AttentionKernel::flash:
+    case AttentionKernel::cudnn: return true;
+    case AttentionKernel::reference: return false;
+    case AttentionKernel::automatic: break;
+  }
+  return backend.device() != Device::cpu;
 }
 
 const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionShape shape) {
@@ -38,7 +38,7 @@ const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionSha
   backend.gemm(v, x, false, wv.compute_value(), false, 1.0, 0.0);
   backend.rope_forward_qk(q, k, shape.batch, shape.seq, shape.heads);
   // `cudnn`: the same flash ops, which the CUDA backend then runs on cuDNN where it can.
-  if (flash) backend.prefer_cudnn_attention(kernel == "cudnn");
+  if (flash) backend.prefer_cudnn_attention(kernel == AttentionKernel::cudnn);
   if (flash)
     backend.flash_attention_forward(context, lse, q, k, v, shape.batch, shape.seq, shape.heads);
   else
@@ -62,7 +62,7 @@ const Tensor& Attention::backward(Backend& backend, const Tensor& dout, const Te
   backend.gemm(dcontext, dout, false, wo.compute_value(), true, 1.0, 0.0);
   backend.gemm(wo.grad, context, true, dout, false, 1.0, wo.take_grad_beta());
 
-  if (lse.defined()) backend.prefer_cudnn_attention(kernel == "cudnn");
+  if (lse.defined()) backend.prefer_cudnn_attention(kernel == AttentionKernel::cudnn);
   if (lse.defined())  // the forward ran flash (out = context)
     backend.flash_attention_backward(dq, dk, dv, dcontext, q, k, v, context, lse, shape.batch,
                                      shape.seq, shape.heads);

@@ -11,6 +11,7 @@
 
 #include "model/backend.h"
 #include "model/buffers.h"
+#include "model/model_config.h"
 #include "model/param.h"
 
 namespace sy {
@@ -23,7 +24,7 @@ struct AttentionShape {
 
 struct Attention {
   Param wq, wk, wv, wo;  // [D, D]
-  std::string kernel = "auto";  // auto | cudnn | flash | reference (ModelConfig::attention_kernel)
+  AttentionKernel kernel = AttentionKernel::automatic;  // ModelConfig::attention_kernel
 
   // Shared scratch (the Transformer's); null: a private one. out and the backward buffers
   // come from it, so they are valid only until the next layer's forward or backward.
@@ -46,8 +47,7 @@ struct Attention {
   // Returns dx [T, D] (overwritten); weight gradients accumulate.
   const Tensor& backward(Backend& backend, const Tensor& dout, const Tensor& x,
                          AttentionShape shape);
-  // Whether this layer runs the flash kernel on `backend` (resolves `auto`); throws on an
-  // unknown kernel name.
+  // Whether this layer runs the flash kernel on `backend` (resolves `auto`).
   bool uses_flash(const Backend& backend) const;
 
  private:

@@ -20,23 +20,17 @@
 #include <vector>
 
 #include "model/param.h"
+#include "model/routing_policy.h"
 #include "model/tensor.h"
 
 namespace sy {
 
-// How a router scores, selects and caps its assignments (SPEC.md section 2; the balancing
-// options are in docs/load-balancing.md).
-enum class RouterScore { softmax, sigmoid };
-enum class DropPolicy { position, probability };  // which assignments an over-full expert keeps
-enum class Overflow { drop, reroute };             // what happens to the ones it does not
-
-struct RoutingRule {
-  int64_t top_k = 1;                      // K
-  RouterScore score = RouterScore::softmax;
-  bool normalize = false;                 // gates renormalised over the K selected scores
-  int64_t capacity = -1;                  // assignments per expert per routing group; < 0: dropless
-  DropPolicy drop_policy = DropPolicy::position;
-  Overflow overflow = Overflow::drop;
+// The routing policy (model/routing_policy.h) as the router ops apply it to one routing group
+// (Router::rule). The ops read top_k, score, drop_policy and overflow from the policy, and the
+// two resolved values below; not normalize_topk.
+struct RoutingRule : RoutingPolicy {
+  bool normalize = false;  // gates renormalised over the K selected scores (policy.normalizes())
+  int64_t capacity = -1;   // assignments per expert per routing group; < 0: dropless
 };
 
 struct RouterPlanCounts {
@@ -55,6 +49,9 @@ struct AdamWStep {
   int64_t step = 1;          // 1-based, for the bias correction
   double grad_scale = 1.0;   // the clip factor, folded into the update
   bool zero_grads = false;   // leave every grad zero afterwards
+  // The grads' contents are unspecified afterwards (the next backward overwrites them): a pass
+  // may skip writing them back. Ignored when zero_grads.
+  bool discard_grads = false;
 };
 
 // Every op is a non-virtual method that checks the op's contract, once, whatever the backend
@@ -303,6 +300,7 @@ class Backend {
   //                Param::decay ? hp.weight_decay : 0, hp.step)
   //   copy(compute, value)                      (when compute is defined and not value itself)
   //   fill(grad, 0)                             (when hp.zero_grads)
+  // With hp.discard_grads (and not zero_grads) the grads may be left scaled or as they were.
   // Equal bitwise to those per-tensor ops in f32; a fused pass reads and writes each element once.
   virtual void fused_adamw_step(std::span<Param* const> params, std::span<const Tensor> exp_avgs,
                                 std::span<const Tensor> exp_avg_sqs, const AdamWStep& hp);

@@ -7,8 +7,8 @@ void Embedding::forward(Backend& backend, const Tensor& out, const Tensor& token
 }
 
 void Embedding::backward(Backend& backend, const Tensor& dout, const Tensor& tokens) {
+  if (table.take_grad_needs_clear()) backend.fill(table.grad, 0.0);
   backend.embedding_backward(table.grad, dout, tokens);  // a scatter-add: always accumulates
-  table.grad_is_zero = false;
 }
 
 }  // namespace sy

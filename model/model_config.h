@@ -1,11 +1,18 @@
 // The sections of the config that shape the model (SPEC.md sections 1-2). They live with the
-// model so that model/ depends on nothing above it; trainer/config.h loads and validates them.
+// model so that model/ depends on nothing above it; trainer/config.cpp parses the YAML into them
+// (every choice-valued key into its enum, once) and validates them.
 #pragma once
 #include <cstdint>
-#include <string>
+#include <utility>
 #include <vector>
 
+#include "model/routing_policy.h"
+
 namespace sy {
+
+// model.attention_kernel: how attention computes softmax(q k^T) v (model/attention.h).
+// automatic: YAML `auto`.
+enum class AttentionKernel { automatic, cudnn, flash, reference };
 
 struct ModelConfig {
   int64_t vocab_size = 256;
@@ -15,33 +22,43 @@ struct ModelConfig {
   int64_t n_heads = 4;
   int64_t ffn_hidden = 512;   // dense SwiGLU width F
   bool tie_embeddings = true;
-  // How attention computes softmax(q k^T) v: auto | cudnn | flash | reference (model/attention.h).
-  std::string attention_kernel = "auto";
+  AttentionKernel attention_kernel = AttentionKernel::automatic;
+};
+
+// moe.expert_kernel: how the expert FFN runs its GEMMs (model/moe/experts.h). automatic: `auto`.
+enum class ExpertKernel { automatic, grouped, cublas };
+// moe.aux_loss_scope: over which routing choices the Switch loss counts f_e
+// (docs/load-balancing.md): this rank's micro-batch, or every rank's group of the micro-step.
+enum class AuxLossScope { micro_batch, global };
+
+// moe.layers: which layers hold an MoE FFN. YAML `all`, `every_<n>` (layers l with
+// (l + 1) % n == 0), or a sequence of layer indices.
+struct MoeLayers {
+  enum class Kind { all, every, list };
+  Kind kind = Kind::all;
+  int64_t every = 0;           // kind every: n
+  std::vector<int64_t> list;   // kind list: the indices as given
+
+  static MoeLayers every_nth(int64_t n) { return {Kind::every, n, {}}; }
+  static MoeLayers listed(std::vector<int64_t> layers) {
+    return {Kind::list, 0, std::move(layers)};
+  }
+  bool operator==(const MoeLayers&) const = default;
 };
 
 struct MoeConfig {
   int64_t num_experts = 0;            // 0: dense model
-  int64_t top_k = 2;
+  // top_k, router_score, normalize_topk, drop_policy, overflow (model/routing_policy.h).
+  RoutingPolicy routing;
   int64_t expert_hidden = 256;        // F_e
-  std::string layers = "all";         // "all", "every_<n>", or "list" (then layer_list is used)
-  std::vector<int64_t> layer_list;    // when YAML gives an explicit list
+  MoeLayers layers;
   double capacity_factor = 0.0;       // <= 0: dropless
-  int normalize_topk = -1;            // -1: default (true iff top_k > 1); 0/1 explicit
   double aux_loss_coef = 0.01;
   double z_loss_coef = 0.001;
   // Load balancing beyond the Switch aux loss (docs/load-balancing.md).
-  double bias_update_rate = 0.0;           // aux-loss-free balancing; 0: off
-  std::string aux_loss_scope = "micro_batch";  // micro_batch | global
-  std::string router_score = "softmax";    // softmax | sigmoid
-  std::string drop_policy = "position";    // position | probability
-  std::string overflow = "drop";           // drop | reroute
-  // How the expert FFN runs its GEMMs (model/moe/experts.h): auto | grouped | cublas.
-  std::string expert_kernel = "auto";
-
-  // Default: normalised when top_k > 1, and always for sigmoid scores (they do not sum to 1).
-  bool normalize() const {
-    return normalize_topk < 0 ? top_k > 1 || router_score == "sigmoid" : normalize_topk != 0;
-  }
+  double bias_update_rate = 0.0;      // aux-loss-free balancing; 0: off
+  AuxLossScope aux_loss_scope = AuxLossScope::micro_batch;
+  ExpertKernel expert_kernel = ExpertKernel::automatic;
 };
 
 }  // namespace sy

@@ -17,18 +17,31 @@ struct Param {
   Tensor compute;
   bool decay = true;       // AdamW weight decay applies: true iff ndim >= 2 (SPEC.md section 4)
   bool is_expert = false;  // an expert slice: reduced over the expert-data-parallel group only
-  // True while `grad` is known to hold zeros (set where grads are cleared: Transformer::zero_grads
-  // and the optimizer step). The first backward that adds into it may then write instead (a GEMM
-  // with beta 0 does not read C: one read of every weight gradient saved per step); x + 0 == x, so
-  // the values are the same either way.
-  bool grad_is_zero = false;
+  // What `grad` holds between backward passes:
+  //   live:  this step's gradient so far (ops add into it);
+  //   zero:  zeros (Transformer::zero_grads);
+  //   stale: nothing of the coming step: the optimizer's pass leaves it unspecified so that it
+  //          need not write it (AdamWStep::discard_grads); the next backward overwrites it.
+  // Zero or stale, the first GEMM into the grad may write instead of add (a GEMM with beta 0 does
+  // not read C: one read of every weight gradient saved per step, and no zeroing pass); x + 0 ==
+  // x, so the values are those of adding into zeros. An op that can only add (a scatter-add, a
+  // dgain +=) clears a stale grad first (take_grad_needs_clear).
+  enum class GradState { live, zero, stale };
+  GradState grad_state = GradState::live;
 
-  // The beta for the next GEMM that adds into `grad` (0 while it is known zero, else 1); the
-  // gradient is no longer known zero afterwards.
+  // The beta for the next GEMM that adds into `grad` (0 while it is zero or stale, else 1); the
+  // gradient is live afterwards.
   double take_grad_beta() {
-    const double beta = grad_is_zero ? 0.0 : 1.0;
-    grad_is_zero = false;
+    const double beta = grad_state == GradState::live ? 1.0 : 0.0;
+    grad_state = GradState::live;
     return beta;
+  }
+  // For an op that can only add into `grad`: true when the caller must clear it first (stale);
+  // the gradient is live afterwards.
+  bool take_grad_needs_clear() {
+    const bool stale = grad_state == GradState::stale;
+    grad_state = GradState::live;
+    return stale;
   }
 
   const Tensor& compute_value() const { return compute.defined() ? compute : value; }

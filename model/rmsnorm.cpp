@@ -13,8 +13,8 @@ const Tensor& RMSNorm::forward(Backend& backend, const Tensor& x) {
 
 const Tensor& RMSNorm::backward(Backend& backend, const Tensor& dout, const Tensor& x) {
   dx = scratch().get(backend, "norm.dx", x.shape(), x.dtype());
+  if (gain.take_grad_needs_clear()) backend.fill(gain.grad, 0.0);
   backend.rmsnorm_backward(dx, gain.grad, dout, x, gain.value, rstd);  // dgain +=
-  gain.grad_is_zero = false;
   return dx;
 }
 

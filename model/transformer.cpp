@@ -10,20 +10,6 @@ namespace sy {
 namespace {
 constexpr uint64_t kInitDomain = 0x1A17'5EED'0000'0001ull;  // keeps init streams apart from data
 constexpr double kInitStd = 0.02;
-
-RouterSettings router_settings(const MoeConfig& moe) {
-  RouterSettings settings;
-  settings.num_experts = moe.num_experts;
-  settings.top_k = moe.top_k;
-  settings.score = moe.router_score == "sigmoid" ? RouterScore::sigmoid : RouterScore::softmax;
-  settings.normalize = moe.normalize();
-  settings.capacity_factor = moe.capacity_factor;
-  settings.drop_policy =
-      moe.drop_policy == "probability" ? DropPolicy::probability : DropPolicy::position;
-  settings.overflow = moe.overflow == "reroute" ? Overflow::reroute : Overflow::drop;
-  return settings;
-}
-
 }  // namespace
 
 Recompute recompute_from_name(const std::string& name) {
@@ -112,7 +98,7 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
     layer.experts.workspace = shared;
     layer.experts.recompute = recompute_layer;
     layer.router.weight = make_param(prefix + "moe/router", {D, moe.num_experts}, false, false);
-    layer.router.settings = router_settings(moe);
+    layer.router.settings = {moe.routing, moe.num_experts, moe.capacity_factor};
     if (moe.bias_update_rate > 0)
       layer.router.expert_bias = backend_.zeros({moe.num_experts}, master_dtype_);
     layer.experts.w1 = make_param(prefix + "moe/experts/w1", {local, D, F}, true);
@@ -219,7 +205,7 @@ void Transformer::init_parameters(uint64_t seed) {
 void Transformer::zero_grads() {
   for (Param* param : params()) {
     backend_.fill(param->grad, 0.0);
-    param->grad_is_zero = true;
+    param->grad_state = Param::GradState::zero;
   }
 }
 
@@ -298,7 +284,7 @@ void Transformer::forward(int64_t batch, bool training) {
   const ModelConfig& m = options_.model;
   // Global-batch balancing is a training objective: evaluation routes the same either way and
   // need not wait for the other ranks.
-  const bool balance_over_world = training && options_.moe.aux_loss_scope == "global";
+  const bool balance_over_world = training && options_.moe.aux_loss_scope == AuxLossScope::global;
   for (Block& block : blocks_)
     if (block.moe) block.moe->balance_over_world = balance_over_world;
   const int64_t T = batch * m.seq_len, D = m.d_model;
@@ -352,6 +338,13 @@ void Transformer::backward(int64_t batch, double loss_scale) {
     backend_.add(dresidual_, block.attn_norm.backward(backend_, dattn_in, residual_[l]), 1.0);
   }
   embedding_.backward(backend_, dresidual_, inputs_);
+  // A parameter that no op of this pass wrote has a zero gradient; a stale grad must not reach
+  // the gradient sync and the optimizer as it is.
+  for (Param* param : params())
+    if (param->grad_state == Param::GradState::stale) {
+      backend_.fill(param->grad, 0.0);
+      param->grad_state = Param::GradState::zero;
+    }
 }
 
 Tensor Transformer::residual_mid(int64_t layer, int64_t tokens) {

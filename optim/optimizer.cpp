@@ -40,9 +40,9 @@ class AdamW : public Optimizer {
     hp.weight_decay = weight_decay_;  // the backend applies it where Param::decay
     hp.step = step_count_;
     hp.grad_scale = grad_scale;
-    hp.zero_grads = true;
+    hp.discard_grads = true;  // the next backward overwrites them (Param::GradState::stale)
     backend.fused_adamw_step(params, exp_avgs, exp_avg_sqs, hp);
-    for (Param* param : params) param->grad_is_zero = true;
+    for (Param* param : params) param->grad_state = Param::GradState::stale;
   }
 
   // Moments are keyed by path, so a param seen for the first time later still gets its own.
@@ -96,7 +96,7 @@ class Sgd : public Optimizer {
       if (param->compute.defined() && param->compute.data() != param->value.data())
         backend.copy(param->compute, param->value);
       backend.fill(param->grad, 0.0);
-      param->grad_is_zero = true;
+      param->grad_state = Param::GradState::zero;
     }
   }
 };

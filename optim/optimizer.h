@@ -3,10 +3,11 @@
 // keeps the state and the step count.
 //
 // The invariant that the training loops rely on: after Optimizer::step, every param's grad is
-// zero and every Param::compute copy holds the param's new value. The loops therefore zero the
+// ready for the next backward (stale: the next backward overwrites it, Param::GradState; SGD:
+// zero) and every Param::compute copy holds the param's new value. The loops therefore zero the
 // grads only before their first step and do not call Transformer::refresh_compute_weights()
-// after a step. On CUDA, AdamW does the clip scale, the update, the bf16 refresh and the zeroing
-// in one pass over the memory (Backend::fused_adamw_step, docs/cuda.md).
+// after a step. On CUDA, AdamW does the clip scale, the update and the bf16 refresh in one pass
+// over the memory, without writing the grads back (Backend::fused_adamw_step, docs/cuda.md).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -32,7 +33,8 @@ class Optimizer {
 
   // One update of every param from grad * grad_scale at learning rate `lr` (grad_scale: the clip
   // factor of optim/clip.h, applied as clip_gradients would); counts the step. Leaves every grad
-  // zero and every compute copy refreshed (the invariant above).
+  // stale (Param::GradState: the next backward overwrites it) or zero, and every compute copy
+  // refreshed (the invariant above).
   virtual void step(Backend& backend, std::vector<Param*>& params, double lr,
                     double grad_scale) = 0;
   // The same with grads that are already clipped, or not to be clipped.

@@ -12,6 +12,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -135,7 +136,7 @@ inline TransformerOptions small_model(bool tie, std::vector<bool> moe_layers,
   TransformerOptions options;
   options.model = {64, 16, 32, static_cast<int64_t>(moe_layers.size()), 2, 48, tie};  // V S D L H F
   options.moe.num_experts = 4;
-  options.moe.top_k = 2;
+  options.moe.routing.top_k = 2;
   options.moe.expert_hidden = 24;
   options.moe.capacity_factor = capacity_factor;
   options.moe.aux_loss_coef = 0.05;
@@ -151,14 +152,14 @@ struct Built {
 
 // The model of `options` in `compute` with fp32 masters, initialised from `seed`, router weights
 // scaled by `router_scale` (to separate the top-k choices). expert_kernel: as options says when
-// empty.
+// not given.
 inline Built build(Backend& backend, TransformerOptions options, DType compute, uint64_t seed,
-                   double router_scale, const std::string& expert_kernel = "") {
+                   double router_scale, std::optional<ExpertKernel> expert_kernel = {}) {
   Built b;
   b.exchange = std::make_unique<LocalExchange>(backend, options.moe.num_experts);
   options.dtype = compute;
   options.master_dtype = DType::f32;
-  if (!expert_kernel.empty()) options.moe.expert_kernel = expert_kernel;
+  if (expert_kernel) options.moe.expert_kernel = *expert_kernel;
   b.model = std::make_unique<Transformer>(backend, options, b.exchange.get());
   b.model->init_parameters(seed);
   for (Param* p : b.model->params())

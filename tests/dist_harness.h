@@ -71,7 +71,7 @@ class DistTrain : public ::testing::Test {
     c.seed = 7;
     c.model = {256, 16, 16, 2, 2, 32, true};
     c.moe.num_experts = 4;
-    c.moe.top_k = 2;
+    c.moe.routing.top_k = 2;
     c.moe.expert_hidden = 16;
     c.train.micro_batch_size = 2;
     c.train.steps = 20;

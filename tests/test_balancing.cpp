@@ -88,7 +88,7 @@ class Balancing : public ::testing::Test {
 
 RoutingRule rule_of(int64_t K, RouterScore score, bool normalize, int64_t capacity = -1,
                     DropPolicy policy = DropPolicy::position, Overflow overflow = Overflow::drop) {
-  return {K, score, normalize, capacity, policy, overflow};
+  return {{.top_k = K, .score = score, .drop_policy = policy, .overflow = overflow}, normalize, capacity};
 }
 
 // The dropped assignments t*K+k.
@@ -310,7 +310,7 @@ TransformerOptions one_moe_layer(double rate) {
   TransformerOptions options;
   options.model = {16, 8, 8, 1, 2, 16, true};  // V, S, D, L, H, F, tie
   options.moe.num_experts = 4;
-  options.moe.top_k = 1;
+  options.moe.routing.top_k = 1;
   options.moe.expert_hidden = 8;
   options.moe.bias_update_rate = rate;
   options.moe_layers = {true};
@@ -392,7 +392,7 @@ TEST_F(Balancing, MoEBuffersAreAllocatedOnceWhateverTheRouting) {
     MoELayer moe;
     moe.exchange = &exchange;
     moe.router.weight = test::random_param(*be, "router", {D, E}, 61);  // overwritten per trial
-    moe.router.settings = {E, 2, true, capacity_factor};
+    moe.router.settings = {{.top_k = 2}, E, capacity_factor};
     moe.experts.w1 = test::random_param(*be, "w1", {E, D, F}, 62);
     moe.experts.w3 = test::random_param(*be, "w3", {E, D, F}, 63);
     moe.experts.w2 = test::random_param(*be, "w2", {E, F, D}, 64);
@@ -445,7 +445,7 @@ class BalancingTrain : public ::testing::Test {
     Config c;
     c.model = {256, 16, 32, 2, 2, 64, true};
     c.moe.num_experts = 4;
-    c.moe.top_k = 2;
+    c.moe.routing.top_k = 2;
     c.moe.expert_hidden = 32;
     c.moe.capacity_factor = 1.0;
     c.train.micro_batch_size = 4;
@@ -467,7 +467,7 @@ TEST_F(BalancingTrain, GlobalScopeOnOneRankEqualsMicroBatchScope) {
   // With one rank, the groups of a micro-step are the rank's own group: the same objective.
   Config micro = config("micro");
   Config global = config("global");
-  global.moe.aux_loss_scope = "global";
+  global.moe.aux_loss_scope = AuxLossScope::global;
   const TrainSummary a = train(micro, {.print = false, .collect_parameters = true});
   const TrainSummary b = train(global, {.print = false, .collect_parameters = true});
   EXPECT_EQ(a.losses, b.losses);
@@ -478,10 +478,10 @@ TEST_F(BalancingTrain, GlobalScopeOnOneRankEqualsMicroBatchScope) {
 
 TEST_F(BalancingTrain, EveryOptionTrainsAndLogsItsMetrics) {
   Config c = config("all_options");
-  c.moe.router_score = "sigmoid";
+  c.moe.routing.score = RouterScore::sigmoid;
   c.moe.bias_update_rate = 0.01;
-  c.moe.drop_policy = "probability";
-  c.moe.overflow = "reroute";
+  c.moe.routing.drop_policy = DropPolicy::probability;
+  c.moe.routing.overflow = Overflow::reroute;
   c.moe.capacity_factor = 0.75;
   const TrainSummary summary = train(c, {.print = false});
   EXPECT_LT(summary.losses.back(), summary.losses.front() - 0.5);

@@ -49,9 +49,9 @@ class CheckpointTest : public ::testing::Test {
     c.seed = 11;
     c.model = {256, 16, 16, 2, 2, 32, true};
     c.moe.num_experts = 4;
-    c.moe.top_k = 2;
+    c.moe.routing.top_k = 2;
     c.moe.expert_hidden = 16;
-    c.moe.layers = "every_2";  // layer 0 dense, layer 1 MoE: both kinds of FFN in the file
+    c.moe.layers = MoeLayers::every_nth(2);  // layer 0 dense, layer 1 MoE: both kinds of FFN in the file
     c.train.micro_batch_size = 2;
     c.train.grad_accum_steps = 2;
     c.train.steps = 20;
@@ -303,7 +303,7 @@ TEST_F(CheckpointTest, BadCheckpoints) {
                   "format_version 2 is newer than this build reads (1)");
   Config wider = c;
   wider.model.d_model = 32;
-  wider.moe.top_k = 1;
+  wider.moe.routing.top_k = 1;
   wider.moe.aux_loss_coef = 0.1;  // may change: not in the error
   const std::string message = resume_error("model_keys", [](const std::string&) {}, wider);
   expect_contains(message, "keys that shape the model: model.d_model (checkpoint 16, config 32), "
@@ -346,7 +346,7 @@ TEST(CompareConfigs, WhichKeysMayChange) {
   other.moe.z_loss_coef = 0.5;
   other.eval.batches = 3;
   other.moe.bias_update_rate = 0.001;
-  other.moe.overflow = "reroute";  // the balancing choices other than the rates shape the model
+  other.moe.routing.overflow = Overflow::reroute;  // the balancing choices other than the rates shape the model
   saved = config_to_yaml(other) + "extra:\n  unknown: 1\n";
   const ConfigDiff diff = compare_configs(saved, c);
   EXPECT_EQ(diff.errors, (std::vector<std::string>{"moe.num_experts (checkpoint 4, config 8)",

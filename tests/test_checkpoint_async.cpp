@@ -57,9 +57,9 @@ class CheckpointWriteTest : public ::testing::Test {
     c.seed = 5;
     c.model = {256, 16, 32, 2, 2, 32, true};
     c.moe.num_experts = 4;
-    c.moe.top_k = 2;
+    c.moe.routing.top_k = 2;
     c.moe.expert_hidden = 32;
-    c.moe.layers = "every_2";
+    c.moe.layers = MoeLayers::every_nth(2);
     c.train.micro_batch_size = 2;
     c.train.steps = 6;
     c.train.lr = 1e-2;

@@ -82,12 +82,12 @@ TEST(Config, LoadsExample) {
   EXPECT_EQ(c.model.ffn_hidden, 512);
   EXPECT_TRUE(c.model.tie_embeddings);
   EXPECT_EQ(c.moe.num_experts, 8);
-  EXPECT_EQ(c.moe.top_k, 2);
+  EXPECT_EQ(c.moe.routing.top_k, 2);
   EXPECT_EQ(c.moe.expert_hidden, 256);
-  EXPECT_EQ(c.moe.layers, "all");
+  EXPECT_EQ(c.moe.layers, MoeLayers{});
   EXPECT_EQ(c.moe.capacity_factor, 0.0);
-  EXPECT_EQ(c.moe.normalize_topk, -1);
-  EXPECT_TRUE(c.moe.normalize());
+  EXPECT_EQ(c.moe.routing.normalize_topk, TopkNormalize::by_default);
+  EXPECT_TRUE(c.moe.routing.normalizes());
   EXPECT_EQ(c.moe.aux_loss_coef, 0.01);
   EXPECT_EQ(c.moe.z_loss_coef, 0.001);
   EXPECT_EQ(c.parallel.expert_parallel, 1);
@@ -124,7 +124,7 @@ TEST(Config, LoadsTiny) {
   EXPECT_EQ(c.model.n_heads, 2);
   EXPECT_EQ(c.model.ffn_hidden, 32);
   EXPECT_EQ(c.moe.num_experts, 4);
-  EXPECT_EQ(c.moe.top_k, 2);
+  EXPECT_EQ(c.moe.routing.top_k, 2);
   EXPECT_EQ(c.moe.expert_hidden, 16);
   EXPECT_EQ(c.train.micro_batch_size, 4);
   EXPECT_EQ(c.train.steps, 30);
@@ -154,8 +154,7 @@ void expect_round_trip(const Config& original) {
   EXPECT_EQ(back.name, original.name);
   EXPECT_EQ(back.seed, original.seed);
   EXPECT_EQ(back.moe.layers, original.moe.layers);
-  EXPECT_EQ(back.moe.layer_list, original.moe.layer_list);
-  EXPECT_EQ(back.moe.normalize_topk, original.moe.normalize_topk);
+  EXPECT_EQ(back.moe.routing.normalize_topk, original.moe.routing.normalize_topk);
   EXPECT_EQ(back.moe.capacity_factor, original.moe.capacity_factor);  // bit-exact doubles
   EXPECT_EQ(back.train.lr, original.train.lr);
   EXPECT_EQ(back.train.min_lr, original.train.min_lr);
@@ -169,9 +168,8 @@ TEST(Config, RoundTripAwkwardValues) {
   Config c = load_config("configs/tiny.yaml");
   c.name = "a: \"quoted\" # not a comment \\ ";
   c.seed = 18446744073709551615ull;
-  c.moe.layers = "list";
-  c.moe.layer_list = {1, 0};
-  c.moe.normalize_topk = 0;
+  c.moe.layers = MoeLayers::listed({1, 0});
+  c.moe.routing.normalize_topk = TopkNormalize::off;
   c.moe.capacity_factor = 1.0 / 3.0;
   c.train.lr = 0.1 + 0.2;  // 0.30000000000000004
   c.train.min_lr = 1e-300;
@@ -179,12 +177,11 @@ TEST(Config, RoundTripAwkwardValues) {
   ASSERT_TRUE(validate_config(c).empty());
   expect_round_trip(c);
 
-  c.moe.layers = "every_2";
-  c.moe.layer_list.clear();
-  c.moe.normalize_topk = 1;
+  c.moe.layers = MoeLayers::every_nth(2);
+  c.moe.routing.normalize_topk = TopkNormalize::on;
   expect_round_trip(c);
 
-  c.moe.layers = "list";  // an empty list: dense
+  c.moe.layers = MoeLayers::listed({});  // an empty list: dense
   expect_round_trip(c);
 }
 
@@ -205,19 +202,18 @@ TEST(Config, Overrides) {
                                 "moe.top_k=1", "moe.top_k=3"});
   EXPECT_EQ(c.name, "other");
   EXPECT_EQ(c.seed, 3u);
-  EXPECT_EQ(c.moe.layers, "list");
-  EXPECT_EQ(c.moe.layer_list, (std::vector<int64_t>{1, 3}));
+  EXPECT_EQ(c.moe.layers, MoeLayers::listed({1, 3}));
   EXPECT_EQ(c.train.lr, 1e-3);
-  EXPECT_EQ(c.moe.normalize_topk, 0);
+  EXPECT_EQ(c.moe.routing.normalize_topk, TopkNormalize::off);
   EXPECT_EQ(c.checkpoint.dir, "");
   EXPECT_EQ(c.run.dir, "runs/x");
-  EXPECT_EQ(c.moe.top_k, 3);  // applied in order
+  EXPECT_EQ(c.moe.routing.top_k, 3);  // applied in order
 }
 
 TEST(Config, OverrideCreatesMissingSection) {
   const Config c = load_config(write_temp("name: x\n"), {"moe.num_experts=4", "moe.layers=every_2"});
   EXPECT_EQ(c.moe.num_experts, 4);
-  EXPECT_EQ(c.moe.layers, "every_2");
+  EXPECT_EQ(c.moe.layers, MoeLayers::every_nth(2));
 }
 
 TEST(Config, OverridesAreValidated) {
@@ -333,7 +329,7 @@ TEST(ConfigRules, LayersSpec) {
   EXPECT_TRUE(rejects("moe:\n  num_experts: 4\n  layers: every_0\n",
                       "moe.layers: every_<n> needs n >= 1, got every_0"));
   EXPECT_TRUE(rejects("moe:\n  num_experts: 4\n  layers: list\n",
-                      "moe.layers: expected all, every_<n> or a sequence of layer indices, got list"));
+                      "moe.layers: expected all, every_<n> or a sequence of layer indices, got \"list\""));
   EXPECT_TRUE(rejects("moe:\n  num_experts: 4\n  layers: {a: 1}\n",
                       "moe.layers: expected all, every_<n> or a sequence of layer indices, got a mapping"));
   EXPECT_TRUE(rejects("moe:\n  num_experts: 4\n  layers: [0, x]\n",
@@ -371,17 +367,18 @@ TEST(ConfigRules, BalancingOptions) {
                                {"moe.router_score=sigmoid", "moe.overflow=reroute",
                                 "moe.drop_policy=probability", "moe.aux_loss_scope=global",
                                 "moe.bias_update_rate=0.001"});
-  EXPECT_EQ(c.moe.router_score, "sigmoid");
-  EXPECT_EQ(c.moe.overflow, "reroute");
-  EXPECT_EQ(c.moe.drop_policy, "probability");
-  EXPECT_EQ(c.moe.aux_loss_scope, "global");
+  EXPECT_EQ(c.moe.routing.score, RouterScore::sigmoid);
+  EXPECT_EQ(c.moe.routing.overflow, Overflow::reroute);
+  EXPECT_EQ(c.moe.routing.drop_policy, DropPolicy::probability);
+  EXPECT_EQ(c.moe.aux_loss_scope, AuxLossScope::global);
   EXPECT_EQ(c.moe.bias_update_rate, 0.001);
-  EXPECT_TRUE(c.moe.normalize());  // sigmoid scores are normalised by default, also at top-1
+  // sigmoid scores are normalised by default, also at top-1
+  EXPECT_TRUE(c.moe.routing.normalizes());
   Config top1 = c;
-  top1.moe.top_k = 1;
-  EXPECT_TRUE(top1.moe.normalize());
-  top1.moe.router_score = "softmax";
-  EXPECT_FALSE(top1.moe.normalize());
+  top1.moe.routing.top_k = 1;
+  EXPECT_TRUE(top1.moe.routing.normalizes());
+  top1.moe.routing.score = RouterScore::softmax;
+  EXPECT_FALSE(top1.moe.routing.normalizes());
   expect_round_trip(c);
 }
 
@@ -432,7 +429,7 @@ TEST(ConfigRules, DataEvalCheckpointRun) {
 TEST(ConfigRules, ValidateConfigBuiltInCode) {
   Config c;
   c.moe.num_experts = 8;
-  c.moe.top_k = 9;
+  c.moe.routing.top_k = 9;
   const std::vector<std::string> errors = validate_config(c, "code");
   ASSERT_EQ(errors.size(), 1u);
   EXPECT_EQ(errors[0], "code: moe.top_k: 9 exceeds moe.num_experts (8)");
@@ -460,24 +457,23 @@ TEST(ConfigErrors, YamlSyntaxError) {
 
 // ---- moe_layer_mask ----------------------------------------------------------------------------------
 
-std::vector<bool> mask_of(int64_t n_layers, int64_t num_experts, const std::string& layers,
-                          std::vector<int64_t> list = {}) {
+std::vector<bool> mask_of(int64_t n_layers, int64_t num_experts, const MoeLayers& layers) {
   Config c;
   c.model.n_layers = n_layers;
   c.moe.num_experts = num_experts;
   c.moe.layers = layers;
-  c.moe.layer_list = std::move(list);
   return moe_layer_mask(c);
 }
 
 TEST(MoeLayerMask, Cases) {
-  EXPECT_EQ(mask_of(4, 8, "all"), (std::vector<bool>{true, true, true, true}));
-  EXPECT_EQ(mask_of(6, 8, "every_2"), (std::vector<bool>{false, true, false, true, false, true}));
-  EXPECT_EQ(mask_of(6, 8, "every_3"), (std::vector<bool>{false, false, true, false, false, true}));
-  EXPECT_EQ(mask_of(4, 8, "every_1"), (std::vector<bool>{true, true, true, true}));
-  EXPECT_EQ(mask_of(4, 8, "list", {0, 3}), (std::vector<bool>{true, false, false, true}));
-  EXPECT_EQ(mask_of(4, 8, "list", {}), (std::vector<bool>(4, false)));  // empty list: dense
-  EXPECT_EQ(mask_of(4, 0, "all"), (std::vector<bool>(4, false)));       // no experts: dense
+  using L = MoeLayers;
+  EXPECT_EQ(mask_of(4, 8, L{}), (std::vector<bool>{true, true, true, true}));
+  EXPECT_EQ(mask_of(6, 8, L::every_nth(2)), (std::vector<bool>{false, true, false, true, false, true}));
+  EXPECT_EQ(mask_of(6, 8, L::every_nth(3)), (std::vector<bool>{false, false, true, false, false, true}));
+  EXPECT_EQ(mask_of(4, 8, L::every_nth(1)), (std::vector<bool>{true, true, true, true}));
+  EXPECT_EQ(mask_of(4, 8, L::listed({0, 3})), (std::vector<bool>{true, false, false, true}));
+  EXPECT_EQ(mask_of(4, 8, L::listed({})), (std::vector<bool>(4, false)));  // empty list: dense
+  EXPECT_EQ(mask_of(4, 0, L{}), (std::vector<bool>(4, false)));            // no experts: dense
 }
 
 TEST(MoeLayerMask, FromYamlList) {

@@ -128,7 +128,7 @@ TEST_F(CudnnAttention, DeclinedCasesRunTheFlashKernels) {
 
 TEST(CudnnAttentionKernel, IsTheFlashPathInTheLayer) {
   Attention attention;
-  attention.kernel = "cudnn";
+  attention.kernel = AttentionKernel::cudnn;
   auto cpu = make_cpu_backend();
   EXPECT_TRUE(attention.uses_flash(*cpu));
 }

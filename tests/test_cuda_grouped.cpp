@@ -144,8 +144,8 @@ TEST(GroupedCpu, ModelWithGroupedExpertsIsBitwiseCublas) {
     const int64_t B = 2, T = B * options.model.seq_len;
     const std::vector<int32_t> inputs = tokens(T, options.model.vocab_size, 1);
     const std::vector<int32_t> targets = tokens(T, options.model.vocab_size, 2);
-    Built loop = build(*cpu, options, DType::f32, 7, 1.0, "cublas");
-    Built grouped = build(*cpu, options, DType::f32, 7, 1.0, "grouped");
+    Built loop = build(*cpu, options, DType::f32, 7, 1.0, ExpertKernel::cublas);
+    Built grouped = build(*cpu, options, DType::f32, 7, 1.0, ExpertKernel::grouped);
     loop.model->zero_grads();
     grouped.model->zero_grads();
     const GroupStats a = loop.model->forward_backward(inputs, targets, B, true, 0.5);
@@ -163,17 +163,20 @@ TEST(GroupedCpu, ModelWithGroupedExpertsIsBitwiseCublas) {
 }
 
 TEST(GroupedCpu, ConfigKeyValidates) {
-  Config config;
-  EXPECT_EQ(config.moe.expert_kernel, "auto");
-  for (const char* kernel : {"auto", "grouped", "cublas"}) {
-    config.moe.expert_kernel = kernel;
-    EXPECT_TRUE(validate_config(config).empty()) << kernel;
+  EXPECT_EQ(Config{}.moe.expert_kernel, ExpertKernel::automatic);
+  const std::pair<const char*, ExpertKernel> kernels[] = {{"auto", ExpertKernel::automatic},
+                                                          {"grouped", ExpertKernel::grouped},
+                                                          {"cublas", ExpertKernel::cublas}};
+  for (const auto& [name, kernel] : kernels) {
+    const Config config = load_config_text("", "<test>", {std::string("moe.expert_kernel=") + name});
+    EXPECT_EQ(config.moe.expert_kernel, kernel) << name;
+    EXPECT_NE(config_to_yaml(config).find("expert_kernel: \"" + std::string(name) + "\""),
+              std::string::npos) << name;
   }
-  config.moe.expert_kernel = "fast";
-  const std::vector<std::string> problems = validate_config(config);
+  std::vector<std::string> problems;
+  EXPECT_THROW(load_config_text("", "<test>", {"moe.expert_kernel=fast"}, &problems), ConfigError);
   ASSERT_EQ(problems.size(), 1u);
   EXPECT_NE(problems[0].find("moe.expert_kernel"), std::string::npos) << problems[0];
-  EXPECT_NE(config_to_yaml(Config{}).find("expert_kernel: "), std::string::npos);
 }
 
 // ---- GPU, per forced kernel -----------------------------------------------------------------
@@ -335,14 +338,14 @@ void compare_models(Backend& cpu, Backend& gpu, const std::string& kernel,
   uint64_t seed = 0;
   double margin = 0;
   while (margin < kMargin && seed < 1000) {
-    c = build(cpu, options, DType::f32, ++seed, kRouterScale, "cublas");
+    c = build(cpu, options, DType::f32, ++seed, kRouterScale, ExpertKernel::cublas);
     c.model->zero_grads();
     sc = c.model->forward_backward(inputs, targets, B, true, 0.5);
     margin = min_topk_margin(cpu, *c.model);
   }
   ASSERT_GE(margin, kMargin) << "no seed with well-separated routing";
-  Built loop = build(gpu, options, DType::bf16, seed, kRouterScale, "cublas");
-  Built grouped = build(gpu, options, DType::bf16, seed, kRouterScale, "grouped");
+  Built loop = build(gpu, options, DType::bf16, seed, kRouterScale, ExpertKernel::cublas);
+  Built grouped = build(gpu, options, DType::bf16, seed, kRouterScale, ExpertKernel::grouped);
   loop.model->zero_grads();
   grouped.model->zero_grads();
   const GroupStats sl = loop.model->forward_backward(inputs, targets, B, true, 0.5);

@@ -118,10 +118,10 @@ TEST_F(CudaModel, AllMoEDroplessBf16) {
 // comparison exercises the bias path, not its values), drops by gate and reroutes at capacity
 // factor 1.0 (which drops: the skewed routing of a fresh model overfills some experts).
 MoeConfig& balancing(MoeConfig& moe) {
-  moe.router_score = "sigmoid";
+  moe.routing.score = RouterScore::sigmoid;
   moe.bias_update_rate = 0.01;
-  moe.drop_policy = "probability";
-  moe.overflow = "reroute";
+  moe.routing.drop_policy = DropPolicy::probability;
+  moe.routing.overflow = Overflow::reroute;
   moe.capacity_factor = 1.0;
   return moe;
 }
@@ -153,7 +153,7 @@ TrainRun train(Backend& backend, DType compute, int64_t steps,
   TransformerOptions options;
   options.model = {256, 32, 64, 2, 4, 128, true};  // V S D L H F tie
   options.moe.num_experts = 4;
-  options.moe.top_k = 2;
+  options.moe.routing.top_k = 2;
   options.moe.expert_hidden = 64;
   options.moe_layers = {true, true};
   if (adjust) adjust(options.moe);

@@ -38,7 +38,7 @@ Result run(const Case& c, Recompute recompute) {
   TransformerOptions options;
   options.model = {97, 64, 64, static_cast<int64_t>(c.moe_layers.size()), 4, 160, false};
   options.moe.num_experts = 4;
-  options.moe.top_k = 2;
+  options.moe.routing.top_k = 2;
   options.moe.expert_hidden = 96;
   options.moe.capacity_factor = c.capacity_factor;
   options.moe.aux_loss_coef = 0.05;

@@ -137,7 +137,7 @@ void run_scenario(const Scenario& s) {
   auto make_layer = [&](TokenExchange& exchange, int64_t first_expert, int64_t count) {
     auto layer = std::make_unique<MoELayer>();
     layer->exchange = &exchange;
-    layer->router.settings = {E, K, K > 1, s.capacity_factor};
+    layer->router.settings = {{.top_k = K}, E, s.capacity_factor};  // normalised iff K > 1
     layer->router.weight = test::random_param(be, "router", {D, E}, 0);
     be.write(layer->router.weight.value, std::span<const double>(router));
     auto slice = [&](const std::vector<double>& full, const Shape& shape) {

@@ -30,10 +30,10 @@ TEST_F(DistTrain, EquivalenceDropless) {
 // is updated from the step's loads summed over all groups, so the layout still does not matter.
 TEST_F(DistTrain, EquivalenceWithEveryBalancingOption) {
   Config c = base_config();
-  c.moe.router_score = "sigmoid";
+  c.moe.routing.score = RouterScore::sigmoid;
   c.moe.bias_update_rate = 0.01;
-  c.moe.drop_policy = "probability";
-  c.moe.overflow = "reroute";
+  c.moe.routing.drop_policy = DropPolicy::probability;
+  c.moe.routing.overflow = Overflow::reroute;
   c.moe.capacity_factor = 0.75;  // E * C = 48 slots for 64 assignments: some are always dropped
   check_equivalence(c, "balancing");
 }
@@ -42,7 +42,7 @@ TEST_F(DistTrain, EquivalenceWithEveryBalancingOption) {
 // (by design), but not on P.
 TEST_F(DistTrain, GlobalAuxScopeDoesNotDependOnExpertParallel) {
   Config c = base_config();
-  c.moe.aux_loss_scope = "global";
+  c.moe.aux_loss_scope = AuxLossScope::global;
   c.moe.aux_loss_coef = 0.1;
   check_equivalence(c, "global_w2", {{2, 1, 2}, {2, 2, 2}});
   check_equivalence(c, "global_w4", {{4, 1, 1}, {4, 2, 1}, {4, 4, 1}});
@@ -50,7 +50,7 @@ TEST_F(DistTrain, GlobalAuxScopeDoesNotDependOnExpertParallel) {
 
 TEST_F(DistTrain, GlobalAuxScopeCountsEveryRanksGroup) {
   Config c = base_config();
-  c.moe.aux_loss_scope = "global";
+  c.moe.aux_loss_scope = AuxLossScope::global;
   c.parallel.expert_parallel = 2;
   ModelSession session = make_model_session(c, MPI_COMM_WORLD);
   const int64_t B = c.train.micro_batch_size, S = c.model.seq_len, T = B * S;

@@ -155,7 +155,7 @@ class Export : public ::testing::Test {
     c.seed = 5;
     c.model = {256, 16, 16, 2, 2, 24, true};  // V, S, D, L, H, F, tied
     c.moe.num_experts = 4;
-    c.moe.top_k = 2;
+    c.moe.routing.top_k = 2;
     c.moe.expert_hidden = 12;
     c.train.micro_batch_size = 2;
     c.train.steps = 3;
@@ -185,7 +185,7 @@ class Export : public ::testing::Test {
     dense.model.tie_embeddings = false;  // lm_head exported too
     dense_checkpoint = train_run(dense);
     Config mixed = base("mixed");
-    mixed.moe.layers = "every_2";
+    mixed.moe.layers = MoeLayers::every_nth(2);
     mixed.train.steps = 1;
     mixed_checkpoint = train_run(mixed);
   }
@@ -376,11 +376,11 @@ TEST_F(Export, RefusesWhatTransformersCannotExpress) {
 
   // Each key that cannot be mapped, named first in its one line.
   const std::vector<std::pair<std::function<void(Config&)>, std::string>> cases = {
-      {[](Config& c) { c.moe.router_score = "sigmoid"; }, "moe.router_score: sigmoid"},
+      {[](Config& c) { c.moe.routing.score = RouterScore::sigmoid; }, "moe.router_score: sigmoid"},
       {[](Config& c) { c.moe.bias_update_rate = 0.001; }, "moe.bias_update_rate: 0.001"},
       {[](Config& c) { c.moe.capacity_factor = 1.25; }, "moe.capacity_factor: 1.25"},
-      {[](Config& c) { c.moe.top_k = 1; }, "moe.normalize_topk: default (false at top_k 1)"},
-      {[](Config& c) { c.moe.normalize_topk = 0; }, "moe.normalize_topk: false"},
+      {[](Config& c) { c.moe.routing.top_k = 1; }, "moe.normalize_topk: default (false at top_k 1)"},
+      {[](Config& c) { c.moe.routing.normalize_topk = TopkNormalize::off; }, "moe.normalize_topk: false"},
   };
   for (const auto& [change, expected] : cases) {
     Config c = base("unused");
@@ -390,12 +390,12 @@ TEST_F(Export, RefusesWhatTransformersCannotExpress) {
     EXPECT_EQ(problem.find('\n'), std::string::npos);
   }
   Config normalised_top1 = base("unused");
-  normalised_top1.moe.top_k = 1;
-  normalised_top1.moe.normalize_topk = 1;
+  normalised_top1.moe.routing.top_k = 1;
+  normalised_top1.moe.routing.normalize_topk = TopkNormalize::on;
   EXPECT_EQ(hf_export_problem(normalised_top1), "") << "top-1 renormalised is Mixtral's gate 1";
   Config dense = base("unused");
   dense.moe.num_experts = 0;
-  dense.moe.router_score = "sigmoid";  // no router in a dense model
+  dense.moe.routing.score = RouterScore::sigmoid;  // no router in a dense model
   EXPECT_EQ(hf_export_problem(dense), "");
 }
 

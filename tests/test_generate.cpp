@@ -18,7 +18,7 @@ struct Fixture {
     TransformerOptions options;
     options.model = {256, 12, 16, 2, 2, 24, true};
     options.moe.num_experts = 4;
-    options.moe.top_k = 2;
+    options.moe.routing.top_k = 2;
     options.moe.expert_hidden = 8;
     options.moe_layers = {true, false};
     exchange = std::make_unique<LocalExchange>(*backend, 4);

@@ -129,7 +129,7 @@ void check_moe(Backend& be, int64_t K, double capacity_factor, bool normalize,
   moe.router.settings = balancing;
   moe.router.settings.num_experts = E;
   moe.router.settings.top_k = K;
-  moe.router.settings.normalize = normalize;
+  moe.router.settings.normalize_topk = normalize ? TopkNormalize::on : TopkNormalize::off;
   moe.router.settings.capacity_factor = capacity_factor;
   if (bias) {
     moe.router.expert_bias = be.alloc({E}, DType::f64);
@@ -193,7 +193,7 @@ void check_model(Backend& be, const std::string& layers, bool tie, double capaci
   TransformerOptions options;
   options.model = {32, 6, 8, 3, 2, 12, tie};  // V, S, D, L, H, F, tie
   options.moe.num_experts = 4;
-  options.moe.top_k = 2;
+  options.moe.routing.top_k = 2;
   options.moe.expert_hidden = 6;
   options.moe.capacity_factor = capacity_factor;
   options.moe.aux_loss_coef = 0.5;

@@ -33,9 +33,9 @@ Config small_config() {
   Config config;
   config.model = {64, 8, 16, 2, 2, 24, true};
   config.moe.num_experts = 4;
-  config.moe.top_k = 2;
+  config.moe.routing.top_k = 2;
   config.moe.expert_hidden = 8;
-  config.moe.layers = "all";
+  config.moe.layers = MoeLayers{};
   return config;
 }
 
@@ -47,7 +47,7 @@ TEST(Model, ParamPathsFollowTheCheckpointLayout) {
   auto backend = make_cpu_backend();
   Config config = small_config();
   config.model.tie_embeddings = false;
-  config.moe.layers = "every_2";
+  config.moe.layers = MoeLayers::every_nth(2);
   LocalExchange exchange(*backend, 4);
   Transformer model(*backend, options_of(config), &exchange);
   std::vector<std::string> paths;
@@ -117,7 +117,7 @@ TEST(Model, InitStatistics) {
 
 TEST(ModelCard, CountsMatchTheParameters) {
   auto backend = make_cpu_backend();
-  for (const char* layers : {"all", "every_2"}) {
+  for (const MoeLayers& layers : {MoeLayers{}, MoeLayers::every_nth(2)}) {
     for (bool tie : {true, false}) {
       Config config = small_config();
       config.moe.layers = layers;
@@ -130,7 +130,7 @@ TEST(ModelCard, CountsMatchTheParameters) {
         if (p->is_expert) experts += p->value.numel();
       }
       const ModelCard card = make_model_card(config);
-      EXPECT_EQ(card.total_params, total) << layers << " tie " << tie;
+      EXPECT_EQ(card.total_params, total) << to_string(layers) << " tie " << tie;
       EXPECT_EQ(card.expert_params, experts);
       // top_k of E experts are active per token.
       EXPECT_EQ(card.active_params, total - experts / 2);

@@ -9,6 +9,7 @@
 
 #include "model/cuda/cuda_backend.h"
 #include "model/rng.h"
+#include "parallel/launch.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/nccl_communicator.h"
 
@@ -19,7 +20,9 @@ class Nccl : public ::testing::Test {
  protected:
   void SetUp() override {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
-    backend = make_cuda_backend(cuda_device_for_local_rank());
+    const int world = world_rank();
+    backend = make_cuda_backend(
+        cuda_device_for_local_rank(host_local_rank(MPI_COMM_WORLD), world), world);
     MPI_Comm dup = MPI_COMM_NULL;
     MPI_Comm_dup(MPI_COMM_WORLD, &dup);
     nccl = std::make_unique<NcclCommunicator>(dup, static_cast<cudaStream_t>(backend->native_stream()));

@@ -316,8 +316,8 @@ TEST(FusedPass, AdamWStepEqualsThePerTensorOps) {
       if (fused[i].compute.defined()) {
         EXPECT_EQ(backend->read(fused[i].compute), backend->read(fused[i].value)) << what;
       }
-      const auto grad = backend->read(fused[i].grad);
-      EXPECT_EQ(grad, std::vector<double>(grad.size(), 0.0)) << what << ": grads zero after a step";
+      // The grads are left for the next backward to overwrite (tests/test_stale_grads.cpp).
+      EXPECT_EQ(fused[i].grad_state, Param::GradState::stale) << what;
     }
   }
 }

@@ -18,8 +18,9 @@ namespace {
 
 struct Case {
   std::string name;
-  std::string layers;       // moe.layers; "" for a dense model
-  std::string kernel;       // model.attention_kernel
+  bool moe;                 // false: a dense model
+  MoeLayers layers;         // moe.layers
+  AttentionKernel kernel;   // model.attention_kernel
   double capacity_factor;   // > 0: drops (the routing must be the stored one)
   DType dtype;              // compute (and master) dtype
 };
@@ -34,10 +35,10 @@ Result run(const Case& c, Recompute recompute) {
   Config config;
   config.model = {61, 12, 16, 3, 2, 24, false};  // V, S, D, L, H, F, tie
   config.model.attention_kernel = c.kernel;
-  config.moe.num_experts = c.layers.empty() ? 0 : 4;
-  config.moe.top_k = 2;
+  config.moe.num_experts = c.moe ? 4 : 0;
+  config.moe.routing.top_k = 2;
   config.moe.expert_hidden = 10;
-  config.moe.layers = c.layers.empty() ? "all" : c.layers;
+  config.moe.layers = c.layers;
   config.moe.capacity_factor = c.capacity_factor;
   config.moe.aux_loss_coef = 0.05;
   config.moe.z_loss_coef = 0.01;
@@ -46,7 +47,7 @@ Result run(const Case& c, Recompute recompute) {
   options.master_dtype = c.dtype;
   options.recompute = recompute;
   LocalExchange exchange(*backend, 4);
-  Transformer model(*backend, options, c.layers.empty() ? nullptr : &exchange);
+  Transformer model(*backend, options, c.moe ? &exchange : nullptr);
   model.init_parameters(5);
   model.zero_grads();
 
@@ -88,12 +89,14 @@ TEST_P(Recomputation, GivesBitwiseTheStoredLossAndGradients) {
 
 INSTANTIATE_TEST_SUITE_P(
     Configs, Recomputation,
-    ::testing::Values(Case{"dense_reference", "", "reference", 0.0, DType::f32},
-                      Case{"dense_flash", "", "flash", 0.0, DType::f32},
-                      Case{"moe_flash", "all", "flash", 0.0, DType::f32},
-                      Case{"moe_reference_capacity", "all", "reference", 1.0, DType::f32},
-                      Case{"mixed_flash_capacity", "every_2", "flash", 0.75, DType::f32},
-                      Case{"moe_f64", "all", "flash", 1.0, DType::f64}),
+    ::testing::Values(
+        Case{"dense_reference", false, {}, AttentionKernel::reference, 0.0, DType::f32},
+        Case{"dense_flash", false, {}, AttentionKernel::flash, 0.0, DType::f32},
+        Case{"moe_flash", true, {}, AttentionKernel::flash, 0.0, DType::f32},
+        Case{"moe_reference_capacity", true, {}, AttentionKernel::reference, 1.0, DType::f32},
+        Case{"mixed_flash_capacity", true, MoeLayers::every_nth(2), AttentionKernel::flash, 0.75,
+             DType::f32},
+        Case{"moe_f64", true, {}, AttentionKernel::flash, 1.0, DType::f64}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 TEST(Recomputation, ModeNames) {

@@ -134,7 +134,7 @@ class TensorBoardRun : public ::testing::Test {
     Config c;
     c.model = {256, 16, 32, 2, 2, 64, true};
     c.moe.num_experts = 4;
-    c.moe.top_k = 2;
+    c.moe.routing.top_k = 2;
     c.moe.expert_hidden = 32;
     c.moe.capacity_factor = 1.0;  // some drops, so that dropped_frac is not all zero
     c.train.micro_batch_size = 4;

@@ -212,7 +212,7 @@ TEST_F(TokenizerTest, GenerateDecodesWithTheStoredModel) {
   TransformerOptions options;
   options.model = {kVocab, 12, 16, 2, 2, 24, true};
   options.moe.num_experts = 4;
-  options.moe.top_k = 2;
+  options.moe.routing.top_k = 2;
   options.moe.expert_hidden = 8;
   options.moe_layers = {true, false};
   LocalExchange exchange(*backend, 4);

@@ -36,7 +36,7 @@ class TrainTest : public ::testing::Test {
     Config c;
     c.model = {256, 16, 32, 2, 2, 64, true};
     c.moe.num_experts = 4;
-    c.moe.top_k = 2;
+    c.moe.routing.top_k = 2;
     c.moe.expert_hidden = 32;
     c.moe.capacity_factor = 1.25;
     c.train.micro_batch_size = 4;

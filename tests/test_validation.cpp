@@ -161,7 +161,7 @@ TEST(LayoutNotes, SayWhenALayoutChangeChangesTheNumbers) {
   ASSERT_EQ(notes.size(), 1u);
   EXPECT_NE(notes[0].find("same micro_batch_size and the same global batch"), std::string::npos);
   EXPECT_NE(notes[0].find("grad_accum_steps 2"), std::string::npos) << notes[0];
-  moe.moe.aux_loss_scope = "global";
+  moe.moe.aux_loss_scope = AuxLossScope::global;
   EXPECT_EQ(layout_notes(moe).size(), 2u);
   Config dense;
   dense.moe.num_experts = 0;

@@ -1,6 +1,7 @@
 #include "trainer/checkpoint.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -29,13 +30,19 @@ std::function<void(const std::string&)>& test_hook() {
 
 // The run's tokenizer, copied from its token file (data.path) into the checkpoint, so that eval
 // and generate need only the checkpoint (docs/checkpoint.md, "Tokenizer"). Without a readable
-// token file (a model saved from code, in tests) the checkpoint carries none, as before.
+// token file (a model saved from code, in tests) the checkpoint carries none, as before, and
+// says so on stderr once per process (every later save would say the same).
 // Read on the calling (main) thread at each save, so that an asynchronous save's writer thread
 // touches no file but its own.
 std::optional<TokenData> read_run_tokenizer(const Config& config) {
   try {
     return read_token_file_tokenizer(config.data.path);
-  } catch (const std::exception&) {
+  } catch (const std::exception& error) {
+    static bool said = false;
+    if (!said)
+      std::fprintf(stderr, "note: checkpoints carry no tokenizer (eval and generate will need "
+                   "data.path): %s\n", error.what());
+    said = true;
     return std::nullopt;
   }
 }
@@ -82,7 +89,9 @@ void publish(Writer& out, const fs::path& temporary_path, const fs::path& final_
     if (!run_id.empty()) {
       try {
         if (provenance_run_id(read_checkpoint_header(path.string()).provenance) != run_id) continue;
-      } catch (const std::exception&) {
+      } catch (const std::exception& error) {
+        std::fprintf(stderr, "note: checkpoint.keep_last leaves %s alone: its run id cannot be "
+                     "read: %s\n", path.c_str(), error.what());
         continue;
       }
     }
@@ -399,6 +408,73 @@ LoadResult load_checkpoint(const std::string& path, const Config& config, Transf
   if (restore_optimizer) optimizer->set_step_count(result.header.optimizer_step);
   model.refresh_compute_weights();
   return result;
+}
+
+namespace {
+
+// The checkpoint `resume` names, or for "auto" the newest complete one in `dir` as rank 0 finds
+// it, passing over `failed` ("" when there is none). Collective over `world`.
+std::string resolve_resume(const std::string& resume, const std::string& dir, Communicator& world,
+                           std::vector<std::string>& messages,
+                           const std::vector<std::string>& failed) {
+  if (resume != "auto") return resume;
+  std::string found, problem;
+  std::vector<std::string> skipped;
+  if (world.rank() == 0) {
+    try {
+      found = find_latest_checkpoint(dir, &skipped, failed);
+    } catch (const std::exception& error) {
+      problem = dir + ": " + error.what();
+    }
+  }
+  agree_or_throw(world, problem);
+  found = world.all_gather_host(found)[0];
+  if (!failed.empty()) return found;  // what was skipped is said already
+  for (const std::string& line : skipped)  // rank 0's findings (only rank 0 reports them)
+    if (line.find("latest: missing") == std::string::npos || found.empty())
+      messages.push_back("resume auto: skipped " + line);
+  if (found.empty())
+    messages.push_back("resume auto: no checkpoint in " + dir + "; starting fresh");
+  return found;
+}
+
+}  // namespace
+
+ResumePoint resume_from(const std::string& resume, const std::string& dir, const Config& config,
+                        Transformer& model, Optimizer* optimizer, ProcessGroups& groups,
+                        Backend& backend) {
+  ResumePoint point;
+  std::vector<std::string> failed;
+  std::string first_error;
+  LoadResult loaded;
+  for (;;) {
+    point.path = resolve_resume(resume, dir, *groups.world, point.messages, failed);
+    if (point.path.empty()) {
+      if (!failed.empty()) throw CollectiveError(first_error);
+      return point;  // "auto" found nothing: a fresh start
+    }
+    try {
+      loaded = load_checkpoint(point.path, config, model, optimizer, groups, backend);
+      break;
+    } catch (const CollectiveError& error) {
+      if (resume != "auto") throw;
+      if (first_error.empty()) first_error = error.what();
+      failed.push_back(point.path);
+      point.messages.push_back(std::string("warning: resume auto: skipped ") + error.what() +
+                               "; trying an older checkpoint");
+    }
+  }
+  point.step = loaded.header.step;
+  point.run_id = provenance_run_id(loaded.header.provenance);
+  point.messages.push_back("resumed from " + point.path + " at step " + std::to_string(point.step));
+  for (const std::string& line : loaded.diff.notes)
+    point.messages.push_back("note: changed since the checkpoint: " + line);
+  for (const std::string& line : loaded.diff.warnings)
+    point.messages.push_back(
+        "warning: changed since the checkpoint: " + line +
+        "; the routing groups differ, so the run does not continue the checkpoint's trajectory "
+        "exactly");
+  return point;
 }
 
 }  // namespace sy

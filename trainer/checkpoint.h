@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "model/backend.h"
 #include "model/transformer.h"
@@ -69,6 +70,28 @@ struct LoadResult {
 // is loaded unless every check passed on every rank. Ends with model.refresh_compute_weights().
 LoadResult load_checkpoint(const std::string& path, const Config& config, Transformer& model,
                            Optimizer* optimizer, ProcessGroups& groups, Backend& backend);
+
+// `train --resume`: the point a run continues from.
+struct ResumePoint {
+  std::string path;    // the checkpoint loaded; "" when "auto" found none (the run starts fresh)
+  int64_t step = 0;    // its step: training continues at step + 1 (0 when fresh)
+  std::string run_id;  // its provenance's run id ("" when fresh, or written before run ids)
+  // What resuming has to say, for rank 0 to print (a line starting "warning" on stderr):
+  // checkpoints passed over, "resumed from <path> at step <step>", the config's changes.
+  std::vector<std::string> messages;
+};
+
+// Collective over groups.world: resumes from `resume`, a checkpoint's path, or "auto": the newest
+// complete checkpoint in `dir` as world rank 0 finds it (find_latest_checkpoint), falling back
+// past one that looked complete but does not load (a damaged tensor) to the next older one; "auto"
+// with no checkpoint at all starts fresh. Loads as load_checkpoint does (the parameters, the
+// optimizer's moments and step count when `optimizer` is given). A failed load may have read
+// some tensors, but the next one overwrites every tensor and moment. Raises CollectiveError on
+// every rank when a named checkpoint does not load, or when no candidate of "auto" does (the
+// newest one's error).
+ResumePoint resume_from(const std::string& resume, const std::string& dir, const Config& config,
+                        Transformer& model, Optimizer* optimizer, ProcessGroups& groups,
+                        Backend& backend);
 
 // Tests only: called on the writing rank after the temporary file is complete (flushed and
 // fsynced) and before it is renamed into place, with the temporary file's path. Throwing from it

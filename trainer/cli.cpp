@@ -1,7 +1,6 @@
 #include "trainer/cli.h"
 
 #include <H5public.h>
-#include <mpi.h>
 
 #include <algorithm>
 #include <cctype>
@@ -10,6 +9,7 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "parallel/launch.h"
 #include "trainer/checkpoint.h"
 #include "trainer/version.h"
 
@@ -44,18 +44,6 @@ std::string compiler() {
 #endif
 }
 
-// The MPI library's own name for itself, up to its first comma ("Open MPI v4.1.4"). MPI-3 allows
-// this call before MPI_Init, so --version works where MPI cannot start.
-std::string mpi_library() {
-  char text[MPI_MAX_LIBRARY_VERSION_STRING] = {};
-  int length = 0;
-  if (MPI_Get_library_version(text, &length) != MPI_SUCCESS) return "unknown";
-  std::string name(text, static_cast<size_t>(std::max(0, length)));
-  const size_t cut = name.find_first_of(",\n");
-  if (cut != std::string::npos) name.resize(cut);
-  return name;
-}
-
 // The key of a --set KEY=VALUE, without surrounding spaces.
 std::string override_key(const std::string& text) {
   std::string key = text.substr(0, text.find('='));
@@ -82,7 +70,7 @@ std::string first_line(const fs::path& path) {
 std::string version_report() {
   std::string out = "switchyard " SY_VERSION " (git " SY_GIT_COMMIT ")\n";
   out += "  build:  " SY_BUILD_TYPE ", " + compiler() + ", C++20\n";
-  out += "  MPI:    " + mpi_library() + "\n";
+  out += "  MPI:    " + mpi_library_name() + "\n";
   out += "  HDF5:   " + std::to_string(H5_VERS_MAJOR) + "." + std::to_string(H5_VERS_MINOR) + "." +
          std::to_string(H5_VERS_RELEASE) + "\n";
   out += "  CUDA:   " SY_BUILD_CUDA "\n";

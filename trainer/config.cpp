@@ -16,27 +16,109 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <set>
 #include <sstream>
+#include <utility>
 #include <variant>
+
+#include "trainer/yaml_quote.h"
 
 namespace sy {
 
 namespace {
 
+// ---- choice-valued keys -------------------------------------------------------------------------
+
+// The YAML name of every value of each enum: reading, writing and the list of allowed values in
+// an error all come from this one table per enum.
+template <class E>
+struct ChoiceNames;
+template <>
+struct ChoiceNames<AttentionKernel> {
+  static constexpr std::pair<AttentionKernel, const char*> names[] = {
+      {AttentionKernel::automatic, "auto"},
+      {AttentionKernel::cudnn, "cudnn"},
+      {AttentionKernel::flash, "flash"},
+      {AttentionKernel::reference, "reference"}};
+};
+template <>
+struct ChoiceNames<ExpertKernel> {
+  static constexpr std::pair<ExpertKernel, const char*> names[] = {
+      {ExpertKernel::automatic, "auto"},
+      {ExpertKernel::grouped, "grouped"},
+      {ExpertKernel::cublas, "cublas"}};
+};
+template <>
+struct ChoiceNames<AuxLossScope> {
+  static constexpr std::pair<AuxLossScope, const char*> names[] = {
+      {AuxLossScope::micro_batch, "micro_batch"}, {AuxLossScope::global, "global"}};
+};
+template <>
+struct ChoiceNames<RouterScore> {
+  static constexpr std::pair<RouterScore, const char*> names[] = {
+      {RouterScore::softmax, "softmax"}, {RouterScore::sigmoid, "sigmoid"}};
+};
+template <>
+struct ChoiceNames<DropPolicy> {
+  static constexpr std::pair<DropPolicy, const char*> names[] = {
+      {DropPolicy::position, "position"}, {DropPolicy::probability, "probability"}};
+};
+template <>
+struct ChoiceNames<Overflow> {
+  static constexpr std::pair<Overflow, const char*> names[] = {
+      {Overflow::drop, "drop"}, {Overflow::reroute, "reroute"}};
+};
+
+template <class E>
+const char* choice_name(E value) {
+  for (const auto& [choice, name] : ChoiceNames<E>::names)
+    if (choice == value) return name;
+  throw std::logic_error("config: enum value " + std::to_string(static_cast<int>(value)) +
+                         " has no YAML name");
+}
+
+template <class E>
+bool parse_choice(const std::string& text, E* out) {
+  for (const auto& [choice, name] : ChoiceNames<E>::names) {
+    if (text == name) {
+      *out = choice;
+      return true;
+    }
+  }
+  return false;
+}
+
+// "a, b or c"
+std::string join_alternatives(const std::vector<std::string>& names) {
+  std::string list;
+  for (size_t i = 0; i < names.size(); ++i)
+    list += (i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + names[i];
+  return list;
+}
+
 // ---- the key table ------------------------------------------------------------------------------
 
-// A tri-state bool: YAML true/false, or null/absent for "the default" (-1).
-struct OptionalBool {
-  int* value;
-};
-// moe.layers: a scalar ("all", "every_<n>") or a sequence of layer indices.
-struct LayerSpec {
-  MoeConfig* moe;
+// A choice-valued key, whatever its enum: the value's name, a parser into it, and the names.
+struct Choice {
+  std::function<std::string()> name;
+  std::function<bool(const std::string&)> parse;  // false: not one of the names
+  std::string allowed;                            // "softmax or sigmoid"
 };
 
-using FieldRef =
-    std::variant<std::string*, int64_t*, uint64_t*, double*, bool*, OptionalBool, LayerSpec>;
+template <class E>
+Choice choice(E* value) {
+  std::vector<std::string> names;
+  for (const auto& entry : ChoiceNames<E>::names) names.emplace_back(entry.second);
+  return {[value] { return std::string(choice_name(*value)); },
+          [value](const std::string& text) { return parse_choice(text, value); },
+          join_alternatives(names)};
+}
+
+// moe.normalize_topk is YAML true/false, or null/absent for the default rule; moe.layers is a
+// scalar ("all", "every_<n>") or a sequence of layer indices.
+using FieldRef = std::variant<std::string*, int64_t*, uint64_t*, double*, bool*, Choice,
+                              TopkNormalize*, MoeLayers*>;
 
 struct Field {
   const char* key;
@@ -60,22 +142,22 @@ std::vector<Section> config_fields(Config& c) {
         {"n_heads", &c.model.n_heads},
         {"ffn_hidden", &c.model.ffn_hidden},
         {"tie_embeddings", &c.model.tie_embeddings},
-        {"attention_kernel", &c.model.attention_kernel}}},
+        {"attention_kernel", choice(&c.model.attention_kernel)}}},
       {"moe",
        {{"num_experts", &c.moe.num_experts},
-        {"top_k", &c.moe.top_k},
+        {"top_k", &c.moe.routing.top_k},
         {"expert_hidden", &c.moe.expert_hidden},
-        {"layers", LayerSpec{&c.moe}},
+        {"layers", &c.moe.layers},
         {"capacity_factor", &c.moe.capacity_factor},
-        {"normalize_topk", OptionalBool{&c.moe.normalize_topk}},
+        {"normalize_topk", &c.moe.routing.normalize_topk},
         {"aux_loss_coef", &c.moe.aux_loss_coef},
         {"z_loss_coef", &c.moe.z_loss_coef},
         {"bias_update_rate", &c.moe.bias_update_rate},
-        {"aux_loss_scope", &c.moe.aux_loss_scope},
-        {"router_score", &c.moe.router_score},
-        {"drop_policy", &c.moe.drop_policy},
-        {"overflow", &c.moe.overflow},
-        {"expert_kernel", &c.moe.expert_kernel}}},
+        {"aux_loss_scope", choice(&c.moe.aux_loss_scope)},
+        {"router_score", choice(&c.moe.routing.score)},
+        {"drop_policy", choice(&c.moe.routing.drop_policy)},
+        {"overflow", choice(&c.moe.routing.overflow)},
+        {"expert_kernel", choice(&c.moe.expert_kernel)}}},
       {"parallel",
        {{"expert_parallel", &c.parallel.expert_parallel},
         {"communicator", &c.parallel.communicator},
@@ -155,24 +237,6 @@ std::string format_double(double value) {
   return text;
 }
 
-// A YAML double-quoted string: safe for any text, including ":" and "#".
-std::string quote_string(const std::string& text) {
-  std::string out = "\"";
-  for (unsigned char ch : text) {
-    if (ch == '"' || ch == '\\') {
-      out += '\\';
-      out += static_cast<char>(ch);
-    } else if (ch < 0x20 || ch == 0x7f) {
-      char escaped[8];
-      std::snprintf(escaped, sizeof escaped, "\\x%02x", ch);
-      out += escaped;
-    } else {
-      out += static_cast<char>(ch);
-    }
-  }
-  return out + "\"";
-}
-
 // ---- scalar parsing -----------------------------------------------------------------------------
 
 // Quoted scalars get the non-specific tag "!" from yaml-cpp, plain ones "?": `seed: "3"` is a
@@ -186,7 +250,7 @@ std::string describe(const YAML::Node& node) {
     case YAML::NodeType::Sequence: return "a sequence";
     case YAML::NodeType::Map: return "a mapping";
     case YAML::NodeType::Scalar:
-      return is_plain_scalar(node) ? node.Scalar() : "the string " + quote_string(node.Scalar());
+      return is_plain_scalar(node) ? node.Scalar() : "the string " + yaml_quote(node.Scalar());
     default: return "nothing";
   }
 }
@@ -269,15 +333,15 @@ struct Problems {
   }
 };
 
-void read_layers(const YAML::Node& node, const std::string& path, MoeConfig* moe,
+void read_layers(const YAML::Node& node, const std::string& path, MoeLayers* layers,
                  Problems& problems) {
+  const std::string expected = "expected all, every_<n> or a sequence of layer indices, got ";
   if (node.IsSequence()) {
-    moe->layers = "list";
-    moe->layer_list.clear();
+    *layers = MoeLayers::listed({});
     for (size_t i = 0; i < node.size(); ++i) {
       int64_t index = 0;
       if (is_plain_scalar(node[i]) && parse_int64(node[i].Scalar(), &index)) {
-        moe->layer_list.push_back(index);
+        layers->list.push_back(index);
       } else {
         problems.add(path + "[" + std::to_string(i) + "]",
                      "expected a layer index (integer), got " + describe(node[i]));
@@ -285,14 +349,18 @@ void read_layers(const YAML::Node& node, const std::string& path, MoeConfig* moe
     }
     return;
   }
-  // "list" is only the struct's marker for a sequence; as YAML text it would mean nothing.
-  if (is_plain_scalar(node) && node.Scalar() != "list") {
-    moe->layers = node.Scalar();
-    moe->layer_list.clear();
+  if (!is_plain_scalar(node)) {
+    problems.add(path, expected + describe(node));
     return;
   }
-  problems.add(path, "expected all, every_<n> or a sequence of layer indices, got " +
-                         describe(node));
+  // every_0 reads, so that validation can say what n must be.
+  int64_t every = 0;
+  if (node.Scalar() == "all")
+    *layers = MoeLayers{};
+  else if (parse_every_n(node.Scalar(), &every))
+    *layers = MoeLayers::every_nth(every);
+  else
+    problems.add(path, expected + yaml_quote(node.Scalar()));
 }
 
 void read_field(const YAML::Node& node, const std::string& path, const FieldRef& ref,
@@ -317,13 +385,18 @@ void read_field(const YAML::Node& node, const std::string& path, const FieldRef&
   } else if (auto* out = std::get_if<bool*>(&ref)) {
     if (!plain || !parse_bool(text, *out))
       problems.add(path, "expected true or false, got " + describe(node));
-  } else if (auto* out = std::get_if<OptionalBool>(&ref)) {
+  } else if (auto* out = std::get_if<Choice>(&ref)) {
+    if (!node.IsScalar())
+      problems.add(path, "expected a string, got " + describe(node));
+    else if (!out->parse(text))
+      problems.add(path, "unknown value " + yaml_quote(text) + " (expected " + out->allowed + ")");
+  } else if (auto* out = std::get_if<TopkNormalize*>(&ref)) {
     bool value = false;
-    if (node.IsNull()) *out->value = -1;  // explicit null: keep the default rule
-    else if (plain && parse_bool(text, &value)) *out->value = value ? 1 : 0;
+    if (node.IsNull()) **out = TopkNormalize::by_default;  // explicit null: the default rule
+    else if (plain && parse_bool(text, &value)) **out = value ? TopkNormalize::on : TopkNormalize::off;
     else problems.add(path, "expected true or false, got " + describe(node));
-  } else if (auto* out = std::get_if<LayerSpec>(&ref)) {
-    read_layers(node, path, out->moe, problems);
+  } else if (auto* out = std::get_if<MoeLayers*>(&ref)) {
+    read_layers(node, path, *out, problems);
   }
 }
 
@@ -449,14 +522,12 @@ void check_non_negative(Problems& p, const std::string& path, double value) {
   else check_finite(p, path, value);
 }
 
+// For the keys that are still strings in their struct.
 void check_one_of(Problems& p, const std::string& path, const std::string& value,
                   const std::vector<std::string>& allowed) {
   for (const std::string& option : allowed)
     if (value == option) return;
-  std::string list;
-  for (size_t i = 0; i < allowed.size(); ++i)
-    list += (i == 0 ? "" : i + 1 == allowed.size() ? " or " : ", ") + allowed[i];
-  p.add(path, "unknown value " + quote_string(value) + " (expected " + list + ")");
+  p.add(path, "unknown value " + yaml_quote(value) + " (expected " + join_alternatives(allowed) + ")");
 }
 
 void validate_model(const ModelConfig& m, Problems& p) {
@@ -466,7 +537,6 @@ void validate_model(const ModelConfig& m, Problems& p) {
   check_at_least(p, "model.n_layers", m.n_layers, 1);
   check_at_least(p, "model.n_heads", m.n_heads, 1);
   check_at_least(p, "model.ffn_hidden", m.ffn_hidden, 1);
-  check_one_of(p, "model.attention_kernel", m.attention_kernel, {"auto", "cudnn", "flash", "reference"});
   if (m.d_model >= 1 && m.n_heads >= 1) {
     if (m.d_model % m.n_heads != 0) {
       p.add("model.d_model", str(m.d_model) + " is not divisible by model.n_heads (" +
@@ -479,12 +549,12 @@ void validate_model(const ModelConfig& m, Problems& p) {
 }
 
 void validate_layers(const Config& c, Problems& p) {
-  const MoeConfig& moe = c.moe;
-  if (moe.layers == "all") return;
-  if (moe.layers == "list") {
+  const MoeLayers& layers = c.moe.layers;
+  if (layers.kind == MoeLayers::Kind::all) return;
+  if (layers.kind == MoeLayers::Kind::list) {
     std::set<int64_t> seen;
-    for (size_t i = 0; i < moe.layer_list.size(); ++i) {
-      const int64_t layer = moe.layer_list[i];
+    for (size_t i = 0; i < layers.list.size(); ++i) {
+      const int64_t layer = layers.list[i];
       const std::string path = "moe.layers[" + std::to_string(i) + "]";
       if (layer < 0 || layer >= c.model.n_layers)
         p.add(path, "layer " + str(layer) + " is out of range [0, " + str(c.model.n_layers) +
@@ -494,22 +564,18 @@ void validate_layers(const Config& c, Problems& p) {
     }
     return;
   }
-  int64_t n = 0;
-  if (!parse_every_n(moe.layers, &n))
-    p.add("moe.layers", "expected all, every_<n> or a sequence of layer indices, got " +
-                            quote_string(moe.layers));
-  else if (n < 1)
-    p.add("moe.layers", "every_<n> needs n >= 1, got " + moe.layers);
+  if (layers.every < 1) p.add("moe.layers", "every_<n> needs n >= 1, got " + to_string(layers));
 }
 
 void validate_moe(const Config& c, Problems& p) {
   const MoeConfig& moe = c.moe;
   check_at_least(p, "moe.num_experts", moe.num_experts, 0);
   if (moe.num_experts > 0) {
-    if (moe.top_k < 1)
-      p.add("moe.top_k", "must be >= 1, got " + str(moe.top_k));
-    else if (moe.top_k > moe.num_experts)
-      p.add("moe.top_k", str(moe.top_k) + " exceeds moe.num_experts (" + str(moe.num_experts) + ")");
+    const int64_t top_k = moe.routing.top_k;
+    if (top_k < 1)
+      p.add("moe.top_k", "must be >= 1, got " + str(top_k));
+    else if (top_k > moe.num_experts)
+      p.add("moe.top_k", str(top_k) + " exceeds moe.num_experts (" + str(moe.num_experts) + ")");
     check_at_least(p, "moe.expert_hidden", moe.expert_hidden, 1);
     const int64_t ranks = c.parallel.expert_parallel;
     if (ranks >= 1 && moe.num_experts % ranks != 0)
@@ -521,13 +587,6 @@ void validate_moe(const Config& c, Problems& p) {
   check_non_negative(p, "moe.aux_loss_coef", moe.aux_loss_coef);
   check_non_negative(p, "moe.z_loss_coef", moe.z_loss_coef);
   check_non_negative(p, "moe.bias_update_rate", moe.bias_update_rate);
-  check_one_of(p, "moe.aux_loss_scope", moe.aux_loss_scope, {"micro_batch", "global"});
-  check_one_of(p, "moe.router_score", moe.router_score, {"softmax", "sigmoid"});
-  check_one_of(p, "moe.drop_policy", moe.drop_policy, {"position", "probability"});
-  check_one_of(p, "moe.overflow", moe.overflow, {"drop", "reroute"});
-  check_one_of(p, "moe.expert_kernel", moe.expert_kernel, {"auto", "grouped", "cublas"});
-  if (moe.normalize_topk < -1 || moe.normalize_topk > 1)
-    p.add("moe.normalize_topk", "must be -1 (default), 0 or 1, got " + str(int64_t{moe.normalize_topk}));
 }
 
 void validate_train(const TrainConfig& t, Problems& p) {
@@ -597,22 +656,18 @@ void validate_into(const Config& config, Problems& problems) {
 // ---- emitting -----------------------------------------------------------------------------------
 
 std::string format_field(const FieldRef& ref) {
-  if (auto* v = std::get_if<std::string*>(&ref)) return quote_string(**v);
+  if (auto* v = std::get_if<std::string*>(&ref)) return yaml_quote(**v);
   if (auto* v = std::get_if<int64_t*>(&ref)) return std::to_string(**v);
   if (auto* v = std::get_if<uint64_t*>(&ref)) return std::to_string(**v);
   if (auto* v = std::get_if<double*>(&ref)) return format_double(**v);
   if (auto* v = std::get_if<bool*>(&ref)) return **v ? "true" : "false";
-  if (auto* v = std::get_if<OptionalBool>(&ref)) {
-    if (*v->value < 0) return "null  # default: true when top_k > 1 or router_score is sigmoid";
-    return *v->value ? "true" : "false";
+  if (auto* v = std::get_if<Choice>(&ref)) return yaml_quote(v->name());
+  if (auto* v = std::get_if<TopkNormalize*>(&ref)) {
+    if (**v == TopkNormalize::by_default)
+      return "null  # default: true when top_k > 1 or router_score is sigmoid";
+    return **v == TopkNormalize::on ? "true" : "false";
   }
-  if (auto* v = std::get_if<LayerSpec>(&ref)) {
-    if (v->moe->layers != "list") return v->moe->layers;
-    std::string list = "[";
-    for (size_t i = 0; i < v->moe->layer_list.size(); ++i)
-      list += (i ? ", " : "") + std::to_string(v->moe->layer_list[i]);
-    return list + "]";
-  }
+  if (auto* v = std::get_if<MoeLayers*>(&ref)) return to_string(**v);
   return "";
 }
 
@@ -721,7 +776,7 @@ std::vector<std::string> layout_notes(const Config& config) {
     note += "at grad_accum_steps 1, more ranks means a larger global batch or a smaller "
             "micro-batch, and either changes the numbers; parallel.expert_parallel may change";
   notes.push_back(note);
-  if (config.moe.aux_loss_scope == "global")
+  if (config.moe.aux_loss_scope == AuxLossScope::global)
     notes.push_back("moe.aux_loss_scope global counts the routing choices of every rank's group "
                     "of a micro-step: the losses also change with the number of ranks (not with "
                     "parallel.expert_parallel)");
@@ -733,15 +788,35 @@ std::vector<bool> moe_layer_mask(const Config& config) {
   std::vector<bool> mask(n_layers, false);
   const MoeConfig& moe = config.moe;
   if (moe.num_experts <= 0) return mask;
-  int64_t every = 0;
+  const MoeLayers& layers = moe.layers;
   for (int64_t l = 0; l < n_layers; ++l) {
-    if (moe.layers == "all") mask[l] = true;
-    else if (parse_every_n(moe.layers, &every) && every >= 1) mask[l] = (l + 1) % every == 0;
+    if (layers.kind == MoeLayers::Kind::all) mask[l] = true;
+    else if (layers.kind == MoeLayers::Kind::every && layers.every >= 1)
+      mask[l] = (l + 1) % layers.every == 0;
   }
-  if (moe.layers == "list")
-    for (int64_t layer : moe.layer_list)
+  if (layers.kind == MoeLayers::Kind::list)
+    for (int64_t layer : layers.list)
       if (layer >= 0 && layer < n_layers) mask[layer] = true;
   return mask;
+}
+
+const char* to_string(AttentionKernel kernel) { return choice_name(kernel); }
+const char* to_string(ExpertKernel kernel) { return choice_name(kernel); }
+const char* to_string(AuxLossScope scope) { return choice_name(scope); }
+const char* to_string(RouterScore score) { return choice_name(score); }
+const char* to_string(DropPolicy policy) { return choice_name(policy); }
+const char* to_string(Overflow overflow) { return choice_name(overflow); }
+
+std::string to_string(const MoeLayers& layers) {
+  switch (layers.kind) {
+    case MoeLayers::Kind::all: return "all";
+    case MoeLayers::Kind::every: return "every_" + std::to_string(layers.every);
+    case MoeLayers::Kind::list: break;
+  }
+  std::string list = "[";
+  for (size_t i = 0; i < layers.list.size(); ++i)
+    list += (i ? ", " : "") + std::to_string(layers.list[i]);
+  return list + "]";
 }
 
 }  // namespace sy

@@ -6,19 +6,13 @@
 #include <string>
 #include <vector>
 
+#include "data/data_config.h"
 #include "model/model_config.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer.h"
+#include "parallel/parallel_config.h"
 
 namespace sy {
-
-struct ParallelConfig {
-  int64_t expert_parallel = 1;
-  std::string communicator = "auto";  // auto | nccl | mpi (see docs/parallel.md)
-  // A collective that does not complete within it ends the whole job (parallel/watchdog.h,
-  // exit 4); 0 turns the watchdog off.
-  double timeout_s = 600;
-};
 
 struct TrainConfig {
   int64_t micro_batch_size = 16;
@@ -51,10 +45,6 @@ inline OptimizerSettings optimizer_settings(const TrainConfig& train) {
 inline LrSchedule lr_schedule(const TrainConfig& train) {
   return {train.lr, train.min_lr, train.warmup_steps, train.steps};
 }
-
-struct DataConfig {
-  std::string path = "corpora/brown.h5";
-};
 
 struct EvalConfig {
   int64_t every = 100;                // 0: only at the end
@@ -139,5 +129,16 @@ std::vector<std::string> layout_notes(const Config& config);
 
 // Which layers hold an MoE FFN (SPEC.md section 1).
 std::vector<bool> moe_layer_mask(const Config& config);
+
+// The YAML spelling of each choice-valued key's value: what config_to_yaml writes and
+// load_config reads back (one name table per enum, in config.cpp).
+const char* to_string(AttentionKernel kernel);
+const char* to_string(ExpertKernel kernel);
+const char* to_string(AuxLossScope scope);
+const char* to_string(RouterScore score);
+const char* to_string(DropPolicy policy);
+const char* to_string(Overflow overflow);
+// all, every_<n>, or the list in flow style ([1, 3]).
+std::string to_string(const MoeLayers& layers);
 
 }  // namespace sy

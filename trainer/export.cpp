@@ -22,8 +22,8 @@ using h5::Handle;
 
 namespace {
 
-// What our model computes and transformers must be told (docs/model.md; model/cpu/cpu_kernels.h
-// holds the same numbers as kRmsEps and the rotary table's theta).
+// What our model computes and transformers must be told (docs/model.md; model/cpu/rmsnorm.cpp
+// and model/cpu/attention.cpp hold the same numbers as kRmsEps and the rotary theta).
 constexpr double kRmsNormEps = 1e-5;
 constexpr double kRopeTheta = 10000.0;
 constexpr double kInitStd = 0.02;
@@ -182,7 +182,7 @@ nlohmann::ordered_json hf_config(const Config& config, bool moe, const std::stri
   if (moe) {
     json["sliding_window"] = nullptr;
     json["num_local_experts"] = config.moe.num_experts;
-    json["num_experts_per_tok"] = config.moe.top_k;
+    json["num_experts_per_tok"] = config.moe.routing.top_k;
     json["output_router_logits"] = false;
     json["router_aux_loss_coef"] = config.moe.aux_loss_coef;
     json["router_jitter_noise"] = 0.0;
@@ -278,19 +278,22 @@ std::string hf_export_problem(const Config& config) {
     return "moe.layers: layers " + join_layers(mask, true) + " are MoE and " +
            join_layers(mask, false) +
            " dense; Mixtral needs every layer MoE (moe.layers: all) and Llama none";
-  if (moe.router_score != "softmax")
-    return "moe.router_score: " + moe.router_score + "; Mixtral's router is a softmax over the experts";
+  if (moe.routing.score != RouterScore::softmax)
+    return std::string("moe.router_score: ") + to_string(moe.routing.score) +
+           "; Mixtral's router is a softmax over the experts";
   if (moe.bias_update_rate > 0)
     return "moe.bias_update_rate: " + number(moe.bias_update_rate) +
            " trains an expert bias that steers the top-k; Mixtral's router has none";
   if (moe.capacity_factor > 0)
     return "moe.capacity_factor: " + number(moe.capacity_factor) +
            " drops assignments over an expert's capacity; Mixtral is dropless";
-  if (!moe.normalize())
-    return std::string("moe.normalize_topk: ") + (moe.normalize_topk < 0 ? "default (" : "") +
-           "false" + (moe.normalize_topk < 0 ? " at top_k 1)" : "") +
+  if (!moe.routing.normalizes()) {
+    const bool by_default = moe.routing.normalize_topk == TopkNormalize::by_default;
+    return std::string("moe.normalize_topk: ") + (by_default ? "default (" : "") + "false" +
+           (by_default ? " at top_k 1)" : "") +
            " keeps the gates unnormalised; Mixtral renormalises the top-k probabilities to sum "
            "to 1 (set moe.normalize_topk: true when training)";
+  }
   return "";
 }
 

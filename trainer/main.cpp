@@ -5,10 +5,11 @@
 // printed once by rank 0 and all ranks exit; an error on one rank alone aborts the job, so that
 // no rank hangs waiting for it.
 #include <CLI/CLI.hpp>
-#include <mpi.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -22,6 +23,7 @@
 #include "data/sampler.h"
 #include "data/token_file.h"
 #include "data/tokenizer.h"
+#include "parallel/launch.h"
 #include "trainer/checkpoint.h"
 #include "trainer/cli.h"
 #include "trainer/config.h"
@@ -75,25 +77,24 @@ const CLI::Validator kCount(
       return "expected a non-negative integer, got '" + text + "'";
     },
     "", "count");
+// `text` read whole as a number in strtod's grammar (std::stod's, out-of-range values refused).
+bool whole_number(const std::string& text, double& value) {
+  errno = 0;
+  char* end = nullptr;
+  value = std::strtod(text.c_str(), &end);
+  return end != text.c_str() && end == text.c_str() + text.size() && errno != ERANGE;
+}
 const CLI::Validator kNumber(
     [](std::string& text) -> std::string {
-      try {
-        size_t used = 0;
-        (void)std::stod(text, &used);
-        if (used == text.size()) return "";
-      } catch (const std::exception&) {
-      }
+      double value = 0;
+      if (whole_number(text, value)) return "";
       return "expected a number, got '" + text + "'";
     },
     "", "number");
 const CLI::Validator kOpenUnitInterval(
     [](std::string& text) -> std::string {
-      try {
-        size_t used = 0;
-        const double value = std::stod(text, &used);
-        if (used == text.size() && value > 0.0 && value < 1.0) return "";
-      } catch (const std::exception&) {
-      }
+      double value = 0;
+      if (whole_number(text, value) && value > 0.0 && value < 1.0) return "";
       return "expected a number in (0, 1), got '" + text + "'";
     },
     "", "fraction");
@@ -147,24 +148,9 @@ std::string wrap(const std::string& text, size_t width = 64) {
   return out;
 }
 
-// Every subcommand and its options, bound to `line`. Each command allows extra arguments so that
-// main() can name the first one it did not expect (CLI11's message lists them all, reordered).
-void build_cli(CLI::App& app, CommandLine& line) {
-  const std::function<std::string()> version = [] {
-    std::string report = sy::version_report();
-    if (!report.empty() && report.back() == '\n') report.pop_back();  // CLI11 ends the line
-    return report;
-  };
-  const std::string version_help =
-      "print the version, the git commit and what was built in (CUDA, NCCL, cuDNN), then exit";
-  app.set_version_flag("--version", version, version_help);
-  app.get_formatter()->column_width(34);
-  app.require_subcommand(1);
-  app.footer(
-      "Run `switchyard COMMAND --help` for a command's options (`switchyard help COMMAND` too).\n"
-      "Exit status: 0 on success, 2 when the command line does not parse, 1 for any other error.\n"
-      "Docs: README.md, docs/config.md (every config key), docs/checkpoint.md.");
+// One function per subcommand: its options, bound to `line`, in the order --help lists them.
 
+void add_prepare_data_command(CLI::App& app, CommandLine& line) {
   CLI::App* prepare = app.add_subcommand(
       "prepare-data", "turn a corpus (default: the Brown corpus) into a token file: /train and "
                       "/val (docs/data.md)");
@@ -210,7 +196,9 @@ void build_cli(CLI::App& app, CommandLine& line) {
       ->type_name("F")
       ->check(kOpenUnitInterval)
       ->capture_default_str();
+}
 
+void add_tokenizer_command(CLI::App& app, CommandLine& line) {
   CLI::App* tokenizer = app.add_subcommand(
       "tokenizer", "SentencePiece tokenizers for prepare-data --tokenizer (docs/data.md)");
   tokenizer->require_subcommand(1);
@@ -243,7 +231,9 @@ void build_cli(CLI::App& app, CommandLine& line) {
   tokenizer_train->add_option("--output", line.tokenizer_train.output, "the model file to write")
       ->type_name("FILE")
       ->capture_default_str();
+}
 
+void add_train_command(CLI::App& app, CommandLine& line) {
   CLI::App* train = app.add_subcommand(
       "train", "train; writes to run.dir: metrics.jsonl, train.log (everything printed), the "
                "resolved config.yaml and checkpoints");
@@ -257,7 +247,9 @@ void build_cli(CLI::App& app, CommandLine& line) {
                   "start fresh in a run.dir that holds a run, moving the old one aside to "
                   "<run.dir>.old-<UTC time> (without it, such a run.dir is refused)");
   add_overrides(*train, line);
+}
 
+void add_eval_command(CLI::App& app, CommandLine& line) {
   CLI::App* eval = app.add_subcommand(
       "eval", "print {\"val_loss\": ...} over the validation set (the first eval.tokens tokens "
               "of the validation split, in whole sequences), of a checkpoint's "
@@ -275,7 +267,9 @@ void build_cli(CLI::App& app, CommandLine& line) {
       ->type_name("N")
       ->check(kCount);
   add_overrides(*eval, line);
+}
 
+void add_generate_command(CLI::App& app, CommandLine& line) {
   CLI::App* generate = app.add_subcommand(
       "generate", "sample a continuation of a prompt from a checkpoint, to see what the model "
                   "learned; prints the prompt and the continuation. The checkpoint alone is "
@@ -303,13 +297,17 @@ void build_cli(CLI::App& app, CommandLine& line) {
       ->check(kCount)
       ->capture_default_str();
   add_overrides(*generate, line);
+}
 
+void add_inspect_command(CLI::App& app, CommandLine& line) {
   CLI::App* inspect = app.add_subcommand(
       "inspect", "print a checkpoint's step, provenance, config and tensors (shape, L2 norm)");
   inspect->add_option("CHECKPOINT", line.checkpoint, kCheckpointForms)
       ->required()
       ->type_name("PATH");
+}
 
+void add_export_command(CLI::App& app, CommandLine& line) {
   CLI::App* exporter = app.add_subcommand(
       "export", "write a checkpoint as a Hugging Face transformers model folder: config.json, "
                 "model.safetensors, the tokenizer when it is SentencePiece (docs/export.md)");
@@ -332,19 +330,50 @@ void build_cli(CLI::App& app, CommandLine& line) {
   exporter->add_flag("--overwrite", line.export_options.overwrite,
                      "write into a folder that is not empty (files of the same names are "
                      "replaced)");
+}
 
+void add_plot_command(CLI::App& app, CommandLine& line) {
   CLI::App* plot = app.add_subcommand(
       "plot", "render RUN_DIR/metrics.jsonl as PNG charts with gnuplot: loss, expert load per "
               "MoE layer, drops, balance (docs/plot.md)");
   plot->add_option("RUN_DIR", line.run_dir, "a run folder (run.dir)")->required()->type_name("DIR");
   plot->add_option("--output", line.plot_output, "where the PNGs go [default: RUN_DIR]")
       ->type_name("DIR");
+}
 
+void add_check_config_command(CLI::App& app, CommandLine& line) {
   CLI::App* check = app.add_subcommand(
       "check-config", "validate a config (one line per problem, exit 1) and print it resolved");
   add_config(*check, line);
   add_overrides(*check, line);
+}
 
+// Every subcommand and its options, bound to `line`. Each command allows extra arguments so that
+// main() can name the first one it did not expect (CLI11's message lists them all, reordered).
+void build_cli(CLI::App& app, CommandLine& line) {
+  const std::function<std::string()> version = [] {
+    std::string report = sy::version_report();
+    if (!report.empty() && report.back() == '\n') report.pop_back();  // CLI11 ends the line
+    return report;
+  };
+  const std::string version_help =
+      "print the version, the git commit and what was built in (CUDA, NCCL, cuDNN), then exit";
+  app.set_version_flag("--version", version, version_help);
+  app.get_formatter()->column_width(34);
+  app.require_subcommand(1);
+  app.footer(
+      "Run `switchyard COMMAND --help` for a command's options (`switchyard help COMMAND` too).\n"
+      "Exit status: 0 on success, 2 when the command line does not parse, 1 for any other error.\n"
+      "Docs: README.md, docs/config.md (every config key), docs/checkpoint.md.");
+  add_prepare_data_command(app, line);
+  add_tokenizer_command(app, line);
+  add_train_command(app, line);
+  add_eval_command(app, line);
+  add_generate_command(app, line);
+  add_inspect_command(app, line);
+  add_export_command(app, line);
+  add_plot_command(app, line);
+  add_check_config_command(app, line);
   for (CLI::App* command : app.get_subcommands([](CLI::App*) { return true; })) {
     command->allow_extras();
     command->set_version_flag("--version", version, version_help);
@@ -372,20 +401,11 @@ std::string describe(const CLI::ParseError& error, const std::string& command) {
   return text;
 }
 
-int world_rank() {
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  return rank;
-}
-
-int world_size() {
-  int size = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  return size;
-}
+using sy::world_rank;
+using sy::world_size;
 
 // `read`'s answer on rank 0, given to every rank; what it throws there is thrown on every rank
-// as CollectiveError. Collective over MPI_COMM_WORLD.
+// as CollectiveError. Collective over the world.
 std::string from_rank0(const std::function<std::string()>& read) {
   std::string answer;
   int failed = 0;
@@ -397,12 +417,9 @@ std::string from_rank0(const std::function<std::string()>& read) {
       failed = 1;
     }
   }
-  int length = static_cast<int>(answer.size());
-  int header[2] = {failed, length};
-  MPI_Bcast(header, 2, MPI_INT, 0, MPI_COMM_WORLD);
-  answer.resize(static_cast<size_t>(header[1]));
-  MPI_Bcast(answer.data(), header[1], MPI_CHAR, 0, MPI_COMM_WORLD);
-  if (header[0]) throw sy::CollectiveError(answer);
+  sy::broadcast_from_rank0(failed);
+  sy::broadcast_from_rank0(answer);
+  if (failed) throw sy::CollectiveError(answer);
   return answer;
 }
 
@@ -415,7 +432,7 @@ std::string resolve_noting(const std::string& argument) {
 
 // The checkpoint that `argument` names (cli.h), as rank 0 resolves it: a folder's newest file
 // may change while a run writes to it, and every rank must load the same one. Rank 0 prints how
-// it resolved a folder or pointer on stderr. Collective over MPI_COMM_WORLD.
+// it resolved a folder or pointer on stderr. Collective over the world.
 std::string resolve_checkpoint_on_rank0(const std::string& argument) {
   return from_rank0([&] { return resolve_noting(argument); });
 }
@@ -539,7 +556,7 @@ std::unique_ptr<sy::Tokenizer> tokenizer_for(const std::string& checkpoint,
 int cmd_generate(const CommandLine& line) {
   const std::string checkpoint = resolve_checkpoint_on_rank0(line.checkpoint);
   const sy::Config config = config_for(line, checkpoint);
-  sy::ModelSession session = sy::make_model_session(config, MPI_COMM_WORLD);
+  sy::ModelSession session = sy::make_model_session(config, sy::world_comm());
   sy::load_checkpoint(checkpoint, config, *session.model, nullptr, session.groups,
                       *session.backend);
   std::unique_ptr<sy::Tokenizer> tokenizer;
@@ -576,7 +593,7 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
     config.eval.batches = line.batches;
   }
   const int64_t sequences = sy::eval_sequences(config);
-  sy::ModelSession session = sy::make_model_session(config, MPI_COMM_WORLD);
+  sy::ModelSession session = sy::make_model_session(config, sy::world_comm());
   std::string loaded = "none (fresh initialisation)";
   if (!checkpoint.empty()) {
     const sy::LoadResult result = sy::load_checkpoint(checkpoint, config, *session.model, nullptr,
@@ -658,7 +675,7 @@ int on_rank0(const char* command, const std::function<void()>& body) {
       failed = 1;
     }
   }
-  MPI_Bcast(&failed, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  sy::broadcast_from_rank0(failed);
   return failed;
 }
 
@@ -719,7 +736,7 @@ int run_command(const std::string& command, const CommandLine& line, const CLI::
     // One writer: the other ranks of an mpirun wait for it.
     int status = 0;
     if (world_rank() == 0) status = cmd_prepare_data(line, given);
-    MPI_Barrier(MPI_COMM_WORLD);
+    sy::world_barrier();
     return status;
   }
   if (command == "tokenizer") {
@@ -730,7 +747,7 @@ int run_command(const std::string& command, const CommandLine& line, const CLI::
                            : "unexpected argument '" + extras.front() + "'");
     int status = 0;
     if (world_rank() == 0) status = cmd_tokenizer_train(line);
-    MPI_Barrier(MPI_COMM_WORLD);
+    sy::world_barrier();
     return status;
   }
   if (command == "train") return cmd_train(line, given);
@@ -742,17 +759,6 @@ int run_command(const std::string& command, const CommandLine& line, const CLI::
   if (command == "check-config") return cmd_check_config(line);
   throw UsageError("unknown command '" + command + "'");
 }
-
-// MPI for the whole process; finalised on every path out of main.
-struct MpiSession {
-  // FUNNELED: only this thread calls MPI; an asynchronous checkpoint save writes its file on a
-  // thread of its own (HDF5 only).
-  MpiSession(int* argc, char*** argv) {
-    int provided = 0;
-    MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
-  }
-  ~MpiSession() { MPI_Finalize(); }
-};
 
 }  // namespace
 
@@ -803,7 +809,7 @@ int main(int argc, char** argv) {
     usage_problem = error.what();
   }
 
-  MpiSession mpi(&argc, &argv);
+  sy::MpiRuntime mpi(&argc, &argv);  // finalised on every path out of main
   const bool lead = world_rank() == 0;
   const std::string prefix = command.empty() ? "switchyard" : "switchyard " + command;
   if (!usage_problem.empty()) {
@@ -836,7 +842,6 @@ int main(int argc, char** argv) {
     // Only this rank knows: the others may be waiting in a collective, so end the whole job.
     std::fprintf(stderr, "%s: error: rank %d: %s\n", prefix.c_str(), world_rank(), error.what());
     std::fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    return 1;
+    sy::abort_world(1);
   }
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -32,16 +33,20 @@ double proc_kb(const char* path, const std::string& key) {
   return -1;
 }
 
-// A cgroup file holding one number ("max" or absent: -1).
+// A cgroup file holding one number ("max" or absent: -1, no limit known). Anything else is
+// said on stderr and taken as no limit known, so that the check can still run on MemAvailable.
 double cgroup_number(const char* path) {
   std::ifstream in(path);
   std::string text;
   if (!(in >> text) || text == "max") return -1;
-  try {
-    return std::stod(text);
-  } catch (const std::exception&) {
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  if (end != text.c_str() + text.size() || !(value >= 0)) {
+    std::fprintf(stderr, "warning: %s: '%s' is not a number of bytes; the memory check takes "
+                 "this limit as unknown\n", path, text.c_str());
     return -1;
   }
+  return value;
 }
 
 }  // namespace
@@ -97,7 +102,8 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
 
   // Attention saves the probabilities [B, H, S, S] with the reference kernel (the CPU's auto),
   // else only the logsumexp per query and head (flash, cuDNN).
-  const bool reference = m.attention_kernel == "reference" || (m.attention_kernel == "auto" && !cuda);
+  const bool reference = m.attention_kernel == AttentionKernel::reference ||
+                         (m.attention_kernel == AttentionKernel::automatic && !cuda);
   const double probabilities = reference ? config.train.micro_batch_size * H * S * S * e : 0;
   // What a layer keeps for backward (model/transformer.h, docs/cuda.md "Memory"): the block
   // input; the two norm outputs unless train.recompute reruns them (every mode but none); q, k,
@@ -105,7 +111,7 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   // the residual sum and the FFN's h1 and h3 unless it reruns the layer (layer). An MoE block
   // always keeps its routing, received rows (x_recv) and expert outputs (y_perm). SwiGLU's
   // hidden is never kept (backward rebuilds it).
-  const double TK = T * moe.top_k;
+  const double TK = T * moe.routing.top_k;
   const double Fe = static_cast<double>(moe.expert_hidden), F = static_cast<double>(m.ffn_hidden);
   const std::string& recompute = config.train.recompute;
   const bool keep_norms = recompute == "none";
@@ -126,7 +132,7 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   // Attention: its output, dcontext, dq, dk, dv, dx and the norms' dx; on CUDA with cuDNN the
   // deterministic backward's dS workspace, run over chunks of sequences of at most 128 MiB.
   double attention_backward = 7 * TD + probabilities;
-  if (cuda && bf16 && m.attention_kernel == "cudnn")
+  if (cuda && bf16 && m.attention_kernel == AttentionKernel::cudnn)
     attention_backward += std::min(static_cast<double>(config.train.micro_batch_size) * H * S * S * 2,
                                    std::max(H * S * S * 2, 128.0 * (1 << 20)));
   // The FFN's out and du, and one [rows, F] slot for hidden/dhidden.
@@ -197,7 +203,7 @@ std::string memory_check_problem(const MemoryEstimate& estimate, double needed, 
          "pass --set run.memory_check=false to start anyway";
 }
 
-MemoryCheck check_memory(const Config& config, Backend& backend, MPI_Comm world) {
+MemoryCheck check_memory(const Config& config, Backend& backend, CommHandle world) {
   const MemoryEstimate estimate = estimate_memory_per_rank(config);
   double needed = estimate.total_bytes(), available = 0;
   std::string where;
@@ -205,13 +211,9 @@ MemoryCheck check_memory(const Config& config, Backend& backend, MPI_Comm world)
     available = static_cast<double>(backend.available_memory_bytes());
     where = backend.name();
   } else {
-    MPI_Comm node = MPI_COMM_NULL;
-    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-    int ranks = 1;
-    MPI_Comm_size(node, &ranks);
-    double held = resident_bytes(), held_by_node = 0;
-    MPI_Allreduce(&held, &held_by_node, 1, MPI_DOUBLE, MPI_SUM, node);
-    MPI_Comm_free(&node);
+    const HostShare held_by_host = sum_over_host(world, resident_bytes());
+    const int ranks = held_by_host.ranks;
+    const double held_by_node = held_by_host.sum;
     const HostMemory host = host_available_memory();
     if (host.bytes > 0) available = host.bytes + held_by_node;
     needed *= ranks;

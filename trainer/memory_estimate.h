@@ -3,13 +3,12 @@
 // (run.memory_check, docs/config.md), check-config prints the estimate. The formula and its
 // measured accuracy: docs/config.md, "Memory estimate".
 #pragma once
-#include <mpi.h>
-
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "model/backend.h"
+#include "parallel/launch.h"
 #include "trainer/config.h"
 
 namespace sy {
@@ -59,7 +58,7 @@ struct MemoryCheck {
   std::string summary;  // "memory estimate: ... per rank; ... available on ..." (startup line)
   std::string problem;  // memory_check_problem's line, "" when it fits or run.memory_check is off
 };
-MemoryCheck check_memory(const Config& config, Backend& backend, MPI_Comm world);
+MemoryCheck check_memory(const Config& config, Backend& backend, CommHandle world);
 
 // "1.5 GiB", "320 MiB".
 std::string format_memory(double bytes);

@@ -28,15 +28,15 @@ ModelCard make_model_card(const Config& config) {
     ++card.moe_layers;
     const int64_t router = D * moe.num_experts, expert = 3 * D * moe.expert_hidden;
     non_expert += router;
-    active_matmul += router + moe.top_k * expert;
+    active_matmul += router + moe.routing.top_k * expert;
     expert_total += moe.num_experts * expert;
     expert_per_rank += moe.num_experts / config.parallel.expert_parallel * expert;
   }
   card.expert_params = expert_total;
   card.total_params = non_expert + expert_total;
-  card.active_params = non_expert + card.moe_layers * moe.top_k * 3 * D * moe.expert_hidden;
+  card.active_params = non_expert + card.moe_layers * moe.routing.top_k * 3 * D * moe.expert_hidden;
   card.params_per_rank = non_expert + expert_per_rank;
-  card.sparsity = card.moe_layers ? static_cast<double>(moe.top_k) / moe.num_experts : 1.0;
+  card.sparsity = card.moe_layers ? static_cast<double>(moe.routing.top_k) / moe.num_experts : 1.0;
   const double bytes_per_param = config.train.optimizer == "adamw" ? 16.0 : 8.0;
   card.param_optimizer_bytes_per_rank = bytes_per_param * card.params_per_rank;
   // 6 FLOPs per multiply-accumulate weight (forward 2, backward 4), plus causal attention scores
@@ -88,7 +88,7 @@ std::string format_model_card(const Config& config, const ModelCard& card) {
       static_cast<long long>(card.moe_layers), static_cast<long long>(m.d_model),
       static_cast<long long>(m.n_heads), static_cast<long long>(m.seq_len),
       static_cast<long long>(m.vocab_size), static_cast<long long>(moe.num_experts),
-      static_cast<long long>(moe.expert_hidden), static_cast<long long>(moe.top_k),
+      static_cast<long long>(moe.expert_hidden), static_cast<long long>(moe.routing.top_k),
       moe.capacity_factor, moe.capacity_factor <= 0 ? " (dropless)" : "",
       static_cast<long long>(card.total_params), human(card.total_params, "").c_str(),
       static_cast<long long>(card.active_params), human(card.active_params, "").c_str(),

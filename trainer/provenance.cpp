@@ -5,21 +5,11 @@
 #include "data/hdf5_io.h"
 #include "parallel/mpi_communicator.h"
 #include "trainer/version.h"
+#include "trainer/yaml_quote.h"
 
 namespace sy {
 
 namespace {
-
-// A double-quoted YAML string on one line.
-std::string quote(const std::string& text) {
-  std::string out = "\"";
-  for (char c : text) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (c == '\n' || c == '\r') continue;
-    out += c;
-  }
-  return out + "\"";
-}
 
 std::string compiler_version() {
 #if defined(__clang__)
@@ -45,16 +35,16 @@ std::string utc_now() {
 std::string checkpoint_provenance(const Config& config, int ranks, int expert_parallel,
                                   const std::string& run_id) {
   std::string out;
-  if (!run_id.empty()) out += "run_id: " + quote(run_id) + "\n";
-  out += "switchyard: " + quote(SY_VERSION) + "\n";
-  out += "git_commit: " + quote(SY_GIT_COMMIT) + "\n";
-  out += "hdf5: " + quote(h5::library_version()) + "\n";
-  out += "mpi: " + quote(mpi_library_version()) + "\n";
-  out += "compiler: " + quote(compiler_version()) + "\n";
+  if (!run_id.empty()) out += "run_id: " + yaml_quote(run_id) + "\n";
+  out += "switchyard: " + yaml_quote(SY_VERSION) + "\n";
+  out += "git_commit: " + yaml_quote(SY_GIT_COMMIT) + "\n";
+  out += "hdf5: " + yaml_quote(h5::library_version()) + "\n";
+  out += "mpi: " + yaml_quote(mpi_library_version()) + "\n";
+  out += "compiler: " + yaml_quote(compiler_version()) + "\n";
   out += "ranks: " + std::to_string(ranks) + "\n";
   out += "expert_parallel: " + std::to_string(expert_parallel) + "\n";
-  out += "backend: " + quote(config.run.backend) + "\n";
-  out += "created: " + quote(utc_now()) + "\n";
+  out += "backend: " + yaml_quote(config.run.backend) + "\n";
+  out += "created: " + yaml_quote(utc_now()) + "\n";
   return out;
 }
 

@@ -9,7 +9,7 @@
 
 namespace sy {
 
-std::unique_ptr<Backend> make_backend(const RunConfig& run) {
+std::unique_ptr<Backend> make_backend(const RunConfig& run, int rank, int local_rank) {
   if (run.backend == "cpu") {
     if (run.precision != "fp32")
       throw std::runtime_error("run.precision: the cpu backend computes in fp32, got '" +
@@ -20,7 +20,7 @@ std::unique_ptr<Backend> make_backend(const RunConfig& run) {
 #ifdef SY_HAVE_CUDA
     // One GPU per rank: the node-local rank modulo the visible devices (ranks share a GPU when
     // there are more ranks than GPUs). Throws a plain error when no GPU is visible.
-    return make_cuda_backend(cuda_device_for_local_rank());
+    return make_cuda_backend(cuda_device_for_local_rank(local_rank, rank), rank);
 #else
     throw std::runtime_error(
         "run.backend: cuda is not available in this build (built without CUDA: nvcc was not "
@@ -55,9 +55,11 @@ void check_same_config(Communicator& world, const Config& config) {
 
 }  // namespace
 
-ModelSession make_model_session(const Config& config, MPI_Comm world) {
+ModelSession make_model_session(const Config& config, CommHandle world) {
   ModelSession session;
-  session.backend = make_backend(config.run);
+  // Collective (every rank, whatever its backend, so that none waits alone).
+  const int local_rank = host_local_rank(world);
+  session.backend = make_backend(config.run, world_rank(), local_rank);
   session.groups = make_process_groups(world, config.parallel.expert_parallel, *session.backend,
                                        config.parallel.communicator, config.parallel.timeout_s);
   check_same_config(*session.groups.world, config);

@@ -1,9 +1,13 @@
 #include "trainer/spike_guard.h"
 
+#include <nlohmann/json.hpp>
+
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+
+#include "trainer/metrics.h"
 
 namespace sy {
 
@@ -55,25 +59,23 @@ std::string spike_guard_log_path(const std::string& run_dir) {
 }
 
 std::string spike_guard_log_line(int64_t step, double loss) {
-  char text[96];
-  std::snprintf(text, sizeof text, "{\"step\": %lld, \"loss\": %.17g}\n",
-                static_cast<long long>(step), loss);
-  return text;
+  return JsonLine().add("step", step).add("loss", loss).str() + "\n";
 }
 
 std::vector<double> read_spike_guard_log(const std::string& path, int64_t last_step, bool& found) {
   std::vector<double> losses;
   std::ifstream in(path);
   found = static_cast<bool>(in);
-  std::string line;
-  while (std::getline(in, line)) {
-    long long step = 0;
-    double loss = 0;
-    char end = 0;
-    if (std::sscanf(line.c_str(), "{\"step\": %lld, \"loss\": %lf%c", &step, &loss, &end) != 3 ||
-        end != '}')
+  std::string text;
+  while (std::getline(in, text)) {
+    // Without exceptions: a torn last line (a crash mid-write) is discarded, not an error.
+    const nlohmann::json line = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (!line.is_object()) continue;
+    const auto step = line.find("step"), loss = line.find("loss");
+    if (step == line.end() || loss == line.end() || !step->is_number_integer() ||
+        !loss->is_number())
       continue;
-    if (step <= last_step) losses.push_back(loss);
+    if (step->get<int64_t>() <= last_step) losses.push_back(loss->get<double>());
   }
   return losses;
 }

@@ -4,9 +4,10 @@
 // train.max_bad_steps applies); skipped steps never enter the window.
 //
 // Resume: rank 0 appends every accepted step's loss to <run.dir>/spike_guard.jsonl
-// ({"step": N, "loss": <17 significant digits, which round-trip a double exactly>}); a resumed
-// run drops the lines after its checkpoint's step and refills the window from the last ones, so
-// it judges every later step exactly as the uninterrupted run did.
+// ({"step": N, "loss": X}, written by JsonLine: X is the shortest text that reads back to the
+// same double); a resumed run drops the lines after its checkpoint's step and refills the window
+// from the last ones, bit for bit, so it judges every later step exactly as the uninterrupted
+// run did.
 #pragma once
 #include <cstdint>
 #include <deque>

@@ -251,35 +251,6 @@ TokenFile load_tokens_on_every_rank(const Config& config, Communicator& world) {
   agree_or_throw(world, problem);
   return data;
 }
-
-// The checkpoint to resume from: `resume` itself, or for "auto" the newest complete one in the
-// checkpoint folder as rank 0 finds it, passing over `failed` ("" when there is none).
-// Collective over `world`.
-std::string resolve_resume(const std::string& resume, const Config& config, Communicator& world,
-                           std::vector<std::string>& messages,
-                           const std::vector<std::string>& failed) {
-  if (resume != "auto") return resume;
-  const std::string dir = checkpoint_dir(config);
-  std::string found, problem;
-  std::vector<std::string> skipped;
-  if (world.rank() == 0) {
-    try {
-      found = find_latest_checkpoint(dir, &skipped, failed);
-    } catch (const std::exception& error) {
-      problem = dir + ": " + error.what();
-    }
-  }
-  agree_or_throw(world, problem);
-  found = world.all_gather_host(found)[0];
-  if (!failed.empty()) return found;  // what was skipped is said already
-  for (const std::string& line : skipped)  // rank 0's findings (only rank 0 reports them)
-    if (line.find("latest: missing") == std::string::npos || found.empty())
-      messages.push_back("resume auto: skipped " + line);
-  if (found.empty())
-    messages.push_back("resume auto: no checkpoint in " + dir + "; starting fresh");
-  return found;
-}
-
 // Sums the per-group statistics of one step into its metrics (means over groups).
 struct StepAccumulator {
   int64_t groups = 0, assignments = 0, dropped = 0, rerouted = 0, tokens = 0;
@@ -357,18 +328,52 @@ struct StepAccumulator {
   }
 };
 
-}  // namespace
+// ---- what the stages share ---------------------------------------------------------------------
 
-TrainSummary train(const Config& config, const TrainOptions& options) {
-  ModelSession session = make_model_session(config, options.world);
-  Backend& backend = *session.backend;
-  Transformer& model = *session.model;
-  ProcessGroups& groups = session.groups;
-  Communicator& world = *groups.world;
-  const bool lead = world.rank() == 0;  // rank 0 alone prints and writes files
-  RunConsole console(options.print && lead);  // the console, and <run.dir>/train.log
+// What setup builds once and every stage reads: the model session, the optimizer and this rank's
+// part (world rank 0 alone prints and writes files). Collective to build: the session, the
+// run.dir guard (TrainOptions::guard_run_dir) and the memory check (run.memory_check).
+struct Run {
+  Run(const Config& config, const TrainOptions& options);
+  // A run that leaves by an exception still lets a background checkpoint write finish (its file
+  // complete, or removed) and says if it failed; on the normal path finish() waited for it.
+  ~Run() {
+    const std::string error = join_checkpoint_write();
+    if (!error.empty())
+      std::fprintf(stderr, "switchyard: error: background checkpoint write: %s\n", error.c_str());
+  }
+  Run(const Run&) = delete;
+  Run& operator=(const Run&) = delete;
+
+  const Config& config;
+  const TrainOptions& options;
+  ModelSession session;
+  Backend& backend;
+  Transformer& model;
+  ProcessGroups& groups;
+  Communicator& world;
+  const bool lead;     // world rank 0
+  const bool speak;    // lead, and options.print: the model card, progress lines, warnings
+  RunConsole console;  // the console, and <run.dir>/train.log
   StopSignals stop_signals;
   RunDirLock run_dir_lock;  // rank 0's, with guard_run_dir
+  MemoryCheck memory_check;
+  std::vector<Param*> params;
+  std::unique_ptr<Optimizer> optimizer;
+  const std::string checkpoints = checkpoint_dir(config);
+};
+
+Run::Run(const Config& config_in, const TrainOptions& options_in)
+    : config(config_in),
+      options(options_in),
+      session(make_model_session(config_in, options_in.world)),
+      backend(*session.backend),
+      model(*session.model),
+      groups(session.groups),
+      world(*session.groups.world),
+      lead(world.rank() == 0),
+      speak(options_in.print && lead),
+      console(speak) {
   if (options.guard_run_dir) {
     std::vector<std::string> messages;
     std::string problem;
@@ -380,359 +385,480 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       }
     }
     agree_or_throw(world, problem);
-    if (options.print && lead)
+    if (speak)
       for (const std::string& line : messages) console.print("%s\n", line.c_str());
   }
-  // Before the optimizer's state and the first activations exist (run.memory_check).
-  const MemoryCheck memory_check = check_memory(config, backend, options.world);
+  // Before the optimizer's state and the first activations exist.
+  memory_check = check_memory(config, backend, options.world);
   agree_or_throw(world, memory_check.problem);
+  params = model.params();
+  optimizer = make_optimizer(optimizer_settings(config.train));
+}
 
-  std::vector<Param*> params = model.params();
-  std::unique_ptr<Optimizer> optimizer = make_optimizer(optimizer_settings(config.train));
+// What the loop carries from step to step besides the weights and the optimizer's moments. The
+// sampler is stateless (a step's batch is a function of the seed and the step), so the step is
+// the data position, and a resume restores it with the weights and moments.
+struct TrainState {
+  int64_t step = 0;          // steps done; the one running is step + 1 (the sampler's `step`)
+  int64_t first_step = 0;    // where this call started: the resumed checkpoint's step, or 0
+  std::string run_id;        // in every checkpoint's provenance: keep_last removes only its files
+  // The grads are ready for the next backward: zero, or stale after Optimizer::step (to be
+  // overwritten, Param::GradState); a skipped step leaves them live, to be zeroed.
+  bool grads_ready = false;
+  int64_t bad_in_a_row = 0;  // steps skipped in a row (train.max_bad_steps)
+  // The progress line's interval: training time only (evaluation and saving are taken out).
+  Clock::time_point run_start, interval_start;
+  int64_t interval_tokens = 0;
+  TrainSummary summary;      // what train() returns, filled as the run goes
+};
 
-  // Resume: parameters, optimizer moments and step count, and the step (the sampler is
-  // stateless, so the step is the data position).
-  TrainSummary summary;
-  // A run that leaves by an exception still lets a background checkpoint write finish (its file
-  // complete, or removed) and says if it failed; on the normal path it has already been waited for.
-  struct JoinCheckpointWrite {
-    ~JoinCheckpointWrite() {
-      const std::string error = join_checkpoint_write();
-      if (!error.empty()) std::fprintf(stderr, "switchyard: error: background checkpoint write: %s\n", error.c_str());
-    }
-  } join_checkpoint_write_on_exit;
-  int64_t start_step = 0;
-  if (!options.resume.empty()) {
-    // --resume auto falls back past a checkpoint that looked complete but does not load (a
-    // damaged tensor); if none loads, the newest one's error stands. A failed load may have
-    // read some tensors, but the next one overwrites every tensor and moment.
-    std::vector<std::string> failed;
-    std::string first_error;
-    std::string path;
-    LoadResult loaded;
-    for (;;) {
-      path = resolve_resume(options.resume, config, world, summary.resume_messages, failed);
-      if (path.empty()) {
-        if (!failed.empty()) throw CollectiveError(first_error);
-        break;
-      }
-      try {
-        loaded = load_checkpoint(path, config, model, optimizer.get(), groups, backend);
-        break;
-      } catch (const CollectiveError& error) {
-        if (options.resume != "auto") throw;
-        if (first_error.empty()) first_error = error.what();
-        failed.push_back(path);
-        summary.resume_messages.push_back(std::string("warning: resume auto: skipped ") +
-                                          error.what() + "; trying an older checkpoint");
-      }
-    }
-    if (!path.empty()) {
-      start_step = loaded.header.step;
-      summary.resumed_from = path;
-      summary.resume_messages.push_back("resumed from " + path + " at step " +
-                                        std::to_string(start_step));
-      for (const std::string& line : loaded.diff.notes)
-        summary.resume_messages.push_back("note: changed since the checkpoint: " + line);
-      for (const std::string& line : loaded.diff.warnings)
-        summary.resume_messages.push_back(
-            "warning: changed since the checkpoint: " + line +
-            "; the routing groups differ, so the run does not continue the checkpoint's trajectory "
-            "exactly");
-    }
-    if (options.print && lead) {
+// Rank 0's files of the run, and the spike guard, whose window one of them refills on resume.
+struct RunOutputs {
+  std::unique_ptr<MetricsLog> metrics_log;  // <run.dir>/metrics.jsonl, rank 0
+  SpikeGuard spike_guard;                   // every rank, the same window
+  std::ofstream spike_log;                  // <run.dir>/spike_guard.jsonl, rank 0, guard on
+};
+
+// The training tokens (read window by window from disk through the sampler) and the validation
+// set (docs/data.md, Token files larger than memory).
+struct TrainData {
+  TokenFile file;
+  StepSampler sampler;
+  std::vector<int32_t> val_tokens;
+};
+
+// One step's micro-batches on this rank: micro-step m is routing group m*W + r of the step's
+// global batch (SPEC.md section 3).
+struct StepBatch {
+  std::vector<std::vector<int32_t>> inputs, targets;  // [grad_accum_steps][B*S]
+};
+
+// Whether a step may update, decided the same on every rank.
+struct StepVerdict {
+  int stop_signal = 0;      // the signal that asked any rank to stop, else 0
+  bool non_finite = false;  // the loss on some rank, or the global grad norm, is not finite
+  bool spike = false;       // the loss spiked (train.spike_window) and is finite
+  bool bad() const { return non_finite || spike; }
+};
+
+// ---- setup -------------------------------------------------------------------------------------
+
+// The step to start from: options.resume's checkpoint loaded into the model and optimizer (one
+// call, trainer/checkpoint.h), else step 0; and the run id, the resumed checkpoint's or, for a
+// fresh run (or one resumed from a checkpoint without one), a new one from rank 0.
+TrainState start_or_resume(Run& run) {
+  TrainState state;
+  TrainSummary& summary = state.summary;
+  if (!run.options.resume.empty()) {
+    ResumePoint resumed = resume_from(run.options.resume, run.checkpoints, run.config, run.model,
+                                      run.optimizer.get(), run.groups, run.backend);
+    state.step = resumed.step;
+    state.run_id = resumed.run_id;
+    summary.resumed_from = resumed.path;
+    summary.resume_messages = std::move(resumed.messages);
+    if (run.speak) {
       for (const std::string& line : summary.resume_messages)
-        console.write(line.rfind("warning", 0) == 0 ? stderr : stdout, "%s\n", line.c_str());
+        run.console.write(line.rfind("warning", 0) == 0 ? stderr : stdout, "%s\n", line.c_str());
       std::fflush(stdout);
     }
   }
-  summary.first_step = start_step;
-  // This run's id, in every checkpoint's provenance, so that keep_last removes only this run's
-  // files: the resumed checkpoint's, else a new one from rank 0.
-  std::string run_id = summary.resumed_from.empty()
-                           ? ""
-                           : provenance_run_id(read_checkpoint_header(summary.resumed_from).provenance);
-  if (run_id.empty()) {
-    if (lead) {
+  state.first_step = summary.first_step = summary.steps = state.step;
+  if (state.run_id.empty()) {
+    if (run.lead) {
       char random_part[16];
       std::snprintf(random_part, sizeof random_part, "%08x", std::random_device{}());
-      run_id = utc_stamp() + "-" + random_part;
+      state.run_id = utc_stamp() + "-" + random_part;
     }
-    run_id = world.all_gather_host(run_id)[0];
+    state.run_id = run.world.all_gather_host(state.run_id)[0];
   }
+  return state;
+}
 
-  const std::filesystem::path run_dir = config.run.dir;
-  const std::string checkpoints = checkpoint_dir(config);
-  std::unique_ptr<MetricsLog> metrics_log;
+// The spike guard's window, refilled on resume from rank 0's log (trainer/spike_guard.h), and
+// that log opened for this run's lines. Collective.
+void restore_spike_guard(Run& run, const TrainState& state, RunOutputs& outputs) {
+  std::string window_text;
   std::string problem;
-  if (lead) {
+  if (run.lead) {
     try {
-      std::filesystem::create_directories(run_dir);
-      write_resolved_config(config, run_dir);
-      console.open_log((run_dir / "train.log").string());
-      const std::filesystem::path metrics_path = run_dir / "metrics.jsonl";
-      const bool resumed = !summary.resumed_from.empty();
-      // A resumed run's metrics.jsonl keeps the lines up to the checkpoint's step (a run that
-      // went on past its last checkpoint wrote lines that the resumed run writes again).
-      if (resumed)
-        for (const std::string& note : truncate_metrics_after(metrics_path.string(), start_step))
-          console.write(stderr, "warning: %s\n", note.c_str());
-      metrics_log = std::make_unique<MetricsLog>(metrics_path.string(), resumed);
-      if (config.run.tensorboard) metrics_log->add_tensorboard((run_dir / "tensorboard").string());
+      const std::string path = spike_guard_log_path(run.config.run.dir);
+      const bool resumed = !state.summary.resumed_from.empty();
+      if (resumed) {
+        bool found = false;
+        const std::vector<double> losses = read_spike_guard_log(path, state.step, found);
+        const size_t keep =
+            std::min(losses.size(), static_cast<size_t>(run.config.train.spike_window));
+        char text[40];
+        for (size_t i = losses.size() - keep; i < losses.size(); ++i) {
+          std::snprintf(text, sizeof text, "%.17g\n", losses[i]);
+          window_text += text;
+        }
+        if (found) {
+          for (const std::string& note : truncate_metrics_after(path, state.step))
+            run.console.write(stderr, "warning: %s\n", note.c_str());
+        } else if (run.options.print) {
+          run.console.write(stderr, "warning: %s is missing: the loss-spike guard starts with an "
+                            "empty window (it acts after train.spike_min_steps steps)\n",
+                            path.c_str());
+        }
+      }
+      outputs.spike_log.open(path, resumed ? std::ios::app : std::ios::trunc);
+      if (!outputs.spike_log) throw std::runtime_error(path + ": cannot open: " + errno_text());
     } catch (const std::exception& error) {
       problem = error.what();
     }
   }
-  agree_or_throw(world, problem);
-  // The spike guard's window, refilled on resume from rank 0's log (trainer/spike_guard.h).
-  SpikeGuard spike_guard(config.train.spike_window, config.train.spike_z,
-                         config.train.spike_min_steps);
-  std::ofstream spike_log;
-  if (spike_guard.enabled()) {
-    std::string window_text;
-    if (lead) {
-      try {
-        const std::string path = spike_guard_log_path(config.run.dir);
-        const bool resumed = !summary.resumed_from.empty();
-        if (resumed) {
-          bool found = false;
-          const std::vector<double> losses = read_spike_guard_log(path, start_step, found);
-          const size_t keep = std::min(losses.size(), static_cast<size_t>(config.train.spike_window));
-          char text[40];
-          for (size_t i = losses.size() - keep; i < losses.size(); ++i) {
-            std::snprintf(text, sizeof text, "%.17g\n", losses[i]);
-            window_text += text;
-          }
-          if (found) {
-            for (const std::string& note : truncate_metrics_after(path, start_step))
-              console.write(stderr, "warning: %s\n", note.c_str());
-          } else if (options.print) {
-            console.write(stderr, "warning: %s is missing: the loss-spike guard starts with an "
-                          "empty window (it acts after train.spike_min_steps steps)\n", path.c_str());
-          }
-        }
-        spike_log.open(path, resumed ? std::ios::app : std::ios::trunc);
-        if (!spike_log) throw std::runtime_error(path + ": cannot open: " + errno_text());
-      } catch (const std::exception& error) {
-        problem = error.what();
-      }
-    }
-    agree_or_throw(world, problem);
-    window_text = world.all_gather_host(window_text)[0];
-    std::vector<double> window;
-    for (size_t begin = 0, end; (end = window_text.find('\n', begin)) != std::string::npos;
-         begin = end + 1)
-      window.push_back(std::strtod(window_text.c_str() + begin, nullptr));
-    spike_guard.restore(window);
-  }
-  const TokenFile data = load_tokens_on_every_rank(config, world);
-  const StepSampler sampler(data.train, config.model.seq_len, config.seed);
-  const std::vector<int32_t> val_tokens =
-      read_validation_tokens(*data.val, eval_sequences(config), config.model.seq_len);
+  agree_or_throw(run.world, problem);
+  window_text = run.world.all_gather_host(window_text)[0];
+  std::vector<double> window;
+  for (size_t begin = 0, end; (end = window_text.find('\n', begin)) != std::string::npos;
+       begin = end + 1)
+    window.push_back(std::strtod(window_text.c_str() + begin, nullptr));
+  outputs.spike_guard.restore(window);
+}
 
+// Rank 0 writes the resolved config.yaml and opens train.log and metrics.jsonl (a resumed run's
+// keeps the lines up to the checkpoint's step: a run that went on past its last checkpoint wrote
+// lines that the resumed run writes again); then the spike guard. Collective.
+RunOutputs open_outputs(Run& run, const TrainState& state) {
+  const Config& config = run.config;
+  RunOutputs outputs{nullptr,
+                     SpikeGuard(config.train.spike_window, config.train.spike_z,
+                                config.train.spike_min_steps),
+                     {}};
+  std::string problem;
+  if (run.lead) {
+    try {
+      const fs::path run_dir = config.run.dir;
+      fs::create_directories(run_dir);
+      write_resolved_config(config, run_dir);
+      run.console.open_log((run_dir / "train.log").string());
+      const fs::path metrics_path = run_dir / "metrics.jsonl";
+      const bool resumed = !state.summary.resumed_from.empty();
+      if (resumed)
+        for (const std::string& note : truncate_metrics_after(metrics_path.string(), state.step))
+          run.console.write(stderr, "warning: %s\n", note.c_str());
+      outputs.metrics_log = std::make_unique<MetricsLog>(metrics_path.string(), resumed);
+      if (config.run.tensorboard)
+        outputs.metrics_log->add_tensorboard((run_dir / "tensorboard").string());
+    } catch (const std::exception& error) {
+      problem = error.what();
+    }
+  }
+  agree_or_throw(run.world, problem);
+  if (outputs.spike_guard.enabled()) restore_spike_guard(run, state, outputs);
+  return outputs;
+}
+
+TrainData load_train_data(Run& run) {
+  const Config& config = run.config;
+  TokenFile file = load_tokens_on_every_rank(config, run.world);
+  StepSampler sampler(file.train, config.model.seq_len, config.seed);
+  std::vector<int32_t> val_tokens =
+      read_validation_tokens(*file.val, eval_sequences(config), config.model.seq_len);
+  return TrainData{std::move(file), std::move(sampler), std::move(val_tokens)};
+}
+
+// Rank 0's start-up lines: the model card, the layout, the data, the memory estimate.
+void announce(Run& run, const TrainData& data, const TrainState& state) {
+  if (!run.speak) return;
+  const Config& config = run.config;
   const TrainConfig& tc = config.train;
-  const int64_t W = world.size(), rank = world.rank();
-  const int64_t B = tc.micro_batch_size, S = config.model.seq_len;
-  if (options.print && lead) {
-    console.print("%s", format_model_card(config, make_model_card(config)).c_str());
-    console.print("  %lld ranks (expert_parallel %lld, grad_accum_steps %lld): global batch %lld "
-                  "sequences\n",
-                  static_cast<long long>(W),
-                  static_cast<long long>(config.parallel.expert_parallel),
-                  static_cast<long long>(tc.grad_accum_steps),
-                  static_cast<long long>(W * tc.grad_accum_steps * B));
-    console.print("  run dir %s, data %s (%lld train / %lld val tokens)\n", run_dir.c_str(),
-                  config.data.path.c_str(), static_cast<long long>(data.train->size()),
-                  static_cast<long long>(data.val->size()));
-    console.print("  %s\n", memory_check.summary.c_str());
-    std::fflush(stdout);
-  }
+  const int64_t W = run.world.size();
+  run.console.print("%s", format_model_card(config, make_model_card(config)).c_str());
+  run.console.print("  %lld ranks (expert_parallel %lld, grad_accum_steps %lld): global batch "
+                    "%lld sequences\n",
+                    static_cast<long long>(W),
+                    static_cast<long long>(config.parallel.expert_parallel),
+                    static_cast<long long>(tc.grad_accum_steps),
+                    static_cast<long long>(W * tc.grad_accum_steps * tc.micro_batch_size));
+  run.console.print("  run dir %s, data %s (%lld train / %lld val tokens)\n",
+                    config.run.dir.c_str(), config.data.path.c_str(),
+                    static_cast<long long>(data.file.train->size()),
+                    static_cast<long long>(data.file.val->size()));
+  run.console.print("  %s\n", run.memory_check.summary.c_str());
+  std::fflush(stdout);
+  if (state.step >= tc.steps)
+    run.console.print("nothing to train: the checkpoint is at step %lld and train.steps is %lld\n",
+                      static_cast<long long>(state.step), static_cast<long long>(tc.steps));
+}
 
-  // SPEC.md section 3: the step's objective is the mean over its W*A routing groups.
-  const double loss_scale = 1.0 / static_cast<double>(W * tc.grad_accum_steps);
-  std::vector<int32_t> inputs(B * S), targets(B * S);
+// ---- one step ----------------------------------------------------------------------------------
 
-  if (options.print && lead && start_step >= tc.steps)
-    console.print("nothing to train: the checkpoint is at step %lld and train.steps is %lld\n",
-                  static_cast<long long>(start_step), static_cast<long long>(tc.steps));
-  const Clock::time_point run_start = Clock::now();
-  Clock::time_point interval_start = run_start;
-  int64_t interval_tokens = 0;
-  bool grads_zero = false;  // Optimizer::step leaves the grads zero (optim/optimizer.h)
-  int64_t bad_in_a_row = 0;
-  summary.steps = start_step;
-  // A checkpoint of the current weights, refused (DivergedError) when they are not finite.
-  auto save_now_or_refuse = [&](int64_t step_done) {
-    if (!weights_finite(backend, params, world))
-      throw DivergedError("step " + std::to_string(step_done) +
-                          ": the weights are not finite after the update, so no checkpoint is "
-                          "written (" + checkpoints + "/latest still names the last finite one); "
-                          "lower train.lr or set train.grad_clip");
-    const Clock::time_point save_start = Clock::now();
-    summary.last_checkpoint = save_checkpoint(checkpoints, step_done, config, model,
-                                              optimizer.get(), groups, backend, run_id);
-    if (options.print && lead && config.checkpoint.async) {
-      console.print("saving step %6lld | %s (in the background; the step waited %.2fs)\n",
-                    static_cast<long long>(step_done), summary.last_checkpoint.c_str(),
-                    seconds_since(save_start));
-    } else if (options.print && lead) {
-      std::error_code error;
-      const auto bytes = std::filesystem::file_size(summary.last_checkpoint, error);
-      console.print("saved  step %6lld | %s (%.1f MB in %.2fs)\n",
-                    static_cast<long long>(step_done), summary.last_checkpoint.c_str(),
-                    error ? 0.0 : bytes / 1e6, seconds_since(save_start));
-    }
-    interval_start += Clock::now() - save_start;  // saving does not count as training time
-  };
-  for (int64_t step = start_step; step < tc.steps; ++step) {
-    if (!grads_zero) model.zero_grads();
-    StepAccumulator acc;
-    for (int64_t micro = 0; micro < tc.grad_accum_steps; ++micro) {
-      const int64_t group = micro * W + rank;  // SPEC.md section 3
-      sampler.group(step, group, B, inputs.data(), targets.data());
-      acc.add(model.forward_backward(inputs, targets, B, true, loss_scale));
-    }
-    if (options.after_backward) options.after_backward(step + 1, params, backend);
-    if (options.loss_offset) acc.loss += options.loss_offset(step + 1);
-    synchronize_gradients(params, groups);
-    const double grad_norm = distributed_grad_norm(backend, params, groups);
-    const double lr = lr_at(lr_schedule(tc), step);
-    const bool loss_finite_here = std::isfinite(acc.loss);
-    // The step's statistics over all ranks, before the update: the spike guard judges the loss
-    // (metrics.loss, as StepAccumulator::finish computes it).
-    acc.reduce(world);
-    const double step_loss = acc.loss / static_cast<double>(acc.groups);
-    // One 3-integer all-reduce per step, so that every rank takes the same decisions: a stop
-    // signal on any rank, a non-finite loss on any rank (grad_norm is already global), a spike.
-    std::vector<int64_t> flags{static_cast<int64_t>(g_stop_signal), loss_finite_here ? 0 : 1,
-                               spike_guard.is_spike(step_loss) ? 1 : 0};
-    world.all_reduce_host(flags, ReduceOp::max);
-    const int stop_signal = static_cast<int>(flags[0]);
-    const bool non_finite = flags[1] != 0 || !std::isfinite(grad_norm);
-    const bool spike = flags[2] != 0 && !non_finite;
-    const bool bad_step = non_finite || spike;
-    if (!bad_step) {
-      // The clip scale, the update, the bf16 copies of the new master weights and the zeroing
-      // of the grads, in one pass on CUDA (optim/optimizer.h).
-      optimizer->step(backend, params, lr, clip_factor(grad_norm, tc.grad_clip));
-      grads_zero = true;
-    } else {
-      grads_zero = false;  // the non-finite grads are dropped by the next step's zero_grads
-    }
+StepBatch next_batch(const Run& run, const TrainData& data, const TrainState& state) {
+  const int64_t W = run.world.size(), rank = run.world.rank();
+  const int64_t A = run.config.train.grad_accum_steps;
+  const int64_t B = run.config.train.micro_batch_size, S = run.config.model.seq_len;
+  StepBatch batch;
+  batch.inputs.assign(A, std::vector<int32_t>(B * S));
+  batch.targets.assign(A, std::vector<int32_t>(B * S));
+  for (int64_t micro = 0; micro < A; ++micro)
+    data.sampler.group(state.step, micro * W + rank, B, batch.inputs[micro].data(),
+                       batch.targets[micro].data());
+  return batch;
+}
 
-    // aux-loss-free balancing (a no-op when off); a skipped step changes nothing
-    if (!bad_step) model.update_expert_bias(acc.load_counts);
-    StepMetrics metrics;
-    metrics.step = step + 1;
-    metrics.lr = lr;
-    metrics.grad_norm = grad_norm;
-    acc.finish(metrics);
-    summary.losses.push_back(metrics.loss);
-    summary.dropped_any |= metrics.dropped_frac > 0;
-    interval_tokens += acc.tokens;
-    summary.steps = step + 1;
-    if (bad_step) {
-      ++summary.skipped_steps;
-      summary.spike_steps += spike;
-      ++bad_in_a_row;
-      const std::string what =
-          spike ? "step " + std::to_string(step + 1) + ": " + spike_guard.describe(metrics.loss)
-                : "step " + std::to_string(step + 1) + ": loss " + std::to_string(metrics.loss) +
-                      ", grad_norm " + std::to_string(grad_norm) + " (not finite)";
-      if (bad_in_a_row >= tc.max_bad_steps)
-        throw DivergedError(what + ", " + std::to_string(bad_in_a_row) +
-                            " such steps in a row (train.max_bad_steps " +
-                            std::to_string(tc.max_bad_steps) + "): training diverged; lower "
-                            "train.lr or set train.grad_clip, and resume from the last finite "
-                            "checkpoint");
-      if (options.print && lead)
-        console.write(stderr, "warning: %s: skipped, no update (%lld in a row, %lld skipped in all; "
-                      "train.max_bad_steps %lld)\n", what.c_str(),
-                      static_cast<long long>(bad_in_a_row),
+// Every micro-batch forward and backward; parameter gradients accumulate, scaled so that the
+// step's objective is the mean over its W*A routing groups (SPEC.md section 3). Then the tests'
+// fault injections (TrainOptions::after_backward, loss_offset).
+StepAccumulator forward_backward(Run& run, const StepBatch& batch, const TrainState& state) {
+  if (!state.grads_ready) run.model.zero_grads();
+  const int64_t A = run.config.train.grad_accum_steps;
+  const double loss_scale = 1.0 / static_cast<double>(run.world.size() * A);
+  StepAccumulator acc;
+  for (int64_t micro = 0; micro < A; ++micro)
+    acc.add(run.model.forward_backward(batch.inputs[micro], batch.targets[micro],
+                                       run.config.train.micro_batch_size, true, loss_scale));
+  const int64_t step_number = state.step + 1;
+  if (run.options.after_backward) run.options.after_backward(step_number, run.params, run.backend);
+  if (run.options.loss_offset) acc.loss += run.options.loss_offset(step_number);
+  return acc;
+}
+
+// The gradients summed over the ranks that hold each parameter (docs/parallel.md); returns their
+// global norm, the same on every rank.
+double sync_gradients(Run& run) {
+  synchronize_gradients(run.params, run.groups);
+  return distributed_grad_norm(run.backend, run.params, run.groups);
+}
+
+// The step's statistics summed over the ranks (the spike guard judges the loss that
+// metrics.loss reports, as StepAccumulator::finish computes it), then one 3-integer all-reduce,
+// so that every rank takes the same decisions: a stop signal on any rank, a non-finite loss on
+// any rank (grad_norm is global already), a spike.
+StepVerdict judge_step(Run& run, const SpikeGuard& spike_guard, StepAccumulator& acc,
+                       double grad_norm) {
+  const bool loss_finite_here = std::isfinite(acc.loss);
+  acc.reduce(run.world);
+  const double step_loss = acc.loss / static_cast<double>(acc.groups);
+  std::vector<int64_t> flags{static_cast<int64_t>(g_stop_signal), loss_finite_here ? 0 : 1,
+                             spike_guard.is_spike(step_loss) ? 1 : 0};
+  run.world.all_reduce_host(flags, ReduceOp::max);
+  StepVerdict verdict;
+  verdict.stop_signal = static_cast<int>(flags[0]);
+  verdict.non_finite = flags[1] != 0 || !std::isfinite(grad_norm);
+  verdict.spike = flags[2] != 0 && !verdict.non_finite;
+  return verdict;
+}
+
+// A good step: the clip scale, the update and the bf16 copies of the new master weights in one
+// pass on CUDA, the grads left for the next backward to overwrite (optim/optimizer.h); then aux-loss-free balancing (a
+// no-op when off). A bad step changes nothing: its grads are dropped by the next step's
+// zero_grads. Returns the step's learning rate.
+double clip_and_update(Run& run, TrainState& state, const StepVerdict& verdict, double grad_norm,
+                       const StepAccumulator& acc) {
+  const double lr = lr_at(lr_schedule(run.config.train), state.step);
+  state.grads_ready = !verdict.bad();
+  if (verdict.bad()) return lr;
+  run.optimizer->step(run.backend, run.params, lr, clip_factor(grad_norm, run.config.train.grad_clip));
+  run.model.update_expert_bias(acc.load_counts);
+  return lr;
+}
+
+// A skipped step is counted and reported; train.max_bad_steps of them in a row end the run.
+void count_bad_step(Run& run, TrainState& state, const StepVerdict& verdict,
+                    const SpikeGuard& spike_guard, const StepMetrics& metrics) {
+  const TrainConfig& tc = run.config.train;
+  TrainSummary& summary = state.summary;
+  ++summary.skipped_steps;
+  summary.spike_steps += verdict.spike;
+  ++state.bad_in_a_row;
+  const std::string step = "step " + std::to_string(metrics.step) + ": ";
+  const std::string what =
+      verdict.spike ? step + spike_guard.describe(metrics.loss)
+                    : step + "loss " + std::to_string(metrics.loss) + ", grad_norm " +
+                          std::to_string(metrics.grad_norm) + " (not finite)";
+  if (state.bad_in_a_row >= tc.max_bad_steps)
+    throw DivergedError(what + ", " + std::to_string(state.bad_in_a_row) +
+                        " such steps in a row (train.max_bad_steps " +
+                        std::to_string(tc.max_bad_steps) + "): training diverged; lower "
+                        "train.lr or set train.grad_clip, and resume from the last finite "
+                        "checkpoint");
+  if (run.speak)
+    run.console.write(stderr, "warning: %s: skipped, no update (%lld in a row, %lld skipped in "
+                      "all; train.max_bad_steps %lld)\n", what.c_str(),
+                      static_cast<long long>(state.bad_in_a_row),
                       static_cast<long long>(summary.skipped_steps),
                       static_cast<long long>(tc.max_bad_steps));
-    } else {
-      bad_in_a_row = 0;
-      spike_guard.accept(metrics.loss);
-      if (spike_log.is_open()) {
-        spike_log << spike_guard_log_line(step + 1, metrics.loss);
-        spike_log.flush();
-      }
-    }
+}
 
-    const bool last = step + 1 == tc.steps;
-    const bool first = step == start_step;
-    if ((step + 1) % config.run.log_every == 0 || last || first) {
-      std::vector<int64_t> peak{static_cast<int64_t>(backend.peak_memory_bytes())};
-      world.all_reduce_host(peak, ReduceOp::max);
-      metrics.peak_memory_bytes = peak[0];
-      if (first && options.print && lead && peak[0] > 0)
-        console.print("  peak device memory after the first step: %.1f MiB per rank (max over "
-                      "ranks; buffers are reused from here on)\n",
-                      peak[0] / 1048576.0);
+// The step is done: its metrics, the run's counts, and the spike guard's verdict applied (a good
+// step's loss enters the window and rank 0's log). Advances state.step.
+StepMetrics record_step(Run& run, TrainState& state, RunOutputs& outputs,
+                        const StepVerdict& verdict, const StepAccumulator& acc, double lr,
+                        double grad_norm) {
+  StepMetrics metrics;
+  metrics.step = state.step + 1;
+  metrics.lr = lr;
+  metrics.grad_norm = grad_norm;
+  acc.finish(metrics);
+  state.summary.losses.push_back(metrics.loss);
+  state.summary.dropped_any |= metrics.dropped_frac > 0;
+  state.interval_tokens += acc.tokens;
+  state.summary.steps = state.step = metrics.step;
+  if (verdict.bad()) {
+    count_bad_step(run, state, verdict, outputs.spike_guard, metrics);
+  } else {
+    state.bad_in_a_row = 0;
+    outputs.spike_guard.accept(metrics.loss);
+    if (outputs.spike_log.is_open()) {
+      outputs.spike_log << spike_guard_log_line(metrics.step, metrics.loss);
+      outputs.spike_log.flush();
     }
-    if ((step + 1) % config.run.log_every == 0 || last) {
-      backend.synchronize();  // a device's queued work belongs to this interval
-      const double interval_s = seconds_since(interval_start);
-      metrics.tokens_per_s = interval_s > 0 ? interval_tokens / interval_s : 0.0;
-      metrics.eta_s = seconds_since(run_start) / (step + 1 - start_step) * (tc.steps - step - 1);
-      for (auto& [path, bias] : model.expert_biases())
-        metrics.expert_bias.push_back(backend.read(bias));
-      if (lead) metrics_log->write_step(metrics);
-      if (options.print && lead) console.print("%s\n", progress_line(metrics, tc.steps).c_str());
-      interval_start = Clock::now();
-      interval_tokens = 0;
-    }
-    const bool eval_now = eval_sequences(config) > 0 &&
-                          ((config.eval.every > 0 && (step + 1) % config.eval.every == 0) || last);
-    if (eval_now) {
-      const Clock::time_point eval_start = Clock::now();
-      const Validation validation = evaluate(model, val_tokens, eval_sequences(config), world);
-      const LossInUnits units = loss_in_units(validation.loss, data.tokenizer);
-      summary.final_val_loss = validation.loss;
-      if (lead)
-        metrics_log->write_eval(step + 1, validation.loss, units.name, units.value,
-                                validation.tokens);
-      if (options.print && lead)
-        console.print("eval   step %6lld | val_loss %.4f | %s %.4f | %lld tokens in %.1fs\n",
-                      static_cast<long long>(step + 1), validation.loss, units.name.c_str(),
+  }
+  return metrics;
+}
+
+// Every run.log_every steps and at the last: the interval's throughput, the expert biases, a
+// metrics.jsonl line and a progress line. The peak device memory is reduced then, and after the
+// first step (printed once: the buffers are reused from there on).
+void log_step(Run& run, TrainState& state, RunOutputs& outputs, StepMetrics& metrics) {
+  const TrainConfig& tc = run.config.train;
+  const bool last = state.step == tc.steps;
+  const bool first = state.step == state.first_step + 1;
+  const bool log_now = state.step % run.config.run.log_every == 0 || last;
+  if (log_now || first) {
+    std::vector<int64_t> peak{static_cast<int64_t>(run.backend.peak_memory_bytes())};
+    run.world.all_reduce_host(peak, ReduceOp::max);
+    metrics.peak_memory_bytes = peak[0];
+    if (first && run.speak && peak[0] > 0)
+      run.console.print("  peak device memory after the first step: %.1f MiB per rank (max over "
+                        "ranks; buffers are reused from here on)\n",
+                        peak[0] / 1048576.0);
+  }
+  if (!log_now) return;
+  run.backend.synchronize();  // a device's queued work belongs to this interval
+  const double interval_s = seconds_since(state.interval_start);
+  metrics.tokens_per_s = interval_s > 0 ? state.interval_tokens / interval_s : 0.0;
+  metrics.eta_s = seconds_since(state.run_start) / (state.step - state.first_step) *
+                  (tc.steps - state.step);
+  for (auto& [path, bias] : run.model.expert_biases())
+    metrics.expert_bias.push_back(run.backend.read(bias));
+  if (run.lead) outputs.metrics_log->write_step(metrics);
+  if (run.speak) run.console.print("%s\n", progress_line(metrics, tc.steps).c_str());
+  state.interval_start = Clock::now();
+  state.interval_tokens = 0;
+}
+
+// Every eval.every steps and at the last: the validation loss (trainer/evaluate.h), logged and
+// printed. Evaluation does not count as training time.
+void maybe_evaluate(Run& run, const TrainData& data, TrainState& state, RunOutputs& outputs) {
+  const Config& config = run.config;
+  const int64_t sequences = eval_sequences(config);
+  const bool due = (config.eval.every > 0 && state.step % config.eval.every == 0) ||
+                   state.step == config.train.steps;
+  if (sequences <= 0 || !due) return;
+  const Clock::time_point eval_start = Clock::now();
+  const Validation validation = evaluate(run.model, data.val_tokens, sequences, run.world);
+  const LossInUnits units = loss_in_units(validation.loss, data.file.tokenizer);
+  state.summary.final_val_loss = validation.loss;
+  if (run.lead)
+    outputs.metrics_log->write_eval(state.step, validation.loss, units.name, units.value,
+                                    validation.tokens);
+  if (run.speak)
+    run.console.print("eval   step %6lld | val_loss %.4f | %s %.4f | %lld tokens in %.1fs\n",
+                      static_cast<long long>(state.step), validation.loss, units.name.c_str(),
                       units.value, static_cast<long long>(validation.tokens),
                       seconds_since(eval_start));
-      interval_start += Clock::now() - eval_start;  // evaluation does not count as training time
+  state.interval_start += Clock::now() - eval_start;
+}
+
+// Every checkpoint.every steps, at the last, and when a signal asked to stop: a checkpoint of
+// the current weights, refused (DivergedError) when they are not finite. Saving does not count
+// as training time.
+void maybe_save(Run& run, TrainState& state, const StepVerdict& verdict) {
+  const Config& config = run.config;
+  const bool due = (config.checkpoint.every > 0 && state.step % config.checkpoint.every == 0) ||
+                   state.step == config.train.steps;
+  if (!due && verdict.stop_signal == 0) return;
+  if (!weights_finite(run.backend, run.params, run.world))
+    throw DivergedError("step " + std::to_string(state.step) +
+                        ": the weights are not finite after the update, so no checkpoint is "
+                        "written (" + run.checkpoints + "/latest still names the last finite "
+                        "one); lower train.lr or set train.grad_clip");
+  const Clock::time_point save_start = Clock::now();
+  std::string& saved = state.summary.last_checkpoint;
+  saved = save_checkpoint(run.checkpoints, state.step, config, run.model, run.optimizer.get(),
+                          run.groups, run.backend, state.run_id);
+  if (run.speak && config.checkpoint.async) {
+    run.console.print("saving step %6lld | %s (in the background; the step waited %.2fs)\n",
+                      static_cast<long long>(state.step), saved.c_str(), seconds_since(save_start));
+  } else if (run.speak) {
+    std::error_code error;
+    const auto bytes = fs::file_size(saved, error);
+    run.console.print("saved  step %6lld | %s (%.1f MB in %.2fs)\n",
+                      static_cast<long long>(state.step), saved.c_str(),
+                      error ? 0.0 : bytes / 1e6, seconds_since(save_start));
+  }
+  state.interval_start += Clock::now() - save_start;
+}
+
+// A stop signal ended the run after the checkpoint maybe_save wrote for it.
+void report_stop(Run& run, TrainState& state, int stop_signal) {
+  state.summary.stop_signal = stop_signal;
+  if (!run.speak) return;
+  run.console.print("stopped by %s after step %lld: checkpoint %s; continue with --resume auto "
+                    "(exit status %d)\n",
+                    signal_name(stop_signal).c_str(), static_cast<long long>(state.step),
+                    state.summary.last_checkpoint.c_str(), kExitPreempted);
+  std::fflush(stdout);
+}
+
+// ---- finish ------------------------------------------------------------------------------------
+
+// Waits for the last asynchronous save (its file complete, or its error raised on every rank),
+// then the summary: steps, time, throughput; and with collect_parameters every parameter on
+// rank 0.
+TrainSummary finish(Run& run, TrainState& state) {
+  finish_checkpoint_write(run.groups);
+  const TrainConfig& tc = run.config.train;
+  TrainSummary& summary = state.summary;
+  if (summary.stop_signal == 0) summary.steps = std::max(state.first_step, tc.steps);
+  summary.seconds = seconds_since(state.run_start);
+  const int64_t steps_run = std::max<int64_t>(0, summary.steps - state.first_step);
+  const int64_t tokens_per_step =
+      run.world.size() * tc.grad_accum_steps * tc.micro_batch_size * run.config.model.seq_len;
+  summary.tokens_per_s =
+      summary.seconds > 0 ? steps_run * tokens_per_step / summary.seconds : 0.0;
+  if (run.speak && steps_run > 0 && summary.stop_signal == 0)
+    run.console.print("done: %lld steps in %.1fs (%.0f tokens/s), final val_loss %.4f\n",
+                      static_cast<long long>(steps_run), summary.seconds, summary.tokens_per_s,
+                      summary.final_val_loss);
+  if (run.options.collect_parameters)
+    for (Param* param : run.params) {
+      std::vector<double> full =
+          gather_to_rank0(param->value, param->is_expert, run.groups, run.backend);
+      if (run.lead) summary.parameters.emplace_back(param->path, std::move(full));
     }
-    const bool save_now =
-        (config.checkpoint.every > 0 && (step + 1) % config.checkpoint.every == 0) || last;
-    if (save_now || stop_signal != 0) save_now_or_refuse(step + 1);
-    if (stop_signal != 0) {
-      summary.stop_signal = stop_signal;
-      if (options.print && lead)
-        console.print("stopped by %s after step %lld: checkpoint %s; continue with --resume "
-                      "auto (exit status %d)\n",
-                      signal_name(stop_signal).c_str(), static_cast<long long>(step + 1),
-                      summary.last_checkpoint.c_str(), kExitPreempted);
-      if (options.print && lead) std::fflush(stdout);
+  return std::move(summary);
+}
+
+}  // namespace
+
+TrainSummary train(const Config& config, const TrainOptions& options) {
+  Run run(config, options);
+  TrainState state = start_or_resume(run);
+  RunOutputs outputs = open_outputs(run, state);
+  const TrainData data = load_train_data(run);
+  announce(run, data, state);
+  state.run_start = state.interval_start = Clock::now();
+  while (state.step < config.train.steps) {
+    const StepBatch batch = next_batch(run, data, state);
+    StepAccumulator acc = forward_backward(run, batch, state);
+    const double grad_norm = sync_gradients(run);
+    const StepVerdict verdict = judge_step(run, outputs.spike_guard, acc, grad_norm);
+    const double lr = clip_and_update(run, state, verdict, grad_norm, acc);
+    StepMetrics metrics = record_step(run, state, outputs, verdict, acc, lr, grad_norm);
+    log_step(run, state, outputs, metrics);
+    maybe_evaluate(run, data, state, outputs);
+    maybe_save(run, state, verdict);
+    if (verdict.stop_signal != 0) {
+      report_stop(run, state, verdict.stop_signal);
       break;
     }
-    if (options.print && lead) std::fflush(stdout);
+    if (run.speak) std::fflush(stdout);
   }
-  // checkpoint.async: the last save's file is complete (or its error raised on every rank)
-  // before train() returns.
-  finish_checkpoint_write(groups);
-  if (summary.stop_signal == 0) summary.steps = std::max(start_step, tc.steps);
-  summary.seconds = seconds_since(run_start);
-  const int64_t steps_run = std::max<int64_t>(0, summary.steps - start_step);
-  summary.tokens_per_s =
-      summary.seconds > 0 ? steps_run * W * tc.grad_accum_steps * B * S / summary.seconds : 0.0;
-  if (options.print && lead && steps_run > 0 && summary.stop_signal == 0)
-    console.print("done: %lld steps in %.1fs (%.0f tokens/s), final val_loss %.4f\n",
-                  static_cast<long long>(steps_run), summary.seconds, summary.tokens_per_s,
-                  summary.final_val_loss);
-  if (options.collect_parameters)
-    for (Param* param : params) {
-      std::vector<double> full = gather_to_rank0(param->value, param->is_expert, groups, backend);
-      if (lead) summary.parameters.emplace_back(param->path, std::move(full));
-    }
-  return summary;
+  return finish(run, state);
 }
 
 }  // namespace sy

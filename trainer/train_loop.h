@@ -2,8 +2,6 @@
 // gradients, clip, step the optimizer, log, evaluate, checkpoint (docs/checkpoint.md); optionally
 // resume from a checkpoint first. Collective over the ranks of `world`.
 #pragma once
-#include <mpi.h>
-
 #include <csignal>
 #include <cstdint>
 #include <functional>
@@ -13,6 +11,7 @@
 
 #include "model/backend.h"
 #include "model/param.h"
+#include "parallel/launch.h"
 #include "parallel/process_groups.h"
 #include "trainer/config.h"
 
@@ -20,7 +19,7 @@ namespace sy {
 
 struct TrainOptions {
   bool print = true;               // model card and progress lines on rank 0's stdout
-  MPI_Comm world = MPI_COMM_WORLD;
+  CommHandle world = world_comm();  // the ranks that train (tests: a split of the world)
   bool collect_parameters = false; // fill TrainSummary::parameters on rank 0 (tests)
   // "": start fresh; "auto": the newest complete checkpoint in checkpoint.dir (fresh if none);
   // else the path of a checkpoint. A resumed run continues at the checkpoint's step + 1 and

@@ -189,7 +189,7 @@ struct Row {
 // One MoE layer's expert path on `backend`, with its own inputs (the same values every time).
 class ExpertPath {
  public:
-  ExpertPath(Backend& backend, const Case& c, const Routing& r, const std::string& kernel)
+  ExpertPath(Backend& backend, const Case& c, const Routing& r, sy::ExpertKernel kernel)
       : b_(backend), c_(c), rows_(r.rows_per_expert) {
     const int64_t A = c.T * c.K;
     x_ = b_.alloc({c.T, c.D}, DType::bf16);
@@ -223,7 +223,7 @@ class ExpertPath {
     // As in a training step whose optimizer has just cleared the gradients (grad_accum_steps 1):
     // the weight gradients are written, not accumulated. Timing repeats step() without clearing;
     // the values are not read, only the bytes and FLOPs matter here.
-    for (sy::Param* p : {&experts_.w1, &experts_.w3, &experts_.w2}) p->grad_is_zero = true;
+    for (sy::Param* p : {&experts_.w1, &experts_.w3, &experts_.w2}) p->grad_state = sy::Param::GradState::zero;
     b_.permute_rows(x_perm_, x_, row_slot_, c_.K);
     const Tensor y = experts_.forward(b_, x_perm_, rows_, A);
     b_.unpermute_combine(out_, y, gates_, slot_row_);
@@ -296,7 +296,7 @@ void run_case(const Case& c) {
   Outputs reference;
   {
     auto backend = backend_for("cublas");
-    ExpertPath path(*backend, c, routing, "cublas");
+    ExpertPath path(*backend, c, routing, sy::ExpertKernel::cublas);
     reference = path.once();
     rows.push_back({"cublas_loop", median_ms(*backend, [&] { path.step(); }), 0.0, false});
   }
@@ -304,7 +304,7 @@ void run_case(const Case& c) {
   for (const std::string kernel : {"sm90", "mma"}) {
     if (kernel == "sm90") setenv("SY_GG_SM90_ROUTE", "0", 1);
     auto backend = backend_for(kernel);
-    ExpertPath path(*backend, c, routing, "grouped");
+    ExpertPath path(*backend, c, routing, sy::ExpertKernel::grouped);
     const Outputs got = path.once();
     Row row{"grouped:" + kernel};
     row.declined = sy::cuda_grouped_gemm_kernel(*backend) != kernel;

@@ -33,9 +33,9 @@ sy::Config tiny_config() {
   c.model.n_heads = 2;
   c.model.ffn_hidden = 8;
   c.moe.num_experts = 2;
-  c.moe.top_k = 1;
+  c.moe.routing.top_k = 1;
   c.moe.expert_hidden = 8;
-  c.moe.layers = "every_2";  // layer 0 dense, layer 1 MoE: both kinds of tensor
+  c.moe.layers = sy::MoeLayers::every_nth(2);  // layer 0 dense, layer 1 MoE: both kinds of tensor
   c.train.micro_batch_size = 1;
   c.eval.tokens = 0;
   return c;

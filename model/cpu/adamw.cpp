@@ -1,13 +1,71 @@
-// The fused optimizer pass as the per-tensor ops it stands for (backend.h): Backend's default
+// The optimizer ops on the CPU: AdamW (torch semantics, SPEC.md section 4) and SGD, and the fused
+// optimizer pass as the per-tensor ops it stands for (backend.h): Backend's default
 // grad_norm_squares and fused_adamw_step. The CPU backend runs these, so they are the reference
 // that a device's multi-tensor pass is tested against (tests/test_optim.cpp,
 // tests/test_cuda_optim.cpp).
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
 #include "model/backend.h"
+#include "model/cpu/common.h"
+#include "model/cpu/cpu_backend.h"
 
 namespace sy {
+namespace cpu {
+namespace {
+
+// torch.optim.AdamW, single-tensor path, operation by operation: scalars computed in double (as
+// Python does) and cast to T, as torch does for a scalar argument of a T tensor op.
+//   param.mul_(1 - lr * wd); exp_avg.lerp_(grad, 1 - beta1);
+//   exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2);
+//   denom = (exp_avg_sq.sqrt() / sqrt(bc2)).add_(eps); param.addcdiv_(exp_avg, denom, -lr / bc1)
+template <class T>
+void adamw_update(T* p, const T* g, T* m, T* v, int64_t n, double lr, double beta1, double beta2,
+                  double eps, double weight_decay, int64_t step) {
+  const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
+  const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+  const T decay = static_cast<T>(1.0 - lr * weight_decay);
+  const T w1 = static_cast<T>(1.0 - beta1);
+  const T b2 = static_cast<T>(beta2);
+  const T w2 = static_cast<T>(1.0 - beta2);
+  const T bc2_sqrt = static_cast<T>(std::sqrt(bc2));
+  const T eps_t = static_cast<T>(eps);
+  const T neg_step_size = static_cast<T>(-(lr / bc1));
+  const bool lerp_low = std::abs(w1) < T(0.5);
+  for (int64_t i = 0; i < n; ++i) {
+    p[i] *= decay;
+    const T gi = g[i];
+    // torch's lerp: self + w (end - self) for |w| < 0.5, else end - (end - self)(1 - w).
+    m[i] = lerp_low ? m[i] + w1 * (gi - m[i]) : gi - (gi - m[i]) * (T(1) - w1);
+    v[i] = v[i] * b2 + w2 * gi * gi;
+    const T denom = std::sqrt(v[i]) / bc2_sqrt + eps_t;
+    p[i] = p[i] + neg_step_size * m[i] / denom;
+  }
+}
+
+template <class T>
+void sgd_update(T* p, const T* g, int64_t n, T lr) {
+  for (int64_t i = 0; i < n; ++i) p[i] -= lr * g[i];
+}
+
+}  // namespace
+}  // namespace cpu
+
+void CpuBackend::adamw_update_impl(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
+                                   const Tensor& exp_avg_sq, double lr, double beta1, double beta2,
+                                   double eps, double weight_decay, int64_t step) {
+  cpu::dispatch_float(param.dtype(), [&]<class T>(T) {
+    cpu::adamw_update(param.ptr<T>(), grad.ptr<T>(), exp_avg.ptr<T>(), exp_avg_sq.ptr<T>(),
+                      param.numel(), lr, beta1, beta2, eps, weight_decay, step);
+  });
+}
+
+void CpuBackend::sgd_update_impl(const Tensor& param, const Tensor& grad, double lr) {
+  cpu::dispatch_float(param.dtype(), [&]<class T>(T) {
+    cpu::sgd_update(param.ptr<T>(), grad.ptr<T>(), param.numel(), static_cast<T>(lr));
+  });
+}
 
 void Backend::grad_norm_squares(std::span<Param* const> params, double& shared, double& expert) {
   std::vector<Tensor> grads;

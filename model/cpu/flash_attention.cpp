@@ -5,12 +5,15 @@
 //
 // It is not bitwise equal to cpu::attention_forward (BLAS sums in another order), so the
 // Attention layer's `auto` keeps the BLAS path on the CPU (docs/config.md).
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
-#include "model/cpu/cpu_kernels.h"
+#include "model/cpu/common.h"
+#include "model/cpu/cpu_backend.h"
 
-namespace sy::cpu {
+namespace sy {
+namespace cpu {
 namespace {
 
 double dot_row(const auto* a, const auto* b, int64_t n) {
@@ -18,8 +21,6 @@ double dot_row(const auto* a, const auto* b, int64_t n) {
   for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(a[i]) * static_cast<double>(b[i]);
   return sum;
 }
-
-}  // namespace
 
 // q, k, v, out: [B*S, H*Dh]; head (b, h) of token s is the Dh values at (b*S + s)*D + h*Dh.
 // lse: [B, H, S].
@@ -109,15 +110,31 @@ void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, co
   });
 }
 
-template void flash_attention_forward(float*, float*, const float*, const float*, const float*,
-                                      int64_t, int64_t, int64_t, int64_t);
-template void flash_attention_forward(double*, double*, const double*, const double*,
-                                      const double*, int64_t, int64_t, int64_t, int64_t);
-template void flash_attention_backward(float*, float*, float*, const float*, const float*,
-                                       const float*, const float*, const float*, const float*,
-                                       int64_t, int64_t, int64_t, int64_t);
-template void flash_attention_backward(double*, double*, double*, const double*, const double*,
-                                       const double*, const double*, const double*, const double*,
-                                       int64_t, int64_t, int64_t, int64_t);
+}  // namespace
+}  // namespace cpu
 
-}  // namespace sy::cpu
+void CpuBackend::flash_attention_forward_impl(const Tensor& out, const Tensor& lse, const Tensor& q,
+                                              const Tensor& k, const Tensor& v, int64_t B,
+                                              int64_t S, int64_t H) {
+  const DType dt = cpu::host_float(OpCheck(*this, "flash_attention_forward"), q, "q");
+  const int64_t Dh = q.dim(1) / H;
+  cpu::dispatch_float(dt, [&]<class T>(T) {
+    cpu::flash_attention_forward(out.ptr<T>(), lse.ptr<T>(), q.ptr<T>(), k.ptr<T>(), v.ptr<T>(),
+                                 B, S, H, Dh);
+  });
+}
+
+void CpuBackend::flash_attention_backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                                               const Tensor& dout, const Tensor& q, const Tensor& k,
+                                               const Tensor& v, const Tensor& out,
+                                               const Tensor& lse, int64_t B, int64_t S, int64_t H) {
+  const DType dt = cpu::host_float(OpCheck(*this, "flash_attention_backward"), q, "q");
+  const int64_t Dh = q.dim(1) / H;
+  cpu::dispatch_float(dt, [&]<class T>(T) {
+    cpu::flash_attention_backward(dq.ptr<T>(), dk.ptr<T>(), dv.ptr<T>(), dout.ptr<T>(),
+                                  q.ptr<T>(), k.ptr<T>(), v.ptr<T>(), out.ptr<T>(), lse.ptr<T>(),
+                                  B, S, H, Dh);
+  });
+}
+
+}  // namespace sy

@@ -147,17 +147,19 @@ struct AdamPass {
   float grad_scale;
   bool scale_grads;  // grad_scale != 1
   bool zero_grads;
+  bool write_grads;  // zeroed, or scaled and kept (not when the caller discards them)
 };
 
 // grad *= scale (as Backend::scale does it in f32), then AdamW, then the bf16 copy; the grad is
-// written back only when asked (zeroed) or scaled (a pass that keeps grads keeps them clipped).
+// written back only when asked (zeroed) or scaled and kept (a pass that keeps grads keeps them
+// clipped; one that discards them writes nothing).
 __global__ void fused_adamw_kernel(const TensorSlot* __restrict__ tensors,
                                    const ChunkSlot* __restrict__ chunks, AdamPass a) {
   const ChunkSlot c = chunks[blockIdx.x];
   const TensorSlot t = tensors[c.tensor];
   const AdamScalars<float> s = (t.flags & kDecay) ? a.decayed : a.undecayed;
   const int64_t begin = int64_t(c.chunk) * kChunk, end = min(t.numel, begin + kChunk);
-  const bool write_grad = a.zero_grads || a.scale_grads;
+  const bool write_grad = a.write_grads;
 
   int64_t scalar_begin = begin;
   if (t.flags & kVector) {
@@ -320,11 +322,84 @@ void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWSt
   a.grad_scale = static_cast<float>(hp.grad_scale);  // as Backend::scale rounds it for f32
   a.scale_grads = hp.grad_scale != 1.0;
   a.zero_grads = hp.zero_grads;
+  a.write_grads = hp.zero_grads || (a.scale_grads && !hp.discard_grads);
   const auto* tensors = static_cast<const TensorSlot*>(table.device_data());
   const auto* chunks = reinterpret_cast<const ChunkSlot*>(
       static_cast<const char*>(table.device_data()) + table.chunks_offset());
   fused_adamw_kernel<<<static_cast<unsigned>(n), kPassThreads, 0, ctx.stream>>>(tensors, chunks, a);
   check_launch(ctx, "fused_adamw_step");
+}
+
+// ---- the backend's entry points: a table from the parameter list, then one pass ------------
+bool grad_norm_squares(Context& ctx, MultiTensorTable& table, std::span<Param* const> params,
+                       const OpCheck& check, double& shared, double& expert) {
+  bool all_f32 = true;
+  for (const Param* param : params) {
+    check.float_dtype(param->grad, (param->path + " grad").c_str());
+    all_f32 = all_f32 && param->grad.dtype() == DType::f32;
+  }
+  if (!all_f32) return false;
+  std::vector<MultiTensor> tensors(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    tensors[i].grad = params[i]->grad.ptr<float>();
+    tensors[i].numel = params[i]->grad.numel();
+    tensors[i].expert = params[i]->is_expert;
+  }
+  table.assign(ctx, "grad_norm_squares", std::move(tensors));
+  auto* sums = static_cast<double*>(ctx.scratch(kScratchB, 2 * sizeof(double)));
+  grad_norm_squares(ctx, table, sums);
+  double host[2];
+  to_host_sync(ctx, "grad_norm_squares", host, sums, sizeof host);
+  shared = host[0];
+  expert = host[1];
+  return true;
+}
+
+bool fused_adamw_step(Context& ctx, MultiTensorTable& table, std::span<Param* const> params,
+                      std::span<const Tensor> exp_avgs, std::span<const Tensor> exp_avg_sqs,
+                      const AdamWStep& hp, const OpCheck& check) {
+  if (exp_avgs.size() != params.size() || exp_avg_sqs.size() != params.size())
+    check.fail(std::to_string(params.size()) + " params but " + std::to_string(exp_avgs.size()) +
+               " exp_avg and " + std::to_string(exp_avg_sqs.size()) + " exp_avg_sq tensors");
+  check.positive(hp.step, "step");
+  auto separate_compute = [](const Param& p) {
+    return p.compute.defined() && p.compute.data() != p.value.data();
+  };
+  bool fusable = true;  // f32 masters with no compute copy or a bf16 one
+  for (const Param* param : params) {
+    const DType dtype = check.wide_dtype(param->value, (param->path + " value").c_str());
+    fusable = fusable && dtype == DType::f32;
+    if (separate_compute(*param)) {
+      check.float_dtype(param->compute, (param->path + " compute").c_str());
+      fusable = fusable && param->compute.dtype() == DType::bf16;
+    }
+  }
+  if (!fusable) return false;
+  std::vector<MultiTensor> tensors(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Param& p = *params[i];
+    const int64_t n = p.value.numel();
+    for (auto [t, what] : {std::pair{&p.grad, " grad"}, {&exp_avgs[i], " exp_avg"},
+                           {&exp_avg_sqs[i], " exp_avg_sq"}}) {
+      check.dtype(*t, DType::f32, (p.path + what).c_str());
+      check.numel(*t, n, (p.path + what).c_str());
+    }
+    MultiTensor& t = tensors[i];
+    t.value = p.value.ptr<float>();
+    t.grad = p.grad.ptr<float>();
+    t.exp_avg = exp_avgs[i].ptr<float>();
+    t.exp_avg_sq = exp_avg_sqs[i].ptr<float>();
+    if (separate_compute(p)) {
+      check.numel(p.compute, n, (p.path + " compute").c_str());
+      t.compute = p.compute.ptr<bf16>();
+    }
+    t.numel = n;
+    t.decay = p.decay;
+    t.expert = p.is_expert;
+  }
+  table.assign(ctx, "fused_adamw_step", std::move(tensors));
+  fused_adamw_step(ctx, table, hp);
+  return true;
 }
 
 }  // namespace sy::cuda

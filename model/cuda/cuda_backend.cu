@@ -11,432 +11,31 @@
 //   router_losses                      aux, z and the entropy are returned on the host (right
 //                                      after the plan, so the stream is nearly idle)
 //   synchronize                        on request
-// Memory: alloc() serves blocks from a caching allocator (a free list keyed by block size, fed
-// by cudaMalloc only when no cached block fits), so that a training step that repeats its shapes
-// allocates nothing from the driver after its first run.
-#include <algorithm>
-#include <chrono>
+// Memory (device_memory.h), the per-op profile (profiler.h) and device discovery (device.h) live
+// in their own files; this one holds the backend class and its ops.
+#include <cmath>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <map>
-#include <mutex>
-#include <set>
 #include <string>
 #include <tuple>
 
 #include "model/cuda/cuda_backend.h"
+#include "model/cuda/device_memory.h"
 #include "model/cuda/kernels.h"
+#include "model/cuda/profiler.h"
 #include "model/op_checks.h"
 
 namespace sy {
-namespace cuda {
-
-// ---- errors ---------------------------------------------------------------------------------
-namespace {
-
-int env_int(const char* name, int fallback) {
-  const char* value = std::getenv(name);
-  if (!value || !*value) return fallback;
-  char* end = nullptr;
-  const long parsed = std::strtol(value, &end, 10);
-  return end && *end == '\0' ? static_cast<int>(parsed) : fallback;
-}
-
-int process_rank() { return env_int("OMPI_COMM_WORLD_RANK", env_int("PMI_RANK", 0)); }
-
-}  // namespace
-
-std::string where(const Context& ctx, const char* op) {
-  return std::string("cuda ") + op + " (rank " + std::to_string(ctx.rank) + ", device " +
-         std::to_string(ctx.device) + ")";
-}
-
-void fail(const Context& ctx, const char* op, const std::string& message) {
-  throw std::runtime_error(where(ctx, op) + ": " + message);
-}
-
-void check_cuda(cudaError_t status, const Context& ctx, const char* op, const char* what) {
-  if (status == cudaSuccess) return;
-  fail(ctx, op, std::string(what) + " failed: " + cudaGetErrorName(status) + " (" +
-                    cudaGetErrorString(status) + ")");
-}
-
-void check_cublas(cublasStatus_t status, const Context& ctx, const char* op, const char* what) {
-  if (status == CUBLAS_STATUS_SUCCESS) return;
-  fail(ctx, op, std::string(what) + " failed: " + cublasGetStatusName(status) + " (" +
-                    cublasGetStatusString(status) + ")");
-}
-
-void check_launch(const Context& ctx, const char* op) {
-  check_cuda(cudaGetLastError(), ctx, op, "kernel launch");
-}
-
-void to_host_sync(Context& ctx, const char* op, void* host, const void* device, size_t bytes) {
-  if (bytes == 0) return;
-  void* pinned = ctx.pinned_buffer(bytes);
-  SY_CUDA(ctx, op, cudaMemcpyAsync(pinned, device, bytes, cudaMemcpyDeviceToHost, ctx.stream));
-  SY_CUDA(ctx, op, cudaStreamSynchronize(ctx.stream));
-  std::memcpy(host, pinned, bytes);
-}
-
-void* Context::scratch(int slot, size_t bytes) {
-  if (scratch_slots.size() < kNumSlots) scratch_slots.resize(kNumSlots);
-  Tensor& t = scratch_slots.at(slot);
-  if (!t.defined() || t.nbytes() < bytes) {
-    t = Tensor();  // back to the free list first, so that the larger block may reuse it
-    t = alloc({static_cast<int64_t>((bytes + 3) / 4)}, DType::i32);
-  }
-  return t.data();
-}
-
-void* Context::pinned_buffer(size_t bytes) {
-  if (bytes > pinned_bytes) {
-    if (pinned) cudaFreeHost(pinned);
-    pinned = nullptr;
-    pinned_bytes = 0;
-    const size_t size = std::max<size_t>(bytes, 64 << 10);
-    check_cuda(cudaMallocHost(&pinned, size), *this, "pinned staging", "cudaMallocHost");
-    pinned_bytes = size;
-  }
-  return pinned;
-}
-
-// ---- the caching allocator ------------------------------------------------------------------
-namespace {
-
-class CachingAllocator {
- public:
-  explicit CachingAllocator(const Context* ctx) : device_(ctx->device), rank_(ctx->rank) {}
-  ~CachingAllocator() {
-    for (auto& [size, p] : free_) cudaFree(p);  // errors ignored: the process may be exiting
-  }
-
-  // Block sizes: 512-byte multiples below 1 MiB, 1 MiB multiples above.
-  static size_t block_size(size_t bytes) {
-    if (bytes <= 512) return 512;
-    if (bytes < (size_t{1} << 20)) return (bytes + 511) / 512 * 512;
-    return (bytes + (size_t{1} << 20) - 1) >> 20 << 20;
-  }
-
-  void* allocate(size_t bytes, size_t* block) {
-    const size_t want = block_size(bytes);
-    std::lock_guard<std::mutex> lock(mutex_);
-    // Best fit among cached blocks, wasting at most a quarter.
-    auto it = free_.lower_bound(want);
-    if (it != free_.end() && it->first <= want + want / 4) {
-      *block = it->first;
-      void* p = it->second;
-      free_.erase(it);
-      in_use_ += *block;
-      peak_in_use_ = std::max(peak_in_use_, in_use_);
-      return p;
-    }
-    void* p = nullptr;
-    cudaError_t status = cudaMalloc(&p, want);
-    if (status == cudaErrorMemoryAllocation) {  // give the cache back to the driver and retry
-      cudaGetLastError();
-      for (auto& [size, q] : free_) {
-        cudaFree(q);
-        reserved_ -= size;
-      }
-      free_.clear();
-      status = cudaMalloc(&p, want);
-    }
-    if (status != cudaSuccess) {
-      cudaGetLastError();
-      size_t free_bytes = 0, total_bytes = 0;
-      cudaMemGetInfo(&free_bytes, &total_bytes);
-      throw std::runtime_error(
-          "cuda alloc (rank " + std::to_string(rank_) + ", device " + std::to_string(device_) +
-          "): cudaMalloc of " + std::to_string(want) + " bytes failed: " +
-          cudaGetErrorString(status) + " (" + std::to_string(reserved_ >> 20) +
-          " MiB held by this backend, " + std::to_string(free_bytes >> 20) + " of " +
-          std::to_string(total_bytes >> 20) + " MiB free on the device)");
-    }
-    *block = want;
-    reserved_ += want;
-    in_use_ += want;
-    peak_reserved_ = std::max(peak_reserved_, reserved_);
-    peak_in_use_ = std::max(peak_in_use_, in_use_);
-    ++device_allocations_;
-    return p;
-  }
-
-  void release(void* p, size_t block) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    free_.emplace(block, p);
-    in_use_ -= block;
-  }
-
-  size_t peak_reserved() const { return peak_reserved_; }
-  size_t reserved() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return reserved_;
-  }
-  int64_t device_allocations() const { return device_allocations_; }
-
- private:
-  int device_, rank_;
-  std::mutex mutex_;
-  std::multimap<size_t, void*> free_;
-  size_t reserved_ = 0, peak_reserved_ = 0, in_use_ = 0, peak_in_use_ = 0;
-  int64_t device_allocations_ = 0;
-};
-
-}  // namespace
-}  // namespace cuda
-
 namespace {
 
 using cuda::Context;
 
-// ---- optional per-op profile ----------------------------------------------------------------
-// SY_CUDA_PROFILE=1: each op waits for the stream before and after it runs, and its time is
-// summed per op name (GEMMs per dtype, transposition and shape), leaving out each name's first
-// call (module loading, cuBLAS heuristics), which is summed apart; the table goes to stderr when
-// the backend is destroyed. For finding where a step's time goes: it serialises the stream, so
-// its totals are not throughput numbers.
-// SY_CUDA_PROFILE=events (or cuda_profile_begin()): each op records a CUDA event on the stream
-// before and after its work and nothing waits, so the step runs as it would unprofiled (plus
-// two cudaEventRecord calls per op on the host). An op's time is the stream time between its
-// two events: its kernels, plus any gap in which the GPU waited for the host to enqueue them.
-// Times are summed per op family (the name without its shape) and resolved at the report, at
-// destruction, or half at a time once kMaxPending pairs wait (a step's own host
-// synchronisations keep the GPU close behind the host, so the older half is done by then).
-class OpProfile {
- public:
-  OpProfile() {
-    const char* env = std::getenv("SY_CUDA_PROFILE");
-    const std::string value = env ? env : "";
-    env_mode_ = value.empty() || value == "0" ? Mode::off
-                : value == "events"           ? Mode::events
-                                              : Mode::synchronised;
-    mode_ = env_mode_;
-  }
-  ~OpProfile() {
-    for (const Pending& p : pending_) release(p);
-    if (window_start_) cudaEventDestroy(window_start_);
-    for (cudaEvent_t event : pool_) cudaEventDestroy(event);
-  }
-  bool enabled() const { return mode_ != Mode::off; }
-  bool events() const { return mode_ == Mode::events; }
-
-  // Synchronised mode: one op's wall time.
-  void add(const std::string& op, double seconds) {
-    if (!seen_.insert(op).second) {
-      auto& [total, calls] = totals_[op];
-      total += seconds;
-      ++calls;
-    } else {
-      first_calls_ += seconds;
-    }
-  }
-
-  // Events mode: an event recorded on the stream now (nullptr, counted, if that failed; never
-  // throws, since scopes record from destructors). The window opens with the first one.
-  cudaEvent_t record(const Context& ctx) noexcept {
-    if (!window_start_) window_start_ = record_new(ctx);
-    return record_new(ctx);
-  }
-  void add_events(std::string op, cudaEvent_t start, cudaEvent_t stop, const Context& ctx) {
-    if (!start || !stop) {
-      if (start) pool_.push_back(start);
-      if (stop) pool_.push_back(stop);
-      return;
-    }
-    pending_.push_back({std::move(op), start, stop});
-    if (pending_.size() >= kMaxPending) resolve(ctx, pending_.size() / 2);
-  }
-
-  // Starts a fresh events window: what was recorded so far is dropped.
-  void begin(const Context& ctx) {
-    resolve(ctx, pending_.size());
-    mode_ = Mode::events;
-    totals_.clear();
-    seen_.clear();
-    first_calls_ = 0;
-    failures_ = 0;
-    if (window_start_) pool_.push_back(window_start_);
-    window_start_ = nullptr;
-  }
-
-  // Events mode: resolves every pair, returns the table of the window (per op family: calls,
-  // total ms, ms per step, % of the window's stream time) and closes the window; profiling
-  // goes back to what SY_CUDA_PROFILE asks for.
-  std::string report(const Context& ctx, const std::string& backend, int64_t steps) {
-    if (!events() || !window_start_) return "";
-    cudaEvent_t window_end = record(ctx);
-    resolve(ctx, pending_.size());
-    float window_ms = 0;
-    if (window_end) {
-      check_cuda(cudaEventSynchronize(window_end), ctx, "profile", "cudaEventSynchronize");
-      check_cuda(cudaEventElapsedTime(&window_ms, window_start_, window_end), ctx, "profile",
-                 "cudaEventElapsedTime");
-      pool_.push_back(window_end);
-    }
-    pool_.push_back(window_start_);
-    window_start_ = nullptr;
-    std::vector<std::pair<double, std::string>> rows;
-    double sum = 0;
-    for (const auto& [op, entry] : totals_) {
-      rows.emplace_back(entry.first, op);
-      sum += entry.first;
-    }
-    std::sort(rows.rbegin(), rows.rend());
-    const double per = steps > 0 ? static_cast<double>(steps) : 1.0;
-    std::string out;
-    char line[256];
-    std::snprintf(line, sizeof line,
-                  "SY_CUDA_PROFILE events %s: window %.3f ms on the stream (%lld steps), %.3f ms "
-                  "in ops, %.3f ms between ops%s\n",
-                  backend.c_str(), window_ms, static_cast<long long>(steps), 1e3 * sum,
-                  window_ms - 1e3 * sum,
-                  failures_ ? (", " + std::to_string(failures_) + " events lost").c_str() : "");
-    out += line;
-    std::snprintf(line, sizeof line, "| %-34s | %8s | %10s | %9s | %6s |\n", "op", "calls",
-                  "total ms", "ms/step", "% step");
-    out += line;
-    out += "|------------------------------------|----------|------------|-----------|--------|\n";
-    for (const auto& [seconds, op] : rows) {
-      std::snprintf(line, sizeof line, "| %-34s | %8lld | %10.3f | %9.3f | %6.2f |\n", op.c_str(),
-                    static_cast<long long>(totals_.at(op).second), 1e3 * seconds,
-                    1e3 * seconds / per, window_ms > 0 ? 100.0 * 1e3 * seconds / window_ms : 0.0);
-      out += line;
-    }
-    totals_.clear();
-    mode_ = env_mode_;
-    return out;
-  }
-
-  // At destruction: the synchronised table, or the events window still open.
-  void print(const Context& ctx, const std::string& backend) {
-    if (events()) {
-      if (window_start_) std::fputs(report(ctx, backend, 0).c_str(), stderr);
-      return;
-    }
-    if (!enabled() || seen_.empty()) return;
-    std::vector<std::pair<double, std::string>> rows;
-    double sum = 0;
-    for (const auto& [op, entry] : totals_) {
-      rows.emplace_back(entry.first, op);
-      sum += entry.first;
-    }
-    std::sort(rows.rbegin(), rows.rend());
-    std::fprintf(stderr,
-                 "SY_CUDA_PROFILE %s: %.3f s in ops (synchronised), plus %.3f s in the first "
-                 "calls of %zu op keys\n",
-                 backend.c_str(), sum, first_calls_, seen_.size());
-    for (const auto& [seconds, op] : rows) {
-      if (rows.size() > 60 && seconds < 1e-3 * sum) break;  // the long tail
-      std::fprintf(stderr, "  %9.3f ms %6.1f%% %8lld calls  %s\n", 1e3 * seconds,
-                   100.0 * seconds / sum, static_cast<long long>(totals_.at(op).second), op.c_str());
-    }
-  }
-
- private:
-  enum class Mode { off, synchronised, events };
-  struct Pending {
-    std::string op;
-    cudaEvent_t start, stop;
-  };
-  static constexpr size_t kMaxPending = 16384;
-
-  cudaEvent_t record_new(const Context& ctx) noexcept {
-    cudaEvent_t event = nullptr;
-    if (!pool_.empty()) {
-      event = pool_.back();
-      pool_.pop_back();
-    } else if (cudaEventCreate(&event) != cudaSuccess) {
-      cudaGetLastError();
-      ++failures_;
-      return nullptr;
-    }
-    if (cudaEventRecord(event, ctx.stream) != cudaSuccess) {
-      cudaGetLastError();
-      pool_.push_back(event);
-      ++failures_;
-      return nullptr;
-    }
-    return event;
-  }
-  void release(const Pending& p) {
-    cudaEventDestroy(p.start);
-    cudaEventDestroy(p.stop);
-  }
-  // Sums the first `count` pending pairs into totals_ (waiting for the last of them).
-  void resolve(const Context& ctx, size_t count) {
-    if (count == 0) return;
-    check_cuda(cudaEventSynchronize(pending_[count - 1].stop), ctx, "profile",
-               "cudaEventSynchronize");
-    for (size_t i = 0; i < count; ++i) {
-      Pending& p = pending_[i];
-      float ms = 0;
-      check_cuda(cudaEventElapsedTime(&ms, p.start, p.stop), ctx, "profile",
-                 "cudaEventElapsedTime");
-      auto& [total, calls] = totals_[p.op.substr(0, p.op.find(" ["))];
-      total += 1e-3 * ms;
-      ++calls;
-      pool_.push_back(p.start);
-      pool_.push_back(p.stop);
-    }
-    pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(count));
-  }
-
-  Mode env_mode_ = Mode::off, mode_ = Mode::off;
-  std::map<std::string, std::pair<double, int64_t>> totals_;
-  std::set<std::string> seen_;
-  double first_calls_ = 0;
-  std::vector<cudaEvent_t> pool_;
-  std::vector<Pending> pending_;
-  cudaEvent_t window_start_ = nullptr;
-  int64_t failures_ = 0;
-};
-
-class ProfileScope {
- public:
-  ProfileScope(OpProfile& profile, const Context& ctx, std::string op)
-      : profile_(profile.enabled() ? &profile : nullptr), ctx_(ctx), op_(std::move(op)) {
-    if (!profile_) return;
-    if (profile_->events()) {
-      start_event_ = profile_->record(ctx_);
-      return;
-    }
-    cudaStreamSynchronize(ctx_.stream);
-    start_ = std::chrono::steady_clock::now();
-  }
-  ~ProfileScope() {
-    if (!profile_) return;
-    if (profile_->events()) {
-      // An op that threw enqueued nothing after its start event; its pair still resolves.
-      try {
-        profile_->add_events(std::move(op_), start_event_, profile_->record(ctx_), ctx_);
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "SY_CUDA_PROFILE events: %s\n", e.what());
-      }
-      return;
-    }
-    cudaStreamSynchronize(ctx_.stream);
-    profile_->add(op_, std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
-  }
-
- private:
-  OpProfile* profile_;
-  const Context& ctx_;
-  std::string op_;
-  std::chrono::steady_clock::time_point start_;
-  cudaEvent_t start_event_ = nullptr;
-};
-
-#define SY_PROFILE(name) \
-  const ProfileScope profile_scope_(profile_, ctx_, profile_.enabled() ? (name) : std::string())
-
 // ---- the backend ----------------------------------------------------------------------------
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device) {
+  CudaBackend(int device, int rank) {
     ctx_.device = device;
-    ctx_.rank = cuda::process_rank();
+    ctx_.rank = rank;
     SY_CUDA(ctx_, "init", cudaSetDevice(device));
     SY_CUDA(ctx_, "init", cudaStreamCreateWithFlags(&ctx_.stream, cudaStreamNonBlocking));
     SY_CUBLAS(ctx_, "init", cublasCreate(&ctx_.cublas));
@@ -445,7 +44,7 @@ class CudaBackend final : public Backend {
     // Bitwise repeatable GEMMs (docs/cuda.md, Determinism): no atomics in cuBLAS's reductions
     // (the default, stated here), one stream, and the fixed workspace below.
     SY_CUBLAS(ctx_, "init", cublasSetAtomicsMode(ctx_.cublas, CUBLAS_ATOMICS_NOT_ALLOWED));
-    allocator_ = std::make_shared<cuda::CachingAllocator>(&ctx_);
+    allocator_ = cuda::make_device_allocator(ctx_);
     ctx_.alloc = [this](const Shape& shape, DType dtype) { return alloc(shape, dtype); };
     // cuBLAS's workspace from our allocator (after cublasSetStream, which resets it).
     constexpr size_t kWorkspace = size_t{32} << 20;
@@ -469,6 +68,7 @@ class CudaBackend final : public Backend {
     workspace_ = Tensor();
     if (ctx_.cublas) cublasDestroy(ctx_.cublas);
     if (ctx_.pinned) cudaFreeHost(ctx_.pinned);
+    allocator_->stream_closing();  // tensors that outlive the backend give their blocks back
     if (ctx_.stream) cudaStreamDestroy(ctx_.stream);
   }
 
@@ -498,12 +98,7 @@ class CudaBackend final : public Backend {
  protected:
   // ---- memory ---------------------------------------------------------------------------------
   Tensor alloc_impl(const Shape& shape, DType dtype) override {
-    const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
-    size_t block = 0;
-    void* data = allocator_->allocate(bytes, &block);
-    std::shared_ptr<cuda::CachingAllocator> allocator = allocator_;
-    std::shared_ptr<void> buffer(data, [allocator, block](void* p) { allocator->release(p, block); });
-    return Tensor(std::move(buffer), data, shape, dtype, Device::cuda);
+    return cuda::alloc_tensor(allocator_, shape, dtype);
   }
 
   void fill_impl(const Tensor& x, double value) override {
@@ -865,73 +460,17 @@ class CudaBackend final : public Backend {
   // ---- the fused optimizer pass (adamw.cu): f32 masters in one launch, else per tensor -------
   void grad_norm_squares(std::span<Param* const> params, double& shared, double& expert) override {
     SY_PROFILE("grad_norm_squares");
-    const OpCheck c(*this, "grad_norm_squares");
-    bool all_f32 = true;
-    for (const Param* param : params) {
-      c.float_dtype(param->grad, (param->path + " grad").c_str());
-      all_f32 = all_f32 && param->grad.dtype() == DType::f32;
-    }
-    if (!all_f32) return Backend::grad_norm_squares(params, shared, expert);
-    std::vector<cuda::MultiTensor> tensors(params.size());
-    for (size_t i = 0; i < params.size(); ++i) {
-      tensors[i].grad = params[i]->grad.ptr<float>();
-      tensors[i].numel = params[i]->grad.numel();
-      tensors[i].expert = params[i]->is_expert;
-    }
-    norm_table_.assign(ctx_, "grad_norm_squares", std::move(tensors));
-    auto* sums = static_cast<double*>(ctx_.scratch(cuda::kScratchB, 2 * sizeof(double)));
-    cuda::grad_norm_squares(ctx_, norm_table_, sums);
-    double host[2];
-    cuda::to_host_sync(ctx_, "grad_norm_squares", host, sums, sizeof host);
-    shared = host[0];
-    expert = host[1];
+    if (!cuda::grad_norm_squares(ctx_, norm_table_, params, OpCheck(*this, "grad_norm_squares"),
+                                 shared, expert))
+      Backend::grad_norm_squares(params, shared, expert);
   }
 
   void fused_adamw_step(std::span<Param* const> params, std::span<const Tensor> exp_avgs,
                         std::span<const Tensor> exp_avg_sqs, const AdamWStep& hp) override {
     SY_PROFILE("fused_adamw_step");
-    const OpCheck c(*this, "fused_adamw_step");
-    if (exp_avgs.size() != params.size() || exp_avg_sqs.size() != params.size())
-      c.fail(std::to_string(params.size()) + " params but " + std::to_string(exp_avgs.size()) +
-             " exp_avg and " + std::to_string(exp_avg_sqs.size()) + " exp_avg_sq tensors");
-    c.positive(hp.step, "step");
-    auto separate_compute = [](const Param& p) {
-      return p.compute.defined() && p.compute.data() != p.value.data();
-    };
-    bool fusable = true;  // f32 masters with no compute copy or a bf16 one
-    for (const Param* param : params) {
-      const DType dtype = c.wide_dtype(param->value, (param->path + " value").c_str());
-      fusable = fusable && dtype == DType::f32;
-      if (separate_compute(*param)) {
-        c.float_dtype(param->compute, (param->path + " compute").c_str());
-        fusable = fusable && param->compute.dtype() == DType::bf16;
-      }
-    }
-    if (!fusable) return Backend::fused_adamw_step(params, exp_avgs, exp_avg_sqs, hp);
-    std::vector<cuda::MultiTensor> tensors(params.size());
-    for (size_t i = 0; i < params.size(); ++i) {
-      const Param& p = *params[i];
-      const int64_t n = p.value.numel();
-      for (auto [t, what] : {std::pair{&p.grad, " grad"}, {&exp_avgs[i], " exp_avg"},
-                             {&exp_avg_sqs[i], " exp_avg_sq"}}) {
-        c.dtype(*t, DType::f32, (p.path + what).c_str());
-        c.numel(*t, n, (p.path + what).c_str());
-      }
-      cuda::MultiTensor& t = tensors[i];
-      t.value = p.value.ptr<float>();
-      t.grad = p.grad.ptr<float>();
-      t.exp_avg = exp_avgs[i].ptr<float>();
-      t.exp_avg_sq = exp_avg_sqs[i].ptr<float>();
-      if (separate_compute(p)) {
-        c.numel(p.compute, n, (p.path + " compute").c_str());
-        t.compute = p.compute.ptr<cuda::bf16>();
-      }
-      t.numel = n;
-      t.decay = p.decay;
-      t.expert = p.is_expert;
-    }
-    adamw_table_.assign(ctx_, "fused_adamw_step", std::move(tensors));
-    cuda::fused_adamw_step(ctx_, adamw_table_, hp);
+    if (!cuda::fused_adamw_step(ctx_, adamw_table_, params, exp_avgs, exp_avg_sqs, hp,
+                                OpCheck(*this, "fused_adamw_step")))
+      Backend::fused_adamw_step(params, exp_avgs, exp_avg_sqs, hp);
   }
 
  private:
@@ -1002,8 +541,8 @@ class CudaBackend final : public Backend {
   }
 
   Context ctx_;
-  OpProfile profile_;
-  std::shared_ptr<cuda::CachingAllocator> allocator_;
+  cuda::OpProfile profile_;
+  std::shared_ptr<cuda::DeviceAllocator> allocator_;
   Tensor workspace_;
   std::string device_name_;
   std::map<std::tuple<int64_t, int64_t, DType>, std::pair<Tensor, Tensor>> rope_tables_;
@@ -1074,39 +613,16 @@ std::string cuda_profile_report(Backend& backend, int64_t steps) {
   return cuda ? cuda->profile_report(steps) : std::string();
 }
 
-int cuda_device_count() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return count;
-}
 
-int cuda_device_for_local_rank() {
-  int count = 0;
-  const cudaError_t status = cudaGetDeviceCount(&count);
-  const int rank = cuda::process_rank();
-  if (status != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    throw std::runtime_error(
-        "run.backend: cuda: no CUDA device is visible to rank " + std::to_string(rank) +
-        (status != cudaSuccess ? std::string(" (") + cudaGetErrorString(status) + ")" : ""));
-  }
-  const int local = cuda::env_int("OMPI_COMM_WORLD_LOCAL_RANK",
-                                  cuda::env_int("MPI_LOCALRANKID", cuda::env_int("SLURM_LOCALID", 0)));
-  return local % count;
-}
-
-std::unique_ptr<Backend> make_cuda_backend(int device) {
+std::unique_ptr<Backend> make_cuda_backend(int device, int rank) {
   const int count = cuda_device_count();
   if (count == 0)
     throw std::runtime_error("run.backend: cuda: no CUDA device is visible to rank " +
-                             std::to_string(cuda::process_rank()));
+                             std::to_string(rank));
   if (device < 0 || device >= count)
     throw std::runtime_error("run.backend: cuda: device " + std::to_string(device) +
                              " does not exist (" + std::to_string(count) + " visible)");
-  return std::make_unique<CudaBackend>(device);
+  return std::make_unique<CudaBackend>(device, rank);
 }
 
 }  // namespace sy

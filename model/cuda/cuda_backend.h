@@ -7,17 +7,16 @@
 #include <string>
 
 #include "model/backend.h"
+#include "model/cuda/device.h"  // cuda_device_count, cuda_device_for_local_rank
 
 namespace sy {
 
-// How many CUDA devices this process sees (0 when there is no driver or no device; never
-// throws). Tests skip on 0.
-int cuda_device_count();
-
 // A backend on device `device` (0-based, < cuda_device_count()), with its own stream, cuBLAS
-// handle and caching allocator. Throws std::runtime_error naming the device and the rank when no
-// such device is visible or the device cannot be initialised.
-std::unique_ptr<Backend> make_cuda_backend(int device);
+// handle and allocator (model/cuda/device_memory.h). `rank` is the world rank its errors name
+// ("cuda gemm (rank R, device D): ..."); the caller knows it, the backend never asks the
+// launcher. Throws std::runtime_error naming the device and the rank when no such device is
+// visible or the device cannot be initialised.
+std::unique_ptr<Backend> make_cuda_backend(int device, int rank = 0);
 
 // How many times `backend` (a CUDA backend) has taken memory from the driver (cudaMalloc); a
 // training step that repeats its shapes must not change it. -1 for other backends.
@@ -41,9 +40,5 @@ std::string cuda_attention_kernel(const Backend& backend);
 // window. Nothing happens for other backends (the report is "").
 void cuda_profile_begin(Backend& backend);
 std::string cuda_profile_report(Backend& backend, int64_t steps);
-
-// The device a rank should use: the node-local rank (OMPI_COMM_WORLD_LOCAL_RANK, 0 when unset)
-// modulo the number of visible devices. Throws when no device is visible.
-int cuda_device_for_local_rank();
 
 }  // namespace sy

@@ -8,6 +8,7 @@
 #include "model/backend.h"
 #include "model/cuda/common.cuh"
 #include "model/cuda/grouped_gemm.h"
+#include "model/op_checks.h"
 
 namespace sy::cuda {
 
@@ -207,5 +208,15 @@ class MultiTensorTable {
 void grad_norm_squares(Context& ctx, const MultiTensorTable& table, double* out);
 // Backend::fused_adamw_step over the table's tensors (weight decay where MultiTensor::decay).
 void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWStep& hp);
+
+// The backend's Backend::grad_norm_squares and fused_adamw_step: the parameters' table (uploaded
+// again only when the list changed), checked by `check` for what the pass needs, and one pass.
+// False, with nothing run, when a tensor is not f32 (or a compute copy not bf16): the caller
+// then runs the per-tensor path. grad_norm_squares waits for its two sums (a host sync).
+bool grad_norm_squares(Context& ctx, MultiTensorTable& table, std::span<Param* const> params,
+                       const OpCheck& check, double& shared, double& expert);
+bool fused_adamw_step(Context& ctx, MultiTensorTable& table, std::span<Param* const> params,
+                      std::span<const Tensor> exp_avgs, std::span<const Tensor> exp_avg_sqs,
+                      const AdamWStep& hp, const OpCheck& check);
 
 }  // namespace sy::cuda

@@ -2,7 +2,7 @@
 // (f32; f64 for checks): scores, top-k and gates per token; the capacity plan as per-expert block
 // scans, plus a chunked walk for reroutes (equal to the sequential one); the aux, z and entropy losses as deterministic
 // reductions in double; the backward per token. The integer results (top-k, the plan) equal the
-// CPU reference's (model/cpu/cpu_kernels.h) exactly: the kernels compare the same values in the
+// CPU reference's (model/cpu/router.cpp) exactly: the kernels compare the same values in the
 // same dtype and break ties the same way.
 #include <cmath>
 #include <cstdint>

@@ -22,11 +22,12 @@ SwigluWeights Experts::expert_grads(int64_t j) const {
 }
 
 bool Experts::grouped(const Backend& backend, const Tensor& x) const {
-  if (kernel == "grouped") return true;
-  if (kernel == "cublas") return false;
-  if (kernel == "auto") return backend.device() == Device::cuda && x.dtype() == DType::bf16;
-  throw std::runtime_error("Experts: unknown kernel \"" + kernel +
-                           "\" (expected auto, grouped or cublas)");
+  switch (kernel) {
+    case ExpertKernel::grouped: return true;
+    case ExpertKernel::cublas: return false;
+    case ExpertKernel::automatic: break;
+  }
+  return backend.device() == Device::cuda && x.dtype() == DType::bf16;
 }
 
 Tensor Experts::forward(Backend& backend, const Tensor& x,
@@ -72,10 +73,17 @@ Tensor Experts::backward(Backend& backend, const Tensor& dout, const Tensor& x,
   acts = swiglu_buffers(backend, saved(), scratch(), "experts", N, F, x.dtype(), max_rows, true);
   const SwigluActivations& all = acts;
   // Every expert's gradient slice is written (an empty segment's block is zeroed by the grouped
-  // wgrad, and is left as it is by the loop), so the gradients may be written while known zero.
+  // wgrad, and cleared here for the loop), so the gradients may be written while zero or stale.
   const double grad_beta = take_grad_beta(w1, w3, w2);
+  const auto clear_if_written = [&](const SwigluWeights& grads) {
+    if (grad_beta == 0.0)
+      for (const Tensor& g : {grads.w1, grads.w3, grads.w2}) backend.fill(g, 0.0);
+  };
   if (grouped(backend, x)) {
-    if (N == 0) return dx;
+    if (N == 0) {  // no rows on this rank: the gradient of every local expert is zero
+      clear_if_written({w1.grad, w3.grad, w2.grad});
+      return dx;
+    }
     const std::span<const int64_t> rows(rows_per_expert);
     const bool accumulate = grad_beta != 0.0;
     backend.grouped_gemm(all.dhidden, dout, w2.compute_value(), true, rows, false);
@@ -94,6 +102,8 @@ Tensor Experts::backward(Backend& backend, const Tensor& dout, const Tensor& x,
       SwigluActivations segment = swiglu_rows(all, begin, end);
       swiglu_backward(backend, dx.rows(begin, end), dout.rows(begin, end), x.rows(begin, end),
                       expert_weights(j), expert_grads(j), segment, grad_beta);
+    } else {
+      clear_if_written(expert_grads(j));
     }
     begin = end;
   }

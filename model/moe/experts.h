@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "model/backend.h"
+#include "model/model_config.h"
 #include "model/param.h"
 #include "model/swiglu.h"
 
@@ -27,7 +28,7 @@ namespace sy {
 struct Experts {
   Param w1, w3;  // [E_local, D, F_e]
   Param w2;      // [E_local, F_e, D]
-  std::string kernel = "auto";  // auto | grouped | cublas (see above)
+  ExpertKernel kernel = ExpertKernel::automatic;  // MoeConfig::expert_kernel (see above)
 
   // Shared scratch (the Transformer's); null: a private one. The output rows and all backward
   // buffers come from it.
@@ -45,7 +46,7 @@ struct Experts {
   Tensor forward(Backend& backend, const Tensor& x, const std::vector<int64_t>& rows_per_expert,
                  int64_t max_rows = 0, const Tensor& into = Tensor());
   // Returns dx [N, D] (overwritten); weight gradients accumulate. An expert with no rows gets
-  // no gradient contribution (its grad stays as it was).
+  // no gradient contribution (its grad stays as it was, or is cleared if it was zero or stale).
   Tensor backward(Backend& backend, const Tensor& dout, const Tensor& x,
                   const std::vector<int64_t>& rows_per_expert, int64_t max_rows = 0);
 

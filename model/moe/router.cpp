@@ -15,8 +15,7 @@ int64_t expert_capacity(const RouterSettings& settings, int64_t tokens) {
 }
 
 RoutingRule Router::rule(int64_t tokens) const {
-  return {settings.top_k,   settings.score,       settings.normalize,
-          expert_capacity(settings, tokens), settings.drop_policy, settings.overflow};
+  return {settings, settings.normalizes(), expert_capacity(settings, tokens)};
 }
 
 void Router::forward(Backend& backend, const Tensor& u, TokenExchange* world_balance) {

@@ -12,14 +12,10 @@
 
 namespace sy {
 
-struct RouterSettings {
+// The routing policy (MoeConfig::routing) with what the router needs besides it.
+struct RouterSettings : RoutingPolicy {
   int64_t num_experts = 0;       // E
-  int64_t top_k = 1;             // K
-  bool normalize = false;        // renormalise the gates over the top-k
   double capacity_factor = 0.0;  // <= 0: dropless
-  RouterScore score = RouterScore::softmax;
-  DropPolicy drop_policy = DropPolicy::position;
-  Overflow overflow = Overflow::drop;
 };
 
 // C = ceil(capacity_factor * K * T / E) in float64, left to right; -1 when dropless.

@@ -1,0 +1,173 @@
+// Causal attention on the CPU, with the rotary embedding it applies to q and k: per (batch, head),
+// P = softmax(q k^T / sqrt(Dh)) through BLAS, the [S, S] probabilities kept for backward; the
+// (batch, head) pairs spread over threads, BLAS single-threaded. Contract: model/backend.h.
+// model/cpu/flash_attention.cpp is the same attention without the [S, S] buffer.
+#include <algorithm>
+#include <cmath>
+#include <mutex>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "model/cpu/common.h"
+#include "model/cpu/cpu_backend.h"
+
+namespace sy {
+namespace cpu {
+namespace {
+
+// ---- rotary embedding -----------------------------------------------------------------------
+// cos/sin tables [S, Dh/2] of the angle s * theta^(-2i/Dh), computed in double.
+template <class T>
+RopeTable<T> make_rope_table(int64_t S, int64_t Dh) {
+  constexpr double kTheta = 10000.0;
+  const int64_t half = Dh / 2;
+  RopeTable<T> table{std::vector<T>(S * half), std::vector<T>(S * half)};
+  for (int64_t i = 0; i < half; ++i) {
+    const double f = std::pow(kTheta, -2.0 * static_cast<double>(i) / static_cast<double>(Dh));
+    for (int64_t s = 0; s < S; ++s) {
+      const double a = static_cast<double>(s) * f;
+      table.cos[s * half + i] = static_cast<T>(std::cos(a));
+      table.sin[s * half + i] = static_cast<T>(std::sin(a));
+    }
+  }
+  return table;
+}
+
+// In place on x[N, H*Dh], position s = row % S. sign = +1 rotates by a, -1 by -a (the inverse,
+// which is also the transpose: the backward of the forward rotation).
+template <class T>
+void rope(T* x, const RopeTable<T>& table, int64_t N, int64_t S, int64_t H, int64_t Dh, T sign) {
+  const int64_t half = Dh / 2;
+  for (int64_t t = 0; t < N; ++t) {
+    const T* c = table.cos.data() + (t % S) * half;
+    const T* s = table.sin.data() + (t % S) * half;
+    for (int64_t h = 0; h < H; ++h) {
+      T* lo = x + (t * H + h) * Dh;
+      T* hi = lo + half;
+      for (int64_t i = 0; i < half; ++i) {
+        const T x0 = lo[i], x1 = hi[i], sn = sign * s[i];
+        lo[i] = x0 * c[i] - x1 * sn;
+        hi[i] = x1 * c[i] + x0 * sn;
+      }
+    }
+  }
+}
+
+// ---- attention ------------------------------------------------------------------------------
+// Softmax over row[0, n) in place (stable); row[n, S) set to 0 (causal mask).
+template <class T>
+void causal_softmax_row(T* row, int64_t n, int64_t S) {
+  const T inv = static_cast<T>(1.0 / exp_shifted(row, n, max_of(row, n)));
+  for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+  std::fill(row + n, row + S, T(0));
+}
+
+// q, k, v, out: [B*S, H*Dh]; head (b, h) is the strided [S, Dh] block at b*S*D + h*Dh with
+// leading dimension D. probs: [B, H, S, S].
+template <class T>
+void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, int64_t B,
+                       int64_t S, int64_t H, int64_t Dh) {
+  const int64_t D = H * Dh;
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(Dh)));
+  SingleThreadedBlas blas;
+  parallel_for(B * H, blas.threads(), [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t off = (bh / H) * S * D + (bh % H) * Dh;
+      T* P = probs + bh * S * S;
+      blas_gemm(false, true, S, S, Dh, scale, q + off, D, k + off, D, T(0), P, S);
+      for (int64_t i = 0; i < S; ++i) causal_softmax_row(P + i * S, i + 1, S);
+      blas_gemm(false, false, S, Dh, S, T(1), P, S, v + off, D, T(0), out + off, D);
+    }
+  });
+}
+
+// dP = dO V^T, dV = P^T dO, dS = P * (dP - rowsum(dP * P)) (0 above the diagonal),
+// dQ = dS K / sqrt(Dh), dK = dS^T Q / sqrt(Dh). dq, dk, dv overwritten.
+template <class T>
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
+                        const T* probs, int64_t B, int64_t S, int64_t H, int64_t Dh) {
+  const int64_t D = H * Dh;
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(Dh)));
+  SingleThreadedBlas blas;
+  parallel_for(B * H, blas.threads(), [&](int64_t begin, int64_t end) {
+    std::vector<T> dS(S * S);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t off = (bh / H) * S * D + (bh % H) * Dh;
+      const T* P = probs + bh * S * S;
+      blas_gemm(false, true, S, S, Dh, T(1), dout + off, D, v + off, D, T(0), dS.data(), S);
+      blas_gemm(true, false, S, Dh, S, T(1), P, S, dout + off, D, T(0), dv + off, D);
+      for (int64_t i = 0; i < S; ++i) {
+        const T* p = P + i * S;
+        T* ds = dS.data() + i * S;
+        const T d = static_cast<T>(dot(ds, p, i + 1));
+        for (int64_t j = 0; j <= i; ++j) ds[j] = p[j] * (ds[j] - d);
+        std::fill(ds + i + 1, ds + S, T(0));
+      }
+      blas_gemm(false, false, S, Dh, S, scale, dS.data(), S, k + off, D, T(0), dq + off, D);
+      blas_gemm(true, false, S, Dh, S, scale, dS.data(), S, q + off, D, T(0), dk + off, D);
+    }
+  });
+}
+
+}  // namespace
+}  // namespace cpu
+
+template <class T>
+const cpu::RopeTable<T>& CpuBackend::rope_table(int64_t S, int64_t Dh) {
+  std::lock_guard<std::mutex> lock(rope_mutex_);
+  auto& cache = [this]() -> auto& {
+    if constexpr (std::is_same_v<T, float>) return rope_f32_;
+    else return rope_f64_;
+  }();
+  auto it = cache.find({S, Dh});
+  if (it == cache.end()) it = cache.emplace(std::pair{S, Dh}, cpu::make_rope_table<T>(S, Dh)).first;
+  return it->second;  // map nodes are stable
+}
+
+void CpuBackend::rope(const char* op, const Tensor& x, int64_t B, int64_t S, int64_t H,
+                      int sign) {
+  const DType dt = cpu::host_float(OpCheck(*this, op), x, "x");
+  const int64_t Dh = x.dim(1) / H;
+  cpu::dispatch_float(dt, [&]<class T>(T) {
+    const cpu::RopeTable<T>& table = rope_table<T>(S, Dh);
+    cpu::rope(x.ptr<T>(), table, B * S, S, H, Dh, static_cast<T>(sign));
+  });
+}
+
+void CpuBackend::rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H) {
+  rope("rope_forward", x, B, S, H, +1);
+}
+
+void CpuBackend::rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H) {
+  rope("rope_backward", dx, B, S, H, -1);
+}
+
+void CpuBackend::attention_forward_impl(const Tensor& out, const Tensor& probs, const Tensor& q,
+                                        const Tensor& k, const Tensor& v, int64_t B, int64_t S,
+                                        int64_t H) {
+  const OpCheck c(*this, "attention_forward");
+  const DType dt = cpu::host_float(c, q, "q");
+  const int64_t Dh = q.dim(1) / H;
+  cpu::fits_blas(c, {S, H * Dh});
+  cpu::dispatch_float(dt, [&]<class T>(T) {
+    cpu::attention_forward(out.ptr<T>(), probs.ptr<T>(), q.ptr<T>(), k.ptr<T>(), v.ptr<T>(), B,
+                           S, H, Dh);
+  });
+}
+
+void CpuBackend::attention_backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                                         const Tensor& dout, const Tensor& q, const Tensor& k,
+                                         const Tensor& v, const Tensor& probs, int64_t B, int64_t S,
+                                         int64_t H) {
+  const OpCheck c(*this, "attention_backward");
+  const DType dt = cpu::host_float(c, q, "q");
+  const int64_t Dh = q.dim(1) / H;
+  cpu::fits_blas(c, {S, H * Dh});
+  cpu::dispatch_float(dt, [&]<class T>(T) {
+    cpu::attention_backward(dq.ptr<T>(), dk.ptr<T>(), dv.ptr<T>(), dout.ptr<T>(), q.ptr<T>(),
+                            k.ptr<T>(), v.ptr<T>(), probs.ptr<T>(), B, S, H, Dh);
+  });
+}
+
+}  // namespace sy
