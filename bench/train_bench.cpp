@@ -85,7 +85,7 @@ void save_initial_weights(const std::string& path, Config config, Transformer& m
   config.checkpoint.keep_last = 1;
   std::string written;
   {
-    ProcessGroups groups = make_process_groups(MPI_COMM_WORLD, 1, backend, "mpi");
+    ProcessGroups groups = make_process_groups(MPI_COMM_WORLD, 1, backend, CommunicatorKind::mpi);
     written = save_checkpoint(dir.string(), 0, config, model, nullptr, groups, backend);
   }
   fs::rename(written, target);
@@ -140,7 +140,7 @@ void write_batches(const std::string& path, const Config& config, const StepSamp
       .add("bias_update_rate", moe.bias_update_rate)
       .add("aux_loss_scope", std::string(to_string(moe.aux_loss_scope)))
       .add("router_score", std::string(to_string(moe.routing.score)))
-      .add("optimizer", tc.optimizer)
+      .add("optimizer", std::string(to_string(tc.optimizer)))
       .add("lr", tc.lr)
       .add("min_lr", tc.min_lr)
       .add("warmup_steps", tc.warmup_steps)
@@ -150,7 +150,7 @@ void write_batches(const std::string& path, const Config& config, const StepSamp
       .add("beta2", tc.beta2)
       .add("eps", tc.eps)
       .add("grad_clip", tc.grad_clip)
-      .add("precision", config.run.precision)
+      .add("precision", std::string(to_string(config.run.precision)))
       .add("parameters", card.total_params)
       .add("active_parameters", card.active_params)
       .add("flops_per_token", flops_per_token(config));
@@ -217,10 +217,10 @@ int main(int argc, char** argv) {
     if (!tokens_path.empty())
       write_batches(tokens_path, config, sampler, steps + profile_steps, warmup);
 
-    TransformerOptions options{config.model, config.moe, moe_layer_mask(config), DType::f32};
-    options.dtype = config.run.precision == "bf16" ? DType::bf16 : DType::f32;
+    TransformerOptions options{config.model, config.moe, moe_layer_mask(config),
+                               compute_dtype(config.run.precision)};
     options.master_dtype = DType::f32;
-    options.recompute = recompute_from_name(config.train.recompute);  // docs/cuda.md, Memory
+    options.recompute = config.train.recompute;  // docs/cuda.md, Memory
     std::unique_ptr<LocalExchange> exchange;
     if (config.moe.num_experts > 0)
       exchange = std::make_unique<LocalExchange>(*backend, config.moe.num_experts);
@@ -239,7 +239,7 @@ int main(int argc, char** argv) {
     const int64_t B = tc.micro_batch_size, S = config.model.seq_len;
     std::vector<int32_t> inputs(B * S), targets(B * S);
     std::printf("bench: %s on %s, %s, %lld parameters, %lld tokens/step, data %s\n",
-                config.name.c_str(), backend->name().c_str(), config.run.precision.c_str(),
+                config.name.c_str(), backend->name().c_str(), to_string(config.run.precision),
                 static_cast<long long>(n_params), static_cast<long long>(B * S * tc.grad_accum_steps),
                 source.c_str());
     using Clock = std::chrono::steady_clock;
@@ -338,7 +338,7 @@ int main(int argc, char** argv) {
         "\"first_z_loss\": %.6f, \"first_loss_exact\": %.6f, \"first_grad_norm\": %.6f, "
         "\"load_cv_mean\": %.4f, \"load_cv_max\": %.4f, \"load_cv\": %s, "
         "\"load_max_mean\": %s, \"losses\": %s}\n",
-        config.name.c_str(), backend->name().c_str(), config.run.precision.c_str(),
+        config.name.c_str(), backend->name().c_str(), to_string(config.run.precision),
         static_cast<long long>(n_params), static_cast<long long>(B * S * tc.grad_accum_steps),
         static_cast<long long>(steps - warmup), 1000.0 * seconds / timed, tokens_per_s,
         backend->peak_memory_bytes() / 1048576.0, first_loss, last_loss,

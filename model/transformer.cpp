@@ -12,15 +12,6 @@ constexpr uint64_t kInitDomain = 0x1A17'5EED'0000'0001ull;  // keeps init stream
 constexpr double kInitStd = 0.02;
 }  // namespace
 
-Recompute recompute_from_name(const std::string& name) {
-  if (name == "none") return Recompute::none;
-  if (name == "norms") return Recompute::norms;
-  if (name == "attention") return Recompute::attention;
-  if (name == "layer") return Recompute::layer;
-  throw std::runtime_error("recompute: unknown mode \"" + name +
-                           "\" (expected none, norms, attention or layer)");
-}
-
 Param Transformer::make_param(const std::string& path, const Shape& shape, bool is_expert,
                               bool compute_copy) {
   Param param;

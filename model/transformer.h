@@ -50,9 +50,8 @@ struct GroupStats {
 // router's results and the rows exchanged (x_recv, y_perm): the attention half, the norms, the
 // dense FFN or the experts' SwiGLU are rerun; routing and the token exchange are not. Both give
 // bitwise the stored run's loss and gradients (the same ops on the same inputs).
+// YAML none | norms | attention | layer (trainer/config.cpp holds the names).
 enum class Recompute { none, norms, attention, layer };
-// "none" | "norms" | "attention" | "layer"; throws naming the value otherwise.
-Recompute recompute_from_name(const std::string& name);
 
 struct TransformerOptions {
   ModelConfig model;

@@ -104,9 +104,12 @@ class Sgd : public Optimizer {
 }  // namespace
 
 std::unique_ptr<Optimizer> make_optimizer(const OptimizerSettings& settings) {
-  if (settings.name == "adamw") return std::make_unique<AdamW>(settings);
-  if (settings.name == "sgd") return std::make_unique<Sgd>();
-  throw std::invalid_argument("unknown optimizer \"" + settings.name + "\" (expected adamw or sgd)");
+  switch (settings.kind) {
+    case OptimizerKind::adamw: return std::make_unique<AdamW>(settings);
+    case OptimizerKind::sgd: return std::make_unique<Sgd>();
+  }
+  throw std::invalid_argument("make_optimizer: optimizer kind " +
+                              std::to_string(static_cast<int>(settings.kind)) + " does not exist");
 }
 
 }  // namespace sy

@@ -20,9 +20,12 @@
 
 namespace sy {
 
+// train.optimizer (YAML adamw | sgd; trainer/config.cpp holds the names).
+enum class OptimizerKind { adamw, sgd };
+
 // What an optimizer is built from (the trainer fills it from train.*, trainer/config.h).
 struct OptimizerSettings {
-  std::string name = "adamw";  // adamw | sgd
+  OptimizerKind kind = OptimizerKind::adamw;
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
   double weight_decay = 0.1;  // AdamW's decoupled decay, on the params with Param::decay
 };
@@ -58,7 +61,7 @@ class Optimizer {
   int64_t step_count_ = 0;
 };
 
-// The optimizer named by settings.name ("adamw" or "sgd"); throws std::invalid_argument otherwise.
+// The optimizer of settings.kind.
 std::unique_ptr<Optimizer> make_optimizer(const OptimizerSettings& settings);
 
 }  // namespace sy

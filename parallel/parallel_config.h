@@ -2,13 +2,16 @@
 // trainer/config.cpp parses and validates it.
 #pragma once
 #include <cstdint>
-#include <string>
 
 namespace sy {
 
+// parallel.communicator (docs/parallel.md): nccl (CUDA backend, one GPU per rank, NCCL built in),
+// mpi, or automatic (YAML `auto`): nccl where it can run, else mpi.
+enum class CommunicatorKind { automatic, nccl, mpi };
+
 struct ParallelConfig {
   int64_t expert_parallel = 1;
-  std::string communicator = "auto";  // auto | nccl | mpi (see docs/parallel.md)
+  CommunicatorKind communicator = CommunicatorKind::automatic;
   // A collective that does not complete within it ends the whole job (parallel/watchdog.h,
   // exit 4); 0 turns the watchdog off.
   double timeout_s = 600;

@@ -35,16 +35,16 @@ std::vector<std::string> gpu_of_every_rank(MPI_Comm parent, const Backend& backe
   return gpus;
 }
 
-// Resolves "auto" and checks that NCCL can run: the same answer on every rank.
-bool use_nccl(MPI_Comm parent, const Backend& backend, const std::string& communicator) {
-  if (communicator == "mpi") return false;
+// Resolves automatic and checks that NCCL can run: the same answer on every rank.
+bool use_nccl(MPI_Comm parent, const Backend& backend, CommunicatorKind communicator) {
+  if (communicator == CommunicatorKind::mpi) return false;
   if (backend.device() != Device::cuda) {
-    if (communicator == "nccl")
+    if (communicator == CommunicatorKind::nccl)
       throw CollectiveError("parallel.communicator: nccl needs run.backend: cuda");
     return false;
   }
   if (!kHaveNccl) {
-    if (communicator == "nccl")
+    if (communicator == CommunicatorKind::nccl)
       throw CollectiveError("parallel.communicator: nccl is not available in this build");
     return false;
   }
@@ -52,7 +52,7 @@ bool use_nccl(MPI_Comm parent, const Backend& backend, const std::string& commun
   for (size_t a = 0; a < gpus.size(); ++a)
     for (size_t b = a + 1; b < gpus.size(); ++b)
       if (gpus[a] == gpus[b]) {
-        if (communicator == "nccl")
+        if (communicator == CommunicatorKind::nccl)
           throw CollectiveError("parallel.communicator: nccl refuses two ranks on one GPU, and ranks " +
                                 std::to_string(a) + " and " + std::to_string(b) + " share " +
                                 gpus[a] + "; use parallel.communicator: mpi (or auto)");
@@ -74,7 +74,7 @@ std::unique_ptr<Communicator> make_communicator(MPI_Comm comm, Backend& backend,
 }  // namespace
 
 ProcessGroups make_process_groups(MPI_Comm parent, int64_t expert_parallel, Backend& backend,
-                                  const std::string& communicator, double timeout_s) {
+                                  CommunicatorKind communicator, double timeout_s) {
   int rank = 0, size = 1;
   MPI_Comm_rank(parent, &rank);
   MPI_Comm_size(parent, &size);

@@ -11,6 +11,7 @@
 
 #include "model/backend.h"
 #include "parallel/communicator.h"
+#include "parallel/parallel_config.h"
 #include "parallel/watchdog.h"
 
 namespace sy {
@@ -29,12 +30,13 @@ struct ProcessGroups {
 };
 
 // Every rank of `parent` calls this with the same expert_parallel. Throws (on every rank, with
-// the same message) when the world size does not divide by it. `communicator`: "mpi", "nccl"
-// (CUDA backend, one GPU per rank, NCCL built in) or "auto" (nccl where it can run, else mpi).
+// the same message) when the world size does not divide by it. `communicator`: mpi, nccl
+// (CUDA backend, one GPU per rank, NCCL built in) or automatic (nccl where it can run, else mpi).
 // `timeout_s` > 0 starts a Watchdog that every communicator of the groups arms: a collective
 // that does not complete within it ends the whole job (watchdog.h); 0 leaves it off.
 ProcessGroups make_process_groups(MPI_Comm parent, int64_t expert_parallel, Backend& backend,
-                                  const std::string& communicator = "mpi", double timeout_s = 0);
+                                  CommunicatorKind communicator = CommunicatorKind::mpi,
+                                  double timeout_s = 0);
 
 // Raised identically on every rank of a group after they agreed that something is wrong, so
 // that rank 0 alone reports it and every rank exits cleanly (no hang, no abort).

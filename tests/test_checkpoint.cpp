@@ -176,7 +176,7 @@ TEST_F(CheckpointTest, EveryKeepLastAndLatest) {
 
 TEST_F(CheckpointTest, SgdCheckpointsHaveNoMomentsAndResumeExactly) {
   Config c = base_config("sgd");
-  c.train.optimizer = "sgd";
+  c.train.optimizer = OptimizerKind::sgd;
   c.train.steps = 6;
   c.checkpoint.every = 3;
   const TrainSummary whole = train(c, {.print = false, .collect_parameters = true});

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -94,7 +95,7 @@ TEST(Config, LoadsExample) {
   EXPECT_EQ(c.train.micro_batch_size, 16);
   EXPECT_EQ(c.train.grad_accum_steps, 1);
   EXPECT_EQ(c.train.steps, 800);
-  EXPECT_EQ(c.train.optimizer, "adamw");
+  EXPECT_EQ(c.train.optimizer, OptimizerKind::adamw);
   EXPECT_EQ(c.train.lr, 3e-3);
   EXPECT_EQ(c.train.min_lr, 3e-4);
   EXPECT_EQ(c.train.warmup_steps, 50);
@@ -111,8 +112,8 @@ TEST(Config, LoadsExample) {
   EXPECT_EQ(c.checkpoint.keep_last, 3);
   EXPECT_EQ(c.run.dir, "runs/brown-moe");
   EXPECT_EQ(c.run.log_every, 10);
-  EXPECT_EQ(c.run.backend, "cpu");
-  EXPECT_EQ(c.run.precision, "fp32");
+  EXPECT_EQ(c.run.backend, Device::cpu);
+  EXPECT_EQ(c.run.precision, Precision::fp32);
   EXPECT_EQ(c.source_file, "configs/example.yaml");
 }
 
@@ -393,6 +394,54 @@ TEST(ConfigRules, LearningRates) {
 TEST(ConfigRules, Optimizer) {
   EXPECT_TRUE(rejects("train:\n  optimizer: adam\n",
                       "train.optimizer: unknown value \"adam\" (expected adamw or sgd)"));
+}
+
+// The keys that were strings before they were enums: every name reads into its value and is
+// written back as the same text (checkpoints compare the written config on resume).
+TEST(ConfigRules, ChoiceKeysReadAndWriteTheirNames) {
+  struct Key {
+    const char* path;
+    std::vector<std::string> names;
+    std::function<std::string(const Config&)> name_of;
+  };
+  const std::vector<Key> keys = {
+      {"train.optimizer", {"adamw", "sgd"}, [](const Config& c) { return to_string(c.train.optimizer); }},
+      {"train.recompute", {"none", "norms", "attention", "layer"},
+       [](const Config& c) { return to_string(c.train.recompute); }},
+      {"parallel.communicator", {"auto", "nccl", "mpi"},
+       [](const Config& c) { return to_string(c.parallel.communicator); }},
+      {"run.backend", {"cpu", "cuda"}, [](const Config& c) { return to_string(c.run.backend); }},
+      {"run.precision", {"fp32", "bf16"}, [](const Config& c) { return to_string(c.run.precision); }},
+  };
+  for (const Key& key : keys) {
+    const std::string section = std::string(key.path).substr(0, std::string(key.path).find('.'));
+    const std::string name_key = std::string(key.path).substr(section.size() + 1);
+    for (const std::string& name : key.names) {
+      const Config c = load_config("configs/example.yaml", {std::string(key.path) + "=" + name});
+      EXPECT_EQ(key.name_of(c), name) << key.path;
+      const std::string yaml = config_to_yaml(c);
+      EXPECT_NE(yaml.find("  " + name_key + ": \"" + name + "\"\n"), std::string::npos)
+          << key.path << " " << name << "\n" << yaml;
+      expect_round_trip(c);
+    }
+  }
+  // The table maps each name to its own value.
+  EXPECT_EQ(load_config("configs/example.yaml", {"train.optimizer=sgd"}).train.optimizer,
+            OptimizerKind::sgd);
+  EXPECT_EQ(load_config("configs/example.yaml", {"train.recompute=layer"}).train.recompute,
+            Recompute::layer);
+  EXPECT_EQ(load_config("configs/example.yaml", {"train.recompute=attention"}).train.recompute,
+            Recompute::attention);
+  EXPECT_EQ(load_config("configs/example.yaml", {"run.backend=cuda"}).run.backend, Device::cuda);
+  EXPECT_EQ(load_config("configs/example.yaml", {"parallel.communicator=nccl"}).parallel.communicator,
+            CommunicatorKind::nccl);
+  EXPECT_EQ(load_config("configs/example.yaml", {"run.precision=bf16"}).run.precision,
+            Precision::bf16);
+  EXPECT_TRUE(rejects("train:\n  recompute: all\n",
+                      "train.recompute: unknown value \"all\" (expected none, norms, attention or layer)"));
+  EXPECT_TRUE(rejects("parallel:\n  communicator: gloo\n",
+                      "parallel.communicator: unknown value \"gloo\" (expected auto, nccl or mpi)"));
+  EXPECT_TRUE(rejects("run:\n  backend: [cpu]\n", "run.backend: expected a string, got a sequence"));
 }
 
 TEST(ConfigRules, Steps) {

@@ -23,25 +23,25 @@ bool gpu_visible() {
 
 const std::vector<Layout> kGpuLayouts = {{1, 1, 4}, {2, 2, 2}, {4, 4, 1}};
 
-Config gpu_config(const char* precision) {
+Config gpu_config(Precision precision) {
   Config c = DistTrain::base_config();
-  c.run.backend = "cuda";
+  c.run.backend = Device::cuda;
   c.run.precision = precision;
-  c.parallel.communicator = "mpi";
+  c.parallel.communicator = CommunicatorKind::mpi;
   c.moe.capacity_factor = 1.0;
   return c;
 }
 
 TEST_F(DistTrain, GpuEquivalenceFp32) {
   if (!gpu_visible()) GTEST_SKIP() << "no CUDA device visible";
-  check_equivalence(gpu_config("fp32"), "cuda fp32", kGpuLayouts);
+  check_equivalence(gpu_config(Precision::fp32), "cuda fp32", kGpuLayouts);
 }
 
 // bf16: the layouts differ in summation order, and bf16 rounds those differences up to its
 // 2^-8 relative precision; routing may flip for near-tied tokens. Bound stated in docs/cuda.md.
 TEST_F(DistTrain, GpuEquivalenceBf16) {
   if (!gpu_visible()) GTEST_SKIP() << "no CUDA device visible";
-  check_equivalence(gpu_config("bf16"), "cuda bf16", kGpuLayouts, {.loss = 2e-2, .parameter = 5e-2});
+  check_equivalence(gpu_config(Precision::bf16), "cuda bf16", kGpuLayouts, {.loss = 2e-2, .parameter = 5e-2});
 }
 
 }  // namespace

@@ -34,9 +34,9 @@ TEST(MemoryEstimate, GpuBenchConfigsWithinTenPercentOfMeasuredPeaks) {
 TEST(MemoryEstimate, RecomputeAndExpertParallelLowerIt) {
   Config config = load_config("configs/bench/moe.yaml");
   const double none = estimate_memory_per_rank(config).total_bytes();
-  config.train.recompute = "attention";
+  config.train.recompute = Recompute::attention;
   const double attention = estimate_memory_per_rank(config).total_bytes();
-  config.train.recompute = "layer";
+  config.train.recompute = Recompute::layer;
   const double layer = estimate_memory_per_rank(config).total_bytes();
   EXPECT_LT(attention, none);
   EXPECT_LT(layer, attention);

@@ -47,7 +47,7 @@ void expect_near(const std::vector<double>& actual, const std::vector<double>& e
 
 OptimizerSettings adamw_config() {
   OptimizerSettings settings;
-  settings.name = "adamw";
+  settings.kind = OptimizerKind::adamw;
   settings.beta1 = 0.9;
   settings.beta2 = 0.95;
   settings.eps = 1e-8;
@@ -134,7 +134,7 @@ TEST(AdamW, ResumeFromStateTensors) {
 TEST(Sgd, PlainSteps) {
   auto backend = make_cpu_backend();
   OptimizerSettings train;
-  train.name = "sgd";
+  train.kind = OptimizerKind::sgd;
   train.weight_decay = 0.1;  // SGD ignores it
   Param p = make_param(*backend, "w", {1, 2}, {1.0, -2.0});
   std::vector<Param*> params = {&p};
@@ -150,9 +150,10 @@ TEST(Sgd, PlainSteps) {
   EXPECT_TRUE(optimizer->state_tensors().empty());
 }
 
-TEST(Optimizer, UnknownName) {
+// A name that is not an optimizer stops at the config (test_config); here, a kind out of range.
+TEST(Optimizer, UnknownKind) {
   OptimizerSettings train;
-  train.name = "adam";
+  train.kind = static_cast<OptimizerKind>(7);
   EXPECT_THROW(make_optimizer(train), std::invalid_argument);
 }
 
@@ -342,7 +343,7 @@ TEST(FusedPass, SgdLeavesGradsZeroAndComputeFresh) {
   std::vector<Param> params = odd_params(*backend);
   std::vector<Param*> list = pointers(params);
   OptimizerSettings train;
-  train.name = "sgd";
+  train.kind = OptimizerKind::sgd;
   auto optimizer = make_optimizer(train);
   std::vector<std::vector<double>> expected;
   for (size_t i = 0; i < params.size(); ++i) {

@@ -99,14 +99,6 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"moe_f64", true, {}, AttentionKernel::flash, 1.0, DType::f64}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
-TEST(Recomputation, ModeNames) {
-  EXPECT_EQ(recompute_from_name("none"), Recompute::none);
-  EXPECT_EQ(recompute_from_name("norms"), Recompute::norms);
-  EXPECT_EQ(recompute_from_name("attention"), Recompute::attention);
-  EXPECT_EQ(recompute_from_name("layer"), Recompute::layer);
-  EXPECT_THROW(recompute_from_name("all"), std::runtime_error);
-}
-
 // The workspace hands out prefixes of grow-only slots: a smaller request reuses the block, a
 // larger one regrows it, names and dtypes are separate slots.
 TEST(Workspace, SlotsGrowOnlyAndAreKeyedByNameAndDtype) {

@@ -362,7 +362,7 @@ LoadResult load_checkpoint(const std::string& path, const Config& config, Transf
                       join(result.diff.errors, ", "));
     const std::string saved_optimizer =
         checkpoint_config_value(result.header.config, "train.optimizer");
-    restore_optimizer = optimizer && saved_optimizer == config.train.optimizer;
+    restore_optimizer = optimizer && saved_optimizer == to_string(config.train.optimizer);
     if (optimizer && !restore_optimizer)
       result.diff.notes.push_back("optimizer state starts fresh: the checkpoint was written with " +
                                   (saved_optimizer.empty() ? std::string("an unknown optimizer")

@@ -139,8 +139,9 @@ std::string fit_stored_layout(Config& config, int world_size,
   }
   if (!overridden(overrides, "parallel.communicator") &&
       config.parallel.communicator != single.communicator) {
-    changed.push_back("parallel.communicator " + config.parallel.communicator + " -> " +
-                      single.communicator);
+    changed.push_back(std::string("parallel.communicator ") +
+                      to_string(config.parallel.communicator) + " -> " +
+                      to_string(single.communicator));
     config.parallel.communicator = single.communicator;
   }
   if (changed.empty()) return "";

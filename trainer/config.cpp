@@ -69,6 +69,36 @@ struct ChoiceNames<Overflow> {
   static constexpr std::pair<Overflow, const char*> names[] = {
       {Overflow::drop, "drop"}, {Overflow::reroute, "reroute"}};
 };
+template <>
+struct ChoiceNames<CommunicatorKind> {
+  static constexpr std::pair<CommunicatorKind, const char*> names[] = {
+      {CommunicatorKind::automatic, "auto"},
+      {CommunicatorKind::nccl, "nccl"},
+      {CommunicatorKind::mpi, "mpi"}};
+};
+template <>
+struct ChoiceNames<OptimizerKind> {
+  static constexpr std::pair<OptimizerKind, const char*> names[] = {
+      {OptimizerKind::adamw, "adamw"}, {OptimizerKind::sgd, "sgd"}};
+};
+template <>
+struct ChoiceNames<Recompute> {
+  static constexpr std::pair<Recompute, const char*> names[] = {
+      {Recompute::none, "none"},
+      {Recompute::norms, "norms"},
+      {Recompute::attention, "attention"},
+      {Recompute::layer, "layer"}};
+};
+template <>
+struct ChoiceNames<Device> {
+  static constexpr std::pair<Device, const char*> names[] = {
+      {Device::cpu, "cpu"}, {Device::cuda, "cuda"}};
+};
+template <>
+struct ChoiceNames<Precision> {
+  static constexpr std::pair<Precision, const char*> names[] = {
+      {Precision::fp32, "fp32"}, {Precision::bf16, "bf16"}};
+};
 
 template <class E>
 const char* choice_name(E value) {
@@ -160,13 +190,13 @@ std::vector<Section> config_fields(Config& c) {
         {"expert_kernel", choice(&c.moe.expert_kernel)}}},
       {"parallel",
        {{"expert_parallel", &c.parallel.expert_parallel},
-        {"communicator", &c.parallel.communicator},
+        {"communicator", choice(&c.parallel.communicator)},
         {"timeout_s", &c.parallel.timeout_s}}},
       {"train",
        {{"micro_batch_size", &c.train.micro_batch_size},
         {"grad_accum_steps", &c.train.grad_accum_steps},
         {"steps", &c.train.steps},
-        {"optimizer", &c.train.optimizer},
+        {"optimizer", choice(&c.train.optimizer)},
         {"lr", &c.train.lr},
         {"min_lr", &c.train.min_lr},
         {"warmup_steps", &c.train.warmup_steps},
@@ -176,7 +206,7 @@ std::vector<Section> config_fields(Config& c) {
         {"eps", &c.train.eps},
         {"grad_clip", &c.train.grad_clip},
         {"max_bad_steps", &c.train.max_bad_steps},
-        {"recompute", &c.train.recompute},
+        {"recompute", choice(&c.train.recompute)},
         {"spike_window", &c.train.spike_window},
         {"spike_z", &c.train.spike_z},
         {"spike_min_steps", &c.train.spike_min_steps}}},
@@ -191,8 +221,8 @@ std::vector<Section> config_fields(Config& c) {
       {"run",
        {{"dir", &c.run.dir},
         {"log_every", &c.run.log_every},
-        {"backend", &c.run.backend},
-        {"precision", &c.run.precision},
+        {"backend", choice(&c.run.backend)},
+        {"precision", choice(&c.run.precision)},
         {"deterministic", &c.run.deterministic},
         {"tensorboard", &c.run.tensorboard},
         {"memory_check", &c.run.memory_check}}},
@@ -522,14 +552,6 @@ void check_non_negative(Problems& p, const std::string& path, double value) {
   else check_finite(p, path, value);
 }
 
-// For the keys that are still strings in their struct.
-void check_one_of(Problems& p, const std::string& path, const std::string& value,
-                  const std::vector<std::string>& allowed) {
-  for (const std::string& option : allowed)
-    if (value == option) return;
-  p.add(path, "unknown value " + yaml_quote(value) + " (expected " + join_alternatives(allowed) + ")");
-}
-
 void validate_model(const ModelConfig& m, Problems& p) {
   check_at_least(p, "model.vocab_size", m.vocab_size, 2);
   check_at_least(p, "model.seq_len", m.seq_len, 1);
@@ -593,7 +615,6 @@ void validate_train(const TrainConfig& t, Problems& p) {
   check_at_least(p, "train.micro_batch_size", t.micro_batch_size, 1);
   check_at_least(p, "train.grad_accum_steps", t.grad_accum_steps, 1);
   check_at_least(p, "train.steps", t.steps, 1);
-  check_one_of(p, "train.optimizer", t.optimizer, {"adamw", "sgd"});
   if (!(t.lr > 0)) p.add("train.lr", "must be > 0, got " + str(t.lr));
   else check_finite(p, "train.lr", t.lr);
   if (!(t.min_lr >= 0)) p.add("train.min_lr", "must be >= 0, got " + str(t.min_lr));
@@ -610,7 +631,6 @@ void validate_train(const TrainConfig& t, Problems& p) {
   if (!(t.grad_clip >= 0)) p.add("train.grad_clip", "must be >= 0 (0 turns clipping off), got " + str(t.grad_clip));
   else check_finite(p, "train.grad_clip", t.grad_clip);
   check_at_least(p, "train.max_bad_steps", t.max_bad_steps, 1);
-  check_one_of(p, "train.recompute", t.recompute, {"none", "norms", "attention", "layer"});
   check_at_least(p, "train.spike_window", t.spike_window, 0);
   if (!(t.spike_z > 0)) p.add("train.spike_z", "must be > 0, got " + str(t.spike_z));
   else check_finite(p, "train.spike_z", t.spike_z);
@@ -623,7 +643,6 @@ void validate_train(const TrainConfig& t, Problems& p) {
 void validate_rest(const Config& c, Problems& p) {
   if (c.name.empty()) p.add("name", "must not be empty");
   check_at_least(p, "parallel.expert_parallel", c.parallel.expert_parallel, 1);
-  check_one_of(p, "parallel.communicator", c.parallel.communicator, {"auto", "nccl", "mpi"});
   if (!(c.parallel.timeout_s >= 0))
     p.add("parallel.timeout_s",
           "must be >= 0 (0 turns the watchdog off), got " + str(c.parallel.timeout_s));
@@ -642,8 +661,6 @@ void validate_rest(const Config& c, Problems& p) {
   check_at_least(p, "checkpoint.keep_last", c.checkpoint.keep_last, 1);
   if (c.run.dir.empty()) p.add("run.dir", "must not be empty");
   check_at_least(p, "run.log_every", c.run.log_every, 1);
-  check_one_of(p, "run.backend", c.run.backend, {"cpu", "cuda"});
-  check_one_of(p, "run.precision", c.run.precision, {"fp32", "bf16"});
 }
 
 void validate_into(const Config& config, Problems& problems) {
@@ -806,6 +823,11 @@ const char* to_string(AuxLossScope scope) { return choice_name(scope); }
 const char* to_string(RouterScore score) { return choice_name(score); }
 const char* to_string(DropPolicy policy) { return choice_name(policy); }
 const char* to_string(Overflow overflow) { return choice_name(overflow); }
+const char* to_string(CommunicatorKind communicator) { return choice_name(communicator); }
+const char* to_string(OptimizerKind optimizer) { return choice_name(optimizer); }
+const char* to_string(Recompute recompute) { return choice_name(recompute); }
+const char* to_string(Device backend) { return choice_name(backend); }
+const char* to_string(Precision precision) { return choice_name(precision); }
 
 std::string to_string(const MoeLayers& layers) {
   switch (layers.kind) {

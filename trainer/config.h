@@ -8,6 +8,8 @@
 
 #include "data/data_config.h"
 #include "model/model_config.h"
+#include "model/tensor.h"
+#include "model/transformer.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer.h"
 #include "parallel/parallel_config.h"
@@ -18,7 +20,7 @@ struct TrainConfig {
   int64_t micro_batch_size = 16;
   int64_t grad_accum_steps = 1;
   int64_t steps = 800;
-  std::string optimizer = "adamw";    // adamw | sgd
+  OptimizerKind optimizer = OptimizerKind::adamw;
   double lr = 3e-3;
   double min_lr = 3e-4;
   int64_t warmup_steps = 50;
@@ -28,8 +30,8 @@ struct TrainConfig {
   double eps = 1e-8;
   double grad_clip = 1.0;             // <= 0: no clipping
   int64_t max_bad_steps = 3;          // non-finite steps in a row (each skipped) before the run stops
-  // none | attention | layer: activations backward rebuilds instead of keeping (docs/config.md)
-  std::string recompute = "norms";
+  // What backward rebuilds instead of keeping (model/transformer.h, docs/config.md).
+  Recompute recompute = Recompute::norms;
   // Loss-spike guard (trainer/spike_guard.h): a step whose loss is more than spike_z standard
   // deviations above the mean of the last spike_window accepted steps is skipped like a
   // non-finite one, once the window holds spike_min_steps losses. spike_window 0: off.
@@ -65,11 +67,17 @@ struct CheckpointConfig {
   bool async = false;                 // write the file in the background (docs/checkpoint.md)
 };
 
+// run.precision: the dtype the model computes in; the master weights stay fp32 (docs/cuda.md).
+enum class Precision { fp32, bf16 };
+inline DType compute_dtype(Precision precision) {
+  return precision == Precision::bf16 ? DType::bf16 : DType::f32;
+}
+
 struct RunConfig {
   std::string dir = "runs/default";
   int64_t log_every = 10;
-  std::string backend = "cpu";        // cpu | cuda
-  std::string precision = "fp32";     // fp32 | bf16
+  Device backend = Device::cpu;       // YAML cpu | cuda
+  Precision precision = Precision::fp32;
   // Two runs of one config on the same device and build are bitwise equal. Every kernel is
   // order-fixed today, so false changes nothing yet; it leaves room for faster kernels whose
   // reductions are not (docs/cuda.md, Determinism).
@@ -138,6 +146,11 @@ const char* to_string(AuxLossScope scope);
 const char* to_string(RouterScore score);
 const char* to_string(DropPolicy policy);
 const char* to_string(Overflow overflow);
+const char* to_string(CommunicatorKind communicator);
+const char* to_string(OptimizerKind optimizer);
+const char* to_string(Recompute recompute);
+const char* to_string(Device backend);
+const char* to_string(Precision precision);
 // all, every_<n>, or the list in flow style ([1, 3]).
 std::string to_string(const MoeLayers& layers);
 

@@ -77,8 +77,8 @@ std::string MemoryEstimate::describe(size_t biggest) const {
 MemoryEstimate estimate_memory_per_rank(const Config& config) {
   const ModelConfig& m = config.model;
   const MoeConfig& moe = config.moe;
-  const bool cuda = config.run.backend == "cuda";
-  const bool bf16 = config.run.precision == "bf16";
+  const bool cuda = config.run.backend == Device::cuda;
+  const bool bf16 = config.run.precision == Precision::bf16;
   const double e = bf16 ? 2.0 : 4.0;  // bytes per activation element (the compute dtype)
   const double T = static_cast<double>(config.train.micro_batch_size) * m.seq_len;
   const double D = static_cast<double>(m.d_model), H = static_cast<double>(m.n_heads);
@@ -96,7 +96,7 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   };
   add("parameters (fp32)", 4 * P);
   add("gradients (fp32)", 4 * P);
-  add("optimizer state", config.train.optimizer == "adamw" ? 8 * P : 0);
+  add("optimizer state", config.train.optimizer == OptimizerKind::adamw ? 8 * P : 0);
   // The GEMMs' and the embedding's bf16 copies; norm gains and the router stay fp32 (a few D).
   add("bf16 weight copies", bf16 ? 2 * P : 0);
 
@@ -113,10 +113,10 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   // hidden is never kept (backward rebuilds it).
   const double TK = T * moe.routing.top_k;
   const double Fe = static_cast<double>(moe.expert_hidden), F = static_cast<double>(m.ffn_hidden);
-  const std::string& recompute = config.train.recompute;
-  const bool keep_norms = recompute == "none";
-  const bool keep_attention = recompute == "none" || recompute == "norms";
-  const bool keep_layer = recompute != "layer";
+  const Recompute recompute = config.train.recompute;
+  const bool keep_norms = recompute == Recompute::none;
+  const bool keep_attention = recompute == Recompute::none || recompute == Recompute::norms;
+  const bool keep_layer = recompute != Recompute::layer;
   const double attention_part = 4 * TD + T * H * 4 + probabilities;
   const double dense_h = 2 * T * F * e, expert_h = 2 * TK * Fe * e;
   const double kept_dense = TD;

@@ -37,7 +37,7 @@ ModelCard make_model_card(const Config& config) {
   card.active_params = non_expert + card.moe_layers * moe.routing.top_k * 3 * D * moe.expert_hidden;
   card.params_per_rank = non_expert + expert_per_rank;
   card.sparsity = card.moe_layers ? static_cast<double>(moe.routing.top_k) / moe.num_experts : 1.0;
-  const double bytes_per_param = config.train.optimizer == "adamw" ? 16.0 : 8.0;
+  const double bytes_per_param = config.train.optimizer == OptimizerKind::adamw ? 16.0 : 8.0;
   card.param_optimizer_bytes_per_rank = bytes_per_param * card.params_per_rank;
   // 6 FLOPs per multiply-accumulate weight (forward 2, backward 4), plus causal attention scores
   // and the weighted sum: 2 * 2 * D * S/2 per token and layer forward, times 3 for training.

@@ -43,7 +43,7 @@ std::string checkpoint_provenance(const Config& config, int ranks, int expert_pa
   out += "compiler: " + yaml_quote(compiler_version()) + "\n";
   out += "ranks: " + std::to_string(ranks) + "\n";
   out += "expert_parallel: " + std::to_string(expert_parallel) + "\n";
-  out += "backend: " + yaml_quote(config.run.backend) + "\n";
+  out += "backend: " + yaml_quote(to_string(config.run.backend)) + "\n";
   out += "created: " + yaml_quote(utc_now()) + "\n";
   return out;
 }

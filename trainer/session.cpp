@@ -10,24 +10,25 @@
 namespace sy {
 
 std::unique_ptr<Backend> make_backend(const RunConfig& run, int rank, int local_rank) {
-  if (run.backend == "cpu") {
-    if (run.precision != "fp32")
-      throw std::runtime_error("run.precision: the cpu backend computes in fp32, got '" +
-                               run.precision + "'");
-    return make_cpu_backend();
-  }
-  if (run.backend == "cuda") {
+  switch (run.backend) {
+    case Device::cpu:
+      if (run.precision != Precision::fp32)
+        throw std::runtime_error(std::string("run.precision: the cpu backend computes in fp32, ") +
+                                 "got '" + to_string(run.precision) + "'");
+      return make_cpu_backend();
+    case Device::cuda:
 #ifdef SY_HAVE_CUDA
-    // One GPU per rank: the node-local rank modulo the visible devices (ranks share a GPU when
-    // there are more ranks than GPUs). Throws a plain error when no GPU is visible.
-    return make_cuda_backend(cuda_device_for_local_rank(local_rank, rank), rank);
+      // One GPU per rank: the node-local rank modulo the visible devices (ranks share a GPU when
+      // there are more ranks than GPUs). Throws a plain error when no GPU is visible.
+      return make_cuda_backend(cuda_device_for_local_rank(local_rank, rank), rank);
 #else
-    throw std::runtime_error(
-        "run.backend: cuda is not available in this build (built without CUDA: nvcc was not "
-        "found when it was configured; see docs/cuda.md)");
+      throw std::runtime_error(
+          "run.backend: cuda is not available in this build (built without CUDA: nvcc was not "
+          "found when it was configured; see docs/cuda.md)");
 #endif
   }
-  throw std::runtime_error("run.backend: unknown backend '" + run.backend + "'");
+  throw std::runtime_error("run.backend: device " + std::to_string(static_cast<int>(run.backend)) +
+                           " has no backend");
 }
 
 namespace {
@@ -67,11 +68,11 @@ ModelSession make_model_session(const Config& config, CommHandle world) {
     session.exchange = std::make_unique<AllToAllDispatcher>(
         *session.backend, *session.groups.expert_parallel, config.moe.num_experts,
         session.groups.world.get());
-  TransformerOptions options{config.model, config.moe, moe_layer_mask(config), DType::f32};
   // bf16 computes with bf16 copies of the fp32 master weights (Param::compute).
-  options.dtype = config.run.precision == "bf16" ? DType::bf16 : DType::f32;
+  TransformerOptions options{config.model, config.moe, moe_layer_mask(config),
+                             compute_dtype(config.run.precision)};
   options.master_dtype = DType::f32;
-  options.recompute = recompute_from_name(config.train.recompute);
+  options.recompute = config.train.recompute;
   session.model =
       std::make_unique<Transformer>(*session.backend, std::move(options), session.exchange.get());
   session.model->init_parameters(config.seed);

@@ -11,55 +11,38 @@
 #   nvidia-smi works, else OFF), SY_CKPT_BIG (the big model's config; default configs/bench/moe.yaml
 #   on CUDA, else the 99.4M example variant of BENCHMARKS.md).
 set -uo pipefail
-out=${1:-${OUT:-ckpt-logs}}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-cd "$(dirname "$0")/../.."
+# shellcheck source=launch/lib.sh
+source "$(dirname "$0")/../../launch/lib.sh"
+sy_init "${1:-${OUT:-ckpt-logs}}"
+out=$sy_out
 build=${SY_CKPT_BUILD_DIR:-build-ckptio-gpu}
 dir=${SY_CKPT_DIR:-$PWD/ckpt-bench}
-jobs=$(nproc 2>/dev/null || echo 8)
-export OPENBLAS_NUM_THREADS=1 NCCL_NVLS_ENABLE=0
 cuda=${SY_CKPT_CUDA:-$(nvidia-smi > /dev/null 2>&1 && echo ON || echo OFF)}
 backend=(); [ "$cuda" = ON ] && backend=(--set run.backend=cuda)
 
-summary=()
-failed=0
-run() {  # run NAME COMMAND...: output in OUTDIR/NAME.log; notes exit status and seconds
-  local name=$1 start rc
-  shift
-  start=$(date +%s)
-  echo "== $name: $*" | tee "$out/$name.log"
-  "$@" >> "$out/$name.log" 2>&1
-  rc=$?
-  summary+=("$(printf '%-22s rc %-4s %5ss' "$name" "$rc" "$(($(date +%s) - start))")")
-  [ "$rc" -eq 0 ] || failed=1
-  return "$rc"
-}
-
-{ date -u; uname -a; nvidia-smi 2>&1 | head -15; df -h "$(dirname "$dir")"; free -g;
+sy_dry || { date -u; uname -a; nvidia-smi 2>&1 | head -15; df -h "$(dirname "$dir")"; free -g;
   cat /proc/sys/vm/dirty_background_ratio /proc/sys/vm/dirty_ratio; } > "$out/machine.log" 2>&1
-generator=(); command -v ninja > /dev/null && generator=(-G Ninja)
-run configure cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DSY_CUDA="$cuda" &&
-  run build cmake --build "$build" -j "$jobs" --target test_checkpoint_async test_checkpoint bench_checkpoint
-if [ "$failed" -eq 0 ]; then
-  run test_checkpoint_async "$build/tests/test_checkpoint_async"
-  run test_checkpoint "$build/tests/test_checkpoint"
-  run bench_example "$build/bench/bench_checkpoint" configs/example.yaml "${backend[@]}" \
+sy_configure "$build" -DSY_CUDA="$cuda" &&
+  sy_build "$build" test_checkpoint_async test_checkpoint bench_checkpoint
+if [ "$sy_failed" -eq 0 ]; then
+  sy_step test_checkpoint_async "$build/tests/test_checkpoint_async"
+  sy_step test_checkpoint "$build/tests/test_checkpoint"
+  sy_step bench_example "$build/bench/bench_checkpoint" configs/example.yaml "${backend[@]}" \
     --repeats 3 --dir "$dir"
   if [ "$cuda" = ON ]; then
-    big=(${SY_CKPT_BIG:-configs/bench/moe.yaml})
+    read -ra big <<< "${SY_CKPT_BIG:-configs/bench/moe.yaml}"
   else
-    big=(${SY_CKPT_BIG:-configs/example.yaml --set model.d_model=768 --set model.n_layers=12 \
-         --set model.n_heads=12 --set moe.expert_hidden=320})
+    read -ra big <<< "${SY_CKPT_BIG:-configs/example.yaml --set model.d_model=768 \
+      --set model.n_layers=12 --set model.n_heads=12 --set moe.expert_hidden=320}"
   fi
-  run bench_big "$build/bench/bench_checkpoint" "${big[@]}" "${backend[@]}" --repeats 2 --load 0 \
-    --dir "$dir"
+  sy_step bench_big "$build/bench/bench_checkpoint" "${big[@]}" "${backend[@]}" --repeats 2 \
+    --load 0 --dir "$dir"
 fi
-rm -rf "$dir"
+sy_do rm -rf "$dir"
 echo
 for f in bench_example bench_big; do
   [ -f "$out/$f.log" ] && { echo "-- $f"; grep -E '^[a-z].*parameters|^  checkpoint [0-9]|^  mode |^  (sync|async|dd) ' "$out/$f.log"; }
 done
 echo
-printf '%s\n' "${summary[@]}"
-exit "$failed"
+sy_table
+exit "$sy_failed"

@@ -5,21 +5,26 @@
 #   Usage: bash bench/expert_ffn/run.sh BUILD_DIR OUTDIR [case ...]     (cases: coarse fine skewed)
 # Logs: OUTDIR/expert_ffn_bench.log, OUTDIR/expert_ffn_torch.log, OUTDIR/expert_ffn_table.txt.
 set -uo pipefail
+# shellcheck source=launch/lib.sh
+source "$(dirname "$0")/../../launch/lib.sh"
 build=${1:?usage: bash bench/expert_ffn/run.sh BUILD_DIR OUTDIR [case ...]}
 out=${2:?usage: bash bench/expert_ffn/run.sh BUILD_DIR OUTDIR [case ...]}
 shift 2
-mkdir -p "$out"
-here=$(cd "$(dirname "$0")" && pwd)
+build=$(cd "$build" 2> /dev/null && pwd || echo "$build")  # sy_init moves to the repository root
+sy_init "$out"
+out=$sy_out
 
-"$build/expert_ffn_bench" "$@" > "$out/expert_ffn_bench.log" 2>&1
+sy_step expert_ffn_bench "$build/expert_ffn_bench" "$@"
 bench_rc=$?
-[ "$bench_rc" -eq 0 ] || { tail -20 "$out/expert_ffn_bench.log"; echo "expert_ffn_bench failed (rc $bench_rc)"; }
+[ "$bench_rc" -eq 0 ] || sy_dry || tail -20 "$out/expert_ffn_bench.log"
 if python3 -c "import torch" > /dev/null 2>&1; then
-  python3 "$here/expert_ffn_torch.py" "$@" > "$out/expert_ffn_torch.log" 2>&1 ||
-    { tail -20 "$out/expert_ffn_torch.log"; echo "expert_ffn_torch.py failed"; }
+  sy_step expert_ffn_torch python3 bench/expert_ffn/expert_ffn_torch.py "$@" ||
+    sy_dry || tail -20 "$out/expert_ffn_torch.log"
 else
-  echo "no PyTorch here: the torch column stays empty" | tee "$out/expert_ffn_torch.log"
+  echo "no PyTorch here: the torch column stays empty"
+  sy_dry || echo "no PyTorch here: the torch column stays empty" > "$out/expert_ffn_torch.log"
 fi
+sy_dry && exit 0
 
 python3 - "$out/expert_ffn_bench.log" "$out/expert_ffn_torch.log" <<'PY' | tee "$out/expert_ffn_table.txt"
 import math, re, sys

@@ -7,8 +7,9 @@
 # bench/gpu_step/pytorch_model.py on the same batches from the same weights, eager (grouped_mm
 # and loop experts) and compiled. Last, bench/gpu_step/report.py prints the MoE per-op profile,
 # the initial-loss check and the throughput table (also OUTDIR/summary.md).
-# OUTDIR gets at most 6 files: build.log, <config>.log (ours, then torch), results.jsonl,
-# summary.md. Exit status: 0 when every stage ran and every loss check passed.
+# OUTDIR gets at most 7 files: build.log, <config>.log (ours, then torch), results.jsonl,
+# summary.md, summary.txt (each stage's exit status and time; launch/gpu_check.sh step keeps that
+# in its own). Exit status: 0 when every stage ran and every loss check passed.
 # Environment (all optional):
 #   CONFIGS="moe dense fine"    which configs, in this order
 #   SY_BUILD_DIR=build-gpustep  build folder: configured when new, then built incrementally
@@ -25,65 +26,27 @@
 #   BUDGET_S=560                no stage starts after this many seconds; a running one is
 #                               stopped at it (the table then shows what finished)
 set -uo pipefail
+# shellcheck source=launch/lib.sh
+source "$(dirname "$0")/../../launch/lib.sh"
 out=${1:?usage: bash bench/gpu_step/run.sh OUTDIR}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-cd "$(dirname "$0")/../.."
+sy_init "$out" "${BUDGET_S:-560}"
+out=$sy_out
 build=${SY_BUILD_DIR:-build-gpustep}
 configs=${CONFIGS:-moe dense fine}
 work=${WORK:-/tmp/sy_gpu_step}
-budget=${BUDGET_S:-560}
 check=${CHECK:-1}
-mkdir -p "$work"
-: > "$out/results.jsonl"
-: > "$out/summary.md"
-# NVLink multicast stays off on shared machines; MPI (the checkpoint writer) may run as root.
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PYTHONUNBUFFERED=1
-began=$(date +%s)
-status=0
-skipped=()
+sy_do mkdir -p "$work"
+sy_dry || : > "$out/results.jsonl"
+sy_dry || : > "$out/summary.md"
 
-# stage LOG NAME COMMAND...: runs COMMAND with its output appended to LOG, within the budget.
-stage() {
-  local log=$1 name=$2 left rc start note
-  shift 2
-  left=$((budget - ($(date +%s) - began)))
-  if [ "$left" -lt 30 ]; then
-    echo "== $name: skipped (time budget BUDGET_S=$budget spent)" | tee -a "$log"
-    skipped+=("$name")
-    status=1
-    return 1
-  fi
-  echo "== $name: $*" | tee -a "$log"
-  start=$(date +%s)
-  timeout --kill-after=10 "$left" "$@" >> "$log" 2>&1
-  rc=$?
-  [ "$rc" -eq 124 ] && note=" (stopped: time budget)" || note=""
-  echo "   rc $rc, $(($(date +%s) - start)) s$note" | tee -a "$log"
-  [ "$rc" -eq 0 ] || status=1
-  return "$rc"
-}
-
-{
-  date -u
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-  nvcc --version | tail -2
-  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
-  git log -1 --format='commit %h %s' 2>/dev/null
-  git status --short 2>/dev/null | head -40
-} > "$out/build.log" 2>&1
-generator=()
-command -v ninja > /dev/null && generator=(-G Ninja)
+sy_machine build
 if [ ! -f "$build/CMakeCache.txt" ]; then
-  stage "$out/build.log" configure cmake -S . -B "$build" "${generator[@]}" -DSY_CUDA=ON \
-    -DCMAKE_BUILD_TYPE=Release || { echo "configure failed: $out/build.log"; exit 1; }
+  sy_configure "$build" -DSY_CUDA=ON || { echo "configure failed: $out/build.log"; exit 1; }
 fi
-stage "$out/build.log" build cmake --build "$build" -j "$(nproc)" --target sy_bench_train ||
-  { echo "build failed: $out/build.log"; tail -20 "$out/build.log"; exit 1; }
+sy_build "$build" sy_bench_train || exit 1
 
 # The event-timed profile over a whole small run (SY_CUDA_PROFILE=events; table on stderr).
-stage "$out/build.log" "profile smoke" env SY_CUDA_PROFILE=events "./$build/sy_bench_train" \
+sy_step -l build "profile smoke" env SY_CUDA_PROFILE=events "$build/sy_bench_train" \
   configs/example.yaml --set run.backend=cuda --set run.precision=bf16 \
   --set data.path=corpora/absent.h5 --steps 4 --warmup 1
 
@@ -92,35 +55,32 @@ data=()
 # OURS_SET="section.key=value ...": extra overrides for our side (e.g. model.attention_kernel=cudnn).
 for kv in ${OURS_SET:-}; do data+=(--set "$kv"); done
 for name in $configs; do
-  log="$out/$name.log"
-  : > "$log"
   tokens="$work/$name.tokens.bin"
   init="$work/$name.init.h5"
-  rm -f "$tokens" "$tokens.json" "$init"
+  sy_do rm -f "$tokens" "$tokens.json" "$init"
   save=()
   [ "$check" = 1 ] && save=(--save-init "$init")
-  stage "$log" "ours $name" "./$build/sy_bench_train" "configs/bench/$name.yaml" "${data[@]}" \
+  sy_step -l "$name" "ours $name" "$build/sy_bench_train" "configs/bench/$name.yaml" "${data[@]}" \
     --steps $((${OURS_WARMUP:-5} + ${OURS_STEPS:-20})) --warmup "${OURS_WARMUP:-5}" \
     --profile-steps "${PROFILE_STEPS:-3}" --tokens "$tokens" "${save[@]}"
-  grep -h '^{"config"' "$log" | tail -1 >> "$out/results.jsonl"
-  if [ -f "$tokens.json" ]; then
+  sy_dry || grep -h '^{"config"' "$out/$name.log" | tail -1 >> "$out/results.jsonl"
+  if [ -f "$tokens.json" ] || sy_dry; then
     weights=()
-    [ -f "$init" ] && weights=(--init "$init")
-    stage "$log" "torch $name" python3 bench/gpu_step/pytorch_model.py "$tokens" "${weights[@]}" \
+    if [ -f "$init" ] || { sy_dry && [ "$check" = 1 ]; }; then weights=(--init "$init"); fi
+    sy_step -l "$name" "torch $name" python3 bench/gpu_step/pytorch_model.py "$tokens" "${weights[@]}" \
       --modes "${TORCH_MODES:-eager,compiled}" --experts "${TORCH_EXPERTS:-both}" \
       --warmup "${TORCH_WARMUP:-${OURS_WARMUP:-5}}" --steps "${TORCH_STEPS:-${OURS_STEPS:-20}}" \
       --json "$out/results.jsonl"
   else
-    echo "== torch $name: skipped (ours wrote no batches)" | tee -a "$log"
-    status=1
+    sy_fail "torch $name: skipped (ours wrote no batches)"
   fi
-  rm -f "$init"  # up to 13.5 GB each
+  sy_do rm -f "$init"  # up to 13.5 GB each
 done
 
-if [ "${#skipped[@]}" -gt 0 ]; then
-  echo "skipped for time: ${skipped[*]}; run the rest with CONFIGS=\"...\" (the build is reused)"
+if [ "${#sy_skipped[@]}" -gt 0 ]; then
+  echo "skipped for time: ${sy_skipped[*]}; run the rest with CONFIGS=\"...\" (the build is reused)"
 fi
-echo "total $(($(date +%s) - began)) s, stage status $status, logs in $out"
+echo "total $(($(date +%s) - sy_began)) s, stage status $sy_failed, logs in $out"
 echo
-python3 bench/gpu_step/report.py "$out" || status=1
-exit "$status"
+sy_dry || python3 bench/gpu_step/report.py "$out" || sy_failed=1
+exit "$sy_failed"

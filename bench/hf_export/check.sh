@@ -9,7 +9,7 @@
 # bf16), then bench/hf_export/compare.py loads each export with transformers and compares the
 # validation loss (fp32: within 1e-4 relative; bf16 weights: 1e-2) and the greedy continuation of
 # a 32-token prompt (fp32).
-# Prints the table last; OUTDIR gets build.log, <case>.log, results.jsonl.
+# Prints the table last; OUTDIR gets build.log, <case>.log, results.jsonl, summary.txt (steps).
 # Exit status 0 when every row passed.
 # Environment (all optional):
 #   SY_BUILD_DIR=build-hfexport  build folder (configured when new, then built incrementally)
@@ -18,49 +18,45 @@
 #   TRAIN_SET="k=v ..."          extra --set overrides for training (e.g. run.backend=cuda)
 #   WORK=/tmp/sy_hf_export       scratch: corpus, runs, exports
 set -uo pipefail
-out=${1:?usage: bash bench/hf_export/check.sh OUTDIR}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-cd "$(dirname "$0")/../.."
+# shellcheck source=launch/lib.sh
+source "$(dirname "$0")/../../launch/lib.sh"
+sy_init "${1:?usage: bash bench/hf_export/check.sh OUTDIR}"
+out=$sy_out
 build=${SY_BUILD_DIR:-build-hfexport}
 work=${WORK:-/tmp/sy_hf_export}
 steps=${STEPS:-50}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=4 PYTHONUNBUFFERED=1
-rm -rf "$work"
-mkdir -p "$work"
-: > "$out/results.jsonl"
-status=0
+export OPENBLAS_NUM_THREADS=4
+sy_do rm -rf "$work"
+sy_do mkdir -p "$work"
+sy_dry || : > "$out/results.jsonl"
 
-{
+sy_log build
+sy_dry || {
   date -u
   git log -1 --format='commit %h %s' 2>/dev/null
   python3 -c 'import torch, transformers, safetensors; print("torch", torch.__version__, "transformers", transformers.__version__, "safetensors", safetensors.__version__)'
   python3 -c 'import h5py; print("h5py", h5py.__version__)' || echo "h5py: not installed (compare.py reads /val from the corpus text instead)"
-} > "$out/build.log" 2>&1
-generator=()
-command -v ninja > /dev/null && generator=(-G Ninja)
+} >> "$sy_log_path" 2>&1
 if [ ! -f "$build/CMakeCache.txt" ]; then
-  cmake -S . -B "$build" "${generator[@]}" -DSY_CUDA="${SY_CUDA:-OFF}" -DCMAKE_BUILD_TYPE=Release \
-    >> "$out/build.log" 2>&1 || { echo "configure failed: $out/build.log"; tail -20 "$out/build.log"; exit 1; }
+  sy_configure "$build" -DSY_CUDA="${SY_CUDA:-OFF}" || {
+    echo "configure failed: $out/build.log"; tail -20 "$out/build.log"; exit 1; }
 fi
-cmake --build "$build" -j "$(nproc)" --target switchyard >> "$out/build.log" 2>&1 ||
-  { echo "build failed: $out/build.log"; tail -20 "$out/build.log"; exit 1; }
-sy="./$build/switchyard"
+sy_build "$build" switchyard || exit 1
+sy="$build/switchyard"
 
 # One text file (so that compare.py can also find /val from it without h5py: the bytes after
 # floor(0.95 * size), docs/data.md), byte tokens.
-cat README.md docs/*.md > "$work/corpus.txt"
-"$sy" prepare-data --input "$work/corpus.txt" --format text --output "$work/tokens.h5" \
-  >> "$out/build.log" 2>&1 || { echo "prepare-data failed: $out/build.log"; exit 1; }
+sy_dry || cat README.md docs/*.md > "$work/corpus.txt"
+sy_step -l build prepare-data "$sy" prepare-data --input "$work/corpus.txt" --format text \
+  --output "$work/tokens.h5" || { echo "prepare-data failed: $out/build.log"; exit 1; }
 
 prompt="The model is trained on the text"  # 32 bytes = 32 tokens
 new_tokens=24                            # 32 + 24 <= seq_len 64: no sliding window on our side
 
-# run_case NAME MOE_YAML [EXPORT_DTYPES]
+# run_case NAME MOE_YAML [EXPORT_DTYPES]: every step's output in OUTDIR/NAME.log.
 run_case() {
-  local name=$1 moe=$2 dtypes=${3:-fp32} log="$out/$1.log" config="$work/$1.yaml" dtype json
-  : > "$log"
-  cat > "$config" <<EOF
+  local name=$1 moe=$2 dtypes=${3:-fp32} log="$out/$1.log" config="$work/$1.yaml" dtype
+  sy_dry || cat > "$config" <<EOF
 model: {vocab_size: 256, seq_len: 64, d_model: 64, n_layers: 2, n_heads: 4, ffn_hidden: 160, tie_embeddings: $([ "$name" = dense ] && echo false || echo true)}
 moe: $moe
 train: {micro_batch_size: 8, steps: $steps, warmup_steps: 5, lr: 0.003}
@@ -71,35 +67,37 @@ run: {dir: $work/run-$name, log_every: 10, backend: cpu, precision: fp32}
 EOF
   local set=()
   for kv in ${TRAIN_SET:-}; do set+=(--set "$kv"); done
-  echo "== $name: train" >> "$log"
-  "$sy" train "$config" "${set[@]}" >> "$log" 2>&1 || { echo "$name: train failed ($log)"; return 1; }
-  echo "== $name: eval" >> "$log"
+  sy_step -l "$name" "$name train" "$sy" train "$config" "${set[@]}" ||
+    { echo "$name: train failed ($log)"; return 1; }
   # eval on the fp32 CPU backend whatever trained: the reference the export must match.
-  "$sy" eval "$config" --checkpoint "$work/run-$name/checkpoints" --set run.backend=cpu \
-    > "$work/$name.eval.json" 2>> "$log" || { echo "$name: eval failed ($log)"; return 1; }
-  cat "$work/$name.eval.json" >> "$log"
-  local val_loss sequences
-  val_loss=$(python3 -c 'import json,sys; print(repr(json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["val_loss"]))' "$work/$name.eval.json")
-  sequences=$(python3 -c 'import json,sys; print(json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["sequences"])' "$work/$name.eval.json")
-  echo "== $name: generate" >> "$log"
-  "$sy" generate "$config" --checkpoint "$work/run-$name/checkpoints" --set run.backend=cpu \
-    --prompt "$prompt" --tokens "$new_tokens" --temperature 0 > "$work/$name.generated.txt" 2>> "$log" ||
-    { echo "$name: generate failed ($log)"; return 1; }
-  cat "$work/$name.generated.txt" >> "$log"
+  sy_step -l "$name" -o "$work/$name.eval.json" "$name eval" "$sy" eval "$config" \
+    --checkpoint "$work/run-$name/checkpoints" --set run.backend=cpu ||
+    { echo "$name: eval failed ($log)"; return 1; }
+  local val_loss=DRY sequences=DRY
+  if ! sy_dry; then
+    cat "$work/$name.eval.json" >> "$log"
+    val_loss=$(python3 -c 'import json,sys; print(repr(json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["val_loss"]))' "$work/$name.eval.json")
+    sequences=$(python3 -c 'import json,sys; print(json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["sequences"])' "$work/$name.eval.json")
+  fi
+  sy_step -l "$name" -o "$work/$name.generated.txt" "$name generate" "$sy" generate "$config" \
+    --checkpoint "$work/run-$name/checkpoints" --set run.backend=cpu --prompt "$prompt" \
+    --tokens "$new_tokens" --temperature 0 || { echo "$name: generate failed ($log)"; return 1; }
+  sy_dry || cat "$work/$name.generated.txt" >> "$log"
   local rc=0
   for dtype in $dtypes; do
-    echo "== $name: export $dtype" >> "$log"
-    "$sy" export "$work/run-$name/checkpoints" --format hf --dtype "$dtype" \
-      --output "$work/hf-$name-$dtype" >> "$log" 2>&1 || { echo "$name: export $dtype failed ($log)"; rc=1; continue; }
+    sy_step -l "$name" "$name export $dtype" "$sy" export "$work/run-$name/checkpoints" \
+      --format hf --dtype "$dtype" --output "$work/hf-$name-$dtype" ||
+      { echo "$name: export $dtype failed ($log)"; rc=1; continue; }
     # fp32 weights: the same function, to 1e-4 (target); bf16 weights perturb it: a loose bound.
     local tolerance=1e-4 greedy=(--prompt "$prompt" --generated "$work/$name.generated.txt" --new-tokens "$new_tokens")
     if [ "$dtype" = bf16 ]; then tolerance=1e-2; greedy=(); fi
-    echo "== $name: compare $dtype" >> "$log"
-    local rows_before
-    rows_before=$(wc -l < "$out/results.jsonl")
-    python3 bench/hf_export/compare.py --export "$work/hf-$name-$dtype" --tokens "$work/tokens.h5" \
-      --text "$work/corpus.txt" --val-loss "$val_loss" --sequences "$sequences" "${greedy[@]}" \
-      --tolerance "$tolerance" --label "$name-$dtype" --json "$out/results.jsonl" >> "$log" 2>&1 || rc=1
+    local rows_before=0
+    sy_dry || rows_before=$(wc -l < "$out/results.jsonl")
+    sy_step -l "$name" "$name compare $dtype" python3 bench/hf_export/compare.py \
+      --export "$work/hf-$name-$dtype" --tokens "$work/tokens.h5" --text "$work/corpus.txt" \
+      --val-loss "$val_loss" --sequences "$sequences" "${greedy[@]}" --tolerance "$tolerance" \
+      --label "$name-$dtype" --json "$out/results.jsonl" || rc=1
+    sy_dry && continue
     # compare.py stopped before its row (an import or load error): the table still shows the case.
     if [ "$(wc -l < "$out/results.jsonl")" = "$rows_before" ]; then
       echo "{\"label\": \"$name-$dtype\", \"dtype\": \"$dtype\", \"tolerance\": $tolerance, \"ok\": false, \"greedy\": \"compare.py failed: see $name.log\"}" >> "$out/results.jsonl"
@@ -109,10 +107,10 @@ EOF
   return $rc
 }
 
-run_case moe "{num_experts: 4, top_k: 2, expert_hidden: 96}" "fp32 bf16" || status=1
-run_case dense "{num_experts: 0}" fp32 || status=1
+run_case moe "{num_experts: 4, top_k: 2, expert_hidden: 96}" "fp32 bf16" || sy_failed=1
+run_case dense "{num_experts: 0}" fp32 || sy_failed=1
 
 echo
-python3 bench/hf_export/compare.py --table "$out/results.jsonl" || status=1
-echo "logs in $out (status $status)"
-exit "$status"
+sy_dry || python3 bench/hf_export/compare.py --table "$out/results.jsonl" || sy_failed=1
+echo "logs in $out (status $sy_failed)"
+exit "$sy_failed"

@@ -3,6 +3,9 @@
 // the B*H heads, and a fused kernel applies the causal mask and the softmax. Scores and their
 // gradients are kept in fp32 (fp64 for f64 data); probs and dS are stored in the data dtype.
 #include <cmath>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 #include "model/cuda/kernels.h"
 #include "model/cuda/vec.cuh"
@@ -185,6 +188,39 @@ void rope(Context& ctx, const Tensor& x, const Tensor& x2, const Tensor& cos, co
     });
     check_launch(ctx, op);
   }
+}
+
+const std::pair<Tensor, Tensor>& RopeTables::get(Context& ctx, int64_t S, int64_t Dh,
+                                                 DType dtype) {
+  const auto key = std::make_tuple(S, Dh, dtype);
+  auto it = tables_.find(key);
+  if (it != tables_.end()) return it->second;
+  constexpr double kTheta = 10000.0;
+  const int64_t half = Dh / 2;
+  std::vector<double> cos(S * half), sin(S * half);
+  for (int64_t i = 0; i < half; ++i) {
+    const double f = std::pow(kTheta, -2.0 * static_cast<double>(i) / static_cast<double>(Dh));
+    for (int64_t s = 0; s < S; ++s) {
+      const double a = static_cast<double>(s) * f;
+      cos[s * half + i] = std::cos(a);
+      sin[s * half + i] = std::sin(a);
+    }
+  }
+  const auto upload = [&](const Tensor& dst, const std::vector<double>& values) {
+    if (values.empty()) return;
+    dispatch_wide(dtype, [&]<class T>(Tag<T>) {
+      std::vector<T> staging(values.size());
+      for (size_t i = 0; i < values.size(); ++i) staging[i] = convert<T>(values[i]);
+      // From pageable memory: the copy has taken the bytes when it returns.
+      SY_CUDA(ctx, "rope table",
+              cudaMemcpyAsync(dst.data(), staging.data(), dst.nbytes(), cudaMemcpyHostToDevice,
+                              ctx.stream));
+    });
+  };
+  std::pair<Tensor, Tensor> table{ctx.alloc({S, half}, dtype), ctx.alloc({S, half}, dtype)};
+  upload(table.first, cos);
+  upload(table.second, sin);
+  return tables_.emplace(key, std::move(table)).first->second;
 }
 
 void attention_forward(Context& ctx, const Tensor& out, const Tensor& probs, const Tensor& q,

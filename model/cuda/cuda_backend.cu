@@ -1,7 +1,8 @@
 // The CUDA backend: enqueues the kernels of model/cuda/*.cu on the backend's stream. The ops'
 // contracts (the mixed-precision rules of backend.h) are checked before these run
 // (model/op_checks.cpp); here only what the device adds: i32 limits and aliasing rules of its
-// kernels, and that q and k differ for the joint rotary launch.
+// kernels, and that q and k differ for the joint rotary launch (router_plan's own limits are
+// checked beside its kernels, in router.cu).
 //
 // Host synchronisations (everything else is asynchronous on the stream):
 //   read, read_i32, copy_to_host       the data must reach the host
@@ -13,11 +14,9 @@
 //   synchronize                        on request
 // Memory (device_memory.h), the per-op profile (profiler.h) and device discovery (device.h) live
 // in their own files; this one holds the backend class and its ops.
-#include <cmath>
 #include <cstdio>
-#include <map>
 #include <string>
-#include <tuple>
+#include <utility>
 
 #include "model/cuda/cuda_backend.h"
 #include "model/cuda/device_memory.h"
@@ -362,49 +361,23 @@ class CudaBackend final : public Backend {
     cuda::router_scores_topk(ctx_, scores, lse, topk_idx, gates, logits, expert_bias, rule);
   }
 
-  // One host synchronisation: the kept counts and the reroute count, in one copy.
+  // router.cu: the device's checks, the plan, and one host synchronisation for the counts.
   RouterPlanCounts router_plan_impl(const Tensor& slot_row, const Tensor& row_slot,
                                     const Tensor& slot_expert,
                                     const Tensor& assignments_per_expert, const Tensor& topk_idx,
                                     const Tensor& gates, const Tensor& logits,
                                     const Tensor& expert_bias, const RoutingRule& rule) override {
     SY_PROFILE("router_plan");
-    const OpCheck c(*this, "router_plan");
-    const int64_t N = topk_idx.dim(0), K = topk_idx.dim(1), E = logits.dim(1);
-    c.fits_int(E, "E");
-    // Every assignment may be kept: row_slot must hold T*K rows, so that the device never
-    // writes past it (the CPU checks the actual count instead).
-    if (row_slot.numel() < N * K)
-      c.fail("row_slot holds " + std::to_string(row_slot.numel()) + " rows, T*K = " +
-             std::to_string(N * K) + " may be kept");
-    // The reroute walk keeps the kept counts in shared memory (48 KiB without opt-in).
-    constexpr int64_t kMaxRerouteExperts = (48 << 10) / sizeof(int32_t);
-    if (rule.overflow == Overflow::reroute && E > kMaxRerouteExperts)
-      c.fail("overflow reroute supports at most " + std::to_string(kMaxRerouteExperts) +
-             " experts on cuda, got E = " + std::to_string(E));
-    // [kept per expert (E), rerouted, the reroute walk's dropped count]
-    int32_t* counts =
-        static_cast<int32_t*>(ctx_.scratch(cuda::kScratchB, (E + 2) * sizeof(int32_t)));
-    cuda::router_plan(ctx_, slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx,
-                      gates, logits, expert_bias, rule, counts);
-    std::vector<int32_t> host(E + 1);
-    cuda::to_host_sync(ctx_, "router_plan", host.data(), counts, (E + 1) * sizeof(int32_t));
-    RouterPlanCounts result;
-    result.tokens_per_expert.assign(host.begin(), host.begin() + E);
-    result.rerouted = host[E];
-    return result;
+    return cuda::router_plan(ctx_, OpCheck(*this, "router_plan"), slot_row, row_slot, slot_expert,
+                             assignments_per_expert, topk_idx, gates, logits, expert_bias, rule);
   }
 
-  // One host synchronisation: aux, z and the entropy, in one copy.
+  // router.cu: one host synchronisation for aux, z and the entropy.
   RouterLossValues router_losses_impl(const Tensor& scores, const Tensor& lse,
                                       const Tensor& balance_counts,
                                       const RoutingRule& rule) override {
     SY_PROFILE("router_losses");
-    double* out = static_cast<double*>(ctx_.scratch(cuda::kScratchB, 3 * sizeof(double)));
-    cuda::router_losses(ctx_, scores, lse, balance_counts, rule, out);
-    double host[3] = {0, 0, 0};
-    cuda::to_host_sync(ctx_, "router_losses", host, out, sizeof(host));
-    return {host[0], host[1], host[2]};
+    return cuda::router_losses(ctx_, scores, lse, balance_counts, rule);
   }
 
   void router_backward_impl(const Tensor& dlogits, const Tensor& dgates, const Tensor& scores,
@@ -503,7 +476,7 @@ class CudaBackend final : public Backend {
 
   void rope(const char* op, const Tensor& x, int64_t B, int64_t S, int64_t H, int sign) {
     SY_PROFILE(op);
-    const auto& [cos, sin] = rope_table(S, x.dim(1) / H, stat_dtype(x.dtype()));
+    const auto& [cos, sin] = rope_tables_.get(ctx_, S, x.dim(1) / H, stat_dtype(x.dtype()));
     cuda::rope(ctx_, x, cos, sin, B, S, H, sign);
   }
 
@@ -513,31 +486,8 @@ class CudaBackend final : public Backend {
     SY_PROFILE(op);
     if (q.numel() > 0 && q.data() == k.data())
       OpCheck(*this, op).fail("q and k are the same tensor");
-    const auto& [cos, sin] = rope_table(S, q.dim(1) / H, stat_dtype(q.dtype()));
+    const auto& [cos, sin] = rope_tables_.get(ctx_, S, q.dim(1) / H, stat_dtype(q.dtype()));
     cuda::rope(ctx_, q, k, cos, sin, B, S, H, sign);
-  }
-
-  // cos/sin [S, Dh/2] of s * theta^(-2i/Dh), computed in double on the host as the CPU does,
-  // uploaded once per (S, Dh, dtype).
-  const std::pair<Tensor, Tensor>& rope_table(int64_t S, int64_t Dh, DType dtype) {
-    const auto key = std::make_tuple(S, Dh, dtype);
-    auto it = rope_tables_.find(key);
-    if (it != rope_tables_.end()) return it->second;
-    constexpr double kTheta = 10000.0;
-    const int64_t half = Dh / 2;
-    std::vector<double> cos(S * half), sin(S * half);
-    for (int64_t i = 0; i < half; ++i) {
-      const double f = std::pow(kTheta, -2.0 * static_cast<double>(i) / static_cast<double>(Dh));
-      for (int64_t s = 0; s < S; ++s) {
-        const double a = static_cast<double>(s) * f;
-        cos[s * half + i] = std::cos(a);
-        sin[s * half + i] = std::sin(a);
-      }
-    }
-    std::pair<Tensor, Tensor> table{alloc({S, half}, dtype), alloc({S, half}, dtype)};
-    write(table.first, std::span<const double>(cos));
-    write(table.second, std::span<const double>(sin));
-    return rope_tables_.emplace(key, std::move(table)).first->second;
   }
 
   Context ctx_;
@@ -545,7 +495,7 @@ class CudaBackend final : public Backend {
   std::shared_ptr<cuda::DeviceAllocator> allocator_;
   Tensor workspace_;
   std::string device_name_;
-  std::map<std::tuple<int64_t, int64_t, DType>, std::pair<Tensor, Tensor>> rope_tables_;
+  cuda::RopeTables rope_tables_;
   // The chunk tables of the fused optimizer pass, rebuilt only when the parameter list changes.
   cuda::MultiTensorTable norm_table_, adamw_table_;
 

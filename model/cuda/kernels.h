@@ -2,8 +2,11 @@
 // validates shapes and dtypes and then calls these; they trust their arguments and only
 // enqueue work on ctx.stream (no host synchronisation unless stated).
 #pragma once
+#include <map>
 #include <span>
 #include <string>
+#include <tuple>
+#include <utility>
 
 #include "model/backend.h"
 #include "model/cuda/common.cuh"
@@ -49,6 +52,16 @@ void rope(Context& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, i
 // Both x and x2 (same shape and dtype; x2 may be undefined) rotated in one launch.
 void rope(Context& ctx, const Tensor& x, const Tensor& x2, const Tensor& cos, const Tensor& sin,
           int64_t B, int64_t S, int64_t H, int sign);
+// The backend's cos/sin tables [S, Dh/2] of s * theta^(-2i/Dh) in `dtype` (f32 or f64),
+// computed in double on the host as the CPU does, uploaded once per (S, Dh, dtype) and kept.
+class RopeTables {
+ public:
+  const std::pair<Tensor, Tensor>& get(Context& ctx, int64_t S, int64_t Dh, DType dtype);
+  void clear() { tables_.clear(); }
+
+ private:
+  std::map<std::tuple<int64_t, int64_t, DType>, std::pair<Tensor, Tensor>> tables_;
+};
 void attention_forward(Context& ctx, const Tensor& out, const Tensor& probs, const Tensor& q,
                        const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H);
 void attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, const Tensor& dv,
@@ -111,6 +124,16 @@ void router_backward(Context& ctx, const Tensor& dlogits, const Tensor& dgates,
                      const Tensor& scores, const Tensor& lse, const Tensor& logits,
                      const Tensor& topk_idx, const Tensor& balance_counts, const RoutingRule& rule,
                      double d_aux, double d_z);
+// The backend's Backend::router_plan and router_losses: `check` for what the device adds (i32
+// limits, row_slot room for every assignment, the reroute walk's expert limit), the launches
+// above with their results in scratch slot B, and one host synchronisation each.
+RouterPlanCounts router_plan(Context& ctx, const OpCheck& check, const Tensor& slot_row,
+                             const Tensor& row_slot, const Tensor& slot_expert,
+                             const Tensor& assignments_per_expert, const Tensor& topk_idx,
+                             const Tensor& gates, const Tensor& logits, const Tensor& expert_bias,
+                             const RoutingRule& rule);
+RouterLossValues router_losses(Context& ctx, const Tensor& scores, const Tensor& lse,
+                               const Tensor& balance_counts, const RoutingRule& rule);
 
 // router_projection.cu: Backend::router_logits / router_logits_backward for f32 w and bf16 or
 // f32 u (du in u's dtype), validated by the caller. Return false with nothing launched for any

@@ -6,7 +6,9 @@
 // same dtype and break ties the same way.
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <type_traits>
+#include <vector>
 
 #include "model/cuda/kernels.h"
 
@@ -736,6 +738,47 @@ void router_backward(Context& ctx, const Tensor& dlogits, const Tensor& dgates,
         rule.normalize, d_z);
   });
   check_launch(ctx, "router_backward");
+}
+
+// ---- the backend's entry points: the launches, then one host synchronisation each ----------
+// One host synchronisation: the kept counts and the reroute count, in one copy.
+RouterPlanCounts router_plan(Context& ctx, const OpCheck& check, const Tensor& slot_row,
+                             const Tensor& row_slot, const Tensor& slot_expert,
+                             const Tensor& assignments_per_expert, const Tensor& topk_idx,
+                             const Tensor& gates, const Tensor& logits, const Tensor& expert_bias,
+                             const RoutingRule& rule) {
+  const int64_t N = topk_idx.dim(0), K = topk_idx.dim(1), E = logits.dim(1);
+  check.fits_int(E, "E");
+  // Every assignment may be kept: row_slot must hold T*K rows, so that the device never
+  // writes past it (the CPU checks the actual count instead).
+  if (row_slot.numel() < N * K)
+    check.fail("row_slot holds " + std::to_string(row_slot.numel()) + " rows, T*K = " +
+               std::to_string(N * K) + " may be kept");
+  // The reroute walk keeps the kept counts in shared memory (48 KiB without opt-in).
+  constexpr int64_t kMaxRerouteExperts = (48 << 10) / sizeof(int32_t);
+  if (rule.overflow == Overflow::reroute && E > kMaxRerouteExperts)
+    check.fail("overflow reroute supports at most " + std::to_string(kMaxRerouteExperts) +
+               " experts on cuda, got E = " + std::to_string(E));
+  // [kept per expert (E), rerouted, the reroute walk's dropped count]
+  int32_t* counts = static_cast<int32_t*>(ctx.scratch(kScratchB, (E + 2) * sizeof(int32_t)));
+  router_plan(ctx, slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx, gates,
+              logits, expert_bias, rule, counts);
+  std::vector<int32_t> host(E + 1);
+  to_host_sync(ctx, "router_plan", host.data(), counts, (E + 1) * sizeof(int32_t));
+  RouterPlanCounts result;
+  result.tokens_per_expert.assign(host.begin(), host.begin() + E);
+  result.rerouted = host[E];
+  return result;
+}
+
+// One host synchronisation: aux, z and the entropy, in one copy.
+RouterLossValues router_losses(Context& ctx, const Tensor& scores, const Tensor& lse,
+                               const Tensor& balance_counts, const RoutingRule& rule) {
+  double* out = static_cast<double*>(ctx.scratch(kScratchB, 3 * sizeof(double)));
+  router_losses(ctx, scores, lse, balance_counts, rule, out);
+  double host[3] = {0, 0, 0};
+  to_host_sync(ctx, "router_losses", host, out, sizeof(host));
+  return {host[0], host[1], host[2]};
 }
 
 }  // namespace sy::cuda
