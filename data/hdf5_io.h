@@ -94,7 +94,9 @@ std::string read_string_attribute(hid_t object, const char* name);
 // free-space object of size 0: it never advances. Before such a read, this finds the collections
 // that `object`'s header points at and walks their object lists itself; it throws Hdf5Error for
 // one that would stall HDF5 or runs past its own end. Reads a few KB; see docs/data.md.
-void check_global_heaps(hid_t object);
+// With `attribute`, it also refuses that attribute when its variable-length value claims more
+// bytes than the file holds: HDF5 allocates and zeroes the claimed size before it reads the heap.
+void check_global_heaps(hid_t object, const char* attribute = nullptr);
 
 // ---- datasets ----------------------------------------------------------------------------------
 std::vector<int64_t> dataset_shape(hid_t dataset);

@@ -83,7 +83,7 @@ std::string read_tokenizer_name(hid_t file, const std::string& path) {
   if (is_variable > 0) {
     // Variable-length (what h5py writes for a Python str): HDF5 allocates, we free.
     try {
-      h5::check_global_heaps(file);  // HDF5 1.10 can loop for ever on a corrupt one
+      h5::check_global_heaps(file, "tokenizer");  // HDF5 1.10 can loop for ever on a corrupt one
     } catch (const h5::Hdf5Error& error) {
       throw file_error(path, std::string("attribute tokenizer: ") + error.what());
     }
@@ -148,6 +148,19 @@ std::vector<int32_t> read_tokens(hid_t file, const std::string& name, int64_t vo
   Handle dataset = open_token_dataset(file, name, path, &length);
   Handle file_space(H5Dget_space(dataset.get()), H5Sclose);
   if (!file_space.valid()) throw file_error(path, "cannot inspect dataset " + name);
+  // A damaged dataspace can claim billions of tokens over a few stored bytes (found by
+  // fuzz_token_file): contiguous storage holds every element, so check it before allocating.
+  Handle type(H5Dget_type(dataset.get()), H5Tclose);
+  Handle create_list(H5Dget_create_plist(dataset.get()), H5Pclose);
+  if (!type.valid() || !create_list.valid())
+    throw file_error(path, "cannot inspect dataset " + name);
+  if (H5Pget_layout(create_list.get()) == H5D_CONTIGUOUS &&
+      H5Pget_external_count(create_list.get()) == 0) {
+    const hsize_t stored = H5Dget_storage_size(dataset.get());
+    if (length > 0 && stored / H5Tget_size(type.get()) != length)
+      throw file_error(path, "dataset " + name + " claims " + std::to_string(length) +
+                                 " tokens but stores " + std::to_string(stored) + " bytes");
+  }
 
   std::vector<int32_t> tokens(length);
   const hsize_t slice_length = hsize_t{1} << 20;

@@ -8,8 +8,6 @@
 
 namespace sy {
 
-namespace {
-
 void check_mpi(int code, const char* op) {
   if (code == MPI_SUCCESS) return;
   char text[MPI_MAX_ERROR_STRING];
@@ -17,8 +15,6 @@ void check_mpi(int code, const char* op) {
   MPI_Error_string(code, text, &length);
   throw std::runtime_error(std::string("mpi ") + op + ": " + std::string(text, length));
 }
-
-}  // namespace
 
 CommHandle world_comm() { return MPI_COMM_WORLD; }
 

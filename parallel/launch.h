@@ -12,6 +12,9 @@ namespace sy {
 // An MPI communicator handle, passed through trainer/ unopened: the parent that process groups
 // are split from (make_process_groups). Tests hand in a split of the world.
 using CommHandle = MPI_Comm;
+
+// Throws std::runtime_error("mpi <op>: <MPI's text for code>") unless code is MPI_SUCCESS.
+void check_mpi(int code, const char* op);
 CommHandle world_comm();  // every process of the job
 
 // MPI for the life of the object (one per process, in main): MPI_THREAD_FUNNELED, because only

@@ -6,17 +6,11 @@
 #include <climits>
 #include <stdexcept>
 
+#include "parallel/launch.h"
+
 namespace sy {
 
 namespace {
-
-void check_mpi(int code, const char* op) {
-  if (code == MPI_SUCCESS) return;
-  char text[MPI_MAX_ERROR_STRING];
-  int length = 0;
-  MPI_Error_string(code, text, &length);
-  throw std::runtime_error(std::string("mpi ") + op + ": " + std::string(text, length));
-}
 
 MPI_Datatype mpi_type(DType dtype, const char* op) {
   switch (dtype) {

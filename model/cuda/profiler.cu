@@ -9,6 +9,23 @@
 
 namespace sy::cuda {
 
+namespace {
+
+// (seconds, op) of every op, the slowest first; `sum` gets their total.
+std::vector<std::pair<double, std::string>> sorted_totals(
+    const std::map<std::string, std::pair<double, int64_t>>& totals, double& sum) {
+  std::vector<std::pair<double, std::string>> rows;
+  sum = 0;
+  for (const auto& [op, entry] : totals) {
+    rows.emplace_back(entry.first, op);
+    sum += entry.first;
+  }
+  std::sort(rows.rbegin(), rows.rend());
+  return rows;
+}
+
+}  // namespace
+
 OpProfile::OpProfile() {
   const char* env = std::getenv("SY_CUDA_PROFILE");
   const std::string value = env ? env : "";
@@ -75,13 +92,8 @@ std::string OpProfile::report(const Context& ctx, const std::string& backend, in
   }
   pool_.push_back(window_start_);
   window_start_ = nullptr;
-  std::vector<std::pair<double, std::string>> rows;
   double sum = 0;
-  for (const auto& [op, entry] : totals_) {
-    rows.emplace_back(entry.first, op);
-    sum += entry.first;
-  }
-  std::sort(rows.rbegin(), rows.rend());
+  const std::vector<std::pair<double, std::string>> rows = sorted_totals(totals_, sum);
   const double per = steps > 0 ? static_cast<double>(steps) : 1.0;
   std::string out;
   char line[256];
@@ -113,13 +125,8 @@ void OpProfile::print(const Context& ctx, const std::string& backend) {
     return;
   }
   if (!enabled() || seen_.empty()) return;
-  std::vector<std::pair<double, std::string>> rows;
   double sum = 0;
-  for (const auto& [op, entry] : totals_) {
-    rows.emplace_back(entry.first, op);
-    sum += entry.first;
-  }
-  std::sort(rows.rbegin(), rows.rend());
+  const std::vector<std::pair<double, std::string>> rows = sorted_totals(totals_, sum);
   std::fprintf(stderr,
                "SY_CUDA_PROFILE %s: %.3f s in ops (synchronised), plus %.3f s in the first "
                "calls of %zu op keys\n",
