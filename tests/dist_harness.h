@@ -85,6 +85,14 @@ class DistTrain : public ::testing::Test {
     return c;
   }
 
+  // Trains `config` on every rank of the world, quietly, collecting rank 0's final parameters.
+  static TrainSummary train_world(const Config& config, TrainOptions options = {}) {
+    options.print = false;
+    options.world = MPI_COMM_WORLD;
+    options.collect_parameters = true;
+    return train(config, options);
+  }
+
   // Trains `config` on the first W ranks (resuming from `resume` when given); returns rank 0's
   // summary (others: empty).
   static TrainSummary train_on(int W, const Config& config, const std::string& resume = "") {

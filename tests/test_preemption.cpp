@@ -40,11 +40,6 @@ class Preemption : public test::DistTrain {
     c.run.dir = (dir / run).string();
     return c;
   }
-  static TrainSummary run(const Config& config, TrainOptions options = {}) {
-    options.print = false;
-    options.world = MPI_COMM_WORLD;
-    return train(config, options);
-  }
 };
 
 // Tensor norms of a checkpoint, in file order (equal norms, bit for bit, stand for equal tensors).
@@ -74,14 +69,14 @@ auto poison_gradient(int rank, int64_t step, bool through = false) {
 TEST_F(Preemption, SigtermOnOneRankSavesAndResumesExactly) {
   ASSERT_EQ(world_size(), 2) << "run under mpirun -np 2";
   const Config straight_config = config("straight", 12);
-  const TrainSummary straight = run(straight_config);
+  const TrainSummary straight = train_world(straight_config);
 
   const Config c = config("stopped", 12);
   TrainOptions signalled;
   signalled.after_backward = [](int64_t step, const std::vector<Param*>&, Backend&) {
     if (step == 7 && world_rank() == 1) std::raise(SIGTERM);  // as Slurm or scancel would
   };
-  const TrainSummary stopped = run(c, signalled);
+  const TrainSummary stopped = train_world(c, signalled);
   EXPECT_EQ(stopped.stop_signal, SIGTERM);  // on every rank: rank 0 saw it through the all-reduce
   EXPECT_EQ(stopped.steps, 7);
   ASSERT_EQ(stopped.losses.size(), 7u);
@@ -91,7 +86,7 @@ TEST_F(Preemption, SigtermOnOneRankSavesAndResumesExactly) {
     EXPECT_EQ(latest_of(checkpoints), checkpoint_file_name(7));
   }
 
-  const TrainSummary resumed = run(c, {.resume = "auto"});
+  const TrainSummary resumed = train_world(c, {.resume = "auto"});
   EXPECT_EQ(resumed.stop_signal, 0);
   ASSERT_EQ(resumed.first_step, 7);
   ASSERT_EQ(resumed.losses.size(), 5u);
@@ -108,10 +103,10 @@ TEST_F(Preemption, NanGradientOnOneRankIsSkippedOnEveryRank) {
   ASSERT_EQ(world_size(), 2) << "run under mpirun -np 2";
   Config clean_config = config("clean", 8);
   clean_config.checkpoint.every = 1;
-  const TrainSummary clean = run(clean_config);
+  const TrainSummary clean = train_world(clean_config);
   Config c = config("poisoned", 8);
   c.checkpoint.every = 1;
-  const TrainSummary poisoned = run(c, {.after_backward = poison_gradient(1, 4)});
+  const TrainSummary poisoned = train_world(c, {.after_backward = poison_gradient(1, 4)});
   EXPECT_EQ(poisoned.skipped_steps, 1);
   EXPECT_EQ(poisoned.steps, 8);
   ASSERT_EQ(poisoned.losses.size(), 8u);
@@ -134,7 +129,7 @@ TEST_F(Preemption, MaxBadStepsInARowStopsTheRun) {
   c.checkpoint.every = 1;
   c.train.max_bad_steps = 3;
   try {
-    run(c, {.after_backward = poison_gradient(0, 3, true)});
+    train_world(c, {.after_backward = poison_gradient(0, 3, true)});
     ADD_FAILURE() << "expected DivergedError";
   } catch (const DivergedError& error) {
     EXPECT_NE(std::string(error.what()).find("step 5"), std::string::npos) << error.what();
@@ -153,7 +148,7 @@ TEST_F(Preemption, HugeLearningRateNeverLeavesANonFiniteCheckpoint) {
   c.train.min_lr = 1e300;
   c.train.warmup_steps = 0;
   c.checkpoint.every = 1;
-  EXPECT_THROW(run(c), DivergedError);
+  EXPECT_THROW(train_world(c), DivergedError);
   if (world_rank() != 0) return;
   const fs::path checkpoints = fs::path(c.run.dir) / "checkpoints";
   std::error_code error;
@@ -174,7 +169,7 @@ TEST_F(Preemption, LockedRunDirIsRefused) {
     ASSERT_EQ(::flock(held, LOCK_EX | LOCK_NB), 0);
   }
   try {
-    run(c, {.guard_run_dir = true});
+    train_world(c, {.guard_run_dir = true});
     ADD_FAILURE() << "expected the locked run.dir to be refused";
   } catch (const CollectiveError& error) {
     EXPECT_NE(std::string(error.what()).find("in use by another job"), std::string::npos) << error.what();
@@ -183,23 +178,24 @@ TEST_F(Preemption, LockedRunDirIsRefused) {
     EXPECT_FALSE(fs::exists(fs::path(c.run.dir) / "metrics.jsonl"));  // nothing of the first touched
     ::close(held);  // the other job ends: its lock goes with it
   }
-  EXPECT_EQ(run(c, {.guard_run_dir = true}).steps, 3);
+  EXPECT_EQ(train_world(c, {.guard_run_dir = true}).steps, 3);
 }
 
 TEST_F(Preemption, FreshRunIntoUsedRunDirNeedsResumeOrOverwrite) {
   ASSERT_EQ(world_size(), 2) << "run under mpirun -np 2";
   const Config c = config("reused", 3);
-  run(c, {.guard_run_dir = true});
+  train_world(c, {.guard_run_dir = true});
   try {
-    run(c, {.guard_run_dir = true});
+    train_world(c, {.guard_run_dir = true});
     ADD_FAILURE() << "expected a fresh run into a used run.dir to be refused";
   } catch (const CollectiveError& error) {
     const std::string what = error.what();
     EXPECT_NE(what.find("--resume auto"), std::string::npos) << what;
     EXPECT_NE(what.find("--overwrite"), std::string::npos) << what;
   }
-  EXPECT_EQ(run(c, {.resume = "auto", .guard_run_dir = true}).first_step, 3);  // resuming is fine
-  EXPECT_EQ(run(c, {.guard_run_dir = true, .overwrite = true}).first_step, 0);
+  // Resuming is fine.
+  EXPECT_EQ(train_world(c, {.resume = "auto", .guard_run_dir = true}).first_step, 3);
+  EXPECT_EQ(train_world(c, {.guard_run_dir = true, .overwrite = true}).first_step, 0);
   if (world_rank() != 0) return;
   int aside = 0;
   for (const fs::directory_entry& entry : fs::directory_iterator(dir))
@@ -217,7 +213,7 @@ TEST_F(Preemption, UnwritableCheckpointDirIsFoundBeforeTheFirstStep) {
   if (world_rank() == 0) std::ofstream(dir / "a_file") << "not a folder\n";
   MPI_Barrier(MPI_COMM_WORLD);
   try {
-    run(c, {.guard_run_dir = true});
+    train_world(c, {.guard_run_dir = true});
     ADD_FAILURE() << "expected the checkpoint.dir to be refused";
   } catch (const CollectiveError& error) {
     EXPECT_NE(std::string(error.what()).find("checkpoint.dir"), std::string::npos) << error.what();
@@ -233,12 +229,12 @@ TEST_F(Preemption, KeepLastRemovesOnlyThisRunsCheckpoints) {
   Config first = config("keep_first", 10);
   first.checkpoint.dir = shared.string();
   first.checkpoint.keep_last = 2;
-  run(first);  // step 5 and step 10
+  train_world(first);  // step 5 and step 10
   Config second = config("keep_second", 3);
   second.checkpoint.dir = shared.string();
   second.checkpoint.every = 1;
   second.checkpoint.keep_last = 2;
-  run(second);  // steps 1, 2, 3, keeping 2 and 3
+  train_world(second);  // steps 1, 2, 3, keeping 2 and 3
   if (world_rank() != 0) return;
   for (int64_t step : {2, 3, 5, 10})
     EXPECT_TRUE(fs::exists(shared / checkpoint_file_name(step))) << step;
@@ -253,12 +249,12 @@ TEST_F(Preemption, KeepLastRemovesOnlyThisRunsCheckpoints) {
 TEST_F(Preemption, ResumeAutoFallsBackPastADamagedNewestCheckpoint) {
   ASSERT_EQ(world_size(), 2) << "run under mpirun -np 2";
   Config c = config("damaged", 10);
-  const TrainSummary straight = run(c);
+  const TrainSummary straight = train_world(c);
   const fs::path checkpoints = fs::path(c.run.dir) / "checkpoints";
   if (world_rank() == 0)  // opens with a valid header and listing; one tensor fails its checksum
     tamper::corrupt_tensor((checkpoints / checkpoint_file_name(10)).string(), "/model/layers/0/attn/wq");
   MPI_Barrier(MPI_COMM_WORLD);
-  const TrainSummary resumed = run(c, {.resume = "auto"});
+  const TrainSummary resumed = train_world(c, {.resume = "auto"});
   EXPECT_EQ(resumed.first_step, 5);
   ASSERT_EQ(resumed.losses.size(), 5u);
   for (size_t i = 0; i < 5; ++i) EXPECT_EQ(resumed.losses[i], straight.losses[5 + i]) << "step " << 6 + i;

@@ -73,12 +73,6 @@ class SpikeGuardRun : public test::DistTrain {
     c.run.dir = (dir / run).string();
     return c;
   }
-  static TrainSummary run(const Config& config, TrainOptions options = {}) {
-    options.print = false;
-    options.world = MPI_COMM_WORLD;
-    options.collect_parameters = true;
-    return train(config, options);
-  }
 };
 
 // +1000 on `rank`'s loss sum at `step`: a spike of +500 in the step's mean over 2 groups.
@@ -88,7 +82,7 @@ auto spike_at(int rank, int64_t step) {
 
 TEST_F(SpikeGuardRun, SpikeOnOneRankIsSkippedOnEveryRankLikeANanStep) {
   ASSERT_EQ(world_size(), 2) << "run under mpirun -np 2";
-  const TrainSummary spiked = run(config("spiked"), {.loss_offset = spike_at(1, 10)});
+  const TrainSummary spiked = train_world(config("spiked"), {.loss_offset = spike_at(1, 10)});
   TrainOptions nan_step;
   nan_step.after_backward = [](int64_t now, const std::vector<Param*>& params, Backend& backend) {
     if (now != 10 || world_rank() != 1) return;
@@ -96,7 +90,7 @@ TEST_F(SpikeGuardRun, SpikeOnOneRankIsSkippedOnEveryRankLikeANanStep) {
     grad[0] = std::numeric_limits<double>::quiet_NaN();
     backend.write(params[0]->grad, std::span<const double>(grad));
   };
-  const TrainSummary skipped = run(config("nan"), nan_step);
+  const TrainSummary skipped = train_world(config("nan"), nan_step);
   // On every rank (each checks its own summary): the spike alone was skipped, by the guard.
   EXPECT_EQ(spiked.skipped_steps, 1);
   EXPECT_EQ(spiked.spike_steps, 1);
@@ -116,23 +110,23 @@ TEST_F(SpikeGuardRun, SpikeOnOneRankIsSkippedOnEveryRankLikeANanStep) {
   // Without the guard the same offset is only a number in the log: nothing is skipped.
   Config unguarded = config("unguarded");
   unguarded.train.spike_window = 0;
-  EXPECT_EQ(run(unguarded, {.loss_offset = spike_at(1, 10)}).skipped_steps, 0);
+  EXPECT_EQ(train_world(unguarded, {.loss_offset = spike_at(1, 10)}).skipped_steps, 0);
 }
 
 TEST_F(SpikeGuardRun, ResumedRunJudgesASpikeAsTheUninterruptedOne) {
   ASSERT_EQ(world_size(), 2) << "run under mpirun -np 2";
   // The spike at step 9 is judged on a window of steps 1-8; a resumed run that started at step 6
   // with an empty window would hold only steps 7-8 (< spike_min_steps) and let it through.
-  const TrainSummary straight = run(config("straight"), {.loss_offset = spike_at(0, 9)});
+  const TrainSummary straight = train_world(config("straight"), {.loss_offset = spike_at(0, 9)});
   EXPECT_EQ(straight.spike_steps, 1);
   const Config c = config("stopped");
   TrainOptions stop;
   stop.after_backward = [](int64_t step, const std::vector<Param*>&, Backend&) {
     if (step == 6 && world_rank() == 1) std::raise(SIGTERM);
   };
-  const TrainSummary stopped = run(c, stop);
+  const TrainSummary stopped = train_world(c, stop);
   ASSERT_EQ(stopped.steps, 6);
-  const TrainSummary resumed = run(c, {.resume = "auto", .loss_offset = spike_at(0, 9)});
+  const TrainSummary resumed = train_world(c, {.resume = "auto", .loss_offset = spike_at(0, 9)});
   ASSERT_EQ(resumed.first_step, 6);
   EXPECT_EQ(resumed.spike_steps, 1);
   ASSERT_EQ(resumed.losses.size(), 8u);

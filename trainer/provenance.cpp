@@ -21,16 +21,16 @@ std::string compiler_version() {
 #endif
 }
 
-std::string utc_now() {
+}  // namespace
+
+std::string utc_now(const char* format) {
   const std::time_t now = std::time(nullptr);
   std::tm parts{};
   gmtime_r(&now, &parts);
   char text[32];
-  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &parts);
+  std::strftime(text, sizeof text, format, &parts);
   return text;
 }
-
-}  // namespace
 
 std::string checkpoint_provenance(const Config& config, int ranks, int expert_parallel,
                                   const std::string& run_id) {

@@ -17,4 +17,7 @@ std::string checkpoint_provenance(const Config& config, int ranks, int expert_pa
 // The run id in a checkpoint's provenance ("" when it has none).
 std::string provenance_run_id(const std::string& provenance);
 
+// The current UTC time in strftime `format` (default ISO 8601, as `created` writes it).
+std::string utc_now(const char* format = "%Y-%m-%dT%H:%M:%SZ");
+
 }  // namespace sy

@@ -30,6 +30,7 @@
 #include "trainer/memory_estimate.h"
 #include "trainer/metrics.h"
 #include "trainer/model_card.h"
+#include "trainer/provenance.h"
 #include "trainer/session.h"
 #include "trainer/spike_guard.h"
 
@@ -81,14 +82,8 @@ std::string signal_name(int signal) {
 
 std::string errno_text() { return std::strerror(errno); }
 
-std::string utc_stamp() {
-  const std::time_t now = std::time(nullptr);
-  std::tm parts{};
-  gmtime_r(&now, &parts);
-  char text[32];
-  std::strftime(text, sizeof text, "%Y%m%dT%H%M%SZ", &parts);
-  return text;
-}
+// The time in a run id and a moved-aside run's suffix: compact, sortable, no separators.
+std::string utc_stamp() { return utc_now("%Y%m%dT%H%M%SZ"); }
 
 // flock() on <run.dir>/.lock, held while the object lives. The kernel drops it when the process
 // ends however it ends, so a dead job's lock never blocks the next one.
