@@ -65,6 +65,7 @@ void write_string_attribute(hid_t object, const char* name, const std::string& v
 }
 
 bool has_attribute(hid_t object, const char* name) {
+  check_attribute_messages(object);  // HDF5 1.10 decodes a damaged one past its buffer
   const htri_t exists = H5Aexists(object, name);
   check(exists, std::string("cannot query attribute ") + name);
   return exists > 0;
@@ -109,7 +110,11 @@ std::string read_string_attribute(hid_t object, const char* name) {
   Handle memory_type = own(H5Tcopy(H5T_C_S1), H5Tclose, what);
   check(H5Tset_cset(memory_type.get(), H5Tget_cset(type.get())), what);
   if (is_variable > 0) {
-    check_global_heaps(object, name);  // HDF5 1.10 can loop for ever on a corrupt one
+    try {
+      check_global_heaps(object, name);  // HDF5 1.10 can loop for ever on a corrupt one
+    } catch (const Hdf5Error& error) {
+      throw Hdf5Error(std::string("attribute ") + name + ": " + error.what());
+    }
     check(H5Tset_size(memory_type.get(), H5T_VARIABLE), what);
     char* text = nullptr;
     check(H5Aread(attr.get(), memory_type.get(), &text), what);
@@ -122,8 +127,11 @@ std::string read_string_attribute(hid_t object, const char* name) {
   check(H5Tset_size(memory_type.get(), size), what);
   std::string value(size, '\0');
   check(H5Aread(attr.get(), memory_type.get(), value.data()), what);
+  // Fixed-length strings come padded with NULs or spaces.
+  const char pad = H5Tget_strpad(type.get()) == H5T_STR_SPACEPAD ? ' ' : '\0';
   const size_t nul = value.find('\0');
   if (nul != std::string::npos) value.resize(nul);
+  while (!value.empty() && value.back() == pad) value.pop_back();
   return value;
 }
 
@@ -220,27 +228,130 @@ uint64_t vlen_attribute_claim(const std::vector<uint8_t>& header, const std::str
   return claim;
 }
 
-}  // namespace
+// Reads at most this much of a header: real ones are KB.
+constexpr uint64_t kMaxHeaderBytes = uint64_t{1} << 20;
 
-void check_global_heaps(hid_t object, const char* attribute) {
-  // Reads at most this much header and this much heap: real headers are KB, our strings too.
-  constexpr uint64_t kMaxHeaderBytes = uint64_t{1} << 20, kMaxHeapBytes = uint64_t{64} << 20;
-  constexpr size_t kMaxRegions = 64;
-  H5O_info_t info{};
-  check(H5Oget_info2(object, &info, H5O_INFO_BASIC | H5O_INFO_HDR), "cannot inspect object header");
-  const ssize_t name_length = H5Fget_name(object, nullptr, 0);
-  if (name_length <= 0) check(-1, "cannot name the file");
-  std::string path(static_cast<size_t>(name_length) + 1, '\0');
-  if (H5Fget_name(object, path.data(), path.size()) < 0) check(-1, "cannot name the file");
-  path.resize(static_cast<size_t>(name_length));
-  hsize_t base = 0;  // addresses count from the end of a user block
-  {
+// The file behind `object`, opened again for raw reads, with what its addresses need.
+struct RawObject {
+  explicit RawObject(hid_t object) : raw(file_path(object)) {
+    check(H5Oget_info2(object, &info, H5O_INFO_BASIC | H5O_INFO_HDR), "cannot inspect object header");
     Handle file = own(H5Iget_file_id(object), H5Fclose, "cannot inspect file");
     Handle plist = own(H5Fget_create_plist(file.get()), H5Pclose, "cannot inspect file");
     check(H5Pget_userblock(plist.get(), &base), "cannot inspect file");
+    check(H5Pget_sizes(plist.get(), &address_bytes, &length_bytes), "cannot inspect file");
   }
-  const RawFile raw(path);
+  static std::string file_path(hid_t object) {
+    const ssize_t name_length = H5Fget_name(object, nullptr, 0);
+    if (name_length <= 0) check(-1, "cannot name the file");
+    std::string path(static_cast<size_t>(name_length) + 1, '\0');
+    if (H5Fget_name(object, path.data(), path.size()) < 0) check(-1, "cannot name the file");
+    path.resize(static_cast<size_t>(name_length));
+    return path;
+  }
+  RawFile raw;
+  H5O_info_t info{};
+  hsize_t base = 0;  // addresses count from the end of a user block
+  size_t address_bytes = 8, length_bytes = 8;  // the superblock's sizes of offsets and lengths
+};
+
+// Why the body of a version 1, 2 or 3 attribute message would lead HDF5 1.10's decoder
+// (H5O_attr_decode, H5Oattr.c) past the message, or "" when its sizes fit: the decoder trusts the
+// name, datatype and dataspace lengths and copies the value, elements x element size, with no
+// bound. Found by fuzz_token_file: a damaged length made H5Aexists crash (SIGSEGV in memcpy).
+std::string attribute_message_problem(const uint8_t* body, uint64_t size, size_t length_bytes) {
+  if (size < 8) return "shorter than its fixed fields";
+  const int version = body[0];
+  if (version < 1 || version > 3) return "version " + std::to_string(version);
+  const bool type_shared = version >= 2 && (body[1] & 1);
+  const bool space_shared = version >= 2 && (body[1] & 2);
+  const uint64_t name_size = little_endian(&body[2], 2);  // with its NUL
+  const uint64_t type_size = little_endian(&body[4], 2);
+  const uint64_t space_size = little_endian(&body[6], 2);
+  const auto pad = [version](uint64_t n) { return version == 1 ? (n + 7) & ~uint64_t{7} : n; };
+  const uint64_t name_at = version == 3 ? 9 : 8;
+  const uint64_t type_at = name_at + pad(name_size);
+  const uint64_t space_at = type_at + pad(type_size);
+  const uint64_t value_at = space_at + pad(space_size);
+  if (value_at > size)
+    return "its name, datatype and dataspace claim " + std::to_string(value_at) + " of its " +
+           std::to_string(size) + " bytes";
+  if (name_size == 0 || body[name_at + name_size - 1] != 0 ||
+      std::memchr(&body[name_at], 0, name_size) != &body[name_at + name_size - 1])
+    return "its name is not " + std::to_string(name_size - 1) + " characters and a NUL";
+  if (type_shared || space_shared) return "";  // sizes live in another message
+  if (type_size < 8) return "its datatype is " + std::to_string(type_size) + " bytes";
+  const uint64_t element_size = little_endian(&body[type_at + 4], 4);
+  // Dataspace: version 1 (rank, flags, 5 reserved) or 2 (rank, flags, type), then rank sizes
+  // (and rank maxima when flags bit 0 is set).
+  const uint8_t* space = &body[space_at];
+  if (space_size < 4 || (space[0] != 1 && space[0] != 2)) return "its dataspace is damaged";
+  const uint64_t rank = space[1];
+  const uint64_t dims_at = space[0] == 1 ? 8 : 4;
+  const uint64_t dims_bytes = rank * length_bytes * ((space[2] & 1) ? 2 : 1);
+  if (rank > 32 || (rank > 0 && dims_at + dims_bytes > space_size)) return "its dataspace is damaged";
+  uint64_t elements = space[0] == 2 && space[3] == 2 ? 0 : 1;  // a null dataspace holds none
+  for (uint64_t k = 0; k < rank; ++k) {
+    const uint64_t extent = little_endian(&space[dims_at + k * length_bytes], static_cast<int>(length_bytes));
+    if (extent != 0 && elements > (size - value_at) / extent) elements = UINT64_MAX;
+    else elements *= extent;
+  }
+  const uint64_t value_bytes = elements == UINT64_MAX || (element_size != 0 && elements >
+      (size - value_at) / element_size) ? UINT64_MAX : elements * element_size;
+  if (value_bytes > size - value_at)
+    return "its value claims more than the " + std::to_string(size - value_at) + " bytes left";
+  return "";
+}
+
+}  // namespace
+
+void check_attribute_messages(hid_t object) {
+  constexpr int kAttributeMessage = 0x0C, kContinuationMessage = 0x10;
+  constexpr size_t kMaxChunks = 64;
+  const RawObject object_bytes(object);
+  const RawFile& raw = object_bytes.raw;
   if (!raw.valid()) return;  // HDF5 has it open; a file we cannot reopen is not ours to judge
+  const uint64_t base = object_bytes.base;
+  // A version 1 header: version 1, reserved, message count (u16), reference count (u32), the
+  // first chunk's size (u32), padding to 16; its messages follow. Version 2 headers ("OHDR")
+  // carry checksums that HDF5 verifies before decoding anything: those are left to it.
+  const std::vector<uint8_t> prefix = raw.read(base + object_bytes.info.addr, 16);
+  if (prefix.size() < 16 || prefix[0] != 1) return;
+  std::vector<std::pair<uint64_t, uint64_t>> chunks{
+      {object_bytes.info.addr + 16, std::min(little_endian(&prefix[8], 4), kMaxHeaderBytes)}};
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const std::vector<uint8_t> chunk = raw.read(base + chunks[c].first, chunks[c].second);
+    // A message: type (u16), body size (u16), flags, 3 reserved, the body.
+    for (uint64_t at = 0; at + 8 <= chunk.size();) {
+      const int type = static_cast<int>(little_endian(&chunk[at], 2));
+      const uint64_t size = std::min<uint64_t>(little_endian(&chunk[at + 2], 2), chunk.size() - at - 8);
+      const bool shared = chunk[at + 4] & 2;  // the body points at a message stored elsewhere
+      const uint8_t* body = &chunk[at + 8];
+      if (type == kAttributeMessage && !shared) {
+        const std::string problem = attribute_message_problem(body, size, object_bytes.length_bytes);
+        if (!problem.empty())
+          throw Hdf5Error("damaged attribute message at byte " +
+                          std::to_string(base + chunks[c].first + at) + ": " + problem);
+      }
+      if (type == kContinuationMessage && size >= object_bytes.address_bytes + object_bytes.length_bytes &&
+          chunks.size() < kMaxChunks) {
+        const int address_bytes = static_cast<int>(object_bytes.address_bytes);
+        const uint64_t address = little_endian(body, address_bytes);
+        const uint64_t length = little_endian(body + address_bytes, static_cast<int>(object_bytes.length_bytes));
+        if (length <= kMaxHeaderBytes) chunks.emplace_back(address, length);
+      }
+      at += 8 + size;
+    }
+  }
+}
+
+void check_global_heaps(hid_t object, const char* attribute) {
+  constexpr uint64_t kMaxHeapBytes = uint64_t{64} << 20;
+  constexpr size_t kMaxRegions = 64;
+  const RawObject object_bytes(object);
+  const RawFile& raw = object_bytes.raw;
+  if (!raw.valid()) return;  // HDF5 has it open; a file we cannot reopen is not ours to judge
+  const H5O_info_t& info = object_bytes.info;
+  const uint64_t base = object_bytes.base;
 
   // Every 8-byte value in the header is a candidate address: a heap ID's collection address is
   // one, and so is a continuation chunk's (address, length) pair, which is scanned in turn.

@@ -89,6 +89,13 @@ bool has_attribute(hid_t object, const char* name);
 int64_t read_int_attribute(hid_t object, const char* name);
 std::string read_string_attribute(hid_t object, const char* name);
 
+// HDF5 1.10's attribute decoder (H5O_attr_decode) trusts the lengths in an attribute message and
+// reads past it when they are damaged (a crash in H5Aexists, found by fuzzing). This reads
+// `object`'s header beside HDF5 (version 1 headers; version 2 ones are checksummed) and throws
+// Hdf5Error naming the first attribute message whose name, datatype, dataspace or value would
+// not fit in it. has_attribute calls it first, so every attribute read here is covered.
+void check_attribute_messages(hid_t object);
+
 // HDF5 1.10's parser of a global heap collection (H5HG__cache_heap_deserialize, H5HGcache.c, on
 // the first read of any variable-length string) loops for ever when a collection holds a
 // free-space object of size 0: it never advances. Before such a read, this finds the collections

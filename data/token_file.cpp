@@ -38,22 +38,12 @@ void check(herr_t status, const std::string& path, const std::string& what) {
 // ---- reading ----
 
 int64_t read_vocab_size(hid_t file, const std::string& path) {
-  const htri_t exists = H5Aexists(file, "vocab_size");
-  if (exists < 0) throw file_error(path, "cannot query attribute vocab_size");
-  if (exists == 0) throw file_error(path, "no attribute vocab_size");
-  Handle attr(H5Aopen(file, "vocab_size", H5P_DEFAULT), H5Aclose);
-  if (!attr.valid()) throw file_error(path, "cannot open attribute vocab_size");
-  Handle type(H5Aget_type(attr.get()), H5Tclose);
-  Handle space(H5Aget_space(attr.get()), H5Sclose);
-  if (!type.valid() || !space.valid())
-    throw file_error(path, "cannot inspect attribute vocab_size");
-  if (H5Tget_class(type.get()) != H5T_INTEGER)
-    throw file_error(path, "attribute vocab_size is not an integer");
-  if (H5Sget_simple_extent_npoints(space.get()) != 1)
-    throw file_error(path, "attribute vocab_size is not a single value");
   int64_t vocab_size = 0;
-  check(H5Aread(attr.get(), H5T_NATIVE_INT64, &vocab_size), path,
-        "cannot read attribute vocab_size");
+  try {
+    vocab_size = h5::read_int_attribute(file, "vocab_size");
+  } catch (const h5::Hdf5Error& error) {
+    throw file_error(path, error.what());
+  }
   if (vocab_size < 1 || vocab_size > kMaxVocabSize)
     throw file_error(path, "attribute vocab_size is " + std::to_string(vocab_size) +
                                ", outside [1, " + std::to_string(kMaxVocabSize) + "]");
@@ -61,51 +51,11 @@ int64_t read_vocab_size(hid_t file, const std::string& path) {
 }
 
 std::string read_tokenizer_name(hid_t file, const std::string& path) {
-  const htri_t exists = H5Aexists(file, "tokenizer");
-  if (exists < 0) throw file_error(path, "cannot query attribute tokenizer");
-  if (exists == 0) throw file_error(path, "no attribute tokenizer");
-  Handle attr(H5Aopen(file, "tokenizer", H5P_DEFAULT), H5Aclose);
-  if (!attr.valid()) throw file_error(path, "cannot open attribute tokenizer");
-  Handle type(H5Aget_type(attr.get()), H5Tclose);
-  Handle space(H5Aget_space(attr.get()), H5Sclose);
-  if (!type.valid() || !space.valid()) throw file_error(path, "cannot inspect attribute tokenizer");
-  if (H5Tget_class(type.get()) != H5T_STRING)
-    throw file_error(path, "attribute tokenizer is not a string");
-  if (H5Sget_simple_extent_npoints(space.get()) != 1)
-    throw file_error(path, "attribute tokenizer is not a single string");
-
-  const htri_t is_variable = H5Tis_variable_str(type.get());
-  if (is_variable < 0) throw file_error(path, "cannot inspect attribute tokenizer");
-  Handle memory_type(H5Tcopy(H5T_C_S1), H5Tclose);
-  if (!memory_type.valid()) throw file_error(path, "cannot read attribute tokenizer");
-  check(H5Tset_cset(memory_type.get(), H5Tget_cset(type.get())), path,
-        "cannot read attribute tokenizer");
-  if (is_variable > 0) {
-    // Variable-length (what h5py writes for a Python str): HDF5 allocates, we free.
-    try {
-      h5::check_global_heaps(file, "tokenizer");  // HDF5 1.10 can loop for ever on a corrupt one
-    } catch (const h5::Hdf5Error& error) {
-      throw file_error(path, std::string("attribute tokenizer: ") + error.what());
-    }
-    check(H5Tset_size(memory_type.get(), H5T_VARIABLE), path, "cannot read attribute tokenizer");
-    char* text = nullptr;
-    check(H5Aread(attr.get(), memory_type.get(), &text), path, "cannot read attribute tokenizer");
-    std::string name = text ? text : "";
-    if (text) H5free_memory(text);
-    return name;
+  try {
+    return h5::read_string_attribute(file, "tokenizer");
+  } catch (const h5::Hdf5Error& error) {
+    throw file_error(path, error.what());
   }
-  const size_t size = H5Tget_size(type.get());
-  if (size == 0) throw file_error(path, "cannot read attribute tokenizer");
-  check(H5Tset_size(memory_type.get(), size), path, "cannot read attribute tokenizer");
-  std::string name(size, '\0');
-  check(H5Aread(attr.get(), memory_type.get(), name.data()), path,
-        "cannot read attribute tokenizer");
-  // Fixed-length strings come padded with NULs or spaces.
-  const char pad = H5Tget_strpad(type.get()) == H5T_STR_SPACEPAD ? ' ' : '\0';
-  const size_t nul = name.find('\0');
-  if (nul != std::string::npos) name.resize(nul);
-  while (!name.empty() && name.back() == pad) name.pop_back();
-  return name;
 }
 
 // Opens dataset `name` and checks that it is a 1-D integer dataset; its length to *length.
@@ -555,9 +505,13 @@ void write_tokenizer(hid_t file, const TokenData& tokenizer, const std::string& 
 
 bool read_tokenizer(hid_t file, TokenData& tokenizer, const std::string& path) {
   QuietHdf5Errors quiet;
-  const htri_t exists = H5Aexists(file, "tokenizer");
-  if (exists < 0) throw file_error(path, "cannot query attribute tokenizer");
-  if (exists == 0) return false;
+  bool exists = false;
+  try {
+    exists = h5::has_attribute(file, "tokenizer");
+  } catch (const h5::Hdf5Error& error) {
+    throw file_error(path, error.what());
+  }
+  if (!exists) return false;
   tokenizer.tokenizer = read_tokenizer_name(file, path);
   tokenizer.vocab_size = 0;
   tokenizer.tokenizer_model.clear();

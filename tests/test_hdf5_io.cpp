@@ -1,0 +1,142 @@
+// Tests of data/hdf5_io: the attribute-message check that keeps HDF5 1.10's decoder inside a
+// damaged message (h5::check_attribute_messages, run by every has_attribute).
+#include <gtest/gtest.h>
+#include <hdf5.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "data/hdf5_io.h"
+#include "data/token_file.h"
+#include "tests/temp_folder.h"
+
+namespace sy {
+namespace {
+
+using test::expect_error;
+
+class Hdf5IoTest : public test::TempFolderTest {
+ protected:
+  Hdf5IoTest() : TempFolderTest("sy_test_hdf5_io") {}
+
+  // A file whose root group holds `vocab_size` (int), `tokenizer` (variable-length string) and
+  // `extra` more int attributes (enough of them push messages into continuation chunks).
+  // latest: HDF5's newest format (version 2, checksummed object headers).
+  std::string write_attributes(const std::string& name, int extra, bool latest = false) const {
+    const std::string file_path = path(name);
+    h5::Handle access = h5::own(H5Pcreate(H5P_FILE_ACCESS), H5Pclose, "plist");
+    if (latest) H5Pset_libver_bounds(access.get(), H5F_LIBVER_LATEST, H5F_LIBVER_LATEST);
+    h5::Handle file = h5::own(H5Fcreate(file_path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, access.get()),
+                              H5Fclose, "create");
+    h5::write_int_attribute(file.get(), "vocab_size", 256);
+    h5::write_string_attribute(file.get(), "tokenizer", "bytes");
+    for (int k = 0; k < extra; ++k)
+      h5::write_int_attribute(file.get(), ("extra_" + std::to_string(k)).c_str(), k);
+    return file_path;
+  }
+
+  static std::vector<uint8_t> read_bytes(const std::string& file_path) {
+    std::ifstream in(file_path, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  }
+  static void write_bytes(const std::string& file_path, const std::vector<uint8_t>& bytes) {
+    std::ofstream(file_path, std::ios::binary | std::ios::trunc)
+        .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  }
+
+  // Where the body of version-1 attribute message `name` starts: its name follows 8 bytes of
+  // version, reserved, name/datatype/dataspace sizes.
+  static size_t attribute_body(const std::vector<uint8_t>& bytes, const std::string& name) {
+    const std::string key = name + '\0';
+    const auto found = std::search(bytes.begin(), bytes.end(), key.begin(), key.end());
+    EXPECT_NE(found, bytes.end()) << name;
+    const size_t body = static_cast<size_t>(found - bytes.begin()) - 8;
+    EXPECT_EQ(bytes[body], 1) << "a version 1 attribute message";
+    return body;
+  }
+
+  // Opens the file and asks HDF5 (through has_attribute) whether `name` exists.
+  static bool has(const std::string& file_path, const char* name) {
+    h5::QuietErrors quiet;
+    h5::Handle file = h5::own(H5Fopen(file_path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose,
+                              "cannot open " + file_path);
+    return h5::has_attribute(file.get(), name);
+  }
+};
+
+TEST_F(Hdf5IoTest, IntactFilesPassInEveryHeaderLayout) {
+  for (const int extra : {0, 40}) {
+    for (const bool latest : {false, true}) {
+      const std::string file_path =
+          write_attributes("intact_" + std::to_string(extra) + (latest ? "_v2" : "_v1") + ".h5", extra, latest);
+      EXPECT_TRUE(has(file_path, "tokenizer"));
+      EXPECT_FALSE(has(file_path, "absent"));
+      if (extra > 0) {
+        EXPECT_TRUE(has(file_path, ("extra_" + std::to_string(extra - 1)).c_str()));
+      }
+    }
+  }
+}
+
+// Each damage that made HDF5 1.10.8 read past the message (the fuzzer's inputs damaged these
+// same fields) is refused before HDF5 decodes the message, naming its byte.
+TEST_F(Hdf5IoTest, DamagedAttributeMessagesAreRefusedBeforeHdf5DecodesThem) {
+  struct Damage {
+    const char* what;
+    size_t field;        // offset in the message body
+    uint16_t value;      // little-endian u16 written there
+    const char* expect;  // in the message
+  };
+  const Damage damages[] = {
+      {"dataspace size", 6, 0xE008, "its name, datatype and dataspace claim"},
+      {"datatype size", 4, 0xFFF4, "its name, datatype and dataspace claim"},
+      {"name size", 2, 0xD80A, "its name, datatype and dataspace claim"},
+      {"name size inside the message", 2, 4, "its name is not 3 characters and a NUL"},
+  };
+  for (const Damage& damage : damages) {
+    SCOPED_TRACE(damage.what);
+    const std::string file_path = write_attributes(std::string("damaged_") + damage.what + ".h5", 3);
+    std::vector<uint8_t> bytes = read_bytes(file_path);
+    const size_t body = attribute_body(bytes, "tokenizer");
+    bytes[body + damage.field] = static_cast<uint8_t>(damage.value & 0xFF);
+    bytes[body + damage.field + 1] = static_cast<uint8_t>(damage.value >> 8);
+    write_bytes(file_path, bytes);
+    // Any attribute query of that object is refused: HDF5 would decode every message to find one.
+    expect_error([&] { has(file_path, "vocab_size"); },
+                 {"damaged attribute message at byte " + std::to_string(body - 8), damage.expect});
+  }
+}
+
+TEST_F(Hdf5IoTest, AValueLargerThanItsMessageIsRefused) {
+  const std::string file_path = write_attributes("value.h5", 0);
+  std::vector<uint8_t> bytes = read_bytes(file_path);
+  // vocab_size: one 8-byte integer. Its datatype's element size (u32 at +4 of the datatype) made
+  // 1000: the value would then be 1000 bytes where the message holds 8.
+  const size_t body = attribute_body(bytes, "vocab_size");
+  const size_t name_size = bytes[body + 2] | (bytes[body + 3] << 8);
+  const size_t type_at = body + 8 + ((name_size + 7) & ~size_t{7});
+  ASSERT_EQ(bytes[type_at + 4], 8) << "an 8-byte integer";
+  bytes[type_at + 4] = 1000 & 0xFF;
+  bytes[type_at + 5] = 1000 >> 8;
+  write_bytes(file_path, bytes);
+  expect_error([&] { has(file_path, "tokenizer"); }, {"its value claims more than the 8 bytes left"});
+}
+
+// The token-file reader goes through the same check, with the file's name in front.
+TEST_F(Hdf5IoTest, TokenFileReaderNamesTheFileAndTheDamage) {
+  const std::string file_path = path("tokens.h5");
+  write_token_file(file_path, {1, 2, 3, 4}, {5, 6}, 256, "bytes");
+  std::vector<uint8_t> bytes = read_bytes(file_path);
+  const size_t body = attribute_body(bytes, "vocab_size");
+  bytes[body + 6] = 0x08;
+  bytes[body + 7] = 0xFE;
+  write_bytes(file_path, bytes);
+  expect_error([&] { read_token_file(file_path); }, {file_path + ": damaged attribute message"});
+}
+
+}  // namespace
+}  // namespace sy
