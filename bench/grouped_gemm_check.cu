@@ -7,13 +7,18 @@
 // around C must stay untouched, and a second run must give the same bits. Cases the kernel must
 // decline (K not a multiple of 8, misaligned pointers, wgrad with trans_b) must return false.
 // Every correctness case runs on kernel version 1 and version 2 (SY_GG_SM90_VERSION), and the two
-// must agree bitwise (same wgmma sequence on the same accumulators).
+// must agree bitwise (same wgmma sequence on the same accumulators). Every accumulating case also
+// runs version 3 (the TMA reduce-add epilogue for wgrad into f32; version 2 for the other forms),
+// which must agree with version 2 bitwise (one f32 add of old C and the same accumulator); one
+// extra case starts from subnormal C values, next to an empty group, so that an add which
+// flushed subnormals would show.
 // Part 2, speed: the shapes training runs (8 experts of ~2048 rows, 64 experts at top-8 of 8192
 // tokens; balanced and Zipf-skewed loads) and the synthetic benchmark shapes, median of 10-20
 // launches (CUDA events, inputs rotated so that the L2 does not hold them): TFLOP/s of version 1
-// and version 2 (its own tile choice, and each tile width forced) next to cuBLAS on the dense
-// same-total shape and a loop of one cuBLAS call per group (the fallback); each benchmark case is
-// also checked on sampled elements, for both versions.
+// and version 2 (its own tile choice, and each tile width forced), version 3 on the accumulating
+// weight-gradient rows (likewise), next to cuBLAS on the dense same-total shape and a loop of one
+// cuBLAS call per group (the fallback); each benchmark case is also checked on sampled elements,
+// for every version timed, and on the version 3 rows the whole C must equal version 2's bitwise.
 // Prints PASS/FAIL per case and the speed table last; exits 1 on any failure, 3 on a hang.
 // Usage: grouped_gemm_check [--quick] [--no-bench] [--no-check]
 //   --quick: of the synthetic benchmark shapes, M = 32768 only (the training shapes always run).
@@ -101,9 +106,9 @@ __global__ void fill_random_bf16(bf16* out, size_t n, uint64_t seed) {
     out[i] = __float2bfloat16(hash_uniform(seed, i));
 }
 
-__global__ void fill_random_f32(float* out, size_t n, uint64_t seed) {
+__global__ void fill_random_f32(float* out, size_t n, uint64_t seed, float scale) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-    out[i] = hash_uniform(seed, i);
+    out[i] = hash_uniform(seed, i) * scale;
 }
 
 enum class Form { forward, trans_b, wgrad };
@@ -161,6 +166,7 @@ struct Problem {
   std::vector<int64_t> rows;
   DType c_dtype = DType::bf16;
   bool accumulate = false;
+  bool subnormal_c0 = false;  // accumulate into f32: start from C values below 2^-126
 
   int64_t b_elems() const { return form == Form::wgrad ? M * N : int64_t(groups) * K * N; }
   int64_t c_elems() const { return form == Form::wgrad ? int64_t(groups) * K * N : M * N; }
@@ -170,7 +176,8 @@ struct Problem {
     char buf[160];
     std::snprintf(buf, sizeof buf, "%-6s G=%-3d M=%-6lld K=%-5lld N=%-5lld C=%s%s", form_name(form),
                   groups, (long long)M, (long long)K, (long long)N,
-                  c_dtype == DType::f32 ? "f32" : "bf16", accumulate ? " +=" : "");
+                  c_dtype == DType::f32 ? "f32" : "bf16",
+                  accumulate ? (subnormal_c0 ? " += subnormal" : " +=") : "");
     return buf;
   }
 };
@@ -200,7 +207,8 @@ Buffers make_buffers(const Problem& p, uint64_t seed, cudaStream_t stream) {
   if (p.accumulate) {
     b.C0 = device_alloc<unsigned char>(p.c_bytes());
     if (p.c_dtype == DType::f32)
-      fill_random_f32<<<1024, 256, 0, stream>>>(static_cast<float*>(b.C0), size_t(p.c_elems()), seed * 3 + 3);
+      fill_random_f32<<<1024, 256, 0, stream>>>(static_cast<float*>(b.C0), size_t(p.c_elems()),
+                                                seed * 3 + 3, p.subnormal_c0 ? 1e-39f : 1.f);
     else
       fill_random_bf16<<<1024, 256, 0, stream>>>(static_cast<bf16*>(b.C0), size_t(p.c_elems()), seed * 3 + 3);
     CK(cudaGetLastError());
@@ -346,16 +354,22 @@ std::vector<unsigned char> run_case(sy::cuda::Context& ctx, const Problem& p, in
   return first;
 }
 
-// Both kernel versions on the same inputs (same seed): each checked, then compared bitwise.
+// The kernel versions on the same inputs (same seed): each checked, then compared bitwise.
+// Version 3 differs from version 2 only when accumulating (its epilogue; the kernel itself for
+// wgrad into f32, version 2's for the other forms, which this also checks).
 void run_versions(sy::cuda::Context& ctx, const Problem& p, int bn, uint64_t seed) {
   const std::vector<unsigned char> v1 = run_case(ctx, p, bn, seed, 1);
   const std::vector<unsigned char> v2 = run_case(ctx, p, bn, seed, 2);
   if (!v1.empty() && !v2.empty())
     report(v1 == v2, p.name() + " BN=" + std::to_string(bn) + " v2 == v1 bitwise");
+  if (!p.accumulate) return;
+  const std::vector<unsigned char> v3 = run_case(ctx, p, bn, seed, 3);
+  if (!v2.empty() && !v3.empty())
+    report(v3 == v2, p.name() + " BN=" + std::to_string(bn) + " v3 == v2 bitwise");
 }
 
 void run_decline(sy::cuda::Context& ctx, const std::string& what, GroupedGemmArgs args) {
-  for (int version : {1, 2}) {
+  for (int version : {1, 2, 3}) {
     set_version(version);
     const bool launched = sy::cuda::grouped_gemm_sm90(ctx, args);
     sync_or_die(ctx.stream, what);
@@ -422,6 +436,21 @@ void correctness(sy::cuda::Context& ctx) {
     p.accumulate = acc;
     run_versions(ctx, p, 0, seed++);
   }
+  // Wgrad += into subnormal C: the empty group's block must come out as old + 0 = old, the other
+  // group's as old + acc, from version 3's TMA add exactly as from version 2's.
+  for (int bn : {128, 256}) {
+    Problem p;
+    p.form = Form::wgrad;
+    p.groups = 3;
+    p.K = 136;
+    p.N = 200;
+    p.rows = {0, 70, 0};
+    p.M = 70;
+    p.c_dtype = DType::f32;
+    p.accumulate = true;
+    p.subnormal_c0 = true;
+    run_versions(ctx, p, bn, seed++);
+  }
   set_bn(0);
   set_version(2);
 
@@ -468,6 +497,7 @@ void correctness(sy::cuda::Context& ctx) {
 struct Timing {
   std::string label;
   double ms_v1 = 0, ms_v2 = 0, ms_v2_128 = 0, ms_v2_256 = 0, ms_dense = 0, ms_loop = 0, flops = 0;
+  double ms_v3 = 0, ms_v3_128 = 0, ms_v3_256 = 0;  // 0: not timed (version 3 is version 2 there)
   bool ok = true;
 };
 
@@ -612,9 +642,13 @@ void speed(sy::cuda::Context& ctx, bool quick, std::vector<Timing>& table) {
       Timing t;
       t.label = p.name() + " " + shape.load;
       t.flops = p.flops();
+      // Version 3 has its own kernel for the accumulating f32 weight gradient only.
+      const bool has_v3 = p.accumulate && form == Form::wgrad && p.c_dtype == DType::f32;
+      std::vector<unsigned char> c_v2, c_v3;  // whole C after one launch from C0, for has_v3
       // Check each version's automatic choice on sampled elements (segment ends included).
       set_bn(0);
-      for (int version : {1, 2}) {
+      for (int version : {1, 2, 3}) {
+        if (version == 3 && !has_v3) continue;
         set_version(version);
         const std::string name = "bench " + t.label + " v" + std::to_string(version);
         reset_c(p, bufs[0], ctx.stream);
@@ -636,6 +670,11 @@ void speed(sy::cuda::Context& ctx, bool quick, std::vector<Timing>& table) {
           }
         }
         const Errors e = compare(p, bufs[0], idx, ctx.stream);
+        if (has_v3 && version >= 2) {
+          std::vector<unsigned char>& c = version == 2 ? c_v2 : c_v3;
+          c.resize(p.c_bytes());
+          CK(cudaMemcpy(c.data(), bufs[0].C, p.c_bytes(), cudaMemcpyDeviceToHost));
+        }
         const bool ok = e.nonfinite == 0 && e.rel_l2 <= tolerance(p) &&
                         e.max_elem <= tolerance(p) && guards_intact(p, bufs[0]);
         t.ok = t.ok && ok;
@@ -643,6 +682,11 @@ void speed(sy::cuda::Context& ctx, bool quick, std::vector<Timing>& table) {
         std::snprintf(buf, sizeof buf, "  sampled %lld: rel_l2 %.2e  max %.2e",
                       (long long)e.checked, e.rel_l2, e.max_elem);
         report(ok, name + buf);
+      }
+      if (has_v3 && !c_v2.empty() && !c_v3.empty()) {
+        const bool same = c_v2 == c_v3;
+        t.ok = t.ok && same;
+        report(same, "bench " + t.label + " v3 == v2 bitwise (all of C)");
       }
       // A slow kernel gets fewer repetitions so that the whole run stays within minutes.
       const int reps = p.flops() > 1e12 ? 10 : 20;
@@ -657,6 +701,15 @@ void speed(sy::cuda::Context& ctx, bool quick, std::vector<Timing>& table) {
         set_bn(256);
         t.ms_v2_256 = time_ms(ctx.stream, reps, p.name(), grouped);
         set_bn(0);
+        if (has_v3) {
+          set_version(3);
+          t.ms_v3 = time_ms(ctx.stream, reps, p.name(), grouped);
+          set_bn(128);
+          t.ms_v3_128 = time_ms(ctx.stream, reps, p.name(), grouped);
+          set_bn(256);
+          t.ms_v3_256 = time_ms(ctx.stream, reps, p.name(), grouped);
+          set_bn(0);
+        }
       }
       set_version(2);
       t.ms_dense = time_ms(ctx.stream, reps, "cublas dense", [&](int i) {
@@ -728,17 +781,35 @@ int main(int argc, char** argv) {
   if (bench) speed(ctx, quick, table);
 
   if (!table.empty()) {
-    std::printf("\nTFLOP/s (median of 10-20, 2*M*K*N / time). v1, v2 = SY_GG_SM90_VERSION with the"
-                " kernel's own tile choice; v2 BN=128/256 forced; dense = cuBLAS on the same total"
-                " shape; loop = one cuBLAS call per group. bal/zipf = training shapes, skew ="
-                " synthetic\n");
-    std::printf("%-57s %7s %7s %7s %7s %7s %7s %6s %8s\n", "case", "v1", "v2", "v2/128", "v2/256",
-                "dense", "loop", "v2/v1", "v2 ms");
+    std::printf("\nTFLOP/s (median of 10-20, 2*M*K*N / time). v1, v2, v3 = SY_GG_SM90_VERSION with"
+                " the kernel's own tile choice; /128, /256 = tile width forced; v3 only on the"
+                " accumulating f32 weight gradient (elsewhere it runs v2: '-'); dense = cuBLAS on"
+                " the same total shape; loop = one cuBLAS call per group. bal/zipf = training"
+                " shapes, skew = synthetic\n");
+    std::printf("%-57s %7s %7s %7s %7s %7s %7s %7s %7s %7s %6s %6s %8s %8s\n", "case", "v1", "v2",
+                "v2/128", "v2/256", "v3", "v3/128", "v3/256", "dense", "loop", "v2/v1", "v3/v2",
+                "v2 ms", "v3 ms");
     for (const Timing& t : table) {
-      auto tf = [&](double ms) { return ms > 0 ? t.flops / (ms * 1e-3) / 1e12 : 0.0; };
-      std::printf("%-57s %7.1f %7.1f %7.1f %7.1f %7.1f %7.1f %6.3f %8.3f%s\n", t.label.c_str(),
-                  tf(t.ms_v1), tf(t.ms_v2), tf(t.ms_v2_128), tf(t.ms_v2_256), tf(t.ms_dense),
-                  tf(t.ms_loop), t.ms_v2 > 0 ? t.ms_v1 / t.ms_v2 : 0.0, t.ms_v2,
+      auto tf = [&](double ms) {
+        char cell[16];
+        if (ms > 0) std::snprintf(cell, sizeof cell, "%7.1f", t.flops / (ms * 1e-3) / 1e12);
+        else std::snprintf(cell, sizeof cell, "%7s", "-");
+        return std::string(cell);
+      };
+      auto ratio = [](double slow, double fast) {
+        char cell[16];
+        if (slow > 0 && fast > 0) std::snprintf(cell, sizeof cell, "%6.3f", slow / fast);
+        else std::snprintf(cell, sizeof cell, "%6s", "-");
+        return std::string(cell);
+      };
+      char v3_ms[16];
+      if (t.ms_v3 > 0) std::snprintf(v3_ms, sizeof v3_ms, "%8.3f", t.ms_v3);
+      else std::snprintf(v3_ms, sizeof v3_ms, "%8s", "-");
+      std::printf("%-57s %s %s %s %s %s %s %s %s %s %s %s %8.3f %s%s\n", t.label.c_str(),
+                  tf(t.ms_v1).c_str(), tf(t.ms_v2).c_str(), tf(t.ms_v2_128).c_str(),
+                  tf(t.ms_v2_256).c_str(), tf(t.ms_v3).c_str(), tf(t.ms_v3_128).c_str(),
+                  tf(t.ms_v3_256).c_str(), tf(t.ms_dense).c_str(), tf(t.ms_loop).c_str(),
+                  ratio(t.ms_v1, t.ms_v2).c_str(), ratio(t.ms_v2, t.ms_v3).c_str(), t.ms_v2, v3_ms,
                   t.ok ? "" : "  FAIL");
     }
   }

@@ -10,11 +10,17 @@
 //                wgmma.mma_async m64nBNk16 from shared memory into f32 registers, then writes
 //                its rows straight from registers to C (masked at the segment end and at N).
 // setmaxnreg moves registers from the producer (40) to the consumers (232).
-// Two versions of the consumer loop, SY_GG_SM90_VERSION=1|2 (default 2), bitwise equal results:
+// Three versions, SY_GG_SM90_VERSION=1|2|3 (default 3), bitwise equal results:
 //   1  each chunk's wgmmas complete (wait_group 0) before the next chunk is issued;
 //   2  one chunk stays in flight (wait_group 1), its predecessor's stage is released only once
 //      that predecessor's wgmmas are done; with accumulate, the old C tile is prefetched into L2
-//      a few chunks before the epilogue, so the read-modify-write no longer waits on DRAM.
+//      a few chunks before the epilogue, so the read-modify-write no longer waits on DRAM;
+//   3  version 2, and for the accumulating f32 weight gradient (wgrad, C f32, accumulate: the
+//      only accumulating call training makes into f32) an epilogue through shared memory: each
+//      consumer stages its f32 accumulators in 64 x 64 slices and one thread per warpgroup has
+//      the TMA add each slice to C (cp.reduce.async.bulk.tensor .add), so old C never travels to
+//      the SM and the consumers move on to the next tile while the adds drain. One f32 add per
+//      element, as in version 2's read-modify-write. Every other call runs version 2.
 //
 // Operand forms (wgmma's transpose bits; both allowed for 16-bit types):
 //   forward          A [M_total, K] K-major;  B[g] [K, N] N-major (3D map {N, K, G})
@@ -72,18 +78,34 @@ constexpr int kPrefetchChunksAhead = 8;   // version 2: old C is prefetched this
 
 enum class Form { forward, forward_trans_b, wgrad };
 
-template <int BN>
+// Version 3's staging of the f32 accumulators: per consumer warpgroup two slices of 64 rows x 64
+// columns (double-buffered), each two 128B-swizzled boxes of 64 rows x 32 f32 (8 KiB, 1024-byte
+// aligned, the TMA's box for C).
+constexpr int kSliceCols = 64;
+constexpr int kReduceBoxCols = 32;                            // 128 bytes of f32: the swizzle span
+constexpr int kReduceBoxBytes = 64 * kReduceBoxCols * 4;      // 8 KiB
+constexpr int kSliceBytes = 64 * kSliceCols * 4;              // 16 KiB
+constexpr int kSlicesPerConsumer = 2;
+
+// Shared memory: [stages][staging (version 3)][full, empty barriers][segment offsets, tile starts].
+// kReduceEpilogue (version 3) adds 64 KiB of staging and pays for it with stages: 4 -> 3 at
+// BN = 256 (1 + 3 x 48 + 64 + 8 = 217 KiB of the 227; 4 stages would need 265), 6 -> 4 at BN = 128
+// (1 + 4 x 32 + 64 + 8 = 201 KiB; 5 would need 233).
+template <int BN, bool kReduceEpilogue = false>
 struct Geometry {
   static_assert(BN == 128 || BN == 256, "BN is 128 or 256");
-  static constexpr int kStages = BN == 256 ? 4 : 6;
+  static constexpr int kStages = kReduceEpilogue ? (BN == 256 ? 3 : 4) : (BN == 256 ? 4 : 6);
   static constexpr int kABytes = kBM * kBK * 2;  // 16 KiB: two 64-row halves, one per consumer
   static constexpr int kBBytes = BN * kBK * 2;
   static constexpr int kStageBytes = kABytes + kBBytes;
+  static constexpr int kStagingBytes =
+      kReduceEpilogue ? kConsumers * kSlicesPerConsumer * kSliceBytes : 0;
   static constexpr int kBarrierBytes = 2 * kStages * 8;
   static constexpr int kTableBytes = 2 * (kMaxGroups + 1) * 4;
   // 1 KiB of slack: the swizzled stages need 1024-byte alignment, which the dynamic shared
   // memory base does not promise.
-  static constexpr int kSmemBytes = 1024 + kStages * kStageBytes + kBarrierBytes + kTableBytes;
+  static constexpr int kSmemBytes =
+      1024 + kStages * kStageBytes + kStagingBytes + kBarrierBytes + kTableBytes;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory");
 };
 
@@ -176,6 +198,33 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map
       : "memory");
 }
 
+// Version 3: C[box at (c0, c1, c2)] += the f32 box at shared address src, by the TMA (elements
+// outside the map's bounds are skipped). Completion is tracked per issuing thread in bulk groups.
+__device__ __forceinline__ void tma_reduce_add_3d(const CUtensorMap* map, uint32_t src, int c0,
+                                                  int c1, int c2) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group"
+      " [%0, {%2, %3, %4}], [%1];" ::"l"(reinterpret_cast<uint64_t>(map)),
+      "r"(src), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+
+// Closes this thread's bulk group: the TMA operations issued since the previous commit.
+__device__ __forceinline__ void bulk_commit_group() {
+  asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+}
+
+// Waits until every bulk group of this thread has finished reading its shared-memory source
+// (the source may then be overwritten; the writes to global memory may still be in flight).
+__device__ __forceinline__ void bulk_wait_all_read() {
+  asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+}
+
+// Waits until every bulk group of this thread has completed, global writes included.
+__device__ __forceinline__ void bulk_wait_all() {
+  asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+}
+
 __device__ __forceinline__ void prefetch_tensor_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }
@@ -216,6 +265,17 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 // Named barrier 1 over the two consumer warpgroups (barrier 0 is __syncthreads).
 __device__ __forceinline__ void consumers_sync() {
   asm volatile("bar.sync 1, %0;" ::"n"(128 * kConsumers) : "memory");
+}
+
+// Named barriers 2 and 3: one consumer warpgroup (version 3's epilogue hand-off to the TMA).
+// Immediate ids, so that ptxas reserves 4 barriers rather than all 16.
+__device__ __forceinline__ void warpgroup_sync(int half) {
+  if (half == 0) asm volatile("bar.sync 2, 128;" ::: "memory");
+  else asm volatile("bar.sync 3, 128;" ::: "memory");
+}
+
+__device__ __forceinline__ void st_shared_f32x2(uint32_t addr, float x, float y) {
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(addr), "f"(x), "f"(y) : "memory");
 }
 
 __device__ __forceinline__ void st_shared_zero16(uint32_t addr) {
@@ -346,6 +406,63 @@ __device__ __forceinline__ void prefetch_c_tile(const CT* c_block, const Tile& t
   }
 }
 
+// Version 3's epilogue for one consumer warpgroup: C[group] rows [m0 + 64 half, + 64), columns
+// [n0, n0 + BN) += acc, through shared memory and the TMA. The 64 x BN accumulators leave in
+// BN / 64 slices of 64 x 64 f32 that alternate between the warpgroup's two staging buffers:
+//   1. every thread stores its fragment into the slice's two 128B-swizzled boxes (the swizzle
+//      spreads the 8 rows a warp stores at once over all banks: 2 wavefronts per 256-byte
+//      store, the minimum), then fence.proxy.async so that the TMA (async proxy) sees the stores;
+//   2. the issuing thread waits until its groups have read their buffers (wait_group.read 0: the
+//      previous slice's reduce, which reads the buffer the next slice will overwrite);
+//   3. warpgroup barrier; the issuing thread starts this slice's reduce-adds and commits them.
+// After each barrier every group but the newest has read its buffer, and the newest reads the
+// buffer the next slice does not write; slices_issued carries the alternation across tiles.
+// The TMA skips elements outside the map {N, K, G}: rows past K and columns past N are not
+// touched. A warpgroup whose rows all lie past K, and slices or boxes that start past N, are
+// skipped outright (warpgroup-uniform conditions, so the barrier stays uniform).
+template <int BN>
+__device__ __forceinline__ void reduce_epilogue(const float (&acc)[BN / 2],
+                                                const CUtensorMap* map_c, uint32_t staging,
+                                                const Tile& tile, int half, int N,
+                                                int& slices_issued) {
+  const int row_start = tile.m0 + 64 * half;
+  if (row_start >= tile.row_end) return;
+  const int wg_thread = threadIdx.x & 127, lane = threadIdx.x & 31, warp = wg_thread / 32;
+  const bool issuer = wg_thread == 0;
+  // The thread's rows 16 w + l / 4 and + 8 of the box, 128 bytes each; both have row % 8 = l / 4,
+  // the key the 128-byte swizzle XORs into the 16-byte piece index. Columns 2 (l % 4) + {0, 1}
+  // of each group of 8: byte 8 (l % 4) of the group's 32, i.e. piece (l % 4) / 2, offset 8 (l % 2).
+  const uint32_t row_offset = (16 * warp + lane / 4) * 128 + 8 * (lane & 1);
+  const uint32_t key = lane >> 2;
+#pragma unroll
+  for (int q = 0; q < BN / kSliceCols; ++q) {
+    const int col_start = tile.n0 + q * kSliceCols;
+    if (col_start >= N) break;
+    const uint32_t buffer = staging + (slices_issued & 1) * kSliceBytes;
+#pragma unroll
+    for (int jj = 0; jj < kSliceCols / 8; ++jj) {  // fragment column group j = 8 q + jj
+      const int j = q * (kSliceCols / 8) + jj;
+      const uint32_t piece = 2 * (jj % 4) + ((lane & 3) >> 1);
+      const uint32_t addr = buffer + (jj / 4) * kReduceBoxBytes + row_offset + ((piece ^ key) << 4);
+      st_shared_f32x2(addr, acc[4 * j], acc[4 * j + 1]);
+      st_shared_f32x2(addr + 8 * 128, acc[4 * j + 2], acc[4 * j + 3]);
+    }
+    fence_proxy_async_shared();
+    if (issuer) bulk_wait_all_read();
+    warpgroup_sync(half);
+    if (issuer) {
+#pragma unroll
+      for (int box = 0; box < kSliceCols / kReduceBoxCols; ++box) {
+        const int col = col_start + box * kReduceBoxCols;
+        if (col < N)
+          tma_reduce_add_3d(map_c, buffer + box * kReduceBoxBytes, col, row_start, tile.group);
+      }
+      bulk_commit_group();
+    }
+    ++slices_issued;
+  }
+}
+
 template <Form F, int BN>
 __device__ __forceinline__ Tile decode_tile(int t, const KernelParams& p, const int* seg_off,
                                             const int* tile_start) {
@@ -381,17 +498,24 @@ __device__ __forceinline__ Tile decode_tile(int t, const KernelParams& p, const 
 }
 #endif  // SY_GG_SM90_DEVICE
 
-// grid: min(#SMs, tiles); block: 384 threads; dynamic shared memory Geometry<BN>::kSmemBytes.
-// kVersion 1: the first GPU-verified kernel (each chunk's wgmmas complete before the next chunk
-// is issued). kVersion 2: one chunk of wgmmas stays in flight (wait_group 1; a stage is released
-// once the wgmmas reading it have completed), and with accumulate the old C tile is prefetched
-// into L2 while the main loop runs, so the epilogue's read-modify-write hits L2.
+// grid: min(#SMs, tiles); block: 384 threads; dynamic shared memory Geometry<BN, kVersion >= 3>
+// ::kSmemBytes. kVersion 1: the first GPU-verified kernel (each chunk's wgmmas complete before the
+// next chunk is issued). kVersion 2: one chunk of wgmmas stays in flight (wait_group 1; a stage is
+// released once the wgmmas reading it have completed), and with accumulate the old C tile is
+// prefetched into L2 while the main loop runs, so the epilogue's read-modify-write hits L2.
+// kVersion 3 (wgrad, C f32, launched only with accumulate): version 2's main loop, then C += acc
+// by TMA reduce-adds from shared memory (map_c: C as {N, K, G} f32, box {32, 64, 1}, 128B
+// swizzle); map_c is unused below version 3.
 template <int BN, Form F, class CT, int kVersion>
 __global__ void __launch_bounds__(kCtaThreads, 1)
     grouped_gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a,
-                             const __grid_constant__ CUtensorMap map_b, const KernelParams p) {
+                             const __grid_constant__ CUtensorMap map_b,
+                             const __grid_constant__ CUtensorMap map_c, const KernelParams p) {
 #ifdef SY_GG_SM90_DEVICE
-  using G = Geometry<BN>;
+  constexpr bool kReduceEpilogue = kVersion >= 3;
+  static_assert(!kReduceEpilogue || (F == Form::wgrad && std::is_same_v<CT, float>),
+                "version 3 is the f32 weight gradient's accumulate epilogue only");
+  using G = Geometry<BN, kReduceEpilogue>;
   constexpr int kStages = G::kStages;
   constexpr bool kWgrad = F == Form::wgrad;
   constexpr int kTransA = kWgrad ? 1 : 0;                    // A M-major in wgrad
@@ -401,9 +525,11 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
   const uint32_t raw = smem_addr(smem_raw);
   const uint32_t stages = (raw + 1023u) & ~1023u;  // 1024-aligned: the 128B swizzle's period
   uint8_t* const base = smem_raw + (stages - raw);
-  const uint32_t full_bar = stages + kStages * G::kStageBytes;  // [kStages] x 8 B
-  const uint32_t empty_bar = full_bar + kStages * 8;            // [kStages] x 8 B
-  int* const seg_off = reinterpret_cast<int*>(base + kStages * G::kStageBytes + G::kBarrierBytes);
+  const uint32_t staging = stages + kStages * G::kStageBytes;    // version 3: [2][2] x 16 KiB
+  const uint32_t full_bar = staging + G::kStagingBytes;           // [kStages] x 8 B
+  const uint32_t empty_bar = full_bar + kStages * 8;              // [kStages] x 8 B
+  int* const seg_off = reinterpret_cast<int*>(base + kStages * G::kStageBytes + G::kStagingBytes +
+                                              G::kBarrierBytes);
   int* const tile_start = seg_off + (kMaxGroups + 1);
 
   // ---- set-up: barriers, the segment offsets and every group's first tile -------------------
@@ -417,6 +543,7 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
     fence_proxy_async_shared();
     prefetch_tensor_map(&map_a);
     prefetch_tensor_map(&map_b);
+    if constexpr (kReduceEpilogue) prefetch_tensor_map(&map_c);
   }
   __syncthreads();
   const int n_tiles = (p.N + BN - 1) / BN;
@@ -496,6 +623,7 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
   CT* const C = static_cast<CT*>(p.C);
   float acc[BN / 2];
   int it = 0;
+  int slices_issued = 0;  // version 3: staging slices handed to the TMA so far (buffer = parity)
   for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
     const Tile tile = decode_tile<F, BN>(t, p, seg_off, tile_start);
     const int chunks = (tile.red_len + kBK - 1) / kBK;
@@ -554,6 +682,11 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
       if (chunks > 0 && lane == 0) mbar_arrive(empty_bar + 8 * ((it + kStages - 1) % kStages));
     }
 
+    if constexpr (kReduceEpilogue) {
+      reduce_epilogue<BN>(acc, &map_c, staging + half * kSlicesPerConsumer * kSliceBytes, tile,
+                          half, p.N, slices_issued);
+      continue;
+    }
     // ---- epilogue: accumulator fragment (m64nN f32) -> C, masked ----------------------------
     // Thread (warp w, lane l) holds rows 16 w + l / 4 and + 8, columns 8 j + 2 (l % 4) + {0, 1}.
     const int row0 = tile.m0 + 64 * half + 16 * warp_in_group + lane / 4;
@@ -569,6 +702,11 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
         if (ok1) store_pair(c_row1 + col, acc[4 * j + 2], acc[4 * j + 3], p.accumulate != 0);
       }
     }
+  }
+  // Version 3: the last reduce-adds must have read shared memory (which outlives only the CTA)
+  // and reached C before the CTA ends.
+  if constexpr (kReduceEpilogue) {
+    if ((threadIdx.x & 127) == 0) bulk_wait_all();
   }
 #endif  // SY_GG_SM90_DEVICE
 }
@@ -619,10 +757,12 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
   return fn;
 }
 
-// A bf16 tensor map with a 128B-swizzled box; dims and box innermost first, strides in bytes of
-// dims 1.. . False when the driver refuses it (the caller then declines the case).
+// A tensor map (bf16 operands; f32 for version 3's C) with a 128B-swizzled box; dims and box
+// innermost first, strides in bytes of dims 1.. . False when the driver refuses it (the caller
+// then declines the case, or for C falls back to version 2).
 bool make_map(CUtensorMap* map, const void* data, int rank, const uint64_t* dims,
-              const uint64_t* strides, const uint32_t* box) {
+              const uint64_t* strides, const uint32_t* box,
+              CUtensorMapDataType type = CU_TENSOR_MAP_DATA_TYPE_BFLOAT16) {
   cuuint64_t d[3], s[2];
   cuuint32_t b[3], one[3] = {1, 1, 1};
   for (int i = 0; i < rank; ++i) {
@@ -631,10 +771,10 @@ bool make_map(CUtensorMap* map, const void* data, int rank, const uint64_t* dims
     if (i + 1 < rank) s[i] = strides[i];
   }
   const CUresult status = encode_tiled()(
-      map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, static_cast<cuuint32_t>(rank),
+      map, type, static_cast<cuuint32_t>(rank),
       const_cast<void*>(data), d, s, b, one, CU_TENSOR_MAP_INTERLEAVE_NONE,
       CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);  // out-of-bounds elements read as zero
+      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);  // out-of-bounds elements read as zero, are not written
   return status == CUDA_SUCCESS;
 }
 
@@ -670,13 +810,18 @@ void debug_check(Context& ctx) {
 }
 #endif
 
+// The kernel's tensor maps: A and B (loads); C only for version 3's reduce-adds (zeroed and
+// unused otherwise).
+struct TensorMaps {
+  CUtensorMap a, b, c;
+};
+
 template <int BN, Form F, class CT, int kVersion>
-void launch(Context& ctx, const CUtensorMap& map_a, const CUtensorMap& map_b,
-            const KernelParams& params, int grid) {
-  constexpr int smem = Geometry<BN>::kSmemBytes;
+void launch(Context& ctx, const TensorMaps& maps, const KernelParams& params, int grid) {
+  constexpr int smem = Geometry<BN, kVersion >= 3>::kSmemBytes;
   auto kernel = grouped_gemm_sm90_kernel<BN, F, CT, kVersion>;
   SY_CUDA(ctx, kOp, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  kernel<<<grid, kCtaThreads, smem, ctx.stream>>>(map_a, map_b, params);
+  kernel<<<grid, kCtaThreads, smem, ctx.stream>>>(maps.a, maps.b, maps.c, params);
   check_launch(ctx, kOp);
 #ifdef SY_GG_SM90_DEBUG
   debug_check(ctx);
@@ -684,26 +829,30 @@ void launch(Context& ctx, const CUtensorMap& map_a, const CUtensorMap& map_b,
 }
 
 template <int BN, int kVersion>
-void dispatch(Context& ctx, Form form, DType c_dtype, const CUtensorMap& map_a,
-              const CUtensorMap& map_b, const KernelParams& params, int grid) {
+void dispatch(Context& ctx, Form form, DType c_dtype, const TensorMaps& maps,
+              const KernelParams& params, int grid) {
   const bool f32 = c_dtype == DType::f32;
   switch (form) {
     case Form::forward:
-      return f32 ? launch<BN, Form::forward, float, kVersion>(ctx, map_a, map_b, params, grid)
-                 : launch<BN, Form::forward, bf16, kVersion>(ctx, map_a, map_b, params, grid);
+      return f32 ? launch<BN, Form::forward, float, kVersion>(ctx, maps, params, grid)
+                 : launch<BN, Form::forward, bf16, kVersion>(ctx, maps, params, grid);
     case Form::forward_trans_b:
-      return f32 ? launch<BN, Form::forward_trans_b, float, kVersion>(ctx, map_a, map_b, params, grid)
-                 : launch<BN, Form::forward_trans_b, bf16, kVersion>(ctx, map_a, map_b, params, grid);
+      return f32 ? launch<BN, Form::forward_trans_b, float, kVersion>(ctx, maps, params, grid)
+                 : launch<BN, Form::forward_trans_b, bf16, kVersion>(ctx, maps, params, grid);
     case Form::wgrad:
-      return f32 ? launch<BN, Form::wgrad, float, kVersion>(ctx, map_a, map_b, params, grid)
-                 : launch<BN, Form::wgrad, bf16, kVersion>(ctx, map_a, map_b, params, grid);
+      return f32 ? launch<BN, Form::wgrad, float, kVersion>(ctx, maps, params, grid)
+                 : launch<BN, Form::wgrad, bf16, kVersion>(ctx, maps, params, grid);
   }
 }
 
-// SY_GG_SM90_VERSION=1 selects the first GPU-verified kernel; anything else (or unset) version 2.
+// SY_GG_SM90_VERSION=1 selects the first GPU-verified kernel, 2 the one before the TMA reduce-add
+// epilogue; anything else (or unset) version 3: that epilogue for the accumulating f32 weight
+// gradient (1.4-1.9x v2 there, bitwise equal, H200 2026-12-02), version 2 for every other call.
 int kernel_version() {
   const char* v = std::getenv("SY_GG_SM90_VERSION");
-  return v && std::strcmp(v, "1") == 0 ? 1 : 2;
+  if (v && std::strcmp(v, "1") == 0) return 1;
+  if (v && std::strcmp(v, "2") == 0) return 2;
+  return 3;
 }
 
 // Shapes where the per-group cuBLAS loop beats this kernel: declining them sends the caller
@@ -801,27 +950,44 @@ bool grouped_gemm_sm90(Context& ctx, const GroupedGemmArgs& a) {
   const uint64_t M = static_cast<uint64_t>(a.M_total), K = static_cast<uint64_t>(a.K),
                  N = static_cast<uint64_t>(a.N), G = static_cast<uint64_t>(a.groups);
   const Form form = wgrad ? Form::wgrad : (a.trans_b ? Form::forward_trans_b : Form::forward);
-  CUtensorMap map_a, map_b;
+  TensorMaps maps;
+  std::memset(&maps, 0, sizeof(maps));
   bool ok = false;
   {
     const uint64_t dims[2] = {K, M}, strides[1] = {K * 2};
     const uint32_t box[2] = {64, wgrad ? 64u : static_cast<uint32_t>(kBM)};
-    ok = make_map(&map_a, a.A, 2, dims, strides, box);
+    ok = make_map(&maps.a, a.A, 2, dims, strides, box);
   }
   if (form == Form::wgrad) {
     const uint64_t dims[2] = {N, M}, strides[1] = {N * 2};
     const uint32_t box[2] = {64, 64};
-    ok = ok && make_map(&map_b, a.B, 2, dims, strides, box);
+    ok = ok && make_map(&maps.b, a.B, 2, dims, strides, box);
   } else if (form == Form::forward) {
     const uint64_t dims[3] = {N, K, G}, strides[2] = {N * 2, K * N * 2};
     const uint32_t box[3] = {64, 64, 1};
-    ok = ok && make_map(&map_b, a.B, 3, dims, strides, box);
+    ok = ok && make_map(&maps.b, a.B, 3, dims, strides, box);
   } else {
     const uint64_t dims[3] = {K, N, G}, strides[2] = {K * 2, N * K * 2};
     const uint32_t box[3] = {64, static_cast<uint32_t>(bn), 1};
-    ok = ok && make_map(&map_b, a.B, 3, dims, strides, box);
+    ok = ok && make_map(&maps.b, a.B, 3, dims, strides, box);
   }
   if (!ok) return false;
+
+  // Version 3 covers the one accumulating call into f32 that training makes, the expert weight
+  // gradients under gradient accumulation (model/moe/experts.cpp); the other accumulating call,
+  // dx += dh3 w3^T, has a bf16 C, where the TMA's bf16 add would round acc to bf16 before adding
+  // (two roundings against version 2's one). Those, `=` calls, and a C map the driver refuses
+  // run version 2. C[g] is its own [K, N] matrix: the map {N, K, G} bounds every box at the
+  // group's own K rows and N columns.
+  int version = kernel_version();
+  if (version == 3) {
+    const uint64_t dims[3] = {N, K, G}, strides[2] = {N * 4, K * N * 4};
+    const uint32_t box[3] = {kReduceBoxCols, 64, 1};
+    const bool reduce_epilogue = wgrad && a.accumulate && a.c_dtype == DType::f32 &&
+                                 make_map(&maps.c, a.C, 3, dims, strides, box,
+                                          CU_TENSOR_MAP_DATA_TYPE_FLOAT32);
+    if (!reduce_epilogue) version = 2;
+  }
 
   KernelParams params;
   params.groups = static_cast<int>(a.groups);
@@ -835,12 +1001,15 @@ bool grouped_gemm_sm90(Context& ctx, const GroupedGemmArgs& a) {
   params.debug = debug_words(ctx);
 #endif
   const int grid = static_cast<int>(tiles < info.sms ? tiles : info.sms);
-  if (kernel_version() == 1) {
-    if (bn == 256) dispatch<256, 1>(ctx, form, a.c_dtype, map_a, map_b, params, grid);
-    else dispatch<128, 1>(ctx, form, a.c_dtype, map_a, map_b, params, grid);
+  if (version == 3) {
+    if (bn == 256) launch<256, Form::wgrad, float, 3>(ctx, maps, params, grid);
+    else launch<128, Form::wgrad, float, 3>(ctx, maps, params, grid);
+  } else if (version == 1) {
+    if (bn == 256) dispatch<256, 1>(ctx, form, a.c_dtype, maps, params, grid);
+    else dispatch<128, 1>(ctx, form, a.c_dtype, maps, params, grid);
   } else {
-    if (bn == 256) dispatch<256, 2>(ctx, form, a.c_dtype, map_a, map_b, params, grid);
-    else dispatch<128, 2>(ctx, form, a.c_dtype, map_a, map_b, params, grid);
+    if (bn == 256) dispatch<256, 2>(ctx, form, a.c_dtype, maps, params, grid);
+    else dispatch<128, 2>(ctx, form, a.c_dtype, maps, params, grid);
   }
   return true;
 }
