@@ -1,11 +1,16 @@
-// Checkpoint size and save/load time of a config's model (no training: the model is built and
-// initialised, AdamW's moments allocated, then saved and loaded a few times).
+// Checkpoint size and save/load time of a config's model: the model is built and initialised,
+// AdamW's moments allocated, then saved and loaded a few times.
 //   bench_checkpoint CONFIG [--set section.key=value ...] [--dir DIR] [--repeats N] [--cold 1]
-//                    [--modes sync,async] [--load 0]
+//                    [--modes sync,async] [--load 0] [--steps N]
 // Each mode saves N times: the step's stall (save_checkpoint's return) and the time until the
 // file is complete (finish_checkpoint_write), medians (of two, the faster), and the first save's
-// stall apart (an async run's first save also allocates the snapshot's memory), next to `dd if=/dev/zero bs=16M conv=fsync` of the
-// same size into the same folder, in the same run. One checkpoint is on disk at a time.
+// stall apart, next to `dd if=/dev/zero bs=16M conv=fsync` of the same size into the same
+// folder, in the same run. One checkpoint is on disk at a time.
+// The async mode starts as `train` does: the snapshot's memory is prepared in the background
+// (prepare_checkpoint_snapshot) while --steps real training steps run (synthetic tokens, forward
+// and backward, gradients synchronised, AdamW), then it saves; the lines after the table say how
+// long the preparation took, whether the first save waited for it, and the step time while it
+// ran against after it.
 // Under mpirun -np W with parallel.expert_parallel P it measures the distributed save (world
 // rank 0 writes, receiving the other EP ranks' experts one at a time) and the layout-aware load.
 // Loads right after a save read from the page cache; with --cold 1 the page cache is dropped
@@ -23,7 +28,11 @@
 #include <string>
 #include <vector>
 
+#include "data/sampler.h"
+#include "model/rng.h"
+#include "optim/clip.h"
 #include "optim/optimizer.h"
+#include "parallel/grad_sync.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/session.h"
@@ -34,6 +43,88 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[(v.size() - 1) / 2];  // of two, the faster
+}
+
+// Real training steps as train() runs them, on uniform random tokens (the bench needs no
+// corpus): every micro-batch forward and backward, the gradients synchronised over the ranks,
+// clipped, AdamW's update. Collective over the session's ranks.
+class SyntheticTraining {
+ public:
+  SyntheticTraining(const sy::Config& config, sy::ModelSession& session, sy::Optimizer& optimizer)
+      : config_(config), session_(session), optimizer_(optimizer),
+        params_(session.model->params()), tokens_(random_tokens(config)),
+        sampler_(tokens_, config.model.seq_len, config.seed) {}
+
+  // Runs one step (the next one) and waits for the device; returns when it is done.
+  void step() {
+    const sy::TrainConfig& tc = config_.train;
+    const int W = session_.groups.size(), rank = session_.groups.rank();
+    const int64_t B = tc.micro_batch_size;
+    std::vector<int32_t> inputs(B * config_.model.seq_len), targets(inputs.size());
+    if (step_ == 0) session_.model->zero_grads();  // later: the optimizer leaves them to overwrite
+    for (int64_t micro = 0; micro < tc.grad_accum_steps; ++micro) {
+      sampler_.group(step_, micro * W + rank, B, inputs.data(), targets.data());
+      session_.model->forward_backward(inputs, targets, B, true,
+                                       1.0 / static_cast<double>(W * tc.grad_accum_steps));
+    }
+    sy::synchronize_gradients(params_, session_.groups);
+    const double norm = sy::distributed_grad_norm(*session_.backend, params_, session_.groups);
+    optimizer_.step(*session_.backend, params_, sy::lr_at(sy::lr_schedule(tc), step_),
+                    sy::clip_factor(norm, tc.grad_clip));
+    session_.backend->synchronize();
+    ++step_;
+  }
+
+ private:
+  static std::vector<int32_t> random_tokens(const sy::Config& config) {
+    sy::CounterRng rng(config.seed);
+    std::vector<int32_t> tokens(size_t{1} << 22);
+    for (int32_t& t : tokens)
+      t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(config.model.vocab_size)));
+    return tokens;
+  }
+
+  const sy::Config& config_;
+  sy::ModelSession& session_;
+  sy::Optimizer& optimizer_;
+  std::vector<sy::Param*> params_;
+  std::vector<int32_t> tokens_;  // the sampler keeps a pointer to them
+  sy::StepSampler sampler_;
+  int64_t step_ = 0;
+};
+
+// The async mode's start: how long the snapshot's preparation ran in the background, whether
+// the first save found it done, and the step time while it ran against after it (the first
+// step, which also warms the device up, is left out of both).
+void report_preparation(const sy::SnapshotStatus& status, double prepare_start,
+                        double first_save_start, const std::vector<double>& step_ends,
+                        const std::vector<double>& step_seconds) {
+  const double prepared_at = prepare_start + status.prepare_seconds;
+  std::vector<double> during, after;
+  for (size_t i = 1; i < step_ends.size(); ++i)
+    (step_ends[i] <= prepared_at ? during : after).push_back(step_seconds[i]);
+  char first_save[96];
+  if (status.save_waited)
+    std::snprintf(first_save, sizeof first_save, "waited %.3f s for it", status.waited_seconds);
+  else
+    std::snprintf(first_save, sizeof first_save, "found it ready (%.3f s to spare)",
+                  first_save_start - prepared_at);
+  std::printf("  async start: snapshot memory %.2f GB (%s) prepared in the background in %.3f s; "
+              "%zu training steps (%.3f s) before the first save, which %s; saves that mapped "
+              "their own memory: %lld\n",
+              status.bytes / 1e9, status.pinned ? "page-locked" : "pageable",
+              status.prepare_seconds, step_ends.size(), first_save_start - prepare_start,
+              first_save, static_cast<long long>(status.saves_allocated));
+  std::printf("  async start: step %.1f ms (median of %zu) while preparing, %.1f ms (median of "
+              "%zu) after; first step %.1f ms\n",
+              1e3 * median(during), during.size(), 1e3 * median(after), after.size(),
+              step_seconds.empty() ? 0.0 : 1e3 * step_seconds.front());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -42,10 +133,11 @@ int main(int argc, char** argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   int status = 0;
   try {
-    if (argc < 2) throw std::runtime_error("usage: bench_checkpoint CONFIG [--set k=v ...] [--dir DIR] [--repeats N] [--modes sync,async] [--load 0] [--cold 1]");
+    if (argc < 2) throw std::runtime_error("usage: bench_checkpoint CONFIG [--set k=v ...] [--dir DIR] [--repeats N] [--modes sync,async] [--load 0] [--cold 1] [--steps N]");
     std::vector<std::string> overrides;
     std::string dir = (std::filesystem::temp_directory_path() / "sy_bench_checkpoint").string();
     int repeats = 3;
+    int steps_before_async = 20;  // training steps from the preparation's start to the first save
     bool cold = false;
     bool load = true;
     std::string modes_text = "sync,async";
@@ -58,11 +150,17 @@ int main(int argc, char** argv) {
       else if (arg == "--cold") cold = std::string(argv[++i]) != "0";
       else if (arg == "--modes") modes_text = argv[++i];
       else if (arg == "--load") load = std::string(argv[++i]) != "0";
+      else if (arg == "--steps") steps_before_async = std::max(0, std::stoi(argv[++i]));
       else throw std::runtime_error("unknown option " + arg);
     }
     sy::Config config = sy::load_config(argv[1], overrides);
     config.checkpoint.keep_last = 1;
     sy::ModelSession session = sy::make_model_session(config, MPI_COMM_WORLD);
+    // Leaving by an exception: the snapshot's preparation and a background write end before the
+    // backend they use does.
+    struct JoinBackground {
+      ~JoinBackground() { sy::join_checkpoint_write(); }
+    } join_background;
     std::vector<sy::Param*> params = session.model->params();
     std::unique_ptr<sy::Optimizer> optimizer = sy::make_optimizer(sy::optimizer_settings(config.train));
     optimizer->init_state(*session.backend, params);
@@ -87,6 +185,10 @@ int main(int argc, char** argv) {
       modes.push_back({name, name == "async", {}, {}});
     }
     if (modes.empty()) throw std::runtime_error("--modes: sync and/or async");
+    SyntheticTraining training(config, session, *optimizer);
+    // The async mode's start: the preparation and the steps that run while it does.
+    double prepare_start = 0, first_save_start = 0;
+    std::vector<double> step_ends, step_seconds;  // absolute end time and duration of each step
     std::vector<double> loads;
     std::string path;
     double bytes = 0;
@@ -102,9 +204,22 @@ int main(int argc, char** argv) {
     };
     for (Mode& mode : modes) {
       config.checkpoint.async = mode.async;
+      if (mode.async) {
+        MPI_Barrier(MPI_COMM_WORLD);
+        prepare_start = now_s();
+        sy::prepare_checkpoint_snapshot(config, *session.model, optimizer.get(), session.groups,
+                                        *session.backend);
+        for (int s = 0; s < steps_before_async; ++s) {
+          const double step_start = now_s();
+          training.step();
+          step_ends.push_back(now_s());
+          step_seconds.push_back(step_ends.back() - step_start);
+        }
+      }
       for (int r = 0; r < repeats; ++r) {
         MPI_Barrier(MPI_COMM_WORLD);
         const double start = now_s();
+        if (mode.async && r == 0) first_save_start = start;
         path = sy::save_checkpoint(dir, ++step, config, *session.model, optimizer.get(),
                                    session.groups, *session.backend);
         mode.stalls.push_back(now_s() - start);
@@ -129,10 +244,6 @@ int main(int argc, char** argv) {
         remove_checkpoints();
       }
     }
-    auto median = [](std::vector<double> v) {
-      std::sort(v.begin(), v.end());
-      return v[(v.size() - 1) / 2];  // of two, the faster
-    };
     if (rank == 0) {
       std::filesystem::create_directories(dir);
       // The disk's sequential write speed in the same run, same folder, same size: dd with fsync.
@@ -164,6 +275,8 @@ int main(int argc, char** argv) {
                     100.0 * bytes / 1e6 / write_s / dd_mb_s, mode.stalls.front());
       }
       std::printf("  %-6s %10s %10.3f %10.0f %8.0f%%\n", "dd", "", median(dd_times), dd_mb_s, 100.0);
+      if (prepare_start > 0) report_preparation(sy::checkpoint_snapshot_status(), prepare_start,
+                                                first_save_start, step_ends, step_seconds);
     }
     MPI_Barrier(MPI_COMM_WORLD);
     if (rank == 0) std::filesystem::remove_all(dir);

@@ -2,20 +2,24 @@
 // checkpoint.async writes the same file as a synchronous save (every tensor's bytes and every
 // attribute but provenance's `created`) with the same losses, and a full disk or a write error
 // fails the save cleanly: errno's text in one line naming the file, the previous checkpoint and
-// `latest` untouched, no temporary file left, in both modes. Runs at 1 and 2 ranks (at 2, with
-// expert_parallel 2, the writer receives the other rank's experts into its snapshot).
+// `latest` untouched, no temporary file left, in both modes; the snapshot memory prepared in the
+// background serves the first save whether or not the preparation has finished by then. Runs at
+// 1 and 2 ranks (at 2, with expert_parallel 2, the writer receives the other rank's experts into
+// its snapshot).
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <mpi.h>
 #include <sys/mount.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "checkpoint_tamper.h"
 #include "parallel/process_groups.h"
@@ -154,6 +158,60 @@ TEST_F(CheckpointWriteTest, AsyncWritesTheSyncFile) {
   std::string named;
   std::getline(latest, named);
   EXPECT_EQ(named, checkpoint_file_name(6));
+}
+
+// The snapshot's host memory is prepared in the background from the start of an async run
+// (trainer/checkpoint_snapshot.h). Whether the first save comes while the preparation still runs
+// or after it finished, every save writes the synchronous save's file and takes the prepared
+// memory (none maps its own). `options` and the preparation's test hook pick the case.
+void expect_prepared_saves_write_the_sync_file(const std::string& name, const Config& base,
+                                               const TrainOptions& options, bool save_waits) {
+  Config sync_config = base;
+  sync_config.run.dir = (CheckpointWriteTest::dir / (name + "_sync")).string();
+  sync_config.checkpoint.every = 1;  // the first save right after the start
+  sync_config.train.steps = 3;
+  Config async_config = sync_config;
+  async_config.run.dir = (CheckpointWriteTest::dir / (name + "_async")).string();
+  async_config.checkpoint.async = true;
+  const TrainSummary sync_run = train(sync_config, {.print = false});
+  const TrainSummary async_run = train(async_config, options);
+  ASSERT_EQ(async_run.losses, sync_run.losses);
+  if (world_rank() != 0) return;
+  const SnapshotStatus status = checkpoint_snapshot_status();
+  EXPECT_TRUE(status.finished);
+  EXPECT_EQ(status.save_waited, save_waits);
+  EXPECT_EQ(status.saves_served, 3);
+  EXPECT_EQ(status.saves_allocated, 0);
+  EXPECT_GT(status.bytes, 0u);
+  for (int64_t step : {1, 2, 3})
+    expect_same_file(
+        (fs::path(checkpoint_dir(sync_config)) / checkpoint_file_name(step)).string(),
+        (fs::path(checkpoint_dir(async_config)) / checkpoint_file_name(step)).string());
+}
+
+TEST_F(CheckpointWriteTest, FirstAsyncSaveWaitsForAnUnfinishedPreparation) {
+  // The preparation is held back until the first save waits for it (given up after two minutes,
+  // so that a save that never waits fails the checks instead of hanging the test).
+  set_checkpoint_snapshot_test_hook([] {
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+    while (!checkpoint_snapshot_status().save_waiting && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  });
+  struct Unhook {
+    ~Unhook() { set_checkpoint_snapshot_test_hook(nullptr); }
+  } unhook;
+  expect_prepared_saves_write_the_sync_file("unfinished", base_config(""), {.print = false}, true);
+}
+
+TEST_F(CheckpointWriteTest, FirstAsyncSaveTakesAFinishedPreparation) {
+  TrainOptions options{.print = false};
+  options.after_backward = [](int64_t step, const std::vector<Param*>&, Backend&) {
+    // Before step 1's save: join_checkpoint_write also joins the preparation.
+    if (step == 1 && world_rank() == 0) {
+      EXPECT_EQ(join_checkpoint_write(), "");
+    }
+  };
+  expect_prepared_saves_write_the_sync_file("finished", base_config(""), options, false);
 }
 
 // A stop signal during an async run: the stop's save is complete (and `latest` names it) when

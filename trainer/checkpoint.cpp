@@ -57,6 +57,19 @@ std::string join(const std::vector<std::string>& items, const std::string& separ
   return out;
 }
 
+// set_checkpoint_snapshot_test_hook's hook: runs first on the preparation's thread.
+std::function<void()>& snapshot_test_hook() {
+  static std::function<void()> hook;
+  return hook;
+}
+
+// The host memory of asynchronous saves and its preparation (world rank 0 only; one per
+// process), kept from one save to the next: a run's saves have the same sizes.
+SnapshotMemory& snapshot_memory() {
+  static SnapshotMemory memory;
+  return memory;
+}
+
 // The background write of the last asynchronous save (world rank 0 only; one per process).
 BackgroundWrite& background_write() {
   static BackgroundWrite write;
@@ -113,17 +126,8 @@ struct SnapshotTensor {
   std::vector<int64_t> shape;  // the file's shape: [E, ...] for experts
   bool is_expert = false;
   DType dtype = DType::f32;
-  char* bytes = nullptr;       // in snapshot_buffers()
+  char* bytes = nullptr;       // in the save's SnapshotArena
 };
-
-// The host memory of asynchronous saves, one buffer per dataset, kept from one save to the next:
-// a run's saves have the same sizes, and fresh memory costs page faults on the step's critical
-// path (measured: 2.6 s instead of 0.2 s for the 1.2 GB snapshot of bench/bench_checkpoint's
-// 99.4M model on the 2-core VM). Only touched while no background write runs.
-std::vector<std::vector<char>>& snapshot_buffers() {
-  static std::vector<std::vector<char>> buffers;
-  return buffers;
-}
 
 bool hdf5_threadsafe() {
   hbool_t threadsafe = 0;
@@ -141,13 +145,32 @@ void set_checkpoint_test_hook(std::function<void(const std::string&)> hook) {
   test_hook() = std::move(hook);
 }
 
+void set_checkpoint_snapshot_test_hook(std::function<void()> hook) {
+  snapshot_test_hook() = std::move(hook);
+}
+
+void prepare_checkpoint_snapshot(const Config& config, Transformer& model, Optimizer* optimizer,
+                                 ProcessGroups& groups, Backend& backend) {
+  if (!config.checkpoint.async || groups.world->rank() != 0) return;
+  // The same entries, in the same order, as save_checkpoint walks.
+  const std::vector<size_t> dataset_bytes =
+      snapshot_dataset_bytes(checkpoint_entries(model, optimizer, backend), groups.ep_size());
+  snapshot_memory().prepare(dataset_bytes, backend, snapshot_test_hook());
+}
+
+SnapshotStatus checkpoint_snapshot_status() { return snapshot_memory().status(); }
+
 void finish_checkpoint_write(ProcessGroups& groups) {
   const std::string problem = background_write().wait();  // "" on every rank but world rank 0
   groups.world->barrier_sleeping();  // the other ranks sleep while rank 0 waits
   agree_or_throw(*groups.world, problem);
 }
 
-std::string join_checkpoint_write() { return background_write().wait(); }
+std::string join_checkpoint_write() {
+  const std::string error = background_write().wait();
+  snapshot_memory().wait();  // its failure matters only to a save, which reports it
+  return error;
+}
 
 std::string save_checkpoint(const std::string& dir, int64_t step, const Config& config,
                             Transformer& model, Optimizer* optimizer, ProcessGroups& groups,
@@ -171,6 +194,7 @@ std::string save_checkpoint(const std::string& dir, int64_t step, const Config& 
   std::vector<CheckpointEntry> entries = checkpoint_entries(model, optimizer, backend);
   std::string problem;
   std::unique_ptr<Writer> out;
+  std::shared_ptr<SnapshotArena> arena;  // async: the snapshot's memory, dataset i for entries[i]
   std::vector<SnapshotTensor> snapshot;
   bool snapshot_ok = async;
   h5::QuietErrors quiet;
@@ -185,6 +209,7 @@ std::string save_checkpoint(const std::string& dir, int64_t step, const Config& 
       std::error_code error;
       fs::create_directories(dir, error);
       if (error) throw std::runtime_error("cannot create folder " + dir + ": " + error.message());
+      if (async) arena = snapshot_memory().take(snapshot_dataset_bytes(entries, P));
       if (!async) {
         out = std::make_unique<Writer>(temporary_path);
         write_checkpoint_header(out->file(), step, optimizer_step, config,
@@ -212,13 +237,9 @@ std::string save_checkpoint(const std::string& dir, int64_t step, const Config& 
       if (like.dtype() != DType::f32 && like.dtype() != DType::f64)
         throw std::runtime_error(std::string("checkpoint: cannot store a ") + dtype_name(like.dtype()) +
                                  " tensor (master weights are f32 or f64)");
-      int64_t elements = 1;
-      for (int64_t d : shape) elements *= d;
-      std::vector<std::vector<char>>& buffers = snapshot_buffers();
-      if (buffers.size() <= snapshot.size()) buffers.resize(snapshot.size() + 1);
-      std::vector<char>& buffer = buffers[snapshot.size()];
-      buffer.resize(elements * (like.dtype() == DType::f64 ? 8 : 4));
-      snapshot.push_back({dataset, shape, is_expert, like.dtype(), buffer.data()});
+      // Datasets begin in the entries' order, so the snapshot's next is the arena's next.
+      char* bytes = arena->dataset(snapshot.size());
+      snapshot.push_back({dataset, shape, is_expert, like.dtype(), bytes});
     }
   };
   auto end_dataset = [&] {
@@ -282,8 +303,10 @@ std::string save_checkpoint(const std::string& dir, int64_t step, const Config& 
   if (writer && async && snapshot_ok) {
     // The file from the snapshot, on a thread of its own; its error surfaces at the next save or
     // at finish_checkpoint_write. No MPI and no backend calls there: only host memory and HDF5.
+    // It holds `arena`, so the memory it reads stays mapped until it is done.
     auto tensors = std::make_shared<std::vector<SnapshotTensor>>(std::move(snapshot));
-    auto write = [tensors, temporary_path, final_path, dir, config, run_id, step, optimizer_step,
+    auto write = [tensors, arena, temporary_path, final_path, dir, config, run_id, step,
+                  optimizer_step,
                   provenance_text =
                       checkpoint_provenance(config, groups.size(), groups.ep_size(), run_id),
                   tokenizer = read_run_tokenizer(config)]() -> std::string {

@@ -8,8 +8,9 @@
 //
 // This header is the collective save and load; it includes the parts they tie together, so that
 // callers need only it: the layout and reading (trainer/checkpoint_format.h), the config rules of
-// a resume (trainer/checkpoint_compat.h) and the provenance (trainer/provenance.h). The file
-// writer is trainer/checkpoint_writer.h, the atomic renames trainer/atomic_file.h.
+// a resume (trainer/checkpoint_compat.h), the provenance (trainer/provenance.h) and the snapshot
+// memory of asynchronous saves (trainer/checkpoint_snapshot.h). The file writer is
+// trainer/checkpoint_writer.h, the atomic renames trainer/atomic_file.h.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -22,6 +23,7 @@
 #include "parallel/process_groups.h"
 #include "trainer/checkpoint_compat.h"
 #include "trainer/checkpoint_format.h"
+#include "trainer/checkpoint_snapshot.h"
 #include "trainer/config.h"
 #include "trainer/provenance.h"
 
@@ -53,9 +55,24 @@ std::string save_checkpoint(const std::string& dir, int64_t step, const Config& 
 // if any; when it failed, every rank throws CollectiveError naming the file (the previous
 // checkpoints and `latest` untouched). save_checkpoint calls it first; train() before it returns.
 void finish_checkpoint_write(ProcessGroups& groups);
-// Not collective, never throws: waits for the background write and returns its error ("" when
-// none). For paths that leave by an exception, so that no write is cut off.
+// Not collective, never throws: waits for the background write (and for the snapshot memory's
+// preparation) and returns the write's error ("" when none). For paths that leave by an
+// exception, so that no write is cut off and no thread outlives the run.
 std::string join_checkpoint_write();
+
+// checkpoint.async: prepares the snapshot's host memory on a thread of its own (world rank 0
+// only; a no-op elsewhere and without checkpoint.async), so that the first save stalls the step
+// no longer than the later ones (trainer/checkpoint_snapshot.h): sized from the datasets a save
+// of `model` and `optimizer` holds (initialising the optimizer's state, as a save would), mapped
+// and written once and, on CUDA, page-locked. The memory is held from then on, for
+// every later save. save_checkpoint waits for the preparation (its failure becomes that save's
+// error) and join_checkpoint_write joins it; `backend` must outlive that. Not collective. Call
+// it once the model and optimizer exist (and any resume is loaded), before the first step.
+void prepare_checkpoint_snapshot(const Config& config, Transformer& model, Optimizer* optimizer,
+                                 ProcessGroups& groups, Backend& backend);
+// What the last preparation did and what the saves since took from it (bench_checkpoint
+// reports it; tests check it).
+SnapshotStatus checkpoint_snapshot_status();
 
 struct LoadResult {
   CheckpointHeader header;
@@ -97,5 +114,8 @@ ResumePoint resume_from(const std::string& resume, const std::string& dir, const
 // fsynced) and before it is renamed into place, with the temporary file's path. Throwing from it
 // simulates a crash at that point (the temporary file is left behind, as a crash would leave it).
 void set_checkpoint_test_hook(std::function<void(const std::string& temporary_path)> hook);
+// Tests only: called first on the thread of the snapshot memory's preparation
+// (prepare_checkpoint_snapshot), to hold the preparation back until a save waits for it.
+void set_checkpoint_snapshot_test_hook(std::function<void()> hook);
 
 }  // namespace sy

@@ -49,6 +49,20 @@ double cgroup_number(const char* path) {
   return value;
 }
 
+// checkpoint.async's snapshot on world rank 0 (trainer/checkpoint_snapshot.h): a whole
+// checkpoint in host memory, every expert included, held from the start of the run: the fp32
+// weights, AdamW's two moments, and the expert biases when bias balancing is on.
+constexpr const char* kSnapshotItem = "checkpoint snapshot (rank 0)";
+
+double checkpoint_snapshot_bytes(const Config& config, const ModelCard& card) {
+  if (!config.checkpoint.async) return 0;
+  const double copies = config.train.optimizer == OptimizerKind::adamw ? 3 : 1;
+  const double biases = config.moe.bias_update_rate > 0
+                            ? static_cast<double>(card.moe_layers) * config.moe.num_experts
+                            : 0.0;
+  return 4 * (copies * static_cast<double>(card.total_params) + biases);
+}
+
 }  // namespace
 
 double MemoryEstimate::total_bytes() const {
@@ -161,6 +175,7 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
     const auto file_bytes = std::filesystem::file_size(config.data.path, error);
     add("token data", error ? 0.0 : 2.0 * static_cast<double>(file_bytes));
     add("process (MPI, BLAS, HDF5)", kCpuProcessBytes);
+    add(kSnapshotItem, checkpoint_snapshot_bytes(config, card));
   }
   return estimate;
 }
@@ -203,7 +218,7 @@ std::string memory_check_problem(const MemoryEstimate& estimate, double needed, 
          "pass --set run.memory_check=false to start anyway";
 }
 
-MemoryCheck check_memory(const Config& config, Backend& backend, CommHandle world) {
+MemoryCheck check_memory(const Config& config, Backend& backend, CommHandle world, bool writer) {
   const MemoryEstimate estimate = estimate_memory_per_rank(config);
   double needed = estimate.total_bytes(), available = 0;
   std::string where;
@@ -216,7 +231,11 @@ MemoryCheck check_memory(const Config& config, Backend& backend, CommHandle worl
     const double held_by_node = held_by_host.sum;
     const HostMemory host = host_available_memory();
     if (host.bytes > 0) available = host.bytes + held_by_node;
-    needed *= ranks;
+    // Every rank of the host needs the estimate but the snapshot, which only the writer holds.
+    double snapshot = 0;
+    for (const MemoryItem& item : estimate.items)
+      if (item.name == kSnapshotItem) snapshot = item.bytes;
+    needed = (needed - snapshot) * ranks + sum_over_host(world, writer ? snapshot : 0.0).sum;
     where = "this host (" + (host.source.empty() ? std::string("unknown") : host.source) + ", " +
             std::to_string(ranks) + (ranks == 1 ? " rank)" : " ranks)");
   }

@@ -27,8 +27,9 @@ struct MemoryEstimate {
 
 // One rank's peak for config.run.backend: fp32 master weights, gradients, optimizer state, the
 // bf16 compute copies (precision bf16), the activations backward keeps under train.recompute,
-// one layer's workspace, the LM head's logits chunk, and on the CPU the token data and the
-// process's own footprint. Experts are this rank's E / expert_parallel; routing is assumed
+// one layer's workspace, the LM head's logits chunk, and on the CPU the token data, the
+// process's own footprint and, with checkpoint.async, world rank 0's snapshot of a whole
+// checkpoint (check_memory counts it once; on CUDA it is host memory, outside this estimate). Experts are this rank's E / expert_parallel; routing is assumed
 // balanced (each rank receives micro_batch * seq_len * top_k expert rows).
 MemoryEstimate estimate_memory_per_rank(const Config& config);
 
@@ -53,12 +54,13 @@ std::string memory_check_problem(const MemoryEstimate& estimate, double needed, 
 // Collective over `world`: the estimate against what this rank's device offers
 // (Backend::available_memory_bytes), or on the CPU against this node's host memory shared by
 // its ranks (MemAvailable or the cgroup's room, plus what those ranks already hold resident,
-// against the estimate times their number). Two ranks sharing one GPU are not counted together.
+// against the estimate times their number, checkpoint.async's snapshot counted once, on the
+// host of the `writer`: world rank 0). Two ranks sharing one GPU are not counted together.
 struct MemoryCheck {
   std::string summary;  // "memory estimate: ... per rank; ... available on ..." (startup line)
   std::string problem;  // memory_check_problem's line, "" when it fits or run.memory_check is off
 };
-MemoryCheck check_memory(const Config& config, Backend& backend, CommHandle world);
+MemoryCheck check_memory(const Config& config, Backend& backend, CommHandle world, bool writer);
 
 // "1.5 GiB", "320 MiB".
 std::string format_memory(double bytes);

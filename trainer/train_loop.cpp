@@ -384,7 +384,7 @@ Run::Run(const Config& config_in, const TrainOptions& options_in)
       for (const std::string& line : messages) console.print("%s\n", line.c_str());
   }
   // Before the optimizer's state and the first activations exist.
-  memory_check = check_memory(config, backend, options.world);
+  memory_check = check_memory(config, backend, options.world, lead);
   agree_or_throw(world, memory_check.problem);
   params = model.params();
   optimizer = make_optimizer(optimizer_settings(config.train));
@@ -833,6 +833,9 @@ TrainSummary finish(Run& run, TrainState& state) {
 TrainSummary train(const Config& config, const TrainOptions& options) {
   Run run(config, options);
   TrainState state = start_or_resume(run);
+  // checkpoint.async: the snapshot's host memory, prepared while the first steps run.
+  if (state.step < config.train.steps)
+    prepare_checkpoint_snapshot(config, run.model, run.optimizer.get(), run.groups, run.backend);
   RunOutputs outputs = open_outputs(run, state);
   const TrainData data = load_train_data(run);
   announce(run, data, state);
