@@ -691,25 +691,21 @@ void speed(sy::cuda::Context& ctx, bool quick, std::vector<Timing>& table) {
       // A slow kernel gets fewer repetitions so that the whole run stays within minutes.
       const int reps = p.flops() > 1e12 ? 10 : 20;
       auto grouped = [&](int i) { sy::cuda::grouped_gemm_sm90(ctx, make_args(p, bufs[i % sets])); };
+      // One version with the kernel's own tile width, then each width forced.
+      auto time_widths = [&](int version, double& ms_auto, double& ms_128, double& ms_256) {
+        set_version(version);
+        ms_auto = time_ms(ctx.stream, reps, p.name(), grouped);
+        set_bn(128);
+        ms_128 = time_ms(ctx.stream, reps, p.name(), grouped);
+        set_bn(256);
+        ms_256 = time_ms(ctx.stream, reps, p.name(), grouped);
+        set_bn(0);
+      };
       if (t.ok) {
         set_version(1);
         t.ms_v1 = time_ms(ctx.stream, reps, p.name(), grouped);
-        set_version(2);
-        t.ms_v2 = time_ms(ctx.stream, reps, p.name(), grouped);
-        set_bn(128);
-        t.ms_v2_128 = time_ms(ctx.stream, reps, p.name(), grouped);
-        set_bn(256);
-        t.ms_v2_256 = time_ms(ctx.stream, reps, p.name(), grouped);
-        set_bn(0);
-        if (has_v3) {
-          set_version(3);
-          t.ms_v3 = time_ms(ctx.stream, reps, p.name(), grouped);
-          set_bn(128);
-          t.ms_v3_128 = time_ms(ctx.stream, reps, p.name(), grouped);
-          set_bn(256);
-          t.ms_v3_256 = time_ms(ctx.stream, reps, p.name(), grouped);
-          set_bn(0);
-        }
+        time_widths(2, t.ms_v2, t.ms_v2_128, t.ms_v2_256);
+        if (has_v3) time_widths(3, t.ms_v3, t.ms_v3_128, t.ms_v3_256);
       }
       set_version(2);
       t.ms_dense = time_ms(ctx.stream, reps, "cublas dense", [&](int i) {
