@@ -44,6 +44,22 @@ TEST(MemoryEstimate, RecomputeAndExpertParallelLowerIt) {
   EXPECT_LT(estimate_memory_per_rank(config).total_bytes(), layer);
 }
 
+// On a device the estimate leaves host memory out; checkpoint.async's host copy is checked apart.
+TEST(MemoryEstimate, AsyncSnapshotIsCheckedAgainstTheHost) {
+  Config config = load_config("configs/bench/moe.yaml");
+  EXPECT_EQ(checkpoint_snapshot_bytes(config), 0.0) << "checkpoint.async is off there";
+  config.checkpoint.async = true;
+  const double snapshot = checkpoint_snapshot_bytes(config);
+  // 1.81B parameters x (weights + two AdamW moments) x 4 bytes: the 21.7 GB file.
+  EXPECT_NEAR(snapshot / 1e9, 21.7, 0.1);
+  EXPECT_EQ(snapshot_host_problem(snapshot, {2 * snapshot, "MemAvailable"}), "");
+  EXPECT_EQ(snapshot_host_problem(snapshot, {0, ""}), "") << "unknown: not refused";
+  const std::string problem = snapshot_host_problem(snapshot, {8 * kGiB, "cgroup limit 16.0 GiB"});
+  for (const char* fragment : {"checkpoint.async", "20.3 GiB", "8.0 GiB", "cgroup limit 16.0 GiB",
+                               "run.memory_check=false"})
+    EXPECT_NE(problem.find(fragment), std::string::npos) << problem;
+}
+
 class MemoryRun : public test::DistTrain {};
 
 TEST_F(MemoryRun, CpuEstimateWithinAFactorOfTwoOfMeasuredPeakRss) {

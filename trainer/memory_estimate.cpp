@@ -54,7 +54,7 @@ double cgroup_number(const char* path) {
 // weights, AdamW's two moments, and the expert biases when bias balancing is on.
 constexpr const char* kSnapshotItem = "checkpoint snapshot (rank 0)";
 
-double checkpoint_snapshot_bytes(const Config& config, const ModelCard& card) {
+double snapshot_bytes(const Config& config, const ModelCard& card) {
   if (!config.checkpoint.async) return 0;
   const double copies = config.train.optimizer == OptimizerKind::adamw ? 3 : 1;
   const double biases = config.moe.bias_update_rate > 0
@@ -64,6 +64,18 @@ double checkpoint_snapshot_bytes(const Config& config, const ModelCard& card) {
 }
 
 }  // namespace
+
+double checkpoint_snapshot_bytes(const Config& config) {
+  return config.checkpoint.async ? snapshot_bytes(config, make_model_card(config)) : 0.0;
+}
+
+std::string snapshot_host_problem(double snapshot_bytes, const HostMemory& host) {
+  if (host.bytes <= 0 || snapshot_bytes <= host.bytes) return "";
+  return "checkpoint.async keeps a host copy of every checkpoint, about " +
+         format_memory(snapshot_bytes) + " on world rank 0, but its host has " +
+         format_memory(host.bytes) + " available (" + host.source +
+         "); set checkpoint.async=false, or pass --set run.memory_check=false to start anyway";
+}
 
 double MemoryEstimate::total_bytes() const {
   double total = 0;
@@ -175,7 +187,7 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
     const auto file_bytes = std::filesystem::file_size(config.data.path, error);
     add("token data", error ? 0.0 : 2.0 * static_cast<double>(file_bytes));
     add("process (MPI, BLAS, HDF5)", kCpuProcessBytes);
-    add(kSnapshotItem, checkpoint_snapshot_bytes(config, card));
+    add(kSnapshotItem, snapshot_bytes(config, card));
   }
   return estimate;
 }
@@ -222,9 +234,13 @@ MemoryCheck check_memory(const Config& config, Backend& backend, CommHandle worl
   const MemoryEstimate estimate = estimate_memory_per_rank(config);
   double needed = estimate.total_bytes(), available = 0;
   std::string where;
+  std::string host_problem;
   if (backend.device() != Device::cpu) {
     available = static_cast<double>(backend.available_memory_bytes());
     where = backend.name();
+    // The device estimate leaves out host memory; the snapshot is the one large host item.
+    const double snapshot = sum_over_host(world, writer ? checkpoint_snapshot_bytes(config) : 0.0).sum;
+    if (snapshot > 0) host_problem = snapshot_host_problem(snapshot, host_available_memory());
   } else {
     const HostShare held_by_host = sum_over_host(world, resident_bytes());
     const int ranks = held_by_host.ranks;
@@ -243,7 +259,10 @@ MemoryCheck check_memory(const Config& config, Backend& backend, CommHandle worl
   check.summary = "memory estimate " + estimate.describe() + " per rank; " +
                   (available > 0 ? format_memory(available) : std::string("unknown")) +
                   " available on " + where;
-  if (config.run.memory_check) check.problem = memory_check_problem(estimate, needed, available, where);
+  if (config.run.memory_check) {
+    check.problem = memory_check_problem(estimate, needed, available, where);
+    if (check.problem.empty()) check.problem = host_problem;
+  }
   else check.summary += " (run.memory_check off)";
   return check;
 }

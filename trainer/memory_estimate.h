@@ -51,11 +51,20 @@ double peak_resident_bytes();
 std::string memory_check_problem(const MemoryEstimate& estimate, double needed, double available,
                                  const std::string& where);
 
+// checkpoint.async's host copy of a whole checkpoint (bytes; 0 when the option is off), which
+// world rank 0 holds from the start of the run (trainer/checkpoint_snapshot.h).
+double checkpoint_snapshot_bytes(const Config& config);
+
+// "" when a host copy of `snapshot_bytes` fits in `host` (or host.bytes is 0: unknown); else the
+// one-line refusal naming both numbers, checkpoint.async and run.memory_check=false.
+std::string snapshot_host_problem(double snapshot_bytes, const HostMemory& host);
+
 // Collective over `world`: the estimate against what this rank's device offers
 // (Backend::available_memory_bytes), or on the CPU against this node's host memory shared by
 // its ranks (MemAvailable or the cgroup's room, plus what those ranks already hold resident,
 // against the estimate times their number, checkpoint.async's snapshot counted once, on the
-// host of the `writer`: world rank 0). Two ranks sharing one GPU are not counted together.
+// host of the `writer`: world rank 0). Two ranks sharing one GPU are not counted together. On a
+// device, the writer's host is checked for the snapshot too (snapshot_host_problem).
 struct MemoryCheck {
   std::string summary;  // "memory estimate: ... per rank; ... available on ..." (startup line)
   std::string problem;  // memory_check_problem's line, "" when it fits or run.memory_check is off
