@@ -304,81 +304,166 @@ std::string attribute_message_problem(const uint8_t* body, uint64_t size, size_t
 
 }  // namespace
 
-void check_attribute_messages(hid_t object) {
-  constexpr int kAttributeMessage = 0x0C, kContinuationMessage = 0x10;
-  constexpr size_t kMaxChunks = 64;
-  const RawObject object_bytes(object);
-  const RawFile& raw = object_bytes.raw;
-  if (!raw.valid()) return;  // HDF5 has it open; a file we cannot reopen is not ours to judge
-  const uint64_t base = object_bytes.base;
-  // A version 1 header: version 1, reserved, message count (u16), reference count (u32), the
-  // first chunk's size (u32), padding to 16; its messages follow. Version 2 headers ("OHDR")
-  // carry checksums that HDF5 verifies before decoding anything: those are left to it.
-  const std::vector<uint8_t> prefix = raw.read(base + object_bytes.info.addr, 16);
-  if (prefix.size() < 16 || prefix[0] != 1) return;
-  std::vector<std::pair<uint64_t, uint64_t>> chunks{
-      {object_bytes.info.addr + 16, std::min(little_endian(&prefix[8], 4), kMaxHeaderBytes)}};
-  for (size_t c = 0; c < chunks.size(); ++c) {
-    const std::vector<uint8_t> chunk = raw.read(base + chunks[c].first, chunks[c].second);
-    // A message: type (u16), body size (u16), flags, 3 reserved, the body.
-    for (uint64_t at = 0; at + 8 <= chunk.size();) {
-      const int type = static_cast<int>(little_endian(&chunk[at], 2));
-      const uint64_t size = std::min<uint64_t>(little_endian(&chunk[at + 2], 2), chunk.size() - at - 8);
-      const bool shared = chunk[at + 4] & 2;  // the body points at a message stored elsewhere
-      const uint8_t* body = &chunk[at + 8];
-      if (type == kAttributeMessage && !shared) {
-        const std::string problem = attribute_message_problem(body, size, object_bytes.length_bytes);
-        if (!problem.empty())
-          throw Hdf5Error("damaged attribute message at byte " +
-                          std::to_string(base + chunks[c].first + at) + ": " + problem);
+namespace {
+
+constexpr int kAttributeMessage = 0x0C, kContinuationMessage = 0x10;
+
+// One message of an object header as the file holds it.
+struct HeaderMessage {
+  int type = 0;
+  uint8_t flags = 0;
+  uint64_t file_offset = 0;  // of its message header
+  const uint8_t* body = nullptr;
+  uint64_t size = 0;         // clipped to its chunk
+};
+
+// The chunks of `object`'s header, read beside HDF5, and their messages: the first chunk, then
+// every continuation message's chunk, in the order met (at most 64, each at most 1 MiB).
+//   version 1: version 1, reserved, message count (u16), reference count (u32), the first
+//              chunk's size (u32), padding to 16, then messages of type (u16), body size (u16),
+//              flags, 3 reserved; continuation chunks hold messages only.
+//   version 2: "OHDR", version 2, flags (bit 5: four times, bit 4: two phase-change u16s, bits
+//              0-1: the width of the first chunk's size), that size, then messages of type
+//              (u8), body size (u16), flags, and a u16 creation order when flags bit 2 is set;
+//              a 4-byte checksum ends each chunk; continuation chunks begin with "OCHK".
+class ObjectHeader {
+ public:
+  explicit ObjectHeader(const RawObject& object) : object_(object) {
+    const std::vector<uint8_t> start = object.raw.read(object.base + object.info.addr, 32);
+    if (start.size() >= 16 && start[0] == 1) {
+      version_ = 1;
+      add_chunk(object.info.addr + 16, little_endian(&start[8], 4), 0, 0);
+    } else if (start.size() >= 8 && std::memcmp(start.data(), "OHDR", 4) == 0 && start[4] == 2) {
+      version_ = 2;
+      const uint8_t flags = start[5];
+      message_header_ = (flags & 0x04) ? 6 : 4;
+      const uint64_t size_at = 6 + ((flags & 0x20) ? 16 : 0) + ((flags & 0x10) ? 4 : 0);
+      const int size_bytes = 1 << (flags & 3);
+      if (size_at + size_bytes <= start.size()) {
+        const uint64_t messages = little_endian(&start[size_at], size_bytes);
+        add_chunk(object.info.addr, size_at + size_bytes + messages + 4, size_at + size_bytes, 4);
       }
-      if (type == kContinuationMessage && size >= object_bytes.address_bytes + object_bytes.length_bytes &&
-          chunks.size() < kMaxChunks) {
-        const int address_bytes = static_cast<int>(object_bytes.address_bytes);
-        const uint64_t address = little_endian(body, address_bytes);
-        const uint64_t length = little_endian(body + address_bytes, static_cast<int>(object_bytes.length_bytes));
-        if (length <= kMaxHeaderBytes) chunks.emplace_back(address, length);
+    }
+    for (size_t c = 0; c < chunks_.size(); ++c) {
+      // Collected first: adding a chunk moves the one being walked.
+      std::vector<std::pair<uint64_t, uint64_t>> continuations;
+      for_each_message_of(chunks_[c], [&](const HeaderMessage& message) {
+        if (message.type != kContinuationMessage) return;
+        const int address_bytes = static_cast<int>(object.address_bytes);
+        const int length_bytes = static_cast<int>(object.length_bytes);
+        if (message.size < static_cast<uint64_t>(address_bytes + length_bytes)) return;
+        continuations.emplace_back(little_endian(message.body, address_bytes),
+                                   little_endian(message.body + address_bytes, length_bytes));
+      });
+      for (const auto& [address, length] : continuations) {
+        if (version_ == 1) add_chunk(address, length, 0, 0);
+        else add_chunk(address, length, 4, 4);  // "OCHK" ... checksum
       }
-      at += 8 + size;
     }
   }
+
+  int version() const { return version_; }  // 0: neither layout (not ours to judge)
+
+  // Each chunk's bytes, whole: what the heap check scans for addresses.
+  template <class F>
+  void for_each_chunk(F&& visit) const {
+    for (const Chunk& chunk : chunks_) visit(chunk.bytes);
+  }
+
+  template <class F>
+  void for_each_message(F&& visit) const {
+    for (const Chunk& chunk : chunks_) for_each_message_of(chunk, visit);
+  }
+
+ private:
+  struct Chunk {
+    uint64_t address = 0;
+    std::vector<uint8_t> bytes;
+    uint64_t messages_at = 0, messages_end = 0;
+  };
+
+  void add_chunk(uint64_t address, uint64_t length, uint64_t head, uint64_t tail) {
+    constexpr size_t kMaxChunks = 64;
+    if (chunks_.size() >= kMaxChunks || length > kMaxHeaderBytes || length < head + tail ||
+        !seen_.insert(address).second)
+      return;
+    Chunk chunk{address, object_.raw.read(object_.base + address, length), head, 0};
+    if (version_ == 2 && head == 4 && (chunk.bytes.size() < 4 || std::memcmp(chunk.bytes.data(), "OCHK", 4) != 0))
+      return;  // not a continuation chunk: HDF5 refuses it on its own
+    chunk.messages_end = chunk.bytes.size() >= tail ? chunk.bytes.size() - tail : 0;
+    chunks_.push_back(std::move(chunk));
+  }
+
+  template <class F>
+  void for_each_message_of(const Chunk& chunk, F&& visit) const {
+    const std::vector<uint8_t>& bytes = chunk.bytes;
+    const uint64_t header = version_ == 1 ? 8 : message_header_;
+    for (uint64_t at = chunk.messages_at; at + header <= chunk.messages_end;) {
+      HeaderMessage message;
+      message.type = static_cast<int>(version_ == 1 ? little_endian(&bytes[at], 2) : bytes[at]);
+      const uint64_t size_at = version_ == 1 ? 2 : 1;
+      message.size = std::min<uint64_t>(little_endian(&bytes[at + size_at], 2),
+                                        chunk.messages_end - at - header);
+      message.flags = bytes[at + size_at + 2];
+      message.file_offset = object_.base + chunk.address + at;
+      message.body = &bytes[at + header];
+      visit(message);
+      at += header + message.size;
+    }
+  }
+
+  const RawObject& object_;
+  int version_ = 0;
+  uint64_t message_header_ = 4;  // version 2's
+  std::vector<Chunk> chunks_;
+  std::set<uint64_t> seen_;
+};
+
+}  // namespace
+
+void check_attribute_messages(hid_t object) {
+  const RawObject object_bytes(object);
+  if (!object_bytes.raw.valid()) return;  // HDF5 has it open; a file we cannot reopen is not ours to judge
+  const ObjectHeader header(object_bytes);
+  // Version 2 headers carry checksums that HDF5 verifies before decoding anything.
+  if (header.version() != 1) return;
+  header.for_each_message([&](const HeaderMessage& message) {
+    const bool shared = message.flags & 2;  // the body points at a message stored elsewhere
+    if (message.type != kAttributeMessage || shared) return;
+    const std::string problem =
+        attribute_message_problem(message.body, message.size, object_bytes.length_bytes);
+    if (!problem.empty())
+      throw Hdf5Error("damaged attribute message at byte " + std::to_string(message.file_offset) +
+                      ": " + problem);
+  });
 }
 
 void check_global_heaps(hid_t object, const char* attribute) {
   constexpr uint64_t kMaxHeapBytes = uint64_t{64} << 20;
-  constexpr size_t kMaxRegions = 64;
   const RawObject object_bytes(object);
   const RawFile& raw = object_bytes.raw;
   if (!raw.valid()) return;  // HDF5 has it open; a file we cannot reopen is not ours to judge
-  const H5O_info_t& info = object_bytes.info;
   const uint64_t base = object_bytes.base;
-
-  // Every 8-byte value in the header is a candidate address: a heap ID's collection address is
-  // one, and so is a continuation chunk's (address, length) pair, which is scanned in turn.
-  std::vector<std::pair<uint64_t, uint64_t>> regions{
-      {info.addr, std::min<uint64_t>(info.hdr.space.total + 16, kMaxHeaderBytes)}};
-  std::set<uint64_t> seen_regions{info.addr}, seen_heaps;
-  for (size_t r = 0; r < regions.size(); ++r) {
-    const std::vector<uint8_t> header = raw.read(base + regions[r].first, regions[r].second);
-    if (attribute) {
-      const uint64_t claim = vlen_attribute_claim(header, attribute);
+  const ObjectHeader header(object_bytes);
+  if (attribute) {
+    header.for_each_chunk([&](const std::vector<uint8_t>& chunk) {
+      const uint64_t claim = vlen_attribute_claim(chunk, attribute);
       if (claim > raw.size())
         throw Hdf5Error("its variable-length value claims " + std::to_string(claim) +
                         " bytes, more than the file's " + std::to_string(raw.size()));
-    }
-    for (size_t at = 0; at + 8 <= header.size(); ++at) {
-      const uint64_t address = little_endian(&header[at], 8);
+    });
+  }
+  // A variable-length value of an attribute holds heap IDs (length, collection address, index):
+  // every 8-byte value in an attribute message is a candidate address, each looked at once.
+  std::set<uint64_t> probed;
+  header.for_each_message([&](const HeaderMessage& message) {
+    if (message.type != kAttributeMessage) return;
+    for (uint64_t at = 0; at + 8 <= message.size; ++at) {
+      const uint64_t address = little_endian(message.body + at, 8);
       if (address >= raw.size() || base + address + 16 > raw.size()) continue;
-      if (info.hdr.nchunks > 1 && at + 16 <= header.size() && regions.size() < kMaxRegions) {
-        const uint64_t length = little_endian(&header[at + 8], 8);
-        if (length >= 8 && length <= kMaxHeaderBytes && base + address + length <= raw.size() &&
-            seen_regions.insert(address).second)
-          regions.emplace_back(address, length);
-      }
-      if (seen_heaps.count(address)) continue;
+      if (!probed.insert(address).second) continue;
       const std::vector<uint8_t> start = raw.read(base + address, 16);
       if (start.size() < 16 || std::memcmp(start.data(), "GCOL", 4) != 0) continue;
-      seen_heaps.insert(address);
       const uint64_t size = little_endian(&start[8], 8);
       // HDF5 itself refuses these without looping (a short read or a bad header).
       if (start[4] != 1 || size < 16 || size > kMaxHeapBytes || size > raw.size() ||
@@ -389,7 +474,7 @@ void check_global_heaps(hid_t object, const char* attribute) {
         throw Hdf5Error("corrupt global heap collection at byte " + std::to_string(base + address) +
                         ": " + problem);
     }
-  }
+  });
 }
 
 std::vector<int64_t> dataset_shape(hid_t dataset) {

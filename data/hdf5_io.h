@@ -99,8 +99,9 @@ void check_attribute_messages(hid_t object);
 // HDF5 1.10's parser of a global heap collection (H5HG__cache_heap_deserialize, H5HGcache.c, on
 // the first read of any variable-length string) loops for ever when a collection holds a
 // free-space object of size 0: it never advances. Before such a read, this finds the collections
-// that `object`'s header points at and walks their object lists itself; it throws Hdf5Error for
-// one that would stall HDF5 or runs past its own end. Reads a few KB; see docs/data.md.
+// that the attribute messages of `object`'s header point at and walks their object lists itself;
+// it throws Hdf5Error for one that would stall HDF5 or runs past its own end. Reads a few KB;
+// see docs/data.md.
 // With `attribute`, it also refuses that attribute when its variable-length value claims more
 // bytes than the file holds: HDF5 allocates and zeroes the claimed size before it reads the heap.
 void check_global_heaps(hid_t object, const char* attribute = nullptr);
