@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <set>
 
 namespace sy::h5 {
@@ -181,7 +182,8 @@ uint64_t little_endian(const uint8_t* bytes, int count) {
 // included), then objects of a 16-byte header (index u16, refcount u16, 4 reserved, size u64)
 // and their data padded to 8; index 0 is the free space, whose size already counts its header.
 // Returns "" when HDF5's walk over it ends, else why not.
-std::string heap_walk_problem(const std::vector<uint8_t>& heap) {
+// The indices of the objects it holds (free space excluded) go to *indices.
+std::string heap_walk_problem(const std::vector<uint8_t>& heap, std::set<uint64_t>* indices) {
   constexpr uint64_t kHeader = 16;
   const uint64_t end = heap.size();
   uint64_t at = kHeader;
@@ -193,6 +195,7 @@ std::string heap_walk_problem(const std::vector<uint8_t>& heap) {
     const uint64_t need = index > 0 ? kHeader + ((size + 7) & ~uint64_t{7}) : size;
     if (need == 0) return "a free-space object of size 0 (HDF5 would loop for ever)";
     if (need > end - at) return "object " + std::to_string(index) + " runs past the collection";
+    if (index > 0) indices->insert(index);
     at += need;
   }
   return "";
@@ -453,26 +456,42 @@ void check_global_heaps(hid_t object, const char* attribute) {
                         " bytes, more than the file's " + std::to_string(raw.size()));
     });
   }
-  // A variable-length value of an attribute holds heap IDs (length, collection address, index):
-  // every 8-byte value in an attribute message is a candidate address, each looked at once.
-  std::set<uint64_t> probed;
+  // A variable-length value of an attribute holds heap IDs (length, collection address, object
+  // index): every 8-byte value in an attribute message is a candidate address. Each collection
+  // is walked once; the index after an address that names one must be an object it holds:
+  // HDF5 1.10 reads `obj[index]` unchecked (a SIGSEGV in H5HG_read, found by fuzz_token_file).
+  std::map<uint64_t, std::set<uint64_t>> collections;  // address -> object indices
+  std::set<uint64_t> not_collections;
   header.for_each_message([&](const HeaderMessage& message) {
     if (message.type != kAttributeMessage) return;
     for (uint64_t at = 0; at + 8 <= message.size; ++at) {
       const uint64_t address = little_endian(message.body + at, 8);
       if (address >= raw.size() || base + address + 16 > raw.size()) continue;
-      if (!probed.insert(address).second) continue;
-      const std::vector<uint8_t> start = raw.read(base + address, 16);
-      if (start.size() < 16 || std::memcmp(start.data(), "GCOL", 4) != 0) continue;
-      const uint64_t size = little_endian(&start[8], 8);
-      // HDF5 itself refuses these without looping (a short read or a bad header).
-      if (start[4] != 1 || size < 16 || size > kMaxHeapBytes || size > raw.size() ||
-          base + address > raw.size() - size)
-        continue;
-      const std::string problem = heap_walk_problem(raw.read(base + address, size));
-      if (!problem.empty())
-        throw Hdf5Error("corrupt global heap collection at byte " + std::to_string(base + address) +
-                        ": " + problem);
+      if (not_collections.count(address)) continue;
+      auto found = collections.find(address);
+      if (found == collections.end()) {
+        const std::vector<uint8_t> start = raw.read(base + address, 16);
+        const uint64_t size = start.size() < 16 ? 0 : little_endian(&start[8], 8);
+        // HDF5 itself refuses a bad header or a short read without looping.
+        if (start.size() < 16 || std::memcmp(start.data(), "GCOL", 4) != 0 || start[4] != 1 ||
+            size < 16 || size > kMaxHeapBytes || size > raw.size() ||
+            base + address > raw.size() - size) {
+          not_collections.insert(address);
+          continue;
+        }
+        std::set<uint64_t> indices;
+        const std::string problem = heap_walk_problem(raw.read(base + address, size), &indices);
+        if (!problem.empty())
+          throw Hdf5Error("corrupt global heap collection at byte " +
+                          std::to_string(base + address) + ": " + problem);
+        found = collections.emplace(address, std::move(indices)).first;
+      }
+      if (at + 12 > message.size) continue;  // no index follows: not a heap ID
+      const uint64_t index = little_endian(message.body + at + 8, 4);
+      if (!found->second.count(index))
+        throw Hdf5Error("a heap ID names object " + std::to_string(index) +
+                        ", which the global heap collection at byte " +
+                        std::to_string(base + address) + " does not hold");
     }
   });
 }

@@ -126,6 +126,27 @@ TEST_F(Hdf5IoTest, AValueLargerThanItsMessageIsRefused) {
   expect_error([&] { has(file_path, "tokenizer"); }, {"its value claims more than the 8 bytes left"});
 }
 
+// A heap ID whose object index is not in its collection: HDF5 1.10 reads obj[index] unchecked
+// (SIGSEGV in H5HG_read, found by fuzz_token_file); refused before the read.
+TEST_F(Hdf5IoTest, AHeapIdNamingAMissingObjectIsRefused) {
+  const std::string file_path = write_attributes("heap_id.h5", 0);
+  std::vector<uint8_t> bytes = read_bytes(file_path);
+  // tokenizer's value (version 1 message: name, datatype, dataspace padded to 8): sequence
+  // length (u32), collection address (u64), object index (u32).
+  const size_t body = attribute_body(bytes, "tokenizer");
+  const auto field = [&](size_t at) { return static_cast<size_t>(bytes[at] | (bytes[at + 1] << 8)); };
+  const auto pad = [](size_t n) { return (n + 7) & ~size_t{7}; };
+  const size_t value_at = body + 8 + pad(field(body + 2)) + pad(field(body + 4)) + pad(field(body + 6));
+  const size_t index_at = value_at + 4 + 8;
+  ASSERT_EQ(bytes[index_at], 1) << "the string is the collection's first object";
+  bytes[index_at] = 7;
+  write_bytes(file_path, bytes);
+  h5::QuietErrors quiet;
+  h5::Handle file = h5::own(H5Fopen(file_path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose, "open");
+  expect_error([&] { h5::read_string_attribute(file.get(), "tokenizer"); },
+               {"attribute tokenizer: a heap ID names object 7", "does not hold"});
+}
+
 // The token-file reader goes through the same check, with the file's name in front.
 TEST_F(Hdf5IoTest, TokenFileReaderNamesTheFileAndTheDamage) {
   const std::string file_path = path("tokens.h5");
