@@ -387,28 +387,11 @@ void write_tokenizer_model(hid_t file, const std::string& model, const std::stri
 
 void write_attributes(hid_t file, int64_t vocab_size, const std::string& tokenizer,
                       const std::string& path) {
-  Handle scalar(H5Screate(H5S_SCALAR), H5Sclose);
-  if (!scalar.valid()) throw file_error(path, "cannot create attribute dataspace");
-  {
-    Handle attr(H5Acreate2(file, "vocab_size", H5T_STD_I64LE, scalar.get(), H5P_DEFAULT,
-                           H5P_DEFAULT),
-                H5Aclose);
-    if (!attr.valid()) throw file_error(path, "cannot create attribute vocab_size");
-    check(H5Awrite(attr.get(), H5T_NATIVE_INT64, &vocab_size), path,
-          "cannot write attribute vocab_size");
-  }
-  {
-    // Variable-length UTF-8, the form h5py reads back as a Python str.
-    Handle string_type(H5Tcopy(H5T_C_S1), H5Tclose);
-    if (!string_type.valid()) throw file_error(path, "cannot create attribute tokenizer");
-    check(H5Tset_size(string_type.get(), H5T_VARIABLE), path, "cannot create attribute tokenizer");
-    check(H5Tset_cset(string_type.get(), H5T_CSET_UTF8), path, "cannot create attribute tokenizer");
-    Handle attr(H5Acreate2(file, "tokenizer", string_type.get(), scalar.get(), H5P_DEFAULT,
-                           H5P_DEFAULT),
-                H5Aclose);
-    if (!attr.valid()) throw file_error(path, "cannot create attribute tokenizer");
-    const char* text = tokenizer.c_str();
-    check(H5Awrite(attr.get(), string_type.get(), &text), path, "cannot write attribute tokenizer");
+  try {
+    h5::write_int_attribute(file, "vocab_size", vocab_size);
+    h5::write_string_attribute(file, "tokenizer", tokenizer);  // what h5py reads as a str
+  } catch (const h5::Hdf5Error& error) {
+    throw file_error(path, error.what());
   }
 }
 
