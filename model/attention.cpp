@@ -47,6 +47,11 @@ const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionSha
   return out;
 }
 
+void Attention::release_saved() {
+  q = k = v = probs = lse = context = Tensor();
+  own_ = Workspace();
+}
+
 const Tensor& Attention::backward(Backend& backend, const Tensor& dout, const Tensor& x,
                                   AttentionShape shape) {
   const DType dtype = x.dtype();

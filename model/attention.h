@@ -49,6 +49,9 @@ struct Attention {
                          AttentionShape shape);
   // Whether this layer runs the flash kernel on `backend` (resolves `auto`).
   bool uses_flash(const Backend& backend) const;
+  // Drops the saved activations once backward has read them (the next forward allocates them
+  // again), so that their memory serves the gradients and the layers below.
+  void release_saved();
 
  private:
   Workspace own_;

@@ -9,7 +9,9 @@ namespace sy {
 struct Param {
   std::string path;        // checkpoint path under /model, e.g. "layers/0/attn/wq" (SPEC.md section 6)
   Tensor value;            // master weights (fp32; f64 in gradient checks); what the optimizer updates
-  Tensor grad;             // same shape and dtype as value; accumulated over micro-batches
+  // Same shape and dtype as value; accumulated over micro-batches. Undefined while stale in a
+  // training step (the Transformer allocates it when backward reaches its layer).
+  Tensor grad;
   // What the layers' GEMMs (and the embedding lookup) read. When the compute dtype is the master
   // dtype it is `value` itself (same buffer); in bf16 training it is a bf16 copy of value that
   // Transformer::refresh_compute_weights() refreshes after every optimizer step and every load.
@@ -22,6 +24,8 @@ struct Param {
   //   zero:  zeros (Transformer::zero_grads);
   //   stale: nothing of the coming step: the optimizer's pass leaves it unspecified so that it
   //          need not write it (AdamWStep::discard_grads); the next backward overwrites it.
+  //          A training forward drops a zero or stale grad's memory, and the backward of its
+  //          layer allocates it again, stale (Transformer::release_unwritten_grads).
   // Zero or stale, the first GEMM into the grad may write instead of add (a GEMM with beta 0 does
   // not read C: one read of every weight gradient saved per step, and no zeroing pass); x + 0 ==
   // x, so the values are those of adding into zeros. An op that can only add (a scatter-add, a

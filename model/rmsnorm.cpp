@@ -11,6 +11,11 @@ const Tensor& RMSNorm::forward(Backend& backend, const Tensor& x) {
   return out;
 }
 
+void RMSNorm::release_saved() {
+  out = Tensor();
+  own_ = Workspace();
+}
+
 const Tensor& RMSNorm::backward(Backend& backend, const Tensor& dout, const Tensor& x) {
   dx = scratch().get(backend, "norm.dx", x.shape(), x.dtype());
   if (gain.take_grad_needs_clear()) backend.fill(gain.grad, 0.0);

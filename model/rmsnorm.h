@@ -24,6 +24,8 @@ struct RMSNorm {
   const Tensor& forward(Backend& backend, const Tensor& x);
   // x: the forward input. Returns dx (overwritten); gain.grad accumulates.
   const Tensor& backward(Backend& backend, const Tensor& dout, const Tensor& x);
+  // Drops `out` once backward no longer needs it (Attention::release_saved).
+  void release_saved();
 
  private:
   Workspace own_;

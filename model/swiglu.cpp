@@ -59,6 +59,11 @@ const Tensor& DenseFFN::forward(Backend& backend, const Tensor& u) {
   return out;
 }
 
+void DenseFFN::release_saved() {
+  acts = SwigluActivations();
+  own_ = Workspace();
+}
+
 const Tensor& DenseFFN::backward(Backend& backend, const Tensor& dout, const Tensor& u) {
   du = scratch().get(backend, "ffn.du", u.shape(), u.dtype());
   acts = swiglu_buffers(backend, saved(), scratch(), "ffn", u.dim(0), w1.value.dim(1), u.dtype(),

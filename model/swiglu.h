@@ -59,6 +59,8 @@ struct DenseFFN {
 
   const Tensor& forward(Backend& backend, const Tensor& u);
   const Tensor& backward(Backend& backend, const Tensor& dout, const Tensor& u);
+  // Drops h1 and h3 once backward has read them (Attention::release_saved).
+  void release_saved();
 
  private:
   Workspace own_;

@@ -18,6 +18,7 @@ Param Transformer::make_param(const std::string& path, const Shape& shape, bool 
   param.path = path;
   param.value = backend_.zeros(shape, master_dtype_);
   param.grad = backend_.zeros(shape, master_dtype_);
+  param.grad_state = Param::GradState::zero;
   param.compute = compute_copy && options_.dtype != master_dtype_
                       ? backend_.zeros(shape, options_.dtype)
                       : param.value;
@@ -104,20 +105,41 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
     lm_head_.weight = make_param("lm_head", {D, m.vocab_size});
 }
 
+namespace {
+std::vector<Param*> block_params(Block& block) {
+  std::vector<Param*> list{&block.attn_norm.gain, &block.attn.wq, &block.attn.wk,
+                           &block.attn.wv,        &block.attn.wo, &block.ffn_norm.gain};
+  if (block.dense)
+    list.insert(list.end(), {&block.dense->w1, &block.dense->w3, &block.dense->w2});
+  else
+    list.insert(list.end(), {&block.moe->router.weight, &block.moe->experts.w1,
+                             &block.moe->experts.w3, &block.moe->experts.w2});
+  return list;
+}
+}  // namespace
+
 std::vector<Param*> Transformer::params() {
   std::vector<Param*> list{&embedding_.table};
   for (Block& block : blocks_) {
-    list.insert(list.end(), {&block.attn_norm.gain, &block.attn.wq, &block.attn.wk,
-                             &block.attn.wv, &block.attn.wo, &block.ffn_norm.gain});
-    if (block.dense)
-      list.insert(list.end(), {&block.dense->w1, &block.dense->w3, &block.dense->w2});
-    else
-      list.insert(list.end(), {&block.moe->router.weight, &block.moe->experts.w1,
-                               &block.moe->experts.w3, &block.moe->experts.w2});
+    const std::vector<Param*> own = block_params(block);
+    list.insert(list.end(), own.begin(), own.end());
   }
   list.push_back(&final_norm_.gain);
   if (!lm_head_.tied_table) list.push_back(&lm_head_.weight);
   return list;
+}
+
+void Transformer::release_unwritten_grads() {
+  for (Param* param : params())
+    if (param->grad_state != Param::GradState::live) {
+      param->grad = Tensor();
+      param->grad_state = Param::GradState::stale;
+    }
+}
+
+void Transformer::acquire_grads(const std::vector<Param*>& params) {
+  for (Param* param : params)
+    if (!param->grad.defined()) param->grad = backend_.alloc(param->value.shape(), master_dtype_);
 }
 
 std::vector<const Router*> Transformer::routers() const {
@@ -195,6 +217,7 @@ void Transformer::init_parameters(uint64_t seed) {
 
 void Transformer::zero_grads() {
   for (Param* param : params()) {
+    acquire_grads({param});
     backend_.fill(param->grad, 0.0);
     param->grad_state = Param::GradState::zero;
   }
@@ -237,8 +260,12 @@ GroupStats Transformer::forward_backward(std::span<const int32_t> inputs,
   ensure(backend_, targets_, {T}, DType::i32);
   backend_.write(inputs_, inputs);
   backend_.write(targets_, targets);
+  // Gradients not yet written this step hold nothing: their memory goes back for the forward's
+  // activations, and backward allocates each as it reaches its layer.
+  if (compute_grad) release_unwritten_grads();
   forward(batch, compute_grad);
   const Tensor& x_final = final_norm_.forward(backend_, residual_.back());
+  if (compute_grad) acquire_grads({lm_head_.tied_table ? lm_head_.tied_table : &lm_head_.weight});
   const double ce_sum =
       lm_head_.forward_backward(backend_, x_final, targets_, compute_grad, loss_scale / T);
 
@@ -308,9 +335,11 @@ void Transformer::backward(int64_t batch, double loss_scale) {
 
   // dresidual carries the gradient of the residual stream down the blocks.
   ensure(backend_, dresidual_, residual_.back().shape(), options_.dtype);
+  acquire_grads({&final_norm_.gain});
   backend_.copy(dresidual_, final_norm_.backward(backend_, lm_head_.dx, residual_.back()));
   for (int64_t l = m.n_layers - 1; l >= 0; --l) {
     Block& block = blocks_[l];
+    acquire_grads(block_params(block));
     if (options_.recompute == Recompute::layer) recompute_block(l, shape);
     const bool rerun_norms =
         options_.recompute == Recompute::norms || options_.recompute == Recompute::attention;
@@ -327,15 +356,32 @@ void Transformer::backward(int64_t batch, double loss_scale) {
     if (options_.recompute == Recompute::attention) block.attn.forward(backend_, attn_in, shape);
     const Tensor& dattn_in = block.attn.backward(backend_, dresidual_, attn_in, shape);
     backend_.add(dresidual_, block.attn_norm.backward(backend_, dattn_in, residual_[l]), 1.0);
+    release_saved(l);
   }
+  acquire_grads({&embedding_.table});
   embedding_.backward(backend_, dresidual_, inputs_);
+  residual_[0] = Tensor();
   // A parameter that no op of this pass wrote has a zero gradient; a stale grad must not reach
   // the gradient sync and the optimizer as it is.
   for (Param* param : params())
     if (param->grad_state == Param::GradState::stale) {
+      acquire_grads({param});
       backend_.fill(param->grad, 0.0);
       param->grad_state = Param::GradState::zero;
     }
+}
+
+// Block `layer`'s backward is done: what its forward kept goes back to the allocator (for the
+// gradients and the layers below), its output among it; the next forward allocates it again.
+void Transformer::release_saved(int64_t layer) {
+  Block& block = blocks_[layer];
+  block.attn_norm.release_saved();
+  block.attn.release_saved();
+  block.ffn_norm.release_saved();
+  if (block.dense) block.dense->release_saved();
+  if (block.moe) block.moe->release_saved();
+  if (layer < static_cast<int64_t>(residual_mid_.size())) residual_mid_[layer] = Tensor();
+  residual_[layer + 1] = Tensor();
 }
 
 Tensor Transformer::residual_mid(int64_t layer, int64_t tokens) {

@@ -114,6 +114,14 @@ class Transformer {
                    bool compute_copy = true);
   void forward(int64_t batch, bool training);
   void backward(int64_t batch, double loss_scale);
+  // The memory plan of a training step (docs/cuda.md "Memory"): a gradient not written yet this
+  // step (zero or stale) is dropped before the forward, and allocated again (stale: the first op
+  // writes it) right before the backward of the layer that owns it; each block's saved
+  // activations are dropped right after its backward. Peak memory is then the larger of the
+  // weights and optimizer state plus the activations, or plus the gradients, not the sum.
+  void release_unwritten_grads();
+  void acquire_grads(const std::vector<Param*>& params);
+  void release_saved(int64_t layer);
   // The block's [T, D] residual after attention: per layer, or one shared buffer under
   // recompute layer (rebuilt in backward by recompute_block).
   Tensor residual_mid(int64_t layer, int64_t tokens);

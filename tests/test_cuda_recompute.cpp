@@ -30,7 +30,7 @@ struct Result {
   std::vector<double> losses;
   std::vector<std::vector<double>> grads;  // [param][element], after all steps
   size_t peak_bytes = 0;
-  bool allocations_steady = true;  // no cudaMalloc after the first step
+  bool allocations_steady = true;  // no cudaMalloc in the third pass
 };
 
 Result run(const Case& c, Recompute recompute) {
@@ -65,8 +65,10 @@ Result run(const Case& c, Recompute recompute) {
       targets[i] = static_cast<int32_t>((i * 5 + step * 3 + 1) % options.model.vocab_size);
     }
     result.losses.push_back(model.forward_backward(inputs, targets, batch, true, 1.0).loss);
+    // Steady from the second pass: the first runs with its gradients released (zero), the later
+    // ones accumulate into live gradients and so hold them during the forward too.
     const int64_t now = cuda_device_allocations(*backend);
-    if (step > 0 && now != allocations) result.allocations_steady = false;
+    if (step > 1 && now != allocations) result.allocations_steady = false;
     allocations = now;
   }
   for (Param* param : model.params()) result.grads.push_back(backend->read(param->grad));
@@ -93,7 +95,7 @@ TEST_P(CudaRecompute, GivesBitwiseTheStoredLossAndGradients) {
   const Result stored = run(c, Recompute::none);
   ASSERT_NO_FATAL_FAILURE(expect_bitwise(run(c, Recompute::none), stored,
                                          "two stored runs (kernel determinism, not recompute)"));
-  EXPECT_TRUE(stored.allocations_steady) << "recompute none allocated after the first step";
+  EXPECT_TRUE(stored.allocations_steady) << "recompute none allocated in the third pass";
   std::printf("[ memory   ] %s: peak %zu bytes with recompute none\n", c.name.c_str(),
               stored.peak_bytes);
   for (Recompute mode : {Recompute::norms, Recompute::attention, Recompute::layer}) {
@@ -103,7 +105,7 @@ TEST_P(CudaRecompute, GivesBitwiseTheStoredLossAndGradients) {
     const Result rebuilt = run(c, mode);
     expect_bitwise(rebuilt, stored, std::string("recompute ") + name);
     EXPECT_TRUE(rebuilt.allocations_steady) << "recompute " << name
-                                            << " allocated after the first step";
+                                            << " allocated in the third pass";
     std::printf("[ memory   ] %s: peak %zu bytes with recompute %s\n", c.name.c_str(),
                 rebuilt.peak_bytes, name);
   }

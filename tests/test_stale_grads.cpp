@@ -1,13 +1,16 @@
 // Stale gradients (model/param.h, Param::GradState): the optimizer's pass does not write the grads
 // back, so after a step they hold whatever it left, and the next backward must overwrite every
 // element of every gradient. Checked by poisoning the grads with NaN, marking them stale, and
-// requiring bitwise the gradients of a backward into zeros: a NaN left anywhere fails.
+// requiring bitwise the gradients of a backward into zeros: a NaN left anywhere fails. A model's
+// forward drops stale grads and its backward allocates them again: there every new tensor is
+// NaN-poisoned instead (CpuBackend::poison_new_tensors).
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "model/cpu/cpu_backend.h"
 #include "model/moe/experts.h"
 #include "model/transformer.h"
 #include "parallel/local_exchange.h"
@@ -73,7 +76,8 @@ TEST(StaleGrads, ExpertsOverwriteEveryExpertsGradientIncludingEmptyOnes) {
 // Every parameter's gradient after one forward/backward of a small model, from zeroed grads or
 // from NaN-poisoned stale ones.
 std::vector<std::vector<double>> model_grads(const Config& config, bool stale) {
-  auto backend = make_cpu_backend();
+  auto backend = std::make_unique<CpuBackend>();
+  backend->poison_new_tensors(stale);
   TransformerOptions options{config.model, config.moe, moe_layer_mask(config), DType::f32};
   LocalExchange exchange(*backend, config.moe.num_experts > 0 ? config.moe.num_experts : 1);
   Transformer model(*backend, options, config.moe.num_experts > 0 ? &exchange : nullptr);

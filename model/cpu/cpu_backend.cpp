@@ -43,7 +43,14 @@ Tensor CpuBackend::alloc_impl(const Shape& shape, DType dtype) {
   void* data = std::aligned_alloc(kAlign, rounded);
   if (!data)
     OpCheck(*this, "alloc").fail("out of memory allocating " + std::to_string(bytes) + " bytes");
-  std::shared_ptr<void> buffer(data, std::free);
+  if (poison_) std::memset(data, 0xFF, rounded);
+  const size_t peak = memory_->live.fetch_add(rounded) + rounded;
+  for (size_t seen = memory_->peak; seen < peak;)
+    if (memory_->peak.compare_exchange_weak(seen, peak)) break;
+  std::shared_ptr<void> buffer(data, [memory = memory_, rounded](void* p) {
+    memory->live -= rounded;
+    std::free(p);
+  });
   return Tensor(std::move(buffer), data, shape, dtype, Device::cpu);
 }
 

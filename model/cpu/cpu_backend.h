@@ -4,6 +4,7 @@
 // are checked before these run (model/op_checks.cpp); an <op>_impl checks only what the CPU adds:
 // f32 or f64 data, indices in range (read on the host), OpenBLAS's int dimensions.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <initializer_list>
 #include <map>
@@ -64,6 +65,16 @@ class CpuBackend final : public Backend {
  public:
   Device device() const override { return Device::cpu; }
   std::string name() const override { return "cpu"; }
+
+  // Bytes of this backend's tensors alive now, and the most at once since the last reset (for
+  // the tests of the training step's memory plan; not Backend::peak_memory_bytes, which the
+  // metrics report for devices only).
+  size_t live_bytes() const { return memory_->live; }
+  size_t peak_live_bytes() const { return memory_->peak; }
+  void reset_peak_live_bytes() { memory_->peak = memory_->live.load(); }
+  // Fills every new tensor with all-ones bytes (NaN in f32 and f64) instead of leaving it as
+  // malloc returned it: a test's way to catch an op that reads memory nobody wrote.
+  void poison_new_tensors(bool on) { poison_ = on; }
 
  protected:
   // ---- memory and host transfers (cpu_backend.cpp) --------------------------------------------
@@ -170,6 +181,13 @@ class CpuBackend final : public Backend {
   void rope(const char* op, const Tensor& x, int64_t B, int64_t S, int64_t H, int sign);
   template <class T>
   const cpu::RopeTable<T>& rope_table(int64_t S, int64_t Dh);
+
+  struct LiveMemory {
+    std::atomic<size_t> live{0}, peak{0};
+  };
+  // Shared with every buffer's deleter: a tensor may outlive its backend.
+  std::shared_ptr<LiveMemory> memory_ = std::make_shared<LiveMemory>();
+  bool poison_ = false;
 
   // cos/sin tables cached per (S, Dh) and dtype.
   std::mutex rope_mutex_;

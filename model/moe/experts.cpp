@@ -30,6 +30,12 @@ bool Experts::grouped(const Backend& backend, const Tensor& x) const {
   return backend.device() == Device::cuda && x.dtype() == DType::bf16;
 }
 
+void Experts::release_saved() {
+  acts = SwigluActivations();
+  out_storage = du_storage = Tensor();
+  own_ = Workspace();
+}
+
 Tensor Experts::forward(Backend& backend, const Tensor& x,
                         const std::vector<int64_t>& rows_per_expert, int64_t max_rows,
                         const Tensor& into) {

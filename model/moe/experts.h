@@ -49,6 +49,8 @@ struct Experts {
   // no gradient contribution (its grad stays as it was, or is cleared if it was zero or stale).
   Tensor backward(Backend& backend, const Tensor& dout, const Tensor& x,
                   const std::vector<int64_t>& rows_per_expert, int64_t max_rows = 0);
+  // Drops h1 and h3 once backward has read them (Attention::release_saved).
+  void release_saved();
 
  private:
   bool grouped(const Backend& backend, const Tensor& x) const;

@@ -69,6 +69,12 @@ void MoELayer::recompute_experts(Backend& backend) {
                                    plan.max_rows_received);
 }
 
+void MoELayer::release_saved() {
+  x_perm_storage = x_recv_storage = y_perm_storage = y_recv_storage = Tensor();
+  own_ = Workspace();
+  experts.release_saved();
+}
+
 const Tensor& MoELayer::backward(Backend& backend, const Tensor& dout, const Tensor& u,
                                  double d_aux, double d_z) {
   const int64_t D = u.dim(1);

@@ -42,6 +42,9 @@ struct MoELayer {
   // reruns the experts on the saved x_recv, before backward. Routing and the token exchange are
   // not rerun: the router's results, x_recv and y_perm stay saved.
   void recompute_experts(Backend& backend);
+  // Drops x_recv, y_perm and the experts' h1, h3 once backward has read them
+  // (Attention::release_saved). The router's results ([T, E] and [T, K]) stay.
+  void release_saved();
 
   // The most rows the experts here can receive from a group of `tokens` tokens per rank: every
   // buffer is allocated for it on the first forward, so that no routing ever allocates again.
