@@ -17,8 +17,9 @@ Param Transformer::make_param(const std::string& path, const Shape& shape, bool 
   Param param;
   param.path = path;
   param.value = backend_.zeros(shape, master_dtype_);
-  param.grad = backend_.zeros(shape, master_dtype_);
-  param.grad_state = Param::GradState::zero;
+  // No gradient memory until a backward (or zero_grads) needs it: allocated between the
+  // weights, it would leave holes that the activations fit badly.
+  param.grad_state = Param::GradState::stale;
   param.compute = compute_copy && options_.dtype != master_dtype_
                       ? backend_.zeros(shape, options_.dtype)
                       : param.value;

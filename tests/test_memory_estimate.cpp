@@ -17,10 +17,11 @@ namespace {
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 TEST(MemoryEstimate, GpuBenchConfigsWithinTenPercentOfMeasuredPeaks) {
-  // BENCHMARKS.md "GPU: the training step": peak held per config (2026-12-02, one H200).
+  // BENCHMARKS.md "GPU: the training step": peak held per config (2026-12-02, one H200, with
+  // gradients and activations taking turns).
   const std::pair<const char*, double> measured[] = {
-      {"configs/bench/moe.yaml", 36.0}, {"configs/bench/dense.yaml", 14.6},
-      {"configs/bench/fine.yaml", 66.5}};
+      {"configs/bench/moe.yaml", 34.0}, {"configs/bench/dense.yaml", 13.0},
+      {"configs/bench/fine.yaml", 63.0}};
   for (const auto& [path, peak_gib] : measured) {
     const Config config = load_config(path);
     const double estimate = estimate_memory_per_rank(config).total_bytes() / kGiB;
@@ -31,8 +32,12 @@ TEST(MemoryEstimate, GpuBenchConfigsWithinTenPercentOfMeasuredPeaks) {
   }
 }
 
+// With gradient accumulation the forward of a later micro-batch runs beside every gradient, so
+// what recompute saves shows in the peak (with one micro-batch, on this config, the gradients
+// alone outweigh the activations: trainer/memory_estimate.cpp).
 TEST(MemoryEstimate, RecomputeAndExpertParallelLowerIt) {
   Config config = load_config("configs/bench/moe.yaml");
+  config.train.grad_accum_steps = 2;
   const double none = estimate_memory_per_rank(config).total_bytes();
   config.train.recompute = Recompute::attention;
   const double attention = estimate_memory_per_rank(config).total_bytes();

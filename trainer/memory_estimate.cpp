@@ -121,7 +121,6 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
     if (bytes > 0) estimate.items.push_back({name, bytes});
   };
   add("parameters (fp32)", 4 * P);
-  add("gradients (fp32)", 4 * P);
   add("optimizer state", config.train.optimizer == OptimizerKind::adamw ? 8 * P : 0);
   // The GEMMs' and the embedding's bf16 copies; norm gains and the router stay fp32 (a few D).
   add("bf16 weight copies", bf16 ? 2 * P : 0);
@@ -151,7 +150,23 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   if (keep_norms) saved += L * 2 * TD;
   if (keep_attention) saved += L * attention_part;
   if (keep_layer) saved += L * TD + dense_layers * dense_h + moe_layers * expert_h;
-  add("saved activations", saved);
+  // The memory plan (model/transformer.h): a gradient exists from its layer's backward to the
+  // optimizer step, a block's saved activations from its forward to its backward. With one
+  // micro-batch a step they meet only as backward trades one for the other: the peak holds the
+  // larger of all the activations plus the gradients backward writes first (the LM head's and
+  // the last block's) and all the gradients. Later micro-batches of an accumulation run their
+  // forward with every gradient live.
+  const double grads = 4 * P;
+  if (config.train.grad_accum_steps > 1) {
+    add("gradients (fp32)", grads);
+    add("saved activations", saved);
+  } else {
+    const double head = 4.0 * static_cast<double>(m.vocab_size) * D;
+    const double embeddings = m.tie_embeddings ? head : 2 * head;
+    const double last_block = (grads - embeddings) / std::max(L, 1.0);
+    add("saved activations or gradients (the larger)",
+        std::max(saved + head + last_block, grads));
+  }
 
   // One layer's forward temporaries and backward buffers (model/buffers.h Workspace), the
   // largest layer kind's, plus what recompute rebuilds into it for one layer.

@@ -1,12 +1,16 @@
 // The CUDA backend's device memory (contract in device_memory.h).
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <map>
 #include <mutex>
+#include <optional>
+#include <stdexcept>
 #include <string>
 
+#include "model/cuda/block_pool.h"
 #include "model/cuda/device_memory.h"
 
 namespace sy::cuda {
@@ -27,55 +31,39 @@ namespace {
       " MiB free on the device)");
 }
 
-// SY_CUDA_ALLOCATOR=caching: a free list keyed by block size, fed by cudaMalloc.
+// SY_CUDA_ALLOCATOR=caching: blocks of 1 MiB and more from a BlockPool over cudaMalloc'd
+// segments (split and merged: block_pool.h); smaller ones from a free list of exact sizes.
 class CachingAllocator final : public DeviceAllocator {
  public:
   explicit CachingAllocator(const Context& ctx) : device_(ctx.device), rank_(ctx.rank) {}
   ~CachingAllocator() override {
-    for (auto& [size, p] : free_) cudaFree(p);  // errors ignored: the process may be exiting
+    // Every tensor is gone (each keeps the allocator alive), so every segment is free but for
+    // blocks lost to a bad release. Errors ignored: the process may be exiting.
+    for (auto& [size, p] : small_free_) cudaFree(p);
+    for (auto& [base, bytes] : pool_.segment_list()) cudaFree(reinterpret_cast<void*>(base));
   }
 
   void* allocate(size_t bytes, size_t* block) override {
     const size_t want = block_size(bytes);
     std::lock_guard<std::mutex> lock(mutex_);
-    // Best fit among cached blocks, wasting at most a quarter.
-    auto it = free_.lower_bound(want);
-    if (it != free_.end() && it->first <= want + want / 4) {
-      *block = it->first;
-      void* p = it->second;
-      free_.erase(it);
-      in_use_ += *block;
-      peak_in_use_ = std::max(peak_in_use_, in_use_);
-      return p;
-    }
-    void* p = nullptr;
-    cudaError_t status = cudaMalloc(&p, want);
-    if (status == cudaErrorMemoryAllocation) {  // give the cache back to the driver and retry
-      cudaGetLastError();
-      for (auto& [size, q] : free_) {
-        cudaFree(q);
-        reserved_ -= size;
-      }
-      free_.clear();
-      status = cudaMalloc(&p, want);
-    }
-    if (status != cudaSuccess) {
-      cudaGetLastError();
-      throw_out_of_memory(rank_, device_, "cudaMalloc", want, status, reserved_);
-    }
     *block = want;
-    reserved_ += want;
-    in_use_ += want;
-    peak_reserved_ = std::max(peak_reserved_, reserved_);
-    peak_in_use_ = std::max(peak_in_use_, in_use_);
-    ++device_allocations_;
-    return p;
+    return want < kLarge ? take_small(block) : take_large(block);
   }
 
   void release(void* p, size_t block) noexcept override {
     std::lock_guard<std::mutex> lock(mutex_);
-    free_.emplace(block, p);
-    in_use_ -= block;
+    if (block < kLarge) {
+      small_free_.emplace(block, p);
+      return;
+    }
+    try {
+      pool_.give_back(reinterpret_cast<uintptr_t>(p));
+    } catch (const std::exception& error) {  // a bug of ours: the block stays out of use
+      if (!reported_bad_release_)
+        std::fprintf(stderr, "cuda alloc (rank %d, device %d): release: %s (block leaked)\n", rank_,
+                     device_, error.what());
+      reported_bad_release_ = true;
+    }
   }
 
   size_t peak_reserved() const override { return peak_reserved_; }
@@ -86,11 +74,87 @@ class CachingAllocator final : public DeviceAllocator {
   int64_t device_allocations() const override { return device_allocations_; }
 
  private:
+  // Below this a block is served whole from the exact-size list (router statistics, norms'
+  // rstd, ...); from it up, carved from the pool.
+  static constexpr size_t kLarge = size_t{1} << 20;
+  // A new segment holds at least this much, so that the buffers allocated one after another (a
+  // forward's activations) lie side by side and merge, once freed, into blocks large enough for
+  // the gradients that backward allocates next (an expert weight's: 256 MiB and more).
+  static constexpr size_t kSegment = size_t{1} << 30;
+
+  // Best fit among cached blocks, wasting at most a quarter; *block: the size asked, and then
+  // the size of the block given.
+  void* take_small(size_t* block) {
+    auto it = small_free_.lower_bound(*block);
+    if (it != small_free_.end() && it->first <= *block + *block / 4) {
+      *block = it->first;
+      void* p = it->second;
+      small_free_.erase(it);
+      return p;
+    }
+    return device_malloc(*block);
+  }
+
+  // Best fit from the pool, else from a new segment; *block as for take_small.
+  void* take_large(size_t* block) {
+    const size_t want = *block;
+    std::optional<uintptr_t> at = pool_.take(want);
+    if (!at) {
+      size_t segment = std::max(want, kSegment);
+      void* base = nullptr;
+      try {
+        base = device_malloc(segment);
+      } catch (const std::runtime_error&) {
+        if (segment == want) throw;
+        segment = want;  // no room for a whole segment: this block alone
+        base = device_malloc(segment);
+      }
+      pool_.add_segment(reinterpret_cast<uintptr_t>(base), segment);
+      at = pool_.take(want);
+    }
+    *block = pool_.block_bytes(*at);
+    return reinterpret_cast<void*>(*at);
+  }
+
+  // cudaMalloc; on out-of-memory, gives every cached block and free segment back to the driver
+  // and tries once more.
+  void* device_malloc(size_t bytes) {
+    void* p = nullptr;
+    cudaError_t status = cudaMalloc(&p, bytes);
+    if (status == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      release_cache();
+      status = cudaMalloc(&p, bytes);
+    }
+    if (status != cudaSuccess) {
+      cudaGetLastError();
+      throw_out_of_memory(rank_, device_, "cudaMalloc", bytes, status, reserved_);
+    }
+    reserved_ += bytes;
+    peak_reserved_ = std::max(peak_reserved_, reserved_);
+    ++device_allocations_;
+    return p;
+  }
+
+  void release_cache() {
+    for (auto& [size, q] : small_free_) {
+      cudaFree(q);
+      reserved_ -= size;
+    }
+    small_free_.clear();
+    for (auto& [base, bytes] : pool_.remove_free_segments()) {
+      cudaFree(reinterpret_cast<void*>(base));
+      reserved_ -= bytes;
+    }
+  }
+
   int device_, rank_;
   std::mutex mutex_;
-  std::multimap<size_t, void*> free_;
-  size_t reserved_ = 0, peak_reserved_ = 0, in_use_ = 0, peak_in_use_ = 0;
+  std::multimap<size_t, void*> small_free_;
+  BlockPool pool_;
+  size_t reserved_ = 0, peak_reserved_ = 0;
   int64_t device_allocations_ = 0;
+  bool reported_bad_release_ = false;
 };
 
 // SY_CUDA_ALLOCATOR=async: the driver's stream-ordered allocator, on a pool of this backend's

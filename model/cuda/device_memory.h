@@ -3,22 +3,35 @@
 //
 // The allocator's contract (both kinds, SY_CUDA_ALLOCATOR below):
 // - What it caches: every block a tensor gives back (its last owner dropped) stays with the
-//   allocator and serves a later request of about its size. Sizes are rounded up to blocks
-//   (512-byte multiples below 1 MiB, 1 MiB multiples above), so that a step that repeats its
-//   shapes reuses its blocks exactly and takes nothing from the driver after its first run.
+//   allocator and serves later requests. Sizes are rounded up to blocks (512-byte multiples
+//   below 1 MiB, 1 MiB multiples above), so that a step that repeats its shapes and its order of
+//   requests settles into the same blocks and takes nothing from the driver after its first
+//   steps. Memory freed at one size serves requests of other sizes (the training step trades
+//   activations for gradients layer by layer: model/transformer.h, the memory plan).
 // - Stream order: a block given back while kernels on the backend's stream may still read it is
 //   handed only to work enqueued later on that same stream, which runs after them. So every user
 //   of the memory runs on the backend's one stream (NCCL included), and nothing waits on a free.
-// - When memory goes back to the driver: only before an out-of-memory error (everything cached
-//   is given back and the request retried once; the error names the bytes asked, held and free)
-//   and when the allocator is destroyed (the last tensor of a destroyed backend gone).
+// - When memory goes back to the driver: only before an out-of-memory error (what is cached and
+//   can go back is given back, below, and the request retried once; the error names the bytes
+//   asked, held and free) and when the allocator is destroyed (the last tensor of a destroyed
+//   backend gone).
 // - The peak it reports (Backend::peak_memory_bytes) is the most device memory the allocator held
 //   from the driver at once: blocks in use plus blocks cached, the 32 MiB cuBLAS workspace
 //   included; device_allocations() counts the times it took memory from the driver.
 //
-// SY_CUDA_ALLOCATOR=caching (the default; anything else but "async" is refused): our free list,
-// fed by cudaMalloc. SY_CUDA_ALLOCATOR=async: a cudaMallocAsync pool of this backend's own
-// (cudaMemPoolCreate, release threshold "never", so it keeps what it took as the free list
+// SY_CUDA_ALLOCATOR=caching (the default; anything else but "async" is refused): blocks of 1 MiB
+// and more are carved, best fit (the smallest free block that holds them), from segments of at
+// least 1 GiB, one cudaMalloc each: the buffers allocated one after another (a layer's
+// activations) lie side by side, and once freed merge into blocks that hold larger requests (its
+// gradients). A block taken splits, its rest stays free; a block given back merges with its free
+// neighbours in the same segment (block_pool.h). A request larger than 1 GiB gets a segment of
+// its size, and so does one that finds no room for a whole new 1 GiB segment; the unused rest
+// of a segment counts as cached, so the peak reads at least 1 GiB once a 1 MiB block was asked
+// for. Blocks under 1 MiB come from a free list of exact sizes (best fit, at most a quarter
+// wasted), each its own cudaMalloc. Out of memory, the cached small blocks and every segment
+// that is entirely free go back to the driver before the one retry; free blocks inside a
+// segment still in use stay. SY_CUDA_ALLOCATOR=async: a cudaMallocAsync pool of this backend's
+// own (cudaMemPoolCreate, release threshold "never", so it keeps what it took as the free list
 // does), requests rounded to the same blocks, cudaFreeAsync on the stream; its peak is the pool's
 // reserved high-water mark (driver chunks, so it may read above the caching figure) and
 // device_allocations() counts the requests that grew the pool. For measuring one against the
