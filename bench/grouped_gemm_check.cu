@@ -11,14 +11,18 @@
 // runs version 3 (the TMA reduce-add epilogue for wgrad into f32; version 2 for the other forms),
 // which must agree with version 2 bitwise (one f32 add of old C and the same accumulator); one
 // extra case starts from subnormal C values, next to an empty group, so that an add which
-// flushed subnormals would show.
+// flushed subnormals would show. Every case also runs version 4 (the staged TMA epilogue: stores,
+// f32 adds, masked register stores at ragged segment ends; version 2 for a bf16 accumulate),
+// which must agree with version 2 bitwise too.
 // Part 2, speed: the shapes training runs (8 experts of ~2048 rows, 64 experts at top-8 of 8192
 // tokens; balanced and Zipf-skewed loads) and the synthetic benchmark shapes, median of 10-20
-// launches (CUDA events, inputs rotated so that the L2 does not hold them): TFLOP/s of version 1
-// and version 2 (its own tile choice, and each tile width forced), version 3 on the accumulating
+// launches (CUDA events, inputs rotated so that the L2 does not hold them): TFLOP/s of versions 2
+// and 4 (each with its own tile choice, and each tile width forced), version 3 on the accumulating
 // weight-gradient rows (likewise), next to cuBLAS on the dense same-total shape and a loop of one
-// cuBLAS call per group (the fallback); each benchmark case is also checked on sampled elements,
-// for every version timed, and on the version 3 rows the whole C must equal version 2's bitwise.
+// cuBLAS call per group (the fallback); the training shapes time the weight gradient both as
+// written (`=`, one micro-batch) and accumulated (`+=`). Each benchmark case is also checked on
+// sampled elements, for every version timed, and the whole C of versions 3 and 4 must equal
+// version 2's bitwise.
 // Prints PASS/FAIL per case and the speed table last; exits 1 on any failure, 3 on a hang.
 // Usage: grouped_gemm_check [--quick] [--no-bench] [--no-check]
 //   --quick: of the synthetic benchmark shapes, M = 32768 only (the training shapes always run).
@@ -362,6 +366,9 @@ void run_versions(sy::cuda::Context& ctx, const Problem& p, int bn, uint64_t see
   const std::vector<unsigned char> v2 = run_case(ctx, p, bn, seed, 2);
   if (!v1.empty() && !v2.empty())
     report(v1 == v2, p.name() + " BN=" + std::to_string(bn) + " v2 == v1 bitwise");
+  const std::vector<unsigned char> v4 = run_case(ctx, p, bn, seed, 4);
+  if (!v2.empty() && !v4.empty())
+    report(v4 == v2, p.name() + " BN=" + std::to_string(bn) + " v4 == v2 bitwise");
   if (!p.accumulate) return;
   const std::vector<unsigned char> v3 = run_case(ctx, p, bn, seed, 3);
   if (!v2.empty() && !v3.empty())
@@ -369,7 +376,7 @@ void run_versions(sy::cuda::Context& ctx, const Problem& p, int bn, uint64_t see
 }
 
 void run_decline(sy::cuda::Context& ctx, const std::string& what, GroupedGemmArgs args) {
-  for (int version : {1, 2, 3}) {
+  for (int version : {1, 2, 3, 4}) {
     set_version(version);
     const bool launched = sy::cuda::grouped_gemm_sm90(ctx, args);
     sync_or_die(ctx.stream, what);
@@ -496,8 +503,9 @@ void correctness(sy::cuda::Context& ctx) {
 // ---- part 2: speed ---------------------------------------------------------------------------
 struct Timing {
   std::string label;
-  double ms_v1 = 0, ms_v2 = 0, ms_v2_128 = 0, ms_v2_256 = 0, ms_dense = 0, ms_loop = 0, flops = 0;
+  double ms_v2 = 0, ms_v2_128 = 0, ms_v2_256 = 0, ms_dense = 0, ms_loop = 0, flops = 0;
   double ms_v3 = 0, ms_v3_128 = 0, ms_v3_256 = 0;  // 0: not timed (version 3 is version 2 there)
+  double ms_v4 = 0, ms_v4_128 = 0, ms_v4_256 = 0;
   bool ok = true;
 };
 
@@ -621,7 +629,18 @@ void speed(sy::cuda::Context& ctx, bool quick, std::vector<Timing>& table) {
   std::mt19937_64 rng(42);
   uint64_t seed = 1000;
   for (const BenchShape& shape : bench_shapes(quick, rng)) {
-    for (Form form : {Form::forward, Form::trans_b, Form::wgrad}) {
+    // The weight gradient as training runs it: written (`=`) by the first micro-batch, added
+    // (`+=`, f32) by later ones (model/moe/experts.cpp); the synthetic shapes time `=` only.
+    const bool training = std::strcmp(shape.load, "skew") != 0;
+    struct Variant {
+      Form form;
+      bool accumulate;
+    };
+    std::vector<Variant> variants = {{Form::forward, false}, {Form::trans_b, false},
+                                     {Form::wgrad, false}};
+    if (training) variants.push_back({Form::wgrad, true});
+    for (const Variant& variant : variants) {
+      const Form form = variant.form;
       Problem p;
       p.form = form;
       p.groups = shape.groups;
@@ -630,9 +649,7 @@ void speed(sy::cuda::Context& ctx, bool quick, std::vector<Timing>& table) {
       p.M = shape.M;
       p.rows = shape.rows;
       p.c_dtype = form == Form::wgrad ? DType::f32 : DType::bf16;  // weight gradients in f32
-      // Training accumulates into the f32 weight gradients (model/moe/experts.cpp): time that
-      // read-modify-write on the training shapes; the synthetic ones stay as first measured.
-      p.accumulate = form == Form::wgrad && std::strcmp(shape.load, "skew") != 0;
+      p.accumulate = variant.accumulate;
       // Rotate input sets so that one launch does not find the previous one's data in L2.
       const double set_bytes = double(p.M * p.K + p.b_elems()) * 2 + double(p.c_bytes());
       const int sets = int(std::clamp(std::ceil(256e6 / set_bytes), 1.0, 4.0));
@@ -644,10 +661,10 @@ void speed(sy::cuda::Context& ctx, bool quick, std::vector<Timing>& table) {
       t.flops = p.flops();
       // Version 3 has its own kernel for the accumulating f32 weight gradient only.
       const bool has_v3 = p.accumulate && form == Form::wgrad && p.c_dtype == DType::f32;
-      std::vector<unsigned char> c_v2, c_v3;  // whole C after one launch from C0, for has_v3
+      std::vector<unsigned char> c_v2, c_v3, c_v4;  // whole C after one launch from C0
       // Check each version's automatic choice on sampled elements (segment ends included).
       set_bn(0);
-      for (int version : {1, 2, 3}) {
+      for (int version : {2, 3, 4}) {
         if (version == 3 && !has_v3) continue;
         set_version(version);
         const std::string name = "bench " + t.label + " v" + std::to_string(version);
@@ -670,8 +687,8 @@ void speed(sy::cuda::Context& ctx, bool quick, std::vector<Timing>& table) {
           }
         }
         const Errors e = compare(p, bufs[0], idx, ctx.stream);
-        if (has_v3 && version >= 2) {
-          std::vector<unsigned char>& c = version == 2 ? c_v2 : c_v3;
+        {
+          std::vector<unsigned char>& c = version == 2 ? c_v2 : version == 3 ? c_v3 : c_v4;
           c.resize(p.c_bytes());
           CK(cudaMemcpy(c.data(), bufs[0].C, p.c_bytes(), cudaMemcpyDeviceToHost));
         }
@@ -688,6 +705,11 @@ void speed(sy::cuda::Context& ctx, bool quick, std::vector<Timing>& table) {
         t.ok = t.ok && same;
         report(same, "bench " + t.label + " v3 == v2 bitwise (all of C)");
       }
+      if (!c_v2.empty() && !c_v4.empty()) {
+        const bool same = c_v2 == c_v4;
+        t.ok = t.ok && same;
+        report(same, "bench " + t.label + " v4 == v2 bitwise (all of C)");
+      }
       // A slow kernel gets fewer repetitions so that the whole run stays within minutes.
       const int reps = p.flops() > 1e12 ? 10 : 20;
       auto grouped = [&](int i) { sy::cuda::grouped_gemm_sm90(ctx, make_args(p, bufs[i % sets])); };
@@ -702,10 +724,9 @@ void speed(sy::cuda::Context& ctx, bool quick, std::vector<Timing>& table) {
         set_bn(0);
       };
       if (t.ok) {
-        set_version(1);
-        t.ms_v1 = time_ms(ctx.stream, reps, p.name(), grouped);
         time_widths(2, t.ms_v2, t.ms_v2_128, t.ms_v2_256);
         if (has_v3) time_widths(3, t.ms_v3, t.ms_v3_128, t.ms_v3_256);
+        time_widths(4, t.ms_v4, t.ms_v4_128, t.ms_v4_256);
       }
       set_version(2);
       t.ms_dense = time_ms(ctx.stream, reps, "cublas dense", [&](int i) {
@@ -777,14 +798,14 @@ int main(int argc, char** argv) {
   if (bench) speed(ctx, quick, table);
 
   if (!table.empty()) {
-    std::printf("\nTFLOP/s (median of 10-20, 2*M*K*N / time). v1, v2, v3 = SY_GG_SM90_VERSION with"
+    std::printf("\nTFLOP/s (median of 10-20, 2*M*K*N / time). v2, v3, v4 = SY_GG_SM90_VERSION with"
                 " the kernel's own tile choice; /128, /256 = tile width forced; v3 only on the"
-                " accumulating f32 weight gradient (elsewhere it runs v2: '-'); dense = cuBLAS on"
-                " the same total shape; loop = one cuBLAS call per group. bal/zipf = training"
-                " shapes, skew = synthetic\n");
-    std::printf("%-57s %7s %7s %7s %7s %7s %7s %7s %7s %7s %6s %6s %8s %8s\n", "case", "v1", "v2",
-                "v2/128", "v2/256", "v3", "v3/128", "v3/256", "dense", "loop", "v2/v1", "v3/v2",
-                "v2 ms", "v3 ms");
+                " accumulating f32 weight gradient (elsewhere it runs v2: '-'); v4 = the staged"
+                " TMA epilogue; dense = cuBLAS on the same total shape; loop = one cuBLAS call per"
+                " group. bal/zipf = training shapes, skew = synthetic\n");
+    std::printf("%-60s %7s %7s %7s %7s %7s %7s %7s %7s %7s %7s %6s %8s %8s\n", "case", "v2",
+                "v2/128", "v2/256", "v3", "v4", "v4/128", "v4/256", "dense", "loop", "v4/v2",
+                "v4/lp", "v2 ms", "v4 ms");
     for (const Timing& t : table) {
       auto tf = [&](double ms) {
         char cell[16];
@@ -798,15 +819,12 @@ int main(int argc, char** argv) {
         else std::snprintf(cell, sizeof cell, "%6s", "-");
         return std::string(cell);
       };
-      char v3_ms[16];
-      if (t.ms_v3 > 0) std::snprintf(v3_ms, sizeof v3_ms, "%8.3f", t.ms_v3);
-      else std::snprintf(v3_ms, sizeof v3_ms, "%8s", "-");
-      std::printf("%-57s %s %s %s %s %s %s %s %s %s %s %s %8.3f %s%s\n", t.label.c_str(),
-                  tf(t.ms_v1).c_str(), tf(t.ms_v2).c_str(), tf(t.ms_v2_128).c_str(),
-                  tf(t.ms_v2_256).c_str(), tf(t.ms_v3).c_str(), tf(t.ms_v3_128).c_str(),
-                  tf(t.ms_v3_256).c_str(), tf(t.ms_dense).c_str(), tf(t.ms_loop).c_str(),
-                  ratio(t.ms_v1, t.ms_v2).c_str(), ratio(t.ms_v2, t.ms_v3).c_str(), t.ms_v2, v3_ms,
-                  t.ok ? "" : "  FAIL");
+      std::printf("%-60s %s %s %s %s %s %s %s %s %s %s %s %8.3f %8.3f%s\n", t.label.c_str(),
+                  tf(t.ms_v2).c_str(), tf(t.ms_v2_128).c_str(), tf(t.ms_v2_256).c_str(),
+                  tf(t.ms_v3).c_str(), tf(t.ms_v4).c_str(), tf(t.ms_v4_128).c_str(),
+                  tf(t.ms_v4_256).c_str(), tf(t.ms_dense).c_str(), tf(t.ms_loop).c_str(),
+                  ratio(t.ms_v2, t.ms_v4).c_str(), ratio(t.ms_loop, t.ms_v4).c_str(), t.ms_v2,
+                  t.ms_v4, t.ok ? "" : "  FAIL");
     }
   }
   std::printf("\n%s: %d failure(s)\n", failures ? "FAILED" : "ALL PASSED", failures);

@@ -174,8 +174,9 @@ part_grouped() {
       sy_build "$gg" grouped_gemm_check; } || return 1
   fi
   # Registers, spills and stack of each kernel instantiation (ptxas -v on the sm_90a file alone:
-  # 24 = 2 versions x 2 tile widths x 3 forms x 2 C types, + 2 of version 3: wgrad into f32 at
-  # both widths), the PTX wgmma wait pattern and version 3's TMA reduce-adds, the SASS.
+  # 36 = 3 versions (1, 2, 4) x 2 tile widths x 3 forms x 2 C types, + 2 of version 3: wgrad into
+  # f32 at both widths), the PTX wgmma wait pattern, the TMA reduce-adds (versions 3, 4) and
+  # stores (version 4), the SASS.
   local arch=(-std=c++20 -I. "-gencode=arch=compute_90a,code=sm_90a")
   sy_step -l ptxas ptxas "$nvcc" "${arch[@]}" -Xptxas -v -c model/cuda/grouped_gemm_sm90.cu \
     -o "$sy_out/grouped_gemm_sm90.o"
@@ -188,16 +189,19 @@ part_grouped() {
   sy_step grouped_gemm_check "$gg/grouped_gemm_check" "${args[@]}"
   local rc=$?
   local log=$sy_out/ptxas.log sass=$sy_out/sass.txt
-  echo "ptxas: $(grep -c 'Used [0-9]* registers' "$log" 2>/dev/null) kernels (26 expected)," \
+  echo "ptxas: $(grep -c 'Used [0-9]* registers' "$log" 2>/dev/null) kernels (38 expected)," \
     "$(grep -c '0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads' "$log" 2>/dev/null)" \
     "without stack or spills, serialisation warnings: $(grep -ci 'serializ' "$log" 2>/dev/null)"
   echo "PTX: wgmma.wait_group 1 in $(grep -c 'wgmma.wait_group.sync.aligned 1' \
-    "$sy_out/grouped_gemm_sm90.ptx" 2>/dev/null) places (14 expected: one per v2 and v3 kernel)," \
+    "$sy_out/grouped_gemm_sm90.ptx" 2>/dev/null) places (26 expected: one per v2, v3 and v4 kernel)," \
     "cp.reduce.async.bulk.tensor in $(grep -c 'cp.reduce.async.bulk.tensor' \
-    "$sy_out/grouped_gemm_sm90.ptx" 2>/dev/null) (12 expected: v3's slices, 8 at BN 256 + 4 at 128)"
+    "$sy_out/grouped_gemm_sm90.ptx" 2>/dev/null) (48 expected: v3's 12 slices, v4's 36 f32 boxes)," \
+    "TMA stores in $(grep -c 'cp.async.bulk.tensor.[23]d.global.shared' \
+    "$sy_out/grouped_gemm_sm90.ptx" 2>/dev/null) (54 expected: v4's boxes)"
   echo "SASS: $(grep -c HGMMA "$sass" 2>/dev/null) HGMMA, $(grep -c UTMALDG "$sass" 2>/dev/null)" \
     "UTMALDG, $(grep -c 'WARPGROUP.DEPBAR.LE gsb0, 0x1' "$sass" 2>/dev/null)" \
-    "WARPGROUP.DEPBAR.LE ..., 0x1 (v2 waits), $(grep -c UTMAREDG "$sass" 2>/dev/null) UTMAREDG (v3)"
+    "WARPGROUP.DEPBAR.LE ..., 0x1 (v2 waits), $(grep -c UTMAREDG "$sass" 2>/dev/null)" \
+    "UTMAREDG (v3, v4), $(grep -c UTMASTG "$sass" 2>/dev/null) UTMASTG (v4)"
   log=$sy_out/grouped_gemm_check.log
   grep -E '^(device|SKIP|FAIL|HANG|CUDA ERROR|CUBLAS ERROR)' "$log" 2>/dev/null | head -n 30
   sed -n '/^TFLOP\/s/,$p' "$log" 2>/dev/null

@@ -10,7 +10,7 @@
 //                wgmma.mma_async m64nBNk16 from shared memory into f32 registers, then writes
 //                its rows straight from registers to C (masked at the segment end and at N).
 // setmaxnreg moves registers from the producer (40) to the consumers (232).
-// Three versions, SY_GG_SM90_VERSION=1|2|3 (default 3), bitwise equal results:
+// Four versions, SY_GG_SM90_VERSION=1|2|3|4 (default 4), bitwise equal results:
 //   1  each chunk's wgmmas complete (wait_group 0) before the next chunk is issued;
 //   2  one chunk stays in flight (wait_group 1), its predecessor's stage is released only once
 //      that predecessor's wgmmas are done; with accumulate, the old C tile is prefetched into L2
@@ -21,6 +21,16 @@
 //      the TMA add each slice to C (cp.reduce.async.bulk.tensor .add), so old C never travels to
 //      the SM and the consumers move on to the next tile while the adds drain. One f32 add per
 //      element, as in version 2's read-modify-write. Every other call runs version 2.
+//   4  version 2's main loop, and every epilogue it can through shared memory and the TMA: each
+//      consumer stages its accumulators one C box at a time (64 rows x 128 bytes: 64 bf16 or
+//      32 f32 columns, double-buffered) and one thread per warpgroup has the TMA store it (C =)
+//      or add it (C +=, f32 only), then the warpgroup moves on to the next tile while the TMA
+//      drains. Version 2's epilogue stored each row's 16 or 32 bytes straight from the fragment
+//      registers, a few microseconds per tile with the tensor cores idle (NOTES-grouped-gemm.md,
+//      "Version 4"). Forward halves of a tile that reach past their segment's end (into the next
+//      group's rows, which a box cannot mask) keep version 2's masked stores; so do bf16 `+=`
+//      calls (the TMA's bf16 add would round twice) and calls over more than kMaxGroupsStaged
+//      groups (the staging takes the room of the larger tables).
 //
 // Operand forms (wgmma's transpose bits; both allowed for 16-bit types):
 //   forward          A [M_total, K] K-major;  B[g] [K, N] N-major (3D map {N, K, G})
@@ -87,27 +97,47 @@ constexpr int kReduceBoxBytes = 64 * kReduceBoxCols * 4;      // 8 KiB
 constexpr int kSliceBytes = 64 * kSliceCols * 4;              // 16 KiB
 constexpr int kSlicesPerConsumer = 2;
 
-// Shared memory: [stages][staging (version 3)][full, empty barriers][segment offsets, tile starts].
-// kReduceEpilogue (version 3) adds 64 KiB of staging and pays for it with stages: 4 -> 3 at
-// BN = 256 (1 + 3 x 48 + 64 + 8 = 217 KiB of the 227; 4 stages would need 265), 6 -> 4 at BN = 128
-// (1 + 4 x 32 + 64 + 8 = 201 KiB; 5 would need 233).
-template <int BN, bool kReduceEpilogue = false>
+// Version 4's staging: per consumer warpgroup two buffers of one C box each, 64 rows x 128 bytes
+// (64 bf16 or 32 f32 columns; 128 bytes is the 128B swizzle's span), 8 KiB, 1024-byte aligned.
+constexpr int kStoreBoxBytes = 64 * 128;
+constexpr int kStoreBuffers = 2;
+constexpr int kMaxGroupsStaged = 240;  // the tables that still fit next to version 4's staging
+
+// What the consumers do with a finished tile: store from registers (versions 1, 2), stage f32
+// slices for the TMA's reduce-add (version 3), or stage C boxes for the TMA (version 4).
+enum class Epilogue { registers, reduce_slices, staged_boxes };
+
+// Shared memory: [stages][staging][full, empty barriers][segment offsets, tile starts].
+// Version 3 adds 64 KiB of staging and pays for it with stages: 4 -> 3 at BN = 256 (1 + 3 x 48 +
+// 64 + 8 = 217 KiB of the 227; 4 stages would need 265), 6 -> 4 at BN = 128 (1 + 4 x 32 + 64 + 8
+// = 201 KiB; 5 would need 233). Version 4 adds 32 KiB and keeps the stages by holding tables for
+// at most 240 groups: 1 + 192 + 32 + 0.06 + 1.9 = 226.9 KiB at either width.
+template <int BN, Epilogue E = Epilogue::registers>
 struct Geometry {
   static_assert(BN == 128 || BN == 256, "BN is 128 or 256");
-  static constexpr int kStages = kReduceEpilogue ? (BN == 256 ? 3 : 4) : (BN == 256 ? 4 : 6);
+  static constexpr int kStages = E == Epilogue::reduce_slices ? (BN == 256 ? 3 : 4)
+                                                              : (BN == 256 ? 4 : 6);
   static constexpr int kABytes = kBM * kBK * 2;  // 16 KiB: two 64-row halves, one per consumer
   static constexpr int kBBytes = BN * kBK * 2;
   static constexpr int kStageBytes = kABytes + kBBytes;
   static constexpr int kStagingBytes =
-      kReduceEpilogue ? kConsumers * kSlicesPerConsumer * kSliceBytes : 0;
+      E == Epilogue::reduce_slices   ? kConsumers * kSlicesPerConsumer * kSliceBytes
+      : E == Epilogue::staged_boxes ? kConsumers * kStoreBuffers * kStoreBoxBytes
+                                     : 0;
+  static constexpr int kMaxGroupsHere = E == Epilogue::staged_boxes ? kMaxGroupsStaged : kMaxGroups;
   static constexpr int kBarrierBytes = 2 * kStages * 8;
-  static constexpr int kTableBytes = 2 * (kMaxGroups + 1) * 4;
+  static constexpr int kTableBytes = 2 * (kMaxGroupsHere + 1) * 4;
   // 1 KiB of slack: the swizzled stages need 1024-byte alignment, which the dynamic shared
   // memory base does not promise.
   static constexpr int kSmemBytes =
       1024 + kStages * kStageBytes + kStagingBytes + kBarrierBytes + kTableBytes;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory");
 };
+
+__host__ __device__ constexpr Epilogue epilogue_of(int version) {
+  return version == 3 ? Epilogue::reduce_slices
+                      : version >= 4 ? Epilogue::staged_boxes : Epilogue::registers;
+}
 
 struct KernelParams {
   int groups = 0, M_total = 0, K = 0, N = 0;
@@ -209,6 +239,35 @@ __device__ __forceinline__ void tma_reduce_add_3d(const CUtensorMap* map, uint32
       : "memory");
 }
 
+// Version 4 (forward forms): C[box at (c0, c1)] += the f32 box at shared address src.
+__device__ __forceinline__ void tma_reduce_add_2d(const CUtensorMap* map, uint32_t src, int c0,
+                                                  int c1) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.2d.global.shared::cta.add.tile.bulk_group"
+      " [%0, {%2, %3}], [%1];" ::"l"(reinterpret_cast<uint64_t>(map)),
+      "r"(src), "r"(c0), "r"(c1)
+      : "memory");
+}
+
+// Version 4: C[box at (c0, c1[, c2])] = the box at shared address src, by the TMA (elements
+// outside the map's bounds are not written).
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.global.shared::cta.bulk_group"
+      " [%0, {%2, %3}], [%1];" ::"l"(reinterpret_cast<uint64_t>(map)),
+      "r"(src), "r"(c0), "r"(c1)
+      : "memory");
+}
+
+__device__ __forceinline__ void tma_store_3d(const CUtensorMap* map, uint32_t src, int c0, int c1,
+                                             int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.global.shared::cta.bulk_group"
+      " [%0, {%2, %3, %4}], [%1];" ::"l"(reinterpret_cast<uint64_t>(map)),
+      "r"(src), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+
 // Closes this thread's bulk group: the TMA operations issued since the previous commit.
 __device__ __forceinline__ void bulk_commit_group() {
   asm volatile("cp.async.bulk.commit_group;" ::: "memory");
@@ -276,6 +335,12 @@ __device__ __forceinline__ void warpgroup_sync(int half) {
 
 __device__ __forceinline__ void st_shared_f32x2(uint32_t addr, float x, float y) {
   asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(addr), "f"(x), "f"(y) : "memory");
+}
+
+__device__ __forceinline__ void st_shared_bf16x2(uint32_t addr, float x, float y) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
+  asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(*reinterpret_cast<const uint32_t*>(&v))
+               : "memory");
 }
 
 __device__ __forceinline__ void st_shared_zero16(uint32_t addr) {
@@ -463,6 +528,98 @@ __device__ __forceinline__ void reduce_epilogue(const float (&acc)[BN / 2],
   }
 }
 
+// Versions 1 and 2's epilogue (and version 4's where a box cannot be used): this consumer
+// warpgroup's 64 rows of the tile straight from the fragment registers to C, masked at the
+// tile's row_end and at N. Thread (warp w, lane l) holds rows 16 w + l / 4 and + 8, columns
+// 8 j + 2 (l % 4) + {0, 1}. c_block: C, or C[group] in wgrad.
+template <int BN, class CT>
+__device__ __forceinline__ void register_epilogue(const float (&acc)[BN / 2], CT* c_block,
+                                                  const Tile& tile, int half, int N,
+                                                  bool accumulate) {
+  const int lane = threadIdx.x & 31, warp = (threadIdx.x / 32) & 3;
+  const int row0 = tile.m0 + 64 * half + 16 * warp + lane / 4;
+  const int row1 = row0 + 8;
+  const bool ok0 = row0 < tile.row_end, ok1 = row1 < tile.row_end;
+  CT* const c_row0 = c_block + static_cast<int64_t>(row0) * N;
+  CT* const c_row1 = c_block + static_cast<int64_t>(row1) * N;
+#pragma unroll
+  for (int j = 0; j < BN / 8; ++j) {
+    const int col = tile.n0 + 8 * j + 2 * (lane & 3);
+    if (col < N) {  // N is a multiple of 8, so col + 1 < N too
+      if (ok0) store_pair(c_row0 + col, acc[4 * j], acc[4 * j + 1], accumulate);
+      if (ok1) store_pair(c_row1 + col, acc[4 * j + 2], acc[4 * j + 3], accumulate);
+    }
+  }
+}
+
+// Version 4's epilogue for one consumer warpgroup: its 64 rows x BN columns of the tile, box by
+// box (64 rows x 128 bytes: kBoxCols columns), C = acc by TMA stores, or C += acc by TMA f32
+// reduce-adds (reduce; CT f32 only). Per box, with the warpgroup's two staging buffers
+// alternating (boxes_issued carries the alternation across tiles):
+//   1. every thread stores its fragment's pairs of the box into the 128B-swizzled buffer: row r
+//      at 128 r, 16-byte piece c at piece c ^ (r % 8). A warp's store covers 8 rows (l / 4, so
+//      r % 8 = l / 4) of 16 bytes (bf16 pairs) or 32 bytes (f32 pairs): the XOR puts the 8 rows
+//      on different banks, 1 or 2 wavefronts, the minimum; then fence.proxy.async so that the
+//      TMA (async proxy) sees the stores;
+//   2. the issuing thread waits until its bulk groups have read their buffers (the previous
+//      box's, which the next box overwrites);
+//   3. warpgroup barrier; the issuing thread starts this box's store or add and commits it.
+// The TMA skips elements outside the map: columns past N, rows past M_total (forward) or past K
+// (wgrad, map {N, K, G}). The caller uses this only where every row of the box is the tile's
+// (wgrad; forward halves inside their segment, or the last segment's halves).
+template <int BN, class CT, bool kWgrad>
+__device__ __forceinline__ void staged_epilogue(const float (&acc)[BN / 2],
+                                                const CUtensorMap* map_c, uint32_t staging,
+                                                const Tile& tile, int half, int N, bool reduce,
+                                                int& boxes_issued) {
+  constexpr bool kF32 = std::is_same_v<CT, float>;
+  constexpr int kBoxCols = 128 / static_cast<int>(sizeof(CT));  // 64 bf16 or 32 f32
+  constexpr int kColGroups = kBoxCols / 8;                      // fragment column groups a box
+  const int row_start = tile.m0 + 64 * half;
+  const int wg_thread = threadIdx.x & 127, lane = threadIdx.x & 31, warp = wg_thread / 32;
+  const bool issuer = wg_thread == 0;
+  // The thread's rows 16 w + l / 4 and + 8 of the box; both have r % 8 = l / 4. Its two columns
+  // of column group jj sit at byte 4 (l % 4) of piece jj (bf16), or at byte 8 (l % 4) of the
+  // group's 32, i.e. piece 2 jj + (l % 4) / 2, offset 8 (l % 2) (f32).
+  const uint32_t row_offset =
+      (16 * warp + lane / 4) * 128 + (kF32 ? 8 * (lane & 1) : 4 * (lane & 3));
+  const uint32_t key = lane >> 2;
+#pragma unroll
+  for (int q = 0; q < BN / kBoxCols; ++q) {
+    const int col_start = tile.n0 + q * kBoxCols;
+    if (col_start >= N) break;
+    const uint32_t buffer = staging + (boxes_issued & 1) * kStoreBoxBytes;
+#pragma unroll
+    for (int jj = 0; jj < kColGroups; ++jj) {
+      const int j = q * kColGroups + jj;
+      if constexpr (kF32) {
+        const uint32_t piece = 2 * jj + ((lane & 3) >> 1);
+        const uint32_t addr = buffer + row_offset + ((piece ^ key) << 4);
+        st_shared_f32x2(addr, acc[4 * j], acc[4 * j + 1]);
+        st_shared_f32x2(addr + 8 * 128, acc[4 * j + 2], acc[4 * j + 3]);
+      } else {
+        const uint32_t addr = buffer + row_offset + ((static_cast<uint32_t>(jj) ^ key) << 4);
+        st_shared_bf16x2(addr, acc[4 * j], acc[4 * j + 1]);
+        st_shared_bf16x2(addr + 8 * 128, acc[4 * j + 2], acc[4 * j + 3]);
+      }
+    }
+    fence_proxy_async_shared();
+    if (issuer) bulk_wait_all_read();
+    warpgroup_sync(half);
+    if (issuer) {
+      if constexpr (kWgrad) {
+        if (kF32 && reduce) tma_reduce_add_3d(map_c, buffer, col_start, row_start, tile.group);
+        else tma_store_3d(map_c, buffer, col_start, row_start, tile.group);
+      } else {
+        if (kF32 && reduce) tma_reduce_add_2d(map_c, buffer, col_start, row_start);
+        else tma_store_2d(map_c, buffer, col_start, row_start);
+      }
+      bulk_commit_group();
+    }
+    ++boxes_issued;
+  }
+}
+
 template <Form F, int BN>
 __device__ __forceinline__ Tile decode_tile(int t, const KernelParams& p, const int* seg_off,
                                             const int* tile_start) {
@@ -498,24 +655,28 @@ __device__ __forceinline__ Tile decode_tile(int t, const KernelParams& p, const 
 }
 #endif  // SY_GG_SM90_DEVICE
 
-// grid: min(#SMs, tiles); block: 384 threads; dynamic shared memory Geometry<BN, kVersion >= 3>
-// ::kSmemBytes. kVersion 1: the first GPU-verified kernel (each chunk's wgmmas complete before the
-// next chunk is issued). kVersion 2: one chunk of wgmmas stays in flight (wait_group 1; a stage is
-// released once the wgmmas reading it have completed), and with accumulate the old C tile is
-// prefetched into L2 while the main loop runs, so the epilogue's read-modify-write hits L2.
-// kVersion 3 (wgrad, C f32, launched only with accumulate): version 2's main loop, then C += acc
-// by TMA reduce-adds from shared memory (map_c: C as {N, K, G} f32, box {32, 64, 1}, 128B
-// swizzle); map_c is unused below version 3.
+// grid: min(#SMs, tiles); block: 384 threads; dynamic shared memory
+// Geometry<BN, epilogue_of(kVersion)>::kSmemBytes. kVersion 1: the first GPU-verified kernel (each
+// chunk's wgmmas complete before the next chunk is issued). kVersion 2: one chunk of wgmmas stays
+// in flight (wait_group 1; a stage is released once the wgmmas reading it have completed), and
+// with accumulate the old C tile is prefetched into L2 while the main loop runs, so the
+// epilogue's read-modify-write hits L2. kVersion 3 (wgrad, C f32, launched only with
+// accumulate): version 2's main loop, then C += acc by TMA reduce-adds from shared memory (map_c:
+// C as {N, K, G} f32, box {32, 64, 1}, 128B swizzle). kVersion 4: version 2's main loop, then the
+// staged epilogue (map_c: C as {N, M_total} or, in wgrad, {N, K, G}, box {128 bytes, 64 rows[,
+// 1]}, 128B swizzle); the host never launches it for a bf16 accumulate. map_c is unused below
+// version 3.
 template <int BN, Form F, class CT, int kVersion>
 __global__ void __launch_bounds__(kCtaThreads, 1)
     grouped_gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a,
                              const __grid_constant__ CUtensorMap map_b,
                              const __grid_constant__ CUtensorMap map_c, const KernelParams p) {
 #ifdef SY_GG_SM90_DEVICE
-  constexpr bool kReduceEpilogue = kVersion >= 3;
+  constexpr bool kReduceEpilogue = kVersion == 3;
+  constexpr bool kStagedEpilogue = kVersion >= 4;
   static_assert(!kReduceEpilogue || (F == Form::wgrad && std::is_same_v<CT, float>),
                 "version 3 is the f32 weight gradient's accumulate epilogue only");
-  using G = Geometry<BN, kReduceEpilogue>;
+  using G = Geometry<BN, epilogue_of(kVersion)>;
   constexpr int kStages = G::kStages;
   constexpr bool kWgrad = F == Form::wgrad;
   constexpr int kTransA = kWgrad ? 1 : 0;                    // A M-major in wgrad
@@ -525,12 +686,12 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
   const uint32_t raw = smem_addr(smem_raw);
   const uint32_t stages = (raw + 1023u) & ~1023u;  // 1024-aligned: the 128B swizzle's period
   uint8_t* const base = smem_raw + (stages - raw);
-  const uint32_t staging = stages + kStages * G::kStageBytes;    // version 3: [2][2] x 16 KiB
+  const uint32_t staging = stages + kStages * G::kStageBytes;    // [2][2] x 16 KiB (3), 8 KiB (4)
   const uint32_t full_bar = staging + G::kStagingBytes;           // [kStages] x 8 B
   const uint32_t empty_bar = full_bar + kStages * 8;              // [kStages] x 8 B
   int* const seg_off = reinterpret_cast<int*>(base + kStages * G::kStageBytes + G::kStagingBytes +
                                               G::kBarrierBytes);
-  int* const tile_start = seg_off + (kMaxGroups + 1);
+  int* const tile_start = seg_off + (G::kMaxGroupsHere + 1);
 
   // ---- set-up: barriers, the segment offsets and every group's first tile -------------------
   for (int i = threadIdx.x; i <= p.groups; i += blockDim.x) seg_off[i] = p.offsets[i];
@@ -543,7 +704,7 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
     fence_proxy_async_shared();
     prefetch_tensor_map(&map_a);
     prefetch_tensor_map(&map_b);
-    if constexpr (kReduceEpilogue) prefetch_tensor_map(&map_c);
+    if constexpr (kReduceEpilogue || kStagedEpilogue) prefetch_tensor_map(&map_c);
   }
   __syncthreads();
   const int n_tiles = (p.N + BN - 1) / BN;
@@ -614,7 +775,6 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
   const int half = warpgroup - 1;              // rows [64 half, 64 half + 64) of each tile
   const int consumer_thread = threadIdx.x - 128;  // 0..255 over both consumer warpgroups
   const int lane = threadIdx.x & 31;
-  const int warp_in_group = (threadIdx.x / 32) & 3;
   // K-major operands step 32 B per k16 inside the swizzled row; M/N-major ones 16 rows of 128 B.
   constexpr uint32_t kStepA = kTransA ? 16 * kSwizzleBytes : 32;
   constexpr uint32_t kStepB = kTransB ? 16 * kSwizzleBytes : 32;
@@ -623,7 +783,7 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
   CT* const C = static_cast<CT*>(p.C);
   float acc[BN / 2];
   int it = 0;
-  int slices_issued = 0;  // version 3: staging slices handed to the TMA so far (buffer = parity)
+  int slices_issued = 0;  // versions 3, 4: slices or boxes handed to the TMA (buffer = parity)
   for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
     const Tile tile = decode_tile<F, BN>(t, p, seg_off, tile_start);
     const int chunks = (tile.red_len + kBK - 1) / kBK;
@@ -687,25 +847,23 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
                           half, p.N, slices_issued);
       continue;
     }
-    // ---- epilogue: accumulator fragment (m64nN f32) -> C, masked ----------------------------
-    // Thread (warp w, lane l) holds rows 16 w + l / 4 and + 8, columns 8 j + 2 (l % 4) + {0, 1}.
-    const int row0 = tile.m0 + 64 * half + 16 * warp_in_group + lane / 4;
-    const int row1 = row0 + 8;
-    const bool ok0 = row0 < tile.row_end, ok1 = row1 < tile.row_end;
-    CT* const c_row0 = c_block + static_cast<int64_t>(row0) * p.N;
-    CT* const c_row1 = c_block + static_cast<int64_t>(row1) * p.N;
-#pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-      const int col = tile.n0 + 8 * j + 2 * (lane & 3);
-      if (col < p.N) {  // N is a multiple of 8, so col + 1 < N too
-        if (ok0) store_pair(c_row0 + col, acc[4 * j], acc[4 * j + 1], p.accumulate != 0);
-        if (ok1) store_pair(c_row1 + col, acc[4 * j + 2], acc[4 * j + 3], p.accumulate != 0);
+    if constexpr (kStagedEpilogue) {
+      // A box covers 64 rows: usable where all of them are this tile's (or lie past M_total,
+      // which the map skips). Warpgroup-uniform, so the barriers inside stay uniform.
+      const int row_start = tile.m0 + 64 * half;
+      if (row_start >= tile.row_end) continue;
+      if (kWgrad || row_start + 64 <= tile.row_end || tile.row_end == p.M_total) {
+        const uint32_t buffers = staging + half * kStoreBuffers * kStoreBoxBytes;
+        staged_epilogue<BN, CT, kWgrad>(acc, &map_c, buffers, tile, half, p.N, p.accumulate != 0,
+                                        slices_issued);
+        continue;
       }
     }
+    register_epilogue<BN>(acc, c_block, tile, half, p.N, p.accumulate != 0);
   }
-  // Version 3: the last reduce-adds must have read shared memory (which outlives only the CTA)
-  // and reached C before the CTA ends.
-  if constexpr (kReduceEpilogue) {
+  // Versions 3 and 4: the last TMA stores and adds must have read shared memory (which outlives
+  // only the CTA) and reached C before the CTA ends.
+  if constexpr (kReduceEpilogue || kStagedEpilogue) {
     if ((threadIdx.x & 127) == 0) bulk_wait_all();
   }
 #endif  // SY_GG_SM90_DEVICE
@@ -818,7 +976,7 @@ struct TensorMaps {
 
 template <int BN, Form F, class CT, int kVersion>
 void launch(Context& ctx, const TensorMaps& maps, const KernelParams& params, int grid) {
-  constexpr int smem = Geometry<BN, kVersion >= 3>::kSmemBytes;
+  constexpr int smem = Geometry<BN, epilogue_of(kVersion)>::kSmemBytes;
   auto kernel = grouped_gemm_sm90_kernel<BN, F, CT, kVersion>;
   SY_CUDA(ctx, kOp, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   kernel<<<grid, kCtaThreads, smem, ctx.stream>>>(maps.a, maps.b, maps.c, params);
@@ -845,14 +1003,16 @@ void dispatch(Context& ctx, Form form, DType c_dtype, const TensorMaps& maps,
   }
 }
 
-// SY_GG_SM90_VERSION=1 selects the first GPU-verified kernel, 2 the one before the TMA reduce-add
-// epilogue; anything else (or unset) version 3: that epilogue for the accumulating f32 weight
-// gradient (1.4-1.9x v2 there, bitwise equal, H200 2026-12-02), version 2 for every other call.
+// SY_GG_SM90_VERSION=1 selects the first GPU-verified kernel, 2 the one before the TMA
+// epilogues, 3 the TMA reduce-add for the accumulating f32 weight gradient only (1.4-1.9x v2
+// there, bitwise equal, H200 2026-12-02) and version 2 elsewhere; anything else (or unset)
+// version 4: the staged TMA epilogue for every call but a bf16 accumulate.
 int kernel_version() {
   const char* v = std::getenv("SY_GG_SM90_VERSION");
   if (v && std::strcmp(v, "1") == 0) return 1;
   if (v && std::strcmp(v, "2") == 0) return 2;
-  return 3;
+  if (v && std::strcmp(v, "3") == 0) return 3;
+  return 4;
 }
 
 // Shapes where the per-group cuBLAS loop beats this kernel: declining them sends the caller
@@ -987,6 +1147,24 @@ bool grouped_gemm_sm90(Context& ctx, const GroupedGemmArgs& a) {
                                  make_map(&maps.c, a.C, 3, dims, strides, box,
                                           CU_TENSOR_MAP_DATA_TYPE_FLOAT32);
     if (!reduce_epilogue) version = 2;
+  } else if (version == 4) {
+    // The staged epilogue's C map: one box is 64 rows x 128 bytes. Forward C is [M_total, N];
+    // wgrad's C[g] is its own [K, N] matrix, so the map {N, K, G} bounds each box at its group.
+    const uint64_t cb = c_bytes;
+    const uint32_t box_cols = static_cast<uint32_t>(128 / cb);
+    const CUtensorMapDataType type = a.c_dtype == DType::f32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+                                                              : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+    bool staged = a.groups <= kMaxGroupsStaged && !(a.accumulate && a.c_dtype == DType::bf16);
+    if (staged && wgrad) {
+      const uint64_t dims[3] = {N, K, G}, strides[2] = {N * cb, K * N * cb};
+      const uint32_t box[3] = {box_cols, 64, 1};
+      staged = make_map(&maps.c, a.C, 3, dims, strides, box, type);
+    } else if (staged) {
+      const uint64_t dims[2] = {N, M}, strides[1] = {N * cb};
+      const uint32_t box[2] = {box_cols, 64};
+      staged = make_map(&maps.c, a.C, 2, dims, strides, box, type);
+    }
+    if (!staged) version = 2;
   }
 
   KernelParams params;
@@ -1004,6 +1182,9 @@ bool grouped_gemm_sm90(Context& ctx, const GroupedGemmArgs& a) {
   if (version == 3) {
     if (bn == 256) launch<256, Form::wgrad, float, 3>(ctx, maps, params, grid);
     else launch<128, Form::wgrad, float, 3>(ctx, maps, params, grid);
+  } else if (version == 4) {
+    if (bn == 256) dispatch<256, 4>(ctx, form, a.c_dtype, maps, params, grid);
+    else dispatch<128, 4>(ctx, form, a.c_dtype, maps, params, grid);
   } else if (version == 1) {
     if (bn == 256) dispatch<256, 1>(ctx, form, a.c_dtype, maps, params, grid);
     else dispatch<128, 1>(ctx, form, a.c_dtype, maps, params, grid);
