@@ -127,12 +127,19 @@ class Backend {
   //   grouped_gemm_wgrad: C[g] (= or +=) A[seg g]^T @ B[seg g]
   //                       A [M, K], B [M, N], C [G, K, N]; an empty segment's C[g] is zeroed
   //                       (left as it is with accumulate)
+  //   grouped_gemm_pair:  C[seg g] = A[seg g] @ op(B[g]) + A2[seg g] @ op(B2[g])
+  //                       A [M, K], A2 [M, K2], B and B2 as in grouped_gemm, C [M, N] (the
+  //                       expert FFN's dx = dh1 w1^T + dh3 w3^T); the default is grouped_gemm
+  //                       into C, then grouped_gemm adding into C (C rounded twice); a backend
+  //                       may sum both products before rounding C once (CUDA's Hopper kernel)
   // The defaults (model/grouped_gemm.cpp) run one gemm() per non-empty segment, the reference;
   // CUDA runs bf16 data as one grouped kernel (docs/cuda.md).
   void grouped_gemm(const Tensor& C, const Tensor& A, const Tensor& B, bool trans_b,
                     std::span<const int64_t> rows_per_group, bool accumulate);
   void grouped_gemm_wgrad(const Tensor& C, const Tensor& A, const Tensor& B,
                           std::span<const int64_t> rows_per_group, bool accumulate);
+  void grouped_gemm_pair(const Tensor& C, const Tensor& A, const Tensor& B, const Tensor& A2,
+                         const Tensor& B2, bool trans_b, std::span<const int64_t> rows_per_group);
 
   // ---- embedding ----------------------------------------------------------------------------
   // out[T,D] = table[tokens[t]]; backward: dtable[tokens[t]] += dout[t] (dtable stat of dout).
@@ -350,6 +357,9 @@ class Backend {
                                  std::span<const int64_t> rows_per_group, bool accumulate);
   virtual void grouped_gemm_wgrad_impl(const Tensor& C, const Tensor& A, const Tensor& B,
                                        std::span<const int64_t> rows_per_group, bool accumulate);
+  virtual void grouped_gemm_pair_impl(const Tensor& C, const Tensor& A, const Tensor& B,
+                                      const Tensor& A2, const Tensor& B2, bool trans_b,
+                                      std::span<const int64_t> rows_per_group);
   // embedding, RMSNorm
   virtual void embedding_forward_impl(const Tensor& out, const Tensor& tokens,
                                       const Tensor& table) = 0;

@@ -75,4 +75,11 @@ void Backend::grouped_gemm_wgrad_impl(const Tensor& C, const Tensor& A, const Te
   });
 }
 
+void Backend::grouped_gemm_pair_impl(const Tensor& C, const Tensor& A, const Tensor& B,
+                                     const Tensor& A2, const Tensor& B2, bool trans_b,
+                                     std::span<const int64_t> rows_per_group) {
+  grouped_gemm(C, A, B, trans_b, rows_per_group, false);
+  grouped_gemm(C, A2, B2, trans_b, rows_per_group, true);
+}
+
 }  // namespace sy

@@ -309,6 +309,34 @@ void Backend::grouped_gemm_wgrad(const Tensor& C, const Tensor& A, const Tensor&
   grouped_gemm_wgrad_impl(C, A, B, rows_per_group, accumulate);
 }
 
+void Backend::grouped_gemm_pair(const Tensor& C, const Tensor& A, const Tensor& B,
+                                const Tensor& A2, const Tensor& B2, bool trans_b,
+                                std::span<const int64_t> rows_per_group) {
+  const OpCheck c(*this, "grouped_gemm_pair");
+  check_gemm_dtypes(c, C, A, B);
+  check_gemm_dtypes(c, C, A2, B2);
+  c.ndim(A, 2, "A");
+  c.ndim(A2, 2, "A2");
+  c.ndim(B, 3, "B");
+  c.ndim(B2, 3, "B2");
+  c.ndim(C, 2, "C");
+  const int64_t G = static_cast<int64_t>(rows_per_group.size()), M = A.dim(0);
+  const int64_t N = trans_b ? B.dim(1) : B.dim(2);
+  const auto matches = [&](const Tensor& a, const Tensor& b) {
+    return b.dim(0) == G && (trans_b ? b.dim(2) : b.dim(1)) == a.dim(1) &&
+           (trans_b ? b.dim(1) : b.dim(2)) == N;
+  };
+  if (A2.dim(0) != M || !matches(A, B) || !matches(A2, B2))
+    c.fail("A" + shape_str(A.shape()) + " @ B" + shape_str(B.shape()) + " + A2" +
+           shape_str(A2.shape()) + " @ B2" + shape_str(B2.shape()) + (trans_b ? " (B^T)" : "") +
+           " over " + std::to_string(G) + " segments: shapes do not match");
+  c.shape(C, {M, N}, "C");
+  check_segments(c, rows_per_group, M);
+  for (const Tensor* input : {&A, &B, &A2, &B2})
+    if (overlaps(C, *input)) c.fail("C overlaps an input");
+  grouped_gemm_pair_impl(C, A, B, A2, B2, trans_b, rows_per_group);
+}
+
 // ---- embedding ------------------------------------------------------------------------------
 void Backend::embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& table) {
   const OpCheck c(*this, "embedding_forward");

@@ -1,4 +1,5 @@
-// The grouped expert GEMMs (Backend::grouped_gemm, grouped_gemm_wgrad; model/cuda/grouped_gemm*)
+// The grouped expert GEMMs (Backend::grouped_gemm, grouped_gemm_wgrad, grouped_gemm_pair;
+// model/cuda/grouped_gemm*)
 // and the grouped expert FFN (moe.expert_kernel).
 //
 // On the GPU, once per kernel that SY_GROUPED_GEMM can force (cublas: the per-segment gemm loop;
@@ -126,6 +127,22 @@ TEST(GroupedCpu, DefaultsAreThePerSegmentGemmsBitwise) {
     }
     EXPECT_EQ(cpu->read(grouped), cpu->read(loop)) << "wgrad, accumulate " << accumulate;
   }
+  // The pair: the first product written, the second added, exactly as two grouped calls.
+  const int64_t K2 = 7;
+  const Tensor A2 = filled(*cpu, {M, K2}, DType::f32, values(M * K2, seed++, false));
+  const Tensor B2 = filled(*cpu, {G, K2, N}, DType::f32, values(G * K2 * N, seed++, false));
+  const Tensor B2t = filled(*cpu, {G, N, K2}, DType::f32, values(G * K2 * N, seed++, false));
+  for (bool trans_b : {false, true}) {
+    Tensor pair = filled(*cpu, {M, N}, DType::f32, c0);
+    Tensor twice = filled(*cpu, {M, N}, DType::f32, c0);
+    cpu->grouped_gemm_pair(pair, A, trans_b ? Bt : B, A2, trans_b ? B2t : B2, trans_b, rows);
+    cpu->grouped_gemm(twice, A, trans_b ? Bt : B, trans_b, rows, false);
+    cpu->grouped_gemm(twice, A2, trans_b ? B2t : B2, trans_b, rows, true);
+    EXPECT_EQ(cpu->read(pair), cpu->read(twice)) << "pair, trans_b " << trans_b;
+  }
+  EXPECT_THROW(cpu->grouped_gemm_pair(filled(*cpu, {M, N}, DType::f32, c0), A, B, A2, Bt, false,
+                                      rows),
+               std::runtime_error);  // B2 [G, N, K2] where [G, K2, N] is due
   // The empty expert's wgrad block: zero, or untouched with accumulate.
   Tensor w = filled(*cpu, {G, K, N}, DType::f32, w0);
   cpu->grouped_gemm_wgrad(w, A, Bm, rows, false);
@@ -279,6 +296,53 @@ TEST_P(GroupedGemm, ForwardMatchesTheCpu) {
     }
   }
   std::printf("[ rel err  ] grouped_gemm %s: worst C f32 %.3e (tol %.0e), C bf16 %.3e (tol %.0e)\n",
+              GetParam().c_str(), worst[DType::f32], kF32CTol, worst[DType::bf16], kBf16CTol);
+  report();
+}
+
+// dx = dh1 w1^T + dh3 w3^T in one op: the Hopper kernel sums both products in one accumulator
+// (C rounded once), the other kernels run the default's two calls; each against the CPU.
+TEST_P(GroupedGemm, PairMatchesTheCpu) {
+  uint64_t seed = 300;
+  for (const Segments& s : segment_cases()) {
+    const int64_t G = static_cast<int64_t>(s.rows.size()), M = total(s.rows);
+    for (auto [K, N] : kDims) {
+      const int64_t K2 = K + 72;  // another reduction length, again no multiple of 64
+      const std::vector<double> a = values(M * K, seed++, true), a2 = values(M * K2, seed++, true);
+      const std::vector<double> b = values(G * K * N, seed++, true);
+      const std::vector<double> b2 = values(G * K2 * N, seed++, true);
+      for (bool trans_b : {false, true}) {
+        const Shape b_shape = trans_b ? Shape{G, N, K} : Shape{G, K, N};
+        const Shape b2_shape = trans_b ? Shape{G, N, K2} : Shape{G, K2, N};
+        Tensor c_cpu = filled(*cpu, {M, N}, DType::f32, std::vector<double>(M * N, 0.0));
+        cpu->grouped_gemm_pair(c_cpu, filled(*cpu, {M, K}, DType::f32, a),
+                               filled(*cpu, b_shape, DType::f32, b),
+                               filled(*cpu, {M, K2}, DType::f32, a2),
+                               filled(*cpu, b2_shape, DType::f32, b2), trans_b, s.rows);
+        const Tensor a_gpu = filled(*gpu, {M, K}, DType::bf16, a);
+        const Tensor a2_gpu = filled(*gpu, {M, K2}, DType::bf16, a2);
+        const Tensor b_gpu = filled(*gpu, b_shape, DType::bf16, b);
+        const Tensor b2_gpu = filled(*gpu, b2_shape, DType::bf16, b2);
+        for (DType c_dtype : {DType::f32, DType::bf16}) {
+          const std::string what = "pair " + s.name + " K=" + std::to_string(K) + "+" +
+                                   std::to_string(K2) + " N=" + std::to_string(N) +
+                                   (trans_b ? " trans_b" : "") + " C " + dtype_name(c_dtype);
+          std::vector<double> runs[2];
+          for (std::vector<double>& run : runs) {
+            Tensor buffer;
+            Tensor c = output(buffer, M, N, c_dtype, nullptr);
+            gpu->grouped_gemm_pair(c, a_gpu, b_gpu, a2_gpu, b2_gpu, trans_b, s.rows);
+            note_kernel(what);
+            run = gpu->read(c);
+            expect_guard(buffer, M, what);
+          }
+          check(what, runs[0], runs[1], cpu->read(c_cpu), c_dtype);
+        }
+      }
+    }
+  }
+  std::printf("[ rel err  ] grouped_gemm_pair %s: worst C f32 %.3e (tol %.0e), C bf16 %.3e (tol "
+              "%.0e)\n",
               GetParam().c_str(), worst[DType::f32], kF32CTol, worst[DType::bf16], kBf16CTol);
   report();
 }

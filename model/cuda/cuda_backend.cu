@@ -195,6 +195,26 @@ class CudaBackend final : public Backend {
       Backend::grouped_gemm_wgrad_impl(C, A, B, rows_per_group, accumulate);
   }
 
+  // One launch with both operand pairs on the Hopper kernel (C rounded once); elsewhere the two
+  // grouped calls of the default.
+  void grouped_gemm_pair_impl(const Tensor& C, const Tensor& A, const Tensor& B, const Tensor& A2,
+                              const Tensor& B2, bool trans_b,
+                              std::span<const int64_t> rows_per_group) override {
+    const int64_t G = static_cast<int64_t>(rows_per_group.size()), M = A.dim(0), K = A.dim(1);
+    const int64_t N = trans_b ? B.dim(1) : B.dim(2);
+    OpCheck(*this, "grouped_gemm_pair").fits_int(M, "M");
+    cuda::GroupedGemmArgs args;
+    args.kind = cuda::GroupedGemmKind::forward;
+    args.trans_b = trans_b;
+    fill_grouped_args(args, C, A, B, G, M, K, N, false);
+    args.A2 = A2.ptr<cuda::bf16>();
+    args.B2 = B2.ptr<cuda::bf16>();
+    args.K2 = A2.dim(1);
+    if (!run_grouped("grouped_gemm_pair", trans_b ? " NT " : " NN ", A.dtype(), args,
+                     rows_per_group))
+      Backend::grouped_gemm_pair_impl(C, A, B, A2, B2, trans_b, rows_per_group);
+  }
+
   void add_impl(const Tensor& y, const Tensor& x, double alpha) override {
     SY_PROFILE(std::string("add ") + dtype_name(y.dtype()) + "+=" + dtype_name(x.dtype()));
     cuda::add(ctx_, y, x, alpha);

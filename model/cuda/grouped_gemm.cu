@@ -377,6 +377,7 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 bool grouped_gemm_mma(Context& ctx, const GroupedGemmArgs& args) {
   const bool wgrad = args.kind == GroupedGemmKind::wgrad;
   if (args.c_dtype != DType::bf16 && args.c_dtype != DType::f32) return false;
+  if (args.A2 || args.B2 || args.K2 != 0) return false;  // one operand pair only
   if (args.groups < 1 || args.groups > kMaxGroups) return false;
   if (args.K % 8 != 0 || args.N % 8 != 0) return false;
   if (args.M_total > INT32_MAX || args.K > INT32_MAX || args.N > INT32_MAX) return false;

@@ -7,6 +7,10 @@
 //            A [M_total, K] bf16, B [G, K, N] bf16 (or [G, N, K] with trans_b), C [M_total, N]
 //   wgrad:   C[g] (=, or +=) = A[seg g]^T @ B[seg g]     (the reduction runs over the segment)
 //            A [M_total, K] bf16, B [M_total, N] bf16, C [G, K, N]
+// Forward only, a second operand pair over its own reduction (A2 [M_total, K2], B2 [G, K2, N] or
+// [G, N, K2] with trans_b, the same segments and the same op(B) form):
+//            C[seg g] (= or +=) A[seg g] @ op(B[g]) + A2[seg g] @ op(B2[g])
+// summed in one f32 accumulator, C rounded once (the expert FFN's dx = dh1 w1^T + dh3 w3^T).
 // C is bf16 or f32; accumulation is in f32 always. Every element of C that the operation covers
 // is written (an empty segment's wgrad block is zeroed unless accumulate), so outputs need no
 // clearing. No split over the reduction: results are bitwise repeatable.
@@ -30,6 +34,9 @@ struct GroupedGemmArgs {
   const int32_t* dev_offsets = nullptr; // [G + 1] segment offsets on the device
   const bf16* A = nullptr;
   const bf16* B = nullptr;
+  const bf16* A2 = nullptr;  // forward only: the second pair (nullptr: none)
+  const bf16* B2 = nullptr;
+  int64_t K2 = 0;
   void* C = nullptr;
   DType c_dtype = DType::bf16;  // bf16 or f32
 };
@@ -40,7 +47,7 @@ struct GroupedGemmArgs {
 bool grouped_gemm_sm90(Context& ctx, const GroupedGemmArgs& args);
 
 // The portable tensor-core kernel (mma.sync, cp.async; sm_80 and up): model/cuda/grouped_gemm.cu.
-// Returns false when it does not handle the case.
+// Returns false when it does not handle the case (a second operand pair among them).
 bool grouped_gemm_mma(Context& ctx, const GroupedGemmArgs& args);
 
 }  // namespace sy::cuda

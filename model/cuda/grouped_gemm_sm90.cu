@@ -37,6 +37,9 @@
 //   forward trans_b  A K-major;               B[g] [N, K] K-major (3D map {K, N, G})
 //   wgrad            A^T: A [M_total, K] is M-major; B [M_total, N] N-major; the reduction runs
 //                    over the segment's rows.
+// A forward call may bring a second operand pair (A2, B2 over K2, the same form): the producer
+// loads its chunks after the first pair's, into the same accumulators, so C = A op(B) + A2 op(B2)
+// is summed in f32 and rounded once (the expert FFN's input gradient dh1 w1^T + dh3 w3^T).
 // Out-of-bounds boxes are zero-filled by the TMA, which covers K tails (the 3D maps keep one
 // group's B from reading the next group's) and rows past M_total. Rows past a segment's end that
 // are still inside the tensor are real data of the next group:
@@ -144,6 +147,7 @@ struct KernelParams {
   const int32_t* offsets = nullptr;    // [groups + 1]
   void* C = nullptr;
   int accumulate = 0;
+  int K2 = 0;  // forward with a second operand pair (map_a2, map_b2): its reduction, else 0
   unsigned long long* debug = nullptr;  // SY_GG_SM90_DEBUG: mapped host words, else unused
 };
 
@@ -471,6 +475,21 @@ __device__ __forceinline__ void prefetch_c_tile(const CT* c_block, const Tile& t
   }
 }
 
+// Versions 3 and 4: hands one staged buffer of this consumer warpgroup to the TMA. The stores
+// become visible to the async proxy; the issuing thread waits until its earlier bulk groups have
+// read their buffers (the one the next slice overwrites among them); the warpgroup meets; the
+// issuer starts `issue` (the TMA operations reading the buffer) and commits them as one group.
+template <class Issue>
+__device__ __forceinline__ void hand_to_tma(int half, bool issuer, Issue&& issue) {
+  fence_proxy_async_shared();
+  if (issuer) bulk_wait_all_read();
+  warpgroup_sync(half);
+  if (issuer) {
+    issue();
+    bulk_commit_group();
+  }
+}
+
 // Version 3's epilogue for one consumer warpgroup: C[group] rows [m0 + 64 half, + 64), columns
 // [n0, n0 + BN) += acc, through shared memory and the TMA. The 64 x BN accumulators leave in
 // BN / 64 slices of 64 x 64 f32 that alternate between the warpgroup's two staging buffers:
@@ -512,18 +531,14 @@ __device__ __forceinline__ void reduce_epilogue(const float (&acc)[BN / 2],
       st_shared_f32x2(addr, acc[4 * j], acc[4 * j + 1]);
       st_shared_f32x2(addr + 8 * 128, acc[4 * j + 2], acc[4 * j + 3]);
     }
-    fence_proxy_async_shared();
-    if (issuer) bulk_wait_all_read();
-    warpgroup_sync(half);
-    if (issuer) {
+    hand_to_tma(half, issuer, [&] {
 #pragma unroll
       for (int box = 0; box < kSliceCols / kReduceBoxCols; ++box) {
         const int col = col_start + box * kReduceBoxCols;
         if (col < N)
           tma_reduce_add_3d(map_c, buffer + box * kReduceBoxBytes, col, row_start, tile.group);
       }
-      bulk_commit_group();
-    }
+    });
     ++slices_issued;
   }
 }
@@ -603,10 +618,7 @@ __device__ __forceinline__ void staged_epilogue(const float (&acc)[BN / 2],
         st_shared_bf16x2(addr + 8 * 128, acc[4 * j + 2], acc[4 * j + 3]);
       }
     }
-    fence_proxy_async_shared();
-    if (issuer) bulk_wait_all_read();
-    warpgroup_sync(half);
-    if (issuer) {
+    hand_to_tma(half, issuer, [&] {
       if constexpr (kWgrad) {
         if (kF32 && reduce) tma_reduce_add_3d(map_c, buffer, col_start, row_start, tile.group);
         else tma_store_3d(map_c, buffer, col_start, row_start, tile.group);
@@ -614,8 +626,7 @@ __device__ __forceinline__ void staged_epilogue(const float (&acc)[BN / 2],
         if (kF32 && reduce) tma_reduce_add_2d(map_c, buffer, col_start, row_start);
         else tma_store_2d(map_c, buffer, col_start, row_start);
       }
-      bulk_commit_group();
-    }
+    });
     ++boxes_issued;
   }
 }
@@ -670,6 +681,8 @@ template <int BN, Form F, class CT, int kVersion>
 __global__ void __launch_bounds__(kCtaThreads, 1)
     grouped_gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a,
                              const __grid_constant__ CUtensorMap map_b,
+                             const __grid_constant__ CUtensorMap map_a2,
+                             const __grid_constant__ CUtensorMap map_b2,
                              const __grid_constant__ CUtensorMap map_c, const KernelParams p) {
 #ifdef SY_GG_SM90_DEVICE
   constexpr bool kReduceEpilogue = kVersion == 3;
@@ -704,6 +717,10 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
     fence_proxy_async_shared();
     prefetch_tensor_map(&map_a);
     prefetch_tensor_map(&map_b);
+    if (p.K2 > 0) {
+      prefetch_tensor_map(&map_a2);
+      prefetch_tensor_map(&map_b2);
+    }
     if constexpr (kReduceEpilogue || kStagedEpilogue) prefetch_tensor_map(&map_c);
   }
   __syncthreads();
@@ -739,7 +756,8 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
     int it = 0;  // chunks issued so far by this CTA: stage it % kStages, pass it / kStages
     for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
       const Tile tile = decode_tile<F, BN>(t, p, seg_off, tile_start);
-      const int chunks = (tile.red_len + kBK - 1) / kBK;
+      const int first = (tile.red_len + kBK - 1) / kBK;  // chunks of the first operand pair
+      const int chunks = first + (kWgrad ? 0 : (p.K2 + kBK - 1) / kBK);
       for (int c = 0; c < chunks; ++c, ++it) {
         const int s = it % kStages;
         // A fresh barrier counts as having completed the phase before phase 0: the first pass
@@ -757,12 +775,18 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
           for (int j = 0; j < BN / 64; ++j)
             tma_load_2d(b_dst + j * kBoxBytes, &map_b, bar, tile.n0 + 64 * j, red);
         } else {
-          tma_load_2d(a_dst, &map_a, bar, red, tile.m0);  // box {64 k, 128 rows}
+          // The second pair's chunks follow the first's on the same accumulators; each pair's
+          // K tail is zero-filled by its own maps.
+          const bool second = c >= first;
+          const CUtensorMap* const ma = second ? &map_a2 : &map_a;
+          const CUtensorMap* const mb = second ? &map_b2 : &map_b;
+          const int k = second ? (c - first) * kBK : red;
+          tma_load_2d(a_dst, ma, bar, k, tile.m0);  // box {64 k, 128 rows}
           if constexpr (F == Form::forward) {
             for (int j = 0; j < BN / 64; ++j)  // box {64 n, 64 k, 1 group}
-              tma_load_3d(b_dst + j * kBoxBytes, &map_b, bar, tile.n0 + 64 * j, red, tile.group);
+              tma_load_3d(b_dst + j * kBoxBytes, mb, bar, tile.n0 + 64 * j, k, tile.group);
           } else {
-            tma_load_3d(b_dst, &map_b, bar, red, tile.n0, tile.group);  // box {64 k, BN n, 1}
+            tma_load_3d(b_dst, mb, bar, k, tile.n0, tile.group);  // box {64 k, BN n, 1}
           }
         }
       }
@@ -786,7 +810,8 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
   int slices_issued = 0;  // versions 3, 4: slices or boxes handed to the TMA (buffer = parity)
   for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
     const Tile tile = decode_tile<F, BN>(t, p, seg_off, tile_start);
-    const int chunks = (tile.red_len + kBK - 1) / kBK;
+    const int chunks =
+        (tile.red_len + kBK - 1) / kBK + (kWgrad ? 0 : (p.K2 + kBK - 1) / kBK);
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;  // an empty wgrad segment stores zeros
     // Version 2 with accumulate: the chunk at which the old C tile is pulled into L2, a few
@@ -968,18 +993,43 @@ void debug_check(Context& ctx) {
 }
 #endif
 
-// The kernel's tensor maps: A and B (loads); C only for version 3's reduce-adds (zeroed and
-// unused otherwise).
+// The kernel's tensor maps: A and B (loads); A2 and B2 for a second operand pair (forward; zeroed
+// and unused otherwise); C for versions 3 and 4 (likewise).
 struct TensorMaps {
-  CUtensorMap a, b, c;
+  CUtensorMap a, b, a2, b2, c;
 };
+
+// The load maps of one operand pair: A [M, K] and B (forward [G, K, N], trans_b [G, N, K], wgrad
+// [M, N]), 128B-swizzled boxes as the producer loads them. False when the driver refuses one.
+bool make_operand_maps(CUtensorMap* map_a, CUtensorMap* map_b, const bf16* A, const bf16* B,
+                       Form form, uint64_t M, uint64_t K, uint64_t N, uint64_t G, int bn) {
+  const bool wgrad = form == Form::wgrad;
+  {
+    const uint64_t dims[2] = {K, M}, strides[1] = {K * 2};
+    const uint32_t box[2] = {64, wgrad ? 64u : static_cast<uint32_t>(kBM)};
+    if (!make_map(map_a, A, 2, dims, strides, box)) return false;
+  }
+  if (wgrad) {
+    const uint64_t dims[2] = {N, M}, strides[1] = {N * 2};
+    const uint32_t box[2] = {64, 64};
+    return make_map(map_b, B, 2, dims, strides, box);
+  }
+  if (form == Form::forward) {
+    const uint64_t dims[3] = {N, K, G}, strides[2] = {N * 2, K * N * 2};
+    const uint32_t box[3] = {64, 64, 1};
+    return make_map(map_b, B, 3, dims, strides, box);
+  }
+  const uint64_t dims[3] = {K, N, G}, strides[2] = {K * 2, N * K * 2};
+  const uint32_t box[3] = {64, static_cast<uint32_t>(bn), 1};
+  return make_map(map_b, B, 3, dims, strides, box);
+}
 
 template <int BN, Form F, class CT, int kVersion>
 void launch(Context& ctx, const TensorMaps& maps, const KernelParams& params, int grid) {
   constexpr int smem = Geometry<BN, epilogue_of(kVersion)>::kSmemBytes;
   auto kernel = grouped_gemm_sm90_kernel<BN, F, CT, kVersion>;
   SY_CUDA(ctx, kOp, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  kernel<<<grid, kCtaThreads, smem, ctx.stream>>>(maps.a, maps.b, maps.c, params);
+  kernel<<<grid, kCtaThreads, smem, ctx.stream>>>(maps.a, maps.b, maps.a2, maps.b2, maps.c, params);
   check_launch(ctx, kOp);
 #ifdef SY_GG_SM90_DEBUG
   debug_check(ctx);
@@ -1070,6 +1120,13 @@ bool grouped_gemm_sm90(Context& ctx, const GroupedGemmArgs& a) {
   if (a.c_dtype != DType::bf16 && a.c_dtype != DType::f32) return false;
   if (!a.host_rows || !a.dev_offsets || !a.C || !aligned16(a.C)) return false;
   if (a.M_total > 0 && (!a.A || !a.B || !aligned16(a.A) || !aligned16(a.B))) return false;
+  const bool pair = a.A2 || a.B2 || a.K2 != 0;
+  if (pair && (wgrad || a.K2 <= 0 || a.K2 % 8 != 0 || a.K2 > kMaxExtent)) return false;
+  // SY_GG_SM90_PAIR=0 declines every pair (the caller then makes two calls): for measurement.
+  if (const char* env = std::getenv("SY_GG_SM90_PAIR"); pair && env && std::strcmp(env, "0") == 0)
+    return false;
+  if (pair && a.M_total > 0 && (!a.A2 || !a.B2 || !aligned16(a.A2) || !aligned16(a.B2)))
+    return false;
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) {
     cudaGetLastError();
@@ -1112,26 +1169,10 @@ bool grouped_gemm_sm90(Context& ctx, const GroupedGemmArgs& a) {
   const Form form = wgrad ? Form::wgrad : (a.trans_b ? Form::forward_trans_b : Form::forward);
   TensorMaps maps;
   std::memset(&maps, 0, sizeof(maps));
-  bool ok = false;
-  {
-    const uint64_t dims[2] = {K, M}, strides[1] = {K * 2};
-    const uint32_t box[2] = {64, wgrad ? 64u : static_cast<uint32_t>(kBM)};
-    ok = make_map(&maps.a, a.A, 2, dims, strides, box);
-  }
-  if (form == Form::wgrad) {
-    const uint64_t dims[2] = {N, M}, strides[1] = {N * 2};
-    const uint32_t box[2] = {64, 64};
-    ok = ok && make_map(&maps.b, a.B, 2, dims, strides, box);
-  } else if (form == Form::forward) {
-    const uint64_t dims[3] = {N, K, G}, strides[2] = {N * 2, K * N * 2};
-    const uint32_t box[3] = {64, 64, 1};
-    ok = ok && make_map(&maps.b, a.B, 3, dims, strides, box);
-  } else {
-    const uint64_t dims[3] = {K, N, G}, strides[2] = {K * 2, N * K * 2};
-    const uint32_t box[3] = {64, static_cast<uint32_t>(bn), 1};
-    ok = ok && make_map(&maps.b, a.B, 3, dims, strides, box);
-  }
-  if (!ok) return false;
+  if (!make_operand_maps(&maps.a, &maps.b, a.A, a.B, form, M, K, N, G, bn)) return false;
+  if (pair && !make_operand_maps(&maps.a2, &maps.b2, a.A2, a.B2, form, M,
+                                 static_cast<uint64_t>(a.K2), N, G, bn))
+    return false;
 
   // Version 3 covers the one accumulating call into f32 that training makes, the expert weight
   // gradients under gradient accumulation (model/moe/experts.cpp); the other accumulating call,
@@ -1175,6 +1216,7 @@ bool grouped_gemm_sm90(Context& ctx, const GroupedGemmArgs& a) {
   params.offsets = a.dev_offsets;
   params.C = a.C;
   params.accumulate = a.accumulate ? 1 : 0;
+  params.K2 = pair ? static_cast<int>(a.K2) : 0;
 #ifdef SY_GG_SM90_DEBUG
   params.debug = debug_words(ctx);
 #endif

@@ -97,8 +97,8 @@ Tensor Experts::backward(Backend& backend, const Tensor& dout, const Tensor& x,
     backend.grouped_gemm_wgrad(w2.grad, all.hidden, dout, rows, accumulate);
     backend.grouped_gemm_wgrad(w1.grad, x, all.dh1, rows, accumulate);
     backend.grouped_gemm_wgrad(w3.grad, x, all.dh3, rows, accumulate);
-    backend.grouped_gemm(dx, all.dh1, w1.compute_value(), true, rows, false);
-    backend.grouped_gemm(dx, all.dh3, w3.compute_value(), true, rows, true);
+    backend.grouped_gemm_pair(dx, all.dh1, w1.compute_value(), all.dh3, w3.compute_value(), true,
+                              rows);
     return dx;
   }
   int64_t begin = 0;
