@@ -20,7 +20,9 @@
 // and 4 (each with its own tile choice, and each tile width forced), version 3 on the accumulating
 // weight-gradient rows (likewise), next to cuBLAS on the dense same-total shape and a loop of one
 // cuBLAS call per group (the fallback); the training shapes time the weight gradient both as
-// written (`=`, one micro-batch) and accumulated (`+=`). Each benchmark case is also checked on
+// written (`=`, one micro-batch) and accumulated (`+=`), and the input gradient of the experts
+// as one call with two operand pairs (dx = dh1 w1^T + dh3 w3^T; dense and loop: two calls).
+// Part 1 also runs two-pair cases (both forward forms, ragged and empty groups, K tails). Each benchmark case is also checked on
 // sampled elements, for every version timed, and the whole C of versions 3 and 4 must equal
 // version 2's bitwise.
 // Prints PASS/FAIL per case and the speed table last; exits 1 on any failure, 3 on a hang.
@@ -126,8 +128,10 @@ __device__ __forceinline__ float load_c(const void* C, bool f32, int64_t e) {
 
 // ref[i] = (C0[e] if C0) + sum in f32, in index order, of the products that make C[e], where
 // e = idx[i] (or i when idx is null). out[i] = C[e] as f32, for the host to compare.
+// With a second operand pair (K2 > 0, forward forms), its products follow the first pair's.
 __global__ void reference_kernel(Form form, int groups, int64_t K, int64_t N,
                                  const int32_t* offsets, const bf16* A, const bf16* B,
+                                 int64_t K2, const bf16* A2, const bf16* B2,
                                  const void* C0, const void* C, bool c_f32, const int64_t* idx,
                                  int64_t count, float* ref, float* out) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
@@ -152,6 +156,12 @@ __global__ void reference_kernel(Form form, int groups, int64_t K, int64_t N,
                                               : __bfloat162float(Bg[n * K + k]);
         sum = fmaf(__bfloat162float(A[row * K + k]), b, sum);
       }
+      const bf16* B2g = B2 + int64_t(lo) * K2 * N;
+      for (int64_t k = 0; k < K2; ++k) {
+        const float b = form == Form::forward ? __bfloat162float(B2g[k * N + n])
+                                              : __bfloat162float(B2g[n * K2 + k]);
+        sum = fmaf(__bfloat162float(A2[row * K2 + k]), b, sum);
+      }
     }
     if (C0) sum += load_c(C0, c_f32, e);
     ref[i] = sum;
@@ -167,6 +177,7 @@ struct Problem {
   Form form = Form::forward;
   int groups = 0;
   int64_t K = 0, N = 0, M = 0;
+  int64_t K2 = 0;  // forward forms: a second operand pair A2 [M, K2], B2[g] over K2 (0: none)
   std::vector<int64_t> rows;
   DType c_dtype = DType::bf16;
   bool accumulate = false;
@@ -175,11 +186,14 @@ struct Problem {
   int64_t b_elems() const { return form == Form::wgrad ? M * N : int64_t(groups) * K * N; }
   int64_t c_elems() const { return form == Form::wgrad ? int64_t(groups) * K * N : M * N; }
   size_t c_bytes() const { return size_t(c_elems()) * (c_dtype == DType::f32 ? 4 : 2); }
-  double flops() const { return 2.0 * double(M) * double(K) * double(N); }
+  double flops() const { return 2.0 * double(M) * double(K + K2) * double(N); }
   std::string name() const {
     char buf[160];
-    std::snprintf(buf, sizeof buf, "%-6s G=%-3d M=%-6lld K=%-5lld N=%-5lld C=%s%s", form_name(form),
-                  groups, (long long)M, (long long)K, (long long)N,
+    char k[32];
+    if (K2 > 0) std::snprintf(k, sizeof k, "%lld+%lld", (long long)K, (long long)K2);
+    else std::snprintf(k, sizeof k, "%lld", (long long)K);
+    std::snprintf(buf, sizeof buf, "%-6s G=%-3d M=%-6lld K=%-9s N=%-5lld C=%s%s", form_name(form),
+                  groups, (long long)M, k, (long long)N,
                   c_dtype == DType::f32 ? "f32" : "bf16",
                   accumulate ? (subnormal_c0 ? " += subnormal" : " +=") : "");
     return buf;
@@ -189,6 +203,8 @@ struct Problem {
 struct Buffers {
   bf16* A = nullptr;
   bf16* B = nullptr;
+  bf16* A2 = nullptr;  // the second operand pair, when K2 > 0
+  bf16* B2 = nullptr;
   unsigned char* C_alloc = nullptr;  // guard | C | guard
   void* C = nullptr;
   void* C0 = nullptr;  // accumulate: the starting C
@@ -207,6 +223,12 @@ Buffers make_buffers(const Problem& p, uint64_t seed, cudaStream_t stream) {
   CK(cudaMemcpyAsync(b.offsets, offsets.data(), offsets.size() * 4, cudaMemcpyHostToDevice, stream));
   fill_random_bf16<<<1024, 256, 0, stream>>>(b.A, size_t(p.M * p.K), seed * 3 + 1);
   fill_random_bf16<<<1024, 256, 0, stream>>>(b.B, size_t(p.b_elems()), seed * 3 + 2);
+  if (p.K2 > 0) {
+    b.A2 = device_alloc<bf16>(size_t(p.M * p.K2));
+    b.B2 = device_alloc<bf16>(size_t(p.groups * p.K2 * p.N));
+    fill_random_bf16<<<1024, 256, 0, stream>>>(b.A2, size_t(p.M * p.K2), seed * 3 + 1001);
+    fill_random_bf16<<<1024, 256, 0, stream>>>(b.B2, size_t(p.groups * p.K2 * p.N), seed * 3 + 1002);
+  }
   CK(cudaGetLastError());
   if (p.accumulate) {
     b.C0 = device_alloc<unsigned char>(p.c_bytes());
@@ -222,7 +244,8 @@ Buffers make_buffers(const Problem& p, uint64_t seed, cudaStream_t stream) {
 }
 
 void free_buffers(Buffers& b) {
-  for (void* p : {(void*)b.A, (void*)b.B, (void*)b.C_alloc, b.C0, (void*)b.offsets})
+  for (void* p : {(void*)b.A, (void*)b.B, (void*)b.A2, (void*)b.B2, (void*)b.C_alloc, b.C0,
+                  (void*)b.offsets})
     if (p) CK(cudaFree(p));
   b = Buffers{};
 }
@@ -246,6 +269,11 @@ GroupedGemmArgs make_args(const Problem& p, const Buffers& b) {
   a.dev_offsets = b.offsets;
   a.A = b.A;
   a.B = b.B;
+  if (p.K2 > 0) {
+    a.A2 = b.A2;
+    a.B2 = b.B2;
+    a.K2 = p.K2;
+  }
   a.C = b.C;
   a.c_dtype = p.c_dtype;
   return a;
@@ -279,7 +307,7 @@ Errors compare(const Problem& p, const Buffers& b, const std::vector<int64_t>& i
   float* d_ref = device_alloc<float>(size_t(count));
   float* d_out = device_alloc<float>(size_t(count));
   reference_kernel<<<2048, 256, 0, stream>>>(p.form, p.groups, p.K, p.N, b.offsets, b.A, b.B,
-                                             p.accumulate ? b.C0 : nullptr, b.C,
+                                             p.K2, b.A2, b.B2, p.accumulate ? b.C0 : nullptr, b.C,
                                              p.c_dtype == DType::f32, d_idx, count, d_ref, d_out);
   CK(cudaGetLastError());
   sync_or_die(stream, "reference " + p.name(), 600.0);
@@ -419,6 +447,31 @@ void correctness(sy::cuda::Context& ctx) {
             p.form = form;
             p.groups = int(s.rows.size());
             p.K = s.K;
+            p.N = s.N;
+            p.rows = s.rows;
+            p.M = 0;
+            for (int64_t r : s.rows) p.M += r;
+            p.c_dtype = c;
+            p.accumulate = acc;
+            run_versions(ctx, p, bn, seed++);
+          }
+        }
+      }
+    }
+  }
+  // Two operand pairs in one call (the experts' dx = dh1 w1^T + dh3 w3^T): ragged groups, 64
+  // groups with empty ones, K and K2 with tails, both forward forms.
+  for (int i : {0, 1, 3}) {
+    const Shape& s = shapes[i];
+    for (Form form : {Form::forward, Form::trans_b}) {
+      for (DType c : {DType::bf16, DType::f32}) {
+        for (bool acc : {false, true}) {
+          for (int bn : {128, 256}) {
+            Problem p;
+            p.form = form;
+            p.groups = int(s.rows.size());
+            p.K = s.K;
+            p.K2 = s.K + 72;
             p.N = s.N;
             p.rows = s.rows;
             p.M = 0;
@@ -632,13 +685,17 @@ void speed(sy::cuda::Context& ctx, bool quick, std::vector<Timing>& table) {
     // The weight gradient as training runs it: written (`=`) by the first micro-batch, added
     // (`+=`, f32) by later ones (model/moe/experts.cpp); the synthetic shapes time `=` only.
     const bool training = std::strcmp(shape.load, "skew") != 0;
+    // And on the shapes of the experts' input gradient (trans_b, K = F > N = D), dx = dh1 w1^T +
+    // dh3 w3^T as one call with two operand pairs (K2 = K).
     struct Variant {
       Form form;
       bool accumulate;
+      bool pair = false;
     };
     std::vector<Variant> variants = {{Form::forward, false}, {Form::trans_b, false},
                                      {Form::wgrad, false}};
     if (training) variants.push_back({Form::wgrad, true});
+    if (training && shape.K > shape.N) variants.push_back({Form::trans_b, false, true});
     for (const Variant& variant : variants) {
       const Form form = variant.form;
       Problem p;
@@ -650,8 +707,11 @@ void speed(sy::cuda::Context& ctx, bool quick, std::vector<Timing>& table) {
       p.rows = shape.rows;
       p.c_dtype = form == Form::wgrad ? DType::f32 : DType::bf16;  // weight gradients in f32
       p.accumulate = variant.accumulate;
+      p.K2 = variant.pair ? p.K : 0;
       // Rotate input sets so that one launch does not find the previous one's data in L2.
-      const double set_bytes = double(p.M * p.K + p.b_elems()) * 2 + double(p.c_bytes());
+      const double set_bytes = double(p.M * (p.K + p.K2) + p.b_elems() +
+                                      int64_t(p.groups) * p.K2 * p.N) * 2 +
+                               double(p.c_bytes());
       const int sets = int(std::clamp(std::ceil(256e6 / set_bytes), 1.0, 4.0));
       std::vector<Buffers> bufs;
       for (int s = 0; s < sets; ++s) bufs.push_back(make_buffers(p, seed++, ctx.stream));
@@ -733,6 +793,8 @@ void speed(sy::cuda::Context& ctx, bool quick, std::vector<Timing>& table) {
         const Buffers& b = bufs[i % sets];
         cublas_gemm(handle, form, p.M, p.K, p.N, b.A, b.B, b.C, p.c_dtype == DType::f32,
                     p.accumulate);
+        if (p.K2 > 0)
+          cublas_gemm(handle, form, p.M, p.K2, p.N, b.A2, b.B2, b.C, p.c_dtype == DType::f32, true);
       });
       t.ms_loop = time_ms(ctx.stream, reps, "cublas loop", [&](int i) {
         const Buffers& b = bufs[i % sets];
@@ -749,6 +811,10 @@ void speed(sy::cuda::Context& ctx, bool quick, std::vector<Timing>& table) {
             else
               cublas_gemm(handle, form, r, p.K, p.N, A, b.B + int64_t(g) * p.K * p.N,
                           static_cast<char*>(b.C) + size_t(row) * p.N * c_size, false);
+            if (p.K2 > 0)
+              cublas_gemm(handle, form, r, p.K2, p.N, b.A2 + row * p.K2,
+                          b.B2 + int64_t(g) * p.K2 * p.N,
+                          static_cast<char*>(b.C) + size_t(row) * p.N * c_size, false, true);
           }
           row += r;
         }
