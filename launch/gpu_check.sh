@@ -22,7 +22,7 @@ step       bench/gpu_step/run.sh: our step against PyTorch on configs/bench/{moe
            (its settings: CONFIGS, CHECK, TORCH_MODES, TORCH_EXPERTS, BUDGET_S, ...)
 ffn        the expert FFN: test_cuda_grouped, test_cuda_model, test_cuda_ops, then
            bench/expert_ffn/run.sh (cuBLAS loop, grouped kernels, PyTorch, ceiling); SY_FFN_CASES
-grouped    the Hopper grouped GEMM: ptxas/PTX/SASS counts, 340 checks, TFLOP/s; SY_GG_ARGS
+grouped    the Hopper grouped GEMM: ptxas/PTX/SASS counts, ~1300 checks, TFLOP/s; SY_GG_ARGS
            (--quick, --no-bench), SY_GG_DEBUG=1 (bounded mbarrier waits, own build folder)
 attention  flash attention: ptxas, ctest -R Flash|Attention|CudaModel, attention_bench, torch SDPA
 optim      the fused optimizer: its tests, sy_bench_optimizer (SY_OPTIM_TENSORS, SY_OPTIM_NUMEL),
