@@ -105,6 +105,23 @@ void check_segments(const OpCheck& c, std::span<const int64_t> rows, int64_t M) 
            " rows");
 }
 
+// One product of the grouped forward form, C[seg g] = A[seg g] @ op(B[g]) over the segments:
+// A [M, K], B [G, K, N] (or [G, N, K] with trans_b), C [M, N], the GEMM dtypes.
+void check_grouped_product(const OpCheck& c, const Tensor& C, const Tensor& A, const Tensor& B,
+                           bool trans_b, std::span<const int64_t> rows_per_group) {
+  check_gemm_dtypes(c, C, A, B);
+  c.ndim(A, 2, "A");
+  c.ndim(B, 3, "B");
+  c.ndim(C, 2, "C");
+  const int64_t G = static_cast<int64_t>(rows_per_group.size()), M = A.dim(0), K = A.dim(1);
+  const int64_t N = trans_b ? B.dim(1) : B.dim(2);
+  if (B.dim(0) != G || (trans_b ? B.dim(2) : B.dim(1)) != K)
+    c.fail("A" + shape_str(A.shape()) + " @ B" + shape_str(B.shape()) + (trans_b ? "^T" : "") +
+           " over " + std::to_string(G) + " segments: shapes do not match");
+  c.shape(C, {M, N}, "C");
+  check_segments(c, rows_per_group, M);
+}
+
 // x[B*S, H*Dh] with Dh even (rotary pairs); returns Dh.
 int64_t check_heads(const OpCheck& c, const Tensor& x, int64_t B, int64_t S, int64_t H,
                     const char* name) {
@@ -278,17 +295,7 @@ void Backend::sum_squares_many(std::span<const Tensor> xs, std::span<double> out
 void Backend::grouped_gemm(const Tensor& C, const Tensor& A, const Tensor& B, bool trans_b,
                            std::span<const int64_t> rows_per_group, bool accumulate) {
   const OpCheck c(*this, "grouped_gemm");
-  check_gemm_dtypes(c, C, A, B);
-  c.ndim(A, 2, "A");
-  c.ndim(B, 3, "B");
-  c.ndim(C, 2, "C");
-  const int64_t G = static_cast<int64_t>(rows_per_group.size()), M = A.dim(0), K = A.dim(1);
-  const int64_t N = trans_b ? B.dim(1) : B.dim(2);
-  if (B.dim(0) != G || (trans_b ? B.dim(2) : B.dim(1)) != K)
-    c.fail("A" + shape_str(A.shape()) + " @ B" + shape_str(B.shape()) + (trans_b ? "^T" : "") +
-           " over " + std::to_string(G) + " segments: shapes do not match");
-  c.shape(C, {M, N}, "C");
-  check_segments(c, rows_per_group, M);
+  check_grouped_product(c, C, A, B, trans_b, rows_per_group);
   if (overlaps(C, A) || overlaps(C, B)) c.fail("C overlaps an input");
   grouped_gemm_impl(C, A, B, trans_b, rows_per_group, accumulate);
 }
@@ -313,25 +320,8 @@ void Backend::grouped_gemm_pair(const Tensor& C, const Tensor& A, const Tensor& 
                                 const Tensor& A2, const Tensor& B2, bool trans_b,
                                 std::span<const int64_t> rows_per_group) {
   const OpCheck c(*this, "grouped_gemm_pair");
-  check_gemm_dtypes(c, C, A, B);
-  check_gemm_dtypes(c, C, A2, B2);
-  c.ndim(A, 2, "A");
-  c.ndim(A2, 2, "A2");
-  c.ndim(B, 3, "B");
-  c.ndim(B2, 3, "B2");
-  c.ndim(C, 2, "C");
-  const int64_t G = static_cast<int64_t>(rows_per_group.size()), M = A.dim(0);
-  const int64_t N = trans_b ? B.dim(1) : B.dim(2);
-  const auto matches = [&](const Tensor& a, const Tensor& b) {
-    return b.dim(0) == G && (trans_b ? b.dim(2) : b.dim(1)) == a.dim(1) &&
-           (trans_b ? b.dim(1) : b.dim(2)) == N;
-  };
-  if (A2.dim(0) != M || !matches(A, B) || !matches(A2, B2))
-    c.fail("A" + shape_str(A.shape()) + " @ B" + shape_str(B.shape()) + " + A2" +
-           shape_str(A2.shape()) + " @ B2" + shape_str(B2.shape()) + (trans_b ? " (B^T)" : "") +
-           " over " + std::to_string(G) + " segments: shapes do not match");
-  c.shape(C, {M, N}, "C");
-  check_segments(c, rows_per_group, M);
+  check_grouped_product(c, C, A, B, trans_b, rows_per_group);
+  check_grouped_product(c, C, A2, B2, trans_b, rows_per_group);
   for (const Tensor* input : {&A, &B, &A2, &B2})
     if (overlaps(C, *input)) c.fail("C overlaps an input");
   grouped_gemm_pair_impl(C, A, B, A2, B2, trans_b, rows_per_group);
