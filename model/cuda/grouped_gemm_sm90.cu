@@ -154,8 +154,11 @@ struct KernelParams {
 // What one tile covers. Forward: C rows [m0, m0 + 128) of the segment ending at row_end, columns
 // [n0, n0 + BN), reduction over k in [0, K). Wgrad: C[group] rows (K indices) [m0, m0 + 128) below
 // row_end = K, reduction over the segment's rows [red_begin, red_begin + red_len).
+// first: the reduction's 64-deep chunks over [red_begin, red_begin + red_len); chunks: those and,
+// with a second operand pair (forward, p.K2 > 0), its chunks after them. Producer and consumers
+// both walk `chunks` from this one place, so their rings cannot disagree.
 struct Tile {
-  int group, m0, n0, row_end, red_begin, red_len;
+  int group, m0, n0, row_end, red_begin, red_len, first, chunks;
 };
 
 #ifdef SY_GG_SM90_DEVICE
@@ -662,6 +665,8 @@ __device__ __forceinline__ Tile decode_tile(int t, const KernelParams& p, const 
     tile.red_begin = 0;
     tile.red_len = p.K;
   }
+  tile.first = (tile.red_len + kBK - 1) / kBK;
+  tile.chunks = tile.first + (F == Form::wgrad ? 0 : (p.K2 + kBK - 1) / kBK);
   return tile;
 }
 #endif  // SY_GG_SM90_DEVICE
@@ -756,9 +761,7 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
     int it = 0;  // chunks issued so far by this CTA: stage it % kStages, pass it / kStages
     for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
       const Tile tile = decode_tile<F, BN>(t, p, seg_off, tile_start);
-      const int first = (tile.red_len + kBK - 1) / kBK;  // chunks of the first operand pair
-      const int chunks = first + (kWgrad ? 0 : (p.K2 + kBK - 1) / kBK);
-      for (int c = 0; c < chunks; ++c, ++it) {
+      for (int c = 0; c < tile.chunks; ++c, ++it) {
         const int s = it % kStages;
         // A fresh barrier counts as having completed the phase before phase 0: the first pass
         // over the ring does not wait.
@@ -777,10 +780,10 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
         } else {
           // The second pair's chunks follow the first's on the same accumulators; each pair's
           // K tail is zero-filled by its own maps.
-          const bool second = c >= first;
+          const bool second = c >= tile.first;
           const CUtensorMap* const ma = second ? &map_a2 : &map_a;
           const CUtensorMap* const mb = second ? &map_b2 : &map_b;
-          const int k = second ? (c - first) * kBK : red;
+          const int k = second ? (c - tile.first) * kBK : red;
           tma_load_2d(a_dst, ma, bar, k, tile.m0);  // box {64 k, 128 rows}
           if constexpr (F == Form::forward) {
             for (int j = 0; j < BN / 64; ++j)  // box {64 n, 64 k, 1 group}
@@ -810,8 +813,7 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
   int slices_issued = 0;  // versions 3, 4: slices or boxes handed to the TMA (buffer = parity)
   for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
     const Tile tile = decode_tile<F, BN>(t, p, seg_off, tile_start);
-    const int chunks =
-        (tile.red_len + kBK - 1) / kBK + (kWgrad ? 0 : (p.K2 + kBK - 1) / kBK);
+    const int chunks = tile.chunks;
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;  // an empty wgrad segment stores zeros
     // Version 2 with accumulate: the chunk at which the old C tile is pulled into L2, a few
