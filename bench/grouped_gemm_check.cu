@@ -13,7 +13,8 @@
 // extra case starts from subnormal C values, next to an empty group, so that an add which
 // flushed subnormals would show. Every case also runs version 4 (the staged TMA epilogue: stores,
 // f32 adds, masked register stores at ragged segment ends; version 2 for a bf16 accumulate),
-// which must agree with version 2 bitwise too.
+// which must agree with version 2 bitwise too. Two-operand-pair cases (C = A op(B) + A2 op(B2),
+// both forward forms, ragged and empty groups, K tails) run every version the same way.
 // Part 2, speed: the shapes training runs (8 experts of ~2048 rows, 64 experts at top-8 of 8192
 // tokens; balanced and Zipf-skewed loads) and the synthetic benchmark shapes, median of 10-20
 // launches (CUDA events, inputs rotated so that the L2 does not hold them): TFLOP/s of versions 2
@@ -22,9 +23,8 @@
 // cuBLAS call per group (the fallback); the training shapes time the weight gradient both as
 // written (`=`, one micro-batch) and accumulated (`+=`), and the input gradient of the experts
 // as one call with two operand pairs (dx = dh1 w1^T + dh3 w3^T; dense and loop: two calls).
-// Part 1 also runs two-pair cases (both forward forms, ragged and empty groups, K tails). Each benchmark case is also checked on
-// sampled elements, for every version timed, and the whole C of versions 3 and 4 must equal
-// version 2's bitwise.
+// Each benchmark case is also checked on sampled elements, for every version timed, and the
+// whole C of versions 3 and 4 must equal version 2's bitwise.
 // Prints PASS/FAIL per case and the speed table last; exits 1 on any failure, 3 on a hang.
 // Usage: grouped_gemm_check [--quick] [--no-bench] [--no-check]
 //   --quick: of the synthetic benchmark shapes, M = 32768 only (the training shapes always run).
@@ -421,6 +421,22 @@ std::vector<int64_t> random_rows(std::mt19937_64& rng, int groups, int64_t max_r
   return rows;
 }
 
+// A correctness case over the given segments (M is their sum).
+Problem segment_problem(Form form, int64_t K, int64_t K2, int64_t N,
+                        const std::vector<int64_t>& rows, DType c_dtype, bool accumulate) {
+  Problem p;
+  p.form = form;
+  p.groups = int(rows.size());
+  p.K = K;
+  p.K2 = K2;
+  p.N = N;
+  p.rows = rows;
+  for (int64_t r : rows) p.M += r;
+  p.c_dtype = c_dtype;
+  p.accumulate = accumulate;
+  return p;
+}
+
 // Every shape, both versions: a few hundred small cases, seconds on the device.
 void correctness(sy::cuda::Context& ctx) {
   std::mt19937_64 rng(1234);
@@ -442,19 +458,8 @@ void correctness(sy::cuda::Context& ctx) {
     for (Form form : {Form::forward, Form::trans_b, Form::wgrad}) {
       for (DType c : {DType::bf16, DType::f32}) {
         for (bool acc : {false, true}) {
-          for (int bn : {128, 256}) {
-            Problem p;
-            p.form = form;
-            p.groups = int(s.rows.size());
-            p.K = s.K;
-            p.N = s.N;
-            p.rows = s.rows;
-            p.M = 0;
-            for (int64_t r : s.rows) p.M += r;
-            p.c_dtype = c;
-            p.accumulate = acc;
-            run_versions(ctx, p, bn, seed++);
-          }
+          for (int bn : {128, 256})
+            run_versions(ctx, segment_problem(form, s.K, 0, s.N, s.rows, c, acc), bn, seed++);
         }
       }
     }
@@ -466,20 +471,9 @@ void correctness(sy::cuda::Context& ctx) {
     for (Form form : {Form::forward, Form::trans_b}) {
       for (DType c : {DType::bf16, DType::f32}) {
         for (bool acc : {false, true}) {
-          for (int bn : {128, 256}) {
-            Problem p;
-            p.form = form;
-            p.groups = int(s.rows.size());
-            p.K = s.K;
-            p.K2 = s.K + 72;
-            p.N = s.N;
-            p.rows = s.rows;
-            p.M = 0;
-            for (int64_t r : s.rows) p.M += r;
-            p.c_dtype = c;
-            p.accumulate = acc;
-            run_versions(ctx, p, bn, seed++);
-          }
+          for (int bn : {128, 256})
+            run_versions(ctx, segment_problem(form, s.K, s.K + 72, s.N, s.rows, c, acc), bn,
+                         seed++);
         }
       }
     }
