@@ -3,9 +3,10 @@
 // to f32 as they are read, so that the layer keeps no f32 copy of u and the [T, D] rows cross
 // memory once each way.
 //
-//   forward   logits[t, e] = sum_d u[t, d] w[d, e]: one warp per token row (grid-stride), each
-//             lane 8 consecutive d per 16-byte load, f32 partial sums for a chunk of EC experts
-//             in registers, then a butterfly warp sum (every lane ends with the same bits).
+//   forward   logits[t, e] = sum_d u[t, d] w[d, e]: one warp per pair of token rows
+//             (grid-stride), each lane 8 consecutive d per 16-byte load, f32 partial sums for a
+//             chunk of EC experts in registers, then a butterfly warp sum (every lane ends with
+//             the same bits).
 //   du        du[t, d] = round(du[t, d] + sum_e dlogits[t, e] w[d, e]), the sum over e in
 //             ascending order: one warp per token row, each block a 256-wide tile of d.
 //   dw        dw = dw_beta dw + u^T dlogits in two deterministic passes: per chunk of rows, f32
@@ -18,11 +19,17 @@
 // + const (mod 32), an odd multiplier: the 32 lanes hit 32 banks.
 //
 // Bytes and time at T 8192, D 2048, E 8, bf16 u, on an H200 (4.3 TB/s DRAM, ~33 TB/s of shared
-// memory over 132 SMs): forward reads u once (32 MiB, 7.8 us) while each token reads 64 KiB of
-// staged w (512 MiB of shared-memory traffic, ~16 us): ~0.02 ms, against ~0.15 ms for the copy
-// to f32 plus an f32 GEMM with N = 8. Backward: dw reads u (32 MiB) and writes and reads 8 MiB of
-// partials; du reads and writes du (64 MiB); with the shared-memory reads of w ~0.04-0.05 ms,
-// against ~0.35 ms for the copy, two f32 GEMMs and the add.
+// memory over 132 SMs): forward reads u once (32 MiB, 7.8 us) while each token pair reads 64 KiB
+// of staged w (256 MiB of shared-memory traffic, ~8 us) and each block stages 64 KiB of w.
+// Backward: dw reads u (32 MiB) and writes and reads 8 MiB of partials; du reads and writes du
+// (64 MiB). At this size latency bounds them more than bytes (~8 warps an SM in dw, a few
+// tokens a warp), so each thread keeps several loads in flight: two tokens of two 256-wide
+// spans in the forward, 8 rows in dw, 16 staging loads, 16 chunks in the finishing sum.
+// Measured (2026-12-03, one H200, bench/memory_bound_bench, same call as the previous
+// kernels): forward 0.028 ms (was 0.044), backward 0.072 ms (was 0.123); per kernel: dw partials
+// 0.022, the finishing sum 0.010, du 0.041 (a copy of the same 64 MiB: 0.024). Tried: du with
+// the lane's w rows in registers and 4 rows in flight, 0.039 ms: not the shared-memory reads,
+// not worth a second du kernel.
 //
 // Every kernel has a vector path (D % 8 == 0 and 16-byte aligned rows) and a scalar twin that
 // assigns the same d to the same lane and sums in the same order: the two give the same bits.
@@ -42,6 +49,9 @@ constexpr size_t kSmemBudget = 96 << 10;       // per block: two or three blocks
 constexpr int kMaxExpertChunk = 8;             // experts summed together per pass over a row
 constexpr int kDwThreads = 128;                // dw partials: 8 d per thread, 1024 d per block
 constexpr int64_t kDwMinChunkRows = 64;
+constexpr int kDwTileRows = 64;                // dlogits rows in shared memory at a time
+constexpr int kDwRowsInFlight = 8;             // rows of u loaded before their sums
+constexpr int kLogitsBlocksPerSm = 2;
 constexpr size_t kDwPartialBudget = 32 << 20;  // f32 partials in scratch, at most
 
 // Shared-memory index of (row, col) in a [rows, stride] tile with one padding word per 8 rows.
@@ -74,57 +84,112 @@ __device__ inline void store_row8(T* row, int64_t d0, int64_t D, const float (&x
   }
 }
 
-// acc[c] += x[j] * w[d0 + j, c] over the lane's 8 rows (those below D), j ascending.
+// acc[c] += x[j] * w[d0 + j, c] and acc2[c] += x2[j] * w[d0 + j, c] over the lane's 8 rows
+// (those below D), j ascending: two tokens share each read of the tile.
 template <int EC, bool Vec>
-__device__ inline void accumulate_rows(float (&acc)[EC], const float (&x)[kVec],
-                                       const float* w_tile, int64_t d0, int64_t D) {
+__device__ inline void accumulate_rows(float (&acc)[EC], float (&acc2)[EC], const float (&x)[kVec],
+                                       const float (&x2)[kVec], const float* w_tile, int64_t d0,
+                                       int64_t D) {
 #pragma unroll
   for (int j = 0; j < kVec; ++j) {
     if (!Vec && d0 + j >= D) break;
     const float* w_row = w_tile + padded(static_cast<int>(d0) + j, EC, 0);
 #pragma unroll
-    for (int c = 0; c < EC; ++c) acc[c] = fmaf(x[j], w_row[c], acc[c]);
+    for (int c = 0; c < EC; ++c) {
+      const float wv = w_row[c];
+      acc[c] = fmaf(x[j], wv, acc[c]);
+      acc2[c] = fmaf(x2[j], wv, acc2[c]);
+    }
   }
 }
 
+// tile[padded(r, cols, c)] = src[(row0 + r) * ld + col0 + c] for r < rows, c < cols, 0 where
+// r >= valid_rows or c >= valid_cols. kStageLoads loads in flight per thread before their
+// stores: a plain strided loop waits on each load in turn (64 round trips to L2 per thread for
+// the forward's 64 KiB tile, ~25 us at the model's shape, more than the product itself).
+constexpr int kStageLoads = 16;
+__device__ inline void stage_padded(float* tile, const float* src, int rows, int cols,
+                                    int valid_rows, int valid_cols, int64_t row0, int64_t col0,
+                                    int64_t ld) {
+  const int n = rows * cols;
+  for (int base = threadIdx.x; base < n; base += kStageLoads * blockDim.x) {
+    float v[kStageLoads];
+#pragma unroll
+    for (int k = 0; k < kStageLoads; ++k) {
+      const int i = base + k * static_cast<int>(blockDim.x), r = i / cols, c = i % cols;
+      v[k] = i < n && r < valid_rows && c < valid_cols ? src[(row0 + r) * ld + col0 + c] : 0.0f;
+    }
+#pragma unroll
+    for (int k = 0; k < kStageLoads; ++k) {
+      const int i = base + k * static_cast<int>(blockDim.x);
+      if (i < n) tile[padded(i / cols, cols, i % cols)] = v[k];
+    }
+  }
+}
+
+// Eight consecutive values of a row as loaded, widened when read (get): bf16 stay packed in
+// 4 registers until then, so that a thread keeps several rows' loads in flight cheaply.
+template <class T, bool Vec>
+struct Row8 {  // element path (and f32 rows): widened at load
+  float v[kVec];
+  __device__ void load(const T* row, int64_t d0, int64_t D) { load_row8<Vec>(row, d0, D, v); }
+  __device__ void get(float (&x)[kVec]) const {
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) x[j] = v[j];
+  }
+};
+template <>
+struct Row8<bf16, true> {
+  uint4 raw;
+  __device__ void load(const bf16* row, int64_t d0, int64_t) { raw = load_raw8(row + d0); }
+  __device__ void get(float (&x)[kVec]) const { unpack8(raw, x); }
+};
+
 // ---- forward --------------------------------------------------------------------------------
-// Grid: x over token rows (grid-stride), y over chunks of EC experts. Shared: w[:, chunk],
-// padded, zeros past E.
+// Grid: x over pairs of token rows (grid-stride), y over chunks of EC experts. Shared: w[:, chunk],
+// padded, zeros past E. A warp takes two tokens at a time: each read of the tile feeds both, and
+// four 16-byte loads per lane are in flight; each token's sums still run in d order.
 template <class T, int EC, bool Vec>
 __global__ void __launch_bounds__(kRowThreads)
     logits_kernel(float* logits, const T* u, const float* w, int64_t N, int64_t D, int64_t E) {
   extern __shared__ float w_tile[];
   const int64_t e0 = static_cast<int64_t>(blockIdx.y) * EC;
   const int ec = static_cast<int>(min(static_cast<int64_t>(EC), E - e0));
-  for (int64_t i = threadIdx.x; i < D * EC; i += blockDim.x) {
-    const int d = static_cast<int>(i / EC), c = static_cast<int>(i % EC);
-    w_tile[padded(d, EC, c)] = c < ec ? w[d * E + e0 + c] : 0.0f;
-  }
+  stage_padded(w_tile, w, static_cast<int>(D), EC, static_cast<int>(D), ec, 0, e0, E);
   __syncthreads();
   const int lane = threadIdx.x & 31;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kRowWarps;
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kRowWarps + (threadIdx.x >> 5); t < N;
-       t += stride) {
+  for (int64_t pair = static_cast<int64_t>(blockIdx.x) * kRowWarps + (threadIdx.x >> 5);
+       2 * pair < N; pair += stride) {
+    const int64_t t = 2 * pair;
+    const bool second = t + 1 < N;  // else the second token's sums are of zeros, not stored
     const T* row = u + t * D;
-    float acc[EC];
+    const T* row2 = row + D;
+    float acc[EC], acc2[EC];
 #pragma unroll
-    for (int c = 0; c < EC; ++c) acc[c] = 0.0f;
-    // Two 16-byte loads in flight per lane; the sums still run in d order.
+    for (int c = 0; c < EC; ++c) acc[c] = acc2[c] = 0.0f;
     for (int64_t d0 = lane * kVec; d0 < D; d0 += 2 * kSpan) {
       const int64_t d1 = d0 + kSpan;
-      float x0[kVec], x1[kVec];
+      float x0[kVec], x1[kVec], y0[kVec] = {}, y1[kVec] = {};
       load_row8<Vec>(row, d0, D, x0);
-      if (d1 < D) load_row8<Vec>(row, d1, D, x1);
-      accumulate_rows<EC, Vec>(acc, x0, w_tile, d0, D);
-      if (d1 < D) accumulate_rows<EC, Vec>(acc, x1, w_tile, d1, D);
+      if (second) load_row8<Vec>(row2, d0, D, y0);
+      if (d1 < D) {
+        load_row8<Vec>(row, d1, D, x1);
+        if (second) load_row8<Vec>(row2, d1, D, y1);
+      }
+      accumulate_rows<EC, Vec>(acc, acc2, x0, y0, w_tile, d0, D);
+      if (d1 < D) accumulate_rows<EC, Vec>(acc, acc2, x1, y1, w_tile, d1, D);
     }
-    float mine = 0.0f;
+    float mine = 0.0f, mine2 = 0.0f;
 #pragma unroll
     for (int c = 0; c < EC; ++c) {
-      const float total = warp_sum(acc[c]);
-      if (lane == c) mine = total;
+      const float total = warp_sum(acc[c]), total2 = warp_sum(acc2[c]);
+      if (lane == c) mine = total, mine2 = total2;
     }
-    if (lane < ec) logits[t * E + e0 + lane] = mine;
+    if (lane < ec) {
+      logits[t * E + e0 + lane] = mine;
+      if (second) logits[(t + 1) * E + e0 + lane] = mine2;
+    }
   }
 }
 
@@ -139,10 +204,7 @@ __global__ void __launch_bounds__(kRowThreads)
   const int64_t tile0 = static_cast<int64_t>(blockIdx.x) * tile_d;
   const int rows = static_cast<int>(min(static_cast<int64_t>(tile_d), D - tile0));
   const int Ei = static_cast<int>(E);
-  for (int i = threadIdx.x; i < tile_d * Ei; i += blockDim.x) {
-    const int r = i / Ei, e = i % Ei;
-    w_tile[padded(r, Ei, e)] = r < rows ? w[(tile0 + r) * E + e] : 0.0f;
-  }
+  stage_padded(w_tile, w, tile_d, Ei, rows, Ei, tile0, 0, E);
   __syncthreads();
   const int lane = threadIdx.x & 31;
   const int64_t d0 = tile0 + lane * kVec;
@@ -171,14 +233,20 @@ __global__ void __launch_bounds__(kRowThreads)
 
 // ---- backward: dw ---------------------------------------------------------------------------
 // Grid: x over blocks of kDwThreads * 8 d, y over chunks of EC experts, z over chunks of
-// `chunk_rows` token rows. partial[z, d, e] = sum over the chunk's rows, in order, of u[t, d]
-// dlogits[t, e].
+// `chunk_rows` token rows. partial[z, e, d] = sum over the chunk's rows, in order, of u[t, d]
+// dlogits[t, e]: e-major, so that a warp's stores for one e are 1 KiB in a row (d-major, each
+// lane's 64 words sat 256 bytes from its neighbours': 0.051 ms against 0.022 now, at T 8192,
+// measured). Chunks of 64 rows: 0.022 ms, against 0.030 at 32 and 0.027 at 128. The chunk's
+// dlogits go through shared memory kDwTileRows rows at a time (read there as broadcasts), and
+// each thread keeps kDwRowsInFlight rows of u in flight: about 8 warps an SM run this kernel,
+// and one row at a time left DRAM mostly idle, waiting on each load.
 template <class T, int EC, bool Vec>
 __global__ void __launch_bounds__(kDwThreads)
     dw_partial_kernel(float* partial, const T* u, const float* dlogits, int64_t N, int64_t D,
                       int64_t E, int64_t chunk_rows) {
+  __shared__ float g_tile[kDwTileRows * EC + kDwTileRows / 8];  // padded [kDwTileRows, EC]
   const int64_t d0 = (static_cast<int64_t>(blockIdx.x) * kDwThreads + threadIdx.x) * kVec;
-  if (d0 >= D) return;
+  const bool active = d0 < D;  // no early return: the whole block stages dlogits
   const int64_t e0 = static_cast<int64_t>(blockIdx.y) * EC;
   const int ec = static_cast<int>(min(static_cast<int64_t>(EC), E - e0));
   const int64_t t0 = static_cast<int64_t>(blockIdx.z) * chunk_rows;
@@ -188,34 +256,63 @@ __global__ void __launch_bounds__(kDwThreads)
   for (int j = 0; j < kVec; ++j)
 #pragma unroll
     for (int c = 0; c < EC; ++c) acc[j][c] = 0.0f;
-#pragma unroll 2
-  for (int64_t t = t0; t < t1; ++t) {
-    float x[kVec], g[EC];
-    load_row8<Vec>(u + t * D, d0, D, x);
+  for (int64_t tile0 = t0; tile0 < t1; tile0 += kDwTileRows) {
+    const int rows = static_cast<int>(min(static_cast<int64_t>(kDwTileRows), t1 - tile0));
+    __syncthreads();  // the previous tile's reads are done
+    stage_padded(g_tile, dlogits, rows, EC, rows, ec, tile0, e0, E);
+    __syncthreads();
+    if (!active) continue;
+    for (int r = 0; r < rows; r += kDwRowsInFlight) {
+      Row8<T, Vec> batch[kDwRowsInFlight];
 #pragma unroll
-    for (int c = 0; c < EC; ++c) g[c] = c < ec ? dlogits[t * E + e0 + c] : 0.0f;
+      for (int i = 0; i < kDwRowsInFlight; ++i)
+        if (r + i < rows) batch[i].load(u + (tile0 + r + i) * D, d0, D);
 #pragma unroll
-    for (int j = 0; j < kVec; ++j)
+      for (int i = 0; i < kDwRowsInFlight; ++i) {
+        if (r + i >= rows) break;
+        float x[kVec];
+        batch[i].get(x);
+        const float* g = g_tile + padded(r + i, EC, 0);
 #pragma unroll
-      for (int c = 0; c < EC; ++c) acc[j][c] = fmaf(x[j], g[c], acc[j][c]);
+        for (int j = 0; j < kVec; ++j)
+#pragma unroll
+          for (int c = 0; c < EC; ++c) acc[j][c] = fmaf(x[j], g[c], acc[j][c]);
+      }
+    }
   }
+  if (!active) return;
   float* out = partial + static_cast<int64_t>(blockIdx.z) * D * E;
 #pragma unroll
-  for (int j = 0; j < kVec; ++j)
-    if (d0 + j < D)
+  for (int c = 0; c < EC; ++c) {
+    if (c >= ec) break;
+    float col[kVec];
 #pragma unroll
-      for (int c = 0; c < EC; ++c)
-        if (c < ec) out[(d0 + j) * E + e0 + c] = acc[j][c];
+    for (int j = 0; j < kVec; ++j) col[j] = acc[j][c];
+    store_row8<Vec>(out + (e0 + c) * D, d0, D, col);  // Vec: D % 8 == 0, so 32-byte aligned
+  }
 }
 
-// dw[i] = beta dw[i] + sum over chunks, in order, of partial[chunk, i]; beta 0 does not read dw.
-__global__ void dw_finish_kernel(float* dw, const float* partial, int64_t chunks, int64_t n,
-                                 float beta) {
+// dw[d, e] = beta dw[d, e] + sum over chunks, in order, of partial[chunk, e, d]; beta 0 does not
+// read dw. The loads of kFinishLoads chunks are issued before their adds: one at a time, 128
+// chunks were 128 round trips to L2 per thread.
+__global__ void dw_finish_kernel(float* dw, const float* partial, int64_t chunks, int64_t D,
+                                 int64_t E, float beta) {
+  const int64_t n = D * E;
+  constexpr int kFinishLoads = 16;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float sum = 0.0f;
-    for (int64_t c = 0; c < chunks; ++c) sum += partial[c * n + i];
-    dw[i] = beta == 0.0f ? sum : fmaf(beta, dw[i], sum);
+    int64_t c = 0;
+    for (; c + kFinishLoads <= chunks; c += kFinishLoads) {
+      float p[kFinishLoads];
+#pragma unroll
+      for (int k = 0; k < kFinishLoads; ++k) p[k] = partial[(c + k) * n + i];
+#pragma unroll
+      for (int k = 0; k < kFinishLoads; ++k) sum += p[k];
+    }
+    for (; c < chunks; ++c) sum += partial[c * n + i];
+    float* out = dw + (i % D) * E + i / D;
+    *out = beta == 0.0f ? sum : fmaf(beta, *out, sum);
   }
 }
 
@@ -298,8 +395,12 @@ bool router_logits(Context& ctx, const Tensor& logits, const Tensor& u, const Te
       with_expert_chunk(ec, [&](auto EC) {
         with_vec(rows_vectorise(rows, D), [&](auto Vec) {
           auto* kernel = logits_kernel<T, EC.value, Vec.value>;
-          const int resident = resident_blocks(ctx, op, kernel, kRowThreads, smem);
-          const dim3 grid(clamp_grid((N + kRowWarps - 1) / kRowWarps,
+          // Each block stages its 64 KiB of w first: two blocks an SM read u as fast as three
+          // (measured 0.028 ms against 0.032 at T 8192, D 2048, E 8) and stage a third less.
+          const int resident = std::min(resident_blocks(ctx, op, kernel, kRowThreads, smem),
+                                        kLogitsBlocksPerSm * sm_count(ctx, op));
+          const int64_t pairs = (N + 1) / 2;
+          const dim3 grid(clamp_grid((pairs + kRowWarps - 1) / kRowWarps,
                                      std::max<int64_t>(1, resident / chunks)),
                           static_cast<unsigned>(chunks));
           kernel<<<grid, kRowThreads, smem, ctx.stream>>>(logits.ptr<float>(), rows,
@@ -337,7 +438,7 @@ bool router_logits_backward(Context& ctx, const Tensor& dw, const Tensor& du,
       const T* rows = u.ptr<T>();
       // dw partials first: du is not u, so the order is free; this one reads u.
       with_expert_chunk(ec, [&](auto EC) {
-        with_vec(rows_vectorise(rows, D), [&](auto Vec) {
+        with_vec(rows_vectorise(rows, D) && aligned16(partial), [&](auto Vec) {
           const dim3 grid(static_cast<unsigned>((D + kDwThreads * kVec - 1) / (kDwThreads * kVec)),
                           static_cast<unsigned>(e_chunks), static_cast<unsigned>(chunks));
           dw_partial_kernel<T, EC.value, Vec.value><<<grid, kDwThreads, 0, ctx.stream>>>(
@@ -346,12 +447,12 @@ bool router_logits_backward(Context& ctx, const Tensor& dw, const Tensor& du,
       });
       check_launch(ctx, op);
       dw_finish_kernel<<<grid_for(D * E), kThreads, 0, ctx.stream>>>(
-          dw.ptr<float>(), partial, chunks, D * E, static_cast<float>(dw_beta));
+          dw.ptr<float>(), partial, chunks, D, E, static_cast<float>(dw_beta));
       check_launch(ctx, op);
       if (N == 0) return;
       T* grad_rows = du.ptr<T>();
-      const size_t smem = padded_bytes(tile_d, E);
       with_vec(rows_vectorise(static_cast<const T*>(grad_rows), D), [&](auto Vec) {
+        const size_t smem = padded_bytes(tile_d, E);
         auto* kernel = du_kernel<T, Vec.value>;
         const int resident = resident_blocks(ctx, op, kernel, kRowThreads, smem);
         const int64_t tiles = (D + tile_d - 1) / tile_d;
