@@ -1,8 +1,10 @@
 // The bandwidth-bound ops of a training step on one GPU, on the benchmark shapes (dense:
 // T = 8192 tokens, D = 2048, F = 8192; MoE: top-2, R = 16384 permuted rows; LM head: chunks of
-// 1024 rows x V = 32768 logits in f32, as model/lm_head.cpp runs them).
+// 1024 rows x V = 32768 logits in f32, as model/lm_head.cpp runs them; router projection: f32
+// w [D, E], bf16 u).
 //   memory_bound_bench [--tokens 8192] [--d-model 2048] [--ffn 8192] [--vocab 32768]
-//                      [--ce-rows 1024] [--top-k 2] [--heads 16] [--iters 20] [--warmup 5]
+//                      [--ce-rows 1024] [--top-k 2] [--heads 16] [--experts 8] [--iters 20]
+//                      [--warmup 5]
 // Each op is timed with CUDA events on the backend's stream (median of --iters runs after
 // --warmup) and credited the bytes it must move: every input read once, every output written
 // once (rstd, gains, gates and index arrays included). The table gives ms, GB/s, the share of
@@ -38,7 +40,7 @@ struct Row {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int64_t T = 8192, D = 2048, F = 8192, V = 32768, ce_rows = 1024, K = 2, H = 16;
+  int64_t T = 8192, D = 2048, F = 8192, V = 32768, ce_rows = 1024, K = 2, H = 16, E = 8;
   int iters = 20, warmup = 5;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -56,6 +58,7 @@ int main(int argc, char** argv) {
     else if (arg == "--ce-rows") ce_rows = std::atoll(next());
     else if (arg == "--top-k") K = std::atoll(next());
     else if (arg == "--heads") H = std::atoll(next());
+    else if (arg == "--experts") E = std::atoll(next());
     else if (arg == "--iters") iters = std::atoi(next());
     else if (arg == "--warmup") warmup = std::atoi(next());
     else {
@@ -172,6 +175,18 @@ int main(int argc, char** argv) {
       add_row("unpermute_combine_backward", rd, (n + 2 * nr) * b2 + idx + 2 * R * b4, 2.604 / 24,
               [&] { gpu.unpermute_combine_backward(dy_perm, dgates, dout, y_perm, gates,
                                                    slot_row_t); });
+    }
+    {  // router projection: logits [T, E] = u [T, D] @ w [D, E], and its backward (dw written,
+       // du accumulated: it drifts over the repeats by sums of 8 small products, staying finite)
+      Tensor u = random({T, D}, bf), w = random({D, E}, f32, 0.02);
+      Tensor dlogits = random({T, E}, f32), du = random({T, D}, bf);
+      Tensor logits = gpu.alloc({T, E}, f32), dw = gpu.alloc({D, E}, f32);
+      const double n = double(T) * D, te = double(T) * E * b4, de = double(D) * E * b4;
+      add_row("router_logits", td + " E=" + std::to_string(E), n * b2 + de + te, -1,
+              [&] { gpu.router_logits(logits, u, w); });
+      // u read; du read and written; dlogits and w read; dw written.
+      add_row("router_logits_backward", td + " E=" + std::to_string(E), 3 * n * b2 + te + 2 * de,
+              -1, [&] { gpu.router_logits_backward(dw, du, dlogits, u, w, 0.0); });
     }
     gpu.synchronize();
 
