@@ -10,7 +10,7 @@
 //   du        du[t, d] = round(du[t, d] + sum_e dlogits[t, e] w[d, e]), the sum over e in
 //             ascending order: one warp per token row, each block a 256-wide tile of d.
 //   dw        dw = dw_beta dw + u^T dlogits in two deterministic passes: per chunk of rows, f32
-//             partials [chunks, D, E] in scratch slot A; then one thread per (d, e) sums the
+//             partials [chunks, E, D] in scratch slot A; then one thread per (d, e) sums the
 //             chunks in order and applies dw_beta (0: dw is not read). No atomics anywhere.
 //
 // Why w goes through shared memory: each token reads all of w (D*E*4 bytes, 64 KiB at D 2048,
@@ -26,10 +26,10 @@
 // tokens a warp), so each thread keeps several loads in flight: two tokens of two 256-wide
 // spans in the forward, 8 rows in dw, 16 staging loads, 16 chunks in the finishing sum.
 // Measured (2026-12-03, one H200, bench/memory_bound_bench, same call as the previous
-// kernels): forward 0.028 ms (was 0.044), backward 0.072 ms (was 0.123); per kernel: dw partials
-// 0.022, the finishing sum 0.010, du 0.041 (a copy of the same 64 MiB: 0.024). Tried: du with
-// the lane's w rows in registers and 4 rows in flight, 0.039 ms: not the shared-memory reads,
-// not worth a second du kernel.
+// kernels): forward 0.028 ms (was 0.044), backward 0.072 ms (was 0.123); per kernel, each timed
+// alone by a one-off harness: dw partials 0.022, the finishing sum 0.010, du 0.041 (a copy of
+// the same 64 MiB: 0.024). Tried: du with the lane's w rows in registers and 4 rows in flight,
+// 0.039 ms: not the shared-memory reads, not worth a second du kernel.
 //
 // Every kernel has a vector path (D % 8 == 0 and 16-byte aligned rows) and a scalar twin that
 // assigns the same d to the same lane and sums in the same order: the two give the same bits.
@@ -106,7 +106,7 @@ __device__ inline void accumulate_rows(float (&acc)[EC], float (&acc2)[EC], cons
 // tile[padded(r, cols, c)] = src[(row0 + r) * ld + col0 + c] for r < rows, c < cols, 0 where
 // r >= valid_rows or c >= valid_cols. kStageLoads loads in flight per thread before their
 // stores: a plain strided loop waits on each load in turn (64 round trips to L2 per thread for
-// the forward's 64 KiB tile, ~25 us at the model's shape, more than the product itself).
+// the forward's 64 KiB tile, before any token's sums can start).
 constexpr int kStageLoads = 16;
 __device__ inline void stage_padded(float* tile, const float* src, int rows, int cols,
                                     int valid_rows, int valid_cols, int64_t row0, int64_t col0,
