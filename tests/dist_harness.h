@@ -6,6 +6,7 @@
 #include <mpi.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -136,7 +137,9 @@ inline const std::vector<Layout> kAllLayouts = {{1, 1, 4}, {2, 1, 2}, {2, 2, 2},
 inline void check_equivalence(const Config& base, const char* label,
                               const std::vector<Layout>& layouts = kAllLayouts,
                               Tolerance tolerance = {}) {
-  ASSERT_GE(world_size(), 4) << "run under mpirun -np 4";
+  int widest = 1;
+  for (const Layout& layout : layouts) widest = std::max(widest, layout.W);
+  ASSERT_GE(world_size(), widest) << "run under mpirun -np " << widest;
   std::vector<TrainSummary> runs;
   for (const Layout& layout : layouts) {
     Config c = base;
