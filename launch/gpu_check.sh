@@ -38,9 +38,11 @@ tb         a 60-step bf16 run with run.tensorboard, checked by bench/tensorboard
            its checkpoint alone at micro-batch 4
 allocator  SY_CUDA_ALLOCATOR caching against async (suites, the 1.8B MoE step: SY_SPLIT_MOE_STEPS),
            every SY_CUDA_PROFILE mode (losses equal the unprofiled run's), nvtx under nsys
-routing    the routing policy: the suites that read it, a 20-step bf16 run with every balancing key"
+routing    the routing policy: the suites that read it, a 20-step bf16 run with every balancing key
+nodes      bench/scaling/run.sh, on a machine with several GPUs: NCCL equivalence, alltoall_bench,
+           throughput at W = 1, 2, 4, 8 (WIDTHS, STEPS), a killed rank"
 all_parts=(tests example step ffn grouped attention optim memory membound balancing ckpt hf tb
-           allocator routing)
+           allocator routing nodes)
 
 if [ "${1:-}" = --list ]; then echo "$parts_help"; exit 0; fi
 out=${1:?usage: bash launch/gpu_check.sh OUTDIR [PART...|all]   (--list: the parts)}
@@ -144,6 +146,10 @@ part_example() {
 
 part_step() {
   sy_runner gpu_step env SY_BUILD_DIR="$build" bash bench/gpu_step/run.sh "$sy_out"
+}
+
+part_nodes() {
+  sy_runner scaling env SY_BUILD_DIR="$build" bash bench/scaling/run.sh "$sy_out"
 }
 
 part_ffn() {
