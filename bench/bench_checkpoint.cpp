@@ -71,7 +71,7 @@ class SyntheticTraining {
       session_.model->forward_backward(inputs, targets, B, true,
                                        1.0 / static_cast<double>(W * tc.grad_accum_steps));
     }
-    sy::synchronize_gradients(params_, session_.groups);
+    sy::synchronize_gradients(*session_.backend, params_, session_.groups);
     const double norm = sy::distributed_grad_norm(*session_.backend, params_, session_.groups);
     optimizer_.step(*session_.backend, params_, sy::lr_at(sy::lr_schedule(tc), step_),
                     sy::clip_factor(norm, tc.grad_clip));

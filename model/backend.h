@@ -57,6 +57,12 @@ struct AdamWStep {
 // Every op is a non-virtual method that checks the op's contract, once, whatever the backend
 // (model/op_checks.cpp), then calls the backend's virtual X_impl (protected, at the end); the
 // router projection and the fused optimizer pass stay virtual (said where they are declared).
+// What Backend::profile_region returns: its destructor closes the region.
+class ProfileRegion {
+ public:
+  virtual ~ProfileRegion() = default;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -78,6 +84,13 @@ class Backend {
   virtual void* native_stream() { return nullptr; }
   // Waits until every op issued so far has finished (timing; a no-op on the CPU).
   virtual void synchronize() {}
+  // Profiles what the caller enqueues on this backend's stream from now until the returned
+  // region is destroyed, as op `op`, in the CUDA backend's per-op profile (SY_CUDA_PROFILE):
+  // for work the backend does not run itself, a communicator's collectives. Null where there is
+  // no profile (the CPU, or profiling off). Backend ops run inside a region count in both.
+  virtual std::unique_ptr<ProfileRegion> profile_region(const std::string& /*op*/) {
+    return nullptr;
+  }
 
   // ---- memory -------------------------------------------------------------------------------
   Tensor alloc(const Shape& shape, DType dtype);  // uninitialised

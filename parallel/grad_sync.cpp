@@ -6,7 +6,9 @@
 
 namespace sy {
 
-void synchronize_gradients(const std::vector<Param*>& params, ProcessGroups& groups) {
+void synchronize_gradients(Backend& backend, const std::vector<Param*>& params,
+                           ProcessGroups& groups) {
+  const auto region = backend.profile_region("all_reduce gradients");
   for (Param* param : params) {
     Communicator& group = param->is_expert ? *groups.expert_data_parallel : *groups.world;
     if (group.size() > 1) group.all_reduce(param->grad, ReduceOp::sum);
@@ -20,7 +22,10 @@ double distributed_grad_norm(Backend& backend, const std::vector<Param*>& params
   double shared = 0.0, expert = 0.0;
   backend.grad_norm_squares(params, shared, expert);
   std::vector<double> expert_sum{expert};
-  groups.expert_parallel->all_reduce_host(expert_sum, ReduceOp::sum);
+  {
+    const auto region = backend.profile_region("all_reduce grad norm");
+    groups.expert_parallel->all_reduce_host(expert_sum, ReduceOp::sum);
+  }
   return std::sqrt(shared + expert_sum[0]);
 }
 

@@ -10,7 +10,9 @@
 
 namespace sy {
 
-void synchronize_gradients(const std::vector<Param*>& params, ProcessGroups& groups);
+// `backend`: the one the gradients live on; it profiles the all-reduces (profile_region).
+void synchronize_gradients(Backend& backend, const std::vector<Param*>& params,
+                           ProcessGroups& groups);
 
 // The global gradient L2 norm with every parameter counted once: non-expert gradients are equal
 // on all ranks after synchronisation; expert gradients are summed over the EP group, which

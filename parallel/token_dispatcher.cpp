@@ -24,7 +24,11 @@ ExchangePlan AllToAllDispatcher::plan(const std::vector<int64_t>& send_rows_per_
   ExchangePlan plan;
   plan.send_rows_per_expert = send_rows_per_expert;
   // Peer q's experts are the q-th block of E/P counts: the counts go to their owners.
-  plan.recv_rows = group_.all_to_all_host(send_rows_per_expert, num_local_);
+  {
+    // The one host synchronisation of a layer: its region holds the wait for the slowest peer.
+    const auto region = backend_.profile_region("exchange counts");
+    plan.recv_rows = group_.all_to_all_host(send_rows_per_expert, num_local_);
+  }
   plan.rows_per_local_expert.assign(num_local_, 0);
   for (int64_t q = 0; q < group_.size(); ++q)
     for (int64_t j = 0; j < num_local_; ++j)
@@ -92,7 +96,10 @@ void AllToAllDispatcher::dispatch(const ExchangePlan& plan, const Tensor& receiv
   const Tensor arrived = ensure_rows(backend_, staging_, plan.rows_received, D, sent.dtype(),
                                       plan.max_rows_received);
   const std::vector<int64_t> counts = send_counts(plan, D);
-  group_.all_to_all_v(sent, counts, arrived, recv_counts(plan, D));
+  {
+    const auto region = backend_.profile_region("all_to_all dispatch");
+    group_.all_to_all_v(sent, counts, arrived, recv_counts(plan, D));
+  }
   for (int64_t q = 0; q < group_.size(); ++q)
     if (q != group_.rank()) bytes_sent_ += counts[q] * static_cast<int64_t>(dtype_size(sent.dtype()));
   regroup(plan, arrived, received, true);
@@ -107,7 +114,10 @@ void AllToAllDispatcher::combine(const ExchangePlan& plan, const Tensor& returne
                                       plan.max_rows_received);
   regroup(plan, leaving, expert_rows, false);
   const std::vector<int64_t> counts = recv_counts(plan, D);
-  group_.all_to_all_v(leaving, counts, returned, send_counts(plan, D));
+  {
+    const auto region = backend_.profile_region("all_to_all combine");
+    group_.all_to_all_v(leaving, counts, returned, send_counts(plan, D));
+  }
   for (int64_t q = 0; q < group_.size(); ++q)
     if (q != group_.rank()) bytes_sent_ += counts[q] * static_cast<int64_t>(dtype_size(returned.dtype()));
 }

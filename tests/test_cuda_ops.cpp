@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <numeric>
 
@@ -1039,6 +1040,24 @@ TEST_F(CudaVec, RouterProjectionAtModelSize) {
               "[ time     ]   backward  %.4f ms (reference %.4f ms; its bytes alone ~0.024)\n",
               static_cast<long long>(T), static_cast<long long>(D), static_cast<long long>(E), fwd,
               fwd_ref, bwd, bwd_ref);
+}
+
+// ---- profile regions ------------------------------------------------------------------------
+// Work enqueued inside Backend::profile_region (a communicator's collectives in training) shows
+// in the events table under the region's name; outside a profile the region is null.
+TEST_F(CudaVec, ProfileRegionInTheEventsTable) {
+  if (std::getenv("SY_CUDA_PROFILE") == nullptr) {
+    EXPECT_EQ(gpu().profile_region("idle"), nullptr);
+  }
+  const Tensor x = gpu().alloc({1 << 20}, DType::f32);
+  cuda_profile_begin(gpu());
+  {
+    const auto region = gpu().profile_region("test region");
+    EXPECT_NE(region, nullptr);
+    gpu().fill(x, 1.0);
+  }
+  const std::string table = cuda_profile_report(gpu(), 1);
+  EXPECT_NE(table.find("test region"), std::string::npos) << table;
 }
 
 // ---- permute / unpermute --------------------------------------------------------------------

@@ -613,7 +613,7 @@ StepAccumulator forward_backward(Run& run, const StepBatch& batch, const TrainSt
 // The gradients summed over the ranks that hold each parameter (docs/parallel.md); returns their
 // global norm, the same on every rank.
 double sync_gradients(Run& run) {
-  synchronize_gradients(run.params, run.groups);
+  synchronize_gradients(run.backend, run.params, run.groups);
   return distributed_grad_norm(run.backend, run.params, run.groups);
 }
 

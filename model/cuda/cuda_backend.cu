@@ -86,6 +86,15 @@ class CudaBackend final : public Backend {
   }
   int64_t device_allocations() const { return allocator_->device_allocations(); }
   void profile_begin() { profile_.begin(ctx_); }
+  std::unique_ptr<ProfileRegion> profile_region(const std::string& op) override {
+    if (!profile_.enabled()) return nullptr;
+    struct Region final : ProfileRegion {
+      Region(cuda::OpProfile& profile, const cuda::Context& ctx, const std::string& op)
+          : scope(profile, ctx, op) {}
+      cuda::ProfileScope scope;
+    };
+    return std::make_unique<Region>(profile_, ctx_, op);
+  }
   std::string profile_report(int64_t steps) { return profile_.report(ctx_, name(), steps); }
   void* native_stream() override { return ctx_.stream; }
   // Portable: locked for every context, so that the handle's unlock needs neither this backend
