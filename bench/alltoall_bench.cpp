@@ -125,8 +125,9 @@ int run(int argc, char** argv) {
   std::vector<int64_t> send_counts(static_cast<size_t>(P)), recv_counts(static_cast<size_t>(P));
   for (int p = 0; p < P; ++p)
     for (int64_t j = 0; j < local; ++j) {
-      send_counts[static_cast<size_t>(p)] += rows_per_expert[static_cast<size_t>(p * local + j)] * D;
-      recv_counts[static_cast<size_t>(p)] += plan.recv_rows[static_cast<size_t>(p * local + j)] * D;
+      const auto slot = static_cast<size_t>(p * local + j);
+      send_counts[static_cast<size_t>(p)] += rows_per_expert[slot] * D;
+      recv_counts[static_cast<size_t>(p)] += plan.recv_rows[slot] * D;
     }
   const double element_bytes = dtype == DType::bf16 ? 2.0 : 4.0;
   const double bytes_to_others =
@@ -156,7 +157,7 @@ int run(int argc, char** argv) {
                 bytes_to_others / 1e6);
     std::printf("| op | ms | GB/s per rank | x plain all_to_all_v |\n|---|---|---|---|\n");
     const auto row = [&](const char* op, double seconds, bool moves) {
-      if (!moves) {
+      if (!moves || bytes_to_others == 0) {  // W = 1: nothing leaves the rank
         std::printf("| %s | %.3f | - | - |\n", op, 1e3 * seconds);
         return;
       }

@@ -33,7 +33,8 @@ std::string cannot_run() {
 
 // (1, 1, 8) first: the reference every other layout is compared with.
 std::vector<Layout> layouts_that_fit() {
-  const std::vector<Layout> all = {{1, 1, 8}, {2, 2, 4}, {4, 4, 2}, {4, 2, 2}, {8, 8, 1}, {8, 4, 1}};
+  const std::vector<Layout> all = {{1, 1, 8}, {2, 2, 4}, {4, 4, 2},
+                                   {4, 2, 2}, {8, 8, 1}, {8, 4, 1}};
   std::vector<Layout> fit;
   for (const Layout& layout : all)
     if (layout.W <= world_size()) fit.push_back(layout);
