@@ -8,6 +8,8 @@
 #    stays fixed) with expert_parallel = W and with data parallelism alone (expert_parallel 1),
 #    and on configs/bench/dense.yaml, at W = 1, 2, 4, 8 up to N: tokens/s (the mean of the
 #    logged intervals after the first), per GPU, the efficiency against W = 1, peak memory;
+#    then the widest expert-parallel run again under SY_CUDA_PROFILE=events (where the time goes:
+#    compute, all-to-all, the exchange of the counts with its wait, gradient all-reduce);
 # 4. a fault: rank 1 of an N-rank run killed (SIGKILL) mid-training; the job must end, naming it,
 #    within FAULT_LIMIT_S.
 # OUTDIR gets each stage's log and summary.md (the tables). Exit status: 0 when every stage ran.
@@ -117,6 +119,18 @@ for run in "moe ep" "moe dp" "dense dp"; do
     note "| $config | $mode (expert_parallel $ep) | $w | $tps | $per | $eff | $peak |"
   done
 done
+
+# Where the time of the widest expert-parallel run goes: each rank's event-timed op table
+# (docs/cuda.md), communication included (all_to_all, exchange counts, all_reduce).
+profile_log=$out/profile_moe_ep_w$gpus.log
+SY_CUDA_PROFILE=events SY_GPUS=$gpus bash launch/gpu_node.sh "$build/switchyard" train \
+  configs/bench/moe.yaml --set "data.path=$data" --set "run.dir=$out/runs/profile" \
+  --set "train.steps=$steps" --set "run.log_every=$log_every" \
+  --set "parallel.expert_parallel=$gpus" "${extra[@]}" > "$profile_log" 2>&1 || status=1
+note ""
+note "## Where the time goes (moe, expert_parallel $gpus, SY_CUDA_PROFILE=events): $profile_log"
+grep -E "SY_CUDA_PROFILE events|all_to_all|all_reduce|exchange counts|between ops" "$profile_log" |
+  head -n 16 | tee -a "$out/summary.md"
 
 # ---- 4. a rank killed -----------------------------------------------------------------------
 if [ "$gpus" -ge 2 ]; then
