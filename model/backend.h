@@ -54,15 +54,15 @@ struct AdamWStep {
   bool discard_grads = false;
 };
 
-// Every op is a non-virtual method that checks the op's contract, once, whatever the backend
-// (model/op_checks.cpp), then calls the backend's virtual X_impl (protected, at the end); the
-// router projection and the fused optimizer pass stay virtual (said where they are declared).
 // What Backend::profile_region returns: its destructor closes the region.
 class ProfileRegion {
  public:
   virtual ~ProfileRegion() = default;
 };
 
+// Every op is a non-virtual method that checks the op's contract, once, whatever the backend
+// (model/op_checks.cpp), then calls the backend's virtual X_impl (protected, at the end); the
+// router projection and the fused optimizer pass stay virtual (said where they are declared).
 class Backend {
  public:
   virtual ~Backend() = default;
