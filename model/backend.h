@@ -147,10 +147,16 @@ class Backend {
   //                       may sum both products before rounding C once (CUDA's Hopper kernel)
   // The defaults (model/grouped_gemm.cpp) run one gemm() per non-empty segment, the reference;
   // CUDA runs bf16 data as one grouped kernel (docs/cuda.md).
+  // grouped_gemm_wgrad with `squares` and without accumulate: a backend whose kernel can sum C's
+  // squares as it writes C sets *squares to f64 partials whose sum in index order is the sum of
+  // the squares of every element of C, and returns true (the gradient norm's share of an expert
+  // weight gradient, Param::grad_squares); where it cannot (the defaults, an f32 C is needed) it
+  // returns false and leaves *squares as it was. *squares is reused when its size fits.
   void grouped_gemm(const Tensor& C, const Tensor& A, const Tensor& B, bool trans_b,
                     std::span<const int64_t> rows_per_group, bool accumulate);
-  void grouped_gemm_wgrad(const Tensor& C, const Tensor& A, const Tensor& B,
-                          std::span<const int64_t> rows_per_group, bool accumulate);
+  bool grouped_gemm_wgrad(const Tensor& C, const Tensor& A, const Tensor& B,
+                          std::span<const int64_t> rows_per_group, bool accumulate,
+                          Tensor* squares = nullptr);
   void grouped_gemm_pair(const Tensor& C, const Tensor& A, const Tensor& B, const Tensor& A2,
                          const Tensor& B2, bool trans_b, std::span<const int64_t> rows_per_group);
 
@@ -368,8 +374,9 @@ class Backend {
   }
   virtual void grouped_gemm_impl(const Tensor& C, const Tensor& A, const Tensor& B, bool trans_b,
                                  std::span<const int64_t> rows_per_group, bool accumulate);
-  virtual void grouped_gemm_wgrad_impl(const Tensor& C, const Tensor& A, const Tensor& B,
-                                       std::span<const int64_t> rows_per_group, bool accumulate);
+  virtual bool grouped_gemm_wgrad_impl(const Tensor& C, const Tensor& A, const Tensor& B,
+                                       std::span<const int64_t> rows_per_group, bool accumulate,
+                                       Tensor* squares);
   virtual void grouped_gemm_pair_impl(const Tensor& C, const Tensor& A, const Tensor& B,
                                       const Tensor& A2, const Tensor& B2, bool trans_b,
                                       std::span<const int64_t> rows_per_group);

@@ -60,8 +60,9 @@ void Backend::grouped_gemm_impl(const Tensor& C, const Tensor& A, const Tensor& 
   });
 }
 
-void Backend::grouped_gemm_wgrad_impl(const Tensor& C, const Tensor& A, const Tensor& B,
-                                      std::span<const int64_t> rows_per_group, bool accumulate) {
+bool Backend::grouped_gemm_wgrad_impl(const Tensor& C, const Tensor& A, const Tensor& B,
+                                      std::span<const int64_t> rows_per_group, bool accumulate,
+                                      Tensor* /*squares: not summed here*/) {
   const char* op = "grouped_gemm_wgrad";
   if (A.ndim() != 2 || B.ndim() != 2 || C.ndim() != 3)
     fail(op, "expected A [M, K], B [M, N] and C [G, K, N], got A " + shape_str(A.shape()) +
@@ -73,6 +74,7 @@ void Backend::grouped_gemm_wgrad_impl(const Tensor& C, const Tensor& A, const Te
     else if (!accumulate)
       fill(group_slice(C, g), 0.0);  // no rows: the product is zero
   });
+  return false;
 }
 
 void Backend::grouped_gemm_pair_impl(const Tensor& C, const Tensor& A, const Tensor& B,

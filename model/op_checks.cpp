@@ -300,8 +300,9 @@ void Backend::grouped_gemm(const Tensor& C, const Tensor& A, const Tensor& B, bo
   grouped_gemm_impl(C, A, B, trans_b, rows_per_group, accumulate);
 }
 
-void Backend::grouped_gemm_wgrad(const Tensor& C, const Tensor& A, const Tensor& B,
-                                 std::span<const int64_t> rows_per_group, bool accumulate) {
+bool Backend::grouped_gemm_wgrad(const Tensor& C, const Tensor& A, const Tensor& B,
+                                 std::span<const int64_t> rows_per_group, bool accumulate,
+                                 Tensor* squares) {
   const OpCheck c(*this, "grouped_gemm_wgrad");
   check_gemm_dtypes(c, C, A, B);
   c.ndim(A, 2, "A");
@@ -313,7 +314,8 @@ void Backend::grouped_gemm_wgrad(const Tensor& C, const Tensor& A, const Tensor&
   c.shape(C, {G, K, N}, "C");
   check_segments(c, rows_per_group, M);
   if (overlaps(C, A) || overlaps(C, B)) c.fail("C overlaps an input");
-  grouped_gemm_wgrad_impl(C, A, B, rows_per_group, accumulate);
+  return grouped_gemm_wgrad_impl(C, A, B, rows_per_group, accumulate,
+                                 accumulate ? nullptr : squares);
 }
 
 void Backend::grouped_gemm_pair(const Tensor& C, const Tensor& A, const Tensor& B,

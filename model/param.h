@@ -32,12 +32,21 @@ struct Param {
   // dgain +=) clears a stale grad first (take_grad_needs_clear).
   enum class GradState { live, zero, stale };
   GradState grad_state = GradState::live;
+  // The sum of squares of `grad`, as f64 partials (their sum, in index order), from the op that
+  // wrote all of grad in one pass and could sum it on the way (the experts' grouped weight-
+  // gradient GEMM on CUDA, Backend::grouped_gemm_wgrad): Backend::grad_norm_squares then reads
+  // these instead of grad. Valid while grad_squares_valid; every later change of grad clears it
+  // (take_grad_*, the gradients' all-reduce, a test's after-backward hook), and the norm uses it
+  // once. The tensor is kept between steps so that its buffer stays the same.
+  Tensor grad_squares;
+  bool grad_squares_valid = false;
 
   // The beta for the next GEMM that adds into `grad` (0 while it is zero or stale, else 1); the
   // gradient is live afterwards.
   double take_grad_beta() {
     const double beta = grad_state == GradState::live ? 1.0 : 0.0;
     grad_state = GradState::live;
+    grad_squares_valid = false;
     return beta;
   }
   // For an op that can only add into `grad`: true when the caller must clear it first (stale);
@@ -45,6 +54,7 @@ struct Param {
   bool take_grad_needs_clear() {
     const bool stale = grad_state == GradState::stale;
     grad_state = GradState::live;
+    grad_squares_valid = false;
     return stale;
   }
 

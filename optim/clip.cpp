@@ -33,7 +33,10 @@ double clip_gradients(Backend& backend, std::vector<Param*>& params, double tota
                       double grad_clip) {
   const double factor = clip_factor(total_norm, grad_clip);
   if (factor < 1.0)
-    for (Param* param : params) backend.scale(param->grad, factor);
+    for (Param* param : params) {
+      backend.scale(param->grad, factor);
+      param->grad_squares_valid = false;
+    }
   return factor;
 }
 

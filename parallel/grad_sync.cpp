@@ -11,7 +11,10 @@ void synchronize_gradients(Backend& backend, const std::vector<Param*>& params,
   const auto region = backend.profile_region("all_reduce gradients");
   for (Param* param : params) {
     Communicator& group = param->is_expert ? *groups.expert_data_parallel : *groups.world;
-    if (group.size() > 1) group.all_reduce(param->grad, ReduceOp::sum);
+    if (group.size() > 1) {
+      group.all_reduce(param->grad, ReduceOp::sum);
+      param->grad_squares_valid = false;  // the squares were of this rank's share only
+    }
   }
 }
 

@@ -605,7 +605,11 @@ StepAccumulator forward_backward(Run& run, const StepBatch& batch, const TrainSt
     acc.add(run.model.forward_backward(batch.inputs[micro], batch.targets[micro],
                                        run.config.train.micro_batch_size, true, loss_scale));
   const int64_t step_number = state.step + 1;
-  if (run.options.after_backward) run.options.after_backward(step_number, run.params, run.backend);
+  if (run.options.after_backward) {
+    run.options.after_backward(step_number, run.params, run.backend);
+    // The hook may have changed any gradient: the norm reads them all (Param::grad_squares).
+    for (Param* param : run.params) param->grad_squares_valid = false;
+  }
   if (run.options.loss_offset) acc.loss += run.options.loss_offset(step_number);
   return acc;
 }

@@ -75,12 +75,13 @@ constexpr int64_t kChunk = int64_t{1} << 16;  // elements per block; a multiple 
 constexpr int kPassThreads = 256;
 constexpr int kReduceThreads = 1024;
 
-enum TensorFlags : uint32_t { kDecay = 1, kExpert = 2, kVector = 4 };
+enum TensorFlags : uint32_t { kDecay = 1, kExpert = 2, kVector = 4, kPartials = 8 };
 
 // One tensor as the kernels see it (device memory).
 struct TensorSlot {
   float* value;
   float* grad;
+  const double* partials;  // kPartials: the grad's squares, precomputed (MultiTensor::partials)
   float* exp_avg;
   float* exp_avg_sq;
   bf16* compute;  // null: no separate compute copy
@@ -105,7 +106,10 @@ __global__ void chunk_squares_kernel(const TensorSlot* __restrict__ tensors,
   const int64_t begin = int64_t(c.chunk) * kChunk, end = min(t.numel, begin + kChunk);
   int64_t scalar_begin = begin;
   double acc = 0;
-  if (t.flags & kVector) {
+  if (t.flags & kPartials) {
+    for (int64_t i = begin + threadIdx.x; i < end; i += kPassThreads) acc += t.partials[i];
+    scalar_begin = end;
+  } else if (t.flags & kVector) {
     scalar_begin = begin + (end - begin) / 4 * 4;
     for (int64_t i = begin + 4 * int64_t(threadIdx.x); i < scalar_begin; i += 4 * kPassThreads) {
       const float4 g = __ldg(reinterpret_cast<const float4*>(grad + i));
@@ -255,9 +259,10 @@ void MultiTensorTable::assign(Context& ctx, const char* op, std::vector<MultiTen
       vector = vector && aligned(p, 16);
     vector = vector && aligned(t.compute, 8);
     const uint32_t flags = (t.decay ? kDecay : 0u) | (t.expert ? kExpert : 0u) |
-                           (vector ? kVector : 0u);
+                           (vector ? kVector : 0u) | (t.partials ? kPartials : 0u);
     const auto index = static_cast<int32_t>(slots.size());
-    slots.push_back({t.value, t.grad, t.exp_avg, t.exp_avg_sq, t.compute, t.numel, flags});
+    slots.push_back(
+        {t.value, t.grad, t.partials, t.exp_avg, t.exp_avg_sq, t.compute, t.numel, flags});
     for (int64_t c = 0; c < n_chunks; ++c) chunks.push_back({index, static_cast<int32_t>(c)});
   }
   // Blocks of one launch run in any order: two tensors sharing memory would race.
@@ -270,6 +275,9 @@ void MultiTensorTable::assign(Context& ctx, const char* op, std::vector<MultiTen
     if (t.compute)
       ranges.emplace_back(reinterpret_cast<uintptr_t>(t.compute),
                           reinterpret_cast<uintptr_t>(t.compute + t.numel));
+    if (t.partials)
+      ranges.emplace_back(reinterpret_cast<uintptr_t>(t.partials),
+                          reinterpret_cast<uintptr_t>(t.partials + t.numel));
   }
   std::sort(ranges.begin(), ranges.end());
   for (size_t i = 1; i < ranges.size(); ++i)
@@ -339,11 +347,24 @@ bool grad_norm_squares(Context& ctx, MultiTensorTable& table, std::span<Param* c
     all_f32 = all_f32 && param->grad.dtype() == DType::f32;
   }
   if (!all_f32) return false;
+  // A gradient whose squares came out of the GEMM that wrote it (Param::grad_squares) is not
+  // read again; those squares are used once.
   std::vector<MultiTensor> tensors(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
-    tensors[i].grad = params[i]->grad.ptr<float>();
-    tensors[i].numel = params[i]->grad.numel();
-    tensors[i].expert = params[i]->is_expert;
+    Param& param = *params[i];
+    const bool precomputed = param.grad_squares_valid &&
+                             param.grad_state == Param::GradState::live &&
+                             param.grad_squares.defined() &&
+                             param.grad_squares.dtype() == DType::f64;
+    if (precomputed) {
+      tensors[i].partials = param.grad_squares.ptr<double>();
+      tensors[i].numel = param.grad_squares.numel();
+    } else {
+      tensors[i].grad = param.grad.ptr<float>();
+      tensors[i].numel = param.grad.numel();
+    }
+    tensors[i].expert = param.is_expert;
+    param.grad_squares_valid = false;
   }
   table.assign(ctx, "grad_norm_squares", std::move(tensors));
   auto* sums = static_cast<double*>(ctx.scratch(kScratchB, 2 * sizeof(double)));

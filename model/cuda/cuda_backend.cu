@@ -15,6 +15,8 @@
 // Memory (device_memory.h), the per-op profile (profiler.h) and device discovery (device.h) live
 // in their own files; this one holds the backend class and its ops.
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -192,16 +194,29 @@ class CudaBackend final : public Backend {
       Backend::grouped_gemm_impl(C, A, B, trans_b, rows_per_group, accumulate);
   }
 
-  void grouped_gemm_wgrad_impl(const Tensor& C, const Tensor& A, const Tensor& B,
-                               std::span<const int64_t> rows_per_group, bool accumulate) override {
+  // With `squares`, the Hopper kernel sums C's squares in its epilogue (grouped_gemm.h);
+  // SY_GG_SM90_SQUARES=0 turns that off (the norm then reads the gradients): for measurement.
+  bool grouped_gemm_wgrad_impl(const Tensor& C, const Tensor& A, const Tensor& B,
+                               std::span<const int64_t> rows_per_group, bool accumulate,
+                               Tensor* squares) override {
     const int64_t G = static_cast<int64_t>(rows_per_group.size()), M = A.dim(0), K = A.dim(1);
     const int64_t N = B.dim(1);
     OpCheck(*this, "grouped_gemm_wgrad").fits_int(M, "M");  // the kernels' row offsets are i32
     cuda::GroupedGemmArgs args;
     args.kind = cuda::GroupedGemmKind::wgrad;
     fill_grouped_args(args, C, A, B, G, M, K, N, accumulate);
+    static const bool squares_off = [] {
+      const char* env = std::getenv("SY_GG_SM90_SQUARES");
+      return env && std::strcmp(env, "0") == 0;
+    }();
+    bool squares_written = false;
+    if (squares && !squares_off) {
+      args.squares = squares;
+      args.squares_written = &squares_written;
+    }
     if (!run_grouped("grouped_gemm_wgrad", " TN ", A.dtype(), args, rows_per_group))
-      Backend::grouped_gemm_wgrad_impl(C, A, B, rows_per_group, accumulate);
+      return Backend::grouped_gemm_wgrad_impl(C, A, B, rows_per_group, accumulate, squares);
+    return squares_written;
   }
 
   // One launch with both operand pairs on the Hopper kernel (C rounded once); elsewhere the two

@@ -197,10 +197,12 @@ void adamw_update(Context& ctx, const Tensor& param, const Tensor& grad, const T
 void sgd_update(Context& ctx, const Tensor& param, const Tensor& grad, double lr);
 
 // adamw.cu, the multi-tensor pass. One tensor of it: f32 master-side arrays (a norm pass needs
-// only grad), the bf16 compute copy or null, and the Param flags.
+// only grad, or instead the grad's precomputed squares: numel f64 partials), the bf16 compute
+// copy or null, and the Param flags.
 struct MultiTensor {
   float* value = nullptr;
   float* grad = nullptr;
+  const double* partials = nullptr;  // norm pass: sum these (numel of them) instead of grad^2
   float* exp_avg = nullptr;
   float* exp_avg_sq = nullptr;
   bf16* compute = nullptr;
@@ -227,7 +229,8 @@ class MultiTensorTable {
   size_t chunks_offset_ = 0;
 };
 
-// out[0], out[1] (device doubles) = sum of grad^2 over the non-expert, the expert tensors.
+// out[0], out[1] (device doubles) = sum of grad^2 (or of the partials) over the non-expert, the
+// expert tensors.
 void grad_norm_squares(Context& ctx, const MultiTensorTable& table, double* out);
 // Backend::fused_adamw_step over the table's tensors (weight decay where MultiTensor::decay).
 void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWStep& hp);

@@ -94,9 +94,15 @@ Tensor Experts::backward(Backend& backend, const Tensor& dout, const Tensor& x,
     const bool accumulate = grad_beta != 0.0;
     backend.grouped_gemm(all.dhidden, dout, w2.compute_value(), true, rows, false);
     backend.swiglu_backward(all.dh1, all.dh3, all.dhidden, all.h1, all.h3, all.hidden);
-    backend.grouped_gemm_wgrad(w2.grad, all.hidden, dout, rows, accumulate);
-    backend.grouped_gemm_wgrad(w1.grad, x, all.dh1, rows, accumulate);
-    backend.grouped_gemm_wgrad(w3.grad, x, all.dh3, rows, accumulate);
+    // Written whole (not accumulated), a gradient's sum of squares can come out of the GEMM that
+    // writes it, and the gradient norm need not read it again (Param::grad_squares).
+    const auto wgrad = [&](Param& w, const Tensor& a, const Tensor& b) {
+      w.grad_squares_valid = backend.grouped_gemm_wgrad(w.grad, a, b, rows, accumulate,
+                                                        accumulate ? nullptr : &w.grad_squares);
+    };
+    wgrad(w2, all.hidden, dout);
+    wgrad(w1, x, all.dh1);
+    wgrad(w3, x, all.dh3);
     backend.grouped_gemm_pair(dx, all.dh1, w1.compute_value(), all.dh3, w3.compute_value(), true,
                               rows);
     return dx;
