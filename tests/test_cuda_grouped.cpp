@@ -226,8 +226,28 @@ class GroupedGemm : public ::testing::TestWithParam<std::string> {
       EXPECT_EQ(ran, "cublas") << what;
     }
   }
+  // The sums of squares of C that the Hopper kernel returns with an f32 `=` wgrad (the gradient
+  // norm's input, Param::grad_squares): only there, repeatable bit for bit, and equal to C's own
+  // sum of squares within f32 rounding of the 16-square partial sums.
+  void check_squares(const std::string& what, bool summable, const bool (&summed)[2],
+                     const std::vector<double> (&squares)[2], const std::vector<double>& c) {
+    const bool want = summable && cuda_grouped_gemm_kernel(*gpu) == "sm90";
+    EXPECT_EQ(summed[0], want) << what << ": squares returned";
+    EXPECT_EQ(summed[1], want) << what << ": squares returned";
+    if (!want || !summed[0] || !summed[1]) return;
+    EXPECT_EQ(squares[0], squares[1]) << what << ": squares not repeatable";
+    double got = 0, expected = 0;
+    for (double v : squares[0]) got += v;
+    for (double v : c) expected += v * v;
+    EXPECT_NEAR(got, expected, 1e-6 * expected) << what << ": sum of squares";
+    ++squares_checked;
+  }
+  int squares_checked = 0;
+
   void report() {
     std::printf("[ kernel   ] %s took %d of %d cases\n", GetParam().c_str(), taken, cases);
+    if (squares_checked > 0)
+      std::printf("[ squares  ] %d wgrad calls returned C's sum of squares\n", squares_checked);
     if (taken == 0) GTEST_SKIP() << GetParam() << " declined every case (not available here)";
   }
 
@@ -367,17 +387,21 @@ TEST_P(GroupedGemm, WgradMatchesTheCpu) {
           Tensor c_cpu = filled(*cpu, {G, K, N}, DType::f32,
                                 accumulate ? c0 : std::vector<double>(G * K * N, 0.0));
           cpu->grouped_gemm_wgrad(c_cpu, a_cpu, b_cpu, s.rows, accumulate);
-          std::vector<double> runs[2];
-          for (std::vector<double>& run : runs) {
+          std::vector<double> runs[2], squares[2];
+          bool summed[2] = {false, false};
+          for (int r = 0; r < 2; ++r) {
             Tensor buffer;  // [G * K + 16, N]: C[g] blocks, then the guard rows
             Tensor c = output(buffer, G * K, N, c_dtype, accumulate ? &c0 : nullptr)
                            .reshape({G, K, N});
-            gpu->grouped_gemm_wgrad(c, a_gpu, b_gpu, s.rows, accumulate);
+            Tensor partials;
+            summed[r] = gpu->grouped_gemm_wgrad(c, a_gpu, b_gpu, s.rows, accumulate, &partials);
             note_kernel(what);
-            run = gpu->read(c);
+            runs[r] = gpu->read(c);
+            if (summed[r]) squares[r] = gpu->read(partials);
             expect_guard(buffer, G * K, what);
           }
           check(what, runs[0], runs[1], cpu->read(c_cpu), c_dtype);
+          check_squares(what, c_dtype == DType::f32 && !accumulate, summed, squares, runs[0]);
         }
       }
     }
@@ -456,6 +480,35 @@ TEST_P(GroupedGemm, Bf16ModelsMatchCublasAndTheCpu) {
   compare_models(*cpu, *gpu, GetParam(), "mixed untied capacity 0.5 (drops)",
                  small_model(false, {false, true, false}, 0.5), &taken);
   cases = 2;
+  report();
+}
+
+// The gradient norm with the expert weight gradients' squares from the Hopper wgrad's epilogue
+// (Param::grad_squares) against the norm that reads every gradient; the squares are used once,
+// and a micro-batch that adds into the gradients leaves none.
+TEST_P(GroupedGemm, GradNormFromTheWgradSquares) {
+  const TransformerOptions options = small_model(false, {true, false, true}, 0.0);
+  const int64_t B = 2, T = B * options.model.seq_len, V = options.model.vocab_size;
+  Built m = build(*gpu, options, DType::bf16, 7, 1.0, ExpertKernel::grouped);
+  const std::vector<Param*> params = m.model->params();
+  m.model->zero_grads();
+  m.model->forward_backward(tokens(T, V, 1), tokens(T, V, 2), B, true, 0.5);
+  const bool sm90 = cuda_grouped_gemm_kernel(*gpu) == "sm90";
+  int precomputed = 0;
+  for (const Param* p : params) precomputed += p->grad_squares_valid ? 1 : 0;
+  EXPECT_EQ(precomputed, sm90 ? 6 : 0) << "w1, w3, w2 of two MoE layers";
+  double shared[2], expert[2];
+  gpu->grad_norm_squares(params, shared[0], expert[0]);  // the squares, where there are some
+  for (const Param* p : params) EXPECT_FALSE(p->grad_squares_valid) << p->path << ": used once";
+  gpu->grad_norm_squares(params, shared[1], expert[1]);  // every gradient read
+  EXPECT_EQ(shared[0], shared[1]);
+  EXPECT_GT(expert[1], 0.0);
+  EXPECT_NEAR(expert[0], expert[1], 1e-6 * expert[1]);
+  std::printf("[ squares  ] %s: %d gradients' squares from the GEMM; expert share %.17g against "
+              "%.17g read\n", GetParam().c_str(), precomputed, expert[0], expert[1]);
+  m.model->forward_backward(tokens(T, V, 3), tokens(T, V, 4), B, true, 0.5);  // accumulates
+  for (const Param* p : params) EXPECT_FALSE(p->grad_squares_valid) << p->path << ": accumulated";
+  cases = taken = 1;
   report();
 }
 
