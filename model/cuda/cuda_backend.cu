@@ -15,8 +15,6 @@
 // Memory (device_memory.h), the per-op profile (profiler.h) and device discovery (device.h) live
 // in their own files; this one holds the backend class and its ops.
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <utility>
 
@@ -194,8 +192,7 @@ class CudaBackend final : public Backend {
       Backend::grouped_gemm_impl(C, A, B, trans_b, rows_per_group, accumulate);
   }
 
-  // With `squares`, the Hopper kernel sums C's squares in its epilogue (grouped_gemm.h);
-  // SY_GG_SM90_SQUARES=0 turns that off (the norm then reads the gradients): for measurement.
+  // With `squares`, the Hopper kernel sums C's squares in its epilogue (grouped_gemm.h).
   bool grouped_gemm_wgrad_impl(const Tensor& C, const Tensor& A, const Tensor& B,
                                std::span<const int64_t> rows_per_group, bool accumulate,
                                Tensor* squares) override {
@@ -205,15 +202,9 @@ class CudaBackend final : public Backend {
     cuda::GroupedGemmArgs args;
     args.kind = cuda::GroupedGemmKind::wgrad;
     fill_grouped_args(args, C, A, B, G, M, K, N, accumulate);
-    static const bool squares_off = [] {
-      const char* env = std::getenv("SY_GG_SM90_SQUARES");
-      return env && std::strcmp(env, "0") == 0;
-    }();
     bool squares_written = false;
-    if (squares && !squares_off) {
-      args.squares = squares;
-      args.squares_written = &squares_written;
-    }
+    args.squares = squares;
+    args.squares_written = &squares_written;
     if (!run_grouped("grouped_gemm_wgrad", " TN ", A.dtype(), args, rows_per_group))
       return Backend::grouped_gemm_wgrad_impl(C, A, B, rows_per_group, accumulate, squares);
     return squares_written;

@@ -1260,7 +1260,11 @@ bool grouped_gemm_sm90(Context& ctx, const GroupedGemmArgs& a) {
   params.accumulate = a.accumulate ? 1 : 0;
   params.K2 = pair ? static_cast<int>(a.K2) : 0;
   // The squares of C (wgrad `=` into f32): one f64 per warp of each tile's two consumers.
-  if (a.squares && a.squares_written && wgrad && !a.accumulate && a.c_dtype == DType::f32) {
+  // SY_GG_SM90_SQUARES=0 leaves them out (the norm then reads the gradients): for measurement.
+  const char* squares_env = std::getenv("SY_GG_SM90_SQUARES");
+  const bool squares_off = squares_env && std::strcmp(squares_env, "0") == 0;
+  if (a.squares && a.squares_written && wgrad && !a.accumulate && a.c_dtype == DType::f32 &&
+      !squares_off) {
     const int64_t count = tiles * kConsumers * 4;
     Tensor& squares = *a.squares;
     if (!squares.defined() || squares.dtype() != DType::f64 || squares.numel() != count)
