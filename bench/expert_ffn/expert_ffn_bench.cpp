@@ -13,7 +13,9 @@
 // zeroed gradients and is compared with the cublas loop (relative L2 error of out, dx, dW1 of
 // expert 0): a kernel that is fast and wrong shows here.
 // Prints a table, and one "RESULT case=... variant=... ms=... tflops=... err=..." line per row
-// for bench/expert_ffn/run.sh. Usage: expert_ffn_bench [case ...] (default: all three).
+// for bench/expert_ffn/run.sh. Usage: expert_ffn_bench [--profile] [case ...] (default: all
+// three). --profile: after each timed variant, 10 more runs under the CUDA backend's event
+// profile (no synchronisation), and its per-op table: where each variant's time goes.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -155,6 +157,19 @@ double median_ms(Backend& backend, const std::function<void()>& step, int warmup
   return runs % 2 ? ms[runs / 2] : 0.5 * (ms[runs / 2 - 1] + ms[runs / 2]);
 }
 
+bool g_profile = false;  // --profile
+
+// With --profile: `runs` calls of `step` under the event profile of `backend`, and its table.
+void print_profile(Backend& backend, const std::string& label, const std::function<void()>& step,
+                   int runs = 10) {
+  if (!g_profile) return;
+  sy::cuda_profile_begin(backend);
+  for (int i = 0; i < runs; ++i) step();
+  std::printf("-- op profile of %s, per run (%d runs):\n%s", label.c_str(), runs,
+              sy::cuda_profile_report(backend, runs).c_str());
+  std::fflush(stdout);
+}
+
 // A backend whose grouped ops may use only `kernel` (SY_GROUPED_GEMM is read when it is made).
 std::unique_ptr<Backend> backend_for(const std::string& kernel) {
   setenv("SY_GROUPED_GEMM", kernel.c_str(), 1);
@@ -266,7 +281,7 @@ double time_ceiling(const Case& c) {
   const Tensor dw1 = b.zeros({c.D, c.F}, DType::f32), dw3 = b.zeros({c.D, c.F}, DType::f32);
   const Tensor dw2 = b.zeros({c.F, c.D}, DType::f32);
   fill_random(b, hidden, 6, 1.0);
-  return median_ms(b, [&] {
+  const auto chain = [&] {
     b.gemm(h1, x, false, w1, false, 1.0, 0.0);
     b.gemm(h3, x, false, w3, false, 1.0, 0.0);
     b.gemm(out, hidden, false, w2, false, 1.0, 0.0);
@@ -276,7 +291,10 @@ double time_ceiling(const Case& c) {
     b.gemm(dw3, x, true, h3, false, 1.0, 1.0);
     b.gemm(dx, h1, false, w1, true, 1.0, 0.0);
     b.gemm(dx, h3, false, w3, true, 1.0, 1.0);
-  });
+  };
+  const double ms = median_ms(b, chain);
+  print_profile(b, c.name + " ceiling", chain);
+  return ms;
 }
 
 void run_case(const Case& c) {
@@ -299,6 +317,7 @@ void run_case(const Case& c) {
     ExpertPath path(*backend, c, routing, sy::ExpertKernel::cublas);
     reference = path.once();
     rows.push_back({"cublas_loop", median_ms(*backend, [&] { path.step(); }), 0.0, false});
+    print_profile(*backend, c.name + " cublas_loop", [&] { path.step(); });
   }
   // sm90 and mma: each kernel alone (sm90's optional routing of large segments to the loop off).
   for (const std::string kernel : {"sm90", "mma"}) {
@@ -310,7 +329,10 @@ void run_case(const Case& c) {
     row.declined = sy::cuda_grouped_gemm_kernel(*backend) != kernel;
     row.err = std::max({rel_error(got.out, reference.out), rel_error(got.dx, reference.dx),
                         rel_error(got.dw1, reference.dw1)});
-    if (!row.declined) row.ms = median_ms(*backend, [&] { path.step(); });
+    if (!row.declined) {
+      row.ms = median_ms(*backend, [&] { path.step(); });
+      print_profile(*backend, c.name + " " + row.variant, [&] { path.step(); });
+    }
     unsetenv("SY_GG_SM90_ROUTE");
     rows.push_back(row);
   }
@@ -342,7 +364,20 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "expert_ffn_bench: no CUDA device visible\n");
       return 2;
     }
-    std::vector<std::string> wanted(argv + 1, argv + argc);
+    std::vector<std::string> wanted;
+    for (int i = 1; i < argc; ++i) {
+      const std::string arg = argv[i];
+      if (arg == "--profile") {
+        g_profile = true;
+      } else if (std::none_of(kCases.begin(), kCases.end(),
+                              [&](const Case& c) { return c.name == arg; })) {
+        std::fprintf(stderr, "expert_ffn_bench: unknown argument '%s' (cases: coarse fine skewed; "
+                     "--profile)\n", arg.c_str());
+        return 2;
+      } else {
+        wanted.push_back(arg);
+      }
+    }
     for (const Case& c : kCases)
       if (wanted.empty() || std::find(wanted.begin(), wanted.end(), c.name) != wanted.end())
         run_case(c);

@@ -4,6 +4,7 @@
 # best grouped kernel, torch's faster way, and their ratios (all TFLOP/s of 18*T*K*D*F).
 #   Usage: bash bench/expert_ffn/run.sh BUILD_DIR OUTDIR [case ...]     (cases: coarse fine skewed)
 # Logs: OUTDIR/expert_ffn_bench.log, OUTDIR/expert_ffn_torch.log, OUTDIR/expert_ffn_table.txt.
+# SY_FFN_PROFILE=1: our variants' per-op event profiles too, in expert_ffn_bench.log.
 set -uo pipefail
 # shellcheck source=launch/lib.sh
 source "$(dirname "$0")/../../launch/lib.sh"
@@ -14,7 +15,9 @@ build=$(cd "$build" 2> /dev/null && pwd || echo "$build")  # sy_init moves to th
 sy_init "$out"
 out=$sy_out
 
-sy_step expert_ffn_bench "$build/expert_ffn_bench" "$@"
+profile=()
+[ "${SY_FFN_PROFILE:-0}" = 1 ] && profile=(--profile)
+sy_step expert_ffn_bench "$build/expert_ffn_bench" "${profile[@]}" "$@"
 bench_rc=$?
 [ "$bench_rc" -eq 0 ] || sy_dry || tail -20 "$out/expert_ffn_bench.log"
 if python3 -c "import torch" > /dev/null 2>&1; then
