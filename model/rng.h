@@ -2,6 +2,7 @@
 // model and every training batch are reproducible from the seed alone, whatever the rank layout.
 #pragma once
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 namespace sy {
@@ -41,8 +42,17 @@ class CounterRng {
   uint64_t counter_;
 };
 
-// out[i] = scale * normal value i of the stream `key` (draws 2i and 2i+1), for i in [0, n). Large
-// fills run on several host threads; the values are the same as one stream drawn in order.
-void fill_normal(uint64_t key, double scale, double* out, int64_t n);
+// One stream's share of a fill: out[i] = scale * normal value i of the stream `key` (draws 2i and
+// 2i+1), for i in [0, n).
+struct NormalFill {
+  uint64_t key;
+  double* out;
+  int64_t n;
+};
+
+// Every fill, cut into pieces that several host threads share, so that many small streams (a
+// stacked expert tensor's slices) go as fast as one large one. The values are the same as each
+// stream drawn in order on one thread.
+void fill_normal(std::span<const NormalFill> fills, double scale);
 
 }  // namespace sy

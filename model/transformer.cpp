@@ -206,11 +206,12 @@ void Transformer::init_parameters(uint64_t seed) {
     const int64_t slices = param->is_expert ? param->value.dim(0) : 1;
     const int64_t slice_elems = param->value.numel() / slices;
     std::vector<double> values(param->value.numel());
+    std::vector<NormalFill> fills;
     for (int64_t j = 0; j < slices; ++j) {
       const uint64_t expert = param->is_expert ? first_local_expert_ + j : 0;
-      fill_normal(key_combine(path_key, expert), kInitStd, values.data() + j * slice_elems,
-                  slice_elems);
+      fills.push_back({key_combine(path_key, expert), values.data() + j * slice_elems, slice_elems});
     }
+    fill_normal(fills, kInitStd);
     backend_.write(param->value, std::span<const double>(values));
   }
   refresh_compute_weights();

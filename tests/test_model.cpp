@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "model/rng.h"
 #include "model/transformer.h"
 #include "parallel/local_exchange.h"
 #include "trainer/config.h"
@@ -83,6 +84,24 @@ TEST(Model, InitIsIndependentOfTheExpertShard) {
     // Experts 2 and 3 of the full tensor are the shard's experts 0 and 1.
     const size_t half = va.size() / 2;
     EXPECT_EQ(std::vector<double>(va.begin() + half, va.end()), vb) << a[i]->path;
+  }
+}
+
+// The threaded fill gives each stream's values as one thread drawing it in order would, however
+// the streams are cut into pieces (empty, tiny, and sizes off the piece length among them).
+TEST(Rng, FillNormalIsEachStreamDrawnInOrder) {
+  const std::vector<int64_t> sizes = {0, 1, (int64_t{1} << 20) + 3, 5, (int64_t{1} << 21) - 1};
+  std::vector<std::vector<double>> got(sizes.size());
+  std::vector<NormalFill> fills;
+  for (size_t s = 0; s < sizes.size(); ++s) {
+    got[s].assign(sizes[s], 0.0);
+    fills.push_back({1000 + s, got[s].data(), sizes[s]});
+  }
+  fill_normal(fills, 0.5);
+  for (size_t s = 0; s < sizes.size(); ++s) {
+    CounterRng rng(1000 + s);
+    for (int64_t i = 0; i < sizes[s]; ++i)
+      ASSERT_EQ(got[s][i], 0.5 * rng.normal()) << "stream " << s << " value " << i;
   }
 }
 
