@@ -7,7 +7,9 @@
 // and a JSON summary line last. Timing excludes the first W steps (allocation, cuBLAS set-up).
 // Besides tokens/s and peak memory the summary has MFU, the load balance of the timed steps
 // (per MoE layer, the cv and max/mean of the tokens per expert, averaged over those steps) and
-// the first step's loss, its parts and its gradient norm.
+// the first step's loss, its parts and its gradient norm, and where the time before the timed
+// steps went: setup_s (tokens, the model's construction and initialisation, the optimizer) and
+// warmup_s (the W untimed steps: allocation, cuDNN plans, cuBLAS heuristics).
 //   --profile-steps P  P more steps after the timed ones under the event-timed op profile
 //                      (CUDA only; cuda_profile_begin): the per-op table, before the summary
 //   --save-init FILE   the initial weights as a checkpoint (docs/checkpoint.md; no optimizer
@@ -200,6 +202,8 @@ int main(int argc, char** argv) {
     if (warmup >= steps) throw std::runtime_error("--warmup must be below --steps");
     if (profile_steps < 0) throw std::runtime_error("--profile-steps must be >= 0");
     const Config config = load_config(argv[1], overrides);
+    using Clock = std::chrono::steady_clock;
+    const Clock::time_point setup_start = Clock::now();
     std::unique_ptr<Backend> backend = make_backend(config.run);
 
     std::vector<int32_t> train_tokens;
@@ -238,12 +242,14 @@ int main(int argc, char** argv) {
     const TrainConfig& tc = config.train;
     const int64_t B = tc.micro_batch_size, S = config.model.seq_len;
     std::vector<int32_t> inputs(B * S), targets(B * S);
-    std::printf("bench: %s on %s, %s, %lld parameters, %lld tokens/step, data %s\n",
+    backend->synchronize();
+    const double setup_s = std::chrono::duration<double>(Clock::now() - setup_start).count();
+    std::printf("bench: %s on %s, %s, %lld parameters, %lld tokens/step, data %s; set-up %.1f s\n",
                 config.name.c_str(), backend->name().c_str(), to_string(config.run.precision),
                 static_cast<long long>(n_params), static_cast<long long>(B * S * tc.grad_accum_steps),
-                source.c_str());
-    using Clock = std::chrono::steady_clock;
-    Clock::time_point start;
+                source.c_str(), setup_s);
+    Clock::time_point start = Clock::now();
+    double warmup_s = 0;
     double seconds = 0;
     double first_loss = 0, last_loss = 0;
     GroupStats first;  // step 0's parts of the loss, averaged over its micro-steps
@@ -256,6 +262,7 @@ int main(int argc, char** argv) {
     for (int64_t step = 0; step < steps + profile_steps; ++step) {
       if (step == warmup) {
         backend->synchronize();
+        warmup_s = std::chrono::duration<double>(Clock::now() - start).count();
         start = Clock::now();
       }
       if (step == steps) {  // the timed window ends; the profiled steps follow
@@ -337,7 +344,7 @@ int main(int argc, char** argv) {
         "\"mfu\": %.4f, \"first_lm_loss\": %.6f, \"first_aux_loss\": %.6f, "
         "\"first_z_loss\": %.6f, \"first_loss_exact\": %.6f, \"first_grad_norm\": %.6f, "
         "\"load_cv_mean\": %.4f, \"load_cv_max\": %.4f, \"load_cv\": %s, "
-        "\"load_max_mean\": %s, \"losses\": %s}\n",
+        "\"load_max_mean\": %s, \"setup_s\": %.2f, \"warmup_s\": %.2f, \"losses\": %s}\n",
         config.name.c_str(), backend->name().c_str(), to_string(config.run.precision),
         static_cast<long long>(n_params), static_cast<long long>(B * S * tc.grad_accum_steps),
         static_cast<long long>(steps - warmup), 1000.0 * seconds / timed, tokens_per_s,
@@ -345,7 +352,7 @@ int main(int argc, char** argv) {
         static_cast<long long>(backend->peak_memory_bytes()), flops,
         tokens_per_s * flops / kPeakFlops, first.lm_loss, first.aux_loss, first.z_loss,
         first_loss, first_grad_norm, cv_mean, cv_max, json_list(load_cv).c_str(),
-        json_list(load_max_mean).c_str(), json_list(losses, 6).c_str());
+        json_list(load_max_mean).c_str(), setup_s, warmup_s, json_list(losses, 6).c_str());
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "sy_bench_train: error: %s\n", e.what());

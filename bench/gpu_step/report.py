@@ -123,7 +123,8 @@ def main():
     out.append("### Training step, one GPU: Switchyard against PyTorch")
     out.append("tokens/s over the timed steps; MFU = tokens/s x (6 x active params + 6 L S D) "
                "/ 989 TFLOP/s; load cv = per MoE layer, std/mean of tokens per expert, averaged "
-               "over the timed steps (mean / max over layers); x ours = tokens/s over ours")
+               "over the timed steps (mean / max over layers); x ours = tokens/s over ours; "
+               "warm-up s = the untimed steps' wall time (ours: set-up + warm-up)")
     out.append("")
     out.append("| config | implementation | tokens/s | x ours | step ms | MFU | peak GiB | "
                "load cv mean / max | first loss | warm-up s |")
@@ -135,6 +136,8 @@ def main():
         for name, row in rows:
             ratio = f"{row['tokens_per_s'] / mine['tokens_per_s']:.2f}" if mine else "-"
             warm = f"{row['warmup_s']:.0f}" if "warmup_s" in row else "-"
+            if "setup_s" in row:  # ours: the model's set-up before its first step, then warm-up
+                warm = f"{row['setup_s']:.0f} + {warm}"
             out.append(f"| {config} | {name} | {row['tokens_per_s'] / 1e3:.1f}k | {ratio} | "
                        f"{row['step_ms']:.1f} | {row['mfu'] * 100:.1f}% | {fmt_mem(row)} | "
                        f"{fmt_cv(row)} | {row['first_loss']:.4f} | {warm} |")
