@@ -95,10 +95,11 @@ Tensor Experts::backward(Backend& backend, const Tensor& dout, const Tensor& x,
     backend.grouped_gemm(all.dhidden, dout, w2.compute_value(), true, rows, false);
     backend.swiglu_backward(all.dh1, all.dh3, all.dhidden, all.h1, all.h3, all.hidden);
     // Written whole (not accumulated), a gradient's sum of squares can come out of the GEMM that
-    // writes it, and the gradient norm need not read it again (Param::grad_squares).
+    // writes it, and the gradient norm need not read it again (Param::grad_squares); the op
+    // leaves the squares alone when it accumulates.
     const auto wgrad = [&](Param& w, const Tensor& a, const Tensor& b) {
-      w.grad_squares_valid = backend.grouped_gemm_wgrad(w.grad, a, b, rows, accumulate,
-                                                        accumulate ? nullptr : &w.grad_squares);
+      w.grad_squares_valid =
+          backend.grouped_gemm_wgrad(w.grad, a, b, rows, accumulate, &w.grad_squares);
     };
     wgrad(w2, all.hidden, dout);
     wgrad(w1, x, all.dh1);
