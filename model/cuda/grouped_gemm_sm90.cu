@@ -10,6 +10,10 @@
 //                wgmma.mma_async m64nBNk16 from shared memory into f32 registers, then writes
 //                its rows straight from registers to C (masked at the segment end and at N).
 // setmaxnreg moves registers from the producer (40) to the consumers (232).
+// Tile order (decode_tile): inside a group, bands of 8 n tiles with m fastest, so that the ~132
+// tiles in flight read ~16 blocks of A rows and 8 of B columns, which the L2 keeps between
+// waves; SY_GG_SM90_BAND=N picks the band width, 0 the earlier order (n fastest over the whole
+// group). The order changes which SM computes a tile, not how: results are bitwise the same.
 // Four versions, SY_GG_SM90_VERSION=1|2|3|4 (default 4), bitwise equal results:
 //   1  each chunk's wgmmas complete (wait_group 0) before the next chunk is issued;
 //   2  one chunk stays in flight (wait_group 1), its predecessor's stage is released only once
@@ -86,6 +90,7 @@ constexpr int kConsumers = 2;
 constexpr int kCtaThreads = 128 * (1 + kConsumers);
 constexpr int kMaxGroups = 1024;          // segment offsets and tile starts live in shared memory
 constexpr int kPrefetchChunksAhead = 8;   // version 2: old C is prefetched this many chunks early
+constexpr int kDefaultBand = 8;           // tile order: n tiles per band (0: n fastest, no bands)
 [[maybe_unused]] constexpr int kSwizzleBytes = 128;
 [[maybe_unused]] constexpr int kBoxBytes = 64 * kBK * 2;   // one 64 x 64 bf16 box: 8 KiB, 8 swizzle atoms of 1 KiB
 
@@ -148,6 +153,7 @@ struct KernelParams {
   void* C = nullptr;
   int accumulate = 0;
   int K2 = 0;  // forward with a second operand pair (map_a2, map_b2): its reduction, else 0
+  int band = 0;  // tile order inside a group: bands of this many n tiles, m fastest (decode_tile)
   double* squares = nullptr;  // wgrad `=`: [tiles][consumers][4 warps] sums of squares of C
   unsigned long long* debug = nullptr;  // SY_GG_SM90_DEBUG: mapped host words, else unused
 };
@@ -668,17 +674,36 @@ __device__ __forceinline__ void tile_squares(const float (&acc)[BN / 2], const T
   if (lane == 0) *out = sum;
 }
 
+// A group's m_tiles x n_tiles tiles in the order the CTAs take them: bands of p.band n tiles
+// (the last band may be narrower), m fastest inside a band. The CTAs working at one time then
+// cover ~132 / band m tiles x band n tiles, so the A rows and B columns they read together stay
+// small enough for the L2 to keep between waves (NOTES-grouped-gemm.md, "Tile order"). Returns
+// {m index, n index}. band >= n_tiles is one band: m fastest over the whole group.
+__device__ __forceinline__ int2 tile_in_group(int local, int m_tiles, int n_tiles, int band) {
+  const int per_band = m_tiles * band;
+  const int b = local / per_band;
+  const int in_band = local - b * per_band;
+  return make_int2(in_band % m_tiles, b * band + in_band / m_tiles);
+}
+
 template <Form F, int BN>
 __device__ __forceinline__ Tile decode_tile(int t, const KernelParams& p, const int* seg_off,
                                             const int* tile_start) {
   const int n_tiles = (p.N + BN - 1) / BN;
   Tile tile;
   if constexpr (F == Form::wgrad) {
-    const int per_group = ((p.K + kBM - 1) / kBM) * n_tiles;
+    const int m_tiles = (p.K + kBM - 1) / kBM;
+    const int per_group = m_tiles * n_tiles;
     tile.group = t / per_group;
     const int local = t - tile.group * per_group;
-    tile.m0 = (local / n_tiles) * kBM;
-    tile.n0 = (local % n_tiles) * BN;
+    if (p.band > 0) {
+      const int2 mn = tile_in_group(local, m_tiles, n_tiles, p.band);
+      tile.m0 = mn.x * kBM;
+      tile.n0 = mn.y * BN;
+    } else {
+      tile.m0 = (local / n_tiles) * kBM;
+      tile.n0 = (local % n_tiles) * BN;
+    }
     tile.row_end = p.K;
     tile.red_begin = seg_off[tile.group];
     tile.red_len = seg_off[tile.group + 1] - tile.red_begin;
@@ -692,9 +717,16 @@ __device__ __forceinline__ Tile decode_tile(int t, const KernelParams& p, const 
     }
     tile.group = lo;
     const int local = t - tile_start[lo];
-    // n fastest: the CTAs working at one time share a few 128-row blocks of A and all of B[g].
-    tile.m0 = seg_off[lo] + (local / n_tiles) * kBM;
-    tile.n0 = (local % n_tiles) * BN;
+    if (p.band > 0) {
+      const int m_tiles = (seg_off[lo + 1] - seg_off[lo] + kBM - 1) / kBM;
+      const int2 mn = tile_in_group(local, m_tiles, n_tiles, p.band);
+      tile.m0 = seg_off[lo] + mn.x * kBM;
+      tile.n0 = mn.y * BN;
+    } else {
+      // n fastest: the CTAs working at one time share a few 128-row blocks of A and all of B[g].
+      tile.m0 = seg_off[lo] + (local / n_tiles) * kBM;
+      tile.n0 = (local % n_tiles) * BN;
+    }
     tile.row_end = seg_off[lo + 1];
     tile.red_begin = 0;
     tile.red_len = p.K;
@@ -1107,6 +1139,18 @@ int kernel_version() {
   return 4;
 }
 
+// The tile order's band width in n tiles (KernelParams::band): SY_GG_SM90_BAND=N, 0 = the order
+// before bands (n fastest over the whole group).
+int tile_band() {
+  static const int band = [] {
+    const char* env = std::getenv("SY_GG_SM90_BAND");
+    if (!env) return kDefaultBand;
+    const int value = std::atoi(env);
+    return value > 0 ? value : 0;
+  }();
+  return band;
+}
+
 // Shapes where the per-group cuBLAS loop beats this kernel: declining them sends the caller
 // (cuda_backend.cu: sm90, then mma, then the loop) to the loop. Off unless SY_GG_SM90_ROUTE=1.
 // A row matches when every field matches (0 = any); rows_per_group_min and _max bound the mean
@@ -1259,6 +1303,7 @@ bool grouped_gemm_sm90(Context& ctx, const GroupedGemmArgs& a) {
   params.C = a.C;
   params.accumulate = a.accumulate ? 1 : 0;
   params.K2 = pair ? static_cast<int>(a.K2) : 0;
+  params.band = tile_band();
   // The squares of C (wgrad `=` into f32): one f64 per warp of each tile's two consumers.
   // SY_GG_SM90_SQUARES=0 leaves them out (the norm then reads the gradients): for measurement.
   const char* squares_env = std::getenv("SY_GG_SM90_SQUARES");
