@@ -69,6 +69,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 
@@ -680,6 +681,7 @@ __device__ __forceinline__ void tile_squares(const float (&acc)[BN / 2], const T
 // small enough for the L2 to keep between waves (NOTES-grouped-gemm.md, "Tile order"). Returns
 // {m index, n index}. band >= n_tiles is one band: m fastest over the whole group.
 __device__ __forceinline__ int2 tile_in_group(int local, int m_tiles, int n_tiles, int band) {
+  band = band < n_tiles ? band : n_tiles;  // one band at most: m_tiles * band stays in range
   const int per_band = m_tiles * band;
   const int b = local / per_band;
   const int in_band = local - b * per_band;
@@ -1139,14 +1141,19 @@ int kernel_version() {
   return 4;
 }
 
-// The tile order's band width in n tiles (KernelParams::band): SY_GG_SM90_BAND=N, 0 = the order
-// before bands (n fastest over the whole group).
+// The tile order's band width in n tiles (KernelParams::band): SY_GG_SM90_BAND=N (0 to 65536),
+// 0 = the order before bands (n fastest over the whole group). Read once.
 int tile_band() {
   static const int band = [] {
     const char* env = std::getenv("SY_GG_SM90_BAND");
     if (!env) return kDefaultBand;
-    const int value = std::atoi(env);
-    return value > 0 ? value : 0;
+    char* end = nullptr;
+    const long value = std::strtol(env, &end, 10);
+    if (*env == '\0' || *end != '\0' || value < 0 || value > 65536)
+      throw std::invalid_argument(std::string("SY_GG_SM90_BAND must be a whole number from 0 to "
+                                              "65536 (n tiles per band; 0: no bands), got '") +
+                                  env + "'");
+    return static_cast<int>(value);
   }();
   return band;
 }
