@@ -525,7 +525,9 @@ TEST_F(CudaVec, RopeOnQAndKInOneLaunch) {
 
 TEST_F(CudaVec, RMSNormWideRows) {
   for (const int64_t D : {2048, 4096}) {  // backward: vector at 2048, element-wise at 4096
-    const int64_t N = 70;                 // chunks of 32 rows and a partial one
+    // Chunks of 32 rows and a partial one of 20: its warps hold 3 rows or 2 (the vector backward
+    // loads a warp's rows two at a time), the full chunks' warps 4.
+    const int64_t N = 84;
     const std::string at = " D=" + std::to_string(D);
     const std::vector<double> x = values(N * D, bf, 2.0), dout = values(N * D, bf);
     std::vector<double> gain = values(D, DType::f32, 0.1), dg0 = values(D, DType::f32);

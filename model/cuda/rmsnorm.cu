@@ -81,14 +81,28 @@ __global__ void rmsnorm_dgain_partial(acc_t<T>* partial, const T* dout, const T*
   }
 }
 
+// dgain[j] += the partials of column j, added in chunk order. The loads go out eight at a time
+// ahead of their adds: there are only D threads, and one load at a time left each waiting on the
+// L2 once per chunk (~256 of them).
 template <class A, class S>
 __global__ void rmsnorm_dgain_finish(S* dgain, const A* partial, int64_t chunks, int64_t D) {
   const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (j >= D) return;
+  constexpr int kAhead = 8;
   A sum = 0;
-  for (int64_t c = 0; c < chunks; ++c) sum += partial[c * D + j];
+  int64_t c = 0;
+  for (; c + kAhead <= chunks; c += kAhead) {
+    A part[kAhead];
+#pragma unroll
+    for (int i = 0; i < kAhead; ++i) part[i] = partial[(c + i) * D + j];
+#pragma unroll
+    for (int i = 0; i < kAhead; ++i) sum += part[i];
+  }
+  for (; c < chunks; ++c) sum += partial[c * D + j];
   dgain[j] = static_cast<S>(static_cast<A>(dgain[j]) + sum);
 }
+
+constexpr int kFinishThreads = 64;  // small blocks: the D columns spread over D / 64 SMs
 
 constexpr int kVecChunkRows = 32;        // rows per block of the vector backward
 constexpr int kMaxBackwardVecs = 8;      // vectors per lane: D <= 8 * 32 * 8 = 2048
@@ -138,9 +152,72 @@ __global__ void rmsnorm_forward_vec(bf16* __restrict__ out, float* __restrict__ 
   }
 }
 
+// One row's x and dy for the vector backward (16-byte loads; lane holds vectors lane, lane + 32).
+template <int VPL>
+__device__ __forceinline__ void load_backward_row(uint4 (&xraw)[VPL], uint4 (&dyraw)[VPL],
+                                                  const bf16* __restrict__ x,
+                                                  const bf16* __restrict__ dout, int64_t row,
+                                                  int64_t D, int lane) {
+  const int64_t vecs = D / kVec;
+#pragma unroll
+  for (int v = 0; v < VPL; ++v) {
+    const int64_t c = v * 32 + lane;
+    if (c < vecs) {
+      xraw[v] = load_raw8(x + row * D + c * kVec);
+      dyraw[v] = load_raw8(dout + row * D + c * kVec);
+    }
+  }
+}
+
+// dx of one loaded row; its dy_j x_j r added into the lane's column sums acc.
+template <int VPL>
+__device__ __forceinline__ void backward_row(float (&acc)[VPL][kVec], const uint4 (&xraw)[VPL],
+                                             const uint4 (&dyraw)[VPL], bf16* __restrict__ dx,
+                                             const float* __restrict__ gain,
+                                             const float* __restrict__ rstd, int64_t row,
+                                             int64_t D, int lane) {
+  const int64_t vecs = D / kVec;
+  float s = 0;
+#pragma unroll
+  for (int v = 0; v < VPL; ++v) {
+    const int64_t c = v * 32 + lane;
+    if (c < vecs) {
+      float xv[kVec], dy[kVec], g[kVec];
+      unpack8(xraw[v], xv);
+      unpack8(dyraw[v], dy);
+      load8(gain + c * kVec, g);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) s += dy[e] * g[e] * xv[e];
+    }
+  }
+  s = warp_sum(s);
+  const float r = rstd[row];
+  const float cr =
+      static_cast<float>(static_cast<double>(s) * r * r * r / static_cast<double>(D));
+  bf16* dxr = dx + row * D;
+#pragma unroll
+  for (int v = 0; v < VPL; ++v) {
+    const int64_t c = v * 32 + lane;
+    if (c < vecs) {
+      float xv[kVec], dy[kVec], g[kVec], out[kVec];
+      unpack8(xraw[v], xv);
+      unpack8(dyraw[v], dy);
+      load8(gain + c * kVec, g);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        out[e] = r * g[e] * dy[e] - xv[e] * cr;
+        acc[v][e] += dy[e] * xv[e] * r;
+      }
+      store8(dxr + c * kVec, out);
+    }
+  }
+}
+
 // dx as rmsnorm_backward_dx; partial[chunk, j] = sum over the chunk's rows of dy_j x_j r.
-// Warp w takes rows begin + w, begin + w + 8, ...; its per-lane column sums are then added in
-// warp order into col_sum.
+// Warp w takes rows begin + w, begin + w + 8, ... in that order; its per-lane column sums are
+// then added in warp order into col_sum. A warp loads two of its rows before it uses the first:
+// one block fills an SM (the column sums hold 64 registers a thread), and with one row in flight
+// a warp left the memory system idle while it reduced.
 template <int VPL>
 __global__ void __launch_bounds__(32 * kRowsPerBlock)
 rmsnorm_backward_vec(bf16* __restrict__ dx, float* __restrict__ partial,
@@ -158,52 +235,13 @@ rmsnorm_backward_vec(bf16* __restrict__ dx, float* __restrict__ partial,
 #pragma unroll
     for (int e = 0; e < kVec; ++e) acc[v][e] = 0;
 
-  for (int64_t row = begin + warp; row < end; row += kRowsPerBlock) {
-    const bf16* xr = x + row * D;
-    const bf16* dyr = dout + row * D;
-    uint4 xraw[VPL], dyraw[VPL];
-#pragma unroll
-    for (int v = 0; v < VPL; ++v) {
-      const int64_t c = v * 32 + lane;
-      if (c < vecs) {
-        xraw[v] = load_raw8(xr + c * kVec);
-        dyraw[v] = load_raw8(dyr + c * kVec);
-      }
-    }
-    float s = 0;
-#pragma unroll
-    for (int v = 0; v < VPL; ++v) {
-      const int64_t c = v * 32 + lane;
-      if (c < vecs) {
-        float xv[kVec], dy[kVec], g[kVec];
-        unpack8(xraw[v], xv);
-        unpack8(dyraw[v], dy);
-        load8(gain + c * kVec, g);
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) s += dy[e] * g[e] * xv[e];
-      }
-    }
-    s = warp_sum(s);
-    const float r = rstd[row];
-    const float cr =
-        static_cast<float>(static_cast<double>(s) * r * r * r / static_cast<double>(D));
-    bf16* dxr = dx + row * D;
-#pragma unroll
-    for (int v = 0; v < VPL; ++v) {
-      const int64_t c = v * 32 + lane;
-      if (c < vecs) {
-        float xv[kVec], dy[kVec], g[kVec], out[kVec];
-        unpack8(xraw[v], xv);
-        unpack8(dyraw[v], dy);
-        load8(gain + c * kVec, g);
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) {
-          out[e] = r * g[e] * dy[e] - xv[e] * cr;
-          acc[v][e] += dy[e] * xv[e] * r;
-        }
-        store8(dxr + c * kVec, out);
-      }
-    }
+  for (int64_t row = begin + warp; row < end; row += 2 * kRowsPerBlock) {
+    const int64_t next = row + kRowsPerBlock;
+    uint4 xraw[VPL], dyraw[VPL], xnext[VPL], dynext[VPL];
+    load_backward_row<VPL>(xraw, dyraw, x, dout, row, D, lane);
+    if (next < end) load_backward_row<VPL>(xnext, dynext, x, dout, next, D, lane);
+    backward_row<VPL>(acc, xraw, dyraw, dx, gain, rstd, row, D, lane);
+    if (next < end) backward_row<VPL>(acc, xnext, dynext, dx, gain, rstd, next, D, lane);
   }
 
   // Fixed order: warp 0 stores, then warps 1..7 add in turn.
@@ -280,6 +318,7 @@ void rmsnorm_backward(Context& ctx, const Tensor& dx, const Tensor& dgain, const
   const int64_t D = x.dim(-1), N = x.numel() / D;
   if (N == 0) return;
   const unsigned blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
+  const unsigned finish_grid = grid_for(D, kFinishThreads);
   const int vpl = vectors_per_lane(D, kMaxBackwardVecs);
   if (vpl > 0 && takes_vector_path(x, D, {dx.data(), dout.data(), x.data(), gain.data()})) {
     const int64_t chunks = (N + kVecChunkRows - 1) / kVecChunkRows;
@@ -290,7 +329,7 @@ void rmsnorm_backward(Context& ctx, const Tensor& dx, const Tensor& dgain, const
                                                     x.ptr<bf16>(), gain.ptr<float>(),
                                                     rstd.ptr<float>(), N, D);
     });
-    rmsnorm_dgain_finish<float, float><<<grid_for(D), kThreads, 0, ctx.stream>>>(
+    rmsnorm_dgain_finish<float, float><<<finish_grid, kFinishThreads, 0, ctx.stream>>>(
         dgain.ptr<float>(), partial, chunks, D);
     check_launch(ctx, "rmsnorm_backward");
     return;
@@ -305,8 +344,8 @@ void rmsnorm_backward(Context& ctx, const Tensor& dx, const Tensor& dgain, const
     const dim3 grid(static_cast<unsigned>((D + 31) / 32), static_cast<unsigned>(chunks));
     rmsnorm_dgain_partial<T, S><<<grid, dim3(32, 8), 0, ctx.stream>>>(
         partial, dout.ptr<T>(), x.ptr<T>(), rstd.ptr<S>(), N, D);
-    rmsnorm_dgain_finish<A, S><<<grid_for(D), kThreads, 0, ctx.stream>>>(dgain.ptr<S>(), partial,
-                                                                        chunks, D);
+    rmsnorm_dgain_finish<A, S><<<finish_grid, kFinishThreads, 0, ctx.stream>>>(
+        dgain.ptr<S>(), partial, chunks, D);
   });
   check_launch(ctx, "rmsnorm_backward");
 }
