@@ -20,6 +20,8 @@ example    a 300-step bf16 run of configs/example.yaml, then sy_bench_train on i
            (bf16, fp32, eager module loading, SY_CUDA_PROFILE=1); SY_GPU_CHECK_BENCH=0: the run only
 step       bench/gpu_step/run.sh: our step against PyTorch on configs/bench/{moe,dense,fine}.yaml
            (its settings: CONFIGS, CHECK, TORCH_MODES, TORCH_EXPERTS, BUDGET_S, ...)
+ab         bench/ab/run.sh: the working tree against a baseline (AB_REF, default HEAD) built beside
+           it, sy_bench_train alternating, losses compared (AB_CONFIGS, AB_ROUNDS, AB_MEMBOUND, ...)
 ffn        the expert FFN: test_cuda_grouped, test_cuda_model, test_cuda_ops, then
            bench/expert_ffn/run.sh (cuBLAS loop, grouped kernels, PyTorch, ceiling); SY_FFN_CASES
 grouped    the Hopper grouped GEMM: ptxas/PTX/SASS counts, ~1300 checks, TFLOP/s; SY_GG_ARGS
@@ -41,7 +43,7 @@ allocator  SY_CUDA_ALLOCATOR caching against async (suites, the 1.8B MoE step: S
 routing    the routing policy: the suites that read it, a 20-step bf16 run with every balancing key
 nodes      bench/scaling/run.sh, on a machine with several GPUs: NCCL equivalence, alltoall_bench,
            throughput at W = 1, 2, 4, 8 (WIDTHS, STEPS), a killed rank"
-all_parts=(tests example step ffn grouped attention optim memory membound balancing ckpt hf tb
+all_parts=(tests example step ab ffn grouped attention optim memory membound balancing ckpt hf tb
            allocator routing nodes)
 
 if [ "${1:-}" = --list ]; then echo "$parts_help"; exit 0; fi
@@ -146,6 +148,10 @@ part_example() {
 
 part_step() {
   sy_runner gpu_step env SY_BUILD_DIR="$build" bash bench/gpu_step/run.sh "$sy_out"
+}
+
+part_ab() {
+  sy_runner ab env AB_BUILD="$build" bash bench/ab/run.sh "$sy_out"
 }
 
 part_nodes() {

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# A change against its baseline, measured in one call on one machine: the working tree ("new")
+# and a baseline source tree ("base": a git ref, exported) are built side by side, then
+# sy_bench_train runs on each config, base and new alternating, for a few rounds. The report
+# gives each side's step time per round, tokens/s and peak memory, and whether the two sides'
+# losses are equal to the printed digits (a change meant to be bitwise neutral must show "equal").
+#   bash bench/ab/run.sh OUTDIR
+# Environment (all optional):
+#   AB_REF=HEAD            the baseline: a git ref of this repository, exported with git archive
+#   AB_SRC=DIR             or a source folder to build as the baseline (no git needed)
+#   AB_CONFIGS="moe dense" configs/bench/NAME.yaml, or paths to config files
+#   AB_SET="k=v ..."       --set overrides for both sides (e.g. run.backend=cpu for a CPU run)
+#   AB_ROUNDS=2 AB_STEPS=10 AB_WARMUP=3   rounds of base-then-new; timed and untimed steps a run
+#   AB_CMAKE="-DSY_CUDA=ON"               configure arguments of both builds
+#   AB_BUILD=build-gpu     the working tree's build folder (configured when new); the baseline
+#                          builds in OUTDIR/base-build
+#   AB_MEMBOUND=0          1: memory_bound_bench on both sides too, alternating (GPU builds)
+#   AB_EQUAL=0             1: losses that differ make the exit status 1
+#   BUDGET_S               no run starts after this many seconds
+# OUTDIR gets build.log, base-build.log, <config>.log (every run, both sides), membound.log,
+# summary.txt and ab.md (the report). Exit status 0 when everything ran (and, with AB_EQUAL=1,
+# the losses were equal).
+set -uo pipefail
+# shellcheck source=launch/lib.sh
+source "$(dirname "$0")/../../launch/lib.sh"
+out=${1:?usage: bash bench/ab/run.sh OUTDIR}
+sy_init "$out" "${BUDGET_S:-}"
+out=$sy_out
+build=${AB_BUILD:-build-gpu}
+read -r -a cmake_args <<< "${AB_CMAKE:--DSY_CUDA=ON}"
+targets=(sy_bench_train)
+[ "${AB_MEMBOUND:-0}" = 1 ] && targets+=(memory_bound_bench)
+
+# The baseline's sources: a folder as given, or the ref exported (what git tracks at that ref).
+base_src=${AB_SRC:-}
+if [ -z "$base_src" ]; then
+  base_src="$out/base-src"
+  ref=${AB_REF:-HEAD}
+  git rev-parse --verify --quiet "$ref^{commit}" > /dev/null || {
+    echo "bench/ab/run.sh: AB_REF '$ref' is not a commit of this repository" >&2
+    exit 2
+  }
+  sy_do rm -rf "$base_src"
+  sy_do mkdir -p "$base_src"
+  sy_step -l build "export $ref" bash -c "git archive '$ref' | tar -x -C '$base_src'" || exit 1
+elif [ ! -f "$base_src/CMakeLists.txt" ]; then
+  echo "bench/ab/run.sh: AB_SRC '$base_src' has no CMakeLists.txt" >&2
+  exit 2
+fi
+base_src=$(cd "$base_src" 2> /dev/null && pwd || echo "$base_src")
+base_build="$out/base-build"
+
+# Both builds at once, half the cores each.
+jobs=$(( ($(nproc 2>/dev/null || echo 8) + 1) / 2 ))
+generator=()
+command -v ninja > /dev/null && generator=(-G Ninja)
+build_tree() {  # build_tree LOG NAME SOURCE BUILD
+  local configure="cmake -S '$3' -B '$4' ${generator[*]} -DCMAKE_BUILD_TYPE=Release ${cmake_args[*]}"
+  sy_step -l "$1" "$2" bash -c "$configure > /dev/null && cmake --build '$4' -j $jobs \
+--target ${targets[*]}"
+}
+if sy_dry; then
+  build_tree build "build new" . "$build"
+  build_tree base-build "build base" "$base_src" "$base_build"
+else
+  build_tree build "build new" . "$build" & new_pid=$!
+  build_tree base-build "build base" "$base_src" "$base_build" & base_pid=$!
+  # (The builds ran in subshells: their rows of the steps table are added here.)
+  wait "$new_pid"; new_rc=$?
+  wait "$base_pid"; base_rc=$?
+  for side in new base; do
+    rc=$new_rc log=build
+    [ $side = base ] && rc=$base_rc log=base-build
+    sy_steps+=("$(printf '%-30s rc %-4s' "build $side" "$rc")")
+    [ "$rc" -eq 0 ] || { echo "build failed: $out/$log.log"; tail -n 20 "$out/$log.log"; exit 1; }
+  done
+fi
+
+sets=""
+for kv in ${AB_SET:-}; do sets+=" --set $(sy_quote "$kv")"; done
+config_path() { [ -f "$1" ] && echo "$1" || echo "configs/bench/$1.yaml"; }
+label() { basename "${1%.yaml}"; }
+for name in ${AB_CONFIGS:-moe dense}; do
+  config=$(config_path "$name")
+  [ -f "$config" ] || { sy_fail "no config '$name' ($config)"; continue; }
+  for round in $(seq 1 "${AB_ROUNDS:-2}"); do
+    for side in base new; do
+      bin="$build/sy_bench_train"
+      [ "$side" = base ] && bin="$base_build/sy_bench_train"
+      # The JSON line goes to the log with a prefix the report reads back: side and round.
+      bench_run="'$bin' '$config'$sets --steps $((${AB_STEPS:-10} + ${AB_WARMUP:-3}))"
+      bench_run+=" --warmup ${AB_WARMUP:-3}"
+      sy_step -l "$(label "$config")" "$side $(label "$config") round $round" bash -c \
+        "set -o pipefail; $bench_run | sed 's/^{\"config\"/AB $side $round {\"config\"/'"
+    done
+  done
+done
+if [ "${AB_MEMBOUND:-0}" = 1 ]; then
+  for round in 1 2; do
+    for side in base new; do
+      bin="$build/memory_bound_bench"
+      [ "$side" = base ] && bin="$base_build/memory_bound_bench"
+      sy_step -l membound "$side memory_bound_bench round $round" bash -c \
+        "set -o pipefail; '$bin' --iters 50 | sed 's/^  /AB $side $round /'"
+    done
+  done
+fi
+
+report=(python3 bench/ab/report.py "$out")
+[ "${AB_EQUAL:-0}" = 1 ] && report+=(--require-equal)
+if sy_dry; then
+  sy_do "${report[@]}"
+else
+  "${report[@]}" || sy_failed=1
+fi
+sy_table
+exit "$sy_failed"

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# bench/ab/report.py on made-up runs: the table, "equal" when both sides' losses match and
+# "DIFFERENT" when they do not, --require-equal's exit status, a side without runs, and the
+# memory_bound_bench rows. Also bench/ab/run.sh in dry mode (its commands, nothing run).
+#   bash tests/ab_report.sh REPO_ROOT
+set -uo pipefail
+root=${1:?usage: ab_report.sh REPO_ROOT}
+command -v python3 > /dev/null || { echo "SKIP: no python3"; exit 77; }
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+run_line() {  # run_line SIDE ROUND STEP_MS LOSS
+  echo "AB $1 $2 {\"config\": \"c\", \"step_ms\": $3, \"tokens_per_s\": $((8192000 / ${3%.*})),"\
+    "\"peak_memory_bytes\": 2147483648, \"first_loss_exact\": 10.5, \"losses\": [10.5, $4]}"
+}
+{
+  echo "step 1 | loss 10.5"
+  run_line base 1 80.0 10.25
+  run_line new 1 78.0 10.25
+  run_line base 2 80.5 10.25
+  run_line new 2 77.5 10.25
+} > "$dir/moe.log"
+{
+  run_line base 1 60.0 10.25
+  run_line new 1 59.0 10.3
+} > "$dir/dense.log"
+{
+  echo "AB base 1 rmsnorm_backward             0.0712 ms"
+  echo "AB new 1 rmsnorm_backward             0.0597 ms"
+} > "$dir/membound.log"
+
+report=$(python3 "$root/bench/ab/report.py" "$dir") || fail "report exited $? on complete runs"
+grep -q "| base | 80.000, 80.500 | 80.250 |" <<< "$report" || fail "base row: $report"
+grep -q "| new | 78.000, 77.500 | 77.750 |" <<< "$report" || fail "new row: $report"
+grep -q "\-2.500 ms a step (-3.12%); losses equal" <<< "$report" || fail "moe verdict: $report"
+grep -q "losses DIFFERENT" <<< "$report" || fail "dense verdict: $report"
+grep -q "| rmsnorm_backward | 0.0712 | 0.0597 | 0.838 |" <<< "$report" || fail "membound: $report"
+[ -f "$dir/ab.md" ] || fail "no ab.md"
+python3 "$root/bench/ab/report.py" "$dir" --require-equal > /dev/null &&
+  fail "--require-equal passed with different losses"
+sed -i '/^AB new/d' "$dir/dense.log"
+python3 "$root/bench/ab/report.py" "$dir" > /dev/null && fail "a side without runs passed"
+
+dry=$(cd "$root" && SY_GPU_CHECK_DRY=1 AB_CONFIGS="moe dense" AB_ROUNDS=1 \
+  bash bench/ab/run.sh "$dir/dry" 2>&1) || fail "dry run exited $?: $dry"
+grep -q "export HEAD" <<< "$dry" || fail "dry run: no export of HEAD: $dry"
+grep -q "base moe round 1" <<< "$dry" || fail "dry run: no base moe run: $dry"
+grep -q "new dense round 1" <<< "$dry" || fail "dry run: no new dense run: $dry"
+echo "ab_report: all checks passed"
