@@ -176,4 +176,22 @@ __device__ inline A block_max(A v, A* shared, A lowest) {
   return warp_max(total);
 }
 
+// sum over c in [0, count), in that order, of values[c * stride]: the second pass of the
+// deterministic column sums (per-chunk partials, then the chunks in order). kAhead loads are
+// issued before their adds; one at a time, each chunk was a round trip to the L2.
+template <int kAhead, class A>
+__device__ inline A sum_in_order(const A* values, int64_t count, int64_t stride) {
+  A sum = 0;
+  int64_t c = 0;
+  for (; c + kAhead <= count; c += kAhead) {
+    A part[kAhead];
+#pragma unroll
+    for (int k = 0; k < kAhead; ++k) part[k] = values[(c + k) * stride];
+#pragma unroll
+    for (int k = 0; k < kAhead; ++k) sum += part[k];
+  }
+  for (; c < count; ++c) sum += values[c * stride];
+  return sum;
+}
+
 }  // namespace sy::cuda

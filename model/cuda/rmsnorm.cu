@@ -81,24 +81,13 @@ __global__ void rmsnorm_dgain_partial(acc_t<T>* partial, const T* dout, const T*
   }
 }
 
-// dgain[j] += the partials of column j, added in chunk order. The loads go out eight at a time
-// ahead of their adds: there are only D threads, and one load at a time left each waiting on the
-// L2 once per chunk (~256 of them).
+// dgain[j] += the partials of column j, added in chunk order (eight loads ahead: there are only D
+// threads for ~256 chunks).
 template <class A, class S>
 __global__ void rmsnorm_dgain_finish(S* dgain, const A* partial, int64_t chunks, int64_t D) {
   const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (j >= D) return;
-  constexpr int kAhead = 8;
-  A sum = 0;
-  int64_t c = 0;
-  for (; c + kAhead <= chunks; c += kAhead) {
-    A part[kAhead];
-#pragma unroll
-    for (int i = 0; i < kAhead; ++i) part[i] = partial[(c + i) * D + j];
-#pragma unroll
-    for (int i = 0; i < kAhead; ++i) sum += part[i];
-  }
-  for (; c < chunks; ++c) sum += partial[c * D + j];
+  const A sum = sum_in_order<8>(partial + j, chunks, D);
   dgain[j] = static_cast<S>(static_cast<A>(dgain[j]) + sum);
 }
 

@@ -301,16 +301,7 @@ __global__ void dw_finish_kernel(float* dw, const float* partial, int64_t chunks
   constexpr int kFinishLoads = 16;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    float sum = 0.0f;
-    int64_t c = 0;
-    for (; c + kFinishLoads <= chunks; c += kFinishLoads) {
-      float p[kFinishLoads];
-#pragma unroll
-      for (int k = 0; k < kFinishLoads; ++k) p[k] = partial[(c + k) * n + i];
-#pragma unroll
-      for (int k = 0; k < kFinishLoads; ++k) sum += p[k];
-    }
-    for (; c < chunks; ++c) sum += partial[c * n + i];
+    const float sum = sum_in_order<kFinishLoads>(partial + i, chunks, n);
     float* out = dw + (i % D) * E + i / D;
     *out = beta == 0.0f ? sum : fmaf(beta, *out, sum);
   }
