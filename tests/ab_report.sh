@@ -47,4 +47,12 @@ dry=$(cd "$root" && SY_GPU_CHECK_DRY=1 AB_CONFIGS="moe dense" AB_ROUNDS=1 \
 grep -q "export HEAD" <<< "$dry" || fail "dry run: no export of HEAD: $dry"
 grep -q "base moe round 1" <<< "$dry" || fail "dry run: no base moe run: $dry"
 grep -q "new dense round 1" <<< "$dry" || fail "dry run: no new dense run: $dry"
+# A setting against another on one build: no export, one build, each side's environment.
+dry=$(cd "$root" && SY_GPU_CHECK_DRY=1 AB_REF=. AB_BASE_ENV=SY_GG_SM90_BAND=0 \
+  AB_NEW_ENV=SY_GG_SM90_BAND=8 AB_CONFIGS=moe AB_ROUNDS=1 bash bench/ab/run.sh "$dir/dry2" 2>&1) ||
+  fail "dry run of AB_REF=. exited $?: $dry"
+grep -q "export" <<< "$dry" && fail "AB_REF=. exported a baseline: $dry"
+grep -q "build base" <<< "$dry" && fail "AB_REF=. built a baseline: $dry"
+grep -q "SY_GG_SM90_BAND=0.*build-gpu/sy_bench_train" <<< "$dry" || fail "base env: $dry"
+grep -q "SY_GG_SM90_BAND=8.*build-gpu/sy_bench_train" <<< "$dry" || fail "new env: $dry"
 echo "ab_report: all checks passed"

@@ -6,8 +6,12 @@
 # losses are equal to the printed digits (a change meant to be bitwise neutral must show "equal").
 #   bash bench/ab/run.sh OUTDIR
 # Environment (all optional):
-#   AB_REF=HEAD            the baseline: a git ref of this repository, exported with git archive
+#   AB_REF=HEAD            the baseline: a git ref of this repository, exported with git archive;
+#                          "." = the working tree's own build on both sides (then only the
+#                          sides' environments differ)
 #   AB_SRC=DIR             or a source folder to build as the baseline (no git needed)
+#   AB_BASE_ENV, AB_NEW_ENV="K=V ..."     environment of each side's runs (a setting against
+#                          another: AB_REF=. AB_BASE_ENV=SY_GG_SM90_BAND=0 AB_NEW_ENV=SY_GG_SM90_BAND=8)
 #   AB_CONFIGS="moe dense" configs/bench/NAME.yaml, or paths to config files
 #   AB_SET="k=v ..."       --set overrides for both sides (e.g. run.backend=cpu for a CPU run)
 #   AB_ROUNDS=2 AB_STEPS=10 AB_WARMUP=3   rounds of base-then-new; timed and untimed steps a run
@@ -33,7 +37,11 @@ targets=(sy_bench_train)
 
 # The baseline's sources: a folder as given, or the ref exported (what git tracks at that ref).
 base_src=${AB_SRC:-}
-if [ -z "$base_src" ]; then
+same_build=0
+[ -z "$base_src" ] && [ "${AB_REF:-HEAD}" = . ] && same_build=1
+if [ "$same_build" = 1 ]; then
+  base_src=.
+elif [ -z "$base_src" ]; then
   base_src="$out/base-src"
   ref=${AB_REF:-HEAD}
   git rev-parse --verify --quiet "$ref^{commit}" > /dev/null || {
@@ -49,6 +57,7 @@ elif [ ! -f "$base_src/CMakeLists.txt" ]; then
 fi
 base_src=$(cd "$base_src" 2> /dev/null && pwd || echo "$base_src")
 base_build="$out/base-build"
+[ "$same_build" = 1 ] && base_build=$build
 
 # Both builds at once, half the cores each.
 jobs=$(( ($(nproc 2>/dev/null || echo 8) + 1) / 2 ))
@@ -59,9 +68,9 @@ build_tree() {  # build_tree LOG NAME SOURCE BUILD
   sy_step -l "$1" "$2" bash -c "$configure > /dev/null && cmake --build '$4' -j $jobs \
 --target ${targets[*]}"
 }
-if sy_dry; then
-  build_tree build "build new" . "$build"
-  build_tree base-build "build base" "$base_src" "$base_build"
+if sy_dry || [ "$same_build" = 1 ]; then
+  build_tree build "build new" . "$build" || exit 1
+  [ "$same_build" = 1 ] || build_tree base-build "build base" "$base_src" "$base_build"
 else
   build_tree build "build new" . "$build" & new_pid=$!
   build_tree base-build "build base" "$base_src" "$base_build" & base_pid=$!
@@ -78,6 +87,14 @@ fi
 
 sets=""
 for kv in ${AB_SET:-}; do sets+=" --set $(sy_quote "$kv")"; done
+# side_binary SIDE NAME: the command that starts NAME on SIDE, its environment first.
+side_binary() {
+  local dir=$build settings=${AB_NEW_ENV:-}
+  [ "$1" = base ] && dir=$base_build settings=${AB_BASE_ENV:-}
+  local prefix=""
+  [ -n "$settings" ] && prefix="env $settings "
+  echo "$prefix'$dir/$2'"
+}
 config_path() { [ -f "$1" ] && echo "$1" || echo "configs/bench/$1.yaml"; }
 label() { basename "${1%.yaml}"; }
 for name in ${AB_CONFIGS:-moe dense}; do
@@ -85,10 +102,8 @@ for name in ${AB_CONFIGS:-moe dense}; do
   [ -f "$config" ] || { sy_fail "no config '$name' ($config)"; continue; }
   for round in $(seq 1 "${AB_ROUNDS:-2}"); do
     for side in base new; do
-      bin="$build/sy_bench_train"
-      [ "$side" = base ] && bin="$base_build/sy_bench_train"
       # The JSON line goes to the log with a prefix the report reads back: side and round.
-      bench_run="'$bin' '$config'$sets --steps $((${AB_STEPS:-10} + ${AB_WARMUP:-3}))"
+      bench_run="$(side_binary "$side" sy_bench_train) '$config'$sets --steps $((${AB_STEPS:-10} + ${AB_WARMUP:-3}))"
       bench_run+=" --warmup ${AB_WARMUP:-3}"
       sy_step -l "$(label "$config")" "$side $(label "$config") round $round" bash -c \
         "set -o pipefail; $bench_run | sed 's/^{\"config\"/AB $side $round {\"config\"/'"
@@ -98,10 +113,9 @@ done
 if [ "${AB_MEMBOUND:-0}" = 1 ]; then
   for round in 1 2; do
     for side in base new; do
-      bin="$build/memory_bound_bench"
-      [ "$side" = base ] && bin="$base_build/memory_bound_bench"
+      membound_run="$(side_binary "$side" memory_bound_bench) --iters 50"
       sy_step -l membound "$side memory_bound_bench round $round" bash -c \
-        "set -o pipefail; '$bin' --iters 50 | sed 's/^  /AB $side $round /'"
+        "set -o pipefail; $membound_run | sed 's/^  /AB $side $round /'"
     done
   done
 fi
