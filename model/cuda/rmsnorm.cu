@@ -307,7 +307,7 @@ void rmsnorm_backward(Context& ctx, const Tensor& dx, const Tensor& dgain, const
   const int64_t D = x.dim(-1), N = x.numel() / D;
   if (N == 0) return;
   const unsigned blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
-  const unsigned finish_grid = grid_for(D, kFinishThreads);
+  const unsigned finish_grid = blocks_for(D, kFinishThreads);  // no grid-stride loop
   const int vpl = vectors_per_lane(D, kMaxBackwardVecs);
   if (vpl > 0 && takes_vector_path(x, D, {dx.data(), dout.data(), x.data(), gain.data()})) {
     const int64_t chunks = (N + kVecChunkRows - 1) / kVecChunkRows;
