@@ -31,9 +31,14 @@ TEST(BlockPool, SplitsOffTheRestWhichStaysFree) {
   EXPECT_EQ(pool.taken_bytes(), 30 * kMiB);
   EXPECT_EQ(pool.free_bytes(), 70 * kMiB);
   EXPECT_EQ(pool.free_blocks(), 1u);
+  EXPECT_EQ(pool.largest_free_block(), 70 * kMiB);
   EXPECT_FALSE(pool.take(71 * kMiB)) << "only 70 MiB are left";
   EXPECT_EQ(*pool.take(70 * kMiB), b + 20 * kMiB);
   EXPECT_EQ(pool.free_blocks(), 0u);
+  EXPECT_EQ(pool.largest_free_block(), 0u);
+  pool.give_back(a);
+  pool.add_segment(2000 * kMiB, 5 * kMiB);
+  EXPECT_EQ(pool.largest_free_block(), 10 * kMiB) << "the largest of two free blocks";
 }
 
 TEST(BlockPool, RestUnderTheGranularityIsNotSplitOff) {

@@ -3,8 +3,8 @@
 // the CPU flash reference in f32 on the same bf16-rounded inputs, bf16 data, S in {64, 100, 257,
 // 1024, 2048} and Dh in {64, 128}; outputs poisoned with NaN first. Also: the causal mask (new k
 // and v for tokens >= c leave out and dq of tokens < c bitwise as they were), determinism (a
-// second backward gives the same bits), and the decline path (a case cuDNN is not asked to run
-// goes to the flash kernels, with the reason). When cuDNN declines a case it should take, the test
+// second backward gives the same bits; chunks of sequences give the bits of one call), and the
+// decline path (a case cuDNN is not asked to run goes to the flash kernels, with the reason). When cuDNN declines a case it should take, the test
 // skips visibly with cuDNN's reason (cuda_attention_kernel). Tolerances: docs/cuda.md.
 // Skipped when no CUDA device is visible (label gpu).
 #include <gtest/gtest.h>
@@ -12,7 +12,9 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/attention.h"
@@ -26,6 +28,26 @@ namespace {
 
 using test::bf16_round;
 using test::rel_error;
+
+// An environment variable set for a test, then put back as it was (or unset).
+class EnvironmentRestored {
+ public:
+  explicit EnvironmentRestored(std::string name) : name_(std::move(name)) {
+    const char* value = std::getenv(name_.c_str());
+    had_ = value != nullptr;
+    if (had_) saved_ = value;
+  }
+  ~EnvironmentRestored() { set(had_ ? saved_.c_str() : ""); }
+  // "" unsets it.
+  void set(const char* value) const {
+    if (*value) setenv(name_.c_str(), value, 1);
+    else unsetenv(name_.c_str());
+  }
+
+ private:
+  std::string name_, saved_;
+  bool had_ = false;
+};
 
 class CudnnAttention : public test::CpuGpuTest {
  protected:
@@ -101,6 +123,40 @@ TEST_F(CudnnAttention, MatchesCpuFlashCausalAndDeterministic) {
 
       const std::vector<double> fresh_k = values(T * D), fresh_v = values(T * D);
       expect_causal(qg, k, v, fresh_k, fresh_v, og, grads[0], B, S, H, backward);
+    }
+  }
+}
+
+// The backward runs over chunks of sequences whose dS fits a workspace budget
+// (SY_CUDNN_BWD_WORKSPACE_MIB, else the allocator's largest free block): every chunking gives the
+// bits of one call, so the budget may follow the memory free at the time without touching the
+// numbers. B 4, H 2, S 2048: 16 MiB of dS a sequence; budgets of 1 MiB (one sequence a call),
+// 32 MiB (two), 0 (one call) and unset.
+TEST_F(CudnnAttention, ChunksOfSequencesGiveTheBitsOfOneCall) {
+  const int64_t B = 4, H = 2, S = 2048, Dh = 128, T = B * S, D = H * Dh;
+  const std::vector<double> q = values(T * D), k = values(T * D), v = values(T * D),
+                            dout = values(T * D);
+  Tensor qg = on_gpu({T, D}, q), kg = on_gpu({T, D}, k), vg = on_gpu({T, D}, v),
+         doutg = on_gpu({T, D}, dout);
+  Tensor og = poisoned({T, D}, DType::bf16), lg = poisoned({B, H, S}, DType::f32);
+  gpu().flash_attention_forward(og, lg, qg, kg, vg, B, S, H);
+  if (cuda_attention_kernel(gpu()) != "cudnn")
+    GTEST_SKIP() << "cuDNN declined the forward: " << cuda_attention_kernel(gpu());
+  const EnvironmentRestored restored("SY_CUDNN_BWD_WORKSPACE_MIB");
+  std::vector<std::vector<double>> first;
+  for (const char* budget : {"0", "1", "32", ""}) {
+    SCOPED_TRACE(std::string("budget '") + budget + "' MiB");
+    restored.set(budget);
+    std::array<Tensor, 3> grads{poisoned({T, D}, DType::bf16), poisoned({T, D}, DType::bf16),
+                                poisoned({T, D}, DType::bf16)};
+    gpu().flash_attention_backward(grads[0], grads[1], grads[2], doutg, qg, kg, vg, og, lg, B, S,
+                                   H);
+    if (cuda_attention_kernel(gpu()) != "cudnn")
+      GTEST_SKIP() << "cuDNN declined the backward: " << cuda_attention_kernel(gpu());
+    for (int i = 0; i < 3; ++i) {
+      std::vector<double> got = gpu().read(grads[i]);
+      if (first.size() < 3) first.push_back(std::move(got));
+      else EXPECT_EQ(got, first[i]) << "grad " << i << " differs from one call's";
     }
   }
 }

@@ -171,7 +171,8 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   // One layer's forward temporaries and backward buffers (model/buffers.h Workspace), the
   // largest layer kind's, plus what recompute rebuilds into it for one layer.
   // Attention: its output, dcontext, dq, dk, dv, dx and the norms' dx; on CUDA with cuDNN the
-  // deterministic backward's dS workspace, run over chunks of sequences of at most 128 MiB.
+  // deterministic backward's dS workspace: chunks of sequences, at least one sequence's or 128
+  // MiB (more only where the allocator already holds a larger free block).
   double attention_backward = 7 * TD + probabilities;
   if (cuda && bf16 && m.attention_kernel == AttentionKernel::cudnn)
     attention_backward += std::min(static_cast<double>(config.train.micro_batch_size) * H * S * S * 2,

@@ -46,6 +46,8 @@ class BlockPool {
   size_t segments() const { return segments_.size(); }
   size_t free_blocks() const { return free_.size(); }
   size_t free_bytes() const;  // summed over the free blocks (linear: for tests)
+  // The largest free block: the most one `take` can hand out without a new segment (0: none).
+  size_t largest_free_block() const { return free_.empty() ? 0 : free_.rbegin()->first; }
 
  private:
   struct Block {

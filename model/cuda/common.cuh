@@ -27,6 +27,8 @@ struct Context {
   cublasHandle_t cublas = nullptr;
   // Allocates device memory through the backend's caching allocator.
   std::function<Tensor(const Shape&, DType)> alloc;
+  // The largest block `alloc` could give now without taking memory from the driver (0: unknown).
+  std::function<size_t()> largest_cached_block;
   // Grow-only scratch buffers, one per slot, reused by every op (stream order keeps reuse safe).
   std::vector<Tensor> scratch_slots;
   // Pinned host memory for small device-to-host results (counts, losses, norms).

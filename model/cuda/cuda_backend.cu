@@ -45,6 +45,7 @@ class CudaBackend final : public Backend {
     SY_CUBLAS(ctx_, "init", cublasSetAtomicsMode(ctx_.cublas, CUBLAS_ATOMICS_NOT_ALLOWED));
     allocator_ = cuda::make_device_allocator(ctx_);
     ctx_.alloc = [this](const Shape& shape, DType dtype) { return alloc(shape, dtype); };
+    ctx_.largest_cached_block = [this] { return allocator_->largest_cached_block(); };
     // cuBLAS's workspace from our allocator (after cublasSetStream, which resets it).
     constexpr size_t kWorkspace = size_t{32} << 20;
     workspace_ = alloc({static_cast<int64_t>(kWorkspace / 4)}, DType::i32);

@@ -560,17 +560,29 @@ void execute(Context& ctx, const char* op, cudnnHandle_t handle, Plan& plan,
   check_launch(ctx, op);
 }
 
-// The most workspace one backward call may take, in bytes (SY_CUDNN_BWD_WORKSPACE_MIB, default
-// 128; 0 = no limit: one call over the whole batch). Measured on the 1.81B MoE (B 4, H 16,
-// S 2048: 128 MiB and 64 B a sequence, so one sequence a call up to a 256 MiB budget; H200,
-// 2026-12-02): one call 81.3 ms a step and 37.2 GiB peak, one sequence a call 82.8 ms, 36.0 GiB.
-int64_t backward_workspace_budget() {
-  static const int64_t budget = [] {
-    const char* env = std::getenv("SY_CUDNN_BWD_WORKSPACE_MIB");
-    const int64_t mib = env && *env ? std::atoll(env) : 128;
-    return std::max<int64_t>(0, mib) << 20;
-  }();
-  return budget;
+// The most workspace one backward call may take, in bytes. SY_CUDNN_BWD_WORKSPACE_MIB=N: N MiB
+// (0: no limit, one call over the whole batch). Unset: the largest block the allocator already
+// holds free, but at least 128 MiB (one sequence of B 4, H 16, S 2048). Chunks give the same bits
+// as one call (test_cuda_cudnn), so the choice moves time and memory, never the numbers. Measured
+// on the 1.81B MoE and the 0.60B dense (H200, 2026-12-04, bench/ab): one call 1.85 and 1.55 ms a
+// step faster than one sequence a call; peak held the same on the MoE, +1 GiB on the dense.
+int64_t backward_workspace_budget(const Context& ctx) {
+  const char* env = std::getenv("SY_CUDNN_BWD_WORKSPACE_MIB");
+  if (env && *env) return std::max<int64_t>(0, std::atoll(env)) << 20;
+  const int64_t free_block =
+      ctx.largest_cached_block ? static_cast<int64_t>(ctx.largest_cached_block()) : 0;
+  return std::max<int64_t>(int64_t{128} << 20, free_block);
+}
+
+// Sequences a backward call takes: all B when the workspace fits `budget` (0: no limit), else
+// the largest divisor of B whose share fits, at least 1. (Chunks start at sequence offsets of
+// the stats too, kept 16-byte aligned: H x S a multiple of 4, else one call.)
+int64_t sequences_per_call(int64_t B, int64_t H, int64_t S, int64_t workspace_bytes,
+                           int64_t budget) {
+  if (budget <= 0 || workspace_bytes <= budget || (H * S) % 4 != 0) return B;
+  int64_t chunk = std::max<int64_t>(1, budget / std::max<int64_t>(1, workspace_bytes / B));
+  while (B % chunk != 0) --chunk;
+  return chunk;
 }
 
 }  // namespace
@@ -608,23 +620,21 @@ bool cudnn_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, 
   if (!plan) return false;
   // The deterministic engine's workspace holds dS for every (b, h): B x H x S x S bf16, 512 MiB
   // at B 4, H 16, S 2048. Sequences are independent and the tensors' strides do not depend on
-  // B, so the backward runs over chunks of sequences (pointer offsets into the same tensors),
-  // each with a workspace within the budget: the largest divisor of B that fits, at least 1.
-  const int64_t budget = backward_workspace_budget();
-  int64_t chunk = B;
-  // (Chunks start at sequence offsets of the stats too: kept 16-byte aligned.)
-  if (budget > 0 && plan->workspace_bytes > budget && (H * S) % 4 == 0) {
-    chunk = std::max<int64_t>(1, budget / std::max<int64_t>(1, plan->workspace_bytes / B));
-    while (B % chunk != 0) --chunk;
-  }
+  // B, so the backward runs over chunks of sequences (pointer offsets into the same tensors).
+  // (softmax_sum below, [chunk, H, S] f32, 1/S of the dS, is not counted against the budget.)
+  const int64_t chunk =
+      sequences_per_call(B, H, S, plan->workspace_bytes, backward_workspace_budget(ctx));
   if (chunk != B) {
     plan = plan_for(ctx, Key{true, chunk, S, H, Dh}, declined);
     if (!plan) return false;
   }
-  // The workspace, then softmax_sum [chunk, H, S] f32 at a 256-byte boundary after it.
+  // The workspace, then softmax_sum [chunk, H, S] f32 at a 256-byte boundary after it: a block
+  // of its own for this call, given back after it (stream order keeps that safe), rather than a
+  // scratch slot that would hold the largest dS for the rest of the step.
   const int64_t sum_offset = (plan->workspace_bytes + 255) / 256 * 256;
-  auto* base = static_cast<char*>(
-      ctx.scratch(kScratchA, sum_offset + chunk * H * S * static_cast<int64_t>(sizeof(float))));
+  const int64_t bytes = sum_offset + chunk * H * S * static_cast<int64_t>(sizeof(float));
+  const Tensor workspace = ctx.alloc({(bytes + 3) / 4}, DType::i32);
+  auto* base = static_cast<char*>(workspace.data());
   const int64_t rows = S * H * Dh;  // elements of one sequence in q, k, v, out and their grads
   for (int64_t b = 0; b < B; b += chunk) {
     auto at = [&](const Tensor& t) { return static_cast<void*>(t.ptr<bf16>() + b * rows); };

@@ -72,6 +72,10 @@ class CachingAllocator final : public DeviceAllocator {
     return reserved_;
   }
   int64_t device_allocations() const override { return device_allocations_; }
+  size_t largest_cached_block() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return pool_.largest_free_block();
+  }
 
  private:
   // Below this a block is served whole from the exact-size list (router statistics, norms'

@@ -58,6 +58,9 @@ class DeviceAllocator {
   // Device memory held from the driver now.
   virtual size_t reserved() = 0;
   virtual int64_t device_allocations() const = 0;
+  // The largest block it could hand out now without taking memory from the driver; 0 where it
+  // cannot tell (async: the driver's pool does not say).
+  virtual size_t largest_cached_block() { return 0; }
   // The backend's stream is about to be destroyed, after a synchronisation: blocks given back
   // from now on (tensors that outlive their backend) go back without it.
   virtual void stream_closing() noexcept {}

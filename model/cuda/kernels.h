@@ -81,7 +81,10 @@ void flash_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, 
 // bf16, Dh a multiple of 8 up to 128, deterministic engines only. Returns false with nothing
 // launched (and the reason in *declined) when cuDNN declines the case: no cuDNN in the build or
 // at run time, another dtype or Dh, no deterministic engine; the caller then runs the flash
-// kernels. Graphs and plans are cached per context and shape; the workspace is scratch slot A.
+// kernels. Graphs and plans are cached per context and shape. The forward's workspace is scratch
+// slot A; the backward's (dS: 2 x H x S x S bytes a sequence) is a block taken for the call, and
+// the backward runs over chunks of sequences whose dS fits SY_CUDNN_BWD_WORKSPACE_MIB, by default
+// the largest block the allocator holds free (at least 128 MiB); chunks give the same bits.
 bool cudnn_attention_forward(Context& ctx, const Tensor& out, const Tensor& lse, const Tensor& q,
                              const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H,
                              std::string* declined = nullptr);
