@@ -679,8 +679,11 @@ __device__ __forceinline__ void tile_squares(const float (&acc)[BN / 2], const T
 // (the last band may be narrower), m fastest inside a band. The CTAs working at one time then
 // cover ~132 / band m tiles x band n tiles, so the A rows and B columns they read together stay
 // small enough for the L2 to keep between waves (NOTES-grouped-gemm.md, "Tile order"). Returns
-// {m index, n index}. band >= n_tiles is one band: m fastest over the whole group.
+// {m index, n index}. band >= n_tiles is one band: m fastest over the whole group. band 0 (no
+// bands): n fastest, so that the CTAs working at one time share a few 128-row blocks of A and all
+// of B.
 __device__ __forceinline__ int2 tile_in_group(int local, int m_tiles, int n_tiles, int band) {
+  if (band <= 0) return make_int2(local / n_tiles, local % n_tiles);
   band = band < n_tiles ? band : n_tiles;  // one band at most: m_tiles * band stays in range
   const int per_band = m_tiles * band;
   const int b = local / per_band;
@@ -698,14 +701,9 @@ __device__ __forceinline__ Tile decode_tile(int t, const KernelParams& p, const 
     const int per_group = m_tiles * n_tiles;
     tile.group = t / per_group;
     const int local = t - tile.group * per_group;
-    if (p.band > 0) {
-      const int2 mn = tile_in_group(local, m_tiles, n_tiles, p.band);
-      tile.m0 = mn.x * kBM;
-      tile.n0 = mn.y * BN;
-    } else {
-      tile.m0 = (local / n_tiles) * kBM;
-      tile.n0 = (local % n_tiles) * BN;
-    }
+    const int2 mn = tile_in_group(local, m_tiles, n_tiles, p.band);
+    tile.m0 = mn.x * kBM;
+    tile.n0 = mn.y * BN;
     tile.row_end = p.K;
     tile.red_begin = seg_off[tile.group];
     tile.red_len = seg_off[tile.group + 1] - tile.red_begin;
@@ -719,16 +717,10 @@ __device__ __forceinline__ Tile decode_tile(int t, const KernelParams& p, const 
     }
     tile.group = lo;
     const int local = t - tile_start[lo];
-    if (p.band > 0) {
-      const int m_tiles = (seg_off[lo + 1] - seg_off[lo] + kBM - 1) / kBM;
-      const int2 mn = tile_in_group(local, m_tiles, n_tiles, p.band);
-      tile.m0 = seg_off[lo] + mn.x * kBM;
-      tile.n0 = mn.y * BN;
-    } else {
-      // n fastest: the CTAs working at one time share a few 128-row blocks of A and all of B[g].
-      tile.m0 = seg_off[lo] + (local / n_tiles) * kBM;
-      tile.n0 = (local % n_tiles) * BN;
-    }
+    const int m_tiles = (seg_off[lo + 1] - seg_off[lo] + kBM - 1) / kBM;
+    const int2 mn = tile_in_group(local, m_tiles, n_tiles, p.band);
+    tile.m0 = seg_off[lo] + mn.x * kBM;
+    tile.n0 = mn.y * BN;
     tile.row_end = seg_off[lo + 1];
     tile.red_begin = 0;
     tile.red_len = p.K;
