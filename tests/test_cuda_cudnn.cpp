@@ -4,8 +4,9 @@
 // 1024, 2048} and Dh in {64, 128}; outputs poisoned with NaN first. Also: the causal mask (new k
 // and v for tokens >= c leave out and dq of tokens < c bitwise as they were), determinism (a
 // second backward gives the same bits; chunks of sequences give the bits of one call), and the
-// decline path (a case cuDNN is not asked to run goes to the flash kernels, with the reason). When cuDNN declines a case it should take, the test
-// skips visibly with cuDNN's reason (cuda_attention_kernel). Tolerances: docs/cuda.md.
+// decline path (a case cuDNN is not asked to run goes to the flash kernels, with the reason).
+// When cuDNN declines a case it should take, the test skips visibly with cuDNN's reason
+// (cuda_attention_kernel). Tolerances: docs/cuda.md.
 // Skipped when no CUDA device is visible (label gpu).
 #include <gtest/gtest.h>
 
@@ -13,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -157,6 +159,19 @@ TEST_F(CudnnAttention, ChunksOfSequencesGiveTheBitsOfOneCall) {
       std::vector<double> got = gpu().read(grads[i]);
       if (first.size() < 3) first.push_back(std::move(got));
       else EXPECT_EQ(got, first[i]) << "grad " << i << " differs from one call's";
+    }
+  }
+  // A budget that is not a whole number of MiB is an error naming the variable, not a guess.
+  for (const char* bad : {"12x", "-1", "lots"}) {
+    restored.set(bad);
+    try {
+      Tensor dq = gpu().alloc({T, D}, DType::bf16), dk = gpu().alloc({T, D}, DType::bf16),
+             dv = gpu().alloc({T, D}, DType::bf16);
+      gpu().flash_attention_backward(dq, dk, dv, doutg, qg, kg, vg, og, lg, B, S, H);
+      ADD_FAILURE() << "budget '" << bad << "' was taken";
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find("SY_CUDNN_BWD_WORKSPACE_MIB"), std::string::npos)
+          << e.what();
     }
   }
 }

@@ -15,6 +15,7 @@
 // deterministic Hopper backward) rather than accumulated in f32 across key tiles; engines whose
 // numerical notes say NONDETERMINISTIC are refused.
 #include <algorithm>
+#include <cerrno>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -566,9 +567,17 @@ void execute(Context& ctx, const char* op, cudnnHandle_t handle, Plan& plan,
 // as one call (test_cuda_cudnn), so the choice moves time and memory, never the numbers. Measured
 // on the 1.81B MoE and the 0.60B dense (H200, 2026-12-04, bench/ab): one call 1.85 and 1.55 ms a
 // step faster than one sequence a call; peak held the same on the MoE, +1 GiB on the dense.
-int64_t backward_workspace_budget(const Context& ctx) {
-  const char* env = std::getenv("SY_CUDNN_BWD_WORKSPACE_MIB");
-  if (env && *env) return std::max<int64_t>(0, std::atoll(env)) << 20;
+int64_t backward_workspace_budget(const Context& ctx, const char* op) {
+  const char* name = "SY_CUDNN_BWD_WORKSPACE_MIB";
+  if (const char* env = std::getenv(name); env && *env) {
+    char* end = nullptr;
+    errno = 0;
+    const long long mib = std::strtoll(env, &end, 10);
+    if (errno != 0 || *end != '\0' || mib < 0 || mib > (int64_t{1} << 40))
+      fail(ctx, op, std::string(name) + " must be a whole number of MiB, 0 or more (0: one call " +
+                        "over the batch), got '" + env + "'");
+    return static_cast<int64_t>(mib) << 20;
+  }
   const int64_t free_block =
       ctx.largest_cached_block ? static_cast<int64_t>(ctx.largest_cached_block()) : 0;
   return std::max<int64_t>(int64_t{128} << 20, free_block);
@@ -623,7 +632,7 @@ bool cudnn_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, 
   // B, so the backward runs over chunks of sequences (pointer offsets into the same tensors).
   // (softmax_sum below, [chunk, H, S] f32, 1/S of the dS, is not counted against the budget.)
   const int64_t chunk =
-      sequences_per_call(B, H, S, plan->workspace_bytes, backward_workspace_budget(ctx));
+      sequences_per_call(B, H, S, plan->workspace_bytes, backward_workspace_budget(ctx, op));
   if (chunk != B) {
     plan = plan_for(ctx, Key{true, chunk, S, H, Dh}, declined);
     if (!plan) return false;
