@@ -73,6 +73,7 @@
 #include <string>
 #include <type_traits>
 
+#include "model/cuda/env_choice.h"
 #include "model/cuda/grouped_gemm.h"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -1123,14 +1124,11 @@ void dispatch(Context& ctx, Form form, DType c_dtype, const TensorMaps& maps,
 
 // SY_GG_SM90_VERSION=1 selects the first GPU-verified kernel, 2 the one before the TMA
 // epilogues, 3 the TMA reduce-add for the accumulating f32 weight gradient only (1.4-1.9x v2
-// there, bitwise equal, H200 2026-12-02) and version 2 elsewhere; anything else (or unset)
-// version 4: the staged TMA epilogue for every call but a bf16 accumulate.
+// there, bitwise equal, H200 2026-12-02) and version 2 elsewhere; 4 (or unset) the staged TMA
+// epilogue for every call but a bf16 accumulate. Any other value is an error.
 int kernel_version() {
-  const char* v = std::getenv("SY_GG_SM90_VERSION");
-  if (v && std::strcmp(v, "1") == 0) return 1;
-  if (v && std::strcmp(v, "2") == 0) return 2;
-  if (v && std::strcmp(v, "3") == 0) return 3;
-  return 4;
+  const char* v = env_choice("SY_GG_SM90_VERSION", {"1", "2", "3", "4"});
+  return v ? *v - '0' : 4;
 }
 
 // The tile order's band width in n tiles (KernelParams::band): SY_GG_SM90_BAND=N (0 to 65536),
@@ -1167,8 +1165,7 @@ constexpr LoopRoute kLoopRoutes[] = {
 };
 
 bool route_to_loop(const GroupedGemmArgs& a) {
-  const char* env = std::getenv("SY_GG_SM90_ROUTE");
-  if (!env || std::strcmp(env, "1") != 0 || a.groups <= 0) return false;
+  if (!env_is("SY_GG_SM90_ROUTE", "1") || a.groups <= 0) return false;
   const int64_t mean_rows = a.M_total / a.groups;
   for (const LoopRoute& r : kLoopRoutes) {
     if ((r.any_kind || r.kind == a.kind) && (r.groups == 0 || r.groups == a.groups) &&
@@ -1208,8 +1205,7 @@ bool grouped_gemm_sm90(Context& ctx, const GroupedGemmArgs& a) {
   const bool pair = a.A2 || a.B2 || a.K2 != 0;
   if (pair && (wgrad || a.K2 <= 0 || a.K2 % 8 != 0 || a.K2 > kMaxExtent)) return false;
   // SY_GG_SM90_PAIR=0 declines every pair (the caller then makes two calls): for measurement.
-  if (const char* env = std::getenv("SY_GG_SM90_PAIR"); pair && env && std::strcmp(env, "0") == 0)
-    return false;
+  if (pair && env_is("SY_GG_SM90_PAIR", "0")) return false;
   if (pair && a.M_total > 0 && (!a.A2 || !a.B2 || !aligned16(a.A2) || !aligned16(a.B2)))
     return false;
   int device = 0;
@@ -1240,10 +1236,8 @@ bool grouped_gemm_sm90(Context& ctx, const GroupedGemmArgs& a) {
 
   // ---- tile width: 128 x 256 tiles unless that leaves SMs idle (SY_GG_SM90_BN=128|256 forces)
   int bn = count_tiles(a, 256) >= 2 * info.sms ? 256 : 128;
-  if (const char* forced = std::getenv("SY_GG_SM90_BN")) {
-    if (std::strcmp(forced, "128") == 0) bn = 128;
-    else if (std::strcmp(forced, "256") == 0) bn = 256;
-  }
+  if (const char* forced = env_choice("SY_GG_SM90_BN", {"128", "256"}))
+    bn = std::strcmp(forced, "128") == 0 ? 128 : 256;
   const int64_t tiles = count_tiles(a, bn);
   if (tiles == 0) return true;  // forward: every segment empty
   if (tiles > INT32_MAX) return false;
@@ -1305,8 +1299,7 @@ bool grouped_gemm_sm90(Context& ctx, const GroupedGemmArgs& a) {
   params.band = tile_band();
   // The squares of C (wgrad `=` into f32): one f64 per warp of each tile's two consumers.
   // SY_GG_SM90_SQUARES=0 leaves them out (the norm then reads the gradients): for measurement.
-  const char* squares_env = std::getenv("SY_GG_SM90_SQUARES");
-  const bool squares_off = squares_env && std::strcmp(squares_env, "0") == 0;
+  const bool squares_off = env_is("SY_GG_SM90_SQUARES", "0");
   if (a.squares && a.squares_written && wgrad && !a.accumulate && a.c_dtype == DType::f32 &&
       !squares_off) {
     const int64_t count = tiles * kConsumers * 4;

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "model/cuda/env_choice.h"
 #include "model/cuda/profiler.h"
 
 namespace sy::cuda {
@@ -27,7 +28,7 @@ std::vector<std::pair<double, std::string>> sorted_totals(
 }  // namespace
 
 OpProfile::OpProfile() {
-  const char* env = std::getenv("SY_CUDA_PROFILE");
+  const char* env = env_choice("SY_CUDA_PROFILE", {"0", "1", "events", "nvtx"});
   const std::string value = env ? env : "";
   env_mode_ = value.empty() || value == "0" ? Mode::off
               : value == "events"           ? Mode::events

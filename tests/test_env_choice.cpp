@@ -1,0 +1,50 @@
+// The CUDA backend's environment switches (model/cuda/env_choice.h): a value from the list is
+// returned, unset or empty reads as unset, and anything else is an error naming the variable, its
+// values and what it got. Plain C++: runs in every build.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+#include "model/cuda/env_choice.h"
+
+namespace sy::cuda {
+namespace {
+
+constexpr const char* kName = "SY_TEST_ENV_CHOICE";
+
+TEST(EnvChoice, UnsetOrEmptyIsNull) {
+  unsetenv(kName);
+  EXPECT_EQ(env_choice(kName, {"0", "1"}), nullptr);
+  setenv(kName, "", 1);
+  EXPECT_EQ(env_choice(kName, {"0", "1"}), nullptr);
+  EXPECT_FALSE(env_is(kName, "0"));
+  unsetenv(kName);
+}
+
+TEST(EnvChoice, AllowedValueIsReturned) {
+  setenv(kName, "events", 1);
+  EXPECT_STREQ(env_choice(kName, {"0", "1", "events", "nvtx"}), "events");
+  setenv(kName, "0", 1);
+  EXPECT_TRUE(env_is(kName, "0"));
+  EXPECT_FALSE(env_is(kName, "1"));
+  unsetenv(kName);
+}
+
+TEST(EnvChoice, OtherValueIsAnErrorNamingTheVariable) {
+  setenv(kName, "evnts", 1);
+  try {
+    env_choice(kName, {"0", "1", "events", "nvtx"});
+    ADD_FAILURE() << "a value outside the list was taken";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "SY_TEST_ENV_CHOICE must be one of 0, 1, events, nvtx, got 'evnts'");
+  }
+  setenv(kName, "yes", 1);
+  EXPECT_THROW(env_is(kName, "1"), std::invalid_argument);
+  unsetenv(kName);
+}
+
+}  // namespace
+}  // namespace sy::cuda
