@@ -1,6 +1,6 @@
-// The CUDA backend's environment switches (model/cuda/env_choice.h): a value from the list is
-// returned, unset or empty reads as unset, and anything else is an error naming the variable, its
-// values and what it got. Plain C++: runs in every build.
+// The CUDA backend's environment switches (model/cuda/env_choice.h): a value from the list (or a
+// whole number within bounds) is returned, unset or empty reads as unset, and anything else is an
+// error naming the variable, what it takes and what it got. Plain C++: runs in every build.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -43,6 +43,26 @@ TEST(EnvChoice, OtherValueIsAnErrorNamingTheVariable) {
   }
   setenv(kName, "yes", 1);
   EXPECT_THROW(env_is(kName, "1"), std::invalid_argument);
+  unsetenv(kName);
+}
+
+TEST(EnvWholeNumber, BoundedWholeNumbersOnly) {
+  unsetenv(kName);
+  EXPECT_FALSE(env_whole_number(kName, 100, "things").has_value());
+  setenv(kName, "0", 1);
+  EXPECT_EQ(env_whole_number(kName, 100, "things"), 0);
+  setenv(kName, "100", 1);
+  EXPECT_EQ(env_whole_number(kName, 100, "things"), 100);
+  for (const char* bad : {"101", "-1", "+7", "12x", "1.5", "lots", " 7", "99999999999999999999999"}) {
+    setenv(kName, bad, 1);
+    try {
+      env_whole_number(kName, 100, "things");
+      ADD_FAILURE() << "'" << bad << "' was taken";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_EQ(std::string(e.what()), std::string("SY_TEST_ENV_CHOICE must be a whole number from "
+                                                   "0 to 100 (things), got '") + bad + "'");
+    }
+  }
   unsetenv(kName);
 }
 

@@ -15,7 +15,6 @@
 // deterministic Hopper backward) rather than accumulated in f32 across key tiles; engines whose
 // numerical notes say NONDETERMINISTIC are refused.
 #include <algorithm>
-#include <cerrno>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -25,10 +24,12 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "model/cuda/env_choice.h"
 #include "model/cuda/kernels.h"
 
 #ifdef SY_HAVE_CUDNN
@@ -567,17 +568,15 @@ void execute(Context& ctx, const char* op, cudnnHandle_t handle, Plan& plan,
 // as one call (test_cuda_cudnn), so the choice moves time and memory, never the numbers. Measured
 // on the 1.81B MoE and the 0.60B dense (H200, 2026-12-04, bench/ab): one call 1.85 and 1.55 ms a
 // step faster than one sequence a call; peak held the same on the MoE, +1 GiB on the dense.
-int64_t backward_workspace_budget(const Context& ctx, const char* op) {
-  const char* name = "SY_CUDNN_BWD_WORKSPACE_MIB";
-  if (const char* env = std::getenv(name); env && *env) {
-    char* end = nullptr;
-    errno = 0;
-    const long long mib = std::strtoll(env, &end, 10);
-    if (errno != 0 || *end != '\0' || mib < 0 || mib > (int64_t{1} << 40))
-      fail(ctx, op, std::string(name) + " must be a whole number of MiB, 0 or more (0: one call " +
-                        "over the batch), got '" + env + "'");
-    return static_cast<int64_t>(mib) << 20;
+int64_t backward_workspace_budget(Context& ctx, const char* op) {
+  std::optional<int64_t> mib;
+  try {
+    mib = env_whole_number("SY_CUDNN_BWD_WORKSPACE_MIB", int64_t{1} << 30,
+                           "MiB of workspace a backward call may take; 0: one call over the batch");
+  } catch (const std::invalid_argument& e) {
+    fail(ctx, op, e.what());
   }
+  if (mib) return *mib << 20;
   const int64_t free_block =
       ctx.largest_cached_block ? static_cast<int64_t>(ctx.largest_cached_block()) : 0;
   return std::max<int64_t>(int64_t{128} << 20, free_block);

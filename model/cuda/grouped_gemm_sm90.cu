@@ -1134,17 +1134,9 @@ int kernel_version() {
 // The tile order's band width in n tiles (KernelParams::band): SY_GG_SM90_BAND=N (0 to 65536),
 // 0 = the order before bands (n fastest over the whole group). Read once.
 int tile_band() {
-  static const int band = [] {
-    const char* env = std::getenv("SY_GG_SM90_BAND");
-    if (!env) return kDefaultBand;
-    char* end = nullptr;
-    const long value = std::strtol(env, &end, 10);
-    if (*env == '\0' || *end != '\0' || value < 0 || value > 65536)
-      throw std::invalid_argument(std::string("SY_GG_SM90_BAND must be a whole number from 0 to "
-                                              "65536 (n tiles per band; 0: no bands), got '") +
-                                  env + "'");
-    return static_cast<int>(value);
-  }();
+  static const int band = static_cast<int>(
+      env_whole_number("SY_GG_SM90_BAND", 65536, "n tiles per band; 0: no bands")
+          .value_or(kDefaultBand));
   return band;
 }
 
