@@ -162,11 +162,14 @@ void write_batches(const std::string& path, const Config& config, const StepSamp
   if (!json) throw std::runtime_error(path + ".json: cannot write");
 }
 
+// decimals < 0: every digit (%.17g, which reads back as the same double), for comparing runs
+// bit for bit (bench/ab).
 std::string json_list(const std::vector<double>& values, int decimals = 4) {
   std::string out = "[";
   char number[48];
   for (size_t i = 0; i < values.size(); ++i) {
-    std::snprintf(number, sizeof number, "%s%.*f", i ? ", " : "", decimals, values[i]);
+    if (decimals < 0) std::snprintf(number, sizeof number, "%s%.17g", i ? ", " : "", values[i]);
+    else std::snprintf(number, sizeof number, "%s%.*f", i ? ", " : "", decimals, values[i]);
     out += number;
   }
   return out + "]";
@@ -254,7 +257,9 @@ int main(int argc, char** argv) {
     double first_loss = 0, last_loss = 0;
     GroupStats first;  // step 0's parts of the loss, averaged over its micro-steps
     double first_grad_norm = 0;
-    std::vector<double> losses;  // every step's, warm-up included, for comparing trajectories
+    // Every step's loss and gradient norm, warm-up included, for comparing trajectories: the
+    // norm sums every gradient, so equal norms at every step are a close check of equal bits.
+    std::vector<double> losses, grad_norms;
     // Per MoE layer, summed over the timed steps: cv and max/mean of the step's tokens per expert.
     const int64_t n_moe = model.num_moe_layers();
     std::vector<double> cv_sum(n_moe, 0.0), max_mean_sum(n_moe, 0.0);
@@ -308,6 +313,7 @@ int main(int argc, char** argv) {
       if (step < steps) {
         last_loss = loss;
         losses.push_back(loss);
+        grad_norms.push_back(norm);
       }
       if ((step + 1) % 10 == 0 || step + 1 == steps || step == 0)
         std::printf("step %5lld | loss %.4f | grad_norm %.3f\n", static_cast<long long>(step + 1),
@@ -344,7 +350,8 @@ int main(int argc, char** argv) {
         "\"mfu\": %.4f, \"first_lm_loss\": %.6f, \"first_aux_loss\": %.6f, "
         "\"first_z_loss\": %.6f, \"first_loss_exact\": %.6f, \"first_grad_norm\": %.6f, "
         "\"load_cv_mean\": %.4f, \"load_cv_max\": %.4f, \"load_cv\": %s, "
-        "\"load_max_mean\": %s, \"setup_s\": %.2f, \"warmup_s\": %.2f, \"losses\": %s}\n",
+        "\"load_max_mean\": %s, \"setup_s\": %.2f, \"warmup_s\": %.2f, \"losses\": %s, "
+        "\"grad_norms\": %s}\n",
         config.name.c_str(), backend->name().c_str(), to_string(config.run.precision),
         static_cast<long long>(n_params), static_cast<long long>(B * S * tc.grad_accum_steps),
         static_cast<long long>(steps - warmup), 1000.0 * seconds / timed, tokens_per_s,
@@ -352,7 +359,8 @@ int main(int argc, char** argv) {
         static_cast<long long>(backend->peak_memory_bytes()), flops,
         tokens_per_s * flops / kPeakFlops, first.lm_loss, first.aux_loss, first.z_loss,
         first_loss, first_grad_norm, cv_mean, cv_max, json_list(load_cv).c_str(),
-        json_list(load_max_mean).c_str(), setup_s, warmup_s, json_list(losses, 6).c_str());
+        json_list(load_max_mean).c_str(), setup_s, warmup_s, json_list(losses, -1).c_str(),
+        json_list(grad_norms, -1).c_str());
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "sy_bench_train: error: %s\n", e.what());

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# bench/ab/report.py on made-up runs: the table, "equal" when both sides' losses match and
-# "DIFFERENT" when they do not, --require-equal's exit status, a side without runs, and the
-# memory_bound_bench rows. Also bench/ab/run.sh in dry mode (its commands, nothing run).
+# bench/ab/report.py on made-up runs: the table, "equal" when both sides' losses (and gradient
+# norms, where the runs print them) match and "DIFFERENT" when they do not, --require-equal's
+# exit status, a side without runs, and the memory_bound_bench rows. Also bench/ab/run.sh in dry
+# mode (its commands, nothing run).
 #   bash tests/ab_report.sh REPO_ROOT
 set -uo pipefail
 root=${1:?usage: ab_report.sh REPO_ROOT}
@@ -10,17 +11,27 @@ dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 
-run_line() {  # run_line SIDE ROUND STEP_MS LOSS
+run_line() {  # run_line SIDE ROUND STEP_MS LOSS [GRAD_NORM]: without a norm, an older log's line
+  local norms=""
+  [ $# -ge 5 ] && norms=", \"grad_norms\": [3.5, $5]"
   echo "AB $1 $2 {\"config\": \"c\", \"step_ms\": $3, \"tokens_per_s\": $((8192000 / ${3%.*})),"\
-    "\"peak_memory_bytes\": 2147483648, \"first_loss_exact\": 10.5, \"losses\": [10.5, $4]}"
+    "\"peak_memory_bytes\": 2147483648, \"first_loss_exact\": 10.5, \"losses\": [10.5, $4]$norms}"
 }
 {
   echo "step 1 | loss 10.5"
-  run_line base 1 80.0 10.25
-  run_line new 1 78.0 10.25
-  run_line base 2 80.5 10.25
-  run_line new 2 77.5 10.25
+  run_line base 1 80.0 10.25 3.25
+  run_line new 1 78.0 10.25 3.25
+  run_line base 2 80.5 10.25 3.25
+  run_line new 2 77.5 10.25 3.25
 } > "$dir/moe.log"
+{  # a baseline built before the norms were printed: its losses to 6 decimals, equal
+  run_line base 1 50.0 10.25
+  run_line new 1 50.0 10.250000000000002 3.25
+} > "$dir/old.log"
+{  # the same losses, another gradient norm: not equal
+  run_line base 1 70.0 10.25 3.25
+  run_line new 1 69.0 10.25 3.2500000000000004
+} > "$dir/fine.log"
 {
   run_line base 1 60.0 10.25
   run_line new 1 59.0 10.3
@@ -33,8 +44,11 @@ run_line() {  # run_line SIDE ROUND STEP_MS LOSS
 report=$(python3 "$root/bench/ab/report.py" "$dir") || fail "report exited $? on complete runs"
 grep -q "| base | 80.000, 80.500 | 80.250 |" <<< "$report" || fail "base row: $report"
 grep -q "| new | 78.000, 77.500 | 77.750 |" <<< "$report" || fail "new row: $report"
-grep -q "\-2.500 ms a step (-3.12%); losses equal" <<< "$report" || fail "moe verdict: $report"
-grep -q "losses DIFFERENT" <<< "$report" || fail "dense verdict: $report"
+grep -q "\-2.500 ms a step (-3.12%); losses and grad norms equal" <<< "$report" ||
+  fail "moe verdict: $report"
+grep -q "losses (6 decimals) DIFFERENT" <<< "$report" || fail "dense verdict: $report"
+grep -q "(-1.43%); losses and grad norms DIFFERENT" <<< "$report" || fail "fine verdict: $report"
+grep -q "(+0.00%); losses (6 decimals) equal" <<< "$report" || fail "old-baseline verdict: $report"
 grep -q "| rmsnorm_backward | 0.0712 | 0.0597 | 0.838 |" <<< "$report" || fail "membound: $report"
 [ -f "$dir/ab.md" ] || fail "no ab.md"
 python3 "$root/bench/ab/report.py" "$dir" --require-equal > /dev/null &&

@@ -50,9 +50,18 @@ def mean(values):
     return sum(values) / len(values) if values else float("nan")
 
 
-def losses_of(summary):
-    # The exact first loss, then every step's loss as printed (6 decimals).
-    return [summary.get("first_loss_exact")] + list(summary.get("losses", []))
+def exact(runs):
+    # Whether every run printed its gradient norms, and so every digit (sy_bench_train since
+    # 2026-12-04); else the sides compare to the 6 decimals that older builds printed.
+    return all("grad_norms" in r[1] for side in SIDES for r in runs[side])
+
+
+def losses_of(summary, every_digit):
+    # The first loss, then every step's loss (and gradient norm, to the bit).
+    losses = list(summary.get("losses", []))
+    if not every_digit:
+        return [summary.get("first_loss_exact")] + [round(x, 6) for x in losses]
+    return [summary.get("first_loss_exact")] + losses + list(summary.get("grad_norms", []))
 
 
 def config_table(name, runs):
@@ -68,12 +77,14 @@ def config_table(name, runs):
         means[side] = mean(steps)
         lines.append(f"| {side} | {', '.join(f'{s:.3f}' for s in steps)} | {means[side]:.3f} | "
                      f"{tokens:,.0f} | {peak:.2f} |")
-    all_losses = {side: [losses_of(r[1]) for r in runs[side]] for side in SIDES}
+    every_digit = exact(runs)
+    all_losses = {side: [losses_of(r[1], every_digit) for r in runs[side]] for side in SIDES}
     repeat = {side: all(l == all_losses[side][0] for l in all_losses[side]) for side in SIDES}
     equal = repeat["base"] and repeat["new"] and all_losses["base"][0] == all_losses["new"][0]
     change = (means["new"] / means["base"] - 1.0) * 100.0
     lines += ["", f"new against base: {means['new'] - means['base']:+.3f} ms a step "
-              f"({change:+.2f}%); losses {'equal' if equal else 'DIFFERENT'} "
+              f"({change:+.2f}%); {'losses and grad norms' if every_digit else 'losses (6 decimals)'} "
+              f"{'equal' if equal else 'DIFFERENT'} "
               f"(each side repeats itself: base {repeat['base']}, new {repeat['new']})", ""]
     return lines, equal
 

@@ -3,7 +3,8 @@
 # and a baseline source tree ("base": a git ref, exported) are built side by side, then
 # sy_bench_train runs on each config, base and new alternating, for a few rounds. The report
 # gives each side's step time per round, tokens/s and peak memory, and whether the two sides'
-# losses are equal to the printed digits (a change meant to be bitwise neutral must show "equal").
+# losses and gradient norms are equal, every step's to the bit (a change meant to be bitwise
+# neutral must show "equal").
 #   bash bench/ab/run.sh OUTDIR
 # Environment (all optional):
 #   AB_REF=HEAD            the baseline: a git ref of this repository, exported with git archive;
@@ -19,11 +20,11 @@
 #   AB_BUILD=build-gpu     the working tree's build folder (configured when new); the baseline
 #                          builds in OUTDIR/base-build
 #   AB_MEMBOUND=0          1: memory_bound_bench on both sides too, alternating (GPU builds)
-#   AB_EQUAL=0             1: losses that differ make the exit status 1
+#   AB_EQUAL=0             1: losses or gradient norms that differ make the exit status 1
 #   BUDGET_S               no run starts after this many seconds
 # OUTDIR gets build.log, base-build.log, <config>.log (every run, both sides), membound.log,
 # summary.txt and ab.md (the report). Exit status 0 when everything ran (and, with AB_EQUAL=1,
-# the losses were equal).
+# the losses and norms were equal).
 set -uo pipefail
 # shellcheck source=launch/lib.sh
 source "$(dirname "$0")/../../launch/lib.sh"
