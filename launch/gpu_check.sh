@@ -283,7 +283,7 @@ part_optim() {
 
 # The shared backward workspace and train.recompute (docs/cuda.md, Memory): per config and mode,
 # ms/step, peak memory (GiB, held by the caching allocator) and every step's loss, which must be
-# the same across modes (bitwise: the summary's 6-digit losses).
+# the same across modes (bitwise: the summary's losses and gradient norms, every digit).
 part_memory() {
   # ms|GiB|losses of sy_bench_train's summary line.
   local memory_row='
@@ -291,7 +291,7 @@ import json, sys
 line = sys.stdin.read().strip()
 if line:
     s = json.loads(line)
-    losses = " ".join(f"{l:.6f}" for l in s["losses"])
+    losses = " ".join(repr(l) for l in s["losses"] + s.get("grad_norms", []))
     ms, gib = s["step_ms"], s["peak_memory_bytes"] / 2**30
     print(f"{ms:.1f}|{gib:.2f}|{losses}")'
   local t cfg mode log rc reference losses ms gib row rows=()
