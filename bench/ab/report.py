@@ -82,9 +82,9 @@ def config_table(name, runs):
     repeat = {side: all(l == all_losses[side][0] for l in all_losses[side]) for side in SIDES}
     equal = repeat["base"] and repeat["new"] and all_losses["base"][0] == all_losses["new"][0]
     change = (means["new"] / means["base"] - 1.0) * 100.0
+    compared = "losses and grad norms" if every_digit else "losses (6 decimals)"
     lines += ["", f"new against base: {means['new'] - means['base']:+.3f} ms a step "
-              f"({change:+.2f}%); {'losses and grad norms' if every_digit else 'losses (6 decimals)'} "
-              f"{'equal' if equal else 'DIFFERENT'} "
+              f"({change:+.2f}%); {compared} {'equal' if equal else 'DIFFERENT'} "
               f"(each side repeats itself: base {repeat['base']}, new {repeat['new']})", ""]
     return lines, equal
 
