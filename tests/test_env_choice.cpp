@@ -53,7 +53,8 @@ TEST(EnvWholeNumber, BoundedWholeNumbersOnly) {
   EXPECT_EQ(env_whole_number(kName, 100, "things"), 0);
   setenv(kName, "100", 1);
   EXPECT_EQ(env_whole_number(kName, 100, "things"), 100);
-  for (const char* bad : {"101", "-1", "+7", "12x", "1.5", "lots", " 7", "99999999999999999999999"}) {
+  for (const char* bad :
+       {"101", "-1", "+7", "12x", "1.5", "lots", " 7", "99999999999999999999999"}) {
     setenv(kName, bad, 1);
     try {
       env_whole_number(kName, 100, "things");
