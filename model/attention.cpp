@@ -14,6 +14,11 @@ bool Attention::uses_flash(const Backend& backend) const {
   return backend.device() != Device::cpu;
 }
 
+bool Attention::prefers_cudnn(const Backend& backend) const {
+  return kernel == AttentionKernel::cudnn ||
+         (kernel == AttentionKernel::automatic && backend.device() != Device::cpu);
+}
+
 const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionShape shape) {
   const DType dtype = x.dtype();
   const Shape td = x.shape();
@@ -37,8 +42,9 @@ const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionSha
   backend.gemm(k, x, false, wk.compute_value(), false, 1.0, 0.0);
   backend.gemm(v, x, false, wv.compute_value(), false, 1.0, 0.0);
   backend.rope_forward_qk(q, k, shape.batch, shape.seq, shape.heads);
-  // `cudnn`: the same flash ops, which the CUDA backend then runs on cuDNN where it can.
-  if (flash) backend.prefer_cudnn_attention(kernel == AttentionKernel::cudnn);
+  // `cudnn` (and `auto` on a device): the same flash ops, which the CUDA backend then runs on
+  // cuDNN where it can.
+  if (flash) backend.prefer_cudnn_attention(prefers_cudnn(backend));
   if (flash)
     backend.flash_attention_forward(context, lse, q, k, v, shape.batch, shape.seq, shape.heads);
   else
@@ -67,7 +73,7 @@ const Tensor& Attention::backward(Backend& backend, const Tensor& dout, const Te
   backend.gemm(dcontext, dout, false, wo.compute_value(), true, 1.0, 0.0);
   backend.gemm(wo.grad, context, true, dout, false, 1.0, wo.take_grad_beta());
 
-  if (lse.defined()) backend.prefer_cudnn_attention(kernel == AttentionKernel::cudnn);
+  if (lse.defined()) backend.prefer_cudnn_attention(prefers_cudnn(backend));
   if (lse.defined())  // the forward ran flash (out = context)
     backend.flash_attention_backward(dq, dk, dv, dcontext, q, k, v, context, lse, shape.batch,
                                      shape.seq, shape.heads);

@@ -2,10 +2,10 @@
 // q = x@wq, k = x@wk, v = x@wv; rotary on q and k; softmax(q k^T / sqrt(Dh)) v per head; @ wo.
 // Two kernels compute the softmax part (model.attention_kernel, docs/config.md): `reference`
 // saves probs [B, H, S, S] (attention_forward/backward); `flash` saves only lse [B, H, S] and
-// recomputes the probabilities in backward (flash_attention_forward/backward). `auto` is flash
-// on a device and reference on the CPU, whose BLAS path it keeps bit for bit. `cudnn` is flash
+// recomputes the probabilities in backward (flash_attention_forward/backward). `cudnn` is flash
 // with Backend::prefer_cudnn_attention: CUDA runs it on cuDNN's fused attention where cuDNN takes
-// the case (the flash kernels otherwise); the CPU runs flash.
+// the case (the flash kernels otherwise); the CPU runs flash. `auto` is `cudnn` on a device and
+// reference on the CPU, whose BLAS path it keeps bit for bit.
 #pragma once
 #include <string>
 
@@ -49,6 +49,8 @@ struct Attention {
                          AttentionShape shape);
   // Whether this layer runs the flash kernel on `backend` (resolves `auto`).
   bool uses_flash(const Backend& backend) const;
+  // Whether it asks `backend` for cuDNN's fused attention (`cudnn`; `auto` on a device).
+  bool prefers_cudnn(const Backend& backend) const;
   // Drops the saved activations once backward has read them (the next forward allocates them
   // again), so that their memory serves the gradients and the layers below.
   void release_saved();

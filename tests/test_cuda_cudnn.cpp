@@ -197,6 +197,21 @@ TEST_F(CudnnAttention, DeclinedCasesRunTheFlashKernels) {
   }
 }
 
+// `auto` (the default) on CUDA asks for cuDNN; on the CPU it stays the reference kernel.
+TEST_F(CudnnAttention, AutoRunsCudnnInTheLayer) {
+  Attention attention;
+  ASSERT_EQ(attention.kernel, AttentionKernel::automatic);
+  EXPECT_TRUE(attention.prefers_cudnn(gpu()));
+  EXPECT_FALSE(attention.prefers_cudnn(cpu()));
+  EXPECT_FALSE(attention.uses_flash(cpu()));
+  const int64_t B = 2, S = 128, H = 2, Dh = 64, T = B * S, D = H * Dh;
+  for (Param* w : {&attention.wq, &attention.wk, &attention.wv, &attention.wo})
+    w->value = on_gpu({D, D}, values(D * D));  // bf16: the compute copy is the value
+  gpu().prefer_cudnn_attention(false);  // the layer must set it itself
+  attention.forward(gpu(), on_gpu({T, D}, values(T * D)), {B, S, H});
+  EXPECT_EQ(cuda_attention_kernel(gpu()), "cudnn");
+}
+
 TEST(CudnnAttentionKernel, IsTheFlashPathInTheLayer) {
   Attention attention;
   attention.kernel = AttentionKernel::cudnn;

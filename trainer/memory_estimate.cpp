@@ -174,7 +174,8 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   // deterministic backward's dS workspace: chunks of sequences, at least one sequence's or 128
   // MiB (more only where the allocator already holds a larger free block).
   double attention_backward = 7 * TD + probabilities;
-  if (cuda && bf16 && m.attention_kernel == AttentionKernel::cudnn)
+  if (cuda && bf16 && (m.attention_kernel == AttentionKernel::cudnn ||
+                       m.attention_kernel == AttentionKernel::automatic))
     attention_backward += std::min(static_cast<double>(config.train.micro_batch_size) * H * S * S * 2,
                                    std::max(H * S * S * 2, 128.0 * (1 << 20)));
   // The FFN's out and du, and one [rows, F] slot for hidden/dhidden.
