@@ -455,7 +455,7 @@ part_allocator() {
   sy_step test_nccl ctest --test-dir "$build" -R '^test_nccl' --output-on-failure
   sy_step unknown_allocator_refused bash -c "SY_CUDA_ALLOCATOR=bogus '$build/sy_bench_train' \
     configs/example.yaml --set run.backend=cuda --set run.precision=bf16 --steps 2 --warmup 1 \
-    2>&1 | tee /dev/stderr | grep -q 'SY_CUDA_ALLOCATOR must be caching or async'"
+    2>&1 | tee /dev/stderr | grep -q 'SY_CUDA_ALLOCATOR must be one of caching, async'"
 
   local example=("$build/sy_bench_train" configs/example.yaml --set run.backend=cuda
                  --set run.precision=bf16 --steps 30 --warmup 5)

@@ -12,6 +12,7 @@
 
 #include "model/cuda/block_pool.h"
 #include "model/cuda/device_memory.h"
+#include "model/cuda/env_choice.h"
 
 namespace sy::cuda {
 namespace {
@@ -261,11 +262,9 @@ size_t DeviceAllocator::block_size(size_t bytes) {
 }
 
 std::shared_ptr<DeviceAllocator> make_device_allocator(const Context& ctx) {
-  const char* env = std::getenv("SY_CUDA_ALLOCATOR");
-  const std::string name = env ? env : "";
-  if (name.empty() || name == "caching") return std::make_shared<CachingAllocator>(ctx);
-  if (name == "async") return std::make_shared<AsyncPoolAllocator>(ctx);
-  fail(ctx, "init", "SY_CUDA_ALLOCATOR must be caching or async, got '" + name + "'");
+  const char* name = env_choice("SY_CUDA_ALLOCATOR", {"caching", "async"});
+  if (name && std::strcmp(name, "async") == 0) return std::make_shared<AsyncPoolAllocator>(ctx);
+  return std::make_shared<CachingAllocator>(ctx);
 }
 
 Tensor alloc_tensor(const std::shared_ptr<DeviceAllocator>& allocator, const Shape& shape,

@@ -28,6 +28,7 @@
 #include <mutex>
 
 #include "model/cuda/grouped_gemm.h"
+#include "model/cuda/env_choice.h"
 #include "model/cuda/kernels.h"
 
 namespace sy::cuda {
@@ -398,14 +399,11 @@ bool grouped_gemm_mma(Context& ctx, const GroupedGemmArgs& args) {
 
 // ---- running the grouped ops ----------------------------------------------------------------
 GroupedGemmChoice grouped_gemm_choice_from_env() {
-  const char* env = std::getenv("SY_GROUPED_GEMM");
-  const std::string value = env ? env : "";
-  if (value.empty() || value == "auto") return GroupedGemmChoice::automatic;
-  if (value == "sm90") return GroupedGemmChoice::sm90;
-  if (value == "mma") return GroupedGemmChoice::mma;
-  if (value == "cublas") return GroupedGemmChoice::cublas;
-  throw std::runtime_error("SY_GROUPED_GEMM: unknown value \"" + value +
-                           "\" (expected auto, sm90, mma or cublas)");
+  const char* value = env_choice("SY_GROUPED_GEMM", {"auto", "sm90", "mma", "cublas"});
+  if (!value || std::strcmp(value, "auto") == 0) return GroupedGemmChoice::automatic;
+  if (std::strcmp(value, "sm90") == 0) return GroupedGemmChoice::sm90;
+  if (std::strcmp(value, "mma") == 0) return GroupedGemmChoice::mma;
+  return GroupedGemmChoice::cublas;
 }
 
 SegmentOffsets::~SegmentOffsets() {  // errors ignored: the process may be exiting
