@@ -93,55 +93,64 @@ struct Row {
          held_mib = 0;
 };
 
-// The chunked plan (LMHead itself for the total; its parts replayed alone for
-// the split).
+// The per-chunk plan that LMHead ran until 2026-12-04, replayed on the backend:
+// per chunk the logits GEMM, the cross-entropy, dx's GEMM and the weight
+// gradient's GEMM (beta 1 after the first chunk).
 Row time_chunked(Backend &gpu, Inputs &in, const Shape3 &s, int64_t chunk,
                  int repeats) {
+  const Tensor logits = gpu.alloc({chunk, s.vocab}, DType::f32);
+  const Tensor dlogits = gpu.alloc({chunk, s.vocab}, DType::bf16);
+  const Tensor losses = gpu.alloc({s.rows}, DType::f32);
+  const Tensor dx = gpu.alloc({s.rows, s.d_model}, DType::bf16);
+  const Tensor &w = in.table.compute;
+  Row row;
+  row.plan = "chunked";
+  row.chunk = chunk;
+  row.held_mib = double(logits.nbytes() + dlogits.nbytes()) / (1 << 20);
+  // parts: 1 logits GEMM, 2 cross-entropy, 4 dx GEMM, 8 weight-gradient GEMM.
+  auto run = [&](int parts) {
+    for (int64_t begin = 0; begin < s.rows; begin += chunk) {
+      const int64_t end = std::min(s.rows, begin + chunk);
+      const Tensor logits_chunk = logits.rows(0, end - begin);
+      const Tensor dlogits_chunk = dlogits.rows(0, end - begin);
+      const Tensor x_chunk = in.x.rows(begin, end);
+      if (parts & 1)
+        gpu.gemm(logits_chunk, x_chunk, false, w, true, 1.0, 0.0);
+      if (parts & 2)
+        gpu.cross_entropy_into(losses.rows(begin, end), logits_chunk,
+                               in.targets.rows(begin, end), 1e-4,
+                               dlogits_chunk);
+      if (parts & 4)
+        gpu.gemm(dx.rows(begin, end), dlogits_chunk, false, w, false, 1.0, 0.0);
+      if (parts & 8)
+        gpu.gemm(in.table.grad, dlogits_chunk, true, x_chunk, false, 1.0,
+                 begin == 0 ? 0.0 : 1.0);
+    }
+  };
+  row.total_ms = median_ms(gpu, repeats, [&] { run(15); });
+  row.logits_ms = median_ms(gpu, repeats, [&] { run(1); });
+  row.ce_ms = median_ms(gpu, repeats, [&] { run(2); });
+  row.dx_ms = median_ms(gpu, repeats, [&] { run(4); });
+  row.dw_ms = median_ms(gpu, repeats, [&] { run(8); });
+  return row;
+}
+
+// LMHead::forward_backward as training runs it (the deferred plan, with the
+// loss read back).
+Row time_model(Backend &gpu, Inputs &in, const Shape3 &s, int64_t chunk,
+               int repeats) {
   LMHead head;
   head.tied_table = &in.table;
   head.chunk_rows = chunk;
   Row row;
-  row.plan = "chunked";
+  row.plan = "LMHead";
   row.chunk = chunk;
   row.total_ms = median_ms(gpu, repeats, [&] {
     in.table.grad_state = Param::GradState::stale;
     head.forward_backward(gpu, in.x, in.targets, true, 1.0 / double(s.rows));
   });
   row.held_mib =
-      double(head.logits.nbytes() + head.dlogits.nbytes()) / (1 << 20);
-  const Tensor &w = in.table.compute;
-  auto each_chunk = [&](auto &&f) {
-    for (int64_t begin = 0; begin < s.rows; begin += chunk) {
-      const int64_t end = std::min(s.rows, begin + chunk);
-      f(begin, end, head.logits.rows(0, end - begin),
-        head.dlogits.rows(0, end - begin));
-    }
-  };
-  row.logits_ms = median_ms(gpu, repeats, [&] {
-    each_chunk([&](int64_t b, int64_t e, const Tensor &logits, const Tensor &) {
-      gpu.gemm(logits, in.x.rows(b, e), false, w, true, 1.0, 0.0);
-    });
-  });
-  row.ce_ms = median_ms(gpu, repeats, [&] {
-    each_chunk(
-        [&](int64_t b, int64_t e, const Tensor &logits, const Tensor &dlogits) {
-          gpu.cross_entropy_into(head.losses.rows(b, e), logits,
-                                 in.targets.rows(b, e), 1e-4, dlogits);
-        });
-  });
-  row.dx_ms = median_ms(gpu, repeats, [&] {
-    each_chunk(
-        [&](int64_t b, int64_t e, const Tensor &, const Tensor &dlogits) {
-          gpu.gemm(head.dx.rows(b, e), dlogits, false, w, false, 1.0, 0.0);
-        });
-  });
-  row.dw_ms = median_ms(gpu, repeats, [&] {
-    each_chunk(
-        [&](int64_t b, int64_t e, const Tensor &, const Tensor &dlogits) {
-          gpu.gemm(in.table.grad, dlogits, true, in.x.rows(b, e), false, 1.0,
-                   b == 0 ? 0.0 : 1.0);
-        });
-  });
+      double(head.logits.nbytes() + s.rows * s.vocab * 2) / (1 << 20);
   return row;
 }
 
@@ -197,6 +206,7 @@ int run(const Shape3 &s, const std::vector<int64_t> &chunks, int repeats) {
   for (int64_t chunk : chunks) {
     rows.push_back(time_chunked(*gpu, in, s, chunk, repeats));
     rows.push_back(time_deferred(*gpu, in, s, chunk, repeats));
+    rows.push_back(time_model(*gpu, in, s, chunk, repeats));
   }
   const double gemm_tflop =
       3 * 2.0 * double(s.rows) * double(s.d_model) * double(s.vocab) / 1e12;

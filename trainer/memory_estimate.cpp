@@ -194,8 +194,10 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   // The residual stream, its fp32 gradient, the embedding output and the final norm's.
   workspace += 3 * TD + T * D * 4;
   add("activation workspace", workspace);
-  // The LM head works through 1024 rows at a time: logits in fp32, their gradient in bf16.
-  add("logits chunk", std::min(1024.0, T) * m.vocab_size * (4 + (bf16 ? e : 0)));
+  // The LM head (model/lm_head.h): fp32 logits for 512 rows at a time and the dlogits of all T
+  // rows in the compute dtype (in fp32 the dlogits are the logits, overwritten in place).
+  const double V = static_cast<double>(m.vocab_size);
+  add("logits and their gradient", bf16 ? std::min(512.0, T) * V * 4 + T * V * e : T * V * 4);
 
   if (!cuda) {
     // Every rank holds the whole token file as int32: up to 4x the file for uint8 tokens,
