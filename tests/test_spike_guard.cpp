@@ -99,8 +99,11 @@ TEST_F(SpikeGuardRun, SpikeOnOneRankIsSkippedOnEveryRankLikeANanStep) {
   ASSERT_EQ(spiked.losses.size(), 14u);
   ASSERT_EQ(skipped.losses.size(), 14u);
   EXPECT_GT(spiked.losses[9], 100.0);
-  for (size_t i = 0; i < 14; ++i)
-    if (i != 9) EXPECT_EQ(spiked.losses[i], skipped.losses[i]) << "step " << i + 1;
+  for (size_t i = 0; i < 14; ++i) {
+    if (i != 9) {
+      EXPECT_EQ(spiked.losses[i], skipped.losses[i]) << "step " << i + 1;
+    }
+  }
   if (world_rank() == 0) {
     ASSERT_EQ(spiked.parameters.size(), skipped.parameters.size());
     for (size_t p = 0; p < spiked.parameters.size(); ++p)
@@ -132,10 +135,11 @@ TEST_F(SpikeGuardRun, ResumedRunJudgesASpikeAsTheUninterruptedOne) {
   ASSERT_EQ(resumed.losses.size(), 8u);
   for (size_t i = 0; i < 8; ++i)
     EXPECT_EQ(resumed.losses[i], straight.losses[6 + i]) << "step " << 7 + i;
-  if (world_rank() == 0)
+  if (world_rank() == 0) {
     for (size_t p = 0; p < straight.parameters.size(); ++p)
       EXPECT_EQ(resumed.parameters[p].second, straight.parameters[p].second)
           << straight.parameters[p].first;
+  }
 }
 
 }  // namespace

@@ -109,8 +109,9 @@ TEST_F(DistTrain, LoggedValLossEqualsEvalAtAnyBatchShapeAndLayout) {
   split.parallel.expert_parallel = 2;
   split.train.micro_batch_size = 1;
   const double evaluated = eval_on(2, split, checkpoint);
-  if (world_rank() == 0)
+  if (world_rank() == 0) {
     EXPECT_NEAR(evaluated, summary.final_val_loss, 1e-6 * summary.final_val_loss);
+  }
 }
 
 TEST(ValidationSet, TooLittleDataSaysWhatWouldFit) {
