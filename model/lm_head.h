@@ -3,8 +3,9 @@
 // [chunk, V] exists at once. In training the dlogits of all T rows are kept and dx and dW are one
 // GEMM each over all rows: a weight-gradient GEMM per chunk reads and writes the whole fp32
 // [V, D] gradient once per chunk (bench/lm_head_bench, T 8192, V 32768 on an H200: 2.27 ms for
-// the per-chunk dW GEMMs of 1024 rows, 1.58 ms for one over all rows). W is embedding^T when
-// tied, else lm_head [D, V].
+// the per-chunk dW GEMMs of 1024 rows, 1.58 ms for one over all rows). The plan depends on the
+// shapes only, never on free memory: how dW's sum over rows is split decides its bits, and a
+// resumed run must repeat them. W is embedding^T when tied, else lm_head [D, V].
 // Mixed precision: the logits chunk and the losses are in stat_dtype(x) (fp32 for bf16 x);
 // dlogits are in x's dtype for the dx and dW GEMMs (dW accumulates in fp32). Where those dtypes
 // are the same (fp32, fp64), the chunks of logits are the dlogits buffer's rows, overwritten in
