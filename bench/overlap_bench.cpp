@@ -11,12 +11,13 @@
 // Prints ms alone and together, and the share of the shorter of the two that the overlap hid.
 #include <cuda_runtime.h>
 
-#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include <CLI/CLI.hpp>
 
 #include "bench/cuda_timing.h"
 #include "model/backend.h"
