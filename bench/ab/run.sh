@@ -46,7 +46,9 @@ elif [ -z "$base_src" ]; then
   base_src="$out/base-src"
   ref=${AB_REF:-HEAD}
   git rev-parse --verify --quiet "$ref^{commit}" > /dev/null || {
-    echo "bench/ab/run.sh: AB_REF '$ref' is not a commit of this repository" >&2
+    echo "bench/ab/run.sh: AB_REF '$ref' is not a commit of this repository (a copy without" \
+         "its history? export the baseline where it exists, git archive REF | tar -x -C DIR," \
+         "and pass AB_SRC=DIR)" >&2
     exit 2
   }
   sy_do rm -rf "$base_src"
