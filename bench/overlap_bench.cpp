@@ -3,21 +3,26 @@
 // projections through cuBLAS and the experts' three grouped GEMMs, as training calls them), the
 // other the fused AdamW pass over as many fp32 parameters as that config has. Timed with CUDA
 // events: each alone, then both launched together (the second stream waits for the first's
-// start, the first for the second's end). An upper bound on what overlapping the optimizer with
-// the forward could save: no layer waits for its own update here, and the forward's
-// bandwidth-bound ops (norms, SwiGLU, permutes), which would compete with the optimizer for
-// memory bandwidth, are left out.
-//   overlap_bench [--layers 8] [--params 1812105216] [--repeats 5]
-// Prints ms alone and together, and the share of the shorter of the two that the overlap hid.
+// start, the first for the second's end), an upper bound; then layered, as a trainer would run
+// it: the pass cut into one group of tensors per layer, layer l's forward waiting for an event
+// after its group's update. Each layer's forward also runs its main bandwidth-bound ops (two
+// RMSNorms, two residual sums, the permute, SwiGLU), which compete with the optimizer for memory
+// bandwidth; --gemms-only leaves them out. Attention and the router are not run.
+//   overlap_bench [--layers 8] [--params 1812105216] [--repeats 5] [--gemms-only]
+//                 [--adamw-grids 0,66,48,40,32,24,16]
+// For each cap of the AdamW pass's grid (SY_ADAMW_BLOCKS, 0: a block per chunk; fewer blocks
+// leave more SMs to the GEMMs; a capped pass runs blocks of 1024 threads, one an SM): ms alone,
+// together and layered, and the share of the shorter of the two that the overlap hid.
 #include <cuda_runtime.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
 
 #include "bench/cuda_timing.h"
 #include "model/backend.h"
@@ -33,10 +38,13 @@ constexpr int64_t kTokens = 8192, kModel = 2048, kExperts = 8, kHidden = 4096, k
 // The forward GEMMs of `layers` MoE layers with balanced routing (bf16).
 struct ForwardGemms {
   Tensor x, q, projection_weight, x_perm, h1, h3, y_perm, w1, w3, w2;
+  Tensor normed, rstd, gain, row_slot, hidden, residual;  // the bandwidth-bound ops' operands
   std::vector<int64_t> rows_per_expert;
   int layers = 0;
+  bool elementwise = true;
 
-  ForwardGemms(Backend& gpu, int layer_count) : layers(layer_count) {
+  ForwardGemms(Backend& gpu, int layer_count, bool with_elementwise)
+      : layers(layer_count), elementwise(with_elementwise) {
     const int64_t rows = kTokens * kTopK;
     x = gpu.zeros({kTokens, kModel}, DType::bf16);
     q = gpu.zeros({kTokens, kModel}, DType::bf16);
@@ -49,16 +57,36 @@ struct ForwardGemms {
     w3 = gpu.zeros({kExperts, kModel, kHidden}, DType::bf16);
     w2 = gpu.zeros({kExperts, kHidden, kModel}, DType::bf16);
     rows_per_expert.assign(kExperts, rows / kExperts);
+    normed = gpu.zeros({kTokens, kModel}, DType::bf16);
+    residual = gpu.zeros({kTokens, kModel}, DType::bf16);
+    rstd = gpu.zeros({kTokens}, DType::f32);
+    gain = gpu.zeros({kModel}, DType::f32);
+    hidden = gpu.zeros({rows, kHidden}, DType::bf16);
+    std::vector<int32_t> slots(static_cast<size_t>(rows));
+    for (size_t r = 0; r < slots.size(); ++r) slots[r] = static_cast<int32_t>(r);
+    row_slot = gpu.zeros({rows}, DType::i32);
+    gpu.copy_from_host(row_slot, slots.data());
   }
 
-  void run(Backend& gpu) const {
-    for (int l = 0; l < layers; ++l) {
-      for (int projection = 0; projection < 4; ++projection)
-        gpu.gemm(q, x, false, projection_weight, false, 1.0, 0.0);
-      gpu.grouped_gemm(h1, x_perm, w1, false, rows_per_expert, false);
-      gpu.grouped_gemm(h3, x_perm, w3, false, rows_per_expert, false);
-      gpu.grouped_gemm(y_perm, h1, w2, false, rows_per_expert, false);
+  // One layer's forward GEMMs and, with `elementwise`, its main bandwidth-bound ops: two
+  // RMSNorms, two residual sums, the permute of the expert inputs and SwiGLU.
+  void run_layer(Backend& gpu) const {
+    if (elementwise) gpu.rmsnorm_forward(normed, rstd, x, gain);
+    for (int projection = 0; projection < 4; ++projection)
+      gpu.gemm(q, x, false, projection_weight, false, 1.0, 0.0);
+    if (elementwise) {
+      gpu.add_into(residual, x, q);
+      gpu.rmsnorm_forward(normed, rstd, residual, gain);
+      gpu.permute_rows(x_perm, normed, row_slot, kTopK);
     }
+    gpu.grouped_gemm(h1, x_perm, w1, false, rows_per_expert, false);
+    gpu.grouped_gemm(h3, x_perm, w3, false, rows_per_expert, false);
+    if (elementwise) gpu.swiglu_forward(hidden, h1, h3);
+    gpu.grouped_gemm(y_perm, elementwise ? hidden : h1, w2, false, rows_per_expert, false);
+    if (elementwise) gpu.add_into(residual, x, q);
+  }
+  void run(Backend& gpu) const {
+    for (int l = 0; l < layers; ++l) run_layer(gpu);
   }
 };
 
@@ -95,6 +123,14 @@ struct OptimizerPass {
     ++hp.step;
     gpu.fused_adamw_step(list, exp_avgs, exp_avg_sqs, hp);
   }
+  // The tensors of group g of `groups` (contiguous, as a model's layers are): one pass each.
+  void run_group(Backend& gpu, int g, int groups) {
+    if (g == 0) ++hp.step;
+    const size_t begin = list.size() * g / groups, end = list.size() * (g + 1) / groups;
+    gpu.fused_adamw_step(std::span(list).subspan(begin, end - begin),
+                         std::span(exp_avgs).subspan(begin, end - begin),
+                         std::span(exp_avg_sqs).subspan(begin, end - begin), hp);
+  }
 };
 
 // Milliseconds from `start` to `stop`, both recorded on `stream` around f().
@@ -109,56 +145,94 @@ float elapsed_ms(cudaStream_t stream, cudaEvent_t start, cudaEvent_t stop, F&& f
   return ms;
 }
 
-int run(int layers, int64_t total_params, int repeats) {
-  if (cuda_device_count() == 0) {
-    std::fprintf(stderr, "overlap_bench: no CUDA device visible\n");
-    return 1;
-  }
-  std::unique_ptr<Backend> compute = make_cuda_backend(0), update = make_cuda_backend(0);
-  const auto compute_stream = static_cast<cudaStream_t>(compute->native_stream());
-  const auto update_stream = static_cast<cudaStream_t>(update->native_stream());
-  ForwardGemms forward(*compute, layers);
-  OptimizerPass optimizer(*update, total_params);
-  update->synchronize();
+// One row: AdamW alone and beside the forward, with the pass's grid capped at `cap` blocks
+// (SY_ADAMW_BLOCKS; 0: one block a chunk).
+struct Row {
+  int64_t cap;
+  double forward_ms, update_ms, both_ms, layered_ms;
+};
 
+Row measure(ForwardGemms& forward, Backend& compute, OptimizerPass& optimizer, Backend& update,
+            int64_t cap, int repeats) {
+  const auto compute_stream = static_cast<cudaStream_t>(compute.native_stream());
+  const auto update_stream = static_cast<cudaStream_t>(update.native_stream());
+  if (cap > 0) setenv("SY_ADAMW_BLOCKS", std::to_string(cap).c_str(), 1);
+  else unsetenv("SY_ADAMW_BLOCKS");
   cudaEvent_t start, stop, forked, joined;
   for (cudaEvent_t* e : {&start, &stop, &forked, &joined})
     bench::check_cuda(cudaEventCreate(e), "cudaEventCreate");
-  std::vector<double> forward_ms, update_ms, both_ms;
+  std::vector<cudaEvent_t> updated(static_cast<size_t>(forward.layers));
+  for (cudaEvent_t& e : updated)
+    bench::check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+  std::vector<double> forward_ms, update_ms, both_ms, layered_ms;
   for (int r = 0; r < repeats + 1; ++r) {  // the first round warms up
-    const float f = elapsed_ms(compute_stream, start, stop, [&] { forward.run(*compute); });
-    const float u = elapsed_ms(update_stream, start, stop, [&] { optimizer.run(*update); });
+    const float f = elapsed_ms(compute_stream, start, stop, [&] { forward.run(compute); });
+    const float u = elapsed_ms(update_stream, start, stop, [&] { optimizer.run(update); });
     const float b = elapsed_ms(compute_stream, start, stop, [&] {
       bench::check_cuda(cudaEventRecord(forked, compute_stream), "cudaEventRecord");
       bench::check_cuda(cudaStreamWaitEvent(update_stream, forked), "cudaStreamWaitEvent");
-      optimizer.run(*update);
-      forward.run(*compute);
+      optimizer.run(update);
+      forward.run(compute);
       bench::check_cuda(cudaEventRecord(joined, update_stream), "cudaEventRecord");
       bench::check_cuda(cudaStreamWaitEvent(compute_stream, joined), "cudaStreamWaitEvent");
+    });
+    // As a trainer would run it: layer l's update, then (on the other stream) layer l's forward.
+    const float layered = elapsed_ms(compute_stream, start, stop, [&] {
+      bench::check_cuda(cudaEventRecord(forked, compute_stream), "cudaEventRecord");
+      bench::check_cuda(cudaStreamWaitEvent(update_stream, forked), "cudaStreamWaitEvent");
+      for (int l = 0; l < forward.layers; ++l) {
+        optimizer.run_group(update, l, forward.layers);
+        bench::check_cuda(cudaEventRecord(updated[l], update_stream), "cudaEventRecord");
+      }
+      for (int l = 0; l < forward.layers; ++l) {
+        bench::check_cuda(cudaStreamWaitEvent(compute_stream, updated[l]), "cudaStreamWaitEvent");
+        forward.run_layer(compute);
+      }
     });
     if (r == 0) continue;
     forward_ms.push_back(f);
     update_ms.push_back(u);
     both_ms.push_back(b);
+    layered_ms.push_back(layered);
   }
   for (cudaEvent_t e : {start, stop, forked, joined}) cudaEventDestroy(e);
+  for (cudaEvent_t e : updated) cudaEventDestroy(e);
+  unsetenv("SY_ADAMW_BLOCKS");
+  return {cap, bench::median(forward_ms), bench::median(update_ms), bench::median(both_ms),
+          bench::median(layered_ms)};
+}
 
-  const double f = bench::median(forward_ms), u = bench::median(update_ms),
-               b = bench::median(both_ms);
+int run(int layers, int64_t total_params, int repeats, const std::vector<int64_t>& caps,
+        bool elementwise) {
+  if (cuda_device_count() == 0) {
+    std::fprintf(stderr, "overlap_bench: no CUDA device visible\n");
+    return 1;
+  }
+  std::unique_ptr<Backend> compute = make_cuda_backend(0), update = make_cuda_backend(0);
+  ForwardGemms forward(*compute, layers, elementwise);
+  OptimizerPass optimizer(*update, total_params);
+  update->synchronize();
+  std::vector<Row> rows;
+  for (int64_t cap : caps)
+    rows.push_back(measure(forward, *compute, optimizer, *update, cap, repeats));
+
   std::printf(
-      "forward GEMMs of %d MoE layers (T %lld, D %lld, %lld experts of %lld, top-%lld) "
-      "and the fused AdamW pass over %.3g parameters, %s, median of %d\n",
-      layers, static_cast<long long>(kTokens), static_cast<long long>(kModel),
+      "forward GEMMs%s of %d MoE layers (T %lld, D %lld, %lld experts of %lld, top-%lld) "
+      "and the fused AdamW pass over %.3g parameters on a second stream, %s, median of %d\n",
+      elementwise ? " and bandwidth-bound ops" : "", layers, static_cast<long long>(kTokens), static_cast<long long>(kModel),
       static_cast<long long>(kExperts), static_cast<long long>(kHidden),
       static_cast<long long>(kTopK), static_cast<double>(total_params), compute->name().c_str(),
       repeats);
-  std::printf("%-22s %9s\n", "", "ms");
-  std::printf("%-22s %9.3f\n", "forward GEMMs alone", f);
-  std::printf("%-22s %9.3f\n", "AdamW alone", u);
-  std::printf("%-22s %9.3f\n", "both, two streams", b);
-  std::printf("%-22s %9.3f\n", "one after the other", f + u);
-  std::printf("hidden: %.3f ms, %.0f%% of the shorter\n", f + u - b,
-              100.0 * (f + u - b) / std::min(f, u));
+  std::printf("%-12s %10s %10s %10s %10s %10s %8s %11s %8s\n", "adamw_grid", "forward_ms",
+              "adamw_ms", "both_ms", "sum_ms", "hidden_ms", "hidden%", "layered_ms", "hidden%");
+  for (const Row& r : rows) {
+    const double sum = r.forward_ms + r.update_ms, hidden = sum - r.both_ms;
+    const std::string grid = r.cap > 0 ? std::to_string(r.cap) : "per chunk";
+    const double shorter = std::min(r.forward_ms, r.update_ms);
+    std::printf("%-12s %10.3f %10.3f %10.3f %10.3f %10.3f %7.0f%% %11.3f %7.0f%%\n", grid.c_str(),
+                r.forward_ms, r.update_ms, r.both_ms, sum, hidden, 100.0 * hidden / shorter,
+                r.layered_ms, 100.0 * (sum - r.layered_ms) / shorter);
+  }
   return 0;
 }
 
@@ -172,9 +246,16 @@ int main(int argc, char** argv) {
   app.add_option("--params", params, "fp32 parameters the AdamW pass updates")
       ->check(CLI::PositiveNumber);
   app.add_option("--repeats", repeats, "timed rounds")->check(CLI::PositiveNumber);
+  std::vector<int64_t> caps{0, 66, 48, 40, 32, 24, 16};
+  app.add_option("--adamw-grids", caps, "AdamW grid caps to try (SY_ADAMW_BLOCKS; 0: per chunk)")
+      ->delimiter(',')
+      ->check(CLI::NonNegativeNumber);
+  bool gemms_only = false;
+  app.add_flag("--gemms-only", gemms_only,
+               "leave out the forward's RMSNorms, residual sums, permute and SwiGLU");
   CLI11_PARSE(app, argc, argv);
   try {
-    return run(layers, params, repeats);
+    return run(layers, params, repeats, caps, !gemms_only);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "overlap_bench: %s\n", e.what());
     return 1;

@@ -11,8 +11,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <memory>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -178,6 +180,34 @@ TEST_F(CudaOptim, FusedStepEqualsPerTensorOpsBitwise) {
   gpu().fused_adamw_step(fused_sub, fm, fv, hyper(5, 0.9, true));
   gpu().Backend::fused_adamw_step(each_sub, em, ev, hyper(5, 0.9, true));
   expect_equal(fused, each, "after a step of a subset");
+}
+
+// SY_ADAMW_BLOCKS caps the pass's grid (each block then runs every N-th chunk): the same bits
+// as one block a chunk, for caps of 1, 3 and more blocks than chunks; a bad value is an error.
+TEST_F(CudaOptim, CappedGridGivesTheSameBits) {
+  for (const char* cap : {"1", "3", "100000"}) {
+    State capped = make_state(gpu()), plain = make_state(gpu());
+    for (int step = 1; step <= 2; ++step) {
+      write_grads(gpu(), capped, step);
+      write_grads(gpu(), plain, step);
+      const AdamWStep hp = hyper(step, step == 1 ? 1.0 : 0.37, step == 1);
+      setenv("SY_ADAMW_BLOCKS", cap, 1);
+      gpu().fused_adamw_step(capped.list(), capped.m, capped.v, hp);
+      unsetenv("SY_ADAMW_BLOCKS");
+      gpu().fused_adamw_step(plain.list(), plain.m, plain.v, hp);
+      expect_equal(capped, plain, std::string("SY_ADAMW_BLOCKS=") + cap + ", step " +
+                                      std::to_string(step));
+    }
+  }
+  State state = make_state(gpu());
+  setenv("SY_ADAMW_BLOCKS", "a few", 1);
+  try {
+    gpu().fused_adamw_step(state.list(), state.m, state.v, hyper(1, 1.0, true));
+    ADD_FAILURE() << "SY_ADAMW_BLOCKS='a few' was taken";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("SY_ADAMW_BLOCKS"), std::string::npos) << e.what();
+  }
+  unsetenv("SY_ADAMW_BLOCKS");
 }
 
 TEST_F(CudaOptim, NormSquaresAgreeAndRepeat) {

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "model/cuda/env_choice.h"
 #include "model/cuda/kernels.h"
 
 namespace sy::cuda {
@@ -154,53 +155,72 @@ struct AdamPass {
   bool write_grads;  // zeroed, or scaled and kept (not when the caller discards them)
 };
 
+// One float4 of the vector path: loaded, updated, stored (the compute copy rounded to nearest
+// even, as convert<bf16> does).
+struct AdamVector {
+  float4 p, g, m, v;
+};
+__device__ inline AdamVector load_vector(const TensorSlot& t, int64_t i) {
+  // Streaming loads and stores (.cs): every byte is touched once, keep it out of the way.
+  return {__ldcs(reinterpret_cast<const float4*>(t.value + i)),
+          __ldcs(reinterpret_cast<const float4*>(t.grad + i)),
+          __ldcs(reinterpret_cast<const float4*>(t.exp_avg + i)),
+          __ldcs(reinterpret_cast<const float4*>(t.exp_avg_sq + i))};
+}
+__device__ inline void update_vector(const TensorSlot& t, int64_t i, AdamVector x,
+                                     const AdamScalars<float>& s, const AdamPass& a) {
+  if (a.scale_grads) {
+    x.g.x = x.g.x * a.grad_scale;
+    x.g.y = x.g.y * a.grad_scale;
+    x.g.z = x.g.z * a.grad_scale;
+    x.g.w = x.g.w * a.grad_scale;
+  }
+  adamw_element(x.p.x, x.g.x, x.m.x, x.v.x, s);
+  adamw_element(x.p.y, x.g.y, x.m.y, x.v.y, s);
+  adamw_element(x.p.z, x.g.z, x.m.z, x.v.z, s);
+  adamw_element(x.p.w, x.g.w, x.m.w, x.v.w, s);
+  __stcs(reinterpret_cast<float4*>(t.value + i), x.p);
+  __stcs(reinterpret_cast<float4*>(t.exp_avg + i), x.m);
+  __stcs(reinterpret_cast<float4*>(t.exp_avg_sq + i), x.v);
+  if (t.compute) {
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(x.p.x, x.p.y);
+    const __nv_bfloat162 hi = __floats2bfloat162_rn(x.p.z, x.p.w);
+    uint2 packed;
+    std::memcpy(&packed.x, &lo, sizeof lo);
+    std::memcpy(&packed.y, &hi, sizeof hi);
+    __stcs(reinterpret_cast<uint2*>(t.compute + i), packed);
+  }
+  if (a.write_grads)
+    __stcs(reinterpret_cast<float4*>(t.grad + i),
+           a.zero_grads ? make_float4(0.f, 0.f, 0.f, 0.f) : x.g);
+}
+
 // grad *= scale (as Backend::scale does it in f32), then AdamW, then the bf16 copy; the grad is
 // written back only when asked (zeroed) or scaled and kept (a pass that keeps grads keeps them
-// clipped; one that discards them writes nothing).
-__global__ void fused_adamw_kernel(const TensorSlot* __restrict__ tensors,
-                                   const ChunkSlot* __restrict__ chunks, AdamPass a) {
-  const ChunkSlot c = chunks[blockIdx.x];
+// clipped; one that discards them writes nothing). One chunk, by kThreads threads of one block,
+// kUnroll vectors a thread in flight at once (loads issued before any update).
+template <int kThreads, int kUnroll>
+__device__ void fused_adamw_chunk(const TensorSlot* __restrict__ tensors, const ChunkSlot c,
+                                  const AdamPass& a) {
   const TensorSlot t = tensors[c.tensor];
   const AdamScalars<float> s = (t.flags & kDecay) ? a.decayed : a.undecayed;
   const int64_t begin = int64_t(c.chunk) * kChunk, end = min(t.numel, begin + kChunk);
-  const bool write_grad = a.write_grads;
 
   int64_t scalar_begin = begin;
   if (t.flags & kVector) {
     scalar_begin = begin + (end - begin) / 4 * 4;
-    for (int64_t i = begin + 4 * int64_t(threadIdx.x); i < scalar_begin; i += 4 * kPassThreads) {
-      // Streaming loads and stores (.cs): every byte is touched once, keep it out of the way.
-      float4 p = __ldcs(reinterpret_cast<const float4*>(t.value + i));
-      float4 g = __ldcs(reinterpret_cast<const float4*>(t.grad + i));
-      float4 m = __ldcs(reinterpret_cast<const float4*>(t.exp_avg + i));
-      float4 v = __ldcs(reinterpret_cast<const float4*>(t.exp_avg_sq + i));
-      if (a.scale_grads) {
-        g.x = g.x * a.grad_scale;
-        g.y = g.y * a.grad_scale;
-        g.z = g.z * a.grad_scale;
-        g.w = g.w * a.grad_scale;
-      }
-      adamw_element(p.x, g.x, m.x, v.x, s);
-      adamw_element(p.y, g.y, m.y, v.y, s);
-      adamw_element(p.z, g.z, m.z, v.z, s);
-      adamw_element(p.w, g.w, m.w, v.w, s);
-      __stcs(reinterpret_cast<float4*>(t.value + i), p);
-      __stcs(reinterpret_cast<float4*>(t.exp_avg + i), m);
-      __stcs(reinterpret_cast<float4*>(t.exp_avg_sq + i), v);
-      if (t.compute) {  // round to nearest even, as convert<bf16> does
-        const __nv_bfloat162 lo = __floats2bfloat162_rn(p.x, p.y);
-        const __nv_bfloat162 hi = __floats2bfloat162_rn(p.z, p.w);
-        uint2 packed;
-        std::memcpy(&packed.x, &lo, sizeof lo);
-        std::memcpy(&packed.y, &hi, sizeof hi);
-        __stcs(reinterpret_cast<uint2*>(t.compute + i), packed);
-      }
-      if (write_grad)
-        __stcs(reinterpret_cast<float4*>(t.grad + i),
-               a.zero_grads ? make_float4(0.f, 0.f, 0.f, 0.f) : g);
+    constexpr int64_t kStride = 4 * int64_t{kThreads};
+    for (int64_t i = begin + 4 * int64_t(threadIdx.x); i < scalar_begin; i += kUnroll * kStride) {
+      AdamVector x[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+        if (i + u * kStride < scalar_begin) x[u] = load_vector(t, i + u * kStride);
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+        if (i + u * kStride < scalar_begin) update_vector(t, i + u * kStride, x[u], s, a);
     }
   }
-  for (int64_t i = scalar_begin + threadIdx.x; i < end; i += kPassThreads) {
+  for (int64_t i = scalar_begin + threadIdx.x; i < end; i += kThreads) {
     float p = t.value[i], g = t.grad[i], m = t.exp_avg[i], v = t.exp_avg_sq[i];
     if (a.scale_grads) g = g * a.grad_scale;
     adamw_element(p, g, m, v, s);
@@ -208,8 +228,27 @@ __global__ void fused_adamw_kernel(const TensorSlot* __restrict__ tensors,
     t.exp_avg[i] = m;
     t.exp_avg_sq[i] = v;
     if (t.compute) t.compute[i] = __float2bfloat16(p);
-    if (write_grad) t.grad[i] = a.zero_grads ? 0.0f : g;
+    if (a.write_grads) t.grad[i] = a.zero_grads ? 0.0f : g;
   }
+}
+
+// One block a chunk, kPassThreads threads.
+__global__ void fused_adamw_kernel(const TensorSlot* __restrict__ tensors,
+                                   const ChunkSlot* __restrict__ chunks, AdamPass a) {
+  fused_adamw_chunk<kPassThreads, 1>(tensors, chunks[blockIdx.x], a);
+}
+
+// The narrow pass (SY_ADAMW_BLOCKS caps the grid): a few wide blocks, each alone on its SM (the
+// launch bounds give it the whole register file), block b running chunks b, b + grid, ... with
+// two vectors a thread in flight, so that few SMs still keep enough bytes in flight to draw most
+// of the memory bandwidth while the other SMs run GEMMs. Every element is computed as in the
+// per-chunk pass, whichever block runs it: the cap changes no bit.
+constexpr int kNarrowThreads = 1024;
+__global__ void __launch_bounds__(kNarrowThreads, 1)
+    narrow_adamw_kernel(const TensorSlot* __restrict__ tensors,
+                        const ChunkSlot* __restrict__ chunks, int64_t num_chunks, AdamPass a) {
+  for (int64_t b = blockIdx.x; b < num_chunks; b += gridDim.x)
+    fused_adamw_chunk<kNarrowThreads, 2>(tensors, chunks[b], a);
 }
 
 bool aligned(const void* p, size_t bytes) {
@@ -334,7 +373,16 @@ void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWSt
   const auto* tensors = static_cast<const TensorSlot*>(table.device_data());
   const auto* chunks = reinterpret_cast<const ChunkSlot*>(
       static_cast<const char*>(table.device_data()) + table.chunks_offset());
-  fused_adamw_kernel<<<static_cast<unsigned>(n), kPassThreads, 0, ctx.stream>>>(tensors, chunks, a);
+  // SY_ADAMW_BLOCKS=N caps the grid (a measurement knob: the pass beside other kernels on fewer
+  // SMs, bench/overlap_bench); 0 or unset: one block a chunk.
+  const int64_t cap = env_whole_number("SY_ADAMW_BLOCKS", int64_t{1} << 30, "blocks").value_or(0);
+  const int64_t grid = cap > 0 ? std::min(cap, n) : n;
+  if (grid < n)
+    narrow_adamw_kernel<<<static_cast<unsigned>(grid), kNarrowThreads, 0, ctx.stream>>>(
+        tensors, chunks, n, a);
+  else
+    fused_adamw_kernel<<<static_cast<unsigned>(n), kPassThreads, 0, ctx.stream>>>(tensors, chunks,
+                                                                                 a);
   check_launch(ctx, "fused_adamw_step");
 }
 
