@@ -1,8 +1,9 @@
 // The LM head with cross-entropy on one GPU (model/lm_head.cpp), bf16, tied embeddings, the
 // benchmark configs' shape (8192 positions, d_model 2048, vocab 32768), timed with CUDA events:
 //   lm_head_bench [--rows 8192] [--d-model 2048] [--vocab 32768] [--repeats 10]
-//                 [--chunks 512,1024,2048,4096,8192]
-// For each chunk of rows, three rows:
+//                 [--chunks 512,1024,2048,4096,8192] [--plans chunked,deferred,LMHead]
+// For each chunk of rows, one row per plan (all three unless --plans names fewer: under
+// SY_CUDA_PROFILE=events, one plan's ops alone):
 //   chunked:  per chunk the logits GEMM (fp32 C), the cross-entropy writing dlogits (bf16), dx's
 //             GEMM and the weight gradient's GEMM adding into the fp32 [V, D] gradient (beta 1
 //             after the first chunk): LMHead's plan until 2026-12-04, replayed;
@@ -13,6 +14,7 @@
 // The two replayed plans' times are split into their GEMMs and their cross-entropy (each part
 // timed alone, over all chunks), with the bytes their buffers hold. Prints one table; the
 // median of the repeats.
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <random>
@@ -179,7 +181,11 @@ Row time_deferred(Backend& gpu, Inputs& in, const Shape3& s, int64_t chunk, int 
   return row;
 }
 
-int run(const Shape3& s, const std::vector<int64_t>& chunks, int repeats) {
+int run(const Shape3& s, const std::vector<int64_t>& chunks, const std::vector<std::string>& plans,
+        int repeats) {
+  auto wanted = [&](const char* plan) {
+    return std::find(plans.begin(), plans.end(), plan) != plans.end();
+  };
   if (cuda_device_count() == 0) {
     std::fprintf(stderr, "lm_head_bench: no CUDA device visible\n");
     return 1;
@@ -188,9 +194,9 @@ int run(const Shape3& s, const std::vector<int64_t>& chunks, int repeats) {
   Inputs in = make_inputs(*gpu, s);
   std::vector<Row> rows;
   for (int64_t chunk : chunks) {
-    rows.push_back(time_chunked(*gpu, in, s, chunk, repeats));
-    rows.push_back(time_deferred(*gpu, in, s, chunk, repeats));
-    rows.push_back(time_model(*gpu, in, s, chunk, repeats));
+    if (wanted("chunked")) rows.push_back(time_chunked(*gpu, in, s, chunk, repeats));
+    if (wanted("deferred")) rows.push_back(time_deferred(*gpu, in, s, chunk, repeats));
+    if (wanted("LMHead")) rows.push_back(time_model(*gpu, in, s, chunk, repeats));
   }
   const double gemm_tflop = 3 * 2.0 * double(s.rows) * double(s.d_model) * double(s.vocab) / 1e12;
   std::printf(
@@ -225,9 +231,13 @@ int main(int argc, char** argv) {
   app.add_option("--chunks", chunks, "chunk sizes (rows)")
       ->delimiter(',')
       ->check(CLI::PositiveNumber);
+  std::vector<std::string> plans{"chunked", "deferred", "LMHead"};
+  app.add_option("--plans", plans, "plans to time")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"chunked", "deferred", "LMHead"}));
   CLI11_PARSE(app, argc, argv);
   try {
-    return run(shape, chunks, repeats);
+    return run(shape, chunks, plans, repeats);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lm_head_bench: %s\n", e.what());
     return 1;
