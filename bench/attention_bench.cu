@@ -8,6 +8,8 @@
 // 4 B H S^2 Dh / 2, backward 2.5 times that (the reference path computes the full S x S but is
 // credited the same, so the columns compare times). Also prints how far flash is from the
 // reference (relative L2 of out, dq, dk, dv) as a sanity check, and the peak device memory.
+// cuDNN's backward is timed twice: deterministic (the default) and, as run.deterministic false
+// runs it, accumulating dQ across key tiles ("cudnn nondeterministic").
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -126,15 +128,31 @@ int main(int argc, char** argv) {
                            gpu.flash_attention_backward(dq_c, dk_c, dv_c, dout, q, k, v, out_c,
                                                         lse_c, B, S, H);
                          }), bwd_flop});
+      // run.deterministic false: the dQ-accumulating form, against the deterministic one.
+      Tensor dq_n = gpu.alloc({T, D}, dtype), dk_n = gpu.alloc({T, D}, dtype),
+             dv_n = gpu.alloc({T, D}, dtype);
+      gpu.set_deterministic(false);
+      gpu.flash_attention_backward(dq_n, dk_n, dv_n, dout, q, k, v, out_c, lse_c, B, S, H);
+      const std::string nondet_kernel = cuda_attention_kernel(gpu);
+      if (nondet_kernel == "cudnn nondeterministic")
+        rows.push_back({"cudnn nondeterministic", "backward", time_ms([&] {
+                          gpu.flash_attention_backward(dq_n, dk_n, dv_n, dout, q, k, v, out_c,
+                                                       lse_c, B, S, H);
+                        }),
+                        bwd_flop});
+      gpu.set_deterministic(true);
       gpu.prefer_cudnn_attention(false);
-      char line[512];
+      char line[1024];
       std::snprintf(line, sizeof line,
                     "cudnn (forward ran %s; backward ran %s) vs flash, relative L2: out %.2e, "
-                    "lse %.2e, dq %.2e, dk %.2e, dv %.2e",
-                    fwd_kernel.c_str(), bwd_kernel.c_str(),
-                    rel_l2(gpu.read(out_c), gpu.read(out)), rel_l2(gpu.read(lse_c), gpu.read(lse)),
-                    rel_l2(gpu.read(dq_c), gpu.read(dq)), rel_l2(gpu.read(dk_c), gpu.read(dk)),
-                    rel_l2(gpu.read(dv_c), gpu.read(dv)));
+                    "lse %.2e, dq %.2e, dk %.2e, dv %.2e\n"
+                    "cudnn without determinism (backward ran %s) vs deterministic cudnn, relative "
+                    "L2: dq %.2e, dk %.2e, dv %.2e",
+                    fwd_kernel.c_str(), bwd_kernel.c_str(), rel_l2(gpu.read(out_c), gpu.read(out)),
+                    rel_l2(gpu.read(lse_c), gpu.read(lse)), rel_l2(gpu.read(dq_c), gpu.read(dq)),
+                    rel_l2(gpu.read(dk_c), gpu.read(dk)), rel_l2(gpu.read(dv_c), gpu.read(dv)),
+                    nondet_kernel.c_str(), rel_l2(gpu.read(dq_n), gpu.read(dq_c)),
+                    rel_l2(gpu.read(dk_n), gpu.read(dk_c)), rel_l2(gpu.read(dv_n), gpu.read(dv_c)));
       cudnn_line = line;
     }
     const size_t cudnn_peak = gpu.peak_memory_bytes();

@@ -220,10 +220,10 @@ int run(int layers, int64_t total_params, int repeats, const std::vector<int64_t
   std::printf(
       "forward GEMMs%s of %d MoE layers (T %lld, D %lld, %lld experts of %lld, top-%lld) "
       "and the fused AdamW pass over %.3g parameters on a second stream, %s, median of %d\n",
-      elementwise ? " and bandwidth-bound ops" : "", layers, static_cast<long long>(kTokens), static_cast<long long>(kModel),
-      static_cast<long long>(kExperts), static_cast<long long>(kHidden),
-      static_cast<long long>(kTopK), static_cast<double>(total_params), compute->name().c_str(),
-      repeats);
+      elementwise ? " and bandwidth-bound ops" : "", layers, static_cast<long long>(kTokens),
+      static_cast<long long>(kModel), static_cast<long long>(kExperts),
+      static_cast<long long>(kHidden), static_cast<long long>(kTopK),
+      static_cast<double>(total_params), compute->name().c_str(), repeats);
   // What a trainer would gain: the layered time against the fastest serial pair (the same
   // forward, then the pass at its best grid, on one stream).
   double serial = rows.front().forward_ms + rows.front().update_ms;

@@ -207,9 +207,14 @@ class Backend {
                                 const Tensor& v, const Tensor& out, const Tensor& lse,
                                 int64_t B, int64_t S, int64_t H);
   // Whether the flash_attention ops that follow may run on a vendor library (CUDA: cuDNN's fused
-  // attention, bf16, deterministic engines only; the own kernels where cuDNN declines). A
-  // backend setting that the attention layer sets before its calls; other backends ignore it.
+  // attention, bf16, deterministic engines unless set_deterministic(false); the own kernels where
+  // cuDNN declines). A backend setting that the attention layer sets before its calls; other
+  // backends ignore it.
   virtual void prefer_cudnn_attention(bool prefer) {}
+  // run.deterministic: whether every op must repeat bit for bit on the same device and build
+  // (true, the default). false lets a backend pick faster kernels whose sums run in a timing-
+  // dependent order (CUDA: cuDNN's attention backward accumulating dQ); others ignore it.
+  virtual void set_deterministic(bool deterministic) {}
 
   // ---- SwiGLU: out = silu(a) * b ------------------------------------------------------------
   void swiglu_forward(const Tensor& out, const Tensor& a, const Tensor& b);

@@ -3,7 +3,8 @@
 // the CPU flash reference in f32 on the same bf16-rounded inputs, bf16 data, S in {64, 100, 257,
 // 1024, 2048} and Dh in {64, 128}; outputs poisoned with NaN first. Also: the causal mask (new k
 // and v for tokens >= c leave out and dq of tokens < c bitwise as they were), determinism (a
-// second backward gives the same bits; chunks of sequences give the bits of one call), and the
+// second backward gives the same bits; chunks of sequences give the bits of one call), the
+// nondeterministic backward (run.deterministic false) against the same reference, and the
 // decline path (a case cuDNN is not asked to run goes to the flash kernels, with the reason).
 // When cuDNN declines a case it should take, the test skips visibly with cuDNN's reason
 // (cuda_attention_kernel). Tolerances: docs/cuda.md.
@@ -173,6 +174,48 @@ TEST_F(CudnnAttention, ChunksOfSequencesGiveTheBitsOfOneCall) {
       EXPECT_NE(std::string(e.what()).find("SY_CUDNN_BWD_WORKSPACE_MIB"), std::string::npos)
           << e.what();
     }
+  }
+}
+
+// run.deterministic false (Backend::set_deterministic): the backward's dQ-accumulating form,
+// within the same bounds of the CPU reference as the deterministic form, ragged S included;
+// where cuDNN declines that form, the deterministic one runs instead (skipped visibly).
+TEST_F(CudnnAttention, NondeterministicBackwardMatchesCpu) {
+  const int64_t B = 2, H = 2, Dh = 128;
+  gpu().set_deterministic(false);
+  struct Restore {
+    Backend& gpu;
+    ~Restore() { gpu.set_deterministic(true); }
+  } restore{gpu()};
+  for (int64_t S : {100, 257, 2048}) {
+    const std::string at = " S=" + std::to_string(S);
+    SCOPED_TRACE(at);
+    const int64_t T = B * S, D = H * Dh;
+    const std::vector<double> q = values(T * D), k = values(T * D), v = values(T * D),
+                              dout = values(T * D);
+    Tensor qc = on_cpu({T, D}, q), kc = on_cpu({T, D}, k), vc = on_cpu({T, D}, v);
+    Tensor oc = cpu().alloc({T, D}, DType::f32), lc = cpu().alloc({B, H, S}, DType::f32);
+    cpu().flash_attention_forward(oc, lc, qc, kc, vc, B, S, H);
+    Tensor dq = cpu().alloc({T, D}, DType::f32), dk = cpu().alloc({T, D}, DType::f32),
+           dv = cpu().alloc({T, D}, DType::f32);
+    cpu().flash_attention_backward(dq, dk, dv, on_cpu({T, D}, dout), qc, kc, vc, oc, lc, B, S, H);
+
+    Tensor qg = on_gpu({T, D}, q), kg = on_gpu({T, D}, k), vg = on_gpu({T, D}, v);
+    Tensor og = poisoned({T, D}, DType::bf16), lg = poisoned({B, H, S}, DType::f32);
+    gpu().flash_attention_forward(og, lg, qg, kg, vg, B, S, H);
+    if (cuda_attention_kernel(gpu()) != "cudnn")
+      GTEST_SKIP() << "cuDNN declined the forward" << at << ": " << cuda_attention_kernel(gpu());
+    std::array<Tensor, 3> grads{poisoned({T, D}, DType::bf16), poisoned({T, D}, DType::bf16),
+                                poisoned({T, D}, DType::bf16)};
+    gpu().flash_attention_backward(grads[0], grads[1], grads[2], on_gpu({T, D}, dout), qg, kg, vg,
+                                   og, lg, B, S, H);
+    const std::string kernel = cuda_attention_kernel(gpu());
+    std::printf("[ kernel   ] backward%s: %s\n", at.c_str(), kernel.c_str());
+    if (kernel != "cudnn nondeterministic")
+      GTEST_SKIP() << "cuDNN declined the dQ-accumulating backward" << at << ": " << kernel;
+    expect_close(grads[0], dq, 2e-2, "nondeterministic backward dq" + at);
+    expect_close(grads[1], dk, 2e-2, "nondeterministic backward dk" + at);
+    expect_close(grads[2], dv, 1e-2, "nondeterministic backward dv" + at);
   }
 }
 

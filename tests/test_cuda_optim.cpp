@@ -12,9 +12,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <limits>
 #include <memory>
-#include <exception>
 #include <string>
 #include <vector>
 
@@ -195,8 +195,8 @@ TEST_F(CudaOptim, CappedGridGivesTheSameBits) {
       gpu().fused_adamw_step(capped.list(), capped.m, capped.v, hp);
       unsetenv("SY_ADAMW_BLOCKS");
       gpu().fused_adamw_step(plain.list(), plain.m, plain.v, hp);
-      expect_equal(capped, plain, std::string("SY_ADAMW_BLOCKS=") + cap + ", step " +
-                                      std::to_string(step));
+      expect_equal(capped, plain,
+                   std::string("SY_ADAMW_BLOCKS=") + cap + ", step " + std::to_string(step));
     }
   }
   State state = make_state(gpu());

@@ -9,7 +9,9 @@
 
 namespace sy {
 
-std::unique_ptr<Backend> make_backend(const RunConfig& run, int rank, int local_rank) {
+namespace {
+
+std::unique_ptr<Backend> make_device_backend(const RunConfig& run, int rank, int local_rank) {
   switch (run.backend) {
     case Device::cpu:
       if (run.precision != Precision::fp32)
@@ -30,8 +32,6 @@ std::unique_ptr<Backend> make_backend(const RunConfig& run, int rank, int local_
   throw std::runtime_error("run.backend: device " + std::to_string(static_cast<int>(run.backend)) +
                            " has no backend");
 }
-
-namespace {
 
 // The first line where two configs differ, for the error message.
 std::string first_difference(const std::string& a, const std::string& b) {
@@ -55,6 +55,12 @@ void check_same_config(Communicator& world, const Config& config) {
 }
 
 }  // namespace
+
+std::unique_ptr<Backend> make_backend(const RunConfig& run, int rank, int local_rank) {
+  std::unique_ptr<Backend> backend = make_device_backend(run, rank, local_rank);
+  backend->set_deterministic(run.deterministic);
+  return backend;
+}
 
 ModelSession make_model_session(const Config& config, CommHandle world) {
   ModelSession session;

@@ -382,7 +382,7 @@ void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWSt
         tensors, chunks, n, a);
   else
     fused_adamw_kernel<<<static_cast<unsigned>(n), kPassThreads, 0, ctx.stream>>>(tensors, chunks,
-                                                                                 a);
+                                                                                  a);
   check_launch(ctx, "fused_adamw_step");
 }
 

@@ -116,6 +116,7 @@ class CudaBackend final : public Backend {
   }
   void synchronize() override { SY_CUDA(ctx_, "synchronize", cudaStreamSynchronize(ctx_.stream)); }
   void prefer_cudnn_attention(bool prefer) override { prefer_cudnn_attention_ = prefer; }
+  void set_deterministic(bool deterministic) override { deterministic_ = deterministic; }
   // The kernel that ran this backend's latest grouped op: "sm90", "mma" or "cublas" (the loop).
   const std::string& grouped_kernel() const { return grouped_kernel_; }
   const std::string& attention_kernel() const { return attention_kernel_; }
@@ -349,8 +350,16 @@ class CudaBackend final : public Backend {
     for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}})
       for (const Tensor* in : {&dout, &q, &k, &v, &out})
         if (overlaps(*t, *in)) c.fail(std::string(name) + " overlaps an input");
+    // Without run.deterministic, cuDNN's dQ-accumulating form first; where cuDNN declines it,
+    // the deterministic form, then our kernels.
+    if (prefer_cudnn_attention_ && !deterministic_ &&
+        cuda::cudnn_attention_backward(ctx_, dq, dk, dv, dout, q, k, v, out, lse, B, S, H, false,
+                                       &attention_kernel_)) {
+      attention_kernel_ = "cudnn nondeterministic";
+      return;
+    }
     if (prefer_cudnn_attention_ &&
-        cuda::cudnn_attention_backward(ctx_, dq, dk, dv, dout, q, k, v, out, lse, B, S, H,
+        cuda::cudnn_attention_backward(ctx_, dq, dk, dv, dout, q, k, v, out, lse, B, S, H, true,
                                        &attention_kernel_)) {
       attention_kernel_ = "cudnn";
       return;
@@ -590,6 +599,7 @@ class CudaBackend final : public Backend {
   // Backend::prefer_cudnn_attention, and what ran the latest flash_attention op: "cudnn",
   // "flash", or "flash: <why cuDNN declined>".
   bool prefer_cudnn_attention_ = false;
+  bool deterministic_ = true;  // Backend::set_deterministic
   std::string attention_kernel_;
 };
 

@@ -27,9 +27,10 @@ int64_t cuda_device_allocations(const Backend& backend);
 // to see whether the kernel that SY_GROUPED_GEMM forces took the case.
 std::string cuda_grouped_gemm_kernel(const Backend& backend);
 
-// What ran `backend`'s latest flash_attention_forward / backward: "cudnn", "flash", or
-// "flash: <reason>" when Backend::prefer_cudnn_attention asked for cuDNN and it declined; "" before
-// any, and for other backends.
+// What ran `backend`'s latest flash_attention_forward / backward: "cudnn", "cudnn
+// nondeterministic" (the backward's dQ-accumulating form, after set_deterministic(false)),
+// "flash", or "flash: <reason>" when Backend::prefer_cudnn_attention asked for cuDNN and it
+// declined; "" before any, and for other backends.
 std::string cuda_attention_kernel(const Backend& backend);
 
 // The event-timed op profile (docs/cuda.md; SY_CUDA_PROFILE=events does the same for a whole

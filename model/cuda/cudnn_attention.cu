@@ -11,9 +11,12 @@
 //   O = (exp(S - max) / sum) V            (P in bf16, fp32 accumulation)
 // Backward:  Dsum = rowsum(dO * O); P = exp(causal(Q K^T * scale - stats));
 //   dV = P^T dO; dS = P (dO V^T - Dsum) * scale; dK = dS^T Q; dQ = dS K.
-// dQ is written by its own matmul (cuDNN's "dP workspace" form, which the frontend picks for a
-// deterministic Hopper backward) rather than accumulated in f32 across key tiles; engines whose
-// numerical notes say NONDETERMINISTIC are refused.
+// Deterministic (the default): dQ is written by its own matmul (cuDNN's "dP workspace" form,
+// which the frontend picks for a deterministic Hopper backward) rather than accumulated in f32
+// across key tiles; engines whose numerical notes say NONDETERMINISTIC are refused. With
+// run.deterministic false (Backend::set_deterministic), dQ is accumulated in an f32 buffer
+// across key tiles in whatever order the tiles finish (the form cuDNN's engines take for
+// dQ_accum), then rounded to bf16: no dS workspace, and the bits may differ run to run.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -47,7 +50,8 @@ bool cudnn_attention_forward(Context&, const Tensor&, const Tensor&, const Tenso
 }
 bool cudnn_attention_backward(Context&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                               const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                              const Tensor&, int64_t, int64_t, int64_t, std::string* declined) {
+                              const Tensor&, int64_t, int64_t, int64_t, bool,
+                              std::string* declined) {
   if (declined) *declined = "built without cuDNN";
   return false;
 }
@@ -112,18 +116,22 @@ class Descriptor {
 using Dims = std::array<int64_t, 4>;
 
 // The variant pack's tensors. Virtual tensors get ids from kFirstVirtual on.
+// clang-format off
 enum Uid : int64_t {
-  kQ = 1, kK, kV, kO, kStats, kdO, kdQ, kdK, kdV, kScale, kNegInf, kOne, kSoftmaxSum,
+  kQ = 1, kK, kV, kO, kStats, kdO, kdQ, kdK, kdV, kScale, kNegInf, kOne, kSoftmaxSum, kdQAccum,
   kFirstVirtual = 100
 };
+// clang-format on
 
 // Builds one operation graph; owns every descriptor it made, which live as long as the plan.
 class GraphBuilder {
  public:
   explicit GraphBuilder(const char* op) : op_(op) {}
 
-  cudnnBackendDescriptor_t tensor(const std::string& name, int64_t uid, Dims dims, Dims strides,
-                                  cudnnDataType_t dtype, bool is_virtual, bool by_value = false) {
+  cudnnBackendDescriptor_t tensor(
+      const std::string& name, int64_t uid, Dims dims, Dims strides, cudnnDataType_t dtype,
+      bool is_virtual, bool by_value = false,
+      cudnnBackendTensorReordering_t reordering = CUDNN_TENSOR_REORDERING_NONE) {
     Descriptor& t = make(CUDNN_BACKEND_TENSOR_DESCRIPTOR, "tensor " + name);
     const int64_t alignment = 16;
     t.set(SY_ATTR(CUDNN_ATTR_TENSOR_DATA_TYPE), CUDNN_TYPE_DATA_TYPE, 1, &dtype)
@@ -133,6 +141,9 @@ class GraphBuilder {
         .set(SY_ATTR(CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT), CUDNN_TYPE_INT64, 1, &alignment)
         .set(SY_ATTR(CUDNN_ATTR_TENSOR_IS_VIRTUAL), CUDNN_TYPE_BOOLEAN, 1, &is_virtual);
     if (by_value) t.set(SY_ATTR(CUDNN_ATTR_TENSOR_IS_BY_VALUE), CUDNN_TYPE_BOOLEAN, 1, &by_value);
+    if (reordering != CUDNN_TENSOR_REORDERING_NONE)
+      t.set(SY_ATTR(CUDNN_ATTR_TENSOR_REORDERING_MODE), CUDNN_TYPE_TENSOR_REORDERING_MODE, 1,
+            &reordering);
     return t.finalize().get();
   }
   cudnnBackendDescriptor_t virt(const std::string& name, Dims dims, Dims strides,
@@ -245,6 +256,7 @@ struct Plan {
 struct Key {
   bool backward;
   int64_t B, S, H, Dh;
+  bool deterministic = true;  // backward: the dP-workspace form, deterministic engines only
   auto operator<=>(const Key&) const = default;
 };
 
@@ -326,7 +338,8 @@ void build_forward(GraphBuilder& g, int64_t B, int64_t S, int64_t H, int64_t Dh)
   g.matmul("P V", p, v, o);
 }
 
-void build_backward(GraphBuilder& g, int64_t B, int64_t S, int64_t H, int64_t Dh) {
+void build_backward(GraphBuilder& g, int64_t B, int64_t S, int64_t H, int64_t Dh,
+                    bool deterministic) {
   const Dims ss{B, H, S, S}, ss_st{H * S * S, S * S, S, 1}, ss_t_st{H * S * S, S * S, 1, S};
   const Dims row{B, H, S, 1}, row_st{H * S, S, 1, 1};
   const Dims sd = bhsd(B, S, H, Dh), sd_st = bhsd_strides(S, H, Dh);
@@ -384,15 +397,25 @@ void build_backward(GraphBuilder& g, int64_t B, int64_t S, int64_t H, int64_t Dh
   g.reshape("dS^T", d_s, d_s_t);
   g.matmul("dS^T Q", d_s_t, q, dk);
 
-  // dQ = dS K, straight into dQ (no f32 accumulation buffer, no atomics)
   auto k = g.virt("K", sd, sd_st);  // f32 like the other virtual operands of the dS matmuls
   g.reshape("K", kt, k);
-  g.matmul("dS K", d_s, k, dq);
+  if (deterministic) {
+    // dQ = dS K, straight into dQ (no f32 accumulation buffer, no atomics)
+    g.matmul("dS K", d_s, k, dq);
+  } else {
+    // dQ = dS K summed over key tiles into an f32 buffer (zeroed before the call), then bf16.
+    auto dq_accum = g.tensor("dQ_accum", kdQAccum, sd, sd_st, CUDNN_DATA_FLOAT, false, false,
+                             CUDNN_TENSOR_REORDERING_F16x16);
+    g.matmul("dS K", d_s, k, dq_accum);
+    g.pointwise("dQ", CUDNN_POINTWISE_IDENTITY, dq_accum, dq);
+  }
 }
 
 // Heuristics, then the first engine config whose plan finalizes and whose engine is
-// deterministic. Throws CudnnRejected with every config's reason when none does.
-void choose_plan(cudnnHandle_t handle, Plan& plan, const char* op, std::string& summary) {
+// deterministic (any engine when `deterministic` is false). Throws CudnnRejected with every
+// config's reason when none does.
+void choose_plan(cudnnHandle_t handle, Plan& plan, const char* op, bool deterministic,
+                 std::string& summary) {
   std::string reasons;
   for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
     const char* mode_name = mode == CUDNN_HEUR_MODE_A ? "HEUR_MODE_A" : "HEUR_MODE_FALLBACK";
@@ -454,10 +477,10 @@ void choose_plan(cudnnHandle_t handle, Plan& plan, const char* op, std::string& 
                                        CUDNN_TYPE_NUMERICAL_NOTE, CUDNN_NUMERICAL_NOTE_TYPE_COUNT,
                                        &num_notes, notes),
               cfg_name + ": get CUDNN_ATTR_ENGINE_NUMERICAL_NOTE");
-        bool deterministic = true;
+        bool repeats = true;
         for (int64_t j = 0; j < num_notes; ++j)
-          deterministic &= notes[j] != CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC;
-        if (!deterministic) {
+          repeats &= notes[j] != CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC;
+        if (deterministic && !repeats) {
           reasons += "\n  " + cfg_name + ": engine " + std::to_string(engine_index) +
                      " is NONDETERMINISTIC (refused)";
           continue;
@@ -484,7 +507,9 @@ void choose_plan(cudnnHandle_t handle, Plan& plan, const char* op, std::string& 
       }
     }
   }
-  throw CudnnRejected(std::string(op) + ": no deterministic engine took the graph:" + reasons);
+  throw CudnnRejected(std::string(op) +
+                      (deterministic ? ": no deterministic engine" : ": no engine") +
+                      " took the graph:" + reasons);
 }
 
 // The plan for `key`, built on first use; nullptr (with *why set) when cuDNN declines.
@@ -500,14 +525,15 @@ Plan* plan_for(Context& ctx, const Key& key, std::string* why) {
   if (auto it = state.declined.find(key); it != state.declined.end()) return decline(it->second);
 
   const std::string shape = "B=" + std::to_string(key.B) + " S=" + std::to_string(key.S) +
-                            " H=" + std::to_string(key.H) + " Dh=" + std::to_string(key.Dh);
+                            " H=" + std::to_string(key.H) + " Dh=" + std::to_string(key.Dh) +
+                            (key.deterministic ? "" : " (nondeterministic)");
   auto plan = std::make_unique<Plan>();
   std::string summary;
   char stale[4096];
   cudnnGetLastErrorString(stale, sizeof stale);  // so that a failure below reports its own
   try {
     plan->graph = std::make_unique<GraphBuilder>(op);
-    if (key.backward) build_backward(*plan->graph, key.B, key.S, key.H, key.Dh);
+    if (key.backward) build_backward(*plan->graph, key.B, key.S, key.H, key.Dh, key.deterministic);
     else build_forward(*plan->graph, key.B, key.S, key.H, key.Dh);
     plan->op_graph = std::make_unique<Descriptor>(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR,
                                                   std::string(op) + " operation graph");
@@ -517,7 +543,7 @@ Plan* plan_for(Context& ctx, const Key& key, std::string* why) {
         .set(SY_ATTR(CUDNN_ATTR_OPERATIONGRAPH_OPS), CUDNN_TYPE_BACKEND_DESCRIPTOR,
              static_cast<int64_t>(ops.size()), ops.data())
         .finalize();
-    choose_plan(state.handle, *plan, op, summary);
+    choose_plan(state.handle, *plan, op, key.deterministic, summary);
   } catch (const CudnnRejected& e) {
     const std::string reason = e.what();
     std::fprintf(stderr, "%s: cuDNN %zu declined %s, running our flash kernels: %s\n",
@@ -613,10 +639,40 @@ bool cudnn_attention_forward(Context& ctx, const Tensor& out, const Tensor& lse,
   return true;
 }
 
+namespace {
+
+// The nondeterministic backward: one call over the batch, dQ summed in an f32 [B, S, H, Dh]
+// buffer that is zeroed first. One block for the call: the workspace, softmax_sum [B, H, S] f32
+// and the buffer, each at a 256-byte boundary.
+bool backward_accumulating_dq(Context& ctx, const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                              const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                              const Tensor& out, const Tensor& lse, int64_t B, int64_t S, int64_t H,
+                              int64_t Dh, std::string* declined) {
+  const char* op = "cudnn_attention_backward";
+  Plan* plan = plan_for(ctx, Key{true, B, S, H, Dh, false}, declined);
+  if (!plan) return false;
+  auto round_up = [](int64_t bytes) { return (bytes + 255) / 256 * 256; };
+  const int64_t sum_offset = round_up(plan->workspace_bytes);
+  const int64_t accum_offset = sum_offset + round_up(B * H * S * int64_t{sizeof(float)});
+  const int64_t accum_bytes = B * S * H * Dh * int64_t{sizeof(float)};
+  const Tensor block = ctx.alloc({(accum_offset + accum_bytes + 3) / 4}, DType::i32);
+  auto* base = static_cast<char*>(block.data());
+  SY_CUDA(ctx, op, cudaMemsetAsync(base + accum_offset, 0, accum_bytes, ctx.stream));
+  execute(
+      ctx, op, state_for(ctx).handle, *plan,
+      {kQ, kK, kV, kO, kdO, kStats, kdQ, kdK, kdV, kScale, kNegInf, kOne, kSoftmaxSum, kdQAccum},
+      {q.data(), k.data(), v.data(), out.data(), dout.data(), lse.data(), dq.data(), dk.data(),
+       dv.data(), &plan->scale, &plan->neg_inf, &plan->one, base + sum_offset, base + accum_offset},
+      base);
+  return true;
+}
+
+}  // namespace
+
 bool cudnn_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, const Tensor& dv,
-                              const Tensor& dout, const Tensor& q, const Tensor& k,
-                              const Tensor& v, const Tensor& out, const Tensor& lse, int64_t B,
-                              int64_t S, int64_t H, std::string* declined) {
+                              const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                              const Tensor& out, const Tensor& lse, int64_t B, int64_t S, int64_t H,
+                              bool deterministic, std::string* declined) {
   const char* op = "cudnn_attention_backward";
   const int64_t Dh = q.shape()[1] / H;
   if (const char* reason =
@@ -624,6 +680,9 @@ bool cudnn_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, 
     if (declined) *declined = reason;
     return false;
   }
+  if (!deterministic)
+    return backward_accumulating_dq(ctx, dq, dk, dv, dout, q, k, v, out, lse, B, S, H, Dh,
+                                    declined);
   Plan* plan = plan_for(ctx, Key{true, B, S, H, Dh}, declined);
   if (!plan) return false;
   // The deterministic engine's workspace holds dS for every (b, h): B x H x S x S bf16, 512 MiB

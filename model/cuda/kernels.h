@@ -78,20 +78,24 @@ void flash_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, 
                               int64_t S, int64_t H);
 
 // cudnn_attention.cu. The flash_attention_* contract on cuDNN's fused attention (backend API):
-// bf16, Dh a multiple of 8 up to 128, deterministic engines only. Returns false with nothing
-// launched (and the reason in *declined) when cuDNN declines the case: no cuDNN in the build or
-// at run time, another dtype or Dh, no deterministic engine; the caller then runs the flash
-// kernels. Graphs and plans are cached per context and shape. The forward's workspace is scratch
-// slot A; the backward's (dS: 2 x H x S x S bytes a sequence) is a block taken for the call, and
-// the backward runs over chunks of sequences whose dS fits SY_CUDNN_BWD_WORKSPACE_MIB, by default
-// the largest block the allocator holds free (at least 128 MiB); chunks give the same bits.
+// bf16, Dh a multiple of 8 up to 128, deterministic engines only (but see `deterministic` below).
+// Returns false with nothing launched (and the reason in *declined) when cuDNN declines the case:
+// no cuDNN in the build or at run time, another dtype or Dh, no deterministic engine; the caller
+// then runs the flash kernels. Graphs and plans are cached per context and shape. The forward's
+// workspace is scratch slot A; the backward's (dS: 2 x H x S x S bytes a sequence) is a block taken
+// for the call, and the backward runs over chunks of sequences whose dS fits
+// SY_CUDNN_BWD_WORKSPACE_MIB, by default the largest block the allocator holds free (at least 128
+// MiB); chunks give the same bits. deterministic false: dQ summed in f32 across key tiles in any
+// order (no dS workspace, one call over the batch, bits that may differ run to run); declined like
+// any other case when cuDNN takes no such graph (the caller may then ask for the deterministic
+// form).
 bool cudnn_attention_forward(Context& ctx, const Tensor& out, const Tensor& lse, const Tensor& q,
                              const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H,
                              std::string* declined = nullptr);
 bool cudnn_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, const Tensor& dv,
-                              const Tensor& dout, const Tensor& q, const Tensor& k,
-                              const Tensor& v, const Tensor& out, const Tensor& lse, int64_t B,
-                              int64_t S, int64_t H, std::string* declined = nullptr);
+                              const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                              const Tensor& out, const Tensor& lse, int64_t B, int64_t S, int64_t H,
+                              bool deterministic = true, std::string* declined = nullptr);
 // Drops ctx's cuDNN handle and plans (before its stream is destroyed).
 void cudnn_attention_release(const Context& ctx);
 
