@@ -3,9 +3,10 @@
 // the CPU flash reference in f32 on the same bf16-rounded inputs, bf16 data, S in {64, 100, 257,
 // 1024, 2048} and Dh in {64, 128}; outputs poisoned with NaN first. Also: the causal mask (new k
 // and v for tokens >= c leave out and dq of tokens < c bitwise as they were), determinism (a
-// second backward gives the same bits; chunks of sequences give the bits of one call), the
-// nondeterministic backward (run.deterministic false) against the same reference, and the
-// decline path (a case cuDNN is not asked to run goes to the flash kernels, with the reason).
+// second backward gives the same bits; chunks of sequences or heads give the bits of one
+// call), the nondeterministic backward (run.deterministic false) against the same reference,
+// and the decline path (a case cuDNN is not asked to run goes to the flash kernels, with the
+// reason).
 // When cuDNN declines a case it should take, the test skips visibly with cuDNN's reason
 // (cuda_attention_kernel). Tolerances: docs/cuda.md.
 // Skipped when no CUDA device is visible (label gpu).
@@ -131,9 +132,10 @@ TEST_F(CudnnAttention, MatchesCpuFlashCausalAndDeterministic) {
 }
 
 // The backward runs over chunks of sequences whose dS fits a workspace budget
-// (SY_CUDNN_BWD_WORKSPACE_MIB, else the allocator's largest free block): every chunking gives the
-// bits of one call, so the budget may follow the memory free at the time without touching the
-// numbers. B 4, H 2, S 2048: 16 MiB of dS a sequence; budgets of 1 MiB (one sequence a call),
+// (SY_CUDNN_BWD_WORKSPACE_MIB, else the allocator's largest free block), and over chunks of heads
+// when one sequence's dS does not: every chunking gives the bits of one call, so the budget may
+// follow the memory free at the time without touching the numbers. B 4, H 2, S 2048: 16 MiB of
+// dS a sequence; budgets of 1 MiB (one head of one sequence a call), 16 MiB (one sequence),
 // 32 MiB (two), 0 (one call) and unset.
 TEST_F(CudnnAttention, ChunksOfSequencesGiveTheBitsOfOneCall) {
   const int64_t B = 4, H = 2, S = 2048, Dh = 128, T = B * S, D = H * Dh;
@@ -147,7 +149,7 @@ TEST_F(CudnnAttention, ChunksOfSequencesGiveTheBitsOfOneCall) {
     GTEST_SKIP() << "cuDNN declined the forward: " << cuda_attention_kernel(gpu());
   const EnvironmentRestored restored("SY_CUDNN_BWD_WORKSPACE_MIB");
   std::vector<std::vector<double>> first;
-  for (const char* budget : {"0", "1", "32", ""}) {
+  for (const char* budget : {"0", "1", "16", "32", ""}) {
     SCOPED_TRACE(std::string("budget '") + budget + "' MiB");
     restored.set(budget);
     std::array<Tensor, 3> grads{poisoned({T, D}, DType::bf16), poisoned({T, D}, DType::bf16),

@@ -257,6 +257,9 @@ struct Key {
   bool backward;
   int64_t B, S, H, Dh;
   bool deterministic = true;  // backward: the dP-workspace form, deterministic engines only
+  // Heads a token row holds in memory, when a call takes only H of them (a chunk of heads of
+  // the deterministic backward); 0: H.
+  int64_t heads_in_memory = 0;
   auto operator<=>(const Key&) const = default;
 };
 
@@ -338,19 +341,20 @@ void build_forward(GraphBuilder& g, int64_t B, int64_t S, int64_t H, int64_t Dh)
   g.matmul("P V", p, v, o);
 }
 
-void build_backward(GraphBuilder& g, int64_t B, int64_t S, int64_t H, int64_t Dh,
+// Hm: the heads of a token row in memory (H of them, from the pointers' offsets, in this graph).
+void build_backward(GraphBuilder& g, int64_t B, int64_t S, int64_t H, int64_t Dh, int64_t Hm,
                     bool deterministic) {
   const Dims ss{B, H, S, S}, ss_st{H * S * S, S * S, S, 1}, ss_t_st{H * S * S, S * S, 1, S};
-  const Dims row{B, H, S, 1}, row_st{H * S, S, 1, 1};
-  const Dims sd = bhsd(B, S, H, Dh), sd_st = bhsd_strides(S, H, Dh);
-  const Dims ds = bhds(B, S, H, Dh), ds_st = bhds_strides(S, H, Dh);
+  const Dims row{B, H, S, 1}, row_st{H * S, S, 1, 1}, row_mem_st{Hm * S, S, 1, 1};
+  const Dims sd = bhsd(B, S, H, Dh), sd_st = bhsd_strides(S, Hm, Dh);
+  const Dims ds = bhds(B, S, H, Dh), ds_st = bhds_strides(S, Hm, Dh);
   const auto bf = CUDNN_DATA_BFLOAT16;
   auto q = g.tensor("Q", kQ, sd, sd_st, bf, false);
   auto kt = g.tensor("K^T", kK, ds, ds_st, bf, false);
   auto vt = g.tensor("V^T", kV, ds, ds_st, bf, false);
   auto o = g.tensor("O", kO, sd, sd_st, bf, false);
   auto d_o = g.tensor("dO", kdO, sd, sd_st, bf, false);
-  auto stats = g.tensor("stats", kStats, row, row_st, CUDNN_DATA_FLOAT, false);
+  auto stats = g.tensor("stats", kStats, row, row_mem_st, CUDNN_DATA_FLOAT, false);
   auto dq = g.tensor("dQ", kdQ, sd, sd_st, bf, false);
   auto dk = g.tensor("dK", kdK, sd, sd_st, bf, false);
   auto dv = g.tensor("dV", kdV, sd, sd_st, bf, false);
@@ -358,7 +362,8 @@ void build_backward(GraphBuilder& g, int64_t B, int64_t S, int64_t H, int64_t Dh
   auto neg_inf = g.scalar("neg_inf", kNegInf);
   auto one = g.scalar("one", kOne);
   // rowsum(dO * O), in the workspace (a second kernel of the engine reads it).
-  auto softmax_sum = g.tensor("softmax_sum", kSoftmaxSum, row, row_st, CUDNN_DATA_FLOAT, false);
+  auto softmax_sum =
+      g.tensor("softmax_sum", kSoftmaxSum, row, row_mem_st, CUDNN_DATA_FLOAT, false);
 
   auto d_o_o = g.virt("dO*O", sd, {H * S * Dh, S * Dh, H * Dh, 1});
   g.pointwise("mul_dO_O", CUDNN_POINTWISE_MUL, d_o, d_o_o, o);
@@ -524,16 +529,19 @@ Plan* plan_for(Context& ctx, const Key& key, std::string* why) {
   if (auto it = state.plans.find(key); it != state.plans.end()) return it->second.get();
   if (auto it = state.declined.find(key); it != state.declined.end()) return decline(it->second);
 
-  const std::string shape = "B=" + std::to_string(key.B) + " S=" + std::to_string(key.S) +
-                            " H=" + std::to_string(key.H) + " Dh=" + std::to_string(key.Dh) +
-                            (key.deterministic ? "" : " (nondeterministic)");
+  const std::string shape =
+      "B=" + std::to_string(key.B) + " S=" + std::to_string(key.S) + " H=" + std::to_string(key.H) +
+      (key.heads_in_memory ? " of " + std::to_string(key.heads_in_memory) : "") +
+      " Dh=" + std::to_string(key.Dh) + (key.deterministic ? "" : " (nondeterministic)");
   auto plan = std::make_unique<Plan>();
   std::string summary;
   char stale[4096];
   cudnnGetLastErrorString(stale, sizeof stale);  // so that a failure below reports its own
   try {
     plan->graph = std::make_unique<GraphBuilder>(op);
-    if (key.backward) build_backward(*plan->graph, key.B, key.S, key.H, key.Dh, key.deterministic);
+    if (key.backward)
+      build_backward(*plan->graph, key.B, key.S, key.H, key.Dh,
+                     key.heads_in_memory ? key.heads_in_memory : key.H, key.deterministic);
     else build_forward(*plan->graph, key.B, key.S, key.H, key.Dh);
     plan->op_graph = std::make_unique<Descriptor>(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR,
                                                   std::string(op) + " operation graph");
@@ -608,15 +616,26 @@ int64_t backward_workspace_budget(Context& ctx, const char* op) {
   return std::max<int64_t>(int64_t{128} << 20, free_block);
 }
 
-// Sequences a backward call takes: all B when the workspace fits `budget` (0: no limit), else
-// the largest divisor of B whose share fits, at least 1. (Chunks start at sequence offsets of
-// the stats too, kept 16-byte aligned: H x S a multiple of 4, else one call.)
-int64_t sequences_per_call(int64_t B, int64_t H, int64_t S, int64_t workspace_bytes,
-                           int64_t budget) {
-  if (budget <= 0 || workspace_bytes <= budget || (H * S) % 4 != 0) return B;
-  int64_t chunk = std::max<int64_t>(1, budget / std::max<int64_t>(1, workspace_bytes / B));
-  while (B % chunk != 0) --chunk;
-  return chunk;
+// How the deterministic backward splits the batch: `sequences` a call and, when one sequence's
+// dS alone exceeds the budget, `heads` of each sequence a call. Each is the largest divisor of B
+// (of H) whose share of the workspace fits `budget` (0: no limit), at least 1. Chunks start at
+// offsets of the stats too, kept 16-byte aligned: H x S (for heads, S) a multiple of 4, else one
+// call over the batch (one sequence a call).
+struct BackwardChunks {
+  int64_t sequences, heads;
+};
+int64_t largest_divisor_within(int64_t n, int64_t limit) {
+  int64_t d = std::clamp<int64_t>(limit, 1, n);
+  while (n % d != 0) --d;
+  return d;
+}
+BackwardChunks backward_chunks(int64_t B, int64_t H, int64_t S, int64_t workspace_bytes,
+                               int64_t budget) {
+  if (budget <= 0 || workspace_bytes <= budget || (H * S) % 4 != 0) return {B, H};
+  const int64_t per_sequence = std::max<int64_t>(1, workspace_bytes / B);
+  if (per_sequence <= budget || S % 4 != 0)
+    return {largest_divisor_within(B, budget / per_sequence), H};
+  return {1, largest_divisor_within(H, budget / std::max<int64_t>(1, per_sequence / H))};
 }
 
 }  // namespace
@@ -686,31 +705,39 @@ bool cudnn_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, 
   Plan* plan = plan_for(ctx, Key{true, B, S, H, Dh}, declined);
   if (!plan) return false;
   // The deterministic engine's workspace holds dS for every (b, h): B x H x S x S bf16, 512 MiB
-  // at B 4, H 16, S 2048. Sequences are independent and the tensors' strides do not depend on
-  // B, so the backward runs over chunks of sequences (pointer offsets into the same tensors).
-  // (softmax_sum below, [chunk, H, S] f32, 1/S of the dS, is not counted against the budget.)
-  const int64_t chunk =
-      sequences_per_call(B, H, S, plan->workspace_bytes, backward_workspace_budget(ctx, op));
-  if (chunk != B) {
-    plan = plan_for(ctx, Key{true, chunk, S, H, Dh}, declined);
+  // at B 4, H 16, S 2048 (2 GiB a sequence at S 8192). Sequences and heads are independent and
+  // the tensors' strides do not depend on B or on which heads a call takes, so the backward runs
+  // over chunks of sequences, and of heads when one sequence is too large (pointer offsets into
+  // the same tensors). (softmax_sum below, [chunk, H, S] f32, 1/S of the dS, is not counted.)
+  const BackwardChunks chunk =
+      backward_chunks(B, H, S, plan->workspace_bytes, backward_workspace_budget(ctx, op));
+  if (chunk.sequences != B || chunk.heads != H) {
+    plan = plan_for(ctx, Key{true, chunk.sequences, S, chunk.heads, Dh, true,
+                             chunk.heads != H ? H : 0},
+                    declined);
     if (!plan) return false;
   }
   // The workspace, then softmax_sum [chunk, H, S] f32 at a 256-byte boundary after it: a block
   // of its own for this call, given back after it (stream order keeps that safe), rather than a
   // scratch slot that would hold the largest dS for the rest of the step.
   const int64_t sum_offset = (plan->workspace_bytes + 255) / 256 * 256;
-  const int64_t bytes = sum_offset + chunk * H * S * static_cast<int64_t>(sizeof(float));
+  const int64_t bytes = sum_offset + chunk.sequences * H * S * static_cast<int64_t>(sizeof(float));
   const Tensor workspace = ctx.alloc({(bytes + 3) / 4}, DType::i32);
   auto* base = static_cast<char*>(workspace.data());
   const int64_t rows = S * H * Dh;  // elements of one sequence in q, k, v, out and their grads
-  for (int64_t b = 0; b < B; b += chunk) {
-    auto at = [&](const Tensor& t) { return static_cast<void*>(t.ptr<bf16>() + b * rows); };
-    void* stats = lse.ptr<float>() + b * H * S;
-    execute(ctx, op, state_for(ctx).handle, *plan,
-            {kQ, kK, kV, kO, kdO, kStats, kdQ, kdK, kdV, kScale, kNegInf, kOne, kSoftmaxSum},
-            {at(q), at(k), at(v), at(out), at(dout), stats, at(dq), at(dk), at(dv), &plan->scale,
-             &plan->neg_inf, &plan->one, base + sum_offset},
-            base);
+  for (int64_t b = 0; b < B; b += chunk.sequences) {
+    for (int64_t h = 0; h < H; h += chunk.heads) {
+      auto at = [&](const Tensor& t) {
+        return static_cast<void*>(t.ptr<bf16>() + b * rows + h * Dh);
+      };
+      void* stats = lse.ptr<float>() + (b * H + h) * S;
+      void* softmax_sum = base + sum_offset + h * S * static_cast<int64_t>(sizeof(float));
+      execute(ctx, op, state_for(ctx).handle, *plan,
+              {kQ, kK, kV, kO, kdO, kStats, kdQ, kdK, kdV, kScale, kNegInf, kOne, kSoftmaxSum},
+              {at(q), at(k), at(v), at(out), at(dout), stats, at(dq), at(dk), at(dv),
+               &plan->scale, &plan->neg_inf, &plan->one, softmax_sum},
+              base);
+    }
   }
   return true;
 }

@@ -83,9 +83,9 @@ void flash_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, 
 // no cuDNN in the build or at run time, another dtype or Dh, no deterministic engine; the caller
 // then runs the flash kernels. Graphs and plans are cached per context and shape. The forward's
 // workspace is scratch slot A; the backward's (dS: 2 x H x S x S bytes a sequence) is a block taken
-// for the call, and the backward runs over chunks of sequences whose dS fits
-// SY_CUDNN_BWD_WORKSPACE_MIB, by default the largest block the allocator holds free (at least 128
-// MiB); chunks give the same bits. deterministic false: dQ summed in f32 across key tiles in any
+// for the call, and the backward runs over chunks of sequences (of heads, when one sequence is
+// too large) whose dS fits SY_CUDNN_BWD_WORKSPACE_MIB, by default the largest block the
+// allocator holds free (at least 128 MiB); chunks give the same bits. deterministic false: dQ summed in f32 across key tiles in any
 // order (no dS workspace, one call over the batch, bits that may differ run to run); declined like
 // any other case when cuDNN takes no such graph (the caller may then ask for the deterministic
 // form).
