@@ -29,4 +29,10 @@ void check_launch(const Context& ctx, const char* op) {
   check_cuda(cudaGetLastError(), ctx, op, "kernel launch");
 }
 
+int sm_count(Context& ctx, const char* op) {
+  int sms = 0;
+  SY_CUDA(ctx, op, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx.device));
+  return sms > 1 ? sms : 1;
+}
+
 }  // namespace sy::cuda

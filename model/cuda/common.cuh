@@ -53,6 +53,8 @@ void check_cublas(cublasStatus_t status, const Context& ctx, const char* op, con
 void check_launch(const Context& ctx, const char* op);
 // Copies `bytes` from the device to the host and waits for the stream: a host synchronisation.
 void to_host_sync(Context& ctx, const char* op, void* host, const void* device, size_t bytes);
+// The multiprocessors of ctx's device (at least 1).
+int sm_count(Context& ctx, const char* op);
 
 #define SY_CUDA(ctx, op, call) ::sy::cuda::check_cuda((call), (ctx), (op), #call)
 #define SY_CUBLAS(ctx, op, call) ::sy::cuda::check_cublas((call), (ctx), (op), #call)

@@ -333,12 +333,6 @@ int expert_chunk(int64_t E) {
   return ec;
 }
 
-int sm_count(Context& ctx, const char* op) {
-  int sms = 0;
-  SY_CUDA(ctx, op, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx.device));
-  return std::max(sms, 1);
-}
-
 // Blocks that fit on the device at once for `kernel` with `smem` bytes (at least 1), after
 // allowing that much dynamic shared memory.
 template <class K>
