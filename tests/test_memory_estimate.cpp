@@ -32,6 +32,23 @@ TEST(MemoryEstimate, GpuBenchConfigsWithinTenPercentOfMeasuredPeaks) {
   }
 }
 
+// Long sequences: the deterministic cuDNN backward's dS comes in chunks of heads (four heads of
+// S 16384, 2 GiB, rather than the sequence's 8 GiB), and without run.deterministic it is not
+// kept at all (dQ is summed in f32 instead).
+TEST(MemoryEstimate, LongSequencesTakeTheAttentionWorkspaceInChunksOfHeads) {
+  Config config = load_config("configs/bench/dense.yaml");
+  config.train.micro_batch_size = 1;
+  config.model.seq_len = 8192;
+  const double at_8k = estimate_memory_per_rank(config).total_bytes();
+  config.model.seq_len = 16384;
+  const double at_16k = estimate_memory_per_rank(config).total_bytes();
+  // Activations and logits double with S; the dS chunk goes from one sequence (H 16 x 8192^2 x
+  // 2 = 2 GiB) to four heads of 16384 (2 GiB): no 8 GiB term.
+  EXPECT_LT(at_16k - at_8k, 6 * kGiB) << at_8k / kGiB << " -> " << at_16k / kGiB << " GiB";
+  config.run.deterministic = false;
+  EXPECT_LT(estimate_memory_per_rank(config).total_bytes(), at_16k - 1.5 * kGiB);
+}
+
 // With gradient accumulation the forward of a later micro-batch runs beside every gradient, so
 // what recompute saves shows in the peak (with one micro-batch, on this config, the gradients
 // alone outweigh the activations: trainer/memory_estimate.cpp).

@@ -1,6 +1,7 @@
 #include "trainer/memory_estimate.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -171,13 +172,27 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   // One layer's forward temporaries and backward buffers (model/buffers.h Workspace), the
   // largest layer kind's, plus what recompute rebuilds into it for one layer.
   // Attention: its output, dcontext, dq, dk, dv, dx and the norms' dx; on CUDA with cuDNN the
-  // deterministic backward's dS workspace: chunks of sequences, at least one sequence's or 128
-  // MiB (more only where the allocator already holds a larger free block).
+  // deterministic backward's dS workspace (S^2 x 2 bytes a sequence and head) in chunks of
+  // sequences, or of heads where one sequence's exceeds 128 MiB (the default budget's floor:
+  // more only where the allocator already holds a larger free block), by then no fewer heads
+  // than give two waves of 128-key tiles on a 132-SM GPU (model/cuda/cudnn_attention.cu); without
+  // run.deterministic, dQ summed in f32 instead.
   double attention_backward = 7 * TD + probabilities;
-  if (cuda && bf16 && (m.attention_kernel == AttentionKernel::cudnn ||
-                       m.attention_kernel == AttentionKernel::automatic))
-    attention_backward += std::min(static_cast<double>(config.train.micro_batch_size) * H * S * S * 2,
-                                   std::max(H * S * S * 2, 128.0 * (1 << 20)));
+  if (cuda && bf16 &&
+      (m.attention_kernel == AttentionKernel::cudnn ||
+       m.attention_kernel == AttentionKernel::automatic)) {
+    const double per_head = S * S * 2, floor_budget = 128.0 * (1 << 20);
+    const int64_t key_tiles = (m.seq_len + 127) / 128;
+    int64_t min_heads = std::min<int64_t>(m.n_heads, (2 * 132 + key_tiles - 1) / key_tiles);
+    while (m.n_heads % min_heads != 0) ++min_heads;  // a divisor of H, as the chunks are
+    const double smallest_call =
+        H * per_head <= floor_budget ? H * per_head : static_cast<double>(min_heads) * per_head;
+    attention_backward +=
+        config.run.deterministic
+            ? std::min(static_cast<double>(config.train.micro_batch_size) * H * per_head,
+                       std::max(smallest_call, floor_budget))
+            : T * D * 4;
+  }
   // The FFN's out and du, and one [rows, F] slot for hidden/dhidden.
   const double dense_backward = 2 * TD + T * F * e;
   // MoE: dy_perm, the experts' dx, out, du and hidden/dhidden (the router reads the bf16 rows
