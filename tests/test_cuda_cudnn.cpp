@@ -70,6 +70,22 @@ class CudnnAttention : public test::CpuGpuTest {
     for (double& x : v) x = bf16_round(rng.normal());
     return v;
   }
+  // dq, dk, dv (bf16, poisoned first) from the GPU backend's flash_attention_backward.
+  std::array<Tensor, 3> backward(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                 const Tensor& v, const Tensor& out, const Tensor& lse, int64_t B,
+                                 int64_t S, int64_t H) {
+    std::array<Tensor, 3> grads{poisoned(q.shape(), DType::bf16), poisoned(q.shape(), DType::bf16),
+                                poisoned(q.shape(), DType::bf16)};
+    gpu().flash_attention_backward(grads[0], grads[1], grads[2], dout, q, k, v, out, lse, B, S, H);
+    return grads;
+  }
+  // The backward's bounds against the CPU reference: dq, dk 2e-2, dv 1e-2 (docs/cuda.md).
+  void expect_grads_close(const std::array<Tensor, 3>& grads, const Tensor& dq, const Tensor& dk,
+                          const Tensor& dv, const std::string& what) {
+    expect_close(grads[0], dq, 2e-2, what + " dq");
+    expect_close(grads[1], dk, 2e-2, what + " dk");
+    expect_close(grads[2], dv, 1e-2, what + " dv");
+  }
   void expect_close(const Tensor& g, const Tensor& c, double tol, const std::string& what) {
     const double e = rel_error(gpu().read(g), cpu().read(c));
     std::printf("[ rel err  ] %-48s %.3e (tol %.1e)\n", what.c_str(), e, tol);
@@ -105,28 +121,22 @@ TEST_F(CudnnAttention, MatchesCpuFlashCausalAndDeterministic) {
       cpu().flash_attention_backward(dq, dk, dv, on_cpu({T, D}, dout), qc, kc, vc, oc, lc, B, S,
                                      H);
       Tensor doutg = on_gpu({T, D}, dout);
-      auto backward = [&](const Tensor& o, const Tensor& l, const Tensor& kk, const Tensor& vv) {
-        std::array<Tensor, 3> grads{poisoned({T, D}, DType::bf16), poisoned({T, D}, DType::bf16),
-                                    poisoned({T, D}, DType::bf16)};
-        gpu().flash_attention_backward(grads[0], grads[1], grads[2], doutg, qg, kk, vv, o, l, B,
-                                       S, H);
-        return grads;
+      auto backward_of = [&](const Tensor& o, const Tensor& l, const Tensor& kk, const Tensor& vv) {
+        return backward(doutg, qg, kk, vv, o, l, B, S, H);
       };
-      const auto grads = backward(og, lg, kg, vg);
+      const auto grads = backward_of(og, lg, kg, vg);
       const std::string bwd_kernel = cuda_attention_kernel(gpu());
       std::printf("[ kernel   ] backward%s: %s\n", at.c_str(), bwd_kernel.c_str());
       if (bwd_kernel != "cudnn")
         GTEST_SKIP() << "cuDNN declined the backward" << at << ": " << bwd_kernel;
-      expect_close(grads[0], dq, 2e-2, "cudnn backward dq" + at);
-      expect_close(grads[1], dk, 2e-2, "cudnn backward dk" + at);
-      expect_close(grads[2], dv, 1e-2, "cudnn backward dv" + at);
+      expect_grads_close(grads, dq, dk, dv, "cudnn backward" + at);
 
-      const auto again = backward(og, lg, kg, vg);
+      const auto again = backward_of(og, lg, kg, vg);
       for (int i = 0; i < 3; ++i)
         EXPECT_EQ(gpu().read(again[i]), gpu().read(grads[i])) << "backward not repeatable, grad " << i;
 
       const std::vector<double> fresh_k = values(T * D), fresh_v = values(T * D);
-      expect_causal(qg, k, v, fresh_k, fresh_v, og, grads[0], B, S, H, backward);
+      expect_causal(qg, k, v, fresh_k, fresh_v, og, grads[0], B, S, H, backward_of);
     }
   }
 }
@@ -152,10 +162,7 @@ TEST_F(CudnnAttention, ChunksOfSequencesGiveTheBitsOfOneCall) {
   for (const char* budget : {"0", "1", "16", "32", ""}) {
     SCOPED_TRACE(std::string("budget '") + budget + "' MiB");
     restored.set(budget);
-    std::array<Tensor, 3> grads{poisoned({T, D}, DType::bf16), poisoned({T, D}, DType::bf16),
-                                poisoned({T, D}, DType::bf16)};
-    gpu().flash_attention_backward(grads[0], grads[1], grads[2], doutg, qg, kg, vg, og, lg, B, S,
-                                   H);
+    const std::array<Tensor, 3> grads = backward(doutg, qg, kg, vg, og, lg, B, S, H);
     if (cuda_attention_kernel(gpu()) != "cudnn")
       GTEST_SKIP() << "cuDNN declined the backward: " << cuda_attention_kernel(gpu());
     for (int i = 0; i < 3; ++i) {
@@ -207,17 +214,12 @@ TEST_F(CudnnAttention, NondeterministicBackwardMatchesCpu) {
     gpu().flash_attention_forward(og, lg, qg, kg, vg, B, S, H);
     if (cuda_attention_kernel(gpu()) != "cudnn")
       GTEST_SKIP() << "cuDNN declined the forward" << at << ": " << cuda_attention_kernel(gpu());
-    std::array<Tensor, 3> grads{poisoned({T, D}, DType::bf16), poisoned({T, D}, DType::bf16),
-                                poisoned({T, D}, DType::bf16)};
-    gpu().flash_attention_backward(grads[0], grads[1], grads[2], on_gpu({T, D}, dout), qg, kg, vg,
-                                   og, lg, B, S, H);
+    const std::array<Tensor, 3> grads = backward(on_gpu({T, D}, dout), qg, kg, vg, og, lg, B, S, H);
     const std::string kernel = cuda_attention_kernel(gpu());
     std::printf("[ kernel   ] backward%s: %s\n", at.c_str(), kernel.c_str());
     if (kernel != "cudnn nondeterministic")
       GTEST_SKIP() << "cuDNN declined the dQ-accumulating backward" << at << ": " << kernel;
-    expect_close(grads[0], dq, 2e-2, "nondeterministic backward dq" + at);
-    expect_close(grads[1], dk, 2e-2, "nondeterministic backward dk" + at);
-    expect_close(grads[2], dv, 1e-2, "nondeterministic backward dv" + at);
+    expect_grads_close(grads, dq, dk, dv, "nondeterministic backward" + at);
   }
 }
 
