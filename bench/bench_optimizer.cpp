@@ -38,8 +38,9 @@ int run(int64_t tensors, int64_t numel, int repeats, double grad_scale) {
   std::vector<Tensor> exp_avgs, exp_avg_sqs;
   for (int64_t i = 0; i < tensors; ++i) {
     Param& p = params[i];
-    p.path = "t";
-    p.path += std::to_string(i);  // (not "t" + ...: a false -Wrestrict in GCC 12)
+    char path[32];  // (not "t" + std::to_string: GCC 12 warns falsely of overlapping copies)
+    std::snprintf(path, sizeof path, "t%lld", static_cast<long long>(i));
+    p.path = std::string(path);
     p.value = gpu->alloc({numel}, DType::f32);
     p.grad = gpu->alloc({numel}, DType::f32);
     p.compute = gpu->alloc({numel}, DType::bf16);
