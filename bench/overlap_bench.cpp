@@ -16,7 +16,6 @@
 // what the layered run saves against the best serial pair (the forward, then the fastest pass).
 #include <cuda_runtime.h>
 
-#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -24,6 +23,8 @@
 #include <span>
 #include <string>
 #include <vector>
+
+#include <CLI/CLI.hpp>
 
 #include "bench/cuda_timing.h"
 #include "model/backend.h"
@@ -36,7 +37,8 @@ using namespace sy;
 
 constexpr int64_t kTokens = 8192, kModel = 2048, kExperts = 8, kHidden = 4096, kTopK = 2;
 
-// The forward GEMMs of `layers` MoE layers with balanced routing (bf16).
+// The forward of `layers` MoE layers with balanced routing (bf16): the GEMMs and, with
+// `elementwise`, the main bandwidth-bound ops.
 struct ForwardGemms {
   Tensor x, q, projection_weight, x_perm, h1, h3, y_perm, w1, w3, w2;
   Tensor normed, rstd, gain, row_slot, hidden, residual;  // the bandwidth-bound ops' operands
