@@ -19,7 +19,9 @@ namespace sy {
 struct LMHead {
   Param* tied_table = nullptr;  // embedding table [V, D] when tied
   Param weight;                 // lm_head [D, V] when untied
-  int64_t chunk_rows = 512;     // (bench/lm_head_bench: the fp32 chunk stays mostly in L2)
+  // Rows of logits at a time (bench/lm_head_bench: a 512-row fp32 chunk stays mostly in L2).
+  static constexpr int64_t kChunkRows = 512;
+  int64_t chunk_rows = kChunkRows;
 
   Tensor logits;  // [chunk_rows, V] in stat_dtype(x), reused per chunk (not with in-place dlogits)
   Tensor losses;  // [T] in stat_dtype(x)

@@ -1,13 +1,14 @@
 #include "trainer/memory_estimate.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include "model/attention_workspace.h"
+#include "model/lm_head.h"
 #include "trainer/model_card.h"
 
 namespace sy {
@@ -172,25 +173,23 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   // One layer's forward temporaries and backward buffers (model/buffers.h Workspace), the
   // largest layer kind's, plus what recompute rebuilds into it for one layer.
   // Attention: its output, dcontext, dq, dk, dv, dx and the norms' dx; on CUDA with cuDNN the
-  // deterministic backward's dS workspace (S^2 x 2 bytes a sequence and head) in chunks of
-  // sequences, or of heads where one sequence's exceeds 128 MiB (the default budget's floor:
-  // more only where the allocator already holds a larger free block), by then no fewer heads
-  // than give two waves of 128-key tiles on a 132-SM GPU (model/cuda/cudnn_attention.cu); without
-  // run.deterministic, dQ summed in f32 instead.
+  // deterministic backward's dS workspace, a call's chunk of it (model/attention_workspace.h)
+  // under the default budget's floor on a 132-SM GPU (H100, H200), and at least the floor (the
+  // budget takes what the allocator already holds free); without run.deterministic, dQ summed
+  // in f32 instead.
   double attention_backward = 7 * TD + probabilities;
   if (cuda && bf16 &&
       (m.attention_kernel == AttentionKernel::cudnn ||
        m.attention_kernel == AttentionKernel::automatic)) {
-    const double per_head = S * S * 2, floor_budget = 128.0 * (1 << 20);
-    const int64_t key_tiles = (m.seq_len + 127) / 128;
-    int64_t min_heads = std::min<int64_t>(m.n_heads, (2 * 132 + key_tiles - 1) / key_tiles);
-    while (m.n_heads % min_heads != 0) ++min_heads;  // a divisor of H, as the chunks are
-    const double smallest_call =
-        H * per_head <= floor_budget ? H * per_head : static_cast<double>(min_heads) * per_head;
+    const int64_t per_head = m.seq_len * m.seq_len * 2;
+    const int64_t all = config.train.micro_batch_size * m.n_heads * per_head;
+    const AttentionBackwardChunks chunk =
+        attention_backward_chunks(config.train.micro_batch_size, m.n_heads, m.seq_len, all,
+                                  {kAttentionWorkspaceFloor, false}, 132);
     attention_backward +=
         config.run.deterministic
-            ? std::min(static_cast<double>(config.train.micro_batch_size) * H * per_head,
-                       std::max(smallest_call, floor_budget))
+            ? static_cast<double>(std::min(all, std::max(chunk.sequences * chunk.heads * per_head,
+                                                         kAttentionWorkspaceFloor)))
             : T * D * 4;
   }
   // The FFN's out and du, and one [rows, F] slot for hidden/dhidden.
@@ -209,10 +208,10 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   // The residual stream, its fp32 gradient, the embedding output and the final norm's.
   workspace += 3 * TD + T * D * 4;
   add("activation workspace", workspace);
-  // The LM head (model/lm_head.h): fp32 logits for 512 rows at a time and the dlogits of all T
-  // rows in the compute dtype (in fp32 the dlogits are the logits, overwritten in place).
-  const double V = static_cast<double>(m.vocab_size);
-  add("logits and their gradient", bf16 ? std::min(512.0, T) * V * 4 + T * V * e : T * V * 4);
+  // The LM head (model/lm_head.h): fp32 logits for a chunk of rows at a time and the dlogits of
+  // all T rows in the compute dtype (in fp32 the dlogits are the logits, overwritten in place).
+  const double V = static_cast<double>(m.vocab_size), chunk = LMHead::kChunkRows;
+  add("logits and their gradient", bf16 ? std::min(chunk, T) * V * 4 + T * V * e : T * V * 4);
 
   if (!cuda) {
     // Every rank holds the whole token file as int32: up to 4x the file for uint8 tokens,

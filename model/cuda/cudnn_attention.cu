@@ -21,8 +21,8 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <map>
 #include <memory>
@@ -32,6 +32,7 @@
 #include <tuple>
 #include <vector>
 
+#include "model/attention_workspace.h"
 #include "model/cuda/env_choice.h"
 #include "model/cuda/kernels.h"
 
@@ -602,11 +603,7 @@ void execute(Context& ctx, const char* op, cudnnHandle_t handle, Plan& plan,
 // as one call (test_cuda_cudnn), so the choice moves time and memory, never the numbers. Measured
 // on the 1.81B MoE and the 0.60B dense (H200, 2026-12-04, bench/ab): one call 1.85 and 1.55 ms a
 // step faster than one sequence a call; peak held the same on the MoE, +1 GiB on the dense.
-struct WorkspaceBudget {
-  int64_t bytes;
-  bool fixed;  // set by SY_CUDNN_BWD_WORKSPACE_MIB: a hard cap, down to one head a call
-};
-WorkspaceBudget backward_workspace_budget(Context& ctx, const char* op) {
+AttentionWorkspaceBudget backward_workspace_budget(Context& ctx, const char* op) {
   std::optional<int64_t> mib;
   try {
     mib = env_whole_number("SY_CUDNN_BWD_WORKSPACE_MIB", int64_t{1} << 30,
@@ -617,40 +614,7 @@ WorkspaceBudget backward_workspace_budget(Context& ctx, const char* op) {
   if (mib) return {*mib << 20, true};
   const int64_t free_block =
       ctx.largest_cached_block ? static_cast<int64_t>(ctx.largest_cached_block()) : 0;
-  return {std::max<int64_t>(int64_t{128} << 20, free_block), false};
-}
-
-// How the deterministic backward splits the batch: `sequences` a call and, when one sequence's
-// dS alone exceeds the budget, `heads` of each sequence a call. Sequences: the largest divisor of
-// B whose dS fits `budget` (0: no limit), at least 1. Heads: the largest divisor of H that fits,
-// but, unless the budget is fixed, no fewer than give two waves of 128-key tiles on `sms` SMs:
-// fewer leave SMs idle (on an H200 at S 16384, one head a call ran 2.25x the time of one call
-// over the batch; two heads 1.18x, four 1.09x). Chunks start at offsets of the stats too, kept
-// 16-byte aligned: H x S (for heads, S) a multiple of 4, else one call over the batch (one sequence
-// a call).
-struct BackwardChunks {
-  int64_t sequences, heads;
-};
-int64_t largest_divisor_within(int64_t n, int64_t limit) {
-  int64_t d = std::clamp<int64_t>(limit, 1, n);
-  while (n % d != 0) --d;
-  return d;
-}
-BackwardChunks backward_chunks(int64_t B, int64_t H, int64_t S, int64_t workspace_bytes,
-                               WorkspaceBudget limit, int sms) {
-  const int64_t budget = limit.bytes;
-  if (budget <= 0 || workspace_bytes <= budget || (H * S) % 4 != 0) return {B, H};
-  const int64_t per_sequence = std::max<int64_t>(1, workspace_bytes / B);
-  if (per_sequence <= budget || S % 4 != 0)
-    return {largest_divisor_within(B, budget / per_sequence), H};
-  // A head's share of dS, without the few hundred bytes of the engine's own (page-rounded down).
-  const int64_t per_head = std::max<int64_t>(4096, workspace_bytes / (B * H) / 4096 * 4096);
-  int64_t heads = largest_divisor_within(H, budget / per_head);
-  const int64_t key_tiles = (S + 127) / 128;
-  const int64_t min_heads =
-      limit.fixed ? 1 : std::min<int64_t>(H, (2 * int64_t{sms} + key_tiles - 1) / key_tiles);
-  while (heads < min_heads || H % heads != 0) ++heads;
-  return {1, heads};
+  return {std::max(kAttentionWorkspaceFloor, free_block), false};
 }
 
 }  // namespace
@@ -724,7 +688,7 @@ bool cudnn_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, 
   // the tensors' strides do not depend on B or on which heads a call takes, so the backward runs
   // over chunks of sequences, and of heads when one sequence is too large (pointer offsets into
   // the same tensors). (softmax_sum below, [chunk, H, S] f32, 1/S of the dS, is not counted.)
-  const BackwardChunks chunk = backward_chunks(
+  const AttentionBackwardChunks chunk = attention_backward_chunks(
       B, H, S, plan->workspace_bytes, backward_workspace_budget(ctx, op), sm_count(ctx, op));
   if (chunk.sequences != B || chunk.heads != H) {
     plan = plan_for(ctx, Key{true, chunk.sequences, S, chunk.heads, Dh, true,
