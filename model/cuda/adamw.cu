@@ -281,30 +281,24 @@ void sgd_update(Context& ctx, const Tensor& param, const Tensor& grad, double lr
 }
 
 // ---- MultiTensorTable -------------------------------------------------------------------------
-void MultiTensorTable::assign(Context& ctx, const char* op, std::vector<MultiTensor> tensors) {
-  if (uploaded_ && tensors == tensors_) return;  // the usual case: the same list every step
-  std::vector<TensorSlot> slots;
-  std::vector<ChunkSlot> chunks;
-  slots.reserve(tensors.size());
-  for (const MultiTensor& t : tensors) {
-    if (t.numel <= 0) continue;
-    const int64_t n_chunks = (t.numel + kChunk - 1) / kChunk;
-    if (slots.size() >= static_cast<size_t>(INT32_MAX) || n_chunks > INT32_MAX)
-      fail(ctx, op, "too many tensors or a tensor too large for the chunk table");
-    // Vectors need every array 16-byte aligned (compute: 8 bytes, four bf16); chunk starts are
-    // multiples of 4 elements, so they keep the base's alignment.
-    bool vector = aligned(t.grad, 16);
-    for (const float* p : {t.value, t.exp_avg, t.exp_avg_sq})
-      vector = vector && aligned(p, 16);
-    vector = vector && aligned(t.compute, 8);
-    const uint32_t flags = (t.decay ? kDecay : 0u) | (t.expert ? kExpert : 0u) |
-                           (vector ? kVector : 0u) | (t.partials ? kPartials : 0u);
-    const auto index = static_cast<int32_t>(slots.size());
-    slots.push_back(
-        {t.value, t.grad, t.partials, t.exp_avg, t.exp_avg_sq, t.compute, t.numel, flags});
-    for (int64_t c = 0; c < n_chunks; ++c) chunks.push_back({index, static_cast<int32_t>(c)});
-  }
-  // Blocks of one launch run in any order: two tensors sharing memory would race.
+namespace {
+
+// The kernels' view of one tensor; `op` names the caller in errors.
+TensorSlot make_slot(Context& ctx, const char* op, const MultiTensor& t) {
+  if (t.numel > int64_t{INT32_MAX} * kChunk)
+    fail(ctx, op, "a tensor too large for the chunk table");
+  // Vectors need every array 16-byte aligned (compute: 8 bytes, four bf16); chunk starts are
+  // multiples of 4 elements, so they keep the base's alignment.
+  bool vector = aligned(t.grad, 16);
+  for (const float* p : {t.value, t.exp_avg, t.exp_avg_sq}) vector = vector && aligned(p, 16);
+  vector = vector && aligned(t.compute, 8);
+  const uint32_t flags = (t.decay ? kDecay : 0u) | (t.expert ? kExpert : 0u) |
+                         (vector ? kVector : 0u) | (t.partials ? kPartials : 0u);
+  return {t.value, t.grad, t.partials, t.exp_avg, t.exp_avg_sq, t.compute, t.numel, flags};
+}
+
+// Blocks of one launch run in any order: two tensors sharing memory would race.
+void check_disjoint(Context& ctx, const char* op, const std::vector<MultiTensor>& tensors) {
   std::vector<std::pair<uintptr_t, uintptr_t>> ranges;  // [begin, end) of every array
   for (const MultiTensor& t : tensors) {
     if (t.numel <= 0) continue;
@@ -322,17 +316,47 @@ void MultiTensorTable::assign(Context& ctx, const char* op, std::vector<MultiTen
   for (size_t i = 1; i < ranges.size(); ++i)
     if (ranges[i].first < ranges[i - 1].second)
       fail(ctx, op, "two of the tensors share memory (a parameter listed twice?)");
-  num_chunks_ = static_cast<int64_t>(chunks.size());
-  chunks_offset_ = (slots.size() * sizeof(TensorSlot) + 15) / 16 * 16;
-  const size_t bytes = chunks_offset_ + chunks.size() * sizeof(ChunkSlot);
-  host_.assign(bytes, 0);
-  if (!slots.empty()) std::memcpy(host_.data(), slots.data(), slots.size() * sizeof(TensorSlot));
-  if (!chunks.empty())
-    std::memcpy(host_.data() + chunks_offset_, chunks.data(), chunks.size() * sizeof(ChunkSlot));
+}
+
+bool same_sizes(const std::vector<MultiTensor>& a, const std::vector<MultiTensor>& b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end(),
+                    [](const MultiTensor& x, const MultiTensor& y) { return x.numel == y.numel; });
+}
+
+}  // namespace
+
+void MultiTensorTable::assign(Context& ctx, const char* op, std::vector<MultiTensor> tensors) {
+  if (uploaded_ && tensors == tensors_) return;  // the same list as the last call
+  check_disjoint(ctx, op, tensors);
+  std::vector<TensorSlot> slots;
+  slots.reserve(tensors.size());
+  for (const MultiTensor& t : tensors)
+    if (t.numel > 0) slots.push_back(make_slot(ctx, op, t));
+  if (slots.size() >= static_cast<size_t>(INT32_MAX)) fail(ctx, op, "too many tensors");
+  const size_t slot_bytes = slots.size() * sizeof(TensorSlot);
+  // The same sizes with other pointers (gradients reallocated between steps): the chunk list
+  // stands; only the slots go up again, a few KiB instead of the whole table, so that the host
+  // work between the norm's read and the update's launch stays short.
+  const bool slots_only = uploaded_ && same_sizes(tensors, tensors_);
+  if (!slots_only) {
+    std::vector<ChunkSlot> chunks;
+    for (size_t i = 0; i < slots.size(); ++i) {
+      const int64_t n_chunks = (slots[i].numel + kChunk - 1) / kChunk;
+      for (int64_t c = 0; c < n_chunks; ++c)
+        chunks.push_back({static_cast<int32_t>(i), static_cast<int32_t>(c)});
+    }
+    num_chunks_ = static_cast<int64_t>(chunks.size());
+    chunks_offset_ = (slot_bytes + 15) / 16 * 16;
+    host_.assign(chunks_offset_ + chunks.size() * sizeof(ChunkSlot), 0);
+    if (!chunks.empty())
+      std::memcpy(host_.data() + chunks_offset_, chunks.data(), chunks.size() * sizeof(ChunkSlot));
+  }
+  if (!slots.empty()) std::memcpy(host_.data(), slots.data(), slot_bytes);
+  const size_t bytes = slots_only ? slot_bytes : host_.size();
   if (bytes > 0) {
-    if (!device_.defined() || device_.nbytes() < bytes) {
+    if (!device_.defined() || device_.nbytes() < host_.size()) {
       device_ = Tensor();  // back to the free list first
-      device_ = ctx.alloc({static_cast<int64_t>((bytes + 3) / 4)}, DType::i32);
+      device_ = ctx.alloc({static_cast<int64_t>((host_.size() + 3) / 4)}, DType::i32);
     }
     // Ordered after the passes that still read the previous table. From pageable memory: the
     // bytes are staged before the call returns.
