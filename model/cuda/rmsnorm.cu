@@ -81,17 +81,17 @@ __global__ void rmsnorm_dgain_partial(acc_t<T>* partial, const T* dout, const T*
   }
 }
 
-// dgain[j] += the partials of column j, added in chunk order (eight loads ahead: there are only D
-// threads for ~256 chunks).
+// dgain[j] += the partials of column j, added in chunk order (32 loads ahead: there are only D
+// threads for ~256 chunks, and each round of loads waits a whole L2 latency).
 template <class A, class S>
 __global__ void rmsnorm_dgain_finish(S* dgain, const A* partial, int64_t chunks, int64_t D) {
   const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (j >= D) return;
-  const A sum = sum_in_order<8>(partial + j, chunks, D);
+  const A sum = sum_in_order<32>(partial + j, chunks, D);
   dgain[j] = static_cast<S>(static_cast<A>(dgain[j]) + sum);
 }
 
-constexpr int kFinishThreads = 64;  // small blocks: the D columns spread over D / 64 SMs
+constexpr int kFinishThreads = 32;  // small blocks: the D columns spread over D / 32 SMs
 
 constexpr int kVecChunkRows = 32;        // rows per block of the vector backward
 constexpr int kMaxBackwardVecs = 8;      // vectors per lane: D <= 8 * 32 * 8 = 2048
@@ -204,9 +204,11 @@ __device__ __forceinline__ void backward_row(float (&acc)[VPL][kVec], const uint
 
 // dx as rmsnorm_backward_dx; partial[chunk, j] = sum over the chunk's rows of dy_j x_j r.
 // Warp w takes rows begin + w, begin + w + 8, ... in that order; its per-lane column sums are
-// then added in warp order into col_sum. A warp loads two of its rows before it uses the first:
-// one block fills an SM (the column sums hold 64 registers a thread), and with one row in flight
-// a warp left the memory system idle while it reduced.
+// then added in warp order into col_sum. One block fills an SM (the column sums hold 64
+// registers a thread), so the warp keeps its loads in flight itself: two row buffers, and the
+// load of a buffer's next row is issued as soon as the buffer is used, so that one row is always
+// on its way while the other is reduced (2-3% faster than loading two rows, using both, then
+// loading the next two: BENCHMARKS.md, memory-bound kernels).
 template <int VPL>
 __global__ void __launch_bounds__(32 * kRowsPerBlock)
 rmsnorm_backward_vec(bf16* __restrict__ dx, float* __restrict__ partial,
@@ -224,13 +226,18 @@ rmsnorm_backward_vec(bf16* __restrict__ dx, float* __restrict__ partial,
 #pragma unroll
     for (int e = 0; e < kVec; ++e) acc[v][e] = 0;
 
-  for (int64_t row = begin + warp; row < end; row += 2 * kRowsPerBlock) {
-    const int64_t next = row + kRowsPerBlock;
-    uint4 xraw[VPL], dyraw[VPL], xnext[VPL], dynext[VPL];
-    load_backward_row<VPL>(xraw, dyraw, x, dout, row, D, lane);
-    if (next < end) load_backward_row<VPL>(xnext, dynext, x, dout, next, D, lane);
-    backward_row<VPL>(acc, xraw, dyraw, dx, gain, rstd, row, D, lane);
-    if (next < end) backward_row<VPL>(acc, xnext, dynext, dx, gain, rstd, next, D, lane);
+  constexpr int64_t kStep = kRowsPerBlock;  // between a warp's rows
+  uint4 xa[VPL], dya[VPL], xb[VPL], dyb[VPL];
+  int64_t row = begin + warp;
+  if (row < end) load_backward_row<VPL>(xa, dya, x, dout, row, D, lane);
+  if (row + kStep < end) load_backward_row<VPL>(xb, dyb, x, dout, row + kStep, D, lane);
+  for (; row < end; row += 2 * kStep) {
+    backward_row<VPL>(acc, xa, dya, dx, gain, rstd, row, D, lane);
+    if (row + 2 * kStep < end) load_backward_row<VPL>(xa, dya, x, dout, row + 2 * kStep, D, lane);
+    if (row + kStep < end) {
+      backward_row<VPL>(acc, xb, dyb, dx, gain, rstd, row + kStep, D, lane);
+      if (row + 3 * kStep < end) load_backward_row<VPL>(xb, dyb, x, dout, row + 3 * kStep, D, lane);
+    }
   }
 
   // Fixed order: warp 0 stores, then warps 1..7 add in turn.
