@@ -34,8 +34,9 @@ struct RoutingRule : RoutingPolicy {
 };
 
 struct RouterPlanCounts {
-  std::vector<int64_t> tokens_per_expert;  // [E] kept rows (after reroutes)
-  int64_t rerouted = 0;                    // assignments moved to another expert
+  std::vector<int64_t> tokens_per_expert;       // [E] kept rows (after reroutes)
+  int64_t rerouted = 0;                         // assignments moved to another expert
+  std::vector<int64_t> assignments_per_expert;  // [E] the tensor of that name, on the host
 };
 
 struct RouterLossValues {
@@ -283,8 +284,8 @@ class Backend {
   //                and within an expert by assignment t*K+k;
   //   assignments_per_expert[E]: the routing's choices (topk_idx) counted before drops and
   //                reroutes (for f_e, expert_load and the bias update).
-  // Returns the kept rows per expert (after reroutes) and the count rerouted, on the host: the
-  // one count that must cross to the host.
+  // Returns the kept rows per expert (after reroutes), the count rerouted and
+  // assignments_per_expert, on the host: the counts that must cross to the host, in one copy.
   RouterPlanCounts router_plan(const Tensor& slot_row, const Tensor& row_slot,
                                const Tensor& slot_expert,
                                const Tensor& assignments_per_expert,
@@ -297,6 +298,10 @@ class Backend {
   // aux = E * sum_e f_e * mean_t q[t,e], z = mean_t lse_t^2, entropy = mean_t -sum_e q log q.
   RouterLossValues router_losses(const Tensor& scores, const Tensor& lse,
                                  const Tensor& balance_counts, const RoutingRule& rule);
+  // The same values written to out (f64 [3]: aux, z, entropy) where they are computed: on CUDA
+  // without waiting for them, so that a caller reads many layers' values in one copy later.
+  void router_losses_into(const Tensor& out, const Tensor& scores, const Tensor& lse,
+                          const Tensor& balance_counts, const RoutingRule& rule);
   // dlogits[T,E] (=) from the gate gradients dgates[T,K] (through the scores and the top-k
   // normalisation), plus d_aux * d(aux)/dlogits and d_z * d(z)/dlogits (aux as router_losses
   // defines it, with the same balance_counts).
@@ -447,6 +452,9 @@ class Backend {
   virtual RouterLossValues router_losses_impl(const Tensor& scores, const Tensor& lse,
                                               const Tensor& balance_counts,
                                               const RoutingRule& rule) = 0;
+  // Default: router_losses_impl, then a write of its three values.
+  virtual void router_losses_into_impl(const Tensor& out, const Tensor& scores, const Tensor& lse,
+                                       const Tensor& balance_counts, const RoutingRule& rule);
   virtual void router_backward_impl(const Tensor& dlogits, const Tensor& dgates,
                                     const Tensor& scores, const Tensor& lse, const Tensor& logits,
                                     const Tensor& topk_idx, const Tensor& balance_counts,

@@ -17,6 +17,18 @@ void LMHead::project(Backend& backend, const Tensor& logits, const Tensor& x) co
 
 double LMHead::forward_backward(Backend& backend, const Tensor& x, const Tensor& targets,
                                 bool compute_grad, double grad_scale) {
+  enqueue(backend, x, targets, compute_grad, grad_scale);
+  return loss_sum(backend);
+}
+
+double LMHead::loss_sum(Backend& backend) const {
+  double sum = 0.0;
+  for (double loss : backend.read(losses)) sum += loss;
+  return sum;
+}
+
+void LMHead::enqueue(Backend& backend, const Tensor& x, const Tensor& targets, bool compute_grad,
+                     double grad_scale) {
   const int64_t T = x.dim(0), V = vocab();
   const DType dtype = x.dtype(), stat = stat_dtype(dtype);
   ensure(backend, losses, {T}, stat);
@@ -37,9 +49,6 @@ double LMHead::forward_backward(Backend& backend, const Tensor& x, const Tensor&
                             compute_grad, grad_scale);
   }
   if (compute_grad) backward(backend, x, dlogits);
-  double loss_sum = 0.0;
-  for (double loss : backend.read(losses)) loss_sum += loss;
-  return loss_sum;
 }
 
 void LMHead::backward(Backend& backend, const Tensor& x, const Tensor& dlogits) {

@@ -36,6 +36,12 @@ struct LMHead {
   // [T, V] in x's dtype are a block taken for the call.
   double forward_backward(Backend& backend, const Tensor& x, const Tensor& targets,
                           bool compute_grad, double grad_scale);
+  // The same in two halves: enqueue the work, then read the summed loss (a host synchronisation)
+  // from `losses`, which holds it until the next call. The Transformer reads it only after the
+  // layers' backward is enqueued, so that the GPU does not wait on the host in between.
+  void enqueue(Backend& backend, const Tensor& x, const Tensor& targets, bool compute_grad,
+               double grad_scale);
+  double loss_sum(Backend& backend) const;
 
  private:
   // dx = dlogits W^T and the weight gradient += x^T dlogits (as W's layout needs), over all rows.

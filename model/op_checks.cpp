@@ -613,9 +613,9 @@ RouterPlanCounts Backend::router_plan(const Tensor& slot_row, const Tensor& row_
                           gates, logits, expert_bias, rule);
 }
 
-RouterLossValues Backend::router_losses(const Tensor& scores, const Tensor& lse,
-                                        const Tensor& balance_counts, const RoutingRule& rule) {
-  const OpCheck c(*this, "router_losses");
+namespace {
+void check_router_losses(const OpCheck& c, const Tensor& scores, const Tensor& lse,
+                         const Tensor& balance_counts) {
   const DType dt = c.wide_dtype(scores, "scores");
   c.dtype(lse, dt, "lse");
   c.dtype(balance_counts, DType::i32, "balance_counts");
@@ -623,7 +623,29 @@ RouterLossValues Backend::router_losses(const Tensor& scores, const Tensor& lse,
   const int64_t N = scores.dim(0), E = scores.dim(1);
   c.numel(lse, N, "lse");
   c.numel(balance_counts, E, "balance_counts");
+}
+}  // namespace
+
+RouterLossValues Backend::router_losses(const Tensor& scores, const Tensor& lse,
+                                        const Tensor& balance_counts, const RoutingRule& rule) {
+  check_router_losses(OpCheck(*this, "router_losses"), scores, lse, balance_counts);
   return router_losses_impl(scores, lse, balance_counts, rule);
+}
+
+void Backend::router_losses_into(const Tensor& out, const Tensor& scores, const Tensor& lse,
+                                 const Tensor& balance_counts, const RoutingRule& rule) {
+  const OpCheck c(*this, "router_losses_into");
+  check_router_losses(c, scores, lse, balance_counts);
+  c.dtype(out, DType::f64, "out");
+  c.numel(out, 3, "out");
+  router_losses_into_impl(out, scores, lse, balance_counts, rule);
+}
+
+void Backend::router_losses_into_impl(const Tensor& out, const Tensor& scores, const Tensor& lse,
+                                      const Tensor& balance_counts, const RoutingRule& rule) {
+  const RouterLossValues v = router_losses_impl(scores, lse, balance_counts, rule);
+  const double values[3] = {v.aux, v.z, v.entropy};
+  write(out, std::span<const double>(values));
 }
 
 void Backend::router_backward(const Tensor& dlogits, const Tensor& dgates, const Tensor& scores,

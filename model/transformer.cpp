@@ -268,22 +268,32 @@ GroupStats Transformer::forward_backward(std::span<const int32_t> inputs,
   forward(batch, compute_grad);
   const Tensor& x_final = final_norm_.forward(backend_, residual_.back());
   if (compute_grad) acquire_grads({lm_head_.tied_table ? lm_head_.tied_table : &lm_head_.weight});
-  const double ce_sum =
-      lm_head_.forward_backward(backend_, x_final, targets_, compute_grad, loss_scale / T);
+  lm_head_.enqueue(backend_, x_final, targets_, compute_grad, loss_scale / T);
+  // The whole backward is enqueued before the host reads anything of this micro-batch (two
+  // copies: the LM loss, then every MoE layer's router losses), so that the GPU never waits on
+  // the host between the head and the layers.
+  if (compute_grad) backward(batch, loss_scale);
+  const double ce_sum = lm_head_.loss_sum(backend_);
+  const std::vector<double> router_losses =
+      router_losses_.defined() ? backend_.read(router_losses_) : std::vector<double>();
 
   GroupStats stats;
   stats.tokens = T;
   stats.lm_loss = ce_sum / T;
-  for (const Block& block : blocks_) {
+  size_t moe_index = 0;
+  for (Block& block : blocks_) {
     if (!block.moe) continue;
-    const Router& router = block.moe->router;
+    Router& router = block.moe->router;
+    router.aux_loss = router_losses[3 * moe_index];
+    router.z_loss = router_losses[3 * moe_index + 1];
+    router.entropy = router_losses[3 * moe_index + 2];
+    ++moe_index;
     stats.aux_loss += router.aux_loss;
     stats.z_loss += router.z_loss;
     stats.assignments += router.kept + router.dropped;
     stats.dropped += router.dropped;
     stats.rerouted += router.rerouted;
-    std::vector<double> counts = backend_.read(router.assignments_per_expert);
-    stats.assignments_per_expert.emplace_back(counts.begin(), counts.end());
+    stats.assignments_per_expert.push_back(router.assignments_on_host);
     stats.dropped_per_layer.push_back(router.dropped);
     stats.rerouted_per_layer.push_back(router.rerouted);
     stats.entropy_per_layer.push_back(router.entropy);
@@ -295,8 +305,6 @@ GroupStats Transformer::forward_backward(std::span<const int32_t> inputs,
   }
   stats.loss = stats.lm_loss + options_.moe.aux_loss_coef * stats.aux_loss +
                options_.moe.z_loss_coef * stats.z_loss;
-
-  if (compute_grad) backward(batch, loss_scale);
   return stats;
 }
 
@@ -305,8 +313,16 @@ void Transformer::forward(int64_t batch, bool training) {
   // Global-batch balancing is a training objective: evaluation routes the same either way and
   // need not wait for the other ranks.
   const bool balance_over_world = training && options_.moe.aux_loss_scope == AuxLossScope::global;
-  for (Block& block : blocks_)
-    if (block.moe) block.moe->balance_over_world = balance_over_world;
+  // Each router writes its aux, z and entropy into its row of router_losses_, read in one copy.
+  const int64_t n_moe = num_moe_layers();
+  if (n_moe > 0) ensure(backend_, router_losses_, {n_moe, 3}, DType::f64);
+  int64_t moe_index = 0;
+  for (Block& block : blocks_) {
+    if (!block.moe) continue;
+    block.moe->balance_over_world = balance_over_world;
+    block.moe->router.losses_out = router_losses_.rows(moe_index, moe_index + 1);
+    ++moe_index;
+  }
   const int64_t T = batch * m.seq_len, D = m.d_model;
   const AttentionShape shape{batch, m.seq_len, m.n_heads};
   residual_.resize(m.n_layers + 1);

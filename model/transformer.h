@@ -140,6 +140,8 @@ class Transformer {
   LMHead lm_head_;
 
   Tensor inputs_, targets_;
+  // f64 [MoE layers, 3]: each router's aux, z and entropy (Router::losses_out), read in one copy.
+  Tensor router_losses_;
   Tensor sample_logits_;                  // [1, V], for logits_at               // i32 [T]
   std::vector<Tensor> residual_;          // [L+1] block inputs (and the final output), [T, D]
   std::vector<Tensor> residual_mid_;      // [L] after attention, [T, D]

@@ -777,6 +777,12 @@ TEST_F(CudaF32, PlanMatchesTheCpu) {
               const RouterPlanCounts cg = gpu().router_plan(srg, rsg, seg, ag, ig, gg, lg, bg, rule);
               EXPECT_EQ(cg.tokens_per_expert, cc.tokens_per_expert) << name;
               EXPECT_EQ(cg.rerouted, cc.rerouted) << name;
+              // The choices' counts come back in the plan's one copy, equal to the tensor's.
+              const std::vector<int32_t> ag_read = gpu().read_i32(ag);
+              EXPECT_EQ(cg.assignments_per_expert,
+                        std::vector<int64_t>(ag_read.begin(), ag_read.end()))
+                  << name;
+              EXPECT_EQ(cg.assignments_per_expert, cc.assignments_per_expert) << name;
               const int64_t kept = std::accumulate(cc.tokens_per_expert.begin(),
                                                    cc.tokens_per_expert.end(), int64_t{0});
               if (factor > 0) {
@@ -909,6 +915,10 @@ TEST_F(CudaF32, LossesAndBackward) {
       EXPECT_NEAR(vg.aux, vc.aux, 1e-6 * vc.aux) << name;
       EXPECT_NEAR(vg.z, vc.z, 1e-6 * vc.z) << name;
       EXPECT_NEAR(vg.entropy, vc.entropy, 1e-6 * vc.entropy) << name;
+      // Into a device tensor, read later: the same bits as the values returned at once.
+      Tensor into = poisoned({3}, DType::f64);
+      gpu().router_losses_into(into, sg, lsg, cg, rule);
+      EXPECT_EQ(gpu().read(into), (std::vector<double>{vg.aux, vg.z, vg.entropy})) << name;
       // The backward, through the gates (normalised and not), aux and z.
       for (bool normalize : {false, true}) {
         RoutingRule backward_rule = rule;

@@ -81,6 +81,9 @@ class RouterTest : public ::testing::Test {
     p.row_slot = be->read_i32(row_slot);
     p.slot_expert = be->read_i32(slot_expert);
     p.assignments = be->read_i32(assignments);
+    // The plan returns the choices' counts on the host too, equal to the tensor's.
+    EXPECT_EQ(counts.assignments_per_expert,
+              std::vector<int64_t>(p.assignments.begin(), p.assignments.end()));
     return p;
   }
 
@@ -296,6 +299,10 @@ Losses losses(Backend& be, const Routing& r, const Plan& p, int64_t T, int64_t E
   RoutingRule rule;
   rule.top_k = K;
   const RouterLossValues values = be.router_losses(probs, lse, a, rule);
+  // The same values written into a tensor (the op training uses, which need not wait for them).
+  Tensor into = be.alloc({3}, DType::f64);
+  be.router_losses_into(into, probs, lse, a, rule);
+  EXPECT_EQ(be.read(into), (std::vector<double>{values.aux, values.z, values.entropy}));
   return {values.aux, values.z};
 }
 

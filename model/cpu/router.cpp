@@ -279,6 +279,8 @@ RouterPlanCounts CpuBackend::router_plan_impl(
            std::to_string(rows) + " kept");
   cpu::router_plan_rows(slot_row.ptr<int32_t>(), row_slot.ptr<int32_t>(),
                         slot_expert.ptr<int32_t>(), counts.tokens_per_expert, N, K);
+  const int32_t* assignments = assignments_per_expert.ptr<int32_t>();
+  counts.assignments_per_expert.assign(assignments, assignments + E);
   return counts;
 }
 

@@ -7,10 +7,10 @@
 // Host synchronisations (everything else is asynchronous on the stream):
 //   read, read_i32, copy_to_host       the data must reach the host
 //   sum_squares, sum_squares_many      the norms are returned on the host (one sync per call)
-//   router_plan                        the kept counts per expert (the exchange needs them) and
-//                                      the reroute count, in one copy
-//   router_losses                      aux, z and the entropy are returned on the host (right
-//                                      after the plan, so the stream is nearly idle)
+//   router_plan                        the kept counts per expert (the exchange needs them), the
+//                                      reroute count and the choices per expert, in one copy
+//   router_losses                      aux, z and the entropy are returned on the host
+//                                      (router_losses_into, which training uses, does not wait)
 //   synchronize                        on request
 // Memory (device_memory.h), the per-op profile (profiler.h) and device discovery (device.h) live
 // in their own files; this one holds the backend class and its ops.
@@ -443,6 +443,11 @@ class CudaBackend final : public Backend {
                                       const RoutingRule& rule) override {
     SY_PROFILE("router_losses");
     return cuda::router_losses(ctx_, scores, lse, balance_counts, rule);
+  }
+  void router_losses_into_impl(const Tensor& out, const Tensor& scores, const Tensor& lse,
+                               const Tensor& balance_counts, const RoutingRule& rule) override {
+    SY_PROFILE("router_losses");
+    cuda::router_losses_into(ctx_, out, scores, lse, balance_counts, rule);
   }
 
   void router_backward_impl(const Tensor& dlogits, const Tensor& dgates, const Tensor& scores,

@@ -117,9 +117,9 @@ bool cross_entropy_into(Context& ctx, const Tensor& losses, const Tensor& logits
 void router_scores_topk(Context& ctx, const Tensor& scores, const Tensor& lse,
                         const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
                         const Tensor& expert_bias, const RoutingRule& rule);
-// Writes slot_row, row_slot, slot_expert, assignments_per_expert and counts[0..E] (device i32):
-// the kept rows per expert after reroutes, then the number rerouted. counts must hold E + 2
-// entries (counts[E+1] is the reroute walk's own scratch).
+// Writes slot_row, row_slot, slot_expert, assignments_per_expert and counts (device i32, 2E + 2
+// entries): [0, E) the kept rows per expert after reroutes, E the number rerouted, E + 1 the
+// reroute walk's own scratch, [E + 2, 2E + 2) assignments_per_expert again.
 void router_plan(Context& ctx, const Tensor& slot_row, const Tensor& row_slot,
                  const Tensor& slot_expert, const Tensor& assignments_per_expert,
                  const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
@@ -141,6 +141,9 @@ RouterPlanCounts router_plan(Context& ctx, const OpCheck& check, const Tensor& s
                              const RoutingRule& rule);
 RouterLossValues router_losses(Context& ctx, const Tensor& scores, const Tensor& lse,
                                const Tensor& balance_counts, const RoutingRule& rule);
+// Backend::router_losses_into: the launches only, into out (f64 [3] on this device).
+void router_losses_into(Context& ctx, const Tensor& out, const Tensor& scores, const Tensor& lse,
+                        const Tensor& balance_counts, const RoutingRule& rule);
 
 // router_projection.cu: Backend::router_logits / router_logits_backward for f32 w and bf16 or
 // f32 u (du in u's dtype), validated by the caller. Return false with nothing launched for any

@@ -136,7 +136,8 @@ __device__ inline gate_key_t<T> gate_key(T gate) {
 // capacity-th largest gate key exactly, by a bitwise binary search from the top bit (one
 // block-wide count per bit: 32 passes for f32, 64 for f64), and keeps every key above it plus
 // the first (capacity - count above) keys equal to it in j order. counts[e]: kept after drops;
-// assignments[e]: before; block 0 zeroes counts[E], the reroute count.
+// assignments[e] and counts[E + 2 + e]: before (the second for the plan's one copy to the host);
+// block 0 zeroes counts[E], the reroute count.
 template <class T>
 __global__ void plan_keep_kernel(int32_t* slot_row, int32_t* slot_expert, int32_t* assignments,
                                  int32_t* counts, const int32_t* topk_idx, const T* gates,
@@ -195,6 +196,7 @@ __global__ void plan_keep_kernel(int32_t* slot_row, int32_t* slot_expert, int32_
   }
   if (threadIdx.x == 0) {
     assignments[e] = static_cast<int32_t>(count);
+    counts[gridDim.x + 2 + e] = static_cast<int32_t>(count);
     counts[e] = static_cast<int32_t>(keep_all ? count : capacity);
     if (e == 0) counts[gridDim.x] = 0;
   }
@@ -759,16 +761,22 @@ RouterPlanCounts router_plan(Context& ctx, const OpCheck& check, const Tensor& s
   if (rule.overflow == Overflow::reroute && E > kMaxRerouteExperts)
     check.fail("overflow reroute supports at most " + std::to_string(kMaxRerouteExperts) +
                " experts on cuda, got E = " + std::to_string(E));
-  // [kept per expert (E), rerouted, the reroute walk's dropped count]
-  int32_t* counts = static_cast<int32_t*>(ctx.scratch(kScratchB, (E + 2) * sizeof(int32_t)));
+  // [kept per expert (E), rerouted, the reroute walk's dropped count, assignments per expert (E)]
+  int32_t* counts = static_cast<int32_t*>(ctx.scratch(kScratchB, (2 * E + 2) * sizeof(int32_t)));
   router_plan(ctx, slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx, gates,
               logits, expert_bias, rule, counts);
-  std::vector<int32_t> host(E + 1);
-  to_host_sync(ctx, "router_plan", host.data(), counts, (E + 1) * sizeof(int32_t));
+  std::vector<int32_t> host(2 * E + 2);
+  to_host_sync(ctx, "router_plan", host.data(), counts, host.size() * sizeof(int32_t));
   RouterPlanCounts result;
   result.tokens_per_expert.assign(host.begin(), host.begin() + E);
   result.rerouted = host[E];
+  result.assignments_per_expert.assign(host.begin() + E + 2, host.end());
   return result;
+}
+
+void router_losses_into(Context& ctx, const Tensor& out, const Tensor& scores, const Tensor& lse,
+                        const Tensor& balance_counts, const RoutingRule& rule) {
+  router_losses(ctx, scores, lse, balance_counts, rule, out.ptr<double>());
 }
 
 // One host synchronisation: aux, z and the entropy, in one copy.

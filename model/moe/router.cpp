@@ -38,12 +38,12 @@ void Router::forward(Backend& backend, const Tensor& u, TokenExchange* world_bal
                                                 assignments_per_expert, topk_idx, gates, logits,
                                                 expert_bias, routing);
   tokens_per_expert = std::move(counts.tokens_per_expert);
+  assignments_on_host = std::move(counts.assignments_per_expert);
   rerouted = counts.rerouted;
   if (world_balance) {
     // Global-batch balancing: f_e from the choices of all the groups of this micro-step.
     ensure(backend, world_counts, {E}, DType::i32);
-    const std::vector<int32_t> local = backend.read_i32(assignments_per_expert);
-    std::vector<int64_t> summed(local.begin(), local.end());
+    std::vector<int64_t> summed = assignments_on_host;
     world_balance->sum_over_world(summed);
     const std::vector<int32_t> global(summed.begin(), summed.end());
     backend.write(world_counts, std::span<const int32_t>(global));
@@ -51,10 +51,14 @@ void Router::forward(Backend& backend, const Tensor& u, TokenExchange* world_bal
   } else {
     balance_counts = assignments_per_expert;
   }
-  const RouterLossValues losses = backend.router_losses(scores, lse, balance_counts, routing);
-  aux_loss = losses.aux;
-  z_loss = losses.z;
-  entropy = losses.entropy;
+  if (losses_out.defined()) {
+    backend.router_losses_into(losses_out, scores, lse, balance_counts, routing);
+  } else {
+    const RouterLossValues losses = backend.router_losses(scores, lse, balance_counts, routing);
+    aux_loss = losses.aux;
+    z_loss = losses.z;
+    entropy = losses.entropy;
+  }
   kept = 0;
   for (int64_t rows : tokens_per_expert) kept += rows;
   dropped = T * K - kept;

@@ -39,7 +39,13 @@ struct Router {
   Tensor assignments_per_expert;  // i32 [E], the choices before drops and reroutes
   Tensor world_counts;            // i32 [E]: assignments_per_expert summed over the world
   Tensor balance_counts;          // the counts behind f_e: assignments_per_expert or world_counts
-  std::vector<int64_t> tokens_per_expert;  // [E] kept, on the host
+  std::vector<int64_t> tokens_per_expert;    // [E] kept, on the host
+  std::vector<int64_t> assignments_on_host;  // [E] assignments_per_expert, on the host
+  // f64 [3] on the device: aux, z and the entropy, written by forward. A caller that defines it
+  // (the Transformer: one row of a buffer for all its layers) reads the values itself, all
+  // layers in one copy once the step's work is enqueued; left undefined, forward reads them
+  // into aux_loss, z_loss and entropy at once (a host synchronisation).
+  Tensor losses_out;
   double aux_loss = 0.0, z_loss = 0.0, entropy = 0.0;
   int64_t kept = 0, dropped = 0, rerouted = 0;
   // Backward scratch.
