@@ -321,7 +321,9 @@ class Backend {
   void unpermute_combine(const Tensor& out, const Tensor& y_perm, const Tensor& gates,
                          const Tensor& slot_row);
   // dy_perm[row(t,k)] (=) gates[t,k] * dout[t];  dgates[t,k] (=) <dout[t], y_perm[row(t,k)]>
-  // (0 for dropped assignments).
+  // (0 for dropped assignments). The R rows are the kept assignments, each named by exactly one
+  // (as router_plan's permutation makes them), so every row is written and none is cleared
+  // first; the CPU checks that the kept count is R.
   void unpermute_combine_backward(const Tensor& dy_perm, const Tensor& dgates,
                                   const Tensor& dout, const Tensor& y_perm,
                                   const Tensor& gates, const Tensor& slot_row);

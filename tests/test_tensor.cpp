@@ -657,6 +657,13 @@ TEST_F(CpuBackendTest, PermuteUnpermuteMatchNaive) {
   EXPECT_THROW(be->permute_rows(be->alloc({N * K + 1, D}, DType::f32), be->alloc({N, D}, DType::f32),
                                 row_slot, K),
                std::runtime_error);
+  // The combine's backward writes every row of dy_perm: one that no kept assignment names is an
+  // error, not a row left as it was.
+  EXPECT_THROW(be->unpermute_combine_backward(
+                   be->alloc({R + 1, D}, DType::f32), be->alloc({N, K}, DType::f32),
+                   be->alloc({N, D}, DType::f32), be->alloc({R + 1, D}, DType::f32),
+                   be->alloc({N, K}, DType::f32), slot_row),
+               std::runtime_error);
 }
 
 // ---- optimizers -----------------------------------------------------------------------------

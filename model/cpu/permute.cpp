@@ -39,9 +39,8 @@ void unpermute_combine(T* out, const T* y_perm, const T* gates, const int32_t* s
 
 template <class T>
 void unpermute_combine_backward(T* dy_perm, T* dgates, const T* dout, const T* y_perm,
-                                const T* gates, const int32_t* slot_row, int64_t N, int64_t R,
-                                int64_t D, int64_t K) {
-  std::fill(dy_perm, dy_perm + R * D, T(0));
+                                const T* gates, const int32_t* slot_row, int64_t N, int64_t D,
+                                int64_t K) {
   for (int64_t t = 0; t < N; ++t) {
     const T* g = dout + t * D;
     for (int64_t k = 0; k < K; ++k) {
@@ -116,12 +115,16 @@ void CpuBackend::unpermute_combine_impl(const Tensor& out, const Tensor& y_perm,
 void CpuBackend::unpermute_combine_backward_impl(const Tensor& dy_perm, const Tensor& dgates,
                                                  const Tensor& dout, const Tensor& y_perm,
                                                  const Tensor& gates, const Tensor& slot_row) {
-  const CombineSizes s = check_combine(OpCheck(*this, "unpermute_combine_backward"), dout, "dout",
-                                       y_perm, gates, slot_row);
+  const OpCheck c(*this, "unpermute_combine_backward");
+  const CombineSizes s = check_combine(c, dout, "dout", y_perm, gates, slot_row);
+  const int32_t* rows = slot_row.ptr<int32_t>();
+  const int64_t kept = std::count_if(rows, rows + s.N * s.K, [](int32_t r) { return r >= 0; });
+  if (kept != s.R)
+    c.fail("dy_perm has " + std::to_string(s.R) + " rows but slot_row keeps " +
+           std::to_string(kept) + " assignments: every row must be a kept assignment's");
   cpu::dispatch_float(s.dt, [&]<class T>(T) {
     cpu::unpermute_combine_backward(dy_perm.ptr<T>(), dgates.ptr<T>(), dout.ptr<T>(),
-                                    y_perm.ptr<T>(), gates.ptr<T>(), slot_row.ptr<int32_t>(), s.N,
-                                    s.R, s.D, s.K);
+                                    y_perm.ptr<T>(), gates.ptr<T>(), rows, s.N, s.D, s.K);
   });
 }
 

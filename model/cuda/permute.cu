@@ -241,10 +241,7 @@ void unpermute_combine_backward(Context& ctx, const Tensor& dy_perm, const Tenso
                                 const Tensor& dout, const Tensor& y_perm, const Tensor& gates,
                                 const Tensor& slot_row) {
   const int64_t N = dout.dim(0), D = dout.dim(1), K = gates.dim(1);
-  // Rows that no kept assignment names stay zero, as on the CPU.
-  if (dy_perm.nbytes())
-    SY_CUDA(ctx, "unpermute_combine_backward",
-            cudaMemsetAsync(dy_perm.data(), 0, dy_perm.nbytes(), ctx.stream));
+  // Every row of dy_perm is a kept assignment's (backend.h), so the kernels write all of it.
   if (N * K == 0) return;
   if (takes_vector_path(dout.dtype(), D, {dy_perm.data(), dout.data(), y_perm.data()})) {
     unpermute_combine_backward_vec<<<blocks_for(N * K, kWarpsPerBlock), 32 * kWarpsPerBlock, 0,
