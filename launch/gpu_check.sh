@@ -20,6 +20,8 @@ example    a 300-step bf16 run of configs/example.yaml, then sy_bench_train on i
            (bf16, fp32, eager module loading, SY_CUDA_PROFILE=1); SY_GPU_CHECK_BENCH=0: the run only
 step       bench/gpu_step/run.sh: our step against PyTorch on configs/bench/{moe,dense,fine}.yaml
            (its settings: CONFIGS, CHECK, TORCH_MODES, TORCH_EXPERTS, BUDGET_S, ...)
+trace      the step's kernel timeline (bench/kernel_trace, CUPTI): GPU busy and idle time a step,
+           the idle gaps by the ops around them, GPU time by kernel (SY_TRACE_CONFIGS, default moe)
 ab         bench/ab/run.sh: the working tree against a baseline (AB_REF, default HEAD) built beside
            it, sy_bench_train alternating, losses compared (AB_CONFIGS, AB_ROUNDS, AB_MEMBOUND, ...)
 ffn        the expert FFN: test_cuda_grouped, test_cuda_model, test_cuda_ops, then
@@ -43,7 +45,7 @@ allocator  SY_CUDA_ALLOCATOR caching against async (suites, the 1.8B MoE step: S
 routing    the routing policy: the suites that read it, a 20-step bf16 run with every balancing key
 nodes      bench/scaling/run.sh, on a machine with several GPUs: NCCL equivalence, alltoall_bench,
            throughput at W = 1, 2, 4, 8 (WIDTHS, STEPS), a killed rank"
-all_parts=(tests example step ab ffn grouped attention optim memory membound balancing ckpt hf tb
+all_parts=(tests example step trace ab ffn grouped attention optim memory membound balancing ckpt hf tb
            allocator routing nodes)
 
 if [ "${1:-}" = --list ]; then echo "$parts_help"; exit 0; fi
@@ -148,6 +150,19 @@ part_example() {
 
 part_step() {
   sy_runner gpu_step env SY_BUILD_DIR="$build" bash bench/gpu_step/run.sh "$sy_out"
+}
+
+part_trace() {
+  local config configs
+  read -ra configs <<< "${SY_TRACE_CONFIGS:-moe}"
+  for config in "${configs[@]}"; do
+    sy_step "run_$config" env CUDA_INJECTION64_PATH="$PWD/$build/libsy_kernel_trace.so" \
+      SY_KERNEL_TRACE="$sy_out/$config.csv" "$build/sy_bench_train" "configs/bench/$config.yaml" \
+      --steps 10 --warmup 3
+    sy_step -o "$sy_out/$config.txt" "gaps_$config" python3 bench/kernel_trace/gaps.py \
+      "$sy_out/$config.csv" --skip 4
+    sy_dry || head -n 30 "$sy_out/$config.txt"
+  done
 }
 
 part_ab() {
