@@ -12,6 +12,7 @@ import argparse
 import collections
 import csv
 import re
+import signal
 
 
 def short(name):
@@ -82,4 +83,5 @@ def main():
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # quiet when piped into head
     main()
