@@ -52,7 +52,9 @@ def main():
     window = [(max(s, lo), min(e, hi), n) for s, e, n in ops if e > lo and s < hi]
 
     busy, gaps = 0, collections.defaultdict(lambda: [0, 0])
-    run_start, run_end, last = lo, lo, args.marker  # the window opens at a marker's end
+    # The window opens at the end of a marker kernel: the first gap follows it.
+    opener = next(n for s, e, n in ops if e == lo and args.marker in n.lower())
+    run_start, run_end, last = lo, lo, opener
     for s, e, n in window:
         if s > run_end:
             busy += run_end - run_start
