@@ -92,6 +92,9 @@ class Backend {
   virtual std::unique_ptr<ProfileRegion> profile_region(const std::string& /*op*/) {
     return nullptr;
   }
+  // A training step ended (the trainer calls it once a step): the CUDA events profile, printed
+  // at exit under SY_CUDA_PROFILE=events, divides its totals by the steps it saw.
+  virtual void profile_step() {}
 
   // ---- memory -------------------------------------------------------------------------------
   Tensor alloc(const Shape& shape, DType dtype);  // uninitialised

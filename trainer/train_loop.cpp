@@ -851,6 +851,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     const StepVerdict verdict = judge_step(run, outputs.spike_guard, acc, grad_norm);
     const double lr = clip_and_update(run, state, verdict, grad_norm, acc);
     StepMetrics metrics = record_step(run, state, outputs, verdict, acc, lr, grad_norm);
+    run.backend.profile_step();
     log_step(run, state, outputs, metrics);
     maybe_evaluate(run, data, state, outputs);
     maybe_save(run, state, verdict);

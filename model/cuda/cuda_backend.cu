@@ -97,6 +97,7 @@ class CudaBackend final : public Backend {
     return std::make_unique<Region>(profile_, ctx_, op);
   }
   std::string profile_report(int64_t steps) { return profile_.report(ctx_, name(), steps); }
+  void profile_step() override { profile_.count_step(); }
   void* native_stream() override { return ctx_.stream; }
   // Portable: locked for every context, so that the handle's unlock needs neither this backend
   // nor its device current (it may run after the backend is gone, or at exit, where an error

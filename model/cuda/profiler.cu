@@ -76,12 +76,15 @@ void OpProfile::begin(const Context& ctx) {
   seen_.clear();
   first_calls_ = 0;
   failures_ = 0;
+  steps_seen_ = 0;
   if (window_start_) pool_.push_back(window_start_);
   window_start_ = nullptr;
 }
 
 std::string OpProfile::report(const Context& ctx, const std::string& backend, int64_t steps) {
   if (!events() || !window_start_) return "";
+  if (steps <= 0) steps = steps_seen_;
+  steps_seen_ = 0;
   cudaEvent_t window_end = record(ctx);
   resolve(ctx, pending_.size());
   float window_ms = 0;

@@ -49,6 +49,11 @@ class OpProfile {
 
   // Starts a fresh events window: what was recorded so far is dropped.
   void begin(const Context& ctx);
+  // A training step ended inside the window (Backend::profile_step): report() divides by the
+  // steps counted when its caller gives none.
+  void count_step() {
+    if (window_start_) ++steps_seen_;
+  }
 
   // Events mode: resolves every pair, returns the table of the window (per op family: calls,
   // total ms, ms per step, % of the window's stream time) and closes the window; profiling
@@ -78,6 +83,7 @@ class OpProfile {
   std::vector<cudaEvent_t> pool_;
   std::vector<Pending> pending_;
   cudaEvent_t window_start_ = nullptr;
+  int64_t steps_seen_ = 0;  // Backend::profile_step calls since the window opened
   int64_t failures_ = 0;
 };
 
