@@ -77,22 +77,30 @@ done
 # ---- 3. scaling -----------------------------------------------------------------------------
 data=$out/tokens.h5
 [ -f "$data" ] || "$build/sy_make_token_file" "$data" 50000000 > "$out/tokens.log" 2>&1 || status=1
-# "tokens/s peak_GiB" of a run's metrics.jsonl: the mean over the logged intervals after the first.
+# "tokens/s peak_GiB load" of a run's metrics.jsonl: the mean over the logged intervals after the
+# first; load = the MoE layers' load cv, mean / max over layers, averaged over those intervals
+# ("-" for a dense model). A skewed router slows expert parallelism (the rank with the busiest
+# experts sets the pace), so the balance stands beside each figure.
 throughput() {
   python3 - "$1" << 'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"tokens_per_s"' in l]
 rows = [r for r in rows if r.get("tokens_per_s")]
-if len(rows) < 2: print("- -"); sys.exit()
+if len(rows) < 2: print("- - -"); sys.exit()
 timed = rows[1:]
-print("%.0f %.1f" % (sum(r["tokens_per_s"] for r in timed) / len(timed),
-                     max(r.get("peak_memory_bytes", 0) for r in rows) / 2**30))
+cvs = [r["load_cv"] for r in timed if r.get("load_cv")]
+load = "-"
+if cvs:
+    load = "%.2f/%.2f" % (sum(sum(c) / len(c) for c in cvs) / len(cvs),
+                          sum(max(c) for c in cvs) / len(cvs))
+print("%.0f %.1f %s" % (sum(r["tokens_per_s"] for r in timed) / len(timed),
+                        max(r.get("peak_memory_bytes", 0) for r in rows) / 2**30, load))
 EOF
 }
 note ""
 note "## Scaling (switchyard train, $steps steps, the configs' micro-batch on each rank)"
-note "| config | parallelism | W | tokens/s | per GPU | efficiency | peak GiB / GPU |"
-note "|---|---|---|---|---|---|---|"
+note "| config | parallelism | W | tokens/s | per GPU | efficiency | peak GiB / GPU | load cv mean/max |"
+note "|---|---|---|---|---|---|---|---|"
 extra=()
 for kv in ${EXTRA_SET:-}; do extra+=(--set "$kv"); done
 for run in "moe ep" "moe dp" "dense dp"; do
@@ -108,7 +116,7 @@ for run in "moe ep" "moe dp" "dense dp"; do
       --set "data.path=$data" --set "run.dir=$dir" --set "train.steps=$steps" \
       --set "run.log_every=$log_every" --set "parallel.expert_parallel=$ep" "${extra[@]}" \
       > "$out/${config}_${mode}_w$w.log" 2>&1 || status=1
-    read -r tps peak <<< "$(throughput "$dir/metrics.jsonl" 2> /dev/null || echo "- -")"
+    read -r tps peak load <<< "$(throughput "$dir/metrics.jsonl" 2> /dev/null || echo "- - -")"
     per=-
     eff=-
     if [ "$tps" != - ]; then
@@ -116,7 +124,7 @@ for run in "moe ep" "moe dp" "dense dp"; do
       [ -z "$base" ] && [ "$w" = 1 ] && base=$per
       [ -n "$base" ] && eff=$(python3 -c "print('%.2f' % ($per / $base))")
     fi
-    note "| $config | $mode (expert_parallel $ep) | $w | $tps | $per | $eff | $peak |"
+    note "| $config | $mode (expert_parallel $ep) | $w | $tps | $per | $eff | $peak | $load |"
   done
 done
 
