@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/kernel_trace/gaps.py on a made-up timeline: steps cut at the marker, the busy and idle
-# time a step, the idle gaps by the ops around them (a kernel's name shortened to its last name),
-# and the error for too few markers.
+# time a step, the device-to-host copies a step, the idle gaps by the ops around them (a
+# kernel's name shortened to its last name), and the error for too few markers.
 #   bash tests/kernel_trace_gaps.sh REPO_ROOT
 set -uo pipefail
 root=${1:?usage: kernel_trace_gaps.sh REPO_ROOT}
@@ -34,6 +34,7 @@ echo "$out" | grep -q "^2 steps: 1.000 ms a step, GPU busy 0.650, idle 0.350 (35
 echo "$out" | grep -Eq "0\.250 +1\.0  memcpy DtoH -> fused_adamw_kernel" || fail "the gap after the copy"
 echo "$out" | grep -Eq "0\.100 +1\.0  fused_adamw_kernel -> gemm" || fail "the gap after the pass"
 echo "$out" | grep -Eq "0\.500 +1\.0  gemm$" || fail "the GEMM's time by name"
+echo "$out" | grep -q "^device-to-host copies a step: 1.0$" || fail "the copies a step"
 
 python3 "$root/bench/kernel_trace/gaps.py" "$dir/trace.csv" --skip 5 > /dev/null 2>&1 &&
   fail "too few markers passed"

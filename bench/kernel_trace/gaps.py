@@ -5,9 +5,10 @@
 
 Steps are cut at the end of each kernel whose name holds --marker (the optimizer pass, once a
 step); the first --skip of them (warm-up) are dropped. Over the steps that remain it prints the
-span and the busy time a step (the union of kernels, copies and memsets), the idle gaps summed by
-the op that ends before them and the one that starts after them (a gap after "memcpy DtoH" is a
-host synchronisation's round trip), and the GPU time by kernel."""
+span and the busy time a step (the union of kernels, copies and memsets), the device-to-host
+copies a step (each a host synchronisation here), the idle gaps summed by the op that ends before
+them and the one that starts after them (a gap after "memcpy DtoH" is a host synchronisation's
+round trip), and the GPU time by kernel."""
 import argparse
 import collections
 import csv
@@ -71,6 +72,9 @@ def main():
     ms = lambda ns: ns / 1e6 / steps
     print(f"{steps} steps: {ms(span):.3f} ms a step, GPU busy {ms(busy):.3f}, "
           f"idle {ms(span - busy):.3f} ({100 * (span - busy) / span:.1f}%)")
+    # Each device-to-host copy is, in this codebase, a host synchronisation's round trip.
+    copies = sum(1 for s, e, n in window if n == "memcpy DtoH")
+    print(f"device-to-host copies a step: {copies / steps:.1f}")
     print(f"\nidle gaps by the op before and after (ms a step, gaps a step), top {args.top}:")
     for (before, after), (t, n) in sorted(gaps.items(), key=lambda kv: -kv[1][0])[:args.top]:
         print(f"  {ms(t):7.3f}  {n / steps:5.1f}  {before} -> {after}")
