@@ -135,6 +135,7 @@ void write_batches(const std::string& path, const Config& config, const StepSamp
       .add("num_experts", moe.num_experts)
       .add("top_k", moe.routing.top_k)
       .add("expert_hidden", moe.expert_hidden)
+      .add("shared_expert_hidden", moe.shared_expert_hidden)
       .add("capacity_factor", moe.capacity_factor)
       .add("normalize_topk", static_cast<int64_t>(moe.routing.normalizes()))
       .add("aux_loss_coef", moe.aux_loss_coef)

@@ -51,6 +51,10 @@ struct MoeConfig {
   // top_k, router_score, normalize_topk, drop_policy, overflow (model/routing_policy.h).
   RoutingPolicy routing;
   int64_t expert_hidden = 256;        // F_e
+  // F_s: one SwiGLU FFN of this width that every token of a MoE layer passes through, its output
+  // added to the routed experts' (shared experts, as in DeepSeekMoE; n shared experts of width
+  // F are one of width n F). 0: none.
+  int64_t shared_expert_hidden = 0;
   MoeLayers layers;
   double capacity_factor = 0.0;       // <= 0: dropless
   double aux_loss_coef = 0.01;

@@ -51,9 +51,9 @@ SwigluActivations swiglu_buffers(Backend& backend, Workspace& saved, Workspace& 
 }
 
 const Tensor& DenseFFN::forward(Backend& backend, const Tensor& u) {
-  out = scratch().get(backend, "ffn.out", u.shape(), u.dtype());  // the caller adds it
-  acts = swiglu_buffers(backend, saved(), scratch(), "ffn", u.dim(0), w1.value.dim(1), u.dtype(),
-                        0, false);
+  out = scratch().get(backend, name + ".out", u.shape(), u.dtype());  // the caller adds it
+  acts = swiglu_buffers(backend, saved(), scratch(), name, u.dim(0), w1.value.dim(1), u.dtype(), 0,
+                        false);
   swiglu_forward(backend, out, u, {w1.compute_value(), w3.compute_value(), w2.compute_value()},
                  acts);
   return out;
@@ -65,9 +65,9 @@ void DenseFFN::release_saved() {
 }
 
 const Tensor& DenseFFN::backward(Backend& backend, const Tensor& dout, const Tensor& u) {
-  du = scratch().get(backend, "ffn.du", u.shape(), u.dtype());
-  acts = swiglu_buffers(backend, saved(), scratch(), "ffn", u.dim(0), w1.value.dim(1), u.dtype(),
-                        0, true);
+  du = scratch().get(backend, name + ".du", u.shape(), u.dtype());
+  acts = swiglu_buffers(backend, saved(), scratch(), name, u.dim(0), w1.value.dim(1), u.dtype(), 0,
+                        true);
   swiglu_backward(backend, du, dout, u,
                   {w1.compute_value(), w3.compute_value(), w2.compute_value()},
                   {w1.grad, w3.grad, w2.grad}, acts, take_grad_beta(w1, w3, w2));

@@ -48,6 +48,10 @@ SwigluActivations swiglu_buffers(Backend& backend, Workspace& saved, Workspace& 
 // The dense FFN layer.
 struct DenseFFN {
   Param w1, w3, w2;
+  // The prefix of its workspace slots ("<name>.out", "<name>.du", "<name>.h1", ...): a MoE
+  // layer's shared expert is a DenseFFN beside the experts, whose layer already holds "ffn.out"
+  // and "ffn.du".
+  std::string name = "ffn";
   // Shared scratch (the Transformer's); null: a private one. out, du and the backward buffers
   // come from it.
   Workspace* workspace = nullptr;

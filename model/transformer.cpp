@@ -98,6 +98,17 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
     layer.experts.w3 = make_param(prefix + "moe/experts/w3", {local, D, F}, true);
     layer.experts.w2 = make_param(prefix + "moe/experts/w2", {local, F, D}, true);
     layer.experts.kernel = moe.expert_kernel;
+    if (const int64_t Fs = moe.shared_expert_hidden; Fs > 0) {
+      // Every rank holds the whole shared expert (not an expert slice): its gradient is reduced
+      // over all ranks, as the attention's.
+      block.shared = std::make_unique<DenseFFN>();
+      block.shared->name = "shared";
+      block.shared->w1 = make_param(prefix + "moe/shared/w1", {D, Fs});
+      block.shared->w3 = make_param(prefix + "moe/shared/w3", {D, Fs});
+      block.shared->w2 = make_param(prefix + "moe/shared/w2", {Fs, D});
+      block.shared->workspace = shared;
+      block.shared->recompute = recompute_layer;
+    }
   }
   final_norm_.gain = make_param("final_norm", {D}, false, false);
   if (m.tie_embeddings)
@@ -115,6 +126,8 @@ std::vector<Param*> block_params(Block& block) {
   else
     list.insert(list.end(), {&block.moe->router.weight, &block.moe->experts.w1,
                              &block.moe->experts.w3, &block.moe->experts.w2});
+  if (block.shared)
+    list.insert(list.end(), {&block.shared->w1, &block.shared->w3, &block.shared->w2});
   return list;
 }
 }  // namespace
@@ -341,6 +354,8 @@ void Transformer::forward(int64_t batch, bool training) {
     const Tensor& ffn_out =
         block.dense ? block.dense->forward(backend_, ffn_in) : block.moe->forward(backend_, ffn_in);
     backend_.add_into(residual_[l + 1], x_mid, ffn_out);
+    // x_next += the shared expert's output (after the routed experts', in this order everywhere)
+    if (block.shared) backend_.add(residual_[l + 1], block.shared->forward(backend_, ffn_in), 1.0);
   }
 }
 
@@ -366,6 +381,9 @@ void Transformer::backward(int64_t batch, double loss_scale) {
     const Tensor& dffn_in = block.dense
                                 ? block.dense->backward(backend_, dresidual_, ffn_in)
                                 : block.moe->backward(backend_, dresidual_, ffn_in, d_aux, d_z);
+    // The shared expert's input gradient joins the experts' (its own slots: no aliasing).
+    if (block.shared)
+      backend_.add(dffn_in, block.shared->backward(backend_, dresidual_, ffn_in), 1.0);
     const Tensor x_mid = residual_mid(l, dresidual_.dim(0));
     backend_.add(dresidual_, block.ffn_norm.backward(backend_, dffn_in, x_mid), 1.0);
 
@@ -398,6 +416,7 @@ void Transformer::release_saved(int64_t layer) {
   block.ffn_norm.release_saved();
   if (block.dense) block.dense->release_saved();
   if (block.moe) block.moe->release_saved();
+  if (block.shared) block.shared->release_saved();
   if (layer < static_cast<int64_t>(residual_mid_.size())) residual_mid_[layer] = Tensor();
   residual_[layer + 1] = Tensor();
 }
@@ -423,6 +442,7 @@ void Transformer::recompute_block(int64_t layer, const AttentionShape& shape) {
     block.dense->forward(backend_, ffn_in);
   else
     block.moe->recompute_experts(backend_);
+  if (block.shared) block.shared->forward(backend_, ffn_in);
 }
 
 }  // namespace sy

@@ -25,6 +25,7 @@ struct Block {
   RMSNorm ffn_norm;
   std::unique_ptr<DenseFFN> dense;  // exactly one of dense, moe
   std::unique_ptr<MoELayer> moe;
+  std::unique_ptr<DenseFFN> shared;  // a MoE layer's shared expert (moe.shared_expert_hidden)
 };
 
 // What one routing group's forward produced, for the loss and the metrics.

@@ -359,5 +359,23 @@ TEST(CompareConfigs, WhichKeysMayChange) {
   EXPECT_THROW(compare_configs("- not a mapping", c), std::runtime_error);
 }
 
+// A checkpoint written before a key existed lacks it: at its default the key is no difference,
+// set to anything else it is (here a model-shaping one, so an error).
+TEST(CompareConfigs, AKeyNewerThanTheCheckpointAtItsDefaultIsNoDifference) {
+  Config c;
+  c.moe.num_experts = 8;
+  std::string saved = config_to_yaml(c);
+  const std::string line = "  shared_expert_hidden: 0\n";
+  const size_t at = saved.find(line);
+  ASSERT_NE(at, std::string::npos) << saved;
+  saved.erase(at, line.size());
+  ConfigDiff diff = compare_configs(saved, c);
+  EXPECT_TRUE(diff.errors.empty() && diff.warnings.empty() && diff.notes.empty());
+  c.moe.shared_expert_hidden = 16;
+  diff = compare_configs(saved, c);
+  EXPECT_EQ(diff.errors,
+            (std::vector<std::string>{"moe.shared_expert_hidden (checkpoint absent, config 16)"}));
+}
+
 }  // namespace
 }  // namespace sy

@@ -314,6 +314,11 @@ TEST(ConfigRules, TopK) {
   EXPECT_TRUE(rejects("moe:\n  num_experts: -1\n", "moe.num_experts: must be >= 0, got -1"));
   EXPECT_TRUE(rejects("moe:\n  num_experts: 4\n  expert_hidden: 0\n",
                       "moe.expert_hidden: must be >= 1, got 0"));
+  EXPECT_TRUE(rejects("moe:\n  num_experts: 4\n  shared_expert_hidden: -1\n",
+                      "moe.shared_expert_hidden: must be >= 0, got -1"));
+  EXPECT_TRUE(rejects("moe:\n  num_experts: 0\n  shared_expert_hidden: 8\n",
+                      "moe.shared_expert_hidden: is 8 but the model is dense (moe.num_experts 0): "
+                      "a shared expert sits beside routed ones"));
   // A dense model ignores top_k.
   EXPECT_TRUE(load_errors(write_temp("moe:\n  num_experts: 0\n  top_k: 9\n")).empty());
 }

@@ -135,6 +135,12 @@ TEST_F(CudaModel, MixedUntiedCapacityBf16) {
   compare("mixed untied capacity", small_model(false, {false, true, false}, 1.0), DType::bf16,
           kBf16LossTol, kBf16GradTol);
 }
+// A shared expert beside the routed ones (moe.shared_expert_hidden), with capacity drops.
+TEST_F(CudaModel, SharedExpertBf16) {
+  TransformerOptions options = small_model(true, {true, false, true}, 1.0);
+  options.moe.shared_expert_hidden = 48;
+  compare("shared expert", options, DType::bf16, kBf16LossTol, kBf16GradTol);
+}
 
 // ---- training -------------------------------------------------------------------------------
 struct TrainRun {

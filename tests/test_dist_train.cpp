@@ -20,9 +20,12 @@ TEST_F(DistTrain, EquivalenceWithCapacityDrops) {
   check_equivalence(c, "drops");
 }
 
-TEST_F(DistTrain, EquivalenceDropless) {
+// Dropless, with a shared expert beside the routed ones: every rank holds it whole and its
+// gradient is summed over all ranks, whatever P.
+TEST_F(DistTrain, EquivalenceDroplessWithASharedExpert) {
   Config c = base_config();
   c.moe.capacity_factor = 0.0;
+  c.moe.shared_expert_hidden = 24;
   check_equivalence(c, "dropless");
 }
 

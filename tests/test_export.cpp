@@ -378,9 +378,12 @@ TEST_F(Export, RefusesWhatTransformersCannotExpress) {
   const std::vector<std::pair<std::function<void(Config&)>, std::string>> cases = {
       {[](Config& c) { c.moe.routing.score = RouterScore::sigmoid; }, "moe.router_score: sigmoid"},
       {[](Config& c) { c.moe.bias_update_rate = 0.001; }, "moe.bias_update_rate: 0.001"},
+      {[](Config& c) { c.moe.shared_expert_hidden = 16; }, "moe.shared_expert_hidden: 16"},
       {[](Config& c) { c.moe.capacity_factor = 1.25; }, "moe.capacity_factor: 1.25"},
-      {[](Config& c) { c.moe.routing.top_k = 1; }, "moe.normalize_topk: default (false at top_k 1)"},
-      {[](Config& c) { c.moe.routing.normalize_topk = TopkNormalize::off; }, "moe.normalize_topk: false"},
+      {[](Config& c) { c.moe.routing.top_k = 1; },
+       "moe.normalize_topk: default (false at top_k 1)"},
+      {[](Config& c) { c.moe.routing.normalize_topk = TopkNormalize::off; },
+       "moe.normalize_topk: false"},
   };
   for (const auto& [change, expected] : cases) {
     Config c = base("unused");

@@ -189,12 +189,14 @@ TEST_F(LayerGrad, MoESigmoidRerouteWithBias) {
 }
 
 // The whole model: loss = lm + aux_coef * aux + z_coef * z, gradients of every parameter.
-void check_model(Backend& be, const std::string& layers, bool tie, double capacity_factor) {
+void check_model(Backend& be, const std::string& layers, bool tie, double capacity_factor,
+                 int64_t shared_expert_hidden = 0) {
   TransformerOptions options;
   options.model = {32, 6, 8, 3, 2, 12, tie};  // V, S, D, L, H, F, tie
   options.moe.num_experts = 4;
   options.moe.routing.top_k = 2;
   options.moe.expert_hidden = 6;
+  options.moe.shared_expert_hidden = shared_expert_hidden;
   options.moe.capacity_factor = capacity_factor;
   options.moe.aux_loss_coef = 0.5;
   options.moe.z_loss_coef = 0.2;
@@ -235,6 +237,9 @@ TEST_F(LayerGrad, ModelAllMoEDropless) { check_model(be, "all", true, 0.0); }
 TEST_F(LayerGrad, ModelAllMoECapacityDrops) { check_model(be, "all", true, 0.75); }
 TEST_F(LayerGrad, ModelMixedUntied) { check_model(be, "middle", false, 1.0); }
 TEST_F(LayerGrad, ModelDense) { check_model(be, "dense", true, 0.0); }
+// A shared expert beside the routed ones (moe.shared_expert_hidden) in the MoE layer of a mixed
+// model, with drops, so that some tokens reach only the shared expert.
+TEST_F(LayerGrad, ModelSharedExpert) { check_model(be, "middle", true, 0.75, 5); }
 
 }  // namespace
 }  // namespace sy

@@ -138,22 +138,26 @@ TEST(ModelCard, CountsMatchTheParameters) {
   auto backend = make_cpu_backend();
   for (const MoeLayers& layers : {MoeLayers{}, MoeLayers::every_nth(2)}) {
     for (bool tie : {true, false}) {
-      Config config = small_config();
-      config.moe.layers = layers;
-      config.model.tie_embeddings = tie;
-      LocalExchange exchange(*backend, 4);
-      Transformer model(*backend, options_of(config), &exchange);
-      int64_t total = 0, experts = 0;
-      for (Param* p : model.params()) {
-        total += p->value.numel();
-        if (p->is_expert) experts += p->value.numel();
+      for (int64_t shared : {0, 6}) {  // moe.shared_expert_hidden: active for every token
+        Config config = small_config();
+        config.moe.layers = layers;
+        config.model.tie_embeddings = tie;
+        config.moe.shared_expert_hidden = shared;
+        LocalExchange exchange(*backend, 4);
+        Transformer model(*backend, options_of(config), &exchange);
+        int64_t total = 0, experts = 0;
+        for (Param* p : model.params()) {
+          total += p->value.numel();
+          if (p->is_expert) experts += p->value.numel();
+        }
+        const ModelCard card = make_model_card(config);
+        EXPECT_EQ(card.total_params, total)
+            << to_string(layers) << " tie " << tie << " shared " << shared;
+        EXPECT_EQ(card.expert_params, experts);
+        // top_k of E experts are active per token.
+        EXPECT_EQ(card.active_params, total - experts / 2);
+        EXPECT_DOUBLE_EQ(card.sparsity, 0.5);
       }
-      const ModelCard card = make_model_card(config);
-      EXPECT_EQ(card.total_params, total) << to_string(layers) << " tie " << tie;
-      EXPECT_EQ(card.expert_params, experts);
-      // top_k of E experts are active per token.
-      EXPECT_EQ(card.active_params, total - experts / 2);
-      EXPECT_DOUBLE_EQ(card.sparsity, 0.5);
     }
   }
   Config dense = small_config();

@@ -63,6 +63,9 @@ bool shapes_model(const std::string& key) {
 ConfigDiff compare_configs(const std::string& checkpoint_yaml, const Config& config) {
   const auto theirs = flatten_config(checkpoint_yaml);
   const auto ours = flatten_config(config_to_yaml(config));
+  // A key the checkpoint lacks came into the config after it was written (moe.shared_expert_
+  // hidden, say): at its default it changes nothing, so it is no difference.
+  const auto defaults = flatten_config(config_to_yaml(Config{}));
   std::vector<std::string> keys;
   for (const auto& [key, value] : ours) keys.push_back(key);
   for (const auto& [key, value] : theirs)
@@ -77,6 +80,8 @@ ConfigDiff compare_configs(const std::string& checkpoint_yaml, const Config& con
     const std::string* before = find(theirs);
     const std::string* now = find(ours);
     if (before && now && *before == *now) continue;
+    const std::string* fallback = find(defaults);
+    if (!before && now && fallback && *now == *fallback) continue;
     const std::string line = key + " (checkpoint " + (before ? *before : "absent") + ", config " +
                              (now ? *now : "absent") + ")";
     if (shapes_model(key))

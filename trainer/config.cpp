@@ -177,6 +177,7 @@ std::vector<Section> config_fields(Config& c) {
        {{"num_experts", &c.moe.num_experts},
         {"top_k", &c.moe.routing.top_k},
         {"expert_hidden", &c.moe.expert_hidden},
+        {"shared_expert_hidden", &c.moe.shared_expert_hidden},
         {"layers", &c.moe.layers},
         {"capacity_factor", &c.moe.capacity_factor},
         {"normalize_topk", &c.moe.routing.normalize_topk},
@@ -592,6 +593,10 @@ void validate_layers(const Config& c, Problems& p) {
 void validate_moe(const Config& c, Problems& p) {
   const MoeConfig& moe = c.moe;
   check_at_least(p, "moe.num_experts", moe.num_experts, 0);
+  if (moe.num_experts == 0 && moe.shared_expert_hidden != 0)
+    p.add("moe.shared_expert_hidden", "is " + str(moe.shared_expert_hidden) +
+                                          " but the model is dense (moe.num_experts 0): "
+                                          "a shared expert sits beside routed ones");
   if (moe.num_experts > 0) {
     const int64_t top_k = moe.routing.top_k;
     if (top_k < 1)
@@ -599,6 +604,7 @@ void validate_moe(const Config& c, Problems& p) {
     else if (top_k > moe.num_experts)
       p.add("moe.top_k", str(top_k) + " exceeds moe.num_experts (" + str(moe.num_experts) + ")");
     check_at_least(p, "moe.expert_hidden", moe.expert_hidden, 1);
+    check_at_least(p, "moe.shared_expert_hidden", moe.shared_expert_hidden, 0);
     const int64_t ranks = c.parallel.expert_parallel;
     if (ranks >= 1 && moe.num_experts % ranks != 0)
       p.add("moe.num_experts", str(moe.num_experts) + " is not divisible by parallel.expert_parallel (" +

@@ -281,6 +281,9 @@ std::string hf_export_problem(const Config& config) {
   if (moe.routing.score != RouterScore::softmax)
     return std::string("moe.router_score: ") + to_string(moe.routing.score) +
            "; Mixtral's router is a softmax over the experts";
+  if (moe.shared_expert_hidden > 0)
+    return "moe.shared_expert_hidden: " + std::to_string(moe.shared_expert_hidden) +
+           " adds a shared expert to every MoE layer; Mixtral has none";
   if (moe.bias_update_rate > 0)
     return "moe.bias_update_rate: " + number(moe.bias_update_rate) +
            " trains an expert bias that steers the top-k; Mixtral's router has none";

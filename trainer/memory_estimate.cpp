@@ -145,7 +145,9 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   const bool keep_attention = recompute == Recompute::none || recompute == Recompute::norms;
   const bool keep_layer = recompute != Recompute::layer;
   const double attention_part = 4 * TD + T * H * 4 + probabilities;
-  const double dense_h = 2 * T * F * e, expert_h = 2 * TK * Fe * e;
+  // A MoE layer's shared expert (moe.shared_expert_hidden) keeps its own h1 and h3.
+  const double Fs = static_cast<double>(moe.shared_expert_hidden);
+  const double dense_h = 2 * T * F * e, expert_h = 2 * TK * Fe * e + 2 * T * Fs * e;
   const double kept_dense = TD;
   const double kept_moe = TD + 2 * TK * D * e + 2 * T * moe.num_experts * 4 + TK * 8;
   double saved = dense_layers * kept_dense + moe_layers * kept_moe;
@@ -198,7 +200,9 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   // directly); with expert_parallel > 1 also x_perm, the experts' output, dy_recv, dx_perm and
   // the dispatcher's staging rows.
   const double exchanged = config.parallel.expert_parallel > 1 ? 5 * TK * D * e : 0.0;
-  const double moe_backward = 2 * TK * D * e + 2 * TD + TK * Fe * e + exchanged;
+  // A shared expert adds its out and du; its hidden takes the same slot (the larger rows).
+  const double moe_backward =
+      2 * TK * D * e + 2 * TD + std::max(TK * Fe, T * Fs) * e + exchanged + (Fs > 0 ? 2 * TD : 0.0);
   double workspace = attention_backward + std::max(dense_layers > 0 ? dense_backward : 0.0,
                                                    moe_layers > 0 ? moe_backward : 0.0);
   if (!keep_norms) workspace += 2 * TD;

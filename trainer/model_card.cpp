@@ -27,8 +27,9 @@ ModelCard make_model_card(const Config& config) {
     }
     ++card.moe_layers;
     const int64_t router = D * moe.num_experts, expert = 3 * D * moe.expert_hidden;
-    non_expert += router;
-    active_matmul += router + moe.routing.top_k * expert;
+    const int64_t shared = 3 * D * moe.shared_expert_hidden;  // every token, every rank
+    non_expert += router + shared;
+    active_matmul += router + moe.routing.top_k * expert + shared;
     expert_total += moe.num_experts * expert;
     expert_per_rank += moe.num_experts / config.parallel.expert_parallel * expert;
   }

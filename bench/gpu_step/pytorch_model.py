@@ -408,6 +408,8 @@ def main():
         unsupported.append("moe.router_score sigmoid")
     if cfg["bias_update_rate"] > 0:
         unsupported.append("moe.bias_update_rate > 0")
+    if cfg.get("shared_expert_hidden", 0) > 0:
+        unsupported.append("moe.shared_expert_hidden > 0")
     if cfg["aux_loss_scope"] != "micro_batch":
         unsupported.append("moe.aux_loss_scope global")
     if cfg["optimizer"] != "adamw":
