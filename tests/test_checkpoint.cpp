@@ -188,6 +188,22 @@ TEST_F(CheckpointTest, SgdCheckpointsHaveNoMomentsAndResumeExactly) {
   expect_continues_exactly(resumed, whole, 3);
 }
 
+// A model with shared experts: their tensors go to /model/layers/{l}/moe/shared/ and the resumed
+// run repeats the uninterrupted one bit for bit.
+TEST_F(CheckpointTest, SharedExpertsResumeExactly) {
+  Config c = base_config("shared");
+  c.moe.shared_expert_hidden = 12;
+  c.train.steps = 6;
+  c.checkpoint.every = 3;
+  const TrainSummary whole = train(c, {.print = false, .collect_parameters = true});
+  const std::string file = (dir / "shared" / "checkpoints" / checkpoint_file_name(3)).string();
+  EXPECT_TRUE(tamper::has_link(file, "/model/layers/1/moe/shared/w2"));
+  c.run.dir = (dir / "shared_resumed").string();
+  const TrainSummary resumed =
+      train(c, {.print = false, .collect_parameters = true, .resume = file});
+  expect_continues_exactly(resumed, whole, 3);
+}
+
 // A save interrupted after the temporary file was written and before the rename (the test hook
 // throws there, as a crash would stop there) leaves the previous checkpoint in place; `auto`
 // picks it, also past a newer garbage step file and a `latest` that names a broken file.

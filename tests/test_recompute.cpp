@@ -23,6 +23,7 @@ struct Case {
   AttentionKernel kernel;   // model.attention_kernel
   double capacity_factor;   // > 0: drops (the routing must be the stored one)
   DType dtype;              // compute (and master) dtype
+  int64_t shared_expert_hidden = 0;  // moe.shared_expert_hidden
 };
 
 struct Result {
@@ -42,6 +43,7 @@ Result run(const Case& c, Recompute recompute) {
   config.moe.capacity_factor = c.capacity_factor;
   config.moe.aux_loss_coef = 0.05;
   config.moe.z_loss_coef = 0.01;
+  config.moe.shared_expert_hidden = c.shared_expert_hidden;
   TransformerOptions options{config.model, config.moe, moe_layer_mask(config), DType::f32};
   options.dtype = c.dtype;
   options.master_dtype = c.dtype;
@@ -96,7 +98,9 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"moe_reference_capacity", true, {}, AttentionKernel::reference, 1.0, DType::f32},
         Case{"mixed_flash_capacity", true, MoeLayers::every_nth(2), AttentionKernel::flash, 0.75,
              DType::f32},
-        Case{"moe_f64", true, {}, AttentionKernel::flash, 1.0, DType::f64}),
+        Case{"moe_f64", true, {}, AttentionKernel::flash, 1.0, DType::f64},
+        Case{"mixed_shared_expert", true, MoeLayers::every_nth(2), AttentionKernel::flash, 0.75,
+             DType::f32, 12}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 // The workspace hands out prefixes of grow-only slots: a smaller request reuses the block, a
