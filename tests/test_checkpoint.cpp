@@ -87,6 +87,21 @@ void expect_continues_exactly(const TrainSummary& resumed, const TrainSummary& s
   EXPECT_EQ(resumed.final_val_loss, straight.final_val_loss);
 }
 
+// Trains `c` for 6 steps with a checkpoint every 3, then a fresh run from the step-3 checkpoint
+// in a folder of its own, which must repeat the rest exactly. Returns that checkpoint's path, for
+// the caller's look at its layout.
+std::string expect_exact_resume_from_step_3(Config c) {
+  c.train.steps = 6;
+  c.checkpoint.every = 3;
+  const TrainSummary whole = train(c, {.print = false, .collect_parameters = true});
+  const std::string file = (fs::path(c.run.dir) / "checkpoints" / checkpoint_file_name(3)).string();
+  c.run.dir += "_resumed";
+  const TrainSummary resumed =
+      train(c, {.print = false, .collect_parameters = true, .resume = file});
+  expect_continues_exactly(resumed, whole, 3);
+  return file;
+}
+
 std::vector<std::string> read_lines(const fs::path& path) {
   std::ifstream in(path);
   std::vector<std::string> lines;
@@ -177,15 +192,8 @@ TEST_F(CheckpointTest, EveryKeepLastAndLatest) {
 TEST_F(CheckpointTest, SgdCheckpointsHaveNoMomentsAndResumeExactly) {
   Config c = base_config("sgd");
   c.train.optimizer = OptimizerKind::sgd;
-  c.train.steps = 6;
-  c.checkpoint.every = 3;
-  const TrainSummary whole = train(c, {.print = false, .collect_parameters = true});
-  const std::string file = (dir / "sgd" / "checkpoints" / checkpoint_file_name(3)).string();
+  const std::string file = expect_exact_resume_from_step_3(c);
   EXPECT_FALSE(tamper::has_link(file, "/optimizer"));
-  c.run.dir = (dir / "sgd_resumed").string();
-  const TrainSummary resumed =
-      train(c, {.print = false, .collect_parameters = true, .resume = file});
-  expect_continues_exactly(resumed, whole, 3);
 }
 
 // A model with shared experts: their tensors go to /model/layers/{l}/moe/shared/ and the resumed
@@ -193,15 +201,8 @@ TEST_F(CheckpointTest, SgdCheckpointsHaveNoMomentsAndResumeExactly) {
 TEST_F(CheckpointTest, SharedExpertsResumeExactly) {
   Config c = base_config("shared");
   c.moe.shared_expert_hidden = 12;
-  c.train.steps = 6;
-  c.checkpoint.every = 3;
-  const TrainSummary whole = train(c, {.print = false, .collect_parameters = true});
-  const std::string file = (dir / "shared" / "checkpoints" / checkpoint_file_name(3)).string();
+  const std::string file = expect_exact_resume_from_step_3(c);
   EXPECT_TRUE(tamper::has_link(file, "/model/layers/1/moe/shared/w2"));
-  c.run.dir = (dir / "shared_resumed").string();
-  const TrainSummary resumed =
-      train(c, {.print = false, .collect_parameters = true, .resume = file});
-  expect_continues_exactly(resumed, whole, 3);
 }
 
 // A save interrupted after the temporary file was written and before the rename (the test hook
