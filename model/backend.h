@@ -219,6 +219,11 @@ class Backend {
   // (true, the default). false lets a backend pick faster kernels whose sums run in a timing-
   // dependent order (CUDA: cuDNN's attention backward accumulating dQ); others ignore it.
   virtual void set_deterministic(bool deterministic) {}
+  // Whether f32 master weights that have a bf16 compute copy are held as DType::f32_split (the
+  // compute copy is then their high halves: 2 bytes a parameter less to hold, and to write in
+  // every optimizer step). A backend that says true supports f32_split in alloc, fill, copy (to
+  // and from f32, to bf16), read, write, the host copies, sum_squares and the optimizer ops.
+  virtual bool splits_bf16_masters() const { return false; }
 
   // ---- SwiGLU: out = silu(a) * b ------------------------------------------------------------
   void swiglu_forward(const Tensor& out, const Tensor& a, const Tensor& b);

@@ -43,6 +43,12 @@ DType OpCheck::wide_dtype(const Tensor& t, const char* name) const {
   return t.dtype();
 }
 
+DType OpCheck::master_dtype(const Tensor& t, const char* name) const {
+  on_device(t, name);
+  if (t.dtype() == DType::f32_split) return DType::f32;
+  return wide_dtype(t, name);
+}
+
 void OpCheck::dtype(const Tensor& t, DType dtype, const char* name) const {
   on_device(t, name);
   if (t.dtype() != dtype)
@@ -747,7 +753,7 @@ void Backend::adamw_update(const Tensor& param, const Tensor& grad, const Tensor
                            const Tensor& exp_avg_sq, double lr, double beta1, double beta2,
                            double eps, double weight_decay, int64_t step) {
   const OpCheck c(*this, "adamw_update");
-  const DType dt = c.wide_dtype(param, "param");
+  const DType dt = c.master_dtype(param, "param");
   for (auto [t, name] : {Named{&grad, "grad"}, {&exp_avg, "exp_avg"},
                          {&exp_avg_sq, "exp_avg_sq"}}) {
     c.dtype(*t, dt, name);
@@ -759,7 +765,7 @@ void Backend::adamw_update(const Tensor& param, const Tensor& grad, const Tensor
 
 void Backend::sgd_update(const Tensor& param, const Tensor& grad, double lr) {
   const OpCheck c(*this, "sgd_update");
-  const DType dt = c.wide_dtype(param, "param");
+  const DType dt = c.master_dtype(param, "param");
   c.dtype(grad, dt, "grad");
   c.numel(grad, param.numel(), "grad");
   sgd_update_impl(param, grad, lr);

@@ -26,6 +26,8 @@ class OpCheck {
   DType float_dtype(const Tensor& t, const char* name) const;
   // On the device and f32 or f64 (router, optimizer state, gradient tables); returns it.
   DType wide_dtype(const Tensor& t, const char* name) const;
+  // Master weights: f32, f64 or f32_split; returns their host dtype (f32 for f32_split).
+  DType master_dtype(const Tensor& t, const char* name) const;
   // On the device and of `dtype`.
   void dtype(const Tensor& t, DType dtype, const char* name) const;
   void shape(const Tensor& t, const Shape& shape, const char* name) const;

@@ -8,14 +8,20 @@ namespace sy {
 
 struct Param {
   std::string path;        // checkpoint path under /model, e.g. "layers/0/attn/wq" (SPEC.md section 6)
-  Tensor value;            // master weights (fp32; f64 in gradient checks); what the optimizer updates
-  // Same shape and dtype as value; accumulated over micro-batches. Undefined while stale in a
-  // training step (the Transformer allocates it when backward reaches its layer).
+  // Master weights (fp32; f64 in gradient checks); what the optimizer updates. On a backend that
+  // splits bf16 masters (Backend::splits_bf16_masters), a weight with a bf16 compute copy holds
+  // its fp32 values as DType::f32_split.
+  Tensor value;
+  // Same shape as value, in its host dtype (f32 for f32_split); accumulated over micro-batches.
+  // Undefined while stale in a training step (the Transformer allocates it when backward
+  // reaches its layer).
   Tensor grad;
   // What the layers' GEMMs (and the embedding lookup) read. When the compute dtype is the master
-  // dtype it is `value` itself (same buffer); in bf16 training it is a bf16 copy of value that
-  // Transformer::refresh_compute_weights() refreshes after every optimizer step and every load.
-  // Norm gains and the router stay fp32 (compute is value). Undefined means "use value".
+  // dtype it is `value` itself (same buffer). In bf16 training it is the high halves of an
+  // f32_split value (same buffer: the optimizer's update writes both), or, where the backend
+  // does not split, a bf16 copy of value that Transformer::refresh_compute_weights() refreshes
+  // after every optimizer step and every load. Norm gains and the router stay fp32 (compute is
+  // value). Undefined means "use value".
   Tensor compute;
   bool decay = true;       // AdamW weight decay applies: true iff ndim >= 2 (SPEC.md section 4)
   bool is_expert = false;  // an expert slice: reduced over the expert-data-parallel group only

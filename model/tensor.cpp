@@ -10,6 +10,8 @@ size_t dtype_size(DType dtype) {
     case DType::f64: return 8;
     case DType::bf16: return 2;
     case DType::i32: return 4;
+    case DType::f32_split:
+      return 4;  // two halves, in two planes
   }
   return 0;
 }
@@ -20,6 +22,8 @@ const char* dtype_name(DType dtype) {
     case DType::f64: return "f64";
     case DType::bf16: return "bf16";
     case DType::i32: return "i32";
+    case DType::f32_split:
+      return "f32_split";
   }
   return "?";
 }
@@ -45,20 +49,36 @@ Tensor Tensor::rows(int64_t begin, int64_t end) const {
   Shape shape = shape_;
   shape[0] = end - begin;
   const int64_t row_elems = shape_[0] ? numel() / shape_[0] : 0;
-  char* base = static_cast<char*>(data_) + begin * row_elems * dtype_size(dtype_);
-  return Tensor(buffer_, base, std::move(shape), dtype_, device_);
+  // An f32_split element's first plane holds 2 bytes of it; the low plane moves with it.
+  const size_t element_bytes = dtype_ == DType::f32_split ? 2 : dtype_size(dtype_);
+  char* base = static_cast<char*>(data_) + begin * row_elems * element_bytes;
+  return Tensor(buffer_, base, std::move(shape), dtype_, device_, low_plane_);
 }
 
 Tensor Tensor::reshape(Shape shape) const {
   if (shape_numel(shape) != numel())
     throw std::runtime_error("Tensor::reshape: " + shape_str(shape_) + " to " + shape_str(shape));
-  return Tensor(buffer_, data_, std::move(shape), dtype_, device_);
+  return Tensor(buffer_, data_, std::move(shape), dtype_, device_, low_plane_);
 }
 
 Tensor Tensor::prefix(Shape shape) const {
   if (shape_numel(shape) > numel())
     throw std::runtime_error("Tensor::prefix: " + shape_str(shape) + " exceeds " + shape_str(shape_));
-  return Tensor(buffer_, data_, std::move(shape), dtype_, device_);
+  return Tensor(buffer_, data_, std::move(shape), dtype_, device_, low_plane_);
+}
+
+Tensor Tensor::high_half() const {
+  if (dtype_ != DType::f32_split)
+    throw std::runtime_error(std::string("Tensor::high_half: a ") + dtype_name(dtype_) +
+                             " tensor has no halves");
+  return Tensor(buffer_, data_, shape_, DType::bf16, device_);
+}
+
+uint16_t* Tensor::low_half_bits() const {
+  if (dtype_ != DType::f32_split)
+    throw std::runtime_error(std::string("Tensor::low_half_bits: a ") + dtype_name(dtype_) +
+                             " tensor has no halves");
+  return static_cast<uint16_t*>(data_) + low_plane_;
 }
 
 void expect_shape(const Tensor& t, const Shape& shape, const char* what) {

@@ -10,7 +10,11 @@
 
 namespace sy {
 
-enum class DType : uint8_t { f32, f64, bf16, i32 };
+// f32_split: f32 values held as two planes of 16-bit halves (model/split_float.h), the bf16 high
+// halves first (Tensor::high_half, what the GEMMs read) and the low halves numel elements later.
+// The CUDA backend's master weights in bf16 training; read, written and copied to or from the
+// host, such a tensor looks like f32 (host_dtype).
+enum class DType : uint8_t { f32, f64, bf16, i32, f32_split };
 enum class Device : uint8_t { cpu, cuda };
 
 size_t dtype_size(DType dtype);
@@ -21,6 +25,10 @@ const char* dtype_name(DType dtype);
 // bf16 data, the data's own dtype otherwise.
 inline DType stat_dtype(DType dtype) { return dtype == DType::bf16 ? DType::f32 : dtype; }
 
+// The dtype of a tensor's elements on the host (Backend::read, copy_to_host, copy_from_host):
+// f32 for f32_split, the dtype itself otherwise.
+inline DType host_dtype(DType dtype) { return dtype == DType::f32_split ? DType::f32 : dtype; }
+
 using Shape = std::vector<int64_t>;
 int64_t shape_numel(const Shape& shape);
 std::string shape_str(const Shape& shape);
@@ -28,9 +36,16 @@ std::string shape_str(const Shape& shape);
 class Tensor {
  public:
   Tensor() = default;
-  Tensor(std::shared_ptr<void> buffer, void* data, Shape shape, DType dtype, Device device)
-      : buffer_(std::move(buffer)), data_(data), shape_(std::move(shape)), dtype_(dtype),
-        device_(device) {}
+  // low_plane: f32_split only, the distance in 16-bit halves from an element's high half to its
+  // low half (the numel of the allocation; a view of rows keeps it).
+  Tensor(std::shared_ptr<void> buffer, void* data, Shape shape, DType dtype, Device device,
+         int64_t low_plane = 0)
+      : buffer_(std::move(buffer)),
+        data_(data),
+        shape_(std::move(shape)),
+        dtype_(dtype),
+        device_(device),
+        low_plane_(low_plane) {}
 
   bool defined() const { return data_ != nullptr || !shape_.empty(); }
   const Shape& shape() const { return shape_; }
@@ -42,6 +57,11 @@ class Tensor {
   Device device() const { return device_; }
   void* data() const { return data_; }
   template <class T> T* ptr() const { return static_cast<T*>(data_); }
+
+  // f32_split only: the high halves as a bf16 tensor sharing the buffer (the compute copy), and
+  // the low halves' first element.
+  Tensor high_half() const;
+  uint16_t* low_half_bits() const;
 
   // Rows [begin, end) of the leading axis, sharing the buffer.
   Tensor rows(int64_t begin, int64_t end) const;
@@ -56,6 +76,7 @@ class Tensor {
   Shape shape_;
   DType dtype_ = DType::f32;
   Device device_ = Device::cpu;
+  int64_t low_plane_ = 0;
 };
 
 // Throws std::runtime_error("<what>: expected ..., got ...") unless t has this shape.

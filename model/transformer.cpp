@@ -16,13 +16,18 @@ Param Transformer::make_param(const std::string& path, const Shape& shape, bool 
                               bool compute_copy) {
   Param param;
   param.path = path;
-  param.value = backend_.zeros(shape, master_dtype_);
+  const bool separate_compute = compute_copy && options_.dtype != master_dtype_;
+  // bf16 compute from f32 masters: where the backend can, the compute copy is the masters' own
+  // high halves (f32_split) rather than a second tensor.
+  const bool split = separate_compute && options_.dtype == DType::bf16 &&
+                     master_dtype_ == DType::f32 && backend_.splits_bf16_masters();
+  param.value = backend_.zeros(shape, split ? DType::f32_split : master_dtype_);
   // No gradient memory until a backward (or zero_grads) needs it: allocated between the
   // weights, it would leave holes that the activations fit badly.
   param.grad_state = Param::GradState::stale;
-  param.compute = compute_copy && options_.dtype != master_dtype_
-                      ? backend_.zeros(shape, options_.dtype)
-                      : param.value;
+  if (split) param.compute = param.value.high_half();
+  else if (separate_compute) param.compute = backend_.zeros(shape, options_.dtype);
+  else param.compute = param.value;
   param.decay = shape.size() >= 2;
   param.is_expert = is_expert;
   return param;

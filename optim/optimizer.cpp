@@ -55,7 +55,7 @@ class AdamW : public Optimizer {
         continue;
       }
       const Shape& shape = param->value.shape();
-      const DType dtype = param->value.dtype();
+      const DType dtype = host_dtype(param->value.dtype());  // f32 beside f32_split masters
       moments_[param->path] = {backend.zeros(shape, dtype), backend.zeros(shape, dtype)};
       order_.push_back(param->path);
     }

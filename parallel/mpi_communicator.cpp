@@ -18,6 +18,8 @@ MPI_Datatype mpi_type(DType dtype, const char* op) {
     case DType::f64: return MPI_DOUBLE;
     case DType::i32: return MPI_INT32_T;
     case DType::bf16: return MPI_UINT16_T;  // moved, never reduced
+    case DType::f32_split:
+      return MPI_FLOAT;  // staged through the host as f32 (host_dtype)
   }
   throw std::runtime_error(std::string("mpi ") + op + ": unsupported dtype");
 }

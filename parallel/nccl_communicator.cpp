@@ -16,6 +16,8 @@ ncclDataType_t nccl_type(DType dtype, const char* op) {
     case DType::f64: return ncclFloat64;
     case DType::bf16: return ncclBfloat16;
     case DType::i32: return ncclInt32;
+    case DType::f32_split:
+      break;  // two planes: moved plane by plane (planes()), never reduced
   }
   throw std::runtime_error(std::string("nccl ") + op + ": unsupported dtype " +
                            std::to_string(static_cast<int>(dtype)));
@@ -66,6 +68,21 @@ void NcclCommunicator::check_tensor(const Tensor& x, const char* op, const char*
   if (x.device() != Device::cuda)
     fail(op, std::string(name) + " is not on the cuda device (NCCL moves device memory only)");
 }
+
+namespace {
+// What NCCL moves for x: x itself, or an f32_split tensor's two planes of 16-bit halves (each
+// contiguous, also for a view of rows), as bf16 bits.
+struct Plane {
+  void* data;
+  size_t count;
+  ncclDataType_t type;
+};
+std::vector<Plane> planes(const Tensor& x, const char* op) {
+  const auto n = static_cast<size_t>(x.numel());
+  if (x.dtype() != DType::f32_split) return {{x.data(), n, nccl_type(x.dtype(), op)}};
+  return {{x.data(), n, ncclBfloat16}, {x.low_half_bits(), n, ncclBfloat16}};
+}
+}  // namespace
 
 NcclCommunicator::NcclCommunicator(MPI_Comm comm, cudaStream_t stream, Watchdog* watchdog,
                                    const char* group)
@@ -196,28 +213,25 @@ void NcclCommunicator::all_reduce(const Tensor& x, ReduceOp op) {
 void NcclCommunicator::broadcast(const Tensor& x, int root) {
   check_tensor(x, "broadcast", "x");
   if (x.numel() == 0) return;
-  check(ncclBroadcast(x.data(), x.data(), static_cast<size_t>(x.numel()),
-                      nccl_type(x.dtype(), "broadcast"),
-                      root, nccl_, stream_),
-        "broadcast", "ncclBroadcast");
+  for (const Plane& p : planes(x, "broadcast"))
+    check(ncclBroadcast(p.data, p.data, p.count, p.type, root, nccl_, stream_), "broadcast",
+          "ncclBroadcast");
   note_enqueued("broadcast");
 }
 
 void NcclCommunicator::send(const Tensor& x, int peer) {
   check_tensor(x, "send", "x");
   if (x.numel() == 0) return;
-  check(ncclSend(x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype(), "send"), peer,
-                 nccl_, stream_),
-        "send", "ncclSend");
+  for (const Plane& p : planes(x, "send"))
+    check(ncclSend(p.data, p.count, p.type, peer, nccl_, stream_), "send", "ncclSend");
   note_enqueued("send");
 }
 
 void NcclCommunicator::recv(const Tensor& x, int peer) {
   check_tensor(x, "recv", "x");
   if (x.numel() == 0) return;
-  check(ncclRecv(x.data(), static_cast<size_t>(x.numel()), nccl_type(x.dtype(), "recv"), peer,
-                 nccl_, stream_),
-        "recv", "ncclRecv");
+  for (const Plane& p : planes(x, "recv"))
+    check(ncclRecv(p.data, p.count, p.type, peer, nccl_, stream_), "recv", "ncclRecv");
   note_enqueued("recv");
 }
 

@@ -2,16 +2,19 @@
 // fused_adamw_step) against the per-tensor path on the same device (Backend's defaults, which
 // call scale, adamw_update, copy, fill and sum_squares_many one tensor at a time), over 20
 // tensors of odd sizes with mixed decay and expert flags, bf16 compute copies on some, and some
-// misaligned (a view one element into its buffer: the scalar code path). f32 master weights.
-// Param, moments and compute copy equal bit for bit; the norms agree to 1e-12 relative (another
-// summation order) and repeat bit for bit. Outputs that the pass writes without reading (the
-// compute copies) are poisoned with NaN first. Skipped when no CUDA device is visible (label gpu).
+// misaligned (a view one element into its buffer: the scalar code path). f32 master weights, and
+// f32_split ones (model/split_float.h) where a compute copy is wanted: the same updates bit for
+// bit as f32 masters, their high halves the compute copy. Param, moments and compute copy equal
+// bit for bit; the norms agree to 1e-12 relative (another summation order) and repeat bit for bit.
+// Outputs that the pass writes without reading (the compute copies) are poisoned with NaN first.
+// Skipped when no CUDA device is visible (label gpu).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <limits>
 #include <memory>
@@ -22,6 +25,7 @@
 #include "model/cuda/cuda_backend.h"
 #include "model/param.h"
 #include "model/rng.h"
+#include "model/split_float.h"
 
 namespace sy {
 namespace {
@@ -52,23 +56,28 @@ struct State {
   }
 };
 
-// The same initial values every time it is called.
-State make_state(Backend& gpu) {
+// The same initial values every time it is called. split: the tensors with a compute copy hold
+// their masters as f32_split, the copy being their high halves (as the Transformer makes them).
+State make_state(Backend& gpu, bool split = false) {
   State s;
   for (size_t i = 0; i < kSizes.size(); ++i) {
     const int64_t n = kSizes[i];
+    const bool compute_copy = i % 2 == 0;
+    const DType dtype = split && compute_copy ? DType::f32_split : DType::f32;
     Param p;
     p.path = "t" + std::to_string(i) + "[" + std::to_string(n) + "]";
     if (i % 5 == 3) {
-      // A view 4 bytes into its buffer: not 16-byte aligned, so the pass takes the scalar path.
-      p.value = gpu.alloc({n + 1}, DType::f32).rows(1, n + 1);
+      // A view one element into its buffer: not aligned for vectors, so the pass takes the
+      // scalar path.
+      p.value = gpu.alloc({n + 1}, dtype).rows(1, n + 1);
     } else {
-      p.value = gpu.alloc({n}, DType::f32);
+      p.value = gpu.alloc({n}, dtype);
     }
     gpu.write(p.value, std::span<const double>(normals(10 + i, n, 0.5)));
     p.grad = gpu.zeros({n}, DType::f32);
-    if (i % 2 == 0) p.compute = gpu.zeros({n}, DType::bf16);  // else compute is value itself
-    else p.compute = p.value;
+    if (dtype == DType::f32_split) p.compute = p.value.high_half();
+    else if (compute_copy) p.compute = gpu.zeros({n}, DType::bf16);
+    else p.compute = p.value;  // no copy
     p.decay = i % 3 != 0;
     p.is_expert = i % 4 == 1;
     s.params.push_back(std::move(p));
@@ -180,6 +189,45 @@ TEST_F(CudaOptim, FusedStepEqualsPerTensorOpsBitwise) {
   gpu().fused_adamw_step(fused_sub, fm, fv, hyper(5, 0.9, true));
   gpu().Backend::fused_adamw_step(each_sub, em, ev, hyper(5, 0.9, true));
   expect_equal(fused, each, "after a step of a subset");
+}
+
+// f32_split masters: every update bitwise that of f32 masters (the fused pass and the per-tensor
+// path, which updates a joined f32 copy and splits it again), and the compute copy is the split's
+// high half of the updated value: round to nearest, ties away from zero (the f32 masters' copy
+// rounds ties to even, so the two copies are not compared).
+TEST_F(CudaOptim, SplitMastersUpdateAsF32MastersDo) {
+  State plain = make_state(gpu()), fused = make_state(gpu(), true), each = make_state(gpu(), true);
+  const std::vector<double> scales = {1.0, 0.37, 0.8};
+  for (int step = 1; step <= 3; ++step) {
+    for (State* s : {&plain, &fused, &each}) write_grads(gpu(), *s, step);
+    const AdamWStep hp = hyper(step, scales[step - 1], step < 3);
+    gpu().fused_adamw_step(plain.list(), plain.m, plain.v, hp);
+    gpu().fused_adamw_step(fused.list(), fused.m, fused.v, hp);
+    gpu().Backend::fused_adamw_step(each.list(), each.m, each.v, hp);  // per tensor
+    const std::string when = "after step " + std::to_string(step);
+    expect_equal(fused, each, "split, fused against per tensor, " + when);
+    for (size_t i = 0; i < plain.params.size(); ++i) {
+      const Param& a = plain.params[i];
+      const Param& b = fused.params[i];
+      const std::vector<double> value = gpu().read(a.value);
+      expect_same(gpu().read(b.value), value, "value " + a.path + " " + when);
+      expect_same(gpu().read(fused.m[i]), gpu().read(plain.m[i]), "exp_avg " + a.path);
+      expect_same(gpu().read(fused.v[i]), gpu().read(plain.v[i]), "exp_avg_sq " + a.path);
+      expect_same(gpu().read(b.grad), gpu().read(a.grad), "grad " + a.path);
+      if (b.value.dtype() != DType::f32_split) continue;
+      std::vector<double> high(value.size());
+      for (size_t k = 0; k < value.size(); ++k) {
+        const float f = static_cast<float>(value[k]);
+        uint32_t bits = 0;
+        std::memcpy(&bits, &f, sizeof bits);
+        const uint32_t high_bits = static_cast<uint32_t>(split_float_bits(bits).high) << 16;
+        float h = 0;
+        std::memcpy(&h, &high_bits, sizeof h);
+        high[k] = h;
+      }
+      expect_same(gpu().read(b.compute), high, "compute (high halves) " + a.path + " " + when);
+    }
+  }
 }
 
 // SY_ADAMW_BLOCKS caps the pass's grid (each block then runs every N-th chunk): the same bits

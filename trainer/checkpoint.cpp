@@ -234,12 +234,13 @@ std::string save_checkpoint(const std::string& dir, int64_t step, const Config& 
     if (out) {
       out->create(dataset, shape, is_expert);
     } else if (snapshot_ok) {
-      if (like.dtype() != DType::f32 && like.dtype() != DType::f64)
-        throw std::runtime_error(std::string("checkpoint: cannot store a ") + dtype_name(like.dtype()) +
+      const DType dtype = host_dtype(like.dtype());  // what copy_to_host gives
+      if (dtype != DType::f32 && dtype != DType::f64)
+        throw std::runtime_error(std::string("checkpoint: cannot store a ") + dtype_name(dtype) +
                                  " tensor (master weights are f32 or f64)");
       // Datasets begin in the entries' order, so the snapshot's next is the arena's next.
       char* bytes = arena->dataset(snapshot.size());
-      snapshot.push_back({dataset, shape, is_expert, like.dtype(), bytes});
+      snapshot.push_back({dataset, shape, is_expert, dtype, bytes});
     }
   };
   auto end_dataset = [&] {

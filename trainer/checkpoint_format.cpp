@@ -26,6 +26,8 @@ hid_t memory_type(DType dtype) {
   switch (dtype) {
     case DType::f32: return H5T_NATIVE_FLOAT;
     case DType::f64: return H5T_NATIVE_DOUBLE;
+    case DType::f32_split:
+      return H5T_NATIVE_FLOAT;  // read and written on the host as f32
     default: throw std::runtime_error(std::string("checkpoint: cannot store a ") + dtype_name(dtype) +
                                       " tensor (master weights are f32 or f64)");
   }

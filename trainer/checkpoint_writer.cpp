@@ -201,14 +201,15 @@ void CheckpointFileWriter::write_tensor_rows(int64_t row, const Tensor& rows, Ba
   for (int64_t done = 0; done < n;) {
     const int64_t piece = std::min(chunk_rows_, n - done);
     const Tensor part = rows.rows(done, done + piece);
-    if (part.dtype() == DType::f32) {  // straight into the chunk buffer: one copy
+    const DType dtype = host_dtype(part.dtype());  // what copy_to_host gives
+    if (dtype == DType::f32) {                     // straight into the chunk buffer: one copy
       chunk_.resize(chunk_rows_ * row_elements_ * sizeof(float) + 4);
       backend.copy_to_host(chunk_.data(), part);
       write_chunk(row + done, chunk_.data(), piece);
     } else {
       staging_.resize(part.nbytes());
       backend.copy_to_host(staging_.data(), part);
-      write_rows(row + done, piece, staging_.data(), part.dtype());
+      write_rows(row + done, piece, staging_.data(), dtype);
     }
     done += piece;
   }

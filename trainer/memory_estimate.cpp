@@ -124,8 +124,9 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   };
   add("parameters (fp32)", 4 * P);
   add("optimizer state", config.train.optimizer == OptimizerKind::adamw ? 8 * P : 0);
-  // The GEMMs' and the embedding's bf16 copies; norm gains and the router stay fp32 (a few D).
-  add("bf16 weight copies", bf16 ? 2 * P : 0);
+  // The GEMMs' and the embedding's bf16 copies are the high halves of their fp32 masters on
+  // CUDA (DType::f32_split): counted in the parameters above. Only SY_CUDA_SPLIT_MASTERS=0, a
+  // measurement knob, holds them apart (2 bytes a parameter more than this estimate).
 
   // Attention saves the probabilities [B, H, S, S] with the reference kernel (the CPU's auto),
   // else only the logsumexp per query and head (flash, cuDNN).

@@ -13,6 +13,7 @@
 
 #include "model/cuda/env_choice.h"
 #include "model/cuda/kernels.h"
+#include "model/split_float.h"
 
 namespace sy::cuda {
 namespace {
@@ -76,16 +77,17 @@ constexpr int64_t kChunk = int64_t{1} << 16;  // elements per block; a multiple 
 constexpr int kPassThreads = 256;
 constexpr int kReduceThreads = 1024;
 
-enum TensorFlags : uint32_t { kDecay = 1, kExpert = 2, kVector = 4, kPartials = 8 };
+enum TensorFlags : uint32_t { kDecay = 1, kExpert = 2, kVector = 4, kPartials = 8, kSplit = 16 };
 
 // One tensor as the kernels see it (device memory).
 struct TensorSlot {
-  float* value;
+  float* value;  // null for an f32_split value: compute and value_low hold it
   float* grad;
   const double* partials;  // kPartials: the grad's squares, precomputed (MultiTensor::partials)
   float* exp_avg;
   float* exp_avg_sq;
   bf16* compute;  // null: no separate compute copy
+  uint16_t* value_low;  // f32_split: the low halves (compute holds the high ones)
   int64_t numel;
   uint32_t flags;
 };
@@ -155,17 +157,57 @@ struct AdamPass {
   bool write_grads;  // zeroed, or scaled and kept (not when the caller discards them)
 };
 
-// One float4 of the vector path: loaded, updated, stored (the compute copy rounded to nearest
-// even, as convert<bf16> does).
+// The value as f32: a separate f32 array, or (kSplit) an f32_split one's two halves.
+__device__ inline float load_value(const TensorSlot& t, int64_t i) {
+  if (!(t.flags & kSplit)) return t.value[i];
+  return __uint_as_float(
+      join_float_bits(reinterpret_cast<const uint16_t*>(t.compute)[i], t.value_low[i]));
+}
+__device__ inline void store_value(const TensorSlot& t, int64_t i, float p) {
+  if (t.flags & kSplit) {
+    const SplitHalves halves = split_float_bits(__float_as_uint(p));
+    reinterpret_cast<uint16_t*>(t.compute)[i] = halves.high;
+    t.value_low[i] = halves.low;
+    return;
+  }
+  t.value[i] = p;
+  if (t.compute) t.compute[i] = __float2bfloat16(p);
+}
+
+// Four 16-bit halves in one 8-byte access, and back.
+__device__ inline uint2 pack_halves(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+  return make_uint2(a | (b << 16), c | (d << 16));
+}
+__device__ inline float4 join_vector(uint2 high, uint2 low) {
+  return make_float4(__uint_as_float(join_float_bits(high.x & 0xFFFFu, low.x & 0xFFFFu)),
+                     __uint_as_float(join_float_bits(high.x >> 16, low.x >> 16)),
+                     __uint_as_float(join_float_bits(high.y & 0xFFFFu, low.y & 0xFFFFu)),
+                     __uint_as_float(join_float_bits(high.y >> 16, low.y >> 16)));
+}
+
+// One float4 of the vector path: loaded, updated, stored (a separate compute copy rounded to
+// nearest even, as convert<bf16> does; an f32_split value's halves as split_float_bits makes
+// them).
 struct AdamVector {
   float4 p, g, m, v;
 };
 __device__ inline AdamVector load_vector(const TensorSlot& t, int64_t i) {
   // Streaming loads and stores (.cs): every byte is touched once, keep it out of the way.
-  return {__ldcs(reinterpret_cast<const float4*>(t.value + i)),
-          __ldcs(reinterpret_cast<const float4*>(t.grad + i)),
+  const float4 p = (t.flags & kSplit)
+                       ? join_vector(__ldcs(reinterpret_cast<const uint2*>(t.compute + i)),
+                                     __ldcs(reinterpret_cast<const uint2*>(t.value_low + i)))
+                       : __ldcs(reinterpret_cast<const float4*>(t.value + i));
+  return {p, __ldcs(reinterpret_cast<const float4*>(t.grad + i)),
           __ldcs(reinterpret_cast<const float4*>(t.exp_avg + i)),
           __ldcs(reinterpret_cast<const float4*>(t.exp_avg_sq + i))};
+}
+__device__ inline void store_split_vector(const TensorSlot& t, int64_t i, float4 p) {
+  const SplitHalves a = split_float_bits(__float_as_uint(p.x));
+  const SplitHalves b = split_float_bits(__float_as_uint(p.y));
+  const SplitHalves c = split_float_bits(__float_as_uint(p.z));
+  const SplitHalves d = split_float_bits(__float_as_uint(p.w));
+  __stcs(reinterpret_cast<uint2*>(t.compute + i), pack_halves(a.high, b.high, c.high, d.high));
+  __stcs(reinterpret_cast<uint2*>(t.value_low + i), pack_halves(a.low, b.low, c.low, d.low));
 }
 __device__ inline void update_vector(const TensorSlot& t, int64_t i, AdamVector x,
                                      const AdamScalars<float>& s, const AdamPass& a) {
@@ -179,10 +221,14 @@ __device__ inline void update_vector(const TensorSlot& t, int64_t i, AdamVector 
   adamw_element(x.p.y, x.g.y, x.m.y, x.v.y, s);
   adamw_element(x.p.z, x.g.z, x.m.z, x.v.z, s);
   adamw_element(x.p.w, x.g.w, x.m.w, x.v.w, s);
-  __stcs(reinterpret_cast<float4*>(t.value + i), x.p);
   __stcs(reinterpret_cast<float4*>(t.exp_avg + i), x.m);
   __stcs(reinterpret_cast<float4*>(t.exp_avg_sq + i), x.v);
-  if (t.compute) {
+  if (t.flags & kSplit) {
+    store_split_vector(t, i, x.p);
+  } else {
+    __stcs(reinterpret_cast<float4*>(t.value + i), x.p);
+  }
+  if (t.compute && !(t.flags & kSplit)) {
     const __nv_bfloat162 lo = __floats2bfloat162_rn(x.p.x, x.p.y);
     const __nv_bfloat162 hi = __floats2bfloat162_rn(x.p.z, x.p.w);
     uint2 packed;
@@ -221,13 +267,12 @@ __device__ void fused_adamw_chunk(const TensorSlot* __restrict__ tensors, const 
     }
   }
   for (int64_t i = scalar_begin + threadIdx.x; i < end; i += kThreads) {
-    float p = t.value[i], g = t.grad[i], m = t.exp_avg[i], v = t.exp_avg_sq[i];
+    float p = load_value(t, i), g = t.grad[i], m = t.exp_avg[i], v = t.exp_avg_sq[i];
     if (a.scale_grads) g = g * a.grad_scale;
     adamw_element(p, g, m, v, s);
-    t.value[i] = p;
+    store_value(t, i, p);
     t.exp_avg[i] = m;
     t.exp_avg_sq[i] = v;
-    if (t.compute) t.compute[i] = __float2bfloat16(p);
     if (a.write_grads) t.grad[i] = a.zero_grads ? 0.0f : g;
   }
 }
@@ -289,12 +334,15 @@ TensorSlot make_slot(Context& ctx, const char* op, const MultiTensor& t) {
     fail(ctx, op, "a tensor too large for the chunk table");
   // Vectors need every array 16-byte aligned (compute: 8 bytes, four bf16); chunk starts are
   // multiples of 4 elements, so they keep the base's alignment.
+  // (value_low likewise 8 bytes.)
   bool vector = aligned(t.grad, 16);
   for (const float* p : {t.value, t.exp_avg, t.exp_avg_sq}) vector = vector && aligned(p, 16);
-  vector = vector && aligned(t.compute, 8);
+  vector = vector && aligned(t.compute, 8) && aligned(t.value_low, 8);
   const uint32_t flags = (t.decay ? kDecay : 0u) | (t.expert ? kExpert : 0u) |
-                         (vector ? kVector : 0u) | (t.partials ? kPartials : 0u);
-  return {t.value, t.grad, t.partials, t.exp_avg, t.exp_avg_sq, t.compute, t.numel, flags};
+                         (vector ? kVector : 0u) | (t.partials ? kPartials : 0u) |
+                         (t.value_low ? kSplit : 0u);
+  return {t.value,   t.grad,      t.partials, t.exp_avg, t.exp_avg_sq,
+          t.compute, t.value_low, t.numel,    flags};
 }
 
 // Blocks of one launch run in any order: two tensors sharing memory would race.
@@ -308,6 +356,9 @@ void check_disjoint(Context& ctx, const char* op, const std::vector<MultiTensor>
     if (t.compute)
       ranges.emplace_back(reinterpret_cast<uintptr_t>(t.compute),
                           reinterpret_cast<uintptr_t>(t.compute + t.numel));
+    if (t.value_low)
+      ranges.emplace_back(reinterpret_cast<uintptr_t>(t.value_low),
+                          reinterpret_cast<uintptr_t>(t.value_low + t.numel));
     if (t.partials)
       ranges.emplace_back(reinterpret_cast<uintptr_t>(t.partials),
                           reinterpret_cast<uintptr_t>(t.partials + t.numel));
@@ -455,13 +506,20 @@ bool fused_adamw_step(Context& ctx, MultiTensorTable& table, std::span<Param* co
     check.fail(std::to_string(params.size()) + " params but " + std::to_string(exp_avgs.size()) +
                " exp_avg and " + std::to_string(exp_avg_sqs.size()) + " exp_avg_sq tensors");
   check.positive(hp.step, "step");
-  auto separate_compute = [](const Param& p) {
-    return p.compute.defined() && p.compute.data() != p.value.data();
+  auto split = [](const Param& p) { return p.value.dtype() == DType::f32_split; };
+  auto separate_compute = [&](const Param& p) {
+    return !split(p) && p.compute.defined() && p.compute.data() != p.value.data();
   };
-  bool fusable = true;  // f32 masters with no compute copy or a bf16 one
+  // f32 masters with no compute copy or a bf16 one, or f32_split masters (their compute copy is
+  // their high halves)
+  bool fusable = true;
   for (const Param* param : params) {
-    const DType dtype = check.wide_dtype(param->value, (param->path + " value").c_str());
+    const DType dtype = split(*param)
+                            ? DType::f32
+                            : check.wide_dtype(param->value, (param->path + " value").c_str());
     fusable = fusable && dtype == DType::f32;
+    if (split(*param) && param->compute.defined() && param->compute.data() != param->value.data())
+      check.fail(param->path + ": an f32_split value's compute copy must be its high halves");
     if (separate_compute(*param)) {
       check.float_dtype(param->compute, (param->path + " compute").c_str());
       fusable = fusable && param->compute.dtype() == DType::bf16;
@@ -478,7 +536,12 @@ bool fused_adamw_step(Context& ctx, MultiTensorTable& table, std::span<Param* co
       check.numel(*t, n, (p.path + what).c_str());
     }
     MultiTensor& t = tensors[i];
-    t.value = p.value.ptr<float>();
+    if (split(p)) {
+      t.compute = p.value.high_half().ptr<bf16>();
+      t.value_low = p.value.low_half_bits();
+    } else {
+      t.value = p.value.ptr<float>();
+    }
     t.grad = p.grad.ptr<float>();
     t.exp_avg = exp_avgs[i].ptr<float>();
     t.exp_avg_sq = exp_avg_sqs[i].ptr<float>();

@@ -95,8 +95,10 @@ decltype(auto) dispatch_all(DType dtype, F&& f) {
     case DType::f64: return f(Tag<double>{});
     case DType::bf16: return f(Tag<bf16>{});
     case DType::i32: return f(Tag<int32_t>{});
+    case DType::f32_split:
+      break;  // two planes, no element type (split_float.cu)
   }
-  throw std::runtime_error("cuda backend: unknown dtype");
+  throw std::runtime_error(std::string("cuda backend: no element type for ") + dtype_name(dtype));
 }
 
 // f32 or f64 only (router, optimizer).

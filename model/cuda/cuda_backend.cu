@@ -20,6 +20,7 @@
 
 #include "model/cuda/cuda_backend.h"
 #include "model/cuda/device_memory.h"
+#include "model/cuda/env_choice.h"
 #include "model/cuda/kernels.h"
 #include "model/cuda/profiler.h"
 #include "model/op_checks.h"
@@ -118,6 +119,8 @@ class CudaBackend final : public Backend {
   void synchronize() override { SY_CUDA(ctx_, "synchronize", cudaStreamSynchronize(ctx_.stream)); }
   void prefer_cudnn_attention(bool prefer) override { prefer_cudnn_attention_ = prefer; }
   void set_deterministic(bool deterministic) override { deterministic_ = deterministic; }
+  // SY_CUDA_SPLIT_MASTERS=0 keeps f32 masters beside a separate bf16 copy (a measurement knob).
+  bool splits_bf16_masters() const override { return !cuda::env_is("SY_CUDA_SPLIT_MASTERS", "0"); }
   // The kernel that ran this backend's latest grouped op: "sm90", "mma" or "cublas" (the loop).
   const std::string& grouped_kernel() const { return grouped_kernel_; }
   const std::string& attention_kernel() const { return attention_kernel_; }
@@ -145,6 +148,7 @@ class CudaBackend final : public Backend {
 
   std::vector<double> read_impl(const Tensor& src) override {
     SY_PROFILE("read");
+    if (src.dtype() == DType::f32_split) return read_impl(as_f32(src));
     std::vector<double> out(src.numel());
     cuda::dispatch_all(src.dtype(), [&]<class T>(cuda::Tag<T>) {
       std::vector<T> staging(src.numel());
@@ -165,10 +169,16 @@ class CudaBackend final : public Backend {
   // bounce buffers of its own, which bounded checkpoint.async's snapshot on the H200 machine
   // (21.7 GB stalled the step 1.53 s, ~14 GB/s, where locked memory takes ~50 GB/s).
   void copy_to_host_impl(void* host, const Tensor& src) override {
-    read_bytes("copy_to_host", host, src);
+    read_bytes("copy_to_host", host, src.dtype() == DType::f32_split ? as_f32(src) : src);
   }
 
   void copy_from_host_impl(const Tensor& dst, const void* host) override {
+    if (dst.dtype() == DType::f32_split) {  // host f32 (host_dtype), split on the device
+      const Tensor staged = alloc(dst.shape(), DType::f32);
+      copy_from_host_impl(staged, host);
+      cuda::convert(ctx_, dst, staged);
+      return;
+    }
     if (dst.nbytes())
       SY_CUDA(ctx_, "copy_from_host",
               cudaMemcpyAsync(dst.data(), host, dst.nbytes(), cudaMemcpyHostToDevice, ctx_.stream));
@@ -491,13 +501,18 @@ class CudaBackend final : public Backend {
                          const Tensor& exp_avg_sq, double lr, double beta1, double beta2,
                          double eps, double weight_decay, int64_t step) override {
     SY_PROFILE("adamw_update");
-    cuda::adamw_update(ctx_, param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps,
-                       weight_decay, step);
+    // An f32_split master is updated as f32 and split again: the same bits as the fused pass.
+    const Tensor value = param.dtype() == DType::f32_split ? as_f32(param) : param;
+    cuda::adamw_update(ctx_, value, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
+                       step);
+    if (param.dtype() == DType::f32_split) cuda::convert(ctx_, param, value);
   }
 
   void sgd_update_impl(const Tensor& param, const Tensor& grad, double lr) override {
     SY_PROFILE("sgd_update");
-    cuda::sgd_update(ctx_, param, grad, lr);
+    const Tensor value = param.dtype() == DType::f32_split ? as_f32(param) : param;
+    cuda::sgd_update(ctx_, value, grad, lr);
+    if (param.dtype() == DType::f32_split) cuda::convert(ctx_, param, value);
   }
 
  public:
@@ -522,6 +537,12 @@ class CudaBackend final : public Backend {
   void write_host(const Tensor& dst, std::span<const H> host) {
     SY_PROFILE("write");
     if (host.empty()) return;
+    if (dst.dtype() == DType::f32_split) {
+      const Tensor staged = alloc(dst.shape(), DType::f32);
+      write_host(staged, host);
+      cuda::convert(ctx_, dst, staged);
+      return;
+    }
     cuda::dispatch_all(dst.dtype(), [&]<class T>(cuda::Tag<T>) {
       if constexpr (std::is_same_v<T, H>) {
         SY_CUDA(ctx_, "write",
@@ -536,6 +557,13 @@ class CudaBackend final : public Backend {
                                 ctx_.stream));
       }
     });
+  }
+
+  // An f32_split tensor's values as a new f32 tensor (enqueued; the caller reads it).
+  Tensor as_f32(const Tensor& src) {
+    const Tensor joined = alloc(src.shape(), DType::f32);
+    cuda::convert(ctx_, joined, src);
+    return joined;
   }
 
   void read_bytes(const char* op, void* host, const Tensor& src) {

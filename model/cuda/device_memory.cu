@@ -273,7 +273,9 @@ Tensor alloc_tensor(const std::shared_ptr<DeviceAllocator>& allocator, const Sha
   size_t block = 0;
   void* data = allocator->allocate(bytes, &block);
   std::shared_ptr<void> buffer(data, [allocator, block](void* p) { allocator->release(p, block); });
-  return Tensor(std::move(buffer), data, shape, dtype, Device::cuda);
+  // f32_split: the low halves' plane follows the high halves'.
+  const int64_t low_plane = dtype == DType::f32_split ? shape_numel(shape) : 0;
+  return Tensor(std::move(buffer), data, shape, dtype, Device::cuda, low_plane);
 }
 
 // ---- Context's own memory -------------------------------------------------------------------

@@ -1,6 +1,8 @@
-// fill, dtype conversion, add (mixed dtypes), scale and sums of squares (in double).
+// fill, dtype conversion (those of f32_split in split_float.cu), add (mixed dtypes), scale and
+// sums of squares (in double).
 #include "model/cuda/kernels.h"
 #include "model/cuda/vec.cuh"
+#include "model/split_float.h"
 
 namespace sy::cuda {
 namespace {
@@ -57,8 +59,18 @@ __global__ void scale_kernel(T* y, int64_t n, A alpha) {
 constexpr int kSumBlocks = 256;
 
 // partials[b] = this block's share of sum x^2, in double. A fixed grid keeps the order fixed.
-template <class T>
-__global__ void sum_squares_partial(const T* x, int64_t n, double* partials) {
+// An f32_split tensor's element i, read from its two halves.
+struct SplitElements {
+  const uint16_t* high;
+  const uint16_t* low;
+  __device__ float operator[](int64_t i) const {
+    return __uint_as_float(join_float_bits(high[i], low[i]));
+  }
+};
+
+// X: a T* or SplitElements.
+template <class X>
+__global__ void sum_squares_partial(X x, int64_t n, double* partials) {
   __shared__ double shared[32];
   double acc = 0;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
@@ -81,6 +93,7 @@ __global__ void sum_partials(const double* partials, double* out) {
 }  // namespace
 
 void fill(Context& ctx, const Tensor& x, double value) {
+  if (x.dtype() == DType::f32_split) return fill_split(ctx, x, value);
   const int64_t n = x.numel();
   if (n == 0) return;
   dispatch_all(x.dtype(), [&]<class T>(Tag<T>) {
@@ -90,6 +103,8 @@ void fill(Context& ctx, const Tensor& x, double value) {
 }
 
 void convert(Context& ctx, const Tensor& dst, const Tensor& src) {
+  if (dst.dtype() == DType::f32_split || src.dtype() == DType::f32_split)
+    return convert_split(ctx, dst, src);
   const int64_t n = src.numel();
   if (n == 0) return;
   if (dst.dtype() == src.dtype()) {
@@ -155,9 +170,16 @@ void sum_squares(Context& ctx, std::span<const Tensor> xs, double* out) {
       static_cast<double*>(ctx.scratch(kScratchA, xs.size() * kSumBlocks * sizeof(double)));
   for (size_t i = 0; i < xs.size(); ++i) {
     const Tensor& x = xs[i];
+    double* const block_partials = partials + i * kSumBlocks;
+    if (x.dtype() == DType::f32_split) {
+      const SplitElements elements{x.ptr<uint16_t>(), x.low_half_bits()};
+      sum_squares_partial<<<kSumBlocks, kThreads, 0, ctx.stream>>>(elements, x.numel(),
+                                                                   block_partials);
+      continue;
+    }
     dispatch_float(x.dtype(), [&]<class T>(Tag<T>) {
-      sum_squares_partial<T><<<kSumBlocks, kThreads, 0, ctx.stream>>>(x.ptr<T>(), x.numel(),
-                                                                      partials + i * kSumBlocks);
+      sum_squares_partial<<<kSumBlocks, kThreads, 0, ctx.stream>>>(x.ptr<T>(), x.numel(),
+                                                                   block_partials);
     });
   }
   sum_partials<<<static_cast<unsigned>(xs.size()), kSumBlocks, 0, ctx.stream>>>(partials, out);

@@ -25,6 +25,11 @@ void scale(Context& ctx, const Tensor& y, double alpha);
 // out[i] (device doubles) = sum of squares of xs[i].
 void sum_squares(Context& ctx, std::span<const Tensor> xs, double* out);
 
+// split_float.cu: f32_split tensors (fill and convert hand them over).
+void fill_split(Context& ctx, const Tensor& x, double value);
+// f32_split to f32_split, f32 to f32_split, f32_split to f32 or bf16 (its high halves).
+void convert_split(Context& ctx, const Tensor& dst, const Tensor& src);
+
 // gemm.cu. Row-major C[M,N] = alpha op(A) op(B) + beta C; validated by the caller.
 void gemm(Context& ctx, const Tensor& C, const Tensor& A, bool trans_a, const Tensor& B,
           bool trans_b, double alpha, double beta);
@@ -216,6 +221,8 @@ struct MultiTensor {
   float* exp_avg = nullptr;
   float* exp_avg_sq = nullptr;
   bf16* compute = nullptr;
+  // Set for an f32_split value: value is null, compute holds its high halves, this the low ones.
+  uint16_t* value_low = nullptr;
   int64_t numel = 0;
   bool decay = false, expert = false;
   bool operator==(const MultiTensor&) const = default;
