@@ -19,8 +19,8 @@ ncclDataType_t nccl_type(DType dtype, const char* op) {
     case DType::f32_split:
       break;  // two planes: moved plane by plane (planes()), never reduced
   }
-  throw std::runtime_error(std::string("nccl ") + op + ": unsupported dtype " +
-                           std::to_string(static_cast<int>(dtype)));
+  throw std::runtime_error(std::string("nccl ") + op + ": cannot move or reduce a " +
+                           dtype_name(dtype) + " tensor as one buffer");
 }
 
 ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::sum ? ncclSum : ncclMax; }

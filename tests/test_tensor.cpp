@@ -188,6 +188,16 @@ TEST_F(CpuBackendTest, Bf16IsRejected) {
   }
 }
 
+TEST_F(CpuBackendTest, SplitMastersAreTheCudaBackendsOnly) {
+  EXPECT_FALSE(be->splits_bf16_masters());
+  try {
+    be->alloc({4}, DType::f32_split);
+    FAIL() << "no throw";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "cpu backend: f32_split not supported");
+  }
+}
+
 // ---- gemm -----------------------------------------------------------------------------------
 // C = alpha op(A) op(B) + beta C, naive, on row-major host arrays.
 Vec naive_gemm(const Vec& C, const Vec& A, bool ta, const Vec& B, bool tb, int64_t M, int64_t N,

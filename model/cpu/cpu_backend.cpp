@@ -36,7 +36,8 @@ void fits_blas(const OpCheck& c, std::initializer_list<int64_t> dims) {
 }  // namespace cpu
 
 Tensor CpuBackend::alloc_impl(const Shape& shape, DType dtype) {
-  if (dtype == DType::bf16) throw std::runtime_error("cpu backend: bf16 not supported");
+  if (dtype == DType::bf16 || dtype == DType::f32_split)  // splits_bf16_masters() is false here
+    throw std::runtime_error(std::string("cpu backend: ") + dtype_name(dtype) + " not supported");
   constexpr size_t kAlign = 64;
   const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
   const size_t rounded = std::max(kAlign, (bytes + kAlign - 1) / kAlign * kAlign);
