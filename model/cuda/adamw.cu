@@ -332,9 +332,8 @@ namespace {
 TensorSlot make_slot(Context& ctx, const char* op, const MultiTensor& t) {
   if (t.numel > int64_t{INT32_MAX} * kChunk)
     fail(ctx, op, "a tensor too large for the chunk table");
-  // Vectors need every array 16-byte aligned (compute: 8 bytes, four bf16); chunk starts are
-  // multiples of 4 elements, so they keep the base's alignment.
-  // (value_low likewise 8 bytes.)
+  // Vectors need every array 16-byte aligned (compute and value_low: 8 bytes, four halves);
+  // chunk starts are multiples of 4 elements, so they keep the base's alignment.
   bool vector = aligned(t.grad, 16);
   for (const float* p : {t.value, t.exp_avg, t.exp_avg_sq}) vector = vector && aligned(p, 16);
   vector = vector && aligned(t.compute, 8) && aligned(t.value_low, 8);
