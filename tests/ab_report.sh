@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/ab/report.py on made-up runs: the table, "equal" when both sides' losses (and gradient
-# norms, where the runs print them) match and "DIFFERENT" when they do not, --require-equal's
+# norms, where the runs print them) match and "DIFFERENT", with how far apart, when they do not, --require-equal's
 # exit status, a side without runs, and the memory_bound_bench rows. Also bench/ab/run.sh in dry
 # mode (its commands, nothing run).
 #   bash tests/ab_report.sh REPO_ROOT
@@ -49,6 +49,10 @@ grep -q "\-2.500 ms a step (-3.12%); losses and grad norms equal" <<< "$report" 
 grep -q "losses (6 decimals) DIFFERENT" <<< "$report" || fail "dense verdict: $report"
 grep -q "(-1.43%); losses and grad norms DIFFERENT" <<< "$report" || fail "fine verdict: $report"
 grep -q "(+0.00%); losses (6 decimals) equal" <<< "$report" || fail "old-baseline verdict: $report"
+grep -q "first loss 0.0e+00, losses up to 4.9e-03, grad norms up to 0.0e+00" <<< "$report" ||
+  fail "dense distance: $report"
+grep -q "losses up to 0.0e+00, grad norms up to 1.4e-16" <<< "$report" ||
+  fail "fine distance: $report"
 grep -q "| rmsnorm_backward | 0.0712 | 0.0597 | 0.838 |" <<< "$report" || fail "membound: $report"
 [ -f "$dir/ab.md" ] || fail "no ab.md"
 python3 "$root/bench/ab/report.py" "$dir" --require-equal > /dev/null &&

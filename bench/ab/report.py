@@ -3,7 +3,8 @@
 OUTDIR/<config>.log (sy_bench_train's summary line of each run) and the "AB <side> <round> <op>
 <ms> ms" lines of OUTDIR/membound.log, prints one table per config (each side's step time per
 round, their means, tokens/s, peak memory, new against base) and whether the losses of the two
-sides are equal, and writes the same to OUTDIR/ab.md.
+sides are equal (where not, how far apart their first runs are), and writes the same to
+OUTDIR/ab.md.
 
     python3 bench/ab/report.py OUTDIR [--require-equal]
 
@@ -64,6 +65,22 @@ def losses_of(summary, every_digit):
     return [summary.get("first_loss_exact")] + losses + list(summary.get("grad_norms", []))
 
 
+def largest_relative(a, b):
+    """The largest |a - b| / |b| over paired values (0 for none)."""
+    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+    return max((abs(x - y) / max(abs(y), 1e-300) for x, y in pairs), default=0.0)
+
+
+def how_far(base, new):
+    # How far apart two sides' first runs are, for a change that is not bitwise neutral: the
+    # first loss (before any update), every step's loss, every step's gradient norm.
+    first = largest_relative([new.get("first_loss_exact")], [base.get("first_loss_exact")])
+    losses = largest_relative(new.get("losses", []), base.get("losses", []))
+    norms = largest_relative(new.get("grad_norms", []), base.get("grad_norms", []))
+    return (f"; relative difference: first loss {first:.1e}, losses up to {losses:.1e}, "
+            f"grad norms up to {norms:.1e}")
+
+
 def config_table(name, runs):
     lines = [f"### {name}", "",
              "| side | step ms per round | mean step ms | tokens/s | peak GiB |",
@@ -83,9 +100,12 @@ def config_table(name, runs):
     equal = repeat["base"] and repeat["new"] and all_losses["base"][0] == all_losses["new"][0]
     change = (means["new"] / means["base"] - 1.0) * 100.0
     compared = "losses and grad norms" if every_digit else "losses (6 decimals)"
+    first_run = {side: min(runs[side], key=lambda r: r[0])[1] for side in SIDES}
+    apart = "" if equal else how_far(first_run["base"], first_run["new"])
     lines += ["", f"new against base: {means['new'] - means['base']:+.3f} ms a step "
               f"({change:+.2f}%); {compared} {'equal' if equal else 'DIFFERENT'} "
-              f"(each side repeats itself: base {repeat['base']}, new {repeat['new']})", ""]
+              f"(each side repeats itself: base {repeat['base']}, new {repeat['new']}){apart}",
+              ""]
     return lines, equal
 
 
