@@ -8,8 +8,9 @@
 // cpu. All W ranks form one expert-parallel group; E must divide by W. Each timing is the
 // slowest rank's, from a barrier to the end of the op with the device synchronised, and the
 // median over --iters after --warmup. GB/s counts the bytes a rank sends to the other ranks
-// (what crosses NVLink or the network), per rank. dispatch and combine include the
-// dispatcher's regrouping copies; "plain" is the bare all_to_all_v.
+// (what crosses NVLink or the network), per rank. dispatch and combine are the dispatcher's
+// block-wise exchanges (one block per peer and local expert, Communicator::all_to_all_blocks);
+// "plain" is the bare all_to_all_v, one block per peer.
 #include <mpi.h>
 
 #include <algorithm>

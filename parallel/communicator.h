@@ -13,6 +13,24 @@ namespace sy {
 
 enum class ReduceOp { sum, max };
 
+// Elements [offset, offset + count) of a tensor, exchanged with rank `peer` of the group.
+struct PeerBlock {
+  int peer;
+  int64_t offset;
+  int64_t count;
+};
+
+// "" when every block has a peer in [0, size), a count > 0 and lies in a tensor of `numel`
+// elements; else what is wrong with the first that does not.
+inline std::string peer_block_error(const std::vector<PeerBlock>& blocks, int64_t numel, int size) {
+  for (const PeerBlock& b : blocks)
+    if (b.peer < 0 || b.peer >= size || b.count <= 0 || b.offset < 0 || b.offset + b.count > numel)
+      return "block of peer " + std::to_string(b.peer) + " at " + std::to_string(b.offset) + " + " +
+             std::to_string(b.count) + " is outside " + std::to_string(numel) + " elements of " +
+             std::to_string(size) + " ranks, or empty";
+  return "";
+}
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -25,6 +43,13 @@ class Communicator {
   // `recv` (recv_counts[p] elements) comes from peer p. Counts are in elements.
   virtual void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts,
                             const Tensor& recv, const std::vector<int64_t>& recv_counts) = 0;
+  // all_to_all_v with each peer's data in blocks anywhere in the tensors: the blocks of
+  // send_blocks whose peer is p go to p in their listed order, and land in the blocks of p's
+  // recv_blocks whose peer is this rank, in its listed order, block for block (the k-th block to
+  // p has the count of p's k-th block from here). No block has count 0; blocks do not overlap.
+  // Elements of recv outside its blocks are unspecified afterwards.
+  virtual void all_to_all_blocks(const Tensor& send, const std::vector<PeerBlock>& send_blocks,
+                                 const Tensor& recv, const std::vector<PeerBlock>& recv_blocks) = 0;
   virtual void all_reduce(const Tensor& x, ReduceOp op) = 0;  // in place
   virtual void broadcast(const Tensor& x, int root) = 0;
   virtual void send(const Tensor& x, int peer) = 0;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <climits>
 #include <stdexcept>
+#include <tuple>
 
 #include "parallel/launch.h"
 
@@ -87,6 +88,58 @@ void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t
     check_mpi(MPI_Alltoallv(send_host, scounts.data(), sdispls.data(), type, recv_host,
                             rcounts.data(), rdispls.data(), type, comm_),
               "all_to_all_v");
+  }
+  finish_host(recv, recv_staging_);
+}
+
+void MpiCommunicator::all_to_all_blocks(const Tensor& send,
+                                        const std::vector<PeerBlock>& send_blocks,
+                                        const Tensor& recv,
+                                        const std::vector<PeerBlock>& recv_blocks) {
+  const char* op = "all_to_all_blocks";
+  if (send.dtype() != recv.dtype())
+    throw std::runtime_error("mpi all_to_all_blocks: dtype mismatch");
+  for (const auto& [blocks, x, name] :
+       {std::tuple{&send_blocks, &send, "send"}, std::tuple{&recv_blocks, &recv, "recv"}})
+    if (const std::string error = peer_block_error(*blocks, x->numel(), size_); !error.empty())
+      throw std::runtime_error(std::string("mpi all_to_all_blocks: ") + name + " " + error);
+  // One datatype a peer and side, the blocks as byte ranges of the host buffer: MPI moves them
+  // straight from their places and into theirs, no packing of ours in between.
+  const int64_t element = static_cast<int64_t>(dtype_size(host_dtype(send.dtype())));
+  std::vector<MPI_Datatype> types;
+  struct FreeTypes {
+    std::vector<MPI_Datatype>& types;
+    ~FreeTypes() {
+      for (MPI_Datatype& type : types) MPI_Type_free(&type);
+    }
+  } free_types{types};
+  auto peer_types = [&](const std::vector<PeerBlock>& blocks) {
+    std::vector<std::vector<int>> lengths(size_);
+    std::vector<std::vector<MPI_Aint>> displacements(size_);
+    for (const PeerBlock& b : blocks) {
+      lengths[b.peer].push_back(as_int(b.count * element, op));
+      displacements[b.peer].push_back(static_cast<MPI_Aint>(b.offset * element));
+    }
+    std::vector<MPI_Datatype> out(size_);
+    for (int p = 0; p < size_; ++p) {
+      check_mpi(MPI_Type_create_hindexed(static_cast<int>(lengths[p].size()), lengths[p].data(),
+                                         displacements[p].data(), MPI_BYTE, &out[p]),
+                op);
+      check_mpi(MPI_Type_commit(&out[p]), op);
+      types.push_back(out[p]);  // freed on every way out
+    }
+    return out;
+  };
+  const std::vector<MPI_Datatype> send_types = peer_types(send_blocks);
+  const std::vector<MPI_Datatype> recv_types = peer_types(recv_blocks);
+  const std::vector<int> ones(size_, 1), zeros(size_, 0);
+  void* send_host = host_view(send, send_staging_, true);
+  void* recv_host = host_view(recv, recv_staging_, false);
+  {
+    WatchdogScope watch(watchdog_, op, group_);
+    check_mpi(MPI_Alltoallw(send_host, ones.data(), zeros.data(), send_types.data(), recv_host,
+                            ones.data(), zeros.data(), recv_types.data(), comm_),
+              op);
   }
   finish_host(recv, recv_staging_);
 }

@@ -31,6 +31,8 @@ class MpiCommunicator final : public Communicator {
 
   void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts,
                     const Tensor& recv, const std::vector<int64_t>& recv_counts) override;
+  void all_to_all_blocks(const Tensor& send, const std::vector<PeerBlock>& send_blocks,
+                         const Tensor& recv, const std::vector<PeerBlock>& recv_blocks) override;
   void all_reduce(const Tensor& x, ReduceOp op) override;
   void broadcast(const Tensor& x, int root) override;
   void send(const Tensor& x, int peer) override;

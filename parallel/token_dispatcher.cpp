@@ -2,8 +2,6 @@
 
 #include <stdexcept>
 
-#include "model/buffers.h"
-
 namespace sy {
 
 AllToAllDispatcher::AllToAllDispatcher(Backend& backend, Communicator& expert_parallel_group,
@@ -43,49 +41,44 @@ void AllToAllDispatcher::sum_over_world(std::vector<int64_t>& counts) {
   world_->all_reduce_host(counts, ReduceOp::sum);
 }
 
-std::vector<int64_t> AllToAllDispatcher::send_counts(const ExchangePlan& plan,
-                                                     int64_t width) const {
-  std::vector<int64_t> counts(group_.size(), 0);
-  for (int64_t q = 0; q < group_.size(); ++q)
-    for (int64_t j = 0; j < num_local_; ++j)
-      counts[q] += plan.send_rows_per_expert[q * num_local_ + j] * width;
-  return counts;
-}
-
-std::vector<int64_t> AllToAllDispatcher::recv_counts(const ExchangePlan& plan,
-                                                     int64_t width) const {
-  std::vector<int64_t> counts(group_.size(), 0);
-  for (int64_t q = 0; q < group_.size(); ++q)
-    for (int64_t j = 0; j < num_local_; ++j)
-      counts[q] += plan.recv_rows[q * num_local_ + j] * width;
-  return counts;
-}
-
-void AllToAllDispatcher::regroup(const ExchangePlan& plan, const Tensor& source_major,
-                                 const Tensor& expert_major, bool to_expert_major) {
-  const int64_t P = group_.size();
-  // Row offset of block (q, j) in source-major order.
-  std::vector<int64_t> source_offset(P * num_local_);
-  int64_t offset = 0;
+// Where each block of rows lies, in elements of rows `width` wide, one block for every peer p and
+// local expert j that have rows:
+//   by_expert: in this rank's rows grouped by global expert (the sent rows), the rows for
+//     expert j of peer p;
+//   into_local: in the rows this rank's experts run on (local expert j, then source peer p),
+//     the rows from peer p for this rank's expert j.
+// Both list blocks in (peer, local expert) order, which is the pairing all_to_all_blocks needs:
+// the k-th block this rank sends to p is the k-th block p expects from it.
+AllToAllDispatcher::Blocks AllToAllDispatcher::blocks(const ExchangePlan& plan,
+                                                      int64_t width) const {
+  const int64_t P = group_.size(), L = num_local_;
+  Blocks out;
+  int64_t sent_offset = 0;
   for (int64_t q = 0; q < P; ++q)
-    for (int64_t j = 0; j < num_local_; ++j) {
-      source_offset[q * num_local_ + j] = offset;
-      offset += plan.recv_rows[q * num_local_ + j];
+    for (int64_t j = 0; j < L; ++j) {
+      const int64_t rows = plan.send_rows_per_expert[q * L + j];
+      if (rows > 0)
+        out.by_expert.push_back({static_cast<int>(q), sent_offset * width, rows * width});
+      sent_offset += rows;
     }
-  int64_t expert_offset = 0;
-  for (int64_t j = 0; j < num_local_; ++j)
-    for (int64_t q = 0; q < P; ++q) {
-      const int64_t rows = plan.recv_rows[q * num_local_ + j];
-      if (rows == 0) continue;
-      const int64_t begin = source_offset[q * num_local_ + j];
-      const Tensor source_block = source_major.rows(begin, begin + rows);
-      const Tensor expert_block = expert_major.rows(expert_offset, expert_offset + rows);
-      if (to_expert_major)
-        backend_.copy(expert_block, source_block);
-      else
-        backend_.copy(source_block, expert_block);
-      expert_offset += rows;
+  // Local expert j's segment starts after the earlier experts' rows; within it, peer q's rows
+  // follow those of peers 0 .. q-1.
+  std::vector<int64_t> expert_start(L, 0);
+  for (int64_t j = 1; j < L; ++j)
+    expert_start[j] = expert_start[j - 1] + plan.rows_per_local_expert[j - 1];
+  for (int64_t q = 0; q < P; ++q)
+    for (int64_t j = 0; j < L; ++j) {
+      const int64_t rows = plan.recv_rows[q * L + j];
+      if (rows > 0)
+        out.into_local.push_back({static_cast<int>(q), expert_start[j] * width, rows * width});
+      expert_start[j] += rows;
     }
+  return out;
+}
+
+void AllToAllDispatcher::count_sent(const std::vector<PeerBlock>& sent, DType dtype) {
+  for (const PeerBlock& b : sent)
+    if (b.peer != group_.rank()) bytes_sent_ += b.count * static_cast<int64_t>(dtype_size(dtype));
 }
 
 void AllToAllDispatcher::dispatch(const ExchangePlan& plan, const Tensor& received,
@@ -93,16 +86,12 @@ void AllToAllDispatcher::dispatch(const ExchangePlan& plan, const Tensor& receiv
   const int64_t D = received.dim(1);
   expect_shape(sent, {plan.rows_sent, D}, "dispatch: sent rows");
   expect_shape(received, {plan.rows_received, D}, "dispatch: received rows");
-  const Tensor arrived = ensure_rows(backend_, staging_, plan.rows_received, D, sent.dtype(),
-                                      plan.max_rows_received);
-  const std::vector<int64_t> counts = send_counts(plan, D);
+  const Blocks b = blocks(plan, D);
   {
     const auto region = backend_.profile_region("all_to_all dispatch");
-    group_.all_to_all_v(sent, counts, arrived, recv_counts(plan, D));
+    group_.all_to_all_blocks(sent, b.by_expert, received, b.into_local);
   }
-  for (int64_t q = 0; q < group_.size(); ++q)
-    if (q != group_.rank()) bytes_sent_ += counts[q] * static_cast<int64_t>(dtype_size(sent.dtype()));
-  regroup(plan, arrived, received, true);
+  count_sent(b.by_expert, sent.dtype());
 }
 
 void AllToAllDispatcher::combine(const ExchangePlan& plan, const Tensor& returned,
@@ -110,16 +99,12 @@ void AllToAllDispatcher::combine(const ExchangePlan& plan, const Tensor& returne
   const int64_t D = returned.dim(1);
   expect_shape(returned, {plan.rows_sent, D}, "combine: returned rows");
   expect_shape(expert_rows, {plan.rows_received, D}, "combine: expert rows");
-  const Tensor leaving = ensure_rows(backend_, staging_, plan.rows_received, D, returned.dtype(),
-                                      plan.max_rows_received);
-  regroup(plan, leaving, expert_rows, false);
-  const std::vector<int64_t> counts = recv_counts(plan, D);
+  const Blocks b = blocks(plan, D);
   {
     const auto region = backend_.profile_region("all_to_all combine");
-    group_.all_to_all_v(leaving, counts, returned, send_counts(plan, D));
+    group_.all_to_all_blocks(expert_rows, b.into_local, returned, b.by_expert);
   }
-  for (int64_t q = 0; q < group_.size(); ++q)
-    if (q != group_.rank()) bytes_sent_ += counts[q] * static_cast<int64_t>(dtype_size(returned.dtype()));
+  count_sent(b.into_local, returned.dtype());
 }
 
 }  // namespace sy

@@ -1,9 +1,10 @@
 // The all-to-all token dispatcher: the TokenExchange of an expert-parallel group of P ranks.
 //
 // dispatch: each rank's kept rows, grouped by global expert, go to the ranks owning those
-//   experts (counts first, then one all-to-all of the rows); what arrives in (source rank,
-//   local expert) order is regrouped to (local expert, source rank), so that each local expert
-//   runs on one contiguous segment.
+//   experts (counts first, then one block-wise all-to-all of the rows). Each (source rank,
+//   local expert) block lands straight in its place in (local expert, source rank) order, so
+//   that each local expert runs on one contiguous segment: no staging buffer, no copies around
+//   the exchange (Communicator::all_to_all_blocks).
 // combine: the exact reverse, so each row returns to the slot it left from.
 // Backward uses the same two movements with the roles swapped (see model/moe/moe_layer.cpp).
 #pragma once
@@ -34,20 +35,19 @@ class AllToAllDispatcher final : public TokenExchange {
   int64_t bytes_sent() const { return bytes_sent_; }
 
  private:
-  // Element counts per peer of the rows this rank sends, and of those it receives.
-  std::vector<int64_t> send_counts(const ExchangePlan& plan, int64_t width) const;
-  std::vector<int64_t> recv_counts(const ExchangePlan& plan, int64_t width) const;
-  // Copies row blocks between (source rank, local expert) order and (local expert, source rank)
-  // order; `to_expert_major` picks the direction.
-  void regroup(const ExchangePlan& plan, const Tensor& source_major, const Tensor& expert_major,
-               bool to_expert_major);
+  struct Blocks {
+    std::vector<PeerBlock> by_expert;   // in the sent (and returned) rows
+    std::vector<PeerBlock> into_local;  // in the received (and expert) rows
+  };
+  // The (peer, local expert) blocks of a plan, in elements of rows `width` wide.
+  Blocks blocks(const ExchangePlan& plan, int64_t width) const;
+  void count_sent(const std::vector<PeerBlock>& sent, DType dtype);
 
   Backend& backend_;
   Communicator& group_;
   Communicator* world_;
   int64_t num_experts_;
   int64_t num_local_;
-  Tensor staging_;  // [rows_received, D] in source-major order, grow-only
   int64_t bytes_sent_ = 0;
 };
 

@@ -81,6 +81,56 @@ TEST(Dispatcher, PayloadsArriveAtTheirExpertsOwnerInOrder) {
   EXPECT_EQ(f.backend->read(returned), f.backend->read(sent));
 }
 
+// Communicator::all_to_all_blocks on its own: three blocks from every rank to every peer (its
+// own included), laid out in the tensors in the reverse of their listed order with a gap after
+// each, so that nothing is where a plain all_to_all_v would put it. Each element says where it
+// came from: source * 1e6 + destination * 1e4 + block * 1e2 + index.
+TEST(AllToAllBlocks, EveryBlockLandsInItsPlace) {
+  Fixture f;
+  Communicator& c = f.ep();
+  const int P = c.size(), me = c.rank();
+  auto count = [](int from, int to, int k) { return int64_t{1} + from + 2 * to + 3 * k; };
+  // Blocks listed in (peer, k) order, placed from the end of the tensor backwards.
+  auto layout = [&](bool sending, int64_t& numel) {
+    std::vector<PeerBlock> blocks;
+    for (int p = 0; p < P; ++p)
+      for (int k = 0; k < 3; ++k)
+        blocks.push_back({p, 0, sending ? count(me, p, k) : count(p, me, k)});
+    numel = 0;
+    for (auto b = blocks.rbegin(); b != blocks.rend(); ++b) {
+      b->offset = numel;
+      numel += b->count + 2;
+    }
+    return blocks;
+  };
+  int64_t send_numel = 0, recv_numel = 0;
+  const std::vector<PeerBlock> send_blocks = layout(true, send_numel);
+  const std::vector<PeerBlock> recv_blocks = layout(false, recv_numel);
+  auto value = [](int from, int to, int k, int64_t i) {
+    return from * 1e6 + to * 1e4 + k * 1e2 + i;
+  };
+  std::vector<double> send_values(send_numel, -1.0);
+  for (size_t n = 0; n < send_blocks.size(); ++n)
+    for (int64_t i = 0; i < send_blocks[n].count; ++i)
+      send_values[send_blocks[n].offset + i] = value(me, send_blocks[n].peer, int(n % 3), i);
+  const Tensor send = f.backend->alloc({send_numel}, DType::f64);
+  const Tensor recv = f.backend->alloc({recv_numel}, DType::f64);
+  f.backend->write(send, std::span<const double>(send_values));
+  c.all_to_all_blocks(send, send_blocks, recv, recv_blocks);
+  const std::vector<double> got = f.backend->read(recv);
+  for (size_t n = 0; n < recv_blocks.size(); ++n)
+    for (int64_t i = 0; i < recv_blocks[n].count; ++i)
+      ASSERT_EQ(got[recv_blocks[n].offset + i], value(recv_blocks[n].peer, me, int(n % 3), i))
+          << "block " << n << " from rank " << recv_blocks[n].peer << ", element " << i;
+
+  // An empty block or one outside the tensor is refused on every rank, before any message.
+  std::vector<PeerBlock> bad = send_blocks;
+  bad.front().count = 0;
+  EXPECT_THROW(c.all_to_all_blocks(send, bad, recv, recv_blocks), std::runtime_error);
+  bad.front() = {0, send_numel - 1, 2};
+  EXPECT_THROW(c.all_to_all_blocks(send, bad, recv, recv_blocks), std::runtime_error);
+}
+
 TEST(Dispatcher, CombineIsTheTransposeOfDispatch) {
   Fixture f;
   const int me = f.ep().rank();

@@ -1,5 +1,6 @@
 // NcclCommunicator against MpiCommunicator (device tensors staged through the host) on the same
-// data: all_to_all_v, all_reduce, broadcast and the host collectives must agree exactly. Written
+// data: all_to_all_v, all_to_all_blocks, all_reduce, broadcast and the host collectives must
+// agree exactly. Written
 // for any number of ranks with one GPU each; run at W = 1 here (one GPU). Runs under mpirun
 // (tests/mpi_main.cpp); skipped when no CUDA device is visible (label gpu).
 #include <gtest/gtest.h>
@@ -75,6 +76,48 @@ TEST_F(Nccl, AllToAllVMatchesMpi) {
     EXPECT_EQ(backend->read(by_nccl), backend->read(by_mpi)) << dtype_name(dtype);
     if (size == 1) {
       EXPECT_EQ(backend->read(by_nccl), backend->read(send)) << dtype_name(dtype);
+    }
+  }
+}
+
+// Three blocks to every peer (itself included), placed in the reverse of their listed order with
+// gaps: NCCL's grouped sends and receives land them as MPI_Alltoallw does (at W = 1: each block
+// in its place, all to this rank).
+TEST_F(Nccl, AllToAllBlocksMatchesMpi) {
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    auto count = [](int from, int to, int k) { return int64_t{5} + from + 2 * to + 300 * k; };
+    auto layout = [&](bool sending, int64_t& numel) {
+      std::vector<PeerBlock> blocks;
+      for (int p = 0; p < size; ++p)
+        for (int k = 0; k < 3; ++k)
+          blocks.push_back({p, 0, sending ? count(rank, p, k) : count(p, rank, k)});
+      numel = 0;
+      for (auto b = blocks.rbegin(); b != blocks.rend(); ++b) {
+        b->offset = numel;
+        numel += b->count + 3;
+      }
+      return blocks;
+    };
+    int64_t send_numel = 0, recv_numel = 0;
+    const std::vector<PeerBlock> send_blocks = layout(true, send_numel);
+    const std::vector<PeerBlock> recv_blocks = layout(false, recv_numel);
+    const Tensor send = random(send_numel, dtype, 7);
+    Tensor by_nccl = backend->alloc({recv_numel}, dtype),
+           by_mpi = backend->alloc({recv_numel}, dtype);
+    backend->fill(by_nccl, 0.0);
+    backend->fill(by_mpi, 0.0);
+    nccl->all_to_all_blocks(send, send_blocks, by_nccl, recv_blocks);
+    mpi->all_to_all_blocks(send, send_blocks, by_mpi, recv_blocks);
+    const std::vector<double> a = backend->read(by_nccl), b = backend->read(by_mpi);
+    const std::vector<double> sent = backend->read(send);
+    for (size_t n = 0; n < recv_blocks.size(); ++n) {
+      const PeerBlock& r = recv_blocks[n];
+      for (int64_t i = 0; i < r.count; ++i) {
+        ASSERT_EQ(a[r.offset + i], b[r.offset + i]) << dtype_name(dtype) << " block " << n;
+        if (size == 1) {
+          ASSERT_EQ(a[r.offset + i], sent[send_blocks[n].offset + i]) << dtype_name(dtype);
+        }
+      }
     }
   }
 }
