@@ -20,14 +20,22 @@ struct PeerBlock {
   int64_t count;
 };
 
-// "" when every block has a peer in [0, size), a count > 0 and lies in a tensor of `numel`
-// elements; else what is wrong with the first that does not.
-inline std::string peer_block_error(const std::vector<PeerBlock>& blocks, int64_t numel, int size) {
-  for (const PeerBlock& b : blocks)
-    if (b.peer < 0 || b.peer >= size || b.count <= 0 || b.offset < 0 || b.offset + b.count > numel)
-      return "block of peer " + std::to_string(b.peer) + " at " + std::to_string(b.offset) + " + " +
-             std::to_string(b.count) + " is outside " + std::to_string(numel) + " elements of " +
-             std::to_string(size) + " ranks, or empty";
+// For all_to_all_blocks: "" when send and recv have one dtype and every block has a peer in
+// [0, size), a count > 0 and lies in its tensor; else what is wrong with the first that does not.
+inline std::string peer_blocks_error(const Tensor& send, const std::vector<PeerBlock>& send_blocks,
+                                     const Tensor& recv, const std::vector<PeerBlock>& recv_blocks,
+                                     int size) {
+  if (send.dtype() != recv.dtype()) return "send and recv dtypes differ";
+  for (const auto* side : {&send_blocks, &recv_blocks}) {
+    const int64_t numel = side == &send_blocks ? send.numel() : recv.numel();
+    for (const PeerBlock& b : *side)
+      if (b.peer < 0 || b.peer >= size || b.count <= 0 || b.offset < 0 ||
+          b.offset + b.count > numel)
+        return std::string(side == &send_blocks ? "send" : "recv") + " block of peer " +
+               std::to_string(b.peer) + " at " + std::to_string(b.offset) + " + " +
+               std::to_string(b.count) + " is empty or outside its " + std::to_string(numel) +
+               " elements (" + std::to_string(size) + " ranks)";
+  }
   return "";
 }
 

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <climits>
 #include <stdexcept>
-#include <tuple>
 
 #include "parallel/launch.h"
 
@@ -97,12 +96,9 @@ void MpiCommunicator::all_to_all_blocks(const Tensor& send,
                                         const Tensor& recv,
                                         const std::vector<PeerBlock>& recv_blocks) {
   const char* op = "all_to_all_blocks";
-  if (send.dtype() != recv.dtype())
-    throw std::runtime_error("mpi all_to_all_blocks: dtype mismatch");
-  for (const auto& [blocks, x, name] :
-       {std::tuple{&send_blocks, &send, "send"}, std::tuple{&recv_blocks, &recv, "recv"}})
-    if (const std::string error = peer_block_error(*blocks, x->numel(), size_); !error.empty())
-      throw std::runtime_error(std::string("mpi all_to_all_blocks: ") + name + " " + error);
+  if (const std::string error = peer_blocks_error(send, send_blocks, recv, recv_blocks, size_);
+      !error.empty())
+    throw std::runtime_error("mpi all_to_all_blocks: " + error);
   // One datatype a peer and side, the blocks as byte ranges of the host buffer: MPI moves them
   // straight from their places and into theirs, no packing of ours in between.
   const int64_t element = static_cast<int64_t>(dtype_size(host_dtype(send.dtype())));

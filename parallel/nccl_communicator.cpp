@@ -3,7 +3,6 @@
 #include <chrono>
 #include <cstdio>
 #include <stdexcept>
-#include <tuple>
 
 namespace sy {
 
@@ -208,11 +207,9 @@ void NcclCommunicator::all_to_all_blocks(const Tensor& send,
   const char* op = "all_to_all_blocks";
   check_tensor(send, op, "send");
   check_tensor(recv, op, "recv");
-  if (send.dtype() != recv.dtype()) fail(op, "send and recv dtypes differ");
-  for (const auto& [blocks, x, name] :
-       {std::tuple{&send_blocks, &send, "send"}, std::tuple{&recv_blocks, &recv, "recv"}})
-    if (const std::string error = peer_block_error(*blocks, x->numel(), size_); !error.empty())
-      fail(op, std::string(name) + " " + error);
+  if (const std::string error = peer_blocks_error(send, send_blocks, recv, recv_blocks, size_);
+      !error.empty())
+    fail(op, error);
   const size_t elem = dtype_size(send.dtype());
   const ncclDataType_t type = nccl_type(send.dtype(), op);
   const char* send_base = static_cast<const char*>(send.data());
