@@ -11,6 +11,7 @@
 #include "parallel/process_groups.h"
 #include "parallel/token_dispatcher.h"
 #include "tests/grad_check.h"
+#include "tests/shuffled_blocks.h"
 
 namespace sy {
 namespace {
@@ -81,31 +82,16 @@ TEST(Dispatcher, PayloadsArriveAtTheirExpertsOwnerInOrder) {
   EXPECT_EQ(f.backend->read(returned), f.backend->read(sent));
 }
 
-// Communicator::all_to_all_blocks on its own: three blocks from every rank to every peer (its
-// own included), laid out in the tensors in the reverse of their listed order with a gap after
-// each, so that nothing is where a plain all_to_all_v would put it. Each element says where it
-// came from: source * 1e6 + destination * 1e4 + block * 1e2 + index.
+// Communicator::all_to_all_blocks on its own, on tests/shuffled_blocks.h's layout. Each element
+// says where it came from: source * 1e6 + destination * 1e4 + block * 1e2 + index.
 TEST(AllToAllBlocks, EveryBlockLandsInItsPlace) {
   Fixture f;
   Communicator& c = f.ep();
   const int P = c.size(), me = c.rank();
-  auto count = [](int from, int to, int k) { return int64_t{1} + from + 2 * to + 3 * k; };
-  // Blocks listed in (peer, k) order, placed from the end of the tensor backwards.
-  auto layout = [&](bool sending, int64_t& numel) {
-    std::vector<PeerBlock> blocks;
-    for (int p = 0; p < P; ++p)
-      for (int k = 0; k < 3; ++k)
-        blocks.push_back({p, 0, sending ? count(me, p, k) : count(p, me, k)});
-    numel = 0;
-    for (auto b = blocks.rbegin(); b != blocks.rend(); ++b) {
-      b->offset = numel;
-      numel += b->count + 2;
-    }
-    return blocks;
-  };
+  const test::ShuffledBlocks shuffled;
   int64_t send_numel = 0, recv_numel = 0;
-  const std::vector<PeerBlock> send_blocks = layout(true, send_numel);
-  const std::vector<PeerBlock> recv_blocks = layout(false, recv_numel);
+  const std::vector<PeerBlock> send_blocks = shuffled.layout(me, P, true, send_numel);
+  const std::vector<PeerBlock> recv_blocks = shuffled.layout(me, P, false, recv_numel);
   auto value = [](int from, int to, int k, int64_t i) {
     return from * 1e6 + to * 1e4 + k * 1e2 + i;
   };

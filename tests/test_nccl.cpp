@@ -13,6 +13,7 @@
 #include "parallel/launch.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/nccl_communicator.h"
+#include "tests/shuffled_blocks.h"
 
 namespace sy {
 namespace {
@@ -80,27 +81,14 @@ TEST_F(Nccl, AllToAllVMatchesMpi) {
   }
 }
 
-// Three blocks to every peer (itself included), placed in the reverse of their listed order with
-// gaps: NCCL's grouped sends and receives land them as MPI_Alltoallw does (at W = 1: each block
-// in its place, all to this rank).
+// tests/shuffled_blocks.h's layout: NCCL's grouped sends and receives land the blocks as
+// MPI_Alltoallw does (at W = 1: each block in its place, all to this rank).
 TEST_F(Nccl, AllToAllBlocksMatchesMpi) {
   for (DType dtype : {DType::f32, DType::bf16}) {
-    auto count = [](int from, int to, int k) { return int64_t{5} + from + 2 * to + 300 * k; };
-    auto layout = [&](bool sending, int64_t& numel) {
-      std::vector<PeerBlock> blocks;
-      for (int p = 0; p < size; ++p)
-        for (int k = 0; k < 3; ++k)
-          blocks.push_back({p, 0, sending ? count(rank, p, k) : count(p, rank, k)});
-      numel = 0;
-      for (auto b = blocks.rbegin(); b != blocks.rend(); ++b) {
-        b->offset = numel;
-        numel += b->count + 3;
-      }
-      return blocks;
-    };
+    const test::ShuffledBlocks shuffled{5, 300, 3};
     int64_t send_numel = 0, recv_numel = 0;
-    const std::vector<PeerBlock> send_blocks = layout(true, send_numel);
-    const std::vector<PeerBlock> recv_blocks = layout(false, recv_numel);
+    const std::vector<PeerBlock> send_blocks = shuffled.layout(rank, size, true, send_numel);
+    const std::vector<PeerBlock> recv_blocks = shuffled.layout(rank, size, false, recv_numel);
     const Tensor send = random(send_numel, dtype, 7);
     Tensor by_nccl = backend->alloc({recv_numel}, dtype),
            by_mpi = backend->alloc({recv_numel}, dtype);
