@@ -198,9 +198,9 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   // The FFN's out and du, and one [rows, F] slot for hidden/dhidden.
   const double dense_backward = 2 * TD + T * F * e;
   // MoE: dy_perm, the experts' dx, out, du and hidden/dhidden (the router reads the bf16 rows
-  // directly); with expert_parallel > 1 also x_perm, the experts' output, dy_recv, dx_perm and
-  // the dispatcher's staging rows.
-  const double exchanged = config.parallel.expert_parallel > 1 ? 5 * TK * D * e : 0.0;
+  // directly); with expert_parallel > 1 also x_perm, the experts' output, dy_recv and dx_perm
+  // (the exchange moves rows straight between them: no staging rows of its own).
+  const double exchanged = config.parallel.expert_parallel > 1 ? 4 * TK * D * e : 0.0;
   // A shared expert adds its out and du; its hidden takes the same slot (the larger rows).
   const double moe_backward =
       2 * TK * D * e + 2 * TD + std::max(TK * Fe, T * Fs) * e + exchanged + (Fs > 0 ? 2 * TD : 0.0);
