@@ -114,6 +114,21 @@ int main(int argc, char** argv) {
               [&] { gpu.rmsnorm_forward(out, rstd, x, gain); });
       add_row("rmsnorm_backward", td, 3 * n * b2 + T * b4 + 3 * D * b4, 6.285 / 51,
               [&] { gpu.rmsnorm_backward(dx, dgain, dout, x, gain, rstd); });
+      // The residual stream's fused forms; before them, the pairs of ops they replace.
+      Tensor x2 = random({T, D}, bf), sum = gpu.alloc({T, D}, bf);
+      add_row("add_into + rmsnorm_forward", td, 5 * n * b2 + T * b4 + D * b4, -1, [&] {
+        gpu.add_into(sum, x, x2);
+        gpu.rmsnorm_forward(out, rstd, sum, gain);
+      });
+      add_row("add_rmsnorm_forward", td, 4 * n * b2 + T * b4 + D * b4, -1,
+              [&] { gpu.add_rmsnorm_forward(sum, out, rstd, x, x2, gain); });
+      Tensor dres = random({T, D}, bf);
+      add_row("rmsnorm_backward + add", td, 6 * n * b2 + T * b4 + 3 * D * b4, -1, [&] {
+        gpu.rmsnorm_backward(dx, dgain, dout, x, gain, rstd);
+        gpu.add(dres, dx, 1.0);
+      });
+      add_row("rmsnorm_backward accumulate", td, 4 * n * b2 + T * b4 + 3 * D * b4, -1,
+              [&] { gpu.rmsnorm_backward(dres, dgain, dout, x, gain, rstd, true); });
       // y += x alternately with alpha +1 and -1 keeps y bounded over the repeats.
       double alpha = 1;
       add_row("add bf16+=bf16", td, 3 * n * b2, 4.335 / 96, [&] {

@@ -173,9 +173,14 @@ class Backend {
   // rstd, gain and dgain are stat.
   void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x,
                        const Tensor& gain);
-  // dx = (overwritten); dgain += .
-  void rmsnorm_backward(const Tensor& dx, const Tensor& dgain, const Tensor& dout,
-                        const Tensor& x, const Tensor& gain, const Tensor& rstd);
+  // The residual sum and the norm of it in one op: sum = a + b (bitwise add_into), then
+  // rmsnorm_forward(out, rstd, sum, gain). A device reads a and b once instead of the sum again.
+  void add_rmsnorm_forward(const Tensor& sum, const Tensor& out, const Tensor& rstd,
+                           const Tensor& a, const Tensor& b, const Tensor& gain);
+  // dx = (overwritten), or with accumulate dx += (the residual stream's gradient: the CPU gives
+  // the bits of the norm's dx added by add(); a device may round the sum once); dgain += .
+  void rmsnorm_backward(const Tensor& dx, const Tensor& dgain, const Tensor& dout, const Tensor& x,
+                        const Tensor& gain, const Tensor& rstd, bool accumulate = false);
 
   // ---- attention ----------------------------------------------------------------------------
   // Rotary embedding in place on x[B*S, H*Dh] (rotate-half, theta 10000); backward applies the
@@ -407,8 +412,14 @@ class Backend {
                                        const Tensor& tokens) = 0;
   virtual void rmsnorm_forward_impl(const Tensor& out, const Tensor& rstd, const Tensor& x,
                                     const Tensor& gain) = 0;
+  virtual void add_rmsnorm_forward_impl(const Tensor& sum, const Tensor& out, const Tensor& rstd,
+                                        const Tensor& a, const Tensor& b, const Tensor& gain) {
+    add_into(sum, a, b);
+    rmsnorm_forward(out, rstd, sum, gain);
+  }
   virtual void rmsnorm_backward_impl(const Tensor& dx, const Tensor& dgain, const Tensor& dout,
-                                     const Tensor& x, const Tensor& gain, const Tensor& rstd) = 0;
+                                     const Tensor& x, const Tensor& gain, const Tensor& rstd,
+                                     bool accumulate) = 0;
   // attention
   virtual void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H) = 0;
   virtual void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H) = 0;

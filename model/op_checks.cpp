@@ -373,8 +373,21 @@ void Backend::rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tenso
   rmsnorm_forward_impl(out, rstd, x, gain);
 }
 
+void Backend::add_rmsnorm_forward(const Tensor& sum, const Tensor& out, const Tensor& rstd,
+                                  const Tensor& a, const Tensor& b, const Tensor& gain) {
+  const OpCheck c(*this, "add_rmsnorm_forward");
+  const DType dt = c.float_dtype(sum, "sum");
+  c.dtype(a, dt, "a");
+  c.dtype(b, dt, "b");
+  c.shape(a, sum.shape(), "a");
+  c.shape(b, sum.shape(), "b");
+  if (overlaps(out, a) || overlaps(out, b) || overlaps(out, sum)) c.fail("out overlaps an input");
+  add_rmsnorm_forward_impl(sum, out, rstd, a, b, gain);  // rmsnorm_forward checks the rest
+}
+
 void Backend::rmsnorm_backward(const Tensor& dx, const Tensor& dgain, const Tensor& dout,
-                               const Tensor& x, const Tensor& gain, const Tensor& rstd) {
+                               const Tensor& x, const Tensor& gain, const Tensor& rstd,
+                               bool accumulate) {
   const OpCheck c(*this, "rmsnorm_backward");
   const DType dt = c.float_dtype(x, "x"), st = stat_dtype(dt);
   c.dtype(dx, dt, "dx");
@@ -390,7 +403,8 @@ void Backend::rmsnorm_backward(const Tensor& dx, const Tensor& dgain, const Tens
   c.shape(gain, {D}, "gain");
   c.shape(dgain, {D}, "dgain");
   c.numel(rstd, x.numel() / D, "rstd");
-  rmsnorm_backward_impl(dx, dgain, dout, x, gain, rstd);
+  if (overlaps(dx, dout) || overlaps(dx, x)) c.fail("dx overlaps an input");
+  rmsnorm_backward_impl(dx, dgain, dout, x, gain, rstd, accumulate);
 }
 
 // ---- attention ------------------------------------------------------------------------------

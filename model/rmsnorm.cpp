@@ -4,10 +4,20 @@
 
 namespace sy {
 
-const Tensor& RMSNorm::forward(Backend& backend, const Tensor& x) {
+Tensor& RMSNorm::output(Backend& backend, const Tensor& x) {
   out = (recompute ? scratch() : own_).get(backend, name + ".out", x.shape(), x.dtype());
   ensure(backend, rstd, {x.dim(0)}, stat_dtype(x.dtype()));
-  backend.rmsnorm_forward(out, rstd, x, gain.value);
+  return out;
+}
+
+const Tensor& RMSNorm::forward(Backend& backend, const Tensor& x) {
+  backend.rmsnorm_forward(output(backend, x), rstd, x, gain.value);
+  return out;
+}
+
+const Tensor& RMSNorm::forward_sum(Backend& backend, const Tensor& sum, const Tensor& a,
+                                   const Tensor& b) {
+  backend.add_rmsnorm_forward(sum, output(backend, sum), rstd, a, b, gain.value);
   return out;
 }
 
@@ -21,6 +31,12 @@ const Tensor& RMSNorm::backward(Backend& backend, const Tensor& dout, const Tens
   if (gain.take_grad_needs_clear()) backend.fill(gain.grad, 0.0);
   backend.rmsnorm_backward(dx, gain.grad, dout, x, gain.value, rstd);  // dgain +=
   return dx;
+}
+
+void RMSNorm::backward_add(Backend& backend, const Tensor& dresidual, const Tensor& dout,
+                           const Tensor& x) {
+  if (gain.take_grad_needs_clear()) backend.fill(gain.grad, 0.0);
+  backend.rmsnorm_backward(dresidual, gain.grad, dout, x, gain.value, rstd, true);
 }
 
 }  // namespace sy

@@ -22,14 +22,20 @@ struct RMSNorm {
   Tensor dx;    // [T, D], scratch
 
   const Tensor& forward(Backend& backend, const Tensor& x);
+  // The residual sum into `sum` (= a + b), then forward(sum), in one op: a device reads a and b
+  // once instead of the sum again.
+  const Tensor& forward_sum(Backend& backend, const Tensor& sum, const Tensor& a, const Tensor& b);
   // x: the forward input. Returns dx (overwritten); gain.grad accumulates.
   const Tensor& backward(Backend& backend, const Tensor& dout, const Tensor& x);
+  // The same dx added into `dresidual` (the residual stream's gradient) as it is written.
+  void backward_add(Backend& backend, const Tensor& dresidual, const Tensor& dout, const Tensor& x);
   // Drops `out` once backward no longer needs it (Attention::release_saved).
   void release_saved();
 
  private:
   Workspace own_;
   Workspace& scratch() { return workspace ? *workspace : own_; }
+  Tensor& output(Backend& backend, const Tensor& x);
 };
 
 }  // namespace sy

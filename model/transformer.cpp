@@ -347,20 +347,29 @@ void Transformer::forward(int64_t batch, bool training) {
   for (Tensor& x : residual_) ensure(backend_, x, {T, D}, options_.dtype);
 
   embedding_.forward(backend_, residual_[0], inputs_);
+  // Each residual sum is written by the norm that reads it next (add_rmsnorm_forward: one pass
+  // fewer over [T, D]), except the last block's output, whose norm runs after this, and the
+  // output of a block with a shared expert, which joins after the routed experts'.
+  const Tensor* attn_in = nullptr;
+  if (m.n_layers > 0) attn_in = &blocks_[0].attn_norm.forward(backend_, residual_[0]);
   for (int64_t l = 0; l < m.n_layers; ++l) {
     Block& block = blocks_[l];
     // x_mid = x + attention(rmsnorm(x))
-    const Tensor& attn_in = block.attn_norm.forward(backend_, residual_[l]);
-    const Tensor& attn_out = block.attn.forward(backend_, attn_in, shape);
+    const Tensor& attn_out = block.attn.forward(backend_, *attn_in, shape);
     const Tensor x_mid = residual_mid(l, T);
-    backend_.add_into(x_mid, residual_[l], attn_out);
     // x_next = x_mid + ffn(rmsnorm(x_mid))
-    const Tensor& ffn_in = block.ffn_norm.forward(backend_, x_mid);
+    const Tensor& ffn_in = block.ffn_norm.forward_sum(backend_, x_mid, residual_[l], attn_out);
     const Tensor& ffn_out =
         block.dense ? block.dense->forward(backend_, ffn_in) : block.moe->forward(backend_, ffn_in);
+    const bool last = l + 1 == m.n_layers;
+    if (!last && !block.shared) {
+      attn_in = &blocks_[l + 1].attn_norm.forward_sum(backend_, residual_[l + 1], x_mid, ffn_out);
+      continue;
+    }
     backend_.add_into(residual_[l + 1], x_mid, ffn_out);
     // x_next += the shared expert's output (after the routed experts', in this order everywhere)
     if (block.shared) backend_.add(residual_[l + 1], block.shared->forward(backend_, ffn_in), 1.0);
+    if (!last) attn_in = &blocks_[l + 1].attn_norm.forward(backend_, residual_[l + 1]);
   }
 }
 
@@ -390,13 +399,13 @@ void Transformer::backward(int64_t batch, double loss_scale) {
     if (block.shared)
       backend_.add(dffn_in, block.shared->backward(backend_, dresidual_, ffn_in), 1.0);
     const Tensor x_mid = residual_mid(l, dresidual_.dim(0));
-    backend_.add(dresidual_, block.ffn_norm.backward(backend_, dffn_in, x_mid), 1.0);
+    block.ffn_norm.backward_add(backend_, dresidual_, dffn_in, x_mid);
 
     if (rerun_norms) block.attn_norm.forward(backend_, residual_[l]);
     const Tensor& attn_in = block.attn_norm.out;
     if (options_.recompute == Recompute::attention) block.attn.forward(backend_, attn_in, shape);
     const Tensor& dattn_in = block.attn.backward(backend_, dresidual_, attn_in, shape);
-    backend_.add(dresidual_, block.attn_norm.backward(backend_, dattn_in, residual_[l]), 1.0);
+    block.attn_norm.backward_add(backend_, dresidual_, dattn_in, residual_[l]);
     release_saved(l);
   }
   acquire_grads({&embedding_.table});
@@ -441,8 +450,7 @@ void Transformer::recompute_block(int64_t layer, const AttentionShape& shape) {
   const Tensor& attn_in = block.attn_norm.forward(backend_, residual_[layer]);
   const Tensor& attn_out = block.attn.forward(backend_, attn_in, shape);
   const Tensor x_mid = residual_mid(layer, attn_in.dim(0));
-  backend_.add_into(x_mid, residual_[layer], attn_out);
-  const Tensor& ffn_in = block.ffn_norm.forward(backend_, x_mid);
+  const Tensor& ffn_in = block.ffn_norm.forward_sum(backend_, x_mid, residual_[layer], attn_out);
   if (block.dense)
     block.dense->forward(backend_, ffn_in);
   else

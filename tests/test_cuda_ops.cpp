@@ -554,6 +554,55 @@ TEST_F(CudaVec, RMSNormWideRows) {
   }
 }
 
+// The residual stream's fused forms on the device (docs/cuda.md): add_rmsnorm_forward is
+// bitwise add_into then rmsnorm_forward; the accumulating backward rounds dx + dres once, so it
+// is held to the CPU's sequence (norm, then add) at the bf16 bound, and its dgain is bitwise the
+// plain backward's. Vector rows (D 2048, 512; N with a partial chunk) and the element path (an
+// odd D).
+TEST_F(CudaVec, RMSNormResidualFusions) {
+  for (const int64_t D : {2048, 512, 100}) {
+    const int64_t N = 84;
+    const std::string at = " D=" + std::to_string(D);
+    const std::vector<double> a = values(N * D, bf, 2.0), b = values(N * D, bf);
+    const std::vector<double> dy = values(N * D, bf), res = values(N * D, bf);
+    std::vector<double> gain = values(D, DType::f32, 0.1), dg0 = values(D, DType::f32);
+    for (double& g : gain) g += 1.0;
+    Tensor ag = on_gpu({N, D}, a, bf), bg = on_gpu({N, D}, b, bf),
+           gg = on_gpu({D}, gain, DType::f32);
+    Tensor sum = poisoned({N, D}, bf), out = poisoned({N, D}, bf), rstd = poisoned({N}, DType::f32);
+    gpu().add_rmsnorm_forward(sum, out, rstd, ag, bg, gg);
+    Tensor sum_ref = poisoned({N, D}, bf), out_ref = poisoned({N, D}, bf);
+    Tensor rstd_ref = poisoned({N}, DType::f32);
+    gpu().add_into(sum_ref, ag, bg);
+    gpu().rmsnorm_forward(out_ref, rstd_ref, sum_ref, gg);
+    expect_bitwise(sum, sum_ref, "add_rmsnorm_forward sum" + at);
+    expect_bitwise(out, out_ref, "add_rmsnorm_forward out" + at);
+    expect_bitwise(rstd, rstd_ref, "add_rmsnorm_forward rstd" + at);
+
+    const Tensor dyg = on_gpu({N, D}, dy, bf);
+    Tensor dres[2] = {on_gpu({N, D}, res, bf), on_gpu({N, D}, res, bf)};
+    Tensor dgg[2] = {on_gpu({D}, dg0, DType::f32), on_gpu({D}, dg0, DType::f32)};
+    for (int run = 0; run < 2; ++run)
+      gpu().rmsnorm_backward(dres[run], dgg[run], dyg, sum, gg, rstd, true);
+    expect_bitwise(dres[0], dres[1], "rmsnorm_backward accumulate, twice" + at);
+    expect_bitwise(dgg[0], dgg[1], "rmsnorm_backward accumulate dgain, twice" + at);
+    Tensor dx = poisoned({N, D}, bf), dg_plain = on_gpu({D}, dg0, DType::f32);
+    gpu().rmsnorm_backward(dx, dg_plain, dyg, sum, gg, rstd);
+    expect_bitwise(dgg[0], dg_plain, "rmsnorm_backward accumulate dgain = plain" + at);
+    // The CPU: the norm's dx added by add() to the residual gradient, all in f32, from the same
+    // (bf16-rounded) residual sum.
+    Tensor sc = on_cpu({N, D}, gpu().read(sum)), oc = cpu().alloc({N, D}, DType::f32);
+    Tensor rc = cpu().alloc({N}, DType::f32), gc = on_cpu({D}, gain);
+    cpu().rmsnorm_forward(oc, rc, sc, gc);
+    Tensor dxc = cpu().alloc({N, D}, DType::f32), dgc = on_cpu({D}, dg0);
+    Tensor dresc = on_cpu({N, D}, res);
+    cpu().rmsnorm_backward(dxc, dgc, on_cpu({N, D}, dy), sc, gc, rc);
+    cpu().add(dresc, dxc, 1.0);
+    expect_close(dres[0], dresc, 4e-3, "rmsnorm_backward accumulate dx" + at, bf);
+    expect_close(dgg[0], dgc, 1e-5, "rmsnorm_backward accumulate dgain" + at, bf);
+  }
+}
+
 TEST_F(CudaVec, CrossEntropyVectorPaths) {
   // bf16 4096: the row in registers; bf16 33024 (> 32768): two passes; f32: two passes.
   struct Case {

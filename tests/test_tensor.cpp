@@ -331,6 +331,41 @@ TEST_F(CpuBackendTest, RmsnormBackwardFiniteDifference) {
   expect_grad(dg, numeric_grad(g0, [&](const Vec& gv) { return loss(x0, gv); }), "dgain");
 }
 
+// The residual stream's two fused forms are, on the CPU, bitwise their unfused sequences:
+// add_rmsnorm_forward is add_into then rmsnorm_forward, and the accumulating backward is the
+// plain backward followed by add().
+TEST_F(CpuBackendTest, RmsnormResidualFusionsAreTheirSequences) {
+  const int64_t N = 4, D = 6;
+  const Vec a = randn(N * D, 11), b = randn(N * D, 12), g = randn(D, 13), dy = randn(N * D, 14);
+  const Vec res = randn(N * D, 15), dgain0 = randn(D, 16);
+  for (DType dt : kFloatTypes) {
+    Tensor sum = nans({N, D}, dt), out = nans({N, D}, dt), rstd = nans({N}, dt);
+    be->add_rmsnorm_forward(sum, out, rstd, tensor({N, D}, dt, a), tensor({N, D}, dt, b),
+                            tensor({D}, dt, g));
+    Tensor sum_ref = nans({N, D}, dt), out_ref = nans({N, D}, dt), rstd_ref = nans({N}, dt);
+    be->add_into(sum_ref, tensor({N, D}, dt, a), tensor({N, D}, dt, b));
+    be->rmsnorm_forward(out_ref, rstd_ref, sum_ref, tensor({D}, dt, g));
+    EXPECT_EQ(be->read(sum), be->read(sum_ref)) << dtype_name(dt);
+    EXPECT_EQ(be->read(out), be->read(out_ref)) << dtype_name(dt);
+    EXPECT_EQ(be->read(rstd), be->read(rstd_ref)) << dtype_name(dt);
+
+    Tensor dres = tensor({N, D}, dt, res), dgain = tensor({D}, dt, dgain0);
+    be->rmsnorm_backward(dres, dgain, tensor({N, D}, dt, dy), sum, tensor({D}, dt, g), rstd, true);
+    Tensor dx = nans({N, D}, dt), dres_ref = tensor({N, D}, dt, res);
+    Tensor dgain_ref = tensor({D}, dt, dgain0);
+    be->rmsnorm_backward(dx, dgain_ref, tensor({N, D}, dt, dy), sum, tensor({D}, dt, g), rstd);
+    be->add(dres_ref, dx, 1.0);
+    EXPECT_EQ(be->read(dres), be->read(dres_ref)) << dtype_name(dt);
+    EXPECT_EQ(be->read(dgain), be->read(dgain_ref)) << dtype_name(dt);
+  }
+  // dx may not be one of the inputs it is computed from.
+  Tensor x = tensor({N, D}, DType::f32, a), dgain = tensor({D}, DType::f32, dgain0);
+  Tensor rstd = be->alloc({N}, DType::f32);
+  EXPECT_THROW(be->rmsnorm_backward(x, dgain, tensor({N, D}, DType::f32, dy), x,
+                                    tensor({D}, DType::f32, g), rstd, true),
+               std::runtime_error);
+}
+
 // ---- rotary embedding -----------------------------------------------------------------------
 TEST_F(CpuBackendTest, RopeMatchesSpecFormula) {
   const int64_t B = 2, S = 5, H = 3, Dh = 6, D = H * Dh;

@@ -108,7 +108,8 @@ class CpuBackend final : public Backend {
   void rmsnorm_forward_impl(const Tensor& out, const Tensor& rstd, const Tensor& x,
                             const Tensor& gain) override;
   void rmsnorm_backward_impl(const Tensor& dx, const Tensor& dgain, const Tensor& dout,
-                             const Tensor& x, const Tensor& gain, const Tensor& rstd) override;
+                             const Tensor& x, const Tensor& gain, const Tensor& rstd,
+                             bool accumulate) override;
 
   // ---- attention.cpp (rotary embedding and attention) -----------------------------------------
   void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H) override;

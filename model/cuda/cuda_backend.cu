@@ -296,10 +296,20 @@ class CudaBackend final : public Backend {
     cuda::rmsnorm_forward(ctx_, out, rstd, x, gain);
   }
 
+  void add_rmsnorm_forward_impl(const Tensor& sum, const Tensor& out, const Tensor& rstd,
+                                const Tensor& a, const Tensor& b, const Tensor& gain) override {
+    {
+      SY_PROFILE("add_rmsnorm_forward");
+      if (cuda::add_rmsnorm_forward(ctx_, sum, out, rstd, a, b, gain)) return;
+    }
+    Backend::add_rmsnorm_forward_impl(sum, out, rstd, a, b, gain);
+  }
+
   void rmsnorm_backward_impl(const Tensor& dx, const Tensor& dgain, const Tensor& dout,
-                             const Tensor& x, const Tensor& gain, const Tensor& rstd) override {
+                             const Tensor& x, const Tensor& gain, const Tensor& rstd,
+                             bool accumulate) override {
     SY_PROFILE("rmsnorm_backward");
-    cuda::rmsnorm_backward(ctx_, dx, dgain, dout, x, gain, rstd);
+    cuda::rmsnorm_backward(ctx_, dx, dgain, dout, x, gain, rstd, accumulate);
   }
 
   // ---- attention ------------------------------------------------------------------------------

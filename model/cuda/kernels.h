@@ -48,8 +48,11 @@ void embedding_backward(Context& ctx, const Tensor& dtable, const Tensor& dout, 
 // rmsnorm.cu
 void rmsnorm_forward(Context& ctx, const Tensor& out, const Tensor& rstd, const Tensor& x,
                      const Tensor& gain);
+// false: not a bf16 vector case (the caller runs add_into and rmsnorm_forward).
+bool add_rmsnorm_forward(Context& ctx, const Tensor& sum, const Tensor& out, const Tensor& rstd,
+                         const Tensor& a, const Tensor& b, const Tensor& gain);
 void rmsnorm_backward(Context& ctx, const Tensor& dx, const Tensor& dgain, const Tensor& dout,
-                      const Tensor& x, const Tensor& gain, const Tensor& rstd);
+                      const Tensor& x, const Tensor& gain, const Tensor& rstd, bool accumulate);
 
 // attention.cu. cos/sin: [S, Dh/2] tables in stat_dtype(x).
 void rope(Context& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B,

@@ -9,6 +9,11 @@
 // added in warp order through shared memory, so the result stays deterministic). Their sums
 // run in another order than the scalar kernels' (per lane over its vectors, then the warp), so
 // rstd, dx and dgain may differ from them in the last bits; docs/cuda.md.
+//
+// Two fusions for the residual stream (the transformer's blocks), each saving a pass over [T, D]:
+// add_rmsnorm_forward writes the residual sum a + b and normalises it from registers (bitwise
+// add_into, then rmsnorm_forward); the backward with `accumulate` adds dx into the residual's
+// gradient as it stores it (dx + dres rounded once, where the separate add rounded dx first).
 #include "model/cuda/kernels.h"
 #include "model/cuda/vec.cuh"
 
@@ -41,8 +46,8 @@ __global__ void rmsnorm_forward_kernel(T* out, S* rstd, const T* x, const S* gai
 
 // dx_j = r g_j dy_j - x_j r^3 / D * sum_k dy_k g_k x_k
 template <class T, class S>
-__global__ void rmsnorm_backward_dx(T* dx, const T* dout, const T* x, const S* gain,
-                                    const S* rstd, int64_t N, int64_t D) {
+__global__ void rmsnorm_backward_dx(T* dx, const T* dout, const T* x, const S* gain, const S* rstd,
+                                    int64_t N, int64_t D, bool accumulate) {
   using A = acc_t<T>;
   const int lane = threadIdx.x & 31;
   const int64_t row = blockIdx.x * int64_t(kRowsPerBlock) + (threadIdx.x >> 5);
@@ -55,8 +60,10 @@ __global__ void rmsnorm_backward_dx(T* dx, const T* dout, const T* x, const S* g
   const A r = static_cast<A>(rstd[row]);
   const A c = static_cast<A>(static_cast<double>(s) * r * r * r / static_cast<double>(D));
   T* dxr = dx + row * D;
-  for (int64_t j = lane; j < D; j += 32)
-    dxr[j] = convert<T>(r * static_cast<A>(gain[j]) * load(dyr + j) - load(xr + j) * c);
+  for (int64_t j = lane; j < D; j += 32) {
+    const A grad = r * static_cast<A>(gain[j]) * load(dyr + j) - load(xr + j) * c;
+    dxr[j] = convert<T>(accumulate ? load(dxr + j) + grad : grad);
+  }
 }
 
 // partial[chunk, j] = sum over the chunk's rows of dy_j x_j r. Block (32, 8): 32 columns.
@@ -141,30 +148,36 @@ __global__ void rmsnorm_forward_vec(bf16* __restrict__ out, float* __restrict__ 
   }
 }
 
-// One row's x and dy for the vector backward (16-byte loads; lane holds vectors lane, lane + 32).
-template <int VPL>
-__device__ __forceinline__ void load_backward_row(uint4 (&xraw)[VPL], uint4 (&dyraw)[VPL],
-                                                  const bf16* __restrict__ x,
-                                                  const bf16* __restrict__ dout, int64_t row,
-                                                  int64_t D, int lane) {
-  const int64_t vecs = D / kVec;
+// One row's inputs for the vector backward, as loaded (16-byte loads; lane holds vectors lane,
+// lane + 32, ...): x, dy and, accumulating, the residual gradient that the row's dx joins.
+template <int VPL, bool Acc>
+struct BackwardRow {
+  uint4 x[VPL], dy[VPL], res[Acc ? VPL : 1];
+
+  __device__ __forceinline__ void load(const bf16* __restrict__ x_rows,
+                                       const bf16* __restrict__ dout, const bf16* dx, int64_t row,
+                                       int64_t D, int lane) {
+    const int64_t vecs = D / kVec;
 #pragma unroll
-  for (int v = 0; v < VPL; ++v) {
-    const int64_t c = v * 32 + lane;
-    if (c < vecs) {
-      xraw[v] = load_raw8(x + row * D + c * kVec);
-      dyraw[v] = load_raw8(dout + row * D + c * kVec);
+    for (int v = 0; v < VPL; ++v) {
+      const int64_t c = v * 32 + lane;
+      if (c < vecs) {
+        x[v] = load_raw8(x_rows + row * D + c * kVec);
+        dy[v] = load_raw8(dout + row * D + c * kVec);
+        if constexpr (Acc) res[v] = load_raw8(dx + row * D + c * kVec);
+      }
     }
   }
-}
+};
 
-// dx of one loaded row; its dy_j x_j r added into the lane's column sums acc.
-template <int VPL>
-__device__ __forceinline__ void backward_row(float (&acc)[VPL][kVec], const uint4 (&xraw)[VPL],
-                                             const uint4 (&dyraw)[VPL], bf16* __restrict__ dx,
+// dx of one loaded row (plus the loaded residual gradient with Acc); the row's dy_j x_j r added
+// into the warp's column sums `col` [D] in shared memory. Each lane reads and writes only its
+// own columns there, so the warp needs no barrier.
+template <int VPL, bool Acc>
+__device__ __forceinline__ void backward_row(float4* col, const BackwardRow<VPL, Acc>& in, bf16* dx,
                                              const float* __restrict__ gain,
-                                             const float* __restrict__ rstd, int64_t row,
-                                             int64_t D, int lane) {
+                                             const float* __restrict__ rstd, int64_t row, int64_t D,
+                                             int lane) {
   const int64_t vecs = D / kVec;
   float s = 0;
 #pragma unroll
@@ -172,8 +185,8 @@ __device__ __forceinline__ void backward_row(float (&acc)[VPL][kVec], const uint
     const int64_t c = v * 32 + lane;
     if (c < vecs) {
       float xv[kVec], dy[kVec], g[kVec];
-      unpack8(xraw[v], xv);
-      unpack8(dyraw[v], dy);
+      unpack8(in.x[v], xv);
+      unpack8(in.dy[v], dy);
       load8(gain + c * kVec, g);
 #pragma unroll
       for (int e = 0; e < kVec; ++e) s += dy[e] * g[e] * xv[e];
@@ -188,79 +201,131 @@ __device__ __forceinline__ void backward_row(float (&acc)[VPL][kVec], const uint
   for (int v = 0; v < VPL; ++v) {
     const int64_t c = v * 32 + lane;
     if (c < vecs) {
-      float xv[kVec], dy[kVec], g[kVec], out[kVec];
-      unpack8(xraw[v], xv);
-      unpack8(dyraw[v], dy);
+      float xv[kVec], dy[kVec], g[kVec], out[kVec], sum[kVec];
+      unpack8(in.x[v], xv);
+      unpack8(in.dy[v], dy);
       load8(gain + c * kVec, g);
+      float4 lo = col[2 * c], hi = col[2 * c + 1];
+      sum[0] = lo.x, sum[1] = lo.y, sum[2] = lo.z, sum[3] = lo.w;
+      sum[4] = hi.x, sum[5] = hi.y, sum[6] = hi.z, sum[7] = hi.w;
 #pragma unroll
       for (int e = 0; e < kVec; ++e) {
         out[e] = r * g[e] * dy[e] - xv[e] * cr;
-        acc[v][e] += dy[e] * xv[e] * r;
+        sum[e] += dy[e] * xv[e] * r;
       }
+      if constexpr (Acc) {
+        float res[kVec];
+        unpack8(in.res[v], res);
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) out[e] = res[e] + out[e];
+      }
+      col[2 * c] = make_float4(sum[0], sum[1], sum[2], sum[3]);
+      col[2 * c + 1] = make_float4(sum[4], sum[5], sum[6], sum[7]);
       store8(dxr + c * kVec, out);
     }
   }
 }
 
-// dx as rmsnorm_backward_dx; partial[chunk, j] = sum over the chunk's rows of dy_j x_j r.
-// Warp w takes rows begin + w, begin + w + 8, ... in that order; its per-lane column sums are
-// then added in warp order into col_sum. One block fills an SM (the column sums hold 64
-// registers a thread), so the warp keeps its loads in flight itself: two row buffers, and the
-// load of a buffer's next row is issued as soon as the buffer is used, so that one row is always
-// on its way while the other is reduced (2-3% faster than loading two rows, using both, then
-// loading the next two: BENCHMARKS.md, memory-bound kernels).
-template <int VPL>
+// dx as rmsnorm_backward_dx (with Acc: added into dx); partial[chunk, j] = sum over the chunk's
+// rows of dy_j x_j r. Warp w takes rows begin + w, begin + w + 8, ... in that order, summing
+// its columns in its own [D] of shared memory (registers would hold 64 a thread and leave no
+// room for the rows in flight); the warps' sums are then added in warp order. One block fills
+// an SM, so the warp keeps its loads in flight itself: two row buffers, and the load of a
+// buffer's next row is issued as soon as the buffer is used, so that one row is always on its
+// way while the other is reduced (2-3% faster than loading two rows, using both, then loading
+// the next two: BENCHMARKS.md, memory-bound kernels).
+template <int VPL, bool Acc>
 __global__ void __launch_bounds__(32 * kRowsPerBlock)
-rmsnorm_backward_vec(bf16* __restrict__ dx, float* __restrict__ partial,
-                     const bf16* __restrict__ dout, const bf16* __restrict__ x,
-                     const float* __restrict__ gain, const float* __restrict__ rstd, int64_t N,
-                     int64_t D) {
-  __shared__ float4 col_sum[kMaxBackwardVecs * 32 * kVec / 4];  // [D / 4]
+    rmsnorm_backward_vec(bf16* dx, float* __restrict__ partial, const bf16* __restrict__ dout,
+                         const bf16* __restrict__ x, const float* __restrict__ gain,
+                         const float* __restrict__ rstd, int64_t N, int64_t D) {
+  extern __shared__ float4 col_sums[];  // [kRowsPerBlock, D / 4]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t vecs = D / kVec;
   const int64_t begin = blockIdx.x * int64_t(kVecChunkRows);
   const int64_t end = min(N, begin + kVecChunkRows);
-  float acc[VPL][kVec];
-#pragma unroll
-  for (int v = 0; v < VPL; ++v)
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) acc[v][e] = 0;
+  float4* col = col_sums + warp * (D / 4);
+  for (int64_t c = lane; c < vecs; c += 32) col[2 * c] = col[2 * c + 1] = make_float4(0, 0, 0, 0);
 
   constexpr int64_t kStep = kRowsPerBlock;  // between a warp's rows
-  uint4 xa[VPL], dya[VPL], xb[VPL], dyb[VPL];
+  BackwardRow<VPL, Acc> a, b;
   int64_t row = begin + warp;
-  if (row < end) load_backward_row<VPL>(xa, dya, x, dout, row, D, lane);
-  if (row + kStep < end) load_backward_row<VPL>(xb, dyb, x, dout, row + kStep, D, lane);
+  if (row < end) a.load(x, dout, dx, row, D, lane);
+  if (row + kStep < end) b.load(x, dout, dx, row + kStep, D, lane);
   for (; row < end; row += 2 * kStep) {
-    backward_row<VPL>(acc, xa, dya, dx, gain, rstd, row, D, lane);
-    if (row + 2 * kStep < end) load_backward_row<VPL>(xa, dya, x, dout, row + 2 * kStep, D, lane);
+    backward_row<VPL, Acc>(col, a, dx, gain, rstd, row, D, lane);
+    if (row + 2 * kStep < end) a.load(x, dout, dx, row + 2 * kStep, D, lane);
     if (row + kStep < end) {
-      backward_row<VPL>(acc, xb, dyb, dx, gain, rstd, row + kStep, D, lane);
-      if (row + 3 * kStep < end) load_backward_row<VPL>(xb, dyb, x, dout, row + 3 * kStep, D, lane);
+      backward_row<VPL, Acc>(col, b, dx, gain, rstd, row + kStep, D, lane);
+      if (row + 3 * kStep < end) b.load(x, dout, dx, row + 3 * kStep, D, lane);
     }
   }
-
-  // Fixed order: warp 0 stores, then warps 1..7 add in turn.
-  for (int w = 0; w < kRowsPerBlock; ++w) {
-    if (warp == w) {
-#pragma unroll
-      for (int v = 0; v < VPL; ++v) {
-        const int64_t c = v * 32 + lane;
-        if (c < vecs) {
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float4 sum = w == 0 ? make_float4(0, 0, 0, 0) : col_sum[c * 2 + h];
-            sum.x += acc[v][4 * h], sum.y += acc[v][4 * h + 1];
-            sum.z += acc[v][4 * h + 2], sum.w += acc[v][4 * h + 3];
-            col_sum[c * 2 + h] = sum;
-          }
-        }
-      }
-    }
-    __syncthreads();
-  }
+  __syncthreads();
+  // Fixed order: 0 + warp 0's sums, then warps 1..7 in turn.
   float4* out = reinterpret_cast<float4*>(partial + blockIdx.x * D);
-  for (int64_t q = threadIdx.x; q < D / 4; q += blockDim.x) out[q] = col_sum[q];
+  for (int64_t q = threadIdx.x; q < D / 4; q += blockDim.x) {
+    float4 sum = make_float4(0, 0, 0, 0);
+    for (int w = 0; w < kRowsPerBlock; ++w) {
+      const float4 v = col_sums[w * (D / 4) + q];
+      sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+    }
+    out[q] = sum;
+  }
+}
+
+// The residual sum and its norm, one warp per row: out_sum = bf16(a + b) as add_bf16_vec
+// computes it, then rmsnorm_forward_vec's arithmetic on the rounded sum, from registers.
+template <int VPL>
+__global__ void add_rmsnorm_forward_vec(bf16* sum, bf16* __restrict__ out, float* __restrict__ rstd,
+                                        const bf16* a, const bf16* b,
+                                        const float* __restrict__ gain, int64_t N, int64_t D) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = blockIdx.x * int64_t(kRowsPerBlock) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  const int64_t vecs = D / kVec;
+  uint4 raw[VPL], raw_b[VPL];
+#pragma unroll
+  for (int v = 0; v < VPL; ++v) {
+    const int64_t c = v * 32 + lane;
+    if (c < vecs) {
+      raw[v] = load_raw8(a + row * D + c * kVec);
+      raw_b[v] = load_raw8(b + row * D + c * kVec);
+    }
+  }
+  float ss = 0;
+#pragma unroll
+  for (int v = 0; v < VPL; ++v) {
+    const int64_t c = v * 32 + lane;
+    if (c < vecs) {
+      float f[kVec], g[kVec];
+      unpack8(raw[v], f);
+      unpack8(raw_b[v], g);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) f[e] = f[e] + 1.0f * g[e];
+      raw[v] = pack8(f);  // the rounded sum, what add_into stores and the norm then reads
+      *reinterpret_cast<uint4*>(sum + row * D + c * kVec) = raw[v];
+      unpack8(raw[v], f);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) ss += f[e] * f[e];
+    }
+  }
+  ss = warp_sum(ss);
+  const float r =
+      static_cast<float>(1.0 / sqrt(static_cast<double>(ss) / static_cast<double>(D) + 1e-5));
+  if (lane == 0) rstd[row] = r;
+  bf16* yr = out + row * D;
+#pragma unroll
+  for (int v = 0; v < VPL; ++v) {
+    const int64_t c = v * 32 + lane;
+    if (c < vecs) {
+      float f[kVec], g[kVec];
+      unpack8(raw[v], f);
+      load8(gain + c * kVec, g);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) f[e] = f[e] * r * g[e];
+      store8(yr + c * kVec, f);
+    }
+  }
 }
 
 // Smallest instantiated vectors-per-lane that covers D / 8 vectors, or 0 when none does.
@@ -309,8 +374,26 @@ void rmsnorm_forward(Context& ctx, const Tensor& out, const Tensor& rstd, const 
   check_launch(ctx, "rmsnorm_forward");
 }
 
+bool add_rmsnorm_forward(Context& ctx, const Tensor& sum, const Tensor& out, const Tensor& rstd,
+                         const Tensor& a, const Tensor& b, const Tensor& gain) {
+  const int64_t D = sum.dim(-1), N = sum.numel() / D;
+  const int vpl = vectors_per_lane(D, kMaxForwardVecs);
+  if (vpl == 0 ||
+      !takes_vector_path(sum, D, {sum.data(), out.data(), a.data(), b.data(), gain.data()}))
+    return false;
+  if (N == 0) return true;
+  const unsigned blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
+  with_vpl<kMaxForwardVecs>(vpl, [&](auto V) {
+    add_rmsnorm_forward_vec<V.value><<<blocks, 32 * kRowsPerBlock, 0, ctx.stream>>>(
+        sum.ptr<bf16>(), out.ptr<bf16>(), rstd.ptr<float>(), a.ptr<bf16>(), b.ptr<bf16>(),
+        gain.ptr<float>(), N, D);
+  });
+  check_launch(ctx, "add_rmsnorm_forward");
+  return true;
+}
+
 void rmsnorm_backward(Context& ctx, const Tensor& dx, const Tensor& dgain, const Tensor& dout,
-                      const Tensor& x, const Tensor& gain, const Tensor& rstd) {
+                      const Tensor& x, const Tensor& gain, const Tensor& rstd, bool accumulate) {
   const int64_t D = x.dim(-1), N = x.numel() / D;
   if (N == 0) return;
   const unsigned blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
@@ -319,11 +402,18 @@ void rmsnorm_backward(Context& ctx, const Tensor& dx, const Tensor& dgain, const
   if (vpl > 0 && takes_vector_path(x, D, {dx.data(), dout.data(), x.data(), gain.data()})) {
     const int64_t chunks = (N + kVecChunkRows - 1) / kVecChunkRows;
     float* partial = static_cast<float*>(ctx.scratch(kScratchA, chunks * D * sizeof(float)));
+    const size_t smem = kRowsPerBlock * D * sizeof(float);  // the warps' column sums
     with_vpl<kMaxBackwardVecs>(vpl, [&](auto V) {
-      rmsnorm_backward_vec<V.value><<<static_cast<unsigned>(chunks), 32 * kRowsPerBlock, 0,
-                                      ctx.stream>>>(dx.ptr<bf16>(), partial, dout.ptr<bf16>(),
-                                                    x.ptr<bf16>(), gain.ptr<float>(),
-                                                    rstd.ptr<float>(), N, D);
+      const auto launch = [&](auto kernel) {
+        SY_CUDA(ctx, "rmsnorm_backward",
+                cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     static_cast<int>(smem)));
+        kernel<<<static_cast<unsigned>(chunks), 32 * kRowsPerBlock, smem, ctx.stream>>>(
+            dx.ptr<bf16>(), partial, dout.ptr<bf16>(), x.ptr<bf16>(), gain.ptr<float>(),
+            rstd.ptr<float>(), N, D);
+      };
+      if (accumulate) launch(rmsnorm_backward_vec<V.value, true>);
+      else launch(rmsnorm_backward_vec<V.value, false>);
     });
     rmsnorm_dgain_finish<float, float><<<finish_grid, kFinishThreads, 0, ctx.stream>>>(
         dgain.ptr<float>(), partial, chunks, D);
@@ -335,7 +425,7 @@ void rmsnorm_backward(Context& ctx, const Tensor& dx, const Tensor& dgain, const
     using S = stat_t<T>;
     using A = acc_t<T>;
     rmsnorm_backward_dx<T, S><<<blocks, 32 * kRowsPerBlock, 0, ctx.stream>>>(
-        dx.ptr<T>(), dout.ptr<T>(), x.ptr<T>(), gain.ptr<S>(), rstd.ptr<S>(), N, D);
+        dx.ptr<T>(), dout.ptr<T>(), x.ptr<T>(), gain.ptr<S>(), rstd.ptr<S>(), N, D, accumulate);
     A* partial = static_cast<A*>(ctx.scratch(kScratchA, chunks * D * sizeof(A)));
     const dim3 grid(static_cast<unsigned>((D + 31) / 32), static_cast<unsigned>(chunks));
     rmsnorm_dgain_partial<T, S><<<grid, dim3(32, 8), 0, ctx.stream>>>(
