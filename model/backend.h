@@ -261,15 +261,24 @@ class Backend {
   //   router_logits_backward: dw[D,E] = dw_beta * dw + widen(u)^T @ dlogits (dw_beta 0
   //                           overwrites: whatever dw held, NaN included, is not read);
   //                           du[T,D] (u's dtype) += dlogits[T,E] @ w^T, summed in w's dtype and
-  //                           rounded once into du's dtype. du must not alias u.
+  //                           rounded once into du's dtype. du must not alias u. With du
+  //                           undefined, dw alone (router_input_grad then adds the du term).
+  //   router_input_grad:      dx[T,D] (=) sum over kept k of dx_perm[slot_row[t*K+k]] (as
+  //                           permute_rows_backward) + dlogits[T,E] @ w^T: the MoE layer's whole
+  //                           input gradient, its experts' path and its router's, in one op. The
+  //                           default runs permute_rows_backward, then router_logits_backward's
+  //                           du term, so the CPU's bits are theirs; CUDA adds both terms in f32
+  //                           and rounds dx once (one pass over the rows instead of three).
   // The defaults (model/moe/router.cpp: a copy of u into w's dtype when the dtypes differ, gemm()
   // and add()) are the reference; CUDA reads bf16 or f32 rows in one pass each way (docs/cuda.md).
-  // These two, like the fused optimizer pass below, stay virtual: their defaults are the
+  // These three, like the fused optimizer pass below, stay virtual: their defaults are the
   // reference that tests call by name (backend.Backend::router_logits); every implementation
-  // starts with check_router_logits(_backward) (model/op_checks.h).
+  // starts with check_router_logits(_backward) or check_router_input_grad (model/op_checks.h).
   virtual void router_logits(const Tensor& logits, const Tensor& u, const Tensor& w);
   virtual void router_logits_backward(const Tensor& dw, const Tensor& du, const Tensor& dlogits,
                                       const Tensor& u, const Tensor& w, double dw_beta);
+  virtual void router_input_grad(const Tensor& dx, const Tensor& dx_perm, const Tensor& slot_row,
+                                 int64_t K, const Tensor& dlogits, const Tensor& w);
   // The router's float tensors are all of one dtype (f32 in training: the router is fp32
   // everywhere; f64 in gradient checks). `expert_bias` [E] (same dtype) may be undefined: no bias.
   //

@@ -574,11 +574,36 @@ void check_router_logits_backward(const Backend& backend, const Tensor& dw, cons
   check_router_projection(c, dlogits, u, w, "dlogits");
   c.dtype(dw, w.dtype(), "dw");
   c.shape(dw, w.shape(), "dw");
+  for (const Tensor* input : {&dlogits, &u, &w})
+    if (overlaps(dw, *input)) c.fail("dw overlaps an input");
+  if (!du.defined()) return;  // dw alone
   c.dtype(du, u.dtype(), "du");
   c.shape(du, u.shape(), "du");
   for (const Tensor* input : {&dlogits, &u, &w})
-    if (overlaps(du, *input) || overlaps(dw, *input)) c.fail("du or dw overlaps an input");
+    if (overlaps(du, *input)) c.fail("du overlaps an input");
   if (overlaps(du, dw)) c.fail("du overlaps dw");
+}
+
+void check_router_input_grad(const Backend& backend, const Tensor& dx, const Tensor& dx_perm,
+                             const Tensor& slot_row, int64_t K, const Tensor& dlogits,
+                             const Tensor& w) {
+  const OpCheck c(backend, "router_input_grad");
+  const DType dt = c.float_dtype(dx, "dx");
+  c.dtype(dx_perm, dt, "dx_perm");
+  c.dtype(slot_row, DType::i32, "slot_row");
+  c.ndim(dx, 2, "dx");
+  c.ndim(dx_perm, 2, "dx_perm");
+  c.positive(K, "K");
+  c.ndim(w, 2, "w");
+  const DType wt = c.wide_dtype(w, "w");
+  c.dtype(dlogits, wt, "dlogits");
+  const int64_t N = dx.dim(0), D = dx.dim(1), E = w.dim(1);
+  c.shape(dx_perm, {dx_perm.dim(0), D}, "dx_perm");
+  c.numel(slot_row, N * K, "slot_row");
+  c.shape(w, {D, E}, "w");
+  c.shape(dlogits, {N, E}, "dlogits");
+  for (const Tensor* input : {&dx_perm, &slot_row, &dlogits, &w})
+    if (overlaps(dx, *input)) c.fail("dx overlaps an input");
 }
 
 void Backend::router_scores_topk(const Tensor& scores, const Tensor& lse, const Tensor& topk_idx,

@@ -44,11 +44,14 @@ class OpCheck {
 // Whether the bytes of a and b overlap (both non-empty).
 bool overlaps(const Tensor& a, const Tensor& b);
 
-// The contracts of the two ops that stay virtual (Backend::router_logits, router_logits_backward):
-// every implementation calls these first.
+// The contracts of the ops that stay virtual (Backend::router_logits, router_logits_backward,
+// router_input_grad): every implementation calls these first.
 void check_router_logits(const Backend& backend, const Tensor& logits, const Tensor& u,
                          const Tensor& w);
 void check_router_logits_backward(const Backend& backend, const Tensor& dw, const Tensor& du,
                                   const Tensor& dlogits, const Tensor& u, const Tensor& w);
+void check_router_input_grad(const Backend& backend, const Tensor& dx, const Tensor& dx_perm,
+                             const Tensor& slot_row, int64_t K, const Tensor& dlogits,
+                             const Tensor& w);
 
 }  // namespace sy

@@ -70,6 +70,15 @@ class CudaTest : public test::CpuGpuTest {
                     DType dtype) {
     expect_close(g, c, dtype == DType::bf16 ? tol.bf16 : tol.f32, what, dtype);
   }
+  void expect_bitwise(const Tensor& a, const Tensor& b, const std::string& what) {
+    const std::vector<double> x = gpu().read(a), y = gpu().read(b);
+    ASSERT_EQ(x.size(), y.size()) << what;
+    int64_t differ = 0, first = -1;
+    for (size_t i = 0; i < x.size(); ++i)
+      if (std::memcmp(&x[i], &y[i], sizeof(double)) != 0 && differ++ == 0) first = int64_t(i);
+    EXPECT_EQ(differ, 0) << what << ": " << differ << " elements differ, first at " << first << " ("
+                         << x[first < 0 ? 0 : first] << " vs " << y[first < 0 ? 0 : first] << ")";
+  }
   void expect_equal_ints(const Tensor& g, const Tensor& c, int64_t n, const std::string& what) {
     const std::vector<int32_t> a = gpu().read_i32(g), b = cpu().read_i32(c);
     ASSERT_GE(static_cast<int64_t>(a.size()), n);
@@ -436,16 +445,6 @@ class CudaVec : public CudaTest {
     Tensor t = misaligned(shape, std::vector<double>(shape_numel(shape), 0.0));
     gpu().fill(t, kNaN);
     return t;
-  }
-  void expect_bitwise(const Tensor& a, const Tensor& b, const std::string& what) {
-    const std::vector<double> x = gpu().read(a), y = gpu().read(b);
-    ASSERT_EQ(x.size(), y.size()) << what;
-    int64_t differ = 0, first = -1;
-    for (size_t i = 0; i < x.size(); ++i)
-      if (std::memcmp(&x[i], &y[i], sizeof(double)) != 0 && differ++ == 0) first = int64_t(i);
-    EXPECT_EQ(differ, 0) << what << ": " << differ << " elements differ, first at " << first
-                         << " (" << x[first < 0 ? 0 : first] << " vs " << y[first < 0 ? 0 : first]
-                         << ")";
   }
   static constexpr DType bf = DType::bf16;
 };
@@ -1091,6 +1090,26 @@ TEST_F(CudaVec, RouterProjectionAtModelSize) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
                .count() / reps;
   };
+  // The MoE layer's whole input gradient (router_input_grad) against its reference (the gather,
+  // then the du term through cuBLAS and add), with the gather of a dropless top-2 plan.
+  const int64_t K = 2, R = T * K;
+  std::vector<int32_t> slots(T * K);
+  for (int64_t i = 0; i < T * K; ++i) slots[i] = static_cast<int32_t>((i * 7919) % R);
+  const Tensor slot_row = ints_gpu(slots), rows = on_gpu({R, D}, values(R * D, bf));
+  Tensor dx = poisoned({T, D}, bf), dx_ref = poisoned({T, D}, bf);
+  gpu().router_input_grad(dx, rows, slot_row, K, dlogits, w);
+  gpu().Backend::router_input_grad(dx_ref, rows, slot_row, K, dlogits, w);
+  close(dx, dx_ref, 4e-3, "router_input_grad vs reference (model size)");
+  const double input = ms([&] { gpu().router_input_grad(dx, rows, slot_row, K, dlogits, w); });
+  const double input_split = ms([&] {
+    gpu().permute_rows_backward(dx_ref, rows, slot_row, K);
+    gpu().router_logits_backward(dw, dx_ref, dlogits, u, w, 1.0);
+  });
+  std::printf(
+      "[ time     ] router_input_grad %.4f ms; permute_rows_backward then "
+      "router_logits_backward (with dw) %.4f ms\n",
+      input, input_split);
+
   const double fwd = ms([&] { gpu().router_logits(logits, u, w); });
   const double fwd_ref = ms([&] { gpu().Backend::router_logits(logits_ref, u, w); });
   const double bwd = ms([&] { gpu().router_logits_backward(dw, du, dlogits, u, w, 1.0); });
@@ -1150,6 +1169,18 @@ TEST_P(CudaOps, PermuteAndCombine) {
   cpu().permute_rows_backward(dxc, on_cpu({R, D}, dxp), sr, K);
   gpu().permute_rows_backward(dxg, on_gpu({R, D}, dxp, dt()), srg, K);
   expect_close(dxg, dxc, Tol{1e-7, 4e-3}, "permute_rows_backward", dt());
+
+  // The MoE layer's whole input gradient: the gather and the router projection's du term (f32
+  // w, dlogits) in one op, against the CPU's two ops; run to run the same bits.
+  const std::vector<double> w = values(D * E, DType::f32, 0.1), dl = values(N * E, DType::f32);
+  const Tensor wg = on_gpu({D, E}, w, DType::f32), dlg = on_gpu({N, E}, dl, DType::f32);
+  Tensor dic = cpu().alloc({N, D}, DType::f32);
+  cpu().router_input_grad(dic, on_cpu({R, D}, dxp), sr, K, on_cpu({N, E}, dl), on_cpu({D, E}, w));
+  Tensor dig[2] = {poisoned({N, D}, dt()), poisoned({N, D}, dt())};
+  for (const Tensor& out : dig)
+    gpu().router_input_grad(out, on_gpu({R, D}, dxp, dt()), srg, K, dlg, wg);
+  expect_close(dig[0], dic, Tol{1e-6, 4e-3}, "router_input_grad", dt());
+  expect_bitwise(dig[1], dig[0], "router_input_grad run to run");
 
   const std::vector<double> y = values(R * D, dt()), gates = values(N * K, st(), 0.5);
   Tensor yc = on_cpu({R, D}, y), yg = on_gpu({R, D}, y, dt());

@@ -438,6 +438,15 @@ class CudaBackend final : public Backend {
       Backend::router_logits_backward(dw, du, dlogits, u, w, dw_beta);
   }
 
+  void router_input_grad(const Tensor& dx, const Tensor& dx_perm, const Tensor& slot_row, int64_t K,
+                         const Tensor& dlogits, const Tensor& w) override {
+    SY_PROFILE("router_input_grad");
+    check_router_input_grad(*this, dx, dx_perm, slot_row, K, dlogits, w);
+    OpCheck(*this, "router_input_grad").fits_int(w.dim(0) * w.dim(1), "D*E");
+    if (!cuda::router_input_grad(ctx_, dx, dx_perm, slot_row, K, dlogits, w))
+      Backend::router_input_grad(dx, dx_perm, slot_row, K, dlogits, w);
+  }
+
  protected:
 
   void router_scores_topk_impl(const Tensor& scores, const Tensor& lse, const Tensor& topk_idx,

@@ -161,6 +161,9 @@ bool router_logits(Context& ctx, const Tensor& logits, const Tensor& u, const Te
 bool router_logits_backward(Context& ctx, const Tensor& dw, const Tensor& du,
                             const Tensor& dlogits, const Tensor& u, const Tensor& w,
                             double dw_beta);
+// Backend::router_input_grad for f32 w and bf16 or f32 rows; false: not such a case.
+bool router_input_grad(Context& ctx, const Tensor& dx, const Tensor& dx_perm,
+                       const Tensor& slot_row, int64_t K, const Tensor& dlogits, const Tensor& w);
 
 // permute.cu
 void permute_rows(Context& ctx, const Tensor& x_perm, const Tensor& x, const Tensor& row_slot,

@@ -9,6 +9,9 @@
 //             the same bits).
 //   du        du[t, d] = round(du[t, d] + sum_e dlogits[t, e] w[d, e]), the sum over e in
 //             ascending order: one warp per token row, each block a 256-wide tile of d.
+//   input     dx[t, d] = round(sum of the token's kept rows[d] + the du term), the MoE layer's
+//             whole input gradient in one pass (Backend::router_input_grad): du_kernel's grid,
+//             with the permute's gather of each token's rows added first.
 //   dw        dw = dw_beta dw + u^T dlogits in two deterministic passes: per chunk of rows, f32
 //             partials [chunks, E, D] in scratch slot A; then one thread per (d, e) sums the
 //             chunks in order and applies dw_beta (0: dw is not read). No atomics anywhere.
@@ -231,6 +234,89 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
+// ---- the MoE layer's input gradient: du, with the permute's gather ---------------------------
+// dx[t, d] = round(sum over kept k of rows[slot_row[t K + k], d] + sum_e dlogits[t, e] w[d, e]):
+// the rows added in k order from 0 (as permute_rows_backward's gather), the router's term as
+// du_kernel sums it, both in f32, rounded once. Grid and shared memory as du_kernel's. A warp
+// takes two tokens at a time (t and t + stride): their rows are loaded two assignments at a
+// time before any sum, and each read of the w tile feeds both tokens' router terms.
+template <class T, bool Vec>
+struct TokenRows {
+  const T* rows;
+  const int32_t* slot_row;
+  int64_t K, D;
+
+  // acc[j] = sum over kept k, ascending, of the token's row r_k at d0 + j.
+  __device__ void gather(int64_t t, int64_t d0, float (&acc)[kVec]) const {
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) acc[j] = 0.0f;
+    for (int64_t k = 0; k < K; k += 2) {
+      const int32_t r0 = slot_row[t * K + k];
+      const int32_t r1 = k + 1 < K ? slot_row[t * K + k + 1] : -1;
+      Row8<T, Vec> y0, y1;
+      if (r0 >= 0) y0.load(rows + static_cast<int64_t>(r0) * D, d0, D);
+      if (r1 >= 0) y1.load(rows + static_cast<int64_t>(r1) * D, d0, D);
+      float y[kVec];
+      if (r0 >= 0) {
+        y0.get(y);
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) acc[j] += y[j];
+      }
+      if (r1 >= 0) {
+        y1.get(y);
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) acc[j] += y[j];
+      }
+    }
+  }
+};
+
+template <class T, bool Vec>
+__global__ void __launch_bounds__(kRowThreads)
+    input_grad_kernel(T* dx, TokenRows<T, Vec> rows, const float* dlogits, const float* w,
+                      int64_t N, int64_t D, int64_t E, int tile_d) {
+  extern __shared__ float w_tile[];
+  const int64_t tile0 = static_cast<int64_t>(blockIdx.x) * tile_d;
+  const int tile_rows = static_cast<int>(min(static_cast<int64_t>(tile_d), D - tile0));
+  const int Ei = static_cast<int>(E);
+  stage_padded(w_tile, w, tile_d, Ei, tile_rows, Ei, tile0, 0, E);
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int64_t d0 = tile0 + lane * kVec;
+  if (lane * kVec >= tile_d || d0 >= D) return;  // no barrier follows
+  const int local0 = lane * kVec;
+  const int64_t stride = static_cast<int64_t>(gridDim.y) * kRowWarps;
+  for (int64_t t = static_cast<int64_t>(blockIdx.y) * kRowWarps + (threadIdx.x >> 5); t < N;
+       t += 2 * stride) {
+    const int64_t t2 = t + stride;
+    const bool second = t2 < N;
+    float acc[kVec], acc2[kVec];
+    rows.gather(t, d0, acc);
+    if (second) rows.gather(t2, d0, acc2);
+    float sum[kVec], sum2[kVec];
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) sum[j] = sum2[j] = 0.0f;
+    const float* g = dlogits + t * E;
+    const float* g2 = dlogits + (second ? t2 : t) * E;
+    for (int e = 0; e < Ei; ++e) {
+      const float ge = g[e], ge2 = g2[e];  // one address for the whole warp: broadcasts
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        const float wv = w_tile[padded(local0 + j, Ei, e)];
+        sum[j] = fmaf(ge, wv, sum[j]);
+        sum2[j] = fmaf(ge2, wv, sum2[j]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) acc[j] += sum[j];
+    store_row8<Vec>(dx + t * D, d0, D, acc);
+    if (!second) continue;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) acc2[j] += sum2[j];
+    store_row8<Vec>(dx + t2 * D, d0, D, acc2);
+  }
+}
+
 // ---- backward: dw ---------------------------------------------------------------------------
 // Grid: x over blocks of kDwThreads * 8 d, y over chunks of EC experts, z over chunks of
 // `chunk_rows` token rows. partial[z, e, d] = sum over the chunk's rows, in order, of u[t, d]
@@ -434,7 +520,7 @@ bool router_logits_backward(Context& ctx, const Tensor& dw, const Tensor& du,
       dw_finish_kernel<<<grid_for(D * E), kThreads, 0, ctx.stream>>>(
           dw.ptr<float>(), partial, chunks, D, E, static_cast<float>(dw_beta));
       check_launch(ctx, op);
-      if (N == 0) return;
+      if (N == 0 || !du.defined()) return;
       T* grad_rows = du.ptr<T>();
       with_vec(rows_vectorise(static_cast<const T*>(grad_rows), D), [&](auto Vec) {
         const size_t smem = padded_bytes(tile_d, E);
@@ -450,6 +536,37 @@ bool router_logits_backward(Context& ctx, const Tensor& dw, const Tensor& du,
       check_launch(ctx, op);
     }
   });
+  return true;
+}
+
+bool router_input_grad(Context& ctx, const Tensor& dx, const Tensor& dx_perm,
+                       const Tensor& slot_row, int64_t K, const Tensor& dlogits, const Tensor& w) {
+  const char* op = "router_input_grad";
+  if (w.dtype() != DType::f32 || (dx.dtype() != DType::bf16 && dx.dtype() != DType::f32))
+    return false;
+  const int64_t N = dx.dim(0), D = dx.dim(1), E = w.dim(1);
+  const int tile_d = du_tile_rows(E);
+  if (tile_d == 0) return false;  // E too large for one row of w per lane
+  if (N == 0) return true;
+  dispatch_float(dx.dtype(), [&]<class T>(Tag<T>) {
+    if constexpr (!std::is_same_v<T, double>) {
+      const bool vec = rows_vectorise(static_cast<const T*>(dx.ptr<T>()), D) &&
+                       rows_vectorise(dx_perm.ptr<T>(), D);
+      with_vec(vec, [&](auto Vec) {
+        const size_t smem = padded_bytes(tile_d, E);
+        auto* kernel = input_grad_kernel<T, Vec.value>;
+        const int resident = resident_blocks(ctx, op, kernel, kRowThreads, smem);
+        const int64_t tiles = (D + tile_d - 1) / tile_d;
+        const dim3 grid(
+            static_cast<unsigned>(tiles),
+            clamp_grid((N + kRowWarps - 1) / kRowWarps, std::max<int64_t>(1, resident / tiles)));
+        const TokenRows<T, Vec.value> rows{dx_perm.ptr<T>(), slot_row.ptr<int32_t>(), K, D};
+        kernel<<<grid, kRowThreads, smem, ctx.stream>>>(dx.ptr<T>(), rows, dlogits.ptr<float>(),
+                                                        w.ptr<float>(), N, D, E, tile_d);
+      });
+    }
+  });
+  check_launch(ctx, op);
   return true;
 }
 

@@ -110,12 +110,14 @@ const Tensor& MoELayer::backward(Backend& backend, const Tensor& dout, const Ten
       rows_stay ? dx_recv : ws.rows(backend, "moe.dx_perm", router.kept, D, dtype, max_kept);
   if (!rows_stay) exchange->combine(plan, dx_perm, dx_recv);
   if (timer) timer->lap(kDispatch, true);
-  // permute, reversed, then the router's own path into u.
-  du = ws.get(backend, "ffn.du", u.shape(), dtype);
-  backend.permute_rows_backward(du, dx_perm, router.slot_row, K);
-  if (timer) timer->lap(kPermute, true);
-  router.backward(backend, du, dgates, u, d_aux, d_z);  // adds the router's path into du
+  // The router's gradients, then u's gradient from both paths: the permute reversed (each
+  // token's rows summed) and the router's projection, in one op.
+  router.backward_weights(backend, dgates, u, d_aux, d_z);
   if (timer) timer->lap(kRoute, true);
+  du = ws.get(backend, "ffn.du", u.shape(), dtype);
+  backend.router_input_grad(du, dx_perm, router.slot_row, K, router.dlogits,
+                            router.weight.compute_value());
+  if (timer) timer->lap(kPermute, true);
   return du;
 }
 

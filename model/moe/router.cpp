@@ -73,6 +73,11 @@ void Router::backward(Backend& backend, const Tensor& du, const Tensor& dgates, 
                                  weight.take_grad_beta());
 }
 
+void Router::backward_weights(Backend& backend, const Tensor& dgates, const Tensor& u, double d_aux,
+                              double d_z) {
+  backward(backend, Tensor(), dgates, u, d_aux, d_z);
+}
+
 // The reference projection (contract in model/backend.h): what the MoE layer did before the op
 // existed, so a backend keeping these computes the same bits as then. With u in another dtype
 // than w, a temporary copy in w's dtype (exact) feeds the GEMMs, and the input gradient is
@@ -88,19 +93,38 @@ void Backend::router_logits(const Tensor& logits, const Tensor& u, const Tensor&
   gemm(logits, wide, false, w, false, 1.0, 0.0);
 }
 
+namespace {
+// du += dlogits @ w^T, summed in w's dtype (through a temporary when du's dtype differs).
+void add_projection_input_grad(Backend& backend, const Tensor& du, const Tensor& dlogits,
+                               const Tensor& w) {
+  if (du.dtype() == w.dtype()) {
+    backend.gemm(du, dlogits, false, w, true, 1.0, 1.0);
+    return;
+  }
+  const Tensor wide = backend.alloc(du.shape(), w.dtype());
+  backend.gemm(wide, dlogits, false, w, true, 1.0, 0.0);
+  backend.add(du, wide, 1.0);
+}
+}  // namespace
+
 void Backend::router_logits_backward(const Tensor& dw, const Tensor& du, const Tensor& dlogits,
                                      const Tensor& u, const Tensor& w, double dw_beta) {
   check_router_logits_backward(*this, dw, du, dlogits, u, w);
   if (u.dtype() == w.dtype()) {
     gemm(dw, u, true, dlogits, false, 1.0, dw_beta);
-    gemm(du, dlogits, false, w, true, 1.0, 1.0);
-    return;
+  } else {
+    const Tensor wide = alloc(u.shape(), w.dtype());
+    copy(wide, u);
+    gemm(dw, wide, true, dlogits, false, 1.0, dw_beta);
   }
-  const Tensor wide = alloc(u.shape(), w.dtype());
-  copy(wide, u);
-  gemm(dw, wide, true, dlogits, false, 1.0, dw_beta);
-  gemm(wide, dlogits, false, w, true, 1.0, 0.0);
-  add(du, wide, 1.0);
+  if (du.defined()) add_projection_input_grad(*this, du, dlogits, w);
+}
+
+void Backend::router_input_grad(const Tensor& dx, const Tensor& dx_perm, const Tensor& slot_row,
+                                int64_t K, const Tensor& dlogits, const Tensor& w) {
+  check_router_input_grad(*this, dx, dx_perm, slot_row, K, dlogits, w);
+  permute_rows_backward(dx, dx_perm, slot_row, K);
+  add_projection_input_grad(*this, dx, dlogits, w);
 }
 
 }  // namespace sy

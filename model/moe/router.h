@@ -63,6 +63,10 @@ struct Router {
   // weight.grad accumulates (written on its first use after zeroing).
   void backward(Backend& backend, const Tensor& du, const Tensor& dgates, const Tensor& u,
                 double d_aux, double d_z);
+  // backward without u's gradient: dlogits and weight.grad. The MoE layer adds dlogits @ w^T
+  // into u's gradient together with its experts' path (Backend::router_input_grad).
+  void backward_weights(Backend& backend, const Tensor& dgates, const Tensor& u, double d_aux,
+                        double d_z);
 };
 
 }  // namespace sy
