@@ -33,10 +33,10 @@ const Tensor& RMSNorm::backward(Backend& backend, const Tensor& dout, const Tens
   return dx;
 }
 
-void RMSNorm::backward_add(Backend& backend, const Tensor& dresidual, const Tensor& dout,
-                           const Tensor& x) {
+void RMSNorm::backward_into(Backend& backend, const Tensor& dx_out, const Tensor& dout,
+                            const Tensor& x, bool accumulate) {
   if (gain.take_grad_needs_clear()) backend.fill(gain.grad, 0.0);
-  backend.rmsnorm_backward(dresidual, gain.grad, dout, x, gain.value, rstd, true);
+  backend.rmsnorm_backward(dx_out, gain.grad, dout, x, gain.value, rstd, accumulate);
 }
 
 }  // namespace sy

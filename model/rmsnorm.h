@@ -27,8 +27,10 @@ struct RMSNorm {
   const Tensor& forward_sum(Backend& backend, const Tensor& sum, const Tensor& a, const Tensor& b);
   // x: the forward input. Returns dx (overwritten); gain.grad accumulates.
   const Tensor& backward(Backend& backend, const Tensor& dout, const Tensor& x);
-  // The same dx added into `dresidual` (the residual stream's gradient) as it is written.
-  void backward_add(Backend& backend, const Tensor& dresidual, const Tensor& dout, const Tensor& x);
+  // The same dx written into `dx_out` (the residual stream's gradient), or with `accumulate`
+  // added into it as it is stored.
+  void backward_into(Backend& backend, const Tensor& dx_out, const Tensor& dout, const Tensor& x,
+                     bool accumulate);
   // Drops `out` once backward no longer needs it (Attention::release_saved).
   void release_saved();
 

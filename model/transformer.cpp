@@ -383,7 +383,7 @@ void Transformer::backward(int64_t batch, double loss_scale) {
   // dresidual carries the gradient of the residual stream down the blocks.
   ensure(backend_, dresidual_, residual_.back().shape(), options_.dtype);
   acquire_grads({&final_norm_.gain});
-  backend_.copy(dresidual_, final_norm_.backward(backend_, lm_head_.dx, residual_.back()));
+  final_norm_.backward_into(backend_, dresidual_, lm_head_.dx, residual_.back(), false);
   for (int64_t l = m.n_layers - 1; l >= 0; --l) {
     Block& block = blocks_[l];
     acquire_grads(block_params(block));
@@ -399,13 +399,13 @@ void Transformer::backward(int64_t batch, double loss_scale) {
     if (block.shared)
       backend_.add(dffn_in, block.shared->backward(backend_, dresidual_, ffn_in), 1.0);
     const Tensor x_mid = residual_mid(l, dresidual_.dim(0));
-    block.ffn_norm.backward_add(backend_, dresidual_, dffn_in, x_mid);
+    block.ffn_norm.backward_into(backend_, dresidual_, dffn_in, x_mid, true);
 
     if (rerun_norms) block.attn_norm.forward(backend_, residual_[l]);
     const Tensor& attn_in = block.attn_norm.out;
     if (options_.recompute == Recompute::attention) block.attn.forward(backend_, attn_in, shape);
     const Tensor& dattn_in = block.attn.backward(backend_, dresidual_, attn_in, shape);
-    block.attn_norm.backward_add(backend_, dresidual_, dattn_in, residual_[l]);
+    block.attn_norm.backward_into(backend_, dresidual_, dattn_in, residual_[l], true);
     release_saved(l);
   }
   acquire_grads({&embedding_.table});
