@@ -357,9 +357,9 @@ void Backend::embedding_backward(const Tensor& dtable, const Tensor& dout, const
 }
 
 // ---- RMSNorm --------------------------------------------------------------------------------
-void Backend::rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x,
-                              const Tensor& gain) {
-  const OpCheck c(*this, "rmsnorm_forward");
+namespace {
+void check_rmsnorm_forward(const OpCheck& c, const Tensor& out, const Tensor& rstd, const Tensor& x,
+                           const Tensor& gain) {
   const DType dt = c.float_dtype(x, "x"), st = stat_dtype(dt);
   c.dtype(out, dt, "out");
   c.dtype(rstd, st, "rstd");
@@ -370,19 +370,25 @@ void Backend::rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tenso
   c.shape(out, x.shape(), "out");
   c.numel(rstd, x.numel() / D, "rstd");
   c.shape(gain, {D}, "gain");
+}
+}  // namespace
+
+void Backend::rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x,
+                              const Tensor& gain) {
+  check_rmsnorm_forward(OpCheck(*this, "rmsnorm_forward"), out, rstd, x, gain);
   rmsnorm_forward_impl(out, rstd, x, gain);
 }
 
 void Backend::add_rmsnorm_forward(const Tensor& sum, const Tensor& out, const Tensor& rstd,
                                   const Tensor& a, const Tensor& b, const Tensor& gain) {
   const OpCheck c(*this, "add_rmsnorm_forward");
-  const DType dt = c.float_dtype(sum, "sum");
-  c.dtype(a, dt, "a");
-  c.dtype(b, dt, "b");
-  c.shape(a, sum.shape(), "a");
-  c.shape(b, sum.shape(), "b");
+  check_rmsnorm_forward(c, out, rstd, sum, gain);
+  for (auto [t, name] : {std::pair{&a, "a"}, std::pair{&b, "b"}}) {
+    c.dtype(*t, sum.dtype(), name);
+    c.shape(*t, sum.shape(), name);
+  }
   if (overlaps(out, a) || overlaps(out, b) || overlaps(out, sum)) c.fail("out overlaps an input");
-  add_rmsnorm_forward_impl(sum, out, rstd, a, b, gain);  // rmsnorm_forward checks the rest
+  add_rmsnorm_forward_impl(sum, out, rstd, a, b, gain);
 }
 
 void Backend::rmsnorm_backward(const Tensor& dx, const Tensor& dgain, const Tensor& dout,
@@ -561,6 +567,22 @@ void Backend::cross_entropy_into(const Tensor& losses, const Tensor& logits,
 }
 
 // ---- router ---------------------------------------------------------------------------------
+namespace {
+// dx [N, D] (=) the sum over k of dx_perm [R, D] rows slot_row[t*K+k] (permute_rows_backward's
+// arguments, also router_input_grad's).
+void check_rows_gather(const OpCheck& c, const Tensor& dx, const Tensor& dx_perm,
+                       const Tensor& slot_row, int64_t K) {
+  const DType dt = c.float_dtype(dx, "dx");
+  c.dtype(dx_perm, dt, "dx_perm");
+  c.dtype(slot_row, DType::i32, "slot_row");
+  c.ndim(dx, 2, "dx");
+  c.ndim(dx_perm, 2, "dx_perm");
+  c.positive(K, "K");
+  c.shape(dx_perm, {dx_perm.dim(0), dx.dim(1)}, "dx_perm");
+  c.numel(slot_row, dx.dim(0) * K, "slot_row");
+}
+}  // namespace
+
 void check_router_logits(const Backend& backend, const Tensor& logits, const Tensor& u,
                          const Tensor& w) {
   const OpCheck c(backend, "router_logits");
@@ -588,18 +610,11 @@ void check_router_input_grad(const Backend& backend, const Tensor& dx, const Ten
                              const Tensor& slot_row, int64_t K, const Tensor& dlogits,
                              const Tensor& w) {
   const OpCheck c(backend, "router_input_grad");
-  const DType dt = c.float_dtype(dx, "dx");
-  c.dtype(dx_perm, dt, "dx_perm");
-  c.dtype(slot_row, DType::i32, "slot_row");
-  c.ndim(dx, 2, "dx");
-  c.ndim(dx_perm, 2, "dx_perm");
-  c.positive(K, "K");
+  check_rows_gather(c, dx, dx_perm, slot_row, K);
   c.ndim(w, 2, "w");
   const DType wt = c.wide_dtype(w, "w");
   c.dtype(dlogits, wt, "dlogits");
   const int64_t N = dx.dim(0), D = dx.dim(1), E = w.dim(1);
-  c.shape(dx_perm, {dx_perm.dim(0), D}, "dx_perm");
-  c.numel(slot_row, N * K, "slot_row");
   c.shape(w, {D, E}, "w");
   c.shape(dlogits, {N, E}, "dlogits");
   for (const Tensor* input : {&dx_perm, &slot_row, &dlogits, &w})
@@ -735,16 +750,7 @@ void Backend::permute_rows(const Tensor& x_perm, const Tensor& x, const Tensor& 
 
 void Backend::permute_rows_backward(const Tensor& dx, const Tensor& dx_perm,
                                     const Tensor& slot_row, int64_t K) {
-  const OpCheck c(*this, "permute_rows_backward");
-  const DType dt = c.float_dtype(dx, "dx");
-  c.dtype(dx_perm, dt, "dx_perm");
-  c.dtype(slot_row, DType::i32, "slot_row");
-  c.ndim(dx, 2, "dx");
-  c.ndim(dx_perm, 2, "dx_perm");
-  c.positive(K, "K");
-  const int64_t N = dx.dim(0), D = dx.dim(1), R = dx_perm.dim(0);
-  c.shape(dx_perm, {R, D}, "dx_perm");
-  c.numel(slot_row, N * K, "slot_row");
+  check_rows_gather(OpCheck(*this, "permute_rows_backward"), dx, dx_perm, slot_row, K);
   permute_rows_backward_impl(dx, dx_perm, slot_row, K);
 }
 

@@ -104,21 +104,14 @@ constexpr int kVecChunkRows = 32;        // rows per block of the vector backwar
 constexpr int kMaxBackwardVecs = 8;      // vectors per lane: D <= 8 * 32 * 8 = 2048
 constexpr int kMaxForwardVecs = 16;      // D <= 4096
 
+// out = x r gain for one row held as raw bf16 vectors (lane holds vectors lane, lane + 32, ...),
+// r = 1 / sqrt(mean x^2 + eps) written to rstd by lane 0.
 template <int VPL>
-__global__ void rmsnorm_forward_vec(bf16* __restrict__ out, float* __restrict__ rstd,
-                                    const bf16* __restrict__ x, const float* __restrict__ gain,
-                                    int64_t N, int64_t D) {
-  const int lane = threadIdx.x & 31;
-  const int64_t row = blockIdx.x * int64_t(kRowsPerBlock) + (threadIdx.x >> 5);
-  if (row >= N) return;
+__device__ __forceinline__ void normalize_row(bf16* __restrict__ out, float* __restrict__ rstd,
+                                              const uint4 (&raw)[VPL],
+                                              const float* __restrict__ gain, int64_t row,
+                                              int64_t D, int lane) {
   const int64_t vecs = D / kVec;
-  const bf16* xr = x + row * D;
-  uint4 raw[VPL];
-#pragma unroll
-  for (int v = 0; v < VPL; ++v) {
-    const int64_t c = v * 32 + lane;
-    if (c < vecs) raw[v] = load_raw8(xr + c * kVec);
-  }
   float ss = 0;
 #pragma unroll
   for (int v = 0; v < VPL; ++v) {
@@ -146,6 +139,24 @@ __global__ void rmsnorm_forward_vec(bf16* __restrict__ out, float* __restrict__ 
       store8(yr + c * kVec, f);
     }
   }
+}
+
+template <int VPL>
+__global__ void rmsnorm_forward_vec(bf16* __restrict__ out, float* __restrict__ rstd,
+                                    const bf16* __restrict__ x, const float* __restrict__ gain,
+                                    int64_t N, int64_t D) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = blockIdx.x * int64_t(kRowsPerBlock) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  const int64_t vecs = D / kVec;
+  const bf16* xr = x + row * D;
+  uint4 raw[VPL];
+#pragma unroll
+  for (int v = 0; v < VPL; ++v) {
+    const int64_t c = v * 32 + lane;
+    if (c < vecs) raw[v] = load_raw8(xr + c * kVec);
+  }
+  normalize_row<VPL>(out, rstd, raw, gain, row, D, lane);
 }
 
 // One row's inputs for the vector backward, as loaded (16-byte loads; lane holds vectors lane,
@@ -292,7 +303,6 @@ __global__ void add_rmsnorm_forward_vec(bf16* sum, bf16* __restrict__ out, float
       raw_b[v] = load_raw8(b + row * D + c * kVec);
     }
   }
-  float ss = 0;
 #pragma unroll
   for (int v = 0; v < VPL; ++v) {
     const int64_t c = v * 32 + lane;
@@ -304,28 +314,9 @@ __global__ void add_rmsnorm_forward_vec(bf16* sum, bf16* __restrict__ out, float
       for (int e = 0; e < kVec; ++e) f[e] = f[e] + 1.0f * g[e];
       raw[v] = pack8(f);  // the rounded sum, what add_into stores and the norm then reads
       *reinterpret_cast<uint4*>(sum + row * D + c * kVec) = raw[v];
-      unpack8(raw[v], f);
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) ss += f[e] * f[e];
     }
   }
-  ss = warp_sum(ss);
-  const float r =
-      static_cast<float>(1.0 / sqrt(static_cast<double>(ss) / static_cast<double>(D) + 1e-5));
-  if (lane == 0) rstd[row] = r;
-  bf16* yr = out + row * D;
-#pragma unroll
-  for (int v = 0; v < VPL; ++v) {
-    const int64_t c = v * 32 + lane;
-    if (c < vecs) {
-      float f[kVec], g[kVec];
-      unpack8(raw[v], f);
-      load8(gain + c * kVec, g);
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) f[e] = f[e] * r * g[e];
-      store8(yr + c * kVec, f);
-    }
-  }
+  normalize_row<VPL>(out, rstd, raw, gain, row, D, lane);
 }
 
 // Smallest instantiated vectors-per-lane that covers D / 8 vectors, or 0 when none does.

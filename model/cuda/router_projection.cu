@@ -197,6 +197,21 @@ __global__ void __launch_bounds__(kRowThreads)
 }
 
 // ---- backward: du ---------------------------------------------------------------------------
+// Stages w[tile, :] for this block's tile of `tile_d` rows of w (blockIdx.x), padded, and gives
+// the lane its 8 d: d0 in w, local0 in the tile. False for a lane past the tile or D, which has
+// nothing to do (the barrier is behind it).
+__device__ inline bool stage_tile_of_d(float* w_tile, const float* w, int64_t D, int64_t E,
+                                       int tile_d, int64_t& d0, int& local0) {
+  const int64_t tile0 = static_cast<int64_t>(blockIdx.x) * tile_d;
+  const int rows = static_cast<int>(min(static_cast<int64_t>(tile_d), D - tile0));
+  const int Ei = static_cast<int>(E);
+  stage_padded(w_tile, w, tile_d, Ei, rows, Ei, tile0, 0, E);
+  __syncthreads();
+  local0 = (threadIdx.x & 31) * kVec;
+  d0 = tile0 + local0;
+  return local0 < tile_d && d0 < D;
+}
+
 // Grid: x over tiles of `tile_d` rows of w (8 per lane), y over token rows (grid-stride).
 // Shared: w[tile, :], padded.
 template <class T, bool Vec>
@@ -204,15 +219,10 @@ __global__ void __launch_bounds__(kRowThreads)
     du_kernel(T* du, const float* dlogits, const float* w, int64_t N, int64_t D, int64_t E,
               int tile_d) {
   extern __shared__ float w_tile[];
-  const int64_t tile0 = static_cast<int64_t>(blockIdx.x) * tile_d;
-  const int rows = static_cast<int>(min(static_cast<int64_t>(tile_d), D - tile0));
   const int Ei = static_cast<int>(E);
-  stage_padded(w_tile, w, tile_d, Ei, rows, Ei, tile0, 0, E);
-  __syncthreads();
-  const int lane = threadIdx.x & 31;
-  const int64_t d0 = tile0 + lane * kVec;
-  if (lane * kVec >= tile_d || d0 >= D) return;  // no barrier follows
-  const int local0 = lane * kVec;
+  int64_t d0;
+  int local0;
+  if (!stage_tile_of_d(w_tile, w, D, E, tile_d, d0, local0)) return;  // no barrier follows
   const int64_t stride = static_cast<int64_t>(gridDim.y) * kRowWarps;
   for (int64_t t = static_cast<int64_t>(blockIdx.y) * kRowWarps + (threadIdx.x >> 5); t < N;
        t += stride) {
@@ -276,15 +286,10 @@ __global__ void __launch_bounds__(kRowThreads)
     input_grad_kernel(T* dx, TokenRows<T, Vec> rows, const float* dlogits, const float* w,
                       int64_t N, int64_t D, int64_t E, int tile_d) {
   extern __shared__ float w_tile[];
-  const int64_t tile0 = static_cast<int64_t>(blockIdx.x) * tile_d;
-  const int tile_rows = static_cast<int>(min(static_cast<int64_t>(tile_d), D - tile0));
   const int Ei = static_cast<int>(E);
-  stage_padded(w_tile, w, tile_d, Ei, tile_rows, Ei, tile0, 0, E);
-  __syncthreads();
-  const int lane = threadIdx.x & 31;
-  const int64_t d0 = tile0 + lane * kVec;
-  if (lane * kVec >= tile_d || d0 >= D) return;  // no barrier follows
-  const int local0 = lane * kVec;
+  int64_t d0;
+  int local0;
+  if (!stage_tile_of_d(w_tile, w, D, E, tile_d, d0, local0)) return;  // no barrier follows
   const int64_t stride = static_cast<int64_t>(gridDim.y) * kRowWarps;
   for (int64_t t = static_cast<int64_t>(blockIdx.y) * kRowWarps + (threadIdx.x >> 5); t < N;
        t += 2 * stride) {
