@@ -175,12 +175,13 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
 
   // One layer's forward temporaries and backward buffers (model/buffers.h Workspace), the
   // largest layer kind's, plus what recompute rebuilds into it for one layer.
-  // Attention: its output, dcontext, dq, dk, dv, dx and the norms' dx; on CUDA with cuDNN the
+  // Attention: its output, dcontext, dq, dk, dv and dx (the norms add theirs straight into the
+  // residual stream's gradient: no buffer of their own); on CUDA with cuDNN the
   // deterministic backward's dS workspace, a call's chunk of it (model/attention_workspace.h)
   // under the default budget's floor on a 132-SM GPU (H100, H200), and at least the floor (the
   // budget takes what the allocator already holds free); without run.deterministic, dQ summed
   // in f32 instead.
-  double attention_backward = 7 * TD + probabilities;
+  double attention_backward = 6 * TD + probabilities;
   if (cuda && bf16 &&
       (m.attention_kernel == AttentionKernel::cudnn ||
        m.attention_kernel == AttentionKernel::automatic)) {
