@@ -388,6 +388,10 @@ void Backend::add_rmsnorm_forward(const Tensor& sum, const Tensor& out, const Te
     c.shape(*t, sum.shape(), name);
   }
   if (overlaps(out, a) || overlaps(out, b) || overlaps(out, sum)) c.fail("out overlaps an input");
+  // In place over a is the residual update (sum = a += b); any other overlap would read
+  // elements already written (the default's copy, then add).
+  if (overlaps(sum, b) || (overlaps(sum, a) && sum.data() != a.data()))
+    c.fail("sum overlaps b, or a other than exactly");
   add_rmsnorm_forward_impl(sum, out, rstd, a, b, gain);
 }
 

@@ -358,6 +358,19 @@ TEST_F(CpuBackendTest, RmsnormResidualFusionsAreTheirSequences) {
     EXPECT_EQ(be->read(dres), be->read(dres_ref)) << dtype_name(dt);
     EXPECT_EQ(be->read(dgain), be->read(dgain_ref)) << dtype_name(dt);
   }
+  // The sum may be written over a (in place) but not over b.
+  {
+    Tensor x = tensor({N, D}, DType::f32, a), y = tensor({N, D}, DType::f32, b);
+    Tensor out = nans({N, D}, DType::f32), rstd = nans({N}, DType::f32);
+    const Tensor g32 = tensor({D}, DType::f32, g);
+    Tensor want = nans({N, D}, DType::f32), want_out = nans({N, D}, DType::f32);
+    be->add_into(want, x, y);
+    be->rmsnorm_forward(want_out, rstd, want, g32);
+    be->add_rmsnorm_forward(x, out, rstd, x, y, g32);
+    EXPECT_EQ(be->read(x), be->read(want));
+    EXPECT_EQ(be->read(out), be->read(want_out));
+    EXPECT_THROW(be->add_rmsnorm_forward(y, out, rstd, x, y, g32), std::runtime_error);
+  }
   // dx may not be one of the inputs it is computed from.
   Tensor x = tensor({N, D}, DType::f32, a), dgain = tensor({D}, DType::f32, dgain0);
   Tensor rstd = be->alloc({N}, DType::f32);
