@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # bench/ab/report.py on made-up runs: the table, "equal" when both sides' losses (and gradient
-# norms, where the runs print them) match and "DIFFERENT", with how far apart, when they do not, --require-equal's
-# exit status, a side without runs, and the memory_bound_bench rows. Also bench/ab/run.sh in dry
-# mode (its commands, nothing run).
+# norms, where the runs print them) match and "DIFFERENT", with how far apart, when they do not,
+# --require-equal's exit status, a side without runs, and the memory_bound_bench rows. Also
+# bench/ab/run.sh in dry mode (its commands, nothing run).
 #   bash tests/ab_report.sh REPO_ROOT
 set -uo pipefail
 root=${1:?usage: ab_report.sh REPO_ROOT}

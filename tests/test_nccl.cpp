@@ -1,8 +1,7 @@
 // NcclCommunicator against MpiCommunicator (device tensors staged through the host) on the same
 // data: all_to_all_v, all_to_all_blocks, all_reduce, broadcast and the host collectives must
-// agree exactly. Written
-// for any number of ranks with one GPU each; run at W = 1 here (one GPU). Runs under mpirun
-// (tests/mpi_main.cpp); skipped when no CUDA device is visible (label gpu).
+// agree exactly. Written for any number of ranks with one GPU each; run at W = 1 here (one GPU).
+// Runs under mpirun (tests/mpi_main.cpp); skipped when no CUDA device is visible (label gpu).
 #include <gtest/gtest.h>
 #include <mpi.h>
 
