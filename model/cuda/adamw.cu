@@ -209,6 +209,19 @@ __device__ inline void store_split_vector(const TensorSlot& t, int64_t i, float4
   __stcs(reinterpret_cast<uint2*>(t.compute + i), pack_halves(a.high, b.high, c.high, d.high));
   __stcs(reinterpret_cast<uint2*>(t.value_low + i), pack_halves(a.low, b.low, c.low, d.low));
 }
+// store_value for four values: an f32_split value's halves, or the f32 value and its separate
+// compute copy (if any).
+__device__ inline void store_value_vector(const TensorSlot& t, int64_t i, float4 p) {
+  if (t.flags & kSplit) return store_split_vector(t, i, p);
+  __stcs(reinterpret_cast<float4*>(t.value + i), p);
+  if (!t.compute) return;
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(p.x, p.y);
+  const __nv_bfloat162 hi = __floats2bfloat162_rn(p.z, p.w);
+  uint2 packed;
+  std::memcpy(&packed.x, &lo, sizeof lo);
+  std::memcpy(&packed.y, &hi, sizeof hi);
+  __stcs(reinterpret_cast<uint2*>(t.compute + i), packed);
+}
 __device__ inline void update_vector(const TensorSlot& t, int64_t i, AdamVector x,
                                      const AdamScalars<float>& s, const AdamPass& a) {
   if (a.scale_grads) {
@@ -223,19 +236,7 @@ __device__ inline void update_vector(const TensorSlot& t, int64_t i, AdamVector 
   adamw_element(x.p.w, x.g.w, x.m.w, x.v.w, s);
   __stcs(reinterpret_cast<float4*>(t.exp_avg + i), x.m);
   __stcs(reinterpret_cast<float4*>(t.exp_avg_sq + i), x.v);
-  if (t.flags & kSplit) {
-    store_split_vector(t, i, x.p);
-  } else {
-    __stcs(reinterpret_cast<float4*>(t.value + i), x.p);
-  }
-  if (t.compute && !(t.flags & kSplit)) {
-    const __nv_bfloat162 lo = __floats2bfloat162_rn(x.p.x, x.p.y);
-    const __nv_bfloat162 hi = __floats2bfloat162_rn(x.p.z, x.p.w);
-    uint2 packed;
-    std::memcpy(&packed.x, &lo, sizeof lo);
-    std::memcpy(&packed.y, &hi, sizeof hi);
-    __stcs(reinterpret_cast<uint2*>(t.compute + i), packed);
-  }
+  store_value_vector(t, i, x.p);
   if (a.write_grads)
     __stcs(reinterpret_cast<float4*>(t.grad + i),
            a.zero_grads ? make_float4(0.f, 0.f, 0.f, 0.f) : x.g);

@@ -173,12 +173,8 @@ class CudaBackend final : public Backend {
   }
 
   void copy_from_host_impl(const Tensor& dst, const void* host) override {
-    if (dst.dtype() == DType::f32_split) {  // host f32 (host_dtype), split on the device
-      const Tensor staged = alloc(dst.shape(), DType::f32);
-      copy_from_host_impl(staged, host);
-      cuda::convert(ctx_, dst, staged);
-      return;
-    }
+    if (dst.dtype() == DType::f32_split)  // host f32 (host_dtype), split on the device
+      return through_f32(dst, false, [&](const Tensor& f32) { copy_from_host_impl(f32, host); });
     if (dst.nbytes())
       SY_CUDA(ctx_, "copy_from_host",
               cudaMemcpyAsync(dst.data(), host, dst.nbytes(), cudaMemcpyHostToDevice, ctx_.stream));
@@ -521,17 +517,15 @@ class CudaBackend final : public Backend {
                          double eps, double weight_decay, int64_t step) override {
     SY_PROFILE("adamw_update");
     // An f32_split master is updated as f32 and split again: the same bits as the fused pass.
-    const Tensor value = param.dtype() == DType::f32_split ? as_f32(param) : param;
-    cuda::adamw_update(ctx_, value, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
-                       step);
-    if (param.dtype() == DType::f32_split) cuda::convert(ctx_, param, value);
+    through_f32(param, true, [&](const Tensor& value) {
+      cuda::adamw_update(ctx_, value, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps,
+                         weight_decay, step);
+    });
   }
 
   void sgd_update_impl(const Tensor& param, const Tensor& grad, double lr) override {
     SY_PROFILE("sgd_update");
-    const Tensor value = param.dtype() == DType::f32_split ? as_f32(param) : param;
-    cuda::sgd_update(ctx_, value, grad, lr);
-    if (param.dtype() == DType::f32_split) cuda::convert(ctx_, param, value);
+    through_f32(param, true, [&](const Tensor& value) { cuda::sgd_update(ctx_, value, grad, lr); });
   }
 
  public:
@@ -556,12 +550,8 @@ class CudaBackend final : public Backend {
   void write_host(const Tensor& dst, std::span<const H> host) {
     SY_PROFILE("write");
     if (host.empty()) return;
-    if (dst.dtype() == DType::f32_split) {
-      const Tensor staged = alloc(dst.shape(), DType::f32);
-      write_host(staged, host);
-      cuda::convert(ctx_, dst, staged);
-      return;
-    }
+    if (dst.dtype() == DType::f32_split)
+      return through_f32(dst, false, [&](const Tensor& f32) { write_host(f32, host); });
     cuda::dispatch_all(dst.dtype(), [&]<class T>(cuda::Tag<T>) {
       if constexpr (std::is_same_v<T, H>) {
         SY_CUDA(ctx_, "write",
@@ -583,6 +573,16 @@ class CudaBackend final : public Backend {
     const Tensor joined = alloc(src.shape(), DType::f32);
     cuda::convert(ctx_, joined, src);
     return joined;
+  }
+
+  // `op` writes x as f32 (updates it, with `update`): an f32_split x through an f32 tensor, split
+  // back afterwards (that tensor holds x's values first only for an update); any other x directly.
+  template <class Op>
+  void through_f32(const Tensor& x, bool update, Op&& op) {
+    if (x.dtype() != DType::f32_split) return op(x);
+    const Tensor value = update ? as_f32(x) : alloc(x.shape(), DType::f32);
+    op(value);
+    cuda::convert(ctx_, x, value);
   }
 
   void read_bytes(const char* op, void* host, const Tensor& src) {
