@@ -189,6 +189,19 @@ TEST_F(CheckpointTest, EveryKeepLastAndLatest) {
   EXPECT_EQ(find_latest_checkpoint(checkpoints.string()), (checkpoints / "step_00000008.h5").string());
 }
 
+// checkpoint.at_end false: the saves every `every` steps only, none at train.steps.
+TEST_F(CheckpointTest, AtEndFalseSkipsTheLastSave) {
+  Config c = base_config("no_end");
+  c.train.steps = 5;
+  c.checkpoint.every = 2;
+  c.checkpoint.at_end = false;
+  const TrainSummary summary = train(c, {.print = false});
+  const fs::path checkpoints = dir / "no_end" / "checkpoints";
+  EXPECT_EQ(read_lines(checkpoints / "latest"), std::vector<std::string>{"step_00000004.h5"});
+  EXPECT_EQ(summary.last_checkpoint, (checkpoints / "step_00000004.h5").string());
+  EXPECT_FALSE(fs::exists(checkpoints / "step_00000005.h5"));
+}
+
 TEST_F(CheckpointTest, SgdCheckpointsHaveNoMomentsAndResumeExactly) {
   Config c = base_config("sgd");
   c.train.optimizer = OptimizerKind::sgd;

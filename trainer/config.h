@@ -65,6 +65,7 @@ struct CheckpointConfig {
   int64_t every = 0;                  // 0: only at the end
   int64_t keep_last = 3;
   bool async = false;                 // write the file in the background (docs/checkpoint.md)
+  bool at_end = true;                 // false: no save when train.steps is reached
 };
 
 // run.precision: the dtype the model computes in; the master weights stay fp32 (docs/cuda.md).

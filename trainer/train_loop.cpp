@@ -768,7 +768,7 @@ void maybe_evaluate(Run& run, const TrainData& data, TrainState& state, RunOutpu
 void maybe_save(Run& run, TrainState& state, const StepVerdict& verdict) {
   const Config& config = run.config;
   const bool due = (config.checkpoint.every > 0 && state.step % config.checkpoint.every == 0) ||
-                   state.step == config.train.steps;
+                   (state.step == config.train.steps && config.checkpoint.at_end);
   if (!due && verdict.stop_signal == 0) return;
   if (!weights_finite(run.backend, run.params, run.world))
     throw DivergedError("step " + std::to_string(state.step) +
