@@ -819,10 +819,14 @@ TrainSummary finish(Run& run, TrainState& state) {
       run.world.size() * tc.grad_accum_steps * tc.micro_batch_size * run.config.model.seq_len;
   summary.tokens_per_s =
       summary.seconds > 0 ? steps_run * tokens_per_step / summary.seconds : 0.0;
-  if (run.speak && steps_run > 0 && summary.stop_signal == 0)
-    run.console.print("done: %lld steps in %.1fs (%.0f tokens/s), final val_loss %.4f\n",
+  if (run.speak && steps_run > 0 && summary.stop_signal == 0) {
+    char validation[64] = ", no validation (eval.tokens 0)";
+    if (eval_sequences(run.config) > 0)
+      std::snprintf(validation, sizeof validation, ", final val_loss %.4f", summary.final_val_loss);
+    run.console.print("done: %lld steps in %.1fs (%.0f tokens/s)%s\n",
                       static_cast<long long>(steps_run), summary.seconds, summary.tokens_per_s,
-                      summary.final_val_loss);
+                      validation);
+  }
   if (run.options.collect_parameters)
     for (Param* param : run.params) {
       std::vector<double> full =

@@ -18,6 +18,7 @@
 #   WIDTHS="1 2 4 8"         the W to time (those above the GPU count are skipped)
 #   STEPS=40 LOG_EVERY=10    training steps per run, and the interval of the tokens/s lines
 #   FAULT_LIMIT_S=120        how long the killed job may take to end
+#   TEXT_DATA=1              train on byte-level text (routers skew) instead of uniform tokens
 #   EXTRA_SET="k=v ..."      more --set overrides for every training run (a small model to try
 #                            the script: "model.d_model=256 model.n_layers=2 ...")
 #   ALLTOALL_ARGS="..."      more alltoall_bench arguments (--tokens, --d-model, --backend)
@@ -75,8 +76,18 @@ for w in ${WIDTHS:-1 2 4 8}; do
 done
 
 # ---- 3. scaling -----------------------------------------------------------------------------
-data=$out/tokens.h5
-[ -f "$data" ] || "$build/sy_make_token_file" "$data" 50000000 > "$out/tokens.log" 2>&1 || status=1
+# Uniform random tokens over the configs' vocabulary: the routers stay near their initial balance
+# (load cv ~0.35, as in bench/gpu_step); on learnable text they skew within ten steps (cv ~1.2)
+# and the rank with the busiest experts sets the pace. TEXT_DATA=1: the byte-level text instead.
+if [ "${TEXT_DATA:-0}" = 1 ]; then
+  data=$out/tokens_text.h5
+  [ -f "$data" ] || "$build/sy_make_token_file" "$data" 50000000 > "$out/tokens.log" 2>&1 ||
+    status=1
+else
+  data=$out/tokens_uniform.h5
+  [ -f "$data" ] || "$build/sy_make_token_file" "$data" 50000000 1048576 --uniform 32768 \
+    > "$out/tokens.log" 2>&1 || status=1
+fi
 # "tokens/s peak_GiB load" of a run's metrics.jsonl: the mean over the logged intervals after the
 # first; load = the MoE layers' load cv, mean / max over layers, averaged over those intervals
 # ("-" for a dense model). A skewed router slows expert parallelism (the rank with the busiest
