@@ -407,13 +407,20 @@ void Transformer::backward(int64_t batch, double loss_scale) {
     const Tensor& dattn_in = block.attn.backward(backend_, dresidual_, attn_in, shape);
     block.attn_norm.backward_into(backend_, dresidual_, dattn_in, residual_[l], true);
     release_saved(l);
+    if (grads_finished_) {
+      const std::vector<Param*> finished = block_params(block);
+      zero_unwritten_grads(finished);
+      grads_finished_(finished);
+    }
   }
   acquire_grads({&embedding_.table});
   embedding_.backward(backend_, dresidual_, inputs_);
   residual_[0] = Tensor();
-  // A parameter that no op of this pass wrote has a zero gradient; a stale grad must not reach
-  // the gradient sync and the optimizer as it is.
-  for (Param* param : params())
+  zero_unwritten_grads(params());
+}
+
+void Transformer::zero_unwritten_grads(const std::vector<Param*>& params) {
+  for (Param* param : params)
     if (param->grad_state == Param::GradState::stale) {
       acquire_grads({param});
       backend_.fill(param->grad, 0.0);

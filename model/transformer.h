@@ -1,6 +1,7 @@
 // The decoder-only transformer of SPEC.md section 1: parameters, the block stack, and the
 // explicit forward and backward walks over one routing group (micro-batch).
 #pragma once
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -90,6 +91,13 @@ class Transformer {
   GroupStats forward_backward(std::span<const int32_t> inputs, std::span<const int32_t> targets,
                               int64_t batch, bool compute_grad, double loss_scale);
 
+  // Called by backward with each block's parameters once their gradients are final for the
+  // step (blocks from the last down, every rank in the same order), so that their reduction
+  // over the ranks can start behind the rest of the backward (trainer/train_loop.cpp). The
+  // embedding, the final norm and the head are not handed over. Unset: nothing is called.
+  using GradsFinished = std::function<void(std::span<Param* const>)>;
+  void set_grads_finished(GradsFinished hook) { grads_finished_ = std::move(hook); }
+
   std::vector<Param*> params();  // canonical order, stable
   // Forward only: the logits [V] at `position` of sequence `sequence`, for sampling.
   // inputs: [batch * seq_len] tokens (causal: positions after `position` do not matter).
@@ -122,6 +130,9 @@ class Transformer {
   // weights and optimizer state plus the activations, or plus the gradients, not the sum.
   void release_unwritten_grads();
   void acquire_grads(const std::vector<Param*>& params);
+  // A parameter of `params` that no op of this pass wrote gets a zero gradient (a stale one
+  // must not reach the sync and the optimizer as it is).
+  void zero_unwritten_grads(const std::vector<Param*>& params);
   void release_saved(int64_t layer);
   // The block's [T, D] residual after attention: per layer, or one shared buffer under
   // recompute layer (rebuilt in backward by recompute_block).
@@ -150,6 +161,7 @@ class Transformer {
   // Scratch shared by every layer (backward buffers, forward temporaries, recomputed
   // activations): one layer's worth. Behind a pointer: the layers hold its address.
   std::unique_ptr<Workspace> workspace_ = std::make_unique<Workspace>();
+  GradsFinished grads_finished_;
 };
 
 }  // namespace sy

@@ -81,6 +81,19 @@ class Communicator {
   // send_sleeping matches recv() on the peer, as send() does.
   virtual void barrier_sleeping() { barrier(); }
   virtual void send_sleeping(const Tensor& x, int peer) { send(x, peer); }
+
+  // ---- reductions behind later work (gradients during backward) --------------------------------
+  // start_all_reduce: all_reduce (in place) of each tensor, started after everything the caller
+  // has enqueued so far, and allowed to run while the caller goes on enqueueing other work. The
+  // tensors must be neither read nor written until wait_started(); work enqueued after that call
+  // sees the sums. Each tensor's sum has the bits that all_reduce gives it. An implementation
+  // that cannot run in the background reduces at once (these defaults): then
+  // reduces_in_background() is false.
+  virtual void start_all_reduce(const std::vector<Tensor>& xs, ReduceOp op) {
+    for (const Tensor& x : xs) all_reduce(x, op);
+  }
+  virtual void wait_started() {}
+  virtual bool reduces_in_background() const { return false; }
 };
 
 }  // namespace sy

@@ -1,5 +1,6 @@
 #include "parallel/grad_sync.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "model/backend.h"
@@ -16,6 +17,45 @@ void synchronize_gradients(Backend& backend, const std::vector<Param*>& params,
       param->grad_squares_valid = false;  // the squares were of this rank's share only
     }
   }
+}
+
+namespace {
+Communicator& group_of(const Param& param, ProcessGroups& groups) {
+  return param.is_expert ? *groups.expert_data_parallel : *groups.world;
+}
+}  // namespace
+
+bool GradientReducer::overlaps() const {
+  return groups_.world->reduces_in_background() &&
+         groups_.expert_data_parallel->reduces_in_background();
+}
+
+void GradientReducer::reduce(std::span<Param* const> params) {
+  // One start per group, the world's first: every rank issues the same calls in the same order.
+  std::vector<Tensor> shared, expert;
+  for (Param* param : params) {
+    if (group_of(*param, groups_).size() == 1) continue;
+    (param->is_expert ? expert : shared).push_back(param->grad);
+    param->grad_squares_valid = false;  // the squares were of this rank's share only
+    started_.push_back(param);
+  }
+  if (!shared.empty()) groups_.world->start_all_reduce(shared, ReduceOp::sum);
+  if (!expert.empty()) groups_.expert_data_parallel->start_all_reduce(expert, ReduceOp::sum);
+}
+
+void GradientReducer::finish(const std::vector<Param*>& params) {
+  std::vector<Param*> rest;
+  for (Param* param : params)
+    if (std::find(started_.begin(), started_.end(), param) == started_.end()) rest.push_back(param);
+  if (!overlaps()) {  // nothing was started: the plain synchronous sums
+    synchronize_gradients(backend_, rest, groups_);
+  } else {
+    const auto region = backend_.profile_region("all_reduce gradients");
+    reduce(rest);
+    groups_.world->wait_started();
+    groups_.expert_data_parallel->wait_started();
+  }
+  started_.clear();
 }
 
 double distributed_grad_norm(Backend& backend, const std::vector<Param*>& params,

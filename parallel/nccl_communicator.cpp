@@ -154,8 +154,12 @@ NcclCommunicator::~NcclCommunicator() {
   if (enqueued_) cudaEventDestroy(enqueued_);
   if (nccl_) {
     cudaStreamSynchronize(stream_);
+    if (side_stream_) cudaStreamSynchronize(side_stream_);
     ncclCommDestroy(nccl_);
   }
+  if (side_ready_) cudaEventDestroy(side_ready_);
+  if (side_done_) cudaEventDestroy(side_done_);
+  if (side_stream_) cudaStreamDestroy(side_stream_);
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (!finalized && comm_ != MPI_COMM_WORLD && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
@@ -237,6 +241,43 @@ void NcclCommunicator::all_reduce(const Tensor& x, ReduceOp op) {
                       nccl_op(op), nccl_, stream_),
         "all_reduce", "ncclAllReduce");
   note_enqueued("all_reduce");
+}
+
+void NcclCommunicator::start_all_reduce(const std::vector<Tensor>& xs, ReduceOp op) {
+  const char* name = "start_all_reduce";
+  for (const Tensor& x : xs) check_tensor(x, name, "x");
+  const auto cuda = [&](cudaError_t result, const char* what) {
+    if (result != cudaSuccess) fail(name, std::string(what) + ": " + cudaGetErrorString(result));
+  };
+  if (!side_stream_) {
+    int least = 0, greatest = 0;
+    cuda(cudaDeviceGetStreamPriorityRange(&least, &greatest), "cudaDeviceGetStreamPriorityRange");
+    cuda(cudaStreamCreateWithPriority(&side_stream_, cudaStreamNonBlocking, greatest),
+         "cudaStreamCreateWithPriority");
+    cuda(cudaEventCreateWithFlags(&side_ready_, cudaEventDisableTiming), "cudaEventCreate");
+    cuda(cudaEventCreateWithFlags(&side_done_, cudaEventDisableTiming), "cudaEventCreate");
+  }
+  cuda(cudaEventRecord(side_ready_, stream_), "cudaEventRecord");
+  cuda(cudaStreamWaitEvent(side_stream_, side_ready_, 0), "cudaStreamWaitEvent");
+  // One call per tensor, as all_reduce makes it, so that each sum has all_reduce's bits (NCCL
+  // picks its algorithm by the call's size).
+  for (const Tensor& x : xs) {
+    if (x.numel() == 0) continue;
+    check(ncclAllReduce(x.data(), x.data(), static_cast<size_t>(x.numel()),
+                        nccl_type(x.dtype(), name), nccl_op(op), nccl_, side_stream_),
+          name, "ncclAllReduce");
+  }
+  side_pending_ = true;
+}
+
+void NcclCommunicator::wait_started() {
+  if (!side_pending_) return;
+  const char* name = "wait_started";
+  cudaError_t result = cudaEventRecord(side_done_, side_stream_);
+  if (result == cudaSuccess) result = cudaStreamWaitEvent(stream_, side_done_, 0);
+  if (result != cudaSuccess) fail(name, std::string("CUDA: ") + cudaGetErrorString(result));
+  side_pending_ = false;
+  note_enqueued("all_reduce (started during backward)");  // the watchdog times the wait
 }
 
 void NcclCommunicator::broadcast(const Tensor& x, int root) {

@@ -53,6 +53,12 @@ class NcclCommunicator final : public Communicator {
   void all_reduce_host(std::vector<int64_t>& values, ReduceOp op) override;
   std::vector<std::string> all_gather_host(const std::string& value) override;
   void barrier() override;
+  // On a side stream of this communicator (created at the first call, high priority, so that
+  // its kernels start as soon as SMs free up), after an event recorded on the main stream; the
+  // main stream waits for it at wait_started().
+  void start_all_reduce(const std::vector<Tensor>& xs, ReduceOp op) override;
+  void wait_started() override;
+  bool reduces_in_background() const override { return true; }
 
  private:
   [[noreturn]] void fail(const char* op, const std::string& message) const;
@@ -73,6 +79,10 @@ class NcclCommunicator final : public Communicator {
   const char* group_;
   int poller_id_ = -1;
   cudaEvent_t enqueued_ = nullptr;  // recorded after the latest device collective
+  cudaStream_t side_stream_ = nullptr;  // start_all_reduce's; null until its first call
+  cudaEvent_t side_ready_ = nullptr;    // main stream -> side stream: the tensors are final
+  cudaEvent_t side_done_ = nullptr;     // side stream -> main stream: the sums are in
+  bool side_pending_ = false;           // started reductions not yet waited for
   std::mutex pending_mutex_;        // guards the two below and enqueued_'s record/query pairs
   int64_t pending_since_ns_ = 0;    // the oldest device collective not seen complete (0: none)
   const char* pending_op_ = nullptr;

@@ -15,6 +15,10 @@ struct ParallelConfig {
   // A collective that does not complete within it ends the whole job (parallel/watchdog.h,
   // exit 4); 0 turns the watchdog off.
   double timeout_s = 600;
+  // Gradient all-reduces start during backward, each layer's as soon as its gradients are final,
+  // on NCCL's side streams (parallel/grad_sync.h); false: all of them after backward. Same bits
+  // either way; no effect on MPI.
+  bool overlap_grad_reduce = true;
 };
 
 }  // namespace sy

@@ -96,5 +96,34 @@ TEST_F(DistTrain, NcclAgainstMpi) {
   EXPECT_LT(max_param, 1e-5);
 }
 
+// parallel.overlap_grad_reduce: the gradient all-reduces started during the last micro-batch's
+// backward give the bits of the same all-reduces after it, on the widest layout and on data
+// parallelism alone (expert gradients over the expert-data-parallel group too), bf16.
+TEST_F(DistTrain, NcclOverlappedReduceIsBitwiseTheSerialOne) {
+  if (const std::string why = cannot_run(); !why.empty()) GTEST_SKIP() << why;
+  const Layout widest = layouts_that_fit().back();
+  for (const int64_t P : {static_cast<int64_t>(widest.P), int64_t{1}}) {
+    TrainSummary runs[2];
+    for (const bool overlap : {false, true}) {
+      Config c = nccl_config(Precision::bf16, CommunicatorKind::nccl);
+      c.parallel.expert_parallel = P;
+      c.train.grad_accum_steps = widest.A;
+      c.parallel.overlap_grad_reduce = overlap;
+      c.run.dir =
+          (DistTrain::dir / ("overlap" + std::to_string(overlap) + "_P" + std::to_string(P)))
+              .string();
+      runs[overlap] = DistTrain::train_on(widest.W, c);
+    }
+    if (test::world_rank() != 0) continue;
+    std::printf("overlapped gradient reduce at (W, P, A) = (%d, %lld, %d): %zu steps compared\n",
+                widest.W, static_cast<long long>(P), widest.A, runs[0].losses.size());
+    EXPECT_EQ(runs[1].losses, runs[0].losses) << "P " << P;
+    ASSERT_EQ(runs[1].parameters.size(), runs[0].parameters.size());
+    for (size_t p = 0; p < runs[0].parameters.size(); ++p)
+      EXPECT_EQ(runs[1].parameters[p].second, runs[0].parameters[p].second)
+          << runs[0].parameters[p].first << ", P " << P;
+  }
+}
+
 }  // namespace
 }  // namespace sy

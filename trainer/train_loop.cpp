@@ -355,6 +355,7 @@ struct Run {
   MemoryCheck memory_check;
   std::vector<Param*> params;
   std::unique_ptr<Optimizer> optimizer;
+  GradientReducer gradient_reducer{backend, groups};
   const std::string checkpoints = checkpoint_dir(config);
 };
 
@@ -600,10 +601,20 @@ StepAccumulator forward_backward(Run& run, const StepBatch& batch, const TrainSt
   if (!state.grads_ready) run.model.zero_grads();
   const int64_t A = run.config.train.grad_accum_steps;
   const double loss_scale = 1.0 / static_cast<double>(run.world.size() * A);
+  // The last micro-batch's backward hands each layer's final gradients to the reducer, which
+  // sums them over the ranks behind the layers below; not with a hook that edits gradients
+  // after backward (it must see them unreduced, as without overlap).
+  const bool overlap = run.config.parallel.overlap_grad_reduce && run.gradient_reducer.overlaps() &&
+                       !run.options.after_backward;
   StepAccumulator acc;
-  for (int64_t micro = 0; micro < A; ++micro)
+  for (int64_t micro = 0; micro < A; ++micro) {
+    if (overlap && micro == A - 1)
+      run.model.set_grads_finished(
+          [&run](std::span<Param* const> params) { run.gradient_reducer.reduce(params); });
     acc.add(run.model.forward_backward(batch.inputs[micro], batch.targets[micro],
                                        run.config.train.micro_batch_size, true, loss_scale));
+  }
+  run.model.set_grads_finished(nullptr);
   const int64_t step_number = state.step + 1;
   if (run.options.after_backward) {
     run.options.after_backward(step_number, run.params, run.backend);
@@ -617,7 +628,7 @@ StepAccumulator forward_backward(Run& run, const StepBatch& batch, const TrainSt
 // The gradients summed over the ranks that hold each parameter (docs/parallel.md); returns their
 // global norm, the same on every rank.
 double sync_gradients(Run& run) {
-  synchronize_gradients(run.backend, run.params, run.groups);
+  run.gradient_reducer.finish(run.params);
   return distributed_grad_norm(run.backend, run.params, run.groups);
 }
 

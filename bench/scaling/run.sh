@@ -7,7 +7,9 @@
 # 3. scaling: `switchyard train` on configs/bench/moe.yaml (micro-batch 4 a rank: the work per GPU
 #    stays fixed) with expert_parallel = W and with data parallelism alone (expert_parallel 1),
 #    and on configs/bench/dense.yaml, at W = 1, 2, 4, 8 up to N: tokens/s (the mean of the
-#    logged intervals after the first), per GPU, the efficiency against W = 1, peak memory;
+#    logged intervals after the first), per GPU, the efficiency against W = 1, peak memory; at
+#    the widest W each run again with parallel.overlap_grad_reduce=false (the gradient
+#    all-reduces after backward instead of behind it); no run saves a checkpoint at its end;
 #    then the widest expert-parallel run again under SY_CUDA_PROFILE=events (where the time goes:
 #    compute, all-to-all, the exchange of the counts with its wait, gradient all-reduce);
 # 4. a fault: rank 1 of an N-rank run killed (SIGKILL) mid-training; the job must end, naming it,
@@ -114,19 +116,34 @@ note "| config | parallelism | W | tokens/s | per GPU | efficiency | peak GiB / 
 note "|---|---|---|---|---|---|---|---|"
 extra=()
 for kv in ${EXTRA_SET:-}; do extra+=(--set "$kv"); done
+# Each config and parallelism at every W; then, at the widest W, the same run with the gradient
+# all-reduces after backward (parallel.overlap_grad_reduce=false), to show what overlapping them
+# with backward gives. "moe dp" at W = 1 is "moe ep" at W = 1 (one rank): measured once.
+widest=1
+for w in ${WIDTHS:-1 2 4 8}; do [ "$w" -le "$gpus" ] && widest=$w; done
 for run in "moe ep" "moe dp" "dense dp"; do
   read -r config mode <<< "$run"
   base=""
-  for w in ${WIDTHS:-1 2 4 8}; do
+  for w in ${WIDTHS:-1 2 4 8} "$widest-serial"; do
+    overlap=true
+    case $w in *-serial) w=${w%-serial} overlap=false ;; esac
     [ "$w" -le "$gpus" ] || continue
+    [ "$overlap" = false ] && [ "$w" = 1 ] && continue
     ep=1
     [ "$mode" = ep ] && ep=$w
-    dir=$out/runs/${config}_${mode}_w$w
-    rm -rf "$dir"
-    SY_GPUS=$w bash launch/gpu_node.sh "$build/switchyard" train "configs/bench/$config.yaml" \
-      --set "data.path=$data" --set "run.dir=$dir" --set "train.steps=$steps" \
-      --set "run.log_every=$log_every" --set "parallel.expert_parallel=$ep" "${extra[@]}" \
-      > "$out/${config}_${mode}_w$w.log" 2>&1 || status=1
+    name=${config}_${mode}_w$w
+    [ "$overlap" = false ] && name+=_serial
+    dir=$out/runs/$name
+    if [ "$mode" = dp ] && [ "$w" = 1 ] && [ -f "$out/runs/${config}_ep_w1/metrics.jsonl" ]; then
+      dir=$out/runs/${config}_ep_w1
+    else
+      rm -rf "$dir"
+      SY_GPUS=$w bash launch/gpu_node.sh "$build/switchyard" train "configs/bench/$config.yaml" \
+        --set "data.path=$data" --set "run.dir=$dir" --set "train.steps=$steps" \
+        --set "run.log_every=$log_every" --set "parallel.expert_parallel=$ep" \
+        --set checkpoint.at_end=false --set "parallel.overlap_grad_reduce=$overlap" \
+        "${extra[@]}" > "$out/$name.log" 2>&1 || status=1
+    fi
     read -r tps peak load <<< "$(throughput "$dir/metrics.jsonl" 2> /dev/null || echo "- - -")"
     per=-
     eff=-
@@ -135,7 +152,9 @@ for run in "moe ep" "moe dp" "dense dp"; do
       [ -z "$base" ] && [ "$w" = 1 ] && base=$per
       [ -n "$base" ] && eff=$(python3 -c "print('%.2f' % ($per / $base))")
     fi
-    note "| $config | $mode (expert_parallel $ep) | $w | $tps | $per | $eff | $peak | $load |"
+    how="$mode (expert_parallel $ep)"
+    [ "$overlap" = false ] && how+=", all-reduce after backward"
+    note "| $config | $how | $w | $tps | $per | $eff | $peak | $load |"
   done
 done
 
@@ -145,7 +164,8 @@ profile_log=$out/profile_moe_ep_w$gpus.log
 SY_CUDA_PROFILE=events SY_GPUS=$gpus bash launch/gpu_node.sh "$build/switchyard" train \
   configs/bench/moe.yaml --set "data.path=$data" --set "run.dir=$out/runs/profile" \
   --set "train.steps=$steps" --set "run.log_every=$log_every" \
-  --set "parallel.expert_parallel=$gpus" "${extra[@]}" > "$profile_log" 2>&1 || status=1
+  --set "parallel.expert_parallel=$gpus" --set checkpoint.at_end=false "${extra[@]}" \
+  > "$profile_log" 2>&1 || status=1
 note ""
 note "## Where the time goes (moe, expert_parallel $gpus, SY_CUDA_PROFILE=events): $profile_log"
 grep -E "SY_CUDA_PROFILE events|all_to_all|all_reduce|exchange counts|between ops" "$profile_log" |
