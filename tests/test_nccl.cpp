@@ -1,7 +1,8 @@
 // NcclCommunicator against MpiCommunicator (device tensors staged through the host) on the same
 // data: all_to_all_v, all_to_all_blocks, all_reduce, broadcast and the host collectives must
-// agree exactly. Written for any number of ranks with one GPU each; run at W = 1 here (one GPU).
-// Runs under mpirun (tests/mpi_main.cpp); skipped when no CUDA device is visible (label gpu).
+// agree exactly; start_all_reduce must give all_reduce's bits. Written for any number of ranks with
+// one GPU each; run at W = 1 here (one GPU). Runs under mpirun (tests/mpi_main.cpp); skipped when
+// no CUDA device is visible (label gpu).
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -124,6 +125,30 @@ TEST_F(Nccl, AllReduceAndBroadcastMatchMpi) {
     mpi->broadcast(b, 0);
     EXPECT_EQ(backend->read(a), backend->read(b));
   }
+}
+
+// start_all_reduce (gradients summed during backward): the side stream starts after the work
+// enqueued before it (here the copies that write the tensors), the main stream's work after
+// wait_started sees the sums, and each sum has all_reduce's bits.
+TEST_F(Nccl, StartedAllReduceMatchesAllReduce) {
+  EXPECT_TRUE(nccl->reduces_in_background());
+  std::vector<Tensor> started, reference;
+  for (const int64_t n : {int64_t{1000}, int64_t{1} << 22, int64_t{77}}) {
+    const Tensor source = random(n, DType::f32, static_cast<uint64_t>(n));
+    started.push_back(backend->alloc({n}, DType::f32));
+    reference.push_back(backend->alloc({n}, DType::f32));
+    backend->fill(started.back(), 0.0);
+    backend->copy(started.back(), source);  // enqueued: the reduction must wait for it
+    backend->copy(reference.back(), source);
+  }
+  nccl->start_all_reduce(started, ReduceOp::sum);
+  const Tensor busy = backend->alloc({int64_t{1} << 24}, DType::f32);
+  backend->fill(busy, 1.0);  // main-stream work while the sums run
+  nccl->wait_started();
+  for (const Tensor& x : reference) nccl->all_reduce(x, ReduceOp::sum);
+  for (size_t i = 0; i < started.size(); ++i)
+    EXPECT_EQ(backend->read(started[i]), backend->read(reference[i])) << "tensor " << i;
+  nccl->wait_started();  // nothing started: a no-op
 }
 
 TEST_F(Nccl, HostCollectivesMatchMpi) {
