@@ -8,6 +8,8 @@
 
 #include <cmath>
 #include <limits>
+#include <span>
+#include <utility>
 #include <vector>
 
 #include "model/cpu/cpu_backend.h"
@@ -116,6 +118,55 @@ TEST(StaleGrads, ABackwardOverwritesEveryParametersGradient) {
     ASSERT_EQ(stale.size(), zero.size());
     for (size_t p = 0; p < zero.size(); ++p)
       EXPECT_EQ(stale[p], zero[p]) << (config.moe.num_experts ? "moe" : "dense") << ", param " << p;
+  }
+}
+
+// Transformer::set_grads_finished (the gradient all-reduce started during backward): each
+// block's parameters are handed over once, from the last block down, and the gradient each holds
+// then is its final one, bitwise, starting from NaN-poisoned stale grads; the embedding, final
+// norm and head are not handed over.
+TEST(StaleGrads, HandedOverGradientsAreFinal) {
+  Config config;
+  config.model = {61, 12, 16, 3, 2, 24, true};  // V, S, D, L, H, F, tie
+  config.moe.num_experts = 4;
+  config.moe.routing.top_k = 1;
+  config.moe.expert_hidden = 10;
+  config.moe.capacity_factor = 0.25;  // drops: an expert may get no row
+  auto backend = std::make_unique<CpuBackend>();
+  backend->poison_new_tensors(true);
+  TransformerOptions options{config.model, config.moe, moe_layer_mask(config), DType::f32};
+  LocalExchange exchange(*backend, config.moe.num_experts);
+  Transformer model(*backend, options, &exchange);
+  model.init_parameters(3);
+  model.zero_grads();
+  for (Param* p : model.params()) {
+    backend->fill(p->grad, kNaN);
+    p->grad_state = Param::GradState::stale;
+  }
+  std::vector<std::pair<const Param*, std::vector<double>>> handed;
+  std::vector<size_t> group_sizes;
+  model.set_grads_finished([&](std::span<Param* const> params) {
+    group_sizes.push_back(params.size());
+    for (Param* p : params) handed.emplace_back(p, backend->read(p->grad));
+  });
+  const int64_t batch = 2, T = batch * config.model.seq_len;
+  std::vector<int32_t> inputs(T), targets(T);
+  for (int64_t i = 0; i < T; ++i) {
+    inputs[i] = static_cast<int32_t>((i * 7 + i * i) % config.model.vocab_size);
+    targets[i] = static_cast<int32_t>((i * 5 + 1) % config.model.vocab_size);
+  }
+  model.forward_backward(inputs, targets, batch, true, 1.0);
+  model.set_grads_finished(nullptr);
+
+  const std::vector<Param*> all = model.params();  // embedding, blocks in order, final norm
+  ASSERT_EQ(group_sizes.size(), 3u);
+  const size_t per_block = group_sizes[0];
+  ASSERT_EQ(handed.size(), 3 * per_block);
+  ASSERT_EQ(all.size(), 3 * per_block + 2);
+  for (size_t i = 0; i < handed.size(); ++i) {
+    const size_t block = 2 - i / per_block;  // the last block first
+    EXPECT_EQ(handed[i].first, all[1 + block * per_block + i % per_block]) << "hand-over " << i;
+    EXPECT_EQ(handed[i].second, backend->read(handed[i].first->grad)) << handed[i].first->path;
   }
 }
 
