@@ -17,8 +17,8 @@ struct ParallelConfig {
   double timeout_s = 600;
   // Gradient all-reduces start during backward, each layer's as soon as its gradients are final,
   // on NCCL's side streams (parallel/grad_sync.h); false: all of them after backward. Same bits
-  // either way; no effect on MPI.
-  bool overlap_grad_reduce = true;
+  // either way; no effect on MPI. Off by default until it has run on several GPUs.
+  bool overlap_grad_reduce = false;
 };
 
 }  // namespace sy
