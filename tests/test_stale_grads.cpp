@@ -75,6 +75,25 @@ TEST(StaleGrads, ExpertsOverwriteEveryExpertsGradientIncludingEmptyOnes) {
     }
 }
 
+// Every gradient NaN and marked stale, as the optimizer's pass leaves them.
+void make_grads_stale(Backend& backend, Transformer& model) {
+  for (Param* p : model.params()) {
+    backend.fill(p->grad, kNaN);
+    p->grad_state = Param::GradState::stale;
+  }
+}
+
+// One forward/backward over a fixed batch of two sequences.
+void forward_backward_once(Transformer& model, const Config& config) {
+  const int64_t batch = 2, T = batch * config.model.seq_len;
+  std::vector<int32_t> inputs(T), targets(T);
+  for (int64_t i = 0; i < T; ++i) {
+    inputs[i] = static_cast<int32_t>((i * 7 + i * i) % config.model.vocab_size);
+    targets[i] = static_cast<int32_t>((i * 5 + 1) % config.model.vocab_size);
+  }
+  model.forward_backward(inputs, targets, batch, true, 1.0);
+}
+
 // Every parameter's gradient after one forward/backward of a small model, from zeroed grads or
 // from NaN-poisoned stale ones.
 std::vector<std::vector<double>> model_grads(const Config& config, bool stale) {
@@ -85,18 +104,8 @@ std::vector<std::vector<double>> model_grads(const Config& config, bool stale) {
   Transformer model(*backend, options, config.moe.num_experts > 0 ? &exchange : nullptr);
   model.init_parameters(3);
   model.zero_grads();
-  if (stale)
-    for (Param* p : model.params()) {
-      backend->fill(p->grad, kNaN);
-      p->grad_state = Param::GradState::stale;
-    }
-  const int64_t batch = 2, T = batch * config.model.seq_len;
-  std::vector<int32_t> inputs(T), targets(T);
-  for (int64_t i = 0; i < T; ++i) {
-    inputs[i] = static_cast<int32_t>((i * 7 + i * i) % config.model.vocab_size);
-    targets[i] = static_cast<int32_t>((i * 5 + 1) % config.model.vocab_size);
-  }
-  model.forward_backward(inputs, targets, batch, true, 1.0);
+  if (stale) make_grads_stale(*backend, model);
+  forward_backward_once(model, config);
   std::vector<std::vector<double>> grads;
   for (Param* p : model.params()) grads.push_back(backend->read(p->grad));
   return grads;
@@ -139,23 +148,14 @@ TEST(StaleGrads, HandedOverGradientsAreFinal) {
   Transformer model(*backend, options, &exchange);
   model.init_parameters(3);
   model.zero_grads();
-  for (Param* p : model.params()) {
-    backend->fill(p->grad, kNaN);
-    p->grad_state = Param::GradState::stale;
-  }
+  make_grads_stale(*backend, model);
   std::vector<std::pair<const Param*, std::vector<double>>> handed;
   std::vector<size_t> group_sizes;
   model.set_grads_finished([&](std::span<Param* const> params) {
     group_sizes.push_back(params.size());
     for (Param* p : params) handed.emplace_back(p, backend->read(p->grad));
   });
-  const int64_t batch = 2, T = batch * config.model.seq_len;
-  std::vector<int32_t> inputs(T), targets(T);
-  for (int64_t i = 0; i < T; ++i) {
-    inputs[i] = static_cast<int32_t>((i * 7 + i * i) % config.model.vocab_size);
-    targets[i] = static_cast<int32_t>((i * 5 + 1) % config.model.vocab_size);
-  }
-  model.forward_backward(inputs, targets, batch, true, 1.0);
+  forward_backward_once(model, config);
   model.set_grads_finished(nullptr);
 
   const std::vector<Param*> all = model.params();  // embedding, blocks in order, final norm
