@@ -47,7 +47,7 @@ void GradientReducer::finish(const std::vector<Param*>& params) {
   std::vector<Param*> rest;
   for (Param* param : params)
     if (std::find(started_.begin(), started_.end(), param) == started_.end()) rest.push_back(param);
-  if (!overlaps()) {  // nothing was started: the plain synchronous sums
+  if (started_.empty() || !overlaps()) {  // no overlap this step: the sums after backward
     synchronize_gradients(backend_, rest, groups_);
   } else {
     const auto region = backend_.profile_region("all_reduce gradients");

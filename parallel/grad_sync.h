@@ -19,9 +19,10 @@ void synchronize_gradients(Backend& backend, const std::vector<Param*>& params,
 // hands over each layer's parameters as their gradients become final (in backward's order,
 // the same on every rank) and reduce() starts their all-reduces on the communicators' side
 // streams; finish() starts those of the parameters not handed over and makes the backward's
-// stream wait for them all. Each sum has synchronize_gradients's bits. On communicators that
-// cannot reduce in the background (MPI), overlaps() is false and the caller should not hand
-// anything over before finish(), which then is synchronize_gradients.
+// stream wait for them all. Each sum has synchronize_gradients's bits. When nothing was handed
+// over (overlap off, or communicators that cannot reduce in the background: MPI, where
+// overlaps() is false and the caller should hand nothing over), finish() is
+// synchronize_gradients.
 class GradientReducer {
  public:
   GradientReducer(Backend& backend, ProcessGroups& groups) : backend_(backend), groups_(groups) {}
