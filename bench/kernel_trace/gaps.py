@@ -42,6 +42,8 @@ def main():
     ops = []
     with open(args.trace, newline="") as f:
         for row in csv.DictReader(f):
+            if row["kind"] == "api":  # host-side records: bench/kernel_trace/host.py
+                continue
             label = short(row["name"]) if row["kind"] == "kernel" else row["kind"]
             ops.append((int(row["start_ns"]), int(row["end_ns"]), label))
     ops.sort()

@@ -1,8 +1,11 @@
 // A kernel timeline for any CUDA program, where Nsight Systems is not installed: loaded by the
 // CUDA driver through CUDA_INJECTION64_PATH, it records every kernel, memcpy and memset through
 // CUPTI's activity API and, at exit, writes one CSV line per record to $SY_KERNEL_TRACE
-// (default kernel_trace.csv): start_ns,end_ns,stream,kind,bytes,name. bench/kernel_trace/gaps.py
-// reads it (GPU busy and idle time per training step, the idle gaps by the ops around them).
+// (default kernel_trace.csv): start_ns,end_ns,stream,kind,bytes,correlation,name.
+// bench/kernel_trace/gaps.py reads it (GPU busy and idle time per training step, the idle gaps by
+// the ops around them). With SY_KERNEL_TRACE_API=1 it also records every CUDA runtime call on the
+// host (kind "api", the call's name, host timestamps on the same clock), whose correlation number
+// is the one of the kernel or copy it launched: bench/kernel_trace/host.py reads those.
 //
 //   CUDA_INJECTION64_PATH=$PWD/build/libsy_kernel_trace.so SY_KERNEL_TRACE=trace.csv
 //       build/sy_bench_train configs/bench/moe.yaml --steps 10 --warmup 3    (one command line)
@@ -24,7 +27,7 @@ namespace {
 
 struct Record {
   uint64_t start, end, bytes;
-  uint32_t stream;
+  uint32_t stream, correlation;
   const char* kind;
   std::string name;
 };
@@ -77,17 +80,26 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
       case CUPTI_ACTIVITY_KIND_KERNEL:
       case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL: {
         const auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(activity);
-        batch.push_back({k->start, k->end, 0, k->streamId, "kernel", demangled(k->name)});
+        batch.push_back(
+            {k->start, k->end, 0, k->streamId, k->correlationId, "kernel", demangled(k->name)});
         break;
       }
       case CUPTI_ACTIVITY_KIND_MEMCPY: {
         const auto* m = reinterpret_cast<const CUpti_ActivityMemcpy6*>(activity);
-        batch.push_back({m->start, m->end, m->bytes, m->streamId, copy_kind(m->copyKind), ""});
+        batch.push_back({m->start, m->end, m->bytes, m->streamId, m->correlationId,
+                         copy_kind(m->copyKind), ""});
         break;
       }
       case CUPTI_ACTIVITY_KIND_MEMSET: {
         const auto* m = reinterpret_cast<const CUpti_ActivityMemset4*>(activity);
-        batch.push_back({m->start, m->end, m->bytes, m->streamId, "memset", ""});
+        batch.push_back({m->start, m->end, m->bytes, m->streamId, m->correlationId, "memset", ""});
+        break;
+      }
+      case CUPTI_ACTIVITY_KIND_RUNTIME: {
+        const auto* a = reinterpret_cast<const CUpti_ActivityAPI*>(activity);
+        const char* name = "?";
+        cuptiGetCallbackName(CUPTI_CB_DOMAIN_RUNTIME_API, a->cbid, &name);
+        batch.push_back({a->start, a->end, 0, 0, a->correlationId, "api", name ? name : "?"});
         break;
       }
       default:
@@ -116,11 +128,12 @@ void write_records() {
     return;
   }
   const std::lock_guard<std::mutex> lock(records_mutex);
-  std::fprintf(f, "start_ns,end_ns,stream,kind,bytes,name\n");
+  std::fprintf(f, "start_ns,end_ns,stream,kind,bytes,correlation,name\n");
   for (const Record& r : *records)
-    std::fprintf(f, "%llu,%llu,%u,%s,%llu,%s\n", static_cast<unsigned long long>(r.start),
+    std::fprintf(f, "%llu,%llu,%u,%s,%llu,%u,%s\n", static_cast<unsigned long long>(r.start),
                  static_cast<unsigned long long>(r.end), r.stream, r.kind,
-                 static_cast<unsigned long long>(r.bytes), csv_field(r.name).c_str());
+                 static_cast<unsigned long long>(r.bytes), r.correlation,
+                 csv_field(r.name).c_str());
   std::fclose(f);
   std::fprintf(stderr, "kernel_trace: %zu records in %s\n", records->size(), path.c_str());
 }
@@ -135,6 +148,9 @@ extern "C" int InitializeInjection() {
   check(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL), "enable kernels");
   check(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMCPY), "enable memcpy");
   check(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMSET), "enable memset");
+  const char* api = std::getenv("SY_KERNEL_TRACE_API");
+  if (api && std::string(api) == "1")
+    check(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_RUNTIME), "enable runtime API");
   std::atexit(write_records);
   return 1;
 }
