@@ -22,62 +22,60 @@ void OpCheck::fail(const std::string& message) const {
   throw std::runtime_error(backend_.error_context(op_) + ": " + message);
 }
 
-void OpCheck::on_device(const Tensor& t, const char* name) const {
-  if (!t.defined()) fail(std::string(name) + " is undefined");
+void OpCheck::on_device(const Tensor& t, CheckName name) const {
+  if (!t.defined()) fail(name.str() + " is undefined");
   if (t.device() != backend_.device())
-    fail(std::string(name) + (backend_.device() == Device::cpu ? " is not on the cpu"
-                                                               : " is not on the cuda device"));
-  if (t.numel() > 0 && t.data() == nullptr) fail(std::string(name) + " has no data");
+    fail(name.str() +
+         (backend_.device() == Device::cpu ? " is not on the cpu" : " is not on the cuda device"));
+  if (t.numel() > 0 && t.data() == nullptr) fail(name.str() + " has no data");
 }
 
-DType OpCheck::float_dtype(const Tensor& t, const char* name) const {
+DType OpCheck::float_dtype(const Tensor& t, CheckName name) const {
   on_device(t, name);
-  if (t.dtype() == DType::i32) fail(std::string(name) + " must be a float tensor, got i32");
+  if (t.dtype() == DType::i32) fail(name.str() + " must be a float tensor, got i32");
   return t.dtype();
 }
 
-DType OpCheck::wide_dtype(const Tensor& t, const char* name) const {
+DType OpCheck::wide_dtype(const Tensor& t, CheckName name) const {
   on_device(t, name);
   if (t.dtype() != DType::f32 && t.dtype() != DType::f64)
-    fail(std::string(name) + " must be f32 or f64, got " + dtype_name(t.dtype()));
+    fail(name.str() + " must be f32 or f64, got " + dtype_name(t.dtype()));
   return t.dtype();
 }
 
-DType OpCheck::master_dtype(const Tensor& t, const char* name) const {
+DType OpCheck::master_dtype(const Tensor& t, CheckName name) const {
   on_device(t, name);
   if (t.dtype() == DType::f32_split) return DType::f32;
   return wide_dtype(t, name);
 }
 
-void OpCheck::dtype(const Tensor& t, DType dtype, const char* name) const {
+void OpCheck::dtype(const Tensor& t, DType dtype, CheckName name) const {
   on_device(t, name);
   if (t.dtype() != dtype)
-    fail(std::string(name) + " must be " + dtype_name(dtype) + ", got " + dtype_name(t.dtype()));
+    fail(name.str() + " must be " + dtype_name(dtype) + ", got " + dtype_name(t.dtype()));
 }
 
-void OpCheck::shape(const Tensor& t, const Shape& shape, const char* name) const {
+void OpCheck::shape(const Tensor& t, const Shape& shape, CheckName name) const {
   if (t.shape() != shape)
-    fail(std::string(name) + ": expected shape " + shape_str(shape) + ", got " +
-         shape_str(t.shape()));
+    fail(name.str() + ": expected shape " + shape_str(shape) + ", got " + shape_str(t.shape()));
 }
 
-void OpCheck::ndim(const Tensor& t, int n, const char* name) const {
+void OpCheck::ndim(const Tensor& t, int n, CheckName name) const {
   if (t.ndim() != n)
-    fail(std::string(name) + " must be " + std::to_string(n) + "-D, got " + shape_str(t.shape()));
+    fail(name.str() + " must be " + std::to_string(n) + "-D, got " + shape_str(t.shape()));
 }
 
-void OpCheck::numel(const Tensor& t, int64_t n, const char* name) const {
+void OpCheck::numel(const Tensor& t, int64_t n, CheckName name) const {
   if (t.numel() != n)
-    fail(std::string(name) + " must have " + std::to_string(n) + " elements, got " +
-         shape_str(t.shape()));
+    fail(name.str() + " must have " + std::to_string(n) + " elements, got " + shape_str(t.shape()));
 }
 
-void OpCheck::positive(int64_t value, const char* name) const {
-  if (value <= 0) fail(std::string(name) + " must be positive, got " + std::to_string(value));
+void OpCheck::positive(int64_t value, CheckName name) const {
+  if (value <= 0) fail(name.str() + " must be positive, got " + std::to_string(value));
 }
 
-void OpCheck::fits_int(int64_t value, const char* name) const {
-  if (value > INT32_MAX) fail(std::string(name) + " too large for i32: " + std::to_string(value));
+void OpCheck::fits_int(int64_t value, CheckName name) const {
+  if (value > INT32_MAX) fail(name.str() + " too large for i32: " + std::to_string(value));
 }
 
 bool overlaps(const Tensor& a, const Tensor& b) {

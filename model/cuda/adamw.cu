@@ -466,7 +466,7 @@ bool grad_norm_squares(Context& ctx, MultiTensorTable& table, std::span<Param* c
                        const OpCheck& check, double& shared, double& expert) {
   bool all_f32 = true;
   for (const Param* param : params) {
-    check.float_dtype(param->grad, (param->path + " grad").c_str());
+    check.float_dtype(param->grad, {param->path, " grad"});
     all_f32 = all_f32 && param->grad.dtype() == DType::f32;
   }
   if (!all_f32) return false;
@@ -514,14 +514,13 @@ bool fused_adamw_step(Context& ctx, MultiTensorTable& table, std::span<Param* co
   // their high halves)
   bool fusable = true;
   for (const Param* param : params) {
-    const DType dtype = split(*param)
-                            ? DType::f32
-                            : check.wide_dtype(param->value, (param->path + " value").c_str());
+    const DType dtype =
+        split(*param) ? DType::f32 : check.wide_dtype(param->value, {param->path, " value"});
     fusable = fusable && dtype == DType::f32;
     if (split(*param) && param->compute.defined() && param->compute.data() != param->value.data())
       check.fail(param->path + ": an f32_split value's compute copy must be its high halves");
     if (separate_compute(*param)) {
-      check.float_dtype(param->compute, (param->path + " compute").c_str());
+      check.float_dtype(param->compute, {param->path, " compute"});
       fusable = fusable && param->compute.dtype() == DType::bf16;
     }
   }
@@ -532,8 +531,8 @@ bool fused_adamw_step(Context& ctx, MultiTensorTable& table, std::span<Param* co
     const int64_t n = p.value.numel();
     for (auto [t, what] : {std::pair{&p.grad, " grad"}, {&exp_avgs[i], " exp_avg"},
                            {&exp_avg_sqs[i], " exp_avg_sq"}}) {
-      check.dtype(*t, DType::f32, (p.path + what).c_str());
-      check.numel(*t, n, (p.path + what).c_str());
+      check.dtype(*t, DType::f32, {p.path, what});
+      check.numel(*t, n, {p.path, what});
     }
     MultiTensor& t = tensors[i];
     if (split(p)) {
@@ -546,7 +545,7 @@ bool fused_adamw_step(Context& ctx, MultiTensorTable& table, std::span<Param* co
     t.exp_avg = exp_avgs[i].ptr<float>();
     t.exp_avg_sq = exp_avg_sqs[i].ptr<float>();
     if (separate_compute(p)) {
-      check.numel(p.compute, n, (p.path + " compute").c_str());
+      check.numel(p.compute, n, {p.path, " compute"});
       t.compute = p.compute.ptr<bf16>();
     }
     t.numel = n;
