@@ -314,6 +314,16 @@ class Backend {
                                const Tensor& topk_idx, const Tensor& gates,
                                const Tensor& logits, const Tensor& expert_bias,
                                const RoutingRule& rule);
+  // router_plan in two calls, so that the device has work while the host waits for the counts:
+  // router_plan_start enqueues the plan (the same outputs, checked alike) and the counts' copy;
+  // router_plan_finish waits for that copy and returns what router_plan returns. In between a
+  // caller enqueues what does not need the counts on the host (the router's losses; a dropless
+  // layer's permute). One plan at a time: start twice, or finish without a start, is an error.
+  void router_plan_start(const Tensor& slot_row, const Tensor& row_slot, const Tensor& slot_expert,
+                         const Tensor& assignments_per_expert, const Tensor& topk_idx,
+                         const Tensor& gates, const Tensor& logits, const Tensor& expert_bias,
+                         const RoutingRule& rule);
+  RouterPlanCounts router_plan_finish();
   // balance_counts[E] (i32) gives f_e = balance_counts[e] / sum_e balance_counts: this group's
   // assignments_per_expert, or their sum over the groups of one micro-step (aux_loss_scope
   // global). With q[t] = scores[t] (softmax) or scores[t] / sum_e scores[t,e] (sigmoid):
@@ -479,6 +489,13 @@ class Backend {
                                             const Tensor& topk_idx, const Tensor& gates,
                                             const Tensor& logits, const Tensor& expert_bias,
                                             const RoutingRule& rule) = 0;
+  // Default: the whole of router_plan_impl in start, its counts handed over by finish.
+  virtual void router_plan_start_impl(const Tensor& slot_row, const Tensor& row_slot,
+                                      const Tensor& slot_expert,
+                                      const Tensor& assignments_per_expert, const Tensor& topk_idx,
+                                      const Tensor& gates, const Tensor& logits,
+                                      const Tensor& expert_bias, const RoutingRule& rule);
+  virtual RouterPlanCounts router_plan_finish_impl();
   virtual RouterLossValues router_losses_impl(const Tensor& scores, const Tensor& lse,
                                               const Tensor& balance_counts,
                                               const RoutingRule& rule) = 0;
@@ -503,6 +520,10 @@ class Backend {
                                  const Tensor& exp_avg_sq, double lr, double beta1, double beta2,
                                  double eps, double weight_decay, int64_t step) = 0;
   virtual void sgd_update_impl(const Tensor& param, const Tensor& grad, double lr) = 0;
+
+ private:
+  bool plan_started_ = false;        // between router_plan_start and router_plan_finish
+  RouterPlanCounts started_counts_;  // the default start_impl's result
 };
 
 // The reference backend. `threads` limits BLAS threads (0: leave as is).

@@ -643,13 +643,11 @@ void Backend::router_scores_topk(const Tensor& scores, const Tensor& lse, const 
   router_scores_topk_impl(scores, lse, topk_idx, gates, logits, expert_bias, rule);
 }
 
-RouterPlanCounts Backend::router_plan(const Tensor& slot_row, const Tensor& row_slot,
-                                      const Tensor& slot_expert,
-                                      const Tensor& assignments_per_expert,
-                                      const Tensor& topk_idx, const Tensor& gates,
-                                      const Tensor& logits, const Tensor& expert_bias,
-                                      const RoutingRule& rule) {
-  const OpCheck c(*this, "router_plan");
+namespace {
+void check_router_plan(const OpCheck& c, const Tensor& slot_row, const Tensor& row_slot,
+                       const Tensor& slot_expert, const Tensor& assignments_per_expert,
+                       const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
+                       const Tensor& expert_bias, const RoutingRule& rule) {
   for (auto [t, name] : {Named{&slot_row, "slot_row"}, {&row_slot, "row_slot"},
                          {&slot_expert, "slot_expert"},
                          {&assignments_per_expert, "assignments_per_expert"},
@@ -671,9 +669,51 @@ RouterPlanCounts Backend::router_plan(const Tensor& slot_row, const Tensor& row_
   c.numel(slot_expert, N * K, "slot_expert");
   c.numel(assignments_per_expert, E, "assignments_per_expert");
   check_bias(c, expert_bias, dt, E);
+}
+}  // namespace
+
+RouterPlanCounts Backend::router_plan(const Tensor& slot_row, const Tensor& row_slot,
+                                      const Tensor& slot_expert,
+                                      const Tensor& assignments_per_expert, const Tensor& topk_idx,
+                                      const Tensor& gates, const Tensor& logits,
+                                      const Tensor& expert_bias, const RoutingRule& rule) {
+  const OpCheck c(*this, "router_plan");
+  if (plan_started_) c.fail("a plan started by router_plan_start is not finished");
+  check_router_plan(c, slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx, gates,
+                    logits, expert_bias, rule);
   return router_plan_impl(slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx,
                           gates, logits, expert_bias, rule);
 }
+
+void Backend::router_plan_start(const Tensor& slot_row, const Tensor& row_slot,
+                                const Tensor& slot_expert, const Tensor& assignments_per_expert,
+                                const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
+                                const Tensor& expert_bias, const RoutingRule& rule) {
+  const OpCheck c(*this, "router_plan_start");
+  if (plan_started_) c.fail("the previous plan is not finished (router_plan_finish)");
+  check_router_plan(c, slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx, gates,
+                    logits, expert_bias, rule);
+  router_plan_start_impl(slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx, gates,
+                         logits, expert_bias, rule);
+  plan_started_ = true;
+}
+
+RouterPlanCounts Backend::router_plan_finish() {
+  if (!plan_started_) OpCheck(*this, "router_plan_finish").fail("no plan was started");
+  plan_started_ = false;
+  return router_plan_finish_impl();
+}
+
+void Backend::router_plan_start_impl(const Tensor& slot_row, const Tensor& row_slot,
+                                     const Tensor& slot_expert,
+                                     const Tensor& assignments_per_expert, const Tensor& topk_idx,
+                                     const Tensor& gates, const Tensor& logits,
+                                     const Tensor& expert_bias, const RoutingRule& rule) {
+  started_counts_ = router_plan_impl(slot_row, row_slot, slot_expert, assignments_per_expert,
+                                     topk_idx, gates, logits, expert_bias, rule);
+}
+
+RouterPlanCounts Backend::router_plan_finish_impl() { return std::move(started_counts_); }
 
 namespace {
 void check_router_losses(const OpCheck& c, const Tensor& scores, const Tensor& lse,

@@ -927,6 +927,45 @@ TEST_F(CudaF32, RerouteManyOverflowsMatchesTheCpu) {
   EXPECT_GT(total_rerouted, 0);
 }
 
+// The plan in two calls, with work enqueued between them that overwrites the scratch the plan
+// counted in and then reads what the plan wrote (a permute): the counts that finish returns are
+// the plan's, and the permute sees the finished plan (stream order).
+TEST_F(CudaF32, PlanInTwoCallsWithWorkBetween) {
+  const int64_t N = 513, K = 2, E = 8, D = 64;
+  RoutingRule rule;
+  rule.top_k = K;
+  const std::vector<double> logits = router_logits(N, E, 1.0, false, next_seed_++);
+  Tensor lc = on_cpu({N, E}, logits), lg = on_gpu({N, E}, logits, DType::f32);
+  Tensor sc = cpu().alloc({N, E}, DType::f32), lsc = cpu().alloc({N}, DType::f32),
+         ic = cpu().alloc({N, K}, DType::i32), gc = cpu().alloc({N, K}, DType::f32);
+  cpu().router_scores_topk(sc, lsc, ic, gc, lc, Tensor(), rule);
+  Tensor src = cpu().alloc({N * K}, DType::i32), rsc = cpu().alloc({N * K}, DType::i32),
+         sec = cpu().alloc({N * K}, DType::i32), ac = cpu().alloc({E}, DType::i32);
+  const RouterPlanCounts cc = cpu().router_plan(src, rsc, sec, ac, ic, gc, lc, Tensor(), rule);
+  Tensor gg = on_gpu({N, K}, cpu().read(gc), DType::f32);
+  Tensor ig = ints_gpu(cpu().read_i32(ic)).reshape({N, K});
+  Tensor srg = poisoned({N * K}, DType::i32), rsg = poisoned({N * K}, DType::i32),
+         seg = poisoned({N * K}, DType::i32), ag = poisoned({E}, DType::i32);
+  const std::vector<double> x = values(N * D, DType::f32);
+  Tensor xg = on_gpu({N, D}, x, DType::f32), xc = on_cpu({N, D}, x);
+  Tensor pg = poisoned({N * K, D}, DType::f32), pc = cpu().alloc({N * K, D}, DType::f32);
+  for (int round = 0; round < 2; ++round) {
+    gpu().router_plan_start(srg, rsg, seg, ag, ig, gg, lg, Tensor(), rule);
+    gpu().router_scores_topk(poisoned({N, E}, DType::f32), poisoned({N}, DType::f32),
+                             poisoned({N, K}, DType::i32), poisoned({N, K}, DType::f32), lg,
+                             Tensor(), rule);  // more launches that use the scratch slots
+    gpu().permute_rows(pg, xg, rsg, K);
+    const RouterPlanCounts cg = gpu().router_plan_finish();
+    EXPECT_EQ(cg.tokens_per_expert, cc.tokens_per_expert) << round;
+    EXPECT_EQ(cg.assignments_per_expert, cc.assignments_per_expert) << round;
+    EXPECT_EQ(cg.rerouted, cc.rerouted) << round;
+  }
+  cpu().permute_rows(pc, xc, rsc, K);
+  EXPECT_EQ(gpu().read(pg), cpu().read(pc));  // a copy of f32 rows: exact
+  expect_equal_ints(srg, src, N * K, "slot_row");
+  EXPECT_THROW(gpu().router_plan_finish(), std::runtime_error);
+}
+
 // The losses and the backward from the CPU's router outputs copied to the device, with f_e from
 // this group's choices and from counts given from outside (aux_loss_scope global).
 TEST_F(CudaF32, LossesAndBackward) {

@@ -285,6 +285,37 @@ TEST_F(RouterTest, PlanRejectsBadInput) {
   EXPECT_NO_THROW(plan_with(row_slot, be->zeros({4}, DType::f64), -1));
 }
 
+// router_plan_start then router_plan_finish is router_plan; misuse is refused by name.
+TEST_F(RouterTest, PlanInTwoCallsIsThePlan) {
+  const int64_t T = 3, E = 4, K = 2;
+  Tensor idx = be->alloc({T, K}, DType::i32);
+  be->write(idx, std::span<const int32_t>(Idx{0, 1, 1, 3, 1, 0}));
+  Tensor gates = be->zeros({T, K}, DType::f64), logits = be->zeros({T, E}, DType::f64);
+  RoutingRule rule;
+  rule.top_k = K;
+  rule.capacity = 1;  // drops, so that the counts say something
+  auto outputs = [&] {
+    return std::vector<Tensor>{be->alloc({T * K}, DType::i32), be->alloc({T * K}, DType::i32),
+                               be->alloc({T * K}, DType::i32), be->alloc({E}, DType::i32)};
+  };
+  const std::vector<Tensor> one = outputs(), two = outputs();
+  const RouterPlanCounts whole =
+      be->router_plan(one[0], one[1], one[2], one[3], idx, gates, logits, Tensor(), rule);
+  EXPECT_THROW(be->router_plan_finish(), std::runtime_error);  // nothing started
+  be->router_plan_start(two[0], two[1], two[2], two[3], idx, gates, logits, Tensor(), rule);
+  EXPECT_THROW(
+      be->router_plan_start(two[0], two[1], two[2], two[3], idx, gates, logits, Tensor(), rule),
+      std::runtime_error);
+  EXPECT_THROW(be->router_plan(one[0], one[1], one[2], one[3], idx, gates, logits, Tensor(), rule),
+               std::runtime_error);
+  const RouterPlanCounts halves = be->router_plan_finish();
+  EXPECT_EQ(halves.tokens_per_expert, whole.tokens_per_expert);
+  EXPECT_EQ(halves.assignments_per_expert, whole.assignments_per_expert);
+  EXPECT_EQ(halves.rerouted, whole.rerouted);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(be->read_i32(two[i]), be->read_i32(one[i])) << i;
+  EXPECT_THROW(be->router_plan_finish(), std::runtime_error);  // already finished
+}
+
 // ---- losses ---------------------------------------------------------------------------------
 struct Losses {
   double aux, z;

@@ -53,6 +53,24 @@ void check_cublas(cublasStatus_t status, const Context& ctx, const char* op, con
 void check_launch(const Context& ctx, const char* op);
 // Copies `bytes` from the device to the host and waits for the stream: a host synchronisation.
 void to_host_sync(Context& ctx, const char* op, void* host, const void* device, size_t bytes);
+// A device-to-host copy waited for later (to_host_sync in two halves): start enqueues it into
+// pinned memory of its own and records an event; finish waits for that event only, not for what
+// was enqueued after the copy, and copies the bytes out. One copy in flight at a time.
+class HostCopy {
+ public:
+  HostCopy() = default;
+  HostCopy(const HostCopy&) = delete;
+  HostCopy& operator=(const HostCopy&) = delete;
+  ~HostCopy();
+  void start(Context& ctx, const char* op, const void* device, size_t bytes);
+  void finish(Context& ctx, const char* op, void* host);
+
+ private:
+  void* pinned_ = nullptr;
+  size_t capacity_ = 0, bytes_ = 0;
+  cudaEvent_t landed_ = nullptr;
+  bool pending_ = false;
+};
 // The multiprocessors of ctx's device (at least 1).
 int sm_count(Context& ctx, const char* op);
 

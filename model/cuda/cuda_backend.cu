@@ -452,15 +452,30 @@ class CudaBackend final : public Backend {
     cuda::router_scores_topk(ctx_, scores, lse, topk_idx, gates, logits, expert_bias, rule);
   }
 
-  // router.cu: the device's checks, the plan, and one host synchronisation for the counts.
+  // router.cu: the device's checks, the plan, and one host synchronisation for the counts (in
+  // finish; router_plan is start then finish).
   RouterPlanCounts router_plan_impl(const Tensor& slot_row, const Tensor& row_slot,
                                     const Tensor& slot_expert,
                                     const Tensor& assignments_per_expert, const Tensor& topk_idx,
                                     const Tensor& gates, const Tensor& logits,
                                     const Tensor& expert_bias, const RoutingRule& rule) override {
+    router_plan_start_impl(slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx, gates,
+                           logits, expert_bias, rule);
+    return router_plan_finish_impl();
+  }
+  void router_plan_start_impl(const Tensor& slot_row, const Tensor& row_slot,
+                              const Tensor& slot_expert, const Tensor& assignments_per_expert,
+                              const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
+                              const Tensor& expert_bias, const RoutingRule& rule) override {
     SY_PROFILE("router_plan");
-    return cuda::router_plan(ctx_, OpCheck(*this, "router_plan"), slot_row, row_slot, slot_expert,
-                             assignments_per_expert, topk_idx, gates, logits, expert_bias, rule);
+    cuda::router_plan_start(ctx_, OpCheck(*this, "router_plan"), plan_copy_, slot_row, row_slot,
+                            slot_expert, assignments_per_expert, topk_idx, gates, logits,
+                            expert_bias, rule);
+    plan_experts_ = logits.dim(1);
+  }
+  RouterPlanCounts router_plan_finish_impl() override {
+    SY_PROFILE("router_plan_finish");
+    return cuda::router_plan_finish(ctx_, plan_copy_, plan_experts_);
   }
 
   // router.cu: one host synchronisation for aux, z and the entropy.
@@ -616,6 +631,8 @@ class CudaBackend final : public Backend {
   cuda::RopeTables rope_tables_;
   // The chunk tables of the fused optimizer pass, rebuilt only when the parameter list changes.
   cuda::MultiTensorTable norm_table_, adamw_table_;
+  cuda::HostCopy plan_copy_;  // the router plan's counts, router_plan_start to finish
+  int64_t plan_experts_ = 0;
 
   // ---- grouped GEMMs ----------------------------------------------------------------------------
   static void fill_grouped_args(cuda::GroupedGemmArgs& args, const Tensor& C, const Tensor& A,

@@ -309,4 +309,33 @@ void to_host_sync(Context& ctx, const char* op, void* host, const void* device, 
   std::memcpy(host, pinned, bytes);
 }
 
+HostCopy::~HostCopy() {  // errors ignored: the process may be exiting
+  if (landed_) cudaEventDestroy(landed_);
+  if (pinned_) cudaFreeHost(pinned_);
+}
+
+void HostCopy::start(Context& ctx, const char* op, const void* device, size_t bytes) {
+  if (pending_) fail(ctx, op, "a host copy is already in flight");
+  if (bytes > capacity_) {
+    if (pinned_) SY_CUDA(ctx, op, cudaFreeHost(pinned_));
+    pinned_ = nullptr;
+    capacity_ = 0;
+    SY_CUDA(ctx, op, cudaMallocHost(&pinned_, bytes));
+    capacity_ = bytes;
+  }
+  if (!landed_) SY_CUDA(ctx, op, cudaEventCreateWithFlags(&landed_, cudaEventDisableTiming));
+  if (bytes > 0)
+    SY_CUDA(ctx, op, cudaMemcpyAsync(pinned_, device, bytes, cudaMemcpyDeviceToHost, ctx.stream));
+  SY_CUDA(ctx, op, cudaEventRecord(landed_, ctx.stream));
+  bytes_ = bytes;
+  pending_ = true;
+}
+
+void HostCopy::finish(Context& ctx, const char* op, void* host) {
+  if (!pending_) fail(ctx, op, "no host copy in flight");
+  pending_ = false;
+  SY_CUDA(ctx, op, cudaEventSynchronize(landed_));
+  if (bytes_ > 0) std::memcpy(host, pinned_, bytes_);
+}
+
 }  // namespace sy::cuda

@@ -139,14 +139,16 @@ void router_backward(Context& ctx, const Tensor& dlogits, const Tensor& dgates,
                      const Tensor& scores, const Tensor& lse, const Tensor& logits,
                      const Tensor& topk_idx, const Tensor& balance_counts, const RoutingRule& rule,
                      double d_aux, double d_z);
-// The backend's Backend::router_plan and router_losses: `check` for what the device adds (i32
-// limits, row_slot room for every assignment, the reroute walk's expert limit), the launches
-// above with their results in scratch slot B, and one host synchronisation each.
-RouterPlanCounts router_plan(Context& ctx, const OpCheck& check, const Tensor& slot_row,
-                             const Tensor& row_slot, const Tensor& slot_expert,
-                             const Tensor& assignments_per_expert, const Tensor& topk_idx,
-                             const Tensor& gates, const Tensor& logits, const Tensor& expert_bias,
-                             const RoutingRule& rule);
+// The backend's Backend::router_plan_start / finish and router_losses: `check` for what the
+// device adds (i32 limits, row_slot room for every assignment, the reroute walk's expert limit),
+// the launches above with their results in scratch slot B, and one host synchronisation each
+// (the plan's in finish, which waits for the copy that start enqueued after the launches).
+void router_plan_start(Context& ctx, const OpCheck& check, HostCopy& copy, const Tensor& slot_row,
+                       const Tensor& row_slot, const Tensor& slot_expert,
+                       const Tensor& assignments_per_expert, const Tensor& topk_idx,
+                       const Tensor& gates, const Tensor& logits, const Tensor& expert_bias,
+                       const RoutingRule& rule);
+RouterPlanCounts router_plan_finish(Context& ctx, HostCopy& copy, int64_t E);
 RouterLossValues router_losses(Context& ctx, const Tensor& scores, const Tensor& lse,
                                const Tensor& balance_counts, const RoutingRule& rule);
 // Backend::router_losses_into: the launches only, into out (f64 [3] on this device).

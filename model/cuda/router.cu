@@ -743,12 +743,13 @@ void router_backward(Context& ctx, const Tensor& dlogits, const Tensor& dgates,
 }
 
 // ---- the backend's entry points: the launches, then one host synchronisation each ----------
-// One host synchronisation: the kept counts and the reroute count, in one copy.
-RouterPlanCounts router_plan(Context& ctx, const OpCheck& check, const Tensor& slot_row,
-                             const Tensor& row_slot, const Tensor& slot_expert,
-                             const Tensor& assignments_per_expert, const Tensor& topk_idx,
-                             const Tensor& gates, const Tensor& logits, const Tensor& expert_bias,
-                             const RoutingRule& rule) {
+// The plan's launches and the copy of its counts: the kept counts and the reroute count, in one
+// copy, landing in `copy` (router_plan_finish reads it).
+void router_plan_start(Context& ctx, const OpCheck& check, HostCopy& copy, const Tensor& slot_row,
+                       const Tensor& row_slot, const Tensor& slot_expert,
+                       const Tensor& assignments_per_expert, const Tensor& topk_idx,
+                       const Tensor& gates, const Tensor& logits, const Tensor& expert_bias,
+                       const RoutingRule& rule) {
   const int64_t N = topk_idx.dim(0), K = topk_idx.dim(1), E = logits.dim(1);
   check.fits_int(E, "E");
   // Every assignment may be kept: row_slot must hold T*K rows, so that the device never
@@ -765,8 +766,13 @@ RouterPlanCounts router_plan(Context& ctx, const OpCheck& check, const Tensor& s
   int32_t* counts = static_cast<int32_t*>(ctx.scratch(kScratchB, (2 * E + 2) * sizeof(int32_t)));
   router_plan(ctx, slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx, gates,
               logits, expert_bias, rule, counts);
+  copy.start(ctx, "router_plan", counts, (2 * E + 2) * sizeof(int32_t));
+}
+
+// One host synchronisation: the wait for router_plan_start's copy.
+RouterPlanCounts router_plan_finish(Context& ctx, HostCopy& copy, int64_t E) {
   std::vector<int32_t> host(2 * E + 2);
-  to_host_sync(ctx, "router_plan", host.data(), counts, host.size() * sizeof(int32_t));
+  copy.finish(ctx, "router_plan", host.data());
   RouterPlanCounts result;
   result.tokens_per_expert.assign(host.begin(), host.begin() + E);
   result.rerouted = host[E];

@@ -1,6 +1,8 @@
 #include "model/moe/moe_layer.h"
 
 #include <algorithm>
+#include <stdexcept>
+#include <string>
 
 #include "model/buffers.h"
 
@@ -23,18 +25,31 @@ const Tensor& MoELayer::forward(Backend& backend, const Tensor& u) {
   if (timer) timer->start();
 
   // route (the router reads u in the compute dtype and works in its own, fp32)
-  router.forward(backend, u, balance_over_world ? exchange : nullptr);
-  if (timer) timer->lap(kRoute, false);
+  TokenExchange* world_balance = balance_over_world ? exchange : nullptr;
+  router.forward_start(backend, u, world_balance);
   // permute: this rank's kept assignments, grouped by expert. When the exchange would only copy
   // them (every expert here), they are the experts' input rows themselves (saved: x_recv), and
-  // the experts write the saved y_perm directly.
+  // the experts write the saved y_perm directly. Dropless, every assignment is kept, so the
+  // permute needs no count from the host: it runs while the host waits for the router's counts
+  // (not under a stage timer, which times each stage alone).
   const bool rows_stay = !exchange->moves_rows();
   const int64_t max_kept = u.dim(0) * K;
-  x_perm_storage = rows_stay ? own_.rows(backend, "moe.x_recv", router.kept, D, dtype,
-                                         max_rows_received(u.dim(0)))
-                             : scratch().rows(backend, "moe.x_perm", router.kept, D, dtype, max_kept);
+  const bool all_kept = expert_capacity(router.settings, u.dim(0)) < 0;
+  auto permute = [&](int64_t kept) {
+    x_perm_storage =
+        rows_stay ? own_.rows(backend, "moe.x_recv", kept, D, dtype, max_rows_received(u.dim(0)))
+                  : scratch().rows(backend, "moe.x_perm", kept, D, dtype, max_kept);
+    backend.permute_rows(x_perm_storage, u, router.row_slot, K);
+  };
+  const bool permute_early = all_kept && !timer;
+  if (permute_early) permute(max_kept);
+  router.forward_finish(backend, world_balance);
+  if (permute_early && router.kept != max_kept)
+    throw std::logic_error("MoELayer: a dropless router kept " + std::to_string(router.kept) +
+                           " of " + std::to_string(max_kept) + " assignments");
+  if (timer) timer->lap(kRoute, false);
+  if (!permute_early) permute(router.kept);
   const Tensor x_perm = x_perm_storage;
-  backend.permute_rows(x_perm, u, router.row_slot, K);
   if (timer) timer->lap(kPermute, false);
   // dispatch
   plan = exchange->plan(router.tokens_per_expert);

@@ -1,6 +1,7 @@
 #include "model/moe/router.h"
 
 #include <cmath>
+#include <stdexcept>
 
 #include "model/buffers.h"
 #include "model/op_checks.h"
@@ -19,6 +20,12 @@ RoutingRule Router::rule(int64_t tokens) const {
 }
 
 void Router::forward(Backend& backend, const Tensor& u, TokenExchange* world_balance) {
+  forward_start(backend, u, world_balance);
+  forward_finish(backend, world_balance);
+}
+
+void Router::forward_start(Backend& backend, const Tensor& u, TokenExchange* world_balance) {
+  if (started_tokens >= 0) throw std::logic_error("Router::forward_start: the last one is open");
   const int64_t T = u.dim(0), E = settings.num_experts, K = settings.top_k;
   const DType dtype = weight.value.dtype();
   ensure(backend, logits, {T, E}, dtype);
@@ -34,9 +41,22 @@ void Router::forward(Backend& backend, const Tensor& u, TokenExchange* world_bal
   const RoutingRule routing = rule(T);
   backend.router_logits(logits, u, weight.compute_value());
   backend.router_scores_topk(scores, lse, topk_idx, gates, logits, expert_bias, routing);
-  RouterPlanCounts counts = backend.router_plan(slot_row, row_slot, slot_expert,
-                                                assignments_per_expert, topk_idx, gates, logits,
-                                                expert_bias, routing);
+  backend.router_plan_start(slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx,
+                            gates, logits, expert_bias, routing);
+  started_tokens = T;
+  // This group's own counts are on the device already: the losses run while the host waits.
+  if (!world_balance && losses_out.defined()) {
+    balance_counts = assignments_per_expert;
+    backend.router_losses_into(losses_out, scores, lse, balance_counts, routing);
+  }
+}
+
+void Router::forward_finish(Backend& backend, TokenExchange* world_balance) {
+  if (started_tokens < 0) throw std::logic_error("Router::forward_finish without forward_start");
+  const int64_t T = started_tokens, E = settings.num_experts, K = settings.top_k;
+  started_tokens = -1;
+  const RoutingRule routing = rule(T);
+  RouterPlanCounts counts = backend.router_plan_finish();
   tokens_per_expert = std::move(counts.tokens_per_expert);
   assignments_on_host = std::move(counts.assignments_per_expert);
   rerouted = counts.rerouted;
@@ -52,7 +72,7 @@ void Router::forward(Backend& backend, const Tensor& u, TokenExchange* world_bal
     balance_counts = assignments_per_expert;
   }
   if (losses_out.defined()) {
-    backend.router_losses_into(losses_out, scores, lse, balance_counts, routing);
+    if (world_balance) backend.router_losses_into(losses_out, scores, lse, balance_counts, routing);
   } else {
     const RouterLossValues losses = backend.router_losses(scores, lse, balance_counts, routing);
     aux_loss = losses.aux;

@@ -50,6 +50,7 @@ struct Router {
   int64_t kept = 0, dropped = 0, rerouted = 0;
   // Backward scratch.
   Tensor dlogits;
+  int64_t started_tokens = -1;  // T of a forward_start not yet finished, else -1
 
   RoutingRule rule(int64_t tokens) const;
   // u: the normalised input [T, D], in the compute dtype (bf16 or the router's) as the MoE layer
@@ -58,6 +59,12 @@ struct Router {
   // `world_balance` (aux_loss_scope global, in training), f_e counts the choices of every rank's
   // routing group at this micro-step.
   void forward(Backend& backend, const Tensor& u, TokenExchange* world_balance = nullptr);
+  // forward in two halves (forward = start, then finish): start enqueues the routing, and the
+  // losses where they need nothing from the host (losses_out defined, no world_balance); finish
+  // waits for the counts (one host synchronisation) and does the rest. Between them the caller
+  // may enqueue work that needs only the device's results (MoELayer: a dropless permute).
+  void forward_start(Backend& backend, const Tensor& u, TokenExchange* world_balance = nullptr);
+  void forward_finish(Backend& backend, TokenExchange* world_balance = nullptr);
   // dgates [T, K]; d_aux, d_z: the loss's derivative with respect to this layer's aux and z.
   // u's gradient through the router is added into du [T, D] (u's dtype, not u itself);
   // weight.grad accumulates (written on its first use after zeroing).
