@@ -190,6 +190,40 @@ TEST_F(CheckpointTest, EveryKeepLastAndLatest) {
 }
 
 // checkpoint.at_end false: the saves every `every` steps only, none at train.steps.
+// Warmup-stable-decay (train.decay_steps): a run planned for 8 steps, resumed from step 4 (still
+// in its stable phase) with train.steps raised to 12, is the 12-step run bit for bit; and every
+// step logs lr_at of the schedule.
+TEST_F(CheckpointTest, WsdRunExtendedOnResumeIsTheLongerRun) {
+  Config longer = base_config("wsd_long");
+  longer.train.steps = 12;
+  longer.train.decay_steps = 3;  // warmup 0..2, the peak 3..8, the decay 9..11
+  longer.train.lr_decay = LrDecay::one_minus_sqrt;
+  longer.checkpoint.every = 4;
+  const TrainSummary whole = train(longer, {.print = false, .collect_parameters = true});
+  Config planned = longer;  // the decay would have started at step 5
+  planned.train.steps = 8;
+  planned.run.dir = (dir / "wsd_planned").string();
+  train(planned, {.print = false});
+  Config extended = longer;
+  extended.run.dir = (dir / "wsd_extended").string();
+  const std::string from = (dir / "wsd_planned" / "checkpoints" / checkpoint_file_name(4)).string();
+  const TrainSummary resumed =
+      train(extended, {.print = false, .collect_parameters = true, .resume = from});
+  expect_continues_exactly(resumed, whole, 4);
+
+  const std::vector<std::string> lines = read_lines(dir / "wsd_long" / "metrics.jsonl");
+  int64_t logged = 0;
+  for (const std::string& line : lines) {
+    const size_t step_at = line.find("\"step\": "), lr_at_key = line.find("\"lr\": ");
+    if (step_at == std::string::npos || lr_at_key == std::string::npos) continue;
+    const int64_t step = std::stoll(line.substr(step_at + 8));  // 1-based
+    const double lr = std::stod(line.substr(lr_at_key + 6));
+    EXPECT_DOUBLE_EQ(lr, lr_at(lr_schedule(longer.train), step - 1)) << line;
+    ++logged;
+  }
+  EXPECT_EQ(logged, 12);
+}
+
 TEST_F(CheckpointTest, AtEndFalseSkipsTheLastSave) {
   Config c = base_config("no_end");
   c.train.steps = 5;

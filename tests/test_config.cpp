@@ -394,6 +394,13 @@ TEST(ConfigRules, LearningRates) {
   EXPECT_TRUE(rejects("train:\n  lr: .nan\n", "train.lr: must be > 0, got .nan"));
   EXPECT_TRUE(rejects("train:\n  lr: 0.001\n  min_lr: 0.01\n", "train.min_lr: 0.01 exceeds train.lr (0.001)"));
   EXPECT_TRUE(rejects("train:\n  min_lr: -1e-4\n", "train.min_lr: must be >= 0, got -0.0001"));
+  EXPECT_TRUE(rejects("train:\n  decay_steps: -1\n", "train.decay_steps: must be >= 0, got -1"));
+  EXPECT_TRUE(rejects("train:\n  lr_decay: wsd\n",
+                      "train.lr_decay: unknown value \"wsd\" (expected cosine, linear or 1-sqrt)"));
+  // A decay longer than the run after its warmup is allowed, like such a warmup (smoke runs).
+  EXPECT_TRUE(validate_config(
+                  load_config("configs/example.yaml", {"train.steps=20", "train.decay_steps=500"}))
+                  .empty());
 }
 
 TEST(ConfigRules, Optimizer) {
@@ -410,13 +417,22 @@ TEST(ConfigRules, ChoiceKeysReadAndWriteTheirNames) {
     std::function<std::string(const Config&)> name_of;
   };
   const std::vector<Key> keys = {
-      {"train.optimizer", {"adamw", "sgd"}, [](const Config& c) { return to_string(c.train.optimizer); }},
-      {"train.recompute", {"none", "norms", "attention", "layer"},
+      {"train.optimizer",
+       {"adamw", "sgd"},
+       [](const Config& c) { return to_string(c.train.optimizer); }},
+      {"train.lr_decay",
+       {"cosine", "linear", "1-sqrt"},
+       [](const Config& c) { return to_string(c.train.lr_decay); }},
+      {"train.recompute",
+       {"none", "norms", "attention", "layer"},
        [](const Config& c) { return to_string(c.train.recompute); }},
-      {"parallel.communicator", {"auto", "nccl", "mpi"},
+      {"parallel.communicator",
+       {"auto", "nccl", "mpi"},
        [](const Config& c) { return to_string(c.parallel.communicator); }},
       {"run.backend", {"cpu", "cuda"}, [](const Config& c) { return to_string(c.run.backend); }},
-      {"run.precision", {"fp32", "bf16"}, [](const Config& c) { return to_string(c.run.precision); }},
+      {"run.precision",
+       {"fp32", "bf16"},
+       [](const Config& c) { return to_string(c.run.precision); }},
   };
   for (const Key& key : keys) {
     const std::string section = std::string(key.path).substr(0, std::string(key.path).find('.'));
@@ -437,6 +453,10 @@ TEST(ConfigRules, ChoiceKeysReadAndWriteTheirNames) {
             Recompute::layer);
   EXPECT_EQ(load_config("configs/example.yaml", {"train.recompute=attention"}).train.recompute,
             Recompute::attention);
+  EXPECT_EQ(load_config("configs/example.yaml", {"train.lr_decay=1-sqrt"}).train.lr_decay,
+            LrDecay::one_minus_sqrt);
+  EXPECT_EQ(load_config("configs/example.yaml", {"train.lr_decay=linear"}).train.lr_decay,
+            LrDecay::linear);
   EXPECT_EQ(load_config("configs/example.yaml", {"run.backend=cuda"}).run.backend, Device::cuda);
   EXPECT_EQ(load_config("configs/example.yaml", {"parallel.communicator=nccl"}).parallel.communicator,
             CommunicatorKind::nccl);

@@ -6,8 +6,10 @@
 // Params are fp32, so values are compared to 1e-6.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
+#include <numbers>
 #include <vector>
 
 #include "model/backend.h"
@@ -194,6 +196,62 @@ TEST(LrSchedule, AllWarmupKeepsPeak) {
   EXPECT_NEAR(lr_at(train, 0), 2.5e-3, 1e-15);
   EXPECT_NEAR(lr_at(train, 3), 1e-2, 1e-15);
   EXPECT_NEAR(lr_at(train, 4), 1e-2, 1e-15);
+}
+
+// The default decay (decay_steps 0) is the formula every earlier run used, to the bit, so that
+// their checkpoints resume on the same learning rates.
+TEST(LrSchedule, DefaultIsTheWholeRunCosineBitwise) {
+  LrSchedule train;
+  train.lr = 3e-3;
+  train.min_lr = 3e-4;
+  train.warmup_steps = 7;
+  train.steps = 113;
+  for (int64_t s = 7; s < 130; ++s) {
+    const double progress = std::min(1.0, static_cast<double>(s - 7) / int64_t{106});
+    const double before =
+        3e-4 + 0.5 * (3e-3 - 3e-4) * (1.0 + std::cos(std::numbers::pi * progress));
+    EXPECT_EQ(lr_at(train, s), before) << s;
+  }
+}
+
+// Warmup-stable-decay: the peak until the last decay_steps, which decay along the chosen shape.
+TEST(LrSchedule, WarmupStableDecay) {
+  LrSchedule train;
+  train.lr = 1e-2;
+  train.min_lr = 1e-3;
+  train.warmup_steps = 5;
+  train.steps = 45;
+  train.decay_steps = 20;  // steps 25..44 decay; 5..24 hold the peak
+  for (LrDecay decay : {LrDecay::cosine, LrDecay::linear, LrDecay::one_minus_sqrt}) {
+    train.decay = decay;
+    EXPECT_NEAR(lr_at(train, 0), 2e-3, 1e-15);
+    EXPECT_EQ(lr_at(train, 5), 1e-2);
+    EXPECT_EQ(lr_at(train, 24), 1e-2);           // the stable phase's last step
+    EXPECT_NEAR(lr_at(train, 25), 1e-2, 1e-15);  // the decay's first step: progress 0
+    EXPECT_NEAR(lr_at(train, 45), 1e-3, 1e-15);  // past the end: min_lr
+    for (int64_t s = 26; s < 45; ++s) EXPECT_LT(lr_at(train, s), lr_at(train, s - 1)) << s;
+  }
+  train.decay = LrDecay::linear;
+  EXPECT_NEAR(lr_at(train, 35), 5.5e-3, 1e-15);  // halfway: (lr + min_lr) / 2
+  EXPECT_NEAR(lr_at(train, 30), 1e-2 - 9e-3 * 0.25, 1e-15);
+  train.decay = LrDecay::one_minus_sqrt;
+  EXPECT_NEAR(lr_at(train, 30), 1e-2 - 9e-3 * 0.5, 1e-15);  // sqrt(1/4)
+  EXPECT_NEAR(lr_at(train, 35), 1e-2 - 9e-3 * std::sqrt(0.5), 1e-15);
+  train.decay = LrDecay::cosine;
+  EXPECT_NEAR(lr_at(train, 35), 5.5e-3, 1e-15);
+}
+
+// A decay longer than the steps after the warmup spans those steps (a shortened run keeps its
+// shape): the same as decay_steps 0.
+TEST(LrSchedule, DecayLongerThanTheRunSpansIt) {
+  LrSchedule whole, longer;
+  whole.warmup_steps = longer.warmup_steps = 3;
+  whole.steps = longer.steps = 12;
+  longer.decay_steps = 1000;
+  for (LrDecay decay : {LrDecay::cosine, LrDecay::linear, LrDecay::one_minus_sqrt}) {
+    whole.decay = longer.decay = decay;
+    for (int64_t s = 0; s < 14; ++s) EXPECT_EQ(lr_at(longer, s), lr_at(whole, s)) << s;
+  }
 }
 
 // ---- clipping --------------------------------------------------------------------------------------

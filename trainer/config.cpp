@@ -82,6 +82,12 @@ struct ChoiceNames<OptimizerKind> {
       {OptimizerKind::adamw, "adamw"}, {OptimizerKind::sgd, "sgd"}};
 };
 template <>
+struct ChoiceNames<LrDecay> {
+  static constexpr std::pair<LrDecay, const char*> names[] = {{LrDecay::cosine, "cosine"},
+                                                              {LrDecay::linear, "linear"},
+                                                              {LrDecay::one_minus_sqrt, "1-sqrt"}};
+};
+template <>
 struct ChoiceNames<Recompute> {
   static constexpr std::pair<Recompute, const char*> names[] = {
       {Recompute::none, "none"},
@@ -202,6 +208,8 @@ std::vector<Section> config_fields(Config& c) {
         {"lr", &c.train.lr},
         {"min_lr", &c.train.min_lr},
         {"warmup_steps", &c.train.warmup_steps},
+        {"lr_decay", choice(&c.train.lr_decay)},
+        {"decay_steps", &c.train.decay_steps},
         {"weight_decay", &c.train.weight_decay},
         {"beta1", &c.train.beta1},
         {"beta2", &c.train.beta2},
@@ -631,6 +639,8 @@ void validate_train(const TrainConfig& t, Problems& p) {
   // A warmup as long as the run or longer is allowed (a shortened run keeps its warmup): the LR
   // then rises linearly for the whole run.
   check_at_least(p, "train.warmup_steps", t.warmup_steps, 0);
+  // Likewise a decay longer than the steps after the warmup: it then spans those steps.
+  check_at_least(p, "train.decay_steps", t.decay_steps, 0);
   check_non_negative(p, "train.weight_decay", t.weight_decay);
   if (!(t.beta1 >= 0 && t.beta1 < 1)) p.add("train.beta1", "must be in [0, 1), got " + str(t.beta1));
   if (!(t.beta2 >= 0 && t.beta2 < 1)) p.add("train.beta2", "must be in [0, 1), got " + str(t.beta2));
@@ -834,6 +844,7 @@ const char* to_string(Overflow overflow) { return choice_name(overflow); }
 const char* to_string(CommunicatorKind communicator) { return choice_name(communicator); }
 const char* to_string(OptimizerKind optimizer) { return choice_name(optimizer); }
 const char* to_string(Recompute recompute) { return choice_name(recompute); }
+const char* to_string(LrDecay decay) { return choice_name(decay); }
 const char* to_string(Device backend) { return choice_name(backend); }
 const char* to_string(Precision precision) { return choice_name(precision); }
 

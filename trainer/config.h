@@ -24,6 +24,8 @@ struct TrainConfig {
   double lr = 3e-3;
   double min_lr = 3e-4;
   int64_t warmup_steps = 50;
+  LrDecay lr_decay = LrDecay::cosine;
+  int64_t decay_steps = 0;  // the last steps that decay (WSD); 0: every step after the warmup
   double weight_decay = 0.1;
   double beta1 = 0.9;
   double beta2 = 0.95;
@@ -45,7 +47,8 @@ inline OptimizerSettings optimizer_settings(const TrainConfig& train) {
   return {train.optimizer, train.beta1, train.beta2, train.eps, train.weight_decay};
 }
 inline LrSchedule lr_schedule(const TrainConfig& train) {
-  return {train.lr, train.min_lr, train.warmup_steps, train.steps};
+  return {train.lr,    train.min_lr,   train.warmup_steps,
+          train.steps, train.lr_decay, train.decay_steps};
 }
 
 struct EvalConfig {
@@ -150,6 +153,7 @@ const char* to_string(Overflow overflow);
 const char* to_string(CommunicatorKind communicator);
 const char* to_string(OptimizerKind optimizer);
 const char* to_string(Recompute recompute);
+const char* to_string(LrDecay decay);
 const char* to_string(Device backend);
 const char* to_string(Precision precision);
 // all, every_<n>, or the list in flow style ([1, 3]).
