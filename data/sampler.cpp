@@ -1,6 +1,8 @@
 #include "data/sampler.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 
@@ -28,29 +30,79 @@ StepSampler::StepSampler(const std::vector<int32_t>& train_tokens, int64_t seq_l
 
 StepSampler::StepSampler(std::shared_ptr<const TokenSource> train_tokens, int64_t seq_len,
                          uint64_t seed)
-    : train_tokens_(std::move(train_tokens)),
-      num_tokens_(train_tokens_ ? train_tokens_->size() : 0),
+    : StepSampler(std::vector<std::shared_ptr<const TokenSource>>{std::move(train_tokens)}, {1.0},
+                  {"training split"}, seq_len, seed) {}
+
+StepSampler::StepSampler(std::vector<std::shared_ptr<const TokenSource>> sources,
+                         std::vector<double> weights, std::vector<std::string> names,
+                         int64_t seq_len, uint64_t seed)
+    : sources_(std::move(sources)),
+      names_(std::move(names)),
+      num_tokens_(0),
       seq_len_(seq_len),
-      stream_key_(key_combine(sampler_domain(), seed)) {
+      stream_key_(key_combine(sampler_domain(), seed)),
+      mixture_key_(key_combine(hash_string("sampler mixture"), seed)) {
   if (seq_len < 1)
     throw std::runtime_error("sampler: sequence length " + std::to_string(seq_len) +
                              " must be at least 1");
-  const int64_t num_tokens = num_tokens_;
-  if (num_tokens < seq_len + 1)
-    throw std::runtime_error("training split has " + std::to_string(num_tokens) +
-                             " tokens; sequences of " + std::to_string(seq_len) + " need " +
-                             std::to_string(seq_len + 1));
+  if (sources_.empty()) throw std::runtime_error("sampler: no training source");
+  if (weights.size() != sources_.size() || names_.size() != sources_.size())
+    throw std::runtime_error("sampler: " + std::to_string(sources_.size()) + " sources but " +
+                             std::to_string(weights.size()) + " weights");
+  double total = 0.0;
+  for (size_t j = 0; j < sources_.size(); ++j) {
+    const int64_t tokens = sources_[j] ? sources_[j]->size() : 0;
+    if (tokens < seq_len + 1)
+      throw std::runtime_error(names_[j] + " has " + std::to_string(tokens) +
+                               " tokens; sequences of " + std::to_string(seq_len) + " need " +
+                               std::to_string(seq_len + 1));
+    if (!(weights[j] >= 0) || !std::isfinite(weights[j]))
+      throw std::runtime_error(names_[j] + ": weight " + std::to_string(weights[j]) +
+                               " must be finite and >= 0");
+    total += weights[j];
+  }
+  if (!(total > 0)) throw std::runtime_error("sampler: the weights sum to 0");
+  num_tokens_ = sources_[0]->size();
+  double running = 0.0;
+  for (double w : weights) cumulative_.push_back((running += w) / total);
+  cumulative_.back() = 1.0;  // rounding must not leave u in [sum, 1) without a source
 }
 
-int64_t StepSampler::offset(int64_t step, int64_t sequence) const {
+int64_t StepSampler::source(int64_t step, int64_t sequence) const {
+  if (sources_.size() == 1) return 0;
+  const uint64_t key = key_combine(key_combine(mixture_key_, static_cast<uint64_t>(step)),
+                                   static_cast<uint64_t>(sequence));
+  const double u = CounterRng(key).uniform();
+  const auto found = std::upper_bound(cumulative_.begin(), cumulative_.end(), u);
+  return std::min<int64_t>(found - cumulative_.begin(), num_sources() - 1);
+}
+
+std::string StepSampler::describe_sources() const {
+  std::string out;
+  for (size_t j = 0; j < sources_.size(); ++j) {
+    const double share = cumulative_[j] - (j ? cumulative_[j - 1] : 0.0);
+    char percent[32];
+    std::snprintf(percent, sizeof percent, " %.3g%%", 100.0 * share);
+    out += (j ? ", " : "") + names_[j] + percent;
+  }
+  return out;
+}
+
+std::pair<int64_t, int64_t> StepSampler::window(int64_t step, int64_t sequence) const {
   if (step < 0 || sequence < 0)
     throw std::runtime_error("sampler: step " + std::to_string(step) + " and sequence " +
                              std::to_string(sequence) + " must be non-negative");
+  const int64_t j = source(step, sequence);
   const uint64_t key = key_combine(key_combine(stream_key_, static_cast<uint64_t>(step)),
                                    static_cast<uint64_t>(sequence));
   CounterRng rng(key);
   // below(N - S) is in [0, N - S - 1]: the last target, at offset + S, is token N - 1 at most.
-  return static_cast<int64_t>(rng.below(static_cast<uint64_t>(num_tokens() - seq_len_)));
+  return {j,
+          static_cast<int64_t>(rng.below(static_cast<uint64_t>(sources_[j]->size() - seq_len_)))};
+}
+
+int64_t StepSampler::offset(int64_t step, int64_t sequence) const {
+  return window(step, sequence).second;
 }
 
 void StepSampler::group(int64_t step, int64_t group_index, int64_t batch_size, int32_t* inputs,
@@ -58,14 +110,16 @@ void StepSampler::group(int64_t step, int64_t group_index, int64_t batch_size, i
   if (group_index < 0 || batch_size < 1)
     throw std::runtime_error("sampler: group " + std::to_string(group_index) + " of size " +
                              std::to_string(batch_size) + " is not a valid routing group");
-  std::vector<int32_t> window(seq_len_ + 1);
+  std::vector<int32_t> tokens(seq_len_ + 1);
   for (int64_t b = 0; b < batch_size; b++) {
-    const int64_t start = offset(step, group_index * batch_size + b);
-    train_tokens_->read(start, seq_len_ + 1, window.data());
-    split_window(window.data(), seq_len_, inputs + b * seq_len_, targets + b * seq_len_);
+    const auto [j, start] = window(step, group_index * batch_size + b);
+    sources_[j]->read(start, seq_len_ + 1, tokens.data());
+    split_window(tokens.data(), seq_len_, inputs + b * seq_len_, targets + b * seq_len_);
   }
-  for (int64_t b = 0; b < batch_size; b++)
-    train_tokens_->prefetch(offset(step + 1, group_index * batch_size + b), seq_len_ + 1);
+  for (int64_t b = 0; b < batch_size; b++) {
+    const auto [j, start] = window(step + 1, group_index * batch_size + b);
+    sources_[j]->prefetch(start, seq_len_ + 1);
+  }
 }
 
 std::string validation_fit_problem(int64_t sequences, int64_t seq_len, int64_t val_tokens) {

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "data/token_window.h"
@@ -18,11 +19,22 @@ class StepSampler {
   // The same batches from a split read window by window (one read of seq_len + 1 tokens per
   // sequence), e.g. a token file on disk (open_token_file).
   StepSampler(std::shared_ptr<const TokenSource> train_tokens, int64_t seq_len, uint64_t seed);
+  // A mixture (data.train_paths): each sequence comes from source j with probability
+  // weights[j] / sum(weights), drawn per (step, sequence) from a stream of its own, then from a
+  // window of that source drawn as above. One source is exactly the constructor above. Throws
+  // naming `names[j]` for a source shorter than seq_len + 1 tokens, and for weights that are
+  // negative, not finite, all zero or not one per source.
+  StepSampler(std::vector<std::shared_ptr<const TokenSource>> sources, std::vector<double> weights,
+              std::vector<std::string> names, int64_t seq_len, uint64_t seed);
 
   // Start of sequence `sequence` of step `step`: uniform in [0, N - S - 1], drawn by
   // CounterRng(key_combine(key_combine(key_combine(hash_string("sampler"), seed), step),
   // sequence)).below(N - S).
   int64_t offset(int64_t step, int64_t sequence) const;
+  // The source of sequence `sequence` of step `step` (0 with one source, no draw): the first j
+  // with u < (w_0 + .. + w_j) / sum(w), u = CounterRng(key_combine(key_combine(key_combine(
+  // hash_string("sampler mixture"), seed), step), sequence)).uniform().
+  int64_t source(int64_t step, int64_t sequence) const;
 
   // Routing group `group_index` of step `step`: sequences [g*B, (g+1)*B) of the step's batch.
   // inputs and targets each receive B*S tokens, token t of sequence b at [b*S + t]; the targets
@@ -33,13 +45,22 @@ class StepSampler {
              int32_t* targets) const;
 
   int64_t seq_len() const { return seq_len_; }
-  int64_t num_tokens() const { return num_tokens_; }
+  int64_t num_tokens() const { return num_tokens_; }  // of source 0
+  int64_t num_sources() const { return static_cast<int64_t>(sources_.size()); }
+  // "a.h5 70%, b.h5 30%": each source's name and share of the sequences.
+  std::string describe_sources() const;
 
  private:
-  std::shared_ptr<const TokenSource> train_tokens_;
+  // Where sequence `sequence` of step `step` starts, in its source.
+  std::pair<int64_t, int64_t> window(int64_t step, int64_t sequence) const;
+
+  std::vector<std::shared_ptr<const TokenSource>> sources_;
+  std::vector<double> cumulative_;  // (w_0 + .. + w_j) / sum(w); the last is 1
+  std::vector<std::string> names_;
   int64_t num_tokens_;
   int64_t seq_len_;
-  uint64_t stream_key_;  // key_combine(sampler domain, seed): the per-run root of all draws
+  uint64_t stream_key_;   // key_combine(sampler domain, seed): the per-run root of all draws
+  uint64_t mixture_key_;  // the same for the source draws
 };
 
 // The validation set is a property of the data: sequence i is tokens [i*S, (i+1)*S) of the

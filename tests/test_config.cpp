@@ -469,6 +469,39 @@ TEST(ConfigRules, ChoiceKeysReadAndWriteTheirNames) {
   EXPECT_TRUE(rejects("run:\n  backend: [cpu]\n", "run.backend: expected a string, got a sequence"));
 }
 
+// data.train_paths and data.train_weights: YAML sequences, written back as flow sequences, their
+// rules checked with the entry named.
+TEST(ConfigRules, DataMixture) {
+  const Config c = load_config("configs/example.yaml", {"data.train_paths=[a.h5, \"b c.h5\"]",
+                                                        "data.train_weights=[0.7, 0.1]"});
+  EXPECT_EQ(c.data.train_paths, (std::vector<std::string>{"a.h5", "b c.h5"}));
+  EXPECT_EQ(c.data.train_weights, (std::vector<double>{0.7, 0.1}));
+  EXPECT_NE(config_to_yaml(c).find("  train_paths: [\"a.h5\", \"b c.h5\"]\n  train_weights: "
+                                   "[0.7, 0.1]\n"),
+            std::string::npos);
+  expect_round_trip(c);
+  const Config back = load_config(write_temp(config_to_yaml(c)));
+  EXPECT_EQ(back.data.train_paths, c.data.train_paths);
+  EXPECT_EQ(back.data.train_weights, c.data.train_weights);
+  EXPECT_TRUE(
+      load_config("configs/example.yaml", {"data.train_paths=[]"}).data.train_paths.empty());
+  EXPECT_TRUE(
+      rejects("data:\n  train_paths: a.h5\n", "data.train_paths: expected a sequence, got a.h5"));
+  EXPECT_TRUE(rejects("data:\n  train_paths: [a.h5, [b]]\n",
+                      "data.train_paths[1]: expected a string, got a sequence"));
+  EXPECT_TRUE(
+      rejects("data:\n  train_paths: [a.h5, \"\"]\n", "data.train_paths[1]: must not be empty"));
+  EXPECT_TRUE(
+      rejects("data:\n  train_paths: [a.h5]\n  train_weights: [1, 2]\n",
+              "data.train_weights: 2 weights for 1 data.train_paths (one each, or none: by size)"));
+  EXPECT_TRUE(rejects("data:\n  train_paths: [a.h5, b.h5]\n  train_weights: [1, x]\n",
+                      "data.train_weights[1]: expected a number, got x"));
+  EXPECT_TRUE(rejects("data:\n  train_paths: [a.h5, b.h5]\n  train_weights: [1, -1]\n",
+                      "data.train_weights[1]: must be finite and >= 0, got -1.0"));
+  EXPECT_TRUE(rejects("data:\n  train_paths: [a.h5]\n  train_weights: [0]\n",
+                      "data.train_weights: must not all be 0"));
+}
+
 TEST(ConfigRules, Steps) {
   EXPECT_TRUE(rejects("train:\n  steps: 0\n", "train.steps: must be >= 1, got 0"));
   EXPECT_TRUE(rejects("train:\n  micro_batch_size: 0\n", "train.micro_batch_size: must be >= 1, got 0"));

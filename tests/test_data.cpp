@@ -344,6 +344,75 @@ TEST(Sampler, RejectsTooFewTokens) {
   expect_error([&] { StepSampler(tokens, 8, 1); }, {"training split has 8 tokens", "need 9"});
 }
 
+// A mixture: each sequence comes from one source, drawn per (step, sequence) in the weights'
+// proportions; the window inside that source is the single-source draw; a one-source mixture is
+// the plain sampler; the draws do not depend on how the batch is cut into groups.
+TEST(Sampler, MixtureDrawsSourcesInTheirProportions) {
+  const int64_t seq_len = 8;
+  std::vector<int32_t> a = counting_tokens(400), b = counting_tokens(300), c = counting_tokens(200);
+  for (int32_t& t : b) t += 10000;  // the source of a window shows in its tokens
+  for (int32_t& t : c) t += 20000;
+  auto source = [](const std::vector<int32_t>& tokens) {
+    return std::shared_ptr<const TokenSource>(std::make_shared<TokensInMemory>(tokens));
+  };
+  const StepSampler mix({source(a), source(b), source(c)}, {0.5, 0.0, 1.5}, {"a", "b", "c"},
+                        seq_len, 42);
+  const StepSampler plain_a(a, seq_len, 42), plain_c(c, seq_len, 42);
+  int64_t from[3] = {0, 0, 0};
+  std::vector<int32_t> inputs(4 * seq_len), targets(4 * seq_len);
+  for (int64_t step = 0; step < 500; ++step) {
+    mix.group(step, 0, 4, inputs.data(), targets.data());
+    for (int64_t i = 0; i < 4; ++i) {
+      const int64_t j = mix.source(step, i);
+      ++from[j];
+      EXPECT_EQ(inputs[i * seq_len] / 10000, j);  // the window came from source j
+      const int64_t offset = (j == 0 ? plain_a : plain_c).offset(step, i);
+      EXPECT_EQ(mix.offset(step, i), offset);  // the single-source draw, inside source j
+      EXPECT_EQ(inputs[i * seq_len] % 10000, offset);
+    }
+  }
+  EXPECT_EQ(from[1], 0);                      // weight 0: never drawn
+  EXPECT_NEAR(from[0] / 2000.0, 0.25, 0.03);  // 500 steps x 4 sequences, 1/4 and 3/4
+  EXPECT_NEAR(from[2] / 2000.0, 0.75, 0.03);
+  // Group 1 of B = 2 is groups 2 and 3 of B = 1.
+  std::vector<int32_t> two(2 * seq_len), t2(2 * seq_len), one(seq_len), t1(seq_len);
+  mix.group(7, 1, 2, two.data(), t2.data());
+  mix.group(7, 3, 1, one.data(), t1.data());
+  EXPECT_TRUE(std::equal(one.begin(), one.end(), two.begin() + seq_len));
+  // One source is the plain sampler, batch for batch.
+  const StepSampler single({source(a)}, {3.0}, {"a"}, seq_len, 42);
+  for (int64_t step = 0; step < 20; ++step)
+    for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(single.offset(step, i), plain_a.offset(step, i));
+}
+
+TEST(Sampler, MixtureRejectsBadSourcesAndWeights) {
+  const std::vector<int32_t> long_tokens = counting_tokens(100), short_tokens = counting_tokens(8);
+  auto source = [&](int64_t n) {  // TokensInMemory keeps a pointer to the vector
+    return std::shared_ptr<const TokenSource>(
+        std::make_shared<TokensInMemory>(n == 8 ? short_tokens : long_tokens));
+  };
+  expect_error(
+      [&] {
+        StepSampler({source(100), source(8)}, {1, 1}, {"a.h5", "b.h5"}, 8, 1);
+      },
+      {"b.h5 has 8 tokens", "need 9"});
+  expect_error(
+      [&] {
+        StepSampler({source(100), source(100)}, {1, -1}, {"a.h5", "b.h5"}, 8, 1);
+      },
+      {"b.h5: weight", "must be finite and >= 0"});
+  expect_error(
+      [&] {
+        StepSampler({source(100), source(100)}, {0, 0}, {"a.h5", "b.h5"}, 8, 1);
+      },
+      {"the weights sum to 0"});
+  expect_error(
+      [&] {
+        StepSampler({source(100), source(100)}, {1}, {"a.h5", "b.h5"}, 8, 1);
+      },
+      {"2 sources but 1 weights"});
+}
+
 // ---- validation ----
 
 TEST(Validation, BatchOffsetsAndErrors) {

@@ -153,8 +153,9 @@ Choice choice(E* value) {
 
 // moe.normalize_topk is YAML true/false, or null/absent for the default rule; moe.layers is a
 // scalar ("all", "every_<n>") or a sequence of layer indices.
-using FieldRef = std::variant<std::string*, int64_t*, uint64_t*, double*, bool*, Choice,
-                              TopkNormalize*, MoeLayers*>;
+using FieldRef =
+    std::variant<std::string*, int64_t*, uint64_t*, double*, bool*, Choice, TopkNormalize*,
+                 MoeLayers*, std::vector<std::string>*, std::vector<double>*>;
 
 struct Field {
   const char* key;
@@ -220,7 +221,10 @@ std::vector<Section> config_fields(Config& c) {
         {"spike_window", &c.train.spike_window},
         {"spike_z", &c.train.spike_z},
         {"spike_min_steps", &c.train.spike_min_steps}}},
-      {"data", {{"path", &c.data.path}}},
+      {"data",
+       {{"path", &c.data.path},
+        {"train_paths", &c.data.train_paths},
+        {"train_weights", &c.data.train_weights}}},
       {"eval",
        {{"every", &c.eval.every}, {"tokens", &c.eval.tokens}, {"batches", &c.eval.batches}}},
       {"checkpoint",
@@ -404,6 +408,25 @@ void read_layers(const YAML::Node& node, const std::string& path, MoeLayers* lay
     problems.add(path, expected + yaml_quote(node.Scalar()));
 }
 
+// A YAML sequence (or null, for none) of items that `read_item` parses.
+template <class T, class Read>
+void read_list(const YAML::Node& node, const std::string& path, const char* item_kind,
+               std::vector<T>* out, Problems& problems, Read read_item) {
+  out->clear();
+  if (node.IsNull()) return;
+  if (!node.IsSequence()) {
+    problems.add(path, std::string("expected a sequence, got ") + describe(node));
+    return;
+  }
+  for (size_t i = 0; i < node.size(); ++i) {
+    T value{};
+    if (read_item(node[i], &value)) out->push_back(value);
+    else
+      problems.add(path + "[" + std::to_string(i) + "]",
+                   std::string("expected ") + item_kind + ", got " + describe(node[i]));
+  }
+}
+
 void read_field(const YAML::Node& node, const std::string& path, const FieldRef& ref,
                 Problems& problems) {
   const bool plain = is_plain_scalar(node);
@@ -438,6 +461,17 @@ void read_field(const YAML::Node& node, const std::string& path, const FieldRef&
     else problems.add(path, "expected true or false, got " + describe(node));
   } else if (auto* out = std::get_if<MoeLayers*>(&ref)) {
     read_layers(node, path, *out, problems);
+  } else if (auto* out = std::get_if<std::vector<std::string>*>(&ref)) {
+    read_list(node, path, "a string", *out, problems,
+              [](const YAML::Node& item, std::string* value) {
+                if (!item.IsScalar()) return false;
+                *value = item.Scalar();
+                return true;
+              });
+  } else if (auto* out = std::get_if<std::vector<double>*>(&ref)) {
+    read_list(node, path, "a number", *out, problems, [](const YAML::Node& item, double* value) {
+      return is_plain_scalar(item) && parse_double(item.Scalar(), value);
+    });
   }
 }
 
@@ -658,6 +692,28 @@ void validate_train(const TrainConfig& t, Problems& p) {
                                        str(t.spike_window) + "): the guard would never act");
 }
 
+void validate_mixture(const DataConfig& d, Problems& p) {
+  for (size_t i = 0; i < d.train_paths.size(); ++i)
+    if (d.train_paths[i].empty())
+      p.add("data.train_paths[" + std::to_string(i) + "]", "must not be empty");
+  if (d.train_weights.empty()) return;
+  if (d.train_weights.size() != d.train_paths.size()) {
+    p.add("data.train_weights", std::to_string(d.train_weights.size()) + " weights for " +
+                                    std::to_string(d.train_paths.size()) +
+                                    " data.train_paths (one each, or none: by size)");
+    return;
+  }
+  double total = 0;
+  for (size_t i = 0; i < d.train_weights.size(); ++i) {
+    const double w = d.train_weights[i];
+    if (!(w >= 0) || !std::isfinite(w))
+      p.add("data.train_weights[" + std::to_string(i) + "]",
+            "must be finite and >= 0, got " + str(w));
+    else total += w;
+  }
+  if (!(total > 0)) p.add("data.train_weights", "must not all be 0");
+}
+
 void validate_rest(const Config& c, Problems& p) {
   if (c.name.empty()) p.add("name", "must not be empty");
   check_at_least(p, "parallel.expert_parallel", c.parallel.expert_parallel, 1);
@@ -666,6 +722,7 @@ void validate_rest(const Config& c, Problems& p) {
           "must be >= 0 (0 turns the watchdog off), got " + str(c.parallel.timeout_s));
   else check_finite(p, "parallel.timeout_s", c.parallel.timeout_s);
   if (c.data.path.empty()) p.add("data.path", "must not be empty");
+  validate_mixture(c.data, p);
   check_at_least(p, "eval.every", c.eval.every, 0);
   check_at_least(p, "eval.tokens", c.eval.tokens, 0);
   if (c.eval.batches < -1) p.add("eval.batches", "must be >= 0, got " + str(c.eval.batches));
@@ -703,6 +760,16 @@ std::string format_field(const FieldRef& ref) {
     return **v == TopkNormalize::on ? "true" : "false";
   }
   if (auto* v = std::get_if<MoeLayers*>(&ref)) return to_string(**v);
+  if (auto* v = std::get_if<std::vector<std::string>*>(&ref)) {
+    std::string out;
+    for (const std::string& item : **v) out += (out.empty() ? "" : ", ") + yaml_quote(item);
+    return "[" + out + "]";
+  }
+  if (auto* v = std::get_if<std::vector<double>*>(&ref)) {
+    std::string out;
+    for (double item : **v) out += (out.empty() ? "" : ", ") + format_double(item);
+    return "[" + out + "]";
+  }
   return "";
 }
 

@@ -15,6 +15,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <sstream>
 
@@ -546,10 +547,43 @@ RunOutputs open_outputs(Run& run, const TrainState& state) {
   return outputs;
 }
 
+// The training batches' sampler: over data.path's /train, or over the /train splits of
+// data.train_paths (docs/data.md, Mixtures), each checked like data.path against the model and
+// against data.path's tokenizer, weighted by data.train_weights or else by their sizes.
+StepSampler make_sampler(const Config& config, const TokenFile& file) {
+  const DataConfig& d = config.data;
+  if (d.train_paths.empty()) return StepSampler(file.train, config.model.seq_len, config.seed);
+  std::vector<std::shared_ptr<const TokenSource>> sources;
+  std::vector<double> weights = d.train_weights;
+  for (const std::string& path : d.train_paths) {
+    const TokenFile source = path == d.path ? file : open_token_file(path);
+    if (source.vocab_size > config.model.vocab_size)
+      throw std::runtime_error(path + " (data.train_paths): vocab_size " +
+                               std::to_string(source.vocab_size) + " exceeds model.vocab_size " +
+                               std::to_string(config.model.vocab_size));
+    if (source.tokenizer != file.tokenizer || source.tokenizer_model != file.tokenizer_model)
+      throw std::runtime_error(path + " (data.train_paths): its tokenizer (" + source.tokenizer +
+                               ") is not data.path's (" + file.tokenizer + ", " + d.path +
+                               "): a mixture shares one tokenizer");
+    sources.push_back(source.train);
+    if (d.train_weights.empty()) weights.push_back(static_cast<double>(source.train->size()));
+  }
+  return StepSampler(std::move(sources), std::move(weights), d.train_paths, config.model.seq_len,
+                     config.seed);
+}
+
 TrainData load_train_data(Run& run) {
   const Config& config = run.config;
   TokenFile file = load_tokens_on_every_rank(config, run.world);
-  StepSampler sampler(file.train, config.model.seq_len, config.seed);
+  std::optional<StepSampler> made;
+  std::string problem;
+  try {
+    made.emplace(make_sampler(config, file));
+  } catch (const std::exception& error) {
+    problem = error.what();
+  }
+  agree_or_throw(run.world, problem);
+  StepSampler sampler = std::move(*made);
   std::vector<int32_t> val_tokens =
       read_validation_tokens(*file.val, eval_sequences(config), config.model.seq_len);
   return TrainData{std::move(file), std::move(sampler), std::move(val_tokens)};
@@ -568,10 +602,18 @@ void announce(Run& run, const TrainData& data, const TrainState& state) {
                     static_cast<long long>(config.parallel.expert_parallel),
                     static_cast<long long>(tc.grad_accum_steps),
                     static_cast<long long>(W * tc.grad_accum_steps * tc.micro_batch_size));
-  run.console.print("  run dir %s, data %s (%lld train / %lld val tokens)\n",
-                    config.run.dir.c_str(), config.data.path.c_str(),
-                    static_cast<long long>(data.file.train->size()),
-                    static_cast<long long>(data.file.val->size()));
+  if (config.data.train_paths.empty())
+    run.console.print("  run dir %s, data %s (%lld train / %lld val tokens)\n",
+                      config.run.dir.c_str(), config.data.path.c_str(),
+                      static_cast<long long>(data.file.train->size()),
+                      static_cast<long long>(data.file.val->size()));
+  else
+    run.console.print(
+        "  run dir %s, training on a mixture of %lld token files (%s), validation "
+        "on %s (%lld tokens)\n",
+        config.run.dir.c_str(), static_cast<long long>(data.sampler.num_sources()),
+        data.sampler.describe_sources().c_str(), config.data.path.c_str(),
+        static_cast<long long>(data.file.val->size()));
   run.console.print("  %s\n", run.memory_check.summary.c_str());
   std::fflush(stdout);
   if (state.step >= tc.steps)
