@@ -716,6 +716,30 @@ std::vector<double> router_logits(int64_t N, int64_t E, double skew, bool coarse
   return v;
 }
 
+// The CPU's routing of router_logits(N, E, 1, false, seed) under `rule`: scores, lse, top-k and
+// gates, then the plan's outputs and counts.
+struct CpuRouting {
+  std::vector<double> logit_values;
+  Tensor logits, scores, lse, topk, gates, slot_row, row_slot, slot_expert, assignments;
+  RouterPlanCounts counts;
+};
+CpuRouting route_on_cpu(Backend& cpu, int64_t N, int64_t E, const RoutingRule& rule,
+                        uint64_t seed) {
+  const int64_t K = rule.top_k;
+  CpuRouting r;
+  r.logit_values = router_logits(N, E, 1.0, false, seed);
+  r.logits = cpu.alloc({N, E}, DType::f32);
+  cpu.write(r.logits, std::span<const double>(r.logit_values));
+  r.scores = cpu.alloc({N, E}, DType::f32), r.lse = cpu.alloc({N}, DType::f32);
+  r.topk = cpu.alloc({N, K}, DType::i32), r.gates = cpu.alloc({N, K}, DType::f32);
+  cpu.router_scores_topk(r.scores, r.lse, r.topk, r.gates, r.logits, Tensor(), rule);
+  r.slot_row = cpu.alloc({N * K}, DType::i32), r.row_slot = cpu.alloc({N * K}, DType::i32);
+  r.slot_expert = cpu.alloc({N * K}, DType::i32), r.assignments = cpu.alloc({E}, DType::i32);
+  r.counts = cpu.router_plan(r.slot_row, r.row_slot, r.slot_expert, r.assignments, r.topk, r.gates,
+                             r.logits, Tensor(), rule);
+  return r;
+}
+
 TEST_F(CudaF32, ScoresTopkGates) {
   const int64_t N = 200, E = 8;
   for (RouterScore score : {RouterScore::softmax, RouterScore::sigmoid})
@@ -934,16 +958,11 @@ TEST_F(CudaF32, PlanInTwoCallsWithWorkBetween) {
   const int64_t N = 513, K = 2, E = 8, D = 64;
   RoutingRule rule;
   rule.top_k = K;
-  const std::vector<double> logits = router_logits(N, E, 1.0, false, next_seed_++);
-  Tensor lc = on_cpu({N, E}, logits), lg = on_gpu({N, E}, logits, DType::f32);
-  Tensor sc = cpu().alloc({N, E}, DType::f32), lsc = cpu().alloc({N}, DType::f32),
-         ic = cpu().alloc({N, K}, DType::i32), gc = cpu().alloc({N, K}, DType::f32);
-  cpu().router_scores_topk(sc, lsc, ic, gc, lc, Tensor(), rule);
-  Tensor src = cpu().alloc({N * K}, DType::i32), rsc = cpu().alloc({N * K}, DType::i32),
-         sec = cpu().alloc({N * K}, DType::i32), ac = cpu().alloc({E}, DType::i32);
-  const RouterPlanCounts cc = cpu().router_plan(src, rsc, sec, ac, ic, gc, lc, Tensor(), rule);
-  Tensor gg = on_gpu({N, K}, cpu().read(gc), DType::f32);
-  Tensor ig = ints_gpu(cpu().read_i32(ic)).reshape({N, K});
+  const CpuRouting c = route_on_cpu(cpu(), N, E, rule, next_seed_++);
+  const RouterPlanCounts& cc = c.counts;
+  Tensor lg = on_gpu({N, E}, c.logit_values, DType::f32);
+  Tensor gg = on_gpu({N, K}, cpu().read(c.gates), DType::f32);
+  Tensor ig = ints_gpu(cpu().read_i32(c.topk)).reshape({N, K});
   Tensor srg = poisoned({N * K}, DType::i32), rsg = poisoned({N * K}, DType::i32),
          seg = poisoned({N * K}, DType::i32), ag = poisoned({E}, DType::i32);
   const std::vector<double> x = values(N * D, DType::f32);
@@ -960,9 +979,9 @@ TEST_F(CudaF32, PlanInTwoCallsWithWorkBetween) {
     EXPECT_EQ(cg.assignments_per_expert, cc.assignments_per_expert) << round;
     EXPECT_EQ(cg.rerouted, cc.rerouted) << round;
   }
-  cpu().permute_rows(pc, xc, rsc, K);
+  cpu().permute_rows(pc, xc, c.row_slot, K);
   EXPECT_EQ(gpu().read(pg), cpu().read(pc));  // a copy of f32 rows: exact
-  expect_equal_ints(srg, src, N * K, "slot_row");
+  expect_equal_ints(srg, c.slot_row, N * K, "slot_row");
   EXPECT_THROW(gpu().router_plan_finish(), std::runtime_error);
 }
 
@@ -975,14 +994,9 @@ TEST_F(CudaF32, LossesAndBackward) {
     rule.top_k = K;
     rule.score = score;
     rule.normalize = true;
-    const std::vector<double> logits = router_logits(N, E, 1.0, false, next_seed_++);
-    Tensor lc = on_cpu({N, E}, logits), lg = on_gpu({N, E}, logits, DType::f32);
-    Tensor sc = cpu().alloc({N, E}, DType::f32), lsc = cpu().alloc({N}, DType::f32),
-           ic = cpu().alloc({N, K}, DType::i32), gc = cpu().alloc({N, K}, DType::f32);
-    cpu().router_scores_topk(sc, lsc, ic, gc, lc, Tensor(), rule);
-    Tensor src = cpu().alloc({N * K}, DType::i32), rsc = cpu().alloc({N * K}, DType::i32),
-           sec = cpu().alloc({N * K}, DType::i32), ac = cpu().alloc({E}, DType::i32);
-    cpu().router_plan(src, rsc, sec, ac, ic, gc, lc, Tensor(), rule);
+    const CpuRouting c = route_on_cpu(cpu(), N, E, rule, next_seed_++);
+    const Tensor &lc = c.logits, &sc = c.scores, &lsc = c.lse, &ic = c.topk, &ac = c.assignments;
+    Tensor lg = on_gpu({N, E}, c.logit_values, DType::f32);
     Tensor sg = on_gpu({N, E}, cpu().read(sc), DType::f32);
     Tensor lsg = on_gpu({N}, cpu().read(lsc), DType::f32);
     Tensor ig = ints_gpu(cpu().read_i32(ic)).reshape({N, K});
