@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -220,11 +219,10 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   add("logits and their gradient", bf16 ? std::min(chunk, T) * V * 4 + T * V * e : T * V * 4);
 
   if (!cuda) {
-    // Every rank holds the whole token file as int32: up to 4x the file for uint8 tokens,
-    // 2x for uint16 (the file's own size is the best cheap bound before opening it).
-    std::error_code error;
-    const auto file_bytes = std::filesystem::file_size(config.data.path, error);
-    add("token data", error ? 0.0 : 2.0 * static_cast<double>(file_bytes));
+    // The training tokens stay on disk, read a window at a time (docs/data.md, Token files
+    // larger than memory), whatever the size of the token files; a rank keeps the validation
+    // set, int32.
+    add("validation tokens", 4.0 * static_cast<double>(eval_sequences(config) * m.seq_len + 1));
     add("process (MPI, BLAS, HDF5)", kCpuProcessBytes);
     add(kSnapshotItem, snapshot_bytes(config, card));
   }

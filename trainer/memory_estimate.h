@@ -27,7 +27,7 @@ struct MemoryEstimate {
 
 // One rank's peak for config.run.backend: fp32 master weights, gradients, optimizer state, the
 // bf16 compute copies (precision bf16), the activations backward keeps under train.recompute,
-// one layer's workspace, the LM head's logits and dlogits, and on the CPU the token data, the
+// one layer's workspace, the LM head's logits and dlogits, and on the CPU the validation set, the
 // process's own footprint and, with checkpoint.async, world rank 0's snapshot of a whole
 // checkpoint (check_memory counts it once; on CUDA it is host memory, outside this estimate).
 // Experts are this rank's E / expert_parallel; routing is assumed balanced (each rank receives
