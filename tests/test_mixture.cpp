@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "data/token_file.h"
@@ -68,6 +70,35 @@ TEST_F(MixtureTest, AllWeightOnOneFileIsThatFileAlone) {
   ASSERT_EQ(mixture.losses.size(), alone.losses.size());
   for (size_t i = 0; i < alone.losses.size(); ++i)
     EXPECT_EQ(mixture.losses[i], alone.losses[i]) << "step " << i + 1;
+}
+
+// The value of `key` in the last line of a run's metrics.jsonl that has it.
+double last_logged(const fs::path& run_dir, const std::string& key) {
+  std::ifstream in(run_dir / "metrics.jsonl");
+  double value = std::nan("");
+  for (std::string line; std::getline(in, line);) {
+    const size_t at = line.find("\"" + key + "\": ");
+    if (at != std::string::npos) value = std::stod(line.substr(at + key.size() + 4));
+  }
+  return value;
+}
+
+// Each file of a mixture other than data.path gets its own validation loss, "val_loss/<name>":
+// swapping which file is data.path (the training batches stay the same) swaps the two losses,
+// to the bit.
+TEST_F(MixtureTest, EveryFileHasItsValidationLoss) {
+  Config one = config("val_prose");
+  one.data.train_paths = {(dir / "prose.h5").string(), (dir / "code.h5").string()};
+  one.data.train_weights = {1.0, 1.0};
+  const TrainSummary a = train(one, {.print = false});
+  Config other = one;
+  other.data.path = (dir / "code.h5").string();
+  other.run.dir = (dir / "val_code").string();
+  const TrainSummary b = train(other, {.print = false});
+  ASSERT_EQ(a.losses, b.losses);  // the same batches
+  EXPECT_EQ(last_logged(dir / "val_prose", "val_loss/code"), b.final_val_loss);
+  EXPECT_EQ(last_logged(dir / "val_code", "val_loss/prose"), a.final_val_loss);
+  EXPECT_TRUE(std::isnan(last_logged(dir / "val_prose", "val_loss/prose")));  // data.path's own
 }
 
 TEST_F(MixtureTest, TwoFilesTrainAndAnotherTokenizerIsRefused) {

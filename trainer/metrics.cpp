@@ -218,14 +218,25 @@ void MetricsLog::write_eval(int64_t step, double val_loss) {
 
 void MetricsLog::write_eval(int64_t step, double val_loss, const std::string& unit,
                             double unit_value, int64_t val_tokens) {
-  write_tensorboard(step, {{"val_loss", val_loss},
-                           {"val_" + unit, unit_value},
-                           {"val_tokens", static_cast<double>(val_tokens)}});
+  write_eval(step, val_loss, unit, unit_value, val_tokens, {});
+}
+
+void MetricsLog::write_eval(int64_t step, double val_loss, const std::string& unit,
+                            double unit_value, int64_t val_tokens,
+                            const std::vector<std::pair<std::string, double>>& more) {
+  std::vector<std::pair<std::string, double>> scalars = {
+      {"val_loss", val_loss},
+      {"val_" + unit, unit_value},
+      {"val_tokens", static_cast<double>(val_tokens)}};
+  scalars.insert(scalars.end(), more.begin(), more.end());
+  write_tensorboard(step, scalars);
   JsonLine line;
-  write_record(line.add("step", step)
-                   .add("val_loss", val_loss)
-                   .add("val_" + unit, unit_value)
-                   .add("val_tokens", val_tokens));
+  line.add("step", step)
+      .add("val_loss", val_loss)
+      .add("val_" + unit, unit_value)
+      .add("val_tokens", val_tokens);
+  for (const auto& [key, value] : more) line.add(key, value);
+  write_record(line);
 }
 
 // ---- reading metrics.jsonl ---------------------------------------------------------------------

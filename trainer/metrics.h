@@ -81,6 +81,10 @@ class MetricsLog {
   // the number of validation tokens it averages over.
   void write_eval(int64_t step, double val_loss, const std::string& unit, double unit_value,
                   int64_t val_tokens);
+  // The same record with more keys: a mixture's per-file validation losses, each as
+  // {"val_loss/<name>": loss} (data.train_paths, docs/data.md).
+  void write_eval(int64_t step, double val_loss, const std::string& unit, double unit_value,
+                  int64_t val_tokens, const std::vector<std::pair<std::string, double>>& more);
   // From now on every record's numbers also go to TensorBoard event files in `dir`, tagged by
   // their metrics.jsonl key; per-layer arrays as "<key>/layer<l>", per-expert ones as
   // "<key>/layer<l>/expert<e>". Throws std::runtime_error when the file cannot be created.

@@ -422,6 +422,14 @@ struct TrainData {
   TokenFile file;
   StepSampler sampler;
   std::vector<int32_t> val_tokens;
+  // A mixture's other files' validation sets, each logged as "val_loss/<key>" (docs/data.md,
+  // Mixtures), and rank 0's notes on the files whose /val is too short to be one.
+  struct SourceValidation {
+    std::string key;
+    std::vector<int32_t> tokens;
+  };
+  std::vector<SourceValidation> source_val;
+  std::vector<std::string> source_val_notes;
 };
 
 // One step's micro-batches on this rank: micro-step m is routing group m*W + r of the step's
@@ -572,21 +580,49 @@ StepSampler make_sampler(const Config& config, const TokenFile& file) {
                      config.seed);
 }
 
+// The validation sets of a mixture's files other than data.path, under keys from their file
+// names ("code" for corpora/code.h5; "code_2" for a second file of that name). A file whose /val
+// holds fewer than the validation set's sequences gets a note instead.
+void read_source_validation(const Config& config, TrainData& data) {
+  const int64_t sequences = eval_sequences(config), S = config.model.seq_len;
+  if (sequences <= 0) return;
+  std::vector<std::string> keys;
+  for (const std::string& path : config.data.train_paths) {
+    if (path == config.data.path) continue;  // its /val is the validation set itself
+    const TokenFile file = open_token_file(path);
+    const std::string fit = validation_fit_problem(sequences, S, file.val->size());
+    if (!fit.empty()) {
+      data.source_val_notes.push_back(path +
+                                      " (data.train_paths) has no validation loss of its "
+                                      "own: " +
+                                      fit);
+      continue;
+    }
+    const std::string stem = std::filesystem::path(path).stem().string();
+    std::string key = stem;
+    for (int n = 2; std::find(keys.begin(), keys.end(), key) != keys.end(); ++n)
+      key = stem + "_" + std::to_string(n);
+    keys.push_back(key);
+    data.source_val.push_back({key, read_validation_tokens(*file.val, sequences, S)});
+  }
+}
+
 TrainData load_train_data(Run& run) {
   const Config& config = run.config;
   TokenFile file = load_tokens_on_every_rank(config, run.world);
-  std::optional<StepSampler> made;
+  std::vector<int32_t> val_tokens =
+      read_validation_tokens(*file.val, eval_sequences(config), config.model.seq_len);
+  std::optional<TrainData> data;
   std::string problem;
   try {
-    made.emplace(make_sampler(config, file));
+    StepSampler sampler = make_sampler(config, file);
+    data.emplace(TrainData{std::move(file), std::move(sampler), std::move(val_tokens), {}, {}});
+    read_source_validation(config, *data);
   } catch (const std::exception& error) {
     problem = error.what();
   }
   agree_or_throw(run.world, problem);
-  StepSampler sampler = std::move(*made);
-  std::vector<int32_t> val_tokens =
-      read_validation_tokens(*file.val, eval_sequences(config), config.model.seq_len);
-  return TrainData{std::move(file), std::move(sampler), std::move(val_tokens)};
+  return std::move(*data);
 }
 
 // Rank 0's start-up lines: the model card, the layout, the data, the memory estimate.
@@ -614,6 +650,8 @@ void announce(Run& run, const TrainData& data, const TrainState& state) {
         config.run.dir.c_str(), static_cast<long long>(data.sampler.num_sources()),
         data.sampler.describe_sources().c_str(), config.data.path.c_str(),
         static_cast<long long>(data.file.val->size()));
+  for (const std::string& note : data.source_val_notes)
+    run.console.write(stderr, "note: %s\n", note.c_str());
   run.console.print("  %s\n", run.memory_check.summary.c_str());
   std::fflush(stdout);
   if (state.step >= tc.steps)
@@ -802,16 +840,27 @@ void maybe_evaluate(Run& run, const TrainData& data, TrainState& state, RunOutpu
   if (sequences <= 0 || !due) return;
   const Clock::time_point eval_start = Clock::now();
   const Validation validation = evaluate(run.model, data.val_tokens, sequences, run.world);
+  std::vector<std::pair<std::string, double>> by_file;
+  for (const TrainData::SourceValidation& source : data.source_val)
+    by_file.emplace_back("val_loss/" + source.key,
+                         evaluate(run.model, source.tokens, sequences, run.world).loss);
   const LossInUnits units = loss_in_units(validation.loss, data.file.tokenizer);
   state.summary.final_val_loss = validation.loss;
   if (run.lead)
     outputs.metrics_log->write_eval(state.step, validation.loss, units.name, units.value,
-                                    validation.tokens);
-  if (run.speak)
-    run.console.print("eval   step %6lld | val_loss %.4f | %s %.4f | %lld tokens in %.1fs\n",
+                                    validation.tokens, by_file);
+  if (run.speak) {
+    std::string more;
+    for (const auto& [key, loss] : by_file) {
+      char text[128];
+      std::snprintf(text, sizeof text, " | %s %.4f", key.c_str(), loss);
+      more += text;
+    }
+    run.console.print("eval   step %6lld | val_loss %.4f | %s %.4f%s | %lld tokens in %.1fs\n",
                       static_cast<long long>(state.step), validation.loss, units.name.c_str(),
-                      units.value, static_cast<long long>(validation.tokens),
+                      units.value, more.c_str(), static_cast<long long>(validation.tokens),
                       seconds_since(eval_start));
+  }
   state.interval_start += Clock::now() - eval_start;
 }
 
