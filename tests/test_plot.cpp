@@ -253,6 +253,40 @@ TEST(Plot, OlderFilesLackTheBalanceKeys) {
   EXPECT_DOUBLE_EQ(h.expert_load[0][1][0], 0.75);
 }
 
+bool starts_with_png_signature(const std::string& path);
+
+// A mixture's per-file validation losses (data.train_paths): MetricsLog writes them, the history
+// holds one series per file (NaN where a line lacks it), and the loss chart draws each.
+TEST(Plot, ReadsAMixturesPerFileValidationLosses) {
+  TempDir dir;
+  const std::string path = (dir.path / "metrics.jsonl").string();
+  {
+    MetricsLog log(path);
+    StepMetrics step;
+    step.step = 1;
+    step.loss = 3.0;
+    log.write_step(step);
+    log.write_eval(1, 2.5, "bits_per_byte", 2.5 / std::log(2.0), 64, {{"val_loss/code", 2.25}});
+    step.step = 2;
+    log.write_step(step);
+    log.write_eval(2, 2.0, "bits_per_byte", 2.0 / std::log(2.0), 64,
+                   {{"val_loss/web", 1.75}, {"val_loss/code", 1.5}});
+  }
+  const MetricsHistory h = read_metrics_history(path);
+  ASSERT_EQ(h.val_files, (std::vector<std::string>{"code", "web"}));
+  EXPECT_EQ(h.val_loss_by_file[0], (std::vector<double>{2.25, 1.5}));
+  EXPECT_TRUE(std::isnan(h.val_loss_by_file[1][0]));
+  EXPECT_EQ(h.val_loss_by_file[1][1], 1.75);
+  if (find_gnuplot().empty())
+    GTEST_SKIP() << "gnuplot is not installed (apt-get install gnuplot-nox)";
+  dir.write("config.yaml", "name: mixture\nseed: 1\n");
+  TempDir out;
+  const PlotResult result = plot_run(dir.path.string(), out.path.string());
+  ASSERT_FALSE(result.written.empty());
+  EXPECT_EQ(result.written.front(), (out.path / "loss.png").string());
+  EXPECT_TRUE(starts_with_png_signature(result.written.front()));
+}
+
 TEST(Plot, AResumedRunKeepsTheLaterLineOfARepeatedStep) {
   TempDir dir;
   // Logged to step 3, resumed from a checkpoint at step 1: steps 2 and 3 come again.

@@ -361,6 +361,10 @@ EvalRecord parse_eval(const Json& line, int64_t step) {
   EvalRecord e;
   e.step = step;
   e.val_loss = number(line.at("val_loss"), "val_loss");
+  const std::string by_file = "val_loss/";
+  for (const auto& [key, value] : line.items())
+    if (key.rfind(by_file, 0) == 0 && key.size() > by_file.size())
+      e.val_loss_by_file.emplace_back(key.substr(by_file.size()), number(value, key.c_str()));
   const auto tokens = line.find("val_tokens");
   if (tokens != line.end()) {
     if (!tokens->is_number_integer())

@@ -120,6 +120,8 @@ struct EvalRecord {
   int64_t step = 0;
   double val_loss = StepRecord::kAbsent;
   int64_t val_tokens = -1;
+  // A mixture's per-file losses ("val_loss/<name>" keys), by name, in the line's order.
+  std::vector<std::pair<std::string, double>> val_loss_by_file;
 };
 
 // A metrics.jsonl's records in file order (a resumed run's file may hold a step twice: the

@@ -106,7 +106,19 @@ MetricsHistory assemble(MetricsRecords records) {
   for (const EvalRecord& e : evals) {
     h.eval_steps.push_back(e.step);
     h.val_loss.push_back(e.val_loss);
+    for (const auto& [file, loss] : e.val_loss_by_file) {
+      auto found = std::find(h.val_files.begin(), h.val_files.end(), file);
+      if (found == h.val_files.end()) {
+        h.val_files.push_back(file);
+        h.val_loss_by_file.emplace_back(h.eval_steps.size() - 1, kNaN);  // earlier lines lack it
+        found = h.val_files.end() - 1;
+      }
+      std::vector<double>& series = h.val_loss_by_file[found - h.val_files.begin()];
+      series.resize(h.eval_steps.size(), kNaN);
+      series.back() = loss;
+    }
   }
+  for (std::vector<double>& series : h.val_loss_by_file) series.resize(h.eval_steps.size(), kNaN);
   return h;
 }
 
@@ -204,9 +216,14 @@ std::string steps_table(const MetricsHistory& h) {
 
 std::string eval_table(const MetricsHistory& h) {
   std::ostringstream out;
-  out << "# step val_loss\n";
-  for (size_t i = 0; i < h.eval_steps.size(); ++i)
-    out << h.eval_steps[i] << ' ' << num(h.val_loss[i]) << '\n';
+  out << "# step val_loss";
+  for (const std::string& file : h.val_files) out << " val_loss/" << file;
+  out << '\n';
+  for (size_t i = 0; i < h.eval_steps.size(); ++i) {
+    out << h.eval_steps[i] << ' ' << num(h.val_loss[i]);
+    for (const std::vector<double>& series : h.val_loss_by_file) out << ' ' << num(series[i]);
+    out << '\n';
+  }
   return out.str();
 }
 
@@ -320,6 +337,14 @@ Chart loss_chart(const MetricsHistory& h, const fs::path& dir, const std::string
     plots.push_back(
         gp_quote((dir / "eval.dat").string()) +
         " using 1:2 with linespoints pt 7 ps 1.2 lw 1.5 lc rgb '#d62728' title 'val_loss'");
+  static constexpr const char* kFileColours[] = {"#2ca02c", "#9467bd", "#8c564b",
+                                                 "#e377c2", "#17becf", "#bcbd22"};
+  for (size_t j = 0; j < h.val_files.size(); ++j)  // a mixture's other files
+    if (has_finite(h.val_loss_by_file[j]))
+      plots.push_back(gp_quote((dir / "eval.dat").string()) + " using 1:" + std::to_string(3 + j) +
+                      " with linespoints pt 5 ps 1 lw 1.2 lc rgb '" +
+                      kFileColours[j % std::size(kFileColours)] + "' title " +
+                      gp_quote("val_loss/" + h.val_files[j]));
   if (plots.empty()) return skipped("loss.png", "no finite loss, lm_loss or val_loss");
   double first = static_cast<double>(h.steps.front()), last = static_cast<double>(h.steps.back());
   if (!h.eval_steps.empty()) {

@@ -30,6 +30,9 @@ struct MetricsHistory {
   // Eval lines in step order (a repeated step keeps its later line).
   std::vector<int64_t> eval_steps;
   std::vector<double> val_loss;
+  // A mixture's per-file validation losses: [file][eval line], NaN where a line lacks the file.
+  std::vector<std::string> val_files;
+  std::vector<std::vector<double>> val_loss_by_file;
 };
 
 // A metrics.jsonl (read by read_metrics, trainer/metrics.h) as columns. Throws
