@@ -206,6 +206,9 @@ int main(int argc, char** argv) {
     if (warmup >= steps) throw std::runtime_error("--warmup must be below --steps");
     if (profile_steps < 0) throw std::runtime_error("--profile-steps must be >= 0");
     const Config config = load_config(argv[1], overrides);
+    if (!config.data.train_paths.empty())
+      throw std::runtime_error(std::string(argv[1]) +
+                               ": data.train_paths: this bench reads one token file (data.path)");
     using Clock = std::chrono::steady_clock;
     const Clock::time_point setup_start = Clock::now();
     std::unique_ptr<Backend> backend = make_backend(config.run);
