@@ -99,6 +99,17 @@ TEST_F(MixtureTest, EveryFileHasItsValidationLoss) {
   EXPECT_EQ(last_logged(dir / "val_prose", "val_loss/code"), b.final_val_loss);
   EXPECT_EQ(last_logged(dir / "val_code", "val_loss/prose"), a.final_val_loss);
   EXPECT_TRUE(std::isnan(last_logged(dir / "val_prose", "val_loss/prose")));  // data.path's own
+
+  // A file whose /val is shorter than the validation set trains, without a loss of its own.
+  const TokenData code = read_token_file((dir / "code.h5").string());
+  write_token_file((dir / "short.h5").string(), code.train,
+                   {code.val.begin(), code.val.begin() + 9}, 256, "bytes");
+  one.data.train_paths.push_back((dir / "short.h5").string());
+  one.data.train_weights.push_back(1.0);
+  one.run.dir = (dir / "val_short").string();
+  EXPECT_EQ(train(one, {.print = false}).losses.size(), 6u);
+  EXPECT_FALSE(std::isnan(last_logged(dir / "val_short", "val_loss/code")));
+  EXPECT_TRUE(std::isnan(last_logged(dir / "val_short", "val_loss/short")));
 }
 
 TEST_F(MixtureTest, TwoFilesTrainAndAnotherTokenizerIsRefused) {

@@ -592,10 +592,7 @@ void read_source_validation(const Config& config, TrainData& data) {
     const TokenFile file = open_token_file(path);
     const std::string fit = validation_fit_problem(sequences, S, file.val->size());
     if (!fit.empty()) {
-      data.source_val_notes.push_back(path +
-                                      " (data.train_paths) has no validation loss of its "
-                                      "own: " +
-                                      fit);
+      data.source_val_notes.push_back(path + " (data.train_paths): no val_loss of its own, " + fit);
       continue;
     }
     const std::string stem = std::filesystem::path(path).stem().string();
