@@ -86,6 +86,27 @@ check "eval, 2 ranks, P=2, mb 2" 1e-6 "${mpi2[@]}" "$switchyard" eval small.yaml
   --set parallel.expert_parallel=2 --set train.micro_batch_size=2
 check "eval --tokens 992" 0 "$switchyard" eval small.yaml --checkpoint $checkpoint --tokens 992
 
+# A mixture (data.train_paths): the other file's val_loss/<name>, logged and printed by eval
+# from the checkpoint alone, under another micro-batch and on 2 ranks: the same text.
+for i in $(seq 1 300); do echo "step $i: all-to-all sends rows to the ranks that hold their experts."; done >corpus2.txt
+"$switchyard" prepare-data --input corpus2.txt --format text --output tokens2.h5 >prepare2.log 2>&1 ||
+  { echo "FAIL: prepare-data (second corpus)"; cat prepare2.log; exit 1; }
+"$switchyard" train small.yaml --set 'data.train_paths=[tokens.h5, tokens2.h5]' \
+  --set 'data.train_weights=[1, 3]' --set run.dir=mix >mix.log 2>&1 ||
+  { echo "FAIL: train on a mixture"; tail -5 mix.log; failures=$((failures + 1)); }
+mix_logged=$(grep '"val_loss/tokens2"' mix/metrics.jsonl | tail -1 | grep -o '"val_loss/tokens2": [^,}]*' | cut -d' ' -f2)
+for side in one two; do
+  if [ $side = one ]; then
+    "$switchyard" eval --checkpoint mix/checkpoints --set train.micro_batch_size=3 >mix_eval.out 2>mix_eval.err
+  else
+    "${mpi2[@]}" "$switchyard" eval --checkpoint mix/checkpoints --set train.micro_batch_size=2 >mix_eval.out 2>mix_eval.err
+  fi
+  got=$(grep -o '"val_loss/tokens2": [^,}]*' mix_eval.out | cut -d' ' -f2)
+  if [ -n "$mix_logged" ] && [ "$got" = "$mix_logged" ]; then verdict=equal; else
+    verdict=DIFFERS; failures=$((failures + 1)); tail -3 mix_eval.err; fi
+  rows+=("mixture val_loss/tokens2, $side|$got|$verdict|-")
+done
+
 # Too little data names what would fit.
 "$switchyard" eval small.yaml --tokens 100000 >/dev/null 2>fit.err
 if ! grep -q "eval.tokens 100000 needs 3125 sequences of 32 tokens; the validation split has [0-9]* tokens: at most [0-9]* sequences; set eval.tokens <= [0-9]*" fit.err; then

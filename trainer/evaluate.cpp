@@ -1,10 +1,13 @@
 #include "trainer/evaluate.h"
 
+#include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <numbers>
 #include <stdexcept>
 
 #include "data/sampler.h"
+#include "data/token_file.h"
 
 namespace sy {
 
@@ -41,6 +44,29 @@ Validation evaluate(Transformer& model, const std::vector<int32_t>& val_tokens,
 LossInUnits loss_in_units(double loss, const std::string& tokenizer) {
   if (tokenizer == "bytes") return {"bits_per_byte", loss / std::numbers::ln2};
   return {"perplexity", std::exp(loss)};
+}
+
+MixtureValidation read_mixture_validation(const DataConfig& data, int64_t sequences,
+                                          int64_t seq_len) {
+  MixtureValidation result;
+  if (sequences <= 0) return result;
+  std::vector<std::string> keys;
+  for (const std::string& path : data.train_paths) {
+    if (path == data.path) continue;  // its /val is the validation set itself
+    const TokenFile file = open_token_file(path);
+    const std::string fit = validation_fit_problem(sequences, seq_len, file.val->size());
+    if (!fit.empty()) {
+      result.notes.push_back(path + " (data.train_paths): no val_loss of its own, " + fit);
+      continue;
+    }
+    const std::string stem = "val_loss/" + std::filesystem::path(path).stem().string();
+    std::string key = stem;
+    for (int n = 2; std::find(keys.begin(), keys.end(), key) != keys.end(); ++n)
+      key = stem + "_" + std::to_string(n);
+    keys.push_back(key);
+    result.files.push_back({key, read_validation_tokens(*file.val, sequences, seq_len)});
+  }
+  return result;
 }
 
 }  // namespace sy

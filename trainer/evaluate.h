@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "data/data_config.h"
 #include "model/transformer.h"
 #include "parallel/communicator.h"
 
@@ -33,5 +34,20 @@ struct LossInUnits {
   double value = 0.0;
 };
 LossInUnits loss_in_units(double loss, const std::string& tokenizer);
+
+// A mixture's own validation sets (data.train_paths, docs/data.md, Mixtures): every file but
+// data.path, with the first `sequences` sequences of its /val, keyed "val_loss/<file name>"
+// ("val_loss/code" for corpora/code.h5, "val_loss/code_2" for a second file of that name). A file
+// whose /val is too short gets a note instead of a key. Throws open_token_file's errors.
+struct FileValidation {
+  std::string key;
+  std::vector<int32_t> tokens;
+};
+struct MixtureValidation {
+  std::vector<FileValidation> files;
+  std::vector<std::string> notes;
+};
+MixtureValidation read_mixture_validation(const DataConfig& data, int64_t sequences,
+                                          int64_t seq_len);
 
 }  // namespace sy

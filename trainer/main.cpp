@@ -604,6 +604,7 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
         std::fprintf(stderr, "warning: changed since the checkpoint: %s\n", warning.c_str());
   }
   sy::TokenData data, stored;
+  sy::MixtureValidation mixture;  // a mixture's other files: their val_loss/<name> too
   bool has_stored = false;
   std::string problem;
   try {
@@ -636,6 +637,7 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
         sy::validation_fit_problem(sequences, config.model.seq_len, file.val->size());
     if (!fit.empty()) throw std::runtime_error(config.data.path + ": " + fit);
     data.val = sy::read_validation_tokens(*file.val, sequences, config.model.seq_len);
+    mixture = sy::read_mixture_validation(config.data, sequences, config.model.seq_len);
   } catch (const std::exception& error) {
     problem = error.what();
   }
@@ -649,15 +651,19 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
                               ") for " + loaded + ": the model diverged");
   const sy::LossInUnits units =
       sy::loss_in_units(validation.loss, has_stored ? stored.tokenizer : data.tokenizer);
-  if (session.groups.rank() == 0)
-    std::printf("%s\n", sy::JsonLine()
-                            .add("val_loss", validation.loss)
-                            .add("val_" + units.name, units.value)
-                            .add("val_tokens", validation.tokens)
-                            .add("sequences", validation.sequences)
-                            .add("checkpoint", loaded)
-                            .str()
-                            .c_str());
+  sy::JsonLine result;
+  result.add("val_loss", validation.loss)
+      .add("val_" + units.name, units.value)
+      .add("val_tokens", validation.tokens)
+      .add("sequences", validation.sequences);
+  for (const sy::FileValidation& file : mixture.files)
+    result.add(file.key,
+               sy::evaluate(*session.model, file.tokens, sequences, *session.groups.world).loss);
+  result.add("checkpoint", loaded);
+  if (session.groups.rank() == 0) {
+    for (const std::string& note : mixture.notes) std::fprintf(stderr, "note: %s\n", note.c_str());
+    std::printf("%s\n", result.str().c_str());
+  }
   return 0;
 }
 

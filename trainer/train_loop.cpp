@@ -422,14 +422,7 @@ struct TrainData {
   TokenFile file;
   StepSampler sampler;
   std::vector<int32_t> val_tokens;
-  // A mixture's other files' validation sets, each logged as "val_loss/<key>" (docs/data.md,
-  // Mixtures), and rank 0's notes on the files whose /val is too short to be one.
-  struct SourceValidation {
-    std::string key;
-    std::vector<int32_t> tokens;
-  };
-  std::vector<SourceValidation> source_val;
-  std::vector<std::string> source_val_notes;
+  MixtureValidation mixture_val;  // a mixture's other files, each logged as val_loss/<name>
 };
 
 // One step's micro-batches on this rank: micro-step m is routing group m*W + r of the step's
@@ -580,30 +573,6 @@ StepSampler make_sampler(const Config& config, const TokenFile& file) {
                      config.seed);
 }
 
-// The validation sets of a mixture's files other than data.path, under keys from their file
-// names ("code" for corpora/code.h5; "code_2" for a second file of that name). A file whose /val
-// holds fewer than the validation set's sequences gets a note instead.
-void read_source_validation(const Config& config, TrainData& data) {
-  const int64_t sequences = eval_sequences(config), S = config.model.seq_len;
-  if (sequences <= 0) return;
-  std::vector<std::string> keys;
-  for (const std::string& path : config.data.train_paths) {
-    if (path == config.data.path) continue;  // its /val is the validation set itself
-    const TokenFile file = open_token_file(path);
-    const std::string fit = validation_fit_problem(sequences, S, file.val->size());
-    if (!fit.empty()) {
-      data.source_val_notes.push_back(path + " (data.train_paths): no val_loss of its own, " + fit);
-      continue;
-    }
-    const std::string stem = std::filesystem::path(path).stem().string();
-    std::string key = stem;
-    for (int n = 2; std::find(keys.begin(), keys.end(), key) != keys.end(); ++n)
-      key = stem + "_" + std::to_string(n);
-    keys.push_back(key);
-    data.source_val.push_back({key, read_validation_tokens(*file.val, sequences, S)});
-  }
-}
-
 TrainData load_train_data(Run& run) {
   const Config& config = run.config;
   TokenFile file = load_tokens_on_every_rank(config, run.world);
@@ -613,8 +582,9 @@ TrainData load_train_data(Run& run) {
   std::string problem;
   try {
     StepSampler sampler = make_sampler(config, file);
-    data.emplace(TrainData{std::move(file), std::move(sampler), std::move(val_tokens), {}, {}});
-    read_source_validation(config, *data);
+    data.emplace(TrainData{
+        std::move(file), std::move(sampler), std::move(val_tokens),
+        read_mixture_validation(config.data, eval_sequences(config), config.model.seq_len)});
   } catch (const std::exception& error) {
     problem = error.what();
   }
@@ -647,7 +617,7 @@ void announce(Run& run, const TrainData& data, const TrainState& state) {
         config.run.dir.c_str(), static_cast<long long>(data.sampler.num_sources()),
         data.sampler.describe_sources().c_str(), config.data.path.c_str(),
         static_cast<long long>(data.file.val->size()));
-  for (const std::string& note : data.source_val_notes)
+  for (const std::string& note : data.mixture_val.notes)
     run.console.write(stderr, "note: %s\n", note.c_str());
   run.console.print("  %s\n", run.memory_check.summary.c_str());
   std::fflush(stdout);
@@ -838,9 +808,8 @@ void maybe_evaluate(Run& run, const TrainData& data, TrainState& state, RunOutpu
   const Clock::time_point eval_start = Clock::now();
   const Validation validation = evaluate(run.model, data.val_tokens, sequences, run.world);
   std::vector<std::pair<std::string, double>> by_file;
-  for (const TrainData::SourceValidation& source : data.source_val)
-    by_file.emplace_back("val_loss/" + source.key,
-                         evaluate(run.model, source.tokens, sequences, run.world).loss);
+  for (const FileValidation& file : data.mixture_val.files)
+    by_file.emplace_back(file.key, evaluate(run.model, file.tokens, sequences, run.world).loss);
   const LossInUnits units = loss_in_units(validation.loss, data.file.tokenizer);
   state.summary.final_val_loss = validation.loss;
   if (run.lead)
