@@ -637,7 +637,12 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
         sy::validation_fit_problem(sequences, config.model.seq_len, file.val->size());
     if (!fit.empty()) throw std::runtime_error(config.data.path + ": " + fit);
     data.val = sy::read_validation_tokens(*file.val, sequences, config.model.seq_len);
-    mixture = sy::read_mixture_validation(config.data, sequences, config.model.seq_len);
+    try {
+      mixture = sy::read_mixture_validation(config.data, sequences, config.model.seq_len);
+    } catch (const std::exception& error) {
+      throw std::runtime_error(std::string(error.what()) +
+                               " (--set data.train_paths=[] evaluates data.path alone)");
+    }
   } catch (const std::exception& error) {
     problem = error.what();
   }
