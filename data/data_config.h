@@ -1,7 +1,9 @@
 // data.* (docs/config.md): where the training and validation tokens come from.
 // trainer/config.cpp parses and validates it.
 #pragma once
+#include <filesystem>
 #include <string>
+#include <system_error>
 #include <vector>
 
 namespace sy {
@@ -14,5 +16,12 @@ struct DataConfig {
   std::vector<std::string> train_paths;
   std::vector<double> train_weights;
 };
+
+// Whether `path` names data.path's file, in the same spelling or another ("./a.h5" for "a.h5").
+inline bool names_data_path(const DataConfig& data, const std::string& path) {
+  if (path == data.path) return true;
+  std::error_code error;
+  return std::filesystem::equivalent(path, data.path, error) && !error;
+}
 
 }  // namespace sy

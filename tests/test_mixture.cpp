@@ -99,6 +99,11 @@ TEST_F(MixtureTest, EveryFileHasItsValidationLoss) {
   EXPECT_EQ(last_logged(dir / "val_prose", "val_loss/code"), b.final_val_loss);
   EXPECT_EQ(last_logged(dir / "val_code", "val_loss/prose"), a.final_val_loss);
   EXPECT_TRUE(std::isnan(last_logged(dir / "val_prose", "val_loss/prose")));  // data.path's own
+  Config respelled = one;  // data.path's file by another name is still data.path's
+  respelled.data.train_paths[0] = (dir / "." / "prose.h5").string();
+  respelled.run.dir = (dir / "val_respelled").string();
+  EXPECT_EQ(train(respelled, {.print = false}).losses, a.losses);
+  EXPECT_TRUE(std::isnan(last_logged(dir / "val_respelled", "val_loss/prose")));
 
   // A file whose /val is shorter than the validation set trains, without a loss of its own.
   const TokenData code = read_token_file((dir / "code.h5").string());

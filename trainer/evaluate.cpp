@@ -52,7 +52,7 @@ MixtureValidation read_mixture_validation(const DataConfig& data, int64_t sequen
   if (sequences <= 0) return result;
   std::vector<std::string> keys;
   for (const std::string& path : data.train_paths) {
-    if (path == data.path) continue;  // its /val is the validation set itself
+    if (names_data_path(data, path)) continue;  // its /val is the validation set itself
     const TokenFile file = open_token_file(path);
     const std::string fit = validation_fit_problem(sequences, seq_len, file.val->size());
     if (!fit.empty()) {

@@ -557,7 +557,7 @@ StepSampler make_sampler(const Config& config, const TokenFile& file) {
   std::vector<std::shared_ptr<const TokenSource>> sources;
   std::vector<double> weights = d.train_weights;
   for (const std::string& path : d.train_paths) {
-    const TokenFile source = path == d.path ? file : open_token_file(path);
+    const TokenFile source = names_data_path(d, path) ? file : open_token_file(path);
     if (source.vocab_size > config.model.vocab_size)
       throw std::runtime_error(path + " (data.train_paths): vocab_size " +
                                std::to_string(source.vocab_size) + " exceeds model.vocab_size " +
