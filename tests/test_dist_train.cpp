@@ -29,6 +29,22 @@ TEST_F(DistTrain, EquivalenceDroplessWithASharedExpert) {
   check_equivalence(c, "dropless");
 }
 
+// A mixture of two token files (data.train_paths) under a warmup-stable-decay schedule: each
+// sequence's file is drawn per (step, sequence), so the layout does not matter either.
+TEST_F(DistTrain, EquivalenceOnAMixtureWithAStableThenDecayingLr) {
+  const std::string code = (dir / "code.h5").string();
+  if (world_rank() == 0)
+    test::write_repeated_text(code, "for (int e = 0; e < experts; ++e) load[e] += rows[e]; ", 40,
+                              90);
+  MPI_Barrier(MPI_COMM_WORLD);
+  Config c = base_config();
+  c.data.train_paths = {c.data.path, code};
+  c.data.train_weights = {1.0, 2.0};
+  c.train.lr_decay = LrDecay::one_minus_sqrt;
+  c.train.decay_steps = 8;
+  check_equivalence(c, "mixture");
+}
+
 // Every balancing option at once: the routing and its reroutes are decided per group, the bias
 // is updated from the step's loads summed over all groups, so the layout still does not matter.
 TEST_F(DistTrain, EquivalenceWithEveryBalancingOption) {
