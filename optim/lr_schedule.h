@@ -3,6 +3,7 @@
 // default) decays over every step after the warmup; a shorter decay is warmup-stable-decay (WSD).
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace sy {
 
@@ -27,5 +28,9 @@ struct LrSchedule {
 // there is nothing left to decay (steps <= warmup_steps); past the last step it stays at min_lr.
 // A decay_steps longer than the steps after the warmup decays over those steps.
 double lr_at(const LrSchedule& schedule, int64_t step);
+
+// The schedule in words, with its phases' step ranges (0-based, end exclusive), e.g. "warmup
+// over steps [0, 50) to 0.003, held over [50, 640), 1-sqrt decay over [640, 800) to 0.0003".
+std::string describe(const LrSchedule& schedule);
 
 }  // namespace sy

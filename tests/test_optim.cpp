@@ -254,6 +254,26 @@ TEST(LrSchedule, DecayLongerThanTheRunSpansIt) {
   }
 }
 
+// The schedule in words: the phases that exist, with their step ranges.
+TEST(LrSchedule, DescribedWithItsPhases) {
+  LrSchedule s;  // lr 3e-3, min_lr 3e-4, warmup 50, steps 800, cosine over every step after
+  EXPECT_EQ(describe(s),
+            "warmup over steps [0, 50) to 0.003, cosine decay over [50, 800) to 0.0003");
+  s.decay = LrDecay::one_minus_sqrt;
+  s.decay_steps = 160;
+  EXPECT_EQ(describe(s),
+            "warmup over steps [0, 50) to 0.003, held over [50, 640), 1-sqrt decay "
+            "over [640, 800) to 0.0003");
+  s.warmup_steps = 0;
+  s.decay = LrDecay::linear;
+  EXPECT_EQ(describe(s),
+            "held at 0.003 over steps [0, 640), linear decay over [640, 800) to 0.0003");
+  s.decay_steps = 0;
+  EXPECT_EQ(describe(s), "linear decay from 0.003 over steps [0, 800) to 0.0003");
+  s.warmup_steps = 900;  // longer than the run: the LR rises throughout
+  EXPECT_EQ(describe(s), "warmup over steps [0, 800) to 0.003 (reached at step 900)");
+}
+
 // ---- clipping --------------------------------------------------------------------------------------
 
 struct ClipFixture : testing::Test {

@@ -729,6 +729,8 @@ int cmd_check_config(const CommandLine& line) {
       std::fprintf(stderr, "%s: ok\n", line.config.c_str());
       for (const std::string& note : sy::layout_notes(config))
         std::fprintf(stderr, "note: %s\n", note.c_str());
+      std::fprintf(stderr, "note: learning rate: %s\n",
+                   sy::describe(sy::lr_schedule(config.train)).c_str());
       // train compares it with the device or host before the first step (run.memory_check).
       std::fprintf(stderr, "note: memory estimate %s per rank\n",
                    sy::estimate_memory_per_rank(config).describe(4).c_str());

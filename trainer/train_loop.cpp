@@ -617,6 +617,7 @@ void announce(Run& run, const TrainData& data, const TrainState& state) {
         config.run.dir.c_str(), static_cast<long long>(data.sampler.num_sources()),
         data.sampler.describe_sources().c_str(), config.data.path.c_str(),
         static_cast<long long>(data.file.val->size()));
+  run.console.print("  learning rate: %s\n", describe(lr_schedule(config.train)).c_str());
   for (const std::string& note : data.mixture_val.notes)
     run.console.write(stderr, "note: %s\n", note.c_str());
   run.console.print("  %s\n", run.memory_check.summary.c_str());
