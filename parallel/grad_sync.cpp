@@ -7,23 +7,23 @@
 
 namespace sy {
 
+namespace {
+Communicator& group_of(const Param& param, ProcessGroups& groups) {
+  return param.is_expert ? *groups.expert_data_parallel : *groups.world;
+}
+}  // namespace
+
 void synchronize_gradients(Backend& backend, const std::vector<Param*>& params,
                            ProcessGroups& groups) {
   const auto region = backend.profile_region("all_reduce gradients");
   for (Param* param : params) {
-    Communicator& group = param->is_expert ? *groups.expert_data_parallel : *groups.world;
+    Communicator& group = group_of(*param, groups);
     if (group.size() > 1) {
       group.all_reduce(param->grad, ReduceOp::sum);
       param->grad_squares_valid = false;  // the squares were of this rank's share only
     }
   }
 }
-
-namespace {
-Communicator& group_of(const Param& param, ProcessGroups& groups) {
-  return param.is_expert ? *groups.expert_data_parallel : *groups.world;
-}
-}  // namespace
 
 bool GradientReducer::overlaps() const {
   return groups_.world->reduces_in_background() &&
