@@ -7,14 +7,21 @@
 
 namespace sy {
 
+namespace {
+// How many of the steps after a warmup of `warmup` steps decay: decay_steps, at most all of them
+// (0: all of them). Negative when the warmup outlasts the run.
+int64_t decay_length(const LrSchedule& schedule, int64_t warmup) {
+  const int64_t after_warmup = schedule.steps - warmup;
+  return schedule.decay_steps > 0 ? std::min(schedule.decay_steps, after_warmup) : after_warmup;
+}
+}  // namespace
+
 double lr_at(const LrSchedule& schedule, int64_t step) {
   const int64_t warmup = schedule.warmup_steps;
   if (warmup > 0 && step < warmup)
     return schedule.lr * static_cast<double>(step + 1) / static_cast<double>(warmup);
 
-  const int64_t after_warmup = schedule.steps - std::max<int64_t>(warmup, 0);
-  const int64_t decay_steps =
-      schedule.decay_steps > 0 ? std::min(schedule.decay_steps, after_warmup) : after_warmup;
+  const int64_t decay_steps = decay_length(schedule, std::max<int64_t>(warmup, 0));
   if (decay_steps <= 0) return schedule.lr;
   const int64_t decay_start = schedule.steps - decay_steps;  // the stable phase ends here
   if (step < decay_start) return schedule.lr;
@@ -42,14 +49,12 @@ std::string describe(const LrSchedule& schedule) {
     return "[" + std::to_string(begin) + ", " + std::to_string(end) + ")";
   };
   const int64_t warmup = std::min(std::max<int64_t>(schedule.warmup_steps, 0), schedule.steps);
-  const int64_t after_warmup = schedule.steps - warmup;
-  const int64_t decay_steps =
-      schedule.decay_steps > 0 ? std::min(schedule.decay_steps, after_warmup) : after_warmup;
+  const int64_t decay_steps = decay_length(schedule, warmup);
   std::string text;
   if (warmup > 0) text = "warmup over steps " + range(0, warmup) + " to " + number(schedule.lr);
   if (schedule.warmup_steps > schedule.steps)  // a shortened run keeps its warmup
     text += " (reached at step " + std::to_string(schedule.warmup_steps) + ")";
-  if (after_warmup <= 0) return text.empty() ? "no steps" : text;
+  if (decay_steps <= 0) return text.empty() ? "no steps" : text;
   const int64_t decay_start = schedule.steps - decay_steps;
   if (decay_start > warmup)
     text += (text.empty() ? "held at " + number(schedule.lr) + " over steps " : ", held over ") +
