@@ -38,7 +38,6 @@ StepSampler::StepSampler(std::vector<std::shared_ptr<const TokenSource>> sources
                          int64_t seq_len, uint64_t seed)
     : sources_(std::move(sources)),
       names_(std::move(names)),
-      num_tokens_(0),
       seq_len_(seq_len),
       stream_key_(key_combine(sampler_domain(), seed)),
       mixture_key_(key_combine(hash_string("sampler mixture"), seed)) {
@@ -62,7 +61,6 @@ StepSampler::StepSampler(std::vector<std::shared_ptr<const TokenSource>> sources
     total += weights[j];
   }
   if (!(total > 0)) throw std::runtime_error("sampler: the weights sum to 0");
-  num_tokens_ = sources_[0]->size();
   double running = 0.0;
   for (double w : weights) cumulative_.push_back((running += w) / total);
   cumulative_.back() = 1.0;  // rounding must not leave u in [sum, 1) without a source

@@ -45,7 +45,7 @@ class StepSampler {
              int32_t* targets) const;
 
   int64_t seq_len() const { return seq_len_; }
-  int64_t num_tokens() const { return num_tokens_; }  // of source 0
+  int64_t num_tokens() const { return sources_[0]->size(); }  // of source 0
   int64_t num_sources() const { return static_cast<int64_t>(sources_.size()); }
   // "a.h5 70%, b.h5 30%": each source's name and share of the sequences.
   std::string describe_sources() const;
@@ -57,7 +57,6 @@ class StepSampler {
   std::vector<std::shared_ptr<const TokenSource>> sources_;
   std::vector<double> cumulative_;  // (w_0 + .. + w_j) / sum(w); the last is 1
   std::vector<std::string> names_;
-  int64_t num_tokens_;
   int64_t seq_len_;
   uint64_t stream_key_;   // key_combine(sampler domain, seed): the per-run root of all draws
   uint64_t mixture_key_;  // the same for the source draws
