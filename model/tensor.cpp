@@ -82,9 +82,14 @@ uint16_t* Tensor::low_half_bits() const {
 }
 
 void expect_shape(const Tensor& t, const Shape& shape, const char* what) {
+  expect_shape(t, shape, what, "");
+}
+
+void expect_shape(const Tensor& t, const Shape& shape, std::string_view what_head,
+                  std::string_view what_tail) {
   if (t.shape() != shape)
-    throw std::runtime_error(std::string(what) + ": expected shape " + shape_str(shape) + ", got " +
-                             shape_str(t.shape()));
+    throw std::runtime_error(std::string(what_head) + std::string(what_tail) + ": expected shape " +
+                             shape_str(shape) + ", got " + shape_str(t.shape()));
 }
 
 }  // namespace sy

@@ -6,6 +6,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace sy {
@@ -81,5 +82,9 @@ class Tensor {
 
 // Throws std::runtime_error("<what>: expected ..., got ...") unless t has this shape.
 void expect_shape(const Tensor& t, const Shape& shape, const char* what);
+// The same with <what> = what_head + what_tail, joined only on a mismatch (callers checking
+// every tensor of every step name each by its path).
+void expect_shape(const Tensor& t, const Shape& shape, std::string_view what_head,
+                  std::string_view what_tail);
 
 }  // namespace sy

@@ -9,9 +9,7 @@ namespace {
 
 void check_param(const Param& param) {
   if (!param.grad.defined()) throw std::runtime_error("optimizer: " + param.path + " has no grad");
-  // The message only on a mismatch: this runs for every tensor of every step.
-  if (param.grad.shape() != param.value.shape())
-    expect_shape(param.grad, param.value.shape(), ("optimizer: grad of " + param.path).c_str());
+  expect_shape(param.grad, param.value.shape(), "optimizer: grad of ", param.path);
 }
 
 class AdamW : public Optimizer {
@@ -52,9 +50,8 @@ class AdamW : public Optimizer {
     for (const Param* param : params) {
       auto found = moments_.find(param->path);
       if (found != moments_.end()) {
-        if (found->second.exp_avg.shape() != param->value.shape())
-          expect_shape(found->second.exp_avg, param->value.shape(),
-                       ("optimizer state of " + param->path).c_str());
+        expect_shape(found->second.exp_avg, param->value.shape(), "optimizer state of ",
+                     param->path);
         continue;
       }
       const Shape& shape = param->value.shape();
