@@ -698,4 +698,11 @@ void TokenFileWriter::finish() {
   }
 }
 
+std::vector<TokenFile> open_train_files(const DataConfig& data, const TokenFile& path_file) {
+  std::vector<TokenFile> files;
+  for (const std::string& path : data.train_paths)
+    files.push_back(names_data_path(data, path) ? path_file : open_token_file(path));
+  return files;
+}
+
 }  // namespace sy

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "data/data_config.h"
 #include "data/token_window.h"
 
 namespace sy {
@@ -76,6 +77,10 @@ struct TokenFile {
 // Same checks at open time as read_token_file but the per-token range check, with the same
 // messages. Throws std::runtime_error "<path>: <what is wrong>".
 TokenFile open_token_file(const std::string& path);
+
+// data.train_paths' token files (a mixture, docs/data.md), one per entry, opened once each:
+// `path_file`, data.path's already open, where an entry names data.path.
+std::vector<TokenFile> open_train_files(const DataConfig& data, const TokenFile& path_file);
 
 struct TokenSpill;  // one split's tokens on their way to the file (data/token_file.cpp)
 

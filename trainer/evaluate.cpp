@@ -7,7 +7,6 @@
 #include <stdexcept>
 
 #include "data/sampler.h"
-#include "data/token_file.h"
 
 namespace sy {
 
@@ -46,14 +45,16 @@ LossInUnits loss_in_units(double loss, const std::string& tokenizer) {
   return {"perplexity", std::exp(loss)};
 }
 
-MixtureValidation read_mixture_validation(const DataConfig& data, int64_t sequences,
+MixtureValidation read_mixture_validation(const DataConfig& data,
+                                          const std::vector<TokenFile>& files, int64_t sequences,
                                           int64_t seq_len) {
   MixtureValidation result;
   if (sequences <= 0) return result;
   std::vector<std::string> keys;
-  for (const std::string& path : data.train_paths) {
+  for (size_t i = 0; i < data.train_paths.size(); ++i) {
+    const std::string& path = data.train_paths[i];
     if (names_data_path(data, path)) continue;  // its /val is the validation set itself
-    const TokenFile file = open_token_file(path);
+    const TokenFile& file = files.at(i);
     const std::string fit = validation_fit_problem(sequences, seq_len, file.val->size());
     if (!fit.empty()) {
       result.notes.push_back(path + " (data.train_paths): no val_loss of its own, " + fit);
@@ -67,6 +68,16 @@ MixtureValidation read_mixture_validation(const DataConfig& data, int64_t sequen
     result.files.push_back({key, read_validation_tokens(*file.val, sequences, seq_len)});
   }
   return result;
+}
+
+std::vector<std::pair<std::string, double>> evaluate_mixture(Transformer& model,
+                                                             const MixtureValidation& mixture,
+                                                             int64_t sequences,
+                                                             Communicator& world) {
+  std::vector<std::pair<std::string, double>> losses;
+  for (const FileValidation& file : mixture.files)
+    losses.emplace_back(file.key, evaluate(model, file.tokens, sequences, world).loss);
+  return losses;
 }
 
 }  // namespace sy

@@ -6,9 +6,11 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "data/data_config.h"
+#include "data/token_file.h"
 #include "model/transformer.h"
 #include "parallel/communicator.h"
 
@@ -38,7 +40,7 @@ LossInUnits loss_in_units(double loss, const std::string& tokenizer);
 // A mixture's own validation sets (data.train_paths, docs/data.md, Mixtures): every file but
 // data.path, with the first `sequences` sequences of its /val, keyed "val_loss/<file name>"
 // ("val_loss/code" for corpora/code.h5, "val_loss/code_2" for a second file of that name). A file
-// whose /val is too short gets a note instead of a key. Throws open_token_file's errors.
+// whose /val is too short gets a note instead of a key. `files`: open_train_files(data, ...).
 struct FileValidation {
   std::string key;
   std::vector<int32_t> tokens;
@@ -47,7 +49,13 @@ struct MixtureValidation {
   std::vector<FileValidation> files;
   std::vector<std::string> notes;
 };
-MixtureValidation read_mixture_validation(const DataConfig& data, int64_t sequences,
+MixtureValidation read_mixture_validation(const DataConfig& data,
+                                          const std::vector<TokenFile>& files, int64_t sequences,
                                           int64_t seq_len);
+// evaluate() on each of those sets: (key, val_loss) in their order. Collective, like evaluate.
+std::vector<std::pair<std::string, double>> evaluate_mixture(Transformer& model,
+                                                             const MixtureValidation& mixture,
+                                                             int64_t sequences,
+                                                             Communicator& world);
 
 }  // namespace sy

@@ -638,7 +638,8 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
     if (!fit.empty()) throw std::runtime_error(config.data.path + ": " + fit);
     data.val = sy::read_validation_tokens(*file.val, sequences, config.model.seq_len);
     try {
-      mixture = sy::read_mixture_validation(config.data, sequences, config.model.seq_len);
+      mixture = sy::read_mixture_validation(config.data, sy::open_train_files(config.data, file),
+                                            sequences, config.model.seq_len);
     } catch (const std::exception& error) {
       throw std::runtime_error(std::string(error.what()) +
                                " (--set data.train_paths=[] evaluates data.path alone)");
@@ -661,9 +662,9 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
       .add("val_" + units.name, units.value)
       .add("val_tokens", validation.tokens)
       .add("sequences", validation.sequences);
-  for (const sy::FileValidation& file : mixture.files)
-    result.add(file.key,
-               sy::evaluate(*session.model, file.tokens, sequences, *session.groups.world).loss);
+  for (const auto& [key, loss] :
+       sy::evaluate_mixture(*session.model, mixture, sequences, *session.groups.world))
+    result.add(key, loss);
   result.add("checkpoint", loaded);
   if (session.groups.rank() == 0) {
     for (const std::string& note : mixture.notes) std::fprintf(stderr, "note: %s\n", note.c_str());

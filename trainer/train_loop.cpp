@@ -551,13 +551,16 @@ RunOutputs open_outputs(Run& run, const TrainState& state) {
 // The training batches' sampler: over data.path's /train, or over the /train splits of
 // data.train_paths (docs/data.md, Mixtures), each checked like data.path against the model and
 // against data.path's tokenizer, weighted by data.train_weights or else by their sizes.
-StepSampler make_sampler(const Config& config, const TokenFile& file) {
+// `mixture`: open_train_files(config.data, file).
+StepSampler make_sampler(const Config& config, const TokenFile& file,
+                         const std::vector<TokenFile>& mixture) {
   const DataConfig& d = config.data;
   if (d.train_paths.empty()) return StepSampler(file.train, config.model.seq_len, config.seed);
   std::vector<std::shared_ptr<const TokenSource>> sources;
   std::vector<double> weights = d.train_weights;
-  for (const std::string& path : d.train_paths) {
-    const TokenFile source = names_data_path(d, path) ? file : open_token_file(path);
+  for (size_t i = 0; i < d.train_paths.size(); ++i) {
+    const std::string& path = d.train_paths[i];
+    const TokenFile& source = mixture.at(i);
     if (source.vocab_size > config.model.vocab_size)
       throw std::runtime_error(path + " (data.train_paths): vocab_size " +
                                std::to_string(source.vocab_size) + " exceeds model.vocab_size " +
@@ -581,10 +584,12 @@ TrainData load_train_data(Run& run) {
   std::optional<TrainData> data;
   std::string problem;
   try {
-    StepSampler sampler = make_sampler(config, file);
-    data.emplace(TrainData{
-        std::move(file), std::move(sampler), std::move(val_tokens),
-        read_mixture_validation(config.data, eval_sequences(config), config.model.seq_len)});
+    const std::vector<TokenFile> mixture = open_train_files(config.data, file);
+    StepSampler sampler = make_sampler(config, file, mixture);
+    MixtureValidation mixture_val =
+        read_mixture_validation(config.data, mixture, eval_sequences(config), config.model.seq_len);
+    data.emplace(TrainData{std::move(file), std::move(sampler), std::move(val_tokens),
+                           std::move(mixture_val)});
   } catch (const std::exception& error) {
     problem = error.what();
   }
@@ -808,9 +813,8 @@ void maybe_evaluate(Run& run, const TrainData& data, TrainState& state, RunOutpu
   if (sequences <= 0 || !due) return;
   const Clock::time_point eval_start = Clock::now();
   const Validation validation = evaluate(run.model, data.val_tokens, sequences, run.world);
-  std::vector<std::pair<std::string, double>> by_file;
-  for (const FileValidation& file : data.mixture_val.files)
-    by_file.emplace_back(file.key, evaluate(run.model, file.tokens, sequences, run.world).loss);
+  const std::vector<std::pair<std::string, double>> by_file =
+      evaluate_mixture(run.model, data.mixture_val, sequences, run.world);
   const LossInUnits units = loss_in_units(validation.loss, data.file.tokenizer);
   state.summary.final_val_loss = validation.loss;
   if (run.lead)
