@@ -105,6 +105,15 @@ expect_ok "\"checkpoint\": \"$ckpt/step_00000012.h5\"" "${mpi2[@]}" "$switchyard
 expect_ok "\"checkpoint\": \"$ckpt/step_00000012.h5\"" "${mpi2[@]}" "$switchyard" eval tiny.yaml --checkpoint $ckpt --set parallel.expert_parallel=2
 expect 1 "no_checkpoints: no loadable checkpoint in this folder" "${mpi2[@]}" "$switchyard" eval tiny.yaml --checkpoint no_checkpoints --set parallel.expert_parallel=2
 
+# checkpoint.init_from: a new run from those weights, on 2 ranks, at its own step 0.
+expect_ok "initialised from $ckpt/step_00000012.h5 (step 12 of its run)" \
+  "${mpi2[@]}" "$switchyard" train tiny.yaml --set train.steps=2 --set run.dir=run_init \
+  --set checkpoint.init_from=run --set parallel.expert_parallel=2 --set train.lr=1e-3
+check "the initialised run logs its steps 1..2" \
+  test "$(grep -v val_loss run_init/metrics.jsonl | grep -o '^{"step": [0-9]*' | tr -dc '0-9\n' | tr '\n' ' ')" = "1 2 "
+expect 1 "checkpoint.init_from: $ckpt/step_00000012.h5: the config differs from the checkpoint's in keys that shape the model: model.d_model (checkpoint 16, config 32)" \
+  "$switchyard" train tiny.yaml --set run.dir=run_init_bad --set checkpoint.init_from=$ckpt --set model.d_model=32
+
 # ---- crash safety: a half-written temporary file and a newer broken step file are passed over --
 good=$ckpt/step_00000012.h5
 head -c 3000 $good > $ckpt/step_00000015.h5.tmp

@@ -400,6 +400,68 @@ TEST_F(CheckpointTest, TrainingKeysAreReportedNotRefused) {
   expect_contains(all, "warning: changed since the checkpoint: train.micro_batch_size (checkpoint 2, config 4)");
 }
 
+// ---- checkpoint.init_from: a new run from another run's weights -----------------------------
+
+// A run initialised from the straight run's last checkpoint starts at its own step 0 with those
+// weights: at a learning rate too small to move them it ends where the straight run ended, and
+// its first loss is that model's on the first batch, below the fresh model's.
+TEST_F(CheckpointTest, InitFromTakesTheWeightsAndStartsAtStepZero) {
+  Config c = base_config("init");
+  c.checkpoint.init_from = (dir / "straight").string();  // a run folder: its newest checkpoint
+  c.train.steps = 3;
+  c.train.optimizer = OptimizerKind::sgd;
+  c.train.lr = 1e-30;
+  c.train.min_lr = 0;
+  const TrainSummary init = train(c, {.print = false, .collect_parameters = true});
+  EXPECT_EQ(init.first_step, 0);
+  EXPECT_EQ(init.losses.size(), 3u);
+  EXPECT_EQ(init.initialised_from, straight_checkpoint(20));
+  EXPECT_LT(init.losses[0], straight.losses[0] - 0.5) << "the trained weights model batch 1 better";
+  ASSERT_EQ(init.parameters.size(), straight.parameters.size());
+  for (size_t p = 0; p < straight.parameters.size(); ++p) {
+    ASSERT_EQ(init.parameters[p].first, straight.parameters[p].first);
+    const std::vector<double>& ours = init.parameters[p].second;
+    const std::vector<double>& theirs = straight.parameters[p].second;
+    ASSERT_EQ(ours.size(), theirs.size());
+    for (size_t i = 0; i < ours.size(); ++i)
+      ASSERT_NEAR(ours[i], theirs[i], 1e-20) << straight.parameters[p].first << "[" << i << "]";
+  }
+}
+
+// The weights come first, then the run is a run like any other: its resume ignores init_from
+// and continues exactly; the sequence length may differ from the checkpoint's run.
+TEST_F(CheckpointTest, InitFromRunResumesItsOwnCheckpointsExactly) {
+  Config c = base_config("init_resume");
+  c.checkpoint.init_from = straight_checkpoint(10);
+  c.model.seq_len = 8;
+  expect_exact_resume_from_step_3(c);
+}
+
+TEST_F(CheckpointTest, InitFromRefusesAnotherModelNamingTheKey) {
+  Config c = base_config("init_bad");
+  c.train.steps = 1;
+  c.model.ffn_hidden = 64;
+  c.checkpoint.init_from = straight_checkpoint(20);
+  try {
+    train(c, {.print = false});
+    ADD_FAILURE() << "a model of another shape took the weights";
+  } catch (const CollectiveError& error) {
+    const std::string message = error.what();
+    EXPECT_EQ(message.rfind("checkpoint.init_from: " + straight_checkpoint(20) + ": ", 0), 0u)
+        << message;
+    expect_contains(message, "model.ffn_hidden (checkpoint 32, config 64)");
+  }
+  c.model.ffn_hidden = 32;
+  c.checkpoint.init_from = (dir / "no_such_run").string();
+  try {
+    train(c, {.print = false});
+    ADD_FAILURE() << "a missing checkpoint was taken";
+  } catch (const CollectiveError& error) {
+    EXPECT_EQ(std::string(error.what()).rfind("checkpoint.init_from: ", 0), 0u) << error.what();
+    expect_contains(error.what(), "no_such_run");
+  }
+}
+
 TEST(CompareConfigs, WhichKeysMayChange) {
   Config c;
   c.moe.num_experts = 8;

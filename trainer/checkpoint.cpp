@@ -13,6 +13,7 @@
 #include "data/token_file.h"
 #include "trainer/atomic_file.h"
 #include "trainer/checkpoint_writer.h"
+#include "trainer/cli.h"
 
 namespace sy {
 
@@ -498,6 +499,51 @@ ResumePoint resume_from(const std::string& resume, const std::string& dir, const
         "warning: changed since the checkpoint: " + line +
         "; the routing groups differ, so the run does not continue the checkpoint's trajectory "
         "exactly");
+  return point;
+}
+
+InitPoint init_from_checkpoint(const std::string& argument, const Config& config,
+                               Transformer& model, ProcessGroups& groups, Backend& backend) {
+  Communicator& world = *groups.world;
+  const std::string key = "checkpoint.init_from: ";
+  InitPoint point;
+  std::string problem;
+  if (world.rank() == 0) {
+    try {
+      CheckpointArgument resolved = resolve_checkpoint_argument(argument);
+      point.path = resolved.path;
+      for (const std::string& note : resolved.notes) point.messages.push_back("note: " + note);
+    } catch (const std::exception& error) {
+      problem = key + error.what();
+    }
+  }
+  agree_or_throw(world, problem);
+  point.path = world.all_gather_host(point.path)[0];
+
+  // The checkpoint's own sequence length stands in for the run's in the comparison of keys.
+  Config as_saved = config;
+  try {
+    const std::string saved_seq_len =
+        checkpoint_config_value(read_checkpoint_header(point.path).config, "model.seq_len");
+    if (!saved_seq_len.empty()) as_saved.model.seq_len = std::stoll(saved_seq_len);
+  } catch (const std::exception& error) {
+    problem = key + point.path + ": " + error.what();
+  }
+  agree_or_throw(world, problem);
+  LoadResult loaded;
+  try {
+    loaded = load_checkpoint(point.path, as_saved, model, nullptr, groups, backend);
+  } catch (const CollectiveError& error) {
+    throw CollectiveError(key + error.what());
+  }
+  point.step = loaded.header.step;
+  point.messages.push_back("initialised from " + point.path + " (step " +
+                           std::to_string(point.step) +
+                           " of its run): its parameters only; the optimizer state, the step, "
+                           "the learning-rate schedule and the data start fresh");
+  if (as_saved.model.seq_len != config.model.seq_len)
+    point.messages.push_back("note: model.seq_len " + std::to_string(config.model.seq_len) +
+                             ", the checkpoint's run " + std::to_string(as_saved.model.seq_len));
   return point;
 }
 

@@ -110,6 +110,23 @@ ResumePoint resume_from(const std::string& resume, const std::string& dir, const
                         Transformer& model, Optimizer* optimizer, ProcessGroups& groups,
                         Backend& backend);
 
+// `checkpoint.init_from`: a fresh run's starting point taken from another checkpoint.
+struct InitPoint {
+  std::string path;  // the checkpoint file loaded
+  int64_t step = 0;  // its step in the run that wrote it (this run still starts at step 0)
+  // For rank 0 to print: how a folder was resolved, what was taken, a sequence length changed.
+  std::vector<std::string> messages;
+};
+
+// Collective over groups.world: loads the parameters of the checkpoint `argument` names (a file,
+// a checkpoints or run folder, a `latest` file; resolved on rank 0, cli.h) into `model`, under any
+// rank layout, and nothing else: the optimizer's moments, the step, the learning-rate schedule
+// and the data position are the new run's own. The keys that shape the model must be the
+// checkpoint's, as for a resume, except model.seq_len: no parameter depends on it (rotary has no
+// length). Errors are CollectiveError on every rank, starting "checkpoint.init_from: <path>: ".
+InitPoint init_from_checkpoint(const std::string& argument, const Config& config,
+                               Transformer& model, ProcessGroups& groups, Backend& backend);
+
 // Tests only: called on the writing rank after the temporary file is complete (flushed and
 // fsynced) and before it is renamed into place, with the temporary file's path. Throwing from it
 // simulates a crash at that point (the temporary file is left behind, as a crash would leave it).

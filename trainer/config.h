@@ -69,6 +69,10 @@ struct CheckpointConfig {
   int64_t keep_last = 3;
   bool async = false;                 // write the file in the background (docs/checkpoint.md)
   bool at_end = true;                 // false: no save when train.steps is reached
+  // A fresh run's parameters from this checkpoint (a file, a checkpoints or run folder, or a
+  // `latest` file): weights only, the run's own step 0, schedule, optimizer state and data.
+  // "": the config's initialisation. Ignored when the run resumes (its checkpoint has them).
+  std::string init_from = "";
 };
 
 // run.precision: the dtype the model computes in; the master weights stay fp32 (docs/cuda.md).

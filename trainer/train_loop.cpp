@@ -442,7 +442,8 @@ struct StepVerdict {
 // ---- setup -------------------------------------------------------------------------------------
 
 // The step to start from: options.resume's checkpoint loaded into the model and optimizer (one
-// call, trainer/checkpoint.h), else step 0; and the run id, the resumed checkpoint's or, for a
+// call, trainer/checkpoint.h), else step 0 (with checkpoint.init_from's weights, if set); and
+// the run id, the resumed checkpoint's or, for a
 // fresh run (or one resumed from a checkpoint without one), a new one from rank 0.
 TrainState start_or_resume(Run& run) {
   TrainState state;
@@ -457,6 +458,15 @@ TrainState start_or_resume(Run& run) {
     if (run.speak) {
       for (const std::string& line : summary.resume_messages)
         run.console.write(line.rfind("warning", 0) == 0 ? stderr : stdout, "%s\n", line.c_str());
+      std::fflush(stdout);
+    }
+  }
+  if (summary.resumed_from.empty() && !run.config.checkpoint.init_from.empty()) {
+    const InitPoint init = init_from_checkpoint(run.config.checkpoint.init_from, run.config,
+                                                run.model, run.groups, run.backend);
+    summary.initialised_from = init.path;
+    if (run.speak) {
+      for (const std::string& line : init.messages) run.console.print("%s\n", line.c_str());
       std::fflush(stdout);
     }
   }

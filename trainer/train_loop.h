@@ -59,6 +59,7 @@ struct TrainSummary {
   double tokens_per_s = 0.0;   // global
   bool dropped_any = false;    // some step dropped assignments at capacity
   std::string resumed_from;    // the checkpoint loaded ("" when the run started fresh)
+  std::string initialised_from;  // checkpoint.init_from's file, when a fresh run took its weights
   std::vector<std::string> resume_messages;  // on rank 0: what resuming reported (notes, warnings)
   std::string last_checkpoint; // the newest checkpoint this call wrote
   int stop_signal = 0;         // SIGTERM, SIGINT or SIGUSR1 when a signal stopped the run, else 0
