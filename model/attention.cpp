@@ -39,8 +39,20 @@ const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionSha
   }
 
   backend.gemm(q, x, false, wq.compute_value(), false, 1.0, 0.0);
-  backend.gemm(k, x, false, wk.compute_value(), false, 1.0, 0.0);
-  backend.gemm(v, x, false, wv.compute_value(), false, 1.0, 0.0);
+  if (grouped(shape)) {
+    // Rotary acts on each head alone, so rotating the repeated heads equals repeating the
+    // rotated ones: the kernels below see H heads and need no grouped case of their own.
+    const Shape kv_shape{td[0], wk.value.dim(1)};
+    k_kv = scratch().get(backend, "attn.k_kv", kv_shape, dtype);
+    v_kv = scratch().get(backend, "attn.v_kv", kv_shape, dtype);
+    backend.gemm(k_kv, x, false, wk.compute_value(), false, 1.0, 0.0);
+    backend.gemm(v_kv, x, false, wv.compute_value(), false, 1.0, 0.0);
+    backend.repeat_kv_heads(k, k_kv, kv_heads);
+    backend.repeat_kv_heads(v, v_kv, kv_heads);
+  } else {
+    backend.gemm(k, x, false, wk.compute_value(), false, 1.0, 0.0);
+    backend.gemm(v, x, false, wv.compute_value(), false, 1.0, 0.0);
+  }
   backend.rope_forward_qk(q, k, shape.batch, shape.seq, shape.heads);
   // `cudnn` (and `auto` on a device): the same flash ops, which the CUDA backend then runs on
   // cuDNN where it can.
@@ -83,12 +95,24 @@ const Tensor& Attention::backward(Backend& backend, const Tensor& dout, const Te
   // The rotation is orthogonal: its backward rotates the gradient back.
   backend.rope_backward_qk(dq, dk, shape.batch, shape.seq, shape.heads);
 
+  // Grouped: each key/value head's gradient is the sum over the query heads it served.
+  const Tensor* dk_proj = &dk;
+  const Tensor* dv_proj = &dv;
+  if (grouped(shape)) {
+    const Shape kv_shape{td[0], wk.value.dim(1)};
+    dk_kv = ws.get(backend, "attn.dk_kv", kv_shape, dtype);
+    dv_kv = ws.get(backend, "attn.dv_kv", kv_shape, dtype);
+    backend.repeat_kv_heads_backward(dk_kv, dk, kv_heads);
+    backend.repeat_kv_heads_backward(dv_kv, dv, kv_heads);
+    dk_proj = &dk_kv;
+    dv_proj = &dv_kv;
+  }
   backend.gemm(wq.grad, x, true, dq, false, 1.0, wq.take_grad_beta());
-  backend.gemm(wk.grad, x, true, dk, false, 1.0, wk.take_grad_beta());
-  backend.gemm(wv.grad, x, true, dv, false, 1.0, wv.take_grad_beta());
+  backend.gemm(wk.grad, x, true, *dk_proj, false, 1.0, wk.take_grad_beta());
+  backend.gemm(wv.grad, x, true, *dv_proj, false, 1.0, wv.take_grad_beta());
   backend.gemm(dx, dq, false, wq.compute_value(), true, 1.0, 0.0);
-  backend.gemm(dx, dk, false, wk.compute_value(), true, 1.0, 1.0);
-  backend.gemm(dx, dv, false, wv.compute_value(), true, 1.0, 1.0);
+  backend.gemm(dx, *dk_proj, false, wk.compute_value(), true, 1.0, 1.0);
+  backend.gemm(dx, *dv_proj, false, wv.compute_value(), true, 1.0, 1.0);
   return dx;
 }
 

@@ -1,5 +1,7 @@
 // Multi-head causal self-attention with rotary position embedding (SPEC.md section 1).
 // q = x@wq, k = x@wk, v = x@wv; rotary on q and k; softmax(q k^T / sqrt(Dh)) v per head; @ wo.
+// Grouped-query attention (ModelConfig::n_kv_heads): k and v have Hkv heads, query head h reads
+// key/value head h / (H / Hkv).
 // Two kernels compute the softmax part (model.attention_kernel, docs/config.md): `reference`
 // saves probs [B, H, S, S] (attention_forward/backward); `flash` saves only lse [B, H, S] and
 // recomputes the probabilities in backward (flash_attention_forward/backward). `cudnn` is flash
@@ -23,8 +25,13 @@ struct AttentionShape {
 };
 
 struct Attention {
-  Param wq, wk, wv, wo;  // [D, D]
+  Param wq, wo;                                         // [D, D]
+  Param wk, wv;                                         // [D, Hkv*Dh]
   AttentionKernel kernel = AttentionKernel::automatic;  // ModelConfig::attention_kernel
+  // Hkv (ModelConfig::kv_heads): fewer than the H query heads is grouped-query attention; k and v
+  // are projected to Hkv heads and repeated to H (repeat_kv_heads) before rotary, so the kernels
+  // below see H heads either way. 0: H.
+  int64_t kv_heads = 0;
 
   // Shared scratch (the Transformer's); null: a private one. out and the backward buffers
   // come from it, so they are valid only until the next layer's forward or backward.
@@ -41,6 +48,8 @@ struct Attention {
   Tensor out;            // scratch
   // Backward scratch.
   Tensor dcontext, dq, dk, dv, dx;
+  // Grouped-query attention only: k and v of the Hkv heads, and their gradients (scratch).
+  Tensor k_kv, v_kv, dk_kv, dv_kv;
 
   // x: the normalised input [T, D]. Returns out [T, D].
   const Tensor& forward(Backend& backend, const Tensor& x, AttentionShape shape);
@@ -59,6 +68,7 @@ struct Attention {
   Workspace own_;
   Workspace& scratch() { return workspace ? *workspace : own_; }
   Workspace& saved() { return recompute && workspace ? *workspace : own_; }
+  bool grouped(AttentionShape shape) const { return kv_heads > 0 && kv_heads < shape.heads; }
 };
 
 }  // namespace sy

@@ -192,6 +192,12 @@ class Backend {
   void rope_forward_qk(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H);
   void rope_backward_qk(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S,
                         int64_t H);
+  // Grouped-query attention's key and value heads, shared by groups of query heads: out[T, H*Dh]
+  // holds head j of x[T, Hkv*Dh] as heads j*G .. j*G+G-1 (G = H / Hkv; transformers' repeat_kv).
+  // Backward: dx[t, head j] = the sum over g = 0 .. G-1, in that order, of dout[t, head j*G+g]
+  // (overwritten; accumulated in stat dtype). `kv_heads` is Hkv.
+  void repeat_kv_heads(const Tensor& out, const Tensor& x, int64_t kv_heads);
+  void repeat_kv_heads_backward(const Tensor& dx, const Tensor& dout, int64_t kv_heads);
   // Causal softmax attention per (batch, head). q,k,v,out: [B*S, H*Dh]; probs: [B, H, S, S]
   // (saved for backward; entries above the diagonal are 0).
   void attention_forward(const Tensor& out, const Tensor& probs, const Tensor& q,
@@ -452,6 +458,9 @@ class Backend {
     rope_backward(dq, B, S, H);
     rope_backward(dk, B, S, H);
   }
+  virtual void repeat_kv_heads_impl(const Tensor& out, const Tensor& x, int64_t kv_heads) = 0;
+  virtual void repeat_kv_heads_backward_impl(const Tensor& dx, const Tensor& dout,
+                                             int64_t kv_heads) = 0;
   virtual void attention_forward_impl(const Tensor& out, const Tensor& probs, const Tensor& q,
                                       const Tensor& k, const Tensor& v, int64_t B, int64_t S,
                                       int64_t H) = 0;

@@ -23,6 +23,12 @@ struct ModelConfig {
   int64_t ffn_hidden = 512;   // dense SwiGLU width F
   bool tie_embeddings = true;
   AttentionKernel attention_kernel = AttentionKernel::automatic;
+  // Key/value heads of grouped-query attention: each serves n_heads / n_kv_heads query heads
+  // (wk, wv are [D, n_kv_heads * Dh]). 0: n_heads (multi-head attention). Last, so that the
+  // brace initialisers of the fields above stay as they are.
+  int64_t n_kv_heads = 0;
+
+  int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
 };
 
 // moe.expert_kernel: how the expert FFN runs its GEMMs (model/moe/experts.h). automatic: `auto`.

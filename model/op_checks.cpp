@@ -451,6 +451,36 @@ void Backend::rope_backward_qk(const Tensor& dq, const Tensor& dk, int64_t B, in
   rope_backward_qk_impl(dq, dk, B, S, H);
 }
 
+namespace {
+// The shared part of repeat_kv_heads' contract: `grouped` [T, H*Dh] and `kv` [T, Hkv*Dh] of one
+// float dtype, H a multiple of Hkv.
+void check_kv_heads(const OpCheck& c, const Tensor& grouped, const char* grouped_name,
+                    const Tensor& kv, const char* kv_name, int64_t kv_heads) {
+  const DType dt = c.float_dtype(kv, kv_name);
+  c.dtype(grouped, dt, grouped_name);
+  c.ndim(kv, 2, kv_name);
+  c.ndim(grouped, 2, grouped_name);
+  c.positive(kv_heads, "kv_heads");
+  if (kv.dim(1) % kv_heads != 0)
+    c.fail(std::string(kv_name) + " width " + std::to_string(kv.dim(1)) +
+           " is not a multiple of kv_heads " + std::to_string(kv_heads));
+  if (grouped.dim(0) != kv.dim(0) || kv.dim(1) == 0 || grouped.dim(1) % kv.dim(1) != 0)
+    c.fail(std::string(grouped_name) + " " + shape_str(grouped.shape()) +
+           " is not a whole number of groups of " + kv_name + " " + shape_str(kv.shape()));
+  if (overlaps(grouped, kv)) c.fail(std::string(grouped_name) + " overlaps " + kv_name);
+}
+}  // namespace
+
+void Backend::repeat_kv_heads(const Tensor& out, const Tensor& x, int64_t kv_heads) {
+  check_kv_heads(OpCheck(*this, "repeat_kv_heads"), out, "out", x, "x", kv_heads);
+  repeat_kv_heads_impl(out, x, kv_heads);
+}
+
+void Backend::repeat_kv_heads_backward(const Tensor& dx, const Tensor& dout, int64_t kv_heads) {
+  check_kv_heads(OpCheck(*this, "repeat_kv_heads_backward"), dout, "dout", dx, "dx", kv_heads);
+  repeat_kv_heads_backward_impl(dx, dout, kv_heads);
+}
+
 void Backend::attention_forward(const Tensor& out, const Tensor& probs, const Tensor& q,
                                 const Tensor& k, const Tensor& v, int64_t B, int64_t S,
                                 int64_t H) {

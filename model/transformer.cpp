@@ -68,8 +68,10 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
         options_.recompute == Recompute::attention || options_.recompute == Recompute::layer;
     block.attn_norm.gain = make_param(prefix + "attn_norm", {D}, false, false);
     block.attn.wq = make_param(prefix + "attn/wq", {D, D});
-    block.attn.wk = make_param(prefix + "attn/wk", {D, D});
-    block.attn.wv = make_param(prefix + "attn/wv", {D, D});
+    const int64_t kv_width = m.kv_heads() * (D / m.n_heads);
+    block.attn.wk = make_param(prefix + "attn/wk", {D, kv_width});
+    block.attn.wv = make_param(prefix + "attn/wv", {D, kv_width});
+    block.attn.kv_heads = m.kv_heads();
     block.attn.wo = make_param(prefix + "attn/wo", {D, D});
     block.attn.kernel = m.attention_kernel;
     block.ffn_norm.gain = make_param(prefix + "ffn_norm", {D}, false, false);

@@ -255,6 +255,13 @@ TEST_F(CheckpointTest, SharedExpertsResumeExactly) {
 // A save interrupted after the temporary file was written and before the rename (the test hook
 // throws there, as a crash would stop there) leaves the previous checkpoint in place; `auto`
 // picks it, also past a newer garbage step file and a `latest` that names a broken file.
+// Grouped-query attention: wk and wv of the key/value heads are saved and resumed like any other.
+TEST_F(CheckpointTest, GroupedQueryAttentionResumesExactly) {
+  Config c = base_config("gqa");
+  c.model.n_kv_heads = 1;
+  expect_exact_resume_from_step_3(c);
+}
+
 TEST_F(CheckpointTest, InterruptedSaveLeavesThePreviousCheckpoint) {
   Config c = base_config("crash");
   c.checkpoint.every = 5;

@@ -303,6 +303,10 @@ TEST(ConfigRules, DModelDivisibleByHeads) {
 }
 
 TEST(ConfigRules, OddHeadWidth) {
+  EXPECT_TRUE(rejects("model:\n  n_heads: 4\n  n_kv_heads: 3\n",
+                      "model.n_kv_heads: 3 does not divide model.n_heads (4); each key/value "
+                      "head serves a whole group"));
+  EXPECT_TRUE(rejects("model:\n  n_kv_heads: -1\n", "model.n_kv_heads: must be >= 0, got -1"));
   EXPECT_TRUE(rejects("model:\n  d_model: 12\n  n_heads: 4\n",
                       "model.n_heads: head width d_model / n_heads = 3 is odd; rotary embedding "
                       "needs an even head width"));

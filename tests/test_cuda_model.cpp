@@ -142,6 +142,21 @@ TEST_F(CudaModel, SharedExpertBf16) {
   compare("shared expert", options, DType::bf16, kBf16LossTol, kBf16GradTol);
 }
 
+// Grouped-query attention (model.n_kv_heads): 4 query heads over 2 key/value heads.
+TransformerOptions grouped_query(TransformerOptions options) {
+  options.model.n_heads = 4;
+  options.model.n_kv_heads = 2;
+  return options;
+}
+TEST_F(CudaModel, GroupedQueryAttentionFp32) {
+  compare("grouped-query attention", grouped_query(small_model(false, {true, false}, 0.0)),
+          DType::f32, kF32LossTol, kF32GradTol);
+}
+TEST_F(CudaModel, GroupedQueryAttentionBf16) {
+  compare("grouped-query attention", grouped_query(small_model(true, {true, true}, 0.0)),
+          DType::bf16, kBf16LossTol, kBf16GradTol);
+}
+
 // ---- training -------------------------------------------------------------------------------
 struct TrainRun {
   std::vector<double> losses;

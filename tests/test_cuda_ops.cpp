@@ -308,6 +308,26 @@ TEST_P(CudaOps, Rope) {
   expect_close(dg, dc, Tol{1e-6, 4e-3}, "rope_backward", dt());
 }
 
+// Grouped-query heads: the repeat is a copy (exact), its backward a sum over each group; the
+// outputs are poisoned first, so an element left unwritten shows.
+TEST_P(CudaOps, RepeatKvHeads) {
+  const int64_t T = 37, kv_heads = 3, G = 4, Dh = 8, kv_width = kv_heads * Dh, D = kv_width * G;
+  const std::vector<double> x = values(T * kv_width, dt());
+  Tensor xc = on_cpu({T, kv_width}, x, DType::f64), xg = on_gpu({T, kv_width}, x, dt());
+  Tensor outc = cpu().alloc({T, D}, DType::f64), outg = gpu().alloc({T, D}, dt());
+  gpu().fill(outg, kNaN);
+  cpu().repeat_kv_heads(outc, xc, kv_heads);
+  gpu().repeat_kv_heads(outg, xg, kv_heads);
+  expect_close(outg, outc, Tol{0.0, 0.0}, "repeat_kv_heads", dt());
+  const std::vector<double> d = values(T * D, dt());
+  Tensor dc = on_cpu({T, D}, d, DType::f64), dg = on_gpu({T, D}, d, dt());
+  Tensor dxc = cpu().alloc({T, kv_width}, DType::f64), dxg = gpu().alloc({T, kv_width}, dt());
+  gpu().fill(dxg, kNaN);
+  cpu().repeat_kv_heads_backward(dxc, dc, kv_heads);
+  gpu().repeat_kv_heads_backward(dxg, dg, kv_heads);
+  expect_close(dxg, dxc, Tol{1e-6, 4e-3}, "repeat_kv_heads_backward", dt());
+}
+
 TEST_P(CudaOps, Attention) {
   const int64_t B = 2, S = 45, H = 2, Dh = 16, T = B * S, D = H * Dh;
   const std::vector<double> q = values(T * D, dt()), k = values(T * D, dt()), v = values(T * D, dt());

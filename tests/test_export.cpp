@@ -359,6 +359,23 @@ TEST_F(Export, DenseIsLlamaWithItsOwnHead) {
   EXPECT_EQ(config.count("num_local_experts"), 0u);
 }
 
+// Grouped-query attention: k_proj and v_proj of the key/value heads, num_key_value_heads said.
+TEST_F(Export, GroupedQueryAttentionKeepsItsKeyValueHeads) {
+  Config c = base("gqa");
+  c.model.n_kv_heads = 1;
+  c.train.steps = 1;
+  run_export(train_run(c), "gqa", "fp32");
+  const StFile st = read_safetensors(dir / "gqa" / "model.safetensors");
+  for (const char* name : {"k_proj", "v_proj"})  // [Hkv*Dh, D] = [8, 16]
+    EXPECT_EQ(st.tensors.at(std::string("model.layers.0.self_attn.") + name + ".weight").shape,
+              (std::vector<int64_t>{8, 16}));
+  EXPECT_EQ(st.tensors.at("model.layers.0.self_attn.q_proj.weight").shape,
+            (std::vector<int64_t>{16, 16}));
+  const nlohmann::json config = nlohmann::json::parse(read_file(dir / "gqa" / "config.json"));
+  EXPECT_EQ(config.at("num_attention_heads"), 2);
+  EXPECT_EQ(config.at("num_key_value_heads"), 1);
+}
+
 TEST_F(Export, RefusesWhatTransformersCannotExpress) {
   // A real checkpoint: layers 0 dense, 1 MoE.
   ExportOptions options;

@@ -59,6 +59,79 @@ TEST_F(LayerGrad, Attention) {
     expect_gradient(be, p->value, grad_of(*p), loss, "attention " + p->path);
 }
 
+// Grouped-query attention: 4 query heads over 2 key/value heads (and over 1: multi-query).
+TEST_F(LayerGrad, GroupedQueryAttention) {
+  for (const int64_t kv_heads : {2, 1}) {
+    const AttentionShape shape{2, 5, 4};
+    const int64_t D = 16, T = shape.batch * shape.seq, kv_width = kv_heads * (D / shape.heads);
+    Attention attn;
+    attn.kv_heads = kv_heads;
+    attn.wq = random_param(be, "wq", {D, D}, 51, 0.4);
+    attn.wk = random_param(be, "wk", {D, kv_width}, 52, 0.4);
+    attn.wv = random_param(be, "wv", {D, kv_width}, 53, 0.4);
+    attn.wo = random_param(be, "wo", {D, D}, 54, 0.4);
+    Tensor x = random_tensor(be, {T, D}, 55), r = random_tensor(be, {T, D}, 56);
+    auto loss = [&] { return weighted_sum(be, attn.forward(be, x, shape), r); };
+    loss();
+    const std::vector<double> dx = be.read(attn.backward(be, r, x, shape));
+    const std::string name = "gqa kv_heads " + std::to_string(kv_heads) + " ";
+    expect_gradient(be, x, dx, loss, name + "x", 40);
+    for (Param* p : {&attn.wq, &attn.wk, &attn.wv, &attn.wo})
+      expect_gradient(be, p->value, grad_of(*p), loss, name + p->path);
+  }
+}
+
+// Grouped-query attention is multi-head attention whose wk and wv repeat each key/value head's
+// columns for the query heads it serves: the same output, and the same gradients, each key/value
+// head's being the sum over its group (to rounding: the sum is formed before the GEMM there).
+TEST_F(LayerGrad, GroupedQueryAttentionIsMultiHeadWithRepeatedHeads) {
+  const AttentionShape shape{2, 6, 4};
+  const int64_t D = 16, Dh = D / shape.heads, kv_heads = 2, G = shape.heads / kv_heads;
+  const int64_t T = shape.batch * shape.seq, kv_width = kv_heads * Dh;
+  for (const AttentionKernel kernel : {AttentionKernel::reference, AttentionKernel::flash}) {
+    Attention grouped, multi;
+    grouped.kernel = multi.kernel = kernel;
+    grouped.kv_heads = kv_heads;
+    grouped.wq = random_param(be, "wq", {D, D}, 61, 0.4);
+    grouped.wk = random_param(be, "wk", {D, kv_width}, 62, 0.4);
+    grouped.wv = random_param(be, "wv", {D, kv_width}, 63, 0.4);
+    grouped.wo = random_param(be, "wo", {D, D}, 64, 0.4);
+    multi.wq = random_param(be, "wq", {D, D}, 61, 0.4);
+    multi.wo = random_param(be, "wo", {D, D}, 64, 0.4);
+    // wk_multi[:, (j*G + g)*Dh + d] = wk[:, j*Dh + d]: column blocks repeated, rows kept.
+    auto repeated = [&](const Param& w, const std::string& path) {
+      Param full = random_param(be, path, {D, D}, 0, 0.0);
+      const std::vector<double> kv = be.read(w.value);
+      std::vector<double> values(D * D);
+      for (int64_t row = 0; row < D; ++row)
+        for (int64_t col = 0; col < D; ++col)
+          values[row * D + col] = kv[row * kv_width + (col / Dh / G) * Dh + col % Dh];
+      be.write(full.value, std::span<const double>(values));
+      return full;
+    };
+    multi.wk = repeated(grouped.wk, "wk");
+    multi.wv = repeated(grouped.wv, "wv");
+    Tensor x = random_tensor(be, {T, D}, 65), r = random_tensor(be, {T, D}, 66);
+    const std::vector<double> out_grouped = be.read(grouped.forward(be, x, shape));
+    EXPECT_EQ(out_grouped, be.read(multi.forward(be, x, shape)));
+    const std::vector<double> dx_grouped = be.read(grouped.backward(be, r, x, shape));
+    const std::vector<double> dx_multi = be.read(multi.backward(be, r, x, shape));
+    for (int64_t i = 0; i < T * D; ++i) EXPECT_NEAR(dx_grouped[i], dx_multi[i], 1e-12);
+    EXPECT_EQ(grad_of(grouped.wq), grad_of(multi.wq));
+    EXPECT_EQ(grad_of(grouped.wo), grad_of(multi.wo));
+    for (auto [kv, full] : {std::pair{&grouped.wk, &multi.wk}, {&grouped.wv, &multi.wv}}) {
+      const std::vector<double> kv_grad = grad_of(*kv), full_grad = grad_of(*full);
+      for (int64_t row = 0; row < D; ++row)
+        for (int64_t c = 0; c < kv_width; ++c) {
+          double sum = 0;
+          for (int64_t g = 0; g < G; ++g)
+            sum += full_grad[row * D + ((c / Dh) * G + g) * Dh + c % Dh];
+          EXPECT_NEAR(kv_grad[row * kv_width + c], sum, 1e-12) << kv->path;
+        }
+    }
+  }
+}
+
 TEST_F(LayerGrad, DenseSwiGLU) {
   const int64_t T = 6, D = 5, F = 7;
   DenseFFN ffn;

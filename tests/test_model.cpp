@@ -160,6 +160,16 @@ TEST(ModelCard, CountsMatchTheParameters) {
       }
     }
   }
+  // Grouped-query attention: wk and wv of n_kv_heads heads.
+  for (const int64_t kv_heads : {1, 2}) {
+    Config config = small_config();
+    config.model.n_kv_heads = kv_heads;
+    LocalExchange exchange(*backend, 4);
+    Transformer model(*backend, options_of(config), &exchange);
+    int64_t total = 0;
+    for (Param* p : model.params()) total += p->value.numel();
+    EXPECT_EQ(make_model_card(config).total_params, total) << "n_kv_heads " << kv_heads;
+  }
   Config dense = small_config();
   dense.moe.num_experts = 0;
   const ModelCard card = make_model_card(dense);

@@ -177,6 +177,7 @@ std::vector<Section> config_fields(Config& c) {
         {"d_model", &c.model.d_model},
         {"n_layers", &c.model.n_layers},
         {"n_heads", &c.model.n_heads},
+        {"n_kv_heads", &c.model.n_kv_heads},
         {"ffn_hidden", &c.model.ffn_hidden},
         {"tie_embeddings", &c.model.tie_embeddings},
         {"attention_kernel", choice(&c.model.attention_kernel)}}},
@@ -614,6 +615,10 @@ void validate_model(const ModelConfig& m, Problems& p) {
                                  " is odd; rotary embedding needs an even head width");
     }
   }
+  check_at_least(p, "model.n_kv_heads", m.n_kv_heads, 0);
+  if (m.n_kv_heads >= 1 && m.n_heads >= 1 && m.n_heads % m.n_kv_heads != 0)
+    p.add("model.n_kv_heads", str(m.n_kv_heads) + " does not divide model.n_heads (" +
+                                  str(m.n_heads) + "); each key/value head serves a whole group");
 }
 
 void validate_layers(const Config& c, Problems& p) {

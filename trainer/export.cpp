@@ -89,8 +89,9 @@ std::vector<TensorPlan> plan_tensors(const Config& config, bool moe) {
     // [h*Dh, (h+1)*Dh)), which is transformers' apply_rotary_pos_emb: q and k need no row
     // permutation, only the transpose.
     add(hf + "self_attn.q_proj.weight", ours + "attn/wq", {D, D}, true);
-    add(hf + "self_attn.k_proj.weight", ours + "attn/wk", {D, D}, true);
-    add(hf + "self_attn.v_proj.weight", ours + "attn/wv", {D, D}, true);
+    const int64_t kv_width = m.kv_heads() * (D / m.n_heads);
+    add(hf + "self_attn.k_proj.weight", ours + "attn/wk", {D, kv_width}, true);
+    add(hf + "self_attn.v_proj.weight", ours + "attn/wv", {D, kv_width}, true);
     add(hf + "self_attn.o_proj.weight", ours + "attn/wo", {D, D}, true);
     add(hf + "post_attention_layernorm.weight", ours + "ffn_norm", {D}, false);
     if (moe) {
@@ -161,7 +162,7 @@ nlohmann::ordered_json hf_config(const Config& config, bool moe, const std::stri
   json["intermediate_size"] = moe ? config.moe.expert_hidden : m.ffn_hidden;
   json["num_hidden_layers"] = m.n_layers;
   json["num_attention_heads"] = m.n_heads;
-  json["num_key_value_heads"] = m.n_heads;  // no grouped-query attention
+  json["num_key_value_heads"] = m.kv_heads();  // query head h reads kv head h / (H / Hkv)
   json["head_dim"] = m.d_model / m.n_heads;
   json["hidden_act"] = "silu";
   // Rotary has no length limit; this is the length the model was trained at.

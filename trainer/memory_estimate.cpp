@@ -180,7 +180,10 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   // under the default budget's floor on a 132-SM GPU (H100, H200), and at least the floor (the
   // budget takes what the allocator already holds free); without run.deterministic, dQ summed
   // in f32 instead.
-  double attention_backward = 6 * TD + probabilities;
+  // Grouped-query attention adds the Hkv heads' dk and dv (k and v too, in forward).
+  const double kv_heads = static_cast<double>(m.kv_heads());
+  const double grouped_kv = kv_heads < H ? 2 * T * (D / H) * kv_heads * e : 0.0;
+  double attention_backward = 6 * TD + grouped_kv + probabilities;
   if (cuda && bf16 &&
       (m.attention_kernel == AttentionKernel::cudnn ||
        m.attention_kernel == AttentionKernel::automatic)) {

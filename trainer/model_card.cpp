@@ -16,7 +16,8 @@ ModelCard make_model_card(const Config& config) {
   int64_t active_matmul = D * V;                 // the LM head GEMM, tied or not
   int64_t expert_total = 0, expert_per_rank = 0;
   for (int64_t l = 0; l < m.n_layers; ++l) {
-    const int64_t attention = 4 * D * D, norms = 2 * D;
+    const int64_t kv_width = m.kv_heads() * (D / m.n_heads);  // D without grouped queries
+    const int64_t attention = 2 * D * D + 2 * D * kv_width, norms = 2 * D;
     non_expert += attention + norms;
     active_matmul += attention;
     if (!moe_mask[l]) {

@@ -83,6 +83,7 @@ def forward_loss(export_dir, tokens):
     config = json.load(open(os.path.join(export_dir, "config.json")))
     t = read_safetensors(os.path.join(export_dir, "model.safetensors"))
     D, H = config["hidden_size"], config["num_attention_heads"]
+    Hkv = config.get("num_key_value_heads") or H  # query head h reads kv head h // (H // Hkv)
     Dh = config.get("head_dim") or D // H
     eps = config["rms_norm_eps"]
     theta = config.get("rope_parameters", {}).get("rope_theta", config.get("rope_theta", 10000.0))
@@ -94,17 +95,18 @@ def forward_loss(export_dir, tokens):
         p = "model.layers.%d." % l
         u = [rmsnorm(row, t[p + "input_layernorm.weight"], eps) for row in x]
         q = [rotary(linear(t[p + "self_attn.q_proj.weight"], row), s, H, Dh, theta) for s, row in enumerate(u)]
-        k = [rotary(linear(t[p + "self_attn.k_proj.weight"], row), s, H, Dh, theta) for s, row in enumerate(u)]
+        k = [rotary(linear(t[p + "self_attn.k_proj.weight"], row), s, Hkv, Dh, theta) for s, row in enumerate(u)]
         v = [linear(t[p + "self_attn.v_proj.weight"], row) for row in u]
         context = [[0.0] * D for _ in range(S)]
         for h in range(H):
             lo, hi = h * Dh, (h + 1) * Dh
+            kv = h // (H // Hkv) * Dh
             for s in range(S):
-                scores = [sum(a * b for a, b in zip(q[s][lo:hi], k[j][lo:hi])) / math.sqrt(Dh)
+                scores = [sum(a * b for a, b in zip(q[s][lo:hi], k[j][kv:kv + Dh])) / math.sqrt(Dh)
                           for j in range(s + 1)]
                 probs = softmax(scores)
-                for d in range(lo, hi):
-                    context[s][d] = sum(probs[j] * v[j][d] for j in range(s + 1))
+                for d in range(Dh):
+                    context[s][lo + d] = sum(probs[j] * v[j][kv + d] for j in range(s + 1))
         attn = [linear(t[p + "self_attn.o_proj.weight"], row) for row in context]
         x = [[a + b for a, b in zip(r, o)] for r, o in zip(x, attn)]
         u = [rmsnorm(row, t[p + "post_attention_layernorm.weight"], eps) for row in x]

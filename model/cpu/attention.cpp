@@ -110,8 +110,49 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
   });
 }
 
+// x [T, Hkv*Dh] -> out [T, Hkv*G*Dh]: kv head j becomes heads j*G .. j*G+G-1.
+template <class T>
+void repeat_kv_heads(T* out, const T* x, int64_t T_rows, int64_t kv_heads, int64_t G, int64_t Dh) {
+  const int64_t kv_width = kv_heads * Dh, width = kv_width * G;
+  for (int64_t t = 0; t < T_rows; ++t)
+    for (int64_t j = 0; j < kv_heads; ++j)
+      for (int64_t g = 0; g < G; ++g)
+        std::copy_n(x + t * kv_width + j * Dh, Dh, out + t * width + (j * G + g) * Dh);
+}
+
+// The adjoint: each kv head's gradient is the sum of its G query heads', g = 0 first.
+template <class T>
+void repeat_kv_heads_backward(T* dx, const T* dout, int64_t T_rows, int64_t kv_heads, int64_t G,
+                              int64_t Dh) {
+  const int64_t kv_width = kv_heads * Dh, width = kv_width * G;
+  for (int64_t t = 0; t < T_rows; ++t)
+    for (int64_t j = 0; j < kv_heads; ++j)
+      for (int64_t d = 0; d < Dh; ++d) {
+        T sum = 0;
+        for (int64_t g = 0; g < G; ++g) sum += dout[t * width + (j * G + g) * Dh + d];
+        dx[t * kv_width + j * Dh + d] = sum;
+      }
+}
+
 }  // namespace
 }  // namespace cpu
+
+void CpuBackend::repeat_kv_heads_impl(const Tensor& out, const Tensor& x, int64_t kv_heads) {
+  const DType dt = cpu::host_float(OpCheck(*this, "repeat_kv_heads"), x, "x");
+  const int64_t Dh = x.dim(1) / kv_heads, G = out.dim(1) / x.dim(1);
+  cpu::dispatch_float(dt, [&]<class T>(T) {
+    cpu::repeat_kv_heads(out.ptr<T>(), x.ptr<T>(), x.dim(0), kv_heads, G, Dh);
+  });
+}
+
+void CpuBackend::repeat_kv_heads_backward_impl(const Tensor& dx, const Tensor& dout,
+                                               int64_t kv_heads) {
+  const DType dt = cpu::host_float(OpCheck(*this, "repeat_kv_heads_backward"), dx, "dx");
+  const int64_t Dh = dx.dim(1) / kv_heads, G = dout.dim(1) / dx.dim(1);
+  cpu::dispatch_float(dt, [&]<class T>(T) {
+    cpu::repeat_kv_heads_backward(dx.ptr<T>(), dout.ptr<T>(), dx.dim(0), kv_heads, G, Dh);
+  });
+}
 
 template <class T>
 const cpu::RopeTable<T>& CpuBackend::rope_table(int64_t S, int64_t Dh) {

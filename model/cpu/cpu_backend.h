@@ -114,6 +114,9 @@ class CpuBackend final : public Backend {
   // ---- attention.cpp (rotary embedding and attention) -----------------------------------------
   void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H) override;
   void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H) override;
+  void repeat_kv_heads_impl(const Tensor& out, const Tensor& x, int64_t kv_heads) override;
+  void repeat_kv_heads_backward_impl(const Tensor& dx, const Tensor& dout,
+                                     int64_t kv_heads) override;
   void attention_forward_impl(const Tensor& out, const Tensor& probs, const Tensor& q,
                               const Tensor& k, const Tensor& v, int64_t B, int64_t S,
                               int64_t H) override;

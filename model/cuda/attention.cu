@@ -156,7 +156,59 @@ void copy_heads(Context& ctx, bool to, std::initializer_list<std::pair<const voi
   else from_heads_kernel<T><<<grid, kThreads, 0, ctx.stream>>>(copies, B, S, H, Dh);
 }
 
+// ---- grouped-query heads ---------------------------------------------------------------------
+// out[t, (j*G + g)*Dh + d] = x[t, j*Dh + d], one element a thread.
+template <class T>
+__global__ void repeat_kv_heads_kernel(T* out, const T* x, int64_t rows, int64_t kv_width,
+                                       int64_t G, int64_t Dh) {
+  const int64_t width = kv_width * G, total = rows * width;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / width, c = i - t * width;
+    const int64_t h = c / Dh, d = c - h * Dh;
+    out[i] = x[t * kv_width + (h / G) * Dh + d];
+  }
+}
+
+// dx[t, j*Dh + d] = sum over g = 0 .. G-1 (in order, in S) of dout[t, (j*G + g)*Dh + d].
+template <class T, class S>
+__global__ void repeat_kv_heads_backward_kernel(T* dx, const T* dout, int64_t rows,
+                                                int64_t kv_width, int64_t G, int64_t Dh) {
+  const int64_t width = kv_width * G, total = rows * kv_width;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / kv_width, c = i - t * kv_width;
+    const int64_t j = c / Dh, d = c - j * Dh;
+    const T* from = dout + t * width + j * G * Dh + d;
+    S sum = convert<S>(from[0]);
+    for (int64_t g = 1; g < G; ++g) sum += convert<S>(from[g * Dh]);
+    dx[i] = convert<T>(sum);
+  }
+}
+
 }  // namespace
+
+void repeat_kv_heads(Context& ctx, const Tensor& out, const Tensor& x, int64_t kv_heads) {
+  const int64_t rows = x.dim(0), kv_width = x.dim(1), G = out.dim(1) / kv_width;
+  if (out.numel() == 0) return;
+  dispatch_float(x.dtype(), [&]<class T>(Tag<T>) {
+    repeat_kv_heads_kernel<T><<<grid_for(out.numel()), kThreads, 0, ctx.stream>>>(
+        out.ptr<T>(), x.ptr<T>(), rows, kv_width, G, kv_width / kv_heads);
+  });
+  check_launch(ctx, "repeat_kv_heads");
+}
+
+void repeat_kv_heads_backward(Context& ctx, const Tensor& dx, const Tensor& dout,
+                              int64_t kv_heads) {
+  const int64_t rows = dx.dim(0), kv_width = dx.dim(1), G = dout.dim(1) / kv_width;
+  if (dx.numel() == 0) return;
+  dispatch_float(dx.dtype(), [&]<class T>(Tag<T>) {
+    repeat_kv_heads_backward_kernel<T, stat_t<T>>
+        <<<grid_for(dx.numel()), kThreads, 0, ctx.stream>>>(dx.ptr<T>(), dout.ptr<T>(), rows,
+                                                            kv_width, G, kv_width / kv_heads);
+  });
+  check_launch(ctx, "repeat_kv_heads_backward");
+}
 
 void rope(Context& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B,
           int64_t S, int64_t H, int sign) {

@@ -317,6 +317,17 @@ class CudaBackend final : public Backend {
     rope("rope_backward", dx, B, S, H, -1);
   }
 
+  void repeat_kv_heads_impl(const Tensor& out, const Tensor& x, int64_t kv_heads) override {
+    SY_PROFILE("repeat_kv_heads");
+    cuda::repeat_kv_heads(ctx_, out, x, kv_heads);
+  }
+
+  void repeat_kv_heads_backward_impl(const Tensor& dx, const Tensor& dout,
+                                     int64_t kv_heads) override {
+    SY_PROFILE("repeat_kv_heads_backward");
+    cuda::repeat_kv_heads_backward(ctx_, dx, dout, kv_heads);
+  }
+
   void rope_forward_qk_impl(const Tensor& q, const Tensor& k, int64_t B, int64_t S,
                             int64_t H) override {
     rope_qk("rope_forward", q, k, B, S, H, +1);

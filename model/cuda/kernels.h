@@ -60,6 +60,10 @@ void rope(Context& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, i
 // Both x and x2 (same shape and dtype; x2 may be undefined) rotated in one launch.
 void rope(Context& ctx, const Tensor& x, const Tensor& x2, const Tensor& cos, const Tensor& sin,
           int64_t B, int64_t S, int64_t H, int sign);
+// Grouped-query heads (Backend::repeat_kv_heads): x [T, Hkv*Dh] -> out [T, H*Dh], and back
+// (the sum over each group, in stat dtype).
+void repeat_kv_heads(Context& ctx, const Tensor& out, const Tensor& x, int64_t kv_heads);
+void repeat_kv_heads_backward(Context& ctx, const Tensor& dx, const Tensor& dout, int64_t kv_heads);
 // The backend's cos/sin tables [S, Dh/2] of s * theta^(-2i/Dh) in `dtype` (f32 or f64),
 // computed in double on the host as the CPU does, uploaded once per (S, Dh, dtype) and kept.
 class RopeTables {
