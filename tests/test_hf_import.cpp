@@ -381,6 +381,11 @@ TEST_F(HfImport, ShardedFolderImportsTheSame) {
   EXPECT_NE(import_error(sharded).find("weight_map puts model.norm.weight in "
                                        "model-00001-of-00002.safetensors, which does not hold it"),
             std::string::npos);
+  // And a shard's tensor that the weight_map leaves out.
+  index["weight_map"].erase("model.norm.weight");
+  write_file(sharded / "model.safetensors.index.json", index.dump(2));
+  EXPECT_NE(import_error(sharded).find(": tensor model.norm.weight is not where"),
+            std::string::npos);
 }
 
 TEST_F(HfImport, RefusesWhatOurModelComputesDifferently) {

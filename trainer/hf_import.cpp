@@ -294,10 +294,12 @@ Weights open_sharded(const fs::path& index_path) {
     weights.holder[it.key()] = shards[shard];
   }
   for (const auto& file : weights.files)
-    for (const SafetensorsTensor& tensor : file->tensors())
-      if (weights.holder.at(tensor.name) != file.get())
+    for (const SafetensorsTensor& tensor : file->tensors()) {
+      const auto listed = weights.holder.find(tensor.name);
+      if (listed == weights.holder.end() || listed->second != file.get())
         throw ImportError(file->path() + ": tensor " + tensor.name + " is not where " +
                           weights.source + "'s weight_map puts it");
+    }
   return weights;
 }
 
