@@ -3,7 +3,8 @@
 # capacity drops at micro-batch 4 on one rank, then `eval` its checkpoint at micro-batch 3 and 1
 # and under mpirun -np 2: every printed val_loss must equal the last one in metrics.jsonl
 # character for character. With the experts split over the 2 ranks (an expert's GEMM then sees
-# the rows of 2 sequences at once) it must agree to 1e-6 relative. Prints a table last.
+# the rows of 2 sequences at once) it must agree to 1e-6 relative. A dropless run exported to a
+# transformers folder and imported back evaluates and generates the same. Prints a table last.
 # Usage: cli_validation.sh SWITCHYARD [cpu|cuda] [LOG_DIR]
 set -uo pipefail
 switchyard=$(realpath "$1")
@@ -106,6 +107,30 @@ for side in one two; do
     verdict=DIFFERS; failures=$((failures + 1)); tail -3 mix_eval.err; fi
   rows+=("mixture val_loss/tokens2, $side|$got|$verdict|-")
 done
+
+# export then import (docs/export.md): a dropless run's transformers folder read back into a
+# checkpoint gives eval's val_loss and generate's greedy text character for character, and its
+# own export the same files.
+"$switchyard" train small.yaml --set moe.capacity_factor=0 --set train.steps=4 --set run.dir=hf \
+  >hf_train.log 2>&1 || { echo "FAIL: train for export"; tail -5 hf_train.log; exit 1; }
+"$switchyard" export hf/checkpoints --dtype fp32 --output hf_folder >hf_export.log 2>&1 &&
+  "$switchyard" import hf_folder --output imported.h5 >hf_import.log 2>&1 &&
+  "$switchyard" inspect imported.h5 >hf_inspect.log 2>&1 ||
+  { echo "FAIL: export, import or inspect"; tail -3 hf_export.log hf_import.log hf_inspect.log; exit 1; }
+for source in hf/checkpoints imported.h5; do
+  "$switchyard" eval --checkpoint $source --tokens 992 --set data.path=tokens.h5 \
+    --set train.micro_batch_size=4 2>/dev/null | grep -o '"val_loss": [^,}]*' >>hf_eval.out
+  "$switchyard" generate --checkpoint $source --prompt "line 7" --tokens 24 --temperature 0 \
+    --set data.path=tokens.h5 2>/dev/null >>hf_generate.out
+done
+if [ "$(sort -u hf_eval.out | wc -l)" = 1 ] && [ "$(wc -l <hf_eval.out)" = 2 ] &&
+   [ "$(sort -u hf_generate.out | wc -l)" = 1 ]; then verdict=equal; else
+  verdict=DIFFERS; failures=$((failures + 1)); cat hf_eval.out hf_generate.out; fi
+rows+=("import of an export|$(head -1 hf_eval.out | cut -d' ' -f2)|$verdict|-")
+"$switchyard" export imported.h5 --dtype fp32 --output hf_again >/dev/null 2>&1 &&
+  cmp -s hf_folder/model.safetensors hf_again/model.safetensors &&
+  cmp -s hf_folder/config.json hf_again/config.json ||
+  { echo "FAIL: export of the import differs from the export"; failures=$((failures + 1)); }
 
 # Too little data names what would fit.
 "$switchyard" eval small.yaml --tokens 100000 >/dev/null 2>fit.err

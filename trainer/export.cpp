@@ -13,6 +13,7 @@
 #include "model/tensor.h"
 #include "trainer/checkpoint.h"
 #include "trainer/cli.h"
+#include "trainer/hf_layout.h"
 #include "trainer/safetensors.h"
 
 namespace sy {
@@ -22,10 +23,7 @@ using h5::Handle;
 
 namespace {
 
-// What our model computes and transformers must be told (docs/model.md; model/cpu/rmsnorm.cpp
-// and model/cpu/attention.cpp hold the same numbers as kRmsEps and the rotary theta).
-constexpr double kRmsNormEps = 1e-5;
-constexpr double kRopeTheta = 10000.0;
+// transformers' initializer_range: our init std (model/transformer.h).
 constexpr double kInitStd = 0.02;
 
 // The files an export writes; with --overwrite, the tokenizer's are removed when not rewritten.
@@ -56,74 +54,8 @@ Config checkpoint_config(const CheckpointHeader& header) {
   }
 }
 
-// One tensor of model.safetensors and where it comes from.
-struct TensorPlan {
-  std::string name;              // transformers' name
-  std::string dataset;           // ours: "/model/layers/0/attn/wq"
-  int64_t expert = -1;           // >= 0: slice [expert] of a stacked [E, ...] dataset
-  std::vector<int64_t> shape;    // ours, of the slice: [in, out] for a matrix, [D] for a gain
-  bool transpose = false;        // ours y = x @ W [in, out] -> torch.nn.Linear's [out, in]
-
-  std::vector<int64_t> hf_shape() const {
-    return transpose ? std::vector<int64_t>{shape[1], shape[0]} : shape;
-  }
-};
-
-// Every tensor in transformers' order (embedding, per layer: norms, attention, FFN; final norm;
-// LM head), with our datasets (docs/checkpoint.md) mapped to transformers' names.
-std::vector<TensorPlan> plan_tensors(const Config& config, bool moe) {
-  const ModelConfig& m = config.model;
-  const int64_t D = m.d_model, V = m.vocab_size;
-  std::vector<TensorPlan> plan;
-  auto add = [&](std::string name, std::string dataset, std::vector<int64_t> shape,
-                 bool transpose, int64_t expert = -1) {
-    plan.push_back({std::move(name), "/model/" + dataset, expert, std::move(shape), transpose});
-  };
-  // Both tables are [V, D]: the embedding as we store it, and logits = h @ embedding^T.
-  add("model.embed_tokens.weight", "embedding", {V, D}, false);
-  for (int64_t l = 0; l < m.n_layers; ++l) {
-    const std::string ours = "layers/" + std::to_string(l) + "/";
-    const std::string hf = "model.layers." + std::to_string(l) + ".";
-    add(hf + "input_layernorm.weight", ours + "attn_norm", {D}, false);
-    // Our rotary is the rotate-half form (pairs i, i + Dh/2 within each head, head h in columns
-    // [h*Dh, (h+1)*Dh)), which is transformers' apply_rotary_pos_emb: q and k need no row
-    // permutation, only the transpose.
-    add(hf + "self_attn.q_proj.weight", ours + "attn/wq", {D, D}, true);
-    const int64_t kv_width = m.kv_heads() * (D / m.n_heads);
-    add(hf + "self_attn.k_proj.weight", ours + "attn/wk", {D, kv_width}, true);
-    add(hf + "self_attn.v_proj.weight", ours + "attn/wv", {D, kv_width}, true);
-    add(hf + "self_attn.o_proj.weight", ours + "attn/wo", {D, D}, true);
-    add(hf + "post_attention_layernorm.weight", ours + "ffn_norm", {D}, false);
-    if (moe) {
-      const int64_t E = config.moe.num_experts, F = config.moe.expert_hidden;
-      add(hf + "block_sparse_moe.gate.weight", ours + "moe/router", {D, E}, true);
-      for (int64_t e = 0; e < E; ++e) {
-        const std::string expert = hf + "block_sparse_moe.experts." + std::to_string(e) + ".";
-        add(expert + "w1.weight", ours + "moe/experts/w1", {D, F}, true, e);
-        add(expert + "w2.weight", ours + "moe/experts/w2", {F, D}, true, e);
-        add(expert + "w3.weight", ours + "moe/experts/w3", {D, F}, true, e);
-      }
-    } else {
-      const int64_t F = m.ffn_hidden;
-      add(hf + "mlp.gate_proj.weight", ours + "ffn/w1", {D, F}, true);
-      add(hf + "mlp.up_proj.weight", ours + "ffn/w3", {D, F}, true);
-      add(hf + "mlp.down_proj.weight", ours + "ffn/w2", {F, D}, true);
-    }
-  }
-  add("model.norm.weight", "final_norm", {D}, false);
-  if (!m.tie_embeddings) add("lm_head.weight", "lm_head", {D, V}, true);
-  return plan;
-}
-
-// The dataset's full shape: the slice's, with [E] in front for an expert slice.
-std::vector<int64_t> stored_shape(const TensorPlan& tensor, const Config& config) {
-  std::vector<int64_t> shape = tensor.shape;
-  if (tensor.expert >= 0) shape.insert(shape.begin(), config.moe.num_experts);
-  return shape;
-}
-
 // The tensor's values as fp32, row-major in transformers' layout.
-std::vector<float> read_tensor(hid_t file, const TensorPlan& tensor, const std::string& path) {
+std::vector<float> read_tensor(hid_t file, const HfTensor& tensor, const std::string& path) {
   const std::string what = path + ": cannot read " + tensor.dataset;
   Handle dataset = h5::own(H5Dopen2(file, tensor.dataset.c_str(), H5P_DEFAULT), H5Dclose, what);
   Handle file_space = h5::own(H5Dget_space(dataset.get()), H5Sclose, what);
@@ -144,11 +76,7 @@ std::vector<float> read_tensor(hid_t file, const TensorPlan& tensor, const std::
                     H5P_DEFAULT, values.data()),
             what);
   if (!tensor.transpose) return values;
-  const int64_t rows = tensor.shape[0], cols = tensor.shape[1];
-  std::vector<float> transposed(values.size());
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j) transposed[j * rows + i] = values[i * cols + j];
-  return transposed;
+  return transposed(values, tensor.shape[0], tensor.shape[1]);
 }
 
 // transformers' config.json for the model (MixtralConfig or LlamaConfig keys).
@@ -168,12 +96,12 @@ nlohmann::ordered_json hf_config(const Config& config, bool moe, const std::stri
   // Rotary has no length limit; this is the length the model was trained at.
   json["max_position_embeddings"] = m.seq_len;
   json["initializer_range"] = kInitStd;
-  json["rms_norm_eps"] = kRmsNormEps;
+  json["rms_norm_eps"] = kHfRmsNormEps;
   json["use_cache"] = true;
   json["tie_word_embeddings"] = m.tie_embeddings;
   // transformers 5 reads rope_parameters; 4.x reads rope_theta. Both say the same.
-  json["rope_theta"] = kRopeTheta;
-  json["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", kRopeTheta}};
+  json["rope_theta"] = kHfRopeTheta;
+  json["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", kHfRopeTheta}};
   json["attention_dropout"] = 0.0;
   // Our tokenizers add no BOS/EOS; without these nulls transformers would assume ids 1 and 2 and
   // stop generating at token 2.
@@ -328,15 +256,15 @@ ExportResult export_checkpoint(const ExportOptions& options) {
   } catch (const h5::Hdf5Error& error) {
     throw ExportError(options.checkpoint + ": " + error.what());
   }
-  const std::vector<TensorPlan> plan = plan_tensors(config, moe);
-  for (const TensorPlan& tensor : plan) {
+  const std::vector<HfTensor> plan = hf_tensors(config, moe);
+  for (const HfTensor& tensor : plan) {
     if (tensor.expert > 0) continue;  // the stacked dataset was checked with expert 0
     if (!h5::link_exists(file.get(), tensor.dataset))
       throw ExportError(options.checkpoint + ": missing tensor " + tensor.dataset);
     Handle dataset = h5::own(H5Dopen2(file.get(), tensor.dataset.c_str(), H5P_DEFAULT), H5Dclose,
                              options.checkpoint + ": cannot open " + tensor.dataset);
     const std::vector<int64_t> shape = h5::dataset_shape(dataset.get());
-    const std::vector<int64_t> expected = stored_shape(tensor, config);
+    const std::vector<int64_t> expected = hf_dataset_shape(tensor, config);
     if (shape != expected)
       throw ExportError(options.checkpoint + ": " + tensor.dataset + " has shape " +
                         shape_str(shape) + ", its config needs " + shape_str(expected));
@@ -348,7 +276,7 @@ ExportResult export_checkpoint(const ExportOptions& options) {
   result.architecture = moe ? "MixtralForCausalLM" : "LlamaForCausalLM";
 
   std::vector<SafetensorsEntry> entries;
-  for (const TensorPlan& tensor : plan) {
+  for (const HfTensor& tensor : plan) {
     entries.push_back({tensor.name, tensor.hf_shape()});
     result.parameters += shape_numel(tensor.shape);
   }
@@ -356,7 +284,7 @@ ExportResult export_checkpoint(const ExportOptions& options) {
       options.dtype == "bf16" ? SafetensorsDType::bf16 : SafetensorsDType::f32;
   try {
     SafetensorsWriter writer((dir / kWeightsFile).string(), entries, dtype);
-    for (const TensorPlan& tensor : plan)
+    for (const HfTensor& tensor : plan)
       writer.write_next(read_tensor(file.get(), tensor, options.checkpoint));
     result.safetensors_bytes = writer.finish();
   } catch (const h5::Hdf5Error& error) {

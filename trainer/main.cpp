@@ -5,13 +5,12 @@
 // printed once by rank 0 and all ranks exit; an error on one rank alone aborts the job, so that
 // no rank hangs waiting for it.
 #include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
-#include <cstdlib>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -30,6 +29,7 @@
 #include "trainer/evaluate.h"
 #include "trainer/export.h"
 #include "trainer/generate.h"
+#include "trainer/hf_import.h"
 #include "trainer/inspect.h"
 #include "trainer/memory_estimate.h"
 #include "trainer/metrics.h"
@@ -65,6 +65,7 @@ struct CommandLine {
   std::string plot_output;  // plot; "" is RUN_DIR
   sy::SentencePieceTrainOptions tokenizer_train;  // tokenizer train
   sy::ExportOptions export_options;  // export (CHECKPOINT goes to checkpoint)
+  sy::ImportOptions import_options;  // import
 };
 
 // Checked on the text, before CLI11 converts it, so that the error names the option and quotes
@@ -332,6 +333,24 @@ void add_export_command(CLI::App& app, CommandLine& line) {
                      "replaced)");
 }
 
+void add_import_command(CLI::App& app, CommandLine& line) {
+  CLI::App* importer = app.add_subcommand(
+      "import",
+      "read a Hugging Face transformers LlamaForCausalLM or MixtralForCausalLM folder "
+      "into a step-0 checkpoint file (docs/export.md, Import)");
+  importer
+      ->add_option("DIR", line.import_options.folder,
+                   wrap("the model folder: config.json, model.safetensors or "
+                        "model.safetensors.index.json with its shards, tokenizer.model if any"))
+      ->required()
+      ->type_name("DIR");
+  importer->add_option("--output", line.import_options.output, "the checkpoint file to write")
+      ->type_name("FILE")
+      ->required();
+  importer->add_flag("--overwrite", line.import_options.overwrite,
+                     "replace an existing checkpoint file");
+}
+
 void add_plot_command(CLI::App& app, CommandLine& line) {
   CLI::App* plot = app.add_subcommand(
       "plot", "render RUN_DIR/metrics.jsonl as PNG charts with gnuplot: loss, expert load per "
@@ -372,6 +391,7 @@ void build_cli(CLI::App& app, CommandLine& line) {
   add_generate_command(app, line);
   add_inspect_command(app, line);
   add_export_command(app, line);
+  add_import_command(app, line);
   add_plot_command(app, line);
   add_check_config_command(app, line);
   for (CLI::App* command : app.get_subcommands([](CLI::App*) { return true; })) {
@@ -710,6 +730,37 @@ int cmd_export(const CommandLine& line) {
   });
 }
 
+// The lines of `section` ("model", "moe") in a config's YAML, its header line included.
+std::string yaml_section(const std::string& yaml, const std::string& section) {
+  const size_t begin = yaml.find(section + ":\n");
+  if (begin == std::string::npos) return "";
+  size_t end = begin;
+  do end = yaml.find('\n', end) + 1;
+  while (end < yaml.size() && yaml[end] == ' ');
+  return yaml.substr(begin, end - begin);
+}
+
+int cmd_import(const CommandLine& line) {
+  if (line.import_options.output.empty()) throw UsageError("--output: expected a file");
+  return on_rank0("import", [&] {
+    const sy::ImportResult result = sy::import_hf(line.import_options);
+    std::string dtypes;
+    for (const std::string& dtype : result.dtypes) dtypes += (dtypes.empty() ? "" : ", ") + dtype;
+    std::printf("%s: %s, %lld tensors (%s), %lld parameters, %s\n",
+                line.import_options.output.c_str(), result.architecture.c_str(),
+                static_cast<long long>(result.tensors), dtypes.c_str(),
+                static_cast<long long>(result.parameters),
+                result.tokenizer ? "tokenizer.model stored" : "no tokenizer");
+    for (const std::string& file : result.weights) std::printf("read %s\n", file.c_str());
+    for (const std::string& note : result.notes) std::printf("note: %s\n", note.c_str());
+    // A run that loads these weights needs the same model-shaping keys (switchyard inspect
+    // prints the whole stored config).
+    const std::string yaml = sy::config_to_yaml(result.config);
+    std::printf("config keys a training run must match:\n%s%s", yaml_section(yaml, "model").c_str(),
+                yaml_section(yaml, "moe").c_str());
+  });
+}
+
 int cmd_plot(const CommandLine& line, const CLI::App& given) {
   if (given.count("--output") && line.plot_output.empty())
     throw UsageError("--output: expected a folder");
@@ -767,6 +818,7 @@ int run_command(const std::string& command, const CommandLine& line, const CLI::
   if (command == "train") return cmd_train(line, given);
   if (command == "inspect") return cmd_inspect(line);
   if (command == "export") return cmd_export(line);
+  if (command == "import") return cmd_import(line);
   if (command == "plot") return cmd_plot(line, given);
   if (command == "eval") return cmd_eval(line, given);
   if (command == "generate") return cmd_generate(line);

@@ -1,12 +1,16 @@
 #include "trainer/safetensors.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <stdexcept>
@@ -17,14 +21,34 @@ namespace fs = std::filesystem;
 
 // The tensors are written as the host holds them; the format is little-endian.
 static_assert(std::endian::native == std::endian::little,
-              "trainer/safetensors.cpp writes host floats as little-endian bytes");
+              "trainer/safetensors.cpp writes and reads host floats as little-endian bytes");
 
 const char* safetensors_dtype_name(SafetensorsDType dtype) {
-  return dtype == SafetensorsDType::bf16 ? "BF16" : "F32";
+  switch (dtype) {
+    case SafetensorsDType::f32:
+      return "F32";
+    case SafetensorsDType::bf16:
+      return "BF16";
+    case SafetensorsDType::f16:
+      return "F16";
+    case SafetensorsDType::f64:
+      return "F64";
+  }
+  return "?";
 }
 
 int64_t safetensors_dtype_bytes(SafetensorsDType dtype) {
-  return dtype == SafetensorsDType::bf16 ? 2 : 4;
+  switch (dtype) {
+    case SafetensorsDType::f32:
+      return 4;
+    case SafetensorsDType::bf16:
+      return 2;
+    case SafetensorsDType::f16:
+      return 2;
+    case SafetensorsDType::f64:
+      return 8;
+  }
+  return 0;
 }
 
 uint16_t bf16_bits_round_nearest_even(float value) {
@@ -37,10 +61,28 @@ uint16_t bf16_bits_round_nearest_even(float value) {
   return static_cast<uint16_t>((bits + rounding) >> 16);
 }
 
+float bf16_bits_to_float(uint16_t bits) {
+  return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16);
+}
+
+float f16_bits_to_float(uint16_t bits) {
+  const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
+  const uint32_t exponent = (bits >> 10) & 0x1Fu, mantissa = bits & 0x3FFu;
+  if (exponent == 0x1F)  // infinity, or a NaN with its payload kept
+    return std::bit_cast<float>(sign | 0x7F80'0000u | (mantissa << 13));
+  if (exponent != 0)  // normal: rebias the exponent from 15 to 127
+    return std::bit_cast<float>(sign | ((exponent + 112) << 23) | (mantissa << 13));
+  const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);  // subnormal, or zero
+  return sign ? -magnitude : magnitude;
+}
+
 SafetensorsWriter::SafetensorsWriter(std::string path, std::vector<SafetensorsEntry> entries,
                                      SafetensorsDType dtype)
     : path_(std::move(path)), temporary_path_(path_ + ".tmp"), entries_(std::move(entries)),
       dtype_(dtype) {
+  if (dtype_ != SafetensorsDType::f32 && dtype_ != SafetensorsDType::bf16)
+    throw std::runtime_error(path_ + ": the writer writes F32 or BF16, not " +
+                             safetensors_dtype_name(dtype_));
   // ordered_json keeps the tensors in file order, so the header reads like the data.
   nlohmann::ordered_json header;
   header["__metadata__"] = {{"format", "pt"}};
@@ -128,6 +170,165 @@ int64_t SafetensorsWriter::finish() {
                              error.message());
   finished_ = true;
   return size_;
+}
+
+// ---- reading -----------------------------------------------------------------------------------
+
+namespace {
+
+// The safetensors library refuses headers over 100 MB; so does this reader, before allocating.
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+
+bool parse_dtype(const std::string& text, SafetensorsDType* dtype) {
+  for (SafetensorsDType known : {SafetensorsDType::f32, SafetensorsDType::bf16,
+                                 SafetensorsDType::f16, SafetensorsDType::f64})
+    if (text == safetensors_dtype_name(known)) {
+      *dtype = known;
+      return true;
+    }
+  return false;
+}
+
+// Exactly `size` bytes at `offset`, or an error saying why not.
+void read_at(int fd, int64_t offset, void* into, size_t size, const std::string& path,
+             const std::string& what) {
+  char* out = static_cast<char*>(into);
+  for (size_t done = 0; done < size;) {
+    const ssize_t got = ::pread(fd, out + done, size - done, offset + static_cast<off_t>(done));
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0)
+      throw std::runtime_error(path + ": cannot read " + what + " (" + std::strerror(errno) + ")");
+    if (got == 0) throw std::runtime_error(path + ": " + what + " ends past the end of the file");
+    done += static_cast<size_t>(got);
+  }
+}
+
+// One header member as a tensor; `data_bytes` is the size of the data after the header.
+SafetensorsTensor parse_tensor(const std::string& name, const nlohmann::json& entry,
+                               int64_t data_begin, int64_t data_bytes, const std::string& path) {
+  auto fail = [&](const std::string& why) {
+    return std::runtime_error(path + ": tensor " + name + ": " + why);
+  };
+  if (!entry.is_object()) throw fail("its header entry is not a JSON object");
+  const auto dtype = entry.find("dtype"), shape = entry.find("shape");
+  const auto offsets = entry.find("data_offsets");
+  if (dtype == entry.end() || !dtype->is_string()) throw fail("no dtype string");
+  SafetensorsTensor tensor;
+  tensor.name = name;
+  if (!parse_dtype(dtype->get<std::string>(), &tensor.dtype))
+    throw fail("dtype " + dtype->get<std::string>() + " is not one of F32, BF16, F16, F64");
+  if (shape == entry.end() || !shape->is_array()) throw fail("no shape array");
+  const int64_t element_bytes = safetensors_dtype_bytes(tensor.dtype);
+  int64_t numel = 1;
+  for (const nlohmann::json& dim : *shape) {
+    if (!dim.is_number_unsigned()) throw fail("shape " + shape->dump() + " is not of counts");
+    const uint64_t size = dim.get<uint64_t>();
+    const uint64_t room = static_cast<uint64_t>(std::numeric_limits<int64_t>::max() /
+                                                element_bytes / std::max<int64_t>(numel, 1));
+    if (size > room) throw fail("shape " + shape->dump() + " is too large");
+    tensor.shape.push_back(static_cast<int64_t>(size));
+    numel *= static_cast<int64_t>(size);
+  }
+  if (offsets == entry.end() || !offsets->is_array() || offsets->size() != 2 ||
+      !(*offsets)[0].is_number_unsigned() || !(*offsets)[1].is_number_unsigned())
+    throw fail("data_offsets is not [begin, end]");
+  const uint64_t begin = (*offsets)[0].get<uint64_t>(), end = (*offsets)[1].get<uint64_t>();
+  if (begin > end || end > static_cast<uint64_t>(data_bytes))
+    throw fail("data_offsets " + offsets->dump() + " are not within the " +
+               std::to_string(data_bytes) + " bytes of data (a truncated file?)");
+  tensor.offset = data_begin + static_cast<int64_t>(begin);
+  tensor.bytes = static_cast<int64_t>(end - begin);
+  if (tensor.bytes != numel * element_bytes)
+    throw fail("data_offsets " + offsets->dump() + " hold " + std::to_string(tensor.bytes) +
+               " bytes; shape " + shape->dump() + " of " + dtype->get<std::string>() + " needs " +
+               std::to_string(numel * element_bytes));
+  return tensor;
+}
+
+}  // namespace
+
+SafetensorsReader::SafetensorsReader(std::string path) : path_(std::move(path)) {
+  fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) throw std::runtime_error(path_ + ": cannot open (" + std::strerror(errno) + ")");
+  struct stat info {};
+  if (::fstat(fd_, &info) != 0)
+    throw std::runtime_error(path_ + ": cannot stat (" + std::strerror(errno) + ")");
+  const int64_t file_bytes = static_cast<int64_t>(info.st_size);
+  if (file_bytes < 8)
+    throw std::runtime_error(path_ + ": " + std::to_string(file_bytes) +
+                             " bytes, too short for a safetensors file");
+  uint8_t length_bytes[8];
+  read_at(fd_, 0, length_bytes, sizeof length_bytes, path_, "the header length");
+  uint64_t header_bytes = 0;
+  for (int i = 0; i < 8; ++i) header_bytes |= static_cast<uint64_t>(length_bytes[i]) << (8 * i);
+  if (header_bytes > static_cast<uint64_t>(file_bytes - 8))
+    throw std::runtime_error(path_ + ": header length " + std::to_string(header_bytes) +
+                             " runs past the end of the file (" + std::to_string(file_bytes) +
+                             " bytes): truncated, or not a safetensors file");
+  if (header_bytes > kMaxHeaderBytes)
+    throw std::runtime_error(path_ + ": header length " + std::to_string(header_bytes) +
+                             " is over safetensors' limit of 100 MB");
+  std::string text(header_bytes, '\0');
+  read_at(fd_, 8, text.data(), text.size(), path_, "the header");
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& error) {
+    throw std::runtime_error(path_ + ": the header is not JSON (" + error.what() + ")");
+  }
+  if (!header.is_object()) throw std::runtime_error(path_ + ": the header is not a JSON object");
+  const int64_t data_begin = 8 + static_cast<int64_t>(header_bytes);
+  for (auto it = header.begin(); it != header.end(); ++it)
+    if (it.key() != "__metadata__")
+      tensors_.push_back(
+          parse_tensor(it.key(), it.value(), data_begin, file_bytes - data_begin, path_));
+  std::sort(
+      tensors_.begin(), tensors_.end(),
+      [](const SafetensorsTensor& a, const SafetensorsTensor& b) { return a.offset < b.offset; });
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    if (i > 0 && tensors_[i].offset < tensors_[i - 1].offset + tensors_[i - 1].bytes)
+      throw std::runtime_error(path_ + ": tensor " + tensors_[i].name + " overlaps tensor " +
+                               tensors_[i - 1].name);
+    index_[tensors_[i].name] = i;
+  }
+}
+
+SafetensorsReader::~SafetensorsReader() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+const SafetensorsTensor* SafetensorsReader::find(const std::string& name) const {
+  const auto found = index_.find(name);
+  return found == index_.end() ? nullptr : &tensors_[found->second];
+}
+
+std::vector<float> SafetensorsReader::read_f32(const std::string& name) const {
+  const SafetensorsTensor* tensor = find(name);
+  if (!tensor) throw std::runtime_error(path_ + ": no tensor " + name);
+  const int64_t element_bytes = safetensors_dtype_bytes(tensor->dtype);
+  std::vector<float> values(static_cast<size_t>(tensor->bytes / element_bytes));
+  const std::string what = "tensor " + name;
+  switch (tensor->dtype) {
+    case SafetensorsDType::f32:
+      read_at(fd_, tensor->offset, values.data(), tensor->bytes, path_, what);
+      break;
+    case SafetensorsDType::bf16:
+    case SafetensorsDType::f16: {
+      std::vector<uint16_t> bits(values.size());
+      read_at(fd_, tensor->offset, bits.data(), tensor->bytes, path_, what);
+      const bool bf16 = tensor->dtype == SafetensorsDType::bf16;
+      for (size_t i = 0; i < bits.size(); ++i)
+        values[i] = bf16 ? bf16_bits_to_float(bits[i]) : f16_bits_to_float(bits[i]);
+      break;
+    }
+    case SafetensorsDType::f64: {
+      std::vector<double> wide(values.size());
+      read_at(fd_, tensor->offset, wide.data(), tensor->bytes, path_, what);
+      for (size_t i = 0; i < wide.size(); ++i) values[i] = static_cast<float>(wide[i]);
+      break;
+    }
+  }
+  return values;
 }
 
 }  // namespace sy

@@ -1,0 +1,502 @@
+#include "trainer/hf_import.h"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <utility>
+
+#include "data/hdf5_io.h"
+#include "data/token_file.h"
+#include "data/tokenizer.h"
+#include "trainer/atomic_file.h"
+#include "trainer/checkpoint.h"
+#include "trainer/checkpoint_writer.h"
+#include "trainer/hf_layout.h"
+#include "trainer/safetensors.h"
+#include "trainer/yaml_quote.h"
+
+namespace sy {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kConfigFile = "config.json";
+constexpr const char* kWeightsFile = "model.safetensors";
+constexpr const char* kWeightsIndexFile = "model.safetensors.index.json";
+constexpr const char* kTokenizerModelFile = "tokenizer.model";
+
+// config.json as parsed, and the path that names it in messages.
+struct HfConfig {
+  json values;
+  std::string path;  // "DIR/config.json"
+  bool mixtral = false;
+};
+
+// What transformers assumes for a key config.json leaves out (LlamaConfig's and MixtralConfig's
+// defaults): a missing key means what it means there, not what it means to us.
+struct HfDefaults {
+  double rms_norm_eps, rope_theta;
+  int64_t num_key_value_heads;  // -1: num_attention_heads
+  int64_t max_position_embeddings, num_local_experts, num_experts_per_tok;
+};
+constexpr HfDefaults kLlamaDefaults{1e-6, 10000.0, -1, 2048, 0, 0};
+constexpr HfDefaults kMixtralDefaults{1e-5, 1e6, 8, 4096 * 32, 8, 2};
+
+const HfDefaults& defaults_of(const HfConfig& hf) {
+  return hf.mixtral ? kMixtralDefaults : kLlamaDefaults;
+}
+
+// The member `key`, or nullptr when it is absent or null (transformers reads both as unset).
+const json* find_key(const json& object, const std::string& key) {
+  const auto found = object.find(key);
+  return found == object.end() || found->is_null() ? nullptr : &*found;
+}
+
+int64_t count_or(const HfConfig& hf, const std::string& key, int64_t fallback) {
+  const json* value = find_key(hf.values, key);
+  if (!value) return fallback;
+  if (!value->is_number_integer() || value->get<int64_t>() < 0)
+    throw ImportError(hf.path + ": " + key + " " + value->dump() + " is not a count");
+  return value->get<int64_t>();
+}
+
+int64_t required_count(const HfConfig& hf, const std::string& key) {
+  if (!find_key(hf.values, key)) throw ImportError(hf.path + ": no " + key);
+  return count_or(hf, key, 0);
+}
+
+double number_or(const HfConfig& hf, const json& object, const std::string& key, double fallback) {
+  const json* value = find_key(object, key);
+  if (!value) return fallback;
+  if (!value->is_number())
+    throw ImportError(hf.path + ": " + key + " " + value->dump() + " is not a number");
+  return value->get<double>();
+}
+
+bool flag_or(const HfConfig& hf, const std::string& key, bool fallback) {
+  const json* value = find_key(hf.values, key);
+  if (!value) return fallback;
+  if (!value->is_boolean())
+    throw ImportError(hf.path + ": " + key + " " + value->dump() + " is not true or false");
+  return value->get<bool>();
+}
+
+// Mixtral or Llama, from `architectures` (the class transformers builds) and `model_type`.
+bool read_is_mixtral(const json& values, const std::string& path) {
+  const json* architectures = find_key(values, "architectures");
+  const json* model_type = find_key(values, "model_type");
+  std::string architecture, type;
+  if (architectures) {
+    if (!architectures->is_array() || architectures->size() != 1 ||
+        !(*architectures)[0].is_string())
+      throw ImportError(path + ": architectures " + architectures->dump() +
+                        ": expected [\"LlamaForCausalLM\"] or [\"MixtralForCausalLM\"]");
+    architecture = (*architectures)[0].get<std::string>();
+  }
+  if (model_type) type = model_type->is_string() ? model_type->get<std::string>() : "?";
+  if (architecture.empty() && type.empty())
+    throw ImportError(path + ": neither architectures nor model_type says what model it is");
+  const bool mixtral =
+      architecture.empty() ? type == "mixtral" : architecture == "MixtralForCausalLM";
+  const bool llama = architecture.empty() ? type == "llama" : architecture == "LlamaForCausalLM";
+  if (!mixtral && !llama)
+    throw ImportError(path + ": " +
+                      (architecture.empty() ? "model_type " + model_type->dump()
+                                            : "architectures " + architectures->dump()) +
+                      " is not supported: import reads LlamaForCausalLM and MixtralForCausalLM");
+  if (!type.empty() && type != (mixtral ? "mixtral" : "llama"))
+    throw ImportError(path + ": model_type " + model_type->dump() + " does not go with " +
+                      architecture);
+  return mixtral;
+}
+
+HfConfig read_hf_config(const fs::path& folder) {
+  HfConfig hf;
+  hf.path = (folder / kConfigFile).string();
+  std::error_code error;
+  if (!fs::is_directory(folder, error))
+    throw ImportError(folder.string() + ": not a folder (a transformers model folder)");
+  if (!fs::is_regular_file(hf.path, error))
+    throw ImportError(folder.string() + ": no config.json (not a transformers model folder?)");
+  std::ifstream in(hf.path);
+  try {
+    hf.values = json::parse(in);
+  } catch (const json::exception& problem) {
+    throw ImportError(hf.path + ": not JSON (" + problem.what() + ")");
+  }
+  if (!hf.values.is_object()) throw ImportError(hf.path + ": not a JSON object");
+  hf.mixtral = read_is_mixtral(hf.values, hf.path);
+  return hf;
+}
+
+// rope_scaling (transformers 4) and rope_parameters (5): only the plain rotary of theta 10000.
+std::string rope_problem(const HfConfig& hf) {
+  const json& values = hf.values;
+  if (const json* scaling = find_key(values, "rope_scaling")) {
+    const json* type = scaling->is_object() ? find_key(*scaling, "rope_type") : nullptr;
+    if (!type && scaling->is_object()) type = find_key(*scaling, "type");
+    if (!type || *type != "default")
+      return "rope_scaling " + scaling->dump() + ": scaled rotary is not supported";
+  }
+  const json* parameters = find_key(values, "rope_parameters");
+  const json* nested_theta = nullptr;
+  if (parameters) {
+    if (!parameters->is_object())
+      return "rope_parameters " + parameters->dump() + ": expected {rope_type, rope_theta}";
+    for (auto it = parameters->begin(); it != parameters->end(); ++it)
+      if (it.key() != "rope_type" && it.key() != "rope_theta")
+        return "rope_parameters." + it.key() + " " + it.value().dump() +
+               ": only the default rotary (rope_type, rope_theta) is supported";
+    if (const json* type = find_key(*parameters, "rope_type"); type && *type != "default")
+      return "rope_parameters.rope_type " + type->dump() + ": only \"default\" is supported";
+    nested_theta = find_key(*parameters, "rope_theta");
+  }
+  const std::string unsupported =
+      " differs from ours, 10000: model.rope_theta is not supported yet";
+  if (nested_theta && number_or(hf, *parameters, "rope_theta", 0) != kHfRopeTheta)
+    return "rope_parameters.rope_theta " + nested_theta->dump() + unsupported;
+  const json* theta = find_key(values, "rope_theta");
+  if (theta && number_or(hf, values, "rope_theta", 0) != kHfRopeTheta)
+    return "rope_theta " + theta->dump() + unsupported;
+  if (!theta && !nested_theta && defaults_of(hf).rope_theta != kHfRopeTheta)
+    return "rope_theta absent: transformers' default for " +
+           std::string(hf.mixtral ? "mixtral" : "llama") + ", " +
+           json(defaults_of(hf).rope_theta).dump() + "," + unsupported;
+  return "";
+}
+
+// Grouped-query attention's key/value heads, transformers' default where config.json has none.
+int64_t key_value_heads(const HfConfig& hf) {
+  const int64_t fallback = defaults_of(hf).num_key_value_heads;
+  return count_or(hf, "num_key_value_heads",
+                  fallback < 0 ? required_count(hf, "num_attention_heads") : fallback);
+}
+
+// Everything in config.json that our model would compute differently from transformers, as one
+// line naming the key and its value; "" when there is nothing. The one place the limits of
+// import live: when our model gains model.rope_theta or model.norm_eps, relax the check here and
+// set the key in switchyard_config.
+std::string hf_import_problem(const HfConfig& hf) {
+  const json& values = hf.values;
+  const HfDefaults& defaults = defaults_of(hf);
+  const int64_t hidden = required_count(hf, "hidden_size");
+  const int64_t heads = required_count(hf, "num_attention_heads");
+  if (const int64_t kv_heads = key_value_heads(hf); kv_heads < 1 || heads % kv_heads != 0)
+    return "num_key_value_heads " + std::to_string(kv_heads) + " does not divide " +
+           "num_attention_heads " + std::to_string(heads) +
+           ": each key/value head serves a whole group of query heads";
+  if (const json* head_dim = find_key(values, "head_dim");
+      head_dim && heads > 0 && hidden % heads == 0 && *head_dim != hidden / heads)
+    return "head_dim " + head_dim->dump() +
+           " differs from hidden_size / num_attention_heads = " + std::to_string(hidden / heads) +
+           ": our heads are d_model / n_heads wide";
+  if (std::string problem = rope_problem(hf); !problem.empty()) return problem;
+  const double eps = number_or(hf, values, "rms_norm_eps", defaults.rms_norm_eps);
+  if (eps != kHfRmsNormEps) {
+    const json* value = find_key(values, "rms_norm_eps");
+    return "rms_norm_eps " + (value ? value->dump() : "absent (" + json(eps).dump() + ")") +
+           " differs from ours, 1e-05: model.norm_eps is not supported yet";
+  }
+  if (const json* act = find_key(values, "hidden_act"); act && *act != "silu")
+    return "hidden_act " + act->dump() + ": our FFN is SwiGLU (silu)";
+  if (flag_or(hf, "attention_bias", false))
+    return "attention_bias true: our attention projections have no bias";
+  if (flag_or(hf, "mlp_bias", false)) return "mlp_bias true: our FFN matrices have no bias";
+  if (const json* quantization = find_key(values, "quantization_config"))
+    return "quantization_config " + quantization->dump() +
+           ": quantized weights are not supported (import a float checkpoint)";
+  if (hf.mixtral) {
+    const int64_t positions =
+        count_or(hf, "max_position_embeddings", defaults.max_position_embeddings);
+    if (const json* window = find_key(values, "sliding_window");
+        window && (!window->is_number_integer() || window->get<int64_t>() < positions))
+      return "sliding_window " + window->dump() + " is shorter than max_position_embeddings " +
+             std::to_string(positions) + ": sliding-window attention is not supported";
+  }
+  return "";
+}
+
+// Our config for the model config.json describes, checked by the config's own validation.
+Config switchyard_config(const HfConfig& hf, const fs::path& folder) {
+  const HfDefaults& defaults = defaults_of(hf);
+  Config config;
+  std::error_code error;
+  const std::string name = fs::weakly_canonical(folder, error).filename().string();
+  if (!name.empty()) config.name = name;
+  ModelConfig& m = config.model;
+  m.vocab_size = required_count(hf, "vocab_size");
+  m.d_model = required_count(hf, "hidden_size");
+  m.n_layers = required_count(hf, "num_hidden_layers");
+  m.n_heads = required_count(hf, "num_attention_heads");
+  if (const int64_t kv_heads = key_value_heads(hf); kv_heads != m.n_heads) m.n_kv_heads = kv_heads;
+  // Rotary has no length limit: this is only the length a training run defaults to.
+  m.seq_len = count_or(hf, "max_position_embeddings", defaults.max_position_embeddings);
+  // transformers' LlamaConfig and MixtralConfig both default to untied.
+  m.tie_embeddings = flag_or(hf, "tie_word_embeddings", false);
+  const int64_t intermediate = required_count(hf, "intermediate_size");
+  if (!hf.mixtral) {
+    m.ffn_hidden = intermediate;
+    config.moe.num_experts = 0;
+  } else {
+    MoeConfig& moe = config.moe;
+    moe.num_experts = count_or(hf, "num_local_experts", defaults.num_local_experts);
+    moe.expert_hidden = intermediate;
+    moe.layers = MoeLayers{};  // all
+    moe.routing.top_k = count_or(hf, "num_experts_per_tok", defaults.num_experts_per_tok);
+    moe.routing.score = RouterScore::softmax;
+    // Mixtral renormalises the top-k gates; the default does so for K > 1, and a config that
+    // leaves it at the default then matches the import's.
+    moe.routing.normalize_topk =
+        moe.routing.top_k > 1 ? TopkNormalize::by_default : TopkNormalize::on;
+    moe.capacity_factor = 0.0;  // dropless
+    moe.aux_loss_coef = number_or(hf, hf.values, "router_aux_loss_coef", moe.aux_loss_coef);
+  }
+  const std::vector<std::string> problems = validate_config(config, hf.path);
+  if (!problems.empty()) throw ImportError(problems.front());
+  return config;
+}
+
+// The safetensors files of the folder, and which one holds each tensor.
+struct Weights {
+  std::string source;  // model.safetensors, or the index: what messages about the set name
+  std::vector<std::unique_ptr<SafetensorsReader>> files;
+  std::map<std::string, const SafetensorsReader*> holder;  // tensor name -> its file
+};
+
+Weights open_sharded(const fs::path& index_path) {
+  Weights weights;
+  weights.source = index_path.string();
+  json index;
+  try {
+    std::ifstream in(index_path);
+    index = json::parse(in);
+  } catch (const json::exception& problem) {
+    throw ImportError(weights.source + ": not JSON (" + problem.what() + ")");
+  }
+  const json* map = index.is_object() ? find_key(index, "weight_map") : nullptr;
+  if (!map || !map->is_object()) throw ImportError(weights.source + ": no weight_map object");
+  std::map<std::string, const SafetensorsReader*> shards;
+  for (auto it = map->begin(); it != map->end(); ++it) {
+    if (!it.value().is_string())
+      throw ImportError(weights.source + ": weight_map." + it.key() + " is not a file name");
+    const std::string shard = it.value().get<std::string>();
+    if (!shards.count(shard)) {
+      weights.files.push_back(
+          std::make_unique<SafetensorsReader>((index_path.parent_path() / shard).string()));
+      shards[shard] = weights.files.back().get();
+    }
+    if (!shards[shard]->find(it.key()))
+      throw ImportError(weights.source + ": weight_map puts " + it.key() + " in " + shard +
+                        ", which does not hold it");
+    weights.holder[it.key()] = shards[shard];
+  }
+  for (const auto& file : weights.files)
+    for (const SafetensorsTensor& tensor : file->tensors()) {
+      const auto listed = weights.holder.find(tensor.name);
+      if (listed == weights.holder.end() || listed->second != file.get())
+        throw ImportError(file->path() + ": tensor " + tensor.name + " is not where " +
+                          weights.source + "'s weight_map puts it");
+    }
+  return weights;
+}
+
+Weights open_weights(const fs::path& folder) {
+  std::error_code error;
+  try {
+    if (fs::exists(folder / kWeightsFile, error)) {
+      Weights weights;
+      weights.source = (folder / kWeightsFile).string();
+      weights.files.push_back(std::make_unique<SafetensorsReader>(weights.source));
+      for (const SafetensorsTensor& tensor : weights.files[0]->tensors())
+        weights.holder[tensor.name] = weights.files[0].get();
+      return weights;
+    }
+    if (fs::exists(folder / kWeightsIndexFile, error))
+      return open_sharded(folder / kWeightsIndexFile);
+  } catch (const ImportError&) {
+    throw;
+  } catch (const std::runtime_error& problem) {  // the reader's, naming the file
+    throw ImportError(problem.what());
+  }
+  for (const char* pytorch : {"pytorch_model.bin", "pytorch_model.bin.index.json"})
+    if (fs::exists(folder / pytorch, error))
+      throw ImportError(
+          folder.string() + ": holds " + pytorch +
+          " only: convert it to "
+          "safetensors (transformers: save_pretrained(dir, safe_serialization=True))");
+  throw ImportError(folder.string() + ": no model.safetensors or model.safetensors.index.json");
+}
+
+// A buffer that older transformers versions saved with the weights; recomputed, not learned.
+bool ignored_tensor(const std::string& name) {
+  const std::string suffix = ".self_attn.rotary_emb.inv_freq";
+  return name.size() > suffix.size() &&
+         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Every tensor of `plan` present with its shape, nothing else but ignored_tensor's, and a tied
+// model's lm_head.weight, when there is one, equal to the embedding.
+void check_tensors(const Weights& weights, const std::vector<HfTensor>& plan, bool tied,
+                   const std::string& architecture) {
+  std::set<std::string> expected;
+  for (const HfTensor& tensor : plan) {
+    expected.insert(tensor.name);
+    const auto found = weights.holder.find(tensor.name);
+    if (found == weights.holder.end())
+      throw ImportError(weights.source + ": missing tensor " + tensor.name + " (a " + architecture +
+                        " of this config.json has it)");
+    const std::vector<int64_t>& shape = found->second->find(tensor.name)->shape;
+    if (shape != tensor.hf_shape())
+      throw ImportError(found->second->path() + ": tensor " + tensor.name + " has shape " +
+                        shape_str(shape) + ", config.json needs " + shape_str(tensor.hf_shape()));
+  }
+  for (const auto& [name, file] : weights.holder) {
+    if (expected.count(name) || ignored_tensor(name)) continue;
+    if (tied && name == "lm_head.weight") {
+      const std::vector<float> head = file->read_f32(name);
+      const std::vector<float> embedding =
+          weights.holder.at("model.embed_tokens.weight")->read_f32("model.embed_tokens.weight");
+      if (head.size() != embedding.size() ||
+          std::memcmp(head.data(), embedding.data(), head.size() * sizeof(float)) != 0)
+        throw ImportError(file->path() +
+                          ": lm_head.weight differs from "
+                          "model.embed_tokens.weight, but tie_word_embeddings is true");
+      continue;
+    }
+    throw ImportError(file->path() + ": unexpected tensor " + name + " (not part of a " +
+                      architecture + " of this config.json)");
+  }
+}
+
+// tokenizer.model (SentencePiece), when the folder has one, as a checkpoint carries it.
+std::optional<TokenData> read_folder_tokenizer(const fs::path& folder, int64_t vocab_size) {
+  const fs::path path = folder / kTokenizerModelFile;
+  std::error_code error;
+  if (!fs::exists(path, error)) return std::nullopt;
+  TokenData tokenizer;
+  tokenizer.tokenizer = kSentencePieceTokenizer;
+  tokenizer.tokenizer_model_name = kTokenizerModelFile;
+  tokenizer.vocab_size = vocab_size;  // the ids the model takes; the pieces are checked to fit
+  try {
+    tokenizer.tokenizer_model = read_tokenizer_model_file(path.string());
+    const int64_t pieces =
+        load_sentencepiece(tokenizer.tokenizer_model, path.string())->vocab_size();
+    if (pieces > vocab_size)
+      throw ImportError(path.string() + ": " + std::to_string(pieces) +
+                        " pieces, more than config.json's vocab_size " +
+                        std::to_string(vocab_size));
+  } catch (const ImportError&) {
+    throw;
+  } catch (const std::runtime_error& problem) {
+    throw ImportError(problem.what());
+  }
+  return tokenizer;
+}
+
+// Ours [in, out] (or a gain) from transformers' tensor: the matrices transposed back.
+std::vector<float> our_values(const Weights& weights, const HfTensor& tensor) {
+  try {
+    const std::vector<float> values = weights.holder.at(tensor.name)->read_f32(tensor.name);
+    if (!tensor.transpose) return values;
+    return transposed(values, tensor.shape[1], tensor.shape[0]);
+  } catch (const std::runtime_error& problem) {
+    throw ImportError(problem.what());
+  }
+}
+
+// The checkpoint file: step-0 root attributes, then each of our datasets, in the order of first
+// appearance in `plan` (our params' order), an expert dataset filled from E transformers tensors.
+void write_checkpoint(const std::string& output, const Config& config, const Weights& weights,
+                      const std::vector<HfTensor>& plan, const std::optional<TokenData>& tokenizer,
+                      const std::string& provenance) {
+  std::vector<std::pair<std::string, std::vector<const HfTensor*>>> datasets;
+  for (const HfTensor& tensor : plan) {
+    auto entry = std::find_if(datasets.begin(), datasets.end(),
+                              [&](const auto& seen) { return seen.first == tensor.dataset; });
+    if (entry == datasets.end()) entry = datasets.insert(entry, {tensor.dataset, {}});
+    entry->second.push_back(&tensor);
+  }
+  const fs::path final_path = output, temporary = output + ".tmp";
+  h5::QuietErrors quiet;
+  try {
+    CheckpointFileWriter writer(temporary);
+    write_checkpoint_header(writer.file(), 0, 0, config, provenance, tokenizer, temporary.string());
+    for (const auto& [dataset, parts] : datasets) {
+      const bool is_expert = parts[0]->expert >= 0;
+      writer.create(dataset, hf_dataset_shape(*parts[0], config), is_expert);
+      for (const HfTensor* part : parts) {
+        const std::vector<float> values = our_values(weights, *part);
+        if (is_expert) writer.write_rows(part->expert, 1, values.data(), DType::f32);
+        else writer.write_rows(0, part->shape[0], values.data(), DType::f32);
+      }
+      writer.finish_dataset();
+    }
+    writer.close();
+    rename_into_place(temporary, final_path);
+    sync_path(final_path.has_parent_path() ? final_path.parent_path() : fs::path("."), true);
+  } catch (const std::exception& problem) {
+    std::error_code ignored;
+    fs::remove(temporary, ignored);
+    if (dynamic_cast<const ImportError*>(&problem)) throw;
+    throw ImportError(temporary.string() + ": " + problem.what());
+  }
+}
+
+void check_output(const ImportOptions& options) {
+  std::error_code error;
+  if (fs::is_directory(options.output, error))
+    throw ImportError(options.output + ": is a folder; --output names the checkpoint file");
+  if (fs::exists(options.output, error) && !options.overwrite)
+    throw ImportError(options.output + ": exists (pass --overwrite to replace it)");
+}
+
+}  // namespace
+
+ImportResult import_hf(const ImportOptions& options) {
+  check_output(options);
+  const fs::path folder = options.folder;
+  const HfConfig hf = read_hf_config(folder);
+  if (const std::string problem = hf_import_problem(hf); !problem.empty())
+    throw ImportError(hf.path + ": " + problem);
+  ImportResult result;
+  result.config = switchyard_config(hf, folder);
+  result.architecture = hf.mixtral ? "MixtralForCausalLM" : "LlamaForCausalLM";
+
+  const Weights weights = open_weights(folder);
+  const std::vector<HfTensor> plan = hf_tensors(result.config, hf.mixtral);
+  check_tensors(weights, plan, result.config.model.tie_embeddings, result.architecture);
+  const std::optional<TokenData> tokenizer =
+      read_folder_tokenizer(folder, result.config.model.vocab_size);
+
+  std::set<std::string> dtypes;
+  for (const HfTensor& tensor : plan) {
+    dtypes.insert(safetensors_dtype_name(weights.holder.at(tensor.name)->find(tensor.name)->dtype));
+    result.parameters += shape_numel(tensor.shape);
+  }
+  result.dtypes.assign(dtypes.begin(), dtypes.end());
+  result.tensors = static_cast<int64_t>(plan.size());
+  for (const auto& file : weights.files) result.weights.push_back(file->path());
+  result.tokenizer = tokenizer.has_value();
+
+  const std::string provenance = "imported_from: " + yaml_quote(folder.string()) + "\n" +
+                                 checkpoint_provenance(result.config, 1, 1, "");
+  write_checkpoint(options.output, result.config, weights, plan, tokenizer, provenance);
+
+  result.notes.push_back("model.seq_len " + std::to_string(result.config.model.seq_len) +
+                         " is max_position_embeddings: only the default training length; rotary "
+                         "has no length limit");
+  if (!tokenizer)
+    result.notes.push_back("no tokenizer.model (SentencePiece) in " + folder.string() +
+                           ": the checkpoint carries no tokenizer; token ids are left to you");
+  return result;
+}
+
+}  // namespace sy

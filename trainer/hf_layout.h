@@ -1,0 +1,42 @@
+// Our checkpoint tensors as transformers' Llama and Mixtral name and lay them out (docs/export.md,
+// "The mapping"): one table, walked forwards by export and backwards by import, and the numbers
+// our model computes with that a transformers config.json must state.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "trainer/config.h"
+
+namespace sy {
+
+// What our model computes and transformers must be told (docs/model.md; model/cpu/rmsnorm.cpp
+// and model/cpu/attention.cpp hold the same numbers as kRmsEps and the rotary theta).
+constexpr double kHfRmsNormEps = 1e-5;
+constexpr double kHfRopeTheta = 10000.0;
+
+// One tensor of transformers' state dict and where it lives in our checkpoint.
+struct HfTensor {
+  std::string name;            // transformers' name: "model.layers.0.self_attn.q_proj.weight"
+  std::string dataset;         // ours: "/model/layers/0/attn/wq"
+  int64_t expert = -1;         // >= 0: slice [expert] of a stacked [E, ...] dataset
+  std::vector<int64_t> shape;  // ours, of the slice: [in, out] for a matrix, [D] for a gain
+  bool transpose = false;      // ours y = x @ W [in, out] <-> torch.nn.Linear's [out, in]
+
+  std::vector<int64_t> hf_shape() const {
+    return transpose ? std::vector<int64_t>{shape[1], shape[0]} : shape;
+  }
+};
+
+// Every tensor of a MixtralForCausalLM (`moe`: every layer MoE) or LlamaForCausalLM (dense) of
+// `config`, in transformers' order: embedding; per layer the norms, attention, FFN (per expert
+// w1, w3, w2, the order of our params); final norm; the LM head when untied.
+std::vector<HfTensor> hf_tensors(const Config& config, bool moe);
+
+// The dataset's full shape in our checkpoint: the slice's, with [E] in front for an expert.
+std::vector<int64_t> hf_dataset_shape(const HfTensor& tensor, const Config& config);
+
+// [rows, cols] row-major -> [cols, rows] row-major.
+std::vector<float> transposed(const std::vector<float>& values, int64_t rows, int64_t cols);
+
+}  // namespace sy
