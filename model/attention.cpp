@@ -53,7 +53,7 @@ const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionSha
     backend.gemm(k, x, false, wk.compute_value(), false, 1.0, 0.0);
     backend.gemm(v, x, false, wv.compute_value(), false, 1.0, 0.0);
   }
-  backend.rope_forward_qk(q, k, shape.batch, shape.seq, shape.heads);
+  backend.rope_forward_qk(q, k, shape.batch, shape.seq, shape.heads, rope_theta);
   // `cudnn` (and `auto` on a device): the same flash ops, which the CUDA backend then runs on
   // cuDNN where it can.
   if (flash) backend.prefer_cudnn_attention(prefers_cudnn(backend));
@@ -93,7 +93,7 @@ const Tensor& Attention::backward(Backend& backend, const Tensor& dout, const Te
     backend.attention_backward(dq, dk, dv, dcontext, q, k, v, probs, shape.batch, shape.seq,
                                shape.heads);
   // The rotation is orthogonal: its backward rotates the gradient back.
-  backend.rope_backward_qk(dq, dk, shape.batch, shape.seq, shape.heads);
+  backend.rope_backward_qk(dq, dk, shape.batch, shape.seq, shape.heads, rope_theta);
 
   // Grouped: each key/value head's gradient is the sum over the query heads it served.
   const Tensor* dk_proj = &dk;

@@ -32,6 +32,7 @@ struct Attention {
   // are projected to Hkv heads and repeated to H (repeat_kv_heads) before rotary, so the kernels
   // below see H heads either way. 0: H.
   int64_t kv_heads = 0;
+  double rope_theta = kDefaultRopeTheta;  // ModelConfig::rope_theta
 
   // Shared scratch (the Transformer's); null: a private one. out and the backward buffers
   // come from it, so they are valid only until the next layer's forward or backward.

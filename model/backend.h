@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "model/model_config.h"
 #include "model/param.h"
 #include "model/routing_policy.h"
 #include "model/tensor.h"
@@ -169,29 +170,33 @@ class Backend {
   void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& table);
   void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& tokens);
 
-  // ---- RMSNorm: out = x * rstd * gain, rstd[T] = 1/sqrt(mean(x^2) + 1e-5) ---------------------
-  // rstd, gain and dgain are stat.
-  void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x,
-                       const Tensor& gain);
+  // ---- RMSNorm: out = x * rstd * gain, rstd[T] = 1/sqrt(mean(x^2) + eps) ---------------------
+  // rstd, gain and dgain are stat. eps: model.norm_eps (backward needs only rstd).
+  void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& gain,
+                       double eps = kDefaultNormEps);
   // The residual sum and the norm of it in one op: sum = a + b (bitwise add_into), then
   // rmsnorm_forward(out, rstd, sum, gain). A device reads a and b once instead of the sum again.
   void add_rmsnorm_forward(const Tensor& sum, const Tensor& out, const Tensor& rstd,
-                           const Tensor& a, const Tensor& b, const Tensor& gain);
+                           const Tensor& a, const Tensor& b, const Tensor& gain,
+                           double eps = kDefaultNormEps);
   // dx = (overwritten), or with accumulate dx += (the residual stream's gradient: the CPU gives
   // the bits of the norm's dx added by add(); a device may round the sum once); dgain += .
   void rmsnorm_backward(const Tensor& dx, const Tensor& dgain, const Tensor& dout, const Tensor& x,
                         const Tensor& gain, const Tensor& rstd, bool accumulate = false);
 
   // ---- attention ----------------------------------------------------------------------------
-  // Rotary embedding in place on x[B*S, H*Dh] (rotate-half, theta 10000); backward applies the
-  // inverse rotation to the gradient in place.
-  void rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H);
-  void rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H);
+  // Rotary embedding in place on x[B*S, H*Dh] (rotate-half, angle s * theta^(-2i/Dh); theta:
+  // model.rope_theta); backward applies the inverse rotation to the gradient in place.
+  void rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H,
+                    double theta = kDefaultRopeTheta);
+  void rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H,
+                     double theta = kDefaultRopeTheta);
   // The same on q and k (same shape) together, as one launch on a device; results as the two
   // separate calls give them.
-  void rope_forward_qk(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H);
-  void rope_backward_qk(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S,
-                        int64_t H);
+  void rope_forward_qk(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H,
+                       double theta = kDefaultRopeTheta);
+  void rope_backward_qk(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S, int64_t H,
+                        double theta = kDefaultRopeTheta);
   // Grouped-query attention's key and value heads, shared by groups of query heads: out[T, H*Dh]
   // holds head j of x[T, Hkv*Dh] as heads j*G .. j*G+G-1 (G = H / Hkv; transformers' repeat_kv).
   // Backward: dx[t, head j] = the sum over g = 0 .. G-1, in that order, of dout[t, head j*G+g]
@@ -436,27 +441,30 @@ class Backend {
   virtual void embedding_backward_impl(const Tensor& dtable, const Tensor& dout,
                                        const Tensor& tokens) = 0;
   virtual void rmsnorm_forward_impl(const Tensor& out, const Tensor& rstd, const Tensor& x,
-                                    const Tensor& gain) = 0;
+                                    const Tensor& gain, double eps) = 0;
   virtual void add_rmsnorm_forward_impl(const Tensor& sum, const Tensor& out, const Tensor& rstd,
-                                        const Tensor& a, const Tensor& b, const Tensor& gain) {
+                                        const Tensor& a, const Tensor& b, const Tensor& gain,
+                                        double eps) {
     add_into(sum, a, b);
-    rmsnorm_forward(out, rstd, sum, gain);
+    rmsnorm_forward(out, rstd, sum, gain, eps);
   }
   virtual void rmsnorm_backward_impl(const Tensor& dx, const Tensor& dgain, const Tensor& dout,
                                      const Tensor& x, const Tensor& gain, const Tensor& rstd,
                                      bool accumulate) = 0;
   // attention
-  virtual void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H) = 0;
-  virtual void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H) = 0;
+  virtual void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H,
+                                 double theta) = 0;
+  virtual void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H,
+                                  double theta) = 0;
   virtual void rope_forward_qk_impl(const Tensor& q, const Tensor& k, int64_t B, int64_t S,
-                                    int64_t H) {
-    rope_forward(q, B, S, H);
-    rope_forward(k, B, S, H);
+                                    int64_t H, double theta) {
+    rope_forward(q, B, S, H, theta);
+    rope_forward(k, B, S, H, theta);
   }
   virtual void rope_backward_qk_impl(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S,
-                                     int64_t H) {
-    rope_backward(dq, B, S, H);
-    rope_backward(dk, B, S, H);
+                                     int64_t H, double theta) {
+    rope_backward(dq, B, S, H, theta);
+    rope_backward(dk, B, S, H, theta);
   }
   virtual void repeat_kv_heads_impl(const Tensor& out, const Tensor& x, int64_t kv_heads) = 0;
   virtual void repeat_kv_heads_backward_impl(const Tensor& dx, const Tensor& dout,

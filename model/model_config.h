@@ -10,6 +10,11 @@
 
 namespace sy {
 
+// The defaults of model.rope_theta and model.norm_eps (Llama's): rotary angle s * theta^(-2i/Dh),
+// RMSNorm x / sqrt(mean x^2 + eps).
+inline constexpr double kDefaultRopeTheta = 10000.0;
+inline constexpr double kDefaultNormEps = 1e-5;
+
 // model.attention_kernel: how attention computes softmax(q k^T) v (model/attention.h).
 // automatic: YAML `auto`.
 enum class AttentionKernel { automatic, cudnn, flash, reference };
@@ -27,6 +32,8 @@ struct ModelConfig {
   // (wk, wv are [D, n_kv_heads * Dh]). 0: n_heads (multi-head attention). Last, so that the
   // brace initialisers of the fields above stay as they are.
   int64_t n_kv_heads = 0;
+  double rope_theta = kDefaultRopeTheta;  // rotary base: angle s * rope_theta^(-2i/Dh)
+  double norm_eps = kDefaultNormEps;      // every RMSNorm's epsilon
 
   int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
 };

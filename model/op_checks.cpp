@@ -7,6 +7,7 @@
 #include "model/op_checks.h"
 
 #include <climits>
+#include <cmath>
 #include <initializer_list>
 #include <span>
 #include <stdexcept>
@@ -357,7 +358,8 @@ void Backend::embedding_backward(const Tensor& dtable, const Tensor& dout, const
 // ---- RMSNorm --------------------------------------------------------------------------------
 namespace {
 void check_rmsnorm_forward(const OpCheck& c, const Tensor& out, const Tensor& rstd, const Tensor& x,
-                           const Tensor& gain) {
+                           const Tensor& gain, double eps) {
+  if (!(eps > 0) || !std::isfinite(eps)) c.fail("eps must be positive and finite");
   const DType dt = c.float_dtype(x, "x"), st = stat_dtype(dt);
   c.dtype(out, dt, "out");
   c.dtype(rstd, st, "rstd");
@@ -372,15 +374,17 @@ void check_rmsnorm_forward(const OpCheck& c, const Tensor& out, const Tensor& rs
 }  // namespace
 
 void Backend::rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x,
-                              const Tensor& gain) {
-  check_rmsnorm_forward(OpCheck(*this, "rmsnorm_forward"), out, rstd, x, gain);
-  rmsnorm_forward_impl(out, rstd, x, gain);
+                              const Tensor& gain, double eps) {
+  const OpCheck c(*this, "rmsnorm_forward");
+  check_rmsnorm_forward(c, out, rstd, x, gain, eps);
+  rmsnorm_forward_impl(out, rstd, x, gain, eps);
 }
 
 void Backend::add_rmsnorm_forward(const Tensor& sum, const Tensor& out, const Tensor& rstd,
-                                  const Tensor& a, const Tensor& b, const Tensor& gain) {
+                                  const Tensor& a, const Tensor& b, const Tensor& gain,
+                                  double eps) {
   const OpCheck c(*this, "add_rmsnorm_forward");
-  check_rmsnorm_forward(c, out, rstd, sum, gain);
+  check_rmsnorm_forward(c, out, rstd, sum, gain, eps);
   for (auto [t, name] : {std::pair{&a, "a"}, std::pair{&b, "b"}}) {
     c.dtype(*t, sum.dtype(), name);
     c.shape(*t, sum.shape(), name);
@@ -390,7 +394,7 @@ void Backend::add_rmsnorm_forward(const Tensor& sum, const Tensor& out, const Te
   // elements already written (the default's copy, then add).
   if (overlaps(sum, b) || (overlaps(sum, a) && sum.data() != a.data()))
     c.fail("sum overlaps b, or a other than exactly");
-  add_rmsnorm_forward_impl(sum, out, rstd, a, b, gain);
+  add_rmsnorm_forward_impl(sum, out, rstd, a, b, gain, eps);
 }
 
 void Backend::rmsnorm_backward(const Tensor& dx, const Tensor& dgain, const Tensor& dout,
@@ -416,39 +420,43 @@ void Backend::rmsnorm_backward(const Tensor& dx, const Tensor& dgain, const Tens
 }
 
 // ---- attention ------------------------------------------------------------------------------
-void Backend::rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H) {
-  const OpCheck c(*this, "rope_forward");
+namespace {
+void check_rope(const OpCheck& c, const Tensor& x, int64_t B, int64_t S, int64_t H, double theta) {
   c.float_dtype(x, "x");
   check_heads(c, x, B, S, H, "x");
-  rope_forward_impl(x, B, S, H);
+  if (!(theta > 0) || !std::isfinite(theta)) c.fail("theta must be positive and finite");
 }
 
-void Backend::rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H) {
-  const OpCheck c(*this, "rope_backward");
-  c.float_dtype(dx, "x");
-  check_heads(c, dx, B, S, H, "x");
-  rope_backward_impl(dx, B, S, H);
-}
-
-namespace {
 void check_rope_qk(const OpCheck& c, const Tensor& q, const Tensor& k, int64_t B, int64_t S,
-                   int64_t H) {
+                   int64_t H, double theta) {
   const DType dt = c.float_dtype(q, "q");
   c.dtype(k, dt, "k");
   c.shape(k, q.shape(), "k");
   check_heads(c, q, B, S, H, "q");
+  if (!(theta > 0) || !std::isfinite(theta)) c.fail("theta must be positive and finite");
 }
 }  // namespace
 
-void Backend::rope_forward_qk(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H) {
-  check_rope_qk(OpCheck(*this, "rope_forward_qk"), q, k, B, S, H);
-  rope_forward_qk_impl(q, k, B, S, H);
+void Backend::rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H, double theta) {
+  check_rope(OpCheck(*this, "rope_forward"), x, B, S, H, theta);
+  rope_forward_impl(x, B, S, H, theta);
 }
 
-void Backend::rope_backward_qk(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S,
-                               int64_t H) {
-  check_rope_qk(OpCheck(*this, "rope_backward_qk"), dq, dk, B, S, H);
-  rope_backward_qk_impl(dq, dk, B, S, H);
+void Backend::rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H, double theta) {
+  check_rope(OpCheck(*this, "rope_backward"), dx, B, S, H, theta);
+  rope_backward_impl(dx, B, S, H, theta);
+}
+
+void Backend::rope_forward_qk(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H,
+                              double theta) {
+  check_rope_qk(OpCheck(*this, "rope_forward_qk"), q, k, B, S, H, theta);
+  rope_forward_qk_impl(q, k, B, S, H, theta);
+}
+
+void Backend::rope_backward_qk(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S, int64_t H,
+                               double theta) {
+  check_rope_qk(OpCheck(*this, "rope_backward_qk"), dq, dk, B, S, H, theta);
+  rope_backward_qk_impl(dq, dk, B, S, H, theta);
 }
 
 namespace {

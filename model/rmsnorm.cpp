@@ -11,13 +11,13 @@ Tensor& RMSNorm::output(Backend& backend, const Tensor& x) {
 }
 
 const Tensor& RMSNorm::forward(Backend& backend, const Tensor& x) {
-  backend.rmsnorm_forward(output(backend, x), rstd, x, gain.value);
+  backend.rmsnorm_forward(output(backend, x), rstd, x, gain.value, eps);
   return out;
 }
 
 const Tensor& RMSNorm::forward_sum(Backend& backend, const Tensor& sum, const Tensor& a,
                                    const Tensor& b) {
-  backend.add_rmsnorm_forward(sum, output(backend, sum), rstd, a, b, gain.value);
+  backend.add_rmsnorm_forward(sum, output(backend, sum), rstd, a, b, gain.value, eps);
   return out;
 }
 

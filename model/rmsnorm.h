@@ -1,4 +1,4 @@
-// RMSNorm: out = x / sqrt(mean(x^2) + 1e-5) * gain, over the last axis.
+// RMSNorm: out = x / sqrt(mean(x^2) + eps) * gain, over the last axis.
 #pragma once
 #include <string>
 
@@ -16,6 +16,7 @@ struct RMSNorm {
   // caller reruns forward before backward. rstd is always kept (T values).
   bool recompute = false;
   std::string name = "norm";
+  double eps = kDefaultNormEps;  // ModelConfig::norm_eps
 
   Tensor out;   // [T, D] (a view)
   Tensor rstd;  // [T] in stat_dtype(x), saved for backward

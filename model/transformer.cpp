@@ -58,6 +58,7 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
     const std::string prefix = "layers/" + std::to_string(l) + "/";
     Block& block = blocks_[l];
     for (RMSNorm* norm : {&block.attn_norm, &block.ffn_norm}) {
+      norm->eps = m.norm_eps;
       norm->workspace = shared;
       norm->recompute = recompute_norms;
     }
@@ -72,6 +73,7 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
     block.attn.wk = make_param(prefix + "attn/wk", {D, kv_width});
     block.attn.wv = make_param(prefix + "attn/wv", {D, kv_width});
     block.attn.kv_heads = m.kv_heads();
+    block.attn.rope_theta = m.rope_theta;
     block.attn.wo = make_param(prefix + "attn/wo", {D, D});
     block.attn.kernel = m.attention_kernel;
     block.ffn_norm.gain = make_param(prefix + "ffn_norm", {D}, false, false);
@@ -118,6 +120,7 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
     }
   }
   final_norm_.gain = make_param("final_norm", {D}, false, false);
+  final_norm_.eps = m.norm_eps;
   if (m.tie_embeddings)
     lm_head_.tied_table = &embedding_.table;
   else

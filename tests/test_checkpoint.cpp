@@ -255,10 +255,13 @@ TEST_F(CheckpointTest, SharedExpertsResumeExactly) {
 // A save interrupted after the temporary file was written and before the rename (the test hook
 // throws there, as a crash would stop there) leaves the previous checkpoint in place; `auto`
 // picks it, also past a newer garbage step file and a `latest` that names a broken file.
-// Grouped-query attention: wk and wv of the key/value heads are saved and resumed like any other.
+// Grouped-query attention: wk and wv of the key/value heads are saved and resumed like any other;
+// another rotary theta and norm epsilon too.
 TEST_F(CheckpointTest, GroupedQueryAttentionResumesExactly) {
   Config c = base_config("gqa");
   c.model.n_kv_heads = 1;
+  c.model.rope_theta = 5e5;
+  c.model.norm_eps = 1e-6;
   expect_exact_resume_from_step_3(c);
 }
 

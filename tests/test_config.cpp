@@ -312,6 +312,13 @@ TEST(ConfigRules, OddHeadWidth) {
                       "needs an even head width"));
 }
 
+TEST(ConfigRules, RopeThetaAndNormEps) {
+  EXPECT_TRUE(rejects("model:\n  rope_theta: 0\n", "model.rope_theta: must be > 0, got 0.0"));
+  EXPECT_TRUE(rejects("model:\n  norm_eps: -1e-6\n", "model.norm_eps: must be > 0, got -1.0e-06"));
+  EXPECT_TRUE(rejects("model:\n  rope_theta: .inf\n",
+                      "model.rope_theta: must be a finite number, got .inf"));
+}
+
 TEST(ConfigRules, TopK) {
   EXPECT_TRUE(rejects("moe:\n  num_experts: 8\n  top_k: 9\n", "moe.top_k: 9 exceeds moe.num_experts (8)"));
   EXPECT_TRUE(rejects("moe:\n  num_experts: 8\n  top_k: 0\n", "moe.top_k: must be >= 1, got 0"));

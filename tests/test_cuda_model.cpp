@@ -142,10 +142,13 @@ TEST_F(CudaModel, SharedExpertBf16) {
   compare("shared expert", options, DType::bf16, kBf16LossTol, kBf16GradTol);
 }
 
-// Grouped-query attention (model.n_kv_heads): 4 query heads over 2 key/value heads.
+// Grouped-query attention (model.n_kv_heads): 4 query heads over 2 key/value heads; with
+// Llama 3's rotary theta and a norm epsilon other than the default.
 TransformerOptions grouped_query(TransformerOptions options) {
   options.model.n_heads = 4;
   options.model.n_kv_heads = 2;
+  options.model.rope_theta = 5e5;
+  options.model.norm_eps = 1e-6;
   return options;
 }
 TEST_F(CudaModel, GroupedQueryAttentionFp32) {

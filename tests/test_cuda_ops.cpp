@@ -292,6 +292,14 @@ TEST_P(CudaOps, RMSNorm) {
   gpu().rmsnorm_backward(dxg, dgg, on_gpu({N, D}, dout, dt()), xg, gg, rg);
   expect_close(dxg, dxc, Tol{1e-5, 4e-3}, "rmsnorm_backward dx", dt());
   expect_close(dgg, dgc, Tol{1e-5, 1e-5}, "rmsnorm_backward dgain", dt());
+  // model.norm_eps: another epsilon, on rows small enough to feel it.
+  std::vector<double> small = x;
+  for (double& v : small) v *= 1e-3;
+  Tensor sc = on_cpu({N, D}, small), sg = on_gpu({N, D}, small, dt());
+  cpu().rmsnorm_forward(oc, rc, sc, gc, 1e-6);
+  gpu().rmsnorm_forward(og, rg, sg, gg, 1e-6);
+  expect_close(og, oc, Tol{1e-6, 4e-3}, "rmsnorm_forward out eps 1e-6", dt());
+  expect_close(rg, rc, Tol{1e-6, 1e-6}, "rmsnorm_forward rstd eps 1e-6", dt());
 }
 
 TEST_P(CudaOps, Rope) {
@@ -306,6 +314,11 @@ TEST_P(CudaOps, Rope) {
   cpu().rope_backward(dc, B, S, H);
   gpu().rope_backward(dg, B, S, H);
   expect_close(dg, dc, Tol{1e-6, 4e-3}, "rope_backward", dt());
+  // model.rope_theta: another base, its own tables.
+  Tensor tc = on_cpu({T, D}, x), tg = on_gpu({T, D}, x, dt());
+  cpu().rope_forward(tc, B, S, H, 5e5);
+  gpu().rope_forward(tg, B, S, H, 5e5);
+  expect_close(tg, tc, Tol{1e-6, 4e-3}, "rope_forward theta 5e5", dt());
 }
 
 // Grouped-query heads: the repeat is a copy (exact), its backward a sum over each group; the
@@ -597,6 +610,11 @@ TEST_F(CudaVec, RMSNormResidualFusions) {
     expect_bitwise(sum, sum_ref, "add_rmsnorm_forward sum" + at);
     expect_bitwise(out, out_ref, "add_rmsnorm_forward out" + at);
     expect_bitwise(rstd, rstd_ref, "add_rmsnorm_forward rstd" + at);
+    // model.norm_eps reaches the fused form too.
+    gpu().add_rmsnorm_forward(sum, out, rstd, ag, bg, gg, 0.25);
+    gpu().rmsnorm_forward(out_ref, rstd_ref, sum_ref, gg, 0.25);
+    expect_bitwise(out, out_ref, "add_rmsnorm_forward out eps 0.25" + at);
+    expect_bitwise(rstd, rstd_ref, "add_rmsnorm_forward rstd eps 0.25" + at);
 
     const Tensor dyg = on_gpu({N, D}, dy, bf);
     Tensor dres[2] = {on_gpu({N, D}, res, bf), on_gpu({N, D}, res, bf)};

@@ -289,22 +289,33 @@ TEST_F(CpuBackendTest, Embedding) {
 }
 
 // ---- RMSNorm --------------------------------------------------------------------------------
+// The default epsilon (1e-5), and model.norm_eps's others on rows small enough to feel them.
 TEST_F(CpuBackendTest, RmsnormForward) {
   const int64_t N = 6, D = 8;
-  const Vec x = randn_f32(N * D, 5), g = randn_f32(D, 6);
-  Vec expected(N * D), expected_rstd(N);
-  for (int64_t t = 0; t < N; ++t) {
-    double ms = 0;
-    for (int64_t j = 0; j < D; ++j) ms += x[t * D + j] * x[t * D + j] / D;
-    expected_rstd[t] = 1.0 / std::sqrt(ms + 1e-5);
-    for (int64_t j = 0; j < D; ++j) expected[t * D + j] = x[t * D + j] * expected_rstd[t] * g[j];
+  const Vec g = randn_f32(D, 6);
+  for (const double eps : {1e-5, 1e-6, 0.5}) {
+    Vec x = randn_f32(N * D, 5);
+    if (eps != 1e-5)
+      for (double& v : x) v = static_cast<float>(v * 1e-3);
+    Vec expected(N * D), expected_rstd(N);
+    for (int64_t t = 0; t < N; ++t) {
+      double ms = 0;
+      for (int64_t j = 0; j < D; ++j) ms += x[t * D + j] * x[t * D + j] / D;
+      expected_rstd[t] = 1.0 / std::sqrt(ms + eps);
+      for (int64_t j = 0; j < D; ++j) expected[t * D + j] = x[t * D + j] * expected_rstd[t] * g[j];
+    }
+    for (DType dt : kFloatTypes) {
+      Tensor out = nans({2, 3, D}, dt), rstd = nans({6}, dt);
+      if (eps == 1e-5)  // the default argument
+        be->rmsnorm_forward(out, rstd, tensor({2, 3, D}, dt, x), tensor({D}, dt, g));
+      else be->rmsnorm_forward(out, rstd, tensor({2, 3, D}, dt, x), tensor({D}, dt, g), eps);
+      expect_close(be->read(out), expected, tolerance(dt), "rmsnorm out");
+      expect_close(be->read(rstd), expected_rstd, tolerance(dt), "rmsnorm rstd");
+    }
   }
-  for (DType dt : kFloatTypes) {
-    Tensor out = nans({2, 3, D}, dt), rstd = nans({6}, dt);
-    be->rmsnorm_forward(out, rstd, tensor({2, 3, D}, dt, x), tensor({D}, dt, g));
-    expect_close(be->read(out), expected, tolerance(dt), "rmsnorm out");
-    expect_close(be->read(rstd), expected_rstd, tolerance(dt), "rmsnorm rstd");
-  }
+  EXPECT_THROW(be->rmsnorm_forward(be->alloc({6, D}, DType::f32), be->alloc({6}, DType::f32),
+                                   be->alloc({6, D}, DType::f32), be->alloc({D}, DType::f32), 0.0),
+               std::runtime_error);
   EXPECT_THROW(be->rmsnorm_forward(be->alloc({6, D}, DType::f32), be->alloc({6}, DType::f32),
                                    be->alloc({6, D}, DType::f32), be->alloc({D + 1}, DType::f32)),
                std::runtime_error);
@@ -380,28 +391,34 @@ TEST_F(CpuBackendTest, RmsnormResidualFusionsAreTheirSequences) {
 }
 
 // ---- rotary embedding -----------------------------------------------------------------------
+// The default theta (10000) and model.rope_theta's others, each with its own cached tables.
 TEST_F(CpuBackendTest, RopeMatchesSpecFormula) {
   const int64_t B = 2, S = 5, H = 3, Dh = 6, D = H * Dh;
   const Vec x = randn_f32(B * S * D, 11);
-  Vec expected = x;
-  for (int64_t t = 0; t < B * S; ++t)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t i = 0; i < Dh / 2; ++i) {
-        const double a = static_cast<double>(t % S) * std::pow(10000.0, -2.0 * i / Dh);
-        const double lo = x[t * D + h * Dh + i], hi = x[t * D + h * Dh + i + Dh / 2];
-        expected[t * D + h * Dh + i] = lo * std::cos(a) - hi * std::sin(a);
-        expected[t * D + h * Dh + i + Dh / 2] = hi * std::cos(a) + lo * std::sin(a);
-      }
-  for (DType dt : kFloatTypes) {
-    Tensor xt = tensor({B * S, D}, dt, x);
-    be->rope_forward(xt, B, S, H);
-    expect_close(be->read(xt), expected, tolerance(dt), "rope");
-    be->rope_forward(xt, B, S, H);  // the cached tables give the same answer a second time
-    be->rope_backward(xt, B, S, H);
-    expect_close(be->read(xt), expected, tolerance(dt), "rope cached");
-    be->rope_backward(xt, B, S, H);  // the inverse rotation
-    expect_close(be->read(xt), x, tolerance(dt), "rope inverse");
+  for (const double theta : {10000.0, 1e6, 7.5}) {
+    Vec expected = x;
+    for (int64_t t = 0; t < B * S; ++t)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < Dh / 2; ++i) {
+          const double a = static_cast<double>(t % S) * std::pow(theta, -2.0 * i / Dh);
+          const double lo = x[t * D + h * Dh + i], hi = x[t * D + h * Dh + i + Dh / 2];
+          expected[t * D + h * Dh + i] = lo * std::cos(a) - hi * std::sin(a);
+          expected[t * D + h * Dh + i + Dh / 2] = hi * std::cos(a) + lo * std::sin(a);
+        }
+    const std::string name = "rope theta " + std::to_string(theta);
+    for (DType dt : kFloatTypes) {
+      Tensor xt = tensor({B * S, D}, dt, x);
+      be->rope_forward(xt, B, S, H, theta);
+      expect_close(be->read(xt), expected, tolerance(dt), name);
+      be->rope_forward(xt, B, S, H, theta);  // the cached tables give the same answer again
+      be->rope_backward(xt, B, S, H, theta);
+      expect_close(be->read(xt), expected, tolerance(dt), name + " cached");
+      be->rope_backward(xt, B, S, H, theta);  // the inverse rotation
+      expect_close(be->read(xt), x, tolerance(dt), name + " inverse");
+    }
   }
+  EXPECT_THROW(be->rope_forward(be->alloc({B * S, D}, DType::f32), B, S, H, -1.0),
+               std::runtime_error);
   EXPECT_THROW(be->rope_forward(be->alloc({B * S, D}, DType::f32), B, S, 4), std::runtime_error);
   EXPECT_THROW(be->rope_forward(be->alloc({B * S, D}, DType::f32), B, S + 1, H), std::runtime_error);
 }

@@ -178,6 +178,8 @@ std::vector<Section> config_fields(Config& c) {
         {"n_layers", &c.model.n_layers},
         {"n_heads", &c.model.n_heads},
         {"n_kv_heads", &c.model.n_kv_heads},
+        {"rope_theta", &c.model.rope_theta},
+        {"norm_eps", &c.model.norm_eps},
         {"ffn_hidden", &c.model.ffn_hidden},
         {"tie_embeddings", &c.model.tie_embeddings},
         {"attention_kernel", choice(&c.model.attention_kernel)}}},
@@ -594,6 +596,11 @@ void check_finite(Problems& p, const std::string& path, double value) {
 }
 
 // The comparisons are written so that NaN fails them.
+void check_positive(Problems& p, const std::string& path, double value) {
+  if (!(value > 0)) p.add(path, "must be > 0, got " + str(value));
+  else check_finite(p, path, value);
+}
+
 void check_non_negative(Problems& p, const std::string& path, double value) {
   if (!(value >= 0)) p.add(path, "must be >= 0, got " + str(value));
   else check_finite(p, path, value);
@@ -616,6 +623,8 @@ void validate_model(const ModelConfig& m, Problems& p) {
     }
   }
   check_at_least(p, "model.n_kv_heads", m.n_kv_heads, 0);
+  check_positive(p, "model.rope_theta", m.rope_theta);
+  check_positive(p, "model.norm_eps", m.norm_eps);
   if (m.n_kv_heads >= 1 && m.n_heads >= 1 && m.n_heads % m.n_kv_heads != 0)
     p.add("model.n_kv_heads", str(m.n_kv_heads) + " does not divide model.n_heads (" +
                                   str(m.n_heads) + "); each key/value head serves a whole group");

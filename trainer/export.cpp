@@ -96,12 +96,12 @@ nlohmann::ordered_json hf_config(const Config& config, bool moe, const std::stri
   // Rotary has no length limit; this is the length the model was trained at.
   json["max_position_embeddings"] = m.seq_len;
   json["initializer_range"] = kInitStd;
-  json["rms_norm_eps"] = kHfRmsNormEps;
+  json["rms_norm_eps"] = m.norm_eps;
   json["use_cache"] = true;
   json["tie_word_embeddings"] = m.tie_embeddings;
   // transformers 5 reads rope_parameters; 4.x reads rope_theta. Both say the same.
-  json["rope_theta"] = kHfRopeTheta;
-  json["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", kHfRopeTheta}};
+  json["rope_theta"] = m.rope_theta;
+  json["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", m.rope_theta}};
   json["attention_dropout"] = 0.0;
   // Our tokenizers add no BOS/EOS; without these nulls transformers would assume ids 1 and 2 and
   // stop generating at token 2.

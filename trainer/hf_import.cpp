@@ -137,7 +137,8 @@ HfConfig read_hf_config(const fs::path& folder) {
   return hf;
 }
 
-// rope_scaling (transformers 4) and rope_parameters (5): only the plain rotary of theta 10000.
+// rope_scaling (transformers 4) and rope_parameters (5): only the plain rotary, its theta said
+// once (or twice alike).
 std::string rope_problem(const HfConfig& hf) {
   const json& values = hf.values;
   if (const json* scaling = find_key(values, "rope_scaling")) {
@@ -159,18 +160,21 @@ std::string rope_problem(const HfConfig& hf) {
       return "rope_parameters.rope_type " + type->dump() + ": only \"default\" is supported";
     nested_theta = find_key(*parameters, "rope_theta");
   }
-  const std::string unsupported =
-      " differs from ours, 10000: model.rope_theta is not supported yet";
-  if (nested_theta && number_or(hf, *parameters, "rope_theta", 0) != kHfRopeTheta)
-    return "rope_parameters.rope_theta " + nested_theta->dump() + unsupported;
   const json* theta = find_key(values, "rope_theta");
-  if (theta && number_or(hf, values, "rope_theta", 0) != kHfRopeTheta)
-    return "rope_theta " + theta->dump() + unsupported;
-  if (!theta && !nested_theta && defaults_of(hf).rope_theta != kHfRopeTheta)
-    return "rope_theta absent: transformers' default for " +
-           std::string(hf.mixtral ? "mixtral" : "llama") + ", " +
-           json(defaults_of(hf).rope_theta).dump() + "," + unsupported;
+  if (nested_theta && theta &&
+      number_or(hf, *parameters, "rope_theta", 0) != number_or(hf, values, "rope_theta", 0))
+    return "rope_theta " + theta->dump() + " differs from rope_parameters.rope_theta " +
+           nested_theta->dump() + ": which one transformers uses depends on its version";
   return "";
+}
+
+// The rotary theta: transformers 5's rope_parameters.rope_theta, 4's rope_theta, else the model
+// type's default.
+double rope_theta_of(const HfConfig& hf) {
+  if (const json* parameters = find_key(hf.values, "rope_parameters");
+      parameters && parameters->is_object() && find_key(*parameters, "rope_theta"))
+    return number_or(hf, *parameters, "rope_theta", 0);
+  return number_or(hf, hf.values, "rope_theta", defaults_of(hf).rope_theta);
 }
 
 // Grouped-query attention's key/value heads, transformers' default where config.json has none.
@@ -182,8 +186,7 @@ int64_t key_value_heads(const HfConfig& hf) {
 
 // Everything in config.json that our model would compute differently from transformers, as one
 // line naming the key and its value; "" when there is nothing. The one place the limits of
-// import live: when our model gains model.rope_theta or model.norm_eps, relax the check here and
-// set the key in switchyard_config.
+// import live (switchyard_config maps what passes; its validation refuses impossible values).
 std::string hf_import_problem(const HfConfig& hf) {
   const json& values = hf.values;
   const HfDefaults& defaults = defaults_of(hf);
@@ -199,12 +202,6 @@ std::string hf_import_problem(const HfConfig& hf) {
            " differs from hidden_size / num_attention_heads = " + std::to_string(hidden / heads) +
            ": our heads are d_model / n_heads wide";
   if (std::string problem = rope_problem(hf); !problem.empty()) return problem;
-  const double eps = number_or(hf, values, "rms_norm_eps", defaults.rms_norm_eps);
-  if (eps != kHfRmsNormEps) {
-    const json* value = find_key(values, "rms_norm_eps");
-    return "rms_norm_eps " + (value ? value->dump() : "absent (" + json(eps).dump() + ")") +
-           " differs from ours, 1e-05: model.norm_eps is not supported yet";
-  }
   if (const json* act = find_key(values, "hidden_act"); act && *act != "silu")
     return "hidden_act " + act->dump() + ": our FFN is SwiGLU (silu)";
   if (flag_or(hf, "attention_bias", false))
@@ -237,6 +234,8 @@ Config switchyard_config(const HfConfig& hf, const fs::path& folder) {
   m.n_layers = required_count(hf, "num_hidden_layers");
   m.n_heads = required_count(hf, "num_attention_heads");
   if (const int64_t kv_heads = key_value_heads(hf); kv_heads != m.n_heads) m.n_kv_heads = kv_heads;
+  m.rope_theta = rope_theta_of(hf);
+  m.norm_eps = number_or(hf, hf.values, "rms_norm_eps", defaults.rms_norm_eps);
   // Rotary has no length limit: this is only the length a training run defaults to.
   m.seq_len = count_or(hf, "max_position_embeddings", defaults.max_position_embeddings);
   // transformers' LlamaConfig and MixtralConfig both default to untied.

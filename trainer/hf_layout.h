@@ -1,6 +1,5 @@
 // Our checkpoint tensors as transformers' Llama and Mixtral name and lay them out (docs/export.md,
-// "The mapping"): one table, walked forwards by export and backwards by import, and the numbers
-// our model computes with that a transformers config.json must state.
+// "The mapping"): one table, walked forwards by export and backwards by import.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -9,11 +8,6 @@
 #include "trainer/config.h"
 
 namespace sy {
-
-// What our model computes and transformers must be told (docs/model.md; model/cpu/rmsnorm.cpp
-// and model/cpu/attention.cpp hold the same numbers as kRmsEps and the rotary theta).
-constexpr double kHfRmsNormEps = 1e-5;
-constexpr double kHfRopeTheta = 10000.0;
 
 // One tensor of transformers' state dict and where it lives in our checkpoint.
 struct HfTensor {

@@ -57,7 +57,7 @@ new_tokens=24                            # 32 + 24 <= seq_len 64: no sliding win
 run_case() {
   local name=$1 moe=$2 dtypes=${3:-fp32} log="$out/$1.log" config="$work/$1.yaml" dtype
   sy_dry || cat > "$config" <<EOF
-model: {vocab_size: 256, seq_len: 64, d_model: 64, n_layers: 2, n_heads: 4, n_kv_heads: $([ "$name" = gqa ] && echo 2 || echo 0), ffn_hidden: 160, tie_embeddings: $([ "$name" = dense ] && echo false || echo true)}
+model: {vocab_size: 256, seq_len: 64, d_model: 64, n_layers: 2, n_heads: 4, ffn_hidden: 160, tie_embeddings: $([ "$name" = dense ] && echo false || echo true)$([ "$name" = gqa ] && echo ", n_kv_heads: 2, rope_theta: 500000, norm_eps: 1e-6")}
 moe: $moe
 train: {micro_batch_size: 8, steps: $steps, warmup_steps: 5, lr: 0.003}
 data: {path: $work/tokens.h5}
@@ -109,7 +109,7 @@ EOF
 
 run_case moe "{num_experts: 4, top_k: 2, expert_hidden: 96}" "fp32 bf16" || sy_failed=1
 run_case dense "{num_experts: 0}" fp32 || sy_failed=1
-# Grouped-query attention: 4 query heads over 2 key/value heads (num_key_value_heads 2).
+# Llama 3's attention: 4 query heads over 2 key/value heads, rotary theta 500000, norm eps 1e-6.
 run_case gqa "{num_experts: 4, top_k: 2, expert_hidden: 96}" fp32 || sy_failed=1
 
 echo

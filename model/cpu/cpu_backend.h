@@ -12,6 +12,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -106,14 +107,14 @@ class CpuBackend final : public Backend {
 
   // ---- rmsnorm.cpp ----------------------------------------------------------------------------
   void rmsnorm_forward_impl(const Tensor& out, const Tensor& rstd, const Tensor& x,
-                            const Tensor& gain) override;
+                            const Tensor& gain, double eps) override;
   void rmsnorm_backward_impl(const Tensor& dx, const Tensor& dgain, const Tensor& dout,
                              const Tensor& x, const Tensor& gain, const Tensor& rstd,
                              bool accumulate) override;
 
   // ---- attention.cpp (rotary embedding and attention) -----------------------------------------
-  void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H) override;
-  void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H) override;
+  void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H, double theta) override;
+  void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H, double theta) override;
   void repeat_kv_heads_impl(const Tensor& out, const Tensor& x, int64_t kv_heads) override;
   void repeat_kv_heads_backward_impl(const Tensor& dx, const Tensor& dout,
                                      int64_t kv_heads) override;
@@ -182,9 +183,10 @@ class CpuBackend final : public Backend {
   void write_host(const Tensor& dst, std::span<const H> host);  // cpu_backend.cpp
 
   // attention.cpp: rotates x in place by +a (sign 1) or -a (sign -1), with the cached table.
-  void rope(const char* op, const Tensor& x, int64_t B, int64_t S, int64_t H, int sign);
+  void rope(const char* op, const Tensor& x, int64_t B, int64_t S, int64_t H, double theta,
+            int sign);
   template <class T>
-  const cpu::RopeTable<T>& rope_table(int64_t S, int64_t Dh);
+  const cpu::RopeTable<T>& rope_table(int64_t S, int64_t Dh, double theta);
 
   struct LiveMemory {
     std::atomic<size_t> live{0}, peak{0};
@@ -195,8 +197,9 @@ class CpuBackend final : public Backend {
 
   // cos/sin tables cached per (S, Dh) and dtype.
   std::mutex rope_mutex_;
-  std::map<std::pair<int64_t, int64_t>, cpu::RopeTable<float>> rope_f32_;
-  std::map<std::pair<int64_t, int64_t>, cpu::RopeTable<double>> rope_f64_;
+  // Keyed by (S, Dh, theta).
+  std::map<std::tuple<int64_t, int64_t, double>, cpu::RopeTable<float>> rope_f32_;
+  std::map<std::tuple<int64_t, int64_t, double>, cpu::RopeTable<double>> rope_f64_;
 };
 
 }  // namespace sy

@@ -9,14 +9,12 @@ namespace sy {
 namespace cpu {
 namespace {
 
-inline constexpr double kRmsEps = 1e-5;
-
 template <class T>
-void rmsnorm_forward(T* out, T* rstd, const T* x, const T* gain, int64_t N, int64_t D) {
+void rmsnorm_forward(T* out, T* rstd, const T* x, const T* gain, int64_t N, int64_t D, double eps) {
   for (int64_t t = 0; t < N; ++t) {
     const T* xr = x + t * D;
     T* yr = out + t * D;
-    const T r = static_cast<T>(1.0 / std::sqrt(sum_squares(xr, D) / D + kRmsEps));
+    const T r = static_cast<T>(1.0 / std::sqrt(sum_squares(xr, D) / D + eps));
     rstd[t] = r;
     for (int64_t j = 0; j < D; ++j) yr[j] = xr[j] * r * gain[j];
   }
@@ -48,11 +46,11 @@ void rmsnorm_backward(T* dx, T* dgain, const T* dout, const T* x, const T* gain,
 }  // namespace cpu
 
 void CpuBackend::rmsnorm_forward_impl(const Tensor& out, const Tensor& rstd, const Tensor& x,
-                                      const Tensor& gain) {
+                                      const Tensor& gain, double eps) {
   const DType dt = cpu::host_float(OpCheck(*this, "rmsnorm_forward"), x, "x");
   const int64_t D = x.dim(-1), N = x.numel() / D;
   cpu::dispatch_float(dt, [&]<class T>(T) {
-    cpu::rmsnorm_forward(out.ptr<T>(), rstd.ptr<T>(), x.ptr<T>(), gain.ptr<T>(), N, D);
+    cpu::rmsnorm_forward(out.ptr<T>(), rstd.ptr<T>(), x.ptr<T>(), gain.ptr<T>(), N, D, eps);
   });
 }
 

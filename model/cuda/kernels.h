@@ -47,10 +47,10 @@ void embedding_backward(Context& ctx, const Tensor& dtable, const Tensor& dout, 
 
 // rmsnorm.cu
 void rmsnorm_forward(Context& ctx, const Tensor& out, const Tensor& rstd, const Tensor& x,
-                     const Tensor& gain);
+                     const Tensor& gain, double eps);
 // false: not a bf16 vector case (the caller runs add_into and rmsnorm_forward).
 bool add_rmsnorm_forward(Context& ctx, const Tensor& sum, const Tensor& out, const Tensor& rstd,
-                         const Tensor& a, const Tensor& b, const Tensor& gain);
+                         const Tensor& a, const Tensor& b, const Tensor& gain, double eps);
 void rmsnorm_backward(Context& ctx, const Tensor& dx, const Tensor& dgain, const Tensor& dout,
                       const Tensor& x, const Tensor& gain, const Tensor& rstd, bool accumulate);
 
@@ -68,11 +68,12 @@ void repeat_kv_heads_backward(Context& ctx, const Tensor& dx, const Tensor& dout
 // computed in double on the host as the CPU does, uploaded once per (S, Dh, dtype) and kept.
 class RopeTables {
  public:
-  const std::pair<Tensor, Tensor>& get(Context& ctx, int64_t S, int64_t Dh, DType dtype);
+  const std::pair<Tensor, Tensor>& get(Context& ctx, int64_t S, int64_t Dh, double theta,
+                                       DType dtype);
   void clear() { tables_.clear(); }
 
  private:
-  std::map<std::tuple<int64_t, int64_t, DType>, std::pair<Tensor, Tensor>> tables_;
+  std::map<std::tuple<int64_t, int64_t, double, DType>, std::pair<Tensor, Tensor>> tables_;
 };
 void attention_forward(Context& ctx, const Tensor& out, const Tensor& probs, const Tensor& q,
                        const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H);

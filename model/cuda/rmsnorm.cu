@@ -25,7 +25,7 @@ constexpr int kChunkRows = 64;    // rows per partial sum of the gain gradient
 
 template <class T, class S>
 __global__ void rmsnorm_forward_kernel(T* out, S* rstd, const T* x, const S* gain, int64_t N,
-                                       int64_t D) {
+                                       int64_t D, double eps) {
   using A = acc_t<T>;
   const int lane = threadIdx.x & 31;
   const int64_t row = blockIdx.x * int64_t(kRowsPerBlock) + (threadIdx.x >> 5);
@@ -37,7 +37,7 @@ __global__ void rmsnorm_forward_kernel(T* out, S* rstd, const T* x, const S* gai
     ss += v * v;
   }
   ss = warp_sum(ss);
-  const S r = static_cast<S>(1.0 / sqrt(static_cast<double>(ss) / static_cast<double>(D) + 1e-5));
+  const S r = static_cast<S>(1.0 / sqrt(static_cast<double>(ss) / static_cast<double>(D) + eps));
   if (lane == 0) rstd[row] = r;
   T* yr = out + row * D;
   for (int64_t j = lane; j < D; j += 32)
@@ -110,7 +110,7 @@ template <int VPL>
 __device__ __forceinline__ void normalize_row(bf16* __restrict__ out, float* __restrict__ rstd,
                                               const uint4 (&raw)[VPL],
                                               const float* __restrict__ gain, int64_t row,
-                                              int64_t D, int lane) {
+                                              int64_t D, double eps, int lane) {
   const int64_t vecs = D / kVec;
   float ss = 0;
 #pragma unroll
@@ -124,7 +124,7 @@ __device__ __forceinline__ void normalize_row(bf16* __restrict__ out, float* __r
   }
   ss = warp_sum(ss);
   const float r =
-      static_cast<float>(1.0 / sqrt(static_cast<double>(ss) / static_cast<double>(D) + 1e-5));
+      static_cast<float>(1.0 / sqrt(static_cast<double>(ss) / static_cast<double>(D) + eps));
   if (lane == 0) rstd[row] = r;
   bf16* yr = out + row * D;
 #pragma unroll
@@ -144,7 +144,7 @@ __device__ __forceinline__ void normalize_row(bf16* __restrict__ out, float* __r
 template <int VPL>
 __global__ void rmsnorm_forward_vec(bf16* __restrict__ out, float* __restrict__ rstd,
                                     const bf16* __restrict__ x, const float* __restrict__ gain,
-                                    int64_t N, int64_t D) {
+                                    int64_t N, int64_t D, double eps) {
   const int lane = threadIdx.x & 31;
   const int64_t row = blockIdx.x * int64_t(kRowsPerBlock) + (threadIdx.x >> 5);
   if (row >= N) return;
@@ -156,7 +156,7 @@ __global__ void rmsnorm_forward_vec(bf16* __restrict__ out, float* __restrict__ 
     const int64_t c = v * 32 + lane;
     if (c < vecs) raw[v] = load_raw8(xr + c * kVec);
   }
-  normalize_row<VPL>(out, rstd, raw, gain, row, D, lane);
+  normalize_row<VPL>(out, rstd, raw, gain, row, D, eps, lane);
 }
 
 // One row's inputs for the vector backward, as loaded (16-byte loads; lane holds vectors lane,
@@ -289,7 +289,8 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock)
 template <int VPL>
 __global__ void add_rmsnorm_forward_vec(bf16* sum, bf16* __restrict__ out, float* __restrict__ rstd,
                                         const bf16* a, const bf16* b,
-                                        const float* __restrict__ gain, int64_t N, int64_t D) {
+                                        const float* __restrict__ gain, int64_t N, int64_t D,
+                                        double eps) {
   const int lane = threadIdx.x & 31;
   const int64_t row = blockIdx.x * int64_t(kRowsPerBlock) + (threadIdx.x >> 5);
   if (row >= N) return;
@@ -316,7 +317,7 @@ __global__ void add_rmsnorm_forward_vec(bf16* sum, bf16* __restrict__ out, float
       *reinterpret_cast<uint4*>(sum + row * D + c * kVec) = raw[v];
     }
   }
-  normalize_row<VPL>(out, rstd, raw, gain, row, D, lane);
+  normalize_row<VPL>(out, rstd, raw, gain, row, D, eps, lane);
 }
 
 // Smallest instantiated vectors-per-lane that covers D / 8 vectors, or 0 when none does.
@@ -344,7 +345,7 @@ bool takes_vector_path(const Tensor& x, int64_t D, std::initializer_list<const v
 }  // namespace
 
 void rmsnorm_forward(Context& ctx, const Tensor& out, const Tensor& rstd, const Tensor& x,
-                     const Tensor& gain) {
+                     const Tensor& gain, double eps) {
   const int64_t D = x.dim(-1), N = x.numel() / D;
   if (N == 0) return;
   const unsigned blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
@@ -352,7 +353,7 @@ void rmsnorm_forward(Context& ctx, const Tensor& out, const Tensor& rstd, const 
   if (vpl > 0 && takes_vector_path(x, D, {out.data(), x.data(), gain.data()})) {
     with_vpl<kMaxForwardVecs>(vpl, [&](auto V) {
       rmsnorm_forward_vec<V.value><<<blocks, 32 * kRowsPerBlock, 0, ctx.stream>>>(
-          out.ptr<bf16>(), rstd.ptr<float>(), x.ptr<bf16>(), gain.ptr<float>(), N, D);
+          out.ptr<bf16>(), rstd.ptr<float>(), x.ptr<bf16>(), gain.ptr<float>(), N, D, eps);
     });
     check_launch(ctx, "rmsnorm_forward");
     return;
@@ -360,13 +361,13 @@ void rmsnorm_forward(Context& ctx, const Tensor& out, const Tensor& rstd, const 
   dispatch_float(x.dtype(), [&]<class T>(Tag<T>) {
     using S = stat_t<T>;
     rmsnorm_forward_kernel<T, S><<<blocks, 32 * kRowsPerBlock, 0, ctx.stream>>>(
-        out.ptr<T>(), rstd.ptr<S>(), x.ptr<T>(), gain.ptr<S>(), N, D);
+        out.ptr<T>(), rstd.ptr<S>(), x.ptr<T>(), gain.ptr<S>(), N, D, eps);
   });
   check_launch(ctx, "rmsnorm_forward");
 }
 
 bool add_rmsnorm_forward(Context& ctx, const Tensor& sum, const Tensor& out, const Tensor& rstd,
-                         const Tensor& a, const Tensor& b, const Tensor& gain) {
+                         const Tensor& a, const Tensor& b, const Tensor& gain, double eps) {
   const int64_t D = sum.dim(-1), N = sum.numel() / D;
   const int vpl = vectors_per_lane(D, kMaxForwardVecs);
   if (vpl == 0 ||
@@ -377,7 +378,7 @@ bool add_rmsnorm_forward(Context& ctx, const Tensor& sum, const Tensor& out, con
   with_vpl<kMaxForwardVecs>(vpl, [&](auto V) {
     add_rmsnorm_forward_vec<V.value><<<blocks, 32 * kRowsPerBlock, 0, ctx.stream>>>(
         sum.ptr<bf16>(), out.ptr<bf16>(), rstd.ptr<float>(), a.ptr<bf16>(), b.ptr<bf16>(),
-        gain.ptr<float>(), N, D);
+        gain.ptr<float>(), N, D, eps);
   });
   check_launch(ctx, "add_rmsnorm_forward");
   return true;
