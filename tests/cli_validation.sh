@@ -131,6 +131,20 @@ rows+=("import of an export|$(head -1 hf_eval.out | cut -d' ' -f2)|$verdict|-")
   cmp -s hf_folder/model.safetensors hf_again/model.safetensors &&
   cmp -s hf_folder/config.json hf_again/config.json ||
   { echo "FAIL: export of the import differs from the export"; failures=$((failures + 1)); }
+# A run from the import (checkpoint.init_from) trains as a run from the original's weights, to
+# the bit: the same losses, step by step.
+for source in hf/checkpoints imported.h5; do
+  "$switchyard" train small.yaml --set moe.capacity_factor=0 --set train.steps=3 \
+    --set "checkpoint.init_from=$source" --set "run.dir=from_$(basename $source)" \
+    >from_import.log 2>&1 || { echo "FAIL: train from $source"; tail -3 from_import.log; exit 1; }
+  grep -q "^initialised from " from_import.log ||
+    { echo "FAIL: no 'initialised from' line"; failures=$((failures + 1)); }
+done
+if [ -n "$(grep -o '"loss": [^,]*' from_checkpoints/metrics.jsonl)" ] &&
+   [ "$(grep -o '"loss": [^,]*' from_checkpoints/metrics.jsonl)" = \
+     "$(grep -o '"loss": [^,]*' from_imported.h5/metrics.jsonl)" ]; then verdict=equal; else
+  verdict=DIFFERS; failures=$((failures + 1)); fi
+rows+=("train from the import|$(grep -o '"loss": [^,]*' from_imported.h5/metrics.jsonl | tail -1 | cut -d' ' -f2)|$verdict|-")
 
 # Too little data names what would fit.
 "$switchyard" eval small.yaml --tokens 100000 >/dev/null 2>fit.err

@@ -495,6 +495,35 @@ TEST(CompareConfigs, WhichKeysMayChange) {
   EXPECT_THROW(compare_configs("- not a mapping", c), std::runtime_error);
 }
 
+// A model-shaping key that neither model uses is a note: the moe keys of two dense models, the
+// dense FFN's width of two models with every layer MoE (an import of a Mixtral keeps the default).
+TEST(CompareConfigs, KeysNeitherModelUsesAreNotes) {
+  Config dense;
+  dense.moe.num_experts = 0;
+  Config other_dense = dense;
+  other_dense.moe.routing.top_k = 1;
+  other_dense.moe.expert_hidden = 64;
+  ConfigDiff diff = compare_configs(config_to_yaml(other_dense), dense);
+  EXPECT_TRUE(diff.errors.empty());
+  EXPECT_EQ(diff.notes.size(), 2u);
+  Config moe;
+  moe.moe.num_experts = 8;
+  Config other_moe = moe;
+  other_moe.model.ffn_hidden = 2048;
+  diff = compare_configs(config_to_yaml(other_moe), moe);
+  EXPECT_TRUE(diff.errors.empty());
+  EXPECT_EQ(diff.notes,
+            (std::vector<std::string>{
+                "model.ffn_hidden (checkpoint 2048, config 512), not used by this model"}));
+  // Some layers dense: the width shapes them.
+  moe.moe.layers = MoeLayers::every_nth(2);
+  other_moe.moe.layers = moe.moe.layers;
+  EXPECT_EQ(compare_configs(config_to_yaml(other_moe), moe).errors,
+            (std::vector<std::string>{"model.ffn_hidden (checkpoint 2048, config 512)"}));
+  // A dense model against an MoE one: num_experts shapes both.
+  EXPECT_FALSE(compare_configs(config_to_yaml(dense), moe).errors.empty());
+}
+
 // A checkpoint written before a key existed lacks it: at its default the key is no difference,
 // set to anything else it is (here a model-shaping one, so an error).
 TEST(CompareConfigs, AKeyNewerThanTheCheckpointAtItsDefaultIsNoDifference) {

@@ -58,6 +58,26 @@ bool shapes_model(const std::string& key) {
   return !(key.size() >= rate.size() && key.compare(key.size() - rate.size(), rate.size(), rate) == 0);
 }
 
+using FlatConfig = std::vector<std::pair<std::string, std::string>>;
+
+std::string value_of(const FlatConfig& config, const std::string& key) {
+  for (const auto& [name, value] : config)
+    if (name == key) return value;
+  return "";
+}
+
+// Whether the model `config` describes has no use for `key`: the moe keys (but num_experts) of a
+// dense model, the dense FFN's width when every layer is MoE.
+bool unused_by(const FlatConfig& config, const FlatConfig& defaults, const std::string& key) {
+  auto value = [&](const std::string& name) {
+    const std::string found = value_of(config, name);
+    return found.empty() ? value_of(defaults, name) : found;
+  };
+  const bool dense = value("moe.num_experts") == "0";
+  if (key.rfind("moe.", 0) == 0) return dense && key != "moe.num_experts";
+  return key == "model.ffn_hidden" && !dense && value("moe.layers") == "all";
+}
+
 }  // namespace
 
 ConfigDiff compare_configs(const std::string& checkpoint_yaml, const Config& config) {
@@ -84,8 +104,10 @@ ConfigDiff compare_configs(const std::string& checkpoint_yaml, const Config& con
     if (!before && now && fallback && *now == *fallback) continue;
     const std::string line = key + " (checkpoint " + (before ? *before : "absent") + ", config " +
                              (now ? *now : "absent") + ")";
-    if (shapes_model(key))
-      diff.errors.push_back(line);
+    // A key neither model uses changes no number: the run goes on exactly.
+    if (shapes_model(key) && unused_by(theirs, defaults, key) && unused_by(ours, defaults, key))
+      diff.notes.push_back(line + ", not used by this model");
+    else if (shapes_model(key)) diff.errors.push_back(line);
     else if (key == "train.micro_batch_size")
       diff.warnings.push_back(line);
     else
@@ -95,9 +117,7 @@ ConfigDiff compare_configs(const std::string& checkpoint_yaml, const Config& con
 }
 
 std::string checkpoint_config_value(const std::string& checkpoint_yaml, const std::string& key) {
-  for (const auto& [name, value] : flatten_config(checkpoint_yaml))
-    if (name == key) return value;
-  return "";
+  return value_of(flatten_config(checkpoint_yaml), key);
 }
 
 }  // namespace sy
