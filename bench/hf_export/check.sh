@@ -9,6 +9,9 @@
 # bf16), then bench/hf_export/compare.py loads each export with transformers and compares the
 # validation loss (fp32: within 1e-4 relative; bf16 weights: 1e-2) and the greedy continuation of
 # a 32-token prompt (fp32).
+# Then the other way: folders transformers itself wrote (bench/hf_export/make_hf_model.py: a Llama
+# in fp32 and a Mixtral in bf16, sharded, with grouped-query attention and Llama 3's rotary theta)
+# read by `switchyard import`, and `switchyard eval`'s loss compared with transformers' (1e-4).
 # Prints the table last; OUTDIR gets build.log, <case>.log, results.jsonl, summary.txt (steps).
 # Exit status 0 when every row passed.
 # Environment (all optional):
@@ -111,6 +114,33 @@ run_case moe "{num_experts: 4, top_k: 2, expert_hidden: 96}" "fp32 bf16" || sy_f
 run_case dense "{num_experts: 0}" fp32 || sy_failed=1
 # Llama 3's attention: 4 query heads over 2 key/value heads, rotary theta 500000, norm eps 1e-6.
 run_case gqa "{num_experts: 4, top_k: 2, expert_hidden: 96}" fp32 || sy_failed=1
+
+# import_case NAME ARCH DTYPE: a folder transformers itself wrote (make_hf_model.py: random wide
+# weights, grouped-query attention, another rotary theta and norm epsilon, sharded safetensors)
+# read by `switchyard import`, evaluated by `switchyard eval` and compared with transformers' loss
+# on the same sequences. The weights are the same numbers on both sides whatever DTYPE (bf16 is
+# read exactly), so fp32 arithmetic on both sides agrees to 1e-4 either way.
+import_case() {
+  local name=$1 arch=$2 dtype=$3 log="$out/$1.log" folder="$work/made-$1"
+  sy_step -l "$name" "$name make" python3 bench/hf_export/make_hf_model.py --arch "$arch" \
+    --dtype "$dtype" --out "$folder" || { echo "$name: make_hf_model.py failed ($log)"; return 1; }
+  sy_step -l "$name" "$name import" "$sy" import "$folder" --output "$work/$name.h5" \
+    --overwrite || { echo "$name: import failed ($log)"; return 1; }
+  sy_step -l "$name" -o "$work/$name.eval.json" "$name eval" "$sy" eval \
+    --checkpoint "$work/$name.h5" --set "data.path=$work/tokens.h5" --set run.backend=cpu \
+    --tokens 1024 || { echo "$name: eval failed ($log)"; return 1; }
+  local val_loss=DRY sequences=DRY
+  if ! sy_dry; then
+    cat "$work/$name.eval.json" >> "$log"
+    val_loss=$(python3 -c 'import json,sys; print(repr(json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["val_loss"]))' "$work/$name.eval.json")
+    sequences=$(python3 -c 'import json,sys; print(json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["sequences"])' "$work/$name.eval.json")
+  fi
+  sy_step -l "$name" "$name compare" python3 bench/hf_export/compare.py --export "$folder" \
+    --tokens "$work/tokens.h5" --text "$work/corpus.txt" --val-loss "$val_loss" \
+    --sequences "$sequences" --tolerance 1e-4 --label "$name" --json "$out/results.jsonl"
+}
+import_case import-llama llama float32 || sy_failed=1
+import_case import-mixtral mixtral bfloat16 || sy_failed=1
 
 echo
 sy_dry || python3 bench/hf_export/compare.py --table "$out/results.jsonl" || sy_failed=1

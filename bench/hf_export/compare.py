@@ -98,45 +98,49 @@ def check_weights(model, export_dir, config):
     from safetensors import safe_open
     state = model.state_dict()
     compared, problems = 0, []
-    with safe_open(os.path.join(export_dir, "model.safetensors"), framework="pt") as f:
-        for name in f.keys():
-            tensor = f.get_tensor(name).to(torch.float32)
-            target = None
-            if name in state:
-                target = state[name]
-            elif ".block_sparse_moe.experts." in name:
-                prefix, rest = name.split(".block_sparse_moe.experts.")
-                expert, which = int(rest.split(".")[0]), rest.split(".")[1]
-                ffn = tensor.shape[0] if which in ("w1", "w3") else tensor.shape[1]
-                for module in (".mlp.experts.", ".block_sparse_moe.experts."):
-                    fused = state.get(prefix + module + ("down_proj" if which == "w2" else "gate_up_proj"))
-                    if fused is None:
-                        continue
-                    if which == "w2" and tuple(fused.shape[1:]) == tuple(tensor.shape):
-                        target = fused[expert]
-                    elif which != "w2" and fused.shape[1] == 2 * ffn:
-                        rows = slice(0, ffn) if which == "w1" else slice(ffn, 2 * ffn)
-                        target = fused[expert][rows]
-                    elif which == "w2" and tuple(fused.shape[1:]) == tuple(tensor.shape[::-1]):
-                        target = fused[expert].t()  # stored [in, out]
-                    elif which != "w2" and fused.shape[2] == 2 * ffn:
-                        cols = slice(0, ffn) if which == "w1" else slice(ffn, 2 * ffn)
-                        target = fused[expert][:, cols].t()
-                    break
-            elif name == "lm_head.weight" or name.endswith(".gate.weight"):
-                alias = name.replace(".block_sparse_moe.gate.", ".mlp.gate.")
-                target = state.get(alias)
-            if target is None:
-                problems.append("%s: no tensor of the model corresponds (state_dict keys: %s ...)"
-                                % (name, ", ".join(list(state)[:6])))
-                continue
-            compared += 1
-            if tuple(target.shape) != tuple(tensor.shape):
-                problems.append("%s: shape %s in the file, %s in the model"
-                                % (name, tuple(tensor.shape), tuple(target.shape)))
-            elif not torch.equal(target.to(torch.float32), tensor):
-                diff = (target.to(torch.float32) - tensor).abs().max().item()
-                problems.append("%s: the model's values differ from the file's (max |diff| %g)" % (name, diff))
+    index = os.path.join(export_dir, "model.safetensors.index.json")
+    files = (sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index)
+             else ["model.safetensors"])  # a sharded folder (make_hf_model.py writes one)
+    for file_name in files:
+        with safe_open(os.path.join(export_dir, file_name), framework="pt") as f:
+            for name in f.keys():
+                tensor = f.get_tensor(name).to(torch.float32)
+                target = None
+                if name in state:
+                    target = state[name]
+                elif ".block_sparse_moe.experts." in name:
+                    prefix, rest = name.split(".block_sparse_moe.experts.")
+                    expert, which = int(rest.split(".")[0]), rest.split(".")[1]
+                    ffn = tensor.shape[0] if which in ("w1", "w3") else tensor.shape[1]
+                    for module in (".mlp.experts.", ".block_sparse_moe.experts."):
+                        fused = state.get(prefix + module + ("down_proj" if which == "w2" else "gate_up_proj"))
+                        if fused is None:
+                            continue
+                        if which == "w2" and tuple(fused.shape[1:]) == tuple(tensor.shape):
+                            target = fused[expert]
+                        elif which != "w2" and fused.shape[1] == 2 * ffn:
+                            rows = slice(0, ffn) if which == "w1" else slice(ffn, 2 * ffn)
+                            target = fused[expert][rows]
+                        elif which == "w2" and tuple(fused.shape[1:]) == tuple(tensor.shape[::-1]):
+                            target = fused[expert].t()  # stored [in, out]
+                        elif which != "w2" and fused.shape[2] == 2 * ffn:
+                            cols = slice(0, ffn) if which == "w1" else slice(ffn, 2 * ffn)
+                            target = fused[expert][:, cols].t()
+                        break
+                elif name == "lm_head.weight" or name.endswith(".gate.weight"):
+                    alias = name.replace(".block_sparse_moe.gate.", ".mlp.gate.")
+                    target = state.get(alias)
+                if target is None:
+                    problems.append("%s: no tensor of the model corresponds (state_dict keys: %s ...)"
+                                    % (name, ", ".join(list(state)[:6])))
+                    continue
+                compared += 1
+                if tuple(target.shape) != tuple(tensor.shape):
+                    problems.append("%s: shape %s in the file, %s in the model"
+                                    % (name, tuple(tensor.shape), tuple(target.shape)))
+                elif not torch.equal(target.to(torch.float32), tensor):
+                    diff = (target.to(torch.float32) - tensor).abs().max().item()
+                    problems.append("%s: the model's values differ from the file's (max |diff| %g)" % (name, diff))
     if config.get("tie_word_embeddings"):
         head, table = model.get_output_embeddings().weight, model.get_input_embeddings().weight
         if not torch.equal(head, table):

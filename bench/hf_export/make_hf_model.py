@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Writes a transformers model folder that transformers itself made, for `switchyard import` to
+read (bench/hf_export/check.sh, docs/export.md "Import"): a LlamaForCausalLM or
+MixtralForCausalLM of random weights, saved with save_pretrained as safetensors in several
+shards (model.safetensors.index.json), in float32 or bfloat16.
+
+    python3 bench/hf_export/make_hf_model.py --arch llama --out DIR [--dtype float32]
+
+The weights are drawn wider than transformers' initialisation (std 0.02 gives logits near zero,
+a loss near ln(vocab) whatever the mapping), so that a tensor read into the wrong place moves
+the loss well past the comparison's tolerance. The configs use what import maps rather than our
+defaults: grouped-query attention, Llama 3's rotary theta, a norm epsilon of 1e-6, an untied head.
+"""
+import argparse
+
+import torch
+import transformers
+
+
+def make_config(arch):
+    common = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6,
+                  tie_word_embeddings=False, bos_token_id=None, eos_token_id=None,
+                  pad_token_id=None)
+    if arch == "llama":
+        config, theta = transformers.LlamaConfig(intermediate_size=160, **common), 500000.0
+    else:
+        config = transformers.MixtralConfig(intermediate_size=96, num_local_experts=4,
+                                            num_experts_per_tok=2, sliding_window=None, **common)
+        theta = 1e6
+    # transformers 5 keeps the theta in rope_parameters, 4 in rope_theta: set whichever exists.
+    if isinstance(getattr(config, "rope_parameters", None), dict):
+        config.rope_parameters["rope_theta"] = theta
+    else:
+        config.rope_theta = theta
+    return config
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=["llama", "mixtral"], required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--seed", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    config = make_config(args.arch)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.copy_(1.0 + 0.1 * torch.randn_like(parameter))
+            else:
+                parameter.copy_(0.15 * torch.randn_like(parameter))
+    model = model.to(getattr(torch, args.dtype))
+    # Small shards: the import reads the index and several files.
+    model.save_pretrained(args.out, safe_serialization=True, max_shard_size="100KB")
+    print("wrote %s: %s, %d parameters, %s, transformers %s" % (
+        args.out, type(model).__name__, sum(p.numel() for p in model.parameters()), args.dtype,
+        transformers.__version__))
+
+
+if __name__ == "__main__":
+    main()
