@@ -250,6 +250,18 @@ SafetensorsTensor parse_tensor(const std::string& name, const nlohmann::json& en
 SafetensorsReader::SafetensorsReader(std::string path) : path_(std::move(path)) {
   fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd_ < 0) throw std::runtime_error(path_ + ": cannot open (" + std::strerror(errno) + ")");
+  // A constructor that throws runs no destructor: the file is closed here (a fuzzer that fed
+  // thousands of broken files ran out of descriptors before this).
+  try {
+    read_header();
+  } catch (...) {
+    ::close(fd_);
+    fd_ = -1;
+    throw;
+  }
+}
+
+void SafetensorsReader::read_header() {
   struct stat info {};
   if (::fstat(fd_, &info) != 0)
     throw std::runtime_error(path_ + ": cannot stat (" + std::strerror(errno) + ")");

@@ -105,6 +105,8 @@ class SafetensorsReader {
   std::vector<float> read_f32(const std::string& name) const;
 
  private:
+  void read_header();  // the checks and the tensor list of the constructor
+
   std::string path_;
   int fd_ = -1;
   std::vector<SafetensorsTensor> tensors_;
