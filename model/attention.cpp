@@ -38,20 +38,32 @@ const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionSha
                      dtype);
   }
 
-  backend.gemm(q, x, false, wq.compute_value(), false, 1.0, 0.0);
+  // Grouped: k and v of the Hkv heads, repeated to H below. Rotary acts on each head alone, so
+  // rotating the repeated heads equals repeating the rotated ones: the kernels below see H heads
+  // and need no grouped case of their own.
+  const Shape kv_shape{td[0], wk.value.dim(1)};
+  const Tensor k_proj =
+      grouped(shape) ? (k_kv = scratch().get(backend, "attn.k_kv", kv_shape, dtype)) : k;
+  const Tensor v_proj =
+      grouped(shape) ? (v_kv = scratch().get(backend, "attn.v_kv", kv_shape, dtype)) : v;
+  if (qk_normed()) {
+    const Shape rows{td[0]};
+    q_raw = keep.get(backend, "attn.q_raw", td, dtype);
+    k_raw = keep.get(backend, "attn.k_raw", kv_shape, dtype);
+    q_rstd = keep.get(backend, "attn.q_rstd", rows, stat_dtype(dtype));
+    k_rstd = keep.get(backend, "attn.k_rstd", rows, stat_dtype(dtype));
+    backend.gemm(q_raw, x, false, wq.compute_value(), false, 1.0, 0.0);
+    backend.gemm(k_raw, x, false, wk.compute_value(), false, 1.0, 0.0);
+    backend.rmsnorm_forward(q, q_rstd, q_raw, q_norm.value, norm_eps);
+    backend.rmsnorm_forward(k_proj, k_rstd, k_raw, k_norm.value, norm_eps);
+  } else {
+    backend.gemm(q, x, false, wq.compute_value(), false, 1.0, 0.0);
+    backend.gemm(k_proj, x, false, wk.compute_value(), false, 1.0, 0.0);
+  }
+  backend.gemm(v_proj, x, false, wv.compute_value(), false, 1.0, 0.0);
   if (grouped(shape)) {
-    // Rotary acts on each head alone, so rotating the repeated heads equals repeating the
-    // rotated ones: the kernels below see H heads and need no grouped case of their own.
-    const Shape kv_shape{td[0], wk.value.dim(1)};
-    k_kv = scratch().get(backend, "attn.k_kv", kv_shape, dtype);
-    v_kv = scratch().get(backend, "attn.v_kv", kv_shape, dtype);
-    backend.gemm(k_kv, x, false, wk.compute_value(), false, 1.0, 0.0);
-    backend.gemm(v_kv, x, false, wv.compute_value(), false, 1.0, 0.0);
     backend.repeat_kv_heads(k, k_kv, kv_heads);
     backend.repeat_kv_heads(v, v_kv, kv_heads);
-  } else {
-    backend.gemm(k, x, false, wk.compute_value(), false, 1.0, 0.0);
-    backend.gemm(v, x, false, wv.compute_value(), false, 1.0, 0.0);
   }
   backend.rope_forward_qk(q, k, shape.batch, shape.seq, shape.heads, rope_theta);
   // `cudnn` (and `auto` on a device): the same flash ops, which the CUDA backend then runs on
@@ -67,6 +79,7 @@ const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionSha
 
 void Attention::release_saved() {
   q = k = v = probs = lse = context = Tensor();
+  q_raw = k_raw = q_rstd = k_rstd = Tensor();
   own_ = Workspace();
 }
 
@@ -96,10 +109,11 @@ const Tensor& Attention::backward(Backend& backend, const Tensor& dout, const Te
   backend.rope_backward_qk(dq, dk, shape.batch, shape.seq, shape.heads, rope_theta);
 
   // Grouped: each key/value head's gradient is the sum over the query heads it served.
+  const Shape kv_shape{td[0], wk.value.dim(1)};
+  const Tensor* dq_proj = &dq;
   const Tensor* dk_proj = &dk;
   const Tensor* dv_proj = &dv;
   if (grouped(shape)) {
-    const Shape kv_shape{td[0], wk.value.dim(1)};
     dk_kv = ws.get(backend, "attn.dk_kv", kv_shape, dtype);
     dv_kv = ws.get(backend, "attn.dv_kv", kv_shape, dtype);
     backend.repeat_kv_heads_backward(dk_kv, dk, kv_heads);
@@ -107,13 +121,27 @@ const Tensor& Attention::backward(Backend& backend, const Tensor& dout, const Te
     dk_proj = &dk_kv;
     dv_proj = &dv_kv;
   }
-  backend.gemm(wq.grad, x, true, dq, false, 1.0, wq.take_grad_beta());
+  if (qk_normed()) {
+    dq_raw = ws.get(backend, "attn.dq_raw", td, dtype);
+    dk_raw = ws.get(backend, "attn.dk_raw", kv_shape, dtype);
+    norm_backward(backend, dq_raw, q_norm, *dq_proj, q_raw, q_rstd);
+    norm_backward(backend, dk_raw, k_norm, *dk_proj, k_raw, k_rstd);
+    dq_proj = &dq_raw;
+    dk_proj = &dk_raw;
+  }
+  backend.gemm(wq.grad, x, true, *dq_proj, false, 1.0, wq.take_grad_beta());
   backend.gemm(wk.grad, x, true, *dk_proj, false, 1.0, wk.take_grad_beta());
   backend.gemm(wv.grad, x, true, *dv_proj, false, 1.0, wv.take_grad_beta());
-  backend.gemm(dx, dq, false, wq.compute_value(), true, 1.0, 0.0);
+  backend.gemm(dx, *dq_proj, false, wq.compute_value(), true, 1.0, 0.0);
   backend.gemm(dx, *dk_proj, false, wk.compute_value(), true, 1.0, 1.0);
   backend.gemm(dx, *dv_proj, false, wv.compute_value(), true, 1.0, 1.0);
   return dx;
+}
+
+void Attention::norm_backward(Backend& backend, const Tensor& dx_raw, Param& gain,
+                              const Tensor& dout, const Tensor& raw, const Tensor& rstd) {
+  if (gain.take_grad_needs_clear()) backend.fill(gain.grad, 0.0);
+  backend.rmsnorm_backward(dx_raw, gain.grad, dout, raw, gain.value, rstd);  // dgain +=
 }
 
 }  // namespace sy

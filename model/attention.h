@@ -1,7 +1,8 @@
 // Multi-head causal self-attention with rotary position embedding (SPEC.md section 1).
 // q = x@wq, k = x@wk, v = x@wv; rotary on q and k; softmax(q k^T / sqrt(Dh)) v per head; @ wo.
 // Grouped-query attention (ModelConfig::n_kv_heads): k and v have Hkv heads, query head h reads
-// key/value head h / (H / Hkv).
+// key/value head h / (H / Hkv). QK-norm (ModelConfig::qk_norm): q = rmsnorm(x@wq, q_norm) and
+// k = rmsnorm(x@wk, k_norm), over the whole projection, before rotary.
 // Two kernels compute the softmax part (model.attention_kernel, docs/config.md): `reference`
 // saves probs [B, H, S, S] (attention_forward/backward); `flash` saves only lse [B, H, S] and
 // recomputes the probabilities in backward (flash_attention_forward/backward). `cudnn` is flash
@@ -33,6 +34,9 @@ struct Attention {
   // below see H heads either way. 0: H.
   int64_t kv_heads = 0;
   double rope_theta = kDefaultRopeTheta;  // ModelConfig::rope_theta
+  // QK-norm's gains, q_norm [D] and k_norm [Hkv*Dh]; undefined without it. Their epsilon:
+  double norm_eps = kDefaultNormEps;
+  Param q_norm, k_norm;
 
   // Shared scratch (the Transformer's); null: a private one. out and the backward buffers
   // come from it, so they are valid only until the next layer's forward or backward.
@@ -51,6 +55,9 @@ struct Attention {
   Tensor dcontext, dq, dk, dv, dx;
   // Grouped-query attention only: k and v of the Hkv heads, and their gradients (scratch).
   Tensor k_kv, v_kv, dk_kv, dv_kv;
+  // QK-norm only: the projections before their norm and the norms' rstd (saved), and the
+  // projections' gradients (scratch).
+  Tensor q_raw, k_raw, q_rstd, k_rstd, dq_raw, dk_raw;
 
   // x: the normalised input [T, D]. Returns out [T, D].
   const Tensor& forward(Backend& backend, const Tensor& x, AttentionShape shape);
@@ -59,6 +66,8 @@ struct Attention {
                          AttentionShape shape);
   // Whether this layer runs the flash kernel on `backend` (resolves `auto`).
   bool uses_flash(const Backend& backend) const;
+  // Whether it has QK-norm's gains.
+  bool qk_normed() const { return q_norm.value.defined(); }
   // Whether it asks `backend` for cuDNN's fused attention (`cudnn`; `auto` on a device).
   bool prefers_cudnn(const Backend& backend) const;
   // Drops the saved activations once backward has read them (the next forward allocates them
@@ -70,6 +79,9 @@ struct Attention {
   Workspace& scratch() { return workspace ? *workspace : own_; }
   Workspace& saved() { return recompute && workspace ? *workspace : own_; }
   bool grouped(AttentionShape shape) const { return kv_heads > 0 && kv_heads < shape.heads; }
+  // dx_raw = the gradient of `raw` through norm(raw, gain) given `dout`; gain.grad accumulates.
+  void norm_backward(Backend& backend, const Tensor& dx_raw, Param& gain, const Tensor& dout,
+                     const Tensor& raw, const Tensor& rstd);
 };
 
 }  // namespace sy

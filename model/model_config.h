@@ -34,6 +34,9 @@ struct ModelConfig {
   int64_t n_kv_heads = 0;
   double rope_theta = kDefaultRopeTheta;  // rotary base: angle s * rope_theta^(-2i/Dh)
   double norm_eps = kDefaultNormEps;      // every RMSNorm's epsilon
+  // RMSNorm over the whole q and k projections before rotary (OLMoE's QK-norm), gains
+  // attn/q_norm [D] and attn/k_norm [n_kv_heads * Dh].
+  bool qk_norm = false;
 
   int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
 };

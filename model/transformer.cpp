@@ -74,6 +74,11 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
     block.attn.wv = make_param(prefix + "attn/wv", {D, kv_width});
     block.attn.kv_heads = m.kv_heads();
     block.attn.rope_theta = m.rope_theta;
+    if (m.qk_norm) {
+      block.attn.q_norm = make_param(prefix + "attn/q_norm", {D}, false, false);
+      block.attn.k_norm = make_param(prefix + "attn/k_norm", {kv_width}, false, false);
+      block.attn.norm_eps = m.norm_eps;
+    }
     block.attn.wo = make_param(prefix + "attn/wo", {D, D});
     block.attn.kernel = m.attention_kernel;
     block.ffn_norm.gain = make_param(prefix + "ffn_norm", {D}, false, false);
@@ -129,8 +134,10 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
 
 namespace {
 std::vector<Param*> block_params(Block& block) {
-  std::vector<Param*> list{&block.attn_norm.gain, &block.attn.wq, &block.attn.wk,
-                           &block.attn.wv,        &block.attn.wo, &block.ffn_norm.gain};
+  std::vector<Param*> list{&block.attn_norm.gain, &block.attn.wq, &block.attn.wk, &block.attn.wv,
+                           &block.attn.wo};
+  if (block.attn.qk_normed()) list.insert(list.end(), {&block.attn.q_norm, &block.attn.k_norm});
+  list.push_back(&block.ffn_norm.gain);
   if (block.dense)
     list.insert(list.end(), {&block.dense->w1, &block.dense->w3, &block.dense->w2});
   else

@@ -256,12 +256,13 @@ TEST_F(CheckpointTest, SharedExpertsResumeExactly) {
 // throws there, as a crash would stop there) leaves the previous checkpoint in place; `auto`
 // picks it, also past a newer garbage step file and a `latest` that names a broken file.
 // Grouped-query attention: wk and wv of the key/value heads are saved and resumed like any other;
-// another rotary theta and norm epsilon too.
+// another rotary theta and norm epsilon, and QK-norm's gains, too.
 TEST_F(CheckpointTest, GroupedQueryAttentionResumesExactly) {
   Config c = base_config("gqa");
   c.model.n_kv_heads = 1;
   c.model.rope_theta = 5e5;
   c.model.norm_eps = 1e-6;
+  c.model.qk_norm = true;
   expect_exact_resume_from_step_3(c);
 }
 

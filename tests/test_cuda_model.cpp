@@ -143,21 +143,23 @@ TEST_F(CudaModel, SharedExpertBf16) {
 }
 
 // Grouped-query attention (model.n_kv_heads): 4 query heads over 2 key/value heads; with
-// Llama 3's rotary theta and a norm epsilon other than the default.
-TransformerOptions grouped_query(TransformerOptions options) {
+// Llama 3's rotary theta, a norm epsilon other than the default, and (bf16) OLMoE's QK-norm.
+TransformerOptions grouped_query(TransformerOptions options, bool qk_norm) {
   options.model.n_heads = 4;
   options.model.n_kv_heads = 2;
   options.model.rope_theta = 5e5;
   options.model.norm_eps = 1e-6;
+  options.model.qk_norm = qk_norm;
   return options;
 }
 TEST_F(CudaModel, GroupedQueryAttentionFp32) {
-  compare("grouped-query attention", grouped_query(small_model(false, {true, false}, 0.0)),
+  compare("grouped-query attention", grouped_query(small_model(false, {true, false}, 0.0), false),
           DType::f32, kF32LossTol, kF32GradTol);
 }
 TEST_F(CudaModel, GroupedQueryAttentionBf16) {
-  compare("grouped-query attention", grouped_query(small_model(true, {true, true}, 0.0)),
-          DType::bf16, kBf16LossTol, kBf16GradTol);
+  compare("grouped-query attention, QK-norm",
+          grouped_query(small_model(true, {true, true}, 0.0), true), DType::bf16, kBf16LossTol,
+          kBf16GradTol);
 }
 
 // ---- training -------------------------------------------------------------------------------

@@ -376,6 +376,37 @@ TEST_F(Export, GroupedQueryAttentionKeepsItsKeyValueHeads) {
   EXPECT_EQ(config.at("num_key_value_heads"), 1);
 }
 
+// QK-norm in an MoE model: OLMoE's names (q_norm, k_norm, mlp.gate, experts' gate/up/down_proj)
+// and norm_topk_prob; a dense model with QK-norm has no transformers class here.
+TEST_F(Export, QkNormMoeIsOlmoe) {
+  Config c = base("olmoe");
+  c.model.qk_norm = true;
+  c.train.steps = 1;
+  const ExportResult result = run_export(train_run(c), "olmoe", "fp32");
+  EXPECT_EQ(result.architecture, "OlmoeForCausalLM");
+  const StFile st = read_safetensors(dir / "olmoe" / "model.safetensors");
+  EXPECT_EQ(st.tensors.at("model.layers.1.self_attn.q_norm.weight").shape,
+            (std::vector<int64_t>{16}));
+  EXPECT_EQ(st.tensors.at("model.layers.1.self_attn.k_norm.weight").shape,
+            (std::vector<int64_t>{16}));
+  EXPECT_EQ(st.tensors.at("model.layers.0.mlp.gate.weight").shape, (std::vector<int64_t>{4, 16}));
+  EXPECT_EQ(st.tensors.at("model.layers.0.mlp.experts.3.down_proj.weight").shape,
+            (std::vector<int64_t>{16, 12}));
+  EXPECT_EQ(st.tensors.count("model.layers.0.block_sparse_moe.gate.weight"), 0u);
+  const nlohmann::json config = nlohmann::json::parse(read_file(dir / "olmoe" / "config.json"));
+  EXPECT_EQ(config.at("model_type"), "olmoe");
+  EXPECT_EQ(config.at("num_experts"), 4);
+  EXPECT_EQ(config.at("norm_topk_prob"), true);  // top_k 2: the default renormalises
+
+  Config dense = base("qk-dense");
+  dense.moe.num_experts = 0;
+  EXPECT_EQ(hf_export_problem(dense), "");
+  dense.model.qk_norm = true;
+  EXPECT_NE(hf_export_problem(dense).find("model.qk_norm: true normalises q and k; Llama has no "
+                                          "QK-norm"),
+            std::string::npos);
+}
+
 TEST_F(Export, RefusesWhatTransformersCannotExpress) {
   // A real checkpoint: layers 0 dense, 1 MoE.
   ExportOptions options;

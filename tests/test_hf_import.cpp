@@ -357,6 +357,35 @@ TEST_F(HfImport, GroupedQueryAttentionRoundTripIsBitwise) {
   EXPECT_NE(shaping_keys(imported).find("n_kv_heads: 1"), std::string::npos);
 }
 
+// QK-norm and gates left unnormalised: an OLMoE (OlmoeForCausalLM), read back bitwise, with
+// norm_topk_prob as moe.normalize_topk.
+TEST_F(HfImport, OlmoeRoundTripIsBitwise) {
+  Config olmoe = base("olmoe-run");
+  olmoe.model.qk_norm = true;
+  olmoe.moe.routing.normalize_topk = TopkNormalize::off;
+  const std::string checkpoint = train(olmoe, {.print = false}).last_checkpoint;
+  const std::string imported = (dir / "olmoe.h5").string();
+  const ImportResult result = import_from(export_to(checkpoint, "olmoe-fp32", "fp32"), "olmoe.h5");
+  EXPECT_EQ(result.architecture, "OlmoeForCausalLM");
+  EXPECT_EQ(model_tensors(imported), model_tensors(checkpoint));
+  EXPECT_EQ(shaping_keys(imported), shaping_keys(checkpoint));
+  EXPECT_TRUE(result.config.model.qk_norm);
+  EXPECT_FALSE(result.config.moe.routing.normalizes());
+  // norm_topk_prob true renormalises (the default at top_k 2); clip_qkv is refused.
+  const ModelConfig renormalised =
+      import_from(variant(
+                      "olmoe-norm", [](Folder& folder) { folder.config["norm_topk_prob"] = true; },
+                      "olmoe-fp32"),
+                  "olmoe-norm.h5")
+          .config.model;
+  EXPECT_TRUE(renormalised.qk_norm);
+  EXPECT_NE(import_error(variant(
+                             "olmoe-clip", [](Folder& folder) { folder.config["clip_qkv"] = 8.0; },
+                             "olmoe-fp32"))
+                .find("clip_qkv 8.0: our attention does not clamp"),
+            std::string::npos);
+}
+
 TEST_F(HfImport, Bf16GivesTheRoundedValues) {
   const ImportResult result = import_from(export_to(moe_checkpoint, "moe-bf16", "bf16"), "bf16.h5");
   EXPECT_EQ(result.dtypes, std::vector<std::string>{"BF16"});

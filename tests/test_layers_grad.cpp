@@ -42,42 +42,39 @@ TEST_F(LayerGrad, RMSNorm) {
   expect_gradient(be, norm.gain.value, grad_of(norm.gain), loss, "rmsnorm gain");
 }
 
+// Multi-head attention, and grouped-query: 4 query heads over 2 key/value heads, and over 1
+// (multi-query); each of the last two also with QK-norm (its gains checked too).
 TEST_F(LayerGrad, Attention) {
-  const AttentionShape shape{2, 5, 2};
-  const int64_t D = 8, T = shape.batch * shape.seq;
-  Attention attn;
-  attn.wq = random_param(be, "wq", {D, D}, 11, 0.4);
-  attn.wk = random_param(be, "wk", {D, D}, 12, 0.4);
-  attn.wv = random_param(be, "wv", {D, D}, 13, 0.4);
-  attn.wo = random_param(be, "wo", {D, D}, 14, 0.4);
-  Tensor x = random_tensor(be, {T, D}, 15), r = random_tensor(be, {T, D}, 16);
-  auto loss = [&] { return weighted_sum(be, attn.forward(be, x, shape), r); };
-  loss();
-  const std::vector<double> dx = be.read(attn.backward(be, r, x, shape));
-  expect_gradient(be, x, dx, loss, "attention x", 40);
-  for (Param* p : {&attn.wq, &attn.wk, &attn.wv, &attn.wo})
-    expect_gradient(be, p->value, grad_of(*p), loss, "attention " + p->path);
-}
-
-// Grouped-query attention: 4 query heads over 2 key/value heads (and over 1: multi-query).
-TEST_F(LayerGrad, GroupedQueryAttention) {
-  for (const int64_t kv_heads : {2, 1}) {
-    const AttentionShape shape{2, 5, 4};
-    const int64_t D = 16, T = shape.batch * shape.seq, kv_width = kv_heads * (D / shape.heads);
+  struct Case {
+    int64_t heads, kv_heads;
+    bool qk_norm;
+  };
+  for (const Case c :
+       {Case{2, 0, false}, {4, 2, false}, {4, 1, false}, {2, 0, true}, {4, 2, true}}) {
+    const auto [heads, kv_heads, qk_norm] = c;
+    const AttentionShape shape{2, 5, heads};
+    const int64_t D = 4 * heads, T = shape.batch * shape.seq;
+    const int64_t kv_width = (kv_heads > 0 ? kv_heads : heads) * (D / heads);
     Attention attn;
     attn.kv_heads = kv_heads;
-    attn.wq = random_param(be, "wq", {D, D}, 51, 0.4);
-    attn.wk = random_param(be, "wk", {D, kv_width}, 52, 0.4);
-    attn.wv = random_param(be, "wv", {D, kv_width}, 53, 0.4);
-    attn.wo = random_param(be, "wo", {D, D}, 54, 0.4);
-    Tensor x = random_tensor(be, {T, D}, 55), r = random_tensor(be, {T, D}, 56);
+    attn.wq = random_param(be, "wq", {D, D}, 11, 0.4);
+    attn.wk = random_param(be, "wk", {D, kv_width}, 12, 0.4);
+    attn.wv = random_param(be, "wv", {D, kv_width}, 13, 0.4);
+    attn.wo = random_param(be, "wo", {D, D}, 14, 0.4);
+    std::vector<Param*> params{&attn.wq, &attn.wk, &attn.wv, &attn.wo};
+    if (qk_norm) {
+      attn.q_norm = random_param(be, "q_norm", {D}, 17, 0.3);
+      attn.k_norm = random_param(be, "k_norm", {kv_width}, 18, 0.3);
+      params.insert(params.end(), {&attn.q_norm, &attn.k_norm});
+    }
+    Tensor x = random_tensor(be, {T, D}, 15), r = random_tensor(be, {T, D}, 16);
     auto loss = [&] { return weighted_sum(be, attn.forward(be, x, shape), r); };
     loss();
     const std::vector<double> dx = be.read(attn.backward(be, r, x, shape));
-    const std::string name = "gqa kv_heads " + std::to_string(kv_heads) + " ";
+    const std::string name =
+        "attention kv_heads " + std::to_string(kv_heads) + (qk_norm ? " qk_norm " : " ");
     expect_gradient(be, x, dx, loss, name + "x", 40);
-    for (Param* p : {&attn.wq, &attn.wk, &attn.wv, &attn.wo})
-      expect_gradient(be, p->value, grad_of(*p), loss, name + p->path);
+    for (Param* p : params) expect_gradient(be, p->value, grad_of(*p), loss, name + p->path);
   }
 }
 

@@ -160,10 +160,11 @@ TEST(ModelCard, CountsMatchTheParameters) {
       }
     }
   }
-  // Grouped-query attention: wk and wv of n_kv_heads heads.
+  // Grouped-query attention: wk and wv of n_kv_heads heads; with QK-norm's gains at 1.
   for (const int64_t kv_heads : {1, 2}) {
     Config config = small_config();
     config.model.n_kv_heads = kv_heads;
+    config.model.qk_norm = kv_heads == 1;
     LocalExchange exchange(*backend, 4);
     Transformer model(*backend, options_of(config), &exchange);
     int64_t total = 0;

@@ -180,6 +180,7 @@ std::vector<Section> config_fields(Config& c) {
         {"n_kv_heads", &c.model.n_kv_heads},
         {"rope_theta", &c.model.rope_theta},
         {"norm_eps", &c.model.norm_eps},
+        {"qk_norm", &c.model.qk_norm},
         {"ffn_hidden", &c.model.ffn_hidden},
         {"tie_embeddings", &c.model.tie_embeddings},
         {"attention_kernel", choice(&c.model.attention_kernel)}}},

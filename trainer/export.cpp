@@ -79,12 +79,14 @@ std::vector<float> read_tensor(hid_t file, const HfTensor& tensor, const std::st
   return transposed(values, tensor.shape[0], tensor.shape[1]);
 }
 
-// transformers' config.json for the model (MixtralConfig or LlamaConfig keys).
-nlohmann::ordered_json hf_config(const Config& config, bool moe, const std::string& dtype) {
+// transformers' config.json for the model (LlamaConfig, MixtralConfig or OlmoeConfig keys).
+nlohmann::ordered_json hf_config(const Config& config, HfArchitecture architecture,
+                                 const std::string& dtype) {
   const ModelConfig& m = config.model;
+  const bool moe = architecture != HfArchitecture::llama;
   nlohmann::ordered_json json;
-  json["architectures"] = {moe ? "MixtralForCausalLM" : "LlamaForCausalLM"};
-  json["model_type"] = moe ? "mixtral" : "llama";
+  json["architectures"] = {hf_class_name(architecture)};
+  json["model_type"] = hf_model_type(architecture);
   json["vocab_size"] = m.vocab_size;
   json["hidden_size"] = m.d_model;
   json["intermediate_size"] = moe ? config.moe.expert_hidden : m.ffn_hidden;
@@ -108,7 +110,15 @@ nlohmann::ordered_json hf_config(const Config& config, bool moe, const std::stri
   json["bos_token_id"] = nullptr;
   json["eos_token_id"] = nullptr;
   json["pad_token_id"] = nullptr;
-  if (moe) {
+  if (architecture == HfArchitecture::olmoe) {
+    json["num_experts"] = config.moe.num_experts;
+    json["num_experts_per_tok"] = config.moe.routing.top_k;
+    json["norm_topk_prob"] = config.moe.routing.normalizes();
+    json["output_router_logits"] = false;
+    json["router_aux_loss_coef"] = config.moe.aux_loss_coef;
+    json["clip_qkv"] = nullptr;
+    json["attention_bias"] = false;
+  } else if (moe) {
     json["sliding_window"] = nullptr;
     json["num_local_experts"] = config.moe.num_experts;
     json["num_experts_per_tok"] = config.moe.routing.top_k;
@@ -199,27 +209,32 @@ void prepare_output(const ExportOptions& options) {
 }  // namespace
 
 std::string hf_export_problem(const Config& config) {
+  const HfArchitecture architecture = hf_architecture_of(config);
+  if (architecture == HfArchitecture::llama)
+    return config.model.qk_norm ? "model.qk_norm: true normalises q and k; Llama has no QK-norm "
+                                  "(an MoE model with it exports as OLMoE)"
+                                : "";  // dense: LlamaForCausalLM expresses it whole
   const std::vector<bool> mask = moe_layer_mask(config);
-  const bool any_moe = std::find(mask.begin(), mask.end(), true) != mask.end();
-  if (!any_moe) return "";  // dense: LlamaForCausalLM expresses it whole
+  const std::string name = architecture == HfArchitecture::olmoe ? "OLMoE" : "Mixtral";
   const MoeConfig& moe = config.moe;
   if (std::find(mask.begin(), mask.end(), false) != mask.end())
     return "moe.layers: layers " + join_layers(mask, true) + " are MoE and " +
-           join_layers(mask, false) +
-           " dense; Mixtral needs every layer MoE (moe.layers: all) and Llama none";
+           join_layers(mask, false) + " dense; " + name +
+           " needs every layer MoE (moe.layers: all) and Llama none";
   if (moe.routing.score != RouterScore::softmax)
-    return std::string("moe.router_score: ") + to_string(moe.routing.score) +
-           "; Mixtral's router is a softmax over the experts";
+    return std::string("moe.router_score: ") + to_string(moe.routing.score) + "; " + name +
+           "'s router is a softmax over the experts";
   if (moe.shared_expert_hidden > 0)
     return "moe.shared_expert_hidden: " + std::to_string(moe.shared_expert_hidden) +
-           " adds a shared expert to every MoE layer; Mixtral has none";
+           " adds a shared expert to every MoE layer; " + name + " has none";
   if (moe.bias_update_rate > 0)
     return "moe.bias_update_rate: " + number(moe.bias_update_rate) +
-           " trains an expert bias that steers the top-k; Mixtral's router has none";
+           " trains an expert bias that steers the top-k; " + name + "'s router has none";
   if (moe.capacity_factor > 0)
     return "moe.capacity_factor: " + number(moe.capacity_factor) +
-           " drops assignments over an expert's capacity; Mixtral is dropless";
-  if (!moe.routing.normalizes()) {
+           " drops assignments over an expert's capacity; " + name + " is dropless";
+  // OLMoE says whether it renormalises (norm_topk_prob); Mixtral always does.
+  if (architecture == HfArchitecture::mixtral && !moe.routing.normalizes()) {
     const bool by_default = moe.routing.normalize_topk == TopkNormalize::by_default;
     return std::string("moe.normalize_topk: ") + (by_default ? "default (" : "") + "false" +
            (by_default ? " at top_k 1)" : "") +
@@ -244,8 +259,7 @@ ExportResult export_checkpoint(const ExportOptions& options) {
   const std::string problem = hf_export_problem(config);
   if (!problem.empty())
     throw ExportError(options.checkpoint + ": cannot be written as a transformers model: " + problem);
-  const std::vector<bool> mask = moe_layer_mask(config);
-  const bool moe = !mask.empty() && mask[0];
+  const HfArchitecture architecture = hf_architecture_of(config);
 
   // Every tensor present with its shape before anything is written.
   h5::QuietErrors quiet;
@@ -256,7 +270,7 @@ ExportResult export_checkpoint(const ExportOptions& options) {
   } catch (const h5::Hdf5Error& error) {
     throw ExportError(options.checkpoint + ": " + error.what());
   }
-  const std::vector<HfTensor> plan = hf_tensors(config, moe);
+  const std::vector<HfTensor> plan = hf_tensors(config, architecture);
   for (const HfTensor& tensor : plan) {
     if (tensor.expert > 0) continue;  // the stacked dataset was checked with expert 0
     if (!h5::link_exists(file.get(), tensor.dataset))
@@ -273,7 +287,7 @@ ExportResult export_checkpoint(const ExportOptions& options) {
   prepare_output(options);
   const fs::path dir = options.output;
   ExportResult result;
-  result.architecture = moe ? "MixtralForCausalLM" : "LlamaForCausalLM";
+  result.architecture = hf_class_name(architecture);
 
   std::vector<SafetensorsEntry> entries;
   for (const HfTensor& tensor : plan) {
@@ -296,7 +310,7 @@ ExportResult export_checkpoint(const ExportOptions& options) {
   result.tensors = static_cast<int64_t>(plan.size());
   result.files.push_back((dir / kWeightsFile).string());
 
-  write_file(dir / kConfigFile, hf_config(config, moe, options.dtype).dump(2) + "\n");
+  write_file(dir / kConfigFile, hf_config(config, architecture, options.dtype).dump(2) + "\n");
   result.files.push_back((dir / kConfigFile).string());
 
   file.reset();  // the tokenizer readers open the checkpoint themselves

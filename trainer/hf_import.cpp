@@ -37,7 +37,7 @@ constexpr const char* kTokenizerModelFile = "tokenizer.model";
 struct HfConfig {
   json values;
   std::string path;  // "DIR/config.json"
-  bool mixtral = false;
+  HfArchitecture architecture = HfArchitecture::llama;
 };
 
 // What transformers assumes for a key config.json leaves out (LlamaConfig's and MixtralConfig's
@@ -49,9 +49,18 @@ struct HfDefaults {
 };
 constexpr HfDefaults kLlamaDefaults{1e-6, 10000.0, -1, 2048, 0, 0};
 constexpr HfDefaults kMixtralDefaults{1e-5, 1e6, 8, 4096 * 32, 8, 2};
+constexpr HfDefaults kOlmoeDefaults{1e-5, 10000.0, -1, 4096, 64, 8};
 
 const HfDefaults& defaults_of(const HfConfig& hf) {
-  return hf.mixtral ? kMixtralDefaults : kLlamaDefaults;
+  switch (hf.architecture) {
+    case HfArchitecture::mixtral:
+      return kMixtralDefaults;
+    case HfArchitecture::olmoe:
+      return kOlmoeDefaults;
+    case HfArchitecture::llama:
+      break;
+  }
+  return kLlamaDefaults;
 }
 
 // The member `key`, or nullptr when it is absent or null (transformers reads both as unset).
@@ -89,8 +98,11 @@ bool flag_or(const HfConfig& hf, const std::string& key, bool fallback) {
   return value->get<bool>();
 }
 
-// Mixtral or Llama, from `architectures` (the class transformers builds) and `model_type`.
-bool read_is_mixtral(const json& values, const std::string& path) {
+// The model, from `architectures` (the class transformers builds) and `model_type`.
+HfArchitecture read_architecture(const json& values, const std::string& path) {
+  constexpr HfArchitecture kKnown[] = {HfArchitecture::llama, HfArchitecture::mixtral,
+                                       HfArchitecture::olmoe};
+  const std::string known = "LlamaForCausalLM, MixtralForCausalLM and OlmoeForCausalLM";
   const json* architectures = find_key(values, "architectures");
   const json* model_type = find_key(values, "model_type");
   std::string architecture, type;
@@ -98,24 +110,25 @@ bool read_is_mixtral(const json& values, const std::string& path) {
     if (!architectures->is_array() || architectures->size() != 1 ||
         !(*architectures)[0].is_string())
       throw ImportError(path + ": architectures " + architectures->dump() +
-                        ": expected [\"LlamaForCausalLM\"] or [\"MixtralForCausalLM\"]");
+                        ": expected one class name (import reads " + known + ")");
     architecture = (*architectures)[0].get<std::string>();
   }
   if (model_type) type = model_type->is_string() ? model_type->get<std::string>() : "?";
   if (architecture.empty() && type.empty())
     throw ImportError(path + ": neither architectures nor model_type says what model it is");
-  const bool mixtral =
-      architecture.empty() ? type == "mixtral" : architecture == "MixtralForCausalLM";
-  const bool llama = architecture.empty() ? type == "llama" : architecture == "LlamaForCausalLM";
-  if (!mixtral && !llama)
-    throw ImportError(path + ": " +
-                      (architecture.empty() ? "model_type " + model_type->dump()
-                                            : "architectures " + architectures->dump()) +
-                      " is not supported: import reads LlamaForCausalLM and MixtralForCausalLM");
-  if (!type.empty() && type != (mixtral ? "mixtral" : "llama"))
-    throw ImportError(path + ": model_type " + model_type->dump() + " does not go with " +
-                      architecture);
-  return mixtral;
+  for (const HfArchitecture candidate : kKnown) {
+    if (!(architecture.empty() ? type == hf_model_type(candidate)
+                               : architecture == hf_class_name(candidate)))
+      continue;
+    if (!type.empty() && type != hf_model_type(candidate))
+      throw ImportError(path + ": model_type " + model_type->dump() + " does not go with " +
+                        architecture);
+    return candidate;
+  }
+  throw ImportError(path + ": " +
+                    (architecture.empty() ? "model_type " + model_type->dump()
+                                          : "architectures " + architectures->dump()) +
+                    " is not supported: import reads " + known);
 }
 
 HfConfig read_hf_config(const fs::path& folder) {
@@ -133,7 +146,7 @@ HfConfig read_hf_config(const fs::path& folder) {
     throw ImportError(hf.path + ": not JSON (" + problem.what() + ")");
   }
   if (!hf.values.is_object()) throw ImportError(hf.path + ": not a JSON object");
-  hf.mixtral = read_is_mixtral(hf.values, hf.path);
+  hf.architecture = read_architecture(hf.values, hf.path);
   return hf;
 }
 
@@ -210,7 +223,9 @@ std::string hf_import_problem(const HfConfig& hf) {
   if (const json* quantization = find_key(values, "quantization_config"))
     return "quantization_config " + quantization->dump() +
            ": quantized weights are not supported (import a float checkpoint)";
-  if (hf.mixtral) {
+  if (const json* clip = find_key(values, "clip_qkv"))
+    return "clip_qkv " + clip->dump() + ": our attention does not clamp q, k and v";
+  if (hf.architecture == HfArchitecture::mixtral) {
     const int64_t positions =
         count_or(hf, "max_position_embeddings", defaults.max_position_embeddings);
     if (const json* window = find_key(values, "sliding_window");
@@ -238,23 +253,30 @@ Config switchyard_config(const HfConfig& hf, const fs::path& folder) {
   m.norm_eps = number_or(hf, hf.values, "rms_norm_eps", defaults.rms_norm_eps);
   // Rotary has no length limit: this is only the length a training run defaults to.
   m.seq_len = count_or(hf, "max_position_embeddings", defaults.max_position_embeddings);
-  // transformers' LlamaConfig and MixtralConfig both default to untied.
+  // transformers' LlamaConfig, MixtralConfig and OlmoeConfig all default to untied.
   m.tie_embeddings = flag_or(hf, "tie_word_embeddings", false);
+  m.qk_norm = hf.architecture == HfArchitecture::olmoe;
   const int64_t intermediate = required_count(hf, "intermediate_size");
-  if (!hf.mixtral) {
+  if (hf.architecture == HfArchitecture::llama) {
     m.ffn_hidden = intermediate;
     config.moe.num_experts = 0;
   } else {
     MoeConfig& moe = config.moe;
-    moe.num_experts = count_or(hf, "num_local_experts", defaults.num_local_experts);
+    const bool olmoe = hf.architecture == HfArchitecture::olmoe;
+    moe.num_experts =
+        count_or(hf, olmoe ? "num_experts" : "num_local_experts", defaults.num_local_experts);
     moe.expert_hidden = intermediate;
     moe.layers = MoeLayers{};  // all
     moe.routing.top_k = count_or(hf, "num_experts_per_tok", defaults.num_experts_per_tok);
     moe.routing.score = RouterScore::softmax;
-    // Mixtral renormalises the top-k gates; the default does so for K > 1, and a config that
-    // leaves it at the default then matches the import's.
-    moe.routing.normalize_topk =
-        moe.routing.top_k > 1 ? TopkNormalize::by_default : TopkNormalize::on;
+    // Mixtral renormalises the top-k gates, OLMoE as norm_topk_prob says (default false). The
+    // default renormalises for K > 1 only; where it says what the model does, it is kept, so
+    // that a training config that leaves the key out matches the import's.
+    const bool renormalise = !olmoe || flag_or(hf, "norm_topk_prob", false);
+    const bool by_default = renormalise == (moe.routing.top_k > 1);
+    moe.routing.normalize_topk = by_default    ? TopkNormalize::by_default
+                                 : renormalise ? TopkNormalize::on
+                                               : TopkNormalize::off;
     moe.capacity_factor = 0.0;  // dropless
     moe.aux_loss_coef = number_or(hf, hf.values, "router_aux_loss_coef", moe.aux_loss_coef);
   }
@@ -467,10 +489,10 @@ ImportResult import_hf(const ImportOptions& options) {
     throw ImportError(hf.path + ": " + problem);
   ImportResult result;
   result.config = switchyard_config(hf, folder);
-  result.architecture = hf.mixtral ? "MixtralForCausalLM" : "LlamaForCausalLM";
+  result.architecture = hf_class_name(hf.architecture);
 
   const Weights weights = open_weights(folder);
-  const std::vector<HfTensor> plan = hf_tensors(result.config, hf.mixtral);
+  const std::vector<HfTensor> plan = hf_tensors(result.config, hf.architecture);
   check_tensors(weights, plan, result.config.model.tie_embeddings, result.architecture);
   const std::optional<TokenData> tokenizer =
       read_folder_tokenizer(folder, result.config.model.vocab_size);

@@ -1,8 +1,42 @@
 #include "trainer/hf_layout.h"
 
+#include <algorithm>
+
 namespace sy {
 
-std::vector<HfTensor> hf_tensors(const Config& config, bool moe) {
+const char* hf_class_name(HfArchitecture architecture) {
+  switch (architecture) {
+    case HfArchitecture::llama:
+      return "LlamaForCausalLM";
+    case HfArchitecture::mixtral:
+      return "MixtralForCausalLM";
+    case HfArchitecture::olmoe:
+      return "OlmoeForCausalLM";
+  }
+  return "?";
+}
+
+const char* hf_model_type(HfArchitecture architecture) {
+  switch (architecture) {
+    case HfArchitecture::llama:
+      return "llama";
+    case HfArchitecture::mixtral:
+      return "mixtral";
+    case HfArchitecture::olmoe:
+      return "olmoe";
+  }
+  return "?";
+}
+
+HfArchitecture hf_architecture_of(const Config& config) {
+  const std::vector<bool> mask = moe_layer_mask(config);
+  if (std::find(mask.begin(), mask.end(), true) == mask.end()) return HfArchitecture::llama;
+  return config.model.qk_norm ? HfArchitecture::olmoe : HfArchitecture::mixtral;
+}
+
+std::vector<HfTensor> hf_tensors(const Config& config, HfArchitecture architecture) {
+  const bool moe = architecture != HfArchitecture::llama;
+  const bool olmoe = architecture == HfArchitecture::olmoe;
   const ModelConfig& m = config.model;
   const int64_t D = m.d_model, V = m.vocab_size;
   std::vector<HfTensor> plan;
@@ -24,15 +58,24 @@ std::vector<HfTensor> hf_tensors(const Config& config, bool moe) {
     add(hf + "self_attn.k_proj.weight", ours + "attn/wk", {D, kv_width}, true);
     add(hf + "self_attn.v_proj.weight", ours + "attn/wv", {D, kv_width}, true);
     add(hf + "self_attn.o_proj.weight", ours + "attn/wo", {D, D}, true);
+    if (olmoe) {  // over the whole projection, before rotary
+      add(hf + "self_attn.q_norm.weight", ours + "attn/q_norm", {D}, false);
+      add(hf + "self_attn.k_norm.weight", ours + "attn/k_norm", {kv_width}, false);
+    }
     add(hf + "post_attention_layernorm.weight", ours + "ffn_norm", {D}, false);
     if (moe) {
       const int64_t E = config.moe.num_experts, F = config.moe.expert_hidden;
-      add(hf + "block_sparse_moe.gate.weight", ours + "moe/router", {D, E}, true);
+      // Mixtral: block_sparse_moe.gate, experts.{e}.w1/w3/w2; OLMoE: mlp.gate,
+      // experts.{e}.gate_proj/up_proj/down_proj (the dense FFN's names).
+      const std::string block = hf + (olmoe ? "mlp." : "block_sparse_moe.");
+      const char* const names[3] = {olmoe ? "gate_proj" : "w1", olmoe ? "up_proj" : "w3",
+                                    olmoe ? "down_proj" : "w2"};
+      add(block + "gate.weight", ours + "moe/router", {D, E}, true);
       for (int64_t e = 0; e < E; ++e) {
-        const std::string expert = hf + "block_sparse_moe.experts." + std::to_string(e) + ".";
-        add(expert + "w1.weight", ours + "moe/experts/w1", {D, F}, true, e);
-        add(expert + "w3.weight", ours + "moe/experts/w3", {D, F}, true, e);
-        add(expert + "w2.weight", ours + "moe/experts/w2", {F, D}, true, e);
+        const std::string expert = block + "experts." + std::to_string(e) + ".";
+        add(expert + names[0] + ".weight", ours + "moe/experts/w1", {D, F}, true, e);
+        add(expert + names[1] + ".weight", ours + "moe/experts/w3", {D, F}, true, e);
+        add(expert + names[2] + ".weight", ours + "moe/experts/w2", {F, D}, true, e);
       }
     } else {
       const int64_t F = m.ffn_hidden;

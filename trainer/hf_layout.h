@@ -22,10 +22,19 @@ struct HfTensor {
   }
 };
 
-// Every tensor of a MixtralForCausalLM (`moe`: every layer MoE) or LlamaForCausalLM (dense) of
-// `config`, in transformers' order: embedding; per layer the norms, attention, FFN (per expert
-// w1, w3, w2, the order of our params); final norm; the LM head when untied.
-std::vector<HfTensor> hf_tensors(const Config& config, bool moe);
+// The transformers models export writes and import reads: Llama (dense), Mixtral (MoE in every
+// layer), OLMoE (MoE in every layer, with QK-norm and an optional top-k renormalisation).
+enum class HfArchitecture { llama, mixtral, olmoe };
+const char* hf_class_name(HfArchitecture architecture);  // "LlamaForCausalLM", ...
+const char* hf_model_type(HfArchitecture architecture);  // "llama", ...
+// The architecture our model of `config` exports as: llama without MoE layers, else olmoe with
+// model.qk_norm, else mixtral (hf_export_problem says what none of them can express).
+HfArchitecture hf_architecture_of(const Config& config);
+
+// Every tensor of `architecture`'s model of `config`, in transformers' order: embedding; per
+// layer the norms, attention (with OLMoE's q_norm, k_norm), FFN (per expert gate, up, down: the
+// order of our params w1, w3, w2); final norm; the LM head when untied.
+std::vector<HfTensor> hf_tensors(const Config& config, HfArchitecture architecture);
 
 // The dataset's full shape in our checkpoint: the slice's, with [E] in front for an expert.
 std::vector<int64_t> hf_dataset_shape(const HfTensor& tensor, const Config& config);

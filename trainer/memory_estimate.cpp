@@ -144,7 +144,10 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   const bool keep_norms = recompute == Recompute::none;
   const bool keep_attention = recompute == Recompute::none || recompute == Recompute::norms;
   const bool keep_layer = recompute != Recompute::layer;
-  const double attention_part = 4 * TD + T * H * 4 + probabilities;
+  // QK-norm keeps the projections before their norms too (q_raw, k_raw) and their rstd.
+  const double kv_fraction = static_cast<double>(m.kv_heads()) / H;
+  const double qk_norm_part = m.qk_norm ? (1 + kv_fraction) * TD + 2 * T * 4 : 0.0;
+  const double attention_part = 4 * TD + T * H * 4 + probabilities + qk_norm_part;
   // A MoE layer's shared expert (moe.shared_expert_hidden) keeps its own h1 and h3.
   const double Fs = static_cast<double>(moe.shared_expert_hidden);
   const double dense_h = 2 * T * F * e, expert_h = 2 * TK * Fe * e + 2 * T * Fs * e;
@@ -183,7 +186,9 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   // Grouped-query attention adds the Hkv heads' dk and dv (k and v too, in forward).
   const double kv_heads = static_cast<double>(m.kv_heads());
   const double grouped_kv = kv_heads < H ? 2 * T * (D / H) * kv_heads * e : 0.0;
-  double attention_backward = 6 * TD + grouped_kv + probabilities;
+  // QK-norm adds the projections' gradients before the norms (dq_raw, dk_raw).
+  const double qk_norm_grads = m.qk_norm ? (1 + kv_fraction) * TD : 0.0;
+  double attention_backward = 6 * TD + grouped_kv + qk_norm_grads + probabilities;
   if (cuda && bf16 &&
       (m.attention_kernel == AttentionKernel::cudnn ||
        m.attention_kernel == AttentionKernel::automatic)) {

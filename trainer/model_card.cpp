@@ -17,7 +17,8 @@ ModelCard make_model_card(const Config& config) {
   int64_t expert_total = 0, expert_per_rank = 0;
   for (int64_t l = 0; l < m.n_layers; ++l) {
     const int64_t kv_width = m.kv_heads() * (D / m.n_heads);  // D without grouped queries
-    const int64_t attention = 2 * D * D + 2 * D * kv_width, norms = 2 * D;
+    const int64_t attention = 2 * D * D + 2 * D * kv_width;
+    const int64_t norms = 2 * D + (m.qk_norm ? D + kv_width : 0);  // QK-norm: q_norm, k_norm
     non_expert += attention + norms;
     active_matmul += attention;
     if (!moe_mask[l]) {

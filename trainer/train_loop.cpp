@@ -443,8 +443,8 @@ struct StepVerdict {
 
 // The step to start from: options.resume's checkpoint loaded into the model and optimizer (one
 // call, trainer/checkpoint.h), else step 0 (with checkpoint.init_from's weights, if set); and
-// the run id, the resumed checkpoint's or, for a
-// fresh run (or one resumed from a checkpoint without one), a new one from rank 0.
+// the run id, the resumed checkpoint's or, for a fresh run (or one resumed from a checkpoint
+// without one), a new one from rank 0.
 TrainState start_or_resume(Run& run) {
   TrainState state;
   TrainSummary& summary = state.summary;

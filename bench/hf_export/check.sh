@@ -10,7 +10,7 @@
 # validation loss (fp32: within 1e-4 relative; bf16 weights: 1e-2) and the greedy continuation of
 # a 32-token prompt (fp32).
 # Then the other way: folders transformers itself wrote (bench/hf_export/make_hf_model.py: a Llama
-# in fp32 and a Mixtral in bf16, sharded, with grouped-query attention and Llama 3's rotary theta)
+# and an OLMoE in fp32 and a Mixtral in bf16, sharded, grouped-query, Llama 3's rotary theta)
 # read by `switchyard import`, and `switchyard eval`'s loss compared with transformers' (1e-4).
 # Prints the table last; OUTDIR gets build.log, <case>.log, results.jsonl, summary.txt (steps).
 # Exit status 0 when every row passed.
@@ -60,7 +60,7 @@ new_tokens=24                            # 32 + 24 <= seq_len 64: no sliding win
 run_case() {
   local name=$1 moe=$2 dtypes=${3:-fp32} log="$out/$1.log" config="$work/$1.yaml" dtype
   sy_dry || cat > "$config" <<EOF
-model: {vocab_size: 256, seq_len: 64, d_model: 64, n_layers: 2, n_heads: 4, ffn_hidden: 160, tie_embeddings: $([ "$name" = dense ] && echo false || echo true)$([ "$name" = gqa ] && echo ", n_kv_heads: 2, rope_theta: 500000, norm_eps: 1e-6")}
+model: {vocab_size: 256, seq_len: 64, d_model: 64, n_layers: 2, n_heads: 4, ffn_hidden: 160, tie_embeddings: $([ "$name" = dense ] && echo false || echo true)$([ "$name" = gqa ] && echo ", n_kv_heads: 2, rope_theta: 500000, norm_eps: 1e-6")$([ "$name" = olmoe ] && echo ", qk_norm: true")}
 moe: $moe
 train: {micro_batch_size: 8, steps: $steps, warmup_steps: 5, lr: 0.003}
 data: {path: $work/tokens.h5}
@@ -114,6 +114,9 @@ run_case moe "{num_experts: 4, top_k: 2, expert_hidden: 96}" "fp32 bf16" || sy_f
 run_case dense "{num_experts: 0}" fp32 || sy_failed=1
 # Llama 3's attention: 4 query heads over 2 key/value heads, rotary theta 500000, norm eps 1e-6.
 run_case gqa "{num_experts: 4, top_k: 2, expert_hidden: 96}" fp32 || sy_failed=1
+# OLMoE: QK-norm, the top-k gates left unnormalised (norm_topk_prob false).
+run_case olmoe "{num_experts: 4, top_k: 2, expert_hidden: 96, normalize_topk: false}" fp32 ||
+  sy_failed=1
 
 # import_case NAME ARCH DTYPE: a folder transformers itself wrote (make_hf_model.py: random wide
 # weights, grouped-query attention, another rotary theta and norm epsilon, sharded safetensors)
@@ -141,6 +144,7 @@ import_case() {
 }
 import_case import-llama llama float32 || sy_failed=1
 import_case import-mixtral mixtral bfloat16 || sy_failed=1
+import_case import-olmoe olmoe float32 || sy_failed=1
 
 echo
 sy_dry || python3 bench/hf_export/compare.py --table "$out/results.jsonl" || sy_failed=1

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes a transformers model folder that transformers itself made, for `switchyard import` to
-read (bench/hf_export/check.sh, docs/export.md "Import"): a LlamaForCausalLM or
-MixtralForCausalLM of random weights, saved with save_pretrained as safetensors in several
+read (bench/hf_export/check.sh, docs/export.md "Import"): a LlamaForCausalLM, MixtralForCausalLM
+or OlmoeForCausalLM of random weights, saved with save_pretrained as safetensors in several
 shards (model.safetensors.index.json), in float32 or bfloat16.
 
     python3 bench/hf_export/make_hf_model.py --arch llama --out DIR [--dtype float32]
@@ -24,6 +24,10 @@ def make_config(arch):
                   pad_token_id=None)
     if arch == "llama":
         config, theta = transformers.LlamaConfig(intermediate_size=160, **common), 500000.0
+    elif arch == "olmoe":  # QK-norm, 8 experts of 32, top-3, gates not renormalised
+        config = transformers.OlmoeConfig(intermediate_size=32, num_experts=8,
+                                          num_experts_per_tok=3, norm_topk_prob=False, **common)
+        theta = 10000.0
     else:
         config = transformers.MixtralConfig(intermediate_size=96, num_local_experts=4,
                                             num_experts_per_tok=2, sliding_window=None, **common)
@@ -39,7 +43,7 @@ def make_config(arch):
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=["llama", "mixtral"], required=True)
+    parser.add_argument("--arch", choices=["llama", "mixtral", "olmoe"], required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--seed", type=int, default=3)

@@ -87,15 +87,21 @@ def forward_loss(export_dir, tokens):
     Dh = config.get("head_dim") or D // H
     eps = config["rms_norm_eps"]
     theta = config.get("rope_parameters", {}).get("rope_theta", config.get("rope_theta", 10000.0))
-    moe = config["model_type"] == "mixtral"
+    olmoe = config["model_type"] == "olmoe"
+    moe = config["model_type"] in ("mixtral", "olmoe")
     inputs, targets = tokens[:-1], tokens[1:]
     S = len(inputs)
     x = [list(t["model.embed_tokens.weight"][tok]) for tok in inputs]
     for l in range(config["num_hidden_layers"]):
         p = "model.layers.%d." % l
         u = [rmsnorm(row, t[p + "input_layernorm.weight"], eps) for row in x]
-        q = [rotary(linear(t[p + "self_attn.q_proj.weight"], row), s, H, Dh, theta) for s, row in enumerate(u)]
-        k = [rotary(linear(t[p + "self_attn.k_proj.weight"], row), s, Hkv, Dh, theta) for s, row in enumerate(u)]
+        q = [linear(t[p + "self_attn.q_proj.weight"], row) for row in u]
+        k = [linear(t[p + "self_attn.k_proj.weight"], row) for row in u]
+        if olmoe:  # modeling_olmoe: q_norm(q_proj(x)), k_norm(k_proj(x)) before the reshape
+            q = [rmsnorm(row, t[p + "self_attn.q_norm.weight"], eps) for row in q]
+            k = [rmsnorm(row, t[p + "self_attn.k_norm.weight"], eps) for row in k]
+        q = [rotary(row, s, H, Dh, theta) for s, row in enumerate(q)]
+        k = [rotary(row, s, Hkv, Dh, theta) for s, row in enumerate(k)]
         v = [linear(t[p + "self_attn.v_proj.weight"], row) for row in u]
         context = [[0.0] * D for _ in range(S)]
         for h in range(H):
@@ -113,15 +119,18 @@ def forward_loss(export_dir, tokens):
         ffn = []
         for row in u:
             if moe:
-                probs = softmax(linear(t[p + "block_sparse_moe.gate.weight"], row))
+                block = p + ("mlp." if olmoe else "block_sparse_moe.")
+                w1, w3, w2 = ("gate_proj", "up_proj", "down_proj") if olmoe else ("w1", "w3", "w2")
+                probs = softmax(linear(t[block + "gate.weight"], row))
                 top = sorted(range(len(probs)), key=lambda e: -probs[e])[:config["num_experts_per_tok"]]
-                total = sum(probs[e] for e in top)
+                renormalise = config.get("norm_topk_prob", False) if olmoe else True
+                total = sum(probs[e] for e in top) if renormalise else 1.0
                 y = [0.0] * D
                 for e in top:
-                    ep = p + "block_sparse_moe.experts.%d." % e
-                    hidden = [silu(a) * b for a, b in zip(linear(t[ep + "w1.weight"], row),
-                                                          linear(t[ep + "w3.weight"], row))]
-                    y = [acc + probs[e] / total * o for acc, o in zip(y, linear(t[ep + "w2.weight"], hidden))]
+                    ep = block + "experts.%d." % e
+                    hidden = [silu(a) * b for a, b in zip(linear(t[ep + w1 + ".weight"], row),
+                                                          linear(t[ep + w3 + ".weight"], row))]
+                    y = [acc + probs[e] / total * o for acc, o in zip(y, linear(t[ep + w2 + ".weight"], hidden))]
             else:
                 hidden = [silu(a) * b for a, b in zip(linear(t[p + "mlp.gate_proj.weight"], row),
                                                       linear(t[p + "mlp.up_proj.weight"], row))]
