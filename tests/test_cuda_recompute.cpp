@@ -24,6 +24,8 @@ struct Case {
   std::vector<bool> moe_layers;  // all false: dense
   double capacity_factor;
   DType compute;
+  int64_t kv_heads = 0;  // model.n_kv_heads
+  bool qk_norm = false;  // model.qk_norm
 };
 
 struct Result {
@@ -37,6 +39,8 @@ Result run(const Case& c, Recompute recompute) {
   auto backend = make_cuda_backend(0);
   TransformerOptions options;
   options.model = {97, 64, 64, static_cast<int64_t>(c.moe_layers.size()), 4, 160, false};
+  options.model.n_kv_heads = c.kv_heads;
+  options.model.qk_norm = c.qk_norm;
   options.moe.num_experts = 4;
   options.moe.routing.top_k = 2;
   options.moe.expert_hidden = 96;
@@ -116,7 +120,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Case{"moe_bf16", {true, true, true}, 0.0, DType::bf16},
                       Case{"mixed_bf16_capacity", {true, false, true}, 1.0, DType::bf16},
                       Case{"dense_bf16", {false, false}, 0.0, DType::bf16},
-                      Case{"moe_f32_capacity", {true, true}, 1.0, DType::f32}),
+                      Case{"moe_f32_capacity", {true, true}, 1.0, DType::f32},
+                      Case{"moe_bf16_grouped_qk_norm", {true, true}, 0.0, DType::bf16, 2, true}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 }  // namespace

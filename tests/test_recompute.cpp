@@ -24,6 +24,8 @@ struct Case {
   double capacity_factor;   // > 0: drops (the routing must be the stored one)
   DType dtype;              // compute (and master) dtype
   int64_t shared_expert_hidden = 0;  // moe.shared_expert_hidden
+  int64_t kv_heads = 0;              // model.n_kv_heads
+  bool qk_norm = false;              // model.qk_norm
 };
 
 struct Result {
@@ -36,6 +38,8 @@ Result run(const Case& c, Recompute recompute) {
   Config config;
   config.model = {61, 12, 16, 3, 2, 24, false};  // V, S, D, L, H, F, tie
   config.model.attention_kernel = c.kernel;
+  config.model.n_kv_heads = c.kv_heads;
+  config.model.qk_norm = c.qk_norm;
   config.moe.num_experts = c.moe ? 4 : 0;
   config.moe.routing.top_k = 2;
   config.moe.expert_hidden = 10;
@@ -100,7 +104,25 @@ INSTANTIATE_TEST_SUITE_P(
              DType::f32},
         Case{"moe_f64", true, {}, AttentionKernel::flash, 1.0, DType::f64},
         Case{"mixed_shared_expert", true, MoeLayers::every_nth(2), AttentionKernel::flash, 0.75,
-             DType::f32, 12}),
+             DType::f32, 12},
+        Case{"moe_multi_query_qk_norm",
+             true,
+             {},
+             AttentionKernel::flash,
+             0.0,
+             DType::f32,
+             0,
+             1,
+             true},
+        Case{"dense_reference_qk_norm",
+             false,
+             {},
+             AttentionKernel::reference,
+             0.0,
+             DType::f32,
+             0,
+             0,
+             true}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 // The workspace hands out prefixes of grow-only slots: a smaller request reuses the block, a

@@ -1,11 +1,11 @@
-// switchyard import: a Hugging Face transformers model folder (LlamaForCausalLM or
-// MixtralForCausalLM: config.json, model.safetensors or its sharded index, tokenizer.model) as a
-// step-0 Switchyard checkpoint file, the inverse of switchyard export (docs/export.md, "Import").
-// A Llama becomes a dense model, a Mixtral an MoE model in every layer; the weights are copied in
-// fp32 through the tensor table export uses (trainer/hf_layout.h). A model our code would compute
-// differently from transformers (grouped-query attention, another rotary theta or norm epsilon,
-// biases, a sliding window, ...) is refused before anything is written: hf_import.cpp's
-// hf_import_problem holds those limits, in one place.
+// switchyard import: a Hugging Face transformers model folder (LlamaForCausalLM,
+// MixtralForCausalLM or OlmoeForCausalLM: config.json, model.safetensors or its sharded index,
+// tokenizer.model) as a step-0 Switchyard checkpoint file, the inverse of switchyard export
+// (docs/export.md, "Import"). A Llama becomes a dense model, a Mixtral an MoE model in every
+// layer, an OLMoE one with QK-norm too; the weights are copied in fp32 through the tensor table
+// export uses (trainer/hf_layout.h). A model our code would compute differently from
+// transformers (scaled rotary, biases, a sliding window, clamped q/k/v, ...) is refused before
+// anything is written: hf_import.cpp's hf_import_problem holds those limits, in one place.
 #pragma once
 #include <cstdint>
 #include <stdexcept>
