@@ -4,28 +4,23 @@
 
 namespace sy {
 
+namespace {
+struct HfNames {
+  const char* class_name;
+  const char* model_type;
+};
+// Indexed by HfArchitecture.
+constexpr HfNames kHfNames[] = {{"LlamaForCausalLM", "llama"},
+                                {"MixtralForCausalLM", "mixtral"},
+                                {"OlmoeForCausalLM", "olmoe"}};
+}  // namespace
+
 const char* hf_class_name(HfArchitecture architecture) {
-  switch (architecture) {
-    case HfArchitecture::llama:
-      return "LlamaForCausalLM";
-    case HfArchitecture::mixtral:
-      return "MixtralForCausalLM";
-    case HfArchitecture::olmoe:
-      return "OlmoeForCausalLM";
-  }
-  return "?";
+  return kHfNames[static_cast<int>(architecture)].class_name;
 }
 
 const char* hf_model_type(HfArchitecture architecture) {
-  switch (architecture) {
-    case HfArchitecture::llama:
-      return "llama";
-    case HfArchitecture::mixtral:
-      return "mixtral";
-    case HfArchitecture::olmoe:
-      return "olmoe";
-  }
-  return "?";
+  return kHfNames[static_cast<int>(architecture)].model_type;
 }
 
 HfArchitecture hf_architecture_of(const Config& config) {
