@@ -111,6 +111,13 @@ expect_ok "initialised from $ckpt/step_00000012.h5 (step 12 of its run)" \
   --set checkpoint.init_from=run --set parallel.expert_parallel=2 --set train.lr=1e-3
 check "the initialised run logs its steps 1..2" \
   test "$(grep -v val_loss run_init/metrics.jsonl | grep -o '^{"step": [0-9]*' | tr -dc '0-9\n' | tr '\n' ' ')" = "1 2 "
+# checkpoint.upcycle: a dense run's FFN into every expert, the experts split over 2 ranks.
+expect_ok "saved  step      2" "$switchyard" train tiny.yaml --set moe.num_experts=0 \
+  --set model.ffn_hidden=16 --set train.steps=2 --set run.dir=run_dense
+expect_ok "upcycled from run_dense/checkpoints/step_00000002.h5 (step 2 of its run)" \
+  "${mpi2[@]}" "$switchyard" train tiny.yaml --set train.steps=2 --set run.dir=run_upcycled \
+  --set checkpoint.init_from=run_dense --set checkpoint.upcycle=true \
+  --set parallel.expert_parallel=2 --set train.lr=1e-3
 expect 1 "checkpoint.init_from: $ckpt/step_00000012.h5: the config differs from the checkpoint's in keys that shape the model: model.d_model (checkpoint 16, config 32)" \
   "$switchyard" train tiny.yaml --set run.dir=run_init_bad --set checkpoint.init_from=$ckpt --set model.d_model=32
 

@@ -448,6 +448,69 @@ TEST_F(CheckpointTest, InitFromRunResumesItsOwnCheckpointsExactly) {
   expect_exact_resume_from_step_3(c);
 }
 
+// checkpoint.upcycle: a dense run's FFN becomes every expert of the MoE model's layers, the rest
+// of its parameters as they were; the routers start as the config initialises them.
+TEST_F(CheckpointTest, UpcycleCopiesTheDenseFfnIntoEveryExpert) {
+  Config dense = base_config("upcycle_dense");
+  dense.moe.num_experts = 0;
+  dense.model.ffn_hidden = 16;
+  dense.train.steps = 4;
+  dense.checkpoint.every = 0;
+  const TrainSummary dense_run = train(dense, {.print = false, .collect_parameters = true});
+  Config moe = base_config("upcycle_moe");
+  moe.moe.layers = MoeLayers{};  // every layer MoE
+  moe.model.ffn_hidden = 512;    // unused: no dense layer
+  moe.moe.expert_hidden = 16;
+  moe.checkpoint.init_from = dense_run.last_checkpoint;
+  moe.checkpoint.upcycle = true;
+  moe.train.steps = 1;
+  moe.train.optimizer = OptimizerKind::sgd;
+  moe.train.lr = 1e-30;
+  moe.train.min_lr = 0;
+  const TrainSummary upcycled = train(moe, {.print = false, .collect_parameters = true});
+  EXPECT_EQ(upcycled.initialised_from, dense_run.last_checkpoint);
+  // Identical experts with renormalised top-k gates compute the dense FFN: the upcycled model
+  // starts as the dense one's function (to rounding: sum of the gates times one FFN output).
+  EXPECT_NEAR(upcycled.final_val_loss, dense_run.final_val_loss, 1e-6 * dense_run.final_val_loss);
+  EXPECT_NE(upcycled.final_val_loss, 0.0);
+  auto values_of = [](const TrainSummary& run, const std::string& path) {
+    for (const auto& [name, values] : run.parameters)
+      if (name == path) return values;
+    ADD_FAILURE() << "no parameter " << path;
+    return std::vector<double>{};
+  };
+  for (const std::string layer : {"layers/0/", "layers/1/"}) {
+    for (const char* w : {"w1", "w3", "w2"}) {
+      const std::vector<double> ffn = values_of(dense_run, layer + "ffn/" + w);
+      const std::vector<double> experts = values_of(upcycled, layer + "moe/experts/" + w);
+      ASSERT_EQ(experts.size(), 4 * ffn.size()) << layer << w;
+      for (size_t i = 0; i < experts.size(); ++i)
+        ASSERT_NEAR(experts[i], ffn[i % ffn.size()], 1e-20) << layer << w << "[" << i << "]";
+    }
+    const std::vector<double> wq = values_of(dense_run, layer + "attn/wq");
+    const std::vector<double> wq_upcycled = values_of(upcycled, layer + "attn/wq");
+    for (size_t i = 0; i < wq.size(); ++i) ASSERT_NEAR(wq_upcycled[i], wq[i], 1e-20);
+  }
+  // Not from an MoE checkpoint, and not into experts of another width.
+  moe.checkpoint.init_from = straight_checkpoint(20);
+  try {
+    train(moe, {.print = false});
+    ADD_FAILURE() << "upcycled an MoE checkpoint";
+  } catch (const CollectiveError& error) {
+    expect_contains(error.what(),
+                    "checkpoint.upcycle needs a dense checkpoint; this one has "
+                    "moe.num_experts 4");
+  }
+  moe.checkpoint.init_from = dense_run.last_checkpoint;
+  moe.moe.expert_hidden = 8;
+  try {
+    train(moe, {.print = false});
+    ADD_FAILURE() << "upcycled into experts of another width";
+  } catch (const CollectiveError& error) {
+    expect_contains(error.what(), "model.ffn_hidden (checkpoint 16, config 8)");
+  }
+}
+
 TEST_F(CheckpointTest, InitFromRefusesAnotherModelNamingTheKey) {
   Config c = base_config("init_bad");
   c.train.steps = 1;

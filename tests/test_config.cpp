@@ -319,6 +319,15 @@ TEST(ConfigRules, RopeThetaAndNormEps) {
                       "model.rope_theta: must be a finite number, got .inf"));
 }
 
+TEST(ConfigRules, UpcycleNeedsADenseCheckpointAndAnMoeModel) {
+  EXPECT_TRUE(rejects("checkpoint:\n  upcycle: true\n",
+                      "checkpoint.upcycle: needs checkpoint.init_from: the dense checkpoint to "
+                      "upcycle"));
+  EXPECT_TRUE(rejects("moe:\n  num_experts: 0\ncheckpoint:\n  upcycle: true\n  init_from: x.h5\n",
+                      "checkpoint.upcycle: needs an MoE model (moe.num_experts > 0) to upcycle "
+                      "into"));
+}
+
 TEST(ConfigRules, TopK) {
   EXPECT_TRUE(rejects("moe:\n  num_experts: 8\n  top_k: 9\n", "moe.top_k: 9 exceeds moe.num_experts (8)"));
   EXPECT_TRUE(rejects("moe:\n  num_experts: 8\n  top_k: 0\n", "moe.top_k: must be >= 1, got 0"));

@@ -502,6 +502,87 @@ ResumePoint resume_from(const std::string& resume, const std::string& dir, const
   return point;
 }
 
+namespace {
+
+// checkpoint.upcycle: `config` as the dense model its checkpoint must be: the moe section at its
+// defaults (no experts) and the dense FFN as wide as the experts.
+Config dense_counterpart(const Config& config) {
+  Config dense = config;
+  dense.moe = MoeConfig{};
+  dense.moe.num_experts = 0;
+  dense.model.ffn_hidden = config.moe.expert_hidden;
+  return dense;
+}
+
+// checkpoint.upcycle: the dense checkpoint `path` into the MoE `model`. Every parameter comes
+// from its own dataset, each expert slice of layers/l/moe/experts/w from layers/l/ffn/w (every
+// expert starts as the layer's dense FFN: sparse upcycling, Komatsuzaki et al. 2022); the
+// routers (and expert biases) stay as initialised, so the experts part as the router learns.
+// Collective, with load_checkpoint's two phases: every check on every rank, then the data.
+CheckpointHeader load_upcycled(const std::string& path, const Config& config, Transformer& model,
+                               ProcessGroups& groups, Backend& backend) {
+  Communicator& world = *groups.world;
+  h5::QuietErrors quiet;
+  struct Item {
+    std::string dataset;
+    Tensor into;  // a parameter, or one expert's slice of one
+    Handle handle;
+  };
+  std::vector<Item> items;
+  Handle file;
+  CheckpointHeader header;
+  std::string problem;
+  try {
+    file = open_checkpoint_file(path);
+    header = read_checkpoint_header(file.get(), path);
+    const std::string experts = checkpoint_config_value(header.config, "moe.num_experts");
+    if (!experts.empty() && experts != "0")
+      throw std::runtime_error(
+          "checkpoint.upcycle needs a dense checkpoint; this one has "
+          "moe.num_experts " +
+          experts);
+    const ConfigDiff diff = compare_configs(header.config, dense_counterpart(config));
+    if (!diff.errors.empty())
+      throw std::runtime_error(
+          "the config differs from the checkpoint's in keys that shape the model (upcycled: "
+          "its dense FFN as wide as moe.expert_hidden): " +
+          join(diff.errors, ", "));
+    const std::string experts_dir = "moe/experts/";
+    for (Param* param : model.params()) {
+      const std::string& path_of = param->path;
+      const size_t at = path_of.find(experts_dir);
+      if (!param->is_expert) {
+        if (path_of.find("/moe/router") == std::string::npos)
+          items.push_back({"/model/" + path_of, param->value, {}});
+        continue;
+      }
+      const std::string source =
+          "/model/" + path_of.substr(0, at) + "ffn/" + path_of.substr(at + experts_dir.size());
+      const Shape slice(param->value.shape().begin() + 1, param->value.shape().end());
+      for (int64_t j = 0; j < param->value.dim(0); ++j)
+        items.push_back({source, param->value.rows(j, j + 1).reshape(slice), {}});
+    }
+    for (Item& item : items)
+      item.handle = open_checkpoint_tensor(file.get(), item.dataset, item.into.shape());
+  } catch (const std::exception& error) {
+    problem = path + ": " + error.what();
+  }
+  agree_or_throw(world, problem);
+  try {
+    std::vector<char> staging;
+    for (const Item& item : items)
+      read_checkpoint_tensor(item.handle.get(), item.dataset, item.into.shape(), 0, false,
+                             item.into, backend, staging);
+  } catch (const std::exception& error) {
+    problem = path + ": " + error.what();
+  }
+  agree_or_throw(world, problem);
+  model.refresh_compute_weights();
+  return header;
+}
+
+}  // namespace
+
 InitPoint init_from_checkpoint(const std::string& argument, const Config& config,
                                Transformer& model, ProcessGroups& groups, Backend& backend) {
   Communicator& world = *groups.world;
@@ -530,17 +611,21 @@ InitPoint init_from_checkpoint(const std::string& argument, const Config& config
     problem = key + point.path + ": " + error.what();
   }
   agree_or_throw(world, problem);
-  LoadResult loaded;
   try {
-    loaded = load_checkpoint(point.path, as_saved, model, nullptr, groups, backend);
+    point.step =
+        config.checkpoint.upcycle
+            ? load_upcycled(point.path, as_saved, model, groups, backend).step
+            : load_checkpoint(point.path, as_saved, model, nullptr, groups, backend).header.step;
   } catch (const CollectiveError& error) {
     throw CollectiveError(key + error.what());
   }
-  point.step = loaded.header.step;
-  point.messages.push_back("initialised from " + point.path + " (step " +
-                           std::to_string(point.step) +
-                           " of its run): its parameters only; the optimizer state, the step, "
-                           "the learning-rate schedule and the data start fresh");
+  point.messages.push_back(
+      (config.checkpoint.upcycle ? "upcycled from " : "initialised from ") + point.path +
+      " (step " + std::to_string(point.step) + " of its run): its parameters only" +
+      (config.checkpoint.upcycle
+           ? ", every expert of an MoE layer as that layer's dense FFN, the routers as initialised"
+           : "") +
+      "; the optimizer state, the step, the learning-rate schedule and the data start fresh");
   if (as_saved.model.seq_len != config.model.seq_len)
     point.messages.push_back("note: model.seq_len " + std::to_string(config.model.seq_len) +
                              ", the checkpoint's run " + std::to_string(as_saved.model.seq_len));

@@ -237,7 +237,8 @@ std::vector<Section> config_fields(Config& c) {
         {"keep_last", &c.checkpoint.keep_last},
         {"async", &c.checkpoint.async},
         {"at_end", &c.checkpoint.at_end},
-        {"init_from", &c.checkpoint.init_from}}},
+        {"init_from", &c.checkpoint.init_from},
+        {"upcycle", &c.checkpoint.upcycle}}},
       {"run",
        {{"dir", &c.run.dir},
         {"log_every", &c.run.log_every},
@@ -750,6 +751,16 @@ void validate_rest(const Config& c, Problems& p) {
                               std::to_string(eval_sequences(c) * c.model.seq_len) + ")");
   check_at_least(p, "checkpoint.every", c.checkpoint.every, 0);
   check_at_least(p, "checkpoint.keep_last", c.checkpoint.keep_last, 1);
+  if (c.checkpoint.upcycle) {
+    if (c.checkpoint.init_from.empty())
+      p.add("checkpoint.upcycle", "needs checkpoint.init_from: the dense checkpoint to upcycle");
+    else if (c.moe.num_experts == 0)
+      p.add("checkpoint.upcycle", "needs an MoE model (moe.num_experts > 0) to upcycle into");
+    else if (c.moe.shared_expert_hidden > 0)
+      p.add("checkpoint.upcycle",
+            "moe.shared_expert_hidden must be 0: the dense FFN becomes "
+            "the routed experts, and a shared expert would start untrained");
+  }
   if (c.run.dir.empty()) p.add("run.dir", "must not be empty");
   check_at_least(p, "run.log_every", c.run.log_every, 1);
 }

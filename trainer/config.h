@@ -73,6 +73,10 @@ struct CheckpointConfig {
   // `latest` file): weights only, the run's own step 0, schedule, optimizer state and data.
   // "": the config's initialisation. Ignored when the run resumes (its checkpoint has them).
   std::string init_from = "";
+  // With init_from: the checkpoint is a dense model and this one an MoE model of the same shape
+  // otherwise; every expert of an MoE layer starts as that layer's dense FFN (sparse upcycling),
+  // the routers as the config initialises them (docs/checkpoint.md).
+  bool upcycle = false;
 };
 
 // run.precision: the dtype the model computes in; the master weights stay fp32 (docs/cuda.md).
