@@ -4,6 +4,15 @@
 
 namespace sy {
 
+namespace {
+// QK-norm normalises rows as wide as its gain: the whole projection (full) or one head
+// (per_head), so a per-head norm is the same op over t viewed as [T*heads, Dh].
+Tensor gain_rows(const Tensor& t, const Param& gain) {
+  const int64_t width = gain.value.numel();
+  return t.reshape({t.numel() / width, width});
+}
+}  // namespace
+
 bool Attention::uses_flash(const Backend& backend) const {
   switch (kernel) {
     case AttentionKernel::flash:
@@ -22,11 +31,12 @@ bool Attention::prefers_cudnn(const Backend& backend) const {
 const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionShape shape) {
   const DType dtype = x.dtype();
   const Shape td = x.shape();
+  const Shape heads_shape{td[0], wq.value.dim(1)};  // [T, H*Dh]
   Workspace& keep = saved();
-  q = keep.get(backend, "attn.q", td, dtype);
-  k = keep.get(backend, "attn.k", td, dtype);
-  v = keep.get(backend, "attn.v", td, dtype);
-  context = keep.get(backend, "attn.context", td, dtype);
+  q = keep.get(backend, "attn.q", heads_shape, dtype);
+  k = keep.get(backend, "attn.k", heads_shape, dtype);
+  v = keep.get(backend, "attn.v", heads_shape, dtype);
+  context = keep.get(backend, "attn.context", heads_shape, dtype);
   out = scratch().get(backend, "attn.out", td, dtype);  // the caller adds it to the residual
   const bool flash = uses_flash(backend);
   if (flash) {
@@ -47,15 +57,16 @@ const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionSha
   const Tensor v_proj =
       grouped(shape) ? (v_kv = scratch().get(backend, "attn.v_kv", kv_shape, dtype)) : v;
   if (qk_normed()) {
-    const Shape rows{td[0]};
-    q_raw = keep.get(backend, "attn.q_raw", td, dtype);
+    q_raw = keep.get(backend, "attn.q_raw", heads_shape, dtype);
     k_raw = keep.get(backend, "attn.k_raw", kv_shape, dtype);
-    q_rstd = keep.get(backend, "attn.q_rstd", rows, stat_dtype(dtype));
-    k_rstd = keep.get(backend, "attn.k_rstd", rows, stat_dtype(dtype));
+    q_rstd = keep.get(backend, "attn.q_rstd", {gain_rows(q, q_norm).dim(0)}, stat_dtype(dtype));
+    k_rstd = keep.get(backend, "attn.k_rstd", {gain_rows(k_raw, k_norm).dim(0)}, stat_dtype(dtype));
     backend.gemm(q_raw, x, false, wq.compute_value(), false, 1.0, 0.0);
     backend.gemm(k_raw, x, false, wk.compute_value(), false, 1.0, 0.0);
-    backend.rmsnorm_forward(q, q_rstd, q_raw, q_norm.value, norm_eps);
-    backend.rmsnorm_forward(k_proj, k_rstd, k_raw, k_norm.value, norm_eps);
+    backend.rmsnorm_forward(gain_rows(q, q_norm), q_rstd, gain_rows(q_raw, q_norm), q_norm.value,
+                            norm_eps);
+    backend.rmsnorm_forward(gain_rows(k_proj, k_norm), k_rstd, gain_rows(k_raw, k_norm),
+                            k_norm.value, norm_eps);
   } else {
     backend.gemm(q, x, false, wq.compute_value(), false, 1.0, 0.0);
     backend.gemm(k_proj, x, false, wk.compute_value(), false, 1.0, 0.0);
@@ -87,11 +98,12 @@ const Tensor& Attention::backward(Backend& backend, const Tensor& dout, const Te
                                   AttentionShape shape) {
   const DType dtype = x.dtype();
   const Shape td = x.shape();
+  const Shape heads_shape{td[0], wq.value.dim(1)};  // [T, H*Dh]
   Workspace& ws = scratch();
-  dcontext = ws.get(backend, "attn.dcontext", td, dtype);
-  dq = ws.get(backend, "attn.dq", td, dtype);
-  dk = ws.get(backend, "attn.dk", td, dtype);
-  dv = ws.get(backend, "attn.dv", td, dtype);
+  dcontext = ws.get(backend, "attn.dcontext", heads_shape, dtype);
+  dq = ws.get(backend, "attn.dq", heads_shape, dtype);
+  dk = ws.get(backend, "attn.dk", heads_shape, dtype);
+  dv = ws.get(backend, "attn.dv", heads_shape, dtype);
   dx = ws.get(backend, "attn.dx", td, dtype);
 
   // out = context @ wo
@@ -122,7 +134,7 @@ const Tensor& Attention::backward(Backend& backend, const Tensor& dout, const Te
     dv_proj = &dv_kv;
   }
   if (qk_normed()) {
-    dq_raw = ws.get(backend, "attn.dq_raw", td, dtype);
+    dq_raw = ws.get(backend, "attn.dq_raw", heads_shape, dtype);
     dk_raw = ws.get(backend, "attn.dk_raw", kv_shape, dtype);
     norm_backward(backend, dq_raw, q_norm, *dq_proj, q_raw, q_rstd);
     norm_backward(backend, dk_raw, k_norm, *dk_proj, k_raw, k_rstd);
@@ -141,7 +153,8 @@ const Tensor& Attention::backward(Backend& backend, const Tensor& dout, const Te
 void Attention::norm_backward(Backend& backend, const Tensor& dx_raw, Param& gain,
                               const Tensor& dout, const Tensor& raw, const Tensor& rstd) {
   if (gain.take_grad_needs_clear()) backend.fill(gain.grad, 0.0);
-  backend.rmsnorm_backward(dx_raw, gain.grad, dout, raw, gain.value, rstd);  // dgain +=
+  backend.rmsnorm_backward(gain_rows(dx_raw, gain), gain.grad, gain_rows(dout, gain),
+                           gain_rows(raw, gain), gain.value, rstd);  // dgain +=
 }
 
 }  // namespace sy

@@ -2,7 +2,8 @@
 // q = x@wq, k = x@wk, v = x@wv; rotary on q and k; softmax(q k^T / sqrt(Dh)) v per head; @ wo.
 // Grouped-query attention (ModelConfig::n_kv_heads): k and v have Hkv heads, query head h reads
 // key/value head h / (H / Hkv). QK-norm (ModelConfig::qk_norm): q = rmsnorm(x@wq, q_norm) and
-// k = rmsnorm(x@wk, k_norm), over the whole projection, before rotary.
+// k = rmsnorm(x@wk, k_norm) before rotary, over the whole projection or over each head (the rows
+// are as wide as the gain). The heads' width Dh need not be D / H (ModelConfig::head_dim).
 // Two kernels compute the softmax part (model.attention_kernel, docs/config.md): `reference`
 // saves probs [B, H, S, S] (attention_forward/backward); `flash` saves only lse [B, H, S] and
 // recomputes the probabilities in backward (flash_attention_forward/backward). `cudnn` is flash
@@ -26,15 +27,17 @@ struct AttentionShape {
 };
 
 struct Attention {
-  Param wq, wo;                                         // [D, D]
+  Param wq;                                             // [D, H*Dh]
   Param wk, wv;                                         // [D, Hkv*Dh]
+  Param wo;                                             // [H*Dh, D]
   AttentionKernel kernel = AttentionKernel::automatic;  // ModelConfig::attention_kernel
   // Hkv (ModelConfig::kv_heads): fewer than the H query heads is grouped-query attention; k and v
   // are projected to Hkv heads and repeated to H (repeat_kv_heads) before rotary, so the kernels
   // below see H heads either way. 0: H.
   int64_t kv_heads = 0;
   double rope_theta = kDefaultRopeTheta;  // ModelConfig::rope_theta
-  // QK-norm's gains, q_norm [D] and k_norm [Hkv*Dh]; undefined without it. Their epsilon:
+  // QK-norm's gains, q_norm [H*Dh] and k_norm [Hkv*Dh] (full) or both [Dh] (per_head); undefined
+  // without it. Their epsilon:
   double norm_eps = kDefaultNormEps;
   Param q_norm, k_norm;
 
@@ -45,18 +48,18 @@ struct Attention {
   // the caller reruns forward on the same x right before backward (bitwise the same values).
   bool recompute = false;
 
-  // Saved activations (views), [T, D] unless noted.
+  // Saved activations (views), [T, H*Dh] unless noted.
   Tensor q, k, v;        // after rotary (q, k)
   Tensor probs;          // [B, H, S, S], reference kernel only
   Tensor lse;            // [B, H, S] stat dtype, flash kernel only
   Tensor context;        // heads concatenated, before wo
-  Tensor out;            // scratch
+  Tensor out;            // [T, D], scratch
   // Backward scratch.
-  Tensor dcontext, dq, dk, dv, dx;
+  Tensor dcontext, dq, dk, dv, dx;  // dx [T, D]
   // Grouped-query attention only: k and v of the Hkv heads, and their gradients (scratch).
   Tensor k_kv, v_kv, dk_kv, dv_kv;
   // QK-norm only: the projections before their norm and the norms' rstd (saved), and the
-  // projections' gradients (scratch).
+  // projections' gradients (scratch). rstd: one per normalised row.
   Tensor q_raw, k_raw, q_rstd, k_rstd, dq_raw, dk_raw;
 
   // x: the normalised input [T, D]. Returns out [T, D].

@@ -19,6 +19,11 @@ inline constexpr double kDefaultNormEps = 1e-5;
 // automatic: YAML `auto`.
 enum class AttentionKernel { automatic, cudnn, flash, reference };
 
+// model.qk_norm: RMSNorm over the q and k projections before rotary. full: over the whole
+// projection, gains [H*Dh] and [Hkv*Dh] (OLMoE); per_head: over each head's Dh values, one gain
+// [Dh] shared by the heads of q and one by those of k (Qwen3, Gemma 3).
+enum class QkNorm { none, full, per_head };
+
 struct ModelConfig {
   int64_t vocab_size = 256;
   int64_t seq_len = 128;
@@ -34,11 +39,15 @@ struct ModelConfig {
   int64_t n_kv_heads = 0;
   double rope_theta = kDefaultRopeTheta;  // rotary base: angle s * rope_theta^(-2i/Dh)
   double norm_eps = kDefaultNormEps;      // every RMSNorm's epsilon
-  // RMSNorm over the whole q and k projections before rotary (OLMoE's QK-norm), gains
-  // attn/q_norm [D] and attn/k_norm [n_kv_heads * Dh].
-  bool qk_norm = false;
+  QkNorm qk_norm = QkNorm::none;          // gains attn/q_norm, attn/k_norm
+  // Dh, each head's width. 0: d_model / n_heads. Another value decouples the heads from the
+  // residual stream (Qwen3): wq is [D, H*Dh], wk and wv [D, Hkv*Dh], wo [H*Dh, D].
+  int64_t head_dim = 0;
 
   int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
+  int64_t head_width() const { return head_dim > 0 ? head_dim : d_model / n_heads; }  // Dh
+  int64_t q_width() const { return n_heads * head_width(); }                          // H*Dh
+  int64_t kv_width() const { return kv_heads() * head_width(); }                      // Hkv*Dh
 };
 
 // moe.expert_kernel: how the expert FFN runs its GEMMs (model/moe/experts.h). automatic: `auto`.

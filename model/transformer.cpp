@@ -68,18 +68,20 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
     block.attn.recompute =
         options_.recompute == Recompute::attention || options_.recompute == Recompute::layer;
     block.attn_norm.gain = make_param(prefix + "attn_norm", {D}, false, false);
-    block.attn.wq = make_param(prefix + "attn/wq", {D, D});
-    const int64_t kv_width = m.kv_heads() * (D / m.n_heads);
-    block.attn.wk = make_param(prefix + "attn/wk", {D, kv_width});
-    block.attn.wv = make_param(prefix + "attn/wv", {D, kv_width});
+    block.attn.wq = make_param(prefix + "attn/wq", {D, m.q_width()});
+    block.attn.wk = make_param(prefix + "attn/wk", {D, m.kv_width()});
+    block.attn.wv = make_param(prefix + "attn/wv", {D, m.kv_width()});
     block.attn.kv_heads = m.kv_heads();
     block.attn.rope_theta = m.rope_theta;
-    if (m.qk_norm) {
-      block.attn.q_norm = make_param(prefix + "attn/q_norm", {D}, false, false);
-      block.attn.k_norm = make_param(prefix + "attn/k_norm", {kv_width}, false, false);
+    if (m.qk_norm != QkNorm::none) {
+      const bool per_head = m.qk_norm == QkNorm::per_head;
+      const int64_t q_gain = per_head ? m.head_width() : m.q_width();
+      const int64_t k_gain = per_head ? m.head_width() : m.kv_width();
+      block.attn.q_norm = make_param(prefix + "attn/q_norm", {q_gain}, false, false);
+      block.attn.k_norm = make_param(prefix + "attn/k_norm", {k_gain}, false, false);
       block.attn.norm_eps = m.norm_eps;
     }
-    block.attn.wo = make_param(prefix + "attn/wo", {D, D});
+    block.attn.wo = make_param(prefix + "attn/wo", {m.q_width(), D});
     block.attn.kernel = m.attention_kernel;
     block.ffn_norm.gain = make_param(prefix + "ffn_norm", {D}, false, false);
     if (!options_.moe_layers[l]) {

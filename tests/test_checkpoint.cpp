@@ -262,7 +262,15 @@ TEST_F(CheckpointTest, GroupedQueryAttentionResumesExactly) {
   c.model.n_kv_heads = 1;
   c.model.rope_theta = 5e5;
   c.model.norm_eps = 1e-6;
-  c.model.qk_norm = true;
+  c.model.qk_norm = QkNorm::full;
+  expect_exact_resume_from_step_3(c);
+}
+
+// Qwen3's attention: per-head QK-norm on heads wider than D / H.
+TEST_F(CheckpointTest, PerHeadQkNormWideHeadsResumeExactly) {
+  Config c = base_config("per-head");
+  c.model.qk_norm = QkNorm::per_head;
+  c.model.head_dim = 2 * c.model.d_model / c.model.n_heads;
   expect_exact_resume_from_step_3(c);
 }
 
@@ -586,6 +594,27 @@ TEST(CompareConfigs, KeysNeitherModelUsesAreNotes) {
             (std::vector<std::string>{"model.ffn_hidden (checkpoint 2048, config 512)"}));
   // A dense model against an MoE one: num_experts shapes both.
   EXPECT_FALSE(compare_configs(config_to_yaml(dense), moe).errors.empty());
+}
+
+// model.qk_norm was true or false before per_head existed: a checkpoint that says so compares as
+// full or none, so that it resumes; the other spelling of a different value is still an error.
+TEST(CompareConfigs, OlderSpellingsOfAChoiceAreTheSameValue) {
+  Config none, full;
+  full.model.qk_norm = QkNorm::full;
+  auto written_as = [](const Config& c, const std::string& from, const std::string& to) {
+    std::string yaml = config_to_yaml(c);
+    yaml.replace(yaml.find(from), from.size(), to);
+    return yaml;
+  };
+  EXPECT_EQ(compare_configs(written_as(none, "qk_norm: \"none\"", "qk_norm: false"), none).errors,
+            std::vector<std::string>{});
+  EXPECT_EQ(compare_configs(written_as(full, "qk_norm: \"full\"", "qk_norm: true"), full).errors,
+            std::vector<std::string>{});
+  EXPECT_EQ(compare_configs(written_as(none, "qk_norm: \"none\"", "qk_norm: true"), none).errors,
+            std::vector<std::string>{"model.qk_norm (checkpoint full, config none)"});
+  EXPECT_EQ(canonical_config_value("model.qk_norm", "true"), "full");
+  EXPECT_EQ(canonical_config_value("model.qk_norm", "sideways"), "sideways");
+  EXPECT_EQ(canonical_config_value("model.d_model", "true"), "true");
 }
 
 // A checkpoint written before a key existed lacks it: at its default the key is no difference,

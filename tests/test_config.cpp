@@ -299,7 +299,32 @@ TEST(ConfigRules, ModelShapes) {
 
 TEST(ConfigRules, DModelDivisibleByHeads) {
   EXPECT_TRUE(rejects("model:\n  d_model: 130\n  n_heads: 4\n",
-                      "model.d_model: 130 is not divisible by model.n_heads (4)"));
+                      "model.d_model: 130 is not divisible by model.n_heads (4); "
+                      "model.head_dim sets the heads' width"));
+}
+
+// model.head_dim decouples the heads from d_model (Qwen3): any even width.
+TEST(ConfigRules, HeadDim) {
+  const std::string file = write_temp("model:\n  d_model: 130\n  n_heads: 4\n  head_dim: 64\n");
+  EXPECT_EQ(load_errors(file, {}), std::vector<std::string>{});
+  EXPECT_EQ(load_config(file).model.q_width(), 256);
+  EXPECT_TRUE(rejects("model:\n  head_dim: 7\n",
+                      "model.head_dim: 7 is odd; rotary embedding needs an even head width"));
+  EXPECT_TRUE(rejects("model:\n  head_dim: -2\n", "model.head_dim: must be >= 0, got -2"));
+}
+
+// model.qk_norm: none, full or per_head; true and false (its spellings before per_head) read as
+// full and none, and are written back as those.
+TEST(ConfigRules, QkNormChoices) {
+  EXPECT_EQ(load_config(write_temp("model:\n  qk_norm: per_head\n")).model.qk_norm,
+            QkNorm::per_head);
+  const Config old = load_config(write_temp("model:\n  qk_norm: true\n"));
+  EXPECT_EQ(old.model.qk_norm, QkNorm::full);
+  EXPECT_NE(config_to_yaml(old).find("qk_norm: \"full\"\n"), std::string::npos);
+  EXPECT_EQ(load_config(write_temp("model:\n  qk_norm: false\n")).model.qk_norm, QkNorm::none);
+  EXPECT_TRUE(rejects("model:\n  qk_norm: sideways\n",
+                      "model.qk_norm: unknown value \"sideways\" (expected none, full, per_head, "
+                      "false or true)"));
 }
 
 TEST(ConfigRules, OddHeadWidth) {

@@ -143,23 +143,32 @@ TEST_F(CudaModel, SharedExpertBf16) {
 }
 
 // Grouped-query attention (model.n_kv_heads): 4 query heads over 2 key/value heads; with
-// Llama 3's rotary theta, a norm epsilon other than the default, and (bf16) OLMoE's QK-norm.
-TransformerOptions grouped_query(TransformerOptions options, bool qk_norm) {
+// Llama 3's rotary theta, a norm epsilon other than the default, and (bf16) OLMoE's QK-norm, or
+// Qwen3's: per head, on heads twice D / H wide (model.head_dim).
+TransformerOptions grouped_query(TransformerOptions options, QkNorm qk_norm, int64_t head_dim = 0) {
   options.model.n_heads = 4;
   options.model.n_kv_heads = 2;
   options.model.rope_theta = 5e5;
   options.model.norm_eps = 1e-6;
   options.model.qk_norm = qk_norm;
+  options.model.head_dim = head_dim;
   return options;
 }
 TEST_F(CudaModel, GroupedQueryAttentionFp32) {
-  compare("grouped-query attention", grouped_query(small_model(false, {true, false}, 0.0), false),
-          DType::f32, kF32LossTol, kF32GradTol);
+  compare("grouped-query attention",
+          grouped_query(small_model(false, {true, false}, 0.0), QkNorm::none), DType::f32,
+          kF32LossTol, kF32GradTol);
 }
 TEST_F(CudaModel, GroupedQueryAttentionBf16) {
   compare("grouped-query attention, QK-norm",
-          grouped_query(small_model(true, {true, true}, 0.0), true), DType::bf16, kBf16LossTol,
-          kBf16GradTol);
+          grouped_query(small_model(true, {true, true}, 0.0), QkNorm::full), DType::bf16,
+          kBf16LossTol, kBf16GradTol);
+}
+TEST_F(CudaModel, PerHeadQkNormWideHeadsBf16) {
+  const TransformerOptions options = small_model(true, {true, false}, 0.0);
+  compare("per-head QK-norm, head_dim 2 D / H",
+          grouped_query(options, QkNorm::per_head, 2 * options.model.d_model / 4), DType::bf16,
+          kBf16LossTol, kBf16GradTol);
 }
 
 // ---- training -------------------------------------------------------------------------------

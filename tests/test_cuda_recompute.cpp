@@ -25,7 +25,8 @@ struct Case {
   double capacity_factor;
   DType compute;
   int64_t kv_heads = 0;  // model.n_kv_heads
-  bool qk_norm = false;  // model.qk_norm
+  QkNorm qk_norm = QkNorm::none;  // model.qk_norm
+  int64_t head_dim = 0;           // model.head_dim
 };
 
 struct Result {
@@ -41,6 +42,7 @@ Result run(const Case& c, Recompute recompute) {
   options.model = {97, 64, 64, static_cast<int64_t>(c.moe_layers.size()), 4, 160, false};
   options.model.n_kv_heads = c.kv_heads;
   options.model.qk_norm = c.qk_norm;
+  options.model.head_dim = c.head_dim;
   options.moe.num_experts = 4;
   options.moe.routing.top_k = 2;
   options.moe.expert_hidden = 96;
@@ -117,11 +119,19 @@ TEST_P(CudaRecompute, GivesBitwiseTheStoredLossAndGradients) {
 
 INSTANTIATE_TEST_SUITE_P(
     Configs, CudaRecompute,
-    ::testing::Values(Case{"moe_bf16", {true, true, true}, 0.0, DType::bf16},
-                      Case{"mixed_bf16_capacity", {true, false, true}, 1.0, DType::bf16},
-                      Case{"dense_bf16", {false, false}, 0.0, DType::bf16},
-                      Case{"moe_f32_capacity", {true, true}, 1.0, DType::f32},
-                      Case{"moe_bf16_grouped_qk_norm", {true, true}, 0.0, DType::bf16, 2, true}),
+    ::testing::Values(
+        Case{"moe_bf16", {true, true, true}, 0.0, DType::bf16},
+        Case{"mixed_bf16_capacity", {true, false, true}, 1.0, DType::bf16},
+        Case{"dense_bf16", {false, false}, 0.0, DType::bf16},
+        Case{"moe_f32_capacity", {true, true}, 1.0, DType::f32},
+        Case{"moe_bf16_grouped_qk_norm", {true, true}, 0.0, DType::bf16, 2, QkNorm::full},
+        Case{"moe_bf16_grouped_per_head_wide",
+             {true, true},
+             0.0,
+             DType::bf16,
+             2,
+             QkNorm::per_head,
+             32}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 }  // namespace

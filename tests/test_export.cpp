@@ -380,7 +380,7 @@ TEST_F(Export, GroupedQueryAttentionKeepsItsKeyValueHeads) {
 // and norm_topk_prob; a dense model with QK-norm has no transformers class here.
 TEST_F(Export, QkNormMoeIsOlmoe) {
   Config c = base("olmoe");
-  c.model.qk_norm = true;
+  c.model.qk_norm = QkNorm::full;
   c.train.steps = 1;
   const ExportResult result = run_export(train_run(c), "olmoe", "fp32");
   EXPECT_EQ(result.architecture, "OlmoeForCausalLM");
@@ -401,10 +401,61 @@ TEST_F(Export, QkNormMoeIsOlmoe) {
   Config dense = base("qk-dense");
   dense.moe.num_experts = 0;
   EXPECT_EQ(hf_export_problem(dense), "");
-  dense.model.qk_norm = true;
-  EXPECT_NE(hf_export_problem(dense).find("model.qk_norm: true normalises q and k; Llama has no "
+  dense.model.qk_norm = QkNorm::full;
+  EXPECT_NE(hf_export_problem(dense).find("model.qk_norm: full normalises q and k; Llama has no "
                                           "QK-norm"),
             std::string::npos);
+  // OLMoE's q_norm is hidden_size wide: heads of another width do not fit it.
+  Config wide = base("olmoe-wide");
+  wide.model.qk_norm = QkNorm::full;
+  wide.model.head_dim = 16;
+  EXPECT_EQ(hf_export_problem(wide).rfind("model.head_dim: 16", 0), 0u) << hf_export_problem(wide);
+}
+
+// Per-head QK-norm: a dense model is a Qwen3, one with MoE layers a Qwen3-MoE, whose
+// mlp_only_layers carries any mix of dense and MoE layers; heads wider than D / H (head_dim)
+// make q_proj [H*Dh, D] and o_proj [D, H*Dh].
+TEST_F(Export, PerHeadQkNormIsQwen3) {
+  Config c = base("qwen3");
+  c.model.qk_norm = QkNorm::per_head;
+  c.model.head_dim = 16;  // D 16, H 2: twice D / H
+  c.model.n_kv_heads = 1;
+  c.moe.num_experts = 0;
+  c.train.steps = 1;
+  ExportResult result = run_export(train_run(c), "qwen3", "fp32");
+  EXPECT_EQ(result.architecture, "Qwen3ForCausalLM");
+  StFile st = read_safetensors(dir / "qwen3" / "model.safetensors");
+  const std::string attention = "model.layers.1.self_attn.";
+  EXPECT_EQ(st.tensors.at(attention + "q_proj.weight").shape, (std::vector<int64_t>{32, 16}));
+  EXPECT_EQ(st.tensors.at(attention + "k_proj.weight").shape, (std::vector<int64_t>{16, 16}));
+  EXPECT_EQ(st.tensors.at(attention + "o_proj.weight").shape, (std::vector<int64_t>{16, 32}));
+  EXPECT_EQ(st.tensors.at(attention + "q_norm.weight").shape, (std::vector<int64_t>{16}));
+  EXPECT_EQ(st.tensors.at(attention + "k_norm.weight").shape, (std::vector<int64_t>{16}));
+  nlohmann::json config = nlohmann::json::parse(read_file(dir / "qwen3" / "config.json"));
+  EXPECT_EQ(config.at("model_type"), "qwen3");
+  EXPECT_EQ(config.at("head_dim"), 16);
+  EXPECT_EQ(config.at("use_sliding_window"), false);
+
+  Config moe = base("qwen3-moe");
+  moe.model.qk_norm = QkNorm::per_head;
+  moe.model.ffn_hidden = 24;
+  moe.moe.layers = MoeLayers::listed({1});
+  moe.train.steps = 1;
+  result = run_export(train_run(moe), "qwen3-moe", "fp32");
+  EXPECT_EQ(result.architecture, "Qwen3MoeForCausalLM");
+  st = read_safetensors(dir / "qwen3-moe" / "model.safetensors");
+  EXPECT_EQ(st.tensors.at("model.layers.0.mlp.gate_proj.weight").shape,
+            (std::vector<int64_t>{24, 16}));
+  EXPECT_EQ(st.tensors.at("model.layers.1.mlp.gate.weight").shape, (std::vector<int64_t>{4, 16}));
+  EXPECT_EQ(st.tensors.at("model.layers.1.mlp.experts.3.up_proj.weight").shape,
+            (std::vector<int64_t>{12, 16}));
+  config = nlohmann::json::parse(read_file(dir / "qwen3-moe" / "config.json"));
+  EXPECT_EQ(config.at("mlp_only_layers"), nlohmann::json::array({0}));
+  EXPECT_EQ(config.at("decoder_sparse_step"), 1);
+  EXPECT_EQ(config.at("intermediate_size"), 24);
+  EXPECT_EQ(config.at("moe_intermediate_size"), 12);
+  EXPECT_EQ(config.at("num_experts"), 4);
+  EXPECT_EQ(config.at("norm_topk_prob"), true);
 }
 
 TEST_F(Export, RefusesWhatTransformersCannotExpress) {

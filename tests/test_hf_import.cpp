@@ -361,7 +361,7 @@ TEST_F(HfImport, GroupedQueryAttentionRoundTripIsBitwise) {
 // norm_topk_prob as moe.normalize_topk.
 TEST_F(HfImport, OlmoeRoundTripIsBitwise) {
   Config olmoe = base("olmoe-run");
-  olmoe.model.qk_norm = true;
+  olmoe.model.qk_norm = QkNorm::full;
   olmoe.moe.routing.normalize_topk = TopkNormalize::off;
   const std::string checkpoint = train(olmoe, {.print = false}).last_checkpoint;
   const std::string imported = (dir / "olmoe.h5").string();
@@ -369,7 +369,7 @@ TEST_F(HfImport, OlmoeRoundTripIsBitwise) {
   EXPECT_EQ(result.architecture, "OlmoeForCausalLM");
   EXPECT_EQ(model_tensors(imported), model_tensors(checkpoint));
   EXPECT_EQ(shaping_keys(imported), shaping_keys(checkpoint));
-  EXPECT_TRUE(result.config.model.qk_norm);
+  EXPECT_EQ(result.config.model.qk_norm, QkNorm::full);
   EXPECT_FALSE(result.config.moe.routing.normalizes());
   // norm_topk_prob true renormalises (the default at top_k 2); clip_qkv is refused.
   const ModelConfig renormalised =
@@ -378,11 +378,135 @@ TEST_F(HfImport, OlmoeRoundTripIsBitwise) {
                       "olmoe-fp32"),
                   "olmoe-norm.h5")
           .config.model;
-  EXPECT_TRUE(renormalised.qk_norm);
+  EXPECT_EQ(renormalised.qk_norm, QkNorm::full);
   EXPECT_NE(import_error(variant(
                              "olmoe-clip", [](Folder& folder) { folder.config["clip_qkv"] = 8.0; },
                              "olmoe-fp32"))
                 .find("clip_qkv 8.0: our attention does not clamp"),
+            std::string::npos);
+}
+
+// Qwen3 (per-head QK-norm, heads wider than D / H) and Qwen3-MoE (MoE in the layers that
+// mlp_only_layers and decoder_sparse_step leave sparse), read back bitwise.
+TEST_F(HfImport, Qwen3RoundTripIsBitwise) {
+  Config qwen3 = base("qwen3-run");
+  qwen3.moe = MoeConfig{};
+  qwen3.model.ffn_hidden = 24;
+  qwen3.model.qk_norm = QkNorm::per_head;
+  qwen3.model.head_dim = 16;  // D 16, H 2: twice D / H
+  qwen3.model.n_kv_heads = 1;
+  std::string checkpoint = train(qwen3, {.print = false}).last_checkpoint;
+  ImportResult result = import_from(export_to(checkpoint, "qwen3-fp32", "fp32"), "qwen3.h5");
+  EXPECT_EQ(result.architecture, "Qwen3ForCausalLM");
+  EXPECT_EQ(model_tensors((dir / "qwen3.h5").string()), model_tensors(checkpoint));
+  EXPECT_EQ(shaping_keys((dir / "qwen3.h5").string()), shaping_keys(checkpoint));
+
+  Config moe = base("qwen3-moe-run");
+  moe.model.ffn_hidden = 24;
+  moe.model.qk_norm = QkNorm::per_head;
+  moe.moe.layers = MoeLayers::listed({1});
+  checkpoint = train(moe, {.print = false}).last_checkpoint;
+  result = import_from(export_to(checkpoint, "qwen3-moe-fp32", "fp32"), "qwen3-moe.h5");
+  EXPECT_EQ(result.architecture, "Qwen3MoeForCausalLM");
+  EXPECT_EQ(model_tensors((dir / "qwen3-moe.h5").string()), model_tensors(checkpoint));
+  EXPECT_EQ(shaping_keys((dir / "qwen3-moe.h5").string()), shaping_keys(checkpoint));
+  // decoder_sparse_step 2 makes layer 1 (of 0, 1) the sparse one without mlp_only_layers.
+  const fs::path stepped = variant(
+      "qwen3-moe-step",
+      [](Folder& folder) {
+        folder.config["mlp_only_layers"] = json::array();
+        folder.config["decoder_sparse_step"] = 2;
+      },
+      "qwen3-moe-fp32");
+  import_from(stepped, "qwen3-moe-step.h5");
+  EXPECT_EQ(model_tensors((dir / "qwen3-moe-step.h5").string()), model_tensors(checkpoint));
+  EXPECT_NE(import_error(variant(
+                             "qwen3-moe-far",
+                             [](Folder& folder) { folder.config["mlp_only_layers"] = {5}; },
+                             "qwen3-moe-fp32"))
+                .find("mlp_only_layers holds 5, not a layer index below num_hidden_layers 2"),
+            std::string::npos);
+  EXPECT_NE(import_error(variant(
+                             "qwen3-window",
+                             [](Folder& folder) {
+                               folder.config["use_sliding_window"] = true;
+                               folder.config["sliding_window"] = 8;
+                             },
+                             "qwen3-fp32"))
+                .find("sliding_window 8 is shorter than max_position_embeddings 16"),
+            std::string::npos);
+  EXPECT_NE(
+      import_error(variant(
+                       "qwen3-layer-types",
+                       [](Folder& folder) {
+                         folder.config["layer_types"] = {"full_attention", "sliding_attention"};
+                       },
+                       "qwen3-fp32"))
+          .find("layer_types holds \"sliding_attention\""),
+      std::string::npos);
+}
+
+// transformers 5's fused experts (save_pretrained(save_original_format=False)): per layer
+// mlp.experts.gate_up_proj [E, 2F, D] and mlp.experts.down_proj [E, D, F], and Mixtral's router
+// as mlp.gate.weight. They import as the per-expert tensors do.
+TEST_F(HfImport, FusedExpertsImportAsPerExpertTensors) {
+  const int64_t E = 4, F = 12, D = 16;
+  auto fuse = [&](Folder& folder, const std::string& block, const char* const names[3]) {
+    for (int64_t l = 0; l < 2; ++l) {
+      const std::string layer = "model.layers." + std::to_string(l) + ".";
+      std::vector<float> gate_up, down;
+      for (int64_t e = 0; e < E; ++e) {
+        const std::string expert = layer + block + "experts." + std::to_string(e) + ".";
+        for (int part = 0; part < 3; ++part) {
+          const std::string name = expert + names[part] + ".weight";
+          const std::vector<float>& values = folder.values.at(name);
+          (part < 2 ? gate_up : down)
+              .insert((part < 2 ? gate_up : down).end(), values.begin(), values.end());
+          folder.erase(name);
+        }
+      }
+      // gate_up: each expert's gate rows then its up rows, as appended above.
+      folder.shapes.emplace_back(layer + "mlp.experts.gate_up_proj",
+                                 std::vector<int64_t>{E, 2 * F, D});
+      folder.values[layer + "mlp.experts.gate_up_proj"] = gate_up;
+      folder.shapes.emplace_back(layer + "mlp.experts.down_proj", std::vector<int64_t>{E, D, F});
+      folder.values[layer + "mlp.experts.down_proj"] = down;
+      if (block != "mlp.") {  // Mixtral's router is renamed too
+        const std::string router = layer + block + "gate.weight";
+        folder.shapes.emplace_back(layer + "mlp.gate.weight", std::vector<int64_t>{E, D});
+        folder.values[layer + "mlp.gate.weight"] = folder.values.at(router);
+        folder.erase(router);
+      }
+    }
+  };
+  const char* const mixtral[3] = {"w1", "w3", "w2"};
+  import_from(
+      variant("fused-mixtral", [&](Folder& folder) { fuse(folder, "block_sparse_moe.", mixtral); }),
+      "fused-mixtral.h5");
+  EXPECT_EQ(model_tensors((dir / "fused-mixtral.h5").string()), model_tensors(moe_checkpoint));
+
+  Config olmoe = base("olmoe-fused-run");
+  olmoe.model.qk_norm = QkNorm::full;
+  const std::string checkpoint = train(olmoe, {.print = false}).last_checkpoint;
+  export_to(checkpoint, "olmoe-unfused", "fp32");
+  const char* const olmoe_names[3] = {"gate_proj", "up_proj", "down_proj"};
+  import_from(variant(
+                  "fused-olmoe", [&](Folder& folder) { fuse(folder, "mlp.", olmoe_names); },
+                  "olmoe-unfused"),
+              "fused-olmoe.h5");
+  EXPECT_EQ(model_tensors((dir / "fused-olmoe.h5").string()), model_tensors(checkpoint));
+  // A fused tensor of another shape is refused by name.
+  EXPECT_NE(import_error(variant(
+                             "fused-wrong",
+                             [&](Folder& folder) {
+                               fuse(folder, "mlp.", olmoe_names);
+                               for (auto& [name, shape] : folder.shapes)
+                                 if (name == "model.layers.0.mlp.experts.down_proj")
+                                   shape = {E, F, D};
+                             },
+                             "olmoe-unfused"))
+                .find("tensor model.layers.0.mlp.experts.down_proj has shape [4, 12, 16], "
+                      "config.json needs [4, 16, 12]"),
             std::string::npos);
 }
 
@@ -508,6 +632,15 @@ TEST_F(HfImport, RefusesWhatOurModelComputesDifferently) {
             std::string::npos);
   EXPECT_NE(config_error("mistral", [](json& c) { c["architectures"] = {"MistralForCausalLM"}; })
                 .find("architectures [\"MistralForCausalLM\"] is not supported"),
+            std::string::npos);
+  EXPECT_NE(config_error("olmoe-head-dim",
+                         [](json& c) {
+                           c["architectures"] = {"OlmoeForCausalLM"};
+                           c["model_type"] = "olmoe";
+                           c["head_dim"] = 16;
+                         })
+                .find("head_dim 16 differs from hidden_size / num_attention_heads = 8: OLMoE's "
+                      "q_norm is as wide as hidden_size"),
             std::string::npos);
   // An impossible model, by the config's own validation.
   EXPECT_NE(config_error("odd", [](json& c) { c["num_experts_per_tok"] = 5; })

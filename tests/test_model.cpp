@@ -160,16 +160,25 @@ TEST(ModelCard, CountsMatchTheParameters) {
       }
     }
   }
-  // Grouped-query attention: wk and wv of n_kv_heads heads; with QK-norm's gains at 1.
-  for (const int64_t kv_heads : {1, 2}) {
+  // Grouped-query attention: wk and wv of n_kv_heads heads; with QK-norm's gains over the whole
+  // projections, and per head with heads wider than D / H (head_dim).
+  struct Attention {
+    int64_t kv_heads;
+    QkNorm qk_norm;
+    int64_t head_dim;
+  };
+  for (const Attention c :
+       {Attention{1, QkNorm::full, 0}, {2, QkNorm::none, 0}, {1, QkNorm::per_head, 24}}) {
     Config config = small_config();
-    config.model.n_kv_heads = kv_heads;
-    config.model.qk_norm = kv_heads == 1;
+    config.model.n_kv_heads = c.kv_heads;
+    config.model.qk_norm = c.qk_norm;
+    config.model.head_dim = c.head_dim;
     LocalExchange exchange(*backend, 4);
     Transformer model(*backend, options_of(config), &exchange);
     int64_t total = 0;
     for (Param* p : model.params()) total += p->value.numel();
-    EXPECT_EQ(make_model_card(config).total_params, total) << "n_kv_heads " << kv_heads;
+    EXPECT_EQ(make_model_card(config).total_params, total)
+        << "n_kv_heads " << c.kv_heads << " head_dim " << c.head_dim;
   }
   Config dense = small_config();
   dense.moe.num_experts = 0;

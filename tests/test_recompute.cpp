@@ -25,7 +25,8 @@ struct Case {
   DType dtype;              // compute (and master) dtype
   int64_t shared_expert_hidden = 0;  // moe.shared_expert_hidden
   int64_t kv_heads = 0;              // model.n_kv_heads
-  bool qk_norm = false;              // model.qk_norm
+  QkNorm qk_norm = QkNorm::none;     // model.qk_norm
+  int64_t head_dim = 0;              // model.head_dim
 };
 
 struct Result {
@@ -40,6 +41,7 @@ Result run(const Case& c, Recompute recompute) {
   config.model.attention_kernel = c.kernel;
   config.model.n_kv_heads = c.kv_heads;
   config.model.qk_norm = c.qk_norm;
+  config.model.head_dim = c.head_dim;
   config.moe.num_experts = c.moe ? 4 : 0;
   config.moe.routing.top_k = 2;
   config.moe.expert_hidden = 10;
@@ -113,7 +115,7 @@ INSTANTIATE_TEST_SUITE_P(
              DType::f32,
              0,
              1,
-             true},
+             QkNorm::full},
         Case{"dense_reference_qk_norm",
              false,
              {},
@@ -122,7 +124,17 @@ INSTANTIATE_TEST_SUITE_P(
              DType::f32,
              0,
              0,
-             true}),
+             QkNorm::full},
+        Case{"moe_multi_query_per_head_wide",
+             true,
+             {},
+             AttentionKernel::flash,
+             0.0,
+             DType::f32,
+             0,
+             1,
+             QkNorm::per_head,
+             16}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 // The workspace hands out prefixes of grow-only slots: a smaller request reuses the block, a

@@ -40,8 +40,10 @@ std::vector<std::pair<std::string, std::string>> flatten_config(const std::strin
   for (auto section = root.begin(); section != root.end(); ++section) {
     const std::string name = section->first.Scalar();
     if (section->second.IsMap())
-      for (auto key = section->second.begin(); key != section->second.end(); ++key)
-        keys.emplace_back(name + "." + key->first.Scalar(), render(key->second));
+      for (auto key = section->second.begin(); key != section->second.end(); ++key) {
+        const std::string path = name + "." + key->first.Scalar();
+        keys.emplace_back(path, canonical_config_value(path, render(key->second)));
+      }
     else
       keys.emplace_back(name, render(section->second));
   }

@@ -42,6 +42,15 @@ struct ChoiceNames<AttentionKernel> {
       {AttentionKernel::flash, "flash"},
       {AttentionKernel::reference, "reference"}};
 };
+// true and false: what the key meant before per_head existed, so older configs still read.
+template <>
+struct ChoiceNames<QkNorm> {
+  static constexpr std::pair<QkNorm, const char*> names[] = {{QkNorm::none, "none"},
+                                                             {QkNorm::full, "full"},
+                                                             {QkNorm::per_head, "per_head"},
+                                                             {QkNorm::none, "false"},
+                                                             {QkNorm::full, "true"}};
+};
 template <>
 struct ChoiceNames<ExpertKernel> {
   static constexpr std::pair<ExpertKernel, const char*> names[] = {
@@ -178,9 +187,10 @@ std::vector<Section> config_fields(Config& c) {
         {"n_layers", &c.model.n_layers},
         {"n_heads", &c.model.n_heads},
         {"n_kv_heads", &c.model.n_kv_heads},
+        {"head_dim", &c.model.head_dim},
         {"rope_theta", &c.model.rope_theta},
         {"norm_eps", &c.model.norm_eps},
-        {"qk_norm", &c.model.qk_norm},
+        {"qk_norm", choice(&c.model.qk_norm)},
         {"ffn_hidden", &c.model.ffn_hidden},
         {"tie_embeddings", &c.model.tie_embeddings},
         {"attention_kernel", choice(&c.model.attention_kernel)}}},
@@ -615,10 +625,15 @@ void validate_model(const ModelConfig& m, Problems& p) {
   check_at_least(p, "model.n_layers", m.n_layers, 1);
   check_at_least(p, "model.n_heads", m.n_heads, 1);
   check_at_least(p, "model.ffn_hidden", m.ffn_hidden, 1);
-  if (m.d_model >= 1 && m.n_heads >= 1) {
+  check_at_least(p, "model.head_dim", m.head_dim, 0);
+  if (m.head_dim > 0) {
+    if (m.head_dim % 2 != 0)
+      p.add("model.head_dim",
+            str(m.head_dim) + " is odd; rotary embedding needs an even head width");
+  } else if (m.d_model >= 1 && m.n_heads >= 1) {
     if (m.d_model % m.n_heads != 0) {
       p.add("model.d_model", str(m.d_model) + " is not divisible by model.n_heads (" +
-                                 str(m.n_heads) + ")");
+                                 str(m.n_heads) + "); model.head_dim sets the heads' width");
     } else if ((m.d_model / m.n_heads) % 2 != 0) {
       p.add("model.n_heads", "head width d_model / n_heads = " + str(m.d_model / m.n_heads) +
                                  " is odd; rotary embedding needs an even head width");
@@ -882,6 +897,20 @@ std::string config_to_yaml(const Config& config) {
   return out;
 }
 
+std::string canonical_config_value(const std::string& key, const std::string& value) {
+  Config scratch;
+  for (const Section& section : config_fields(scratch))
+    for (const Field& field : section.fields) {
+      const std::string name =
+          section.name[0] == '\0' ? field.key : std::string(section.name) + "." + field.key;
+      if (name != key) continue;
+      const Choice* choice_field = std::get_if<Choice>(&field.ref);
+      if (!choice_field || !choice_field->parse(value)) return value;
+      return choice_field->name();
+    }
+  return value;
+}
+
 int64_t eval_sequences(const Config& config) {
   const int64_t seq_len = std::max<int64_t>(config.model.seq_len, 1);
   if (config.eval.batches >= 0)
@@ -938,6 +967,7 @@ const char* to_string(Overflow overflow) { return choice_name(overflow); }
 const char* to_string(CommunicatorKind communicator) { return choice_name(communicator); }
 const char* to_string(OptimizerKind optimizer) { return choice_name(optimizer); }
 const char* to_string(Recompute recompute) { return choice_name(recompute); }
+const char* to_string(QkNorm qk_norm) { return choice_name(qk_norm); }
 const char* to_string(LrDecay decay) { return choice_name(decay); }
 const char* to_string(Device backend) { return choice_name(backend); }
 const char* to_string(Precision precision) { return choice_name(precision); }

@@ -138,6 +138,11 @@ std::vector<std::string> validate_config(const Config& config, const std::string
 // The resolved config (file, overrides and defaults) as YAML text; load_config of it gives it back.
 std::string config_to_yaml(const Config& config);
 
+// `value` of the choice-valued key "section.key" as config_to_yaml writes it ("true" of
+// model.qk_norm is "full"): a value an older config spelled another way compares equal. Any other
+// key or value comes back as it is.
+std::string canonical_config_value(const std::string& key, const std::string& value);
+
 // How many validation sequences evaluation runs over: eval.tokens / seq_len, or, where the
 // deprecated eval.batches is given, batches * micro_batch_size.
 int64_t eval_sequences(const Config& config);
@@ -153,6 +158,7 @@ std::vector<bool> moe_layer_mask(const Config& config);
 // The YAML spelling of each choice-valued key's value: what config_to_yaml writes and
 // load_config reads back (one name table per enum, in config.cpp).
 const char* to_string(AttentionKernel kernel);
+const char* to_string(QkNorm qk_norm);
 const char* to_string(ExpertKernel kernel);
 const char* to_string(AuxLossScope scope);
 const char* to_string(RouterScore score);

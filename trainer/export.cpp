@@ -39,6 +39,12 @@ std::string join_layers(const std::vector<bool>& mask, bool moe) {
   return out;
 }
 
+// For messages: "Llama", "Mixtral", "OLMoE", "Qwen3", "Qwen3-MoE".
+const char* display_name(HfArchitecture architecture) {
+  constexpr const char* kNames[] = {"Llama", "Mixtral", "OLMoE", "Qwen3", "Qwen3-MoE"};
+  return kNames[static_cast<int>(architecture)];
+}
+
 std::string number(double value) {
   std::ostringstream out;
   out << value;
@@ -83,17 +89,19 @@ std::vector<float> read_tensor(hid_t file, const HfTensor& tensor, const std::st
 nlohmann::ordered_json hf_config(const Config& config, HfArchitecture architecture,
                                  const std::string& dtype) {
   const ModelConfig& m = config.model;
-  const bool moe = architecture != HfArchitecture::llama;
+  const bool moe = hf_has_experts(architecture);
+  // Qwen3-MoE's intermediate_size is its dense layers' width, the others' the experts'.
+  const bool expert_width = moe && architecture != HfArchitecture::qwen3_moe;
   nlohmann::ordered_json json;
   json["architectures"] = {hf_class_name(architecture)};
   json["model_type"] = hf_model_type(architecture);
   json["vocab_size"] = m.vocab_size;
   json["hidden_size"] = m.d_model;
-  json["intermediate_size"] = moe ? config.moe.expert_hidden : m.ffn_hidden;
+  json["intermediate_size"] = expert_width ? config.moe.expert_hidden : m.ffn_hidden;
   json["num_hidden_layers"] = m.n_layers;
   json["num_attention_heads"] = m.n_heads;
   json["num_key_value_heads"] = m.kv_heads();  // query head h reads kv head h / (H / Hkv)
-  json["head_dim"] = m.d_model / m.n_heads;
+  json["head_dim"] = m.head_width();
   json["hidden_act"] = "silu";
   // Rotary has no length limit; this is the length the model was trained at.
   json["max_position_embeddings"] = m.seq_len;
@@ -110,7 +118,27 @@ nlohmann::ordered_json hf_config(const Config& config, HfArchitecture architectu
   json["bos_token_id"] = nullptr;
   json["eos_token_id"] = nullptr;
   json["pad_token_id"] = nullptr;
-  if (architecture == HfArchitecture::olmoe) {
+  if (architecture == HfArchitecture::qwen3 || architecture == HfArchitecture::qwen3_moe) {
+    json["attention_bias"] = false;
+    json["use_sliding_window"] = false;
+    json["sliding_window"] = nullptr;
+    json["max_window_layers"] = m.n_layers;
+  }
+  if (architecture == HfArchitecture::qwen3_moe) {
+    // Every layer's kind said by mlp_only_layers (the dense ones), at decoder_sparse_step 1.
+    const std::vector<bool> mask = moe_layer_mask(config);
+    std::vector<int64_t> dense_layers;
+    for (size_t l = 0; l < mask.size(); ++l)
+      if (!mask[l]) dense_layers.push_back(static_cast<int64_t>(l));
+    json["decoder_sparse_step"] = 1;
+    json["mlp_only_layers"] = dense_layers;
+    json["moe_intermediate_size"] = config.moe.expert_hidden;
+    json["num_experts"] = config.moe.num_experts;
+    json["num_experts_per_tok"] = config.moe.routing.top_k;
+    json["norm_topk_prob"] = config.moe.routing.normalizes();
+    json["output_router_logits"] = false;
+    json["router_aux_loss_coef"] = config.moe.aux_loss_coef;
+  } else if (architecture == HfArchitecture::olmoe) {
     json["num_experts"] = config.moe.num_experts;
     json["num_experts_per_tok"] = config.moe.routing.top_k;
     json["norm_topk_prob"] = config.moe.routing.normalizes();
@@ -125,7 +153,7 @@ nlohmann::ordered_json hf_config(const Config& config, HfArchitecture architectu
     json["output_router_logits"] = false;
     json["router_aux_loss_coef"] = config.moe.aux_loss_coef;
     json["router_jitter_noise"] = 0.0;
-  } else {
+  } else if (architecture == HfArchitecture::llama) {
     json["attention_bias"] = false;
     json["mlp_bias"] = false;
     json["pretraining_tp"] = 1;
@@ -210,17 +238,24 @@ void prepare_output(const ExportOptions& options) {
 
 std::string hf_export_problem(const Config& config) {
   const HfArchitecture architecture = hf_architecture_of(config);
-  if (architecture == HfArchitecture::llama)
-    return config.model.qk_norm ? "model.qk_norm: true normalises q and k; Llama has no QK-norm "
-                                  "(an MoE model with it exports as OLMoE)"
-                                : "";  // dense: LlamaForCausalLM expresses it whole
+  const std::string name = display_name(architecture);
+  const ModelConfig& m = config.model;
+  if (architecture == HfArchitecture::llama && m.qk_norm == QkNorm::full)
+    return "model.qk_norm: full normalises q and k; Llama has no QK-norm (an MoE model with it "
+           "exports as OLMoE; per_head exports as Qwen3)";
+  if (architecture == HfArchitecture::olmoe && m.q_width() != m.d_model)
+    return "model.head_dim: " + std::to_string(m.head_dim) + " makes the heads " +
+           std::to_string(m.q_width()) + " wide in all; OLMoE's q_norm is as wide as hidden_size " +
+           std::to_string(m.d_model);
+  if (!hf_has_experts(architecture)) return "";  // dense: Llama or Qwen3 expresses it whole
   const std::vector<bool> mask = moe_layer_mask(config);
-  const std::string name = architecture == HfArchitecture::olmoe ? "OLMoE" : "Mixtral";
   const MoeConfig& moe = config.moe;
-  if (std::find(mask.begin(), mask.end(), false) != mask.end())
+  if (architecture != HfArchitecture::qwen3_moe &&
+      std::find(mask.begin(), mask.end(), false) != mask.end())
     return "moe.layers: layers " + join_layers(mask, true) + " are MoE and " +
            join_layers(mask, false) + " dense; " + name +
-           " needs every layer MoE (moe.layers: all) and Llama none";
+           " needs every layer MoE (moe.layers: all); Qwen3-MoE (model.qk_norm: per_head) takes "
+           "any mix";
   if (moe.routing.score != RouterScore::softmax)
     return std::string("moe.router_score: ") + to_string(moe.routing.score) + "; " + name +
            "'s router is a softmax over the experts";

@@ -40,16 +40,20 @@ struct HfConfig {
   HfArchitecture architecture = HfArchitecture::llama;
 };
 
-// What transformers assumes for a key config.json leaves out (LlamaConfig's and MixtralConfig's
-// defaults): a missing key means what it means there, not what it means to us.
+// What transformers assumes for a key config.json leaves out (the defaults of LlamaConfig,
+// MixtralConfig, OlmoeConfig, Qwen3Config and Qwen3MoeConfig): a missing key means what it means
+// there, not what it means to us.
 struct HfDefaults {
   double rms_norm_eps, rope_theta;
   int64_t num_key_value_heads;  // -1: num_attention_heads
   int64_t max_position_embeddings, num_local_experts, num_experts_per_tok;
+  int64_t head_dim;  // -1: hidden_size / num_attention_heads
 };
-constexpr HfDefaults kLlamaDefaults{1e-6, 10000.0, -1, 2048, 0, 0};
-constexpr HfDefaults kMixtralDefaults{1e-5, 1e6, 8, 4096 * 32, 8, 2};
-constexpr HfDefaults kOlmoeDefaults{1e-5, 10000.0, -1, 4096, 64, 8};
+constexpr HfDefaults kLlamaDefaults{1e-6, 10000.0, -1, 2048, 0, 0, -1};
+constexpr HfDefaults kMixtralDefaults{1e-5, 1e6, 8, 4096 * 32, 8, 2, -1};
+constexpr HfDefaults kOlmoeDefaults{1e-5, 10000.0, -1, 4096, 64, 8, -1};
+constexpr HfDefaults kQwen3Defaults{1e-6, 10000.0, 32, 32768, 0, 0, 128};
+constexpr HfDefaults kQwen3MoeDefaults{1e-6, 10000.0, 4, 32768, 128, 8, -1};
 
 const HfDefaults& defaults_of(const HfConfig& hf) {
   switch (hf.architecture) {
@@ -57,6 +61,10 @@ const HfDefaults& defaults_of(const HfConfig& hf) {
       return kMixtralDefaults;
     case HfArchitecture::olmoe:
       return kOlmoeDefaults;
+    case HfArchitecture::qwen3:
+      return kQwen3Defaults;
+    case HfArchitecture::qwen3_moe:
+      return kQwen3MoeDefaults;
     case HfArchitecture::llama:
       break;
   }
@@ -101,8 +109,11 @@ bool flag_or(const HfConfig& hf, const std::string& key, bool fallback) {
 // The model, from `architectures` (the class transformers builds) and `model_type`.
 HfArchitecture read_architecture(const json& values, const std::string& path) {
   constexpr HfArchitecture kKnown[] = {HfArchitecture::llama, HfArchitecture::mixtral,
-                                       HfArchitecture::olmoe};
-  const std::string known = "LlamaForCausalLM, MixtralForCausalLM and OlmoeForCausalLM";
+                                       HfArchitecture::olmoe, HfArchitecture::qwen3,
+                                       HfArchitecture::qwen3_moe};
+  const std::string known =
+      "LlamaForCausalLM, MixtralForCausalLM, OlmoeForCausalLM, Qwen3ForCausalLM and "
+      "Qwen3MoeForCausalLM";
   const json* architectures = find_key(values, "architectures");
   const json* model_type = find_key(values, "model_type");
   std::string architecture, type;
@@ -197,6 +208,38 @@ int64_t key_value_heads(const HfConfig& hf) {
                   fallback < 0 ? required_count(hf, "num_attention_heads") : fallback);
 }
 
+// Each head's width: head_dim, else the model type's default (hidden_size / num_attention_heads
+// but for Qwen3's 128).
+int64_t head_width(const HfConfig& hf) {
+  const int64_t fallback = defaults_of(hf).head_dim;
+  if (fallback > 0) return count_or(hf, "head_dim", fallback);
+  const int64_t heads = required_count(hf, "num_attention_heads");
+  return count_or(hf, "head_dim", heads > 0 ? required_count(hf, "hidden_size") / heads : 0);
+}
+
+// The layers whose FFN is MoE. Mixtral and OLMoE: all. Qwen3-MoE: layer l unless listed in
+// mlp_only_layers, when num_experts > 0 and (l + 1) % decoder_sparse_step == 0.
+std::vector<bool> hf_moe_layers(const HfConfig& hf, int64_t num_experts) {
+  const int64_t layers = required_count(hf, "num_hidden_layers");
+  if (!hf_has_experts(hf.architecture)) return std::vector<bool>(layers, false);
+  if (hf.architecture != HfArchitecture::qwen3_moe) return std::vector<bool>(layers, true);
+  const int64_t step = count_or(hf, "decoder_sparse_step", 1);
+  if (step < 1) throw ImportError(hf.path + ": decoder_sparse_step 0 is not a step");
+  std::vector<bool> mask(layers);
+  for (int64_t l = 0; l < layers; ++l) mask[l] = num_experts > 0 && (l + 1) % step == 0;
+  if (const json* dense = find_key(hf.values, "mlp_only_layers")) {
+    if (!dense->is_array())
+      throw ImportError(hf.path + ": mlp_only_layers " + dense->dump() + " is not a list");
+    for (const json& layer : *dense) {
+      if (!layer.is_number_integer() || layer.get<int64_t>() < 0 || layer.get<int64_t>() >= layers)
+        throw ImportError(hf.path + ": mlp_only_layers holds " + layer.dump() +
+                          ", not a layer index below num_hidden_layers " + std::to_string(layers));
+      mask[layer.get<int64_t>()] = false;
+    }
+  }
+  return mask;
+}
+
 // Everything in config.json that our model would compute differently from transformers, as one
 // line naming the key and its value; "" when there is nothing. The one place the limits of
 // import live (switchyard_config maps what passes; its validation refuses impossible values).
@@ -209,11 +252,13 @@ std::string hf_import_problem(const HfConfig& hf) {
     return "num_key_value_heads " + std::to_string(kv_heads) + " does not divide " +
            "num_attention_heads " + std::to_string(heads) +
            ": each key/value head serves a whole group of query heads";
+  // OLMoE's q_norm is hidden_size wide whatever head_dim says: only heads of hidden / heads fit.
   if (const json* head_dim = find_key(values, "head_dim");
-      head_dim && heads > 0 && hidden % heads == 0 && *head_dim != hidden / heads)
+      hf.architecture == HfArchitecture::olmoe && head_dim && heads > 0 &&
+      *head_dim != hidden / heads)
     return "head_dim " + head_dim->dump() +
            " differs from hidden_size / num_attention_heads = " + std::to_string(hidden / heads) +
-           ": our heads are d_model / n_heads wide";
+           ": OLMoE's q_norm is as wide as hidden_size";
   if (std::string problem = rope_problem(hf); !problem.empty()) return problem;
   if (const json* act = find_key(values, "hidden_act"); act && *act != "silu")
     return "hidden_act " + act->dump() + ": our FFN is SwiGLU (silu)";
@@ -225,7 +270,12 @@ std::string hf_import_problem(const HfConfig& hf) {
            ": quantized weights are not supported (import a float checkpoint)";
   if (const json* clip = find_key(values, "clip_qkv"))
     return "clip_qkv " + clip->dump() + ": our attention does not clamp q, k and v";
-  if (hf.architecture == HfArchitecture::mixtral) {
+  // Mixtral's sliding_window applies when set; Qwen3's only with use_sliding_window.
+  const bool windowed =
+      hf.architecture == HfArchitecture::mixtral ||
+      ((hf.architecture == HfArchitecture::qwen3 || hf.architecture == HfArchitecture::qwen3_moe) &&
+       flag_or(hf, "use_sliding_window", false));
+  if (windowed) {
     const int64_t positions =
         count_or(hf, "max_position_embeddings", defaults.max_position_embeddings);
     if (const json* window = find_key(values, "sliding_window");
@@ -233,7 +283,20 @@ std::string hf_import_problem(const HfConfig& hf) {
       return "sliding_window " + window->dump() + " is shorter than max_position_embeddings " +
              std::to_string(positions) + ": sliding-window attention is not supported";
   }
+  if (const json* types = find_key(values, "layer_types")) {
+    if (!types->is_array()) return "layer_types " + types->dump() + ": expected a list";
+    for (const json& type : *types)
+      if (type != "full_attention")
+        return "layer_types holds " + type.dump() + ": only full attention is supported";
+  }
   return "";
+}
+
+// `config` when its own validation passes it.
+Config checked(const Config& config, const HfConfig& hf) {
+  const std::vector<std::string> problems = validate_config(config, hf.path);
+  if (!problems.empty()) throw ImportError(problems.front());
+  return config;
 }
 
 // Our config for the model config.json describes, checked by the config's own validation.
@@ -253,36 +316,44 @@ Config switchyard_config(const HfConfig& hf, const fs::path& folder) {
   m.norm_eps = number_or(hf, hf.values, "rms_norm_eps", defaults.rms_norm_eps);
   // Rotary has no length limit: this is only the length a training run defaults to.
   m.seq_len = count_or(hf, "max_position_embeddings", defaults.max_position_embeddings);
-  // transformers' LlamaConfig, MixtralConfig and OlmoeConfig all default to untied.
+  // transformers' configs of all five default to untied.
   m.tie_embeddings = flag_or(hf, "tie_word_embeddings", false);
-  m.qk_norm = hf.architecture == HfArchitecture::olmoe;
+  m.qk_norm = hf_qk_norm(hf.architecture);
+  if (const int64_t width = head_width(hf); width * m.n_heads != m.d_model) m.head_dim = width;
   const int64_t intermediate = required_count(hf, "intermediate_size");
-  if (hf.architecture == HfArchitecture::llama) {
-    m.ffn_hidden = intermediate;
-    config.moe.num_experts = 0;
-  } else {
-    MoeConfig& moe = config.moe;
-    const bool olmoe = hf.architecture == HfArchitecture::olmoe;
-    moe.num_experts =
-        count_or(hf, olmoe ? "num_experts" : "num_local_experts", defaults.num_local_experts);
-    moe.expert_hidden = intermediate;
-    moe.layers = MoeLayers{};  // all
-    moe.routing.top_k = count_or(hf, "num_experts_per_tok", defaults.num_experts_per_tok);
-    moe.routing.score = RouterScore::softmax;
-    // Mixtral renormalises the top-k gates, OLMoE as norm_topk_prob says (default false). The
-    // default renormalises for K > 1 only; where it says what the model does, it is kept, so
-    // that a training config that leaves the key out matches the import's.
-    const bool renormalise = !olmoe || flag_or(hf, "norm_topk_prob", false);
-    const bool by_default = renormalise == (moe.routing.top_k > 1);
-    moe.routing.normalize_topk = by_default    ? TopkNormalize::by_default
-                                 : renormalise ? TopkNormalize::on
-                                               : TopkNormalize::off;
-    moe.capacity_factor = 0.0;  // dropless
-    moe.aux_loss_coef = number_or(hf, hf.values, "router_aux_loss_coef", moe.aux_loss_coef);
-  }
-  const std::vector<std::string> problems = validate_config(config, hf.path);
-  if (!problems.empty()) throw ImportError(problems.front());
-  return config;
+  const bool mixtral = hf.architecture == HfArchitecture::mixtral;
+  const bool qwen3_moe = hf.architecture == HfArchitecture::qwen3_moe;
+  // Mixtral's and OLMoE's intermediate_size is the experts' width; they have no dense FFN.
+  if (!hf_has_experts(hf.architecture) || qwen3_moe) m.ffn_hidden = intermediate;
+  config.moe.num_experts = 0;
+  if (!hf_has_experts(hf.architecture)) return checked(config, hf);
+
+  MoeConfig& moe = config.moe;
+  const int64_t experts =
+      count_or(hf, mixtral ? "num_local_experts" : "num_experts", defaults.num_local_experts);
+  const std::vector<bool> mask = hf_moe_layers(hf, experts);
+  std::vector<int64_t> moe_layers;
+  for (size_t l = 0; l < mask.size(); ++l)
+    if (mask[l]) moe_layers.push_back(static_cast<int64_t>(l));
+  if (moe_layers.empty()) return checked(config, hf);  // every layer dense
+  moe.num_experts = experts;
+  // Qwen3-MoE: intermediate_size is the dense layers' width, moe_intermediate_size the experts'.
+  moe.expert_hidden = qwen3_moe ? required_count(hf, "moe_intermediate_size") : intermediate;
+  if (moe_layers.size() == mask.size()) moe.layers = MoeLayers{};  // all
+  else moe.layers = MoeLayers::listed(moe_layers);
+  moe.routing.top_k = count_or(hf, "num_experts_per_tok", defaults.num_experts_per_tok);
+  moe.routing.score = RouterScore::softmax;
+  // Mixtral renormalises the top-k gates, OLMoE and Qwen3-MoE as norm_topk_prob says (default
+  // false). The default renormalises for K > 1 only; where it says what the model does, it is
+  // kept, so that a training config that leaves the key out matches the import's.
+  const bool renormalise = mixtral || flag_or(hf, "norm_topk_prob", false);
+  const bool by_default = renormalise == (moe.routing.top_k > 1);
+  moe.routing.normalize_topk = by_default    ? TopkNormalize::by_default
+                               : renormalise ? TopkNormalize::on
+                                             : TopkNormalize::off;
+  moe.capacity_factor = 0.0;  // dropless
+  moe.aux_loss_coef = number_or(hf, hf.values, "router_aux_loss_coef", moe.aux_loss_coef);
+  return checked(config, hf);
 }
 
 // The safetensors files of the folder, and which one holds each tensor.
@@ -363,21 +434,42 @@ bool ignored_tensor(const std::string& name) {
          name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// Every tensor of `plan` present with its shape, nothing else but ignored_tensor's, and a tied
-// model's lm_head.weight, when there is one, equal to the embedding.
+// Where the values of one tensor of the plan are: under its own name, or (transformers 5's fused
+// experts, HfTensor::fused_name) as a range of elements of the fused tensor.
+struct Source {
+  const SafetensorsReader* file = nullptr;
+  std::string name;
+  int64_t first = 0, count = -1;  // count -1: the whole tensor
+};
+
+std::optional<Source> find_source(const Weights& weights, const HfTensor& tensor) {
+  if (const auto own = weights.holder.find(tensor.name); own != weights.holder.end())
+    return Source{own->second, tensor.name};
+  if (tensor.fused_name.empty()) return std::nullopt;
+  if (const auto fused = weights.holder.find(tensor.fused_name); fused != weights.holder.end())
+    return Source{fused->second, tensor.fused_name, tensor.fused_first, shape_numel(tensor.shape)};
+  return std::nullopt;
+}
+
+// Every tensor of `plan` present with its shape (its own, or a fused tensor's), nothing else but
+// ignored_tensor's, and a tied model's lm_head.weight, when there is one, equal to the embedding.
 void check_tensors(const Weights& weights, const std::vector<HfTensor>& plan, bool tied,
                    const std::string& architecture) {
   std::set<std::string> expected;
   for (const HfTensor& tensor : plan) {
-    expected.insert(tensor.name);
-    const auto found = weights.holder.find(tensor.name);
-    if (found == weights.holder.end())
-      throw ImportError(weights.source + ": missing tensor " + tensor.name + " (a " + architecture +
-                        " of this config.json has it)");
-    const std::vector<int64_t>& shape = found->second->find(tensor.name)->shape;
-    if (shape != tensor.hf_shape())
-      throw ImportError(found->second->path() + ": tensor " + tensor.name + " has shape " +
-                        shape_str(shape) + ", config.json needs " + shape_str(tensor.hf_shape()));
+    const std::optional<Source> source = find_source(weights, tensor);
+    if (!source)
+      throw ImportError(
+          weights.source + ": missing tensor " + tensor.name +
+          (tensor.fused_name.empty() ? "" : " (or fused, " + tensor.fused_name + ")") + " (a " +
+          architecture + " of this config.json has it)");
+    expected.insert(source->name);
+    const std::vector<int64_t>& shape = source->file->find(source->name)->shape;
+    const std::vector<int64_t> wanted =
+        source->name == tensor.name ? tensor.hf_shape() : tensor.fused_shape;
+    if (shape != wanted)
+      throw ImportError(source->file->path() + ": tensor " + source->name + " has shape " +
+                        shape_str(shape) + ", config.json needs " + shape_str(wanted));
   }
   for (const auto& [name, file] : weights.holder) {
     if (expected.count(name) || ignored_tensor(name)) continue;
@@ -425,7 +517,10 @@ std::optional<TokenData> read_folder_tokenizer(const fs::path& folder, int64_t v
 // Ours [in, out] (or a gain) from transformers' tensor: the matrices transposed back.
 std::vector<float> our_values(const Weights& weights, const HfTensor& tensor) {
   try {
-    const std::vector<float> values = weights.holder.at(tensor.name)->read_f32(tensor.name);
+    const Source source = find_source(weights, tensor).value();  // check_tensors found it
+    const std::vector<float> values =
+        source.count < 0 ? source.file->read_f32(source.name)
+                         : source.file->read_f32(source.name, source.first, source.count);
     if (!tensor.transpose) return values;
     return transposed(values, tensor.shape[1], tensor.shape[0]);
   } catch (const std::runtime_error& problem) {
@@ -499,7 +594,8 @@ ImportResult import_hf(const ImportOptions& options) {
 
   std::set<std::string> dtypes;
   for (const HfTensor& tensor : plan) {
-    dtypes.insert(safetensors_dtype_name(weights.holder.at(tensor.name)->find(tensor.name)->dtype));
+    const Source source = find_source(weights, tensor).value();
+    dtypes.insert(safetensors_dtype_name(source.file->find(source.name)->dtype));
     result.parameters += shape_numel(tensor.shape);
   }
   result.dtypes.assign(dtypes.begin(), dtypes.end());

@@ -111,6 +111,9 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   const double D = static_cast<double>(m.d_model), H = static_cast<double>(m.n_heads);
   const double S = static_cast<double>(m.seq_len), L = static_cast<double>(m.n_layers);
   const double TD = T * D * e;  // one [T, D] activation
+  // One [T, H*Dh] (q, k, v, the context) and one [T, Hkv*Dh] (k and v before repeating).
+  const double TQ = T * static_cast<double>(m.q_width()) * e;
+  const double TKV = T * static_cast<double>(m.kv_width()) * e;
   const std::vector<bool> moe_mask = moe_layer_mask(config);
   const double moe_layers = static_cast<double>(std::count(moe_mask.begin(), moe_mask.end(), true));
   const double dense_layers = L - moe_layers;
@@ -144,10 +147,13 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   const bool keep_norms = recompute == Recompute::none;
   const bool keep_attention = recompute == Recompute::none || recompute == Recompute::norms;
   const bool keep_layer = recompute != Recompute::layer;
-  // QK-norm keeps the projections before their norms too (q_raw, k_raw) and their rstd.
-  const double kv_fraction = static_cast<double>(m.kv_heads()) / H;
-  const double qk_norm_part = m.qk_norm ? (1 + kv_fraction) * TD + 2 * T * 4 : 0.0;
-  const double attention_part = 4 * TD + T * H * 4 + probabilities + qk_norm_part;
+  // QK-norm keeps the projections before their norms too (q_raw, k_raw) and their rstd, one per
+  // row (full) or per row and head (per_head).
+  const bool qk_norm = m.qk_norm != QkNorm::none;
+  const double rstd_rows =
+      m.qk_norm == QkNorm::per_head ? T * (H + static_cast<double>(m.kv_heads())) : 2 * T;
+  const double qk_norm_part = qk_norm ? TQ + TKV + rstd_rows * 4 : 0.0;
+  const double attention_part = 4 * TQ + T * H * 4 + probabilities + qk_norm_part;
   // A MoE layer's shared expert (moe.shared_expert_hidden) keeps its own h1 and h3.
   const double Fs = static_cast<double>(moe.shared_expert_hidden);
   const double dense_h = 2 * T * F * e, expert_h = 2 * TK * Fe * e + 2 * T * Fs * e;
@@ -177,18 +183,17 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
 
   // One layer's forward temporaries and backward buffers (model/buffers.h Workspace), the
   // largest layer kind's, plus what recompute rebuilds into it for one layer.
-  // Attention: its output, dcontext, dq, dk, dv and dx (the norms add theirs straight into the
-  // residual stream's gradient: no buffer of their own); on CUDA with cuDNN the
+  // Attention: its output and dx [T, D], dcontext, dq, dk and dv [T, H*Dh] (the norms add theirs
+  // straight into the residual stream's gradient: no buffer of their own); on CUDA with cuDNN the
   // deterministic backward's dS workspace, a call's chunk of it (model/attention_workspace.h)
   // under the default budget's floor on a 132-SM GPU (H100, H200), and at least the floor (the
   // budget takes what the allocator already holds free); without run.deterministic, dQ summed
   // in f32 instead.
   // Grouped-query attention adds the Hkv heads' dk and dv (k and v too, in forward).
-  const double kv_heads = static_cast<double>(m.kv_heads());
-  const double grouped_kv = kv_heads < H ? 2 * T * (D / H) * kv_heads * e : 0.0;
+  const double grouped_kv = m.kv_heads() < m.n_heads ? 2 * TKV : 0.0;
   // QK-norm adds the projections' gradients before the norms (dq_raw, dk_raw).
-  const double qk_norm_grads = m.qk_norm ? (1 + kv_fraction) * TD : 0.0;
-  double attention_backward = 6 * TD + grouped_kv + qk_norm_grads + probabilities;
+  const double qk_norm_grads = qk_norm ? TQ + TKV : 0.0;
+  double attention_backward = 2 * TD + 4 * TQ + grouped_kv + qk_norm_grads + probabilities;
   if (cuda && bf16 &&
       (m.attention_kernel == AttentionKernel::cudnn ||
        m.attention_kernel == AttentionKernel::automatic)) {
@@ -201,7 +206,7 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
         config.run.deterministic
             ? static_cast<double>(std::min(all, std::max(chunk.sequences * chunk.heads * per_head,
                                                          kAttentionWorkspaceFloor)))
-            : T * D * 4;
+            : T * static_cast<double>(m.q_width()) * 4;
   }
   // The FFN's out and du, and one [rows, F] slot for hidden/dhidden.
   const double dense_backward = 2 * TD + T * F * e;

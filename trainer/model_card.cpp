@@ -16,9 +16,11 @@ ModelCard make_model_card(const Config& config) {
   int64_t active_matmul = D * V;                 // the LM head GEMM, tied or not
   int64_t expert_total = 0, expert_per_rank = 0;
   for (int64_t l = 0; l < m.n_layers; ++l) {
-    const int64_t kv_width = m.kv_heads() * (D / m.n_heads);  // D without grouped queries
-    const int64_t attention = 2 * D * D + 2 * D * kv_width;
-    const int64_t norms = 2 * D + (m.qk_norm ? D + kv_width : 0);  // QK-norm: q_norm, k_norm
+    const int64_t attention = 2 * D * m.q_width() + 2 * D * m.kv_width();  // wq, wo; wk, wv
+    const int64_t qk_gains = m.qk_norm == QkNorm::full       ? m.q_width() + m.kv_width()
+                             : m.qk_norm == QkNorm::per_head ? 2 * m.head_width()
+                                                             : 0;
+    const int64_t norms = 2 * D + qk_gains;
     non_expert += attention + norms;
     active_matmul += attention;
     if (!moe_mask[l]) {
@@ -43,8 +45,8 @@ ModelCard make_model_card(const Config& config) {
   const double bytes_per_param = config.train.optimizer == OptimizerKind::adamw ? 16.0 : 8.0;
   card.param_optimizer_bytes_per_rank = bytes_per_param * card.params_per_rank;
   // 6 FLOPs per multiply-accumulate weight (forward 2, backward 4), plus causal attention scores
-  // and the weighted sum: 2 * 2 * D * S/2 per token and layer forward, times 3 for training.
-  card.train_flops_per_token = 6.0 * active_matmul + 6.0 * m.n_layers * D * m.seq_len;
+  // and the weighted sum: 2 * 2 * H*Dh * S/2 per token and layer forward, times 3 for training.
+  card.train_flops_per_token = 6.0 * active_matmul + 6.0 * m.n_layers * m.q_width() * m.seq_len;
   return card;
 }
 

@@ -317,17 +317,30 @@ const SafetensorsTensor* SafetensorsReader::find(const std::string& name) const 
 std::vector<float> SafetensorsReader::read_f32(const std::string& name) const {
   const SafetensorsTensor* tensor = find(name);
   if (!tensor) throw std::runtime_error(path_ + ": no tensor " + name);
+  return read_f32(name, 0, tensor->bytes / safetensors_dtype_bytes(tensor->dtype));
+}
+
+std::vector<float> SafetensorsReader::read_f32(const std::string& name, int64_t first,
+                                               int64_t count) const {
+  const SafetensorsTensor* tensor = find(name);
+  if (!tensor) throw std::runtime_error(path_ + ": no tensor " + name);
   const int64_t element_bytes = safetensors_dtype_bytes(tensor->dtype);
-  std::vector<float> values(static_cast<size_t>(tensor->bytes / element_bytes));
+  const int64_t numel = tensor->bytes / element_bytes;
+  if (first < 0 || count < 0 || first > numel || count > numel - first)
+    throw std::runtime_error(path_ + ": tensor " + name + " has " + std::to_string(numel) +
+                             " elements, not [" + std::to_string(first) + ", " +
+                             std::to_string(first + count) + ")");
+  std::vector<float> values(static_cast<size_t>(count));
+  const int64_t offset = tensor->offset + first * element_bytes, bytes = count * element_bytes;
   const std::string what = "tensor " + name;
   switch (tensor->dtype) {
     case SafetensorsDType::f32:
-      read_at(fd_, tensor->offset, values.data(), tensor->bytes, path_, what);
+      read_at(fd_, offset, values.data(), bytes, path_, what);
       break;
     case SafetensorsDType::bf16:
     case SafetensorsDType::f16: {
       std::vector<uint16_t> bits(values.size());
-      read_at(fd_, tensor->offset, bits.data(), tensor->bytes, path_, what);
+      read_at(fd_, offset, bits.data(), bytes, path_, what);
       const bool bf16 = tensor->dtype == SafetensorsDType::bf16;
       for (size_t i = 0; i < bits.size(); ++i)
         values[i] = bf16 ? bf16_bits_to_float(bits[i]) : f16_bits_to_float(bits[i]);
@@ -335,7 +348,7 @@ std::vector<float> SafetensorsReader::read_f32(const std::string& name) const {
     }
     case SafetensorsDType::f64: {
       std::vector<double> wide(values.size());
-      read_at(fd_, tensor->offset, wide.data(), tensor->bytes, path_, what);
+      read_at(fd_, offset, wide.data(), bytes, path_, what);
       for (size_t i = 0; i < wide.size(); ++i) values[i] = static_cast<float>(wide[i]);
       break;
     }

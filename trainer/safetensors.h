@@ -103,6 +103,9 @@ class SafetensorsReader {
   // The tensor's values as fp32, row-major: F32 as stored, BF16 and F16 exactly, F64 rounded to
   // nearest. Reads only its bytes. Throws "<path>: ..." for an unknown name or a failed read.
   std::vector<float> read_f32(const std::string& name) const;
+  // Elements [first, first + count) of the flattened tensor only (one expert of a fused [E, ...]
+  // tensor). Throws "<path>: ..." when the range is not inside the tensor.
+  std::vector<float> read_f32(const std::string& name, int64_t first, int64_t count) const;
 
  private:
   void read_header();  // the checks and the tensor list of the constructor
