@@ -3,15 +3,16 @@
 # command (docs/export.md):
 #   bash bench/hf_export/check.sh OUTDIR
 # Builds switchyard (CPU-only by default: the check needs no GPU), prepares a byte-level corpus
-# from the repository's own docs (no network needed), and for an MoE model (Mixtral) and a dense
-# one (Llama, untied head): trains ~50 steps, runs `switchyard eval` (fp32 CPU backend) and
+# from the repository's own docs (no network needed), and for each exported kind (Mixtral, Llama
+# with an untied head, grouped-query attention, OLMoE, Qwen3, Qwen3-MoE): trains ~50 steps, runs `switchyard eval` (fp32 CPU backend) and
 # `switchyard generate --temperature 0` on the checkpoint, exports it in fp32 (and the MoE also in
 # bf16), then bench/hf_export/compare.py loads each export with transformers and compares the
 # validation loss (fp32: within 1e-4 relative; bf16 weights: 1e-2) and the greedy continuation of
 # a 32-token prompt (fp32).
-# Then the other way: folders transformers itself wrote (bench/hf_export/make_hf_model.py: a Llama
-# and an OLMoE in fp32 and a Mixtral in bf16, sharded, grouped-query, Llama 3's rotary theta)
-# read by `switchyard import`, and `switchyard eval`'s loss compared with transformers' (1e-4).
+# Then the other way: folders transformers itself wrote (bench/hf_export/make_hf_model.py: a Llama,
+# an OLMoE and a Qwen3 in fp32, a Mixtral and a Qwen3-MoE in bf16, and a Mixtral and a Qwen3-MoE
+# saved with fused experts; sharded, grouped-query, other rotary thetas) read by `switchyard
+# import`, and `switchyard eval`'s loss compared with transformers' (1e-4).
 # Prints the table last; OUTDIR gets build.log, <case>.log, results.jsonl, summary.txt (steps).
 # Exit status 0 when every row passed.
 # Environment (all optional):
@@ -56,11 +57,12 @@ sy_step -l build prepare-data "$sy" prepare-data --input "$work/corpus.txt" --fo
 prompt="The model is trained on the text"  # 32 bytes = 32 tokens
 new_tokens=24                            # 32 + 24 <= seq_len 64: no sliding window on our side
 
-# run_case NAME MOE_YAML [EXPORT_DTYPES]: every step's output in OUTDIR/NAME.log.
+# run_case NAME MOE_YAML [EXPORT_DTYPES [MODEL_YAML]]: every step's output in OUTDIR/NAME.log.
+# MODEL_YAML: keys added to the model section (", key: value, ...").
 run_case() {
-  local name=$1 moe=$2 dtypes=${3:-fp32} log="$out/$1.log" config="$work/$1.yaml" dtype
+  local name=$1 moe=$2 dtypes=${3:-fp32} model=${4:-} log="$out/$1.log" config="$work/$1.yaml" dtype
   sy_dry || cat > "$config" <<EOF
-model: {vocab_size: 256, seq_len: 64, d_model: 64, n_layers: 2, n_heads: 4, ffn_hidden: 160, tie_embeddings: $([ "$name" = dense ] && echo false || echo true)$([ "$name" = gqa ] && echo ", n_kv_heads: 2, rope_theta: 500000, norm_eps: 1e-6")$([ "$name" = olmoe ] && echo ", qk_norm: true")}
+model: {vocab_size: 256, seq_len: 64, d_model: 64, n_layers: 2, n_heads: 4, ffn_hidden: 160, tie_embeddings: $([ "$name" = dense ] && echo false || echo true)$model}
 moe: $moe
 train: {micro_batch_size: 8, steps: $steps, warmup_steps: 5, lr: 0.003}
 data: {path: $work/tokens.h5}
@@ -113,20 +115,29 @@ EOF
 run_case moe "{num_experts: 4, top_k: 2, expert_hidden: 96}" "fp32 bf16" || sy_failed=1
 run_case dense "{num_experts: 0}" fp32 || sy_failed=1
 # Llama 3's attention: 4 query heads over 2 key/value heads, rotary theta 500000, norm eps 1e-6.
-run_case gqa "{num_experts: 4, top_k: 2, expert_hidden: 96}" fp32 || sy_failed=1
+run_case gqa "{num_experts: 4, top_k: 2, expert_hidden: 96}" fp32 \
+  ", n_kv_heads: 2, rope_theta: 500000, norm_eps: 1e-6" || sy_failed=1
 # OLMoE: QK-norm, the top-k gates left unnormalised (norm_topk_prob false).
-run_case olmoe "{num_experts: 4, top_k: 2, expert_hidden: 96, normalize_topk: false}" fp32 ||
+run_case olmoe "{num_experts: 4, top_k: 2, expert_hidden: 96, normalize_topk: false}" fp32 \
+  ", qk_norm: full" || sy_failed=1
+# Qwen3: per-head QK-norm on heads twice D / H wide, grouped-query; Qwen3-MoE: narrower heads,
+# layer 0 dense (mlp_only_layers), gates unnormalised.
+run_case qwen3 "{num_experts: 0}" fp32 \
+  ", qk_norm: per_head, head_dim: 32, n_kv_heads: 2, rope_theta: 1000000, norm_eps: 1e-6" ||
   sy_failed=1
+run_case qwen3-moe "{num_experts: 4, top_k: 2, expert_hidden: 48, layers: [1], normalize_topk: false}" \
+  fp32 ", qk_norm: per_head, head_dim: 8, n_kv_heads: 1" || sy_failed=1
 
-# import_case NAME ARCH DTYPE: a folder transformers itself wrote (make_hf_model.py: random wide
+# import_case NAME ARCH DTYPE [--fused]: a folder transformers itself wrote (make_hf_model.py: random wide
 # weights, grouped-query attention, another rotary theta and norm epsilon, sharded safetensors)
 # read by `switchyard import`, evaluated by `switchyard eval` and compared with transformers' loss
 # on the same sequences. The weights are the same numbers on both sides whatever DTYPE (bf16 is
 # read exactly), so fp32 arithmetic on both sides agrees to 1e-4 either way.
 import_case() {
-  local name=$1 arch=$2 dtype=$3 log="$out/$1.log" folder="$work/made-$1"
+  local name=$1 arch=$2 dtype=$3 fused=${4:-} log="$out/$1.log" folder="$work/made-$1"
   sy_step -l "$name" "$name make" python3 bench/hf_export/make_hf_model.py --arch "$arch" \
-    --dtype "$dtype" --out "$folder" || { echo "$name: make_hf_model.py failed ($log)"; return 1; }
+    --dtype "$dtype" --out "$folder" $fused ||
+    { echo "$name: make_hf_model.py failed ($log)"; return 1; }
   sy_step -l "$name" "$name import" "$sy" import "$folder" --output "$work/$name.h5" \
     --overwrite || { echo "$name: import failed ($log)"; return 1; }
   sy_step -l "$name" -o "$work/$name.eval.json" "$name eval" "$sy" eval \
@@ -145,6 +156,11 @@ import_case() {
 import_case import-llama llama float32 || sy_failed=1
 import_case import-mixtral mixtral bfloat16 || sy_failed=1
 import_case import-olmoe olmoe float32 || sy_failed=1
+import_case import-qwen3 qwen3 float32 || sy_failed=1
+import_case import-qwen3-moe qwen3_moe bfloat16 || sy_failed=1
+# transformers 5's runtime layout: fused experts, Mixtral's router renamed mlp.gate.
+import_case import-mixtral-fused mixtral float32 --fused || sy_failed=1
+import_case import-qwen3-moe-fused qwen3_moe float32 --fused || sy_failed=1
 
 echo
 sy_dry || python3 bench/hf_export/compare.py --table "$out/results.jsonl" || sy_failed=1

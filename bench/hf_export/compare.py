@@ -17,6 +17,7 @@ Prints one table row and appends it as JSON to --json; exit status 1 on a mismat
 """
 import argparse
 import json
+import re
 import math
 import os
 import sys
@@ -90,6 +91,16 @@ def load_model(export_dir):
     return model, info, transformers.__version__
 
 
+def per_expert(name):
+    """(layer prefix, expert, w1|w3|w2) of one expert's tensor name, else None."""
+    match = re.match(r"(.*)\.(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(\w+)\.weight$", name)
+    if not match:
+        return None
+    which = {"w1": "w1", "w3": "w3", "w2": "w2", "gate_proj": "w1", "up_proj": "w3",
+             "down_proj": "w2"}.get(match.group(3))
+    return (match.group(1), int(match.group(2)), which) if which else None
+
+
 def check_weights(model, export_dir, config):
     """Every tensor of the file equals the model's copy of it: by name where transformers keeps
     the name, through the fused expert tensors (gate_up_proj = [w1; w3] per expert, down_proj =
@@ -108,9 +119,10 @@ def check_weights(model, export_dir, config):
                 target = None
                 if name in state:
                     target = state[name]
-                elif ".block_sparse_moe.experts." in name:
-                    prefix, rest = name.split(".block_sparse_moe.experts.")
-                    expert, which = int(rest.split(".")[0]), rest.split(".")[1]
+                elif per_expert(name):
+                    # Mixtral's block_sparse_moe.experts.E.w1/w3/w2, OLMoE's and Qwen3-MoE's
+                    # mlp.experts.E.gate_proj/up_proj/down_proj.
+                    prefix, expert, which = per_expert(name)
                     ffn = tensor.shape[0] if which in ("w1", "w3") else tensor.shape[1]
                     for module in (".mlp.experts.", ".block_sparse_moe.experts."):
                         fused = state.get(prefix + module + ("down_proj" if which == "w2" else "gate_up_proj"))

@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Writes a transformers model folder that transformers itself made, for `switchyard import` to
-read (bench/hf_export/check.sh, docs/export.md "Import"): a LlamaForCausalLM, MixtralForCausalLM
-or OlmoeForCausalLM of random weights, saved with save_pretrained as safetensors in several
-shards (model.safetensors.index.json), in float32 or bfloat16.
+read (bench/hf_export/check.sh, docs/export.md "Import"): a LlamaForCausalLM, MixtralForCausalLM,
+OlmoeForCausalLM, Qwen3ForCausalLM or Qwen3MoeForCausalLM of random weights, saved with
+save_pretrained as safetensors in several shards (model.safetensors.index.json), in float32 or
+bfloat16; --fused saves transformers 5's runtime layout (save_original_format=False: each MoE
+layer's experts as mlp.experts.gate_up_proj and mlp.experts.down_proj).
 
-    python3 bench/hf_export/make_hf_model.py --arch llama --out DIR [--dtype float32]
+    python3 bench/hf_export/make_hf_model.py --arch llama --out DIR [--dtype float32] [--fused]
 
 The weights are drawn wider than transformers' initialisation (std 0.02 gives logits near zero,
 a loss near ln(vocab) whatever the mapping), so that a tensor read into the wrong place moves
 the loss well past the comparison's tolerance. The configs use what import maps rather than our
-defaults: grouped-query attention, Llama 3's rotary theta, a norm epsilon of 1e-6, an untied head.
+defaults: grouped-query attention, Llama 3's rotary theta, a norm epsilon of 1e-6, an untied head;
+the Qwen3 models have heads twice hidden_size / num_attention_heads wide (head_dim 32), and the
+Qwen3-MoE a dense layer 0 (mlp_only_layers).
 """
 import argparse
 
@@ -28,6 +32,14 @@ def make_config(arch):
         config = transformers.OlmoeConfig(intermediate_size=32, num_experts=8,
                                           num_experts_per_tok=3, norm_topk_prob=False, **common)
         theta = 10000.0
+    elif arch == "qwen3":
+        config, theta = transformers.Qwen3Config(intermediate_size=160, head_dim=32, **common), 1e6
+    elif arch == "qwen3_moe":  # 8 experts of 32, top-3, not renormalised; layer 0 dense
+        config = transformers.Qwen3MoeConfig(intermediate_size=160, moe_intermediate_size=32,
+                                             num_experts=8, num_experts_per_tok=3,
+                                             norm_topk_prob=False, mlp_only_layers=[0], **common)
+        config.head_dim = 32  # read with getattr by the modeling code (not a declared field)
+        theta = 1e6
     else:
         config = transformers.MixtralConfig(intermediate_size=96, num_local_experts=4,
                                             num_experts_per_tok=2, sliding_window=None, **common)
@@ -43,7 +55,10 @@ def make_config(arch):
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=["llama", "mixtral", "olmoe"], required=True)
+    parser.add_argument("--arch", choices=["llama", "mixtral", "olmoe", "qwen3", "qwen3_moe"],
+                        required=True)
+    parser.add_argument("--fused", action="store_true",
+                        help="save_original_format=False (transformers 5's fused experts)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--seed", type=int, default=3)
@@ -59,7 +74,10 @@ def main():
                 parameter.copy_(0.15 * torch.randn_like(parameter))
     model = model.to(getattr(torch, args.dtype))
     # Small shards: the import reads the index and several files.
-    model.save_pretrained(args.out, safe_serialization=True, max_shard_size="100KB")
+    options = dict(safe_serialization=True, max_shard_size="100KB")
+    if args.fused:
+        options["save_original_format"] = False  # transformers 5 only: fails loudly before it
+    model.save_pretrained(args.out, **options)
     print("wrote %s: %s, %d parameters, %s, transformers %s" % (
         args.out, type(model).__name__, sum(p.numel() for p in model.parameters()), args.dtype,
         transformers.__version__))

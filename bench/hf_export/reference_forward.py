@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""transformers' Mixtral / Llama forward written out in plain Python (no numpy, no torch) over an
-exported folder: a check of the export's mapping that runs where transformers cannot (the
-development machine). It follows modeling_mixtral / modeling_llama step by step: RMSNorm
+"""transformers' Llama / Mixtral / OLMoE / Qwen3 / Qwen3-MoE forward written out in plain Python (no
+numpy, no torch) over an exported folder: a check of the export's mapping that runs where
+transformers cannot (the development machine). It follows their modeling files step by step: RMSNorm
 x * rsqrt(mean(x^2) + rms_norm_eps) * w; q/k/v/o as torch.nn.Linear (y = W x, W [out, in]);
 rotary with cos/sin of cat(freqs, freqs) and rotate_half; causal softmax(q k^T / sqrt(head_dim));
 the Mixtral block: softmax over the gate's logits, top-k, renormalised, sum of
 w2(silu(w1 x) * w3 x); the dense MLP down(silu(gate x) * up x); logits = norm(x) @ lm_head^T
-(embed_tokens when tied). Slow: one short sequence is what it is for.
+(embed_tokens when tied). OLMoE: q_norm, k_norm over the whole projections, norm_topk_prob.
+Qwen3: q_norm, k_norm over each head (head_dim wide, heads of any width); Qwen3-MoE: MoE in the
+layers that mlp_only_layers and decoder_sparse_step leave sparse. Slow: one short sequence is what
+it is for.
 
     python3 bench/hf_export/reference_forward.py EXPORT_DIR --text FILE --start B --seq-len S [--sequences N]
 Prints the mean over sequences i < N (tokens [i*S, (i+1)*S] after --start) of the mean
@@ -87,8 +90,20 @@ def forward_loss(export_dir, tokens):
     Dh = config.get("head_dim") or D // H
     eps = config["rms_norm_eps"]
     theta = config.get("rope_parameters", {}).get("rope_theta", config.get("rope_theta", 10000.0))
-    olmoe = config["model_type"] == "olmoe"
-    moe = config["model_type"] in ("mixtral", "olmoe")
+    model_type = config["model_type"]
+    olmoe = model_type == "olmoe"
+    per_head_norm = model_type in ("qwen3", "qwen3_moe")
+    mixtral = model_type == "mixtral"
+
+    def sparse(layer):  # modeling_qwen3_moe's rule; Mixtral and OLMoE: every layer
+        if model_type == "qwen3_moe":
+            return (layer not in (config.get("mlp_only_layers") or []) and
+                    (layer + 1) % config.get("decoder_sparse_step", 1) == 0)
+        return model_type in ("mixtral", "olmoe")
+
+    def head_norm(vec, heads, weight):  # Qwen3: rmsnorm over each head's head_dim values
+        return [v for h in range(heads) for v in rmsnorm(vec[h * Dh:(h + 1) * Dh], weight, eps)]
+
     inputs, targets = tokens[:-1], tokens[1:]
     S = len(inputs)
     x = [list(t["model.embed_tokens.weight"][tok]) for tok in inputs]
@@ -100,10 +115,13 @@ def forward_loss(export_dir, tokens):
         if olmoe:  # modeling_olmoe: q_norm(q_proj(x)), k_norm(k_proj(x)) before the reshape
             q = [rmsnorm(row, t[p + "self_attn.q_norm.weight"], eps) for row in q]
             k = [rmsnorm(row, t[p + "self_attn.k_norm.weight"], eps) for row in k]
+        if per_head_norm:  # modeling_qwen3: q_norm(q_proj(x).view(..., head_dim)) per head
+            q = [head_norm(row, H, t[p + "self_attn.q_norm.weight"]) for row in q]
+            k = [head_norm(row, Hkv, t[p + "self_attn.k_norm.weight"]) for row in k]
         q = [rotary(row, s, H, Dh, theta) for s, row in enumerate(q)]
         k = [rotary(row, s, Hkv, Dh, theta) for s, row in enumerate(k)]
         v = [linear(t[p + "self_attn.v_proj.weight"], row) for row in u]
-        context = [[0.0] * D for _ in range(S)]
+        context = [[0.0] * (H * Dh) for _ in range(S)]
         for h in range(H):
             lo, hi = h * Dh, (h + 1) * Dh
             kv = h // (H // Hkv) * Dh
@@ -118,12 +136,12 @@ def forward_loss(export_dir, tokens):
         u = [rmsnorm(row, t[p + "post_attention_layernorm.weight"], eps) for row in x]
         ffn = []
         for row in u:
-            if moe:
-                block = p + ("mlp." if olmoe else "block_sparse_moe.")
-                w1, w3, w2 = ("gate_proj", "up_proj", "down_proj") if olmoe else ("w1", "w3", "w2")
+            if sparse(l):
+                block = p + ("block_sparse_moe." if mixtral else "mlp.")
+                w1, w3, w2 = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
                 probs = softmax(linear(t[block + "gate.weight"], row))
                 top = sorted(range(len(probs)), key=lambda e: -probs[e])[:config["num_experts_per_tok"]]
-                renormalise = config.get("norm_topk_prob", False) if olmoe else True
+                renormalise = True if mixtral else config.get("norm_topk_prob", False)
                 total = sum(probs[e] for e in top) if renormalise else 1.0
                 y = [0.0] * D
                 for e in top:
