@@ -84,7 +84,7 @@ expect 1 "validation" "$switchyard" eval tiny.yaml --batches 100000
 expect_ok "$switchyard" train tiny.yaml
 checkpoint=run/checkpoints/step_00000003.h5
 expect_ok "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt "line 1" --tokens 5
-expect 2 "generate needs --prompt" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint"
+expect 2 "generate: needs --prompt TEXT (or --prompt-ids IDS)" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint"
 expect 1 "temperature: must be a finite number" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --temperature -1
 expect 1 "missing.h5" "$switchyard" generate tiny.yaml --checkpoint missing.h5 --prompt x
 # Under mpirun: reported once, by rank 0, and the job ends.
@@ -99,7 +99,7 @@ declare -A options=(
   [prepare-data]="--input --format --output --tokenizer =corpora/brown.h5 =brown =bytes"
   [train]="CONFIG --resume --set"
   [eval]="CONFIG --checkpoint --batches --set"
-  [generate]="CONFIG --checkpoint --prompt --tokens --temperature --seed --set =200 =0.8"
+  [generate]="CONFIG --checkpoint --prompt --prompt-ids --tokens --temperature --seed --set =200 =0.8"
   [inspect]="CHECKPOINT"
   [plot]="RUN_DIR --output"
   [check-config]="CONFIG --set"

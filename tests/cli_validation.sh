@@ -127,6 +127,28 @@ if [ "$(sort -u hf_eval.out | wc -l)" = 1 ] && [ "$(wc -l <hf_eval.out)" = 2 ] &
    [ "$(sort -u hf_generate.out | wc -l)" = 1 ]; then verdict=equal; else
   verdict=DIFFERS; failures=$((failures + 1)); cat hf_eval.out hf_generate.out; fi
 rows+=("import of an export|$(head -1 hf_eval.out | cut -d' ' -f2)|$verdict|-")
+# --prompt-ids: the import's greedy continuation of the prompt's byte ids is the text's, as ids.
+"$switchyard" generate --checkpoint imported.h5 --prompt "line 7" --tokens 24 --temperature 0 \
+  --set data.path=tokens.h5 2>/dev/null >gen_text.out
+"$switchyard" generate --checkpoint imported.h5 --prompt-ids "108 105 110 101 32 55" --tokens 24 \
+  --temperature 0 2>/dev/null >gen_ids.out
+for id in $(cat gen_ids.out); do printf "\\$(printf '%03o' "$id")"; done >gen_ids.txt
+echo >>gen_ids.txt
+if [ -s gen_text.out ] && cmp -s gen_text.out gen_ids.txt; then verdict=equal; else
+  verdict=DIFFERS; failures=$((failures + 1)); cat gen_ids.out; fi
+rows+=("generate --prompt-ids of the import|$(wc -w <gen_ids.out) ids|$verdict|-")
+# An import without a tokenizer whose vocabulary is not data.path's: a text prompt is refused
+# (bytes are surely not its tokenizer), naming --prompt-ids.
+"$switchyard" train small.yaml --set moe.capacity_factor=0 --set train.steps=1 \
+  --set model.vocab_size=300 --set run.dir=wide >wide_train.log 2>&1 &&
+  "$switchyard" export wide/checkpoints --dtype fp32 --output wide_folder >/dev/null 2>&1 &&
+  "$switchyard" import wide_folder --output wide.h5 >/dev/null 2>&1 ||
+  { echo "FAIL: train, export or import of a 300-token vocabulary"; tail -3 wide_train.log; exit 1; }
+"$switchyard" generate --checkpoint wide.h5 --prompt "line 7" --set data.path=tokens.h5 \
+  >wide_generate.out 2>&1
+if [ $? = 1 ] && grep -q "carries no tokenizer, and data.path's (tokens.h5, vocabulary 256) is not model.vocab_size 300: give the prompt as token ids (--prompt-ids)" wide_generate.out
+then verdict=refused; else verdict=ACCEPTED; failures=$((failures + 1)); cat wide_generate.out; fi
+rows+=("generate, import of another vocabulary|-|$verdict|-")
 "$switchyard" export imported.h5 --dtype fp32 --output hf_again >/dev/null 2>&1 &&
   cmp -s hf_folder/model.safetensors hf_again/model.safetensors &&
   cmp -s hf_folder/config.json hf_again/config.json ||

@@ -44,24 +44,45 @@ TEST(Generate, LogitsAtAPositionIgnoreLaterTokens) {
 
 TEST(Generate, GreedyIsDeterministicAndSamplingFollowsTheSeed) {
   Fixture f;
-  GenerateOptions greedy{"the experts", 30, 0.0, 1};
+  GenerateOptions greedy{"the experts", 30, 0.0, 1, {}};
   const std::string text = generate(*f.model, *f.bytes, greedy);
   EXPECT_EQ(text.size(), std::string("the experts").size() + 30);  // runs past seq_len 12
   EXPECT_EQ(text.rfind("the experts", 0), 0u);
   greedy.seed = 2;
   EXPECT_EQ(generate(*f.model, *f.bytes, greedy), text) << "greedy ignores the seed";
 
-  GenerateOptions sampled{"the experts", 30, 1.5, 7};
+  GenerateOptions sampled{"the experts", 30, 1.5, 7, {}};
   const std::string first = generate(*f.model, *f.bytes, sampled);
   EXPECT_EQ(generate(*f.model, *f.bytes, sampled), first);
   sampled.seed = 8;
   EXPECT_NE(generate(*f.model, *f.bytes, sampled), first);
 }
 
+// --prompt-ids: the same continuation as the text prompt whose ids they are, without a
+// tokenizer (drawn from the whole model vocabulary, here the bytes').
+TEST(Generate, IdsContinueAsTheirText) {
+  Fixture f;
+  const GenerateOptions options{"the experts", 20, 0.0, 1, {}};
+  const std::string text = generate(*f.model, *f.bytes, options);
+  const std::vector<int32_t> ids =
+      generate_ids(*f.model, f.bytes->encode("the experts"), 256, options);
+  EXPECT_EQ(f.bytes->decode(ids), text);
+  EXPECT_EQ(parse_token_ids(" 116,104 101\n"), (std::vector<int32_t>{116, 104, 101}));
+  for (const char* bad : {"", " , ", "1 x", "-3", "2147483648", "1.5"})
+    EXPECT_THROW(parse_token_ids(bad), std::runtime_error) << bad;
+  try {
+    generate_ids(*f.model, {1, 256}, 256, options);
+    FAIL() << "an id past the vocabulary";
+  } catch (const std::runtime_error& error) {
+    EXPECT_STREQ(error.what(),
+                 "--prompt-ids: token 256 is outside the model's vocabulary [0, 256)");
+  }
+}
+
 TEST(Generate, BadOptions) {
   Fixture f;
-  EXPECT_THROW(generate(*f.model, *f.bytes, {"", 5, 1.0, 0}), std::runtime_error);
-  EXPECT_THROW(generate(*f.model, *f.bytes, {"x", 5, -1.0, 0}), std::runtime_error);
+  EXPECT_THROW(generate(*f.model, *f.bytes, {"", 5, 1.0, 0, {}}), std::runtime_error);
+  EXPECT_THROW(generate(*f.model, *f.bytes, {"x", 5, -1.0, 0, {}}), std::runtime_error);
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 #include "trainer/generate.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 
 #include "model/rng.h"
@@ -31,24 +33,56 @@ int32_t sample(const std::vector<double>& logits, int64_t vocab, double temperat
 
 }  // namespace
 
-std::string generate(Transformer& model, const Tokenizer& tokenizer,
-                     const GenerateOptions& options) {
-  if (options.prompt.empty()) throw std::runtime_error("--prompt: must not be empty");
+std::vector<int32_t> generate_ids(Transformer& model, std::vector<int32_t> prompt, int64_t vocab,
+                                  const GenerateOptions& options) {
+  if (prompt.empty()) throw std::runtime_error("--prompt: must not be empty");
   if (options.tokens < 0) throw std::runtime_error("--tokens: must be >= 0");
   if (!(options.temperature >= 0.0) || !std::isfinite(options.temperature))
     throw std::runtime_error("--temperature: must be a finite number >= 0");
-  std::vector<int32_t> text = tokenizer.encode(options.prompt);
+  const int64_t model_vocab = model.options().model.vocab_size;
+  for (const int32_t id : prompt)
+    if (id < 0 || id >= model_vocab)
+      throw std::runtime_error("--prompt-ids: token " + std::to_string(id) +
+                               " is outside the model's vocabulary [0, " +
+                               std::to_string(model_vocab) + ")");
   const int64_t S = model.options().model.seq_len;
   std::vector<int32_t> window(S, 0);
   CounterRng rng(key_combine(kSampleDomain, options.seed));
   for (int64_t i = 0; i < options.tokens; ++i) {
     // The last S tokens, left-aligned: causal attention ignores the padding after them.
-    const int64_t length = std::min<int64_t>(S, static_cast<int64_t>(text.size()));
-    std::copy(text.end() - length, text.end(), window.begin());
+    const int64_t length = std::min<int64_t>(S, static_cast<int64_t>(prompt.size()));
+    std::copy(prompt.end() - length, prompt.end(), window.begin());
     const std::vector<double> logits = model.logits_at(window, 1, 0, length - 1);
-    text.push_back(sample(logits, tokenizer.vocab_size(), options.temperature, rng.uniform()));
+    prompt.push_back(sample(logits, vocab, options.temperature, rng.uniform()));
   }
-  return tokenizer.decode(text);
+  return prompt;
+}
+
+std::string generate(Transformer& model, const Tokenizer& tokenizer,
+                     const GenerateOptions& options) {
+  if (options.prompt.empty()) throw std::runtime_error("--prompt: must not be empty");
+  return tokenizer.decode(
+      generate_ids(model, tokenizer.encode(options.prompt), tokenizer.vocab_size(), options));
+}
+
+std::vector<int32_t> parse_token_ids(const std::string& text) {
+  std::vector<int32_t> ids;
+  size_t at = 0;
+  while (true) {
+    at = text.find_first_not_of(" ,\t\n", at);
+    if (at == std::string::npos) break;
+    const size_t end = text.find_first_of(" ,\t\n", at);
+    const std::string word = text.substr(at, end == std::string::npos ? end : end - at);
+    int64_t id = -1;
+    const auto [next, error] = std::from_chars(word.data(), word.data() + word.size(), id);
+    if (error != std::errc() || next != word.data() + word.size() || id < 0 ||
+        id > std::numeric_limits<int32_t>::max())
+      throw std::runtime_error("--prompt-ids: \"" + word + "\" is not a token id");
+    ids.push_back(static_cast<int32_t>(id));
+    at = end;
+  }
+  if (ids.empty()) throw std::runtime_error("--prompt-ids: no token ids");
+  return ids;
 }
 
 }  // namespace sy

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "data/prepare.h"
 #include "model/transformer.h"
@@ -15,10 +16,22 @@ struct GenerateOptions {
   int64_t tokens = 200;       // new tokens to sample
   double temperature = 0.8;   // 0: greedy (the most likely token each time)
   uint64_t seed = 0;
+  // The prompt as token ids instead (--prompt-ids): for a model whose tokenizer we cannot run
+  // (an import of a model with a tokenizer.json only). Non-empty: `prompt` is not used.
+  std::vector<int32_t> prompt_ids;
 };
 
 // The prompt followed by the sampled continuation. The context is the last seq_len tokens.
 std::string generate(Transformer& model, const Tokenizer& tokenizer,
                      const GenerateOptions& options);
+
+// The same over ids: `prompt` followed by the continuation, each token drawn from the first
+// `vocab` logits (the ids a tokenizer can decode; model.vocab_size without one). Throws naming
+// --prompt-ids when a prompt id is outside [0, model.vocab_size).
+std::vector<int32_t> generate_ids(Transformer& model, std::vector<int32_t> prompt, int64_t vocab,
+                                  const GenerateOptions& options);
+
+// "1 2 3" or "1,2,3" (spaces and commas between ids) -> the ids; throws naming --prompt-ids.
+std::vector<int32_t> parse_token_ids(const std::string& text);
 
 }  // namespace sy

@@ -61,6 +61,7 @@ struct CommandLine {
   int64_t eval_tokens = 0;  // eval --tokens; when not given, the config's eval.tokens
   int64_t batches = 0;      // eval --batches: deprecated, eval.batches
   sy::GenerateOptions generate;
+  std::string prompt_ids;   // generate --prompt-ids, parsed in cmd_generate
   std::string run_dir;      // plot
   std::string plot_output;  // plot; "" is RUN_DIR
   sy::SentencePieceTrainOptions tokenizer_train;  // tokenizer train
@@ -279,9 +280,16 @@ void add_generate_command(CLI::App& app, CommandLine& line) {
   generate->add_option("--checkpoint", line.checkpoint, kCheckpointForms)
       ->type_name("PATH")
       ->required();
-  generate->add_option("--prompt", line.generate.prompt, "the text to continue")
-      ->type_name("TEXT")
-      ->required();
+  CLI::Option* prompt =
+      generate->add_option("--prompt", line.generate.prompt, "the text to continue")
+          ->type_name("TEXT");
+  generate
+      ->add_option("--prompt-ids", line.prompt_ids,
+                   "the prompt as token ids (\"1 2 3\" or 1,2,3), for a model whose tokenizer "
+                   "is not in the checkpoint (an import of a folder without tokenizer.model); "
+                   "prints the prompt's and the continuation's ids")
+      ->type_name("IDS")
+      ->excludes(prompt);
   generate->add_option("--tokens", line.generate.tokens, "new tokens to sample")
       ->type_name("N")
       ->check(kCount)
@@ -560,9 +568,19 @@ std::unique_ptr<sy::Tokenizer> tokenizer_for(const std::string& checkpoint,
   sy::TokenData tokenizer;
   if (sy::read_checkpoint_tokenizer(checkpoint, tokenizer))
     return sy::tokenizer_of(tokenizer, checkpoint);
+  // Another vocabulary than the model's is surely not its tokenizer (an import of a model whose
+  // tokenizer is a tokenizer.json, with the default data.path): refused rather than guessed.
+  const std::string ids_instead =
+      ": give the prompt as token ids (--prompt-ids), or --set data.path= a token file of the "
+      "model's tokenizer";
+  const int64_t vocab = config.model.vocab_size;
   try {
     tokenizer = sy::read_token_file_tokenizer(config.data.path);
   } catch (const std::exception& error) {
+    if (vocab != 256)
+      throw std::runtime_error(checkpoint + " carries no tokenizer, data.path's cannot be read (" +
+                               error.what() + ") and bytes do not fit model.vocab_size " +
+                               std::to_string(vocab) + ids_instead);
     if (world_rank() == 0)
       std::fprintf(stderr,
                    "note: %s carries no tokenizer and data.path's cannot be read (%s): using "
@@ -570,15 +588,33 @@ std::unique_ptr<sy::Tokenizer> tokenizer_for(const std::string& checkpoint,
                    checkpoint.c_str(), error.what());
     return sy::make_tokenizer("bytes");
   }
+  if (tokenizer.vocab_size != vocab)
+    throw std::runtime_error(checkpoint + " carries no tokenizer, and data.path's (" +
+                             config.data.path + ", vocabulary " +
+                             std::to_string(tokenizer.vocab_size) + ") is not model.vocab_size " +
+                             std::to_string(vocab) + ids_instead);
   return sy::tokenizer_of(tokenizer, config.data.path);
 }
 
 int cmd_generate(const CommandLine& line) {
+  if (line.generate.prompt.empty() && line.prompt_ids.empty())
+    throw UsageError("needs --prompt TEXT (or --prompt-ids IDS)");
+  sy::GenerateOptions options = line.generate;
+  if (!line.prompt_ids.empty()) options.prompt_ids = sy::parse_token_ids(line.prompt_ids);
   const std::string checkpoint = resolve_checkpoint_on_rank0(line.checkpoint);
   const sy::Config config = config_for(line, checkpoint);
   sy::ModelSession session = sy::make_model_session(config, sy::world_comm());
   sy::load_checkpoint(checkpoint, config, *session.model, nullptr, session.groups,
                       *session.backend);
+  if (!options.prompt_ids.empty()) {
+    const std::vector<int32_t> ids =
+        sy::generate_ids(*session.model, options.prompt_ids, config.model.vocab_size, options);
+    if (session.groups.rank() == 0) {
+      for (size_t i = 0; i < ids.size(); ++i) std::printf("%s%d", i ? " " : "", ids[i]);
+      std::printf("\n");
+    }
+    return 0;
+  }
   std::unique_ptr<sy::Tokenizer> tokenizer;
   std::string problem;
   try {
@@ -593,7 +629,7 @@ int cmd_generate(const CommandLine& line) {
     problem = error.what();
   }
   sy::agree_or_throw(*session.groups.world, problem);
-  const std::string text = sy::generate(*session.model, *tokenizer, line.generate);
+  const std::string text = sy::generate(*session.model, *tokenizer, options);
   if (session.groups.rank() == 0) std::printf("%s\n", text.c_str());
   return 0;
 }
