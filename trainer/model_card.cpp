@@ -82,7 +82,8 @@ std::string format_model_card(const Config& config, const ModelCard& card) {
   std::snprintf(
       text, sizeof text,
       "== model card: %s ==\n"
-      "  layers %lld (MoE %lld), d_model %lld, heads %lld, seq_len %lld, vocab %lld\n"
+      "  layers %lld (MoE %lld), d_model %lld, heads %lld x %lld (key/value %lld), seq_len %lld, "
+      "vocab %lld\n"
       "  experts %lld x width %lld, top_k %lld, capacity_factor %g%s\n"
       "  total parameters            %lld (%s)\n"
       "  active parameters / token   %lld (%s)\n"
@@ -91,7 +92,8 @@ std::string format_model_card(const Config& config, const ModelCard& card) {
       "  training FLOPs / token      %s\n",
       config.name.c_str(), static_cast<long long>(m.n_layers),
       static_cast<long long>(card.moe_layers), static_cast<long long>(m.d_model),
-      static_cast<long long>(m.n_heads), static_cast<long long>(m.seq_len),
+      static_cast<long long>(m.n_heads), static_cast<long long>(m.head_width()),
+      static_cast<long long>(m.kv_heads()), static_cast<long long>(m.seq_len),
       static_cast<long long>(m.vocab_size), static_cast<long long>(moe.num_experts),
       static_cast<long long>(moe.expert_hidden), static_cast<long long>(moe.routing.top_k),
       moe.capacity_factor, moe.capacity_factor <= 0 ? " (dropless)" : "",
