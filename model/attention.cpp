@@ -76,7 +76,7 @@ const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionSha
     backend.repeat_kv_heads(k, k_kv, kv_heads);
     backend.repeat_kv_heads(v, v_kv, kv_heads);
   }
-  backend.rope_forward_qk(q, k, shape.batch, shape.seq, shape.heads, rope_theta);
+  backend.rope_forward_qk(q, k, shape.batch, shape.seq, shape.heads, rotary);
   // `cudnn` (and `auto` on a device): the same flash ops, which the CUDA backend then runs on
   // cuDNN where it can.
   if (flash) backend.prefer_cudnn_attention(prefers_cudnn(backend));
@@ -118,7 +118,7 @@ const Tensor& Attention::backward(Backend& backend, const Tensor& dout, const Te
     backend.attention_backward(dq, dk, dv, dcontext, q, k, v, probs, shape.batch, shape.seq,
                                shape.heads);
   // The rotation is orthogonal: its backward rotates the gradient back.
-  backend.rope_backward_qk(dq, dk, shape.batch, shape.seq, shape.heads, rope_theta);
+  backend.rope_backward_qk(dq, dk, shape.batch, shape.seq, shape.heads, rotary);
 
   // Grouped: each key/value head's gradient is the sum over the query heads it served.
   const Shape kv_shape{td[0], wk.value.dim(1)};

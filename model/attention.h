@@ -35,7 +35,7 @@ struct Attention {
   // are projected to Hkv heads and repeated to H (repeat_kv_heads) before rotary, so the kernels
   // below see H heads either way. 0: H.
   int64_t kv_heads = 0;
-  double rope_theta = kDefaultRopeTheta;  // ModelConfig::rope_theta
+  Rotary rotary;  // ModelConfig::rotary()
   // QK-norm's gains, q_norm [H*Dh] and k_norm [Hkv*Dh] (full) or both [Dh] (per_head); undefined
   // without it. Their epsilon:
   double norm_eps = kDefaultNormEps;

@@ -185,18 +185,17 @@ class Backend {
                         const Tensor& gain, const Tensor& rstd, bool accumulate = false);
 
   // ---- attention ----------------------------------------------------------------------------
-  // Rotary embedding in place on x[B*S, H*Dh] (rotate-half, angle s * theta^(-2i/Dh); theta:
-  // model.rope_theta); backward applies the inverse rotation to the gradient in place.
-  void rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H,
-                    double theta = kDefaultRopeTheta);
-  void rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H,
-                     double theta = kDefaultRopeTheta);
+  // Rotary embedding in place on x[B*S, H*Dh] (rotate-half, angle s * f_i, the f_i of
+  // `rotary`: model/rope.h, from model.rope_*); backward applies the inverse rotation to the
+  // gradient in place.
+  void rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H, const Rotary& rotary = {});
+  void rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H, const Rotary& rotary = {});
   // The same on q and k (same shape) together, as one launch on a device; results as the two
   // separate calls give them.
   void rope_forward_qk(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H,
-                       double theta = kDefaultRopeTheta);
+                       const Rotary& rotary = {});
   void rope_backward_qk(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S, int64_t H,
-                        double theta = kDefaultRopeTheta);
+                        const Rotary& rotary = {});
   // Grouped-query attention's key and value heads, shared by groups of query heads: out[T, H*Dh]
   // holds head j of x[T, Hkv*Dh] as heads j*G .. j*G+G-1 (G = H / Hkv; transformers' repeat_kv).
   // Backward: dx[t, head j] = the sum over g = 0 .. G-1, in that order, of dout[t, head j*G+g]
@@ -453,18 +452,18 @@ class Backend {
                                      bool accumulate) = 0;
   // attention
   virtual void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H,
-                                 double theta) = 0;
+                                 const Rotary& rotary) = 0;
   virtual void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H,
-                                  double theta) = 0;
+                                  const Rotary& rotary) = 0;
   virtual void rope_forward_qk_impl(const Tensor& q, const Tensor& k, int64_t B, int64_t S,
-                                    int64_t H, double theta) {
-    rope_forward(q, B, S, H, theta);
-    rope_forward(k, B, S, H, theta);
+                                    int64_t H, const Rotary& rotary) {
+    rope_forward(q, B, S, H, rotary);
+    rope_forward(k, B, S, H, rotary);
   }
   virtual void rope_backward_qk_impl(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S,
-                                     int64_t H, double theta) {
-    rope_backward(dq, B, S, H, theta);
-    rope_backward(dk, B, S, H, theta);
+                                     int64_t H, const Rotary& rotary) {
+    rope_backward(dq, B, S, H, rotary);
+    rope_backward(dk, B, S, H, rotary);
   }
   virtual void repeat_kv_heads_impl(const Tensor& out, const Tensor& x, int64_t kv_heads) = 0;
   virtual void repeat_kv_heads_backward_impl(const Tensor& dx, const Tensor& dout,

@@ -6,13 +6,13 @@
 #include <utility>
 #include <vector>
 
+#include "model/rope.h"
 #include "model/routing_policy.h"
 
 namespace sy {
 
-// The defaults of model.rope_theta and model.norm_eps (Llama's): rotary angle s * theta^(-2i/Dh),
-// RMSNorm x / sqrt(mean x^2 + eps).
-inline constexpr double kDefaultRopeTheta = 10000.0;
+// The default of model.norm_eps (Llama's): RMSNorm x / sqrt(mean x^2 + eps). model.rope_theta's
+// is kDefaultRopeTheta (model/rope.h).
 inline constexpr double kDefaultNormEps = 1e-5;
 
 // model.attention_kernel: how attention computes softmax(q k^T) v (model/attention.h).
@@ -43,11 +43,26 @@ struct ModelConfig {
   // Dh, each head's width. 0: d_model / n_heads. Another value decouples the heads from the
   // residual stream (Qwen3): wq is [D, H*Dh], wk and wv [D, Hkv*Dh], wo [H*Dh, D].
   int64_t head_dim = 0;
+  // The rotary's scaling (model/rope.h: Rotary's fields of the same names).
+  RopeScaling rope_scaling = RopeScaling::none;
+  double rope_factor = 1.0;
+  double rope_low_freq_factor = 1.0;
+  double rope_high_freq_factor = 4.0;
+  int64_t rope_original_max_position = 8192;
 
   int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
   int64_t head_width() const { return head_dim > 0 ? head_dim : d_model / n_heads; }  // Dh
   int64_t q_width() const { return n_heads * head_width(); }                          // H*Dh
   int64_t kv_width() const { return kv_heads() * head_width(); }                      // Hkv*Dh
+  Rotary rotary() const {
+    Rotary r(rope_theta);
+    r.scaling = rope_scaling;
+    r.factor = rope_factor;
+    r.low_freq_factor = rope_low_freq_factor;
+    r.high_freq_factor = rope_high_freq_factor;
+    r.original_max_position = rope_original_max_position;
+    return r;
+  }
 };
 
 // moe.expert_kernel: how the expert FFN runs its GEMMs (model/moe/experts.h). automatic: `auto`.

@@ -421,42 +421,48 @@ void Backend::rmsnorm_backward(const Tensor& dx, const Tensor& dgain, const Tens
 
 // ---- attention ------------------------------------------------------------------------------
 namespace {
-void check_rope(const OpCheck& c, const Tensor& x, int64_t B, int64_t S, int64_t H, double theta) {
+void check_rotary(const OpCheck& c, const Rotary& rotary) {
+  if (const std::string problem = rotary_problem(rotary); !problem.empty()) c.fail(problem);
+}
+
+void check_rope(const OpCheck& c, const Tensor& x, int64_t B, int64_t S, int64_t H,
+                const Rotary& rotary) {
   c.float_dtype(x, "x");
   check_heads(c, x, B, S, H, "x");
-  if (!(theta > 0) || !std::isfinite(theta)) c.fail("theta must be positive and finite");
+  check_rotary(c, rotary);
 }
 
 void check_rope_qk(const OpCheck& c, const Tensor& q, const Tensor& k, int64_t B, int64_t S,
-                   int64_t H, double theta) {
+                   int64_t H, const Rotary& rotary) {
   const DType dt = c.float_dtype(q, "q");
   c.dtype(k, dt, "k");
   c.shape(k, q.shape(), "k");
   check_heads(c, q, B, S, H, "q");
-  if (!(theta > 0) || !std::isfinite(theta)) c.fail("theta must be positive and finite");
+  check_rotary(c, rotary);
 }
 }  // namespace
 
-void Backend::rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H, double theta) {
-  check_rope(OpCheck(*this, "rope_forward"), x, B, S, H, theta);
-  rope_forward_impl(x, B, S, H, theta);
+void Backend::rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H, const Rotary& rotary) {
+  check_rope(OpCheck(*this, "rope_forward"), x, B, S, H, rotary);
+  rope_forward_impl(x, B, S, H, rotary);
 }
 
-void Backend::rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H, double theta) {
-  check_rope(OpCheck(*this, "rope_backward"), dx, B, S, H, theta);
-  rope_backward_impl(dx, B, S, H, theta);
+void Backend::rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H,
+                            const Rotary& rotary) {
+  check_rope(OpCheck(*this, "rope_backward"), dx, B, S, H, rotary);
+  rope_backward_impl(dx, B, S, H, rotary);
 }
 
 void Backend::rope_forward_qk(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H,
-                              double theta) {
-  check_rope_qk(OpCheck(*this, "rope_forward_qk"), q, k, B, S, H, theta);
-  rope_forward_qk_impl(q, k, B, S, H, theta);
+                              const Rotary& rotary) {
+  check_rope_qk(OpCheck(*this, "rope_forward_qk"), q, k, B, S, H, rotary);
+  rope_forward_qk_impl(q, k, B, S, H, rotary);
 }
 
 void Backend::rope_backward_qk(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S, int64_t H,
-                               double theta) {
-  check_rope_qk(OpCheck(*this, "rope_backward_qk"), dq, dk, B, S, H, theta);
-  rope_backward_qk_impl(dq, dk, B, S, H, theta);
+                               const Rotary& rotary) {
+  check_rope_qk(OpCheck(*this, "rope_backward_qk"), dq, dk, B, S, H, rotary);
+  rope_backward_qk_impl(dq, dk, B, S, H, rotary);
 }
 
 namespace {

@@ -72,7 +72,7 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
     block.attn.wk = make_param(prefix + "attn/wk", {D, m.kv_width()});
     block.attn.wv = make_param(prefix + "attn/wv", {D, m.kv_width()});
     block.attn.kv_heads = m.kv_heads();
-    block.attn.rope_theta = m.rope_theta;
+    block.attn.rotary = m.rotary();
     if (m.qk_norm != QkNorm::none) {
       const bool per_head = m.qk_norm == QkNorm::per_head;
       const int64_t q_gain = per_head ? m.head_width() : m.q_width();

@@ -344,6 +344,26 @@ TEST(ConfigRules, RopeThetaAndNormEps) {
                       "model.rope_theta: must be a finite number, got .inf"));
 }
 
+// model.rope_scaling's parameters are checked only for the rule that reads them.
+TEST(ConfigRules, RopeScaling) {
+  const Config llama3 = load_config(write_temp(
+      "model:\n  rope_scaling: llama3\n  rope_factor: 32\n  rope_original_max_position: 8192\n"));
+  EXPECT_EQ(llama3.model.rotary().scaling, RopeScaling::llama3);
+  EXPECT_EQ(llama3.model.rotary().factor, 32.0);
+  EXPECT_TRUE(rejects("model:\n  rope_scaling: linear\n  rope_factor: 0\n",
+                      "model.rope_factor: must be > 0, got 0.0"));
+  EXPECT_TRUE(rejects("model:\n  rope_scaling: llama3\n  rope_high_freq_factor: 1\n",
+                      "model.rope_high_freq_factor: 1.0 must be above "
+                      "model.rope_low_freq_factor (1.0)"));
+  EXPECT_TRUE(rejects("model:\n  rope_scaling: llama3\n  rope_original_max_position: 0\n",
+                      "model.rope_original_max_position: must be >= 1, got 0"));
+  EXPECT_TRUE(rejects("model:\n  rope_scaling: yarn\n",
+                      "model.rope_scaling: unknown value \"yarn\" (expected none, linear or "
+                      "llama3)"));
+  // Unread without a scaling.
+  EXPECT_EQ(load_errors(write_temp("model:\n  rope_factor: 0\n")), std::vector<std::string>{});
+}
+
 TEST(ConfigRules, UpcycleNeedsADenseCheckpointAndAnMoeModel) {
   EXPECT_TRUE(rejects("checkpoint:\n  upcycle: true\n",
                       "checkpoint.upcycle: needs checkpoint.init_from: the dense checkpoint to "

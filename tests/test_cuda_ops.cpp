@@ -319,6 +319,15 @@ TEST_P(CudaOps, Rope) {
   cpu().rope_forward(tc, B, S, H, 5e5);
   gpu().rope_forward(tg, B, S, H, 5e5);
   expect_close(tg, tc, Tol{1e-6, 4e-3}, "rope_forward theta 5e5", dt());
+  // model.rope_scaling llama3 (at Dh 8 and L 16, pair 0 blended, the others divided): its tables.
+  Rotary llama3(5e5);
+  llama3.scaling = RopeScaling::llama3;
+  llama3.factor = 8.0;
+  llama3.original_max_position = 16;
+  Tensor lc = on_cpu({T, D}, x), lg = on_gpu({T, D}, x, dt());
+  cpu().rope_forward(lc, B, S, H, llama3);
+  gpu().rope_forward(lg, B, S, H, llama3);
+  expect_close(lg, lc, Tol{1e-6, 4e-3}, "rope_forward llama3", dt());
 }
 
 // Grouped-query heads: the repeat is a copy (exact), its backward a sum over each group; the

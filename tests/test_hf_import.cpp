@@ -602,6 +602,85 @@ TEST_F(HfImport, RotaryThetaAndNormEpsAreRead) {
   EXPECT_EQ(m.norm_eps, 1e-6);
 }
 
+// Scaled rotary: Llama 3.1's llama3 and linear, from transformers 4's rope_scaling or 5's
+// rope_parameters, into model.rope_*; a round trip of a model trained with it is bitwise; the
+// types that also scale attention or depend on the length, and two dicts that disagree, are
+// refused.
+TEST_F(HfImport, RopeScalingIsRead) {
+  const json llama31 = {{"rope_type", "llama3"},
+                        {"factor", 8.0},
+                        {"low_freq_factor", 1.0},
+                        {"high_freq_factor", 4.0},
+                        {"original_max_position_embeddings", 8192}};
+  auto imported_model = [&](const std::string& name, const std::function<void(json&)>& edit) {
+    return import_from(variant(
+                           name, [&](Folder& folder) { edit(folder.config); }, "dense-fp32"),
+                       name + ".h5")
+        .config.model;
+  };
+  ModelConfig m = imported_model("llama31-v4", [&](json& c) {
+    c.erase("rope_parameters");
+    c["rope_theta"] = 500000.0;
+    c["rope_scaling"] = llama31;
+  });
+  EXPECT_EQ(m.rope_scaling, RopeScaling::llama3);
+  EXPECT_EQ(m.rope_theta, 500000.0);
+  EXPECT_EQ(m.rope_factor, 8.0);
+  EXPECT_EQ(m.rope_original_max_position, 8192);
+  m = imported_model("llama31-v5", [&](json& c) {
+    c.erase("rope_theta");
+    c["rope_parameters"] = llama31;
+    c["rope_parameters"]["rope_theta"] = 500000.0;
+  });
+  EXPECT_EQ(m.rope_scaling, RopeScaling::llama3);
+  EXPECT_EQ(m.rope_theta, 500000.0);
+  m = imported_model("linear", [&](json& c) {
+    c["rope_scaling"] = {{"type", "linear"}, {"factor", 2}};
+    c.erase("rope_parameters");
+  });
+  EXPECT_EQ(m.rope_scaling, RopeScaling::linear);
+  EXPECT_EQ(m.rope_factor, 2.0);
+
+  Config scaled = base("llama31-run");
+  scaled.moe = MoeConfig{};
+  scaled.model.ffn_hidden = 24;
+  scaled.model.rope_theta = 5e5;
+  scaled.model.rope_scaling = RopeScaling::llama3;
+  scaled.model.rope_factor = 8.0;
+  scaled.model.rope_original_max_position = 200;  // Dh 8: pair 0 kept, 1 blended, 2 and 3 divided
+  const std::string checkpoint = train(scaled, {.print = false}).last_checkpoint;
+  import_from(export_to(checkpoint, "llama31-fp32", "fp32"), "llama31.h5");
+  EXPECT_EQ(model_tensors((dir / "llama31.h5").string()), model_tensors(checkpoint));
+  EXPECT_EQ(shaping_keys((dir / "llama31.h5").string()), shaping_keys(checkpoint));
+
+  auto refused = [&](const std::string& name, const std::function<void(json&)>& edit) {
+    return import_error(variant(
+        name, [&](Folder& folder) { edit(folder.config); }, "dense-fp32"));
+  };
+  EXPECT_NE(refused("yarn",
+                    [](json& c) {
+                      c["rope_scaling"] = {{"rope_type", "yarn"}};
+                    })
+                .find("rope type \"yarn\" is not supported (default, linear and llama3 are)"),
+            std::string::npos);
+  EXPECT_NE(refused("no-factor",
+                    [](json& c) {
+                      c["rope_scaling"] = {{"rope_type", "linear"}};
+                    })
+                .find(": no factor"),
+            std::string::npos);
+  EXPECT_NE(refused("disagree",
+                    [&](json& c) {
+                      c["rope_scaling"] = llama31;
+                      c["rope_parameters"]["rope_type"] = "default";
+                    })
+                .find("differs from rope_parameters"),
+            std::string::npos);
+  EXPECT_NE(refused("partial", [](json& c) { c["rope_parameters"]["partial_rotary_factor"] = 0.5; })
+                .find("rope_parameters.partial_rotary_factor 0.5: not part of the default rotary"),
+            std::string::npos);
+}
+
 TEST_F(HfImport, RefusesWhatOurModelComputesDifferently) {
   auto config_error = [&](const std::string& name, const std::function<void(json&)>& edit) {
     return import_error(variant(name, [&](Folder& folder) { edit(folder.config); }));

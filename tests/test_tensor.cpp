@@ -423,6 +423,44 @@ TEST_F(CpuBackendTest, RopeMatchesSpecFormula) {
   EXPECT_THROW(be->rope_forward(be->alloc({B * S, D}, DType::f32), B, S + 1, H), std::runtime_error);
 }
 
+// Scaled rotary (model.rope_scaling): the frequencies of Llama 3.1's rule at three wavelengths
+// (theta 5e5, Dh 64, factor 32, L 8192: i <= 14 kept, i = 16 blended, i >= 20 divided; values
+// from the rule written out in Python), linear's f / factor, and the op rotating by them.
+TEST_F(CpuBackendTest, RopeScalingFrequencies) {
+  Rotary llama3(500000.0);
+  llama3.scaling = RopeScaling::llama3;
+  llama3.factor = 32.0;
+  const std::vector<double> f = rope_frequencies(64, llama3);
+  ASSERT_EQ(f.size(), 32u);
+  EXPECT_DOUBLE_EQ(f[0], 1.0);
+  EXPECT_DOUBLE_EQ(f[14], 0.003211445994752591);
+  EXPECT_DOUBLE_EQ(f[16], 0.00042955679655936815);
+  EXPECT_DOUBLE_EQ(f[20], 8.570255489881478e-06);
+  EXPECT_DOUBLE_EQ(f[31], 9.41830672543491e-08);
+  Rotary linear(10000.0);
+  linear.scaling = RopeScaling::linear;
+  linear.factor = 4.0;
+  EXPECT_DOUBLE_EQ(rope_frequencies(8, linear)[1], std::pow(10000.0, -0.25) / 4.0);
+
+  const int64_t B = 1, S = 7, H = 2, Dh = 64, D = H * Dh;
+  const Vec x = randn_f32(B * S * D, 14);
+  Vec expected = x;
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < Dh / 2; ++i) {
+        const double a = static_cast<double>(s) * f[i];
+        const double lo = x[s * D + h * Dh + i], hi = x[s * D + h * Dh + i + Dh / 2];
+        expected[s * D + h * Dh + i] = lo * std::cos(a) - hi * std::sin(a);
+        expected[s * D + h * Dh + i + Dh / 2] = hi * std::cos(a) + lo * std::sin(a);
+      }
+  Tensor xt = tensor({B * S, D}, DType::f64, x);
+  be->rope_forward(xt, B, S, H, llama3);
+  expect_close(be->read(xt), expected, tolerance(DType::f64), "rope llama3");
+  Rotary broken = llama3;
+  broken.high_freq_factor = 0.5;  // below low_freq_factor
+  EXPECT_THROW(be->rope_forward(xt, B, S, H, broken), std::runtime_error);
+}
+
 TEST_F(CpuBackendTest, RopeBackwardFiniteDifference) {
   const DType dt = DType::f64;
   const int64_t B = 2, S = 3, H = 2, Dh = 4, D = H * Dh;

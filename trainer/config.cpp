@@ -52,6 +52,12 @@ struct ChoiceNames<QkNorm> {
                                                              {QkNorm::full, "true"}};
 };
 template <>
+struct ChoiceNames<RopeScaling> {
+  static constexpr std::pair<RopeScaling, const char*> names[] = {{RopeScaling::none, "none"},
+                                                                  {RopeScaling::linear, "linear"},
+                                                                  {RopeScaling::llama3, "llama3"}};
+};
+template <>
 struct ChoiceNames<ExpertKernel> {
   static constexpr std::pair<ExpertKernel, const char*> names[] = {
       {ExpertKernel::automatic, "auto"},
@@ -189,6 +195,11 @@ std::vector<Section> config_fields(Config& c) {
         {"n_kv_heads", &c.model.n_kv_heads},
         {"head_dim", &c.model.head_dim},
         {"rope_theta", &c.model.rope_theta},
+        {"rope_scaling", choice(&c.model.rope_scaling)},
+        {"rope_factor", &c.model.rope_factor},
+        {"rope_low_freq_factor", &c.model.rope_low_freq_factor},
+        {"rope_high_freq_factor", &c.model.rope_high_freq_factor},
+        {"rope_original_max_position", &c.model.rope_original_max_position},
         {"norm_eps", &c.model.norm_eps},
         {"qk_norm", choice(&c.model.qk_norm)},
         {"ffn_hidden", &c.model.ffn_hidden},
@@ -641,6 +652,16 @@ void validate_model(const ModelConfig& m, Problems& p) {
   }
   check_at_least(p, "model.n_kv_heads", m.n_kv_heads, 0);
   check_positive(p, "model.rope_theta", m.rope_theta);
+  if (m.rope_scaling != RopeScaling::none) check_positive(p, "model.rope_factor", m.rope_factor);
+  if (m.rope_scaling == RopeScaling::llama3) {
+    check_positive(p, "model.rope_low_freq_factor", m.rope_low_freq_factor);
+    if (!(m.rope_high_freq_factor > m.rope_low_freq_factor) ||
+        !std::isfinite(m.rope_high_freq_factor))
+      p.add("model.rope_high_freq_factor", str(m.rope_high_freq_factor) +
+                                               " must be above model.rope_low_freq_factor (" +
+                                               str(m.rope_low_freq_factor) + ")");
+    check_at_least(p, "model.rope_original_max_position", m.rope_original_max_position, 1);
+  }
   check_positive(p, "model.norm_eps", m.norm_eps);
   if (m.n_kv_heads >= 1 && m.n_heads >= 1 && m.n_heads % m.n_kv_heads != 0)
     p.add("model.n_kv_heads", str(m.n_kv_heads) + " does not divide model.n_heads (" +
@@ -968,6 +989,7 @@ const char* to_string(CommunicatorKind communicator) { return choice_name(commun
 const char* to_string(OptimizerKind optimizer) { return choice_name(optimizer); }
 const char* to_string(Recompute recompute) { return choice_name(recompute); }
 const char* to_string(QkNorm qk_norm) { return choice_name(qk_norm); }
+const char* to_string(RopeScaling scaling) { return choice_name(scaling); }
 const char* to_string(LrDecay decay) { return choice_name(decay); }
 const char* to_string(Device backend) { return choice_name(backend); }
 const char* to_string(Precision precision) { return choice_name(precision); }

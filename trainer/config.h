@@ -159,6 +159,7 @@ std::vector<bool> moe_layer_mask(const Config& config);
 // load_config reads back (one name table per enum, in config.cpp).
 const char* to_string(AttentionKernel kernel);
 const char* to_string(QkNorm qk_norm);
+const char* to_string(RopeScaling scaling);
 const char* to_string(ExpertKernel kernel);
 const char* to_string(AuxLossScope scope);
 const char* to_string(RouterScore score);

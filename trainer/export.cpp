@@ -109,9 +109,23 @@ nlohmann::ordered_json hf_config(const Config& config, HfArchitecture architectu
   json["rms_norm_eps"] = m.norm_eps;
   json["use_cache"] = true;
   json["tie_word_embeddings"] = m.tie_embeddings;
-  // transformers 5 reads rope_parameters; 4.x reads rope_theta. Both say the same.
+  // transformers 5 reads rope_parameters; 4.x reads rope_theta and rope_scaling. Both say the
+  // same.
   json["rope_theta"] = m.rope_theta;
-  json["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", m.rope_theta}};
+  nlohmann::ordered_json scaling;
+  if (m.rope_scaling != RopeScaling::none) {
+    scaling["rope_type"] = to_string(m.rope_scaling);
+    scaling["factor"] = m.rope_factor;
+  }
+  if (m.rope_scaling == RopeScaling::llama3) {
+    scaling["low_freq_factor"] = m.rope_low_freq_factor;
+    scaling["high_freq_factor"] = m.rope_high_freq_factor;
+    scaling["original_max_position_embeddings"] = m.rope_original_max_position;
+  }
+  if (m.rope_scaling != RopeScaling::none) json["rope_scaling"] = scaling;
+  nlohmann::ordered_json parameters = {{"rope_type", "default"}, {"rope_theta", m.rope_theta}};
+  for (auto it = scaling.begin(); it != scaling.end(); ++it) parameters[it.key()] = it.value();
+  json["rope_parameters"] = parameters;
   json["attention_dropout"] = 0.0;
   // Our tokenizers add no BOS/EOS; without these nulls transformers would assume ids 1 and 2 and
   // stop generating at token 2.

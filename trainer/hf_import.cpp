@@ -161,44 +161,86 @@ HfConfig read_hf_config(const fs::path& folder) {
   return hf;
 }
 
-// rope_scaling (transformers 4) and rope_parameters (5): only the plain rotary, its theta said
-// once (or twice alike).
-std::string rope_problem(const HfConfig& hf) {
-  const json& values = hf.values;
-  if (const json* scaling = find_key(values, "rope_scaling")) {
-    const json* type = scaling->is_object() ? find_key(*scaling, "rope_type") : nullptr;
-    if (!type && scaling->is_object()) type = find_key(*scaling, "type");
-    if (!type || *type != "default")
-      return "rope_scaling " + scaling->dump() + ": scaled rotary is not supported";
+// One rope dict's scaling into `rotary`: transformers 5's rope_parameters or 4's rope_scaling
+// (`name`), {rope_type (4: also type), factor, ...}. The types that only change the frequencies
+// (model/rope.h): default, linear, llama3. Returns the problem, "" when there is none.
+std::string read_scaling(const HfConfig& hf, const json& rope, const std::string& name,
+                         Rotary& rotary) {
+  if (!rope.is_object()) return name + " " + rope.dump() + ": expected an object";
+  const json* type = find_key(rope, "rope_type");
+  if (!type) type = find_key(rope, "type");
+  const std::string kind = type && type->is_string() ? type->get<std::string>() : "default";
+  if (kind != "default" && kind != "linear" && kind != "llama3")
+    return name + " " + rope.dump() + ": rope type " + (type ? type->dump() : "?") +
+           " is not supported (default, linear and llama3 are)";
+  for (auto it = rope.begin(); it != rope.end(); ++it) {
+    const std::string& key = it.key();
+    const bool known =
+        key == "rope_type" || key == "type" || key == "rope_theta" ||
+        (key == "factor" && kind != "default") ||
+        (kind == "llama3" && (key == "low_freq_factor" || key == "high_freq_factor" ||
+                              key == "original_max_position_embeddings"));
+    if (key == "partial_rotary_factor" && number_or(hf, rope, key, 1.0) == 1.0) continue;
+    if (!known)
+      return name + "." + key + " " + it.value().dump() + ": not part of the " + kind +
+             " rotary (partial rotary and attention scaling are not supported)";
   }
-  const json* parameters = find_key(values, "rope_parameters");
-  const json* nested_theta = nullptr;
-  if (parameters) {
-    if (!parameters->is_object())
-      return "rope_parameters " + parameters->dump() + ": expected {rope_type, rope_theta}";
-    for (auto it = parameters->begin(); it != parameters->end(); ++it)
-      if (it.key() != "rope_type" && it.key() != "rope_theta")
-        return "rope_parameters." + it.key() + " " + it.value().dump() +
-               ": only the default rotary (rope_type, rope_theta) is supported";
-    if (const json* type = find_key(*parameters, "rope_type"); type && *type != "default")
-      return "rope_parameters.rope_type " + type->dump() + ": only \"default\" is supported";
-    nested_theta = find_key(*parameters, "rope_theta");
+  rotary.scaling = kind == "linear"   ? RopeScaling::linear
+                   : kind == "llama3" ? RopeScaling::llama3
+                                      : RopeScaling::none;
+  if (kind == "default") return "";
+  for (const char* key :
+       {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}) {
+    if (std::string(key) != "factor" && kind != "llama3") break;
+    if (!find_key(rope, key)) return name + " " + rope.dump() + ": no " + key;
   }
-  const json* theta = find_key(values, "rope_theta");
-  if (nested_theta && theta &&
-      number_or(hf, *parameters, "rope_theta", 0) != number_or(hf, values, "rope_theta", 0))
-    return "rope_theta " + theta->dump() + " differs from rope_parameters.rope_theta " +
-           nested_theta->dump() + ": which one transformers uses depends on its version";
+  rotary.factor = number_or(hf, rope, "factor", 1.0);
+  if (kind == "llama3") {
+    rotary.low_freq_factor = number_or(hf, rope, "low_freq_factor", 1.0);
+    rotary.high_freq_factor = number_or(hf, rope, "high_freq_factor", 4.0);
+    const json& original = rope.at("original_max_position_embeddings");
+    if (!original.is_number_integer())
+      return name + ".original_max_position_embeddings " + original.dump() + " is not a count";
+    rotary.original_max_position = original.get<int64_t>();
+  }
+  if (std::string problem = rotary_problem(rotary); !problem.empty())
+    return name + " " + rope.dump() + ": " + problem;
   return "";
 }
 
-// The rotary theta: transformers 5's rope_parameters.rope_theta, 4's rope_theta, else the model
-// type's default.
-double rope_theta_of(const HfConfig& hf) {
-  if (const json* parameters = find_key(hf.values, "rope_parameters");
-      parameters && parameters->is_object() && find_key(*parameters, "rope_theta"))
-    return number_or(hf, *parameters, "rope_theta", 0);
-  return number_or(hf, hf.values, "rope_theta", defaults_of(hf).rope_theta);
+// The rotary of config.json into `rotary`: transformers 5's rope_parameters, 4's rope_theta and
+// rope_scaling (where both say something they must agree: which one transformers reads depends
+// on its version), else the model type's default theta and no scaling. Returns the problem.
+std::string read_rotary(const HfConfig& hf, Rotary& rotary) {
+  const json& values = hf.values;
+  rotary = Rotary(number_or(hf, values, "rope_theta", defaults_of(hf).rope_theta));
+  Rotary from_scaling = rotary;
+  const json* scaling = find_key(values, "rope_scaling");
+  if (scaling) {
+    if (std::string problem = read_scaling(hf, *scaling, "rope_scaling", from_scaling);
+        !problem.empty())
+      return problem;
+  }
+  const json* parameters = find_key(values, "rope_parameters");
+  if (!parameters) {
+    rotary = from_scaling;
+    return "";
+  }
+  if (std::string problem = read_scaling(hf, *parameters, "rope_parameters", rotary);
+      !problem.empty())
+    return problem;
+  if (const json* nested = find_key(*parameters, "rope_theta")) {
+    const double theta = number_or(hf, *parameters, "rope_theta", 0);
+    if (const json* flat = find_key(values, "rope_theta"); flat && theta != rotary.theta)
+      return "rope_theta " + flat->dump() + " differs from rope_parameters.rope_theta " +
+             nested->dump() + ": which one transformers uses depends on its version";
+    rotary.theta = theta;
+  }
+  from_scaling.theta = rotary.theta;
+  if (scaling && from_scaling != rotary)
+    return "rope_scaling " + scaling->dump() + " differs from rope_parameters " +
+           parameters->dump() + ": which one transformers uses depends on its version";
+  return "";
 }
 
 // Grouped-query attention's key/value heads, transformers' default where config.json has none.
@@ -259,7 +301,8 @@ std::string hf_import_problem(const HfConfig& hf) {
     return "head_dim " + head_dim->dump() +
            " differs from hidden_size / num_attention_heads = " + std::to_string(hidden / heads) +
            ": OLMoE's q_norm is as wide as hidden_size";
-  if (std::string problem = rope_problem(hf); !problem.empty()) return problem;
+  Rotary rotary;
+  if (std::string problem = read_rotary(hf, rotary); !problem.empty()) return problem;
   if (const json* act = find_key(values, "hidden_act"); act && *act != "silu")
     return "hidden_act " + act->dump() + ": our FFN is SwiGLU (silu)";
   if (flag_or(hf, "attention_bias", false))
@@ -312,7 +355,16 @@ Config switchyard_config(const HfConfig& hf, const fs::path& folder) {
   m.n_layers = required_count(hf, "num_hidden_layers");
   m.n_heads = required_count(hf, "num_attention_heads");
   if (const int64_t kv_heads = key_value_heads(hf); kv_heads != m.n_heads) m.n_kv_heads = kv_heads;
-  m.rope_theta = rope_theta_of(hf);
+  Rotary rotary;
+  read_rotary(hf, rotary);  // hf_import_problem passed it
+  m.rope_theta = rotary.theta;
+  m.rope_scaling = rotary.scaling;
+  if (rotary.scaling != RopeScaling::none) m.rope_factor = rotary.factor;
+  if (rotary.scaling == RopeScaling::llama3) {
+    m.rope_low_freq_factor = rotary.low_freq_factor;
+    m.rope_high_freq_factor = rotary.high_freq_factor;
+    m.rope_original_max_position = rotary.original_max_position;
+  }
   m.norm_eps = number_or(hf, hf.values, "rms_norm_eps", defaults.rms_norm_eps);
   // Rotary has no length limit: this is only the length a training run defaults to.
   m.seq_len = count_or(hf, "max_position_embeddings", defaults.max_position_embeddings);

@@ -3,8 +3,9 @@
 # command (docs/export.md):
 #   bash bench/hf_export/check.sh OUTDIR
 # Builds switchyard (CPU-only by default: the check needs no GPU), prepares a byte-level corpus
-# from the repository's own docs (no network needed), and for each exported kind (Mixtral, Llama
-# with an untied head, grouped-query attention, OLMoE, Qwen3, Qwen3-MoE): trains ~50 steps, runs `switchyard eval` (fp32 CPU backend) and
+# from the repository's own docs (no network needed), and for each exported kind (Mixtral,
+# Llama with an untied head, grouped-query attention, OLMoE, Llama 3.1's rotary, Qwen3,
+# Qwen3-MoE): trains ~50 steps, runs `switchyard eval` (fp32 CPU backend) and
 # `switchyard generate --temperature 0` on the checkpoint, exports it in fp32 (and the MoE also in
 # bf16), then bench/hf_export/compare.py loads each export with transformers and compares the
 # validation loss (fp32: within 1e-4 relative; bf16 weights: 1e-2) and the greedy continuation of
@@ -122,6 +123,12 @@ run_case olmoe "{num_experts: 4, top_k: 2, expert_hidden: 96, normalize_topk: fa
   ", qk_norm: full" || sy_failed=1
 # Qwen3: per-head QK-norm on heads twice D / H wide, grouped-query; Qwen3-MoE: narrower heads,
 # layer 0 dense (mlp_only_layers), gates unnormalised.
+# Llama 3.1's rotary scaling (rope_type llama3), its original context cut to 64 positions so
+# that at head width 16 every regime of the rule is used (pair 0 kept, 1 blended, the rest
+# divided).
+run_case llama31 "{num_experts: 0}" fp32 \
+  ", n_kv_heads: 2, rope_theta: 500000, rope_scaling: llama3, rope_factor: 8, rope_original_max_position: 64" ||
+  sy_failed=1
 run_case qwen3 "{num_experts: 0}" fp32 \
   ", qk_norm: per_head, head_dim: 32, n_kv_heads: 2, rope_theta: 1000000, norm_eps: 1e-6" ||
   sy_failed=1
@@ -156,6 +163,7 @@ import_case() {
 import_case import-llama llama float32 || sy_failed=1
 import_case import-mixtral mixtral bfloat16 || sy_failed=1
 import_case import-olmoe olmoe float32 || sy_failed=1
+import_case import-llama31 llama31 float32 || sy_failed=1
 import_case import-qwen3 qwen3 float32 || sy_failed=1
 import_case import-qwen3-moe qwen3_moe bfloat16 || sy_failed=1
 # transformers 5's runtime layout: fused experts, Mixtral's router renamed mlp.gate.

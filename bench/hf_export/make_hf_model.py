@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes a transformers model folder that transformers itself made, for `switchyard import` to
 read (bench/hf_export/check.sh, docs/export.md "Import"): a LlamaForCausalLM, MixtralForCausalLM,
-OlmoeForCausalLM, Qwen3ForCausalLM or Qwen3MoeForCausalLM of random weights, saved with
+OlmoeForCausalLM, Qwen3ForCausalLM or Qwen3MoeForCausalLM (llama31: a Llama with Llama 3.1's
+rotary scaling) of random weights, saved with
 save_pretrained as safetensors in several shards (model.safetensors.index.json), in float32 or
 bfloat16; --fused saves transformers 5's runtime layout (save_original_format=False: each MoE
 layer's experts as mlp.experts.gate_up_proj and mlp.experts.down_proj).
@@ -26,8 +27,12 @@ def make_config(arch):
                   num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6,
                   tie_word_embeddings=False, bos_token_id=None, eos_token_id=None,
                   pad_token_id=None)
-    if arch == "llama":
+    scaling = None
+    if arch in ("llama", "llama31"):
         config, theta = transformers.LlamaConfig(intermediate_size=160, **common), 500000.0
+        if arch == "llama31":  # Llama 3.1's rotary scaling, its context cut to 64 positions
+            scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                       "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
     elif arch == "olmoe":  # QK-norm, 8 experts of 32, top-3, gates not renormalised
         config = transformers.OlmoeConfig(intermediate_size=32, num_experts=8,
                                           num_experts_per_tok=3, norm_topk_prob=False, **common)
@@ -47,15 +52,20 @@ def make_config(arch):
     # transformers 5 keeps the theta in rope_parameters, 4 in rope_theta: set whichever exists.
     if isinstance(getattr(config, "rope_parameters", None), dict):
         config.rope_parameters["rope_theta"] = theta
+        if scaling:
+            config.rope_parameters.update(scaling)
     else:
         config.rope_theta = theta
+        if scaling:
+            config.rope_scaling = scaling
     return config
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=["llama", "mixtral", "olmoe", "qwen3", "qwen3_moe"],
+    parser.add_argument("--arch", choices=["llama", "llama31", "mixtral", "olmoe", "qwen3",
+                                           "qwen3_moe"],
                         required=True)
     parser.add_argument("--fused", action="store_true",
                         help="save_original_format=False (transformers 5's fused experts)")

@@ -69,14 +69,40 @@ def softmax(values):
     return [v / s for v in e]
 
 
-def rotary(vec, position, heads, head_dim, theta):
+def inverse_frequencies(config, head_dim, theta):
+    """modeling_rope_utils: the default rope's inv_freq, and the linear and llama3 rope types."""
+    rope = config.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") == "default":
+        rope = config.get("rope_scaling") or rope
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    inv_freq = [1.0 / theta ** (2.0 * i / head_dim) for i in range(head_dim // 2)]
+    if kind == "linear":
+        return [f / rope["factor"] for f in inv_freq]
+    if kind == "llama3":  # _compute_llama3_parameters
+        factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+        old = rope["original_max_position_embeddings"]
+        out = []
+        for f in inv_freq:
+            wavelen = 2 * math.pi / f
+            scaled = f / factor if wavelen > old / low else f
+            if not (wavelen < old / high) and not (wavelen > old / low):
+                smooth = (old / wavelen - low) / (high - low)
+                scaled = (1 - smooth) * scaled / factor + smooth * scaled
+            out.append(scaled)
+        return out
+    if kind != "default":
+        sys.exit("unsupported rope type " + kind)
+    return inv_freq
+
+
+def rotary(vec, position, heads, head_dim, inv_freq):
     half = head_dim // 2
     out = list(vec)
     for h in range(heads):
         base = h * head_dim
         for j in range(head_dim):
             i = j % half  # emb = cat(freqs, freqs)
-            angle = position * (1.0 / theta ** (2.0 * i / head_dim))
+            angle = position * inv_freq[i]
             rotated = -vec[base + j + half] if j < half else vec[base + j - half]
             out[base + j] = vec[base + j] * math.cos(angle) + rotated * math.sin(angle)
     return out
@@ -90,6 +116,7 @@ def forward_loss(export_dir, tokens):
     Dh = config.get("head_dim") or D // H
     eps = config["rms_norm_eps"]
     theta = config.get("rope_parameters", {}).get("rope_theta", config.get("rope_theta", 10000.0))
+    inv_freq = inverse_frequencies(config, Dh, theta)
     model_type = config["model_type"]
     olmoe = model_type == "olmoe"
     per_head_norm = model_type in ("qwen3", "qwen3_moe")
@@ -118,8 +145,8 @@ def forward_loss(export_dir, tokens):
         if per_head_norm:  # modeling_qwen3: q_norm(q_proj(x).view(..., head_dim)) per head
             q = [head_norm(row, H, t[p + "self_attn.q_norm.weight"]) for row in q]
             k = [head_norm(row, Hkv, t[p + "self_attn.k_norm.weight"]) for row in k]
-        q = [rotary(row, s, H, Dh, theta) for s, row in enumerate(q)]
-        k = [rotary(row, s, Hkv, Dh, theta) for s, row in enumerate(k)]
+        q = [rotary(row, s, H, Dh, inv_freq) for s, row in enumerate(q)]
+        k = [rotary(row, s, Hkv, Dh, inv_freq) for s, row in enumerate(k)]
         v = [linear(t[p + "self_attn.v_proj.weight"], row) for row in u]
         context = [[0.0] * (H * Dh) for _ in range(S)]
         for h in range(H):

@@ -17,13 +17,14 @@ namespace cpu {
 namespace {
 
 // ---- rotary embedding -----------------------------------------------------------------------
-// cos/sin tables [S, Dh/2] of the angle s * theta^(-2i/Dh), computed in double.
+// cos/sin tables [S, Dh/2] of the angle s * f_i (model/rope.h), computed in double.
 template <class T>
-RopeTable<T> make_rope_table(int64_t S, int64_t Dh, double theta) {
+RopeTable<T> make_rope_table(int64_t S, int64_t Dh, const Rotary& rotary) {
   const int64_t half = Dh / 2;
   RopeTable<T> table{std::vector<T>(S * half), std::vector<T>(S * half)};
+  const std::vector<double> frequencies = rope_frequencies(Dh, rotary);
   for (int64_t i = 0; i < half; ++i) {
-    const double f = std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(Dh));
+    const double f = frequencies[i];
     for (int64_t s = 0; s < S; ++s) {
       const double a = static_cast<double>(s) * f;
       table.cos[s * half + i] = static_cast<T>(std::cos(a));
@@ -154,35 +155,36 @@ void CpuBackend::repeat_kv_heads_backward_impl(const Tensor& dx, const Tensor& d
 }
 
 template <class T>
-const cpu::RopeTable<T>& CpuBackend::rope_table(int64_t S, int64_t Dh, double theta) {
+const cpu::RopeTable<T>& CpuBackend::rope_table(int64_t S, int64_t Dh, const Rotary& rotary) {
   std::lock_guard<std::mutex> lock(rope_mutex_);
   auto& cache = [this]() -> auto& {
     if constexpr (std::is_same_v<T, float>) return rope_f32_;
     else return rope_f64_;
   }();
-  const auto key = std::make_tuple(S, Dh, theta);
+  const auto key = std::make_tuple(S, Dh, rotary);
   auto it = cache.find(key);
-  if (it == cache.end()) it = cache.emplace(key, cpu::make_rope_table<T>(S, Dh, theta)).first;
+  if (it == cache.end()) it = cache.emplace(key, cpu::make_rope_table<T>(S, Dh, rotary)).first;
   return it->second;  // map nodes are stable
 }
 
 void CpuBackend::rope(const char* op, const Tensor& x, int64_t B, int64_t S, int64_t H,
-                      double theta, int sign) {
+                      const Rotary& rotary, int sign) {
   const DType dt = cpu::host_float(OpCheck(*this, op), x, "x");
   const int64_t Dh = x.dim(1) / H;
   cpu::dispatch_float(dt, [&]<class T>(T) {
-    const cpu::RopeTable<T>& table = rope_table<T>(S, Dh, theta);
+    const cpu::RopeTable<T>& table = rope_table<T>(S, Dh, rotary);
     cpu::rope(x.ptr<T>(), table, B * S, S, H, Dh, static_cast<T>(sign));
   });
 }
 
-void CpuBackend::rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H, double theta) {
-  rope("rope_forward", x, B, S, H, theta, +1);
+void CpuBackend::rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H,
+                                   const Rotary& rotary) {
+  rope("rope_forward", x, B, S, H, rotary, +1);
 }
 
 void CpuBackend::rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H,
-                                    double theta) {
-  rope("rope_backward", dx, B, S, H, theta, -1);
+                                    const Rotary& rotary) {
+  rope("rope_backward", dx, B, S, H, rotary, -1);
 }
 
 void CpuBackend::attention_forward_impl(const Tensor& out, const Tensor& probs, const Tensor& q,

@@ -113,8 +113,10 @@ class CpuBackend final : public Backend {
                              bool accumulate) override;
 
   // ---- attention.cpp (rotary embedding and attention) -----------------------------------------
-  void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H, double theta) override;
-  void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H, double theta) override;
+  void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H,
+                         const Rotary& rotary) override;
+  void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H,
+                          const Rotary& rotary) override;
   void repeat_kv_heads_impl(const Tensor& out, const Tensor& x, int64_t kv_heads) override;
   void repeat_kv_heads_backward_impl(const Tensor& dx, const Tensor& dout,
                                      int64_t kv_heads) override;
@@ -183,10 +185,10 @@ class CpuBackend final : public Backend {
   void write_host(const Tensor& dst, std::span<const H> host);  // cpu_backend.cpp
 
   // attention.cpp: rotates x in place by +a (sign 1) or -a (sign -1), with the cached table.
-  void rope(const char* op, const Tensor& x, int64_t B, int64_t S, int64_t H, double theta,
+  void rope(const char* op, const Tensor& x, int64_t B, int64_t S, int64_t H, const Rotary& rotary,
             int sign);
   template <class T>
-  const cpu::RopeTable<T>& rope_table(int64_t S, int64_t Dh, double theta);
+  const cpu::RopeTable<T>& rope_table(int64_t S, int64_t Dh, const Rotary& rotary);
 
   struct LiveMemory {
     std::atomic<size_t> live{0}, peak{0};
@@ -197,9 +199,9 @@ class CpuBackend final : public Backend {
 
   // cos/sin tables cached per (S, Dh) and dtype.
   std::mutex rope_mutex_;
-  // Keyed by (S, Dh, theta).
-  std::map<std::tuple<int64_t, int64_t, double>, cpu::RopeTable<float>> rope_f32_;
-  std::map<std::tuple<int64_t, int64_t, double>, cpu::RopeTable<double>> rope_f64_;
+  // Keyed by (S, Dh, rotary).
+  std::map<std::tuple<int64_t, int64_t, Rotary>, cpu::RopeTable<float>> rope_f32_;
+  std::map<std::tuple<int64_t, int64_t, Rotary>, cpu::RopeTable<double>> rope_f64_;
 };
 
 }  // namespace sy

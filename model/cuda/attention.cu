@@ -242,15 +242,16 @@ void rope(Context& ctx, const Tensor& x, const Tensor& x2, const Tensor& cos, co
   }
 }
 
-const std::pair<Tensor, Tensor>& RopeTables::get(Context& ctx, int64_t S, int64_t Dh, double theta,
-                                                 DType dtype) {
-  const auto key = std::make_tuple(S, Dh, theta, dtype);
+const std::pair<Tensor, Tensor>& RopeTables::get(Context& ctx, int64_t S, int64_t Dh,
+                                                 const Rotary& rotary, DType dtype) {
+  const auto key = std::make_tuple(S, Dh, rotary, dtype);
   auto it = tables_.find(key);
   if (it != tables_.end()) return it->second;
   const int64_t half = Dh / 2;
   std::vector<double> cos(S * half), sin(S * half);
+  const std::vector<double> frequencies = rope_frequencies(Dh, rotary);
   for (int64_t i = 0; i < half; ++i) {
-    const double f = std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(Dh));
+    const double f = frequencies[i];
     for (int64_t s = 0; s < S; ++s) {
       const double a = static_cast<double>(s) * f;
       cos[s * half + i] = std::cos(a);

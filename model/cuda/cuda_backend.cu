@@ -310,13 +310,14 @@ class CudaBackend final : public Backend {
   }
 
   // ---- attention ------------------------------------------------------------------------------
-  void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H, double theta) override {
-    rope("rope_forward", x, B, S, H, theta, +1);
+  void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H,
+                         const Rotary& rotary) override {
+    rope("rope_forward", x, B, S, H, rotary, +1);
   }
 
   void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H,
-                          double theta) override {
-    rope("rope_backward", dx, B, S, H, theta, -1);
+                          const Rotary& rotary) override {
+    rope("rope_backward", dx, B, S, H, rotary, -1);
   }
 
   void repeat_kv_heads_impl(const Tensor& out, const Tensor& x, int64_t kv_heads) override {
@@ -331,13 +332,13 @@ class CudaBackend final : public Backend {
   }
 
   void rope_forward_qk_impl(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H,
-                            double theta) override {
-    rope_qk("rope_forward", q, k, B, S, H, theta, +1);
+                            const Rotary& rotary) override {
+    rope_qk("rope_forward", q, k, B, S, H, rotary, +1);
   }
 
   void rope_backward_qk_impl(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S, int64_t H,
-                             double theta) override {
-    rope_qk("rope_backward", dq, dk, B, S, H, theta, -1);
+                             const Rotary& rotary) override {
+    rope_qk("rope_backward", dq, dk, B, S, H, rotary, -1);
   }
 
   void attention_forward_impl(const Tensor& out, const Tensor& probs, const Tensor& q,
@@ -620,20 +621,20 @@ class CudaBackend final : public Backend {
     SY_CUDA(ctx_, op, cudaStreamSynchronize(ctx_.stream));
   }
 
-  void rope(const char* op, const Tensor& x, int64_t B, int64_t S, int64_t H, double theta,
+  void rope(const char* op, const Tensor& x, int64_t B, int64_t S, int64_t H, const Rotary& rotary,
             int sign) {
     SY_PROFILE(op);
-    const auto& [cos, sin] = rope_tables_.get(ctx_, S, x.dim(1) / H, theta, stat_dtype(x.dtype()));
+    const auto& [cos, sin] = rope_tables_.get(ctx_, S, x.dim(1) / H, rotary, stat_dtype(x.dtype()));
     cuda::rope(ctx_, x, cos, sin, B, S, H, sign);
   }
 
   // One launch for both: the kernel reads q's and k's rows together, so they must differ.
   void rope_qk(const char* op, const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H,
-               double theta, int sign) {
+               const Rotary& rotary, int sign) {
     SY_PROFILE(op);
     if (q.numel() > 0 && q.data() == k.data())
       OpCheck(*this, op).fail("q and k are the same tensor");
-    const auto& [cos, sin] = rope_tables_.get(ctx_, S, q.dim(1) / H, theta, stat_dtype(q.dtype()));
+    const auto& [cos, sin] = rope_tables_.get(ctx_, S, q.dim(1) / H, rotary, stat_dtype(q.dtype()));
     cuda::rope(ctx_, q, k, cos, sin, B, S, H, sign);
   }
 

@@ -64,16 +64,17 @@ void rope(Context& ctx, const Tensor& x, const Tensor& x2, const Tensor& cos, co
 // (the sum over each group, in stat dtype).
 void repeat_kv_heads(Context& ctx, const Tensor& out, const Tensor& x, int64_t kv_heads);
 void repeat_kv_heads_backward(Context& ctx, const Tensor& dx, const Tensor& dout, int64_t kv_heads);
-// The backend's cos/sin tables [S, Dh/2] of s * theta^(-2i/Dh) in `dtype` (f32 or f64),
-// computed in double on the host as the CPU does, uploaded once per (S, Dh, dtype) and kept.
+// The backend's cos/sin tables [S, Dh/2] of s * f_i (model/rope.h) in `dtype` (f32 or f64),
+// computed in double on the host as the CPU does, uploaded once per (S, Dh, rotary, dtype) and
+// kept.
 class RopeTables {
  public:
-  const std::pair<Tensor, Tensor>& get(Context& ctx, int64_t S, int64_t Dh, double theta,
+  const std::pair<Tensor, Tensor>& get(Context& ctx, int64_t S, int64_t Dh, const Rotary& rotary,
                                        DType dtype);
   void clear() { tables_.clear(); }
 
  private:
-  std::map<std::tuple<int64_t, int64_t, double, DType>, std::pair<Tensor, Tensor>> tables_;
+  std::map<std::tuple<int64_t, int64_t, Rotary, DType>, std::pair<Tensor, Tensor>> tables_;
 };
 void attention_forward(Context& ctx, const Tensor& out, const Tensor& probs, const Tensor& q,
                        const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H);
