@@ -39,12 +39,6 @@ std::string join_layers(const std::vector<bool>& mask, bool moe) {
   return out;
 }
 
-// For messages: "Llama", "Mixtral", "OLMoE", "Qwen3", "Qwen3-MoE".
-const char* display_name(HfArchitecture architecture) {
-  constexpr const char* kNames[] = {"Llama", "Mixtral", "OLMoE", "Qwen3", "Qwen3-MoE"};
-  return kNames[static_cast<int>(architecture)];
-}
-
 std::string number(double value) {
   std::ostringstream out;
   out << value;
@@ -252,7 +246,7 @@ void prepare_output(const ExportOptions& options) {
 
 std::string hf_export_problem(const Config& config) {
   const HfArchitecture architecture = hf_architecture_of(config);
-  const std::string name = display_name(architecture);
+  const std::string name = hf_display_name(architecture);
   const ModelConfig& m = config.model;
   if (architecture == HfArchitecture::llama && m.qk_norm == QkNorm::full)
     return "model.qk_norm: full normalises q and k; Llama has no QK-norm (an MoE model with it "

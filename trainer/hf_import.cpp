@@ -169,7 +169,9 @@ std::string read_scaling(const HfConfig& hf, const json& rope, const std::string
   if (!rope.is_object()) return name + " " + rope.dump() + ": expected an object";
   const json* type = find_key(rope, "rope_type");
   if (!type) type = find_key(rope, "type");
-  const std::string kind = type && type->is_string() ? type->get<std::string>() : "default";
+  if (type && !type->is_string())
+    return name + ".rope_type " + type->dump() + ": expected a rope type's name";
+  const std::string kind = type ? type->get<std::string>() : "default";
   if (kind != "default" && kind != "linear" && kind != "llama3")
     return name + " " + rope.dump() + ": rope type " + (type ? type->dump() : "?") +
            " is not supported (default, linear and llama3 are)";

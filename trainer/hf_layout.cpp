@@ -9,13 +9,14 @@ namespace {
 struct HfNames {
   const char* class_name;
   const char* model_type;
+  const char* display;  // for messages
 };
 // Indexed by HfArchitecture.
-constexpr HfNames kHfNames[] = {{"LlamaForCausalLM", "llama"},
-                                {"MixtralForCausalLM", "mixtral"},
-                                {"OlmoeForCausalLM", "olmoe"},
-                                {"Qwen3ForCausalLM", "qwen3"},
-                                {"Qwen3MoeForCausalLM", "qwen3_moe"}};
+constexpr HfNames kHfNames[] = {{"LlamaForCausalLM", "llama", "Llama"},
+                                {"MixtralForCausalLM", "mixtral", "Mixtral"},
+                                {"OlmoeForCausalLM", "olmoe", "OLMoE"},
+                                {"Qwen3ForCausalLM", "qwen3", "Qwen3"},
+                                {"Qwen3MoeForCausalLM", "qwen3_moe", "Qwen3-MoE"}};
 }  // namespace
 
 const char* hf_class_name(HfArchitecture architecture) {
@@ -24,6 +25,10 @@ const char* hf_class_name(HfArchitecture architecture) {
 
 const char* hf_model_type(HfArchitecture architecture) {
   return kHfNames[static_cast<int>(architecture)].model_type;
+}
+
+const char* hf_display_name(HfArchitecture architecture) {
+  return kHfNames[static_cast<int>(architecture)].display;
 }
 
 bool hf_has_experts(HfArchitecture architecture) {
