@@ -2,11 +2,12 @@
 # bash bench/fuzz/run.sh SECONDS [BUILD_DIR] [TARGET...]: runs each libFuzzer target for SECONDS,
 # one after another, from a seed corpus the targets write themselves (SY_FUZZ_WRITE_SEED: the
 # default config and a tiny MoE config; three token files; a checkpoint of the fuzzer's tiny
-# model; two safetensors files). Prints libFuzzer's coverage (cov: edges, ft: features) and the crashes found, last as a
+# model; two safetensors files; four config.json files beside a tiny Llama's weights). Prints libFuzzer's coverage (cov: edges, ft: features) and the crashes found, last as a
 # table. Work files under ${OUT:-bench/fuzz/out}; crashing inputs as <out>/crashes/<target>-*.
 # BUILD_DIR (default build-fuzz) is configured with
 #   CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DSY_FUZZ=ON -DSY_CUDA=OFF
-# and built with: cmake --build build-fuzz --target fuzz_config fuzz_token_file fuzz_checkpoint fuzz_safetensors
+# and built with: cmake --build build-fuzz --target fuzz_config fuzz_token_file fuzz_checkpoint \
+#   fuzz_safetensors fuzz_hf_config
 # The inputs kept under tests/data/fuzz/<reader>/ seed each run too. One worker (-fork=1) that
 # goes on past a finding (-ignore_crashes/ooms/timeouts), so a long run reports all it finds.
 # RSS_MB (default 2048) is the memory limit per input.
@@ -15,7 +16,8 @@ seconds=${1:?usage: run.sh SECONDS [BUILD_DIR] [TARGET...]}
 build=${2:-build-fuzz}
 shift $(( $# >= 2 ? 2 : 1 ))
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz_config fuzz_token_file fuzz_checkpoint fuzz_safetensors)
+[ ${#targets[@]} -gt 0 ] ||
+  targets=(fuzz_config fuzz_token_file fuzz_checkpoint fuzz_safetensors fuzz_hf_config)
 out=${OUT:-bench/fuzz/out}
 mkdir -p "$out/crashes"
 # HDF5's error paths keep a few handles for the process's life: leaks are not what we look for.
