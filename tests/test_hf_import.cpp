@@ -446,6 +446,37 @@ TEST_F(HfImport, Qwen3RoundTripIsBitwise) {
       std::string::npos);
 }
 
+// Mistral (read, never written): Llama's tensors, so a Llama export relabelled imports as the
+// same weights; its sliding window refused as Mixtral's, MistralConfig's default 4096 applying
+// when config.json leaves the key out (null: none).
+TEST_F(HfImport, MistralIsReadAsLlama) {
+  auto mistral = [](json& c) {
+    c["architectures"] = {"MistralForCausalLM"};
+    c["model_type"] = "mistral";
+  };
+  const fs::path folder = variant(
+      "mistral-null-window",
+      [&](Folder& f) {
+        mistral(f.config);
+        f.config["sliding_window"] = nullptr;
+      },
+      "dense-fp32");
+  const ImportResult result = import_from(folder, "mistral.h5");
+  EXPECT_EQ(result.architecture, "MistralForCausalLM");
+  EXPECT_EQ(model_tensors((dir / "mistral.h5").string()), model_tensors(dense_checkpoint));
+  EXPECT_NE(import_error(variant(
+                             "mistral-window",
+                             [&](Folder& f) {
+                               mistral(f.config);
+                               f.config.erase("sliding_window");
+                               f.config["max_position_embeddings"] = 32768;
+                             },
+                             "dense-fp32"))
+                .find("sliding_window 4096 (absent: MistralConfig's default) is shorter than "
+                      "max_position_embeddings 32768"),
+            std::string::npos);
+}
+
 // transformers 5's fused experts (save_pretrained(save_original_format=False)): per layer
 // mlp.experts.gate_up_proj [E, 2F, D] and mlp.experts.down_proj [E, D, F], and Mixtral's router
 // as mlp.gate.weight. They import as the per-expert tensors do.
@@ -709,8 +740,8 @@ TEST_F(HfImport, RefusesWhatOurModelComputesDifferently) {
   EXPECT_NE(config_error("window", [](json& c) { c["sliding_window"] = 8; })
                 .find("sliding_window 8 is shorter than max_position_embeddings 16"),
             std::string::npos);
-  EXPECT_NE(config_error("mistral", [](json& c) { c["architectures"] = {"MistralForCausalLM"}; })
-                .find("architectures [\"MistralForCausalLM\"] is not supported"),
+  EXPECT_NE(config_error("gemma", [](json& c) { c["architectures"] = {"GemmaForCausalLM"}; })
+                .find("architectures [\"GemmaForCausalLM\"] is not supported"),
             std::string::npos);
   EXPECT_NE(config_error("olmoe-head-dim",
                          [](json& c) {

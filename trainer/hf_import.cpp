@@ -54,6 +54,9 @@ constexpr HfDefaults kMixtralDefaults{1e-5, 1e6, 8, 4096 * 32, 8, 2, -1};
 constexpr HfDefaults kOlmoeDefaults{1e-5, 10000.0, -1, 4096, 64, 8, -1};
 constexpr HfDefaults kQwen3Defaults{1e-6, 10000.0, 32, 32768, 0, 0, 128};
 constexpr HfDefaults kQwen3MoeDefaults{1e-6, 10000.0, 4, 32768, 128, 8, -1};
+constexpr HfDefaults kMistralDefaults{1e-6, 10000.0, 8, 4096 * 32, 0, 0, -1};
+// MistralConfig's sliding_window when config.json leaves the key out (null: none).
+constexpr int64_t kMistralDefaultWindow = 4096;
 
 const HfDefaults& defaults_of(const HfConfig& hf) {
   switch (hf.architecture) {
@@ -65,6 +68,8 @@ const HfDefaults& defaults_of(const HfConfig& hf) {
       return kQwen3Defaults;
     case HfArchitecture::qwen3_moe:
       return kQwen3MoeDefaults;
+    case HfArchitecture::mistral:
+      return kMistralDefaults;
     case HfArchitecture::llama:
       break;
   }
@@ -108,12 +113,12 @@ bool flag_or(const HfConfig& hf, const std::string& key, bool fallback) {
 
 // The model, from `architectures` (the class transformers builds) and `model_type`.
 HfArchitecture read_architecture(const json& values, const std::string& path) {
-  constexpr HfArchitecture kKnown[] = {HfArchitecture::llama, HfArchitecture::mixtral,
-                                       HfArchitecture::olmoe, HfArchitecture::qwen3,
-                                       HfArchitecture::qwen3_moe};
+  constexpr HfArchitecture kKnown[] = {HfArchitecture::llama,     HfArchitecture::mixtral,
+                                       HfArchitecture::olmoe,     HfArchitecture::qwen3,
+                                       HfArchitecture::qwen3_moe, HfArchitecture::mistral};
   const std::string known =
-      "LlamaForCausalLM, MixtralForCausalLM, OlmoeForCausalLM, Qwen3ForCausalLM and "
-      "Qwen3MoeForCausalLM";
+      "LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, OlmoeForCausalLM, "
+      "Qwen3ForCausalLM and Qwen3MoeForCausalLM";
   const json* architectures = find_key(values, "architectures");
   const json* model_type = find_key(values, "model_type");
   std::string architecture, type;
@@ -315,18 +320,25 @@ std::string hf_import_problem(const HfConfig& hf) {
            ": quantized weights are not supported (import a float checkpoint)";
   if (const json* clip = find_key(values, "clip_qkv"))
     return "clip_qkv " + clip->dump() + ": our attention does not clamp q, k and v";
-  // Mixtral's sliding_window applies when set; Qwen3's only with use_sliding_window.
+  // Mixtral's and Mistral's sliding_window applies when set (Mistral's default is 4096, not
+  // none); Qwen3's only with use_sliding_window.
   const bool windowed =
-      hf.architecture == HfArchitecture::mixtral ||
+      hf.architecture == HfArchitecture::mixtral || hf.architecture == HfArchitecture::mistral ||
       ((hf.architecture == HfArchitecture::qwen3 || hf.architecture == HfArchitecture::qwen3_moe) &&
        flag_or(hf, "use_sliding_window", false));
   if (windowed) {
     const int64_t positions =
         count_or(hf, "max_position_embeddings", defaults.max_position_embeddings);
-    if (const json* window = find_key(values, "sliding_window");
-        window && (!window->is_number_integer() || window->get<int64_t>() < positions))
-      return "sliding_window " + window->dump() + " is shorter than max_position_embeddings " +
-             std::to_string(positions) + ": sliding-window attention is not supported";
+    const json absent_default = kMistralDefaultWindow;
+    const json* window = find_key(values, "sliding_window");
+    const bool defaulted =
+        !window && !values.contains("sliding_window") && hf.architecture == HfArchitecture::mistral;
+    if (defaulted) window = &absent_default;
+    if (window && (!window->is_number_integer() || window->get<int64_t>() < positions))
+      return "sliding_window " + window->dump() +
+             (defaulted ? " (absent: MistralConfig's default)" : "") +
+             " is shorter than max_position_embeddings " + std::to_string(positions) +
+             ": sliding-window attention is not supported";
   }
   if (const json* types = find_key(values, "layer_types")) {
     if (!types->is_array()) return "layer_types " + types->dump() + ": expected a list";

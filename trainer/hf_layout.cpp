@@ -16,7 +16,8 @@ constexpr HfNames kHfNames[] = {{"LlamaForCausalLM", "llama", "Llama"},
                                 {"MixtralForCausalLM", "mixtral", "Mixtral"},
                                 {"OlmoeForCausalLM", "olmoe", "OLMoE"},
                                 {"Qwen3ForCausalLM", "qwen3", "Qwen3"},
-                                {"Qwen3MoeForCausalLM", "qwen3_moe", "Qwen3-MoE"}};
+                                {"Qwen3MoeForCausalLM", "qwen3_moe", "Qwen3-MoE"},
+                                {"MistralForCausalLM", "mistral", "Mistral"}};
 }  // namespace
 
 const char* hf_class_name(HfArchitecture architecture) {
@@ -45,6 +46,7 @@ QkNorm hf_qk_norm(HfArchitecture architecture) {
       return QkNorm::per_head;
     case HfArchitecture::llama:
     case HfArchitecture::mixtral:
+    case HfArchitecture::mistral:
       break;
   }
   return QkNorm::none;
@@ -71,7 +73,8 @@ std::vector<HfTensor> hf_tensors(const Config& config, HfArchitecture architectu
   std::vector<HfTensor> plan;
   auto add = [&](std::string name, std::string dataset, std::vector<int64_t> shape, bool transpose,
                  int64_t expert = -1) -> HfTensor& {
-    plan.push_back({std::move(name), "/model/" + dataset, expert, std::move(shape), transpose});
+    plan.push_back(
+        {std::move(name), "/model/" + dataset, expert, std::move(shape), transpose, {}, {}, 0});
     return plan.back();
   };
   // Both tables are [V, D]: the embedding as we store it, and logits = h @ embedding^T.

@@ -34,8 +34,9 @@ struct HfTensor {
 // The transformers models export writes and import reads: Llama (dense), Mixtral (MoE in every
 // layer), OLMoE (MoE in every layer, QK-norm over the whole projections, an optional top-k
 // renormalisation), Qwen3 (dense, per-head QK-norm) and Qwen3-MoE (Qwen3 with MoE layers, any
-// of them dense by mlp_only_layers).
-enum class HfArchitecture { llama, mixtral, olmoe, qwen3, qwen3_moe };
+// of them dense by mlp_only_layers); and, read only, Mistral (Llama's layout; without a sliding
+// window it computes what Llama does, so export writes Llama).
+enum class HfArchitecture { llama, mixtral, olmoe, qwen3, qwen3_moe, mistral };
 const char* hf_class_name(HfArchitecture architecture);  // "LlamaForCausalLM", ...
 const char* hf_model_type(HfArchitecture architecture);  // "llama", ...
 const char* hf_display_name(HfArchitecture architecture);  // "Llama", "Qwen3-MoE", ...
