@@ -164,6 +164,7 @@ import_case import-llama llama float32 || sy_failed=1
 import_case import-mixtral mixtral bfloat16 || sy_failed=1
 import_case import-olmoe olmoe float32 || sy_failed=1
 import_case import-llama31 llama31 float32 || sy_failed=1
+import_case import-mistral mistral bfloat16 || sy_failed=1
 import_case import-qwen3 qwen3 float32 || sy_failed=1
 import_case import-qwen3-moe qwen3_moe bfloat16 || sy_failed=1
 # transformers 5's runtime layout: fused experts, Mixtral's router renamed mlp.gate.

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Writes a transformers model folder that transformers itself made, for `switchyard import` to
 read (bench/hf_export/check.sh, docs/export.md "Import"): a LlamaForCausalLM, MixtralForCausalLM,
-OlmoeForCausalLM, Qwen3ForCausalLM or Qwen3MoeForCausalLM (llama31: a Llama with Llama 3.1's
-rotary scaling) of random weights, saved with
+OlmoeForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM or MistralForCausalLM (llama31: a Llama
+with Llama 3.1's rotary scaling) of random weights, saved with
 save_pretrained as safetensors in several shards (model.safetensors.index.json), in float32 or
 bfloat16; --fused saves transformers 5's runtime layout (save_original_format=False: each MoE
 layer's experts as mlp.experts.gate_up_proj and mlp.experts.down_proj).
@@ -37,6 +37,9 @@ def make_config(arch):
         config = transformers.OlmoeConfig(intermediate_size=32, num_experts=8,
                                           num_experts_per_tok=3, norm_topk_prob=False, **common)
         theta = 10000.0
+    elif arch == "mistral":  # Mistral 7B v0.3's form: no sliding window
+        config = transformers.MistralConfig(intermediate_size=160, sliding_window=None, **common)
+        theta = 1e6
     elif arch == "qwen3":
         config, theta = transformers.Qwen3Config(intermediate_size=160, head_dim=32, **common), 1e6
     elif arch == "qwen3_moe":  # 8 experts of 32, top-3, not renormalised; layer 0 dense
@@ -64,8 +67,8 @@ def make_config(arch):
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=["llama", "llama31", "mixtral", "olmoe", "qwen3",
-                                           "qwen3_moe"],
+    parser.add_argument("--arch", choices=["llama", "llama31", "mistral", "mixtral", "olmoe",
+                                           "qwen3", "qwen3_moe"],
                         required=True)
     parser.add_argument("--fused", action="store_true",
                         help="save_original_format=False (transformers 5's fused experts)")
