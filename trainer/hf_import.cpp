@@ -41,8 +41,8 @@ struct HfConfig {
 };
 
 // What transformers assumes for a key config.json leaves out (the defaults of LlamaConfig,
-// MixtralConfig, OlmoeConfig, Qwen3Config and Qwen3MoeConfig): a missing key means what it means
-// there, not what it means to us.
+// MistralConfig, MixtralConfig, OlmoeConfig, Qwen3Config and Qwen3MoeConfig): a missing key
+// means what it means there, not what it means to us.
 struct HfDefaults {
   double rms_norm_eps, rope_theta;
   int64_t num_key_value_heads;  // -1: num_attention_heads
@@ -382,7 +382,7 @@ Config switchyard_config(const HfConfig& hf, const fs::path& folder) {
   m.norm_eps = number_or(hf, hf.values, "rms_norm_eps", defaults.rms_norm_eps);
   // Rotary has no length limit: this is only the length a training run defaults to.
   m.seq_len = count_or(hf, "max_position_embeddings", defaults.max_position_embeddings);
-  // transformers' configs of all five default to untied.
+  // transformers' configs of all six default to untied.
   m.tie_embeddings = flag_or(hf, "tie_word_embeddings", false);
   m.qk_norm = hf_qk_norm(hf.architecture);
   if (const int64_t width = head_width(hf); width * m.n_heads != m.d_model) m.head_dim = width;
