@@ -4,7 +4,8 @@
 # and under mpirun -np 2: every printed val_loss must equal the last one in metrics.jsonl
 # character for character. With the experts split over the 2 ranks (an expert's GEMM then sees
 # the rows of 2 sequences at once) it must agree to 1e-6 relative. A dropless run exported to a
-# transformers folder and imported back evaluates and generates the same. Prints a table last.
+# transformers folder and imported back evaluates and generates the same, and a run from it trains
+# as a run from the original, also for a Qwen3-MoE on 2 ranks. Prints a table last.
 # Usage: cli_validation.sh SWITCHYARD [cpu|cuda] [LOG_DIR]
 set -uo pipefail
 switchyard=$(realpath "$1")
@@ -167,6 +168,31 @@ if [ -n "$(grep -o '"loss": [^,]*' from_checkpoints/metrics.jsonl)" ] &&
      "$(grep -o '"loss": [^,]*' from_imported.h5/metrics.jsonl)" ]; then verdict=equal; else
   verdict=DIFFERS; failures=$((failures + 1)); fi
 rows+=("train from the import|$(grep -o '"loss": [^,]*' from_imported.h5/metrics.jsonl | tail -1 | cut -d' ' -f2)|$verdict|-")
+
+# The same through a Qwen3-MoE (per-head QK-norm on heads wider than D / H, grouped-query
+# attention, layer 0 dense via mlp_only_layers, Llama 3.1's rotary scaling): export, import, and
+# train from each on 2 ranks with the experts split over them: the same losses, step by step.
+qwen=(--set model.qk_norm=per_head --set model.head_dim=48 --set model.n_kv_heads=1
+      --set "moe.layers=[1]" --set model.rope_scaling=llama3 --set model.rope_factor=8
+      --set model.rope_original_max_position=16 --set moe.capacity_factor=0)
+"$switchyard" train small.yaml "${qwen[@]}" --set train.steps=2 --set run.dir=qwen \
+  >qwen_train.log 2>&1 &&
+  "$switchyard" export qwen/checkpoints --dtype fp32 --output qwen_folder >qwen_export.log 2>&1 &&
+  "$switchyard" import qwen_folder --output qwen.h5 >qwen_import.log 2>&1 ||
+  { echo "FAIL: train, export or import of a Qwen3-MoE"; tail -3 qwen_*.log; exit 1; }
+grep -q '"Qwen3MoeForCausalLM"' qwen_folder/config.json ||
+  { echo "FAIL: not exported as Qwen3MoeForCausalLM"; failures=$((failures + 1)); }
+for source in qwen/checkpoints qwen.h5; do
+  "${mpi2[@]}" "$switchyard" train small.yaml "${qwen[@]}" --set train.steps=3 \
+    --set parallel.expert_parallel=2 --set "checkpoint.init_from=$source" \
+    --set "run.dir=qwen_from_$(basename $source)" >qwen_from.log 2>&1 ||
+    { echo "FAIL: train from $source on 2 ranks"; tail -3 qwen_from.log; exit 1; }
+done
+if [ -n "$(grep -o '"loss": [^,]*' qwen_from_checkpoints/metrics.jsonl)" ] &&
+   [ "$(grep -o '"loss": [^,]*' qwen_from_checkpoints/metrics.jsonl)" = \
+     "$(grep -o '"loss": [^,]*' qwen_from_qwen.h5/metrics.jsonl)" ]; then verdict=equal; else
+  verdict=DIFFERS; failures=$((failures + 1)); fi
+rows+=("Qwen3-MoE import, 2 ranks EP=2|$(grep -o '"loss": [^,]*' qwen_from_qwen.h5/metrics.jsonl | tail -1 | cut -d' ' -f2)|$verdict|-")
 
 # Too little data names what would fit.
 "$switchyard" eval small.yaml --tokens 100000 >/dev/null 2>fit.err
