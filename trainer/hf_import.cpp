@@ -678,7 +678,9 @@ ImportResult import_hf(const ImportOptions& options) {
                          "has no length limit");
   if (!tokenizer)
     result.notes.push_back("no tokenizer.model (SentencePiece) in " + folder.string() +
-                           ": the checkpoint carries no tokenizer; token ids are left to you");
+                           ": the checkpoint carries no tokenizer; token ids are left to you "
+                           "(generate --prompt-ids; prepare-data --format nanogpt or megatron for "
+                           "ids tokenized elsewhere)");
   return result;
 }
 
