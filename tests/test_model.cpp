@@ -180,6 +180,19 @@ TEST(ModelCard, CountsMatchTheParameters) {
     EXPECT_EQ(make_model_card(config).total_params, total)
         << "n_kv_heads " << c.kv_heads << " head_dim " << c.head_dim;
   }
+  // Qwen3-30B-A3B's shape (heads of 128 on d_model 2048, 4 key/value heads, per-head QK-norm,
+  // 128 experts of 768, top-8, untied): the 30.5B parameters and 3.3B active that Qwen publishes.
+  Config qwen = small_config();
+  qwen.model = {151936, 4096, 2048, 48, 32, 6144, false};
+  qwen.model.n_kv_heads = 4;
+  qwen.model.head_dim = 128;
+  qwen.model.qk_norm = QkNorm::per_head;
+  qwen.moe.num_experts = 128;
+  qwen.moe.routing.top_k = 8;
+  qwen.moe.expert_hidden = 768;
+  EXPECT_EQ(make_model_card(qwen).total_params, 30532122624);
+  EXPECT_EQ(make_model_card(qwen).active_params, 3353032704);
+
   Config dense = small_config();
   dense.moe.num_experts = 0;
   const ModelCard card = make_model_card(dense);
