@@ -35,6 +35,16 @@ YAML
 failures=0
 rows=()
 save_log() { [ -n "$logs" ] && cp "$1" "$logs/$2"; }
+# same_losses ROW RUN_A RUN_B: a table row, "equal" when the two runs' metrics.jsonl hold the same
+# losses, step for step, character for character.
+same_losses() {
+  local a b
+  a=$(grep -o '"loss": [^,]*' "$2/metrics.jsonl")
+  b=$(grep -o '"loss": [^,]*' "$3/metrics.jsonl")
+  if [ -n "$a" ] && [ "$a" = "$b" ]; then verdict=equal; else
+    verdict=DIFFERS; failures=$((failures + 1)); fi
+  rows+=("$1|$(echo "$b" | tail -1 | cut -d' ' -f2)|$verdict|-")
+}
 
 "$switchyard" train small.yaml >train.log 2>&1
 status=$?
@@ -163,11 +173,7 @@ for source in hf/checkpoints imported.h5; do
   grep -q "^initialised from " from_import.log ||
     { echo "FAIL: no 'initialised from' line"; failures=$((failures + 1)); }
 done
-if [ -n "$(grep -o '"loss": [^,]*' from_checkpoints/metrics.jsonl)" ] &&
-   [ "$(grep -o '"loss": [^,]*' from_checkpoints/metrics.jsonl)" = \
-     "$(grep -o '"loss": [^,]*' from_imported.h5/metrics.jsonl)" ]; then verdict=equal; else
-  verdict=DIFFERS; failures=$((failures + 1)); fi
-rows+=("train from the import|$(grep -o '"loss": [^,]*' from_imported.h5/metrics.jsonl | tail -1 | cut -d' ' -f2)|$verdict|-")
+same_losses "train from the import" from_checkpoints from_imported.h5
 
 # The same through a Qwen3-MoE (per-head QK-norm on heads wider than D / H, grouped-query
 # attention, layer 0 dense via mlp_only_layers, Llama 3.1's rotary scaling): export, import, and
@@ -188,11 +194,7 @@ for source in qwen/checkpoints qwen.h5; do
     --set "run.dir=qwen_from_$(basename $source)" >qwen_from.log 2>&1 ||
     { echo "FAIL: train from $source on 2 ranks"; tail -3 qwen_from.log; exit 1; }
 done
-if [ -n "$(grep -o '"loss": [^,]*' qwen_from_checkpoints/metrics.jsonl)" ] &&
-   [ "$(grep -o '"loss": [^,]*' qwen_from_checkpoints/metrics.jsonl)" = \
-     "$(grep -o '"loss": [^,]*' qwen_from_qwen.h5/metrics.jsonl)" ]; then verdict=equal; else
-  verdict=DIFFERS; failures=$((failures + 1)); fi
-rows+=("Qwen3-MoE import, 2 ranks EP=2|$(grep -o '"loss": [^,]*' qwen_from_qwen.h5/metrics.jsonl | tail -1 | cut -d' ' -f2)|$verdict|-")
+same_losses "Qwen3-MoE import, 2 ranks EP=2" qwen_from_checkpoints qwen_from_qwen.h5
 
 # Too little data names what would fit.
 "$switchyard" eval small.yaml --tokens 100000 >/dev/null 2>fit.err
