@@ -295,7 +295,8 @@ TEST_P(CudaOps, RMSNorm) {
   // model.norm_eps: another epsilon, on rows small enough to feel it.
   std::vector<double> small = x;
   for (double& v : small) v *= 1e-3;
-  Tensor sc = on_cpu({N, D}, small), sg = on_gpu({N, D}, small, dt());
+  // The CPU reads the values the device holds (bf16: rounded), so that rstd compares the norms.
+  Tensor sg = on_gpu({N, D}, small, dt()), sc = on_cpu({N, D}, gpu().read(sg));
   cpu().rmsnorm_forward(oc, rc, sc, gc, 1e-6);
   gpu().rmsnorm_forward(og, rg, sg, gg, 1e-6);
   expect_close(og, oc, Tol{1e-6, 4e-3}, "rmsnorm_forward out eps 1e-6", dt());
@@ -619,11 +620,16 @@ TEST_F(CudaVec, RMSNormResidualFusions) {
     expect_bitwise(sum, sum_ref, "add_rmsnorm_forward sum" + at);
     expect_bitwise(out, out_ref, "add_rmsnorm_forward out" + at);
     expect_bitwise(rstd, rstd_ref, "add_rmsnorm_forward rstd" + at);
-    // model.norm_eps reaches the fused form too.
-    gpu().add_rmsnorm_forward(sum, out, rstd, ag, bg, gg, 0.25);
-    gpu().rmsnorm_forward(out_ref, rstd_ref, sum_ref, gg, 0.25);
-    expect_bitwise(out, out_ref, "add_rmsnorm_forward out eps 0.25" + at);
-    expect_bitwise(rstd, rstd_ref, "add_rmsnorm_forward rstd eps 0.25" + at);
+    // model.norm_eps reaches the fused form too (into tensors of its own: the backward below
+    // reads sum and rstd at the default epsilon).
+    {
+      Tensor sum_eps = poisoned({N, D}, bf), out_eps = poisoned({N, D}, bf);
+      Tensor rstd_eps = poisoned({N}, DType::f32), rstd_eps_ref = poisoned({N}, DType::f32);
+      gpu().add_rmsnorm_forward(sum_eps, out_eps, rstd_eps, ag, bg, gg, 0.25);
+      gpu().rmsnorm_forward(out_ref, rstd_eps_ref, sum_ref, gg, 0.25);
+      expect_bitwise(out_eps, out_ref, "add_rmsnorm_forward out eps 0.25" + at);
+      expect_bitwise(rstd_eps, rstd_eps_ref, "add_rmsnorm_forward rstd eps 0.25" + at);
+    }
 
     const Tensor dyg = on_gpu({N, D}, dy, bf);
     Tensor dres[2] = {on_gpu({N, D}, res, bf), on_gpu({N, D}, res, bf)};
