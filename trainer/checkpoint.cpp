@@ -135,6 +135,21 @@ bool hdf5_threadsafe() {
   return H5is_library_threadsafe(&threadsafe) >= 0 && threadsafe;
 }
 
+// The data phase of a collective load: read(item, staging) for every item, after every check
+// passed on every rank; a read error (a checksum that does not match) fails the load everywhere.
+template <class Items, class Read>
+void read_on_every_rank(Communicator& world, const std::string& path, const Items& items,
+                        Read read) {
+  std::string problem;
+  try {
+    std::vector<char> staging;
+    for (const auto& item : items) read(item, staging);
+  } catch (const std::exception& error) {
+    problem = path + ": " + error.what();
+  }
+  agree_or_throw(world, problem);
+}
+
 }  // namespace
 
 std::string checkpoint_dir(const Config& config) {
@@ -420,16 +435,11 @@ LoadResult load_checkpoint(const std::string& path, const Config& config, Transf
   }
   agree_or_throw(world, problem);
 
-  // Phase 2: the data; a read error (a checksum that does not match) fails the load everywhere.
-  try {
-    std::vector<char> staging;
-    for (const Item& item : items)
-      read_checkpoint_tensor(item.dataset.get(), item.entry.dataset, item.file_shape, item.first_row,
-                             item.entry.is_expert, item.entry.tensor, backend, staging);
-  } catch (const std::exception& error) {
-    problem = path + ": " + error.what();
-  }
-  agree_or_throw(world, problem);
+  // Phase 2: the data.
+  read_on_every_rank(world, path, items, [&](const Item& item, std::vector<char>& staging) {
+    read_checkpoint_tensor(item.dataset.get(), item.entry.dataset, item.file_shape, item.first_row,
+                           item.entry.is_expert, item.entry.tensor, backend, staging);
+  });
   if (restore_optimizer) optimizer->set_step_count(result.header.optimizer_step);
   model.refresh_compute_weights();
   return result;
@@ -568,15 +578,10 @@ CheckpointHeader load_upcycled(const std::string& path, const Config& config, Tr
     problem = path + ": " + error.what();
   }
   agree_or_throw(world, problem);
-  try {
-    std::vector<char> staging;
-    for (const Item& item : items)
-      read_checkpoint_tensor(item.handle.get(), item.dataset, item.into.shape(), 0, false,
-                             item.into, backend, staging);
-  } catch (const std::exception& error) {
-    problem = path + ": " + error.what();
-  }
-  agree_or_throw(world, problem);
+  read_on_every_rank(world, path, items, [&](const Item& item, std::vector<char>& staging) {
+    read_checkpoint_tensor(item.handle.get(), item.dataset, item.into.shape(), 0, false, item.into,
+                           backend, staging);
+  });
   model.refresh_compute_weights();
   return header;
 }
