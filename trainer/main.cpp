@@ -344,8 +344,9 @@ void add_export_command(CLI::App& app, CommandLine& line) {
 void add_import_command(CLI::App& app, CommandLine& line) {
   CLI::App* importer = app.add_subcommand(
       "import",
-      "read a Hugging Face transformers LlamaForCausalLM, MixtralForCausalLM or "
-      "OlmoeForCausalLM folder into a step-0 checkpoint file (docs/export.md, Import)");
+      "read a Hugging Face transformers LlamaForCausalLM, MistralForCausalLM, "
+      "MixtralForCausalLM, OlmoeForCausalLM, Qwen3ForCausalLM or Qwen3MoeForCausalLM folder into "
+      "a step-0 checkpoint file (docs/export.md, Import)");
   importer
       ->add_option("DIR", line.import_options.folder,
                    wrap("the model folder: config.json, model.safetensors or "
