@@ -260,10 +260,12 @@ int64_t train_document_count(int64_t documents, double val_fraction, const std::
   return train;
 }
 
-int64_t for_each_jsonl_document(const std::vector<std::string>& files, const std::string& field,
-                                const std::function<void(const std::string&)>& visit) {
+int64_t for_each_jsonl_record(
+    const std::vector<std::string>& files, const std::vector<std::string>& fields,
+    const std::function<void(const std::vector<const std::string*>&)>& visit) {
   if (files.empty()) throw std::runtime_error("--format jsonl: no --input file");
   int64_t documents = 0;
+  std::vector<const std::string*> values(fields.size());
   for (const std::string& path : files) {
     regular_file_size(path);  // names a missing file or a folder
     std::ifstream in(path, std::ios::binary);
@@ -281,18 +283,28 @@ int64_t for_each_jsonl_document(const std::vector<std::string>& files, const std
       }
       if (!object.is_object())
         throw file_error(path, where + "a JSON " + object.type_name() + ", not an object");
-      const auto member = object.find(field);
-      if (member == object.end()) throw file_error(path, where + "no field \"" + field + "\"");
-      if (!member->is_string())
-        throw file_error(path, where + "field \"" + field + "\" is a " + member->type_name() +
-                                   ", not a string");
-      visit(member->get_ref<const std::string&>());
+      for (size_t f = 0; f < fields.size(); f++) {
+        const std::string& field = fields[f];
+        const auto member = object.find(field);
+        if (member == object.end()) throw file_error(path, where + "no field \"" + field + "\"");
+        if (!member->is_string())
+          throw file_error(path, where + "field \"" + field + "\" is a " + member->type_name() +
+                                     ", not a string");
+        values[f] = &member->get_ref<const std::string&>();
+      }
+      visit(values);
       documents++;
     }
     if (in.bad()) throw file_error(path, "read failed");
   }
   if (documents == 0) throw std::runtime_error(join(files) + ": no documents");
   return documents;
+}
+
+int64_t for_each_jsonl_document(const std::vector<std::string>& files, const std::string& field,
+                                const std::function<void(const std::string&)>& visit) {
+  return for_each_jsonl_record(
+      files, {field}, [&](const std::vector<const std::string*>& values) { visit(*values[0]); });
 }
 
 ImportCounts import_nanogpt(const std::string& input, int64_t vocab_size, const TokenSink& sink) {

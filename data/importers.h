@@ -22,6 +22,11 @@ int64_t train_document_count(int64_t documents, double val_fraction, const std::
 // that is not a string; "<files>: no documents" when there is none.
 int64_t for_each_jsonl_document(const std::vector<std::string>& files, const std::string& field,
                                 const std::function<void(const std::string&)>& visit);
+// The same rules with several string members a line, all required: visit(values) gets
+// values[f] = the member fields[f] of each line (valid during the call). For --format sft.
+int64_t for_each_jsonl_record(
+    const std::vector<std::string>& files, const std::vector<std::string>& fields,
+    const std::function<void(const std::vector<const std::string*>&)>& visit);
 
 // Throws "--format F needs --vocab-size in [1, L], got N": L is 65536 for nanogpt (uint16
 // files), 2^31 for megatron.

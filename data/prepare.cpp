@@ -152,6 +152,57 @@ std::vector<fs::path> list_input_files(const std::string& input, const std::stri
   return files;
 }
 
+// --format sft: one example a JSONL line, written as [BOS] prompt response EOS (BOS and EOS where
+// the tokenizer defines them; without an EOS the example ends with the encoded "\n"), the loss
+// mask 1 on the response and its end, 0 on BOS and the prompt. Prompt and response are encoded
+// separately, so that no token straddles the boundary between what is and is not trained.
+PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokenizer,
+                         double val_fraction, PrepareStats stats) {
+  const std::vector<std::string> fields{options.prompt_field, options.response_field};
+  const std::string& input = options.inputs.front();
+  const int64_t examples =
+      for_each_jsonl_record(options.inputs, fields, [](const std::vector<const std::string*>&) {});
+  const int64_t train_examples = train_document_count(examples, val_fraction, input);
+  stats.files = static_cast<int64_t>(options.inputs.size());
+  stats.documents = examples;
+  stats.val_documents = examples - train_examples;
+
+  const std::vector<int32_t> end =
+      tokenizer.eos_id() >= 0 ? std::vector<int32_t>{tokenizer.eos_id()} : tokenizer.encode("\n");
+  TokenFileWriter writer(options.output, stats.vocab_size, stats.tokenizer, tokenizer.model(),
+                         tokenizer.model_name(), /*masked=*/true);
+  std::vector<int32_t> tokens;
+  std::vector<uint8_t> mask;
+  int64_t example = 0;
+  const int64_t seen = for_each_jsonl_record(
+      options.inputs, fields, [&](const std::vector<const std::string*>& values) {
+        tokens.clear();
+        if (tokenizer.bos_id() >= 0) tokens.push_back(tokenizer.bos_id());
+        const std::vector<int32_t> prompt = tokenizer.encode(*values[0]);
+        tokens.insert(tokens.end(), prompt.begin(), prompt.end());
+        const size_t untrained = tokens.size();
+        const std::vector<int32_t> response = tokenizer.encode(*values[1]);
+        tokens.insert(tokens.end(), response.begin(), response.end());
+        tokens.insert(tokens.end(), end.begin(), end.end());
+        mask.assign(tokens.size(), 1);
+        std::fill_n(mask.begin(), untrained, uint8_t{0});
+        const int64_t count = static_cast<int64_t>(tokens.size());
+        if (example++ < train_examples) {
+          writer.append_train(tokens.data(), count, mask.data());
+          stats.train_targets += count - static_cast<int64_t>(untrained);
+        } else {
+          writer.append_val(tokens.data(), count, mask.data());
+        }
+      });
+  if (seen != examples)
+    throw std::runtime_error(input + ": changed while being read (" + std::to_string(examples) +
+                             " then " + std::to_string(seen) + " examples)");
+  stats.train_tokens = writer.train_size();
+  stats.val_tokens = writer.val_size();
+  writer.finish();
+  return stats;
+}
+
 }  // namespace
 
 int64_t write_corpus_text(const std::string& input, const std::string& format,
@@ -227,11 +278,12 @@ PrepareStats prepare_data(const std::string& input, const std::string& format,
 PrepareStats prepare_data(const PrepareOptions& options) {
   const std::string& format = options.format;
   const bool is_token_format = format == "nanogpt" || format == "megatron";
-  if (format != "brown" && format != "text" && format != "jsonl" && !is_token_format)
+  const bool reads_jsonl = format == "jsonl" || format == "sft";
+  if (format != "brown" && format != "text" && !reads_jsonl && !is_token_format)
     throw std::runtime_error("unknown data format '" + format +
-                             "' (known: brown, text, jsonl, nanogpt, megatron)");
+                             "' (known: brown, text, jsonl, sft, nanogpt, megatron)");
   if (options.inputs.empty()) throw std::runtime_error("--format " + format + ": no --input");
-  if (format != "jsonl" && options.inputs.size() != 1)
+  if (!reads_jsonl && options.inputs.size() != 1)
     throw std::runtime_error("--format " + format + " reads one --input, got " +
                              std::to_string(options.inputs.size()));
   if (options.output.empty()) throw std::runtime_error("no --output file");
@@ -277,6 +329,7 @@ PrepareStats prepare_data(const PrepareOptions& options) {
       tokenizer_from_option(options.tokenizer.empty() ? "bytes" : options.tokenizer);
   stats.tokenizer = tokenizer->name();
   stats.vocab_size = tokenizer->vocab_size();
+  if (format == "sft") return prepare_sft(options, *tokenizer, val_fraction, stats);
   // Two passes over the input: the first counts (bytes, or documents) to place the split and
   // checks every line; the second tokenises and writes. Nothing is held but a piece of text.
   int64_t train_documents = 0, num_documents = 0;

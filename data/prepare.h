@@ -20,6 +20,9 @@ class Tokenizer {
   // name it came from; both empty for a tokenizer that needs no model (bytes).
   virtual std::string model() const { return {}; }
   virtual std::string model_name() const { return {}; }
+  // The begin- and end-of-sequence tokens the model defines, or -1 (bytes has neither).
+  virtual int32_t bos_id() const { return -1; }
+  virtual int32_t eos_id() const { return -1; }
 };
 
 // "bytes": one token per byte, vocabulary 256. Throws for an unknown name.
@@ -40,18 +43,19 @@ int64_t write_corpus_text(const std::string& input, const std::string& format,
 struct PrepareStats {
   int64_t files = 0;         // input files read
   int64_t bytes = 0;         // bytes of the concatenated text (0 for token formats)
-  int64_t documents = 0;     // jsonl, megatron: documents read (0 for the other formats)
+  int64_t documents = 0;     // jsonl, sft, megatron: documents read (0 for the other formats)
   int64_t val_documents = 0; // of which validation
   int64_t train_tokens = 0;
   int64_t val_tokens = 0;
+  int64_t train_targets = 0;  // sft: training tokens the loss counts (the rest are prompts)
   int64_t vocab_size = 0;
   std::string tokenizer;     // the name stored in the token file
 };
 
 // What `switchyard prepare-data` asks for; each format's reading rules are in docs/data.md.
 struct PrepareOptions {
-  std::vector<std::string> inputs;  // brown, text, nanogpt, megatron: exactly one; jsonl: 1 or more
-  std::string format = "brown";     // brown | text | jsonl | nanogpt | megatron
+  std::vector<std::string> inputs;  // brown, text, nanogpt, megatron: exactly one; jsonl, sft: 1+
+  std::string format = "brown";     // brown | text | jsonl | sft | nanogpt | megatron
   std::string output;
   // Text formats: the tokenizer to encode with, "bytes" or the path of a SentencePiece model file
   // (data/tokenizer.h; its bytes are stored in the token file). Token formats (nanogpt, megatron): a label stored
@@ -62,6 +66,8 @@ struct PrepareOptions {
   // 0.05, or for nanogpt val.bin (setting it for nanogpt is an error).
   std::optional<double> val_fraction;
   std::string field = "text";       // jsonl: the member holding a document's text
+  // sft: the members holding an example's prompt (not trained on) and response (trained on).
+  std::string prompt_field = "prompt", response_field = "response";
   int64_t vocab_size = 0;           // nanogpt, megatron: required; tokens must lie below it
   // Text formats: each split's text goes to the tokenizer in pieces of about this many bytes, cut
   // after a newline (memory stays bounded whatever the input). Tokens do not depend on it for the

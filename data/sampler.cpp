@@ -99,6 +99,11 @@ std::pair<int64_t, int64_t> StepSampler::window(int64_t step, int64_t sequence) 
           static_cast<int64_t>(rng.below(static_cast<uint64_t>(sources_[j]->size() - seq_len_)))};
 }
 
+bool StepSampler::masked() const {
+  return std::any_of(sources_.begin(), sources_.end(),
+                     [](const auto& source) { return source->masked(); });
+}
+
 int64_t StepSampler::offset(int64_t step, int64_t sequence) const {
   return window(step, sequence).second;
 }
@@ -113,6 +118,7 @@ void StepSampler::group(int64_t step, int64_t group_index, int64_t batch_size, i
     const auto [j, start] = window(step, group_index * batch_size + b);
     sources_[j]->read(start, seq_len_ + 1, tokens.data());
     split_window(tokens.data(), seq_len_, inputs + b * seq_len_, targets + b * seq_len_);
+    mask_targets(*sources_[j], start + 1, seq_len_, targets + b * seq_len_);
   }
   for (int64_t b = 0; b < batch_size; b++) {
     const auto [j, start] = window(step + 1, group_index * batch_size + b);
@@ -165,6 +171,7 @@ void validation_batch(const TokenSource& val_tokens, int64_t batch_index, int64_
   val_tokens.read(batch_index * batch_size * seq_len, batch_size * seq_len + 1, window.data());
   for (int64_t i = 0; i < batch_size; i++)
     split_window(window.data() + i * seq_len, seq_len, inputs + i * seq_len, targets + i * seq_len);
+  mask_targets(val_tokens, batch_index * batch_size * seq_len + 1, batch_size * seq_len, targets);
 }
 
 std::vector<int32_t> read_validation_tokens(const TokenSource& val_tokens, int64_t sequences,
@@ -174,6 +181,22 @@ std::vector<int32_t> read_validation_tokens(const TokenSource& val_tokens, int64
   std::vector<int32_t> tokens(count);
   val_tokens.read(0, count, tokens.data());
   return tokens;
+}
+
+std::vector<uint8_t> read_validation_mask(const TokenSource& val_tokens, int64_t sequences,
+                                          int64_t seq_len) {
+  if (!val_tokens.masked() || sequences <= 0 || seq_len < 1) return {};
+  const int64_t count = std::min(val_tokens.size(), sequences * seq_len + 1);
+  std::vector<uint8_t> mask(count);
+  val_tokens.read_mask(0, count, mask.data());
+  return mask;
+}
+
+void validation_batch(const std::vector<int32_t>& val_tokens, const std::vector<uint8_t>& val_mask,
+                      int64_t batch_index, int64_t batch_size, int64_t seq_len, int32_t* inputs,
+                      int32_t* targets) {
+  validation_batch(TokensInMemory(val_tokens, val_mask), batch_index, batch_size, seq_len, inputs,
+                   targets);
 }
 
 }  // namespace sy

@@ -38,7 +38,7 @@ class StepSampler {
 
   // Routing group `group_index` of step `step`: sequences [g*B, (g+1)*B) of the step's batch.
   // inputs and targets each receive B*S tokens, token t of sequence b at [b*S + t]; the targets
-  // are the inputs shifted by one token.
+  // are the inputs shifted by one token, kIgnoreTarget where a masked source's loss mask is 0.
   // It then hints the same group of step + 1 to the token source (TokenSource::prefetch): the
   // draws are known in advance, so a file on disk is read while this step computes.
   void group(int64_t step, int64_t group_index, int64_t batch_size, int32_t* inputs,
@@ -47,6 +47,8 @@ class StepSampler {
   int64_t seq_len() const { return seq_len_; }
   int64_t num_tokens() const { return sources_[0]->size(); }  // of source 0
   int64_t num_sources() const { return static_cast<int64_t>(sources_.size()); }
+  // Whether any source has a loss mask (some targets may be kIgnoreTarget).
+  bool masked() const;
   // "a.h5 70%, b.h5 30%": each source's name and share of the sequences.
   std::string describe_sources() const;
 
@@ -70,10 +72,15 @@ class StepSampler {
 std::string validation_fit_problem(int64_t sequences, int64_t seq_len, int64_t val_tokens);
 
 // Validation batch j: the B sequences starting at token offsets (j*B + i) * S, i = 0..B-1,
-// with targets shifted by one; same [b*S + t] layout as StepSampler::group. Throws
+// with targets shifted by one (kIgnoreTarget where a masked split's mask is 0); same [b*S + t]
+// layout as StepSampler::group. Throws
 // "validation split has N tokens; J batches of B x S need M" if the split is too short.
 void validation_batch(const std::vector<int32_t>& val_tokens, int64_t batch_index,
                       int64_t batch_size, int64_t seq_len, int32_t* inputs, int32_t* targets);
+// The same with the split's loss mask (empty: none; else one value per token).
+void validation_batch(const std::vector<int32_t>& val_tokens, const std::vector<uint8_t>& val_mask,
+                      int64_t batch_index, int64_t batch_size, int64_t seq_len, int32_t* inputs,
+                      int32_t* targets);
 // The same from a split read by window: one read of the batch's B*S + 1 tokens.
 void validation_batch(const TokenSource& val_tokens, int64_t batch_index, int64_t batch_size,
                       int64_t seq_len, int32_t* inputs, int32_t* targets);
@@ -83,6 +90,9 @@ void validation_batch(const TokenSource& val_tokens, int64_t batch_index, int64_
 // kept in memory while the split stays on disk.
 std::vector<int32_t> read_validation_tokens(const TokenSource& val_tokens, int64_t sequences,
                                             int64_t seq_len);
+// Their loss mask, or nothing for a split without one.
+std::vector<uint8_t> read_validation_mask(const TokenSource& val_tokens, int64_t sequences,
+                                          int64_t seq_len);
 
 // How many validation batches of batch_size x seq_len the split holds (0 if none).
 int64_t max_validation_batches(int64_t val_tokens, int64_t batch_size, int64_t seq_len);

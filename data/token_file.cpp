@@ -524,6 +524,20 @@ TokenFile open_token_file(const std::string& path) {
   opened.tokenizer = read_tokenizer_name(file.get(), path);
   opened.train = std::make_shared<TokensOnDisk>(file.get(), path, "/train", opened.vocab_size);
   opened.val = std::make_shared<TokensOnDisk>(file.get(), path, "/val", opened.vocab_size);
+  const bool train_mask = h5::link_exists(file.get(), "/train_mask");
+  if (train_mask != h5::link_exists(file.get(), "/val_mask"))
+    throw file_error(path, std::string("has a loss mask for ") + (train_mask ? "/train" : "/val") +
+                               " but not for " + (train_mask ? "/val" : "/train") +
+                               " (/train_mask and /val_mask go together)");
+  if (train_mask) {
+    // A mask is read like tokens of a vocabulary of 2: every value is checked to be 0 or 1.
+    opened.train = std::make_shared<MaskedTokens>(
+        opened.train, std::make_shared<TokensOnDisk>(file.get(), path, "/train_mask", 2),
+        path + ": /train_mask");
+    opened.val = std::make_shared<MaskedTokens>(
+        opened.val, std::make_shared<TokensOnDisk>(file.get(), path, "/val_mask", 2),
+        path + ": /val_mask");
+  }
   TokenData model;  // read_tokenizer_model fills the tokenizer fields of a TokenData
   model.vocab_size = opened.vocab_size;
   read_tokenizer_model(file.get(), model, path);
@@ -619,12 +633,13 @@ void copy_spill(hid_t file, const char* name, TokenSpill& spill, int64_t vocab_s
 
 TokenFileWriter::TokenFileWriter(const std::string& path, int64_t vocab_size,
                                  const std::string& tokenizer, const std::string& tokenizer_model,
-                                 const std::string& tokenizer_model_name)
+                                 const std::string& tokenizer_model_name, bool masked)
     : path_(path),
       vocab_size_(vocab_size),
       tokenizer_(tokenizer),
       tokenizer_model_(tokenizer_model),
-      tokenizer_model_name_(tokenizer_model_name) {
+      tokenizer_model_name_(tokenizer_model_name),
+      masked_(masked) {
   if (vocab_size < 1 || vocab_size > kMaxVocabSize)
     throw file_error(path, "cannot write vocab_size " + std::to_string(vocab_size) +
                                ": outside [1, " + std::to_string(kMaxVocabSize) + "]");
@@ -636,20 +651,33 @@ TokenFileWriter::TokenFileWriter(const std::string& path, int64_t vocab_size,
   val_ = std::make_unique<TokenSpill>();
   train_->split = "train";
   val_->split = "val";
-  for (TokenSpill* spill : {train_.get(), val_.get()}) {
+  if (masked) {
+    train_mask_ = std::make_unique<TokenSpill>();
+    val_mask_ = std::make_unique<TokenSpill>();
+    train_mask_->split = "train_mask";
+    val_mask_->split = "val_mask";
+  }
+  for (TokenSpill* spill : spills()) {
     spill->path = path + ".tmp." + spill->split;
     spill->file = std::fopen(spill->path.c_str(), "w+b");
     if (!spill->file) {
       const std::string reason = std::strerror(errno);
-      remove_quietly(train_->path);
+      for (TokenSpill* opened : spills())
+        if (opened->file) remove_quietly(opened->path);
       throw file_error(spill->path, "cannot create: " + reason);
     }
   }
 }
 
+std::vector<TokenSpill*> TokenFileWriter::spills() const {
+  std::vector<TokenSpill*> all{train_.get(), val_.get()};
+  if (masked_) all.insert(all.end(), {train_mask_.get(), val_mask_.get()});
+  return all;
+}
+
 TokenFileWriter::~TokenFileWriter() {
   if (finished_) return;
-  for (TokenSpill* spill : {train_.get(), val_.get()}) {
+  for (TokenSpill* spill : spills()) {
     if (spill->file) std::fclose(spill->file);
     spill->file = nullptr;
     remove_quietly(spill->path);
@@ -657,14 +685,23 @@ TokenFileWriter::~TokenFileWriter() {
   remove_quietly(path_ + ".tmp");
 }
 
-void TokenFileWriter::append_train(const int32_t* tokens, int64_t count) {
-  if (finished_) throw file_error(path_, "append after finish");
-  append_to_spill(*train_, tokens, count, vocab_size_, path_);
+void TokenFileWriter::append_train(const int32_t* tokens, int64_t count, const uint8_t* mask) {
+  append(false, tokens, count, mask);
 }
 
-void TokenFileWriter::append_val(const int32_t* tokens, int64_t count) {
+void TokenFileWriter::append_val(const int32_t* tokens, int64_t count, const uint8_t* mask) {
+  append(true, tokens, count, mask);
+}
+
+void TokenFileWriter::append(bool is_val, const int32_t* tokens, int64_t count,
+                             const uint8_t* mask) {
   if (finished_) throw file_error(path_, "append after finish");
-  append_to_spill(*val_, tokens, count, vocab_size_, path_);
+  if (mask && !masked_) throw file_error(path_, "a loss mask for a file written without one");
+  append_to_spill(is_val ? *val_ : *train_, tokens, count, vocab_size_, path_);
+  if (!masked_) return;
+  std::vector<int32_t> values(count, 1);  // no mask given: every token is a target
+  if (mask) std::copy_n(mask, count, values.begin());
+  append_to_spill(is_val ? *val_mask_ : *train_mask_, values.data(), count, 2, path_);
 }
 
 int64_t TokenFileWriter::train_size() const { return train_->count; }
@@ -680,6 +717,10 @@ void TokenFileWriter::finish() {
     if (!file.valid()) throw file_error(temporary_path, "cannot create file");
     copy_spill(file.get(), "/train", *train_, vocab_size_, temporary_path);
     copy_spill(file.get(), "/val", *val_, vocab_size_, temporary_path);
+    if (masked_) {
+      copy_spill(file.get(), "/train_mask", *train_mask_, 2, temporary_path);
+      copy_spill(file.get(), "/val_mask", *val_mask_, 2, temporary_path);
+    }
     write_attributes(file.get(), vocab_size_, tokenizer_, temporary_path);
     if (!tokenizer_model_.empty())
       write_tokenizer_model(file.get(), tokenizer_model_, tokenizer_model_name_, vocab_size_,
@@ -691,7 +732,7 @@ void TokenFileWriter::finish() {
   if (error)
     throw file_error(path_, "cannot rename " + temporary_path + " into place: " + error.message());
   finished_ = true;
-  for (TokenSpill* spill : {train_.get(), val_.get()}) {
+  for (TokenSpill* spill : spills()) {
     std::fclose(spill->file);
     spill->file = nullptr;
     remove_quietly(spill->path);

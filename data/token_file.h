@@ -75,7 +75,8 @@ struct TokenFile {
 };
 
 // Same checks at open time as read_token_file but the per-token range check, with the same
-// messages. Throws std::runtime_error "<path>: <what is wrong>".
+// messages. A file with loss masks (/train_mask and /val_mask) gives masked splits (MaskedTokens).
+// Throws std::runtime_error "<path>: <what is wrong>".
 TokenFile open_token_file(const std::string& path);
 
 // data.train_paths' token files (a mixture, docs/data.md), one per entry, opened once each:
@@ -89,27 +90,33 @@ struct TokenSpill;  // one split's tokens on their way to the file (data/token_f
 // finish() copies them into the contiguous datasets of <path>.tmp (so the file has the layout
 // write_token_file gives, and a reader can pread it), then renames it to <path>. Destroying an
 // unfinished writer removes every temporary file; nothing is ever left under <path>.
+// `masked`: the file gets loss masks, /train_mask and /val_mask (docs/data.md, "Loss masks").
 class TokenFileWriter {
  public:
   TokenFileWriter(const std::string& path, int64_t vocab_size, const std::string& tokenizer,
                   const std::string& tokenizer_model = {},
-                  const std::string& tokenizer_model_name = {});
+                  const std::string& tokenizer_model_name = {}, bool masked = false);
   ~TokenFileWriter();
   TokenFileWriter(const TokenFileWriter&) = delete;
   TokenFileWriter& operator=(const TokenFileWriter&) = delete;
 
-  // Throws if a token is outside [0, vocab_size), naming the split and its position.
-  void append_train(const int32_t* tokens, int64_t count);
-  void append_val(const int32_t* tokens, int64_t count);
+  // Throws if a token is outside [0, vocab_size), naming the split and its position. `mask`: one
+  // 0 or 1 per token (1: a trained target), only for a masked file; null: every token is one.
+  void append_train(const int32_t* tokens, int64_t count, const uint8_t* mask = nullptr);
+  void append_val(const int32_t* tokens, int64_t count, const uint8_t* mask = nullptr);
   int64_t train_size() const;
   int64_t val_size() const;
   void finish();
 
  private:
+  void append(bool is_val, const int32_t* tokens, int64_t count, const uint8_t* mask);
+  std::vector<TokenSpill*> spills() const;  // the tokens' and, when masked, the masks'
+
   std::string path_;
   int64_t vocab_size_;
   std::string tokenizer_, tokenizer_model_, tokenizer_model_name_;
-  std::unique_ptr<TokenSpill> train_, val_;
+  bool masked_;
+  std::unique_ptr<TokenSpill> train_, val_, train_mask_, val_mask_;
   bool finished_ = false;
 };
 

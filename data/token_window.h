@@ -4,6 +4,8 @@
 // open_token_file). See docs/data.md, "Token files larger than memory".
 #pragma once
 #include <cstdint>
+#include <memory>
+#include <string>
 #include <vector>
 
 namespace sy {
@@ -19,17 +21,51 @@ class TokenSource {
   // A hint that [start, start + count) will be read soon: on disk, the kernel starts reading it
   // into the page cache (posix_fadvise WILLNEED) and returns. Never throws; does nothing in memory.
   virtual void prefetch(int64_t /*start*/, int64_t /*count*/) const {}
+  // Loss masks (docs/data.md, "Loss masks"): a masked split says which tokens are trained targets.
+  virtual bool masked() const { return false; }
+  // out[k] = 1 if token start + k is a trained target, else 0, for k < count; all 1 for a split
+  // without a mask. Throws like read.
+  virtual void read_mask(int64_t start, int64_t count, uint8_t* out) const;
 };
 
-// A vector already in memory; keeps a pointer to `tokens`, which must outlive it.
+// targets[k] = kIgnoreTarget (model/backend.h) where token start + k of `split` is not a trained
+// target; nothing for a split without a mask.
+void mask_targets(const TokenSource& split, int64_t start, int64_t count, int32_t* targets);
+
+// A vector already in memory; keeps a pointer to `tokens`, which must outlive it, and to its loss
+// mask when `mask` is not empty (one 0 or 1 per token; it must outlive it too).
 class TokensInMemory final : public TokenSource {
  public:
   explicit TokensInMemory(const std::vector<int32_t>& tokens) : tokens_(&tokens) {}
+  // Throws unless mask is empty or as long as tokens.
+  TokensInMemory(const std::vector<int32_t>& tokens, const std::vector<uint8_t>& mask);
   int64_t size() const override { return static_cast<int64_t>(tokens_->size()); }
   void read(int64_t start, int64_t count, int32_t* out) const override;
+  bool masked() const override { return mask_ != nullptr; }
+  void read_mask(int64_t start, int64_t count, uint8_t* out) const override;
 
  private:
   const std::vector<int32_t>* tokens_;
+  const std::vector<uint8_t>* mask_ = nullptr;
+};
+
+// A split with a loss mask beside it: `mask` is a split of the same length whose values are 0 or
+// 1 (a token file's /train_mask read as tokens of a vocabulary of 2).
+class MaskedTokens final : public TokenSource {
+ public:
+  // Throws "<name>: the loss mask has M values for N tokens" unless the lengths agree.
+  MaskedTokens(std::shared_ptr<const TokenSource> tokens, std::shared_ptr<const TokenSource> mask,
+               const std::string& name);
+  int64_t size() const override { return tokens_->size(); }
+  void read(int64_t start, int64_t count, int32_t* out) const override {
+    tokens_->read(start, count, out);
+  }
+  void prefetch(int64_t start, int64_t count) const override;
+  bool masked() const override { return true; }
+  void read_mask(int64_t start, int64_t count, uint8_t* out) const override;
+
+ private:
+  std::shared_ptr<const TokenSource> tokens_, mask_;
 };
 
 // Throws "<what>: tokens [start, start + count) are outside [0, size)" unless the window fits.

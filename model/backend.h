@@ -26,6 +26,10 @@
 
 namespace sy {
 
+// A target whose prediction is not trained (a prompt token in supervised fine-tuning: docs/data.md,
+// "Loss masks"): cross-entropy gives it loss 0 and a zero gradient row.
+inline constexpr int32_t kIgnoreTarget = -1;
+
 // The routing policy (model/routing_policy.h) as the router ops apply it to one routing group
 // (Router::rule). The ops read top_k, score, drop_policy and overflow from the policy, and the
 // two resolved values below; not normalize_topk.
@@ -255,7 +259,8 @@ class Backend {
 
   // ---- cross-entropy ------------------------------------------------------------------------
   // losses[T] (stat) = logsumexp(logits[t]) - logits[t, targets[t]]. If compute_grad, logits is
-  // overwritten in place with dlogits = (softmax - onehot) * grad_scale.
+  // overwritten in place with dlogits = (softmax - onehot) * grad_scale. A target kIgnoreTarget
+  // gives loss 0 and a zero gradient row; other targets must lie in [0, V).
   void cross_entropy(const Tensor& losses, const Tensor& logits, const Tensor& targets,
                      bool compute_grad, double grad_scale);
   // Training's form when the GEMMs want the gradient in another dtype than the logits (bf16

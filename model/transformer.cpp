@@ -283,7 +283,8 @@ std::vector<double> Transformer::logits_at(std::span<const int32_t> inputs, int6
 
 GroupStats Transformer::forward_backward(std::span<const int32_t> inputs,
                                          std::span<const int32_t> targets, int64_t batch,
-                                         bool compute_grad, double loss_scale) {
+                                         bool compute_grad, double loss_scale,
+                                         std::optional<double> lm_target_scale) {
   const ModelConfig& m = options_.model;
   const int64_t T = batch * m.seq_len;
   if (static_cast<int64_t>(inputs.size()) != T || static_cast<int64_t>(targets.size()) != T)
@@ -300,7 +301,8 @@ GroupStats Transformer::forward_backward(std::span<const int32_t> inputs,
   forward(batch, compute_grad);
   const Tensor& x_final = final_norm_.forward(backend_, residual_.back());
   if (compute_grad) acquire_grads({lm_head_.tied_table ? lm_head_.tied_table : &lm_head_.weight});
-  lm_head_.enqueue(backend_, x_final, targets_, compute_grad, loss_scale / T);
+  lm_head_.enqueue(backend_, x_final, targets_, compute_grad,
+                   lm_target_scale.value_or(loss_scale / T));
   // The whole backward is enqueued before the host reads anything of this micro-batch (two
   // copies: the LM loss, then every MoE layer's router losses), so that the GPU never waits on
   // the host between the head and the layers.
@@ -311,7 +313,9 @@ GroupStats Transformer::forward_backward(std::span<const int32_t> inputs,
 
   GroupStats stats;
   stats.tokens = T;
-  stats.lm_loss = ce_sum / T;
+  stats.lm_targets = T - std::count(targets.begin(), targets.end(), kIgnoreTarget);
+  stats.lm_loss_sum = ce_sum;
+  stats.lm_loss = stats.lm_targets > 0 ? ce_sum / stats.lm_targets : 0.0;
   size_t moe_index = 0;
   for (Block& block : blocks_) {
     if (!block.moe) continue;

@@ -3,6 +3,7 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -32,7 +33,9 @@ struct Block {
 // What one routing group's forward produced, for the loss and the metrics.
 struct GroupStats {
   int64_t tokens = 0;
-  double lm_loss = 0.0;      // mean cross-entropy over the group's tokens
+  double lm_loss = 0.0;      // mean cross-entropy over the group's counted targets (0 if none)
+  double lm_loss_sum = 0.0;  // its sum
+  int64_t lm_targets = 0;    // the counted targets: tokens but those with kIgnoreTarget
   double aux_loss = 0.0;     // mean over MoE layers, unscaled
   double z_loss = 0.0;       // mean over MoE layers, unscaled
   double loss = 0.0;         // lm + aux_coef * aux + z_coef * z
@@ -88,8 +91,13 @@ class Transformer {
 
   // One routing group: inputs and targets [B*S]. With compute_grad, parameter gradients
   // accumulate the gradient of loss * loss_scale.
+  // A target kIgnoreTarget (model/backend.h) is not trained on: its loss and gradient are 0.
+  // lm_target_scale: the weight of each counted target's cross-entropy in the gradient; by
+  // default loss_scale / (B*S), the group's mean (supervised fine-tuning passes 1 / the step's
+  // count of counted targets: docs/data.md, "Loss masks"). The router losses take loss_scale.
   GroupStats forward_backward(std::span<const int32_t> inputs, std::span<const int32_t> targets,
-                              int64_t batch, bool compute_grad, double loss_scale);
+                              int64_t batch, bool compute_grad, double loss_scale,
+                              std::optional<double> lm_target_scale = std::nullopt);
 
   // Called by backward with each block's parameters once their gradients are final for the
   // step (blocks from the last down, every rank in the same order), so that their reduction

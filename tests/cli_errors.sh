@@ -124,7 +124,7 @@ expect 2 "train needs CONFIG" "$switchyard" train
 expect 2 "--tokens: expected a non-negative integer, got '-1'" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --tokens -1
 expect 2 "--temperature: expected a number, got 'warm'" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --temperature warm
 expect 2 "--batches needs a value" "$switchyard" eval tiny.yaml --batches
-expect 2 "--format: html not in {brown,text,jsonl,nanogpt,megatron}" "$switchyard" prepare-data --format html
+expect 2 "--format: html not in {brown,text,jsonl,sft,nanogpt,megatron}" "$switchyard" prepare-data --format html
 expect 2 "unknown option --bogus" "${mpi2[@]}" "$switchyard" train tiny.yaml --bogus
 
 echo "$((checks - failures)) passed, $failures failed"

@@ -80,6 +80,28 @@ run_ok "eval --set data.path=moved/tokens.h5" "$switchyard" eval --checkpoint ru
 same_val_loss "eval with the token file moved" "$(val_loss_of run_dp/metrics.jsonl)" 0
 mv moved/tokens.h5 .
 
+# ---- supervised fine-tuning: prepare-data --format sft, the loss on the responses only ----------
+for i in $(seq 1 60); do
+  echo "{\"prompt\": \"Q: what is $i plus $i? A:\", \"response\": \" $((i + i)).\"}"
+done > chat.jsonl
+run_ok "prepare-data --format sft" "$switchyard" prepare-data --format sft --input chat.jsonl \
+  --output sft.h5 --val-fraction 0.25
+if grep -qE "60 examples \(15 val\).*loss mask: [0-9]+ of the [0-9]+ train tokens are response" \
+     <(tr '\n' ' ' < stdout.txt); then
+  ok "prepare-data sft: examples and the trained share"
+else
+  fail "prepare-data sft's summary"; cat stdout.txt
+fi
+timeout 300 "${mpi2[@]}" "$switchyard" train tiny.yaml --set data.path=sft.h5 \
+  --set checkpoint.init_from=run_dp --set train.steps=4 --set run.dir=run_sft --set eval.every=4 \
+  --set eval.tokens=160 >stdout.txt 2>stderr.txt && ok "fine-tune at 2 ranks from run_dp" ||
+  fail "fine-tune at 2 ranks from run_dp"
+logged=$(val_loss_of run_sft/metrics.jsonl)
+run_ok "eval of the fine-tune alone, micro-batch 3" "$switchyard" eval --checkpoint run_sft \
+  --set train.micro_batch_size=3
+same_val_loss "masked val_loss, one process, of a 2-rank run" "$logged" 0
+if grep -qE '"val_targets": [0-9]+' stdout.txt; then ok "eval prints val_targets"; else fail "no val_targets"; fi
+
 # ---- vocab_size: a model vocabulary below the data's is refused, both numbers named ------------
 run_fails "train with model.vocab_size 200 on byte tokens" 1 "tokens.h5: vocab_size 256 exceeds model.vocab_size 200" \
   "$switchyard" train tiny.yaml --set model.vocab_size=200 --set train.steps=1 --set run.dir=run_small_vocab

@@ -455,11 +455,28 @@ TEST_P(CudaOps, SwiGLU) {
 }
 
 // ---- cross-entropy --------------------------------------------------------------------------
+// Rows whose target is kIgnoreTarget: loss exactly 0 and, when `dlogits` is given, a row of
+// exact zeros (the outputs were poisoned first).
+void expect_ignored_rows(Backend& gpu, const Tensor& losses, const Tensor& dlogits,
+                         const std::vector<int32_t>& targets, int64_t V, const std::string& what) {
+  const std::vector<double> loss = gpu.read(losses);
+  const std::vector<double> grad = dlogits.defined() ? gpu.read(dlogits) : std::vector<double>();
+  for (size_t t = 0; t < targets.size(); ++t) {
+    if (targets[t] != kIgnoreTarget) continue;
+    EXPECT_EQ(loss[t], 0.0) << what << ": ignored row " << t << "'s loss";
+    if (grad.empty()) continue;
+    int64_t nonzero = 0;
+    for (int64_t j = 0; j < V; ++j) nonzero += grad[t * V + j] != 0.0;
+    EXPECT_EQ(nonzero, 0) << what << ": ignored row " << t << "'s gradient";
+  }
+}
+
 TEST_P(CudaOps, CrossEntropy) {
   const int64_t N = 17, V = 300;
   const std::vector<double> logits = values(N * V, dt(), 3.0);
   std::vector<int32_t> targets(N);
   for (int64_t t = 0; t < N; ++t) targets[t] = static_cast<int32_t>((t * 37 + 5) % V);
+  targets[0] = targets[6] = targets[N - 1] = kIgnoreTarget;  // not trained (docs/data.md)
   for (bool grad : {false, true}) {
     Tensor lc = on_cpu({N, V}, logits), lg = on_gpu({N, V}, logits, dt());
     Tensor sc = cpu().alloc({N}, DType::f32), sg = poisoned({N}, st());
@@ -467,6 +484,7 @@ TEST_P(CudaOps, CrossEntropy) {
     gpu().cross_entropy(sg, lg, ints_gpu(targets), grad, 0.37);
     expect_close(sg, sc, Tol{1e-6, 1e-6}, grad ? "cross_entropy losses (grad)" : "cross_entropy losses", dt());
     expect_close(lg, lc, Tol{1e-6, 4e-3}, grad ? "cross_entropy dlogits" : "cross_entropy logits kept", dt());
+    expect_ignored_rows(gpu(), sg, grad ? lg : Tensor(), targets, V, "cross_entropy");
   }
 }
 
@@ -670,6 +688,7 @@ TEST_F(CudaVec, CrossEntropyVectorPaths) {
     for (int64_t t = 0; t < N; ++t) targets[t] = static_cast<int32_t>((t * 977 + 5) % c.V);
     targets[0] = 0;
     targets[1] = static_cast<int32_t>(c.V - 1);
+    targets[4] = targets[N - 1] = kIgnoreTarget;
     for (bool grad : {false, true}) {
       Tensor lc = on_cpu({N, c.V}, logits), lg = on_gpu({N, c.V}, logits, c.dtype);
       Tensor sc = cpu().alloc({N}, DType::f32), sg = poisoned({N}, DType::f32);
@@ -680,6 +699,7 @@ TEST_F(CudaVec, CrossEntropyVectorPaths) {
       expect_close(lg, lc, c.dtype == bf ? 4e-3 : 1e-6,
                    std::string(grad ? "cross_entropy dlogits" : "cross_entropy logits kept") + at,
                    c.dtype);
+      expect_ignored_rows(gpu(), sg, grad ? lg : Tensor(), targets, c.V, "cross_entropy" + at);
     }
     if (c.dtype != DType::f32) continue;
     // The LM head's form: f32 logits, the gradient straight into bf16: bitwise the in-place
@@ -692,6 +712,7 @@ TEST_F(CudaVec, CrossEntropyVectorPaths) {
     gpu().copy(d_ref, copy_src);
     expect_bitwise(sg, s_ref, "cross_entropy_into losses" + at);
     expect_bitwise(dg, d_ref, "cross_entropy_into bf16 dlogits" + at);
+    expect_ignored_rows(gpu(), sg, dg, targets, c.V, "cross_entropy_into" + at);
   }
 }
 

@@ -45,6 +45,18 @@ TEST_F(DistTrain, EquivalenceOnAMixtureWithAStableThenDecayingLr) {
   check_equivalence(c, "mixture");
 }
 
+// Supervised fine-tuning data (a loss mask on the answers): the LM loss of a step is the sum
+// over its counted targets over their count in the whole step, the same count whatever the
+// layout (docs/data.md, "Loss masks").
+TEST_F(DistTrain, EquivalenceWithALossMask) {
+  const std::string sft = (dir / "sft.h5").string();
+  if (world_rank() == 0) test::write_masked_examples(sft, 60, 90);
+  MPI_Barrier(MPI_COMM_WORLD);
+  Config c = base_config();
+  c.data.path = sft;
+  check_equivalence(c, "loss_mask");
+}
+
 // Every balancing option at once: the routing and its reroutes are decided per group, the bias
 // is updated from the step's loads summed over all groups, so the layout still does not matter.
 TEST_F(DistTrain, EquivalenceWithEveryBalancingOption) {

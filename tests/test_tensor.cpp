@@ -635,12 +635,37 @@ TEST_F(CpuBackendTest, CrossEntropyValuesAndGrads) {
                                  index({N}, {0, 1, 9, 2, 3}), false, 1.0),
                std::runtime_error);
   EXPECT_THROW(be->cross_entropy(be->alloc({N}, DType::f32), tensor({N, V}, DType::f32, logits),
-                                 index({N}, {0, 1, -1, 2, 3}), false, 1.0),
+                                 index({N}, {0, 1, -2, 2, 3}), false, 1.0),
                std::runtime_error);
   // Large logits stay finite (stable logsumexp).
   Tensor big = tensor({1, 3}, DType::f32, {1000, 0, -1000}), loss = be->alloc({1}, DType::f32);
   be->cross_entropy(loss, big, index({1}, {1}), false, 1.0);
   EXPECT_NEAR(be->read(loss)[0], 1000.0, 1e-3);
+}
+
+// kIgnoreTarget rows: loss 0 and a zero gradient row exactly; the other rows are bitwise those of
+// a call where every target counts.
+TEST_F(CpuBackendTest, CrossEntropyIgnoredTargets) {
+  const int64_t N = 5, V = 9;
+  const Vec logits = randn_f32(N * V, 26, 4.0);
+  const std::vector<int32_t> counted{0, 8, 3, 3, 5},
+      ignored{kIgnoreTarget, 8, kIgnoreTarget, 3, kIgnoreTarget};
+  for (DType dt : kFloatTypes)
+    for (bool grad : {false, true}) {
+      Tensor all = tensor({N, V}, dt, logits), some = tensor({N, V}, dt, logits);
+      Tensor all_losses = nans({N}, dt), some_losses = nans({N}, dt);
+      be->cross_entropy(all_losses, all, index({N}, counted), grad, 0.25);
+      be->cross_entropy(some_losses, some, index({N}, ignored), grad, 0.25);
+      const Vec all_loss = be->read(all_losses), some_loss = be->read(some_losses);
+      const Vec all_rows = be->read(all), some_rows = be->read(some);
+      for (int64_t t = 0; t < N; ++t) {
+        const bool skip = ignored[t] == kIgnoreTarget;
+        EXPECT_EQ(some_loss[t], skip ? 0.0 : all_loss[t]) << "row " << t;
+        for (int64_t j = 0; j < V; ++j)
+          EXPECT_EQ(some_rows[t * V + j], skip && grad ? 0.0 : all_rows[t * V + j])
+              << "row " << t << " column " << j << (grad ? " (grad)" : "");
+      }
+    }
 }
 
 TEST_F(CpuBackendTest, CrossEntropyFiniteDifference) {

@@ -10,31 +10,52 @@
 
 namespace sy {
 
-Validation evaluate(Transformer& model, const std::vector<int32_t>& val_tokens,
-                    int64_t sequences, Communicator& world) {
+ValidationSet read_validation_set(const TokenSource& val, int64_t sequences, int64_t seq_len) {
+  return {read_validation_tokens(val, sequences, seq_len),
+          read_validation_mask(val, sequences, seq_len)};
+}
+
+Validation evaluate(Transformer& model, const ValidationSet& set, int64_t sequences,
+                    Communicator& world) {
   Validation result;
   if (sequences <= 0) return result;
   const int64_t S = model.options().model.seq_len;
   const std::string problem =
-      validation_fit_problem(sequences, S, static_cast<int64_t>(val_tokens.size()));
+      validation_fit_problem(sequences, S, static_cast<int64_t>(set.tokens.size()));
   if (!problem.empty()) throw std::runtime_error(problem);
   const int64_t W = world.size(), rank = world.rank();
   std::vector<int32_t> inputs(S), targets(S);
   // [sequences]: slot i holds sequence i's loss on the rank that evaluated it and 0 elsewhere, so
-  // the all-reduce adds only zeros to each loss (exact in any order).
-  std::vector<double> sequence_loss(sequences, 0.0);
+  // the all-reduce adds only zeros to each loss (exact in any order). Masked: its loss summed
+  // over its counted targets, and their count in the second half.
+  const bool masked = !set.mask.empty();
+  std::vector<double> sequence_loss(masked ? 2 * sequences : sequences, 0.0);
   const int64_t rounds = (sequences + W - 1) / W;
   for (int64_t round = 0; round < rounds; ++round) {
     const int64_t i = round * W + rank;
     const bool padding = i >= sequences;
-    validation_batch(val_tokens, padding ? 0 : i, 1, S, inputs.data(), targets.data());
-    const double loss = model.forward_backward(inputs, targets, 1, false, 0.0).lm_loss;
-    if (!padding) sequence_loss[i] = loss;
+    validation_batch(set.tokens, set.mask, padding ? 0 : i, 1, S, inputs.data(), targets.data());
+    const GroupStats stats = model.forward_backward(inputs, targets, 1, false, 0.0);
+    if (padding) continue;
+    if (!masked) {
+      sequence_loss[i] = stats.lm_loss;
+    } else {
+      sequence_loss[i] = stats.lm_loss_sum;
+      sequence_loss[sequences + i] = static_cast<double>(stats.lm_targets);
+    }
   }
   world.all_reduce_host(sequence_loss, ReduceOp::sum);
-  double sum = 0.0;  // in sequence order: the same additions whatever W
-  for (const double loss : sequence_loss) sum += loss;
-  result.loss = sum / static_cast<double>(sequences);
+  double sum = 0.0, targets_counted = 0.0;  // in sequence order: the same additions whatever W
+  for (int64_t i = 0; i < sequences; ++i) sum += sequence_loss[i];
+  if (!masked) {
+    result.loss = sum / static_cast<double>(sequences);
+    result.targets = sequences * S;
+  } else {
+    // The mean over every counted target of the set, as training's objective weighs them.
+    for (int64_t i = 0; i < sequences; ++i) targets_counted += sequence_loss[sequences + i];
+    result.loss = targets_counted > 0 ? sum / targets_counted : 0.0;
+    result.targets = static_cast<int64_t>(targets_counted);
+  }
   result.sequences = sequences;
   result.tokens = sequences * S;
   return result;
@@ -65,7 +86,7 @@ MixtureValidation read_mixture_validation(const DataConfig& data,
     for (int n = 2; std::find(keys.begin(), keys.end(), key) != keys.end(); ++n)
       key = stem + "_" + std::to_string(n);
     keys.push_back(key);
-    result.files.push_back({key, read_validation_tokens(*file.val, sequences, seq_len)});
+    result.files.push_back({key, read_validation_set(*file.val, sequences, seq_len)});
   }
   return result;
 }
@@ -76,7 +97,7 @@ std::vector<std::pair<std::string, double>> evaluate_mixture(Transformer& model,
                                                              Communicator& world) {
   std::vector<std::pair<std::string, double>> losses;
   for (const FileValidation& file : mixture.files)
-    losses.emplace_back(file.key, evaluate(model, file.tokens, sequences, world).loss);
+    losses.emplace_back(file.key, evaluate(model, file.set, sequences, world).loss);
   return losses;
 }
 

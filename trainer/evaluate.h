@@ -17,17 +17,27 @@
 namespace sy {
 
 struct Validation {
-  double loss = 0.0;      // mean cross-entropy per token, nats
+  double loss = 0.0;      // mean cross-entropy per counted target, nats
   int64_t sequences = 0;  // of model.seq_len tokens each
   int64_t tokens = 0;     // sequences * seq_len
+  int64_t targets = 0;    // the counted targets: tokens, or with a loss mask those it keeps
 };
+
+// The validation set in memory: the first sequences * seq_len + 1 tokens of the split, and their
+// loss mask (empty for a split without one).
+struct ValidationSet {
+  std::vector<int32_t> tokens;
+  std::vector<uint8_t> mask;
+};
+ValidationSet read_validation_set(const TokenSource& val, int64_t sequences, int64_t seq_len);
 
 // Collective over `world`: sequence i is evaluated by rank i mod W; every rank runs the same
 // number of forwards (a rank with no sequence left in the last round repeats sequence 0 and
 // discards it), so that the expert all-to-alls pair up. Throws validation_fit_problem's error
-// when the split is too short.
-Validation evaluate(Transformer& model, const std::vector<int32_t>& val_tokens,
-                    int64_t sequences, Communicator& world);
+// when the split is too short. With a loss mask val_loss is the sum of the sequences' losses
+// over the sum of their counted targets (both added in sequence order), not a mean of means.
+Validation evaluate(Transformer& model, const ValidationSet& set, int64_t sequences,
+                    Communicator& world);
 
 // The loss in the units a reader compares: "bits_per_byte" (loss / ln 2) for the bytes
 // tokenizer, where a token is a byte; "perplexity" (exp(loss)) for any other.
@@ -43,7 +53,7 @@ LossInUnits loss_in_units(double loss, const std::string& tokenizer);
 // whose /val is too short gets a note instead of a key. `files`: open_train_files(data, ...).
 struct FileValidation {
   std::string key;
-  std::vector<int32_t> tokens;
+  ValidationSet set;
 };
 struct MixtureValidation {
   std::vector<FileValidation> files;

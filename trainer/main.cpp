@@ -53,6 +53,7 @@ struct CommandLine {
   std::string output = "corpora/brown.h5";
   std::string tokenizer = "bytes";  // when not given: the label "unknown" for token formats
   std::string field = "text";
+  std::string prompt_field = "prompt", response_field = "response";  // prepare-data sft
   int64_t vocab_size = 0;
   double val_fraction = 0.05;
   std::string resume;      // train
@@ -158,7 +159,7 @@ void add_prepare_data_command(CLI::App& app, CommandLine& line) {
                       "/val (docs/data.md)");
   prepare
       ->add_option("--input", line.inputs,
-                   wrap("brown, text: a file or folder; jsonl: one or more files; nanogpt: a "
+                   wrap("brown, text: a file or folder; jsonl, sft: one or more files; nanogpt: a "
                         "folder with train.bin and val.bin, or train.bin; megatron: PREFIX of "
                         "PREFIX.bin and PREFIX.idx"))
       ->type_name("PATH...")
@@ -167,22 +168,33 @@ void add_prepare_data_command(CLI::App& app, CommandLine& line) {
       ->add_option("--format", line.format,
                    wrap("brown: the Brown corpus's tagged files (c[a-r][0-9][0-9]); text: plain "
                         "text, as is; jsonl: one JSON object per line, its --field a document; "
-                        "nanogpt: uint16 train.bin/val.bin token ids; megatron: an indexed "
-                        "dataset .bin/.idx of token ids (docs/data.md)"))
-      ->type_name("brown|text|jsonl|nanogpt|megatron")
-      ->check(CLI::IsMember({"brown", "text", "jsonl", "nanogpt", "megatron"}).description(""))
+                        "sft: one JSON object per line, a prompt and a response, the loss on "
+                        "the response only; nanogpt: uint16 train.bin/val.bin token ids; "
+                        "megatron: an indexed dataset .bin/.idx of token ids (docs/data.md)"))
+      ->type_name("brown|text|jsonl|sft|nanogpt|megatron")
+      ->check(
+          CLI::IsMember({"brown", "text", "jsonl", "sft", "nanogpt", "megatron"}).description(""))
       ->capture_default_str();
   prepare->add_option("--output", line.output, "the token file to write (HDF5)")
       ->type_name("FILE")
       ->capture_default_str();
-  prepare->add_option("--tokenizer", line.tokenizer,
-                      wrap("brown, text, jsonl: bytes (one token per byte, vocab 256) or a "
-                           "SentencePiece model file (stored in the token file); nanogpt, "
-                           "megatron: a name stored with the ids as they are (when not given: "
-                           "unknown)"))
+  prepare
+      ->add_option("--tokenizer", line.tokenizer,
+                   wrap("brown, text, jsonl, sft: bytes (one token per byte, vocab 256) or a "
+                        "SentencePiece model file (stored in the token file); nanogpt, "
+                        "megatron: a name stored with the ids as they are (when not given: "
+                        "unknown)"))
       ->type_name("NAME")
       ->capture_default_str();
   prepare->add_option("--field", line.field, "jsonl: the member that holds a document's text")
+      ->type_name("NAME")
+      ->capture_default_str();
+  prepare->add_option("--prompt-field", line.prompt_field, "sft: the member that holds the prompt")
+      ->type_name("NAME")
+      ->capture_default_str();
+  prepare
+      ->add_option("--response-field", line.response_field,
+                   "sft: the member that holds the response (the tokens trained on)")
       ->type_name("NAME")
       ->capture_default_str();
   prepare
@@ -194,7 +206,8 @@ void add_prepare_data_command(CLI::App& app, CommandLine& line) {
   prepare
       ->add_option("--val-fraction", line.val_fraction,
                    wrap("in (0, 1): the validation share, the last bytes (brown, text) or the "
-                        "last whole documents (jsonl, megatron); nanogpt uses val.bin instead"))
+                        "last whole documents (jsonl, sft, megatron); nanogpt uses val.bin "
+                        "instead"))
       ->type_name("F")
       ->check(kOpenUnitInterval)
       ->capture_default_str();
@@ -474,19 +487,26 @@ int cmd_prepare_data(const CommandLine& line, const CLI::App& given) {
   if (given.count("--tokenizer")) options.tokenizer = line.tokenizer;
   if (given.count("--val-fraction")) options.val_fraction = line.val_fraction;
   options.field = line.field;
+  options.prompt_field = line.prompt_field;
+  options.response_field = line.response_field;
   options.vocab_size = line.vocab_size;
   if ((line.format == "nanogpt" || line.format == "megatron") && !given.count("--vocab-size"))
     throw UsageError("--format " + line.format + " needs --vocab-size N (the ids' vocabulary)");
   const sy::PrepareStats stats = sy::prepare_data(options);
   std::string read = std::to_string(stats.files) + " files";
   if (stats.documents > 0)
-    read += ", " + std::to_string(stats.documents) + " documents (" +
+    read += ", " + std::to_string(stats.documents) +
+            (line.format == "sft" ? " examples (" : " documents (") +
             std::to_string(stats.val_documents) + " val)";
   if (stats.bytes > 0) read += ", " + std::to_string(stats.bytes) + " bytes";
   std::printf("%s: %s -> %lld train / %lld val tokens (%s, vocab %lld)\n", line.output.c_str(),
               read.c_str(), static_cast<long long>(stats.train_tokens),
               static_cast<long long>(stats.val_tokens), stats.tokenizer.c_str(),
               static_cast<long long>(stats.vocab_size));
+  if (line.format == "sft")
+    std::printf("  loss mask: %lld of the %lld train tokens are response tokens, trained on\n",
+                static_cast<long long>(stats.train_targets),
+                static_cast<long long>(stats.train_tokens));
   return 0;
 }
 
@@ -661,6 +681,7 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
         std::fprintf(stderr, "warning: changed since the checkpoint: %s\n", warning.c_str());
   }
   sy::TokenData data, stored;
+  sy::ValidationSet val;
   sy::MixtureValidation mixture;  // a mixture's other files: their val_loss/<name> too
   bool has_stored = false;
   std::string problem;
@@ -693,7 +714,7 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
     const std::string fit =
         sy::validation_fit_problem(sequences, config.model.seq_len, file.val->size());
     if (!fit.empty()) throw std::runtime_error(config.data.path + ": " + fit);
-    data.val = sy::read_validation_tokens(*file.val, sequences, config.model.seq_len);
+    val = sy::read_validation_set(*file.val, sequences, config.model.seq_len);
     try {
       mixture = sy::read_mixture_validation(config.data, sy::open_train_files(config.data, file),
                                             sequences, config.model.seq_len);
@@ -706,7 +727,7 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
   }
   sy::agree_or_throw(*session.groups.world, problem);
   const sy::Validation validation =
-      sy::evaluate(*session.model, data.val, sequences, *session.groups.world);
+      sy::evaluate(*session.model, val, sequences, *session.groups.world);
   // The same reduced value on every rank, so every rank throws (a JSON null with status 0 would
   // read as success to a script).
   if (!std::isfinite(validation.loss))
@@ -719,6 +740,7 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
       .add("val_" + units.name, units.value)
       .add("val_tokens", validation.tokens)
       .add("sequences", validation.sequences);
+  if (!val.mask.empty()) result.add("val_targets", validation.targets);  // a loss mask's count
   for (const auto& [key, loss] :
        sy::evaluate_mixture(*session.model, mixture, sequences, *session.groups.world))
     result.add(key, loss);

@@ -249,8 +249,9 @@ TokenFile load_tokens_on_every_rank(const Config& config, Communicator& world) {
 }
 // Sums the per-group statistics of one step into its metrics (means over groups).
 struct StepAccumulator {
-  int64_t groups = 0, assignments = 0, dropped = 0, rerouted = 0, tokens = 0;
-  double loss = 0, lm_loss = 0, aux_loss = 0, z_loss = 0;
+  bool masked = false;  // a loss mask: the LM loss is lm_loss_sum / lm_targets, not a group mean
+  int64_t groups = 0, assignments = 0, dropped = 0, rerouted = 0, tokens = 0, lm_targets = 0;
+  double loss = 0, lm_loss = 0, aux_loss = 0, z_loss = 0, lm_loss_sum = 0;
   std::vector<std::vector<double>> load_counts;  // [MoE layer][E], choices before drops
   std::vector<int64_t> dropped_per_layer, rerouted_per_layer;
   std::vector<double> entropy_sum;  // [MoE layer], summed over groups
@@ -260,6 +261,8 @@ struct StepAccumulator {
     tokens += stats.tokens;
     loss += stats.loss;
     lm_loss += stats.lm_loss;
+    lm_loss_sum += stats.lm_loss_sum;
+    lm_targets += stats.lm_targets;
     aux_loss += stats.aux_loss;
     z_loss += stats.z_loss;
     assignments += stats.assignments;
@@ -282,29 +285,40 @@ struct StepAccumulator {
 
   // Sums every field over the ranks, so that the metrics cover the whole step.
   void reduce(Communicator& world) {
-    std::vector<double> sums{loss, lm_loss, aux_loss, z_loss};
+    std::vector<double> sums{loss, lm_loss, aux_loss, z_loss, lm_loss_sum};
     sums.insert(sums.end(), entropy_sum.begin(), entropy_sum.end());
     world.all_reduce_host(sums, ReduceOp::sum);
-    loss = sums[0], lm_loss = sums[1], aux_loss = sums[2], z_loss = sums[3];
-    std::copy(sums.begin() + 4, sums.end(), entropy_sum.begin());
-    std::vector<int64_t> counts{groups, assignments, dropped, rerouted, tokens};
+    loss = sums[0], lm_loss = sums[1], aux_loss = sums[2], z_loss = sums[3], lm_loss_sum = sums[4];
+    std::copy(sums.begin() + 5, sums.end(), entropy_sum.begin());
+    std::vector<int64_t> counts{groups, assignments, dropped, rerouted, tokens, lm_targets};
     counts.insert(counts.end(), dropped_per_layer.begin(), dropped_per_layer.end());
     counts.insert(counts.end(), rerouted_per_layer.begin(), rerouted_per_layer.end());
     for (const std::vector<double>& layer : load_counts)
       for (double count : layer) counts.push_back(static_cast<int64_t>(count));
     world.all_reduce_host(counts, ReduceOp::sum);
     groups = counts[0], assignments = counts[1], dropped = counts[2], rerouted = counts[3];
-    tokens = counts[4];
-    size_t next = 5;
+    tokens = counts[4], lm_targets = counts[5];
+    size_t next = 6;
     for (int64_t& count : dropped_per_layer) count = counts[next++];
     for (int64_t& count : rerouted_per_layer) count = counts[next++];
     for (std::vector<double>& layer : load_counts)
       for (double& count : layer) count = static_cast<double>(counts[next++]);
   }
 
+  // The step's loss: the mean over its groups, or with a loss mask the LM part over the step's
+  // counted targets plus the groups' mean of the router terms (the objective backward takes).
+  double step_loss() const {
+    if (!masked) return loss / groups;
+    return step_lm_loss() + (loss - lm_loss) / groups;
+  }
+  double step_lm_loss() const {
+    if (!masked) return lm_loss / groups;
+    return lm_targets > 0 ? lm_loss_sum / static_cast<double>(lm_targets) : 0.0;
+  }
+
   void finish(StepMetrics& m) const {
-    m.loss = loss / groups;
-    m.lm_loss = lm_loss / groups;
+    m.loss = step_loss();
+    m.lm_loss = step_lm_loss();
     m.aux_loss = aux_loss / groups;
     m.z_loss = z_loss / groups;
     m.dropped_frac = assignments ? static_cast<double>(dropped) / assignments : 0.0;
@@ -421,7 +435,7 @@ struct RunOutputs {
 struct TrainData {
   TokenFile file;
   StepSampler sampler;
-  std::vector<int32_t> val_tokens;
+  ValidationSet val;
   MixtureValidation mixture_val;  // a mixture's other files, each logged as val_loss/<name>
 };
 
@@ -429,6 +443,8 @@ struct TrainData {
 // global batch (SPEC.md section 3).
 struct StepBatch {
   std::vector<std::vector<int32_t>> inputs, targets;  // [grad_accum_steps][B*S]
+  bool masked = false;       // the data has a loss mask (docs/data.md, "Loss masks")
+  int64_t step_targets = 0;  // then: the counted targets of the whole step, over every rank
 };
 
 // Whether a step may update, decided the same on every rank.
@@ -589,8 +605,7 @@ StepSampler make_sampler(const Config& config, const TokenFile& file,
 TrainData load_train_data(Run& run) {
   const Config& config = run.config;
   TokenFile file = load_tokens_on_every_rank(config, run.world);
-  std::vector<int32_t> val_tokens =
-      read_validation_tokens(*file.val, eval_sequences(config), config.model.seq_len);
+  ValidationSet val = read_validation_set(*file.val, eval_sequences(config), config.model.seq_len);
   std::optional<TrainData> data;
   std::string problem;
   try {
@@ -598,8 +613,8 @@ TrainData load_train_data(Run& run) {
     StepSampler sampler = make_sampler(config, file, mixture);
     MixtureValidation mixture_val =
         read_mixture_validation(config.data, mixture, eval_sequences(config), config.model.seq_len);
-    data.emplace(TrainData{std::move(file), std::move(sampler), std::move(val_tokens),
-                           std::move(mixture_val)});
+    data.emplace(
+        TrainData{std::move(file), std::move(sampler), std::move(val), std::move(mixture_val)});
   } catch (const std::exception& error) {
     problem = error.what();
   }
@@ -654,28 +669,44 @@ StepBatch next_batch(const Run& run, const TrainData& data, const TrainState& st
   for (int64_t micro = 0; micro < A; ++micro)
     data.sampler.group(state.step, micro * W + rank, B, batch.inputs[micro].data(),
                        batch.targets[micro].data());
+  batch.masked = data.sampler.masked();
+  if (batch.masked) {
+    // An integer sum over the ranks: exact, and the same whatever the layout.
+    std::vector<int64_t> counted{0};
+    for (const std::vector<int32_t>& targets : batch.targets)
+      counted[0] += std::count_if(targets.begin(), targets.end(),
+                                  [](int32_t target) { return target != kIgnoreTarget; });
+    run.world.all_reduce_host(counted, ReduceOp::sum);
+    batch.step_targets = counted[0];
+  }
   return batch;
 }
 
 // Every micro-batch forward and backward; parameter gradients accumulate, scaled so that the
-// step's objective is the mean over its W*A routing groups (SPEC.md section 3). Then the tests'
-// fault injections (TrainOptions::after_backward, loss_offset).
+// step's objective is the mean over its W*A routing groups (SPEC.md section 3); with a loss mask
+// its language-model part is the mean over the step's counted targets instead (docs/data.md,
+// "Loss masks"). Then the tests' fault injections (TrainOptions::after_backward, loss_offset).
 StepAccumulator forward_backward(Run& run, const StepBatch& batch, const TrainState& state) {
   if (!state.grads_ready) run.model.zero_grads();
   const int64_t A = run.config.train.grad_accum_steps;
   const double loss_scale = 1.0 / static_cast<double>(run.world.size() * A);
+  std::optional<double> lm_target_scale;  // unmasked: the group's mean, loss_scale / (B*S)
+  if (batch.masked)  // a step whose every target is masked trains only the routers
+    lm_target_scale = batch.step_targets > 0 ? 1.0 / static_cast<double>(batch.step_targets) : 0.0;
   // The last micro-batch's backward hands each layer's final gradients to the reducer, which
   // sums them over the ranks behind the layers below; not with a hook that edits gradients
   // after backward (it must see them unreduced, as without overlap).
   const bool overlap = run.config.parallel.overlap_grad_reduce && run.gradient_reducer.overlaps() &&
                        !run.options.after_backward;
   StepAccumulator acc;
+  acc.masked = batch.masked;
   for (int64_t micro = 0; micro < A; ++micro) {
     if (overlap && micro == A - 1)
       run.model.set_grads_finished(
           [&run](std::span<Param* const> params) { run.gradient_reducer.reduce(params); });
     acc.add(run.model.forward_backward(batch.inputs[micro], batch.targets[micro],
-                                       run.config.train.micro_batch_size, true, loss_scale));
+                                       run.config.train.micro_batch_size, true, loss_scale,
+                                       lm_target_scale));
   }
   run.model.set_grads_finished(nullptr);
   const int64_t step_number = state.step + 1;
@@ -703,7 +734,7 @@ StepVerdict judge_step(Run& run, const SpikeGuard& spike_guard, StepAccumulator&
                        double grad_norm) {
   const bool loss_finite_here = std::isfinite(acc.loss);
   acc.reduce(run.world);
-  const double step_loss = acc.loss / static_cast<double>(acc.groups);
+  const double step_loss = acc.step_loss();
   std::vector<int64_t> flags{static_cast<int64_t>(g_stop_signal), loss_finite_here ? 0 : 1,
                              spike_guard.is_spike(step_loss) ? 1 : 0};
   run.world.all_reduce_host(flags, ReduceOp::max);
@@ -822,7 +853,7 @@ void maybe_evaluate(Run& run, const TrainData& data, TrainState& state, RunOutpu
                    state.step == config.train.steps;
   if (sequences <= 0 || !due) return;
   const Clock::time_point eval_start = Clock::now();
-  const Validation validation = evaluate(run.model, data.val_tokens, sequences, run.world);
+  const Validation validation = evaluate(run.model, data.val, sequences, run.world);
   const std::vector<std::pair<std::string, double>> by_file =
       evaluate_mixture(run.model, data.mixture_val, sequences, run.world);
   const LossInUnits units = loss_in_units(validation.loss, data.file.tokenizer);

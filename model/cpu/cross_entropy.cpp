@@ -18,6 +18,11 @@ void cross_entropy(T* losses, T* logits, const int32_t* targets, int64_t N, int6
   for (int64_t t = 0; t < N; ++t) {
     T* row = logits + t * V;
     const int64_t target = targets[t];
+    if (target == kIgnoreTarget) {  // not trained: no loss, no gradient
+      losses[t] = T(0);
+      if (compute_grad) std::fill_n(row, V, T(0));
+      continue;
+    }
     const T target_logit = row[target];
     const T m = max_of(row, V);
     T* e = compute_grad ? row : scratch.data();  // exp(logits - m), in place for the gradient
@@ -39,7 +44,7 @@ void CpuBackend::cross_entropy_impl(const Tensor& losses, const Tensor& logits,
   const OpCheck c(*this, "cross_entropy");
   const DType dt = cpu::host_float(c, logits, "logits");
   const int64_t N = logits.dim(0), V = logits.dim(1);
-  cpu::index_range(c, targets, N, 0, V, "targets");
+  cpu::index_range(c, targets, N, kIgnoreTarget, V, "targets");  // kIgnoreTarget is -1
   cpu::dispatch_float(dt, [&]<class T>(T) {
     cpu::cross_entropy(losses.ptr<T>(), logits.ptr<T>(), targets.ptr<int32_t>(), N, V,
                        compute_grad, static_cast<T>(grad_scale));

@@ -30,6 +30,12 @@ __global__ void cross_entropy_kernel(L* losses, T* logits, const int32_t* target
   const int64_t row = blockIdx.x;
   T* r = logits + row * V;
   const int64_t target = targets[row];
+  if (target == kIgnoreTarget) {  // not trained: no loss, no gradient (the whole block returns)
+    if (threadIdx.x == 0) losses[row] = static_cast<L>(0);
+    if (compute_grad)
+      for (int64_t j = threadIdx.x; j < V; j += blockDim.x) r[j] = convert<T>(A(0));
+    return;
+  }
   A m = -INFINITY;
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x) m = max(m, load(r + j));
   m = block_max(m, shared, A(-INFINITY));
@@ -49,6 +55,13 @@ __global__ void cross_entropy_kernel(L* losses, T* logits, const int32_t* target
   }
 }
 
+// A row of `vecs` groups of kVec elements set to zero: an ignored target's gradient.
+template <class G>
+__device__ inline void store_zero_row(G* row, int64_t vecs) {
+  float zeros[kVec] = {};
+  for (int64_t c = threadIdx.x; c < vecs; c += blockDim.x) store8(row + c * kVec, zeros);
+}
+
 constexpr int kMaxVecsPerThread = 8;
 constexpr int kMaxRowThreads = 512;  // with <= 128 registers a thread (ptxas: 95 at 8 vectors)
 
@@ -61,6 +74,11 @@ cross_entropy_vec(float* __restrict__ losses, bf16* __restrict__ logits,
   const int64_t row = blockIdx.x, vecs = V / kVec;
   bf16* r = logits + row * V;
   const int64_t target = targets[row];
+  if (target == kIgnoreTarget) {
+    if (threadIdx.x == 0) losses[row] = 0.0f;
+    if (compute_grad) store_zero_row(r, vecs);
+    return;
+  }
   const float target_logit = threadIdx.x == 0 ? load(r + target) : 0.0f;  // before any writes
   uint4 raw[VPT];
 #pragma unroll
@@ -139,6 +157,11 @@ cross_entropy_streaming(float* __restrict__ losses, const T* logits, G* grad,
   const T* r = logits + row * V;
   G* g = grad + row * V;
   const int64_t target = targets[row];
+  if (target == kIgnoreTarget) {
+    if (threadIdx.x == 0) losses[row] = 0.0f;
+    if (compute_grad) store_zero_row(g, groups);
+    return;
+  }
   const float target_logit = threadIdx.x == 0 ? load(r + target) : 0.0f;  // before any writes
   float m = -INFINITY, s = 0;
   int64_t c = threadIdx.x;
