@@ -152,10 +152,10 @@ std::vector<fs::path> list_input_files(const std::string& input, const std::stri
   return files;
 }
 
-// --format sft: one example a JSONL line, written as [BOS] prompt response EOS (BOS and EOS where
-// the tokenizer defines them; without an EOS the example ends with the encoded "\n"), the loss
-// mask 1 on the response and its end, 0 on BOS and the prompt. Prompt and response are encoded
-// separately, so that no token straddles the boundary between what is and is not trained.
+// --format sft: one example a JSONL line, written as prompt response EOS (the tokenizer's EOS; the
+// encoded "\n" for one without, as bytes), the loss mask 1 on the response and its end, 0 on the
+// prompt. No BOS: no other format writes one, and generate's prompts have none. Prompt and
+// response are encoded separately, so that no token straddles what is and is not trained.
 PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokenizer,
                          double val_fraction, PrepareStats stats) {
   const std::vector<std::string> fields{options.prompt_field, options.response_field};
@@ -176,10 +176,7 @@ PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokeniz
   int64_t example = 0;
   const int64_t seen = for_each_jsonl_record(
       options.inputs, fields, [&](const std::vector<const std::string*>& values) {
-        tokens.clear();
-        if (tokenizer.bos_id() >= 0) tokens.push_back(tokenizer.bos_id());
-        const std::vector<int32_t> prompt = tokenizer.encode(*values[0]);
-        tokens.insert(tokens.end(), prompt.begin(), prompt.end());
+        tokens = tokenizer.encode(*values[0]);
         const size_t untrained = tokens.size();
         const std::vector<int32_t> response = tokenizer.encode(*values[1]);
         tokens.insert(tokens.end(), response.begin(), response.end());

@@ -20,8 +20,8 @@ class Tokenizer {
   // name it came from; both empty for a tokenizer that needs no model (bytes).
   virtual std::string model() const { return {}; }
   virtual std::string model_name() const { return {}; }
-  // The begin- and end-of-sequence tokens the model defines, or -1 (bytes has neither).
-  virtual int32_t bos_id() const { return -1; }
+  // The end-of-sequence token the model defines, or -1 (bytes has none): prepare-data --format
+  // sft ends each example with it, and generate stops at it.
   virtual int32_t eos_id() const { return -1; }
 };
 

@@ -32,7 +32,6 @@ class SentencePieceTokenizer : public Tokenizer {
   int64_t vocab_size() const override { return vocab_size_; }
   std::string model() const override { return model_bytes_; }
   std::string model_name() const override { return fs::path(source_).filename().string(); }
-  int32_t bos_id() const override { return processor_.bos_id(); }
   int32_t eos_id() const override { return processor_.eos_id(); }
   std::vector<int32_t> encode(const std::string& text) const override {
     std::vector<int> ids;

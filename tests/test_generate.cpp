@@ -2,6 +2,8 @@
 // deterministic, sampling is reproducible from its seed, and the text starts with the prompt.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "data/prepare.h"
 #include "parallel/local_exchange.h"
 #include "trainer/generate.h"
@@ -67,6 +69,14 @@ TEST(Generate, IdsContinueAsTheirText) {
   const std::vector<int32_t> ids =
       generate_ids(*f.model, f.bytes->encode("the experts"), 256, options);
   EXPECT_EQ(f.bytes->decode(ids), text);
+  // A stop id (generate passes the tokenizer's end-of-sequence token) ends the continuation
+  // right after its first sampling; the tokens before it are the same.
+  const size_t prompt_length = f.bytes->encode("the experts").size();
+  const int32_t stop = ids[prompt_length + 4];
+  const size_t first_stop = std::find(ids.begin() + prompt_length, ids.end(), stop) - ids.begin();
+  const std::vector<int32_t> stopped =
+      generate_ids(*f.model, f.bytes->encode("the experts"), 256, options, stop);
+  EXPECT_EQ(stopped, std::vector<int32_t>(ids.begin(), ids.begin() + first_stop + 1));
   EXPECT_EQ(parse_token_ids(" 116,104 101\n"), (std::vector<int32_t>{116, 104, 101}));
   for (const char* bad : {"", " , ", "1 x", "-3", "2147483648", "1.5"})
     EXPECT_THROW(parse_token_ids(bad), std::runtime_error) << bad;

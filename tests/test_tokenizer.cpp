@@ -3,6 +3,7 @@
 // vocabulary below the data's, and generate decodes with the stored model.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -179,6 +180,52 @@ TEST_F(TokenizerTest, PrepareDataStoresTheModelInTheTokenFile) {
   const TokenData bytes = read_token_file(bytes_path);
   EXPECT_TRUE(bytes.tokenizer_model.empty());
   EXPECT_EQ(tokenizer_of(bytes, bytes_path)->name(), "bytes");
+}
+
+// prepare-data --format sft with a SentencePiece model (docs/data.md, "Loss masks"): each
+// example is the prompt and the response encoded apart, then EOS; the mask is 1 on the response
+// and EOS only.
+TEST_F(TokenizerTest, SftExamplesEndWithTheModelsEos) {
+  const std::string model_path = train_tokenizer();
+  const std::unique_ptr<Tokenizer> tokenizer = tokenizer_from_option(model_path);
+  ASSERT_GE(tokenizer->eos_id(), 0) << "SentencePiece's default </s>";
+  const std::vector<std::pair<std::string, std::string>> examples{
+      {"kaex telda sunlo?", " rogat caf."}, {"telda", " kaex kaex."}, {"x", " y"}};
+  const std::string input = (dir / "chat.jsonl").string();
+  {
+    std::ofstream out(input);
+    for (const auto& [prompt, response] : examples)
+      out << "{\"prompt\": \"" << prompt << "\", \"response\": \"" << response << "\"}\n";
+  }
+  PrepareOptions options;
+  options.inputs = {input};
+  options.format = "sft";
+  options.output = (dir / "sft.h5").string();
+  options.tokenizer = model_path;
+  options.val_fraction = 0.3;  // the last example
+  const PrepareStats stats = prepare_data(options);
+  std::vector<int32_t> expected;
+  std::vector<uint8_t> expected_mask;
+  for (size_t e = 0; e < 2; ++e) {
+    const std::vector<int32_t> prompt = tokenizer->encode(examples[e].first);
+    const std::vector<int32_t> response = tokenizer->encode(examples[e].second);
+    expected.insert(expected.end(), prompt.begin(), prompt.end());
+    expected.insert(expected.end(), response.begin(), response.end());
+    expected.push_back(tokenizer->eos_id());
+    expected_mask.insert(expected_mask.end(), prompt.size(), 0);
+    expected_mask.insert(expected_mask.end(), response.size() + 1, 1);
+  }
+  const TokenFile opened = open_token_file(options.output);
+  ASSERT_EQ(opened.train->size(), static_cast<int64_t>(expected.size()));
+  std::vector<int32_t> tokens(expected.size());
+  std::vector<uint8_t> mask(expected.size());
+  opened.train->read(0, opened.train->size(), tokens.data());
+  opened.train->read_mask(0, opened.train->size(), mask.data());
+  EXPECT_EQ(tokens, expected);
+  EXPECT_EQ(mask, expected_mask);
+  EXPECT_EQ(stats.train_targets,
+            static_cast<int64_t>(std::count(expected_mask.begin(), expected_mask.end(), 1)));
+  EXPECT_EQ(opened.tokenizer_model, read_bytes(model_path));
 }
 
 TEST_F(TokenizerTest, ModelVocabularyBelowTheDataIsRefusedNamingBoth) {

@@ -34,7 +34,7 @@ int32_t sample(const std::vector<double>& logits, int64_t vocab, double temperat
 }  // namespace
 
 std::vector<int32_t> generate_ids(Transformer& model, std::vector<int32_t> prompt, int64_t vocab,
-                                  const GenerateOptions& options) {
+                                  const GenerateOptions& options, int32_t stop_id) {
   if (prompt.empty()) throw std::runtime_error("--prompt: must not be empty");
   if (options.tokens < 0) throw std::runtime_error("--tokens: must be >= 0");
   if (!(options.temperature >= 0.0) || !std::isfinite(options.temperature))
@@ -54,6 +54,7 @@ std::vector<int32_t> generate_ids(Transformer& model, std::vector<int32_t> promp
     std::copy(prompt.end() - length, prompt.end(), window.begin());
     const std::vector<double> logits = model.logits_at(window, 1, 0, length - 1);
     prompt.push_back(sample(logits, vocab, options.temperature, rng.uniform()));
+    if (prompt.back() == stop_id) break;
   }
   return prompt;
 }
@@ -61,8 +62,8 @@ std::vector<int32_t> generate_ids(Transformer& model, std::vector<int32_t> promp
 std::string generate(Transformer& model, const Tokenizer& tokenizer,
                      const GenerateOptions& options) {
   if (options.prompt.empty()) throw std::runtime_error("--prompt: must not be empty");
-  return tokenizer.decode(
-      generate_ids(model, tokenizer.encode(options.prompt), tokenizer.vocab_size(), options));
+  return tokenizer.decode(generate_ids(model, tokenizer.encode(options.prompt),
+                                       tokenizer.vocab_size(), options, tokenizer.eos_id()));
 }
 
 std::vector<int32_t> parse_token_ids(const std::string& text) {

@@ -21,15 +21,17 @@ struct GenerateOptions {
   std::vector<int32_t> prompt_ids;
 };
 
-// The prompt followed by the sampled continuation. The context is the last seq_len tokens.
+// The prompt followed by the sampled continuation, up to the tokenizer's end-of-sequence token
+// if it samples one. The context is the last seq_len tokens.
 std::string generate(Transformer& model, const Tokenizer& tokenizer,
                      const GenerateOptions& options);
 
 // The same over ids: `prompt` followed by the continuation, each token drawn from the first
 // `vocab` logits (the ids a tokenizer can decode; model.vocab_size without one). Throws naming
-// --prompt-ids when a prompt id is outside [0, model.vocab_size).
+// --prompt-ids when a prompt id is outside [0, model.vocab_size). Stops early after sampling
+// stop_id (generate passes the tokenizer's end-of-sequence token; -1: never).
 std::vector<int32_t> generate_ids(Transformer& model, std::vector<int32_t> prompt, int64_t vocab,
-                                  const GenerateOptions& options);
+                                  const GenerateOptions& options, int32_t stop_id = -1);
 
 // "1 2 3" or "1,2,3" (spaces and commas between ids) -> the ids; throws naming --prompt-ids.
 std::vector<int32_t> parse_token_ids(const std::string& text);
