@@ -647,6 +647,9 @@ void announce(Run& run, const TrainData& data, const TrainState& state) {
         config.run.dir.c_str(), static_cast<long long>(data.sampler.num_sources()),
         data.sampler.describe_sources().c_str(), config.data.path.c_str(),
         static_cast<long long>(data.file.val->size()));
+  if (data.sampler.masked())
+    run.console.print("  loss mask: the LM loss counts only the targets the token files' masks "
+                      "keep, over their number in each step (docs/data.md, Loss masks)\n");
   run.console.print("  learning rate: %s\n", describe(lr_schedule(config.train)).c_str());
   for (const std::string& note : data.mixture_val.notes)
     run.console.write(stderr, "note: %s\n", note.c_str());
