@@ -420,6 +420,22 @@ TEST_F(HfImport, Qwen3RoundTripIsBitwise) {
       "qwen3-moe-fp32");
   import_from(stepped, "qwen3-moe-step.h5");
   EXPECT_EQ(model_tensors((dir / "qwen3-moe-step.h5").string()), model_tensors(checkpoint));
+  // transformers 5 saves Qwen3-MoE's expert count as num_local_experts (its attribute_map).
+  const fs::path renamed = variant(
+      "qwen3-moe-local",
+      [](Folder& folder) {
+        folder.config["num_local_experts"] = folder.config["num_experts"];
+        folder.config.erase("num_experts");
+      },
+      "qwen3-moe-fp32");
+  import_from(renamed, "qwen3-moe-local.h5");
+  EXPECT_EQ(model_tensors((dir / "qwen3-moe-local.h5").string()), model_tensors(checkpoint));
+  EXPECT_NE(import_error(variant(
+                             "qwen3-moe-both",
+                             [](Folder& folder) { folder.config["num_local_experts"] = 8; },
+                             "qwen3-moe-fp32"))
+                .find("num_local_experts 8 and num_experts 4 disagree"),
+            std::string::npos);
   EXPECT_NE(import_error(variant(
                              "qwen3-moe-far",
                              [](Folder& folder) { folder.config["mlp_only_layers"] = {5}; },

@@ -90,6 +90,19 @@ int64_t count_or(const HfConfig& hf, const std::string& key, int64_t fallback) {
   return value->get<int64_t>();
 }
 
+// The expert count. Mixtral's key is num_local_experts, OLMoE's and Qwen3-MoE's num_experts, but
+// transformers 5 maps num_experts onto num_local_experts (attribute_map) and saves a Qwen3-MoE
+// under that name; so either key is read, and two that disagree are refused.
+int64_t expert_count(const HfConfig& hf) {
+  const int64_t fallback = defaults_of(hf).num_local_experts;
+  const int64_t local = count_or(hf, "num_local_experts", -1),
+                named = count_or(hf, "num_experts", -1);
+  if (local >= 0 && named >= 0 && local != named)
+    throw ImportError(hf.path + ": num_local_experts " + std::to_string(local) +
+                      " and num_experts " + std::to_string(named) + " disagree");
+  return local >= 0 ? local : named >= 0 ? named : fallback;
+}
+
 int64_t required_count(const HfConfig& hf, const std::string& key) {
   if (!find_key(hf.values, key)) throw ImportError(hf.path + ": no " + key);
   return count_or(hf, key, 0);
@@ -395,8 +408,7 @@ Config switchyard_config(const HfConfig& hf, const fs::path& folder) {
   if (!hf_has_experts(hf.architecture)) return checked(config, hf);
 
   MoeConfig& moe = config.moe;
-  const int64_t experts =
-      count_or(hf, mixtral ? "num_local_experts" : "num_experts", defaults.num_local_experts);
+  const int64_t experts = expert_count(hf);
   const std::vector<bool> mask = hf_moe_layers(hf, experts);
   std::vector<int64_t> moe_layers;
   for (size_t l = 0; l < mask.size(); ++l)

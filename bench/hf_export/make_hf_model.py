@@ -43,10 +43,12 @@ def make_config(arch):
     elif arch == "qwen3":
         config, theta = transformers.Qwen3Config(intermediate_size=160, head_dim=32, **common), 1e6
     elif arch == "qwen3_moe":  # 8 experts of 32, top-3, not renormalised; layer 0 dense
+        # head_dim is not a declared field of Qwen3MoeConfig (the modeling code reads it with
+        # getattr): passed as an extra keyword, which the config keeps and saves.
         config = transformers.Qwen3MoeConfig(intermediate_size=160, moe_intermediate_size=32,
                                              num_experts=8, num_experts_per_tok=3,
-                                             norm_topk_prob=False, mlp_only_layers=[0], **common)
-        config.head_dim = 32  # read with getattr by the modeling code (not a declared field)
+                                             norm_topk_prob=False, mlp_only_layers=[0],
+                                             head_dim=32, **common)
         theta = 1e6
     else:
         config = transformers.MixtralConfig(intermediate_size=96, num_local_experts=4,
