@@ -1,5 +1,7 @@
-// libFuzzer: bytes -> file -> read_token_file. Every input must end in token data or a
+// libFuzzer: bytes -> file -> read_token_file, then open_token_file and every window of both
+// splits and their loss masks, as training reads them. Every input must end in token data or a
 // std::exception naming the file; a crash, a sanitizer report or a hang is a finding.
+#include <algorithm>
 #include <cstdint>
 #include <exception>
 #include <string>
@@ -17,6 +19,12 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     sy::write_token_file(std::string(dir) + "/wide.h5", train, val, 70000, "bytes");
     sy::write_token_file(std::string(dir) + "/with_model.h5", train, val, 256, "sentencepiece",
                          std::string("\x0a\x03model", 7), "m.model");
+    sy::TokenFileWriter masked(std::string(dir) + "/masked.h5", 256, "bytes", {}, {}, true);
+    std::vector<uint8_t> mask(train.size());
+    for (size_t i = 0; i < mask.size(); ++i) mask[i] = i % 3 != 0;
+    masked.append_train(train.data(), static_cast<int64_t>(train.size()), mask.data());
+    masked.append_val(val.data(), static_cast<int64_t>(val.size()), mask.data());
+    masked.finish();
   }
   return 0;
 }
@@ -26,6 +34,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     const sy::TokenData tokens = sy::read_token_file(path);
     (void)tokens;
+  } catch (const std::exception&) {
+  }
+  try {
+    const sy::TokenFile file = sy::open_token_file(path);
+    for (const auto& split : {file.train, file.val}) {
+      // Bounded: a file that claims more is refused at open (stored bytes are checked).
+      const int64_t count = std::min<int64_t>(split->size(), int64_t{1} << 20);
+      std::vector<int32_t> window(count);
+      std::vector<uint8_t> mask(count);
+      split->read(0, count, window.data());
+      split->read_mask(0, count, mask.data());
+    }
   } catch (const std::exception&) {
   }
   return 0;
