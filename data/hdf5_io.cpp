@@ -257,6 +257,107 @@ struct RawObject {
   size_t address_bytes = 8, length_bytes = 8;  // the superblock's sizes of offsets and lengths
 };
 
+// How many bytes the datatype message at `type` (at most `size` of them) takes, or the reason
+// HDF5 1.10's decoder (H5O_dtype_decode_helper, H5Odtype.c) would read past it: it trusts each
+// member count and strdup()s the names of enum and compound members and the opaque tag up to
+// their NUL. Found by fuzz_token_file: an attribute's vlen string turned into an enum, whose
+// "names" ran off the header (heap-buffer-overflow in strdup, under H5Aexists).
+struct DatatypeExtent {
+  uint64_t bytes = 0;
+  std::string problem;
+};
+DatatypeExtent datatype_extent(const uint8_t* type, uint64_t size, int depth = 0) {
+  const auto fail = [](const std::string& why) { return DatatypeExtent{0, why}; };
+  if (depth > 8) return fail("its datatype nests too deep");
+  if (size < 8) return fail("its datatype is " + std::to_string(size) + " bytes");
+  const int type_class = type[0] & 0x0f, version = type[0] >> 4;
+  const uint64_t members = little_endian(&type[1], 2), element_size = little_endian(&type[4], 4);
+  const auto pad8 = [version](uint64_t n) { return version < 3 ? (n + 7) & ~uint64_t{7} : n; };
+  // A NUL-terminated name at `at`: its length with the NUL (padded), or 0 when it has no NUL.
+  const auto name_bytes = [&](uint64_t at) -> uint64_t {
+    if (at >= size) return 0;
+    const void* nul = std::memchr(&type[at], 0, size - at);
+    if (!nul) return 0;
+    return pad8(static_cast<const uint8_t*>(nul) - &type[at] + 1);
+  };
+  uint64_t at = 8;
+  switch (type_class) {
+    case 0:
+    case 4:
+      at += 4;
+      break;  // fixed-point, bitfield: offset and precision
+    case 1:
+      at += 12;
+      break;  // floating-point
+    case 2:
+      at += 2;
+      break;  // time
+    case 3:
+    case 7:
+      break;   // string, reference
+    case 5: {  // opaque: a NUL-terminated tag
+      if (type[1] == 0) break;
+      const uint64_t tag = name_bytes(at);
+      if (tag == 0) return fail("its opaque tag has no NUL");
+      at += tag;
+      break;
+    }
+    case 6: {  // compound: name, offset, (version 1: dimensions), member type, per member
+      const int offset_bytes = element_size < 256                   ? 1
+                               : element_size < 65536               ? 2
+                               : element_size < (uint64_t{1} << 24) ? 3
+                                                                    : 4;
+      for (uint64_t m = 0; m < members; ++m) {
+        const uint64_t name = name_bytes(at);
+        if (name == 0) return fail("a compound member's name has no NUL");
+        at += name + (version < 3 ? 4 : offset_bytes) + (version == 1 ? 28 : 0);
+        if (at > size) break;
+        const DatatypeExtent member = datatype_extent(type + at, size - at, depth + 1);
+        if (!member.problem.empty()) return member;
+        at += member.bytes;
+      }
+      break;
+    }
+    case 8: {  // enum: base type, then the names, then the values
+      const DatatypeExtent base = datatype_extent(type + at, size - at, depth + 1);
+      if (!base.problem.empty()) return base;
+      at += base.bytes;
+      const uint64_t base_size = little_endian(&type[at - base.bytes + 4], 4);
+      for (uint64_t m = 0; m < members; ++m) {
+        const uint64_t name = name_bytes(at);
+        if (name == 0) return fail("an enum member's name has no NUL");
+        at += name;
+      }
+      if (base_size != 0 && members > (size - std::min(at, size)) / base_size)
+        return fail("its enum values run past the message");
+      at += members * base_size;
+      break;
+    }
+    case 9: {  // variable-length: the base type
+      const DatatypeExtent base = datatype_extent(type + at, size - at, depth + 1);
+      if (!base.problem.empty()) return base;
+      at += base.bytes;
+      break;
+    }
+    case 10: {  // array: rank, (reserved,) dimensions, (permutation,) base type
+      if (at >= size) return fail("its array datatype is cut short");
+      const uint64_t rank = type[at];
+      at += (version < 3 ? 4 : 1) + rank * (version < 3 ? 8 : 4);
+      if (at > size) break;
+      const DatatypeExtent base = datatype_extent(type + at, size - at, depth + 1);
+      if (!base.problem.empty()) return base;
+      at += base.bytes;
+      break;
+    }
+    default:
+      return fail("its datatype class " + std::to_string(type_class) + " is unknown");
+  }
+  if (at > size)
+    return fail("its datatype needs " + std::to_string(at) + " of its " + std::to_string(size) +
+                " bytes");
+  return {at, ""};
+}
+
 // Why the body of a version 1, 2 or 3 attribute message would lead HDF5 1.10's decoder
 // (H5O_attr_decode, H5Oattr.c) past the message, or "" when its sizes fit: the decoder trusts the
 // name, datatype and dataspace lengths and copies the value, elements x element size, with no
@@ -283,6 +384,8 @@ std::string attribute_message_problem(const uint8_t* body, uint64_t size, size_t
     return "its name is not " + std::to_string(name_size - 1) + " characters and a NUL";
   if (type_shared || space_shared) return "";  // sizes live in another message
   if (type_size < 8) return "its datatype is " + std::to_string(type_size) + " bytes";
+  if (const DatatypeExtent type = datatype_extent(&body[type_at], type_size); !type.problem.empty())
+    return type.problem;
   const uint64_t element_size = little_endian(&body[type_at + 4], 4);
   // Dataspace: version 1 (rank, flags, 5 reserved) or 2 (rank, flags, type), then rank sizes
   // (and rank maxima when flags bit 0 is set).

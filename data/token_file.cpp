@@ -90,6 +90,23 @@ std::runtime_error token_range_error(const std::string& path, const std::string&
                               std::to_string(vocab_size) + ")");
 }
 
+// A damaged dataspace can claim billions of elements over a few stored bytes (found by
+// fuzz_token_file): contiguous storage holds every element, so check it before allocating.
+void check_stored_length(hid_t dataset, hsize_t length, const std::string& name, const char* unit,
+                         const std::string& path) {
+  Handle type(H5Dget_type(dataset), H5Tclose);
+  Handle create_list(H5Dget_create_plist(dataset), H5Pclose);
+  if (!type.valid() || !create_list.valid())
+    throw file_error(path, "cannot inspect dataset " + name);
+  if (H5Pget_layout(create_list.get()) != H5D_CONTIGUOUS ||
+      H5Pget_external_count(create_list.get()) != 0)
+    return;
+  const hsize_t stored = H5Dget_storage_size(dataset);
+  if (length > 0 && stored / H5Tget_size(type.get()) != length)
+    throw file_error(path, "dataset " + name + " claims " + std::to_string(length) + " " + unit +
+                               " but stores " + std::to_string(stored) + " bytes");
+}
+
 // Reads dataset `name` (e.g. "/train") in slices through an int64 buffer, so that any integer
 // element type converts without silent wrap-around and memory stays near the int32 result.
 std::vector<int32_t> read_tokens(hid_t file, const std::string& name, int64_t vocab_size,
@@ -98,19 +115,7 @@ std::vector<int32_t> read_tokens(hid_t file, const std::string& name, int64_t vo
   Handle dataset = open_token_dataset(file, name, path, &length);
   Handle file_space(H5Dget_space(dataset.get()), H5Sclose);
   if (!file_space.valid()) throw file_error(path, "cannot inspect dataset " + name);
-  // A damaged dataspace can claim billions of tokens over a few stored bytes (found by
-  // fuzz_token_file): contiguous storage holds every element, so check it before allocating.
-  Handle type(H5Dget_type(dataset.get()), H5Tclose);
-  Handle create_list(H5Dget_create_plist(dataset.get()), H5Pclose);
-  if (!type.valid() || !create_list.valid())
-    throw file_error(path, "cannot inspect dataset " + name);
-  if (H5Pget_layout(create_list.get()) == H5D_CONTIGUOUS &&
-      H5Pget_external_count(create_list.get()) == 0) {
-    const hsize_t stored = H5Dget_storage_size(dataset.get());
-    if (length > 0 && stored / H5Tget_size(type.get()) != length)
-      throw file_error(path, "dataset " + name + " claims " + std::to_string(length) +
-                                 " tokens but stores " + std::to_string(stored) + " bytes");
-  }
+  check_stored_length(dataset.get(), length, name, "tokens", path);
 
   std::vector<int32_t> tokens(length);
   const hsize_t slice_length = hsize_t{1} << 20;
@@ -151,6 +156,12 @@ void read_tokenizer_model(hid_t file, TokenData& data, const std::string& path) 
   hsize_t length = 0;
   if (H5Sget_simple_extent_dims(space.get(), &length, nullptr) < 0)
     throw file_error(path, "cannot inspect dataset " + name);
+  // SentencePiece models are MB; a larger claim is damage, whatever the storage layout.
+  constexpr hsize_t kMaxModelBytes = hsize_t{1} << 30;
+  if (length > kMaxModelBytes)
+    throw file_error(path, "dataset " + name + " claims " + std::to_string(length) +
+                               " bytes, more than a tokenizer model's 1 GiB");
+  check_stored_length(dataset.get(), length, name, "bytes", path);
   data.tokenizer_model.assign(length, '\0');
   if (length > 0)
     check(H5Dread(dataset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT,

@@ -111,6 +111,64 @@ TEST_F(Hdf5IoTest, DamagedAttributeMessagesAreRefusedBeforeHdf5DecodesThem) {
   }
 }
 
+// Attributes of every datatype class that carries names or nests (h5py writes a bool as an enum
+// of FALSE and TRUE) pass the datatype walk, and a token file carrying them still reads.
+TEST_F(Hdf5IoTest, AttributesOfNamedAndNestedDatatypesPass) {
+  for (const bool latest : {false, true}) {
+    const std::string file_path =
+        write_attributes(std::string("datatypes") + (latest ? "_v2" : "_v1") + ".h5", 0, latest);
+    {
+      h5::Handle file =
+          h5::own(H5Fopen(file_path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), H5Fclose, "open");
+      h5::Handle space = h5::own(H5Screate(H5S_SCALAR), H5Sclose, "space");
+      const auto add = [&](const char* name, hid_t type, const void* value) {
+        h5::Handle attribute =
+            h5::own(H5Acreate2(file.get(), name, type, space.get(), H5P_DEFAULT, H5P_DEFAULT),
+                    H5Aclose, name);
+        ASSERT_GE(H5Awrite(attribute.get(), type, value), 0) << name;
+      };
+      h5::Handle boolean = h5::own(H5Tenum_create(H5T_NATIVE_INT8), H5Tclose, "enum");
+      const int8_t no = 0, yes = 1;
+      H5Tenum_insert(boolean.get(), "FALSE", &no);
+      H5Tenum_insert(boolean.get(), "TRUE", &yes);
+      add("flag", boolean.get(), &yes);
+      struct Pair {
+        int32_t step;
+        double loss;
+      } pair{3, 0.5};
+      h5::Handle compound = h5::own(H5Tcreate(H5T_COMPOUND, sizeof(Pair)), H5Tclose, "compound");
+      H5Tinsert(compound.get(), "step", HOFFSET(Pair, step), H5T_NATIVE_INT32);
+      H5Tinsert(compound.get(), "loss", HOFFSET(Pair, loss), H5T_NATIVE_DOUBLE);
+      add("pair", compound.get(), &pair);
+      h5::Handle opaque = h5::own(H5Tcreate(H5T_OPAQUE, 4), H5Tclose, "opaque");
+      H5Tset_tag(opaque.get(), "raw bytes");
+      add("blob", opaque.get(), "abcd");
+      const hsize_t three = 3;
+      h5::Handle array = h5::own(H5Tarray_create2(H5T_NATIVE_FLOAT, 1, &three), H5Tclose, "array");
+      const float values[3] = {1, 2, 3};
+      add("triple", array.get(), values);
+    }
+    EXPECT_TRUE(has(file_path, "flag"));
+    EXPECT_TRUE(has(file_path, "triple"));
+    EXPECT_FALSE(has(file_path, "absent"));
+  }
+}
+
+// The fuzzer's input turned the vlen string `tokenizer` into an enum (class 9 -> 8) whose member
+// "names" had no NUL before the header's end: HDF5 strdup()ed past it.
+TEST_F(Hdf5IoTest, AnEnumWhoseNamesRunOffTheMessageIsRefused) {
+  const std::string file_path = write_attributes("enum_damage.h5", 3);
+  std::vector<uint8_t> bytes = read_bytes(file_path);
+  const size_t body = attribute_body(bytes, "tokenizer");
+  const size_t type_at = body + 8 + 16;  // "tokenizer\0" padded to 16 (version 1)
+  ASSERT_EQ(bytes[type_at] & 0x0f, 9) << "a variable-length string";
+  bytes[type_at] = static_cast<uint8_t>((bytes[type_at] & 0xf0) | 8);
+  bytes[type_at + 1] = 0xff;  // 255 members
+  write_bytes(file_path, bytes);
+  expect_error([&] { has(file_path, "vocab_size"); },
+               {"damaged attribute message at byte " + std::to_string(body - 8)});
+}
+
 TEST_F(Hdf5IoTest, AValueLargerThanItsMessageIsRefused) {
   const std::string file_path = write_attributes("value.h5", 0);
   std::vector<uint8_t> bytes = read_bytes(file_path);
