@@ -260,12 +260,16 @@ int64_t train_document_count(int64_t documents, double val_fraction, const std::
   return train;
 }
 
-int64_t for_each_jsonl_record(
-    const std::vector<std::string>& files, const std::vector<std::string>& fields,
-    const std::function<void(const std::vector<const std::string*>&)>& visit) {
+namespace {
+
+// Each line of each file, in order, that is not blank (spaces, tabs, '\r'): parsed as a JSON
+// object and handed to visit(object, file, "line N: ") for the caller's members. Returns the
+// objects' count; throws for invalid JSON, a value that is not an object, or no object at all.
+int64_t for_each_jsonl_object(const std::vector<std::string>& files,
+                              const std::function<void(const nlohmann::json&, const std::string&,
+                                                       const std::string&)>& visit) {
   if (files.empty()) throw std::runtime_error("--format jsonl: no --input file");
   int64_t documents = 0;
-  std::vector<const std::string*> values(fields.size());
   for (const std::string& path : files) {
     regular_file_size(path);  // names a missing file or a folder
     std::ifstream in(path, std::ios::binary);
@@ -283,16 +287,7 @@ int64_t for_each_jsonl_record(
       }
       if (!object.is_object())
         throw file_error(path, where + "a JSON " + object.type_name() + ", not an object");
-      for (size_t f = 0; f < fields.size(); f++) {
-        const std::string& field = fields[f];
-        const auto member = object.find(field);
-        if (member == object.end()) throw file_error(path, where + "no field \"" + field + "\"");
-        if (!member->is_string())
-          throw file_error(path, where + "field \"" + field + "\" is a " + member->type_name() +
-                                     ", not a string");
-        values[f] = &member->get_ref<const std::string&>();
-      }
-      visit(values);
+      visit(object, path, where);
       documents++;
     }
     if (in.bad()) throw file_error(path, "read failed");
@@ -301,10 +296,54 @@ int64_t for_each_jsonl_record(
   return documents;
 }
 
+// Member `field` of `object`, which must be a string.
+const std::string& string_member(const nlohmann::json& object, const std::string& field,
+                                 const std::string& path, const std::string& where) {
+  const auto member = object.find(field);
+  if (member == object.end()) throw file_error(path, where + "no field \"" + field + "\"");
+  if (!member->is_string())
+    throw file_error(
+        path, where + "field \"" + field + "\" is a " + member->type_name() + ", not a string");
+  return member->get_ref<const std::string&>();
+}
+
+}  // namespace
+
 int64_t for_each_jsonl_document(const std::vector<std::string>& files, const std::string& field,
                                 const std::function<void(const std::string&)>& visit) {
-  return for_each_jsonl_record(
-      files, {field}, [&](const std::vector<const std::string*>& values) { visit(*values[0]); });
+  return for_each_jsonl_object(
+      files, [&](const nlohmann::json& object, const std::string& path, const std::string& where) {
+        visit(string_member(object, field, path, where));
+      });
+}
+
+int64_t for_each_sft_example(const std::vector<std::string>& files, const std::string& prompt_field,
+                             const std::string& response_field,
+                             const std::function<void(const std::vector<SftSegment>&)>& visit) {
+  std::vector<SftSegment> segments;
+  return for_each_jsonl_object(
+      files, [&](const nlohmann::json& object, const std::string& path, const std::string& where) {
+        segments.clear();
+        const auto listed = object.find("segments");
+        if (listed == object.end()) {
+          segments.push_back({string_member(object, prompt_field, path, where), false});
+          segments.push_back({string_member(object, response_field, path, where), true});
+          return visit(segments);
+        }
+        if (!listed->is_array() || listed->empty())
+          throw file_error(path, where + "field \"segments\" is not a non-empty array");
+        for (size_t k = 0; k < listed->size(); ++k) {
+          const nlohmann::json& segment = (*listed)[k];
+          const std::string at = where + "segments[" + std::to_string(k) + "]: ";
+          if (!segment.is_object())
+            throw file_error(path, at + "a JSON " + segment.type_name() + ", not an object");
+          const auto train = segment.find("train");
+          if (train == segment.end() || !train->is_boolean())
+            throw file_error(path, at + "field \"train\" must be true or false");
+          segments.push_back({string_member(segment, "text", path, at), train->get<bool>()});
+        }
+        visit(segments);
+      });
 }
 
 ImportCounts import_nanogpt(const std::string& input, int64_t vocab_size, const TokenSink& sink) {

@@ -22,11 +22,19 @@ int64_t train_document_count(int64_t documents, double val_fraction, const std::
 // that is not a string; "<files>: no documents" when there is none.
 int64_t for_each_jsonl_document(const std::vector<std::string>& files, const std::string& field,
                                 const std::function<void(const std::string&)>& visit);
-// The same rules with several string members a line, all required: visit(values) gets
-// values[f] = the member fields[f] of each line (valid during the call). For --format sft.
-int64_t for_each_jsonl_record(
-    const std::vector<std::string>& files, const std::vector<std::string>& fields,
-    const std::function<void(const std::vector<const std::string*>&)>& visit);
+// --format sft (docs/data.md, "Loss masks"): the JSONL rules above, one example a line, as
+// segments of text, each trained on or not. A line is either {prompt_field: "...",
+// response_field: "..."} (the prompt not trained, the response trained) or {"segments": [{"text":
+// "...", "train": true|false}, ...]} (any number, in order: a multi-turn conversation already
+// rendered in the model's chat format). Other members are ignored. Calls visit(segments) per
+// example and returns how many there were; throws "<file>: line N: ..." naming what is wrong.
+struct SftSegment {
+  std::string text;
+  bool trained = false;
+};
+int64_t for_each_sft_example(const std::vector<std::string>& files, const std::string& prompt_field,
+                             const std::string& response_field,
+                             const std::function<void(const std::vector<SftSegment>&)>& visit);
 
 // Throws "--format F needs --vocab-size in [1, L], got N": L is 65536 for nanogpt (uint16
 // files), 2^31 for megatron.

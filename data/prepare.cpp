@@ -152,16 +152,17 @@ std::vector<fs::path> list_input_files(const std::string& input, const std::stri
   return files;
 }
 
-// --format sft: one example a JSONL line, written as prompt response EOS (the tokenizer's EOS; the
-// encoded "\n" for one without, as bytes), the loss mask 1 on the response and its end, 0 on the
-// prompt. No BOS: no other format writes one, and generate's prompts have none. Prompt and
-// response are encoded separately, so that no token straddles what is and is not trained.
+// --format sft: one example a JSONL line (for_each_sft_example), its segments encoded one by one
+// and each trained segment followed by the tokenizer's EOS (the encoded "\n" for one without, as
+// bytes), trained too, so that the model learns where an answer stops; the loss mask 1 on trained
+// segments and their ends, 0 elsewhere. No BOS: no other format writes one, and generate's
+// prompts have none. Segments are encoded apart, so no token straddles what is and is not trained.
 PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokenizer,
                          double val_fraction, PrepareStats stats) {
-  const std::vector<std::string> fields{options.prompt_field, options.response_field};
   const std::string& input = options.inputs.front();
   const int64_t examples =
-      for_each_jsonl_record(options.inputs, fields, [](const std::vector<const std::string*>&) {});
+      for_each_sft_example(options.inputs, options.prompt_field, options.response_field,
+                           [](const std::vector<SftSegment>&) {});
   const int64_t train_examples = train_document_count(examples, val_fraction, input);
   stats.files = static_cast<int64_t>(options.inputs.size());
   stats.documents = examples;
@@ -174,19 +175,21 @@ PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokeniz
   std::vector<int32_t> tokens;
   std::vector<uint8_t> mask;
   int64_t example = 0;
-  const int64_t seen = for_each_jsonl_record(
-      options.inputs, fields, [&](const std::vector<const std::string*>& values) {
-        tokens = tokenizer.encode(*values[0]);
-        const size_t untrained = tokens.size();
-        const std::vector<int32_t> response = tokenizer.encode(*values[1]);
-        tokens.insert(tokens.end(), response.begin(), response.end());
-        tokens.insert(tokens.end(), end.begin(), end.end());
-        mask.assign(tokens.size(), 1);
-        std::fill_n(mask.begin(), untrained, uint8_t{0});
+  const int64_t seen = for_each_sft_example(
+      options.inputs, options.prompt_field, options.response_field,
+      [&](const std::vector<SftSegment>& segments) {
+        tokens.clear();
+        mask.clear();
+        for (const SftSegment& segment : segments) {
+          const std::vector<int32_t> encoded = tokenizer.encode(segment.text);
+          tokens.insert(tokens.end(), encoded.begin(), encoded.end());
+          if (segment.trained) tokens.insert(tokens.end(), end.begin(), end.end());
+          mask.resize(tokens.size(), segment.trained ? 1 : 0);
+        }
         const int64_t count = static_cast<int64_t>(tokens.size());
         if (example++ < train_examples) {
           writer.append_train(tokens.data(), count, mask.data());
-          stats.train_targets += count - static_cast<int64_t>(untrained);
+          stats.train_targets += std::count(mask.begin(), mask.end(), uint8_t{1});
         } else {
           writer.append_val(tokens.data(), count, mask.data());
         }

@@ -202,6 +202,47 @@ TEST_F(LossMaskTest, SftExamplesTrainOnTheResponseOnly) {
   opened.val->read_mask(0, 4, val_mask.data());  // "a b\n"
   EXPECT_EQ(val_mask, (std::vector<uint8_t>{0, 1, 1, 1}));
 
+  // A multi-turn conversation as segments: every trained segment ends with "\n" (bytes has no
+  // EOS), trained too.
+  {
+    std::ofstream out(input);
+    out << R"({"segments": [{"text": "U: hi A:", "train": false}, {"text": " yo", "train": true},)"
+        << R"( {"text": " U: and? A:", "train": false}, {"text": " ok", "train": true}]})"
+        << "\n";
+    out << R"({"prompt": "p", "response": "r"})"
+        << "\n";
+  }
+  options.output = path("turns.h5");
+  options.val_fraction = 0.5;
+  const PrepareStats turns = prepare_data(options);
+  const std::string turns_text = std::string("U: hi A:") + " yo\n" + " U: and? A:" + " ok\n";
+  std::vector<uint8_t> turns_mask;
+  for (const auto& [text, trained] : std::vector<std::pair<std::string, uint8_t>>{
+           {"U: hi A:", 0}, {" yo\n", 1}, {" U: and? A:", 0}, {" ok\n", 1}})
+    turns_mask.insert(turns_mask.end(), text.size(), trained);
+  EXPECT_EQ(turns.train_tokens, static_cast<int64_t>(turns_text.size()));
+  EXPECT_EQ(turns.train_targets, 4 + 4);
+  const TokenFile turns_file = open_token_file(options.output);
+  std::vector<uint8_t> read_turns(turns_text.size());
+  turns_file.train->read_mask(0, turns_file.train->size(), read_turns.data());
+  EXPECT_EQ(read_turns, turns_mask);
+  for (const auto& [line, error] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"segments": []})", "line 1: field \"segments\" is not a non-empty array"},
+           {R"({"segments": [{"text": "a"}]})",
+            "line 1: segments[0]: field \"train\" must be true or false"},
+           {R"({"segments": [{"text": "a", "train": true}, {"train": false}]})",
+            "line 1: segments[1]: no field \"text\""},
+           {R"({"segments": [3]})", "line 1: segments[0]: a JSON number, not an object"}}) {
+    {
+      std::ofstream out(input);
+      out << line << "\n"
+          << R"({"prompt": "p", "response": "r"})"
+          << "\n";
+    }
+    expect_error([&] { prepare_data(options); }, {input + ": " + error});
+  }
+  options.output = path("sft.h5");
+
   // Both members are required, and must be strings.
   {
     std::ofstream out(input);

@@ -168,8 +168,9 @@ void add_prepare_data_command(CLI::App& app, CommandLine& line) {
       ->add_option("--format", line.format,
                    wrap("brown: the Brown corpus's tagged files (c[a-r][0-9][0-9]); text: plain "
                         "text, as is; jsonl: one JSON object per line, its --field a document; "
-                        "sft: one JSON object per line, a prompt and a response, the loss on "
-                        "the response only; nanogpt: uint16 train.bin/val.bin token ids; "
+                        "sft: one JSON object per line, a prompt and a response (or "
+                        "\"segments\": [{\"text\", \"train\"}, ...]), the loss on the "
+                        "response only; nanogpt: uint16 train.bin/val.bin token ids; "
                         "megatron: an indexed dataset .bin/.idx of token ids (docs/data.md)"))
       ->type_name("brown|text|jsonl|sft|nanogpt|megatron")
       ->check(
