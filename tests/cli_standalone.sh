@@ -96,6 +96,8 @@ timeout 300 "${mpi2[@]}" "$switchyard" train tiny.yaml --set data.path=sft.h5 \
   --set checkpoint.init_from=run_dp --set train.steps=4 --set run.dir=run_sft --set eval.every=4 \
   --set eval.tokens=160 >stdout.txt 2>stderr.txt && ok "fine-tune at 2 ranks from run_dp" ||
   fail "fine-tune at 2 ranks from run_dp"
+if grep -qE '"lm_targets": [1-9][0-9]*' run_sft/metrics.jsonl && ! grep -q lm_targets run_dp/metrics.jsonl
+then ok "metrics.jsonl has lm_targets with a loss mask only"; else fail "lm_targets in metrics.jsonl"; fi
 logged=$(val_loss_of run_sft/metrics.jsonl)
 run_ok "eval of the fine-tune alone, micro-batch 3" "$switchyard" eval --checkpoint run_sft \
   --set train.micro_batch_size=3

@@ -184,6 +184,7 @@ std::vector<std::pair<std::string, double>> step_scalars(const StepMetrics& m) {
   per_layer("router_entropy", m.router_entropy);
   per_expert("expert_bias", m.expert_bias);
   out.emplace_back("peak_memory_bytes", static_cast<double>(m.peak_memory_bytes));
+  if (m.lm_targets >= 0) out.emplace_back("lm_targets", static_cast<double>(m.lm_targets));
   return out;
 }
 }  // namespace
@@ -207,7 +208,9 @@ void MetricsLog::write_step(const StepMetrics& m) {
       .add("layer_dropped_frac", m.layer_dropped_frac)
       .add("router_entropy", m.router_entropy);
   if (!m.expert_bias.empty()) line.add("expert_bias", m.expert_bias);
-  write_record(line.add("peak_memory_bytes", m.peak_memory_bytes));
+  line.add("peak_memory_bytes", m.peak_memory_bytes);
+  if (m.lm_targets >= 0) line.add("lm_targets", m.lm_targets);
+  write_record(line);
 }
 
 void MetricsLog::write_eval(int64_t step, double val_loss) {

@@ -20,6 +20,9 @@ struct StepMetrics {
   int64_t step = 0;         // optimizer steps completed (1-based)
   double loss = 0.0;        // mean over groups of the group loss
   double lm_loss = 0.0, aux_loss = 0.0, z_loss = 0.0;
+  // With a loss mask (docs/data.md): the step's counted targets over every rank, the divisor of
+  // lm_loss; -1 without one (not logged).
+  int64_t lm_targets = -1;
   double lr = 0.0;
   double grad_norm = 0.0;   // before clipping
   double tokens_per_s = 0.0;

@@ -319,6 +319,7 @@ struct StepAccumulator {
   void finish(StepMetrics& m) const {
     m.loss = step_loss();
     m.lm_loss = step_lm_loss();
+    if (masked) m.lm_targets = lm_targets;
     m.aux_loss = aux_loss / groups;
     m.z_loss = z_loss / groups;
     m.dropped_frac = assignments ? static_cast<double>(dropped) / assignments : 0.0;
