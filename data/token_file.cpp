@@ -421,6 +421,17 @@ Handle open_token_file_handle(const std::string& path) {
 
 }  // namespace
 
+bool is_token_file(const std::string& path) {
+  try {
+    std::lock_guard<std::recursive_mutex> lock(hdf5_mutex());
+    QuietHdf5Errors quiet;
+    Handle file = open_token_file_handle(path);
+    return h5::link_exists(file.get(), "/train");
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 TokenData read_token_file(const std::string& path) {
   QuietHdf5Errors quiet;
   Handle file = open_token_file_handle(path);

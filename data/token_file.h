@@ -79,6 +79,10 @@ struct TokenFile {
 // Throws std::runtime_error "<path>: <what is wrong>".
 TokenFile open_token_file(const std::string& path);
 
+// Whether `path` is an HDF5 file with a /train link (a token file, not a checkpoint). Never
+// throws: anything that cannot be opened is "no", for the caller's own reader to explain.
+bool is_token_file(const std::string& path);
+
 // data.train_paths' token files (a mixture, docs/data.md), one per entry, opened once each:
 // `path_file`, data.path's already open, where an entry names data.path.
 std::vector<TokenFile> open_train_files(const DataConfig& data, const TokenFile& path_file);

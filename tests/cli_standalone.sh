@@ -96,6 +96,10 @@ timeout 300 "${mpi2[@]}" "$switchyard" train tiny.yaml --set data.path=sft.h5 \
   --set checkpoint.init_from=run_dp --set train.steps=4 --set run.dir=run_sft --set eval.every=4 \
   --set eval.tokens=160 >stdout.txt 2>stderr.txt && ok "fine-tune at 2 ranks from run_dp" ||
   fail "fine-tune at 2 ranks from run_dp"
+run_ok "inspect a token file" "$switchyard" inspect sft.h5
+if grep -qE "^loss mask: train [0-9]+ of [0-9]+ tokens trained \([0-9.]+%\); val " stdout.txt &&
+   grep -q "^token file: sft.h5" stdout.txt; then ok "inspect: the loss mask's trained share"
+else fail "inspect of a token file"; fi
 if grep -qE '"lm_targets": [1-9][0-9]*' run_sft/metrics.jsonl && ! grep -q lm_targets run_dp/metrics.jsonl
 then ok "metrics.jsonl has lm_targets with a loss mask only"; else fail "lm_targets in metrics.jsonl"; fi
 logged=$(val_loss_of run_sft/metrics.jsonl)

@@ -324,7 +324,9 @@ void add_generate_command(CLI::App& app, CommandLine& line) {
 
 void add_inspect_command(CLI::App& app, CommandLine& line) {
   CLI::App* inspect = app.add_subcommand(
-      "inspect", "print a checkpoint's step, provenance, config and tensors (shape, L2 norm)");
+      "inspect",
+      "print a checkpoint's step, provenance, config and tensors (shape, L2 norm), or "
+      "a token file's vocabulary, splits and loss masks");
   inspect->add_option("CHECKPOINT", line.checkpoint, kCheckpointForms)
       ->required()
       ->type_name("PATH");
@@ -772,7 +774,11 @@ int on_rank0(const char* command, const std::function<void()>& body) {
 }
 
 int cmd_inspect(const CommandLine& line) {
-  return on_rank0("inspect", [&] { sy::inspect_checkpoint(resolve_noting(line.checkpoint), stdout); });
+  return on_rank0("inspect", [&] {
+    // A token file is inspected as one (docs/data.md); anything else as a checkpoint or run.
+    if (sy::is_token_file(line.checkpoint)) return sy::inspect_token_file(line.checkpoint, stdout);
+    sy::inspect_checkpoint(resolve_noting(line.checkpoint), stdout);
+  });
 }
 
 int cmd_export(const CommandLine& line) {
