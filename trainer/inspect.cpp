@@ -28,22 +28,35 @@ std::string indent(const std::string& text) {
   return out;
 }
 
-// "tokenizer: sentencepiece (tok.model, vocab 8000, model 370212 bytes)", "tokenizer: bytes
-// (vocab 256)", or what eval and generate fall back to when the checkpoint carries none.
+// "sentencepiece (tok.model, vocab 8000, model 370212 bytes)", "bytes (vocab 256)", or for a
+// label a token format stored, what it is: a checkpoint's tokenizer and a token file's alike.
+std::string describe_tokenizer(const TokenData& tokenizer) {
+  if (!tokenizer.tokenizer_model.empty())
+    return tokenizer.tokenizer + " (" + tokenizer.tokenizer_model_name + ", vocab " +
+           std::to_string(tokenizer.vocab_size) + ", model " +
+           std::to_string(tokenizer.tokenizer_model.size()) + " bytes)";
+  try {
+    return tokenizer.tokenizer + " (vocab " +
+           std::to_string(make_tokenizer(tokenizer.tokenizer)->vocab_size()) + ")";
+  } catch (const std::exception&) {  // a label a token format stored, with no model to decode
+    return tokenizer.tokenizer + " (a label only: no model to decode with)";
+  }
+}
+
+// The checkpoint's tokenizer line, or what eval and generate fall back to when it carries none.
 std::string tokenizer_line(const std::string& path) {
   TokenData tokenizer;
   if (!read_checkpoint_tokenizer(path, tokenizer))
     return "tokenizer: none stored (an older checkpoint: eval and generate use data.path's)";
-  if (!tokenizer.tokenizer_model.empty())
-    return "tokenizer: " + tokenizer.tokenizer + " (" + tokenizer.tokenizer_model_name +
-           ", vocab " + std::to_string(tokenizer.vocab_size) + ", model " +
-           std::to_string(tokenizer.tokenizer_model.size()) + " bytes)";
-  try {
-    return "tokenizer: " + tokenizer.tokenizer + " (vocab " +
-           std::to_string(make_tokenizer(tokenizer.tokenizer)->vocab_size()) + ")";
-  } catch (const std::exception&) {  // a label a token format stored, with no model to decode
-    return "tokenizer: " + tokenizer.tokenizer + " (a label only: no model to decode with)";
-  }
+  return "tokenizer: " + describe_tokenizer(tokenizer);
+}
+
+// "<kind>: <path>" and, when the file system says, "file_size: N bytes".
+void print_file_lines(const char* kind, const std::string& path, std::FILE* out) {
+  std::error_code error;
+  const auto bytes = std::filesystem::file_size(path, error);
+  std::fprintf(out, "%s: %s\n", kind, path.c_str());
+  if (!error) std::fprintf(out, "file_size: %" PRIuMAX " bytes\n", static_cast<uintmax_t>(bytes));
 }
 
 // "1657 of 9136 tokens trained (18.1%)": the ones of a split's mask, read a window at a time.
@@ -70,15 +83,14 @@ bool is_tensor(const std::string& dataset) { return dataset != "/tokenizer_model
 
 void inspect_token_file(const std::string& path, std::FILE* out) {
   const TokenFile file = open_token_file(path);
-  std::error_code error;
-  const auto bytes = std::filesystem::file_size(path, error);
-  std::fprintf(out, "token file: %s\n", path.c_str());
-  if (!error) std::fprintf(out, "file_size: %" PRIuMAX " bytes\n", static_cast<uintmax_t>(bytes));
+  print_file_lines("token file", path, out);
   std::fprintf(out, "vocab_size: %lld\n", static_cast<long long>(file.vocab_size));
-  if (!file.tokenizer_model.empty())
-    std::fprintf(out, "tokenizer: %s (%s, model %zu bytes)\n", file.tokenizer.c_str(),
-                 file.tokenizer_model_name.c_str(), file.tokenizer_model.size());
-  else std::fprintf(out, "tokenizer: %s\n", file.tokenizer.c_str());
+  TokenData tokenizer;
+  tokenizer.vocab_size = file.vocab_size;
+  tokenizer.tokenizer = file.tokenizer;
+  tokenizer.tokenizer_model = file.tokenizer_model;
+  tokenizer.tokenizer_model_name = file.tokenizer_model_name;
+  std::fprintf(out, "tokenizer: %s\n", describe_tokenizer(tokenizer).c_str());
   std::fprintf(out, "train: %lld tokens\nval: %lld tokens\n",
                static_cast<long long>(file.train->size()),
                static_cast<long long>(file.val->size()));
@@ -92,10 +104,7 @@ void inspect_token_file(const std::string& path, std::FILE* out) {
 
 void inspect_checkpoint(const std::string& path, std::FILE* out) {
   const CheckpointHeader header = read_checkpoint_header(path);
-  std::error_code error;
-  const auto bytes = std::filesystem::file_size(path, error);
-  std::fprintf(out, "checkpoint: %s\n", path.c_str());
-  if (!error) std::fprintf(out, "file_size: %" PRIuMAX " bytes\n", static_cast<uintmax_t>(bytes));
+  print_file_lines("checkpoint", path, out);
   std::fprintf(out, "format_version: %lld\nstep: %lld\noptimizer_step: %lld\n",
                static_cast<long long>(header.format_version), static_cast<long long>(header.step),
                static_cast<long long>(header.optimizer_step));
