@@ -5,11 +5,12 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <string_view>
 #include <sstream>
 #include <stdexcept>
+#include <string_view>
 #include <system_error>
 
+#include "data/hf_tokenizer.h"
 #include "data/importers.h"
 #include "data/token_file.h"
 #include "data/tokenizer.h"
@@ -159,6 +160,11 @@ std::vector<fs::path> list_input_files(const std::string& input, const std::stri
 // prompts have none. Segments are encoded apart, so no token straddles what is and is not trained.
 PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokenizer,
                          double val_fraction, PrepareStats stats) {
+  if (tokenizer.eos_id() < 0 && tokenizer.name() == kHuggingFaceTokenizer)
+    throw std::runtime_error(options.tokenizer +
+                             ": no EOS token, which ends every trained "
+                             "segment (put the model's tokenizer_config.json beside the "
+                             "tokenizer.json)");
   const std::string& input = options.inputs.front();
   const int64_t examples =
       for_each_sft_example(options.inputs, options.prompt_field, options.response_field,
@@ -171,7 +177,7 @@ PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokeniz
   const std::vector<int32_t> end =
       tokenizer.eos_id() >= 0 ? std::vector<int32_t>{tokenizer.eos_id()} : tokenizer.encode("\n");
   TokenFileWriter writer(options.output, stats.vocab_size, stats.tokenizer, tokenizer.model(),
-                         tokenizer.model_name(), /*masked=*/true);
+                         tokenizer.model_name(), /*masked=*/true, tokenizer.stored_eos_token());
   std::vector<int32_t> tokens;
   std::vector<uint8_t> mask;
   int64_t example = 0;
@@ -356,7 +362,7 @@ PrepareStats prepare_data(const PrepareOptions& options) {
   }
 
   TokenFileWriter writer(options.output, stats.vocab_size, stats.tokenizer, tokenizer->model(),
-                         tokenizer->model_name());
+                         tokenizer->model_name(), /*masked=*/false, tokenizer->stored_eos_token());
   TextEncoder encoder(*tokenizer, writer, options.encode_piece_bytes);
   if (format == "jsonl") {
     // Documents split whole; each ends with "\n" so that neighbours stay apart.

@@ -23,6 +23,9 @@ class Tokenizer {
   // The end-of-sequence token the model defines, or -1 (bytes has none): prepare-data --format
   // sft ends each example with it, and generate stops at it.
   virtual int32_t eos_id() const { return -1; }
+  // The EOS token's text, stored beside the model when the model itself does not name it (a
+  // tokenizer.json: its EOS is in tokenizer_config.json); empty otherwise.
+  virtual std::string stored_eos_token() const { return {}; }
 };
 
 // "bytes": one token per byte, vocabulary 256. Throws for an unknown name.

@@ -169,6 +169,9 @@ void read_tokenizer_model(hid_t file, TokenData& data, const std::string& path) 
           path, "cannot read dataset " + name);
   try {
     data.tokenizer_model_name = h5::read_string_attribute(dataset.get(), "name");
+    data.tokenizer_eos_token = h5::has_attribute(dataset.get(), "eos_token")
+                                   ? h5::read_string_attribute(dataset.get(), "eos_token")
+                                   : std::string();
     const int64_t model_vocab = h5::read_int_attribute(dataset.get(), "vocab_size");
     if (model_vocab != data.vocab_size)
       throw file_error(path, name + " has vocab_size " + std::to_string(model_vocab) +
@@ -377,7 +380,8 @@ void write_tokens(hid_t file, const char* name, const std::vector<int32_t>& toke
 }
 
 void write_tokenizer_model(hid_t file, const std::string& model, const std::string& model_name,
-                           int64_t vocab_size, const std::string& path) {
+                           int64_t vocab_size, const std::string& eos_token,
+                           const std::string& path) {
   const hsize_t length = model.size();
   Handle space(H5Screate_simple(1, &length, nullptr), H5Sclose);
   if (!space.valid()) throw file_error(path, "cannot create dataspace for /tokenizer_model");
@@ -390,6 +394,7 @@ void write_tokenizer_model(hid_t file, const std::string& model, const std::stri
   try {
     h5::write_string_attribute(dataset.get(), "name", model_name);
     h5::write_int_attribute(dataset.get(), "vocab_size", vocab_size);
+    if (!eos_token.empty()) h5::write_string_attribute(dataset.get(), "eos_token", eos_token);
   } catch (const h5::Hdf5Error& error) {
     throw file_error(path, std::string("/tokenizer_model: ") + error.what());
   }
@@ -448,7 +453,8 @@ TokenData read_token_file(const std::string& path) {
 void write_token_file(const std::string& path, const std::vector<int32_t>& train,
                       const std::vector<int32_t>& val, int64_t vocab_size,
                       const std::string& tokenizer, const std::string& tokenizer_model,
-                      const std::string& tokenizer_model_name) {
+                      const std::string& tokenizer_model_name,
+                      const std::string& tokenizer_eos_token) {
   QuietHdf5Errors quiet;
   if (vocab_size < 1 || vocab_size > kMaxVocabSize)
     throw file_error(path, "cannot write vocab_size " + std::to_string(vocab_size) +
@@ -474,7 +480,7 @@ void write_token_file(const std::string& path, const std::vector<int32_t>& train
     write_attributes(file.get(), vocab_size, tokenizer, temporary_path);
     if (!tokenizer_model.empty())
       write_tokenizer_model(file.get(), tokenizer_model, tokenizer_model_name, vocab_size,
-                            temporary_path);
+                            tokenizer_eos_token, temporary_path);
     if (!file.close()) throw file_error(temporary_path, "cannot finish writing file");
     std::filesystem::rename(temporary_path, path, error);
     if (error) throw file_error(path, "cannot rename " + temporary_path + " into place: " +
@@ -505,7 +511,7 @@ void write_tokenizer(hid_t file, const TokenData& tokenizer, const std::string& 
   }
   if (!tokenizer.tokenizer_model.empty())
     write_tokenizer_model(file, tokenizer.tokenizer_model, tokenizer.tokenizer_model_name,
-                          tokenizer.vocab_size, path);
+                          tokenizer.vocab_size, tokenizer.tokenizer_eos_token, path);
 }
 
 bool read_tokenizer(hid_t file, TokenData& tokenizer, const std::string& path) {
@@ -521,6 +527,7 @@ bool read_tokenizer(hid_t file, TokenData& tokenizer, const std::string& path) {
   tokenizer.vocab_size = 0;
   tokenizer.tokenizer_model.clear();
   tokenizer.tokenizer_model_name.clear();
+  tokenizer.tokenizer_eos_token.clear();
   if (H5Lexists(file, "/tokenizer_model", H5P_DEFAULT) > 0) {
     // The model's own vocab_size is the file's here (a checkpoint has no root vocab_size), so
     // read_tokenizer_model's comparison of the two holds by construction.
@@ -565,6 +572,7 @@ TokenFile open_token_file(const std::string& path) {
   read_tokenizer_model(file.get(), model, path);
   opened.tokenizer_model = std::move(model.tokenizer_model);
   opened.tokenizer_model_name = std::move(model.tokenizer_model_name);
+  opened.tokenizer_eos_token = std::move(model.tokenizer_eos_token);
   return opened;
 }
 
@@ -655,13 +663,15 @@ void copy_spill(hid_t file, const char* name, TokenSpill& spill, int64_t vocab_s
 
 TokenFileWriter::TokenFileWriter(const std::string& path, int64_t vocab_size,
                                  const std::string& tokenizer, const std::string& tokenizer_model,
-                                 const std::string& tokenizer_model_name, bool masked)
+                                 const std::string& tokenizer_model_name, bool masked,
+                                 const std::string& tokenizer_eos_token)
     : path_(path),
       vocab_size_(vocab_size),
       tokenizer_(tokenizer),
       tokenizer_model_(tokenizer_model),
       tokenizer_model_name_(tokenizer_model_name),
-      masked_(masked) {
+      masked_(masked),
+      tokenizer_eos_token_(tokenizer_eos_token) {
   if (vocab_size < 1 || vocab_size > kMaxVocabSize)
     throw file_error(path, "cannot write vocab_size " + std::to_string(vocab_size) +
                                ": outside [1, " + std::to_string(kMaxVocabSize) + "]");
@@ -746,7 +756,7 @@ void TokenFileWriter::finish() {
     write_attributes(file.get(), vocab_size_, tokenizer_, temporary_path);
     if (!tokenizer_model_.empty())
       write_tokenizer_model(file.get(), tokenizer_model_, tokenizer_model_name_, vocab_size_,
-                            temporary_path);
+                            tokenizer_eos_token_, temporary_path);
     if (!file.close()) throw file_error(temporary_path, "cannot finish writing file");
   }
   std::error_code error;

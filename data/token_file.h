@@ -17,10 +17,13 @@ struct TokenData {
   std::vector<int32_t> train, val;
   int64_t vocab_size = 0;
   std::string tokenizer;
-  // tokenizer "sentencepiece": the model file's bytes (dataset /tokenizer_model, uint8) and the
-  // file name it had (its attribute `name`); empty otherwise.
+  // tokenizer "sentencepiece" or "huggingface": the model file's bytes (dataset /tokenizer_model,
+  // uint8) and the file name it had (its attribute `name`); empty otherwise.
   std::string tokenizer_model;
   std::string tokenizer_model_name;
+  // huggingface: the EOS token's text (the attribute `eos_token` of /tokenizer_model), which a
+  // tokenizer.json does not name itself; empty when there is none.
+  std::string tokenizer_eos_token;
 };
 
 // Largest vocabulary a token file may declare: tokens are held as int32 in memory.
@@ -35,16 +38,19 @@ TokenData read_token_file(const std::string& path);
 // Writes a token file with the smallest element type that holds vocab_size-1 (uint8 up to 256,
 // uint16 up to 65536, else int32). Written to path + ".tmp" and renamed into place, so that a
 // reader never sees a half-written file. A non-empty tokenizer_model is stored as the uint8
-// dataset /tokenizer_model with the attributes name (tokenizer_model_name) and vocab_size. Throws if a token is outside [0, vocab_size).
+// dataset /tokenizer_model with the attributes name (tokenizer_model_name), vocab_size and, when
+// not empty, eos_token. Throws if a token is outside [0, vocab_size).
 void write_token_file(const std::string& path, const std::vector<int32_t>& train,
                       const std::vector<int32_t>& val, int64_t vocab_size,
                       const std::string& tokenizer, const std::string& tokenizer_model = {},
-                      const std::string& tokenizer_model_name = {});
+                      const std::string& tokenizer_model_name = {},
+                      const std::string& tokenizer_eos_token = {});
 
 // ---- The tokenizer alone: token files and checkpoints carry it the same way -------------------
-// The root attribute `tokenizer` and, for a SentencePiece model, the uint8 dataset
-// /tokenizer_model with the attributes name and vocab_size (docs/data.md, docs/checkpoint.md).
-// The fields used are TokenData's vocab_size, tokenizer, tokenizer_model and tokenizer_model_name.
+// The root attribute `tokenizer` and, for a SentencePiece model or a tokenizer.json, the uint8
+// dataset /tokenizer_model with the attributes name, vocab_size and (optional) eos_token
+// (docs/data.md, docs/checkpoint.md). The fields used are TokenData's vocab_size, tokenizer,
+// tokenizer_model, tokenizer_model_name and tokenizer_eos_token.
 
 // A token file's tokenizer and vocab_size, without reading its tokens (train and val empty).
 // Throws like read_token_file.
@@ -71,6 +77,7 @@ struct TokenFile {
   std::string tokenizer;
   std::string tokenizer_model;
   std::string tokenizer_model_name;
+  std::string tokenizer_eos_token;
   std::shared_ptr<const TokenSource> train, val;
 };
 
@@ -95,11 +102,13 @@ struct TokenSpill;  // one split's tokens on their way to the file (data/token_f
 // write_token_file gives, and a reader can pread it), then renames it to <path>. Destroying an
 // unfinished writer removes every temporary file; nothing is ever left under <path>.
 // `masked`: the file gets loss masks, /train_mask and /val_mask (docs/data.md, "Loss masks").
+// `tokenizer_eos_token`: as write_token_file's.
 class TokenFileWriter {
  public:
   TokenFileWriter(const std::string& path, int64_t vocab_size, const std::string& tokenizer,
                   const std::string& tokenizer_model = {},
-                  const std::string& tokenizer_model_name = {}, bool masked = false);
+                  const std::string& tokenizer_model_name = {}, bool masked = false,
+                  const std::string& tokenizer_eos_token = {});
   ~TokenFileWriter();
   TokenFileWriter(const TokenFileWriter&) = delete;
   TokenFileWriter& operator=(const TokenFileWriter&) = delete;
@@ -120,6 +129,7 @@ class TokenFileWriter {
   int64_t vocab_size_;
   std::string tokenizer_, tokenizer_model_, tokenizer_model_name_;
   bool masked_;
+  std::string tokenizer_eos_token_;
   std::unique_ptr<TokenSpill> train_, val_, train_mask_, val_mask_;
   bool finished_ = false;
 };

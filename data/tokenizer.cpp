@@ -10,6 +10,7 @@
 #include <system_error>
 #include <unordered_map>
 
+#include "data/hf_tokenizer.h"
 #include "data/prepare.h"
 #include "data/token_file.h"
 
@@ -159,8 +160,9 @@ std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_bytes,
 std::string read_tokenizer_model_file(const std::string& path) {
   std::error_code error;
   if (!fs::is_regular_file(path, error))
-    throw std::runtime_error(path + ": no such file (a tokenizer is bytes or a SentencePiece "
-                                    "model file)");
+    throw std::runtime_error(path +
+                             ": no such file (a tokenizer is bytes, a SentencePiece "
+                             "model file, a tokenizer.json or a model folder)");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error(path + ": cannot open for reading");
   std::ostringstream contents;
@@ -171,7 +173,21 @@ std::string read_tokenizer_model_file(const std::string& path) {
 
 std::unique_ptr<Tokenizer> tokenizer_from_option(const std::string& name_or_path) {
   if (name_or_path == "bytes") return make_tokenizer("bytes");
-  return load_sentencepiece(read_tokenizer_model_file(name_or_path), name_or_path);
+  std::string path = name_or_path;
+  std::error_code error;
+  if (fs::is_directory(path, error)) {  // a model folder: its SentencePiece model, else its JSON
+    const fs::path folder(path);
+    if (fs::is_regular_file(folder / "tokenizer.model", error))
+      path = (folder / "tokenizer.model").string();
+    else if (fs::is_regular_file(folder / kHuggingFaceTokenizerFile, error))
+      path = (folder / kHuggingFaceTokenizerFile).string();
+    else
+      throw std::runtime_error(name_or_path + ": a folder without tokenizer.model or " +
+                               kHuggingFaceTokenizerFile);
+  }
+  if (fs::path(path).extension() == ".json")
+    return load_hf_tokenizer(read_tokenizer_model_file(path), eos_token_beside(path), path);
+  return load_sentencepiece(read_tokenizer_model_file(path), path);
 }
 
 std::unique_ptr<Tokenizer> tokenizer_of(const TokenData& data, const std::string& path) {
@@ -185,6 +201,17 @@ std::unique_ptr<Tokenizer> tokenizer_of(const TokenData& data, const std::string
                                std::to_string(tokenizer->vocab_size()) +
                                ", above the file's vocab_size " +
                                std::to_string(data.vocab_size));
+    return tokenizer;
+  }
+  if (data.tokenizer == kHuggingFaceTokenizer) {
+    if (data.tokenizer_model.empty())
+      throw std::runtime_error(path + ": tokenizer huggingface but no /tokenizer_model");
+    std::unique_ptr<Tokenizer> tokenizer = load_hf_tokenizer(
+        data.tokenizer_model, data.tokenizer_eos_token, path + ":/tokenizer_model");
+    if (tokenizer->vocab_size() > data.vocab_size)
+      throw std::runtime_error(path + ": the stored tokenizer.json has vocabulary " +
+                               std::to_string(tokenizer->vocab_size()) +
+                               ", above the file's vocab_size " + std::to_string(data.vocab_size));
     return tokenizer;
   }
   return make_tokenizer(data.tokenizer);

@@ -43,10 +43,13 @@ std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_bytes,
 // The bytes of a model file; throws "<path>: ..." when it cannot be read.
 std::string read_tokenizer_model_file(const std::string& path);
 
-// What prepare-data's --tokenizer names: "bytes", or the path of a SentencePiece model file.
+// What prepare-data's --tokenizer names: "bytes", the path of a SentencePiece model file, of a
+// tokenizer.json (data/hf_tokenizer.h; its EOS from the tokenizer_config.json beside it), or of
+// a model folder holding either (tokenizer.model first, as import reads it).
 std::unique_ptr<Tokenizer> tokenizer_from_option(const std::string& name_or_path);
 
-// The tokenizer a token file was written with: bytes, or the SentencePiece model it carries.
+// The tokenizer a token file was written with: bytes, or the SentencePiece model or tokenizer.json
+// it carries.
 // Throws for any other name (token formats may store a label such as "gpt2" with no model).
 std::unique_ptr<Tokenizer> tokenizer_of(const TokenData& data, const std::string& path);
 

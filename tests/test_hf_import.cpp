@@ -14,6 +14,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "data/hf_tokenizer.h"
 #include "data/tokenizer.h"
 #include "tests/synthetic_corpus.h"
 #include "trainer/checkpoint.h"
@@ -314,7 +315,7 @@ TEST_F(HfImport, MoeRoundTripIsBitwise) {
   const ImportResult result = import_from(dir / "moe-fp32", "moe.h5");
   EXPECT_EQ(result.architecture, "MixtralForCausalLM");
   EXPECT_EQ(result.dtypes, std::vector<std::string>{"F32"});
-  EXPECT_FALSE(result.tokenizer);
+  EXPECT_TRUE(result.tokenizer.empty());
   const std::string imported = (dir / "moe.h5").string();
   EXPECT_EQ(model_tensors(imported), model_tensors(moe_checkpoint));
   // model.ffn_hidden is not in a Mixtral; the run used the default, which the import keeps.
@@ -880,12 +881,58 @@ TEST_F(HfImport, SentencePieceTokenizerGoesIntoTheCheckpoint) {
   });
   fs::copy_file(options.output, fits / "tokenizer.model");
   const ImportResult result = import_from(fits, "sp.h5");
-  EXPECT_TRUE(result.tokenizer);
+  EXPECT_EQ(result.tokenizer, "tokenizer.model");
   TokenData stored;
   ASSERT_TRUE(read_checkpoint_tokenizer((dir / "sp.h5").string(), stored));
   EXPECT_EQ(stored.tokenizer, "sentencepiece");
   EXPECT_EQ(stored.tokenizer_model, read_file(options.output));
   EXPECT_EQ(tokenizer_of(stored, "sp.h5")->vocab_size(), 300);
+}
+
+// A folder with tokenizer.json (and its tokenizer_config.json's EOS) and no tokenizer.model: the
+// checkpoint carries the JSON and the EOS, and export writes both back for transformers.
+TEST_F(HfImport, TokenizerJsonGoesIntoTheCheckpointAndBack) {
+  if (!hf_tokenizers_available()) GTEST_SKIP() << "built without ICU (libicu-dev)";
+  const nlohmann::json tokenizer_json = {
+      {"added_tokens",
+       {{{"id", 2}, {"content", "<|endoftext|>"}, {"special", true}, {"normalized", false}}}},
+      {"normalizer", nullptr},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}}},
+      {"decoder", {{"type", "ByteLevel"}}},
+      {"model",
+       {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", 1}}}, {"merges", nlohmann::json::array()}}}};
+  const fs::path folder = variant("tokenizer-json", [](Folder&) {});
+  std::ofstream(folder / "tokenizer.json") << tokenizer_json.dump();
+  std::ofstream(folder / "tokenizer_config.json") << R"({"eos_token": "<|endoftext|>"})";
+  const ImportResult result = import_from(folder, "json.h5");
+  EXPECT_EQ(result.tokenizer, "tokenizer.json");
+  TokenData stored;
+  ASSERT_TRUE(read_checkpoint_tokenizer((dir / "json.h5").string(), stored));
+  EXPECT_EQ(stored.tokenizer, "huggingface");
+  EXPECT_EQ(stored.tokenizer_model, read_file(folder / "tokenizer.json"));
+  EXPECT_EQ(stored.tokenizer_eos_token, "<|endoftext|>");
+  const auto tokenizer = tokenizer_of(stored, "json.h5");
+  EXPECT_EQ(tokenizer->eos_id(), 2);
+  EXPECT_EQ(tokenizer->encode("ab<|endoftext|>"), (std::vector<int32_t>{0, 1, 2}));
+
+  const fs::path exported = export_to((dir / "json.h5").string(), "json-export", "fp32");
+  EXPECT_EQ(read_file(exported / "tokenizer.json"), read_file(folder / "tokenizer.json"));
+  EXPECT_FALSE(fs::exists(exported / "tokenizer.model"));
+  const auto config = nlohmann::json::parse(read_file(exported / "tokenizer_config.json"));
+  EXPECT_EQ(config["tokenizer_class"], "PreTrainedTokenizerFast");
+  EXPECT_EQ(config["eos_token"], "<|endoftext|>");
+
+  // A tokenizer.json of another kind leaves the import without a tokenizer, and says why.
+  const fs::path wordpiece = variant("tokenizer-wordpiece", [](Folder&) {});
+  nlohmann::json other = tokenizer_json;
+  other["model"]["type"] = "WordPiece";
+  std::ofstream(wordpiece / "tokenizer.json") << other.dump();
+  const ImportResult without = import_from(wordpiece, "wordpiece.h5");
+  EXPECT_TRUE(without.tokenizer.empty());
+  bool noted = false;
+  for (const std::string& note : without.notes)
+    noted = noted || note.find("model WordPiece is not supported") != std::string::npos;
+  EXPECT_TRUE(noted);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "data/hdf5_io.h"
+#include "data/hf_tokenizer.h"
 #include "data/token_file.h"
 #include "model/tensor.h"
 #include "trainer/checkpoint.h"
@@ -31,6 +32,7 @@ constexpr const char* kConfigFile = "config.json";
 constexpr const char* kWeightsFile = "model.safetensors";
 constexpr const char* kTokenizerModelFile = "tokenizer.model";
 constexpr const char* kTokenizerConfigFile = "tokenizer_config.json";
+constexpr const char* kTokenizerJsonFile = "tokenizer.json";
 
 std::string join_layers(const std::vector<bool>& mask, bool moe) {
   std::string out;
@@ -228,6 +230,17 @@ std::string tokenizer_config_json(const Config& config) {
   return json.dump(2) + "\n";
 }
 
+// A tokenizer.json's config: transformers' fast tokenizer over the JSON, with its EOS.
+std::string fast_tokenizer_config_json(const Config& config, const std::string& eos_token) {
+  nlohmann::ordered_json json;
+  json["tokenizer_class"] = "PreTrainedTokenizerFast";
+  json["eos_token"] =
+      eos_token.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(eos_token);
+  json["clean_up_tokenization_spaces"] = false;
+  json["model_max_length"] = config.model.seq_len;
+  return json.dump(2) + "\n";
+}
+
 // The output folder: created when missing; refused when it holds anything, unless overwrite.
 void prepare_output(const ExportOptions& options) {
   const fs::path dir = options.output;
@@ -360,7 +373,20 @@ ExportResult export_checkpoint(const ExportOptions& options) {
   const TokenizerSource source = find_tokenizer(options.checkpoint, config);
   const TokenData& tokenizer = source.tokenizer;
   std::error_code ignored;
-  if (!tokenizer.tokenizer_model.empty()) {
+  // An older export's tokenizer files must not pass for this model's.
+  for (const char* name : {kTokenizerModelFile, kTokenizerJsonFile, kTokenizerConfigFile})
+    fs::remove(dir / name, ignored);
+  if (!tokenizer.tokenizer_model.empty() && tokenizer.tokenizer == kHuggingFaceTokenizer) {
+    write_file(dir / kTokenizerJsonFile, tokenizer.tokenizer_model);
+    write_file(dir / kTokenizerConfigFile,
+               fast_tokenizer_config_json(config, tokenizer.tokenizer_eos_token));
+    result.files.push_back((dir / kTokenizerJsonFile).string());
+    result.files.push_back((dir / kTokenizerConfigFile).string());
+    result.notes.push_back(
+        "tokenizer: tokenizer.json from " + source.from + ", as PreTrainedTokenizerFast" +
+        (tokenizer.tokenizer_eos_token.empty() ? std::string(" (no EOS token)")
+                                               : " (EOS " + tokenizer.tokenizer_eos_token + ")"));
+  } else if (!tokenizer.tokenizer_model.empty()) {
     write_file(dir / kTokenizerModelFile, tokenizer.tokenizer_model);
     write_file(dir / kTokenizerConfigFile, tokenizer_config_json(config));
     result.files.push_back((dir / kTokenizerModelFile).string());
@@ -371,9 +397,6 @@ ExportResult export_checkpoint(const ExportOptions& options) {
                                 : tokenizer.tokenizer_model_name + " ") +
                            "from " + source.from + ", as LlamaTokenizer");
   } else {
-    // An older export's tokenizer must not pass for this model's.
-    fs::remove(dir / kTokenizerModelFile, ignored);
-    fs::remove(dir / kTokenizerConfigFile, ignored);
     if (tokenizer.tokenizer == "bytes")
       result.notes.push_back("tokenizer: bytes (from " + source.from +
                              "): no tokenizer files; token ids are the text's bytes");

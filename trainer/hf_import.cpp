@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "data/hdf5_io.h"
+#include "data/hf_tokenizer.h"
 #include "data/token_file.h"
 #include "data/tokenizer.h"
 #include "trainer/atomic_file.h"
@@ -568,10 +569,7 @@ void check_tensors(const Weights& weights, const std::vector<HfTensor>& plan, bo
 }
 
 // tokenizer.model (SentencePiece), when the folder has one, as a checkpoint carries it.
-std::optional<TokenData> read_folder_tokenizer(const fs::path& folder, int64_t vocab_size) {
-  const fs::path path = folder / kTokenizerModelFile;
-  std::error_code error;
-  if (!fs::exists(path, error)) return std::nullopt;
+std::optional<TokenData> read_sentencepiece_model(const fs::path& path, int64_t vocab_size) {
   TokenData tokenizer;
   tokenizer.tokenizer = kSentencePieceTokenizer;
   tokenizer.tokenizer_model_name = kTokenizerModelFile;
@@ -590,6 +588,52 @@ std::optional<TokenData> read_folder_tokenizer(const fs::path& folder, int64_t v
     throw ImportError(problem.what());
   }
   return tokenizer;
+}
+
+// tokenizer.json with the EOS of tokenizer_config.json. One that is not a byte-level BPE (or a
+// build without ICU) leaves the import without a tokenizer, with a note saying why: the weights
+// are still worth having.
+std::optional<TokenData> read_tokenizer_json(const fs::path& path, int64_t vocab_size,
+                                             std::vector<std::string>& notes) {
+  TokenData tokenizer;
+  tokenizer.tokenizer = kHuggingFaceTokenizer;
+  tokenizer.tokenizer_model_name = kHuggingFaceTokenizerFile;
+  tokenizer.vocab_size = vocab_size;
+  int64_t ids = 0;
+  try {
+    tokenizer.tokenizer_model = read_tokenizer_model_file(path.string());
+    tokenizer.tokenizer_eos_token = eos_token_beside(path.string());
+    ids = load_hf_tokenizer(tokenizer.tokenizer_model, tokenizer.tokenizer_eos_token, path.string())
+              ->vocab_size();
+  } catch (const std::runtime_error& problem) {
+    notes.push_back(std::string(problem.what()) + ": the checkpoint carries no tokenizer");
+    return std::nullopt;
+  }
+  if (ids > vocab_size)
+    throw ImportError(path.string() + ": " + std::to_string(ids) +
+                      " token ids, more than config.json's vocab_size " +
+                      std::to_string(vocab_size));
+  if (tokenizer.tokenizer_eos_token.empty())
+    notes.push_back(path.string() +
+                    ": no eos_token in tokenizer_config.json: generate will not "
+                    "stop at an end of text, and prepare-data --format sft will refuse it");
+  return tokenizer;
+}
+
+// The folder's tokenizer: tokenizer.model first (a folder with both, such as Mistral's, is a
+// SentencePiece model that transformers also converted), else tokenizer.json.
+std::optional<TokenData> read_folder_tokenizer(const fs::path& folder, int64_t vocab_size,
+                                               std::vector<std::string>& notes) {
+  std::error_code error;
+  if (fs::exists(folder / kTokenizerModelFile, error))
+    return read_sentencepiece_model(folder / kTokenizerModelFile, vocab_size);
+  if (fs::exists(folder / kHuggingFaceTokenizerFile, error))
+    return read_tokenizer_json(folder / kHuggingFaceTokenizerFile, vocab_size, notes);
+  notes.push_back("no tokenizer.model or tokenizer.json in " + folder.string() +
+                  ": the checkpoint carries no tokenizer; token ids are left to you "
+                  "(generate --prompt-ids; prepare-data --format nanogpt or megatron for ids "
+                  "tokenized elsewhere)");
+  return std::nullopt;
 }
 
 // Ours [in, out] (or a gain) from transformers' tensor: the matrices transposed back.
@@ -668,7 +712,7 @@ ImportResult import_hf(const ImportOptions& options) {
   const std::vector<HfTensor> plan = hf_tensors(result.config, hf.architecture);
   check_tensors(weights, plan, result.config.model.tie_embeddings, result.architecture);
   const std::optional<TokenData> tokenizer =
-      read_folder_tokenizer(folder, result.config.model.vocab_size);
+      read_folder_tokenizer(folder, result.config.model.vocab_size, result.notes);
 
   std::set<std::string> dtypes;
   for (const HfTensor& tensor : plan) {
@@ -679,7 +723,7 @@ ImportResult import_hf(const ImportOptions& options) {
   result.dtypes.assign(dtypes.begin(), dtypes.end());
   result.tensors = static_cast<int64_t>(plan.size());
   for (const auto& file : weights.files) result.weights.push_back(file->path());
-  result.tokenizer = tokenizer.has_value();
+  result.tokenizer = tokenizer ? tokenizer->tokenizer_model_name : std::string();
 
   const std::string provenance = "imported_from: " + yaml_quote(folder.string()) + "\n" +
                                  checkpoint_provenance(result.config, 1, 1, "");
@@ -688,11 +732,6 @@ ImportResult import_hf(const ImportOptions& options) {
   result.notes.push_back("model.seq_len " + std::to_string(result.config.model.seq_len) +
                          " is max_position_embeddings: only the default training length; rotary "
                          "has no length limit");
-  if (!tokenizer)
-    result.notes.push_back("no tokenizer.model (SentencePiece) in " + folder.string() +
-                           ": the checkpoint carries no tokenizer; token ids are left to you "
-                           "(generate --prompt-ids; prepare-data --format nanogpt or megatron for "
-                           "ids tokenized elsewhere)");
   return result;
 }
 

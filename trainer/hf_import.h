@@ -35,7 +35,7 @@ struct ImportResult {
   std::vector<std::string> dtypes;   // the dtypes found in them: "BF16", ...
   int64_t tensors = 0;               // transformers tensors read
   int64_t parameters = 0;            // values written
-  bool tokenizer = false;            // tokenizer.model stored in the checkpoint
+  std::string tokenizer;             // the tokenizer file stored in the checkpoint, or empty
   std::vector<std::string> notes;    // for the user
 };
 

@@ -300,7 +300,7 @@ void add_generate_command(CLI::App& app, CommandLine& line) {
   generate
       ->add_option("--prompt-ids", line.prompt_ids,
                    "the prompt as token ids (\"1 2 3\" or 1,2,3), for a model whose tokenizer "
-                   "is not in the checkpoint (an import of a folder without tokenizer.model); "
+                   "is not in the checkpoint (an import of a folder without a tokenizer it reads); "
                    "prints the prompt's and the continuation's ids")
       ->type_name("IDS")
       ->excludes(prompt);
@@ -364,9 +364,11 @@ void add_import_command(CLI::App& app, CommandLine& line) {
       "MixtralForCausalLM, OlmoeForCausalLM, Qwen3ForCausalLM or Qwen3MoeForCausalLM folder into "
       "a step-0 checkpoint file (docs/export.md, Import)");
   importer
-      ->add_option("DIR", line.import_options.folder,
-                   wrap("the model folder: config.json, model.safetensors or "
-                        "model.safetensors.index.json with its shards, tokenizer.model if any"))
+      ->add_option(
+          "DIR", line.import_options.folder,
+          wrap("the model folder: config.json, model.safetensors or "
+               "model.safetensors.index.json with its shards, tokenizer.model or tokenizer.json "
+               "if any"))
       ->required()
       ->type_name("DIR");
   importer->add_option("--output", line.import_options.output, "the checkpoint file to write")
@@ -816,7 +818,7 @@ int cmd_import(const CommandLine& line) {
                 line.import_options.output.c_str(), result.architecture.c_str(),
                 static_cast<long long>(result.tensors), dtypes.c_str(),
                 static_cast<long long>(result.parameters),
-                result.tokenizer ? "tokenizer.model stored" : "no tokenizer");
+                result.tokenizer.empty() ? "no tokenizer" : (result.tokenizer + " stored").c_str());
     for (const std::string& file : result.weights) std::printf("read %s\n", file.c_str());
     for (const std::string& note : result.notes) std::printf("note: %s\n", note.c_str());
     // A run that loads these weights needs the same model-shaping keys (switchyard inspect
