@@ -185,6 +185,20 @@ class Regex {
 
 // ---- the parts of a tokenizer.json ----
 
+// The largest id a tokenizer.json may hold: ids index tables of one entry each, and the largest
+// published vocabularies are near 2^18. A damaged file's 2^31 must not allocate 64 GiB.
+constexpr int64_t kMaxTokenizerId = int64_t{1} << 24;
+
+int32_t id_value(const json& value, const std::string& what, const std::string& where) {
+  if (!value.is_number_integer())
+    throw std::runtime_error(where + ": " + what + " is " + value.dump() + ", not an integer");
+  if (value.is_number_unsigned()
+          ? value.get<uint64_t>() >= kMaxTokenizerId
+          : value.get<int64_t>() < 0 || value.get<int64_t>() >= kMaxTokenizerId)
+    throw std::runtime_error(where + ": " + what + " is " + value.dump() + ", outside [0, 2^24)");
+  return static_cast<int32_t>(value.get<int64_t>());
+}
+
 struct AddedToken {
   std::string content;  // normalized tokens: the content after the normalizer
   int32_t id = 0;
@@ -417,11 +431,7 @@ class BpeModel {
                                ": model.dropout is set; BPE dropout is a random "
                                "augmentation that Switchyard does not apply");
     for (const auto& [piece, id] : spec.at("vocab").items()) {
-      const int64_t value = id.get<int64_t>();
-      if (value < 0 || value > INT32_MAX)
-        throw std::runtime_error(where + ": vocab id " + std::to_string(value) + " of " + piece +
-                                 " is outside [0, 2^31)");
-      vocab_.emplace(piece, static_cast<int32_t>(value));
+      vocab_.emplace(piece, id_value(id, "the vocab id of " + piece, where));
     }
     prefix_ = optional_string(spec, "continuing_subword_prefix");
     suffix_ = optional_string(spec, "end_of_word_suffix");
@@ -648,13 +658,12 @@ class HfTokenizer : public Tokenizer {
     if (spec.contains("added_tokens"))
       for (const json& entry : spec["added_tokens"]) {
         AddedToken token;
-        token.id = entry.at("id").get<int32_t>();
+        token.id = id_value(entry.at("id"), "an added token's id", where);
         token.content = entry.at("content").get<std::string>();
         token.single_word = entry.value("single_word", false);
         token.lstrip = entry.value("lstrip", false);
         token.rstrip = entry.value("rstrip", false);
         token.normalized = entry.value("normalized", false);
-        if (token.id < 0) throw std::runtime_error(where + ": added token with a negative id");
         size = std::max<int64_t>(size, int64_t{token.id} + 1);
         added.push_back(token);
       }

@@ -272,6 +272,15 @@ TEST_F(HfTokenizer, WhatIsNotByteLevelBpeIsRefusedByName) {
               load(small_tokenizer({}), "<|eos|>");
             }).find("the EOS token <|eos|> is not in the vocabulary"),
             std::string::npos);
+  spec = small_tokenizer({});
+  add_token(spec, "<big>", true, {{"id", int64_t{1} << 31}});
+  EXPECT_NE(
+      error_of([&] { load(spec); }).find("an added token's id is 2147483648, outside [0, 2^24)"),
+      std::string::npos);
+  spec = small_tokenizer({});
+  spec["model"]["vocab"]["zz"] = 1.5;
+  EXPECT_NE(error_of([&] { load(spec); }).find("the vocab id of zz is 1.5, not an integer"),
+            std::string::npos);
   EXPECT_NE(error_of([] { load_hf_tokenizer("{not json", "", "t.json"); }).find("t.json: not JSON"),
             std::string::npos);
   const auto tokenizer = load(small_tokenizer({}));
