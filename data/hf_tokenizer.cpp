@@ -45,6 +45,29 @@ std::string eos_token_beside(const std::string& tokenizer_json_path) {
                            ": eos_token is neither a string nor an object with content");
 }
 
+std::string byte_level_piece(const std::string& bytes) {
+  std::string piece;
+  for (const unsigned char byte : bytes) {
+    // The printable Latin-1 bytes stand for themselves; the others take U+0100 onwards in byte
+    // order (the count of non-printable bytes below this one).
+    const auto printable = [](int b) {
+      return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+    };
+    int code = byte;
+    if (!printable(byte)) {
+      code = 256;
+      for (int below = 0; below < byte; below++) code += printable(below) ? 0 : 1;
+    }
+    if (code < 0x80) {
+      piece += static_cast<char>(code);
+    } else {  // below U+0800: two bytes
+      piece += static_cast<char>(0xC0 | (code >> 6));
+      piece += static_cast<char>(0x80 | (code & 0x3F));
+    }
+  }
+  return piece;
+}
+
 #ifndef SY_HAVE_ICU
 
 bool hf_tokenizers_available() { return false; }
@@ -106,25 +129,12 @@ bool is_word_char(UChar32 c) {
 }
 bool is_space(UChar32 c) { return u_hasBinaryProperty(c, UCHAR_WHITE_SPACE); }
 
-void append_utf8(std::string& out, UChar32 c) {
-  char buffer[U8_MAX_LENGTH];
-  int32_t length = 0;
-  U8_APPEND_UNSAFE(reinterpret_cast<uint8_t*>(buffer), length, c);  // c is a valid code point
-  out.append(buffer, static_cast<size_t>(length));
-}
-
-// GPT-2's map of the 256 bytes to printable characters, so that BPE sees no control or space
-// characters: the printable Latin-1 bytes stand for themselves, the others take U+0100 onwards
-// in byte order.
-std::array<UChar32, 256> byte_level_alphabet() {
-  std::array<UChar32, 256> char_of_byte{};
-  UChar32 next = 256;
-  for (int byte = 0; byte < 256; byte++) {
-    const bool printable = (byte >= '!' && byte <= '~') || (byte >= 0xA1 && byte <= 0xAC) ||
-                           (byte >= 0xAE && byte <= 0xFF);
-    char_of_byte[byte] = printable ? byte : next++;
-  }
-  return char_of_byte;
+// One byte's character in the byte-level alphabet, and each such character's byte.
+std::array<std::string, 256> byte_level_characters() {
+  std::array<std::string, 256> characters;
+  for (int byte = 0; byte < 256; byte++)
+    characters[byte] = byte_level_piece(std::string(1, static_cast<char>(byte)));
+  return characters;
 }
 
 // ---- regular expressions ----
@@ -716,7 +726,7 @@ class HfTokenizer : public Tokenizer {
     }
     for (const std::string& piece : pieces) {
       std::string word;
-      for (const unsigned char byte : piece) append_utf8(word, char_of_byte_[byte]);
+      for (const unsigned char byte : piece) word += character_of_byte_[byte];
       model_->tokenize(word, ids);
     }
   }
@@ -727,10 +737,10 @@ class HfTokenizer : public Tokenizer {
   void append_decoded(const std::string& piece, std::string& text) const {
     std::string bytes;
     for (size_t at = 0; at < piece.size();) {
-      const UChar32 c = code_point_at(piece, at);
-      at += U8_LENGTH(c);
-      const auto found = byte_of_char_.find(c);
-      if (found == byte_of_char_.end()) {
+      const size_t length = U8_LENGTH(code_point_at(piece, at));
+      const auto found = byte_of_character_.find(piece.substr(at, length));
+      at += length;
+      if (found == byte_of_character_.end()) {
         text += piece;
         return;
       }
@@ -748,13 +758,12 @@ class HfTokenizer : public Tokenizer {
   std::vector<bool> is_added_;
   int64_t vocab_size_ = 0;
   int32_t eos_id_ = -1;
-  const std::array<UChar32, 256> char_of_byte_ = byte_level_alphabet();
-  const std::unordered_map<UChar32, uint8_t> byte_of_char_ = [] {
-    std::unordered_map<UChar32, uint8_t> byte_of_char;
-    const std::array<UChar32, 256> alphabet = byte_level_alphabet();
+  const std::array<std::string, 256> character_of_byte_ = byte_level_characters();
+  const std::unordered_map<std::string, uint8_t> byte_of_character_ = [this] {
+    std::unordered_map<std::string, uint8_t> byte_of_character;
     for (int byte = 0; byte < 256; byte++)
-      byte_of_char[alphabet[byte]] = static_cast<uint8_t>(byte);
-    return byte_of_char;
+      byte_of_character[character_of_byte_[byte]] = static_cast<uint8_t>(byte);
+    return byte_of_character;
   }();
 };
 

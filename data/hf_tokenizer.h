@@ -28,6 +28,10 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& json_bytes,
                                              const std::string& eos_token,
                                              const std::string& source);
 
+// `bytes` written in GPT-2's byte-level alphabet, as a byte-level tokenizer.json's vocabulary and
+// merges write their pieces ("Ġthe" for " the").
+std::string byte_level_piece(const std::string& bytes);
+
 // The eos_token of the tokenizer_config.json beside `tokenizer_json_path` (a string, or an object
 // with `content`), or empty when there is no such file or key.
 std::string eos_token_beside(const std::string& tokenizer_json_path);

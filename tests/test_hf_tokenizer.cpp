@@ -22,7 +22,8 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 // GPT-2's byte-to-character map, written out again from its definition (the printable Latin-1
-// bytes stand for themselves, the rest take U+0100 onwards in byte order).
+// bytes stand for themselves, the rest take U+0100 onwards in byte order), apart from
+// byte_level_piece so that each checks the other.
 std::string byte_char(int byte) {
   static const std::vector<std::string> chars = [] {
     std::vector<std::string> out(256);
@@ -120,6 +121,12 @@ class HfTokenizer : public ::testing::Test {
     if (!hf_tokenizers_available()) GTEST_SKIP() << "built without ICU (libicu-dev)";
   }
 };
+
+TEST_F(HfTokenizer, TheByteLevelAlphabetIsGpt2s) {
+  for (int byte = 0; byte < 256; byte++)
+    EXPECT_EQ(byte_level_piece(std::string(1, static_cast<char>(byte))), byte_char(byte)) << byte;
+  EXPECT_EQ(byte_level_piece(" the\n"), "\xC4\xA0the\xC4\x8A");  // Ġthe Ċ
+}
 
 TEST_F(HfTokenizer, MergesApplyLowestRankFirst) {
   // "elo": (l, o) has rank 0 and (e, l) rank 1, so l+o merges first and e is left alone.

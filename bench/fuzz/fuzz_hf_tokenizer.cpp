@@ -23,31 +23,11 @@ namespace {
 
 using nlohmann::json;
 
-std::string byte_char(int byte) {
-  const bool printable = (byte >= '!' && byte <= '~') || (byte >= 0xA1 && byte <= 0xAC) ||
-                         (byte >= 0xAE && byte <= 0xFF);
-  int code = byte;
-  if (!printable) {
-    code = 256;
-    for (int before = 0; before < byte; before++)
-      if (!((before >= '!' && before <= '~') || (before >= 0xA1 && before <= 0xAC) ||
-            (before >= 0xAE && before <= 0xFF)))
-        code++;
-  }
-  std::string utf8;
-  if (code < 0x80) {
-    utf8 += static_cast<char>(code);
-  } else {
-    utf8 += static_cast<char>(0xC0 | (code >> 6));
-    utf8 += static_cast<char>(0x80 | (code & 0x3F));
-  }
-  return utf8;
-}
-
 // Bytes, a few merges of common English pairs, three special tokens and a single_word one.
 json fixed_tokenizer() {
   json vocab = json::object();
-  for (int byte = 0; byte < 256; byte++) vocab[byte_char(byte)] = byte;
+  for (int byte = 0; byte < 256; byte++)
+    vocab[sy::byte_level_piece(std::string(1, static_cast<char>(byte)))] = byte;
   json merges = json::array();
   const char* pairs[][2] = {{"t", "h"}, {"th", "e"}, {"Ġ", "the"}, {"i", "n"}, {"in", "g"},
                             {"e", "r"}, {"Ġ", "a"},  {"o", "n"},   {"Ċ", "Ċ"}};
