@@ -191,26 +191,18 @@ std::unique_ptr<Tokenizer> tokenizer_from_option(const std::string& name_or_path
 }
 
 std::unique_ptr<Tokenizer> tokenizer_of(const TokenData& data, const std::string& path) {
-  if (data.tokenizer == kSentencePieceTokenizer) {
+  const bool sentencepiece = data.tokenizer == kSentencePieceTokenizer;
+  if (sentencepiece || data.tokenizer == kHuggingFaceTokenizer) {
     if (data.tokenizer_model.empty())
-      throw std::runtime_error(path + ": tokenizer sentencepiece but no /tokenizer_model");
+      throw std::runtime_error(path + ": tokenizer " + data.tokenizer + " but no /tokenizer_model");
+    const std::string source = path + ":/tokenizer_model";
     std::unique_ptr<Tokenizer> tokenizer =
-        load_sentencepiece(data.tokenizer_model, path + ":/tokenizer_model");
+        sentencepiece ? load_sentencepiece(data.tokenizer_model, source)
+                      : load_hf_tokenizer(data.tokenizer_model, data.tokenizer_eos_token, source);
     if (tokenizer->vocab_size() > data.vocab_size)
-      throw std::runtime_error(path + ": the stored SentencePiece model has vocabulary " +
-                               std::to_string(tokenizer->vocab_size()) +
-                               ", above the file's vocab_size " +
-                               std::to_string(data.vocab_size));
-    return tokenizer;
-  }
-  if (data.tokenizer == kHuggingFaceTokenizer) {
-    if (data.tokenizer_model.empty())
-      throw std::runtime_error(path + ": tokenizer huggingface but no /tokenizer_model");
-    std::unique_ptr<Tokenizer> tokenizer = load_hf_tokenizer(
-        data.tokenizer_model, data.tokenizer_eos_token, path + ":/tokenizer_model");
-    if (tokenizer->vocab_size() > data.vocab_size)
-      throw std::runtime_error(path + ": the stored tokenizer.json has vocabulary " +
-                               std::to_string(tokenizer->vocab_size()) +
+      throw std::runtime_error(path + ": the stored " +
+                               (sentencepiece ? "SentencePiece model" : "tokenizer.json") +
+                               " has vocabulary " + std::to_string(tokenizer->vocab_size()) +
                                ", above the file's vocab_size " + std::to_string(data.vocab_size));
     return tokenizer;
   }
