@@ -359,7 +359,8 @@ ImportCounts import_nanogpt(const std::string& input, int64_t vocab_size, const 
 }
 
 ImportCounts import_megatron(const std::string& prefix_or_file, int64_t vocab_size,
-                             double val_fraction, const TokenSink& sink) {
+                             double val_fraction, const TokenSink& sink,
+                             const DocumentSink& start_document) {
   check_vocab_size(vocab_size, int64_t{1} << 31, "megatron");
   std::string prefix = prefix_or_file;
   for (const char* suffix : {".bin", ".idx"})
@@ -385,6 +386,7 @@ ImportCounts import_megatron(const std::string& prefix_or_file, int64_t vocab_si
   std::vector<int32_t> tokens;
   for (int64_t d = 0; d < documents; d++) {
     const bool is_val = d >= train_documents;
+    if (start_document) start_document(is_val);
     for (int64_t s = index.document_indices[d]; s < index.document_indices[d + 1]; s++) {
       const int64_t pointer = index.sequence_pointers[s];
       const int64_t length = index.sequence_lengths[s];

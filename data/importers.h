@@ -43,6 +43,9 @@ void check_import_vocab_size(const std::string& format, int64_t vocab_size);
 // Where a token-format importer puts what it reads, in order, a block at a time (at most a few
 // million tokens; the block is only valid during the call).
 using TokenSink = std::function<void(bool is_val, const int32_t* tokens, int64_t count)>;
+// Where an importer that knows its documents says that the tokens it sinks next to split is_val
+// start one (TokenFileWriter::start_document_train and _val).
+using DocumentSink = std::function<void(bool is_val)>;
 
 struct ImportCounts {
   int64_t documents = 0;      // 0 where the format has no documents (nanoGPT)
@@ -57,8 +60,9 @@ ImportCounts import_nanogpt(const std::string& input, int64_t vocab_size, const 
 // Megatron-LM indexed dataset PREFIX.bin + PREFIX.idx (`prefix` may also end in .bin or .idx).
 // Tokens of integer dtype, each in [0, vocab_size); documents kept whole, the last ones (by
 // train_document_count) becoming validation. The .idx is read whole (its size grows with the
-// sequence count, 12 bytes each); the .bin is streamed in document order.
+// sequence count, 12 bytes each); the .bin is streamed in document order. `start_document`, when
+// set, is called before each document's tokens (an empty document's too).
 ImportCounts import_megatron(const std::string& prefix, int64_t vocab_size, double val_fraction,
-                             const TokenSink& sink);
+                             const TokenSink& sink, const DocumentSink& start_document = {});
 
 }  // namespace sy

@@ -74,10 +74,10 @@ void for_each_text_block(const fs::path& file, const std::string& format,
   if (in.bad()) throw std::runtime_error(file.string() + ": read failed");
 }
 
-// Text to tokens to a TokenFileWriter in bounded memory. Each split's text is handed to the
-// tokenizer in pieces of about piece_bytes, cut after a newline where the piece has one: the
-// bytes tokenizer gives the same tokens whatever the cut; SentencePiece gives the tokens of
-// encoding the whole split whenever the split is at most piece_bytes (docs/data.md).
+// Text to tokens to a TokenFileWriter in bounded memory. Each document's text (in each split) is
+// handed to the tokenizer in pieces of about piece_bytes, cut after a newline where the piece has
+// one: the bytes tokenizer gives the same tokens whatever the cut; SentencePiece gives the tokens
+// of encoding the whole document whenever it is at most piece_bytes (docs/data.md).
 class TextEncoder {
  public:
   TextEncoder(const Tokenizer& tokenizer, TokenFileWriter& writer, int64_t piece_bytes)
@@ -91,6 +91,15 @@ class TextEncoder {
     pending_.append(text);
     bytes_ += static_cast<int64_t>(text.size());
     while (static_cast<int64_t>(pending_.size()) >= piece_bytes_) flush(in_val_, cut());
+  }
+  // The text added next starts a document of split is_val (the writer records where). What is
+  // pending is encoded first: documents are encoded apart, so that no token straddles two and the
+  // start is a token position whatever the tokenizer.
+  void start_document(bool is_val) {
+    flush(in_val_, pending_.size());
+    in_val_ = in_val_ || is_val;
+    if (in_val_) writer_.start_document_val();
+    else writer_.start_document_train();
   }
   void finish() { flush(in_val_, pending_.size()); }
   int64_t bytes() const { return bytes_; }
@@ -177,7 +186,8 @@ PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokeniz
   const std::vector<int32_t> end =
       tokenizer.eos_id() >= 0 ? std::vector<int32_t>{tokenizer.eos_id()} : tokenizer.encode("\n");
   TokenFileWriter writer(options.output, stats.vocab_size, stats.tokenizer, tokenizer.model(),
-                         tokenizer.model_name(), /*masked=*/true, tokenizer.stored_eos_token());
+                         tokenizer.model_name(), /*masked=*/true, tokenizer.stored_eos_token(),
+                         /*documents=*/true);
   std::vector<int32_t> tokens;
   std::vector<uint8_t> mask;
   int64_t example = 0;
@@ -194,9 +204,11 @@ PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokeniz
         }
         const int64_t count = static_cast<int64_t>(tokens.size());
         if (example++ < train_examples) {
+          writer.start_document_train();  // each example is a document
           writer.append_train(tokens.data(), count, mask.data());
           stats.train_targets += std::count(mask.begin(), mask.end(), uint8_t{1});
         } else {
+          writer.start_document_val();
           writer.append_val(tokens.data(), count, mask.data());
         }
       });
@@ -313,14 +325,21 @@ PrepareStats prepare_data(const PrepareOptions& options) {
       throw std::runtime_error("--tokenizer bytes has vocabulary 256, but --vocab-size is " +
                                std::to_string(options.vocab_size));
     check_import_vocab_size(format, options.vocab_size);  // before the writer needs it
-    TokenFileWriter writer(options.output, options.vocab_size, stats.tokenizer);
+    // Megatron's index knows its documents; nanoGPT's files are a flat stream of tokens.
+    TokenFileWriter writer(options.output, options.vocab_size, stats.tokenizer, {}, {},
+                           /*masked=*/false, {}, /*documents=*/format == "megatron");
     const TokenSink sink = [&](bool is_val, const int32_t* tokens, int64_t count) {
       if (is_val) writer.append_val(tokens, count);
       else writer.append_train(tokens, count);
     };
-    const ImportCounts counts = format == "nanogpt"
-                                    ? import_nanogpt(input, options.vocab_size, sink)
-                                    : import_megatron(input, options.vocab_size, val_fraction, sink);
+    const DocumentSink start_document = [&](bool is_val) {
+      if (is_val) writer.start_document_val();
+      else writer.start_document_train();
+    };
+    const ImportCounts counts =
+        format == "nanogpt"
+            ? import_nanogpt(input, options.vocab_size, sink)
+            : import_megatron(input, options.vocab_size, val_fraction, sink, start_document);
     stats.files = 2;  // train.bin and val.bin, or PREFIX.bin and PREFIX.idx
     stats.documents = counts.documents;
     stats.val_documents = counts.val_documents;
@@ -361,8 +380,10 @@ PrepareStats prepare_data(const PrepareOptions& options) {
     stats.files = static_cast<int64_t>(files.size());
   }
 
+  // Every text format knows its documents: a jsonl line, or an input file (brown, text).
   TokenFileWriter writer(options.output, stats.vocab_size, stats.tokenizer, tokenizer->model(),
-                         tokenizer->model_name(), /*masked=*/false, tokenizer->stored_eos_token());
+                         tokenizer->model_name(), /*masked=*/false, tokenizer->stored_eos_token(),
+                         /*documents=*/true);
   TextEncoder encoder(*tokenizer, writer, options.encode_piece_bytes);
   if (format == "jsonl") {
     // Documents split whole; each ends with "\n" so that neighbours stay apart.
@@ -370,6 +391,7 @@ PrepareStats prepare_data(const PrepareOptions& options) {
     const int64_t seen = for_each_jsonl_document(
         options.inputs, options.field, [&](const std::string& document) {
           const bool is_val = d++ >= train_documents;
+          encoder.start_document(is_val);
           encoder.add(is_val, document);
           encoder.add(is_val, "\n");
         });
@@ -378,8 +400,11 @@ PrepareStats prepare_data(const PrepareOptions& options) {
                                std::to_string(num_documents) + " then " + std::to_string(seen) +
                                " documents)");
   } else {
+    // Each file starts a document; the split by bytes may cut one, and the validation split's
+    // first token then starts one too (the writer's rule for a split's first token).
     int64_t position = 0;
-    for (const fs::path& file : files)
+    for (const fs::path& file : files) {
+      encoder.start_document(position >= train_bytes);
       for_each_text_block(file, format, [&](std::string_view text) {
         const int64_t size = static_cast<int64_t>(text.size());
         const int64_t to_train = std::clamp<int64_t>(train_bytes - position, 0, size);
@@ -387,6 +412,7 @@ PrepareStats prepare_data(const PrepareOptions& options) {
         if (to_train < size) encoder.add(true, text.substr(to_train));
         position += size;
       });
+    }
     if (position != total_bytes)
       throw std::runtime_error(input + ": changed while being read (" +
                                std::to_string(total_bytes) + " then " + std::to_string(position) +

@@ -139,6 +139,45 @@ std::vector<int32_t> read_tokens(hid_t file, const std::string& name, int64_t vo
   return tokens;
 }
 
+// Whether the file records document boundaries: /train_doc_starts and /val_doc_starts, both or
+// neither (like the loss masks).
+bool has_document_starts(hid_t file, const std::string& path) {
+  const bool train = h5::link_exists(file, "/train_doc_starts");
+  if (train != h5::link_exists(file, "/val_doc_starts"))
+    throw file_error(path, std::string("has ") + (train ? "/train_doc_starts" : "/val_doc_starts") +
+                               " but not " + (train ? "/val_doc_starts" : "/train_doc_starts"));
+  return train;
+}
+
+// Dataset `name` (e.g. "/train_doc_starts") of any integer type, as int64, checked to be the
+// document starts of a split of `split_size` tokens (check_document_starts).
+std::vector<int64_t> read_document_starts(hid_t file, const std::string& name, int64_t split_size,
+                                          const std::string& path) {
+  hsize_t length = 0;
+  Handle dataset = open_token_dataset(file, name, path, &length);
+  check_stored_length(dataset.get(), length, name, "starts", path);
+  // Starts are distinct positions of the split: of more than split_size + 1 (damage), the first
+  // split_size + 1 already fail the check below, so no more are read (or allocated).
+  hsize_t count = std::min<hsize_t>(length, static_cast<hsize_t>(split_size) + 1);
+  std::vector<int64_t> starts(count);
+  if (count > 0) {
+    // HDF5 converts any integer type to int64 (an unsigned value above its range saturates, and
+    // is then outside the split).
+    Handle file_space(H5Dget_space(dataset.get()), H5Sclose);
+    Handle memory_space(H5Screate_simple(1, &count, nullptr), H5Sclose);
+    if (!file_space.valid() || !memory_space.valid())
+      throw file_error(path, "cannot read dataset " + name);
+    const hsize_t first = 0;
+    check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, &first, nullptr, &count, nullptr),
+          path, "cannot select in dataset " + name);
+    check(H5Dread(dataset.get(), H5T_NATIVE_INT64, memory_space.get(), file_space.get(),
+                  H5P_DEFAULT, starts.data()),
+          path, "cannot read dataset " + name);
+  }
+  check_document_starts(starts, split_size, path + ": " + name);
+  return starts;
+}
+
 // /tokenizer_model (uint8) and its attributes name and vocab_size, when the file has one.
 void read_tokenizer_model(hid_t file, TokenData& data, const std::string& path) {
   const std::string name = "/tokenizer_model";
@@ -255,6 +294,15 @@ class TokensOnDisk final : public TokenSource {
 
   int64_t size() const override { return length_; }
 
+  const std::vector<int64_t>* document_starts() const override {
+    return has_document_starts_ ? &document_starts_ : nullptr;
+  }
+  // Before the split is shared: `starts` checked by read_document_starts.
+  void set_document_starts(std::vector<int64_t> starts) {
+    document_starts_ = std::move(starts);
+    has_document_starts_ = true;
+  }
+
   void read(int64_t start, int64_t count, int32_t* out) const override {
     if (start < 0 || count < 0 || start > length_ || count > length_ - start)
       check_window(start, count, length_, (path_ + ": " + name_).c_str());  // throws
@@ -343,6 +391,8 @@ class TokensOnDisk final : public TokenSource {
   int descriptor_ = -1;  // >= 0: read with pread at offset_
   uint64_t offset_ = 0;
   Handle dataset_;       // valid: read through HDF5
+  bool has_document_starts_ = false;
+  std::vector<int64_t> document_starts_;
   // prefetch(): (byte offset, byte count) hints, served by prefetcher_ (started on first use).
   mutable std::mutex prefetch_mutex_;
   mutable std::condition_variable prefetch_wake_;
@@ -375,6 +425,22 @@ void write_tokens(hid_t file, const char* name, const std::vector<int32_t>& toke
   // An empty dataset needs no write (and HDF5 rejects a null buffer).
   if (length > 0)
     check(H5Dwrite(dataset.get(), H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, tokens.data()),
+          path, std::string("cannot write dataset ") + name);
+  if (!dataset.close()) throw file_error(path, std::string("cannot write dataset ") + name);
+}
+
+// Document starts as a contiguous int64 dataset (empty for an empty split).
+void write_document_starts(hid_t file, const char* name, const std::vector<int64_t>& starts,
+                           const std::string& path) {
+  const hsize_t length = starts.size();
+  Handle space(H5Screate_simple(1, &length, nullptr), H5Sclose);
+  if (!space.valid()) throw file_error(path, std::string("cannot create dataspace for ") + name);
+  Handle dataset(
+      H5Dcreate2(file, name, H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+      H5Dclose);
+  if (!dataset.valid()) throw file_error(path, std::string("cannot create dataset ") + name);
+  if (length > 0)
+    check(H5Dwrite(dataset.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, starts.data()),
           path, std::string("cannot write dataset ") + name);
   if (!dataset.close()) throw file_error(path, std::string("cannot write dataset ") + name);
 }
@@ -446,21 +512,39 @@ TokenData read_token_file(const std::string& path) {
   data.tokenizer = read_tokenizer_name(file.get(), path);
   data.train = read_tokens(file.get(), "/train", data.vocab_size, path);
   data.val = read_tokens(file.get(), "/val", data.vocab_size, path);
+  data.documents = has_document_starts(file.get(), path);
+  if (data.documents) {
+    data.train_doc_starts = read_document_starts(file.get(), "/train_doc_starts",
+                                                 static_cast<int64_t>(data.train.size()), path);
+    data.val_doc_starts = read_document_starts(file.get(), "/val_doc_starts",
+                                               static_cast<int64_t>(data.val.size()), path);
+  }
   read_tokenizer_model(file.get(), data, path);
   return data;
 }
 
-void write_token_file(const std::string& path, const std::vector<int32_t>& train,
-                      const std::vector<int32_t>& val, int64_t vocab_size,
-                      const std::string& tokenizer, const std::string& tokenizer_model,
-                      const std::string& tokenizer_model_name,
-                      const std::string& tokenizer_eos_token) {
+namespace {
+
+// write_token_file, with document starts when `train_starts` (and then `val_starts`) is not null.
+void write_whole_token_file(const std::string& path, const std::vector<int32_t>& train,
+                            const std::vector<int32_t>& val, int64_t vocab_size,
+                            const std::string& tokenizer, const std::string& tokenizer_model,
+                            const std::string& tokenizer_model_name,
+                            const std::string& tokenizer_eos_token,
+                            const std::vector<int64_t>* train_starts,
+                            const std::vector<int64_t>* val_starts) {
   QuietHdf5Errors quiet;
   if (vocab_size < 1 || vocab_size > kMaxVocabSize)
     throw file_error(path, "cannot write vocab_size " + std::to_string(vocab_size) +
                                ": outside [1, " + std::to_string(kMaxVocabSize) + "]");
   check_tokens(train, "train", vocab_size, path);
   check_tokens(val, "val", vocab_size, path);
+  if (train_starts) {
+    check_document_starts(*train_starts, static_cast<int64_t>(train.size()),
+                          path + ": /train_doc_starts");
+    check_document_starts(*val_starts, static_cast<int64_t>(val.size()),
+                          path + ": /val_doc_starts");
+  }
   // Smallest type holding vocab_size-1 keeps a byte-level corpus at one byte per token.
   const hid_t file_type = vocab_size <= 256     ? H5T_STD_U8LE
                           : vocab_size <= 65536 ? H5T_STD_U16LE
@@ -477,6 +561,10 @@ void write_token_file(const std::string& path, const std::vector<int32_t>& train
     if (!file.valid()) throw file_error(temporary_path, "cannot create file");
     write_tokens(file.get(), "/train", train, file_type, temporary_path);
     write_tokens(file.get(), "/val", val, file_type, temporary_path);
+    if (train_starts) {
+      write_document_starts(file.get(), "/train_doc_starts", *train_starts, temporary_path);
+      write_document_starts(file.get(), "/val_doc_starts", *val_starts, temporary_path);
+    }
     write_attributes(file.get(), vocab_size, tokenizer, temporary_path);
     if (!tokenizer_model.empty())
       write_tokenizer_model(file.get(), tokenizer_model, tokenizer_model_name, vocab_size,
@@ -489,6 +577,24 @@ void write_token_file(const std::string& path, const std::vector<int32_t>& train
     std::filesystem::remove(temporary_path, error);  // best effort; the original error matters
     throw;
   }
+}
+
+}  // namespace
+
+void write_token_file(const std::string& path, const std::vector<int32_t>& train,
+                      const std::vector<int32_t>& val, int64_t vocab_size,
+                      const std::string& tokenizer, const std::string& tokenizer_model,
+                      const std::string& tokenizer_model_name,
+                      const std::string& tokenizer_eos_token) {
+  write_whole_token_file(path, train, val, vocab_size, tokenizer, tokenizer_model,
+                         tokenizer_model_name, tokenizer_eos_token, nullptr, nullptr);
+}
+
+void write_token_file(const std::string& path, const TokenData& data) {
+  write_whole_token_file(path, data.train, data.val, data.vocab_size, data.tokenizer,
+                         data.tokenizer_model, data.tokenizer_model_name, data.tokenizer_eos_token,
+                         data.documents ? &data.train_doc_starts : nullptr,
+                         data.documents ? &data.val_doc_starts : nullptr);
 }
 
 // ---- the tokenizer alone ----
@@ -551,8 +657,16 @@ TokenFile open_token_file(const std::string& path) {
   TokenFile opened;
   opened.vocab_size = read_vocab_size(file.get(), path);
   opened.tokenizer = read_tokenizer_name(file.get(), path);
-  opened.train = std::make_shared<TokensOnDisk>(file.get(), path, "/train", opened.vocab_size);
-  opened.val = std::make_shared<TokensOnDisk>(file.get(), path, "/val", opened.vocab_size);
+  auto train = std::make_shared<TokensOnDisk>(file.get(), path, "/train", opened.vocab_size);
+  auto val = std::make_shared<TokensOnDisk>(file.get(), path, "/val", opened.vocab_size);
+  if (has_document_starts(file.get(), path)) {
+    train->set_document_starts(
+        read_document_starts(file.get(), "/train_doc_starts", train->size(), path));
+    val->set_document_starts(
+        read_document_starts(file.get(), "/val_doc_starts", val->size(), path));
+  }
+  opened.train = std::move(train);
+  opened.val = std::move(val);
   const bool train_mask = h5::link_exists(file.get(), "/train_mask");
   if (train_mask != h5::link_exists(file.get(), "/val_mask"))
     throw file_error(path, std::string("has a loss mask for ") + (train_mask ? "/train" : "/val") +
@@ -664,14 +778,15 @@ void copy_spill(hid_t file, const char* name, TokenSpill& spill, int64_t vocab_s
 TokenFileWriter::TokenFileWriter(const std::string& path, int64_t vocab_size,
                                  const std::string& tokenizer, const std::string& tokenizer_model,
                                  const std::string& tokenizer_model_name, bool masked,
-                                 const std::string& tokenizer_eos_token)
+                                 const std::string& tokenizer_eos_token, bool documents)
     : path_(path),
       vocab_size_(vocab_size),
       tokenizer_(tokenizer),
       tokenizer_model_(tokenizer_model),
       tokenizer_model_name_(tokenizer_model_name),
       masked_(masked),
-      tokenizer_eos_token_(tokenizer_eos_token) {
+      tokenizer_eos_token_(tokenizer_eos_token),
+      documents_(documents) {
   if (vocab_size < 1 || vocab_size > kMaxVocabSize)
     throw file_error(path, "cannot write vocab_size " + std::to_string(vocab_size) +
                                ": outside [1, " + std::to_string(kMaxVocabSize) + "]");
@@ -729,11 +844,27 @@ void TokenFileWriter::append(bool is_val, const int32_t* tokens, int64_t count,
                              const uint8_t* mask) {
   if (finished_) throw file_error(path_, "append after finish");
   if (mask && !masked_) throw file_error(path_, "a loss mask for a file written without one");
-  append_to_spill(is_val ? *val_ : *train_, tokens, count, vocab_size_, path_);
+  TokenSpill& spill = is_val ? *val_ : *train_;
+  const int64_t first = spill.count;
+  append_to_spill(spill, tokens, count, vocab_size_, path_);
+  bool& start_pending = is_val ? val_start_pending_ : train_start_pending_;
+  if (documents_ && count > 0 && (first == 0 || start_pending)) {
+    (is_val ? val_starts_ : train_starts_).push_back(first);
+    start_pending = false;
+  }
   if (!masked_) return;
   std::vector<int32_t> values(count, 1);  // no mask given: every token is a target
   if (mask) std::copy_n(mask, count, values.begin());
   append_to_spill(is_val ? *val_mask_ : *train_mask_, values.data(), count, 2, path_);
+}
+
+void TokenFileWriter::start_document_train() { start_document(false); }
+void TokenFileWriter::start_document_val() { start_document(true); }
+
+void TokenFileWriter::start_document(bool is_val) {
+  if (finished_) throw file_error(path_, "document start after finish");
+  if (!documents_) throw file_error(path_, "a document start for a file written without them");
+  (is_val ? val_start_pending_ : train_start_pending_) = true;
 }
 
 int64_t TokenFileWriter::train_size() const { return train_->count; }
@@ -752,6 +883,10 @@ void TokenFileWriter::finish() {
     if (masked_) {
       copy_spill(file.get(), "/train_mask", *train_mask_, 2, temporary_path);
       copy_spill(file.get(), "/val_mask", *val_mask_, 2, temporary_path);
+    }
+    if (documents_) {
+      write_document_starts(file.get(), "/train_doc_starts", train_starts_, temporary_path);
+      write_document_starts(file.get(), "/val_doc_starts", val_starts_, temporary_path);
     }
     write_attributes(file.get(), vocab_size_, tokenizer_, temporary_path);
     if (!tokenizer_model_.empty())

@@ -24,15 +24,22 @@ struct TokenData {
   // huggingface: the EOS token's text (the attribute `eos_token` of /tokenizer_model), which a
   // tokenizer.json does not name itself; empty when there is none.
   std::string tokenizer_eos_token;
+  // Document boundaries (/train_doc_starts and /val_doc_starts, docs/data.md "Token file"): where
+  // each split's documents start, as TokenSource::document_starts() gives them. `documents`
+  // false (and both empty): the file records none.
+  bool documents = false;
+  std::vector<int64_t> train_doc_starts, val_doc_starts;
 };
 
 // Largest vocabulary a token file may declare: tokens are held as int32 in memory.
 constexpr int64_t kMaxVocabSize = int64_t{1} << 31;
 
 // Reads a token file (and /tokenizer_model when present, checking that its `vocab_size`
-// attribute equals the file's). Accepts any HDF5 integer element type (converted to int32) and checks that
-// both datasets and both attributes are present and that every token is in [0, vocab_size).
-// Throws std::runtime_error "<path>: <what is wrong>" on any problem.
+// attribute equals the file's). Accepts any HDF5 integer element type (converted to int32) and
+// checks that both datasets and both attributes are present and that every token is in
+// [0, vocab_size). Document starts, when the file has them, are read and checked (both datasets
+// or neither; each as check_document_starts in data/token_window.h says). Loss masks are not
+// read (open_token_file reads them). Throws std::runtime_error "<path>: <what is wrong>".
 TokenData read_token_file(const std::string& path);
 
 // Writes a token file with the smallest element type that holds vocab_size-1 (uint8 up to 256,
@@ -45,6 +52,11 @@ void write_token_file(const std::string& path, const std::vector<int32_t>& train
                       const std::string& tokenizer, const std::string& tokenizer_model = {},
                       const std::string& tokenizer_model_name = {},
                       const std::string& tokenizer_eos_token = {});
+
+// The same for `data` (its tokens, vocab_size and tokenizer fields) and, when data.documents,
+// /train_doc_starts and /val_doc_starts (int64), checked as check_document_starts says before
+// anything is written.
+void write_token_file(const std::string& path, const TokenData& data);
 
 // ---- The tokenizer alone: token files and checkpoints carry it the same way -------------------
 // The root attribute `tokenizer` and, for a SentencePiece model or a tokenizer.json, the uint8
@@ -83,7 +95,9 @@ struct TokenFile {
 
 // Same checks at open time as read_token_file but the per-token range check, with the same
 // messages. A file with loss masks (/train_mask and /val_mask) gives masked splits (MaskedTokens).
-// Throws std::runtime_error "<path>: <what is wrong>".
+// A file with document starts (/train_doc_starts and /val_doc_starts) has them read into memory
+// and checked; its splits' document_starts() return them. Throws std::runtime_error "<path>:
+// <what is wrong>".
 TokenFile open_token_file(const std::string& path);
 
 // Whether `path` is an HDF5 file with a /train link (a token file, not a checkpoint). Never
@@ -103,12 +117,15 @@ struct TokenSpill;  // one split's tokens on their way to the file (data/token_f
 // unfinished writer removes every temporary file; nothing is ever left under <path>.
 // `masked`: the file gets loss masks, /train_mask and /val_mask (docs/data.md, "Loss masks").
 // `tokenizer_eos_token`: as write_token_file's.
+// `documents`: the file gets document starts, /train_doc_starts and /val_doc_starts, marked with
+// start_document_train() and start_document_val() between appends; they are kept in memory (8
+// bytes a document) until finish().
 class TokenFileWriter {
  public:
   TokenFileWriter(const std::string& path, int64_t vocab_size, const std::string& tokenizer,
                   const std::string& tokenizer_model = {},
                   const std::string& tokenizer_model_name = {}, bool masked = false,
-                  const std::string& tokenizer_eos_token = {});
+                  const std::string& tokenizer_eos_token = {}, bool documents = false);
   ~TokenFileWriter();
   TokenFileWriter(const TokenFileWriter&) = delete;
   TokenFileWriter& operator=(const TokenFileWriter&) = delete;
@@ -117,12 +134,19 @@ class TokenFileWriter {
   // 0 or 1 per token (1: a trained target), only for a masked file; null: every token is one.
   void append_train(const int32_t* tokens, int64_t count, const uint8_t* mask = nullptr);
   void append_val(const int32_t* tokens, int64_t count, const uint8_t* mask = nullptr);
+  // Only for a writer made with documents (else they throw): the next token appended to that
+  // split starts a document. The first token of a split always starts one, marked or not (no
+  // document precedes it there), and a document that gets no token before the next mark or
+  // finish() is none, so the starts stay strictly ascending and inside the split.
+  void start_document_train();
+  void start_document_val();
   int64_t train_size() const;
   int64_t val_size() const;
   void finish();
 
  private:
   void append(bool is_val, const int32_t* tokens, int64_t count, const uint8_t* mask);
+  void start_document(bool is_val);
   std::vector<TokenSpill*> spills() const;  // the tokens' and, when masked, the masks'
 
   std::string path_;
@@ -130,6 +154,10 @@ class TokenFileWriter {
   std::string tokenizer_, tokenizer_model_, tokenizer_model_name_;
   bool masked_;
   std::string tokenizer_eos_token_;
+  bool documents_;
+  // documents_: each split's starts so far, and whether its next token starts a document.
+  std::vector<int64_t> train_starts_, val_starts_;
+  bool train_start_pending_ = false, val_start_pending_ = false;
   std::unique_ptr<TokenSpill> train_, val_, train_mask_, val_mask_;
   bool finished_ = false;
 };

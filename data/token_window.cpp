@@ -15,6 +15,28 @@ void check_window(int64_t start, int64_t count, int64_t size, const char* what) 
                              std::to_string(size) + ")");
 }
 
+void check_document_starts(const std::vector<int64_t>& starts, int64_t size,
+                           const std::string& what) {
+  if (starts.empty()) {
+    if (size == 0) return;
+    throw std::runtime_error(what + " is empty, but the split has " + std::to_string(size) +
+                             " tokens");
+  }
+  if (starts[0] != 0)
+    throw std::runtime_error(what + "[0] is " + std::to_string(starts[0]) + ", not 0");
+  const auto at = [&](size_t k) {
+    return what + "[" + std::to_string(k) + "] = " + std::to_string(starts[k]);
+  };
+  for (size_t k = 0; k < starts.size(); k++) {
+    if (k > 0 && starts[k] <= starts[k - 1])
+      throw std::runtime_error(at(k) + " is not after [" + std::to_string(k - 1) +
+                               "] = " + std::to_string(starts[k - 1]));
+    if (starts[k] >= size)
+      throw std::runtime_error(at(k) + " is not inside the split's " + std::to_string(size) +
+                               " tokens");
+  }
+}
+
 void TokensInMemory::read(int64_t start, int64_t count, int32_t* out) const {
   check_window(start, count, size(), "token window");
   std::copy_n(tokens_->data() + start, count, out);
@@ -38,6 +60,14 @@ TokensInMemory::TokensInMemory(const std::vector<int32_t>& tokens, const std::ve
   if (!mask.empty() && mask.size() != tokens.size())
     throw std::runtime_error("token window: a loss mask of " + std::to_string(mask.size()) +
                              " values for " + std::to_string(tokens.size()) + " tokens");
+}
+
+TokensInMemory::TokensInMemory(const std::vector<int32_t>& tokens, const std::vector<uint8_t>& mask,
+                               const std::vector<int64_t>* document_starts)
+    : TokensInMemory(tokens, mask) {
+  if (document_starts)
+    check_document_starts(*document_starts, size(), "token window: document starts");
+  document_starts_ = document_starts;
 }
 
 void TokensInMemory::read_mask(int64_t start, int64_t count, uint8_t* out) const {

@@ -118,6 +118,10 @@ TEST_F(ImportTest, JsonlDocumentsSplitWhole) {
   EXPECT_EQ(data.val, bytes_of(val));
   EXPECT_EQ(data.vocab_size, 256);
   EXPECT_EQ(data.tokenizer, "bytes");
+  // Each document starts one, the empty one ("\n" alone) too, across the files.
+  EXPECT_TRUE(data.documents);
+  EXPECT_EQ(data.train_doc_starts, (std::vector<int64_t>{0, 4, 14}));
+  EXPECT_EQ(data.val_doc_starts, (std::vector<int64_t>{0, 5}));
 
   // Another member, and the default fraction 0.05: floor(0.95 * 2) = 1 train document.
   write_file("c.jsonl", "{\"body\": \"x\", \"text\": 1}\n{\"body\": \"y\"}\n");
@@ -177,6 +181,7 @@ TEST_F(ImportTest, NanogptTrainAndVal) {
   EXPECT_EQ(data.val, (std::vector<int32_t>{3, 300}));
   EXPECT_EQ(data.vocab_size, 65536);
   EXPECT_EQ(data.tokenizer, "unknown");
+  EXPECT_FALSE(data.documents) << "a flat stream of tokens records no documents";
 
   // The path of train.bin works too, an empty val.bin is an empty split, and a label is stored.
   write_file("small/train.bin", uint16_file({5, 6}));
@@ -245,6 +250,11 @@ TEST_F(ImportTest, MegatronDocumentsKeptWhole) {
     EXPECT_EQ(data.train, (std::vector<int32_t>{1, 2, 3, 4, 5, 6}));
     EXPECT_EQ(data.val, (std::vector<int32_t>{7, 8, 60000}));
     EXPECT_EQ(data.vocab_size, 100000);
+    // Each document of the index starts one (its sequences are one document); the empty third
+    // document, the first of the validation split, has no token to start.
+    EXPECT_TRUE(data.documents);
+    EXPECT_EQ(data.train_doc_starts, (std::vector<int64_t>{0, 3}));
+    EXPECT_EQ(data.val_doc_starts, (std::vector<int64_t>{0}));
     fs::remove(megatron.output);
   }
   // PREFIX.idx names the same dataset, and a multimodal index (one int8 mode per sequence after

@@ -201,6 +201,10 @@ TEST_F(LossMaskTest, SftExamplesTrainOnTheResponseOnly) {
   std::vector<uint8_t> val_mask(4);
   opened.val->read_mask(0, 4, val_mask.data());  // "a b\n"
   EXPECT_EQ(val_mask, (std::vector<uint8_t>{0, 1, 1, 1}));
+  // Each example is a document (docs/data.md, "Token file"), read through the masked split.
+  ASSERT_NE(opened.train->document_starts(), nullptr);
+  EXPECT_EQ(*opened.train->document_starts(), (std::vector<int64_t>{0, 10}));  // "Q: 2+2? 4\n"
+  EXPECT_EQ(*opened.val->document_starts(), (std::vector<int64_t>{0}));
 
   // A multi-turn conversation as segments: every trained segment ends with "\n" (bytes has no
   // EOS), trained too.
@@ -226,6 +230,8 @@ TEST_F(LossMaskTest, SftExamplesTrainOnTheResponseOnly) {
   std::vector<uint8_t> read_turns(turns_text.size());
   turns_file.train->read_mask(0, turns_file.train->size(), read_turns.data());
   EXPECT_EQ(read_turns, turns_mask);
+  EXPECT_EQ(read_token_file(options.output).train_doc_starts, (std::vector<int64_t>{0}));
+  EXPECT_EQ(read_token_file(options.output).val_doc_starts, (std::vector<int64_t>{0}));
   for (const auto& [line, error] : std::vector<std::pair<std::string, std::string>>{
            {R"({"segments": []})", "line 1: field \"segments\" is not a non-empty array"},
            {R"({"segments": [{"text": "a"}]})",

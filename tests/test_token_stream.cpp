@@ -300,5 +300,263 @@ TEST_F(TokenStreamTest, StreamedPrepareMatchesWholeText) {
         << entry.path() << " left behind";
 }
 
+// ---- Document starts (docs/data.md, "Token file"): /train_doc_starts and /val_doc_starts ----
+
+// The element type HDF5 stores dataset `name` of `file` in.
+bool stored_as_int64(const std::string& file, const char* name) {
+  hid_t h5 = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  hid_t dataset = H5Dopen2(h5, name, H5P_DEFAULT);
+  hid_t type = H5Dget_type(dataset);
+  const bool int64 = H5Tequal(type, H5T_STD_I64LE) > 0;
+  H5Tclose(type), H5Dclose(dataset), H5Fclose(h5);
+  return int64;
+}
+
+// write_token_file and read_token_file, TokenFileWriter and open_token_file (with and without a
+// loss mask): the starts written are the starts read, from every reader.
+TEST_F(TokenStreamTest, DocumentStartsRoundTrip) {
+  TokenData data;
+  data.train = spread_tokens(40, 1000, 7);
+  data.val = spread_tokens(9, 1000, 8);
+  data.vocab_size = 1000;
+  data.tokenizer = "bpe-1000";
+  data.documents = true;
+  data.train_doc_starts = {0, 1, 17, 39};
+  data.val_doc_starts = {0};
+  const std::string whole = path("whole.h5");
+  write_token_file(whole, data);
+  const TokenData read = read_token_file(whole);
+  EXPECT_TRUE(read.documents);
+  EXPECT_EQ(read.train, data.train);
+  EXPECT_EQ(read.train_doc_starts, data.train_doc_starts);
+  EXPECT_EQ(read.val_doc_starts, data.val_doc_starts);
+  EXPECT_TRUE(stored_as_int64(whole, "/train_doc_starts"));
+  EXPECT_TRUE(stored_as_int64(whole, "/val_doc_starts"));
+  const TokenFile opened = open_token_file(whole);
+  ASSERT_NE(opened.train->document_starts(), nullptr);
+  ASSERT_NE(opened.val->document_starts(), nullptr);
+  EXPECT_EQ(*opened.train->document_starts(), data.train_doc_starts);
+  EXPECT_EQ(*opened.val->document_starts(), data.val_doc_starts);
+
+  // An empty split has an empty dataset.
+  data.val.clear();
+  data.val_doc_starts.clear();
+  write_token_file(whole, data);
+  EXPECT_TRUE(read_token_file(whole).val_doc_starts.empty());
+  ASSERT_NE(open_token_file(whole).val->document_starts(), nullptr);
+  EXPECT_TRUE(open_token_file(whole).val->document_starts()->empty());
+
+  // Without documents (the old write_token_file, or documents false) the file records none.
+  data.documents = false;
+  write_token_file(whole, data);
+  EXPECT_FALSE(read_token_file(whole).documents);
+  EXPECT_TRUE(read_token_file(whole).train_doc_starts.empty());
+  EXPECT_EQ(open_token_file(whole).train->document_starts(), nullptr);
+  EXPECT_EQ(open_token_file(whole).val->document_starts(), nullptr);
+
+  // The streaming writer: a split's first token starts a document marked or not, a mark with no
+  // token after it (an empty document, or one at the end) is none, and a mask changes nothing.
+  const std::vector<int32_t> tokens = spread_tokens(20, 256, 9);
+  const std::vector<uint8_t> mask(20, 1);
+  for (const bool masked : {false, true}) {
+    SCOPED_TRACE(masked ? "masked" : "unmasked");
+    const std::string file = path(masked ? "masked.h5" : "streamed.h5");
+    {
+      TokenFileWriter writer(file, 256, "bytes", {}, {}, masked, {}, /*documents=*/true);
+      const uint8_t* m = masked ? mask.data() : nullptr;
+      writer.append_train(tokens.data(), 3, m);  // [0, 3): unmarked, still a document
+      writer.start_document_train();
+      writer.append_train(tokens.data(), 0, m);  // nothing yet
+      writer.append_train(tokens.data(), 2, m);  // starts at 3
+      writer.append_train(tokens.data(), 4, m);  // same document
+      writer.start_document_val();
+      writer.start_document_val();             // twice: one document
+      writer.append_val(tokens.data(), 5, m);  // starts at 0
+      writer.start_document_train();
+      writer.start_document_train();             // an empty document between: none
+      writer.append_train(tokens.data(), 1, m);  // starts at 9
+      writer.start_document_val();
+      writer.append_val(tokens.data(), 1, m);  // starts at 5
+      writer.start_document_train();           // nothing follows: none
+      writer.finish();
+    }
+    const std::vector<int64_t> train_starts{0, 3, 9}, val_starts{0, 5};
+    const TokenData streamed = read_token_file(file);
+    EXPECT_TRUE(streamed.documents);
+    EXPECT_EQ(streamed.train_doc_starts, train_starts);
+    EXPECT_EQ(streamed.val_doc_starts, val_starts);
+    EXPECT_TRUE(stored_as_int64(file, "/train_doc_starts"));
+    const TokenFile on_disk = open_token_file(file);
+    EXPECT_EQ(on_disk.train->masked(), masked);  // MaskedTokens forwards to its tokens
+    ASSERT_NE(on_disk.train->document_starts(), nullptr);
+    EXPECT_EQ(*on_disk.train->document_starts(), train_starts);
+    EXPECT_EQ(*on_disk.val->document_starts(), val_starts);
+  }
+  {
+    // documents with nothing appended: empty splits, empty datasets.
+    TokenFileWriter writer(path("empty.h5"), 256, "bytes", {}, {}, false, {}, true);
+    writer.start_document_val();
+    writer.finish();
+  }
+  EXPECT_TRUE(read_token_file(path("empty.h5")).documents);
+  EXPECT_TRUE(read_token_file(path("empty.h5")).val_doc_starts.empty());
+  // A writer made without documents refuses a mark and writes none.
+  TokenFileWriter plain(path("plain.h5"), 256, "bytes");
+  expect_error([&] { plain.start_document_train(); },
+               {"plain.h5", "a document start for a file written without them"});
+  plain.append_train(tokens.data(), 5);
+  plain.finish();
+  EXPECT_EQ(open_token_file(path("plain.h5")).train->document_starts(), nullptr);
+
+  // In memory: kept by pointer, checked like the file's.
+  const std::vector<int32_t> five(5, 1);
+  const std::vector<int64_t> starts{0, 2};
+  const TokensInMemory in_memory(five, {}, &starts);
+  EXPECT_EQ(in_memory.document_starts(), &starts);
+  EXPECT_FALSE(in_memory.masked());
+  EXPECT_EQ(TokensInMemory(five, {}, nullptr).document_starts(), nullptr);
+  EXPECT_EQ(TokensInMemory(five).document_starts(), nullptr);
+  const std::vector<int64_t> outside{0, 5};
+  expect_error([&] { TokensInMemory(five, {}, &outside); },
+               {"token window: document starts[1] = 5 is not inside the split's 5 tokens"});
+}
+
+// Adds a 1-D dataset `name` of `values` stored as `type` to an existing token file.
+void add_starts(const std::string& file, const char* name, const std::vector<int64_t>& values,
+                hid_t type = H5T_STD_I64LE) {
+  hid_t h5 = H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(h5, 0);
+  const hsize_t length = values.size();
+  hid_t space = H5Screate_simple(1, &length, nullptr);
+  hid_t dataset = H5Dcreate2(h5, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  ASSERT_GE(dataset, 0);
+  if (length > 0) {
+    ASSERT_GE(H5Dwrite(dataset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()), 0);
+  }
+  H5Dclose(dataset), H5Sclose(space), H5Fclose(h5);
+}
+
+// Every damaged pair is refused when read, by read_token_file and open_token_file alike, with one
+// line naming the file and the dataset; any integer type is read.
+TEST_F(TokenStreamTest, DamagedDocumentStartsAreRefusedNamingTheFile) {
+  const std::vector<int32_t> train = spread_tokens(10, 256, 1), val = spread_tokens(330, 256, 2);
+  struct Case {
+    std::string name;
+    std::vector<int64_t> train_starts, val_starts;
+    bool train_present, val_present;
+    std::string error;
+  };
+  const std::vector<int64_t> nine_then_400{0, 1, 2, 3, 4, 5, 6, 7, 8, 400};
+  const std::vector<int64_t> twelve{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+  const std::string outside = "/val_doc_starts[9] = 400 is not inside the split's 330 tokens";
+  const std::string too_many = "/train_doc_starts[10] = 10 is not inside the split's 10 tokens";
+  const std::vector<Case> cases{
+      {"train_only", {0}, {}, true, false, "has /train_doc_starts but not /val_doc_starts"},
+      {"val_only", {}, {0}, false, true, "has /val_doc_starts but not /train_doc_starts"},
+      {"first", {5, 7}, {0}, true, true, "/train_doc_starts[0] is 5, not 0"},
+      {"repeat", {0, 2, 7, 7}, {0}, true, true, "/train_doc_starts[3] = 7 is not after [2] = 7"},
+      {"descending", {0, 4, 3}, {0}, true, true, "/train_doc_starts[2] = 3 is not after [1] = 4"},
+      {"negative", {0, -1}, {0}, true, true, "/train_doc_starts[1] = -1 is not after [0] = 0"},
+      {"outside", {0}, nine_then_400, true, true, outside},
+      {"empty", {}, {0}, true, true, "/train_doc_starts is empty, but the split has 10 tokens"},
+      {"too_many", twelve, {0}, true, true, too_many},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::string file = path(c.name + ".h5");
+    write_token_file(file, train, val, 256, "bytes");
+    if (c.train_present) add_starts(file, "/train_doc_starts", c.train_starts);
+    if (c.val_present) add_starts(file, "/val_doc_starts", c.val_starts);
+    expect_error([&] { read_token_file(file); }, {file + ": " + c.error});
+    expect_error([&] { open_token_file(file); }, {file + ": " + c.error});
+  }
+  // A split of no tokens has no documents.
+  const std::string empty_split = path("empty_split.h5");
+  write_token_file(empty_split, train, {}, 256, "bytes");
+  add_starts(empty_split, "/train_doc_starts", {0});
+  add_starts(empty_split, "/val_doc_starts", {0});
+  expect_error([&] { open_token_file(empty_split); },
+               {empty_split + ": /val_doc_starts[0] = 0 is not inside the split's 0 tokens"});
+
+  // Not integers, or not 1-D.
+  const std::string floats = path("floats.h5");
+  write_token_file(floats, train, val, 256, "bytes");
+  add_starts(floats, "/train_doc_starts", {0}, H5T_IEEE_F64LE);
+  add_starts(floats, "/val_doc_starts", {0});
+  expect_error([&] { read_token_file(floats); },
+               {floats + ": dataset /train_doc_starts does not hold integers"});
+
+  // Any integer type reads (h5py writes what the numpy array holds).
+  const std::string narrow = path("narrow.h5");
+  write_token_file(narrow, train, val, 256, "bytes");
+  add_starts(narrow, "/train_doc_starts", {0, 4, 9}, H5T_STD_U16BE);
+  add_starts(narrow, "/val_doc_starts", {0, 300}, H5T_STD_I32LE);
+  EXPECT_EQ(read_token_file(narrow).train_doc_starts, (std::vector<int64_t>{0, 4, 9}));
+  EXPECT_EQ(*open_token_file(narrow).val->document_starts(), (std::vector<int64_t>{0, 300}));
+
+  // The writer refuses bad starts before writing anything.
+  TokenData data;
+  data.train = train;
+  data.val = val;
+  data.vocab_size = 256;
+  data.tokenizer = "bytes";
+  data.documents = true;
+  data.train_doc_starts = {0, 10};
+  data.val_doc_starts = {0};
+  const std::string refused = path("refused.h5");
+  expect_error([&] { write_token_file(refused, data); },
+               {refused + ": /train_doc_starts[1] = 10 is not inside the split's 10 tokens"});
+  EXPECT_FALSE(fs::exists(refused));
+  EXPECT_FALSE(fs::exists(refused + ".tmp"));
+}
+
+// prepare-data's text formats: each input file starts a document (brown, text), each line a
+// document (jsonl), the validation split's first token one too; the same starts whatever the
+// piece size.
+TEST_F(TokenStreamTest, PrepareRecordsDocumentStarts) {
+  write_file("text/a.txt", "first file\n");        // 11 bytes: [0, 11)
+  write_file("text/b.txt", "");                    // no text: no document
+  write_file("text/c.txt", "second\n");            // [11, 18)
+  write_file("text/d.txt", std::string(22, 'x'));  // [18, 40), cut by the split at 28
+  write_file("text/e.txt", "last\n");              // [40, 45)
+  // brown: ca02 has only blank lines, no text.
+  write_file("brown/ca01", "The/at jury/nn said/vbd ./.\n");  // "The jury said .\n": 16 bytes
+  write_file("brown/ca02", "\n\n");
+  write_file("brown/ca03", "It/pps is/bez ./.\n");  // "It is .\n": 8 bytes, [16, 24)
+  write_file("brown/ca04", "Yes/rb ./.\n");         // "Yes .\n": 6 bytes, [24, 30)
+  write_file("docs.jsonl",
+             "{\"text\": \"alpha\"}\n\n{\"text\": \"be\\nta\"}\n"
+             "{\"text\": \"\"}\n{\"text\": \"gamma\"}\n{\"text\": \"delta\"}\n");
+  struct Case {
+    std::string format, input;
+    double val_fraction;
+    std::vector<int64_t> train_starts, val_starts;
+  };
+  const std::vector<Case> cases{
+      // 45 bytes, floor(0.63 * 45) = 28 train: d.txt is cut after 10 of its bytes.
+      {"text", path("text"), 0.37, {0, 11, 18}, {0, 12}},
+      // 30 bytes, floor(0.8 * 30) = 24 train: the split falls on ca04's start.
+      {"brown", path("brown"), 0.2, {0, 16}, {0}},
+      // 5 documents, floor(0.6 * 5) = 3 train: "alpha\n", "be\nta\n", "\n"; "gamma\n", "delta\n".
+      {"jsonl", path("docs.jsonl"), 0.4, {0, 6, 12}, {0, 6}},
+  };
+  for (const Case& c : cases) {
+    for (const int64_t piece : {int64_t{1}, int64_t{7}, int64_t{4096}}) {
+      SCOPED_TRACE(c.format + ", pieces of " + std::to_string(piece) + " bytes");
+      PrepareOptions options;
+      options.inputs = {c.input};
+      options.format = c.format;
+      options.output = path(c.format + ".h5");
+      options.val_fraction = c.val_fraction;
+      options.encode_piece_bytes = piece;
+      prepare_data(options);
+      const TokenData data = read_token_file(options.output);
+      EXPECT_TRUE(data.documents);
+      EXPECT_EQ(data.train_doc_starts, c.train_starts);
+      EXPECT_EQ(data.val_doc_starts, c.val_starts);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace sy

@@ -94,6 +94,10 @@ void inspect_token_file(const std::string& path, std::FILE* out) {
   std::fprintf(out, "train: %lld tokens\nval: %lld tokens\n",
                static_cast<long long>(file.train->size()),
                static_cast<long long>(file.val->size()));
+  // Document boundaries (docs/data.md, "Document masking"); no line for a file without them.
+  if (const std::vector<int64_t>* train = file.train->document_starts())
+    std::fprintf(out, "documents: train %zu, val %zu\n", train->size(),
+                 file.val->document_starts()->size());
   if (!file.train->masked()) {
     std::fprintf(out, "loss mask: none (every token is a target)\n");
     return;

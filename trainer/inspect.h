@@ -11,8 +11,9 @@ namespace sy {
 // cannot be read.
 void inspect_checkpoint(const std::string& path, std::FILE* out);
 
-// A token file (docs/data.md): its vocabulary, tokenizer, split sizes and, with loss masks, the
-// share of each split's tokens that are trained targets (the masks read in windows). Throws
+// A token file (docs/data.md): its vocabulary, tokenizer, split sizes, with document starts each
+// split's document count and, with loss masks, the share of each split's tokens that are trained
+// targets (the masks read in windows). Throws
 // "<file>: <what is wrong>" like open_token_file.
 void inspect_token_file(const std::string& path, std::FILE* out);
 
