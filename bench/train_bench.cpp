@@ -3,7 +3,9 @@
 //   sy_bench_train CONFIG [--set section.key=value ...] [--steps N] [--warmup W]
 //                  [--profile-steps P] [--save-init FILE.h5] [--tokens FILE.bin]
 // The backend and precision come from run.backend / run.precision. Tokens come from data.path
-// when that file exists, else from a synthetic uniform stream. Prints one line per logged step
+// when that file exists, else from a synthetic uniform stream (with data.document_mask, cut into
+// documents of uniform random length in [1, 2 * --doc-length - 1], mean --doc-length, default
+// 512). Prints one line per logged step
 // and a JSON summary line last. Timing excludes the first W steps (allocation, cuBLAS set-up).
 // Besides tokens/s and peak memory the summary has MFU, the load balance of the timed steps
 // (per MoE layer, the cv and max/mean of the tokens per expert, averaged over those steps) and
@@ -15,7 +17,8 @@
 //   --save-init FILE   the initial weights as a checkpoint (docs/checkpoint.md; no optimizer
 //                      state), for bench/gpu_step/pytorch_model.py to start from the same model
 //   --tokens FILE      every step's batch as int32 [step][micro][inputs, targets][B*S], and
-//                      FILE.json with the settings the PyTorch model needs (bench/gpu_step)
+//                      FILE.json with the settings the PyTorch model needs (bench/gpu_step);
+//                      not with data.document_mask, which that model does not have
 #include <mpi.h>
 
 #include <algorithm>
@@ -183,14 +186,14 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: %s CONFIG [--set k=v ...] [--steps N] [--warmup W] [--profile-steps P] "
-                 "[--save-init FILE.h5] [--tokens FILE.bin]\n",
+                 "[--save-init FILE.h5] [--tokens FILE.bin] [--doc-length N]\n",
                  argv[0]);
     return 2;
   }
   MpiIfNeeded mpi;  // first, so that MPI outlives everything that may use it
   try {
     std::vector<std::string> overrides;
-    int64_t steps = 60, warmup = 10, profile_steps = 0;
+    int64_t steps = 60, warmup = 10, profile_steps = 0, doc_length = 512;
     std::string save_init, tokens_path;
     if (argc % 2 != 0) throw std::runtime_error(std::string(argv[argc - 1]) + " needs a value");
     for (int i = 2; i + 1 < argc; i += 2) {
@@ -201,6 +204,7 @@ int main(int argc, char** argv) {
       else if (flag == "--profile-steps") profile_steps = std::stoll(argv[i + 1]);
       else if (flag == "--save-init") save_init = argv[i + 1];
       else if (flag == "--tokens") tokens_path = argv[i + 1];
+      else if (flag == "--doc-length") doc_length = std::stoll(argv[i + 1]);
       else throw std::runtime_error("unknown flag " + flag);
     }
     if (warmup >= steps) throw std::runtime_error("--warmup must be below --steps");
@@ -213,18 +217,39 @@ int main(int argc, char** argv) {
     const Clock::time_point setup_start = Clock::now();
     std::unique_ptr<Backend> backend = make_backend(config.run);
 
+    if (doc_length < 1) throw std::runtime_error("--doc-length must be >= 1");
+    const bool documents = config.data.document_mask;
+    if (documents && !tokens_path.empty())
+      throw std::runtime_error("--tokens: the PyTorch model has no data.document_mask");
     std::vector<int32_t> train_tokens;
+    std::vector<int64_t> doc_starts;
     std::string source = config.data.path;
     if (std::filesystem::exists(config.data.path)) {
-      train_tokens = read_token_file(config.data.path).train;
+      TokenData data = read_token_file(config.data.path);
+      train_tokens = std::move(data.train);
+      if (data.documents) doc_starts = std::move(data.train_doc_starts);
     } else {
       source = "synthetic";
       CounterRng rng(7);
       train_tokens.resize(size_t{1} << 22);
       for (int32_t& t : train_tokens)
         t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(config.model.vocab_size)));
+      CounterRng lengths(8);
+      for (int64_t start = 0; start < static_cast<int64_t>(train_tokens.size());
+           start += 1 + static_cast<int64_t>(lengths.below(2 * doc_length - 1)))
+        doc_starts.push_back(start);
     }
-    const StepSampler sampler(train_tokens, config.model.seq_len, config.seed);
+    const std::vector<uint8_t> no_mask;  // outlives the sampler, which keeps pointers
+    StepSampler sampler(
+        std::make_shared<TokensInMemory>(train_tokens, no_mask,
+                                         documents && !doc_starts.empty() ? &doc_starts : nullptr),
+        config.model.seq_len, config.seed);
+    if (documents) {
+      sampler.mask_documents();  // a data.path without boundaries is refused here
+      source += ", document masking (" + std::to_string(doc_starts.size()) +
+                " documents, mean length " +
+                std::to_string(train_tokens.size() / std::max<size_t>(doc_starts.size(), 1)) + ")";
+    }
     if (!tokens_path.empty())
       write_batches(tokens_path, config, sampler, steps + profile_steps, warmup);
 
@@ -248,7 +273,7 @@ int main(int argc, char** argv) {
 
     const TrainConfig& tc = config.train;
     const int64_t B = tc.micro_batch_size, S = config.model.seq_len;
-    std::vector<int32_t> inputs(B * S), targets(B * S);
+    std::vector<int32_t> inputs(B * S), targets(B * S), doc_start(documents ? B * S : 0);
     backend->synchronize();
     const double setup_s = std::chrono::duration<double>(Clock::now() - setup_start).count();
     std::printf("bench: %s on %s, %s, %lld parameters, %lld tokens/step, data %s; set-up %.1f s\n",
@@ -285,9 +310,10 @@ int main(int argc, char** argv) {
       double loss = 0;
       std::vector<std::vector<double>> load(n_moe);
       for (int64_t micro = 0; micro < tc.grad_accum_steps; ++micro) {
-        sampler.group(step, micro, B, inputs.data(), targets.data());
-        const GroupStats stats =
-            model.forward_backward(inputs, targets, B, true, 1.0 / tc.grad_accum_steps);
+        sampler.group(step, micro, B, inputs.data(), targets.data(),
+                      documents ? doc_start.data() : nullptr);
+        const GroupStats stats = model.forward_backward(
+            inputs, targets, B, true, 1.0 / tc.grad_accum_steps, std::nullopt, doc_start);
         loss += stats.loss;
         for (int64_t l = 0; l < n_moe; ++l) {
           const std::vector<int64_t>& counts = stats.assignments_per_expert[l];

@@ -15,6 +15,10 @@ struct DataConfig {
   // their sizes). path still gives the validation set and the tokenizer.
   std::vector<std::string> train_paths;
   std::vector<double> train_weights;
+  // Document masking (docs/data.md): attention stays inside each document of a sequence,
+  // rotary positions restart at each document, and no target crosses into the next document.
+  // Needs token files that record their document boundaries.
+  bool document_mask = false;
 };
 
 // Whether `path` names data.path's file, in the same spelling or another ("./a.h5" for "a.h5").

@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "model/backend.h"
 #include "model/rng.h"
 
 namespace sy {
@@ -108,22 +109,56 @@ int64_t StepSampler::offset(int64_t step, int64_t sequence) const {
   return window(step, sequence).second;
 }
 
+void StepSampler::mask_documents() {
+  for (size_t j = 0; j < sources_.size(); ++j)
+    if (!sources_[j]->document_starts()) throw std::runtime_error(no_documents_error(names_[j]));
+  mask_documents_ = true;
+}
+
 void StepSampler::group(int64_t step, int64_t group_index, int64_t batch_size, int32_t* inputs,
-                        int32_t* targets) const {
+                        int32_t* targets, int32_t* doc_start) const {
   if (group_index < 0 || batch_size < 1)
     throw std::runtime_error("sampler: group " + std::to_string(group_index) + " of size " +
                              std::to_string(batch_size) + " is not a valid routing group");
+  if (mask_documents_ && !doc_start)
+    throw std::logic_error("sampler: document masking needs a doc_start buffer");
   std::vector<int32_t> tokens(seq_len_ + 1);
   for (int64_t b = 0; b < batch_size; b++) {
     const auto [j, start] = window(step, group_index * batch_size + b);
     sources_[j]->read(start, seq_len_ + 1, tokens.data());
     split_window(tokens.data(), seq_len_, inputs + b * seq_len_, targets + b * seq_len_);
     mask_targets(*sources_[j], start + 1, seq_len_, targets + b * seq_len_);
+    if (mask_documents_)
+      document_window(*sources_[j]->document_starts(), start, seq_len_, doc_start + b * seq_len_,
+                      targets + b * seq_len_);
   }
   for (int64_t b = 0; b < batch_size; b++) {
     const auto [j, start] = window(step + 1, group_index * batch_size + b);
     sources_[j]->prefetch(start, seq_len_ + 1);
   }
+}
+
+void document_window(const std::vector<int64_t>& starts, int64_t start, int64_t seq_len,
+                     int32_t* doc_start, int32_t* targets) {
+  // The first document start after `start`; the window's first token belongs to the document
+  // before it, which begins at position 0 of the window as far as the window can see.
+  auto next = std::upper_bound(starts.begin(), starts.end(), start);
+  int32_t current = 0;
+  for (int64_t s = 0; s < seq_len; ++s) {
+    if (next != starts.end() && *next == start + s) {
+      current = static_cast<int32_t>(s);
+      ++next;
+    }
+    doc_start[s] = current;
+    // The target of position s is token start + s + 1: the first token of the next document.
+    if (next != starts.end() && *next == start + s + 1) targets[s] = kIgnoreTarget;
+  }
+}
+
+std::string no_documents_error(const std::string& name) {
+  return name +
+         ": records no document boundaries, which data.document_mask needs (prepare it "
+         "again with this version's prepare-data: docs/data.md, \"Document masking\")";
 }
 
 std::string validation_fit_problem(int64_t sequences, int64_t seq_len, int64_t val_tokens) {

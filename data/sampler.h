@@ -41,8 +41,16 @@ class StepSampler {
   // are the inputs shifted by one token, kIgnoreTarget where a masked source's loss mask is 0.
   // It then hints the same group of step + 1 to the token source (TokenSource::prefetch): the
   // draws are known in advance, so a file on disk is read while this step computes.
+  // With mask_documents(), doc_start (B*S values, same layout) receives each token's document
+  // start in its sequence (document_window), and targets that would cross into the next
+  // document are kIgnoreTarget; doc_start must then not be null.
   void group(int64_t step, int64_t group_index, int64_t batch_size, int32_t* inputs,
-             int32_t* targets) const;
+             int32_t* targets, int32_t* doc_start = nullptr) const;
+
+  // data.document_mask: group() masks documents from now on. Throws "<name>: records no
+  // document boundaries (...)" for the first source without them.
+  void mask_documents();
+  bool masks_documents() const { return mask_documents_; }
 
   int64_t seq_len() const { return seq_len_; }
   int64_t num_tokens() const { return sources_[0]->size(); }  // of source 0
@@ -62,7 +70,20 @@ class StepSampler {
   int64_t seq_len_;
   uint64_t stream_key_;   // key_combine(sampler domain, seed): the per-run root of all draws
   uint64_t mixture_key_;  // the same for the source draws
+  bool mask_documents_ = false;
 };
+
+// Document masking (docs/data.md, "Document masking") of the window of seq_len + 1 tokens that
+// starts at token `start` of a split whose documents start at `starts` (ascending): doc_start[s],
+// s < seq_len, is the position in the window where token start + s's document begins (0 for a
+// document that began before the window), and targets[s] becomes kIgnoreTarget where token
+// start + s + 1 starts a document: a document's first token is not predicted from the one
+// before it.
+void document_window(const std::vector<int64_t>& starts, int64_t start, int64_t seq_len,
+                     int32_t* doc_start, int32_t* targets);
+
+// The error for a token file's split without document boundaries, naming it.
+std::string no_documents_error(const std::string& name);
 
 // The validation set is a property of the data: sequence i is tokens [i*S, (i+1)*S) of the
 // validation split (targets shifted by one), for i < eval.tokens / S, whatever the batch shape.

@@ -76,14 +76,16 @@ const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionSha
     backend.repeat_kv_heads(k, k_kv, kv_heads);
     backend.repeat_kv_heads(v, v_kv, kv_heads);
   }
-  backend.rope_forward_qk(q, k, shape.batch, shape.seq, shape.heads, rotary);
+  backend.rope_forward_qk(q, k, shape.batch, shape.seq, shape.heads, rotary, shape.doc_start);
   // `cudnn` (and `auto` on a device): the same flash ops, which the CUDA backend then runs on
   // cuDNN where it can.
   if (flash) backend.prefer_cudnn_attention(prefers_cudnn(backend));
   if (flash)
-    backend.flash_attention_forward(context, lse, q, k, v, shape.batch, shape.seq, shape.heads);
+    backend.flash_attention_forward(context, lse, q, k, v, shape.batch, shape.seq, shape.heads,
+                                    shape.doc_start);
   else
-    backend.attention_forward(context, probs, q, k, v, shape.batch, shape.seq, shape.heads);
+    backend.attention_forward(context, probs, q, k, v, shape.batch, shape.seq, shape.heads,
+                              shape.doc_start);
   backend.gemm(out, context, false, wo.compute_value(), false, 1.0, 0.0);
   return out;
 }
@@ -113,12 +115,12 @@ const Tensor& Attention::backward(Backend& backend, const Tensor& dout, const Te
   if (lse.defined()) backend.prefer_cudnn_attention(prefers_cudnn(backend));
   if (lse.defined())  // the forward ran flash (out = context)
     backend.flash_attention_backward(dq, dk, dv, dcontext, q, k, v, context, lse, shape.batch,
-                                     shape.seq, shape.heads);
+                                     shape.seq, shape.heads, shape.doc_start);
   else
     backend.attention_backward(dq, dk, dv, dcontext, q, k, v, probs, shape.batch, shape.seq,
                                shape.heads);
   // The rotation is orthogonal: its backward rotates the gradient back.
-  backend.rope_backward_qk(dq, dk, shape.batch, shape.seq, shape.heads, rotary);
+  backend.rope_backward_qk(dq, dk, shape.batch, shape.seq, shape.heads, rotary, shape.doc_start);
 
   // Grouped: each key/value head's gradient is the sum over the query heads it served.
   const Shape kv_shape{td[0], wk.value.dim(1)};

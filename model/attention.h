@@ -24,6 +24,8 @@ struct AttentionShape {
   int64_t batch;    // B
   int64_t seq;      // S
   int64_t heads;    // H
+  // Document masking (model/backend.h): i32 [B*S] on the backend, or undefined (none).
+  Tensor doc_start = {};
 };
 
 struct Attention {

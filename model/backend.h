@@ -189,17 +189,27 @@ class Backend {
                         const Tensor& gain, const Tensor& rstd, bool accumulate = false);
 
   // ---- attention ----------------------------------------------------------------------------
+  // Document masking (data.document_mask, docs/data.md "Document masking"): `doc_start`, when
+  // defined, is i32 [B*S] on this backend's device. Token t = b*S + s belongs to the document
+  // that starts at position doc_start[t] of sequence b (0 <= doc_start[t] <= s; the same value
+  // for every token of one document). Rotary turns token t by its position in its document,
+  // s - doc_start[t], and attention lets query s see the keys j with doc_start[t] <= j <= s.
+  // Undefined (the default): each sequence is one document, doc_start 0 everywhere; the ops
+  // below give exactly what they gave before document masking existed.
+  //
   // Rotary embedding in place on x[B*S, H*Dh] (rotate-half, angle s * f_i, the f_i of
   // `rotary`: model/rope.h, from model.rope_*); backward applies the inverse rotation to the
   // gradient in place.
-  void rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H, const Rotary& rotary = {});
-  void rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H, const Rotary& rotary = {});
+  void rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H, const Rotary& rotary = {},
+                    const Tensor& doc_start = {});
+  void rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H, const Rotary& rotary = {},
+                     const Tensor& doc_start = {});
   // The same on q and k (same shape) together, as one launch on a device; results as the two
   // separate calls give them.
   void rope_forward_qk(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H,
-                       const Rotary& rotary = {});
+                       const Rotary& rotary = {}, const Tensor& doc_start = {});
   void rope_backward_qk(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S, int64_t H,
-                        const Rotary& rotary = {});
+                        const Rotary& rotary = {}, const Tensor& doc_start = {});
   // Grouped-query attention's key and value heads, shared by groups of query heads: out[T, H*Dh]
   // holds head j of x[T, Hkv*Dh] as heads j*G .. j*G+G-1 (G = H / Hkv; transformers' repeat_kv).
   // Backward: dx[t, head j] = the sum over g = 0 .. G-1, in that order, of dout[t, head j*G+g]
@@ -207,28 +217,30 @@ class Backend {
   void repeat_kv_heads(const Tensor& out, const Tensor& x, int64_t kv_heads);
   void repeat_kv_heads_backward(const Tensor& dx, const Tensor& dout, int64_t kv_heads);
   // Causal softmax attention per (batch, head). q,k,v,out: [B*S, H*Dh]; probs: [B, H, S, S]
-  // (saved for backward; entries above the diagonal are 0).
-  void attention_forward(const Tensor& out, const Tensor& probs, const Tensor& q,
-                         const Tensor& k, const Tensor& v, int64_t B, int64_t S,
-                         int64_t H);
+  // (saved for backward; entries above the diagonal, and with doc_start left of it, are 0:
+  // backward needs no doc_start, the zeros carry the mask).
+  void attention_forward(const Tensor& out, const Tensor& probs, const Tensor& q, const Tensor& k,
+                         const Tensor& v, int64_t B, int64_t S, int64_t H,
+                         const Tensor& doc_start = {});
   void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
                           const Tensor& dout, const Tensor& q, const Tensor& k,
                           const Tensor& v, const Tensor& probs, int64_t B, int64_t S,
                           int64_t H);
   // Flash attention: the same causal softmax attention (scale 1/sqrt(Dh), query s sees keys
-  // <= s) without an [S, S] matrix. q,k,v,out: [B*S, H*Dh] (row t = b*S+s, head h at columns
-  // h*Dh..), rotary already applied; lse: [B, H, S] stat, the logsumexp of each query's scaled
-  // causal scores (saved for backward; P = exp(q k^T / sqrt(Dh) - lse)). dq, dk, dv (=) from
-  // dout and the forward's out and lse. Deterministic: the same inputs give the same bits.
+  // <= s, and with doc_start none before its document's start) without an [S, S] matrix.
+  // q,k,v,out: [B*S, H*Dh] (row t = b*S+s, head h at columns h*Dh..), rotary already applied;
+  // lse: [B, H, S] stat, the logsumexp of each query's scaled visible scores (saved for backward;
+  // P = exp(q k^T / sqrt(Dh) - lse)). dq, dk, dv (=) from dout and the forward's out and lse
+  // (backward takes the forward's doc_start). Deterministic: the same inputs give the same bits.
   // CPU: f32, f64, any even Dh. CUDA: bf16 on tensor cores for Dh 64 and 128, a plain kernel
   // for other even Dh <= 256 (and for f32, f64); larger Dh is an error.
   void flash_attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q,
-                               const Tensor& k, const Tensor& v, int64_t B, int64_t S,
-                               int64_t H);
+                               const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H,
+                               const Tensor& doc_start = {});
   void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
                                 const Tensor& dout, const Tensor& q, const Tensor& k,
-                                const Tensor& v, const Tensor& out, const Tensor& lse,
-                                int64_t B, int64_t S, int64_t H);
+                                const Tensor& v, const Tensor& out, const Tensor& lse, int64_t B,
+                                int64_t S, int64_t H, const Tensor& doc_start = {});
   // Whether the flash_attention ops that follow may run on a vendor library (CUDA: cuDNN's fused
   // attention, bf16, deterministic engines unless set_deterministic(false); the own kernels where
   // cuDNN declines). A backend setting that the attention layer sets before its calls; other
@@ -455,38 +467,39 @@ class Backend {
   virtual void rmsnorm_backward_impl(const Tensor& dx, const Tensor& dgain, const Tensor& dout,
                                      const Tensor& x, const Tensor& gain, const Tensor& rstd,
                                      bool accumulate) = 0;
-  // attention
+  // attention (doc_start: as in the public ops, possibly undefined)
   virtual void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H,
-                                 const Rotary& rotary) = 0;
+                                 const Rotary& rotary, const Tensor& doc_start) = 0;
   virtual void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H,
-                                  const Rotary& rotary) = 0;
+                                  const Rotary& rotary, const Tensor& doc_start) = 0;
   virtual void rope_forward_qk_impl(const Tensor& q, const Tensor& k, int64_t B, int64_t S,
-                                    int64_t H, const Rotary& rotary) {
-    rope_forward(q, B, S, H, rotary);
-    rope_forward(k, B, S, H, rotary);
+                                    int64_t H, const Rotary& rotary, const Tensor& doc_start) {
+    rope_forward(q, B, S, H, rotary, doc_start);
+    rope_forward(k, B, S, H, rotary, doc_start);
   }
   virtual void rope_backward_qk_impl(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S,
-                                     int64_t H, const Rotary& rotary) {
-    rope_backward(dq, B, S, H, rotary);
-    rope_backward(dk, B, S, H, rotary);
+                                     int64_t H, const Rotary& rotary, const Tensor& doc_start) {
+    rope_backward(dq, B, S, H, rotary, doc_start);
+    rope_backward(dk, B, S, H, rotary, doc_start);
   }
   virtual void repeat_kv_heads_impl(const Tensor& out, const Tensor& x, int64_t kv_heads) = 0;
   virtual void repeat_kv_heads_backward_impl(const Tensor& dx, const Tensor& dout,
                                              int64_t kv_heads) = 0;
   virtual void attention_forward_impl(const Tensor& out, const Tensor& probs, const Tensor& q,
                                       const Tensor& k, const Tensor& v, int64_t B, int64_t S,
-                                      int64_t H) = 0;
+                                      int64_t H, const Tensor& doc_start) = 0;
   virtual void attention_backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv,
                                        const Tensor& dout, const Tensor& q, const Tensor& k,
                                        const Tensor& v, const Tensor& probs, int64_t B, int64_t S,
                                        int64_t H) = 0;
   virtual void flash_attention_forward_impl(const Tensor& out, const Tensor& lse, const Tensor& q,
                                             const Tensor& k, const Tensor& v, int64_t B, int64_t S,
-                                            int64_t H) = 0;
+                                            int64_t H, const Tensor& doc_start) = 0;
   virtual void flash_attention_backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv,
                                              const Tensor& dout, const Tensor& q, const Tensor& k,
                                              const Tensor& v, const Tensor& out, const Tensor& lse,
-                                             int64_t B, int64_t S, int64_t H) = 0;
+                                             int64_t B, int64_t S, int64_t H,
+                                             const Tensor& doc_start) = 0;
   // SwiGLU, cross-entropy
   virtual void swiglu_forward_impl(const Tensor& out, const Tensor& a, const Tensor& b) = 0;
   virtual void swiglu_backward_impl(const Tensor& da, const Tensor& db, const Tensor& dout,

@@ -425,44 +425,55 @@ void check_rotary(const OpCheck& c, const Rotary& rotary) {
   if (const std::string problem = rotary_problem(rotary); !problem.empty()) c.fail(problem);
 }
 
+// Document masking's doc_start: undefined, or i32 [B*S] (its values are the caller's to get
+// right: a device op cannot read them without a copy to the host).
+void check_doc_start(const OpCheck& c, const Tensor& doc_start, int64_t B, int64_t S) {
+  if (!doc_start.defined()) return;
+  c.dtype(doc_start, DType::i32, "doc_start");
+  c.shape(doc_start, {B * S}, "doc_start");
+}
+
 void check_rope(const OpCheck& c, const Tensor& x, int64_t B, int64_t S, int64_t H,
-                const Rotary& rotary) {
+                const Rotary& rotary, const Tensor& doc_start) {
   c.float_dtype(x, "x");
   check_heads(c, x, B, S, H, "x");
   check_rotary(c, rotary);
+  check_doc_start(c, doc_start, B, S);
 }
 
 void check_rope_qk(const OpCheck& c, const Tensor& q, const Tensor& k, int64_t B, int64_t S,
-                   int64_t H, const Rotary& rotary) {
+                   int64_t H, const Rotary& rotary, const Tensor& doc_start) {
   const DType dt = c.float_dtype(q, "q");
   c.dtype(k, dt, "k");
   c.shape(k, q.shape(), "k");
   check_heads(c, q, B, S, H, "q");
   check_rotary(c, rotary);
+  check_doc_start(c, doc_start, B, S);
 }
 }  // namespace
 
-void Backend::rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H, const Rotary& rotary) {
-  check_rope(OpCheck(*this, "rope_forward"), x, B, S, H, rotary);
-  rope_forward_impl(x, B, S, H, rotary);
+void Backend::rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H, const Rotary& rotary,
+                           const Tensor& doc_start) {
+  check_rope(OpCheck(*this, "rope_forward"), x, B, S, H, rotary, doc_start);
+  rope_forward_impl(x, B, S, H, rotary, doc_start);
 }
 
-void Backend::rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H,
-                            const Rotary& rotary) {
-  check_rope(OpCheck(*this, "rope_backward"), dx, B, S, H, rotary);
-  rope_backward_impl(dx, B, S, H, rotary);
+void Backend::rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H, const Rotary& rotary,
+                            const Tensor& doc_start) {
+  check_rope(OpCheck(*this, "rope_backward"), dx, B, S, H, rotary, doc_start);
+  rope_backward_impl(dx, B, S, H, rotary, doc_start);
 }
 
 void Backend::rope_forward_qk(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H,
-                              const Rotary& rotary) {
-  check_rope_qk(OpCheck(*this, "rope_forward_qk"), q, k, B, S, H, rotary);
-  rope_forward_qk_impl(q, k, B, S, H, rotary);
+                              const Rotary& rotary, const Tensor& doc_start) {
+  check_rope_qk(OpCheck(*this, "rope_forward_qk"), q, k, B, S, H, rotary, doc_start);
+  rope_forward_qk_impl(q, k, B, S, H, rotary, doc_start);
 }
 
 void Backend::rope_backward_qk(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S, int64_t H,
-                               const Rotary& rotary) {
-  check_rope_qk(OpCheck(*this, "rope_backward_qk"), dq, dk, B, S, H, rotary);
-  rope_backward_qk_impl(dq, dk, B, S, H, rotary);
+                               const Rotary& rotary, const Tensor& doc_start) {
+  check_rope_qk(OpCheck(*this, "rope_backward_qk"), dq, dk, B, S, H, rotary, doc_start);
+  rope_backward_qk_impl(dq, dk, B, S, H, rotary, doc_start);
 }
 
 namespace {
@@ -496,8 +507,8 @@ void Backend::repeat_kv_heads_backward(const Tensor& dx, const Tensor& dout, int
 }
 
 void Backend::attention_forward(const Tensor& out, const Tensor& probs, const Tensor& q,
-                                const Tensor& k, const Tensor& v, int64_t B, int64_t S,
-                                int64_t H) {
+                                const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H,
+                                const Tensor& doc_start) {
   const OpCheck c(*this, "attention_forward");
   const DType dt = c.float_dtype(q, "q");
   for (auto [t, name] : {Named{&k, "k"}, {&v, "v"}, {&out, "out"}, {&probs, "probs"}})
@@ -506,7 +517,8 @@ void Backend::attention_forward(const Tensor& out, const Tensor& probs, const Te
   for (auto [t, name] : {Named{&k, "k"}, {&v, "v"}, {&out, "out"}}) c.shape(*t, q.shape(), name);
   c.shape(probs, {B, H, S, S}, "probs");
   c.fits_int(Dh * H, "width");
-  attention_forward_impl(out, probs, q, k, v, B, S, H);
+  check_doc_start(c, doc_start, B, S);
+  attention_forward_impl(out, probs, q, k, v, B, S, H, doc_start);
 }
 
 void Backend::attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
@@ -528,7 +540,7 @@ void Backend::attention_backward(const Tensor& dq, const Tensor& dk, const Tenso
 
 void Backend::flash_attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q,
                                       const Tensor& k, const Tensor& v, int64_t B, int64_t S,
-                                      int64_t H) {
+                                      int64_t H, const Tensor& doc_start) {
   const OpCheck c(*this, "flash_attention_forward");
   const DType dt = c.float_dtype(q, "q");
   for (auto [t, name] : {Named{&k, "k"}, {&v, "v"}, {&out, "out"}}) c.dtype(*t, dt, name);
@@ -536,13 +548,14 @@ void Backend::flash_attention_forward(const Tensor& out, const Tensor& lse, cons
   check_heads(c, q, B, S, H, "q");
   for (auto [t, name] : {Named{&k, "k"}, {&v, "v"}, {&out, "out"}}) c.shape(*t, q.shape(), name);
   c.shape(lse, {B, H, S}, "lse");
-  flash_attention_forward_impl(out, lse, q, k, v, B, S, H);
+  check_doc_start(c, doc_start, B, S);
+  flash_attention_forward_impl(out, lse, q, k, v, B, S, H, doc_start);
 }
 
 void Backend::flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
                                        const Tensor& dout, const Tensor& q, const Tensor& k,
                                        const Tensor& v, const Tensor& out, const Tensor& lse,
-                                       int64_t B, int64_t S, int64_t H) {
+                                       int64_t B, int64_t S, int64_t H, const Tensor& doc_start) {
   const OpCheck c(*this, "flash_attention_backward");
   const DType dt = c.float_dtype(q, "q");
   const std::initializer_list<Named> same_as_q = {
@@ -552,7 +565,8 @@ void Backend::flash_attention_backward(const Tensor& dq, const Tensor& dk, const
   check_heads(c, q, B, S, H, "q");
   for (auto [t, name] : same_as_q) c.shape(*t, q.shape(), name);
   c.shape(lse, {B, H, S}, "lse");
-  flash_attention_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, B, S, H);
+  check_doc_start(c, doc_start, B, S);
+  flash_attention_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, B, S, H, doc_start);
 }
 
 // ---- SwiGLU ---------------------------------------------------------------------------------

@@ -273,6 +273,7 @@ std::vector<double> Transformer::logits_at(std::span<const int32_t> inputs, int6
                              std::to_string(batch) + " x " + std::to_string(S) + " tokens");
   ensure(backend_, inputs_, {T}, DType::i32);
   backend_.write(inputs_, inputs);
+  doc_start_ = Tensor();
   forward(batch, false);
   const Tensor& x_final = final_norm_.forward(backend_, residual_.back());
   const int64_t row = sequence * S + position;
@@ -284,17 +285,27 @@ std::vector<double> Transformer::logits_at(std::span<const int32_t> inputs, int6
 GroupStats Transformer::forward_backward(std::span<const int32_t> inputs,
                                          std::span<const int32_t> targets, int64_t batch,
                                          bool compute_grad, double loss_scale,
-                                         std::optional<double> lm_target_scale) {
+                                         std::optional<double> lm_target_scale,
+                                         std::span<const int32_t> doc_start) {
   const ModelConfig& m = options_.model;
   const int64_t T = batch * m.seq_len;
-  if (static_cast<int64_t>(inputs.size()) != T || static_cast<int64_t>(targets.size()) != T)
+  if (static_cast<int64_t>(inputs.size()) != T || static_cast<int64_t>(targets.size()) != T ||
+      (!doc_start.empty() && static_cast<int64_t>(doc_start.size()) != T))
     throw std::runtime_error("Transformer: expected " + std::to_string(T) + " tokens (batch " +
                              std::to_string(batch) + " x seq_len " + std::to_string(m.seq_len) +
-                             "), got " + std::to_string(inputs.size()));
+                             "), got " + std::to_string(inputs.size()) + " (" +
+                             std::to_string(targets.size()) + " targets, " +
+                             std::to_string(doc_start.size()) + " document starts)");
   ensure(backend_, inputs_, {T}, DType::i32);
   ensure(backend_, targets_, {T}, DType::i32);
   backend_.write(inputs_, inputs);
   backend_.write(targets_, targets);
+  if (doc_start.empty()) {
+    doc_start_ = Tensor();
+  } else {
+    ensure(backend_, doc_start_, {T}, DType::i32);
+    backend_.write(doc_start_, doc_start);
+  }
   // Gradients not yet written this step hold nothing: their memory goes back for the forward's
   // activations, and backward allocates each as it reaches its layer.
   if (compute_grad) release_unwritten_grads();
@@ -360,7 +371,7 @@ void Transformer::forward(int64_t batch, bool training) {
     ++moe_index;
   }
   const int64_t T = batch * m.seq_len, D = m.d_model;
-  const AttentionShape shape{batch, m.seq_len, m.n_heads};
+  const AttentionShape shape{batch, m.seq_len, m.n_heads, doc_start_};
   residual_.resize(m.n_layers + 1);
   for (Tensor& x : residual_) ensure(backend_, x, {T, D}, options_.dtype);
 
@@ -393,7 +404,7 @@ void Transformer::forward(int64_t batch, bool training) {
 
 void Transformer::backward(int64_t batch, double loss_scale) {
   const ModelConfig& m = options_.model;
-  const AttentionShape shape{batch, m.seq_len, m.n_heads};
+  const AttentionShape shape{batch, m.seq_len, m.n_heads, doc_start_};
   const int64_t n_moe = num_moe_layers();
   const double d_aux = n_moe ? loss_scale * options_.moe.aux_loss_coef / n_moe : 0.0;
   const double d_z = n_moe ? loss_scale * options_.moe.z_loss_coef / n_moe : 0.0;

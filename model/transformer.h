@@ -95,9 +95,12 @@ class Transformer {
   // lm_target_scale: the weight of each counted target's cross-entropy in the gradient; by
   // default loss_scale / (B*S), the group's mean (supervised fine-tuning passes 1 / the step's
   // count of counted targets: docs/data.md, "Loss masks"). The router losses take loss_scale.
+  // doc_start [B*S] (empty: none): document masking, each token's document start in its
+  // sequence (model/backend.h; docs/data.md, "Document masking").
   GroupStats forward_backward(std::span<const int32_t> inputs, std::span<const int32_t> targets,
                               int64_t batch, bool compute_grad, double loss_scale,
-                              std::optional<double> lm_target_scale = std::nullopt);
+                              std::optional<double> lm_target_scale = std::nullopt,
+                              std::span<const int32_t> doc_start = {});
 
   // Called by backward with each block's parameters once their gradients are final for the
   // step (blocks from the last down, every rank in the same order), so that their reduction
@@ -160,6 +163,7 @@ class Transformer {
   LMHead lm_head_;
 
   Tensor inputs_, targets_;
+  Tensor doc_start_;  // i32 [T] of the current forward; undefined without document masking
   // f64 [MoE layers, 3]: each router's aux, z and entropy (Router::losses_out), read in one copy.
   Tensor router_losses_;
   Tensor sample_logits_;                  // [1, V], for logits_at               // i32 [T]

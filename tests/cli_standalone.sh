@@ -100,6 +100,9 @@ run_ok "inspect a token file" "$switchyard" inspect sft.h5
 if grep -qE "^loss mask: train [0-9]+ of [0-9]+ tokens trained \([0-9.]+%\); val " stdout.txt &&
    grep -q "^token file: sft.h5" stdout.txt; then ok "inspect: the loss mask's trained share"
 else fail "inspect of a token file"; fi
+# Each example is a document: floor(0.75 * 60) = 45 train, 15 val.
+if grep -q "^documents: train 45, val 15$" stdout.txt; then ok "inspect: the document counts"
+else fail "inspect's documents line"; cat stdout.txt; fi
 if grep -qE '"lm_targets": [1-9][0-9]*' run_sft/metrics.jsonl && ! grep -q lm_targets run_dp/metrics.jsonl
 then ok "metrics.jsonl has lm_targets with a loss mask only"; else fail "lm_targets in metrics.jsonl"; fi
 logged=$(val_loss_of run_sft/metrics.jsonl)
@@ -107,6 +110,21 @@ run_ok "eval of the fine-tune alone, micro-batch 3" "$switchyard" eval --checkpo
   --set train.micro_batch_size=3
 same_val_loss "masked val_loss, one process, of a 2-rank run" "$logged" 0
 if grep -qE '"val_targets": [0-9]+' stdout.txt; then ok "eval prints val_targets"; else fail "no val_targets"; fi
+
+# ---- document masking: each SFT example its own text (docs/data.md, "Document masking") --------
+timeout 300 "${mpi2[@]}" "$switchyard" train tiny.yaml --set data.path=sft.h5 \
+  --set data.document_mask=true --set checkpoint.init_from=run_dp --set train.steps=4 \
+  --set run.dir=run_docs --set eval.every=4 --set eval.tokens=160 >stdout.txt 2>stderr.txt &&
+  ok "fine-tune with document masks at 2 ranks" || fail "fine-tune with document masks"
+if grep -q "document masking: attention and rotary positions restart" stdout.txt; then
+  ok "start-up says document masking is on"; else fail "no document masking line"; cat stdout.txt; fi
+logged_docs=$(val_loss_of run_docs/metrics.jsonl)
+if [ -n "$logged_docs" ] && [ "$logged_docs" != "$logged" ]; then
+  ok "document masks change the validation loss ($logged -> $logged_docs)"
+else fail "document-masked val_loss '$logged_docs' against '$logged'"; fi
+run_ok "eval of the document-masked fine-tune alone, micro-batch 3" "$switchyard" eval \
+  --checkpoint run_docs --set train.micro_batch_size=3
+same_val_loss "document-masked val_loss, one process, of a 2-rank run" "$logged_docs" 0
 
 # ---- vocab_size: a model vocabulary below the data's is refused, both numbers named ------------
 run_fails "train with model.vocab_size 200 on byte tokens" 1 "tokens.h5: vocab_size 256 exceeds model.vocab_size 200" \

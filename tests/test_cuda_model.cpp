@@ -45,8 +45,9 @@ class CudaModel : public ::testing::Test {
   // Loss and gradients of one routing group, CUDA (compute dtype) vs CPU (fp32). The seed is the
   // first whose routing is well separated on the CPU: every top-k choice wins by at least
   // kMargin of the logits' RMS, several times what bf16 rounding moves a logit (under 1%).
+  // doc_start: document masking's starts for the B*S tokens (model/backend.h), or none.
   void compare(const std::string& name, const TransformerOptions& options, DType compute,
-               double loss_tol, double grad_tol) {
+               double loss_tol, double grad_tol, const std::vector<int32_t>& doc_start = {}) {
     constexpr double kMargin = 0.04, kRouterScale = 10.0;
     const int64_t B = 2, T = B * options.model.seq_len;
     const std::vector<int32_t> inputs = tokens(T, options.model.vocab_size, 1);
@@ -59,7 +60,7 @@ class CudaModel : public ::testing::Test {
     while (margin < kMargin && seed < 1000) {
       c = build(*cpu, options, DType::f32, ++seed, kRouterScale);
       c.model->zero_grads();
-      sc = c.model->forward_backward(inputs, targets, B, true, loss_scale);
+      sc = c.model->forward_backward(inputs, targets, B, true, loss_scale, std::nullopt, doc_start);
       margin = min_topk_margin(*cpu, *c.model);
     }
     std::printf("[ model    ] %s %s: seed %llu, smallest top-k margin %.3f of the logit RMS\n",
@@ -67,7 +68,8 @@ class CudaModel : public ::testing::Test {
     ASSERT_GE(margin, kMargin) << "no seed with well-separated routing";
     Built g = build(*gpu, options, compute, seed, kRouterScale);
     g.model->zero_grads();
-    const GroupStats sg = g.model->forward_backward(inputs, targets, B, true, loss_scale);
+    const GroupStats sg =
+        g.model->forward_backward(inputs, targets, B, true, loss_scale, std::nullopt, doc_start);
     EXPECT_EQ(sg.assignments_per_expert, sc.assignments_per_expert) << "routing differs";
     EXPECT_EQ(sg.dropped, sc.dropped);
 
@@ -163,6 +165,23 @@ TEST_F(CudaModel, GroupedQueryAttentionBf16) {
   compare("grouped-query attention, QK-norm",
           grouped_query(small_model(true, {true, true}, 0.0), QkNorm::full), DType::bf16,
           kBf16LossTol, kBf16GradTol);
+}
+// Document masking (docs/data.md): the CPU runs the BLAS attention with its probabilities
+// masked, CUDA declines cuDNN and runs the flash kernels with doc_start; rotary positions restart
+// on both. Sequence 0 has documents of 5, 1 and 10 tokens, sequence 1 of 7 and 9 (S = 16).
+std::vector<int32_t> two_sequences_of_documents() {
+  return {0, 0, 0, 0, 0, 5, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,
+          0, 0, 0, 0, 0, 0, 0, 7, 7, 7, 7, 7, 7, 7, 7, 7};
+}
+TEST_F(CudaModel, DocumentMasksFp32) {
+  compare("document masks", small_model(false, {true, false}, 0.0), DType::f32, kF32LossTol,
+          kF32GradTol, two_sequences_of_documents());
+}
+// Heads of 64: the bf16 tensor-core flash kernels.
+TEST_F(CudaModel, DocumentMasksWideHeadsBf16) {
+  compare("document masks, heads of 64",
+          grouped_query(small_model(true, {true, true}, 0.0), QkNorm::none, 64), DType::bf16,
+          kBf16LossTol, kBf16GradTol, two_sequences_of_documents());
 }
 TEST_F(CudaModel, PerHeadQkNormWideHeadsBf16) {
   const TransformerOptions options = small_model(true, {true, false}, 0.0);

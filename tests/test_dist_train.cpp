@@ -29,6 +29,18 @@ TEST_F(DistTrain, EquivalenceDroplessWithASharedExpert) {
   check_equivalence(c, "dropless");
 }
 
+// Document masking on the same data, each example a document: attention, rotary positions and
+// the ignored boundary targets follow each window's documents, not the rank.
+TEST_F(DistTrain, EquivalenceWithDocumentMasks) {
+  const std::string sft = (dir / "sft_documents.h5").string();
+  if (world_rank() == 0) test::write_masked_examples(sft, 60, 90, /*documents=*/true);
+  MPI_Barrier(MPI_COMM_WORLD);
+  Config c = base_config();
+  c.data.path = sft;
+  c.data.document_mask = true;
+  check_equivalence(c, "documents");
+}
+
 // A mixture of two token files (data.train_paths) under a warmup-stable-decay schedule: each
 // sequence's file is drawn per (step, sequence), so the layout does not matter either.
 TEST_F(DistTrain, EquivalenceOnAMixtureWithAStableThenDecayingLr) {

@@ -38,7 +38,7 @@ double eval_on(int W, const Config& config, const std::string& checkpoint) {
       load_checkpoint(checkpoint, config, *session.model, nullptr, session.groups,
                       *session.backend);
       const TokenData data = read_token_file(config.data.path);
-      const Validation validation = evaluate(*session.model, ValidationSet{data.val, {}},
+      const Validation validation = evaluate(*session.model, ValidationSet{data.val, {}, false, {}},
                                              eval_sequences(config), *session.groups.world);
       EXPECT_EQ(validation.sequences, eval_sequences(config));
       if (world_rank() == 0) loss = validation.loss;

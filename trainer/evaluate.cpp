@@ -10,9 +10,19 @@
 
 namespace sy {
 
-ValidationSet read_validation_set(const TokenSource& val, int64_t sequences, int64_t seq_len) {
-  return {read_validation_tokens(val, sequences, seq_len),
-          read_validation_mask(val, sequences, seq_len)};
+ValidationSet read_validation_set(const TokenSource& val, int64_t sequences, int64_t seq_len,
+                                  bool documents, const std::string& name) {
+  ValidationSet set;
+  set.tokens = read_validation_tokens(val, sequences, seq_len);
+  set.mask = read_validation_mask(val, sequences, seq_len);
+  if (!documents) return set;
+  const std::vector<int64_t>* starts = val.document_starts();
+  if (!starts) throw std::runtime_error(no_documents_error(name));
+  set.documents = true;
+  const auto end =
+      std::lower_bound(starts->begin(), starts->end(), static_cast<int64_t>(set.tokens.size()));
+  set.doc_starts.assign(starts->begin(), end);
+  return set;
 }
 
 Validation evaluate(Transformer& model, const ValidationSet& set, int64_t sequences,
@@ -24,18 +34,21 @@ Validation evaluate(Transformer& model, const ValidationSet& set, int64_t sequen
       validation_fit_problem(sequences, S, static_cast<int64_t>(set.tokens.size()));
   if (!problem.empty()) throw std::runtime_error(problem);
   const int64_t W = world.size(), rank = world.rank();
-  std::vector<int32_t> inputs(S), targets(S);
+  std::vector<int32_t> inputs(S), targets(S), doc_start(set.documents ? S : 0);
   // [sequences]: slot i holds sequence i's loss on the rank that evaluated it and 0 elsewhere, so
   // the all-reduce adds only zeros to each loss (exact in any order). Masked: its loss summed
   // over its counted targets, and their count in the second half.
-  const bool masked = !set.mask.empty();
+  const bool masked = !set.mask.empty() || set.documents;
   std::vector<double> sequence_loss(masked ? 2 * sequences : sequences, 0.0);
   const int64_t rounds = (sequences + W - 1) / W;
   for (int64_t round = 0; round < rounds; ++round) {
     const int64_t i = round * W + rank;
     const bool padding = i >= sequences;
     validation_batch(set.tokens, set.mask, padding ? 0 : i, 1, S, inputs.data(), targets.data());
-    const GroupStats stats = model.forward_backward(inputs, targets, 1, false, 0.0);
+    if (set.documents)
+      document_window(set.doc_starts, (padding ? 0 : i) * S, S, doc_start.data(), targets.data());
+    const GroupStats stats =
+        model.forward_backward(inputs, targets, 1, false, 0.0, std::nullopt, doc_start);
     if (padding) continue;
     if (!masked) {
       sequence_loss[i] = stats.lm_loss;
@@ -86,7 +99,8 @@ MixtureValidation read_mixture_validation(const DataConfig& data,
     for (int n = 2; std::find(keys.begin(), keys.end(), key) != keys.end(); ++n)
       key = stem + "_" + std::to_string(n);
     keys.push_back(key);
-    result.files.push_back({key, read_validation_set(*file.val, sequences, seq_len)});
+    result.files.push_back({key, read_validation_set(*file.val, sequences, seq_len,
+                                                     data.document_mask, path + " /val")});
   }
   return result;
 }

@@ -24,12 +24,17 @@ struct Validation {
 };
 
 // The validation set in memory: the first sequences * seq_len + 1 tokens of the split, and their
-// loss mask (empty for a split without one).
+// loss mask (empty for a split without one). With document masking (data.document_mask), the
+// documents that start among those tokens; read_validation_set then throws for a split that
+// records no boundaries, naming it `name`.
 struct ValidationSet {
   std::vector<int32_t> tokens;
   std::vector<uint8_t> mask;
+  bool documents = false;
+  std::vector<int64_t> doc_starts;
 };
-ValidationSet read_validation_set(const TokenSource& val, int64_t sequences, int64_t seq_len);
+ValidationSet read_validation_set(const TokenSource& val, int64_t sequences, int64_t seq_len,
+                                  bool documents = false, const std::string& name = "");
 
 // Collective over `world`: sequence i is evaluated by rank i mod W; every rank runs the same
 // number of forwards (a rank with no sequence left in the last round repeats sequence 0 and

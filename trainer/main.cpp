@@ -719,7 +719,8 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
     const std::string fit =
         sy::validation_fit_problem(sequences, config.model.seq_len, file.val->size());
     if (!fit.empty()) throw std::runtime_error(config.data.path + ": " + fit);
-    val = sy::read_validation_set(*file.val, sequences, config.model.seq_len);
+    val = sy::read_validation_set(*file.val, sequences, config.model.seq_len,
+                                  config.data.document_mask, config.data.path + " /val");
     try {
       mixture = sy::read_mixture_validation(config.data, sy::open_train_files(config.data, file),
                                             sequences, config.model.seq_len);

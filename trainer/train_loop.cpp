@@ -444,7 +444,12 @@ struct TrainData {
 // global batch (SPEC.md section 3).
 struct StepBatch {
   std::vector<std::vector<int32_t>> inputs, targets;  // [grad_accum_steps][B*S]
-  bool masked = false;       // the data has a loss mask (docs/data.md, "Loss masks")
+  // Document masking: each token's document start in its sequence, [grad_accum_steps][B*S];
+  // empty without it.
+  std::vector<std::vector<int32_t>> doc_start;
+  // The data has a loss mask (docs/data.md, "Loss masks"), or document masking drops the
+  // targets that cross into the next document.
+  bool masked = false;
   int64_t step_targets = 0;  // then: the counted targets of the whole step, over every rank
 };
 
@@ -582,7 +587,13 @@ RunOutputs open_outputs(Run& run, const TrainState& state) {
 StepSampler make_sampler(const Config& config, const TokenFile& file,
                          const std::vector<TokenFile>& mixture) {
   const DataConfig& d = config.data;
-  if (d.train_paths.empty()) return StepSampler(file.train, config.model.seq_len, config.seed);
+  if (d.train_paths.empty()) {
+    if (d.document_mask && !file.train->document_starts())
+      throw std::runtime_error(no_documents_error(d.path + " /train"));
+    StepSampler sampler(file.train, config.model.seq_len, config.seed);
+    if (d.document_mask) sampler.mask_documents();
+    return sampler;
+  }
   std::vector<std::shared_ptr<const TokenSource>> sources;
   std::vector<double> weights = d.train_weights;
   for (size_t i = 0; i < d.train_paths.size(); ++i) {
@@ -599,17 +610,20 @@ StepSampler make_sampler(const Config& config, const TokenFile& file,
     sources.push_back(source.train);
     if (d.train_weights.empty()) weights.push_back(static_cast<double>(source.train->size()));
   }
-  return StepSampler(std::move(sources), std::move(weights), d.train_paths, config.model.seq_len,
-                     config.seed);
+  StepSampler sampler(std::move(sources), std::move(weights), d.train_paths, config.model.seq_len,
+                      config.seed);
+  if (d.document_mask) sampler.mask_documents();  // names the first file without boundaries
+  return sampler;
 }
 
 TrainData load_train_data(Run& run) {
   const Config& config = run.config;
   TokenFile file = load_tokens_on_every_rank(config, run.world);
-  ValidationSet val = read_validation_set(*file.val, eval_sequences(config), config.model.seq_len);
   std::optional<TrainData> data;
   std::string problem;
   try {
+    ValidationSet val = read_validation_set(*file.val, eval_sequences(config), config.model.seq_len,
+                                            config.data.document_mask, config.data.path + " /val");
     const std::vector<TokenFile> mixture = open_train_files(config.data, file);
     StepSampler sampler = make_sampler(config, file, mixture);
     MixtureValidation mixture_val =
@@ -651,6 +665,11 @@ void announce(Run& run, const TrainData& data, const TrainState& state) {
   if (data.sampler.masked())
     run.console.print("  loss mask: the LM loss counts only the targets the token files' masks "
                       "keep, over their number in each step (docs/data.md, Loss masks)\n");
+  if (data.sampler.masks_documents())
+    run.console.print(
+        "  document masking: attention and rotary positions restart at each "
+        "document, and no target crosses into the next (docs/data.md, Document "
+        "masking)\n");
   run.console.print("  learning rate: %s\n", describe(lr_schedule(config.train)).c_str());
   for (const std::string& note : data.mixture_val.notes)
     run.console.write(stderr, "note: %s\n", note.c_str());
@@ -668,12 +687,15 @@ StepBatch next_batch(const Run& run, const TrainData& data, const TrainState& st
   const int64_t A = run.config.train.grad_accum_steps;
   const int64_t B = run.config.train.micro_batch_size, S = run.config.model.seq_len;
   StepBatch batch;
+  const bool documents = data.sampler.masks_documents();
   batch.inputs.assign(A, std::vector<int32_t>(B * S));
   batch.targets.assign(A, std::vector<int32_t>(B * S));
+  if (documents) batch.doc_start.assign(A, std::vector<int32_t>(B * S));
   for (int64_t micro = 0; micro < A; ++micro)
     data.sampler.group(state.step, micro * W + rank, B, batch.inputs[micro].data(),
-                       batch.targets[micro].data());
-  batch.masked = data.sampler.masked();
+                       batch.targets[micro].data(),
+                       documents ? batch.doc_start[micro].data() : nullptr);
+  batch.masked = data.sampler.masked() || documents;
   if (batch.masked) {
     // An integer sum over the ranks: exact, and the same whatever the layout.
     std::vector<int64_t> counted{0};
@@ -708,9 +730,10 @@ StepAccumulator forward_backward(Run& run, const StepBatch& batch, const TrainSt
     if (overlap && micro == A - 1)
       run.model.set_grads_finished(
           [&run](std::span<Param* const> params) { run.gradient_reducer.reduce(params); });
-    acc.add(run.model.forward_backward(batch.inputs[micro], batch.targets[micro],
-                                       run.config.train.micro_batch_size, true, loss_scale,
-                                       lm_target_scale));
+    acc.add(run.model.forward_backward(
+        batch.inputs[micro], batch.targets[micro], run.config.train.micro_batch_size, true,
+        loss_scale, lm_target_scale,
+        batch.doc_start.empty() ? std::span<const int32_t>() : batch.doc_start[micro]));
   }
   run.model.set_grads_finished(nullptr);
   const int64_t step_number = state.step + 1;

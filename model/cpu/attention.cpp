@@ -34,14 +34,17 @@ RopeTable<T> make_rope_table(int64_t S, int64_t Dh, const Rotary& rotary) {
   return table;
 }
 
-// In place on x[N, H*Dh], position s = row % S. sign = +1 rotates by a, -1 by -a (the inverse,
-// which is also the transpose: the backward of the forward rotation).
+// In place on x[N, H*Dh], position s = row % S, or with doc_start its position in its document,
+// s - doc_start[row]. sign = +1 rotates by a, -1 by -a (the inverse, which is also the
+// transpose: the backward of the forward rotation).
 template <class T>
-void rope(T* x, const RopeTable<T>& table, int64_t N, int64_t S, int64_t H, int64_t Dh, T sign) {
+void rope(T* x, const RopeTable<T>& table, int64_t N, int64_t S, int64_t H, int64_t Dh, T sign,
+          const int32_t* doc_start) {
   const int64_t half = Dh / 2;
   for (int64_t t = 0; t < N; ++t) {
-    const T* c = table.cos.data() + (t % S) * half;
-    const T* s = table.sin.data() + (t % S) * half;
+    const int64_t position = t % S - (doc_start ? doc_start[t] : 0);
+    const T* c = table.cos.data() + position * half;
+    const T* s = table.sin.data() + position * half;
     for (int64_t h = 0; h < H; ++h) {
       T* lo = x + (t * H + h) * Dh;
       T* hi = lo + half;
@@ -55,19 +58,22 @@ void rope(T* x, const RopeTable<T>& table, int64_t N, int64_t S, int64_t H, int6
 }
 
 // ---- attention ------------------------------------------------------------------------------
-// Softmax over row[0, n) in place (stable); row[n, S) set to 0 (causal mask).
+// Softmax over row[first, n) in place (stable); the rest of row[0, S) set to 0 (the causal
+// mask, and with documents the keys before the query's document).
 template <class T>
-void causal_softmax_row(T* row, int64_t n, int64_t S) {
-  const T inv = static_cast<T>(1.0 / exp_shifted(row, n, max_of(row, n)));
-  for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+void causal_softmax_row(T* row, int64_t first, int64_t n, int64_t S) {
+  T* visible = row + first;
+  const T inv = static_cast<T>(1.0 / exp_shifted(visible, n - first, max_of(visible, n - first)));
+  for (int64_t j = first; j < n; ++j) row[j] *= inv;
+  std::fill(row, row + first, T(0));
   std::fill(row + n, row + S, T(0));
 }
 
 // q, k, v, out: [B*S, H*Dh]; head (b, h) is the strided [S, Dh] block at b*S*D + h*Dh with
-// leading dimension D. probs: [B, H, S, S].
+// leading dimension D. probs: [B, H, S, S]. doc_start: [B*S] or null.
 template <class T>
-void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, int64_t B,
-                       int64_t S, int64_t H, int64_t Dh) {
+void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, int64_t B, int64_t S,
+                       int64_t H, int64_t Dh, const int32_t* doc_start) {
   const int64_t D = H * Dh;
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(Dh)));
   SingleThreadedBlas blas;
@@ -76,7 +82,8 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, int
       const int64_t off = (bh / H) * S * D + (bh % H) * Dh;
       T* P = probs + bh * S * S;
       blas_gemm(false, true, S, S, Dh, scale, q + off, D, k + off, D, T(0), P, S);
-      for (int64_t i = 0; i < S; ++i) causal_softmax_row(P + i * S, i + 1, S);
+      const int32_t* first = doc_start ? doc_start + (bh / H) * S : nullptr;
+      for (int64_t i = 0; i < S; ++i) causal_softmax_row(P + i * S, first ? first[i] : 0, i + 1, S);
       blas_gemm(false, false, S, Dh, S, T(1), P, S, v + off, D, T(0), out + off, D);
     }
   });
@@ -168,35 +175,38 @@ const cpu::RopeTable<T>& CpuBackend::rope_table(int64_t S, int64_t Dh, const Rot
 }
 
 void CpuBackend::rope(const char* op, const Tensor& x, int64_t B, int64_t S, int64_t H,
-                      const Rotary& rotary, int sign) {
-  const DType dt = cpu::host_float(OpCheck(*this, op), x, "x");
+                      const Rotary& rotary, int sign, const Tensor& doc_start) {
+  const OpCheck c(*this, op);
+  const DType dt = cpu::host_float(c, x, "x");
   const int64_t Dh = x.dim(1) / H;
+  const int32_t* starts = cpu::checked_doc_start(c, doc_start, B, S);
   cpu::dispatch_float(dt, [&]<class T>(T) {
     const cpu::RopeTable<T>& table = rope_table<T>(S, Dh, rotary);
-    cpu::rope(x.ptr<T>(), table, B * S, S, H, Dh, static_cast<T>(sign));
+    cpu::rope(x.ptr<T>(), table, B * S, S, H, Dh, static_cast<T>(sign), starts);
   });
 }
 
 void CpuBackend::rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H,
-                                   const Rotary& rotary) {
-  rope("rope_forward", x, B, S, H, rotary, +1);
+                                   const Rotary& rotary, const Tensor& doc_start) {
+  rope("rope_forward", x, B, S, H, rotary, +1, doc_start);
 }
 
 void CpuBackend::rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H,
-                                    const Rotary& rotary) {
-  rope("rope_backward", dx, B, S, H, rotary, -1);
+                                    const Rotary& rotary, const Tensor& doc_start) {
+  rope("rope_backward", dx, B, S, H, rotary, -1, doc_start);
 }
 
 void CpuBackend::attention_forward_impl(const Tensor& out, const Tensor& probs, const Tensor& q,
                                         const Tensor& k, const Tensor& v, int64_t B, int64_t S,
-                                        int64_t H) {
+                                        int64_t H, const Tensor& doc_start) {
   const OpCheck c(*this, "attention_forward");
   const DType dt = cpu::host_float(c, q, "q");
   const int64_t Dh = q.dim(1) / H;
   cpu::fits_blas(c, {S, H * Dh});
+  const int32_t* starts = cpu::checked_doc_start(c, doc_start, B, S);
   cpu::dispatch_float(dt, [&]<class T>(T) {
-    cpu::attention_forward(out.ptr<T>(), probs.ptr<T>(), q.ptr<T>(), k.ptr<T>(), v.ptr<T>(), B,
-                           S, H, Dh);
+    cpu::attention_forward(out.ptr<T>(), probs.ptr<T>(), q.ptr<T>(), k.ptr<T>(), v.ptr<T>(), B, S,
+                           H, Dh, starts);
   });
 }
 

@@ -33,6 +33,19 @@ void fits_blas(const OpCheck& c, std::initializer_list<int64_t> dims) {
   for (int64_t d : dims) c.fits_int(d, "dimension");
 }
 
+const int32_t* checked_doc_start(const OpCheck& c, const Tensor& doc_start, int64_t B, int64_t S) {
+  if (!doc_start.defined()) return nullptr;
+  const int32_t* starts = doc_start.ptr<int32_t>();
+  for (int64_t t = 0; t < B * S; ++t) {
+    const int64_t s = t % S, start = starts[t];
+    const bool continues = s > 0 && start == starts[t - 1];
+    if (start < 0 || start > s || (start != s && !continues))
+      c.fail("doc_start[" + std::to_string(t) + "] = " + std::to_string(start) +
+             " is not a document start for position " + std::to_string(s));
+  }
+  return starts;
+}
+
 }  // namespace cpu
 
 Tensor CpuBackend::alloc_impl(const Shape& shape, DType dtype) {

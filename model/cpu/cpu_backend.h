@@ -33,6 +33,11 @@ void index_range(const OpCheck& c, const Tensor& idx, int64_t n, int64_t lo, int
 // OpenBLAS takes int dimensions.
 void fits_blas(const OpCheck& c, std::initializer_list<int64_t> dims);
 
+// Document masking's doc_start [B*S] (model/backend.h), its values checked (0 <= doc_start[t]
+// <= s, and one document's tokens share their start: doc_start[t] = doc_start[t - 1] unless
+// doc_start[t] = s); null when undefined.
+const int32_t* checked_doc_start(const OpCheck& c, const Tensor& doc_start, int64_t B, int64_t S);
+
 // Calls f(T{}) with T = float or double for dtype.
 template <class F>
 decltype(auto) dispatch_float(DType dtype, F&& f) {
@@ -113,16 +118,16 @@ class CpuBackend final : public Backend {
                              bool accumulate) override;
 
   // ---- attention.cpp (rotary embedding and attention) -----------------------------------------
-  void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H,
-                         const Rotary& rotary) override;
-  void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H,
-                          const Rotary& rotary) override;
+  void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H, const Rotary& rotary,
+                         const Tensor& doc_start) override;
+  void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H, const Rotary& rotary,
+                          const Tensor& doc_start) override;
   void repeat_kv_heads_impl(const Tensor& out, const Tensor& x, int64_t kv_heads) override;
   void repeat_kv_heads_backward_impl(const Tensor& dx, const Tensor& dout,
                                      int64_t kv_heads) override;
   void attention_forward_impl(const Tensor& out, const Tensor& probs, const Tensor& q,
-                              const Tensor& k, const Tensor& v, int64_t B, int64_t S,
-                              int64_t H) override;
+                              const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H,
+                              const Tensor& doc_start) override;
   void attention_backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv,
                                const Tensor& dout, const Tensor& q, const Tensor& k,
                                const Tensor& v, const Tensor& probs, int64_t B, int64_t S,
@@ -131,11 +136,12 @@ class CpuBackend final : public Backend {
   // ---- flash_attention.cpp --------------------------------------------------------------------
   void flash_attention_forward_impl(const Tensor& out, const Tensor& lse, const Tensor& q,
                                     const Tensor& k, const Tensor& v, int64_t B, int64_t S,
-                                    int64_t H) override;
+                                    int64_t H, const Tensor& doc_start) override;
   void flash_attention_backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv,
                                      const Tensor& dout, const Tensor& q, const Tensor& k,
                                      const Tensor& v, const Tensor& out, const Tensor& lse,
-                                     int64_t B, int64_t S, int64_t H) override;
+                                     int64_t B, int64_t S, int64_t H,
+                                     const Tensor& doc_start) override;
 
   // ---- swiglu.cpp -----------------------------------------------------------------------------
   void swiglu_forward_impl(const Tensor& out, const Tensor& a, const Tensor& b) override;
@@ -186,7 +192,7 @@ class CpuBackend final : public Backend {
 
   // attention.cpp: rotates x in place by +a (sign 1) or -a (sign -1), with the cached table.
   void rope(const char* op, const Tensor& x, int64_t B, int64_t S, int64_t H, const Rotary& rotary,
-            int sign);
+            int sign, const Tensor& doc_start);
   template <class T>
   const cpu::RopeTable<T>& rope_table(int64_t S, int64_t Dh, const Rotary& rotary);
 

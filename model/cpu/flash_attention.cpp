@@ -23,10 +23,11 @@ double dot_row(const auto* a, const auto* b, int64_t n) {
 }
 
 // q, k, v, out: [B*S, H*Dh]; head (b, h) of token s is the Dh values at (b*S + s)*D + h*Dh.
-// lse: [B, H, S].
+// lse: [B, H, S]. doc_start: [B*S] or null; query i sees keys first(i) .. i, the keys of its
+// document at or before it.
 template <class T>
 void flash_attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, int64_t B,
-                             int64_t S, int64_t H, int64_t Dh) {
+                             int64_t S, int64_t H, int64_t Dh, const int32_t* doc_start) {
   const int64_t D = H * Dh;
   const double scale = 1.0 / std::sqrt(static_cast<double>(Dh));
   SingleThreadedBlas blas;  // for its thread count; no BLAS here
@@ -36,17 +37,19 @@ void flash_attention_forward(T* out, T* lse, const T* q, const T* k, const T* v,
       const int64_t b = bh / H, h = bh % H;
       auto row = [&](const T* x, int64_t s) { return x + (b * S + s) * D + h * Dh; };
       for (int64_t i = 0; i < S; ++i) {
-        // scores of query i against keys 0..i (the causal mask: later keys do not exist for it)
+        // scores of query i against keys first..i (the causal mask: later keys do not exist for
+        // it, nor do those of earlier documents)
+        const int64_t first = doc_start ? doc_start[b * S + i] : 0;
         double m = -INFINITY;
-        for (int64_t j = 0; j <= i; ++j) {
+        for (int64_t j = first; j <= i; ++j) {
           scores[j] = scale * dot_row(row(q, i), row(k, j), Dh);
           m = std::max(m, scores[j]);
         }
         double sum = 0;
-        for (int64_t j = 0; j <= i; ++j) sum += std::exp(scores[j] - m);
+        for (int64_t j = first; j <= i; ++j) sum += std::exp(scores[j] - m);
         const double lse_i = m + std::log(sum);
         std::fill(acc.begin(), acc.end(), 0.0);
-        for (int64_t j = 0; j <= i; ++j) {
+        for (int64_t j = first; j <= i; ++j) {
           const double p = std::exp(scores[j] - lse_i);
           const T* vj = row(v, j);
           for (int64_t d = 0; d < Dh; ++d) acc[d] += p * static_cast<double>(vj[d]);
@@ -65,7 +68,7 @@ void flash_attention_forward(T* out, T* lse, const T* q, const T* k, const T* v,
 template <class T>
 void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k,
                               const T* v, const T* out, const T* lse, int64_t B, int64_t S,
-                              int64_t H, int64_t Dh) {
+                              int64_t H, int64_t Dh, const int32_t* doc_start) {
   const int64_t D = H * Dh;
   const double scale = 1.0 / std::sqrt(static_cast<double>(Dh));
   SingleThreadedBlas blas;
@@ -83,7 +86,7 @@ void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, co
         const double di = dot_row(gi, row(out, i), Dh);
         const double lse_i = static_cast<double>(lse[bh * S + i]);
         std::fill(dq_acc.begin(), dq_acc.end(), 0.0);
-        for (int64_t j = 0; j <= i; ++j) {
+        for (int64_t j = doc_start ? doc_start[b * S + i] : 0; j <= i; ++j) {
           const T* kj = row(k, j);
           const double p = std::exp(scale * dot_row(qi, kj, Dh) - lse_i);
           const double ds = p * (dot_row(gi, row(v, j), Dh) - di);
@@ -115,25 +118,30 @@ void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, co
 
 void CpuBackend::flash_attention_forward_impl(const Tensor& out, const Tensor& lse, const Tensor& q,
                                               const Tensor& k, const Tensor& v, int64_t B,
-                                              int64_t S, int64_t H) {
-  const DType dt = cpu::host_float(OpCheck(*this, "flash_attention_forward"), q, "q");
+                                              int64_t S, int64_t H, const Tensor& doc_start) {
+  const OpCheck c(*this, "flash_attention_forward");
+  const DType dt = cpu::host_float(c, q, "q");
   const int64_t Dh = q.dim(1) / H;
+  const int32_t* starts = cpu::checked_doc_start(c, doc_start, B, S);
   cpu::dispatch_float(dt, [&]<class T>(T) {
-    cpu::flash_attention_forward(out.ptr<T>(), lse.ptr<T>(), q.ptr<T>(), k.ptr<T>(), v.ptr<T>(),
-                                 B, S, H, Dh);
+    cpu::flash_attention_forward(out.ptr<T>(), lse.ptr<T>(), q.ptr<T>(), k.ptr<T>(), v.ptr<T>(), B,
+                                 S, H, Dh, starts);
   });
 }
 
 void CpuBackend::flash_attention_backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv,
                                                const Tensor& dout, const Tensor& q, const Tensor& k,
                                                const Tensor& v, const Tensor& out,
-                                               const Tensor& lse, int64_t B, int64_t S, int64_t H) {
-  const DType dt = cpu::host_float(OpCheck(*this, "flash_attention_backward"), q, "q");
+                                               const Tensor& lse, int64_t B, int64_t S, int64_t H,
+                                               const Tensor& doc_start) {
+  const OpCheck c(*this, "flash_attention_backward");
+  const DType dt = cpu::host_float(c, q, "q");
   const int64_t Dh = q.dim(1) / H;
+  const int32_t* starts = cpu::checked_doc_start(c, doc_start, B, S);
   cpu::dispatch_float(dt, [&]<class T>(T) {
-    cpu::flash_attention_backward(dq.ptr<T>(), dk.ptr<T>(), dv.ptr<T>(), dout.ptr<T>(),
-                                  q.ptr<T>(), k.ptr<T>(), v.ptr<T>(), out.ptr<T>(), lse.ptr<T>(),
-                                  B, S, H, Dh);
+    cpu::flash_attention_backward(dq.ptr<T>(), dk.ptr<T>(), dv.ptr<T>(), dout.ptr<T>(), q.ptr<T>(),
+                                  k.ptr<T>(), v.ptr<T>(), out.ptr<T>(), lse.ptr<T>(), B, S, H, Dh,
+                                  starts);
   });
 }
 

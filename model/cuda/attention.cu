@@ -14,16 +14,21 @@ namespace sy::cuda {
 namespace {
 
 // ---- rotary ---------------------------------------------------------------------------------
+// Token t's position: t % seq, or with documents (doc_start [N]) its place in its document.
+__device__ inline int64_t rope_position(int64_t t, int64_t seq, const int32_t* doc_start) {
+  return t % seq - (doc_start ? doc_start[t] : 0);
+}
+
 template <class T, class S>
 __global__ void rope_kernel(T* x, const S* cos_table, const S* sin_table, int64_t N, int64_t seq,
-                            int64_t H, int64_t Dh, S sign) {
+                            int64_t H, int64_t Dh, S sign, const int32_t* doc_start) {
   const int64_t half = Dh / 2, total = N * H * half;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / (H * half), rem = i - t * H * half;
     const int64_t h = rem / half, d = rem - h * half;
     T* lo = x + (t * H + h) * Dh;
-    const int64_t at = (t % seq) * half + d;
+    const int64_t at = rope_position(t, seq, doc_start) * half + d;
     const S c = cos_table[at], sn = sign * sin_table[at];
     const S x0 = convert<S>(lo[d]), x1 = convert<S>(lo[d + half]);
     lo[d] = convert<T>(x0 * c - x1 * sn);
@@ -36,7 +41,7 @@ __global__ void rope_kernel(T* x, const S* cos_table, const S* sin_table, int64_
 // rotate in one launch. Same per-pair expressions as rope_kernel: bitwise the same.
 __global__ void rope_vec(bf16* x, bf16* x2, const float* __restrict__ cos_table,
                          const float* __restrict__ sin_table, int64_t N, int64_t seq, int64_t H,
-                         int64_t Dh, float sign) {
+                         int64_t Dh, float sign, const int32_t* doc_start) {
   bf16* base = blockIdx.y == 0 ? x : x2;
   const int64_t half = Dh / 2, groups = half / kVec, total = N * H * groups;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
@@ -44,7 +49,7 @@ __global__ void rope_vec(bf16* x, bf16* x2, const float* __restrict__ cos_table,
     const int64_t t = i / (H * groups), rem = i - t * H * groups;
     const int64_t h = rem / groups, d = (rem - h * groups) * kVec;
     bf16* lo = base + (t * H + h) * Dh + d;
-    const int64_t at = (t % seq) * half + d;
+    const int64_t at = rope_position(t, seq, doc_start) * half + d;
     float c[kVec], sn[kVec], x0[kVec], x1[kVec], y0[kVec], y1[kVec];
     load8(lo, x0);
     load8(lo + half, x1);
@@ -104,27 +109,32 @@ __device__ inline double exp_acc(double x) { return exp(x); }
 
 constexpr int kRowsPerBlock = 8;
 
-// One warp per score row (bh, i): probs[j] = softmax over j <= i, 0 above the diagonal.
+// One warp per score row (bh, i): probs[j] = softmax over first <= j <= i, 0 elsewhere (above
+// the diagonal, and left of the query's document: first = doc_start[b*S + i], 0 without).
 template <class T, class A>
-__global__ void causal_softmax_kernel(T* probs, const A* scores, int64_t rows, int64_t S) {
+__global__ void causal_softmax_kernel(T* probs, const A* scores, int64_t rows, int64_t S, int64_t H,
+                                      const int32_t* doc_start) {
   const int lane = threadIdx.x & 31;
   const int64_t row = blockIdx.x * int64_t(kRowsPerBlock) + (threadIdx.x >> 5);
   if (row >= rows) return;
   const int64_t i = row % S;
+  const int64_t first = doc_start ? doc_start[row / S / H * S + i] : 0;
   const A* sc = scores + row * S;
   T* p = probs + row * S;
   A m = -INFINITY;
-  for (int64_t j = lane; j <= i; j += 32) m = max(m, sc[j]);
+  for (int64_t j = first + lane; j <= i; j += 32) m = max(m, sc[j]);
   m = warp_max(m);
   A sum = 0;
-  for (int64_t j = lane; j <= i; j += 32) sum += exp_acc(sc[j] - m);
+  for (int64_t j = first + lane; j <= i; j += 32) sum += exp_acc(sc[j] - m);
   sum = warp_sum(sum);
   const A inv = A(1) / sum;
   for (int64_t j = lane; j < S; j += 32)
-    p[j] = convert<T>(j <= i ? exp_acc(sc[j] - m) * inv : A(0));
+    p[j] = convert<T>(j >= first && j <= i ? exp_acc(sc[j] - m) * inv : A(0));
 }
 
-// dS[j] = P[j] (dP[j] - sum_k dP[k] P[k]) for j <= i, 0 above the diagonal.
+// dS[j] = P[j] (dP[j] - sum_k dP[k] P[k]) for j <= i, 0 above the diagonal. With documents the
+// forward's P is 0 left of the query's document too, so its dS is 0 there, and those keys add
+// dP[k] * 0 to the sum: the zeros in probs carry the mask, as they do to dv = P^T dO.
 template <class T, class A>
 __global__ void softmax_backward_kernel(T* ds, const A* dp, const T* probs, int64_t rows,
                                         int64_t S) {
@@ -210,13 +220,13 @@ void repeat_kv_heads_backward(Context& ctx, const Tensor& dx, const Tensor& dout
   check_launch(ctx, "repeat_kv_heads_backward");
 }
 
-void rope(Context& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B,
-          int64_t S, int64_t H, int sign) {
-  rope(ctx, x, Tensor(), cos, sin, B, S, H, sign);
+void rope(Context& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B, int64_t S,
+          int64_t H, int sign, const int32_t* doc_start) {
+  rope(ctx, x, Tensor(), cos, sin, B, S, H, sign, doc_start);
 }
 
 void rope(Context& ctx, const Tensor& x, const Tensor& x2, const Tensor& cos, const Tensor& sin,
-          int64_t B, int64_t S, int64_t H, int sign) {
+          int64_t B, int64_t S, int64_t H, int sign, const int32_t* doc_start) {
   const int64_t N = B * S, Dh = x.dim(1) / H;
   if (N == 0) return;
   const char* op = sign > 0 ? "rope_forward" : "rope_backward";
@@ -224,10 +234,9 @@ void rope(Context& ctx, const Tensor& x, const Tensor& x2, const Tensor& cos, co
   if (x.dtype() == DType::bf16 && (Dh / 2) % kVec == 0 &&
       all_aligned16(x.data(), cos.data(), sin.data()) && (tensors == 1 || aligned16(x2.data()))) {
     const dim3 grid(grid_for(N * H * (Dh / 2 / kVec)), tensors);
-    rope_vec<<<grid, kThreads, 0, ctx.stream>>>(x.ptr<bf16>(),
-                                                tensors == 2 ? x2.ptr<bf16>() : nullptr,
-                                                cos.ptr<float>(), sin.ptr<float>(), N, S, H, Dh,
-                                                static_cast<float>(sign));
+    rope_vec<<<grid, kThreads, 0, ctx.stream>>>(
+        x.ptr<bf16>(), tensors == 2 ? x2.ptr<bf16>() : nullptr, cos.ptr<float>(), sin.ptr<float>(),
+        N, S, H, Dh, static_cast<float>(sign), doc_start);
     check_launch(ctx, op);
     return;
   }
@@ -236,7 +245,7 @@ void rope(Context& ctx, const Tensor& x, const Tensor& x2, const Tensor& cos, co
     dispatch_float(t->dtype(), [&]<class T>(Tag<T>) {
       using St = stat_t<T>;
       rope_kernel<T, St><<<grid_for(N * H * (Dh / 2)), kThreads, 0, ctx.stream>>>(
-          t->ptr<T>(), cos.ptr<St>(), sin.ptr<St>(), N, S, H, Dh, static_cast<St>(sign));
+          t->ptr<T>(), cos.ptr<St>(), sin.ptr<St>(), N, S, H, Dh, static_cast<St>(sign), doc_start);
     });
     check_launch(ctx, op);
   }
@@ -276,7 +285,8 @@ const std::pair<Tensor, Tensor>& RopeTables::get(Context& ctx, int64_t S, int64_
 }
 
 void attention_forward(Context& ctx, const Tensor& out, const Tensor& probs, const Tensor& q,
-                       const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H) {
+                       const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H,
+                       const int32_t* doc_start) {
   const char* op = "attention_forward";
   const int64_t D = q.dim(1), Dh = D / H, BH = B * H, T = B * S;
   if (T == 0) return;
@@ -295,9 +305,10 @@ void attention_forward(Context& ctx, const Tensor& out, const Tensor& probs, con
     // scores = q k^T / sqrt(Dh)
     gemm_strided_batched(ctx, op, false, true, S, S, Dh, scale, qh, Dh, S * Dh, kh, Dh, S * Dh,
                          0.0, scores, S, S * S, BH, dt, at);
-    causal_softmax_kernel<Tp, A><<<static_cast<unsigned>((BH * S + kRowsPerBlock - 1) / kRowsPerBlock),
-                                   32 * kRowsPerBlock, 0, ctx.stream>>>(
-        probs.ptr<Tp>(), static_cast<const A*>(scores), BH * S, S);
+    causal_softmax_kernel<Tp, A>
+        <<<static_cast<unsigned>((BH * S + kRowsPerBlock - 1) / kRowsPerBlock), 32 * kRowsPerBlock,
+           0, ctx.stream>>>(probs.ptr<Tp>(), static_cast<const A*>(scores), BH * S, S, H,
+                            doc_start);
     check_launch(ctx, op);
     // out = P v
     gemm_strided_batched(ctx, op, false, false, S, Dh, S, 1.0, probs.data(), S, S * S, vh, Dh,

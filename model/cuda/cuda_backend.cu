@@ -310,14 +310,14 @@ class CudaBackend final : public Backend {
   }
 
   // ---- attention ------------------------------------------------------------------------------
-  void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H,
-                         const Rotary& rotary) override {
-    rope("rope_forward", x, B, S, H, rotary, +1);
+  void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H, const Rotary& rotary,
+                         const Tensor& doc_start) override {
+    rope("rope_forward", x, B, S, H, rotary, +1, doc_start);
   }
 
-  void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H,
-                          const Rotary& rotary) override {
-    rope("rope_backward", dx, B, S, H, rotary, -1);
+  void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H, const Rotary& rotary,
+                          const Tensor& doc_start) override {
+    rope("rope_backward", dx, B, S, H, rotary, -1, doc_start);
   }
 
   void repeat_kv_heads_impl(const Tensor& out, const Tensor& x, int64_t kv_heads) override {
@@ -332,20 +332,20 @@ class CudaBackend final : public Backend {
   }
 
   void rope_forward_qk_impl(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H,
-                            const Rotary& rotary) override {
-    rope_qk("rope_forward", q, k, B, S, H, rotary, +1);
+                            const Rotary& rotary, const Tensor& doc_start) override {
+    rope_qk("rope_forward", q, k, B, S, H, rotary, +1, doc_start);
   }
 
   void rope_backward_qk_impl(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S, int64_t H,
-                             const Rotary& rotary) override {
-    rope_qk("rope_backward", dq, dk, B, S, H, rotary, -1);
+                             const Rotary& rotary, const Tensor& doc_start) override {
+    rope_qk("rope_backward", dq, dk, B, S, H, rotary, -1, doc_start);
   }
 
   void attention_forward_impl(const Tensor& out, const Tensor& probs, const Tensor& q,
-                              const Tensor& k, const Tensor& v, int64_t B, int64_t S,
-                              int64_t H) override {
+                              const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H,
+                              const Tensor& doc_start) override {
     SY_PROFILE("attention_forward");
-    cuda::attention_forward(ctx_, out, probs, q, k, v, B, S, H);
+    cuda::attention_forward(ctx_, out, probs, q, k, v, B, S, H, starts(doc_start));
   }
 
   void attention_backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv,
@@ -356,24 +356,29 @@ class CudaBackend final : public Backend {
     cuda::attention_backward(ctx_, dq, dk, dv, dout, q, k, v, probs, B, S, H);
   }
 
+  // With documents cuDNN is not asked (our graphs take no per-token document starts): the flash
+  // kernels run, and attention_kernel_ says why ("flash: document masking").
   void flash_attention_forward_impl(const Tensor& out, const Tensor& lse, const Tensor& q,
                                     const Tensor& k, const Tensor& v, int64_t B, int64_t S,
-                                    int64_t H) override {
+                                    int64_t H, const Tensor& doc_start) override {
     SY_PROFILE("flash_attention_forward");
     OpCheck(*this, "flash_attention_forward").fits_int(B * S * H, "B*S*H");
-    if (prefer_cudnn_attention_ &&
+    const bool documents = doc_start.defined();
+    if (prefer_cudnn_attention_ && !documents &&
         cuda::cudnn_attention_forward(ctx_, out, lse, q, k, v, B, S, H, &attention_kernel_)) {
       attention_kernel_ = "cudnn";
       return;
     }
-    cuda::flash_attention_forward(ctx_, out, lse, q, k, v, B, S, H);
+    if (documents) attention_kernel_ = kDocumentMasking;
+    cuda::flash_attention_forward(ctx_, out, lse, q, k, v, B, S, H, starts(doc_start));
     attention_kernel_ = prefer_cudnn_attention_ ? "flash: " + attention_kernel_ : "flash";
   }
 
   void flash_attention_backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv,
                                      const Tensor& dout, const Tensor& q, const Tensor& k,
                                      const Tensor& v, const Tensor& out, const Tensor& lse,
-                                     int64_t B, int64_t S, int64_t H) override {
+                                     int64_t B, int64_t S, int64_t H,
+                                     const Tensor& doc_start) override {
     SY_PROFILE("flash_attention_backward");
     const OpCheck c(*this, "flash_attention_backward");
     c.fits_int(B * S * H, "B*S*H");
@@ -382,20 +387,22 @@ class CudaBackend final : public Backend {
       for (const Tensor* in : {&dout, &q, &k, &v, &out})
         if (overlaps(*t, *in)) c.fail(std::string(name) + " overlaps an input");
     // Without run.deterministic, cuDNN's dQ-accumulating form first; where cuDNN declines it,
-    // the deterministic form, then our kernels.
-    if (prefer_cudnn_attention_ && !deterministic_ &&
+    // the deterministic form, then our kernels. With documents, our kernels only.
+    const bool cudnn = prefer_cudnn_attention_ && !doc_start.defined();
+    if (cudnn && !deterministic_ &&
         cuda::cudnn_attention_backward(ctx_, dq, dk, dv, dout, q, k, v, out, lse, B, S, H, false,
                                        &attention_kernel_)) {
       attention_kernel_ = "cudnn nondeterministic";
       return;
     }
-    if (prefer_cudnn_attention_ &&
-        cuda::cudnn_attention_backward(ctx_, dq, dk, dv, dout, q, k, v, out, lse, B, S, H, true,
-                                       &attention_kernel_)) {
+    if (cudnn && cuda::cudnn_attention_backward(ctx_, dq, dk, dv, dout, q, k, v, out, lse, B, S, H,
+                                                true, &attention_kernel_)) {
       attention_kernel_ = "cudnn";
       return;
     }
-    cuda::flash_attention_backward(ctx_, dq, dk, dv, dout, q, k, v, out, lse, B, S, H);
+    if (doc_start.defined()) attention_kernel_ = kDocumentMasking;
+    cuda::flash_attention_backward(ctx_, dq, dk, dv, dout, q, k, v, out, lse, B, S, H,
+                                   starts(doc_start));
     attention_kernel_ = prefer_cudnn_attention_ ? "flash: " + attention_kernel_ : "flash";
   }
 
@@ -622,21 +629,28 @@ class CudaBackend final : public Backend {
   }
 
   void rope(const char* op, const Tensor& x, int64_t B, int64_t S, int64_t H, const Rotary& rotary,
-            int sign) {
+            int sign, const Tensor& doc_start) {
     SY_PROFILE(op);
     const auto& [cos, sin] = rope_tables_.get(ctx_, S, x.dim(1) / H, rotary, stat_dtype(x.dtype()));
-    cuda::rope(ctx_, x, cos, sin, B, S, H, sign);
+    cuda::rope(ctx_, x, cos, sin, B, S, H, sign, starts(doc_start));
   }
 
   // One launch for both: the kernel reads q's and k's rows together, so they must differ.
   void rope_qk(const char* op, const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H,
-               const Rotary& rotary, int sign) {
+               const Rotary& rotary, int sign, const Tensor& doc_start) {
     SY_PROFILE(op);
     if (q.numel() > 0 && q.data() == k.data())
       OpCheck(*this, op).fail("q and k are the same tensor");
     const auto& [cos, sin] = rope_tables_.get(ctx_, S, q.dim(1) / H, rotary, stat_dtype(q.dtype()));
-    cuda::rope(ctx_, q, k, cos, sin, B, S, H, sign);
+    cuda::rope(ctx_, q, k, cos, sin, B, S, H, sign, starts(doc_start));
   }
+
+  // Document masking's doc_start for the kernels: null when undefined (no documents). Its
+  // values are trusted (checking them would cost a copy to the host; backend.h).
+  static const int32_t* starts(const Tensor& doc_start) {
+    return doc_start.defined() ? doc_start.ptr<int32_t>() : nullptr;
+  }
+  static constexpr const char* kDocumentMasking = "document masking";
 
   Context ctx_;
   cuda::OpProfile profile_;

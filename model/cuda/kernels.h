@@ -54,12 +54,15 @@ bool add_rmsnorm_forward(Context& ctx, const Tensor& sum, const Tensor& out, con
 void rmsnorm_backward(Context& ctx, const Tensor& dx, const Tensor& dgain, const Tensor& dout,
                       const Tensor& x, const Tensor& gain, const Tensor& rstd, bool accumulate);
 
-// attention.cu. cos/sin: [S, Dh/2] tables in stat_dtype(x).
-void rope(Context& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B,
-          int64_t S, int64_t H, int sign);
+// attention.cu. cos/sin: [S, Dh/2] tables in stat_dtype(x). doc_start (here and below): null
+// for no documents, else Backend's [B*S] on the device (model/backend.h, "Document masking"):
+// rotary then takes token t = b*S + s at position s - doc_start[t], attention masks the keys
+// before doc_start[t].
+void rope(Context& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B, int64_t S,
+          int64_t H, int sign, const int32_t* doc_start = nullptr);
 // Both x and x2 (same shape and dtype; x2 may be undefined) rotated in one launch.
 void rope(Context& ctx, const Tensor& x, const Tensor& x2, const Tensor& cos, const Tensor& sin,
-          int64_t B, int64_t S, int64_t H, int sign);
+          int64_t B, int64_t S, int64_t H, int sign, const int32_t* doc_start = nullptr);
 // Grouped-query heads (Backend::repeat_kv_heads): x [T, Hkv*Dh] -> out [T, H*Dh], and back
 // (the sum over each group, in stat dtype).
 void repeat_kv_heads(Context& ctx, const Tensor& out, const Tensor& x, int64_t kv_heads);
@@ -76,33 +79,38 @@ class RopeTables {
  private:
   std::map<std::tuple<int64_t, int64_t, Rotary, DType>, std::pair<Tensor, Tensor>> tables_;
 };
+// probs are 0 left of the query's document too, so attention_backward needs no doc_start.
 void attention_forward(Context& ctx, const Tensor& out, const Tensor& probs, const Tensor& q,
-                       const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H);
+                       const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H,
+                       const int32_t* doc_start = nullptr);
 void attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, const Tensor& dv,
                         const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& probs, int64_t B, int64_t S, int64_t H);
 
 // flash_attention.cu. Causal attention without [S, S] (backend.h); lse [B, H, S] in
-// stat_dtype. Backward uses scratch slot A for D = rowsum(dout * out).
+// stat_dtype. Backward uses scratch slot A for D = rowsum(dout * out). doc_start: as above (the
+// backward takes the forward's).
 void flash_attention_forward(Context& ctx, const Tensor& out, const Tensor& lse, const Tensor& q,
-                             const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H);
+                             const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H,
+                             const int32_t* doc_start = nullptr);
 void flash_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, const Tensor& dv,
-                              const Tensor& dout, const Tensor& q, const Tensor& k,
-                              const Tensor& v, const Tensor& out, const Tensor& lse, int64_t B,
-                              int64_t S, int64_t H);
+                              const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                              const Tensor& out, const Tensor& lse, int64_t B, int64_t S, int64_t H,
+                              const int32_t* doc_start = nullptr);
 
 // cudnn_attention.cu. The flash_attention_* contract on cuDNN's fused attention (backend API):
 // bf16, Dh a multiple of 8 up to 128, deterministic engines only (but see `deterministic` below).
 // Returns false with nothing launched (and the reason in *declined) when cuDNN declines the case:
 // no cuDNN in the build or at run time, another dtype or Dh, no deterministic engine; the caller
-// then runs the flash kernels. Graphs and plans are cached per context and shape. The forward's
+// then runs the flash kernels (the backend never asks it with documents: doc_start has no form
+// here). Graphs and plans are cached per context and shape. The forward's
 // workspace is scratch slot A; the backward's (dS: 2 x H x S x S bytes a sequence) is a block taken
 // for the call, and the backward runs over chunks of sequences (of heads, when one sequence is
 // too large) whose dS fits SY_CUDNN_BWD_WORKSPACE_MIB, by default the largest block the
-// allocator holds free (at least 128 MiB); chunks give the same bits. deterministic false: dQ summed in f32 across key tiles in any
-// order (no dS workspace, one call over the batch, bits that may differ run to run); declined like
-// any other case when cuDNN takes no such graph (the caller may then ask for the deterministic
-// form).
+// allocator holds free (at least 128 MiB); chunks give the same bits. deterministic false: dQ
+// summed in f32 across key tiles in any order (no dS workspace, one call over the batch, bits that
+// may differ run to run); declined like any other case when cuDNN takes no such graph (the caller
+// may then ask for the deterministic form).
 bool cudnn_attention_forward(Context& ctx, const Tensor& out, const Tensor& lse, const Tensor& q,
                              const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H,
                              std::string* declined = nullptr);
