@@ -80,10 +80,19 @@ Handle open_attribute(hid_t object, const char* name) {
              std::string("cannot open attribute ") + name);
 }
 
+// One value, stored whole: HDF5 1.10's H5Aread copies the datatype's size from the value it
+// decoded without checking that the value is that long (a damaged file made it read past the
+// buffer: heap-buffer-overflow under H5A__read, found by fuzz_token_file).
 void expect_single_value(hid_t attr, const char* name) {
   Handle space = own(H5Aget_space(attr), H5Sclose, std::string("cannot inspect attribute ") + name);
   if (H5Sget_simple_extent_npoints(space.get()) != 1)
     throw Hdf5Error(std::string("attribute ") + name + " is not a single value");
+  Handle type = own(H5Aget_type(attr), H5Tclose, std::string("cannot inspect attribute ") + name);
+  const size_t type_size = H5Tget_size(type.get());
+  const hsize_t stored = H5Aget_storage_size(attr);
+  if (type_size == 0 || stored < type_size)
+    throw Hdf5Error(std::string("attribute ") + name + " stores " + std::to_string(stored) +
+                    " bytes of a " + std::to_string(type_size) + "-byte value");
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // libFuzzer: bytes -> file -> read_token_file, then open_token_file and every window of both
-// splits and their loss masks, as training reads them. Every input must end in token data or a
-// std::exception naming the file; a crash, a sanitizer report or a hang is a finding.
+// splits, their loss masks and their document starts, as training reads them. Every input must
+// end in token data or a std::exception naming the file; a crash, a sanitizer report or a hang
+// is a finding.
 #include <algorithm>
 #include <cstdint>
 #include <exception>
@@ -25,6 +26,15 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     masked.append_train(train.data(), static_cast<int64_t>(train.size()), mask.data());
     masked.append_val(val.data(), static_cast<int64_t>(val.size()), mask.data());
     masked.finish();
+    sy::TokenFileWriter documents(std::string(dir) + "/documents.h5", 256, "bytes", {}, {}, false,
+                                  {}, true);
+    for (size_t i = 0; i < train.size(); i += 9) {
+      documents.start_document_train();
+      const size_t count = std::min<size_t>(9, train.size() - i);
+      documents.append_train(train.data() + i, static_cast<int64_t>(count));
+    }
+    documents.append_val(val.data(), static_cast<int64_t>(val.size()));
+    documents.finish();
   }
   return 0;
 }
@@ -45,6 +55,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       std::vector<uint8_t> mask(count);
       split->read(0, count, window.data());
       split->read_mask(0, count, mask.data());
+      // Checked at open: ascending, the first 0, each inside the split.
+      if (const std::vector<int64_t>* starts = split->document_starts())
+        for (int64_t start : *starts)
+          if (start < 0 || start >= split->size()) __builtin_trap();
     }
   } catch (const std::exception&) {
   }
