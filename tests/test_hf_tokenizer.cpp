@@ -345,7 +345,7 @@ TEST_F(HfTokenizer, PrepareDataStoresTheJsonAndItsEos) {
 TEST_F(HfTokenizer, AgreesWithTheTokenizersLibrary) {
   const fs::path dir = "tests/data/hf_tokenizers";
   std::ifstream in(dir / "expected.json");
-  if (!in) GTEST_SKIP() << "no " << (dir / "expected.json") << " yet (make_fixtures.py writes it)";
+  ASSERT_TRUE(in) << "no " << (dir / "expected.json") << " (make_fixtures.py writes it)";
   const json expected = json::parse(in);
   int64_t cases = 0;
   for (const auto& [name, texts] : expected.at("cases").items()) {
@@ -359,9 +359,18 @@ TEST_F(HfTokenizer, AgreesWithTheTokenizersLibrary) {
       const std::string text = item.at("text").get<std::string>();
       const std::vector<int32_t> ids = tokenizer->encode(text);
       EXPECT_EQ(ids, item.at("ids").get<std::vector<int32_t>>()) << name << ": " << item.at("text");
-      EXPECT_EQ(tokenizer->decode(item.at("ids").get<std::vector<int32_t>>()),
-                item.at("decoded").get<std::string>())
-          << name << ": " << item.at("text");
+      // Where the library's decode has U+FFFD that the text lacks (qwen2, "nai\u0308ve": 1 of
+      // 92 cases, tokenizers 0.22 on 2026-12-05), it could not join a token's bytes into UTF-8;
+      // ours joins every token's bytes first. There: our decode encodes back to the same ids.
+      const std::vector<int32_t> expected_ids = item.at("ids").get<std::vector<int32_t>>();
+      const std::string decoded = item.at("decoded").get<std::string>();
+      const bool lossy = decoded.find("\xEF\xBF\xBD") != std::string::npos &&
+                         text.find("\xEF\xBF\xBD") == std::string::npos;
+      if (lossy)
+        EXPECT_EQ(tokenizer->encode(tokenizer->decode(expected_ids)), expected_ids)
+            << name << ": " << item.at("text");
+      else
+        EXPECT_EQ(tokenizer->decode(expected_ids), decoded) << name << ": " << item.at("text");
       cases++;
     }
   }
