@@ -814,39 +814,47 @@ CpuRouting route_on_cpu(Backend& cpu, int64_t N, int64_t E, const RoutingRule& r
   return r;
 }
 
+// Sizes: E = 8 with K of 1 to 3; E = 64, top-8 (the shared-memory tiles of router.cu, N not a
+// multiple of their 32 tokens); E = 400, whose tile passes 48 KiB (the plain kernels).
 TEST_F(CudaF32, ScoresTopkGates) {
-  const int64_t N = 200, E = 8;
-  for (RouterScore score : {RouterScore::softmax, RouterScore::sigmoid})
-    for (bool with_bias : {false, true})
-      for (bool normalize : {false, true})
-        for (bool coarse : {false, true})
-          for (int64_t K : {1, 2, 3}) {
-            RoutingRule rule;
-            rule.top_k = K;
-            rule.score = score;
-            rule.normalize = normalize;
-            const std::vector<double> logits = router_logits(N, E, 0.0, coarse, next_seed_++);
-            std::vector<double> bias = values(E, DType::f32, 1.0);
-            if (coarse)  // exact sums on the grid: ties in the selection scores
-              for (double& b : bias) b = std::round(4.0 * b) / 4.0;
-            Tensor bc = with_bias ? on_cpu({E}, bias) : Tensor();
-            Tensor bg = with_bias ? on_gpu({E}, bias, DType::f32) : Tensor();
-            Tensor sc = cpu().alloc({N, E}, DType::f32), lc = cpu().alloc({N}, DType::f32),
-                   ic = cpu().alloc({N, K}, DType::i32), gc = cpu().alloc({N, K}, DType::f32);
-            Tensor sg = poisoned({N, E}, DType::f32), lg = poisoned({N}, DType::f32),
-                   ig = poisoned({N, K}, DType::i32), gg = poisoned({N, K}, DType::f32);
-            cpu().router_scores_topk(sc, lc, ic, gc, on_cpu({N, E}, logits), bc, rule);
-            gpu().router_scores_topk(sg, lg, ig, gg, on_gpu({N, E}, logits, DType::f32), bg, rule);
-            const std::string name =
-                std::string("router_scores_topk ") +
-                (score == RouterScore::sigmoid ? "sigmoid" : "softmax") + " K=" +
-                std::to_string(K) + (normalize ? " norm" : "") + (with_bias ? " bias" : "") +
-                (coarse ? " ties" : "");
-            expect_close(sg, sc, 1e-6, name + " scores", DType::f32);
-            expect_close(lg, lc, 1e-6, name + " lse", DType::f32);
-            expect_close(gg, gc, 1e-6, name + " gates", DType::f32);
-            expect_equal_ints(ig, ic, N * K, name + " topk_idx");
-          }
+  struct Size {
+    int64_t N, E;
+    std::vector<int64_t> Ks;
+  };
+  for (const Size& size : {Size{200, 8, {1, 2, 3}}, Size{1000, 64, {8}}, Size{100, 400, {2}}})
+    for (RouterScore score : {RouterScore::softmax, RouterScore::sigmoid})
+      for (bool with_bias : {false, true})
+        for (bool normalize : {false, true})
+          for (bool coarse : {false, true})
+            for (int64_t K : size.Ks) {
+              const int64_t N = size.N, E = size.E;
+              RoutingRule rule;
+              rule.top_k = K;
+              rule.score = score;
+              rule.normalize = normalize;
+              const std::vector<double> logits = router_logits(N, E, 0.0, coarse, next_seed_++);
+              std::vector<double> bias = values(E, DType::f32, 1.0);
+              if (coarse)  // exact sums on the grid: ties in the selection scores
+                for (double& b : bias) b = std::round(4.0 * b) / 4.0;
+              Tensor bc = with_bias ? on_cpu({E}, bias) : Tensor();
+              Tensor bg = with_bias ? on_gpu({E}, bias, DType::f32) : Tensor();
+              Tensor sc = cpu().alloc({N, E}, DType::f32), lc = cpu().alloc({N}, DType::f32),
+                     ic = cpu().alloc({N, K}, DType::i32), gc = cpu().alloc({N, K}, DType::f32);
+              Tensor sg = poisoned({N, E}, DType::f32), lg = poisoned({N}, DType::f32),
+                     ig = poisoned({N, K}, DType::i32), gg = poisoned({N, K}, DType::f32);
+              cpu().router_scores_topk(sc, lc, ic, gc, on_cpu({N, E}, logits), bc, rule);
+              gpu().router_scores_topk(sg, lg, ig, gg, on_gpu({N, E}, logits, DType::f32), bg,
+                                       rule);
+              const std::string name = std::string("router_scores_topk ") +
+                                       (score == RouterScore::sigmoid ? "sigmoid" : "softmax") +
+                                       " K=" + std::to_string(K) + " E=" + std::to_string(E) +
+                                       (normalize ? " norm" : "") + (with_bias ? " bias" : "") +
+                                       (coarse ? " ties" : "");
+              expect_close(sg, sc, 1e-6, name + " scores", DType::f32);
+              expect_close(lg, lc, 1e-6, name + " lse", DType::f32);
+              expect_close(gg, gc, 1e-6, name + " gates", DType::f32);
+              expect_equal_ints(ig, ic, N * K, name + " topk_idx");
+            }
 }
 
 // Random top-k choices (distinct experts per token, skewed towards low experts so that
@@ -873,14 +881,16 @@ std::vector<int32_t> random_topk(int64_t N, int64_t K, int64_t E, uint64_t seed)
 // The plan on identical inputs (the CPU's top-k and gates, the same logits and bias) must be
 // identical: slot_row, row_slot (kept rows), slot_expert, the counts and the reroute count.
 // Sizes: small, and one past a block of 1024 assignments with E > 32 (several experts per lane
-// in the reroute walk, several tiles in the probability ordering). Gates as computed, and
-// quantised to sixteenths (many equal gates: the (k, t) tie order).
+// in the reroute walk, several tiles in the probability ordering); E = 64, top-8 over 12 of the
+// dropless plan's chunks; E = 1100, past the dropless plan's 1024 experts (the per-expert blocks).
+// Gates as computed, and quantised to sixteenths (many equal gates: the (k, t) tie order).
 TEST_F(CudaF32, PlanMatchesTheCpu) {
   struct Size {
     int64_t N, K, E;
   };
   int64_t cases_with_drops = 0, cases_with_reroutes = 0;
-  for (const Size size : {Size{300, 2, 6}, Size{1500, 3, 40}}) {
+  for (const Size size :
+       {Size{300, 2, 6}, Size{1500, 3, 40}, Size{3000, 8, 64}, Size{300, 2, 1100}}) {
     const int64_t N = size.N, K = size.K, E = size.E;
     for (bool with_bias : {false, true})
       for (bool quantised_gates : {false, true}) {
@@ -1061,54 +1071,60 @@ TEST_F(CudaF32, PlanInTwoCallsWithWorkBetween) {
 
 // The losses and the backward from the CPU's router outputs copied to the device, with f_e from
 // this group's choices and from counts given from outside (aux_loss_scope global).
+// Sizes: E = 6; E = 64, top-8 (the fine-grained benchmark's routing); E = 400.
 TEST_F(CudaF32, LossesAndBackward) {
-  const int64_t N = 300, K = 2, E = 6;
-  for (RouterScore score : {RouterScore::softmax, RouterScore::sigmoid}) {
-    RoutingRule rule;
-    rule.top_k = K;
-    rule.score = score;
-    rule.normalize = true;
-    const CpuRouting c = route_on_cpu(cpu(), N, E, rule, next_seed_++);
-    const Tensor &lc = c.logits, &sc = c.scores, &lsc = c.lse, &ic = c.topk, &ac = c.assignments;
-    Tensor lg = on_gpu({N, E}, c.logit_values, DType::f32);
-    Tensor sg = on_gpu({N, E}, cpu().read(sc), DType::f32);
-    Tensor lsg = on_gpu({N}, cpu().read(lsc), DType::f32);
-    Tensor ig = ints_gpu(cpu().read_i32(ic)).reshape({N, K});
-    CounterRng rng(next_seed_++);
-    std::vector<int32_t> foreign(E);
-    for (int32_t& n : foreign) n = static_cast<int32_t>(std::floor(std::abs(rng.normal()) * 200));
-    for (bool global : {false, true}) {
-      const std::vector<int32_t> counts = global ? foreign : cpu().read_i32(ac);
-      Tensor cc = ints_cpu(counts), cg = ints_gpu(counts);
-      const std::string name = std::string(score == RouterScore::sigmoid ? "sigmoid" : "softmax") +
-                               (global ? " foreign counts" : "");
-      const RouterLossValues vc = cpu().router_losses(sc, lsc, cc, rule);
-      const RouterLossValues vg = gpu().router_losses(sg, lsg, cg, rule);
-      std::printf("[ rel err  ] router_losses %-22s aux %.3e z %.3e entropy %.3e\n", name.c_str(),
-                  std::abs(vg.aux - vc.aux) / vc.aux, std::abs(vg.z - vc.z) / vc.z,
-                  std::abs(vg.entropy - vc.entropy) / vc.entropy);
-      EXPECT_NEAR(vg.aux, vc.aux, 1e-6 * vc.aux) << name;
-      EXPECT_NEAR(vg.z, vc.z, 1e-6 * vc.z) << name;
-      EXPECT_NEAR(vg.entropy, vc.entropy, 1e-6 * vc.entropy) << name;
-      // Into a device tensor, read later: the same bits as the values returned at once.
-      Tensor into = poisoned({3}, DType::f64);
-      gpu().router_losses_into(into, sg, lsg, cg, rule);
-      EXPECT_EQ(gpu().read(into), (std::vector<double>{vg.aux, vg.z, vg.entropy})) << name;
-      // The backward, through the gates (normalised and not), aux and z.
-      for (bool normalize : {false, true}) {
-        RoutingRule backward_rule = rule;
-        backward_rule.normalize = normalize;
-        const std::vector<double> dgates = values(N * K, DType::f32);
-        Tensor dc = cpu().alloc({N, E}, DType::f32), dg = poisoned({N, E}, DType::f32);
-        cpu().router_backward(dc, on_cpu({N, K}, dgates), sc, lsc, lc, ic, cc, backward_rule,
-                              0.7, 0.3);
-        gpu().router_backward(dg, on_gpu({N, K}, dgates, DType::f32), sg, lsg, lg, ig, cg,
-                              backward_rule, 0.7, 0.3);
-        expect_close(dg, dc, 1e-6, "router_backward " + name + (normalize ? " norm" : ""),
-                     DType::f32);
+  struct Size {
+    int64_t N, K, E;
+  };
+  for (const Size size : {Size{300, 2, 6}, Size{1000, 8, 64}, Size{100, 2, 400}})
+    for (RouterScore score : {RouterScore::softmax, RouterScore::sigmoid}) {
+      const int64_t N = size.N, K = size.K, E = size.E;
+      RoutingRule rule;
+      rule.top_k = K;
+      rule.score = score;
+      rule.normalize = true;
+      const CpuRouting c = route_on_cpu(cpu(), N, E, rule, next_seed_++);
+      const Tensor &lc = c.logits, &sc = c.scores, &lsc = c.lse, &ic = c.topk, &ac = c.assignments;
+      Tensor lg = on_gpu({N, E}, c.logit_values, DType::f32);
+      Tensor sg = on_gpu({N, E}, cpu().read(sc), DType::f32);
+      Tensor lsg = on_gpu({N}, cpu().read(lsc), DType::f32);
+      Tensor ig = ints_gpu(cpu().read_i32(ic)).reshape({N, K});
+      CounterRng rng(next_seed_++);
+      std::vector<int32_t> foreign(E);
+      for (int32_t& n : foreign) n = static_cast<int32_t>(std::floor(std::abs(rng.normal()) * 200));
+      for (bool global : {false, true}) {
+        const std::vector<int32_t> counts = global ? foreign : cpu().read_i32(ac);
+        Tensor cc = ints_cpu(counts), cg = ints_gpu(counts);
+        const std::string name =
+            std::string(score == RouterScore::sigmoid ? "sigmoid" : "softmax") +
+            " E=" + std::to_string(E) + (global ? " foreign counts" : "");
+        const RouterLossValues vc = cpu().router_losses(sc, lsc, cc, rule);
+        const RouterLossValues vg = gpu().router_losses(sg, lsg, cg, rule);
+        std::printf("[ rel err  ] router_losses %-22s aux %.3e z %.3e entropy %.3e\n", name.c_str(),
+                    std::abs(vg.aux - vc.aux) / vc.aux, std::abs(vg.z - vc.z) / vc.z,
+                    std::abs(vg.entropy - vc.entropy) / vc.entropy);
+        EXPECT_NEAR(vg.aux, vc.aux, 1e-6 * vc.aux) << name;
+        EXPECT_NEAR(vg.z, vc.z, 1e-6 * vc.z) << name;
+        EXPECT_NEAR(vg.entropy, vc.entropy, 1e-6 * vc.entropy) << name;
+        // Into a device tensor, read later: the same bits as the values returned at once.
+        Tensor into = poisoned({3}, DType::f64);
+        gpu().router_losses_into(into, sg, lsg, cg, rule);
+        EXPECT_EQ(gpu().read(into), (std::vector<double>{vg.aux, vg.z, vg.entropy})) << name;
+        // The backward, through the gates (normalised and not), aux and z.
+        for (bool normalize : {false, true}) {
+          RoutingRule backward_rule = rule;
+          backward_rule.normalize = normalize;
+          const std::vector<double> dgates = values(N * K, DType::f32);
+          Tensor dc = cpu().alloc({N, E}, DType::f32), dg = poisoned({N, E}, DType::f32);
+          cpu().router_backward(dc, on_cpu({N, K}, dgates), sc, lsc, lc, ic, cc, backward_rule, 0.7,
+                                0.3);
+          gpu().router_backward(dg, on_gpu({N, K}, dgates, DType::f32), sg, lsg, lg, ig, cg,
+                                backward_rule, 0.7, 0.3);
+          expect_close(dg, dc, 1e-6, "router_backward " + name + (normalize ? " norm" : ""),
+                       DType::f32);
+        }
       }
     }
-  }
 }
 
 // ---- router projection (router_projection.cu) -----------------------------------------------

@@ -3,10 +3,10 @@
 // to f32 as they are read, so that the layer keeps no f32 copy of u and the [T, D] rows cross
 // memory once each way.
 //
-//   forward   logits[t, e] = sum_d u[t, d] w[d, e]: one warp per pair of token rows
-//             (grid-stride), each lane 8 consecutive d per 16-byte load, f32 partial sums for a
-//             chunk of EC experts in registers, then a butterfly warp sum (every lane ends with
-//             the same bits).
+//   forward   logits[t, e] = sum_d u[t, d] w[d, e]: one warp per 2 token rows (4 past 8
+//             experts; grid-stride), each lane 8 consecutive d per 16-byte load, f32 partial
+//             sums for a chunk of EC experts in registers, then a butterfly warp sum (every lane
+//             ends with the same bits).
 //   du        du[t, d] = round(du[t, d] + sum_e dlogits[t, e] w[d, e]), the sum over e in
 //             ascending order: one warp per token row, each block a 256-wide tile of d.
 //   input     dx[t, d] = round(sum of the token's kept rows[d] + the du term), the MoE layer's
@@ -87,12 +87,11 @@ __device__ inline void store_row8(T* row, int64_t d0, int64_t D, const float (&x
   }
 }
 
-// acc[c] += x[j] * w[d0 + j, c] and acc2[c] += x2[j] * w[d0 + j, c] over the lane's 8 rows
-// (those below D), j ascending: two tokens share each read of the tile.
-template <int EC, bool Vec>
-__device__ inline void accumulate_rows(float (&acc)[EC], float (&acc2)[EC], const float (&x)[kVec],
-                                       const float (&x2)[kVec], const float* w_tile, int64_t d0,
-                                       int64_t D) {
+// acc[i][c] += x[i][j] * w[d0 + j, c] over the lane's 8 rows (those below D), j ascending:
+// the TOK tokens share each read of the tile.
+template <int EC, int TOK, bool Vec>
+__device__ inline void accumulate_rows(float (&acc)[TOK][EC], const float (&x)[TOK][kVec],
+                                       const float* w_tile, int64_t d0, int64_t D) {
 #pragma unroll
   for (int j = 0; j < kVec; ++j) {
     if (!Vec && d0 + j >= D) break;
@@ -100,8 +99,8 @@ __device__ inline void accumulate_rows(float (&acc)[EC], float (&acc2)[EC], cons
 #pragma unroll
     for (int c = 0; c < EC; ++c) {
       const float wv = w_row[c];
-      acc[c] = fmaf(x[j], wv, acc[c]);
-      acc2[c] = fmaf(x2[j], wv, acc2[c]);
+#pragma unroll
+      for (int i = 0; i < TOK; ++i) acc[i][c] = fmaf(x[i][j], wv, acc[i][c]);
     }
   }
 }
@@ -149,10 +148,12 @@ struct Row8<bf16, true> {
 };
 
 // ---- forward --------------------------------------------------------------------------------
-// Grid: x over pairs of token rows (grid-stride), y over chunks of EC experts. Shared: w[:, chunk],
-// padded, zeros past E. A warp takes two tokens at a time: each read of the tile feeds both, and
-// four 16-byte loads per lane are in flight; each token's sums still run in d order.
-template <class T, int EC, bool Vec>
+// Grid: x over groups of TOK consecutive token rows (grid-stride), y over chunks of EC experts.
+// Shared: w[:, chunk], padded, zeros past E. A warp takes TOK tokens at a time: each read of the
+// tile feeds all of them (shared-memory reads, not bytes from memory, bound this kernel once the
+// experts take several chunks), and 2 TOK 16-byte loads per lane are in flight; each token's
+// sums run in d order whatever TOK is, so TOK does not change a bit.
+template <class T, int EC, int TOK, bool Vec>
 __global__ void __launch_bounds__(kRowThreads)
     logits_kernel(float* logits, const T* u, const float* w, int64_t N, int64_t D, int64_t E) {
   extern __shared__ float w_tile[];
@@ -162,37 +163,43 @@ __global__ void __launch_bounds__(kRowThreads)
   __syncthreads();
   const int lane = threadIdx.x & 31;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kRowWarps;
-  for (int64_t pair = static_cast<int64_t>(blockIdx.x) * kRowWarps + (threadIdx.x >> 5);
-       2 * pair < N; pair += stride) {
-    const int64_t t = 2 * pair;
-    const bool second = t + 1 < N;  // else the second token's sums are of zeros, not stored
-    const T* row = u + t * D;
-    const T* row2 = row + D;
-    float acc[EC], acc2[EC];
+  for (int64_t group = static_cast<int64_t>(blockIdx.x) * kRowWarps + (threadIdx.x >> 5);
+       TOK * group < N; group += stride) {
+    const int64_t t = TOK * group;
+    const int tokens = static_cast<int>(min(static_cast<int64_t>(TOK), N - t));
+    float acc[TOK][EC];
 #pragma unroll
-    for (int c = 0; c < EC; ++c) acc[c] = acc2[c] = 0.0f;
+    for (int i = 0; i < TOK; ++i)
+#pragma unroll
+      for (int c = 0; c < EC; ++c) acc[i][c] = 0.0f;
     for (int64_t d0 = lane * kVec; d0 < D; d0 += 2 * kSpan) {
       const int64_t d1 = d0 + kSpan;
-      float x0[kVec], x1[kVec], y0[kVec] = {}, y1[kVec] = {};
-      load_row8<Vec>(row, d0, D, x0);
-      if (second) load_row8<Vec>(row2, d0, D, y0);
-      if (d1 < D) {
-        load_row8<Vec>(row, d1, D, x1);
-        if (second) load_row8<Vec>(row2, d1, D, y1);
-      }
-      accumulate_rows<EC, Vec>(acc, acc2, x0, y0, w_tile, d0, D);
-      if (d1 < D) accumulate_rows<EC, Vec>(acc, acc2, x1, y1, w_tile, d1, D);
-    }
-    float mine = 0.0f, mine2 = 0.0f;
+      float x0[TOK][kVec] = {}, x1[TOK][kVec] = {};  // tokens past N: sums of zeros, not stored
 #pragma unroll
-    for (int c = 0; c < EC; ++c) {
-      const float total = warp_sum(acc[c]), total2 = warp_sum(acc2[c]);
-      if (lane == c) mine = total, mine2 = total2;
+      for (int i = 0; i < TOK; ++i)
+        if (i < tokens) load_row8<Vec>(u + (t + i) * D, d0, D, x0[i]);
+      if (d1 < D) {
+#pragma unroll
+        for (int i = 0; i < TOK; ++i)
+          if (i < tokens) load_row8<Vec>(u + (t + i) * D, d1, D, x1[i]);
+      }
+      accumulate_rows<EC, TOK, Vec>(acc, x0, w_tile, d0, D);
+      if (d1 < D) accumulate_rows<EC, TOK, Vec>(acc, x1, w_tile, d1, D);
     }
-    if (lane < ec) {
-      logits[t * E + e0 + lane] = mine;
-      if (second) logits[(t + 1) * E + e0 + lane] = mine2;
+    float mine[TOK];
+#pragma unroll
+    for (int i = 0; i < TOK; ++i) {
+      mine[i] = 0.0f;
+#pragma unroll
+      for (int c = 0; c < EC; ++c) {
+        const float total = warp_sum(acc[i][c]);
+        if (lane == c) mine[i] = total;
+      }
     }
+    if (lane < ec)
+#pragma unroll
+      for (int i = 0; i < TOK; ++i)
+        if (i < tokens) logits[(t + i) * E + e0 + lane] = mine[i];
   }
 }
 
@@ -410,6 +417,15 @@ void with_expert_chunk(int ec, F&& f) {
   }
 }
 
+// f(integral_constant<TOK>): tokens a warp takes at once in the forward. Past 8 experts its
+// shared-memory reads of w (E per 8 d of each token) bound it, and 4 tokens share each; at 8 or
+// fewer, 2 (the kernel's times there were measured with 2).
+template <class F>
+void with_tokens(bool many_experts, F&& f) {
+  if (many_experts) f(std::integral_constant<int, 4>{});
+  else f(std::integral_constant<int, 2>{});
+}
+
 // f(bool_constant<Vec>)
 template <class F>
 void with_vec(bool vec, F&& f) {
@@ -469,18 +485,20 @@ bool router_logits(Context& ctx, const Tensor& logits, const Tensor& u, const Te
     if constexpr (!std::is_same_v<T, double>) {
       const T* rows = u.ptr<T>();
       with_expert_chunk(ec, [&](auto EC) {
-        with_vec(rows_vectorise(rows, D), [&](auto Vec) {
-          auto* kernel = logits_kernel<T, EC.value, Vec.value>;
-          // Each block stages its 64 KiB of w first: two blocks an SM read u as fast as three
-          // (measured 0.028 ms against 0.032 at T 8192, D 2048, E 8) and stage a third less.
-          const int resident = std::min(resident_blocks(ctx, op, kernel, kRowThreads, smem),
-                                        kLogitsBlocksPerSm * sm_count(ctx, op));
-          const int64_t pairs = (N + 1) / 2;
-          const dim3 grid(clamp_grid((pairs + kRowWarps - 1) / kRowWarps,
-                                     std::max<int64_t>(1, resident / chunks)),
-                          static_cast<unsigned>(chunks));
-          kernel<<<grid, kRowThreads, smem, ctx.stream>>>(logits.ptr<float>(), rows,
-                                                          w.ptr<float>(), N, D, E);
+        with_tokens(chunks > 1, [&](auto TOK) {
+          with_vec(rows_vectorise(rows, D), [&](auto Vec) {
+            auto* kernel = logits_kernel<T, EC.value, TOK.value, Vec.value>;
+            // Each block stages its 64 KiB of w first: two blocks an SM read u as fast as three
+            // (measured 0.028 ms against 0.032 at T 8192, D 2048, E 8) and stage a third less.
+            const int resident = std::min(resident_blocks(ctx, op, kernel, kRowThreads, smem),
+                                          kLogitsBlocksPerSm * sm_count(ctx, op));
+            const int64_t groups = (N + TOK.value - 1) / TOK.value;
+            const dim3 grid(clamp_grid((groups + kRowWarps - 1) / kRowWarps,
+                                       std::max<int64_t>(1, resident / chunks)),
+                            static_cast<unsigned>(chunks));
+            kernel<<<grid, kRowThreads, smem, ctx.stream>>>(logits.ptr<float>(), rows,
+                                                            w.ptr<float>(), N, D, E);
+          });
         });
       });
     }
