@@ -8,6 +8,8 @@
 
 namespace sy {
 
+enum class Sampling { random, epoch };
+
 struct DataConfig {
   std::string path = "corpora/brown.h5";  // a token file (data/token_file.h)
   // A training mixture (docs/data.md, Mixtures): the /train splits of these token files instead
@@ -19,6 +21,10 @@ struct DataConfig {
   // rotary positions restart at each document, and no target crosses into the next document.
   // Needs token files that record their document boundaries.
   bool document_mask = false;
+  // How a step's sequences are drawn (docs/data.md): random windows (each sequence's start
+  // uniform over the split, independently), or epochs (the split cut into windows, each taken
+  // once an epoch in a new order; data.path's /train only).
+  Sampling sampling = Sampling::random;
 };
 
 // Whether `path` names data.path's file, in the same spelling or another ("./a.h5" for "a.h5").

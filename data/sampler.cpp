@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "data/permutation.h"
 #include "model/backend.h"
 #include "model/rng.h"
 
@@ -41,7 +42,8 @@ StepSampler::StepSampler(std::vector<std::shared_ptr<const TokenSource>> sources
       names_(std::move(names)),
       seq_len_(seq_len),
       stream_key_(key_combine(sampler_domain(), seed)),
-      mixture_key_(key_combine(hash_string("sampler mixture"), seed)) {
+      mixture_key_(key_combine(hash_string("sampler mixture"), seed)),
+      epoch_key_(key_combine(hash_string("sampler epoch"), seed)) {
   if (seq_len < 1)
     throw std::runtime_error("sampler: sequence length " + std::to_string(seq_len) +
                              " must be at least 1");
@@ -91,6 +93,16 @@ std::pair<int64_t, int64_t> StepSampler::window(int64_t step, int64_t sequence) 
   if (step < 0 || sequence < 0)
     throw std::runtime_error("sampler: step " + std::to_string(step) + " and sequence " +
                              std::to_string(sequence) + " must be non-negative");
+  if (samples_epochs()) {
+    if (sequence >= sequences_per_step_)
+      throw std::logic_error("sampler: sequence " + std::to_string(sequence) + " of a step of " +
+                             std::to_string(sequences_per_step_));
+    const int64_t windows = epoch_windows();
+    const int64_t q = step * sequences_per_step_ + sequence;
+    const KeyedPermutation order(static_cast<uint64_t>(windows),
+                                 key_combine(epoch_key_, static_cast<uint64_t>(q / windows)));
+    return {0, static_cast<int64_t>(order(static_cast<uint64_t>(q % windows))) * seq_len_};
+  }
   const int64_t j = source(step, sequence);
   const uint64_t key = key_combine(key_combine(stream_key_, static_cast<uint64_t>(step)),
                                    static_cast<uint64_t>(sequence));
@@ -113,6 +125,23 @@ void StepSampler::mask_documents() {
   for (size_t j = 0; j < sources_.size(); ++j)
     if (!sources_[j]->document_starts()) throw std::runtime_error(no_documents_error(names_[j]));
   mask_documents_ = true;
+}
+
+void StepSampler::sample_epochs(int64_t sequences_per_step) {
+  if (sources_.size() > 1)
+    throw std::runtime_error(
+        "data.sampling: epoch takes data.path's /train alone; a mixture (data.train_paths) "
+        "samples its windows at random");
+  if (sequences_per_step < 1)
+    throw std::logic_error("sampler: " + std::to_string(sequences_per_step) + " sequences a step");
+  sequences_per_step_ = sequences_per_step;
+}
+
+int64_t StepSampler::epoch_windows() const { return (sources_[0]->size() - 1) / seq_len_; }
+
+double StepSampler::epochs_after(int64_t steps) const {
+  return static_cast<double>(steps) * static_cast<double>(sequences_per_step_) /
+         static_cast<double>(epoch_windows());
 }
 
 void StepSampler::group(int64_t step, int64_t group_index, int64_t batch_size, int32_t* inputs,

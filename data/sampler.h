@@ -29,7 +29,7 @@ class StepSampler {
 
   // Start of sequence `sequence` of step `step`: uniform in [0, N - S - 1], drawn by
   // CounterRng(key_combine(key_combine(key_combine(hash_string("sampler"), seed), step),
-  // sequence)).below(N - S).
+  // sequence)).below(N - S); with sample_epochs(), its epoch window's start.
   int64_t offset(int64_t step, int64_t sequence) const;
   // The source of sequence `sequence` of step `step` (0 with one source, no draw): the first j
   // with u < (w_0 + .. + w_j) / sum(w), u = CounterRng(key_combine(key_combine(key_combine(
@@ -52,6 +52,19 @@ class StepSampler {
   void mask_documents();
   bool masks_documents() const { return mask_documents_; }
 
+  // data.sampling: epoch (docs/data.md, "Epochs"): from now on the split is cut into
+  // epoch_windows() windows of S + 1 tokens starting at multiples of S, and the run's q-th
+  // sequence, q = step * sequences_per_step + sequence, is window P_e(q mod W) of epoch
+  // e = q / W, P_e a KeyedPermutation of the W windows keyed by (seed, e): every window once an
+  // epoch, in a new order each epoch, still a pure function of (seed, step, sequence). Throws
+  // for a mixture ("a mixture samples its windows at random") and for sequences_per_step < 1.
+  void sample_epochs(int64_t sequences_per_step);
+  bool samples_epochs() const { return sequences_per_step_ > 0; }
+  // W = (N - 1) / S: the windows of source 0 that epoch sampling takes.
+  int64_t epoch_windows() const;
+  // The epochs that `steps` steps take: steps * sequences_per_step / W (epoch sampling only).
+  double epochs_after(int64_t steps) const;
+
   int64_t seq_len() const { return seq_len_; }
   int64_t num_tokens() const { return sources_[0]->size(); }  // of source 0
   int64_t num_sources() const { return static_cast<int64_t>(sources_.size()); }
@@ -70,7 +83,9 @@ class StepSampler {
   int64_t seq_len_;
   uint64_t stream_key_;   // key_combine(sampler domain, seed): the per-run root of all draws
   uint64_t mixture_key_;  // the same for the source draws
+  uint64_t epoch_key_;    // the same for epoch sampling's permutations
   bool mask_documents_ = false;
+  int64_t sequences_per_step_ = 0;  // > 0: epoch sampling
 };
 
 // Document masking (docs/data.md, "Document masking") of the window of seq_len + 1 tokens that

@@ -252,6 +252,14 @@ TEST_F(CheckpointTest, SharedExpertsResumeExactly) {
   EXPECT_TRUE(tamper::has_link(file, "/model/layers/1/moe/shared/w2"));
 }
 
+// Epoch sampling (data.sampling: epoch): the resumed run's sequences come from the step number
+// alone, so it repeats the uninterrupted run bit for bit.
+TEST_F(CheckpointTest, EpochSamplingResumesExactly) {
+  Config c = base_config("epochs");
+  c.data.sampling = Sampling::epoch;
+  expect_exact_resume_from_step_3(c);
+}
+
 // A save interrupted after the temporary file was written and before the rename (the test hook
 // throws there, as a crash would stop there) leaves the previous checkpoint in place; `auto`
 // picks it, also past a newer garbage step file and a `latest` that names a broken file.

@@ -41,6 +41,20 @@ TEST_F(DistTrain, EquivalenceWithDocumentMasks) {
   check_equivalence(c, "documents");
 }
 
+// Epoch sampling: the run's q-th sequence is q = step * global batch + its index in the step,
+// which no layout changes. A short split (46 windows) so that the 160 sequences of the
+// run cross several epoch boundaries, inside steps.
+TEST_F(DistTrain, EquivalenceWithEpochSampling) {
+  const std::string small = (dir / "small.h5").string();
+  if (world_rank() == 0)
+    test::write_repeated_text(small, "the router picks two experts for every token. ", 20, 80);
+  MPI_Barrier(MPI_COMM_WORLD);
+  Config c = base_config();
+  c.data.path = small;
+  c.data.sampling = Sampling::epoch;
+  check_equivalence(c, "epochs");
+}
+
 // A mixture of two token files (data.train_paths) under a warmup-stable-decay schedule: each
 // sequence's file is drawn per (step, sequence), so the layout does not matter either.
 TEST_F(DistTrain, EquivalenceOnAMixtureWithAStableThenDecayingLr) {

@@ -111,6 +111,11 @@ struct ChoiceNames<Recompute> {
       {Recompute::layer, "layer"}};
 };
 template <>
+struct ChoiceNames<Sampling> {
+  static constexpr std::pair<Sampling, const char*> names[] = {{Sampling::random, "random"},
+                                                               {Sampling::epoch, "epoch"}};
+};
+template <>
 struct ChoiceNames<Device> {
   static constexpr std::pair<Device, const char*> names[] = {
       {Device::cpu, "cpu"}, {Device::cuda, "cuda"}};
@@ -250,7 +255,8 @@ std::vector<Section> config_fields(Config& c) {
        {{"path", &c.data.path},
         {"train_paths", &c.data.train_paths},
         {"train_weights", &c.data.train_weights},
-        {"document_mask", &c.data.document_mask}}},
+        {"document_mask", &c.data.document_mask},
+        {"sampling", choice(&c.data.sampling)}}},
       {"eval",
        {{"every", &c.eval.every}, {"tokens", &c.eval.tokens}, {"batches", &c.eval.batches}}},
       {"checkpoint",
@@ -747,6 +753,10 @@ void validate_train(const TrainConfig& t, Problems& p) {
 }
 
 void validate_mixture(const DataConfig& d, Problems& p) {
+  if (d.sampling == Sampling::epoch && !d.train_paths.empty())
+    p.add("data.sampling",
+          "epoch takes data.path's /train alone; a mixture (data.train_paths) "
+          "samples its windows at random");
   for (size_t i = 0; i < d.train_paths.size(); ++i)
     if (d.train_paths[i].empty())
       p.add("data.train_paths[" + std::to_string(i) + "]", "must not be empty");
@@ -994,6 +1004,7 @@ const char* to_string(RopeScaling scaling) { return choice_name(scaling); }
 const char* to_string(LrDecay decay) { return choice_name(decay); }
 const char* to_string(Device backend) { return choice_name(backend); }
 const char* to_string(Precision precision) { return choice_name(precision); }
+const char* to_string(Sampling sampling) { return choice_name(sampling); }
 
 std::string to_string(const MoeLayers& layers) {
   switch (layers.kind) {

@@ -171,6 +171,7 @@ const char* to_string(Recompute recompute);
 const char* to_string(LrDecay decay);
 const char* to_string(Device backend);
 const char* to_string(Precision precision);
+const char* to_string(Sampling sampling);
 // all, every_<n>, or the list in flow style ([1, 3]).
 std::string to_string(const MoeLayers& layers);
 

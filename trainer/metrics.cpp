@@ -185,6 +185,7 @@ std::vector<std::pair<std::string, double>> step_scalars(const StepMetrics& m) {
   per_expert("expert_bias", m.expert_bias);
   out.emplace_back("peak_memory_bytes", static_cast<double>(m.peak_memory_bytes));
   if (m.lm_targets >= 0) out.emplace_back("lm_targets", static_cast<double>(m.lm_targets));
+  if (m.epoch >= 0) out.emplace_back("epoch", m.epoch);
   return out;
 }
 }  // namespace
@@ -210,6 +211,7 @@ void MetricsLog::write_step(const StepMetrics& m) {
   if (!m.expert_bias.empty()) line.add("expert_bias", m.expert_bias);
   line.add("peak_memory_bytes", m.peak_memory_bytes);
   if (m.lm_targets >= 0) line.add("lm_targets", m.lm_targets);
+  if (m.epoch >= 0) line.add("epoch", m.epoch);
   write_record(line);
 }
 

@@ -23,6 +23,9 @@ struct StepMetrics {
   // With a loss mask (docs/data.md): the step's counted targets over every rank, the divisor of
   // lm_loss; -1 without one (not logged).
   int64_t lm_targets = -1;
+  // With data.sampling: epoch, the epochs taken by the end of this step (1.5: halfway through
+  // the second); -1 otherwise (not logged).
+  double epoch = -1.0;
   double lr = 0.0;
   double grad_norm = 0.0;   // before clipping
   double tokens_per_s = 0.0;

@@ -583,15 +583,17 @@ RunOutputs open_outputs(Run& run, const TrainState& state) {
 // The training batches' sampler: over data.path's /train, or over the /train splits of
 // data.train_paths (docs/data.md, Mixtures), each checked like data.path against the model and
 // against data.path's tokenizer, weighted by data.train_weights or else by their sizes.
-// `mixture`: open_train_files(config.data, file).
+// `mixture`: open_train_files(config.data, file). `sequences_per_step`: the global batch, which
+// numbers the run's sequences for data.sampling: epoch.
 StepSampler make_sampler(const Config& config, const TokenFile& file,
-                         const std::vector<TokenFile>& mixture) {
+                         const std::vector<TokenFile>& mixture, int64_t sequences_per_step) {
   const DataConfig& d = config.data;
   if (d.train_paths.empty()) {
     if (d.document_mask && !file.train->document_starts())
       throw std::runtime_error(no_documents_error(d.path + " /train"));
     StepSampler sampler(file.train, config.model.seq_len, config.seed);
     if (d.document_mask) sampler.mask_documents();
+    if (d.sampling == Sampling::epoch) sampler.sample_epochs(sequences_per_step);
     return sampler;
   }
   std::vector<std::shared_ptr<const TokenSource>> sources;
@@ -625,7 +627,9 @@ TrainData load_train_data(Run& run) {
     ValidationSet val = read_validation_set(*file.val, eval_sequences(config), config.model.seq_len,
                                             config.data.document_mask, config.data.path + " /val");
     const std::vector<TokenFile> mixture = open_train_files(config.data, file);
-    StepSampler sampler = make_sampler(config, file, mixture);
+    const TrainConfig& tc = config.train;
+    StepSampler sampler = make_sampler(
+        config, file, mixture, run.world.size() * tc.grad_accum_steps * tc.micro_batch_size);
     MixtureValidation mixture_val =
         read_mixture_validation(config.data, mixture, eval_sequences(config), config.model.seq_len);
     data.emplace(
@@ -670,6 +674,12 @@ void announce(Run& run, const TrainData& data, const TrainState& state) {
         "  document masking: attention and rotary positions restart at each "
         "document, and no target crosses into the next (docs/data.md, Document "
         "masking)\n");
+  if (data.sampler.samples_epochs())
+    run.console.print(
+        "  sampling: epochs of %lld sequences of %lld tokens, %.6g steps an epoch "
+        "(docs/data.md, Epochs)\n",
+        static_cast<long long>(data.sampler.epoch_windows()),
+        static_cast<long long>(config.model.seq_len), 1.0 / data.sampler.epochs_after(1));
   run.console.print("  learning rate: %s\n", describe(lr_schedule(config.train)).c_str());
   for (const std::string& note : data.mixture_val.notes)
     run.console.write(stderr, "note: %s\n", note.c_str());
@@ -996,6 +1006,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     const StepVerdict verdict = judge_step(run, outputs.spike_guard, acc, grad_norm);
     const double lr = clip_and_update(run, state, verdict, grad_norm, acc);
     StepMetrics metrics = record_step(run, state, outputs, verdict, acc, lr, grad_norm);
+    if (data.sampler.samples_epochs()) metrics.epoch = data.sampler.epochs_after(metrics.step);
     run.backend.profile_step();
     log_step(run, state, outputs, metrics);
     maybe_evaluate(run, data, state, outputs);

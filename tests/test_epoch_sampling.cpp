@@ -1,0 +1,192 @@
+// Epoch sampling (data.sampling: epoch, docs/data.md "Epochs"): the keyed permutation is a
+// bijection; every window of the split is taken once an epoch, in a new order each epoch, as a
+// pure function of (seed, step, sequence); a mixture is refused by name; a run trains and
+// announces its epochs.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "data/permutation.h"
+#include "data/sampler.h"
+#include "data/token_file.h"
+#include "data/token_window.h"
+#include "tests/synthetic_corpus.h"
+#include "trainer/config.h"
+#include "trainer/train_loop.h"
+
+namespace sy {
+namespace {
+
+std::vector<uint64_t> all_of(const KeyedPermutation& p) {
+  std::vector<uint64_t> out;
+  for (uint64_t i = 0; i < p.size(); ++i) out.push_back(p(i));
+  return out;
+}
+
+TEST(KeyedPermutation, IsABijectionOfEverySize) {
+  for (uint64_t n :
+       {1ull, 2ull, 3ull, 4ull, 5ull, 17ull, 64ull, 65ull, 255ull, 1000ull, 65537ull}) {
+    std::vector<uint64_t> order = all_of(KeyedPermutation(n, 12345));
+    std::sort(order.begin(), order.end());
+    for (uint64_t i = 0; i < n; ++i) ASSERT_EQ(order[i], i) << "n = " << n;
+  }
+}
+
+TEST(KeyedPermutation, DependsOnTheKeyOnly) {
+  const std::vector<uint64_t> a = all_of(KeyedPermutation(1000, 1));
+  EXPECT_EQ(all_of(KeyedPermutation(1000, 1)), a);
+  EXPECT_NE(all_of(KeyedPermutation(1000, 2)), a);
+  // Not the identity, nor close to it: few fixed points.
+  int64_t fixed = 0;
+  for (uint64_t i = 0; i < a.size(); ++i) fixed += a[i] == i;
+  EXPECT_LT(fixed, 20);
+  EXPECT_THROW(KeyedPermutation(0, 1), std::runtime_error);
+  EXPECT_THROW(KeyedPermutation(5, 1)(5), std::logic_error);
+}
+
+// N = 1000 tokens, S = 7: W = 142 windows; 5 sequences a step (not a divisor of W), so epochs
+// end inside steps.
+class EpochSampler : public ::testing::Test {
+ protected:
+  static constexpr int64_t kN = 1000, kS = 7, kPerStep = 5;
+  std::vector<int32_t> tokens = [] {
+    std::vector<int32_t> t(kN);
+    for (int64_t i = 0; i < kN; ++i) t[i] = static_cast<int32_t>(i % 251);
+    return t;
+  }();
+
+  StepSampler sampler(uint64_t seed) const {
+    StepSampler s(tokens, kS, seed);
+    s.sample_epochs(kPerStep);
+    return s;
+  }
+  // The window starts of the run's sequences [first, first + count).
+  static std::vector<int64_t> starts(const StepSampler& s, int64_t first, int64_t count) {
+    std::vector<int64_t> out;
+    for (int64_t q = first; q < first + count; ++q)
+      out.push_back(s.offset(q / kPerStep, q % kPerStep));
+    return out;
+  }
+};
+
+TEST_F(EpochSampler, TakesEveryWindowOnceAnEpochInANewOrder) {
+  const StepSampler s = sampler(7);
+  ASSERT_TRUE(s.samples_epochs());
+  const int64_t W = s.epoch_windows();
+  ASSERT_EQ(W, (kN - 1) / kS);
+  EXPECT_DOUBLE_EQ(s.epochs_after(W), static_cast<double>(kPerStep));
+  std::vector<int64_t> every(W);
+  for (int64_t k = 0; k < W; ++k) every[k] = k * kS;
+  std::vector<std::vector<int64_t>> epochs;
+  for (int64_t e = 0; e < 3; ++e) {
+    epochs.push_back(starts(s, e * W, W));
+    std::vector<int64_t> sorted = epochs.back();
+    std::sort(sorted.begin(), sorted.end());
+    EXPECT_EQ(sorted, every) << "epoch " << e;
+  }
+  EXPECT_NE(epochs[0], epochs[1]);
+  EXPECT_NE(epochs[1], epochs[2]);
+}
+
+TEST_F(EpochSampler, IsAPureFunctionOfSeedStepAndSequence) {
+  const std::vector<int64_t> a = starts(sampler(7), 0, 400);
+  EXPECT_EQ(starts(sampler(7), 0, 400), a);  // another sampler: nothing carried between calls
+  EXPECT_NE(starts(sampler(8), 0, 400), a);
+  // Asked out of order, the same windows (resuming at any step needs only the step).
+  const StepSampler s = sampler(7);
+  for (int64_t q = 399; q >= 0; q -= 37) EXPECT_EQ(s.offset(q / kPerStep, q % kPerStep), a[q]);
+  EXPECT_THROW(s.offset(0, kPerStep), std::logic_error);  // past the step's sequences
+}
+
+TEST_F(EpochSampler, GroupsReadTheirWindows) {
+  const StepSampler s = sampler(3);
+  const int64_t step = 40, B = 2;  // sequences 2 and 3 of step 40: inside the second epoch
+  std::vector<int32_t> inputs(B * kS), targets(B * kS);
+  s.group(step, 1, B, inputs.data(), targets.data());
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t start = s.offset(step, B + b);
+    EXPECT_EQ(start % kS, 0);
+    for (int64_t t = 0; t < kS; ++t) {
+      EXPECT_EQ(inputs[b * kS + t], tokens[start + t]);
+      EXPECT_EQ(targets[b * kS + t], tokens[start + t + 1]);
+    }
+  }
+}
+
+TEST_F(EpochSampler, RefusesAMixture) {
+  auto source = std::make_shared<TokensInMemory>(tokens);
+  StepSampler mixture({source, source}, {1.0, 1.0}, {"a.h5", "b.h5"}, kS, 1);
+  try {
+    mixture.sample_epochs(kPerStep);
+    FAIL() << "a mixture took epoch sampling";
+  } catch (const std::runtime_error& error) {
+    EXPECT_NE(std::string(error.what()).find("data.sampling"), std::string::npos) << error.what();
+  }
+}
+
+TEST(EpochSamplingConfig, ValidatesTheKey) {
+  Config c;
+  c.data.sampling = Sampling::epoch;
+  c.data.train_paths = {"a.h5", "b.h5"};
+  bool named = false;
+  for (const std::string& problem : validate_config(c, "run.yaml"))
+    named |= problem.find("data.sampling") != std::string::npos;
+  EXPECT_TRUE(named);
+  EXPECT_STREQ(to_string(Sampling::epoch), "epoch");
+  EXPECT_STREQ(to_string(Sampling::random), "random");
+}
+
+// A run: epoch sampling trains, and the first steps differ from random sampling's.
+TEST(EpochSamplingRun, TrainsAndDiffersFromRandomWindows) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("sy_epoch_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string data = (dir / "prose.h5").string();
+  test::write_repeated_text(data, "the router picks two experts for every token. ", 40, 90);
+  auto config = [&](Sampling sampling) {
+    Config c;
+    c.seed = 5;
+    c.model = {256, 16, 16, 2, 2, 32, true};
+    c.moe.num_experts = 4;
+    c.moe.routing.top_k = 2;
+    c.moe.expert_hidden = 16;
+    c.train.micro_batch_size = 2;
+    c.train.steps = 4;
+    c.train.warmup_steps = 1;
+    c.eval.every = 0;
+    c.eval.tokens = 0;
+    c.checkpoint.dir = "";
+    c.checkpoint.every = 0;
+    c.checkpoint.at_end = false;
+    c.data.path = data;
+    c.data.sampling = sampling;
+    c.run.dir = (dir / to_string(sampling)).string();
+    return c;
+  };
+  const TrainSummary epoch = train(config(Sampling::epoch), {.print = false});
+  const TrainSummary random = train(config(Sampling::random), {.print = false});
+  ASSERT_EQ(epoch.losses.size(), 4u);
+  EXPECT_NE(epoch.losses, random.losses);
+  // metrics.jsonl's last step line: the epochs taken, 4 steps of 2 sequences over the windows.
+  const TokenData tokens = read_token_file(data);
+  const int64_t seq_len = config(Sampling::epoch).model.seq_len;
+  const double windows = static_cast<double>((tokens.train.size() - 1) / seq_len);
+  std::ifstream metrics(dir / "epoch" / "metrics.jsonl");
+  std::string line, last;
+  while (std::getline(metrics, line))
+    if (line.find("\"loss\"") != std::string::npos) last = line;
+  const size_t at = last.find("\"epoch\": ");
+  ASSERT_NE(at, std::string::npos) << last;
+  EXPECT_DOUBLE_EQ(std::stod(last.substr(at + 9)), 4 * 2 / windows) << last;
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace sy
