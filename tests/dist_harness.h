@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -95,17 +97,27 @@ class DistTrain : public ::testing::Test {
   }
 
   // Trains `config` on the first W ranks (resuming from `resume` when given); returns rank 0's
-  // summary (others: empty).
+  // summary (others: empty). A run that throws (a config the data cannot serve, say) throws on
+  // every rank of the world, the ranks outside the run included, so that all leave the test
+  // together: one rank leaving alone would leave the others waiting in a collective for good.
   static TrainSummary train_on(int W, const Config& config, const std::string& resume = "") {
     MPI_Comm sub = MPI_COMM_NULL;
     MPI_Comm_split(MPI_COMM_WORLD, world_rank() < W ? 0 : MPI_UNDEFINED, world_rank(), &sub);
     TrainSummary summary;
+    std::exception_ptr error;
     if (sub != MPI_COMM_NULL) {
-      summary = train(config, {.print = false, .world = sub, .collect_parameters = true,
-                               .resume = resume});
+      try {
+        summary = train(config, {.print = false, .world = sub, .collect_parameters = true,
+                                 .resume = resume});
+      } catch (...) {
+        error = std::current_exception();
+      }
       MPI_Comm_free(&sub);
     }
-    MPI_Barrier(MPI_COMM_WORLD);
+    int failed = error ? 1 : 0, any_failed = 0;
+    MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (error) std::rethrow_exception(error);
+    if (any_failed) throw std::runtime_error("the run failed on another rank");
     return summary;
   }
 };
