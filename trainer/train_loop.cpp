@@ -375,6 +375,12 @@ struct Run {
   const std::string checkpoints = checkpoint_dir(config);
 };
 
+// The global batch in sequences: every rank's micro-batches of one step.
+int64_t global_batch(const Run& run) {
+  const TrainConfig& tc = run.config.train;
+  return run.world.size() * tc.grad_accum_steps * tc.micro_batch_size;
+}
+
 Run::Run(const Config& config_in, const TrainOptions& options_in)
     : config(config_in),
       options(options_in),
@@ -627,9 +633,7 @@ TrainData load_train_data(Run& run) {
     ValidationSet val = read_validation_set(*file.val, eval_sequences(config), config.model.seq_len,
                                             config.data.document_mask, config.data.path + " /val");
     const std::vector<TokenFile> mixture = open_train_files(config.data, file);
-    const TrainConfig& tc = config.train;
-    StepSampler sampler = make_sampler(
-        config, file, mixture, run.world.size() * tc.grad_accum_steps * tc.micro_batch_size);
+    StepSampler sampler = make_sampler(config, file, mixture, global_batch(run));
     MixtureValidation mixture_val =
         read_mixture_validation(config.data, mixture, eval_sequences(config), config.model.seq_len);
     data.emplace(
@@ -648,12 +652,11 @@ void announce(Run& run, const TrainData& data, const TrainState& state) {
   const TrainConfig& tc = config.train;
   const int64_t W = run.world.size();
   run.console.print("%s", format_model_card(config, make_model_card(config)).c_str());
-  run.console.print("  %lld ranks (expert_parallel %lld, grad_accum_steps %lld): global batch "
-                    "%lld sequences\n",
-                    static_cast<long long>(W),
-                    static_cast<long long>(config.parallel.expert_parallel),
-                    static_cast<long long>(tc.grad_accum_steps),
-                    static_cast<long long>(W * tc.grad_accum_steps * tc.micro_batch_size));
+  run.console.print(
+      "  %lld ranks (expert_parallel %lld, grad_accum_steps %lld): global batch "
+      "%lld sequences\n",
+      static_cast<long long>(W), static_cast<long long>(config.parallel.expert_parallel),
+      static_cast<long long>(tc.grad_accum_steps), static_cast<long long>(global_batch(run)));
   if (config.data.train_paths.empty())
     run.console.print("  run dir %s, data %s (%lld train / %lld val tokens)\n",
                       config.run.dir.c_str(), config.data.path.c_str(),
@@ -966,8 +969,7 @@ TrainSummary finish(Run& run, TrainState& state) {
   if (summary.stop_signal == 0) summary.steps = std::max(state.first_step, tc.steps);
   summary.seconds = seconds_since(state.run_start);
   const int64_t steps_run = std::max<int64_t>(0, summary.steps - state.first_step);
-  const int64_t tokens_per_step =
-      run.world.size() * tc.grad_accum_steps * tc.micro_batch_size * run.config.model.seq_len;
+  const int64_t tokens_per_step = global_batch(run) * run.config.model.seq_len;
   summary.tokens_per_s =
       summary.seconds > 0 ? steps_run * tokens_per_step / summary.seconds : 0.0;
   if (run.speak && steps_run > 0 && summary.stop_signal == 0) {
