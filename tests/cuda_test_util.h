@@ -9,6 +9,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -62,6 +63,26 @@ inline Tensor filled(Backend& backend, const Shape& shape, DType dtype,
   backend.write(t, std::span<const double>(v));
   return t;
 }
+
+// An environment variable set for a test, then put back as it was (or unset).
+class EnvironmentRestored {
+ public:
+  explicit EnvironmentRestored(std::string name) : name_(std::move(name)) {
+    const char* value = std::getenv(name_.c_str());
+    had_ = value != nullptr;
+    if (had_) saved_ = value;
+  }
+  ~EnvironmentRestored() { set(had_ ? saved_.c_str() : ""); }
+  // "" unsets it.
+  void set(const char* value) const {
+    if (*value) setenv(name_.c_str(), value, 1);
+    else unsetenv(name_.c_str());
+  }
+
+ private:
+  std::string name_, saved_;
+  bool had_ = false;
+};
 
 // A CPU reference and a GPU backend, made once per test binary (device set-up is slow) and kept
 // for the process; every test skips visibly when no device is visible.

@@ -31,27 +31,8 @@ namespace sy {
 namespace {
 
 using test::bf16_round;
+using test::EnvironmentRestored;
 using test::rel_error;
-
-// An environment variable set for a test, then put back as it was (or unset).
-class EnvironmentRestored {
- public:
-  explicit EnvironmentRestored(std::string name) : name_(std::move(name)) {
-    const char* value = std::getenv(name_.c_str());
-    had_ = value != nullptr;
-    if (had_) saved_ = value;
-  }
-  ~EnvironmentRestored() { set(had_ ? saved_.c_str() : ""); }
-  // "" unsets it.
-  void set(const char* value) const {
-    if (*value) setenv(name_.c_str(), value, 1);
-    else unsetenv(name_.c_str());
-  }
-
- private:
-  std::string name_, saved_;
-  bool had_ = false;
-};
 
 class CudnnAttention : public test::CpuGpuTest {
  protected:

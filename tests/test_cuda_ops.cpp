@@ -1127,6 +1127,80 @@ TEST_F(CudaF32, LossesAndBackward) {
     }
 }
 
+// The per-token kernels' two forms (router.cu: a group of lanes per token for E <= 256, a thread
+// per token past it or with SY_ROUTER_TOKEN_KERNEL=thread) give the same bits: scores, lse,
+// top-k, gates, the losses and the backward, over every lane layout (8, 16, 32 lanes; 1 to 8
+// experts a lane), with E not a multiple of the lanes, N not of a block's tokens, bias, ties and
+// sigmoid. The group form is also checked against the CPU.
+TEST_F(CudaF32, RouterTokenFormsGiveTheSameBits) {
+  struct Size {
+    int64_t N, E, K;
+  };
+  const test::EnvironmentRestored restored("SY_ROUTER_TOKEN_KERNEL");
+  int64_t cases = 0;
+  for (const Size size : {Size{300, 6, 2}, Size{1000, 8, 2}, Size{257, 16, 3}, Size{500, 40, 4},
+                          Size{1000, 64, 8}, Size{300, 100, 8}, Size{200, 256, 6}})
+    for (RouterScore score : {RouterScore::softmax, RouterScore::sigmoid})
+      for (bool ties : {false, true}) {
+        const int64_t N = size.N, E = size.E, K = size.K;
+        RoutingRule rule;
+        rule.top_k = K;
+        rule.score = score;
+        rule.normalize = !ties;  // the gates both ways over the cases
+        const std::string name =
+            rule_name(rule) + " E=" + std::to_string(E) + (ties ? " ties, bias" : "");
+        const std::vector<double> logits = router_logits(N, E, 0.5, ties, next_seed_++);
+        std::vector<double> bias = values(E, DType::f32, 1.0);
+        for (double& b : bias) b = std::round(4.0 * b) / 4.0;  // with the grid: tied selections
+        Tensor bg = ties ? on_gpu({E}, bias, DType::f32) : Tensor();
+        Tensor bc = ties ? on_cpu({E}, bias) : Tensor();
+        Tensor lg = on_gpu({N, E}, logits, DType::f32);
+        const std::vector<double> dgates = values(N * K, DType::f32);
+        std::vector<int32_t> counts(E);
+        for (int64_t e = 0; e < E; ++e) counts[e] = static_cast<int32_t>(3 * e % 7 + 1);
+        struct Outputs {
+          Tensor scores, lse, topk, gates, dlogits;
+          RouterLossValues losses;
+        };
+        auto run = [&](const char* form) {
+          restored.set(form);
+          Outputs o{poisoned({N, E}, DType::f32), poisoned({N}, DType::f32),
+                    poisoned({N, K}, DType::i32), poisoned({N, K}, DType::f32),
+                    poisoned({N, E}, DType::f32), {}};
+          gpu().router_scores_topk(o.scores, o.lse, o.topk, o.gates, lg, bg, rule);
+          o.losses = gpu().router_losses(o.scores, o.lse, ints_gpu(counts), rule);
+          gpu().router_backward(o.dlogits, on_gpu({N, K}, dgates, DType::f32), o.scores, o.lse, lg,
+                                o.topk, ints_gpu(counts), rule, 0.7, 0.3);
+          return o;
+        };
+        const Outputs group = run("group"), thread = run("thread");
+        expect_bitwise(group.scores, thread.scores, name + " scores");
+        expect_bitwise(group.lse, thread.lse, name + " lse");
+        expect_bitwise(group.gates, thread.gates, name + " gates");
+        EXPECT_EQ(gpu().read_i32(group.topk), gpu().read_i32(thread.topk)) << name << " top-k";
+        EXPECT_EQ(std::memcmp(&group.losses, &thread.losses, sizeof(RouterLossValues)), 0)
+            << name << " losses: aux " << group.losses.aux << " vs " << thread.losses.aux;
+        expect_bitwise(group.dlogits, thread.dlogits, name + " dlogits");
+        // And the group form against the CPU.
+        Tensor sc = cpu().alloc({N, E}, DType::f32), lsc = cpu().alloc({N}, DType::f32),
+               ic = cpu().alloc({N, K}, DType::i32), gc = cpu().alloc({N, K}, DType::f32);
+        Tensor logits_cpu = on_cpu({N, E}, logits);
+        cpu().router_scores_topk(sc, lsc, ic, gc, logits_cpu, bc, rule);
+        expect_equal_ints(group.topk, ic, N * K, name + " top-k against the cpu");
+        expect_close(group.scores, sc, 1e-6, name + " scores against the cpu", DType::f32);
+        expect_close(group.gates, gc, 1e-6, name + " gates against the cpu", DType::f32);
+        const RouterLossValues vc = cpu().router_losses(sc, lsc, ints_cpu(counts), rule);
+        EXPECT_NEAR(group.losses.entropy, vc.entropy, 1e-6 * vc.entropy) << name;
+        EXPECT_NEAR(group.losses.aux, vc.aux, 1e-6 * vc.aux) << name;
+        Tensor dc = cpu().alloc({N, E}, DType::f32);
+        cpu().router_backward(dc, on_cpu({N, K}, dgates), sc, lsc, logits_cpu, ic, ints_cpu(counts),
+                              rule, 0.7, 0.3);
+        expect_close(group.dlogits, dc, 1e-6, name + " dlogits against the cpu", DType::f32);
+        ++cases;
+      }
+  EXPECT_EQ(cases, 28);
+}
+
 // ---- router projection (router_projection.cu) -----------------------------------------------
 // logits = u @ w and its backward with f32 w and u in bf16 (the CPU gets the same bf16 values in
 // f32) or f32: E from 1 to 64 (3: a partial expert chunk), T not a multiple of a block's 8 rows
@@ -1281,6 +1355,40 @@ TEST_F(CudaVec, ProfileRegionInTheEventsTable) {
   }
   const std::string table = cuda_profile_report(gpu(), 1);
   EXPECT_NE(table.find("test region"), std::string::npos) << table;
+}
+
+// The MoE layer's input gradient (router_input_grad) over the shapes its kernel splits: K past
+// one batch of loaded rows (8, or 4 on the element path), dropped assignments, E = 64 (the
+// fine-grained routing), D not a multiple of 8 (the element path), N not a multiple of a warp's
+// 4 tokens; against the CPU, and the same bits run to run.
+TEST_P(CudaOps, RouterInputGrad) {
+  struct Size {
+    int64_t N, K, E, D;
+  };
+  for (const Size size : {Size{203, 10, 12, 40}, Size{77, 8, 64, 20}, Size{1001, 8, 64, 768}}) {
+    const int64_t N = size.N, K = size.K, E = size.E, D = size.D;
+    // Every third assignment dropped; the kept ones in a scrambled order of rows.
+    std::vector<int32_t> slots(N * K, -1);
+    int64_t R = 0;
+    for (int64_t i = 0; i < N * K; ++i)
+      if (i % 3 != 1) slots[i] = static_cast<int32_t>(R++);
+    for (int32_t& r : slots)
+      if (r >= 0) r = static_cast<int32_t>((static_cast<int64_t>(r) * 7919) % R);
+    const std::string name = "router_input_grad N=" + std::to_string(N) +
+                             " K=" + std::to_string(K) + " E=" + std::to_string(E) +
+                             " D=" + std::to_string(D);
+    const std::vector<double> rows = values(R * D, dt()), w = values(D * E, DType::f32, 0.1),
+                              dl = values(N * E, DType::f32);
+    Tensor expected = cpu().alloc({N, D}, DType::f32);
+    cpu().router_input_grad(expected, on_cpu({R, D}, rows), ints_cpu(slots), K, on_cpu({N, E}, dl),
+                            on_cpu({D, E}, w));
+    Tensor got[2] = {poisoned({N, D}, dt()), poisoned({N, D}, dt())};
+    for (const Tensor& out : got)
+      gpu().router_input_grad(out, on_gpu({R, D}, rows, dt()), ints_gpu(slots), K,
+                              on_gpu({N, E}, dl, DType::f32), on_gpu({D, E}, w, DType::f32));
+    expect_close(got[0], expected, Tol{1e-6, 4e-3}, name, dt());
+    expect_bitwise(got[1], got[0], name + " run to run");
+  }
 }
 
 // ---- permute / unpermute --------------------------------------------------------------------

@@ -1,15 +1,16 @@
 // The router (SPEC.md section 2, docs/load-balancing.md) on the device, in the router's dtype
-// (f32; f64 for checks): scores, top-k and gates per token; the capacity plan as per-expert block
-// scans, plus a chunked walk for reroutes (equal to the sequential one); the aux, z and entropy losses as deterministic
-// reductions in double; the backward per token. The integer results (top-k, the plan) equal the
-// CPU reference's (model/cpu/router.cpp) exactly: the kernels compare the same values in the
-// same dtype and break ties the same way.
+// (f32; f64 for checks): scores, top-k and gates per token; the capacity plan as a counting sort
+// (dropless) or per-expert block scans, plus a chunked walk for reroutes (equal to the sequential
+// one); the aux, z and entropy losses as deterministic reductions in double; the backward per
+// token. The integer results (top-k, the plan) equal the CPU reference's (model/cpu/router.cpp)
+// exactly: the kernels compare the same values in the same dtype and break ties the same way.
 #include <cmath>
 #include <cstdint>
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#include "model/cuda/env_choice.h"
 #include "model/cuda/kernels.h"
 
 namespace sy::cuda {
@@ -27,69 +28,65 @@ __device__ inline T selection_score(const T* row, const T* bias, int64_t e) {
   return bias ? row[e] + bias[e] : row[e];
 }
 
-// ---- per-token rows in shared memory -------------------------------------------------------
-// The scores and top-k kernel runs one thread per token over that token's row of E values. Read
-// straight from global memory, a warp's 32 rows lie E values apart and every load touches 32
-// sectors. Its tiled form stages the rows of a block's kTileTokens tokens in shared memory with
-// coalesced copies (pitch E + 1, odd, so that a thread walking its own row hits a different bank
-// from its neighbours) and runs the same per-token arithmetic on the tile: the same bits.
-// Measured at E = 64, top-8, 16k tokens (one H100): 130 us a call against 156. What is left is
-// the thread's own serial work (2E exponentials in f64, the top-K's K^2 E / 2 comparisons) on
-// too few warps (one per 32 tokens), and the copies' 64-bit division per element: a warp per
-// token, and 32-bit tile indices, are the next forms (not yet run on a GPU). The same tiles made
-// the backward (0.101 against 0.097 ms) and the losses' token statistics (0.028 against 0.021)
-// slower, so those stay untiled (docs/cuda.md).
-constexpr int kTileTokens = 32;                 // tokens (threads) per block of a tiled kernel
-constexpr size_t kTileSharedBytes = 48u << 10;  // without an opt-in; past it the plain kernels run
+// ---- the per-token arithmetic, written once for both forms -----------------------------------
+// The per-token kernels (scores and top-k, the losses' token statistics, the backward) come in
+// two forms: a thread per token (any E), and a group of lanes per token (E <= kMaxGroupExperts).
+// Both give the same bits: every sum over experts or choices runs in ascending order, and in
+// those chains each product and each sum is rounded on its own (__dmul_rn, __dadd_rn), so that
+// no form gets a multiply-add contracted that the other does not (the compiler decides that per
+// loop, and the chains' terms are made by other lanes in the group form). The CPU's loops round
+// the same way.
 
-// Rows [0, rows) of a row-major [*, E] matrix from src into a tile of pitch E + 1, or back.
 template <class T>
-__device__ void rows_to_tile(T* tile, const T* src, int64_t rows, int64_t E) {
-  for (int64_t i = threadIdx.x; i < rows * E; i += blockDim.x)
-    tile[(i / E) * (E + 1) + i % E] = src[i];
+__device__ inline double softmax_numerator(T logit, T max_logit) {
+  return exp(static_cast<double>(logit - max_logit));
 }
 template <class T>
-__device__ void tile_to_rows(T* dst, const T* tile, int64_t rows, int64_t E) {
-  for (int64_t i = threadIdx.x; i < rows * E; i += blockDim.x)
-    dst[i] = tile[(i / E) * (E + 1) + i % E];
+__device__ inline T sigmoid_score(T logit) {
+  return static_cast<T>(1.0 / __dadd_rn(1.0, exp(-static_cast<double>(logit))));
+}
+template <class T>
+__device__ inline T logsumexp(T max_logit, double numerator_sum) {
+  return static_cast<T>(__dadd_rn(static_cast<double>(max_logit), log(numerator_sum)));
+}
+// -q log q for q = s / Q, 0 where q <= 0: one token's entropy is the sum of these.
+template <class T>
+__device__ inline double entropy_term(T score, double Q) {
+  const double q = static_cast<double>(score) / Q;
+  return q > 0 ? -__dmul_rn(q, log(q)) : 0.0;
+}
+// The backward. ds_e, the gradient with respect to score e: from aux (c_e; through q = s / Q for
+// sigmoid scores, with cq = <c, q>), plus, for a chosen expert, its gate's term.
+__device__ inline double aux_score_grad(double c_e, double cq, double Q, bool sigmoid) {
+  return sigmoid ? (c_e - cq) / Q : c_e;
+}
+// gate_k = s_k / S (normalised; dot_g = <dgates, s_chosen>) or s_k.
+__device__ inline double gate_score_grad(double dgate, double S, double dot_g, bool normalize) {
+  return normalize ? dgate / S - dot_g / (S * S) : dgate;
+}
+// Through the score function, plus z through logsumexp: softmax s (ds - <ds, s>) + s dz, as
+// s (ds - dot + dz); sigmoid ds s (1 - s) + softmax(logits) dz.
+template <class T>
+__device__ inline T softmax_logit_grad(double ds, double s, double dot, double dz) {
+  return static_cast<T>(__dmul_rn(s, __dadd_rn(ds - dot, dz)));
+}
+template <class T>
+__device__ inline T sigmoid_logit_grad(double ds, double s, T logit, T lse, double dz) {
+  const double softmax = exp(static_cast<double>(logit) - static_cast<double>(lse));
+  return static_cast<T>(__dadd_rn(__dmul_rn(__dmul_rn(ds, s), 1.0 - s), __dmul_rn(softmax, dz)));
 }
 
-// The block's tokens [t0, t0 + rows); mine(): this thread has one of them.
-struct TileRows {
-  int64_t t0, rows;
-  __device__ TileRows(int64_t N) {
-    t0 = static_cast<int64_t>(blockIdx.x) * kTileTokens;
-    rows = N - t0 < kTileTokens ? N - t0 : kTileTokens;
-  }
-  __device__ bool mine() const { return threadIdx.x < rows; }
-};
-
-// The scores and top-k kernel's launch: tiled (kTileTokens threads a block, `bytes` of shared memory)
-// where the tile fits kTileSharedBytes, else the plain form (128 threads, no shared memory).
-struct TileLaunch {
-  bool tiled;
-  unsigned blocks;
-  int threads;
-  size_t bytes;
-  TileLaunch(int64_t N, size_t tile_bytes) : tiled(tile_bytes <= kTileSharedBytes) {
-    threads = tiled ? kTileTokens : 128;
-    blocks = blocks_for(N, threads);
-    bytes = tiled ? tile_bytes : 0;
-  }
-};
-
-// ---- scores, top-k, gates: one thread per token ---------------------------------------------
-// One token: lse, its top-K experts (idx[k * idx_stride]), the scores s and the K gates. row
-// holds the E logits; s may be row itself (then the scores replace the logits, which the top-K
-// has read by then).
+// ---- a thread per token ---------------------------------------------------------------------
+// One token: lse, its top-K experts (idx[k]), the scores s and the K gates; row holds its E
+// logits.
 template <class T>
-__device__ void route_token(T* s, T* lse, int32_t* idx, int64_t idx_stride, T* gates, const T* row,
-                            const T* bias, int64_t E, int64_t K, bool sigmoid, bool normalize) {
+__device__ void route_token(T* s, T* lse, int32_t* idx, T* gates, const T* row, const T* bias,
+                            int64_t E, int64_t K, bool sigmoid, bool normalize) {
   T m = row[0];
   for (int64_t e = 1; e < E; ++e) m = max(m, row[e]);
   double sum = 0;
-  for (int64_t e = 0; e < E; ++e) sum += exp(static_cast<double>(row[e] - m));
-  *lse = static_cast<T>(static_cast<double>(m) + log(sum));  // the z-loss's, whatever the score
+  for (int64_t e = 0; e < E; ++e) sum = __dadd_rn(sum, softmax_numerator(row[e], m));
+  *lse = logsumexp(m, sum);  // the z-loss's, whatever the score
   // Top-K of the selection scores by repeated selection: strictly larger wins, so ties go to
   // the lower index.
   for (int64_t k = 0; k < K; ++k) {
@@ -97,23 +94,21 @@ __device__ void route_token(T* s, T* lse, int32_t* idx, int64_t idx_stride, T* g
     T best_score = T(0);
     for (int64_t e = 0; e < E; ++e) {
       bool chosen = false;
-      for (int64_t c = 0; c < k; ++c) chosen |= idx[c * idx_stride] == e;
+      for (int64_t c = 0; c < k; ++c) chosen |= idx[c] == e;
       const T score = selection_score(row, bias, e);
       if (!chosen && (best < 0 || score > best_score)) best = e, best_score = score;
     }
-    idx[k * idx_stride] = static_cast<int32_t>(best);
+    idx[k] = static_cast<int32_t>(best);
   }
   for (int64_t e = 0; e < E; ++e)
-    s[e] = sigmoid ? static_cast<T>(1.0 / (1.0 + exp(-static_cast<double>(row[e]))))
-                   : static_cast<T>(exp(static_cast<double>(row[e] - m)) / sum);
+    s[e] = sigmoid ? sigmoid_score(row[e]) : static_cast<T>(softmax_numerator(row[e], m) / sum);
   // The gates come from the unbiased scores.
   double denom = 1;
   if (normalize) {
     denom = 0;
-    for (int64_t k = 0; k < K; ++k) denom += static_cast<double>(s[idx[k * idx_stride]]);
+    for (int64_t k = 0; k < K; ++k) denom = __dadd_rn(denom, static_cast<double>(s[idx[k]]));
   }
-  for (int64_t k = 0; k < K; ++k)
-    gates[k] = static_cast<T>(static_cast<double>(s[idx[k * idx_stride]]) / denom);
+  for (int64_t k = 0; k < K; ++k) gates[k] = static_cast<T>(static_cast<double>(s[idx[k]]) / denom);
 }
 
 template <class T>
@@ -122,37 +117,170 @@ __global__ void scores_topk_kernel(T* scores, T* lse, int32_t* topk_idx, T* gate
                                    bool normalize) {
   const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (t >= N) return;
-  route_token(scores + t * E, lse + t, topk_idx + t * K, 1, gates + t * K, logits + t * E, bias, E,
-              K, sigmoid, normalize);
+  route_token(scores + t * E, lse + t, topk_idx + t * K, gates + t * K, logits + t * E, bias, E, K,
+              sigmoid, normalize);
 }
 
-// Shared memory: the rows [kTileTokens, E + 1], then the top-K [K, kTileTokens].
-template <class T>
-size_t scores_topk_tile_bytes(int64_t E, int64_t K) {
-  return kTileTokens * ((E + 1) * sizeof(T) + K * sizeof(int32_t));
-}
+// ---- a group of lanes per token -------------------------------------------------------------
+// A thread per token runs 2E exponentials and K^2 E / 2 comparisons serially on one warp per 32
+// tokens (512 warps for 16k tokens: a sixth of what the SMs' schedulers can keep busy), and its
+// warp's loads touch 32 rows at once. Here G lanes take a token (G = 8, 16 or 32, the power of
+// two at least E up to 32), lane l holding experts l + G i, i < EPL: the loads are coalesced, the
+// exponentials spread over the lanes, the max and each top-k choice are butterfly reductions
+// (largest, then lower expert: the order the serial loop gives), and the ordered f64 sums are
+// E dependent adds of shuffled terms. Measured: BENCHMARKS.md, "the router's per-token kernels".
+constexpr unsigned kFullWarp = 0xffffffffu;
+constexpr int kGroupThreads = 256;
+constexpr int64_t kMaxGroupExperts = 256;  // EPL <= 8: the registers of a lane's experts
 
-template <class T>
-__global__ void __launch_bounds__(kTileTokens)
-    scores_topk_tile_kernel(T* scores, T* lse, int32_t* topk_idx, T* gates, const T* logits,
-                            const T* bias, int64_t N, int64_t E, int64_t K, bool sigmoid,
-                            bool normalize) {
-  extern __shared__ __align__(16) unsigned char shared_bytes[];
-  T* tile = reinterpret_cast<T*>(shared_bytes);
-  int32_t* idx = reinterpret_cast<int32_t*>(tile + kTileTokens * (E + 1));
-  const TileRows block(N);
-  rows_to_tile(tile, logits + block.t0 * E, block.rows, E);
-  __syncthreads();
-  if (block.mine()) {
-    const int64_t t = block.t0 + threadIdx.x;
-    T* row = tile + threadIdx.x * (E + 1);
-    route_token(row, lse + t, idx + threadIdx.x, kTileTokens, gates + t * K, row, bias, E, K,
-                sigmoid, normalize);
-    for (int64_t k = 0; k < K; ++k) topk_idx[t * K + k] = idx[k * kTileTokens + threadIdx.x];
+template <int G, int EPL>
+struct TokenLanes {
+  static_assert(G == 8 || G == 16 || G == 32, "a token's lanes divide the warp");
+  int lane;     // within the token's group
+  int64_t t;    // the token
+  int64_t row;  // t, or 0 for a missing token, which reads token 0 and writes nothing
+  int64_t E;
+  bool token;  // t < N: every lane joins each shuffle, with a token or not
+
+  __device__ TokenLanes(int64_t N, int64_t experts) : E(experts) {
+    const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    lane = static_cast<int>(threadIdx.x % G);
+    t = thread / G;
+    token = t < N;
+    row = token ? t : 0;
   }
-  __syncthreads();
-  tile_to_rows(scores + block.t0 * E, tile, block.rows, E);
+  __device__ int64_t expert(int i) const { return lane + static_cast<int64_t>(G) * i; }
+  __device__ bool has(int i) const { return expert(i) < E; }
+
+  template <class V>
+  __device__ V across(V v, int lane_mask) const {
+    return __shfl_xor_sync(kFullWarp, v, lane_mask, G);
+  }
+  // v[i] = values[e] of my experts, `fill` past E.
+  template <class V>
+  __device__ void load(V (&v)[EPL], const V* values, V fill) const {
+#pragma unroll
+    for (int i = 0; i < EPL; ++i) v[i] = has(i) ? values[expert(i)] : fill;
+  }
+  template <class V>
+  __device__ void store(V* values, const V (&v)[EPL]) const {
+#pragma unroll
+    for (int i = 0; i < EPL; ++i)
+      if (token && has(i)) values[expert(i)] = v[i];
+  }
+  template <class V>
+  __device__ V max_of(const V (&v)[EPL]) const {
+    V m = static_cast<V>(-INFINITY);
+#pragma unroll
+    for (int i = 0; i < EPL; ++i)
+      if (has(i)) m = max(m, v[i]);
+#pragma unroll
+    for (int mask = G / 2; mask > 0; mask >>= 1) m = max(m, across(m, mask));
+    return m;
+  }
+  // v_0 + v_1 + ... + v_{E-1}, added in that order and each add rounded, as the thread form adds
+  // them; every lane of the group gets the sum.
+  __device__ double ordered_sum(const double (&v)[EPL]) const {
+    double sum = 0;
+#pragma unroll
+    for (int i = 0; i < EPL; ++i)
+#pragma unroll
+      for (int l = 0; l < G; ++l) {
+        const double term = __shfl_sync(kFullWarp, v[i], l, G);
+        if (l + G * i < E) sum = __dadd_rn(sum, term);
+      }
+    return sum;
+  }
+};
+
+// The next top-K choice of a token's group: the largest selection score among the experts not
+// yet chosen, the lower expert on ties (the thread form's "strictly larger wins" over e in
+// order); with its unbiased score. (The two orders agree wherever the scores are not NaN.)
+template <class T>
+struct Choice {
+  int32_t expert = -1;
+  T selection = T(0), score = T(0);
+  __device__ bool beaten_by(int32_t e, T other) const {
+    return e >= 0 && (expert < 0 || other > selection || (other == selection && e < expert));
+  }
+};
+
+template <class T, int G, int EPL>
+__device__ Choice<T> next_choice(const TokenLanes<G, EPL>& my, const T (&selection)[EPL],
+                                 const T (&score)[EPL], unsigned chosen) {
+  Choice<T> best;
+#pragma unroll
+  for (int i = 0; i < EPL; ++i)
+    if (my.has(i) && !(chosen >> i & 1u) && best.beaten_by(my.expert(i), selection[i]))
+      best = {static_cast<int32_t>(my.expert(i)), selection[i], score[i]};
+#pragma unroll
+  for (int mask = G / 2; mask > 0; mask >>= 1) {
+    const Choice<T> other{my.across(best.expert, mask), my.across(best.selection, mask),
+                          my.across(best.score, mask)};
+    if (best.beaten_by(other.expert, other.selection)) best = other;
+  }
+  return best;
 }
+
+template <class T, int G, int EPL>
+__global__ void __launch_bounds__(kGroupThreads)
+    scores_topk_group_kernel(T* scores, T* lse, int32_t* topk_idx, T* gates, const T* logits,
+                             const T* bias, int64_t N, int64_t E, int64_t K, bool sigmoid,
+                             bool normalize) {
+  const TokenLanes<G, EPL> my(N, E);
+  T logit[EPL], score[EPL], selection[EPL];
+  my.load(logit, logits + my.row * E, T(0));
+  const T m = my.max_of(logit);
+  double numerator[EPL];
+#pragma unroll
+  for (int i = 0; i < EPL; ++i) numerator[i] = softmax_numerator(logit[i], m);
+  const double sum = my.ordered_sum(numerator);
+#pragma unroll
+  for (int i = 0; i < EPL; ++i) {
+    score[i] = sigmoid ? sigmoid_score(logit[i]) : static_cast<T>(numerator[i] / sum);
+    selection[i] = bias && my.has(i) ? logit[i] + bias[my.expert(i)] : logit[i];
+  }
+  my.store(scores + my.row * E, score);
+  if (my.token && my.lane == 0) lse[my.t] = logsumexp(m, sum);
+  // Each choice's lane k % G writes it, with its score for now; the gates once the sum is known.
+  unsigned chosen = 0;  // bit i: my expert i is taken
+  double denom = normalize ? 0.0 : 1.0;
+  for (int64_t k = 0; k < K; ++k) {
+    const Choice<T> c = next_choice(my, selection, score, chosen);
+    if (c.expert >= 0 && c.expert % G == my.lane) chosen |= 1u << (c.expert / G);
+    if (normalize) denom = __dadd_rn(denom, static_cast<double>(c.score));
+    if (my.token && k % G == my.lane) {
+      topk_idx[my.t * K + k] = c.expert;
+      gates[my.t * K + k] = c.score;
+    }
+  }
+  if (!my.token) return;
+  for (int64_t k = my.lane; k < K; k += G) {
+    T& gate = gates[my.t * K + k];
+    gate = static_cast<T>(static_cast<double>(gate) / denom);
+  }
+}
+
+// Runs f with Lanes<G, EPL> for E experts and returns true, or returns false where the thread
+// form runs: E past kMaxGroupExperts, or SY_ROUTER_TOKEN_KERNEL=thread (docs/cuda.md; the
+// tests compare the two forms bit for bit).
+template <int G_, int EPL_>
+struct Lanes {
+  static constexpr int G = G_, EPL = EPL_;
+};
+template <class F>
+bool with_token_lanes(int64_t E, F&& f) {
+  const char* form = env_choice("SY_ROUTER_TOKEN_KERNEL", {"group", "thread"});
+  if (E > kMaxGroupExperts || (form && form[0] == 't')) return false;
+  if (E <= 8) f(Lanes<8, 1>{});
+  else if (E <= 16) f(Lanes<16, 1>{});
+  else if (E <= 32) f(Lanes<32, 1>{});
+  else if (E <= 64) f(Lanes<32, 2>{});
+  else if (E <= 128) f(Lanes<32, 4>{});
+  else f(Lanes<32, 8>{});
+  return true;
+}
+unsigned group_blocks(int64_t N, int G) { return blocks_for(N * G, kGroupThreads); }
 
 // ---- the capacity plan ----------------------------------------------------------------------
 // 1. plan_keep_kernel, one block per expert: which of its assignments it keeps.
@@ -736,26 +864,47 @@ void dropless_plan(Context& ctx, const Tensor& slot_row, const Tensor& row_slot,
 }
 
 // ---- losses ---------------------------------------------------------------------------------
-// One thread per token: row_sum[t] = Q_t = sum_e scores[t, e] for sigmoid scores (1 for
-// softmax: q = scores), row_entropy[t] = -sum_e q log q with q = scores / Q_t (0 log 0 = 0).
+// row_sum[t] = Q_t = sum_e scores[t, e] for sigmoid scores (1 for softmax: q = scores),
+// row_entropy[t] = -sum_e q log q with q = scores / Q_t (0 log 0 = 0). A thread per token:
 template <class T>
 __global__ void router_token_stats_kernel(double* row_sum, double* row_entropy, const T* scores,
                                           int64_t N, int64_t E, bool sigmoid) {
   const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (t >= N) return;
   const T* s = scores + t * E;
-  double sum = 1;
+  double Q = 1;
   if (sigmoid) {
-    sum = 0;
-    for (int64_t e = 0; e < E; ++e) sum += static_cast<double>(s[e]);
+    Q = 0;
+    for (int64_t e = 0; e < E; ++e) Q = __dadd_rn(Q, static_cast<double>(s[e]));
   }
   double entropy = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    const double q = static_cast<double>(s[e]) / sum;
-    if (q > 0) entropy -= q * log(q);
-  }
-  row_sum[t] = sum;
+  for (int64_t e = 0; e < E; ++e) entropy = __dadd_rn(entropy, entropy_term(s[e], Q));
+  row_sum[t] = Q;
   row_entropy[t] = entropy;
+}
+
+// ... and a group of lanes per token.
+template <class T, int G, int EPL>
+__global__ void __launch_bounds__(kGroupThreads)
+    router_token_stats_group_kernel(double* row_sum, double* row_entropy, const T* scores,
+                                    int64_t N, int64_t E, bool sigmoid) {
+  const TokenLanes<G, EPL> my(N, E);
+  T s[EPL];
+  my.load(s, scores + my.row * E, T(0));
+  double terms[EPL];
+  double Q = 1;
+  if (sigmoid) {
+#pragma unroll
+    for (int i = 0; i < EPL; ++i) terms[i] = static_cast<double>(s[i]);
+    Q = my.ordered_sum(terms);
+  }
+#pragma unroll
+  for (int i = 0; i < EPL; ++i) terms[i] = entropy_term(s[i], Q);
+  const double entropy = my.ordered_sum(terms);
+  if (my.token && my.lane == 0) {
+    row_sum[my.t] = Q;
+    row_entropy[my.t] = entropy;
+  }
 }
 
 // Block e < E: sums[e] = sum_t q[t, e]; block E: sum_t lse_t^2; block E+1: sum_t entropy_t.
@@ -815,10 +964,9 @@ __global__ void router_balance_grad_kernel(double* c, const int32_t* balance_cou
   }
 }
 
-// One thread per token, as cpu::router_backward: ds (the gradient with respect to the scores)
-// from aux (through q = s, or q = s / Q for sigmoid: dq/ds_j = (delta - q_j) / Q) and from the
-// gates (through the top-K normalisation), then through the score function (softmax:
-// s * (ds - <ds, s>); sigmoid: ds * s * (1 - s)), plus z through logsumexp (softmax(logits) * dz).
+// As cpu::router_backward: ds (the gradient with respect to the scores) from aux (through q = s,
+// or q = s / Q for sigmoid: dq/ds_j = (delta - q_j) / Q) and from the gates (through the top-K
+// normalisation), then through the score function, plus z through logsumexp. A thread per token:
 template <class T>
 __global__ void router_backward_kernel(T* dlogits, const T* dgates, const T* scores, const T* lse,
                                        const T* logits, const int32_t* topk_idx, const double* c,
@@ -832,40 +980,98 @@ __global__ void router_backward_kernel(T* dlogits, const T* dgates, const T* sco
   double Q = 1, cq = 0;  // sigmoid: Q = sum_e s_e, cq = <c, q>
   if (sigmoid) {
     Q = 0;
-    for (int64_t e = 0; e < E; ++e) Q += static_cast<double>(s[e]);
-    for (int64_t e = 0; e < E; ++e) cq += c[e] * (static_cast<double>(s[e]) / Q);
+    for (int64_t e = 0; e < E; ++e) Q = __dadd_rn(Q, static_cast<double>(s[e]));
+    for (int64_t e = 0; e < E; ++e)
+      cq = __dadd_rn(cq, __dmul_rn(c[e], static_cast<double>(s[e]) / Q));
   }
   double S = 0, dot_g = 0;  // normalised gates: gate_k = s_k / S, S = sum of the selected scores
   if (normalize) {
     for (int64_t k = 0; k < K; ++k) {
-      S += static_cast<double>(s[idx[k]]);
-      dot_g += static_cast<double>(g[k]) * static_cast<double>(s[idx[k]]);
+      const double chosen = static_cast<double>(s[idx[k]]);
+      S = __dadd_rn(S, chosen);
+      dot_g = __dadd_rn(dot_g, __dmul_rn(static_cast<double>(g[k]), chosen));
     }
   }
   // ds_e, recomputed where needed (E is not known at compile time: no per-thread array).
   auto ds = [&](int64_t e) {
-    double d = sigmoid ? (c[e] - cq) / Q : c[e];
+    double d = aux_score_grad(c[e], cq, Q, sigmoid);
     for (int64_t k = 0; k < K; ++k)
       if (idx[k] == e)
-        d += normalize ? static_cast<double>(g[k]) / S - dot_g / (S * S)
-                       : static_cast<double>(g[k]);
+        d = __dadd_rn(d, gate_score_grad(static_cast<double>(g[k]), S, dot_g, normalize));
     return d;
   };
   const double dz = d_z * 2.0 * static_cast<double>(lse[t]) / N;
   T* out = dlogits + t * E;
   if (sigmoid) {
-    for (int64_t e = 0; e < E; ++e) {
-      const double se = static_cast<double>(s[e]);
-      const double softmax =
-          exp(static_cast<double>(logits[t * E + e]) - static_cast<double>(lse[t]));
-      out[e] = static_cast<T>(ds(e) * se * (1.0 - se) + softmax * dz);
-    }
+    for (int64_t e = 0; e < E; ++e)
+      out[e] = sigmoid_logit_grad(ds(e), static_cast<double>(s[e]), logits[t * E + e], lse[t], dz);
   } else {
     double dot = 0;
-    for (int64_t e = 0; e < E; ++e) dot += ds(e) * static_cast<double>(s[e]);
     for (int64_t e = 0; e < E; ++e)
-      out[e] = static_cast<T>(static_cast<double>(s[e]) * (ds(e) - dot + dz));
+      dot = __dadd_rn(dot, __dmul_rn(ds(e), static_cast<double>(s[e])));
+    for (int64_t e = 0; e < E; ++e)
+      out[e] = softmax_logit_grad<T>(ds(e), static_cast<double>(s[e]), dot, dz);
   }
+}
+
+// ... and a group of lanes per token.
+template <class T, int G, int EPL>
+__global__ void __launch_bounds__(kGroupThreads)
+    router_backward_group_kernel(T* dlogits, const T* dgates, const T* scores, const T* lse,
+                                 const T* logits, const int32_t* topk_idx, const double* c,
+                                 int64_t N, int64_t E, int64_t K, bool sigmoid, bool normalize,
+                                 double d_z) {
+  const TokenLanes<G, EPL> my(N, E);
+  const T* s_row = scores + my.row * E;
+  const int32_t* idx = topk_idx + my.row * K;
+  const T* g = dgates + my.row * K;
+  T s_t[EPL];
+  my.load(s_t, s_row, T(0));
+  double s[EPL], c_e[EPL], terms[EPL];
+#pragma unroll
+  for (int i = 0; i < EPL; ++i) s[i] = static_cast<double>(s_t[i]);
+  my.load(c_e, c, 0.0);
+  double Q = 1, cq = 0;
+  if (sigmoid) {
+    Q = my.ordered_sum(s);
+#pragma unroll
+    for (int i = 0; i < EPL; ++i) terms[i] = __dmul_rn(c_e[i], s[i] / Q);
+    cq = my.ordered_sum(terms);
+  }
+  double S = 0, dot_g = 0;
+  if (normalize) {
+    for (int64_t k = 0; k < K; ++k) {
+      const double chosen = static_cast<double>(s_row[idx[k]]);
+      S = __dadd_rn(S, chosen);
+      dot_g = __dadd_rn(dot_g, __dmul_rn(static_cast<double>(g[k]), chosen));
+    }
+  }
+  double ds[EPL];
+#pragma unroll
+  for (int i = 0; i < EPL; ++i) ds[i] = aux_score_grad(c_e[i], cq, Q, sigmoid);
+  for (int64_t k = 0; k < K; ++k) {
+    const int32_t e = idx[k];
+    const double term = gate_score_grad(static_cast<double>(g[k]), S, dot_g, normalize);
+#pragma unroll
+    for (int i = 0; i < EPL; ++i)
+      if (my.expert(i) == e) ds[i] = __dadd_rn(ds[i], term);
+  }
+  const double dz = d_z * 2.0 * static_cast<double>(lse[my.row]) / N;
+  T out[EPL];
+  if (sigmoid) {
+    T logit[EPL];
+    my.load(logit, logits + my.row * E, T(0));
+#pragma unroll
+    for (int i = 0; i < EPL; ++i)
+      out[i] = sigmoid_logit_grad(ds[i], s[i], logit[i], lse[my.row], dz);
+  } else {
+#pragma unroll
+    for (int i = 0; i < EPL; ++i) terms[i] = __dmul_rn(ds[i], s[i]);
+    const double dot = my.ordered_sum(terms);
+#pragma unroll
+    for (int i = 0; i < EPL; ++i) out[i] = softmax_logit_grad<T>(ds[i], s[i], dot, dz);
+  }
+  my.store(dlogits + my.row * E, out);
 }
 
 }  // namespace
@@ -876,12 +1082,16 @@ void router_scores_topk(Context& ctx, const Tensor& scores, const Tensor& lse,
   const int64_t N = logits.dim(0), E = logits.dim(1);
   if (N == 0) return;
   dispatch_wide(logits.dtype(), [&]<class T>(Tag<T>) {
-    const TileLaunch launch(N, scores_topk_tile_bytes<T>(E, rule.top_k));
-    const auto kernel = launch.tiled ? scores_topk_tile_kernel<T> : scores_topk_kernel<T>;
-    kernel<<<launch.blocks, launch.threads, launch.bytes, ctx.stream>>>(
-        scores.ptr<T>(), lse.ptr<T>(), topk_idx.ptr<int32_t>(), gates.ptr<T>(), logits.ptr<T>(),
-        bias_ptr<T>(expert_bias), N, E, rule.top_k, rule.score == RouterScore::sigmoid,
-        rule.normalize);
+    auto launch = [&](auto kernel, unsigned blocks, int threads) {
+      kernel<<<blocks, threads, 0, ctx.stream>>>(
+          scores.ptr<T>(), lse.ptr<T>(), topk_idx.ptr<int32_t>(), gates.ptr<T>(), logits.ptr<T>(),
+          bias_ptr<T>(expert_bias), N, E, rule.top_k, rule.score == RouterScore::sigmoid,
+          rule.normalize);
+    };
+    if (!with_token_lanes(E, [&]<class L>(L) {
+          launch(scores_topk_group_kernel<T, L::G, L::EPL>, group_blocks(N, L::G), kGroupThreads);
+        }))
+      launch(scores_topk_kernel<T>, blocks_for(N, 128), 128);
   });
   check_launch(ctx, "router_scores_topk");
 }
@@ -948,9 +1158,15 @@ void router_losses(Context& ctx, const Tensor& scores, const Tensor& lse,
   double* row_sum = row_stats;
   double* row_entropy = row_stats + N;
   dispatch_wide(scores.dtype(), [&]<class T>(Tag<T>) {
-    if (N > 0)
-      router_token_stats_kernel<T><<<blocks_for(N, 128), 128, 0, ctx.stream>>>(
-          row_sum, row_entropy, scores.ptr<T>(), N, E, rule.score == RouterScore::sigmoid);
+    auto launch = [&](auto kernel, unsigned blocks, int threads) {
+      kernel<<<blocks, threads, 0, ctx.stream>>>(row_sum, row_entropy, scores.ptr<T>(), N, E,
+                                                 rule.score == RouterScore::sigmoid);
+    };
+    if (N > 0 && !with_token_lanes(E, [&]<class L>(L) {
+          launch(router_token_stats_group_kernel<T, L::G, L::EPL>, group_blocks(N, L::G),
+                 kGroupThreads);
+        }))
+      launch(router_token_stats_kernel<T>, blocks_for(N, 128), 128);
     router_sums_kernel<T><<<static_cast<unsigned>(E + 2), kThreads, 0, ctx.stream>>>(
         sums, scores.ptr<T>(), lse.ptr<T>(), row_sum, row_entropy, N, E);
   });
@@ -968,10 +1184,17 @@ void router_backward(Context& ctx, const Tensor& dlogits, const Tensor& dgates,
   router_balance_grad_kernel<<<1, kThreads, 0, ctx.stream>>>(c, balance_counts.ptr<int32_t>(), N,
                                                              E, d_aux);
   dispatch_wide(scores.dtype(), [&]<class T>(Tag<T>) {
-    router_backward_kernel<T><<<blocks_for(N, 128), 128, 0, ctx.stream>>>(
-        dlogits.ptr<T>(), dgates.ptr<T>(), scores.ptr<T>(), lse.ptr<T>(), logits.ptr<T>(),
-        topk_idx.ptr<int32_t>(), c, N, E, rule.top_k, rule.score == RouterScore::sigmoid,
-        rule.normalize, d_z);
+    auto launch = [&](auto kernel, unsigned blocks, int threads) {
+      kernel<<<blocks, threads, 0, ctx.stream>>>(
+          dlogits.ptr<T>(), dgates.ptr<T>(), scores.ptr<T>(), lse.ptr<T>(), logits.ptr<T>(),
+          topk_idx.ptr<int32_t>(), c, N, E, rule.top_k, rule.score == RouterScore::sigmoid,
+          rule.normalize, d_z);
+    };
+    if (!with_token_lanes(E, [&]<class L>(L) {
+          launch(router_backward_group_kernel<T, L::G, L::EPL>, group_blocks(N, L::G),
+                 kGroupThreads);
+        }))
+      launch(router_backward_kernel<T>, blocks_for(N, 128), 128);
   });
   check_launch(ctx, "router_backward");
 }
