@@ -40,6 +40,7 @@ StepSampler::StepSampler(std::vector<std::shared_ptr<const TokenSource>> sources
                          int64_t seq_len, uint64_t seed)
     : sources_(std::move(sources)),
       names_(std::move(names)),
+      weights_(std::move(weights)),
       seq_len_(seq_len),
       stream_key_(key_combine(sampler_domain(), seed)),
       mixture_key_(key_combine(hash_string("sampler mixture"), seed)),
@@ -48,9 +49,9 @@ StepSampler::StepSampler(std::vector<std::shared_ptr<const TokenSource>> sources
     throw std::runtime_error("sampler: sequence length " + std::to_string(seq_len) +
                              " must be at least 1");
   if (sources_.empty()) throw std::runtime_error("sampler: no training source");
-  if (weights.size() != sources_.size() || names_.size() != sources_.size())
+  if (weights_.size() != sources_.size() || names_.size() != sources_.size())
     throw std::runtime_error("sampler: " + std::to_string(sources_.size()) + " sources but " +
-                             std::to_string(weights.size()) + " weights");
+                             std::to_string(weights_.size()) + " weights");
   double total = 0.0;
   for (size_t j = 0; j < sources_.size(); ++j) {
     const int64_t tokens = sources_[j] ? sources_[j]->size() : 0;
@@ -58,14 +59,14 @@ StepSampler::StepSampler(std::vector<std::shared_ptr<const TokenSource>> sources
       throw std::runtime_error(names_[j] + " has " + std::to_string(tokens) +
                                " tokens; sequences of " + std::to_string(seq_len) + " need " +
                                std::to_string(seq_len + 1));
-    if (!(weights[j] >= 0) || !std::isfinite(weights[j]))
-      throw std::runtime_error(names_[j] + ": weight " + std::to_string(weights[j]) +
+    if (!(weights_[j] >= 0) || !std::isfinite(weights_[j]))
+      throw std::runtime_error(names_[j] + ": weight " + std::to_string(weights_[j]) +
                                " must be finite and >= 0");
-    total += weights[j];
+    total += weights_[j];
   }
   if (!(total > 0)) throw std::runtime_error("sampler: the weights sum to 0");
   double running = 0.0;
-  for (double w : weights) cumulative_.push_back((running += w) / total);
+  for (double w : weights_) cumulative_.push_back((running += w) / total);
   cumulative_.back() = 1.0;  // rounding must not leave u in [sum, 1) without a source
 }
 
@@ -81,9 +82,8 @@ int64_t StepSampler::source(int64_t step, int64_t sequence) const {
 std::string StepSampler::describe_sources() const {
   std::string out;
   for (size_t j = 0; j < sources_.size(); ++j) {
-    const double share = cumulative_[j] - (j ? cumulative_[j - 1] : 0.0);
     char percent[32];
-    std::snprintf(percent, sizeof percent, " %.3g%%", 100.0 * share);
+    std::snprintf(percent, sizeof percent, " %.3g%%", 100.0 * share(static_cast<int64_t>(j)));
     out += (j ? ", " : "") + names_[j] + percent;
   }
   return out;
@@ -97,11 +97,15 @@ std::pair<int64_t, int64_t> StepSampler::window(int64_t step, int64_t sequence) 
     if (sequence >= sequences_per_step_)
       throw std::logic_error("sampler: sequence " + std::to_string(sequence) + " of a step of " +
                              std::to_string(sequences_per_step_));
-    const int64_t windows = epoch_windows();
     const int64_t q = step * sequences_per_step_ + sequence;
-    const KeyedPermutation order(static_cast<uint64_t>(windows),
-                                 key_combine(epoch_key_, static_cast<uint64_t>(q / windows)));
-    return {0, static_cast<int64_t>(order(static_cast<uint64_t>(q % windows))) * seq_len_};
+    const int64_t j = interleave_ ? interleave_->source(q) : 0;
+    const int64_t n = interleave_ ? interleave_->ordinal(q) : q;
+    const int64_t windows = epoch_windows(j);
+    // Source 0 keeps the key of a one-source run: the same file alone gives the same order.
+    uint64_t key = key_combine(epoch_key_, static_cast<uint64_t>(n / windows));
+    if (j > 0) key = key_combine(key, static_cast<uint64_t>(j));
+    const KeyedPermutation order(static_cast<uint64_t>(windows), key);
+    return {j, static_cast<int64_t>(order(static_cast<uint64_t>(n % windows))) * seq_len_};
   }
   const int64_t j = source(step, sequence);
   const uint64_t key = key_combine(key_combine(stream_key_, static_cast<uint64_t>(step)),
@@ -128,20 +132,24 @@ void StepSampler::mask_documents() {
 }
 
 void StepSampler::sample_epochs(int64_t sequences_per_step) {
-  if (sources_.size() > 1)
-    throw std::runtime_error(
-        "data.sampling: epoch takes data.path's /train alone; a mixture (data.train_paths) "
-        "samples its windows at random");
   if (sequences_per_step < 1)
     throw std::logic_error("sampler: " + std::to_string(sequences_per_step) + " sequences a step");
+  if (sources_.size() > 1) interleave_.emplace(weights_, names_);
   sequences_per_step_ = sequences_per_step;
 }
 
-int64_t StepSampler::epoch_windows() const { return (sources_[0]->size() - 1) / seq_len_; }
+int64_t StepSampler::epoch_windows(int64_t source) const {
+  return (sources_[source]->size() - 1) / seq_len_;
+}
 
-double StepSampler::epochs_after(int64_t steps) const {
-  return static_cast<double>(steps) * static_cast<double>(sequences_per_step_) /
-         static_cast<double>(epoch_windows());
+double StepSampler::share(int64_t source) const {
+  if (interleave_) return interleave_->share(source);
+  return cumulative_[source] - (source ? cumulative_[source - 1] : 0.0);
+}
+
+double StepSampler::epochs_after(int64_t steps, int64_t source) const {
+  return static_cast<double>(steps) * static_cast<double>(sequences_per_step_) * share(source) /
+         static_cast<double>(epoch_windows(source));
 }
 
 void StepSampler::group(int64_t step, int64_t group_index, int64_t batch_size, int32_t* inputs,

@@ -3,10 +3,12 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "data/mixture_interleave.h"
 #include "data/token_window.h"
 
 namespace sy {
@@ -52,18 +54,24 @@ class StepSampler {
   void mask_documents();
   bool masks_documents() const { return mask_documents_; }
 
-  // data.sampling: epoch (docs/data.md, "Epochs"): from now on the split is cut into
-  // epoch_windows() windows of S + 1 tokens starting at multiples of S, and the run's q-th
-  // sequence, q = step * sequences_per_step + sequence, is window P_e(q mod W) of epoch
-  // e = q / W, P_e a KeyedPermutation of the W windows keyed by (seed, e): every window once an
-  // epoch, in a new order each epoch, still a pure function of (seed, step, sequence). Throws
-  // for a mixture ("a mixture samples its windows at random") and for sequences_per_step < 1.
+  // data.sampling: epoch (docs/data.md, "Epochs"): from now on each source is cut into
+  // epoch_windows(j) windows of S + 1 tokens starting at multiples of S. The run's q-th
+  // sequence, q = step * sequences_per_step + sequence, is the n-th of its source j (one
+  // source: j = 0, n = q; a mixture: MixtureInterleave's source and ordinal of q), and takes
+  // window P_e(n mod W_j) of that source's epoch e = n / W_j, P_e a KeyedPermutation of the W_j
+  // windows keyed by (seed, e, and j past source 0): every window once an epoch of its source,
+  // in a new order each epoch, still a pure function of (seed, step, sequence). Throws for
+  // sequences_per_step < 1 and for a mixture weight too small for the interleave's period.
   void sample_epochs(int64_t sequences_per_step);
   bool samples_epochs() const { return sequences_per_step_ > 0; }
-  // W = (N - 1) / S: the windows of source 0 that epoch sampling takes.
-  int64_t epoch_windows() const;
-  // The epochs that `steps` steps take: steps * sequences_per_step / W (epoch sampling only).
-  double epochs_after(int64_t steps) const;
+  // W_j = (N_j - 1) / S: the windows of source j that epoch sampling takes.
+  int64_t epoch_windows(int64_t source = 0) const;
+  // The epochs of source j that `steps` steps take: steps * sequences_per_step * share_j / W_j
+  // (share_j = 1 for one source; epoch sampling only).
+  double epochs_after(int64_t steps, int64_t source = 0) const;
+  // The share of the run's sequences that source j takes (epoch sampling: the interleave's).
+  double share(int64_t source) const;
+  const std::string& source_name(int64_t source) const { return names_[source]; }
 
   int64_t seq_len() const { return seq_len_; }
   int64_t num_tokens() const { return sources_[0]->size(); }  // of source 0
@@ -80,12 +88,14 @@ class StepSampler {
   std::vector<std::shared_ptr<const TokenSource>> sources_;
   std::vector<double> cumulative_;  // (w_0 + .. + w_j) / sum(w); the last is 1
   std::vector<std::string> names_;
+  std::vector<double> weights_;
   int64_t seq_len_;
   uint64_t stream_key_;   // key_combine(sampler domain, seed): the per-run root of all draws
   uint64_t mixture_key_;  // the same for the source draws
   uint64_t epoch_key_;    // the same for epoch sampling's permutations
   bool mask_documents_ = false;
   int64_t sequences_per_step_ = 0;  // > 0: epoch sampling
+  std::optional<MixtureInterleave> interleave_;  // epoch sampling of a mixture
 };
 
 // Document masking (docs/data.md, "Document masking") of the window of seq_len + 1 tokens that

@@ -260,6 +260,18 @@ TEST_F(CheckpointTest, EpochSamplingResumesExactly) {
   expect_exact_resume_from_step_3(c);
 }
 
+// The same over a mixture: each sequence's file and its place in that file's epochs come from
+// the sequence number alone (data/mixture_interleave.h).
+TEST_F(CheckpointTest, EpochSamplingOverAMixtureResumesExactly) {
+  const std::string code = (dir / "code.h5").string();
+  test::write_repeated_text(code, "for (int e = 0; e < experts; ++e) load[e] += rows[e]; ", 12, 90);
+  Config c = base_config("mixture_epochs");
+  c.data.train_paths = {c.data.path, code};
+  c.data.train_weights = {1.0, 1.0};
+  c.data.sampling = Sampling::epoch;
+  expect_exact_resume_from_step_3(c);
+}
+
 // A save interrupted after the temporary file was written and before the rename (the test hook
 // throws there, as a crash would stop there) leaves the previous checkpoint in place; `auto`
 // picks it, also past a newer garbage step file and a `latest` that names a broken file.

@@ -55,6 +55,23 @@ TEST_F(DistTrain, EquivalenceWithEpochSampling) {
   check_equivalence(c, "epochs");
 }
 
+// Epoch sampling over a mixture: sequence q's file and its ordinal there come from q alone
+// (data/mixture_interleave.h). Two short files, so that each crosses epoch boundaries.
+TEST_F(DistTrain, EquivalenceOnAMixtureWithEpochSampling) {
+  const std::string small = (dir / "small_a.h5").string(), code = (dir / "small_b.h5").string();
+  if (world_rank() == 0) {
+    test::write_repeated_text(small, "the router picks two experts for every token. ", 20, 80);
+    test::write_repeated_text(code, "for (int e = 0; e < experts; ++e) load[e] += 1; ", 12, 80);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  Config c = base_config();
+  c.data.path = small;
+  c.data.train_paths = {small, code};
+  c.data.train_weights = {2.0, 1.0};
+  c.data.sampling = Sampling::epoch;
+  check_equivalence(c, "mixture epochs");
+}
+
 // A mixture of two token files (data.train_paths) under a warmup-stable-decay schedule: each
 // sequence's file is drawn per (step, sequence), so the layout does not matter either.
 TEST_F(DistTrain, EquivalenceOnAMixtureWithAStableThenDecayingLr) {

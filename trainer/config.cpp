@@ -11,9 +11,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -22,6 +22,7 @@
 #include <utility>
 #include <variant>
 
+#include "data/mixture_interleave.h"
 #include "trainer/yaml_quote.h"
 
 namespace sy {
@@ -753,10 +754,6 @@ void validate_train(const TrainConfig& t, Problems& p) {
 }
 
 void validate_mixture(const DataConfig& d, Problems& p) {
-  if (d.sampling == Sampling::epoch && !d.train_paths.empty())
-    p.add("data.sampling",
-          "epoch takes data.path's /train alone; a mixture (data.train_paths) "
-          "samples its windows at random");
   for (size_t i = 0; i < d.train_paths.size(); ++i)
     if (d.train_paths[i].empty())
       p.add("data.train_paths[" + std::to_string(i) + "]", "must not be empty");
@@ -775,7 +772,20 @@ void validate_mixture(const DataConfig& d, Problems& p) {
             "must be finite and >= 0, got " + str(w));
     else total += w;
   }
-  if (!(total > 0)) p.add("data.train_weights", "must not all be 0");
+  if (!(total > 0)) {
+    p.add("data.train_weights", "must not all be 0");
+    return;
+  }
+  // Epoch sampling interleaves the sources in periods of MixtureInterleave::kPeriod sequences.
+  if (d.sampling != Sampling::epoch) return;
+  const std::vector<int64_t> per_period = MixtureInterleave::per_period(d.train_weights);
+  for (size_t i = 0; i < d.train_weights.size(); ++i) {
+    const double w = d.train_weights[i];
+    if (w > 0 && per_period[i] == 0)
+      p.add("data.train_weights[" + std::to_string(i) + "]",
+            str(w) + " is under 1/" + std::to_string(MixtureInterleave::kPeriod) +
+                " of the total, the finest share data.sampling: epoch keeps");
+  }
 }
 
 void validate_rest(const Config& c, Problems& p) {

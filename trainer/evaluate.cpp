@@ -79,6 +79,16 @@ LossInUnits loss_in_units(double loss, const std::string& tokenizer) {
   return {"perplexity", std::exp(loss)};
 }
 
+std::string file_key(const std::string& prefix, const std::string& path,
+                     std::vector<std::string>& taken) {
+  const std::string stem = prefix + "/" + std::filesystem::path(path).stem().string();
+  std::string key = stem;
+  for (int n = 2; std::find(taken.begin(), taken.end(), key) != taken.end(); ++n)
+    key = stem + "_" + std::to_string(n);
+  taken.push_back(key);
+  return key;
+}
+
 MixtureValidation read_mixture_validation(const DataConfig& data,
                                           const std::vector<TokenFile>& files, int64_t sequences,
                                           int64_t seq_len) {
@@ -94,13 +104,9 @@ MixtureValidation read_mixture_validation(const DataConfig& data,
       result.notes.push_back(path + " (data.train_paths): no val_loss of its own, " + fit);
       continue;
     }
-    const std::string stem = "val_loss/" + std::filesystem::path(path).stem().string();
-    std::string key = stem;
-    for (int n = 2; std::find(keys.begin(), keys.end(), key) != keys.end(); ++n)
-      key = stem + "_" + std::to_string(n);
-    keys.push_back(key);
-    result.files.push_back({key, read_validation_set(*file.val, sequences, seq_len,
-                                                     data.document_mask, path + " /val")});
+    result.files.push_back(
+        {file_key("val_loss", path, keys),
+         read_validation_set(*file.val, sequences, seq_len, data.document_mask, path + " /val")});
   }
   return result;
 }

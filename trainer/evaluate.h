@@ -52,6 +52,12 @@ struct LossInUnits {
 };
 LossInUnits loss_in_units(double loss, const std::string& tokenizer);
 
+// "<prefix>/<file name>" for a mixture's file at `path`, with "_2", "_3", ... past the first
+// of a name already in `taken` ("val_loss/code" for corpora/code.h5, "val_loss/code_2" for a
+// second file of that name); appends it to `taken`.
+std::string file_key(const std::string& prefix, const std::string& path,
+                     std::vector<std::string>& taken);
+
 // A mixture's own validation sets (data.train_paths, docs/data.md, Mixtures): every file but
 // data.path, with the first `sequences` sequences of its /val, keyed "val_loss/<file name>"
 // ("val_loss/code" for corpora/code.h5, "val_loss/code_2" for a second file of that name). A file

@@ -186,6 +186,7 @@ std::vector<std::pair<std::string, double>> step_scalars(const StepMetrics& m) {
   out.emplace_back("peak_memory_bytes", static_cast<double>(m.peak_memory_bytes));
   if (m.lm_targets >= 0) out.emplace_back("lm_targets", static_cast<double>(m.lm_targets));
   if (m.epoch >= 0) out.emplace_back("epoch", m.epoch);
+  for (const auto& [key, epochs] : m.source_epochs) out.emplace_back(key, epochs);
   return out;
 }
 }  // namespace
@@ -212,6 +213,7 @@ void MetricsLog::write_step(const StepMetrics& m) {
   line.add("peak_memory_bytes", m.peak_memory_bytes);
   if (m.lm_targets >= 0) line.add("lm_targets", m.lm_targets);
   if (m.epoch >= 0) line.add("epoch", m.epoch);
+  for (const auto& [key, epochs] : m.source_epochs) line.add(key, epochs);
   write_record(line);
 }
 

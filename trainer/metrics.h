@@ -26,6 +26,8 @@ struct StepMetrics {
   // With data.sampling: epoch, the epochs taken by the end of this step (1.5: halfway through
   // the second); -1 otherwise (not logged).
   double epoch = -1.0;
+  // The same over a mixture, per file: {"epoch/<name>", epochs} (docs/data.md, "Epochs").
+  std::vector<std::pair<std::string, double>> source_epochs;
   double lr = 0.0;
   double grad_norm = 0.0;   // before clipping
   double tokens_per_s = 0.0;

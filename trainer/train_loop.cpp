@@ -444,7 +444,19 @@ struct TrainData {
   StepSampler sampler;
   ValidationSet val;
   MixtureValidation mixture_val;  // a mixture's other files, each logged as val_loss/<name>
+  // data.sampling: epoch over a mixture: each file's epochs logged as epoch/<name>.
+  std::vector<std::string> epoch_keys;
 };
+
+// "epoch/<name>" for each file of an epoch-sampled mixture; none otherwise.
+std::vector<std::string> epoch_keys(const Config& config, const StepSampler& sampler) {
+  std::vector<std::string> keys;
+  if (!sampler.samples_epochs() || sampler.num_sources() < 2) return keys;
+  std::vector<std::string> taken;
+  for (const std::string& path : config.data.train_paths)
+    keys.push_back(file_key("epoch", path, taken));
+  return keys;
+}
 
 // One step's micro-batches on this rank: micro-step m is routing group m*W + r of the step's
 // global batch (SPEC.md section 3).
@@ -621,6 +633,7 @@ StepSampler make_sampler(const Config& config, const TokenFile& file,
   StepSampler sampler(std::move(sources), std::move(weights), d.train_paths, config.model.seq_len,
                       config.seed);
   if (d.document_mask) sampler.mask_documents();  // names the first file without boundaries
+  if (d.sampling == Sampling::epoch) sampler.sample_epochs(sequences_per_step);
   return sampler;
 }
 
@@ -636,13 +649,27 @@ TrainData load_train_data(Run& run) {
     StepSampler sampler = make_sampler(config, file, mixture, global_batch(run));
     MixtureValidation mixture_val =
         read_mixture_validation(config.data, mixture, eval_sequences(config), config.model.seq_len);
-    data.emplace(
-        TrainData{std::move(file), std::move(sampler), std::move(val), std::move(mixture_val)});
+    std::vector<std::string> keys = epoch_keys(config, sampler);
+    data.emplace(TrainData{std::move(file), std::move(sampler), std::move(val),
+                           std::move(mixture_val), std::move(keys)});
   } catch (const std::exception& error) {
     problem = error.what();
   }
   agree_or_throw(run.world, problem);
   return std::move(*data);
+}
+
+// The epochs taken by the end of metrics.step (data.sampling: epoch): `epoch` for one file, and
+// epoch/<name> for each file of a mixture.
+void record_epochs(const TrainData& data, StepMetrics& metrics) {
+  if (!data.sampler.samples_epochs()) return;
+  if (data.epoch_keys.empty()) {
+    metrics.epoch = data.sampler.epochs_after(metrics.step);
+    return;
+  }
+  for (size_t j = 0; j < data.epoch_keys.size(); ++j)
+    metrics.source_epochs.emplace_back(
+        data.epoch_keys[j], data.sampler.epochs_after(metrics.step, static_cast<int64_t>(j)));
 }
 
 // Rank 0's start-up lines: the model card, the layout, the data, the memory estimate.
@@ -677,12 +704,30 @@ void announce(Run& run, const TrainData& data, const TrainState& state) {
         "  document masking: attention and rotary positions restart at each "
         "document, and no target crosses into the next (docs/data.md, Document "
         "masking)\n");
-  if (data.sampler.samples_epochs())
+  if (data.sampler.samples_epochs() && data.sampler.num_sources() == 1)
     run.console.print(
         "  sampling: epochs of %lld sequences of %lld tokens, %.6g steps an epoch "
         "(docs/data.md, Epochs)\n",
         static_cast<long long>(data.sampler.epoch_windows()),
         static_cast<long long>(config.model.seq_len), 1.0 / data.sampler.epochs_after(1));
+  if (data.sampler.samples_epochs() && data.sampler.num_sources() > 1) {
+    run.console.print(
+        "  sampling: each file's epochs on its own, the files interleaved by weight "
+        "(docs/data.md, Epochs):\n");
+    for (int64_t j = 0; j < data.sampler.num_sources(); ++j) {
+      const char* name = data.sampler.source_name(j).c_str();
+      if (data.sampler.share(j) == 0) {
+        run.console.print("    %s: weight 0, never sampled\n", name);
+        continue;
+      }
+      run.console.print(
+          "    %s: epochs of %lld sequences of %lld tokens, %.4g%% of the sequences, %.6g steps "
+          "an epoch\n",
+          name, static_cast<long long>(data.sampler.epoch_windows(j)),
+          static_cast<long long>(config.model.seq_len), 100.0 * data.sampler.share(j),
+          1.0 / data.sampler.epochs_after(1, j));
+    }
+  }
   run.console.print("  learning rate: %s\n", describe(lr_schedule(config.train)).c_str());
   for (const std::string& note : data.mixture_val.notes)
     run.console.write(stderr, "note: %s\n", note.c_str());
@@ -1008,7 +1053,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     const StepVerdict verdict = judge_step(run, outputs.spike_guard, acc, grad_norm);
     const double lr = clip_and_update(run, state, verdict, grad_norm, acc);
     StepMetrics metrics = record_step(run, state, outputs, verdict, acc, lr, grad_norm);
-    if (data.sampler.samples_epochs()) metrics.epoch = data.sampler.epochs_after(metrics.step);
+    record_epochs(data, metrics);
     run.backend.profile_step();
     log_step(run, state, outputs, metrics);
     maybe_evaluate(run, data, state, outputs);
