@@ -271,7 +271,7 @@ struct Lanes {
 template <class F>
 bool with_token_lanes(int64_t E, F&& f) {
   const char* form = env_choice("SY_ROUTER_TOKEN_KERNEL", {"group", "thread"});
-  if (E > kMaxGroupExperts || (form && form[0] == 't')) return false;
+  if (E > kMaxGroupExperts || (form && form[0] == 't')) return false;  // "thread"
   if (E <= 8) f(Lanes<8, 1>{});
   else if (E <= 16) f(Lanes<16, 1>{});
   else if (E <= 32) f(Lanes<32, 1>{});
