@@ -70,7 +70,7 @@ StepSampler::StepSampler(std::vector<std::shared_ptr<const TokenSource>> sources
   cumulative_.back() = 1.0;  // rounding must not leave u in [sum, 1) without a source
 }
 
-int64_t StepSampler::source(int64_t step, int64_t sequence) const {
+int64_t StepSampler::drawn_source(int64_t step, int64_t sequence) const {
   if (sources_.size() == 1) return 0;
   const uint64_t key = key_combine(key_combine(mixture_key_, static_cast<uint64_t>(step)),
                                    static_cast<uint64_t>(sequence));
@@ -107,7 +107,7 @@ std::pair<int64_t, int64_t> StepSampler::window(int64_t step, int64_t sequence) 
     const KeyedPermutation order(static_cast<uint64_t>(windows), key);
     return {j, static_cast<int64_t>(order(static_cast<uint64_t>(n % windows))) * seq_len_};
   }
-  const int64_t j = source(step, sequence);
+  const int64_t j = drawn_source(step, sequence);
   const uint64_t key = key_combine(key_combine(stream_key_, static_cast<uint64_t>(step)),
                                    static_cast<uint64_t>(sequence));
   CounterRng rng(key);

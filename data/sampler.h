@@ -35,8 +35,9 @@ class StepSampler {
   int64_t offset(int64_t step, int64_t sequence) const;
   // The source of sequence `sequence` of step `step` (0 with one source, no draw): the first j
   // with u < (w_0 + .. + w_j) / sum(w), u = CounterRng(key_combine(key_combine(key_combine(
-  // hash_string("sampler mixture"), seed), step), sequence)).uniform().
-  int64_t source(int64_t step, int64_t sequence) const;
+  // hash_string("sampler mixture"), seed), step), sequence)).uniform(); with sample_epochs(),
+  // the interleave's source of the run's sequence instead.
+  int64_t source(int64_t step, int64_t sequence) const { return window(step, sequence).first; }
 
   // Routing group `group_index` of step `step`: sequences [g*B, (g+1)*B) of the step's batch.
   // inputs and targets each receive B*S tokens, token t of sequence b at [b*S + t]; the targets
@@ -82,8 +83,10 @@ class StepSampler {
   std::string describe_sources() const;
 
  private:
-  // Where sequence `sequence` of step `step` starts, in its source.
+  // Which source sequence `sequence` of step `step` comes from, and where it starts there.
   std::pair<int64_t, int64_t> window(int64_t step, int64_t sequence) const;
+  // source()'s weighted draw (random sampling).
+  int64_t drawn_source(int64_t step, int64_t sequence) const;
 
   std::vector<std::shared_ptr<const TokenSource>> sources_;
   std::vector<double> cumulative_;  // (w_0 + .. + w_j) / sum(w); the last is 1

@@ -176,6 +176,7 @@ TEST_F(EpochSampler, WalksEachFileOfAMixtureThroughItsOwnEpochs) {
     const int64_t j = inputs[0] >= 1000 ? 1 : 0;  // the shorter split's tokens are >= 1000
     const int64_t start = s.offset(q / kPerStep, q % kPerStep);
     EXPECT_EQ(inputs[0], j ? shorter[start] : tokens[start]) << "sequence " << q;
+    EXPECT_EQ(s.source(q / kPerStep, q % kPerStep), j) << "sequence " << q;
     starts[j].push_back(start);
   }
   EXPECT_NEAR(static_cast<double>(starts[0].size()), 2.0 * starts[1].size(), 3.0);
