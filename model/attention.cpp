@@ -82,7 +82,7 @@ const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionSha
   if (flash) backend.prefer_cudnn_attention(prefers_cudnn(backend));
   if (flash)
     backend.flash_attention_forward(context, lse, q, k, v, shape.batch, shape.seq, shape.heads,
-                                    shape.doc_start);
+                                    shape.doc_start, shape.documents);
   else
     backend.attention_forward(context, probs, q, k, v, shape.batch, shape.seq, shape.heads,
                               shape.doc_start);
@@ -115,7 +115,7 @@ const Tensor& Attention::backward(Backend& backend, const Tensor& dout, const Te
   if (lse.defined()) backend.prefer_cudnn_attention(prefers_cudnn(backend));
   if (lse.defined())  // the forward ran flash (out = context)
     backend.flash_attention_backward(dq, dk, dv, dcontext, q, k, v, context, lse, shape.batch,
-                                     shape.seq, shape.heads, shape.doc_start);
+                                     shape.seq, shape.heads, shape.doc_start, shape.documents);
   else
     backend.attention_backward(dq, dk, dv, dcontext, q, k, v, probs, shape.batch, shape.seq,
                                shape.heads);

@@ -24,8 +24,10 @@ struct AttentionShape {
   int64_t batch;    // B
   int64_t seq;      // S
   int64_t heads;    // H
-  // Document masking (model/backend.h): i32 [B*S] on the backend, or undefined (none).
+  // Document masking (model/backend.h): i32 [B*S] on the backend, or undefined (none), and the
+  // same documents listed (undefined offsets: not listed).
   Tensor doc_start = {};
+  DocumentList documents = {};
 };
 
 struct Attention {

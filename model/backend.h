@@ -60,6 +60,15 @@ struct AdamWStep {
   bool discard_grads = false;
 };
 
+// Document masking's documents listed (Backend, "Document masking"): `offsets` i32 [D+1] on the
+// backend's device, the row t = b*S + s at which each of the batch's D documents starts, in
+// order, then B*S (a document never crosses a sequence's end); `longest`, the most tokens of any
+// of them. Undefined offsets: not listed.
+struct DocumentList {
+  Tensor offsets;
+  int64_t longest = 0;
+};
+
 // What Backend::profile_region returns: its destructor closes the region.
 class ProfileRegion {
  public:
@@ -196,6 +205,8 @@ class Backend {
   // s - doc_start[t], and attention lets query s see the keys j with doc_start[t] <= j <= s.
   // Undefined (the default): each sequence is one document, doc_start 0 everywhere; the ops
   // below give exactly what they gave before document masking existed.
+  // The flash ops may also take the same documents listed (DocumentList, above), so
+  // that a device can run each document as a sequence of its own without reading doc_start back.
   //
   // Rotary embedding in place on x[B*S, H*Dh] (rotate-half, angle s * f_i, the f_i of
   // `rotary`: model/rope.h, from model.rope_*); backward applies the inverse rotation to the
@@ -234,13 +245,17 @@ class Backend {
   // (backward takes the forward's doc_start). Deterministic: the same inputs give the same bits.
   // CPU: f32, f64, any even Dh. CUDA: bf16 on tensor cores for Dh 64 and 128, a plain kernel
   // for other even Dh <= 256 (and for f32, f64); larger Dh is an error.
+  // `documents` (defined only with doc_start): doc_start's documents listed; a backend may ignore
+  // it (the CPU does), and the results are those of doc_start either way, within the backend's
+  // tolerances.
   void flash_attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q,
                                const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H,
-                               const Tensor& doc_start = {});
+                               const Tensor& doc_start = {}, const DocumentList& documents = {});
   void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
                                 const Tensor& dout, const Tensor& q, const Tensor& k,
                                 const Tensor& v, const Tensor& out, const Tensor& lse, int64_t B,
-                                int64_t S, int64_t H, const Tensor& doc_start = {});
+                                int64_t S, int64_t H, const Tensor& doc_start = {},
+                                const DocumentList& documents = {});
   // Whether the flash_attention ops that follow may run on a vendor library (CUDA: cuDNN's fused
   // attention, bf16, deterministic engines unless set_deterministic(false); the own kernels where
   // cuDNN declines). A backend setting that the attention layer sets before its calls; other
@@ -494,12 +509,14 @@ class Backend {
                                        int64_t H) = 0;
   virtual void flash_attention_forward_impl(const Tensor& out, const Tensor& lse, const Tensor& q,
                                             const Tensor& k, const Tensor& v, int64_t B, int64_t S,
-                                            int64_t H, const Tensor& doc_start) = 0;
+                                            int64_t H, const Tensor& doc_start,
+                                            const DocumentList& documents) = 0;
   virtual void flash_attention_backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv,
                                              const Tensor& dout, const Tensor& q, const Tensor& k,
                                              const Tensor& v, const Tensor& out, const Tensor& lse,
                                              int64_t B, int64_t S, int64_t H,
-                                             const Tensor& doc_start) = 0;
+                                             const Tensor& doc_start,
+                                             const DocumentList& documents) = 0;
   // SwiGLU, cross-entropy
   virtual void swiglu_forward_impl(const Tensor& out, const Tensor& a, const Tensor& b) = 0;
   virtual void swiglu_backward_impl(const Tensor& da, const Tensor& db, const Tensor& dout,

@@ -433,6 +433,23 @@ void check_doc_start(const OpCheck& c, const Tensor& doc_start, int64_t B, int64
   c.shape(doc_start, {B * S}, "doc_start");
 }
 
+// doc_start's documents listed: i32 [D+1] with 1 <= D <= B*S and 1 <= longest <= S, only with
+// doc_start (the values, again, are the caller's).
+void check_documents(const OpCheck& c, const DocumentList& documents, const Tensor& doc_start,
+                     int64_t B, int64_t S) {
+  if (!documents.offsets.defined()) return;
+  if (!doc_start.defined()) c.fail("documents listed without doc_start");
+  c.dtype(documents.offsets, DType::i32, "documents.offsets");
+  c.ndim(documents.offsets, 1, "documents.offsets");
+  const int64_t listed = documents.offsets.dim(0) - 1;
+  if (listed < 1 || listed > B * S)
+    c.fail("documents.offsets lists " + std::to_string(listed) +
+           " documents, not 1 to B*S = " + std::to_string(B * S));
+  if (documents.longest < 1 || documents.longest > S)
+    c.fail("documents.longest " + std::to_string(documents.longest) +
+           " outside 1 to S = " + std::to_string(S));
+}
+
 void check_rope(const OpCheck& c, const Tensor& x, int64_t B, int64_t S, int64_t H,
                 const Rotary& rotary, const Tensor& doc_start) {
   c.float_dtype(x, "x");
@@ -540,7 +557,8 @@ void Backend::attention_backward(const Tensor& dq, const Tensor& dk, const Tenso
 
 void Backend::flash_attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q,
                                       const Tensor& k, const Tensor& v, int64_t B, int64_t S,
-                                      int64_t H, const Tensor& doc_start) {
+                                      int64_t H, const Tensor& doc_start,
+                                      const DocumentList& documents) {
   const OpCheck c(*this, "flash_attention_forward");
   const DType dt = c.float_dtype(q, "q");
   for (auto [t, name] : {Named{&k, "k"}, {&v, "v"}, {&out, "out"}}) c.dtype(*t, dt, name);
@@ -549,13 +567,15 @@ void Backend::flash_attention_forward(const Tensor& out, const Tensor& lse, cons
   for (auto [t, name] : {Named{&k, "k"}, {&v, "v"}, {&out, "out"}}) c.shape(*t, q.shape(), name);
   c.shape(lse, {B, H, S}, "lse");
   check_doc_start(c, doc_start, B, S);
-  flash_attention_forward_impl(out, lse, q, k, v, B, S, H, doc_start);
+  check_documents(c, documents, doc_start, B, S);
+  flash_attention_forward_impl(out, lse, q, k, v, B, S, H, doc_start, documents);
 }
 
 void Backend::flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
                                        const Tensor& dout, const Tensor& q, const Tensor& k,
                                        const Tensor& v, const Tensor& out, const Tensor& lse,
-                                       int64_t B, int64_t S, int64_t H, const Tensor& doc_start) {
+                                       int64_t B, int64_t S, int64_t H, const Tensor& doc_start,
+                                       const DocumentList& documents) {
   const OpCheck c(*this, "flash_attention_backward");
   const DType dt = c.float_dtype(q, "q");
   const std::initializer_list<Named> same_as_q = {
@@ -566,7 +586,8 @@ void Backend::flash_attention_backward(const Tensor& dq, const Tensor& dk, const
   for (auto [t, name] : same_as_q) c.shape(*t, q.shape(), name);
   c.shape(lse, {B, H, S}, "lse");
   check_doc_start(c, doc_start, B, S);
-  flash_attention_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, B, S, H, doc_start);
+  check_documents(c, documents, doc_start, B, S);
+  flash_attention_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, B, S, H, doc_start, documents);
 }
 
 // ---- SwiGLU ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "model/buffers.h"
+#include "model/documents.h"
 #include "model/rng.h"
 
 namespace sy {
@@ -274,6 +275,7 @@ std::vector<double> Transformer::logits_at(std::span<const int32_t> inputs, int6
   ensure(backend_, inputs_, {T}, DType::i32);
   backend_.write(inputs_, inputs);
   doc_start_ = Tensor();
+  documents_ = DocumentList();
   forward(batch, false);
   const Tensor& x_final = final_norm_.forward(backend_, residual_.back());
   const int64_t row = sequence * S + position;
@@ -302,9 +304,15 @@ GroupStats Transformer::forward_backward(std::span<const int32_t> inputs,
   backend_.write(targets_, targets);
   if (doc_start.empty()) {
     doc_start_ = Tensor();
+    documents_ = DocumentList();
   } else {
     ensure(backend_, doc_start_, {T}, DType::i32);
     backend_.write(doc_start_, doc_start);
+    const DocumentRows list = list_documents(doc_start, m.seq_len);
+    const int64_t listed = static_cast<int64_t>(list.offsets.size());
+    ensure(backend_, document_offsets_, {listed}, DType::i32);
+    backend_.write(document_offsets_, std::span<const int32_t>(list.offsets));
+    documents_ = {document_offsets_, list.longest};
   }
   // Gradients not yet written this step hold nothing: their memory goes back for the forward's
   // activations, and backward allocates each as it reaches its layer.
@@ -371,7 +379,7 @@ void Transformer::forward(int64_t batch, bool training) {
     ++moe_index;
   }
   const int64_t T = batch * m.seq_len, D = m.d_model;
-  const AttentionShape shape{batch, m.seq_len, m.n_heads, doc_start_};
+  const AttentionShape shape{batch, m.seq_len, m.n_heads, doc_start_, documents_};
   residual_.resize(m.n_layers + 1);
   for (Tensor& x : residual_) ensure(backend_, x, {T, D}, options_.dtype);
 
@@ -404,7 +412,7 @@ void Transformer::forward(int64_t batch, bool training) {
 
 void Transformer::backward(int64_t batch, double loss_scale) {
   const ModelConfig& m = options_.model;
-  const AttentionShape shape{batch, m.seq_len, m.n_heads, doc_start_};
+  const AttentionShape shape{batch, m.seq_len, m.n_heads, doc_start_, documents_};
   const int64_t n_moe = num_moe_layers();
   const double d_aux = n_moe ? loss_scale * options_.moe.aux_loss_coef / n_moe : 0.0;
   const double d_z = n_moe ? loss_scale * options_.moe.z_loss_coef / n_moe : 0.0;

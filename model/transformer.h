@@ -164,6 +164,8 @@ class Transformer {
 
   Tensor inputs_, targets_;
   Tensor doc_start_;  // i32 [T] of the current forward; undefined without document masking
+  DocumentList documents_;   // doc_start_'s documents listed, offsets in document_offsets_
+  Tensor document_offsets_;  // i32 [D+1]
   // f64 [MoE layers, 3]: each router's aux, z and entropy (Router::losses_out), read in one copy.
   Tensor router_losses_;
   Tensor sample_logits_;                  // [1, V], for logits_at               // i32 [T]

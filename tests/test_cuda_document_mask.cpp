@@ -12,7 +12,11 @@
 //   so the sums run in the same order); within test_cuda_ops's bf16 tolerances on tensor cores
 //   (the tiles fall elsewhere in the document);
 // - new values for one token change no other document's rows, bitwise;
-// - with prefer_cudnn_attention, cuDNN is not asked ("flash: document masking").
+// - with prefer_cudnn_attention and the documents unlisted, cuDNN is not asked ("flash: document
+//   masking");
+// - with them listed (DocumentList), cuDNN runs them in its ragged layout ("cudnn documents"):
+//   against the CPU at test_cuda_cudnn's bounds, repeatable, one document changing no other, and
+//   the backward's chunks of documents and of heads giving the bits of one call.
 // S: tails inside a tile (100, 257) and whole tiles (192). Documents: random lengths, documents
 // of length 1 (first, in the middle, last), starts at the tile edges 64 and 128 (and 32, the
 // dK/dV pass's query tiles), every token its own document.
@@ -29,6 +33,7 @@
 
 #include "model/backend.h"
 #include "model/cuda/cuda_backend.h"
+#include "model/documents.h"
 #include "model/rng.h"
 #include "tests/cuda_test_util.h"
 
@@ -115,6 +120,7 @@ struct Inputs {
 };
 struct Results {
   std::vector<double> out, lse, dq, dk, dv;
+  std::string forward_kernel, backward_kernel;  // cuda_attention_kernel after each
 };
 
 // Rows [first, first + n) of x [*, D].
@@ -169,21 +175,39 @@ class CudaDocumentMask : public test::CpuGpuTest {
     return t;
   }
 
+  // starts' documents listed on `backend` (what the transformer uploads beside doc_start).
+  static DocumentList listed_on(Backend& backend, const std::vector<int32_t>& starts, int64_t S) {
+    const DocumentRows list = list_documents(starts, S);
+    Tensor offsets = backend.alloc({static_cast<int64_t>(list.offsets.size())}, DType::i32);
+    backend.write(offsets, std::span<const int32_t>(list.offsets));
+    return {offsets, list.longest};
+  }
+
   // The attention layer's order on the GPU: rotary on q and k (when `rope`), the flash forward,
-  // its backward, the inverse rotation of dq and dk. Outputs poisoned first.
+  // its backward, the inverse rotation of dq and dk. Outputs poisoned first. `listed`: the
+  // documents listed too, with prefer_cudnn_attention and SY_CUDNN_DOCUMENTS=1 (cuDNN's ragged
+  // layout).
   Results run_gpu(DType dt, int64_t B, int64_t S, int64_t H, const Inputs& in,
-                  const std::vector<int32_t>& starts, bool rope = true) {
+                  const std::vector<int32_t>& starts, bool rope = true, bool listed = false) {
+    const test::EnvironmentRestored cudnn_documents("SY_CUDNN_DOCUMENTS");
+    cudnn_documents.set(listed ? "1" : "");
     const int64_t T = B * S, D = static_cast<int64_t>(in.q.size()) / T;
     const Tensor doc = starts_on(gpu(), starts);
+    const DocumentList documents = listed ? listed_on(gpu(), starts, S) : DocumentList();
     Tensor q = on_gpu({T, D}, in.q, dt), k = on_gpu({T, D}, in.k, dt);
     const Tensor v = on_gpu({T, D}, in.v, dt), dout = on_gpu({T, D}, in.dout, dt);
     if (rope) gpu().rope_forward_qk(q, k, B, S, H, Rotary(), doc);
+    gpu().prefer_cudnn_attention(listed);
     Tensor out = poisoned({T, D}, dt), lse = poisoned({B, H, S}, stat_dtype(dt));
-    gpu().flash_attention_forward(out, lse, q, k, v, B, S, H, doc);
+    gpu().flash_attention_forward(out, lse, q, k, v, B, S, H, doc, documents);
+    const std::string forward_kernel = cuda_attention_kernel(gpu());
     Tensor dq = poisoned({T, D}, dt), dk = poisoned({T, D}, dt), dv = poisoned({T, D}, dt);
-    gpu().flash_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, B, S, H, doc);
+    gpu().flash_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, B, S, H, doc, documents);
+    const std::string backward_kernel = cuda_attention_kernel(gpu());
+    gpu().prefer_cudnn_attention(false);
     if (rope) gpu().rope_backward_qk(dq, dk, B, S, H, Rotary(), doc);
-    return {gpu().read(out), gpu().read(lse), gpu().read(dq), gpu().read(dk), gpu().read(dv)};
+    return {gpu().read(out), gpu().read(lse), gpu().read(dq), gpu().read(dk),
+            gpu().read(dv),  forward_kernel,  backward_kernel};
   }
 
   void expect_close(const std::vector<double>& g, const std::vector<double>& c, Tol tol,
@@ -481,9 +505,9 @@ TEST_F(CudaDocumentMask, RopeRestartsAtEachDocument) {
   }
 }
 
-// prefer_cudnn_attention with documents: cuDNN is not asked, the flash kernels run and say why,
-// with the bits they give without the preference.
-TEST_F(CudaDocumentMask, CudnnIsNotAskedWithDocuments) {
+// prefer_cudnn_attention with documents not listed: cuDNN is not asked, the flash kernels run and
+// say why, with the bits they give without the preference.
+TEST_F(CudaDocumentMask, CudnnIsNotAskedWithUnlistedDocuments) {
   const int64_t B = 2, S = 100, H = 2, Dh = 64, D = H * Dh;
   const std::vector<int32_t> starts = doc_starts(packings(S)[0]);
   const Inputs in = inputs(B * S, D, DType::bf16);
@@ -504,6 +528,125 @@ TEST_F(CudaDocumentMask, CudnnIsNotAskedWithDocuments) {
   const Results preferred{gpu().read(out), gpu().read(lse), gpu().read(dq), gpu().read(dk),
                           gpu().read(dv)};
   expect_bitwise(preferred, plain, "with prefer_cudnn_attention against without");
+}
+
+// Listed documents with prefer_cudnn_attention but without SY_CUDNN_DOCUMENTS=1 (the default
+// until cuDNN's ragged layout has run on a GPU): the flash kernels, with their bits.
+TEST_F(CudaDocumentMask, ListedDocumentsStayOnFlashUnlessAskedFor) {
+  const int64_t B = 2, S = 100, H = 2, Dh = 64, D = H * Dh;
+  const std::vector<int32_t> starts = doc_starts(packings(S)[0]);
+  const Inputs in = inputs(B * S, D, DType::bf16);
+  const Results plain = run_gpu(DType::bf16, B, S, H, in, starts, /*rope=*/false);
+  const test::EnvironmentRestored cudnn_documents("SY_CUDNN_DOCUMENTS");
+  cudnn_documents.set("");
+  const Tensor doc = starts_on(gpu(), starts);
+  const DocumentList documents = listed_on(gpu(), starts, S);
+  const Tensor q = on_gpu({B * S, D}, in.q), k = on_gpu({B * S, D}, in.k),
+               v = on_gpu({B * S, D}, in.v);
+  gpu().prefer_cudnn_attention(true);
+  Tensor out = poisoned({B * S, D}, DType::bf16), lse = poisoned({B, H, S}, DType::f32);
+  gpu().flash_attention_forward(out, lse, q, k, v, B, S, H, doc, documents);
+  EXPECT_EQ(cuda_attention_kernel(gpu()), "flash: document masking");
+  gpu().prefer_cudnn_attention(false);
+  expect_bitwise(gpu().read(out), plain.out, "out, listed without SY_CUDNN_DOCUMENTS");
+}
+
+// Listed documents on cuDNN (ragged layout) against the CPU's flash ops with doc_start, at
+// test_cuda_cudnn's bounds (out 1e-2, lse 1e-5, dq and dk 2e-2, dv 1e-2); a second run gives the
+// same bits. Skipped, saying why, where cuDNN declines them.
+TEST_F(CudaDocumentMask, CudnnRunsListedDocuments) {
+  const int64_t B = 2;
+  for (int64_t Dh : {64, 128}) {
+    for (int64_t S : {100, 192, 257, 2048}) {
+      std::vector<Packing> cases = packings(S);
+      if (S > 1024) cases.resize(2);  // random and length 1: the others add calls, not cases
+      for (const Packing& packing : cases) {
+        const int64_t H = 2, T = B * S, D = H * Dh;
+        const std::string at =
+            "Dh=" + std::to_string(Dh) + " S=" + std::to_string(S) + " " + packing.name;
+        SCOPED_TRACE(at);
+        const std::vector<int32_t> starts = doc_starts(packing);
+        const Inputs in = inputs(T, D, DType::bf16);
+        const Results g = run_gpu(DType::bf16, B, S, H, in, starts, /*rope=*/false, true);
+        std::printf("[ kernel   ] %s: forward %s, backward %s\n", at.c_str(),
+                    g.forward_kernel.c_str(), g.backward_kernel.c_str());
+        if (g.forward_kernel != "cudnn documents" || g.backward_kernel != "cudnn documents")
+          GTEST_SKIP() << "cuDNN declined the documents, " << at << ": forward " << g.forward_kernel
+                       << ", backward " << g.backward_kernel;
+        const Tensor doc_c = starts_on(cpu(), starts);
+        const DocumentList list_c = listed_on(cpu(), starts, S);
+        const Tensor qc = on_cpu({T, D}, in.q), kc = on_cpu({T, D}, in.k),
+                     vc = on_cpu({T, D}, in.v);
+        Tensor oc = cpu().alloc({T, D}, DType::f32), lc = cpu().alloc({B, H, S}, DType::f32);
+        cpu().flash_attention_forward(oc, lc, qc, kc, vc, B, S, H, doc_c, list_c);
+        Tensor dqc = cpu().alloc({T, D}, DType::f32), dkc = cpu().alloc({T, D}, DType::f32),
+               dvc = cpu().alloc({T, D}, DType::f32);
+        cpu().flash_attention_backward(dqc, dkc, dvc, on_cpu({T, D}, in.dout), qc, kc, vc, oc, lc,
+                                       B, S, H, doc_c, list_c);
+        expect_close(g.out, cpu().read(oc), kOut, "cudnn documents out " + at, DType::bf16);
+        expect_close(g.lse, cpu().read(lc), {1e-6, 1e-5}, "cudnn documents lse " + at, DType::bf16);
+        expect_close(g.dq, cpu().read(dqc), kDqDk, "cudnn documents dq " + at, DType::bf16);
+        expect_close(g.dk, cpu().read(dkc), kDqDk, "cudnn documents dk " + at, DType::bf16);
+        expect_close(g.dv, cpu().read(dvc), kDv, "cudnn documents dv " + at, DType::bf16);
+        const Results again = run_gpu(DType::bf16, B, S, H, in, starts, /*rope=*/false, true);
+        expect_bitwise(again, g, "a second run, " + at);
+      }
+    }
+  }
+}
+
+// On cuDNN too, new values for one token of document 1 of sequence 0 leave every row outside that
+// document with its bits.
+TEST_F(CudaDocumentMask, CudnnDocumentChangesNoOther) {
+  const int64_t B = 2, S = 257, H = 2, Dh = 128, D = H * Dh;
+  for (const Packing& packing : packings(S)) {
+    SCOPED_TRACE(packing.name);
+    const std::vector<int32_t> starts = doc_starts(packing);
+    const Inputs in = inputs(B * S, D, DType::bf16);
+    const int64_t start = packing.lengths[0][0], n = packing.lengths[0][1];
+    Inputs in2 = in;
+    for (std::vector<double>* x : {&in2.q, &in2.k, &in2.v, &in2.dout})
+      for (int64_t d = 0; d < D; ++d)
+        (*x)[(start + n / 2) * D + d] = held((*x)[(start + n / 2) * D + d] + 1.5, DType::bf16);
+    const Results r1 = run_gpu(DType::bf16, B, S, H, in, starts, true, true);
+    if (r1.forward_kernel != "cudnn documents" || r1.backward_kernel != "cudnn documents")
+      GTEST_SKIP() << "cuDNN declined the documents: " << r1.forward_kernel << ", "
+                   << r1.backward_kernel;
+    const Results r2 = run_gpu(DType::bf16, B, S, H, in2, starts, true, true);
+    const auto outside = [&](const std::vector<double>& x) {
+      std::vector<double> kept(x.begin(), x.begin() + start * D);
+      kept.insert(kept.end(), x.begin() + (start + n) * D, x.end());
+      return kept;
+    };
+    expect_bitwise(outside(r2.out), outside(r1.out), "out outside the document");
+    expect_bitwise(outside(r2.dq), outside(r1.dq), "dq outside the document");
+    expect_bitwise(outside(r2.dk), outside(r1.dk), "dk outside the document");
+    expect_bitwise(outside(r2.dv), outside(r1.dv), "dv outside the document");
+    EXPECT_GT(bits_differ(rows(r2.out, start, n, D), rows(r1.out, start, n, D)), 0);
+  }
+}
+
+// The backward over listed documents in chunks (of documents; of heads where one document's dS
+// is over the budget) gives the bits of one call, whatever SY_CUDNN_BWD_WORKSPACE_MIB says.
+TEST_F(CudaDocumentMask, CudnnChunksOfDocumentsGiveTheBitsOfOneCall) {
+  const int64_t B = 2, S = 2048, H = 4, Dh = 128, D = H * Dh;
+  CounterRng rng(0xC4C5);
+  const Packing packing{"chunks", {random_lengths(S, 5, rng), random_lengths(S, 9, rng)}};
+  const std::vector<int32_t> starts = doc_starts(packing);
+  const Inputs in = inputs(B * S, D, DType::bf16);
+  const test::EnvironmentRestored restored("SY_CUDNN_BWD_WORKSPACE_MIB");
+  restored.set("0");
+  const Results one = run_gpu(DType::bf16, B, S, H, in, starts, false, true);
+  if (one.backward_kernel != "cudnn documents")
+    GTEST_SKIP() << "cuDNN declined the documents: " << one.backward_kernel;
+  // 1 MiB: one head of one document a call; 64 MiB: a few documents a call.
+  for (const char* budget : {"1", "64", ""}) {
+    SCOPED_TRACE(std::string("budget '") + budget + "' MiB");
+    restored.set(budget);
+    const Results chunked = run_gpu(DType::bf16, B, S, H, in, starts, false, true);
+    EXPECT_EQ(chunked.backward_kernel, "cudnn documents");
+    expect_bitwise(chunked, one, "chunked against one call");
+  }
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include "data/sampler.h"
 #include "data/token_file.h"
 #include "model/backend.h"
+#include "model/documents.h"
 #include "model/transformer.h"
 #include "parallel/local_exchange.h"
 #include "tests/grad_check.h"
@@ -263,6 +264,53 @@ TEST_F(DocumentMaskOps, AStartThatIsNotADocumentsIsRefused) {
         be.rope_forward(x, 1, S, H, Rotary{}, ints({0, 0, 0}));
       },
       {"doc_start"});
+}
+
+// list_documents: the rows where documents start (every sequence's first among them), then B*S,
+// and the longest; the flash ops take the list beside doc_start, and refuse one that disagrees.
+TEST_F(DocumentMaskOps, DocumentsAreListedAndAListThatDisagreesIsRefused) {
+  const int64_t B = 2, S = 6, H = 1, Dh = 2, T = B * S, D = H * Dh;
+  std::vector<int32_t> starts = starts_of({2, 3, 1});
+  const std::vector<int32_t> second = starts_of({6});
+  starts.insert(starts.end(), second.begin(), second.end());
+  const DocumentRows list = list_documents(starts, S);
+  EXPECT_EQ(list.offsets, (std::vector<int32_t>{0, 2, 5, 6, 12}));
+  EXPECT_EQ(list.longest, 6);
+  EXPECT_EQ(list_documents(std::vector<int32_t>(T, 0), S).offsets,
+            (std::vector<int32_t>{0, 6, 12}));
+
+  Tensor q = random({T, D}, 41), k = random({T, D}, 42), v = random({T, D}, 43);
+  Tensor out = be.alloc({T, D}, DType::f64), lse = be.alloc({B, H, S}, DType::f64);
+  Tensor listed_out = be.alloc({T, D}, DType::f64), listed_lse = be.alloc({B, H, S}, DType::f64);
+  const Tensor doc_start = ints(starts);
+  be.flash_attention_forward(out, lse, q, k, v, B, S, H, doc_start);
+  be.flash_attention_forward(listed_out, listed_lse, q, k, v, B, S, H, doc_start,
+                             {ints(list.offsets), list.longest});
+  EXPECT_EQ(be.read(listed_out), be.read(out));
+  EXPECT_EQ(be.read(listed_lse), be.read(lse));
+  test::expect_error(
+      [&] {
+        be.flash_attention_forward(out, lse, q, k, v, B, S, H, doc_start, {ints({0, 2, 6, 12}), 6});
+      },
+      {"flash_attention_forward", "documents listed (3, the longest 6 tokens)",
+       "not doc_start's (4, the longest 6)"});
+  test::expect_error(
+      [&] {
+        be.flash_attention_forward(out, lse, q, k, v, B, S, H, doc_start, {ints(list.offsets), 5});
+      },
+      {"the longest 5 tokens"});
+  test::expect_error(
+      [&] {
+        be.flash_attention_forward(out, lse, q, k, v, B, S, H, Tensor(),
+                                   {ints(list.offsets), list.longest});
+      },
+      {"documents listed without doc_start"});
+  test::expect_error(
+      [&] {
+        be.flash_attention_forward(out, lse, q, k, v, B, S, H, doc_start,
+                                   {ints(list.offsets), S + 1});
+      },
+      {"documents.longest 7 outside 1 to S = 6"});
 }
 
 // The model: one sequence packed from documents A and B, with doc_start, against a batch of A

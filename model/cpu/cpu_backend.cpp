@@ -1,6 +1,9 @@
 // The CPU reference backend (cpu_backend.h): what is not an op (memory, host transfers) and the
 // checks that the CPU adds to the ops' contracts. The ops sit in model/cpu/<family>.cpp, kernels
 // beside CpuBackend::<op>_impl.
+#include "model/cpu/cpu_backend.h"
+
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -8,7 +11,7 @@
 #include <utility>
 
 #include "model/cpu/common.h"
-#include "model/cpu/cpu_backend.h"
+#include "model/documents.h"
 
 namespace sy {
 namespace cpu {
@@ -44,6 +47,19 @@ const int32_t* checked_doc_start(const OpCheck& c, const Tensor& doc_start, int6
              " is not a document start for position " + std::to_string(s));
   }
   return starts;
+}
+
+void check_documents_listed(const OpCheck& c, const DocumentList& documents, const int32_t* starts,
+                            int64_t B, int64_t S) {
+  if (!documents.offsets.defined()) return;
+  const DocumentRows list = list_documents(std::span<const int32_t>(starts, B * S), S);
+  const std::span<const int32_t> listed(documents.offsets.ptr<int32_t>(),
+                                        documents.offsets.numel());
+  if (!std::ranges::equal(listed, list.offsets) || documents.longest != list.longest)
+    c.fail("documents listed (" + std::to_string(listed.size() - 1) + ", the longest " +
+           std::to_string(documents.longest) + " tokens) are not doc_start's (" +
+           std::to_string(list.offsets.size() - 1) + ", the longest " +
+           std::to_string(list.longest) + ")");
 }
 
 }  // namespace cpu

@@ -37,6 +37,10 @@ void fits_blas(const OpCheck& c, std::initializer_list<int64_t> dims);
 // <= s, and one document's tokens share their start: doc_start[t] = doc_start[t - 1] unless
 // doc_start[t] = s); null when undefined.
 const int32_t* checked_doc_start(const OpCheck& c, const Tensor& doc_start, int64_t B, int64_t S);
+// The flash ops' DocumentList, when defined, against the documents of the checked doc_start
+// `starts`: the CPU works from doc_start alone, and refuses a list that disagrees with it.
+void check_documents_listed(const OpCheck& c, const DocumentList& documents, const int32_t* starts,
+                            int64_t B, int64_t S);
 
 // Calls f(T{}) with T = float or double for dtype.
 template <class F>
@@ -136,12 +140,13 @@ class CpuBackend final : public Backend {
   // ---- flash_attention.cpp --------------------------------------------------------------------
   void flash_attention_forward_impl(const Tensor& out, const Tensor& lse, const Tensor& q,
                                     const Tensor& k, const Tensor& v, int64_t B, int64_t S,
-                                    int64_t H, const Tensor& doc_start) override;
+                                    int64_t H, const Tensor& doc_start,
+                                    const DocumentList& documents) override;
   void flash_attention_backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv,
                                      const Tensor& dout, const Tensor& q, const Tensor& k,
                                      const Tensor& v, const Tensor& out, const Tensor& lse,
-                                     int64_t B, int64_t S, int64_t H,
-                                     const Tensor& doc_start) override;
+                                     int64_t B, int64_t S, int64_t H, const Tensor& doc_start,
+                                     const DocumentList& documents) override;
 
   // ---- swiglu.cpp -----------------------------------------------------------------------------
   void swiglu_forward_impl(const Tensor& out, const Tensor& a, const Tensor& b) override;

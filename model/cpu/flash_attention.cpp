@@ -118,11 +118,13 @@ void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, co
 
 void CpuBackend::flash_attention_forward_impl(const Tensor& out, const Tensor& lse, const Tensor& q,
                                               const Tensor& k, const Tensor& v, int64_t B,
-                                              int64_t S, int64_t H, const Tensor& doc_start) {
+                                              int64_t S, int64_t H, const Tensor& doc_start,
+                                              const DocumentList& documents) {
   const OpCheck c(*this, "flash_attention_forward");
   const DType dt = cpu::host_float(c, q, "q");
   const int64_t Dh = q.dim(1) / H;
   const int32_t* starts = cpu::checked_doc_start(c, doc_start, B, S);
+  cpu::check_documents_listed(c, documents, starts, B, S);
   cpu::dispatch_float(dt, [&]<class T>(T) {
     cpu::flash_attention_forward(out.ptr<T>(), lse.ptr<T>(), q.ptr<T>(), k.ptr<T>(), v.ptr<T>(), B,
                                  S, H, Dh, starts);
@@ -133,11 +135,13 @@ void CpuBackend::flash_attention_backward_impl(const Tensor& dq, const Tensor& d
                                                const Tensor& dout, const Tensor& q, const Tensor& k,
                                                const Tensor& v, const Tensor& out,
                                                const Tensor& lse, int64_t B, int64_t S, int64_t H,
-                                               const Tensor& doc_start) {
+                                               const Tensor& doc_start,
+                                               const DocumentList& documents) {
   const OpCheck c(*this, "flash_attention_backward");
   const DType dt = cpu::host_float(c, q, "q");
   const int64_t Dh = q.dim(1) / H;
   const int32_t* starts = cpu::checked_doc_start(c, doc_start, B, S);
+  cpu::check_documents_listed(c, documents, starts, B, S);
   cpu::dispatch_float(dt, [&]<class T>(T) {
     cpu::flash_attention_backward(dq.ptr<T>(), dk.ptr<T>(), dv.ptr<T>(), dout.ptr<T>(), q.ptr<T>(),
                                   k.ptr<T>(), v.ptr<T>(), out.ptr<T>(), lse.ptr<T>(), B, S, H, Dh,

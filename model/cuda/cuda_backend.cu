@@ -356,20 +356,25 @@ class CudaBackend final : public Backend {
     cuda::attention_backward(ctx_, dq, dk, dv, dout, q, k, v, probs, B, S, H);
   }
 
-  // With documents cuDNN is not asked (our graphs take no per-token document starts): the flash
-  // kernels run, and attention_kernel_ says why ("flash: document masking").
+  // With documents, cuDNN is asked only when they come listed (its ragged layout needs the
+  // list, which the device cannot read back from doc_start without a copy) and
+  // SY_CUDNN_DOCUMENTS=1 (listed_documents); otherwise the flash kernels run, and
+  // attention_kernel_ says why ("flash: document masking").
   void flash_attention_forward_impl(const Tensor& out, const Tensor& lse, const Tensor& q,
                                     const Tensor& k, const Tensor& v, int64_t B, int64_t S,
-                                    int64_t H, const Tensor& doc_start) override {
+                                    int64_t H, const Tensor& doc_start,
+                                    const DocumentList& documents) override {
     SY_PROFILE("flash_attention_forward");
     OpCheck(*this, "flash_attention_forward").fits_int(B * S * H, "B*S*H");
-    const bool documents = doc_start.defined();
-    if (prefer_cudnn_attention_ && !documents &&
-        cuda::cudnn_attention_forward(ctx_, out, lse, q, k, v, B, S, H, &attention_kernel_)) {
-      attention_kernel_ = "cudnn";
+    const bool masked = doc_start.defined();
+    const cuda::ListedDocuments listed = listed_documents(documents);
+    if (prefer_cudnn_attention_ && (!masked || listed.offsets) &&
+        cuda::cudnn_attention_forward(ctx_, out, lse, q, k, v, B, S, H, masked ? &listed : nullptr,
+                                      &attention_kernel_)) {
+      attention_kernel_ = masked ? kCudnnDocuments : "cudnn";
       return;
     }
-    if (documents) attention_kernel_ = kDocumentMasking;
+    if (masked && !listed.offsets) attention_kernel_ = kDocumentMasking;
     cuda::flash_attention_forward(ctx_, out, lse, q, k, v, B, S, H, starts(doc_start));
     attention_kernel_ = prefer_cudnn_attention_ ? "flash: " + attention_kernel_ : "flash";
   }
@@ -377,8 +382,8 @@ class CudaBackend final : public Backend {
   void flash_attention_backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv,
                                      const Tensor& dout, const Tensor& q, const Tensor& k,
                                      const Tensor& v, const Tensor& out, const Tensor& lse,
-                                     int64_t B, int64_t S, int64_t H,
-                                     const Tensor& doc_start) override {
+                                     int64_t B, int64_t S, int64_t H, const Tensor& doc_start,
+                                     const DocumentList& documents) override {
     SY_PROFILE("flash_attention_backward");
     const OpCheck c(*this, "flash_attention_backward");
     c.fits_int(B * S * H, "B*S*H");
@@ -386,21 +391,25 @@ class CudaBackend final : public Backend {
     for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}})
       for (const Tensor* in : {&dout, &q, &k, &v, &out})
         if (overlaps(*t, *in)) c.fail(std::string(name) + " overlaps an input");
-    // Without run.deterministic, cuDNN's dQ-accumulating form first; where cuDNN declines it,
-    // the deterministic form, then our kernels. With documents, our kernels only.
-    const bool cudnn = prefer_cudnn_attention_ && !doc_start.defined();
+    // Without run.deterministic, cuDNN's dQ-accumulating form first; where cuDNN declines it
+    // (documents: always), the deterministic form, then our kernels. With documents unlisted, our
+    // kernels only.
+    const bool masked = doc_start.defined();
+    const cuda::ListedDocuments listed = listed_documents(documents);
+    const cuda::ListedDocuments* docs = masked ? &listed : nullptr;
+    const bool cudnn = prefer_cudnn_attention_ && (!masked || listed.offsets);
     if (cudnn && !deterministic_ &&
         cuda::cudnn_attention_backward(ctx_, dq, dk, dv, dout, q, k, v, out, lse, B, S, H, false,
-                                       &attention_kernel_)) {
+                                       docs, &attention_kernel_)) {
       attention_kernel_ = "cudnn nondeterministic";
       return;
     }
     if (cudnn && cuda::cudnn_attention_backward(ctx_, dq, dk, dv, dout, q, k, v, out, lse, B, S, H,
-                                                true, &attention_kernel_)) {
-      attention_kernel_ = "cudnn";
+                                                true, docs, &attention_kernel_)) {
+      attention_kernel_ = masked ? kCudnnDocuments : "cudnn";
       return;
     }
-    if (doc_start.defined()) attention_kernel_ = kDocumentMasking;
+    if (masked && !listed.offsets) attention_kernel_ = kDocumentMasking;
     cuda::flash_attention_backward(ctx_, dq, dk, dv, dout, q, k, v, out, lse, B, S, H,
                                    starts(doc_start));
     attention_kernel_ = prefer_cudnn_attention_ ? "flash: " + attention_kernel_ : "flash";
@@ -645,12 +654,21 @@ class CudaBackend final : public Backend {
     cuda::rope(ctx_, q, k, cos, sin, B, S, H, sign, starts(doc_start));
   }
 
+  // The DocumentList as cudnn_attention takes it; null offsets when not listed, or while
+  // SY_CUDNN_DOCUMENTS is not 1: cuDNN's ragged layout for documents is off by default until it
+  // has run on a GPU (docs/cuda.md, "Document masking").
+  static cuda::ListedDocuments listed_documents(const DocumentList& documents) {
+    if (!documents.offsets.defined() || !cuda::env_is("SY_CUDNN_DOCUMENTS", "1")) return {};
+    return {documents.offsets.ptr<int32_t>(), documents.offsets.numel() - 1, documents.longest};
+  }
+
   // Document masking's doc_start for the kernels: null when undefined (no documents). Its
   // values are trusted (checking them would cost a copy to the host; backend.h).
   static const int32_t* starts(const Tensor& doc_start) {
     return doc_start.defined() ? doc_start.ptr<int32_t>() : nullptr;
   }
   static constexpr const char* kDocumentMasking = "document masking";
+  static constexpr const char* kCudnnDocuments = "cudnn documents";
 
   Context ctx_;
   cuda::OpProfile profile_;

@@ -29,8 +29,9 @@ std::string cuda_grouped_gemm_kernel(const Backend& backend);
 
 // What ran `backend`'s latest flash_attention_forward / backward: "cudnn", "cudnn
 // nondeterministic" (the backward's dQ-accumulating form, after set_deterministic(false)),
-// "flash", or "flash: <reason>" when Backend::prefer_cudnn_attention asked for cuDNN and it
-// declined; "" before any, and for other backends.
+// "cudnn documents" (document masking with the documents listed), "flash", or "flash: <reason>"
+// when Backend::prefer_cudnn_attention asked for cuDNN and it declined; "" before any, and for
+// other backends.
 std::string cuda_attention_kernel(const Backend& backend);
 
 // The event-timed op profile (docs/cuda.md; SY_CUDA_PROFILE=events does the same for a whole

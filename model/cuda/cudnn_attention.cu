@@ -17,6 +17,11 @@
 // run.deterministic false (Backend::set_deterministic), dQ is accumulated in an f32 buffer
 // across key tiles in whatever order the tiles finish (the form cuDNN's engines take for
 // dQ_accum), then rounded to bf16: no dS workspace, and the bits may differ run to run.
+// Documents (kernels.h, ListedDocuments): the graphs' batch entries are documents in cuDNN's
+// ragged layout (each I/O tensor's batch entry d starts at element offset ragged[d], the stats'
+// at their own offsets into [B, H, S]); every matmul's row and reduction counts are overridden
+// by the document's length, and a padding mask (row and column below the length) comes before
+// the causal one, in the order and form cudnn-frontend's padded SDPA graphs take.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -45,14 +50,15 @@ namespace sy::cuda {
 #ifndef SY_HAVE_CUDNN
 
 bool cudnn_attention_forward(Context&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                             const Tensor&, int64_t, int64_t, int64_t, std::string* declined) {
+                             const Tensor&, int64_t, int64_t, int64_t, const ListedDocuments*,
+                             std::string* declined) {
   if (declined) *declined = "built without cuDNN";
   return false;
 }
 bool cudnn_attention_backward(Context&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                               const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                               const Tensor&, int64_t, int64_t, int64_t, bool,
-                              std::string* declined) {
+                              const ListedDocuments*, std::string* declined) {
   if (declined) *declined = "built without cuDNN";
   return false;
 }
@@ -120,19 +126,34 @@ using Dims = std::array<int64_t, 4>;
 // clang-format off
 enum Uid : int64_t {
   kQ = 1, kK, kV, kO, kStats, kdO, kdQ, kdK, kdV, kScale, kNegInf, kOne, kSoftmaxSum, kdQAccum,
+  kRaggedRows, kRaggedStats, kSeqLen,
   kFirstVirtual = 100
 };
 // clang-format on
+
+// What few tensors add to dims, strides and type.
+struct TensorExtras {
+  bool by_value = false;  // a host scalar in the variant pack
+  cudnnBackendTensorReordering_t reordering = CUDNN_TENSOR_REORDERING_NONE;
+  cudnnBackendDescriptor_t ragged = nullptr;  // batch entry d starts at element ragged[d]
+};
+
+// A matmul's per batch entry row and reduction counts, overriding its dims (documents: their
+// lengths).
+struct MatmulCounts {
+  cudnnBackendDescriptor_t m = nullptr, n = nullptr, k = nullptr;
+};
 
 // Builds one operation graph; owns every descriptor it made, which live as long as the plan.
 class GraphBuilder {
  public:
   explicit GraphBuilder(const char* op) : op_(op) {}
 
-  cudnnBackendDescriptor_t tensor(
-      const std::string& name, int64_t uid, Dims dims, Dims strides, cudnnDataType_t dtype,
-      bool is_virtual, bool by_value = false,
-      cudnnBackendTensorReordering_t reordering = CUDNN_TENSOR_REORDERING_NONE) {
+  cudnnBackendDescriptor_t tensor(const std::string& name, int64_t uid, Dims dims, Dims strides,
+                                  cudnnDataType_t dtype, bool is_virtual,
+                                  TensorExtras extras = {}) {
+    const bool by_value = extras.by_value;
+    const cudnnBackendTensorReordering_t reordering = extras.reordering;
     Descriptor& t = make(CUDNN_BACKEND_TENSOR_DESCRIPTOR, "tensor " + name);
     const int64_t alignment = 16;
     t.set(SY_ATTR(CUDNN_ATTR_TENSOR_DATA_TYPE), CUDNN_TYPE_DATA_TYPE, 1, &dtype)
@@ -145,6 +166,9 @@ class GraphBuilder {
     if (reordering != CUDNN_TENSOR_REORDERING_NONE)
       t.set(SY_ATTR(CUDNN_ATTR_TENSOR_REORDERING_MODE), CUDNN_TYPE_TENSOR_REORDERING_MODE, 1,
             &reordering);
+    if (extras.ragged)
+      t.set(SY_ATTR(CUDNN_ATTR_TENSOR_RAGGED_OFFSET_DESC), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+            &extras.ragged);
     return t.finalize().get();
   }
   cudnnBackendDescriptor_t virt(const std::string& name, Dims dims, Dims strides,
@@ -153,7 +177,13 @@ class GraphBuilder {
   }
   // A host scalar passed by value in the variant pack.
   cudnnBackendDescriptor_t scalar(const std::string& name, int64_t uid) {
-    return tensor(name, uid, {1, 1, 1, 1}, {1, 1, 1, 1}, CUDNN_DATA_FLOAT, false, true);
+    return tensor(name, uid, {1, 1, 1, 1}, {1, 1, 1, 1}, CUDNN_DATA_FLOAT, false,
+                  {.by_value = true});
+  }
+  // An integer vector [n] on the device (ragged offsets, lengths), as cuDNN's [n, 1, 1, 1].
+  cudnnBackendDescriptor_t int_vector(const std::string& name, int64_t uid, int64_t n,
+                                      cudnnDataType_t dtype) {
+    return tensor(name, uid, {n, 1, 1, 1}, {1, 1, 1, 1}, dtype, false);
   }
 
   // y = mode(x[, b[, t]]); GEN_INDEX takes axis >= 0.
@@ -196,7 +226,7 @@ class GraphBuilder {
 
   // c = a @ b, batched over the first two dimensions, fp32 accumulation.
   void matmul(const std::string& name, cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t b,
-              cudnnBackendDescriptor_t c) {
+              cudnnBackendDescriptor_t c, MatmulCounts counts = {}) {
     Descriptor& mm = make(CUDNN_BACKEND_MATMUL_DESCRIPTOR, "matmul " + name);
     const cudnnDataType_t math = CUDNN_DATA_FLOAT;
     mm.set(SY_ATTR(CUDNN_ATTR_MATMUL_COMP_TYPE), CUDNN_TYPE_DATA_TYPE, 1, &math).finalize();
@@ -206,6 +236,15 @@ class GraphBuilder {
         .set(SY_ATTR(CUDNN_ATTR_OPERATION_MATMUL_BDESC), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b)
         .set(SY_ATTR(CUDNN_ATTR_OPERATION_MATMUL_CDESC), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c)
         .set(SY_ATTR(CUDNN_ATTR_OPERATION_MATMUL_DESC), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &mm_desc);
+    if (counts.m)
+      op.set(SY_ATTR(CUDNN_ATTR_OPERATION_MATMUL_GEMM_M_OVERRIDE_DESC),
+             CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &counts.m);
+    if (counts.n)
+      op.set(SY_ATTR(CUDNN_ATTR_OPERATION_MATMUL_GEMM_N_OVERRIDE_DESC),
+             CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &counts.n);
+    if (counts.k)
+      op.set(SY_ATTR(CUDNN_ATTR_OPERATION_MATMUL_GEMM_K_OVERRIDE_DESC),
+             CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &counts.k);
     ops_.push_back(op.finalize().get());
   }
 
@@ -232,7 +271,33 @@ class GraphBuilder {
     return masked;
   }
 
+  // score with every entry whose row or column is not below its batch entry's length (a
+  // document's, in the ragged layout) replaced by neg_inf.
+  cudnnBackendDescriptor_t padding_mask(cudnnBackendDescriptor_t score,
+                                        cudnnBackendDescriptor_t neg_inf,
+                                        cudnnBackendDescriptor_t length, Dims dims, Dims strides) {
+    auto row = virt("pad_row_index", dims, strides, CUDNN_DATA_INT32);
+    auto col = virt("pad_col_index", dims, strides, CUDNN_DATA_INT32);
+    auto row_in = virt("row_in_document", dims, strides, CUDNN_DATA_BOOLEAN);
+    auto col_in = virt("col_in_document", dims, strides, CUDNN_DATA_BOOLEAN);
+    auto keep = virt("padding_keep", dims, strides, CUDNN_DATA_BOOLEAN);
+    auto masked = virt("padding_masked", dims, strides);
+    pointwise("gen_pad_row_index", CUDNN_POINTWISE_GEN_INDEX, score, row, nullptr, nullptr, 2,
+              CUDNN_DATA_INT32);
+    pointwise("gen_pad_col_index", CUDNN_POINTWISE_GEN_INDEX, score, col, nullptr, nullptr, 3,
+              CUDNN_DATA_INT32);
+    pointwise("row_lt_length", CUDNN_POINTWISE_CMP_LT, row, row_in, length, nullptr, -1,
+              CUDNN_DATA_BOOLEAN);
+    pointwise("col_lt_length", CUDNN_POINTWISE_CMP_LT, col, col_in, length, nullptr, -1,
+              CUDNN_DATA_BOOLEAN);
+    pointwise("row_and_col", CUDNN_POINTWISE_LOGICAL_AND, row_in, keep, col_in, nullptr, -1,
+              CUDNN_DATA_BOOLEAN);
+    pointwise("padding_select", CUDNN_POINTWISE_BINARY_SELECT, score, masked, neg_inf, keep);
+    return masked;
+  }
+
   const std::vector<cudnnBackendDescriptor_t>& ops() const { return ops_; }
+  int64_t next_uid() { return next_uid_++; }
   Descriptor& make(cudnnBackendDescriptorType_t type, std::string name) {
     keep_.push_back(std::make_unique<Descriptor>(type, std::string(op_) + " " + name));
     return *keep_.back();
@@ -261,6 +326,9 @@ struct Key {
   // Heads a token row holds in memory, when a call takes only H of them (a chunk of heads of
   // the deterministic backward); 0: H.
   int64_t heads_in_memory = 0;
+  // Documents: B counts the documents a call takes and S their most tokens; `seq` is the batch's
+  // sequence length, which lays the stats out as [batch, H, seq]. 0: no documents.
+  int64_t seq = 0;
   auto operator<=>(const Key&) const = default;
 };
 
@@ -310,22 +378,44 @@ Dims bhsd_strides(int64_t S, int64_t H, int64_t Dh) { return {S * H * Dh, Dh, H 
 Dims bhds(int64_t B, int64_t S, int64_t H, int64_t Dh) { return {B, H, Dh, S}; }
 Dims bhds_strides(int64_t S, int64_t H, int64_t Dh) { return {S * H * Dh, Dh, 1, H * Dh}; }
 
-void build_forward(GraphBuilder& g, int64_t B, int64_t S, int64_t H, int64_t Dh) {
+// The tensors a graph over documents adds (null members without documents): the ragged offsets
+// of the token rows and of the stats, and the documents' lengths.
+struct Ragged {
+  cudnnBackendDescriptor_t rows = nullptr, stats = nullptr, length = nullptr;
+  MatmulCounts qk() const { return {length, length, nullptr}; }      // [rows, keys]
+  MatmulCounts reduce() const { return {length, nullptr, length}; }  // rows, over rows
+};
+
+Ragged ragged_tensors(GraphBuilder& g, const Key& key) {
+  if (key.seq == 0) return {};
+  return {g.int_vector("ragged rows", kRaggedRows, key.B + 1, CUDNN_DATA_INT64),
+          g.int_vector("ragged stats", kRaggedStats, key.B + 1, CUDNN_DATA_INT64),
+          g.int_vector("document lengths", kSeqLen, key.B, CUDNN_DATA_INT32)};
+}
+
+void build_forward(GraphBuilder& g, const Key& key) {
+  const int64_t B = key.B, S = key.S, H = key.H, Dh = key.Dh;
+  const int64_t stats_seq = key.seq ? key.seq : S;
   const Dims ss{B, H, S, S}, ss_st{H * S * S, S * S, S, 1};
-  const Dims row{B, H, S, 1}, row_st{H * S, S, 1, 1};
-  auto q = g.tensor("Q", kQ, bhsd(B, S, H, Dh), bhsd_strides(S, H, Dh), CUDNN_DATA_BFLOAT16, false);
-  auto kt = g.tensor("K^T", kK, bhds(B, S, H, Dh), bhds_strides(S, H, Dh), CUDNN_DATA_BFLOAT16, false);
-  auto v = g.tensor("V", kV, bhsd(B, S, H, Dh), bhsd_strides(S, H, Dh), CUDNN_DATA_BFLOAT16, false);
-  auto o = g.tensor("O", kO, bhsd(B, S, H, Dh), bhsd_strides(S, H, Dh), CUDNN_DATA_BFLOAT16, false);
-  auto stats = g.tensor("stats", kStats, row, row_st, CUDNN_DATA_FLOAT, false);
+  const Dims row{B, H, S, 1}, row_st{H * S, S, 1, 1}, stats_st{H * stats_seq, stats_seq, 1, 1};
+  const Ragged r = ragged_tensors(g, key);
+  const auto bf = CUDNN_DATA_BFLOAT16;
+  const TensorExtras rows{.ragged = r.rows};
+  auto q = g.tensor("Q", kQ, bhsd(B, S, H, Dh), bhsd_strides(S, H, Dh), bf, false, rows);
+  auto kt = g.tensor("K^T", kK, bhds(B, S, H, Dh), bhds_strides(S, H, Dh), bf, false, rows);
+  auto v = g.tensor("V", kV, bhsd(B, S, H, Dh), bhsd_strides(S, H, Dh), bf, false, rows);
+  auto o = g.tensor("O", kO, bhsd(B, S, H, Dh), bhsd_strides(S, H, Dh), bf, false, rows);
+  auto stats =
+      g.tensor("stats", kStats, row, stats_st, CUDNN_DATA_FLOAT, false, {.ragged = r.stats});
   auto scale = g.scalar("scale", kScale);
   auto neg_inf = g.scalar("neg_inf", kNegInf);
 
   auto s = g.virt("S", ss, ss_st);
-  g.matmul("Q K^T", q, kt, s);
+  g.matmul("Q K^T", q, kt, s, r.qk());
   auto scaled = g.virt("S_scaled", ss, ss_st);
   g.pointwise("scale", CUDNN_POINTWISE_MUL, s, scaled, scale);
-  auto masked = g.causal_mask(scaled, neg_inf, ss, ss_st);
+  auto in_documents = r.length ? g.padding_mask(scaled, neg_inf, r.length, ss, ss_st) : scaled;
+  auto masked = g.causal_mask(in_documents, neg_inf, ss, ss_st);
   auto row_max = g.virt("row_max", row, row_st);
   g.reduction("max", CUDNN_REDUCE_TENSOR_MAX, masked, row_max);
   auto shifted = g.virt("S_minus_max", ss, ss_st);
@@ -337,34 +427,40 @@ void build_forward(GraphBuilder& g, int64_t B, int64_t S, int64_t H, int64_t Dh)
   auto log_sum = g.virt("log_sum", row, row_st);
   g.pointwise("log", CUDNN_POINTWISE_LOG, row_sum, log_sum);
   g.pointwise("stats", CUDNN_POINTWISE_ADD, row_max, stats, log_sum);
-  auto p = g.virt("P", ss, ss_st, CUDNN_DATA_BFLOAT16);  // bmm2 takes P in the I/O type
+  auto p = g.virt("P", ss, ss_st, bf);  // bmm2 takes P in the I/O type
   g.pointwise("div_sum", CUDNN_POINTWISE_DIV, e, p, row_sum);
-  g.matmul("P V", p, v, o);
+  g.matmul("P V", p, v, o, r.reduce());
 }
 
-// Hm: the heads of a token row in memory (H of them, from the pointers' offsets, in this graph).
-void build_backward(GraphBuilder& g, int64_t B, int64_t S, int64_t H, int64_t Dh, int64_t Hm,
-                    bool deterministic) {
+// Hm (key.heads_in_memory, else H): the heads of a token row in memory, of which this graph
+// takes H (from the pointers' offsets).
+void build_backward(GraphBuilder& g, const Key& key) {
+  const int64_t B = key.B, S = key.S, H = key.H, Dh = key.Dh;
+  const int64_t Hm = key.heads_in_memory ? key.heads_in_memory : H;
+  const int64_t stats_seq = key.seq ? key.seq : S;
   const Dims ss{B, H, S, S}, ss_st{H * S * S, S * S, S, 1}, ss_t_st{H * S * S, S * S, 1, S};
-  const Dims row{B, H, S, 1}, row_st{H * S, S, 1, 1}, row_mem_st{Hm * S, S, 1, 1};
+  const Dims row{B, H, S, 1}, row_st{H * S, S, 1, 1}, row_mem_st{Hm * stats_seq, stats_seq, 1, 1};
   const Dims sd = bhsd(B, S, H, Dh), sd_st = bhsd_strides(S, Hm, Dh);
   const Dims ds = bhds(B, S, H, Dh), ds_st = bhds_strides(S, Hm, Dh);
+  const Ragged r = ragged_tensors(g, key);
+  const TensorExtras rows{.ragged = r.rows}, stats_rows{.ragged = r.stats};
   const auto bf = CUDNN_DATA_BFLOAT16;
-  auto q = g.tensor("Q", kQ, sd, sd_st, bf, false);
-  auto kt = g.tensor("K^T", kK, ds, ds_st, bf, false);
-  auto vt = g.tensor("V^T", kV, ds, ds_st, bf, false);
-  auto o = g.tensor("O", kO, sd, sd_st, bf, false);
-  auto d_o = g.tensor("dO", kdO, sd, sd_st, bf, false);
-  auto stats = g.tensor("stats", kStats, row, row_mem_st, CUDNN_DATA_FLOAT, false);
-  auto dq = g.tensor("dQ", kdQ, sd, sd_st, bf, false);
-  auto dk = g.tensor("dK", kdK, sd, sd_st, bf, false);
-  auto dv = g.tensor("dV", kdV, sd, sd_st, bf, false);
+  auto q = g.tensor("Q", kQ, sd, sd_st, bf, false, rows);
+  auto kt = g.tensor("K^T", kK, ds, ds_st, bf, false, rows);
+  auto vt = g.tensor("V^T", kV, ds, ds_st, bf, false, rows);
+  auto o = g.tensor("O", kO, sd, sd_st, bf, false, rows);
+  auto d_o = g.tensor("dO", kdO, sd, sd_st, bf, false, rows);
+  auto stats = g.tensor("stats", kStats, row, row_mem_st, CUDNN_DATA_FLOAT, false, stats_rows);
+  auto dq = g.tensor("dQ", kdQ, sd, sd_st, bf, false, rows);
+  auto dk = g.tensor("dK", kdK, sd, sd_st, bf, false, rows);
+  auto dv = g.tensor("dV", kdV, sd, sd_st, bf, false, rows);
   auto scale = g.scalar("scale", kScale);
   auto neg_inf = g.scalar("neg_inf", kNegInf);
   auto one = g.scalar("one", kOne);
-  // rowsum(dO * O), in the workspace (a second kernel of the engine reads it).
+  // rowsum(dO * O), in the workspace (a second kernel of the engine reads it); laid out as the
+  // stats are.
   auto softmax_sum =
-      g.tensor("softmax_sum", kSoftmaxSum, row, row_mem_st, CUDNN_DATA_FLOAT, false);
+      g.tensor("softmax_sum", kSoftmaxSum, row, row_mem_st, CUDNN_DATA_FLOAT, false, stats_rows);
 
   auto d_o_o = g.virt("dO*O", sd, {H * S * Dh, S * Dh, H * Dh, 1});
   g.pointwise("mul_dO_O", CUDNN_POINTWISE_MUL, d_o, d_o_o, o);
@@ -374,11 +470,12 @@ void build_backward(GraphBuilder& g, int64_t B, int64_t S, int64_t H, int64_t Dh
 
   // P recomputed from the stats.
   auto s = g.virt("S", ss, ss_st);
-  g.matmul("Q K^T", q, kt, s);
+  g.matmul("Q K^T", q, kt, s, r.qk());
   auto scaled = g.virt("S_scaled", ss, ss_st);
   g.pointwise("scale", CUDNN_POINTWISE_MUL, s, scaled, scale);
+  auto in_documents = r.length ? g.padding_mask(scaled, neg_inf, r.length, ss, ss_st) : scaled;
   auto shifted = g.virt("S_minus_stats", ss, ss_st);
-  g.pointwise("sub_stats", CUDNN_POINTWISE_SUB, scaled, shifted, stats);
+  g.pointwise("sub_stats", CUDNN_POINTWISE_SUB, in_documents, shifted, stats);
   auto masked = g.causal_mask(shifted, neg_inf, ss, ss_st);
   auto p = g.virt("P", ss, ss_st);
   g.pointwise("exp", CUDNN_POINTWISE_EXP, masked, p);
@@ -386,11 +483,11 @@ void build_backward(GraphBuilder& g, int64_t B, int64_t S, int64_t H, int64_t Dh
   // dV = P^T dO
   auto p_t = g.virt("P^T", ss, ss_t_st, bf);
   g.reshape("P^T", p, p_t);
-  g.matmul("P^T dO", p_t, d_o, dv);
+  g.matmul("P^T dO", p_t, d_o, dv, r.reduce());
 
   // dS = P (dO V^T - softmax_sum) * scale
   auto dp = g.virt("dP", ss, ss_st);
-  g.matmul("dO V^T", d_o, vt, dp);
+  g.matmul("dO V^T", d_o, vt, dp, r.qk());
   auto dp_centered = g.virt("dP_minus_sum", ss, ss_st);
   g.pointwise("sub_softmax_sum", CUDNN_POINTWISE_SUB, dp, dp_centered, softmax_sum);
   auto dp_p = g.virt("dP*P", ss, ss_st);
@@ -401,17 +498,18 @@ void build_backward(GraphBuilder& g, int64_t B, int64_t S, int64_t H, int64_t Dh
   // dK = dS^T Q
   auto d_s_t = g.virt("dS^T", ss, ss_t_st, bf);
   g.reshape("dS^T", d_s, d_s_t);
-  g.matmul("dS^T Q", d_s_t, q, dk);
+  g.matmul("dS^T Q", d_s_t, q, dk, r.reduce());
 
-  auto k = g.virt("K", sd, sd_st);  // f32 like the other virtual operands of the dS matmuls
+  // K: f32 like the other virtual operands of the dS matmuls, in the rows' ragged layout.
+  auto k = g.tensor("K", g.next_uid(), sd, sd_st, CUDNN_DATA_FLOAT, true, rows);
   g.reshape("K", kt, k);
-  if (deterministic) {
+  if (key.deterministic) {
     // dQ = dS K, straight into dQ (no f32 accumulation buffer, no atomics)
-    g.matmul("dS K", d_s, k, dq);
+    g.matmul("dS K", d_s, k, dq, r.reduce());
   } else {
     // dQ = dS K summed over key tiles into an f32 buffer (zeroed before the call), then bf16.
-    auto dq_accum = g.tensor("dQ_accum", kdQAccum, sd, sd_st, CUDNN_DATA_FLOAT, false, false,
-                             CUDNN_TENSOR_REORDERING_F16x16);
+    auto dq_accum = g.tensor("dQ_accum", kdQAccum, sd, sd_st, CUDNN_DATA_FLOAT, false,
+                             {.reordering = CUDNN_TENSOR_REORDERING_F16x16});
     g.matmul("dS K", d_s, k, dq_accum);
     g.pointwise("dQ", CUDNN_POINTWISE_IDENTITY, dq_accum, dq);
   }
@@ -533,17 +631,18 @@ Plan* plan_for(Context& ctx, const Key& key, std::string* why) {
   const std::string shape =
       "B=" + std::to_string(key.B) + " S=" + std::to_string(key.S) + " H=" + std::to_string(key.H) +
       (key.heads_in_memory ? " of " + std::to_string(key.heads_in_memory) : "") +
-      " Dh=" + std::to_string(key.Dh) + (key.deterministic ? "" : " (nondeterministic)");
+      " Dh=" + std::to_string(key.Dh) + (key.deterministic ? "" : " (nondeterministic)") +
+      (key.seq ? " (" + std::to_string(key.B) + " documents of at most " + std::to_string(key.S) +
+                     " tokens)"
+               : "");
   auto plan = std::make_unique<Plan>();
   std::string summary;
   char stale[4096];
   cudnnGetLastErrorString(stale, sizeof stale);  // so that a failure below reports its own
   try {
     plan->graph = std::make_unique<GraphBuilder>(op);
-    if (key.backward)
-      build_backward(*plan->graph, key.B, key.S, key.H, key.Dh,
-                     key.heads_in_memory ? key.heads_in_memory : key.H, key.deterministic);
-    else build_forward(*plan->graph, key.B, key.S, key.H, key.Dh);
+    if (key.backward) build_backward(*plan->graph, key);
+    else build_forward(*plan->graph, key);
     plan->op_graph = std::make_unique<Descriptor>(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR,
                                                   std::string(op) + " operation graph");
     const auto& ops = plan->graph->ops();
@@ -617,16 +716,130 @@ AttentionWorkspaceBudget backward_workspace_budget(Context& ctx, const char* op)
   return {std::max(kAttentionWorkspaceFloor, free_block), false};
 }
 
+// ---- documents -------------------------------------------------------------------------------
+
+// A call's share of the ragged layout, as cudnn-frontend's tests lay it out: i64 offsets of each
+// of its documents' first element, then of the last one's end, in q, k, v, out and their
+// gradients (`rows`) and in the stats' [batch, heads, seq] layout (`stats`); the documents' i32
+// `lengths`. Each array starts at a 16-byte boundary.
+struct RaggedCall {
+  void *rows, *stats, *lengths;
+};
+
+// Byte offsets of a call's three arrays, and of the next call's, for `per_call` documents.
+struct RaggedBlock {
+  int64_t stats, lengths, bytes;
+  explicit RaggedBlock(int64_t per_call)
+      : stats((8 * (per_call + 1) + 15) / 16 * 16),
+        lengths(2 * stats),
+        bytes(lengths + (4 * per_call + 15) / 16 * 16) {}
+};
+
+// The arrays of `calls` calls of `per_call` documents each, a RaggedBlock apart; documents from
+// `count` on are empty, at the batch's end.
+__global__ void ragged_layout_kernel(const int32_t* offsets, int count, int per_call, int calls,
+                                     int64_t stats_at, int64_t lengths_at, int64_t block_bytes,
+                                     int64_t seq, int64_t heads, int64_t row_elems, char* out) {
+  const int entries = calls * (per_call + 1);
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < entries; i += gridDim.x * blockDim.x) {
+    const int call = i / (per_call + 1), j = i - call * (per_call + 1), d = call * per_call + j;
+    const int64_t t = offsets[min(d, count)];
+    char* block = out + call * block_bytes;
+    reinterpret_cast<int64_t*>(block)[j] = t * row_elems;
+    reinterpret_cast<int64_t*>(block + stats_at)[j] = t / seq * heads * seq + t % seq;
+    if (j < per_call)
+      reinterpret_cast<int32_t*>(block + lengths_at)[j] =
+          d < count ? offsets[d + 1] - static_cast<int32_t>(t) : 0;
+  }
+}
+
+// Writes the arrays of `calls` calls of `per_call` documents into `out` (RaggedBlock apart).
+void fill_ragged_layout(Context& ctx, const char* op, const ListedDocuments& documents,
+                        int64_t per_call, int64_t calls, const RaggedBlock& block, int64_t S,
+                        int64_t heads, int64_t Dh, char* out) {
+  const int64_t entries = calls * (per_call + 1);
+  const unsigned blocks = static_cast<unsigned>((entries + 255) / 256);
+  // clang-format splits this launch's >>> in this file's #if branches.
+  // clang-format off
+  ragged_layout_kernel<<<blocks, 256, 0, ctx.stream>>>(
+      documents.offsets, static_cast<int>(documents.count), static_cast<int>(per_call),
+      static_cast<int>(calls), block.stats, block.lengths, block.bytes, S, heads, heads * Dh, out);
+  // clang-format on
+  check_launch(ctx, op);
+}
+
+// The layout of `documents` for calls of `per_call` documents over rows of `heads` x Dh and
+// stats [B, heads, S], in a block of its own for the caller to keep while its calls run.
+class RaggedLayout {
+ public:
+  RaggedLayout(Context& ctx, const char* op, const ListedDocuments& documents, int64_t per_call,
+               int64_t S, int64_t heads, int64_t Dh)
+      : calls_((documents.count + per_call - 1) / per_call), block_(per_call) {
+    storage_ = ctx.alloc({calls_ * block_.bytes / 4}, DType::i32);
+    fill_ragged_layout(ctx, op, documents, per_call, calls_, block_, S, heads, Dh,
+                       static_cast<char*>(storage_.data()));
+  }
+  int64_t calls() const { return calls_; }
+  RaggedCall call(int64_t c) const {
+    char* block = static_cast<char*>(storage_.data()) + c * block_.bytes;
+    return {block, block + block_.stats, block + block_.lengths};
+  }
+
+ private:
+  int64_t calls_;
+  RaggedBlock block_;
+  Tensor storage_;
+};
+
+int64_t next_power_of_two(int64_t n) {
+  int64_t p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+// The documents a call takes (a power of two at least `count`) and the tokens it allows each
+// (the next power of two of the longest, at most S): few shapes, so few graphs, for a run.
+Key documents_key(bool backward, const ListedDocuments& documents, int64_t S, int64_t H,
+                  int64_t Dh) {
+  return Key{backward,
+             next_power_of_two(documents.count),
+             std::min(S, next_power_of_two(documents.longest)),
+             H,
+             Dh,
+             true,
+             0,
+             S};
+}
+
 }  // namespace
 
 bool cudnn_attention_forward(Context& ctx, const Tensor& out, const Tensor& lse, const Tensor& q,
                              const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H,
-                             std::string* declined) {
+                             const ListedDocuments* documents, std::string* declined) {
   const char* op = "cudnn_attention_forward";
   const int64_t Dh = q.shape()[1] / H;
   if (const char* reason = unsupported(q, Dh, {&out, &lse, &q, &k, &v})) {
     if (declined) *declined = reason;
     return false;
+  }
+  if (documents) {
+    // The backward's graph too: a forward that cuDNN takes and a backward it declines would
+    // still be right (lse keeps its layout), but the pair is what pays.
+    const Key key = documents_key(false, *documents, S, H, Dh);
+    Key backward_key = key;
+    backward_key.backward = true;
+    Plan* plan = plan_for(ctx, key, declined);
+    if (!plan || !plan_for(ctx, backward_key, declined)) return false;
+    const RaggedLayout layout(ctx, op, *documents, key.B, S, H, Dh);
+    const RaggedCall r = layout.call(0);
+    void* workspace =
+        plan->workspace_bytes > 0 ? ctx.scratch(kScratchA, plan->workspace_bytes) : nullptr;
+    execute(ctx, op, state_for(ctx).handle, *plan,
+            {kQ, kK, kV, kO, kStats, kScale, kNegInf, kRaggedRows, kRaggedStats, kSeqLen},
+            {q.data(), k.data(), v.data(), out.data(), lse.data(), &plan->scale, &plan->neg_inf,
+             r.rows, r.stats, r.lengths},
+            workspace);
+    return true;
   }
   Plan* plan = plan_for(ctx, Key{false, B, S, H, Dh}, declined);
   if (!plan) return false;
@@ -665,19 +878,69 @@ bool backward_accumulating_dq(Context& ctx, const Tensor& dq, const Tensor& dk, 
   return true;
 }
 
+// The deterministic backward over documents: as the sequences' below, in chunks of documents
+// (of heads, when one document's dS is too large) whose dS fits the budget; each chunk's ragged
+// offsets are absolute, so every call takes the tensors' own pointers (plus its heads' offset).
+bool backward_documents(Context& ctx, const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                        const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& out, const Tensor& lse, int64_t B, int64_t S, int64_t H,
+                        int64_t Dh, const ListedDocuments& documents, std::string* declined) {
+  const char* op = "cudnn_attention_backward";
+  Key key = documents_key(true, documents, S, H, Dh);
+  Plan* plan = plan_for(ctx, key, declined);
+  if (!plan) return false;
+  const AttentionBackwardChunks chunk =
+      attention_backward_chunks(key.B, H, key.S, plan->workspace_bytes,
+                                backward_workspace_budget(ctx, op), sm_count(ctx, op));
+  if (chunk.sequences != key.B || chunk.heads != H) {
+    key.B = chunk.sequences;
+    key.H = chunk.heads;
+    key.heads_in_memory = chunk.heads != H ? H : 0;
+    plan = plan_for(ctx, key, declined);
+    if (!plan) return false;
+  }
+  const RaggedLayout layout(ctx, op, documents, chunk.sequences, S, H, Dh);
+  // The workspace, then softmax_sum laid out as lse, [B, H, S] f32, at a 256-byte boundary.
+  const int64_t sum_offset = (plan->workspace_bytes + 255) / 256 * 256;
+  const int64_t bytes = sum_offset + B * H * S * static_cast<int64_t>(sizeof(float));
+  const Tensor workspace = ctx.alloc({(bytes + 3) / 4}, DType::i32);
+  auto* base = static_cast<char*>(workspace.data());
+  for (int64_t c = 0; c < layout.calls(); ++c) {
+    const RaggedCall r = layout.call(c);
+    for (int64_t h = 0; h < H; h += chunk.heads) {
+      auto at = [&](const Tensor& t) { return static_cast<void*>(t.ptr<bf16>() + h * Dh); };
+      void* stats = lse.ptr<float>() + h * S;
+      void* softmax_sum = base + sum_offset + h * S * static_cast<int64_t>(sizeof(float));
+      execute(ctx, op, state_for(ctx).handle, *plan,
+              {kQ, kK, kV, kO, kdO, kStats, kdQ, kdK, kdV, kScale, kNegInf, kOne, kSoftmaxSum,
+               kRaggedRows, kRaggedStats, kSeqLen},
+              {at(q), at(k), at(v), at(out), at(dout), stats, at(dq), at(dk), at(dv), &plan->scale,
+               &plan->neg_inf, &plan->one, softmax_sum, r.rows, r.stats, r.lengths},
+              base);
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 bool cudnn_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, const Tensor& dv,
                               const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                               const Tensor& out, const Tensor& lse, int64_t B, int64_t S, int64_t H,
-                              bool deterministic, std::string* declined) {
+                              bool deterministic, const ListedDocuments* documents,
+                              std::string* declined) {
   const char* op = "cudnn_attention_backward";
   const int64_t Dh = q.shape()[1] / H;
-  if (const char* reason =
-          unsupported(q, Dh, {&dq, &dk, &dv, &dout, &q, &k, &v, &out, &lse})) {
+  const char* reason = unsupported(q, Dh, {&dq, &dk, &dv, &dout, &q, &k, &v, &out, &lse});
+  if (!reason && documents && !deterministic)
+    reason = "documents: cuDNN's dQ-accumulating backward is not built for them";
+  if (reason) {
     if (declined) *declined = reason;
     return false;
   }
+  if (documents)
+    return backward_documents(ctx, dq, dk, dv, dout, q, k, v, out, lse, B, S, H, Dh, *documents,
+                              declined);
   if (!deterministic)
     return backward_accumulating_dq(ctx, dq, dk, dv, dout, q, k, v, out, lse, B, S, H, Dh,
                                     declined);

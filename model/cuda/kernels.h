@@ -102,8 +102,7 @@ void flash_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, 
 // bf16, Dh a multiple of 8 up to 128, deterministic engines only (but see `deterministic` below).
 // Returns false with nothing launched (and the reason in *declined) when cuDNN declines the case:
 // no cuDNN in the build or at run time, another dtype or Dh, no deterministic engine; the caller
-// then runs the flash kernels (the backend never asks it with documents: doc_start has no form
-// here). Graphs and plans are cached per context and shape. The forward's
+// then runs the flash kernels. Graphs and plans are cached per context and shape. The forward's
 // workspace is scratch slot A; the backward's (dS: 2 x H x S x S bytes a sequence) is a block taken
 // for the call, and the backward runs over chunks of sequences (of heads, when one sequence is
 // too large) whose dS fits SY_CUDNN_BWD_WORKSPACE_MIB, by default the largest block the
@@ -111,13 +110,28 @@ void flash_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, 
 // summed in f32 across key tiles in any order (no dS workspace, one call over the batch, bits that
 // may differ run to run); declined like any other case when cuDNN takes no such graph (the caller
 // may then ask for the deterministic form).
+// `documents` (document masking, Backend's DocumentList): each document runs as a sequence of its
+// own in cuDNN's ragged layout, its length the padding mask, so attention costs what the
+// documents' own triangles cost. lse keeps the [B, H, S] layout, so either kernel's backward takes
+// either forward's lse. Calls take a power of two of documents (padded with empty ones) of at
+// most the next power of two of the longest document's tokens (at most S), so that few graphs
+// serve a run; the backward's chunks are of documents. Deterministic only (the dQ-accumulating
+// form is declined with documents).
+struct ListedDocuments {
+  const int32_t* offsets =
+      nullptr;  // [count + 1] on the device: each document's first row, then B*S
+  int64_t count = 0;
+  int64_t longest = 0;
+};
 bool cudnn_attention_forward(Context& ctx, const Tensor& out, const Tensor& lse, const Tensor& q,
                              const Tensor& k, const Tensor& v, int64_t B, int64_t S, int64_t H,
+                             const ListedDocuments* documents = nullptr,
                              std::string* declined = nullptr);
 bool cudnn_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, const Tensor& dv,
                               const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                               const Tensor& out, const Tensor& lse, int64_t B, int64_t S, int64_t H,
-                              bool deterministic = true, std::string* declined = nullptr);
+                              bool deterministic = true, const ListedDocuments* documents = nullptr,
+                              std::string* declined = nullptr);
 // Drops ctx's cuDNN handle and plans (before its stream is destroyed).
 void cudnn_attention_release(const Context& ctx);
 
