@@ -29,6 +29,9 @@ ffn        the expert FFN: test_cuda_grouped, test_cuda_model, test_cuda_ops, th
 grouped    the Hopper grouped GEMM: ptxas/PTX/SASS counts, ~1300 checks, TFLOP/s; SY_GG_ARGS
            (--quick, --no-bench), SY_GG_DEBUG=1 (bounded mbarrier waits, own build folder)
 attention  flash attention: ptxas, ctest -R Flash|Attention|CudaModel, attention_bench, torch SDPA
+documents  document masking: test_cuda_document_mask, then bench/ab/run.sh on configs/bench/moe.yaml
+           with data.document_mask=true, the flash kernels against cuDNN's ragged layout
+           (SY_CUDNN_DOCUMENTS=1); SY_DOCS_ROUNDS (2), SY_DOCS_CONFIGS (moe)
 optim      the fused optimizer: its tests, sy_bench_optimizer (SY_OPTIM_TENSORS, SY_OPTIM_NUMEL),
            a 60-step bf16 bench of the example config
 memory     train.recompute: test_recompute, test_cuda_recompute, test_cuda_model, then
@@ -45,8 +48,8 @@ allocator  SY_CUDA_ALLOCATOR caching against async (suites, the 1.8B MoE step: S
 routing    the routing policy: the suites that read it, a 20-step bf16 run with every balancing key
 nodes      bench/scaling/run.sh, on a machine with several GPUs: NCCL equivalence, alltoall_bench,
            throughput at W = 1, 2, 4, 8 (WIDTHS, STEPS), a killed rank"
-all_parts=(tests example step trace ab ffn grouped attention optim memory membound balancing ckpt hf tb
-           allocator routing nodes)
+all_parts=(tests example step trace ab ffn grouped attention documents optim memory membound balancing
+           ckpt hf tb allocator routing nodes)
 
 if [ "${1:-}" = --list ]; then echo "$parts_help"; exit 0; fi
 out=${1:?usage: bash launch/gpu_check.sh OUTDIR [PART...|all]   (--list: the parts)}
@@ -167,6 +170,19 @@ part_trace() {
 
 part_ab() {
   sy_runner ab env AB_BUILD="$build" bash bench/ab/run.sh "$sy_out"
+}
+
+part_documents() {
+  # Against the CPU, repeatable, documents that do not see each other, chunks bitwise; the cuDNN
+  # cases skip visibly, with cuDNN's reason, where it declines the ragged graphs.
+  suite test_cuda_document_mask
+  sy_runner ab env AB_BUILD="$build" AB_REF=. AB_NEW_ENV=SY_CUDNN_DOCUMENTS=1 \
+    AB_SET="data.document_mask=true" AB_CONFIGS="${SY_DOCS_CONFIGS:-moe}" \
+    AB_ROUNDS="${SY_DOCS_ROUNDS:-2}" bash bench/ab/run.sh "$sy_out"
+  echo "---- test_cuda_document_mask: $(sy_gtest "$sy_out/test_cuda_document_mask.log")"
+  grep -hE '^\[  FAILED  \] [A-Za-z]|^\[ kernel|declined' "$sy_out/test_cuda_document_mask.log" \
+    2>/dev/null | head -n 30
+  return "$sy_failed"
 }
 
 part_nodes() {
