@@ -18,10 +18,11 @@
 // across key tiles in whatever order the tiles finish (the form cuDNN's engines take for
 // dQ_accum), then rounded to bf16: no dS workspace, and the bits may differ run to run.
 // Documents (kernels.h, ListedDocuments): the graphs' batch entries are documents in cuDNN's
-// ragged layout (each I/O tensor's batch entry d starts at element offset ragged[d], the stats'
-// at their own offsets into [B, H, S]); every matmul's row and reduction counts are overridden
-// by the document's length, and a padding mask (row and column below the length) comes before
-// the causal one, in the order and form cudnn-frontend's padded SDPA graphs take.
+// ragged layout (each I/O tensor's batch entry d starts at element offset ragged[d]; the stats
+// are token-major, [B*S, H], and copied to and from lse's [B, H, S]); every matmul's row and
+// reduction counts are overridden by the document's length, and a padding mask (row and column
+// below the length) comes before the causal one, in the order and form cudnn-frontend's padded
+// SDPA graphs take.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -136,6 +137,7 @@ struct TensorExtras {
   bool by_value = false;  // a host scalar in the variant pack
   cudnnBackendTensorReordering_t reordering = CUDNN_TENSOR_REORDERING_NONE;
   cudnnBackendDescriptor_t ragged = nullptr;  // batch entry d starts at element ragged[d]
+  int64_t alignment = 16;                     // of the pointers the variant pack will carry
 };
 
 // A matmul's per batch entry row and reduction counts, overriding its dims (documents: their
@@ -155,7 +157,7 @@ class GraphBuilder {
     const bool by_value = extras.by_value;
     const cudnnBackendTensorReordering_t reordering = extras.reordering;
     Descriptor& t = make(CUDNN_BACKEND_TENSOR_DESCRIPTOR, "tensor " + name);
-    const int64_t alignment = 16;
+    const int64_t alignment = extras.alignment;
     t.set(SY_ATTR(CUDNN_ATTR_TENSOR_DATA_TYPE), CUDNN_TYPE_DATA_TYPE, 1, &dtype)
         .set(SY_ATTR(CUDNN_ATTR_TENSOR_DIMENSIONS), CUDNN_TYPE_INT64, 4, dims.data())
         .set(SY_ATTR(CUDNN_ATTR_TENSOR_STRIDES), CUDNN_TYPE_INT64, 4, strides.data())
@@ -327,7 +329,8 @@ struct Key {
   // the deterministic backward); 0: H.
   int64_t heads_in_memory = 0;
   // Documents: B counts the documents a call takes and S their most tokens; `seq` is the batch's
-  // sequence length, which lays the stats out as [batch, H, seq]. 0: no documents.
+  // sequence length (nonzero marks a graph over documents, whose stats are token-major). 0: no
+  // documents.
   int64_t seq = 0;
   auto operator<=>(const Key&) const = default;
 };
@@ -386,6 +389,10 @@ struct Ragged {
   MatmulCounts reduce() const { return {length, nullptr, length}; }  // rows, over rows
 };
 
+// Stats over documents, as cudnn-frontend's ragged graphs take them: token-major, [T, Hm] f32
+// (row t's heads side by side), a document's entry d starting at its first token's row.
+Dims token_major_stats(int64_t S, int64_t Hm) { return {Hm * S, 1, Hm, 1}; }
+
 Ragged ragged_tensors(GraphBuilder& g, const Key& key) {
   if (key.seq == 0) return {};
   return {g.int_vector("ragged rows", kRaggedRows, key.B + 1, CUDNN_DATA_INT64),
@@ -395,9 +402,9 @@ Ragged ragged_tensors(GraphBuilder& g, const Key& key) {
 
 void build_forward(GraphBuilder& g, const Key& key) {
   const int64_t B = key.B, S = key.S, H = key.H, Dh = key.Dh;
-  const int64_t stats_seq = key.seq ? key.seq : S;
   const Dims ss{B, H, S, S}, ss_st{H * S * S, S * S, S, 1};
-  const Dims row{B, H, S, 1}, row_st{H * S, S, 1, 1}, stats_st{H * stats_seq, stats_seq, 1, 1};
+  const Dims row{B, H, S, 1}, row_st{H * S, S, 1, 1};
+  const Dims stats_st = key.seq ? token_major_stats(S, H) : row_st;
   const Ragged r = ragged_tensors(g, key);
   const auto bf = CUDNN_DATA_BFLOAT16;
   const TensorExtras rows{.ragged = r.rows};
@@ -437,13 +444,15 @@ void build_forward(GraphBuilder& g, const Key& key) {
 void build_backward(GraphBuilder& g, const Key& key) {
   const int64_t B = key.B, S = key.S, H = key.H, Dh = key.Dh;
   const int64_t Hm = key.heads_in_memory ? key.heads_in_memory : H;
-  const int64_t stats_seq = key.seq ? key.seq : S;
   const Dims ss{B, H, S, S}, ss_st{H * S * S, S * S, S, 1}, ss_t_st{H * S * S, S * S, 1, S};
-  const Dims row{B, H, S, 1}, row_st{H * S, S, 1, 1}, row_mem_st{Hm * stats_seq, stats_seq, 1, 1};
+  const Dims row{B, H, S, 1}, row_st{H * S, S, 1, 1};
+  const Dims row_mem_st = key.seq ? token_major_stats(S, Hm) : Dims{Hm * S, S, 1, 1};
   const Dims sd = bhsd(B, S, H, Dh), sd_st = bhsd_strides(S, Hm, Dh);
   const Dims ds = bhds(B, S, H, Dh), ds_st = bhds_strides(S, Hm, Dh);
   const Ragged r = ragged_tensors(g, key);
-  const TensorExtras rows{.ragged = r.rows}, stats_rows{.ragged = r.stats};
+  // Token-major stats of a chunk of heads start at head h's float: 4-byte aligned.
+  const TensorExtras rows{.ragged = r.rows};
+  const TensorExtras stats_rows{.ragged = r.stats, .alignment = key.seq ? 4 : 16};
   const auto bf = CUDNN_DATA_BFLOAT16;
   auto q = g.tensor("Q", kQ, sd, sd_st, bf, false, rows);
   auto kt = g.tensor("K^T", kK, ds, ds_st, bf, false, rows);
@@ -720,8 +729,8 @@ AttentionWorkspaceBudget backward_workspace_budget(Context& ctx, const char* op)
 
 // A call's share of the ragged layout, as cudnn-frontend's tests lay it out: i64 offsets of each
 // of its documents' first element, then of the last one's end, in q, k, v, out and their
-// gradients (`rows`) and in the stats' [batch, heads, seq] layout (`stats`); the documents' i32
-// `lengths`. Each array starts at a 16-byte boundary.
+// gradients (`rows`) and in the token-major stats (`stats`); the documents' i32 `lengths`. Each
+// array starts at a 16-byte boundary.
 struct RaggedCall {
   void *rows, *stats, *lengths;
 };
@@ -739,14 +748,14 @@ struct RaggedBlock {
 // `count` on are empty, at the batch's end.
 __global__ void ragged_layout_kernel(const int32_t* offsets, int count, int per_call, int calls,
                                      int64_t stats_at, int64_t lengths_at, int64_t block_bytes,
-                                     int64_t seq, int64_t heads, int64_t row_elems, char* out) {
+                                     int64_t heads, int64_t row_elems, char* out) {
   const int entries = calls * (per_call + 1);
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < entries; i += gridDim.x * blockDim.x) {
     const int call = i / (per_call + 1), j = i - call * (per_call + 1), d = call * per_call + j;
     const int64_t t = offsets[min(d, count)];
     char* block = out + call * block_bytes;
     reinterpret_cast<int64_t*>(block)[j] = t * row_elems;
-    reinterpret_cast<int64_t*>(block + stats_at)[j] = t / seq * heads * seq + t % seq;
+    reinterpret_cast<int64_t*>(block + stats_at)[j] = t * heads;
     if (j < per_call)
       reinterpret_cast<int32_t*>(block + lengths_at)[j] =
           d < count ? offsets[d + 1] - static_cast<int32_t>(t) : 0;
@@ -755,28 +764,28 @@ __global__ void ragged_layout_kernel(const int32_t* offsets, int count, int per_
 
 // Writes the arrays of `calls` calls of `per_call` documents into `out` (RaggedBlock apart).
 void fill_ragged_layout(Context& ctx, const char* op, const ListedDocuments& documents,
-                        int64_t per_call, int64_t calls, const RaggedBlock& block, int64_t S,
-                        int64_t heads, int64_t Dh, char* out) {
+                        int64_t per_call, int64_t calls, const RaggedBlock& block, int64_t heads,
+                        int64_t Dh, char* out) {
   const int64_t entries = calls * (per_call + 1);
   const unsigned blocks = static_cast<unsigned>((entries + 255) / 256);
   // clang-format splits this launch's >>> in this file's #if branches.
   // clang-format off
   ragged_layout_kernel<<<blocks, 256, 0, ctx.stream>>>(
       documents.offsets, static_cast<int>(documents.count), static_cast<int>(per_call),
-      static_cast<int>(calls), block.stats, block.lengths, block.bytes, S, heads, heads * Dh, out);
+      static_cast<int>(calls), block.stats, block.lengths, block.bytes, heads, heads * Dh, out);
   // clang-format on
   check_launch(ctx, op);
 }
 
-// The layout of `documents` for calls of `per_call` documents over rows of `heads` x Dh and
-// stats [B, heads, S], in a block of its own for the caller to keep while its calls run.
+// The layout of `documents` for calls of `per_call` documents over rows of `heads` x Dh (and
+// token-major stats of `heads`), in a block of its own for the caller to keep while its calls run.
 class RaggedLayout {
  public:
   RaggedLayout(Context& ctx, const char* op, const ListedDocuments& documents, int64_t per_call,
-               int64_t S, int64_t heads, int64_t Dh)
+               int64_t heads, int64_t Dh)
       : calls_((documents.count + per_call - 1) / per_call), block_(per_call) {
     storage_ = ctx.alloc({calls_ * block_.bytes / 4}, DType::i32);
-    fill_ragged_layout(ctx, op, documents, per_call, calls_, block_, S, heads, Dh,
+    fill_ragged_layout(ctx, op, documents, per_call, calls_, block_, heads, Dh,
                        static_cast<char*>(storage_.data()));
   }
   int64_t calls() const { return calls_; }
@@ -790,6 +799,30 @@ class RaggedLayout {
   RaggedBlock block_;
   Tensor storage_;
 };
+
+// lse [B, H, S] to token-major stats [B*S, H] (to_tokens), or back.
+__global__ void lse_tokens_kernel(const float* from, float* to, int64_t S, int64_t H, int64_t n,
+                                  bool to_tokens) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = i / (H * S), h = i / S % H, s = i % S, token = (b * S + s) * H + h;
+    if (to_tokens) to[token] = from[i];
+    else to[i] = from[token];
+  }
+}
+
+// cuDNN's ragged graphs keep their stats token-major; lse stays [B, H, S], the flash kernels'
+// layout, so that either path's backward takes either forward's lse. A copy each way, B S H
+// floats (512 KiB at B 4, S 2048, H 16).
+void convert_lse(Context& ctx, const char* op, const float* from, float* to, int64_t B, int64_t S,
+                 int64_t H, bool to_tokens) {
+  const int64_t n = B * H * S;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096));
+  // clang-format off
+  lse_tokens_kernel<<<blocks, 256, 0, ctx.stream>>>(from, to, S, H, n, to_tokens);
+  // clang-format on
+  check_launch(ctx, op);
+}
 
 int64_t next_power_of_two(int64_t n) {
   int64_t p = 1;
@@ -830,15 +863,17 @@ bool cudnn_attention_forward(Context& ctx, const Tensor& out, const Tensor& lse,
     backward_key.backward = true;
     Plan* plan = plan_for(ctx, key, declined);
     if (!plan || !plan_for(ctx, backward_key, declined)) return false;
-    const RaggedLayout layout(ctx, op, *documents, key.B, S, H, Dh);
+    const RaggedLayout layout(ctx, op, *documents, key.B, H, Dh);
     const RaggedCall r = layout.call(0);
+    const Tensor stats = ctx.alloc({B * S * H}, DType::f32);  // token-major
     void* workspace =
         plan->workspace_bytes > 0 ? ctx.scratch(kScratchA, plan->workspace_bytes) : nullptr;
     execute(ctx, op, state_for(ctx).handle, *plan,
             {kQ, kK, kV, kO, kStats, kScale, kNegInf, kRaggedRows, kRaggedStats, kSeqLen},
-            {q.data(), k.data(), v.data(), out.data(), lse.data(), &plan->scale, &plan->neg_inf,
+            {q.data(), k.data(), v.data(), out.data(), stats.data(), &plan->scale, &plan->neg_inf,
              r.rows, r.stats, r.lengths},
             workspace);
+    convert_lse(ctx, op, stats.ptr<float>(), lse.ptr<float>(), B, S, H, false);
     return true;
   }
   Plan* plan = plan_for(ctx, Key{false, B, S, H, Dh}, declined);
@@ -899,23 +934,26 @@ bool backward_documents(Context& ctx, const Tensor& dq, const Tensor& dk, const 
     plan = plan_for(ctx, key, declined);
     if (!plan) return false;
   }
-  const RaggedLayout layout(ctx, op, documents, chunk.sequences, S, H, Dh);
-  // The workspace, then softmax_sum laid out as lse, [B, H, S] f32, at a 256-byte boundary.
+  const RaggedLayout layout(ctx, op, documents, chunk.sequences, H, Dh);
+  const Tensor stats = ctx.alloc({B * S * H}, DType::f32);  // lse, token-major
+  convert_lse(ctx, op, lse.ptr<float>(), stats.ptr<float>(), B, S, H, true);
+  // The workspace, then softmax_sum token-major like the stats, [B*S, H] f32, at a 256-byte
+  // boundary.
   const int64_t sum_offset = (plan->workspace_bytes + 255) / 256 * 256;
-  const int64_t bytes = sum_offset + B * H * S * static_cast<int64_t>(sizeof(float));
+  const int64_t bytes = sum_offset + B * S * H * static_cast<int64_t>(sizeof(float));
   const Tensor workspace = ctx.alloc({(bytes + 3) / 4}, DType::i32);
   auto* base = static_cast<char*>(workspace.data());
   for (int64_t c = 0; c < layout.calls(); ++c) {
     const RaggedCall r = layout.call(c);
     for (int64_t h = 0; h < H; h += chunk.heads) {
       auto at = [&](const Tensor& t) { return static_cast<void*>(t.ptr<bf16>() + h * Dh); };
-      void* stats = lse.ptr<float>() + h * S;
-      void* softmax_sum = base + sum_offset + h * S * static_cast<int64_t>(sizeof(float));
+      void* stats_at = stats.ptr<float>() + h;
+      void* softmax_sum = base + sum_offset + h * static_cast<int64_t>(sizeof(float));
       execute(ctx, op, state_for(ctx).handle, *plan,
               {kQ, kK, kV, kO, kdO, kStats, kdQ, kdK, kdV, kScale, kNegInf, kOne, kSoftmaxSum,
                kRaggedRows, kRaggedStats, kSeqLen},
-              {at(q), at(k), at(v), at(out), at(dout), stats, at(dq), at(dk), at(dv), &plan->scale,
-               &plan->neg_inf, &plan->one, softmax_sum, r.rows, r.stats, r.lengths},
+              {at(q), at(k), at(v), at(out), at(dout), stats_at, at(dq), at(dk), at(dv),
+               &plan->scale, &plan->neg_inf, &plan->one, softmax_sum, r.rows, r.stats, r.lengths},
               base);
     }
   }
