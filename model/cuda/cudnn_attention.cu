@@ -328,10 +328,9 @@ struct Key {
   // Heads a token row holds in memory, when a call takes only H of them (a chunk of heads of
   // the deterministic backward); 0: H.
   int64_t heads_in_memory = 0;
-  // Documents: B counts the documents a call takes and S their most tokens; `seq` is the batch's
-  // sequence length (nonzero marks a graph over documents, whose stats are token-major). 0: no
-  // documents.
-  int64_t seq = 0;
+  // A graph over documents (cuDNN's ragged layout, token-major stats): B counts the documents a
+  // call takes and S their most tokens.
+  bool documents = false;
   auto operator<=>(const Key&) const = default;
 };
 
@@ -394,7 +393,7 @@ struct Ragged {
 Dims token_major_stats(int64_t S, int64_t Hm) { return {Hm * S, 1, Hm, 1}; }
 
 Ragged ragged_tensors(GraphBuilder& g, const Key& key) {
-  if (key.seq == 0) return {};
+  if (!key.documents) return {};
   return {g.int_vector("ragged rows", kRaggedRows, key.B + 1, CUDNN_DATA_INT64),
           g.int_vector("ragged stats", kRaggedStats, key.B + 1, CUDNN_DATA_INT64),
           g.int_vector("document lengths", kSeqLen, key.B, CUDNN_DATA_INT32)};
@@ -404,7 +403,7 @@ void build_forward(GraphBuilder& g, const Key& key) {
   const int64_t B = key.B, S = key.S, H = key.H, Dh = key.Dh;
   const Dims ss{B, H, S, S}, ss_st{H * S * S, S * S, S, 1};
   const Dims row{B, H, S, 1}, row_st{H * S, S, 1, 1};
-  const Dims stats_st = key.seq ? token_major_stats(S, H) : row_st;
+  const Dims stats_st = key.documents ? token_major_stats(S, H) : row_st;
   const Ragged r = ragged_tensors(g, key);
   const auto bf = CUDNN_DATA_BFLOAT16;
   const TensorExtras rows{.ragged = r.rows};
@@ -446,13 +445,13 @@ void build_backward(GraphBuilder& g, const Key& key) {
   const int64_t Hm = key.heads_in_memory ? key.heads_in_memory : H;
   const Dims ss{B, H, S, S}, ss_st{H * S * S, S * S, S, 1}, ss_t_st{H * S * S, S * S, 1, S};
   const Dims row{B, H, S, 1}, row_st{H * S, S, 1, 1};
-  const Dims row_mem_st = key.seq ? token_major_stats(S, Hm) : Dims{Hm * S, S, 1, 1};
+  const Dims row_mem_st = key.documents ? token_major_stats(S, Hm) : Dims{Hm * S, S, 1, 1};
   const Dims sd = bhsd(B, S, H, Dh), sd_st = bhsd_strides(S, Hm, Dh);
   const Dims ds = bhds(B, S, H, Dh), ds_st = bhds_strides(S, Hm, Dh);
   const Ragged r = ragged_tensors(g, key);
   // Token-major stats of a chunk of heads start at head h's float: 4-byte aligned.
   const TensorExtras rows{.ragged = r.rows};
-  const TensorExtras stats_rows{.ragged = r.stats, .alignment = key.seq ? 4 : 16};
+  const TensorExtras stats_rows{.ragged = r.stats, .alignment = key.documents ? 4 : 16};
   const auto bf = CUDNN_DATA_BFLOAT16;
   auto q = g.tensor("Q", kQ, sd, sd_st, bf, false, rows);
   auto kt = g.tensor("K^T", kK, ds, ds_st, bf, false, rows);
@@ -641,9 +640,9 @@ Plan* plan_for(Context& ctx, const Key& key, std::string* why) {
       "B=" + std::to_string(key.B) + " S=" + std::to_string(key.S) + " H=" + std::to_string(key.H) +
       (key.heads_in_memory ? " of " + std::to_string(key.heads_in_memory) : "") +
       " Dh=" + std::to_string(key.Dh) + (key.deterministic ? "" : " (nondeterministic)") +
-      (key.seq ? " (" + std::to_string(key.B) + " documents of at most " + std::to_string(key.S) +
-                     " tokens)"
-               : "");
+      (key.documents ? " (" + std::to_string(key.B) + " documents of at most " +
+                           std::to_string(key.S) + " tokens)"
+                     : "");
   auto plan = std::make_unique<Plan>();
   std::string summary;
   char stale[4096];
@@ -841,7 +840,7 @@ Key documents_key(bool backward, const ListedDocuments& documents, int64_t S, in
              Dh,
              true,
              0,
-             S};
+             true};
 }
 
 }  // namespace
