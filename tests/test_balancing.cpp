@@ -21,6 +21,7 @@
 #include "parallel/local_exchange.h"
 #include "tests/grad_check.h"
 #include "tests/synthetic_corpus.h"
+#include "tests/tiny_moe.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/metrics.h"
@@ -442,11 +443,7 @@ class BalancingTrain : public ::testing::Test {
   void TearDown() override { fs::remove_all(dir); }
 
   Config config(const std::string& run) const {
-    Config c;
-    c.model = {256, 16, 32, 2, 2, 64, true};
-    c.moe.num_experts = 4;
-    c.moe.routing.top_k = 2;
-    c.moe.expert_hidden = 32;
+    Config c = test::tiny_moe(32);
     c.moe.capacity_factor = 1.0;
     c.train.micro_batch_size = 4;
     c.train.grad_accum_steps = 2;

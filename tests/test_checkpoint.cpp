@@ -13,8 +13,9 @@
 #include <sstream>
 
 #include "checkpoint_tamper.h"
-#include "tests/synthetic_corpus.h"
 #include "parallel/process_groups.h"
+#include "tests/synthetic_corpus.h"
+#include "tests/tiny_moe.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/train_loop.h"
@@ -45,12 +46,8 @@ class CheckpointTest : public ::testing::Test {
   static void TearDownTestSuite() { fs::remove_all(dir); }
 
   static Config base_config(const std::string& run) {
-    Config c;
+    Config c = test::tiny_moe(16);
     c.seed = 11;
-    c.model = {256, 16, 16, 2, 2, 32, true};
-    c.moe.num_experts = 4;
-    c.moe.routing.top_k = 2;
-    c.moe.expert_hidden = 16;
     c.moe.layers = MoeLayers::every_nth(2);  // layer 0 dense, layer 1 MoE: both kinds of FFN in the file
     c.train.micro_batch_size = 2;
     c.train.grad_accum_steps = 2;

@@ -25,6 +25,7 @@
 #include "parallel/process_groups.h"
 #include "tests/dist_harness.h"
 #include "tests/synthetic_corpus.h"
+#include "tests/tiny_moe.h"
 #include "trainer/checkpoint.h"
 #include "trainer/checkpoint_writer.h"
 #include "trainer/config.h"
@@ -57,12 +58,8 @@ class CheckpointWriteTest : public ::testing::Test {
     if (world_rank() == 0) fs::remove_all(dir);
   }
   static Config base_config(const std::string& run) {
-    Config c;
+    Config c = test::tiny_moe(32, 32);
     c.seed = 5;
-    c.model = {256, 16, 32, 2, 2, 32, true};
-    c.moe.num_experts = 4;
-    c.moe.routing.top_k = 2;
-    c.moe.expert_hidden = 32;
     c.moe.layers = MoeLayers::every_nth(2);
     c.train.micro_batch_size = 2;
     c.train.steps = 6;

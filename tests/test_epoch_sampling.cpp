@@ -18,6 +18,7 @@
 #include "data/token_file.h"
 #include "data/token_window.h"
 #include "tests/synthetic_corpus.h"
+#include "tests/tiny_moe.h"
 #include "trainer/config.h"
 #include "trainer/train_loop.h"
 
@@ -220,12 +221,8 @@ TEST(EpochSamplingRun, TrainsAndDiffersFromRandomWindows) {
   const std::string data = (dir / "prose.h5").string();
   test::write_repeated_text(data, "the router picks two experts for every token. ", 40, 90);
   auto config = [&](Sampling sampling) {
-    Config c;
+    Config c = test::tiny_moe(16);
     c.seed = 5;
-    c.model = {256, 16, 16, 2, 2, 32, true};
-    c.moe.num_experts = 4;
-    c.moe.routing.top_k = 2;
-    c.moe.expert_hidden = 16;
     c.train.micro_batch_size = 2;
     c.train.steps = 4;
     c.train.warmup_steps = 1;

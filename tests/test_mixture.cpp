@@ -11,6 +11,7 @@
 
 #include "data/token_file.h"
 #include "tests/synthetic_corpus.h"
+#include "tests/tiny_moe.h"
 #include "trainer/config.h"
 #include "trainer/train_loop.h"
 
@@ -40,12 +41,8 @@ class MixtureTest : public ::testing::Test {
   static void TearDownTestSuite() { fs::remove_all(dir); }
 
   static Config config(const std::string& run) {
-    Config c;
+    Config c = test::tiny_moe(16);
     c.seed = 5;
-    c.model = {256, 16, 16, 2, 2, 32, true};
-    c.moe.num_experts = 4;
-    c.moe.routing.top_k = 2;
-    c.moe.expert_hidden = 16;
     c.train.micro_batch_size = 2;
     c.train.steps = 6;
     c.train.warmup_steps = 2;

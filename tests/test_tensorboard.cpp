@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "tests/synthetic_corpus.h"
+#include "tests/tiny_moe.h"
 #include "trainer/config.h"
 #include "trainer/tensorboard.h"
 #include "trainer/train_loop.h"
@@ -131,11 +132,7 @@ class TensorBoardRun : public ::testing::Test {
                               "the quick brown fox jumps over the lazy dog. "
                               "a mixture of experts routes each token to a few of its experts. ",
                               60, 95);
-    Config c;
-    c.model = {256, 16, 32, 2, 2, 64, true};
-    c.moe.num_experts = 4;
-    c.moe.routing.top_k = 2;
-    c.moe.expert_hidden = 32;
+    Config c = test::tiny_moe(32);
     c.moe.capacity_factor = 1.0;  // some drops, so that dropped_frac is not all zero
     c.train.micro_batch_size = 4;
     c.train.grad_accum_steps = 1;

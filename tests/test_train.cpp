@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "tests/synthetic_corpus.h"
+#include "tests/tiny_moe.h"
 #include "trainer/config.h"
 #include "trainer/train_loop.h"
 
@@ -33,11 +34,7 @@ class TrainTest : public ::testing::Test {
   void TearDown() override { fs::remove_all(dir); }
 
   Config config() const {
-    Config c;
-    c.model = {256, 16, 32, 2, 2, 64, true};
-    c.moe.num_experts = 4;
-    c.moe.routing.top_k = 2;
-    c.moe.expert_hidden = 32;
+    Config c = test::tiny_moe(32);
     c.moe.capacity_factor = 1.25;
     c.train.micro_batch_size = 4;
     c.train.grad_accum_steps = 2;
