@@ -30,8 +30,8 @@ grouped    the Hopper grouped GEMM: ptxas/PTX/SASS counts, ~1300 checks, TFLOP/s
            (--quick, --no-bench), SY_GG_DEBUG=1 (bounded mbarrier waits, own build folder)
 attention  flash attention: ptxas, ctest -R Flash|Attention|CudaModel, attention_bench, torch SDPA
 documents  document masking: test_cuda_document_mask, then bench/ab/run.sh on configs/bench/moe.yaml
-           with data.document_mask=true, the flash kernels against cuDNN's ragged layout
-           (SY_CUDNN_DOCUMENTS=1); SY_DOCS_ROUNDS (2), SY_DOCS_CONFIGS (moe)
+           with data.document_mask=true, the flash kernels (SY_CUDNN_DOCUMENTS=0) against cuDNN's
+           ragged layout (the default); SY_DOCS_ROUNDS (2), SY_DOCS_CONFIGS (moe)
 optim      the fused optimizer: its tests, sy_bench_optimizer (SY_OPTIM_TENSORS, SY_OPTIM_NUMEL),
            a 60-step bf16 bench of the example config
 memory     train.recompute: test_recompute, test_cuda_recompute, test_cuda_model, then
@@ -176,7 +176,7 @@ part_documents() {
   # Against the CPU, repeatable, documents that do not see each other, chunks bitwise; the cuDNN
   # cases skip visibly, with cuDNN's reason, where it declines the ragged graphs.
   suite test_cuda_document_mask
-  sy_runner ab env AB_BUILD="$build" AB_REF=. AB_NEW_ENV=SY_CUDNN_DOCUMENTS=1 \
+  sy_runner ab env AB_BUILD="$build" AB_REF=. AB_BASE_ENV=SY_CUDNN_DOCUMENTS=0 \
     AB_SET="data.document_mask=true" AB_CONFIGS="${SY_DOCS_CONFIGS:-moe}" \
     AB_ROUNDS="${SY_DOCS_ROUNDS:-2}" bash bench/ab/run.sh "$sy_out"
   echo "---- test_cuda_document_mask: $(sy_gtest "$sy_out/test_cuda_document_mask.log")"

@@ -186,11 +186,11 @@ class CudaDocumentMask : public test::CpuGpuTest {
   // The attention layer's order on the GPU: rotary on q and k (when `rope`), the flash forward,
   // its backward, the inverse rotation of dq and dk. Outputs poisoned first. `listed`: the
   // documents listed too, with prefer_cudnn_attention and SY_CUDNN_DOCUMENTS=1 (cuDNN's ragged
-  // layout).
+  // layout); else SY_CUDNN_DOCUMENTS=0.
   Results run_gpu(DType dt, int64_t B, int64_t S, int64_t H, const Inputs& in,
                   const std::vector<int32_t>& starts, bool rope = true, bool listed = false) {
     const test::EnvironmentRestored cudnn_documents("SY_CUDNN_DOCUMENTS");
-    cudnn_documents.set(listed ? "1" : "");
+    cudnn_documents.set(listed ? "1" : "0");
     const int64_t T = B * S, D = static_cast<int64_t>(in.q.size()) / T;
     const Tensor doc = starts_on(gpu(), starts);
     const DocumentList documents = listed ? listed_on(gpu(), starts, S) : DocumentList();
@@ -530,15 +530,15 @@ TEST_F(CudaDocumentMask, CudnnIsNotAskedWithUnlistedDocuments) {
   expect_bitwise(preferred, plain, "with prefer_cudnn_attention against without");
 }
 
-// Listed documents with prefer_cudnn_attention but without SY_CUDNN_DOCUMENTS=1 (the default
-// until cuDNN's ragged layout has run on a GPU): the flash kernels, with their bits.
-TEST_F(CudaDocumentMask, ListedDocumentsStayOnFlashUnlessAskedFor) {
+// Listed documents with prefer_cudnn_attention but SY_CUDNN_DOCUMENTS=0: the flash kernels, with
+// their bits.
+TEST_F(CudaDocumentMask, ListedDocumentsStayOnFlashWhenTurnedOff) {
   const int64_t B = 2, S = 100, H = 2, Dh = 64, D = H * Dh;
   const std::vector<int32_t> starts = doc_starts(packings(S)[0]);
   const Inputs in = inputs(B * S, D, DType::bf16);
   const Results plain = run_gpu(DType::bf16, B, S, H, in, starts, /*rope=*/false);
   const test::EnvironmentRestored cudnn_documents("SY_CUDNN_DOCUMENTS");
-  cudnn_documents.set("");
+  cudnn_documents.set("0");
   const Tensor doc = starts_on(gpu(), starts);
   const DocumentList documents = listed_on(gpu(), starts, S);
   const Tensor q = on_gpu({B * S, D}, in.q), k = on_gpu({B * S, D}, in.k),
@@ -548,7 +548,7 @@ TEST_F(CudaDocumentMask, ListedDocumentsStayOnFlashUnlessAskedFor) {
   gpu().flash_attention_forward(out, lse, q, k, v, B, S, H, doc, documents);
   EXPECT_EQ(cuda_attention_kernel(gpu()), "flash: document masking");
   gpu().prefer_cudnn_attention(false);
-  expect_bitwise(gpu().read(out), plain.out, "out, listed without SY_CUDNN_DOCUMENTS");
+  expect_bitwise(gpu().read(out), plain.out, "out, listed with SY_CUDNN_DOCUMENTS=0");
 }
 
 // Listed documents on cuDNN (ragged layout) against the CPU's flash ops with doc_start, at

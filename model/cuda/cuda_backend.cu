@@ -358,7 +358,7 @@ class CudaBackend final : public Backend {
 
   // With documents, cuDNN is asked only when they come listed (its ragged layout needs the
   // list, which the device cannot read back from doc_start without a copy) and
-  // SY_CUDNN_DOCUMENTS=1 (listed_documents); otherwise the flash kernels run, and
+  // SY_CUDNN_DOCUMENTS is not 0 (listed_documents); otherwise the flash kernels run, and
   // attention_kernel_ says why ("flash: document masking").
   void flash_attention_forward_impl(const Tensor& out, const Tensor& lse, const Tensor& q,
                                     const Tensor& k, const Tensor& v, int64_t B, int64_t S,
@@ -654,11 +654,10 @@ class CudaBackend final : public Backend {
     cuda::rope(ctx_, q, k, cos, sin, B, S, H, sign, starts(doc_start));
   }
 
-  // The DocumentList as cudnn_attention takes it; null offsets when not listed, or while
-  // SY_CUDNN_DOCUMENTS is not 1: cuDNN's ragged layout for documents is off by default until it
-  // has run on a GPU (docs/cuda.md, "Document masking").
+  // The DocumentList as cudnn_attention takes it; null offsets when not listed, or with
+  // SY_CUDNN_DOCUMENTS=0 (the flash kernels for documents, to compare: docs/cuda.md).
   static cuda::ListedDocuments listed_documents(const DocumentList& documents) {
-    if (!documents.offsets.defined() || !cuda::env_is("SY_CUDNN_DOCUMENTS", "1")) return {};
+    if (!documents.offsets.defined() || cuda::env_is("SY_CUDNN_DOCUMENTS", "0")) return {};
     return {documents.offsets.ptr<int32_t>(), documents.offsets.numel() - 1, documents.longest};
   }
 
