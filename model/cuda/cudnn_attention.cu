@@ -25,6 +25,7 @@
 // SDPA graphs take.
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -823,23 +824,14 @@ void convert_lse(Context& ctx, const char* op, const float* from, float* to, int
   check_launch(ctx, op);
 }
 
-int64_t next_power_of_two(int64_t n) {
-  int64_t p = 1;
-  while (p < n) p *= 2;
-  return p;
-}
-
 // The documents a call takes (a power of two at least `count`) and the tokens it allows each
 // (the next power of two of the longest, at most S): few shapes, so few graphs, for a run.
 Key documents_key(bool backward, const ListedDocuments& documents, int64_t S, int64_t H,
                   int64_t Dh) {
-  return Key{backward,
-             next_power_of_two(documents.count),
-             std::min(S, next_power_of_two(documents.longest)),
-             H,
-             Dh,
-             true,
-             0,
+  auto pow2 = [](int64_t n) {
+    return static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(n)));
+  };
+  return Key{backward, pow2(documents.count), std::min(S, pow2(documents.longest)), H, Dh, true, 0,
              true};
 }
 
@@ -912,6 +904,16 @@ bool backward_accumulating_dq(Context& ctx, const Tensor& dq, const Tensor& dk, 
   return true;
 }
 
+// The plan of a call over a chunk of `whole`'s sequences (documents) and heads; `whole`'s own
+// plan, from the cache, when the chunk is all of them.
+Plan* chunk_plan(Context& ctx, Key whole, const AttentionBackwardChunks& chunk,
+                 std::string* declined) {
+  whole.heads_in_memory = chunk.heads != whole.H ? whole.H : 0;
+  whole.B = chunk.sequences;
+  whole.H = chunk.heads;
+  return plan_for(ctx, whole, declined);
+}
+
 // The deterministic backward over documents: as the sequences' below, in chunks of documents
 // (of heads, when one document's dS is too large) whose dS fits the budget; each chunk's ragged
 // offsets are absolute, so every call takes the tensors' own pointers (plus its heads' offset).
@@ -920,19 +922,14 @@ bool backward_documents(Context& ctx, const Tensor& dq, const Tensor& dk, const 
                         const Tensor& out, const Tensor& lse, int64_t B, int64_t S, int64_t H,
                         int64_t Dh, const ListedDocuments& documents, std::string* declined) {
   const char* op = "cudnn_attention_backward";
-  Key key = documents_key(true, documents, S, H, Dh);
+  const Key key = documents_key(true, documents, S, H, Dh);
   Plan* plan = plan_for(ctx, key, declined);
   if (!plan) return false;
   const AttentionBackwardChunks chunk =
       attention_backward_chunks(key.B, H, key.S, plan->workspace_bytes,
                                 backward_workspace_budget(ctx, op), sm_count(ctx, op));
-  if (chunk.sequences != key.B || chunk.heads != H) {
-    key.B = chunk.sequences;
-    key.H = chunk.heads;
-    key.heads_in_memory = chunk.heads != H ? H : 0;
-    plan = plan_for(ctx, key, declined);
-    if (!plan) return false;
-  }
+  plan = chunk_plan(ctx, key, chunk, declined);
+  if (!plan) return false;
   const RaggedLayout layout(ctx, op, documents, chunk.sequences, H, Dh);
   const Tensor stats = ctx.alloc({B * S * H}, DType::f32);  // lse, token-major
   convert_lse(ctx, op, lse.ptr<float>(), stats.ptr<float>(), B, S, H, true);
@@ -990,12 +987,8 @@ bool cudnn_attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, 
   // the same tensors). (softmax_sum below, [chunk, H, S] f32, 1/S of the dS, is not counted.)
   const AttentionBackwardChunks chunk = attention_backward_chunks(
       B, H, S, plan->workspace_bytes, backward_workspace_budget(ctx, op), sm_count(ctx, op));
-  if (chunk.sequences != B || chunk.heads != H) {
-    plan = plan_for(ctx, Key{true, chunk.sequences, S, chunk.heads, Dh, true,
-                             chunk.heads != H ? H : 0},
-                    declined);
-    if (!plan) return false;
-  }
+  plan = chunk_plan(ctx, Key{true, B, S, H, Dh}, chunk, declined);
+  if (!plan) return false;
   // The workspace, then softmax_sum [chunk, H, S] f32 at a 256-byte boundary after it: a block
   // of its own for this call, given back after it (stream order keeps that safe), rather than a
   // scratch slot that would hold the largest dS for the rest of the step.
