@@ -291,31 +291,40 @@ unsigned group_blocks(int64_t N, int G) { return blocks_for(N * G, kGroupThreads
 constexpr int kPlanThreads = 1024;
 constexpr int kOrderThreads = 256;
 
-// Exclusive count of `flag` over the block's threads in thread order; *total gets the count of
-// the whole block. Every thread of the block must call it.
-__device__ int block_exclusive_count(bool flag, int* total) {
+// Exclusive sum of v over the block's threads in thread order (blockDim.x a multiple of 32);
+// *total gets the block's sum. Every thread of the block must call it.
+__device__ int block_exclusive_sum(int v, int* total) {
   __shared__ int warp_offsets[32];
   __shared__ int block_total;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  const unsigned ballot = __ballot_sync(0xffffffffu, flag);
-  const int within = __popc(ballot & ((1u << lane) - 1u));
-  if (lane == 0) warp_offsets[warp] = __popc(ballot);
+  int inclusive = v;
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const int up = __shfl_up_sync(0xffffffffu, inclusive, offset);
+    if (lane >= offset) inclusive += up;
+  }
+  if (lane == 31) warp_offsets[warp] = inclusive;
   __syncthreads();
   if (warp == 0) {
     const int count = lane < warps ? warp_offsets[lane] : 0;
-    int inclusive = count;
+    int running = count;
     for (int offset = 1; offset < 32; offset <<= 1) {
-      const int up = __shfl_up_sync(0xffffffffu, inclusive, offset);
-      if (lane >= offset) inclusive += up;
+      const int up = __shfl_up_sync(0xffffffffu, running, offset);
+      if (lane >= offset) running += up;
     }
-    if (lane < warps) warp_offsets[lane] = inclusive - count;
-    if (lane == 31) block_total = inclusive;
+    if (lane < warps) warp_offsets[lane] = running - count;
+    if (lane == 31) block_total = running;
   }
   __syncthreads();
-  const int prefix = warp_offsets[warp] + within;
+  const int prefix = warp_offsets[warp] + inclusive - v;
   *total = block_total;
   __syncthreads();  // the shared values may be overwritten by the next call
   return prefix;
+}
+
+// Exclusive count of `flag` over the block's threads in thread order; *total gets the count of
+// the whole block. Every thread of the block must call it.
+__device__ int block_exclusive_count(bool flag, int* total) {
+  return block_exclusive_sum(flag ? 1 : 0, total);
 }
 
 // The probability policy ranks assignments by gate. An unsigned key that orders like the value:
@@ -734,36 +743,6 @@ constexpr int kRankThreads = 256;
 constexpr int kRankWarps = kRankThreads / 32;
 constexpr int64_t kRankChunk = 8 * kRankThreads;
 constexpr int64_t kMaxRankExperts = 1024;  // one expert a thread of rank_offsets_kernel
-
-// Exclusive sum of v over the block's threads in thread order (blockDim.x a multiple of 32);
-// *total gets the block's sum. Every thread of the block must call it.
-__device__ int block_exclusive_sum(int v, int* total) {
-  __shared__ int warp_offsets[32];
-  __shared__ int block_total;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  int inclusive = v;
-  for (int offset = 1; offset < 32; offset <<= 1) {
-    const int up = __shfl_up_sync(0xffffffffu, inclusive, offset);
-    if (lane >= offset) inclusive += up;
-  }
-  if (lane == 31) warp_offsets[warp] = inclusive;
-  __syncthreads();
-  if (warp == 0) {
-    const int count = lane < warps ? warp_offsets[lane] : 0;
-    int running = count;
-    for (int offset = 1; offset < 32; offset <<= 1) {
-      const int up = __shfl_up_sync(0xffffffffu, running, offset);
-      if (lane >= offset) running += up;
-    }
-    if (lane < warps) warp_offsets[lane] = running - count;
-    if (lane == 31) block_total = running;
-  }
-  __syncthreads();
-  const int prefix = warp_offsets[warp] + inclusive - v;
-  *total = block_total;
-  __syncthreads();  // the shared values may be overwritten by the next call
-  return prefix;
-}
 
 // Block c: chunk_counts[c * E + e] = how many of chunk c's assignments go to expert e.
 __global__ void __launch_bounds__(kRankThreads)
