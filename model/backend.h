@@ -167,9 +167,10 @@ class Backend {
   // CUDA runs bf16 data as one grouped kernel (docs/cuda.md).
   // grouped_gemm_wgrad with `squares` and without accumulate: a backend whose kernel can sum C's
   // squares as it writes C sets *squares to f64 partials whose sum in index order is the sum of
-  // the squares of every element of C, and returns true (the gradient norm's share of an expert
-  // weight gradient, Param::grad_squares); where it cannot (the defaults, an f32 C is needed) it
-  // returns false and leaves *squares as it was. *squares is reused when its size fits.
+  // the squares of every element of C as stored (f32 or bf16), and returns true (the gradient
+  // norm's share of an expert weight gradient, Param::grad_squares); where it cannot (the
+  // defaults) it returns false and leaves *squares as it was. *squares is reused when its size
+  // fits.
   void grouped_gemm(const Tensor& C, const Tensor& A, const Tensor& B, bool trans_b,
                     std::span<const int64_t> rows_per_group, bool accumulate);
   bool grouped_gemm_wgrad(const Tensor& C, const Tensor& A, const Tensor& B,
@@ -425,7 +426,10 @@ class Backend {
   //   copy(compute, value)                      (when compute is defined and not value itself)
   //   fill(grad, 0)                             (when hp.zero_grads)
   // With hp.discard_grads (and not zero_grads) the grads may be left scaled or as they were.
-  // Equal bitwise to those per-tensor ops in f32; a fused pass reads and writes each element once.
+  // A grad narrower than its master (a bf16 expert weight gradient, TransformerOptions::
+  // expert_grad_dtype) is widened first: the scale and the update run on its f32 value, and a
+  // scaled grad kept is rounded back. Equal bitwise to those per-tensor ops in f32; a fused pass
+  // reads and writes each element once.
   virtual void fused_adamw_step(std::span<Param* const> params, std::span<const Tensor> exp_avgs,
                                 std::span<const Tensor> exp_avg_sqs, const AdamWStep& hp);
  protected:

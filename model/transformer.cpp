@@ -42,6 +42,9 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
     throw std::runtime_error(std::string("Transformer: the master dtype must be f32 or f64, got ") +
                              dtype_name(options_.master_dtype));
   master_dtype_ = options_.dtype == DType::f64 ? DType::f64 : options_.master_dtype;
+  if (options_.bf16_expert_grads && options_.dtype != DType::bf16)
+    throw std::runtime_error(std::string("Transformer: bf16 expert gradients need the bf16 ") +
+                             "compute dtype, got " + dtype_name(options_.dtype));
   const ModelConfig& m = options_.model;
   const MoeConfig& moe = options_.moe;
   const int64_t D = m.d_model;
@@ -173,7 +176,10 @@ void Transformer::release_unwritten_grads() {
 
 void Transformer::acquire_grads(const std::vector<Param*>& params) {
   for (Param* param : params)
-    if (!param->grad.defined()) param->grad = backend_.alloc(param->value.shape(), master_dtype_);
+    if (!param->grad.defined()) {
+      const bool bf16 = param->is_expert && options_.bf16_expert_grads;
+      param->grad = backend_.alloc(param->value.shape(), bf16 ? DType::bf16 : master_dtype_);
+    }
 }
 
 std::vector<const Router*> Transformer::routers() const {

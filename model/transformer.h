@@ -70,6 +70,11 @@ struct TransformerOptions {
   // implies f64 masters). Mixed precision is dtype bf16 with master f32.
   DType master_dtype = DType::f32;
   Recompute recompute = Recompute::none;
+  // The expert weights' gradients (Param::grad where Param::is_expert) in bf16 instead of the
+  // master dtype: for a caller that knows one GEMM writes each of them whole in a step (one
+  // micro-batch a step and no replica of the expert to sum with), so that they are rounded once,
+  // after every sum. Needs the bf16 compute dtype. Trainer: run.expert_grads (docs/cuda.md).
+  bool bf16_expert_grads = false;
 };
 
 class Transformer {

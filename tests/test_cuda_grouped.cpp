@@ -226,9 +226,10 @@ class GroupedGemm : public ::testing::TestWithParam<std::string> {
       EXPECT_EQ(ran, "cublas") << what;
     }
   }
-  // The sums of squares of C that the Hopper kernel returns with an f32 `=` wgrad (the gradient
+  // The sums of squares of C that the Hopper kernel returns with a `=` wgrad (the gradient
   // norm's input, Param::grad_squares): only there, repeatable bit for bit, and equal to C's own
-  // sum of squares within f32 rounding of the 16-square partial sums.
+  // sum of squares (of the stored values, bf16 ones too) within f32 rounding of the 16-square
+  // partial sums.
   void check_squares(const std::string& what, bool summable, const bool (&summed)[2],
                      const std::vector<double> (&squares)[2], const std::vector<double>& c) {
     const bool want = summable && cuda_grouped_gemm_kernel(*gpu) == "sm90";
@@ -378,6 +379,7 @@ TEST_P(GroupedGemm, WgradMatchesTheCpu) {
       const Tensor a_gpu = filled(*gpu, {M, K}, DType::bf16, a);
       const Tensor b_cpu = filled(*cpu, {M, N}, DType::f32, b);
       const Tensor b_gpu = filled(*gpu, {M, N}, DType::bf16, b);
+      std::vector<double> f32_written;  // the f32 `=` C, which the bf16 `=` C rounds
       for (DType c_dtype : {DType::f32, DType::bf16}) {
         for (bool accumulate : {false, true}) {
           const std::string what = "wgrad " + s.name + " K=" + std::to_string(K) + " N=" +
@@ -401,7 +403,16 @@ TEST_P(GroupedGemm, WgradMatchesTheCpu) {
             expect_guard(buffer, G * K, what);
           }
           check(what, runs[0], runs[1], cpu->read(c_cpu), c_dtype);
-          check_squares(what, c_dtype == DType::f32 && !accumulate, summed, squares, runs[0]);
+          check_squares(what, !accumulate, summed, squares, runs[0]);
+          if (!accumulate && c_dtype == DType::f32) f32_written = runs[0];
+          // One kernel, one accumulation order: the bf16 C is the f32 C rounded once (a bf16
+          // expert weight gradient, TransformerOptions::bf16_expert_grads).
+          if (!accumulate && c_dtype == DType::bf16 && GetParam() == "sm90" &&
+              cuda_grouped_gemm_kernel(*gpu) == "sm90") {
+            ASSERT_EQ(f32_written.size(), runs[0].size()) << what;
+            for (size_t i = 0; i < runs[0].size(); ++i)
+              ASSERT_EQ(runs[0][i], bf16_round(f32_written[i])) << what << ": element " << i;
+          }
         }
       }
     }

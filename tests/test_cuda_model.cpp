@@ -84,7 +84,9 @@ class CudaModel : public ::testing::Test {
     double worst = 0;
     std::string worst_path;
     for (size_t i = 0; i < pc.size(); ++i) {
-      ASSERT_EQ(pg[i]->grad.dtype(), DType::f32) << "gradients are fp32 (master dtype)";
+      const bool bf16_grad = pg[i]->is_expert && options.bf16_expert_grads;
+      ASSERT_EQ(pg[i]->grad.dtype(), bf16_grad ? DType::bf16 : DType::f32)
+          << "gradients are fp32 (master dtype), expert ones bf16 where asked";
       const double e = rel_error(gpu->read(pg[i]->grad), cpu->read(pc[i]->grad));
       EXPECT_LE(e, grad_tol) << name << " " << dtype_name(compute) << " grad " << pc[i]->path;
       if (e > worst) {
@@ -116,6 +118,25 @@ TEST_F(CudaModel, AllMoEDroplessBf16) {
   compare("all-moe dropless", small_model(true, {true, true}, 0.0), DType::bf16,
           kBf16LossTol, kBf16GradTol);
 }
+// bf16 expert weight gradients (TransformerOptions::bf16_expert_grads, what run.expert_grads'
+// auto gives one micro-batch a step on one rank): rounded once from the grouped GEMM's f32
+// accumulator (2^-9 relative an element), within the same bounds; with capacity drops, an expert
+// that receives no rows has its gradient zeroed.
+TransformerOptions with_bf16_expert_grads(TransformerOptions options) {
+  options.bf16_expert_grads = true;
+  return options;
+}
+TEST_F(CudaModel, AllMoEDroplessBf16ExpertGrads) {
+  compare("all-moe dropless, bf16 expert grads",
+          with_bf16_expert_grads(small_model(true, {true, true}, 0.0)), DType::bf16, kBf16LossTol,
+          kBf16GradTol);
+}
+TEST_F(CudaModel, MixedUntiedCapacityBf16ExpertGrads) {
+  compare("mixed untied capacity, bf16 expert grads",
+          with_bf16_expert_grads(small_model(false, {false, true, false}, 1.0)), DType::bf16,
+          kBf16LossTol, kBf16GradTol);
+}
+
 // The balancing router: sigmoid scores, an expert bias (zero before any update, so the one-batch
 // comparison exercises the bias path, not its values), drops by gate and reroutes at capacity
 // factor 1.0 (which drops: the skewed routing of a fresh model overfills some experts).
@@ -203,8 +224,9 @@ struct TrainRun {
 // `adjust` changes the MoE options (router variants); the expert biases are updated after every
 // step from its loads, as the train loop does (a no-op unless moe.bias_update_rate > 0).
 TrainRun train(Backend& backend, DType compute, int64_t steps,
-               const std::function<void(MoeConfig&)>& adjust = {}) {
+               const std::function<void(MoeConfig&)>& adjust = {}, bool bf16_expert_grads = false) {
   TransformerOptions options;
+  options.bf16_expert_grads = bf16_expert_grads;
   options.model = {256, 32, 64, 2, 4, 128, true};  // V S D L H F tie
   options.moe.num_experts = 4;
   options.moe.routing.top_k = 2;
@@ -260,9 +282,12 @@ TrainRun train(Backend& backend, DType compute, int64_t steps,
 TEST_F(CudaModel, FiftyTrainingStepsTrackTheCpu) {
   const int64_t steps = 50;
   const TrainRun ref = train(*cpu, DType::f32, steps);
-  for (DType compute : {DType::f32, DType::bf16}) {
+  // fp32, bf16, and bf16 with bf16 expert weight gradients (TransformerOptions).
+  const std::pair<DType, bool> variants[] = {
+      {DType::f32, false}, {DType::bf16, false}, {DType::bf16, true}};
+  for (auto [compute, bf16_grads] : variants) {
     auto backend = make_cuda_backend(0);  // a fresh one: its allocation count starts at zero
-    const TrainRun run = train(*backend, compute, steps);
+    const TrainRun run = train(*backend, compute, steps, {}, bf16_grads);
     // fp32: every step within 1e-3 of the CPU's loss (relative; measured 2e-5 on an H100).
     // bf16: within 1e-1 at every step and 5e-2 on average over the last 10 (measured 6e-2 and
     // 2.8e-2): rounding moves routing decisions once the run diverges, and the runs drift apart
@@ -279,10 +304,12 @@ TEST_F(CudaModel, FiftyTrainingStepsTrackTheCpu) {
     if (compute == DType::bf16) {
       EXPECT_LE(tail, 5e-2);
     }
-    std::printf("[ train    ] cuda %s vs cpu fp32: loss %.4f -> %.4f (cpu %.4f -> %.4f); worst "
-                "step rel diff %.3e, last-10 mean %.3e; peak device memory %.1f MiB\n",
-                dtype_name(compute), run.losses.front(), run.losses.back(), ref.losses.front(),
-                ref.losses.back(), worst, tail, run.peak_bytes / 1048576.0);
+    std::printf(
+        "[ train    ] cuda %s%s vs cpu fp32: loss %.4f -> %.4f (cpu %.4f -> %.4f); worst "
+        "step rel diff %.3e, last-10 mean %.3e; peak device memory %.1f MiB\n",
+        dtype_name(compute), bf16_grads ? " (bf16 expert grads)" : "", run.losses.front(),
+        run.losses.back(), ref.losses.front(), ref.losses.back(), worst, tail,
+        run.peak_bytes / 1048576.0);
     EXPECT_LT(run.losses.back(), run.losses.front() - 1.0) << "the loss must fall";
     // No cudaMalloc in the steady state: steps 3..50 reuse what steps 1-2 allocated.
     EXPECT_EQ(run.allocations_at_end, run.allocations_after_warmup)
@@ -326,19 +353,22 @@ TEST_F(CudaModel, BalancingRouterTrainingTracksTheCpu) {
 // bitwise-equal losses, drop and reroute counts, expert biases and parameters. bf16 with tied
 // embeddings (the LM head's GEMM and the embedding scatter add into one gradient) and a top-2
 // router; once dropless, once with the balancing router (sigmoid, expert bias, drops by gate
-// and reroutes at capacity factor 1.0). Two backends, so that no cached state is shared.
+// and reroutes at capacity factor 1.0), once dropless with bf16 expert weight gradients. Two
+// backends, so that no cached state is shared.
 TEST_F(CudaModel, TrainingTwiceIsBitwiseEqual) {
   const int64_t steps = 30;
-  for (bool balanced : {false, true}) {
+  // {balanced, bf16 expert weight gradients}
+  for (auto [balanced, bf16_grads] : {std::pair{false, false}, {true, false}, {false, true}}) {
     const auto adjust = [balanced](MoeConfig& moe) {
       if (balanced) balancing(moe);
     };
     auto first_backend = make_cuda_backend(0);
-    const TrainRun first = train(*first_backend, DType::bf16, steps, adjust);
+    const TrainRun first = train(*first_backend, DType::bf16, steps, adjust, bf16_grads);
     first_backend.reset();
     auto second_backend = make_cuda_backend(0);
-    const TrainRun second = train(*second_backend, DType::bf16, steps, adjust);
-    const char* name = balanced ? "balancing router" : "dropless";
+    const TrainRun second = train(*second_backend, DType::bf16, steps, adjust, bf16_grads);
+    const char* name =
+        balanced ? "balancing router" : (bf16_grads ? "dropless, bf16 expert grads" : "dropless");
     int64_t rerouted = 0, differing_steps = 0;
     for (int64_t s = 0; s < steps; ++s) {
       rerouted += first.rerouted[s];

@@ -58,7 +58,8 @@ struct State {
 
 // The same initial values every time it is called. split: the tensors with a compute copy hold
 // their masters as f32_split, the copy being their high halves (as the Transformer makes them).
-State make_state(Backend& gpu, bool split = false) {
+// bf16_expert_grads: the expert tensors' grads are bf16 (TransformerOptions::bf16_expert_grads).
+State make_state(Backend& gpu, bool split = false, bool bf16_expert_grads = false) {
   State s;
   for (size_t i = 0; i < kSizes.size(); ++i) {
     const int64_t n = kSizes[i];
@@ -74,12 +75,13 @@ State make_state(Backend& gpu, bool split = false) {
       p.value = gpu.alloc({n}, dtype);
     }
     gpu.write(p.value, std::span<const double>(normals(10 + i, n, 0.5)));
-    p.grad = gpu.zeros({n}, DType::f32);
+    const bool expert = i % 4 == 1;
+    p.grad = gpu.zeros({n}, bf16_expert_grads && expert ? DType::bf16 : DType::f32);
     if (dtype == DType::f32_split) p.compute = p.value.high_half();
     else if (compute_copy) p.compute = gpu.zeros({n}, DType::bf16);
     else p.compute = p.value;  // no copy
     p.decay = i % 3 != 0;
-    p.is_expert = i % 4 == 1;
+    p.is_expert = expert;
     s.params.push_back(std::move(p));
     Tensor m = gpu.alloc({n}, DType::f32), v = gpu.alloc({n}, DType::f32);
     gpu.write(m, std::span<const double>(normals(100 + i, n, 0.01)));
@@ -232,6 +234,43 @@ TEST_F(CudaOptim, SplitMastersUpdateAsF32MastersDo) {
 
 // SY_ADAMW_BLOCKS caps the pass's grid (each block then runs every N-th chunk): the same bits
 // as one block a chunk, for caps of 1, 3 and more blocks than chunks; a bad value is an error.
+// bf16 expert gradients (written whole by the experts' weight-gradient GEMM): the fused pass
+// equals the per-tensor path, which widens them to f32 first, bit for bit (the grads kept scaled
+// on the last step are rounded back to bf16 alike); and both update as f32 gradients of the same
+// values do. The norm reads their values as f32 gradients holding them would.
+TEST_F(CudaOptim, Bf16ExpertGradsUpdateAsTheirF32ValuesDo) {
+  State fused = make_state(gpu(), true, true), each = make_state(gpu(), true, true);
+  State wide = make_state(gpu(), true);  // f32 grads holding the bf16 values
+  const std::vector<double> scales = {1.0, 0.37, 0.8};
+  for (int step = 1; step <= 3; ++step) {
+    write_grads(gpu(), fused, step);
+    write_grads(gpu(), each, step);
+    for (size_t i = 0; i < wide.params.size(); ++i)
+      gpu().write(wide.params[i].grad, std::span<const double>(gpu().read(fused.params[i].grad)));
+    double shared[2], expert[2];
+    gpu().grad_norm_squares(fused.list(), shared[0], expert[0]);
+    gpu().grad_norm_squares(wide.list(), shared[1], expert[1]);
+    EXPECT_EQ(shared[0], shared[1]) << "step " << step;
+    EXPECT_LT(relative(expert[0], expert[1]), kNormTol) << "step " << step;
+    const bool zero = step < 3;  // the last step keeps its (scaled) grads
+    const AdamWStep hp = hyper(step, scales[step - 1], zero);
+    gpu().fused_adamw_step(fused.list(), fused.m, fused.v, hp);
+    gpu().Backend::fused_adamw_step(each.list(), each.m, each.v, hp);  // per tensor, widened
+    gpu().fused_adamw_step(wide.list(), wide.m, wide.v, hp);
+    const std::string when = "after step " + std::to_string(step);
+    expect_equal(fused, each, when);
+    for (size_t i = 0; i < fused.params.size(); ++i) {
+      const std::string what = fused.params[i].path + " " + when;
+      expect_same(gpu().read(fused.params[i].value), gpu().read(wide.params[i].value),
+                  "value against f32 grads, " + what);
+      expect_same(gpu().read(fused.m[i]), gpu().read(wide.m[i]), "exp_avg against f32, " + what);
+      expect_same(gpu().read(fused.v[i]), gpu().read(wide.v[i]), "exp_avg_sq against f32, " + what);
+    }
+  }
+  for (const Param& p : fused.params)
+    EXPECT_EQ(p.grad.dtype(), p.is_expert ? DType::bf16 : DType::f32) << p.path;
+}
+
 TEST_F(CudaOptim, CappedGridGivesTheSameBits) {
   for (const char* cap : {"1", "3", "100000"}) {
     State capped = make_state(gpu()), plain = make_state(gpu());

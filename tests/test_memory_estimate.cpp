@@ -23,8 +23,9 @@ TEST(MemoryEstimate, GpuBenchConfigsWithinTenPercentOfMeasuredPeaks) {
       {"configs/bench/moe.yaml", 30.0}, {"configs/bench/dense.yaml", 12.0},
       {"configs/bench/fine.yaml", 56.0}};
   for (const auto& [path, peak_gib] : measured) {
-    const Config config = load_config(path);
-    const double estimate = estimate_memory_per_rank(config).total_bytes() / kGiB;
+    Config config = load_config(path);
+    config.run.expert_grads = ExpertGrads::fp32;  // as measured
+    const double estimate = estimate_memory_per_rank(config, 1).total_bytes() / kGiB;
     std::printf("%s: estimate %.1f GiB, measured %.1f GiB (%.3f)\n", path, estimate, peak_gib,
                 estimate / peak_gib);
     EXPECT_GT(estimate, 0.9 * peak_gib) << path;
@@ -39,14 +40,14 @@ TEST(MemoryEstimate, LongSequencesTakeTheAttentionWorkspaceInChunksOfHeads) {
   Config config = load_config("configs/bench/dense.yaml");
   config.train.micro_batch_size = 1;
   config.model.seq_len = 8192;
-  const double at_8k = estimate_memory_per_rank(config).total_bytes();
+  const double at_8k = estimate_memory_per_rank(config, 1).total_bytes();
   config.model.seq_len = 16384;
-  const double at_16k = estimate_memory_per_rank(config).total_bytes();
+  const double at_16k = estimate_memory_per_rank(config, 1).total_bytes();
   // Activations and logits double with S; the dS chunk goes from one sequence (H 16 x 8192^2 x
   // 2 = 2 GiB) to four heads of 16384 (2 GiB): no 8 GiB term.
   EXPECT_LT(at_16k - at_8k, 6 * kGiB) << at_8k / kGiB << " -> " << at_16k / kGiB << " GiB";
   config.run.deterministic = false;
-  EXPECT_LT(estimate_memory_per_rank(config).total_bytes(), at_16k - 1.5 * kGiB);
+  EXPECT_LT(estimate_memory_per_rank(config, 1).total_bytes(), at_16k - 1.5 * kGiB);
 }
 
 // With gradient accumulation the forward of a later micro-batch runs beside every gradient, so
@@ -55,15 +56,15 @@ TEST(MemoryEstimate, LongSequencesTakeTheAttentionWorkspaceInChunksOfHeads) {
 TEST(MemoryEstimate, RecomputeAndExpertParallelLowerIt) {
   Config config = load_config("configs/bench/moe.yaml");
   config.train.grad_accum_steps = 2;
-  const double none = estimate_memory_per_rank(config).total_bytes();
+  const double none = estimate_memory_per_rank(config, 1).total_bytes();
   config.train.recompute = Recompute::attention;
-  const double attention = estimate_memory_per_rank(config).total_bytes();
+  const double attention = estimate_memory_per_rank(config, 1).total_bytes();
   config.train.recompute = Recompute::layer;
-  const double layer = estimate_memory_per_rank(config).total_bytes();
+  const double layer = estimate_memory_per_rank(config, 1).total_bytes();
   EXPECT_LT(attention, none);
   EXPECT_LT(layer, attention);
   config.parallel.expert_parallel = 2;
-  EXPECT_LT(estimate_memory_per_rank(config).total_bytes(), layer);
+  EXPECT_LT(estimate_memory_per_rank(config, 1).total_bytes(), layer);
 }
 
 // On a device the estimate leaves host memory out; checkpoint.async's host copy is checked apart.
@@ -101,7 +102,7 @@ TEST_F(MemoryRun, CpuEstimateWithinAFactorOfTwoOfMeasuredPeakRss) {
   train(c, {.print = false, .world = MPI_COMM_WORLD});
   const double added = peak_resident_bytes() - before;
   double estimate = 0;  // without the process's own footprint, which `before` already holds
-  for (const MemoryItem& item : estimate_memory_per_rank(c).items)
+  for (const MemoryItem& item : estimate_memory_per_rank(c, 1).items)
     if (item.name.rfind("process", 0) != 0) estimate += item.bytes;
   std::printf("cpu: estimate %.1f MiB, measured peak RSS added %.1f MiB (%.3f)\n",
               estimate / 1048576.0, added / 1048576.0, estimate / added);

@@ -127,6 +127,12 @@ struct ChoiceNames<Precision> {
       {Precision::fp32, "fp32"}, {Precision::bf16, "bf16"}};
 };
 
+template <>
+struct ChoiceNames<ExpertGrads> {
+  static constexpr std::pair<ExpertGrads, const char*> names[] = {{ExpertGrads::automatic, "auto"},
+                                                                  {ExpertGrads::fp32, "fp32"}};
+};
+
 template <class E>
 const char* choice_name(E value) {
   for (const auto& [choice, name] : ChoiceNames<E>::names)
@@ -275,7 +281,8 @@ std::vector<Section> config_fields(Config& c) {
         {"precision", choice(&c.run.precision)},
         {"deterministic", &c.run.deterministic},
         {"tensorboard", &c.run.tensorboard},
-        {"memory_check", &c.run.memory_check}}},
+        {"memory_check", &c.run.memory_check},
+        {"expert_grads", choice(&c.run.expert_grads)}}},
   };
 }
 
@@ -1014,6 +1021,7 @@ const char* to_string(RopeScaling scaling) { return choice_name(scaling); }
 const char* to_string(LrDecay decay) { return choice_name(decay); }
 const char* to_string(Device backend) { return choice_name(backend); }
 const char* to_string(Precision precision) { return choice_name(precision); }
+const char* to_string(ExpertGrads grads) { return choice_name(grads); }
 const char* to_string(Sampling sampling) { return choice_name(sampling); }
 
 std::string to_string(const MoeLayers& layers) {

@@ -85,6 +85,11 @@ inline DType compute_dtype(Precision precision) {
   return precision == Precision::bf16 ? DType::bf16 : DType::f32;
 }
 
+// run.expert_grads: the dtype of the expert weights' gradients (docs/cuda.md, "bf16 expert
+// gradients"). auto: bf16 where one GEMM writes each of them whole in a step, fp32 elsewhere;
+// fp32: always fp32.
+enum class ExpertGrads { automatic, fp32 };
+
 struct RunConfig {
   std::string dir = "runs/default";
   int64_t log_every = 10;
@@ -100,6 +105,7 @@ struct RunConfig {
   // Refuse to start when the memory estimate (trainer/memory_estimate.h) exceeds what the device
   // or host has; false starts anyway.
   bool memory_check = true;
+  ExpertGrads expert_grads = ExpertGrads::automatic;
 };
 
 struct Config {
@@ -116,6 +122,16 @@ struct Config {
 
   std::string source_file;  // where it was loaded from ("" when built in code)
 };
+
+// Whether run.expert_grads gives bf16 expert weight gradients on `world_size` ranks: auto, on
+// CUDA in bf16, with one micro-batch a step and no replica of any expert (every rank in the one
+// expert-parallel group), so that one GEMM writes each gradient whole and nothing adds to it
+// after its rounding (TransformerOptions::bf16_expert_grads).
+inline bool bf16_expert_grads(const Config& c, int64_t world_size) {
+  return c.run.expert_grads == ExpertGrads::automatic && c.run.backend == Device::cuda &&
+         c.run.precision == Precision::bf16 && c.moe.num_experts > 0 &&
+         c.train.grad_accum_steps == 1 && world_size == c.parallel.expert_parallel;
+}
 
 // Raised for a bad config; what() is one line: "<file>: <yaml.path>: <what is wrong>".
 struct ConfigError : std::runtime_error {
@@ -171,6 +187,7 @@ const char* to_string(Recompute recompute);
 const char* to_string(LrDecay decay);
 const char* to_string(Device backend);
 const char* to_string(Precision precision);
+const char* to_string(ExpertGrads grads);
 const char* to_string(Sampling sampling);
 // all, every_<n>, or the list in flow style ([1, 3]).
 std::string to_string(const MoeLayers& layers);

@@ -854,7 +854,7 @@ int cmd_check_config(const CommandLine& line) {
                    sy::describe(sy::lr_schedule(config.train)).c_str());
       // train compares it with the device or host before the first step (run.memory_check).
       std::fprintf(stderr, "note: memory estimate %s per rank\n",
-                   sy::estimate_memory_per_rank(config).describe(4).c_str());
+                   sy::estimate_memory_per_rank(config, sy::world_size()).describe(4).c_str());
     }
     return 0;
   } catch (const sy::ConfigError& error) {

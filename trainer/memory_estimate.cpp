@@ -101,7 +101,7 @@ std::string MemoryEstimate::describe(size_t biggest) const {
   return text + (sorted.size() > biggest ? ", ...)" : ")");
 }
 
-MemoryEstimate estimate_memory_per_rank(const Config& config) {
+MemoryEstimate estimate_memory_per_rank(const Config& config, int64_t world_size) {
   const ModelConfig& m = config.model;
   const MoeConfig& moe = config.moe;
   const bool cuda = config.run.backend == Device::cuda;
@@ -169,9 +169,13 @@ MemoryEstimate estimate_memory_per_rank(const Config& config) {
   // larger of all the activations plus the gradients backward writes first (the LM head's and
   // the last block's) and all the gradients. Later micro-batches of an accumulation run their
   // forward with every gradient live.
-  const double grads = 4 * P;
+  // Gradients in fp32, the experts' in bf16 where run.expert_grads allows it.
+  const double expert_params =
+      static_cast<double>(card.expert_params) /
+      static_cast<double>(std::max<int64_t>(config.parallel.expert_parallel, 1));
+  const double grads = 4 * P - (bf16_expert_grads(config, world_size) ? 2 * expert_params : 0.0);
   if (config.train.grad_accum_steps > 1) {
-    add("gradients (fp32)", grads);
+    add("gradients", grads);
     add("saved activations", saved);
   } else {
     const double head = 4.0 * static_cast<double>(m.vocab_size) * D;
@@ -281,7 +285,9 @@ std::string memory_check_problem(const MemoryEstimate& estimate, double needed, 
 }
 
 MemoryCheck check_memory(const Config& config, Backend& backend, CommHandle world, bool writer) {
-  const MemoryEstimate estimate = estimate_memory_per_rank(config);
+  int world_size = 1;
+  MPI_Comm_size(world, &world_size);
+  const MemoryEstimate estimate = estimate_memory_per_rank(config, world_size);
   double needed = estimate.total_bytes(), available = 0;
   std::string where;
   std::string host_problem;

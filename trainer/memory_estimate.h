@@ -31,8 +31,9 @@ struct MemoryEstimate {
 // process's own footprint and, with checkpoint.async, world rank 0's snapshot of a whole
 // checkpoint (check_memory counts it once; on CUDA it is host memory, outside this estimate).
 // Experts are this rank's E / expert_parallel; routing is assumed balanced (each rank receives
-// micro_batch * seq_len * top_k expert rows).
-MemoryEstimate estimate_memory_per_rank(const Config& config);
+// micro_batch * seq_len * top_k expert rows). `world_size` ranks run the job (it decides
+// run.expert_grads' auto: bf16_expert_grads).
+MemoryEstimate estimate_memory_per_rank(const Config& config, int64_t world_size);
 
 // Host memory this process may still use: /proc/meminfo MemAvailable, lowered to the cgroup's
 // limit minus its usage where one is set (cgroup v2 memory.max, or v1 memory.limit_in_bytes).

@@ -15,6 +15,8 @@
 #                          another: AB_REF=. AB_BASE_ENV=SY_GG_SM90_BAND=0 AB_NEW_ENV=SY_GG_SM90_BAND=8)
 #   AB_CONFIGS="moe dense" configs/bench/NAME.yaml, or paths to config files
 #   AB_SET="k=v ..."       --set overrides for both sides (e.g. run.backend=cpu for a CPU run)
+#   AB_BASE_SET, AB_NEW_SET="k=v ..."     --set overrides of one side, after AB_SET's (a config
+#                          key against another: AB_REF=. AB_BASE_SET=run.expert_grads=fp32)
 #   AB_ROUNDS=2 AB_STEPS=10 AB_WARMUP=3   rounds of base-then-new; timed and untimed steps a run
 #   AB_CMAKE="-DSY_CUDA=ON"               configure arguments of both builds
 #   AB_BUILD=build-gpu     the working tree's build folder (configured when new); the baseline
@@ -90,6 +92,13 @@ fi
 
 sets=""
 for kv in ${AB_SET:-}; do sets+=" --set $(sy_quote "$kv")"; done
+# side_sets SIDE: AB_SET's overrides, then the side's own.
+side_sets() {
+  local own=${AB_NEW_SET:-} text=$sets
+  [ "$1" = base ] && own=${AB_BASE_SET:-}
+  for kv in $own; do text+=" --set $(sy_quote "$kv")"; done
+  echo "$text"
+}
 # side_binary SIDE NAME: the command that starts NAME on SIDE, its environment first.
 side_binary() {
   local dir=$build settings=${AB_NEW_ENV:-}
@@ -106,7 +115,7 @@ for name in ${AB_CONFIGS:-moe dense}; do
   for round in $(seq 1 "${AB_ROUNDS:-2}"); do
     for side in base new; do
       # The JSON line goes to the log with a prefix the report reads back: side and round.
-      bench_run="$(side_binary "$side" sy_bench_train) '$config'$sets --steps $((${AB_STEPS:-10} + ${AB_WARMUP:-3}))"
+      bench_run="$(side_binary "$side" sy_bench_train) '$config'$(side_sets "$side") --steps $((${AB_STEPS:-10} + ${AB_WARMUP:-3}))"
       bench_run+=" --warmup ${AB_WARMUP:-3}"
       sy_step -l "$(label "$config")" "$side $(label "$config") round $round" bash -c \
         "set -o pipefail; $bench_run | sed 's/^{\"config\"/AB $side $round {\"config\"/'"

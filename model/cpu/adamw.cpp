@@ -86,12 +86,21 @@ void Backend::fused_adamw_step(std::span<Param* const> params, std::span<const T
                                 std::to_string(exp_avg_sqs.size()) + " exp_avg_sq tensors");
   for (size_t i = 0; i < params.size(); ++i) {
     Param& param = *params[i];
-    if (hp.grad_scale != 1.0) scale(param.grad, hp.grad_scale);
-    adamw_update(param.value, param.grad, exp_avgs[i], exp_avg_sqs[i], hp.lr, hp.beta1, hp.beta2,
-                 hp.eps, param.decay ? hp.weight_decay : 0.0, hp.step);
+    // A narrower grad (bf16) is updated from its value in the master dtype.
+    const DType master = host_dtype(param.value.dtype());
+    const bool widened = param.grad.dtype() == DType::bf16 && master != DType::bf16;
+    Tensor grad = param.grad;
+    if (widened) {
+      grad = alloc(param.grad.shape(), master);
+      copy(grad, param.grad);
+    }
+    if (hp.grad_scale != 1.0) scale(grad, hp.grad_scale);
+    adamw_update(param.value, grad, exp_avgs[i], exp_avg_sqs[i], hp.lr, hp.beta1, hp.beta2, hp.eps,
+                 param.decay ? hp.weight_decay : 0.0, hp.step);
     if (param.compute.defined() && param.compute.data() != param.value.data())
       copy(param.compute, param.value);
     if (hp.zero_grads) fill(param.grad, 0.0);
+    else if (widened && hp.grad_scale != 1.0 && !hp.discard_grads) copy(param.grad, grad);
   }
 }
 

@@ -77,12 +77,19 @@ constexpr int64_t kChunk = int64_t{1} << 16;  // elements per block; a multiple 
 constexpr int kPassThreads = 256;
 constexpr int kReduceThreads = 1024;
 
-enum TensorFlags : uint32_t { kDecay = 1, kExpert = 2, kVector = 4, kPartials = 8, kSplit = 16 };
+enum TensorFlags : uint32_t {
+  kDecay = 1,
+  kExpert = 2,
+  kVector = 4,
+  kPartials = 8,
+  kSplit = 16,
+  kGradBf16 = 32
+};
 
 // One tensor as the kernels see it (device memory).
 struct TensorSlot {
   float* value;  // null for an f32_split value: compute and value_low hold it
-  float* grad;
+  void* grad;    // f32, or bf16 (kGradBf16)
   const double* partials;  // kPartials: the grad's squares, precomputed (MultiTensor::partials)
   float* exp_avg;
   float* exp_avg_sq;
@@ -98,6 +105,39 @@ struct ChunkSlot {
   int32_t chunk;
 };
 
+// The gradient as f32, one element or four (i a multiple of 4, kVector), whatever its dtype;
+// stored back in its dtype (bf16 rounded to nearest even).
+__device__ inline float load_grad(const TensorSlot& t, int64_t i) {
+  if (t.flags & kGradBf16) return __bfloat162float(static_cast<const bf16*>(t.grad)[i]);
+  return static_cast<const float*>(t.grad)[i];
+}
+__device__ inline float4 load_grad_vector(const TensorSlot& t, int64_t i) {
+  if (!(t.flags & kGradBf16)) return __ldcs(reinterpret_cast<const float4*>(t.grad) + i / 4);
+  const uint2 packed = __ldcs(reinterpret_cast<const uint2*>(static_cast<const bf16*>(t.grad) + i));
+  __nv_bfloat162 lo, hi;
+  std::memcpy(&lo, &packed.x, sizeof lo);
+  std::memcpy(&hi, &packed.y, sizeof hi);
+  const float2 a = __bfloat1622float2(lo), b = __bfloat1622float2(hi);
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+__device__ inline void store_grad(const TensorSlot& t, int64_t i, float g) {
+  if (t.flags & kGradBf16) static_cast<bf16*>(t.grad)[i] = __float2bfloat16(g);
+  else static_cast<float*>(t.grad)[i] = g;
+}
+__device__ inline uint2 pack_bf16_vector(float4 x) {
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y);
+  const __nv_bfloat162 hi = __floats2bfloat162_rn(x.z, x.w);
+  uint2 packed;
+  std::memcpy(&packed.x, &lo, sizeof lo);
+  std::memcpy(&packed.y, &hi, sizeof hi);
+  return packed;
+}
+__device__ inline void store_grad_vector(const TensorSlot& t, int64_t i, float4 g) {
+  if (t.flags & kGradBf16)
+    __stcs(reinterpret_cast<uint2*>(static_cast<bf16*>(t.grad) + i), pack_bf16_vector(g));
+  else __stcs(reinterpret_cast<float4*>(t.grad) + i / 4, g);
+}
+
 // partials[b] = sum of g^2 over block b's chunk, in double. The order within a chunk is fixed by
 // the block size and the chunk layout, so the result repeats bit for bit.
 __global__ void chunk_squares_kernel(const TensorSlot* __restrict__ tensors,
@@ -105,7 +145,6 @@ __global__ void chunk_squares_kernel(const TensorSlot* __restrict__ tensors,
   __shared__ double shared[32];
   const ChunkSlot c = chunks[blockIdx.x];
   const TensorSlot& t = tensors[c.tensor];
-  const float* grad = t.grad;
   const int64_t begin = int64_t(c.chunk) * kChunk, end = min(t.numel, begin + kChunk);
   int64_t scalar_begin = begin;
   double acc = 0;
@@ -115,7 +154,7 @@ __global__ void chunk_squares_kernel(const TensorSlot* __restrict__ tensors,
   } else if (t.flags & kVector) {
     scalar_begin = begin + (end - begin) / 4 * 4;
     for (int64_t i = begin + 4 * int64_t(threadIdx.x); i < scalar_begin; i += 4 * kPassThreads) {
-      const float4 g = __ldg(reinterpret_cast<const float4*>(grad + i));
+      const float4 g = load_grad_vector(t, i);
       acc += double(g.x) * double(g.x);
       acc += double(g.y) * double(g.y);
       acc += double(g.z) * double(g.z);
@@ -123,7 +162,7 @@ __global__ void chunk_squares_kernel(const TensorSlot* __restrict__ tensors,
     }
   }
   for (int64_t i = scalar_begin + threadIdx.x; i < end; i += kPassThreads) {
-    const double g = grad[i];
+    const double g = load_grad(t, i);
     acc += g * g;
   }
   acc = block_sum(acc, shared);
@@ -197,8 +236,7 @@ __device__ inline AdamVector load_vector(const TensorSlot& t, int64_t i) {
                        ? join_vector(__ldcs(reinterpret_cast<const uint2*>(t.compute + i)),
                                      __ldcs(reinterpret_cast<const uint2*>(t.value_low + i)))
                        : __ldcs(reinterpret_cast<const float4*>(t.value + i));
-  return {p, __ldcs(reinterpret_cast<const float4*>(t.grad + i)),
-          __ldcs(reinterpret_cast<const float4*>(t.exp_avg + i)),
+  return {p, load_grad_vector(t, i), __ldcs(reinterpret_cast<const float4*>(t.exp_avg + i)),
           __ldcs(reinterpret_cast<const float4*>(t.exp_avg_sq + i))};
 }
 __device__ inline void store_split_vector(const TensorSlot& t, int64_t i, float4 p) {
@@ -214,13 +252,7 @@ __device__ inline void store_split_vector(const TensorSlot& t, int64_t i, float4
 __device__ inline void store_value_vector(const TensorSlot& t, int64_t i, float4 p) {
   if (t.flags & kSplit) return store_split_vector(t, i, p);
   __stcs(reinterpret_cast<float4*>(t.value + i), p);
-  if (!t.compute) return;
-  const __nv_bfloat162 lo = __floats2bfloat162_rn(p.x, p.y);
-  const __nv_bfloat162 hi = __floats2bfloat162_rn(p.z, p.w);
-  uint2 packed;
-  std::memcpy(&packed.x, &lo, sizeof lo);
-  std::memcpy(&packed.y, &hi, sizeof hi);
-  __stcs(reinterpret_cast<uint2*>(t.compute + i), packed);
+  if (t.compute) __stcs(reinterpret_cast<uint2*>(t.compute + i), pack_bf16_vector(p));
 }
 __device__ inline void update_vector(const TensorSlot& t, int64_t i, AdamVector x,
                                      const AdamScalars<float>& s, const AdamPass& a) {
@@ -237,9 +269,7 @@ __device__ inline void update_vector(const TensorSlot& t, int64_t i, AdamVector 
   __stcs(reinterpret_cast<float4*>(t.exp_avg + i), x.m);
   __stcs(reinterpret_cast<float4*>(t.exp_avg_sq + i), x.v);
   store_value_vector(t, i, x.p);
-  if (a.write_grads)
-    __stcs(reinterpret_cast<float4*>(t.grad + i),
-           a.zero_grads ? make_float4(0.f, 0.f, 0.f, 0.f) : x.g);
+  if (a.write_grads) store_grad_vector(t, i, a.zero_grads ? make_float4(0.f, 0.f, 0.f, 0.f) : x.g);
 }
 
 // grad *= scale (as Backend::scale does it in f32), then AdamW, then the bf16 copy; the grad is
@@ -268,13 +298,13 @@ __device__ void fused_adamw_chunk(const TensorSlot* __restrict__ tensors, const 
     }
   }
   for (int64_t i = scalar_begin + threadIdx.x; i < end; i += kThreads) {
-    float p = load_value(t, i), g = t.grad[i], m = t.exp_avg[i], v = t.exp_avg_sq[i];
+    float p = load_value(t, i), g = load_grad(t, i), m = t.exp_avg[i], v = t.exp_avg_sq[i];
     if (a.scale_grads) g = g * a.grad_scale;
     adamw_element(p, g, m, v, s);
     store_value(t, i, p);
     t.exp_avg[i] = m;
     t.exp_avg_sq[i] = v;
-    if (a.write_grads) t.grad[i] = a.zero_grads ? 0.0f : g;
+    if (a.write_grads) store_grad(t, i, a.zero_grads ? 0.0f : g);
   }
 }
 
@@ -335,12 +365,12 @@ TensorSlot make_slot(Context& ctx, const char* op, const MultiTensor& t) {
     fail(ctx, op, "a tensor too large for the chunk table");
   // Vectors need every array 16-byte aligned (compute and value_low: 8 bytes, four halves);
   // chunk starts are multiples of 4 elements, so they keep the base's alignment.
-  bool vector = aligned(t.grad, 16);
+  bool vector = aligned(t.grad, t.grad_bf16 ? 8 : 16);
   for (const float* p : {t.value, t.exp_avg, t.exp_avg_sq}) vector = vector && aligned(p, 16);
   vector = vector && aligned(t.compute, 8) && aligned(t.value_low, 8);
   const uint32_t flags = (t.decay ? kDecay : 0u) | (t.expert ? kExpert : 0u) |
                          (vector ? kVector : 0u) | (t.partials ? kPartials : 0u) |
-                         (t.value_low ? kSplit : 0u);
+                         (t.value_low ? kSplit : 0u) | (t.grad_bf16 ? kGradBf16 : 0u);
   return {t.value,   t.grad,      t.partials, t.exp_avg, t.exp_avg_sq,
           t.compute, t.value_low, t.numel,    flags};
 }
@@ -350,9 +380,13 @@ void check_disjoint(Context& ctx, const char* op, const std::vector<MultiTensor>
   std::vector<std::pair<uintptr_t, uintptr_t>> ranges;  // [begin, end) of every array
   for (const MultiTensor& t : tensors) {
     if (t.numel <= 0) continue;
-    for (const float* p : {t.value, t.grad, t.exp_avg, t.exp_avg_sq})
+    for (const float* p : {t.value, t.exp_avg, t.exp_avg_sq})
       if (p) ranges.emplace_back(reinterpret_cast<uintptr_t>(p),
                                  reinterpret_cast<uintptr_t>(p + t.numel));
+    if (t.grad) {
+      const uintptr_t grad = reinterpret_cast<uintptr_t>(t.grad);
+      ranges.emplace_back(grad, grad + static_cast<uintptr_t>(t.numel) * (t.grad_bf16 ? 2 : 4));
+    }
     if (t.compute)
       ranges.emplace_back(reinterpret_cast<uintptr_t>(t.compute),
                           reinterpret_cast<uintptr_t>(t.compute + t.numel));
@@ -462,14 +496,24 @@ void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWSt
 }
 
 // ---- the backend's entry points: a table from the parameter list, then one pass ------------
+namespace {
+bool is_pass_grad(const Tensor& grad) {
+  return grad.dtype() == DType::f32 || grad.dtype() == DType::bf16;
+}
+void set_grad(MultiTensor& t, const Tensor& grad) {
+  t.grad = grad.data();
+  t.grad_bf16 = grad.dtype() == DType::bf16;
+}
+}  // namespace
+
 bool grad_norm_squares(Context& ctx, MultiTensorTable& table, std::span<Param* const> params,
                        const OpCheck& check, double& shared, double& expert) {
-  bool all_f32 = true;
+  bool fusable = true;  // f32 or bf16 gradients
   for (const Param* param : params) {
     check.float_dtype(param->grad, {param->path, " grad"});
-    all_f32 = all_f32 && param->grad.dtype() == DType::f32;
+    fusable = fusable && is_pass_grad(param->grad);
   }
-  if (!all_f32) return false;
+  if (!fusable) return false;
   // A gradient whose squares came out of the GEMM that wrote it (Param::grad_squares) is not
   // read again; those squares are used once.
   std::vector<MultiTensor> tensors(params.size());
@@ -483,7 +527,7 @@ bool grad_norm_squares(Context& ctx, MultiTensorTable& table, std::span<Param* c
       tensors[i].partials = param.grad_squares.ptr<double>();
       tensors[i].numel = param.grad_squares.numel();
     } else {
-      tensors[i].grad = param.grad.ptr<float>();
+      set_grad(tensors[i], param.grad);
       tensors[i].numel = param.grad.numel();
     }
     tensors[i].expert = param.is_expert;
@@ -516,7 +560,7 @@ bool fused_adamw_step(Context& ctx, MultiTensorTable& table, std::span<Param* co
   for (const Param* param : params) {
     const DType dtype =
         split(*param) ? DType::f32 : check.wide_dtype(param->value, {param->path, " value"});
-    fusable = fusable && dtype == DType::f32;
+    fusable = fusable && dtype == DType::f32 && is_pass_grad(param->grad);
     if (split(*param) && param->compute.defined() && param->compute.data() != param->value.data())
       check.fail(param->path + ": an f32_split value's compute copy must be its high halves");
     if (separate_compute(*param)) {
@@ -529,11 +573,11 @@ bool fused_adamw_step(Context& ctx, MultiTensorTable& table, std::span<Param* co
   for (size_t i = 0; i < params.size(); ++i) {
     const Param& p = *params[i];
     const int64_t n = p.value.numel();
-    for (auto [t, what] : {std::pair{&p.grad, " grad"}, {&exp_avgs[i], " exp_avg"},
-                           {&exp_avg_sqs[i], " exp_avg_sq"}}) {
+    for (auto [t, what] : {std::pair{&exp_avgs[i], " exp_avg"}, {&exp_avg_sqs[i], " exp_avg_sq"}}) {
       check.dtype(*t, DType::f32, {p.path, what});
       check.numel(*t, n, {p.path, what});
     }
+    check.numel(p.grad, n, {p.path, " grad"});
     MultiTensor& t = tensors[i];
     if (split(p)) {
       t.compute = p.value.high_half().ptr<bf16>();
@@ -541,7 +585,7 @@ bool fused_adamw_step(Context& ctx, MultiTensorTable& table, std::span<Param* co
     } else {
       t.value = p.value.ptr<float>();
     }
-    t.grad = p.grad.ptr<float>();
+    set_grad(t, p.grad);
     t.exp_avg = exp_avgs[i].ptr<float>();
     t.exp_avg_sq = exp_avg_sqs[i].ptr<float>();
     if (separate_compute(p)) {

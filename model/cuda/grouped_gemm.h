@@ -39,10 +39,11 @@ struct GroupedGemmArgs {
   int64_t K2 = 0;
   void* C = nullptr;
   DType c_dtype = DType::bf16;  // bf16 or f32
-  // wgrad into an f32 C without accumulate: the Hopper kernel also writes the squares of C as f64
-  // partials into *squares (reallocated unless it is f64 of the right size) and sets
-  // *squares_written; the other kernels leave both alone. Each partial is one warp's part of one
-  // tile: f32 sums of 16 squares, added in f64 in a fixed order (repeatable bit for bit).
+  // wgrad without accumulate: the Hopper kernel also writes the squares of C (of the stored,
+  // rounded values where C is bf16) as f64 partials into *squares (reallocated unless it is f64
+  // of the right size) and sets *squares_written; the other kernels leave both alone. Each
+  // partial is one warp's part of one tile: f32 sums of 16 squares, added in f64 in a fixed
+  // order (repeatable bit for bit).
   Tensor* squares = nullptr;
   bool* squares_written = nullptr;
 };

@@ -643,14 +643,23 @@ __device__ __forceinline__ void staged_epilogue(const float (&acc)[BN / 2],
   }
 }
 
+// An accumulator as C holds it: a bf16 C's value rounded to nearest even, as the epilogues
+// (__floats2bfloat162_rn) round it.
+template <class CT>
+__device__ __forceinline__ float stored_value(float x) {
+  if constexpr (std::is_same_v<CT, float>) return x;
+  else return __bfloat162float(__float2bfloat16_rn(x));
+}
+
 // The sum of the squares of this warp's fragment of the finished tile (elements inside C only:
 // rows below row_end, columns below N), into *out: each thread adds its squares 16 at a time in
 // f32 (fused multiply-adds in a fixed order), those sums in f64, then the warp's 32 in a fixed
 // butterfly. Read by the gradient norm in place of the gradient (Param::grad_squares). Costs
-// ~200 cycles a tile against the tile's tens of microseconds of wgmma.
-template <int BN>
-__device__ __forceinline__ void tile_squares(const float (&acc)[BN / 2], const Tile& tile,
-                                             int half, int N, double* out) {
+// ~200 cycles a tile against the tile's tens of microseconds of wgmma. A bf16 C's squares are
+// those of the stored values (stored_value).
+template <int BN, class CT>
+__device__ __forceinline__ void tile_squares(const float (&acc)[BN / 2], const Tile& tile, int half,
+                                             int N, double* out) {
   const int lane = threadIdx.x & 31, warp = (threadIdx.x / 32) & 3;
   const int row0 = tile.m0 + 64 * half + 16 * warp + lane / 4;
   const bool ok0 = row0 < tile.row_end, ok1 = row0 + 8 < tile.row_end;
@@ -661,9 +670,10 @@ __device__ __forceinline__ void tile_squares(const float (&acc)[BN / 2], const T
 #pragma unroll
     for (int j = j0; j < j0 + 4; ++j) {
       const bool col_ok = tile.n0 + 8 * j + 2 * (lane & 3) < N;  // N % 8 == 0: col + 1 < N too
-      const float a = ok0 && col_ok ? acc[4 * j] : 0.f, b = ok0 && col_ok ? acc[4 * j + 1] : 0.f;
-      const float c = ok1 && col_ok ? acc[4 * j + 2] : 0.f;
-      const float d = ok1 && col_ok ? acc[4 * j + 3] : 0.f;
+      const float a = ok0 && col_ok ? stored_value<CT>(acc[4 * j]) : 0.f;
+      const float b = ok0 && col_ok ? stored_value<CT>(acc[4 * j + 1]) : 0.f;
+      const float c = ok1 && col_ok ? stored_value<CT>(acc[4 * j + 2]) : 0.f;
+      const float d = ok1 && col_ok ? stored_value<CT>(acc[4 * j + 3]) : 0.f;
       part = __fmaf_rn(a, a, part);
       part = __fmaf_rn(b, b, part);
       part = __fmaf_rn(c, c, part);
@@ -930,11 +940,11 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
       if (chunks > 0 && lane == 0) mbar_arrive(empty_bar + 8 * ((it + kStages - 1) % kStages));
     }
 
-    if constexpr (kWgrad && std::is_same_v<CT, float>) {
+    if constexpr (kWgrad) {
       if (p.squares)
-        tile_squares<BN>(acc, tile, half, p.N,
-                         p.squares + (static_cast<int64_t>(t) * kConsumers + half) * 4 +
-                             ((threadIdx.x / 32) & 3));
+        tile_squares<BN, CT>(acc, tile, half, p.N,
+                             p.squares + (static_cast<int64_t>(t) * kConsumers + half) * 4 +
+                                 ((threadIdx.x / 32) & 3));
     }
     if constexpr (kReduceEpilogue) {
       reduce_epilogue<BN>(acc, &map_c, staging + half * kSlicesPerConsumer * kSliceBytes, tile,
@@ -1289,11 +1299,10 @@ bool grouped_gemm_sm90(Context& ctx, const GroupedGemmArgs& a) {
   params.accumulate = a.accumulate ? 1 : 0;
   params.K2 = pair ? static_cast<int>(a.K2) : 0;
   params.band = tile_band();
-  // The squares of C (wgrad `=` into f32): one f64 per warp of each tile's two consumers.
+  // The squares of C (wgrad `=`, f32 or bf16 C): one f64 per warp of each tile's two consumers.
   // SY_GG_SM90_SQUARES=0 leaves them out (the norm then reads the gradients): for measurement.
   const bool squares_off = env_is("SY_GG_SM90_SQUARES", "0");
-  if (a.squares && a.squares_written && wgrad && !a.accumulate && a.c_dtype == DType::f32 &&
-      !squares_off) {
+  if (a.squares && a.squares_written && wgrad && !a.accumulate && !squares_off) {
     const int64_t count = tiles * kConsumers * 4;
     Tensor& squares = *a.squares;
     if (!squares.defined() || squares.dtype() != DType::f64 || squares.numel() != count)

@@ -249,10 +249,13 @@ void sgd_update(Context& ctx, const Tensor& param, const Tensor& grad, double lr
 
 // adamw.cu, the multi-tensor pass. One tensor of it: f32 master-side arrays (a norm pass needs
 // only grad, or instead the grad's precomputed squares: numel f64 partials), the bf16 compute
-// copy or null, and the Param flags.
+// copy or null, and the Param flags. The grad is f32, or bf16 where grad_bf16 (an expert weight
+// gradient written once by its GEMM, TransformerOptions::expert_grad_dtype): read as its f32
+// value, and written back (zeroed, or scaled and kept) rounded to nearest even.
 struct MultiTensor {
   float* value = nullptr;
-  float* grad = nullptr;
+  void* grad = nullptr;
+  bool grad_bf16 = false;
   const double* partials = nullptr;  // norm pass: sum these (numel of them) instead of grad^2
   float* exp_avg = nullptr;
   float* exp_avg_sq = nullptr;
