@@ -13,9 +13,12 @@
 // zeroed gradients and is compared with the cublas loop (relative L2 error of out, dx, dW1 of
 // expert 0): a kernel that is fast and wrong shows here.
 // Prints a table, and one "RESULT case=... variant=... ms=... tflops=... err=..." line per row
-// for bench/expert_ffn/run.sh. Usage: expert_ffn_bench [--profile] [case ...] (default: all
-// three). --profile: after each timed variant, 10 more runs under the CUDA backend's event
-// profile (no synchronisation), and its per-op table: where each variant's time goes.
+// for bench/expert_ffn/run.sh. Usage: expert_ffn_bench [--profile] [--bf16-grads] [case ...]
+// (default: all three). --profile: after each timed variant, 10 more runs under the CUDA
+// backend's event profile (no synchronisation), and its per-op table: where each variant's time
+// goes. --bf16-grads: the weight gradients in bf16, written once (training's run.expert_grads
+// auto, and what PyTorch's bf16 weights get), in every variant, the ceiling's included; without
+// it fp32 (the ceiling accumulating into one C).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -157,7 +160,9 @@ double median_ms(Backend& backend, const std::function<void()>& step, int warmup
   return runs % 2 ? ms[runs / 2] : 0.5 * (ms[runs / 2 - 1] + ms[runs / 2]);
 }
 
-bool g_profile = false;  // --profile
+bool g_profile = false;     // --profile
+bool g_bf16_grads = false;  // --bf16-grads
+DType grad_dtype() { return g_bf16_grads ? DType::bf16 : DType::f32; }
 
 // With --profile: `runs` calls of `step` under the event profile of `backend`, and its table.
 void print_profile(Backend& backend, const std::string& label, const std::function<void()>& step,
@@ -229,7 +234,7 @@ class ExpertPath {
                             {&experts_.w2, sy::Shape{c.E, c.F, c.D}}}) {
       p->value = b_.alloc(shape, DType::bf16);  // the compute copy is the value here
       fill_random(b_, p->value, seed++, 0.02);
-      p->grad = b_.zeros(shape, DType::f32);
+      p->grad = b_.zeros(shape, grad_dtype());
     }
   }
 
@@ -278,17 +283,18 @@ double time_ceiling(const Case& c) {
   const Tensor h1 = b.alloc({M, c.F}, DType::bf16), h3 = b.alloc({M, c.F}, DType::bf16);
   const Tensor hidden = b.alloc({M, c.F}, DType::bf16), dhidden = b.alloc({M, c.F}, DType::bf16);
   const Tensor out = b.alloc({M, c.D}, DType::bf16), dx = b.alloc({M, c.D}, DType::bf16);
-  const Tensor dw1 = b.zeros({c.D, c.F}, DType::f32), dw3 = b.zeros({c.D, c.F}, DType::f32);
-  const Tensor dw2 = b.zeros({c.F, c.D}, DType::f32);
+  const Tensor dw1 = b.zeros({c.D, c.F}, grad_dtype()), dw3 = b.zeros({c.D, c.F}, grad_dtype());
+  const Tensor dw2 = b.zeros({c.F, c.D}, grad_dtype());
+  const double wgrad_beta = g_bf16_grads ? 0.0 : 1.0;  // bf16: written once, as in training
   fill_random(b, hidden, 6, 1.0);
   const auto chain = [&] {
     b.gemm(h1, x, false, w1, false, 1.0, 0.0);
     b.gemm(h3, x, false, w3, false, 1.0, 0.0);
     b.gemm(out, hidden, false, w2, false, 1.0, 0.0);
     b.gemm(dhidden, dout, false, w2, true, 1.0, 0.0);
-    b.gemm(dw2, hidden, true, dout, false, 1.0, 1.0);
-    b.gemm(dw1, x, true, h1, false, 1.0, 1.0);
-    b.gemm(dw3, x, true, h3, false, 1.0, 1.0);
+    b.gemm(dw2, hidden, true, dout, false, 1.0, wgrad_beta);
+    b.gemm(dw1, x, true, h1, false, 1.0, wgrad_beta);
+    b.gemm(dw3, x, true, h3, false, 1.0, wgrad_beta);
     b.gemm(dx, h1, false, w1, true, 1.0, 0.0);
     b.gemm(dx, h3, false, w3, true, 1.0, 1.0);
   };
@@ -302,11 +308,12 @@ void run_case(const Case& c) {
   const double flops = 18.0 * c.T * c.K * c.D * c.F;
   const int64_t most = *std::max_element(routing.rows_per_expert.begin(), routing.rows_per_expert.end());
   const int64_t fewest = *std::min_element(routing.rows_per_expert.begin(), routing.rows_per_expert.end());
-  std::printf("\n== %s: E %lld, top-%lld, D %lld, F %lld, T %lld; rows per expert %lld..%lld "
-              "(mean %lld); %.2f TFLOP per forward+backward\n",
-              c.name.c_str(), (long long)c.E, (long long)c.K, (long long)c.D, (long long)c.F,
-              (long long)c.T, (long long)fewest, (long long)most, (long long)(c.T * c.K / c.E),
-              flops * 1e-12);
+  std::printf(
+      "\n== %s: E %lld, top-%lld, D %lld, F %lld, T %lld; rows per expert %lld..%lld "
+      "(mean %lld); %.2f TFLOP per forward+backward; weight gradients %s\n",
+      c.name.c_str(), (long long)c.E, (long long)c.K, (long long)c.D, (long long)c.F,
+      (long long)c.T, (long long)fewest, (long long)most, (long long)(c.T * c.K / c.E),
+      flops * 1e-12, g_bf16_grads ? "bf16" : "fp32");
   std::fflush(stdout);
   std::vector<Row> rows;
   rows.push_back({"ceiling", time_ceiling(c), NAN, false});
@@ -369,10 +376,14 @@ int main(int argc, char** argv) {
       const std::string arg = argv[i];
       if (arg == "--profile") {
         g_profile = true;
+      } else if (arg == "--bf16-grads") {
+        g_bf16_grads = true;
       } else if (std::none_of(kCases.begin(), kCases.end(),
                               [&](const Case& c) { return c.name == arg; })) {
-        std::fprintf(stderr, "expert_ffn_bench: unknown argument '%s' (cases: coarse fine skewed; "
-                     "--profile)\n", arg.c_str());
+        std::fprintf(stderr,
+                     "expert_ffn_bench: unknown argument '%s' (cases: coarse fine skewed; "
+                     "--profile, --bf16-grads)\n",
+                     arg.c_str());
         return 2;
       } else {
         wanted.push_back(arg);

@@ -5,6 +5,8 @@
 #   Usage: bash bench/expert_ffn/run.sh BUILD_DIR OUTDIR [case ...]     (cases: coarse fine skewed)
 # Logs: OUTDIR/expert_ffn_bench.log, OUTDIR/expert_ffn_torch.log, OUTDIR/expert_ffn_table.txt.
 # SY_FFN_PROFILE=1: our variants' per-op event profiles too, in expert_ffn_bench.log.
+# SY_FFN_BF16_GRADS=1: our weight gradients (and the ceiling's) in bf16, written once, as
+# training's run.expert_grads auto writes them and as PyTorch's bf16 weights get theirs.
 set -uo pipefail
 # shellcheck source=launch/lib.sh
 source "$(dirname "$0")/../../launch/lib.sh"
@@ -17,6 +19,7 @@ out=$sy_out
 
 profile=()
 [ "${SY_FFN_PROFILE:-0}" = 1 ] && profile=(--profile)
+[ "${SY_FFN_BF16_GRADS:-0}" = 1 ] && profile+=(--bf16-grads)
 sy_step expert_ffn_bench "$build/expert_ffn_bench" "${profile[@]}" "$@"
 bench_rc=$?
 [ "$bench_rc" -eq 0 ] || sy_dry || tail -20 "$out/expert_ffn_bench.log"
@@ -50,6 +53,9 @@ def ratio(a, b):
     return f"{a / b:6.2f}x" if a is not None and b else f"{'-':>7}"
 print("TFLOP/s of the expert FFN, forward + backward, bf16 (gather, SwiGLU, gating, scatter included;")
 print("the ceiling is the 9 GEMMs as one dense cuBLAS chain). err: rel L2 of the grouped run vs the loop.")
+ours = open(sys.argv[1], errors="replace").read()
+print("Our weight gradients (and the ceiling's): " +
+      ("bf16, written once." if "weight gradients bf16" in ours else "fp32."))
 print(f"| {'case':8} | {'ceiling':>8} | {'cublas loop':>11} | {'grouped':>8} | {'kernel':6} | {'err':>8} | "
       f"{'torch':>8} | {'torch way':10} | {'grp/loop':>8} | {'grp/torch':>9} | {'grp/ceil':>8} |")
 print("|" + "|".join("-" * w for w in (10, 10, 13, 10, 8, 10, 10, 12, 10, 11, 10)) + "|")
