@@ -257,7 +257,7 @@ int main(int argc, char** argv) {
                                compute_dtype(config.run.precision)};
     options.master_dtype = DType::f32;
     options.recompute = config.train.recompute;  // docs/cuda.md, Memory
-    options.bf16_expert_grads = bf16_expert_grads(config, 1);  // one rank: run.expert_grads
+    options.bf16_grads = bf16_grads(config, 1);  // one rank: run.weight_grads
     std::unique_ptr<LocalExchange> exchange;
     if (config.moe.num_experts > 0)
       exchange = std::make_unique<LocalExchange>(*backend, config.moe.num_experts);
@@ -278,10 +278,10 @@ int main(int argc, char** argv) {
     backend->synchronize();
     const double setup_s = std::chrono::duration<double>(Clock::now() - setup_start).count();
     std::printf(
-        "bench: %s on %s, %s (expert gradients %s), %lld parameters, %lld tokens/step, "
+        "bench: %s on %s, %s (bf16 weight gradients: %s), %lld parameters, %lld tokens/step, "
         "data %s; set-up %.1f s\n",
         config.name.c_str(), backend->name().c_str(), to_string(config.run.precision),
-        options.bf16_expert_grads ? "bf16" : "fp32", static_cast<long long>(n_params),
+        bf16_grads_name(options.bf16_grads), static_cast<long long>(n_params),
         static_cast<long long>(B * S * tc.grad_accum_steps), source.c_str(), setup_s);
     Clock::time_point start = Clock::now();
     double warmup_s = 0;

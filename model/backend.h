@@ -426,10 +426,10 @@ class Backend {
   //   copy(compute, value)                      (when compute is defined and not value itself)
   //   fill(grad, 0)                             (when hp.zero_grads)
   // With hp.discard_grads (and not zero_grads) the grads may be left scaled or as they were.
-  // A grad narrower than its master (a bf16 expert weight gradient, TransformerOptions::
-  // expert_grad_dtype) is widened first: the scale and the update run on its f32 value, and a
-  // scaled grad kept is rounded back. Equal bitwise to those per-tensor ops in f32; a fused pass
-  // reads and writes each element once.
+  // A grad narrower than its master (a bf16 weight gradient, TransformerOptions::bf16_grads) is
+  // widened first: the scale and the update run on its f32 value, and a scaled grad kept is
+  // rounded back. Equal bitwise to those per-tensor ops in f32; a fused pass reads and writes
+  // each element once.
   virtual void fused_adamw_step(std::span<Param* const> params, std::span<const Tensor> exp_avgs,
                                 std::span<const Tensor> exp_avg_sqs, const AdamWStep& hp);
  protected:

@@ -12,8 +12,8 @@ struct Param {
   // splits bf16 masters (Backend::splits_bf16_masters), a weight with a bf16 compute copy holds
   // its fp32 values as DType::f32_split.
   Tensor value;
-  // Same shape as value, in its host dtype (f32 for f32_split), or bf16 for an expert weight
-  // written whole once a step (TransformerOptions::bf16_expert_grads); accumulated over
+  // Same shape as value, in its host dtype (f32 for f32_split), or bf16 for a weight that one
+  // GEMM writes whole once a step (TransformerOptions::bf16_grads); accumulated over
   // micro-batches.
   // Undefined while stale in a training step (the Transformer allocates it when backward
   // reaches its layer).

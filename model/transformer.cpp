@@ -42,8 +42,8 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
     throw std::runtime_error(std::string("Transformer: the master dtype must be f32 or f64, got ") +
                              dtype_name(options_.master_dtype));
   master_dtype_ = options_.dtype == DType::f64 ? DType::f64 : options_.master_dtype;
-  if (options_.bf16_expert_grads && options_.dtype != DType::bf16)
-    throw std::runtime_error(std::string("Transformer: bf16 expert gradients need the bf16 ") +
+  if (options_.bf16_grads != Bf16Grads::none && options_.dtype != DType::bf16)
+    throw std::runtime_error(std::string("Transformer: bf16 weight gradients need the bf16 ") +
                              "compute dtype, got " + dtype_name(options_.dtype));
   const ModelConfig& m = options_.model;
   const MoeConfig& moe = options_.moe;
@@ -174,12 +174,19 @@ void Transformer::release_unwritten_grads() {
     }
 }
 
+DType Transformer::grad_dtype(const Param& param) const {
+  if (param.is_expert) return options_.bf16_grads != Bf16Grads::none ? DType::bf16 : master_dtype_;
+  // A GEMM weight has a bf16 compute copy; the embedding table is one too, but its gradient is a
+  // scatter-add (and, tied, the LM head's GEMM adds into it as well).
+  const bool gemm_weight =
+      param.compute_value().dtype() == DType::bf16 && &param != &embedding_.table;
+  return options_.bf16_grads == Bf16Grads::all && gemm_weight ? DType::bf16 : master_dtype_;
+}
+
 void Transformer::acquire_grads(const std::vector<Param*>& params) {
   for (Param* param : params)
-    if (!param->grad.defined()) {
-      const bool bf16 = param->is_expert && options_.bf16_expert_grads;
-      param->grad = backend_.alloc(param->value.shape(), bf16 ? DType::bf16 : master_dtype_);
-    }
+    if (!param->grad.defined())
+      param->grad = backend_.alloc(param->value.shape(), grad_dtype(*param));
 }
 
 std::vector<const Router*> Transformer::routers() const {

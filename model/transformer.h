@@ -58,6 +58,16 @@ struct GroupStats {
 // YAML none | norms | attention | layer (trainer/config.cpp holds the names).
 enum class Recompute { none, norms, attention, layer };
 
+// Which weight gradients are bf16 instead of the master dtype (TransformerOptions::bf16_grads):
+// none; the experts' (Param::is_expert); or every weight gradient that a GEMM writes, the
+// experts', the attention projections', the dense and shared FFNs' and an untied LM head's. The
+// embedding table (a scatter adds into it), the router and the norm gains stay in the master
+// dtype.
+enum class Bf16Grads { none, experts, all };
+inline const char* bf16_grads_name(Bf16Grads grads) {
+  return grads == Bf16Grads::all ? "all" : grads == Bf16Grads::experts ? "experts" : "none";
+}
+
 struct TransformerOptions {
   ModelConfig model;
   MoeConfig moe;
@@ -70,11 +80,10 @@ struct TransformerOptions {
   // implies f64 masters). Mixed precision is dtype bf16 with master f32.
   DType master_dtype = DType::f32;
   Recompute recompute = Recompute::none;
-  // The expert weights' gradients (Param::grad where Param::is_expert) in bf16 instead of the
-  // master dtype: for a caller that knows one GEMM writes each of them whole in a step (one
-  // micro-batch a step and no replica of the expert to sum with), so that they are rounded once,
-  // after every sum. Needs the bf16 compute dtype. Trainer: run.expert_grads (docs/cuda.md).
-  bool bf16_expert_grads = false;
+  // Weight gradients in bf16: for a caller that knows one GEMM writes each of them whole in a
+  // step (one micro-batch a step and no replica to sum with), so that they are rounded once,
+  // after every sum. Needs the bf16 compute dtype. Trainer: run.weight_grads (docs/cuda.md).
+  Bf16Grads bf16_grads = Bf16Grads::none;
 };
 
 class Transformer {
@@ -146,6 +155,8 @@ class Transformer {
   // weights and optimizer state plus the activations, or plus the gradients, not the sum.
   void release_unwritten_grads();
   void acquire_grads(const std::vector<Param*>& params);
+  // The dtype of `param`'s gradient: the master dtype, or bf16 (TransformerOptions::bf16_grads).
+  DType grad_dtype(const Param& param) const;
   // A parameter of `params` that no op of this pass wrote gets a zero gradient (a stale one
   // must not reach the sync and the optimizer as it is).
   void zero_unwritten_grads(const std::vector<Param*>& params);

@@ -78,8 +78,8 @@ grep -q "SY_GG_SM90_BAND=0.*build-gpu/sy_bench_train" <<< "$dry" || fail "base e
 grep -q "SY_GG_SM90_BAND=8.*build-gpu/sy_bench_train" <<< "$dry" || fail "new env: $dry"
 # A config key against another: each side's --set, after AB_SET's.
 dry=$(cd "$root" && SY_GPU_CHECK_DRY=1 AB_REF=. AB_SET=train.steps=5 \
-  AB_BASE_SET=run.expert_grads=fp32 AB_CONFIGS=moe AB_ROUNDS=1 bash bench/ab/run.sh "$dir/dry3" 2>&1) ||
+  AB_BASE_SET=run.weight_grads=fp32 AB_CONFIGS=moe AB_ROUNDS=1 bash bench/ab/run.sh "$dir/dry3" 2>&1) ||
   fail "dry run with AB_BASE_SET exited $?: $dry"
-grep -q "base moe.*train.steps=5.*run.expert_grads=fp32" <<< "$dry" || fail "base set: $dry"
-grep "new moe" <<< "$dry" | grep -q "expert_grads" && fail "new side got the base's set: $dry"
+grep -q "base moe.*train.steps=5.*run.weight_grads=fp32" <<< "$dry" || fail "base set: $dry"
+grep "new moe" <<< "$dry" | grep -q "weight_grads" && fail "new side got the base's set: $dry"
 echo "ab_report: all checks passed"

@@ -406,7 +406,7 @@ TEST_P(GroupedGemm, WgradMatchesTheCpu) {
           check_squares(what, !accumulate, summed, squares, runs[0]);
           if (!accumulate && c_dtype == DType::f32) f32_written = runs[0];
           // One kernel, one accumulation order: the bf16 C is the f32 C rounded once (a bf16
-          // expert weight gradient, TransformerOptions::bf16_expert_grads).
+          // expert weight gradient, TransformerOptions::bf16_grads).
           if (!accumulate && c_dtype == DType::bf16 && GetParam() == "sm90" &&
               cuda_grouped_gemm_kernel(*gpu) == "sm90") {
             ASSERT_EQ(f32_written.size(), runs[0].size()) << what;

@@ -84,9 +84,14 @@ class CudaModel : public ::testing::Test {
     double worst = 0;
     std::string worst_path;
     for (size_t i = 0; i < pc.size(); ++i) {
-      const bool bf16_grad = pg[i]->is_expert && options.bf16_expert_grads;
+      const std::string& path = pg[i]->path;
+      const bool gemm_weight = path != "embedding" && path.find("router") == std::string::npos &&
+                               path.find("norm") == std::string::npos;
+      const bool bf16_grad = options.bf16_grads == Bf16Grads::all
+                                 ? gemm_weight
+                                 : pg[i]->is_expert && options.bf16_grads == Bf16Grads::experts;
       ASSERT_EQ(pg[i]->grad.dtype(), bf16_grad ? DType::bf16 : DType::f32)
-          << "gradients are fp32 (master dtype), expert ones bf16 where asked";
+          << path << ": gradients are fp32 (master dtype), bf16 where asked";
       const double e = rel_error(gpu->read(pg[i]->grad), cpu->read(pc[i]->grad));
       EXPECT_LE(e, grad_tol) << name << " " << dtype_name(compute) << " grad " << pc[i]->path;
       if (e > worst) {
@@ -118,23 +123,29 @@ TEST_F(CudaModel, AllMoEDroplessBf16) {
   compare("all-moe dropless", small_model(true, {true, true}, 0.0), DType::bf16,
           kBf16LossTol, kBf16GradTol);
 }
-// bf16 expert weight gradients (TransformerOptions::bf16_expert_grads, what run.expert_grads'
-// auto gives one micro-batch a step on one rank): rounded once from the grouped GEMM's f32
-// accumulator (2^-9 relative an element), within the same bounds; with capacity drops, an expert
+// bf16 weight gradients (TransformerOptions::bf16_grads; run.weight_grads' auto gives `all` with
+// one micro-batch a step on one rank): rounded once from the GEMMs' f32 accumulators (2^-9
+// relative an element), within the same bounds. The experts' alone; every GEMM weight's (the
+// embedding, the router and the gains stay fp32), tied and untied; with capacity drops an expert
 // that receives no rows has its gradient zeroed.
-TransformerOptions with_bf16_expert_grads(TransformerOptions options) {
-  options.bf16_expert_grads = true;
+TransformerOptions with_bf16_grads(TransformerOptions options, Bf16Grads grads) {
+  options.bf16_grads = grads;
   return options;
 }
 TEST_F(CudaModel, AllMoEDroplessBf16ExpertGrads) {
   compare("all-moe dropless, bf16 expert grads",
-          with_bf16_expert_grads(small_model(true, {true, true}, 0.0)), DType::bf16, kBf16LossTol,
-          kBf16GradTol);
-}
-TEST_F(CudaModel, MixedUntiedCapacityBf16ExpertGrads) {
-  compare("mixed untied capacity, bf16 expert grads",
-          with_bf16_expert_grads(small_model(false, {false, true, false}, 1.0)), DType::bf16,
+          with_bf16_grads(small_model(true, {true, true}, 0.0), Bf16Grads::experts), DType::bf16,
           kBf16LossTol, kBf16GradTol);
+}
+TEST_F(CudaModel, AllMoEDroplessBf16WeightGrads) {
+  compare("all-moe dropless, bf16 weight grads",
+          with_bf16_grads(small_model(true, {true, true}, 0.0), Bf16Grads::all), DType::bf16,
+          kBf16LossTol, kBf16GradTol);
+}
+TEST_F(CudaModel, MixedUntiedCapacityBf16WeightGrads) {
+  compare("mixed untied capacity, bf16 weight grads",
+          with_bf16_grads(small_model(false, {false, true, false}, 1.0), Bf16Grads::all),
+          DType::bf16, kBf16LossTol, kBf16GradTol);
 }
 
 // The balancing router: sigmoid scores, an expert bias (zero before any update, so the one-batch
@@ -224,9 +235,10 @@ struct TrainRun {
 // `adjust` changes the MoE options (router variants); the expert biases are updated after every
 // step from its loads, as the train loop does (a no-op unless moe.bias_update_rate > 0).
 TrainRun train(Backend& backend, DType compute, int64_t steps,
-               const std::function<void(MoeConfig&)>& adjust = {}, bool bf16_expert_grads = false) {
+               const std::function<void(MoeConfig&)>& adjust = {},
+               Bf16Grads bf16_grads = Bf16Grads::none) {
   TransformerOptions options;
-  options.bf16_expert_grads = bf16_expert_grads;
+  options.bf16_grads = bf16_grads;
   options.model = {256, 32, 64, 2, 4, 128, true};  // V S D L H F tie
   options.moe.num_experts = 4;
   options.moe.routing.top_k = 2;
@@ -282,9 +294,9 @@ TrainRun train(Backend& backend, DType compute, int64_t steps,
 TEST_F(CudaModel, FiftyTrainingStepsTrackTheCpu) {
   const int64_t steps = 50;
   const TrainRun ref = train(*cpu, DType::f32, steps);
-  // fp32, bf16, and bf16 with bf16 expert weight gradients (TransformerOptions).
-  const std::pair<DType, bool> variants[] = {
-      {DType::f32, false}, {DType::bf16, false}, {DType::bf16, true}};
+  // fp32, bf16, and bf16 with bf16 weight gradients (TransformerOptions::bf16_grads).
+  const std::pair<DType, Bf16Grads> variants[] = {
+      {DType::f32, Bf16Grads::none}, {DType::bf16, Bf16Grads::none}, {DType::bf16, Bf16Grads::all}};
   for (auto [compute, bf16_grads] : variants) {
     auto backend = make_cuda_backend(0);  // a fresh one: its allocation count starts at zero
     const TrainRun run = train(*backend, compute, steps, {}, bf16_grads);
@@ -307,8 +319,8 @@ TEST_F(CudaModel, FiftyTrainingStepsTrackTheCpu) {
     std::printf(
         "[ train    ] cuda %s%s vs cpu fp32: loss %.4f -> %.4f (cpu %.4f -> %.4f); worst "
         "step rel diff %.3e, last-10 mean %.3e; peak device memory %.1f MiB\n",
-        dtype_name(compute), bf16_grads ? " (bf16 expert grads)" : "", run.losses.front(),
-        run.losses.back(), ref.losses.front(), ref.losses.back(), worst, tail,
+        dtype_name(compute), bf16_grads == Bf16Grads::all ? " (bf16 weight grads)" : "",
+        run.losses.front(), run.losses.back(), ref.losses.front(), ref.losses.back(), worst, tail,
         run.peak_bytes / 1048576.0);
     EXPECT_LT(run.losses.back(), run.losses.front() - 1.0) << "the loss must fall";
     // No cudaMalloc in the steady state: steps 3..50 reuse what steps 1-2 allocated.
@@ -353,12 +365,13 @@ TEST_F(CudaModel, BalancingRouterTrainingTracksTheCpu) {
 // bitwise-equal losses, drop and reroute counts, expert biases and parameters. bf16 with tied
 // embeddings (the LM head's GEMM and the embedding scatter add into one gradient) and a top-2
 // router; once dropless, once with the balancing router (sigmoid, expert bias, drops by gate
-// and reroutes at capacity factor 1.0), once dropless with bf16 expert weight gradients. Two
+// and reroutes at capacity factor 1.0), once dropless with bf16 weight gradients. Two
 // backends, so that no cached state is shared.
 TEST_F(CudaModel, TrainingTwiceIsBitwiseEqual) {
   const int64_t steps = 30;
-  // {balanced, bf16 expert weight gradients}
-  for (auto [balanced, bf16_grads] : {std::pair{false, false}, {true, false}, {false, true}}) {
+  // {balanced, bf16 weight gradients}
+  for (auto [balanced, bf16_grads] :
+       {std::pair{false, Bf16Grads::none}, {true, Bf16Grads::none}, {false, Bf16Grads::all}}) {
     const auto adjust = [balanced](MoeConfig& moe) {
       if (balanced) balancing(moe);
     };
@@ -368,7 +381,8 @@ TEST_F(CudaModel, TrainingTwiceIsBitwiseEqual) {
     auto second_backend = make_cuda_backend(0);
     const TrainRun second = train(*second_backend, DType::bf16, steps, adjust, bf16_grads);
     const char* name =
-        balanced ? "balancing router" : (bf16_grads ? "dropless, bf16 expert grads" : "dropless");
+        balanced ? "balancing router"
+                 : (bf16_grads == Bf16Grads::all ? "dropless, bf16 weight grads" : "dropless");
     int64_t rerouted = 0, differing_steps = 0;
     for (int64_t s = 0; s < steps; ++s) {
       rerouted += first.rerouted[s];

@@ -58,7 +58,7 @@ struct State {
 
 // The same initial values every time it is called. split: the tensors with a compute copy hold
 // their masters as f32_split, the copy being their high halves (as the Transformer makes them).
-// bf16_expert_grads: the expert tensors' grads are bf16 (TransformerOptions::bf16_expert_grads).
+// bf16_expert_grads: the expert tensors' grads are bf16 (TransformerOptions::bf16_grads).
 State make_state(Backend& gpu, bool split = false, bool bf16_expert_grads = false) {
   State s;
   for (size_t i = 0; i < kSizes.size(); ++i) {

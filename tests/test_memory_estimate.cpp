@@ -24,7 +24,7 @@ TEST(MemoryEstimate, GpuBenchConfigsWithinTenPercentOfMeasuredPeaks) {
       {"configs/bench/fine.yaml", 56.0}};
   for (const auto& [path, peak_gib] : measured) {
     Config config = load_config(path);
-    config.run.expert_grads = ExpertGrads::fp32;  // as measured
+    config.run.weight_grads = WeightGrads::fp32;  // as measured
     const double estimate = estimate_memory_per_rank(config, 1).total_bytes() / kGiB;
     std::printf("%s: estimate %.1f GiB, measured %.1f GiB (%.3f)\n", path, estimate, peak_gib,
                 estimate / peak_gib);

@@ -128,9 +128,10 @@ struct ChoiceNames<Precision> {
 };
 
 template <>
-struct ChoiceNames<ExpertGrads> {
-  static constexpr std::pair<ExpertGrads, const char*> names[] = {{ExpertGrads::automatic, "auto"},
-                                                                  {ExpertGrads::fp32, "fp32"}};
+struct ChoiceNames<WeightGrads> {
+  static constexpr std::pair<WeightGrads, const char*> names[] = {{WeightGrads::automatic, "auto"},
+                                                                  {WeightGrads::experts, "experts"},
+                                                                  {WeightGrads::fp32, "fp32"}};
 };
 
 template <class E>
@@ -282,7 +283,7 @@ std::vector<Section> config_fields(Config& c) {
         {"deterministic", &c.run.deterministic},
         {"tensorboard", &c.run.tensorboard},
         {"memory_check", &c.run.memory_check},
-        {"expert_grads", choice(&c.run.expert_grads)}}},
+        {"weight_grads", choice(&c.run.weight_grads)}}},
   };
 }
 
@@ -1021,7 +1022,7 @@ const char* to_string(RopeScaling scaling) { return choice_name(scaling); }
 const char* to_string(LrDecay decay) { return choice_name(decay); }
 const char* to_string(Device backend) { return choice_name(backend); }
 const char* to_string(Precision precision) { return choice_name(precision); }
-const char* to_string(ExpertGrads grads) { return choice_name(grads); }
+const char* to_string(WeightGrads grads) { return choice_name(grads); }
 const char* to_string(Sampling sampling) { return choice_name(sampling); }
 
 std::string to_string(const MoeLayers& layers) {

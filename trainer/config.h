@@ -85,10 +85,10 @@ inline DType compute_dtype(Precision precision) {
   return precision == Precision::bf16 ? DType::bf16 : DType::f32;
 }
 
-// run.expert_grads: the dtype of the expert weights' gradients (docs/cuda.md, "bf16 expert
-// gradients"). auto: bf16 where one GEMM writes each of them whole in a step, fp32 elsewhere;
-// fp32: always fp32.
-enum class ExpertGrads { automatic, fp32 };
+// run.weight_grads: the dtype of the weight gradients that GEMMs write (docs/cuda.md, "bf16
+// weight gradients"). auto: bf16 for each that one GEMM writes whole in a step, fp32 elsewhere;
+// experts: the same, for the expert weights only; fp32: always fp32.
+enum class WeightGrads { automatic, experts, fp32 };
 
 struct RunConfig {
   std::string dir = "runs/default";
@@ -105,7 +105,7 @@ struct RunConfig {
   // Refuse to start when the memory estimate (trainer/memory_estimate.h) exceeds what the device
   // or host has; false starts anyway.
   bool memory_check = true;
-  ExpertGrads expert_grads = ExpertGrads::automatic;
+  WeightGrads weight_grads = WeightGrads::automatic;
 };
 
 struct Config {
@@ -123,14 +123,18 @@ struct Config {
   std::string source_file;  // where it was loaded from ("" when built in code)
 };
 
-// Whether run.expert_grads gives bf16 expert weight gradients on `world_size` ranks: auto, on
-// CUDA in bf16, with one micro-batch a step and no replica of any expert (every rank in the one
-// expert-parallel group), so that one GEMM writes each gradient whole and nothing adds to it
-// after its rounding (TransformerOptions::bf16_expert_grads).
-inline bool bf16_expert_grads(const Config& c, int64_t world_size) {
-  return c.run.expert_grads == ExpertGrads::automatic && c.run.backend == Device::cuda &&
-         c.run.precision == Precision::bf16 && c.moe.num_experts > 0 &&
-         c.train.grad_accum_steps == 1 && world_size == c.parallel.expert_parallel;
+// Which weight gradients run.weight_grads makes bf16 on `world_size` ranks
+// (TransformerOptions::bf16_grads). Only on CUDA in bf16 with one micro-batch a step, and only
+// those with no replica to sum with, so that one GEMM writes each whole and nothing adds to it
+// after its rounding: the experts' where every rank is in the one expert-parallel group, every
+// GEMM weight's on one rank.
+inline Bf16Grads bf16_grads(const Config& c, int64_t world_size) {
+  if (c.run.weight_grads == WeightGrads::fp32 || c.run.backend != Device::cuda ||
+      c.run.precision != Precision::bf16 || c.train.grad_accum_steps != 1)
+    return Bf16Grads::none;
+  if (world_size == 1 && c.run.weight_grads == WeightGrads::automatic) return Bf16Grads::all;
+  const bool expert_replicas = world_size != c.parallel.expert_parallel;
+  return c.moe.num_experts > 0 && !expert_replicas ? Bf16Grads::experts : Bf16Grads::none;
 }
 
 // Raised for a bad config; what() is one line: "<file>: <yaml.path>: <what is wrong>".
@@ -187,7 +191,7 @@ const char* to_string(Recompute recompute);
 const char* to_string(LrDecay decay);
 const char* to_string(Device backend);
 const char* to_string(Precision precision);
-const char* to_string(ExpertGrads grads);
+const char* to_string(WeightGrads grads);
 const char* to_string(Sampling sampling);
 // all, every_<n>, or the list in flow style ([1, 3]).
 std::string to_string(const MoeLayers& layers);

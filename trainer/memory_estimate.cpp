@@ -101,6 +101,29 @@ std::string MemoryEstimate::describe(size_t biggest) const {
   return text + (sorted.size() > biggest ? ", ...)" : ")");
 }
 
+namespace {
+// How many of this rank's parameters have bf16 gradients (bf16_grads): the experts', and with
+// Bf16Grads::all every GEMM weight's: all but the embedding table, the router and the gains.
+double bf16_grad_params(const Config& config, const ModelCard& card, int64_t world_size) {
+  const Bf16Grads grads = bf16_grads(config, world_size);
+  if (grads == Bf16Grads::none) return 0.0;
+  const ModelConfig& m = config.model;
+  const double local_experts =
+      static_cast<double>(card.expert_params) /
+      static_cast<double>(std::max<int64_t>(config.parallel.expert_parallel, 1));
+  if (grads == Bf16Grads::experts) return local_experts;
+  const std::vector<bool> moe_mask = moe_layer_mask(config);
+  const double moe_layers = static_cast<double>(std::count(moe_mask.begin(), moe_mask.end(), true));
+  const double D = static_cast<double>(m.d_model), L = static_cast<double>(m.n_layers);
+  const double embedding = static_cast<double>(m.vocab_size) * D;
+  const double router = moe_layers * D * static_cast<double>(config.moe.num_experts);
+  const double gains = (2 * L + 1) * D;  // the QK-norm gains' few thousand left out
+  const double other =
+      static_cast<double>(card.params_per_rank) - local_experts - embedding - router;
+  return local_experts + std::max(0.0, other - gains);
+}
+}  // namespace
+
 MemoryEstimate estimate_memory_per_rank(const Config& config, int64_t world_size) {
   const ModelConfig& m = config.model;
   const MoeConfig& moe = config.moe;
@@ -169,11 +192,8 @@ MemoryEstimate estimate_memory_per_rank(const Config& config, int64_t world_size
   // larger of all the activations plus the gradients backward writes first (the LM head's and
   // the last block's) and all the gradients. Later micro-batches of an accumulation run their
   // forward with every gradient live.
-  // Gradients in fp32, the experts' in bf16 where run.expert_grads allows it.
-  const double expert_params =
-      static_cast<double>(card.expert_params) /
-      static_cast<double>(std::max<int64_t>(config.parallel.expert_parallel, 1));
-  const double grads = 4 * P - (bf16_expert_grads(config, world_size) ? 2 * expert_params : 0.0);
+  // Gradients in fp32, those of run.weight_grads' bf16 weights in 2 bytes.
+  const double grads = 4 * P - 2 * bf16_grad_params(config, card, world_size);
   if (config.train.grad_accum_steps > 1) {
     add("gradients", grads);
     add("saved activations", saved);

@@ -16,7 +16,7 @@
 #   AB_CONFIGS="moe dense" configs/bench/NAME.yaml, or paths to config files
 #   AB_SET="k=v ..."       --set overrides for both sides (e.g. run.backend=cpu for a CPU run)
 #   AB_BASE_SET, AB_NEW_SET="k=v ..."     --set overrides of one side, after AB_SET's (a config
-#                          key against another: AB_REF=. AB_BASE_SET=run.expert_grads=fp32)
+#                          key against another: AB_REF=. AB_BASE_SET=run.weight_grads=fp32)
 #   AB_ROUNDS=2 AB_STEPS=10 AB_WARMUP=3   rounds of base-then-new; timed and untimed steps a run
 #   AB_CMAKE="-DSY_CUDA=ON"               configure arguments of both builds
 #   AB_BUILD=build-gpu     the working tree's build folder (configured when new); the baseline

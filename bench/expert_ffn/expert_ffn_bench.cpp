@@ -16,7 +16,7 @@
 // for bench/expert_ffn/run.sh. Usage: expert_ffn_bench [--profile] [--bf16-grads] [case ...]
 // (default: all three). --profile: after each timed variant, 10 more runs under the CUDA
 // backend's event profile (no synchronisation), and its per-op table: where each variant's time
-// goes. --bf16-grads: the weight gradients in bf16, written once (training's run.expert_grads
+// goes. --bf16-grads: the weight gradients in bf16, written once (training's run.weight_grads
 // auto, and what PyTorch's bf16 weights get), in every variant, the ceiling's included; without
 // it fp32 (the ceiling accumulating into one C).
 #include <cuda_runtime.h>

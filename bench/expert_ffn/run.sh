@@ -6,7 +6,7 @@
 # Logs: OUTDIR/expert_ffn_bench.log, OUTDIR/expert_ffn_torch.log, OUTDIR/expert_ffn_table.txt.
 # SY_FFN_PROFILE=1: our variants' per-op event profiles too, in expert_ffn_bench.log.
 # SY_FFN_BF16_GRADS=1: our weight gradients (and the ceiling's) in bf16, written once, as
-# training's run.expert_grads auto writes them and as PyTorch's bf16 weights get theirs.
+# training's run.weight_grads auto writes them and as PyTorch's bf16 weights get theirs.
 set -uo pipefail
 # shellcheck source=launch/lib.sh
 source "$(dirname "$0")/../../launch/lib.sh"

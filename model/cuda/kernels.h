@@ -249,9 +249,9 @@ void sgd_update(Context& ctx, const Tensor& param, const Tensor& grad, double lr
 
 // adamw.cu, the multi-tensor pass. One tensor of it: f32 master-side arrays (a norm pass needs
 // only grad, or instead the grad's precomputed squares: numel f64 partials), the bf16 compute
-// copy or null, and the Param flags. The grad is f32, or bf16 where grad_bf16 (an expert weight
-// gradient written once by its GEMM, TransformerOptions::expert_grad_dtype): read as its f32
-// value, and written back (zeroed, or scaled and kept) rounded to nearest even.
+// copy or null, and the Param flags. The grad is f32, or bf16 where grad_bf16 (a weight gradient
+// written once by its GEMM, TransformerOptions::bf16_grads): read as its f32 value, and written
+// back (zeroed, or scaled and kept) rounded to nearest even.
 struct MultiTensor {
   float* value = nullptr;
   void* grad = nullptr;
