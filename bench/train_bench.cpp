@@ -257,7 +257,8 @@ int main(int argc, char** argv) {
                                compute_dtype(config.run.precision)};
     options.master_dtype = DType::f32;
     options.recompute = config.train.recompute;  // docs/cuda.md, Memory
-    options.bf16_grads = bf16_grads(config, 1);  // one rank: run.weight_grads
+    options.bf16_grads = bf16_grads(config);     // run.weight_grads, on one rank
+    options.bf16_grad_storage = bf16_grad_storage(config, 1);
     std::unique_ptr<LocalExchange> exchange;
     if (config.moe.num_experts > 0)
       exchange = std::make_unique<LocalExchange>(*backend, config.moe.num_experts);
@@ -281,7 +282,7 @@ int main(int argc, char** argv) {
         "bench: %s on %s, %s (bf16 weight gradients: %s), %lld parameters, %lld tokens/step, "
         "data %s; set-up %.1f s\n",
         config.name.c_str(), backend->name().c_str(), to_string(config.run.precision),
-        bf16_grads_name(options.bf16_grads), static_cast<long long>(n_params),
+        bf16_grads_name(options.bf16_grad_storage), static_cast<long long>(n_params),
         static_cast<long long>(B * S * tc.grad_accum_steps), source.c_str(), setup_s);
     Clock::time_point start = Clock::now();
     double warmup_s = 0;

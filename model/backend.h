@@ -426,10 +426,11 @@ class Backend {
   //   copy(compute, value)                      (when compute is defined and not value itself)
   //   fill(grad, 0)                             (when hp.zero_grads)
   // With hp.discard_grads (and not zero_grads) the grads may be left scaled or as they were.
-  // A grad narrower than its master (a bf16 weight gradient, TransformerOptions::bf16_grads) is
-  // widened first: the scale and the update run on its f32 value, and a scaled grad kept is
-  // rounded back. Equal bitwise to those per-tensor ops in f32; a fused pass reads and writes
-  // each element once.
+  // A bf16 grad (TransformerOptions::bf16_grad_storage) is widened first, and an f32 one whose
+  // value is its bf16 rounding (Param::bf16_grad) rounded and widened: the scale and the update
+  // run on that f32 value, and a scaled grad kept is stored back in its dtype. grad_norm_squares
+  // reads the same values. Equal bitwise to those per-tensor ops in f32; a fused pass reads and
+  // writes each element once.
   virtual void fused_adamw_step(std::span<Param* const> params, std::span<const Tensor> exp_avgs,
                                 std::span<const Tensor> exp_avg_sqs, const AdamWStep& hp);
  protected:

@@ -13,7 +13,7 @@ struct Param {
   // its fp32 values as DType::f32_split.
   Tensor value;
   // Same shape as value, in its host dtype (f32 for f32_split), or bf16 for a weight that one
-  // GEMM writes whole once a step (TransformerOptions::bf16_grads); accumulated over
+  // GEMM writes whole once a step (TransformerOptions::bf16_grad_storage); accumulated over
   // micro-batches.
   // Undefined while stale in a training step (the Transformer allocates it when backward
   // reaches its layer).
@@ -27,6 +27,10 @@ struct Param {
   Tensor compute;
   bool decay = true;       // AdamW weight decay applies: true iff ndim >= 2 (SPEC.md section 4)
   bool is_expert = false;  // an expert slice: reduced over the expert-data-parallel group only
+  // The gradient's value is its bf16 rounding, taken once after every sum
+  // (TransformerOptions::bf16_grads): `grad` is bf16 where one GEMM writes it whole, else f32 and
+  // rounded where it is read (the gradient norm, the optimizer).
+  bool bf16_grad = false;
   // What `grad` holds between backward passes:
   //   live:  this step's gradient so far (ops add into it);
   //   zero:  zeros (Transformer::zero_grads);

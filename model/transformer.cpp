@@ -45,6 +45,11 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
   if (options_.bf16_grads != Bf16Grads::none && options_.dtype != DType::bf16)
     throw std::runtime_error(std::string("Transformer: bf16 weight gradients need the bf16 ") +
                              "compute dtype, got " + dtype_name(options_.dtype));
+  if (options_.bf16_grad_storage > options_.bf16_grads)
+    throw std::runtime_error(std::string("Transformer: bf16 gradient storage '") +
+                             bf16_grads_name(options_.bf16_grad_storage) +
+                             "' beyond the bf16 gradients '" +
+                             bf16_grads_name(options_.bf16_grads) + "'");
   const ModelConfig& m = options_.model;
   const MoeConfig& moe = options_.moe;
   const int64_t D = m.d_model;
@@ -136,6 +141,7 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
     lm_head_.tied_table = &embedding_.table;
   else
     lm_head_.weight = make_param("lm_head", {D, m.vocab_size});
+  for (Param* param : params()) param->bf16_grad = in_grad_set(*param, options_.bf16_grads);
 }
 
 namespace {
@@ -174,13 +180,17 @@ void Transformer::release_unwritten_grads() {
     }
 }
 
-DType Transformer::grad_dtype(const Param& param) const {
-  if (param.is_expert) return options_.bf16_grads != Bf16Grads::none ? DType::bf16 : master_dtype_;
+bool Transformer::in_grad_set(const Param& param, Bf16Grads set) const {
+  if (param.is_expert) return set != Bf16Grads::none;
   // A GEMM weight has a bf16 compute copy; the embedding table is one too, but its gradient is a
   // scatter-add (and, tied, the LM head's GEMM adds into it as well).
   const bool gemm_weight =
       param.compute_value().dtype() == DType::bf16 && &param != &embedding_.table;
-  return options_.bf16_grads == Bf16Grads::all && gemm_weight ? DType::bf16 : master_dtype_;
+  return set == Bf16Grads::all && gemm_weight;
+}
+
+DType Transformer::grad_dtype(const Param& param) const {
+  return in_grad_set(param, options_.bf16_grad_storage) ? DType::bf16 : master_dtype_;
 }
 
 void Transformer::acquire_grads(const std::vector<Param*>& params) {

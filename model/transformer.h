@@ -58,11 +58,11 @@ struct GroupStats {
 // YAML none | norms | attention | layer (trainer/config.cpp holds the names).
 enum class Recompute { none, norms, attention, layer };
 
-// Which weight gradients are bf16 instead of the master dtype (TransformerOptions::bf16_grads):
-// none; the experts' (Param::is_expert); or every weight gradient that a GEMM writes, the
-// experts', the attention projections', the dense and shared FFNs' and an untied LM head's. The
-// embedding table (a scatter adds into it), the router and the norm gains stay in the master
-// dtype.
+// A set of weight gradients (TransformerOptions::bf16_grads, bf16_grad_storage): none; the
+// experts' (Param::is_expert); or every weight gradient that a GEMM writes, the experts', the
+// attention projections', the dense and shared FFNs' and an untied LM head's. The embedding table
+// (a scatter adds into it), the router and the norm gains are never in it. Ordered: each set
+// holds the one before it.
 enum class Bf16Grads { none, experts, all };
 inline const char* bf16_grads_name(Bf16Grads grads) {
   return grads == Bf16Grads::all ? "all" : grads == Bf16Grads::experts ? "experts" : "none";
@@ -80,10 +80,14 @@ struct TransformerOptions {
   // implies f64 masters). Mixed precision is dtype bf16 with master f32.
   DType master_dtype = DType::f32;
   Recompute recompute = Recompute::none;
-  // Weight gradients in bf16: for a caller that knows one GEMM writes each of them whole in a
-  // step (one micro-batch a step and no replica to sum with), so that they are rounded once,
-  // after every sum. Needs the bf16 compute dtype. Trainer: run.weight_grads (docs/cuda.md).
+  // The weight gradients whose value is their bf16 rounding, taken once after every sum
+  // (Param::bf16_grad), whatever the layout; and those of them held in bf16, for a caller that
+  // knows one GEMM writes each whole in a step (one micro-batch a step and no replica to sum
+  // with): the rounding then happens in that GEMM, and 2 bytes a parameter are not stored or
+  // read. Storage within bf16_grads; both need the bf16 compute dtype. Trainer: run.weight_grads
+  // (docs/cuda.md).
   Bf16Grads bf16_grads = Bf16Grads::none;
+  Bf16Grads bf16_grad_storage = Bf16Grads::none;
 };
 
 class Transformer {
@@ -155,7 +159,9 @@ class Transformer {
   // weights and optimizer state plus the activations, or plus the gradients, not the sum.
   void release_unwritten_grads();
   void acquire_grads(const std::vector<Param*>& params);
-  // The dtype of `param`'s gradient: the master dtype, or bf16 (TransformerOptions::bf16_grads).
+  // Whether `param`'s gradient is in `set` (Bf16Grads), and the dtype it is held in: the master
+  // dtype, or bf16 (TransformerOptions::bf16_grad_storage).
+  bool in_grad_set(const Param& param, Bf16Grads set) const;
   DType grad_dtype(const Param& param) const;
   // A parameter of `params` that no op of this pass wrote gets a zero gradient (a stale one
   // must not reach the sync and the optimizer as it is).

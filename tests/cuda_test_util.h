@@ -180,6 +180,8 @@ inline Built build(Backend& backend, TransformerOptions options, DType compute, 
   b.exchange = std::make_unique<LocalExchange>(backend, options.moe.num_experts);
   options.dtype = compute;
   options.master_dtype = DType::f32;
+  if (compute != DType::bf16)  // bf16 weight gradients belong to a bf16 model (the CPU's is f32)
+    options.bf16_grads = options.bf16_grad_storage = Bf16Grads::none;
   if (expert_kernel) options.moe.expert_kernel = *expert_kernel;
   b.model = std::make_unique<Transformer>(backend, options, b.exchange.get());
   b.model->init_parameters(seed);

@@ -87,10 +87,11 @@ class CudaModel : public ::testing::Test {
       const std::string& path = pg[i]->path;
       const bool gemm_weight = path != "embedding" && path.find("router") == std::string::npos &&
                                path.find("norm") == std::string::npos;
-      const bool bf16_grad = options.bf16_grads == Bf16Grads::all
-                                 ? gemm_weight
-                                 : pg[i]->is_expert && options.bf16_grads == Bf16Grads::experts;
-      ASSERT_EQ(pg[i]->grad.dtype(), bf16_grad ? DType::bf16 : DType::f32)
+      const auto in_set = [&](Bf16Grads set) {
+        return set == Bf16Grads::all ? gemm_weight : pg[i]->is_expert && set == Bf16Grads::experts;
+      };
+      EXPECT_EQ(pg[i]->bf16_grad, in_set(options.bf16_grads)) << path;
+      ASSERT_EQ(pg[i]->grad.dtype(), in_set(options.bf16_grad_storage) ? DType::bf16 : DType::f32)
           << path << ": gradients are fp32 (master dtype), bf16 where asked";
       const double e = rel_error(gpu->read(pg[i]->grad), cpu->read(pc[i]->grad));
       EXPECT_LE(e, grad_tol) << name << " " << dtype_name(compute) << " grad " << pc[i]->path;
@@ -129,7 +130,7 @@ TEST_F(CudaModel, AllMoEDroplessBf16) {
 // embedding, the router and the gains stay fp32), tied and untied; with capacity drops an expert
 // that receives no rows has its gradient zeroed.
 TransformerOptions with_bf16_grads(TransformerOptions options, Bf16Grads grads) {
-  options.bf16_grads = grads;
+  options.bf16_grads = options.bf16_grad_storage = grads;
   return options;
 }
 TEST_F(CudaModel, AllMoEDroplessBf16ExpertGrads) {
@@ -238,7 +239,7 @@ TrainRun train(Backend& backend, DType compute, int64_t steps,
                const std::function<void(MoeConfig&)>& adjust = {},
                Bf16Grads bf16_grads = Bf16Grads::none) {
   TransformerOptions options;
-  options.bf16_grads = bf16_grads;
+  options.bf16_grads = options.bf16_grad_storage = bf16_grads;
   options.model = {256, 32, 64, 2, 4, 128, true};  // V S D L H F tie
   options.moe.num_experts = 4;
   options.moe.routing.top_k = 2;
@@ -302,9 +303,14 @@ TEST_F(CudaModel, FiftyTrainingStepsTrackTheCpu) {
     const TrainRun run = train(*backend, compute, steps, {}, bf16_grads);
     // fp32: every step within 1e-3 of the CPU's loss (relative; measured 2e-5 on an H100).
     // bf16: within 1e-1 at every step and 5e-2 on average over the last 10 (measured 6e-2 and
-    // 2.8e-2): rounding moves routing decisions once the run diverges, and the runs drift apart
-    // while both learn (the bf16 run may end lower or higher).
-    const double step_tol = compute == DType::f32 ? 1e-3 : 1e-1;
+    // 2.8e-2; 7.3e-2 and 1.5e-2 on an H100, 2026-12-06): rounding moves routing decisions once
+    // the run diverges, and the runs drift apart while both learn (the bf16 run may end lower or
+    // higher). bf16 weight gradients add a 2^-9 rounding to every GEMM weight's update from the
+    // first step, and this small config at lr 1e-2 amplifies it: within 1.5e-1 and 1.2e-1
+    // (measured 1.2e-1 and 9.1e-2 on an H100, 2026-12-06, ending lower than the CPU, 1.66
+    // against 1.85). The one-batch comparisons above bound the gradients themselves.
+    const bool rounded_grads = bf16_grads != Bf16Grads::none;
+    const double step_tol = compute == DType::f32 ? 1e-3 : rounded_grads ? 1.5e-1 : 1e-1;
     double worst = 0, tail = 0;
     for (int64_t s = 0; s < steps; ++s) {
       const double e = std::abs(run.losses[s] - ref.losses[s]) / ref.losses[s];
@@ -314,7 +320,7 @@ TEST_F(CudaModel, FiftyTrainingStepsTrackTheCpu) {
                              << run.losses[s] << " vs cpu " << ref.losses[s];
     }
     if (compute == DType::bf16) {
-      EXPECT_LE(tail, 5e-2);
+      EXPECT_LE(tail, rounded_grads ? 1.2e-1 : 5e-2);
     }
     std::printf(
         "[ train    ] cuda %s%s vs cpu fp32: loss %.4f -> %.4f (cpu %.4f -> %.4f); worst "

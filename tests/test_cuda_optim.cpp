@@ -58,8 +58,10 @@ struct State {
 
 // The same initial values every time it is called. split: the tensors with a compute copy hold
 // their masters as f32_split, the copy being their high halves (as the Transformer makes them).
-// bf16_expert_grads: the expert tensors' grads are bf16 (TransformerOptions::bf16_grads).
-State make_state(Backend& gpu, bool split = false, bool bf16_expert_grads = false) {
+// bf16_expert_grads: the expert tensors' grads are bf16 (TransformerOptions::bf16_grad_storage);
+// round_expert_grads: their f32 grads are read as their bf16 rounding (Param::bf16_grad).
+State make_state(Backend& gpu, bool split = false, bool bf16_expert_grads = false,
+                 bool round_expert_grads = false) {
   State s;
   for (size_t i = 0; i < kSizes.size(); ++i) {
     const int64_t n = kSizes[i];
@@ -82,6 +84,7 @@ State make_state(Backend& gpu, bool split = false, bool bf16_expert_grads = fals
     else p.compute = p.value;  // no copy
     p.decay = i % 3 != 0;
     p.is_expert = expert;
+    p.bf16_grad = expert && (bf16_expert_grads || round_expert_grads);
     s.params.push_back(std::move(p));
     Tensor m = gpu.alloc({n}, DType::f32), v = gpu.alloc({n}, DType::f32);
     gpu.write(m, std::span<const double>(normals(100 + i, n, 0.01)));
@@ -269,6 +272,38 @@ TEST_F(CudaOptim, Bf16ExpertGradsUpdateAsTheirF32ValuesDo) {
   }
   for (const Param& p : fused.params)
     EXPECT_EQ(p.grad.dtype(), p.is_expert ? DType::bf16 : DType::f32) << p.path;
+}
+
+// f32 gradients read as their bf16 rounding (Param::bf16_grad: the layouts that cannot hold them
+// in bf16, with gradient accumulation or replicas): the same update and norm, bit for bit, as
+// the bf16 gradients of the same values; and the per-tensor path (which rounds through a bf16
+// copy) equal to the fused pass, the scaled grads kept on the last step included.
+TEST_F(CudaOptim, RoundedF32GradsUpdateAsBf16GradsDo) {
+  State rounded = make_state(gpu(), true, false, true), each = make_state(gpu(), true, false, true);
+  State narrow = make_state(gpu(), true, true);
+  const std::vector<double> scales = {0.37, 1.0, 0.8};
+  for (int step = 1; step <= 3; ++step) {
+    for (State* s : {&rounded, &each, &narrow}) write_grads(gpu(), *s, step);
+    double shared[2], expert[2];
+    gpu().grad_norm_squares(rounded.list(), shared[0], expert[0]);
+    gpu().grad_norm_squares(narrow.list(), shared[1], expert[1]);
+    EXPECT_EQ(shared[0], shared[1]) << "step " << step;
+    EXPECT_EQ(expert[0], expert[1]) << "step " << step;
+    const bool zero = step < 3;
+    const AdamWStep hp = hyper(step, scales[step - 1], zero);
+    gpu().fused_adamw_step(rounded.list(), rounded.m, rounded.v, hp);
+    gpu().Backend::fused_adamw_step(each.list(), each.m, each.v, hp);
+    gpu().fused_adamw_step(narrow.list(), narrow.m, narrow.v, hp);
+    const std::string when = "after step " + std::to_string(step);
+    expect_equal(rounded, each, when);
+    for (size_t i = 0; i < rounded.params.size(); ++i) {
+      const std::string what = rounded.params[i].path + " " + when;
+      expect_same(gpu().read(rounded.params[i].value), gpu().read(narrow.params[i].value),
+                  "value against bf16 grads, " + what);
+      expect_same(gpu().read(rounded.m[i]), gpu().read(narrow.m[i]), "exp_avg, " + what);
+      expect_same(gpu().read(rounded.v[i]), gpu().read(narrow.v[i]), "exp_avg_sq, " + what);
+    }
+  }
 }
 
 TEST_F(CudaOptim, CappedGridGivesTheSameBits) {

@@ -123,16 +123,23 @@ struct Config {
   std::string source_file;  // where it was loaded from ("" when built in code)
 };
 
-// Which weight gradients run.weight_grads makes bf16 on `world_size` ranks
-// (TransformerOptions::bf16_grads). Only on CUDA in bf16 with one micro-batch a step, and only
-// those with no replica to sum with, so that one GEMM writes each whole and nothing adds to it
-// after its rounding: the experts' where every rank is in the one expert-parallel group, every
-// GEMM weight's on one rank.
-inline Bf16Grads bf16_grads(const Config& c, int64_t world_size) {
+// The weight gradients that run.weight_grads makes bf16 (TransformerOptions::bf16_grads): on
+// CUDA in bf16, every GEMM weight's (auto) or the experts' (experts), rounded once after every
+// sum, whatever the layout.
+inline Bf16Grads bf16_grads(const Config& c) {
   if (c.run.weight_grads == WeightGrads::fp32 || c.run.backend != Device::cuda ||
-      c.run.precision != Precision::bf16 || c.train.grad_accum_steps != 1)
+      c.run.precision != Precision::bf16)
     return Bf16Grads::none;
-  if (world_size == 1 && c.run.weight_grads == WeightGrads::automatic) return Bf16Grads::all;
+  return c.run.weight_grads == WeightGrads::automatic ? Bf16Grads::all : Bf16Grads::experts;
+}
+// Those of them held in bf16 on `world_size` ranks (TransformerOptions::bf16_grad_storage): only
+// where one GEMM writes each whole, with one micro-batch a step and no replica to sum with: the
+// experts' where every rank is in the one expert-parallel group, every one on one rank. The
+// others are held in fp32 and rounded where they are read.
+inline Bf16Grads bf16_grad_storage(const Config& c, int64_t world_size) {
+  const Bf16Grads rounded = bf16_grads(c);
+  if (rounded == Bf16Grads::none || c.train.grad_accum_steps != 1) return Bf16Grads::none;
+  if (world_size == 1) return rounded;
   const bool expert_replicas = world_size != c.parallel.expert_parallel;
   return c.moe.num_experts > 0 && !expert_replicas ? Bf16Grads::experts : Bf16Grads::none;
 }

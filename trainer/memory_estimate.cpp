@@ -102,10 +102,10 @@ std::string MemoryEstimate::describe(size_t biggest) const {
 }
 
 namespace {
-// How many of this rank's parameters have bf16 gradients (bf16_grads): the experts', and with
-// Bf16Grads::all every GEMM weight's: all but the embedding table, the router and the gains.
+// How many of this rank's parameters hold bf16 gradients (bf16_grad_storage): the experts', and
+// with Bf16Grads::all every GEMM weight's: all but the embedding table, the router and the gains.
 double bf16_grad_params(const Config& config, const ModelCard& card, int64_t world_size) {
-  const Bf16Grads grads = bf16_grads(config, world_size);
+  const Bf16Grads grads = bf16_grad_storage(config, world_size);
   if (grads == Bf16Grads::none) return 0.0;
   const ModelConfig& m = config.model;
   const double local_experts =
@@ -192,7 +192,7 @@ MemoryEstimate estimate_memory_per_rank(const Config& config, int64_t world_size
   // larger of all the activations plus the gradients backward writes first (the LM head's and
   // the last block's) and all the gradients. Later micro-batches of an accumulation run their
   // forward with every gradient live.
-  // Gradients in fp32, those of run.weight_grads' bf16 weights in 2 bytes.
+  // Gradients in fp32, those held in bf16 (run.weight_grads) in 2 bytes.
   const double grads = 4 * P - 2 * bf16_grad_params(config, card, world_size);
   if (config.train.grad_accum_steps > 1) {
     add("gradients", grads);

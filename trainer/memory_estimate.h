@@ -32,7 +32,7 @@ struct MemoryEstimate {
 // checkpoint (check_memory counts it once; on CUDA it is host memory, outside this estimate).
 // Experts are this rank's E / expert_parallel; routing is assumed balanced (each rank receives
 // micro_batch * seq_len * top_k expert rows). `world_size` ranks run the job (it decides
-// run.weight_grads' auto: bf16_grads).
+// which gradients are held in bf16: bf16_grad_storage).
 MemoryEstimate estimate_memory_per_rank(const Config& config, int64_t world_size);
 
 // Host memory this process may still use: /proc/meminfo MemAvailable, lowered to the cgroup's

@@ -79,7 +79,8 @@ ModelSession make_model_session(const Config& config, CommHandle world) {
                              compute_dtype(config.run.precision)};
   options.master_dtype = DType::f32;
   options.recompute = config.train.recompute;
-  options.bf16_grads = bf16_grads(config, session.groups.world->size());
+  options.bf16_grads = bf16_grads(config);
+  options.bf16_grad_storage = bf16_grad_storage(config, session.groups.world->size());
   session.model =
       std::make_unique<Transformer>(*session.backend, std::move(options), session.exchange.get());
   session.model->init_parameters(config.seed);

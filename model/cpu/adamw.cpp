@@ -67,10 +67,27 @@ void CpuBackend::sgd_update_impl(const Tensor& param, const Tensor& grad, double
   });
 }
 
+namespace {
+// The gradient as the norm and the update read it: itself, or, for a bf16 one or one whose value
+// is its bf16 rounding (Param::bf16_grad), that rounding in the master dtype (a new tensor).
+Tensor grad_value(Backend& backend, const Param& param) {
+  const bool narrow = param.grad.dtype() == DType::bf16;
+  if (!narrow && !param.bf16_grad) return param.grad;
+  Tensor rounded = param.grad;
+  if (!narrow) {
+    rounded = backend.alloc(param.grad.shape(), DType::bf16);
+    backend.copy(rounded, param.grad);
+  }
+  Tensor wide = backend.alloc(param.grad.shape(), host_dtype(param.value.dtype()));
+  backend.copy(wide, rounded);
+  return wide;
+}
+}  // namespace
+
 void Backend::grad_norm_squares(std::span<Param* const> params, double& shared, double& expert) {
   std::vector<Tensor> grads;
   grads.reserve(params.size());
-  for (const Param* param : params) grads.push_back(param->grad);
+  for (const Param* param : params) grads.push_back(grad_value(*this, *param));
   std::vector<double> sums(params.size());
   sum_squares_many(grads, sums);  // one host synchronisation on a device
   shared = 0.0;
@@ -86,14 +103,8 @@ void Backend::fused_adamw_step(std::span<Param* const> params, std::span<const T
                                 std::to_string(exp_avg_sqs.size()) + " exp_avg_sq tensors");
   for (size_t i = 0; i < params.size(); ++i) {
     Param& param = *params[i];
-    // A narrower grad (bf16) is updated from its value in the master dtype.
-    const DType master = host_dtype(param.value.dtype());
-    const bool widened = param.grad.dtype() == DType::bf16 && master != DType::bf16;
-    Tensor grad = param.grad;
-    if (widened) {
-      grad = alloc(param.grad.shape(), master);
-      copy(grad, param.grad);
-    }
+    const Tensor grad = grad_value(*this, param);
+    const bool widened = grad.data() != param.grad.data();
     if (hp.grad_scale != 1.0) scale(grad, hp.grad_scale);
     adamw_update(param.value, grad, exp_avgs[i], exp_avg_sqs[i], hp.lr, hp.beta1, hp.beta2, hp.eps,
                  param.decay ? hp.weight_decay : 0.0, hp.step);

@@ -83,7 +83,8 @@ enum TensorFlags : uint32_t {
   kVector = 4,
   kPartials = 8,
   kSplit = 16,
-  kGradBf16 = 32
+  kGradBf16 = 32,
+  kRoundGrad = 64
 };
 
 // One tensor as the kernels see it (device memory).
@@ -105,14 +106,21 @@ struct ChunkSlot {
   int32_t chunk;
 };
 
-// The gradient as f32, one element or four (i a multiple of 4, kVector), whatever its dtype;
-// stored back in its dtype (bf16 rounded to nearest even).
+// The gradient as f32, one element or four (i a multiple of 4, kVector), whatever its dtype (an
+// f32 one rounded to bf16 first where kRoundGrad: Param::bf16_grad); stored back in its dtype
+// (bf16 rounded to nearest even).
+__device__ inline float bf16_rounded(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
 __device__ inline float load_grad(const TensorSlot& t, int64_t i) {
   if (t.flags & kGradBf16) return __bfloat162float(static_cast<const bf16*>(t.grad)[i]);
-  return static_cast<const float*>(t.grad)[i];
+  const float g = static_cast<const float*>(t.grad)[i];
+  return (t.flags & kRoundGrad) ? bf16_rounded(g) : g;
 }
 __device__ inline float4 load_grad_vector(const TensorSlot& t, int64_t i) {
-  if (!(t.flags & kGradBf16)) return __ldcs(reinterpret_cast<const float4*>(t.grad) + i / 4);
+  if (!(t.flags & kGradBf16)) {
+    const float4 g = __ldcs(reinterpret_cast<const float4*>(t.grad) + i / 4);
+    if (!(t.flags & kRoundGrad)) return g;
+    return make_float4(bf16_rounded(g.x), bf16_rounded(g.y), bf16_rounded(g.z), bf16_rounded(g.w));
+  }
   const uint2 packed = __ldcs(reinterpret_cast<const uint2*>(static_cast<const bf16*>(t.grad) + i));
   __nv_bfloat162 lo, hi;
   std::memcpy(&lo, &packed.x, sizeof lo);
@@ -370,7 +378,8 @@ TensorSlot make_slot(Context& ctx, const char* op, const MultiTensor& t) {
   vector = vector && aligned(t.compute, 8) && aligned(t.value_low, 8);
   const uint32_t flags = (t.decay ? kDecay : 0u) | (t.expert ? kExpert : 0u) |
                          (vector ? kVector : 0u) | (t.partials ? kPartials : 0u) |
-                         (t.value_low ? kSplit : 0u) | (t.grad_bf16 ? kGradBf16 : 0u);
+                         (t.value_low ? kSplit : 0u) | (t.grad_bf16 ? kGradBf16 : 0u) |
+                         (t.round_bf16 ? kRoundGrad : 0u);
   return {t.value,   t.grad,      t.partials, t.exp_avg, t.exp_avg_sq,
           t.compute, t.value_low, t.numel,    flags};
 }
@@ -500,9 +509,10 @@ namespace {
 bool is_pass_grad(const Tensor& grad) {
   return grad.dtype() == DType::f32 || grad.dtype() == DType::bf16;
 }
-void set_grad(MultiTensor& t, const Tensor& grad) {
-  t.grad = grad.data();
-  t.grad_bf16 = grad.dtype() == DType::bf16;
+void set_grad(MultiTensor& t, const Param& param) {
+  t.grad = param.grad.data();
+  t.grad_bf16 = param.grad.dtype() == DType::bf16;
+  t.round_bf16 = param.bf16_grad && !t.grad_bf16;
 }
 }  // namespace
 
@@ -519,15 +529,16 @@ bool grad_norm_squares(Context& ctx, MultiTensorTable& table, std::span<Param* c
   std::vector<MultiTensor> tensors(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     Param& param = *params[i];
-    const bool precomputed = param.grad_squares_valid &&
-                             param.grad_state == Param::GradState::live &&
-                             param.grad_squares.defined() &&
-                             param.grad_squares.dtype() == DType::f64;
+    // (Squares of an f32 gradient that is to be read rounded are not the ones wanted.)
+    const bool precomputed =
+        param.grad_squares_valid && param.grad_state == Param::GradState::live &&
+        param.grad_squares.defined() && param.grad_squares.dtype() == DType::f64 &&
+        !(param.bf16_grad && param.grad.dtype() != DType::bf16);
     if (precomputed) {
       tensors[i].partials = param.grad_squares.ptr<double>();
       tensors[i].numel = param.grad_squares.numel();
     } else {
-      set_grad(tensors[i], param.grad);
+      set_grad(tensors[i], param);
       tensors[i].numel = param.grad.numel();
     }
     tensors[i].expert = param.is_expert;
@@ -585,7 +596,7 @@ bool fused_adamw_step(Context& ctx, MultiTensorTable& table, std::span<Param* co
     } else {
       t.value = p.value.ptr<float>();
     }
-    set_grad(t, p.grad);
+    set_grad(t, p);
     t.exp_avg = exp_avgs[i].ptr<float>();
     t.exp_avg_sq = exp_avg_sqs[i].ptr<float>();
     if (separate_compute(p)) {

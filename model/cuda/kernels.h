@@ -250,12 +250,13 @@ void sgd_update(Context& ctx, const Tensor& param, const Tensor& grad, double lr
 // adamw.cu, the multi-tensor pass. One tensor of it: f32 master-side arrays (a norm pass needs
 // only grad, or instead the grad's precomputed squares: numel f64 partials), the bf16 compute
 // copy or null, and the Param flags. The grad is f32, or bf16 where grad_bf16 (a weight gradient
-// written once by its GEMM, TransformerOptions::bf16_grads): read as its f32 value, and written
-// back (zeroed, or scaled and kept) rounded to nearest even.
+// written once by its GEMM, TransformerOptions::bf16_grad_storage): read as its f32 value, and
+// written back (zeroed, or scaled and kept) rounded to nearest even. round_bf16
+// (Param::bf16_grad): an f32 grad is read as its bf16 rounding (nearest even).
 struct MultiTensor {
   float* value = nullptr;
   void* grad = nullptr;
-  bool grad_bf16 = false;
+  bool grad_bf16 = false, round_bf16 = false;
   const double* partials = nullptr;  // norm pass: sum these (numel of them) instead of grad^2
   float* exp_avg = nullptr;
   float* exp_avg_sq = nullptr;
