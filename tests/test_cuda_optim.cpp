@@ -149,6 +149,17 @@ class CudaOptim : public ::testing::Test {
     }
   }
 
+  // The values and moments of `a` equal those of `b` bit for bit (their grads may differ in
+  // dtype).
+  void expect_same_update(State& a, State& b, const std::string& when) {
+    for (size_t i = 0; i < a.params.size(); ++i) {
+      const std::string what = a.params[i].path + " " + when;
+      expect_same(gpu().read(a.params[i].value), gpu().read(b.params[i].value), "value " + what);
+      expect_same(gpu().read(a.m[i]), gpu().read(b.m[i]), "exp_avg " + what);
+      expect_same(gpu().read(a.v[i]), gpu().read(b.v[i]), "exp_avg_sq " + what);
+    }
+  }
+
   std::unique_ptr<Backend> gpu_;
 };
 
@@ -262,13 +273,7 @@ TEST_F(CudaOptim, Bf16ExpertGradsUpdateAsTheirF32ValuesDo) {
     gpu().fused_adamw_step(wide.list(), wide.m, wide.v, hp);
     const std::string when = "after step " + std::to_string(step);
     expect_equal(fused, each, when);
-    for (size_t i = 0; i < fused.params.size(); ++i) {
-      const std::string what = fused.params[i].path + " " + when;
-      expect_same(gpu().read(fused.params[i].value), gpu().read(wide.params[i].value),
-                  "value against f32 grads, " + what);
-      expect_same(gpu().read(fused.m[i]), gpu().read(wide.m[i]), "exp_avg against f32, " + what);
-      expect_same(gpu().read(fused.v[i]), gpu().read(wide.v[i]), "exp_avg_sq against f32, " + what);
-    }
+    expect_same_update(fused, wide, "against f32 grads " + when);
   }
   for (const Param& p : fused.params)
     EXPECT_EQ(p.grad.dtype(), p.is_expert ? DType::bf16 : DType::f32) << p.path;
@@ -296,13 +301,7 @@ TEST_F(CudaOptim, RoundedF32GradsUpdateAsBf16GradsDo) {
     gpu().fused_adamw_step(narrow.list(), narrow.m, narrow.v, hp);
     const std::string when = "after step " + std::to_string(step);
     expect_equal(rounded, each, when);
-    for (size_t i = 0; i < rounded.params.size(); ++i) {
-      const std::string what = rounded.params[i].path + " " + when;
-      expect_same(gpu().read(rounded.params[i].value), gpu().read(narrow.params[i].value),
-                  "value against bf16 grads, " + what);
-      expect_same(gpu().read(rounded.m[i]), gpu().read(narrow.m[i]), "exp_avg, " + what);
-      expect_same(gpu().read(rounded.v[i]), gpu().read(narrow.v[i]), "exp_avg_sq, " + what);
-    }
+    expect_same_update(rounded, narrow, "against bf16 grads " + when);
   }
 }
 
