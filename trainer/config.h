@@ -85,9 +85,9 @@ inline DType compute_dtype(Precision precision) {
   return precision == Precision::bf16 ? DType::bf16 : DType::f32;
 }
 
-// run.weight_grads: the dtype of the weight gradients that GEMMs write (docs/cuda.md, "bf16
-// weight gradients"). auto: bf16 for each that one GEMM writes whole in a step, fp32 elsewhere;
-// experts: the same, for the expert weights only; fp32: always fp32.
+// run.weight_grads: which weight gradients that GEMMs write are rounded to bf16 (docs/cuda.md,
+// "bf16 weight gradients"; bf16_grads, bf16_grad_storage below). auto: every one; experts: the
+// expert weights' only; fp32: none.
 enum class WeightGrads { automatic, experts, fp32 };
 
 struct RunConfig {

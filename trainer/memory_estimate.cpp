@@ -112,11 +112,10 @@ double bf16_grad_params(const Config& config, const ModelCard& card, int64_t wor
       static_cast<double>(card.expert_params) /
       static_cast<double>(std::max<int64_t>(config.parallel.expert_parallel, 1));
   if (grads == Bf16Grads::experts) return local_experts;
-  const std::vector<bool> moe_mask = moe_layer_mask(config);
-  const double moe_layers = static_cast<double>(std::count(moe_mask.begin(), moe_mask.end(), true));
   const double D = static_cast<double>(m.d_model), L = static_cast<double>(m.n_layers);
   const double embedding = static_cast<double>(m.vocab_size) * D;
-  const double router = moe_layers * D * static_cast<double>(config.moe.num_experts);
+  const double router =
+      static_cast<double>(card.moe_layers) * D * static_cast<double>(config.moe.num_experts);
   const double gains = (2 * L + 1) * D;  // the QK-norm gains' few thousand left out
   const double other =
       static_cast<double>(card.params_per_rank) - local_experts - embedding - router;
