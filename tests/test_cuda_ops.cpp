@@ -584,10 +584,10 @@ TEST_F(CudaVec, RopeOnQAndKInOneLaunch) {
 }
 
 TEST_F(CudaVec, RMSNormWideRows) {
-  for (const int64_t D : {2048, 4096}) {  // backward: vector at 2048, element-wise at 4096
-    // Chunks of 32 rows and a partial one of 20: its warps hold 3 rows or 2 (the vector backward
-    // loads a warp's rows two at a time), the full chunks' warps 4.
-    const int64_t N = 84;
+  for (const int64_t D : {2048, 4096}) {  // backward: one vector a thread at 2048, two at 4096
+    // Chunks of 32 rows and a partial one of 19: the vector backward takes rows 4 at a time, so
+    // the partial chunk ends with a partial group.
+    const int64_t N = 83;
     const std::string at = " D=" + std::to_string(D);
     const std::vector<double> x = values(N * D, bf, 2.0), dout = values(N * D, bf);
     std::vector<double> gain = values(D, DType::f32, 0.1), dg0 = values(D, DType::f32);
@@ -617,10 +617,10 @@ TEST_F(CudaVec, RMSNormWideRows) {
 // The residual stream's fused forms on the device (docs/cuda.md): add_rmsnorm_forward is
 // bitwise add_into then rmsnorm_forward; the accumulating backward rounds dx + dres once, so it
 // is held to the CPU's sequence (norm, then add) at the bf16 bound, and its dgain is bitwise the
-// plain backward's. Vector rows (D 2048, 512; N with a partial chunk) and the element path (an
-// odd D).
+// plain backward's. Vector rows (D 2048, 512, and 520: a warp of the backward's block only part
+// used; N with a partial chunk) and the element path (an odd D).
 TEST_F(CudaVec, RMSNormResidualFusions) {
-  for (const int64_t D : {2048, 512, 100}) {
+  for (const int64_t D : {2048, 512, 520, 100}) {
     const int64_t N = 84;
     const std::string at = " D=" + std::to_string(D);
     const std::vector<double> a = values(N * D, bf, 2.0), b = values(N * D, bf);

@@ -2,18 +2,20 @@
 // The gain gradient is a column sum over rows, done in two deterministic passes (per-chunk
 // partial sums, then one sum per column) rather than with atomics.
 //
-// bf16 rows of D <= 4096 (forward) / 2048 (backward) elements, D % 8 == 0, take the vector
-// kernels: the warp reads its row once with 16-byte loads into registers (lane owns vectors
-// lane, lane + 32, ...), and the backward computes dx and the gain-gradient partials in one
-// pass over dout and x (block = a chunk of kVecChunkRows rows; the 8 warps' column sums are
-// added in warp order through shared memory, so the result stays deterministic). Their sums
-// run in another order than the scalar kernels' (per lane over its vectors, then the warp), so
-// rstd, dx and dgain may differ from them in the last bits; docs/cuda.md.
+// bf16 rows of D <= 4096 (forward) / 8192 (backward) elements, D % 8 == 0, take the vector
+// kernels, reading each row once with 16-byte loads into registers. Forward: a warp a row (lane
+// owns vectors lane, lane + 32, ...). Backward: a block spans the row and takes a chunk of
+// kVecChunkRows rows, computing dx and the chunk's gain-gradient partials in one pass over dout
+// and x, with every sum in a fixed order (rmsnorm_backward_vec). Their sums run in another
+// order than the scalar kernels', so rstd, dx and dgain may differ from them in the last bits;
+// docs/cuda.md.
 //
 // Two fusions for the residual stream (the transformer's blocks), each saving a pass over [T, D]:
 // add_rmsnorm_forward writes the residual sum a + b and normalises it from registers (bitwise
 // add_into, then rmsnorm_forward); the backward with `accumulate` adds dx into the residual's
 // gradient as it stores it (dx + dres rounded once, where the separate add rounded dx first).
+#include <algorithm>
+
 #include "model/cuda/kernels.h"
 #include "model/cuda/vec.cuh"
 
@@ -101,7 +103,9 @@ __global__ void rmsnorm_dgain_finish(S* dgain, const A* partial, int64_t chunks,
 constexpr int kFinishThreads = 32;  // small blocks: the D columns spread over D / 32 SMs
 
 constexpr int kVecChunkRows = 32;        // rows per block of the vector backward
-constexpr int kMaxBackwardVecs = 8;      // vectors per lane: D <= 8 * 32 * 8 = 2048
+constexpr int kColThreads = 256;         // threads per block of the vector backward
+constexpr int kMaxBackwardVecs = 4;      // vectors per thread there: D <= 4 * 256 * 8 = 8192
+constexpr int kBackwardRows = 4;         // rows per group (loads in flight together) there
 constexpr int kMaxForwardVecs = 16;      // D <= 4096
 
 // out = x r gain for one row held as raw bf16 vectors (lane holds vectors lane, lane + 32, ...),
@@ -159,128 +163,104 @@ __global__ void rmsnorm_forward_vec(bf16* __restrict__ out, float* __restrict__ 
   normalize_row<VPL>(out, rstd, raw, gain, row, D, eps, lane);
 }
 
-// One row's inputs for the vector backward, as loaded (16-byte loads; lane holds vectors lane,
-// lane + 32, ...): x, dy and, accumulating, the residual gradient that the row's dx joins.
-template <int VPL, bool Acc>
-struct BackwardRow {
-  uint4 x[VPL], dy[VPL], res[Acc ? VPL : 1];
-
-  __device__ __forceinline__ void load(const bf16* __restrict__ x_rows,
-                                       const bf16* __restrict__ dout, const bf16* dx, int64_t row,
-                                       int64_t D, int lane) {
-    const int64_t vecs = D / kVec;
-#pragma unroll
-    for (int v = 0; v < VPL; ++v) {
-      const int64_t c = v * 32 + lane;
-      if (c < vecs) {
-        x[v] = load_raw8(x_rows + row * D + c * kVec);
-        dy[v] = load_raw8(dout + row * D + c * kVec);
-        if constexpr (Acc) res[v] = load_raw8(dx + row * D + c * kVec);
-      }
-    }
-  }
-};
-
-// dx of one loaded row (plus the loaded residual gradient with Acc); the row's dy_j x_j r added
-// into the warp's column sums `col` [D] in shared memory. Each lane reads and writes only its
-// own columns there, so the warp needs no barrier.
-template <int VPL, bool Acc>
-__device__ __forceinline__ void backward_row(float4* col, const BackwardRow<VPL, Acc>& in, bf16* dx,
-                                             const float* __restrict__ gain,
-                                             const float* __restrict__ rstd, int64_t row, int64_t D,
-                                             int lane) {
-  const int64_t vecs = D / kVec;
-  float s = 0;
-#pragma unroll
-  for (int v = 0; v < VPL; ++v) {
-    const int64_t c = v * 32 + lane;
-    if (c < vecs) {
-      float xv[kVec], dy[kVec], g[kVec];
-      unpack8(in.x[v], xv);
-      unpack8(in.dy[v], dy);
-      load8(gain + c * kVec, g);
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) s += dy[e] * g[e] * xv[e];
-    }
-  }
-  s = warp_sum(s);
-  const float r = rstd[row];
-  const float cr =
-      static_cast<float>(static_cast<double>(s) * r * r * r / static_cast<double>(D));
-  bf16* dxr = dx + row * D;
-#pragma unroll
-  for (int v = 0; v < VPL; ++v) {
-    const int64_t c = v * 32 + lane;
-    if (c < vecs) {
-      float xv[kVec], dy[kVec], g[kVec], out[kVec], sum[kVec];
-      unpack8(in.x[v], xv);
-      unpack8(in.dy[v], dy);
-      load8(gain + c * kVec, g);
-      float4 lo = col[2 * c], hi = col[2 * c + 1];
-      sum[0] = lo.x, sum[1] = lo.y, sum[2] = lo.z, sum[3] = lo.w;
-      sum[4] = hi.x, sum[5] = hi.y, sum[6] = hi.z, sum[7] = hi.w;
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) {
-        out[e] = r * g[e] * dy[e] - xv[e] * cr;
-        sum[e] += dy[e] * xv[e] * r;
-      }
-      if constexpr (Acc) {
-        float res[kVec];
-        unpack8(in.res[v], res);
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) out[e] = res[e] + out[e];
-      }
-      col[2 * c] = make_float4(sum[0], sum[1], sum[2], sum[3]);
-      col[2 * c + 1] = make_float4(sum[4], sum[5], sum[6], sum[7]);
-      store8(dxr + c * kVec, out);
-    }
-  }
-}
-
-// dx as rmsnorm_backward_dx (with Acc: added into dx); partial[chunk, j] = sum over the chunk's
-// rows of dy_j x_j r. Warp w takes rows begin + w, begin + w + 8, ... in that order, summing
-// its columns in its own [D] of shared memory (registers would hold 64 a thread and leave no
-// room for the rows in flight); the warps' sums are then added in warp order. One block fills
-// an SM, so the warp keeps its loads in flight itself: two row buffers, and the load of a
-// buffer's next row is issued as soon as the buffer is used, so that one row is always on its
-// way while the other is reduced (2-3% faster than loading two rows, using both, then loading
-// the next two: BENCHMARKS.md, memory-bound kernels).
-template <int VPL, bool Acc>
-__global__ void __launch_bounds__(32 * kRowsPerBlock)
+// The vector backward: a block of kColThreads threads spans the row (thread t holds vectors t,
+// t + kColThreads, ...: VPT of them) and takes its chunk of kVecChunkRows rows R at a time. Each
+// thread keeps its columns' gain and gain-gradient sums in registers over the chunk, so the
+// partial of column j is a sum over the chunk's rows in order, and each row's dy.g.x is summed
+// per thread, then per warp (butterfly), then over the warps in order through shared memory:
+// the same bits whatever runs it. R rows are loaded before any is used (their loads in flight
+// together); a block is ~100 registers a thread, two blocks an SM.
+// (Until 2026-12-06 a warp took whole rows, with its column sums in shared memory: the same
+// arithmetic in another order, ~40% of the bandwidth: BENCHMARKS.md, memory-bound kernels.)
+template <int VPT, int R, bool Acc>
+__global__ void __launch_bounds__(kColThreads)
     rmsnorm_backward_vec(bf16* dx, float* __restrict__ partial, const bf16* __restrict__ dout,
                          const bf16* __restrict__ x, const float* __restrict__ gain,
                          const float* __restrict__ rstd, int64_t N, int64_t D) {
-  extern __shared__ float4 col_sums[];  // [kRowsPerBlock, D / 4]
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __shared__ float warp_sums[2][R][kColThreads / 32];  // two buffers: one barrier a group
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int64_t vecs = D / kVec;
   const int64_t begin = blockIdx.x * int64_t(kVecChunkRows);
   const int64_t end = min(N, begin + kVecChunkRows);
-  float4* col = col_sums + warp * (D / 4);
-  for (int64_t c = lane; c < vecs; c += 32) col[2 * c] = col[2 * c + 1] = make_float4(0, 0, 0, 0);
-
-  constexpr int64_t kStep = kRowsPerBlock;  // between a warp's rows
-  BackwardRow<VPL, Acc> a, b;
-  int64_t row = begin + warp;
-  if (row < end) a.load(x, dout, dx, row, D, lane);
-  if (row + kStep < end) b.load(x, dout, dx, row + kStep, D, lane);
-  for (; row < end; row += 2 * kStep) {
-    backward_row<VPL, Acc>(col, a, dx, gain, rstd, row, D, lane);
-    if (row + 2 * kStep < end) a.load(x, dout, dx, row + 2 * kStep, D, lane);
-    if (row + kStep < end) {
-      backward_row<VPL, Acc>(col, b, dx, gain, rstd, row + kStep, D, lane);
-      if (row + 3 * kStep < end) b.load(x, dout, dx, row + 3 * kStep, D, lane);
+  float g[VPT][kVec], dgain[VPT][kVec];
+#pragma unroll
+  for (int v = 0; v < VPT; ++v) {
+    const int64_t c = threadIdx.x + v * int64_t(kColThreads);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) dgain[v][e] = 0.0f;
+    if (c < vecs) load8(gain + c * kVec, g[v]);
+  }
+  int buffer = 0;
+  for (int64_t first = begin; first < end; first += R, buffer ^= 1) {
+    uint4 xr[R][VPT], dyr[R][VPT], res[Acc ? R : 1][VPT];
+    float r[R], s[R];
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      const int64_t row = first + i;
+      if (row >= end) continue;
+      r[i] = rstd[row];
+#pragma unroll
+      for (int v = 0; v < VPT; ++v) {
+        const int64_t c = threadIdx.x + v * int64_t(kColThreads);
+        if (c >= vecs) continue;
+        xr[i][v] = load_raw8(x + row * D + c * kVec);
+        dyr[i][v] = load_raw8(dout + row * D + c * kVec);
+        if constexpr (Acc) res[i][v] = load_raw8(dx + row * D + c * kVec);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      s[i] = 0.0f;
+#pragma unroll
+      for (int v = 0; v < VPT; ++v) {
+        const int64_t c = threadIdx.x + v * int64_t(kColThreads);
+        if (first + i >= end || c >= vecs) continue;
+        float xv[kVec], dy[kVec];
+        unpack8(xr[i][v], xv);
+        unpack8(dyr[i][v], dy);
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) s[i] += dy[e] * g[v][e] * xv[e];
+      }
+      s[i] = warp_sum(s[i]);
+    }
+    if (lane == 0)
+#pragma unroll
+      for (int i = 0; i < R; ++i) warp_sums[buffer][i][warp] = s[i];
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      const int64_t row = first + i;
+      if (row >= end) continue;
+      float row_sum = 0.0f;
+      for (int w = 0; w < warps; ++w) row_sum += warp_sums[buffer][i][w];
+      const float cr = static_cast<float>(static_cast<double>(row_sum) * r[i] * r[i] * r[i] /
+                                          static_cast<double>(D));
+#pragma unroll
+      for (int v = 0; v < VPT; ++v) {
+        const int64_t c = threadIdx.x + v * int64_t(kColThreads);
+        if (c >= vecs) continue;
+        float xv[kVec], dy[kVec], out[kVec];
+        unpack8(xr[i][v], xv);
+        unpack8(dyr[i][v], dy);
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          out[e] = r[i] * g[v][e] * dy[e] - xv[e] * cr;
+          dgain[v][e] += dy[e] * xv[e] * r[i];
+        }
+        if constexpr (Acc) {
+          float prior[kVec];
+          unpack8(res[i][v], prior);
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) out[e] = prior[e] + out[e];
+        }
+        store8(dx + row * D + c * kVec, out);
+      }
     }
   }
-  __syncthreads();
-  // Fixed order: 0 + warp 0's sums, then warps 1..7 in turn.
-  float4* out = reinterpret_cast<float4*>(partial + blockIdx.x * D);
-  for (int64_t q = threadIdx.x; q < D / 4; q += blockDim.x) {
-    float4 sum = make_float4(0, 0, 0, 0);
-    for (int w = 0; w < kRowsPerBlock; ++w) {
-      const float4 v = col_sums[w * (D / 4) + q];
-      sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
-    }
-    out[q] = sum;
+#pragma unroll
+  for (int v = 0; v < VPT; ++v) {
+    const int64_t c = threadIdx.x + v * int64_t(kColThreads);
+    if (c < vecs) store8(partial + blockIdx.x * D + c * kVec, dgain[v]);
   }
 }
 
@@ -325,6 +305,14 @@ inline int vectors_per_lane(int64_t D, int max_vpl) {
   const int64_t need = (D / kVec + 31) / 32;
   for (int vpl = 1; vpl <= max_vpl; vpl *= 2)
     if (need <= vpl) return vpl;
+  return 0;
+}
+
+// The vector backward's vectors per thread (1, 2 or 4) that cover D / 8 vectors, or 0.
+inline int vectors_per_thread(int64_t D) {
+  const int64_t need = (D / kVec + kColThreads - 1) / kColThreads;
+  for (int vpt = 1; vpt <= kMaxBackwardVecs; vpt *= 2)
+    if (need <= vpt) return vpt;
   return 0;
 }
 
@@ -390,22 +378,22 @@ void rmsnorm_backward(Context& ctx, const Tensor& dx, const Tensor& dgain, const
   if (N == 0) return;
   const unsigned blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
   const unsigned finish_grid = blocks_for(D, kFinishThreads);  // no grid-stride loop
-  const int vpl = vectors_per_lane(D, kMaxBackwardVecs);
-  if (vpl > 0 && takes_vector_path(x, D, {dx.data(), dout.data(), x.data(), gain.data()})) {
+  const int vpt = vectors_per_thread(D);
+  if (vpt > 0 && takes_vector_path(x, D, {dx.data(), dout.data(), x.data(), gain.data()})) {
     const int64_t chunks = (N + kVecChunkRows - 1) / kVecChunkRows;
     float* partial = static_cast<float*>(ctx.scratch(kScratchA, chunks * D * sizeof(float)));
-    const size_t smem = kRowsPerBlock * D * sizeof(float);  // the warps' column sums
-    with_vpl<kMaxBackwardVecs>(vpl, [&](auto V) {
+    // Whole warps over the row's vectors, up to kColThreads.
+    const int threads = static_cast<int>(std::min<int64_t>(kColThreads, (D / kVec + 31) / 32 * 32));
+    with_vpl<kMaxBackwardVecs>(vpt, [&](auto V) {
       const auto launch = [&](auto kernel) {
-        SY_CUDA(ctx, "rmsnorm_backward",
-                cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     static_cast<int>(smem)));
-        kernel<<<static_cast<unsigned>(chunks), 32 * kRowsPerBlock, smem, ctx.stream>>>(
+        kernel<<<static_cast<unsigned>(chunks), threads, 0, ctx.stream>>>(
             dx.ptr<bf16>(), partial, dout.ptr<bf16>(), x.ptr<bf16>(), gain.ptr<float>(),
             rstd.ptr<float>(), N, D);
       };
-      if (accumulate) launch(rmsnorm_backward_vec<V.value, true>);
-      else launch(rmsnorm_backward_vec<V.value, false>);
+      // (Four vectors a thread hold half as many rows: four spill registers.)
+      constexpr int rows = V.value >= 4 ? kBackwardRows / 2 : kBackwardRows;
+      if (accumulate) launch(rmsnorm_backward_vec<V.value, rows, true>);
+      else launch(rmsnorm_backward_vec<V.value, rows, false>);
     });
     rmsnorm_dgain_finish<float, float><<<finish_grid, kFinishThreads, 0, ctx.stream>>>(
         dgain.ptr<float>(), partial, chunks, D);
