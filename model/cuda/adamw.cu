@@ -74,7 +74,11 @@ __global__ void sgd_kernel(T* p, const T* g, int64_t n, T lr) {
 
 // ---- the multi-tensor pass -----------------------------------------------------------------
 constexpr int64_t kChunk = int64_t{1} << 16;  // elements per block; a multiple of 4 (vectors)
-constexpr int kPassThreads = 256;
+constexpr int kPassThreads = 256;             // the norm's blocks
+// The update's blocks: 1024 threads, one vector each in flight, ran the pass 1.7-2% faster than
+// 256 on one H100 in two calls (2026-12-06, bench_optimizer --layout training); two or four
+// vectors a thread (256 threads, or 512 x 2) ran 7-13% slower. BENCHMARKS.md.
+constexpr int kUpdateThreads = 1024;
 constexpr int kReduceThreads = 1024;
 
 enum TensorFlags : uint32_t {
@@ -109,17 +113,17 @@ struct ChunkSlot {
 // The gradient as f32, one element or four (i a multiple of 4, kVector), whatever its dtype (an
 // f32 one rounded to bf16 first where kRoundGrad: Param::bf16_grad); stored back in its dtype
 // (bf16 rounded to nearest even).
-__device__ inline float bf16_rounded(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
 __device__ inline float load_grad(const TensorSlot& t, int64_t i) {
   if (t.flags & kGradBf16) return __bfloat162float(static_cast<const bf16*>(t.grad)[i]);
   const float g = static_cast<const float*>(t.grad)[i];
-  return (t.flags & kRoundGrad) ? bf16_rounded(g) : g;
+  return (t.flags & kRoundGrad) ? stored_as<bf16>(g) : g;
 }
 __device__ inline float4 load_grad_vector(const TensorSlot& t, int64_t i) {
   if (!(t.flags & kGradBf16)) {
     const float4 g = __ldcs(reinterpret_cast<const float4*>(t.grad) + i / 4);
     if (!(t.flags & kRoundGrad)) return g;
-    return make_float4(bf16_rounded(g.x), bf16_rounded(g.y), bf16_rounded(g.z), bf16_rounded(g.w));
+    return make_float4(stored_as<bf16>(g.x), stored_as<bf16>(g.y), stored_as<bf16>(g.z),
+                       stored_as<bf16>(g.w));
   }
   const uint2 packed = __ldcs(reinterpret_cast<const uint2*>(static_cast<const bf16*>(t.grad) + i));
   __nv_bfloat162 lo, hi;
@@ -316,10 +320,11 @@ __device__ void fused_adamw_chunk(const TensorSlot* __restrict__ tensors, const 
   }
 }
 
-// One block a chunk, kPassThreads threads.
-__global__ void fused_adamw_kernel(const TensorSlot* __restrict__ tensors,
-                                   const ChunkSlot* __restrict__ chunks, AdamPass a) {
-  fused_adamw_chunk<kPassThreads, 1>(tensors, chunks[blockIdx.x], a);
+// One block a chunk, kUpdateThreads threads.
+__global__ void __launch_bounds__(kUpdateThreads)
+    fused_adamw_kernel(const TensorSlot* __restrict__ tensors, const ChunkSlot* __restrict__ chunks,
+                       AdamPass a) {
+  fused_adamw_chunk<kUpdateThreads, 1>(tensors, chunks[blockIdx.x], a);
 }
 
 // The narrow pass (SY_ADAMW_BLOCKS caps the grid): a few wide blocks, each alone on its SM (the
@@ -499,8 +504,8 @@ void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWSt
     narrow_adamw_kernel<<<static_cast<unsigned>(grid), kNarrowThreads, 0, ctx.stream>>>(
         tensors, chunks, n, a);
   else
-    fused_adamw_kernel<<<static_cast<unsigned>(n), kPassThreads, 0, ctx.stream>>>(tensors, chunks,
-                                                                                  a);
+    fused_adamw_kernel<<<static_cast<unsigned>(n), kUpdateThreads, 0, ctx.stream>>>(tensors, chunks,
+                                                                                    a);
   check_launch(ctx, "fused_adamw_step");
 }
 
@@ -509,10 +514,14 @@ namespace {
 bool is_pass_grad(const Tensor& grad) {
   return grad.dtype() == DType::f32 || grad.dtype() == DType::bf16;
 }
+// A bf16 gradient's value held in f32 (accumulated, or replicated): read rounded to bf16.
+bool grad_read_rounded(const Param& param) {
+  return param.bf16_grad && param.grad.dtype() != DType::bf16;
+}
 void set_grad(MultiTensor& t, const Param& param) {
   t.grad = param.grad.data();
   t.grad_bf16 = param.grad.dtype() == DType::bf16;
-  t.round_bf16 = param.bf16_grad && !t.grad_bf16;
+  t.round_bf16 = grad_read_rounded(param);
 }
 }  // namespace
 
@@ -530,10 +539,10 @@ bool grad_norm_squares(Context& ctx, MultiTensorTable& table, std::span<Param* c
   for (size_t i = 0; i < params.size(); ++i) {
     Param& param = *params[i];
     // (Squares of an f32 gradient that is to be read rounded are not the ones wanted.)
-    const bool precomputed =
-        param.grad_squares_valid && param.grad_state == Param::GradState::live &&
-        param.grad_squares.defined() && param.grad_squares.dtype() == DType::f64 &&
-        !(param.bf16_grad && param.grad.dtype() != DType::bf16);
+    const bool precomputed = param.grad_squares_valid &&
+                             param.grad_state == Param::GradState::live &&
+                             param.grad_squares.defined() &&
+                             param.grad_squares.dtype() == DType::f64 && !grad_read_rounded(param);
     if (precomputed) {
       tensors[i].partials = param.grad_squares.ptr<double>();
       tensors[i].numel = param.grad_squares.numel();
