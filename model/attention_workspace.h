@@ -8,9 +8,12 @@
 
 namespace sy {
 
-// The default budget's floor: one sequence of B 4, H 16, S 2048 (more only where the allocator
-// already holds a larger free block).
-constexpr int64_t kAttentionWorkspaceFloor = int64_t{128} << 20;
+// The default budget's floor: the whole batch of B 4, H 16, S 2048 in one call (its 512 MiB of
+// dS and the few hundred bytes cuDNN adds; more only where the allocator already holds a larger
+// free block). At 128 MiB, one sequence, the allocator's free blocks gave the benchmark MoE two
+// calls of 2 sequences in most layers, 0.67 ms a step slower than one call (one H100,
+// 2026-12-06, BENCHMARKS.md).
+constexpr int64_t kAttentionWorkspaceFloor = int64_t{513} << 20;
 
 struct AttentionWorkspaceBudget {
   int64_t bytes;  // 0: no limit
