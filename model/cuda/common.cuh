@@ -158,6 +158,13 @@ __host__ __device__ inline D convert(S s) {
   }
 }
 
+// x as a T holds it, back in f32: unchanged for f32, rounded to nearest even for bf16 (what a
+// bf16 store of x keeps).
+template <class T>
+__host__ __device__ inline float stored_as(float x) {
+  return convert<float>(convert<T>(x));
+}
+
 template <class T>
 __host__ __device__ inline acc_t<T> load(const T* p) {
   return convert<acc_t<T>>(*p);

@@ -643,20 +643,13 @@ __device__ __forceinline__ void staged_epilogue(const float (&acc)[BN / 2],
   }
 }
 
-// An accumulator as C holds it: a bf16 C's value rounded to nearest even, as the epilogues
-// (__floats2bfloat162_rn) round it.
-template <class CT>
-__device__ __forceinline__ float stored_value(float x) {
-  if constexpr (std::is_same_v<CT, float>) return x;
-  else return __bfloat162float(__float2bfloat16_rn(x));
-}
-
 // The sum of the squares of this warp's fragment of the finished tile (elements inside C only:
 // rows below row_end, columns below N), into *out: each thread adds its squares 16 at a time in
 // f32 (fused multiply-adds in a fixed order), those sums in f64, then the warp's 32 in a fixed
 // butterfly. Read by the gradient norm in place of the gradient (Param::grad_squares). Costs
 // ~200 cycles a tile against the tile's tens of microseconds of wgmma. A bf16 C's squares are
-// those of the stored values (stored_value).
+// those of the stored values (stored_as<CT>: rounded to nearest even, as the epilogues'
+// __floats2bfloat162_rn round them).
 template <int BN, class CT>
 __device__ __forceinline__ void tile_squares(const float (&acc)[BN / 2], const Tile& tile, int half,
                                              int N, double* out) {
@@ -670,10 +663,10 @@ __device__ __forceinline__ void tile_squares(const float (&acc)[BN / 2], const T
 #pragma unroll
     for (int j = j0; j < j0 + 4; ++j) {
       const bool col_ok = tile.n0 + 8 * j + 2 * (lane & 3) < N;  // N % 8 == 0: col + 1 < N too
-      const float a = ok0 && col_ok ? stored_value<CT>(acc[4 * j]) : 0.f;
-      const float b = ok0 && col_ok ? stored_value<CT>(acc[4 * j + 1]) : 0.f;
-      const float c = ok1 && col_ok ? stored_value<CT>(acc[4 * j + 2]) : 0.f;
-      const float d = ok1 && col_ok ? stored_value<CT>(acc[4 * j + 3]) : 0.f;
+      const float a = ok0 && col_ok ? stored_as<CT>(acc[4 * j]) : 0.f;
+      const float b = ok0 && col_ok ? stored_as<CT>(acc[4 * j + 1]) : 0.f;
+      const float c = ok1 && col_ok ? stored_as<CT>(acc[4 * j + 2]) : 0.f;
+      const float d = ok1 && col_ok ? stored_as<CT>(acc[4 * j + 3]) : 0.f;
       part = __fmaf_rn(a, a, part);
       part = __fmaf_rn(b, b, part);
       part = __fmaf_rn(c, c, part);
