@@ -20,7 +20,8 @@ TEST(MemoryEstimate, GpuBenchConfigsWithinTenPercentOfMeasuredPeaks) {
   // BENCHMARKS.md "GPU: split master weights": peak held per config (2026-12-04, one H200, the
   // cuDNN backward's workspace and the LM head's dlogits blocks for the call), with fp32 weight
   // gradients; and with bf16 ones, run.weight_grads auto ("bf16 weight gradients", 2026-12-06,
-  // one H100; the MoE's 27.0 also on one H200).
+  // one H100; the MoE's 27.0 also on one H200; the fine config's 50.0 since the attention
+  // backward's workspace floor took the whole batch, twenty-third session, 49.0 before).
   struct Measured {
     const char* path;
     WeightGrads grads;
@@ -31,7 +32,7 @@ TEST(MemoryEstimate, GpuBenchConfigsWithinTenPercentOfMeasuredPeaks) {
                                {"configs/bench/fine.yaml", WeightGrads::fp32, 56.0},
                                {"configs/bench/moe.yaml", WeightGrads::automatic, 27.0},
                                {"configs/bench/dense.yaml", WeightGrads::automatic, 12.0},
-                               {"configs/bench/fine.yaml", WeightGrads::automatic, 49.0}};
+                               {"configs/bench/fine.yaml", WeightGrads::automatic, 50.0}};
   for (const auto& [path, grads, peak_gib] : measured) {
     Config config = load_config(path);
     config.run.weight_grads = grads;
