@@ -2,7 +2,7 @@
 // The gain gradient is a column sum over rows, done in two deterministic passes (per-chunk
 // partial sums, then one sum per column) rather than with atomics.
 //
-// bf16 rows of D <= 4096 (forward) / 8192 (backward) elements, D % 8 == 0, take the vector
+// bf16 rows of D <= 4096 elements, D % 8 == 0, take the vector
 // kernels, reading each row once with 16-byte loads into registers. Forward: a warp a row (lane
 // owns vectors lane, lane + 32, ...). Backward: a block spans the row and takes a chunk of
 // kVecChunkRows rows, computing dx and the chunk's gain-gradient partials in one pass over dout
@@ -104,7 +104,7 @@ constexpr int kFinishThreads = 32;  // small blocks: the D columns spread over D
 
 constexpr int kVecChunkRows = 32;        // rows per block of the vector backward
 constexpr int kColThreads = 256;         // threads per block of the vector backward
-constexpr int kMaxBackwardVecs = 4;      // vectors per thread there: D <= 4 * 256 * 8 = 8192
+constexpr int kMaxBackwardVecs = 2;      // vectors per thread there: D <= 2 * 256 * 8 = 4096
 constexpr int kBackwardRows = 4;         // rows per group (loads in flight together) there
 constexpr int kMaxForwardVecs = 16;      // D <= 4096
 
@@ -308,7 +308,7 @@ inline int vectors_per_lane(int64_t D, int max_vpl) {
   return 0;
 }
 
-// The vector backward's vectors per thread (1, 2 or 4) that cover D / 8 vectors, or 0.
+// The vector backward's vectors per thread (1 or 2) that cover D / 8 vectors, or 0.
 inline int vectors_per_thread(int64_t D) {
   const int64_t need = (D / kVec + kColThreads - 1) / kColThreads;
   for (int vpt = 1; vpt <= kMaxBackwardVecs; vpt *= 2)
@@ -390,10 +390,8 @@ void rmsnorm_backward(Context& ctx, const Tensor& dx, const Tensor& dgain, const
             dx.ptr<bf16>(), partial, dout.ptr<bf16>(), x.ptr<bf16>(), gain.ptr<float>(),
             rstd.ptr<float>(), N, D);
       };
-      // (Four vectors a thread hold half as many rows: four spill registers.)
-      constexpr int rows = V.value >= 4 ? kBackwardRows / 2 : kBackwardRows;
-      if (accumulate) launch(rmsnorm_backward_vec<V.value, rows, true>);
-      else launch(rmsnorm_backward_vec<V.value, rows, false>);
+      if (accumulate) launch(rmsnorm_backward_vec<V.value, kBackwardRows, true>);
+      else launch(rmsnorm_backward_vec<V.value, kBackwardRows, false>);
     });
     rmsnorm_dgain_finish<float, float><<<finish_grid, kFinishThreads, 0, ctx.stream>>>(
         dgain.ptr<float>(), partial, chunks, D);
