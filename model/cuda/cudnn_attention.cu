@@ -707,10 +707,11 @@ void execute(Context& ctx, const char* op, cudnnHandle_t handle, Plan& plan,
 
 // The most workspace one backward call may take, in bytes. SY_CUDNN_BWD_WORKSPACE_MIB=N: N MiB
 // (0: no limit, one call over the whole batch). Unset: the largest block the allocator already
-// holds free, but at least kAttentionWorkspaceFloor (512 MiB). Chunks give the same bits
-// as one call (test_cuda_cudnn), so the choice moves time and memory, never the numbers. Measured
-// on the 1.81B MoE and the 0.60B dense (H200, 2026-12-04, bench/ab): one call 1.85 and 1.55 ms a
-// step faster than one sequence a call; peak held the same on the MoE, +1 GiB on the dense.
+// holds free, but at least kAttentionWorkspaceFloor (513 MiB: the bench batch in one call).
+// Chunks give the same bits as one call (test_cuda_cudnn), so the choice moves time and memory,
+// never the numbers. Measured on the 1.81B MoE and the 0.60B dense (H200, 2026-12-04,
+// bench/ab): one call 1.85 and 1.55 ms a step faster than one sequence a call; peak held the
+// same on the MoE, +1 GiB on the dense.
 AttentionWorkspaceBudget backward_workspace_budget(Context& ctx, const char* op) {
   std::optional<int64_t> mib;
   try {

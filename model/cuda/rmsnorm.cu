@@ -2,13 +2,12 @@
 // The gain gradient is a column sum over rows, done in two deterministic passes (per-chunk
 // partial sums, then one sum per column) rather than with atomics.
 //
-// bf16 rows of D <= 4096 elements, D % 8 == 0, take the vector
-// kernels, reading each row once with 16-byte loads into registers. Forward: a warp a row (lane
-// owns vectors lane, lane + 32, ...). Backward: a block spans the row and takes a chunk of
-// kVecChunkRows rows, computing dx and the chunk's gain-gradient partials in one pass over dout
-// and x, with every sum in a fixed order (rmsnorm_backward_vec). Their sums run in another
-// order than the scalar kernels', so rstd, dx and dgain may differ from them in the last bits;
-// docs/cuda.md.
+// bf16 rows of D <= 4096 elements, D % 8 == 0, take the vector kernels, reading each row once
+// with 16-byte loads into registers. Forward: a warp a row (lane owns vectors lane, lane + 32,
+// ...). Backward: a block spans the row and takes a chunk of kVecChunkRows rows, computing dx and
+// the chunk's gain-gradient partials in one pass over dout and x, with every sum in a fixed
+// order (rmsnorm_backward_vec). Their sums run in another order than the scalar kernels', so
+// rstd, dx and dgain may differ from them in the last bits; docs/cuda.md.
 //
 // Two fusions for the residual stream (the transformer's blocks), each saving a pass over [T, D]:
 // add_rmsnorm_forward writes the residual sum a + b and normalises it from registers (bitwise
@@ -169,7 +168,7 @@ __global__ void rmsnorm_forward_vec(bf16* __restrict__ out, float* __restrict__ 
 // partial of column j is a sum over the chunk's rows in order, and each row's dy.g.x is summed
 // per thread, then per warp (butterfly), then over the warps in order through shared memory:
 // the same bits whatever runs it. R rows are loaded before any is used (their loads in flight
-// together); a block is ~100 registers a thread, two blocks an SM.
+// together); at D 2048 a thread holds 80 registers (118 accumulating): two blocks an SM.
 // (Until 2026-12-06 a warp took whole rows, with its column sums in shared memory: the same
 // arithmetic in another order, ~40% of the bandwidth: BENCHMARKS.md, memory-bound kernels.)
 template <int VPT, int R, bool Acc>
