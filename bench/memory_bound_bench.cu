@@ -169,9 +169,8 @@ int main(int argc, char** argv) {
       for (int64_t i = R - 1; i > 0; --i)
         std::swap(row_slot[i], row_slot[rng.below(static_cast<uint64_t>(i + 1))]);
       for (int64_t r = 0; r < R; ++r) slot_row[row_slot[r]] = static_cast<int32_t>(r);
-      Tensor slot_row_t = gpu.alloc({R}, DType::i32), row_slot_t = gpu.alloc({R}, DType::i32);
+      Tensor slot_row_t = gpu.alloc({R}, DType::i32);
       gpu.write(slot_row_t, std::span<const int32_t>(slot_row));
-      gpu.write(row_slot_t, std::span<const int32_t>(row_slot));
       Tensor x = random({T, D}, bf), dout = random({T, D}, bf), y_perm = random({R, D}, bf);
       Tensor gates = random({T, K}, f32, 1.0);
       Tensor x_perm = gpu.alloc({R, D}, bf), dx = gpu.alloc({T, D}, bf);
@@ -180,7 +179,7 @@ int main(int argc, char** argv) {
       const double n = double(T) * D, nr = double(R) * D, idx = double(R) * 4;
       const std::string rd = "[" + std::to_string(R) + "," + std::to_string(D) + "]";
       add_row("permute_rows", rd, (n + nr) * b2 + idx, 3.807 / 24,
-              [&] { gpu.permute_rows(x_perm, x, row_slot_t, K); });
+              [&] { gpu.permute_rows(x_perm, x, slot_row_t, K); });
       add_row("permute_rows_backward", td, (n + nr) * b2 + idx, 2.249 / 24,
               [&] { gpu.permute_rows_backward(dx, x_perm, slot_row_t, K); });
       add_row("unpermute_combine", td, (n + nr) * b2 + idx + R * b4, 2.335 / 24,
@@ -190,6 +189,11 @@ int main(int argc, char** argv) {
       add_row("unpermute_combine_backward", rd, (n + 2 * nr) * b2 + idx + 2 * R * b4, 2.604 / 24,
               [&] { gpu.unpermute_combine_backward(dy_perm, dgates, dout, y_perm, gates,
                                                    slot_row_t); });
+      // The MoE layer's input gradient: the gather of each token's K rows plus dlogits w^T.
+      Tensor dlogits = random({T, E}, f32, 1.0), w = random({D, E}, f32, 0.02);
+      add_row("router_input_grad", td + " E=" + std::to_string(E),
+              (n + nr) * b2 + idx + double(T) * E * b4 + double(D) * E * b4, -1,
+              [&] { gpu.router_input_grad(dx, y_perm, slot_row_t, K, dlogits, w); });
     }
     {  // router projection: logits [T, E] = u [T, D] @ w [D, E], and its backward (dw written,
        // du accumulated: it drifts over the repeats by sums of 8 small products, staying finite)

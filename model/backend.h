@@ -386,9 +386,9 @@ class Backend {
                        double d_aux, double d_z);
 
   // ---- permute / unpermute ------------------------------------------------------------------
-  // x_perm[r] = x[row_slot[r] / K]
-  void permute_rows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot,
-                    int64_t K);
+  // x_perm[slot_row[t*K+k]] = x[t] for kept k. The R rows are the kept assignments, each named by
+  // exactly one (as router_plan's permutation makes them), so every row is written.
+  void permute_rows(const Tensor& x_perm, const Tensor& x, const Tensor& slot_row, int64_t K);
   // dx[t] (=) sum over kept k of dx_perm[slot_row[t*K+k]]
   void permute_rows_backward(const Tensor& dx, const Tensor& dx_perm,
                              const Tensor& slot_row, int64_t K);
@@ -563,7 +563,7 @@ class Backend {
                                     const Tensor& topk_idx, const Tensor& balance_counts,
                                     const RoutingRule& rule, double d_aux, double d_z) = 0;
   // permute / unpermute, optimizer
-  virtual void permute_rows_impl(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot,
+  virtual void permute_rows_impl(const Tensor& x_perm, const Tensor& x, const Tensor& slot_row,
                                  int64_t K) = 0;
   virtual void permute_rows_backward_impl(const Tensor& dx, const Tensor& dx_perm,
                                           const Tensor& slot_row, int64_t K) = 0;

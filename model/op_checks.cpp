@@ -854,19 +854,18 @@ void Backend::router_backward(const Tensor& dlogits, const Tensor& dgates, const
 }
 
 // ---- permute / unpermute --------------------------------------------------------------------
-void Backend::permute_rows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot,
+void Backend::permute_rows(const Tensor& x_perm, const Tensor& x, const Tensor& slot_row,
                            int64_t K) {
   const OpCheck c(*this, "permute_rows");
   const DType dt = c.float_dtype(x, "x");
   c.dtype(x_perm, dt, "x_perm");
-  c.dtype(row_slot, DType::i32, "row_slot");
+  c.dtype(slot_row, DType::i32, "slot_row");
   c.ndim(x, 2, "x");
   c.ndim(x_perm, 2, "x_perm");
   c.positive(K, "K");
-  const int64_t D = x.dim(1), R = x_perm.dim(0);
-  c.shape(x_perm, {R, D}, "x_perm");
-  if (row_slot.numel() < R) c.numel(row_slot, R, "row_slot");
-  permute_rows_impl(x_perm, x, row_slot, K);
+  c.shape(x_perm, {x_perm.dim(0), x.dim(1)}, "x_perm");
+  c.numel(slot_row, x.dim(0) * K, "slot_row");
+  permute_rows_impl(x_perm, x, slot_row, K);
 }
 
 void Backend::permute_rows_backward(const Tensor& dx, const Tensor& dx_perm,

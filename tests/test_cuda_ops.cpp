@@ -507,6 +507,9 @@ class CudaVec : public CudaTest {
     gpu().fill(t, kNaN);
     return t;
   }
+  // The MoE gathers' vector kernels (aligned) against the scalar ones (misaligned) bitwise, and
+  // the CPU, with every 7th assignment dropped.
+  void check_permute_and_combine_vectors(int64_t N, int64_t K, int64_t D);
   static constexpr DType bf = DType::bf16;
 };
 
@@ -716,8 +719,7 @@ TEST_F(CudaVec, CrossEntropyVectorPaths) {
   }
 }
 
-TEST_F(CudaVec, PermuteAndCombineVectorKernels) {
-  const int64_t N = 40, K = 2, D = 64;  // 8 vectors a row
+void CudaVec::check_permute_and_combine_vectors(int64_t N, int64_t K, int64_t D) {
   // Assignment s goes to row R-1-(its rank among the kept); every 7th is dropped.
   std::vector<int32_t> slot_row(N * K, -1), row_slot;
   for (int64_t s = 0; s < N * K; ++s)
@@ -725,17 +727,16 @@ TEST_F(CudaVec, PermuteAndCombineVectorKernels) {
   std::reverse(row_slot.begin(), row_slot.end());
   const int64_t R = static_cast<int64_t>(row_slot.size());
   for (int64_t r = 0; r < R; ++r) slot_row[row_slot[r]] = static_cast<int32_t>(r);
-  Tensor src = ints_cpu(slot_row), rsc = ints_cpu(row_slot);
-  Tensor srg = ints_gpu(slot_row), rsg = ints_gpu(row_slot);
+  Tensor src = ints_cpu(slot_row), srg = ints_gpu(slot_row);
 
   const std::vector<double> x = values(N * D, bf), dxp = values(R * D, bf), y = values(R * D, bf),
                             dout = values(N * D, bf), gates = values(N * K, DType::f32, 0.5);
   Tensor pv = poisoned({R, D}, bf), ps = misaligned_poisoned({R, D});
-  gpu().permute_rows(pv, on_gpu({N, D}, x, bf), rsg, K);
-  gpu().permute_rows(ps, misaligned({N, D}, x), rsg, K);
+  gpu().permute_rows(pv, on_gpu({N, D}, x, bf), srg, K);
+  gpu().permute_rows(ps, misaligned({N, D}, x), srg, K);
   expect_bitwise(pv, ps, "permute_rows");
   Tensor pc = cpu().alloc({R, D}, DType::f32);
-  cpu().permute_rows(pc, on_cpu({N, D}, x), rsc, K);
+  cpu().permute_rows(pc, on_cpu({N, D}, x), src, K);
   expect_close(pv, pc, 0.0, "permute_rows (vector)", bf);
 
   Tensor dxv = poisoned({N, D}, bf), dxs = misaligned_poisoned({N, D});
@@ -760,6 +761,19 @@ TEST_F(CudaVec, PermuteAndCombineVectorKernels) {
   cpu().unpermute_combine_backward(dyc, dgc, on_cpu({N, D}, dout), on_cpu({R, D}, y),
                                    on_cpu({N, K}, gates), src);
   expect_close(dgv, dgc, 1e-5, "unpermute_combine_backward dgates (vector)", bf);
+}
+
+TEST_F(CudaVec, PermuteAndCombineVectorKernels) {
+  // D 64: 8 vectors a row; D 4104: 513, past the permute's 256 a pass and the gather's 128 (with
+  // a remainder in each); K 3: an odd row in the gather's pairs; K 40: rows past a lane each.
+  struct Case {
+    int64_t N, K, D;
+  };
+  for (const Case& c : {Case{40, 2, 64}, Case{24, 3, 4104}, Case{10, 40, 72}}) {
+    SCOPED_TRACE("N " + std::to_string(c.N) + " K " + std::to_string(c.K) + " D " +
+                 std::to_string(c.D));
+    check_permute_and_combine_vectors(c.N, c.K, c.D);
+  }
 }
 
 // ---- router (f32, as in training) -----------------------------------------------------------
@@ -1057,13 +1071,13 @@ TEST_F(CudaF32, PlanInTwoCallsWithWorkBetween) {
     gpu().router_scores_topk(poisoned({N, E}, DType::f32), poisoned({N}, DType::f32),
                              poisoned({N, K}, DType::i32), poisoned({N, K}, DType::f32), lg,
                              Tensor(), rule);  // more launches that use the scratch slots
-    gpu().permute_rows(pg, xg, rsg, K);
+    gpu().permute_rows(pg, xg, srg, K);
     const RouterPlanCounts cg = gpu().router_plan_finish();
     EXPECT_EQ(cg.tokens_per_expert, cc.tokens_per_expert) << round;
     EXPECT_EQ(cg.assignments_per_expert, cc.assignments_per_expert) << round;
     EXPECT_EQ(cg.rerouted, cc.rerouted) << round;
   }
-  cpu().permute_rows(pc, xc, c.row_slot, K);
+  cpu().permute_rows(pc, xc, c.slot_row, K);
   EXPECT_EQ(gpu().read(pg), cpu().read(pc));  // a copy of f32 rows: exact
   expect_equal_ints(srg, c.slot_row, N * K, "slot_row");
   EXPECT_THROW(gpu().router_plan_finish(), std::runtime_error);
@@ -1365,7 +1379,10 @@ TEST_P(CudaOps, RouterInputGrad) {
   struct Size {
     int64_t N, K, E, D;
   };
-  for (const Size size : {Size{203, 10, 12, 40}, Size{77, 8, 64, 20}, Size{1001, 8, 64, 768}}) {
+  // K 1 and 2 on bf16 rows take the kernel that loads the rows before the router's sums (D 264:
+  // a second, partial tile of d; N not a whole number of a block's tokens).
+  for (const Size size : {Size{203, 10, 12, 40}, Size{77, 8, 64, 20}, Size{1001, 8, 64, 768},
+                          Size{203, 2, 8, 264}, Size{77, 1, 8, 2048}}) {
     const int64_t N = size.N, K = size.K, E = size.E, D = size.D;
     // Every third assignment dropped; the kept ones in a scrambled order of rows.
     std::vector<int32_t> slots(N * K, -1);
@@ -1407,12 +1424,12 @@ TEST_P(CudaOps, PermuteAndCombine) {
           .tokens_per_expert;
   const int64_t R = std::accumulate(kept_per.begin(), kept_per.end(), int64_t{0});
   ASSERT_LT(R, N * K) << "the test wants drops";
-  Tensor srg = ints_gpu(cpu().read_i32(sr)), rsg = ints_gpu(cpu().read_i32(rs));
+  Tensor srg = ints_gpu(cpu().read_i32(sr));
 
   const std::vector<double> x = values(N * D, dt());
   Tensor pc = cpu().alloc({R, D}, DType::f32), pg = poisoned({R, D}, dt());
-  cpu().permute_rows(pc, on_cpu({N, D}, x), rs, K);
-  gpu().permute_rows(pg, on_gpu({N, D}, x, dt()), rsg, K);
+  cpu().permute_rows(pc, on_cpu({N, D}, x), sr, K);
+  gpu().permute_rows(pg, on_gpu({N, D}, x, dt()), srg, K);
   expect_close(pg, pc, Tol{0, 0}, "permute_rows", dt());
 
   const std::vector<double> dxp = values(R * D, dt());

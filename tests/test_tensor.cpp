@@ -778,7 +778,7 @@ TEST_F(CpuBackendTest, PermuteUnpermuteMatchNaive) {
     }
   for (DType dt : kFloatTypes) {
     Tensor xp = nans({R, D}, dt);
-    be->permute_rows(xp, tensor({N, D}, dt, x), row_slot, K);
+    be->permute_rows(xp, tensor({N, D}, dt, x), slot_row, K);
     expect_close(be->read(xp), x_perm, tolerance(dt), "permute_rows");
     Tensor dxt = nans({N, D}, dt);
     be->permute_rows_backward(dxt, tensor({R, D}, dt, dxp), slot_row, K);
@@ -792,8 +792,12 @@ TEST_F(CpuBackendTest, PermuteUnpermuteMatchNaive) {
     expect_close(be->read(dyt), dy, tolerance(dt), "unpermute_combine_backward dy");
     expect_close(be->read(dg), dgates, tolerance(dt), "unpermute_combine_backward dgates");
   }
-  EXPECT_THROW(be->permute_rows(be->alloc({N * K + 1, D}, DType::f32), be->alloc({N, D}, DType::f32),
-                                row_slot, K),
+  EXPECT_THROW(be->permute_rows(be->alloc({R, D}, DType::f32), be->alloc({N, D}, DType::f32),
+                                be->zeros({N * K + 1}, DType::i32), K),
+               std::runtime_error);
+  // A slot that names a row past x_perm is an error, not a write out of bounds.
+  EXPECT_THROW(be->permute_rows(be->alloc({R - 1, D}, DType::f32), be->alloc({N, D}, DType::f32),
+                                slot_row, K),
                std::runtime_error);
   // The combine's backward writes every row of dy_perm: one that no kept assignment names is an
   // error, not a row left as it was.

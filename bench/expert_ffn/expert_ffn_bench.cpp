@@ -62,7 +62,7 @@ uint64_t splitmix64(uint64_t x) {
 double uniform(uint64_t i) { return static_cast<double>(splitmix64(i) >> 11) * 0x1.0p-53; }
 
 struct Routing {
-  std::vector<int32_t> row_slot, slot_row;  // [T*K]: rows grouped by expert, then by assignment
+  std::vector<int32_t> slot_row;            // [T*K]: the row of each assignment (grouped by expert)
   std::vector<float> gates;                 // [T, K], positive, summing to 1 per token
   std::vector<int64_t> rows_per_expert;     // [E]
 };
@@ -100,13 +100,8 @@ Routing make_routing(const Case& c) {
   for (int32_t e : expert) ++r.rows_per_expert[e];
   std::vector<int64_t> next(c.E, 0);
   for (int64_t e = 1; e < c.E; ++e) next[e] = next[e - 1] + r.rows_per_expert[e - 1];
-  r.row_slot.resize(A);
   r.slot_row.resize(A);
-  for (int64_t a = 0; a < A; ++a) {
-    const int64_t row = next[expert[a]]++;
-    r.row_slot[row] = static_cast<int32_t>(a);
-    r.slot_row[a] = static_cast<int32_t>(row);
-  }
+  for (int64_t a = 0; a < A; ++a) r.slot_row[a] = static_cast<int32_t>(next[expert[a]]++);
   r.gates.resize(A);
   for (int64_t t = 0; t < c.T; ++t) {
     std::vector<double> raw(c.K);
@@ -218,9 +213,7 @@ class ExpertPath {
     fill_random(b_, dout_, 2, 1.0);
     gates_ = b_.alloc({c.T, c.K}, DType::f32);
     b_.write(gates_, std::span<const float>(r.gates));
-    row_slot_ = b_.alloc({A}, DType::i32);
     slot_row_ = b_.alloc({A}, DType::i32);
-    b_.write(row_slot_, std::span<const int32_t>(r.row_slot));
     b_.write(slot_row_, std::span<const int32_t>(r.slot_row));
     x_perm_ = b_.alloc({A, c.D}, DType::bf16);
     dy_ = b_.alloc({A, c.D}, DType::bf16);
@@ -244,7 +237,7 @@ class ExpertPath {
     // the weight gradients are written, not accumulated. Timing repeats step() without clearing;
     // the values are not read, only the bytes and FLOPs matter here.
     for (sy::Param* p : {&experts_.w1, &experts_.w3, &experts_.w2}) p->grad_state = sy::Param::GradState::zero;
-    b_.permute_rows(x_perm_, x_, row_slot_, c_.K);
+    b_.permute_rows(x_perm_, x_, slot_row_, c_.K);
     const Tensor y = experts_.forward(b_, x_perm_, rows_, A);
     b_.unpermute_combine(out_, y, gates_, slot_row_);
     b_.unpermute_combine_backward(dy_, dgates_, dout_, y, gates_, slot_row_);
@@ -263,7 +256,7 @@ class ExpertPath {
   Backend& b_;
   Case c_;
   std::vector<int64_t> rows_;
-  Tensor x_, dout_, gates_, row_slot_, slot_row_, x_perm_, dy_, out_, dx_, dgates_;
+  Tensor x_, dout_, gates_, slot_row_, x_perm_, dy_, out_, dx_, dgates_;
   sy::Experts experts_;
 };
 

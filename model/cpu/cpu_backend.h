@@ -175,7 +175,7 @@ class CpuBackend final : public Backend {
                             double d_z) override;
 
   // ---- permute.cpp ----------------------------------------------------------------------------
-  void permute_rows_impl(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot,
+  void permute_rows_impl(const Tensor& x_perm, const Tensor& x, const Tensor& slot_row,
                          int64_t K) override;
   void permute_rows_backward_impl(const Tensor& dx, const Tensor& dx_perm, const Tensor& slot_row,
                                   int64_t K) override;

@@ -12,10 +12,11 @@ namespace cpu {
 namespace {
 
 template <class T>
-void permute_rows(T* x_perm, const T* x, const int32_t* row_slot, int64_t R, int64_t D,
-                  int64_t K) {
-  for (int64_t r = 0; r < R; ++r)
-    std::memcpy(x_perm + r * D, x + (row_slot[r] / K) * D, D * sizeof(T));
+void permute_rows(T* x_perm, const T* x, const int32_t* slot_row, int64_t N, int64_t D, int64_t K) {
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t k = 0; k < K; ++k)
+      if (const int32_t r = slot_row[t * K + k]; r >= 0)
+        std::memcpy(x_perm + r * D, x + t * D, D * sizeof(T));
 }
 
 template <class T>
@@ -61,14 +62,14 @@ void unpermute_combine_backward(T* dy_perm, T* dgates, const T* dout, const T* y
 }  // namespace
 }  // namespace cpu
 
-void CpuBackend::permute_rows_impl(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot,
+void CpuBackend::permute_rows_impl(const Tensor& x_perm, const Tensor& x, const Tensor& slot_row,
                                    int64_t K) {
   const OpCheck c(*this, "permute_rows");
   const DType dt = cpu::host_float(c, x, "x");
   const int64_t N = x.dim(0), D = x.dim(1), R = x_perm.dim(0);
-  cpu::index_range(c, row_slot, R, 0, N * K, "row_slot");
+  cpu::index_range(c, slot_row, N * K, -1, R, "slot_row");
   cpu::dispatch_float(dt, [&]<class T>(T) {
-    cpu::permute_rows(x_perm.ptr<T>(), x.ptr<T>(), row_slot.ptr<int32_t>(), R, D, K);
+    cpu::permute_rows(x_perm.ptr<T>(), x.ptr<T>(), slot_row.ptr<int32_t>(), N, D, K);
   });
 }
 

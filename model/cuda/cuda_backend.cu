@@ -531,10 +531,10 @@ class CudaBackend final : public Backend {
   }
 
   // ---- permute / unpermute --------------------------------------------------------------------
-  void permute_rows_impl(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot,
+  void permute_rows_impl(const Tensor& x_perm, const Tensor& x, const Tensor& slot_row,
                          int64_t K) override {
     SY_PROFILE("permute_rows");
-    cuda::permute_rows(ctx_, x_perm, x, row_slot, K);
+    cuda::permute_rows(ctx_, x_perm, x, slot_row, K);
   }
 
   void permute_rows_backward_impl(const Tensor& dx, const Tensor& dx_perm, const Tensor& slot_row,

@@ -196,7 +196,7 @@ bool router_input_grad(Context& ctx, const Tensor& dx, const Tensor& dx_perm,
                        const Tensor& slot_row, int64_t K, const Tensor& dlogits, const Tensor& w);
 
 // permute.cu
-void permute_rows(Context& ctx, const Tensor& x_perm, const Tensor& x, const Tensor& row_slot,
+void permute_rows(Context& ctx, const Tensor& x_perm, const Tensor& x, const Tensor& slot_row,
                   int64_t K);
 void permute_rows_backward(Context& ctx, const Tensor& dx, const Tensor& dx_perm,
                            const Tensor& slot_row, int64_t K);

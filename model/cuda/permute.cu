@@ -1,11 +1,12 @@
-// Permute (gather tokens into expert-grouped rows) and unpermute-combine (gate-weighted gather
-// back), with their backward passes. Every output element is written by exactly one thread, as
-// a gather, so the results do not depend on scheduling. Gates are in the statistics dtype.
+// Permute (copy tokens into expert-grouped rows) and unpermute-combine (gate-weighted gather
+// back), with their backward passes. Every output element is written by exactly one thread (the
+// permute's rows are each one kept assignment's), so the results do not depend on scheduling.
+// Gates are in the statistics dtype.
 //
-// bf16 rows with D % 8 == 0 take the vector kernels: one warp per output row (per token for
-// the combines), 16-byte loads and stores, lane owning vectors lane, lane + 32, ... The gathers
-// add the K rows in k order as the scalar kernels do (bitwise the same); the dgates dot product
-// of the backward adds in another order (last bits may differ; docs/cuda.md).
+// bf16 rows with D % 8 == 0 take the vector kernels: one warp per token (per assignment for
+// the combine's backward), 16-byte loads and stores, lane owning vectors lane, lane + 32, ...
+// The gathers add the K rows in k order as the scalar kernels do (bitwise the same); the
+// dgates dot product of the backward adds in another order (last bits may differ; docs/cuda.md).
 #include "model/cuda/kernels.h"
 #include "model/cuda/vec.cuh"
 
@@ -13,12 +14,13 @@ namespace sy::cuda {
 namespace {
 
 template <class T>
-__global__ void permute_rows_kernel(T* x_perm, const T* x, const int32_t* row_slot, int64_t R,
+__global__ void permute_rows_kernel(T* x_perm, const T* x, const int32_t* slot_row, int64_t N,
                                     int64_t D, int64_t K) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < R * D;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < N * D;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = i / D, j = i - r * D;
-    x_perm[i] = x[(row_slot[r] / K) * D + j];
+    const int64_t t = i / D, j = i - t * D;
+    for (int64_t k = 0; k < K; ++k)
+      if (const int32_t r = slot_row[t * K + k]; r >= 0) x_perm[r * D + j] = x[i];
   }
 }
 
@@ -88,51 +90,117 @@ __device__ inline int64_t warp_row() {
   return blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5);
 }
 
-// x_perm[r] = x[row_slot[r] / K]: a copy of 16-byte vectors.
+constexpr int kPermuteVecs = 8;  // most vectors a lane in permute_rows_vec: 2048 columns a block
+
+// Token-major: x_perm[slot_row[t*K+k]] = x[t] for kept k. A warp reads its token's columns (VPL
+// vectors a lane, from column block blockIdx.y) once, then stores them to each of the token's
+// rows. (A warp a permuted row, finding its token through row_slot, read each token's row K
+// times and waited on an index load before each row's: 16% slower at top-2, 29% at top-8. The
+// same kernel with a loop over column blocks inside it, rather than a grid dimension, lost all
+// of the gain at top-2; BENCHMARKS.md.)
+template <int VPL>
 __global__ void permute_rows_vec(bf16* __restrict__ x_perm, const bf16* __restrict__ x,
-                                 const int32_t* __restrict__ row_slot, int64_t R, int64_t D,
+                                 const int32_t* __restrict__ slot_row, int64_t N, int64_t D,
                                  int64_t K) {
-  const int64_t r = warp_row();
-  if (r >= R) return;
+  const int64_t t = warp_row();
+  if (t >= N) return;
   const int lane = threadIdx.x & 31;
-  const uint4* src = reinterpret_cast<const uint4*>(x + (row_slot[r] / K) * D);
-  uint4* dst = reinterpret_cast<uint4*>(x_perm + r * D);
-  const int64_t vecs = D / kVec;
-#pragma unroll 4
-  for (int64_t c = lane; c < vecs; c += 32) dst[c] = src[c];
+  const int64_t vecs = D / kVec, c0 = static_cast<int64_t>(blockIdx.y) * 32 * VPL;
+  const int32_t my_row = lane < K ? slot_row[t * K + lane] : -1;
+  uint4 raw[VPL];
+#pragma unroll
+  for (int v = 0; v < VPL; ++v) {
+    const int64_t c = c0 + v * 32 + lane;
+    if (c < vecs) raw[v] = load_raw8(x + t * D + c * kVec);
+  }
+  const auto store = [&](int32_t r) {
+#pragma unroll
+    for (int v = 0; v < VPL; ++v) {
+      const int64_t c = c0 + v * 32 + lane;
+      if (c < vecs) *reinterpret_cast<uint4*>(x_perm + int64_t(r) * D + c * kVec) = raw[v];
+    }
+  };
+  if (K <= 32) {  // lane k holds assignment k's row
+    for (int k = 0; k < K; ++k)
+      if (const int32_t r = __shfl_sync(0xffffffffu, my_row, k); r >= 0) store(r);
+  } else {
+    for (int64_t k = 0; k < K; ++k)
+      if (const int32_t r = slot_row[t * K + k]; r >= 0) store(r);
+  }
 }
 
+constexpr int kGatherVecs = 4;  // vectors a lane per pass of gather_sum_vec
+constexpr int kGatherRows = 2;  // rows loaded together there
+
 // out[t] = sum over kept k of w_k * rows[slot_row[t*K+k]], w_k = gates[t*K+k] (or 1 when
-// gates is null), added in k order.
+// gates is null), added in k order. Lane k holds assignment k's row and gate (loaded at once);
+// each pass loads kGatherRows rows x kGatherVecs vectors a lane before adding them. (One row's
+// vector at a time, each after its index load, was 11% slower at top-2, 18% at top-8;
+// BENCHMARKS.md.)
 template <class G>
 __global__ void gather_sum_vec(bf16* __restrict__ out, const bf16* __restrict__ rows,
                                const G* __restrict__ gates, const int32_t* __restrict__ slot_row,
                                int64_t N, int64_t D, int64_t K) {
+  constexpr int U = kGatherVecs, KB = kGatherRows;
   const int64_t t = warp_row();
   if (t >= N) return;
   const int lane = threadIdx.x & 31;
   const int64_t vecs = D / kVec;
+  const int32_t* token_rows = slot_row + t * K;
+  const int32_t my_row = lane < K ? token_rows[lane] : -1;
+  const float my_gate = lane < K && gates ? static_cast<float>(gates[t * K + lane]) : 1.0f;
+  // Assignment k's row and weight (k is the same across the warp; past 32, from memory).
+  const auto row_of = [&](int64_t k) {
+    const int32_t held = __shfl_sync(0xffffffffu, my_row, static_cast<int>(k & 31));
+    return k >= K ? -1 : k < 32 ? held : token_rows[k];
+  };
+  const auto gate_of = [&](int64_t k) {
+    const float held = __shfl_sync(0xffffffffu, my_gate, static_cast<int>(k & 31));
+    return k < 32 || !gates ? held : static_cast<float>(gates[t * K + k]);
+  };
   bf16* o = out + t * D;
-#pragma unroll 2
-  for (int64_t c = lane; c < vecs; c += 32) {
-    float acc[kVec];
+  for (int64_t c0 = 0; c0 < vecs; c0 += 32 * U) {
+    float acc[U][kVec];
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) acc[e] = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      const int32_t r = slot_row[t * K + k];
-      if (r < 0) continue;
-      float y[kVec];
-      load8(rows + static_cast<int64_t>(r) * D + c * kVec, y);
-      if (gates) {
-        const float gate = static_cast<float>(gates[t * K + k]);
+    for (int u = 0; u < U; ++u)
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) acc[e] += gate * y[e];
-      } else {
+      for (int e = 0; e < kVec; ++e) acc[u][e] = 0.0f;
+    for (int64_t k0 = 0; k0 < K; k0 += KB) {
+      uint4 raw[KB][U];
+      int32_t r[KB];
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) acc[e] += y[e];
+      for (int i = 0; i < KB; ++i) {
+        r[i] = row_of(k0 + i);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int64_t c = c0 + u * 32 + lane;
+          if (r[i] >= 0 && c < vecs) raw[i][u] = load_raw8(rows + int64_t(r[i]) * D + c * kVec);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < KB; ++i) {
+        const float gate = gate_of(k0 + i);
+        if (r[i] < 0) continue;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          if (c0 + u * 32 + lane >= vecs) continue;
+          float y[kVec];
+          unpack8(raw[i][u], y);
+          if (gates) {
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) acc[u][e] += gate * y[e];
+          } else {
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) acc[u][e] += y[e];
+          }
+        }
       }
     }
-    store8(o + c * kVec, acc);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t c = c0 + u * 32 + lane;
+      if (c < vecs) store8(o + c * kVec, acc[u]);
+    }
   }
 }
 
@@ -184,19 +252,32 @@ bool takes_vector_path(DType dtype, int64_t D, std::initializer_list<const void*
 
 }  // namespace
 
-void permute_rows(Context& ctx, const Tensor& x_perm, const Tensor& x, const Tensor& row_slot,
+void permute_rows(Context& ctx, const Tensor& x_perm, const Tensor& x, const Tensor& slot_row,
                   int64_t K) {
-  const int64_t R = x_perm.dim(0), D = x_perm.dim(1);
-  if (R * D == 0) return;
+  const int64_t N = x.dim(0), D = x.dim(1);
+  if (x_perm.dim(0) * D == 0) return;
   if (takes_vector_path(x.dtype(), D, {x_perm.data(), x.data()})) {
-    permute_rows_vec<<<blocks_for(R, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, ctx.stream>>>(
-        x_perm.ptr<bf16>(), x.ptr<bf16>(), row_slot.ptr<int32_t>(), R, D, K);
+    // The fewest vectors a lane (a power of two up to kPermuteVecs) that cover the row's, and
+    // column blocks of that many past it.
+    const int64_t lane_vecs = (D / kVec + 31) / 32;
+    int vpl = 1;
+    while (vpl < kPermuteVecs && vpl < lane_vecs) vpl *= 2;
+    const dim3 grid(blocks_for(N, kWarpsPerBlock),
+                    static_cast<unsigned>((lane_vecs + vpl - 1) / vpl));
+    const auto launch = [&](auto kernel) {
+      kernel<<<grid, 32 * kWarpsPerBlock, 0, ctx.stream>>>(x_perm.ptr<bf16>(), x.ptr<bf16>(),
+                                                           slot_row.ptr<int32_t>(), N, D, K);
+    };
+    if (vpl == 1) launch(permute_rows_vec<1>);
+    else if (vpl == 2) launch(permute_rows_vec<2>);
+    else if (vpl == 4) launch(permute_rows_vec<4>);
+    else launch(permute_rows_vec<kPermuteVecs>);
     check_launch(ctx, "permute_rows");
     return;
   }
   dispatch_float(x.dtype(), [&]<class T>(Tag<T>) {
-    permute_rows_kernel<T><<<grid_for(R * D), kThreads, 0, ctx.stream>>>(
-        x_perm.ptr<T>(), x.ptr<T>(), row_slot.ptr<int32_t>(), R, D, K);
+    permute_rows_kernel<T><<<grid_for(N * D), kThreads, 0, ctx.stream>>>(
+        x_perm.ptr<T>(), x.ptr<T>(), slot_row.ptr<int32_t>(), N, D, K);
   });
   check_launch(ctx, "permute_rows");
 }

@@ -262,7 +262,9 @@ __global__ void __launch_bounds__(kRowThreads)
 // tokens a warp reading dlogits from global memory at each e took 176 us (Nsight Compute: 104M
 // instructions, issue-bound and waiting on those loads); 4 tokens staged, 146 us; 8 tokens need
 // more than 128 registers and took 630 us; 4 tokens with each token's 8 rows loaded at once
-// (and its slot rows staged too), 162 us. So the rows still come 2 at a time.
+// (and its slot rows staged too), 162 us. So the rows still come 2 at a time; at top-1 and top-2
+// (PrefetchedRows) all of a warp's rows are loaded before the sums over e: 0.0561 -> 0.0506 ms
+// at T 8192, D 2048, E 8 (one H100, 2026-12-06, memory_bound_bench, two rounds).
 constexpr int kInputGradTokens = 4;
 
 template <class T, bool Vec>
@@ -296,12 +298,49 @@ struct TokenRows {
   }
 };
 
+// Top-1 and top-2 on bf16 rows: a warp's TOK tokens' rows (at most 2 each) loaded before the
+// router's sums and added after them, so that their loads wait behind the shared-memory
+// arithmetic rather than after it. The same sums in the same order as TokenRows::gather.
+template <int TOK>
+struct PrefetchedRows {
+  uint4 raw[TOK][2];
+  int32_t row[TOK][2];
+
+  // Every lane of the warp calls this (the shuffles): lane i < tokens * K holds slot t0 K + i.
+  __device__ void load(const TokenRows<bf16, true>& rows, int64_t t0, int tokens, int64_t d0,
+                       bool mine) {
+    const int lane = threadIdx.x & 31, K = static_cast<int>(rows.K);
+    const int32_t my = lane < tokens * K ? rows.slot_row[t0 * K + lane] : -1;
+#pragma unroll
+    for (int i = 0; i < TOK; ++i)
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        row[i][k] = __shfl_sync(0xffffffffu, my, (i * K + k) & 31);
+        if (k >= K || i >= tokens) row[i][k] = -1;
+        if (mine && row[i][k] >= 0)
+          raw[i][k] = load_raw8(rows.rows + static_cast<int64_t>(row[i][k]) * rows.D + d0);
+      }
+  }
+  __device__ void gather(int i, float (&acc)[kVec]) const {
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) acc[j] = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      if (row[i][k] < 0) continue;
+      float y[kVec];
+      unpack8(raw[i][k], y);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) acc[j] += y[j];
+    }
+  }
+};
+
 // Shared memory: the w tile (du_kernel's), then each warp's [kInputGradTokens, E] dlogits.
 inline size_t input_grad_smem_bytes(int tile_d, int64_t E) {
   return padded_bytes(tile_d, E) + static_cast<size_t>(kRowWarps) * kInputGradTokens * E * 4;
 }
 
-template <class T, bool Vec>
+template <class T, bool Vec, bool Prefetch>
 __global__ void __launch_bounds__(kRowThreads, 2)  // 2 blocks an SM: at most 128 registers
     input_grad_kernel(T* dx, TokenRows<T, Vec> rows, const float* dlogits, const float* w,
                       int64_t N, int64_t D, int64_t E, int tile_d) {
@@ -320,6 +359,8 @@ __global__ void __launch_bounds__(kRowThreads, 2)  // 2 blocks an SM: at most 12
     const int tokens = static_cast<int>(min(static_cast<int64_t>(TOK), N - t0));
     __syncwarp();  // the previous tokens' reads of g are done
     for (int i = lane; i < tokens * Ei; i += 32) g[i] = dlogits[t0 * E + i];
+    [[maybe_unused]] PrefetchedRows<TOK> prefetched;
+    if constexpr (Prefetch) prefetched.load(rows, t0, tokens, d0, mine);
     __syncwarp();
     if (!mine) continue;
     float sum[TOK][kVec];
@@ -342,7 +383,8 @@ __global__ void __launch_bounds__(kRowThreads, 2)  // 2 blocks an SM: at most 12
     for (int i = 0; i < TOK; ++i) {
       if (i >= tokens) break;
       float acc[kVec];
-      rows.gather(t0 + i, d0, acc);
+      if constexpr (Prefetch) prefetched.gather(i, acc);
+      else rows.gather(t0 + i, d0, acc);
 #pragma unroll
       for (int j = 0; j < kVec; ++j) acc[j] += sum[i][j];
       store_row8<Vec>(dx + (t0 + i) * D, d0, D, acc);
@@ -598,7 +640,9 @@ bool router_input_grad(Context& ctx, const Tensor& dx, const Tensor& dx_perm,
                        rows_vectorise(dx_perm.ptr<T>(), D);
       with_vec(vec, [&](auto Vec) {
         const size_t smem = input_grad_smem_bytes(tile_d, E);
-        auto* kernel = input_grad_kernel<T, Vec.value>;
+        auto* kernel = input_grad_kernel<T, Vec.value, false>;
+        if constexpr (Vec.value && std::is_same_v<T, bf16>)
+          if (K <= 2) kernel = input_grad_kernel<T, true, true>;
         const int resident = resident_blocks(ctx, op, kernel, kRowThreads, smem);
         const int64_t tiles = (D + tile_d - 1) / tile_d;
         const int64_t per_block = kRowWarps * kInputGradTokens;

@@ -39,7 +39,7 @@ const Tensor& MoELayer::forward(Backend& backend, const Tensor& u) {
     x_perm_storage =
         rows_stay ? own_.rows(backend, "moe.x_recv", kept, D, dtype, max_rows_received(u.dim(0)))
                   : scratch().rows(backend, "moe.x_perm", kept, D, dtype, max_kept);
-    backend.permute_rows(x_perm_storage, u, router.row_slot, K);
+    backend.permute_rows(x_perm_storage, u, router.slot_row, K);
   };
   const bool permute_early = all_kept && !timer;
   if (permute_early) permute(max_kept);
