@@ -41,7 +41,7 @@ constexpr int64_t kTokens = 8192, kModel = 2048, kExperts = 8, kHidden = 4096, k
 // `elementwise`, the main bandwidth-bound ops.
 struct ForwardGemms {
   Tensor x, q, projection_weight, x_perm, h1, h3, y_perm, w1, w3, w2;
-  Tensor normed, rstd, gain, row_slot, hidden, residual;  // the bandwidth-bound ops' operands
+  Tensor normed, rstd, gain, slot_row, hidden, residual;  // the bandwidth-bound ops' operands
   std::vector<int64_t> rows_per_expert;
   int layers = 0;
   bool elementwise = true;
@@ -67,8 +67,8 @@ struct ForwardGemms {
     hidden = gpu.zeros({rows, kHidden}, DType::bf16);
     std::vector<int32_t> slots(static_cast<size_t>(rows));
     for (size_t r = 0; r < slots.size(); ++r) slots[r] = static_cast<int32_t>(r);
-    row_slot = gpu.zeros({rows}, DType::i32);
-    gpu.copy_from_host(row_slot, slots.data());
+    slot_row = gpu.zeros({rows}, DType::i32);
+    gpu.copy_from_host(slot_row, slots.data());
   }
 
   // One layer's forward GEMMs and, with `elementwise`, its main bandwidth-bound ops: two
@@ -80,7 +80,7 @@ struct ForwardGemms {
     if (elementwise) {
       gpu.add_into(residual, x, q);
       gpu.rmsnorm_forward(normed, rstd, residual, gain);
-      gpu.permute_rows(x_perm, normed, row_slot, kTopK);
+      gpu.permute_rows(x_perm, normed, slot_row, kTopK);
     }
     gpu.grouped_gemm(h1, x_perm, w1, false, rows_per_expert, false);
     gpu.grouped_gemm(h3, x_perm, w3, false, rows_per_expert, false);

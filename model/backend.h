@@ -344,25 +344,23 @@ class Backend {
   //   dropped. A rerouted assignment keeps its gate.
   // Outputs:
   //   slot_expert[T*K]: the expert that runs assignment t*K+k (topk_idx unless rerouted);
-  //   slot_row[T*K]: the permuted row of assignment t*K+k, or -1 if dropped;
-  //   row_slot[N]: the assignment of each permuted row; rows grouped by slot_expert, ascending,
-  //                and within an expert by assignment t*K+k;
+  //   slot_row[T*K]: the permuted row of assignment t*K+k, or -1 if dropped; the kept ones
+  //                number the rows 0.. grouped by slot_expert, ascending, and within an expert
+  //                by assignment t*K+k;
   //   assignments_per_expert[E]: the routing's choices (topk_idx) counted before drops and
   //                reroutes (for f_e, expert_load and the bias update).
   // Returns the kept rows per expert (after reroutes), the count rerouted and
   // assignments_per_expert, on the host: the counts that must cross to the host, in one copy.
-  RouterPlanCounts router_plan(const Tensor& slot_row, const Tensor& row_slot,
-                               const Tensor& slot_expert,
-                               const Tensor& assignments_per_expert,
-                               const Tensor& topk_idx, const Tensor& gates,
-                               const Tensor& logits, const Tensor& expert_bias,
+  RouterPlanCounts router_plan(const Tensor& slot_row, const Tensor& slot_expert,
+                               const Tensor& assignments_per_expert, const Tensor& topk_idx,
+                               const Tensor& gates, const Tensor& logits, const Tensor& expert_bias,
                                const RoutingRule& rule);
   // router_plan in two calls, so that the device has work while the host waits for the counts:
   // router_plan_start enqueues the plan (the same outputs, checked alike) and the counts' copy;
   // router_plan_finish waits for that copy and returns what router_plan returns. In between a
   // caller enqueues what does not need the counts on the host (the router's losses; a dropless
   // layer's permute). One plan at a time: start twice, or finish without a start, is an error.
-  void router_plan_start(const Tensor& slot_row, const Tensor& row_slot, const Tensor& slot_expert,
+  void router_plan_start(const Tensor& slot_row, const Tensor& slot_expert,
                          const Tensor& assignments_per_expert, const Tensor& topk_idx,
                          const Tensor& gates, const Tensor& logits, const Tensor& expert_bias,
                          const RoutingRule& rule);
@@ -539,15 +537,13 @@ class Backend {
                                        const Tensor& topk_idx, const Tensor& gates,
                                        const Tensor& logits, const Tensor& expert_bias,
                                        const RoutingRule& rule) = 0;
-  virtual RouterPlanCounts router_plan_impl(const Tensor& slot_row, const Tensor& row_slot,
-                                            const Tensor& slot_expert,
+  virtual RouterPlanCounts router_plan_impl(const Tensor& slot_row, const Tensor& slot_expert,
                                             const Tensor& assignments_per_expert,
                                             const Tensor& topk_idx, const Tensor& gates,
                                             const Tensor& logits, const Tensor& expert_bias,
                                             const RoutingRule& rule) = 0;
   // Default: the whole of router_plan_impl in start, its counts handed over by finish.
-  virtual void router_plan_start_impl(const Tensor& slot_row, const Tensor& row_slot,
-                                      const Tensor& slot_expert,
+  virtual void router_plan_start_impl(const Tensor& slot_row, const Tensor& slot_expert,
                                       const Tensor& assignments_per_expert, const Tensor& topk_idx,
                                       const Tensor& gates, const Tensor& logits,
                                       const Tensor& expert_bias, const RoutingRule& rule);

@@ -723,11 +723,11 @@ void Backend::router_scores_topk(const Tensor& scores, const Tensor& lse, const 
 }
 
 namespace {
-void check_router_plan(const OpCheck& c, const Tensor& slot_row, const Tensor& row_slot,
-                       const Tensor& slot_expert, const Tensor& assignments_per_expert,
-                       const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
-                       const Tensor& expert_bias, const RoutingRule& rule) {
-  for (auto [t, name] : {Named{&slot_row, "slot_row"}, {&row_slot, "row_slot"},
+void check_router_plan(const OpCheck& c, const Tensor& slot_row, const Tensor& slot_expert,
+                       const Tensor& assignments_per_expert, const Tensor& topk_idx,
+                       const Tensor& gates, const Tensor& logits, const Tensor& expert_bias,
+                       const RoutingRule& rule) {
+  for (auto [t, name] : {Named{&slot_row, "slot_row"},
                          {&slot_expert, "slot_expert"},
                          {&assignments_per_expert, "assignments_per_expert"},
                          {&topk_idx, "topk_idx"}})
@@ -751,29 +751,28 @@ void check_router_plan(const OpCheck& c, const Tensor& slot_row, const Tensor& r
 }
 }  // namespace
 
-RouterPlanCounts Backend::router_plan(const Tensor& slot_row, const Tensor& row_slot,
-                                      const Tensor& slot_expert,
+RouterPlanCounts Backend::router_plan(const Tensor& slot_row, const Tensor& slot_expert,
                                       const Tensor& assignments_per_expert, const Tensor& topk_idx,
                                       const Tensor& gates, const Tensor& logits,
                                       const Tensor& expert_bias, const RoutingRule& rule) {
   const OpCheck c(*this, "router_plan");
   if (plan_started_) c.fail("a plan started by router_plan_start is not finished");
-  check_router_plan(c, slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx, gates,
-                    logits, expert_bias, rule);
-  return router_plan_impl(slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx,
-                          gates, logits, expert_bias, rule);
+  check_router_plan(c, slot_row, slot_expert, assignments_per_expert, topk_idx, gates, logits,
+                    expert_bias, rule);
+  return router_plan_impl(slot_row, slot_expert, assignments_per_expert, topk_idx, gates, logits,
+                          expert_bias, rule);
 }
 
-void Backend::router_plan_start(const Tensor& slot_row, const Tensor& row_slot,
-                                const Tensor& slot_expert, const Tensor& assignments_per_expert,
-                                const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
+void Backend::router_plan_start(const Tensor& slot_row, const Tensor& slot_expert,
+                                const Tensor& assignments_per_expert, const Tensor& topk_idx,
+                                const Tensor& gates, const Tensor& logits,
                                 const Tensor& expert_bias, const RoutingRule& rule) {
   const OpCheck c(*this, "router_plan_start");
   if (plan_started_) c.fail("the previous plan is not finished (router_plan_finish)");
-  check_router_plan(c, slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx, gates,
-                    logits, expert_bias, rule);
-  router_plan_start_impl(slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx, gates,
-                         logits, expert_bias, rule);
+  check_router_plan(c, slot_row, slot_expert, assignments_per_expert, topk_idx, gates, logits,
+                    expert_bias, rule);
+  router_plan_start_impl(slot_row, slot_expert, assignments_per_expert, topk_idx, gates, logits,
+                         expert_bias, rule);
   plan_started_ = true;
 }
 
@@ -783,13 +782,12 @@ RouterPlanCounts Backend::router_plan_finish() {
   return router_plan_finish_impl();
 }
 
-void Backend::router_plan_start_impl(const Tensor& slot_row, const Tensor& row_slot,
-                                     const Tensor& slot_expert,
+void Backend::router_plan_start_impl(const Tensor& slot_row, const Tensor& slot_expert,
                                      const Tensor& assignments_per_expert, const Tensor& topk_idx,
                                      const Tensor& gates, const Tensor& logits,
                                      const Tensor& expert_bias, const RoutingRule& rule) {
-  started_counts_ = router_plan_impl(slot_row, row_slot, slot_expert, assignments_per_expert,
-                                     topk_idx, gates, logits, expert_bias, rule);
+  started_counts_ = router_plan_impl(slot_row, slot_expert, assignments_per_expert, topk_idx, gates,
+                                     logits, expert_bias, rule);
 }
 
 RouterPlanCounts Backend::router_plan_finish_impl() { return std::move(started_counts_); }

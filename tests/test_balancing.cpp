@@ -20,6 +20,7 @@
 #include "model/transformer.h"
 #include "parallel/local_exchange.h"
 #include "tests/grad_check.h"
+#include "tests/slots_of_rows.h"
 #include "tests/synthetic_corpus.h"
 #include "tests/tiny_moe.h"
 #include "trainer/checkpoint.h"
@@ -37,7 +38,7 @@ using Idx = std::vector<int32_t>;
 // One routing group through the backend's router ops, in f64.
 struct Routed {
   Vec scores, gates;
-  Idx topk, slot_row, row_slot, slot_expert, assignments;
+  Idx topk, slot_row, row_slot, slot_expert, assignments;  // row_slot: slot_row's inverse
   std::vector<int64_t> kept;
   int64_t rerouted = 0;
   RouterLossValues losses;
@@ -59,14 +60,13 @@ class Balancing : public ::testing::Test {
     const int64_t K = rule.top_k;
     Tensor scores = be->alloc({T, E}, DType::f64), lse = be->alloc({T}, DType::f64);
     Tensor idx = be->alloc({T, K}, DType::i32), gates = be->alloc({T, K}, DType::f64);
-    Tensor slot_row = be->alloc({T * K}, DType::i32), row_slot = be->alloc({T * K}, DType::i32);
+    Tensor slot_row = be->alloc({T * K}, DType::i32);
     Tensor slot_expert = be->alloc({T * K}, DType::i32), assignments = be->alloc({E}, DType::i32);
-    be->fill(row_slot, -7);
     Tensor logit_tensor = tensor({T, E}, logits);
     Tensor bias_tensor = bias.empty() ? Tensor() : tensor({E}, bias);
     be->router_scores_topk(scores, lse, idx, gates, logit_tensor, bias_tensor, rule);
-    const RouterPlanCounts plan = be->router_plan(slot_row, row_slot, slot_expert, assignments,
-                                                  idx, gates, logit_tensor, bias_tensor, rule);
+    const RouterPlanCounts plan = be->router_plan(slot_row, slot_expert, assignments, idx, gates,
+                                                  logit_tensor, bias_tensor, rule);
     Tensor balance = assignments;
     if (!counts.empty()) {
       balance = be->alloc({E}, DType::i32);
@@ -78,7 +78,7 @@ class Balancing : public ::testing::Test {
     r.gates = be->read(gates);
     r.topk = be->read_i32(idx);
     r.slot_row = be->read_i32(slot_row);
-    r.row_slot = be->read_i32(row_slot);
+    r.row_slot = slots_of_rows(r.slot_row);
     r.slot_expert = be->read_i32(slot_expert);
     r.assignments = be->read_i32(assignments);
     r.kept = plan.tokens_per_expert;

@@ -808,7 +808,7 @@ std::vector<double> router_logits(int64_t N, int64_t E, double skew, bool coarse
 // gates, then the plan's outputs and counts.
 struct CpuRouting {
   std::vector<double> logit_values;
-  Tensor logits, scores, lse, topk, gates, slot_row, row_slot, slot_expert, assignments;
+  Tensor logits, scores, lse, topk, gates, slot_row, slot_expert, assignments;
   RouterPlanCounts counts;
 };
 CpuRouting route_on_cpu(Backend& cpu, int64_t N, int64_t E, const RoutingRule& rule,
@@ -821,10 +821,10 @@ CpuRouting route_on_cpu(Backend& cpu, int64_t N, int64_t E, const RoutingRule& r
   r.scores = cpu.alloc({N, E}, DType::f32), r.lse = cpu.alloc({N}, DType::f32);
   r.topk = cpu.alloc({N, K}, DType::i32), r.gates = cpu.alloc({N, K}, DType::f32);
   cpu.router_scores_topk(r.scores, r.lse, r.topk, r.gates, r.logits, Tensor(), rule);
-  r.slot_row = cpu.alloc({N * K}, DType::i32), r.row_slot = cpu.alloc({N * K}, DType::i32);
-  r.slot_expert = cpu.alloc({N * K}, DType::i32), r.assignments = cpu.alloc({E}, DType::i32);
-  r.counts = cpu.router_plan(r.slot_row, r.row_slot, r.slot_expert, r.assignments, r.topk, r.gates,
-                             r.logits, Tensor(), rule);
+  r.slot_row = cpu.alloc({N * K}, DType::i32), r.slot_expert = cpu.alloc({N * K}, DType::i32);
+  r.assignments = cpu.alloc({E}, DType::i32);
+  r.counts = cpu.router_plan(r.slot_row, r.slot_expert, r.assignments, r.topk, r.gates, r.logits,
+                             Tensor(), rule);
   return r;
 }
 
@@ -893,7 +893,7 @@ std::vector<int32_t> random_topk(int64_t N, int64_t K, int64_t E, uint64_t seed)
 }
 
 // The plan on identical inputs (the CPU's top-k and gates, the same logits and bias) must be
-// identical: slot_row, row_slot (kept rows), slot_expert, the counts and the reroute count.
+// identical: slot_row, slot_expert, the counts and the reroute count.
 // Sizes: small, and one past a block of 1024 assignments with E > 32 (several experts per lane
 // in the reroute walk, several tiles in the probability ordering); E = 64, top-8 over 12 of the
 // dropless plan's chunks; E = 1100, past the dropless plan's 1024 experts (the per-expert blocks).
@@ -939,12 +939,12 @@ TEST_F(CudaF32, PlanMatchesTheCpu) {
               const std::string name = rule_name(rule) + " N=" + std::to_string(N) +
                                        (with_bias ? " bias" : "") +
                                        (quantised_gates ? " quantised gates" : "");
-              Tensor src = cpu().alloc({N * K}, DType::i32), rsc = cpu().alloc({N * K}, DType::i32),
-                     sec = cpu().alloc({N * K}, DType::i32), ac = cpu().alloc({E}, DType::i32);
-              Tensor srg = poisoned({N * K}, DType::i32), rsg = poisoned({N * K}, DType::i32),
-                     seg = poisoned({N * K}, DType::i32), ag = poisoned({E}, DType::i32);
-              const RouterPlanCounts cc = cpu().router_plan(src, rsc, sec, ac, ic, gc, lc, bc, rule);
-              const RouterPlanCounts cg = gpu().router_plan(srg, rsg, seg, ag, ig, gg, lg, bg, rule);
+              Tensor src = cpu().alloc({N * K}, DType::i32), sec = cpu().alloc({N * K}, DType::i32),
+                     ac = cpu().alloc({E}, DType::i32);
+              Tensor srg = poisoned({N * K}, DType::i32), seg = poisoned({N * K}, DType::i32),
+                     ag = poisoned({E}, DType::i32);
+              const RouterPlanCounts cc = cpu().router_plan(src, sec, ac, ic, gc, lc, bc, rule);
+              const RouterPlanCounts cg = gpu().router_plan(srg, seg, ag, ig, gg, lg, bg, rule);
               EXPECT_EQ(cg.tokens_per_expert, cc.tokens_per_expert) << name;
               EXPECT_EQ(cg.rerouted, cc.rerouted) << name;
               // The choices' counts come back in the plan's one copy, equal to the tensor's.
@@ -961,7 +961,6 @@ TEST_F(CudaF32, PlanMatchesTheCpu) {
               cases_with_drops += kept < N * K;
               cases_with_reroutes += cc.rerouted > 0;
               expect_equal_ints(srg, src, N * K, name + " slot_row");
-              expect_equal_ints(rsg, rsc, kept, name + " row_slot");
               expect_equal_ints(seg, sec, N * K, name + " slot_expert");
               expect_equal_ints(ag, ac, E, name + " assignments_per_expert");
             }
@@ -1009,17 +1008,17 @@ TEST_F(CudaF32, RerouteManyOverflowsMatchesTheCpu) {
             rule.capacity = (K * N + E - 1) / E;  // factor 1.0
             const std::string name = rule_name(rule) + " E=64 N=" + std::to_string(N) +
                                      (with_bias ? " bias" : "") + (coarse ? " ties" : "");
-            Tensor src = cpu().alloc({N * K}, DType::i32), rsc = cpu().alloc({N * K}, DType::i32),
-                   sec = cpu().alloc({N * K}, DType::i32), ac = cpu().alloc({E}, DType::i32);
-            const RouterPlanCounts cc = cpu().router_plan(src, rsc, sec, ac, ic, gc, lc, bc, rule);
+            Tensor src = cpu().alloc({N * K}, DType::i32), sec = cpu().alloc({N * K}, DType::i32),
+                   ac = cpu().alloc({E}, DType::i32);
+            const RouterPlanCounts cc = cpu().router_plan(src, sec, ac, ic, gc, lc, bc, rule);
             RouterPlanCounts cg;
-            Tensor srg, rsg, seg, ag;
+            Tensor srg, seg, ag;
             for (int repeat = 0; repeat < 2; ++repeat) {  // the first run warms up
-              srg = poisoned({N * K}, DType::i32), rsg = poisoned({N * K}, DType::i32),
-              seg = poisoned({N * K}, DType::i32), ag = poisoned({E}, DType::i32);
+              srg = poisoned({N * K}, DType::i32), seg = poisoned({N * K}, DType::i32),
+              ag = poisoned({E}, DType::i32);
               gpu().synchronize();
               const auto start = std::chrono::steady_clock::now();
-              cg = gpu().router_plan(srg, rsg, seg, ag, ig, gg, lg, bg, rule);  // synchronises
+              cg = gpu().router_plan(srg, seg, ag, ig, gg, lg, bg, rule);  // synchronises
               ms[overflow == Overflow::reroute] =
                   std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
                                                             start)
@@ -1030,7 +1029,6 @@ TEST_F(CudaF32, RerouteManyOverflowsMatchesTheCpu) {
             EXPECT_EQ(cg.tokens_per_expert, cc.tokens_per_expert) << name;
             EXPECT_EQ(cg.rerouted, cc.rerouted) << name;
             expect_equal_ints(srg, src, N * K, name + " slot_row");
-            expect_equal_ints(rsg, rsc, kept, name + " row_slot");
             expect_equal_ints(seg, sec, N * K, name + " slot_expert");
             expect_equal_ints(ag, ac, E, name + " assignments_per_expert");
             if (overflow == Overflow::reroute) {
@@ -1061,13 +1059,13 @@ TEST_F(CudaF32, PlanInTwoCallsWithWorkBetween) {
   Tensor lg = on_gpu({N, E}, c.logit_values, DType::f32);
   Tensor gg = on_gpu({N, K}, cpu().read(c.gates), DType::f32);
   Tensor ig = ints_gpu(cpu().read_i32(c.topk)).reshape({N, K});
-  Tensor srg = poisoned({N * K}, DType::i32), rsg = poisoned({N * K}, DType::i32),
-         seg = poisoned({N * K}, DType::i32), ag = poisoned({E}, DType::i32);
+  Tensor srg = poisoned({N * K}, DType::i32), seg = poisoned({N * K}, DType::i32),
+         ag = poisoned({E}, DType::i32);
   const std::vector<double> x = values(N * D, DType::f32);
   Tensor xg = on_gpu({N, D}, x, DType::f32), xc = on_cpu({N, D}, x);
   Tensor pg = poisoned({N * K, D}, DType::f32), pc = cpu().alloc({N * K, D}, DType::f32);
   for (int round = 0; round < 2; ++round) {
-    gpu().router_plan_start(srg, rsg, seg, ag, ig, gg, lg, Tensor(), rule);
+    gpu().router_plan_start(srg, seg, ag, ig, gg, lg, Tensor(), rule);
     gpu().router_scores_topk(poisoned({N, E}, DType::f32), poisoned({N}, DType::f32),
                              poisoned({N, K}, DType::i32), poisoned({N, K}, DType::f32), lg,
                              Tensor(), rule);  // more launches that use the scratch slots
@@ -1412,15 +1410,15 @@ TEST_P(CudaOps, RouterInputGrad) {
 TEST_P(CudaOps, PermuteAndCombine) {
   const int64_t N = 90, K = 2, E = 5, D = 24;
   const std::vector<int32_t> topk = random_topk(N, K, E, 91);
-  Tensor sr = cpu().alloc({N * K}, DType::i32), rs = cpu().alloc({N * K}, DType::i32),
-         se = cpu().alloc({N * K}, DType::i32), as = cpu().alloc({E}, DType::i32);
+  Tensor sr = cpu().alloc({N * K}, DType::i32), se = cpu().alloc({N * K}, DType::i32),
+         as = cpu().alloc({E}, DType::i32);
   RoutingRule rule;
   rule.top_k = K;
   rule.capacity = 30;
   const std::vector<int64_t> kept_per =
-      cpu().router_plan(sr, rs, se, as, ints_cpu(topk).reshape({N, K}),
-                        cpu().zeros({N, K}, DType::f32), cpu().zeros({N, E}, DType::f32), Tensor(),
-                        rule)
+      cpu()
+          .router_plan(sr, se, as, ints_cpu(topk).reshape({N, K}), cpu().zeros({N, K}, DType::f32),
+                       cpu().zeros({N, E}, DType::f32), Tensor(), rule)
           .tokens_per_expert;
   const int64_t R = std::accumulate(kept_per.begin(), kept_per.end(), int64_t{0});
   ASSERT_LT(R, N * K) << "the test wants drops";

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "model/backend.h"
+#include "tests/slots_of_rows.h"
 
 namespace sy {
 namespace {
@@ -60,25 +61,23 @@ class RouterTest : public ::testing::Test {
     return {be->read(probs), be->read(lse), be->read(gates), be->read_i32(idx), logits, dt};
   }
 
-  // row_slot is a worst-case buffer of T*K entries, pre-filled with a sentinel.
+  // row_slot: the inverse of slot_row, on the host.
   Plan plan(const Routing& r, int64_t T, int64_t K, int64_t E, int64_t cap) {
     Tensor idx = be->alloc({T, K}, DType::i32);
     be->write(idx, std::span<const int32_t>(r.topk));
-    Tensor slot_row = be->alloc({T * K}, DType::i32), row_slot = be->alloc({T * K}, DType::i32);
+    Tensor slot_row = be->alloc({T * K}, DType::i32);
     Tensor slot_expert = be->alloc({T * K}, DType::i32), assignments = be->alloc({E}, DType::i32);
-    be->fill(row_slot, kSentinel);
     RoutingRule rule;
     rule.top_k = K;
     rule.capacity = cap;
     Plan p;
     const RouterPlanCounts counts =
-        be->router_plan(slot_row, row_slot, slot_expert, assignments, idx,
-                        tensor({T, K}, r.dtype, r.gates), tensor({T, E}, r.dtype, r.logits),
-                        Tensor(), rule);
+        be->router_plan(slot_row, slot_expert, assignments, idx, tensor({T, K}, r.dtype, r.gates),
+                        tensor({T, E}, r.dtype, r.logits), Tensor(), rule);
     p.kept = counts.tokens_per_expert;
     p.rerouted = counts.rerouted;
     p.slot_row = be->read_i32(slot_row);
-    p.row_slot = be->read_i32(row_slot);
+    p.row_slot = slots_of_rows(p.slot_row);
     p.slot_expert = be->read_i32(slot_expert);
     p.assignments = be->read_i32(assignments);
     // The plan returns the choices' counts on the host too, equal to the tensor's.
@@ -86,8 +85,6 @@ class RouterTest : public ::testing::Test {
               std::vector<int64_t>(p.assignments.begin(), p.assignments.end()));
     return p;
   }
-
-  static constexpr int32_t kSentinel = -7;
 };
 
 // Logits [T, E] where token t's first choice gets 2, its second 1, the others 0.
@@ -242,6 +239,7 @@ TEST_F(RouterTest, PlanIsConsistentAndGroupedByExpertThenToken) {
         ASSERT_EQ(p.row_slot[p.slot_row[s]], s);
       }
     }
+    ASSERT_EQ(static_cast<int64_t>(p.row_slot.size()), N);  // rows 0 .. N-1, each named once
     for (int64_t row = 0; row < N; ++row) {
       const int32_t s = p.row_slot[row];
       ASSERT_GE(s, 0);
@@ -260,29 +258,28 @@ TEST_F(RouterTest, PlanIsConsistentAndGroupedByExpertThenToken) {
       for (int64_t row = begin; row < begin + kept[e]; ++row) ASSERT_EQ(r.topk[p.row_slot[row]], e);
       begin += kept[e];
     }
-    for (int64_t row = N; row < T * K; ++row) EXPECT_EQ(p.row_slot[row], kSentinel);  // untouched
   }
 }
 
 TEST_F(RouterTest, PlanRejectsBadInput) {
   Tensor idx = be->alloc({2, 2}, DType::i32);
   be->write(idx, std::span<const int32_t>(Idx{0, 1, 1, 4}));
-  Tensor slot_row = be->alloc({4}, DType::i32), row_slot = be->alloc({4}, DType::i32);
+  Tensor slot_row = be->alloc({4}, DType::i32);
   Tensor slot_expert = be->alloc({4}, DType::i32), assignments = be->alloc({4}, DType::i32);
   Tensor gates = be->zeros({2, 2}, DType::f64), logits = be->zeros({2, 4}, DType::f64);
   RoutingRule rule;
   rule.top_k = 2;
   auto plan_with = [&](const Tensor& rows, const Tensor& bias, int64_t capacity) {
     rule.capacity = capacity;
-    be->router_plan(slot_row, rows, slot_expert, assignments, idx, gates, logits, bias, rule);
+    be->router_plan(rows, slot_expert, assignments, idx, gates, logits, bias, rule);
   };
-  EXPECT_THROW(plan_with(row_slot, Tensor(), -1), std::runtime_error);  // expert 4 of 4
+  EXPECT_THROW(plan_with(slot_row, Tensor(), -1), std::runtime_error);  // expert 4 of 4
   be->write(idx, std::span<const int32_t>(Idx{0, 1, 1, 3}));
   EXPECT_THROW(plan_with(be->alloc({3}, DType::i32), Tensor(), -1), std::runtime_error);
-  EXPECT_NO_THROW(plan_with(be->alloc({3}, DType::i32), Tensor(), 0));
-  EXPECT_THROW(plan_with(row_slot, be->zeros({3}, DType::f64), -1), std::runtime_error);
-  EXPECT_THROW(plan_with(row_slot, be->zeros({4}, DType::f32), -1), std::runtime_error);
-  EXPECT_NO_THROW(plan_with(row_slot, be->zeros({4}, DType::f64), -1));
+  EXPECT_THROW(plan_with(slot_row, be->zeros({3}, DType::f64), -1), std::runtime_error);
+  EXPECT_THROW(plan_with(slot_row, be->zeros({4}, DType::f32), -1), std::runtime_error);
+  EXPECT_NO_THROW(plan_with(slot_row, be->zeros({4}, DType::f64), -1));
+  EXPECT_NO_THROW(plan_with(slot_row, Tensor(), 0));
 }
 
 // router_plan_start then router_plan_finish is router_plan; misuse is refused by name.
@@ -296,17 +293,16 @@ TEST_F(RouterTest, PlanInTwoCallsIsThePlan) {
   rule.capacity = 1;  // drops, so that the counts say something
   auto outputs = [&] {
     return std::vector<Tensor>{be->alloc({T * K}, DType::i32), be->alloc({T * K}, DType::i32),
-                               be->alloc({T * K}, DType::i32), be->alloc({E}, DType::i32)};
+                               be->alloc({E}, DType::i32)};
   };
   const std::vector<Tensor> one = outputs(), two = outputs();
   const RouterPlanCounts whole =
-      be->router_plan(one[0], one[1], one[2], one[3], idx, gates, logits, Tensor(), rule);
+      be->router_plan(one[0], one[1], one[2], idx, gates, logits, Tensor(), rule);
   EXPECT_THROW(be->router_plan_finish(), std::runtime_error);  // nothing started
-  be->router_plan_start(two[0], two[1], two[2], two[3], idx, gates, logits, Tensor(), rule);
-  EXPECT_THROW(
-      be->router_plan_start(two[0], two[1], two[2], two[3], idx, gates, logits, Tensor(), rule),
-      std::runtime_error);
-  EXPECT_THROW(be->router_plan(one[0], one[1], one[2], one[3], idx, gates, logits, Tensor(), rule),
+  be->router_plan_start(two[0], two[1], two[2], idx, gates, logits, Tensor(), rule);
+  EXPECT_THROW(be->router_plan_start(two[0], two[1], two[2], idx, gates, logits, Tensor(), rule),
+               std::runtime_error);
+  EXPECT_THROW(be->router_plan(one[0], one[1], one[2], idx, gates, logits, Tensor(), rule),
                std::runtime_error);
   const RouterPlanCounts halves = be->router_plan_finish();
   EXPECT_EQ(halves.tokens_per_expert, whole.tokens_per_expert);

@@ -717,7 +717,7 @@ TEST_F(CpuBackendTest, RouterBackwardFiniteDifference) {
           const Vec w = randn(N * K, 27 + K);
           Tensor scores = be->alloc({N, E}, dt), lse = be->alloc({N}, dt);
           Tensor idx = be->alloc({N, K}, DType::i32), gates = be->alloc({N, K}, dt);
-          Tensor slot_row = be->alloc({N * K}, DType::i32), row_slot = be->alloc({N * K}, DType::i32);
+          Tensor slot_row = be->alloc({N * K}, DType::i32);
           Tensor slot_expert = be->alloc({N * K}, DType::i32);
           Tensor assignments = be->alloc({E}, DType::i32);
           Tensor logits = be->alloc({N, E}, dt);
@@ -727,8 +727,7 @@ TEST_F(CpuBackendTest, RouterBackwardFiniteDifference) {
             be->router_scores_topk(scores, lse, idx, gates, logits, Tensor(), rule);
             if (selected.empty()) selected = be->read_i32(idx);
             EXPECT_EQ(be->read_i32(idx), selected) << what << ": a perturbation changed the top-K";
-            be->router_plan(slot_row, row_slot, slot_expert, assignments, idx, gates, logits,
-                            Tensor(), rule);
+            be->router_plan(slot_row, slot_expert, assignments, idx, gates, logits, Tensor(), rule);
             const RouterLossValues losses =
                 be->router_losses(scores, lse, foreign ? foreign_counts : assignments, rule);
             return dot(w, be->read(gates)) + d_aux * losses.aux + d_z * losses.z;
@@ -748,13 +747,13 @@ TEST_F(CpuBackendTest, PermuteUnpermuteMatchNaive) {
   // Expert choices per token; expert 0 is popular, so capacity 3 drops some assignments.
   const std::vector<int32_t> choice{0, 1, 0, 2, 1, 0, 0, 2, 0, 1, 2, 0};
   Tensor idx = index({N, K}, choice);
-  Tensor slot_row = be->alloc({N * K}, DType::i32), row_slot = be->alloc({N * K}, DType::i32);
-  Tensor assignments = be->alloc({E}, DType::i32), slot_expert = be->alloc({N * K}, DType::i32);
+  Tensor slot_row = be->alloc({N * K}, DType::i32), slot_expert = be->alloc({N * K}, DType::i32);
+  Tensor assignments = be->alloc({E}, DType::i32);
   RoutingRule rule;
   rule.top_k = K;
   rule.capacity = 3;
   const std::vector<int64_t> kept =
-      be->router_plan(slot_row, row_slot, slot_expert, assignments, idx, be->zeros({N, K}, DType::f32),
+      be->router_plan(slot_row, slot_expert, assignments, idx, be->zeros({N, K}, DType::f32),
                       be->zeros({N, E}, DType::f32), Tensor(), rule)
           .tokens_per_expert;
   const int64_t R = std::accumulate(kept.begin(), kept.end(), int64_t{0});

@@ -161,8 +161,7 @@ class CpuBackend final : public Backend {
   void router_scores_topk_impl(const Tensor& scores, const Tensor& lse, const Tensor& topk_idx,
                                const Tensor& gates, const Tensor& logits,
                                const Tensor& expert_bias, const RoutingRule& rule) override;
-  RouterPlanCounts router_plan_impl(const Tensor& slot_row, const Tensor& row_slot,
-                                    const Tensor& slot_expert,
+  RouterPlanCounts router_plan_impl(const Tensor& slot_row, const Tensor& slot_expert,
                                     const Tensor& assignments_per_expert, const Tensor& topk_idx,
                                     const Tensor& gates, const Tensor& logits,
                                     const Tensor& expert_bias, const RoutingRule& rule) override;

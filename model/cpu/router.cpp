@@ -127,7 +127,7 @@ std::vector<int64_t> router_plan_counts(int32_t* slot_row, int32_t* slot_expert,
   return kept;
 }
 
-inline void router_plan_rows(int32_t* slot_row, int32_t* row_slot, const int32_t* slot_expert,
+inline void router_plan_rows(int32_t* slot_row, const int32_t* slot_expert,
                              const std::vector<int64_t>& kept, int64_t N, int64_t K) {
   std::vector<int64_t> next(kept.size(), 0);  // next free row of each expert
   for (size_t e = 1; e < kept.size(); ++e) next[e] = next[e - 1] + kept[e - 1];
@@ -135,7 +135,6 @@ inline void router_plan_rows(int32_t* slot_row, int32_t* row_slot, const int32_t
     if (slot_row[slot] < 0) continue;
     const int64_t row = next[slot_expert[slot]]++;
     slot_row[slot] = static_cast<int32_t>(row);
-    row_slot[row] = static_cast<int32_t>(slot);
   }
 }
 
@@ -256,10 +255,11 @@ void CpuBackend::router_scores_topk_impl(const Tensor& scores, const Tensor& lse
   });
 }
 
-RouterPlanCounts CpuBackend::router_plan_impl(
-    const Tensor& slot_row, const Tensor& row_slot, const Tensor& slot_expert,
-    const Tensor& assignments_per_expert, const Tensor& topk_idx, const Tensor& gates,
-    const Tensor& logits, const Tensor& expert_bias, const RoutingRule& rule) {
+RouterPlanCounts CpuBackend::router_plan_impl(const Tensor& slot_row, const Tensor& slot_expert,
+                                              const Tensor& assignments_per_expert,
+                                              const Tensor& topk_idx, const Tensor& gates,
+                                              const Tensor& logits, const Tensor& expert_bias,
+                                              const RoutingRule& rule) {
   const OpCheck c(*this, "router_plan");
   const DType dt = logits.dtype();
   const int64_t N = topk_idx.dim(0), K = topk_idx.dim(1), E = logits.dim(1);
@@ -272,13 +272,8 @@ RouterPlanCounts CpuBackend::router_plan_impl(
                                    cpu::bias_ptr<T>(expert_bias), N, E, rule,
                                    &counts.rerouted);
   });
-  int64_t rows = 0;  // row_slot need only hold the kept rows
-  for (int64_t n : counts.tokens_per_expert) rows += n;
-  if (rows > row_slot.numel())
-    c.fail("row_slot holds " + std::to_string(row_slot.numel()) + " rows, " +
-           std::to_string(rows) + " kept");
-  cpu::router_plan_rows(slot_row.ptr<int32_t>(), row_slot.ptr<int32_t>(),
-                        slot_expert.ptr<int32_t>(), counts.tokens_per_expert, N, K);
+  cpu::router_plan_rows(slot_row.ptr<int32_t>(), slot_expert.ptr<int32_t>(),
+                        counts.tokens_per_expert, N, K);
   const int32_t* assignments = assignments_per_expert.ptr<int32_t>();
   counts.assignments_per_expert.assign(assignments, assignments + E);
   return counts;

@@ -484,23 +484,21 @@ class CudaBackend final : public Backend {
 
   // router.cu: the device's checks, the plan, and one host synchronisation for the counts (in
   // finish; router_plan is start then finish).
-  RouterPlanCounts router_plan_impl(const Tensor& slot_row, const Tensor& row_slot,
-                                    const Tensor& slot_expert,
+  RouterPlanCounts router_plan_impl(const Tensor& slot_row, const Tensor& slot_expert,
                                     const Tensor& assignments_per_expert, const Tensor& topk_idx,
                                     const Tensor& gates, const Tensor& logits,
                                     const Tensor& expert_bias, const RoutingRule& rule) override {
-    router_plan_start_impl(slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx, gates,
-                           logits, expert_bias, rule);
+    router_plan_start_impl(slot_row, slot_expert, assignments_per_expert, topk_idx, gates, logits,
+                           expert_bias, rule);
     return router_plan_finish_impl();
   }
-  void router_plan_start_impl(const Tensor& slot_row, const Tensor& row_slot,
-                              const Tensor& slot_expert, const Tensor& assignments_per_expert,
-                              const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
-                              const Tensor& expert_bias, const RoutingRule& rule) override {
+  void router_plan_start_impl(const Tensor& slot_row, const Tensor& slot_expert,
+                              const Tensor& assignments_per_expert, const Tensor& topk_idx,
+                              const Tensor& gates, const Tensor& logits, const Tensor& expert_bias,
+                              const RoutingRule& rule) override {
     SY_PROFILE("router_plan");
-    cuda::router_plan_start(ctx_, OpCheck(*this, "router_plan"), plan_copy_, slot_row, row_slot,
-                            slot_expert, assignments_per_expert, topk_idx, gates, logits,
-                            expert_bias, rule);
+    cuda::router_plan_start(ctx_, OpCheck(*this, "router_plan"), plan_copy_, slot_row, slot_expert,
+                            assignments_per_expert, topk_idx, gates, logits, expert_bias, rule);
     plan_experts_ = logits.dim(1);
   }
   RouterPlanCounts router_plan_finish_impl() override {

@@ -153,13 +153,13 @@ bool cross_entropy_into(Context& ctx, const Tensor& losses, const Tensor& logits
 void router_scores_topk(Context& ctx, const Tensor& scores, const Tensor& lse,
                         const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
                         const Tensor& expert_bias, const RoutingRule& rule);
-// Writes slot_row, row_slot, slot_expert, assignments_per_expert and counts (device i32, 2E + 2
+// Writes slot_row, slot_expert, assignments_per_expert and counts (device i32, 2E + 2
 // entries): [0, E) the kept rows per expert after reroutes, E the number rerouted, E + 1 the
 // reroute walk's own scratch, [E + 2, 2E + 2) assignments_per_expert again.
-void router_plan(Context& ctx, const Tensor& slot_row, const Tensor& row_slot,
-                 const Tensor& slot_expert, const Tensor& assignments_per_expert,
-                 const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
-                 const Tensor& expert_bias, const RoutingRule& rule, int32_t* counts);
+void router_plan(Context& ctx, const Tensor& slot_row, const Tensor& slot_expert,
+                 const Tensor& assignments_per_expert, const Tensor& topk_idx, const Tensor& gates,
+                 const Tensor& logits, const Tensor& expert_bias, const RoutingRule& rule,
+                 int32_t* counts);
 // out[0] = aux, out[1] = z, out[2] = entropy (device doubles).
 void router_losses(Context& ctx, const Tensor& scores, const Tensor& lse,
                    const Tensor& balance_counts, const RoutingRule& rule, double* out);
@@ -168,14 +168,13 @@ void router_backward(Context& ctx, const Tensor& dlogits, const Tensor& dgates,
                      const Tensor& topk_idx, const Tensor& balance_counts, const RoutingRule& rule,
                      double d_aux, double d_z);
 // The backend's Backend::router_plan_start / finish and router_losses: `check` for what the
-// device adds (i32 limits, row_slot room for every assignment, the reroute walk's expert limit),
+// device adds (i32 limits, the reroute walk's expert limit),
 // the launches above with their results in scratch slot B, and one host synchronisation each
 // (the plan's in finish, which waits for the copy that start enqueued after the launches).
 void router_plan_start(Context& ctx, const OpCheck& check, HostCopy& copy, const Tensor& slot_row,
-                       const Tensor& row_slot, const Tensor& slot_expert,
-                       const Tensor& assignments_per_expert, const Tensor& topk_idx,
-                       const Tensor& gates, const Tensor& logits, const Tensor& expert_bias,
-                       const RoutingRule& rule);
+                       const Tensor& slot_expert, const Tensor& assignments_per_expert,
+                       const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
+                       const Tensor& expert_bias, const RoutingRule& rule);
 RouterPlanCounts router_plan_finish(Context& ctx, HostCopy& copy, int64_t E);
 RouterLossValues router_losses(Context& ctx, const Tensor& scores, const Tensor& lse,
                                const Tensor& balance_counts, const RoutingRule& rule);

@@ -709,8 +709,8 @@ plan_reroute_kernel(int32_t* slot_row, int32_t* slot_expert, int32_t* counts, in
 
 // Block e: the kept assignments run by expert e (slot_expert, after reroutes) get rows
 // offset_e, offset_e + 1, ... in assignment order t*K + k.
-__global__ void plan_rows_kernel(int32_t* slot_row, int32_t* row_slot, const int32_t* kept,
-                                 const int32_t* slot_expert, int64_t N, int64_t K) {
+__global__ void plan_rows_kernel(int32_t* slot_row, const int32_t* kept, const int32_t* slot_expert,
+                                 int64_t N, int64_t K) {
   const int32_t e = blockIdx.x;
   int64_t offset = 0;
   for (int32_t x = 0; x < e; ++x) offset += kept[x];
@@ -722,11 +722,7 @@ __global__ void plan_rows_kernel(int32_t* slot_row, int32_t* row_slot, const int
     const bool match = i < n && slot_expert[i] == e && slot_row[i] >= 0;
     int total = 0;
     const int prefix = block_exclusive_count(match, &total);
-    if (match) {
-      const int64_t row = offset + running + prefix;
-      slot_row[i] = static_cast<int32_t>(row);
-      row_slot[row] = static_cast<int32_t>(i);
-    }
+    if (match) slot_row[i] = static_cast<int32_t>(offset + running + prefix);
     running += total;
   }
 }
@@ -783,10 +779,10 @@ __global__ void rank_offsets_kernel(int32_t* chunk_counts, int32_t* assignments,
 
 // Block c ranks chunk c's assignments i = t*K + k in order, kRankThreads at a time: within a
 // warp by matching experts, across the block's warps by their per-expert counts in shared
-// memory. slot_row[i] = row_slot's index of i, slot_expert[i] = its expert.
+// memory. slot_row[i] = the row of i, slot_expert[i] = its expert.
 __global__ void __launch_bounds__(kRankThreads)
-    rank_rows_kernel(int32_t* slot_row, int32_t* row_slot, int32_t* slot_expert,
-                     const int32_t* chunk_rows, const int32_t* topk_idx, int64_t n, int64_t E) {
+    rank_rows_kernel(int32_t* slot_row, int32_t* slot_expert, const int32_t* chunk_rows,
+                     const int32_t* topk_idx, int64_t n, int64_t E) {
   extern __shared__ int32_t shared[];
   int32_t* next_row = shared;         // [E]: the row of the chunk's next assignment to e
   int32_t* warp_counts = shared + E;  // [kRankWarps, E]: this round's assignments per warp
@@ -817,7 +813,6 @@ __global__ void __launch_bounds__(kRankThreads)
       row = next_row[e] + before + within;
       last = before + within == total - 1;
       slot_row[i] = row;
-      row_slot[row] = static_cast<int32_t>(i);
       slot_expert[i] = e;
     }
     __syncthreads();  // every read of next_row done
@@ -825,9 +820,9 @@ __global__ void __launch_bounds__(kRankThreads)
   }
 }
 
-void dropless_plan(Context& ctx, const Tensor& slot_row, const Tensor& row_slot,
-                   const Tensor& slot_expert, const Tensor& assignments_per_expert,
-                   const Tensor& topk_idx, int64_t E, int32_t* counts) {
+void dropless_plan(Context& ctx, const Tensor& slot_row, const Tensor& slot_expert,
+                   const Tensor& assignments_per_expert, const Tensor& topk_idx, int64_t E,
+                   int32_t* counts) {
   const int64_t n = topk_idx.numel(), chunks = (n + kRankChunk - 1) / kRankChunk;
   int32_t* chunk_counts =
       static_cast<int32_t*>(ctx.scratch(kScratchC, chunks * E * sizeof(int32_t)));
@@ -837,8 +832,8 @@ void dropless_plan(Context& ctx, const Tensor& slot_row, const Tensor& row_slot,
   rank_offsets_kernel<<<1, static_cast<unsigned>((E + 31) / 32 * 32), 0, ctx.stream>>>(
       chunk_counts, assignments_per_expert.ptr<int32_t>(), counts, chunks, E);
   rank_rows_kernel<<<grid, kRankThreads, (1 + kRankWarps) * E * sizeof(int32_t), ctx.stream>>>(
-      slot_row.ptr<int32_t>(), row_slot.ptr<int32_t>(), slot_expert.ptr<int32_t>(), chunk_counts,
-      topk_idx.ptr<int32_t>(), n, E);
+      slot_row.ptr<int32_t>(), slot_expert.ptr<int32_t>(), chunk_counts, topk_idx.ptr<int32_t>(), n,
+      E);
   check_launch(ctx, "router_plan (dropless)");
 }
 
@@ -1075,18 +1070,17 @@ void router_scores_topk(Context& ctx, const Tensor& scores, const Tensor& lse,
   check_launch(ctx, "router_scores_topk");
 }
 
-void router_plan(Context& ctx, const Tensor& slot_row, const Tensor& row_slot,
-                 const Tensor& slot_expert, const Tensor& assignments_per_expert,
-                 const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
-                 const Tensor& expert_bias, const RoutingRule& rule, int32_t* counts) {
+void router_plan(Context& ctx, const Tensor& slot_row, const Tensor& slot_expert,
+                 const Tensor& assignments_per_expert, const Tensor& topk_idx, const Tensor& gates,
+                 const Tensor& logits, const Tensor& expert_bias, const RoutingRule& rule,
+                 int32_t* counts) {
   const int64_t N = topk_idx.dim(0), K = topk_idx.dim(1), E = logits.dim(1), n = N * K;
   const unsigned experts = static_cast<unsigned>(E);
   const bool by_gate = rule.drop_policy == DropPolicy::probability;
   // capacity 0 keeps nothing, so nothing can take a reroute; dropless drops nothing.
   const bool reroute = rule.overflow == Overflow::reroute && rule.capacity > 0 && n > 0;
   if (rule.capacity < 0 && n > 0 && E <= kMaxRankExperts) {
-    dropless_plan(ctx, slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx, E,
-                  counts);
+    dropless_plan(ctx, slot_row, slot_expert, assignments_per_expert, topk_idx, E, counts);
     return;
   }
   dispatch_wide(gates.dtype(), [&]<class T>(Tag<T>) {
@@ -1124,8 +1118,8 @@ void router_plan(Context& ctx, const Tensor& slot_row, const Tensor& row_slot,
         rule.capacity);
     check_launch(ctx, "router_plan (reroute walk)");
   });
-  plan_rows_kernel<<<experts, kPlanThreads, 0, ctx.stream>>>(
-      slot_row.ptr<int32_t>(), row_slot.ptr<int32_t>(), counts, slot_expert.ptr<int32_t>(), N, K);
+  plan_rows_kernel<<<experts, kPlanThreads, 0, ctx.stream>>>(slot_row.ptr<int32_t>(), counts,
+                                                             slot_expert.ptr<int32_t>(), N, K);
   check_launch(ctx, "router_plan");
 }
 
@@ -1182,17 +1176,11 @@ void router_backward(Context& ctx, const Tensor& dlogits, const Tensor& dgates,
 // The plan's launches and the copy of its counts: the kept counts and the reroute count, in one
 // copy, landing in `copy` (router_plan_finish reads it).
 void router_plan_start(Context& ctx, const OpCheck& check, HostCopy& copy, const Tensor& slot_row,
-                       const Tensor& row_slot, const Tensor& slot_expert,
-                       const Tensor& assignments_per_expert, const Tensor& topk_idx,
-                       const Tensor& gates, const Tensor& logits, const Tensor& expert_bias,
-                       const RoutingRule& rule) {
-  const int64_t N = topk_idx.dim(0), K = topk_idx.dim(1), E = logits.dim(1);
+                       const Tensor& slot_expert, const Tensor& assignments_per_expert,
+                       const Tensor& topk_idx, const Tensor& gates, const Tensor& logits,
+                       const Tensor& expert_bias, const RoutingRule& rule) {
+  const int64_t E = logits.dim(1);
   check.fits_int(E, "E");
-  // Every assignment may be kept: row_slot must hold T*K rows, so that the device never
-  // writes past it (the CPU checks the actual count instead).
-  if (row_slot.numel() < N * K)
-    check.fail("row_slot holds " + std::to_string(row_slot.numel()) + " rows, T*K = " +
-               std::to_string(N * K) + " may be kept");
   // The reroute walk keeps the kept counts in shared memory (48 KiB without opt-in).
   constexpr int64_t kMaxRerouteExperts = (48 << 10) / sizeof(int32_t);
   if (rule.overflow == Overflow::reroute && E > kMaxRerouteExperts)
@@ -1200,8 +1188,8 @@ void router_plan_start(Context& ctx, const OpCheck& check, HostCopy& copy, const
                " experts on cuda, got E = " + std::to_string(E));
   // [kept per expert (E), rerouted, the reroute walk's dropped count, assignments per expert (E)]
   int32_t* counts = static_cast<int32_t*>(ctx.scratch(kScratchB, (2 * E + 2) * sizeof(int32_t)));
-  router_plan(ctx, slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx, gates,
-              logits, expert_bias, rule, counts);
+  router_plan(ctx, slot_row, slot_expert, assignments_per_expert, topk_idx, gates, logits,
+              expert_bias, rule, counts);
   copy.start(ctx, "router_plan", counts, (2 * E + 2) * sizeof(int32_t));
 }
 

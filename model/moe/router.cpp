@@ -35,14 +35,13 @@ void Router::forward_start(Backend& backend, const Tensor& u, TokenExchange* wor
   ensure(backend, gates, {T, K}, dtype);
   ensure(backend, slot_expert, {T * K}, DType::i32);
   ensure(backend, slot_row, {T * K}, DType::i32);
-  ensure(backend, row_slot, {T * K}, DType::i32);
   ensure(backend, assignments_per_expert, {E}, DType::i32);
 
   const RoutingRule routing = rule(T);
   backend.router_logits(logits, u, weight.compute_value());
   backend.router_scores_topk(scores, lse, topk_idx, gates, logits, expert_bias, routing);
-  backend.router_plan_start(slot_row, row_slot, slot_expert, assignments_per_expert, topk_idx,
-                            gates, logits, expert_bias, routing);
+  backend.router_plan_start(slot_row, slot_expert, assignments_per_expert, topk_idx, gates, logits,
+                            expert_bias, routing);
   started_tokens = T;
   // This group's own counts are on the device already: the losses run while the host waits.
   if (!world_balance && losses_out.defined()) {

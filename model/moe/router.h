@@ -35,7 +35,6 @@ struct Router {
   Tensor topk_idx, gates;         // [T, K]
   Tensor slot_expert;             // i32 [T*K]: the expert that runs assignment t*K+k
   Tensor slot_row;                // i32 [T*K]: permuted row of assignment t*K+k, -1 if dropped
-  Tensor row_slot;                // i32 [T*K]: assignment of each permuted row (first `kept` valid)
   Tensor assignments_per_expert;  // i32 [E], the choices before drops and reroutes
   Tensor world_counts;            // i32 [E]: assignments_per_expert summed over the world
   Tensor balance_counts;          // the counts behind f_e: assignments_per_expert or world_counts
