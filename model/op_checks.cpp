@@ -649,18 +649,19 @@ void Backend::cross_entropy_into(const Tensor& losses, const Tensor& logits,
 
 // ---- router ---------------------------------------------------------------------------------
 namespace {
-// dx [N, D] (=) the sum over k of dx_perm [R, D] rows slot_row[t*K+k] (permute_rows_backward's
-// arguments, also router_input_grad's).
-void check_rows_gather(const OpCheck& c, const Tensor& dx, const Tensor& dx_perm,
-                       const Tensor& slot_row, int64_t K) {
-  const DType dt = c.float_dtype(dx, "dx");
-  c.dtype(dx_perm, dt, "dx_perm");
+// tokens [N, D] and rows [R, D] tied by slot_row [N*K] (permute_rows's x and x_perm; its
+// backward's and router_input_grad's dx and dx_perm), named as the op names them.
+void check_rows_gather(const OpCheck& c, const Tensor& tokens, const Tensor& rows,
+                       const Tensor& slot_row, int64_t K, const char* tokens_name = "dx",
+                       const char* rows_name = "dx_perm") {
+  const DType dt = c.float_dtype(tokens, tokens_name);
+  c.dtype(rows, dt, rows_name);
   c.dtype(slot_row, DType::i32, "slot_row");
-  c.ndim(dx, 2, "dx");
-  c.ndim(dx_perm, 2, "dx_perm");
+  c.ndim(tokens, 2, tokens_name);
+  c.ndim(rows, 2, rows_name);
   c.positive(K, "K");
-  c.shape(dx_perm, {dx_perm.dim(0), dx.dim(1)}, "dx_perm");
-  c.numel(slot_row, dx.dim(0) * K, "slot_row");
+  c.shape(rows, {rows.dim(0), tokens.dim(1)}, rows_name);
+  c.numel(slot_row, tokens.dim(0) * K, "slot_row");
 }
 }  // namespace
 
@@ -854,15 +855,7 @@ void Backend::router_backward(const Tensor& dlogits, const Tensor& dgates, const
 // ---- permute / unpermute --------------------------------------------------------------------
 void Backend::permute_rows(const Tensor& x_perm, const Tensor& x, const Tensor& slot_row,
                            int64_t K) {
-  const OpCheck c(*this, "permute_rows");
-  const DType dt = c.float_dtype(x, "x");
-  c.dtype(x_perm, dt, "x_perm");
-  c.dtype(slot_row, DType::i32, "slot_row");
-  c.ndim(x, 2, "x");
-  c.ndim(x_perm, 2, "x_perm");
-  c.positive(K, "K");
-  c.shape(x_perm, {x_perm.dim(0), x.dim(1)}, "x_perm");
-  c.numel(slot_row, x.dim(0) * K, "slot_row");
+  check_rows_gather(OpCheck(*this, "permute_rows"), x, x_perm, slot_row, K, "x", "x_perm");
   permute_rows_impl(x_perm, x, slot_row, K);
 }
 
