@@ -98,9 +98,10 @@ void Watchdog::fire(const std::string& problem) {
     for (const Poller& poller : pollers_)
       if (poller.abort) poller.abort();
   }
-  // From this thread while the training thread sits in MPI (MPI_Init gave MPI_THREAD_SINGLE):
-  // Open MPI's MPI_Abort only asks the local daemon to kill the job, which it does; should it
-  // ever return, leave anyway, so that mpirun sees a rank die and ends the job itself.
+  // From this thread while the training thread sits in MPI (MPI_Init_thread asked for
+  // MPI_THREAD_FUNNELED): Open MPI's MPI_Abort only asks the local daemon to kill the job, which
+  // it does; should it ever return, leave anyway, so that mpirun sees a rank die and ends the job
+  // itself.
   MPI_Abort(MPI_COMM_WORLD, kExitCollectiveTimeout);
   _exit(kExitCollectiveTimeout);
 }

@@ -95,9 +95,9 @@ struct RunConfig {
   int64_t log_every = 10;
   Device backend = Device::cpu;       // YAML cpu | cuda
   Precision precision = Precision::fp32;
-  // Two runs of one config on the same device and build are bitwise equal. Every kernel is
-  // order-fixed today, so false changes nothing yet; it leaves room for faster kernels whose
-  // reductions are not (docs/cuda.md, Determinism).
+  // Two runs of one config on the same device and build are bitwise equal. false lets the CUDA
+  // backend take cuDNN attention engines whose sums are not order-fixed (the dQ-accumulating
+  // backward; docs/cuda.md, Determinism); every kernel of our own is order-fixed either way.
   bool deterministic = true;
   // Rank 0 also writes every metrics.jsonl scalar to TensorBoard event files in
   // <dir>/tensorboard (trainer/tensorboard.h).

@@ -1,6 +1,6 @@
 // Which CUDA device a process uses. Nothing here reads the launcher's environment: the caller
-// says which node-local rank it is (the trainer asks parallel/node_local_rank). Needs no CUDA
-// headers.
+// says which node-local rank it is (the trainer asks host_local_rank, parallel/launch.h). Needs
+// no CUDA headers.
 #pragma once
 
 namespace sy {

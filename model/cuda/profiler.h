@@ -1,9 +1,10 @@
 // The CUDA backend's per-op profile, chosen by SY_CUDA_PROFILE (docs/cuda.md, Performance):
-//   1 (any value but the ones below): each op waits for the stream before and after it runs, and
-//     its time is summed per op name (GEMMs per dtype, transposition and shape), leaving out each
-//     name's first call (module loading, cuBLAS heuristics), which is summed apart; the table goes
-//     to stderr when the backend is destroyed. For finding where a step's time goes: it
-//     serialises the stream, so its totals are not throughput numbers.
+// (unset or 0: off; a value other than 0, 1, events and nvtx is an error)
+//   1: each op waits for the stream before and after it runs, and its time is summed per op name
+//     (GEMMs per dtype, transposition and shape), leaving out each name's first call (module
+//     loading, cuBLAS heuristics), which is summed apart; the table goes to stderr when the
+//     backend is destroyed. For finding where a step's time goes: it serialises the stream, so
+//     its totals are not throughput numbers.
 //   events (or cuda_profile_begin()): each op records a CUDA event on the stream before and after
 //     its work and nothing waits, so the step runs as it would unprofiled (plus two
 //     cudaEventRecord calls per op on the host). An op's time is the stream time between its two
