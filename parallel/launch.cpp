@@ -37,6 +37,12 @@ int world_size() {
   return size;
 }
 
+int comm_size(CommHandle comm) {
+  int size = 1;
+  check_mpi(MPI_Comm_size(comm, &size), "comm_size");
+  return size;
+}
+
 void world_barrier() { check_mpi(MPI_Barrier(MPI_COMM_WORLD), "barrier"); }
 
 void abort_world(int status) {

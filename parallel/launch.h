@@ -30,6 +30,7 @@ class MpiRuntime {
 
 int world_rank();
 int world_size();
+int comm_size(CommHandle comm);  // the ranks of `comm`
 void world_barrier();
 // Ends every process of the job with `status` (mpirun kills the others): for an error that only
 // this rank knows while the others may be waiting in a collective.

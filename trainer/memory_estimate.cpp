@@ -304,9 +304,7 @@ std::string memory_check_problem(const MemoryEstimate& estimate, double needed, 
 }
 
 MemoryCheck check_memory(const Config& config, Backend& backend, CommHandle world, bool writer) {
-  int world_size = 1;
-  MPI_Comm_size(world, &world_size);
-  const MemoryEstimate estimate = estimate_memory_per_rank(config, world_size);
+  const MemoryEstimate estimate = estimate_memory_per_rank(config, comm_size(world));
   double needed = estimate.total_bytes(), available = 0;
   std::string where;
   std::string host_problem;

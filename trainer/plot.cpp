@@ -412,7 +412,10 @@ Chart dropped_chart(const MetricsHistory& h, const fs::path& dir, const std::str
                     " title 'dropped, MoE layer " + std::to_string(l) + "'");
     drawn.push_back(h.layer_dropped_frac[l]);
   }
-  if (has_finite(h.rerouted_frac)) {
+  // Every step line carries rerouted_frac, 0 unless moe.overflow is reroute: a line only where
+  // some step rerouted.
+  const bool rerouted = has_finite(h.rerouted_frac) && max_finite({h.rerouted_frac}) > 0.0;
+  if (rerouted) {
     plots.push_back(
         steps +
         " using 1:(100*$5) with lines lw 2 dt 2 lc rgb '#7f7f7f' title 'rerouted, all MoE layers'");
@@ -425,13 +428,12 @@ Chart dropped_chart(const MetricsHistory& h, const fs::path& dir, const std::str
                    "every dropped and rerouted fraction is 0 (no assignment went over capacity)");
   Chart chart;
   chart.file = "dropped.png";
-  chart.script = "set title " +
-                 gp_quote(name + (has_finite(h.rerouted_frac)
-                                      ? ": assignments over expert capacity, dropped or rerouted"
-                                      : ": assignments dropped at expert capacity")) +
-                 "\n" + "set ylabel '% of assignments'\n" + steps_xrange(h) +
-                 yrange(0, 100 * max_finite(drawn), 1) + key_placement(plots.size()) +
-                 join_plots(plots);
+  chart.script =
+      "set title " +
+      gp_quote(name + (rerouted ? ": assignments over expert capacity, dropped or rerouted"
+                                : ": assignments dropped at expert capacity")) +
+      "\n" + "set ylabel '% of assignments'\n" + steps_xrange(h) +
+      yrange(0, 100 * max_finite(drawn), 1) + key_placement(plots.size()) + join_plots(plots);
   return chart;
 }
 
