@@ -181,8 +181,9 @@ void add_prepare_data_command(CLI::App& app, CommandLine& line) {
       ->capture_default_str();
   prepare
       ->add_option("--tokenizer", line.tokenizer,
-                   wrap("brown, text, jsonl, sft: bytes (one token per byte, vocab 256) or a "
-                        "SentencePiece model file (stored in the token file); nanogpt, "
+                   wrap("brown, text, jsonl, sft: bytes (one token per byte, vocab 256), a "
+                        "SentencePiece model file, or a Hugging Face tokenizer.json or the "
+                        "model folder that holds one (stored in the token file); nanogpt, "
                         "megatron: a name stored with the ids as they are (when not given: "
                         "unknown)"))
       ->type_name("NAME")
