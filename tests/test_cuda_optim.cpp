@@ -305,6 +305,38 @@ TEST_F(CudaOptim, RoundedF32GradsUpdateAsBf16GradsDo) {
   }
 }
 
+// The update's blocks a chunk (SY_ADAMW_PARTS; unset: 4) change no bit, for fp32 and split
+// masters, with f32 and bf16 grads; an unlisted count is refused by name.
+TEST_F(CudaOptim, BlocksPerChunkGiveTheSameBits) {
+  for (const bool split : {false, true})
+    for (const char* parts : {"1", "16"}) {
+      State few = make_state(gpu(), split, true), many = make_state(gpu(), split, true);
+      State each = make_state(gpu(), split, true);
+      for (int step = 1; step <= 2; ++step) {
+        for (State* s : {&few, &many, &each}) write_grads(gpu(), *s, step);
+        const AdamWStep hp = hyper(step, step == 1 ? 1.0 : 0.37, step == 1);
+        setenv("SY_ADAMW_PARTS", parts, 1);
+        gpu().fused_adamw_step(few.list(), few.m, few.v, hp);
+        unsetenv("SY_ADAMW_PARTS");
+        gpu().fused_adamw_step(many.list(), many.m, many.v, hp);
+        gpu().Backend::fused_adamw_step(each.list(), each.m, each.v, hp);
+        const std::string when =
+            std::string(split ? "split" : "f32") + ", step " + std::to_string(step);
+        expect_equal(few, many, std::string("SY_ADAMW_PARTS=") + parts + ", " + when);
+        expect_equal(many, each, "per tensor, " + when);
+      }
+    }
+  State state = make_state(gpu());
+  setenv("SY_ADAMW_PARTS", "3", 1);
+  try {
+    gpu().fused_adamw_step(state.list(), state.m, state.v, hyper(1, 1.0, true));
+    ADD_FAILURE() << "SY_ADAMW_PARTS=3 was taken";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("SY_ADAMW_PARTS"), std::string::npos) << e.what();
+  }
+  unsetenv("SY_ADAMW_PARTS");
+}
+
 TEST_F(CudaOptim, CappedGridGivesTheSameBits) {
   for (const char* cap : {"1", "3", "100000"}) {
     State capped = make_state(gpu()), plain = make_state(gpu());

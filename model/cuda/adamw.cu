@@ -79,6 +79,11 @@ constexpr int kPassThreads = 256;             // the norm's blocks
 // 256 on one H100 in two calls (2026-12-06, bench_optimizer --layout training); two or four
 // vectors a thread (256 threads, or 512 x 2) ran 7-13% slower. BENCHMARKS.md.
 constexpr int kUpdateThreads = 1024;
+// The update's blocks a chunk (SY_ADAMW_PARTS), each taking kChunk / parts elements: 4 ran the
+// pass 1% faster than 1 on one H100, 16 (one vector a thread) 6% slower (2026-12-06,
+// bench_optimizer --layout training; BENCHMARKS.md, "AdamW's access shape and blocks").
+constexpr int kMaxParts = int(kChunk / (4 * kUpdateThreads));
+constexpr int kDefaultParts = 4;
 constexpr int kReduceThreads = 1024;
 
 enum TensorFlags : uint32_t {
@@ -286,14 +291,16 @@ __device__ inline void update_vector(const TensorSlot& t, int64_t i, AdamVector 
 
 // grad *= scale (as Backend::scale does it in f32), then AdamW, then the bf16 copy; the grad is
 // written back only when asked (zeroed) or scaled and kept (a pass that keeps grads keeps them
-// clipped; one that discards them writes nothing). One chunk, by kThreads threads of one block,
-// kUnroll vectors a thread in flight at once (loads issued before any update).
+// clipped; one that discards them writes nothing). Elements [offset, offset + size) of chunk c (cut
+// at the tensor's end; offset a multiple of 4), by kThreads threads of one block, kUnroll vectors a
+// thread in flight at once (loads issued before any update).
 template <int kThreads, int kUnroll>
 __device__ void fused_adamw_chunk(const TensorSlot* __restrict__ tensors, const ChunkSlot c,
-                                  const AdamPass& a) {
+                                  int64_t offset, int64_t size, const AdamPass& a) {
   const TensorSlot t = tensors[c.tensor];
   const AdamScalars<float> s = (t.flags & kDecay) ? a.decayed : a.undecayed;
-  const int64_t begin = int64_t(c.chunk) * kChunk, end = min(t.numel, begin + kChunk);
+  const int64_t begin = int64_t(c.chunk) * kChunk + offset, end = min(t.numel, begin + size);
+  if (begin >= end) return;
 
   int64_t scalar_begin = begin;
   if (t.flags & kVector) {
@@ -320,11 +327,14 @@ __device__ void fused_adamw_chunk(const TensorSlot* __restrict__ tensors, const 
   }
 }
 
-// One block a chunk, kUpdateThreads threads.
+// `parts` blocks a chunk, kUpdateThreads threads each, block b taking part b % parts of chunk
+// b / parts. Every element is computed as with one block a chunk, so the bits are the same.
 __global__ void __launch_bounds__(kUpdateThreads)
     fused_adamw_kernel(const TensorSlot* __restrict__ tensors, const ChunkSlot* __restrict__ chunks,
-                       AdamPass a) {
-  fused_adamw_chunk<kUpdateThreads, 1>(tensors, chunks[blockIdx.x], a);
+                       int parts, AdamPass a) {
+  const int64_t size = kChunk / parts;
+  fused_adamw_chunk<kUpdateThreads, 1>(tensors, chunks[blockIdx.x / parts],
+                                       (blockIdx.x % parts) * size, size, a);
 }
 
 // The narrow pass (SY_ADAMW_BLOCKS caps the grid): a few wide blocks, each alone on its SM (the
@@ -337,7 +347,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
     narrow_adamw_kernel(const TensorSlot* __restrict__ tensors,
                         const ChunkSlot* __restrict__ chunks, int64_t num_chunks, AdamPass a) {
   for (int64_t b = blockIdx.x; b < num_chunks; b += gridDim.x)
-    fused_adamw_chunk<kNarrowThreads, 2>(tensors, chunks[b], a);
+    fused_adamw_chunk<kNarrowThreads, 2>(tensors, chunks[b], 0, kChunk, a);
 }
 
 bool aligned(const void* p, size_t bytes) {
@@ -483,6 +493,16 @@ void grad_norm_squares(Context& ctx, const MultiTensorTable& table, double* out)
   check_launch(ctx, "grad_norm_squares");
 }
 
+namespace {
+// SY_ADAMW_PARTS: the update's blocks a chunk, 1 to kMaxParts (a measurement knob; the bits are
+// the same). Unset: kDefaultParts.
+int update_parts() {
+  const char* parts = env_choice("SY_ADAMW_PARTS", {"1", "2", "4", "8", "16"});
+  static_assert(kMaxParts == 16, "SY_ADAMW_PARTS's choices are the divisors of kMaxParts");
+  return parts ? std::atoi(parts) : kDefaultParts;
+}
+}  // namespace
+
 void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWStep& hp) {
   const int64_t n = table.num_chunks();
   if (n == 0) return;
@@ -500,12 +520,14 @@ void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWSt
   // SMs, bench/overlap_bench); 0 or unset: one block a chunk.
   const int64_t cap = env_whole_number("SY_ADAMW_BLOCKS", int64_t{1} << 30, "blocks").value_or(0);
   const int64_t grid = cap > 0 ? std::min(cap, n) : n;
+  const int parts = update_parts();
+  if (n * parts > int64_t{INT32_MAX}) fail(ctx, "fused_adamw_step", "too many chunks for one grid");
   if (grid < n)
     narrow_adamw_kernel<<<static_cast<unsigned>(grid), kNarrowThreads, 0, ctx.stream>>>(
         tensors, chunks, n, a);
   else
-    fused_adamw_kernel<<<static_cast<unsigned>(n), kUpdateThreads, 0, ctx.stream>>>(tensors, chunks,
-                                                                                    a);
+    fused_adamw_kernel<<<static_cast<unsigned>(n * parts), kUpdateThreads, 0, ctx.stream>>>(
+        tensors, chunks, parts, a);
   check_launch(ctx, "fused_adamw_step");
 }
 
