@@ -331,8 +331,11 @@ TEST_F(CudaDocumentMask, EachDocumentAsIfAlone) {
             const Results alone = run_gpu(dt, 1, n, H, alone_in, {});
             const Results mine{rows(packed.out, first, n, D),
                                lse_rows(packed.lse, b, H, S, start, n),
-                               rows(packed.dq, first, n, D), rows(packed.dk, first, n, D),
-                               rows(packed.dv, first, n, D)};
+                               rows(packed.dq, first, n, D),
+                               rows(packed.dk, first, n, D),
+                               rows(packed.dv, first, n, D),
+                               {},
+                               {}};
             if (plain_kernel(c))
               expect_bitwise(mine, alone,
                              "sequence " + std::to_string(b) + " document " + std::to_string(d) +
@@ -525,8 +528,8 @@ TEST_F(CudaDocumentMask, CudnnIsNotAskedWithUnlistedDocuments) {
                                  H, doc);
   EXPECT_EQ(cuda_attention_kernel(gpu()), "flash: document masking");
   gpu().prefer_cudnn_attention(false);
-  const Results preferred{gpu().read(out), gpu().read(lse), gpu().read(dq), gpu().read(dk),
-                          gpu().read(dv)};
+  const Results preferred{
+      gpu().read(out), gpu().read(lse), gpu().read(dq), gpu().read(dk), gpu().read(dv), {}, {}};
   expect_bitwise(preferred, plain, "with prefer_cudnn_attention against without");
 }
 

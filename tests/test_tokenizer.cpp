@@ -266,7 +266,7 @@ TEST_F(TokenizerTest, GenerateDecodesWithTheStoredModel) {
   Transformer model(*backend, options, &exchange);
   model.init_parameters(5);
 
-  const GenerateOptions greedy{"kaex telda sunlo", 20, 0.0, 1};
+  const GenerateOptions greedy{"kaex telda sunlo", 20, 0.0, 1, {}};
   const std::string text = generate(model, *tokenizer, greedy);
   EXPECT_EQ(text.rfind(greedy.prompt, 0), 0u) << text;
   // The continuation is what the tokenizer's ids decode to, not bytes: re-encoding the prompt
