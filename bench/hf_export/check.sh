@@ -14,14 +14,17 @@
 # an OLMoE and a Qwen3 in fp32, a Mixtral and a Qwen3-MoE in bf16, and a Mixtral and a Qwen3-MoE
 # saved with fused experts; sharded, grouped-query, other rotary thetas) read by `switchyard
 # import`, and `switchyard eval`'s loss compared with transformers' (1e-4).
-# Prints the table last; OUTDIR gets build.log, <case>.log, results.jsonl, summary.txt (steps).
-# Exit status 0 when every row passed.
+# The cases run JOBS at a time (most of a case's time is Python importing torch and transformers);
+# the table keeps their order. Prints the table last; OUTDIR gets build.log, <case>.log,
+# results.jsonl, summary.txt (steps). Exit status 0 when every row passed.
 # Environment (all optional):
 #   SY_BUILD_DIR=build-hfexport  build folder (configured when new, then built incrementally)
 #   SY_CUDA=OFF                  ON builds the CUDA backend too (slower to build; not needed)
 #   STEPS=50                     training steps per case
 #   TRAIN_SET="k=v ..."          extra --set overrides for training (e.g. run.backend=cuda)
 #   WORK=/tmp/sy_hf_export       scratch: corpus, runs, exports
+#   JOBS=min(8, cores / 2)       cases at once (1: one after another); BLAS and torch threads are
+#                                the cores shared among them
 set -uo pipefail
 # shellcheck source=launch/lib.sh
 source "$(dirname "$0")/../../launch/lib.sh"
@@ -30,7 +33,13 @@ out=$sy_out
 build=${SY_BUILD_DIR:-build-hfexport}
 work=${WORK:-/tmp/sy_hf_export}
 steps=${STEPS:-50}
-export OPENBLAS_NUM_THREADS=4
+cores=$(nproc)
+jobs=${JOBS:-$(( cores / 2 < 8 ? cores / 2 : 8 ))}
+sy_dry && jobs=1  # the printed commands in order
+[ "$jobs" -ge 1 ] 2>/dev/null || { echo "JOBS must be a whole number from 1, got '$jobs'"; exit 1; }
+threads=$(( cores / jobs > 4 ? 4 : cores / jobs ))
+[ "$threads" -ge 1 ] || threads=1
+export OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads
 sy_do rm -rf "$work"
 sy_do mkdir -p "$work"
 sy_dry || : > "$out/results.jsonl"
@@ -57,6 +66,13 @@ sy_step -l build prepare-data "$sy" prepare-data --input "$work/corpus.txt" --fo
 
 prompt="The model is trained on the text"  # 32 bytes = 32 tokens
 new_tokens=24                            # 32 + 24 <= seq_len 64: no sliding window on our side
+
+# compare.py stopped before its row (an import or load error): a failed row, so that the table
+# still shows the case. row_or_failure ROWS ROWS_BEFORE LABEL DTYPE TOLERANCE LOG
+row_or_failure() {
+  [ "$(wc -l < "$1")" = "$2" ] || return 0
+  echo "{\"label\": \"$3\", \"dtype\": \"$4\", \"tolerance\": $5, \"ok\": false, \"greedy\": \"compare.py failed: see $6\"}" >> "$1"
+}
 
 # run_case NAME MOE_YAML [EXPORT_DTYPES [MODEL_YAML]]: every step's output in OUTDIR/NAME.log.
 # MODEL_YAML: keys added to the model section (", key: value, ...").
@@ -97,43 +113,18 @@ EOF
     # fp32 weights: the same function, to 1e-4 (target); bf16 weights perturb it: a loose bound.
     local tolerance=1e-4 greedy=(--prompt "$prompt" --generated "$work/$name.generated.txt" --new-tokens "$new_tokens")
     if [ "$dtype" = bf16 ]; then tolerance=1e-2; greedy=(); fi
-    local rows_before=0
-    sy_dry || rows_before=$(wc -l < "$out/results.jsonl")
+    local rows="$out/rows-$name.jsonl" rows_before=0
+    sy_dry || { touch "$rows"; rows_before=$(wc -l < "$rows"); }
     sy_step -l "$name" "$name compare $dtype" python3 bench/hf_export/compare.py \
       --export "$work/hf-$name-$dtype" --tokens "$work/tokens.h5" --text "$work/corpus.txt" \
       --val-loss "$val_loss" --sequences "$sequences" "${greedy[@]}" --tolerance "$tolerance" \
-      --label "$name-$dtype" --json "$out/results.jsonl" || rc=1
+      --label "$name-$dtype" --json "$rows" || rc=1
     sy_dry && continue
-    # compare.py stopped before its row (an import or load error): the table still shows the case.
-    if [ "$(wc -l < "$out/results.jsonl")" = "$rows_before" ]; then
-      echo "{\"label\": \"$name-$dtype\", \"dtype\": \"$dtype\", \"tolerance\": $tolerance, \"ok\": false, \"greedy\": \"compare.py failed: see $name.log\"}" >> "$out/results.jsonl"
-    fi
+    row_or_failure "$rows" "$rows_before" "$name-$dtype" "$dtype" "$tolerance" "$name.log"
     tail -4 "$log"
   done
   return $rc
 }
-
-run_case moe "{num_experts: 4, top_k: 2, expert_hidden: 96}" "fp32 bf16" || sy_failed=1
-run_case dense "{num_experts: 0}" fp32 || sy_failed=1
-# Llama 3's attention: 4 query heads over 2 key/value heads, rotary theta 500000, norm eps 1e-6.
-run_case gqa "{num_experts: 4, top_k: 2, expert_hidden: 96}" fp32 \
-  ", n_kv_heads: 2, rope_theta: 500000, norm_eps: 1e-6" || sy_failed=1
-# OLMoE: QK-norm, the top-k gates left unnormalised (norm_topk_prob false).
-run_case olmoe "{num_experts: 4, top_k: 2, expert_hidden: 96, normalize_topk: false}" fp32 \
-  ", qk_norm: full" || sy_failed=1
-# Qwen3: per-head QK-norm on heads twice D / H wide, grouped-query; Qwen3-MoE: narrower heads,
-# layer 0 dense (mlp_only_layers), gates unnormalised.
-# Llama 3.1's rotary scaling (rope_type llama3), its original context cut to 64 positions so
-# that at head width 16 every regime of the rule is used (pair 0 kept, 1 blended, the rest
-# divided).
-run_case llama31 "{num_experts: 0}" fp32 \
-  ", n_kv_heads: 2, rope_theta: 500000, rope_scaling: llama3, rope_factor: 8, rope_original_max_position: 64" ||
-  sy_failed=1
-run_case qwen3 "{num_experts: 0}" fp32 \
-  ", qk_norm: per_head, head_dim: 32, n_kv_heads: 2, rope_theta: 1000000, norm_eps: 1e-6" ||
-  sy_failed=1
-run_case qwen3-moe "{num_experts: 4, top_k: 2, expert_hidden: 48, layers: [1], normalize_topk: false}" \
-  fp32 ", qk_norm: per_head, head_dim: 8, n_kv_heads: 1" || sy_failed=1
 
 # import_case NAME ARCH DTYPE [--fused]: a folder transformers itself wrote (make_hf_model.py: random wide
 # weights, grouped-query attention, another rotary theta and norm epsilon, sharded safetensors)
@@ -156,20 +147,58 @@ import_case() {
     val_loss=$(python3 -c 'import json,sys; print(repr(json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["val_loss"]))' "$work/$name.eval.json")
     sequences=$(python3 -c 'import json,sys; print(json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["sequences"])' "$work/$name.eval.json")
   fi
+  local rows="$out/rows-$name.jsonl" rows_before=0 rc=0
+  sy_dry || { touch "$rows"; rows_before=$(wc -l < "$rows"); }
   sy_step -l "$name" "$name compare" python3 bench/hf_export/compare.py --export "$folder" \
     --tokens "$work/tokens.h5" --text "$work/corpus.txt" --val-loss "$val_loss" \
-    --sequences "$sequences" --tolerance 1e-4 --label "$name" --json "$out/results.jsonl"
+    --sequences "$sequences" --tolerance 1e-4 --label "$name" --json "$rows" || rc=1
+  sy_dry || row_or_failure "$rows" "$rows_before" "$name" "$dtype" 1e-4 "$name.log"
+  return $rc
 }
-import_case import-llama llama float32 || sy_failed=1
-import_case import-mixtral mixtral bfloat16 || sy_failed=1
-import_case import-olmoe olmoe float32 || sy_failed=1
-import_case import-llama31 llama31 float32 || sy_failed=1
-import_case import-mistral mistral bfloat16 || sy_failed=1
-import_case import-qwen3 qwen3 float32 || sy_failed=1
-import_case import-qwen3-moe qwen3_moe bfloat16 || sy_failed=1
+
+# start_case FUNCTION NAME ARGS...: FUNCTION NAME ARGS... in the background, at most $jobs at once;
+# its exit status in $work/NAME.rc.
+cases=()
+start_case() {
+  cases+=("$2")
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+  ( "$@"; rc=$?; sy_dry || echo "$rc" > "$work/$2.rc" ) &
+}
+
+start_case run_case moe "{num_experts: 4, top_k: 2, expert_hidden: 96}" "fp32 bf16"
+start_case run_case dense "{num_experts: 0}" fp32
+# Llama 3's attention: 4 query heads over 2 key/value heads, rotary theta 500000, norm eps 1e-6.
+start_case run_case gqa "{num_experts: 4, top_k: 2, expert_hidden: 96}" fp32 \
+  ", n_kv_heads: 2, rope_theta: 500000, norm_eps: 1e-6"
+# OLMoE: QK-norm, the top-k gates left unnormalised (norm_topk_prob false).
+start_case run_case olmoe "{num_experts: 4, top_k: 2, expert_hidden: 96, normalize_topk: false}" fp32 \
+  ", qk_norm: full"
+# Qwen3: per-head QK-norm on heads twice D / H wide, grouped-query; Qwen3-MoE: narrower heads,
+# layer 0 dense (mlp_only_layers), gates unnormalised.
+# Llama 3.1's rotary scaling (rope_type llama3), its original context cut to 64 positions so
+# that at head width 16 every regime of the rule is used (pair 0 kept, 1 blended, the rest
+# divided).
+start_case run_case llama31 "{num_experts: 0}" fp32 \
+  ", n_kv_heads: 2, rope_theta: 500000, rope_scaling: llama3, rope_factor: 8, rope_original_max_position: 64"
+start_case run_case qwen3 "{num_experts: 0}" fp32 \
+  ", qk_norm: per_head, head_dim: 32, n_kv_heads: 2, rope_theta: 1000000, norm_eps: 1e-6"
+start_case run_case qwen3-moe "{num_experts: 4, top_k: 2, expert_hidden: 48, layers: [1], normalize_topk: false}" \
+  fp32 ", qk_norm: per_head, head_dim: 8, n_kv_heads: 1"
+start_case import_case import-llama llama float32
+start_case import_case import-mixtral mixtral bfloat16
+start_case import_case import-olmoe olmoe float32
+start_case import_case import-llama31 llama31 float32
+start_case import_case import-mistral mistral bfloat16
+start_case import_case import-qwen3 qwen3 float32
+start_case import_case import-qwen3-moe qwen3_moe bfloat16
 # transformers 5's runtime layout: fused experts, Mixtral's router renamed mlp.gate.
-import_case import-mixtral-fused mixtral float32 --fused || sy_failed=1
-import_case import-qwen3-moe-fused qwen3_moe float32 --fused || sy_failed=1
+start_case import_case import-mixtral-fused mixtral float32 --fused
+start_case import_case import-qwen3-moe-fused qwen3_moe float32 --fused
+wait
+for name in "${cases[@]}"; do
+  sy_dry || [ "$(cat "$work/$name.rc" 2>/dev/null)" = 0 ] || sy_failed=1
+  sy_dry || cat "$out/rows-$name.jsonl" >> "$out/results.jsonl" 2>/dev/null
+done
 
 echo
 sy_dry || python3 bench/hf_export/compare.py --table "$out/results.jsonl" || sy_failed=1
