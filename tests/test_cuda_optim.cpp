@@ -305,6 +305,19 @@ TEST_F(CudaOptim, RoundedF32GradsUpdateAsBf16GradsDo) {
   }
 }
 
+// The fused pass refuses environment variable `name` set to `value`, naming the variable.
+void expect_knob_refused(Backend& gpu, const char* name, const char* value) {
+  State state = make_state(gpu);
+  setenv(name, value, 1);
+  try {
+    gpu.fused_adamw_step(state.list(), state.m, state.v, hyper(1, 1.0, true));
+    ADD_FAILURE() << name << "='" << value << "' was taken";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+  }
+  unsetenv(name);
+}
+
 // The update's blocks a chunk (SY_ADAMW_PARTS; unset: 4) change no bit, for fp32 and split
 // masters, with f32 and bf16 grads; an unlisted count is refused by name.
 TEST_F(CudaOptim, BlocksPerChunkGiveTheSameBits) {
@@ -326,15 +339,7 @@ TEST_F(CudaOptim, BlocksPerChunkGiveTheSameBits) {
         expect_equal(many, each, "per tensor, " + when);
       }
     }
-  State state = make_state(gpu());
-  setenv("SY_ADAMW_PARTS", "3", 1);
-  try {
-    gpu().fused_adamw_step(state.list(), state.m, state.v, hyper(1, 1.0, true));
-    ADD_FAILURE() << "SY_ADAMW_PARTS=3 was taken";
-  } catch (const std::exception& e) {
-    EXPECT_NE(std::string(e.what()).find("SY_ADAMW_PARTS"), std::string::npos) << e.what();
-  }
-  unsetenv("SY_ADAMW_PARTS");
+  expect_knob_refused(gpu(), "SY_ADAMW_PARTS", "3");
 }
 
 TEST_F(CudaOptim, CappedGridGivesTheSameBits) {
@@ -352,15 +357,7 @@ TEST_F(CudaOptim, CappedGridGivesTheSameBits) {
                    std::string("SY_ADAMW_BLOCKS=") + cap + ", step " + std::to_string(step));
     }
   }
-  State state = make_state(gpu());
-  setenv("SY_ADAMW_BLOCKS", "a few", 1);
-  try {
-    gpu().fused_adamw_step(state.list(), state.m, state.v, hyper(1, 1.0, true));
-    ADD_FAILURE() << "SY_ADAMW_BLOCKS='a few' was taken";
-  } catch (const std::exception& e) {
-    EXPECT_NE(std::string(e.what()).find("SY_ADAMW_BLOCKS"), std::string::npos) << e.what();
-  }
-  unsetenv("SY_ADAMW_BLOCKS");
+  expect_knob_refused(gpu(), "SY_ADAMW_BLOCKS", "a few");
 }
 
 TEST_F(CudaOptim, NormSquaresAgreeAndRepeat) {
