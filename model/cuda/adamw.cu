@@ -517,7 +517,7 @@ void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWSt
   const auto* chunks = reinterpret_cast<const ChunkSlot*>(
       static_cast<const char*>(table.device_data()) + table.chunks_offset());
   // SY_ADAMW_BLOCKS=N caps the grid (a measurement knob: the pass beside other kernels on fewer
-  // SMs, bench/overlap_bench); 0 or unset: one block a chunk.
+  // SMs, bench/overlap_bench); 0 or unset: `parts` blocks a chunk.
   const int64_t cap = env_whole_number("SY_ADAMW_BLOCKS", int64_t{1} << 30, "blocks").value_or(0);
   const int64_t grid = cap > 0 ? std::min(cap, n) : n;
   const int parts = update_parts();
