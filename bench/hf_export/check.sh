@@ -42,7 +42,7 @@ threads=$(( cores / jobs > 4 ? 4 : cores / jobs ))
 export OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads
 sy_do rm -rf "$work"
 sy_do mkdir -p "$work"
-sy_dry || : > "$out/results.jsonl"
+sy_dry || { : > "$out/results.jsonl"; rm -f "$out"/rows-*.jsonl; }  # a rerun into OUTDIR starts clean
 
 sy_log build
 sy_dry || {
