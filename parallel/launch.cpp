@@ -31,17 +31,13 @@ int world_rank() {
   return rank;
 }
 
-int world_size() {
-  int size = 1;
-  check_mpi(MPI_Comm_size(MPI_COMM_WORLD, &size), "comm_size");
-  return size;
-}
-
 int comm_size(CommHandle comm) {
   int size = 1;
   check_mpi(MPI_Comm_size(comm, &size), "comm_size");
   return size;
 }
+
+int world_size() { return comm_size(MPI_COMM_WORLD); }
 
 void world_barrier() { check_mpi(MPI_Barrier(MPI_COMM_WORLD), "barrier"); }
 

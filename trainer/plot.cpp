@@ -414,7 +414,7 @@ Chart dropped_chart(const MetricsHistory& h, const fs::path& dir, const std::str
   }
   // Every step line carries rerouted_frac, 0 unless moe.overflow is reroute: a line only where
   // some step rerouted.
-  const bool rerouted = has_finite(h.rerouted_frac) && max_finite({h.rerouted_frac}) > 0.0;
+  const bool rerouted = max_finite({h.rerouted_frac}) > 0.0;
   if (rerouted) {
     plots.push_back(
         steps +
