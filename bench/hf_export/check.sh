@@ -74,6 +74,15 @@ row_or_failure() {
   echo "{\"label\": \"$3\", \"dtype\": \"$4\", \"tolerance\": $5, \"ok\": false, \"greedy\": \"compare.py failed: see $6\"}" >> "$1"
 }
 
+# read_eval EVAL_JSON LOG: `switchyard eval`'s output added to LOG, and its last JSON line's
+# val_loss (every digit) and sequences set in the caller's val_loss and sequences.
+read_eval() {
+  cat "$1" >> "$2"
+  local fields
+  fields=$(python3 -c 'import json,sys; r=json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1]); print(repr(r["val_loss"]), r["sequences"])' "$1")
+  read -r val_loss sequences <<< "$fields"
+}
+
 # run_case NAME MOE_YAML [EXPORT_DTYPES [MODEL_YAML]]: every step's output in OUTDIR/NAME.log.
 # MODEL_YAML: keys added to the model section (", key: value, ...").
 run_case() {
@@ -96,11 +105,7 @@ EOF
     --checkpoint "$work/run-$name/checkpoints" --set run.backend=cpu ||
     { echo "$name: eval failed ($log)"; return 1; }
   local val_loss=DRY sequences=DRY
-  if ! sy_dry; then
-    cat "$work/$name.eval.json" >> "$log"
-    val_loss=$(python3 -c 'import json,sys; print(repr(json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["val_loss"]))' "$work/$name.eval.json")
-    sequences=$(python3 -c 'import json,sys; print(json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["sequences"])' "$work/$name.eval.json")
-  fi
+  sy_dry || read_eval "$work/$name.eval.json" "$log"
   sy_step -l "$name" -o "$work/$name.generated.txt" "$name generate" "$sy" generate "$config" \
     --checkpoint "$work/run-$name/checkpoints" --set run.backend=cpu --prompt "$prompt" \
     --tokens "$new_tokens" --temperature 0 || { echo "$name: generate failed ($log)"; return 1; }
@@ -142,11 +147,7 @@ import_case() {
     --checkpoint "$work/$name.h5" --set "data.path=$work/tokens.h5" --set run.backend=cpu \
     --tokens 1024 || { echo "$name: eval failed ($log)"; return 1; }
   local val_loss=DRY sequences=DRY
-  if ! sy_dry; then
-    cat "$work/$name.eval.json" >> "$log"
-    val_loss=$(python3 -c 'import json,sys; print(repr(json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["val_loss"]))' "$work/$name.eval.json")
-    sequences=$(python3 -c 'import json,sys; print(json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["sequences"])' "$work/$name.eval.json")
-  fi
+  sy_dry || read_eval "$work/$name.eval.json" "$log"
   local rows="$out/rows-$name.jsonl" rows_before=0 rc=0
   sy_dry || { touch "$rows"; rows_before=$(wc -l < "$rows"); }
   sy_step -l "$name" "$name compare" python3 bench/hf_export/compare.py --export "$folder" \
