@@ -17,8 +17,11 @@ struct SwigluWeights {
 // Saved activations and backward scratch of one SwiGLU block over N rows, all [N, F] views.
 struct SwigluActivations {
   Tensor h1, h3;             // u@w1, u@w3: saved for backward
-  Tensor hidden;             // silu(h1)*h3: scratch, rebuilt by backward over dhidden
+  Tensor hidden;             // silu(h1)*h3: scratch, rebuilt by backward over dhidden (or saved)
   Tensor dhidden, dh1, dh3;  // backward only (undefined in a forward's view): hidden, h1, h3
+  // hidden is saved from forward (swiglu_buffers' keep_hidden): backward reads it for w2's
+  // gradient first and then writes dhidden over it, instead of rebuilding it.
+  bool hidden_saved = false;
 };
 
 // out[N, D] = ffn(u[N, D]); `acts` must hold [N, F] buffers (see swiglu_activations_view).
@@ -38,12 +41,12 @@ inline double take_grad_beta(Param& w1, Param& w3, Param& w2) {
 // Rows [begin, end) of every defined buffer of `acts`.
 SwigluActivations swiglu_rows(const SwigluActivations& acts, int64_t begin, int64_t end);
 // [rows, F] views: h1, h3 from slots "<name>.h1", "<name>.h3" of `saved`; hidden from `scratch`
-// (a slot shared by every SwiGLU); with `grads`, also dhidden, dh1, dh3 as hidden, h1, h3
-// themselves (backward overwrites them in place).
-// `reserve`: the most rows a call can bring (see ensure_rows).
+// (a slot shared by every SwiGLU), or with `keep_hidden` from "<name>.hidden" of `saved`; with
+// `grads`, also dhidden, dh1, dh3 as hidden, h1, h3 themselves (backward overwrites them in
+// place). `reserve`: the most rows a call can bring (see ensure_rows).
 SwigluActivations swiglu_buffers(Backend& backend, Workspace& saved, Workspace& scratch,
-                                 const std::string& name, int64_t rows, int64_t hidden,
-                                 DType dtype, int64_t reserve, bool grads);
+                                 const std::string& name, int64_t rows, int64_t hidden, DType dtype,
+                                 int64_t reserve, bool grads, bool keep_hidden);
 
 // The dense FFN layer.
 struct DenseFFN {
@@ -58,6 +61,8 @@ struct DenseFFN {
   // train.recompute layer: h1, h3 live in `workspace` too, and the caller reruns
   // forward on the same u before backward.
   bool recompute = false;
+  // train.recompute none: hidden is saved from forward too, not rebuilt by backward.
+  bool keep_hidden = false;
   SwigluActivations acts;  // views, [T, F]
   Tensor out, du;          // views, [T, D]
 

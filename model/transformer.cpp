@@ -63,6 +63,7 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
   Workspace* const shared = workspace_.get();
   const bool recompute_layer = options_.recompute == Recompute::layer;
   const bool recompute_norms = options_.recompute != Recompute::none;
+  const bool keep_hidden = options_.recompute == Recompute::none;
   for (int64_t l = 0; l < m.n_layers; ++l) {
     const std::string prefix = "layers/" + std::to_string(l) + "/";
     Block& block = blocks_[l];
@@ -100,6 +101,7 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
       block.dense->w2 = make_param(prefix + "ffn/w2", {m.ffn_hidden, D});
       block.dense->workspace = shared;
       block.dense->recompute = recompute_layer;
+      block.dense->keep_hidden = keep_hidden;
       continue;
     }
     if (!exchange) throw std::runtime_error("Transformer: MoE layers need a token exchange");
@@ -115,6 +117,7 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
     layer.workspace = shared;
     layer.experts.workspace = shared;
     layer.experts.recompute = recompute_layer;
+    layer.experts.keep_hidden = keep_hidden;
     layer.router.weight = make_param(prefix + "moe/router", {D, moe.num_experts}, false, false);
     layer.router.settings = {moe.routing, moe.num_experts, moe.capacity_factor};
     if (moe.bias_update_rate > 0)
@@ -133,6 +136,7 @@ Transformer::Transformer(Backend& backend, TransformerOptions options, TokenExch
       block.shared->w2 = make_param(prefix + "moe/shared/w2", {Fs, D});
       block.shared->workspace = shared;
       block.shared->recompute = recompute_layer;
+      block.shared->keep_hidden = keep_hidden;
     }
   }
   final_norm_.gain = make_param("final_norm", {D}, false, false);

@@ -162,7 +162,7 @@ MemoryEstimate estimate_memory_per_rank(const Config& config, int64_t world_size
   // v, the context and the attention statistics unless it reruns attention (attention, layer);
   // the residual sum and the FFN's h1 and h3 unless it reruns the layer (layer). An MoE block
   // always keeps its routing, received rows (x_recv) and expert outputs (y_perm). SwiGLU's
-  // hidden is never kept (backward rebuilds it).
+  // hidden is kept only under none (else backward rebuilds it in a scratch slot).
   const double TK = T * moe.routing.top_k;
   const double Fe = static_cast<double>(moe.expert_hidden), F = static_cast<double>(m.ffn_hidden);
   const Recompute recompute = config.train.recompute;
@@ -179,10 +179,12 @@ MemoryEstimate estimate_memory_per_rank(const Config& config, int64_t world_size
   // A MoE layer's shared expert (moe.shared_expert_hidden) keeps its own h1 and h3.
   const double Fs = static_cast<double>(moe.shared_expert_hidden);
   const double dense_h = 2 * T * F * e, expert_h = 2 * TK * Fe * e + 2 * T * Fs * e;
+  const bool keep_hidden = recompute == Recompute::none;
   const double kept_dense = TD;
   const double kept_moe = TD + 2 * TK * D * e + 2 * T * moe.num_experts * 4 + TK * 8;
   double saved = dense_layers * kept_dense + moe_layers * kept_moe;
   if (keep_norms) saved += L * 2 * TD;
+  if (keep_hidden) saved += dense_layers * dense_h / 2 + moe_layers * expert_h / 2;
   if (keep_attention) saved += L * attention_part;
   if (keep_layer) saved += L * TD + dense_layers * dense_h + moe_layers * expert_h;
   // The memory plan (model/transformer.h): a gradient exists from its layer's backward to the
@@ -231,15 +233,17 @@ MemoryEstimate estimate_memory_per_rank(const Config& config, int64_t world_size
                                                          kAttentionWorkspaceFloor)))
             : T * static_cast<double>(m.q_width()) * 4;
   }
-  // The FFN's out and du, and one [rows, F] slot for hidden/dhidden.
-  const double dense_backward = 2 * TD + T * F * e;
+  // The FFN's out and du, and one [rows, F] slot for hidden/dhidden (none when hidden is kept).
+  const double hidden_slot = keep_hidden ? 0.0 : 1.0;
+  const double dense_backward = 2 * TD + hidden_slot * T * F * e;
   // MoE: dy_perm, the experts' dx, out, du and hidden/dhidden (the router reads the bf16 rows
   // directly); with expert_parallel > 1 also x_perm, the experts' output, dy_recv and dx_perm
   // (the exchange moves rows straight between them: no staging rows of its own).
   const double exchanged = config.parallel.expert_parallel > 1 ? 4 * TK * D * e : 0.0;
   // A shared expert adds its out and du; its hidden takes the same slot (the larger rows).
-  const double moe_backward =
-      2 * TK * D * e + 2 * TD + std::max(TK * Fe, T * Fs) * e + exchanged + (Fs > 0 ? 2 * TD : 0.0);
+  const double moe_backward = 2 * TK * D * e + 2 * TD +
+                              hidden_slot * std::max(TK * Fe, T * Fs) * e + exchanged +
+                              (Fs > 0 ? 2 * TD : 0.0);
   double workspace = attention_backward + std::max(dense_layers > 0 ? dense_backward : 0.0,
                                                    moe_layers > 0 ? moe_backward : 0.0);
   if (!keep_norms) workspace += 2 * TD;

@@ -47,7 +47,8 @@ Tensor Experts::forward(Backend& backend, const Tensor& x,
   out_storage = into.defined() ? into
                                : scratch().rows(backend, "experts.out", N, D, x.dtype(), max_rows);
   const Tensor out = out_storage;
-  acts = swiglu_buffers(backend, saved(), scratch(), "experts", N, F, x.dtype(), max_rows, false);
+  acts = swiglu_buffers(backend, saved(), scratch(), "experts", N, F, x.dtype(), max_rows, false,
+                        keep_hidden);
   const SwigluActivations& all = acts;
   if (grouped(backend, x)) {
     if (N == 0) return out;
@@ -76,7 +77,8 @@ Tensor Experts::backward(Backend& backend, const Tensor& dout, const Tensor& x,
   const int64_t N = x.dim(0), D = x.dim(1), F = w1.value.dim(2);
   du_storage = scratch().rows(backend, "experts.dx", N, D, x.dtype(), max_rows);
   const Tensor dx = du_storage;
-  acts = swiglu_buffers(backend, saved(), scratch(), "experts", N, F, x.dtype(), max_rows, true);
+  acts = swiglu_buffers(backend, saved(), scratch(), "experts", N, F, x.dtype(), max_rows, true,
+                        keep_hidden);
   const SwigluActivations& all = acts;
   // Every expert's gradient slice is written (an empty segment's block is zeroed by the grouped
   // wgrad, and cleared here for the loop), so the gradients may be written while zero or stale.
@@ -92,8 +94,6 @@ Tensor Experts::backward(Backend& backend, const Tensor& dout, const Tensor& x,
     }
     const std::span<const int64_t> rows(rows_per_expert);
     const bool accumulate = grad_beta != 0.0;
-    backend.grouped_gemm(all.dhidden, dout, w2.compute_value(), true, rows, false);
-    backend.swiglu_backward(all.dh1, all.dh3, all.dhidden, all.h1, all.h3, all.hidden);
     // Written whole (not accumulated), a gradient's sum of squares can come out of the GEMM that
     // writes it, and the gradient norm need not read it again (Param::grad_squares); the op
     // leaves the squares alone when it accumulates.
@@ -101,7 +101,16 @@ Tensor Experts::backward(Backend& backend, const Tensor& dout, const Tensor& x,
       w.grad_squares_valid =
           backend.grouped_gemm_wgrad(w.grad, a, b, rows, accumulate, &w.grad_squares);
     };
-    wgrad(w2, all.hidden, dout);
+    if (all.hidden_saved) {  // w2's gradient reads the forward's hidden before dhidden overwrites
+                             // it
+      wgrad(w2, all.hidden, dout);
+      backend.grouped_gemm(all.dhidden, dout, w2.compute_value(), true, rows, false);
+      backend.swiglu_backward(all.dh1, all.dh3, all.dhidden, all.h1, all.h3);
+    } else {
+      backend.grouped_gemm(all.dhidden, dout, w2.compute_value(), true, rows, false);
+      backend.swiglu_backward(all.dh1, all.dh3, all.dhidden, all.h1, all.h3, all.hidden);
+      wgrad(w2, all.hidden, dout);
+    }
     wgrad(w1, x, all.dh1);
     wgrad(w3, x, all.dh3);
     backend.grouped_gemm_pair(dx, all.dh1, w1.compute_value(), all.dh3, w3.compute_value(), true,

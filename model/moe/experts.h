@@ -36,6 +36,8 @@ struct Experts {
   // train.recompute layer: h1, h3 live in `workspace` too, and the MoE layer reruns
   // forward on the same received rows before backward.
   bool recompute = false;
+  // train.recompute none: hidden is saved from forward too, not rebuilt by backward.
+  bool keep_hidden = false;
   SwigluActivations acts;          // views of the grow-only [rows, F_e] buffers
   Tensor out_storage, du_storage;  // views of the grow-only [rows, D] buffers (scratch)
 
