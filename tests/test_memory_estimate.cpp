@@ -21,21 +21,28 @@ TEST(MemoryEstimate, GpuBenchConfigsWithinTenPercentOfMeasuredPeaks) {
   // cuDNN backward's workspace and the LM head's dlogits blocks for the call), with fp32 weight
   // gradients; and with bf16 ones, run.weight_grads auto ("bf16 weight gradients", 2026-12-06,
   // one H100; the MoE's 27.0 also on one H200; the fine config's 50.0 since the attention
-  // backward's workspace floor took the whole batch, twenty-third session, 49.0 before).
+  // backward's workspace floor took the whole batch, twenty-third session, 49.0 before). All
+  // with train.recompute norms; and the MoE with none (SwiGLU's product kept too: 29.0, one
+  // H100, 2026-12-06, twenty-seventh session).
   struct Measured {
     const char* path;
     WeightGrads grads;
+    Recompute recompute;
     double peak_gib;
   };
-  const Measured measured[] = {{"configs/bench/moe.yaml", WeightGrads::fp32, 30.0},
-                               {"configs/bench/dense.yaml", WeightGrads::fp32, 12.0},
-                               {"configs/bench/fine.yaml", WeightGrads::fp32, 56.0},
-                               {"configs/bench/moe.yaml", WeightGrads::automatic, 27.0},
-                               {"configs/bench/dense.yaml", WeightGrads::automatic, 12.0},
-                               {"configs/bench/fine.yaml", WeightGrads::automatic, 50.0}};
-  for (const auto& [path, grads, peak_gib] : measured) {
+  constexpr Recompute norms = Recompute::norms;
+  const Measured measured[] = {
+      {"configs/bench/moe.yaml", WeightGrads::fp32, norms, 30.0},
+      {"configs/bench/dense.yaml", WeightGrads::fp32, norms, 12.0},
+      {"configs/bench/fine.yaml", WeightGrads::fp32, norms, 56.0},
+      {"configs/bench/moe.yaml", WeightGrads::automatic, norms, 27.0},
+      {"configs/bench/dense.yaml", WeightGrads::automatic, norms, 12.0},
+      {"configs/bench/fine.yaml", WeightGrads::automatic, norms, 50.0},
+      {"configs/bench/moe.yaml", WeightGrads::automatic, Recompute::none, 29.0}};
+  for (const auto& [path, grads, recompute, peak_gib] : measured) {
     Config config = load_config(path);
     config.run.weight_grads = grads;
+    config.train.recompute = recompute;
     const double estimate = estimate_memory_per_rank(config, 1).total_bytes() / kGiB;
     std::printf("%s: estimate %.1f GiB, measured %.1f GiB (%.3f)\n", path, estimate, peak_gib,
                 estimate / peak_gib);
