@@ -178,13 +178,15 @@ MemoryEstimate estimate_memory_per_rank(const Config& config, int64_t world_size
   const double attention_part = 4 * TQ + T * H * 4 + probabilities + qk_norm_part;
   // A MoE layer's shared expert (moe.shared_expert_hidden) keeps its own h1 and h3.
   const double Fs = static_cast<double>(moe.shared_expert_hidden);
-  const double dense_h = 2 * T * F * e, expert_h = 2 * TK * Fe * e + 2 * T * Fs * e;
+  // SwiGLU's hidden per layer; h1 and h3 are twice that.
+  const double dense_hidden = T * F * e, expert_hidden = TK * Fe * e + T * Fs * e;
+  const double dense_h = 2 * dense_hidden, expert_h = 2 * expert_hidden;
   const bool keep_hidden = recompute == Recompute::none;
   const double kept_dense = TD;
   const double kept_moe = TD + 2 * TK * D * e + 2 * T * moe.num_experts * 4 + TK * 8;
   double saved = dense_layers * kept_dense + moe_layers * kept_moe;
   if (keep_norms) saved += L * 2 * TD;
-  if (keep_hidden) saved += dense_layers * dense_h / 2 + moe_layers * expert_h / 2;
+  if (keep_hidden) saved += dense_layers * dense_hidden + moe_layers * expert_hidden;
   if (keep_attention) saved += L * attention_part;
   if (keep_layer) saved += L * TD + dense_layers * dense_h + moe_layers * expert_h;
   // The memory plan (model/transformer.h): a gradient exists from its layer's backward to the

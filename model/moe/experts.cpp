@@ -101,8 +101,9 @@ Tensor Experts::backward(Backend& backend, const Tensor& dout, const Tensor& x,
       w.grad_squares_valid =
           backend.grouped_gemm_wgrad(w.grad, a, b, rows, accumulate, &w.grad_squares);
     };
-    if (all.hidden_saved) {  // w2's gradient reads the forward's hidden before dhidden overwrites
-                             // it
+    // A saved hidden is read by w2's gradient before dhidden overwrites it; else the SwiGLU
+    // backward rebuilds it over dhidden.
+    if (all.hidden_saved) {
       wgrad(w2, all.hidden, dout);
       backend.grouped_gemm(all.dhidden, dout, w2.compute_value(), true, rows, false);
       backend.swiglu_backward(all.dh1, all.dh3, all.dhidden, all.h1, all.h3);
