@@ -48,9 +48,17 @@ class CudaBackend final : public Backend {
     ctx_.alloc = [this](const Shape& shape, DType dtype) { return alloc(shape, dtype); };
     ctx_.largest_cached_block = [this] { return allocator_->largest_cached_block(); };
     // cuBLAS's workspace from our allocator (after cublasSetStream, which resets it).
-    constexpr size_t kWorkspace = size_t{32} << 20;
-    workspace_ = alloc({static_cast<int64_t>(kWorkspace / 4)}, DType::i32);
-    SY_CUBLAS(ctx_, "init", cublasSetWorkspace(ctx_.cublas, workspace_.data(), kWorkspace));
+    // SY_CUBLAS_WORKSPACE_MIB (a measurement knob, default 32): 0 gives cuBLAS none, so that it
+    // picks kernels that need no workspace (and issues no memset of it before a GEMM).
+    const int64_t workspace_mib =
+        cuda::env_whole_number("SY_CUBLAS_WORKSPACE_MIB", 1024, "MiB").value_or(32);
+    const size_t workspace_bytes = static_cast<size_t>(workspace_mib) << 20;
+    if (workspace_bytes > 0) {
+      workspace_ = alloc({static_cast<int64_t>(workspace_bytes / 4)}, DType::i32);
+      SY_CUBLAS(ctx_, "init", cublasSetWorkspace(ctx_.cublas, workspace_.data(), workspace_bytes));
+    } else {
+      SY_CUBLAS(ctx_, "init", cublasSetWorkspace(ctx_.cublas, nullptr, 0));
+    }
     cudaDeviceProp prop{};
     SY_CUDA(ctx_, "init", cudaGetDeviceProperties(&prop, device));
     device_name_ = prop.name;
