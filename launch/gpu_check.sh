@@ -34,6 +34,9 @@ documents  document masking: test_cuda_document_mask, then bench/ab/run.sh on co
            ragged layout (the default); SY_DOCS_ROUNDS (2), SY_DOCS_CONFIGS (moe)
 optim      the fused optimizer: its tests, sy_bench_optimizer (SY_OPTIM_TENSORS, SY_OPTIM_NUMEL),
            a 60-step bf16 bench of the example config
+adamw      the AdamW pass's floor and block shapes: copy_bench (kernel copies against cudaMemcpy), then
+           sy_bench_optimizer --layout training per SY_ADAMW_SHAPE (SY_ADAMW_SHAPES, SY_ADAMW_ROUNDS),
+           and the test that every shape gives the same bits
 memory     train.recompute: test_recompute, test_cuda_recompute, test_cuda_model, then
            configs/bench/{moe,dense}.yaml per mode (SY_MEMORY_STEPS, _WARMUP, _CONFIGS, _MODES)
 membound   the bandwidth-bound kernels: ptxas, ctest -R CudaOps|CudaVec|CudaModel (SY_KERN_TESTS,
@@ -48,7 +51,7 @@ allocator  SY_CUDA_ALLOCATOR caching against async (suites, the 1.8B MoE step: S
 routing    the routing policy: the suites that read it, a 20-step bf16 run with every balancing key
 nodes      bench/scaling/run.sh, on a machine with several GPUs: NCCL equivalence, alltoall_bench,
            throughput at W = 1, 2, 4, 8 (WIDTHS, STEPS), a killed rank"
-all_parts=(tests example step trace ab ffn grouped attention documents optim memory membound
+all_parts=(tests example step trace ab ffn grouped attention documents optim adamw memory membound
            balancing ckpt hf tb allocator routing nodes)
 
 if [ "${1:-}" = --list ]; then echo "$parts_help"; exit 0; fi
@@ -309,6 +312,28 @@ part_optim() {
   tail -n 1 "$sy_out/bench_train_example_bf16.log" 2>/dev/null
   echo "---- optimizer pass (sy_bench_optimizer)"
   grep -A4 "^optimizer pass" "$sy_out/bench_optimizer.log" 2>/dev/null
+  return "$sy_failed"
+}
+
+part_adamw() {
+  local round shape shapes
+  read -ra shapes <<< "${SY_ADAMW_SHAPES:-wide wide2 mid short short4 short8}"
+  sy_step copy_bench "$build/copy_bench"
+  # Rounds of every shape in turn, so that a drift of the card shows as one between rounds.
+  for round in $(seq "${SY_ADAMW_ROUNDS:-2}"); do
+    for shape in "${shapes[@]}"; do
+      sy_step -l adamw_shapes "adamw $shape, round $round" env SY_ADAMW_SHAPE="$shape" \
+        "$build/sy_bench_optimizer" --layout training --repeats 8
+    done
+  done
+  sy_step test_cuda_optim_shapes "$build/tests/test_cuda_optim" \
+    --gtest_filter='CudaOptim.BlocksPerChunkGiveTheSameBits'
+  echo "---- copies (copy_bench)"
+  grep '^|' "$sy_out/copy_bench.log" 2>/dev/null
+  echo "---- the update pass by SY_ADAMW_SHAPE (ms, TB/s)"
+  awk '/SY_ADAMW_SHAPE=/ { for (i = 1; i <= NF; ++i) if ($i ~ /^SY_ADAMW_SHAPE=/) shape = $i }
+       $1 == "fused" { print shape, $3, $6 }' "$sy_out/adamw_shapes.log" 2>/dev/null
+  echo "---- test_cuda_optim_shapes: $(sy_gtest "$sy_out/test_cuda_optim_shapes.log")"
   return "$sy_failed"
 }
 

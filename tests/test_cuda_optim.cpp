@@ -318,28 +318,40 @@ void expect_knob_refused(Backend& gpu, const char* name, const char* value) {
   unsetenv(name);
 }
 
-// The update's blocks a chunk (SY_ADAMW_PARTS; unset: 4) change no bit, for fp32 and split
-// masters, with f32 and bf16 grads; an unlisted count is refused by name.
+// The update's blocks a chunk (SY_ADAMW_PARTS; unset: 4) and their shape (SY_ADAMW_SHAPE: threads,
+// vectors a thread in flight, blocks an SM) change no bit, for fp32 and split masters, with f32
+// and bf16 grads; an unlisted value is refused by name.
 TEST_F(CudaOptim, BlocksPerChunkGiveTheSameBits) {
+  struct Knobs {
+    const char* parts;  // SY_ADAMW_PARTS, or null: unset
+    const char* shape;  // SY_ADAMW_SHAPE, or null: unset
+  };
   for (const bool split : {false, true})
-    for (const char* parts : {"1", "16"}) {
-      State few = make_state(gpu(), split, true), many = make_state(gpu(), split, true);
+    for (const Knobs knobs : {Knobs{"1", nullptr}, Knobs{"16", nullptr}, Knobs{nullptr, "wide2"},
+                              Knobs{nullptr, "mid"}, Knobs{nullptr, "short"}, Knobs{"4", "short"},
+                              Knobs{nullptr, "short4"}, Knobs{nullptr, "short8"}}) {
+      State set = make_state(gpu(), split, true), plain = make_state(gpu(), split, true);
       State each = make_state(gpu(), split, true);
+      const std::string named = std::string("SY_ADAMW_PARTS=") + (knobs.parts ? knobs.parts : "") +
+                                " SY_ADAMW_SHAPE=" + (knobs.shape ? knobs.shape : "");
       for (int step = 1; step <= 2; ++step) {
-        for (State* s : {&few, &many, &each}) write_grads(gpu(), *s, step);
+        for (State* s : {&set, &plain, &each}) write_grads(gpu(), *s, step);
         const AdamWStep hp = hyper(step, step == 1 ? 1.0 : 0.37, step == 1);
-        setenv("SY_ADAMW_PARTS", parts, 1);
-        gpu().fused_adamw_step(few.list(), few.m, few.v, hp);
+        if (knobs.parts) setenv("SY_ADAMW_PARTS", knobs.parts, 1);
+        if (knobs.shape) setenv("SY_ADAMW_SHAPE", knobs.shape, 1);
+        gpu().fused_adamw_step(set.list(), set.m, set.v, hp);
         unsetenv("SY_ADAMW_PARTS");
-        gpu().fused_adamw_step(many.list(), many.m, many.v, hp);
+        unsetenv("SY_ADAMW_SHAPE");
+        gpu().fused_adamw_step(plain.list(), plain.m, plain.v, hp);
         gpu().Backend::fused_adamw_step(each.list(), each.m, each.v, hp);
         const std::string when =
             std::string(split ? "split" : "f32") + ", step " + std::to_string(step);
-        expect_equal(few, many, std::string("SY_ADAMW_PARTS=") + parts + ", " + when);
-        expect_equal(many, each, "per tensor, " + when);
+        expect_equal(set, plain, named + ", " + when);
+        expect_equal(plain, each, "per tensor, " + when);
       }
     }
   expect_knob_refused(gpu(), "SY_ADAMW_PARTS", "3");
+  expect_knob_refused(gpu(), "SY_ADAMW_SHAPE", "narrow");
 }
 
 TEST_F(CudaOptim, CappedGridGivesTheSameBits) {

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string_view>
 
 #include "model/cuda/env_choice.h"
 #include "model/cuda/kernels.h"
@@ -327,14 +328,23 @@ __device__ void fused_adamw_chunk(const TensorSlot* __restrict__ tensors, const 
   }
 }
 
-// `parts` blocks a chunk, kUpdateThreads threads each, block b taking part b % parts of chunk
-// b / parts. Every element is computed as with one block a chunk, so the bits are the same.
-__global__ void __launch_bounds__(kUpdateThreads)
+// `parts` blocks a chunk, kThreads threads each with kUnroll vectors in flight, block b taking
+// part b % parts of chunk b / parts. Every element is computed as with one block a chunk, so the
+// bits are the same. kMinBlocks > 0 caps the registers so that that many blocks fit on an SM
+// (0: no cap; the default shape's 51 registers hold one 1024-thread block an SM).
+template <int kThreads, int kUnroll, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
     fused_adamw_kernel(const TensorSlot* __restrict__ tensors, const ChunkSlot* __restrict__ chunks,
                        int parts, AdamPass a) {
   const int64_t size = kChunk / parts;
-  fused_adamw_chunk<kUpdateThreads, 1>(tensors, chunks[blockIdx.x / parts],
+  fused_adamw_chunk<kThreads, kUnroll>(tensors, chunks[blockIdx.x / parts],
                                        (blockIdx.x % parts) * size, size, a);
+}
+template <int kThreads, int kUnroll, int kMinBlocks>
+void launch_fused_adamw(Context& ctx, unsigned blocks, const TensorSlot* tensors,
+                        const ChunkSlot* chunks, int parts, const AdamPass& a) {
+  fused_adamw_kernel<kThreads, kUnroll, kMinBlocks>
+      <<<blocks, kThreads, 0, ctx.stream>>>(tensors, chunks, parts, a);
 }
 
 // The narrow pass (SY_ADAMW_BLOCKS caps the grid): a few wide blocks, each alone on its SM (the
@@ -496,10 +506,10 @@ void grad_norm_squares(Context& ctx, const MultiTensorTable& table, double* out)
 namespace {
 // SY_ADAMW_PARTS: the update's blocks a chunk, 1 to kMaxParts (a measurement knob; the bits are
 // the same). Unset: kDefaultParts.
-int update_parts() {
+int update_parts(int default_parts) {
   const char* parts = env_choice("SY_ADAMW_PARTS", {"1", "2", "4", "8", "16"});
   static_assert(kMaxParts == 16, "SY_ADAMW_PARTS's choices are the divisors of kMaxParts");
-  return parts ? std::atoi(parts) : kDefaultParts;
+  return parts ? std::atoi(parts) : default_parts;
 }
 }  // namespace
 
@@ -520,14 +530,30 @@ void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWSt
   // SMs, bench/overlap_bench); 0 or unset: `parts` blocks a chunk.
   const int64_t cap = env_whole_number("SY_ADAMW_BLOCKS", int64_t{1} << 30, "blocks").value_or(0);
   const int64_t grid = cap > 0 ? std::min(cap, n) : n;
-  const int parts = update_parts();
+  // SY_ADAMW_SHAPE (a measurement knob; the bits are the same): the update's blocks as threads x
+  // vectors a thread in flight, blocks an SM; `short*` default to 16 parts (4096 elements a
+  // block). Unset: wide, 1024 x 1, one block an SM. Short blocks reached cudaMemcpy's rate in
+  // bench/copy_bench.cu, but 256 x 4 uncapped (144 registers, one block an SM) ran the pass 12.6%
+  // slower on an H100 (BENCHMARKS.md); the others hold 2048 vectors an SM in flight to ask
+  // whether occupancy, not the shape, is what limits it.
+  const char* shape =
+      env_choice("SY_ADAMW_SHAPE", {"wide", "wide2", "mid", "short", "short4", "short8"});
+  const std::string_view chosen = shape ? shape : "wide";
+  const int parts = update_parts(chosen.starts_with("short") ? 16 : kDefaultParts);
   if (n * parts > int64_t{INT32_MAX}) fail(ctx, "fused_adamw_step", "too many chunks for one grid");
+  const auto blocks = static_cast<unsigned>(n * parts);
   if (grid < n)
     narrow_adamw_kernel<<<static_cast<unsigned>(grid), kNarrowThreads, 0, ctx.stream>>>(
         tensors, chunks, n, a);
-  else
-    fused_adamw_kernel<<<static_cast<unsigned>(n * parts), kUpdateThreads, 0, ctx.stream>>>(
-        tensors, chunks, parts, a);
+  else if (chosen == "wide2")
+    launch_fused_adamw<1024, 1, 2>(ctx, blocks, tensors, chunks, parts, a);
+  else if (chosen == "mid") launch_fused_adamw<512, 2, 2>(ctx, blocks, tensors, chunks, parts, a);
+  else if (chosen == "short") launch_fused_adamw<256, 4, 2>(ctx, blocks, tensors, chunks, parts, a);
+  else if (chosen == "short4")
+    launch_fused_adamw<256, 2, 4>(ctx, blocks, tensors, chunks, parts, a);
+  else if (chosen == "short8")
+    launch_fused_adamw<256, 1, 8>(ctx, blocks, tensors, chunks, parts, a);
+  else launch_fused_adamw<kUpdateThreads, 1, 0>(ctx, blocks, tensors, chunks, parts, a);
   check_launch(ctx, "fused_adamw_step");
 }
 
