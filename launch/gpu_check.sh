@@ -35,7 +35,7 @@ documents  document masking: test_cuda_document_mask, then bench/ab/run.sh on co
 optim      the fused optimizer: its tests, sy_bench_optimizer (SY_OPTIM_TENSORS, SY_OPTIM_NUMEL),
            a 60-step bf16 bench of the example config
 adamw      the AdamW pass's floor and block shapes: copy_bench (kernel copies against cudaMemcpy), then
-           sy_bench_optimizer --layout training per SY_ADAMW_SHAPE (SY_ADAMW_SHAPES, SY_ADAMW_ROUNDS),
+           sy_bench_optimizer --layout training per SY_ADAMW_SHAPE[:PARTS] (SY_ADAMW_SHAPES, _ROUNDS),
            and the test that every shape gives the same bits
 memory     train.recompute: test_recompute, test_cuda_recompute, test_cuda_model, then
            configs/bench/{moe,dense}.yaml per mode (SY_MEMORY_STEPS, _WARMUP, _CONFIGS, _MODES)
@@ -316,14 +316,17 @@ part_optim() {
 }
 
 part_adamw() {
-  local round shape shapes
-  read -ra shapes <<< "${SY_ADAMW_SHAPES:-wide wide2 mid short short4 short8}"
+  # SHAPE or SHAPE:PARTS (SY_ADAMW_PARTS; unset: the shape's own default).
+  local round entry parts shapes
+  read -ra shapes <<< "${SY_ADAMW_SHAPES:-wide wide2 wide2:16 mid mid:16 short short4 short8}"
   sy_step copy_bench "$build/copy_bench"
   # Rounds of every shape in turn, so that a drift of the card shows as one between rounds.
   for round in $(seq "${SY_ADAMW_ROUNDS:-2}"); do
-    for shape in "${shapes[@]}"; do
-      sy_step -l adamw_shapes "adamw $shape, round $round" env SY_ADAMW_SHAPE="$shape" \
-        "$build/sy_bench_optimizer" --layout training --repeats 8
+    for entry in "${shapes[@]}"; do
+      parts=()
+      [[ $entry == *:* ]] && parts=("SY_ADAMW_PARTS=${entry#*:}")
+      sy_step -l adamw_shapes "adamw $entry, round $round" env SY_ADAMW_SHAPE="${entry%%:*}" \
+        "${parts[@]}" "$build/sy_bench_optimizer" --layout training --repeats 8
     done
   done
   sy_step test_cuda_optim_shapes "$build/tests/test_cuda_optim" \
@@ -331,7 +334,8 @@ part_adamw() {
   echo "---- copies (copy_bench)"
   grep '^|' "$sy_out/copy_bench.log" 2>/dev/null
   echo "---- the update pass by SY_ADAMW_SHAPE (ms, TB/s)"
-  awk '/SY_ADAMW_SHAPE=/ { for (i = 1; i <= NF; ++i) if ($i ~ /^SY_ADAMW_SHAPE=/) shape = $i }
+  awk '/SY_ADAMW_SHAPE=/ { shape = ""
+         for (i = 1; i <= NF; ++i) if ($i ~ /^SY_ADAMW_(SHAPE|PARTS)=/) shape = shape " " $i }
        $1 == "fused" { print shape, $3, $6 }' "$sy_out/adamw_shapes.log" 2>/dev/null
   echo "---- test_cuda_optim_shapes: $(sy_gtest "$sy_out/test_cuda_optim_shapes.log")"
   return "$sy_failed"

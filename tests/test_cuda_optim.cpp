@@ -326,30 +326,37 @@ TEST_F(CudaOptim, BlocksPerChunkGiveTheSameBits) {
     const char* parts;  // SY_ADAMW_PARTS, or null: unset
     const char* shape;  // SY_ADAMW_SHAPE, or null: unset
   };
-  for (const bool split : {false, true})
-    for (const Knobs knobs : {Knobs{"1", nullptr}, Knobs{"16", nullptr}, Knobs{nullptr, "wide2"},
-                              Knobs{nullptr, "mid"}, Knobs{nullptr, "short"}, Knobs{"4", "short"},
-                              Knobs{nullptr, "short4"}, Knobs{nullptr, "short8"}}) {
-      State set = make_state(gpu(), split, true), plain = make_state(gpu(), split, true);
-      State each = make_state(gpu(), split, true);
-      const std::string named = std::string("SY_ADAMW_PARTS=") + (knobs.parts ? knobs.parts : "") +
-                                " SY_ADAMW_SHAPE=" + (knobs.shape ? knobs.shape : "");
-      for (int step = 1; step <= 2; ++step) {
-        for (State* s : {&set, &plain, &each}) write_grads(gpu(), *s, step);
-        const AdamWStep hp = hyper(step, step == 1 ? 1.0 : 0.37, step == 1);
-        if (knobs.parts) setenv("SY_ADAMW_PARTS", knobs.parts, 1);
-        if (knobs.shape) setenv("SY_ADAMW_SHAPE", knobs.shape, 1);
-        gpu().fused_adamw_step(set.list(), set.m, set.v, hp);
+  const std::vector<Knobs> settings = {{"1", nullptr},      {"16", nullptr},    {nullptr, "wide2"},
+                                       {nullptr, "mid"},    {nullptr, "short"}, {"4", "short"},
+                                       {nullptr, "short4"}, {nullptr, "short8"}};
+  for (const bool split : {false, true}) {
+    State plain = make_state(gpu(), split, true), each = make_state(gpu(), split, true);
+    std::vector<State> set;  // one a setting
+    for (size_t k = 0; k < settings.size(); ++k) set.push_back(make_state(gpu(), split, true));
+    for (int step = 1; step <= 2; ++step) {
+      write_grads(gpu(), plain, step);
+      write_grads(gpu(), each, step);
+      for (State& s : set) write_grads(gpu(), s, step);
+      const AdamWStep hp = hyper(step, step == 1 ? 1.0 : 0.37, step == 1);
+      for (size_t k = 0; k < settings.size(); ++k) {
+        if (settings[k].parts) setenv("SY_ADAMW_PARTS", settings[k].parts, 1);
+        if (settings[k].shape) setenv("SY_ADAMW_SHAPE", settings[k].shape, 1);
+        gpu().fused_adamw_step(set[k].list(), set[k].m, set[k].v, hp);
         unsetenv("SY_ADAMW_PARTS");
         unsetenv("SY_ADAMW_SHAPE");
-        gpu().fused_adamw_step(plain.list(), plain.m, plain.v, hp);
-        gpu().Backend::fused_adamw_step(each.list(), each.m, each.v, hp);
-        const std::string when =
-            std::string(split ? "split" : "f32") + ", step " + std::to_string(step);
-        expect_equal(set, plain, named + ", " + when);
-        expect_equal(plain, each, "per tensor, " + when);
       }
+      gpu().fused_adamw_step(plain.list(), plain.m, plain.v, hp);
+      gpu().Backend::fused_adamw_step(each.list(), each.m, each.v, hp);
+      const std::string when =
+          std::string(split ? "split" : "f32") + ", step " + std::to_string(step);
+      expect_equal(plain, each, "per tensor, " + when);
+      for (size_t k = 0; k < settings.size(); ++k)
+        expect_equal(set[k], plain,
+                     std::string("SY_ADAMW_PARTS=") + (settings[k].parts ? settings[k].parts : "") +
+                         " SY_ADAMW_SHAPE=" + (settings[k].shape ? settings[k].shape : "") + ", " +
+                         when);
     }
+  }
   expect_knob_refused(gpu(), "SY_ADAMW_PARTS", "3");
   expect_knob_refused(gpu(), "SY_ADAMW_SHAPE", "narrow");
 }
