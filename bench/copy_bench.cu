@@ -12,6 +12,7 @@
 //   read / write    one way only: a sum of every vector (kept) / a fill
 #include <cuda_runtime.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -106,27 +107,13 @@ void add_unrolled(std::vector<Variant>& variants, const float4* in, float4* out,
                       }});
 }
 
-int parse_int(const char* flag, const char* value) {
-  char* end = nullptr;
-  const long parsed = std::strtol(value, &end, 10);
-  if (*value == '\0' || *end != '\0' || parsed <= 0 || parsed > (1L << 20))
-    throw std::runtime_error(std::string(flag) + " takes a positive whole number, got '" + value +
-                             "'");
-  return static_cast<int>(parsed);
-}
-
-void run(int argc, char** argv) {
+struct Options {
   int mib = 6912, iters = 9, warmup = 2, rounds = 2;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (i + 1 >= argc) throw std::runtime_error(flag + " needs a value");
-    const char* value = argv[++i];
-    if (flag == "--mib") mib = parse_int("--mib", value);
-    else if (flag == "--iters") iters = parse_int("--iters", value);
-    else if (flag == "--warmup") warmup = parse_int("--warmup", value);
-    else if (flag == "--rounds") rounds = parse_int("--rounds", value);
-    else throw std::runtime_error("unknown flag '" + flag + "'");
-  }
+};
+
+void run(const Options& options) {
+  const int mib = options.mib, iters = options.iters, warmup = options.warmup;
+  const int rounds = options.rounds;
   const int64_t bytes = int64_t{mib} << 20;
   const int64_t vectors = bytes / 16;
   cudaDeviceProp prop{};
@@ -198,8 +185,17 @@ void run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  Options options;
+  CLI::App app{"Kernel copy shapes against cudaMemcpy on one GPU"};
+  app.add_option("--mib", options.mib, "MiB copied each way")->check(CLI::Range(1, 1 << 16));
+  app.add_option("--iters", options.iters, "timed runs a variant (their median is kept)")
+      ->check(CLI::Range(1, 1000));
+  app.add_option("--warmup", options.warmup, "untimed runs first")->check(CLI::Range(0, 1000));
+  app.add_option("--rounds", options.rounds, "rounds over every variant")
+      ->check(CLI::Range(1, 100));
+  CLI11_PARSE(app, argc, argv);
   try {
-    run(argc, argv);
+    run(options);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "copy_bench: %s\n", e.what());
     return 1;
