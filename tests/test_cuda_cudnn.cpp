@@ -167,6 +167,70 @@ TEST_F(CudnnAttention, ChunksOfSequencesGiveTheBitsOfOneCall) {
   }
 }
 
+// The measurement knobs that pick cuDNN's engine config (SY_CUDNN_FWD_PLAN, _BWD_PLAN,
+// _FWD_KNOBS, _BWD_KNOBS, SY_CUDNN_PLANS; docs/cuda.md) are read when a shape's plans are built, so
+// each case here takes a shape of its own. Listing every config and naming the first explicitly
+// runs within the CPU bounds; a malformed value is an error naming the variable.
+TEST_F(CudnnAttention, PlanKnobsListAndRefuseMalformedValues) {
+  const int64_t B = 1, H = 2, Dh = 64, D = H * Dh;
+  int64_t S = 136;
+  auto inputs = [&] {
+    const int64_t T = B * S;
+    return std::array<std::vector<double>, 4>{values(T * D), values(T * D), values(T * D),
+                                              values(T * D)};
+  };
+  {
+    const EnvironmentRestored list("SY_CUDNN_PLANS"), fwd("SY_CUDNN_FWD_PLAN"),
+        bwd("SY_CUDNN_BWD_PLAN");
+    list.set("1");
+    fwd.set("0");
+    bwd.set("0");
+    const int64_t T = B * S;
+    const auto [q, k, v, dout] = inputs();
+    Tensor qg = on_gpu({T, D}, q), kg = on_gpu({T, D}, k), vg = on_gpu({T, D}, v);
+    Tensor og = poisoned({T, D}, DType::bf16), lg = poisoned({B, H, S}, DType::f32);
+    gpu().flash_attention_forward(og, lg, qg, kg, vg, B, S, H);
+    if (cuda_attention_kernel(gpu()) != "cudnn")
+      GTEST_SKIP() << "cuDNN declined the forward: " << cuda_attention_kernel(gpu());
+    const auto grads = backward(on_gpu({T, D}, dout), qg, kg, vg, og, lg, B, S, H);
+    ASSERT_EQ(cuda_attention_kernel(gpu()), "cudnn");
+    Tensor qc = on_cpu({T, D}, q), kc = on_cpu({T, D}, k), vc = on_cpu({T, D}, v);
+    Tensor oc = cpu().alloc({T, D}, DType::f32), lc = cpu().alloc({B, H, S}, DType::f32);
+    cpu().flash_attention_forward(oc, lc, qc, kc, vc, B, S, H);
+    expect_close(og, oc, 1e-2, "listed, plan 0: forward out");
+    Tensor dq = cpu().alloc({T, D}, DType::f32), dk = cpu().alloc({T, D}, DType::f32),
+           dv = cpu().alloc({T, D}, DType::f32);
+    cpu().flash_attention_backward(dq, dk, dv, on_cpu({T, D}, dout), qc, kc, vc, oc, lc, B, S, H);
+    expect_grads_close(grads, dq, dk, dv, "listed, plan 0: backward");
+  }
+  const struct {
+    const char* name;
+    const char* value;
+  } cases[] = {{"SY_CUDNN_FWD_PLAN", "first"},  {"SY_CUDNN_FWD_PLAN", "-1"},
+               {"SY_CUDNN_FWD_KNOBS", "7"},     {"SY_CUDNN_FWD_KNOBS", "24=x"},
+               {"SY_CUDNN_FWD_KNOBS", "24=1,"}, {"SY_CUDNN_FWD_KNOBS", "99=1"},
+               {"SY_CUDNN_BWD_PLAN", "1e3"},    {"SY_CUDNN_BWD_KNOBS", "=3"}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(std::string(c.name) + "='" + c.value + "'");
+    S += 8;
+    const int64_t T = B * S;
+    const auto [q, k, v, dout] = inputs();
+    Tensor qg = on_gpu({T, D}, q), kg = on_gpu({T, D}, k), vg = on_gpu({T, D}, v);
+    Tensor og = poisoned({T, D}, DType::bf16), lg = poisoned({B, H, S}, DType::f32);
+    const EnvironmentRestored restored(c.name);
+    const bool backward_knob = std::string(c.name).find("_BWD_") != std::string::npos;
+    if (backward_knob) gpu().flash_attention_forward(og, lg, qg, kg, vg, B, S, H);
+    restored.set(c.value);
+    try {
+      if (backward_knob) backward(on_gpu({T, D}, dout), qg, kg, vg, og, lg, B, S, H);
+      else gpu().flash_attention_forward(og, lg, qg, kg, vg, B, S, H);
+      ADD_FAILURE() << "the value was taken";
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find(c.name), std::string::npos) << e.what();
+    }
+  }
+}
+
 // run.deterministic false (Backend::set_deterministic): the backward's dQ-accumulating form,
 // within the same bounds of the CPU reference as the deterministic form, ragged S included;
 // where cuDNN declines that form, the deterministic one runs instead (skipped visibly).

@@ -524,12 +524,183 @@ void build_backward(GraphBuilder& g, const Key& key) {
   }
 }
 
+// Which engine config a pass takes, and with which knobs: measurement knobs (docs/cuda.md), so
+// that other configs can be timed against the one heuristics put first.
+//   SY_CUDNN_FWD_PLAN, SY_CUDNN_BWD_PLAN = N   the Nth config that passes (default 0, the first)
+//   SY_CUDNN_FWD_KNOBS, SY_CUDNN_BWD_KNOBS = "TYPE=VALUE,..."   knobs (cudnnBackendKnobType_t
+//       numbers) set on that config, over the values heuristics gave it
+//   SY_CUDNN_PLANS=1   print every config heuristics return: engine, knobs, notes, the engine's
+//       knob ranges, and whether its plan finalizes
+struct PlanChoice {
+  int64_t index = 0;
+  std::vector<std::pair<int64_t, int64_t>> knobs;
+  bool list = false;
+};
+
+// "TYPE=VALUE,..." as pairs; throws std::invalid_argument naming `name` on anything else.
+std::vector<std::pair<int64_t, int64_t>> parse_knobs(const char* name) {
+  const char* text = std::getenv(name);
+  std::vector<std::pair<int64_t, int64_t>> knobs;
+  if (!text || !*text) return knobs;
+  auto bad = [&] {
+    return std::invalid_argument(std::string(name) +
+                                 " must be TYPE=VALUE pairs separated by commas (cuDNN knob "
+                                 "type numbers, whole-number values), got '" +
+                                 text + "'");
+  };
+  const char* at = text;
+  while (*at) {
+    char* end = nullptr;
+    const long long type = std::strtoll(at, &end, 10);
+    if (end == at || *at < '0' || *at > '9' || *end != '=' || type >= CUDNN_KNOB_TYPE_COUNTS)
+      throw bad();
+    at = end + 1;
+    const long long value = std::strtoll(at, &end, 10);
+    if (end == at || (*end != ',' && *end != '\0')) throw bad();
+    knobs.emplace_back(type, value);
+    at = *end ? end + 1 : end;
+    if (*end == ',' && !*at) throw bad();
+  }
+  return knobs;
+}
+
+PlanChoice plan_choice(bool backward) {
+  PlanChoice choice;
+  const char* index_name = backward ? "SY_CUDNN_BWD_PLAN" : "SY_CUDNN_FWD_PLAN";
+  choice.index = env_whole_number(index_name, 1000, "which engine config, 0 the first").value_or(0);
+  choice.knobs = parse_knobs(backward ? "SY_CUDNN_BWD_KNOBS" : "SY_CUDNN_FWD_KNOBS");
+  choice.list = env_is("SY_CUDNN_PLANS", "1");
+  return choice;
+}
+
+// An engine config's knob choices as "TYPE=VALUE" pairs.
+std::vector<std::pair<int64_t, int64_t>> knobs_of(cudnnBackendDescriptor_t config,
+                                                   const std::string& name) {
+  std::vector<std::unique_ptr<Descriptor>> keep;
+  std::vector<cudnnBackendDescriptor_t> raw;
+  for (int i = 0; i < CUDNN_KNOB_TYPE_COUNTS; ++i) {
+    keep.push_back(
+        std::make_unique<Descriptor>(CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR, name + " knob choice"));
+    raw.push_back(keep.back()->get());
+  }
+  int64_t count = 0;
+  check(cudnnBackendGetAttribute(config, CUDNN_ATTR_ENGINECFG_KNOB_CHOICES,
+                                 CUDNN_TYPE_BACKEND_DESCRIPTOR, CUDNN_KNOB_TYPE_COUNTS, &count,
+                                 raw.data()),
+        name + ": get CUDNN_ATTR_ENGINECFG_KNOB_CHOICES");
+  std::vector<std::pair<int64_t, int64_t>> knobs;
+  for (int64_t i = 0; i < count; ++i) {
+    cudnnBackendKnobType_t type{};
+    int64_t value = 0, n = 0;
+    check(cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE,
+                                   1, &n, &type),
+          name + ": get CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE");
+    check(cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1,
+                                   &n, &value),
+          name + ": get CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE");
+    knobs.emplace_back(static_cast<int64_t>(type), value);
+  }
+  return knobs;
+}
+
+std::string knobs_text(const std::vector<std::pair<int64_t, int64_t>>& knobs) {
+  std::string text;
+  for (const auto& [type, value] : knobs)
+    text += (text.empty() ? "" : ",") + std::to_string(type) + "=" + std::to_string(value);
+  return text.empty() ? "none" : text;
+}
+
+// The engine's knobs and their ranges, "TYPE [MIN..MAX step STRIDE]" each.
+std::string knob_ranges(cudnnBackendDescriptor_t engine, const std::string& name) {
+  std::vector<std::unique_ptr<Descriptor>> keep;
+  std::vector<cudnnBackendDescriptor_t> raw;
+  for (int i = 0; i < CUDNN_KNOB_TYPE_COUNTS; ++i) {
+    keep.push_back(
+        std::make_unique<Descriptor>(CUDNN_BACKEND_KNOB_INFO_DESCRIPTOR, name + " knob info"));
+    raw.push_back(keep.back()->get());
+  }
+  int64_t count = 0;
+  check(cudnnBackendGetAttribute(engine, CUDNN_ATTR_ENGINE_KNOB_INFO, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                 CUDNN_KNOB_TYPE_COUNTS, &count, raw.data()),
+        name + ": get CUDNN_ATTR_ENGINE_KNOB_INFO");
+  std::string text;
+  for (int64_t i = 0; i < count; ++i) {
+    cudnnBackendKnobType_t type{};
+    int64_t lo = 0, hi = 0, stride = 0, n = 0;
+    check(cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_KNOB_INFO_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &n,
+                                   &type),
+          name + ": get CUDNN_ATTR_KNOB_INFO_TYPE");
+    check(cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_KNOB_INFO_MINIMUM_VALUE, CUDNN_TYPE_INT64, 1,
+                                   &n, &lo),
+          name + ": get CUDNN_ATTR_KNOB_INFO_MINIMUM_VALUE");
+    check(cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_KNOB_INFO_MAXIMUM_VALUE, CUDNN_TYPE_INT64, 1,
+                                   &n, &hi),
+          name + ": get CUDNN_ATTR_KNOB_INFO_MAXIMUM_VALUE");
+    check(cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_KNOB_INFO_STRIDE, CUDNN_TYPE_INT64, 1, &n,
+                                   &stride),
+          name + ": get CUDNN_ATTR_KNOB_INFO_STRIDE");
+    text += (text.empty() ? "" : ", ") + std::to_string(static_cast<int64_t>(type)) + " [" +
+            std::to_string(lo) + ".." + std::to_string(hi) + " step " + std::to_string(stride) +
+            "]";
+  }
+  return text.empty() ? "none" : text;
+}
+
+// `knobs` with `overrides` set over them (added where `knobs` lacks the type).
+std::vector<std::pair<int64_t, int64_t>> merged_knobs(
+    std::vector<std::pair<int64_t, int64_t>> knobs,
+    const std::vector<std::pair<int64_t, int64_t>>& overrides) {
+  for (const auto& [type, value] : overrides) {
+    auto it =
+        std::find_if(knobs.begin(), knobs.end(), [&](const auto& k) { return k.first == type; });
+    if (it != knobs.end()) it->second = value;
+    else knobs.emplace_back(type, value);
+  }
+  return knobs;
+}
+
+// A config of engine `engine_index` with `knobs`' values, `overrides` set over them.
+// `keep` holds the descriptors the config refers to.
+cudnnBackendDescriptor_t config_with_knobs(
+    cudnnBackendDescriptor_t op_graph, int64_t engine_index,
+    std::vector<std::pair<int64_t, int64_t>> knobs,
+    const std::vector<std::pair<int64_t, int64_t>>& overrides, const std::string& name,
+    std::vector<std::unique_ptr<Descriptor>>& keep) {
+  knobs = merged_knobs(std::move(knobs), overrides);
+  auto& engine = *keep.emplace_back(
+      std::make_unique<Descriptor>(CUDNN_BACKEND_ENGINE_DESCRIPTOR, name + " engine"));
+  engine
+      .set(SY_ATTR(CUDNN_ATTR_ENGINE_OPERATION_GRAPH), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &op_graph)
+      .set(SY_ATTR(CUDNN_ATTR_ENGINE_GLOBAL_INDEX), CUDNN_TYPE_INT64, 1, &engine_index)
+      .finalize();
+  std::vector<cudnnBackendDescriptor_t> choices;
+  for (const auto& [type, value] : knobs) {
+    const auto knob_type = static_cast<cudnnBackendKnobType_t>(type);
+    auto& choice = *keep.emplace_back(std::make_unique<Descriptor>(
+        CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR, name + " knob " + std::to_string(type)));
+    choice.set(SY_ATTR(CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE), CUDNN_TYPE_KNOB_TYPE, 1, &knob_type)
+        .set(SY_ATTR(CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE), CUDNN_TYPE_INT64, 1, &value)
+        .finalize();
+    choices.push_back(choice.get());
+  }
+  cudnnBackendDescriptor_t engine_raw = engine.get();
+  auto& config = *keep.emplace_back(
+      std::make_unique<Descriptor>(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, name + " with knobs"));
+  config.set(SY_ATTR(CUDNN_ATTR_ENGINECFG_ENGINE), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &engine_raw);
+  if (!choices.empty())
+    config.set(SY_ATTR(CUDNN_ATTR_ENGINECFG_KNOB_CHOICES), CUDNN_TYPE_BACKEND_DESCRIPTOR,
+               static_cast<int64_t>(choices.size()), choices.data());
+  config.finalize();
+  return config.get();
+}
+
 // Heuristics, then the first engine config whose plan finalizes and whose engine is
-// deterministic (any engine when `deterministic` is false). Throws CudnnRejected with every
-// config's reason when none does.
+// deterministic (any engine when `deterministic` is false), or the `choice.index`th such one,
+// with `choice.knobs` set. Throws CudnnRejected with every config's reason when none does.
 void choose_plan(cudnnHandle_t handle, Plan& plan, const char* op, bool deterministic,
-                 std::string& summary) {
+                 const PlanChoice& choice, std::string& summary) {
   std::string reasons;
+  int64_t passed = 0;  // configs that passed before this one
   for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
     const char* mode_name = mode == CUDNN_HEUR_MODE_A ? "HEUR_MODE_A" : "HEUR_MODE_FALLBACK";
     const std::string where = std::string(op) + " " + mode_name;
@@ -593,33 +764,63 @@ void choose_plan(cudnnHandle_t handle, Plan& plan, const char* op, bool determin
         bool repeats = true;
         for (int64_t j = 0; j < num_notes; ++j)
           repeats &= notes[j] != CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC;
+        // What a config's knobs are only reports it: a failure to read them refuses nothing.
+        std::vector<std::pair<int64_t, int64_t>> knobs;
+        std::string ranges;
+        try {
+          knobs = knobs_of(raw[i], cfg_name);
+          if (choice.list) ranges = knob_ranges(engine_raw, cfg_name);
+        } catch (const CudnnRejected& e) {
+          ranges = e.what();
+        }
+        if (choice.list)
+          std::fprintf(stderr, "%s: engine %lld, knobs %s%s; the engine's knobs: %s\n",
+                       cfg_name.c_str(), static_cast<long long>(engine_index),
+                       knobs_text(knobs).c_str(), repeats ? "" : ", NONDETERMINISTIC",
+                       ranges.c_str());
         if (deterministic && !repeats) {
           reasons += "\n  " + cfg_name + ": engine " + std::to_string(engine_index) +
                      " is NONDETERMINISTIC (refused)";
           continue;
         }
+        std::vector<std::unique_ptr<Descriptor>> keep;
+        cudnnBackendDescriptor_t config = raw[i];
+        if (passed == choice.index && !choice.knobs.empty()) {
+          config = config_with_knobs(plan.op_graph->get(), engine_index, knobs, choice.knobs,
+                                     cfg_name, keep);
+          knobs = merged_knobs(knobs, choice.knobs);
+        }
         auto candidate = std::make_unique<Descriptor>(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR,
                                                       cfg_name + " execution plan");
-        candidate
-            ->set(SY_ATTR(CUDNN_ATTR_EXECUTION_PLAN_HANDLE), CUDNN_TYPE_HANDLE, 1, &handle)
-            .set(SY_ATTR(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG), CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                 1, &raw[i])
+        candidate->set(SY_ATTR(CUDNN_ATTR_EXECUTION_PLAN_HANDLE), CUDNN_TYPE_HANDLE, 1, &handle)
+            .set(SY_ATTR(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                 &config)
             .finalize();
         int64_t workspace = 0;
         check(cudnnBackendGetAttribute(candidate->get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
                                        CUDNN_TYPE_INT64, 1, &n, &workspace),
               cfg_name + ": get CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE");
+        if (choice.list)
+          std::fprintf(stderr, "%s: plan %lld finalizes, workspace %lld B\n", cfg_name.c_str(),
+                       static_cast<long long>(passed), static_cast<long long>(workspace));
+        if (passed++ < choice.index) continue;
+        if (plan.plan) continue;  // listing the rest
         plan.plan = std::move(candidate);
         plan.workspace_bytes = workspace;
         summary = std::string(mode_name) + " config " + std::to_string(i) + " of " +
-                  std::to_string(got) + ", engine " + std::to_string(engine_index) +
-                  ", workspace " + std::to_string(workspace) + " B";
-        return;
+                  std::to_string(got) + ", engine " + std::to_string(engine_index) + ", knobs " +
+                  knobs_text(knobs) + ", workspace " + std::to_string(workspace) + " B";
+        if (!choice.list) return;
       } catch (const CudnnRejected& e) {
         reasons += std::string("\n  ") + e.what();
+        if (choice.list) std::fprintf(stderr, "  %s\n", e.what());
       }
     }
   }
+  if (plan.plan) return;
+  if (passed > 0 && choice.index >= passed)
+    reasons += "\n  " + std::to_string(passed) + " configs passed; config " +
+               std::to_string(choice.index) + " was asked for (SY_CUDNN_FWD_PLAN, _BWD_PLAN)";
   throw CudnnRejected(std::string(op) +
                       (deterministic ? ": no deterministic engine" : ": no engine") +
                       " took the graph:" + reasons);
@@ -644,6 +845,12 @@ Plan* plan_for(Context& ctx, const Key& key, std::string* why) {
       (key.documents ? " (" + std::to_string(key.B) + " documents of at most " +
                            std::to_string(key.S) + " tokens)"
                      : "");
+  PlanChoice choice;
+  try {
+    choice = plan_choice(key.backward);
+  } catch (const std::invalid_argument& e) {
+    fail(ctx, op, e.what());
+  }
   auto plan = std::make_unique<Plan>();
   std::string summary;
   char stale[4096];
@@ -660,7 +867,7 @@ Plan* plan_for(Context& ctx, const Key& key, std::string* why) {
         .set(SY_ATTR(CUDNN_ATTR_OPERATIONGRAPH_OPS), CUDNN_TYPE_BACKEND_DESCRIPTOR,
              static_cast<int64_t>(ops.size()), ops.data())
         .finalize();
-    choose_plan(state.handle, *plan, op, key.deterministic, summary);
+    choose_plan(state.handle, *plan, op, key.deterministic, choice, summary);
   } catch (const CudnnRejected& e) {
     const std::string reason = e.what();
     std::fprintf(stderr, "%s: cuDNN %zu declined %s, running our flash kernels: %s\n",

@@ -1,9 +1,11 @@
 // The CUDA backend's environment switches (SY_CUDA_PROFILE, SY_CUDA_ALLOCATOR, SY_GROUPED_GEMM,
 // SY_CUDA_SPLIT_MASTERS, SY_GG_SM90_*, SY_CUDNN_BWD_WORKSPACE_MIB, SY_CUDNN_DOCUMENTS,
-// SY_ROUTER_TOKEN_KERNEL, SY_ADAMW_BLOCKS, SY_ADAMW_PARTS, SY_ADAMW_SHAPE, SY_CUBLAS_WORKSPACE_MIB:
-// measurement and tuning knobs, docs/cuda.md): each takes a few fixed values or a bounded whole
-// number, and anything else is an error that names the variable and what it takes, never a
-// silent default (a typo in a measurement switch would time the wrong thing).
+// SY_CUDNN_PLANS, SY_CUDNN_FWD_PLAN, SY_CUDNN_BWD_PLAN, SY_ROUTER_TOKEN_KERNEL, SY_ADAMW_BLOCKS,
+// SY_ADAMW_PARTS, SY_ADAMW_SHAPE, SY_CUBLAS_WORKSPACE_MIB: measurement and tuning knobs,
+// docs/cuda.md): each takes a few fixed values or a bounded whole number, and anything else is an
+// error that names the variable and what it takes, never a silent default (a typo in a
+// measurement switch would time the wrong thing). cudnn_attention.cu parses its knob lists
+// (SY_CUDNN_FWD_KNOBS, SY_CUDNN_BWD_KNOBS) under the same rule.
 #pragma once
 #include <cerrno>
 #include <cstdint>
