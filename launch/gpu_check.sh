@@ -29,6 +29,8 @@ ffn        the expert FFN: test_cuda_grouped, test_cuda_model, test_cuda_ops, th
 grouped    the Hopper grouped GEMM: ptxas/PTX/SASS counts, ~1300 checks, TFLOP/s; SY_GG_ARGS
            (--quick, --no-bench), SY_GG_DEBUG=1 (bounded mbarrier waits, own build folder)
 attention  flash attention: ptxas, ctest -R Flash|Attention|CudaModel, attention_bench, torch SDPA
+cudnn      every cuDNN attention engine config and kernel knob value, timed against the plans' own
+           (bench/cudnn_configs/sweep.py over attention_bench; SY_CUDNN_SWEEP_S, default 480)
 documents  document masking: test_cuda_document_mask, then bench/ab/run.sh on configs/bench/moe.yaml
            with data.document_mask=true, the flash kernels (SY_CUDNN_DOCUMENTS=0) against cuDNN's
            ragged layout (the default); SY_DOCS_ROUNDS (2), SY_DOCS_CONFIGS (moe)
@@ -51,7 +53,7 @@ allocator  SY_CUDA_ALLOCATOR caching against async (suites, the 1.8B MoE step: S
 routing    the routing policy: the suites that read it, a 20-step bf16 run with every balancing key
 nodes      bench/scaling/run.sh, on a machine with several GPUs: NCCL equivalence, alltoall_bench,
            throughput at W = 1, 2, 4, 8 (WIDTHS, STEPS), a killed rank"
-all_parts=(tests example step trace ab ffn grouped attention documents optim adamw memory membound
+all_parts=(tests example step trace ab ffn grouped attention cudnn documents optim adamw memory membound
            balancing ckpt hf tb allocator routing nodes)
 
 if [ "${1:-}" = --list ]; then echo "$parts_help"; exit 0; fi
@@ -173,6 +175,13 @@ part_trace() {
 
 part_ab() {
   sy_runner ab env AB_BUILD="$build" bash bench/ab/run.sh "$sy_out"
+}
+
+part_cudnn() {
+  local seconds=${SY_CUDNN_SWEEP_S:-480}
+  sy_step -o "$sy_out/sweep.md" sweep python3 bench/cudnn_configs/sweep.py \
+    --bench "$build/attention_bench" --out "$sy_out" --budget-s "$seconds"
+  sy_dry || tail -n 4 "$sy_out/sweep.md"
 }
 
 part_documents() {
