@@ -573,20 +573,28 @@ PlanChoice plan_choice(bool backward) {
   return choice;
 }
 
+// `count` fresh descriptors of `type` for cudnnBackendGetAttribute to fill (`raw`), owned by
+// `keep`.
+struct Slots {
+  std::vector<std::unique_ptr<Descriptor>> keep;
+  std::vector<cudnnBackendDescriptor_t> raw;
+  Slots(cudnnBackendDescriptorType_t type, int64_t count, const std::string& name) {
+    for (int64_t i = 0; i < count; ++i) {
+      keep.push_back(std::make_unique<Descriptor>(type, name + " " + std::to_string(i)));
+      raw.push_back(keep.back()->get());
+    }
+  }
+};
+
 // An engine config's knob choices as "TYPE=VALUE" pairs.
 std::vector<std::pair<int64_t, int64_t>> knobs_of(cudnnBackendDescriptor_t config,
                                                    const std::string& name) {
-  std::vector<std::unique_ptr<Descriptor>> keep;
-  std::vector<cudnnBackendDescriptor_t> raw;
-  for (int i = 0; i < CUDNN_KNOB_TYPE_COUNTS; ++i) {
-    keep.push_back(
-        std::make_unique<Descriptor>(CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR, name + " knob choice"));
-    raw.push_back(keep.back()->get());
-  }
+  Slots slots(CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR, CUDNN_KNOB_TYPE_COUNTS, name + " knob choice");
+  const auto& raw = slots.raw;
   int64_t count = 0;
   check(cudnnBackendGetAttribute(config, CUDNN_ATTR_ENGINECFG_KNOB_CHOICES,
                                  CUDNN_TYPE_BACKEND_DESCRIPTOR, CUDNN_KNOB_TYPE_COUNTS, &count,
-                                 raw.data()),
+                                 slots.raw.data()),
         name + ": get CUDNN_ATTR_ENGINECFG_KNOB_CHOICES");
   std::vector<std::pair<int64_t, int64_t>> knobs;
   for (int64_t i = 0; i < count; ++i) {
@@ -612,16 +620,11 @@ std::string knobs_text(const std::vector<std::pair<int64_t, int64_t>>& knobs) {
 
 // The engine's knobs and their ranges, "TYPE [MIN..MAX step STRIDE]" each.
 std::string knob_ranges(cudnnBackendDescriptor_t engine, const std::string& name) {
-  std::vector<std::unique_ptr<Descriptor>> keep;
-  std::vector<cudnnBackendDescriptor_t> raw;
-  for (int i = 0; i < CUDNN_KNOB_TYPE_COUNTS; ++i) {
-    keep.push_back(
-        std::make_unique<Descriptor>(CUDNN_BACKEND_KNOB_INFO_DESCRIPTOR, name + " knob info"));
-    raw.push_back(keep.back()->get());
-  }
+  Slots slots(CUDNN_BACKEND_KNOB_INFO_DESCRIPTOR, CUDNN_KNOB_TYPE_COUNTS, name + " knob info");
+  const auto& raw = slots.raw;
   int64_t count = 0;
   check(cudnnBackendGetAttribute(engine, CUDNN_ATTR_ENGINE_KNOB_INFO, CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                                 CUDNN_KNOB_TYPE_COUNTS, &count, raw.data()),
+                                 CUDNN_KNOB_TYPE_COUNTS, &count, slots.raw.data()),
         name + ": get CUDNN_ATTR_ENGINE_KNOB_INFO");
   std::string text;
   for (int64_t i = 0; i < count; ++i) {
@@ -724,13 +727,8 @@ void choose_plan(cudnnHandle_t handle, Plan& plan, const char* op, bool determin
       reasons += "\n  " + where + ": no engine configs";
       continue;
     }
-    std::vector<std::unique_ptr<Descriptor>> configs;
-    std::vector<cudnnBackendDescriptor_t> raw;
-    for (int64_t i = 0; i < count; ++i) {
-      configs.push_back(std::make_unique<Descriptor>(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR,
-                                                     where + " config " + std::to_string(i)));
-      raw.push_back(configs.back()->get());
-    }
+    Slots configs(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, count, where + " config");
+    std::vector<cudnnBackendDescriptor_t>& raw = configs.raw;
     int64_t got = 0;
     try {
       check(cudnnBackendGetAttribute(heur->get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
