@@ -662,14 +662,12 @@ std::vector<std::pair<int64_t, int64_t>> merged_knobs(
   return knobs;
 }
 
-// A config of engine `engine_index` with `knobs`' values, `overrides` set over them.
-// `keep` holds the descriptors the config refers to.
-cudnnBackendDescriptor_t config_with_knobs(
-    cudnnBackendDescriptor_t op_graph, int64_t engine_index,
-    std::vector<std::pair<int64_t, int64_t>> knobs,
-    const std::vector<std::pair<int64_t, int64_t>>& overrides, const std::string& name,
-    std::vector<std::unique_ptr<Descriptor>>& keep) {
-  knobs = merged_knobs(std::move(knobs), overrides);
+// A config of engine `engine_index` with `knobs` set. `keep` holds the descriptors the config
+// refers to.
+cudnnBackendDescriptor_t config_with_knobs(cudnnBackendDescriptor_t op_graph, int64_t engine_index,
+                                           const std::vector<std::pair<int64_t, int64_t>>& knobs,
+                                           const std::string& name,
+                                           std::vector<std::unique_ptr<Descriptor>>& keep) {
   auto& engine = *keep.emplace_back(
       std::make_unique<Descriptor>(CUDNN_BACKEND_ENGINE_DESCRIPTOR, name + " engine"));
   engine
@@ -784,9 +782,8 @@ void choose_plan(cudnnHandle_t handle, Plan& plan, const char* op, bool determin
         std::vector<std::unique_ptr<Descriptor>> keep;
         cudnnBackendDescriptor_t config = raw[i];
         if (passed == choice.index && !choice.knobs.empty()) {
-          config = config_with_knobs(plan.op_graph->get(), engine_index, knobs, choice.knobs,
-                                     cfg_name, keep);
-          knobs = merged_knobs(knobs, choice.knobs);
+          knobs = merged_knobs(std::move(knobs), choice.knobs);
+          config = config_with_knobs(plan.op_graph->get(), engine_index, knobs, cfg_name, keep);
         }
         auto candidate = std::make_unique<Descriptor>(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR,
                                                       cfg_name + " execution plan");
