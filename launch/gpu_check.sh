@@ -53,8 +53,8 @@ allocator  SY_CUDA_ALLOCATOR caching against async (suites, the 1.8B MoE step: S
 routing    the routing policy: the suites that read it, a 20-step bf16 run with every balancing key
 nodes      bench/scaling/run.sh, on a machine with several GPUs: NCCL equivalence, alltoall_bench,
            throughput at W = 1, 2, 4, 8 (WIDTHS, STEPS), a killed rank"
-all_parts=(tests example step trace ab ffn grouped attention cudnn documents optim adamw memory membound
-           balancing ckpt hf tb allocator routing nodes)
+all_parts=(tests example step trace ab ffn grouped attention cudnn documents optim adamw memory
+           membound balancing ckpt hf tb allocator routing nodes)
 
 if [ "${1:-}" = --list ]; then echo "$parts_help"; exit 0; fi
 out=${1:?usage: bash launch/gpu_check.sh OUTDIR [PART...|all]   (--list: the parts)}
