@@ -534,8 +534,8 @@ void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWSt
   // vectors a thread in flight, blocks an SM; `short*` default to 16 parts (4096 elements a
   // block). Unset: wide, 1024 x 1, one block an SM. Short blocks reached cudaMemcpy's rate in
   // bench/copy_bench.cu, but 256 x 4 uncapped (144 registers, one block an SM) ran the pass 12.6%
-  // slower on an H100 (BENCHMARKS.md); the others hold 2048 vectors an SM in flight to ask
-  // whether occupancy, not the shape, is what limits it.
+  // slower on an H100 (BENCHMARKS.md). The others hold 2048 vectors an SM in flight, and every
+  // one of them ran slower than wide too (+1.1% to +15.8%, H100): occupancy is not the limit.
   const char* shape =
       env_choice("SY_ADAMW_SHAPE", {"wide", "wide2", "mid", "short", "short4", "short8"});
   const std::string_view chosen = shape ? shape : "wide";
