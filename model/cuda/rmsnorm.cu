@@ -104,7 +104,7 @@ constexpr int kFinishThreads = 32;  // small blocks: the D columns spread over D
 constexpr int kVecChunkRows = 32;        // rows per block of the vector backward
 constexpr int kColThreads = 256;         // threads per block of the vector backward
 constexpr int kMaxBackwardVecs = 2;      // vectors per thread there: D <= 2 * 256 * 8 = 4096
-constexpr int kBackwardRows = 4;         // rows per group (loads in flight together) there
+constexpr int kBackwardRows = 2;         // rows per group there (two groups in flight)
 constexpr int kMaxForwardVecs = 16;      // D <= 4096
 
 // out = x r gain for one row held as raw bf16 vectors (lane holds vectors lane, lane + 32, ...),
@@ -162,17 +162,52 @@ __global__ void rmsnorm_forward_vec(bf16* __restrict__ out, float* __restrict__ 
   normalize_row<VPL>(out, rstd, raw, gain, row, D, eps, lane);
 }
 
+// One group of R rows of the vector backward's chunk, as raw bf16 vectors in registers: x, dout
+// and, accumulating, the residual gradient dx already holds; and the rows' rstd.
+template <int VPT, int R, bool Acc>
+struct RowGroup {
+  uint4 x[R][VPT], dy[R][VPT], res[Acc ? R : 1][VPT];
+  float r[R];
+};
+
+// Issues the loads of rows first .. first + R - 1 (those before end) into `group`.
+template <int VPT, int R, bool Acc>
+__device__ __forceinline__ void load_group(RowGroup<VPT, R, Acc>& group, const bf16* dx,
+                                           const bf16* __restrict__ dout,
+                                           const bf16* __restrict__ x,
+                                           const float* __restrict__ rstd, int64_t first,
+                                           int64_t end, int64_t D) {
+  const int64_t vecs = D / kVec;
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    const int64_t row = first + i;
+    if (row >= end) continue;
+    group.r[i] = rstd[row];
+#pragma unroll
+    for (int v = 0; v < VPT; ++v) {
+      const int64_t c = threadIdx.x + v * int64_t(kColThreads);
+      if (c >= vecs) continue;
+      group.x[i][v] = load_raw8(x + row * D + c * kVec);
+      group.dy[i][v] = load_raw8(dout + row * D + c * kVec);
+      if constexpr (Acc) group.res[i][v] = load_raw8(dx + row * D + c * kVec);
+    }
+  }
+}
+
 // The vector backward: a block of kColThreads threads spans the row (thread t holds vectors t,
 // t + kColThreads, ...: VPT of them) and takes its chunk of kVecChunkRows rows R at a time. Each
 // thread keeps its columns' gain and gain-gradient sums in registers over the chunk, so the
 // partial of column j is a sum over the chunk's rows in order, and each row's dy.g.x is summed
 // per thread, then per warp (butterfly), then over the warps in order through shared memory:
-// the same bits whatever runs it. R rows are loaded before any is used (their loads in flight
-// together); at D 2048 a thread holds 80 registers (118 accumulating): two blocks an SM.
+// the same bits whatever runs it. A group's R rows are loaded together, and the next group's
+// loads are issued before this group's sums, barrier and stores, so that the block never waits
+// for memory with nothing in flight: the grid is one wave of ~2 blocks an SM (at D 2048, 85
+// registers a thread, 103 accumulating). Prefetching cut the call 5-8% on an H100; 4 rows a
+// group, prefetched or not, or 8 without, were slower (BENCHMARKS.md, memory-bound kernels).
 // (Until 2026-12-06 a warp took whole rows, with its column sums in shared memory: the same
 // arithmetic in another order, ~40% of the bandwidth: BENCHMARKS.md, memory-bound kernels.)
 template <int VPT, int R, bool Acc>
-__global__ void __launch_bounds__(kColThreads)
+__global__ void __launch_bounds__(kColThreads, VPT == 1 ? 2 : 1)
     rmsnorm_backward_vec(bf16* dx, float* __restrict__ partial, const bf16* __restrict__ dout,
                          const bf16* __restrict__ x, const float* __restrict__ gain,
                          const float* __restrict__ rstd, int64_t N, int64_t D) {
@@ -189,24 +224,12 @@ __global__ void __launch_bounds__(kColThreads)
     for (int e = 0; e < kVec; ++e) dgain[v][e] = 0.0f;
     if (c < vecs) load8(gain + c * kVec, g[v]);
   }
+  RowGroup<VPT, R, Acc> cur, next;
+  load_group(cur, dx, dout, x, rstd, begin, end, D);
   int buffer = 0;
   for (int64_t first = begin; first < end; first += R, buffer ^= 1) {
-    uint4 xr[R][VPT], dyr[R][VPT], res[Acc ? R : 1][VPT];
-    float r[R], s[R];
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-      const int64_t row = first + i;
-      if (row >= end) continue;
-      r[i] = rstd[row];
-#pragma unroll
-      for (int v = 0; v < VPT; ++v) {
-        const int64_t c = threadIdx.x + v * int64_t(kColThreads);
-        if (c >= vecs) continue;
-        xr[i][v] = load_raw8(x + row * D + c * kVec);
-        dyr[i][v] = load_raw8(dout + row * D + c * kVec);
-        if constexpr (Acc) res[i][v] = load_raw8(dx + row * D + c * kVec);
-      }
-    }
+    if (first + R < end) load_group(next, dx, dout, x, rstd, first + R, end, D);
+    float s[R];
 #pragma unroll
     for (int i = 0; i < R; ++i) {
       s[i] = 0.0f;
@@ -215,8 +238,8 @@ __global__ void __launch_bounds__(kColThreads)
         const int64_t c = threadIdx.x + v * int64_t(kColThreads);
         if (first + i >= end || c >= vecs) continue;
         float xv[kVec], dy[kVec];
-        unpack8(xr[i][v], xv);
-        unpack8(dyr[i][v], dy);
+        unpack8(cur.x[i][v], xv);
+        unpack8(cur.dy[i][v], dy);
 #pragma unroll
         for (int e = 0; e < kVec; ++e) s[i] += dy[e] * g[v][e] * xv[e];
       }
@@ -232,29 +255,31 @@ __global__ void __launch_bounds__(kColThreads)
       if (row >= end) continue;
       float row_sum = 0.0f;
       for (int w = 0; w < warps; ++w) row_sum += warp_sums[buffer][i][w];
-      const float cr = static_cast<float>(static_cast<double>(row_sum) * r[i] * r[i] * r[i] /
-                                          static_cast<double>(D));
+      const float r = cur.r[i];
+      const float cr =
+          static_cast<float>(static_cast<double>(row_sum) * r * r * r / static_cast<double>(D));
 #pragma unroll
       for (int v = 0; v < VPT; ++v) {
         const int64_t c = threadIdx.x + v * int64_t(kColThreads);
         if (c >= vecs) continue;
         float xv[kVec], dy[kVec], out[kVec];
-        unpack8(xr[i][v], xv);
-        unpack8(dyr[i][v], dy);
+        unpack8(cur.x[i][v], xv);
+        unpack8(cur.dy[i][v], dy);
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
-          out[e] = r[i] * g[v][e] * dy[e] - xv[e] * cr;
-          dgain[v][e] += dy[e] * xv[e] * r[i];
+          out[e] = r * g[v][e] * dy[e] - xv[e] * cr;
+          dgain[v][e] += dy[e] * xv[e] * r;
         }
         if constexpr (Acc) {
           float prior[kVec];
-          unpack8(res[i][v], prior);
+          unpack8(cur.res[i][v], prior);
 #pragma unroll
           for (int e = 0; e < kVec; ++e) out[e] = prior[e] + out[e];
         }
         store8(dx + row * D + c * kVec, out);
       }
     }
+    cur = next;
   }
 #pragma unroll
   for (int v = 0; v < VPT; ++v) {
