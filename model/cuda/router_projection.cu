@@ -3,10 +3,10 @@
 // to f32 as they are read, so that the layer keeps no f32 copy of u and the [T, D] rows cross
 // memory once each way.
 //
-//   forward   logits[t, e] = sum_d u[t, d] w[d, e]: one warp per 2 token rows (4 past 8
-//             experts; grid-stride), each lane 8 consecutive d per 16-byte load, f32 partial
-//             sums for a chunk of EC experts in registers, then a butterfly warp sum (every lane
-//             ends with the same bits).
+//   forward   logits[t, e] = sum_d u[t, d] w[d, e]: one warp per 4 token rows (grid-stride),
+//             each lane 8 consecutive d per 16-byte load, f32 partial sums for a chunk of EC
+//             experts in registers, then a butterfly warp sum (every lane ends with the same
+//             bits).
 //   du        du[t, d] = round(du[t, d] + sum_e dlogits[t, e] w[d, e]), the sum over e in
 //             ascending order: one warp per token row, each block a 256-wide tile of d.
 //   input     dx[t, d] = round(sum of the token's kept rows[d] + the du term), the MoE layer's
@@ -22,11 +22,12 @@
 // + const (mod 32), an odd multiplier: the 32 lanes hit 32 banks.
 //
 // Bytes and time at T 8192, D 2048, E 8, bf16 u, on an H200 (4.3 TB/s DRAM, ~33 TB/s of shared
-// memory over 132 SMs): forward reads u once (32 MiB, 7.8 us) while each token pair reads 64 KiB
-// of staged w (256 MiB of shared-memory traffic, ~8 us) and each block stages 64 KiB of w.
+// memory over 132 SMs): forward reads u once (32 MiB, 7.8 us) while each warp's 4 tokens read
+// 64 KiB of staged w (128 MiB of shared-memory traffic, ~4 us; 2 tokens a warp until 2026-12-06)
+// and each block stages 64 KiB of w.
 // Backward: dw reads u (32 MiB) and writes and reads 8 MiB of partials; du reads and writes du
 // (64 MiB). At this size latency bounds them more than bytes (~8 warps an SM in dw, a few
-// tokens a warp), so each thread keeps several loads in flight: two tokens of two 256-wide
+// tokens a warp), so each thread keeps several loads in flight: four tokens of two 256-wide
 // spans in the forward, 8 rows in dw, 16 staging loads, 16 chunks in the finishing sum.
 // Measured (2026-12-03, one H200, bench/memory_bound_bench, same call as the previous
 // kernels): forward 0.028 ms (was 0.044), backward 0.072 ms (was 0.123); per kernel, each timed
@@ -56,6 +57,11 @@ constexpr int64_t kDwMinChunkRows = 64;
 constexpr int kDwTileRows = 64;                // dlogits rows in shared memory at a time
 constexpr int kDwRowsInFlight = 8;             // rows of u loaded before their sums
 constexpr int kLogitsBlocksPerSm = 2;
+// Tokens a warp takes at once in the forward: each read of the w tile feeds all of them. Past 8
+// experts the shared-memory reads of w bound the kernel (E per 8 d of each token), and 4 share
+// each; at 8 experts 4 took 0.0262-0.0265 ms against 2's 0.0281-0.0292 (T 8192, D 2048, two
+// H100s whose unchanged kernels differ by 1-2%, 2026-12-06).
+constexpr int kLogitsTokens = 4;
 constexpr size_t kDwPartialBudget = 32 << 20;  // f32 partials in scratch, at most
 
 // Shared-memory index of (row, col) in a [rows, stride] tile with one padding word per 8 rows.
@@ -480,15 +486,6 @@ void with_expert_chunk(int ec, F&& f) {
   }
 }
 
-// f(integral_constant<TOK>): tokens a warp takes at once in the forward. Past 8 experts its
-// shared-memory reads of w (E per 8 d of each token) bound it, and 4 tokens share each; at 8 or
-// fewer, 2 (the kernel's times there were measured with 2).
-template <class F>
-void with_tokens(bool many_experts, F&& f) {
-  if (many_experts) f(std::integral_constant<int, 4>{});
-  else f(std::integral_constant<int, 2>{});
-}
-
 // f(bool_constant<Vec>)
 template <class F>
 void with_vec(bool vec, F&& f) {
@@ -548,20 +545,18 @@ bool router_logits(Context& ctx, const Tensor& logits, const Tensor& u, const Te
     if constexpr (!std::is_same_v<T, double>) {
       const T* rows = u.ptr<T>();
       with_expert_chunk(ec, [&](auto EC) {
-        with_tokens(chunks > 1, [&](auto TOK) {
-          with_vec(rows_vectorise(rows, D), [&](auto Vec) {
-            auto* kernel = logits_kernel<T, EC.value, TOK.value, Vec.value>;
-            // Each block stages its 64 KiB of w first: two blocks an SM read u as fast as three
-            // (measured 0.028 ms against 0.032 at T 8192, D 2048, E 8) and stage a third less.
-            const int resident = std::min(resident_blocks(ctx, op, kernel, kRowThreads, smem),
-                                          kLogitsBlocksPerSm * sm_count(ctx, op));
-            const int64_t groups = (N + TOK.value - 1) / TOK.value;
-            const dim3 grid(clamp_grid((groups + kRowWarps - 1) / kRowWarps,
-                                       std::max<int64_t>(1, resident / chunks)),
-                            static_cast<unsigned>(chunks));
-            kernel<<<grid, kRowThreads, smem, ctx.stream>>>(logits.ptr<float>(), rows,
-                                                            w.ptr<float>(), N, D, E);
-          });
+        with_vec(rows_vectorise(rows, D), [&](auto Vec) {
+          auto* kernel = logits_kernel<T, EC.value, kLogitsTokens, Vec.value>;
+          // Each block stages its 64 KiB of w first: two blocks an SM read u as fast as three
+          // (measured 0.028 ms against 0.032 at T 8192, D 2048, E 8) and stage a third less.
+          const int resident = std::min(resident_blocks(ctx, op, kernel, kRowThreads, smem),
+                                        kLogitsBlocksPerSm * sm_count(ctx, op));
+          const int64_t groups = (N + kLogitsTokens - 1) / kLogitsTokens;
+          const dim3 grid(clamp_grid((groups + kRowWarps - 1) / kRowWarps,
+                                     std::max<int64_t>(1, resident / chunks)),
+                          static_cast<unsigned>(chunks));
+          kernel<<<grid, kRowThreads, smem, ctx.stream>>>(logits.ptr<float>(), rows, w.ptr<float>(),
+                                                          N, D, E);
         });
       });
     }
