@@ -157,6 +157,10 @@ int main(int argc, char** argv) {
       const std::string cv = "[" + std::to_string(ce_rows) + "," + std::to_string(V) + "]";
       add_row("cross_entropy f32 (grad)", cv, 2.0 * n * b4 + ce_rows * (b4 + 4), 5.196 / 24,
               [&] { gpu.cross_entropy(losses, logits, targets, true, 1.0 / double(T)); });
+      // The training step's form: f32 logits read, their gradient written in bf16 beside them.
+      Tensor logits_f = random({ce_rows, V}, f32, 8.0), dlogits = gpu.alloc({ce_rows, V}, bf);
+      add_row("cross_entropy_into f32 -> bf16", cv, n * b4 + n * b2 + ce_rows * (b4 + 4), -1,
+              [&] { gpu.cross_entropy_into(losses, logits_f, targets, 1.0 / double(T), dlogits); });
       Tensor logits_bf = random({ce_rows, V}, bf, 8.0);
       add_row("cross_entropy bf16 (grad)", cv, 2.0 * n * b2 + ce_rows * (b4 + 4), -1,
               [&] { gpu.cross_entropy(losses, logits_bf, targets, true, 1.0 / double(T)); });

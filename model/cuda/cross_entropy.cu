@@ -8,7 +8,9 @@
 //    the scalar kernel's three reads and one write;
 //  - f32 rows (the training path: the LM head's logits are in the statistics dtype) and longer
 //    bf16 rows: one pass for max and sum together (online softmax: the running sum is rescaled
-//    when the running max grows), a second that writes the gradient: two reads, one write.
+//    when the running max grows), a second that writes the gradient: two reads, one write. The
+//    LM head's form (cross_entropy_into: f32 logits, bf16 gradient) holds rows up to 32768 in
+//    registers between the two passes: one read, the same bits.
 // Their sums of exponentials add in another order than the scalar kernel's, so loss and gradient
 // may differ from it in the last bits; docs/cuda.md.
 #include <cmath>
@@ -197,6 +199,61 @@ cross_entropy_streaming(float* __restrict__ losses, const T* logits, G* grad,
   }
 }
 
+// cross_entropy_streaming with the row held in registers between its two passes: the same
+// threads take the same groups in the same order through the same sums, so the same bits, but
+// the logits are read once. VPT groups a thread cover the row (V / kVec <= VPT * 512). At
+// VPT 8 (f32 rows of 32768) a thread holds 93 registers, one block an SM. The LM head's form,
+// f32 logits to a bf16 gradient, takes it (-5% a chunk on an H100); the in-place f32 gradient
+// does not (+3% there: BENCHMARKS.md, memory-bound kernels).
+constexpr int kHeldGroups = 8;
+
+template <class T, class G, int VPT>
+__global__ void __launch_bounds__(kStreamThreads)
+    cross_entropy_held(float* __restrict__ losses, const T* logits, G* grad,
+                       const int32_t* __restrict__ targets, int64_t V, bool compute_grad,
+                       float grad_scale) {
+  __shared__ float shared[32];
+  const int64_t row = blockIdx.x, groups = V / kVec, stride = blockDim.x;
+  const T* r = logits + row * V;
+  G* g = grad + row * V;
+  const int64_t target = targets[row];
+  if (target == kIgnoreTarget) {
+    if (threadIdx.x == 0) losses[row] = 0.0f;
+    if (compute_grad) store_zero_row(g, groups);
+    return;
+  }
+  const float target_logit = threadIdx.x == 0 ? load(r + target) : 0.0f;  // before any writes
+  float f[VPT][kVec];
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    const int64_t c = threadIdx.x + k * stride;
+    if (c < groups) load8(r + c * kVec, f[k]);
+  }
+  float m = -INFINITY, s = 0;
+#pragma unroll
+  for (int k = 0; k < VPT; ++k)
+    if (threadIdx.x + k * stride < groups) online_add(m, s, f[k]);
+  const float row_max = block_max(m, shared, -INFINITY);
+  s = m == -INFINITY ? 0.0f : s * expf(m - row_max);
+  s = block_sum(s, shared);
+  if (threadIdx.x == 0)
+    losses[row] = static_cast<float>(static_cast<double>(row_max) + log(static_cast<double>(s)) -
+                                     static_cast<double>(target_logit));
+  if (!compute_grad) return;
+  const float scale = grad_scale / s;
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    const int64_t c = threadIdx.x + k * stride;
+    if (c >= groups) continue;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      f[k][e] = expf(f[k][e] - row_max) * scale;
+      if (c * kVec + e == target) f[k][e] -= grad_scale;
+    }
+    store8(g + c * kVec, f[k]);
+  }
+}
+
 template <int V = 1, class F>
 void with_vpt(int vpt, F&& f) {
   if (vpt == V) return f(std::integral_constant<int, V>{});
@@ -254,9 +311,17 @@ bool cross_entropy_into(Context& ctx, const Tensor& losses, const Tensor& logits
       !aligned16(logits.data()) || !aligned16(dlogits.data()))
     return false;
   if (N == 0) return true;
-  cross_entropy_streaming<float, bf16><<<static_cast<unsigned>(N), kStreamThreads, 0, ctx.stream>>>(
-      losses.ptr<float>(), logits.ptr<float>(), dlogits.ptr<bf16>(), targets.ptr<int32_t>(), V,
-      true, static_cast<float>(grad_scale));
+  const auto launch = [&](auto kernel) {
+    kernel<<<static_cast<unsigned>(N), kStreamThreads, 0, ctx.stream>>>(
+        losses.ptr<float>(), logits.ptr<float>(), dlogits.ptr<bf16>(), targets.ptr<int32_t>(), V,
+        true, static_cast<float>(grad_scale));
+  };
+  const int64_t held = (V / kVec + kStreamThreads - 1) / kStreamThreads;  // groups a thread
+  if (held <= 1) launch(cross_entropy_held<float, bf16, 1>);
+  else if (held <= 2) launch(cross_entropy_held<float, bf16, 2>);
+  else if (held <= 4) launch(cross_entropy_held<float, bf16, 4>);
+  else if (held <= kHeldGroups) launch(cross_entropy_held<float, bf16, kHeldGroups>);
+  else launch(cross_entropy_streaming<float, bf16>);
   check_launch(ctx, "cross_entropy_into");
   return true;
 }
