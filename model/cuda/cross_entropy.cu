@@ -147,13 +147,31 @@ __device__ inline void online_add(float& m, float& s, const float (&f)[kVec]) {
 constexpr int kStreamThreads = 512;
 constexpr int kStreamUnroll = 4;  // groups loaded before first use
 
-// grad: where dlogits go, [N, V] of G: the logits themselves (G = T, in place) or another
-// buffer (the LM head's bf16 gradient straight from its f32 logits, with no conversion pass).
-template <class T, class G>
+// x = the gradient of group c's 8 logits: softmax * grad_scale, less grad_scale at the target.
+__device__ inline void group_gradient(float (&x)[kVec], int64_t c, int64_t target, float row_max,
+                                      float scale, float grad_scale) {
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) {
+    x[e] = expf(x[e] - row_max) * scale;
+    if (c * kVec + e == target) x[e] -= grad_scale;
+  }
+}
+
+// Two passes over a row, thread i taking groups i, i + blockDim.x, ...: the online max and sum,
+// then the gradient. grad: where dlogits go, [N, V] of G: the logits themselves (G = T, in place)
+// or another buffer (the LM head's bf16 gradient straight from its f32 logits, with no
+// conversion pass).
+// Held = 0 streams the row, reading it in each pass. Held > 0 keeps the thread's Held groups in
+// registers between the passes (V / kVec <= Held * blockDim.x): the same groups in the same order
+// through the same sums, so the same bits, with the logits read once. At Held 8 (f32 rows of
+// 32768) a thread holds 93 registers, one block an SM. The LM head's form, f32 logits to a bf16
+// gradient, holds (-5% a chunk on an H100); the in-place f32 gradient streams (holding was +3%
+// there: BENCHMARKS.md, memory-bound kernels).
+template <class T, class G, int Held>
 __global__ void __launch_bounds__(kStreamThreads)
-cross_entropy_streaming(float* __restrict__ losses, const T* logits, G* grad,
-                        const int32_t* __restrict__ targets, int64_t V, bool compute_grad,
-                        float grad_scale) {
+    cross_entropy_two_pass(float* __restrict__ losses, const T* logits, G* grad,
+                           const int32_t* __restrict__ targets, int64_t V, bool compute_grad,
+                           float grad_scale) {
   __shared__ float shared[32];
   const int64_t row = blockIdx.x, groups = V / kVec, stride = blockDim.x;
   const T* r = logits + row * V;
@@ -166,18 +184,28 @@ cross_entropy_streaming(float* __restrict__ losses, const T* logits, G* grad,
   }
   const float target_logit = threadIdx.x == 0 ? load(r + target) : 0.0f;  // before any writes
   float m = -INFINITY, s = 0;
-  int64_t c = threadIdx.x;
-  for (; c + (kStreamUnroll - 1) * stride < groups; c += kStreamUnroll * stride) {
-    float f[kStreamUnroll][kVec];
+  [[maybe_unused]] float held[Held > 0 ? Held : 1][kVec];
+  if constexpr (Held > 0) {
 #pragma unroll
-    for (int u = 0; u < kStreamUnroll; ++u) load8(r + (c + u * stride) * kVec, f[u]);
+    for (int k = 0; k < Held; ++k)
+      if (threadIdx.x + k * stride < groups) load8(r + (threadIdx.x + k * stride) * kVec, held[k]);
 #pragma unroll
-    for (int u = 0; u < kStreamUnroll; ++u) online_add(m, s, f[u]);
-  }
-  for (; c < groups; c += stride) {
-    float f[kVec];
-    load8(r + c * kVec, f);
-    online_add(m, s, f);
+    for (int k = 0; k < Held; ++k)
+      if (threadIdx.x + k * stride < groups) online_add(m, s, held[k]);
+  } else {
+    int64_t c = threadIdx.x;
+    for (; c + (kStreamUnroll - 1) * stride < groups; c += kStreamUnroll * stride) {
+      float f[kStreamUnroll][kVec];
+#pragma unroll
+      for (int u = 0; u < kStreamUnroll; ++u) load8(r + (c + u * stride) * kVec, f[u]);
+#pragma unroll
+      for (int u = 0; u < kStreamUnroll; ++u) online_add(m, s, f[u]);
+    }
+    for (; c < groups; c += stride) {
+      float f[kVec];
+      load8(r + c * kVec, f);
+      online_add(m, s, f);
+    }
   }
   const float row_max = block_max(m, shared, -INFINITY);
   s = m == -INFINITY ? 0.0f : s * expf(m - row_max);
@@ -187,72 +215,24 @@ cross_entropy_streaming(float* __restrict__ losses, const T* logits, G* grad,
                                      static_cast<double>(target_logit));
   if (!compute_grad) return;
   const float scale = grad_scale / s;
-  for (c = threadIdx.x; c < groups; c += stride) {
-    float x[kVec];
-    load8(r + c * kVec, x);
+  if constexpr (Held > 0) {
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) {
-      x[e] = expf(x[e] - row_max) * scale;
-      if (c * kVec + e == target) x[e] -= grad_scale;
+    for (int k = 0; k < Held; ++k) {
+      const int64_t c = threadIdx.x + k * stride;
+      if (c >= groups) continue;
+      group_gradient(held[k], c, target, row_max, scale, grad_scale);
+      store8(g + c * kVec, held[k]);
     }
-    store8(g + c * kVec, x);
+  } else {
+    for (int64_t c = threadIdx.x; c < groups; c += stride) {
+      float x[kVec];
+      load8(r + c * kVec, x);
+      group_gradient(x, c, target, row_max, scale, grad_scale);
+      store8(g + c * kVec, x);
+    }
   }
 }
-
-// cross_entropy_streaming with the row held in registers between its two passes: the same
-// threads take the same groups in the same order through the same sums, so the same bits, but
-// the logits are read once. VPT groups a thread cover the row (V / kVec <= VPT * 512). At
-// VPT 8 (f32 rows of 32768) a thread holds 93 registers, one block an SM. The LM head's form,
-// f32 logits to a bf16 gradient, takes it (-5% a chunk on an H100); the in-place f32 gradient
-// does not (+3% there: BENCHMARKS.md, memory-bound kernels).
-constexpr int kHeldGroups = 8;
-
-template <class T, class G, int VPT>
-__global__ void __launch_bounds__(kStreamThreads)
-    cross_entropy_held(float* __restrict__ losses, const T* logits, G* grad,
-                       const int32_t* __restrict__ targets, int64_t V, bool compute_grad,
-                       float grad_scale) {
-  __shared__ float shared[32];
-  const int64_t row = blockIdx.x, groups = V / kVec, stride = blockDim.x;
-  const T* r = logits + row * V;
-  G* g = grad + row * V;
-  const int64_t target = targets[row];
-  if (target == kIgnoreTarget) {
-    if (threadIdx.x == 0) losses[row] = 0.0f;
-    if (compute_grad) store_zero_row(g, groups);
-    return;
-  }
-  const float target_logit = threadIdx.x == 0 ? load(r + target) : 0.0f;  // before any writes
-  float f[VPT][kVec];
-#pragma unroll
-  for (int k = 0; k < VPT; ++k) {
-    const int64_t c = threadIdx.x + k * stride;
-    if (c < groups) load8(r + c * kVec, f[k]);
-  }
-  float m = -INFINITY, s = 0;
-#pragma unroll
-  for (int k = 0; k < VPT; ++k)
-    if (threadIdx.x + k * stride < groups) online_add(m, s, f[k]);
-  const float row_max = block_max(m, shared, -INFINITY);
-  s = m == -INFINITY ? 0.0f : s * expf(m - row_max);
-  s = block_sum(s, shared);
-  if (threadIdx.x == 0)
-    losses[row] = static_cast<float>(static_cast<double>(row_max) + log(static_cast<double>(s)) -
-                                     static_cast<double>(target_logit));
-  if (!compute_grad) return;
-  const float scale = grad_scale / s;
-#pragma unroll
-  for (int k = 0; k < VPT; ++k) {
-    const int64_t c = threadIdx.x + k * stride;
-    if (c >= groups) continue;
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) {
-      f[k][e] = expf(f[k][e] - row_max) * scale;
-      if (c * kVec + e == target) f[k][e] -= grad_scale;
-    }
-    store8(g + c * kVec, f[k]);
-  }
-}
+constexpr int kMaxHeldGroups = 8;  // f32 rows up to 32768
 
 template <int V = 1, class F>
 void with_vpt(int vpt, F&& f) {
@@ -286,7 +266,7 @@ void cross_entropy(Context& ctx, const Tensor& losses, const Tensor& logits,
   if ((logits.dtype() == DType::bf16 || logits.dtype() == DType::f32) && V % kVec == 0 &&
       aligned16(logits.data())) {
     auto launch = [&]<class T>(Tag<T>) {
-      cross_entropy_streaming<T, T><<<static_cast<unsigned>(N), kStreamThreads, 0, ctx.stream>>>(
+      cross_entropy_two_pass<T, T, 0><<<static_cast<unsigned>(N), kStreamThreads, 0, ctx.stream>>>(
           losses.ptr<float>(), logits.ptr<T>(), logits.ptr<T>(), targets.ptr<int32_t>(), V,
           compute_grad, static_cast<float>(grad_scale));
     };
@@ -317,11 +297,11 @@ bool cross_entropy_into(Context& ctx, const Tensor& losses, const Tensor& logits
         true, static_cast<float>(grad_scale));
   };
   const int64_t held = (V / kVec + kStreamThreads - 1) / kStreamThreads;  // groups a thread
-  if (held <= 1) launch(cross_entropy_held<float, bf16, 1>);
-  else if (held <= 2) launch(cross_entropy_held<float, bf16, 2>);
-  else if (held <= 4) launch(cross_entropy_held<float, bf16, 4>);
-  else if (held <= kHeldGroups) launch(cross_entropy_held<float, bf16, kHeldGroups>);
-  else launch(cross_entropy_streaming<float, bf16>);
+  if (held <= 1) launch(cross_entropy_two_pass<float, bf16, 1>);
+  else if (held <= 2) launch(cross_entropy_two_pass<float, bf16, 2>);
+  else if (held <= 4) launch(cross_entropy_two_pass<float, bf16, 4>);
+  else if (held <= kMaxHeldGroups) launch(cross_entropy_two_pass<float, bf16, kMaxHeldGroups>);
+  else launch(cross_entropy_two_pass<float, bf16, 0>);  // streamed
   check_launch(ctx, "cross_entropy_into");
   return true;
 }
