@@ -202,7 +202,7 @@ __device__ __forceinline__ void load_group(RowGroup<VPT, R, Acc>& group, const b
 // the same bits whatever runs it. A group's R rows are loaded together, and the next group's
 // loads are issued before this group's sums, barrier and stores, so that the block never waits
 // for memory with nothing in flight: the grid is one wave of ~2 blocks an SM (at D 2048, 85
-// registers a thread, 103 accumulating). Prefetching cut the call 5-8% on an H100; 4 rows a
+// registers a thread, 103 accumulating). Prefetching cut the call 4-9% on an H100; 4 rows a
 // group, prefetched or not, or 8 without, were slower (BENCHMARKS.md, memory-bound kernels).
 // (Until 2026-12-06 a warp took whole rows, with its column sums in shared memory: the same
 // arithmetic in another order, ~40% of the bandwidth: BENCHMARKS.md, memory-bound kernels.)
