@@ -232,7 +232,6 @@ __global__ void __launch_bounds__(kStreamThreads)
     }
   }
 }
-constexpr int kMaxHeldGroups = 8;  // f32 rows up to 32768
 
 template <int V = 1, class F>
 void with_vpt(int vpt, F&& f) {
@@ -296,11 +295,12 @@ bool cross_entropy_into(Context& ctx, const Tensor& losses, const Tensor& logits
         losses.ptr<float>(), logits.ptr<float>(), dlogits.ptr<bf16>(), targets.ptr<int32_t>(), V,
         true, static_cast<float>(grad_scale));
   };
-  const int64_t held = (V / kVec + kStreamThreads - 1) / kStreamThreads;  // groups a thread
-  if (held <= 1) launch(cross_entropy_two_pass<float, bf16, 1>);
-  else if (held <= 2) launch(cross_entropy_two_pass<float, bf16, 2>);
-  else if (held <= 4) launch(cross_entropy_two_pass<float, bf16, 4>);
-  else if (held <= kMaxHeldGroups) launch(cross_entropy_two_pass<float, bf16, kMaxHeldGroups>);
+  // Held: the fewest groups a thread (1..8, as the bf16 vector path) that hold the row.
+  const int64_t groups = V / kVec;
+  int held = 1;
+  while (held < kMaxVecsPerThread && groups > int64_t{kStreamThreads} * held) held *= 2;
+  if (groups <= int64_t{kStreamThreads} * held)
+    with_vpt(held, [&](auto H) { launch(cross_entropy_two_pass<float, bf16, H.value>); });
   else launch(cross_entropy_two_pass<float, bf16, 0>);  // streamed
   check_launch(ctx, "cross_entropy_into");
   return true;
