@@ -119,8 +119,19 @@ class Descriptor {
   std::string name_;
 };
 
-// An attribute and its name, for Descriptor::set's messages.
+// An attribute and its name, for Descriptor::set's and get_one's messages.
 #define SY_ATTR(attr) attr, #attr
+
+// The one value of attribute `attr` of `desc` (of cuDNN type `type`); `name` says whose in any
+// error.
+template <class V>
+V get_one(cudnnBackendDescriptor_t desc, cudnnBackendAttributeName_t attr, const char* attr_name,
+          cudnnBackendAttributeType_t type, const std::string& name) {
+  V value{};
+  int64_t count = 0;
+  check(cudnnBackendGetAttribute(desc, attr, type, 1, &count, &value), name + ": get " + attr_name);
+  return value;
+}
 
 using Dims = std::array<int64_t, 4>;
 
@@ -598,15 +609,11 @@ std::vector<std::pair<int64_t, int64_t>> knobs_of(cudnnBackendDescriptor_t confi
         name + ": get CUDNN_ATTR_ENGINECFG_KNOB_CHOICES");
   std::vector<std::pair<int64_t, int64_t>> knobs;
   for (int64_t i = 0; i < count; ++i) {
-    cudnnBackendKnobType_t type{};
-    int64_t value = 0, n = 0;
-    check(cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE,
-                                   1, &n, &type),
-          name + ": get CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE");
-    check(cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1,
-                                   &n, &value),
-          name + ": get CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE");
-    knobs.emplace_back(static_cast<int64_t>(type), value);
+    const auto type = get_one<cudnnBackendKnobType_t>(
+        raw[i], SY_ATTR(CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE), CUDNN_TYPE_KNOB_TYPE, name);
+    knobs.emplace_back(static_cast<int64_t>(type),
+                       get_one<int64_t>(raw[i], SY_ATTR(CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE),
+                                        CUDNN_TYPE_INT64, name));
   }
   return knobs;
 }
@@ -628,20 +635,14 @@ std::string knob_ranges(cudnnBackendDescriptor_t engine, const std::string& name
         name + ": get CUDNN_ATTR_ENGINE_KNOB_INFO");
   std::string text;
   for (int64_t i = 0; i < count; ++i) {
-    cudnnBackendKnobType_t type{};
-    int64_t lo = 0, hi = 0, stride = 0, n = 0;
-    check(cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_KNOB_INFO_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &n,
-                                   &type),
-          name + ": get CUDNN_ATTR_KNOB_INFO_TYPE");
-    check(cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_KNOB_INFO_MINIMUM_VALUE, CUDNN_TYPE_INT64, 1,
-                                   &n, &lo),
-          name + ": get CUDNN_ATTR_KNOB_INFO_MINIMUM_VALUE");
-    check(cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_KNOB_INFO_MAXIMUM_VALUE, CUDNN_TYPE_INT64, 1,
-                                   &n, &hi),
-          name + ": get CUDNN_ATTR_KNOB_INFO_MAXIMUM_VALUE");
-    check(cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_KNOB_INFO_STRIDE, CUDNN_TYPE_INT64, 1, &n,
-                                   &stride),
-          name + ": get CUDNN_ATTR_KNOB_INFO_STRIDE");
+    const auto type = get_one<cudnnBackendKnobType_t>(raw[i], SY_ATTR(CUDNN_ATTR_KNOB_INFO_TYPE),
+                                                      CUDNN_TYPE_KNOB_TYPE, name);
+    const auto lo = get_one<int64_t>(raw[i], SY_ATTR(CUDNN_ATTR_KNOB_INFO_MINIMUM_VALUE),
+                                     CUDNN_TYPE_INT64, name);
+    const auto hi = get_one<int64_t>(raw[i], SY_ATTR(CUDNN_ATTR_KNOB_INFO_MAXIMUM_VALUE),
+                                     CUDNN_TYPE_INT64, name);
+    const auto stride =
+        get_one<int64_t>(raw[i], SY_ATTR(CUDNN_ATTR_KNOB_INFO_STRIDE), CUDNN_TYPE_INT64, name);
     text += (text.empty() ? "" : ", ") + std::to_string(static_cast<int64_t>(type)) + " [" +
             std::to_string(lo) + ".." + std::to_string(hi) + " step " + std::to_string(stride) +
             "]";
@@ -747,10 +748,8 @@ void choose_plan(cudnnHandle_t handle, Plan& plan, const char* op, bool determin
         check(cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_ENGINECFG_ENGINE,
                                        CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n, &engine_raw),
               cfg_name + ": get CUDNN_ATTR_ENGINECFG_ENGINE");
-        int64_t engine_index = -1;
-        check(cudnnBackendGetAttribute(engine_raw, CUDNN_ATTR_ENGINE_GLOBAL_INDEX,
-                                       CUDNN_TYPE_INT64, 1, &n, &engine_index),
-              cfg_name + ": get CUDNN_ATTR_ENGINE_GLOBAL_INDEX");
+        const auto engine_index = get_one<int64_t>(
+            engine_raw, SY_ATTR(CUDNN_ATTR_ENGINE_GLOBAL_INDEX), CUDNN_TYPE_INT64, cfg_name);
         cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
         int64_t num_notes = 0;
         check(cudnnBackendGetAttribute(engine_raw, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
@@ -791,10 +790,9 @@ void choose_plan(cudnnHandle_t handle, Plan& plan, const char* op, bool determin
             .set(SY_ATTR(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG), CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
                  &config)
             .finalize();
-        int64_t workspace = 0;
-        check(cudnnBackendGetAttribute(candidate->get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                                       CUDNN_TYPE_INT64, 1, &n, &workspace),
-              cfg_name + ": get CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE");
+        const auto workspace =
+            get_one<int64_t>(candidate->get(), SY_ATTR(CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE),
+                             CUDNN_TYPE_INT64, cfg_name);
         if (choice.list)
           std::fprintf(stderr, "%s: plan %lld finalizes, workspace %lld B\n", cfg_name.c_str(),
                        static_cast<long long>(passed), static_cast<long long>(workspace));
