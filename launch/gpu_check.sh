@@ -51,10 +51,13 @@ tb         a 60-step bf16 run with run.tensorboard, checked by bench/tensorboard
 allocator  SY_CUDA_ALLOCATOR caching against async (suites, the 1.8B MoE step: SY_SPLIT_MOE_STEPS),
            every SY_CUDA_PROFILE mode (losses equal the unprofiled run's), nvtx under nsys
 routing    the routing policy: the suites that read it, a 20-step bf16 run with every balancing key
+sanitize   compute-sanitizer over the GPU suites, every kernel (ours, cuBLAS's, cuDNN's); tools in
+           SY_SANITIZE_TOOLS (default memcheck; racecheck, synccheck and initcheck: docs/cuda.md),
+           SUITE[:GTEST_FILTER] entries in SY_SANITIZE_SUITES, SY_SANITIZE_TIMEOUT_S a run (300)
 nodes      bench/scaling/run.sh, on a machine with several GPUs: NCCL equivalence, alltoall_bench,
            throughput at W = 1, 2, 4, 8 (WIDTHS, STEPS), a killed rank"
 all_parts=(tests example step trace ab ffn grouped attention cudnn documents optim adamw memory
-           membound balancing ckpt hf tb allocator routing nodes)
+           membound balancing ckpt hf tb allocator routing sanitize nodes)
 
 if [ "${1:-}" = --list ]; then echo "$parts_help"; exit 0; fi
 out=${1:?usage: bash launch/gpu_check.sh OUTDIR [PART...|all]   (--list: the parts)}
@@ -598,6 +601,57 @@ part_routing() {
     printf '%-22s %s\n' "$name" "$(sy_gtest "$sy_out/$name.log")"
   done
   echo "config.yaml keys found: ${found:-0} of 3"
+  return "$sy_failed"
+}
+
+# The suites under compute-sanitizer, each tool over every suite before the next tool starts. The
+# model suite leaves out its training runs (50 steps and more: hours under the tools); the others
+# run whole. Only memcheck by default: on these suites the other tools report what they cannot
+# see rather than what our kernels do (docs/cuda.md, "Sanitizers").
+sanitize_suites="test_cuda_ops test_cuda_optim test_cuda_split_float test_cuda_grouped \
+test_cuda_cudnn test_cuda_document_mask test_cuda_recompute \
+test_cuda_model:-*Training*:*TrackTheCpu*"
+
+part_sanitize() {
+  local sanitizer tool entry suite filter log errors
+  # On PATH, else in the toolkit of the build's nvcc (bin/, or its own folder beside bin/).
+  sanitizer=$(command -v compute-sanitizer) ||
+    for sanitizer in "$(dirname "$nvcc")"{,/../compute-sanitizer}/compute-sanitizer; do
+      [ -x "$sanitizer" ] && break
+    done
+  sy_dry || [ -x "$sanitizer" ] || { sy_fail "no compute-sanitizer on PATH or beside $nvcc"; return 1; }
+  local tools=${SY_SANITIZE_TOOLS:-memcheck}
+  # What initcheck can see on this machine: a GEMM's output and a kernel's, each read by a kernel.
+  [[ " $tools " == *" initcheck "* ]] && sy_step -t 120 initcheck_probe "$sanitizer" \
+    --tool initcheck --print-limit 4 "$build/initcheck_probe"
+  for tool in $tools; do
+    for entry in ${SY_SANITIZE_SUITES:-$sanitize_suites}; do
+      suite=${entry%%:*}
+      filter=()
+      [[ $entry == *:* ]] && filter=("--gtest_filter=${entry#*:}")
+      # --error-exitcode: a finding fails the step even where every test passes.
+      sy_step -t "${SY_SANITIZE_TIMEOUT_S:-300}" -l "${tool}_$suite" "$tool $suite" \
+        "$sanitizer" --tool "$tool" --error-exitcode 3 --print-limit 20 \
+        "$build/tests/$suite" "${filter[@]}"
+    done
+  done
+  [ -f "$sy_out/initcheck_probe.log" ] && awk '
+    /^(kernel|gemm)-written:/ { part = $1; count[part] += 0 }
+    /Uninitialized/ && part != "" { ++count[part] }
+    END { k = count["kernel-written:"]; g = count["gemm-written:"]
+          printf "---- initcheck probe: reads flagged in the kernel-written buffer %d, in the", k
+          printf " GEMM-written one %d%s\n", g,
+            ((k == 0 && g > 0) ? ": the tool does not see the GEMM'"'"'s stores" : "") }' \
+    "$sy_out/initcheck_probe.log"
+  echo "---- findings by tool and suite (the first lines of each report in its log)"
+  for log in "$sy_out"/*_test_cuda_*.log; do
+    [ -f "$log" ] || continue
+    errors=$(grep -hE '(ERROR|RACECHECK) SUMMARY' "$log" | tail -n 1 | sed 's/^=* *//')
+    printf '  %-36s %s; %s\n' "$(basename "$log" .log)" "${errors:-no summary (stopped?)}" \
+      "$(sy_gtest "$log")"
+    grep -hE '^=+ +(Invalid|Uninitialized|Error|Race|Barrier|Warning|Program hit)' "$log" |
+      sed 's/^=* *//' | sort | uniq -c | sort -rn | head -n 5 | sed 's/^/      /'
+  done
   return "$sy_failed"
 }
 
