@@ -2,7 +2,7 @@
 // GEMM (beta 0: every element), the other by a plain kernel; then one kernel reads each, with a
 // synchronisation and a printed line between them, so that the tool's reports fall under the
 // buffer they are about:
-//   compute-sanitizer --tool initcheck --print-limit 1 build/initcheck_probe [--n 1024]
+//   compute-sanitizer --tool initcheck --print-limit 4 build/initcheck_probe [--n 1024]
 // A report under "gemm-written" and none under "kernel-written" means the tool does not see the
 // GEMM's stores: on Hopper, cuBLAS's kernels store through the TMA, as cuDNN's and our grouped
 // GEMM's do. docs/cuda.md ("Sanitizers") reads the model suites' initcheck reports with that in

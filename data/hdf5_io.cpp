@@ -430,6 +430,7 @@ struct HeaderMessage {
   uint64_t file_offset = 0;  // of its message header
   const uint8_t* body = nullptr;
   uint64_t size = 0;         // clipped to its chunk
+  uint64_t available = 0;    // the chunk's message bytes from `body` on (>= size)
 };
 
 // The chunks of `object`'s header, read beside HDF5, and their messages: the first chunk, then
@@ -466,7 +467,10 @@ class ObjectHeader {
         if (message.type != kContinuationMessage) return;
         const int address_bytes = static_cast<int>(object.address_bytes);
         const int length_bytes = static_cast<int>(object.length_bytes);
-        if (message.size < static_cast<uint64_t>(address_bytes + length_bytes)) return;
+        // HDF5 1.10 decodes the address and length whatever size the message declares (it
+        // followed a size-0 continuation into attributes this walk never saw, then looped in
+        // their global heap: found by fuzz_token_file), so the walk reads them as it does.
+        if (message.available < static_cast<uint64_t>(address_bytes + length_bytes)) return;
         continuations.emplace_back(little_endian(message.body, address_bytes),
                                    little_endian(message.body + address_bytes, length_bytes));
       });
@@ -522,6 +526,7 @@ class ObjectHeader {
       message.flags = bytes[at + size_at + 2];
       message.file_offset = object_.base + chunk.address + at;
       message.body = &bytes[at + header];
+      message.available = chunk.messages_end - at - header;
       visit(message);
       at += header + message.size;
     }
