@@ -205,6 +205,72 @@ TEST_F(Hdf5IoTest, AHeapIdNamingAMissingObjectIsRefused) {
                {"attribute tokenizer: a heap ID names object 7", "does not hold"});
 }
 
+// A continuation message that declares size 0: HDF5 1.10 decodes its address and length all the
+// same and follows it (found by fuzz_token_file: behind one, HDF5 looped for ever in a damaged
+// global heap that the checks had not seen). The checks follow it too.
+TEST_F(Hdf5IoTest, ASizeZeroContinuationIsFollowedAsHdf5FollowsIt) {
+  const std::string file_path = path("size_zero_continuation.h5");
+  {
+    h5::Handle file = h5::own(H5Fcreate(file_path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT),
+                              H5Fclose, "create");
+    // Enough attributes first that tokenizer's message lands in a continuation chunk.
+    for (int k = 0; k < 40; ++k)
+      h5::write_int_attribute(file.get(), ("extra_" + std::to_string(k)).c_str(), k);
+    h5::write_string_attribute(file.get(), "tokenizer", "bytes");
+  }
+  std::vector<uint8_t> bytes = read_bytes(file_path);
+  const auto u16_at = [&](size_t at) {
+    return static_cast<size_t>(bytes[at] | (bytes[at + 1] << 8));
+  };
+  const auto u64_at = [&](size_t at) {
+    uint64_t value = 0;
+    for (int k = 7; k >= 0; --k) value = (value << 8) | bytes[at + k];
+    return static_cast<size_t>(value);
+  };
+  // The root group's object header (a version 0 superblock holds its address at byte 64), version
+  // 1: 16 bytes of prefix (the first chunk's size at +8), then messages of type (u16), size
+  // (u16), flags and 3 reserved bytes.
+  const size_t header = u64_at(64);
+  ASSERT_EQ(bytes[header], 1) << "a version 1 object header";
+  const size_t chunk_end = header + 16 + (u64_at(header + 8) & 0xFFFFFFFF);
+  size_t continuation = 0;
+  for (size_t at = header + 16; at + 8 <= chunk_end && continuation == 0; at += 8 + u16_at(at + 2))
+    if (u16_at(at) == 0x10) continuation = at;
+  ASSERT_NE(continuation, 0u) << "the root header has a continuation message";
+  const size_t tokenizer = attribute_body(bytes, "tokenizer");
+  ASSERT_GT(tokenizer, chunk_end) << "tokenizer's message lies in a continuation chunk";
+  bytes[continuation + 2] = bytes[continuation + 3] = 0;  // its declared size: 0
+  write_bytes(file_path, bytes);
+  {
+    h5::QuietErrors quiet;
+    h5::Handle file =
+        h5::own(H5Fopen(file_path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose, "open");
+    EXPECT_EQ(h5::read_string_attribute(file.get(), "tokenizer"), "bytes")
+        << "HDF5 still follows it";
+  }
+  // Now the tokenizer's global heap: its collection (the value: sequence length u32, collection
+  // address u64, object index u32) holds the string, then the free space (index 0), whose size
+  // set to 0 would keep HDF5's walk in place for ever.
+  const auto pad = [](size_t n) { return (n + 7) & ~size_t{7}; };
+  const size_t value_at = tokenizer + 8 + pad(u16_at(tokenizer + 2)) + pad(u16_at(tokenizer + 4)) +
+                          pad(u16_at(tokenizer + 6));
+  const size_t collection = u64_at(value_at + 4);
+  ASSERT_EQ(std::string(bytes.begin() + collection, bytes.begin() + collection + 4), "GCOL");
+  const size_t string_object = collection + 16;
+  ASSERT_EQ(u16_at(string_object), 1u) << "the string is the collection's first object";
+  const size_t free_space = string_object + 16 + pad(u64_at(string_object + 8));
+  ASSERT_EQ(u16_at(free_space), 0u) << "the free space follows it";
+  for (int k = 0; k < 8; ++k) bytes[free_space + 8 + k] = 0;
+  write_bytes(file_path, bytes);
+  h5::QuietErrors quiet;
+  h5::Handle file =
+      h5::own(H5Fopen(file_path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose, "open");
+  // The check itself, not HDF5's read, so that a walk that missed the chunk fails here, not hangs.
+  expect_error([&] { h5::check_global_heaps(file.get(), "tokenizer"); },
+               {"corrupt global heap collection at byte " + std::to_string(collection),
+                "a free-space object of size 0"});
+}
+
 // The token-file reader goes through the same check, with the file's name in front.
 TEST_F(Hdf5IoTest, TokenFileReaderNamesTheFileAndTheDamage) {
   const std::string file_path = path("tokens.h5");
