@@ -619,7 +619,8 @@ part_sanitize() {
     for sanitizer in "$(dirname "$nvcc")"{,/../compute-sanitizer}/compute-sanitizer; do
       [ -x "$sanitizer" ] && break
     done
-  sy_dry || [ -x "$sanitizer" ] || { sy_fail "no compute-sanitizer on PATH or beside $nvcc"; return 1; }
+  sy_dry || [ -x "$sanitizer" ] ||
+    { sy_fail "no compute-sanitizer on PATH or beside $nvcc"; return 1; }
   local tools=${SY_SANITIZE_TOOLS:-memcheck}
   # What initcheck can see on this machine: a GEMM's output and a kernel's, each read by a kernel.
   [[ " $tools " == *" initcheck "* ]] && sy_step -t 120 initcheck_probe "$sanitizer" \
