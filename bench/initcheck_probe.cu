@@ -16,14 +16,13 @@
 #include <stdexcept>
 #include <string>
 
+#include "bench/cuda_timing.h"
+
 namespace {
 
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess)
-    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
-}
+using sy::bench::check_cuda;
 
-void check(cublasStatus_t status, const char* what) {
+void check_cublas(cublasStatus_t status, const char* what) {
   if (status != CUBLAS_STATUS_SUCCESS)
     throw std::runtime_error(std::string(what) + ": cuBLAS status " + std::to_string(status));
 }
@@ -49,8 +48,8 @@ void read_all(const char* label, const __nv_bfloat16* buffer, int64_t n, float* 
   std::printf("%s\n", label);
   std::fflush(stdout);
   sum_kernel<<<kBlocks, kThreads>>>(buffer, n, partial);
-  check(cudaGetLastError(), "sum_kernel");
-  check(cudaDeviceSynchronize(), "sum_kernel");
+  check_cuda(cudaGetLastError(), "sum_kernel");
+  check_cuda(cudaDeviceSynchronize(), "sum_kernel");
 }
 
 }  // namespace
@@ -64,28 +63,28 @@ int main(int argc, char** argv) try {
   __nv_bfloat16 *a = nullptr, *b = nullptr, *gemm_out = nullptr, *kernel_out = nullptr;
   float* partial = nullptr;
   for (__nv_bfloat16** buffer : {&a, &b, &gemm_out, &kernel_out})
-    check(cudaMalloc(buffer, elements * sizeof(__nv_bfloat16)), "cudaMalloc");
-  check(cudaMalloc(&partial, kBlocks * kThreads * sizeof(float)), "cudaMalloc");
+    check_cuda(cudaMalloc(buffer, elements * sizeof(__nv_bfloat16)), "cudaMalloc");
+  check_cuda(cudaMalloc(&partial, kBlocks * kThreads * sizeof(float)), "cudaMalloc");
   for (__nv_bfloat16* buffer : {a, b, kernel_out})
     fill_kernel<<<kBlocks, kThreads>>>(buffer, elements);
-  check(cudaGetLastError(), "fill_kernel");
+  check_cuda(cudaGetLastError(), "fill_kernel");
 
   cublasHandle_t handle = nullptr;
-  check(cublasCreate(&handle), "cublasCreate");
+  check_cublas(cublasCreate(&handle), "cublasCreate");
   const float one = 1.0f, zero = 0.0f;
-  check(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a, CUDA_R_16BF, n, b,
-                     CUDA_R_16BF, n, &zero, gemm_out, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F,
-                     CUBLAS_GEMM_DEFAULT),
-        "cublasGemmEx");
-  check(cudaDeviceSynchronize(), "cublasGemmEx");
+  check_cublas(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a, CUDA_R_16BF, n, b,
+                            CUDA_R_16BF, n, &zero, gemm_out, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx");
+  check_cuda(cudaDeviceSynchronize(), "cublasGemmEx");
 
   read_all("kernel-written:", kernel_out, elements, partial);
   read_all("gemm-written:", gemm_out, elements, partial);
   std::printf("done\n");
-  check(cublasDestroy(handle), "cublasDestroy");
+  check_cublas(cublasDestroy(handle), "cublasDestroy");
   for (void* buffer : {static_cast<void*>(a), static_cast<void*>(b), static_cast<void*>(gemm_out),
                        static_cast<void*>(kernel_out), static_cast<void*>(partial)})
-    check(cudaFree(buffer), "cudaFree");
+    check_cuda(cudaFree(buffer), "cudaFree");
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "initcheck_probe: %s\n", e.what());
