@@ -239,6 +239,14 @@ void with_vpt(int vpt, F&& f) {
   if constexpr (V < kMaxVecsPerThread) with_vpt<2 * V>(vpt, f);
 }
 
+// The fewest vectors a thread (1, 2, 4, 8) with which `threads` threads hold a row of `vecs`
+// vectors; 0 when even kMaxVecsPerThread do not.
+int vecs_per_thread(int64_t vecs, int threads) {
+  int vpt = 1;
+  while (vpt < kMaxVecsPerThread && vecs > int64_t{threads} * vpt) vpt *= 2;
+  return vecs <= int64_t{threads} * vpt ? vpt : 0;
+}
+
 }  // namespace
 
 void cross_entropy(Context& ctx, const Tensor& losses, const Tensor& logits,
@@ -250,9 +258,7 @@ void cross_entropy(Context& ctx, const Tensor& losses, const Tensor& logits,
     const int64_t vecs = V / kVec;
     int threads = kThreads;
     while (threads < kMaxRowThreads && vecs > int64_t(threads) * kMaxVecsPerThread) threads *= 2;
-    int vpt = 1;
-    while (vpt < kMaxVecsPerThread && vecs > int64_t(threads) * vpt) vpt *= 2;
-    if (vecs <= int64_t(threads) * vpt) {
+    if (const int vpt = vecs_per_thread(vecs, threads); vpt > 0) {
       with_vpt(vpt, [&](auto VPT) {
         cross_entropy_vec<VPT.value><<<static_cast<unsigned>(N), threads, 0, ctx.stream>>>(
             losses.ptr<float>(), logits.ptr<bf16>(), targets.ptr<int32_t>(), V, compute_grad,
@@ -296,10 +302,7 @@ bool cross_entropy_into(Context& ctx, const Tensor& losses, const Tensor& logits
         true, static_cast<float>(grad_scale));
   };
   // Held: the fewest groups a thread (1..8, as the bf16 vector path) that hold the row.
-  const int64_t groups = V / kVec;
-  int held = 1;
-  while (held < kMaxVecsPerThread && groups > int64_t{kStreamThreads} * held) held *= 2;
-  if (groups <= int64_t{kStreamThreads} * held)
+  if (const int held = vecs_per_thread(V / kVec, kStreamThreads); held > 0)
     with_vpt(held, [&](auto H) { launch(cross_entropy_two_pass<float, bf16, H.value>); });
   else launch(cross_entropy_two_pass<float, bf16, 0>);  // streamed
   check_launch(ctx, "cross_entropy_into");
