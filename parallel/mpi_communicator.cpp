@@ -37,7 +37,11 @@ int as_int(int64_t value, const char* op) {
 
 MpiCommunicator::MpiCommunicator(MPI_Comm comm, Backend& backend, Watchdog* watchdog,
                                  const char* group)
-    : comm_(comm), backend_(backend), watchdog_(watchdog), group_(group) {
+    : comm_(comm),
+      backend_(backend),
+      watchdog_(watchdog),
+      group_(group),
+      host_(comm, watchdog, group, "mpi") {
   check_mpi(MPI_Comm_rank(comm_, &rank_), "comm_rank");
   check_mpi(MPI_Comm_size(comm_, &size_), "comm_size");
 }
@@ -186,66 +190,22 @@ void MpiCommunicator::recv(const Tensor& x, int peer) {
 
 std::vector<int64_t> MpiCommunicator::all_to_all_host(const std::vector<int64_t>& send,
                                                       int64_t per_peer) {
-  if (static_cast<int64_t>(send.size()) != per_peer * size_)
-    throw std::runtime_error("mpi all_to_all_host: expected " + std::to_string(per_peer * size_) +
-                             " values, got " + std::to_string(send.size()));
-  std::vector<int64_t> recv(send.size());
-  {
-    WatchdogScope watch(watchdog_, "all_to_all_host", group_);
-    check_mpi(MPI_Alltoall(send.data(), as_int(per_peer, "all_to_all_host"), MPI_INT64_T,
-                           recv.data(), as_int(per_peer, "all_to_all_host"), MPI_INT64_T, comm_),
-              "all_to_all_host");
-  }
-  return recv;
+  return host_.all_to_all(send, per_peer);
 }
 
 void MpiCommunicator::all_reduce_host(std::vector<double>& values, ReduceOp op) {
-  {
-    WatchdogScope watch(watchdog_, "all_reduce_host", group_);
-    check_mpi(MPI_Allreduce(MPI_IN_PLACE, values.data(), as_int(values.size(), "all_reduce_host"),
-                            MPI_DOUBLE, mpi_op(op), comm_),
-              "all_reduce_host");
-  }
+  host_.all_reduce(values, op);
 }
 
 void MpiCommunicator::all_reduce_host(std::vector<int64_t>& values, ReduceOp op) {
-  {
-    WatchdogScope watch(watchdog_, "all_reduce_host", group_);
-    check_mpi(MPI_Allreduce(MPI_IN_PLACE, values.data(), as_int(values.size(), "all_reduce_host"),
-                            MPI_INT64_T, mpi_op(op), comm_),
-              "all_reduce_host");
-  }
+  host_.all_reduce(values, op);
 }
 
 std::vector<std::string> MpiCommunicator::all_gather_host(const std::string& value) {
-  const int length = as_int(value.size(), "all_gather_host");
-  std::vector<int> lengths(size_), displs(size_);
-  {
-    WatchdogScope watch(watchdog_, "all_gather_host", group_);
-    check_mpi(MPI_Allgather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, comm_),
-              "all_gather_host");
-  }
-  int total = 0;
-  for (int p = 0; p < size_; ++p) {
-    displs[p] = total;
-    total += lengths[p];
-  }
-  std::string all(total, '\0');
-  {
-    WatchdogScope watch(watchdog_, "all_gather_host", group_);
-    check_mpi(MPI_Allgatherv(value.data(), length, MPI_CHAR, all.data(), lengths.data(),
-                             displs.data(), MPI_CHAR, comm_),
-              "all_gather_host");
-  }
-  std::vector<std::string> values(size_);
-  for (int p = 0; p < size_; ++p) values[p] = all.substr(displs[p], lengths[p]);
-  return values;
+  return host_.all_gather(value);
 }
 
-void MpiCommunicator::barrier() {
-  WatchdogScope watch(watchdog_, "barrier", group_);
-  check_mpi(MPI_Barrier(comm_), "barrier");
-}
+void MpiCommunicator::barrier() { host_.barrier(); }
 
 namespace {
 

@@ -9,6 +9,7 @@
 
 #include "model/backend.h"
 #include "parallel/communicator.h"
+#include "parallel/mpi_host_collectives.h"
 #include "parallel/watchdog.h"
 
 namespace sy {
@@ -57,6 +58,7 @@ class MpiCommunicator final : public Communicator {
   Backend& backend_;
   Watchdog* watchdog_;
   const char* group_;
+  MpiHostCollectives host_;
   int rank_ = 0, size_ = 1;
   std::vector<char> send_staging_, recv_staging_;
 };

@@ -24,7 +24,6 @@ ncclDataType_t nccl_type(DType dtype, const char* op) {
 }
 
 ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::sum ? ncclSum : ncclMax; }
-MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::sum ? MPI_SUM : MPI_MAX; }
 
 int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -32,18 +31,23 @@ int64_t now_ns() {
       .count();
 }
 
-int as_int(int64_t value, const char* what) {
-  if (value < 0 || value > INT32_MAX)
-    throw std::runtime_error(std::string("nccl ") + what + ": count " + std::to_string(value) +
-                             " out of range for MPI");
-  return static_cast<int>(value);
+// The current CUDA device, or -1 where there is none.
+int current_device() {
+  int device = -1;
+  return cudaGetDevice(&device) == cudaSuccess ? device : -1;
+}
+
+// " (rank R, device D)": where an error happened, R this process's rank in the world.
+std::string process_where(int device) {
+  int world_rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  return " (rank " + std::to_string(world_rank) + ", device " + std::to_string(device) + ")";
 }
 
 }  // namespace
 
 void NcclCommunicator::fail(const char* op, const std::string& message) const {
-  throw std::runtime_error(std::string("nccl ") + op + " (rank " + std::to_string(world_rank_) +
-                           ", device " + std::to_string(device_) + "): " + message);
+  host_.fail(op, message);
 }
 
 void NcclCommunicator::check(ncclResult_t result, const char* op, const char* what) const {
@@ -54,14 +58,6 @@ void NcclCommunicator::check(ncclResult_t result, const char* op, const char* wh
     if (last && *last) detail += std::string(": ") + last;
   }
   fail(op, std::string(what) + " failed: " + detail);
-}
-
-void NcclCommunicator::check_mpi(int code, const char* op) const {
-  if (code == MPI_SUCCESS) return;
-  char text[MPI_MAX_ERROR_STRING];
-  int length = 0;
-  MPI_Error_string(code, text, &length);
-  fail(op, std::string("MPI: ") + std::string(text, length));
 }
 
 void NcclCommunicator::check_tensor(const Tensor& x, const char* op, const char* name) const {
@@ -86,16 +82,20 @@ std::vector<Plane> planes(const Tensor& x, const char* op) {
 
 NcclCommunicator::NcclCommunicator(MPI_Comm comm, cudaStream_t stream, Watchdog* watchdog,
                                    const char* group)
-    : comm_(comm), stream_(stream), watchdog_(watchdog), group_(group) {
-  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
-  if (cudaGetDevice(&device_) != cudaSuccess) fail("init", "no current CUDA device");
-  check_mpi(MPI_Comm_rank(comm_, &rank_), "init");
-  check_mpi(MPI_Comm_size(comm_, &size_), "init");
+    : comm_(comm),
+      stream_(stream),
+      device_(current_device()),
+      watchdog_(watchdog),
+      group_(group),
+      host_(comm, watchdog, group, "nccl", process_where(device_)) {
+  if (device_ < 0) fail("init", "no current CUDA device");
+  host_.check(MPI_Comm_rank(comm_, &rank_), "init");
+  host_.check(MPI_Comm_size(comm_, &size_), "init");
   ncclUniqueId id;
   if (rank_ == 0) check(ncclGetUniqueId(&id), "init", "ncclGetUniqueId");
   {
     WatchdogScope watch(watchdog_, "NCCL init", group_);
-    check_mpi(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, comm_), "init");
+    host_.check(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, comm_), "init");
     check(ncclCommInitRank(&nccl_, size_, id, rank_), "init", "ncclCommInitRank");
   }
   if (watchdog_) {
@@ -307,66 +307,21 @@ void NcclCommunicator::recv(const Tensor& x, int peer) {
 
 std::vector<int64_t> NcclCommunicator::all_to_all_host(const std::vector<int64_t>& send,
                                                        int64_t per_peer) {
-  if (static_cast<int64_t>(send.size()) != per_peer * size_)
-    fail("all_to_all_host", "expected " + std::to_string(per_peer * size_) + " values");
-  std::vector<int64_t> recv(send.size());
-  {
-    WatchdogScope watch(watchdog_, "all_to_all_host", group_);
-    check_mpi(MPI_Alltoall(send.data(), as_int(per_peer, "all_to_all_host"), MPI_INT64_T,
-                           recv.data(), as_int(per_peer, "all_to_all_host"), MPI_INT64_T, comm_),
-              "all_to_all_host");
-  }
-  return recv;
+  return host_.all_to_all(send, per_peer);
 }
 
 void NcclCommunicator::all_reduce_host(std::vector<double>& values, ReduceOp op) {
-  {
-    WatchdogScope watch(watchdog_, "all_reduce_host", group_);
-    check_mpi(MPI_Allreduce(MPI_IN_PLACE, values.data(),
-                            as_int(static_cast<int64_t>(values.size()), "all_reduce_host"),
-                            MPI_DOUBLE, mpi_op(op), comm_),
-              "all_reduce_host");
-  }
+  host_.all_reduce(values, op);
 }
 
 void NcclCommunicator::all_reduce_host(std::vector<int64_t>& values, ReduceOp op) {
-  {
-    WatchdogScope watch(watchdog_, "all_reduce_host", group_);
-    check_mpi(MPI_Allreduce(MPI_IN_PLACE, values.data(),
-                            as_int(static_cast<int64_t>(values.size()), "all_reduce_host"),
-                            MPI_INT64_T, mpi_op(op), comm_),
-              "all_reduce_host");
-  }
+  host_.all_reduce(values, op);
 }
 
 std::vector<std::string> NcclCommunicator::all_gather_host(const std::string& value) {
-  const int length = as_int(static_cast<int64_t>(value.size()), "all_gather_host");
-  std::vector<int> lengths(size_), offsets(size_);
-  {
-    WatchdogScope watch(watchdog_, "all_gather_host", group_);
-    check_mpi(MPI_Allgather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, comm_),
-              "all_gather_host");
-  }
-  int total = 0;
-  for (int p = 0; p < size_; ++p) {
-    offsets[p] = total;
-    total += lengths[p];
-  }
-  std::string all(static_cast<size_t>(total), '\0');
-  {
-    WatchdogScope watch(watchdog_, "all_gather_host", group_);
-    check_mpi(MPI_Allgatherv(value.data(), length, MPI_CHAR, all.data(), lengths.data(),
-                             offsets.data(), MPI_CHAR, comm_),
-              "all_gather_host");
-  }
-  std::vector<std::string> out(size_);
-  for (int p = 0; p < size_; ++p) out[p] = all.substr(offsets[p], lengths[p]);
-  return out;
+  return host_.all_gather(value);
 }
 
-void NcclCommunicator::barrier() {
-  WatchdogScope watch(watchdog_, "barrier", group_);
-  check_mpi(MPI_Barrier(comm_), "barrier");
-}
+void NcclCommunicator::barrier() { host_.barrier(); }
 
 }  // namespace sy

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "parallel/communicator.h"
+#include "parallel/mpi_host_collectives.h"
 #include "parallel/watchdog.h"
 
 namespace sy {
@@ -63,7 +64,6 @@ class NcclCommunicator final : public Communicator {
  private:
   [[noreturn]] void fail(const char* op, const std::string& message) const;
   void check(ncclResult_t result, const char* op, const char* what) const;
-  void check_mpi(int code, const char* op) const;
   void check_tensor(const Tensor& x, const char* op, const char* name) const;
   // After each enqueued device collective: records event_ on the stream and, when nothing was
   // pending, starts the clock. Run on the watchdog thread: the problem, or "".
@@ -73,10 +73,11 @@ class NcclCommunicator final : public Communicator {
   MPI_Comm comm_;
   cudaStream_t stream_;
   ncclComm_t nccl_ = nullptr;
-  int rank_ = 0, size_ = 1, device_ = 0, world_rank_ = 0;
+  int rank_ = 0, size_ = 1, device_ = -1;
 
   Watchdog* watchdog_;
   const char* group_;
+  MpiHostCollectives host_;  // the host collectives, and every error's "nccl OP (rank, device)"
   int poller_id_ = -1;
   cudaEvent_t enqueued_ = nullptr;  // recorded after the latest device collective
   cudaStream_t side_stream_ = nullptr;  // start_all_reduce's; null until its first call

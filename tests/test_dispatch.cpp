@@ -117,6 +117,41 @@ TEST(AllToAllBlocks, EveryBlockLandsInItsPlace) {
   EXPECT_THROW(c.all_to_all_blocks(send, bad, recv, recv_blocks), std::runtime_error);
 }
 
+// The host collectives (parallel/mpi_host_collectives.cpp): values from every rank in rank order,
+// strings of different lengths (one empty), and a send of the wrong size refused with its sizes.
+TEST(HostCollectives, ValuesAndStringsFromEveryRank) {
+  Fixture f;
+  Communicator& c = f.ep();
+  const int P = c.size(), me = c.rank();
+  std::vector<int64_t> send;
+  for (int to = 0; to < P; ++to) send.insert(send.end(), {100 * me + to, -me});
+  const std::vector<int64_t> got = c.all_to_all_host(send, 2);
+  ASSERT_EQ(got.size(), send.size());
+  for (int from = 0; from < P; ++from) {
+    EXPECT_EQ(got[2 * from], 100 * from + me) << "from rank " << from;
+    EXPECT_EQ(got[2 * from + 1], -from) << "from rank " << from;
+  }
+  std::vector<double> sums{double(me), 0.5}, maxima{double(me), -double(me)};
+  c.all_reduce_host(sums, ReduceOp::sum);
+  c.all_reduce_host(maxima, ReduceOp::max);
+  EXPECT_EQ(sums, (std::vector<double>{P * (P - 1) / 2.0, 0.5 * P}));
+  EXPECT_EQ(maxima, (std::vector<double>{P - 1.0, 0.0}));
+  std::vector<int64_t> counts{int64_t{1} << 40, me};
+  c.all_reduce_host(counts, ReduceOp::sum);
+  EXPECT_EQ(counts, (std::vector<int64_t>{P * (int64_t{1} << 40), P * (P - 1) / 2}));
+  const std::vector<std::string> names = c.all_gather_host(std::string(me, 'x'));
+  ASSERT_EQ(names.size(), size_t(P));
+  for (int p = 0; p < P; ++p) EXPECT_EQ(names[p], std::string(p, 'x'));
+  c.barrier();
+  try {
+    c.all_to_all_host({1, 2, 3}, 2);
+    FAIL() << "a send of 3 values for 2 a peer was accepted";
+  } catch (const std::runtime_error& error) {
+    EXPECT_EQ(std::string(error.what()),
+              "mpi all_to_all_host: expected " + std::to_string(2 * P) + " values, got 3");
+  }
+}
+
 TEST(Dispatcher, CombineIsTheTransposeOfDispatch) {
   Fixture f;
   const int me = f.ep().rank();
