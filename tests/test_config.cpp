@@ -223,6 +223,8 @@ TEST(Config, OverridesAreValidated) {
                        file + ": moe.top_k: 9 exceeds moe.num_experts (8)"));
   EXPECT_TRUE(has_line(load_errors(file, {"model.d_model=abc"}),
                        file + ": model.d_model: expected an integer, got abc"));
+  EXPECT_TRUE(has_line(load_errors(file, {"moe.top_k="}),
+                       file + ": moe.top_k: expected an integer, got an empty value"));
 }
 
 TEST(Config, BadOverride) {

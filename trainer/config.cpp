@@ -338,7 +338,8 @@ std::string describe(const YAML::Node& node) {
     case YAML::NodeType::Sequence: return "a sequence";
     case YAML::NodeType::Map: return "a mapping";
     case YAML::NodeType::Scalar:
-      return is_plain_scalar(node) ? node.Scalar() : "the string " + yaml_quote(node.Scalar());
+      if (!is_plain_scalar(node)) return "the string " + yaml_quote(node.Scalar());
+      return node.Scalar().empty() ? "an empty value" : node.Scalar();  // `--set key=`
     default: return "nothing";
   }
 }
