@@ -38,7 +38,7 @@ optim      the fused optimizer: its tests, sy_bench_optimizer (SY_OPTIM_TENSORS,
            a 60-step bf16 bench of the example config
 adamw      the AdamW pass's floor and block shapes: copy_bench (kernel copies against cudaMemcpy), then
            sy_bench_optimizer --layout training per SY_ADAMW_SHAPE[:PARTS] (SY_ADAMW_SHAPES, _ROUNDS),
-           and the test that every shape gives the same bits
+           ranked by their mean against wide, and the test that every shape gives the same bits
 memory     train.recompute: test_recompute, test_cuda_recompute, test_cuda_model, then
            configs/bench/{moe,dense}.yaml per mode (SY_MEMORY_STEPS, _WARMUP, _CONFIGS, _MODES)
 membound   the bandwidth-bound kernels: ptxas, ctest -R CudaOps|CudaVec|CudaModel (SY_KERN_TESTS,
@@ -346,9 +346,20 @@ part_adamw() {
   echo "---- copies (copy_bench)"
   grep '^|' "$sy_out/copy_bench.log" 2>/dev/null
   echo "---- the update pass by SY_ADAMW_SHAPE (ms, TB/s)"
-  awk '/SY_ADAMW_SHAPE=/ { shape = ""
+  local passes
+  passes=$(awk '/SY_ADAMW_SHAPE=/ { shape = ""
          for (i = 1; i <= NF; ++i) if ($i ~ /^SY_ADAMW_(SHAPE|PARTS)=/) shape = shape " " $i }
-       $1 == "fused" { print shape, $3, $6 }' "$sy_out/adamw_shapes.log" 2>/dev/null
+       $1 == "fused" { print shape, $3, $6 }' "$sy_out/adamw_shapes.log" 2>/dev/null)
+  echo "$passes"
+  # The settings to time the step with: each entry's mean over the rounds, fastest first.
+  echo "---- mean ms over the rounds, fastest first, against the default (wide, 4 parts)"
+  awk 'NF >= 3 { key = $1; for (i = 2; i <= NF - 2; ++i) key = key " " $i
+         sum[key] += $(NF - 1); ++n[key] }
+       END { wide = "SY_ADAMW_SHAPE=wide"; base = n[wide] ? sum[wide] / n[wide] : 0
+             for (k in sum) {
+               m = sum[k] / n[k]
+               against = base ? sprintf("  (%+.1f%%)", 100 * (m / base - 1)) : ""
+               printf "%8.3f  %s%s\n", m, k, against } }' <<< "$passes" | sort -n
   echo "---- test_cuda_optim_shapes: $(sy_gtest "$sy_out/test_cuda_optim_shapes.log")"
   return "$sy_failed"
 }
