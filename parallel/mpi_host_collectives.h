@@ -29,11 +29,12 @@ class MpiHostCollectives {
   std::vector<std::string> all_gather(const std::string& value) const;
   void barrier() const;
 
+  // For the owner's own calls: errors in the same words.
   [[noreturn]] void fail(const char* op, const std::string& what) const;
-  void check(int code, const char* op) const;       // throws unless code is MPI_SUCCESS
-  int as_int(int64_t count, const char* op) const;  // an MPI count, or throws
+  void check(int code, const char* op) const;  // throws unless code is MPI_SUCCESS
 
  private:
+  int as_int(int64_t count, const char* op) const;  // an MPI count, or throws
   void all_reduce(void* values, int64_t count, MPI_Datatype type, ReduceOp op) const;
 
   MPI_Comm comm_;
