@@ -97,11 +97,43 @@ void expect_single_value(hid_t attr, const char* name) {
 
 }  // namespace
 
+void check_number_type(hid_t type, const std::string& what) {
+  const H5T_class_t type_class = H5Tget_class(type);
+  if (type_class != H5T_INTEGER && type_class != H5T_FLOAT)
+    throw Hdf5Error(what + ": not an integer or float type");
+  const size_t size = H5Tget_size(type);
+  if (size < 1 || size > 8)
+    throw Hdf5Error(what + ": a " + std::to_string(size) + "-byte number (1 to 8 bytes)");
+  const int64_t bits = 8 * static_cast<int64_t>(size);
+  const int64_t precision = static_cast<int64_t>(H5Tget_precision(type));
+  const int64_t offset = H5Tget_offset(type);
+  // [first, first + count) must lie inside [low, high).
+  const auto inside = [&](const char* field, int64_t first, int64_t count, int64_t low,
+                          int64_t high) {
+    if (count < 1 || first < low || first + count > high)
+      throw Hdf5Error(what + ": a damaged " + std::to_string(size) + "-byte type (its " + field +
+                      " spans bits " + std::to_string(first) + " to " +
+                      std::to_string(first + count) + ", outside " + std::to_string(low) + " to " +
+                      std::to_string(high) + ")");
+  };
+  inside("precision", offset, precision, 0, bits);
+  if (type_class == H5T_INTEGER) return;
+  size_t sign = 0, exponent = 0, exponent_bits = 0, mantissa = 0, mantissa_bits = 0;
+  check(H5Tget_fields(type, &sign, &exponent, &exponent_bits, &mantissa, &mantissa_bits), what);
+  const int64_t high = offset + precision;
+  inside("sign", static_cast<int64_t>(sign), 1, offset, high);
+  inside("exponent", static_cast<int64_t>(exponent), static_cast<int64_t>(exponent_bits), offset,
+         high);
+  inside("mantissa", static_cast<int64_t>(mantissa), static_cast<int64_t>(mantissa_bits), offset,
+         high);
+}
+
 int64_t read_int_attribute(hid_t object, const char* name) {
   Handle attr = open_attribute(object, name);
   Handle type = own(H5Aget_type(attr.get()), H5Tclose, std::string("cannot inspect attribute ") + name);
   if (H5Tget_class(type.get()) != H5T_INTEGER)
     throw Hdf5Error(std::string("attribute ") + name + " is not an integer");
+  check_number_type(type.get(), std::string("attribute ") + name);
   expect_single_value(attr.get(), name);
   int64_t value = 0;
   check(H5Aread(attr.get(), H5T_NATIVE_INT64, &value), std::string("cannot read attribute ") + name);

@@ -106,6 +106,14 @@ void check_attribute_messages(hid_t object);
 // bytes than the file holds: HDF5 allocates and zeroes the claimed size before it reads the heap.
 void check_global_heaps(hid_t object, const char* attribute = nullptr);
 
+// HDF5 1.10 converts a stored integer or float bit by bit from the fields its datatype message
+// declares (precision and offset; a float's sign, exponent and mantissa) and never checks them
+// against the type's size: an 8-byte integer that claimed 16384 bits of precision made the
+// conversion of one value read 2 KB past it (H5T__bit_find, found by fuzz_token_file). Throws
+// Hdf5Error, "<what>: ..." naming the field, unless `type` is an integer or float of 1 to 8 bytes
+// whose fields all lie inside it. Every number read here with conversion is checked first.
+void check_number_type(hid_t type, const std::string& what);
+
 // ---- datasets ----------------------------------------------------------------------------------
 std::vector<int64_t> dataset_shape(hid_t dataset);
 bool link_exists(hid_t file, const std::string& path);  // every component of an absolute path

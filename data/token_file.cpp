@@ -76,6 +76,11 @@ Handle open_token_dataset(hid_t file, const std::string& name, const std::string
   if (const size_t element_size = H5Tget_size(type.get()); element_size == 0 || element_size > 8)
     throw file_error(path, "dataset " + name + " holds " + std::to_string(element_size) +
                                "-byte integers (at most 8)");
+  try {
+    h5::check_number_type(type.get(), "dataset " + name);
+  } catch (const h5::Hdf5Error& error) {
+    throw file_error(path, error.what());
+  }
   if (H5Sget_simple_extent_ndims(file_space.get()) != 1)
     throw file_error(path, "dataset " + name + " is not 1-D");
   if (H5Sget_simple_extent_dims(file_space.get(), length, nullptr) < 0)
@@ -195,6 +200,11 @@ void read_tokenizer_model(hid_t file, TokenData& data, const std::string& path) 
   if (H5Tget_class(type.get()) != H5T_INTEGER || H5Tget_size(type.get()) != 1 ||
       H5Sget_simple_extent_ndims(space.get()) != 1)
     throw file_error(path, "dataset " + name + " is not 1-D bytes");
+  try {
+    h5::check_number_type(type.get(), "dataset " + name);
+  } catch (const h5::Hdf5Error& error) {
+    throw file_error(path, error.what());
+  }
   hsize_t length = 0;
   if (H5Sget_simple_extent_dims(space.get(), &length, nullptr) < 0)
     throw file_error(path, "cannot inspect dataset " + name);

@@ -271,6 +271,84 @@ TEST_F(Hdf5IoTest, ASizeZeroContinuationIsFollowedAsHdf5FollowsIt) {
                 "a free-space object of size 0"});
 }
 
+// An integer whose datatype claims more bits than its 8 bytes: HDF5 1.10 converts the value bit
+// by bit from the declared offset and precision and read 2 KB past it (H5T__bit_find under
+// H5Aread, found by fuzz_token_file). Refused before the read, the offset's damage as well.
+TEST_F(Hdf5IoTest, AnIntegerTypeWiderThanItsBytesIsRefused) {
+  struct Damage {
+    size_t field;       // byte of the fixed-point properties: 0 the bit offset, 2 the precision
+    const char* spans;  // what the error then says
+  };
+  for (const Damage damage :
+       {Damage{0, "spans bits 16384 to 16448"}, Damage{2, "spans bits 0 to 16384"}}) {
+    const std::string file_path =
+        write_attributes("wide_" + std::to_string(damage.field) + ".h5", 0);
+    std::vector<uint8_t> bytes = read_bytes(file_path);
+    const size_t body = attribute_body(bytes, "vocab_size");
+    const size_t name_size = bytes[body + 2] | (bytes[body + 3] << 8);
+    const size_t properties = body + 8 + ((name_size + 7) & ~size_t{7}) + 8;
+    ASSERT_EQ(bytes[properties + 2], 64) << "64 bits of precision";
+    bytes[properties + damage.field] = 0x00;
+    bytes[properties + damage.field + 1] = 0x40;  // 16384
+    write_bytes(file_path, bytes);
+    h5::QuietErrors quiet;
+    h5::Handle file = h5::own(H5Fopen(file_path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose,
+                              "cannot open " + file_path);
+    expect_error([&] { h5::read_int_attribute(file.get(), "vocab_size"); },
+                 {std::string("attribute vocab_size: a damaged 8-byte type (its precision ") +
+                  damage.spans + ", outside 0 to 64)"});
+  }
+}
+
+// The same for a float's fields: an f32 dataset whose exponent claims 200 bits. The checkpoint
+// readers check every tensor's type this way before they convert a value.
+TEST_F(Hdf5IoTest, AFloatTypeWhoseExponentLeavesItsBitsIsRefused) {
+  const std::string file_path = path("float.h5");
+  {
+    h5::Handle file = h5::own(H5Fcreate(file_path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT),
+                              H5Fclose, "create");
+    const hsize_t count = 4;
+    h5::Handle space = h5::own(H5Screate_simple(1, &count, nullptr), H5Sclose, "space");
+    h5::Handle dataset = h5::own(H5Dcreate2(file.get(), "w", H5T_IEEE_F32LE, space.get(),
+                                            H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                                 H5Dclose, "dataset");
+    const float values[4] = {1, 2, 3, 4};
+    h5::check(H5Dwrite(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values),
+              "write");
+  }
+  std::vector<uint8_t> bytes = read_bytes(file_path);
+  // Version 1 float message of IEEE f32 LE: its header (class, bit fields with the sign at 31,
+  // size 4), then offset 0, precision 32, exponent at 23 of 8 bits, mantissa at 0 of 23, bias 127.
+  const std::vector<uint8_t> f32 = {0x11, 0x20, 0x1f, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00,
+                                    0x20, 0x00, 0x17, 0x08, 0x00, 0x17, 0x7f, 0x00, 0x00, 0x00};
+  const auto found = std::search(bytes.begin(), bytes.end(), f32.begin(), f32.end());
+  ASSERT_NE(found, bytes.end()) << "the f32 datatype message";
+  found[13] = 200;  // the exponent's size in bits
+  write_bytes(file_path, bytes);
+  h5::QuietErrors quiet;
+  h5::Handle file = h5::own(H5Fopen(file_path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose,
+                            "cannot open " + file_path);
+  h5::Handle dataset = h5::own(H5Dopen2(file.get(), "w", H5P_DEFAULT), H5Dclose, "open w");
+  h5::Handle type = h5::own(H5Dget_type(dataset.get()), H5Tclose, "type of w");
+  expect_error([&] { h5::check_number_type(type.get(), "w"); },
+               {"w: a damaged 4-byte type (its exponent spans bits 23 to 223, outside 0 to 32)"});
+}
+
+// What the library writes and reads passes: integers of 1 to 8 bytes either way round, IEEE
+// floats, and a 2-byte float with bf16's fields. Strings are not numbers.
+TEST_F(Hdf5IoTest, NumberTypesWithinTheirBytesPass) {
+  for (const hid_t type :
+       {H5T_STD_U8LE, H5T_STD_I16BE, H5T_STD_I32LE, H5T_STD_U64BE, H5T_IEEE_F32LE, H5T_IEEE_F64BE})
+    EXPECT_NO_THROW(h5::check_number_type(type, "type")) << H5Tget_size(type) << " bytes";
+  h5::Handle bf16 = h5::own(H5Tcopy(H5T_IEEE_F32LE), H5Tclose, "copy");
+  ASSERT_GE(H5Tset_fields(bf16.get(), 15, 7, 8, 0, 7), 0);
+  ASSERT_GE(H5Tset_precision(bf16.get(), 16), 0);
+  ASSERT_GE(H5Tset_size(bf16.get(), 2), 0);
+  EXPECT_NO_THROW(h5::check_number_type(bf16.get(), "bf16"));
+  expect_error([] { h5::check_number_type(H5T_C_S1, "name"); },
+               {"name: not an integer or float type"});
+}
+
 // The token-file reader goes through the same check, with the file's name in front.
 TEST_F(Hdf5IoTest, TokenFileReaderNamesTheFileAndTheDamage) {
   const std::string file_path = path("tokens.h5");

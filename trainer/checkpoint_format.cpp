@@ -201,6 +201,7 @@ Handle open_checkpoint_tensor(hid_t file, const std::string& name,
                            "cannot open tensor " + name);
   Handle type = h5::own(H5Dget_type(dataset.get()), H5Tclose, "cannot inspect tensor " + name);
   if (H5Tget_class(type.get()) != H5T_FLOAT) throw Hdf5Error(name + " does not hold floats");
+  h5::check_number_type(type.get(), name);
   const std::vector<int64_t> shape = h5::dataset_shape(dataset.get());
   if (shape != expected)
     throw Hdf5Error(name + " has shape " + shape_text(shape) + ", the config needs " +
@@ -308,6 +309,7 @@ void scan_checkpoint_tensors(const std::string& path,
       if (H5Tget_class(type.get()) != H5T_FLOAT && H5Tget_class(type.get()) != H5T_INTEGER) {
         info.norm = std::nan("");
       } else {
+        h5::check_number_type(type.get(), info.path);
         double sum = 0;
         const int64_t rows = info.shape.empty() ? 1 : info.shape[0];
         const int64_t block = block_rows(info.shape, sizeof(double));

@@ -338,6 +338,15 @@ ExportResult export_checkpoint(const ExportOptions& options) {
     if (shape != expected)
       throw ExportError(options.checkpoint + ": " + tensor.dataset + " has shape " +
                         shape_str(shape) + ", its config needs " + shape_str(expected));
+    Handle type = h5::own(H5Dget_type(dataset.get()), H5Tclose,
+                          options.checkpoint + ": cannot inspect " + tensor.dataset);
+    if (H5Tget_class(type.get()) != H5T_FLOAT)
+      throw ExportError(options.checkpoint + ": " + tensor.dataset + " does not hold floats");
+    try {
+      h5::check_number_type(type.get(), tensor.dataset);
+    } catch (const h5::Hdf5Error& error) {
+      throw ExportError(options.checkpoint + ": " + error.what());
+    }
   }
 
   prepare_output(options);
