@@ -58,6 +58,15 @@ std::string read_tokenizer_name(hid_t file, const std::string& path) {
   }
 }
 
+// h5::check_number_type on dataset `name`'s type, the file's name in front of its error.
+void check_number_type(hid_t type, const std::string& name, const std::string& path) {
+  try {
+    h5::check_number_type(type, "dataset " + name);
+  } catch (const h5::Hdf5Error& error) {
+    throw file_error(path, error.what());
+  }
+}
+
 // Opens dataset `name` and checks that it is a 1-D integer dataset; its length to *length.
 Handle open_token_dataset(hid_t file, const std::string& name, const std::string& path,
                           hsize_t* length) {
@@ -74,11 +83,7 @@ Handle open_token_dataset(hid_t file, const std::string& name, const std::string
     throw file_error(path, "dataset " + name + " does not hold integers");
   // A damaged type can claim GB per element (HDF5 would allocate that times the slice to
   // convert), or bits outside its bytes (HDF5 would read past each value).
-  try {
-    h5::check_number_type(type.get(), "dataset " + name);
-  } catch (const h5::Hdf5Error& error) {
-    throw file_error(path, error.what());
-  }
+  check_number_type(type.get(), name, path);
   if (H5Sget_simple_extent_ndims(file_space.get()) != 1)
     throw file_error(path, "dataset " + name + " is not 1-D");
   if (H5Sget_simple_extent_dims(file_space.get(), length, nullptr) < 0)
@@ -198,11 +203,7 @@ void read_tokenizer_model(hid_t file, TokenData& data, const std::string& path) 
   if (H5Tget_class(type.get()) != H5T_INTEGER || H5Tget_size(type.get()) != 1 ||
       H5Sget_simple_extent_ndims(space.get()) != 1)
     throw file_error(path, "dataset " + name + " is not 1-D bytes");
-  try {
-    h5::check_number_type(type.get(), "dataset " + name);
-  } catch (const h5::Hdf5Error& error) {
-    throw file_error(path, error.what());
-  }
+  check_number_type(type.get(), name, path);
   hsize_t length = 0;
   if (H5Sget_simple_extent_dims(space.get(), &length, nullptr) < 0)
     throw file_error(path, "cannot inspect dataset " + name);

@@ -13,6 +13,7 @@
 #include "data/token_file.h"
 #include "model/tensor.h"
 #include "trainer/checkpoint.h"
+#include "trainer/checkpoint_format.h"
 #include "trainer/cli.h"
 #include "trainer/hf_layout.h"
 #include "trainer/safetensors.h"
@@ -329,21 +330,8 @@ ExportResult export_checkpoint(const ExportOptions& options) {
   const std::vector<HfTensor> plan = hf_tensors(config, architecture);
   for (const HfTensor& tensor : plan) {
     if (tensor.expert > 0) continue;  // the stacked dataset was checked with expert 0
-    if (!h5::link_exists(file.get(), tensor.dataset))
-      throw ExportError(options.checkpoint + ": missing tensor " + tensor.dataset);
-    Handle dataset = h5::own(H5Dopen2(file.get(), tensor.dataset.c_str(), H5P_DEFAULT), H5Dclose,
-                             options.checkpoint + ": cannot open " + tensor.dataset);
-    const std::vector<int64_t> shape = h5::dataset_shape(dataset.get());
-    const std::vector<int64_t> expected = hf_dataset_shape(tensor, config);
-    if (shape != expected)
-      throw ExportError(options.checkpoint + ": " + tensor.dataset + " has shape " +
-                        shape_str(shape) + ", its config needs " + shape_str(expected));
-    Handle type = h5::own(H5Dget_type(dataset.get()), H5Tclose,
-                          options.checkpoint + ": cannot inspect " + tensor.dataset);
-    if (H5Tget_class(type.get()) != H5T_FLOAT)
-      throw ExportError(options.checkpoint + ": " + tensor.dataset + " does not hold floats");
     try {
-      h5::check_number_type(type.get(), tensor.dataset);
+      open_checkpoint_tensor(file.get(), tensor.dataset, hf_dataset_shape(tensor, config));
     } catch (const h5::Hdf5Error& error) {
       throw ExportError(options.checkpoint + ": " + error.what());
     }
