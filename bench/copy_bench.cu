@@ -10,6 +10,11 @@
 //                   T * U vectors (many short blocks)
 //   walk T xU       the same blocks, 2048 threads' worth an SM, walking the arrays
 //   read / write    one way only: a sum of every vector (kept) / a fill
+//   9 streams T     AdamW's traffic with trivial arithmetic: per 8 elements, hi, lo and grad
+//                   (bf16) and m, v (f32) read, and hi, lo, m, v written in place: 26 bytes an
+//                   element over nine streams, one group of 8 elements a thread, short blocks
+//   2 streams T     the same 26 bytes an element, read from one array and written to another
+// The last two ask whether the number of streams, not the bytes, holds the pass below memcpy.
 #include <cuda_runtime.h>
 
 #include <CLI/CLI.hpp>
@@ -81,9 +86,54 @@ __global__ void write_kernel(float4* __restrict__ out, int64_t vectors) {
     __stcs(out + i, make_float4(0.f, 0.f, 0.f, 0.f));
 }
 
+// Nine streams: group i is elements 8i .. 8i + 7 (a 16-byte vector of each bf16 array, two of
+// each f32 one). The arithmetic keeps zeros zero, so the buffers stay as the copies left them.
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads)
+    nine_stream_kernel(uint4* __restrict__ hi, uint4* __restrict__ lo,
+                       const uint4* __restrict__ grad, float4* __restrict__ m,
+                       float4* __restrict__ v, int64_t groups) {
+  const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= groups) return;
+  const uint4 g = __ldcs(grad + i);
+  uint4 h = __ldcs(hi + i), l = __ldcs(lo + i);
+  float4 m0 = __ldcs(m + 2 * i), m1 = __ldcs(m + 2 * i + 1);
+  float4 v0 = __ldcs(v + 2 * i), v1 = __ldcs(v + 2 * i + 1);
+  h.x ^= g.x, h.y ^= g.y, h.z ^= g.z, h.w ^= g.w;
+  l.x ^= g.w, l.y ^= g.z, l.z ^= g.y, l.w ^= g.x;
+  m0.x *= 0.9f, m0.y *= 0.9f, m0.z *= 0.9f, m0.w *= 0.9f;
+  m1.x *= 0.9f, m1.y *= 0.9f, m1.z *= 0.9f, m1.w *= 0.9f;
+  v0.x *= 0.999f, v0.y *= 0.999f, v0.z *= 0.999f, v0.w *= 0.999f;
+  v1.x *= 0.999f, v1.y *= 0.999f, v1.z *= 0.999f, v1.w *= 0.999f;
+  __stcs(hi + i, h);
+  __stcs(lo + i, l);
+  __stcs(m + 2 * i, m0);
+  __stcs(m + 2 * i + 1, m1);
+  __stcs(v + 2 * i, v0);
+  __stcs(v + 2 * i + 1, v1);
+}
+
+// Two streams: a warp's 32 groups read as 7 coalesced vectors a lane (32 x 112 bytes) from `in`
+// and written as 6 (32 x 96 bytes) to `out`. `groups` is a multiple of 32.
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads)
+    two_stream_kernel(const uint4* __restrict__ in, uint4* __restrict__ out, int64_t groups) {
+  const int64_t first = int64_t(blockIdx.x) * kThreads + (threadIdx.x & ~31);
+  const int lane = threadIdx.x & 31;
+  if (first >= groups) return;
+  uint4 x[7];
+#pragma unroll
+  for (int u = 0; u < 7; ++u) x[u] = __ldcs(in + first * 7 + u * 32 + lane);
+#pragma unroll
+  for (int u = 0; u < 6; ++u) {
+    const uint4 y = {x[u].x ^ x[6].x, x[u].y ^ x[6].y, x[u].z ^ x[6].z, x[u].w ^ x[6].w};
+    __stcs(out + first * 6 + u * 32 + lane, y);
+  }
+}
+
 struct Variant {
   std::string name;
-  double bytes_per_vector;  // read + written
+  double bytes;  // read + written by one run
   std::function<void()> run;
 };
 
@@ -96,14 +146,42 @@ void add_unrolled(std::vector<Variant>& variants, const float4* in, float4* out,
                   int sms, cudaStream_t stream) {
   const std::string shape = std::to_string(kThreads) + " x" + std::to_string(kUnroll);
   const int64_t short_grid = blocks_for(vectors, int64_t{kThreads} * kUnroll);
-  variants.push_back({"short " + shape, 32, [=] {
+  const double bytes = 32.0 * vectors;
+  variants.push_back({"short " + shape, bytes, [=] {
                         unrolled_copy_kernel<kThreads, kUnroll>
                             <<<short_grid, kThreads, 0, stream>>>(in, out, vectors);
                       }});
   const int64_t walk_grid = int64_t{sms} * (2048 / kThreads);  // a full SM's threads
-  variants.push_back({"walk " + shape, 32, [=] {
+  variants.push_back({"walk " + shape, bytes, [=] {
                         unrolled_copy_kernel<kThreads, kUnroll>
                             <<<walk_grid, kThreads, 0, stream>>>(in, out, vectors);
+                      }});
+}
+
+// AdamW's 26 bytes an element, as nine streams carved out of `in` (14 bytes an element of
+// storage) and as two (14 bytes read from `in`, 12 written to `out`), with as many elements as
+// the copies' bytes allow.
+template <int kThreads>
+void add_streams(std::vector<Variant>& variants, float4* in, float4* out, int64_t bytes,
+                 cudaStream_t stream) {
+  const int64_t groups = bytes / (14 * 8) / 32 * 32;
+  const int64_t elements = groups * 8;
+  char* base = reinterpret_cast<char*>(in);
+  auto* hi = reinterpret_cast<uint4*>(base);
+  auto* lo = reinterpret_cast<uint4*>(base + 2 * elements);
+  auto* grad = reinterpret_cast<const uint4*>(base + 4 * elements);
+  auto* m = reinterpret_cast<float4*>(base + 6 * elements);
+  auto* v = reinterpret_cast<float4*>(base + 10 * elements);
+  const int64_t grid = blocks_for(groups, kThreads);
+  const std::string threads = std::to_string(kThreads);
+  variants.push_back({"9 streams " + threads, 26.0 * elements, [=] {
+                        nine_stream_kernel<kThreads>
+                            <<<grid, kThreads, 0, stream>>>(hi, lo, grad, m, v, groups);
+                      }});
+  variants.push_back({"2 streams " + threads, 26.0 * elements, [=] {
+                        two_stream_kernel<kThreads>
+                            <<<grid, kThreads, 0, stream>>>(reinterpret_cast<const uint4*>(in),
+                                                            reinterpret_cast<uint4*>(out), groups);
                       }});
 }
 
@@ -130,12 +208,13 @@ void run(const Options& options) {
 
   const int sms = prop.multiProcessorCount;
   std::vector<Variant> variants;
-  variants.push_back({"memcpy", 32, [=] {
+  const double copy_bytes = 2.0 * bytes;
+  variants.push_back({"memcpy", copy_bytes, [=] {
                         check_cuda(
                             cudaMemcpyAsync(out, in, bytes, cudaMemcpyDeviceToDevice, stream),
                             "cudaMemcpyAsync");
                       }});
-  variants.push_back({"chunk1024", 32, [=] {
+  variants.push_back({"chunk1024", copy_bytes, [=] {
                         chunk_copy_kernel<<<blocks_for(vectors, kChunkVectors), 1024, 0, stream>>>(
                             in, out, vectors);
                       }});
@@ -144,10 +223,12 @@ void run(const Options& options) {
   add_unrolled<512, 4>(variants, in, out, vectors, sms, stream);
   add_unrolled<1024, 1>(variants, in, out, vectors, sms, stream);
   add_unrolled<1024, 2>(variants, in, out, vectors, sms, stream);
+  add_streams<1024>(variants, in, out, bytes, stream);
+  add_streams<256>(variants, in, out, bytes, stream);
+  variants.push_back({"read", double(bytes),
+                      [=] { read_kernel<<<8 * sms, 512, 0, stream>>>(in, sums, vectors); }});
   variants.push_back(
-      {"read", 16, [=] { read_kernel<<<8 * sms, 512, 0, stream>>>(in, sums, vectors); }});
-  variants.push_back(
-      {"write", 16, [=] { write_kernel<<<8 * sms, 512, 0, stream>>>(out, vectors); }});
+      {"write", double(bytes), [=] { write_kernel<<<8 * sms, 512, 0, stream>>>(out, vectors); }});
 
   std::printf("copy_bench: %s, %d SMs, %d MiB each way, median of %d after %d\n", prop.name, sms,
               mib, iters, warmup);
@@ -172,8 +253,7 @@ void run(const Options& options) {
     }
   for (size_t v = 0; v < variants.size(); ++v) {
     std::printf("| %s |", variants[v].name.c_str());
-    for (double t : ms[v])
-      std::printf(" %.3f | %.3f |", t, variants[v].bytes_per_vector * vectors / (t * 1e-3) / 1e12);
+    for (double t : ms[v]) std::printf(" %.3f | %.3f |", t, variants[v].bytes / (t * 1e-3) / 1e12);
     std::printf("\n");
   }
   cudaFree(in);
