@@ -52,7 +52,8 @@ __device__ inline int swizzled(int row, int chunk) {
 }
 
 // Rows [row0, row0 + ROWS) of one head (row stride ld elements) into a tile; rows >= S are
-// zero. All NT threads of the block take part; the copies join the caller's cp.async group.
+// zero, so tails need no other care: a zero key scores 0 and a zero value adds 0. All NT
+// threads of the block take part; the copies join the caller's cp.async group.
 template <int ROWS, int DH, int NT>
 __device__ inline void load_tile(bf16* tile, const bf16* head, int64_t ld, int row0, int S) {
   constexpr int kChunks = DH / 8;
