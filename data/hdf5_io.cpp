@@ -654,6 +654,62 @@ std::vector<int64_t> dataset_shape(hid_t dataset) {
   return std::vector<int64_t>(dims.begin(), dims.end());
 }
 
+namespace {
+// The position of the Fletcher-32 filter in the dataset's pipeline, or -1.
+int fletcher32_position(hid_t dcpl) {
+  const int filters = H5Pget_nfilters(dcpl);
+  for (int i = 0; i < filters; ++i) {
+    unsigned flags = 0, config = 0;
+    size_t values = 0;
+    if (H5Pget_filter2(dcpl, static_cast<unsigned>(i), &flags, &values, nullptr, 0, nullptr,
+                       &config) == H5Z_FILTER_FLETCHER32)
+      return i;
+  }
+  return -1;
+}
+}  // namespace
+
+void check_chunk_sizes(hid_t dataset, int64_t row, int64_t rows) {
+  const char* what = "cannot inspect the dataset's chunks";
+  Handle dcpl = own(H5Dget_create_plist(dataset), H5Pclose, what);
+  if (H5Pget_layout(dcpl.get()) != H5D_CHUNKED || rows <= 0) return;
+  const int position = fletcher32_position(dcpl.get());
+  if (position < 0) return;
+  const std::vector<int64_t> shape = dataset_shape(dataset);
+  if (shape.empty()) return;
+  std::vector<hsize_t> chunk(shape.size());
+  if (H5Pget_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()) !=
+      static_cast<int>(chunk.size()))
+    check(-1, what);
+  for (hsize_t c : chunk)
+    if (c == 0) throw Hdf5Error("a chunk dimension of 0 (a damaged file)");
+  // Chunk origins: dimension 0 over the rows, every other dimension whole.
+  std::vector<hsize_t> first(shape.size(), 0), offset(shape.size());
+  std::vector<hsize_t> end(shape.begin(), shape.end());
+  first[0] = static_cast<hsize_t>(row) / chunk[0] * chunk[0];
+  end[0] = std::min<hsize_t>(end[0], static_cast<hsize_t>(row + rows));
+  offset = first;
+  while (offset[0] < end[0]) {
+    unsigned filter_mask = 0;
+    haddr_t address = HADDR_UNDEF;
+    hsize_t stored = 0;
+    check(H5Dget_chunk_info_by_coord(dataset, offset.data(), &filter_mask, &address, &stored),
+          what);
+    const bool checksummed = (filter_mask & (1u << position)) == 0;
+    if (address != HADDR_UNDEF && checksummed && stored < 4)
+      throw Hdf5Error("the chunk at row " + std::to_string(offset[0]) + " stores " +
+                      std::to_string(stored) +
+                      " bytes, fewer than its 4-byte Fletcher-32 checksum (a damaged file)");
+    // The next chunk origin, the last dimension fastest.
+    size_t d = shape.size();
+    while (d-- > 0) {
+      offset[d] += chunk[d];
+      if (d == 0 || offset[d] < end[d]) break;
+      offset[d] = first[d];
+    }
+  }
+}
+
 bool link_exists(hid_t file, const std::string& path) {
   // H5Lexists needs every intermediate link to exist, so test the prefixes in turn.
   size_t next = path.find('/', 1);

@@ -116,6 +116,14 @@ void check_number_type(hid_t type, const std::string& what);
 
 // ---- datasets ----------------------------------------------------------------------------------
 std::vector<int64_t> dataset_shape(hid_t dataset);
+
+// HDF5 1.10's Fletcher-32 filter takes its 4-byte checksum off a chunk's stored size without
+// checking that size: a damaged chunk index that gives a chunk fewer than 4 bytes made H5Dread
+// checksum gigabytes past its buffer (found by fuzz_checkpoint). Before rows [row, row + rows) of
+// dimension 0 are read, this looks up every chunk they touch (by coordinate, in the chunk index)
+// and throws Hdf5Error naming the first whose stored size is below the checksum. A dataset that is
+// not chunked, or has no Fletcher-32 filter, passes at once.
+void check_chunk_sizes(hid_t dataset, int64_t row, int64_t rows);
 bool link_exists(hid_t file, const std::string& path);  // every component of an absolute path
 
 // Every dataset below `group` ("/" for the file), depth first, in creation order where the

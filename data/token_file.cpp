@@ -67,6 +67,16 @@ void check_number_type(hid_t type, const std::string& name, const std::string& p
   }
 }
 
+// h5::check_chunk_sizes over elements [first, first + count) of dataset `name`, the same way.
+void check_chunk_sizes(hid_t dataset, hsize_t first, hsize_t count, const std::string& name,
+                       const std::string& path) {
+  try {
+    h5::check_chunk_sizes(dataset, static_cast<int64_t>(first), static_cast<int64_t>(count));
+  } catch (const h5::Hdf5Error& error) {
+    throw file_error(path, "dataset " + name + ": " + error.what());
+  }
+}
+
 // Opens dataset `name` and checks that it is a 1-D integer dataset; its length to *length.
 Handle open_token_dataset(hid_t file, const std::string& name, const std::string& path,
                           hsize_t* length) {
@@ -137,6 +147,7 @@ std::vector<int32_t> read_tokens(hid_t file, const std::string& name, int64_t vo
           path, "cannot select in dataset " + name);
     Handle memory_space(H5Screate_simple(1, &count, nullptr), H5Sclose);
     if (!memory_space.valid()) throw file_error(path, "cannot read dataset " + name);
+    check_chunk_sizes(dataset.get(), start, count, name, path);
     check(H5Dread(dataset.get(), H5T_NATIVE_INT64, memory_space.get(), file_space.get(),
                   H5P_DEFAULT, slice.data()),
           path, "cannot read dataset " + name);
@@ -181,6 +192,7 @@ std::vector<int64_t> read_document_starts(hid_t file, const std::string& name, i
     const hsize_t first = 0;
     check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, &first, nullptr, &count, nullptr),
           path, "cannot select in dataset " + name);
+    check_chunk_sizes(dataset.get(), first, count, name, path);
     check(H5Dread(dataset.get(), H5T_NATIVE_INT64, memory_space.get(), file_space.get(),
                   H5P_DEFAULT, starts.data()),
           path, "cannot read dataset " + name);
@@ -214,6 +226,7 @@ void read_tokenizer_model(hid_t file, TokenData& data, const std::string& path) 
                                " bytes, more than a tokenizer model's 1 GiB");
   check_stored_length(dataset.get(), length, name, "bytes", path);
   data.tokenizer_model.assign(length, '\0');
+  check_chunk_sizes(dataset.get(), 0, length, name, path);
   if (length > 0)
     check(H5Dread(dataset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT,
                   data.tokenizer_model.data()),
@@ -335,6 +348,7 @@ class TokensOnDisk final : public TokenSource {
       h5::QuietErrors quiet;
       Handle file_space(H5Dget_space(dataset_.get()), H5Sclose);
       const hsize_t first = start, length = count;
+      check_chunk_sizes(dataset_.get(), first, length, name_, path_);
       Handle memory_space(H5Screate_simple(1, &length, nullptr), H5Sclose);
       if (!file_space.valid() || !memory_space.valid() ||
           H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, &first, nullptr, &length,

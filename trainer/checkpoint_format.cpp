@@ -52,7 +52,14 @@ std::string shape_text(const std::vector<int64_t>& shape) { return shape_str(Sha
 struct Slab {
   Handle file_space, memory_space;
 };
-Slab select_rows(hid_t dataset, const std::vector<int64_t>& shape, int64_t row, int64_t count) {
+// Rows [row, row + count) of tensor `path`, their chunks checked first.
+Slab select_rows(hid_t dataset, const std::string& path, const std::vector<int64_t>& shape,
+                 int64_t row, int64_t count) {
+  try {
+    h5::check_chunk_sizes(dataset, row, count);
+  } catch (const h5::Hdf5Error& error) {
+    throw h5::Hdf5Error("cannot read " + path + ": " + error.what());
+  }
   Slab slab;
   slab.file_space = h5::own(H5Dget_space(dataset), H5Sclose, "cannot get dataspace");
   std::vector<hsize_t> start(shape.size(), 0), counts(shape.begin(), shape.end());
@@ -73,7 +80,7 @@ Slab select_rows(hid_t dataset, const std::vector<int64_t>& shape, int64_t row, 
 void read_rows(hid_t dataset, const std::string& path, const std::vector<int64_t>& shape,
                int64_t row, const Tensor& into, Backend& backend, std::vector<char>& staging) {
   staging.resize(into.nbytes());
-  Slab slab = select_rows(dataset, shape, row, into.ndim() ? into.dim(0) : 1);
+  Slab slab = select_rows(dataset, path, shape, row, into.ndim() ? into.dim(0) : 1);
   h5::check(H5Dread(dataset, memory_type(into.dtype()), slab.memory_space.get(), slab.file_space.get(),
                     H5P_DEFAULT, staging.data()),
             "cannot read " + path);
@@ -316,7 +323,7 @@ void scan_checkpoint_tensors(const std::string& path,
         for (int64_t row = 0; row < rows; row += block) {
           const int64_t count = std::min(rows, row + block) - row;
           values.resize(count * row_elements(info.shape));
-          Slab slab = select_rows(dataset.get(), info.shape, row, count);
+          Slab slab = select_rows(dataset.get(), info.path, info.shape, row, count);
           h5::check(H5Dread(dataset.get(), H5T_NATIVE_DOUBLE, slab.memory_space.get(),
                             slab.file_space.get(), H5P_DEFAULT, values.data()),
                     "cannot read " + info.path);

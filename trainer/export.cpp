@@ -75,6 +75,13 @@ std::vector<float> read_tensor(hid_t file, const HfTensor& tensor, const std::st
                                                  nullptr),
                                 H5Sclose, what);
   std::vector<float> values(static_cast<size_t>(shape_numel(tensor.shape)));
+  try {
+    const int64_t rows = tensor.shape.empty() ? 1 : tensor.shape[0];
+    h5::check_chunk_sizes(dataset.get(), std::max<int64_t>(tensor.expert, 0),
+                          tensor.expert >= 0 ? 1 : rows);
+  } catch (const h5::Hdf5Error& error) {
+    throw h5::Hdf5Error(what + ": " + error.what());
+  }
   h5::check(H5Dread(dataset.get(), H5T_NATIVE_FLOAT, memory_space.get(), file_space.get(),
                     H5P_DEFAULT, values.data()),
             what);
