@@ -684,11 +684,10 @@ void check_chunk_sizes(hid_t dataset, int64_t row, int64_t rows) {
   for (hsize_t c : chunk)
     if (c == 0) throw Hdf5Error("a chunk dimension of 0 (a damaged file)");
   // Chunk origins: dimension 0 over the rows, every other dimension whole.
-  std::vector<hsize_t> first(shape.size(), 0), offset(shape.size());
-  std::vector<hsize_t> end(shape.begin(), shape.end());
+  std::vector<hsize_t> first(shape.size(), 0), end(shape.begin(), shape.end());
   first[0] = static_cast<hsize_t>(row) / chunk[0] * chunk[0];
   end[0] = std::min<hsize_t>(end[0], static_cast<hsize_t>(row + rows));
-  offset = first;
+  std::vector<hsize_t> offset = first;
   while (offset[0] < end[0]) {
     unsigned filter_mask = 0;
     haddr_t address = HADDR_UNDEF;
