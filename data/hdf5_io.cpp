@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <set>
@@ -20,6 +21,14 @@ herr_t innermost_message(unsigned n, const H5E_error2_t* error, void* data) {
 }
 
 }  // namespace
+
+void quiet_library_exit() {
+  static const bool registered = [] {
+    H5open();  // registers HDF5's exit handler first, so that ours runs before it
+    return std::atexit([] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }) == 0;
+  }();
+  (void)registered;
+}
 
 std::string last_error() {
   // Upward: the most specific error (where it was detected) comes first.

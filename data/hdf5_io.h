@@ -17,11 +17,19 @@ struct Hdf5Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Keeps HDF5's exit handler from printing. A failed read of a damaged file's metadata leaves
+// pieces inside HDF5 1.10 that it cannot close; at exit it then prints "HDF5: infinite loop
+// closing library" and a line of its interfaces, unless error printing is off on the exiting
+// thread. Our one line has reported the failure by then. Registers, once, an exit handler that
+// turns printing off; atexit handlers run in reverse, and HDF5 registers its own on first use.
+void quiet_library_exit();
+
 // Silences HDF5's automatic error-stack printing while alive (the previous handler is restored),
-// so that a user sees only our one-line message.
+// so that a user sees only our one-line message; HDF5's exit handler stays quiet too.
 class QuietErrors {
  public:
   QuietErrors() {
+    quiet_library_exit();
     H5Eget_auto2(H5E_DEFAULT, &saved_func_, &saved_data_);
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
   }

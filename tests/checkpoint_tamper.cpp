@@ -4,6 +4,7 @@
 //   checkpoint_tamper FILE reshape PATH D0,D1..  replace a tensor by one of another shape
 //   checkpoint_tamper FILE set-version N         overwrite the format_version attribute
 //   checkpoint_tamper FILE corrupt PATH          flip bytes inside a tensor's first chunk
+//   checkpoint_tamper FILE corrupt-header PATH   flip a byte inside an object's header
 #include <cstdio>
 #include <sstream>
 #include <string>
@@ -12,7 +13,9 @@
 
 int main(int argc, char** argv) {
   if (argc != 4 && argc != 5) {
-    std::fprintf(stderr, "usage: checkpoint_tamper FILE delete|reshape|set-version|corrupt ARGS\n");
+    std::fprintf(stderr,
+                 "usage: checkpoint_tamper FILE delete|reshape|set-version|corrupt|corrupt-header "
+                 "ARGS\n");
     return 2;
   }
   const std::string file = argv[1], action = argv[2], arg = argv[3];
@@ -28,6 +31,8 @@ int main(int argc, char** argv) {
       sy::tamper::set_int_attribute(file, "format_version", std::stoll(arg));
     } else if (action == "corrupt") {
       sy::tamper::corrupt_tensor(file, arg);
+    } else if (action == "corrupt-header") {
+      sy::tamper::corrupt_header(file, arg);
     } else {
       std::fprintf(stderr, "checkpoint_tamper: unknown action %s\n", action.c_str());
       return 2;

@@ -125,4 +125,27 @@ inline void corrupt_tensor(const std::string& file, const std::string& path) {
   if (!stream) throw std::runtime_error("cannot corrupt " + file);
 }
 
+// Flips a byte inside the object header of PATH ("/" for the root group), directly in the file:
+// the header's checksum must catch it. HDF5 1.10 cannot close what such a failed read leaves
+// behind, so this is also the damage after which its exit handler would print.
+inline void corrupt_header(const std::string& file, const std::string& path) {
+#if H5_VERSION_GE(1, 12, 0)
+  H5O_info1_t info;
+#else
+  H5O_info_t info;
+#endif
+  const hid_t f = ok_id(H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), "open " + file);
+  ok(H5Oget_info_by_name2(f, path.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT), "info " + path);
+  H5Fclose(f);
+  std::fstream stream(file, std::ios::in | std::ios::out | std::ios::binary);
+  const auto at = static_cast<std::streamoff>(info.addr + 12);  // past the signature and version
+  char byte = 0;
+  stream.seekg(at);
+  stream.read(&byte, 1);
+  byte = static_cast<char>(~byte);
+  stream.seekp(at);
+  stream.write(&byte, 1);
+  if (!stream) throw std::runtime_error("cannot corrupt " + file);
+}
+
 }  // namespace sy::tamper

@@ -14,16 +14,17 @@ fail() {
 }
 
 # expect STATUS PATTERN COMMAND...: the exit status, and stderr with exactly one line matching
-# PATTERN, and no other error line.
+# PATTERN, and no other error line nor any line from HDF5 itself.
 expect() {
   local status=$1 pattern=$2
   shift 2
   timeout 120 "$@" >stdout.txt 2>stderr.txt
-  local got=$? matches errors
+  local got=$? matches errors hdf5
   matches=$(grep -c -F -- "$pattern" stderr.txt)
   errors=$(grep -c "error" stderr.txt)
-  if [ "$got" -ne "$status" ] || [ "$matches" -ne 1 ] || [ "$errors" -gt 1 ]; then
-    fail "$* -> status $got (want $status), $matches lines matching '$pattern', $errors error lines"
+  hdf5=$(hdf5_lines)
+  if [ "$got" -ne "$status" ] || [ "$matches" -ne 1 ] || [ "$errors" -gt 1 ] || [ "$hdf5" -gt 0 ]; then
+    fail "$* -> status $got (want $status), $matches lines matching '$pattern', $errors error lines, $hdf5 HDF5 lines"
   else
     echo "ok: $*"
     passed=$((passed + 1))
@@ -145,6 +146,10 @@ expect 1 "garbage.h5: not an HDF5 file" "$switchyard" train tiny.yaml --resume g
 expect 1 "nothing.h5: no such file" "$switchyard" train tiny.yaml --resume nothing.h5
 f=$(bad corrupt); "$tamper" $f corrupt /model/layers/0/attn/wq
 expect 1 "corrupt.h5: cannot read /model/layers/0/attn/wq: data error detected by Fletcher32 checksum" "$switchyard" train tiny.yaml --resume $f
+# A damaged object header: HDF5 cannot close what the failed read leaves, and must stay quiet.
+f=$(bad header); "$tamper" $f corrupt-header /model/layers
+expect 1 "header.h5: cannot look up /model/layers/0: incorrect metadata checksum" "$switchyard" train tiny.yaml --resume $f
+expect 1 "header.h5: cannot open /model/layers: incorrect metadata checksum" "$switchyard" inspect $f
 f=$(bad missing); "$tamper" $f delete /model/layers/1/moe/experts/w1
 expect 1 "missing.h5: missing tensor /model/layers/1/moe/experts/w1" "$switchyard" train tiny.yaml --resume $f
 check "train.log ends with why the run stopped" \

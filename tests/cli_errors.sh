@@ -7,7 +7,7 @@ failures=0
 checks=0
 
 # expect STATUS PATTERN COMMAND...: the exit status, and stderr with exactly one line matching
-# PATTERN (and no other error lines).
+# PATTERN (and no other error lines, nor any line from HDF5 itself).
 expect() {
   local status=$1 pattern=$2
   shift 2
@@ -18,8 +18,10 @@ expect() {
   matches=$(grep -c -- "$pattern" stderr.txt)
   local errors
   errors=$(grep -c "error" stderr.txt)
-  if [ "$got" -ne "$status" ] || [ "$matches" -ne 1 ] || [ "$errors" -gt 1 ]; then
-    echo "FAIL: $* -> status $got (want $status), $matches lines matching '$pattern', $errors error lines"
+  local hdf5
+  hdf5=$(hdf5_lines)
+  if [ "$got" -ne "$status" ] || [ "$matches" -ne 1 ] || [ "$errors" -gt 1 ] || [ "$hdf5" -gt 0 ]; then
+    echo "FAIL: $* -> status $got (want $status), $matches lines matching '$pattern', $errors error lines, $hdf5 HDF5 lines"
     sed 's/^/  | /' stderr.txt | head -20
     failures=$((failures + 1))
   else

@@ -20,6 +20,10 @@ fail() {
   failures=$((failures + 1))
 }
 
+# Lines HDF5 printed itself into stderr.txt (its error stack, or its exit handler's "HDF5:
+# infinite loop closing library"): none may reach a user, whose one line says what failed.
+hdf5_lines() { grep -c "^HDF5" stderr.txt; }
+
 # Steps of RUN_DIR/metrics.jsonl written so far.
 steps_logged() {
   local count
