@@ -287,11 +287,18 @@ constexpr uint64_t kMaxHeaderBytes = uint64_t{1} << 20;
 // The file behind `object`, opened again for raw reads, with what its addresses need.
 struct RawObject {
   explicit RawObject(hid_t object) : raw(file_path(object)) {
-    check(H5Oget_info2(object, &info, H5O_INFO_BASIC | H5O_INFO_HDR), "cannot inspect object header");
+    check(H5Oget_info2(object, &info, H5O_INFO_BASIC | H5O_INFO_HDR),
+          "cannot read the object header of " + object_name(object));
     Handle file = own(H5Iget_file_id(object), H5Fclose, "cannot inspect file");
     Handle plist = own(H5Fget_create_plist(file.get()), H5Pclose, "cannot inspect file");
     check(H5Pget_userblock(plist.get(), &base), "cannot inspect file");
     check(H5Pget_sizes(plist.get(), &address_bytes, &length_bytes), "cannot inspect file");
+  }
+  static std::string object_name(hid_t object) {
+    char name[256] = {};
+    const ssize_t length = H5Iget_name(object, name, sizeof(name));
+    if (length <= 0) return "an object";
+    return std::string(name) == "/" ? "the root group" : name;
   }
   static std::string file_path(hid_t object) {
     const ssize_t name_length = H5Fget_name(object, nullptr, 0);

@@ -150,6 +150,8 @@ expect 1 "corrupt.h5: cannot read /model/layers/0/attn/wq: data error detected b
 f=$(bad header); "$tamper" $f corrupt-header /model/layers
 expect 1 "header.h5: cannot look up /model/layers/0: incorrect metadata checksum" "$switchyard" train tiny.yaml --resume $f
 expect 1 "header.h5: cannot open /model/layers: incorrect metadata checksum" "$switchyard" inspect $f
+f=$(bad root); "$tamper" $f corrupt-header /
+expect 1 "root.h5: cannot read the object header of the root group: incorrect metadata checksum" "$switchyard" inspect $f
 f=$(bad missing); "$tamper" $f delete /model/layers/1/moe/experts/w1
 expect 1 "missing.h5: missing tensor /model/layers/1/moe/experts/w1" "$switchyard" train tiny.yaml --resume $f
 check "train.log ends with why the run stopped" \
