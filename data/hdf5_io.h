@@ -130,7 +130,9 @@ std::vector<int64_t> dataset_shape(hid_t dataset);
 // checksum gigabytes past its buffer (found by fuzz_checkpoint). Before rows [row, row + rows) of
 // dimension 0 are read, this looks up every chunk they touch (by coordinate, in the chunk index)
 // and throws Hdf5Error naming the first whose stored size is below the checksum. A dataset that is
-// not chunked, or has no Fletcher-32 filter, passes at once.
+// not chunked, or has no Fletcher-32 filter, passes at once. A check inside the filter would
+// cover every read at once, but HDF5 refuses to replace a predefined filter (H5Zregister with
+// H5Z_FILTER_FLETCHER32: "unable to modify predefined filters"), so each read site calls this.
 void check_chunk_sizes(hid_t dataset, int64_t row, int64_t rows);
 bool link_exists(hid_t file, const std::string& path);  // every component of an absolute path
 
