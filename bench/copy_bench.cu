@@ -13,8 +13,11 @@
 //   9 streams T     AdamW's traffic with trivial arithmetic: per 8 elements, hi, lo and grad
 //                   (bf16) and m, v (f32) read, and hi, lo, m, v written in place: 26 bytes an
 //                   element over nine streams, one group of 8 elements a thread, short blocks
+//   5 streams T     the nine's traffic with lo, m and v packed into one array in tiles of a
+//                   warp's 256 elements (2.5 KiB contiguous): hi, grad and that state, in place
 //   2 streams T     the same 26 bytes an element, read from one array and written to another
-// The last two ask whether the number of streams, not the bytes, holds the pass below memcpy.
+// The last three ask whether the number of streams, not the bytes, holds the pass below memcpy,
+// and whether packing the optimizer's state would recover it.
 #include <cuda_runtime.h>
 
 #include <CLI/CLI.hpp>
@@ -113,6 +116,38 @@ __global__ void __launch_bounds__(kThreads)
   __stcs(v + 2 * i + 1, v1);
 }
 
+// Five streams: hi and grad as in the nine; lo, m and v of a warp's 32 groups packed into one
+// 2560-byte tile of `state` (lo 512 bytes, m 1 KiB, v 1 KiB), so that a warp's state is one
+// contiguous span. `groups` is a multiple of 32.
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads)
+    five_stream_kernel(uint4* __restrict__ hi, const uint4* __restrict__ grad,
+                       uint4* __restrict__ state, int64_t groups) {
+  const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= groups) return;
+  uint4* tile = state + (i / 32) * 160;
+  const int lane = int(i % 32);
+  uint4* lo = tile + lane;
+  float4* m = reinterpret_cast<float4*>(tile + 32) + 2 * lane;
+  float4* v = reinterpret_cast<float4*>(tile + 96) + 2 * lane;
+  const uint4 g = __ldcs(grad + i);
+  uint4 h = __ldcs(hi + i), l = __ldcs(lo);
+  float4 m0 = __ldcs(m), m1 = __ldcs(m + 1);
+  float4 v0 = __ldcs(v), v1 = __ldcs(v + 1);
+  h.x ^= g.x, h.y ^= g.y, h.z ^= g.z, h.w ^= g.w;
+  l.x ^= g.w, l.y ^= g.z, l.z ^= g.y, l.w ^= g.x;
+  m0.x *= 0.9f, m0.y *= 0.9f, m0.z *= 0.9f, m0.w *= 0.9f;
+  m1.x *= 0.9f, m1.y *= 0.9f, m1.z *= 0.9f, m1.w *= 0.9f;
+  v0.x *= 0.999f, v0.y *= 0.999f, v0.z *= 0.999f, v0.w *= 0.999f;
+  v1.x *= 0.999f, v1.y *= 0.999f, v1.z *= 0.999f, v1.w *= 0.999f;
+  __stcs(hi + i, h);
+  __stcs(lo, l);
+  __stcs(m, m0);
+  __stcs(m + 1, m1);
+  __stcs(v, v0);
+  __stcs(v + 1, v1);
+}
+
 // Two streams: a warp's 32 groups read as 7 coalesced vectors a lane (32 x 112 bytes) from `in`
 // and written as 6 (32 x 96 bytes) to `out`. `groups` is a multiple of 32.
 template <int kThreads>
@@ -159,8 +194,8 @@ void add_unrolled(std::vector<Variant>& variants, const float4* in, float4* out,
 }
 
 // AdamW's 26 bytes an element, as nine streams carved out of `in` (14 bytes an element of
-// storage) and as two (14 bytes read from `in`, 12 written to `out`), with as many elements as
-// the copies' bytes allow.
+// storage), as five (the same storage, lo, m and v packed) and as two (14 bytes read from `in`,
+// 12 written to `out`), with as many elements as the copies' bytes allow.
 template <int kThreads>
 void add_streams(std::vector<Variant>& variants, float4* in, float4* out, int64_t bytes,
                  cudaStream_t stream) {
@@ -177,6 +212,11 @@ void add_streams(std::vector<Variant>& variants, float4* in, float4* out, int64_
   variants.push_back({"9 streams " + threads, 26.0 * elements, [=] {
                         nine_stream_kernel<kThreads>
                             <<<grid, kThreads, 0, stream>>>(hi, lo, grad, m, v, groups);
+                      }});
+  auto* state = reinterpret_cast<uint4*>(base + 4 * elements);
+  variants.push_back({"5 streams " + threads, 26.0 * elements, [=] {
+                        five_stream_kernel<kThreads>
+                            <<<grid, kThreads, 0, stream>>>(hi, grad, state, groups);
                       }});
   variants.push_back({"2 streams " + threads, 26.0 * elements, [=] {
                         two_stream_kernel<kThreads>
