@@ -713,8 +713,8 @@ void check_chunk_sizes(hid_t dataset, int64_t row, int64_t rows) {
     const bool checksummed = (filter_mask & (1u << position)) == 0;
     if (address != HADDR_UNDEF && checksummed && stored < 4)
       throw Hdf5Error("the chunk at row " + std::to_string(offset[0]) + " stores " +
-                      std::to_string(stored) +
-                      " bytes, fewer than its 4-byte Fletcher-32 checksum (a damaged file)");
+                      std::to_string(stored) + (stored == 1 ? " byte" : " bytes") +
+                      ", fewer than its 4-byte Fletcher-32 checksum (a damaged file)");
     // The next chunk origin, the last dimension fastest.
     size_t d = shape.size();
     while (d-- > 0) {

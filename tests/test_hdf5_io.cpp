@@ -388,7 +388,7 @@ TEST_F(Hdf5IoTest, AChunkShorterThanItsChecksumIsRefused) {
   EXPECT_NO_THROW(h5::check_chunk_sizes(damaged.get(), 0, 4));
   EXPECT_NO_THROW(h5::check_chunk_sizes(damaged.get(), 8, 4));
   expect_error([&] { h5::check_chunk_sizes(damaged.get(), 3, 2); },
-               {"the chunk at row 4 stores 1 bytes, fewer than its 4-byte Fletcher-32 checksum"});
+               {"the chunk at row 4 stores 1 byte, fewer than its 4-byte Fletcher-32 checksum"});
   expect_error([&] { h5::check_chunk_sizes(damaged.get(), 0, 12); }, {"the chunk at row 4"});
 }
 
