@@ -295,10 +295,12 @@ struct RawObject {
     check(H5Pget_sizes(plist.get(), &address_bytes, &length_bytes), "cannot inspect file");
   }
   static std::string object_name(hid_t object) {
-    char name[256] = {};
-    const ssize_t length = H5Iget_name(object, name, sizeof(name));
+    const ssize_t length = H5Iget_name(object, nullptr, 0);
     if (length <= 0) return "an object";
-    return std::string(name) == "/" ? "the root group" : name;
+    std::string name(static_cast<size_t>(length) + 1, '\0');
+    if (H5Iget_name(object, name.data(), name.size()) < 0) return "an object";
+    name.resize(static_cast<size_t>(length));
+    return name == "/" ? "the root group" : name;
   }
   static std::string file_path(hid_t object) {
     const ssize_t name_length = H5Fget_name(object, nullptr, 0);
