@@ -89,8 +89,20 @@ __global__ void write_kernel(float4* __restrict__ out, int64_t vectors) {
     __stcs(out + i, make_float4(0.f, 0.f, 0.f, 0.f));
 }
 
+// The streams kernels' stand-in for AdamW's arithmetic on one group of 8 elements. It keeps
+// zeros zero, so the buffers stay as the copies left them.
+__device__ __forceinline__ void touch_group(const uint4& g, uint4& h, uint4& l, float4& m0,
+                                            float4& m1, float4& v0, float4& v1) {
+  h.x ^= g.x, h.y ^= g.y, h.z ^= g.z, h.w ^= g.w;
+  l.x ^= g.w, l.y ^= g.z, l.z ^= g.y, l.w ^= g.x;
+  m0.x *= 0.9f, m0.y *= 0.9f, m0.z *= 0.9f, m0.w *= 0.9f;
+  m1.x *= 0.9f, m1.y *= 0.9f, m1.z *= 0.9f, m1.w *= 0.9f;
+  v0.x *= 0.999f, v0.y *= 0.999f, v0.z *= 0.999f, v0.w *= 0.999f;
+  v1.x *= 0.999f, v1.y *= 0.999f, v1.z *= 0.999f, v1.w *= 0.999f;
+}
+
 // Nine streams: group i is elements 8i .. 8i + 7 (a 16-byte vector of each bf16 array, two of
-// each f32 one). The arithmetic keeps zeros zero, so the buffers stay as the copies left them.
+// each f32 one).
 template <int kThreads>
 __global__ void __launch_bounds__(kThreads)
     nine_stream_kernel(uint4* __restrict__ hi, uint4* __restrict__ lo,
@@ -102,12 +114,7 @@ __global__ void __launch_bounds__(kThreads)
   uint4 h = __ldcs(hi + i), l = __ldcs(lo + i);
   float4 m0 = __ldcs(m + 2 * i), m1 = __ldcs(m + 2 * i + 1);
   float4 v0 = __ldcs(v + 2 * i), v1 = __ldcs(v + 2 * i + 1);
-  h.x ^= g.x, h.y ^= g.y, h.z ^= g.z, h.w ^= g.w;
-  l.x ^= g.w, l.y ^= g.z, l.z ^= g.y, l.w ^= g.x;
-  m0.x *= 0.9f, m0.y *= 0.9f, m0.z *= 0.9f, m0.w *= 0.9f;
-  m1.x *= 0.9f, m1.y *= 0.9f, m1.z *= 0.9f, m1.w *= 0.9f;
-  v0.x *= 0.999f, v0.y *= 0.999f, v0.z *= 0.999f, v0.w *= 0.999f;
-  v1.x *= 0.999f, v1.y *= 0.999f, v1.z *= 0.999f, v1.w *= 0.999f;
+  touch_group(g, h, l, m0, m1, v0, v1);
   __stcs(hi + i, h);
   __stcs(lo + i, l);
   __stcs(m + 2 * i, m0);
@@ -134,12 +141,7 @@ __global__ void __launch_bounds__(kThreads)
   uint4 h = __ldcs(hi + i), l = __ldcs(lo);
   float4 m0 = __ldcs(m), m1 = __ldcs(m + 1);
   float4 v0 = __ldcs(v), v1 = __ldcs(v + 1);
-  h.x ^= g.x, h.y ^= g.y, h.z ^= g.z, h.w ^= g.w;
-  l.x ^= g.w, l.y ^= g.z, l.z ^= g.y, l.w ^= g.x;
-  m0.x *= 0.9f, m0.y *= 0.9f, m0.z *= 0.9f, m0.w *= 0.9f;
-  m1.x *= 0.9f, m1.y *= 0.9f, m1.z *= 0.9f, m1.w *= 0.9f;
-  v0.x *= 0.999f, v0.y *= 0.999f, v0.z *= 0.999f, v0.w *= 0.999f;
-  v1.x *= 0.999f, v1.y *= 0.999f, v1.z *= 0.999f, v1.w *= 0.999f;
+  touch_group(g, h, l, m0, m1, v0, v1);
   __stcs(hi + i, h);
   __stcs(lo, l);
   __stcs(m, m0);
