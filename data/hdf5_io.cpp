@@ -48,6 +48,13 @@ Handle own(hid_t id, Handle::CloseFn close_fn, const std::string& what) {
   return Handle(id, close_fn);
 }
 
+Handle checksummed_metadata_access() {
+  const char* what = "cannot set up the file format";
+  Handle fapl = own(H5Pcreate(H5P_FILE_ACCESS), H5Pclose, what);
+  check(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_V18), what);
+  return fapl;
+}
+
 std::string library_version() {
   unsigned major = 0, minor = 0, release = 0;
   H5get_libversion(&major, &minor, &release);

@@ -37,6 +37,16 @@ void check(herr_t status, const std::string& path, const std::string& what) {
 
 // ---- reading ----
 
+// Dataset `name` opened, or one line saying why not: HDF5's reason when the object cannot be
+// opened (its header damaged: token files carry checksummed metadata), else that it is not a
+// dataset.
+Handle open_dataset(hid_t file, const std::string& name, const std::string& path) {
+  Handle object(H5Oopen(file, name.c_str(), H5P_DEFAULT), H5Oclose);
+  if (!object.valid()) throw file_error(path, "cannot open " + name + ": " + h5::last_error());
+  if (H5Iget_type(object.get()) != H5I_DATASET) throw file_error(path, name + " is not a dataset");
+  return object;
+}
+
 int64_t read_vocab_size(hid_t file, const std::string& path) {
   int64_t vocab_size = 0;
   try {
@@ -83,8 +93,7 @@ Handle open_token_dataset(hid_t file, const std::string& name, const std::string
   const htri_t exists = H5Lexists(file, name.c_str(), H5P_DEFAULT);
   if (exists < 0) throw file_error(path, "cannot query dataset " + name);
   if (exists == 0) throw file_error(path, "no dataset " + name);
-  Handle dataset(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
-  if (!dataset.valid()) throw file_error(path, name + " is not a dataset");
+  Handle dataset = open_dataset(file, name, path);
   Handle type(H5Dget_type(dataset.get()), H5Tclose);
   Handle file_space(H5Dget_space(dataset.get()), H5Sclose);
   if (!type.valid() || !file_space.valid())
@@ -207,8 +216,7 @@ void read_tokenizer_model(hid_t file, TokenData& data, const std::string& path) 
   const htri_t exists = H5Lexists(file, name.c_str(), H5P_DEFAULT);
   if (exists < 0) throw file_error(path, "cannot query dataset " + name);
   if (exists == 0) return;
-  Handle dataset(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
-  if (!dataset.valid()) throw file_error(path, name + " is not a dataset");
+  Handle dataset = open_dataset(file, name, path);
   Handle type(H5Dget_type(dataset.get()), H5Tclose);
   Handle space(H5Dget_space(dataset.get()), H5Sclose);
   if (!type.valid() || !space.valid()) throw file_error(path, "cannot inspect dataset " + name);
@@ -583,7 +591,8 @@ void write_whole_token_file(const std::string& path, const std::vector<int32_t>&
   if (!parent.empty() && !std::filesystem::create_directories(parent, error) && error)
     throw file_error(path, "cannot create folder " + parent.string() + ": " + error.message());
   try {
-    Handle file(H5Fcreate(temporary_path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT),
+    Handle file(H5Fcreate(temporary_path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT,
+                          h5::checksummed_metadata_access().get()),
                 H5Fclose);
     if (!file.valid()) throw file_error(temporary_path, "cannot create file");
     write_tokens(file.get(), "/train", train, file_type, temporary_path);
@@ -664,8 +673,7 @@ bool read_tokenizer(hid_t file, TokenData& tokenizer, const std::string& path) {
   if (H5Lexists(file, "/tokenizer_model", H5P_DEFAULT) > 0) {
     // The model's own vocab_size is the file's here (a checkpoint has no root vocab_size), so
     // read_tokenizer_model's comparison of the two holds by construction.
-    Handle dataset(H5Dopen2(file, "/tokenizer_model", H5P_DEFAULT), H5Dclose);
-    if (!dataset.valid()) throw file_error(path, "/tokenizer_model is not a dataset");
+    Handle dataset = open_dataset(file, "/tokenizer_model", path);
     try {
       tokenizer.vocab_size = h5::read_int_attribute(dataset.get(), "vocab_size");
     } catch (const h5::Hdf5Error& error) {
@@ -902,7 +910,8 @@ void TokenFileWriter::finish() {
   QuietHdf5Errors quiet;
   const std::string temporary_path = path_ + ".tmp";
   {
-    Handle file(H5Fcreate(temporary_path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT),
+    Handle file(H5Fcreate(temporary_path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT,
+                          h5::checksummed_metadata_access().get()),
                 H5Fclose);
     if (!file.valid()) throw file_error(temporary_path, "cannot create file");
     copy_spill(file.get(), "/train", *train_, vocab_size_, temporary_path);

@@ -153,6 +153,10 @@ expect 1 "header.h5: cannot look up /model/layers/0: incorrect metadata checksum
 expect 1 "header.h5: cannot open /model/layers: incorrect metadata checksum" "$switchyard" inspect $f
 f=$(bad root); "$tamper" $f corrupt-header /
 expect 1 "root.h5: cannot read the object header of the root group: incorrect metadata checksum" "$switchyard" inspect $f
+# Token files carry checksummed metadata too: a damaged dataset header is an error, not a file
+# read some other way.
+cp tokens.h5 damaged_tokens.h5 && "$tamper" damaged_tokens.h5 corrupt-header /train
+expect 1 "damaged_tokens.h5: cannot open /train: incorrect metadata checksum" "$switchyard" train tiny.yaml --set data.path=damaged_tokens.h5 --set run.dir=run_damaged
 # Every damaged file the fuzzers kept (bench/fuzz/README.md): one line, status 1. Half of them
 # left pieces that HDF5 could not close, and its exit handler printed below our line.
 for input in "$fuzz_inputs"/*/*/*; do

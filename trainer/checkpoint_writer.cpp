@@ -115,9 +115,7 @@ CheckpointFileWriter::CheckpointFileWriter(const fs::path& path) : path_(path) {
   Handle fcpl = h5::own(H5Pcreate(H5P_FILE_CREATE), H5Pclose, "cannot create the file");
   h5::check(H5Pset_link_creation_order(fcpl.get(), H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED),
             "cannot create the file");
-  // The 1.8 file format: checksummed metadata, and readable by any HDF5 >= 1.8 (h5py included).
-  Handle fapl = h5::own(H5Pcreate(H5P_FILE_ACCESS), H5Pclose, "cannot create the file");
-  h5::check(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_V18), "cannot create the file");
+  Handle fapl = h5::checksummed_metadata_access();
   const hid_t file = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.get(), fapl.get());
   if (file < 0) throw_write_error("cannot create the file");
   file_ = Handle(file, H5Fclose);
