@@ -421,9 +421,26 @@ TEST_F(Hdf5IoTest, TokenReaderRefusesAChunkShorterThanItsChecksum) {
 }
 
 // The token-file reader goes through the same check, with the file's name in front.
+// The file is laid out as h5py writes one by default (version 1 headers, no checksums): our own
+// writer's files carry checksummed headers, where HDF5 finds such damage first.
 TEST_F(Hdf5IoTest, TokenFileReaderNamesTheFileAndTheDamage) {
-  const std::string file_path = path("tokens.h5");
-  write_token_file(file_path, {1, 2, 3, 4}, {5, 6}, 256, "bytes");
+  const std::string file_path = write_attributes("tokens.h5", 0);
+  {
+    h5::Handle file =
+        h5::own(H5Fopen(file_path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), H5Fclose, "open");
+    for (const auto& [name, tokens] :
+         {std::pair<const char*, std::vector<int64_t>>{"/train", {1, 2, 3, 4}}, {"/val", {5, 6}}}) {
+      const hsize_t length = tokens.size();
+      h5::Handle space = h5::own(H5Screate_simple(1, &length, nullptr), H5Sclose, "space");
+      h5::Handle dataset = h5::own(H5Dcreate2(file.get(), name, H5T_STD_I64LE, space.get(),
+                                              H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                                   H5Dclose, name);
+      ASSERT_GE(
+          H5Dwrite(dataset.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, tokens.data()),
+          0);
+    }
+  }
+  ASSERT_EQ(read_token_file(file_path).train.size(), 4u) << "the intact file reads";
   std::vector<uint8_t> bytes = read_bytes(file_path);
   const size_t body = attribute_body(bytes, "vocab_size");
   bytes[body + 6] = 0x08;
