@@ -6,51 +6,6 @@ set -uo pipefail
 tamper=$(realpath "$2")
 fuzz_inputs=$(realpath "$(dirname "${BASH_SOURCE[0]}")/data/fuzz")
 source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh"
-failures=0
-passed=0
-fail() {
-  echo "FAIL: $*"
-  sed 's/^/  | /' stderr.txt | head -20
-  failures=$((failures + 1))
-}
-
-# expect STATUS PATTERN COMMAND...: the exit status, and stderr with exactly one line matching
-# PATTERN, and no other error line nor any line from HDF5 itself.
-expect() {
-  local status=$1 pattern=$2
-  shift 2
-  timeout 120 "$@" >stdout.txt 2>stderr.txt
-  local got=$? matches errors hdf5
-  matches=$(grep -c -F -- "$pattern" stderr.txt)
-  errors=$(grep -c "error" stderr.txt)
-  hdf5=$(hdf5_lines)
-  if [ "$got" -ne "$status" ] || [ "$matches" -ne 1 ] || [ "$errors" -gt 1 ] || [ "$hdf5" -gt 0 ]; then
-    fail "$* -> status $got (want $status), $matches lines matching '$pattern', $errors error lines, $hdf5 HDF5 lines"
-  else
-    echo "ok: $*"
-    passed=$((passed + 1))
-  fi
-}
-# expect_ok PATTERN COMMAND...: exit status 0, no error line, and PATTERN in stdout.
-expect_ok() {
-  local pattern=$1
-  shift
-  timeout 300 "$@" >stdout.txt 2>stderr.txt
-  local got=$?
-  if [ "$got" -ne 0 ] || grep -q "error" stderr.txt || ! grep -q -F -- "$pattern" stdout.txt; then
-    fail "$* -> status $got, '$pattern' in stdout: $(grep -c -F -- "$pattern" stdout.txt)"
-    sed 's/^/  > /' stdout.txt | tail -5
-  else
-    echo "ok: $*"
-    passed=$((passed + 1))
-  fi
-}
-check() {  # check DESCRIPTION COMMAND...: a plain assertion
-  local what=$1
-  shift
-  if "$@"; then echo "ok: $what"; passed=$((passed + 1)); else : >stderr.txt; fail "$what"; fi
-}
-mpi2=(mpirun -np 2 --oversubscribe --bind-to none)
 
 mkdir -p text && for i in $(seq 1 300); do echo "line $i: the experts route tokens, and tokens find experts." ; done > text/a.txt
 "$switchyard" prepare-data --input text --format text --output tokens.h5 >/dev/null || { echo "FAIL: prepare-data"; exit 1; }
@@ -177,6 +132,4 @@ expect 1 "keys that shape the model: model.d_model (checkpoint 16, config 32), m
   "$switchyard" train tiny.yaml --resume $good --set model.d_model=32 --set moe.num_experts=8
 expect 2 "--resume needs a value" "$switchyard" train tiny.yaml --resume
 
-total=$((passed + failures))
-echo "$passed passed, $failures failed (of $total)"
-[ "$failures" -eq 0 ]
+finish

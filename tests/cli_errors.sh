@@ -3,65 +3,23 @@
 # a non-zero exit, also under mpirun (reported once, no hang). Usage: cli_errors.sh SWITCHYARD
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh"
-failures=0
-checks=0
-
-# expect STATUS PATTERN COMMAND...: the exit status, and stderr with exactly one line matching
-# PATTERN (and no other error lines, nor any line from HDF5 itself).
-expect() {
-  local status=$1 pattern=$2
-  shift 2
-  checks=$((checks + 1))
-  timeout 120 "$@" >stdout.txt 2>stderr.txt
-  local got=$?
-  local matches
-  matches=$(grep -c -- "$pattern" stderr.txt)
-  local errors
-  errors=$(grep -c "error" stderr.txt)
-  local hdf5
-  hdf5=$(hdf5_lines)
-  if [ "$got" -ne "$status" ] || [ "$matches" -ne 1 ] || [ "$errors" -gt 1 ] || [ "$hdf5" -gt 0 ]; then
-    echo "FAIL: $* -> status $got (want $status), $matches lines matching '$pattern', $errors error lines, $hdf5 HDF5 lines"
-    sed 's/^/  | /' stderr.txt | head -20
-    failures=$((failures + 1))
-  else
-    echo "ok: $*"
-  fi
-}
-# expect_ok COMMAND...: exit status 0 and no error line.
-expect_ok() {
-  checks=$((checks + 1))
-  timeout 300 "$@" >stdout.txt 2>stderr.txt
-  local got=$?
-  if [ "$got" -ne 0 ] || grep -q "error" stderr.txt; then
-    echo "FAIL: $* -> status $got"
-    sed 's/^/  | /' stderr.txt | head -20
-    failures=$((failures + 1))
-  else
-    echo "ok: $*"
-  fi
-}
 # expect_help PATTERN... -- COMMAND...: exit status 0, nothing on stderr, and every PATTERN (a
 # fixed string) in stdout.
 expect_help() {
   local patterns=()
   while [ "$1" != "--" ]; do patterns+=("$1"); shift; done
   shift
-  checks=$((checks + 1))
   timeout 60 "$@" >stdout.txt 2>stderr.txt
   local got=$? missing=() pattern
   for pattern in "${patterns[@]}"; do
     grep -q -F -- "$pattern" stdout.txt || missing+=("$pattern")
   done
-  if [ "$got" -ne 0 ] || [ -s stderr.txt ] || ((${#missing[@]})); then
-    echo "FAIL: $* -> status $got (want 0), missing from stdout: ${missing[*]}"
-    sed 's/^/  | /' stderr.txt | head -20
-    failures=$((failures + 1))
+  if [ "$got" -eq 0 ] && [ ! -s stderr.txt ] && ((${#missing[@]} == 0)); then
+    ok "$*"
   else
-    echo "ok: $*"
+    fail "$* -> status $got (want 0), missing from stdout: ${missing[*]}"
   fi
 }
-mpi2=(mpirun -np 2 --oversubscribe --bind-to none)
 
 mkdir -p text && for i in $(seq 1 300); do echo "line $i: the experts route tokens, and tokens find experts." ; done > text/a.txt
 "$switchyard" prepare-data --input text --format text --output tokens.h5 >/dev/null || { echo "FAIL: prepare-data"; exit 1; }
@@ -83,9 +41,9 @@ expect 1 "missing.h5" "$switchyard" train tiny.yaml --set data.path=missing.h5
 expect 1 "no-such.yaml" "$switchyard" train no-such.yaml
 expect 2 "unknown command" "$switchyard" fly tiny.yaml
 expect 1 "validation" "$switchyard" eval tiny.yaml --batches 100000
-expect_ok "$switchyard" train tiny.yaml
+expect_ok "" "$switchyard" train tiny.yaml
 checkpoint=run/checkpoints/step_00000003.h5
-expect_ok "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt "line 1" --tokens 5
+expect_ok "" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt "line 1" --tokens 5
 expect 2 "generate: needs --prompt TEXT (or --prompt-ids IDS)" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint"
 expect 1 "temperature: must be a finite number" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --temperature -1
 expect 1 "missing.h5" "$switchyard" generate tiny.yaml --checkpoint missing.h5 --prompt x
@@ -93,7 +51,7 @@ expect 1 "missing.h5" "$switchyard" generate tiny.yaml --checkpoint missing.h5 -
 expect 1 "parallel.expert_parallel: 4 does not divide the number of ranks (2)" "${mpi2[@]}" "$switchyard" train tiny.yaml --set parallel.expert_parallel=4
 expect 1 "moe.num_experts" "${mpi2[@]}" "$switchyard" train tiny.yaml --set moe.num_experts=3 --set parallel.expert_parallel=2
 expect 1 "missing.h5" "${mpi2[@]}" "$switchyard" train tiny.yaml --set data.path=missing.h5 --set run.dir=run_mpi
-expect_ok "${mpi2[@]}" "$switchyard" train tiny.yaml --set parallel.expert_parallel=2 --set run.dir=run_mpi
+expect_ok "" "${mpi2[@]}" "$switchyard" train tiny.yaml --set parallel.expert_parallel=2 --set run.dir=run_mpi
 
 # ---- help and version: every command lists its options with their defaults --------------------
 commands=(prepare-data train eval generate inspect plot check-config)
@@ -129,5 +87,4 @@ expect 2 "--batches needs a value" "$switchyard" eval tiny.yaml --batches
 expect 2 "--format: html not in {brown,text,jsonl,sft,nanogpt,megatron}" "$switchyard" prepare-data --format html
 expect 2 "unknown option --bogus" "${mpi2[@]}" "$switchyard" train tiny.yaml --bogus
 
-echo "$((checks - failures)) passed, $failures failed"
-[ "$failures" -eq 0 ]
+finish

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced first by the CLI's end-to-end scripts (tests/cli_*.sh SWITCHYARD ...): sets
 # $switchyard to the binary's absolute path and moves into $work, a fresh folder removed on exit,
 # with the environment mpirun needs in a container (root) and one BLAS thread per rank. Resolve
@@ -23,6 +24,52 @@ fail() {
 # Lines HDF5 printed itself into stderr.txt (its error stack, or its exit handler's "HDF5:
 # infinite loop closing library"): none may reach a user, whose one line says what failed.
 hdf5_lines() { grep -c "^HDF5" stderr.txt; }
+
+# The error contract. expect STATUS PATTERN COMMAND...: the exit status, and stderr with exactly
+# one line holding PATTERN (a fixed string), no other line saying "error", and no line from HDF5
+# itself.
+expect() {
+  local status=$1 pattern=$2
+  shift 2
+  timeout 120 "$@" >stdout.txt 2>stderr.txt
+  local got=$? matches errors hdf5
+  matches=$(grep -c -F -- "$pattern" stderr.txt)
+  errors=$(grep -c "error" stderr.txt)
+  hdf5=$(hdf5_lines)
+  if [ "$got" -eq "$status" ] && [ "$matches" -eq 1 ] && [ "$errors" -le 1 ] && [ "$hdf5" -eq 0 ]
+  then
+    ok "$*"
+  else
+    fail "$* -> status $got (want $status), $matches lines holding '$pattern', $errors error" \
+      "lines, $hdf5 HDF5 lines"
+  fi
+}
+# expect_ok PATTERN COMMAND...: exit status 0, no line saying "error" on stderr, and PATTERN (a
+# fixed string; "" for any output) in stdout.
+expect_ok() {
+  local pattern=$1
+  shift
+  timeout 300 "$@" >stdout.txt 2>stderr.txt
+  local got=$?
+  if [ "$got" -eq 0 ] && ! grep -q "error" stderr.txt && grep -q -F -- "$pattern" stdout.txt; then
+    ok "$*"
+  else
+    fail "$* -> status $got, '$pattern' in stdout: $(grep -c -F -- "$pattern" stdout.txt)"
+  fi
+}
+# check DESCRIPTION COMMAND...: a plain assertion.
+check() {
+  local what=$1
+  shift
+  if "$@"; then ok "$what"; else : >stderr.txt; : >stdout.txt; fail "$what"; fi
+}
+# The summary line; the script's status.
+finish() {
+  echo "$passed passed, $failures failed (of $((passed + failures)))"
+  [ "$failures" -eq 0 ]
+}
+# shellcheck disable=SC2034  # used by the scripts that source this one
+mpi2=(mpirun -np 2 --oversubscribe --bind-to none)
 
 # Steps of RUN_DIR/metrics.jsonl written so far.
 steps_logged() {

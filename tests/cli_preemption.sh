@@ -8,8 +8,8 @@
 # refused. Usage: cli_preemption.sh SWITCHYARD
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh"
-# expect STATUS PATTERN COMMAND...: the exit status and PATTERN in stdout or stderr.
-expect() {
+# expect_exit STATUS PATTERN COMMAND...: the exit status and PATTERN in stdout or stderr.
+expect_exit() {
   local status=$1 pattern=$2
   shift 2
   timeout 120 "$@" >stdout.txt 2>stderr.txt
@@ -20,7 +20,6 @@ expect() {
     fail "$* -> status $got (want $status), '$pattern' found: $(cat stdout.txt stderr.txt | grep -c -F -- "$pattern")"
   fi
 }
-mpi2=(mpirun -np 2 --oversubscribe --bind-to none)
 
 # The "loss" field of step N in a metrics.jsonl.
 loss_at() { grep "^{\"step\": $2," "$1/metrics.jsonl" | sed -E 's/.*"loss": ([^,]+),.*/\1/'; }
@@ -60,9 +59,9 @@ tiny_run_files
 start_long usr1 "${mpi2[@]}" "$switchyard" train tiny.yaml || fail "the usr1 run did not start"
 stopped_with usr1 USR1 "$job"
 stop=$(sed -E 's/step_0*([0-9]+)\.h5/\1/' usr1/checkpoints/latest)
-expect 0 "resumed from usr1/checkpoints/step_" "${mpi2[@]}" "$switchyard" train tiny.yaml --resume auto \
+expect_exit 0 "resumed from usr1/checkpoints/step_" "${mpi2[@]}" "$switchyard" train tiny.yaml --resume auto \
   --set run.dir=usr1 --set train.steps=$((stop + 3))
-expect 0 "saved  step" "${mpi2[@]}" "$switchyard" train tiny.yaml --set run.dir=straight --set train.steps=$((stop + 3))
+expect_exit 0 "saved  step" "${mpi2[@]}" "$switchyard" train tiny.yaml --set run.dir=straight --set train.steps=$((stop + 3))
 same=1
 for step in $(seq 1 $((stop + 3))); do
   [ "$(loss_at usr1 "$step")" = "$(loss_at straight "$step")" ] && [ -n "$(loss_at straight "$step")" ] || same=0
@@ -76,25 +75,25 @@ stopped_with rank TERM "${rank_pid:-$job}"
 # ---- run directories --------------------------------------------------------------------------
 start_long locked "$switchyard" train tiny.yaml || fail "the locked run did not start"
 first=$job
-expect 1 "is in use by another job" "$switchyard" train tiny.yaml --resume auto --set run.dir=locked
+expect_exit 1 "is in use by another job" "$switchyard" train tiny.yaml --resume auto --set run.dir=locked
 job=$first
 stopped_with locked TERM "$first"  # the first job was untouched: it still stops and saves cleanly
-expect 1 "already holds a run" "$switchyard" train tiny.yaml --set run.dir=locked --set train.steps=2
-expect 2 "cannot be combined with --resume" "$switchyard" train tiny.yaml --resume auto --overwrite
-expect 0 "--overwrite: moved the old run to locked.old-" "$switchyard" train tiny.yaml --overwrite \
+expect_exit 1 "already holds a run" "$switchyard" train tiny.yaml --set run.dir=locked --set train.steps=2
+expect_exit 2 "cannot be combined with --resume" "$switchyard" train tiny.yaml --resume auto --overwrite
+expect_exit 0 "--overwrite: moved the old run to locked.old-" "$switchyard" train tiny.yaml --overwrite \
   --set run.dir=locked --set train.steps=2
 [ -f locked.old-*/checkpoints/latest ] && ok "the old run is kept aside" || fail "no locked.old-*"
 
 # ---- divergence and early checks --------------------------------------------------------------
-expect 3 "the weights are not finite after the update, so no checkpoint is written" \
+expect_exit 3 "the weights are not finite after the update, so no checkpoint is written" \
   "${mpi2[@]}" "$switchyard" train tiny.yaml --set run.dir=huge --set train.lr=1e300 \
   --set train.min_lr=1e300 --set train.steps=4 --set checkpoint.every=1
 [ ! -e huge/checkpoints/latest ] && ok "lr=1e300 left no checkpoint" || fail "lr=1e300 left $(cat huge/checkpoints/latest)"
 mkdir -p folder.yaml && : > empty.yaml
-expect 1 "folder.yaml: is a folder, not a config file" "$switchyard" train folder.yaml
-expect 1 "empty.yaml: is empty" "$switchyard" train empty.yaml
+expect_exit 1 "folder.yaml: is a folder, not a config file" "$switchyard" train folder.yaml
+expect_exit 1 "empty.yaml: is empty" "$switchyard" train empty.yaml
 : > blocker
-expect 1 "checkpoint.dir blocker/checkpoints: cannot create" "$switchyard" train tiny.yaml \
+expect_exit 1 "checkpoint.dir blocker/checkpoints: cannot create" "$switchyard" train tiny.yaml \
   --set run.dir=blocked --set checkpoint.dir=blocker/checkpoints --set train.steps=2
 
 echo "cli_preemption: $passed passed, $failures failed"
