@@ -24,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include "data/hdf5_io.h"
+
 namespace {
 
 void check(bool ok, const std::string& what) {
@@ -161,7 +163,9 @@ int main(int argc, char** argv) {
     check(!uniform || (uniform_vocab >= 1 && uniform_vocab <= 65536),
           "--uniform: VOCAB must be in [1, 65536]");
     const std::string temporary = output + ".tmp";
-    const hid_t file = H5Fcreate(temporary.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    // The format prepare-data writes: checksummed headers (docs/data.md).
+    const sy::h5::Handle access = sy::h5::checksummed_metadata_access();
+    const hid_t file = H5Fcreate(temporary.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, access.get());
     check(file >= 0, temporary + ": cannot create");
     if (!uniform) {
       SyntheticText text;
