@@ -326,9 +326,9 @@ TEST_F(CudaOptim, BlocksPerChunkGiveTheSameBits) {
     const char* parts;  // SY_ADAMW_PARTS, or null: unset
     const char* shape;  // SY_ADAMW_SHAPE, or null: unset
   };
-  const std::vector<Knobs> settings = {{"1", nullptr},      {"16", nullptr},    {nullptr, "wide2"},
-                                       {nullptr, "mid"},    {nullptr, "short"}, {"4", "short"},
-                                       {nullptr, "short4"}, {nullptr, "short8"}};
+  const std::vector<Knobs> settings = {{"1", nullptr},      {"16", nullptr},     {nullptr, "wide2"},
+                                       {nullptr, "mid"},    {nullptr, "short"},  {"4", "short"},
+                                       {nullptr, "short4"}, {nullptr, "short8"}, {nullptr, "auto"}};
   for (const bool split : {false, true}) {
     State plain = make_state(gpu(), split, true), each = make_state(gpu(), split, true);
     std::vector<State> set;  // one a setting
@@ -359,6 +359,31 @@ TEST_F(CudaOptim, BlocksPerChunkGiveTheSameBits) {
   }
   expect_knob_refused(gpu(), "SY_ADAMW_PARTS", "3");
   expect_knob_refused(gpu(), "SY_ADAMW_SHAPE", "narrow");
+}
+
+// Unless SY_ADAMW_SHAPE or SY_ADAMW_PARTS pins a shape, the first passes each run one candidate
+// shape, timed on the stream, and the fastest runs from then on; the profile report names it.
+// Whichever runs, each pass gives the bits of the pinned default shape.
+TEST_F(CudaOptim, TunedShapesGiveTheBitsOfThePinnedOne) {
+  cuda_profile_begin(gpu());
+  for (const bool split : {false, true}) {  // split: the tuner has chosen by then
+    State tuned = make_state(gpu(), split, true), pinned = make_state(gpu(), split, true);
+    for (int step = 1; step <= 6; ++step) {
+      write_grads(gpu(), tuned, step);
+      write_grads(gpu(), pinned, step);
+      const AdamWStep hp = hyper(step, step % 2 ? 1.0 : 0.37, step == 1);
+      gpu().fused_adamw_step(tuned.list(), tuned.m, tuned.v, hp);
+      setenv("SY_ADAMW_SHAPE", "wide", 1);
+      gpu().fused_adamw_step(pinned.list(), pinned.m, pinned.v, hp);
+      unsetenv("SY_ADAMW_SHAPE");
+      expect_equal(tuned, pinned,
+                   std::string(split ? "split" : "f32") + ", step " + std::to_string(step));
+    }
+  }
+  const std::string report = cuda_profile_report(gpu(), 0);
+  for (const char* shape :
+       {"fused_adamw_step shapes: wide:4", "wide:8", "mid:16", "short4:16", "(chosen, "})
+    EXPECT_NE(report.find(shape), std::string::npos) << shape << " not in\n" << report;
 }
 
 TEST_F(CudaOptim, CappedGridGivesTheSameBits) {

@@ -9,7 +9,12 @@
 // of the tensor's pointers allow it.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <iterator>
+#include <optional>
+#include <string>
 #include <string_view>
 
 #include "model/cuda/env_choice.h"
@@ -504,16 +509,139 @@ void grad_norm_squares(Context& ctx, const MultiTensorTable& table, double* out)
 }
 
 namespace {
-// SY_ADAMW_PARTS: the update's blocks a chunk, 1 to kMaxParts (a measurement knob; the bits are
-// the same). Unset: kDefaultParts.
-int update_parts(int default_parts) {
+// The update's launch shapes: threads x vectors a thread in flight, blocks an SM (0: as many as
+// the registers allow). Short blocks reached cudaMemcpy's rate in bench/copy_bench.cu, but 256 x 4
+// uncapped (144 registers, one block an SM) ran the pass 12.6% slower on an H100 (BENCHMARKS.md).
+// The capped ones hold 2048 vectors an SM in flight, and on an H100 every one of them ran slower
+// than wide too (+1.1% to +15.8%): occupancy is not the limit there.
+using UpdateLaunch = void (*)(Context&, unsigned, const TensorSlot*, const ChunkSlot*, int,
+                              const AdamPass&);
+struct Shape {
+  const char* name;  // as SY_ADAMW_SHAPE takes it
+  UpdateLaunch launch;
+  const void* kernel;
+};
+template <int kThreads, int kUnroll, int kMinBlocks>
+constexpr Shape shape(const char* name) {
+  return {name, launch_fused_adamw<kThreads, kUnroll, kMinBlocks>,
+          reinterpret_cast<const void*>(fused_adamw_kernel<kThreads, kUnroll, kMinBlocks>)};
+}
+const Shape kShapes[] = {
+    shape<kUpdateThreads, 1, 0>("wide"), shape<1024, 1, 2>("wide2"), shape<512, 2, 2>("mid"),
+    shape<256, 4, 2>("short"),           shape<256, 2, 4>("short4"), shape<256, 1, 8>("short8")};
+
+// A shape (its index in kShapes) and its blocks a chunk.
+struct UpdateShape {
+  int shape;
+  int parts;
+};
+// What the tuner tries, the default first. On an H100 wide:4 was the fastest, mid:16 and short4:16
+// 1.1% and 2.2% slower (twenty-ninth session). On an H200 the pass ran 11% below cudaMemcpy in
+// the wide shape; shorter blocks are what brought a copy to cudaMemcpy's rate on the H100.
+constexpr UpdateShape kCandidates[] = {
+    {0, kDefaultParts}, {0, 8}, {2, 16}, {4, 16}};  // wide:4, wide:8, mid:16, short4:16
+constexpr int kNumCandidates = static_cast<int>(std::size(kCandidates));
+
+std::string shape_label(UpdateShape u) {
+  return std::string(kShapes[u.shape].name) + ":" + std::to_string(u.parts);
+}
+
+// SY_ADAMW_SHAPE and SY_ADAMW_PARTS (measurement knobs; the bits are the same): the shape they
+// pin, or none when both are unset (or the shape is `auto`). `short*` default to 16 parts (4096
+// elements a block), the others to kDefaultParts.
+std::optional<UpdateShape> pinned_shape() {
+  const char* shape =
+      env_choice("SY_ADAMW_SHAPE", {"auto", "wide", "wide2", "mid", "short", "short4", "short8"});
   const char* parts = env_choice("SY_ADAMW_PARTS", {"1", "2", "4", "8", "16"});
   static_assert(kMaxParts == 16, "SY_ADAMW_PARTS's choices are the divisors of kMaxParts");
-  return parts ? std::atoi(parts) : default_parts;
+  const std::string_view chosen = shape ? shape : "auto";
+  if (chosen == "auto" && !parts) return std::nullopt;
+  UpdateShape u{0, kDefaultParts};
+  for (int i = 0; i < static_cast<int>(std::size(kShapes)); ++i)
+    if (chosen == kShapes[i].name) u.shape = i;
+  if (chosen.starts_with("short")) u.parts = 16;
+  if (parts) u.parts = std::atoi(parts);
+  return u;
+}
+
+void launch_update(Context& ctx, UpdateShape u, const TensorSlot* tensors, const ChunkSlot* chunks,
+                   int64_t num_chunks, const AdamPass& a) {
+  if (num_chunks * u.parts > int64_t{INT32_MAX})
+    fail(ctx, "fused_adamw_step", "too many chunks for one grid");
+  kShapes[u.shape].launch(ctx, static_cast<unsigned>(num_chunks * u.parts), tensors, chunks,
+                          u.parts, a);
+}
+
+// Loads the candidates' kernels now (CUDA loads a module's functions lazily, at their first
+// launch), so that no candidate's timed pass includes the host's loading.
+void load_candidates(Context& ctx) {
+  for (const UpdateShape& u : kCandidates) {
+    cudaFuncAttributes attributes{};
+    SY_CUDA(ctx, "fused_adamw_step", cudaFuncGetAttributes(&attributes, kShapes[u.shape].kernel));
+  }
 }
 }  // namespace
 
-void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWStep& hp) {
+UpdateShapeTuner::~UpdateShapeTuner() {
+  if (started_) cudaEventDestroy(started_);
+  if (finished_) cudaEventDestroy(finished_);
+}
+
+void UpdateShapeTuner::take_last_time(Context& ctx) {
+  if (timing_ < 0) return;
+  const cudaError_t done = cudaEventQuery(finished_);
+  if (done == cudaErrorNotReady) {  // nothing waited for that pass yet: it runs again
+    timing_ = -1;
+    return;
+  }
+  SY_CUDA(ctx, "fused_adamw_step", done);
+  float ms = 0;
+  SY_CUDA(ctx, "fused_adamw_step", cudaEventElapsedTime(&ms, started_, finished_));
+  ms_per_chunk_[timing_] = ms / static_cast<double>(timing_chunks_);
+  timing_ = -1;
+}
+
+int UpdateShapeTuner::start(Context& ctx, int64_t num_chunks) {
+  if (chosen_ >= 0) return chosen_;
+  if (ms_per_chunk_.empty()) {
+    ms_per_chunk_.assign(kNumCandidates, -1.0);
+    load_candidates(ctx);
+    SY_CUDA(ctx, "fused_adamw_step", cudaEventCreate(&started_));
+    SY_CUDA(ctx, "fused_adamw_step", cudaEventCreate(&finished_));
+  }
+  take_last_time(ctx);
+  const auto untimed =
+      std::find_if(ms_per_chunk_.begin(), ms_per_chunk_.end(), [](double ms) { return ms < 0; });
+  if (untimed == ms_per_chunk_.end()) {
+    chosen_ = static_cast<int>(std::min_element(ms_per_chunk_.begin(), ms_per_chunk_.end()) -
+                               ms_per_chunk_.begin());
+    return chosen_;
+  }
+  timing_ = static_cast<int>(untimed - ms_per_chunk_.begin());
+  timing_chunks_ = num_chunks;
+  SY_CUDA(ctx, "fused_adamw_step", cudaEventRecord(started_, ctx.stream));
+  return timing_;
+}
+
+void UpdateShapeTuner::finish(Context& ctx) {
+  if (timing_ >= 0) SY_CUDA(ctx, "fused_adamw_step", cudaEventRecord(finished_, ctx.stream));
+}
+
+std::string UpdateShapeTuner::summary() const {
+  if (chosen_ < 0) return "";
+  std::string out;
+  char us[32];
+  for (int c = 0; c < kNumCandidates; ++c) {
+    std::snprintf(us, sizeof us, "%.3f", 1e3 * ms_per_chunk_[c]);
+    out += (c ? ", " : "") + shape_label(kCandidates[c]) +
+           (c == chosen_ ? " (chosen, " + std::string(us) + " us a chunk)"
+                         : " (" + std::string(us) + ")");
+  }
+  return out;
+}
+
+void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWStep& hp,
+                      UpdateShapeTuner* tuner) {
   const int64_t n = table.num_chunks();
   if (n == 0) return;
   AdamPass a;
@@ -529,31 +657,16 @@ void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWSt
   // SY_ADAMW_BLOCKS=N caps the grid (a measurement knob: the pass beside other kernels on fewer
   // SMs, bench/overlap_bench); 0 or unset: `parts` blocks a chunk.
   const int64_t cap = env_whole_number("SY_ADAMW_BLOCKS", int64_t{1} << 30, "blocks").value_or(0);
-  const int64_t grid = cap > 0 ? std::min(cap, n) : n;
-  // SY_ADAMW_SHAPE (a measurement knob; the bits are the same): the update's blocks as threads x
-  // vectors a thread in flight, blocks an SM; `short*` default to 16 parts (4096 elements a
-  // block). Unset: wide, 1024 x 1, one block an SM. Short blocks reached cudaMemcpy's rate in
-  // bench/copy_bench.cu, but 256 x 4 uncapped (144 registers, one block an SM) ran the pass 12.6%
-  // slower on an H100 (BENCHMARKS.md). The others hold 2048 vectors an SM in flight, and every
-  // one of them ran slower than wide too (+1.1% to +15.8%, H100): occupancy is not the limit.
-  const char* shape =
-      env_choice("SY_ADAMW_SHAPE", {"wide", "wide2", "mid", "short", "short4", "short8"});
-  const std::string_view chosen = shape ? shape : "wide";
-  const int parts = update_parts(chosen.starts_with("short") ? 16 : kDefaultParts);
-  if (n * parts > int64_t{INT32_MAX}) fail(ctx, "fused_adamw_step", "too many chunks for one grid");
-  const auto blocks = static_cast<unsigned>(n * parts);
-  if (grid < n)
-    narrow_adamw_kernel<<<static_cast<unsigned>(grid), kNarrowThreads, 0, ctx.stream>>>(
+  const std::optional<UpdateShape> pinned = pinned_shape();
+  if (cap > 0 && cap < n) {
+    narrow_adamw_kernel<<<static_cast<unsigned>(cap), kNarrowThreads, 0, ctx.stream>>>(
         tensors, chunks, n, a);
-  else if (chosen == "wide2")
-    launch_fused_adamw<1024, 1, 2>(ctx, blocks, tensors, chunks, parts, a);
-  else if (chosen == "mid") launch_fused_adamw<512, 2, 2>(ctx, blocks, tensors, chunks, parts, a);
-  else if (chosen == "short") launch_fused_adamw<256, 4, 2>(ctx, blocks, tensors, chunks, parts, a);
-  else if (chosen == "short4")
-    launch_fused_adamw<256, 2, 4>(ctx, blocks, tensors, chunks, parts, a);
-  else if (chosen == "short8")
-    launch_fused_adamw<256, 1, 8>(ctx, blocks, tensors, chunks, parts, a);
-  else launch_fused_adamw<kUpdateThreads, 1, 0>(ctx, blocks, tensors, chunks, parts, a);
+  } else if (pinned || !tuner) {
+    launch_update(ctx, pinned.value_or(kCandidates[0]), tensors, chunks, n, a);
+  } else {
+    launch_update(ctx, kCandidates[tuner->start(ctx, n)], tensors, chunks, n, a);
+    tuner->finish(ctx);
+  }
   check_launch(ctx, "fused_adamw_step");
 }
 
@@ -611,9 +724,10 @@ bool grad_norm_squares(Context& ctx, MultiTensorTable& table, std::span<Param* c
   return true;
 }
 
-bool fused_adamw_step(Context& ctx, MultiTensorTable& table, std::span<Param* const> params,
-                      std::span<const Tensor> exp_avgs, std::span<const Tensor> exp_avg_sqs,
-                      const AdamWStep& hp, const OpCheck& check) {
+bool fused_adamw_step(Context& ctx, MultiTensorTable& table, UpdateShapeTuner& tuner,
+                      std::span<Param* const> params, std::span<const Tensor> exp_avgs,
+                      std::span<const Tensor> exp_avg_sqs, const AdamWStep& hp,
+                      const OpCheck& check) {
   if (exp_avgs.size() != params.size() || exp_avg_sqs.size() != params.size())
     check.fail(std::to_string(params.size()) + " params but " + std::to_string(exp_avgs.size()) +
                " exp_avg and " + std::to_string(exp_avg_sqs.size()) + " exp_avg_sq tensors");
@@ -665,7 +779,7 @@ bool fused_adamw_step(Context& ctx, MultiTensorTable& table, std::span<Param* co
     t.expert = p.is_expert;
   }
   table.assign(ctx, "fused_adamw_step", std::move(tensors));
-  fused_adamw_step(ctx, table, hp);
+  fused_adamw_step(ctx, table, hp, &tuner);
   return true;
 }
 

@@ -68,6 +68,8 @@ class CudaBackend final : public Backend {
     cudaStreamSynchronize(ctx_.stream);
     try {
       profile_.print(ctx_, name());
+      if (profile_.enabled() && !adamw_shapes_.summary().empty())
+        std::fprintf(stderr, "fused_adamw_step shapes: %s\n", adamw_shapes_.summary().c_str());
     } catch (const std::exception& e) {
       std::fprintf(stderr, "SY_CUDA_PROFILE: %s\n", e.what());
     }
@@ -105,7 +107,12 @@ class CudaBackend final : public Backend {
     };
     return std::make_unique<Region>(profile_, ctx_, op);
   }
-  std::string profile_report(int64_t steps) { return profile_.report(ctx_, name(), steps); }
+  std::string profile_report(int64_t steps) {
+    std::string report = profile_.report(ctx_, name(), steps);
+    const std::string shapes = adamw_shapes_.summary();
+    if (!report.empty() && !shapes.empty()) report += "fused_adamw_step shapes: " + shapes + "\n";
+    return report;
+  }
   void profile_step() override { profile_.count_step(); }
   void* native_stream() override { return ctx_.stream; }
   // Portable: locked for every context, so that the handle's unlock needs neither this backend
@@ -591,8 +598,8 @@ class CudaBackend final : public Backend {
   void fused_adamw_step(std::span<Param* const> params, std::span<const Tensor> exp_avgs,
                         std::span<const Tensor> exp_avg_sqs, const AdamWStep& hp) override {
     SY_PROFILE("fused_adamw_step");
-    if (!cuda::fused_adamw_step(ctx_, adamw_table_, params, exp_avgs, exp_avg_sqs, hp,
-                                OpCheck(*this, "fused_adamw_step")))
+    if (!cuda::fused_adamw_step(ctx_, adamw_table_, adamw_shapes_, params, exp_avgs, exp_avg_sqs,
+                                hp, OpCheck(*this, "fused_adamw_step")))
       Backend::fused_adamw_step(params, exp_avgs, exp_avg_sqs, hp);
   }
 
@@ -683,6 +690,7 @@ class CudaBackend final : public Backend {
   cuda::RopeTables rope_tables_;
   // The chunk tables of the fused optimizer pass, rebuilt only when the parameter list changes.
   cuda::MultiTensorTable norm_table_, adamw_table_;
+  cuda::UpdateShapeTuner adamw_shapes_;  // the update's launch shape on this GPU
   cuda::HostCopy plan_copy_;  // the router plan's counts, router_plan_start to finish
   int64_t plan_experts_ = 0;
 

@@ -7,6 +7,7 @@
 #include <string>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "model/backend.h"
 #include "model/cuda/common.cuh"
@@ -285,11 +286,42 @@ class MultiTensorTable {
   size_t chunks_offset_ = 0;
 };
 
+// The update's launch shape on this GPU. Every shape computes each element as the others do, so
+// the choice changes no bit, only the speed, and the fastest differs between cards (the H100 and
+// the H200 draw their memory bandwidth from different block shapes: model/cuda/NOTES-adamw.md).
+// Unless SY_ADAMW_SHAPE or SY_ADAMW_PARTS pins one, the first passes of a run each try one
+// candidate, timed by a pair of events read at the next pass (by then the step's norm read has
+// waited for it); from then on the fastest per chunk runs.
+class UpdateShapeTuner {
+ public:
+  UpdateShapeTuner() = default;
+  UpdateShapeTuner(const UpdateShapeTuner&) = delete;
+  UpdateShapeTuner& operator=(const UpdateShapeTuner&) = delete;
+  ~UpdateShapeTuner();
+
+  // The candidate for a pass over `num_chunks` chunks, after taking in the last pass's time;
+  // while tuning, the pass's start is recorded on the stream and finish() must follow its launch.
+  int start(Context& ctx, int64_t num_chunks);
+  void finish(Context& ctx);
+  // "wide:4 (chosen, T us a chunk), wide:8 (T), ...", or "" before every candidate has run.
+  std::string summary() const;
+
+ private:
+  void take_last_time(Context& ctx);
+  cudaEvent_t started_ = nullptr, finished_ = nullptr;
+  int timing_ = -1;  // the candidate the events time, -1: none
+  int64_t timing_chunks_ = 0;
+  std::vector<double> ms_per_chunk_;  // per candidate; negative until timed
+  int chosen_ = -1;
+};
+
 // out[0], out[1] (device doubles) = sum of grad^2 (or of the partials) over the non-expert, the
 // expert tensors.
 void grad_norm_squares(Context& ctx, const MultiTensorTable& table, double* out);
-// Backend::fused_adamw_step over the table's tensors (weight decay where MultiTensor::decay).
-void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWStep& hp);
+// Backend::fused_adamw_step over the table's tensors (weight decay where MultiTensor::decay),
+// in the shape SY_ADAMW_SHAPE / SY_ADAMW_PARTS pin, else the tuner's (null: the default shape).
+void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWStep& hp,
+                      UpdateShapeTuner* tuner = nullptr);
 
 // The backend's Backend::grad_norm_squares and fused_adamw_step: the parameters' table (uploaded
 // again only when the list changed), checked by `check` for what the pass needs, and one pass.
@@ -297,8 +329,9 @@ void fused_adamw_step(Context& ctx, const MultiTensorTable& table, const AdamWSt
 // then runs the per-tensor path. grad_norm_squares waits for its two sums (a host sync).
 bool grad_norm_squares(Context& ctx, MultiTensorTable& table, std::span<Param* const> params,
                        const OpCheck& check, double& shared, double& expert);
-bool fused_adamw_step(Context& ctx, MultiTensorTable& table, std::span<Param* const> params,
-                      std::span<const Tensor> exp_avgs, std::span<const Tensor> exp_avg_sqs,
-                      const AdamWStep& hp, const OpCheck& check);
+bool fused_adamw_step(Context& ctx, MultiTensorTable& table, UpdateShapeTuner& tuner,
+                      std::span<Param* const> params, std::span<const Tensor> exp_avgs,
+                      std::span<const Tensor> exp_avg_sqs, const AdamWStep& hp,
+                      const OpCheck& check);
 
 }  // namespace sy::cuda
