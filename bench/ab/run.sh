@@ -17,7 +17,8 @@
 #   AB_SET="k=v ..."       --set overrides for both sides (e.g. run.backend=cpu for a CPU run)
 #   AB_BASE_SET, AB_NEW_SET="k=v ..."     --set overrides of one side, after AB_SET's (a config
 #                          key against another: AB_REF=. AB_BASE_SET=run.weight_grads=fp32)
-#   AB_ROUNDS=2 AB_STEPS=10 AB_WARMUP=3   rounds of base-then-new; timed and untimed steps a run
+#   AB_ROUNDS=2 AB_STEPS=10 AB_WARMUP=5   rounds of base-then-new; timed and untimed steps a run
+#                          (5: the fused AdamW pass tunes its shape in the first five steps)
 #   AB_CMAKE="-DSY_CUDA=ON"               configure arguments of both builds
 #   AB_BUILD=build-gpu     the working tree's build folder (configured when new); the baseline
 #                          builds in OUTDIR/base-build
@@ -115,8 +116,8 @@ for name in ${AB_CONFIGS:-moe dense}; do
   for round in $(seq 1 "${AB_ROUNDS:-2}"); do
     for side in base new; do
       # The JSON line goes to the log with a prefix the report reads back: side and round.
-      bench_run="$(side_binary "$side" sy_bench_train) '$config'$(side_sets "$side") --steps $((${AB_STEPS:-10} + ${AB_WARMUP:-3}))"
-      bench_run+=" --warmup ${AB_WARMUP:-3}"
+      bench_run="$(side_binary "$side" sy_bench_train) '$config'$(side_sets "$side") --steps $((${AB_STEPS:-10} + ${AB_WARMUP:-5}))"
+      bench_run+=" --warmup ${AB_WARMUP:-5}"
       sy_step -l "$(label "$config")" "$side $(label "$config") round $round" bash -c \
         "set -o pipefail; $bench_run | sed 's/^{\"config\"/AB $side $round {\"config\"/'"
     done
