@@ -605,10 +605,10 @@ void UpdateShapeTuner::take_last_time(Context& ctx) {
 int UpdateShapeTuner::start(Context& ctx, int64_t num_chunks) {
   if (chosen_ >= 0) return chosen_;
   if (ms_per_chunk_.empty()) {
-    ms_per_chunk_.assign(kNumCandidates, -1.0);
     load_candidates(ctx);
-    SY_CUDA(ctx, "fused_adamw_step", cudaEventCreate(&started_));
-    SY_CUDA(ctx, "fused_adamw_step", cudaEventCreate(&finished_));
+    if (!started_) SY_CUDA(ctx, "fused_adamw_step", cudaEventCreate(&started_));
+    if (!finished_) SY_CUDA(ctx, "fused_adamw_step", cudaEventCreate(&finished_));
+    ms_per_chunk_.assign(kNumCandidates, -1.0);
   }
   take_last_time(ctx);
   const auto untimed =
