@@ -14,6 +14,9 @@
 // leave more SMs to the GEMMs; a capped pass runs blocks of 1024 threads, one an SM): ms alone,
 // together and layered, the share of the shorter of the two that running together hid, and
 // what the layered run saves against the best serial pair (the forward, then the fastest pass).
+// The uncapped pass tunes its launch shape in its first passes (docs/cuda.md), some of which
+// would fall in the timed rounds here: SY_ADAMW_SHAPE=wide pins the shape that BENCHMARKS.md's
+// table ran.
 #include <cuda_runtime.h>
 
 #include <algorithm>
