@@ -169,9 +169,10 @@ part_trace() {
   for config in "${configs[@]}"; do
     sy_step "run_$config" env CUDA_INJECTION64_PATH="$PWD/$build/libsy_kernel_trace.so" \
       SY_KERNEL_TRACE="$sy_out/$config.csv" "$build/sy_bench_train" "configs/bench/$config.yaml" \
-      --steps 10 --warmup 3
+      --steps 12 --warmup 5
+    # Five steps skipped: their optimizer passes each try one launch shape (docs/cuda.md).
     sy_step -o "$sy_out/$config.txt" "gaps_$config" python3 bench/kernel_trace/gaps.py \
-      "$sy_out/$config.csv" --skip 4
+      "$sy_out/$config.csv" --skip 5
     sy_dry || head -n 30 "$sy_out/$config.txt"
   done
 }
@@ -378,7 +379,8 @@ if line:
     ms, gib = s["step_ms"], s["peak_memory_bytes"] / 2**30
     print(f"{ms:.1f}|{gib:.2f}|{losses}")'
   local t cfg mode log rc reference losses ms gib row rows=()
-  local steps=${SY_MEMORY_STEPS:-6} warmup=${SY_MEMORY_WARMUP:-2}
+  # Five warm-up steps: their optimizer passes each try one launch shape (docs/cuda.md).
+  local steps=${SY_MEMORY_STEPS:-9} warmup=${SY_MEMORY_WARMUP:-5}
   local modes=${SY_MEMORY_MODES:-none norms attention layer}
   for t in test_recompute test_cuda_recompute test_cuda_model; do sy_once -t 300 "$t" "$build/tests/$t"; done
   for cfg in ${SY_MEMORY_CONFIGS:-moe dense}; do
