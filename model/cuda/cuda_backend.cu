@@ -68,8 +68,9 @@ class CudaBackend final : public Backend {
     cudaStreamSynchronize(ctx_.stream);
     try {
       profile_.print(ctx_, name());
-      if (profile_.enabled() && !adamw_shapes_.summary().empty())
-        std::fprintf(stderr, "fused_adamw_step shapes: %s\n", adamw_shapes_.summary().c_str());
+      const std::string shapes = adamw_shapes_.summary();
+      if (profile_.enabled() && !shapes.empty())
+        std::fprintf(stderr, "fused_adamw_step shapes: %s\n", shapes.c_str());
     } catch (const std::exception& e) {
       std::fprintf(stderr, "SY_CUDA_PROFILE: %s\n", e.what());
     }
