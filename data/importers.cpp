@@ -9,6 +9,8 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "data/compressed_input.h"
+
 namespace sy {
 namespace {
 
@@ -272,10 +274,9 @@ int64_t for_each_jsonl_object(const std::vector<std::string>& files,
   int64_t documents = 0;
   for (const std::string& path : files) {
     regular_file_size(path);  // names a missing file or a folder
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw file_error(path, "cannot open for reading");
+    InputFile in(path);
     std::string line;
-    for (int64_t line_number = 1; std::getline(in, line); line_number++) {
+    for (int64_t line_number = 1; in.read_line(line); line_number++) {
       const std::string where = "line " + std::to_string(line_number) + ": ";
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       nlohmann::json object;
@@ -290,7 +291,6 @@ int64_t for_each_jsonl_object(const std::vector<std::string>& files,
       visit(object, path, where);
       documents++;
     }
-    if (in.bad()) throw file_error(path, "read failed");
   }
   if (documents == 0) throw std::runtime_error(join(files) + ": no documents");
   return documents;

@@ -5,11 +5,11 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <sstream>
 #include <stdexcept>
 #include <string_view>
 #include <system_error>
 
+#include "data/compressed_input.h"
 #include "data/hf_tokenizer.h"
 #include "data/importers.h"
 #include "data/token_file.h"
@@ -56,22 +56,18 @@ bool is_brown_file_name(const std::string& name) {
 // every line on its own, so line by line gives the same text as the whole file).
 void for_each_text_block(const fs::path& file, const std::string& format,
                          const std::function<void(std::string_view)>& visit) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw std::runtime_error(file.string() + ": cannot open for reading");
+  InputFile in(file.string());
   if (format == "brown") {
     std::string line;
-    while (std::getline(in, line)) {
+    while (in.read_line(line)) {
       const std::string text = brown_file_to_text(line);
       if (!text.empty()) visit(text);
     }
   } else {
     std::vector<char> block(size_t{1} << 20);
-    while (in) {
-      in.read(block.data(), static_cast<std::streamsize>(block.size()));
-      if (in.gcount() > 0) visit(std::string_view(block.data(), static_cast<size_t>(in.gcount())));
-    }
+    while (const size_t size = in.read(block.data(), block.size()))
+      visit(std::string_view(block.data(), size));
   }
-  if (in.bad()) throw std::runtime_error(file.string() + ": read failed");
 }
 
 // Text to tokens to a TokenFileWriter in bounded memory. Each document's text (in each split) is
@@ -230,16 +226,11 @@ int64_t write_corpus_text(const std::string& input, const std::string& format,
   std::ofstream out(output, std::ios::binary | std::ios::trunc);
   if (!out) throw std::runtime_error(output + ": cannot open for writing");
   int64_t bytes = 0;
-  for (const fs::path& file : list_input_files(input, format)) {
-    std::ifstream in(file, std::ios::binary);
-    if (!in) throw std::runtime_error(file.string() + ": cannot open for reading");
-    std::ostringstream raw;
-    raw << in.rdbuf();
-    if (in.bad()) throw std::runtime_error(file.string() + ": read failed");
-    const std::string text = format == "brown" ? brown_file_to_text(raw.str()) : raw.str();
-    out << text;
-    bytes += static_cast<int64_t>(text.size());
-  }
+  for (const fs::path& file : list_input_files(input, format))
+    for_each_text_block(file, format, [&](std::string_view text) {
+      out << text;
+      bytes += static_cast<int64_t>(text.size());
+    });
   out.flush();
   if (!out) throw std::runtime_error(output + ": write failed");
   return bytes;

@@ -10,6 +10,7 @@
 #include <system_error>
 #include <unordered_map>
 
+#include "data/compressed_input.h"
 #include "data/hf_tokenizer.h"
 #include "data/prepare.h"
 #include "data/token_file.h"
@@ -96,37 +97,36 @@ int64_t train_sentencepiece(const SentencePieceTrainOptions& options) {
     throw std::runtime_error("tokenizer train: --vocab-size " +
                              std::to_string(options.vocab_size) + " is below 2");
   if (options.output.empty()) throw std::runtime_error("tokenizer train: no --output");
-  if (options.format == "brown") {
-    // SentencePiece learns from the words, not the tags: the detagged text, in a temporary file
-    // beside the output, removed whatever happens.
-    if (options.inputs.size() != 1)
-      throw std::runtime_error("tokenizer train: --format brown reads one folder or file");
-    const std::string text_path = options.output + ".text.tmp";
-    struct Remove {
-      std::string path;
-      ~Remove() {
-        std::error_code ignored;
-        fs::remove(path, ignored);
-      }
-    } remove{text_path};
-    write_corpus_text(options.inputs.front(), "brown", text_path);
-    SentencePieceTrainOptions from_text = options;
-    from_text.format = "text";
-    from_text.inputs = {text_path};
-    return train_sentencepiece(from_text);
-  }
-  if (options.format != "text")
+  if (options.format != "text" && options.format != "brown")
     throw std::runtime_error("tokenizer train: --format '" + options.format +
                              "' (known: text, brown)");
+  if (options.format == "brown" && options.inputs.size() != 1)
+    throw std::runtime_error("tokenizer train: --format brown reads one folder or file");
+  // SentencePiece reads plain text files, and learns from the Brown corpus's words, not its
+  // tags: the detagged corpus and each compressed input go to a text file beside the output,
+  // removed whatever happens.
+  struct RemoveAll {
+    std::vector<std::string> paths;
+    ~RemoveAll() {
+      std::error_code ignored;
+      for (const std::string& path : paths) fs::remove(path, ignored);
+    }
+  } temporary;
   std::string inputs;
   for (const std::string& input : options.inputs) {
     std::error_code error;
-    if (!fs::is_regular_file(input, error))
+    if (options.format == "text" && !fs::is_regular_file(input, error))
       throw std::runtime_error(input + ": no such file (tokenizer train reads text files)");
+    std::string path = input;
+    if (options.format == "brown" || !InputFile(input).compression().empty()) {
+      path = options.output + ".text" + std::to_string(temporary.paths.size()) + ".tmp";
+      temporary.paths.push_back(path);
+      write_corpus_text(input, options.format, path);
+    }
     // SentencePiece splits its input list on commas.
-    if (input.find(',') != std::string::npos)
-      throw std::runtime_error(input + ": SentencePiece cannot read a path with a comma");
-    inputs += (inputs.empty() ? "" : ",") + input;
+    if (path.find(',') != std::string::npos)
+      throw std::runtime_error(path + ": SentencePiece cannot read a path with a comma");
+    inputs += (inputs.empty() ? "" : ",") + path;
   }
   // Identity normalisation, whitespace kept and byte fallback make encoding lossless, which a
   // language model's text needs (the defaults are for translation and drop whitespace).

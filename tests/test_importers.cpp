@@ -10,11 +10,13 @@
 #include <fstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "data/importers.h"
 #include "data/prepare.h"
 #include "data/token_file.h"
+#include "tests/compressed_files.h"
 #include "tests/temp_folder.h"
 
 namespace sy {
@@ -167,6 +169,102 @@ TEST_F(ImportTest, JsonlBadInputs) {
 }
 
 // ---- nanoGPT ----
+
+// ---- Compressed inputs (data/compressed_input.*) ----
+
+// Several MiB of JSON lines, so that lines straddle the reader's 1 MiB blocks.
+std::string many_jsonl_documents() {
+  std::string lines;
+  for (int d = 0; lines.size() < (size_t{3} << 20); d++) {
+    lines += "{\"id\": " + std::to_string(d) + ", \"text\": \"document " + std::to_string(d);
+    for (int w = 0; w < d % 97; w++) lines += " w" + std::to_string(w * d % 1009);
+    lines += "\"}\n";
+  }
+  return lines;
+}
+
+// Two members or frames, cut inside a line: one stream to the reader.
+template <class Pack>
+std::string packed_in_two(const std::string& text, Pack pack) {
+  const size_t cut = text.size() / 3 + 7;
+  return pack(text.substr(0, cut)) + pack(text.substr(cut));
+}
+
+TEST_F(ImportTest, CompressedJsonlAndTextReadAsPlain) {
+  const std::string jsonl = many_jsonl_documents();
+  write_file("plain.jsonl", jsonl);
+  const TokenData plain = [&] {
+    prepare_data(options("jsonl", {path("plain.jsonl")}));
+    return read_token_file(path("out.h5"));
+  }();
+  std::vector<std::string> compressed;
+#ifdef SY_HAVE_ZLIB
+  write_file("docs.jsonl.gz", packed_in_two(jsonl, test::gzip_member));
+  write_file("text.txt.gz", packed_in_two(jsonl, test::gzip_member));
+  compressed.push_back("gz");
+#endif
+#ifdef SY_HAVE_ZSTD
+  write_file("docs.jsonl.zst", packed_in_two(jsonl, test::zstd_frame));
+  write_file("text.txt.zst", packed_in_two(jsonl, test::zstd_frame));
+  compressed.push_back("zst");
+#endif
+  if (compressed.empty()) GTEST_SKIP() << "built without zlib and libzstd";
+  for (const std::string& suffix : compressed) {
+    SCOPED_TRACE(suffix);
+    const PrepareStats stats = prepare_data(options("jsonl", {path("docs.jsonl." + suffix)}));
+    const TokenData data = read_token_file(path("out.h5"));
+    EXPECT_EQ(data.train, plain.train);
+    EXPECT_EQ(data.val, plain.val);
+    EXPECT_EQ(data.train_doc_starts, plain.train_doc_starts);
+    EXPECT_EQ(data.val_doc_starts, plain.val_doc_starts);
+    EXPECT_GT(stats.documents, 10000);
+    // --format text splits the decompressed bytes.
+    fs::remove(path("out.h5"));
+    prepare_data(options("text", {path("plain.jsonl")}));
+    const TokenData text_plain = read_token_file(path("out.h5"));
+    fs::remove(path("out.h5"));
+    prepare_data(options("text", {path("text.txt." + suffix)}));
+    const TokenData text = read_token_file(path("out.h5"));
+    EXPECT_EQ(text.train, text_plain.train);
+    EXPECT_EQ(text.val, text_plain.val);
+    fs::remove(path("out.h5"));
+  }
+}
+
+TEST_F(ImportTest, CompressedBadInputs) {
+  const std::string jsonl = "{\"text\": \"one\"}\n{\"text\": \"two\"}\n{\"text\": \"three\"}\n";
+  std::vector<std::pair<std::string, std::string>> packed;  // (suffix, two members or frames)
+#ifdef SY_HAVE_ZLIB
+  packed.emplace_back("gz", packed_in_two(jsonl, test::gzip_member));
+#endif
+#ifdef SY_HAVE_ZSTD
+  packed.emplace_back("zst", packed_in_two(jsonl, test::zstd_frame));
+#endif
+  if (packed.empty()) GTEST_SKIP() << "built without zlib and libzstd";
+  for (const auto& [suffix, bytes] : packed) {
+    const std::string name = suffix == "gz" ? "gzip" : "zstd";
+    // Cut at every length: an error naming the file, never a short token file.
+    for (size_t length = 4; length < bytes.size(); length++) {
+      SCOPED_TRACE(suffix + " cut at " + std::to_string(length));
+      write_file("cut.jsonl." + suffix, bytes.substr(0, length));
+      expect_failure(options("jsonl", {path("cut.jsonl." + suffix)}),
+                     {path("cut.jsonl." + suffix)});
+    }
+    write_file("cut.jsonl." + suffix, bytes.substr(0, bytes.size() - 3));
+    expect_failure(options("jsonl", {path("cut.jsonl." + suffix)}),
+                   {path("cut.jsonl." + suffix), name + " data ends early"});
+    // A flipped byte in the second member's data is caught by its checksum.
+    std::string flipped = bytes;
+    flipped[flipped.size() - 12] = static_cast<char>(flipped[flipped.size() - 12] ^ 0x40);
+    write_file("flipped.jsonl." + suffix, flipped);
+    expect_failure(options("jsonl", {path("flipped.jsonl." + suffix)}),
+                   {path("flipped.jsonl." + suffix), "corrupt " + name + " data"});
+    // Bytes after the last member that start no other.
+    write_file("tail.jsonl." + suffix, bytes + "trailing");
+    expect_failure(options("jsonl", {path("tail.jsonl." + suffix)}),
+                   {path("tail.jsonl." + suffix), "corrupt " + name + " data"});
+  }
+}
 
 TEST_F(ImportTest, NanogptTrainAndVal) {
   write_file("shakespeare/train.bin", uint16_file({0, 1, 64, 2, 65535}));

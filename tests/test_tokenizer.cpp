@@ -12,6 +12,7 @@
 #include "data/token_file.h"
 #include "data/tokenizer.h"
 #include "parallel/local_exchange.h"
+#include "tests/compressed_files.h"
 #include "trainer/config.h"
 #include "trainer/generate.h"
 #include "trainer/train_loop.h"
@@ -114,7 +115,7 @@ TEST_F(TokenizerTest, BrownFormatLearnsFromTheDetaggedText) {
   options.vocab_size = kVocab;
   options.output = (dir / "brown.model").string();
   EXPECT_EQ(train_sentencepiece(options), kVocab);
-  EXPECT_FALSE(fs::exists(options.output + ".text.tmp")) << "the detagged text is removed";
+  EXPECT_FALSE(fs::exists(options.output + ".text0.tmp")) << "the detagged text is removed";
   write_corpus_text((dir / "brown").string(), "brown", (dir / "detagged.txt").string());
   SentencePieceTrainOptions from_text = options;
   from_text.format = "text";
@@ -132,6 +133,36 @@ TEST_F(TokenizerTest, BrownFormatLearnsFromTheDetaggedText) {
     EXPECT_EQ(tokenizer->decode({id}).find('/'), std::string::npos) << id;
   options.format = "csv";
   EXPECT_THROW(train_sentencepiece(options), std::runtime_error);
+}
+
+// A compressed text input trains the model its plain text trains, and its decompressed copy
+// beside the output is removed.
+TEST_F(TokenizerTest, CompressedTextTrainsAsPlain) {
+  std::vector<std::string> packed;
+#ifdef SY_HAVE_ZLIB
+  std::ofstream((dir / "corpus.txt.gz").string(), std::ios::binary)
+      << test::gzip_member(corpus_text());
+  packed.push_back("corpus.txt.gz");
+#endif
+#ifdef SY_HAVE_ZSTD
+  std::ofstream((dir / "corpus.txt.zst").string(), std::ios::binary)
+      << test::zstd_frame(corpus_text());
+  packed.push_back("corpus.txt.zst");
+#endif
+  if (packed.empty()) GTEST_SKIP() << "built without zlib and libzstd";
+  const std::unique_ptr<Tokenizer> plain = tokenizer_from_option(train_tokenizer());
+  for (const std::string& name : packed) {
+    SCOPED_TRACE(name);
+    SentencePieceTrainOptions options;
+    options.inputs = {(dir / name).string()};
+    options.vocab_size = kVocab;
+    options.output = (dir / (name + ".model")).string();
+    EXPECT_EQ(train_sentencepiece(options), kVocab);
+    EXPECT_FALSE(fs::exists(options.output + ".text0.tmp"));
+    const std::unique_ptr<Tokenizer> tokenizer = tokenizer_from_option(options.output);
+    for (int32_t id = 0; id < kVocab; ++id)
+      ASSERT_EQ(tokenizer->decode({id}), plain->decode({id})) << id;
+  }
 }
 
 TEST_F(TokenizerTest, TrainingErrorsNameTheProblem) {

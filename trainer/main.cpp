@@ -159,9 +159,9 @@ void add_prepare_data_command(CLI::App& app, CommandLine& line) {
                       "/val (docs/data.md)");
   prepare
       ->add_option("--input", line.inputs,
-                   wrap("brown, text: a file or folder; jsonl, sft: one or more files; nanogpt: a "
-                        "folder with train.bin and val.bin, or train.bin; megatron: PREFIX of "
-                        "PREFIX.bin and PREFIX.idx"))
+                   wrap("brown, text: a file or folder; jsonl, sft: one or more files (these "
+                        "four: plain, gzip or zstd); nanogpt: a folder with train.bin and "
+                        "val.bin, or train.bin; megatron: PREFIX of PREFIX.bin and PREFIX.idx"))
       ->type_name("PATH...")
       ->capture_default_str();
   prepare
@@ -223,8 +223,10 @@ void add_tokenizer_command(CLI::App& app, CommandLine& line) {
       "train", wrap("train a SentencePiece model on text files (lossless: no normalisation, "
                     "byte fallback) and write its model file"));
   tokenizer_train->allow_extras();  // reported in run_command in the project's words
-  tokenizer_train->add_option("--input", line.tokenizer_train.inputs,
-                              "text files to learn from (--format brown: the corpus folder)")
+  tokenizer_train
+      ->add_option("--input", line.tokenizer_train.inputs,
+                   "text files to learn from, plain, gzip or zstd (--format brown: "
+                   "the corpus folder)")
       ->type_name("TEXT...")
       ->required();
   tokenizer_train
