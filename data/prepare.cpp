@@ -1,13 +1,17 @@
 #include "data/prepare.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <stdexcept>
 #include <string_view>
 #include <system_error>
+#include <thread>
+#include <vector>
 
 #include "data/compressed_input.h"
 #include "data/hf_tokenizer.h"
@@ -74,33 +78,50 @@ void for_each_text_block(const fs::path& file, const std::string& format,
 // handed to the tokenizer in pieces of about piece_bytes, cut after a newline where the piece has
 // one: the bytes tokenizer gives the same tokens whatever the cut; SentencePiece gives the tokens
 // of encoding the whole document whenever it is at most piece_bytes (docs/data.md).
+// The pieces and document starts queue in order; a full queue (about max(threads, 4) pieces of
+// text) is encoded on `threads` threads, then written in order, so the token file does not
+// depend on the thread count.
 class TextEncoder {
  public:
-  TextEncoder(const Tokenizer& tokenizer, TokenFileWriter& writer, int64_t piece_bytes)
-      : tokenizer_(tokenizer), writer_(writer), piece_bytes_(std::max<int64_t>(piece_bytes, 1)) {}
+  TextEncoder(const Tokenizer& tokenizer, TokenFileWriter& writer, int64_t piece_bytes, int threads)
+      : tokenizer_(tokenizer),
+        writer_(writer),
+        piece_bytes_(std::max<int64_t>(piece_bytes, 1)),
+        threads_(std::max(threads, 1)),
+        queue_bytes_(std::max<int64_t>(threads_, 4) * piece_bytes_) {}
 
   void add(bool is_val, std::string_view text) {
     if (is_val && !in_val_) {
-      flush(false, pending_.size());
+      enqueue_piece(false, pending_.size());
       in_val_ = true;
     }
     pending_.append(text);
     bytes_ += static_cast<int64_t>(text.size());
-    while (static_cast<int64_t>(pending_.size()) >= piece_bytes_) flush(in_val_, cut());
+    while (static_cast<int64_t>(pending_.size()) >= piece_bytes_) enqueue_piece(in_val_, cut());
   }
   // The text added next starts a document of split is_val (the writer records where). What is
   // pending is encoded first: documents are encoded apart, so that no token straddles two and the
   // start is a token position whatever the tokenizer.
   void start_document(bool is_val) {
-    flush(in_val_, pending_.size());
+    enqueue_piece(in_val_, pending_.size());
     in_val_ = in_val_ || is_val;
-    if (in_val_) writer_.start_document_val();
-    else writer_.start_document_train();
+    queue_.push_back({in_val_ ? Job::val_document : Job::train_document, in_val_, {}, {}, {}});
   }
-  void finish() { flush(in_val_, pending_.size()); }
+  void finish() {
+    enqueue_piece(in_val_, pending_.size());
+    run_queue();
+  }
   int64_t bytes() const { return bytes_; }
 
  private:
+  struct Job {
+    enum Kind { piece, train_document, val_document } kind;
+    bool is_val;
+    std::string text;             // a piece's text, until encoded
+    std::vector<int32_t> tokens;  // and its tokens
+    std::exception_ptr error;     // or why the tokenizer refused it
+  };
+
   // Where the next piece ends: after its last newline; without one, at the last UTF-8 character
   // boundary (never inside a character, which a tokenizer would see as invalid bytes).
   size_t cut() const {
@@ -112,22 +133,70 @@ class TextEncoder {
     return end > 0 ? end : limit;
   }
 
-  // Encodes the first `length` bytes of pending_ into split is_val.
-  void flush(bool is_val, size_t length) {
+  // Queues the first `length` bytes of pending_ as a piece of split is_val.
+  void enqueue_piece(bool is_val, size_t length) {
     if (length == 0) return;
-    const std::vector<int32_t> tokens = tokenizer_.encode(pending_.substr(0, length));
+    queue_.push_back({Job::piece, is_val, pending_.substr(0, length), {}, {}});
     pending_.erase(0, length);
-    if (is_val) writer_.append_val(tokens.data(), static_cast<int64_t>(tokens.size()));
-    else writer_.append_train(tokens.data(), static_cast<int64_t>(tokens.size()));
+    queued_bytes_ += static_cast<int64_t>(length);
+    if (queued_bytes_ >= queue_bytes_) run_queue();
+  }
+
+  // Encodes the queued pieces, each thread taking the next one not taken, then writes the queue
+  // in order. The first piece (in order) that failed throws, as it would have alone.
+  void run_queue() {
+    std::atomic<size_t> next{0};
+    const auto encode_next_pieces = [&] {
+      for (size_t j = next++; j < queue_.size(); j = next++) {
+        Job& job = queue_[j];
+        if (job.kind != Job::piece) continue;
+        try {
+          job.tokens = tokenizer_.encode(job.text);
+        } catch (...) {
+          job.error = std::current_exception();
+        }
+        std::string().swap(job.text);
+      }
+    };
+    {
+      const size_t pieces = static_cast<size_t>(std::count_if(
+          queue_.begin(), queue_.end(), [](const Job& j) { return j.kind == Job::piece; }));
+      std::vector<std::jthread> helpers;  // joined on leaving the block, whatever happens
+      for (size_t t = 1; t < std::min(static_cast<size_t>(threads_), pieces); t++)
+        helpers.emplace_back(encode_next_pieces);
+      encode_next_pieces();
+    }
+    for (const Job& job : queue_) {
+      if (job.error) std::rethrow_exception(job.error);
+      const int64_t count = static_cast<int64_t>(job.tokens.size());
+      if (job.kind == Job::train_document) writer_.start_document_train();
+      else if (job.kind == Job::val_document) writer_.start_document_val();
+      else if (job.is_val) writer_.append_val(job.tokens.data(), count);
+      else writer_.append_train(job.tokens.data(), count);
+    }
+    queue_.clear();
+    queued_bytes_ = 0;
   }
 
   const Tokenizer& tokenizer_;
   TokenFileWriter& writer_;
   int64_t piece_bytes_;
+  int threads_;
+  int64_t queue_bytes_;  // the queue runs when it holds this much text
   std::string pending_;
   bool in_val_ = false;
   int64_t bytes_ = 0;
+  std::vector<Job> queue_;
+  int64_t queued_bytes_ = 0;
 };
+
+// The threads that encode text: options.threads, or with 0 every hardware thread.
+int encode_threads(const PrepareOptions& options) {
+  if (options.threads < 0)
+    throw std::runtime_error("--threads " + std::to_string(options.threads) + " is negative");
+  if (options.threads > 0) return options.threads;
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+}
 
 // The files to read, in name order (byte-wise comparison of the file names, so the order does
 // not depend on the locale).
@@ -375,7 +444,7 @@ PrepareStats prepare_data(const PrepareOptions& options) {
   TokenFileWriter writer(options.output, stats.vocab_size, stats.tokenizer, tokenizer->model(),
                          tokenizer->model_name(), /*masked=*/false, tokenizer->stored_eos_token(),
                          /*documents=*/true);
-  TextEncoder encoder(*tokenizer, writer, options.encode_piece_bytes);
+  TextEncoder encoder(*tokenizer, writer, options.encode_piece_bytes, encode_threads(options));
   if (format == "jsonl") {
     // Documents split whole; each ends with "\n" so that neighbours stay apart.
     int64_t d = 0;

@@ -14,6 +14,7 @@ class Tokenizer {
   virtual ~Tokenizer() = default;
   virtual std::string name() const = 0;  // stored in the token file's `tokenizer` attribute
   virtual int64_t vocab_size() const = 0;
+  // Called from several threads at once (prepare-data encodes pieces in parallel).
   virtual std::vector<int32_t> encode(const std::string& text) const = 0;
   virtual std::string decode(const std::vector<int32_t>& tokens) const = 0;  // throws on bad ids
   // The serialized model a token file stores with its tokens (data/tokenizer.h), and the file
@@ -76,6 +77,9 @@ struct PrepareOptions {
   // after a newline (memory stays bounded whatever the input). Tokens do not depend on it for the
   // bytes tokenizer; for SentencePiece a split longer than this is encoded piece by piece.
   int64_t encode_piece_bytes = int64_t{16} << 20;
+  // Text formats but sft: the threads that encode the pieces (0: every hardware thread). The
+  // token file is the same whatever the count.
+  int threads = 0;
 };
 
 // Builds a token file at `output` from `input`, a file or a folder.

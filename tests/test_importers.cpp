@@ -231,6 +231,34 @@ TEST_F(ImportTest, CompressedJsonlAndTextReadAsPlain) {
   }
 }
 
+// Pieces are encoded on several threads and written in order: the same token file whatever the
+// count, with pieces small enough that the queue runs many times and documents span pieces.
+TEST_F(ImportTest, ThreadCountDoesNotChangeTheTokens) {
+  const std::string documents = many_jsonl_documents();
+  write_file("docs.jsonl", documents.substr(0, documents.rfind('\n', size_t{1} << 20) + 1));
+  for (const char* format : {"jsonl", "text"}) {
+    SCOPED_TRACE(format);
+    std::vector<TokenData> results;
+    for (int threads : {1, 3, 8}) {
+      PrepareOptions prepare = options(format, {path("docs.jsonl")});
+      prepare.threads = threads;
+      prepare.encode_piece_bytes = 3000;
+      prepare_data(prepare);
+      results.push_back(read_token_file(prepare.output));
+      fs::remove(prepare.output);
+    }
+    for (size_t k = 1; k < results.size(); k++) {
+      EXPECT_EQ(results[k].train, results[0].train);
+      EXPECT_EQ(results[k].val, results[0].val);
+      EXPECT_EQ(results[k].train_doc_starts, results[0].train_doc_starts);
+      EXPECT_EQ(results[k].val_doc_starts, results[0].val_doc_starts);
+    }
+  }
+  PrepareOptions negative = options("jsonl", {path("docs.jsonl")});
+  negative.threads = -1;
+  expect_failure(negative, {"--threads -1"});
+}
+
 TEST_F(ImportTest, CompressedBadInputs) {
   const std::string jsonl = "{\"text\": \"one\"}\n{\"text\": \"two\"}\n{\"text\": \"three\"}\n";
   std::vector<std::pair<std::string, std::string>> packed;  // (suffix, two members or frames)

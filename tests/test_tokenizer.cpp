@@ -165,6 +165,27 @@ TEST_F(TokenizerTest, CompressedTextTrainsAsPlain) {
   }
 }
 
+// SentencePiece encodes pieces on several threads: the token file is the one a single thread
+// writes, with pieces small enough that many are in flight at once.
+TEST_F(TokenizerTest, ThreadCountDoesNotChangeTheTokens) {
+  const std::string model_path = train_tokenizer();
+  std::vector<TokenData> results;
+  for (int threads : {1, 4}) {
+    PrepareOptions options;
+    options.inputs = {(dir / "corpus.txt").string()};
+    options.format = "text";
+    options.tokenizer = model_path;
+    options.output = (dir / ("threads" + std::to_string(threads) + ".h5")).string();
+    options.encode_piece_bytes = 200;
+    options.threads = threads;
+    prepare_data(options);
+    results.push_back(read_token_file(options.output));
+  }
+  EXPECT_EQ(results[1].train, results[0].train);
+  EXPECT_EQ(results[1].val, results[0].val);
+  EXPECT_GT(results[0].train.size(), 100u);
+}
+
 TEST_F(TokenizerTest, TrainingErrorsNameTheProblem) {
   SentencePieceTrainOptions options;
   options.inputs = {(dir / "missing.txt").string()};

@@ -56,6 +56,7 @@ struct CommandLine {
   std::string prompt_field = "prompt", response_field = "response";  // prepare-data sft
   int64_t vocab_size = 0;
   double val_fraction = 0.05;
+  int prepare_threads = 0;
   std::string resume;      // train
   bool overwrite = false;  // train
   std::string checkpoint;  // eval, generate (--checkpoint), inspect (CHECKPOINT)
@@ -212,6 +213,13 @@ void add_prepare_data_command(CLI::App& app, CommandLine& line) {
                         "instead"))
       ->type_name("F")
       ->check(kOpenUnitInterval)
+      ->capture_default_str();
+  prepare
+      ->add_option("--threads", line.prepare_threads,
+                   wrap("brown, text, jsonl: the threads that tokenise (0: every hardware "
+                        "thread); the token file is the same whatever the count"))
+      ->type_name("N")
+      ->check(kCount)
       ->capture_default_str();
 }
 
@@ -498,6 +506,7 @@ int cmd_prepare_data(const CommandLine& line, const CLI::App& given) {
   options.prompt_field = line.prompt_field;
   options.response_field = line.response_field;
   options.vocab_size = line.vocab_size;
+  options.threads = line.prepare_threads;
   if ((line.format == "nanogpt" || line.format == "megatron") && !given.count("--vocab-size"))
     throw UsageError("--format " + line.format + " needs --vocab-size N (the ids' vocabulary)");
   const sy::PrepareStats stats = sy::prepare_data(options);
