@@ -340,6 +340,34 @@ TEST_F(HfTokenizer, PrepareDataStoresTheJsonAndItsEos) {
   EXPECT_NE(error.find("tokenizer.json: no EOS token"), std::string::npos) << error;
 }
 
+// The pieces encode on several threads (one ICU matcher a call): the same tokens as one thread,
+// with pieces small enough that every thread has some.
+TEST_F(HfTokenizer, ThreadCountDoesNotChangeTheTokens) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "hf_tokenizer_threads";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::ofstream(dir / "tokenizer.json") << small_tokenizer({{"t", "h"}, {"th", "e"}}).dump();
+  std::string text;
+  for (int line = 0; line < 2000; line++)
+    text += "the theory " + std::to_string(line) + " of the thing, caf\xc3\xa9\n";
+  std::ofstream(dir / "corpus.txt") << text;
+  std::vector<TokenData> results;
+  for (int threads : {1, 4}) {
+    PrepareOptions options;
+    options.inputs = {(dir / "corpus.txt").string()};
+    options.format = "text";
+    options.output = (dir / ("threads" + std::to_string(threads) + ".h5")).string();
+    options.tokenizer = (dir / "tokenizer.json").string();
+    options.encode_piece_bytes = 500;
+    options.threads = threads;
+    prepare_data(options);
+    results.push_back(read_token_file(options.output));
+  }
+  EXPECT_EQ(results[1].train, results[0].train);
+  EXPECT_EQ(results[1].val, results[0].val);
+  EXPECT_GT(results[0].train.size(), 10000u);
+}
+
 // The `tokenizers` library's own encodings (tests/data/hf_tokenizers/, make_fixtures.py): every
 // text of every tokenizer gives the same ids, and decoding them gives its decoded text.
 TEST_F(HfTokenizer, AgreesWithTheTokenizersLibrary) {
