@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <exception>
 #include <filesystem>
@@ -190,6 +191,31 @@ class TextEncoder {
   int64_t queued_bytes_ = 0;
 };
 
+// Progress lines of a long preparation: note() is cheap enough to call per document, and hands
+// options.progress a line when progress_seconds have passed since the last one.
+class ProgressLines {
+ public:
+  explicit ProgressLines(const PrepareOptions& options)
+      : progress_(options.progress), every_(options.progress_seconds) {}
+  // `done` of `total` (0: not known yet) `unit`s of the pass so far.
+  void note(const char* pass, int64_t done, int64_t total, const char* unit) {
+    if (!progress_) return;
+    const Clock::time_point now = Clock::now();
+    if (std::chrono::duration<double>(now - last_).count() < every_) return;
+    last_ = now;
+    std::string line = std::string("prepare-data: ") + pass + ", " + std::to_string(done);
+    if (total > 0) line += " of " + std::to_string(total);
+    const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(now - start_).count();
+    progress_(line + " " + unit + ", " + std::to_string(seconds) + " s");
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  const std::function<void(const std::string&)>& progress_;
+  double every_;
+  Clock::time_point start_ = Clock::now(), last_ = start_;
+};
+
 // The threads that encode text: options.threads, or with 0 every hardware thread.
 int encode_threads(const PrepareOptions& options) {
   if (options.threads < 0)
@@ -240,9 +266,11 @@ PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokeniz
                              "segment (put the model's tokenizer_config.json beside the "
                              "tokenizer.json)");
   const std::string& input = options.inputs.front();
-  const int64_t examples =
-      for_each_sft_example(options.inputs, options.prompt_field, options.response_field,
-                           [](const std::vector<SftSegment>&) {});
+  ProgressLines progress(options);
+  int64_t counted = 0;
+  const int64_t examples = for_each_sft_example(
+      options.inputs, options.prompt_field, options.response_field,
+      [&](const std::vector<SftSegment>&) { progress.note("counting", ++counted, 0, "examples"); });
   const int64_t train_examples = train_document_count(examples, val_fraction, input);
   stats.files = static_cast<int64_t>(options.inputs.size());
   stats.documents = examples;
@@ -259,6 +287,7 @@ PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokeniz
   const int64_t seen = for_each_sft_example(
       options.inputs, options.prompt_field, options.response_field,
       [&](const std::vector<SftSegment>& segments) {
+        progress.note("encoding", example + 1, examples, "examples");
         tokens.clear();
         mask.clear();
         for (const SftSegment& segment : segments) {
@@ -420,9 +449,12 @@ PrepareStats prepare_data(const PrepareOptions& options) {
   int64_t train_documents = 0, num_documents = 0;
   int64_t train_bytes = 0, total_bytes = 0;
   std::vector<fs::path> files;
+  ProgressLines progress(options);
   if (format == "jsonl") {
-    num_documents = for_each_jsonl_document(options.inputs, options.field,
-                                            [](const std::string&) {});
+    int64_t counted = 0;
+    num_documents = for_each_jsonl_document(options.inputs, options.field, [&](const std::string&) {
+      progress.note("counting", ++counted, 0, "documents");
+    });
     train_documents = train_document_count(num_documents, val_fraction, input);
     stats.files = static_cast<int64_t>(options.inputs.size());
     stats.documents = num_documents;
@@ -432,6 +464,7 @@ PrepareStats prepare_data(const PrepareOptions& options) {
     for (const fs::path& file : files)
       for_each_text_block(file, format, [&](std::string_view text) {
         total_bytes += static_cast<int64_t>(text.size());
+        progress.note("counting", total_bytes >> 20, 0, "MiB of text");
       });
     if (total_bytes == 0) throw std::runtime_error(input + ": no text");
     // The split is on bytes, before tokenisation, so that it does not depend on the tokenizer.
@@ -448,8 +481,9 @@ PrepareStats prepare_data(const PrepareOptions& options) {
   if (format == "jsonl") {
     // Documents split whole; each ends with "\n" so that neighbours stay apart.
     int64_t d = 0;
-    const int64_t seen = for_each_jsonl_document(
-        options.inputs, options.field, [&](const std::string& document) {
+    const int64_t seen =
+        for_each_jsonl_document(options.inputs, options.field, [&](const std::string& document) {
+          progress.note("encoding", d + 1, num_documents, "documents");
           const bool is_val = d++ >= train_documents;
           encoder.start_document(is_val);
           encoder.add(is_val, document);
@@ -471,6 +505,7 @@ PrepareStats prepare_data(const PrepareOptions& options) {
         if (to_train > 0) encoder.add(false, text.substr(0, to_train));
         if (to_train < size) encoder.add(true, text.substr(to_train));
         position += size;
+        progress.note("encoding", position >> 20, total_bytes >> 20, "MiB of text");
       });
     }
     if (position != total_bytes)

@@ -1,6 +1,7 @@
 // Corpus preparation (SPEC 5): raw text -> token file. See docs/data.md.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -80,6 +81,10 @@ struct PrepareOptions {
   // Text formats but sft: the threads that encode the pieces (0: every hardware thread). The
   // token file is the same whatever the count.
   int threads = 0;
+  // Text formats: called with a line of progress ("prepare-data: encoding, 120 of 512 MiB of
+  // text, 41 s") at most once every progress_seconds while the input is read; unset: none.
+  std::function<void(const std::string&)> progress;
+  double progress_seconds = 30;
 };
 
 // Builds a token file at `output` from `input`, a file or a folder.

@@ -170,6 +170,27 @@ TEST_F(ImportTest, JsonlBadInputs) {
 
 // ---- nanoGPT ----
 
+// Progress lines, here one per document (progress_seconds 0): both passes, counted up to the
+// total the first found.
+TEST_F(ImportTest, ProgressLinesCountBothPasses) {
+  write_file("a.jsonl", "{\"text\": \"one\"}\n{\"text\": \"two\"}\n{\"text\": \"three\"}\n");
+  std::vector<std::string> lines;
+  PrepareOptions prepare = options("jsonl", {path("a.jsonl")});
+  prepare.val_fraction = 0.34;
+  prepare.progress = [&](const std::string& line) { lines.push_back(line); };
+  prepare.progress_seconds = 0;
+  prepare_data(prepare);
+  ASSERT_EQ(lines.size(), 6u);
+  EXPECT_EQ(lines[0].rfind("prepare-data: counting, 1 documents, ", 0), 0u) << lines[0];
+  EXPECT_EQ(lines[3].rfind("prepare-data: encoding, 1 of 3 documents, ", 0), 0u) << lines[3];
+  EXPECT_EQ(lines[5].rfind("prepare-data: encoding, 3 of 3 documents, ", 0), 0u) << lines[5];
+  lines.clear();
+  prepare.progress_seconds = 3600;  // none within the hour
+  fs::remove(prepare.output);
+  prepare_data(prepare);
+  EXPECT_TRUE(lines.empty());
+}
+
 // ---- Compressed inputs (data/compressed_input.*) ----
 
 // Several MiB of JSON lines, so that lines straddle the reader's 1 MiB blocks.

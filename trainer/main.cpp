@@ -507,6 +507,10 @@ int cmd_prepare_data(const CommandLine& line, const CLI::App& given) {
   options.response_field = line.response_field;
   options.vocab_size = line.vocab_size;
   options.threads = line.prepare_threads;
+  // A large corpus takes minutes: a line on stderr every 30 s says it is moving.
+  options.progress = [](const std::string& progress) {
+    std::fprintf(stderr, "%s\n", progress.c_str());
+  };
   if ((line.format == "nanogpt" || line.format == "megatron") && !given.count("--vocab-size"))
     throw UsageError("--format " + line.format + " needs --vocab-size N (the ids' vocabulary)");
   const sy::PrepareStats stats = sy::prepare_data(options);
