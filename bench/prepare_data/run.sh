@@ -3,7 +3,8 @@
 # repeated to CORPUS_MB (default 60) MB, a SentencePiece BPE model of VOCAB (default 8000) pieces
 # trained on the corpus, then `prepare-data --format jsonl --tokenizer MODEL --threads T` for each
 # T of THREADS (default: 1, 2, 4, ... up to the machine's cores), REPEATS (default 2) times each,
-# plain and (where the build reads it) gzip-compressed. Prints the best seconds and MB/s of each.
+# plain and (where the build reads it) gzip-compressed, and once with the bytes tokenizer (the
+# reading, JSON parsing and writing, which stay on one thread). Prints the best seconds and MB/s.
 # The token files are the same whatever T (ThreadCountDoesNotChangeTheTokens in
 # tests/test_importers.cpp and tests/test_tokenizer.cpp); this script times them.
 #
@@ -49,22 +50,33 @@ fi
 
 echo "prepare-data, $(basename "${inputs[0]}"): $bytes bytes of JSON lines, SentencePiece BPE;"
 echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(date -u +%F)"
-echo "| input | threads | best s | MB/s (JSON bytes) | x 1 thread |"
-echo "|---|---|---|---|---|"
+echo "| input | tokenizer | threads | best s | MB/s (JSON bytes) | x 1 thread |"
+echo "|---|---|---|---|---|---|"
+# Best of $repeats seconds of prepare-data on input $1 with tokenizer $2 and $3 threads.
+best_seconds() {
+  local best="" seconds start
+  for ((r = 0; r < repeats; r++)); do
+    start=$(date +%s.%N)
+    "$switchyard" prepare-data --format jsonl --input "$1" --tokenizer "$2" --threads "$3" \
+      --output "$out/tokens.h5" > "$out/prepare.log"
+    seconds=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
+    best=$(awk -v s="$seconds" -v b="${best:-inf}" 'BEGIN { print (b == "inf" || s < b) ? s : b }')
+  done
+  echo "$best"
+}
+row() {  # input tokenizer-name threads seconds seconds-at-1-thread
+  awk -v name="$(basename "$1")" -v tok="$2" -v t="$3" -v s="$4" -v bytes="$bytes" -v one="$5" \
+    'BEGIN { printf "| %s | %s | %d | %.2f | %.1f | %.2f |\n", name, tok, t, s, bytes / s / 1e6, one / s }'
+}
+# The bytes tokenizer's time is the reading, JSON parsing and writing alone: the part on one thread.
+floor=$(best_seconds "${inputs[0]}" bytes 1)
+row "${inputs[0]}" bytes 1 "$floor" "$floor"
 for input in "${inputs[@]}"; do
   one=""
   for threads in $THREADS; do
-    best=""
-    for ((r = 0; r < repeats; r++)); do
-      start=$(date +%s.%N)
-      "$switchyard" prepare-data --format jsonl --input "$input" --tokenizer "$out/brown.model" \
-        --threads "$threads" --output "$out/tokens.h5" > "$out/prepare.log"
-      seconds=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
-      best=$(awk -v s="$seconds" -v b="${best:-inf}" 'BEGIN { print (b == "inf" || s < b) ? s : b }')
-    done
+    best=$(best_seconds "$input" "$out/brown.model" "$threads")
     [[ -n $one ]] || one=$best
-    awk -v name="$(basename "$input")" -v t="$threads" -v s="$best" -v bytes="$bytes" -v one="$one" \
-      'BEGIN { printf "| %s | %d | %.2f | %.1f | %.2f |\n", name, t, s, bytes / s / 1e6, one / s }'
+    row "$input" sentencepiece "$threads" "$best" "$one"
   done
 done
 rm -f "$out/tokens.h5" "$out/probe.h5"
