@@ -264,86 +264,94 @@ int64_t train_document_count(int64_t documents, double val_fraction, const std::
 
 namespace {
 
-// Each line of each file, in order, that is not blank (spaces, tabs, '\r'): parsed as a JSON
-// object and handed to visit(object, file, "line N: ") for the caller's members. Returns the
-// objects' count; throws for invalid JSON, a value that is not an object, or no object at all.
-int64_t for_each_jsonl_object(const std::vector<std::string>& files,
-                              const std::function<void(const nlohmann::json&, const std::string&,
-                                                       const std::string&)>& visit) {
-  if (files.empty()) throw std::runtime_error("--format jsonl: no --input file");
-  int64_t documents = 0;
-  for (const std::string& path : files) {
-    regular_file_size(path);  // names a missing file or a folder
-    InputFile in(path);
-    std::string line;
-    for (int64_t line_number = 1; in.read_line(line); line_number++) {
-      const std::string where = "line " + std::to_string(line_number) + ": ";
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      nlohmann::json object;
-      try {
-        object = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::parse_error& error) {
-        throw file_error(path, where + "invalid JSON at byte " + std::to_string(error.byte) +
-                                   " of the line");
-      }
-      if (!object.is_object())
-        throw file_error(path, where + "a JSON " + object.type_name() + ", not an object");
-      visit(object, path, where);
-      documents++;
-    }
+// "line N: ", how messages about a line start.
+std::string at_line(const JsonlLine& line) { return "line " + std::to_string(line.number) + ": "; }
+
+// A line parsed as a JSON object; throws "<path>: line N: ..." for invalid JSON or another value.
+nlohmann::json parse_jsonl_object(const JsonlLine& line, const std::string& path) {
+  nlohmann::json object;
+  try {
+    object = nlohmann::json::parse(line.text);
+  } catch (const nlohmann::json::parse_error& error) {
+    throw file_error(path, at_line(line) + "invalid JSON at byte " + std::to_string(error.byte) +
+                               " of the line");
   }
-  if (documents == 0) throw std::runtime_error(join(files) + ": no documents");
-  return documents;
+  if (!object.is_object())
+    throw file_error(path, at_line(line) + "a JSON " + object.type_name() + ", not an object");
+  return object;
 }
 
-// Member `field` of `object`, which must be a string.
-const std::string& string_member(const nlohmann::json& object, const std::string& field,
-                                 const std::string& path, const std::string& where) {
+// Member `field` of `object`, which must be a string; `at` says where for the message.
+std::string& string_member(nlohmann::json& object, const std::string& field,
+                           const std::string& path, const std::string& at) {
   const auto member = object.find(field);
-  if (member == object.end()) throw file_error(path, where + "no field \"" + field + "\"");
+  if (member == object.end()) throw file_error(path, at + "no field \"" + field + "\"");
   if (!member->is_string())
-    throw file_error(
-        path, where + "field \"" + field + "\" is a " + member->type_name() + ", not a string");
-  return member->get_ref<const std::string&>();
+    throw file_error(path,
+                     at + "field \"" + field + "\" is a " + member->type_name() + ", not a string");
+  return member->get_ref<std::string&>();
 }
 
 }  // namespace
 
-int64_t for_each_jsonl_document(const std::vector<std::string>& files, const std::string& field,
-                                const std::function<void(const std::string&)>& visit) {
-  return for_each_jsonl_object(
-      files, [&](const nlohmann::json& object, const std::string& path, const std::string& where) {
-        visit(string_member(object, field, path, where));
-      });
+int64_t for_each_jsonl_lines(const std::vector<std::string>& files, int64_t batch_bytes,
+                             const std::function<void(JsonlLines&&)>& visit) {
+  if (files.empty()) throw std::runtime_error("--format jsonl: no --input file");
+  int64_t objects = 0;
+  for (const std::string& path : files) {
+    regular_file_size(path);  // names a missing file or a folder
+    InputFile in(path);
+    JsonlLines batch{path, objects, {}, 0};
+    const auto hand_over = [&] {
+      if (batch.lines.empty()) return;
+      visit(std::move(batch));
+      batch = JsonlLines{path, objects, {}, 0};
+    };
+    std::string text;
+    for (int64_t number = 1; in.read_line(text); number++) {
+      if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
+      batch.bytes += static_cast<int64_t>(text.size());
+      batch.lines.push_back({number, std::move(text)});
+      objects++;
+      if (batch.bytes >= batch_bytes) hand_over();
+    }
+    hand_over();
+  }
+  if (objects == 0) throw std::runtime_error(join(files) + ": no documents");
+  return objects;
 }
 
-int64_t for_each_sft_example(const std::vector<std::string>& files, const std::string& prompt_field,
-                             const std::string& response_field,
-                             const std::function<void(const std::vector<SftSegment>&)>& visit) {
+std::string jsonl_document(const JsonlLine& line, const std::string& field,
+                           const std::string& path) {
+  nlohmann::json object = parse_jsonl_object(line, path);
+  return std::move(string_member(object, field, path, at_line(line)));
+}
+
+std::vector<SftSegment> sft_example(const JsonlLine& line, const std::string& prompt_field,
+                                    const std::string& response_field, const std::string& path) {
+  nlohmann::json object = parse_jsonl_object(line, path);
+  const std::string at = at_line(line);
   std::vector<SftSegment> segments;
-  return for_each_jsonl_object(
-      files, [&](const nlohmann::json& object, const std::string& path, const std::string& where) {
-        segments.clear();
-        const auto listed = object.find("segments");
-        if (listed == object.end()) {
-          segments.push_back({string_member(object, prompt_field, path, where), false});
-          segments.push_back({string_member(object, response_field, path, where), true});
-          return visit(segments);
-        }
-        if (!listed->is_array() || listed->empty())
-          throw file_error(path, where + "field \"segments\" is not a non-empty array");
-        for (size_t k = 0; k < listed->size(); ++k) {
-          const nlohmann::json& segment = (*listed)[k];
-          const std::string at = where + "segments[" + std::to_string(k) + "]: ";
-          if (!segment.is_object())
-            throw file_error(path, at + "a JSON " + segment.type_name() + ", not an object");
-          const auto train = segment.find("train");
-          if (train == segment.end() || !train->is_boolean())
-            throw file_error(path, at + "field \"train\" must be true or false");
-          segments.push_back({string_member(segment, "text", path, at), train->get<bool>()});
-        }
-        visit(segments);
-      });
+  const auto listed = object.find("segments");
+  if (listed == object.end()) {
+    segments.push_back({std::move(string_member(object, prompt_field, path, at)), false});
+    segments.push_back({std::move(string_member(object, response_field, path, at)), true});
+    return segments;
+  }
+  if (!listed->is_array() || listed->empty())
+    throw file_error(path, at + "field \"segments\" is not a non-empty array");
+  for (size_t k = 0; k < listed->size(); ++k) {
+    nlohmann::json& segment = (*listed)[k];
+    const std::string segment_at = at + "segments[" + std::to_string(k) + "]: ";
+    if (!segment.is_object())
+      throw file_error(path, segment_at + "a JSON " + segment.type_name() + ", not an object");
+    const auto train = segment.find("train");
+    if (train == segment.end() || !train->is_boolean())
+      throw file_error(path, segment_at + "field \"train\" must be true or false");
+    const bool trained = train->get<bool>();
+    segments.push_back({std::move(string_member(segment, "text", path, segment_at)), trained});
+  }
+  return segments;
 }
 
 ImportCounts import_nanogpt(const std::string& input, int64_t vocab_size, const TokenSink& sink) {

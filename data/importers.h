@@ -16,25 +16,41 @@ namespace sy {
 int64_t train_document_count(int64_t documents, double val_fraction, const std::string& input);
 
 // JSONL: one JSON object per line, the document its string member `field`. Blank lines (only
-// spaces, tabs, '\r') are skipped. Calls visit(document) for each document of every file, in the
-// order given, one line in memory at a time, and returns how many there were. Throws
-// "<file>: line N: ..." for invalid JSON, a line that is not an object, a missing member or one
-// that is not a string; "<files>: no documents" when there is none.
-int64_t for_each_jsonl_document(const std::vector<std::string>& files, const std::string& field,
-                                const std::function<void(const std::string&)>& visit);
+// spaces, tabs, '\r') are skipped. The lines are read on one thread and parsed on others
+// (prepare-data), so reading and parsing are apart: for_each_jsonl_lines reads, and
+// jsonl_document and sft_example parse one line each.
+struct JsonlLine {
+  int64_t number = 0;  // in its file, from 1
+  std::string text;
+};
+struct JsonlLines {
+  std::string path;              // the file they come from
+  int64_t first_object = 0;      // lines[0]'s index among the non-blank lines of all files
+  std::vector<JsonlLine> lines;  // not blank, in file order
+  int64_t bytes = 0;             // of their text
+};
+// Calls visit(lines) for the non-blank lines of every file, in the order given, in runs of about
+// batch_bytes (at least one line; never two files in one run) and returns how many there were.
+// Throws "<files>: no documents" when there is none, and for a missing or unreadable file.
+int64_t for_each_jsonl_lines(const std::vector<std::string>& files, int64_t batch_bytes,
+                             const std::function<void(JsonlLines&&)>& visit);
+// The document of a line of `path`. Throws "<path>: line N: ..." for invalid JSON, a line that is
+// not an object, a missing member or one that is not a string.
+std::string jsonl_document(const JsonlLine& line, const std::string& field,
+                           const std::string& path);
+
 // --format sft (docs/data.md, "Loss masks"): the JSONL rules above, one example a line, as
 // segments of text, each trained on or not. A line is either {prompt_field: "...",
 // response_field: "..."} (the prompt not trained, the response trained) or {"segments": [{"text":
 // "...", "train": true|false}, ...]} (any number, in order: a multi-turn conversation already
-// rendered in the model's chat format). Other members are ignored. Calls visit(segments) per
-// example and returns how many there were; throws "<file>: line N: ..." naming what is wrong.
+// rendered in the model's chat format). Other members are ignored. Returns the example's
+// segments; throws "<path>: line N: ..." naming what is wrong.
 struct SftSegment {
   std::string text;
   bool trained = false;
 };
-int64_t for_each_sft_example(const std::vector<std::string>& files, const std::string& prompt_field,
-                             const std::string& response_field,
-                             const std::function<void(const std::vector<SftSegment>&)>& visit);
+std::vector<SftSegment> sft_example(const JsonlLine& line, const std::string& prompt_field,
+                                    const std::string& response_field, const std::string& path);
 
 // Throws "--format F needs --vocab-size in [1, L], got N": L is 65536 for nanogpt (uint16
 // files), 2^31 for megatron.

@@ -17,6 +17,7 @@
 #include "data/compressed_input.h"
 #include "data/hf_tokenizer.h"
 #include "data/importers.h"
+#include "data/ordered_tasks.h"
 #include "data/token_file.h"
 #include "data/tokenizer.h"
 
@@ -75,120 +76,92 @@ void for_each_text_block(const fs::path& file, const std::string& format,
   }
 }
 
-// Text to tokens to a TokenFileWriter in bounded memory. Each document's text (in each split) is
-// handed to the tokenizer in pieces of about piece_bytes, cut after a newline where the piece has
-// one: the bytes tokenizer gives the same tokens whatever the cut; SentencePiece gives the tokens
-// of encoding the whole document whenever it is at most piece_bytes (docs/data.md).
-// The pieces and document starts queue in order; a full queue (about max(threads, 4) pieces of
-// text) is encoded on `threads` threads, then written in order, so the token file does not
+// What a piece of text becomes: its tokens (and, for sft, their loss mask) in split is_val,
+// written after starting a document when starts_document.
+struct EncodedPiece {
+  bool starts_document = false;
+  bool is_val = false;
+  std::vector<int32_t> tokens;
+  std::vector<uint8_t> mask;  // sft only
+  int64_t text_bytes = 0;     // of the text encoded
+};
+using Encoded = std::vector<EncodedPiece>;
+// The encoding threads' tasks, their results written in input order: the token file does not
 // depend on the thread count.
+using EncodingTasks = OrderedTasks<Encoded>;
+
+// Where the piece at the start of `text` ends when text holds at least piece_bytes: after its
+// last newline; without one, at the last UTF-8 character boundary (never inside a character,
+// which a tokenizer would see as invalid bytes).
+size_t piece_length(std::string_view text, size_t piece_bytes) {
+  const size_t newline = text.rfind('\n', piece_bytes - 1);
+  if (newline != std::string_view::npos) return newline + 1;
+  size_t end = piece_bytes;
+  while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) end--;
+  return end > 0 ? end : piece_bytes;
+}
+
+EncodedPiece encode_piece(const Tokenizer& tokenizer, bool is_val, const std::string& text) {
+  return {false, is_val, tokenizer.encode(text), {}, static_cast<int64_t>(text.size())};
+}
+
+// A whole document (a jsonl line's): a start, then its text in pieces as TextEncoder cuts them.
+void encode_document(const Tokenizer& tokenizer, std::string_view text, int64_t piece_bytes,
+                     bool is_val, Encoded& encoded) {
+  encoded.push_back({true, is_val, {}, {}, 0});
+  const size_t limit = static_cast<size_t>(piece_bytes);
+  while (!text.empty()) {
+    const size_t length = text.size() >= limit ? piece_length(text, limit) : text.size();
+    encoded.push_back(encode_piece(tokenizer, is_val, std::string(text.substr(0, length))));
+    text.remove_prefix(length);
+  }
+}
+
+// Streamed text (brown, text) to tokens in bounded memory. Each document's text (in each split)
+// is handed to the tokenizer in pieces of about piece_bytes, cut after a newline where the piece
+// has one: the bytes tokenizer gives the same tokens whatever the cut; SentencePiece gives the
+// tokens of encoding the whole document whenever it is at most piece_bytes (docs/data.md). Each
+// piece is a task of `tasks`.
 class TextEncoder {
  public:
-  TextEncoder(const Tokenizer& tokenizer, TokenFileWriter& writer, int64_t piece_bytes, int threads)
-      : tokenizer_(tokenizer),
-        writer_(writer),
-        piece_bytes_(std::max<int64_t>(piece_bytes, 1)),
-        threads_(std::max(threads, 1)),
-        queue_bytes_(std::max<int64_t>(threads_, 4) * piece_bytes_) {}
+  TextEncoder(const Tokenizer& tokenizer, EncodingTasks& tasks, int64_t piece_bytes)
+      : tokenizer_(tokenizer), tasks_(tasks), piece_bytes_(std::max<int64_t>(piece_bytes, 1)) {}
 
   void add(bool is_val, std::string_view text) {
     if (is_val && !in_val_) {
-      enqueue_piece(false, pending_.size());
+      submit_piece(false, pending_.size());
       in_val_ = true;
     }
     pending_.append(text);
-    bytes_ += static_cast<int64_t>(text.size());
-    while (static_cast<int64_t>(pending_.size()) >= piece_bytes_) enqueue_piece(in_val_, cut());
+    while (static_cast<int64_t>(pending_.size()) >= piece_bytes_)
+      submit_piece(in_val_, piece_length(pending_, static_cast<size_t>(piece_bytes_)));
   }
   // The text added next starts a document of split is_val (the writer records where). What is
   // pending is encoded first: documents are encoded apart, so that no token straddles two and the
   // start is a token position whatever the tokenizer.
   void start_document(bool is_val) {
-    enqueue_piece(in_val_, pending_.size());
+    submit_piece(in_val_, pending_.size());
     in_val_ = in_val_ || is_val;
-    queue_.push_back({in_val_ ? Job::val_document : Job::train_document, in_val_, {}, {}, {}});
+    tasks_.submit(0, [is_val = in_val_] { return Encoded{{true, is_val, {}, {}, 0}}; });
   }
-  void finish() {
-    enqueue_piece(in_val_, pending_.size());
-    run_queue();
-  }
-  int64_t bytes() const { return bytes_; }
+  void finish() { submit_piece(in_val_, pending_.size()); }
 
  private:
-  struct Job {
-    enum Kind { piece, train_document, val_document } kind;
-    bool is_val;
-    std::string text;             // a piece's text, until encoded
-    std::vector<int32_t> tokens;  // and its tokens
-    std::exception_ptr error;     // or why the tokenizer refused it
-  };
-
-  // Where the next piece ends: after its last newline; without one, at the last UTF-8 character
-  // boundary (never inside a character, which a tokenizer would see as invalid bytes).
-  size_t cut() const {
-    const size_t limit = static_cast<size_t>(piece_bytes_);
-    const size_t newline = pending_.rfind('\n', limit - 1);
-    if (newline != std::string::npos) return newline + 1;
-    size_t end = limit;
-    while (end > 0 && (static_cast<unsigned char>(pending_[end]) & 0xC0) == 0x80) end--;
-    return end > 0 ? end : limit;
-  }
-
-  // Queues the first `length` bytes of pending_ as a piece of split is_val.
-  void enqueue_piece(bool is_val, size_t length) {
+  // Submits the first `length` bytes of pending_ as a piece of split is_val.
+  void submit_piece(bool is_val, size_t length) {
     if (length == 0) return;
-    queue_.push_back({Job::piece, is_val, pending_.substr(0, length), {}, {}});
+    tasks_.submit(static_cast<int64_t>(length),
+                  [&tokenizer = tokenizer_, is_val, text = pending_.substr(0, length)] {
+                    return Encoded{encode_piece(tokenizer, is_val, text)};
+                  });
     pending_.erase(0, length);
-    queued_bytes_ += static_cast<int64_t>(length);
-    if (queued_bytes_ >= queue_bytes_) run_queue();
-  }
-
-  // Encodes the queued pieces, each thread taking the next one not taken, then writes the queue
-  // in order. The first piece (in order) that failed throws, as it would have alone.
-  void run_queue() {
-    std::atomic<size_t> next{0};
-    const auto encode_next_pieces = [&] {
-      for (size_t j = next++; j < queue_.size(); j = next++) {
-        Job& job = queue_[j];
-        if (job.kind != Job::piece) continue;
-        try {
-          job.tokens = tokenizer_.encode(job.text);
-        } catch (...) {
-          job.error = std::current_exception();
-        }
-        std::string().swap(job.text);
-      }
-    };
-    {
-      const size_t pieces = static_cast<size_t>(std::count_if(
-          queue_.begin(), queue_.end(), [](const Job& j) { return j.kind == Job::piece; }));
-      std::vector<std::jthread> helpers;  // joined on leaving the block, whatever happens
-      for (size_t t = 1; t < std::min(static_cast<size_t>(threads_), pieces); t++)
-        helpers.emplace_back(encode_next_pieces);
-      encode_next_pieces();
-    }
-    for (const Job& job : queue_) {
-      if (job.error) std::rethrow_exception(job.error);
-      const int64_t count = static_cast<int64_t>(job.tokens.size());
-      if (job.kind == Job::train_document) writer_.start_document_train();
-      else if (job.kind == Job::val_document) writer_.start_document_val();
-      else if (job.is_val) writer_.append_val(job.tokens.data(), count);
-      else writer_.append_train(job.tokens.data(), count);
-    }
-    queue_.clear();
-    queued_bytes_ = 0;
   }
 
   const Tokenizer& tokenizer_;
-  TokenFileWriter& writer_;
+  EncodingTasks& tasks_;
   int64_t piece_bytes_;
-  int threads_;
-  int64_t queue_bytes_;  // the queue runs when it holds this much text
   std::string pending_;
   bool in_val_ = false;
-  int64_t bytes_ = 0;
-  std::vector<Job> queue_;
-  int64_t queued_bytes_ = 0;
 };
 
 // Progress lines of a long preparation: note() is cheap enough to call per document, and hands
@@ -253,9 +226,59 @@ std::vector<fs::path> list_input_files(const std::string& input, const std::stri
   return files;
 }
 
-// --format sft: one example a JSONL line (for_each_sft_example), its segments encoded one by one
-// and each trained segment followed by the tokenizer's EOS (the encoded "\n" for one without, as
-// bytes), trained too, so that the model learns where an answer stops; the loss mask 1 on trained
+// At most this much text waits in the encoding tasks: about max(threads, 4) pieces.
+int64_t queued_text_bytes(const PrepareOptions& options) {
+  return std::max(encode_threads(options), 4) * std::max<int64_t>(options.encode_piece_bytes, 1);
+}
+
+// Reads the JSONL inputs, `pass` of prepare-data, and submits a task per run of lines (at most a
+// piece's worth, 1 MiB at most): work(lines) on a thread of `tasks`, whose results are taken in
+// order. Returns the count of lines read (objects, as the tasks check). A failure while reading
+// comes after those of the lines before it, as on one thread.
+template <class Result>
+int64_t submit_jsonl_lines(const PrepareOptions& options, OrderedTasks<Result>& tasks,
+                           ProgressLines& progress, const char* pass, int64_t total,
+                           const char* unit, const std::function<Result(const JsonlLines&)>& work) {
+  const int64_t batch_bytes = std::clamp<int64_t>(options.encode_piece_bytes, 1, 1 << 20);
+  int64_t objects = 0;
+  try {
+    objects = for_each_jsonl_lines(options.inputs, batch_bytes, [&](JsonlLines&& lines) {
+      const int64_t read = lines.first_object + static_cast<int64_t>(lines.lines.size());
+      const int64_t cost = lines.bytes;
+      tasks.submit(cost, [&work, lines = std::move(lines)] { return work(lines); });
+      progress.note(pass, read, total, unit);
+    });
+  } catch (...) {
+    tasks.finish();  // an earlier line's failure is the one to report
+    throw;
+  }
+  tasks.finish();
+  return objects;
+}
+
+// The first pass over JSONL inputs: counts the objects and checks every line with check(line,
+// path) on the threads, so that a bad line fails before anything is written.
+int64_t count_jsonl_objects(
+    const PrepareOptions& options, ProgressLines& progress, const char* unit,
+    const std::function<void(const JsonlLine&, const std::string&)>& check) {
+  OrderedTasks<bool> tasks(encode_threads(options), queued_text_bytes(options), [](bool&) {});
+  return submit_jsonl_lines<bool>(options, tasks, progress, "counting", 0, unit,
+                                  [&](const JsonlLines& lines) {
+                                    for (const JsonlLine& line : lines.lines)
+                                      check(line, lines.path);
+                                    return true;
+                                  });
+}
+
+void check_unchanged(const std::string& input, int64_t counted, int64_t seen, const char* unit) {
+  if (seen != counted)
+    throw std::runtime_error(input + ": changed while being read (" + std::to_string(counted) +
+                             " then " + std::to_string(seen) + " " + unit + ")");
+}
+
+// --format sft: one example a JSONL line (sft_example), its segments encoded one by one and each
+// trained segment followed by the tokenizer's EOS (the encoded "\n" for one without, as bytes),
+// trained too, so that the model learns where an answer stops; the loss mask 1 on trained
 // segments and their ends, 0 elsewhere. No BOS: no other format writes one, and generate's
 // prompts have none. Segments are encoded apart, so no token straddles what is and is not trained.
 PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokenizer,
@@ -266,11 +289,12 @@ PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokeniz
                              "segment (put the model's tokenizer_config.json beside the "
                              "tokenizer.json)");
   const std::string& input = options.inputs.front();
+  const std::string &prompt_field = options.prompt_field, &response_field = options.response_field;
   ProgressLines progress(options);
-  int64_t counted = 0;
-  const int64_t examples = for_each_sft_example(
-      options.inputs, options.prompt_field, options.response_field,
-      [&](const std::vector<SftSegment>&) { progress.note("counting", ++counted, 0, "examples"); });
+  const int64_t examples = count_jsonl_objects(
+      options, progress, "examples", [&](const JsonlLine& line, const std::string& path) {
+        sft_example(line, prompt_field, response_field, path);
+      });
   const int64_t train_examples = train_document_count(examples, val_fraction, input);
   stats.files = static_cast<int64_t>(options.inputs.size());
   stats.documents = examples;
@@ -281,34 +305,40 @@ PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokeniz
   TokenFileWriter writer(options.output, stats.vocab_size, stats.tokenizer, tokenizer.model(),
                          tokenizer.model_name(), /*masked=*/true, tokenizer.stored_eos_token(),
                          /*documents=*/true);
-  std::vector<int32_t> tokens;
-  std::vector<uint8_t> mask;
-  int64_t example = 0;
-  const int64_t seen = for_each_sft_example(
-      options.inputs, options.prompt_field, options.response_field,
-      [&](const std::vector<SftSegment>& segments) {
-        progress.note("encoding", example + 1, examples, "examples");
-        tokens.clear();
-        mask.clear();
-        for (const SftSegment& segment : segments) {
-          const std::vector<int32_t> encoded = tokenizer.encode(segment.text);
-          tokens.insert(tokens.end(), encoded.begin(), encoded.end());
-          if (segment.trained) tokens.insert(tokens.end(), end.begin(), end.end());
-          mask.resize(tokens.size(), segment.trained ? 1 : 0);
+  // Each example is a document: a start and one piece, its tokens and their mask.
+  const auto encode_example = [&](const JsonlLine& line, const std::string& path, bool is_val) {
+    EncodedPiece example{true, is_val, {}, {}, 0};
+    for (const SftSegment& segment : sft_example(line, prompt_field, response_field, path)) {
+      const std::vector<int32_t> encoded = tokenizer.encode(segment.text);
+      example.tokens.insert(example.tokens.end(), encoded.begin(), encoded.end());
+      if (segment.trained) example.tokens.insert(example.tokens.end(), end.begin(), end.end());
+      example.mask.resize(example.tokens.size(), segment.trained ? 1 : 0);
+    }
+    return example;
+  };
+  EncodingTasks tasks(encode_threads(options), queued_text_bytes(options), [&](Encoded& pieces) {
+    for (const EncodedPiece& example : pieces) {
+      const int64_t count = static_cast<int64_t>(example.tokens.size());
+      if (example.is_val) {
+        writer.start_document_val();
+        writer.append_val(example.tokens.data(), count, example.mask.data());
+      } else {
+        writer.start_document_train();
+        writer.append_train(example.tokens.data(), count, example.mask.data());
+        stats.train_targets += std::count(example.mask.begin(), example.mask.end(), uint8_t{1});
+      }
+    }
+  });
+  const int64_t seen = submit_jsonl_lines<Encoded>(
+      options, tasks, progress, "encoding", examples, "examples", [&](const JsonlLines& lines) {
+        Encoded encoded;
+        for (size_t k = 0; k < lines.lines.size(); k++) {
+          const bool is_val = lines.first_object + static_cast<int64_t>(k) >= train_examples;
+          encoded.push_back(encode_example(lines.lines[k], lines.path, is_val));
         }
-        const int64_t count = static_cast<int64_t>(tokens.size());
-        if (example++ < train_examples) {
-          writer.start_document_train();  // each example is a document
-          writer.append_train(tokens.data(), count, mask.data());
-          stats.train_targets += std::count(mask.begin(), mask.end(), uint8_t{1});
-        } else {
-          writer.start_document_val();
-          writer.append_val(tokens.data(), count, mask.data());
-        }
+        return encoded;
       });
-  if (seen != examples)
-    throw std::runtime_error(input + ": changed while being read (" + std::to_string(examples) +
-                             " then " + std::to_string(seen) + " examples)");
+  check_unchanged(input, examples, seen, "examples");
   stats.train_tokens = writer.train_size();
   stats.val_tokens = writer.val_size();
   writer.finish();
@@ -445,16 +475,17 @@ PrepareStats prepare_data(const PrepareOptions& options) {
   stats.vocab_size = tokenizer->vocab_size();
   if (format == "sft") return prepare_sft(options, *tokenizer, val_fraction, stats);
   // Two passes over the input: the first counts (bytes, or documents) to place the split and
-  // checks every line; the second tokenises and writes. Nothing is held but a piece of text.
+  // checks every line; the second tokenises and writes. What is held is bounded by the queue of
+  // the encoding threads (queued_text_bytes).
   int64_t train_documents = 0, num_documents = 0;
   int64_t train_bytes = 0, total_bytes = 0;
   std::vector<fs::path> files;
   ProgressLines progress(options);
   if (format == "jsonl") {
-    int64_t counted = 0;
-    num_documents = for_each_jsonl_document(options.inputs, options.field, [&](const std::string&) {
-      progress.note("counting", ++counted, 0, "documents");
-    });
+    num_documents = count_jsonl_objects(options, progress, "documents",
+                                        [&](const JsonlLine& line, const std::string& path) {
+                                          jsonl_document(line, options.field, path);
+                                        });
     train_documents = train_document_count(num_documents, val_fraction, input);
     stats.files = static_cast<int64_t>(options.inputs.size());
     stats.documents = num_documents;
@@ -477,44 +508,58 @@ PrepareStats prepare_data(const PrepareOptions& options) {
   TokenFileWriter writer(options.output, stats.vocab_size, stats.tokenizer, tokenizer->model(),
                          tokenizer->model_name(), /*masked=*/false, tokenizer->stored_eos_token(),
                          /*documents=*/true);
-  TextEncoder encoder(*tokenizer, writer, options.encode_piece_bytes, encode_threads(options));
+  EncodingTasks tasks(encode_threads(options), queued_text_bytes(options), [&](Encoded& pieces) {
+    for (const EncodedPiece& piece : pieces) {
+      if (piece.starts_document) {
+        if (piece.is_val) writer.start_document_val();
+        else writer.start_document_train();
+      }
+      const int64_t count = static_cast<int64_t>(piece.tokens.size());
+      if (count > 0 && piece.is_val) writer.append_val(piece.tokens.data(), count);
+      else if (count > 0) writer.append_train(piece.tokens.data(), count);
+      stats.bytes += piece.text_bytes;
+    }
+  });
   if (format == "jsonl") {
     // Documents split whole; each ends with "\n" so that neighbours stay apart.
-    int64_t d = 0;
-    const int64_t seen =
-        for_each_jsonl_document(options.inputs, options.field, [&](const std::string& document) {
-          progress.note("encoding", d + 1, num_documents, "documents");
-          const bool is_val = d++ >= train_documents;
-          encoder.start_document(is_val);
-          encoder.add(is_val, document);
-          encoder.add(is_val, "\n");
+    const int64_t seen = submit_jsonl_lines<Encoded>(
+        options, tasks, progress, "encoding", num_documents, "documents",
+        [&](const JsonlLines& lines) {
+          Encoded encoded;
+          for (size_t k = 0; k < lines.lines.size(); k++) {
+            const bool is_val = lines.first_object + static_cast<int64_t>(k) >= train_documents;
+            const std::string document = jsonl_document(lines.lines[k], options.field, lines.path);
+            encode_document(*tokenizer, document + "\n", options.encode_piece_bytes, is_val,
+                            encoded);
+          }
+          return encoded;
         });
-    if (seen != num_documents)
-      throw std::runtime_error(input + ": changed while being read (" +
-                               std::to_string(num_documents) + " then " + std::to_string(seen) +
-                               " documents)");
+    check_unchanged(input, num_documents, seen, "documents");
   } else {
     // Each file starts a document; the split by bytes may cut one, and the validation split's
     // first token then starts one too (the writer's rule for a split's first token).
+    TextEncoder encoder(*tokenizer, tasks, options.encode_piece_bytes);
     int64_t position = 0;
-    for (const fs::path& file : files) {
-      encoder.start_document(position >= train_bytes);
-      for_each_text_block(file, format, [&](std::string_view text) {
-        const int64_t size = static_cast<int64_t>(text.size());
-        const int64_t to_train = std::clamp<int64_t>(train_bytes - position, 0, size);
-        if (to_train > 0) encoder.add(false, text.substr(0, to_train));
-        if (to_train < size) encoder.add(true, text.substr(to_train));
-        position += size;
-        progress.note("encoding", position >> 20, total_bytes >> 20, "MiB of text");
-      });
+    try {
+      for (const fs::path& file : files) {
+        encoder.start_document(position >= train_bytes);
+        for_each_text_block(file, format, [&](std::string_view text) {
+          const int64_t size = static_cast<int64_t>(text.size());
+          const int64_t to_train = std::clamp<int64_t>(train_bytes - position, 0, size);
+          if (to_train > 0) encoder.add(false, text.substr(0, to_train));
+          if (to_train < size) encoder.add(true, text.substr(to_train));
+          position += size;
+          progress.note("encoding", position >> 20, total_bytes >> 20, "MiB of text");
+        });
+      }
+      encoder.finish();
+    } catch (...) {
+      tasks.finish();  // an earlier piece's failure is the one to report
+      throw;
     }
-    if (position != total_bytes)
-      throw std::runtime_error(input + ": changed while being read (" +
-                               std::to_string(total_bytes) + " then " + std::to_string(position) +
-                               " bytes)");
+    tasks.finish();
+    check_unchanged(input, total_bytes, position, "bytes");
   }
-  encoder.finish();
-  stats.bytes = encoder.bytes();
   stats.train_tokens = writer.train_size();
   stats.val_tokens = writer.val_size();
   writer.finish();

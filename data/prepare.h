@@ -78,8 +78,9 @@ struct PrepareOptions {
   // after a newline (memory stays bounded whatever the input). Tokens do not depend on it for the
   // bytes tokenizer; for SentencePiece a split longer than this is encoded piece by piece.
   int64_t encode_piece_bytes = int64_t{16} << 20;
-  // Text formats but sft: the threads that encode the pieces (0: every hardware thread). The
-  // token file is the same whatever the count.
+  // Text formats: the threads that parse JSON lines and encode the pieces (0: every hardware
+  // thread), while the calling thread reads and writes. The token file is the same whatever the
+  // count.
   int threads = 0;
   // Text formats: called with a line of progress ("prepare-data: encoding, 120 of 512 MiB of
   // text, 41 s") at most once every progress_seconds while the input is read; unset: none.

@@ -179,6 +179,7 @@ TEST_F(ImportTest, ProgressLinesCountBothPasses) {
   prepare.val_fraction = 0.34;
   prepare.progress = [&](const std::string& line) { lines.push_back(line); };
   prepare.progress_seconds = 0;
+  prepare.encode_piece_bytes = 1;  // lines are read in runs of a piece's bytes: here one line
   prepare_data(prepare);
   ASSERT_EQ(lines.size(), 6u);
   EXPECT_EQ(lines[0].rfind("prepare-data: counting, 1 documents, ", 0), 0u) << lines[0];
@@ -275,9 +276,72 @@ TEST_F(ImportTest, ThreadCountDoesNotChangeTheTokens) {
       EXPECT_EQ(results[k].val_doc_starts, results[0].val_doc_starts);
     }
   }
+  // sft: examples parsed and encoded on the threads, their loss masks written in order.
+  {
+    std::ofstream out(path("chat.jsonl"));
+    for (int e = 0; e < 400; e++)
+      out << "{\"prompt\": \"question " << e << std::string(e % 37, 'q') << "\", \"response\": \""
+          << std::string(e % 53, 'a') << " answer " << e << "\"}\n";
+  }
+  std::vector<std::vector<uint8_t>> masks;
+  std::vector<PrepareStats> stats;
+  std::vector<TokenData> results;
+  for (int threads : {1, 3, 8}) {
+    PrepareOptions prepare = options("sft", {path("chat.jsonl")});
+    prepare.threads = threads;
+    prepare.encode_piece_bytes = 3000;  // runs of lines of about 3000 bytes: many tasks
+    stats.push_back(prepare_data(prepare));
+    results.push_back(read_token_file(prepare.output));
+    const TokenFile opened = open_token_file(prepare.output);
+    masks.emplace_back(opened.train->size());
+    opened.train->read_mask(0, opened.train->size(), masks.back().data());
+    fs::remove(prepare.output);
+  }
+  for (size_t k = 1; k < results.size(); k++) {
+    EXPECT_EQ(results[k].train, results[0].train);
+    EXPECT_EQ(results[k].val, results[0].val);
+    EXPECT_EQ(results[k].train_doc_starts, results[0].train_doc_starts);
+    EXPECT_EQ(masks[k], masks[0]);
+    EXPECT_EQ(stats[k].train_targets, stats[0].train_targets);
+  }
+  EXPECT_EQ(results[0].train_doc_starts.size(), 380u);  // floor(0.95 * 400) examples
+
   PrepareOptions negative = options("jsonl", {path("docs.jsonl")});
   negative.threads = -1;
   expect_failure(negative, {"--threads -1"});
+}
+
+// Lines are parsed on the threads in runs, yet the error is the one a single thread meets
+// first: the earliest bad line, also when a later line is bad or the file is cut short.
+TEST_F(ImportTest, FirstErrorInInputOrderWhateverTheThreads) {
+  std::string lines;  // 3 MB, lines for jsonl and sft alike
+  for (int d = 1; lines.size() < (size_t{3} << 20); d++) {
+    const std::string words(d % 300, 'w');
+    lines += d == 150 ? "{\"text\": 150,}\n"
+             : d == 9000
+                 ? "[1]\n"
+                 : "{\"text\": \"" + words + "\", \"prompt\": \"p\", \"response\": \"r\"}\n";
+  }
+  write_file("bad.jsonl", lines);
+  std::vector<std::string> files{"bad.jsonl"};
+#ifdef SY_HAVE_ZLIB
+  // Cut inside the member: the reader fails at the end, 3 MB after line 150.
+  const std::string gzip = test::gzip_member(lines);
+  write_file("bad.jsonl.gz", gzip.substr(0, gzip.size() - 20));
+  files.push_back("bad.jsonl.gz");
+#endif
+  for (const std::string& file : files)
+    for (const char* format : {"jsonl", "sft"})
+      for (int threads : {1, 8})
+        for (int64_t piece_bytes : {int64_t{500}, int64_t{16} << 20}) {
+          SCOPED_TRACE(file + " " + format + " " + std::to_string(threads) + " threads, pieces " +
+                       std::to_string(piece_bytes));
+          PrepareOptions prepare = options(format, {path(file)});
+          prepare.threads = threads;
+          // 500: runs of a line or two, a few queued; 16 MiB: runs of 1 MiB, the reader ahead.
+          prepare.encode_piece_bytes = piece_bytes;
+          expect_failure(prepare, {path(file) + ": line 150: invalid JSON at byte 14"});
+        }
 }
 
 TEST_F(ImportTest, CompressedBadInputs) {

