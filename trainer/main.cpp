@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -513,17 +514,20 @@ int cmd_prepare_data(const CommandLine& line, const CLI::App& given) {
   };
   if ((line.format == "nanogpt" || line.format == "megatron") && !given.count("--vocab-size"))
     throw UsageError("--format " + line.format + " needs --vocab-size N (the ids' vocabulary)");
+  const auto start = std::chrono::steady_clock::now();
   const sy::PrepareStats stats = sy::prepare_data(options);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::string read = std::to_string(stats.files) + " files";
   if (stats.documents > 0)
     read += ", " + std::to_string(stats.documents) +
             (line.format == "sft" ? " examples (" : " documents (") +
             std::to_string(stats.val_documents) + " val)";
   if (stats.bytes > 0) read += ", " + std::to_string(stats.bytes) + " bytes";
-  std::printf("%s: %s -> %lld train / %lld val tokens (%s, vocab %lld)\n", line.output.c_str(),
-              read.c_str(), static_cast<long long>(stats.train_tokens),
+  std::printf("%s: %s -> %lld train / %lld val tokens (%s, vocab %lld) in %.1f s\n",
+              line.output.c_str(), read.c_str(), static_cast<long long>(stats.train_tokens),
               static_cast<long long>(stats.val_tokens), stats.tokenizer.c_str(),
-              static_cast<long long>(stats.vocab_size));
+              static_cast<long long>(stats.vocab_size), seconds);
   if (line.format == "sft")
     std::printf("  loss mask: %lld of the %lld train tokens are response tokens, trained on\n",
                 static_cast<long long>(stats.train_targets),
