@@ -347,21 +347,50 @@ PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokeniz
 
 }  // namespace
 
-int64_t write_corpus_text(const std::string& input, const std::string& format,
-                          const std::string& output) {
-  if (format != "brown" && format != "text")
-    throw std::runtime_error("--format " + format + ": a text format (brown or text) is needed");
-  std::ofstream out(output, std::ios::binary | std::ios::trunc);
-  if (!out) throw std::runtime_error(output + ": cannot open for writing");
-  int64_t bytes = 0;
-  for (const fs::path& file : list_input_files(input, format))
-    for_each_text_block(file, format, [&](std::string_view text) {
-      out << text;
-      bytes += static_cast<int64_t>(text.size());
-    });
-  out.flush();
-  if (!out) throw std::runtime_error(output + ": write failed");
-  return bytes;
+CorpusLines::CorpusLines(const std::vector<std::string>& inputs, const std::string& format,
+                         const std::string& field)
+    : format_(format), field_(field) {
+  if (format != "brown" && format != "text" && format != "jsonl")
+    throw std::runtime_error("--format " + format +
+                             ": a text format (brown, text or jsonl) is needed");
+  if (inputs.empty()) throw std::runtime_error("--format " + format + ": no --input");
+  for (const std::string& input : inputs)
+    for (const fs::path& file : list_input_files(input, format)) files_.push_back(file.string());
+}
+
+CorpusLines::~CorpusLines() = default;
+
+bool CorpusLines::next(std::string& line) {
+  while (true) {
+    if (text_begin_ < text_.size()) {  // text_ ends with '\n'
+      const size_t end = text_.find('\n', text_begin_);
+      line.assign(text_, text_begin_, end - text_begin_);
+      text_begin_ = end + 1;
+      return true;
+    }
+    if (!file_) {
+      if (next_file_ == files_.size()) return false;
+      file_ = std::make_unique<InputFile>(files_[next_file_++]);
+      line_number_ = 0;
+    }
+    std::string raw;
+    if (!file_->read_line(raw)) {
+      file_.reset();
+      continue;
+    }
+    line_number_++;
+    if (format_ == "text") {
+      line = std::move(raw);
+      return true;
+    }
+    if (format_ == "brown") {
+      text_ = brown_file_to_text(raw);  // one line in: "" or one line out
+    } else {
+      if (raw.find_first_not_of(" \t\r") == std::string::npos) continue;  // as --format jsonl
+      text_ = jsonl_document({line_number_, std::move(raw)}, field_, files_[next_file_ - 1]) + "\n";
+    }
+    text_begin_ = 0;
+  }
 }
 
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name) {

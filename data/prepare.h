@@ -9,6 +9,8 @@
 
 namespace sy {
 
+class InputFile;  // data/compressed_input.h
+
 // A tokenizer turns text into token ids in [0, vocab_size()) and back.
 class Tokenizer {
  public:
@@ -38,12 +40,32 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name);
 // `` and '' become ", words joined by single spaces, each sentence ended by "\n".
 std::string brown_file_to_text(const std::string& raw);
 
-// The text prepare-data tokenises for `input` in a text format (brown: each file through
-// brown_file_to_text; text: the files as they are), concatenated in the same file order and
-// written to `output` (plain text). Returns the bytes written. For training a tokenizer on the
-// same text a model will see. Throws std::runtime_error naming the file.
-int64_t write_corpus_text(const std::string& input, const std::string& format,
-                          const std::string& output);
+// The lines of the text prepare-data tokenises, one at a time, without their '\n': what
+// `tokenizer train` learns from, so that a tokenizer fits the text a model will see. Each input
+// is a file or a folder (its files in name order, as prepare-data reads them); format "text":
+// each file's lines, plain or compressed; "brown": the lines of brown_file_to_text of each
+// corpus file; "jsonl": the lines of each document (member `field` of each line's object, as
+// --format jsonl reads it). Files are opened as they are reached; a problem throws one line
+// naming the file (and the line, for jsonl).
+class CorpusLines {
+ public:
+  CorpusLines(const std::vector<std::string>& inputs, const std::string& format,
+              const std::string& field = "text");
+  ~CorpusLines();
+  CorpusLines(const CorpusLines&) = delete;
+  CorpusLines& operator=(const CorpusLines&) = delete;
+  // The next line; false after the last.
+  bool next(std::string& line);
+
+ private:
+  std::vector<std::string> files_;
+  std::string format_, field_;
+  size_t next_file_ = 0;
+  std::unique_ptr<InputFile> file_;  // the file being read, or null between files
+  int64_t line_number_ = 0;          // in file_
+  std::string text_;                 // brown: a converted line; jsonl: a document and a '\n'
+  size_t text_begin_ = 0;            // where the next line of text_ starts
+};
 
 struct PrepareStats {
   int64_t files = 0;         // input files read

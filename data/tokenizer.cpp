@@ -86,6 +86,36 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
   }
 }
 
+// CorpusLines as SentencePiece's SentenceIterator. An exception from the reader ends the
+// iteration with an error status; rethrow() then throws it as it was.
+class CorpusSentences : public sentencepiece::SentenceIterator {
+ public:
+  explicit CorpusSentences(CorpusLines& lines) : lines_(lines) { Next(); }
+  bool done() const override { return done_; }
+  void Next() override {
+    try {
+      done_ = !lines_.next(line_);
+    } catch (...) {
+      error_ = std::current_exception();
+      done_ = true;
+    }
+  }
+  const std::string& value() const override { return line_; }
+  sentencepiece::util::Status status() const override {
+    if (!error_) return {};
+    return {sentencepiece::util::StatusCode::kDataLoss, "the input could not be read"};
+  }
+  void rethrow() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  CorpusLines& lines_;
+  std::string line_;
+  bool done_ = false;
+  std::exception_ptr error_;
+};
+
 }  // namespace
 
 int64_t train_sentencepiece(const SentencePieceTrainOptions& options) {
@@ -97,41 +127,23 @@ int64_t train_sentencepiece(const SentencePieceTrainOptions& options) {
     throw std::runtime_error("tokenizer train: --vocab-size " +
                              std::to_string(options.vocab_size) + " is below 2");
   if (options.output.empty()) throw std::runtime_error("tokenizer train: no --output");
-  if (options.format != "text" && options.format != "brown")
+  if (options.format != "text" && options.format != "brown" && options.format != "jsonl")
     throw std::runtime_error("tokenizer train: --format '" + options.format +
-                             "' (known: text, brown)");
+                             "' (known: text, brown, jsonl)");
   if (options.format == "brown" && options.inputs.size() != 1)
     throw std::runtime_error("tokenizer train: --format brown reads one folder or file");
-  // SentencePiece reads plain text files, and learns from the Brown corpus's words, not its
-  // tags: the detagged corpus and each compressed input go to a text file beside the output,
-  // removed whatever happens.
-  struct RemoveAll {
-    std::vector<std::string> paths;
-    ~RemoveAll() {
-      std::error_code ignored;
-      for (const std::string& path : paths) fs::remove(path, ignored);
-    }
-  } temporary;
-  std::string inputs;
-  for (const std::string& input : options.inputs) {
-    std::error_code error;
-    if (options.format == "text" && !fs::is_regular_file(input, error))
-      throw std::runtime_error(input + ": no such file (tokenizer train reads text files)");
-    std::string path = input;
-    if (options.format == "brown" || !InputFile(input).compression().empty()) {
-      path = options.output + ".text" + std::to_string(temporary.paths.size()) + ".tmp";
-      temporary.paths.push_back(path);
-      write_corpus_text(input, options.format, path);
-    }
-    // SentencePiece splits its input list on commas.
-    if (path.find(',') != std::string::npos)
-      throw std::runtime_error(path + ": SentencePiece cannot read a path with a comma");
-    inputs += (inputs.empty() ? "" : ",") + path;
-  }
+  if (options.sample_lines < 0 || (options.sample_lines > 0 && options.sample_lines <= 100))
+    throw std::runtime_error("tokenizer train: --sample-lines " +
+                             std::to_string(options.sample_lines) +
+                             ": 0 (every line) or more than 100 (SentencePiece's least sample)");
+  // SentencePiece pulls the lines from us, so it learns from the text prepare-data encodes
+  // (Brown's words without their tags, compressed files decompressed, jsonl documents) with no
+  // copy on disk.
+  CorpusLines lines(options.inputs, options.format, options.field);
+  CorpusSentences sentences(lines);
   // Identity normalisation, whitespace kept and byte fallback make encoding lossless, which a
   // language model's text needs (the defaults are for translation and drop whitespace).
-  const std::unordered_map<std::string, std::string> arguments = {
-      {"input", inputs},
+  std::unordered_map<std::string, std::string> arguments = {
       {"vocab_size", std::to_string(options.vocab_size)},
       {"model_type", options.model_type},
       {"character_coverage", "1.0"},
@@ -143,8 +155,15 @@ int64_t train_sentencepiece(const SentencePieceTrainOptions& options) {
       {"num_threads", "1"},  // the trained model then does not depend on the thread count
       {"minloglevel", "2"},  // only errors; ours carry the reason
   };
+  if (options.sample_lines > 0) {
+    // A uniform sample of the lines (SentencePiece's reservoir, with its fixed seed: the same
+    // sample every run), which bounds the memory and time of training on a large corpus.
+    arguments["input_sentence_size"] = std::to_string(options.sample_lines);
+    arguments["shuffle_input_sentence"] = "true";
+  }
   std::string model;  // returned in memory (then no model_prefix), written below atomically
-  const auto status = sentencepiece::SentencePieceTrainer::Train(arguments, nullptr, &model);
+  const auto status = sentencepiece::SentencePieceTrainer::Train(arguments, &sentences, &model);
+  sentences.rethrow();  // a reading error of ours, in our words
   if (!status.ok())
     throw std::runtime_error("tokenizer train: SentencePiece failed: " + status.ToString());
   const std::unique_ptr<Tokenizer> check = load_sentencepiece(model, options.output);

@@ -21,10 +21,15 @@ inline constexpr const char* kSentencePieceTokenizer = "sentencepiece";
 // translation: text is not normalised (identity rule, whitespace kept as is) and characters
 // outside the vocabulary fall back to their UTF-8 bytes, so decode(encode(text)) == text.
 struct SentencePieceTrainOptions {
-  // format "text": text files, which SentencePiece reads line by line; "brown": a Brown corpus
-  // folder or file, learned from the text prepare-data --format brown tokenises (no tags).
+  // Learned from line by line (CorpusLines, data/prepare.h): the text prepare-data tokenises.
+  // format "text": text files or folders, plain or compressed; "brown": a Brown corpus folder or
+  // file, its words without their tags; "jsonl": JSON-lines files, the documents' member `field`.
   std::vector<std::string> inputs;
   std::string format = "text";
+  std::string field = "text";
+  // 0: every line; else a uniform sample of this many lines (the same sample every run), which
+  // bounds the memory and time of training on a large corpus.
+  int64_t sample_lines = 0;
   int64_t vocab_size = 8000;        // with byte fallback at least 256 + 3 + the distinct characters
   std::string model_type = "bpe";   // bpe | unigram
   std::string output = "tok.model";

@@ -89,6 +89,11 @@ expect 2 "--format: html not in {brown,text,jsonl,sft,nanogpt,megatron}" "$switc
 for i in 1 2 3; do echo "{\"text\": \"document $i\"}"; done | gzip -c | head -c 30 > cut.jsonl.gz
 expect 1 "cut.jsonl.gz: gzip data ends early" "$switchyard" prepare-data --format jsonl --input cut.jsonl.gz --output cut.h5
 if [ -e cut.h5 ]; then fail "cut.h5 written from a cut input"; else ok "no token file from a cut input"; fi
+# tokenizer train --format jsonl: a line without the field is named; no model is written.
+printf '{"text": "one"}\n{"body": "two"}\n' > nofield.jsonl
+expect 1 "nofield.jsonl: line 2: no field \"text\"" "$switchyard" tokenizer train --format jsonl --input nofield.jsonl --output nofield.model
+if [ -e nofield.model ]; then fail "nofield.model written"; else ok "no model from a bad jsonl line"; fi
+expect 1 "--sample-lines 50: 0 (every line) or more than 100" "$switchyard" tokenizer train --input nofield.jsonl --sample-lines 50
 expect 2 "unknown option --bogus" "${mpi2[@]}" "$switchyard" train tiny.yaml --bogus
 
 finish

@@ -115,8 +115,11 @@ TEST_F(TokenizerTest, BrownFormatLearnsFromTheDetaggedText) {
   options.vocab_size = kVocab;
   options.output = (dir / "brown.model").string();
   EXPECT_EQ(train_sentencepiece(options), kVocab);
-  EXPECT_FALSE(fs::exists(options.output + ".text0.tmp")) << "the detagged text is removed";
-  write_corpus_text((dir / "brown").string(), "brown", (dir / "detagged.txt").string());
+  {
+    std::ofstream detagged((dir / "detagged.txt").string(), std::ios::binary);
+    CorpusLines lines({(dir / "brown").string()}, "brown");
+    for (std::string line; lines.next(line);) detagged << line << "\n";
+  }
   SentencePieceTrainOptions from_text = options;
   from_text.format = "text";
   from_text.inputs = {(dir / "detagged.txt").string()};
@@ -135,8 +138,7 @@ TEST_F(TokenizerTest, BrownFormatLearnsFromTheDetaggedText) {
   EXPECT_THROW(train_sentencepiece(options), std::runtime_error);
 }
 
-// A compressed text input trains the model its plain text trains, and its decompressed copy
-// beside the output is removed.
+// A compressed text input trains the model its plain text trains.
 TEST_F(TokenizerTest, CompressedTextTrainsAsPlain) {
   std::vector<std::string> packed;
 #ifdef SY_HAVE_ZLIB
@@ -158,10 +160,72 @@ TEST_F(TokenizerTest, CompressedTextTrainsAsPlain) {
     options.vocab_size = kVocab;
     options.output = (dir / (name + ".model")).string();
     EXPECT_EQ(train_sentencepiece(options), kVocab);
-    EXPECT_FALSE(fs::exists(options.output + ".text0.tmp"));
     const std::unique_ptr<Tokenizer> tokenizer = tokenizer_from_option(options.output);
     for (int32_t id = 0; id < kVocab; ++id)
       ASSERT_EQ(tokenizer->decode({id}), plain->decode({id})) << id;
+  }
+}
+
+// --format jsonl learns from the documents' text: the model the same text as a file trains,
+// whatever else the lines hold; a bad line stops it, named.
+TEST_F(TokenizerTest, JsonlTrainsOnTheDocuments) {
+  const std::unique_ptr<Tokenizer> plain = tokenizer_from_option(train_tokenizer());
+  // Documents of a few lines each, with characters JSON escapes.
+  std::istringstream lines(corpus_text());
+  std::string jsonl, document;
+  int count = 0;
+  for (std::string line; std::getline(lines, line);) {
+    document += line + "\\n";
+    if (++count % 5 == 0) {
+      jsonl += "{\"id\": " + std::to_string(count) + ", \"body\": \"" + document + "\"}\n\n";
+      document.clear();
+    }
+  }
+  ASSERT_TRUE(document.empty());
+  std::ofstream((dir / "corpus.jsonl").string(), std::ios::binary) << jsonl;
+  SentencePieceTrainOptions options;
+  options.format = "jsonl";
+  options.field = "body";
+  options.inputs = {(dir / "corpus.jsonl").string()};
+  options.vocab_size = kVocab;
+  options.output = (dir / "jsonl.model").string();
+  EXPECT_EQ(train_sentencepiece(options), kVocab);
+  const std::unique_ptr<Tokenizer> tokenizer = tokenizer_from_option(options.output);
+  for (int32_t id = 0; id < kVocab; ++id)
+    ASSERT_EQ(tokenizer->decode({id}), plain->decode({id})) << id;
+
+  std::ofstream((dir / "bad.jsonl").string(), std::ios::binary) << jsonl << "{\"text\": 1}\n";
+  options.inputs = {(dir / "bad.jsonl").string()};
+  options.output = (dir / "bad.model").string();
+  try {
+    train_sentencepiece(options);
+    ADD_FAILURE() << "no error";
+  } catch (const std::runtime_error& error) {
+    EXPECT_EQ(std::string(error.what()),
+              options.inputs[0] + ": line " + std::to_string(2 * 80 + 1) + ": no field \"body\"");
+  }
+  EXPECT_FALSE(fs::exists(options.output));
+}
+
+// --sample-lines: a uniform sample, the same every run; fewer lines make another model.
+TEST_F(TokenizerTest, SampledLinesAreTheSameEveryRun) {
+  std::vector<std::string> models;
+  for (int64_t sample_lines : {0, 150, 150}) {
+    SentencePieceTrainOptions options;
+    options.inputs = {(dir / "corpus.txt").string()};
+    options.vocab_size = kVocab;
+    options.sample_lines = sample_lines;
+    options.output = (dir / ("sampled" + std::to_string(models.size()) + ".model")).string();
+    EXPECT_EQ(train_sentencepiece(options), kVocab);
+    models.push_back(read_bytes(options.output));
+  }
+  EXPECT_EQ(models[1], models[2]);
+  EXPECT_NE(models[0], models[1]);
+  SentencePieceTrainOptions negative;
+  negative.inputs = {(dir / "corpus.txt").string()};
+  for (int64_t sample_lines : {-1, 100}) {
+    negative.sample_lines = sample_lines;
+    EXPECT_THROW(train_sentencepiece(negative), std::runtime_error);
   }
 }
 

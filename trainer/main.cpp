@@ -229,21 +229,34 @@ void add_tokenizer_command(CLI::App& app, CommandLine& line) {
       "tokenizer", "SentencePiece tokenizers for prepare-data --tokenizer (docs/data.md)");
   tokenizer->require_subcommand(1);
   CLI::App* tokenizer_train = tokenizer->add_subcommand(
-      "train", wrap("train a SentencePiece model on text files (lossless: no normalisation, "
+      "train", wrap("train a SentencePiece model on a corpus (lossless: no normalisation, "
                     "byte fallback) and write its model file"));
   tokenizer_train->allow_extras();  // reported in run_command in the project's words
   tokenizer_train
       ->add_option("--input", line.tokenizer_train.inputs,
-                   "text files to learn from, plain, gzip or zstd (--format brown: "
-                   "the corpus folder)")
-      ->type_name("TEXT...")
+                   wrap("files or folders to learn from, plain, gzip or zstd (--format brown: "
+                        "the corpus folder)"))
+      ->type_name("PATH...")
       ->required();
   tokenizer_train
       ->add_option("--format", line.tokenizer_train.format,
-                   "text, or brown: learn from the Brown corpus' words without their tags, the "
-                   "text prepare-data --format brown encodes")
-      ->type_name("text|brown")
-      ->check(CLI::IsMember({"text", "brown"}).description(""))
+                   wrap("the text prepare-data --format F encodes: text, brown (the Brown "
+                        "corpus' words without their tags) or jsonl (the documents of JSON lines)"))
+      ->type_name("text|brown|jsonl")
+      ->check(CLI::IsMember({"text", "brown", "jsonl"}).description(""))
+      ->capture_default_str();
+  tokenizer_train
+      ->add_option("--field", line.tokenizer_train.field,
+                   "jsonl: the member holding a document's text")
+      ->type_name("NAME")
+      ->capture_default_str();
+  tokenizer_train
+      ->add_option(
+          "--sample-lines", line.tokenizer_train.sample_lines,
+          wrap("learn from a uniform sample of N > 100 lines, the same every run (0: every "
+               "line); for a large corpus, a few million"))
+      ->type_name("N")
+      ->check(kCount)
       ->capture_default_str();
   tokenizer_train
       ->add_option("--vocab-size", line.tokenizer_train.vocab_size,
