@@ -463,6 +463,17 @@ PrepareStats prepare_data(const PrepareOptions& options) {
   if (!is_token_format && options.vocab_size != 0)
     throw std::runtime_error("--vocab-size applies to --format nanogpt and megatron only; for " +
                              format + " the tokenizer sets the vocabulary");
+  std::error_code error;
+  if (reads_jsonl &&
+      std::any_of(options.inputs.begin(), options.inputs.end(),
+                  [&](const std::string& each) { return fs::is_directory(each, error); })) {
+    PrepareOptions with_files = options;  // a folder stands for its regular files, in name order
+    with_files.inputs.clear();
+    for (const std::string& each : options.inputs)
+      for (const fs::path& file : list_input_files(each, format))
+        with_files.inputs.push_back(file.string());
+    return prepare_data(with_files);
+  }
   const std::string& input = options.inputs.front();
 
   PrepareStats stats;

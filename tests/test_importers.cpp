@@ -172,6 +172,34 @@ TEST_F(ImportTest, JsonlBadInputs) {
 
 // Progress lines, here one per document (progress_seconds 0): both passes, counted up to the
 // total the first found.
+// A folder of shards reads as its files in name order (not the order they were written).
+TEST_F(ImportTest, AFolderOfShardsReadsAsItsFilesInNameOrder) {
+  fs::create_directories(path("shards"));
+  write_file("shards/b.jsonl", "{\"text\": \"two\", \"prompt\": \"p2\", \"response\": \"r2\"}\n");
+  write_file("shards/a.jsonl", "{\"text\": \"one\", \"prompt\": \"p1\", \"response\": \"r1\"}\n");
+  write_file("shards/c.jsonl", "{\"text\": \"three\", \"prompt\": \"p3\", \"response\": \"r3\"}\n");
+  for (const char* format : {"jsonl", "sft"}) {
+    SCOPED_TRACE(format);
+    PrepareOptions files =
+        options(format, {path("shards/a.jsonl"), path("shards/b.jsonl"), path("shards/c.jsonl")});
+    files.val_fraction = 0.3;  // floor(0.7 * 3) = 2 training documents
+    const PrepareStats listed = prepare_data(files);
+    const TokenData expected = read_token_file(files.output);
+    fs::remove(files.output);
+    PrepareOptions folder = files;
+    folder.inputs = {path("shards")};
+    const PrepareStats read = prepare_data(folder);
+    const TokenData data = read_token_file(folder.output);
+    fs::remove(folder.output);
+    EXPECT_EQ(data.train, expected.train);
+    EXPECT_EQ(data.val, expected.val);
+    EXPECT_EQ(data.train_doc_starts, expected.train_doc_starts);
+    EXPECT_EQ(read.files, 3);
+    EXPECT_EQ(read.documents, listed.documents);
+    if (std::string(format) == "jsonl") EXPECT_EQ(data.train, bytes_of("one\ntwo\n"));
+  }
+}
+
 TEST_F(ImportTest, ProgressLinesCountBothPasses) {
   write_file("a.jsonl", "{\"text\": \"one\"}\n{\"text\": \"two\"}\n{\"text\": \"three\"}\n");
   std::vector<std::string> lines;

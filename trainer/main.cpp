@@ -161,7 +161,7 @@ void add_prepare_data_command(CLI::App& app, CommandLine& line) {
                       "/val (docs/data.md)");
   prepare
       ->add_option("--input", line.inputs,
-                   wrap("brown, text: a file or folder; jsonl, sft: one or more files (these "
+                   wrap("brown, text: a file or folder; jsonl, sft: files or folders (these "
                         "four: plain, gzip or zstd); nanogpt: a folder with train.bin and "
                         "val.bin, or train.bin; megatron: PREFIX of PREFIX.bin and PREFIX.idx"))
       ->type_name("PATH...")
