@@ -18,6 +18,7 @@
 #include "data/hf_tokenizer.h"
 #include "data/importers.h"
 #include "data/ordered_tasks.h"
+#include "data/parquet_input.h"
 #include "data/token_file.h"
 #include "data/tokenizer.h"
 
@@ -270,6 +271,47 @@ int64_t count_jsonl_objects(
                                   });
 }
 
+// Reads the rows of the Parquet inputs on this thread, in runs of about a piece's worth (1 MiB
+// at most), and submits a task per run that calls encode(encoded, value, row) for each of its
+// rows (row: the index among all files' rows). Returns the rows read.
+int64_t submit_parquet_rows(const PrepareOptions& options, EncodingTasks& tasks,
+                            ProgressLines& progress, int64_t total,
+                            const std::function<void(Encoded&, std::string&&, int64_t)>& encode) {
+  const int64_t batch_bytes = std::clamp<int64_t>(options.encode_piece_bytes, 1, 1 << 20);
+  int64_t rows = 0;
+  std::vector<std::string> batch;
+  int64_t batch_first = 0, batch_size = 0;
+  const auto submit = [&] {
+    tasks.submit(batch_size, [&encode, first = batch_first, values = std::move(batch)]() mutable {
+      Encoded encoded;
+      for (size_t k = 0; k < values.size(); k++)
+        encode(encoded, std::move(values[k]), first + static_cast<int64_t>(k));
+      return encoded;
+    });
+    batch.clear();
+    batch_first = rows;
+    batch_size = 0;
+    progress.note("encoding", rows, total, "documents");
+  };
+  try {
+    for (const std::string& file : options.inputs) {
+      ParquetStrings values(file, options.field);
+      for (std::string value; values.next(value);) {
+        batch_size += static_cast<int64_t>(value.size());
+        batch.push_back(std::move(value));
+        rows++;
+        if (batch_size >= batch_bytes) submit();
+      }
+    }
+    if (!batch.empty()) submit();
+  } catch (...) {
+    tasks.finish();  // an earlier row's failure is the one to report
+    throw;
+  }
+  tasks.finish();
+  return rows;
+}
+
 void check_unchanged(const std::string& input, int64_t counted, int64_t seen, const char* unit) {
   if (seen != counted)
     throw std::runtime_error(input + ": changed while being read (" + std::to_string(counted) +
@@ -350,9 +392,9 @@ PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokeniz
 CorpusLines::CorpusLines(const std::vector<std::string>& inputs, const std::string& format,
                          const std::string& field)
     : format_(format), field_(field) {
-  if (format != "brown" && format != "text" && format != "jsonl")
+  if (format != "brown" && format != "text" && format != "jsonl" && format != "parquet")
     throw std::runtime_error("--format " + format +
-                             ": a text format (brown, text or jsonl) is needed");
+                             ": a text format (brown, text, jsonl or parquet) is needed");
   if (inputs.empty()) throw std::runtime_error("--format " + format + ": no --input");
   for (const std::string& input : inputs)
     for (const fs::path& file : list_input_files(input, format)) files_.push_back(file.string());
@@ -367,6 +409,19 @@ bool CorpusLines::next(std::string& line) {
       line.assign(text_, text_begin_, end - text_begin_);
       text_begin_ = end + 1;
       return true;
+    }
+    if (format_ == "parquet") {
+      if (!parquet_) {
+        if (next_file_ == files_.size()) return false;
+        parquet_ = std::make_unique<ParquetStrings>(files_[next_file_++], field_);
+      }
+      if (!parquet_->next(text_)) {
+        parquet_.reset();
+        continue;
+      }
+      text_ += '\n';
+      text_begin_ = 0;
+      continue;
     }
     if (!file_) {
       if (next_file_ == files_.size()) return false;
@@ -445,11 +500,12 @@ PrepareStats prepare_data(const PrepareOptions& options) {
   const std::string& format = options.format;
   const bool is_token_format = format == "nanogpt" || format == "megatron";
   const bool reads_jsonl = format == "jsonl" || format == "sft";
-  if (format != "brown" && format != "text" && !reads_jsonl && !is_token_format)
+  const bool reads_rows = reads_jsonl || format == "parquet";  // a document a row, many files
+  if (format != "brown" && format != "text" && !reads_rows && !is_token_format)
     throw std::runtime_error("unknown data format '" + format +
-                             "' (known: brown, text, jsonl, sft, nanogpt, megatron)");
+                             "' (known: brown, text, jsonl, sft, parquet, nanogpt, megatron)");
   if (options.inputs.empty()) throw std::runtime_error("--format " + format + ": no --input");
-  if (!reads_jsonl && options.inputs.size() != 1)
+  if (!reads_rows && options.inputs.size() != 1)
     throw std::runtime_error("--format " + format + " reads one --input, got " +
                              std::to_string(options.inputs.size()));
   if (options.output.empty()) throw std::runtime_error("no --output file");
@@ -464,7 +520,7 @@ PrepareStats prepare_data(const PrepareOptions& options) {
     throw std::runtime_error("--vocab-size applies to --format nanogpt and megatron only; for " +
                              format + " the tokenizer sets the vocabulary");
   std::error_code error;
-  if (reads_jsonl &&
+  if (reads_rows &&
       std::any_of(options.inputs.begin(), options.inputs.end(),
                   [&](const std::string& each) { return fs::is_directory(each, error); })) {
     PrepareOptions with_files = options;  // a folder stands for its regular files, in name order
@@ -521,7 +577,17 @@ PrepareStats prepare_data(const PrepareOptions& options) {
   int64_t train_bytes = 0, total_bytes = 0;
   std::vector<fs::path> files;
   ProgressLines progress(options);
-  if (format == "jsonl") {
+  if (format == "parquet") {
+    // The footers count the rows, and say before anything is written whether every file has
+    // the column and is one this reader decodes.
+    for (const std::string& file : options.inputs)
+      num_documents += ParquetStrings(file, options.field).rows();
+    if (num_documents == 0) throw std::runtime_error(input + ": no rows");
+    train_documents = train_document_count(num_documents, val_fraction, input);
+    stats.files = static_cast<int64_t>(options.inputs.size());
+    stats.documents = num_documents;
+    stats.val_documents = num_documents - train_documents;
+  } else if (format == "jsonl") {
     num_documents = count_jsonl_objects(options, progress, "documents",
                                         [&](const JsonlLine& line, const std::string& path) {
                                           jsonl_document(line, options.field, path);
@@ -560,7 +626,16 @@ PrepareStats prepare_data(const PrepareOptions& options) {
       stats.bytes += piece.text_bytes;
     }
   });
-  if (format == "jsonl") {
+  if (format == "parquet") {
+    // As jsonl: a row's value is a document, followed by "\n".
+    const int64_t seen =
+        submit_parquet_rows(options, tasks, progress, num_documents,
+                            [&](Encoded& encoded, std::string&& text, int64_t row) {
+                              encode_document(*tokenizer, text + "\n", options.encode_piece_bytes,
+                                              row >= train_documents, encoded);
+                            });
+    check_unchanged(input, num_documents, seen, "documents");
+  } else if (format == "jsonl") {
     // Documents split whole; each ends with "\n" so that neighbours stay apart.
     const int64_t seen = submit_jsonl_lines<Encoded>(
         options, tasks, progress, "encoding", num_documents, "documents",

@@ -9,7 +9,8 @@
 
 namespace sy {
 
-class InputFile;  // data/compressed_input.h
+class InputFile;       // data/compressed_input.h
+class ParquetStrings;  // data/parquet_input.h
 
 // A tokenizer turns text into token ids in [0, vocab_size()) and back.
 class Tokenizer {
@@ -45,8 +46,9 @@ std::string brown_file_to_text(const std::string& raw);
 // is a file or a folder (its files in name order, as prepare-data reads them); format "text":
 // each file's lines, plain or compressed; "brown": the lines of brown_file_to_text of each
 // corpus file; "jsonl": the lines of each document (member `field` of each line's object, as
-// --format jsonl reads it). Files are opened as they are reached; a problem throws one line
-// naming the file (and the line, for jsonl).
+// --format jsonl reads it); "parquet": the lines of each row's value of column `field`. Files
+// are opened as they are reached; a problem throws one line naming the file (and the line or
+// row).
 class CorpusLines {
  public:
   CorpusLines(const std::vector<std::string>& inputs, const std::string& format,
@@ -62,8 +64,9 @@ class CorpusLines {
   std::string format_, field_;
   size_t next_file_ = 0;
   std::unique_ptr<InputFile> file_;  // the file being read, or null between files
+  std::unique_ptr<ParquetStrings> parquet_;  // or, for parquet, its rows
   int64_t line_number_ = 0;          // in file_
-  std::string text_;                 // brown: a converted line; jsonl: a document and a '\n'
+  std::string text_;                 // brown: a converted line; else a document and a '\n'
   size_t text_begin_ = 0;            // where the next line of text_ starts
 };
 
@@ -92,7 +95,7 @@ struct PrepareOptions {
   // the last fraction of the bytes (brown, text) or of the documents (jsonl, megatron). Unset:
   // 0.05, or for nanogpt val.bin (setting it for nanogpt is an error).
   std::optional<double> val_fraction;
-  std::string field = "text";       // jsonl: the member holding a document's text
+  std::string field = "text";  // jsonl, parquet: the member (column) holding a document
   // sft: the members holding an example's prompt (not trained on) and response (trained on).
   std::string prompt_field = "prompt", response_field = "response";
   int64_t vocab_size = 0;           // nanogpt, megatron: required; tokens must lie below it

@@ -127,9 +127,10 @@ int64_t train_sentencepiece(const SentencePieceTrainOptions& options) {
     throw std::runtime_error("tokenizer train: --vocab-size " +
                              std::to_string(options.vocab_size) + " is below 2");
   if (options.output.empty()) throw std::runtime_error("tokenizer train: no --output");
-  if (options.format != "text" && options.format != "brown" && options.format != "jsonl")
+  if (options.format != "text" && options.format != "brown" && options.format != "jsonl" &&
+      options.format != "parquet")
     throw std::runtime_error("tokenizer train: --format '" + options.format +
-                             "' (known: text, brown, jsonl)");
+                             "' (known: text, brown, jsonl, parquet)");
   if (options.format == "brown" && options.inputs.size() != 1)
     throw std::runtime_error("tokenizer train: --format brown reads one folder or file");
   if (options.sample_lines < 0 || (options.sample_lines > 0 && options.sample_lines <= 100))

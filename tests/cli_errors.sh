@@ -84,13 +84,16 @@ expect 2 "train needs CONFIG" "$switchyard" train
 expect 2 "--tokens: expected a non-negative integer, got '-1'" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --tokens -1
 expect 2 "--temperature: expected a number, got 'warm'" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --temperature warm
 expect 2 "--batches needs a value" "$switchyard" eval tiny.yaml --batches
-expect 2 "--format: html not in {brown,text,jsonl,sft,nanogpt,megatron}" "$switchyard" prepare-data --format html
+expect 2 "--format: html not in {brown,text,jsonl,sft,parquet,nanogpt,megatron}" "$switchyard" prepare-data --format html
 # A compressed input cut short (gzip is on every Debian machine): refused, and no token file.
 for i in 1 2 3; do echo "{\"text\": \"document $i\"}"; done | gzip -c | head -c 30 > cut.jsonl.gz
 expect 1 "cut.jsonl.gz: gzip data ends early" "$switchyard" prepare-data --format jsonl --input cut.jsonl.gz --output cut.h5
 if [ -e cut.h5 ]; then fail "cut.h5 written from a cut input"; else ok "no token file from a cut input"; fi
-# tokenizer train --format jsonl: a line without the field is named; no model is written.
 printf '{"text": "one"}\n{"body": "two"}\n' > nofield.jsonl
+# --format parquet of a file that is not Parquet: refused by name, no token file.
+expect 1 "nofield.jsonl: not a Parquet file" "$switchyard" prepare-data --format parquet --input nofield.jsonl --output pq.h5
+if [ -e pq.h5 ]; then fail "pq.h5 written from a text file"; else ok "no token file from a file that is not Parquet"; fi
+# tokenizer train --format jsonl: a line without the field is named; no model is written.
 expect 1 "nofield.jsonl: line 2: no field \"text\"" "$switchyard" tokenizer train --format jsonl --input nofield.jsonl --output nofield.model
 if [ -e nofield.model ]; then fail "nofield.model written"; else ok "no model from a bad jsonl line"; fi
 expect 1 "--sample-lines 50: 0 (every line) or more than 100" "$switchyard" tokenizer train --input nofield.jsonl --sample-lines 50

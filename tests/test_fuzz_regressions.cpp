@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "data/parquet_input.h"
 #include "data/token_file.h"
 #include "trainer/checkpoint.h"
 
@@ -91,5 +92,13 @@ TEST(FuzzRegressions, CheckpointInputsFailCleanly) {
     (void)sy::read_checkpoint_header(path);
     sy::scan_checkpoint_tensors(path, [](const std::vector<sy::TensorInfo>&) {},
                                 [](const sy::TensorInfo&) {});
+  });
+}
+
+TEST(FuzzRegressions, ParquetInputsFailCleanly) {
+  expect_clean("parquet", [](const std::string& path) {
+    sy::ParquetStrings strings(path, "text");
+    for (std::string value; strings.next(value);) {
+    }
   });
 }

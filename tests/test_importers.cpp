@@ -196,7 +196,9 @@ TEST_F(ImportTest, AFolderOfShardsReadsAsItsFilesInNameOrder) {
     EXPECT_EQ(data.train_doc_starts, expected.train_doc_starts);
     EXPECT_EQ(read.files, 3);
     EXPECT_EQ(read.documents, listed.documents);
-    if (std::string(format) == "jsonl") EXPECT_EQ(data.train, bytes_of("one\ntwo\n"));
+    if (std::string(format) == "jsonl") {
+      EXPECT_EQ(data.train, bytes_of("one\ntwo\n"));
+    }
   }
 }
 

@@ -161,8 +161,9 @@ void add_prepare_data_command(CLI::App& app, CommandLine& line) {
                       "/val (docs/data.md)");
   prepare
       ->add_option("--input", line.inputs,
-                   wrap("brown, text: a file or folder; jsonl, sft: files or folders (these "
-                        "four: plain, gzip or zstd); nanogpt: a folder with train.bin and "
+                   wrap("brown, text: a file or folder; jsonl, sft, parquet: files or folders "
+                        "(brown, text, jsonl, sft: plain, gzip or zstd); nanogpt: a folder with "
+                        "train.bin and "
                         "val.bin, or train.bin; megatron: PREFIX of PREFIX.bin and PREFIX.idx"))
       ->type_name("PATH...")
       ->capture_default_str();
@@ -170,27 +171,31 @@ void add_prepare_data_command(CLI::App& app, CommandLine& line) {
       ->add_option("--format", line.format,
                    wrap("brown: the Brown corpus's tagged files (c[a-r][0-9][0-9]); text: plain "
                         "text, as is; jsonl: one JSON object per line, its --field a document; "
+                        "parquet: a Parquet file's string column --field, a document a row; "
                         "sft: one JSON object per line, a prompt and a response (or "
                         "\"segments\": [{\"text\", \"train\"}, ...]), the loss on the "
                         "response only; nanogpt: uint16 train.bin/val.bin token ids; "
                         "megatron: an indexed dataset .bin/.idx of token ids (docs/data.md)"))
-      ->type_name("brown|text|jsonl|sft|nanogpt|megatron")
-      ->check(
-          CLI::IsMember({"brown", "text", "jsonl", "sft", "nanogpt", "megatron"}).description(""))
+      ->type_name("brown|text|jsonl|sft|parquet|nanogpt|megatron")
+      ->check(CLI::IsMember({"brown", "text", "jsonl", "sft", "parquet", "nanogpt", "megatron"})
+                  .description(""))
       ->capture_default_str();
   prepare->add_option("--output", line.output, "the token file to write (HDF5)")
       ->type_name("FILE")
       ->capture_default_str();
   prepare
-      ->add_option("--tokenizer", line.tokenizer,
-                   wrap("brown, text, jsonl, sft: bytes (one token per byte, vocab 256), a "
-                        "SentencePiece model file, or a Hugging Face tokenizer.json or the "
-                        "model folder that holds one (stored in the token file); nanogpt, "
-                        "megatron: a name stored with the ids as they are (when not given: "
-                        "unknown)"))
+      ->add_option(
+          "--tokenizer", line.tokenizer,
+          wrap("brown, text, jsonl, sft, parquet: bytes (one token per byte, vocab 256), a "
+               "SentencePiece model file, or a Hugging Face tokenizer.json or the "
+               "model folder that holds one (stored in the token file); nanogpt, "
+               "megatron: a name stored with the ids as they are (when not given: "
+               "unknown)"))
       ->type_name("NAME")
       ->capture_default_str();
-  prepare->add_option("--field", line.field, "jsonl: the member that holds a document's text")
+  prepare
+      ->add_option("--field", line.field,
+                   "jsonl, parquet: the member (column) that holds a document's text")
       ->type_name("NAME")
       ->capture_default_str();
   prepare->add_option("--prompt-field", line.prompt_field, "sft: the member that holds the prompt")
@@ -241,13 +246,14 @@ void add_tokenizer_command(CLI::App& app, CommandLine& line) {
   tokenizer_train
       ->add_option("--format", line.tokenizer_train.format,
                    wrap("the text prepare-data --format F encodes: text, brown (the Brown "
-                        "corpus' words without their tags) or jsonl (the documents of JSON lines)"))
-      ->type_name("text|brown|jsonl")
-      ->check(CLI::IsMember({"text", "brown", "jsonl"}).description(""))
+                        "corpus' words without their tags), jsonl (the documents of JSON lines) "
+                        "or parquet (a string column's rows)"))
+      ->type_name("text|brown|jsonl|parquet")
+      ->check(CLI::IsMember({"text", "brown", "jsonl", "parquet"}).description(""))
       ->capture_default_str();
   tokenizer_train
       ->add_option("--field", line.tokenizer_train.field,
-                   "jsonl: the member holding a document's text")
+                   "jsonl, parquet: the member (column) holding a document's text")
       ->type_name("NAME")
       ->capture_default_str();
   tokenizer_train

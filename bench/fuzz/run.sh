@@ -3,12 +3,12 @@
 # one after another, from a seed corpus the targets write themselves (SY_FUZZ_WRITE_SEED: the
 # default config and a tiny MoE config; three token files; a checkpoint of the fuzzer's tiny
 # model; two safetensors files; four config.json files beside a tiny Llama's weights; a
-# tokenizer.json and a text; JSON lines, plain and compressed). Prints libFuzzer's coverage (cov: edges, ft: features) and the
+# tokenizer.json and a text; JSON lines, plain and compressed; Parquet files). Prints libFuzzer's coverage (cov: edges, ft: features) and the
 # crashes found, last as a table. Work files under ${OUT:-bench/fuzz/out}; crashing inputs as <out>/crashes/<target>-*.
 # BUILD_DIR (default build-fuzz) is configured with
 #   CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DSY_FUZZ=ON -DSY_CUDA=OFF
 # and built with: cmake --build build-fuzz --target fuzz_config fuzz_token_file fuzz_checkpoint \
-#   fuzz_safetensors fuzz_hf_config fuzz_hf_tokenizer fuzz_prepare_text
+#   fuzz_safetensors fuzz_hf_config fuzz_hf_tokenizer fuzz_prepare_text fuzz_parquet
 # The inputs kept under tests/data/fuzz/<reader>/ seed each run too. One worker (-fork=1) that
 # goes on past a finding (-ignore_crashes/ooms/timeouts), so a long run reports all it finds.
 # RSS_MB (default 2048) is the memory limit per input.
@@ -19,7 +19,7 @@ shift $(( $# >= 2 ? 2 : 1 ))
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] ||
   targets=(fuzz_config fuzz_token_file fuzz_checkpoint fuzz_safetensors fuzz_hf_config
-           fuzz_hf_tokenizer fuzz_prepare_text)
+           fuzz_hf_tokenizer fuzz_prepare_text fuzz_parquet)
 out=${OUT:-bench/fuzz/out}
 mkdir -p "$out/crashes"
 # HDF5's error paths keep a few handles for the process's life: leaks are not what we look for.

@@ -1,0 +1,787 @@
+#include "data/parquet_input.h"
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <stdexcept>
+#include <vector>
+
+#ifdef SY_HAVE_SNAPPY
+#include <snappy-c.h>
+#endif
+#ifdef SY_HAVE_ZLIB
+#include <zlib.h>
+#endif
+#ifdef SY_HAVE_ZSTD
+#include <zstd.h>
+#endif
+
+namespace sy {
+namespace {
+
+// Parquet's enums (parquet.thrift), the values this reader meets.
+enum Type { kByteArray = 6 };
+enum Repetition { kRequired = 0, kOptional = 1, kRepeated = 2 };
+enum Codec { kUncompressed = 0, kSnappy = 1, kGzip = 2, kZstd = 6 };
+enum PageType { kDataPage = 0, kDictionaryPage = 2, kDataPageV2 = 3 };
+enum Encoding { kPlain = 0, kPlainDictionary = 2, kRle = 3, kRleDictionary = 8 };
+
+const char* codec_name(int64_t codec) {
+  switch (codec) {
+    case 0:
+      return "uncompressed";
+    case 1:
+      return "snappy";
+    case 2:
+      return "gzip";
+    case 3:
+      return "lzo";
+    case 4:
+      return "brotli";
+    case 5:
+      return "lz4";
+    case 6:
+      return "zstd";
+    case 7:
+      return "lz4_raw";
+    default:
+      return "unknown";
+  }
+}
+
+const char* encoding_name(int64_t encoding) {
+  switch (encoding) {
+    case 0:
+      return "PLAIN";
+    case 2:
+      return "PLAIN_DICTIONARY";
+    case 3:
+      return "RLE";
+    case 4:
+      return "BIT_PACKED";
+    case 5:
+      return "DELTA_BINARY_PACKED";
+    case 6:
+      return "DELTA_LENGTH_BYTE_ARRAY";
+    case 7:
+      return "DELTA_BYTE_ARRAY";
+    case 8:
+      return "RLE_DICTIONARY";
+    case 9:
+      return "BYTE_STREAM_SPLIT";
+    default:
+      return "unknown";
+  }
+}
+
+// Thrift's compact protocol, which Parquet's footer and page headers are written in: a struct is
+// fields (a header byte of id delta and type, then the value) up to a stop byte.
+class CompactReader {
+ public:
+  CompactReader(const uint8_t* begin, const uint8_t* end, const std::string& what)
+      : at_(begin), end_(end), what_(what) {}
+  const uint8_t* position() const { return at_; }
+
+  // The next field of the struct being read: false at its end. Field ids and types as Thrift's.
+  bool next_field(int16_t& last_id, int16_t& id, int& type) {
+    const uint8_t header = byte();
+    if (header == 0) return false;
+    type = header & 0x0f;
+    const int delta = header >> 4;
+    id = delta ? static_cast<int16_t>(last_id + delta) : static_cast<int16_t>(zigzag());
+    last_id = id;
+    return true;
+  }
+  int64_t integer() { return zigzag(); }
+  std::string binary() {
+    const uint64_t size = varint();
+    if (size > static_cast<uint64_t>(end_ - at_)) fail("a string runs past its end");
+    std::string value(reinterpret_cast<const char*>(at_), size);
+    at_ += size;
+    return value;
+  }
+  // A list's element count and element type.
+  void list_header(uint64_t& count, int& type) {
+    const uint8_t header = byte();
+    type = header & 0x0f;
+    count = header >> 4;
+    if (count == 15) count = varint();
+    if (count > static_cast<uint64_t>(end_ - at_)) fail("a list longer than its bytes");
+  }
+  void skip(int type, int depth = 0) {
+    if (depth > 32) fail("structures nested too deeply");
+    switch (type) {
+      case 1:
+      case 2:
+        return;  // booleans: the value is the type
+      case 3:
+        byte();
+        return;
+      case 4:
+      case 5:
+      case 6:
+        varint();
+        return;
+      case 7:
+        advance(8);
+        return;
+      case 8:
+        binary();
+        return;
+      case 9:
+      case 10: {
+        uint64_t count;
+        int element;
+        list_header(count, element);
+        for (uint64_t k = 0; k < count; k++) skip_element(element, depth + 1);
+        return;
+      }
+      case 11: {
+        const uint64_t count = varint();
+        if (count == 0) return;
+        if (count > static_cast<uint64_t>(end_ - at_)) fail("a map longer than its bytes");
+        const uint8_t types = byte();
+        for (uint64_t k = 0; k < count; k++) {
+          skip_element(types >> 4, depth + 1);
+          skip_element(types & 0x0f, depth + 1);
+        }
+        return;
+      }
+      case 12: {
+        int16_t last = 0, id;
+        int field;
+        while (next_field(last, id, field)) skip(field, depth + 1);
+        return;
+      }
+      default:
+        fail("an unknown field type " + std::to_string(type));
+    }
+  }
+  [[noreturn]] void fail(const std::string& why) const {
+    throw std::runtime_error(what_ + ": " + why + " (not a Parquet file, or a damaged one)");
+  }
+
+ private:
+  // An element of a list or map: a boolean there is a byte, so every element takes at least
+  // one byte and skipping is linear in the input, however the lists nest.
+  void skip_element(int type, int depth) {
+    if (type == 1 || type == 2) byte();
+    else skip(type, depth);
+  }
+  uint8_t byte() {
+    if (at_ == end_) fail("ends early");
+    return *at_++;
+  }
+  void advance(size_t bytes) {
+    if (bytes > static_cast<size_t>(end_ - at_)) fail("ends early");
+    at_ += bytes;
+  }
+  uint64_t varint() {
+    uint64_t value = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      const uint8_t next = byte();
+      value |= static_cast<uint64_t>(next & 0x7f) << shift;
+      if (!(next & 0x80)) return value;
+    }
+    fail("a number longer than 64 bits");
+  }
+  int64_t zigzag() {
+    const uint64_t value = varint();
+    return static_cast<int64_t>(value >> 1) ^ -static_cast<int64_t>(value & 1);
+  }
+
+  const uint8_t* at_;
+  const uint8_t* end_;
+  const std::string& what_;
+};
+
+struct SchemaElement {
+  int64_t type = -1, repetition = kRequired, children = 0;
+  std::string name;
+};
+
+struct ColumnChunk {
+  int64_t type = -1, codec = 0, values = 0, data_offset = -1, dictionary_offset = -1,
+          compressed_size = 0;
+  std::vector<std::string> path;
+  bool external = false;  // in another file (file_path set)
+};
+
+struct RowGroup {
+  int64_t rows = 0;
+  std::vector<ColumnChunk> columns;
+};
+
+struct FileMetaData {
+  std::vector<SchemaElement> schema;
+  int64_t rows = 0;
+  std::vector<RowGroup> row_groups;
+};
+
+template <class Read>
+void read_list(CompactReader& in, Read read_element) {
+  uint64_t count;
+  int type;
+  in.list_header(count, type);
+  for (uint64_t k = 0; k < count; k++) read_element(type);
+}
+
+SchemaElement read_schema_element(CompactReader& in) {
+  SchemaElement element;
+  int16_t last = 0, id;
+  int type;
+  while (in.next_field(last, id, type)) {
+    if (id == 1 && type == 5) element.type = in.integer();
+    else if (id == 3 && type == 5) element.repetition = in.integer();
+    else if (id == 4 && type == 8) element.name = in.binary();
+    else if (id == 5 && type == 5) element.children = in.integer();
+    else in.skip(type);
+  }
+  return element;
+}
+
+void read_column_meta(CompactReader& in, ColumnChunk& chunk) {
+  int16_t last = 0, id;
+  int type;
+  while (in.next_field(last, id, type)) {
+    if (id == 1 && type == 5) chunk.type = in.integer();
+    else if (id == 3 && type == 9)
+      read_list(in, [&](int element) {
+        if (element != 8) in.fail("a column path that is not strings");
+        chunk.path.push_back(in.binary());
+      });
+    else if (id == 4 && type == 5) chunk.codec = in.integer();
+    else if (id == 5 && type == 6) chunk.values = in.integer();
+    else if (id == 7 && type == 6) chunk.compressed_size = in.integer();
+    else if (id == 9 && type == 6) chunk.data_offset = in.integer();
+    else if (id == 11 && type == 6) chunk.dictionary_offset = in.integer();
+    else in.skip(type);
+  }
+}
+
+ColumnChunk read_column_chunk(CompactReader& in) {
+  ColumnChunk chunk;
+  int16_t last = 0, id;
+  int type;
+  while (in.next_field(last, id, type)) {
+    if (id == 1 && type == 8) {
+      in.binary();
+      chunk.external = true;
+    } else if (id == 3 && type == 12) {
+      read_column_meta(in, chunk);
+    } else {
+      in.skip(type);
+    }
+  }
+  return chunk;
+}
+
+RowGroup read_row_group(CompactReader& in) {
+  RowGroup group;
+  int16_t last = 0, id;
+  int type;
+  while (in.next_field(last, id, type)) {
+    if (id == 1 && type == 9)
+      read_list(in, [&](int element) {
+        if (element != 12) in.fail("a column chunk that is not a struct");
+        group.columns.push_back(read_column_chunk(in));
+      });
+    else if (id == 3 && type == 6) group.rows = in.integer();
+    else in.skip(type);
+  }
+  return group;
+}
+
+FileMetaData read_file_metadata(CompactReader& in) {
+  FileMetaData meta;
+  int16_t last = 0, id;
+  int type;
+  while (in.next_field(last, id, type)) {
+    if (id == 2 && type == 9)
+      read_list(in, [&](int element) {
+        if (element != 12) in.fail("a schema element that is not a struct");
+        meta.schema.push_back(read_schema_element(in));
+      });
+    else if (id == 3 && type == 6) meta.rows = in.integer();
+    else if (id == 4 && type == 9)
+      read_list(in, [&](int element) {
+        if (element != 12) in.fail("a row group that is not a struct");
+        meta.row_groups.push_back(read_row_group(in));
+      });
+    else in.skip(type);
+  }
+  return meta;
+}
+
+struct PageHeader {
+  int64_t type = -1, uncompressed_size = -1, compressed_size = -1, values = 0, encoding = -1,
+          definition_encoding = kRle, definition_bytes = 0, repetition_bytes = 0;
+  bool values_compressed = true;  // data page v2's is_compressed
+};
+
+void read_page_struct(CompactReader& in, PageHeader& page, bool v2) {
+  int16_t last = 0, id;
+  int type;
+  while (in.next_field(last, id, type)) {
+    if (id == 1 && type == 5) page.values = in.integer();
+    else if (!v2 && id == 2 && type == 5) page.encoding = in.integer();
+    else if (!v2 && id == 3 && type == 5) page.definition_encoding = in.integer();
+    else if (v2 && id == 4 && type == 5) page.encoding = in.integer();
+    else if (v2 && id == 5 && type == 5) page.definition_bytes = in.integer();
+    else if (v2 && id == 6 && type == 5) page.repetition_bytes = in.integer();
+    else if (v2 && id == 7 && (type == 1 || type == 2)) page.values_compressed = type == 1;
+    else in.skip(type);
+  }
+}
+
+PageHeader read_page_header(CompactReader& in) {
+  PageHeader page;
+  int16_t last = 0, id;
+  int type;
+  while (in.next_field(last, id, type)) {
+    if (id == 1 && type == 5) page.type = in.integer();
+    else if (id == 2 && type == 5) page.uncompressed_size = in.integer();
+    else if (id == 3 && type == 5) page.compressed_size = in.integer();
+    else if ((id == 5 || id == 7) && type == 12) read_page_struct(in, page, false);
+    else if (id == 8 && type == 12) read_page_struct(in, page, true);
+    else in.skip(type);
+  }
+  return page;
+}
+
+// Parquet's RLE / bit-packed hybrid: definition levels and dictionary indices.
+class HybridDecoder {
+ public:
+  HybridDecoder(const uint8_t* begin, const uint8_t* end, int bit_width, const std::string& what)
+      : at_(begin), end_(end), bit_width_(bit_width), what_(what) {
+    if (bit_width < 0 || bit_width > 32) fail("a bit width of " + std::to_string(bit_width));
+  }
+  uint32_t next() {
+    if (run_left_ == 0) start_run();
+    run_left_--;
+    if (!packed_) return run_value_;
+    uint32_t value = 0;
+    for (int bit = 0; bit < bit_width_; bit++, packed_bit_++) {
+      const size_t byte = packed_bit_ / 8;
+      if (byte >= packed_bytes_) fail("bit-packed values run past their bytes");
+      value |= static_cast<uint32_t>((packed_[byte] >> (packed_bit_ % 8)) & 1) << bit;
+    }
+    return value;
+  }
+
+ private:
+  void start_run() {
+    uint64_t header = 0;
+    for (int shift = 0;; shift += 7) {
+      if (at_ == end_ || shift > 35) fail("ends early");
+      const uint8_t next = *at_++;
+      header |= static_cast<uint64_t>(next & 0x7f) << shift;
+      if (!(next & 0x80)) break;
+    }
+    if (header & 1) {  // bit-packed groups of 8 values
+      const uint64_t groups = header >> 1;
+      packed_bytes_ = static_cast<size_t>(std::min<uint64_t>(
+          groups * static_cast<uint64_t>(bit_width_), static_cast<uint64_t>(end_ - at_)));
+      packed_ = at_;
+      packed_bit_ = 0;
+      at_ += packed_bytes_;
+      run_left_ = groups * 8;
+    } else {  // one value repeated
+      packed_ = nullptr;
+      run_left_ = header >> 1;
+      const int bytes = (bit_width_ + 7) / 8;
+      if (bytes > end_ - at_) fail("ends early");
+      run_value_ = 0;
+      for (int k = 0; k < bytes; k++) run_value_ |= static_cast<uint32_t>(*at_++) << (8 * k);
+    }
+    if (run_left_ == 0) fail("an empty run");
+  }
+  [[noreturn]] void fail(const std::string& why) const {
+    throw std::runtime_error(what_ + ": " + why + " in RLE/bit-packed data (a damaged page)");
+  }
+
+  const uint8_t* at_;
+  const uint8_t* end_;
+  int bit_width_;
+  const std::string& what_;
+  uint64_t run_left_ = 0;
+  uint32_t run_value_ = 0;
+  const uint8_t* packed_ = nullptr;
+  size_t packed_bytes_ = 0, packed_bit_ = 0;
+};
+
+// The most bytes `size` stored bytes can hold once decompressed: checked before the page's
+// claimed size is allocated, so that a damaged header cannot ask for gigabytes.
+uint64_t decompressed_bound(int64_t codec, const uint8_t* data, size_t size) {
+  switch (codec) {
+#ifdef SY_HAVE_SNAPPY
+    case kSnappy: {
+      size_t length = 0;
+      return snappy_uncompressed_length(reinterpret_cast<const char*>(data), size, &length) ==
+                     SNAPPY_OK
+                 ? length
+                 : 0;
+    }
+#endif
+#ifdef SY_HAVE_ZSTD
+    case kZstd: {  // the frame's own size; a frame without one (streamed), up to 1 GiB
+      const unsigned long long content = ZSTD_getFrameContentSize(data, size);
+      if (content == ZSTD_CONTENTSIZE_ERROR) return 0;
+      return content == ZSTD_CONTENTSIZE_UNKNOWN ? uint64_t{1} << 30 : content;
+    }
+#endif
+    case kGzip:
+      return 1032 * static_cast<uint64_t>(size) + 1024;  // deflate's largest ratio
+    default:
+      return size;
+  }
+}
+
+std::string decompress(int64_t codec, const uint8_t* data, size_t size, size_t uncompressed,
+                       const std::string& what) {
+  const auto damaged = [&](const std::string& why) {
+    return std::runtime_error(what + ": " + codec_name(codec) + " page does not decompress (" +
+                              why + ")");
+  };
+  if (parquet_codec_available(codec_name(codec)) &&
+      uncompressed > decompressed_bound(codec, data, size))
+    throw damaged("its header claims " + std::to_string(uncompressed) + " bytes, more than " +
+                  std::to_string(size) + " stored bytes hold");
+  std::string out(uncompressed, '\0');
+  switch (codec) {
+    case kUncompressed:
+      if (size != uncompressed) throw damaged("its sizes differ");
+      std::memcpy(out.data(), data, size);
+      return out;
+#ifdef SY_HAVE_SNAPPY
+    case kSnappy: {
+      size_t length = uncompressed;
+      if (snappy_uncompress(reinterpret_cast<const char*>(data), size, out.data(), &length) !=
+              SNAPPY_OK ||
+          length != uncompressed)
+        throw damaged("snappy refused it");
+      return out;
+    }
+#endif
+#ifdef SY_HAVE_ZLIB
+    case kGzip: {
+      // gzip members (several may follow each other) or a zlib stream: zlib detects which.
+      size_t written = 0, read = 0;
+      while (read < size) {
+        z_stream stream{};
+        if (inflateInit2(&stream, 32 + MAX_WBITS) != Z_OK) throw damaged("inflateInit2");
+        stream.next_in = const_cast<Bytef*>(data + read);
+        stream.avail_in = static_cast<uInt>(size - read);
+        stream.next_out = reinterpret_cast<Bytef*>(out.data() + written);
+        stream.avail_out = static_cast<uInt>(uncompressed - written);
+        const int status = inflate(&stream, Z_FINISH);
+        read += stream.total_in;
+        written += stream.total_out;
+        inflateEnd(&stream);
+        if (status != Z_STREAM_END) throw damaged("inflate status " + std::to_string(status));
+      }
+      if (written != uncompressed) throw damaged("its size differs from the header's");
+      return out;
+    }
+#endif
+#ifdef SY_HAVE_ZSTD
+    case kZstd: {
+      const size_t length = ZSTD_decompress(out.data(), uncompressed, data, size);
+      if (ZSTD_isError(length) || length != uncompressed)
+        throw damaged(ZSTD_isError(length) ? ZSTD_getErrorName(length) : "a size mismatch");
+      return out;
+    }
+#endif
+    default:
+      throw std::runtime_error(what + ": compression " + codec_name(codec) +
+                               (parquet_codec_available(codec_name(codec))
+                                    ? ""
+                                    : " is not read by this build (snappy: apt-get install "
+                                      "libsnappy-dev; gzip: zlib1g-dev; zstd: libzstd-dev)"));
+  }
+}
+
+}  // namespace
+
+bool parquet_codec_available(const std::string& codec) {
+#ifdef SY_HAVE_SNAPPY
+  if (codec == "snappy") return true;
+#endif
+#ifdef SY_HAVE_ZLIB
+  if (codec == "gzip") return true;
+#endif
+#ifdef SY_HAVE_ZSTD
+  if (codec == "zstd") return true;
+#endif
+  return codec == "uncompressed";
+}
+
+struct ParquetStrings::State {
+  std::string path, column_name;
+  std::ifstream file;
+  uint64_t file_size = 0;
+  FileMetaData meta;
+  size_t column = 0;      // index among the leaf columns
+  bool optional = false;  // definition level 1 for a value, 0 for a null
+  size_t row_group = 0;   // the next one to start
+  int64_t row = 0;        // rows handed out
+  // The column chunk being read.
+  const ColumnChunk* chunk = nullptr;
+  uint64_t page_offset = 0;
+  int64_t chunk_values_left = 0;
+  std::vector<std::string> dictionary;
+  // The data page being read: its values, handed out in order.
+  std::vector<std::string> values;
+  size_t value_index = 0;
+
+  [[noreturn]] void fail(const std::string& why) const {
+    throw std::runtime_error(path + ": " + why);
+  }
+  std::string read_bytes(uint64_t offset, uint64_t size) {
+    if (offset > file_size || size > file_size - offset)
+      fail("a page at byte " + std::to_string(offset) + " runs past the end of the file");
+    std::string bytes(size, '\0');
+    file.seekg(static_cast<std::streamoff>(offset));
+    if (!file.read(bytes.data(), static_cast<std::streamsize>(size))) fail("read failed");
+    return bytes;
+  }
+  void start_chunk(const ColumnChunk& next) {
+    chunk = &next;
+    dictionary.clear();
+    page_offset = static_cast<uint64_t>(next.dictionary_offset > 0 &&
+                                                next.dictionary_offset < next.data_offset
+                                            ? next.dictionary_offset
+                                            : next.data_offset);
+    chunk_values_left = next.values;
+  }
+  void read_page();
+  void plain_strings(const uint8_t* at, const uint8_t* end, size_t count,
+                     std::vector<std::string>& out) const {
+    for (size_t k = 0; k < count; k++) {
+      if (end - at < 4) fail("a string's length runs past its page");
+      uint32_t length;
+      std::memcpy(&length, at, 4);  // little-endian, as x86 and ARM are
+      at += 4;
+      if (length > static_cast<size_t>(end - at)) fail("a string runs past its page");
+      out.emplace_back(reinterpret_cast<const char*>(at), length);
+      at += length;
+    }
+  }
+};
+
+ParquetStrings::ParquetStrings(const std::string& path, const std::string& column)
+    : state_(std::make_unique<State>()) {
+  State& s = *state_;
+  s.path = path;
+  s.column_name = column;
+  s.file.open(path, std::ios::binary);
+  if (!s.file) s.fail("cannot open for reading");
+  s.file.seekg(0, std::ios::end);
+  s.file_size = static_cast<uint64_t>(s.file.tellg());
+  if (s.file_size < 12 || s.read_bytes(0, 4) != "PAR1" ||
+      s.read_bytes(s.file_size - 4, 4) != "PAR1")
+    s.fail("not a Parquet file (no PAR1 at its start and end)");
+  const std::string length_bytes = s.read_bytes(s.file_size - 8, 4);
+  uint32_t footer_size;
+  std::memcpy(&footer_size, length_bytes.data(), 4);
+  if (footer_size > s.file_size - 12) s.fail("a footer larger than the file");
+  const std::string footer = s.read_bytes(s.file_size - 8 - footer_size, footer_size);
+  const auto* begin = reinterpret_cast<const uint8_t*>(footer.data());
+  CompactReader in(begin, begin + footer.size(), s.path);
+  s.meta = read_file_metadata(in);
+
+  // The root, then its children depth first: a top-level leaf is a child of the root without
+  // children of its own.
+  const std::vector<SchemaElement>& schema = s.meta.schema;
+  if (schema.empty()) s.fail("no schema");
+  std::vector<std::string> top_level;
+  bool found = false;
+  size_t k = 1, leaf = 0;
+  for (int64_t child = 0; child < schema[0].children; child++) {
+    if (k >= schema.size()) s.fail("a schema shorter than its root says");
+    const SchemaElement& element = schema[k];
+    top_level.push_back(element.name);
+    if (element.name == column) {
+      if (element.children > 0) s.fail("column \"" + column + "\" is nested, not strings");
+      if (element.type != kByteArray) s.fail("column \"" + column + "\" does not hold strings");
+      if (element.repetition == kRepeated)
+        s.fail("column \"" + column + "\" is a list, not strings");
+      s.column = leaf;
+      s.optional = element.repetition == kOptional;
+      found = true;
+    }
+    // The element's subtree, depth first: its leaves are columns too.
+    for (int64_t pending = 1; pending > 0; k++) {
+      if (k >= schema.size() || schema[k].children < 0) s.fail("a damaged schema");
+      pending += schema[k].children - 1;
+      if (schema[k].children == 0) leaf++;
+    }
+  }
+  if (!found) {
+    std::string names;
+    for (const std::string& name : top_level) names += (names.empty() ? "" : ", ") + name;
+    s.fail("no column \"" + column + "\" (columns: " + names + ")");
+  }
+  for (size_t g = 0; g < s.meta.row_groups.size(); g++) {
+    const RowGroup& group = s.meta.row_groups[g];
+    if (s.column >= group.columns.size())
+      s.fail("row group " + std::to_string(g) + " lacks the column");
+    const ColumnChunk& chunk = group.columns[s.column];
+    if (chunk.external) s.fail("column \"" + column + "\" is in another file (file_path)");
+    if (chunk.path != std::vector<std::string>{column})
+      s.fail("row group " + std::to_string(g) + ": the column chunk is not \"" + column + "\"");
+    if (chunk.values != group.rows)
+      s.fail("row group " + std::to_string(g) + ": " + std::to_string(chunk.values) +
+             " values for " + std::to_string(group.rows) + " rows");
+    if (!parquet_codec_available(codec_name(chunk.codec)))
+      s.fail("compression " + std::string(codec_name(chunk.codec)) +
+             " is not read by this build (snappy: apt-get install libsnappy-dev; gzip: "
+             "zlib1g-dev; zstd: libzstd-dev)");
+  }
+}
+
+ParquetStrings::~ParquetStrings() = default;
+
+int64_t ParquetStrings::rows() const {
+  int64_t rows = 0;
+  for (const RowGroup& group : state_->meta.row_groups) rows += group.rows;
+  return rows;
+}
+
+void ParquetStrings::State::read_page() {
+  // A page header is short; read a generous window and parse it from there.
+  const uint64_t window = std::min<uint64_t>(file_size - std::min(page_offset, file_size), 1 << 16);
+  const std::string head = read_bytes(page_offset, window);
+  const auto* begin = reinterpret_cast<const uint8_t*>(head.data());
+  CompactReader in(begin, begin + head.size(), path);
+  const PageHeader page = read_page_header(in);
+  const uint64_t header_size = static_cast<uint64_t>(in.position() - begin);
+  if (page.compressed_size < 0 || page.uncompressed_size < 0)
+    fail("a page without its sizes at byte " + std::to_string(page_offset));
+  const std::string stored =
+      read_bytes(page_offset + header_size, static_cast<uint64_t>(page.compressed_size));
+  page_offset += header_size + static_cast<uint64_t>(page.compressed_size);
+  const auto* data = reinterpret_cast<const uint8_t*>(stored.data());
+  const std::string where = path + ": row group " + std::to_string(row_group - 1);
+
+  if (page.type == kDictionaryPage) {
+    if (page.encoding != kPlain && page.encoding != kPlainDictionary)
+      fail("a dictionary page in " + std::string(encoding_name(page.encoding)));
+    const std::string plain = decompress(chunk->codec, data, stored.size(),
+                                         static_cast<size_t>(page.uncompressed_size), where);
+    const auto* at = reinterpret_cast<const uint8_t*>(plain.data());
+    dictionary.clear();
+    plain_strings(at, at + plain.size(), static_cast<size_t>(std::max<int64_t>(page.values, 0)),
+                  dictionary);
+    return;
+  }
+  if (page.type != kDataPage && page.type != kDataPageV2) return;  // index pages: skipped
+  constexpr int64_t kMostPageValues = int64_t{1} << 24;            // real writers: about 20,000
+  if (page.values > kMostPageValues)
+    fail("a data page of " + std::to_string(page.values) +
+         " values, more than this reader takes (" + std::to_string(kMostPageValues) + ")");
+  if (page.values <= 0 || page.values > chunk_values_left)
+    fail("a data page of " + std::to_string(page.values) + " values where " +
+         std::to_string(chunk_values_left) + " are left");
+  chunk_values_left -= page.values;
+
+  // Levels then values; in v2 the levels are stored uncompressed before the values.
+  std::string body;
+  const uint8_t* levels = nullptr;
+  const uint8_t* levels_end = nullptr;
+  const uint8_t* at;
+  const uint8_t* end;
+  if (page.type == kDataPageV2) {
+    if (page.repetition_bytes != 0) fail("repetition levels in a column of strings");
+    if (page.definition_bytes < 0 || page.definition_bytes > page.compressed_size ||
+        page.definition_bytes > page.uncompressed_size)
+      fail("definition levels larger than their page");
+    levels = data;
+    levels_end = data + page.definition_bytes;
+    const size_t stored_values = stored.size() - static_cast<size_t>(page.definition_bytes);
+    const size_t plain_values = static_cast<size_t>(page.uncompressed_size - page.definition_bytes);
+    body = page.values_compressed
+               ? decompress(chunk->codec, levels_end, stored_values, plain_values, where)
+               : std::string(reinterpret_cast<const char*>(levels_end), stored_values);
+    at = reinterpret_cast<const uint8_t*>(body.data());
+    end = at + body.size();
+  } else {
+    body = decompress(chunk->codec, data, stored.size(),
+                      static_cast<size_t>(page.uncompressed_size), where);
+    at = reinterpret_cast<const uint8_t*>(body.data());
+    end = at + body.size();
+    if (optional) {
+      if (page.definition_encoding != kRle)
+        fail("definition levels in " + std::string(encoding_name(page.definition_encoding)));
+      if (end - at < 4) fail("a data page ends before its definition levels");
+      uint32_t length;
+      std::memcpy(&length, at, 4);
+      at += 4;
+      if (length > static_cast<size_t>(end - at)) fail("definition levels larger than their page");
+      levels = at;
+      levels_end = at + length;
+      at = levels_end;
+    }
+  }
+
+  // Which of the page's values are present (optional columns), then the values themselves.
+  const size_t count = static_cast<size_t>(page.values);
+  std::vector<bool> present(count, true);
+  size_t non_null = count;
+  if (optional) {
+    HybridDecoder decoder(levels, levels_end, 1, where);
+    non_null = 0;
+    for (size_t k = 0; k < count; k++) {
+      const uint32_t level = decoder.next();
+      if (level > 1) fail("a definition level of " + std::to_string(level));
+      present[k] = level == 1;
+      non_null += present[k];
+    }
+  }
+  std::vector<std::string> decoded;
+  decoded.reserve(non_null);
+  if (page.encoding == kPlain) {
+    plain_strings(at, end, non_null, decoded);
+  } else if (page.encoding == kPlainDictionary || page.encoding == kRleDictionary) {
+    if (at == end) fail("a dictionary-encoded page without its bit width");
+    HybridDecoder indices(at + 1, end, *at, where);
+    for (size_t k = 0; k < non_null; k++) {
+      const uint32_t index = indices.next();
+      if (index >= dictionary.size())
+        fail("dictionary index " + std::to_string(index) + " of " +
+             std::to_string(dictionary.size()));
+      decoded.push_back(dictionary[index]);
+    }
+  } else {
+    fail(std::string("values in ") + encoding_name(page.encoding) +
+         ", which this reader does not decode (PLAIN and dictionary encodings are read)");
+  }
+  values.clear();
+  value_index = 0;
+  size_t next_decoded = 0;
+  for (size_t k = 0; k < count; k++) {
+    if (!present[k])
+      fail("row " + std::to_string(row + static_cast<int64_t>(k)) + ": \"" + column_name +
+           "\" is null");
+    values.push_back(std::move(decoded[next_decoded++]));
+  }
+}
+
+bool ParquetStrings::next(std::string& value) {
+  State& s = *state_;
+  while (s.value_index == s.values.size()) {
+    if (s.chunk == nullptr || s.chunk_values_left == 0) {
+      if (s.row_group == s.meta.row_groups.size()) return false;
+      s.start_chunk(s.meta.row_groups[s.row_group++].columns[s.column]);
+      s.values.clear();
+      s.value_index = 0;
+      if (s.chunk_values_left == 0) continue;
+    }
+    s.read_page();
+  }
+  value = std::move(s.values[s.value_index++]);
+  s.row++;
+  return true;
+}
+
+}  // namespace sy

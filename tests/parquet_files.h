@@ -1,0 +1,357 @@
+// Parquet files written in the tests, for data/parquet_input.cpp: a required INT64 column "id"
+// and a string column, in row groups and pages, as pyarrow and Spark lay them out (dictionary
+// or plain values, data pages v1 or v2, optional columns with nulls, snappy, gzip or zstd).
+// The reader was also checked by hand against apache/parquet-testing's files (docs/data.md).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#ifdef SY_HAVE_SNAPPY
+#include <snappy-c.h>
+#endif
+#include "tests/compressed_files.h"
+
+namespace sy::test {
+
+// Thrift's compact protocol, the writing half.
+class CompactWriter {
+ public:
+  std::string bytes;
+  void i32(int16_t id, int64_t value) { integer_field(id, 5, value); }
+  void i64(int16_t id, int64_t value) { integer_field(id, 6, value); }
+  void binary(int16_t id, const std::string& value) {
+    header(id, 8);
+    varint(value.size());
+    bytes += value;
+  }
+  void boolean(int16_t id, bool value) { header(id, value ? 1 : 2); }
+  void begin_struct(int16_t id) {
+    header(id, 12);
+    last_ids_.push_back(0);
+  }
+  void end_struct() {
+    bytes += '\0';
+    last_ids_.pop_back();
+  }
+  void begin_list(int16_t id, int element_type, size_t count) {
+    header(id, 9);
+    if (count < 15) {
+      bytes += static_cast<char>(count << 4 | element_type);
+    } else {
+      bytes += static_cast<char>(0xf0 | element_type);
+      varint(count);
+    }
+  }
+  void list_struct_begin() { last_ids_.push_back(0); }  // an element: no field header
+  void list_i32(int64_t value) { varint(zigzag(value)); }
+  void list_binary(const std::string& value) {
+    varint(value.size());
+    bytes += value;
+  }
+  void varint(uint64_t value) {
+    while (value >= 0x80) {
+      bytes += static_cast<char>(value | 0x80);
+      value >>= 7;
+    }
+    bytes += static_cast<char>(value);
+  }
+
+ private:
+  static uint64_t zigzag(int64_t value) {
+    return (static_cast<uint64_t>(value) << 1) ^ static_cast<uint64_t>(value >> 63);
+  }
+  void header(int16_t id, int type) {
+    const int delta = id - last_ids_.back();
+    if (delta > 0 && delta <= 15) {
+      bytes += static_cast<char>(delta << 4 | type);
+    } else {
+      bytes += static_cast<char>(type);
+      varint(zigzag(id));
+    }
+    last_ids_.back() = id;
+  }
+  void integer_field(int16_t id, int type, int64_t value) {
+    header(id, type);
+    varint(zigzag(value));
+  }
+  std::vector<int16_t> last_ids_{0};
+};
+
+struct ParquetLayout {
+  std::string column = "text";
+  bool optional = false;       // definition levels
+  std::vector<size_t> nulls;   // rows written as null (optional only)
+  bool dictionary = false;     // RLE_DICTIONARY values over a dictionary page
+  bool v2 = false;             // data pages v2
+  std::string codec = "none";  // none, snappy, gzip, zstd
+  size_t rows_per_page = 1000, rows_per_group = size_t{1} << 30;
+};
+
+inline std::string parquet_compress(const std::string& codec, const std::string& plain) {
+  if (codec == "none") return plain;
+#ifdef SY_HAVE_SNAPPY
+  if (codec == "snappy") {
+    std::string packed(snappy_max_compressed_length(plain.size()), '\0');
+    size_t length = packed.size();
+    if (snappy_compress(plain.data(), plain.size(), packed.data(), &length) != SNAPPY_OK)
+      throw std::runtime_error("snappy_compress failed");
+    packed.resize(length);
+    return packed;
+  }
+#endif
+#ifdef SY_HAVE_ZLIB
+  if (codec == "gzip") return gzip_member(plain);
+#endif
+#ifdef SY_HAVE_ZSTD
+  if (codec == "zstd") return zstd_frame(plain);
+#endif
+  throw std::runtime_error("codec " + codec + " not in this build");
+}
+
+inline int parquet_codec_id(const std::string& codec) {
+  return codec == "snappy" ? 1 : codec == "gzip" ? 2 : codec == "zstd" ? 6 : 0;
+}
+
+// Values with bit_width bits each, RLE/bit-packed hybrid: runs of 8 or more equal values as RLE
+// runs, the rest bit-packed in groups of 8 (padded with zeros).
+inline std::string parquet_hybrid(const std::vector<uint32_t>& values, int bit_width) {
+  CompactWriter out;
+  size_t k = 0;
+  while (k < values.size()) {
+    size_t run = 1;
+    while (k + run < values.size() && values[k + run] == values[k]) run++;
+    if (run >= 8) {
+      out.varint(run << 1);
+      for (int b = 0; b < (bit_width + 7) / 8; b++)
+        out.bytes += static_cast<char>(values[k] >> (8 * b));
+      k += run;
+      continue;
+    }
+    const size_t count = std::min<size_t>(values.size() - k, 8);  // one group
+    out.varint(1 << 1 | 1);
+    std::string packed(static_cast<size_t>(bit_width), '\0');
+    for (size_t v = 0; v < 8; v++) {
+      const uint32_t value = v < count ? values[k + v] : 0;
+      for (int bit = 0; bit < bit_width; bit++)
+        if (value >> bit & 1) {
+          const size_t at = v * static_cast<size_t>(bit_width) + static_cast<size_t>(bit);
+          packed[at / 8] = static_cast<char>(packed[at / 8] | 1 << (at % 8));
+        }
+    }
+    out.bytes += packed;
+    k += count;
+  }
+  return out.bytes;
+}
+
+inline std::string parquet_plain_strings(const std::vector<std::string>& values) {
+  std::string out;
+  for (const std::string& value : values) {
+    const uint32_t length = static_cast<uint32_t>(value.size());
+    out.append(reinterpret_cast<const char*>(&length), 4);
+    out += value;
+  }
+  return out;
+}
+
+// A page: its header, then its stored bytes.
+inline std::string parquet_page(int type, size_t plain_size, const std::string& stored,
+                                const std::function<void(CompactWriter&)>& body) {
+  CompactWriter header;
+  header.i32(1, type);
+  header.i32(2, static_cast<int64_t>(plain_size));
+  header.i32(3, static_cast<int64_t>(stored.size()));
+  body(header);
+  header.bytes += '\0';
+  return header.bytes + stored;
+}
+
+struct ParquetChunk {
+  int64_t data_offset = 0, dictionary_offset = -1, size = 0, values = 0;
+};
+
+// The string column's pages for rows [first, last).
+inline std::string parquet_text_chunk(const std::vector<std::string>& all, size_t first,
+                                      size_t last, const ParquetLayout& layout, int64_t offset,
+                                      ParquetChunk& chunk) {
+  std::string out;
+  std::map<std::string, uint32_t> index;
+  std::vector<std::string> dictionary;
+  if (layout.dictionary) {
+    for (size_t r = first; r < last; r++)
+      if (index.emplace(all[r], static_cast<uint32_t>(dictionary.size())).second)
+        dictionary.push_back(all[r]);
+    const std::string plain = parquet_plain_strings(dictionary);
+    chunk.dictionary_offset = offset;
+    out +=
+        parquet_page(2, plain.size(), parquet_compress(layout.codec, plain), [&](CompactWriter& w) {
+          w.begin_struct(7);
+          w.i32(1, static_cast<int64_t>(dictionary.size()));
+          w.i32(2, 0);
+          w.end_struct();
+        });
+  }
+  chunk.data_offset = offset + static_cast<int64_t>(out.size());
+  const auto is_null = [&](size_t row) {
+    return std::find(layout.nulls.begin(), layout.nulls.end(), row) != layout.nulls.end();
+  };
+  for (size_t page_first = first; page_first < last; page_first += layout.rows_per_page) {
+    const size_t page_last = std::min(last, page_first + layout.rows_per_page);
+    std::vector<uint32_t> levels;
+    std::vector<std::string> present;
+    std::vector<uint32_t> indices;
+    size_t nulls = 0;
+    for (size_t r = page_first; r < page_last; r++) {
+      const bool null = layout.optional && is_null(r);
+      levels.push_back(null ? 0 : 1);
+      nulls += null;
+      if (null) continue;
+      present.push_back(all[r]);
+      if (layout.dictionary) indices.push_back(index[all[r]]);
+    }
+    std::string values;
+    if (layout.dictionary) {
+      int width = 0;
+      while ((size_t{1} << width) < dictionary.size()) width++;
+      values = std::string(1, static_cast<char>(width)) + parquet_hybrid(indices, width);
+    } else {
+      values = parquet_plain_strings(present);
+    }
+    const int encoding = layout.dictionary ? 8 : 0;
+    const std::string level_bytes = layout.optional ? parquet_hybrid(levels, 1) : "";
+    const int64_t count = static_cast<int64_t>(page_last - page_first);
+    if (layout.v2) {
+      const std::string stored = level_bytes + parquet_compress(layout.codec, values);
+      out += parquet_page(3, level_bytes.size() + values.size(), stored, [&](CompactWriter& w) {
+        w.begin_struct(8);
+        w.i32(1, count);
+        w.i32(2, static_cast<int64_t>(nulls));
+        w.i32(3, count);
+        w.i32(4, encoding);
+        w.i32(5, static_cast<int64_t>(level_bytes.size()));
+        w.i32(6, 0);
+        w.boolean(7, true);
+        w.end_struct();
+      });
+    } else {
+      std::string plain;
+      if (layout.optional) {
+        const uint32_t length = static_cast<uint32_t>(level_bytes.size());
+        plain.append(reinterpret_cast<const char*>(&length), 4);
+        plain += level_bytes;
+      }
+      plain += values;
+      out += parquet_page(0, plain.size(), parquet_compress(layout.codec, plain),
+                          [&](CompactWriter& w) {
+                            w.begin_struct(5);
+                            w.i32(1, count);
+                            w.i32(2, encoding);
+                            w.i32(3, 3);
+                            w.i32(4, 3);
+                            w.end_struct();
+                          });
+    }
+  }
+  chunk.size = static_cast<int64_t>(out.size());
+  chunk.values = static_cast<int64_t>(last - first);
+  return out;
+}
+
+inline void parquet_column_meta(CompactWriter& w, int type, const std::string& name, int codec,
+                                const ParquetChunk& chunk) {
+  w.list_struct_begin();
+  w.i64(2, chunk.data_offset);
+  w.begin_struct(3);
+  w.i32(1, type);
+  w.begin_list(2, 5, 2);
+  w.list_i32(0);
+  w.list_i32(3);
+  w.begin_list(3, 8, 1);
+  w.list_binary(name);
+  w.i32(4, codec);
+  w.i64(5, chunk.values);
+  w.i64(6, chunk.size);
+  w.i64(7, chunk.size);
+  w.i64(9, chunk.data_offset);
+  if (chunk.dictionary_offset >= 0) w.i64(11, chunk.dictionary_offset);
+  w.end_struct();
+  w.end_struct();
+}
+
+// A file of `values` as the string column, beside an INT64 "id" column (the row's index).
+inline std::string parquet_file(const std::vector<std::string>& values,
+                                const ParquetLayout& layout = {}) {
+  std::string file = "PAR1";
+  struct Group {
+    ParquetChunk id, text;
+    size_t rows;
+  };
+  std::vector<Group> groups;
+  for (size_t first = 0; first < values.size() || groups.empty(); first += layout.rows_per_group) {
+    const size_t last = std::min(values.size(), first + layout.rows_per_group);
+    Group group{{}, {}, last - first};
+    std::string ids;
+    for (size_t r = first; r < last; r++) {
+      const int64_t id = static_cast<int64_t>(r);
+      ids.append(reinterpret_cast<const char*>(&id), 8);
+    }
+    group.id.data_offset = static_cast<int64_t>(file.size());
+    file += parquet_page(0, ids.size(), ids, [&](CompactWriter& w) {
+      w.begin_struct(5);
+      w.i32(1, static_cast<int64_t>(last - first));
+      w.i32(2, 0);
+      w.i32(3, 3);
+      w.i32(4, 3);
+      w.end_struct();
+    });
+    group.id.size = static_cast<int64_t>(file.size()) - group.id.data_offset;
+    group.id.values = static_cast<int64_t>(last - first);
+    file += parquet_text_chunk(values, first, last, layout, static_cast<int64_t>(file.size()),
+                               group.text);
+    groups.push_back(group);
+    if (last == values.size()) break;
+  }
+  CompactWriter footer;
+  footer.i32(1, 1);
+  footer.begin_list(2, 12, 3);
+  footer.list_struct_begin();
+  footer.binary(4, "schema");
+  footer.i32(5, 2);
+  footer.end_struct();
+  footer.list_struct_begin();
+  footer.i32(1, 2);  // INT64
+  footer.i32(3, 0);
+  footer.binary(4, "id");
+  footer.end_struct();
+  footer.list_struct_begin();
+  footer.i32(1, 6);  // BYTE_ARRAY
+  footer.i32(3, layout.optional ? 1 : 0);
+  footer.binary(4, layout.column);
+  footer.end_struct();
+  footer.i64(3, static_cast<int64_t>(values.size()));
+  footer.begin_list(4, 12, groups.size());
+  for (const Group& group : groups) {
+    footer.list_struct_begin();
+    footer.begin_list(1, 12, 2);
+    parquet_column_meta(footer, 2, "id", 0, group.id);
+    parquet_column_meta(footer, 6, layout.column, parquet_codec_id(layout.codec), group.text);
+    footer.i64(2, group.id.size + group.text.size);
+    footer.i64(3, static_cast<int64_t>(group.rows));
+    footer.end_struct();
+  }
+  footer.end_struct();
+  const uint32_t footer_size = static_cast<uint32_t>(footer.bytes.size());
+  file += footer.bytes;
+  file.append(reinterpret_cast<const char*>(&footer_size), 4);
+  file += "PAR1";
+  return file;
+}
+
+}  // namespace sy::test
