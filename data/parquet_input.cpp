@@ -527,7 +527,7 @@ struct ParquetStrings::State {
   int64_t row = 0;        // rows handed out
   // The column chunk being read.
   const ColumnChunk* chunk = nullptr;
-  uint64_t page_offset = 0;
+  uint64_t page_offset = 0, chunk_end = 0;  // the next page; where the chunk's pages end
   int64_t chunk_values_left = 0;
   std::vector<std::string> dictionary;
   // The data page being read: its values, handed out in order.
@@ -553,6 +553,7 @@ struct ParquetStrings::State {
                                             ? next.dictionary_offset
                                             : next.data_offset);
     chunk_values_left = next.values;
+    chunk_end = page_offset + static_cast<uint64_t>(std::max<int64_t>(next.compressed_size, 0));
   }
   void read_page();
   void plain_strings(const uint8_t* at, const uint8_t* end, size_t count,
@@ -649,6 +650,9 @@ int64_t ParquetStrings::rows() const {
 }
 
 void ParquetStrings::State::read_page() {
+  if (page_offset >= chunk_end)
+    fail("row group " + std::to_string(row_group - 1) + ": its pages end before its " +
+         std::to_string(chunk->values) + " values");
   // A page header is short; read a generous window and parse it from there.
   const uint64_t window = std::min<uint64_t>(file_size - std::min(page_offset, file_size), 1 << 16);
   const std::string head = read_bytes(page_offset, window);
