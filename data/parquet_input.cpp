@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <vector>
 
+#include "data/compressed_input.h"
+
 #ifdef SY_HAVE_SNAPPY
 #include <snappy-c.h>
 #endif
@@ -504,14 +506,9 @@ std::string decompress(int64_t codec, const uint8_t* data, size_t size, size_t u
 }  // namespace
 
 bool parquet_codec_available(const std::string& codec) {
+  if (codec == "gzip" || codec == "zstd") return input_compression_available(codec);
 #ifdef SY_HAVE_SNAPPY
   if (codec == "snappy") return true;
-#endif
-#ifdef SY_HAVE_ZLIB
-  if (codec == "gzip") return true;
-#endif
-#ifdef SY_HAVE_ZSTD
-  if (codec == "zstd") return true;
 #endif
   return codec == "uncompressed";
 }
