@@ -294,6 +294,10 @@ std::string& string_member(nlohmann::json& object, const std::string& field,
 
 }  // namespace
 
+bool is_blank_jsonl_line(const std::string& line) {
+  return line.find_first_not_of(" \t\r") == std::string::npos;
+}
+
 int64_t for_each_jsonl_lines(const std::vector<std::string>& files, int64_t batch_bytes,
                              const std::function<void(JsonlLines&&)>& visit) {
   if (files.empty()) throw std::runtime_error("--format jsonl: no --input file");
@@ -309,7 +313,7 @@ int64_t for_each_jsonl_lines(const std::vector<std::string>& files, int64_t batc
     };
     std::string text;
     for (int64_t number = 1; in.read_line(text); number++) {
-      if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
+      if (is_blank_jsonl_line(text)) continue;
       batch.bytes += static_cast<int64_t>(text.size());
       batch.lines.push_back({number, std::move(text)});
       objects++;

@@ -29,6 +29,8 @@ struct JsonlLines {
   std::vector<JsonlLine> lines;  // not blank, in file order
   int64_t bytes = 0;             // of their text
 };
+// A line that JSONL skips: only spaces, tabs and '\r' (or nothing).
+bool is_blank_jsonl_line(const std::string& line);
 // Calls visit(lines) for the non-blank lines of every file, in the order given, in runs of about
 // batch_bytes (at least one line; never two files in one run) and returns how many there were.
 // Throws "<files>: no documents" when there is none, and for a missing or unreadable file.

@@ -441,7 +441,7 @@ bool CorpusLines::next(std::string& line) {
     if (format_ == "brown") {
       text_ = brown_file_to_text(raw);  // one line in: "" or one line out
     } else {
-      if (raw.find_first_not_of(" \t\r") == std::string::npos) continue;  // as --format jsonl
+      if (is_blank_jsonl_line(raw)) continue;
       text_ = jsonl_document({line_number_, std::move(raw)}, field_, files_[next_file_ - 1]) + "\n";
     }
     text_begin_ = 0;
