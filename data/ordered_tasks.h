@@ -43,6 +43,20 @@ class OrderedTasks {
     lock.unlock();
     work_ready_.notify_one();
   }
+  // Runs produce(), which submits tasks (reading the input they work on), then takes every
+  // result. When produce() itself fails, the results submitted before are taken first: a task's
+  // earlier failure is then the one thrown, as on one thread. Returns what produce() returns.
+  template <class Produce>
+  auto submit_all(Produce produce) {
+    try {
+      auto produced = produce();
+      finish();
+      return produced;
+    } catch (...) {
+      finish();  // throws the failure of a task before the one that stopped produce(), if any
+      throw;
+    }
+  }
   // Takes every result that is left; nothing once a failure has been thrown, so that a caller
   // may finish() on its way out of any failure and the first one stays the one reported.
   void finish() {

@@ -232,29 +232,27 @@ int64_t queued_text_bytes(const PrepareOptions& options) {
   return std::max(encode_threads(options), 4) * std::max<int64_t>(options.encode_piece_bytes, 1);
 }
 
-// Reads the JSONL inputs, `pass` of prepare-data, and submits a task per run of lines (at most a
-// piece's worth, 1 MiB at most): work(lines) on a thread of `tasks`, whose results are taken in
-// order. Returns the count of lines read (objects, as the tasks check). A failure while reading
-// comes after those of the lines before it, as on one thread.
+// The text of a run of lines or rows handed to a thread: a piece's worth, 1 MiB at most.
+int64_t run_bytes(const PrepareOptions& options) {
+  return std::clamp<int64_t>(options.encode_piece_bytes, 1, 1 << 20);
+}
+
+// Reads the JSONL inputs, `pass` of prepare-data, and submits a task per run of lines
+// (run_bytes): work(lines) on a thread of `tasks`, whose results are taken in order. Returns the
+// count of lines read (objects, as the tasks check). A failure while reading comes after those
+// of the lines before it, as on one thread.
 template <class Result>
 int64_t submit_jsonl_lines(const PrepareOptions& options, OrderedTasks<Result>& tasks,
                            ProgressLines& progress, const char* pass, int64_t total,
                            const char* unit, const std::function<Result(const JsonlLines&)>& work) {
-  const int64_t batch_bytes = std::clamp<int64_t>(options.encode_piece_bytes, 1, 1 << 20);
-  int64_t objects = 0;
-  try {
-    objects = for_each_jsonl_lines(options.inputs, batch_bytes, [&](JsonlLines&& lines) {
+  return tasks.submit_all([&] {
+    return for_each_jsonl_lines(options.inputs, run_bytes(options), [&](JsonlLines&& lines) {
       const int64_t read = lines.first_object + static_cast<int64_t>(lines.lines.size());
       const int64_t cost = lines.bytes;
       tasks.submit(cost, [&work, lines = std::move(lines)] { return work(lines); });
       progress.note(pass, read, total, unit);
     });
-  } catch (...) {
-    tasks.finish();  // an earlier line's failure is the one to report
-    throw;
-  }
-  tasks.finish();
-  return objects;
+  });
 }
 
 // The first pass over JSONL inputs: counts the objects and checks every line with check(line,
@@ -271,13 +269,12 @@ int64_t count_jsonl_objects(
                                   });
 }
 
-// Reads the rows of the Parquet inputs on this thread, in runs of about a piece's worth (1 MiB
-// at most), and submits a task per run that calls encode(encoded, value, row) for each of its
-// rows (row: the index among all files' rows). Returns the rows read.
+// Reads the rows of the Parquet inputs on this thread, in runs (run_bytes), and submits a task
+// per run that calls encode(encoded, value, row) for each of its rows (row: the index among all
+// files' rows). Returns the rows read.
 int64_t submit_parquet_rows(const PrepareOptions& options, EncodingTasks& tasks,
                             ProgressLines& progress, int64_t total,
                             const std::function<void(Encoded&, std::string&&, int64_t)>& encode) {
-  const int64_t batch_bytes = std::clamp<int64_t>(options.encode_piece_bytes, 1, 1 << 20);
   int64_t rows = 0;
   std::vector<std::string> batch;
   int64_t batch_first = 0, batch_size = 0;
@@ -293,23 +290,19 @@ int64_t submit_parquet_rows(const PrepareOptions& options, EncodingTasks& tasks,
     batch_size = 0;
     progress.note("encoding", rows, total, "documents");
   };
-  try {
+  return tasks.submit_all([&] {
     for (const std::string& file : options.inputs) {
       ParquetStrings values(file, options.field);
       for (std::string value; values.next(value);) {
         batch_size += static_cast<int64_t>(value.size());
         batch.push_back(std::move(value));
         rows++;
-        if (batch_size >= batch_bytes) submit();
+        if (batch_size >= run_bytes(options)) submit();
       }
     }
     if (!batch.empty()) submit();
-  } catch (...) {
-    tasks.finish();  // an earlier row's failure is the one to report
-    throw;
-  }
-  tasks.finish();
-  return rows;
+    return rows;
+  });
 }
 
 void check_unchanged(const std::string& input, int64_t counted, int64_t seen, const char* unit) {
@@ -654,25 +647,22 @@ PrepareStats prepare_data(const PrepareOptions& options) {
     // Each file starts a document; the split by bytes may cut one, and the validation split's
     // first token then starts one too (the writer's rule for a split's first token).
     TextEncoder encoder(*tokenizer, tasks, options.encode_piece_bytes);
-    int64_t position = 0;
-    try {
+    const int64_t position = tasks.submit_all([&] {
+      int64_t read = 0;
       for (const fs::path& file : files) {
-        encoder.start_document(position >= train_bytes);
+        encoder.start_document(read >= train_bytes);
         for_each_text_block(file, format, [&](std::string_view text) {
           const int64_t size = static_cast<int64_t>(text.size());
-          const int64_t to_train = std::clamp<int64_t>(train_bytes - position, 0, size);
+          const int64_t to_train = std::clamp<int64_t>(train_bytes - read, 0, size);
           if (to_train > 0) encoder.add(false, text.substr(0, to_train));
           if (to_train < size) encoder.add(true, text.substr(to_train));
-          position += size;
-          progress.note("encoding", position >> 20, total_bytes >> 20, "MiB of text");
+          read += size;
+          progress.note("encoding", read >> 20, total_bytes >> 20, "MiB of text");
         });
       }
       encoder.finish();
-    } catch (...) {
-      tasks.finish();  // an earlier piece's failure is the one to report
-      throw;
-    }
-    tasks.finish();
+      return read;
+    });
     check_unchanged(input, total_bytes, position, "bytes");
   }
   stats.train_tokens = writer.train_size();

@@ -72,6 +72,34 @@ TEST(OrderedTasks, TheFirstFailureInOrderIsReported) {
   EXPECT_EQ(taken.size(), 5u);
 }
 
+// submit_all: a failure of the reading itself comes after the failures of the tasks before it.
+TEST(OrderedTasks, SubmitAllReportsTheFirstFailureInOrder) {
+  for (const bool task_fails : {false, true}) {
+    std::vector<int> taken;
+    OrderedTasks<int> tasks(3, 100, [&](int& result) { taken.push_back(result); });
+    try {
+      tasks.submit_all([&]() -> int {
+        for (int k = 0; k < 10; k++)
+          tasks.submit(1, [k, task_fails]() -> int {
+            if (task_fails && k == 6) throw std::runtime_error("task 6");
+            return k;
+          });
+        throw std::runtime_error("the input ends early");
+      });
+      ADD_FAILURE() << "no failure";
+    } catch (const std::runtime_error& error) {
+      EXPECT_STREQ(error.what(), task_fails ? "task 6" : "the input ends early");
+    }
+    EXPECT_EQ(taken.size(), task_fails ? 6u : 10u);
+  }
+  OrderedTasks<int> tasks(2, 100, [](int&) {});
+  EXPECT_EQ(tasks.submit_all([&] {
+    tasks.submit(1, [] { return 1; });
+    return 42;
+  }),
+            42);
+}
+
 TEST(OrderedTasks, AFailingTakeStopsTheWorkers) {
   std::atomic<int> started{0};
   OrderedTasks<int> tasks(2, 1000, [](int& result) {
