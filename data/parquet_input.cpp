@@ -412,6 +412,18 @@ class HybridDecoder {
   size_t packed_bytes_ = 0, packed_bit_ = 0;
 };
 
+// Why pages in `codec` cannot be read here; a codec this build lacks names its package.
+std::string unreadable_codec(int64_t codec) {
+  const std::string name = codec_name(codec);
+  const char* package = name == "snappy" ? "libsnappy-dev"
+                        : name == "gzip" ? "zlib1g-dev"
+                        : name == "zstd" ? "libzstd-dev"
+                                         : nullptr;
+  if (package)
+    return "compression " + name + " is not read by this build (apt-get install " + package + ")";
+  return "compression " + name + " is not read (uncompressed, snappy, gzip and zstd are)";
+}
+
 // The most bytes `size` stored bytes can hold once decompressed: checked before the page's
 // claimed size is allocated, so that a damaged header cannot ask for gigabytes.
 uint64_t decompressed_bound(int64_t codec, const uint8_t* data, size_t size) {
@@ -495,11 +507,7 @@ std::string decompress(int64_t codec, const uint8_t* data, size_t size, size_t u
     }
 #endif
     default:
-      throw std::runtime_error(what + ": compression " + codec_name(codec) +
-                               (parquet_codec_available(codec_name(codec))
-                                    ? ""
-                                    : " is not read by this build (snappy: apt-get install "
-                                      "libsnappy-dev; gzip: zlib1g-dev; zstd: libzstd-dev)"));
+      throw std::runtime_error(what + ": " + unreadable_codec(codec));
   }
 }
 
@@ -631,10 +639,7 @@ ParquetStrings::ParquetStrings(const std::string& path, const std::string& colum
     if (chunk.values != group.rows)
       s.fail("row group " + std::to_string(g) + ": " + std::to_string(chunk.values) +
              " values for " + std::to_string(group.rows) + " rows");
-    if (!parquet_codec_available(codec_name(chunk.codec)))
-      s.fail("compression " + std::string(codec_name(chunk.codec)) +
-             " is not read by this build (snappy: apt-get install libsnappy-dev; gzip: "
-             "zlib1g-dev; zstd: libzstd-dev)");
+    if (!parquet_codec_available(codec_name(chunk.codec))) s.fail(unreadable_codec(chunk.codec));
   }
 }
 

@@ -91,6 +91,7 @@ struct ParquetLayout {
   bool dictionary = false;     // RLE_DICTIONARY values over a dictionary page
   bool v2 = false;             // data pages v2
   std::string codec = "none";  // none, snappy, gzip, zstd
+  int declared_codec = -1;     // else the codec id the footer names (a file one cannot read)
   size_t rows_per_page = 1000, rows_per_group = size_t{1} << 30;
 };
 
@@ -341,7 +342,10 @@ inline std::string parquet_file(const std::vector<std::string>& values,
     footer.list_struct_begin();
     footer.begin_list(1, 12, 2);
     parquet_column_meta(footer, 2, "id", 0, group.id);
-    parquet_column_meta(footer, 6, layout.column, parquet_codec_id(layout.codec), group.text);
+    parquet_column_meta(
+        footer, 6, layout.column,
+        layout.declared_codec >= 0 ? layout.declared_codec : parquet_codec_id(layout.codec),
+        group.text);
     footer.i64(2, group.id.size + group.text.size);
     footer.i64(3, static_cast<int64_t>(group.rows));
     footer.end_struct();

@@ -150,6 +150,20 @@ TEST_F(ParquetTest, RefusalsNameTheFileAndWhy) {
   expect_error([&] { read_all(plain, "body"); },
                plain + ": no column \"body\" (columns: id, text)");
   expect_error([&] { read_all(plain, "id"); }, plain + ": column \"id\" does not hold strings");
+  test::ParquetLayout lz4;
+  lz4.declared_codec = 5;
+  const std::string in_lz4 = write("lz4.parquet", test::parquet_file(values, lz4));
+  expect_error([&] { read_all(in_lz4); },
+               in_lz4 + ": compression lz4 is not read (uncompressed, snappy, gzip and zstd are)");
+  if (!parquet_codec_available("snappy")) {  // a build without libsnappy names the package
+    test::ParquetLayout snappy;
+    snappy.declared_codec = 1;
+    const std::string in_snappy = write("snappy.parquet", test::parquet_file(values, snappy));
+    expect_error([&] { read_all(in_snappy); },
+                 in_snappy +
+                     ": compression snappy is not read by this build (apt-get install "
+                     "libsnappy-dev)");
+  }
   const std::string text = write("a.txt", "not parquet at all");
   expect_error([&] { read_all(text); }, text + ": not a Parquet file");
 
