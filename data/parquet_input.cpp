@@ -1,6 +1,7 @@
 #include "data/parquet_input.h"
 
 #include <algorithm>
+#include <climits>
 #include <cstring>
 #include <fstream>
 #include <stdexcept>
@@ -8,6 +9,12 @@
 
 #include "data/compressed_input.h"
 
+#ifdef SY_HAVE_BROTLI
+#include <brotli/decode.h>
+#endif
+#ifdef SY_HAVE_LZ4
+#include <lz4.h>
+#endif
 #ifdef SY_HAVE_SNAPPY
 #include <snappy-c.h>
 #endif
@@ -24,9 +31,24 @@ namespace {
 // Parquet's enums (parquet.thrift), the values this reader meets.
 enum Type { kByteArray = 6 };
 enum Repetition { kRequired = 0, kOptional = 1, kRepeated = 2 };
-enum Codec { kUncompressed = 0, kSnappy = 1, kGzip = 2, kZstd = 6 };
+enum Codec {
+  kUncompressed = 0,
+  kSnappy = 1,
+  kGzip = 2,
+  kBrotli = 4,
+  kLz4 = 5,
+  kZstd = 6,
+  kLz4Raw = 7
+};
 enum PageType { kDataPage = 0, kDictionaryPage = 2, kDataPageV2 = 3 };
-enum Encoding { kPlain = 0, kPlainDictionary = 2, kRle = 3, kRleDictionary = 8 };
+enum Encoding {
+  kPlain = 0,
+  kPlainDictionary = 2,
+  kRle = 3,
+  kDeltaLengthByteArray = 6,
+  kDeltaByteArray = 7,
+  kRleDictionary = 8
+};
 
 const char* codec_name(int64_t codec) {
   switch (codec) {
@@ -412,16 +434,121 @@ class HybridDecoder {
   size_t packed_bytes_ = 0, packed_bit_ = 0;
 };
 
+// Parquet's DELTA_BINARY_PACKED integers: the lengths in DELTA_LENGTH_BYTE_ARRAY and the prefix
+// lengths in DELTA_BYTE_ARRAY. A header (block size, miniblocks a block, the value count, the
+// first value), then blocks: the block's least delta, one bit width a miniblock, and each
+// miniblock's deltas less that least, bit-packed. Values past the count pad the last miniblock
+// that holds any; later miniblocks are not stored. Returns where the encoded integers end.
+const uint8_t* read_delta_binary_packed(const uint8_t* at, const uint8_t* end, size_t count,
+                                        std::vector<int64_t>& values, const std::string& what) {
+  const auto fail = [&](const std::string& why) {
+    throw std::runtime_error(what + ": " + why + " in DELTA_BINARY_PACKED data (a damaged page)");
+  };
+  const auto varint = [&] {
+    uint64_t value = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (at == end) fail("ends early");
+      const uint8_t next = *at++;
+      value |= static_cast<uint64_t>(next & 0x7f) << shift;
+      if (!(next & 0x80)) return value;
+    }
+    fail("a number longer than 64 bits");
+    return uint64_t{0};
+  };
+  const auto zigzag = [](uint64_t value) { return (value >> 1) ^ (~(value & 1) + 1); };
+  const uint64_t block_size = varint(), miniblocks = varint(), total = varint();
+  uint64_t value = zigzag(varint());  // unsigned: the deltas wrap as the writer's did
+  if (block_size == 0 || block_size % 128 != 0 || block_size > (uint64_t{1} << 30) ||
+      miniblocks == 0 || block_size % miniblocks != 0 || block_size / miniblocks % 32 != 0)
+    fail("blocks of " + std::to_string(block_size) + " values in " + std::to_string(miniblocks) +
+         " miniblocks");
+  if (total != count)
+    fail(std::to_string(total) + " values where the page holds " + std::to_string(count));
+  values.clear();
+  if (total == 0) return at;
+  values.reserve(count);
+  values.push_back(static_cast<int64_t>(value));
+  const uint64_t per_miniblock = block_size / miniblocks;
+  while (values.size() < count) {
+    const uint64_t least = zigzag(varint());
+    if (static_cast<uint64_t>(end - at) < miniblocks) fail("ends early");
+    const uint8_t* widths = at;
+    at += miniblocks;
+    for (uint64_t m = 0; m < miniblocks && values.size() < count; m++) {
+      const int width = widths[m];
+      if (width > 64) fail("a bit width of " + std::to_string(width));
+      const uint64_t bytes = per_miniblock * static_cast<uint64_t>(width) / 8;
+      if (bytes > static_cast<uint64_t>(end - at)) fail("ends early");
+      const uint64_t take = std::min<uint64_t>(per_miniblock, count - values.size());
+      for (uint64_t k = 0, bit = 0; k < take; k++) {
+        uint64_t delta = 0;
+        for (int b = 0; b < width; b++, bit++)
+          delta |= static_cast<uint64_t>(at[bit / 8] >> (bit % 8) & 1) << b;
+        value += least + delta;
+        values.push_back(static_cast<int64_t>(value));
+      }
+      at += bytes;
+    }
+  }
+  return at;
+}
+
+// DELTA_LENGTH_BYTE_ARRAY: the lengths, DELTA_BINARY_PACKED, then the strings' bytes end to end.
+// Returns where the bytes end.
+const uint8_t* delta_length_strings(const uint8_t* at, const uint8_t* end, size_t count,
+                                    std::vector<std::string>& out, const std::string& what) {
+  std::vector<int64_t> lengths;
+  at = read_delta_binary_packed(at, end, count, lengths, what);
+  for (const int64_t length : lengths) {
+    if (length < 0 || length > end - at)
+      throw std::runtime_error(what + ": a string of " + std::to_string(length) +
+                               " bytes runs past its page (DELTA_LENGTH_BYTE_ARRAY)");
+    out.emplace_back(reinterpret_cast<const char*>(at), static_cast<size_t>(length));
+    at += length;
+  }
+  return at;
+}
+
+// DELTA_BYTE_ARRAY: each string is a prefix of the one before it (in this page) and a suffix.
+// The prefix lengths are DELTA_BINARY_PACKED, the suffixes DELTA_LENGTH_BYTE_ARRAY.
+void delta_strings(const uint8_t* at, const uint8_t* end, size_t count,
+                   std::vector<std::string>& out, const std::string& what) {
+  const auto fail = [&](const std::string& why) {
+    throw std::runtime_error(what + ": " + why + " (DELTA_BYTE_ARRAY)");
+  };
+  std::vector<int64_t> prefixes;
+  at = read_delta_binary_packed(at, end, count, prefixes, what);
+  std::vector<std::string> suffixes;
+  delta_length_strings(at, end, count, suffixes, what);
+  // Shared prefixes let a small page stand for many bytes: a damaged one could ask for terabytes.
+  constexpr uint64_t kMostPageBytes = uint64_t{1} << 30;
+  uint64_t page_bytes = 0;
+  for (size_t k = 0; k < count; k++) {
+    const std::string* previous = k > 0 ? &out[out.size() - 1] : nullptr;
+    const uint64_t prefix = static_cast<uint64_t>(prefixes[k]);
+    if (prefixes[k] < 0 || prefix > (previous ? previous->size() : 0))
+      fail("a prefix of " + std::to_string(prefixes[k]) + " bytes of a string of " +
+           std::to_string(previous ? previous->size() : 0));
+    page_bytes += prefix + suffixes[k].size();
+    if (page_bytes > kMostPageBytes) fail("a page whose strings take more than 1 GiB");
+    std::string value = previous ? previous->substr(0, prefix) : std::string();
+    value += suffixes[k];
+    out.push_back(std::move(value));
+  }
+}
+
 // Why pages in `codec` cannot be read here; a codec this build lacks names its package.
 std::string unreadable_codec(int64_t codec) {
   const std::string name = codec_name(codec);
-  const char* package = name == "snappy" ? "libsnappy-dev"
-                        : name == "gzip" ? "zlib1g-dev"
-                        : name == "zstd" ? "libzstd-dev"
-                                         : nullptr;
+  const char* package = name == "snappy"                     ? "libsnappy-dev"
+                        : name == "gzip"                     ? "zlib1g-dev"
+                        : name == "zstd"                     ? "libzstd-dev"
+                        : name == "lz4" || name == "lz4_raw" ? "liblz4-dev"
+                        : name == "brotli"                   ? "libbrotli-dev"
+                                                             : nullptr;
   if (package)
     return "compression " + name + " is not read by this build (apt-get install " + package + ")";
-  return "compression " + name + " is not read (uncompressed, snappy, gzip and zstd are)";
+  return "compression " + name + " is not read (all but lzo are)";
 }
 
 // The most bytes `size` stored bytes can hold once decompressed: checked before the page's
@@ -446,10 +573,45 @@ uint64_t decompressed_bound(int64_t codec, const uint8_t* data, size_t size) {
 #endif
     case kGzip:
       return 1032 * static_cast<uint64_t>(size) + 1024;  // deflate's largest ratio
+    case kLz4:
+    case kLz4Raw:
+      return 255 * static_cast<uint64_t>(size) + 1024;  // an LZ4 block's largest ratio
+    case kBrotli:
+      return uint64_t{1} << 30;  // no bound from the stream's head: up to 1 GiB
     default:
       return size;
   }
 }
+
+#ifdef SY_HAVE_LZ4
+// One LZ4 block of exactly `size` bytes that decompresses to exactly `uncompressed`.
+bool lz4_block(const uint8_t* data, size_t size, char* out, size_t uncompressed) {
+  if (size > INT32_MAX || uncompressed > INT32_MAX) return false;
+  return LZ4_decompress_safe(reinterpret_cast<const char*>(data), out, static_cast<int>(size),
+                             static_cast<int>(uncompressed)) == static_cast<int>(uncompressed);
+}
+
+// Hadoop's LZ4 frames, one after another: a big-endian 32-bit decompressed size, a compressed
+// size, then that LZ4 block.
+bool lz4_hadoop_frames(const uint8_t* data, size_t size, char* out, size_t uncompressed) {
+  const auto big_endian = [](const uint8_t* at) {
+    return static_cast<size_t>(at[0]) << 24 | static_cast<size_t>(at[1]) << 16 |
+           static_cast<size_t>(at[2]) << 8 | at[3];
+  };
+  size_t read = 0, written = 0;
+  while (read < size) {
+    if (size - read < 8) return false;
+    const size_t frame_plain = big_endian(data + read), frame_stored = big_endian(data + read + 4);
+    read += 8;
+    if (frame_stored > size - read || frame_plain > uncompressed - written ||
+        !lz4_block(data + read, frame_stored, out + written, frame_plain))
+      return false;
+    read += frame_stored;
+    written += frame_plain;
+  }
+  return written == uncompressed;
+}
+#endif
 
 std::string decompress(int64_t codec, const uint8_t* data, size_t size, size_t uncompressed,
                        const std::string& what) {
@@ -506,6 +668,28 @@ std::string decompress(int64_t codec, const uint8_t* data, size_t size, size_t u
       return out;
     }
 #endif
+#ifdef SY_HAVE_LZ4
+    case kLz4Raw:
+      if (!lz4_block(data, size, out.data(), uncompressed)) throw damaged("LZ4 refused it");
+      return out;
+    case kLz4:
+      // Parquet's first LZ4: Hadoop's frames as parquet-mr and Arrow write them, else (old
+      // Arrow) one bare block, as Arrow reads it.
+      if (!lz4_hadoop_frames(data, size, out.data(), uncompressed) &&
+          !lz4_block(data, size, out.data(), uncompressed))
+        throw damaged("neither Hadoop's LZ4 frames nor an LZ4 block");
+      return out;
+#endif
+#ifdef SY_HAVE_BROTLI
+    case kBrotli: {
+      size_t length = uncompressed;
+      if (BrotliDecoderDecompress(size, data, &length, reinterpret_cast<uint8_t*>(out.data())) !=
+              BROTLI_DECODER_RESULT_SUCCESS ||
+          length != uncompressed)
+        throw damaged("brotli refused it");
+      return out;
+    }
+#endif
     default:
       throw std::runtime_error(what + ": " + unreadable_codec(codec));
   }
@@ -517,6 +701,12 @@ bool parquet_codec_available(const std::string& codec) {
   if (codec == "gzip" || codec == "zstd") return input_compression_available(codec);
 #ifdef SY_HAVE_SNAPPY
   if (codec == "snappy") return true;
+#endif
+#ifdef SY_HAVE_LZ4
+  if (codec == "lz4" || codec == "lz4_raw") return true;
+#endif
+#ifdef SY_HAVE_BROTLI
+  if (codec == "brotli") return true;
 #endif
   return codec == "uncompressed";
 }
@@ -758,9 +948,13 @@ void ParquetStrings::State::read_page() {
              std::to_string(dictionary.size()));
       decoded.push_back(dictionary[index]);
     }
+  } else if (page.encoding == kDeltaLengthByteArray) {
+    delta_length_strings(at, end, non_null, decoded, where);
+  } else if (page.encoding == kDeltaByteArray) {
+    delta_strings(at, end, non_null, decoded, where);
   } else {
     fail(std::string("values in ") + encoding_name(page.encoding) +
-         ", which this reader does not decode (PLAIN and dictionary encodings are read)");
+         ", which this reader does not decode (PLAIN, dictionary and DELTA_* encodings are)");
   }
   values.clear();
   value_index = 0;

@@ -1,6 +1,6 @@
 // Parquet files written in the tests, for data/parquet_input.cpp: a required INT64 column "id"
 // and a string column, in row groups and pages, as pyarrow and Spark lay them out (dictionary
-// or plain values, data pages v1 or v2, optional columns with nulls, snappy, gzip or zstd).
+// plain or delta-encoded values, data pages v1 or v2, optional columns with nulls, each codec).
 // The reader was also checked by hand against apache/parquet-testing's files (docs/data.md).
 #pragma once
 
@@ -13,6 +13,12 @@
 #include <string>
 #include <vector>
 
+#ifdef SY_HAVE_BROTLI
+#include <brotli/encode.h>
+#endif
+#ifdef SY_HAVE_LZ4
+#include <lz4.h>
+#endif
 #ifdef SY_HAVE_SNAPPY
 #include <snappy-c.h>
 #endif
@@ -88,10 +94,16 @@ struct ParquetLayout {
   std::string column = "text";
   bool optional = false;       // definition levels
   std::vector<size_t> nulls;   // rows written as null (optional only)
-  bool dictionary = false;     // RLE_DICTIONARY values over a dictionary page
+  // plain; dictionary: RLE_DICTIONARY over a dictionary page; delta_length:
+  // DELTA_LENGTH_BYTE_ARRAY; delta: DELTA_BYTE_ARRAY
+  std::string encoding = "plain";
   bool v2 = false;             // data pages v2
-  std::string codec = "none";  // none, snappy, gzip, zstd
+  // none, snappy, gzip, zstd, lz4_raw, lz4 (Hadoop's frames), lz4_block (LZ4 as one bare
+  // block, as old Arrow wrote it), brotli
+  std::string codec = "none";
+  int delta_block = 128, delta_miniblocks = 4;  // DELTA_BINARY_PACKED's layout
   int declared_codec = -1;     // else the codec id the footer names (a file one cannot read)
+  int declared_encoding = -1;  // else the encoding id the data pages name
   size_t rows_per_page = 1000, rows_per_group = size_t{1} << 30;
 };
 
@@ -110,6 +122,32 @@ inline std::string parquet_compress(const std::string& codec, const std::string&
 #ifdef SY_HAVE_ZLIB
   if (codec == "gzip") return gzip_member(plain);
 #endif
+#ifdef SY_HAVE_LZ4
+  if (codec == "lz4_raw" || codec == "lz4" || codec == "lz4_block") {
+    std::string packed(static_cast<size_t>(LZ4_compressBound(static_cast<int>(plain.size()))),
+                       '\0');
+    packed.resize(static_cast<size_t>(LZ4_compress_default(plain.data(), packed.data(),
+                                                           static_cast<int>(plain.size()),
+                                                           static_cast<int>(packed.size()))));
+    if (codec != "lz4") return packed;
+    std::string framed;  // one Hadoop frame: big-endian sizes, plain then stored
+    for (const size_t size : {plain.size(), packed.size()})
+      for (int shift = 24; shift >= 0; shift -= 8) framed += static_cast<char>(size >> shift);
+    return framed + packed;
+  }
+#endif
+#ifdef SY_HAVE_BROTLI
+  if (codec == "brotli") {
+    std::string packed(BrotliEncoderMaxCompressedSize(plain.size()), '\0');
+    size_t length = packed.size();
+    if (!BrotliEncoderCompress(BROTLI_DEFAULT_QUALITY, BROTLI_DEFAULT_WINDOW, BROTLI_MODE_GENERIC,
+                               plain.size(), reinterpret_cast<const uint8_t*>(plain.data()),
+                               &length, reinterpret_cast<uint8_t*>(packed.data())))
+      throw std::runtime_error("BrotliEncoderCompress failed");
+    packed.resize(length);
+    return packed;
+  }
+#endif
 #ifdef SY_HAVE_ZSTD
   if (codec == "zstd") return zstd_frame(plain);
 #endif
@@ -117,7 +155,10 @@ inline std::string parquet_compress(const std::string& codec, const std::string&
 }
 
 inline int parquet_codec_id(const std::string& codec) {
-  return codec == "snappy" ? 1 : codec == "gzip" ? 2 : codec == "zstd" ? 6 : 0;
+  const std::map<std::string, int> ids{{"none", 0},    {"snappy", 1},   {"gzip", 2},
+                                       {"brotli", 4},  {"lz4", 5},      {"zstd", 6},
+                                       {"lz4_raw", 7}, {"lz4_block", 5}};
+  return ids.at(codec);
 }
 
 // Values with bit_width bits each, RLE/bit-packed hybrid: runs of 8 or more equal values as RLE
@@ -162,6 +203,78 @@ inline std::string parquet_plain_strings(const std::vector<std::string>& values)
   return out;
 }
 
+// DELTA_BINARY_PACKED: the header, then blocks of `block` deltas in `miniblocks` miniblocks,
+// each at the width its largest delta less the block's least needs.
+inline std::string parquet_delta_binary_packed(const std::vector<int64_t>& values, int block,
+                                               int miniblocks) {
+  CompactWriter out;
+  const auto zigzag = [](int64_t value) {
+    return (static_cast<uint64_t>(value) << 1) ^ static_cast<uint64_t>(value >> 63);
+  };
+  out.varint(static_cast<uint64_t>(block));
+  out.varint(static_cast<uint64_t>(miniblocks));
+  out.varint(values.size());
+  out.varint(zigzag(values.empty() ? 0 : values[0]));
+  const size_t per_miniblock = static_cast<size_t>(block / miniblocks);
+  for (size_t first = 1; first < values.size(); first += static_cast<size_t>(block)) {
+    const size_t last = std::min(values.size(), first + static_cast<size_t>(block));
+    std::vector<uint64_t> deltas;
+    for (size_t k = first; k < last; k++)
+      deltas.push_back(static_cast<uint64_t>(values[k]) - static_cast<uint64_t>(values[k - 1]));
+    const int64_t least = static_cast<int64_t>(*std::min_element(
+        deltas.begin(), deltas.end(),
+        [](uint64_t a, uint64_t b) { return static_cast<int64_t>(a) < static_cast<int64_t>(b); }));
+    out.varint(zigzag(least));
+    std::string widths(static_cast<size_t>(miniblocks), '\0'), packed;
+    for (size_t m = 0; m * per_miniblock < deltas.size(); m++) {
+      const size_t begin = m * per_miniblock, end = std::min(deltas.size(), begin + per_miniblock);
+      int width = 0;
+      for (size_t k = begin; k < end; k++)
+        while (width < 64 && (deltas[k] - static_cast<uint64_t>(least)) >> width) width++;
+      widths[m] = static_cast<char>(width);
+      std::string bits(per_miniblock * static_cast<size_t>(width) / 8, '\0');
+      for (size_t k = begin; k < end; k++)
+        for (int b = 0; b < width; b++)
+          if ((deltas[k] - static_cast<uint64_t>(least)) >> b & 1) {
+            const size_t at = (k - begin) * static_cast<size_t>(width) + static_cast<size_t>(b);
+            bits[at / 8] = static_cast<char>(bits[at / 8] | 1 << (at % 8));
+          }
+      packed += bits;
+    }
+    out.bytes += widths + packed;
+  }
+  return out.bytes;
+}
+
+inline std::string parquet_delta_length_strings(const std::vector<std::string>& values,
+                                                const ParquetLayout& layout) {
+  std::vector<int64_t> lengths;
+  std::string bytes;
+  for (const std::string& value : values) {
+    lengths.push_back(static_cast<int64_t>(value.size()));
+    bytes += value;
+  }
+  return parquet_delta_binary_packed(lengths, layout.delta_block, layout.delta_miniblocks) + bytes;
+}
+
+// DELTA_BYTE_ARRAY: each value's prefix shared with the one before it, then the suffixes.
+inline std::string parquet_delta_strings(const std::vector<std::string>& values,
+                                         const ParquetLayout& layout) {
+  std::vector<int64_t> prefixes;
+  std::vector<std::string> suffixes;
+  for (size_t k = 0; k < values.size(); k++) {
+    size_t shared = 0;
+    if (k > 0)
+      while (shared < values[k].size() && shared < values[k - 1].size() &&
+             values[k][shared] == values[k - 1][shared])
+        shared++;
+    prefixes.push_back(static_cast<int64_t>(shared));
+    suffixes.push_back(values[k].substr(shared));
+  }
+  return parquet_delta_binary_packed(prefixes, layout.delta_block, layout.delta_miniblocks) +
+         parquet_delta_length_strings(suffixes, layout);
+}
+
 // A page: its header, then its stored bytes.
 inline std::string parquet_page(int type, size_t plain_size, const std::string& stored,
                                 const std::function<void(CompactWriter&)>& body) {
@@ -184,17 +297,18 @@ inline std::string parquet_text_chunk(const std::vector<std::string>& all, size_
                                       ParquetChunk& chunk) {
   std::string out;
   std::map<std::string, uint32_t> index;
-  std::vector<std::string> dictionary;
-  if (layout.dictionary) {
+  std::vector<std::string> dictionary_values;
+  const bool dictionary = layout.encoding == "dictionary";
+  if (dictionary) {
     for (size_t r = first; r < last; r++)
-      if (index.emplace(all[r], static_cast<uint32_t>(dictionary.size())).second)
-        dictionary.push_back(all[r]);
-    const std::string plain = parquet_plain_strings(dictionary);
+      if (index.emplace(all[r], static_cast<uint32_t>(dictionary_values.size())).second)
+        dictionary_values.push_back(all[r]);
+    const std::string plain = parquet_plain_strings(dictionary_values);
     chunk.dictionary_offset = offset;
     out +=
         parquet_page(2, plain.size(), parquet_compress(layout.codec, plain), [&](CompactWriter& w) {
           w.begin_struct(7);
-          w.i32(1, static_cast<int64_t>(dictionary.size()));
+          w.i32(1, static_cast<int64_t>(dictionary_values.size()));
           w.i32(2, 0);
           w.end_struct();
         });
@@ -215,17 +329,25 @@ inline std::string parquet_text_chunk(const std::vector<std::string>& all, size_
       nulls += null;
       if (null) continue;
       present.push_back(all[r]);
-      if (layout.dictionary) indices.push_back(index[all[r]]);
+      if (dictionary) indices.push_back(index[all[r]]);
     }
     std::string values;
-    if (layout.dictionary) {
+    int encoding = 0;
+    if (dictionary) {
       int width = 0;
-      while ((size_t{1} << width) < dictionary.size()) width++;
+      while ((size_t{1} << width) < dictionary_values.size()) width++;
       values = std::string(1, static_cast<char>(width)) + parquet_hybrid(indices, width);
+      encoding = 8;
+    } else if (layout.encoding == "delta_length") {
+      values = parquet_delta_length_strings(present, layout);
+      encoding = 6;
+    } else if (layout.encoding == "delta") {
+      values = parquet_delta_strings(present, layout);
+      encoding = 7;
     } else {
       values = parquet_plain_strings(present);
     }
-    const int encoding = layout.dictionary ? 8 : 0;
+    if (layout.declared_encoding >= 0) encoding = layout.declared_encoding;
     const std::string level_bytes = layout.optional ? parquet_hybrid(levels, 1) : "";
     const int64_t count = static_cast<int64_t>(page_last - page_first);
     if (layout.v2) {

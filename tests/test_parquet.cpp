@@ -42,8 +42,9 @@ std::vector<std::string> read_all(const std::string& path, const std::string& co
 
 std::vector<std::string> codecs() {
   std::vector<std::string> found{"none"};
-  for (const char* codec : {"snappy", "gzip", "zstd"})
+  for (const char* codec : {"snappy", "gzip", "zstd", "lz4_raw", "lz4", "brotli"})
     if (parquet_codec_available(codec)) found.push_back(codec);
+  if (parquet_codec_available("lz4")) found.push_back("lz4_block");
   return found;
 }
 
@@ -64,25 +65,50 @@ class ParquetTest : public test::TempFolderTest {
       EXPECT_EQ(message.find('\n'), std::string::npos) << message;
     }
   }
+  void expect_damage_fails_cleanly(const std::string& bytes);
 };
 
 TEST_F(ParquetTest, EveryLayoutReadsBackTheValues) {
   const std::vector<std::string> values = documents(300);
   for (const std::string& codec : codecs())
-    for (bool dictionary : {false, true})
+    for (const char* encoding : {"plain", "dictionary", "delta_length", "delta"})
       for (bool v2 : {false, true})
         for (bool optional : {false, true}) {
           test::ParquetLayout layout;
           layout.codec = codec;
-          layout.dictionary = dictionary;
+          layout.encoding = encoding;
           layout.v2 = v2;
           layout.optional = optional;
           layout.rows_per_page = 37;  // pages that end mid-group of 8, several a row group
           layout.rows_per_group = 120;
-          SCOPED_TRACE(codec + (dictionary ? " dictionary" : " plain") + (v2 ? " v2" : " v1") +
+          SCOPED_TRACE(codec + " " + encoding + (v2 ? " v2" : " v1") +
                        (optional ? " optional" : " required"));
           EXPECT_EQ(read_all(write("a.parquet", test::parquet_file(values, layout))), values);
         }
+}
+
+// DELTA_BINARY_PACKED in the layouts writers choose (Arrow: blocks of 128 in 4 miniblocks;
+// parquet-mr: 128 in 4; larger blocks), one value a page or many, long strings (wide lengths)
+// and strings that share long prefixes.
+TEST_F(ParquetTest, DeltaEncodingsInEveryBlockLayout) {
+  std::vector<std::string> values = documents(700);
+  values[100] = std::string(70000, 'y');  // a 17-bit length among short ones
+  for (size_t d = 200; d < 300; d++)
+    values[d] = "https://example.org/a/long/shared/path/" + values[d];
+  for (const char* encoding : {"delta_length", "delta"})
+    for (const auto& [block, miniblocks] :
+         std::vector<std::pair<int, int>>{{128, 4}, {128, 1}, {256, 8}, {512, 2}})
+      for (size_t rows_per_page : {1, 33, 1000}) {
+        test::ParquetLayout layout;
+        layout.encoding = encoding;
+        layout.delta_block = block;
+        layout.delta_miniblocks = miniblocks;
+        layout.rows_per_page = rows_per_page;
+        SCOPED_TRACE(std::string(encoding) + " blocks of " + std::to_string(block) + " in " +
+                     std::to_string(miniblocks) + ", " + std::to_string(rows_per_page) +
+                     " rows a page");
+        EXPECT_EQ(read_all(write("a.parquet", test::parquet_file(values, layout))), values);
+      }
 }
 
 // The same documents as JSON lines give the same token file, split and document starts
@@ -90,7 +116,7 @@ TEST_F(ParquetTest, EveryLayoutReadsBackTheValues) {
 TEST_F(ParquetTest, PrepareDataReadsRowsAsJsonlReadsLines) {
   const std::vector<std::string> values = documents(500);
   test::ParquetLayout layout;
-  layout.dictionary = true;
+  layout.encoding = "dictionary";
   layout.rows_per_group = 200;
   const std::vector<std::string> first(values.begin(), values.begin() + 320);
   const std::vector<std::string> second(values.begin() + 320, values.end());
@@ -150,20 +176,27 @@ TEST_F(ParquetTest, RefusalsNameTheFileAndWhy) {
   expect_error([&] { read_all(plain, "body"); },
                plain + ": no column \"body\" (columns: id, text)");
   expect_error([&] { read_all(plain, "id"); }, plain + ": column \"id\" does not hold strings");
-  test::ParquetLayout lz4;
-  lz4.declared_codec = 5;
-  const std::string in_lz4 = write("lz4.parquet", test::parquet_file(values, lz4));
-  expect_error([&] { read_all(in_lz4); },
-               in_lz4 + ": compression lz4 is not read (uncompressed, snappy, gzip and zstd are)");
-  if (!parquet_codec_available("snappy")) {  // a build without libsnappy names the package
-    test::ParquetLayout snappy;
-    snappy.declared_codec = 1;
-    const std::string in_snappy = write("snappy.parquet", test::parquet_file(values, snappy));
-    expect_error([&] { read_all(in_snappy); },
-                 in_snappy +
-                     ": compression snappy is not read by this build (apt-get install "
-                     "libsnappy-dev)");
+  test::ParquetLayout lzo;
+  lzo.declared_codec = 3;
+  const std::string in_lzo = write("lzo.parquet", test::parquet_file(values, lzo));
+  expect_error([&] { read_all(in_lzo); },
+               in_lzo + ": compression lzo is not read (all but lzo are)");
+  // A build without a codec's library names the package.
+  for (const auto& [codec, package] : std::vector<std::pair<std::string, std::string>>{
+           {"snappy", "libsnappy-dev"}, {"lz4", "liblz4-dev"}, {"brotli", "libbrotli-dev"}}) {
+    if (parquet_codec_available(codec)) continue;
+    test::ParquetLayout layout;
+    layout.declared_codec = test::parquet_codec_id(codec);
+    const std::string file = write(codec + ".parquet", test::parquet_file(values, layout));
+    expect_error([&] { read_all(file); }, file + ": compression " + codec +
+                                              " is not read by this build (apt-get install " +
+                                              package + ")");
   }
+  test::ParquetLayout byte_stream_split;  // an encoding for numbers, not strings
+  byte_stream_split.declared_encoding = 9;
+  const std::string split = write("split.parquet", test::parquet_file(values, byte_stream_split));
+  expect_error([&] { read_all(split); },
+               split + ": values in BYTE_STREAM_SPLIT, which this reader does not decode");
   const std::string text = write("a.txt", "not parquet at all");
   expect_error([&] { read_all(text); }, text + ": not a Parquet file");
 
@@ -180,12 +213,19 @@ TEST_F(ParquetTest, RefusalsNameTheFileAndWhy) {
 // Cut at every length and with bytes flipped: an error naming the file, or (a flip inside a
 // value's bytes) other values; never a crash or a hang.
 TEST_F(ParquetTest, DamagedFilesFailCleanly) {
-  test::ParquetLayout layout;
-  layout.dictionary = true;
-  layout.optional = true;
-  layout.rows_per_page = 7;
-  layout.codec = codecs().back();
-  const std::string bytes = test::parquet_file(documents(30), layout);
+  for (const char* encoding : {"dictionary", "delta"}) {
+    test::ParquetLayout layout;
+    layout.encoding = encoding;
+    layout.optional = true;
+    layout.rows_per_page = 7;
+    layout.codec = codecs().back();
+    SCOPED_TRACE(encoding);
+    expect_damage_fails_cleanly(test::parquet_file(documents(30), layout));
+  }
+}
+
+// Every cut of `bytes` fails, every flip of one byte fails or reads, naming the file.
+void ParquetTest::expect_damage_fails_cleanly(const std::string& bytes) {
   const std::string damaged = path("damaged.parquet");
   for (size_t length = 0; length < bytes.size(); length++) {
     std::ofstream(damaged, std::ios::binary | std::ios::trunc) << bytes.substr(0, length);

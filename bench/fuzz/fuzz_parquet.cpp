@@ -17,13 +17,13 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     std::vector<std::string> values;
     for (int d = 0; d < 40; ++d) values.push_back("row " + std::to_string(d % 13) + "\nline");
     int seed = 0;
-    for (const char* codec : {"none", "snappy", "gzip", "zstd"})
-      for (bool dictionary : {false, true})
+    for (const char* codec : {"none", "snappy", "gzip", "zstd", "lz4_raw", "lz4", "brotli"})
+      for (const char* encoding : {"plain", "dictionary", "delta_length", "delta"})
         for (bool v2 : {false, true}) {
           if (!sy::parquet_codec_available(codec)) continue;
           sy::test::ParquetLayout layout;
           layout.codec = codec;
-          layout.dictionary = dictionary;
+          layout.encoding = encoding;
           layout.v2 = v2;
           layout.optional = seed % 2 == 1;
           layout.rows_per_page = 9;
