@@ -365,8 +365,10 @@ void add_inspect_command(CLI::App& app, CommandLine& line) {
 
 void add_export_command(CLI::App& app, CommandLine& line) {
   CLI::App* exporter = app.add_subcommand(
-      "export", "write a checkpoint as a Hugging Face transformers model folder: config.json, "
-                "model.safetensors, the tokenizer when it is SentencePiece (docs/export.md)");
+      "export",
+      "write a checkpoint as a Hugging Face transformers model folder: config.json, "
+      "model.safetensors, its tokenizer (a SentencePiece model or a tokenizer.json; "
+      "docs/export.md)");
   exporter->add_option("CHECKPOINT", line.checkpoint, kCheckpointForms)
       ->required()
       ->type_name("PATH");

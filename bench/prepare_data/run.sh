@@ -3,7 +3,8 @@
 # repeated to CORPUS_MB (default 60) MB, a SentencePiece BPE model of VOCAB (default 8000) pieces
 # trained on the corpus, then `prepare-data --format jsonl --tokenizer MODEL --threads T` for each
 # T of THREADS (default: 1, 2, 4, ... up to the machine's cores), REPEATS (default 2) times each,
-# plain and (where the build reads it) gzip-compressed, and once with the bytes tokenizer (the
+# plain, (where the build reads it) gzip-compressed and as a snappy Parquet file of the same
+# documents (`--format parquet`; sy_jsonl_to_parquet), and once with the bytes tokenizer (the
 # reading and writing, on one thread, plus JSON parsing). Prints the best seconds and MB/s.
 # BASELINE=OTHER_BUILD times OTHER_BUILD/switchyard too, each run beside ours, in more columns.
 # The token files are the same whatever T (ThreadCountDoesNotChangeTheTokens in
@@ -50,6 +51,12 @@ if gzip -c "$out/corpus.jsonl" > "$out/corpus.jsonl.gz" &&
      --output "$out/probe.h5" > /dev/null 2>&1; then
   inputs+=("$out/corpus.jsonl.gz")
 fi
+# The same documents as a Parquet file, snappy pages as pyarrow writes them (ours only: the
+# baseline may predate --format parquet).
+if [[ -x $build/sy_jsonl_to_parquet ]] &&
+   "$build/sy_jsonl_to_parquet" "$out/corpus.jsonl" "$out/corpus.parquet" snappy > /dev/null; then
+  inputs+=("$out/corpus.parquet")
+fi
 
 echo "prepare-data, $(basename "${inputs[0]}"): $bytes bytes of JSON lines, SentencePiece BPE;"
 echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(date -u +%F)"
@@ -60,12 +67,13 @@ else
   echo "| input | tokenizer | threads | best s | MB/s (JSON bytes) | x 1 thread |"
   echo "|---|---|---|---|---|---|"
 fi
+input_format() { [[ $1 == *.parquet ]] && echo parquet || echo jsonl; }
 # Best of $repeats seconds of BINARY prepare-data on input $2 with tokenizer $3 and $4 threads.
 best_seconds() {
   local best="" seconds start
   for ((r = 0; r < repeats; r++)); do
     start=$(date +%s.%N)
-    "$1" prepare-data --format jsonl --input "$2" --tokenizer "$3" --threads "$4" \
+    "$1" prepare-data --format "$(input_format "$2")" --input "$2" --tokenizer "$3" --threads "$4" \
       --output "$out/tokens.h5" > "$out/prepare.log"
     seconds=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
     best=$(awk -v s="$seconds" -v b="${best:-inf}" 'BEGIN { print (b == "inf" || s < b) ? s : b }')
@@ -84,7 +92,7 @@ row() {  # input tokenizer-name threads seconds seconds-at-1-thread [baseline-se
 both_seconds() {
   ours=$(best_seconds "$switchyard" "$@")
   base=""
-  [[ -z $baseline ]] || base=$(best_seconds "$baseline" "$@")
+  [[ -z $baseline || $1 == *.parquet ]] || base=$(best_seconds "$baseline" "$@")
 }
 # The bytes tokenizer's time is the reading, JSON parsing and writing alone.
 both_seconds "${inputs[0]}" bytes 1
