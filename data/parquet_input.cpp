@@ -548,7 +548,8 @@ std::string unreadable_codec(int64_t codec) {
                                                              : nullptr;
   if (package)
     return "compression " + name + " is not read by this build (apt-get install " + package + ")";
-  return "compression " + name + " is not read (all but lzo are)";
+  return "compression " + name +
+         " is not read (uncompressed, snappy, gzip, zstd, lz4, lz4_raw and brotli are)";
 }
 
 // The most bytes `size` stored bytes can hold once decompressed: checked before the page's
