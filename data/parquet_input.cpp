@@ -117,6 +117,23 @@ class CompactReader {
     return true;
   }
   int64_t integer() { return zigzag(); }
+  // An unsigned ULEB128 number, as Thrift's lengths and Parquet's DELTA_BINARY_PACKED write them.
+  uint64_t varint() {
+    uint64_t value = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      const uint8_t next = byte();
+      value |= static_cast<uint64_t>(next & 0x7f) << shift;
+      if (!(next & 0x80)) return value;
+    }
+    fail("a number longer than 64 bits");
+  }
+  // The next `bytes` bytes, passed over.
+  const uint8_t* take(size_t bytes) {
+    if (bytes > static_cast<size_t>(end_ - at_)) fail("ends early");
+    const uint8_t* taken = at_;
+    at_ += bytes;
+    return taken;
+  }
   std::string binary() {
     const uint64_t size = varint();
     if (size > static_cast<uint64_t>(end_ - at_)) fail("a string runs past its end");
@@ -147,7 +164,7 @@ class CompactReader {
         varint();
         return;
       case 7:
-        advance(8);
+        take(8);
         return;
       case 8:
         binary();
@@ -195,19 +212,6 @@ class CompactReader {
   uint8_t byte() {
     if (at_ == end_) fail("ends early");
     return *at_++;
-  }
-  void advance(size_t bytes) {
-    if (bytes > static_cast<size_t>(end_ - at_)) fail("ends early");
-    at_ += bytes;
-  }
-  uint64_t varint() {
-    uint64_t value = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-      const uint8_t next = byte();
-      value |= static_cast<uint64_t>(next & 0x7f) << shift;
-      if (!(next & 0x80)) return value;
-    }
-    fail("a number longer than 64 bits");
   }
   int64_t zigzag() {
     const uint64_t value = varint();
@@ -441,23 +445,13 @@ class HybridDecoder {
 // that holds any; later miniblocks are not stored. Returns where the encoded integers end.
 const uint8_t* read_delta_binary_packed(const uint8_t* at, const uint8_t* end, size_t count,
                                         std::vector<int64_t>& values, const std::string& what) {
+  CompactReader in(at, end, what);
   const auto fail = [&](const std::string& why) {
     throw std::runtime_error(what + ": " + why + " in DELTA_BINARY_PACKED data (a damaged page)");
   };
-  const auto varint = [&] {
-    uint64_t value = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-      if (at == end) fail("ends early");
-      const uint8_t next = *at++;
-      value |= static_cast<uint64_t>(next & 0x7f) << shift;
-      if (!(next & 0x80)) return value;
-    }
-    fail("a number longer than 64 bits");
-    return uint64_t{0};
-  };
-  const auto zigzag = [](uint64_t value) { return (value >> 1) ^ (~(value & 1) + 1); };
-  const uint64_t block_size = varint(), miniblocks = varint(), total = varint();
-  uint64_t value = zigzag(varint());  // unsigned: the deltas wrap as the writer's did
+  const uint64_t block_size = in.varint(), miniblocks = in.varint(), total = in.varint();
+  // Unsigned: the deltas wrap as the writer's did.
+  uint64_t value = static_cast<uint64_t>(in.integer());
   if (block_size == 0 || block_size % 128 != 0 || block_size > (uint64_t{1} << 30) ||
       miniblocks == 0 || block_size % miniblocks != 0 || block_size / miniblocks % 32 != 0)
     fail("blocks of " + std::to_string(block_size) + " values in " + std::to_string(miniblocks) +
@@ -465,32 +459,28 @@ const uint8_t* read_delta_binary_packed(const uint8_t* at, const uint8_t* end, s
   if (total != count)
     fail(std::to_string(total) + " values where the page holds " + std::to_string(count));
   values.clear();
-  if (total == 0) return at;
+  if (total == 0) return in.position();
   values.reserve(count);
   values.push_back(static_cast<int64_t>(value));
   const uint64_t per_miniblock = block_size / miniblocks;
   while (values.size() < count) {
-    const uint64_t least = zigzag(varint());
-    if (static_cast<uint64_t>(end - at) < miniblocks) fail("ends early");
-    const uint8_t* widths = at;
-    at += miniblocks;
+    const uint64_t least = static_cast<uint64_t>(in.integer());
+    const uint8_t* widths = in.take(miniblocks);
     for (uint64_t m = 0; m < miniblocks && values.size() < count; m++) {
       const int width = widths[m];
       if (width > 64) fail("a bit width of " + std::to_string(width));
-      const uint64_t bytes = per_miniblock * static_cast<uint64_t>(width) / 8;
-      if (bytes > static_cast<uint64_t>(end - at)) fail("ends early");
+      const uint8_t* packed = in.take(per_miniblock * static_cast<uint64_t>(width) / 8);
       const uint64_t take = std::min<uint64_t>(per_miniblock, count - values.size());
       for (uint64_t k = 0, bit = 0; k < take; k++) {
         uint64_t delta = 0;
         for (int b = 0; b < width; b++, bit++)
-          delta |= static_cast<uint64_t>(at[bit / 8] >> (bit % 8) & 1) << b;
+          delta |= static_cast<uint64_t>(packed[bit / 8] >> (bit % 8) & 1) << b;
         value += least + delta;
         values.push_back(static_cast<int64_t>(value));
       }
-      at += bytes;
     }
   }
-  return at;
+  return in.position();
 }
 
 // DELTA_LENGTH_BYTE_ARRAY: the lengths, DELTA_BINARY_PACKED, then the strings' bytes end to end.

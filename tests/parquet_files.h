@@ -68,11 +68,11 @@ class CompactWriter {
     }
     bytes += static_cast<char>(value);
   }
-
- private:
   static uint64_t zigzag(int64_t value) {
     return (static_cast<uint64_t>(value) << 1) ^ static_cast<uint64_t>(value >> 63);
   }
+
+ private:
   void header(int16_t id, int type) {
     const int delta = id - last_ids_.back();
     if (delta > 0 && delta <= 15) {
@@ -208,9 +208,7 @@ inline std::string parquet_plain_strings(const std::vector<std::string>& values)
 inline std::string parquet_delta_binary_packed(const std::vector<int64_t>& values, int block,
                                                int miniblocks) {
   CompactWriter out;
-  const auto zigzag = [](int64_t value) {
-    return (static_cast<uint64_t>(value) << 1) ^ static_cast<uint64_t>(value >> 63);
-  };
+  const auto zigzag = CompactWriter::zigzag;
   out.varint(static_cast<uint64_t>(block));
   out.varint(static_cast<uint64_t>(miniblocks));
   out.varint(values.size());
