@@ -4,6 +4,7 @@
 #include <climits>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <stdexcept>
 #include <vector>
 
@@ -343,7 +344,8 @@ FileMetaData read_file_metadata(CompactReader& in) {
 
 struct PageHeader {
   int64_t type = -1, uncompressed_size = -1, compressed_size = -1, values = 0, encoding = -1,
-          definition_encoding = kRle, definition_bytes = 0, repetition_bytes = 0;
+          definition_encoding = kRle, repetition_encoding = kRle, definition_bytes = 0,
+          repetition_bytes = 0;
   bool values_compressed = true;  // data page v2's is_compressed
 };
 
@@ -354,6 +356,7 @@ void read_page_struct(CompactReader& in, PageHeader& page, bool v2) {
     if (id == 1 && type == 5) page.values = in.integer();
     else if (!v2 && id == 2 && type == 5) page.encoding = in.integer();
     else if (!v2 && id == 3 && type == 5) page.definition_encoding = in.integer();
+    else if (!v2 && id == 4 && type == 5) page.repetition_encoding = in.integer();
     else if (v2 && id == 4 && type == 5) page.encoding = in.integer();
     else if (v2 && id == 5 && type == 5) page.definition_bytes = in.integer();
     else if (v2 && id == 6 && type == 5) page.repetition_bytes = in.integer();
@@ -702,275 +705,421 @@ bool parquet_codec_available(const std::string& codec) {
   return codec == "uncompressed";
 }
 
-struct ParquetStrings::State {
-  std::string path, column_name;
-  std::ifstream file;
-  uint64_t file_size = 0;
-  FileMetaData meta;
-  size_t column = 0;      // index among the leaf columns
-  bool optional = false;  // definition level 1 for a value, 0 for a null
-  size_t row_group = 0;   // the next one to start
-  int64_t row = 0;        // rows handed out
-  // The column chunk being read.
-  const ColumnChunk* chunk = nullptr;
-  uint64_t page_offset = 0, chunk_end = 0;  // the next page; where the chunk's pages end
-  int64_t chunk_values_left = 0;
-  std::vector<std::string> dictionary;
-  // The data page being read: its values, handed out in order.
-  std::vector<std::string> values;
-  size_t value_index = 0;
+namespace {
 
+// An open Parquet file: its footer, and its bytes read where asked.
+struct ParquetFile {
+  std::string path;
+  std::ifstream file;
+  uint64_t size = 0;
+  FileMetaData meta;
+
+  explicit ParquetFile(const std::string& path_) : path(path_) {
+    file.open(path, std::ios::binary);
+    if (!file) fail("cannot open for reading");
+    file.seekg(0, std::ios::end);
+    size = static_cast<uint64_t>(file.tellg());
+    if (size < 12 || read_bytes(0, 4) != "PAR1" || read_bytes(size - 4, 4) != "PAR1")
+      fail("not a Parquet file (no PAR1 at its start and end)");
+    const std::string length_bytes = read_bytes(size - 8, 4);
+    uint32_t footer_size;
+    std::memcpy(&footer_size, length_bytes.data(), 4);
+    if (footer_size > size - 12) fail("a footer larger than the file");
+    const std::string footer = read_bytes(size - 8 - footer_size, footer_size);
+    const auto* begin = reinterpret_cast<const uint8_t*>(footer.data());
+    CompactReader in(begin, begin + footer.size(), path);
+    meta = read_file_metadata(in);
+  }
   [[noreturn]] void fail(const std::string& why) const {
     throw std::runtime_error(path + ": " + why);
   }
-  std::string read_bytes(uint64_t offset, uint64_t size) {
-    if (offset > file_size || size > file_size - offset)
+  std::string read_bytes(uint64_t offset, uint64_t bytes) {
+    if (offset > size || bytes > size - offset)
       fail("a page at byte " + std::to_string(offset) + " runs past the end of the file");
-    std::string bytes(size, '\0');
+    std::string out(bytes, '\0');
     file.seekg(static_cast<std::streamoff>(offset));
-    if (!file.read(bytes.data(), static_cast<std::streamsize>(size))) fail("read failed");
-    return bytes;
+    if (!file.read(out.data(), static_cast<std::streamsize>(bytes))) fail("read failed");
+    return out;
   }
-  void start_chunk(const ColumnChunk& next) {
-    chunk = &next;
-    dictionary.clear();
-    page_offset = static_cast<uint64_t>(next.dictionary_offset > 0 &&
-                                                next.dictionary_offset < next.data_offset
-                                            ? next.dictionary_offset
-                                            : next.data_offset);
-    chunk_values_left = next.values;
-    chunk_end = page_offset + static_cast<uint64_t>(std::max<int64_t>(next.compressed_size, 0));
+  int64_t rows() const {
+    int64_t rows = 0;
+    for (const RowGroup& group : meta.row_groups) rows += group.rows;
+    return rows;
   }
-  void read_page();
-  void plain_strings(const uint8_t* at, const uint8_t* end, size_t count,
-                     std::vector<std::string>& out) const {
+};
+
+// The schema element after `element`'s subtree: the schema lists each element's children after
+// it, depth first.
+size_t subtree_end(const ParquetFile& file, size_t element) {
+  const std::vector<SchemaElement>& schema = file.meta.schema;
+  size_t k = element;
+  for (int64_t pending = 1; pending > 0; k++) {
+    if (k >= schema.size() || schema[k].children < 0 ||
+        schema[k].children > static_cast<int64_t>(schema.size()))
+      file.fail("a damaged schema");
+    pending += schema[k].children - 1;
+  }
+  return k;
+}
+
+// A top-level column: its schema element, and the index among leaf columns of its first leaf
+// (its subtree's leaves follow in schema order).
+struct TopLevelColumn {
+  size_t element = 0, first_leaf = 0;
+};
+
+// The top-level column `column`; throws listing the columns where there is none.
+TopLevelColumn find_top_level_column(const ParquetFile& file, const std::string& column) {
+  const std::vector<SchemaElement>& schema = file.meta.schema;
+  if (schema.empty()) file.fail("no schema");
+  std::vector<std::string> top_level;
+  std::optional<TopLevelColumn> found;
+  size_t k = 1, leaf = 0;
+  for (int64_t child = 0; child < schema[0].children; child++) {
+    if (k >= schema.size()) file.fail("a schema shorter than its root says");
+    top_level.push_back(schema[k].name);
+    if (schema[k].name == column && !found) found = TopLevelColumn{k, leaf};
+    for (const size_t end = subtree_end(file, k); k < end; k++) leaf += schema[k].children == 0;
+  }
+  if (found) return *found;
+  std::string names;
+  for (const std::string& name : top_level) names += (names.empty() ? "" : ", ") + name;
+  file.fail("no column \"" + column + "\" (columns: " + names + ")");
+}
+
+// Row group `group`'s chunk of leaf column `leaf`, whose path in the schema is `path`.
+const ColumnChunk& leaf_chunk(const ParquetFile& file, size_t group, size_t leaf,
+                              const std::vector<std::string>& path) {
+  const RowGroup& row_group = file.meta.row_groups[group];
+  std::string name;
+  for (const std::string& part : path) name += (name.empty() ? "" : ".") + part;
+  if (leaf >= row_group.columns.size())
+    file.fail("row group " + std::to_string(group) + " lacks the column");
+  const ColumnChunk& chunk = row_group.columns[leaf];
+  if (chunk.external) file.fail("column \"" + name + "\" is in another file (file_path)");
+  if (chunk.path != path)
+    file.fail("row group " + std::to_string(group) + ": the column chunk is not \"" + name + "\"");
+  return chunk;
+}
+
+void check_codec(const ParquetFile& file, const ColumnChunk& chunk) {
+  if (!parquet_codec_available(codec_name(chunk.codec))) file.fail(unreadable_codec(chunk.codec));
+}
+
+void plain_strings(const ParquetFile& file, const uint8_t* at, const uint8_t* end, size_t count,
+                   std::vector<std::string>& out) {
+  for (size_t k = 0; k < count; k++) {
+    if (end - at < 4) file.fail("a string's length runs past its page");
+    uint32_t length;
+    std::memcpy(&length, at, 4);  // little-endian, as x86 and ARM are
+    at += 4;
+    if (length > static_cast<size_t>(end - at)) file.fail("a string runs past its page");
+    out.emplace_back(reinterpret_cast<const char*>(at), length);
+    at += length;
+  }
+}
+
+// The bits a level up to `max` takes in the RLE/bit-packed hybrid.
+int level_bit_width(int max) {
+  int width = 0;
+  while ((1 << width) <= max) width++;
+  return width;
+}
+
+// A data page of a leaf column: each entry's repetition and definition levels (none where the
+// column's maximum is 0), and the values of the entries whose definition level is the maximum.
+struct LeafPage {
+  size_t entries = 0;
+  std::vector<uint8_t> repetition, definition;
+  // The values as decoded, or (dictionary encoding) their indices into the chunk's dictionary:
+  // a short page may repeat a long dictionary string many times, so each is copied only when
+  // taken.
+  std::vector<std::string> strings;
+  std::vector<uint32_t> indices;
+  std::shared_ptr<const std::vector<std::string>> dictionary;
+
+  size_t values() const { return dictionary ? indices.size() : strings.size(); }
+  size_t value_size(size_t k) const {
+    return dictionary ? (*dictionary)[indices[k]].size() : strings[k].size();
+  }
+  std::string take(size_t k) {
+    return dictionary ? (*dictionary)[indices[k]] : std::move(strings[k]);
+  }
+};
+
+// The pages of one leaf column's chunk, a row group at a time: whatever their codec, encoding
+// and page version, each data page comes out as its levels and values. ParquetStrings reads its
+// column with one.
+class LeafPages {
+ public:
+  LeafPages(ParquetFile& file, int max_repetition, int max_definition)
+      : file_(file), max_repetition_(max_repetition), max_definition_(max_definition) {}
+
+  void start(const ColumnChunk& chunk, size_t row_group) {
+    chunk_ = &chunk;
+    row_group_ = row_group;
+    dictionary_ = std::make_shared<std::vector<std::string>>();
+    page_offset_ = static_cast<uint64_t>(chunk.dictionary_offset > 0 &&
+                                                 chunk.dictionary_offset < chunk.data_offset
+                                             ? chunk.dictionary_offset
+                                             : chunk.data_offset);
+    values_left_ = chunk.values;
+    chunk_end_ = page_offset_ + static_cast<uint64_t>(std::max<int64_t>(chunk.compressed_size, 0));
+  }
+  bool started() const { return chunk_ != nullptr; }
+  // Whether the chunk's values (level entries) are all read.
+  bool chunk_done() const { return values_left_ == 0; }
+  // Reads the chunk's next page: true for a data page, then held in `page`; false for a
+  // dictionary page (kept for the data pages after it) or an index page (skipped).
+  bool read_page(LeafPage& page);
+
+ private:
+  [[noreturn]] void fail(const std::string& why) const { file_.fail(why); }
+  std::string where() const { return file_.path + ": row group " + std::to_string(row_group_); }
+  void read_dictionary(const PageHeader& header, const std::string& stored);
+  // A v1 page's levels: a 4-byte length, then the levels; moves `at` past them.
+  void take_v1_levels(const uint8_t*& at, const uint8_t* end, int64_t encoding, const char* kind,
+                      const uint8_t*& levels, const uint8_t*& levels_end) const;
+  void decode_levels(const uint8_t* begin, const uint8_t* end, int max, const char* kind,
+                     size_t count, std::vector<uint8_t>& out) const;
+  void decode_values(const PageHeader& header, const uint8_t* at, const uint8_t* end, size_t count,
+                     LeafPage& page) const;
+
+  ParquetFile& file_;
+  int max_repetition_, max_definition_;
+  const ColumnChunk* chunk_ = nullptr;
+  size_t row_group_ = 0;
+  uint64_t page_offset_ = 0, chunk_end_ = 0;  // the next page; where the chunk's pages end
+  int64_t values_left_ = 0;
+  std::shared_ptr<std::vector<std::string>> dictionary_;
+};
+
+bool LeafPages::read_page(LeafPage& page) {
+  if (page_offset_ >= chunk_end_)
+    fail("row group " + std::to_string(row_group_) + ": its pages end before its " +
+         std::to_string(chunk_->values) + " values");
+  // A page header is short; read a generous window and parse it from there.
+  const uint64_t window =
+      std::min<uint64_t>(file_.size - std::min(page_offset_, file_.size), 1 << 16);
+  const std::string head = file_.read_bytes(page_offset_, window);
+  const auto* begin = reinterpret_cast<const uint8_t*>(head.data());
+  CompactReader in(begin, begin + head.size(), file_.path);
+  const PageHeader header = read_page_header(in);
+  const uint64_t header_size = static_cast<uint64_t>(in.position() - begin);
+  if (header.compressed_size < 0 || header.uncompressed_size < 0)
+    fail("a page without its sizes at byte " + std::to_string(page_offset_));
+  const std::string stored =
+      file_.read_bytes(page_offset_ + header_size, static_cast<uint64_t>(header.compressed_size));
+  page_offset_ += header_size + static_cast<uint64_t>(header.compressed_size);
+  if (header.type == kDictionaryPage) {
+    read_dictionary(header, stored);
+    return false;
+  }
+  if (header.type != kDataPage && header.type != kDataPageV2) return false;  // index pages
+  constexpr int64_t kMostPageValues = int64_t{1} << 24;  // real writers: about 20,000
+  if (header.values > kMostPageValues)
+    fail("a data page of " + std::to_string(header.values) +
+         " values, more than this reader takes (" + std::to_string(kMostPageValues) + ")");
+  if (header.values <= 0 || header.values > values_left_)
+    fail("a data page of " + std::to_string(header.values) + " values where " +
+         std::to_string(values_left_) + " are left");
+  values_left_ -= header.values;
+
+  // Levels then values; in v2 the levels are stored uncompressed before the values.
+  const auto* data = reinterpret_cast<const uint8_t*>(stored.data());
+  std::string body;
+  const uint8_t *repetition = nullptr, *repetition_end = nullptr;
+  const uint8_t *definition = nullptr, *definition_end = nullptr;
+  const uint8_t *at, *end;
+  if (header.type == kDataPageV2) {
+    if (max_repetition_ == 0 && header.repetition_bytes != 0)
+      fail("repetition levels in a column of strings");
+    if (header.repetition_bytes < 0 || header.repetition_bytes > header.compressed_size ||
+        header.repetition_bytes > header.uncompressed_size)
+      fail("repetition levels larger than their page");
+    if (header.definition_bytes < 0 ||
+        header.definition_bytes > header.compressed_size - header.repetition_bytes ||
+        header.definition_bytes > header.uncompressed_size - header.repetition_bytes)
+      fail("definition levels larger than their page");
+    repetition = data;
+    repetition_end = definition = data + header.repetition_bytes;
+    definition_end = definition + header.definition_bytes;
+    const size_t levels_size =
+        static_cast<size_t>(header.repetition_bytes + header.definition_bytes);
+    const size_t stored_values = stored.size() - levels_size;
+    const size_t plain_values = static_cast<size_t>(header.uncompressed_size) - levels_size;
+    // Some writers store no bytes at all for a page without values, even under a codec.
+    const bool compressed = header.values_compressed && (stored_values > 0 || plain_values > 0);
+    body = compressed
+               ? decompress(chunk_->codec, definition_end, stored_values, plain_values, where())
+               : std::string(reinterpret_cast<const char*>(definition_end), stored_values);
+    at = reinterpret_cast<const uint8_t*>(body.data());
+    end = at + body.size();
+  } else {
+    body = decompress(chunk_->codec, data, stored.size(),
+                      static_cast<size_t>(header.uncompressed_size), where());
+    at = reinterpret_cast<const uint8_t*>(body.data());
+    end = at + body.size();
+    if (max_repetition_ > 0)
+      take_v1_levels(at, end, header.repetition_encoding, "repetition", repetition, repetition_end);
+    if (max_definition_ > 0)
+      take_v1_levels(at, end, header.definition_encoding, "definition", definition, definition_end);
+  }
+
+  const size_t count = static_cast<size_t>(header.values);
+  page = LeafPage();
+  page.entries = count;
+  if (max_repetition_ > 0)
+    decode_levels(repetition, repetition_end, max_repetition_, "repetition", count,
+                  page.repetition);
+  if (max_definition_ > 0)
+    decode_levels(definition, definition_end, max_definition_, "definition", count,
+                  page.definition);
+  const size_t present =
+      max_definition_ == 0
+          ? count
+          : static_cast<size_t>(std::count(page.definition.begin(), page.definition.end(),
+                                           static_cast<uint8_t>(max_definition_)));
+  decode_values(header, at, end, present, page);
+  return true;
+}
+
+void LeafPages::read_dictionary(const PageHeader& header, const std::string& stored) {
+  if (header.encoding != kPlain && header.encoding != kPlainDictionary)
+    fail("a dictionary page in " + std::string(encoding_name(header.encoding)));
+  const std::string plain =
+      decompress(chunk_->codec, reinterpret_cast<const uint8_t*>(stored.data()), stored.size(),
+                 static_cast<size_t>(header.uncompressed_size), where());
+  const auto* at = reinterpret_cast<const uint8_t*>(plain.data());
+  // A new dictionary, not this one refilled: pages already read keep theirs.
+  dictionary_ = std::make_shared<std::vector<std::string>>();
+  plain_strings(file_, at, at + plain.size(),
+                static_cast<size_t>(std::max<int64_t>(header.values, 0)), *dictionary_);
+}
+
+void LeafPages::take_v1_levels(const uint8_t*& at, const uint8_t* end, int64_t encoding,
+                               const char* kind, const uint8_t*& levels,
+                               const uint8_t*& levels_end) const {
+  const std::string what = kind;
+  if (encoding != kRle) fail(what + " levels in " + encoding_name(encoding));
+  if (end - at < 4) fail("a data page ends before its " + what + " levels");
+  uint32_t length;
+  std::memcpy(&length, at, 4);
+  at += 4;
+  if (length > static_cast<size_t>(end - at)) fail(what + " levels larger than their page");
+  levels = at;
+  levels_end = at + length;
+  at = levels_end;
+}
+
+void LeafPages::decode_levels(const uint8_t* begin, const uint8_t* end, int max, const char* kind,
+                              size_t count, std::vector<uint8_t>& out) const {
+  const std::string what = where();
+  HybridDecoder decoder(begin, end, level_bit_width(max), what);
+  out.resize(count);
+  for (size_t k = 0; k < count; k++) {
+    const uint32_t level = decoder.next();
+    if (level > static_cast<uint32_t>(max))
+      fail(std::string("a ") + kind + " level of " + std::to_string(level));
+    out[k] = static_cast<uint8_t>(level);
+  }
+}
+
+void LeafPages::decode_values(const PageHeader& header, const uint8_t* at, const uint8_t* end,
+                              size_t count, LeafPage& page) const {
+  const std::string what = where();
+  if (header.encoding == kPlain) {
+    plain_strings(file_, at, end, count, page.strings);
+  } else if (header.encoding == kPlainDictionary || header.encoding == kRleDictionary) {
+    if (at == end) fail("a dictionary-encoded page without its bit width");
+    HybridDecoder indices(at + 1, end, *at, what);
+    page.indices.reserve(count);
     for (size_t k = 0; k < count; k++) {
-      if (end - at < 4) fail("a string's length runs past its page");
-      uint32_t length;
-      std::memcpy(&length, at, 4);  // little-endian, as x86 and ARM are
-      at += 4;
-      if (length > static_cast<size_t>(end - at)) fail("a string runs past its page");
-      out.emplace_back(reinterpret_cast<const char*>(at), length);
-      at += length;
+      const uint32_t index = indices.next();
+      if (index >= dictionary_->size())
+        fail("dictionary index " + std::to_string(index) + " of " +
+             std::to_string(dictionary_->size()));
+      page.indices.push_back(index);
     }
+    page.dictionary = dictionary_;
+  } else if (header.encoding == kDeltaLengthByteArray) {
+    delta_length_strings(at, end, count, page.strings, what);
+  } else if (header.encoding == kDeltaByteArray) {
+    delta_strings(at, end, count, page.strings, what);
+  } else {
+    fail(std::string("values in ") + encoding_name(header.encoding) +
+         ", which this reader does not decode (PLAIN, dictionary and DELTA_* encodings are)");
+  }
+}
+
+}  // namespace
+
+struct ParquetStrings::State {
+  explicit State(const std::string& path) : file(path) {}
+  ParquetFile file;
+  std::string column_name;
+  size_t column = 0;      // index among the leaf columns
+  bool optional = false;  // definition level 1 for a value, 0 for a null
+  std::optional<LeafPages> pages;
+  size_t row_group = 0;  // the next one to start
+  int64_t row = 0;       // rows handed out
+  LeafPage page;         // the data page being read, its values handed out in order
+  size_t value_index = 0;
+
+  // A null fails the page it is in, as soon as that page is read.
+  void refuse_nulls() const {
+    if (!optional) return;
+    for (size_t k = 0; k < page.entries; k++)
+      if (page.definition[k] == 0)
+        file.fail("row " + std::to_string(row + static_cast<int64_t>(k)) + ": \"" + column_name +
+                  "\" is null");
   }
 };
 
 ParquetStrings::ParquetStrings(const std::string& path, const std::string& column)
-    : state_(std::make_unique<State>()) {
+    : state_(std::make_unique<State>(path)) {
   State& s = *state_;
-  s.path = path;
   s.column_name = column;
-  s.file.open(path, std::ios::binary);
-  if (!s.file) s.fail("cannot open for reading");
-  s.file.seekg(0, std::ios::end);
-  s.file_size = static_cast<uint64_t>(s.file.tellg());
-  if (s.file_size < 12 || s.read_bytes(0, 4) != "PAR1" ||
-      s.read_bytes(s.file_size - 4, 4) != "PAR1")
-    s.fail("not a Parquet file (no PAR1 at its start and end)");
-  const std::string length_bytes = s.read_bytes(s.file_size - 8, 4);
-  uint32_t footer_size;
-  std::memcpy(&footer_size, length_bytes.data(), 4);
-  if (footer_size > s.file_size - 12) s.fail("a footer larger than the file");
-  const std::string footer = s.read_bytes(s.file_size - 8 - footer_size, footer_size);
-  const auto* begin = reinterpret_cast<const uint8_t*>(footer.data());
-  CompactReader in(begin, begin + footer.size(), s.path);
-  s.meta = read_file_metadata(in);
-
-  // The root, then its children depth first: a top-level leaf is a child of the root without
-  // children of its own.
-  const std::vector<SchemaElement>& schema = s.meta.schema;
-  if (schema.empty()) s.fail("no schema");
-  std::vector<std::string> top_level;
-  bool found = false;
-  size_t k = 1, leaf = 0;
-  for (int64_t child = 0; child < schema[0].children; child++) {
-    if (k >= schema.size()) s.fail("a schema shorter than its root says");
-    const SchemaElement& element = schema[k];
-    top_level.push_back(element.name);
-    if (element.name == column) {
-      if (element.children > 0) s.fail("column \"" + column + "\" is nested, not strings");
-      if (element.type != kByteArray) s.fail("column \"" + column + "\" does not hold strings");
-      if (element.repetition == kRepeated)
-        s.fail("column \"" + column + "\" is a list, not strings");
-      s.column = leaf;
-      s.optional = element.repetition == kOptional;
-      found = true;
-    }
-    // The element's subtree, depth first: its leaves are columns too.
-    for (int64_t pending = 1; pending > 0; k++) {
-      if (k >= schema.size() || schema[k].children < 0) s.fail("a damaged schema");
-      pending += schema[k].children - 1;
-      if (schema[k].children == 0) leaf++;
-    }
-  }
-  if (!found) {
-    std::string names;
-    for (const std::string& name : top_level) names += (names.empty() ? "" : ", ") + name;
-    s.fail("no column \"" + column + "\" (columns: " + names + ")");
-  }
-  for (size_t g = 0; g < s.meta.row_groups.size(); g++) {
-    const RowGroup& group = s.meta.row_groups[g];
-    if (s.column >= group.columns.size())
-      s.fail("row group " + std::to_string(g) + " lacks the column");
-    const ColumnChunk& chunk = group.columns[s.column];
-    if (chunk.external) s.fail("column \"" + column + "\" is in another file (file_path)");
-    if (chunk.path != std::vector<std::string>{column})
-      s.fail("row group " + std::to_string(g) + ": the column chunk is not \"" + column + "\"");
+  const TopLevelColumn found = find_top_level_column(s.file, column);
+  const SchemaElement& element = s.file.meta.schema[found.element];
+  if (element.children > 0) s.file.fail("column \"" + column + "\" is nested, not strings");
+  if (element.type != kByteArray) s.file.fail("column \"" + column + "\" does not hold strings");
+  if (element.repetition == kRepeated)
+    s.file.fail("column \"" + column + "\" is a list, not strings");
+  s.column = found.first_leaf;
+  s.optional = element.repetition == kOptional;
+  s.pages.emplace(s.file, 0, s.optional ? 1 : 0);
+  for (size_t g = 0; g < s.file.meta.row_groups.size(); g++) {
+    const RowGroup& group = s.file.meta.row_groups[g];
+    const ColumnChunk& chunk = leaf_chunk(s.file, g, s.column, {column});
     if (chunk.values != group.rows)
-      s.fail("row group " + std::to_string(g) + ": " + std::to_string(chunk.values) +
-             " values for " + std::to_string(group.rows) + " rows");
-    if (!parquet_codec_available(codec_name(chunk.codec))) s.fail(unreadable_codec(chunk.codec));
+      s.file.fail("row group " + std::to_string(g) + ": " + std::to_string(chunk.values) +
+                  " values for " + std::to_string(group.rows) + " rows");
+    check_codec(s.file, chunk);
   }
 }
 
 ParquetStrings::~ParquetStrings() = default;
 
-int64_t ParquetStrings::rows() const {
-  int64_t rows = 0;
-  for (const RowGroup& group : state_->meta.row_groups) rows += group.rows;
-  return rows;
-}
-
-void ParquetStrings::State::read_page() {
-  if (page_offset >= chunk_end)
-    fail("row group " + std::to_string(row_group - 1) + ": its pages end before its " +
-         std::to_string(chunk->values) + " values");
-  // A page header is short; read a generous window and parse it from there.
-  const uint64_t window = std::min<uint64_t>(file_size - std::min(page_offset, file_size), 1 << 16);
-  const std::string head = read_bytes(page_offset, window);
-  const auto* begin = reinterpret_cast<const uint8_t*>(head.data());
-  CompactReader in(begin, begin + head.size(), path);
-  const PageHeader page = read_page_header(in);
-  const uint64_t header_size = static_cast<uint64_t>(in.position() - begin);
-  if (page.compressed_size < 0 || page.uncompressed_size < 0)
-    fail("a page without its sizes at byte " + std::to_string(page_offset));
-  const std::string stored =
-      read_bytes(page_offset + header_size, static_cast<uint64_t>(page.compressed_size));
-  page_offset += header_size + static_cast<uint64_t>(page.compressed_size);
-  const auto* data = reinterpret_cast<const uint8_t*>(stored.data());
-  const std::string where = path + ": row group " + std::to_string(row_group - 1);
-
-  if (page.type == kDictionaryPage) {
-    if (page.encoding != kPlain && page.encoding != kPlainDictionary)
-      fail("a dictionary page in " + std::string(encoding_name(page.encoding)));
-    const std::string plain = decompress(chunk->codec, data, stored.size(),
-                                         static_cast<size_t>(page.uncompressed_size), where);
-    const auto* at = reinterpret_cast<const uint8_t*>(plain.data());
-    dictionary.clear();
-    plain_strings(at, at + plain.size(), static_cast<size_t>(std::max<int64_t>(page.values, 0)),
-                  dictionary);
-    return;
-  }
-  if (page.type != kDataPage && page.type != kDataPageV2) return;  // index pages: skipped
-  constexpr int64_t kMostPageValues = int64_t{1} << 24;            // real writers: about 20,000
-  if (page.values > kMostPageValues)
-    fail("a data page of " + std::to_string(page.values) +
-         " values, more than this reader takes (" + std::to_string(kMostPageValues) + ")");
-  if (page.values <= 0 || page.values > chunk_values_left)
-    fail("a data page of " + std::to_string(page.values) + " values where " +
-         std::to_string(chunk_values_left) + " are left");
-  chunk_values_left -= page.values;
-
-  // Levels then values; in v2 the levels are stored uncompressed before the values.
-  std::string body;
-  const uint8_t* levels = nullptr;
-  const uint8_t* levels_end = nullptr;
-  const uint8_t* at;
-  const uint8_t* end;
-  if (page.type == kDataPageV2) {
-    if (page.repetition_bytes != 0) fail("repetition levels in a column of strings");
-    if (page.definition_bytes < 0 || page.definition_bytes > page.compressed_size ||
-        page.definition_bytes > page.uncompressed_size)
-      fail("definition levels larger than their page");
-    levels = data;
-    levels_end = data + page.definition_bytes;
-    const size_t stored_values = stored.size() - static_cast<size_t>(page.definition_bytes);
-    const size_t plain_values = static_cast<size_t>(page.uncompressed_size - page.definition_bytes);
-    body = page.values_compressed
-               ? decompress(chunk->codec, levels_end, stored_values, plain_values, where)
-               : std::string(reinterpret_cast<const char*>(levels_end), stored_values);
-    at = reinterpret_cast<const uint8_t*>(body.data());
-    end = at + body.size();
-  } else {
-    body = decompress(chunk->codec, data, stored.size(),
-                      static_cast<size_t>(page.uncompressed_size), where);
-    at = reinterpret_cast<const uint8_t*>(body.data());
-    end = at + body.size();
-    if (optional) {
-      if (page.definition_encoding != kRle)
-        fail("definition levels in " + std::string(encoding_name(page.definition_encoding)));
-      if (end - at < 4) fail("a data page ends before its definition levels");
-      uint32_t length;
-      std::memcpy(&length, at, 4);
-      at += 4;
-      if (length > static_cast<size_t>(end - at)) fail("definition levels larger than their page");
-      levels = at;
-      levels_end = at + length;
-      at = levels_end;
-    }
-  }
-
-  // Which of the page's values are present (optional columns), then the values themselves.
-  const size_t count = static_cast<size_t>(page.values);
-  std::vector<bool> present(count, true);
-  size_t non_null = count;
-  if (optional) {
-    HybridDecoder decoder(levels, levels_end, 1, where);
-    non_null = 0;
-    for (size_t k = 0; k < count; k++) {
-      const uint32_t level = decoder.next();
-      if (level > 1) fail("a definition level of " + std::to_string(level));
-      present[k] = level == 1;
-      non_null += present[k];
-    }
-  }
-  std::vector<std::string> decoded;
-  decoded.reserve(non_null);
-  if (page.encoding == kPlain) {
-    plain_strings(at, end, non_null, decoded);
-  } else if (page.encoding == kPlainDictionary || page.encoding == kRleDictionary) {
-    if (at == end) fail("a dictionary-encoded page without its bit width");
-    HybridDecoder indices(at + 1, end, *at, where);
-    for (size_t k = 0; k < non_null; k++) {
-      const uint32_t index = indices.next();
-      if (index >= dictionary.size())
-        fail("dictionary index " + std::to_string(index) + " of " +
-             std::to_string(dictionary.size()));
-      decoded.push_back(dictionary[index]);
-    }
-  } else if (page.encoding == kDeltaLengthByteArray) {
-    delta_length_strings(at, end, non_null, decoded, where);
-  } else if (page.encoding == kDeltaByteArray) {
-    delta_strings(at, end, non_null, decoded, where);
-  } else {
-    fail(std::string("values in ") + encoding_name(page.encoding) +
-         ", which this reader does not decode (PLAIN, dictionary and DELTA_* encodings are)");
-  }
-  values.clear();
-  value_index = 0;
-  size_t next_decoded = 0;
-  for (size_t k = 0; k < count; k++) {
-    if (!present[k])
-      fail("row " + std::to_string(row + static_cast<int64_t>(k)) + ": \"" + column_name +
-           "\" is null");
-    values.push_back(std::move(decoded[next_decoded++]));
-  }
-}
+int64_t ParquetStrings::rows() const { return state_->file.rows(); }
 
 bool ParquetStrings::next(std::string& value) {
   State& s = *state_;
-  while (s.value_index == s.values.size()) {
-    if (s.chunk == nullptr || s.chunk_values_left == 0) {
-      if (s.row_group == s.meta.row_groups.size()) return false;
-      s.start_chunk(s.meta.row_groups[s.row_group++].columns[s.column]);
-      s.values.clear();
+  while (s.value_index == s.page.values()) {
+    if (!s.pages->started() || s.pages->chunk_done()) {
+      if (s.row_group == s.file.meta.row_groups.size()) return false;
+      s.pages->start(s.file.meta.row_groups[s.row_group].columns[s.column], s.row_group);
+      s.row_group++;
+      s.page = LeafPage();
       s.value_index = 0;
-      if (s.chunk_values_left == 0) continue;
+      continue;
     }
-    s.read_page();
+    if (s.pages->read_page(s.page)) {
+      s.value_index = 0;
+      s.refuse_nulls();
+    }
   }
-  value = std::move(s.values[s.value_index++]);
+  value = s.page.take(s.value_index++);
   s.row++;
   return true;
 }

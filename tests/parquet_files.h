@@ -95,7 +95,8 @@ struct ParquetLayout {
   bool optional = false;       // definition levels
   std::vector<size_t> nulls;   // rows written as null (optional only)
   // plain; dictionary: RLE_DICTIONARY over a dictionary page; delta_length:
-  // DELTA_LENGTH_BYTE_ARRAY; delta: DELTA_BYTE_ARRAY
+  // DELTA_LENGTH_BYTE_ARRAY; delta: DELTA_BYTE_ARRAY; int64: PLAIN 8-byte values (the values
+  // are their bytes)
   std::string encoding = "plain";
   bool v2 = false;             // data pages v2
   // none, snappy, gzip, zstd, lz4_raw, lz4 (Hadoop's frames), lz4_block (LZ4 as one bare
@@ -289,18 +290,35 @@ struct ParquetChunk {
   int64_t data_offset = 0, dictionary_offset = -1, size = 0, values = 0;
 };
 
-// The string column's pages for rows [first, last).
-inline std::string parquet_text_chunk(const std::vector<std::string>& all, size_t first,
-                                      size_t last, const ParquetLayout& layout, int64_t offset,
+// One entry of a leaf column: its levels, and its value where the definition level is the
+// column's maximum (else null).
+struct ParquetLeafEntry {
+  uint32_t repetition = 0, definition = 0;
+  const std::string* value = nullptr;
+};
+
+inline int parquet_level_width(uint32_t max_level) {
+  int width = 0;
+  while ((uint32_t{1} << width) <= max_level) width++;
+  return width;
+}
+
+// A leaf column's chunk: its dictionary page (dictionary encoding), then a data page for each
+// run of entries from one of `page_starts` to the next.
+inline std::string parquet_leaf_chunk(const std::vector<ParquetLeafEntry>& entries,
+                                      uint32_t max_repetition, uint32_t max_definition,
+                                      const std::vector<size_t>& page_starts,
+                                      const ParquetLayout& layout, int64_t offset,
                                       ParquetChunk& chunk) {
   std::string out;
   std::map<std::string, uint32_t> index;
   std::vector<std::string> dictionary_values;
   const bool dictionary = layout.encoding == "dictionary";
   if (dictionary) {
-    for (size_t r = first; r < last; r++)
-      if (index.emplace(all[r], static_cast<uint32_t>(dictionary_values.size())).second)
-        dictionary_values.push_back(all[r]);
+    for (const ParquetLeafEntry& entry : entries)
+      if (entry.value &&
+          index.emplace(*entry.value, static_cast<uint32_t>(dictionary_values.size())).second)
+        dictionary_values.push_back(*entry.value);
     const std::string plain = parquet_plain_strings(dictionary_values);
     chunk.dictionary_offset = offset;
     out +=
@@ -312,22 +330,22 @@ inline std::string parquet_text_chunk(const std::vector<std::string>& all, size_
         });
   }
   chunk.data_offset = offset + static_cast<int64_t>(out.size());
-  const auto is_null = [&](size_t row) {
-    return std::find(layout.nulls.begin(), layout.nulls.end(), row) != layout.nulls.end();
-  };
-  for (size_t page_first = first; page_first < last; page_first += layout.rows_per_page) {
-    const size_t page_last = std::min(last, page_first + layout.rows_per_page);
-    std::vector<uint32_t> levels;
+  for (size_t p = 0; p < page_starts.size(); p++) {
+    const size_t begin = page_starts[p];
+    const size_t end = p + 1 < page_starts.size() ? page_starts[p + 1] : entries.size();
+    std::vector<uint32_t> repetitions, definitions, indices;
     std::vector<std::string> present;
-    std::vector<uint32_t> indices;
-    size_t nulls = 0;
-    for (size_t r = page_first; r < page_last; r++) {
-      const bool null = layout.optional && is_null(r);
-      levels.push_back(null ? 0 : 1);
-      nulls += null;
-      if (null) continue;
-      present.push_back(all[r]);
-      if (dictionary) indices.push_back(index[all[r]]);
+    size_t nulls = 0, rows = 0;
+    for (size_t k = begin; k < end; k++) {
+      repetitions.push_back(entries[k].repetition);
+      definitions.push_back(entries[k].definition);
+      rows += entries[k].repetition == 0;
+      if (!entries[k].value) {
+        nulls++;
+        continue;
+      }
+      present.push_back(*entries[k].value);
+      if (dictionary) indices.push_back(index[*entries[k].value]);
     }
     std::string values;
     int encoding = 0;
@@ -342,31 +360,40 @@ inline std::string parquet_text_chunk(const std::vector<std::string>& all, size_
     } else if (layout.encoding == "delta") {
       values = parquet_delta_strings(present, layout);
       encoding = 7;
+    } else if (layout.encoding == "int64") {
+      for (const std::string& value : present) values += value;
     } else {
       values = parquet_plain_strings(present);
     }
     if (layout.declared_encoding >= 0) encoding = layout.declared_encoding;
-    const std::string level_bytes = layout.optional ? parquet_hybrid(levels, 1) : "";
-    const int64_t count = static_cast<int64_t>(page_last - page_first);
+    const std::string repetition_bytes =
+        max_repetition > 0 ? parquet_hybrid(repetitions, parquet_level_width(max_repetition)) : "";
+    const std::string definition_bytes =
+        max_definition > 0 ? parquet_hybrid(definitions, parquet_level_width(max_definition)) : "";
+    const int64_t count = static_cast<int64_t>(end - begin);
     if (layout.v2) {
-      const std::string stored = level_bytes + parquet_compress(layout.codec, values);
-      out += parquet_page(3, level_bytes.size() + values.size(), stored, [&](CompactWriter& w) {
+      const std::string stored =
+          repetition_bytes + definition_bytes + parquet_compress(layout.codec, values);
+      const size_t plain_size = repetition_bytes.size() + definition_bytes.size() + values.size();
+      out += parquet_page(3, plain_size, stored, [&](CompactWriter& w) {
         w.begin_struct(8);
         w.i32(1, count);
         w.i32(2, static_cast<int64_t>(nulls));
-        w.i32(3, count);
+        w.i32(3, static_cast<int64_t>(rows));
         w.i32(4, encoding);
-        w.i32(5, static_cast<int64_t>(level_bytes.size()));
-        w.i32(6, 0);
+        w.i32(5, static_cast<int64_t>(definition_bytes.size()));
+        w.i32(6, static_cast<int64_t>(repetition_bytes.size()));
         w.boolean(7, true);
         w.end_struct();
       });
     } else {
+      // v1: each kind of levels behind its 4-byte length, then the values, compressed together.
       std::string plain;
-      if (layout.optional) {
-        const uint32_t length = static_cast<uint32_t>(level_bytes.size());
+      for (const std::string* levels : {&repetition_bytes, &definition_bytes}) {
+        if (levels->empty()) continue;
+        const uint32_t length = static_cast<uint32_t>(levels->size());
         plain.append(reinterpret_cast<const char*>(&length), 4);
-        plain += level_bytes;
+        plain += *levels;
       }
       plain += values;
       out += parquet_page(0, plain.size(), parquet_compress(layout.codec, plain),
@@ -381,101 +408,150 @@ inline std::string parquet_text_chunk(const std::vector<std::string>& all, size_
     }
   }
   chunk.size = static_cast<int64_t>(out.size());
-  chunk.values = static_cast<int64_t>(last - first);
+  chunk.values = static_cast<int64_t>(entries.size());
   return out;
 }
 
-inline void parquet_column_meta(CompactWriter& w, int type, const std::string& name, int codec,
-                                const ParquetChunk& chunk) {
+// The string column's pages for rows [first, last).
+inline std::string parquet_text_chunk(const std::vector<std::string>& all, size_t first,
+                                      size_t last, const ParquetLayout& layout, int64_t offset,
+                                      ParquetChunk& chunk) {
+  const auto is_null = [&](size_t row) {
+    return std::find(layout.nulls.begin(), layout.nulls.end(), row) != layout.nulls.end();
+  };
+  std::vector<ParquetLeafEntry> entries;
+  std::vector<size_t> page_starts;
+  for (size_t r = first; r < last; r++) {
+    if ((r - first) % layout.rows_per_page == 0) page_starts.push_back(r - first);
+    const bool null = layout.optional && is_null(r);
+    entries.push_back({0, layout.optional && !null ? 1u : 0u, null ? nullptr : &all[r]});
+  }
+  return parquet_leaf_chunk(entries, 0, layout.optional ? 1 : 0, page_starts, layout, offset,
+                            chunk);
+}
+
+// The "id" column's one page for rows [first, last): each row's index.
+inline std::string parquet_id_chunk(size_t first, size_t last, int64_t offset,
+                                    ParquetChunk& chunk) {
+  std::string ids;
+  for (size_t r = first; r < last; r++) {
+    const int64_t id = static_cast<int64_t>(r);
+    ids.append(reinterpret_cast<const char*>(&id), 8);
+  }
+  chunk.data_offset = offset;
+  const std::string page = parquet_page(0, ids.size(), ids, [&](CompactWriter& w) {
+    w.begin_struct(5);
+    w.i32(1, static_cast<int64_t>(last - first));
+    w.i32(2, 0);
+    w.i32(3, 3);
+    w.i32(4, 3);
+    w.end_struct();
+  });
+  chunk.size = static_cast<int64_t>(page.size());
+  chunk.values = static_cast<int64_t>(last - first);
+  return page;
+}
+
+// A schema element as the footer lists it (-1: not written; the root has no type or
+// repetition). logical_type: the id of LogicalType's member (3: LIST).
+struct ParquetSchemaElement {
+  std::string name;
+  int type = -1, repetition = -1, children = 0, converted_type = -1, logical_type = -1;
+};
+
+struct ParquetColumnChunk {
+  int type = 6;
+  std::vector<std::string> path;
+  int codec = 0;
+  ParquetChunk chunk;
+};
+
+struct ParquetRowGroup {
+  size_t rows = 0;
+  std::vector<ParquetColumnChunk> columns;
+};
+
+inline void parquet_column_meta(CompactWriter& w, const ParquetColumnChunk& column) {
   w.list_struct_begin();
-  w.i64(2, chunk.data_offset);
+  w.i64(2, column.chunk.data_offset);
   w.begin_struct(3);
-  w.i32(1, type);
+  w.i32(1, column.type);
   w.begin_list(2, 5, 2);
   w.list_i32(0);
   w.list_i32(3);
-  w.begin_list(3, 8, 1);
-  w.list_binary(name);
-  w.i32(4, codec);
-  w.i64(5, chunk.values);
-  w.i64(6, chunk.size);
-  w.i64(7, chunk.size);
-  w.i64(9, chunk.data_offset);
-  if (chunk.dictionary_offset >= 0) w.i64(11, chunk.dictionary_offset);
+  w.begin_list(3, 8, column.path.size());
+  for (const std::string& part : column.path) w.list_binary(part);
+  w.i32(4, column.codec);
+  w.i64(5, column.chunk.values);
+  w.i64(6, column.chunk.size);
+  w.i64(7, column.chunk.size);
+  w.i64(9, column.chunk.data_offset);
+  if (column.chunk.dictionary_offset >= 0) w.i64(11, column.chunk.dictionary_offset);
   w.end_struct();
   w.end_struct();
+}
+
+// The footer (schema, rows, row groups), its length and the closing magic.
+inline std::string parquet_footer(const std::vector<ParquetSchemaElement>& schema, size_t rows,
+                                  const std::vector<ParquetRowGroup>& groups) {
+  CompactWriter footer;
+  footer.i32(1, 1);
+  footer.begin_list(2, 12, schema.size());
+  for (const ParquetSchemaElement& element : schema) {
+    footer.list_struct_begin();
+    if (element.type >= 0) footer.i32(1, element.type);
+    if (element.repetition >= 0) footer.i32(3, element.repetition);
+    footer.binary(4, element.name);
+    if (element.children > 0) footer.i32(5, element.children);
+    if (element.converted_type >= 0) footer.i32(6, element.converted_type);
+    if (element.logical_type >= 0) {
+      footer.begin_struct(10);
+      footer.begin_struct(static_cast<int16_t>(element.logical_type));
+      footer.end_struct();
+      footer.end_struct();
+    }
+    footer.end_struct();
+  }
+  footer.i64(3, static_cast<int64_t>(rows));
+  footer.begin_list(4, 12, groups.size());
+  for (const ParquetRowGroup& group : groups) {
+    footer.list_struct_begin();
+    footer.begin_list(1, 12, group.columns.size());
+    int64_t bytes = 0;
+    for (const ParquetColumnChunk& column : group.columns) {
+      parquet_column_meta(footer, column);
+      bytes += column.chunk.size;
+    }
+    footer.i64(2, bytes);
+    footer.i64(3, static_cast<int64_t>(group.rows));
+    footer.end_struct();
+  }
+  footer.end_struct();
+  const uint32_t footer_size = static_cast<uint32_t>(footer.bytes.size());
+  footer.bytes.append(reinterpret_cast<const char*>(&footer_size), 4);
+  return footer.bytes + "PAR1";
 }
 
 // A file of `values` as the string column, beside an INT64 "id" column (the row's index).
 inline std::string parquet_file(const std::vector<std::string>& values,
                                 const ParquetLayout& layout = {}) {
   std::string file = "PAR1";
-  struct Group {
-    ParquetChunk id, text;
-    size_t rows;
-  };
-  std::vector<Group> groups;
+  const int codec =
+      layout.declared_codec >= 0 ? layout.declared_codec : parquet_codec_id(layout.codec);
+  std::vector<ParquetRowGroup> groups;
   for (size_t first = 0; first < values.size() || groups.empty(); first += layout.rows_per_group) {
     const size_t last = std::min(values.size(), first + layout.rows_per_group);
-    Group group{{}, {}, last - first};
-    std::string ids;
-    for (size_t r = first; r < last; r++) {
-      const int64_t id = static_cast<int64_t>(r);
-      ids.append(reinterpret_cast<const char*>(&id), 8);
-    }
-    group.id.data_offset = static_cast<int64_t>(file.size());
-    file += parquet_page(0, ids.size(), ids, [&](CompactWriter& w) {
-      w.begin_struct(5);
-      w.i32(1, static_cast<int64_t>(last - first));
-      w.i32(2, 0);
-      w.i32(3, 3);
-      w.i32(4, 3);
-      w.end_struct();
-    });
-    group.id.size = static_cast<int64_t>(file.size()) - group.id.data_offset;
-    group.id.values = static_cast<int64_t>(last - first);
+    ParquetColumnChunk id{2, {"id"}, 0, {}}, text{6, {layout.column}, codec, {}};
+    file += parquet_id_chunk(first, last, static_cast<int64_t>(file.size()), id.chunk);
     file += parquet_text_chunk(values, first, last, layout, static_cast<int64_t>(file.size()),
-                               group.text);
-    groups.push_back(group);
+                               text.chunk);
+    groups.push_back({last - first, {id, text}});
     if (last == values.size()) break;
   }
-  CompactWriter footer;
-  footer.i32(1, 1);
-  footer.begin_list(2, 12, 3);
-  footer.list_struct_begin();
-  footer.binary(4, "schema");
-  footer.i32(5, 2);
-  footer.end_struct();
-  footer.list_struct_begin();
-  footer.i32(1, 2);  // INT64
-  footer.i32(3, 0);
-  footer.binary(4, "id");
-  footer.end_struct();
-  footer.list_struct_begin();
-  footer.i32(1, 6);  // BYTE_ARRAY
-  footer.i32(3, layout.optional ? 1 : 0);
-  footer.binary(4, layout.column);
-  footer.end_struct();
-  footer.i64(3, static_cast<int64_t>(values.size()));
-  footer.begin_list(4, 12, groups.size());
-  for (const Group& group : groups) {
-    footer.list_struct_begin();
-    footer.begin_list(1, 12, 2);
-    parquet_column_meta(footer, 2, "id", 0, group.id);
-    parquet_column_meta(
-        footer, 6, layout.column,
-        layout.declared_codec >= 0 ? layout.declared_codec : parquet_codec_id(layout.codec),
-        group.text);
-    footer.i64(2, group.id.size + group.text.size);
-    footer.i64(3, static_cast<int64_t>(group.rows));
-    footer.end_struct();
-  }
-  footer.end_struct();
-  const uint32_t footer_size = static_cast<uint32_t>(footer.bytes.size());
-  file += footer.bytes;
-  file.append(reinterpret_cast<const char*>(&footer_size), 4);
-  file += "PAR1";
-  return file;
+  return file +
+         parquet_footer(
+             {{"schema", -1, -1, 2}, {"id", 2, 0}, {layout.column, 6, layout.optional ? 1 : 0}},
+             values.size(), groups);
 }
 
 }  // namespace sy::test
