@@ -1,14 +1,18 @@
 // Parquet files written in the tests, for data/parquet_input.cpp: a required INT64 column "id"
 // and a string column, in row groups and pages, as pyarrow and Spark lay them out (dictionary
-// plain or delta-encoded values, data pages v1 or v2, optional columns with nulls, each codec).
+// plain or delta-encoded values, data pages v1 or v2, optional columns with nulls, each codec);
+// or beside "id" a list<struct<string...>> column as chat datasets keep conversations, in the
+// standard 3-level form or a legacy one, with nulls at each level.
 // The reader was also checked by hand against apache/parquet-testing's files (docs/data.md).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <map>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -552,6 +556,152 @@ inline std::string parquet_file(const std::vector<std::string>& values,
          parquet_footer(
              {{"schema", -1, -1, 2}, {"id", 2, 0}, {layout.column, 6, layout.optional ? 1 : 0}},
              values.size(), groups);
+}
+
+// A row of a list<struct<string...>> column: null, or its elements, each null or the values of
+// the struct's string fields in order, each null or a string.
+using ParquetValue = std::optional<std::string>;
+using ParquetRecord = std::optional<std::vector<ParquetValue>>;
+using ParquetList = std::optional<std::vector<ParquetRecord>>;
+
+struct ParquetListLayout {
+  std::string column = "messages";
+  std::vector<std::string> fields{"content", "role"};  // the struct's strings, in order
+  // three_level: optional group messages (LIST) { repeated group list { optional group element
+  // { fields } } }, as pyarrow writes; bag: the same as Hive names it (bag, array_element);
+  // two_level: optional group messages (LIST) { repeated group array { fields } }, as
+  // parquet-mr's Avro writer did; tuple: the same with the group named messages_tuple (Thrift);
+  // repeated: repeated group messages { fields } without a LIST annotation (protobuf).
+  std::string form = "three_level";
+  bool list_optional = true, element_optional = true, fields_optional = true;
+  std::string number_field;  // else an INT64 member, second in the struct: the element's index
+  // The values' encoding and codec (or declared codec), v1 or v2 pages, rows a row group (its
+  // other members unused).
+  ParquetLayout pages;
+  size_t entries_per_page = 1000;  // level entries (elements, or a null or empty list) a page
+  // Whether a page may end within a row's list, as v1 pages may; else only where a row starts.
+  bool pages_split_rows = true;
+  // Damage: the second field's column moves row 0's last element to the start of row 1, so that
+  // the fields disagree on where rows end (row 0 needs two elements, row 1 one).
+  bool shift_second_field = false;
+};
+
+// A file of `rows` as the list column `layout.column`, beside an INT64 "id" column.
+inline std::string parquet_list_file(const std::vector<ParquetList>& rows,
+                                     const ParquetListLayout& layout = {}) {
+  const bool annotated = layout.form != "repeated";
+  const bool element_group = layout.form == "three_level" || layout.form == "bag";
+  const uint32_t list_level = annotated && layout.list_optional ? 1 : 0;
+  const uint32_t elements_level = list_level + 1;
+  const uint32_t element_level =
+      elements_level + (element_group && layout.element_optional ? 1 : 0);
+  const uint32_t max_definition = element_level + (layout.fields_optional ? 1 : 0);
+
+  std::vector<std::string> members = layout.fields;
+  if (!layout.number_field.empty())
+    members.insert(members.begin() + (members.empty() ? 0 : 1), layout.number_field);
+  std::vector<ParquetSchemaElement> schema{{"schema", -1, -1, 2}, {"id", 2, 0}};
+  std::vector<std::string> path{layout.column};
+  const int member_count = static_cast<int>(members.size());
+  if (!annotated) {
+    schema.push_back({layout.column, -1, 2, member_count});
+  } else {
+    schema.push_back({layout.column, -1, layout.list_optional ? 1 : 0, 1, 3, 3});
+    const std::string middle = layout.form == "three_level" ? "list"
+                               : layout.form == "bag"       ? "bag"
+                               : layout.form == "tuple"     ? layout.column + "_tuple"
+                                                            : "array";
+    schema.push_back({middle, -1, 2, element_group ? 1 : member_count});
+    path.push_back(middle);
+    if (element_group) {
+      const std::string element = layout.form == "bag" ? "array_element" : "element";
+      schema.push_back({element, -1, layout.element_optional ? 1 : 0, member_count});
+      path.push_back(element);
+    }
+  }
+  for (const std::string& member : members) {
+    const bool number = member == layout.number_field;
+    schema.push_back({member, number ? 2 : 6, layout.fields_optional ? 1 : 0, 0, number ? -1 : 0});
+  }
+
+  std::vector<ParquetList> shifted;
+  if (layout.shift_second_field) {
+    shifted = rows;
+    shifted[1]->insert(shifted[1]->begin(), shifted[0]->back());
+    shifted[0]->pop_back();
+  }
+  std::deque<std::string> numbers;  // the number field's values, where entries point
+  // The member's entries for rows [first, last): one for a null or empty list, else one an
+  // element.
+  const auto shred = [&](const std::string& member, size_t first, size_t last) {
+    const auto field = std::find(layout.fields.begin(), layout.fields.end(), member);
+    const std::vector<ParquetList>& lists =
+        layout.shift_second_field && member == layout.fields[1] ? shifted : rows;
+    std::vector<ParquetLeafEntry> entries;
+    for (size_t r = first; r < last; r++) {
+      if (!lists[r]) {
+        if (list_level == 0) throw std::runtime_error("a null list where the list is required");
+        entries.push_back({0, list_level - 1, nullptr});
+      } else if (lists[r]->empty()) {
+        entries.push_back({0, list_level, nullptr});
+      }
+      for (size_t k = 0; lists[r] && k < lists[r]->size(); k++) {
+        const uint32_t repetition = k == 0 ? 0 : 1;
+        const ParquetRecord& record = (*lists[r])[k];
+        if (!record) {
+          if (element_level == elements_level)
+            throw std::runtime_error("a null element where elements are required");
+          entries.push_back({repetition, elements_level, nullptr});
+        } else if (field == layout.fields.end()) {
+          const int64_t index = static_cast<int64_t>(k);
+          numbers.emplace_back(reinterpret_cast<const char*>(&index), 8);
+          entries.push_back({repetition, max_definition, &numbers.back()});
+        } else {
+          const ParquetValue& value = (*record)[static_cast<size_t>(field - layout.fields.begin())];
+          if (!value && max_definition == element_level)
+            throw std::runtime_error("a null value where values are required");
+          entries.push_back(value ? ParquetLeafEntry{repetition, max_definition, &*value}
+                                  : ParquetLeafEntry{repetition, element_level, nullptr});
+        }
+      }
+    }
+    return entries;
+  };
+  const auto page_starts = [&](const std::vector<ParquetLeafEntry>& entries) {
+    std::vector<size_t> starts;
+    for (size_t k = 0; k < entries.size(); k++)
+      if (starts.empty() || (k - starts.back() >= layout.entries_per_page &&
+                             (layout.pages_split_rows || entries[k].repetition == 0)))
+        starts.push_back(k);
+    return starts;
+  };
+
+  std::string file = "PAR1";
+  const size_t per_group = layout.pages.rows_per_group;
+  std::vector<ParquetRowGroup> groups;
+  for (size_t first = 0; first < rows.size() || groups.empty(); first += per_group) {
+    const size_t last = std::min(rows.size(), first + per_group);
+    ParquetRowGroup group{last - first, {{2, {"id"}, 0, {}}}};
+    file +=
+        parquet_id_chunk(first, last, static_cast<int64_t>(file.size()), group.columns[0].chunk);
+    for (const std::string& member : members) {
+      ParquetLayout pages = layout.pages;
+      const bool number = member == layout.number_field;
+      if (number) pages.encoding = "int64";
+      std::vector<std::string> member_path = path;
+      member_path.push_back(member);
+      const int codec =
+          pages.declared_codec >= 0 ? pages.declared_codec : parquet_codec_id(pages.codec);
+      ParquetColumnChunk column{number ? 2 : 6, member_path, codec, {}};
+      const std::vector<ParquetLeafEntry> entries = shred(member, first, last);
+      file += parquet_leaf_chunk(entries, 1, max_definition, page_starts(entries), pages,
+                                 static_cast<int64_t>(file.size()), column.chunk);
+      group.columns.push_back(column);
+    }
+    groups.push_back(group);
+    if (last == rows.size()) break;
+  }
+  return file + parquet_footer(schema, rows.size(), groups);
 }
 
 }  // namespace sy::test

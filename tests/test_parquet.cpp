@@ -1,10 +1,13 @@
 // prepare-data --format parquet (data/parquet_input.cpp): a Parquet file's string column read
 // row by row, in every layout the common writers use, the same documents as JSON lines holding
 // the same text; files this reader does not decode, nulls and damaged files refused by name.
+// And a chat dataset's list<struct<string...>> column (ParquetRecordLists), in the standard and
+// legacy list forms: read back row by row, each kind of null and each refusal named.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -40,6 +43,52 @@ std::vector<std::string> read_all(const std::string& path, const std::string& co
   return values;
 }
 
+using Records = std::vector<std::vector<std::string>>;
+
+// Chats of every length from 0 (an empty list), one long enough to span many pages, turns of
+// many lengths (repeats for the dictionary), newlines and UTF-8.
+std::vector<test::ParquetList> chats(size_t count) {
+  std::vector<test::ParquetList> rows;
+  for (size_t r = 0; r < count; r++) {
+    std::vector<test::ParquetRecord> turns;
+    const size_t length = r % 7 == 3 ? 0 : r % 5 + 1 + (r == 11 ? 60 : 0);
+    for (size_t t = 0; t < length; t++)
+      turns.push_back(std::vector<test::ParquetValue>{
+          "turn " + std::to_string(t % 6) + std::string((r * t) % 37, 'x') + "\n\xC3\xA9",
+          t % 2 ? "assistant" : "user"});
+    rows.push_back(turns);
+  }
+  return rows;
+}
+
+// What `rows` (without nulls) read as: each element's values of the struct's fields at
+// `fields`, in that order.
+std::vector<Records> records_of(const std::vector<test::ParquetList>& rows,
+                                const std::vector<size_t>& fields) {
+  std::vector<Records> out;
+  for (const test::ParquetList& row : rows) {
+    Records records;
+    for (const test::ParquetRecord& record : *row) {
+      records.emplace_back();
+      for (const size_t field : fields) records.back().push_back(*(*record)[field]);
+    }
+    out.push_back(records);
+  }
+  return out;
+}
+
+std::vector<Records> read_lists(const std::string& path,
+                                const std::vector<std::string>& fields = {"content", "role"},
+                                const std::string& column = "messages") {
+  ParquetRecordLists lists(path, column, fields);
+  std::vector<Records> rows;
+  for (Records records; lists.next(records);) rows.push_back(records);
+  EXPECT_EQ(static_cast<int64_t>(rows.size()), lists.rows());
+  Records after;
+  EXPECT_FALSE(lists.next(after));
+  return rows;
+}
+
 std::vector<std::string> codecs() {
   std::vector<std::string> found{"none"};
   for (const char* codec : {"snappy", "gzip", "zstd", "lz4_raw", "lz4", "brotli"})
@@ -65,7 +114,9 @@ class ParquetTest : public test::TempFolderTest {
       EXPECT_EQ(message.find('\n'), std::string::npos) << message;
     }
   }
-  void expect_damage_fails_cleanly(const std::string& bytes);
+  void expect_damage_fails_cleanly(
+      const std::string& bytes, const std::function<void(const std::string&)>& read =
+                                    [](const std::string& path) { read_all(path); });
 };
 
 TEST_F(ParquetTest, EveryLayoutReadsBackTheValues) {
@@ -226,19 +277,255 @@ TEST_F(ParquetTest, DamagedFilesFailCleanly) {
   }
 }
 
+// The list column in each form a writer may give it, every codec and encoding, v1 and v2 pages:
+// row groups of 40 rows, pages of 9 entries (a row's list crossing pages, or pages ending only
+// where rows start as Arrow's v2 pages do), one list of 61 elements over seven pages.
+TEST_F(ParquetTest, ListsOfStructsReadBackInEveryLayout) {
+  const std::vector<test::ParquetList> rows = chats(90);
+  const std::vector<Records> expected = records_of(rows, {0, 1});
+  for (const std::string& codec : codecs())
+    for (const char* encoding : {"plain", "dictionary", "delta_length", "delta"})
+      for (const char* form : {"three_level", "bag", "two_level", "tuple", "repeated"})
+        for (bool v2 : {false, true})
+          for (bool split_rows : {false, true}) {
+            test::ParquetListLayout layout;
+            layout.form = form;
+            layout.pages.codec = codec;
+            layout.pages.encoding = encoding;
+            layout.pages.v2 = v2;
+            layout.pages.rows_per_group = 40;
+            layout.entries_per_page = 9;
+            layout.pages_split_rows = split_rows;
+            SCOPED_TRACE(codec + " " + encoding + " " + form + (v2 ? " v2" : " v1") +
+                         (split_rows ? " rows split" : " rows whole"));
+            EXPECT_EQ(read_lists(write("a.parquet", test::parquet_list_file(rows, layout))),
+                      expected);
+          }
+}
+
+// Required or optional at each level (list, element, value), fields asked in any order or
+// alone, members not asked for (a number among them) left unread.
+TEST_F(ParquetTest, ListsOfStructsAtEveryOptionalityAndFieldOrder) {
+  const std::vector<test::ParquetList> rows = chats(50);
+  for (const char* form : {"three_level", "two_level", "repeated"})
+    for (int optional = 0; optional < 8; optional++) {
+      test::ParquetListLayout layout;
+      layout.form = form;
+      layout.list_optional = optional & 1;
+      layout.element_optional = optional & 2;
+      layout.fields_optional = optional & 4;
+      layout.number_field = "turn";
+      layout.pages.encoding = "dictionary";
+      layout.pages.rows_per_group = 20;
+      layout.entries_per_page = 5;
+      SCOPED_TRACE(std::string(form) + " levels optional: " + std::to_string(optional));
+      const std::string file = write("a.parquet", test::parquet_list_file(rows, layout));
+      EXPECT_EQ(read_lists(file), records_of(rows, {0, 1}));
+      EXPECT_EQ(read_lists(file, {"role", "content"}), records_of(rows, {1, 0}));
+      EXPECT_EQ(read_lists(file, {"role"}), records_of(rows, {1}));
+      EXPECT_EQ(parquet_list_struct_fields(file, "messages"),
+                (std::vector<std::string>{"content", "role"}));
+    }
+  // ShareGPT's names, and a struct of one string in the legacy form named "array".
+  test::ParquetListLayout sharegpt;
+  sharegpt.column = "conversations";
+  sharegpt.fields = {"from", "value"};
+  const std::string file = write("sharegpt.parquet", test::parquet_list_file(rows, sharegpt));
+  EXPECT_EQ(parquet_list_struct_fields(file, "conversations"),
+            (std::vector<std::string>{"from", "value"}));
+  EXPECT_EQ(read_lists(file, {"from", "value"}, "conversations"), records_of(rows, {0, 1}));
+  std::vector<test::ParquetList> contents;
+  for (const test::ParquetList& row : rows) {
+    std::vector<test::ParquetRecord> records;
+    for (const test::ParquetRecord& record : *row)
+      records.push_back(std::vector<test::ParquetValue>{(*record)[0]});
+    contents.push_back(records);
+  }
+  test::ParquetListLayout one_field;
+  one_field.form = "two_level";
+  one_field.fields = {"content"};
+  EXPECT_EQ(
+      read_lists(write("one.parquet", test::parquet_list_file(contents, one_field)), {"content"}),
+      records_of(contents, {0}));
+}
+
+TEST_F(ParquetTest, EmptyListsAndFilesWithoutRows) {
+  const std::vector<test::ParquetList> empty(30, std::vector<test::ParquetRecord>{});
+  for (bool v2 : {false, true}) {
+    test::ParquetListLayout layout;
+    layout.pages.v2 = v2;
+    layout.pages.rows_per_group = 7;
+    layout.entries_per_page = 4;
+    EXPECT_EQ(read_lists(write("empty.parquet", test::parquet_list_file(empty, layout))),
+              std::vector<Records>(30));
+    EXPECT_EQ(read_lists(write("none.parquet", test::parquet_list_file({}, layout))),
+              std::vector<Records>());
+  }
+}
+
+// A null list, a null element and a null value each fail their row, naming it, the element and
+// the field, after the rows before it; a null in a field not asked for is not read.
+TEST_F(ParquetTest, ListNullsNameTheRowAndWhatIsNull) {
+  const std::vector<test::ParquetList> rows = chats(40);
+  std::vector<test::ParquetList> null_list = rows, null_element = rows, null_value = rows;
+  null_list[5] = std::nullopt;
+  (*null_element[7])[2] = std::nullopt;
+  (*(*null_value[9])[1])[1] = std::nullopt;
+  for (bool v2 : {false, true}) {
+    test::ParquetListLayout layout;
+    layout.pages.v2 = v2;
+    layout.pages.encoding = "dictionary";
+    layout.entries_per_page = 3;
+    SCOPED_TRACE(v2 ? "v2" : "v1");
+    const std::string list = write("list.parquet", test::parquet_list_file(null_list, layout));
+    ParquetRecordLists lists(list, "messages", {"content", "role"});
+    Records records;
+    for (size_t r = 0; r < 5; r++) {
+      ASSERT_TRUE(lists.next(records));
+      EXPECT_EQ(records, records_of({rows[r]}, {0, 1})[0]);
+    }
+    expect_error([&] { lists.next(records); }, list + ": row 5: \"messages\" is null");
+    const std::string element =
+        write("element.parquet", test::parquet_list_file(null_element, layout));
+    expect_error([&] { read_lists(element); },
+                 element + ": row 7: element 2 of \"messages\" is null");
+    const std::string value = write("value.parquet", test::parquet_list_file(null_value, layout));
+    expect_error([&] { read_lists(value); },
+                 value + ": row 9: \"role\" is null in element 1 of \"messages\"");
+    EXPECT_EQ(read_lists(value, {"content"}), records_of(rows, {0}));
+  }
+}
+
+TEST_F(ParquetTest, ListRefusalsNameTheFileAndWhy) {
+  test::ParquetListLayout layout;
+  layout.number_field = "turn";
+  const std::string chat = write("chat.parquet", test::parquet_list_file(chats(10), layout));
+  const std::string text = write("text.parquet", test::parquet_file(documents(10)));
+  expect_error(
+      [&] {
+        ParquetRecordLists(chat, "conversations", {"from", "value"});
+      },
+      chat + ": no column \"conversations\" (columns: id, messages)");
+  expect_error([&] { ParquetRecordLists(text, "text", {"content"}); },
+               text + ": column \"text\" is not a list of structs (it holds strings)");
+  expect_error(
+      [&] { parquet_list_struct_fields(text, "id"); },
+      text + ": column \"id\" is not a list of structs (it holds values that are not strings)");
+  expect_error(
+      [&] {
+        ParquetRecordLists(chat, "messages", {"from", "value"});
+      },
+      chat +
+          ": column \"messages\": no field \"from\" in its structs (fields: content, "
+          "turn, role)");
+  expect_error(
+      [&] {
+        ParquetRecordLists(chat, "messages", {"content", "turn"});
+      },
+      chat + ": column \"messages\": field \"turn\" does not hold strings");
+  expect_error([&] { read_all(chat, "messages"); },
+               chat + ": column \"messages\" is nested, not strings");
+  EXPECT_EQ(parquet_list_struct_fields(chat, "messages"),
+            (std::vector<std::string>{"content", "role"}));
+  const std::string not_parquet = write("a.txt", "not parquet at all");
+  expect_error([&] { parquet_list_struct_fields(not_parquet, "messages"); },
+               not_parquet + ": not a Parquet file");
+  test::ParquetListLayout lzo;
+  lzo.pages.declared_codec = 3;
+  const std::string in_lzo = write("lzo.parquet", test::parquet_list_file(chats(10), lzo));
+  expect_error([&] { ParquetRecordLists(in_lzo, "messages", {"content"}); },
+               in_lzo + ": compression lzo is not read");
+
+  // Columns nested otherwise: only their schemas matter (files without row groups).
+  const auto schema_only = [&](const std::string& name,
+                               std::vector<test::ParquetSchemaElement> column) {
+    std::vector<test::ParquetSchemaElement> schema{{"schema", -1, -1, 1}};
+    schema.insert(schema.end(), column.begin(), column.end());
+    return write(name, "PAR1" + test::parquet_footer(schema, 0, {}));
+  };
+  const std::string list_of_strings = schema_only(
+      "strings.parquet", {{"tags", -1, 1, 1, 3, 3}, {"list", -1, 2, 1}, {"element", 6, 1, 0, 0}});
+  expect_error(
+      [&] { parquet_list_struct_fields(list_of_strings, "tags"); },
+      list_of_strings + ": column \"tags\" is not a list of structs (it holds a list of strings)");
+  // parquet-mr's 2-level list of lists (apache/parquet-testing's old_list_structure.parquet).
+  const std::string list_of_lists = schema_only(
+      "lists.parquet", {{"a", -1, 0, 1, 3}, {"array", -1, 2, 1, 3}, {"array", 1, 2, 0}});
+  expect_error(
+      [&] { parquet_list_struct_fields(list_of_lists, "a"); },
+      list_of_lists + ": column \"a\" is not a list of structs (it holds a list of lists)");
+  const std::string map = schema_only("map.parquet", {{"m", -1, 1, 1, 1, 2},
+                                                      {"key_value", -1, 2, 2, 2},
+                                                      {"key", 6, 0, 0, 0},
+                                                      {"value", 6, 1, 0, 0}});
+  expect_error(
+      [&] {
+        ParquetRecordLists(map, "m", {"key", "value"});
+      },
+      map + ": column \"m\" is not a list of structs (it holds a map)");
+  const std::string structure =
+      schema_only("struct.parquet", {{"s", -1, 1, 2}, {"a", 6, 1, 0, 0}, {"b", 6, 1, 0, 0}});
+  expect_error([&] { parquet_list_struct_fields(structure, "s"); },
+               structure + ": column \"s\" is not a list of structs (it holds a struct)");
+}
+
+// Each field's column must repeat the list's shape; a list longer than 2^20 elements is refused
+// before it is all held.
+TEST_F(ParquetTest, ListColumnsThatDisagreeOrRunLongFail) {
+  std::vector<test::ParquetList> rows = chats(10);
+  rows[0] = rows[2];  // three elements, so that row 0 keeps two
+  test::ParquetListLayout shifted;
+  shifted.shift_second_field = true;
+  const std::string file = write("shifted.parquet", test::parquet_list_file(rows, shifted));
+  expect_error([&] { read_lists(file); },
+               file +
+                   ": row 0: columns \"messages.list.element.content\" and "
+                   "\"messages.list.element.role\" disagree on its list");
+  rows.resize(2);
+  rows[1] = std::vector<test::ParquetRecord>((size_t{1} << 20) + 1,
+                                             std::vector<test::ParquetValue>{"x", "user"});
+  test::ParquetListLayout layout;
+  layout.pages.encoding = "dictionary";
+  layout.entries_per_page = 1 << 16;
+  const std::string longest = write("long.parquet", test::parquet_list_file(rows, layout));
+  ParquetRecordLists lists(longest, "messages", {"content"});
+  Records records;
+  EXPECT_TRUE(lists.next(records));
+  expect_error([&] { lists.next(records); },
+               longest + ": row 1: a list of more than 1048576 elements");
+}
+
+// Cut at every length and with bytes flipped, in both page versions and list forms.
+TEST_F(ParquetTest, DamagedListFilesFailCleanly) {
+  std::vector<test::ParquetList> rows = chats(12);
+  for (const char* form : {"three_level", "two_level"}) {
+    test::ParquetListLayout layout;
+    layout.form = form;
+    layout.pages.encoding = form == std::string("two_level") ? "delta" : "dictionary";
+    layout.pages.v2 = form == std::string("two_level");
+    layout.pages.rows_per_group = 7;
+    layout.pages.codec = codecs().back();
+    layout.entries_per_page = 5;
+    SCOPED_TRACE(form);
+    expect_damage_fails_cleanly(test::parquet_list_file(rows, layout),
+                                [](const std::string& path) { read_lists(path); });
+  }
+}
+
 // Every cut of `bytes` fails, every flip of one byte fails or reads, naming the file.
-void ParquetTest::expect_damage_fails_cleanly(const std::string& bytes) {
+void ParquetTest::expect_damage_fails_cleanly(const std::string& bytes,
+                                              const std::function<void(const std::string&)>& read) {
   const std::string damaged = path("damaged.parquet");
   for (size_t length = 0; length < bytes.size(); length++) {
     std::ofstream(damaged, std::ios::binary | std::ios::trunc) << bytes.substr(0, length);
-    EXPECT_THROW(read_all(damaged), std::runtime_error) << "cut at " << length;
+    EXPECT_THROW(read(damaged), std::runtime_error) << "cut at " << length;
   }
   for (size_t at = 4; at + 8 < bytes.size(); at++) {
     std::string flipped = bytes;
     flipped[at] = static_cast<char>(flipped[at] ^ 0x5a);
     std::ofstream(damaged, std::ios::binary | std::ios::trunc) << flipped;
     try {
-      read_all(damaged);
+      read(damaged);
     } catch (const std::runtime_error& error) {
       EXPECT_EQ(std::string(error.what()).rfind(damaged + ": ", 0), 0u) << error.what();
     }
