@@ -331,16 +331,48 @@ std::string jsonl_document(const JsonlLine& line, const std::string& field,
   return std::move(string_member(object, field, path, at_line(line)));
 }
 
-std::vector<SftSegment> sft_example(const JsonlLine& line, const std::string& prompt_field,
-                                    const std::string& response_field, const std::string& path) {
+namespace {
+
+// The messages of a conversation: each {"role", "content"} or ShareGPT's {"from", "value"}.
+std::vector<ChatMessage> chat_messages(nlohmann::json& listed, const std::string& field,
+                                       const std::string& path, const std::string& at) {
+  if (!listed.is_array())
+    throw file_error(path, at + "field \"" + field + "\" is a " + listed.type_name() +
+                               ", not an array of messages");
+  std::vector<ChatMessage> messages;
+  for (size_t k = 0; k < listed.size(); ++k) {
+    nlohmann::json& message = listed[k];
+    const std::string message_at = at + field + "[" + std::to_string(k) + "]: ";
+    if (!message.is_object())
+      throw file_error(path, message_at + "a JSON " + message.type_name() + ", not an object");
+    const bool share_gpt = !message.contains("role") && message.contains("from");
+    std::string& role = string_member(message, share_gpt ? "from" : "role", path, message_at);
+    std::string& text = string_member(message, share_gpt ? "value" : "content", path, message_at);
+    messages.push_back({canonical_role(std::move(role)), std::move(text)});
+  }
+  return messages;
+}
+
+}  // namespace
+
+SftExample sft_example(const JsonlLine& line, const SftFields& fields, const std::string& path) {
   nlohmann::json object = parse_jsonl_object(line, path);
   const std::string at = at_line(line);
-  std::vector<SftSegment> segments;
+  SftExample example;
+  std::vector<SftSegment>& segments = example.segments;
   const auto listed = object.find("segments");
   if (listed == object.end()) {
-    segments.push_back({std::move(string_member(object, prompt_field, path, at)), false});
-    segments.push_back({std::move(string_member(object, response_field, path, at)), true});
-    return segments;
+    const auto conversation = object.find(fields.messages);
+    if (conversation != object.end())
+      return {render_chat(chat_messages(*conversation, fields.messages, path, at),
+                          fields.chat_template, path + ": " + at),
+              true};
+    if (!object.contains(fields.prompt) && !object.contains(fields.response))
+      throw file_error(path, at + "no field \"" + fields.prompt + "\" and \"" + fields.response +
+                                 "\", \"" + fields.messages + "\" or \"segments\"");
+    segments.push_back({std::move(string_member(object, fields.prompt, path, at)), false});
+    segments.push_back({std::move(string_member(object, fields.response, path, at)), true});
+    return example;
   }
   if (!listed->is_array() || listed->empty())
     throw file_error(path, at + "field \"segments\" is not a non-empty array");
@@ -355,7 +387,7 @@ std::vector<SftSegment> sft_example(const JsonlLine& line, const std::string& pr
     const bool trained = train->get<bool>();
     segments.push_back({std::move(string_member(segment, "text", path, segment_at)), trained});
   }
-  return segments;
+  return example;
 }
 
 ImportCounts import_nanogpt(const std::string& input, int64_t vocab_size, const TokenSink& sink) {

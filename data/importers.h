@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "data/chat_template.h"
+
 namespace sy {
 
 // The first floor((1 - val_fraction) * documents) documents are training, the rest validation.
@@ -42,17 +44,23 @@ std::string jsonl_document(const JsonlLine& line, const std::string& field,
                            const std::string& path);
 
 // --format sft (docs/data.md, "Loss masks"): the JSONL rules above, one example a line, as
-// segments of text, each trained on or not. A line is either {prompt_field: "...",
-// response_field: "..."} (the prompt not trained, the response trained) or {"segments": [{"text":
-// "...", "train": true|false}, ...]} (any number, in order: a multi-turn conversation already
-// rendered in the model's chat format). Other members are ignored. Returns the example's
-// segments; throws "<path>: line N: ..." naming what is wrong.
-struct SftSegment {
-  std::string text;
-  bool trained = false;
+// segments of text, each trained on or not. A line is one of, in this order of precedence:
+// - {"segments": [{"text": "...", "train": true|false}, ...]}: any number, in order, a
+//   conversation already rendered in the model's chat format;
+// - {fields.messages: [{"role": "...", "content": "..."}, ...]} (or ShareGPT's {"from": "...",
+//   "value": "..."}): a conversation, rendered by render_chat in fields.chat_template;
+// - {fields.prompt: "...", fields.response: "..."}: the prompt not trained, the response trained.
+// Other members are ignored. Returns the example's segments; throws "<path>: line N: ..." naming
+// what is wrong.
+struct SftFields {
+  std::string prompt = "prompt", response = "response", messages = "messages";
+  ChatTemplate chat_template = ChatTemplate::kChatml;
 };
-std::vector<SftSegment> sft_example(const JsonlLine& line, const std::string& prompt_field,
-                                    const std::string& response_field, const std::string& path);
+struct SftExample {
+  std::vector<SftSegment> segments;
+  bool conversation = false;  // rendered from messages in fields.chat_template
+};
+SftExample sft_example(const JsonlLine& line, const SftFields& fields, const std::string& path);
 
 // Throws "--format F needs --vocab-size in [1, L], got N": L is 65536 for nanogpt (uint16
 // files), 2^31 for megatron.

@@ -269,14 +269,24 @@ int64_t count_jsonl_objects(
                                   });
 }
 
-// Reads the rows of the Parquet inputs on this thread, in runs (run_bytes), and submits a task
-// per run that calls encode(encoded, value, row) for each of its rows (row: the index among all
-// files' rows). Returns the rows read.
+int64_t text_bytes(const std::string& text) { return static_cast<int64_t>(text.size()); }
+int64_t text_bytes(const std::vector<SftSegment>& segments) {
+  int64_t bytes = 0;
+  for (const SftSegment& segment : segments) bytes += text_bytes(segment.text);
+  return bytes;
+}
+
+// Reads the rows of the Parquet inputs on this thread, each file through open(file) (a reader
+// whose next(row) hands out its rows), in runs (run_bytes), and submits a task per run that calls
+// encode(encoded, row, index) for each of its rows (index: among all files' rows). Returns the
+// rows read.
+template <class Row, class Open>
 int64_t submit_parquet_rows(const PrepareOptions& options, EncodingTasks& tasks,
-                            ProgressLines& progress, int64_t total,
-                            const std::function<void(Encoded&, std::string&&, int64_t)>& encode) {
+                            ProgressLines& progress, int64_t total, const char* unit,
+                            const Open& open,
+                            const std::function<void(Encoded&, Row&&, int64_t)>& encode) {
   int64_t rows = 0;
-  std::vector<std::string> batch;
+  std::vector<Row> batch;
   int64_t batch_first = 0, batch_size = 0;
   const auto submit = [&] {
     tasks.submit(batch_size, [&encode, first = batch_first, values = std::move(batch)]() mutable {
@@ -288,13 +298,13 @@ int64_t submit_parquet_rows(const PrepareOptions& options, EncodingTasks& tasks,
     batch.clear();
     batch_first = rows;
     batch_size = 0;
-    progress.note("encoding", rows, total, "documents");
+    progress.note("encoding", rows, total, unit);
   };
   return tasks.submit_all([&] {
     for (const std::string& file : options.inputs) {
-      ParquetStrings values(file, options.field);
-      for (std::string value; values.next(value);) {
-        batch_size += static_cast<int64_t>(value.size());
+      const auto reader = open(file);
+      for (Row value; reader->next(value);) {
+        batch_size += text_bytes(value);
         batch.push_back(std::move(value));
         rows++;
         if (batch_size >= run_bytes(options)) submit();
@@ -311,11 +321,84 @@ void check_unchanged(const std::string& input, int64_t counted, int64_t seen, co
                              " then " + std::to_string(seen) + " " + unit + ")");
 }
 
-// --format sft: one example a JSONL line (sft_example), its segments encoded one by one and each
-// trained segment followed by the tokenizer's EOS (the encoded "\n" for one without, as bytes),
-// trained too, so that the model learns where an answer stops; the loss mask 1 on trained
-// segments and their ends, 0 elsewhere. No BOS: no other format writes one, and generate's
-// prompts have none. Segments are encoded apart, so no token straddles what is and is not trained.
+// --format sft's Parquet inputs: a conversation a row, in the list column `column` of
+// {role, content} structs (or ShareGPT's {from, value}), rendered as sft_example renders a JSONL
+// line's messages.
+class ParquetConversations {
+ public:
+  ParquetConversations(const std::string& path, const SftFields& fields)
+      : path_(path),
+        chat_template_(fields.chat_template),
+        reader_(path, fields.messages, message_members(path, fields.messages)) {}
+  int64_t rows() const { return reader_.rows(); }
+  // The next row's example; false after the last.
+  bool next(std::vector<SftSegment>& segments) {
+    if (!reader_.next(records_)) return false;
+    std::vector<ChatMessage> messages;
+    for (std::vector<std::string>& record : records_)
+      messages.push_back({canonical_role(std::move(record[0])), std::move(record[1])});
+    segments =
+        render_chat(messages, chat_template_, path_ + ": row " + std::to_string(row_++) + ": ");
+    return true;
+  }
+
+ private:
+  // The members that hold a message's role and text.
+  static std::vector<std::string> message_members(const std::string& path,
+                                                  const std::string& column) {
+    const std::vector<std::string> members = parquet_list_struct_fields(path, column);
+    const auto has = [&](const char* name) {
+      return std::find(members.begin(), members.end(), name) != members.end();
+    };
+    if (has("role") && has("content")) return {"role", "content"};
+    if (has("from") && has("value")) return {"from", "value"};
+    std::string names;
+    for (const std::string& name : members) names += (names.empty() ? "" : ", ") + name;
+    throw std::runtime_error(path + ": column \"" + column + "\" holds messages of " + names +
+                             ", not role and content (or from and value)");
+  }
+
+  std::string path_;
+  ChatTemplate chat_template_;
+  ParquetRecordLists reader_;
+  std::vector<std::vector<std::string>> records_;
+  int64_t row_ = 0;
+};
+
+// Whether --format sft reads its inputs as Parquet (every name ends in .parquet) or as JSON
+// lines (none does).
+bool sft_reads_parquet(const std::vector<std::string>& inputs) {
+  const auto is_parquet = [](const std::string& name) {
+    return name.size() >= 8 && name.compare(name.size() - 8, 8, ".parquet") == 0;
+  };
+  const auto parquet = std::count_if(inputs.begin(), inputs.end(), is_parquet);
+  if (parquet == 0) return false;
+  if (parquet == static_cast<std::ptrdiff_t>(inputs.size())) return true;
+  const auto other = std::find_if_not(inputs.begin(), inputs.end(), is_parquet);
+  throw std::runtime_error("--format sft: " + *other +
+                           " is not a .parquet file, as the other inputs are (the inputs are "
+                           "either all Parquet or all JSON lines)");
+}
+
+// An example: a document start and one piece, its tokens and their mask. Each segment is encoded
+// apart, so no token straddles what is and is not trained; each trained one is followed by `end`.
+EncodedPiece encode_example(const Tokenizer& tokenizer, const std::vector<SftSegment>& segments,
+                            const std::vector<int32_t>& end, bool is_val) {
+  EncodedPiece example{true, is_val, {}, {}, 0};
+  for (const SftSegment& segment : segments) {
+    const std::vector<int32_t> encoded = tokenizer.encode(segment.text);
+    example.tokens.insert(example.tokens.end(), encoded.begin(), encoded.end());
+    if (segment.trained) example.tokens.insert(example.tokens.end(), end.begin(), end.end());
+    example.mask.resize(example.tokens.size(), segment.trained ? 1 : 0);
+  }
+  return example;
+}
+
+// --format sft: one example a JSONL line (sft_example) or a Parquet row (ParquetConversations),
+// its segments encoded one by one and each trained segment followed by the tokenizer's EOS (the
+// encoded "\n" for one without, as bytes), trained too, so that the model learns where an answer
+// stops; the loss mask 1 on trained segments and their ends, 0 elsewhere. No BOS: no other format
+// writes one, and generate's prompts have none.
 PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokenizer,
                          double val_fraction, PrepareStats stats) {
   if (tokenizer.eos_id() < 0 && tokenizer.name() == kHuggingFaceTokenizer)
@@ -324,12 +407,24 @@ PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokeniz
                              "segment (put the model's tokenizer_config.json beside the "
                              "tokenizer.json)");
   const std::string& input = options.inputs.front();
-  const std::string &prompt_field = options.prompt_field, &response_field = options.response_field;
+  const SftFields& fields = options.sft;
+  const bool reads_parquet = sft_reads_parquet(options.inputs);
   ProgressLines progress(options);
-  const int64_t examples = count_jsonl_objects(
-      options, progress, "examples", [&](const JsonlLine& line, const std::string& path) {
-        sft_example(line, prompt_field, response_field, path);
-      });
+  // JSONL lines are all checked before anything is written; Parquet footers say whether every
+  // file has the column, and a bad row stops the writing (nothing lands at the output).
+  int64_t examples = 0;
+  std::atomic<bool> conversations{reads_parquet};  // recorded in the token file
+  if (reads_parquet) {
+    for (const std::string& file : options.inputs)
+      examples += ParquetConversations(file, fields).rows();
+    if (examples == 0) throw std::runtime_error(input + ": no rows");
+  } else {
+    examples = count_jsonl_objects(options, progress, "examples",
+                                   [&](const JsonlLine& line, const std::string& path) {
+                                     if (sft_example(line, fields, path).conversation)
+                                       conversations = true;
+                                   });
+  }
   const int64_t train_examples = train_document_count(examples, val_fraction, input);
   stats.files = static_cast<int64_t>(options.inputs.size());
   stats.documents = examples;
@@ -340,17 +435,7 @@ PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokeniz
   TokenFileWriter writer(options.output, stats.vocab_size, stats.tokenizer, tokenizer.model(),
                          tokenizer.model_name(), /*masked=*/true, tokenizer.stored_eos_token(),
                          /*documents=*/true);
-  // Each example is a document: a start and one piece, its tokens and their mask.
-  const auto encode_example = [&](const JsonlLine& line, const std::string& path, bool is_val) {
-    EncodedPiece example{true, is_val, {}, {}, 0};
-    for (const SftSegment& segment : sft_example(line, prompt_field, response_field, path)) {
-      const std::vector<int32_t> encoded = tokenizer.encode(segment.text);
-      example.tokens.insert(example.tokens.end(), encoded.begin(), encoded.end());
-      if (segment.trained) example.tokens.insert(example.tokens.end(), end.begin(), end.end());
-      example.mask.resize(example.tokens.size(), segment.trained ? 1 : 0);
-    }
-    return example;
-  };
+  if (conversations) writer.set_chat_template(chat_template_name(fields.chat_template));
   EncodingTasks tasks(encode_threads(options), queued_text_bytes(options), [&](Encoded& pieces) {
     for (const EncodedPiece& example : pieces) {
       const int64_t count = static_cast<int64_t>(example.tokens.size());
@@ -364,15 +449,30 @@ PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokeniz
       }
     }
   });
-  const int64_t seen = submit_jsonl_lines<Encoded>(
-      options, tasks, progress, "encoding", examples, "examples", [&](const JsonlLines& lines) {
-        Encoded encoded;
-        for (size_t k = 0; k < lines.lines.size(); k++) {
-          const bool is_val = lines.first_object + static_cast<int64_t>(k) >= train_examples;
-          encoded.push_back(encode_example(lines.lines[k], lines.path, is_val));
-        }
-        return encoded;
-      });
+  const int64_t seen =
+      reads_parquet
+          ? submit_parquet_rows<std::vector<SftSegment>>(
+                options, tasks, progress, examples, "examples",
+                [&](const std::string& file) {
+                  return std::make_unique<ParquetConversations>(file, fields);
+                },
+                [&](Encoded& encoded, std::vector<SftSegment>&& segments, int64_t row) {
+                  encoded.push_back(
+                      encode_example(tokenizer, segments, end, row >= train_examples));
+                })
+          : submit_jsonl_lines<Encoded>(
+                options, tasks, progress, "encoding", examples, "examples",
+                [&](const JsonlLines& lines) {
+                  Encoded encoded;
+                  for (size_t k = 0; k < lines.lines.size(); k++) {
+                    const bool is_val =
+                        lines.first_object + static_cast<int64_t>(k) >= train_examples;
+                    encoded.push_back(encode_example(
+                        tokenizer, sft_example(lines.lines[k], fields, lines.path).segments, end,
+                        is_val));
+                  }
+                  return encoded;
+                });
   check_unchanged(input, examples, seen, "examples");
   stats.train_tokens = writer.train_size();
   stats.val_tokens = writer.val_size();
@@ -621,12 +721,15 @@ PrepareStats prepare_data(const PrepareOptions& options) {
   });
   if (format == "parquet") {
     // As jsonl: a row's value is a document, followed by "\n".
-    const int64_t seen =
-        submit_parquet_rows(options, tasks, progress, num_documents,
-                            [&](Encoded& encoded, std::string&& text, int64_t row) {
-                              encode_document(*tokenizer, text + "\n", options.encode_piece_bytes,
-                                              row >= train_documents, encoded);
-                            });
+    const int64_t seen = submit_parquet_rows<std::string>(
+        options, tasks, progress, num_documents, "documents",
+        [&](const std::string& file) {
+          return std::make_unique<ParquetStrings>(file, options.field);
+        },
+        [&](Encoded& encoded, std::string&& text, int64_t row) {
+          encode_document(*tokenizer, text + "\n", options.encode_piece_bytes,
+                          row >= train_documents, encoded);
+        });
     check_unchanged(input, num_documents, seen, "documents");
   } else if (format == "jsonl") {
     // Documents split whole; each ends with "\n" so that neighbours stay apart.

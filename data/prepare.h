@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "data/importers.h"
+
 namespace sy {
 
 class InputFile;       // data/compressed_input.h
@@ -96,8 +98,9 @@ struct PrepareOptions {
   // 0.05, or for nanogpt val.bin (setting it for nanogpt is an error).
   std::optional<double> val_fraction;
   std::string field = "text";  // jsonl, parquet: the member (column) holding a document
-  // sft: the members holding an example's prompt (not trained on) and response (trained on).
-  std::string prompt_field = "prompt", response_field = "response";
+  // sft: the members (a Parquet input's column) holding an example's prompt (not trained on) and
+  // response (trained on), or its messages, and the chat format they are rendered in.
+  SftFields sft;
   int64_t vocab_size = 0;           // nanogpt, megatron: required; tokens must lie below it
   // Text formats: each split's text goes to the tokenizer in pieces of about this many bytes, cut
   // after a newline (memory stays bounded whatever the input). Tokens do not depend on it for the

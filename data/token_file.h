@@ -24,6 +24,9 @@ struct TokenData {
   // huggingface: the EOS token's text (the attribute `eos_token` of /tokenizer_model), which a
   // tokenizer.json does not name itself; empty when there is none.
   std::string tokenizer_eos_token;
+  // sft: the chat format its conversations were rendered in (the root attribute chat_template,
+  // data/chat_template.h), which generate --chat then renders its prompt in; empty: none.
+  std::string chat_template;
   // Document boundaries (/train_doc_starts and /val_doc_starts, docs/data.md "Token file"): where
   // each split's documents start, as TokenSource::document_starts() gives them. `documents`
   // false (and both empty): the file records none.
@@ -53,16 +56,17 @@ void write_token_file(const std::string& path, const std::vector<int32_t>& train
                       const std::string& tokenizer_model_name = {},
                       const std::string& tokenizer_eos_token = {});
 
-// The same for `data` (its tokens, vocab_size and tokenizer fields) and, when data.documents,
-// /train_doc_starts and /val_doc_starts (int64), checked as check_document_starts says before
-// anything is written.
+// The same for `data` (its tokens, vocab_size, tokenizer fields and chat_template) and, when
+// data.documents, /train_doc_starts and /val_doc_starts (int64), checked as
+// check_document_starts says before anything is written.
 void write_token_file(const std::string& path, const TokenData& data);
 
 // ---- The tokenizer alone: token files and checkpoints carry it the same way -------------------
 // The root attribute `tokenizer` and, for a SentencePiece model or a tokenizer.json, the uint8
 // dataset /tokenizer_model with the attributes name, vocab_size and (optional) eos_token
 // (docs/data.md, docs/checkpoint.md). The fields used are TokenData's vocab_size, tokenizer,
-// tokenizer_model, tokenizer_model_name and tokenizer_eos_token.
+// tokenizer_model, tokenizer_model_name and tokenizer_eos_token, and chat_template (the root
+// attribute `chat_template`, when not empty).
 
 // A token file's tokenizer and vocab_size, without reading its tokens (train and val empty).
 // Throws like read_token_file.
@@ -90,6 +94,7 @@ struct TokenFile {
   std::string tokenizer_model;
   std::string tokenizer_model_name;
   std::string tokenizer_eos_token;
+  std::string chat_template;
   std::shared_ptr<const TokenSource> train, val;
 };
 
@@ -140,6 +145,8 @@ class TokenFileWriter {
   // finish() is none, so the starts stay strictly ascending and inside the split.
   void start_document_train();
   void start_document_val();
+  // The chat format that the conversations were rendered in (TokenData::chat_template).
+  void set_chat_template(const std::string& chat_template) { chat_template_ = chat_template; }
   int64_t train_size() const;
   int64_t val_size() const;
   void finish();
@@ -154,6 +161,7 @@ class TokenFileWriter {
   std::string tokenizer_, tokenizer_model_, tokenizer_model_name_;
   bool masked_;
   std::string tokenizer_eos_token_;
+  std::string chat_template_;
   bool documents_;
   // documents_: each split's starts so far, and whether its next token starts a document.
   std::vector<int64_t> train_starts_, val_starts_;

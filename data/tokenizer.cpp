@@ -156,6 +156,16 @@ int64_t train_sentencepiece(const SentencePieceTrainOptions& options) {
       {"num_threads", "1"},  // the trained model then does not depend on the thread count
       {"minloglevel", "2"},  // only errors; ours carry the reason
   };
+  if (!options.user_defined_symbols.empty()) {
+    std::string symbols;
+    for (const std::string& symbol : options.user_defined_symbols) {
+      if (symbol.empty() || symbol.find(',') != std::string::npos)
+        throw std::runtime_error("tokenizer train: --user-defined-symbols: \"" + symbol +
+                                 "\" is empty or holds a comma");
+      symbols += (symbols.empty() ? "" : ",") + symbol;
+    }
+    arguments["user_defined_symbols"] = symbols;
+  }
   if (options.sample_lines > 0) {
     // A uniform sample of the lines (SentencePiece's reservoir, with its fixed seed: the same
     // sample every run), which bounds the memory and time of training on a large corpus.

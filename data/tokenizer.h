@@ -32,6 +32,9 @@ struct SentencePieceTrainOptions {
   int64_t sample_lines = 0;
   int64_t vocab_size = 8000;        // with byte fallback at least 256 + 3 + the distinct characters
   std::string model_type = "bpe";   // bpe | unigram
+  // Pieces kept whole wherever they occur, in training and in encoding: a chat format's markers
+  // (<|im_start|>, <|im_end|>), which would otherwise be cut into pieces of text.
+  std::vector<std::string> user_defined_symbols;
   std::string output = "tok.model";
 };
 

@@ -59,7 +59,7 @@ declare -A options=(
   [prepare-data]="--input --format --output --tokenizer =corpora/brown.h5 =brown =bytes"
   [train]="CONFIG --resume --set"
   [eval]="CONFIG --checkpoint --batches --set"
-  [generate]="CONFIG --checkpoint --prompt --prompt-ids --tokens --temperature --seed --set =200 =0.8"
+  [generate]="CONFIG --checkpoint --prompt --prompt-ids --chat --chat-template --system --tokens --temperature --seed --set =200 =0.8"
   [inspect]="CHECKPOINT"
   [plot]="RUN_DIR --output"
   [check-config]="CONFIG --set"
@@ -85,6 +85,10 @@ expect 2 "--tokens: expected a non-negative integer, got '-1'" "$switchyard" gen
 expect 2 "--temperature: expected a number, got 'warm'" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --temperature warm
 expect 2 "--batches needs a value" "$switchyard" eval tiny.yaml --batches
 expect 2 "--format: html not in {brown,text,jsonl,sft,parquet,nanogpt,megatron}" "$switchyard" prepare-data --format html
+expect 2 "--chat-template: jinja not in {chatml,llama3,plain}" "$switchyard" prepare-data --format sft --chat-template jinja
+expect 2 "generate: --chat-template needs --chat" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --chat-template plain
+expect 2 "generate: --system needs --chat" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --system y
+expect 2 "--chat requires --prompt" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --chat --prompt-ids 1
 # A compressed input cut short (gzip is on every Debian machine): refused, and no token file.
 for i in 1 2 3; do echo "{\"text\": \"document $i\"}"; done | gzip -c | head -c 30 > cut.jsonl.gz
 expect 1 "cut.jsonl.gz: gzip data ends early" "$switchyard" prepare-data --format jsonl --input cut.jsonl.gz --output cut.h5

@@ -111,6 +111,29 @@ run_ok "eval of the fine-tune alone, micro-batch 3" "$switchyard" eval --checkpo
 same_val_loss "masked val_loss, one process, of a 2-rank run" "$logged" 0
 if grep -qE '"val_targets": [0-9]+' stdout.txt; then ok "eval prints val_targets"; else fail "no val_targets"; fi
 
+# Conversations ({"messages": [...]}) rendered in a chat format, which the token file and then the
+# fine-tune's checkpoint record, and generate --chat renders its prompt in.
+for i in $(seq 1 40); do
+  echo "{\"messages\": [{\"role\": \"user\", \"content\": \"$i + $i?\"}, {\"role\": \"assistant\", \"content\": \"$((i + i))\"}]}"
+done > messages.jsonl
+run_ok "prepare-data --format sft of conversations" "$switchyard" prepare-data --format sft \
+  --input messages.jsonl --output messages.h5 --chat-template plain --val-fraction 0.25
+if grep -q "40 examples (10 val)" stdout.txt; then ok "conversations: one example each"
+else fail "prepare-data sft of conversations"; cat stdout.txt; fi
+run_ok "a fine-tune on conversations" "$switchyard" train tiny.yaml --set data.path=messages.h5 \
+  --set checkpoint.init_from=run_dp --set train.steps=2 --set run.dir=run_chat
+run_ok "inspect the fine-tune" "$switchyard" inspect run_chat
+if grep -q "^tokenizer: bytes (vocab 256), chat template plain$" stdout.txt
+then ok "the checkpoint records the chat template"; else fail "inspect's chat template"; cat stdout.txt; fi
+run_ok "generate --chat" "$switchyard" generate --checkpoint run_chat --chat --prompt "2 + 2?" \
+  --tokens 4 --temperature 0
+if head -2 stdout.txt | tr '\n' '|' | grep -q '^User: 2 + 2?|Assistant:'
+then ok "generate --chat renders the prompt in the recorded template"; else fail "generate --chat's prompt"; cat stdout.txt; fi
+run_ok "generate --chat --chat-template chatml" "$switchyard" generate --checkpoint run_chat --chat \
+  --chat-template chatml --prompt "2 + 2?" --tokens 4 --temperature 0
+if head -1 stdout.txt | grep -qx '<|im_start|>user' && grep -q "fine-tuned on conversations in plain" stderr.txt
+then ok "--chat-template overrides the recorded one, with a note"; else fail "generate --chat-template"; cat stdout.txt stderr.txt; fi
+
 # ---- document masking: each SFT example its own text (docs/data.md, "Document masking") --------
 timeout 300 "${mpi2[@]}" "$switchyard" train tiny.yaml --set data.path=sft.h5 \
   --set data.document_mask=true --set checkpoint.init_from=run_dp --set train.steps=4 \

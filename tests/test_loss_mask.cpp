@@ -184,6 +184,7 @@ TEST_F(LossMaskTest, SftExamplesTrainOnTheResponseOnly) {
   EXPECT_EQ(stats.train_tokens, static_cast<int64_t>(train_text.size()));
   EXPECT_EQ(stats.train_targets, 3 + 7);
   const TokenFile opened = open_token_file(options.output);
+  EXPECT_EQ(opened.chat_template, "");  // no conversation was rendered
   ASSERT_EQ(opened.train->size(), static_cast<int64_t>(train_text.size()));
   std::vector<int32_t> tokens(train_text.size());
   std::vector<uint8_t> mask(train_text.size());
@@ -256,9 +257,90 @@ TEST_F(LossMaskTest, SftExamplesTrainOnTheResponseOnly) {
         << "\n";
   }
   expect_error([&] { prepare_data(options); }, {input + ": line 1: no field \"response\""});
-  options.response_field = "answer";
+  options.sft.response = "answer";
   options.val_fraction = 0.5;
   expect_error([&] { prepare_data(options); }, {"1 documents are too few"});
+}
+
+// A conversation's messages (OpenAI's role/content, ShareGPT's from/value) rendered in the chat
+// format, the assistant's turns trained and each followed by the end ("\n" for bytes).
+TEST_F(LossMaskTest, SftConversationsAreRenderedAndTrainOnTheAssistantsTurns) {
+  const std::string input = path("chat.jsonl");
+  {
+    std::ofstream out(input);
+    out << R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant",)"
+        << R"( "content": "yo"}, {"role": "user", "content": "and?"}, {"role": "assistant",)"
+        << R"( "content": "ok"}], "id": 7})"
+        << "\n";
+    out << R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})"
+        << "\n";
+  }
+  PrepareOptions options;
+  options.inputs = {input};
+  options.format = "sft";
+  options.output = path("chat.h5");
+  options.val_fraction = 0.5;
+  options.sft.chat_template = ChatTemplate::kPlain;
+  const PrepareStats stats = prepare_data(options);
+  const std::vector<std::pair<std::string, uint8_t>> runs = {{"User: hi\nAssistant:", 0},
+                                                             {" yo\n", 1},
+                                                             {"\nUser: and?\nAssistant:", 0},
+                                                             {" ok\n", 1},
+                                                             {"\n", 0}};
+  std::string text;
+  std::vector<uint8_t> expected_mask;
+  for (const auto& [run, trained] : runs) {
+    text += run;
+    expected_mask.insert(expected_mask.end(), run.size(), trained);
+  }
+  EXPECT_EQ(stats.train_tokens, static_cast<int64_t>(text.size()));
+  EXPECT_EQ(stats.train_targets, 4 + 4);
+  const TokenFile opened = open_token_file(options.output);
+  EXPECT_EQ(opened.chat_template, "plain");  // inspect prints it, checkpoints carry it
+  std::vector<int32_t> tokens(text.size());
+  std::vector<uint8_t> mask(text.size());
+  opened.train->read(0, opened.train->size(), tokens.data());
+  opened.train->read_mask(0, opened.train->size(), mask.data());
+  EXPECT_EQ(mask, expected_mask);
+  for (size_t k = 0; k < text.size(); k++)
+    EXPECT_EQ(tokens[k], static_cast<unsigned char>(text[k]));
+
+  // ShareGPT's member, named by --messages-field, and its from/value messages.
+  options.sft.messages = "conversations";
+  options.output = path("sharegpt.h5");
+  {
+    std::ofstream out(input);
+    out << R"({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]})"
+        << "\n"
+        << R"({"conversations": [{"from": "gpt", "value": "c"}]})"
+        << "\n";
+  }
+  prepare_data(options);
+  const std::string sharegpt = "User: a\nAssistant: b\n\n";
+  EXPECT_EQ(open_token_file(options.output).train->size(), static_cast<int64_t>(sharegpt.size()));
+
+  options.sft.messages = "messages";
+  options.output = path("bad.h5");
+  for (const auto& [line, error] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"messages": []})", "line 1: no messages"},
+           {R"({"messages": {"role": "user"}})",
+            "line 1: field \"messages\" is a object, not an array of messages"},
+           {R"({"messages": [{"role": "user", "content": "hi"}]})",
+            "line 1: no assistant message, nothing to train on"},
+           {R"({"messages": [{"role": "assistant", "content": null}]})",
+            "line 1: messages[0]: field \"content\" is a null, not a string"},
+           {R"({"messages": [{"content": "x"}]})", "line 1: messages[0]: no field \"role\""},
+           {R"({"text": "x"})",
+            "line 1: no field \"prompt\" and \"response\", \"messages\" or \"segments\""}}) {
+    {
+      std::ofstream out(input);
+      out << line << "\n"
+          << R"({"prompt": "p", "response": "r"})"
+          << "\n";
+    }
+    expect_error([&] { prepare_data(options); }, {input + ": " + error});
+    EXPECT_FALSE(std::ifstream(options.output).good());
+  }
 }
 
 // A dense model (no routing: sequences do not interact): a batch whose second sequence is all

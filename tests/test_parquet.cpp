@@ -215,6 +215,100 @@ TEST_F(ParquetTest, PrepareDataReadsRowsAsJsonlReadsLines) {
   EXPECT_EQ(parquet_lines, jsonl_lines);
 }
 
+// --format sft over a chat dataset's Parquet shards: each row's messages rendered and masked as
+// the same conversations in JSON lines, in either field order and in ShareGPT's form, the chat
+// template recorded; a row with nothing to train on, and inputs of both kinds, refused by name.
+TEST_F(ParquetTest, PrepareDataSftReadsConversationsAsJsonlMessages) {
+  std::vector<test::ParquetList> rows;  // {content, role}
+  std::string jsonl;
+  for (int r = 0; r < 60; r++) {
+    std::vector<test::ParquetRecord> messages;
+    std::string line;
+    const int turns = 1 + r % 3;
+    for (int t = 0; t < 2 * turns + (r % 4 == 0 ? 1 : 0); t++) {
+      const std::string role = r % 4 == 0 && t == 0 ? "system" : (t % 2 ? "assistant" : "user");
+      const std::string content =
+          role + " " + std::to_string(r) + "." + std::to_string(t) + std::string(r % 7, 'z');
+      messages.push_back(std::vector<test::ParquetValue>{content, role});
+      line += std::string(line.empty() ? "" : ", ") + "{\"role\": \"" + role +
+              "\", \"content\": \"" + content + "\"}";
+    }
+    rows.push_back(messages);
+    jsonl += "{\"messages\": [" + line + "]}\n";
+  }
+  write("chat.jsonl", jsonl);
+  PrepareOptions from_jsonl;
+  from_jsonl.format = "sft";
+  from_jsonl.inputs = {path("chat.jsonl")};
+  from_jsonl.output = path("jsonl.h5");
+  from_jsonl.sft.chat_template = ChatTemplate::kLlama3;
+  const PrepareStats jsonl_stats = prepare_data(from_jsonl);
+  const TokenFile expected = open_token_file(from_jsonl.output);
+  EXPECT_EQ(expected.chat_template, "llama3");
+  const auto masked = [](const TokenFile& file, bool val) {
+    const TokenSource& split = val ? *file.val : *file.train;
+    std::vector<int32_t> tokens(static_cast<size_t>(split.size()));
+    std::vector<uint8_t> mask(tokens.size());
+    split.read(0, split.size(), tokens.data());
+    split.read_mask(0, split.size(), mask.data());
+    return std::make_pair(tokens, mask);
+  };
+  test::ParquetListLayout layout;
+  layout.pages.rows_per_group = 25;
+  layout.entries_per_page = 17;
+  test::ParquetListLayout sharegpt = layout;
+  sharegpt.column = "conversations";
+  sharegpt.fields = {"value", "from"};
+  std::vector<test::ParquetList> sharegpt_rows = rows;
+  for (test::ParquetList& row : sharegpt_rows)
+    for (test::ParquetRecord& message : *row)
+      (*message)[1] = (*message)[1] == "user"        ? "human"
+                      : (*message)[1] == "assistant" ? "gpt"
+                                                     : "system";
+  write("shards/a.parquet",
+        test::parquet_list_file(std::vector<test::ParquetList>(rows.begin(), rows.begin() + 45),
+                                layout));
+  write("shards/b.parquet",
+        test::parquet_list_file(std::vector<test::ParquetList>(rows.begin() + 45, rows.end()),
+                                layout));
+  write("sharegpt/a.parquet", test::parquet_list_file(sharegpt_rows, sharegpt));
+  for (const char* shards : {"shards", "sharegpt"}) {
+    SCOPED_TRACE(shards);
+    PrepareOptions options = from_jsonl;
+    options.inputs = {path(shards)};
+    options.output = path(std::string(shards) + ".h5");
+    options.threads = 3;
+    options.encode_piece_bytes = 200;  // runs of a few rows: many tasks
+    if (std::string(shards) == "sharegpt") options.sft.messages = "conversations";
+    const PrepareStats stats = prepare_data(options);
+    EXPECT_EQ(stats.documents, 60);
+    EXPECT_EQ(stats.val_documents, jsonl_stats.val_documents);
+    EXPECT_EQ(stats.train_targets, jsonl_stats.train_targets);
+    const TokenFile file = open_token_file(options.output);
+    EXPECT_EQ(file.chat_template, "llama3");
+    for (bool val : {false, true}) EXPECT_EQ(masked(file, val), masked(expected, val));
+    EXPECT_EQ(*file.train->document_starts(), *expected.train->document_starts());
+  }
+
+  rows[7] = std::vector<test::ParquetRecord>{std::vector<test::ParquetValue>{"hi", "user"}};
+  const std::string unanswered = write("unanswered.parquet", test::parquet_list_file(rows, layout));
+  PrepareOptions options = from_jsonl;
+  options.inputs = {unanswered};
+  options.output = path("unanswered.h5");
+  test::expect_error([&] { prepare_data(options); },
+                     {unanswered + ": row 7: no assistant message, nothing to train on"});
+  EXPECT_FALSE(fs::exists(options.output));
+  options.inputs = {path("shards/a.parquet"), path("chat.jsonl")};
+  test::expect_error([&] { prepare_data(options); },
+                     {"chat.jsonl is not a .parquet file, as the other inputs are"});
+  test::ParquetListLayout turns = layout;
+  turns.fields = {"content", "speaker"};
+  options.inputs = {write("turns.parquet", test::parquet_list_file(rows, turns))};
+  test::expect_error([&] { prepare_data(options); },
+                     {"turns.parquet: column \"messages\" holds messages of content, speaker, not "
+                      "role and content (or from and value)"});
+}
+
 TEST_F(ParquetTest, RefusalsNameTheFileAndWhy) {
   const std::vector<std::string> values = documents(40);
   test::ParquetLayout optional;

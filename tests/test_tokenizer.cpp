@@ -95,6 +95,33 @@ TEST_F(TokenizerTest, TrainedModelRoundTripsText) {
   }
 }
 
+// A chat format's markers as user-defined symbols: each one piece wherever it occurs, though the
+// corpus never holds them, and decoded back as written.
+TEST_F(TokenizerTest, UserDefinedSymbolsAreOnePieceEach) {
+  SentencePieceTrainOptions options;
+  options.inputs = {(dir / "corpus.txt").string()};
+  options.vocab_size = kVocab;
+  options.user_defined_symbols = {"<|im_start|>", "<|im_end|>"};
+  options.output = (dir / "chat.model").string();
+  EXPECT_EQ(train_sentencepiece(options), kVocab);
+  const std::unique_ptr<Tokenizer> tokenizer = tokenizer_from_option(options.output);
+  // The symbol's one piece (after the piece of the model's dummy prefix, which decodes to
+  // nothing at the start of a text).
+  const auto symbol_id = [&](const std::string& symbol) {
+    const std::vector<int32_t> ids = tokenizer->encode(symbol);
+    EXPECT_EQ(tokenizer->decode({ids.back()}), symbol);
+    return ids.back();
+  };
+  const int32_t start = symbol_id("<|im_start|>"), end = symbol_id("<|im_end|>");
+  const std::string text = "<|im_start|>user\nkaex<|im_end|>\n";
+  const std::vector<int32_t> ids = tokenizer->encode(text);
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), start), 1);
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), end), 1);
+  EXPECT_EQ(tokenizer->decode(ids), text);
+  options.user_defined_symbols = {"<a>", ""};
+  EXPECT_THROW(train_sentencepiece(options), std::runtime_error);
+}
+
 // --format brown learns from the words without their tags: the same model as training on the
 // text prepare-data --format brown tokenises, and no tag ("/at") becomes a piece.
 TEST_F(TokenizerTest, BrownFormatLearnsFromTheDetaggedText) {

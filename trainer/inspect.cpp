@@ -31,6 +31,11 @@ std::string indent(const std::string& text) {
 // "sentencepiece (tok.model, vocab 8000, model 370212 bytes)", "bytes (vocab 256)", or for a
 // label a token format stored, what it is: a checkpoint's tokenizer and a token file's alike.
 std::string describe_tokenizer(const TokenData& tokenizer) {
+  if (!tokenizer.chat_template.empty()) {  // sft conversations: the format they were rendered in
+    TokenData without = tokenizer;
+    without.chat_template.clear();
+    return describe_tokenizer(without) + ", chat template " + tokenizer.chat_template;
+  }
   if (!tokenizer.tokenizer_model.empty())
     return tokenizer.tokenizer + " (" + tokenizer.tokenizer_model_name + ", vocab " +
            std::to_string(tokenizer.vocab_size) + ", model " +
@@ -90,6 +95,7 @@ void inspect_token_file(const std::string& path, std::FILE* out) {
   tokenizer.tokenizer = file.tokenizer;
   tokenizer.tokenizer_model = file.tokenizer_model;
   tokenizer.tokenizer_model_name = file.tokenizer_model_name;
+  tokenizer.chat_template = file.chat_template;
   std::fprintf(out, "tokenizer: %s\n", describe_tokenizer(tokenizer).c_str());
   std::fprintf(out, "train: %lld tokens\nval: %lld tokens\n",
                static_cast<long long>(file.train->size()),

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "data/chat_template.h"
 #include "data/prepare.h"
 #include "data/sampler.h"
 #include "data/token_file.h"
@@ -55,6 +56,10 @@ struct CommandLine {
   std::string tokenizer = "bytes";  // when not given: the label "unknown" for token formats
   std::string field = "text";
   std::string prompt_field = "prompt", response_field = "response";  // prepare-data sft
+  std::string messages_field = "messages";
+  std::string chat_template = "chatml";  // prepare-data sft, generate
+  bool chat = false;                     // generate --chat
+  std::string system_prompt;             // generate --system
   int64_t vocab_size = 0;
   double val_fraction = 0.05;
   int prepare_threads = 0;
@@ -153,6 +158,13 @@ std::string wrap(const std::string& text, size_t width = 64) {
   return out;
 }
 
+void add_chat_template_option(CLI::App& command, CommandLine& line, const std::string& meaning) {
+  command.add_option("--chat-template", line.chat_template, wrap(meaning))
+      ->type_name("chatml|llama3|plain")
+      ->check(CLI::IsMember({"chatml", "llama3", "plain"}).description(""))
+      ->capture_default_str();
+}
+
 // One function per subcommand: its options, bound to `line`, in the order --help lists them.
 
 void add_prepare_data_command(CLI::App& app, CommandLine& line) {
@@ -172,9 +184,10 @@ void add_prepare_data_command(CLI::App& app, CommandLine& line) {
                    wrap("brown: the Brown corpus's tagged files (c[a-r][0-9][0-9]); text: plain "
                         "text, as is; jsonl: one JSON object per line, its --field a document; "
                         "parquet: a Parquet file's string column --field, a document a row; "
-                        "sft: one JSON object per line, a prompt and a response (or "
-                        "\"segments\": [{\"text\", \"train\"}, ...]), the loss on the "
-                        "response only; nanogpt: uint16 train.bin/val.bin token ids; "
+                        "sft: one JSON object per line, a prompt and a response, a "
+                        "conversation's --messages-field (or \"segments\": [{\"text\", "
+                        "\"train\"}, ...]), or .parquet files' conversations, the loss on "
+                        "the responses only; nanogpt: uint16 train.bin/val.bin token ids; "
                         "megatron: an indexed dataset .bin/.idx of token ids (docs/data.md)"))
       ->type_name("brown|text|jsonl|sft|parquet|nanogpt|megatron")
       ->check(CLI::IsMember({"brown", "text", "jsonl", "sft", "parquet", "nanogpt", "megatron"})
@@ -206,6 +219,16 @@ void add_prepare_data_command(CLI::App& app, CommandLine& line) {
                    "sft: the member that holds the response (the tokens trained on)")
       ->type_name("NAME")
       ->capture_default_str();
+  prepare
+      ->add_option("--messages-field", line.messages_field,
+                   wrap("sft: the member (a Parquet input's column) that holds a conversation: "
+                        "a list of {role, content} (or ShareGPT's {from, value}) messages, the "
+                        "assistant's trained on"))
+      ->type_name("NAME")
+      ->capture_default_str();
+  add_chat_template_option(*prepare, line,
+                           "sft: the chat format a conversation's messages are rendered in "
+                           "(docs/data.md, Conversations)");
   prepare
       ->add_option("--vocab-size", line.vocab_size,
                    wrap("nanogpt, megatron (required): the vocabulary; a token id at or above it "
@@ -275,6 +298,12 @@ void add_tokenizer_command(CLI::App& app, CommandLine& line) {
       ->type_name("bpe|unigram")
       ->check(CLI::IsMember({"bpe", "unigram"}).description(""))
       ->capture_default_str();
+  tokenizer_train
+      ->add_option("--user-defined-symbols", line.tokenizer_train.user_defined_symbols,
+                   wrap("pieces kept whole wherever they occur, comma-separated: a chat "
+                        "format's markers (<|im_start|>,<|im_end|> for chatml)"))
+      ->type_name("LIST")
+      ->delimiter(',');
   tokenizer_train->add_option("--output", line.tokenizer_train.output, "the model file to write")
       ->type_name("FILE")
       ->capture_default_str();
@@ -335,6 +364,16 @@ void add_generate_command(CLI::App& app, CommandLine& line) {
                    "prints the prompt's and the continuation's ids")
       ->type_name("IDS")
       ->excludes(prompt);
+  add_chat_template_option(*generate, line,
+                           "with --chat, the chat format the model was fine-tuned in (when not "
+                           "given: the one its checkpoint records, else chatml)");
+  generate
+      ->add_flag("--chat", line.chat,
+                 "--prompt is a user's message: it is rendered in --chat-template up to the "
+                 "assistant's turn, as prepare-data --format sft rendered the conversations")
+      ->needs(prompt);
+  generate->add_option("--system", line.system_prompt, "with --chat, a system message first")
+      ->type_name("TEXT");
   generate->add_option("--tokens", line.generate.tokens, "new tokens to sample")
       ->type_name("N")
       ->check(kCount)
@@ -525,8 +564,10 @@ int cmd_prepare_data(const CommandLine& line, const CLI::App& given) {
   if (given.count("--tokenizer")) options.tokenizer = line.tokenizer;
   if (given.count("--val-fraction")) options.val_fraction = line.val_fraction;
   options.field = line.field;
-  options.prompt_field = line.prompt_field;
-  options.response_field = line.response_field;
+  options.sft.prompt = line.prompt_field;
+  options.sft.response = line.response_field;
+  options.sft.messages = line.messages_field;
+  options.sft.chat_template = sy::parse_chat_template(line.chat_template, "--chat-template");
   options.vocab_size = line.vocab_size;
   options.threads = line.prepare_threads;
   // A large corpus takes minutes: a line on stderr every 30 s says it is moving.
@@ -663,12 +704,35 @@ std::unique_ptr<sy::Tokenizer> tokenizer_for(const std::string& checkpoint,
   return sy::tokenizer_of(tokenizer, config.data.path);
 }
 
-int cmd_generate(const CommandLine& line) {
+// generate --chat's format: --chat-template when given, else the one the run's fine-tuning
+// conversations were rendered in (its checkpoint carries it from the token file), else chatml.
+sy::ChatTemplate chat_template_for(const CommandLine& line, const CLI::App& given,
+                                   const std::string& checkpoint) {
+  sy::TokenData stored;
+  const bool carried =
+      sy::read_checkpoint_tokenizer(checkpoint, stored) && !stored.chat_template.empty();
+  if (!given.count("--chat-template") && carried)
+    return sy::parse_chat_template(stored.chat_template, checkpoint + ": chat_template");
+  if (carried && stored.chat_template != line.chat_template && world_rank() == 0)
+    std::fprintf(stderr,
+                 "note: %s was fine-tuned on conversations in %s; the prompt is rendered in "
+                 "--chat-template %s\n",
+                 checkpoint.c_str(), stored.chat_template.c_str(), line.chat_template.c_str());
+  return sy::parse_chat_template(line.chat_template, "--chat-template");
+}
+
+int cmd_generate(const CommandLine& line, const CLI::App& given) {
   if (line.generate.prompt.empty() && line.prompt_ids.empty())
     throw UsageError("needs --prompt TEXT (or --prompt-ids IDS)");
   sy::GenerateOptions options = line.generate;
   if (!line.prompt_ids.empty()) options.prompt_ids = sy::parse_token_ids(line.prompt_ids);
+  if (!line.system_prompt.empty() && !line.chat) throw UsageError("--system needs --chat");
+  if (given.count("--chat-template") && !line.chat)
+    throw UsageError("--chat-template needs --chat");
   const std::string checkpoint = resolve_checkpoint_on_rank0(line.checkpoint);
+  if (line.chat)
+    options.prompt = sy::chat_prompt(options.prompt, line.system_prompt,
+                                     chat_template_for(line, given, checkpoint));
   const sy::Config config = config_for(line, checkpoint);
   sy::ModelSession session = sy::make_model_session(config, sy::world_comm());
   sy::load_checkpoint(checkpoint, config, *session.model, nullptr, session.groups,
@@ -931,7 +995,7 @@ int run_command(const std::string& command, const CommandLine& line, const CLI::
   if (command == "import") return cmd_import(line);
   if (command == "plot") return cmd_plot(line, given);
   if (command == "eval") return cmd_eval(line, given);
-  if (command == "generate") return cmd_generate(line);
+  if (command == "generate") return cmd_generate(line, given);
   if (command == "check-config") return cmd_check_config(line);
   throw UsageError("unknown command '" + command + "'");
 }

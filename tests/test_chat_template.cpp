@@ -1,0 +1,88 @@
+// Conversations rendered in each chat format (data/chat_template.h, docs/data.md "Conversations"):
+// the exact text, which parts are trained, and generate's prompt ending where the rendered
+// conversations hand over to the assistant.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "data/chat_template.h"
+#include "tests/temp_folder.h"
+
+namespace sy {
+namespace {
+
+using test::expect_error;
+
+// The segments as "[context]" and "{trained}" runs, to compare with one string.
+std::string shown(const std::vector<SftSegment>& segments) {
+  std::string text;
+  for (const SftSegment& segment : segments)
+    text += segment.trained ? "{" + segment.text + "}" : "[" + segment.text + "]";
+  return text;
+}
+
+const std::vector<ChatMessage> kConversation = {{"system", "Be brief."},
+                                                {"user", "hi"},
+                                                {"assistant", "Hello."},
+                                                {"user", "and?"},
+                                                {"assistant", " Bye. "}};
+
+TEST(ChatTemplate, ChatmlTrainsTheAssistantsContentEachFollowedByTheEncodersEos) {
+  EXPECT_EQ(shown(render_chat(kConversation, ChatTemplate::kChatml, "")),
+            "[<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+            "<|im_start|>assistant\n]{Hello.}[\n<|im_start|>user\nand?<|im_end|>\n"
+            "<|im_start|>assistant\n]{ Bye. }[\n]");
+  EXPECT_EQ(chat_prompt("hi", "Be brief.", ChatTemplate::kChatml),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+            "<|im_start|>assistant\n");
+}
+
+TEST(ChatTemplate, Llama3StartsWithBeginOfTextAndTrimsEachMessage) {
+  EXPECT_EQ(shown(render_chat(kConversation, ChatTemplate::kLlama3, "")),
+            "[<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n]{Hello.}"
+            "[<|start_header_id|>user<|end_header_id|>\n\nand?<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n]{Bye.}");
+  EXPECT_EQ(chat_prompt(" hi\n", "", ChatTemplate::kLlama3),
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n");
+}
+
+TEST(ChatTemplate, PlainNamesTheRolesAndPutsTheSpaceInTheTrainedText) {
+  EXPECT_EQ(shown(render_chat(kConversation, ChatTemplate::kPlain, "")),
+            "[System: Be brief.\nUser: hi\nAssistant:]{ Hello.}[\nUser: and?\nAssistant:]"
+            "{  Bye. }[\n]");
+  EXPECT_EQ(chat_prompt("hi", "", ChatTemplate::kPlain), "User: hi\nAssistant:");
+}
+
+TEST(ChatTemplate, OtherRolesAreContextAndShareGptNamesMapToOurs) {
+  EXPECT_EQ(canonical_role("human"), "user");
+  EXPECT_EQ(canonical_role("gpt"), "assistant");
+  EXPECT_EQ(canonical_role("tool"), "tool");
+  const std::vector<ChatMessage> with_tool = {
+      {"user", "2+2?"}, {"assistant", "calc"}, {"tool", "4"}, {"assistant", "4"}, {"user", "ok"}};
+  EXPECT_EQ(shown(render_chat(with_tool, ChatTemplate::kPlain, "")),
+            "[User: 2+2?\nAssistant:]{ calc}[\nTool: 4\nAssistant:]{ 4}[\nUser: ok\n]");
+  // An assistant turn first: no context before it.
+  EXPECT_EQ(shown(render_chat({{"assistant", "x"}}, ChatTemplate::kChatml, "")),
+            "[<|im_start|>assistant\n]{x}[\n]");
+}
+
+TEST(ChatTemplate, ConversationsWithNothingToTrainAreRefused) {
+  expect_error([] { render_chat({}, ChatTemplate::kChatml, "a.jsonl: line 3: "); },
+               {"a.jsonl: line 3: no messages"});
+  expect_error(
+      [] {
+        render_chat({{"user", "hi"}}, ChatTemplate::kChatml, "a.parquet: row 0: ");
+      },
+      {"a.parquet: row 0: no assistant message, nothing to train on"});
+  expect_error([] { parse_chat_template("jinja", "--chat-template"); },
+               {"--chat-template: unknown chat template \"jinja\" (chatml, llama3, plain)"});
+  for (const char* name : {"chatml", "llama3", "plain"})
+    EXPECT_STREQ(chat_template_name(parse_chat_template(name, "")), name);
+}
+
+}  // namespace
+}  // namespace sy
