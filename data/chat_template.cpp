@@ -1,5 +1,6 @@
 #include "data/chat_template.h"
 
+#include <cstdint>
 #include <stdexcept>
 
 namespace sy {
@@ -38,11 +39,48 @@ ChatFormat chat_format(ChatTemplate chat_template) {
   throw std::logic_error("chat_format: unknown template");
 }
 
+// Python's whitespace (str.strip, which Jinja's trim calls): the code points of the Unicode
+// separators and of the control characters Python counts as space.
+bool is_python_space(uint32_t code_point) {
+  return (code_point >= 0x09 && code_point <= 0x0D) || (code_point >= 0x1C && code_point <= 0x20) ||
+         code_point == 0x85 || code_point == 0xA0 || code_point == 0x1680 ||
+         (code_point >= 0x2000 && code_point <= 0x200A) || code_point == 0x2028 ||
+         code_point == 0x2029 || code_point == 0x202F || code_point == 0x205F ||
+         code_point == 0x3000;
+}
+
+// The code point of the UTF-8 character at text[at, end), its bytes in `length`; an invalid
+// sequence counts as one byte that is not a space.
+uint32_t code_point_at(const std::string& text, size_t at, size_t& length) {
+  const auto byte = [&](size_t k) { return static_cast<unsigned char>(text[at + k]); };
+  const unsigned char lead = byte(0);
+  length = lead < 0x80         ? 1
+           : lead >> 5 == 0x6  ? 2
+           : lead >> 4 == 0xE  ? 3
+           : lead >> 3 == 0x1E ? 4
+                               : 1;
+  if (at + length > text.size()) length = 1;
+  if (length == 1) return lead < 0x80 ? lead : 0xFFFFFFFF;
+  uint32_t code_point = lead & (0x7F >> length);
+  for (size_t k = 1; k < length; k++) {
+    if ((byte(k) & 0xC0) != 0x80) {
+      length = 1;
+      return 0xFFFFFFFF;
+    }
+    code_point = code_point << 6 | (byte(k) & 0x3F);
+  }
+  return code_point;
+}
+
+// `text` without the whitespace at its ends, as Llama 3's template trims each message.
 std::string trimmed(const std::string& text) {
-  const char* space = " \t\n\r\f\v";
-  const size_t first = text.find_first_not_of(space);
-  if (first == std::string::npos) return "";
-  return text.substr(first, text.find_last_not_of(space) - first + 1);
+  size_t first = 0, length = 0;
+  while (first < text.size() && is_python_space(code_point_at(text, first, length)))
+    first += length;
+  size_t end = first;  // past the last character that is not a space
+  for (size_t at = first; at < text.size(); at += length)
+    if (!is_python_space(code_point_at(text, at, length))) end = at + length;
+  return text.substr(first, end - first);
 }
 
 std::string header(const ChatFormat& format, std::string role) {
@@ -53,6 +91,17 @@ std::string header(const ChatFormat& format, std::string role) {
 
 std::string content(const ChatFormat& format, const std::string& text) {
   return format.content_prefix + (format.trim_content ? trimmed(text) : text);
+}
+
+// `text` as a Jinja string literal.
+std::string jinja_literal(const std::string& text) {
+  std::string literal = "'";
+  for (char c : text) {
+    if (c == '\n') literal += "\\n";
+    else if (c == '\'' || c == '\\') literal += std::string("\\") + c;
+    else literal += c;
+  }
+  return literal + "'";
 }
 
 }  // namespace
@@ -104,6 +153,28 @@ std::vector<SftSegment> render_chat(const std::vector<ChatMessage>& messages,
   if (!trains) throw std::runtime_error(at + "no assistant message, nothing to train on");
   if (!context.empty()) segments.push_back({std::move(context), false});
   return segments;
+}
+
+std::string chat_template_jinja(ChatTemplate chat_template) {
+  const ChatFormat format = chat_format(chat_template);
+  const std::string role = format.capitalise_role
+                               ? "(message['role'][:1] | upper) + message['role'][1:]"
+                               : "message['role']";
+  const std::string content =
+      format.trim_content ? "(message['content'] | trim)" : "message['content']";
+  std::string jinja;
+  if (!format.conversation_start.empty())
+    jinja += "{{ " + jinja_literal(format.conversation_start) + " }}";
+  jinja += "{% for message in messages %}{{ " + jinja_literal(format.header_before_role) + " + " +
+           role + " + " + jinja_literal(format.header_after_role + format.content_prefix) + " + " +
+           content + " }}";
+  const std::string after_trained =
+      format.after_trained.empty() ? "" : " + " + jinja_literal(format.after_trained);
+  jinja += "{% if message['role'] == '" + std::string(kAssistantRole) + "' %}{{ eos_token" +
+           after_trained + " }}{% else %}{{ " + jinja_literal(format.context_end) +
+           " }}{% endif %}{% endfor %}";
+  return jinja + "{% if add_generation_prompt %}{{ " +
+         jinja_literal(header(format, kAssistantRole)) + " }}{% endif %}";
 }
 
 std::string chat_prompt(const std::string& user_text, const std::string& system_text,

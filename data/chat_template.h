@@ -49,4 +49,10 @@ std::vector<SftSegment> render_chat(const std::vector<ChatMessage>& messages,
 std::string chat_prompt(const std::string& user_text, const std::string& system_text,
                         ChatTemplate chat_template);
 
+// The same format as the Jinja template that transformers' apply_chat_template runs (messages,
+// add_generation_prompt, eos_token), for `export`'s tokenizer_config.json: it renders a
+// conversation as render_chat's segments laid end to end, each trained one followed by
+// eos_token, and with add_generation_prompt ends as chat_prompt does.
+std::string chat_template_jinja(ChatTemplate chat_template);
+
 }  // namespace sy

@@ -9,7 +9,7 @@ packages=(build-essential cmake git pkg-config libopenmpi-dev openmpi-bin libhdf
           libyaml-cpp-dev libgtest-dev libopenblas-dev gnuplot-nox libcli11-dev
           libprotobuf-dev protobuf-compiler
           nlohmann-json3-dev libsentencepiece-dev libicu-dev zlib1g-dev libzstd-dev libsnappy-dev
-          liblz4-dev libbrotli-dev)
+          liblz4-dev libbrotli-dev python3-jinja2)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||

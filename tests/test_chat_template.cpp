@@ -3,6 +3,9 @@
 // conversations hand over to the assistant.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -82,6 +85,46 @@ TEST(ChatTemplate, ConversationsWithNothingToTrainAreRefused) {
                {"--chat-template: unknown chat template \"jinja\" (chatml, llama3, plain)"});
   for (const char* name : {"chatml", "llama3", "plain"})
     EXPECT_STREQ(chat_template_name(parse_chat_template(name, "")), name);
+}
+
+// export writes chat_template_jinja into tokenizer_config.json: transformers' apply_chat_template
+// must render what the token file holds. tests/chat_template_jinja.py renders it with jinja2.
+TEST(ChatTemplate, JinjaRendersTheConversationAsWeDo) {
+  const std::string eos = "</s>";
+  nlohmann::json cases = nlohmann::json::array();
+  const std::vector<ChatMessage> quoted = {{"user", "it's a \\ \"test\"\n{{ x }}"},
+                                           {"assistant", "\u00a0\u3000 ok \n\u2028"},
+                                           {"tool", "t"},
+                                           {"assistant", "done"}};
+  for (ChatTemplate chat_template :
+       {ChatTemplate::kChatml, ChatTemplate::kLlama3, ChatTemplate::kPlain}) {
+    for (const std::vector<ChatMessage>* messages : {&kConversation, &quoted}) {
+      std::string expected;
+      for (const SftSegment& segment : render_chat(*messages, chat_template, ""))
+        expected += segment.text + (segment.trained ? eos : "");
+      nlohmann::json listed = nlohmann::json::array();
+      for (const ChatMessage& message : *messages)
+        listed.push_back({{"role", message.role}, {"content", message.content}});
+      // With add_generation_prompt: a system message and a user's, then the assistant's turn.
+      const nlohmann::json prompt_messages = nlohmann::json::array(
+          {{{"role", "system"}, {"content", "Be brief."}}, {{"role", "user"}, {"content", "hi?"}}});
+      cases.push_back({{"name", chat_template_name(chat_template)},
+                       {"template", chat_template_jinja(chat_template)},
+                       {"eos_token", eos},
+                       {"messages", listed},
+                       {"expected", expected},
+                       {"prompt_messages", prompt_messages},
+                       {"prompt_expected", chat_prompt("hi?", "Be brief.", chat_template)}});
+    }
+  }
+  const std::string path = testing::TempDir() + "sy_chat_template_cases.json";
+  std::ofstream(path) << cases.dump();
+  const int status =
+      std::system(("python3 " SY_TESTS_DIR "/chat_template_jinja.py " + path).c_str());
+  ASSERT_NE(status, -1);
+  if (WEXITSTATUS(status) == 77 || WEXITSTATUS(status) == 127)
+    GTEST_SKIP() << "python3 with jinja2 is needed (apt-get install python3-jinja2)";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "transformers' rendering differs (printed above)";
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "data/chat_template.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "model/backend.h"
@@ -568,6 +569,34 @@ TEST_F(Export, SentencePieceTokenizerGoesAlong) {
   EXPECT_EQ(nlohmann::json::parse(read_file(out / "config.json")).at("vocab_size"), 320);
   ASSERT_FALSE(result.notes.empty());
   EXPECT_NE(result.notes[0].find("SentencePiece"), std::string::npos) << result.notes[0];
+
+  // A fine-tune on conversations: its chat format goes along as the Jinja template that
+  // apply_chat_template runs (rendered as we render:
+  // ChatTemplate.JinjaRendersTheConversationAsWeDo).
+  {
+    std::ofstream chat(sp / "chat.jsonl");
+    for (int k = 0; k < 300; ++k)
+      chat << R"({"messages": [{"role": "user", "content": "the expert )" << k
+           << R"(?"}, {"role": "assistant", "content": "each router of two writes back."}]})"
+           << "\n";
+  }
+  PrepareOptions chat;
+  chat.format = "sft";
+  chat.inputs = {(sp / "chat.jsonl").string()};
+  chat.output = (sp / "chat.h5").string();
+  chat.tokenizer = options.output;
+  chat.sft.chat_template = ChatTemplate::kLlama3;
+  prepare_data(chat);
+  Config chat_run = c;
+  chat_run.run.dir = (dir / "sp-chat").string();
+  chat_run.data.path = chat.output;
+  const ExportResult chat_result = run_export(train_run(chat_run), "sp-chat-export", "bf16");
+  const nlohmann::json chat_config =
+      nlohmann::json::parse(read_file(dir / "sp-chat-export" / "tokenizer_config.json"));
+  EXPECT_EQ(chat_config.at("chat_template"), chat_template_jinja(ChatTemplate::kLlama3));
+  EXPECT_EQ(chat_result.notes.back(),
+            "chat template: llama3, as tokenizer_config.json's chat_template");
+  EXPECT_FALSE(tokenizer.contains("chat_template"));
 
   run_export(moe_checkpoint, "sp-export", "bf16");  // --overwrite with a byte model
   EXPECT_FALSE(fs::exists(out / "tokenizer.model"));

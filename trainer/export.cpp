@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "data/chat_template.h"
 #include "data/hdf5_io.h"
 #include "data/hf_tokenizer.h"
 #include "data/token_file.h"
@@ -222,8 +223,17 @@ TokenizerSource find_tokenizer(const std::string& checkpoint_path, const Config&
   return source;
 }
 
+// A run on conversations: the chat format they were rendered in, as the Jinja template that
+// apply_chat_template runs, so that transformers renders chats as the model was trained on them.
+void add_chat_template(nlohmann::ordered_json& json, const TokenizerSource& source) {
+  const std::string& name = source.tokenizer.chat_template;
+  if (!name.empty())
+    json["chat_template"] =
+        chat_template_jinja(parse_chat_template(name, source.from + ": chat_template"));
+}
+
 // LlamaTokenizer over the SentencePiece model: ours adds no BOS or EOS, so neither does it.
-std::string tokenizer_config_json(const Config& config) {
+std::string tokenizer_config_json(const Config& config, const TokenizerSource& source) {
   nlohmann::ordered_json json;
   json["tokenizer_class"] = "LlamaTokenizer";
   json["add_bos_token"] = false;
@@ -235,17 +245,20 @@ std::string tokenizer_config_json(const Config& config) {
   json["legacy"] = false;
   json["clean_up_tokenization_spaces"] = false;
   json["model_max_length"] = config.model.seq_len;
+  add_chat_template(json, source);
   return json.dump(2) + "\n";
 }
 
 // A tokenizer.json's config: transformers' fast tokenizer over the JSON, with its EOS.
-std::string fast_tokenizer_config_json(const Config& config, const std::string& eos_token) {
+std::string fast_tokenizer_config_json(const Config& config, const TokenizerSource& source) {
+  const std::string& eos_token = source.tokenizer.tokenizer_eos_token;
   nlohmann::ordered_json json;
   json["tokenizer_class"] = "PreTrainedTokenizerFast";
   json["eos_token"] =
       eos_token.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(eos_token);
   json["clean_up_tokenization_spaces"] = false;
   json["model_max_length"] = config.model.seq_len;
+  add_chat_template(json, source);
   return json.dump(2) + "\n";
 }
 
@@ -382,8 +395,7 @@ ExportResult export_checkpoint(const ExportOptions& options) {
     fs::remove(dir / name, ignored);
   if (!tokenizer.tokenizer_model.empty() && tokenizer.tokenizer == kHuggingFaceTokenizer) {
     write_file(dir / kTokenizerJsonFile, tokenizer.tokenizer_model);
-    write_file(dir / kTokenizerConfigFile,
-               fast_tokenizer_config_json(config, tokenizer.tokenizer_eos_token));
+    write_file(dir / kTokenizerConfigFile, fast_tokenizer_config_json(config, source));
     result.files.push_back((dir / kTokenizerJsonFile).string());
     result.files.push_back((dir / kTokenizerConfigFile).string());
     result.notes.push_back(
@@ -392,7 +404,7 @@ ExportResult export_checkpoint(const ExportOptions& options) {
                                                : " (EOS " + tokenizer.tokenizer_eos_token + ")"));
   } else if (!tokenizer.tokenizer_model.empty()) {
     write_file(dir / kTokenizerModelFile, tokenizer.tokenizer_model);
-    write_file(dir / kTokenizerConfigFile, tokenizer_config_json(config));
+    write_file(dir / kTokenizerConfigFile, tokenizer_config_json(config, source));
     result.files.push_back((dir / kTokenizerModelFile).string());
     result.files.push_back((dir / kTokenizerConfigFile).string());
     result.notes.push_back("tokenizer: SentencePiece model " +
@@ -410,6 +422,11 @@ ExportResult export_checkpoint(const ExportOptions& options) {
       result.notes.push_back("tokenizer: '" + tokenizer.tokenizer + "' (from " + source.from +
                              ") has no model to export; no tokenizer files written");
   }
+  if (!tokenizer.chat_template.empty())
+    result.notes.push_back("chat template: " + tokenizer.chat_template +
+                           (tokenizer.tokenizer_model.empty()
+                                ? std::string(", not written (no tokenizer_config.json)")
+                                : ", as tokenizer_config.json's chat_template"));
   return result;
 }
 
