@@ -292,6 +292,26 @@ std::string& string_member(nlohmann::json& object, const std::string& field,
   return member->get_ref<std::string&>();
 }
 
+// The messages of a conversation: each {"role", "content"} or ShareGPT's {"from", "value"}.
+std::vector<ChatMessage> chat_messages(nlohmann::json& listed, const std::string& field,
+                                       const std::string& path, const std::string& at) {
+  if (!listed.is_array())
+    throw file_error(path, at + "field \"" + field + "\" is a " + listed.type_name() +
+                               ", not an array of messages");
+  std::vector<ChatMessage> messages;
+  for (size_t k = 0; k < listed.size(); ++k) {
+    nlohmann::json& message = listed[k];
+    const std::string message_at = at + field + "[" + std::to_string(k) + "]: ";
+    if (!message.is_object())
+      throw file_error(path, message_at + "a JSON " + message.type_name() + ", not an object");
+    const bool share_gpt = !message.contains("role") && message.contains("from");
+    std::string& role = string_member(message, share_gpt ? "from" : "role", path, message_at);
+    std::string& text = string_member(message, share_gpt ? "value" : "content", path, message_at);
+    messages.push_back({canonical_role(std::move(role)), std::move(text)});
+  }
+  return messages;
+}
+
 }  // namespace
 
 bool is_blank_jsonl_line(const std::string& line) {
@@ -330,30 +350,6 @@ std::string jsonl_document(const JsonlLine& line, const std::string& field,
   nlohmann::json object = parse_jsonl_object(line, path);
   return std::move(string_member(object, field, path, at_line(line)));
 }
-
-namespace {
-
-// The messages of a conversation: each {"role", "content"} or ShareGPT's {"from", "value"}.
-std::vector<ChatMessage> chat_messages(nlohmann::json& listed, const std::string& field,
-                                       const std::string& path, const std::string& at) {
-  if (!listed.is_array())
-    throw file_error(path, at + "field \"" + field + "\" is a " + listed.type_name() +
-                               ", not an array of messages");
-  std::vector<ChatMessage> messages;
-  for (size_t k = 0; k < listed.size(); ++k) {
-    nlohmann::json& message = listed[k];
-    const std::string message_at = at + field + "[" + std::to_string(k) + "]: ";
-    if (!message.is_object())
-      throw file_error(path, message_at + "a JSON " + message.type_name() + ", not an object");
-    const bool share_gpt = !message.contains("role") && message.contains("from");
-    std::string& role = string_member(message, share_gpt ? "from" : "role", path, message_at);
-    std::string& text = string_member(message, share_gpt ? "value" : "content", path, message_at);
-    messages.push_back({canonical_role(std::move(role)), std::move(text)});
-  }
-  return messages;
-}
-
-}  // namespace
 
 SftExample sft_example(const JsonlLine& line, const SftFields& fields, const std::string& path) {
   nlohmann::json object = parse_jsonl_object(line, path);
