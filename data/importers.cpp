@@ -20,9 +20,9 @@ std::runtime_error file_error(const std::string& path, const std::string& what) 
   return std::runtime_error(path + ": " + what);
 }
 
-std::string join(const std::vector<std::string>& parts) {
+std::string join(const std::vector<std::string>& parts, const std::string& separator = ", ") {
   std::string joined;
-  for (const std::string& part : parts) joined += (joined.empty() ? "" : ", ") + part;
+  for (const std::string& part : parts) joined += (joined.empty() ? "" : separator) + part;
   return joined;
 }
 
@@ -363,12 +363,18 @@ SftExample sft_example(const JsonlLine& line, const SftFields& fields, const std
       return {render_chat(chat_messages(*conversation, fields.messages, path, at),
                           fields.chat_template, path + ": " + at),
               true};
-    if (!object.contains(fields.prompt) && !object.contains(fields.response))
-      throw file_error(path, at + "no field \"" + fields.prompt + "\" and \"" + fields.response +
-                                 "\", \"" + fields.messages + "\" or \"segments\"");
-    segments.push_back({std::move(string_member(object, fields.prompt, path, at)), false});
-    segments.push_back({std::move(string_member(object, fields.response, path, at)), true});
-    return example;
+    const bool has_prompt =
+        std::any_of(fields.prompt.begin(), fields.prompt.end(),
+                    [&](const std::string& field) { return object.contains(field); });
+    if (!has_prompt && !object.contains(fields.response))
+      throw file_error(path, at + "no field \"" + join(fields.prompt, "\", \"") + "\" and \"" +
+                                 fields.response + "\", \"" + fields.messages +
+                                 "\" or \"segments\"");
+    std::vector<std::string> prompt_parts;
+    for (const std::string& field : fields.prompt)
+      prompt_parts.push_back(std::move(string_member(object, field, path, at)));
+    return sft_pair(prompt_parts, std::move(string_member(object, fields.response, path, at)),
+                    fields, path + ": " + at);
   }
   if (!listed->is_array() || listed->empty())
     throw file_error(path, at + "field \"segments\" is not a non-empty array");
@@ -384,6 +390,18 @@ SftExample sft_example(const JsonlLine& line, const SftFields& fields, const std
     segments.push_back({std::move(string_member(segment, "text", path, segment_at)), trained});
   }
   return example;
+}
+
+SftExample sft_pair(const std::vector<std::string>& prompt_parts, std::string response,
+                    const SftFields& fields, const std::string& at) {
+  std::string prompt;
+  for (const std::string& part : prompt_parts)
+    if (!part.empty()) prompt += (prompt.empty() ? "" : "\n\n") + part;
+  if (fields.pairs_in_template)
+    return {render_chat({{"user", std::move(prompt)}, {kAssistantRole, std::move(response)}},
+                        fields.chat_template, at),
+            true};
+  return {{{std::move(prompt), false}, {std::move(response), true}}, false};
 }
 
 ImportCounts import_nanogpt(const std::string& input, int64_t vocab_size, const TokenSink& sink) {

@@ -49,18 +49,30 @@ std::string jsonl_document(const JsonlLine& line, const std::string& field,
 //   conversation already rendered in the model's chat format;
 // - {fields.messages: [{"role": "...", "content": "..."}, ...]} (or ShareGPT's {"from": "...",
 //   "value": "..."}): a conversation, rendered by render_chat in fields.chat_template;
-// - {fields.prompt: "...", fields.response: "..."}: the prompt not trained, the response trained.
+// - {fields.prompt: "...", fields.response: "..."}: a prompt and its response (sft_pair).
 // Other members are ignored. Returns the example's segments; throws "<path>: line N: ..." naming
 // what is wrong.
 struct SftFields {
-  std::string prompt = "prompt", response = "response", messages = "messages";
+  // The prompt's member, or several (Alpaca's instruction and input), joined by sft_pair.
+  std::vector<std::string> prompt = {"prompt"};
+  std::string response = "response", messages = "messages";
   ChatTemplate chat_template = ChatTemplate::kChatml;
+  // A prompt and response as a user's message and the assistant's answer in chat_template
+  // (prepare-data's --chat-template given), else as they are: `prompt response EOS`.
+  bool pairs_in_template = false;
 };
 struct SftExample {
   std::vector<SftSegment> segments;
-  bool conversation = false;  // rendered from messages in fields.chat_template
+  bool conversation = false;  // rendered in fields.chat_template
 };
 SftExample sft_example(const JsonlLine& line, const SftFields& fields, const std::string& path);
+
+// An example of a prompt (not trained on) and its response (trained on). `prompt_parts` are the
+// values of fields.prompt, in order: those not empty are joined by a blank line ("\n\n"). In
+// fields.chat_template when fields.pairs_in_template, as the conversation user: prompt,
+// assistant: response; else the two segments as they are. `at` starts a render_chat error.
+SftExample sft_pair(const std::vector<std::string>& prompt_parts, std::string response,
+                    const SftFields& fields, const std::string& at);
 
 // Throws "--format F needs --vocab-size in [1, L], got N": L is 65536 for nanogpt (uint16
 // files), 2^31 for megatron.

@@ -429,4 +429,13 @@ std::vector<std::string> parquet_list_struct_fields(const std::string& path,
   return names;
 }
 
+std::vector<std::string> parquet_columns(const std::string& path) {
+  const ParquetFile file(path);
+  if (file.meta.schema.empty()) file.fail("no schema");
+  std::vector<std::string> names;
+  for (const size_t column : schema_children(file, 0))
+    names.push_back(file.meta.schema[column].name);
+  return names;
+}
+
 }  // namespace sy

@@ -69,6 +69,10 @@ class ParquetRecordLists {
 std::vector<std::string> parquet_list_struct_fields(const std::string& path,
                                                     const std::string& column);
 
+// The names of the top-level columns of `path`, in schema order; throws "<path>: ..." for a file
+// that is not Parquet.
+std::vector<std::string> parquet_columns(const std::string& path);
+
 // Whether this build decodes Parquet's `codec` ("snappy", "gzip", "zstd"): each library is
 // optional, as for compressed text inputs.
 bool parquet_codec_available(const std::string& codec);

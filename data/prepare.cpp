@@ -321,24 +321,56 @@ void check_unchanged(const std::string& input, int64_t counted, int64_t seen, co
                              " then " + std::to_string(seen) + " " + unit + ")");
 }
 
-// --format sft's Parquet inputs: a conversation a row, in the list column `column` of
-// {role, content} structs (or ShareGPT's {from, value}), rendered as sft_example renders a JSONL
-// line's messages.
-class ParquetConversations {
+// --format sft's Parquet inputs, an example a row: a conversation in the list column
+// fields.messages of {role, content} structs (or ShareGPT's {from, value}), or, in a file
+// without that column, a prompt and its response in the string columns fields.prompt and
+// fields.response. Each is rendered as sft_example renders a JSONL line of the same members.
+class ParquetExamples {
  public:
-  ParquetConversations(const std::string& path, const SftFields& fields)
-      : path_(path),
-        chat_template_(fields.chat_template),
-        reader_(path, fields.messages, message_members(path, fields.messages)) {}
-  int64_t rows() const { return reader_.rows(); }
+  ParquetExamples(const std::string& path, const SftFields& fields) : path_(path), fields_(fields) {
+    const std::vector<std::string> columns = parquet_columns(path);
+    const auto has = [&](const std::string& name) {
+      return std::find(columns.begin(), columns.end(), name) != columns.end();
+    };
+    if (has(fields.messages)) {
+      conversations_ = std::make_unique<ParquetRecordLists>(path, fields.messages,
+                                                            message_members(path, fields.messages));
+      return;
+    }
+    if (!has(fields.response) && std::none_of(fields.prompt.begin(), fields.prompt.end(), has)) {
+      std::string prompt, names;
+      for (const std::string& name : fields.prompt)
+        prompt += (prompt.empty() ? "\"" : ", \"") + name + "\"";
+      for (const std::string& name : columns) names += (names.empty() ? "" : ", ") + name;
+      throw std::runtime_error(path + ": no column \"" + fields.messages + "\", nor " + prompt +
+                               " and \"" + fields.response + "\" (columns: " + names + ")");
+    }
+    for (const std::string& column : fields.prompt)
+      prompt_.push_back(std::make_unique<ParquetStrings>(path, column));
+    response_ = std::make_unique<ParquetStrings>(path, fields.response);
+  }
+  int64_t rows() const { return conversations_ ? conversations_->rows() : response_->rows(); }
+  // Whether the rows are rendered in fields.chat_template.
+  bool conversation() const { return conversations_ || fields_.pairs_in_template; }
   // The next row's example; false after the last.
   bool next(std::vector<SftSegment>& segments) {
-    if (!reader_.next(records_)) return false;
-    std::vector<ChatMessage> messages;
-    for (std::vector<std::string>& record : records_)
-      messages.push_back({canonical_role(std::move(record[0])), std::move(record[1])});
-    segments =
-        render_chat(messages, chat_template_, path_ + ": row " + std::to_string(row_++) + ": ");
+    const std::string at = path_ + ": row " + std::to_string(row_) + ": ";
+    if (conversations_) {
+      if (!conversations_->next(records_)) return false;
+      std::vector<ChatMessage> messages;
+      for (std::vector<std::string>& record : records_)
+        messages.push_back({canonical_role(std::move(record[0])), std::move(record[1])});
+      segments = render_chat(messages, fields_.chat_template, at);
+    } else {
+      std::string response;
+      if (!response_->next(response)) return false;
+      for (size_t k = 0; k < prompt_.size(); k++)
+        if (!prompt_[k]->next(prompt_parts_[k]))
+          throw std::runtime_error(path_ + ": column \"" + fields_.prompt[k] + "\" ends at row " +
+                                   std::to_string(row_) + ", before \"" + fields_.response + "\"");
+      segments = sft_pair(prompt_parts_, std::move(response), fields_, at).segments;
+    }
+    row_++;
     return true;
   }
 
@@ -359,9 +391,12 @@ class ParquetConversations {
   }
 
   std::string path_;
-  ChatTemplate chat_template_;
-  ParquetRecordLists reader_;
+  const SftFields& fields_;
+  std::unique_ptr<ParquetRecordLists> conversations_;  // or the prompt's and response's columns
+  std::vector<std::unique_ptr<ParquetStrings>> prompt_;
+  std::unique_ptr<ParquetStrings> response_;
   std::vector<std::vector<std::string>> records_;
+  std::vector<std::string> prompt_parts_ = std::vector<std::string>(fields_.prompt.size());
   int64_t row_ = 0;
 };
 
@@ -394,7 +429,7 @@ EncodedPiece encode_example(const Tokenizer& tokenizer, const std::vector<SftSeg
   return example;
 }
 
-// --format sft: one example a JSONL line (sft_example) or a Parquet row (ParquetConversations),
+// --format sft: one example a JSONL line (sft_example) or a Parquet row (ParquetExamples),
 // its segments encoded one by one and each trained segment followed by the tokenizer's EOS (the
 // encoded "\n" for one without, as bytes), trained too, so that the model learns where an answer
 // stops; the loss mask 1 on trained segments and their ends, 0 elsewhere. No BOS: no other format
@@ -413,10 +448,13 @@ PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokeniz
   // JSONL lines are all checked before anything is written; Parquet footers say whether every
   // file has the column, and a bad row stops the writing (nothing lands at the output).
   int64_t examples = 0;
-  std::atomic<bool> conversations{reads_parquet};  // recorded in the token file
+  std::atomic<bool> conversations{false};  // the chat template is recorded in the token file
   if (reads_parquet) {
-    for (const std::string& file : options.inputs)
-      examples += ParquetConversations(file, fields).rows();
+    for (const std::string& file : options.inputs) {
+      const ParquetExamples examples_of_file(file, fields);
+      examples += examples_of_file.rows();
+      if (examples_of_file.conversation()) conversations = true;
+    }
     if (examples == 0) throw std::runtime_error(input + ": no rows");
   } else {
     examples = count_jsonl_objects(options, progress, "examples",
@@ -454,7 +492,7 @@ PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokeniz
           ? submit_parquet_rows<std::vector<SftSegment>>(
                 options, tasks, progress, examples, "examples",
                 [&](const std::string& file) {
-                  return std::make_unique<ParquetConversations>(file, fields);
+                  return std::make_unique<ParquetExamples>(file, fields);
                 },
                 [&](Encoded& encoded, std::vector<SftSegment>&& segments, int64_t row) {
                   encoded.push_back(

@@ -120,6 +120,16 @@ run_ok "prepare-data --format sft of conversations" "$switchyard" prepare-data -
   --input messages.jsonl --output messages.h5 --chat-template plain --val-fraction 0.25
 if grep -q "40 examples (10 val)" stdout.txt; then ok "conversations: one example each"
 else fail "prepare-data sft of conversations"; cat stdout.txt; fi
+# An instruction dataset (Alpaca's instruction, input, output) as user/assistant pairs.
+for i in $(seq 1 20); do
+  echo "{\"instruction\": \"Add.\", \"input\": \"$i and $i\", \"output\": \"$((i + i))\"}"
+done > alpaca.jsonl
+run_ok "prepare-data --format sft of instruction pairs" "$switchyard" prepare-data --format sft \
+  --input alpaca.jsonl --output alpaca.h5 --prompt-field instruction,input --response-field output \
+  --chat-template plain
+run_ok "inspect the instruction pairs" "$switchyard" inspect alpaca.h5
+if grep -q "^tokenizer: bytes (vocab 256), chat template plain$" stdout.txt
+then ok "pairs in a chat template record it"; else fail "inspect of the pairs"; cat stdout.txt; fi
 run_ok "a fine-tune on conversations" "$switchyard" train tiny.yaml --set data.path=messages.h5 \
   --set checkpoint.init_from=run_dp --set train.steps=2 --set run.dir=run_chat
 run_ok "inspect the fine-tune" "$switchyard" inspect run_chat

@@ -15,6 +15,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #ifdef SY_HAVE_BROTLI
@@ -536,26 +537,39 @@ inline std::string parquet_footer(const std::vector<ParquetSchemaElement>& schem
   return footer.bytes + "PAR1";
 }
 
-// A file of `values` as the string column, beside an INT64 "id" column (the row's index).
-inline std::string parquet_file(const std::vector<std::string>& values,
-                                const ParquetLayout& layout = {}) {
+// A file of string columns, each {name, values} (as many values each), beside an INT64 "id"
+// column (the row's index); layout.column is not used, the rest applies to every string column.
+inline std::string parquet_columns_file(
+    const std::vector<std::pair<std::string, std::vector<std::string>>>& columns,
+    const ParquetLayout& layout = {}) {
   std::string file = "PAR1";
   const int codec =
       layout.declared_codec >= 0 ? layout.declared_codec : parquet_codec_id(layout.codec);
+  const size_t rows = columns.front().second.size();
   std::vector<ParquetRowGroup> groups;
-  for (size_t first = 0; first < values.size() || groups.empty(); first += layout.rows_per_group) {
-    const size_t last = std::min(values.size(), first + layout.rows_per_group);
-    ParquetColumnChunk id{2, {"id"}, 0, {}}, text{6, {layout.column}, codec, {}};
+  for (size_t first = 0; first < rows || groups.empty(); first += layout.rows_per_group) {
+    const size_t last = std::min(rows, first + layout.rows_per_group);
+    ParquetColumnChunk id{2, {"id"}, 0, {}};
     file += parquet_id_chunk(first, last, static_cast<int64_t>(file.size()), id.chunk);
-    file += parquet_text_chunk(values, first, last, layout, static_cast<int64_t>(file.size()),
-                               text.chunk);
-    groups.push_back({last - first, {id, text}});
-    if (last == values.size()) break;
+    groups.push_back({last - first, {id}});
+    for (const auto& [name, values] : columns) {
+      ParquetColumnChunk text{6, {name}, codec, {}};
+      file += parquet_text_chunk(values, first, last, layout, static_cast<int64_t>(file.size()),
+                                 text.chunk);
+      groups.back().columns.push_back(text);
+    }
+    if (last == rows) break;
   }
-  return file +
-         parquet_footer(
-             {{"schema", -1, -1, 2}, {"id", 2, 0}, {layout.column, 6, layout.optional ? 1 : 0}},
-             values.size(), groups);
+  std::vector<ParquetSchemaElement> schema = {
+      {"schema", -1, -1, 1 + static_cast<int>(columns.size())}, {"id", 2, 0}};
+  for (const auto& column : columns) schema.push_back({column.first, 6, layout.optional ? 1 : 0});
+  return file + parquet_footer(schema, rows, groups);
+}
+
+// A file of `values` as the string column layout.column, beside an INT64 "id" column.
+inline std::string parquet_file(const std::vector<std::string>& values,
+                                const ParquetLayout& layout = {}) {
+  return parquet_columns_file({{layout.column, values}}, layout);
 }
 
 // A row of a list<struct<string...>> column: null, or its elements, each null or the values of

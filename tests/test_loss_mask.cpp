@@ -343,6 +343,75 @@ TEST_F(LossMaskTest, SftConversationsAreRenderedAndTrainOnTheAssistantsTurns) {
   }
 }
 
+// Instruction datasets: Alpaca's instruction and input make the prompt, joined by a blank line
+// where the input is not empty; with a chat template given, each pair is a user's message and
+// the assistant's answer in it.
+TEST_F(LossMaskTest, SftInstructionPairsJoinTheirPromptAndTakeTheChatTemplate) {
+  const std::string input = path("alpaca.jsonl");
+  {
+    std::ofstream out(input);
+    out << R"({"instruction": "Add.", "input": "2 and 2", "output": "4"})"
+        << "\n"
+        << R"({"instruction": "Say hi.", "input": "", "output": "hi"})"
+        << "\n";
+  }
+  PrepareOptions options;
+  options.inputs = {input};
+  options.format = "sft";
+  options.output = path("alpaca.h5");
+  options.val_fraction = 0.5;
+  options.sft.prompt = {"instruction", "input"};
+  options.sft.response = "output";
+  const auto split_text = [](const std::string& file, bool val) {
+    const TokenFile opened = open_token_file(file);
+    const TokenSource& split = val ? *opened.val : *opened.train;
+    std::vector<int32_t> tokens(static_cast<size_t>(split.size()));
+    std::vector<uint8_t> mask(tokens.size());
+    split.read(0, split.size(), tokens.data());
+    split.read_mask(0, split.size(), mask.data());
+    std::string text, trained;
+    for (size_t k = 0; k < tokens.size(); k++) {
+      text += static_cast<char>(tokens[k]);
+      trained += mask[k] ? '1' : '0';
+    }
+    return std::make_pair(text, trained);
+  };
+  prepare_data(options);
+  EXPECT_EQ(open_token_file(options.output).chat_template, "");
+  EXPECT_EQ(split_text(options.output, false),
+            std::make_pair(std::string("Add.\n\n2 and 24\n"), std::string(13, '0') + "11"));
+  EXPECT_EQ(split_text(options.output, true),
+            std::make_pair(std::string("Say hi.hi\n"), std::string(7, '0') + "111"));
+
+  options.sft.chat_template = ChatTemplate::kPlain;
+  options.sft.pairs_in_template = true;
+  options.output = path("alpaca_plain.h5");
+  prepare_data(options);
+  EXPECT_EQ(open_token_file(options.output).chat_template, "plain");
+  const std::string context = "User: Add.\n\n2 and 2\nAssistant:";
+  EXPECT_EQ(split_text(options.output, false),
+            std::make_pair(context + " 4\n\n", std::string(context.size(), '0') + "1110"));
+  EXPECT_EQ(split_text(options.output, true).first, "User: Say hi.\nAssistant: hi\n\n");
+
+  options.output = path("bad.h5");
+  for (const auto& [line, error] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"instruction": "a", "output": "b"})", "line 1: no field \"input\""},
+           {R"({"instruction": "a", "input": 3, "output": "b"})",
+            "line 1: field \"input\" is a number, not a string"},
+           {R"({"text": "x"})",
+            "line 1: no field \"instruction\", \"input\" and \"output\", "
+            "\"messages\" or \"segments\""}}) {
+    {
+      std::ofstream out(input);
+      out << line << "\n"
+          << R"({"instruction": "p", "input": "", "output": "r"})"
+          << "\n";
+    }
+    expect_error([&] { prepare_data(options); }, {input + ": " + error});
+    EXPECT_FALSE(std::ifstream(options.output).good());
+  }
+}
+
 // A dense model (no routing: sequences do not interact): a batch whose second sequence is all
 // ignored targets, weighted 1/S per counted target, gives the loss and gradients of the first
 // sequence alone. The ignored rows add exact zeros to every gradient sum.

@@ -309,6 +309,85 @@ TEST_F(ParquetTest, PrepareDataSftReadsConversationsAsJsonlMessages) {
                       "role and content (or from and value)"});
 }
 
+// An instruction dataset's shards (Alpaca's instruction, input and output string columns) read
+// as the same rows in JSON lines are, in row groups and pages that the columns do not share.
+TEST_F(ParquetTest, PrepareDataSftReadsInstructionColumnsAsJsonlPairs) {
+  std::vector<std::string> instruction, input, output;
+  std::string jsonl;
+  for (int r = 0; r < 50; r++) {
+    instruction.push_back("do " + std::to_string(r) + std::string(r % 5, 'i'));
+    input.push_back(r % 3 ? "with " + std::string(r % 11, 'n') : "");
+    output.push_back("done " + std::to_string(r) + std::string(r % 13, 'o'));
+    jsonl += "{\"instruction\": \"" + instruction.back() + "\", \"input\": \"" + input.back() +
+             "\", \"output\": \"" + output.back() + "\"}\n";
+  }
+  write("alpaca.jsonl", jsonl);
+  test::ParquetLayout layout;
+  layout.rows_per_group = 20;
+  layout.rows_per_page = 7;
+  layout.encoding = "dictionary";
+  layout.codec = parquet_codec_available("zstd") ? "zstd" : "none";
+  write("shards/a.parquet",
+        test::parquet_columns_file(
+            {{"instruction", instruction}, {"output", output}, {"input", input}}, layout));
+  PrepareOptions from_jsonl;
+  from_jsonl.format = "sft";
+  from_jsonl.inputs = {path("alpaca.jsonl")};
+  from_jsonl.output = path("jsonl.h5");
+  from_jsonl.sft.prompt = {"instruction", "input"};
+  from_jsonl.sft.response = "output";
+  for (const bool in_template : {false, true}) {
+    SCOPED_TRACE(in_template);
+    from_jsonl.sft.pairs_in_template = in_template;
+    const PrepareStats expected_stats = prepare_data(from_jsonl);
+    PrepareOptions options = from_jsonl;
+    options.inputs = {path("shards")};
+    options.output = path(in_template ? "chatml.h5" : "pairs.h5");
+    options.threads = 3;
+    options.encode_piece_bytes = 100;
+    const PrepareStats stats = prepare_data(options);
+    EXPECT_EQ(stats.documents, 50);
+    EXPECT_EQ(stats.train_targets, expected_stats.train_targets);
+    const TokenFile file = open_token_file(options.output);
+    const TokenFile expected = open_token_file(from_jsonl.output);
+    EXPECT_EQ(file.chat_template, in_template ? "chatml" : "");
+    EXPECT_EQ(expected.chat_template, file.chat_template);
+    for (const bool val : {false, true}) {
+      const TokenSource& got = val ? *file.val : *file.train;
+      const TokenSource& want = val ? *expected.val : *expected.train;
+      ASSERT_EQ(got.size(), want.size());
+      std::vector<int32_t> tokens(got.size()), want_tokens(got.size());
+      std::vector<uint8_t> mask(got.size()), want_mask(got.size());
+      got.read(0, got.size(), tokens.data());
+      want.read(0, want.size(), want_tokens.data());
+      got.read_mask(0, got.size(), mask.data());
+      want.read_mask(0, want.size(), want_mask.data());
+      EXPECT_EQ(tokens, want_tokens);
+      EXPECT_EQ(mask, want_mask);
+    }
+  }
+
+  PrepareOptions options = from_jsonl;
+  options.output = path("bad.h5");
+  options.inputs = {write("text.parquet", test::parquet_file(instruction))};
+  test::expect_error([&] { prepare_data(options); },
+                     {"text.parquet: no column \"messages\", nor \"instruction\", \"input\" and "
+                      "\"output\" (columns: id, text)"});
+  options.inputs = {write("half.parquet", test::parquet_columns_file(
+                                              {{"instruction", instruction}, {"output", output}}))};
+  test::expect_error([&] { prepare_data(options); },
+                     {"half.parquet: no column \"input\" (columns: id, instruction, output)"});
+  test::ParquetLayout with_null;
+  with_null.optional = true;
+  with_null.nulls = {4};
+  options.inputs = {
+      write("null.parquet",
+            test::parquet_columns_file(
+                {{"instruction", instruction}, {"input", input}, {"output", output}}, with_null))};
+  test::expect_error([&] { prepare_data(options); }, {"null.parquet: row 4: \""});
+  EXPECT_FALSE(fs::exists(options.output));
+}
+
 TEST_F(ParquetTest, RefusalsNameTheFileAndWhy) {
   const std::vector<std::string> values = documents(40);
   test::ParquetLayout optional;

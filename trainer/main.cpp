@@ -158,6 +158,18 @@ std::string wrap(const std::string& text, size_t width = 64) {
   return out;
 }
 
+// "instruction,input" -> {"instruction", "input"}; throws a UsageError for an empty name.
+std::vector<std::string> field_names(const std::string& list, const std::string& option) {
+  std::vector<std::string> names;
+  for (size_t start = 0;;) {
+    const size_t comma = std::min(list.find(',', start), list.size());
+    names.push_back(list.substr(start, comma - start));
+    if (names.back().empty()) throw UsageError(option + ": an empty name in \"" + list + "\"");
+    if (comma == list.size()) return names;
+    start = comma + 1;
+  }
+}
+
 void add_chat_template_option(CLI::App& command, CommandLine& line, const std::string& meaning) {
   command.add_option("--chat-template", line.chat_template, wrap(meaning))
       ->type_name("chatml|llama3|plain")
@@ -211,8 +223,11 @@ void add_prepare_data_command(CLI::App& app, CommandLine& line) {
                    "jsonl, parquet: the member (column) that holds a document's text")
       ->type_name("NAME")
       ->capture_default_str();
-  prepare->add_option("--prompt-field", line.prompt_field, "sft: the member that holds the prompt")
-      ->type_name("NAME")
+  prepare
+      ->add_option("--prompt-field", line.prompt_field,
+                   wrap("sft: the member that holds the prompt, or several, comma-separated, "
+                        "joined by a blank line where not empty (Alpaca's instruction,input)"))
+      ->type_name("NAME[,NAME...]")
       ->capture_default_str();
   prepare
       ->add_option("--response-field", line.response_field,
@@ -227,8 +242,9 @@ void add_prepare_data_command(CLI::App& app, CommandLine& line) {
       ->type_name("NAME")
       ->capture_default_str();
   add_chat_template_option(*prepare, line,
-                           "sft: the chat format a conversation's messages are rendered in "
-                           "(docs/data.md, Conversations)");
+                           "sft: the chat format a conversation's messages are rendered in; "
+                           "given, a prompt and response too, as a user's message and the "
+                           "assistant's answer (docs/data.md, Conversations)");
   prepare
       ->add_option("--vocab-size", line.vocab_size,
                    wrap("nanogpt, megatron (required): the vocabulary; a token id at or above it "
@@ -564,10 +580,11 @@ int cmd_prepare_data(const CommandLine& line, const CLI::App& given) {
   if (given.count("--tokenizer")) options.tokenizer = line.tokenizer;
   if (given.count("--val-fraction")) options.val_fraction = line.val_fraction;
   options.field = line.field;
-  options.sft.prompt = line.prompt_field;
+  options.sft.prompt = field_names(line.prompt_field, "--prompt-field");
   options.sft.response = line.response_field;
   options.sft.messages = line.messages_field;
   options.sft.chat_template = sy::parse_chat_template(line.chat_template, "--chat-template");
+  options.sft.pairs_in_template = given.count("--chat-template") > 0;
   options.vocab_size = line.vocab_size;
   options.threads = line.prepare_threads;
   // A large corpus takes minutes: a line on stderr every 30 s says it is moving.
