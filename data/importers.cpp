@@ -264,20 +264,20 @@ int64_t train_document_count(int64_t documents, double val_fraction, const std::
 
 namespace {
 
-// "line N: ", how messages about a line start.
-std::string at_line(const JsonlLine& line) { return "line " + std::to_string(line.number) + ": "; }
-
-// A line parsed as a JSON object; throws "<path>: line N: ..." for invalid JSON or another value.
+// A record parsed as a JSON object; throws "<path>: line N: ..." for invalid JSON or another
+// value.
 nlohmann::json parse_jsonl_object(const JsonlLine& line, const std::string& path) {
   nlohmann::json object;
   try {
     object = nlohmann::json::parse(line.text);
   } catch (const nlohmann::json::parse_error& error) {
-    throw file_error(path, at_line(line) + "invalid JSON at byte " + std::to_string(error.byte) +
-                               " of the line");
+    throw file_error(path, record_position(line) + "invalid JSON at byte " +
+                               std::to_string(error.byte) +
+                               (line.element < 0 ? " of the line" : " of the element"));
   }
   if (!object.is_object())
-    throw file_error(path, at_line(line) + "a JSON " + object.type_name() + ", not an object");
+    throw file_error(path,
+                     record_position(line) + "a JSON " + object.type_name() + ", not an object");
   return object;
 }
 
@@ -314,28 +314,22 @@ std::vector<ChatMessage> chat_messages(nlohmann::json& listed, const std::string
 
 }  // namespace
 
-bool is_blank_jsonl_line(const std::string& line) {
-  return line.find_first_not_of(" \t\r") == std::string::npos;
-}
-
 int64_t for_each_jsonl_lines(const std::vector<std::string>& files, int64_t batch_bytes,
                              const std::function<void(JsonlLines&&)>& visit) {
   if (files.empty()) throw std::runtime_error("--format jsonl: no --input file");
   int64_t objects = 0;
   for (const std::string& path : files) {
     regular_file_size(path);  // names a missing file or a folder
-    InputFile in(path);
+    JsonRecords records(path);
     JsonlLines batch{path, objects, {}, 0};
     const auto hand_over = [&] {
       if (batch.lines.empty()) return;
       visit(std::move(batch));
       batch = JsonlLines{path, objects, {}, 0};
     };
-    std::string text;
-    for (int64_t number = 1; in.read_line(text); number++) {
-      if (is_blank_jsonl_line(text)) continue;
-      batch.bytes += static_cast<int64_t>(text.size());
-      batch.lines.push_back({number, std::move(text)});
+    for (JsonlLine record; records.next(record);) {
+      batch.bytes += static_cast<int64_t>(record.text.size());
+      batch.lines.push_back(std::move(record));
       objects++;
       if (batch.bytes >= batch_bytes) hand_over();
     }
@@ -348,12 +342,12 @@ int64_t for_each_jsonl_lines(const std::vector<std::string>& files, int64_t batc
 std::string jsonl_document(const JsonlLine& line, const std::string& field,
                            const std::string& path) {
   nlohmann::json object = parse_jsonl_object(line, path);
-  return std::move(string_member(object, field, path, at_line(line)));
+  return std::move(string_member(object, field, path, record_position(line)));
 }
 
 SftExample sft_example(const JsonlLine& line, const SftFields& fields, const std::string& path) {
   nlohmann::json object = parse_jsonl_object(line, path);
-  const std::string at = at_line(line);
+  const std::string at = record_position(line);
   SftExample example;
   std::vector<SftSegment>& segments = example.segments;
   const auto listed = object.find("segments");

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "data/chat_template.h"
+#include "data/json_records.h"
 
 namespace sy {
 
@@ -18,24 +19,20 @@ namespace sy {
 int64_t train_document_count(int64_t documents, double val_fraction, const std::string& input);
 
 // JSONL: one JSON object per line, the document its string member `field`. Blank lines (only
-// spaces, tabs, '\r') are skipped. The lines are read on one thread and parsed on others
+// spaces, tabs, '\r') are skipped. A file that is one JSON array is read element by element
+// instead (data/json_records.h). The records are read on one thread and parsed on others
 // (prepare-data), so reading and parsing are apart: for_each_jsonl_lines reads, and
-// jsonl_document and sft_example parse one line each.
-struct JsonlLine {
-  int64_t number = 0;  // in its file, from 1
-  std::string text;
-};
+// jsonl_document and sft_example parse one record each.
 struct JsonlLines {
   std::string path;              // the file they come from
-  int64_t first_object = 0;      // lines[0]'s index among the non-blank lines of all files
-  std::vector<JsonlLine> lines;  // not blank, in file order
+  int64_t first_object = 0;      // lines[0]'s index among the records of all files
+  std::vector<JsonlLine> lines;  // in file order
   int64_t bytes = 0;             // of their text
 };
-// A line that JSONL skips: only spaces, tabs and '\r' (or nothing).
-bool is_blank_jsonl_line(const std::string& line);
-// Calls visit(lines) for the non-blank lines of every file, in the order given, in runs of about
-// batch_bytes (at least one line; never two files in one run) and returns how many there were.
-// Throws "<files>: no documents" when there is none, and for a missing or unreadable file.
+// Calls visit(lines) for the records (non-blank lines, or array elements) of every file, in the
+// order given, in runs of about batch_bytes (at least one line; never two files in one run) and
+// returns how many there were. Throws "<files>: no documents" when there is none, and for a missing
+// or unreadable file.
 int64_t for_each_jsonl_lines(const std::vector<std::string>& files, int64_t batch_bytes,
                              const std::function<void(JsonlLines&&)>& visit);
 // The document of a line of `path`. Throws "<path>: line N: ..." for invalid JSON, a line that is

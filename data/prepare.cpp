@@ -554,27 +554,34 @@ bool CorpusLines::next(std::string& line) {
       text_begin_ = 0;
       continue;
     }
+    if (format_ == "jsonl") {
+      if (!records_) {
+        if (next_file_ == files_.size()) return false;
+        records_ = std::make_unique<JsonRecords>(files_[next_file_++]);
+      }
+      JsonlLine record;
+      if (!records_->next(record)) {
+        records_.reset();
+        continue;
+      }
+      text_ = jsonl_document(record, field_, files_[next_file_ - 1]) + "\n";
+      text_begin_ = 0;
+      continue;
+    }
     if (!file_) {
       if (next_file_ == files_.size()) return false;
       file_ = std::make_unique<InputFile>(files_[next_file_++]);
-      line_number_ = 0;
     }
     std::string raw;
     if (!file_->read_line(raw)) {
       file_.reset();
       continue;
     }
-    line_number_++;
     if (format_ == "text") {
       line = std::move(raw);
       return true;
     }
-    if (format_ == "brown") {
-      text_ = brown_file_to_text(raw);  // one line in: "" or one line out
-    } else {
-      if (is_blank_jsonl_line(raw)) continue;
-      text_ = jsonl_document({line_number_, std::move(raw)}, field_, files_[next_file_ - 1]) + "\n";
-    }
+    text_ = brown_file_to_text(raw);  // one line in: "" or one line out
     text_begin_ = 0;
   }
 }

@@ -11,7 +11,6 @@
 
 namespace sy {
 
-class InputFile;       // data/compressed_input.h
 class ParquetStrings;  // data/parquet_input.h
 
 // A tokenizer turns text into token ids in [0, vocab_size()) and back.
@@ -47,7 +46,7 @@ std::string brown_file_to_text(const std::string& raw);
 // `tokenizer train` learns from, so that a tokenizer fits the text a model will see. Each input
 // is a file or a folder (its files in name order, as prepare-data reads them); format "text":
 // each file's lines, plain or compressed; "brown": the lines of brown_file_to_text of each
-// corpus file; "jsonl": the lines of each document (member `field` of each line's object, as
+// corpus file; "jsonl": the lines of each document (member `field` of each record's object, as
 // --format jsonl reads it); "parquet": the lines of each row's value of column `field`. Files
 // are opened as they are reached; a problem throws one line naming the file (and the line or
 // row).
@@ -66,8 +65,8 @@ class CorpusLines {
   std::string format_, field_;
   size_t next_file_ = 0;
   std::unique_ptr<InputFile> file_;  // the file being read, or null between files
+  std::unique_ptr<JsonRecords> records_;     // or, for jsonl, its records
   std::unique_ptr<ParquetStrings> parquet_;  // or, for parquet, its rows
-  int64_t line_number_ = 0;          // in file_
   std::string text_;                 // brown: a converted line; else a document and a '\n'
   size_t text_begin_ = 0;            // where the next line of text_ starts
 };

@@ -76,6 +76,17 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     const std::string base = std::string(dir) + "/";
     write_seed(base + "documents.jsonl", jsonl);
     write_seed(base + "segments.jsonl", segments + jsonl);
+    // The same objects as one JSON array: pretty-printed, and on one line.
+    std::string pretty = "[\n", one_line = "[";
+    for (size_t start = 0, end; (end = jsonl.find('\n', start)) != std::string::npos;
+         start = end + 1) {
+      const std::string line = jsonl.substr(start, end - start);
+      if (line.find('{') == std::string::npos) continue;
+      pretty += std::string(pretty.size() > 2 ? ",\n" : "") + "    " + line;
+      one_line += std::string(one_line.size() > 1 ? "," : "") + line;
+    }
+    write_seed(base + "documents_pretty.json", pretty + "\n]\n");
+    write_seed(base + "documents_one_line.json", "\xEF\xBB\xBF" + one_line + "]");
 #ifdef SY_HAVE_ZLIB
     write_seed(base + "documents.jsonl.gz", sy::test::gzip_member(jsonl.substr(0, 300)) +
                                                 sy::test::gzip_member(jsonl.substr(300)));
