@@ -354,9 +354,8 @@ SftExample sft_example(const JsonlLine& line, const SftFields& fields, const std
   if (listed == object.end()) {
     const auto conversation = object.find(fields.messages);
     if (conversation != object.end())
-      return {render_chat(chat_messages(*conversation, fields.messages, path, at),
-                          fields.chat_template, path + ": " + at),
-              true};
+      return sft_conversation(chat_messages(*conversation, fields.messages, path, at), fields,
+                              path + ": " + at);
     const bool has_prompt =
         std::any_of(fields.prompt.begin(), fields.prompt.end(),
                     [&](const std::string& field) { return object.contains(field); });
@@ -386,15 +385,21 @@ SftExample sft_example(const JsonlLine& line, const SftFields& fields, const std
   return example;
 }
 
+SftExample sft_conversation(std::vector<ChatMessage> messages, const SftFields& fields,
+                            const std::string& at) {
+  if (!fields.system.empty() && (messages.empty() || messages.front().role != "system"))
+    messages.insert(messages.begin(), {"system", fields.system});
+  return {render_chat(messages, fields.chat_template, at), true};
+}
+
 SftExample sft_pair(const std::vector<std::string>& prompt_parts, std::string response,
                     const SftFields& fields, const std::string& at) {
   std::string prompt;
   for (const std::string& part : prompt_parts)
     if (!part.empty()) prompt += (prompt.empty() ? "" : "\n\n") + part;
   if (fields.pairs_in_template)
-    return {render_chat({{"user", std::move(prompt)}, {kAssistantRole, std::move(response)}},
-                        fields.chat_template, at),
-            true};
+    return sft_conversation({{"user", std::move(prompt)}, {kAssistantRole, std::move(response)}},
+                            fields, at);
   return {{{std::move(prompt), false}, {std::move(response), true}}, false};
 }
 

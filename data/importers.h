@@ -57,6 +57,8 @@ struct SftFields {
   // A prompt and response as a user's message and the assistant's answer in chat_template
   // (prepare-data's --chat-template given), else as they are: `prompt response EOS`.
   bool pairs_in_template = false;
+  // Not empty: a system message put first in every conversation without one (sft_conversation).
+  std::string system;
 };
 struct SftExample {
   std::vector<SftSegment> segments;
@@ -64,10 +66,16 @@ struct SftExample {
 };
 SftExample sft_example(const JsonlLine& line, const SftFields& fields, const std::string& path);
 
+// A conversation's example: `messages` after fields.system (when not empty and the first message
+// is not a system one), rendered in fields.chat_template. `at` starts a render_chat error.
+SftExample sft_conversation(std::vector<ChatMessage> messages, const SftFields& fields,
+                            const std::string& at);
+
 // An example of a prompt (not trained on) and its response (trained on). `prompt_parts` are the
 // values of fields.prompt, in order: those not empty are joined by a blank line ("\n\n"). In
 // fields.chat_template when fields.pairs_in_template, as the conversation user: prompt,
-// assistant: response; else the two segments as they are. `at` starts a render_chat error.
+// assistant: response (sft_conversation); else the two segments as they are. `at` starts a
+// render_chat error.
 SftExample sft_pair(const std::vector<std::string>& prompt_parts, std::string response,
                     const SftFields& fields, const std::string& at);
 

@@ -360,7 +360,7 @@ class ParquetExamples {
       std::vector<ChatMessage> messages;
       for (std::vector<std::string>& record : records_)
         messages.push_back({canonical_role(std::move(record[0])), std::move(record[1])});
-      segments = render_chat(messages, fields_.chat_template, at);
+      segments = sft_conversation(std::move(messages), fields_, at).segments;
     } else {
       std::string response;
       if (!response_->next(response)) return false;

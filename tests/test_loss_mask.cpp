@@ -393,6 +393,28 @@ TEST_F(LossMaskTest, SftInstructionPairsJoinTheirPromptAndTakeTheChatTemplate) {
             std::make_pair(context + " 4\n\n", std::string(context.size(), '0') + "1110"));
   EXPECT_EQ(split_text(options.output, true).first, "User: Say hi.\nAssistant: hi\n\n");
 
+  // --system: first in every pair, and in every conversation that has no system message.
+  {
+    std::ofstream out(input);
+    out << R"({"messages": [{"role": "system", "content": "Own."}, {"role": "user", "content":)"
+        << R"( "a"}, {"role": "assistant", "content": "b"}]})"
+        << "\n"
+        << R"({"messages": [{"role": "user", "content": "c"}, {"role": "assistant", "content":)"
+        << R"( "d"}]})"
+        << "\n"
+        << R"({"instruction": "Say hi.", "input": "", "output": "hi"})"
+        << "\n";
+  }
+  options.sft.system = "Be brief.";
+  options.val_fraction = 0.4;  // floor(0.6 * 3) = 1 training example
+  options.output = path("alpaca_system.h5");
+  prepare_data(options);
+  EXPECT_EQ(split_text(options.output, false).first, "System: Own.\nUser: a\nAssistant: b\n\n");
+  EXPECT_EQ(split_text(options.output, true).first,
+            "System: Be brief.\nUser: c\nAssistant: d\n\n"
+            "System: Be brief.\nUser: Say hi.\nAssistant: hi\n\n");
+  options.sft.system.clear();
+
   options.output = path("bad.h5");
   for (const auto& [line, error] : std::vector<std::pair<std::string, std::string>>{
            {R"({"instruction": "a", "output": "b"})", "line 1: no field \"input\""},

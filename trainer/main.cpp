@@ -59,7 +59,7 @@ struct CommandLine {
   std::string messages_field = "messages";
   std::string chat_template = "chatml";  // prepare-data sft, generate
   bool chat = false;                     // generate --chat
-  std::string system_prompt;             // generate --system
+  std::string system_prompt;             // generate --system, prepare-data --system
   int64_t vocab_size = 0;
   double val_fraction = 0.05;
   int prepare_threads = 0;
@@ -245,6 +245,11 @@ void add_prepare_data_command(CLI::App& app, CommandLine& line) {
                            "sft: the chat format a conversation's messages are rendered in; "
                            "given, a prompt and response too, as a user's message and the "
                            "assistant's answer (docs/data.md, Conversations)");
+  prepare
+      ->add_option("--system", line.system_prompt,
+                   wrap("sft, with --chat-template: a system message put first in every "
+                        "conversation that has none, and in every prompt/response pair"))
+      ->type_name("TEXT");
   prepare
       ->add_option("--vocab-size", line.vocab_size,
                    wrap("nanogpt, megatron (required): the vocabulary; a token id at or above it "
@@ -585,6 +590,9 @@ int cmd_prepare_data(const CommandLine& line, const CLI::App& given) {
   options.sft.messages = line.messages_field;
   options.sft.chat_template = sy::parse_chat_template(line.chat_template, "--chat-template");
   options.sft.pairs_in_template = given.count("--chat-template") > 0;
+  if (given.count("--system") && !options.sft.pairs_in_template)
+    throw UsageError("--system needs --chat-template");
+  options.sft.system = line.system_prompt;
   options.vocab_size = line.vocab_size;
   options.threads = line.prepare_threads;
   // A large corpus takes minutes: a line on stderr every 30 s says it is moving.
