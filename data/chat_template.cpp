@@ -155,19 +155,24 @@ std::vector<SftSegment> render_chat(const std::vector<ChatMessage>& messages,
   return segments;
 }
 
-std::string chat_template_jinja(ChatTemplate chat_template) {
+std::string chat_template_jinja(ChatTemplate chat_template, const std::string& default_system) {
   const ChatFormat format = chat_format(chat_template);
   const std::string role = format.capitalise_role
                                ? "(message['role'][:1] | upper) + message['role'][1:]"
                                : "message['role']";
-  const std::string content =
+  const std::string message_content =
       format.trim_content ? "(message['content'] | trim)" : "message['content']";
   std::string jinja;
   if (!format.conversation_start.empty())
     jinja += "{{ " + jinja_literal(format.conversation_start) + " }}";
+  if (!default_system.empty())
+    jinja += "{% if not messages or messages[0]['role'] != 'system' %}{{ " +
+             jinja_literal(header(format, "system") + content(format, default_system) +
+                           format.context_end) +
+             " }}{% endif %}";
   jinja += "{% for message in messages %}{{ " + jinja_literal(format.header_before_role) + " + " +
            role + " + " + jinja_literal(format.header_after_role + format.content_prefix) + " + " +
-           content + " }}";
+           message_content + " }}";
   const std::string after_trained =
       format.after_trained.empty() ? "" : " + " + jinja_literal(format.after_trained);
   jinja += "{% if message['role'] == '" + std::string(kAssistantRole) + "' %}{{ eos_token" +

@@ -52,7 +52,8 @@ std::string chat_prompt(const std::string& user_text, const std::string& system_
 // The same format as the Jinja template that transformers' apply_chat_template runs (messages,
 // add_generation_prompt, eos_token), for `export`'s tokenizer_config.json: it renders a
 // conversation as render_chat's segments laid end to end, each trained one followed by
-// eos_token, and with add_generation_prompt ends as chat_prompt does.
-std::string chat_template_jinja(ChatTemplate chat_template);
+// eos_token, and with add_generation_prompt ends as chat_prompt does. A `default_system` that is
+// not empty is put first where the first message is not a system one (prepare-data --system).
+std::string chat_template_jinja(ChatTemplate chat_template, const std::string& default_system = {});
 
 }  // namespace sy

@@ -473,7 +473,8 @@ PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokeniz
   TokenFileWriter writer(options.output, stats.vocab_size, stats.tokenizer, tokenizer.model(),
                          tokenizer.model_name(), /*masked=*/true, tokenizer.stored_eos_token(),
                          /*documents=*/true);
-  if (conversations) writer.set_chat_template(chat_template_name(fields.chat_template));
+  if (conversations)
+    writer.set_chat_template(chat_template_name(fields.chat_template), fields.system);
   EncodingTasks tasks(encode_threads(options), queued_text_bytes(options), [&](Encoded& pieces) {
     for (const EncodedPiece& example : pieces) {
       const int64_t count = static_cast<int64_t>(example.tokens.size());

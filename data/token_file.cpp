@@ -512,24 +512,30 @@ void write_attributes(hid_t file, int64_t vocab_size, const std::string& tokeniz
   }
 }
 
-// The root attribute chat_template, written only when there is one.
-void write_chat_template(hid_t file, const std::string& chat_template, const std::string& path) {
-  if (chat_template.empty()) return;
+// The root attributes chat_template and chat_system, each written only when not empty.
+void write_chat_attributes(hid_t file, const std::string& chat_template,
+                           const std::string& chat_system, const std::string& path) {
   try {
-    h5::write_string_attribute(file, "chat_template", chat_template);
+    if (!chat_template.empty()) h5::write_string_attribute(file, "chat_template", chat_template);
+    if (!chat_system.empty()) h5::write_string_attribute(file, "chat_system", chat_system);
   } catch (const h5::Hdf5Error& error) {
     throw file_error(path, error.what());
   }
 }
 
-std::string read_chat_template(hid_t file, const std::string& path) {
+// A root string attribute that may be missing ("" then).
+std::string read_optional_string(hid_t file, const char* name, const std::string& path) {
   try {
-    return h5::has_attribute(file, "chat_template")
-               ? h5::read_string_attribute(file, "chat_template")
-               : std::string();
+    return h5::has_attribute(file, name) ? h5::read_string_attribute(file, name) : std::string();
   } catch (const h5::Hdf5Error& error) {
-    throw file_error(path, std::string("attribute chat_template: ") + error.what());
+    throw file_error(path, std::string("attribute ") + name + ": " + error.what());
   }
+}
+
+template <class Target>
+void read_chat_attributes(hid_t file, Target& target, const std::string& path) {
+  target.chat_template = read_optional_string(file, "chat_template", path);
+  target.chat_system = read_optional_string(file, "chat_system", path);
 }
 
 // The token file at `path` opened read-only, with one line naming it for each way that fails.
@@ -565,7 +571,7 @@ TokenData read_token_file(const std::string& path) {
   TokenData data;
   data.vocab_size = read_vocab_size(file.get(), path);
   data.tokenizer = read_tokenizer_name(file.get(), path);
-  data.chat_template = read_chat_template(file.get(), path);
+  read_chat_attributes(file.get(), data, path);
   data.train = read_tokens(file.get(), "/train", data.vocab_size, path);
   data.val = read_tokens(file.get(), "/val", data.vocab_size, path);
   data.documents = has_document_starts(file.get(), path);
@@ -587,7 +593,7 @@ void write_whole_token_file(const std::string& path, const std::vector<int32_t>&
                             const std::string& tokenizer, const std::string& tokenizer_model,
                             const std::string& tokenizer_model_name,
                             const std::string& tokenizer_eos_token,
-                            const std::string& chat_template,
+                            const std::string& chat_template, const std::string& chat_system,
                             const std::vector<int64_t>* train_starts,
                             const std::vector<int64_t>* val_starts) {
   QuietHdf5Errors quiet;
@@ -624,7 +630,7 @@ void write_whole_token_file(const std::string& path, const std::vector<int32_t>&
       write_document_starts(file.get(), "/val_doc_starts", *val_starts, temporary_path);
     }
     write_attributes(file.get(), vocab_size, tokenizer, temporary_path);
-    write_chat_template(file.get(), chat_template, temporary_path);
+    write_chat_attributes(file.get(), chat_template, chat_system, temporary_path);
     if (!tokenizer_model.empty())
       write_tokenizer_model(file.get(), tokenizer_model, tokenizer_model_name, vocab_size,
                             tokenizer_eos_token, temporary_path);
@@ -646,13 +652,14 @@ void write_token_file(const std::string& path, const std::vector<int32_t>& train
                       const std::string& tokenizer_model_name,
                       const std::string& tokenizer_eos_token) {
   write_whole_token_file(path, train, val, vocab_size, tokenizer, tokenizer_model,
-                         tokenizer_model_name, tokenizer_eos_token, {}, nullptr, nullptr);
+                         tokenizer_model_name, tokenizer_eos_token, {}, {}, nullptr, nullptr);
 }
 
 void write_token_file(const std::string& path, const TokenData& data) {
   write_whole_token_file(path, data.train, data.val, data.vocab_size, data.tokenizer,
                          data.tokenizer_model, data.tokenizer_model_name, data.tokenizer_eos_token,
-                         data.chat_template, data.documents ? &data.train_doc_starts : nullptr,
+                         data.chat_template, data.chat_system,
+                         data.documents ? &data.train_doc_starts : nullptr,
                          data.documents ? &data.val_doc_starts : nullptr);
 }
 
@@ -664,7 +671,7 @@ TokenData read_token_file_tokenizer(const std::string& path) {
   TokenData data;
   data.vocab_size = read_vocab_size(file.get(), path);
   data.tokenizer = read_tokenizer_name(file.get(), path);
-  data.chat_template = read_chat_template(file.get(), path);
+  read_chat_attributes(file.get(), data, path);
   read_tokenizer_model(file.get(), data, path);
   return data;
 }
@@ -678,7 +685,7 @@ void write_tokenizer(hid_t file, const TokenData& tokenizer, const std::string& 
   if (!tokenizer.tokenizer_model.empty())
     write_tokenizer_model(file, tokenizer.tokenizer_model, tokenizer.tokenizer_model_name,
                           tokenizer.vocab_size, tokenizer.tokenizer_eos_token, path);
-  write_chat_template(file, tokenizer.chat_template, path);
+  write_chat_attributes(file, tokenizer.chat_template, tokenizer.chat_system, path);
 }
 
 bool read_tokenizer(hid_t file, TokenData& tokenizer, const std::string& path) {
@@ -695,7 +702,7 @@ bool read_tokenizer(hid_t file, TokenData& tokenizer, const std::string& path) {
   tokenizer.tokenizer_model.clear();
   tokenizer.tokenizer_model_name.clear();
   tokenizer.tokenizer_eos_token.clear();
-  tokenizer.chat_template = read_chat_template(file, path);
+  read_chat_attributes(file, tokenizer, path);
   if (H5Lexists(file, "/tokenizer_model", H5P_DEFAULT) > 0) {
     // The model's own vocab_size is the file's here (a checkpoint has no root vocab_size), so
     // read_tokenizer_model's comparison of the two holds by construction.
@@ -718,7 +725,7 @@ TokenFile open_token_file(const std::string& path) {
   TokenFile opened;
   opened.vocab_size = read_vocab_size(file.get(), path);
   opened.tokenizer = read_tokenizer_name(file.get(), path);
-  opened.chat_template = read_chat_template(file.get(), path);
+  read_chat_attributes(file.get(), opened, path);
   auto train = std::make_shared<TokensOnDisk>(file.get(), path, "/train", opened.vocab_size);
   auto val = std::make_shared<TokensOnDisk>(file.get(), path, "/val", opened.vocab_size);
   if (has_document_starts(file.get(), path)) {
@@ -952,7 +959,7 @@ void TokenFileWriter::finish() {
       write_document_starts(file.get(), "/val_doc_starts", val_starts_, temporary_path);
     }
     write_attributes(file.get(), vocab_size_, tokenizer_, temporary_path);
-    write_chat_template(file.get(), chat_template_, temporary_path);
+    write_chat_attributes(file.get(), chat_template_, chat_system_, temporary_path);
     if (!tokenizer_model_.empty())
       write_tokenizer_model(file.get(), tokenizer_model_, tokenizer_model_name_, vocab_size_,
                             tokenizer_eos_token_, temporary_path);

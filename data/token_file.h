@@ -25,8 +25,9 @@ struct TokenData {
   // tokenizer.json does not name itself; empty when there is none.
   std::string tokenizer_eos_token;
   // sft: the chat format its conversations were rendered in (the root attribute chat_template,
-  // data/chat_template.h), which generate --chat then renders its prompt in; empty: none.
-  std::string chat_template;
+  // data/chat_template.h), which generate --chat then renders its prompt in; empty: none. And
+  // the system message put first where a conversation had none (chat_system, --system).
+  std::string chat_template, chat_system;
   // Document boundaries (/train_doc_starts and /val_doc_starts, docs/data.md "Token file"): where
   // each split's documents start, as TokenSource::document_starts() gives them. `documents`
   // false (and both empty): the file records none.
@@ -65,8 +66,8 @@ void write_token_file(const std::string& path, const TokenData& data);
 // The root attribute `tokenizer` and, for a SentencePiece model or a tokenizer.json, the uint8
 // dataset /tokenizer_model with the attributes name, vocab_size and (optional) eos_token
 // (docs/data.md, docs/checkpoint.md). The fields used are TokenData's vocab_size, tokenizer,
-// tokenizer_model, tokenizer_model_name and tokenizer_eos_token, and chat_template (the root
-// attribute `chat_template`, when not empty).
+// tokenizer_model, tokenizer_model_name and tokenizer_eos_token, and chat_template and
+// chat_system (the root attributes of those names, each when not empty).
 
 // A token file's tokenizer and vocab_size, without reading its tokens (train and val empty).
 // Throws like read_token_file.
@@ -94,7 +95,7 @@ struct TokenFile {
   std::string tokenizer_model;
   std::string tokenizer_model_name;
   std::string tokenizer_eos_token;
-  std::string chat_template;
+  std::string chat_template, chat_system;
   std::shared_ptr<const TokenSource> train, val;
 };
 
@@ -145,8 +146,12 @@ class TokenFileWriter {
   // finish() is none, so the starts stay strictly ascending and inside the split.
   void start_document_train();
   void start_document_val();
-  // The chat format that the conversations were rendered in (TokenData::chat_template).
-  void set_chat_template(const std::string& chat_template) { chat_template_ = chat_template; }
+  // The chat format that the conversations were rendered in, and the system message put first
+  // where they had none (TokenData::chat_template, chat_system).
+  void set_chat_template(const std::string& chat_template, const std::string& chat_system = {}) {
+    chat_template_ = chat_template;
+    chat_system_ = chat_system;
+  }
   int64_t train_size() const;
   int64_t val_size() const;
   void finish();
@@ -161,7 +166,7 @@ class TokenFileWriter {
   std::string tokenizer_, tokenizer_model_, tokenizer_model_name_;
   bool masked_;
   std::string tokenizer_eos_token_;
-  std::string chat_template_;
+  std::string chat_template_, chat_system_;
   bool documents_;
   // documents_: each split's starts so far, and whether its next token starts a document.
   std::vector<int64_t> train_starts_, val_starts_;

@@ -126,10 +126,16 @@ for i in $(seq 1 20); do
 done > alpaca.jsonl
 run_ok "prepare-data --format sft of instruction pairs" "$switchyard" prepare-data --format sft \
   --input alpaca.jsonl --output alpaca.h5 --prompt-field instruction,input --response-field output \
-  --chat-template plain
+  --chat-template plain --system "Be brief."
 run_ok "inspect the instruction pairs" "$switchyard" inspect alpaca.h5
-if grep -q "^tokenizer: bytes (vocab 256), chat template plain$" stdout.txt
-then ok "pairs in a chat template record it"; else fail "inspect of the pairs"; cat stdout.txt; fi
+if grep -q '^tokenizer: bytes (vocab 256), chat template plain, system message "Be brief."$' stdout.txt
+then ok "pairs in a chat template record it and the system message"; else fail "inspect of the pairs"; cat stdout.txt; fi
+run_ok "a fine-tune on instruction pairs" "$switchyard" train tiny.yaml --set data.path=alpaca.h5 \
+  --set checkpoint.init_from=run_dp --set train.steps=1 --set run.dir=run_alpaca
+run_ok "generate --chat after --system" "$switchyard" generate --checkpoint run_alpaca --chat \
+  --prompt "Add." --tokens 2 --temperature 0
+if head -3 stdout.txt | tr '\n' '|' | grep -q '^System: Be brief.|User: Add.|Assistant:'
+then ok "generate --chat puts the fine-tune's system message first"; else fail "generate --chat's system"; cat stdout.txt; fi
 run_ok "a fine-tune on conversations" "$switchyard" train tiny.yaml --set data.path=messages.h5 \
   --set checkpoint.init_from=run_dp --set train.steps=2 --set run.dir=run_chat
 run_ok "inspect the fine-tune" "$switchyard" inspect run_chat

@@ -116,6 +116,28 @@ TEST(ChatTemplate, JinjaRendersTheConversationAsWeDo) {
                        {"prompt_messages", prompt_messages},
                        {"prompt_expected", chat_prompt("hi?", "Be brief.", chat_template)}});
     }
+    // A default system message (prepare-data --system): first where the conversation has none,
+    // and not where it has one (kConversation's own).
+    const std::string system = " Keep it short, \"it's\" \\ {{ x }} \u00e9\n";
+    const std::vector<ChatMessage> without_system(kConversation.begin() + 1, kConversation.end());
+    for (const std::vector<ChatMessage>* messages : {&kConversation, &without_system}) {
+      std::vector<ChatMessage> rendered = *messages;
+      if (rendered.front().role != "system") rendered.insert(rendered.begin(), {"system", system});
+      std::string expected;
+      for (const SftSegment& segment : render_chat(rendered, chat_template, ""))
+        expected += segment.text + (segment.trained ? eos : "");
+      nlohmann::json listed = nlohmann::json::array();
+      for (const ChatMessage& message : *messages)
+        listed.push_back({{"role", message.role}, {"content", message.content}});
+      cases.push_back(
+          {{"name", std::string(chat_template_name(chat_template)) + " with a default system"},
+           {"template", chat_template_jinja(chat_template, system)},
+           {"eos_token", eos},
+           {"messages", listed},
+           {"expected", expected},
+           {"prompt_messages", nlohmann::json::array({{{"role", "user"}, {"content", "hi?"}}})},
+           {"prompt_expected", chat_prompt("hi?", system, chat_template)}});
+    }
   }
   const std::string path = testing::TempDir() + "sy_chat_template_cases.json";
   std::ofstream(path) << cases.dump();

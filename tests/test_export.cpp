@@ -586,6 +586,7 @@ TEST_F(Export, SentencePieceTokenizerGoesAlong) {
   chat.output = (sp / "chat.h5").string();
   chat.tokenizer = options.output;
   chat.sft.chat_template = ChatTemplate::kLlama3;
+  chat.sft.system = "Answer in one line.";  // put first in each, and carried to the export
   prepare_data(chat);
   Config chat_run = c;
   chat_run.run.dir = (dir / "sp-chat").string();
@@ -593,9 +594,11 @@ TEST_F(Export, SentencePieceTokenizerGoesAlong) {
   const ExportResult chat_result = run_export(train_run(chat_run), "sp-chat-export", "bf16");
   const nlohmann::json chat_config =
       nlohmann::json::parse(read_file(dir / "sp-chat-export" / "tokenizer_config.json"));
-  EXPECT_EQ(chat_config.at("chat_template"), chat_template_jinja(ChatTemplate::kLlama3));
+  EXPECT_EQ(chat_config.at("chat_template"),
+            chat_template_jinja(ChatTemplate::kLlama3, "Answer in one line."));
   EXPECT_EQ(chat_result.notes.back(),
-            "chat template: llama3, as tokenizer_config.json's chat_template");
+            "chat template: llama3 with its system message, as tokenizer_config.json's "
+            "chat_template");
   EXPECT_FALSE(tokenizer.contains("chat_template"));
 
   run_export(moe_checkpoint, "sp-export", "bf16");  // --overwrite with a byte model

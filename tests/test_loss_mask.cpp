@@ -413,6 +413,9 @@ TEST_F(LossMaskTest, SftInstructionPairsJoinTheirPromptAndTakeTheChatTemplate) {
   EXPECT_EQ(split_text(options.output, true).first,
             "System: Be brief.\nUser: c\nAssistant: d\n\n"
             "System: Be brief.\nUser: Say hi.\nAssistant: hi\n\n");
+  EXPECT_EQ(open_token_file(options.output).chat_system, "Be brief.");  // generate's default
+  EXPECT_EQ(read_token_file(options.output).chat_system, "Be brief.");
+  EXPECT_EQ(open_token_file(path("alpaca_plain.h5")).chat_system, "");
   options.sft.system.clear();
 
   options.output = path("bad.h5");

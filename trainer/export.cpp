@@ -228,8 +228,8 @@ TokenizerSource find_tokenizer(const std::string& checkpoint_path, const Config&
 void add_chat_template(nlohmann::ordered_json& json, const TokenizerSource& source) {
   const std::string& name = source.tokenizer.chat_template;
   if (!name.empty())
-    json["chat_template"] =
-        chat_template_jinja(parse_chat_template(name, source.from + ": chat_template"));
+    json["chat_template"] = chat_template_jinja(
+        parse_chat_template(name, source.from + ": chat_template"), source.tokenizer.chat_system);
 }
 
 // LlamaTokenizer over the SentencePiece model: ours adds no BOS or EOS, so neither does it.
@@ -424,6 +424,7 @@ ExportResult export_checkpoint(const ExportOptions& options) {
   }
   if (!tokenizer.chat_template.empty())
     result.notes.push_back("chat template: " + tokenizer.chat_template +
+                           (tokenizer.chat_system.empty() ? "" : " with its system message") +
                            (tokenizer.tokenizer_model.empty()
                                 ? std::string(", not written (no tokenizer_config.json)")
                                 : ", as tokenizer_config.json's chat_template"));

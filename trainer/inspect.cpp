@@ -4,6 +4,7 @@
 #include <cinttypes>
 #include <cmath>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <system_error>
 
 #include "data/prepare.h"
@@ -34,7 +35,12 @@ std::string describe_tokenizer(const TokenData& tokenizer) {
   if (!tokenizer.chat_template.empty()) {  // sft conversations: the format they were rendered in
     TokenData without = tokenizer;
     without.chat_template.clear();
-    return describe_tokenizer(without) + ", chat template " + tokenizer.chat_template;
+    without.chat_system.clear();
+    const std::string system =
+        tokenizer.chat_system.empty()
+            ? std::string()
+            : ", system message " + nlohmann::json(tokenizer.chat_system).dump();
+    return describe_tokenizer(without) + ", chat template " + tokenizer.chat_template + system;
   }
   if (!tokenizer.tokenizer_model.empty())
     return tokenizer.tokenizer + " (" + tokenizer.tokenizer_model_name + ", vocab " +
@@ -96,6 +102,7 @@ void inspect_token_file(const std::string& path, std::FILE* out) {
   tokenizer.tokenizer_model = file.tokenizer_model;
   tokenizer.tokenizer_model_name = file.tokenizer_model_name;
   tokenizer.chat_template = file.chat_template;
+  tokenizer.chat_system = file.chat_system;
   std::fprintf(out, "tokenizer: %s\n", describe_tokenizer(tokenizer).c_str());
   std::fprintf(out, "train: %lld tokens\nval: %lld tokens\n",
                static_cast<long long>(file.train->size()),

@@ -393,7 +393,10 @@ void add_generate_command(CLI::App& app, CommandLine& line) {
                  "--prompt is a user's message: it is rendered in --chat-template up to the "
                  "assistant's turn, as prepare-data --format sft rendered the conversations")
       ->needs(prompt);
-  generate->add_option("--system", line.system_prompt, "with --chat, a system message first")
+  generate
+      ->add_option("--system", line.system_prompt,
+                   wrap("with --chat, a system message first (when not given: the one the "
+                        "fine-tuning put first, prepare-data --system, if any; \"\": none)"))
       ->type_name("TEXT");
   generate->add_option("--tokens", line.generate.tokens, "new tokens to sample")
       ->type_name("N")
@@ -730,20 +733,27 @@ std::unique_ptr<sy::Tokenizer> tokenizer_for(const std::string& checkpoint,
 }
 
 // generate --chat's format: --chat-template when given, else the one the run's fine-tuning
-// conversations were rendered in (its checkpoint carries it from the token file), else chatml.
-sy::ChatTemplate chat_template_for(const CommandLine& line, const CLI::App& given,
-                                   const std::string& checkpoint) {
+// conversations were rendered in (its checkpoint carries it from the token file), else chatml;
+// and its system message: --system when given, else the one the fine-tuning put first where a
+// conversation had none (carried likewise), else none.
+struct ChatPromptFormat {
+  sy::ChatTemplate chat_template;
+  std::string system;
+};
+ChatPromptFormat chat_format_for(const CommandLine& line, const CLI::App& given,
+                                 const std::string& checkpoint) {
   sy::TokenData stored;
   const bool carried =
       sy::read_checkpoint_tokenizer(checkpoint, stored) && !stored.chat_template.empty();
+  const std::string system = given.count("--system") ? line.system_prompt : stored.chat_system;
   if (!given.count("--chat-template") && carried)
-    return sy::parse_chat_template(stored.chat_template, checkpoint + ": chat_template");
+    return {sy::parse_chat_template(stored.chat_template, checkpoint + ": chat_template"), system};
   if (carried && stored.chat_template != line.chat_template && world_rank() == 0)
     std::fprintf(stderr,
                  "note: %s was fine-tuned on conversations in %s; the prompt is rendered in "
                  "--chat-template %s\n",
                  checkpoint.c_str(), stored.chat_template.c_str(), line.chat_template.c_str());
-  return sy::parse_chat_template(line.chat_template, "--chat-template");
+  return {sy::parse_chat_template(line.chat_template, "--chat-template"), system};
 }
 
 int cmd_generate(const CommandLine& line, const CLI::App& given) {
@@ -751,13 +761,14 @@ int cmd_generate(const CommandLine& line, const CLI::App& given) {
     throw UsageError("needs --prompt TEXT (or --prompt-ids IDS)");
   sy::GenerateOptions options = line.generate;
   if (!line.prompt_ids.empty()) options.prompt_ids = sy::parse_token_ids(line.prompt_ids);
-  if (!line.system_prompt.empty() && !line.chat) throw UsageError("--system needs --chat");
+  if (given.count("--system") && !line.chat) throw UsageError("--system needs --chat");
   if (given.count("--chat-template") && !line.chat)
     throw UsageError("--chat-template needs --chat");
   const std::string checkpoint = resolve_checkpoint_on_rank0(line.checkpoint);
-  if (line.chat)
-    options.prompt = sy::chat_prompt(options.prompt, line.system_prompt,
-                                     chat_template_for(line, given, checkpoint));
+  if (line.chat) {
+    const ChatPromptFormat format = chat_format_for(line, given, checkpoint);
+    options.prompt = sy::chat_prompt(options.prompt, format.system, format.chat_template);
+  }
   const sy::Config config = config_for(line, checkpoint);
   sy::ModelSession session = sy::make_model_session(config, sy::world_comm());
   sy::load_checkpoint(checkpoint, config, *session.model, nullptr, session.groups,
