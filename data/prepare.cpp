@@ -50,6 +50,14 @@ class ByteTokenizer : public Tokenizer {
 
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f'; }
 
+// "a, b, c" (each name quoted: "\"a\", \"b\""), for messages listing columns and members.
+std::string name_list(const std::vector<std::string>& names, bool quoted = false) {
+  std::string list;
+  for (const std::string& name : names)
+    list += (list.empty() ? "" : ", ") + (quoted ? "\"" + name + "\"" : name);
+  return list;
+}
+
 // c[a-r][0-9][0-9]: the Brown corpus text files (ca01 .. cr09); CONTENTS, README, cats.txt and
 // the package files do not match.
 bool is_brown_file_name(const std::string& name) {
@@ -338,12 +346,9 @@ class ParquetExamples {
       return;
     }
     if (!has(fields.response) && std::none_of(fields.prompt.begin(), fields.prompt.end(), has)) {
-      std::string prompt, names;
-      for (const std::string& name : fields.prompt)
-        prompt += (prompt.empty() ? "\"" : ", \"") + name + "\"";
-      for (const std::string& name : columns) names += (names.empty() ? "" : ", ") + name;
-      throw std::runtime_error(path + ": no column \"" + fields.messages + "\", nor " + prompt +
-                               " and \"" + fields.response + "\" (columns: " + names + ")");
+      throw std::runtime_error(path + ": no column \"" + fields.messages + "\", nor " +
+                               name_list(fields.prompt, true) + " and \"" + fields.response +
+                               "\" (columns: " + name_list(columns) + ")");
     }
     for (const std::string& column : fields.prompt)
       prompt_.push_back(std::make_unique<ParquetStrings>(path, column));
@@ -384,10 +389,8 @@ class ParquetExamples {
     };
     if (has("role") && has("content")) return {"role", "content"};
     if (has("from") && has("value")) return {"from", "value"};
-    std::string names;
-    for (const std::string& name : members) names += (names.empty() ? "" : ", ") + name;
-    throw std::runtime_error(path + ": column \"" + column + "\" holds messages of " + names +
-                             ", not role and content (or from and value)");
+    throw std::runtime_error(path + ": column \"" + column + "\" holds messages of " +
+                             name_list(members) + ", not role and content (or from and value)");
   }
 
   std::string path_;
