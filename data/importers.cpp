@@ -366,8 +366,11 @@ SftExample sft_example(const JsonlLine& line, const SftFields& fields, const std
     std::vector<std::string> prompt_parts;
     for (const std::string& field : fields.prompt)
       prompt_parts.push_back(std::move(string_member(object, field, path, at)));
+    std::string system;
+    if (!fields.system_field.empty())
+      system = std::move(string_member(object, fields.system_field, path, at));
     return sft_pair(prompt_parts, std::move(string_member(object, fields.response, path, at)),
-                    fields, path + ": " + at);
+                    std::move(system), fields, path + ": " + at);
   }
   if (!listed->is_array() || listed->empty())
     throw file_error(path, at + "field \"segments\" is not a non-empty array");
@@ -393,13 +396,16 @@ SftExample sft_conversation(std::vector<ChatMessage> messages, const SftFields& 
 }
 
 SftExample sft_pair(const std::vector<std::string>& prompt_parts, std::string response,
-                    const SftFields& fields, const std::string& at) {
+                    std::string system, const SftFields& fields, const std::string& at) {
   std::string prompt;
   for (const std::string& part : prompt_parts)
     if (!part.empty()) prompt += (prompt.empty() ? "" : "\n\n") + part;
-  if (fields.pairs_in_template)
-    return sft_conversation({{"user", std::move(prompt)}, {kAssistantRole, std::move(response)}},
-                            fields, at);
+  if (fields.pairs_in_template) {
+    std::vector<ChatMessage> messages = {{"user", std::move(prompt)},
+                                         {kAssistantRole, std::move(response)}};
+    if (!system.empty()) messages.insert(messages.begin(), {"system", std::move(system)});
+    return sft_conversation(std::move(messages), fields, at);
+  }
   return {{{std::move(prompt), false}, {std::move(response), true}}, false};
 }
 

@@ -59,6 +59,9 @@ struct SftFields {
   bool pairs_in_template = false;
   // Not empty: a system message put first in every conversation without one (sft_conversation).
   std::string system;
+  // Not empty (with pairs_in_template): the member holding a pair's own system message
+  // (OpenOrca's system_prompt); an empty one leaves `system` to stand.
+  std::string system_field;
 };
 struct SftExample {
   std::vector<SftSegment> segments;
@@ -73,11 +76,11 @@ SftExample sft_conversation(std::vector<ChatMessage> messages, const SftFields& 
 
 // An example of a prompt (not trained on) and its response (trained on). `prompt_parts` are the
 // values of fields.prompt, in order: those not empty are joined by a blank line ("\n\n"). In
-// fields.chat_template when fields.pairs_in_template, as the conversation user: prompt,
-// assistant: response (sft_conversation); else the two segments as they are. `at` starts a
-// render_chat error.
+// fields.chat_template when fields.pairs_in_template, as the conversation system: `system` (when
+// not empty; the value of fields.system_field), user: prompt, assistant: response
+// (sft_conversation); else the two segments as they are. `at` starts a render_chat error.
 SftExample sft_pair(const std::vector<std::string>& prompt_parts, std::string response,
-                    const SftFields& fields, const std::string& at);
+                    std::string system, const SftFields& fields, const std::string& at);
 
 // Throws "--format F needs --vocab-size in [1, L], got N": L is 65536 for nanogpt (uint16
 // files), 2^31 for megatron.

@@ -353,6 +353,8 @@ class ParquetExamples {
     for (const std::string& column : fields.prompt)
       prompt_.push_back(std::make_unique<ParquetStrings>(path, column));
     response_ = std::make_unique<ParquetStrings>(path, fields.response);
+    if (!fields.system_field.empty())
+      system_ = std::make_unique<ParquetStrings>(path, fields.system_field);
   }
   int64_t rows() const { return conversations_ ? conversations_->rows() : response_->rows(); }
   // Whether the rows are rendered in fields.chat_template.
@@ -367,13 +369,17 @@ class ParquetExamples {
         messages.push_back({canonical_role(std::move(record[0])), std::move(record[1])});
       segments = sft_conversation(std::move(messages), fields_, at).segments;
     } else {
-      std::string response;
+      std::string response, system;
       if (!response_->next(response)) return false;
+      const auto ended = [&](const std::string& column) {
+        return std::runtime_error(path_ + ": column \"" + column + "\" ends at row " +
+                                  std::to_string(row_) + ", before \"" + fields_.response + "\"");
+      };
       for (size_t k = 0; k < prompt_.size(); k++)
-        if (!prompt_[k]->next(prompt_parts_[k]))
-          throw std::runtime_error(path_ + ": column \"" + fields_.prompt[k] + "\" ends at row " +
-                                   std::to_string(row_) + ", before \"" + fields_.response + "\"");
-      segments = sft_pair(prompt_parts_, std::move(response), fields_, at).segments;
+        if (!prompt_[k]->next(prompt_parts_[k])) throw ended(fields_.prompt[k]);
+      if (system_ && !system_->next(system)) throw ended(fields_.system_field);
+      segments =
+          sft_pair(prompt_parts_, std::move(response), std::move(system), fields_, at).segments;
     }
     row_++;
     return true;
@@ -397,7 +403,7 @@ class ParquetExamples {
   const SftFields& fields_;
   std::unique_ptr<ParquetRecordLists> conversations_;  // or the prompt's and response's columns
   std::vector<std::unique_ptr<ParquetStrings>> prompt_;
-  std::unique_ptr<ParquetStrings> response_;
+  std::unique_ptr<ParquetStrings> response_, system_;  // system_: fields.system_field's, if any
   std::vector<std::vector<std::string>> records_;
   std::vector<std::string> prompt_parts_ = std::vector<std::string>(fields_.prompt.size());
   int64_t row_ = 0;

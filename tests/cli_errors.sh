@@ -88,6 +88,7 @@ expect 2 "--format: html not in {brown,text,jsonl,sft,parquet,nanogpt,megatron}"
 expect 2 "--chat-template: jinja not in {chatml,llama3,plain}" "$switchyard" prepare-data --format sft --chat-template jinja
 expect 2 "--prompt-field: an empty name in \"instruction,\"" "$switchyard" prepare-data --format sft --prompt-field instruction,
 expect 2 "--system needs --chat-template" "$switchyard" prepare-data --format sft --system "Be brief."
+expect 2 "--system-field needs --chat-template" "$switchyard" prepare-data --format sft --system-field system_prompt
 expect 2 "generate: --chat-template needs --chat" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --chat-template plain
 expect 2 "generate: --system needs --chat" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --system y
 expect 2 "--chat requires --prompt" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --chat --prompt-ids 1

@@ -416,6 +416,22 @@ TEST_F(LossMaskTest, SftInstructionPairsJoinTheirPromptAndTakeTheChatTemplate) {
   EXPECT_EQ(open_token_file(options.output).chat_system, "Be brief.");  // generate's default
   EXPECT_EQ(read_token_file(options.output).chat_system, "Be brief.");
   EXPECT_EQ(open_token_file(path("alpaca_plain.h5")).chat_system, "");
+
+  // --system-field: a pair's own system message (OpenOrca's system_prompt), else --system's.
+  {
+    std::ofstream out(input);
+    out << R"({"instruction": "a", "input": "", "output": "b", "system_prompt": "Own."})"
+        << "\n"
+        << R"({"instruction": "c", "input": "", "output": "d", "system_prompt": ""})"
+        << "\n";
+  }
+  options.sft.system_field = "system_prompt";
+  options.val_fraction = 0.5;
+  options.output = path("orca.h5");
+  prepare_data(options);
+  EXPECT_EQ(split_text(options.output, false).first, "System: Own.\nUser: a\nAssistant: b\n\n");
+  EXPECT_EQ(split_text(options.output, true).first, "System: Be brief.\nUser: c\nAssistant: d\n\n");
+  options.sft.system_field.clear();
   options.sft.system.clear();
 
   options.output = path("bad.h5");

@@ -312,14 +312,15 @@ TEST_F(ParquetTest, PrepareDataSftReadsConversationsAsJsonlMessages) {
 // An instruction dataset's shards (Alpaca's instruction, input and output string columns) read
 // as the same rows in JSON lines are, in row groups and pages that the columns do not share.
 TEST_F(ParquetTest, PrepareDataSftReadsInstructionColumnsAsJsonlPairs) {
-  std::vector<std::string> instruction, input, output;
+  std::vector<std::string> instruction, input, output, system;
   std::string jsonl;
   for (int r = 0; r < 50; r++) {
     instruction.push_back("do " + std::to_string(r) + std::string(r % 5, 'i'));
     input.push_back(r % 3 ? "with " + std::string(r % 11, 'n') : "");
     output.push_back("done " + std::to_string(r) + std::string(r % 13, 'o'));
+    system.push_back(r % 4 ? "be terse " + std::to_string(r) : "");
     jsonl += "{\"instruction\": \"" + instruction.back() + "\", \"input\": \"" + input.back() +
-             "\", \"output\": \"" + output.back() + "\"}\n";
+             "\", \"output\": \"" + output.back() + "\", \"sys\": \"" + system.back() + "\"}\n";
   }
   write("alpaca.jsonl", jsonl);
   test::ParquetLayout layout;
@@ -329,7 +330,8 @@ TEST_F(ParquetTest, PrepareDataSftReadsInstructionColumnsAsJsonlPairs) {
   layout.codec = parquet_codec_available("zstd") ? "zstd" : "none";
   write("shards/a.parquet",
         test::parquet_columns_file(
-            {{"instruction", instruction}, {"output", output}, {"input", input}}, layout));
+            {{"instruction", instruction}, {"output", output}, {"sys", system}, {"input", input}},
+            layout));
   PrepareOptions from_jsonl;
   from_jsonl.format = "sft";
   from_jsonl.inputs = {path("alpaca.jsonl")};
@@ -339,6 +341,10 @@ TEST_F(ParquetTest, PrepareDataSftReadsInstructionColumnsAsJsonlPairs) {
   for (const bool in_template : {false, true}) {
     SCOPED_TRACE(in_template);
     from_jsonl.sft.pairs_in_template = in_template;
+    if (in_template) {  // each row's own system message, else the default
+      from_jsonl.sft.system_field = "sys";
+      from_jsonl.sft.system = "Default.";
+    }
     const PrepareStats expected_stats = prepare_data(from_jsonl);
     PrepareOptions options = from_jsonl;
     options.inputs = {path("shards")};
@@ -368,6 +374,7 @@ TEST_F(ParquetTest, PrepareDataSftReadsInstructionColumnsAsJsonlPairs) {
   }
 
   PrepareOptions options = from_jsonl;
+  options.sft.system_field.clear();
   options.output = path("bad.h5");
   options.inputs = {write("text.parquet", test::parquet_file(instruction))};
   test::expect_error([&] { prepare_data(options); },

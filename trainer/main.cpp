@@ -60,6 +60,7 @@ struct CommandLine {
   std::string chat_template = "chatml";  // prepare-data sft, generate
   bool chat = false;                     // generate --chat
   std::string system_prompt;             // generate --system, prepare-data --system
+  std::string system_field;              // prepare-data sft
   int64_t vocab_size = 0;
   double val_fraction = 0.05;
   int prepare_threads = 0;
@@ -250,6 +251,12 @@ void add_prepare_data_command(CLI::App& app, CommandLine& line) {
                    wrap("sft, with --chat-template: a system message put first in every "
                         "conversation that has none, and in every prompt/response pair"))
       ->type_name("TEXT");
+  prepare
+      ->add_option("--system-field", line.system_field,
+                   wrap("sft, with --chat-template: the member (column) that holds a "
+                        "prompt/response pair's own system message (OpenOrca's system_prompt); "
+                        "an empty one leaves --system's"))
+      ->type_name("NAME");
   prepare
       ->add_option("--vocab-size", line.vocab_size,
                    wrap("nanogpt, megatron (required): the vocabulary; a token id at or above it "
@@ -593,9 +600,11 @@ int cmd_prepare_data(const CommandLine& line, const CLI::App& given) {
   options.sft.messages = line.messages_field;
   options.sft.chat_template = sy::parse_chat_template(line.chat_template, "--chat-template");
   options.sft.pairs_in_template = given.count("--chat-template") > 0;
-  if (given.count("--system") && !options.sft.pairs_in_template)
-    throw UsageError("--system needs --chat-template");
+  for (const char* option : {"--system", "--system-field"})
+    if (given.count(option) && !options.sft.pairs_in_template)
+      throw UsageError(std::string(option) + " needs --chat-template");
   options.sft.system = line.system_prompt;
+  options.sft.system_field = line.system_field;
   options.vocab_size = line.vocab_size;
   options.threads = line.prepare_threads;
   // A large corpus takes minutes: a line on stderr every 30 s says it is moving.
