@@ -110,8 +110,15 @@ size_t piece_length(std::string_view text, size_t piece_bytes) {
   return end > 0 ? end : piece_bytes;
 }
 
-EncodedPiece encode_piece(const Tokenizer& tokenizer, bool is_val, const std::string& text) {
-  return {false, is_val, tokenizer.encode(text), {}, static_cast<int64_t>(text.size())};
+// A piece that `continues` the text before it in its document and split is encoded as a
+// continuation (no SentencePiece dummy prefix), so that the pieces decode to the document.
+EncodedPiece encode_piece(const Tokenizer& tokenizer, bool is_val, bool continues,
+                          const std::string& text) {
+  return {false,
+          is_val,
+          continues ? tokenizer.encode_continuation(text) : tokenizer.encode(text),
+          {},
+          static_cast<int64_t>(text.size())};
 }
 
 // A whole document (a jsonl line's): a start, then its text in pieces as TextEncoder cuts them.
@@ -119,9 +126,10 @@ void encode_document(const Tokenizer& tokenizer, std::string_view text, int64_t 
                      bool is_val, Encoded& encoded) {
   encoded.push_back({true, is_val, {}, {}, 0});
   const size_t limit = static_cast<size_t>(piece_bytes);
-  while (!text.empty()) {
+  for (bool continues = false; !text.empty(); continues = true) {
     const size_t length = text.size() >= limit ? piece_length(text, limit) : text.size();
-    encoded.push_back(encode_piece(tokenizer, is_val, std::string(text.substr(0, length))));
+    encoded.push_back(
+        encode_piece(tokenizer, is_val, continues, std::string(text.substr(0, length))));
     text.remove_prefix(length);
   }
 }
@@ -129,8 +137,9 @@ void encode_document(const Tokenizer& tokenizer, std::string_view text, int64_t 
 // Streamed text (brown, text) to tokens in bounded memory. Each document's text (in each split)
 // is handed to the tokenizer in pieces of about piece_bytes, cut after a newline where the piece
 // has one: the bytes tokenizer gives the same tokens whatever the cut; SentencePiece gives the
-// tokens of encoding the whole document whenever it is at most piece_bytes (docs/data.md). Each
-// piece is a task of `tasks`.
+// tokens of encoding the whole document whenever it is at most piece_bytes, and past that differs
+// only where a cut splits what would be one token (docs/data.md). Each piece is a task of
+// `tasks`; the first of a document and of the validation split is encoded as a text of its own.
 class TextEncoder {
  public:
   TextEncoder(const Tokenizer& tokenizer, EncodingTasks& tasks, int64_t piece_bytes)
@@ -140,6 +149,7 @@ class TextEncoder {
     if (is_val && !in_val_) {
       submit_piece(false, pending_.size());
       in_val_ = true;
+      continues_ = false;
     }
     pending_.append(text);
     while (static_cast<int64_t>(pending_.size()) >= piece_bytes_)
@@ -151,6 +161,7 @@ class TextEncoder {
   void start_document(bool is_val) {
     submit_piece(in_val_, pending_.size());
     in_val_ = in_val_ || is_val;
+    continues_ = false;
     tasks_.submit(0, [is_val = in_val_] { return Encoded{{true, is_val, {}, {}, 0}}; });
   }
   void finish() { submit_piece(in_val_, pending_.size()); }
@@ -160,10 +171,12 @@ class TextEncoder {
   void submit_piece(bool is_val, size_t length) {
     if (length == 0) return;
     tasks_.submit(static_cast<int64_t>(length),
-                  [&tokenizer = tokenizer_, is_val, text = pending_.substr(0, length)] {
-                    return Encoded{encode_piece(tokenizer, is_val, text)};
+                  [&tokenizer = tokenizer_, is_val, continues = continues_,
+                   text = pending_.substr(0, length)] {
+                    return Encoded{encode_piece(tokenizer, is_val, continues, text)};
                   });
     pending_.erase(0, length);
+    continues_ = true;
   }
 
   const Tokenizer& tokenizer_;
@@ -171,6 +184,7 @@ class TextEncoder {
   int64_t piece_bytes_;
   std::string pending_;
   bool in_val_ = false;
+  bool continues_ = false;  // the next piece follows text of its document and split
 };
 
 // Progress lines of a long preparation: note() is cheap enough to call per document, and hands
@@ -426,11 +440,14 @@ bool sft_reads_parquet(const std::vector<std::string>& inputs) {
 
 // An example: a document start and one piece, its tokens and their mask. Each segment is encoded
 // apart, so no token straddles what is and is not trained; each trained one is followed by `end`.
+// Segments after the first continue the example's text (no second SentencePiece dummy prefix).
 EncodedPiece encode_example(const Tokenizer& tokenizer, const std::vector<SftSegment>& segments,
                             const std::vector<int32_t>& end, bool is_val) {
   EncodedPiece example{true, is_val, {}, {}, 0};
   for (const SftSegment& segment : segments) {
-    const std::vector<int32_t> encoded = tokenizer.encode(segment.text);
+    const std::vector<int32_t> encoded = example.tokens.empty()
+                                             ? tokenizer.encode(segment.text)
+                                             : tokenizer.encode_continuation(segment.text);
     example.tokens.insert(example.tokens.end(), encoded.begin(), encoded.end());
     if (segment.trained) example.tokens.insert(example.tokens.end(), end.begin(), end.end());
     example.mask.resize(example.tokens.size(), segment.trained ? 1 : 0);
@@ -477,8 +494,9 @@ PrepareStats prepare_sft(const PrepareOptions& options, const Tokenizer& tokeniz
   stats.documents = examples;
   stats.val_documents = examples - train_examples;
 
-  const std::vector<int32_t> end =
-      tokenizer.eos_id() >= 0 ? std::vector<int32_t>{tokenizer.eos_id()} : tokenizer.encode("\n");
+  const std::vector<int32_t> end = tokenizer.eos_id() >= 0
+                                       ? std::vector<int32_t>{tokenizer.eos_id()}
+                                       : tokenizer.encode_continuation("\n");
   TokenFileWriter writer(options.output, stats.vocab_size, stats.tokenizer, tokenizer.model(),
                          tokenizer.model_name(), /*masked=*/true, tokenizer.stored_eos_token(),
                          /*documents=*/true);

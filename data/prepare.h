@@ -21,6 +21,13 @@ class Tokenizer {
   virtual int64_t vocab_size() const = 0;
   // Called from several threads at once (prepare-data encodes pieces in parallel).
   virtual std::vector<int32_t> encode(const std::string& text) const = 0;
+  // `text` where it follows other text of the same sequence (a segment after the first, a piece
+  // of a long document after the first): what encoding the whole sequence gives from there, as
+  // far as a token boundary at the join allows. SentencePiece leaves out the dummy prefix (the
+  // space it puts before a text's first word); the others encode as encode() does.
+  virtual std::vector<int32_t> encode_continuation(const std::string& text) const {
+    return encode(text);
+  }
   virtual std::string decode(const std::vector<int32_t>& tokens) const = 0;  // throws on bad ids
   // The serialized model a token file stores with its tokens (data/tokenizer.h), and the file
   // name it came from; both empty for a tokenizer that needs no model (bytes).

@@ -5,8 +5,10 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
+#include <string_view>
 #include <system_error>
 #include <unordered_map>
 
@@ -20,6 +22,84 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// A varint of protobuf's wire format at `at`, which it moves past; nullopt past the end.
+std::optional<uint64_t> read_varint(std::string_view bytes, size_t& at) {
+  uint64_t value = 0;
+  for (int shift = 0; at < bytes.size() && shift < 64; shift += 7) {
+    const auto byte = static_cast<unsigned char>(bytes[at++]);
+    value |= uint64_t{byte & 0x7Fu} << shift;
+    if (!(byte & 0x80u)) return value;
+  }
+  return std::nullopt;
+}
+
+// Calls field(number, value) for each varint field of a serialized message, and
+// message(number, bytes) for each length-delimited one; false when the bytes are not a message.
+template <typename VarintField, typename BytesField>
+bool for_each_field(std::string_view bytes, VarintField field, BytesField message) {
+  size_t at = 0;
+  while (at < bytes.size()) {
+    const std::optional<uint64_t> key = read_varint(bytes, at);
+    if (!key) return false;
+    const uint64_t number = *key >> 3;
+    switch (*key & 7) {
+      case 0: {  // varint
+        const std::optional<uint64_t> value = read_varint(bytes, at);
+        if (!value) return false;
+        field(number, *value);
+        break;
+      }
+      case 1:  // 64-bit
+      case 5:  // 32-bit
+        at += (*key & 7) == 1 ? 8 : 4;
+        break;
+      case 2: {  // length-delimited
+        const std::optional<uint64_t> length = read_varint(bytes, at);
+        if (!length || *length > bytes.size() - at) return false;
+        message(number, bytes.substr(at, *length));
+        at += *length;
+        break;
+      }
+      default:  // groups, long deprecated, and nothing else exists
+        return false;
+    }
+  }
+  return at == bytes.size();
+}
+
+// The NormalizerSpec flags that decide how SentencePiece encodes text that follows other text:
+// sentencepiece_model.proto's ModelProto.normalizer_spec (field 3) and its add_dummy_prefix (3)
+// and remove_extra_whitespaces (4), both true unless the model says otherwise. Several
+// normalizer_spec fields merge, as protobuf merges a message field that occurs more than once.
+struct WhitespaceRules {
+  bool add_dummy_prefix = true;
+  bool remove_extra_whitespaces = true;
+};
+constexpr uint64_t kNormalizerSpecField = 3, kAddDummyPrefixField = 3,
+                   kRemoveExtraWhitespacesField = 4;
+
+WhitespaceRules whitespace_rules(std::string_view model_bytes, const std::string& source) {
+  WhitespaceRules rules;
+  const auto normalizer_field = [&](uint64_t number, uint64_t value) {
+    if (number == kAddDummyPrefixField) rules.add_dummy_prefix = value != 0;
+    if (number == kRemoveExtraWhitespacesField) rules.remove_extra_whitespaces = value != 0;
+  };
+  bool normalizer_parsed = true;
+  const bool parsed = for_each_field(
+      model_bytes, [](uint64_t, uint64_t) {},
+      [&](uint64_t number, std::string_view message) {
+        if (number == kNormalizerSpecField)
+          normalizer_parsed =
+              normalizer_parsed &&
+              for_each_field(message, normalizer_field, [](uint64_t, std::string_view) {});
+      });
+  if (!parsed || !normalizer_parsed)
+    throw std::runtime_error(source +
+                             ": not a SentencePiece model (its normalizer_spec cannot "
+                             "be read)");
+  return rules;
+}
+
 class SentencePieceTokenizer : public Tokenizer {
  public:
   SentencePieceTokenizer(const std::string& model_bytes, const std::string& source)
@@ -29,6 +109,7 @@ class SentencePieceTokenizer : public Tokenizer {
       throw std::runtime_error(source + ": not a SentencePiece model (" + status.ToString() + ")");
     vocab_size_ = processor_.GetPieceSize();
     if (vocab_size_ < 1) throw std::runtime_error(source + ": SentencePiece model has no pieces");
+    load_continuation_processor();
   }
   std::string name() const override { return kSentencePieceTokenizer; }
   int64_t vocab_size() const override { return vocab_size_; }
@@ -36,11 +117,10 @@ class SentencePieceTokenizer : public Tokenizer {
   std::string model_name() const override { return fs::path(source_).filename().string(); }
   int32_t eos_id() const override { return processor_.eos_id(); }
   std::vector<int32_t> encode(const std::string& text) const override {
-    std::vector<int> ids;
-    const auto status = processor_.Encode(text, &ids);
-    if (!status.ok())
-      throw std::runtime_error(source_ + ": cannot encode: " + status.ToString());
-    return std::vector<int32_t>(ids.begin(), ids.end());
+    return encode_with(processor_, text);
+  }
+  std::vector<int32_t> encode_continuation(const std::string& text) const override {
+    return encode_with(continuation_ ? *continuation_ : processor_, text);
   }
   std::string decode(const std::vector<int32_t>& tokens) const override {
     for (size_t k = 0; k < tokens.size(); k++)
@@ -56,7 +136,34 @@ class SentencePieceTokenizer : public Tokenizer {
   }
 
  private:
+  std::vector<int32_t> encode_with(const sentencepiece::SentencePieceProcessor& processor,
+                                   const std::string& text) const {
+    std::vector<int> ids;
+    const auto status = processor.Encode(text, &ids);
+    if (!status.ok()) throw std::runtime_error(source_ + ": cannot encode: " + status.ToString());
+    return std::vector<int32_t>(ids.begin(), ids.end());
+  }
+
+  // A model that adds a dummy prefix and keeps whitespace as it is (ours, Llama's and Mistral's)
+  // encodes a whole sequence with one "▁" before its first word; the same model without the
+  // prefix encodes what follows a join as the whole would (transformers' Llama tokenizer, not
+  // in legacy mode, does the same). Appending a second normalizer_spec that sets
+  // add_dummy_prefix false makes that model. A model that removes extra whitespace drops the
+  // spaces at a join's ends whatever we do; there the prefix stands in for them, so it keeps it.
+  void load_continuation_processor() {
+    const WhitespaceRules rules = whitespace_rules(model_bytes_, source_);
+    if (!rules.add_dummy_prefix || rules.remove_extra_whitespaces) return;
+    // Field 3 (length-delimited, 2 bytes) holding field 3 (varint) = 0.
+    const std::string without_prefix = model_bytes_ + std::string("\x1a\x02\x18\x00", 4);
+    continuation_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
+    const auto status = continuation_->LoadFromSerializedProto(without_prefix);
+    if (!status.ok())
+      throw std::runtime_error(source_ + ": cannot load the model without its dummy prefix (" +
+                               status.ToString() + ")");
+  }
+
   sentencepiece::SentencePieceProcessor processor_;
+  std::unique_ptr<sentencepiece::SentencePieceProcessor> continuation_;  // null: processor_'s
   std::string model_bytes_, source_;
   int64_t vocab_size_ = 0;
 };

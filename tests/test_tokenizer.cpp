@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "data/chat_template.h"
 #include "data/prepare.h"
 #include "data/token_file.h"
 #include "data/tokenizer.h"
@@ -275,6 +276,62 @@ TEST_F(TokenizerTest, ThreadCountDoesNotChangeTheTokens) {
   EXPECT_EQ(results[1].train, results[0].train);
   EXPECT_EQ(results[1].val, results[0].val);
   EXPECT_GT(results[0].train.size(), 100u);
+  // Cut into pieces of about 200 bytes, the text still decodes exactly: the pieces after a
+  // split's first continue it, without a second dummy prefix.
+  const std::unique_ptr<Tokenizer> tokenizer = tokenizer_from_option(model_path);
+  EXPECT_EQ(tokenizer->decode(results[0].train) + tokenizer->decode(results[0].val), corpus_text());
+}
+
+// Text that follows other text of the same sequence (docs/data.md, SentencePiece tokenizers):
+// encoded without the dummy prefix, it gives what encoding the whole gives, where the join falls
+// on a token boundary (before a space, at a user-defined symbol), and decodes to the whole text
+// wherever it falls. Encoded as a text of its own, it would start with a space of its own.
+TEST_F(TokenizerTest, ContinuationsEncodeAsTheWholeTextWould) {
+  for (const char* model_type : {"bpe", "unigram"}) {
+    SCOPED_TRACE(model_type);
+    SentencePieceTrainOptions options;
+    options.inputs = {(dir / "corpus.txt").string()};
+    options.vocab_size = kVocab;
+    options.model_type = model_type;
+    options.user_defined_symbols = {"<|im_start|>", "<|im_end|>"};
+    options.output = (dir / "chat.model").string();
+    train_sentencepiece(options);
+    const std::unique_ptr<Tokenizer> tokenizer = tokenizer_from_option(options.output);
+    const std::vector<std::pair<std::string, std::string>> joins{
+        {"kaex telda", " sunlo rogat."},
+        {"<|im_start|>user\nkaex", "<|im_end|>\n<|im_start|>assistant\n"},
+        {"<|im_start|>assistant\n", "<|im_end|> telda"}};
+    for (const auto& [first, second] : joins) {
+      SCOPED_TRACE(second);
+      std::vector<int32_t> ids = tokenizer->encode(first);
+      const std::vector<int32_t> continuation = tokenizer->encode_continuation(second);
+      ids.insert(ids.end(), continuation.begin(), continuation.end());
+      EXPECT_EQ(ids, tokenizer->encode(first + second));
+      EXPECT_EQ(tokenizer->decode(ids), first + second);
+      EXPECT_NE(tokenizer->encode(second), continuation) << "a text of its own has the prefix";
+    }
+    // Anywhere, even inside a word: the ids differ from the whole's, the text does not.
+    const std::string text = "kaex telda\nsunlo, rogat.";
+    for (size_t cut = 1; cut < text.size(); ++cut) {
+      std::vector<int32_t> ids = tokenizer->encode(text.substr(0, cut));
+      const std::vector<int32_t> rest = tokenizer->encode_continuation(text.substr(cut));
+      ids.insert(ids.end(), rest.begin(), rest.end());
+      EXPECT_EQ(tokenizer->decode(ids), text) << "cut at " << cut;
+    }
+  }
+  // The same model with a second normalizer_spec (fields merge) that removes extra whitespace:
+  // the spaces at a part's ends are dropped, so a continuation keeps its prefix in their place.
+  const std::string model = read_bytes(dir / "chat.model");
+  const std::unique_ptr<Tokenizer> normalizing =
+      load_sentencepiece(model + std::string("\x1a\x02\x20\x01", 4), "normalizing.model");
+  EXPECT_EQ(normalizing->encode_continuation("telda"), normalizing->encode("telda"));
+  EXPECT_EQ(normalizing->decode(normalizing->encode("kaex  telda ")), "kaex telda");
+  // And one without a dummy prefix at all encodes a continuation as any text.
+  const std::unique_ptr<Tokenizer> unprefixed =
+      load_sentencepiece(model + std::string("\x1a\x02\x18\x00", 4), "unprefixed.model");
+  EXPECT_EQ(unprefixed->encode(" telda"),
+            tokenizer_from_option((dir / "chat.model").string())->encode_continuation(" telda"));
+  EXPECT_EQ(unprefixed->encode_continuation("telda"), unprefixed->encode("telda"));
 }
 
 TEST_F(TokenizerTest, TrainingErrorsNameTheProblem) {
@@ -326,8 +383,9 @@ TEST_F(TokenizerTest, PrepareDataStoresTheModelInTheTokenFile) {
 }
 
 // prepare-data --format sft with a SentencePiece model (docs/data.md, "Loss masks"): each
-// example is the prompt and the response encoded apart, then EOS; the mask is 1 on the response
-// and EOS only.
+// example is the prompt and the response encoded apart (the response continuing the prompt's
+// text), then EOS; the mask is 1 on the response and EOS only, and the example decodes to the
+// prompt and the response as they are.
 TEST_F(TokenizerTest, SftExamplesEndWithTheModelsEos) {
   const std::string model_path = train_tokenizer();
   const std::unique_ptr<Tokenizer> tokenizer = tokenizer_from_option(model_path);
@@ -351,7 +409,7 @@ TEST_F(TokenizerTest, SftExamplesEndWithTheModelsEos) {
   std::vector<uint8_t> expected_mask;
   for (size_t e = 0; e < 2; ++e) {
     const std::vector<int32_t> prompt = tokenizer->encode(examples[e].first);
-    const std::vector<int32_t> response = tokenizer->encode(examples[e].second);
+    const std::vector<int32_t> response = tokenizer->encode_continuation(examples[e].second);
     expected.insert(expected.end(), prompt.begin(), prompt.end());
     expected.insert(expected.end(), response.begin(), response.end());
     expected.push_back(tokenizer->eos_id());
@@ -366,9 +424,61 @@ TEST_F(TokenizerTest, SftExamplesEndWithTheModelsEos) {
   opened.train->read_mask(0, opened.train->size(), mask.data());
   EXPECT_EQ(tokens, expected);
   EXPECT_EQ(mask, expected_mask);
+  // Each example decodes alone (decoded together, the second would start with its prefix's
+  // space); EOS decodes to nothing.
+  const size_t first_length = tokenizer->encode(examples[0].first).size() +
+                              tokenizer->encode_continuation(examples[0].second).size() + 1;
+  EXPECT_EQ(tokenizer->decode({tokens.begin(), tokens.begin() + first_length}),
+            examples[0].first + examples[0].second);
+  EXPECT_EQ(tokenizer->decode({tokens.begin() + first_length, tokens.end()}),
+            examples[1].first + examples[1].second);
   EXPECT_EQ(stats.train_targets,
             static_cast<int64_t>(std::count(expected_mask.begin(), expected_mask.end(), 1)));
   EXPECT_EQ(opened.tokenizer_model, read_bytes(model_path));
+}
+
+// A conversation in ChatML with a SentencePiece model that keeps its markers whole: the example
+// is its rendering's segments, each after the first continuing the text, so it decodes to the
+// rendering exactly (no space before a marker or an answer; EOS decodes to nothing) and holds
+// each marker once a turn.
+TEST_F(TokenizerTest, ChatExamplesDecodeToTheirRendering) {
+  SentencePieceTrainOptions training;
+  training.inputs = {(dir / "corpus.txt").string()};
+  training.vocab_size = kVocab;
+  training.user_defined_symbols = {"<|im_start|>", "<|im_end|>"};
+  training.output = (dir / "chat.model").string();
+  train_sentencepiece(training);
+  const std::unique_ptr<Tokenizer> tokenizer = tokenizer_from_option(training.output);
+  const std::string input = (dir / "chat.jsonl").string();
+  std::ofstream(input) << R"({"messages": [{"role": "user", "content": "kaex telda?"}, )"
+                       << R"({"role": "assistant", "content": "sunlo rogat."}, )"
+                       << R"({"role": "user", "content": "caf"}, )"
+                       << R"({"role": "assistant", "content": " telda"}]})"
+                       << "\n"
+                       << R"({"messages": [{"role": "user", "content": "x"}, )"
+                       << R"({"role": "assistant", "content": "y"}]})"
+                       << "\n";
+  PrepareOptions options;
+  options.inputs = {input};
+  options.format = "sft";
+  options.output = (dir / "chat.h5").string();
+  options.tokenizer = training.output;
+  options.val_fraction = 0.5;  // the second conversation
+  options.sft.chat_template = ChatTemplate::kChatml;
+  prepare_data(options);
+  const TokenData data = read_token_file(options.output);
+  const std::vector<SftSegment> segments = render_chat({{"user", "kaex telda?"},
+                                                        {"assistant", "sunlo rogat."},
+                                                        {"user", "caf"},
+                                                        {"assistant", " telda"}},
+                                                       ChatTemplate::kChatml, "");
+  std::string rendering;
+  for (const SftSegment& segment : segments) rendering += segment.text;
+  EXPECT_EQ(tokenizer->decode(data.train), rendering);
+  EXPECT_EQ(std::count(data.train.begin(), data.train.end(), tokenizer->eos_id()), 2);
+  const int32_t start = tokenizer->encode_continuation("<|im_start|>").at(0);
+  EXPECT_EQ(tokenizer->encode_continuation("<|im_start|>").size(), 1u);
+  EXPECT_EQ(std::count(data.train.begin(), data.train.end(), start), 4);
 }
 
 TEST_F(TokenizerTest, ModelVocabularyBelowTheDataIsRefusedNamingBoth) {
