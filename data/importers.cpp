@@ -292,6 +292,14 @@ std::string& string_member(nlohmann::json& object, const std::string& field,
   return member->get_ref<std::string&>();
 }
 
+// The same for a member that may be null (a prompt member, a system message): null is "".
+std::string nullable_string_member(nlohmann::json& object, const std::string& field,
+                                   const std::string& path, const std::string& at) {
+  const auto member = object.find(field);
+  if (member != object.end() && member->is_null()) return {};
+  return std::move(string_member(object, field, path, at));
+}
+
 // The messages of a conversation: each {"role", "content"} or ShareGPT's {"from", "value"}.
 std::vector<ChatMessage> chat_messages(nlohmann::json& listed, const std::string& field,
                                        const std::string& path, const std::string& at) {
@@ -365,10 +373,10 @@ SftExample sft_example(const JsonlLine& line, const SftFields& fields, const std
                                  "\" or \"segments\"");
     std::vector<std::string> prompt_parts;
     for (const std::string& field : fields.prompt)
-      prompt_parts.push_back(std::move(string_member(object, field, path, at)));
+      prompt_parts.push_back(nullable_string_member(object, field, path, at));
     std::string system;
     if (!fields.system_field.empty())
-      system = std::move(string_member(object, fields.system_field, path, at));
+      system = nullable_string_member(object, fields.system_field, path, at);
     return sft_pair(prompt_parts, std::move(string_member(object, fields.response, path, at)),
                     std::move(system), fields, path + ": " + at);
   }

@@ -42,17 +42,9 @@ struct ParquetStrings::State {
   std::optional<LeafPages> pages;
   size_t row_group = 0;  // the next one to start
   int64_t row = 0;       // rows handed out
-  LeafPage page;         // the data page being read, its values handed out in order
-  size_t value_index = 0;
-
-  // A null fails the page it is in, as soon as that page is read.
-  void refuse_nulls() const {
-    if (!optional) return;
-    for (size_t k = 0; k < page.entries; k++)
-      if (page.definition[k] == 0)
-        file.fail("row " + std::to_string(row + static_cast<int64_t>(k)) + ": \"" + column_name +
-                  "\" is null");
-  }
+  LeafPage page;         // the data page being read, its rows handed out in order
+  size_t entry_index = 0;  // its next row (a value, or a null)
+  size_t value_index = 0;  // its next value
 };
 
 ParquetStrings::ParquetStrings(const std::string& path, const std::string& column)
@@ -82,24 +74,35 @@ ParquetStrings::~ParquetStrings() = default;
 
 int64_t ParquetStrings::rows() const { return state_->file.rows(); }
 
-bool ParquetStrings::next(std::string& value) {
+bool ParquetStrings::next(std::optional<std::string>& value) {
   State& s = *state_;
-  while (s.value_index == s.page.values()) {
+  while (s.entry_index == s.page.entries) {
     if (!s.pages->started() || s.pages->chunk_done()) {
       if (s.row_group == s.file.meta.row_groups.size()) return false;
       s.pages->start(s.file.meta.row_groups[s.row_group].columns[s.column], s.row_group);
       s.row_group++;
       s.page = LeafPage();
-      s.value_index = 0;
+      s.entry_index = s.value_index = 0;
       continue;
     }
-    if (s.pages->read_page(s.page)) {
-      s.value_index = 0;
-      s.refuse_nulls();
-    }
+    if (s.pages->read_page(s.page)) s.entry_index = s.value_index = 0;
   }
-  value = s.page.take(s.value_index++);
+  const bool null = s.optional && s.page.definition[s.entry_index] == 0;
+  s.entry_index++;
+  // A page decodes one value for each entry that is not null (LeafPages::read_page).
+  if (null) value.reset();
+  else value = s.page.take(s.value_index++);
   s.row++;
+  return true;
+}
+
+bool ParquetStrings::next(std::string& value) {
+  std::optional<std::string> maybe;
+  if (!next(maybe)) return false;
+  if (!maybe)
+    state_->file.fail("row " + std::to_string(state_->row - 1) + ": \"" + state_->column_name +
+                      "\" is null");
+  value = std::move(*maybe);
   return true;
 }
 

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,8 +24,11 @@ class ParquetStrings {
 
   // The rows of the file (its footer's count).
   int64_t rows() const;
-  // The next row's value, in file order; false after the last. Throws "<path>: row N: ..." for a
-  // null value, and "<path>: ..." for damaged pages.
+  // The next row's value, in file order, nullopt for a null; false after the last. Throws
+  // "<path>: ..." for damaged pages.
+  bool next(std::optional<std::string>& value);
+  // The same for a column that must hold a value in every row: throws "<path>: row N: ..." for a
+  // null.
   bool next(std::string& value);
 
  private:

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <stdexcept>
 #include <string_view>
 #include <system_error>
@@ -389,9 +390,16 @@ class ParquetExamples {
         return std::runtime_error(path_ + ": column \"" + column + "\" ends at row " +
                                   std::to_string(row_) + ", before \"" + fields_.response + "\"");
       };
-      for (size_t k = 0; k < prompt_.size(); k++)
-        if (!prompt_[k]->next(prompt_parts_[k])) throw ended(fields_.prompt[k]);
-      if (system_ && !system_->next(system)) throw ended(fields_.system_field);
+      // A null prompt member or system message is an empty one, as in a JSON line.
+      std::optional<std::string> value;
+      for (size_t k = 0; k < prompt_.size(); k++) {
+        if (!prompt_[k]->next(value)) throw ended(fields_.prompt[k]);
+        prompt_parts_[k] = value ? std::move(*value) : std::string();
+      }
+      if (system_) {
+        if (!system_->next(value)) throw ended(fields_.system_field);
+        system = value ? std::move(*value) : std::string();
+      }
       segments =
           sft_pair(prompt_parts_, std::move(response), std::move(system), fields_, at).segments;
     }

@@ -99,6 +99,8 @@ struct ParquetLayout {
   std::string column = "text";
   bool optional = false;       // definition levels
   std::vector<size_t> nulls;   // rows written as null (optional only)
+  // parquet_columns_file: the rows written as null in the named column, instead of `nulls`
+  std::map<std::string, std::vector<size_t>> column_nulls;
   // plain; dictionary: RLE_DICTIONARY over a dictionary page; delta_length:
   // DELTA_LENGTH_BYTE_ARRAY; delta: DELTA_BYTE_ARRAY; int64: PLAIN 8-byte values (the values
   // are their bytes)
@@ -554,8 +556,11 @@ inline std::string parquet_columns_file(
     groups.push_back({last - first, {id}});
     for (const auto& [name, values] : columns) {
       ParquetColumnChunk text{6, {name}, codec, {}};
-      file += parquet_text_chunk(values, first, last, layout, static_cast<int64_t>(file.size()),
-                                 text.chunk);
+      ParquetLayout column_layout = layout;
+      if (const auto nulls = layout.column_nulls.find(name); nulls != layout.column_nulls.end())
+        column_layout.nulls = nulls->second;
+      file += parquet_text_chunk(values, first, last, column_layout,
+                                 static_cast<int64_t>(file.size()), text.chunk);
       groups.back().columns.push_back(text);
     }
     if (last == rows) break;
