@@ -66,12 +66,15 @@ class TokenizerTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir); }
 
-  std::string train_tokenizer(const std::string& model_type = "bpe") const {
+  // tok.model, or with `symbols` (a chat format's markers) chat.model.
+  std::string train_tokenizer(const std::string& model_type = "bpe",
+                              const std::vector<std::string>& symbols = {}) const {
     SentencePieceTrainOptions options;
     options.inputs = {(dir / "corpus.txt").string()};
     options.vocab_size = kVocab;
     options.model_type = model_type;
-    options.output = (dir / "tok.model").string();
+    options.user_defined_symbols = symbols;
+    options.output = (dir / (symbols.empty() ? "tok.model" : "chat.model")).string();
     EXPECT_EQ(train_sentencepiece(options), kVocab);
     return options.output;
   }
@@ -289,14 +292,8 @@ TEST_F(TokenizerTest, ThreadCountDoesNotChangeTheTokens) {
 TEST_F(TokenizerTest, ContinuationsEncodeAsTheWholeTextWould) {
   for (const char* model_type : {"bpe", "unigram"}) {
     SCOPED_TRACE(model_type);
-    SentencePieceTrainOptions options;
-    options.inputs = {(dir / "corpus.txt").string()};
-    options.vocab_size = kVocab;
-    options.model_type = model_type;
-    options.user_defined_symbols = {"<|im_start|>", "<|im_end|>"};
-    options.output = (dir / "chat.model").string();
-    train_sentencepiece(options);
-    const std::unique_ptr<Tokenizer> tokenizer = tokenizer_from_option(options.output);
+    const std::unique_ptr<Tokenizer> tokenizer =
+        tokenizer_from_option(train_tokenizer(model_type, {"<|im_start|>", "<|im_end|>"}));
     const std::vector<std::pair<std::string, std::string>> joins{
         {"kaex telda", " sunlo rogat."},
         {"<|im_start|>user\nkaex", "<|im_end|>\n<|im_start|>assistant\n"},
@@ -442,13 +439,8 @@ TEST_F(TokenizerTest, SftExamplesEndWithTheModelsEos) {
 // rendering exactly (no space before a marker or an answer; EOS decodes to nothing) and holds
 // each marker once a turn.
 TEST_F(TokenizerTest, ChatExamplesDecodeToTheirRendering) {
-  SentencePieceTrainOptions training;
-  training.inputs = {(dir / "corpus.txt").string()};
-  training.vocab_size = kVocab;
-  training.user_defined_symbols = {"<|im_start|>", "<|im_end|>"};
-  training.output = (dir / "chat.model").string();
-  train_sentencepiece(training);
-  const std::unique_ptr<Tokenizer> tokenizer = tokenizer_from_option(training.output);
+  const std::string model_path = train_tokenizer("bpe", {"<|im_start|>", "<|im_end|>"});
+  const std::unique_ptr<Tokenizer> tokenizer = tokenizer_from_option(model_path);
   const std::string input = (dir / "chat.jsonl").string();
   std::ofstream(input) << R"({"messages": [{"role": "user", "content": "kaex telda?"}, )"
                        << R"({"role": "assistant", "content": "sunlo rogat."}, )"
@@ -462,7 +454,7 @@ TEST_F(TokenizerTest, ChatExamplesDecodeToTheirRendering) {
   options.inputs = {input};
   options.format = "sft";
   options.output = (dir / "chat.h5").string();
-  options.tokenizer = training.output;
+  options.tokenizer = model_path;
   options.val_fraction = 0.5;  // the second conversation
   options.sft.chat_template = ChatTemplate::kChatml;
   prepare_data(options);
