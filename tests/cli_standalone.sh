@@ -78,6 +78,13 @@ run_fails "eval without its token file says which data.path and how to name anot
   "$switchyard" eval --checkpoint run_dp
 run_ok "eval --set data.path=moved/tokens.h5" "$switchyard" eval --checkpoint run_dp --set data.path=moved/tokens.h5
 same_val_loss "eval with the token file moved" "$(val_loss_of run_dp/metrics.jsonl)" 0
+run_ok "eval at another model.seq_len" "$switchyard" eval --checkpoint run_dp \
+  --set data.path=moved/tokens.h5 --set model.seq_len=8
+if grep -q "^note: model.seq_len 8, the checkpoint's run 16$" stderr.txt; then
+  ok "eval at another length says so"
+else
+  fail "eval's note on model.seq_len"; cat stderr.txt
+fi
 mv moved/tokens.h5 .
 
 # ---- supervised fine-tuning: prepare-data --format sft, the loss on the responses only ----------

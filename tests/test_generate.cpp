@@ -44,6 +44,29 @@ TEST(Generate, LogitsAtAPositionIgnoreLaterTokens) {
   EXPECT_THROW(f.model->logits_at(a, 1, 0, 12), std::runtime_error);
 }
 
+// generate runs the model at the length of the prompt and the tokens asked for (main.cpp's
+// generation_config): the same model at a shorter seq_len gives the same logits at every position
+// it holds, so the same tokens, dropless.
+TEST(Generate, AShorterModelGeneratesTheSameTokens) {
+  Fixture f;
+  TransformerOptions options = f.model->options();
+  options.model.seq_len = 8;
+  Transformer shorter(*f.backend, options, f.exchange.get());
+  const std::vector<Param*> from = f.model->params(), to = shorter.params();
+  ASSERT_EQ(from.size(), to.size());
+  for (size_t k = 0; k < from.size(); ++k) f.backend->copy(to[k]->value, from[k]->value);
+  shorter.refresh_compute_weights();
+  std::vector<int32_t> window(12, 0), short_window(8, 0);
+  for (int i = 0; i < 8; ++i) window[i] = short_window[i] = 'c' + 3 * i;
+  for (int position : {0, 3, 7})
+    EXPECT_EQ(shorter.logits_at(short_window, 1, 0, position),
+              f.model->logits_at(window, 1, 0, position));
+  for (const double temperature : {0.0, 1.5}) {
+    const GenerateOptions fits{"the", 5, temperature, 3, {}};
+    EXPECT_EQ(generate(shorter, *f.bytes, fits), generate(*f.model, *f.bytes, fits));
+  }
+}
+
 TEST(Generate, GreedyIsDeterministicAndSamplingFollowsTheSeed) {
   Fixture f;
   GenerateOptions greedy{"the experts", 30, 0.0, 1, {}};

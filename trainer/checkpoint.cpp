@@ -588,6 +588,12 @@ CheckpointHeader load_upcycled(const std::string& path, const Config& config, Tr
 
 }  // namespace
 
+Config with_saved_seq_len(Config config, const std::string& saved_config) {
+  const std::string saved_seq_len = checkpoint_config_value(saved_config, "model.seq_len");
+  if (!saved_seq_len.empty()) config.model.seq_len = std::stoll(saved_seq_len);
+  return config;
+}
+
 InitPoint init_from_checkpoint(const std::string& argument, const Config& config,
                                Transformer& model, ProcessGroups& groups, Backend& backend) {
   Communicator& world = *groups.world;
@@ -606,12 +612,9 @@ InitPoint init_from_checkpoint(const std::string& argument, const Config& config
   agree_or_throw(world, problem);
   point.path = world.all_gather_host(point.path)[0];
 
-  // The checkpoint's own sequence length stands in for the run's in the comparison of keys.
   Config as_saved = config;
   try {
-    const std::string saved_seq_len =
-        checkpoint_config_value(read_checkpoint_header(point.path).config, "model.seq_len");
-    if (!saved_seq_len.empty()) as_saved.model.seq_len = std::stoll(saved_seq_len);
+    as_saved = with_saved_seq_len(config, read_checkpoint_header(point.path).config);
   } catch (const std::exception& error) {
     problem = key + point.path + ": " + error.what();
   }

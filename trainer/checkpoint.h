@@ -110,6 +110,12 @@ ResumePoint resume_from(const std::string& resume, const std::string& dir, const
                         Transformer& model, Optimizer* optimizer, ProcessGroups& groups,
                         Backend& backend);
 
+// `config` with model.seq_len as the checkpoint's run had it (`saved_config`: the checkpoint's
+// `config` attribute; unchanged where it does not say), for comparing the keys that shape the
+// model while the model runs at another length: no parameter depends on model.seq_len (rotary
+// positions are computed, not learned). checkpoint.init_from, eval and generate load so.
+Config with_saved_seq_len(Config config, const std::string& saved_config);
+
 // `checkpoint.init_from`: a fresh run's starting point taken from another checkpoint.
 struct InitPoint {
   std::string path;  // the checkpoint file loaded

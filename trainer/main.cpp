@@ -765,6 +765,25 @@ ChatPromptFormat chat_format_for(const CommandLine& line, const CLI::App& given,
   return {sy::parse_chat_template(line.chat_template, "--chat-template"), system};
 }
 
+// `config` as the checkpoint's run had model.seq_len (sy::with_saved_seq_len): eval and generate
+// load a checkpoint into a model of another length. Collective over the world.
+sy::Config with_checkpoint_seq_len(const sy::Config& config, const std::string& checkpoint) {
+  return sy::with_saved_seq_len(
+      config, from_rank0([&] { return sy::read_checkpoint_header(checkpoint).config; }));
+}
+
+// generate's model: model.seq_len cut to the prompt and the tokens asked for. Each token is a
+// forward over the whole length, and an imported model's seq_len is its max_position_embeddings
+// (32768 for Mixtral, 131072 for Llama 3.1), while the logits at a position do not depend on the
+// positions after it (but through capacity, where moe.capacity_factor > 0: docs/model.md).
+sy::Config generation_config(sy::Config config, int64_t prompt_tokens,
+                             const sy::GenerateOptions& options) {
+  if (prompt_tokens > 0)
+    config.model.seq_len =
+        std::min(config.model.seq_len, prompt_tokens + std::max<int64_t>(options.tokens, 0));
+  return config;
+}
+
 int cmd_generate(const CommandLine& line, const CLI::App& given) {
   if (line.generate.prompt.empty() && line.prompt_ids.empty())
     throw UsageError("needs --prompt TEXT (or --prompt-ids IDS)");
@@ -779,9 +798,31 @@ int cmd_generate(const CommandLine& line, const CLI::App& given) {
     options.prompt = sy::chat_prompt(options.prompt, format.system, format.chat_template);
   }
   const sy::Config config = config_for(line, checkpoint);
-  sy::ModelSession session = sy::make_model_session(config, sy::world_comm());
-  sy::load_checkpoint(checkpoint, config, *session.model, nullptr, session.groups,
-                      *session.backend);
+  std::unique_ptr<sy::Tokenizer> tokenizer;
+  std::string problem;
+  if (options.prompt_ids.empty()) {
+    try {
+      tokenizer = tokenizer_for(checkpoint, config);
+      // A prompt token at or above model.vocab_size would index past the embedding.
+      if (tokenizer->vocab_size() > config.model.vocab_size)
+        throw std::runtime_error(
+            checkpoint + ": the tokenizer's vocabulary " + std::to_string(tokenizer->vocab_size()) +
+            " is larger than model.vocab_size " + std::to_string(config.model.vocab_size));
+    } catch (const std::exception& error) {
+      problem = error.what();
+    }
+  }
+  // The prompt's length in tokens on rank 0, for every rank to build the same model (0 where rank
+  // 0 has no tokenizer: its problem is raised on every rank below).
+  const int64_t prompt_tokens = std::stoll(from_rank0([&] {
+    if (!options.prompt_ids.empty()) return std::to_string(options.prompt_ids.size());
+    return std::to_string(tokenizer ? tokenizer->encode(options.prompt).size() : 0);
+  }));
+  sy::ModelSession session =
+      sy::make_model_session(generation_config(config, prompt_tokens, options), sy::world_comm());
+  sy::agree_or_throw(*session.groups.world, problem);
+  sy::load_checkpoint(checkpoint, with_checkpoint_seq_len(config, checkpoint), *session.model,
+                      nullptr, session.groups, *session.backend);
   if (!options.prompt_ids.empty()) {
     const std::vector<int32_t> ids =
         sy::generate_ids(*session.model, options.prompt_ids, config.model.vocab_size, options);
@@ -791,20 +832,6 @@ int cmd_generate(const CommandLine& line, const CLI::App& given) {
     }
     return 0;
   }
-  std::unique_ptr<sy::Tokenizer> tokenizer;
-  std::string problem;
-  try {
-    tokenizer = tokenizer_for(checkpoint, config);
-    // A prompt token at or above model.vocab_size would index past the embedding.
-    if (tokenizer->vocab_size() > config.model.vocab_size)
-      throw std::runtime_error(checkpoint + ": the tokenizer's vocabulary " +
-                               std::to_string(tokenizer->vocab_size()) +
-                               " is larger than model.vocab_size " +
-                               std::to_string(config.model.vocab_size));
-  } catch (const std::exception& error) {
-    problem = error.what();
-  }
-  sy::agree_or_throw(*session.groups.world, problem);
   const std::string text = sy::generate(*session.model, *tokenizer, options);
   if (session.groups.rank() == 0) std::printf("%s\n", text.c_str());
   return 0;
@@ -828,12 +855,19 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
   sy::ModelSession session = sy::make_model_session(config, sy::world_comm());
   std::string loaded = "none (fresh initialisation)";
   if (!checkpoint.empty()) {
-    const sy::LoadResult result = sy::load_checkpoint(checkpoint, config, *session.model, nullptr,
+    // --set model.seq_len evaluates at another length (an imported model's is its longest).
+    const sy::Config as_saved = with_checkpoint_seq_len(config, checkpoint);
+    const sy::LoadResult result = sy::load_checkpoint(checkpoint, as_saved, *session.model, nullptr,
                                                       session.groups, *session.backend);
     loaded = checkpoint;
-    if (session.groups.rank() == 0)
+    if (session.groups.rank() == 0) {
       for (const std::string& warning : result.diff.warnings)
         std::fprintf(stderr, "warning: changed since the checkpoint: %s\n", warning.c_str());
+      if (as_saved.model.seq_len != config.model.seq_len)
+        std::fprintf(stderr, "note: model.seq_len %lld, the checkpoint's run %lld\n",
+                     static_cast<long long>(config.model.seq_len),
+                     static_cast<long long>(as_saved.model.seq_len));
+    }
   }
   sy::TokenData data, stored;
   sy::ValidationSet val;
