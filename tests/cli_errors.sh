@@ -59,7 +59,7 @@ declare -A options=(
   [prepare-data]="--input --format --output --tokenizer =corpora/brown.h5 =brown =bytes"
   [train]="CONFIG --resume --set"
   [eval]="CONFIG --checkpoint --batches --set"
-  [generate]="CONFIG --checkpoint --prompt --prompt-ids --chat --chat-template --system --tokens --temperature --seed --set =200 =0.8"
+  [generate]="CONFIG --checkpoint --prompt --prompt-ids --chat --chat-template --system --tokens --temperature --top-k --top-p --seed --set =200 =0.8"
   [inspect]="CHECKPOINT"
   [plot]="RUN_DIR --output"
   [check-config]="CONFIG --set"
@@ -83,6 +83,8 @@ expect 2 "unexpected argument 'other.yaml'" "$switchyard" check-config tiny.yaml
 expect 2 "train needs CONFIG" "$switchyard" train
 expect 2 "--tokens: expected a non-negative integer, got '-1'" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --tokens -1
 expect 2 "--temperature: expected a number, got 'warm'" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --temperature warm
+expect 1 "--top-p: must be in (0, 1]" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --top-p 1.5
+expect_ok "" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt "line 1" --tokens 5 --top-k 4 --top-p 0.9
 expect 2 "--batches needs a value" "$switchyard" eval tiny.yaml --batches
 expect 2 "--format: html not in {brown,text,jsonl,sft,parquet,nanogpt,megatron}" "$switchyard" prepare-data --format html
 expect 2 "--chat-template: jinja not in {chatml,llama3,plain}" "$switchyard" prepare-data --format sft --chat-template jinja

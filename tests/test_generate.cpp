@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "data/prepare.h"
 #include "parallel/local_exchange.h"
@@ -112,10 +113,74 @@ TEST(Generate, IdsContinueAsTheirText) {
   }
 }
 
+// Calls check(logits, token) for each token of `ids` after the prompt's, with the logits it was
+// drawn from (prompt and tokens within the fixture's seq_len 12: no sliding window).
+template <typename Check>
+void for_each_draw(Fixture& f, const std::vector<int32_t>& ids, size_t prompt_size, Check check) {
+  for (size_t at = prompt_size; at < ids.size(); ++at) {
+    std::vector<int32_t> window(12, 0);
+    std::copy(ids.begin(), ids.begin() + static_cast<int64_t>(at), window.begin());
+    SCOPED_TRACE(at);
+    check(f.model->logits_at(window, 1, 0, static_cast<int64_t>(at) - 1), ids[at]);
+  }
+}
+
+// Top-k and top-p (nucleus) sampling: every drawn token is among the k most likely at its
+// position, or in the nucleus, one token kept either way is greedy decoding, and keeping all
+// changes nothing.
+TEST(Generate, TopKAndTopPDrawFromTheMostLikely) {
+  Fixture f;
+  const std::vector<int32_t> prompt = f.bytes->encode("ab");
+  const std::vector<int32_t> greedy = generate_ids(*f.model, prompt, 256, {"", 10, 0.0, 4, {}});
+  for (const int64_t top_k : {1, 3}) {
+    SCOPED_TRACE(top_k);
+    for (const uint64_t seed : {1, 2, 3}) {
+      GenerateOptions options{"", 10, 3.0, seed, {}};
+      options.top_k = top_k;
+      const std::vector<int32_t> ids = generate_ids(*f.model, prompt, 256, options);
+      if (top_k == 1) EXPECT_EQ(ids, greedy);
+      for_each_draw(f, ids, prompt.size(), [&](const std::vector<double>& logits, int32_t token) {
+        EXPECT_LT(std::count_if(logits.begin(), logits.end(),
+                                [&](double logit) { return logit > logits[token]; }),
+                  top_k);
+      });
+    }
+  }
+  // The nucleus of 0.5 at temperature 3: the tokens more likely than the drawn one hold less
+  // than half the probability.
+  GenerateOptions nucleus{"", 10, 3.0, 5, {}};
+  nucleus.top_p = 0.5;
+  for_each_draw(f, generate_ids(*f.model, prompt, 256, nucleus), prompt.size(),
+                [&](const std::vector<double>& logits, int32_t token) {
+                  double total = 0.0, above = 0.0;
+                  for (const double logit : logits) {
+                    const double weight = std::exp(logit / 3.0);
+                    total += weight;
+                    if (logit > logits[token]) above += weight;
+                  }
+                  EXPECT_LT(above, 0.5 * total);
+                });
+  nucleus.top_p = 1e-9;  // the most likely token alone reaches it
+  EXPECT_EQ(generate_ids(*f.model, prompt, 256, nucleus), greedy);
+  GenerateOptions all{"", 10, 3.0, 5, {}};
+  const std::vector<int32_t> unfiltered = generate_ids(*f.model, prompt, 256, all);
+  all.top_k = 256;
+  all.top_p = 1.0;
+  EXPECT_EQ(generate_ids(*f.model, prompt, 256, all), unfiltered);
+}
+
 TEST(Generate, BadOptions) {
   Fixture f;
   EXPECT_THROW(generate(*f.model, *f.bytes, {"", 5, 1.0, 0, {}}), std::runtime_error);
   EXPECT_THROW(generate(*f.model, *f.bytes, {"x", 5, -1.0, 0, {}}), std::runtime_error);
+  GenerateOptions options{"x", 5, 1.0, 0, {}};
+  options.top_k = -1;
+  EXPECT_THROW(generate(*f.model, *f.bytes, options), std::runtime_error);
+  options.top_k = 0;
+  for (const double top_p : {0.0, -0.5, 1.5}) {
+    options.top_p = top_p;
+    EXPECT_THROW(generate(*f.model, *f.bytes, options), std::runtime_error) << top_p;
+  }
 }
 
 }  // namespace

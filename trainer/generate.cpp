@@ -14,15 +14,38 @@ namespace {
 
 constexpr uint64_t kSampleDomain = 0x5A3B'1E00'0000'0003ull;  // apart from init and data streams
 
+// The ids of `weights` outside top-k and top-p (GenerateOptions) get weight 0. Ranked by weight,
+// ties to the lower id, so that the same logits always keep the same tokens.
+void keep_top(std::vector<double>& weights, int64_t top_k, double top_p) {
+  const int64_t n = static_cast<int64_t>(weights.size());
+  std::vector<int64_t> ranked(n);
+  for (int64_t i = 0; i < n; ++i) ranked[i] = i;
+  std::stable_sort(ranked.begin(), ranked.end(),
+                   [&](int64_t a, int64_t b) { return weights[a] > weights[b]; });
+  int64_t kept = top_k > 0 ? std::min(top_k, n) : n;
+  if (top_p < 1.0) {
+    double total = 0.0, sum = 0.0;
+    for (int64_t r = 0; r < kept; ++r) total += weights[ranked[r]];
+    int64_t r = 0;
+    while (r < kept && sum < top_p * total) sum += weights[ranked[r++]];
+    kept = std::max<int64_t>(r, 1);
+  }
+  for (int64_t r = kept; r < n; ++r) weights[ranked[r]] = 0.0;
+}
+
 // A token from softmax(logits / temperature) over the tokenizer's vocabulary (the model's may be
-// larger: ids the tokenizer cannot decode are never drawn).
-int32_t sample(const std::vector<double>& logits, int64_t vocab, double temperature, double u) {
+// larger: ids the tokenizer cannot decode are never drawn), after top-k and top-p.
+int32_t sample(const std::vector<double>& logits, int64_t vocab, const GenerateOptions& options,
+               double u) {
   const int64_t n = std::min<int64_t>(vocab, static_cast<int64_t>(logits.size()));
   const int64_t best = std::max_element(logits.begin(), logits.begin() + n) - logits.begin();
-  if (temperature <= 0.0) return static_cast<int32_t>(best);
+  if (options.temperature <= 0.0) return static_cast<int32_t>(best);
   std::vector<double> weights(n);
+  for (int64_t i = 0; i < n; ++i)
+    weights[i] = std::exp((logits[i] - logits[best]) / options.temperature);
+  if (options.top_k > 0 || options.top_p < 1.0) keep_top(weights, options.top_k, options.top_p);
   double total = 0.0;
-  for (int64_t i = 0; i < n; ++i) total += weights[i] = std::exp((logits[i] - logits[best]) / temperature);
+  for (int64_t i = 0; i < n; ++i) total += weights[i];
   double threshold = u * total;
   for (int64_t i = 0; i < n; ++i) {
     threshold -= weights[i];
@@ -39,6 +62,9 @@ std::vector<int32_t> generate_ids(Transformer& model, std::vector<int32_t> promp
   if (options.tokens < 0) throw std::runtime_error("--tokens: must be >= 0");
   if (!(options.temperature >= 0.0) || !std::isfinite(options.temperature))
     throw std::runtime_error("--temperature: must be a finite number >= 0");
+  if (options.top_k < 0) throw std::runtime_error("--top-k: must be >= 0");
+  if (!(options.top_p > 0.0 && options.top_p <= 1.0))
+    throw std::runtime_error("--top-p: must be in (0, 1]");
   const int64_t model_vocab = model.options().model.vocab_size;
   for (const int32_t id : prompt)
     if (id < 0 || id >= model_vocab)
@@ -53,7 +79,7 @@ std::vector<int32_t> generate_ids(Transformer& model, std::vector<int32_t> promp
     const int64_t length = std::min<int64_t>(S, static_cast<int64_t>(prompt.size()));
     std::copy(prompt.end() - length, prompt.end(), window.begin());
     const std::vector<double> logits = model.logits_at(window, 1, 0, length - 1);
-    prompt.push_back(sample(logits, vocab, options.temperature, rng.uniform()));
+    prompt.push_back(sample(logits, vocab, options, rng.uniform()));
     if (prompt.back() == stop_id) break;
   }
   return prompt;

@@ -19,6 +19,11 @@ struct GenerateOptions {
   // The prompt as token ids instead (--prompt-ids): for a model whose tokenizer we cannot run
   // (an import of a model with a tokenizer.json only). Non-empty: `prompt` is not used.
   std::vector<int32_t> prompt_ids;
+  // What a sampled token is drawn from, in this order (as transformers' generate filters): the
+  // top_k most likely tokens (0: all), then the fewest most likely of those whose probabilities
+  // after temperature sum to top_p at least (1: all). Greedy decoding ignores both.
+  int64_t top_k = 0;
+  double top_p = 1.0;
 };
 
 // The prompt followed by the sampled continuation, up to the tokenizer's end-of-sequence token

@@ -416,6 +416,19 @@ void add_generate_command(CLI::App& app, CommandLine& line) {
       ->type_name("T")
       ->check(kNumber)
       ->capture_default_str();
+  generate
+      ->add_option("--top-k", line.generate.top_k,
+                   "sample from the K most likely tokens only (0: all)")
+      ->type_name("K")
+      ->check(kCount)
+      ->capture_default_str();
+  generate
+      ->add_option("--top-p", line.generate.top_p,
+                   "then from the fewest most likely tokens whose probabilities sum to P at "
+                   "least (nucleus sampling; 1: all)")
+      ->type_name("P")
+      ->check(kNumber)
+      ->capture_default_str();
   generate->add_option("--seed", line.generate.seed, "the sampling stream (same seed, same text)")
       ->type_name("S")
       ->check(kCount)
