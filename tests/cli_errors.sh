@@ -94,6 +94,7 @@ expect 2 "--system-field needs --chat-template" "$switchyard" prepare-data --for
 expect 2 "generate: --chat-template needs --chat" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --chat-template plain
 expect 2 "generate: --system needs --chat" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --system y
 expect 2 "--chat requires --prompt" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --chat --prompt-ids 1
+expect 2 "plot: several runs need --output DIR" "$switchyard" plot run_a run_b
 # A compressed input cut short (gzip is on every Debian machine): refused, and no token file.
 for i in 1 2 3; do echo "{\"text\": \"document $i\"}"; done | gzip -c | head -c 30 > cut.jsonl.gz
 expect 1 "cut.jsonl.gz: gzip data ends early" "$switchyard" prepare-data --format jsonl --input cut.jsonl.gz --output cut.h5

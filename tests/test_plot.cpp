@@ -422,6 +422,44 @@ TEST(Plot, KeepsTheDroppedChartWhenAnyStepDropped) {
                                                       (run.path / "dropped.png").string()}));
 }
 
+// Several runs side by side (plot_runs): a line per run on each comparison chart, named by the
+// run (the folders as given where two names are the same), and a chart no run has data for
+// skipped.
+TEST(Plot, ComparesRunsSideBySide) {
+  TempDir moe, dense, same_name, out;
+  moe.write("metrics.jsonl", old_step_line(1, "[[0.5, 0.5]]") + old_step_line(2, "[[0.75, 0.25]]") +
+                                 "{\"step\": 2, \"val_loss\": 4.75}\n");
+  moe.write("config.yaml", "name: moe\nseed: 1\n");
+  dense.write("metrics.jsonl", old_step_line(1, "[]") + old_step_line(2, "[]") +
+                                   old_step_line(3, "[]") + "{\"step\": 3, \"val_loss\": 4.5}\n");
+  dense.write("config.yaml", "name: dense\nseed: 1\n");
+  EXPECT_EQ(error_of([&] { plot_runs({moe.path.string()}, out.path.string()); }),
+            "plot_runs: needs two runs or more");
+  if (find_gnuplot().empty())
+    GTEST_SKIP() << "gnuplot is not installed (apt-get install gnuplot-nox)";
+  const fs::path charts = out.path / "compare";
+  const PlotResult result = plot_runs({moe.path.string(), dense.path.string()}, charts.string());
+  EXPECT_TRUE(result.skipped.empty()) << result.skipped.front();
+  std::vector<std::string> expected;
+  for (const char* name : {"val_loss", "lm_loss", "tokens_per_s"})
+    expected.push_back((charts / ("compare_" + std::string(name) + ".png")).string());
+  ASSERT_EQ(result.written, expected);
+  for (const std::string& png : result.written) {
+    EXPECT_TRUE(starts_with_png_signature(png)) << png;
+    EXPECT_EQ(png_size(png), (std::pair<uint32_t, uint32_t>{900, 500})) << png;
+  }
+  // Without eval lines in either run, the val_loss chart is skipped; two runs of one name draw
+  // (their legend shows the folders instead).
+  moe.write("metrics.jsonl", old_step_line(1, "[[0.5, 0.5]]"));
+  same_name.write("metrics.jsonl", old_step_line(1, "[]"));
+  same_name.write("config.yaml", "name: moe\nseed: 1\n");
+  const PlotResult without_evals =
+      plot_runs({moe.path.string(), same_name.path.string()}, charts.string());
+  EXPECT_EQ(without_evals.written.size(), 2u);
+  ASSERT_EQ(without_evals.skipped.size(), 1u);
+  EXPECT_EQ(without_evals.skipped[0], "compare_val_loss.png: no run has a finite val_loss");
+}
+
 TEST(Plot, AMissingGnuplotSaysWhatToInstall) {
   TempDir run;
   fs::copy_file(kFixture, run.path / "metrics.jsonl");

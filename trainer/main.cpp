@@ -71,7 +71,7 @@ struct CommandLine {
   int64_t batches = 0;      // eval --batches: deprecated, eval.batches
   sy::GenerateOptions generate;
   std::string prompt_ids;   // generate --prompt-ids, parsed in cmd_generate
-  std::string run_dir;      // plot
+  std::vector<std::string> run_dirs;  // plot
   std::string plot_output;  // plot; "" is RUN_DIR
   sy::SentencePieceTrainOptions tokenizer_train;  // tokenizer train
   sy::ExportOptions export_options;  // export (CHECKPOINT goes to checkpoint)
@@ -496,10 +496,15 @@ void add_import_command(CLI::App& app, CommandLine& line) {
 
 void add_plot_command(CLI::App& app, CommandLine& line) {
   CLI::App* plot = app.add_subcommand(
-      "plot", "render RUN_DIR/metrics.jsonl as PNG charts with gnuplot: loss, expert load per "
-              "MoE layer, drops, balance (docs/plot.md)");
-  plot->add_option("RUN_DIR", line.run_dir, "a run folder (run.dir)")->required()->type_name("DIR");
-  plot->add_option("--output", line.plot_output, "where the PNGs go [default: RUN_DIR]")
+      "plot",
+      "render RUN_DIR/metrics.jsonl as PNG charts with gnuplot: loss, expert load per "
+      "MoE layer, drops, balance; of several runs, their losses and throughput side by "
+      "side (docs/plot.md)");
+  plot->add_option("RUN_DIR", line.run_dirs, "a run folder (run.dir), or several to compare")
+      ->required()
+      ->type_name("DIR");
+  plot->add_option("--output", line.plot_output,
+                   "where the PNGs go [default: RUN_DIR; needed for several runs]")
       ->type_name("DIR");
 }
 
@@ -1030,8 +1035,12 @@ int cmd_import(const CommandLine& line) {
 int cmd_plot(const CommandLine& line, const CLI::App& given) {
   if (given.count("--output") && line.plot_output.empty())
     throw UsageError("--output: expected a folder");
+  if (line.run_dirs.size() > 1 && line.plot_output.empty())
+    throw UsageError("several runs need --output DIR (where the comparison charts go)");
   return on_rank0("plot", [&] {
-    const sy::PlotResult result = sy::plot_run(line.run_dir, line.plot_output);
+    const sy::PlotResult result = line.run_dirs.size() > 1
+                                      ? sy::plot_runs(line.run_dirs, line.plot_output)
+                                      : sy::plot_run(line.run_dirs.front(), line.plot_output);
     for (const std::string& png : result.written) std::printf("wrote %s\n", png.c_str());
     for (const std::string& why : result.skipped) std::printf("skipped %s\n", why.c_str());
   });

@@ -517,6 +517,41 @@ bool is_png(const fs::path& path) {
   return in.read(head, 8) && std::memcmp(head, kSignature, 8) == 0;
 }
 
+// plot_runs: each run's history, its name in the legend, and its data file.
+struct ComparedRun {
+  MetricsHistory history;
+  std::string name;
+  std::string steps, evals;  // gnuplot-quoted paths: "# step lm_loss tokens_per_s", eval.dat
+};
+
+// One line per run that has a finite value of the column, coloured by the run's index.
+Chart comparison_chart(const std::vector<ComparedRun>& runs, const std::string& file,
+                       const std::string& what, const std::string& ylabel,
+                       const std::vector<double> MetricsHistory::*series, bool evals, int column) {
+  std::vector<std::string> plots;
+  double first = 0, last = 0;
+  bool any = false;
+  for (size_t r = 0; r < runs.size(); ++r) {
+    const MetricsHistory& h = runs[r].history;
+    if (!has_finite(h.*series)) continue;
+    const std::vector<int64_t>& steps = evals ? h.eval_steps : h.steps;
+    first = any ? std::min(first, static_cast<double>(steps.front())) : steps.front();
+    last = any ? std::max(last, static_cast<double>(steps.back())) : steps.back();
+    any = true;
+    const std::string style = evals ? "linespoints pt 7 ps 1" : "lines";
+    plots.push_back((evals ? runs[r].evals : runs[r].steps) + " using 1:" + std::to_string(column) +
+                    " with " + style + " lw 1.5 lt " + std::to_string(r % 9 + 1) + " title " +
+                    gp_quote(runs[r].name));
+  }
+  if (plots.empty()) return skipped(file, "no run has a finite " + what);
+  Chart chart;
+  chart.file = file;
+  chart.script = "set title " + gp_quote(what + ", " + std::to_string(runs.size()) + " runs") +
+                 "\n" + "set ylabel " + gp_quote(ylabel) + "\n" + xrange(first, last) +
+                 key_placement(static_cast<int64_t>(plots.size())) + join_plots(plots);
+  return chart;
+}
+
 // Runs gnuplot on the chart's script in `dir`, then copies the PNG to output_dir. Returns its path.
 std::string render(const std::string& gnuplot, const Chart& chart, const fs::path& dir,
                    const fs::path& output_dir) {
@@ -570,18 +605,41 @@ std::string find_gnuplot() {
   return "";
 }
 
-PlotResult plot_run(const std::string& run_dir, const std::string& output_dir) {
-  const MetricsHistory history =
-      read_metrics_history((fs::path(run_dir) / "metrics.jsonl").string());
+namespace {
+
+std::string gnuplot_or_throw() {
   const std::string gnuplot = find_gnuplot();
   if (gnuplot.empty())
     throw std::runtime_error(
         "gnuplot not found on PATH: install the Debian package gnuplot-nox "
         "(launch/setup.sh installs it)");
-  const fs::path out = output_dir.empty() ? fs::path(run_dir) : fs::path(output_dir);
+  return gnuplot;
+}
+
+void create_output(const fs::path& out) {
   std::error_code error;
   fs::create_directories(out, error);
   if (error) throw std::runtime_error(out.string() + ": cannot create: " + error.message());
+}
+
+PlotResult render_all(const std::string& gnuplot, const std::vector<Chart>& charts,
+                      const fs::path& dir, const fs::path& out) {
+  PlotResult result;
+  for (const Chart& chart : charts) {
+    if (chart.script.empty()) result.skipped.push_back(chart.file + ": " + chart.why_skipped);
+    else result.written.push_back(render(gnuplot, chart, dir, out));
+  }
+  return result;
+}
+
+}  // namespace
+
+PlotResult plot_run(const std::string& run_dir, const std::string& output_dir) {
+  const MetricsHistory history =
+      read_metrics_history((fs::path(run_dir) / "metrics.jsonl").string());
+  const std::string gnuplot = gnuplot_or_throw();
+  const fs::path out = output_dir.empty() ? fs::path(run_dir) : fs::path(output_dir);
+  create_output(out);
 
   TempDir temp;
   write_file(temp.path / "steps.dat", steps_table(history));
@@ -595,15 +653,45 @@ PlotResult plot_run(const std::string& run_dir, const std::string& output_dir) {
     charts.push_back(expert_load_chart(history, l, temp.path, name));
   charts.push_back(dropped_chart(history, temp.path, name));
   charts.push_back(balance_chart(history, temp.path, name));
+  return render_all(gnuplot, charts, temp.path, out);
+}
 
-  PlotResult result;
-  for (const Chart& chart : charts) {
-    if (chart.script.empty())
-      result.skipped.push_back(chart.file + ": " + chart.why_skipped);
-    else
-      result.written.push_back(render(gnuplot, chart, temp.path, out));
+PlotResult plot_runs(const std::vector<std::string>& run_dirs, const std::string& output_dir) {
+  if (run_dirs.size() < 2) throw std::runtime_error("plot_runs: needs two runs or more");
+  TempDir temp;
+  std::vector<ComparedRun> runs;
+  for (size_t r = 0; r < run_dirs.size(); ++r) {
+    ComparedRun run{read_metrics_history((fs::path(run_dirs[r]) / "metrics.jsonl").string()),
+                    run_name(run_dirs[r]),
+                    {},
+                    {}};
+    const fs::path steps = temp.path / ("run" + std::to_string(r) + "_steps.dat");
+    const fs::path evals = temp.path / ("run" + std::to_string(r) + "_eval.dat");
+    std::ostringstream table;
+    table << "# step lm_loss tokens_per_s\n";
+    for (size_t i = 0; i < run.history.steps.size(); ++i)
+      table << run.history.steps[i] << ' ' << num(run.history.lm_loss[i]) << ' '
+            << num(run.history.tokens_per_s[i]) << '\n';
+    write_file(steps, table.str());
+    write_file(evals, eval_table(run.history));
+    run.steps = gp_quote(steps.string());
+    run.evals = gp_quote(evals.string());
+    runs.push_back(std::move(run));
   }
-  return result;
+  std::vector<std::string> names;
+  for (const ComparedRun& run : runs) names.push_back(run.name);
+  for (size_t r = 0; r < runs.size(); ++r)  // two runs of one name: the folders as given
+    if (std::count(names.begin(), names.end(), names[r]) > 1) runs[r].name = run_dirs[r];
+  const std::string gnuplot = gnuplot_or_throw();
+  create_output(output_dir);
+  const std::vector<Chart> charts = {
+      comparison_chart(runs, "compare_val_loss.png", "val_loss", "loss (nats per token)",
+                       &MetricsHistory::val_loss, true, 2),
+      comparison_chart(runs, "compare_lm_loss.png", "lm_loss", "loss (nats per token)",
+                       &MetricsHistory::lm_loss, false, 2),
+      comparison_chart(runs, "compare_tokens_per_s.png", "tokens_per_s", "tokens per second",
+                       &MetricsHistory::tokens_per_s, false, 3)};
+  return render_all(gnuplot, charts, temp.path, output_dir);
 }
 
 }  // namespace sy

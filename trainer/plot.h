@@ -52,6 +52,14 @@ struct PlotResult {
 // Throws std::runtime_error for a bad metrics file, a missing gnuplot or a failed chart.
 PlotResult plot_run(const std::string& run_dir, const std::string& output_dir = "");
 
+// Draws two or more runs side by side into output_dir (created when missing), a line per run
+// named as plot_run titles it (the folder as given where two names are the same):
+// compare_val_loss.png (val_loss at each evaluation), compare_lm_loss.png (the LM loss of each
+// logged step) and compare_tokens_per_s.png, each against the step, each skipped when no run has
+// its data. For runs of the same global batch, a step is the same number of tokens: MoE against
+// dense at equal active compute (README). Throws as plot_run does, and for fewer than two runs.
+PlotResult plot_runs(const std::vector<std::string>& run_dirs, const std::string& output_dir);
+
 // The gnuplot executable on PATH, or "" when there is none.
 std::string find_gnuplot();
 
