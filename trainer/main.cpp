@@ -793,7 +793,7 @@ sy::Config with_checkpoint_seq_len(const sy::Config& config, const std::string& 
 // generate's model: model.seq_len cut to the prompt and the tokens asked for. Each token is a
 // forward over the whole length, and an imported model's seq_len is its max_position_embeddings
 // (32768 for Mixtral, 131072 for Llama 3.1), while the logits at a position do not depend on the
-// positions after it (but through capacity, where moe.capacity_factor > 0: docs/model.md).
+// positions after it (but through capacity, where moe.capacity_factor > 0: docs/checkpoint.md).
 sy::Config generation_config(sy::Config config, int64_t prompt_tokens,
                              const sy::GenerateOptions& options) {
   if (prompt_tokens > 0)
