@@ -1,5 +1,8 @@
 #include "model/attention.h"
 
+#include <stdexcept>
+#include <string>
+
 #include "model/buffers.h"
 
 namespace sy {
@@ -30,14 +33,7 @@ bool Attention::prefers_cudnn(const Backend& backend) const {
 
 const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionShape shape) {
   const DType dtype = x.dtype();
-  const Shape td = x.shape();
-  const Shape heads_shape{td[0], wq.value.dim(1)};  // [T, H*Dh]
   Workspace& keep = saved();
-  q = keep.get(backend, "attn.q", heads_shape, dtype);
-  k = keep.get(backend, "attn.k", heads_shape, dtype);
-  v = keep.get(backend, "attn.v", heads_shape, dtype);
-  context = keep.get(backend, "attn.context", heads_shape, dtype);
-  out = scratch().get(backend, "attn.out", td, dtype);  // the caller adds it to the residual
   const bool flash = uses_flash(backend);
   if (flash) {
     probs = Tensor();  // never [B, H, S, S] with flash
@@ -47,6 +43,53 @@ const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionSha
     probs = keep.get(backend, "attn.probs", {shape.batch, shape.heads, shape.seq, shape.seq},
                      dtype);
   }
+  project(backend, x, shape, 0);
+  // `cudnn` (and `auto` on a device): the same flash ops, which the CUDA backend then runs on
+  // cuDNN where it can.
+  if (flash) backend.prefer_cudnn_attention(prefers_cudnn(backend));
+  if (flash)
+    backend.flash_attention_forward(context, lse, q, k, v, shape.batch, shape.seq, shape.heads,
+                                    shape.doc_start, shape.documents);
+  else
+    backend.attention_forward(context, probs, q, k, v, shape.batch, shape.seq, shape.heads,
+                              shape.doc_start);
+  backend.gemm(out, context, false, wo.compute_value(), false, 1.0, 0.0);
+  return out;
+}
+
+const Tensor& Attention::decode(Backend& backend, const Tensor& x, AttentionShape shape,
+                                KVCache& cache, int64_t position) {
+  const int64_t T = x.dim(0), end = position + T;
+  if (shape.batch != 1 || shape.seq != T || shape.doc_start.defined() || end > cache.k.dim(0))
+    throw std::logic_error("Attention::decode: " + std::to_string(T) + " tokens at position " +
+                           std::to_string(position) + " for a cache of " +
+                           std::to_string(cache.k.dim(0)));
+  if (position == 0) {
+    forward(backend, x, shape);
+    backend.copy(cache.k.rows(0, end), k);
+    backend.copy(cache.v.rows(0, end), v);
+    return out;
+  }
+  project(backend, x, shape, position);
+  backend.copy(cache.k.rows(position, end), k);
+  backend.copy(cache.v.rows(position, end), v);
+  backend.attention_decode(context, q, cache.k.rows(0, end), cache.v.rows(0, end), shape.heads,
+                           position);
+  backend.gemm(out, context, false, wo.compute_value(), false, 1.0, 0.0);
+  return out;
+}
+
+void Attention::project(Backend& backend, const Tensor& x, AttentionShape shape,
+                        int64_t first_position) {
+  const DType dtype = x.dtype();
+  const Shape td = x.shape();
+  const Shape heads_shape{td[0], wq.value.dim(1)};  // [T, H*Dh]
+  Workspace& keep = saved();
+  q = keep.get(backend, "attn.q", heads_shape, dtype);
+  k = keep.get(backend, "attn.k", heads_shape, dtype);
+  v = keep.get(backend, "attn.v", heads_shape, dtype);
+  context = keep.get(backend, "attn.context", heads_shape, dtype);
+  out = scratch().get(backend, "attn.out", td, dtype);  // the caller adds it to the residual
 
   // Grouped: k and v of the Hkv heads, repeated to H below. Rotary acts on each head alone, so
   // rotating the repeated heads equals repeating the rotated ones: the kernels below see H heads
@@ -76,18 +119,8 @@ const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionSha
     backend.repeat_kv_heads(k, k_kv, kv_heads);
     backend.repeat_kv_heads(v, v_kv, kv_heads);
   }
-  backend.rope_forward_qk(q, k, shape.batch, shape.seq, shape.heads, rotary, shape.doc_start);
-  // `cudnn` (and `auto` on a device): the same flash ops, which the CUDA backend then runs on
-  // cuDNN where it can.
-  if (flash) backend.prefer_cudnn_attention(prefers_cudnn(backend));
-  if (flash)
-    backend.flash_attention_forward(context, lse, q, k, v, shape.batch, shape.seq, shape.heads,
-                                    shape.doc_start, shape.documents);
-  else
-    backend.attention_forward(context, probs, q, k, v, shape.batch, shape.seq, shape.heads,
-                              shape.doc_start);
-  backend.gemm(out, context, false, wo.compute_value(), false, 1.0, 0.0);
-  return out;
+  backend.rope_forward_qk(q, k, shape.batch, shape.seq, shape.heads, rotary, shape.doc_start,
+                          first_position);
 }
 
 void Attention::release_saved() {

@@ -30,6 +30,12 @@ struct AttentionShape {
   DocumentList documents = {};
 };
 
+// Generation with a key/value cache (Transformer::decode_prompt): one layer's keys (after rotary)
+// and values of every position so far, H heads (the grouped heads repeated).
+struct KVCache {
+  Tensor k, v;  // [capacity, H*Dh]
+};
+
 struct Attention {
   Param wq;                                             // [D, H*Dh]
   Param wk, wv;                                         // [D, Hkv*Dh]
@@ -68,6 +74,12 @@ struct Attention {
 
   // x: the normalised input [T, D]. Returns out [T, D].
   const Tensor& forward(Backend& backend, const Tensor& x, AttentionShape shape);
+  // Generation, shape B = 1 and S = T: the T tokens of x at positions position .. position+T-1
+  // of one sequence. Their keys and values go to `cache` rows position .., and their queries
+  // attend over cache rows 0 .. position+T-1 (attention_decode); position 0, the prompt, runs
+  // forward's kernels. Returns out [T, D]. Forward only.
+  const Tensor& decode(Backend& backend, const Tensor& x, AttentionShape shape, KVCache& cache,
+                       int64_t position);
   // Returns dx [T, D] (overwritten); weight gradients accumulate.
   const Tensor& backward(Backend& backend, const Tensor& dout, const Tensor& x,
                          AttentionShape shape);
@@ -86,6 +98,9 @@ struct Attention {
   Workspace& scratch() { return workspace ? *workspace : own_; }
   Workspace& saved() { return recompute && workspace ? *workspace : own_; }
   bool grouped(AttentionShape shape) const { return kv_heads > 0 && kv_heads < shape.heads; }
+  // q, k and v of x (projections, QK-norm, the grouped heads' repeat, rotary from
+  // first_position), with context and out allocated for the kernels that follow.
+  void project(Backend& backend, const Tensor& x, AttentionShape shape, int64_t first_position);
   // dx_raw = the gradient of `raw` through norm(raw, gain) given `dout`; gain.grad accumulates.
   void norm_backward(Backend& backend, const Tensor& dx_raw, Param& gain, const Tensor& dout,
                      const Tensor& raw, const Tensor& rstd);

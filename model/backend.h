@@ -211,15 +211,18 @@ class Backend {
   //
   // Rotary embedding in place on x[B*S, H*Dh] (rotate-half, angle s * f_i, the f_i of
   // `rotary`: model/rope.h, from model.rope_*); backward applies the inverse rotation to the
-  // gradient in place.
+  // gradient in place. `first_position` (generation with a key/value cache: the new tokens
+  // follow the cached ones) moves every sequence's positions on: token s turns by the angle of
+  // first_position + s. Not with doc_start.
   void rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H, const Rotary& rotary = {},
-                    const Tensor& doc_start = {});
+                    const Tensor& doc_start = {}, int64_t first_position = 0);
   void rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H, const Rotary& rotary = {},
                      const Tensor& doc_start = {});
   // The same on q and k (same shape) together, as one launch on a device; results as the two
   // separate calls give them.
   void rope_forward_qk(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H,
-                       const Rotary& rotary = {}, const Tensor& doc_start = {});
+                       const Rotary& rotary = {}, const Tensor& doc_start = {},
+                       int64_t first_position = 0);
   void rope_backward_qk(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S, int64_t H,
                         const Rotary& rotary = {}, const Tensor& doc_start = {});
   // Grouped-query attention's key and value heads, shared by groups of query heads: out[T, H*Dh]
@@ -238,6 +241,13 @@ class Backend {
                           const Tensor& dout, const Tensor& q, const Tensor& k,
                           const Tensor& v, const Tensor& probs, int64_t B, int64_t S,
                           int64_t H);
+  // Generation with a key/value cache: the causal attention of n new queries over the keys and
+  // values of every position so far. q, out: [n, H*Dh], query i at position first_position + i;
+  // k, v: [L, H*Dh], the keys (rotary applied) and values of positions 0 .. L-1, with
+  // L >= first_position + n. Query i sees the keys j <= first_position + i, with flash's scale
+  // and softmax; out (=). Forward only: nothing is kept for a backward. Deterministic.
+  void attention_decode(const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
+                        int64_t H, int64_t first_position);
   // Flash attention: the same causal softmax attention (scale 1/sqrt(Dh), query s sees keys
   // <= s, and with doc_start none before its document's start) without an [S, S] matrix.
   // q,k,v,out: [B*S, H*Dh] (row t = b*S+s, head h at columns h*Dh..), rotary already applied;
@@ -487,13 +497,15 @@ class Backend {
                                      bool accumulate) = 0;
   // attention (doc_start: as in the public ops, possibly undefined)
   virtual void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H,
-                                 const Rotary& rotary, const Tensor& doc_start) = 0;
+                                 const Rotary& rotary, const Tensor& doc_start,
+                                 int64_t first_position) = 0;
   virtual void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H,
                                   const Rotary& rotary, const Tensor& doc_start) = 0;
   virtual void rope_forward_qk_impl(const Tensor& q, const Tensor& k, int64_t B, int64_t S,
-                                    int64_t H, const Rotary& rotary, const Tensor& doc_start) {
-    rope_forward(q, B, S, H, rotary, doc_start);
-    rope_forward(k, B, S, H, rotary, doc_start);
+                                    int64_t H, const Rotary& rotary, const Tensor& doc_start,
+                                    int64_t first_position) {
+    rope_forward(q, B, S, H, rotary, doc_start, first_position);
+    rope_forward(k, B, S, H, rotary, doc_start, first_position);
   }
   virtual void rope_backward_qk_impl(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S,
                                      int64_t H, const Rotary& rotary, const Tensor& doc_start) {
@@ -510,6 +522,8 @@ class Backend {
                                        const Tensor& dout, const Tensor& q, const Tensor& k,
                                        const Tensor& v, const Tensor& probs, int64_t B, int64_t S,
                                        int64_t H) = 0;
+  virtual void attention_decode_impl(const Tensor& out, const Tensor& q, const Tensor& k,
+                                     const Tensor& v, int64_t H, int64_t first_position) = 0;
   virtual void flash_attention_forward_impl(const Tensor& out, const Tensor& lse, const Tensor& q,
                                             const Tensor& k, const Tensor& v, int64_t B, int64_t S,
                                             int64_t H, const Tensor& doc_start,

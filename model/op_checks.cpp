@@ -450,29 +450,40 @@ void check_documents(const OpCheck& c, const DocumentList& documents, const Tens
            " outside 1 to S = " + std::to_string(S));
 }
 
+// first_position: >= 0, and 0 with documents (their positions are the documents' own).
+void check_first_position(const OpCheck& c, int64_t first_position, const Tensor& doc_start) {
+  if (first_position < 0)
+    c.fail("first_position must be >= 0, got " + std::to_string(first_position));
+  if (first_position > 0 && doc_start.defined())
+    c.fail("first_position " + std::to_string(first_position) + " with doc_start");
+}
+
 void check_rope(const OpCheck& c, const Tensor& x, int64_t B, int64_t S, int64_t H,
-                const Rotary& rotary, const Tensor& doc_start) {
+                const Rotary& rotary, const Tensor& doc_start, int64_t first_position = 0) {
   c.float_dtype(x, "x");
   check_heads(c, x, B, S, H, "x");
   check_rotary(c, rotary);
   check_doc_start(c, doc_start, B, S);
+  check_first_position(c, first_position, doc_start);
 }
 
 void check_rope_qk(const OpCheck& c, const Tensor& q, const Tensor& k, int64_t B, int64_t S,
-                   int64_t H, const Rotary& rotary, const Tensor& doc_start) {
+                   int64_t H, const Rotary& rotary, const Tensor& doc_start,
+                   int64_t first_position = 0) {
   const DType dt = c.float_dtype(q, "q");
   c.dtype(k, dt, "k");
   c.shape(k, q.shape(), "k");
   check_heads(c, q, B, S, H, "q");
   check_rotary(c, rotary);
   check_doc_start(c, doc_start, B, S);
+  check_first_position(c, first_position, doc_start);
 }
 }  // namespace
 
 void Backend::rope_forward(const Tensor& x, int64_t B, int64_t S, int64_t H, const Rotary& rotary,
-                           const Tensor& doc_start) {
-  check_rope(OpCheck(*this, "rope_forward"), x, B, S, H, rotary, doc_start);
-  rope_forward_impl(x, B, S, H, rotary, doc_start);
+                           const Tensor& doc_start, int64_t first_position) {
+  check_rope(OpCheck(*this, "rope_forward"), x, B, S, H, rotary, doc_start, first_position);
+  rope_forward_impl(x, B, S, H, rotary, doc_start, first_position);
 }
 
 void Backend::rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H, const Rotary& rotary,
@@ -482,9 +493,11 @@ void Backend::rope_backward(const Tensor& dx, int64_t B, int64_t S, int64_t H, c
 }
 
 void Backend::rope_forward_qk(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H,
-                              const Rotary& rotary, const Tensor& doc_start) {
-  check_rope_qk(OpCheck(*this, "rope_forward_qk"), q, k, B, S, H, rotary, doc_start);
-  rope_forward_qk_impl(q, k, B, S, H, rotary, doc_start);
+                              const Rotary& rotary, const Tensor& doc_start,
+                              int64_t first_position) {
+  check_rope_qk(OpCheck(*this, "rope_forward_qk"), q, k, B, S, H, rotary, doc_start,
+                first_position);
+  rope_forward_qk_impl(q, k, B, S, H, rotary, doc_start, first_position);
 }
 
 void Backend::rope_backward_qk(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S, int64_t H,
@@ -553,6 +566,27 @@ void Backend::attention_backward(const Tensor& dq, const Tensor& dk, const Tenso
     c.shape(*t, q.shape(), name);
   c.shape(probs, {B, H, S, S}, "probs");
   attention_backward_impl(dq, dk, dv, dout, q, k, v, probs, B, S, H);
+}
+
+void Backend::attention_decode(const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
+                               int64_t H, int64_t first_position) {
+  const OpCheck c(*this, "attention_decode");
+  const DType dt = c.float_dtype(q, "q");
+  for (auto [t, name] : {Named{&k, "k"}, {&v, "v"}, {&out, "out"}}) c.dtype(*t, dt, name);
+  c.ndim(q, 2, "q");
+  const int64_t n = q.dim(0);
+  check_heads(c, q, 1, n, H, "q");
+  c.shape(out, q.shape(), "out");
+  c.ndim(k, 2, "k");
+  if (k.dim(1) != q.dim(1))
+    c.fail("k width " + std::to_string(k.dim(1)) + " is not q's, " + std::to_string(q.dim(1)));
+  c.shape(v, k.shape(), "v");
+  check_first_position(c, first_position, Tensor());
+  if (first_position + n > k.dim(0))
+    c.fail("queries at positions " + std::to_string(first_position) + " .. " +
+           std::to_string(first_position + n - 1) + " beyond the " + std::to_string(k.dim(0)) +
+           " keys");
+  attention_decode_impl(out, q, k, v, H, first_position);
 }
 
 void Backend::flash_attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q,

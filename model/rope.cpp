@@ -39,4 +39,11 @@ std::string rotary_problem(const Rotary& rotary) {
   return "";
 }
 
+int64_t rope_table_rows(int64_t first_position, int64_t S) {
+  if (first_position == 0) return S;
+  int64_t rows = 1;
+  while (rows < first_position + S) rows *= 2;
+  return rows;
+}
+
 }  // namespace sy

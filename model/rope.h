@@ -35,6 +35,11 @@ struct Rotary {
   auto operator<=>(const Rotary&) const = default;
 };
 
+// The rows of a cos/sin table that serves positions first_position .. first_position + S - 1:
+// S from position 0 (training's tables), else a power of two, so that the positions of a
+// generation, one more each token, share a few tables.
+int64_t rope_table_rows(int64_t first_position, int64_t S);
+
 // f_i for i < Dh / 2.
 std::vector<double> rope_frequencies(int64_t Dh, const Rotary& rotary);
 

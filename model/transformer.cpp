@@ -304,11 +304,53 @@ std::vector<double> Transformer::logits_at(std::span<const int32_t> inputs, int6
   doc_start_ = Tensor();
   documents_ = DocumentList();
   forward(batch, false);
+  return logits_of_row(sequence * S + position);
+}
+
+std::vector<double> Transformer::logits_of_row(int64_t row) {
   const Tensor& x_final = final_norm_.forward(backend_, residual_.back());
-  const int64_t row = sequence * S + position;
   ensure(backend_, sample_logits_, {1, lm_head_.vocab()}, stat_dtype(options_.dtype));
   lm_head_.project(backend_, sample_logits_, x_final.rows(row, row + 1));
   return backend_.read(sample_logits_);
+}
+
+std::vector<double> Transformer::decode_prompt(std::span<const int32_t> prompt) {
+  const int64_t n = static_cast<int64_t>(prompt.size()), S = options_.model.seq_len;
+  if (n < 1 || n > S)
+    throw std::runtime_error("Transformer::decode_prompt: " + std::to_string(n) +
+                             " tokens; the model holds 1 to seq_len = " + std::to_string(S));
+  kv_cache_.resize(blocks_.size());
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    const Shape cache_shape{S, blocks_[l].attn.wq.value.dim(1)};  // [S, H*Dh]
+    ensure(backend_, kv_cache_[l].k, cache_shape, options_.dtype);
+    ensure(backend_, kv_cache_[l].v, cache_shape, options_.dtype);
+  }
+  decoded_ = 0;
+  return decode_tokens(prompt);
+}
+
+std::vector<double> Transformer::decode_next(int32_t token) {
+  if (decoded_ == 0) throw std::logic_error("Transformer::decode_next before decode_prompt");
+  if (decoded_ >= options_.model.seq_len)
+    throw std::runtime_error("Transformer::decode_next: the cache holds seq_len = " +
+                             std::to_string(options_.model.seq_len) + " positions, all taken");
+  return decode_tokens({&token, 1});
+}
+
+std::vector<double> Transformer::decode_tokens(std::span<const int32_t> tokens) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  for (const int32_t id : tokens)
+    if (id < 0 || id >= options_.model.vocab_size)
+      throw std::runtime_error("Transformer: token " + std::to_string(id) +
+                               " outside the vocabulary [0, " +
+                               std::to_string(options_.model.vocab_size) + ")");
+  ensure(backend_, inputs_, {n}, DType::i32);
+  backend_.write(inputs_, tokens);
+  doc_start_ = Tensor();
+  documents_ = DocumentList();
+  forward(1, false, n, true);
+  decoded_ += n;
+  return logits_of_row(n - 1);
 }
 
 GroupStats Transformer::forward_backward(std::span<const int32_t> inputs,
@@ -390,8 +432,9 @@ GroupStats Transformer::forward_backward(std::span<const int32_t> inputs,
   return stats;
 }
 
-void Transformer::forward(int64_t batch, bool training) {
+void Transformer::forward(int64_t batch, bool training, int64_t seq, bool decode) {
   const ModelConfig& m = options_.model;
+  if (seq == 0) seq = m.seq_len;
   // Global-batch balancing is a training objective: evaluation routes the same either way and
   // need not wait for the other ranks.
   const bool balance_over_world = training && options_.moe.aux_loss_scope == AuxLossScope::global;
@@ -405,8 +448,8 @@ void Transformer::forward(int64_t batch, bool training) {
     block.moe->router.losses_out = router_losses_.rows(moe_index, moe_index + 1);
     ++moe_index;
   }
-  const int64_t T = batch * m.seq_len, D = m.d_model;
-  const AttentionShape shape{batch, m.seq_len, m.n_heads, doc_start_, documents_};
+  const int64_t T = batch * seq, D = m.d_model;
+  const AttentionShape shape{batch, seq, m.n_heads, doc_start_, documents_};
   residual_.resize(m.n_layers + 1);
   for (Tensor& x : residual_) ensure(backend_, x, {T, D}, options_.dtype);
 
@@ -419,7 +462,9 @@ void Transformer::forward(int64_t batch, bool training) {
   for (int64_t l = 0; l < m.n_layers; ++l) {
     Block& block = blocks_[l];
     // x_mid = x + attention(rmsnorm(x))
-    const Tensor& attn_out = block.attn.forward(backend_, *attn_in, shape);
+    const Tensor& attn_out =
+        decode ? block.attn.decode(backend_, *attn_in, shape, kv_cache_[l], decoded_)
+               : block.attn.forward(backend_, *attn_in, shape);
     const Tensor x_mid = residual_mid(l, T);
     // x_next = x_mid + ffn(rmsnorm(x_mid))
     const Tensor& ffn_in = block.ffn_norm.forward_sum(backend_, x_mid, residual_[l], attn_out);

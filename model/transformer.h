@@ -133,6 +133,18 @@ class Transformer {
   std::vector<double> logits_at(std::span<const int32_t> inputs, int64_t batch, int64_t sequence,
                                 int64_t position);
 
+  // Generation with a key/value cache (trainer/generate.cpp). decode_prompt runs `prompt` (1 to
+  // seq_len tokens) as one sequence and keeps every layer's keys and values; decode_next runs one
+  // more token at the next position, its attention over those kept. Each returns the logits [V]
+  // at its last token, those of logits_at over the whole text within the backend's rounding
+  // (the sums run over other shapes). Each call routes its tokens as one group: the prompt's
+  // together, then each new token alone (with a capacity factor a lone token is never dropped,
+  // where logits_at would route the whole window as one group). The cache holds seq_len
+  // positions: decode_next after that many throws. Forward only.
+  std::vector<double> decode_prompt(std::span<const int32_t> prompt);
+  std::vector<double> decode_next(int32_t token);
+  int64_t decoded_tokens() const { return decoded_; }
+
   // The routers of the MoE layers, in layer order (their forward results, for tests and metrics).
   std::vector<const Router*> routers() const;
   // Aux-loss-free balancing (moe.bias_update_rate > 0): after a step, with load_counts[l][e] the
@@ -150,7 +162,13 @@ class Transformer {
   // the norm gains, not the router).
   Param make_param(const std::string& path, const Shape& shape, bool is_expert = false,
                    bool compute_copy = true);
-  void forward(int64_t batch, bool training);
+  // `seq` tokens a sequence (0: model.seq_len). decode: generation (decode_prompt), B = 1, the
+  // tokens at positions decoded_ .. of the cached sequence.
+  void forward(int64_t batch, bool training, int64_t seq = 0, bool decode = false);
+  // The logits [V] of row `row` of the final residual (after forward).
+  std::vector<double> logits_of_row(int64_t row);
+  // decode_prompt and decode_next: `tokens` at the cache's next positions.
+  std::vector<double> decode_tokens(std::span<const int32_t> tokens);
   void backward(int64_t batch, double loss_scale);
   // The memory plan of a training step (docs/cuda.md "Memory"): a gradient not written yet this
   // step (zero or stale) is dropped before the forward, and allocated again (stale: the first op
@@ -190,7 +208,9 @@ class Transformer {
   Tensor document_offsets_;  // i32 [D+1]
   // f64 [MoE layers, 3]: each router's aux, z and entropy (Router::losses_out), read in one copy.
   Tensor router_losses_;
-  Tensor sample_logits_;                  // [1, V], for logits_at               // i32 [T]
+  Tensor sample_logits_;                  // [1, V], for logits_at and decode_*
+  std::vector<KVCache> kv_cache_;         // [L], decode_*: each [seq_len, H*Dh]
+  int64_t decoded_ = 0;                   // positions in kv_cache_
   std::vector<Tensor> residual_;          // [L+1] block inputs (and the final output), [T, D]
   std::vector<Tensor> residual_mid_;      // [L] after attention, [T, D]
   Tensor dresidual_;                      // [T, D]

@@ -58,6 +58,18 @@ for layout in dp ep; do
     grep -q "layout does not fit" stderr.txt && fail "a layout that fits was changed"
   fi
 done
+# generate's key/value cache under expert parallelism: each new token alone crosses the
+# all-to-alls; 2 ranks draw what one process draws, and what the whole-text forwards draw.
+generate_ids=("$switchyard" generate --checkpoint run_ep --prompt-ids "108 105 110 101" --tokens 12 --temperature 0)
+run_ok "generate at 2 ranks, expert_parallel 2" "${mpi2[@]}" "${generate_ids[@]}"
+cp stdout.txt generate_ep2.txt
+run_ok "generate in one process" "${generate_ids[@]}"
+cp stdout.txt generate_one.txt
+run_ok "generate --no-kv-cache" "${generate_ids[@]}" --no-kv-cache
+if [ "$(wc -w <generate_one.txt)" = 16 ] && cmp -s generate_ep2.txt generate_one.txt &&
+   cmp -s stdout.txt generate_one.txt
+then ok "the cache at 2 ranks, in one process and no cache draw the same 12 tokens"
+else fail "generate with the cache"; cat generate_ep2.txt generate_one.txt stdout.txt; fi
 run_fails "eval with neither CONFIG nor --checkpoint is a usage error" 2 \
   "switchyard eval: needs CONFIG or --checkpoint" "$switchyard" eval
 run_fails "a stored config's bad --set names the checkpoint" 1 \

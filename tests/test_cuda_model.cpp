@@ -223,6 +223,57 @@ TEST_F(CudaModel, PerHeadQkNormWideHeadsBf16) {
           kBf16LossTol, kBf16GradTol);
 }
 
+// Generation's key/value cache on the device (Transformer::decode_prompt, decode_next): each
+// step's logits against the device's own forward over the whole text (logits_at) and against the
+// CPU's cache, in fp32 and bf16; grouped-query attention with per-head QK-norm on heads of 64
+// (bf16: cuDNN for the prompt, the vector rotary from a later position), an MoE and a dense layer.
+// The seed is the first whose routing of the whole text is well separated on the CPU.
+TEST_F(CudaModel, GenerationCacheTracksTheWholeText) {
+  constexpr double kMargin = 0.04, kRouterScale = 10.0;
+  const TransformerOptions options =
+      grouped_query(small_model(true, {true, false}, 0.0), QkNorm::per_head, 64);
+  const int64_t S = options.model.seq_len, prompt = S / 2;
+  const std::vector<int32_t> text = tokens(S, options.model.vocab_size, 3);
+  const auto window = [&](int64_t length) {
+    std::vector<int32_t> padded(text.begin(), text.begin() + length);
+    padded.resize(S, 0);
+    return padded;
+  };
+  for (const DType compute : {DType::f32, DType::bf16}) {
+    Built c;
+    uint64_t seed = 0;
+    double margin = 0;
+    while (margin < kMargin && seed < 1000) {
+      c = build(*cpu, options, DType::f32, ++seed, kRouterScale);
+      c.model->logits_at(text, 1, 0, S - 1);
+      margin = min_topk_margin(*cpu, *c.model);
+    }
+    ASSERT_GE(margin, kMargin) << "no seed with well-separated routing";
+    Built g = build(*gpu, options, compute, seed, kRouterScale);
+    const double whole_tol = compute == DType::bf16 ? 3e-2 : 1e-5;
+    const double cpu_tol = compute == DType::bf16 ? 5e-2 : 1e-4;
+    std::vector<double> on_gpu = g.model->decode_prompt(std::span(text).first(prompt));
+    std::vector<double> on_cpu = c.model->decode_prompt(std::span(text).first(prompt));
+    double worst_whole = 0, worst_cpu = 0;
+    for (int64_t at = prompt;; ++at) {
+      SCOPED_TRACE(at);
+      const double whole = rel_error(on_gpu, g.model->logits_at(window(at), 1, 0, at - 1));
+      const double versus_cpu = rel_error(on_gpu, on_cpu);
+      EXPECT_LE(whole, whole_tol);
+      EXPECT_LE(versus_cpu, cpu_tol);
+      worst_whole = std::max(worst_whole, whole);
+      worst_cpu = std::max(worst_cpu, versus_cpu);
+      if (at == S) break;
+      on_gpu = g.model->decode_next(text[at]);
+      on_cpu = c.model->decode_next(text[at]);
+    }
+    std::printf(
+        "[ rel err  ] generation cache %s: against the whole text %.3e (tol %.1e), "
+        "against the CPU %.3e (tol %.1e)\n",
+        dtype_name(compute), worst_whole, whole_tol, worst_cpu, cpu_tol);
+  }
+}
+
 // ---- training -------------------------------------------------------------------------------
 struct TrainRun {
   std::vector<double> losses;

@@ -426,6 +426,47 @@ TEST_P(CudaOps, FlashAttention) {
   }
 }
 
+// Generation's ops: attention_decode (queries at positions p .. p+n-1 over a cache of L keys,
+// those past p+n-1 poisoned: never read) against the rows p .. of the CPU's flash forward over
+// the whole sequence, repeatable to the bit; rotary from first_position p against the CPU's
+// rotary of the whole sequence, rows p .. (bf16: through the vector kernel at Dh 64 and 128).
+TEST_P(CudaOps, AttentionDecode) {
+  const int64_t H = 3;
+  for (const int64_t Dh : {16, 64, 128})
+    for (const auto [S, p, n] : {std::array<int64_t, 3>{9, 0, 9}, {40, 39, 1}, {700, 650, 3}}) {
+      const std::string at =
+          " Dh=" + std::to_string(Dh) + " S=" + std::to_string(S) + " p=" + std::to_string(p);
+      SCOPED_TRACE(at);
+      const int64_t D = H * Dh, L = S + 5;
+      const std::vector<double> q = values(S * D, dt()), k = values(S * D, dt()),
+                                v = values(S * D, dt());
+      Tensor oc = cpu().alloc({S, D}, DType::f32), lc = cpu().alloc({1, H, S}, DType::f32);
+      cpu().flash_attention_forward(oc, lc, on_cpu({S, D}, q), on_cpu({S, D}, k), on_cpu({S, D}, v),
+                                    1, S, H);
+      Tensor kg = poisoned({L, D}, dt()), vg = poisoned({L, D}, dt());
+      gpu().copy(kg.rows(0, S), on_gpu({S, D}, k, dt()));
+      gpu().copy(vg.rows(0, S), on_gpu({S, D}, v, dt()));
+      const Tensor qg = on_gpu({S, D}, q, dt()).rows(p, p + n);
+      Tensor og = poisoned({n, D}, dt()), again = poisoned({n, D}, dt());
+      gpu().attention_decode(og, qg, kg, vg, H, p);
+      expect_close(og, oc.rows(p, p + n), Tol{1e-6, 1e-2}, "attention_decode" + at, dt());
+      gpu().attention_decode(again, qg, kg, vg, H, p);
+      expect_bitwise(again, og, "attention_decode repeated" + at);
+
+      const std::vector<double> x = values(S * D, dt());
+      Tensor xc = on_cpu({S, D}, x);
+      cpu().rope_forward(xc, 1, S, H, 5e5);
+      Tensor xg = on_gpu({S, D}, x, dt()).rows(p, p + n),
+             qk = on_gpu({S, D}, x, dt()).rows(p, p + n);
+      Tensor kk = on_gpu({S, D}, x, dt()).rows(p, p + n);
+      gpu().rope_forward(xg, 1, n, H, 5e5, {}, p);
+      expect_close(xg, xc.rows(p, p + n), Tol{1e-6, 4e-3}, "rope_forward from p" + at, dt());
+      gpu().rope_forward_qk(qk, kk, 1, n, H, 5e5, {}, p);
+      expect_bitwise(qk, xg, "rope_forward_qk from p, q" + at);
+      expect_bitwise(kk, xg, "rope_forward_qk from p, k" + at);
+    }
+}
+
 TEST_F(CudaTest, FlashAttentionRejectsWideHeads) {
   const int64_t B = 1, S = 4, H = 1, D = 512;
   Tensor q = gpu().zeros({B * S, D}, DType::bf16), out = gpu().alloc({B * S, D}, DType::bf16);

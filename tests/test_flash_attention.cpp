@@ -94,6 +94,44 @@ TEST_F(FlashCpu, MatchesTheProbsPathF32) {
     for (int64_t Dh : {16, 64}) compare(2, S, 3, Dh, DType::f32, 2e-5);
 }
 
+// Generation's ops: queries at positions p .. p+n-1 over the keys of positions 0 .. L-1
+// (attention_decode) are the rows p .. of the flash forward over the whole sequence, bitwise
+// (the same sums in the same order); rotary from first_position p turns rows as the whole
+// sequence's rotary turns its rows p ..; keys past p+n-1 are not read.
+TEST_F(FlashCpu, DecodeIsTheFlashRowsOfItsPositions) {
+  const int64_t H = 3, S = 21;
+  for (const DType dtype : {DType::f32, DType::f64})
+    for (const int64_t Dh : {2, 16})
+      for (const auto [p, n] : {std::pair<int64_t, int64_t>{0, 5}, {7, 1}, {12, 9}, {20, 1}}) {
+        SCOPED_TRACE(std::string(dtype_name(dtype)) + " Dh=" + std::to_string(Dh) +
+                     " p=" + std::to_string(p) + " n=" + std::to_string(n));
+        const int64_t D = H * Dh;
+        Tensor q = random({S, D}, 7 * Dh + p, dtype), k = random({S, D}, 8 * Dh + p, dtype),
+               v = random({S, D}, 9 * Dh + p, dtype);
+        Tensor out = be.alloc({S, D}, dtype), lse = be.alloc({1, H, S}, dtype);
+        be.flash_attention_forward(out, lse, q, k, v, 1, S, H);
+        Tensor decoded = be.alloc({n, D}, dtype);
+        be.fill(decoded, NAN);
+        const Tensor keys = k.rows(0, p + n), values = v.rows(0, p + n);
+        be.attention_decode(decoded, q.rows(p, p + n), keys, values, H, p);
+        EXPECT_EQ(be.read(decoded), be.read(out.rows(p, p + n)));
+        // Keys and values after the last query's position change nothing.
+        be.attention_decode(decoded, q.rows(p, p + n), k, v, H, p);
+        EXPECT_EQ(be.read(decoded), be.read(out.rows(p, p + n)));
+
+        Tensor whole = random({S, D}, 10 * Dh + p, dtype), part = be.alloc({n, D}, dtype);
+        be.copy(part, whole.rows(p, p + n));
+        be.rope_forward(whole, 1, S, H, 5e5);
+        be.rope_forward(part, 1, n, H, 5e5, {}, p);
+        EXPECT_EQ(be.read(part), be.read(whole.rows(p, p + n)));
+      }
+  Tensor q = random({2, 4}, 1, DType::f32), k = random({5, 4}, 2, DType::f32);
+  Tensor out = be.alloc({2, 4}, DType::f32);
+  EXPECT_THROW(be.attention_decode(out, q, k, k, 2, 4), std::runtime_error);  // past the keys
+  EXPECT_THROW(be.attention_decode(out, q, k, k, 2, -1), std::runtime_error);
+  EXPECT_THROW(be.rope_forward(q, 1, 2, 2, {}, be.alloc({2}, DType::i32), 3), std::runtime_error);
+}
+
 // sum(out .* r) through the flash forward; its gradient with respect to q, k, v comes from the
 // flash backward (fed the forward's own out and lse).
 TEST_F(FlashCpu, GradientCheckF64) {

@@ -34,6 +34,14 @@ struct Fixture {
   }
 };
 
+double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double diff = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i)
+    diff = std::max(diff, std::abs(a[i] - b[i]));
+  return diff;
+}
+
 TEST(Generate, LogitsAtAPositionIgnoreLaterTokens) {
   Fixture f;
   std::vector<int32_t> a(12), b(12);
@@ -47,7 +55,8 @@ TEST(Generate, LogitsAtAPositionIgnoreLaterTokens) {
 
 // generate runs the model at the length of the prompt and the tokens asked for (main.cpp's
 // generation_config): the same model at a shorter seq_len gives the same logits at every position
-// it holds, so the same tokens, dropless.
+// it holds (within rounding: BLAS may sum the rows of a longer GEMM otherwise), and the same
+// tokens, dropless.
 TEST(Generate, AShorterModelGeneratesTheSameTokens) {
   Fixture f;
   TransformerOptions options = f.model->options();
@@ -60,12 +69,81 @@ TEST(Generate, AShorterModelGeneratesTheSameTokens) {
   std::vector<int32_t> window(12, 0), short_window(8, 0);
   for (int i = 0; i < 8; ++i) window[i] = short_window[i] = 'c' + 3 * i;
   for (int position : {0, 3, 7})
-    EXPECT_EQ(shorter.logits_at(short_window, 1, 0, position),
-              f.model->logits_at(window, 1, 0, position));
+    EXPECT_LE(max_abs_diff(shorter.logits_at(short_window, 1, 0, position),
+                           f.model->logits_at(window, 1, 0, position)),
+              1e-5);
   for (const double temperature : {0.0, 1.5}) {
     const GenerateOptions fits{"the", 5, temperature, 3, {}};
     EXPECT_EQ(generate(shorter, *f.bytes, fits), generate(*f.model, *f.bytes, fits));
   }
+}
+
+// A copy of `from` with `options` (the same parameters).
+std::unique_ptr<Transformer> copy_model(Fixture& f, Transformer& from, TransformerOptions options) {
+  auto model = std::make_unique<Transformer>(*f.backend, options, f.exchange.get());
+  const std::vector<Param*> source = from.params(), target = model->params();
+  EXPECT_EQ(source.size(), target.size());
+  for (size_t k = 0; k < source.size(); ++k) f.backend->copy(target[k]->value, source[k]->value);
+  model->refresh_compute_weights();
+  return model;
+}
+
+// The key/value cache: the prompt's logits, then each next token's, are those of the whole text
+// (logits_at) within rounding: 1e-9 in f64, with grouped-query attention, QK-norm per head,
+// another rotary base, a shared expert and a capacity factor (a lone token is never dropped, and
+// the whole text here drops nothing either). The cache holds seq_len positions.
+TEST(Generate, TheCacheGivesTheLogitsOfTheWholeText) {
+  Fixture f;
+  TransformerOptions plain = f.model->options();
+  TransformerOptions variant = plain;
+  variant.model.n_heads = 4;
+  variant.model.n_kv_heads = 2;
+  variant.model.qk_norm = QkNorm::per_head;
+  variant.model.rope_theta = 5e5;
+  variant.moe.shared_expert_hidden = 8;
+  variant.moe.capacity_factor = 8.0;
+  for (TransformerOptions options : {plain, variant}) {
+    options.dtype = options.master_dtype = DType::f64;
+    Transformer model(*f.backend, options, f.exchange.get());
+    model.init_parameters(5);
+    for (Param* p : model.params())
+      if (p->value.ndim() > 1) f.backend->scale(p->value, 20.0);
+    model.refresh_compute_weights();
+    const std::vector<int32_t> text = f.bytes->encode("the experts!");  // 12 = seq_len
+    std::vector<double> logits = model.decode_prompt(std::span(text).first(5));
+    for (int64_t at = 5;; ++at) {
+      SCOPED_TRACE(at);
+      EXPECT_EQ(model.decoded_tokens(), at);
+      std::vector<int32_t> window(text.begin(), text.begin() + at);
+      window.resize(12, 0);
+      EXPECT_LE(max_abs_diff(logits, model.logits_at(window, 1, 0, at - 1)), 1e-9);
+      if (at == 12) break;
+      logits = model.decode_next(text[at]);
+    }
+    EXPECT_THROW(model.decode_next(1), std::runtime_error);  // 12 positions, all taken
+    EXPECT_THROW(model.decode_prompt(f.bytes->encode("thirteen byte")), std::runtime_error);
+    // A new prompt starts over.
+    EXPECT_LE(max_abs_diff(model.decode_prompt(std::span(text).first(3)),
+                           model.logits_at(std::vector<int32_t>(text), 1, 0, 2)),
+              1e-9);
+  }
+}
+
+// generate with and without the cache: the same tokens (greedy and sampled), within the model's
+// length and past it, where the window moves (prompt 4 + 20 tokens > seq_len 12).
+TEST(Generate, TheCacheGeneratesTheTokensOfTheWholeText) {
+  Fixture f;
+  TransformerOptions options = f.model->options();
+  options.dtype = options.master_dtype = DType::f64;
+  const std::unique_ptr<Transformer> model = copy_model(f, *f.model, options);
+  for (const double temperature : {0.0, 1.0})
+    for (const int64_t tokens : {8, 20}) {
+      GenerateOptions cached{"the ", tokens, temperature, 3, {}};
+      GenerateOptions uncached = cached;
+      uncached.kv_cache = false;
+      EXPECT_EQ(generate(*model, *f.bytes, cached), generate(*model, *f.bytes, uncached))
+          << temperature << " " << tokens;
+    }
 }
 
 TEST(Generate, GreedyIsDeterministicAndSamplingFollowsTheSeed) {

@@ -73,12 +73,22 @@ std::vector<int32_t> generate_ids(Transformer& model, std::vector<int32_t> promp
                                std::to_string(model_vocab) + ")");
   const int64_t S = model.options().model.seq_len;
   std::vector<int32_t> window(S, 0);
-  CounterRng rng(key_combine(kSampleDomain, options.seed));
-  for (int64_t i = 0; i < options.tokens; ++i) {
-    // The last S tokens, left-aligned: causal attention ignores the padding after them.
+  // The window forward: the last S tokens, left-aligned (causal attention ignores the padding
+  // after them).
+  const auto logits_of_window = [&] {
     const int64_t length = std::min<int64_t>(S, static_cast<int64_t>(prompt.size()));
     std::copy(prompt.end() - length, prompt.end(), window.begin());
-    const std::vector<double> logits = model.logits_at(window, 1, 0, length - 1);
+    return model.logits_at(window, 1, 0, length - 1);
+  };
+  // The cache serves while the text fits: past S tokens every position moves with the window,
+  // and no kept key is valid any more.
+  const auto fits = [&] { return static_cast<int64_t>(prompt.size()) <= S; };
+  const bool cached = options.kv_cache && fits();
+  CounterRng rng(key_combine(kSampleDomain, options.seed));
+  for (int64_t i = 0; i < options.tokens; ++i) {
+    const std::vector<double> logits = !cached || !fits() ? logits_of_window()
+                                       : i == 0           ? model.decode_prompt(prompt)
+                                                          : model.decode_next(prompt.back());
     prompt.push_back(sample(logits, vocab, options, rng.uniform()));
     if (prompt.back() == stop_id) break;
   }

@@ -24,10 +24,16 @@ struct GenerateOptions {
   // after temperature sum to top_p at least (1: all). Greedy decoding ignores both.
   int64_t top_k = 0;
   double top_p = 1.0;
+  // Keep each layer's keys and values (Transformer::decode_prompt): a forward of one token per
+  // new token while the text fits in seq_len. false (--no-kv-cache): a forward over the whole
+  // text every token, as past seq_len.
+  bool kv_cache = true;
 };
 
 // The prompt followed by the sampled continuation, up to the tokenizer's end-of-sequence token
-// if it samples one. The context is the last seq_len tokens.
+// if it samples one. The context is the last seq_len tokens. While the text fits in seq_len,
+// each token is a forward of that token alone over the keys and values kept (kv_cache); past
+// it, a forward over the last seq_len tokens, whose positions move with the window.
 std::string generate(Transformer& model, const Tokenizer& tokenizer,
                      const GenerateOptions& options);
 

@@ -433,6 +433,10 @@ void add_generate_command(CLI::App& app, CommandLine& line) {
       ->type_name("S")
       ->check(kCount)
       ->capture_default_str();
+  generate->add_flag_callback(
+      "--no-kv-cache", [&line] { line.generate.kv_cache = false; },
+      wrap("run the whole text through the model for every token instead of keeping each "
+           "layer's keys and values (slower; to compare)"));
   add_overrides(*generate, line);
 }
 
@@ -790,10 +794,10 @@ sy::Config with_checkpoint_seq_len(const sy::Config& config, const std::string& 
       config, from_rank0([&] { return sy::read_checkpoint_header(checkpoint).config; }));
 }
 
-// generate's model: model.seq_len cut to the prompt and the tokens asked for. Each token is a
-// forward over the whole length, and an imported model's seq_len is its max_position_embeddings
-// (32768 for Mixtral, 131072 for Llama 3.1), while the logits at a position do not depend on the
-// positions after it (but through capacity, where moe.capacity_factor > 0: docs/checkpoint.md).
+// generate's model: model.seq_len cut to the prompt and the tokens asked for. The key/value
+// cache holds seq_len positions (without it, each token is a forward over that length), and an
+// imported model's seq_len is its max_position_embeddings (32768 for Mixtral, 131072 for
+// Llama 3.1), while no position needs more than the text (docs/model.md, Generation).
 sy::Config generation_config(sy::Config config, int64_t prompt_tokens,
                              const sy::GenerateOptions& options) {
   if (prompt_tokens > 0)

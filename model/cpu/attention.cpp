@@ -35,14 +35,14 @@ RopeTable<T> make_rope_table(int64_t S, int64_t Dh, const Rotary& rotary) {
 }
 
 // In place on x[N, H*Dh], position s = row % S, or with doc_start its position in its document,
-// s - doc_start[row]. sign = +1 rotates by a, -1 by -a (the inverse, which is also the
-// transpose: the backward of the forward rotation).
+// s - doc_start[row], or with first_position first_position + s. sign = +1 rotates by a, -1 by
+// -a (the inverse, which is also the transpose: the backward of the forward rotation).
 template <class T>
 void rope(T* x, const RopeTable<T>& table, int64_t N, int64_t S, int64_t H, int64_t Dh, T sign,
-          const int32_t* doc_start) {
+          const int32_t* doc_start, int64_t first_position) {
   const int64_t half = Dh / 2;
   for (int64_t t = 0; t < N; ++t) {
-    const int64_t position = t % S - (doc_start ? doc_start[t] : 0);
+    const int64_t position = first_position + t % S - (doc_start ? doc_start[t] : 0);
     const T* c = table.cos.data() + position * half;
     const T* s = table.sin.data() + position * half;
     for (int64_t h = 0; h < H; ++h) {
@@ -175,20 +175,22 @@ const cpu::RopeTable<T>& CpuBackend::rope_table(int64_t S, int64_t Dh, const Rot
 }
 
 void CpuBackend::rope(const char* op, const Tensor& x, int64_t B, int64_t S, int64_t H,
-                      const Rotary& rotary, int sign, const Tensor& doc_start) {
+                      const Rotary& rotary, int sign, const Tensor& doc_start,
+                      int64_t first_position) {
   const OpCheck c(*this, op);
   const DType dt = cpu::host_float(c, x, "x");
   const int64_t Dh = x.dim(1) / H;
   const int32_t* starts = cpu::checked_doc_start(c, doc_start, B, S);
   cpu::dispatch_float(dt, [&]<class T>(T) {
-    const cpu::RopeTable<T>& table = rope_table<T>(S, Dh, rotary);
-    cpu::rope(x.ptr<T>(), table, B * S, S, H, Dh, static_cast<T>(sign), starts);
+    const cpu::RopeTable<T>& table = rope_table<T>(rope_table_rows(first_position, S), Dh, rotary);
+    cpu::rope(x.ptr<T>(), table, B * S, S, H, Dh, static_cast<T>(sign), starts, first_position);
   });
 }
 
 void CpuBackend::rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H,
-                                   const Rotary& rotary, const Tensor& doc_start) {
-  rope("rope_forward", x, B, S, H, rotary, +1, doc_start);
+                                   const Rotary& rotary, const Tensor& doc_start,
+                                   int64_t first_position) {
+  rope("rope_forward", x, B, S, H, rotary, +1, doc_start, first_position);
 }
 
 void CpuBackend::rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H,

@@ -123,7 +123,7 @@ class CpuBackend final : public Backend {
 
   // ---- attention.cpp (rotary embedding and attention) -----------------------------------------
   void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H, const Rotary& rotary,
-                         const Tensor& doc_start) override;
+                         const Tensor& doc_start, int64_t first_position) override;
   void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H, const Rotary& rotary,
                           const Tensor& doc_start) override;
   void repeat_kv_heads_impl(const Tensor& out, const Tensor& x, int64_t kv_heads) override;
@@ -136,6 +136,10 @@ class CpuBackend final : public Backend {
                                const Tensor& dout, const Tensor& q, const Tensor& k,
                                const Tensor& v, const Tensor& probs, int64_t B, int64_t S,
                                int64_t H) override;
+
+  // ---- attention_decode.cpp -------------------------------------------------------------------
+  void attention_decode_impl(const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
+                             int64_t H, int64_t first_position) override;
 
   // ---- flash_attention.cpp --------------------------------------------------------------------
   void flash_attention_forward_impl(const Tensor& out, const Tensor& lse, const Tensor& q,
@@ -194,9 +198,10 @@ class CpuBackend final : public Backend {
   template <class H>
   void write_host(const Tensor& dst, std::span<const H> host);  // cpu_backend.cpp
 
-  // attention.cpp: rotates x in place by +a (sign 1) or -a (sign -1), with the cached table.
+  // attention.cpp: rotates x in place by +a (sign 1) or -a (sign -1), with the cached table,
+  // positions from first_position.
   void rope(const char* op, const Tensor& x, int64_t B, int64_t S, int64_t H, const Rotary& rotary,
-            int sign, const Tensor& doc_start);
+            int sign, const Tensor& doc_start, int64_t first_position = 0);
   template <class T>
   const cpu::RopeTable<T>& rope_table(int64_t S, int64_t Dh, const Rotary& rotary);
 

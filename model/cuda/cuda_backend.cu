@@ -327,8 +327,8 @@ class CudaBackend final : public Backend {
 
   // ---- attention ------------------------------------------------------------------------------
   void rope_forward_impl(const Tensor& x, int64_t B, int64_t S, int64_t H, const Rotary& rotary,
-                         const Tensor& doc_start) override {
-    rope("rope_forward", x, B, S, H, rotary, +1, doc_start);
+                         const Tensor& doc_start, int64_t first_position) override {
+    rope("rope_forward", x, B, S, H, rotary, +1, doc_start, first_position);
   }
 
   void rope_backward_impl(const Tensor& dx, int64_t B, int64_t S, int64_t H, const Rotary& rotary,
@@ -348,8 +348,9 @@ class CudaBackend final : public Backend {
   }
 
   void rope_forward_qk_impl(const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H,
-                            const Rotary& rotary, const Tensor& doc_start) override {
-    rope_qk("rope_forward", q, k, B, S, H, rotary, +1, doc_start);
+                            const Rotary& rotary, const Tensor& doc_start,
+                            int64_t first_position) override {
+    rope_qk("rope_forward", q, k, B, S, H, rotary, +1, doc_start, first_position);
   }
 
   void rope_backward_qk_impl(const Tensor& dq, const Tensor& dk, int64_t B, int64_t S, int64_t H,
@@ -370,6 +371,13 @@ class CudaBackend final : public Backend {
                                int64_t H) override {
     SY_PROFILE("attention_backward");
     cuda::attention_backward(ctx_, dq, dk, dv, dout, q, k, v, probs, B, S, H);
+  }
+
+  void attention_decode_impl(const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
+                             int64_t H, int64_t first_position) override {
+    SY_PROFILE("attention_decode");
+    OpCheck(*this, "attention_decode").fits_int(q.dim(0) * H, "n*H");
+    cuda::attention_decode(ctx_, out, q, k, v, H, first_position);
   }
 
   // With documents, cuDNN is asked only when they come listed (its ragged layout needs the
@@ -652,20 +660,34 @@ class CudaBackend final : public Backend {
   }
 
   void rope(const char* op, const Tensor& x, int64_t B, int64_t S, int64_t H, const Rotary& rotary,
-            int sign, const Tensor& doc_start) {
+            int sign, const Tensor& doc_start, int64_t first_position = 0) {
     SY_PROFILE(op);
-    const auto& [cos, sin] = rope_tables_.get(ctx_, S, x.dim(1) / H, rotary, stat_dtype(x.dtype()));
+    const auto [cos, sin] =
+        rope_rows(S, x.dim(1) / H, rotary, stat_dtype(x.dtype()), first_position);
     cuda::rope(ctx_, x, cos, sin, B, S, H, sign, starts(doc_start));
   }
 
   // One launch for both: the kernel reads q's and k's rows together, so they must differ.
   void rope_qk(const char* op, const Tensor& q, const Tensor& k, int64_t B, int64_t S, int64_t H,
-               const Rotary& rotary, int sign, const Tensor& doc_start) {
+               const Rotary& rotary, int sign, const Tensor& doc_start,
+               int64_t first_position = 0) {
     SY_PROFILE(op);
     if (q.numel() > 0 && q.data() == k.data())
       OpCheck(*this, op).fail("q and k are the same tensor");
-    const auto& [cos, sin] = rope_tables_.get(ctx_, S, q.dim(1) / H, rotary, stat_dtype(q.dtype()));
+    const auto [cos, sin] =
+        rope_rows(S, q.dim(1) / H, rotary, stat_dtype(q.dtype()), first_position);
     cuda::rope(ctx_, q, k, cos, sin, B, S, H, sign, starts(doc_start));
+  }
+
+  // The cos/sin rows of positions first_position .. first_position + S - 1: the kernels take
+  // position s at row s, so a later start is a view further into a longer table.
+  std::pair<Tensor, Tensor> rope_rows(int64_t S, int64_t Dh, const Rotary& rotary, DType dtype,
+                                      int64_t first_position) {
+    const auto& [cos, sin] =
+        rope_tables_.get(ctx_, rope_table_rows(first_position, S), Dh, rotary, dtype);
+    if (first_position == 0) return {cos, sin};
+    return {cos.rows(first_position, first_position + S),
+            sin.rows(first_position, first_position + S)};
   }
 
   // The DocumentList as cudnn_attention takes it; null offsets when not listed, or with

@@ -88,6 +88,11 @@ void attention_backward(Context& ctx, const Tensor& dq, const Tensor& dk, const 
                         const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& probs, int64_t B, int64_t S, int64_t H);
 
+// attention_decode.cu: new queries over a key/value cache (Backend::attention_decode). Uses
+// scratch slot A for the scores [n*H, L].
+void attention_decode(Context& ctx, const Tensor& out, const Tensor& q, const Tensor& k,
+                      const Tensor& v, int64_t H, int64_t first_position);
+
 // flash_attention.cu. Causal attention without [S, S] (backend.h); lse [B, H, S] in
 // stat_dtype. Backward uses scratch slot A for D = rowsum(dout * out). doc_start: as above (the
 // backward takes the forward's).
