@@ -10,15 +10,12 @@
 #include <system_error>
 
 #include "data/compressed_input.h"
+#include "data/json_members.h"
 
 namespace sy {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::runtime_error file_error(const std::string& path, const std::string& what) {
-  return std::runtime_error(path + ": " + what);
-}
 
 std::string join(const std::vector<std::string>& parts, const std::string& separator = ", ") {
   std::string joined;
@@ -263,42 +260,6 @@ int64_t train_document_count(int64_t documents, double val_fraction, const std::
 }
 
 namespace {
-
-// A record parsed as a JSON object; throws "<path>: line N: ..." for invalid JSON or another
-// value.
-nlohmann::json parse_jsonl_object(const JsonlLine& line, const std::string& path) {
-  nlohmann::json object;
-  try {
-    object = nlohmann::json::parse(line.text);
-  } catch (const nlohmann::json::parse_error& error) {
-    throw file_error(path, record_position(line) + "invalid JSON at byte " +
-                               std::to_string(error.byte) +
-                               (line.element < 0 ? " of the line" : " of the element"));
-  }
-  if (!object.is_object())
-    throw file_error(path,
-                     record_position(line) + "a JSON " + object.type_name() + ", not an object");
-  return object;
-}
-
-// Member `field` of `object`, which must be a string; `at` says where for the message.
-std::string& string_member(nlohmann::json& object, const std::string& field,
-                           const std::string& path, const std::string& at) {
-  const auto member = object.find(field);
-  if (member == object.end()) throw file_error(path, at + "no field \"" + field + "\"");
-  if (!member->is_string())
-    throw file_error(path,
-                     at + "field \"" + field + "\" is a " + member->type_name() + ", not a string");
-  return member->get_ref<std::string&>();
-}
-
-// The same for a member that may be null (a prompt member, a system message): null is "".
-std::string nullable_string_member(nlohmann::json& object, const std::string& field,
-                                   const std::string& path, const std::string& at) {
-  const auto member = object.find(field);
-  if (member != object.end() && member->is_null()) return {};
-  return std::move(string_member(object, field, path, at));
-}
 
 // The messages of a conversation: each {"role", "content"} or ShareGPT's {"from", "value"}.
 std::vector<ChatMessage> chat_messages(nlohmann::json& listed, const std::string& field,

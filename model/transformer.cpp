@@ -314,6 +314,25 @@ std::vector<double> Transformer::logits_of_row(int64_t row) {
   return backend_.read(sample_logits_);
 }
 
+double Transformer::sequence_loss_sum(std::span<const int32_t> inputs,
+                                      std::span<const int32_t> targets) {
+  const int64_t n = static_cast<int64_t>(inputs.size()), S = options_.model.seq_len;
+  if (n < 1 || n > S || static_cast<int64_t>(targets.size()) != n)
+    throw std::runtime_error("Transformer::sequence_loss_sum: " + std::to_string(n) +
+                             " tokens and " + std::to_string(targets.size()) +
+                             " targets; the model holds 1 to seq_len = " + std::to_string(S));
+  ensure(backend_, inputs_, {n}, DType::i32);
+  ensure(backend_, targets_, {n}, DType::i32);
+  backend_.write(inputs_, inputs);
+  backend_.write(targets_, targets);
+  doc_start_ = Tensor();
+  documents_ = DocumentList();
+  forward(1, false, n);
+  const Tensor& x_final = final_norm_.forward(backend_, residual_.back());
+  lm_head_.enqueue(backend_, x_final, targets_, false, 1.0);
+  return lm_head_.loss_sum(backend_);
+}
+
 std::vector<double> Transformer::decode_prompt(std::span<const int32_t> prompt) {
   const int64_t n = static_cast<int64_t>(prompt.size()), S = options_.model.seq_len;
   if (n < 1 || n > S)

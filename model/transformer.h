@@ -133,6 +133,11 @@ class Transformer {
   std::vector<double> logits_at(std::span<const int32_t> inputs, int64_t batch, int64_t sequence,
                                 int64_t position);
 
+  // Forward only over one sequence of 1 to seq_len tokens, unpadded (its tokens are the routing
+  // group): the summed cross-entropy, -log p(target), over the targets that are not
+  // kIgnoreTarget (trainer/score.cpp: a choice's log-likelihood given its context).
+  double sequence_loss_sum(std::span<const int32_t> inputs, std::span<const int32_t> targets);
+
   // Generation with a key/value cache (trainer/generate.cpp). decode_prompt runs `prompt` (1 to
   // seq_len tokens) as one sequence and keeps every layer's keys and values; decode_next runs one
   // more token at the next position, its attention over those kept. Each returns the logits [V]

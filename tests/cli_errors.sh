@@ -47,6 +47,9 @@ expect_ok "" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --promp
 expect 2 "generate: needs --prompt TEXT (or --prompt-ids IDS)" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint"
 expect 1 "temperature: must be a finite number" "$switchyard" generate tiny.yaml --checkpoint "$checkpoint" --prompt x --temperature -1
 expect 1 "missing.h5" "$switchyard" generate tiny.yaml --checkpoint missing.h5 --prompt x
+expect 2 "score: score needs --input" "$switchyard" score tiny.yaml --checkpoint "$checkpoint"
+expect 1 "questions.jsonl: cannot open for reading" "$switchyard" score tiny.yaml --checkpoint "$checkpoint" --input questions.jsonl
+expect 2 "--limit: expected a non-negative integer, got '-2'" "$switchyard" score tiny.yaml --checkpoint "$checkpoint" --input x --limit -2
 # Under mpirun: reported once, by rank 0, and the job ends.
 expect 1 "parallel.expert_parallel: 4 does not divide the number of ranks (2)" "${mpi2[@]}" "$switchyard" train tiny.yaml --set parallel.expert_parallel=4
 expect 1 "moe.num_experts" "${mpi2[@]}" "$switchyard" train tiny.yaml --set moe.num_experts=3 --set parallel.expert_parallel=2
@@ -54,12 +57,13 @@ expect 1 "missing.h5" "${mpi2[@]}" "$switchyard" train tiny.yaml --set data.path
 expect_ok "" "${mpi2[@]}" "$switchyard" train tiny.yaml --set parallel.expert_parallel=2 --set run.dir=run_mpi
 
 # ---- help and version: every command lists its options with their defaults --------------------
-commands=(prepare-data train eval generate inspect plot check-config)
+commands=(prepare-data train eval generate score inspect plot check-config)
 declare -A options=(
   [prepare-data]="--input --format --output --tokenizer =corpora/brown.h5 =brown =bytes"
   [train]="CONFIG --resume --set"
   [eval]="CONFIG --checkpoint --batches --set"
   [generate]="CONFIG --checkpoint --prompt --prompt-ids --chat --chat-template --system --tokens --temperature --top-k --top-p --seed --set =200 =0.8"
+  [score]="CONFIG --checkpoint --input --context-field --choices-field --answer-field --delimiter --limit --output --set =context =answer"
   [inspect]="CHECKPOINT"
   [plot]="RUN_DIR --output"
   [check-config]="CONFIG --set"

@@ -70,6 +70,48 @@ if [ "$(wc -w <generate_one.txt)" = 16 ] && cmp -s generate_ep2.txt generate_one
    cmp -s stdout.txt generate_one.txt
 then ok "the cache at 2 ranks, in one process and no cache draw the same 12 tokens"
 else fail "generate with the cache"; cat generate_ep2.txt generate_one.txt stdout.txt; fi
+# score: multiple-choice accuracy from the checkpoint alone, HellaSwag's member names; the same
+# at 2 ranks with the experts split; a question per --output line; bad input named.
+cat >questions.jsonl <<'QUESTIONS'
+{"ctx": "line 1", "endings": [": abc", "xyz", "\u00e9t\u00e9"], "label": 0}
+{"ctx": "line 2", "endings": [": q", ": rs"], "label": "1"}
+{"ctx": "line", "endings": [" 3", " three"], "label": 0}
+QUESTIONS
+score=("$switchyard" score --checkpoint run_ep --input questions.jsonl --context-field ctx
+       --choices-field endings --answer-field label)
+run_ok "score --checkpoint alone" "${score[@]}" --output scores.jsonl
+if grep -q '^{"examples": 3, "accuracy": [0-9.e-]*, "accuracy_norm": [0-9.e-]*, "checkpoint": ' stdout.txt &&
+   [ "$(grep -c '^{"record": [0-2], "answer": [01], "choice": [0-2], "choice_norm": [0-2], "loglik": \[' scores.jsonl)" = 3 ]
+then ok "score prints the accuracies and writes a line per question"; else fail "score's output"; cat scores.jsonl; fi
+cp stdout.txt score_one.txt
+run_ok "score at 2 ranks, expert_parallel 2" "${mpi2[@]}" "${score[@]}"
+if cmp -s stdout.txt score_one.txt; then ok "2 ranks score as one process"; else fail "score at 2 ranks"; cat score_one.txt; fi
+run_fails "score --output refuses an existing file" 1 "--output scores.jsonl: exists; remove it" \
+  "${score[@]}" --output scores.jsonl
+echo '{"ctx": "a", "endings": ["b", "c"], "label": 2}' >bad_questions.jsonl
+# eval.questions: a run's logged accuracies are score's of its checkpoint at that step.
+questions=(--set eval.questions=questions.jsonl --set eval.questions_context=ctx
+           --set "eval.questions_choices=[endings]" --set eval.questions_answer=label)
+run_ok "train with eval.questions" "$switchyard" train tiny.yaml --set train.steps=4 \
+  --set eval.every=4 --set eval.tokens=320 --set run.dir=run_questions "${questions[@]}"
+logged=$(grep -o '"choice_accuracy": [^,}]*' run_questions/metrics.jsonl | tail -1 | cut -d' ' -f2)
+logged_norm=$(grep -o '"choice_accuracy_norm": [^,}]*' run_questions/metrics.jsonl | tail -1 | cut -d' ' -f2)
+if grep -q "^.*eval   step      4 | .* | choice_accuracy [0-9.]* | choice_accuracy_norm [0-9.]* |" run_questions/train.log
+then ok "the eval line prints choice_accuracy"
+else fail "choice_accuracy in train.log"; fi
+run_ok "score the run's checkpoint" "$switchyard" score --checkpoint run_questions \
+  --input questions.jsonl --context-field ctx --choices-field endings --answer-field label
+if [ -n "$logged" ] && grep -q "\"accuracy\": $logged, \"accuracy_norm\": $logged_norm," stdout.txt
+then ok "the logged choice_accuracy ($logged, norm $logged_norm) is score's"
+else fail "logged choice_accuracy '$logged' against score's"; cat stdout.txt; fi
+run_fails "a bad eval.questions file stops the run before its first step" 1 \
+  "bad_questions.jsonl: line 1: field \"label\" 2 is not a choice" \
+  "$switchyard" train tiny.yaml --set run.dir=run_bad_questions --set eval.tokens=320 "${questions[@]}" \
+  --set eval.questions=bad_questions.jsonl
+run_fails "score names a bad question's file, line and member" 1 \
+  'bad_questions.jsonl: line 1: field "label" 2 is not a choice: there are 2' \
+  "$switchyard" score --checkpoint run_ep --input bad_questions.jsonl --context-field ctx \
+  --choices-field endings --answer-field label
 run_fails "eval with neither CONFIG nor --checkpoint is a usage error" 2 \
   "switchyard eval: needs CONFIG or --checkpoint" "$switchyard" eval
 run_fails "a stored config's bad --set names the checkpoint" 1 \

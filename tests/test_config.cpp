@@ -175,8 +175,14 @@ TEST(Config, RoundTripAwkwardValues) {
   c.train.lr = 0.1 + 0.2;  // 0.30000000000000004
   c.train.min_lr = 1e-300;
   c.checkpoint.dir = "";
+  c.eval.questions = "hella swag.jsonl";
+  c.eval.questions_choices = {"sol1", "sol2"};
+  c.eval.questions_delimiter = " ";  // a space alone must survive the YAML
   ASSERT_TRUE(validate_config(c).empty());
   expect_round_trip(c);
+  EXPECT_EQ(load_config(write_temp(config_to_yaml(c))).eval.questions_delimiter, " ");
+  c.eval.questions_delimiter = "";
+  EXPECT_EQ(load_config(write_temp(config_to_yaml(c))).eval.questions_delimiter, "");
 
   c.moe.layers = MoeLayers::every_nth(2);
   c.moe.routing.normalize_topk = TopkNormalize::on;
@@ -592,6 +598,17 @@ TEST(ConfigRules, DataEvalCheckpointRun) {
   EXPECT_TRUE(rejects("eval:\n  every: -1\n", "eval.every: must be >= 0, got -1"));
   EXPECT_TRUE(rejects("eval:\n  batches: -2\n", "eval.batches: must be >= 0, got -2"));
   EXPECT_TRUE(rejects("eval:\n  tokens: -1\n", "eval.tokens: must be >= 0, got -1"));
+  EXPECT_TRUE(
+      rejects("eval:\n  questions: q.jsonl\n  tokens: 0\n",
+              "eval.questions: are scored at each evaluation, and eval.tokens 0 turns it off"));
+  EXPECT_TRUE(
+      rejects("eval:\n  questions_limit: -1\n", "eval.questions_limit: must be >= 0, got -1"));
+  EXPECT_TRUE(rejects("eval:\n  questions_choices: []\n",
+                      "eval.questions_choices: must name a member, or several"));
+  EXPECT_TRUE(rejects("eval:\n  questions_choices: [sol1, \"\"]\n",
+                      "eval.questions_choices[1]: must not be empty"));
+  EXPECT_TRUE(
+      rejects("eval:\n  questions_context: \"\"\n", "eval.questions_context: must not be empty"));
   EXPECT_TRUE(rejects("checkpoint:\n  every: -1\n", "checkpoint.every: must be >= 0, got -1"));
   EXPECT_TRUE(rejects("checkpoint:\n  keep_last: 0\n", "checkpoint.keep_last: must be >= 1, got 0"));
   EXPECT_TRUE(rejects("run:\n  log_every: 0\n", "run.log_every: must be >= 1, got 0"));

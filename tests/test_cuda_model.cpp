@@ -225,10 +225,11 @@ TEST_F(CudaModel, PerHeadQkNormWideHeadsBf16) {
 
 // Generation's key/value cache on the device (Transformer::decode_prompt, decode_next): each
 // step's logits against the device's own forward over the whole text (logits_at) and against the
-// CPU's cache, in fp32 and bf16; grouped-query attention with per-head QK-norm on heads of 64
+// CPU's cache, in fp32 and bf16, and score's unpadded forward (sequence_loss_sum) against the
+// CPU's; grouped-query attention with per-head QK-norm on heads of 64
 // (bf16: cuDNN for the prompt, the vector rotary from a later position), an MoE and a dense layer.
 // The seed is the first whose routing of the whole text is well separated on the CPU.
-TEST_F(CudaModel, GenerationCacheTracksTheWholeText) {
+TEST_F(CudaModel, GenerationCacheAndScoringTrackTheWholeText) {
   constexpr double kMargin = 0.04, kRouterScale = 10.0;
   const TransformerOptions options =
       grouped_query(small_model(true, {true, false}, 0.0), QkNorm::per_head, 64);
@@ -271,6 +272,16 @@ TEST_F(CudaModel, GenerationCacheTracksTheWholeText) {
         "[ rel err  ] generation cache %s: against the whole text %.3e (tol %.1e), "
         "against the CPU %.3e (tol %.1e)\n",
         dtype_name(compute), worst_whole, whole_tol, worst_cpu, cpu_tol);
+    // score's forward of one unpadded sequence (sequence_loss_sum), its first half not counted
+    std::vector<int32_t> inputs(text.begin(), text.end() - 1),
+        targets(text.begin() + 1, text.end());
+    std::fill(targets.begin(), targets.begin() + prompt, kIgnoreTarget);
+    const double loss_gpu = g.model->sequence_loss_sum(inputs, targets);
+    const double loss_cpu = c.model->sequence_loss_sum(inputs, targets);
+    const double loss_tol = compute == DType::bf16 ? kBf16LossTol : kF32LossTol;
+    std::printf("[ rel err  ] sequence_loss_sum %s: %.6f vs %.6f (tol %.1e)\n", dtype_name(compute),
+                loss_gpu, loss_cpu, loss_tol);
+    EXPECT_LE(std::abs(loss_gpu - loss_cpu) / std::abs(loss_cpu), loss_tol);
   }
 }
 

@@ -233,6 +233,8 @@ TEST(Plot, ParsesTheFixture) {
   EXPECT_DOUBLE_EQ(h.expert_bias[0][0][3], 0.0059231964260005009);
   ASSERT_EQ(h.eval_steps, (std::vector<int64_t>{100, 200, 300}));
   EXPECT_DOUBLE_EQ(h.val_loss[0], 2.8633804949139803);
+  EXPECT_EQ(h.choice_accuracy, (std::vector<double>{0.25, 0.375, 0.4375}));
+  EXPECT_EQ(h.choice_accuracy_norm, (std::vector<double>{0.3125, 0.375, 0.5}));
 }
 
 TEST(Plot, OlderFilesLackTheBalanceKeys) {
@@ -373,7 +375,7 @@ TEST(Plot, DrawsEveryChartOfTheFixture) {
   EXPECT_TRUE(result.skipped.empty()) << result.skipped.front();
   std::vector<std::string> expected;
   for (const char* name :
-       {"loss", "expert_load_layer0", "expert_load_layer1", "dropped", "balance"})
+       {"loss", "accuracy", "expert_load_layer0", "expert_load_layer1", "dropped", "balance"})
     expected.push_back((out.path / "charts" / (std::string(name) + ".png")).string());
   ASSERT_EQ(result.written, expected);
   for (const std::string& png : result.written) {
@@ -383,7 +385,7 @@ TEST(Plot, DrawsEveryChartOfTheFixture) {
     EXPECT_EQ(png_size(png).first, 900u) << png;
   }
   EXPECT_EQ(png_size(expected[0]).second, 500u);
-  EXPECT_EQ(png_size(expected[4]).second, 700u) << "balance.png has two panels";
+  EXPECT_EQ(png_size(expected[5]).second, 700u) << "balance.png has two panels";
   EXPECT_FALSE(fs::exists(run.path / "loss.png")) << "--output puts the charts elsewhere";
 }
 
@@ -396,16 +398,17 @@ TEST(Plot, SkipsTheChartsWhoseDataIsAbsent) {
   const PlotResult old = plot_run(moe.path.string());
   EXPECT_EQ(old.written, (std::vector<std::string>{(moe.path / "loss.png").string(),
                                                    (moe.path / "expert_load_layer0.png").string()}));
-  ASSERT_EQ(old.skipped.size(), 2u);
+  ASSERT_EQ(old.skipped.size(), 3u);
+  EXPECT_EQ(old.skipped[0], "accuracy.png: no choice_accuracy (the run has no eval.questions)");
   // Its lines all wrote dropped_frac 0: a flat chart at 0% says nothing.
-  EXPECT_EQ(old.skipped[0].rfind("dropped.png: every dropped and rerouted fraction is 0", 0), 0u)
-      << old.skipped[0];
-  EXPECT_EQ(old.skipped[1].rfind("balance.png: ", 0), 0u) << old.skipped[1];
+  EXPECT_EQ(old.skipped[1].rfind("dropped.png: every dropped and rerouted fraction is 0", 0), 0u)
+      << old.skipped[1];
+  EXPECT_EQ(old.skipped[2].rfind("balance.png: ", 0), 0u) << old.skipped[2];
 
   dense.write("metrics.jsonl", old_step_line(1, "[]") + old_step_line(2, "[]"));
   const PlotResult result = plot_run(dense.path.string());
   EXPECT_EQ(result.written, std::vector<std::string>{(dense.path / "loss.png").string()});
-  EXPECT_EQ(result.skipped.size(), 3u);  // expert load, dropped, balance
+  EXPECT_EQ(result.skipped.size(), 4u);  // accuracy, expert load, dropped, balance
 }
 
 TEST(Plot, KeepsTheDroppedChartWhenAnyStepDropped) {
@@ -428,7 +431,8 @@ TEST(Plot, KeepsTheDroppedChartWhenAnyStepDropped) {
 TEST(Plot, ComparesRunsSideBySide) {
   TempDir moe, dense, same_name, out;
   moe.write("metrics.jsonl", old_step_line(1, "[[0.5, 0.5]]") + old_step_line(2, "[[0.75, 0.25]]") +
-                                 "{\"step\": 2, \"val_loss\": 4.75}\n");
+                                 "{\"step\": 2, \"val_loss\": 4.75, \"choice_accuracy\": 0.5, "
+                                 "\"choice_accuracy_norm\": 0.25}\n");
   moe.write("config.yaml", "name: moe\nseed: 1\n");
   dense.write("metrics.jsonl", old_step_line(1, "[]") + old_step_line(2, "[]") +
                                    old_step_line(3, "[]") + "{\"step\": 3, \"val_loss\": 4.5}\n");
@@ -441,7 +445,7 @@ TEST(Plot, ComparesRunsSideBySide) {
   const PlotResult result = plot_runs({moe.path.string(), dense.path.string()}, charts.string());
   EXPECT_TRUE(result.skipped.empty()) << result.skipped.front();
   std::vector<std::string> expected;
-  for (const char* name : {"val_loss", "lm_loss", "tokens_per_s"})
+  for (const char* name : {"val_loss", "lm_loss", "tokens_per_s", "choice_accuracy"})
     expected.push_back((charts / ("compare_" + std::string(name) + ".png")).string());
   ASSERT_EQ(result.written, expected);
   for (const std::string& png : result.written) {
@@ -456,8 +460,10 @@ TEST(Plot, ComparesRunsSideBySide) {
   const PlotResult without_evals =
       plot_runs({moe.path.string(), same_name.path.string()}, charts.string());
   EXPECT_EQ(without_evals.written.size(), 2u);
-  ASSERT_EQ(without_evals.skipped.size(), 1u);
+  ASSERT_EQ(without_evals.skipped.size(), 2u);
   EXPECT_EQ(without_evals.skipped[0], "compare_val_loss.png: no run has a finite val_loss");
+  EXPECT_EQ(without_evals.skipped[1],
+            "compare_choice_accuracy.png: no run has a finite choice_accuracy");
 }
 
 TEST(Plot, AMissingGnuplotSaysWhatToInstall) {

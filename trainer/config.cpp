@@ -266,7 +266,15 @@ std::vector<Section> config_fields(Config& c) {
         {"document_mask", &c.data.document_mask},
         {"sampling", choice(&c.data.sampling)}}},
       {"eval",
-       {{"every", &c.eval.every}, {"tokens", &c.eval.tokens}, {"batches", &c.eval.batches}}},
+       {{"every", &c.eval.every},
+        {"tokens", &c.eval.tokens},
+        {"batches", &c.eval.batches},
+        {"questions", &c.eval.questions},
+        {"questions_context", &c.eval.questions_context},
+        {"questions_choices", &c.eval.questions_choices},
+        {"questions_answer", &c.eval.questions_answer},
+        {"questions_delimiter", &c.eval.questions_delimiter},
+        {"questions_limit", &c.eval.questions_limit}}},
       {"checkpoint",
        {{"dir", &c.checkpoint.dir},
         {"every", &c.checkpoint.every},
@@ -815,6 +823,16 @@ void validate_rest(const Config& c, Problems& p) {
                               std::to_string(c.train.micro_batch_size) + " x " +
                               std::to_string(c.model.seq_len) + " are eval.tokens " +
                               std::to_string(eval_sequences(c) * c.model.seq_len) + ")");
+  if (!c.eval.questions.empty() && eval_sequences(c) <= 0)
+    p.add("eval.questions", "are scored at each evaluation, and eval.tokens 0 turns it off");
+  if (c.eval.questions_context.empty()) p.add("eval.questions_context", "must not be empty");
+  if (c.eval.questions_answer.empty()) p.add("eval.questions_answer", "must not be empty");
+  if (c.eval.questions_choices.empty())
+    p.add("eval.questions_choices", "must name a member, or several");
+  for (size_t i = 0; i < c.eval.questions_choices.size(); ++i)
+    if (c.eval.questions_choices[i].empty())
+      p.add("eval.questions_choices[" + std::to_string(i) + "]", "must not be empty");
+  check_at_least(p, "eval.questions_limit", c.eval.questions_limit, 0);
   check_at_least(p, "checkpoint.every", c.checkpoint.every, 0);
   check_at_least(p, "checkpoint.keep_last", c.checkpoint.keep_last, 1);
   if (c.checkpoint.upcycle) {

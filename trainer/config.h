@@ -61,6 +61,15 @@ struct EvalConfig {
   // micro_batch_size * seq_len (the sequences it used to choose), so that old configs and run
   // directories keep their validation set. The resolved config writes it only when given.
   int64_t batches = -1;
+  // Multiple-choice questions scored at every evaluation, as `switchyard score` scores them
+  // (docs/data.md, "Multiple choice"): choice_accuracy and choice_accuracy_norm beside val_loss.
+  // "": none. The members, the delimiter and a limit as score's options.
+  std::string questions = "";
+  std::string questions_context = "context";
+  std::vector<std::string> questions_choices = {"choices"};
+  std::string questions_answer = "answer";
+  std::string questions_delimiter = " ";
+  int64_t questions_limit = 0;  // the first N questions (0: all)
 };
 
 struct CheckpointConfig {

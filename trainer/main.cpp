@@ -36,6 +36,7 @@
 #include "trainer/memory_estimate.h"
 #include "trainer/metrics.h"
 #include "trainer/plot.h"
+#include "trainer/score.h"
 #include "trainer/session.h"
 #include "trainer/train_loop.h"
 
@@ -71,6 +72,10 @@ struct CommandLine {
   int64_t batches = 0;      // eval --batches: deprecated, eval.batches
   sy::GenerateOptions generate;
   std::string prompt_ids;   // generate --prompt-ids, parsed in cmd_generate
+  std::string score_input, score_output;  // score --input, --output
+  sy::ChoiceFields choice_fields;         // score --context-field, --choices-field, --answer-field
+  std::string choice_delimiter = " ";     // score --delimiter
+  int64_t score_limit = 0;                // score --limit
   std::vector<std::string> run_dirs;  // plot
   std::string plot_output;  // plot; "" is RUN_DIR
   sy::SentencePieceTrainOptions tokenizer_train;  // tokenizer train
@@ -440,6 +445,54 @@ void add_generate_command(CLI::App& app, CommandLine& line) {
   add_overrides(*generate, line);
 }
 
+void add_score_command(CLI::App& app, CommandLine& line) {
+  CLI::App* score = app.add_subcommand(
+      "score",
+      "multiple-choice accuracy of a checkpoint (HellaSwag, ARC, PIQA, ...): each "
+      "choice's log-likelihood after its context, the most likely choice against the "
+      "answer; prints {\"examples\": N, \"accuracy\": ..., \"accuracy_norm\": ...} "
+      "(docs/data.md, Multiple choice)");
+  add_optional_config(*score, line);
+  score->add_option("--checkpoint", line.checkpoint, kCheckpointForms)
+      ->type_name("PATH")
+      ->required();
+  score
+      ->add_option("--input", line.score_input,
+                   "the questions: JSON lines or one JSON array (.gz, .zst too), each a context, "
+                   "its choices and the answer")
+      ->type_name("FILE")
+      ->required();
+  score->add_option("--context-field", line.choice_fields.context, "the context's member")
+      ->type_name("NAME")
+      ->capture_default_str();
+  score
+      ->add_option("--choices-field", line.choice_fields.choices,
+                   wrap("the member holding the choices (an array of strings, or an object with "
+                        "\"text\" and \"label\" arrays), or several members, a choice each: "
+                        "sol1,sol2 [default: choices]"))
+      ->type_name("NAME[,NAME...]")
+      ->delimiter(',');
+  score
+      ->add_option("--answer-field", line.choice_fields.answer,
+                   "the right choice's member: its index from 0, or its label")
+      ->type_name("NAME")
+      ->capture_default_str();
+  score
+      ->add_option("--delimiter", line.choice_delimiter,
+                   "put between the context and each choice [default: a space]")
+      ->type_name("TEXT");
+  score->add_option("--limit", line.score_limit, "the first N questions only (0: all)")
+      ->type_name("N")
+      ->check(kCount)
+      ->capture_default_str();
+  score
+      ->add_option("--output", line.score_output,
+                   "also write a JSON line per question: its log-likelihoods and the choices "
+                   "made (a new file)")
+      ->type_name("FILE");
+  add_overrides(*score, line);
+}
+
 void add_inspect_command(CLI::App& app, CommandLine& line) {
   CLI::App* inspect = app.add_subcommand(
       "inspect",
@@ -541,6 +594,7 @@ void build_cli(CLI::App& app, CommandLine& line) {
   add_train_command(app, line);
   add_eval_command(app, line);
   add_generate_command(app, line);
+  add_score_command(app, line);
   add_inspect_command(app, line);
   add_export_command(app, line);
   add_import_command(app, line);
@@ -859,6 +913,81 @@ int cmd_generate(const CommandLine& line, const CLI::App& given) {
   return 0;
 }
 
+// score: every question read and encoded on every rank first, so that the model runs at the
+// longest question's length, at most model.seq_len (an import's is its longest context).
+int cmd_score(const CommandLine& line) {
+  const std::string checkpoint = resolve_checkpoint_on_rank0(line.checkpoint);
+  const sy::Config config = config_for(line, checkpoint);
+  std::unique_ptr<sy::Tokenizer> tokenizer;
+  std::vector<sy::ChoiceExample> examples;
+  int64_t longest = 0;
+  std::string problem;
+  try {
+    tokenizer = tokenizer_for(checkpoint, config);
+    if (tokenizer->vocab_size() > config.model.vocab_size)
+      throw std::runtime_error(
+          checkpoint + ": the tokenizer's vocabulary " + std::to_string(tokenizer->vocab_size()) +
+          " is larger than model.vocab_size " + std::to_string(config.model.vocab_size));
+    examples = sy::read_choice_examples(line.score_input, line.choice_fields, line.score_limit);
+    longest = sy::longest_choice_sequence(*tokenizer, examples, line.choice_delimiter,
+                                          config.model.seq_len + 1);
+    if (world_rank() == 0 && !line.score_output.empty() &&
+        std::filesystem::exists(line.score_output))
+      throw std::runtime_error("--output " + line.score_output +
+                               ": exists; remove it or name another file");
+  } catch (const std::exception& error) {
+    problem = error.what();
+  }
+  // Every rank reads the questions (each runs every forward); rank 0's problem ends them all
+  // here, another rank's once the session can agree on it.
+  const int64_t length = std::stoll(from_rank0([&] {
+    if (!problem.empty()) throw std::runtime_error(problem);
+    return std::to_string(longest);
+  }));
+  sy::Config sized = config;
+  sized.model.seq_len = std::min(config.model.seq_len, length);
+  sy::ModelSession session = sy::make_model_session(sized, sy::world_comm());
+  sy::agree_or_throw(*session.groups.world, problem);
+  sy::load_checkpoint(checkpoint, with_checkpoint_seq_len(config, checkpoint), *session.model,
+                      nullptr, session.groups, *session.backend);
+  const bool printing = session.groups.rank() == 0;
+  std::ofstream output;
+  const std::string partial = line.score_output + ".tmp";
+  if (printing && !line.score_output.empty()) {
+    output.open(partial);
+    if (!output) throw std::runtime_error("--output " + partial + ": cannot write");
+  }
+  const auto each = [&](const sy::ChoiceExample& example, const sy::ChoiceScore& score) {
+    if (!output.is_open()) return;
+    output << sy::JsonLine()
+                  .add("record", example.record)
+                  .add("answer", example.answer)
+                  .add("choice", score.choice)
+                  .add("choice_norm", score.choice_norm)
+                  .add("loglik", score.loglik)
+                  .str()
+           << "\n";
+  };
+  const sy::ScoreTotals totals =
+      sy::score_examples(*session.model, *tokenizer, examples, line.choice_delimiter, each);
+  if (output.is_open()) {
+    output.close();
+    if (!output) throw std::runtime_error("--output " + partial + ": write failed");
+    std::filesystem::rename(partial, line.score_output);
+  }
+  if (printing) {
+    const double n = static_cast<double>(totals.examples);
+    std::printf("%s\n", sy::JsonLine()
+                            .add("examples", totals.examples)
+                            .add("accuracy", static_cast<double>(totals.right) / n)
+                            .add("accuracy_norm", static_cast<double>(totals.right_norm) / n)
+                            .add("checkpoint", checkpoint)
+                            .str()
+                            .c_str());
+  }
+  return 0;
+}
+
 int cmd_eval(const CommandLine& line, const CLI::App& given) {
   if (given.count("--checkpoint") && line.checkpoint.empty())
     throw UsageError("--checkpoint: expected a checkpoint file");
@@ -1101,6 +1230,7 @@ int run_command(const std::string& command, const CommandLine& line, const CLI::
   if (command == "plot") return cmd_plot(line, given);
   if (command == "eval") return cmd_eval(line, given);
   if (command == "generate") return cmd_generate(line, given);
+  if (command == "score") return cmd_score(line);
   if (command == "check-config") return cmd_check_config(line);
   throw UsageError("unknown command '" + command + "'");
 }

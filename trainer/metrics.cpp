@@ -372,6 +372,8 @@ EvalRecord parse_eval(const Json& line, int64_t step) {
   for (const auto& [key, value] : line.items())
     if (key.rfind(by_file, 0) == 0 && key.size() > by_file.size())
       e.val_loss_by_file.emplace_back(key.substr(by_file.size()), number(value, key.c_str()));
+  e.choice_accuracy = optional_number(line, "choice_accuracy");
+  e.choice_accuracy_norm = optional_number(line, "choice_accuracy_norm");
   const auto tokens = line.find("val_tokens");
   if (tokens != line.end()) {
     if (!tokens->is_number_integer())

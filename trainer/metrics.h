@@ -130,6 +130,8 @@ struct EvalRecord {
   int64_t val_tokens = -1;
   // A mixture's per-file losses ("val_loss/<name>" keys), by name, in the line's order.
   std::vector<std::pair<std::string, double>> val_loss_by_file;
+  // eval.questions' accuracies; kAbsent without them.
+  double choice_accuracy = StepRecord::kAbsent, choice_accuracy_norm = StepRecord::kAbsent;
 };
 
 // A metrics.jsonl's records in file order (a resumed run's file may hold a step twice: the

@@ -106,6 +106,8 @@ MetricsHistory assemble(MetricsRecords records) {
   for (const EvalRecord& e : evals) {
     h.eval_steps.push_back(e.step);
     h.val_loss.push_back(e.val_loss);
+    h.choice_accuracy.push_back(e.choice_accuracy);
+    h.choice_accuracy_norm.push_back(e.choice_accuracy_norm);
     for (const auto& [file, loss] : e.val_loss_by_file) {
       auto found = std::find(h.val_files.begin(), h.val_files.end(), file);
       if (found == h.val_files.end()) {
@@ -216,11 +218,12 @@ std::string steps_table(const MetricsHistory& h) {
 
 std::string eval_table(const MetricsHistory& h) {
   std::ostringstream out;
-  out << "# step val_loss";
+  out << "# step val_loss choice_accuracy choice_accuracy_norm";
   for (const std::string& file : h.val_files) out << " val_loss/" << file;
   out << '\n';
   for (size_t i = 0; i < h.eval_steps.size(); ++i) {
-    out << h.eval_steps[i] << ' ' << num(h.val_loss[i]);
+    out << h.eval_steps[i] << ' ' << num(h.val_loss[i]) << ' ' << num(h.choice_accuracy[i]) << ' '
+        << num(h.choice_accuracy_norm[i]);
     for (const std::vector<double>& series : h.val_loss_by_file) out << ' ' << num(series[i]);
     out << '\n';
   }
@@ -341,7 +344,7 @@ Chart loss_chart(const MetricsHistory& h, const fs::path& dir, const std::string
                                                  "#e377c2", "#17becf", "#bcbd22"};
   for (size_t j = 0; j < h.val_files.size(); ++j)  // a mixture's other files
     if (has_finite(h.val_loss_by_file[j]))
-      plots.push_back(gp_quote((dir / "eval.dat").string()) + " using 1:" + std::to_string(3 + j) +
+      plots.push_back(gp_quote((dir / "eval.dat").string()) + " using 1:" + std::to_string(5 + j) +
                       " with linespoints pt 5 ps 1 lw 1.2 lc rgb '" +
                       kFileColours[j % std::size(kFileColours)] + "' title " +
                       gp_quote("val_loss/" + h.val_files[j]));
@@ -391,6 +394,25 @@ Chart expert_load_chart(const MetricsHistory& h, int64_t layer, const fs::path& 
                  "plot " +
                  gp_quote(data.string()) + " matrix using (" + num(image.first_step) + " + $1 * " +
                  num(image.bin_width) + "):2:3 with image notitle\n";
+  return chart;
+}
+
+// eval.questions' accuracies against the step (eval.dat's columns 3 and 4).
+Chart accuracy_chart(const MetricsHistory& h, const fs::path& dir, const std::string& name) {
+  if (!has_finite(h.choice_accuracy))
+    return skipped("accuracy.png", "no choice_accuracy (the run has no eval.questions)");
+  const std::string evals = gp_quote((dir / "eval.dat").string());
+  Chart chart;
+  chart.file = "accuracy.png";
+  chart.script =
+      "set title " + gp_quote(name + ": multiple-choice accuracy") + "\n" +
+      "set ylabel 'accuracy'\n" +
+      xrange(static_cast<double>(h.eval_steps.front()), static_cast<double>(h.eval_steps.back())) +
+      "set key bottom right\n" +
+      join_plots({evals + " using 1:3 with linespoints pt 7 ps 1.2 lw 1.5 lc rgb "
+                          "'#1f77b4' title 'choice_accuracy'",
+                  evals + " using 1:4 with linespoints pt 5 ps 1 lw 1.2 dt 2 lc rgb "
+                          "'#ff7f0e' title 'choice_accuracy_norm'"});
   return chart;
 }
 
@@ -647,6 +669,7 @@ PlotResult plot_run(const std::string& run_dir, const std::string& output_dir) {
   const std::string name = run_name(run_dir);
   std::vector<Chart> charts;
   charts.push_back(loss_chart(history, temp.path, name));
+  charts.push_back(accuracy_chart(history, temp.path, name));
   if (history.expert_load.empty())
     charts.push_back(skipped("expert_load_layer<l>.png", "no MoE layers (expert_load is empty)"));
   for (int64_t l = 0; l < static_cast<int64_t>(history.expert_load.size()); ++l)
@@ -690,7 +713,9 @@ PlotResult plot_runs(const std::vector<std::string>& run_dirs, const std::string
       comparison_chart(runs, "compare_lm_loss.png", "lm_loss", "loss (nats per token)",
                        &MetricsHistory::lm_loss, false, 2),
       comparison_chart(runs, "compare_tokens_per_s.png", "tokens_per_s", "tokens per second",
-                       &MetricsHistory::tokens_per_s, false, 3)};
+                       &MetricsHistory::tokens_per_s, false, 3),
+      comparison_chart(runs, "compare_choice_accuracy.png", "choice_accuracy", "accuracy",
+                       &MetricsHistory::choice_accuracy, true, 3)};
   return render_all(gnuplot, charts, temp.path, output_dir);
 }
 

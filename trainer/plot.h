@@ -30,6 +30,8 @@ struct MetricsHistory {
   // Eval lines in step order (a repeated step keeps its later line).
   std::vector<int64_t> eval_steps;
   std::vector<double> val_loss;
+  // eval.questions' accuracies, NaN where a line lacks them.
+  std::vector<double> choice_accuracy, choice_accuracy_norm;
   // A mixture's per-file validation losses: [file][eval line], NaN where a line lacks the file.
   std::vector<std::string> val_files;
   std::vector<std::vector<double>> val_loss_by_file;

@@ -21,6 +21,7 @@
 
 #include "data/sampler.h"
 #include "data/token_file.h"
+#include "data/tokenizer.h"
 #include "optim/clip.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer.h"
@@ -32,6 +33,7 @@
 #include "trainer/metrics.h"
 #include "trainer/model_card.h"
 #include "trainer/provenance.h"
+#include "trainer/score.h"
 #include "trainer/session.h"
 #include "trainer/spike_guard.h"
 
@@ -446,7 +448,35 @@ struct TrainData {
   MixtureValidation mixture_val;  // a mixture's other files, each logged as val_loss/<name>
   // data.sampling: epoch over a mixture: each file's epochs logged as epoch/<name>.
   std::vector<std::string> epoch_keys;
+  // eval.questions: the multiple-choice questions and the token file's tokenizer that encodes
+  // them; none without the key.
+  std::vector<ChoiceExample> questions;
+  std::shared_ptr<const Tokenizer> question_tokenizer;
 };
+
+// eval.questions read and encoded once (a question that cannot fit model.seq_len is refused here,
+// before the first step), with data.path's tokenizer.
+void load_questions(const Config& config, TrainData& data) {
+  const EvalConfig& eval = config.eval;
+  const TokenFile& file = data.file;
+  if (eval.questions.empty()) return;
+  TokenData tokens;
+  tokens.vocab_size = file.vocab_size;
+  tokens.tokenizer = file.tokenizer;
+  tokens.tokenizer_model = file.tokenizer_model;
+  tokens.tokenizer_model_name = file.tokenizer_model_name;
+  tokens.tokenizer_eos_token = file.tokenizer_eos_token;
+  data.question_tokenizer = tokenizer_of(tokens, config.data.path);
+  data.questions = read_choice_examples(
+      eval.questions, {eval.questions_context, eval.questions_choices, eval.questions_answer},
+      eval.questions_limit);
+  try {
+    longest_choice_sequence(*data.question_tokenizer, data.questions, eval.questions_delimiter,
+                            config.model.seq_len + 1);
+  } catch (const std::exception& error) {
+    throw std::runtime_error("eval.questions " + eval.questions + ": " + error.what());
+  }
+}
 
 // "epoch/<name>" for each file of an epoch-sampled mixture; none otherwise.
 std::vector<std::string> epoch_keys(const Config& config, const StepSampler& sampler) {
@@ -652,6 +682,7 @@ TrainData load_train_data(Run& run) {
     std::vector<std::string> keys = epoch_keys(config, sampler);
     data.emplace(TrainData{std::move(file), std::move(sampler), std::move(val),
                            std::move(mixture_val), std::move(keys)});
+    load_questions(config, *data);
   } catch (const std::exception& error) {
     problem = error.what();
   }
@@ -929,8 +960,9 @@ void log_step(Run& run, TrainState& state, RunOutputs& outputs, StepMetrics& met
   state.interval_tokens = 0;
 }
 
-// Every eval.every steps and at the last: the validation loss (trainer/evaluate.h), logged and
-// printed. Evaluation does not count as training time.
+// Every eval.every steps and at the last: the validation loss (trainer/evaluate.h) and, with
+// eval.questions, the multiple-choice accuracy (trainer/score.h), logged and printed. Evaluation
+// does not count as training time.
 void maybe_evaluate(Run& run, const TrainData& data, TrainState& state, RunOutputs& outputs) {
   const Config& config = run.config;
   const int64_t sequences = eval_sequences(config);
@@ -939,23 +971,32 @@ void maybe_evaluate(Run& run, const TrainData& data, TrainState& state, RunOutpu
   if (sequences <= 0 || !due) return;
   const Clock::time_point eval_start = Clock::now();
   const Validation validation = evaluate(run.model, data.val, sequences, run.world);
-  const std::vector<std::pair<std::string, double>> by_file =
+  // a mixture's val_loss/<name>, then the accuracies
+  std::vector<std::pair<std::string, double>> more =
       evaluate_mixture(run.model, data.mixture_val, sequences, run.world);
   const LossInUnits units = loss_in_units(validation.loss, data.file.tokenizer);
   state.summary.final_val_loss = validation.loss;
+  if (!data.questions.empty()) {
+    // Every rank runs every question (the all-to-alls need the whole EP group): the same totals.
+    const ScoreTotals totals = score_examples(run.model, *data.question_tokenizer, data.questions,
+                                              config.eval.questions_delimiter);
+    const double n = static_cast<double>(totals.examples);
+    more.emplace_back("choice_accuracy", static_cast<double>(totals.right) / n);
+    more.emplace_back("choice_accuracy_norm", static_cast<double>(totals.right_norm) / n);
+  }
   if (run.lead)
     outputs.metrics_log->write_eval(state.step, validation.loss, units.name, units.value,
-                                    validation.tokens, by_file);
+                                    validation.tokens, more);
   if (run.speak) {
-    std::string more;
-    for (const auto& [key, loss] : by_file) {
+    std::string extra;
+    for (const auto& [key, value] : more) {
       char text[128];
-      std::snprintf(text, sizeof text, " | %s %.4f", key.c_str(), loss);
-      more += text;
+      std::snprintf(text, sizeof text, " | %s %.4f", key.c_str(), value);
+      extra += text;
     }
     run.console.print("eval   step %6lld | val_loss %.4f | %s %.4f%s | %lld tokens in %.1fs\n",
                       static_cast<long long>(state.step), validation.loss, units.name.c_str(),
-                      units.value, more.c_str(), static_cast<long long>(validation.tokens),
+                      units.value, extra.c_str(), static_cast<long long>(validation.tokens),
                       seconds_since(eval_start));
   }
   state.interval_start += Clock::now() - eval_start;
