@@ -717,6 +717,18 @@ bool read_tokenizer(hid_t file, TokenData& tokenizer, const std::string& path) {
   return true;
 }
 
+TokenData tokenizer_data(const TokenFile& file) {
+  TokenData data;
+  data.vocab_size = file.vocab_size;
+  data.tokenizer = file.tokenizer;
+  data.tokenizer_model = file.tokenizer_model;
+  data.tokenizer_model_name = file.tokenizer_model_name;
+  data.tokenizer_eos_token = file.tokenizer_eos_token;
+  data.chat_template = file.chat_template;
+  data.chat_system = file.chat_system;
+  return data;
+}
+
 TokenFile open_token_file(const std::string& path) {
   std::lock_guard<std::recursive_mutex> lock(hdf5_mutex());
   QuietHdf5Errors quiet;

@@ -106,6 +106,10 @@ struct TokenFile {
 // <what is wrong>".
 TokenFile open_token_file(const std::string& path);
 
+// A token file's tokenizer and chat format as TokenData holds them (no tokens): what
+// tokenizer_of (data/tokenizer.h) builds the tokenizer from.
+TokenData tokenizer_data(const TokenFile& file);
+
 // Whether `path` is an HDF5 file with a /train link (a token file, not a checkpoint). Never
 // throws: anything that cannot be opened is "no", for the caller's own reader to explain.
 bool is_token_file(const std::string& path);

@@ -96,13 +96,7 @@ void inspect_token_file(const std::string& path, std::FILE* out) {
   const TokenFile file = open_token_file(path);
   print_file_lines("token file", path, out);
   std::fprintf(out, "vocab_size: %lld\n", static_cast<long long>(file.vocab_size));
-  TokenData tokenizer;
-  tokenizer.vocab_size = file.vocab_size;
-  tokenizer.tokenizer = file.tokenizer;
-  tokenizer.tokenizer_model = file.tokenizer_model;
-  tokenizer.tokenizer_model_name = file.tokenizer_model_name;
-  tokenizer.chat_template = file.chat_template;
-  tokenizer.chat_system = file.chat_system;
+  const TokenData tokenizer = tokenizer_data(file);
   std::fprintf(out, "tokenizer: %s\n", describe_tokenizer(tokenizer).c_str());
   std::fprintf(out, "train: %lld tokens\nval: %lld tokens\n",
                static_cast<long long>(file.train->size()),

@@ -1035,10 +1035,7 @@ int cmd_eval(const CommandLine& line, const CLI::App& given) {
                                " (eval reads its validation tokens from the checkpoint's "
                                "data.path; --set data.path=FILE names another token file)");
     }
-    data.vocab_size = file.vocab_size;
-    data.tokenizer = file.tokenizer;
-    data.tokenizer_model = file.tokenizer_model;
-    data.tokenizer_model_name = file.tokenizer_model_name;
+    data = sy::tokenizer_data(file);
     if (data.vocab_size > config.model.vocab_size)
       throw std::runtime_error(config.data.path + ": vocab_size " +
                                std::to_string(data.vocab_size) + " exceeds model.vocab_size " +

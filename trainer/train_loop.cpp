@@ -458,15 +458,8 @@ struct TrainData {
 // before the first step), with data.path's tokenizer.
 void load_questions(const Config& config, TrainData& data) {
   const EvalConfig& eval = config.eval;
-  const TokenFile& file = data.file;
   if (eval.questions.empty()) return;
-  TokenData tokens;
-  tokens.vocab_size = file.vocab_size;
-  tokens.tokenizer = file.tokenizer;
-  tokens.tokenizer_model = file.tokenizer_model;
-  tokens.tokenizer_model_name = file.tokenizer_model_name;
-  tokens.tokenizer_eos_token = file.tokenizer_eos_token;
-  data.question_tokenizer = tokenizer_of(tokens, config.data.path);
+  data.question_tokenizer = tokenizer_of(tokenizer_data(data.file), config.data.path);
   data.questions = read_choice_examples(
       eval.questions, {eval.questions_context, eval.questions_choices, eval.questions_answer},
       eval.questions_limit);
