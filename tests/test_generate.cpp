@@ -7,6 +7,7 @@
 
 #include "data/prepare.h"
 #include "parallel/local_exchange.h"
+#include "tests/sharp_model.h"
 #include "trainer/generate.h"
 
 namespace sy {
@@ -18,19 +19,8 @@ struct Fixture {
   std::unique_ptr<Transformer> model;
   std::unique_ptr<Tokenizer> bytes = make_tokenizer("bytes");
   Fixture() {
-    TransformerOptions options;
-    options.model = {256, 12, 16, 2, 2, 24, true};
-    options.moe.num_experts = 4;
-    options.moe.routing.top_k = 2;
-    options.moe.expert_hidden = 8;
-    options.moe_layers = {true, false};
     exchange = std::make_unique<LocalExchange>(*backend, 4);
-    model = std::make_unique<Transformer>(*backend, options, exchange.get());
-    model->init_parameters(5);
-    // Larger weights than the init, so that the distribution is far from uniform.
-    for (Param* p : model->params())
-      if (p->value.ndim() > 1) backend->scale(p->value, 20.0);
-    model->refresh_compute_weights();
+    model = test::sharp_model(*backend, *exchange, test::small_byte_moe());
   }
 };
 
@@ -104,11 +94,8 @@ TEST(Generate, TheCacheGivesTheLogitsOfTheWholeText) {
   variant.moe.capacity_factor = 8.0;
   for (TransformerOptions options : {plain, variant}) {
     options.dtype = options.master_dtype = DType::f64;
-    Transformer model(*f.backend, options, f.exchange.get());
-    model.init_parameters(5);
-    for (Param* p : model.params())
-      if (p->value.ndim() > 1) f.backend->scale(p->value, 20.0);
-    model.refresh_compute_weights();
+    const std::unique_ptr<Transformer> sharp = test::sharp_model(*f.backend, *f.exchange, options);
+    Transformer& model = *sharp;
     const std::vector<int32_t> text = f.bytes->encode("the experts!");  // 12 = seq_len
     std::vector<double> logits = model.decode_prompt(std::span(text).first(5));
     for (int64_t at = 5;; ++at) {

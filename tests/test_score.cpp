@@ -11,6 +11,7 @@
 #include "data/multiple_choice.h"
 #include "data/prepare.h"
 #include "parallel/local_exchange.h"
+#include "tests/sharp_model.h"
 #include "tests/temp_folder.h"
 #include "trainer/score.h"
 
@@ -105,22 +106,9 @@ TEST_F(MultipleChoice, BadQuestionsNameTheFileTheLineAndTheMember) {
 struct Model {
   std::unique_ptr<Backend> backend = make_cpu_backend();
   std::unique_ptr<LocalExchange> exchange = std::make_unique<LocalExchange>(*backend, 4);
-  std::unique_ptr<Transformer> model;
+  std::unique_ptr<Transformer> model =
+      test::sharp_model(*backend, *exchange, test::small_byte_moe(DType::f64));
   std::unique_ptr<Tokenizer> bytes = make_tokenizer("bytes");
-  Model() {
-    TransformerOptions options;
-    options.model = {256, 12, 16, 2, 2, 24, true};
-    options.moe.num_experts = 4;
-    options.moe.routing.top_k = 2;
-    options.moe.expert_hidden = 8;
-    options.moe_layers = {true, false};
-    options.dtype = options.master_dtype = DType::f64;
-    model = std::make_unique<Transformer>(*backend, options, exchange.get());
-    model->init_parameters(5);
-    for (Param* p : model->params())
-      if (p->value.ndim() > 1) backend->scale(p->value, 20.0);
-    model->refresh_compute_weights();
-  }
 
   // log p(text[at] | text[0..at)) summed over at in [from, text.size()), from forwards over the
   // whole window.

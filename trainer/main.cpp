@@ -784,8 +784,8 @@ std::string describe_tokenizer(const sy::TokenData& tokenizer) {
 // checkpoints carried it, data.path's token file's, else bytes (what generate assumed then),
 // said on stderr by rank 0 with why the token file could not give it.
 // Not collective; throws naming the file it came from.
-std::unique_ptr<sy::Tokenizer> tokenizer_for(const std::string& checkpoint,
-                                             const sy::Config& config) {
+std::unique_ptr<sy::Tokenizer> stored_tokenizer(const std::string& checkpoint,
+                                                const sy::Config& config) {
   sy::TokenData tokenizer;
   if (sy::read_checkpoint_tokenizer(checkpoint, tokenizer))
     return sy::tokenizer_of(tokenizer, checkpoint);
@@ -815,6 +815,18 @@ std::unique_ptr<sy::Tokenizer> tokenizer_for(const std::string& checkpoint,
                              std::to_string(tokenizer.vocab_size) + ") is not model.vocab_size " +
                              std::to_string(vocab) + ids_instead);
   return sy::tokenizer_of(tokenizer, config.data.path);
+}
+
+// stored_tokenizer, refused where its vocabulary is larger than the model's: a token at or above
+// model.vocab_size would index past the embedding (generate's prompt, score's questions).
+std::unique_ptr<sy::Tokenizer> tokenizer_for(const std::string& checkpoint,
+                                             const sy::Config& config) {
+  std::unique_ptr<sy::Tokenizer> tokenizer = stored_tokenizer(checkpoint, config);
+  if (tokenizer->vocab_size() > config.model.vocab_size)
+    throw std::runtime_error(
+        checkpoint + ": the tokenizer's vocabulary " + std::to_string(tokenizer->vocab_size()) +
+        " is larger than model.vocab_size " + std::to_string(config.model.vocab_size));
+  return tokenizer;
 }
 
 // generate --chat's format: --chat-template when given, else the one the run's fine-tuning
@@ -879,11 +891,6 @@ int cmd_generate(const CommandLine& line, const CLI::App& given) {
   if (options.prompt_ids.empty()) {
     try {
       tokenizer = tokenizer_for(checkpoint, config);
-      // A prompt token at or above model.vocab_size would index past the embedding.
-      if (tokenizer->vocab_size() > config.model.vocab_size)
-        throw std::runtime_error(
-            checkpoint + ": the tokenizer's vocabulary " + std::to_string(tokenizer->vocab_size()) +
-            " is larger than model.vocab_size " + std::to_string(config.model.vocab_size));
     } catch (const std::exception& error) {
       problem = error.what();
     }
@@ -924,10 +931,6 @@ int cmd_score(const CommandLine& line) {
   std::string problem;
   try {
     tokenizer = tokenizer_for(checkpoint, config);
-    if (tokenizer->vocab_size() > config.model.vocab_size)
-      throw std::runtime_error(
-          checkpoint + ": the tokenizer's vocabulary " + std::to_string(tokenizer->vocab_size()) +
-          " is larger than model.vocab_size " + std::to_string(config.model.vocab_size));
     examples = sy::read_choice_examples(line.score_input, line.choice_fields, line.score_limit);
     longest = sy::longest_choice_sequence(*tokenizer, examples, line.choice_delimiter,
                                           config.model.seq_len + 1);
