@@ -979,11 +979,10 @@ int cmd_score(const CommandLine& line) {
     std::filesystem::rename(partial, line.score_output);
   }
   if (printing) {
-    const double n = static_cast<double>(totals.examples);
     std::printf("%s\n", sy::JsonLine()
                             .add("examples", totals.examples)
-                            .add("accuracy", static_cast<double>(totals.right) / n)
-                            .add("accuracy_norm", static_cast<double>(totals.right_norm) / n)
+                            .add("accuracy", totals.accuracy())
+                            .add("accuracy_norm", totals.accuracy_norm())
                             .add("checkpoint", checkpoint)
                             .str()
                             .c_str());

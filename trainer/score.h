@@ -39,6 +39,10 @@ ChoiceScore score_example(Transformer& model, const Tokenizer& tokenizer,
 struct ScoreTotals {
   int64_t examples = 0;
   int64_t right = 0, right_norm = 0;  // ChoiceScore::choice, choice_norm equal to the answer
+  double accuracy() const { return static_cast<double>(right) / static_cast<double>(examples); }
+  double accuracy_norm() const {
+    return static_cast<double>(right_norm) / static_cast<double>(examples);
+  }
 };
 // Scores `examples` in order, calling each(example, score) after each one (when set).
 ScoreTotals score_examples(

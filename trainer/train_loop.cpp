@@ -973,9 +973,8 @@ void maybe_evaluate(Run& run, const TrainData& data, TrainState& state, RunOutpu
     // Every rank runs every question (the all-to-alls need the whole EP group): the same totals.
     const ScoreTotals totals = score_examples(run.model, *data.question_tokenizer, data.questions,
                                               config.eval.questions_delimiter);
-    const double n = static_cast<double>(totals.examples);
-    more.emplace_back("choice_accuracy", static_cast<double>(totals.right) / n);
-    more.emplace_back("choice_accuracy_norm", static_cast<double>(totals.right_norm) / n);
+    more.emplace_back("choice_accuracy", totals.accuracy());
+    more.emplace_back("choice_accuracy_norm", totals.accuracy_norm());
   }
   if (run.lead)
     outputs.metrics_log->write_eval(state.step, validation.loss, units.name, units.value,
