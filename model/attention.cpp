@@ -34,6 +34,7 @@ bool Attention::prefers_cudnn(const Backend& backend) const {
 const Tensor& Attention::forward(Backend& backend, const Tensor& x, AttentionShape shape) {
   const DType dtype = x.dtype();
   Workspace& keep = saved();
+  allocate(backend, x);
   const bool flash = uses_flash(backend);
   if (flash) {
     probs = Tensor();  // never [B, H, S, S] with flash
@@ -70,6 +71,7 @@ const Tensor& Attention::decode(Backend& backend, const Tensor& x, AttentionShap
     backend.copy(cache.v.rows(0, end), v);
     return out;
   }
+  allocate(backend, x);
   project(backend, x, shape, position);
   backend.copy(cache.k.rows(position, end), k);
   backend.copy(cache.v.rows(position, end), v);
@@ -79,8 +81,7 @@ const Tensor& Attention::decode(Backend& backend, const Tensor& x, AttentionShap
   return out;
 }
 
-void Attention::project(Backend& backend, const Tensor& x, AttentionShape shape,
-                        int64_t first_position) {
+void Attention::allocate(Backend& backend, const Tensor& x) {
   const DType dtype = x.dtype();
   const Shape td = x.shape();
   const Shape heads_shape{td[0], wq.value.dim(1)};  // [T, H*Dh]
@@ -90,6 +91,14 @@ void Attention::project(Backend& backend, const Tensor& x, AttentionShape shape,
   v = keep.get(backend, "attn.v", heads_shape, dtype);
   context = keep.get(backend, "attn.context", heads_shape, dtype);
   out = scratch().get(backend, "attn.out", td, dtype);  // the caller adds it to the residual
+}
+
+void Attention::project(Backend& backend, const Tensor& x, AttentionShape shape,
+                        int64_t first_position) {
+  const DType dtype = x.dtype();
+  const Shape td = x.shape();
+  const Shape heads_shape{td[0], wq.value.dim(1)};  // [T, H*Dh]
+  Workspace& keep = saved();
 
   // Grouped: k and v of the Hkv heads, repeated to H below. Rotary acts on each head alone, so
   // rotating the repeated heads equals repeating the rotated ones: the kernels below see H heads

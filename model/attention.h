@@ -98,8 +98,11 @@ struct Attention {
   Workspace& scratch() { return workspace ? *workspace : own_; }
   Workspace& saved() { return recompute && workspace ? *workspace : own_; }
   bool grouped(AttentionShape shape) const { return kv_heads > 0 && kv_heads < shape.heads; }
-  // q, k and v of x (projections, QK-norm, the grouped heads' repeat, rotary from
-  // first_position), with context and out allocated for the kernels that follow.
+  // q, k, v, context and out for x's T rows (forward's order of allocation, which the memory
+  // plan's measurements were taken with).
+  void allocate(Backend& backend, const Tensor& x);
+  // q, k and v of x, allocated: projections, QK-norm, the grouped heads' repeat, rotary from
+  // first_position.
   void project(Backend& backend, const Tensor& x, AttentionShape shape, int64_t first_position);
   // dx_raw = the gradient of `raw` through norm(raw, gain) given `dout`; gain.grad accumulates.
   void norm_backward(Backend& backend, const Tensor& dx_raw, Param& gain, const Tensor& dout,
